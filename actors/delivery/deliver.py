@@ -1,0 +1,204 @@
+"""Deliver one task: priority failover over provider slots, each with a breaker,
+a daily limit, a token bucket, a bulkhead, a per-call timeout and retries with
+backoff. Pure mechanics: the only I/O is ``provider.send``; time comes from the
+injected ``clock``/``wall``/``sleep`` and jitter from ``rng``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from actors.delivery.bucket import Clock, Sleep
+from actors.delivery.slot import ProviderSlot
+from policy.types import Attempt, DeliveryTask, Outcome, Status
+from providers.base import Receipt
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DeliveryError,
+    InvalidMessage,
+    NetworkError,
+    ProviderError,
+    RateLimited,
+)
+
+log = logging.getLogger(__name__)
+
+
+class UnexpectedProviderError(ProviderError):
+    """A provider raised something outside the DeliveryError tree (a bug in it):
+    handled like a ProviderError so one broken provider cannot kill a batch."""
+
+    kind = "system"
+
+
+# First match wins, so subclasses come before their bases.
+_REASONS: tuple[tuple[type[DeliveryError], str], ...] = (
+    (InvalidMessage, "invalid_message"),
+    (AuthenticationError, "auth_error"),
+    (ConfigurationError, "config_error"),
+    (RateLimited, "rate_limited"),
+    (NetworkError, "network_error"),
+    (UnexpectedProviderError, "system_error"),
+    (ProviderError, "provider_error"),
+)
+
+
+def reason_for(err: DeliveryError) -> str:
+    """The Outcome reason for a delivery error."""
+    for cls, reason in _REASONS:
+        if isinstance(err, cls):
+            return reason
+    return "provider_error" if err.retryable else "system_error"
+
+
+@dataclass
+class _Run:
+    """One deliver() call's inputs and the attempts made so far."""
+
+    task: DeliveryTask
+    clock: Clock
+    wall: Clock
+    sleep: Sleep
+    rng: random.Random
+    attempts: list[Attempt] = field(default_factory=list)
+    logged: bool = False  # an unexpected exception was already logged
+
+
+async def deliver(
+    task: DeliveryTask,
+    slots: Sequence[ProviderSlot],
+    *,
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+    sleep: Sleep,
+    rng: random.Random,
+) -> Outcome:
+    """Try ``slots`` in order until one accepts ``task``; never raises for a
+    provider failure (``asyncio.CancelledError`` does propagate)."""
+    run = _Run(task, clock, wall, sleep, rng)
+    reason = "no_provider"
+    for slot in slots:
+        reason, receipt = await _try_slot(run, slot)
+        if reason == "ok":
+            message_id = receipt.message_id if receipt is not None else None
+            return _outcome(run, "sent", reason, slot.provider.name, message_id)
+        if reason == "invalid_message":
+            break  # another provider would refuse it too
+    return _outcome(run, "failed", reason)
+
+
+async def _try_slot(run: _Run, slot: ProviderSlot) -> tuple[str, Receipt | None]:
+    """Up to ``max_attempts`` calls on one slot: ("ok", receipt) or (reason, None)."""
+    reason = "provider_error"
+    for n in range(1, max(1, slot.max_attempts) + 1):
+        refused, receipt, err = await _admitted_call(run, slot)
+        if refused is not None:
+            return refused, None
+        reason = _settle(run, slot, err)
+        if err is None:
+            return reason, receipt
+        if not err.retryable or n >= slot.max_attempts:
+            break
+        await run.sleep(max(slot.backoff.delay(n, run.rng), err.retry_after or 0.0))
+    return reason, None
+
+
+async def _admitted_call(
+    run: _Run, slot: ProviderSlot
+) -> tuple[str | None, Receipt | None, DeliveryError | None]:
+    """Pass the slot's gates and make one call: (refusal reason, receipt, error)."""
+    if not slot.breaker.allow():
+        return "circuit_open", None, None
+    try:
+        refused = await _limits(run, slot)
+        if refused is None:
+            return (None, *await _call(run, slot))
+    except BaseException:
+        slot.breaker.release()  # a cancelled admission or call must not strand a probe
+        raise
+    slot.breaker.release()
+    return refused, None, None
+
+
+async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
+    if slot.daily.exhausted():
+        return "daily_limit"
+    if not await slot.bucket.acquire(run.sleep, slot.max_wait_s):
+        return "rate_limited"
+    if not slot.daily.take():  # spent by a concurrent delivery while we waited
+        return "daily_limit"
+    return None
+
+
+async def _call(run: _Run, slot: ProviderSlot) -> tuple[Receipt | None, DeliveryError | None]:
+    """One provider call inside the bulkhead; appends its Attempt."""
+    name = slot.provider.name
+    async with slot.bulkhead:
+        at, start = run.wall(), run.clock()
+        try:
+            receipt = await _send(run, slot)
+        except DeliveryError as err:
+            run.attempts.append(_attempt(run, name, at, start, err))
+            return None, err
+    run.attempts.append(_attempt(run, name, at, start, None))
+    return receipt, None
+
+
+async def _send(run: _Run, slot: ProviderSlot) -> Receipt:
+    """``provider.send`` under the timeout, with every failure as a DeliveryError."""
+    deadline = asyncio.timeout(slot.timeout_s)
+    try:
+        async with deadline:
+            return await slot.provider.send(run.task)
+    except DeliveryError:
+        raise
+    except TimeoutError as exc:
+        detail = f"after {slot.timeout_s:g}s" if deadline.expired() else f"in provider: {exc}"
+        raise NetworkError(f"timeout {detail}") from exc
+    except Exception as exc:  # CancelledError is a BaseException and passes through
+        if not run.logged:
+            run.logged = True
+            log.exception("provider %s raised unexpectedly for %s", slot.provider.name, run.task.notification_id)
+        raise UnexpectedProviderError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _settle(run: _Run, slot: ProviderSlot, err: DeliveryError | None) -> str:
+    """Breaker and bucket bookkeeping for one call's result; returns its reason."""
+    if err is None:
+        slot.breaker.record_success()
+        return "ok"
+    if isinstance(err, RateLimited):
+        slot.breaker.release()  # slow down, not broken
+        if err.retry_after is not None:
+            slot.bucket.pause_until(run.clock() + err.retry_after)
+    elif isinstance(err, InvalidMessage):
+        slot.breaker.release()  # the message is bad, not the provider
+    else:
+        slot.breaker.record_failure()
+    return reason_for(err)
+
+
+def _attempt(run: _Run, name: str, at: float, start: float, err: DeliveryError | None) -> Attempt:
+    ms = (run.clock() - start) * 1000.0
+    if err is None:
+        return Attempt(provider=name, ok=True, at=at, duration_ms=ms)
+    return Attempt(provider=name, ok=False, at=at, duration_ms=ms, error=str(err), error_kind=err.kind)
+
+
+def _outcome(
+    run: _Run, status: Status, reason: str, provider: str | None = None, message_id: str | None = None
+) -> Outcome:
+    t = run.task
+    return Outcome(
+        notification_id=t.notification_id, user_id=t.user_id, channel=t.channel, category=t.category,
+        status=status, reason=reason, accepted_at=t.accepted_at, completed_at=run.wall(),
+        provider=provider, provider_message_id=message_id, attempts=run.attempts, priority=t.priority,
+    )
+
+
+__all__ = ["UnexpectedProviderError", "deliver", "reason_for"]

@@ -1,0 +1,173 @@
+"""Ingestor: the JetStream durable pull consumer.
+
+It fetches batches, decodes each payload once, sends one call per UserShard per
+batch, and acks a message only when its shard answered (the shard answers after
+the Recorder committed). A payload that does not decode goes to the dead-letter
+subject with its reason and gets a ``rejected`` tracking row, then is acked: bad
+input is answered, never retried forever, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+import msgspec
+import nats
+import ray
+from nats.aio.msg import Msg
+
+from engine import streams
+from engine.config import Config, decode as decode_config
+from policy import wire
+from policy.sharding import shard_of
+from policy.types import NotificationRequest, Outcome, derive_id, notification_id
+
+log = logging.getLogger(__name__)
+
+_decoder = msgspec.json.Decoder(NotificationRequest)
+NAK_DELAY_S = 2.0  # a failed batch comes back after this, not in a hot loop
+
+
+def header_safe(text: str, limit: int = 400) -> str:
+    return text.replace("\r", " ").replace("\n", " ")[:limit]
+
+
+class Rejected(msgspec.Struct):
+    msg: Msg
+    reason: str
+    detail: str
+
+
+class Ingestor:
+    def __init__(self, cfg: bytes, nats_url: str, user_shards: list, recorder, index: int = 0):
+        self.cfg: Config = decode_config(cfg)
+        self.url, self.index = nats_url, index
+        self.user_shards, self.recorder = user_shards, recorder
+        self.nc = self.js = self.sub = None
+        self.running = False
+        self.loop_task: asyncio.Task | None = None
+        self.inflight: set[asyncio.Task] = set()
+        self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0}
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        n = self.cfg.nats
+        self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{self.index}", max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream()
+        self.sub = await self.js.pull_subscribe_bind(n.consumer, n.stream)
+        self.running = True
+        self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)
+        self.loop_task = asyncio.get_running_loop().create_task(self._fetch_loop())
+
+    async def _fetch_loop(self) -> None:
+        e = self.cfg.engine
+        while self.running:
+            await self.slots.acquire()
+            try:
+                msgs = await self.sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                self.slots.release()
+                continue
+            except Exception:
+                self.slots.release()
+                if self.running:
+                    log.exception("fetch failed; retrying")
+                    await asyncio.sleep(0.5)
+                continue
+            self.stats["fetched"] += len(msgs)
+            task = asyncio.get_running_loop().create_task(self._process(msgs))
+            self.inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.inflight.discard(task)
+        self.slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batch failed: %r", task.exception())
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        self.stats["batches"] += 1
+        groups: dict[int, list[tuple[Msg, wire.Inbound]]] = defaultdict(list)
+        rejected: list[Rejected] = []
+        n = len(self.user_shards)
+        for msg in msgs:
+            inb = self._decode(msg, rejected)
+            if inb is not None:
+                groups[shard_of(inb.request.user_id, n)].append((msg, inb))
+        calls = [self._to_shard(shard, pairs) for shard, pairs in groups.items()]
+        if rejected:
+            calls.append(self._reject(rejected))
+        await asyncio.gather(*calls)
+
+    def _decode(self, msg: Msg, rejected: list[Rejected]) -> wire.Inbound | None:
+        try:
+            req = _decoder.decode(msg.data)
+        except msgspec.ValidationError as e:
+            rejected.append(Rejected(msg, "payload.invalid", str(e)))
+            return None
+        except msgspec.DecodeError as e:
+            rejected.append(Rejected(msg, "payload.malformed", str(e)))
+            return None
+        meta = msg.metadata
+        if req.accepted_at is None:
+            req.accepted_at = meta.timestamp.timestamp() if meta.timestamp else time.time()
+        return wire.Inbound(notification_id(req, f"{self.cfg.nats.stream}:{meta.sequence.stream}"), req)
+
+    async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
+        try:
+            await self.user_shards[shard].handle.remote(wire.encode([inb for _, inb in pairs]))
+        except Exception as e:
+            log.warning("shard %d failed a batch of %d (%r); nak for redelivery", shard, len(pairs), e)
+            self.stats["nacked"] += len(pairs)
+            await asyncio.gather(*(m.nak(delay=NAK_DELAY_S) for m, _ in pairs), return_exceptions=True)
+            return
+        for m, _ in pairs:
+            await m.ack()
+        self.stats["acked"] += len(pairs)
+
+    async def _reject(self, rejected: list[Rejected]) -> None:
+        """Dead-letter first (durable in its own stream), then the tracking row, then ack."""
+        n = self.cfg.nats
+        now = time.time()
+        outcomes = []
+        for r in rejected:
+            seq = r.msg.metadata.sequence.stream
+            await self.js.publish(streams.dlq_subject(n), r.msg.data, headers={
+                "Nats-Msg-Id": f"dlq:{n.stream}:{seq}",
+                "Tidings-Reason": r.reason,
+                "Tidings-Error": header_safe(r.detail),
+                "Tidings-Subject": r.msg.subject,
+                "Tidings-Stream-Seq": str(seq),
+            })
+            category = r.msg.subject.rsplit(".", 1)[-1]
+            outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), "", "*", category, "rejected",
+                                    r.reason, now, now, detail=r.detail))
+        try:
+            await self.recorder.record.remote(wire.encode(outcomes))
+        except Exception as e:
+            log.warning("recording %d rejected messages failed (%r); nak", len(rejected), e)
+            await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
+            return
+        for r in rejected:
+            await r.msg.ack()
+        self.stats["rejected"] += len(rejected)
+        self.stats["acked"] += len(rejected)
+
+    async def info(self) -> dict:
+        return {"index": self.index, "inflight_batches": len(self.inflight), **self.stats}
+
+    async def stop(self) -> None:
+        """Stop fetching and let the batches in flight finish (they ack or nak)."""
+        self.running = False
+        if self.loop_task is not None:
+            self.loop_task.cancel()
+            await asyncio.gather(self.loop_task, return_exceptions=True)
+        if self.inflight:
+            await asyncio.gather(*self.inflight, return_exceptions=True)
+        if self.nc is not None:
+            await self.nc.drain()
+            self.nc = None

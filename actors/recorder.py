@@ -1,0 +1,167 @@
+"""Recorder: batches outcomes into PostgreSQL and answers each caller once its
+rows are committed (that answer is what lets the Ingestor ack NATS messages).
+
+Rows are COPYed into a per-connection staging table, then moved with one
+``INSERT … ON CONFLICT (notification_id, channel) DO NOTHING``: COPY's speed,
+and a redelivered notification cannot make a second tracking row. One caller's
+rows always commit together, so a notification's channels are never half recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+import msgspec
+import orjson
+from ray.util import metrics
+
+from engine import db
+from engine.config import RecorderConfig
+from policy import wire
+from policy.types import Outcome
+
+log = logging.getLogger(__name__)
+
+STAGE_COLUMNS = (
+    "notification_id", "user_id", "channel", "category", "priority", "status", "reason",
+    "provider", "provider_message_id", "attempts", "timeline", "errors", "accepted_at", "completed_at",
+)
+CREATE_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS _tracking_stage (
+    notification_id uuid, user_id text, channel text, category text, priority text,
+    status text, reason text, provider text, provider_message_id text, attempts integer,
+    timeline text, errors text, accepted_at float8, completed_at float8
+) ON COMMIT DELETE ROWS
+"""
+MOVE_STAGE = """
+INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
+    provider, provider_message_id, attempts, timeline, errors, accepted_at, completed_at)
+SELECT notification_id, user_id, channel, category, priority, status, reason,
+    provider, provider_message_id, attempts, timeline::jsonb, errors::jsonb,
+    to_timestamp(accepted_at), to_timestamp(completed_at)
+FROM _tracking_stage
+ON CONFLICT (notification_id, channel) DO NOTHING
+"""
+
+
+def row(o: Outcome) -> tuple:
+    """One staging row. Attempts become JSON objects (readable in the API)."""
+    timeline = orjson.dumps([msgspec.structs.asdict(a) for a in o.attempts]).decode() if o.attempts else "[]"
+    errors = orjson.dumps({"detail": o.detail}).decode() if o.detail else None
+    return (o.notification_id, o.user_id, o.channel, o.category, o.priority, o.status, o.reason,
+            o.provider, o.provider_message_id, len(o.attempts), timeline, errors,
+            o.accepted_at or None, o.completed_at)
+
+
+async def _init_connection(conn) -> None:
+    await conn.execute(CREATE_STAGE)
+
+
+class _Pending:
+    __slots__ = ("rows", "future")
+
+    def __init__(self, rows: list[tuple], future: asyncio.Future):
+        self.rows, self.future = rows, future
+
+
+class Recorder:
+    def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4):
+        self.url, self.schema = database_url, schema
+        self.cfg = msgspec.msgpack.decode(cfg, type=RecorderConfig)
+        self.pool_max = pool_max
+        self.pool = None
+        self.pending: list[_Pending] = []
+        self.pending_rows = 0
+        self.wake: asyncio.Event | None = None
+        self.full: asyncio.Event | None = None
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.rows_written = 0
+        self.flushes = 0
+        self._start_lock = asyncio.Lock()
+        self._metric = None
+
+    async def _ready(self) -> None:
+        if self.pool is not None:
+            return
+        async with self._start_lock:
+            if self.pool is not None:
+                return
+            self.wake, self.full = asyncio.Event(), asyncio.Event()
+            self.slots = asyncio.Semaphore(self.pool_max)
+            self._metric = metrics.Counter(
+                "tidings_outcomes", description="Terminal outcomes recorded", tag_keys=("channel", "status"))
+            pool = await db.create_pool(self.url, self.schema, min_size=1, max_size=self.pool_max,
+                                        init=_init_connection)
+            asyncio.get_running_loop().create_task(self._flusher())
+            self.pool = pool  # last: it is what marks the actor ready
+
+    async def record(self, payload: bytes) -> int:
+        """Record a batch of Outcomes; returns once they are committed."""
+        await self._ready()
+        outcomes = wire.decode(payload, list[Outcome])
+        if not outcomes:
+            return 0
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append(_Pending([row(o) for o in outcomes], fut))
+        self.pending_rows += len(outcomes)
+        for o in outcomes:
+            self.counts[(o.channel, o.status)] += 1
+        self.wake.set()
+        if self.pending_rows >= self.cfg.flush_rows:
+            self.full.set()
+        await fut
+        return len(outcomes)
+
+    async def _flusher(self) -> None:
+        linger = self.cfg.linger_ms / 1000
+        while True:
+            await self.wake.wait()
+            if self.pending_rows < self.cfg.flush_rows and linger > 0:
+                try:
+                    await asyncio.wait_for(self.full.wait(), linger)
+                except TimeoutError:
+                    pass
+            batch, self.pending, self.pending_rows = self.pending, [], 0
+            self.wake.clear()
+            self.full.clear()
+            await self.slots.acquire()
+            asyncio.get_running_loop().create_task(self._flush(batch))
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        rows = [r for p in batch for r in p.rows]
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table("_tracking_stage", records=rows, columns=STAGE_COLUMNS)
+                await conn.execute(MOVE_STAGE)
+        except Exception as e:  # every waiting caller hears about it; nothing is acked
+            log.exception("tracking flush of %d rows failed", len(rows))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        finally:
+            self.slots.release()
+        self.rows_written += len(rows)
+        self.flushes += 1
+        log.debug("flushed %d rows in %.1f ms", len(rows), (time.perf_counter() - started) * 1000)
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(None)
+        self._report()
+
+    def _report(self) -> None:
+        for (channel, status), n in self.counts.items():
+            self._metric.inc(n, tags={"channel": channel, "status": status})
+        self.counts.clear()
+
+    async def stats(self) -> dict:
+        return {"rows_written": self.rows_written, "flushes": self.flushes, "pending": self.pending_rows}
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None

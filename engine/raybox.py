@@ -1,0 +1,40 @@
+"""Ray bootstrap: a local Ray (with dashboard) or a cluster via ``RAY_ADDRESS``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from engine.config import RayConfig
+
+# No internet on our machines: Ray must not try to report usage.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402  (after the environment above)
+
+log = logging.getLogger(__name__)
+
+
+def init(cfg: RayConfig) -> dict:
+    """Start or join Ray once per process; returns where the dashboard is."""
+    if not ray.is_initialized():
+        common = dict(namespace=cfg.namespace, logging_level=logging.WARNING, log_to_driver=True,
+                      configure_logging=True)
+        if cfg.address:
+            ray.init(address=cfg.address, **common)
+        else:
+            ray.init(include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
+                     dashboard_port=cfg.dashboard_port, num_cpus=cfg.num_cpus, **common)
+    ctx = ray.get_runtime_context()
+    return {"dashboard": dashboard_url(), "gcs_address": ctx.gcs_address}
+
+
+def dashboard_url() -> str | None:
+    try:
+        info = ray.get_runtime_context()
+        url = getattr(info, "dashboard_url", None) or ray.worker.get_dashboard_url()
+    except Exception:
+        return None
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return url or None

@@ -1,0 +1,122 @@
+"""The running engine: services resolved, migrations applied, streams and actors
+up. The HTTP front door and the CLI both hold one ``Engine``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats
+import ray
+from nats.js import JetStreamContext
+
+from engine import db, raybox, streams
+from engine.config import Config, encode as encode_config
+from engine.embedded import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Actors:
+    recorder: ray.actor.ActorHandle
+    channel_shards: dict[str, list[ray.actor.ActorHandle]]
+    user_shards: list[ray.actor.ActorHandle]
+    ingestors: list[ray.actor.ActorHandle] = field(default_factory=list)
+
+    def all(self) -> list[ray.actor.ActorHandle]:
+        return [self.recorder, *(a for shards in self.channel_shards.values() for a in shards),
+                *self.user_shards, *self.ingestors]
+
+
+def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
+    """Create the actor graph (not yet started). Actors are owned by this process:
+    if it dies, they die, and JetStream redelivers whatever was not acked."""
+    # Plain classes wrapped here, not decorated where defined, so Ray pickles them
+    # by reference (workers import the module) instead of by value.
+    from actors.channel_shard import ChannelShard as _ChannelShard
+    from actors.ingestor import Ingestor as _Ingestor
+    from actors.recorder import Recorder as _Recorder
+    from actors.user_shard import UserShard as _UserShard
+
+    ChannelShard, Ingestor = ray.remote(_ChannelShard), ray.remote(_Ingestor)
+    Recorder, UserShard = ray.remote(_Recorder), ray.remote(_UserShard)
+
+    blob = encode_config(cfg)
+    opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=3)
+    recorder = Recorder.options(**opts).remote(
+        database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2))
+    channel_shards = {
+        name: [ChannelShard.options(**opts).remote(name, _encode(ch), i) for i in range(ch.shards)]
+        for name, ch in cfg.channels.items() if name in cfg.enabled_channels()
+    }
+    user_shards = [UserShard.options(**opts).remote(i, blob, database_url, channel_shards, recorder)
+                   for i in range(cfg.engine.user_shards)]
+    ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, i)
+                 for i in range(cfg.engine.ingestors)]
+    return Actors(recorder, channel_shards, user_shards, ingestors)
+
+
+def _encode(struct) -> bytes:
+    import msgspec
+    return msgspec.msgpack.encode(struct)
+
+
+class Engine:
+    """Starts (or joins) everything the engine needs, in dependency order."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port)
+        self.nc: nats.NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.actors: Actors | None = None
+        self.ray_info: dict = {}
+
+    @property
+    def nats_url(self) -> str:
+        return self.services.nats_url
+
+    @property
+    def database_url(self) -> str:
+        return self.services.database_url
+
+    async def start(self, *, ingest: bool = True) -> "Engine":
+        self.services.start()  # blocking for a moment, once, at start-up
+        await db.migrate_url(self.database_url, self.cfg.database.schema)
+        self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
+                                         min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max)
+        self.nc = await nats.connect(self.nats_url, name="tidings-engine", max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream()
+        await streams.ensure_streams(self.js, self.cfg.nats)
+        # On this thread, not a worker thread: Ray ties the life of the processes it
+        # starts to the thread that started them.
+        self.ray_info = raybox.init(self.cfg.ray)
+        self.actors = spawn(self.cfg, self.nats_url, self.database_url)
+        if ingest:
+            await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors))
+        return self
+
+    async def stop(self) -> None:
+        if self.actors is not None:
+            await asyncio.gather(*(i.stop.remote() for i in self.actors.ingestors), return_exceptions=True)
+            closers = [a.close.remote() for shards in self.actors.channel_shards.values() for a in shards]
+            closers.append(self.actors.recorder.close.remote())
+            await asyncio.gather(*closers, return_exceptions=True)
+            for actor in self.actors.all():
+                ray.kill(actor)
+            self.actors = None
+        if self.nc is not None:
+            await self.nc.drain()
+            self.nc = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        self.services.stop()
+
+    def shard_for(self, user_id: str):
+        from policy.sharding import shard_of
+        return self.actors.user_shards[shard_of(user_id, len(self.actors.user_shards))]

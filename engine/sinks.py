@@ -1,0 +1,316 @@
+"""Loopback servers that receive what the engine sends: a real SMTP server
+(aiosmtpd) and a real webhook receiver (aiohttp) that checks signatures.
+
+The demo, the tests and the benchmark point providers at these. Both count what
+they accept and can be told to fail, to exercise error mapping and retries.
+
+Run one in its own process (prints one JSON line of counts on SIGTERM/SIGINT)::
+
+    python -m engine.sinks webhook --port 8099 --secret s3cret
+    python -m engine.sinks smtp --port 2525
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import json
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+from aiohttp import web
+from aiosmtpd.controller import Controller
+
+from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, SignatureError, verify
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMail:
+    """One message as the SMTP sink saw it."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    subject: str | None
+    notification_id: str | None
+    has_text: bool
+    has_html: bool
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
+
+
+class SmtpSink:
+    """An SMTP server on a background thread that accepts every message.
+
+    ``count`` counts accepted messages; ``messages`` holds a ReceivedMail for
+    each when ``keep_messages`` (parsing is skipped otherwise, to stay cheap
+    under benchmark load); ``connections`` counts distinct client connections.
+    Set ``fail_with`` to an SMTP code (e.g. 451, 550) to answer it instead of
+    250, at ``fail_stage`` "data" (default) or "rcpt"; ``fail_message`` sets the
+    text after the code.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, keep_messages: bool = True):
+        self.host = host
+        self.port = port
+        self.keep_messages = keep_messages
+        self.messages: list[ReceivedMail] = []
+        self.count = 0
+        self.failed = 0
+        self.fail_with: int | None = None
+        self.fail_stage = "data"
+        self.fail_message: str | None = None
+        self._peers: set[tuple] = set()
+        self._controller: Controller | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self._peers)
+
+    def start(self) -> None:
+        """Listen on ``host:port`` (a free port when ``port`` is 0); blocks
+        until the server answers."""
+        if self._controller is not None:
+            return
+        if self.port == 0:
+            self.port = free_port(self.host)
+        # server_hostname avoids socket.getfqdn() (a DNS lookup) per connection.
+        self._controller = Controller(self, hostname=self.host, port=self.port, server_hostname="tidings-sink")
+        self._controller.start()
+
+    def stop(self) -> None:
+        """Stop listening and drop open connections (idempotent)."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+    def stats(self) -> dict:
+        return {"sink": "smtp", "count": self.count, "connections": self.connections, "failed": self.failed}
+
+    def _failure(self) -> str:
+        self.failed += 1
+        code = self.fail_with
+        text = self.fail_message or ("Try again later" if code is not None and code < 500 else "Mailbox unavailable")
+        return f"{code} {text}"
+
+    # aiosmtpd handler hooks; they run on the controller's thread.
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        if self.fail_with is not None and self.fail_stage == "rcpt":
+            return self._failure()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        if self.fail_with is not None and self.fail_stage == "data":
+            return self._failure()
+        self._peers.add(session.peer)
+        if self.keep_messages:
+            self.messages.append(self._parse(envelope))
+        self.count += 1
+        return "250 OK"
+
+    @staticmethod
+    def _parse(envelope) -> ReceivedMail:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        types = {part.get_content_type() for part in msg.walk()}
+        return ReceivedMail(
+            mail_from=envelope.mail_from,
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            subject=msg["Subject"],
+            notification_id=msg["Tidings-Notification-Id"],
+            has_text="text/plain" in types,
+            has_html="text/html" in types,
+            content_type=msg.get_content_type(),
+            headers={k.lower(): str(v) for k, v in msg.items()},
+        )
+
+
+class WebhookSink:
+    """An HTTP server with ``POST /hook`` (and ``/hook/<anything>``) that
+    verifies ``Tidings-Signature`` with ``secret``.
+
+    Valid requests get 200 with an ``X-Message-Id`` header and count in
+    ``received``; a repeated ``Tidings-Delivery-Id`` also counts in
+    ``duplicates``. Bad or missing signatures get 401 and count in
+    ``bad_signatures``. ``paths`` counts accepted requests per path; ``bodies``
+    holds decoded JSON bodies when ``keep_bodies``.
+
+    Failure injection: with ``fail_status`` set every request gets that status
+    (429 adds ``Retry-After: <retry_after>``). With ``fail_next`` = N > 0 only the
+    next N requests fail, after which ``fail_status`` is cleared.
+    """
+
+    def __init__(
+        self,
+        secret: bytes | str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        keep_bodies: bool = False,
+        tolerance_s: float = 300,
+    ):
+        self.secret = secret
+        self.host = host
+        self.port = port
+        self.keep_bodies = keep_bodies
+        self.tolerance_s = tolerance_s
+        self.received = 0
+        self.duplicates = 0
+        self.bad_signatures = 0
+        self.failed = 0
+        self.bodies: list = []
+        self.paths: Counter[str] = Counter()
+        self.fail_status: int | None = None
+        self.fail_next = 0
+        self.retry_after = "1"
+        self._seen: set[str] = set()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/hook"
+
+    async def start(self) -> None:
+        """Listen on ``host:port``; port 0 lets the OS pick, read it from ``port``."""
+        if self._runner is not None:
+            return
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        app.router.add_post("/hook/{tail:.*}", self._handle)
+        # No access log: the benchmark sends tens of thousands of requests.
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop listening and close connections (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def stats(self) -> dict:
+        return {
+            "sink": "webhook",
+            "received": self.received,
+            "duplicates": self.duplicates,
+            "bad_signatures": self.bad_signatures,
+            "failed": self.failed,
+        }
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.fail_status is not None:
+            return self._failure()
+        try:
+            verify(
+                self.secret,
+                request.headers.get(SIGNATURE_HEADER, ""),
+                body,
+                now=time.time(),
+                tolerance_s=self.tolerance_s,
+            )
+        except SignatureError as exc:
+            self.bad_signatures += 1
+            return web.json_response({"error": f"bad signature: {exc}"}, status=401)
+        delivery = request.headers.get(ID_HEADER)
+        if not delivery:
+            return web.json_response({"error": f"missing {ID_HEADER} header"}, status=400)
+        if self.keep_bodies:
+            try:
+                self.bodies.append(msgspec.json.decode(body))
+            except msgspec.DecodeError:
+                return web.json_response({"error": "body is not JSON"}, status=400)
+        self.received += 1
+        if delivery in self._seen:
+            self.duplicates += 1
+        else:
+            self._seen.add(delivery)
+        self.paths[request.path] += 1
+        return web.json_response({"ok": True}, headers={"X-Message-Id": f"hook-{self.received}"})
+
+    def _failure(self) -> web.Response:
+        status = self.fail_status
+        assert status is not None
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            if self.fail_next == 0:
+                self.fail_status = None
+        self.failed += 1
+        headers = {"Retry-After": self.retry_after} if status == 429 else None
+        return web.json_response({"error": "injected failure"}, status=status, headers=headers)
+
+
+# -- standalone process --------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> dict:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.kind == "webhook":
+        sink: WebhookSink | SmtpSink = WebhookSink(args.secret, args.host, args.port)
+        await sink.start()
+        where = sink.url
+    else:
+        sink = SmtpSink(args.host, args.port, keep_messages=False)
+        sink.start()
+        where = f"smtp://{sink.host}:{sink.port}"
+    # stderr, so stdout carries exactly one JSON line.
+    print(f"{args.kind} sink listening on {where}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        if isinstance(sink, WebhookSink):
+            await sink.stop()
+        else:
+            sink.stop()
+    return sink.stats()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m engine.sinks``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m engine.sinks", description="Run a loopback sink.")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    hook = sub.add_parser("webhook", help="signed-webhook receiver")
+    hook.add_argument("--host", default="127.0.0.1")
+    hook.add_argument("--port", type=int, default=0)
+    hook.add_argument("--secret", required=True)
+    smtp = sub.add_parser("smtp", help="SMTP server")
+    smtp.add_argument("--host", default="127.0.0.1")
+    smtp.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    stats = asyncio.run(_serve(args))
+    print(json.dumps(stats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""JetStream layout: subjects, the work stream, the dead-letter stream and the
+engine's durable pull consumer."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType,
+                         StreamConfig)
+from nats.js.errors import NotFoundError
+
+from engine.config import NatsConfig
+
+
+def notify_subject(cfg: NatsConfig, category: str) -> str:
+    return f"{cfg.prefix}.notify.{category}"
+
+
+def notify_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.notify.>"
+
+
+def dlq_subject(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.dlq"
+
+
+def dlq_stream(cfg: NatsConfig) -> str:
+    return f"{cfg.stream}_DLQ"
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
+    """Create or update the work stream, the DLQ stream and the durable consumer."""
+    await _ensure(js, StreamConfig(
+        name=cfg.stream,
+        subjects=[notify_wildcard(cfg)],
+        # Work queue: a message leaves the stream once the engine acks it, which it
+        # does only after the outcome is committed in PostgreSQL.
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=cfg.duplicate_window_s,
+        max_age=cfg.max_age_s,
+    ))
+    await _ensure(js, StreamConfig(
+        name=dlq_stream(cfg), subjects=[dlq_subject(cfg)], storage=StorageType.FILE,
+        duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
+    ))
+    await js.add_consumer(cfg.stream, consumer_config(cfg))
+
+
+def consumer_config(cfg: NatsConfig) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=cfg.consumer,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=cfg.ack_wait_s,
+        max_ack_pending=cfg.max_ack_pending,
+        filter_subject=notify_wildcard(cfg),
+    )

@@ -1,0 +1,200 @@
+"""The domain types every boundary speaks: requests, per-user state, decisions,
+delivery tasks and outcomes.
+
+All are msgspec Structs. Inbound types (what producers send) forbid unknown fields
+so a typo is an error, not a silently ignored field; internal types are
+``array_like`` where they cross an actor boundary in bulk (smaller, faster
+MessagePack) and ``frozen`` where nobody should mutate them after creation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Channel = Literal["email", "sms", "push", "in_app", "web", "voice", "webhook"]
+CHANNELS: tuple[str, ...] = ("email", "sms", "push", "in_app", "web", "voice", "webhook")
+
+Priority = Literal["low", "normal", "high", "critical"]
+
+# Terminal statuses of a tracking row. ``sent`` means the provider accepted the
+# message; ``delivered``/``bounced`` arrive later from provider callbacks.
+Status = Literal["sent", "delivered", "bounced", "failed", "suppressed", "rejected", "deferred", "digested"]
+TERMINAL: frozenset[str] = frozenset(
+    {"sent", "delivered", "bounced", "failed", "suppressed", "rejected", "deferred", "digested"}
+)
+
+UserId = Annotated[str, Meta(min_length=1, max_length=128)]
+Category = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200)]
+
+# Notification ids derived from an idempotency key (or from a JetStream sequence
+# when a producer sent neither id nor key) are uuid5 in this namespace, so the
+# same key always maps to the same id, in every process.
+ID_NAMESPACE = uuid.UUID("6f1d2c1e-8a53-4d0c-9a55-3f0c3c1f7d11")
+
+
+class Content(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Ready content for one channel. Which fields a channel needs is checked by
+    its provider (email wants a subject and text or html)."""
+
+    subject: Annotated[str, Meta(max_length=998)] | None = None
+    text: str | None = None
+    html: str | None = None
+    data: dict[str, Any] = {}
+
+
+class NotificationRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a producer submits, over NATS ``<prefix>.notify.<category>`` or HTTP."""
+
+    user_id: UserId
+    category: Category
+    channels: Annotated[list[Channel], Meta(min_length=1, max_length=7)]
+    content: Content | None = None
+    channel_content: dict[Channel, Content] = {}
+    id: uuid.UUID | None = None
+    idempotency_key: IdempotencyKey | None = None
+    priority: Priority = "normal"
+    metadata: dict[str, str] = {}
+    # Seconds since the epoch when the front door accepted it; set by the engine
+    # when absent. End-to-end latency is measured from here.
+    accepted_at: float | None = None
+
+    def content_for(self, channel: str) -> Content | None:
+        return self.channel_content.get(channel, self.content)  # type: ignore[call-overload]
+
+
+class UserState(Struct, kw_only=True):
+    """The minimal per-user state ``decide()`` reads. Kept compact: most users
+    have no opt-outs and no suppressed address.
+
+    ``opt_outs`` holds ``"channel:category"`` strings; ``"*"`` on either side is a
+    wildcard (``"*:marketing"`` = marketing off everywhere, ``"sms:*"`` = no SMS).
+    ``suppressed`` maps a channel to why its address may not be used
+    (``bounce``, ``complaint``, ``manual``).
+    """
+
+    user_id: str
+    addresses: dict[str, str] = {}
+    opt_outs: frozenset[str] = frozenset()
+    suppressed: dict[str, str] = {}
+    timezone: str = "UTC"
+    locale: str = "en"
+
+
+OptOut = Annotated[str, Meta(pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_.-]{0,63})$")]
+Address = Annotated[str, Meta(min_length=1, max_length=512)]
+
+
+class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A user as a product registers it: where to reach them and what they turned off."""
+
+    user_id: UserId
+    addresses: dict[Channel, Address] = {}
+    opt_outs: list[OptOut] = []
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
+    locale: Annotated[str, Meta(min_length=2, max_length=35)] = "en"
+
+    def state(self) -> "UserState":
+        return UserState(user_id=self.user_id, addresses=dict(self.addresses),
+                         opt_outs=frozenset(self.opt_outs), timezone=self.timezone, locale=self.locale)
+
+
+Action = Literal["send", "defer", "digest", "suppress"]
+
+
+class Decision(Struct, frozen=True, array_like=True):
+    """What to do with one (request, channel), and why."""
+
+    channel: str
+    action: Action
+    reason: str
+    until: float | None = None
+    digest_key: str | None = None
+
+
+class DeliveryTask(Struct, array_like=True):
+    """One (notification, channel) handed from a UserShard to a ChannelShard."""
+
+    notification_id: str
+    user_id: str
+    channel: str
+    category: str
+    address: str
+    content: Content
+    priority: str = "normal"
+    accepted_at: float = 0.0
+    metadata: dict[str, str] = {}
+    locale: str = "en"
+
+
+class Attempt(Struct, array_like=True):
+    """One call to one provider."""
+
+    provider: str
+    ok: bool
+    at: float
+    duration_ms: float
+    error: str | None = None
+    error_kind: str | None = None
+
+
+class Outcome(Struct, array_like=True):
+    """The terminal result for one (notification, channel); becomes one tracking row.
+
+    ``channel`` is ``"*"`` for a request rejected before it had channels.
+    """
+
+    notification_id: str
+    user_id: str
+    channel: str
+    category: str
+    status: Status
+    reason: str
+    accepted_at: float
+    completed_at: float
+    provider: str | None = None
+    provider_message_id: str | None = None
+    attempts: list[Attempt] = []
+    priority: str = "normal"
+    detail: str | None = None  # e.g. the validation message of a rejected payload
+
+
+def derive_id(key: str) -> str:
+    """The notification id for an idempotency key (or any stable string)."""
+    return str(uuid.uuid5(ID_NAMESPACE, key))
+
+
+def notification_id(request: NotificationRequest, fallback_key: str) -> str:
+    """Resolve a request's id: explicit id, else from its idempotency key, else
+    from ``fallback_key`` (e.g. the JetStream stream sequence), so redelivery of
+    the same message always yields the same id."""
+    if request.id is not None:
+        return str(request.id)
+    if request.idempotency_key is not None:
+        return derive_id(request.idempotency_key)
+    return derive_id(fallback_key)
+
+
+__all__ = [
+    "Action",
+    "Attempt",
+    "CHANNELS",
+    "Channel",
+    "Content",
+    "Decision",
+    "DeliveryTask",
+    "ID_NAMESPACE",
+    "NotificationRequest",
+    "Outcome",
+    "Priority",
+    "Status",
+    "TERMINAL",
+    "UserProfile",
+    "UserState",
+    "derive_id",
+    "notification_id",
+]

@@ -1,0 +1,32 @@
+"""How batches cross actor boundaries: MessagePack through msgspec, one cached
+Decoder per type (building a Decoder is the slow part)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import msgspec
+
+from policy.types import NotificationRequest
+
+T = TypeVar("T")
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+
+
+@lru_cache(maxsize=None)
+def decoder(typ: Any) -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(typ)
+
+
+def decode(data: bytes, typ: type[T]) -> T:
+    return decoder(typ).decode(data)
+
+
+class Inbound(msgspec.Struct, array_like=True):
+    """A decoded request with its resolved notification id, Ingestor → UserShard."""
+
+    id: str
+    request: NotificationRequest

@@ -1,0 +1,322 @@
+"""Email over SMTP with aiosmtplib, through a small pool of persistent connections.
+
+Settings (a dict, usually from the providers config):
+
+- ``sender`` (required): the From address.
+- ``host`` ("127.0.0.1"), ``port`` (25), ``timeout_s`` (10, per SMTP command).
+- ``username`` / ``password``: AUTH after connecting when a username is given.
+- ``use_tls`` (False, implicit TLS), ``start_tls`` (False), ``validate_certs`` (True).
+- ``pool_size`` (4): at most this many connections, opened lazily and reused.
+- ``transactional_categories`` (["security", "account", "transactional"]): these
+  get no List-Unsubscribe header.
+- ``unsubscribe_mailto`` / ``unsubscribe_url``: List-Unsubscribe targets; the URL
+  also gets RFC 8058 one-click ``List-Unsubscribe-Post``. ``{user_id}``,
+  ``{category}`` and ``{notification_id}`` in them are replaced (URL-quoted).
+- ``message_id_domain`` / ``helo_name``: default to the sender's domain.
+- ``idle_check_s`` (30): a pooled connection idle longer than this is probed
+  with NOOP before use and replaced if the probe fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.parse
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+import aiosmtplib
+
+from policy.types import DeliveryTask
+from providers.base import Receipt
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DeliveryError,
+    InvalidMessage,
+    NetworkError,
+    ProviderError,
+    RateLimited,
+)
+
+DEFAULT_TRANSACTIONAL = ("security", "account", "transactional")
+AUTH_CODES = frozenset({530, 534, 535})
+TRANSIENT_CODES = frozenset({421, 450, 451, 452})
+# A bare local@domain: no display name, brackets, spaces or separators. Both the
+# email package and aiosmtplib parse leniently ("a@b> X" becomes "a@b"), and a
+# task address that needs that leniency is a bug upstream, not something to fix
+# up silently.
+_ADDRESS = re.compile(r"[^\s<>(),;:@\"]+@[^\s<>(),;:@\"]+")
+
+
+def map_smtp_error(exc: BaseException) -> DeliveryError:
+    """Translate an aiosmtplib/OS error into the delivery error tree."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        first = exc.recipients[0]
+        return _by_code(first.code, f"recipient refused: {first.code} {first.message}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return AuthenticationError(f"SMTP auth failed: {exc.code} {exc.message}", status=exc.code)
+    if isinstance(exc, (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError)):
+        return NetworkError(f"SMTP connection: {exc}", status=getattr(exc, "code", None))
+    if isinstance(exc, aiosmtplib.SMTPHeloError):
+        # The server refused our greeting: a problem with the server or our
+        # setup, never with this message, so it must stay retryable.
+        return ProviderError(f"SMTP HELO refused: {exc.code} {exc.message}", status=exc.code)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_code(exc.code, f"SMTP {exc.code} {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return InvalidMessage(f"SMTP server does not support what this message needs: {exc}")
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return NetworkError(f"SMTP connection: {type(exc).__name__}: {exc}")
+    return ProviderError(f"SMTP: {type(exc).__name__}: {exc}")
+
+
+def _by_code(code: int, text: str) -> DeliveryError:
+    if code in AUTH_CODES:
+        return AuthenticationError(text, status=code)
+    if 500 <= code < 600:
+        return InvalidMessage(text, status=code)
+    if code in TRANSIENT_CODES and ("rate" in text.lower() or "limit" in text.lower()):
+        return RateLimited(text, status=code)
+    return ProviderError(text, status=code)
+
+
+def _parse_from(name: str, sender: str):
+    """The parsed From header; ConfigurationError unless it is one address."""
+    probe = EmailMessage()
+    try:
+        probe["From"] = sender
+        header = probe["From"]
+        addresses = header.addresses
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ConfigurationError(f"smtp provider {name!r}: bad sender {sender!r}: {exc}") from exc
+    if len(addresses) != 1 or not addresses[0].username or not addresses[0].domain:
+        raise ConfigurationError(f"smtp provider {name!r}: sender {sender!r} is not one address")
+    return header
+
+
+class _Conn:
+    """One pooled SMTP client and when it was last used."""
+
+    __slots__ = ("smtp", "last_used")
+
+    def __init__(self, smtp: aiosmtplib.SMTP):
+        self.smtp = smtp
+        self.last_used = time.monotonic()
+
+
+class SmtpProvider:
+    """Provider for ``channel = "email"``; see the module docstring for settings.
+
+    ``send`` never retries: it returns ``Receipt(message_id=<Message-ID header>)``
+    or raises a ``providers.errors.DeliveryError``. At most ``pool_size`` sends run
+    at once, one per connection.
+    """
+
+    channel = "email"
+
+    def __init__(self, name: str, settings: dict):
+        self.name = name
+        self.settings = dict(settings)
+        sender = settings.get("sender")
+        if not sender or not isinstance(sender, str):
+            raise ConfigurationError(f"smtp provider {name!r}: 'sender' (From address) is required")
+        self.sender = sender
+        self._from = _parse_from(name, sender)
+        # The envelope (MAIL FROM) wants the bare address, not "Name <addr>".
+        self.envelope_from = self._from.addresses[0].addr_spec
+        domain = self._from.addresses[0].domain
+        self.host = settings.get("host", "127.0.0.1")
+        self.port = int(settings.get("port", 25))
+        self.username = settings.get("username")
+        self.password = settings.get("password")
+        self.use_tls = bool(settings.get("use_tls", False))
+        self.start_tls = bool(settings.get("start_tls", False))
+        if self.use_tls and self.start_tls:
+            raise ConfigurationError(f"smtp provider {name!r}: use_tls and start_tls are exclusive")
+        self.validate_certs = bool(settings.get("validate_certs", True))
+        self.timeout_s = float(settings.get("timeout_s", 10))
+        self.pool_size = int(settings.get("pool_size", 4))
+        if self.pool_size < 1:
+            raise ConfigurationError(f"smtp provider {name!r}: pool_size must be >= 1")
+        self.idle_check_s = float(settings.get("idle_check_s", 30))
+        self.msgid_domain = settings.get("message_id_domain") or domain
+        # Passing a HELO name avoids aiosmtplib's socket.getfqdn(), a DNS lookup
+        # that can stall for seconds on a badly configured host.
+        self.helo_name = settings.get("helo_name") or domain
+        self.transactional = frozenset(settings.get("transactional_categories", DEFAULT_TRANSACTIONAL))
+        self.unsubscribe_mailto = settings.get("unsubscribe_mailto")
+        self.unsubscribe_url = settings.get("unsubscribe_url")
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        self._slots = asyncio.Semaphore(self.pool_size)
+
+    async def start(self) -> None:
+        """Nothing to open up front: connections are made on first use."""
+
+    async def close(self) -> None:
+        """Close every connection, idle or in use; later sends reconnect."""
+        idle, self._idle = self._idle, []
+        busy = self._all.difference(idle)
+        self._all.clear()
+        for conn in busy:
+            # A send owns it right now; QUIT would interleave with its commands.
+            conn.smtp.close()
+        for conn in idle:
+            await self._quit(conn)
+
+    async def send(self, task: DeliveryTask) -> Receipt:
+        """Send one email for ``task``; see the class docstring."""
+        message = self.build_message(task)
+        message_id = message["Message-ID"]
+        async with self._slots:
+            conn = await self._checkout()
+            try:
+                await conn.smtp.send_message(message, sender=self.envelope_from, recipients=[task.address])
+            except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused, ValueError) as exc:
+                # The server answered (or aiosmtplib refused the address before
+                # sending anything): the connection is still in step, keep it
+                # unless the server hung up (421 does that).
+                if conn.smtp.is_connected:
+                    self._checkin(conn)
+                else:
+                    self._drop(conn)
+                if isinstance(exc, ValueError):
+                    raise InvalidMessage(f"unusable address or message: {exc}") from exc
+                raise map_smtp_error(exc) from exc
+            except Exception as exc:
+                self._drop(conn)
+                raise map_smtp_error(exc) from exc
+            except BaseException:
+                # Cancelled mid-command: the connection state is unknown.
+                self._drop(conn)
+                raise
+            self._checkin(conn)
+        return Receipt(message_id=str(message_id))
+
+    def build_message(self, task: DeliveryTask) -> EmailMessage:
+        """The EmailMessage ``send`` would transmit; raises InvalidMessage when the
+        address is missing or not a bare ``local@domain``, or the content lacks a
+        subject or both text and html."""
+        content = task.content
+        if not task.address or not task.address.strip():
+            raise InvalidMessage("email task has no address")
+        if not _ADDRESS.fullmatch(task.address):
+            raise InvalidMessage(f"not a bare email address: {task.address!r}")
+        if not content.subject:
+            raise InvalidMessage("email needs a subject")
+        if not content.text and not content.html:
+            raise InvalidMessage("email needs text or html content")
+        msg = EmailMessage()
+        try:
+            # A header object parsed once in __init__ is stored as is: From is
+            # the same on every message and address parsing is not cheap.
+            msg["From"] = self._from
+            msg["To"] = task.address
+            msg["Subject"] = content.subject
+            msg["Date"] = formatdate(usegmt=True)
+            msg["Message-ID"] = make_msgid(domain=self.msgid_domain)
+            msg["Tidings-Notification-Id"] = task.notification_id
+            if task.category not in self.transactional:
+                self._add_unsubscribe(msg, task)
+            if content.text and content.html:
+                msg.set_content(content.text)
+                msg.add_alternative(content.html, subtype="html")
+            elif content.text:
+                msg.set_content(content.text)
+            else:
+                msg.set_content(content.html, subtype="html")
+        except (ValueError, TypeError) as exc:
+            # The email package refuses CR/LF in headers and unparsable
+            # addresses; both mean this message cannot be sent anywhere.
+            raise InvalidMessage(f"cannot build email: {exc}") from exc
+        return msg
+
+    def _add_unsubscribe(self, msg: EmailMessage, task: DeliveryTask) -> None:
+        targets = []
+        if self.unsubscribe_mailto:
+            mailto = self._fill(self.unsubscribe_mailto, task)
+            targets.append(f"<{mailto if mailto.startswith('mailto:') else 'mailto:' + mailto}>")
+        if self.unsubscribe_url:
+            targets.append(f"<{self._fill(self.unsubscribe_url, task)}>")
+        if not targets:
+            return
+        msg["List-Unsubscribe"] = ", ".join(targets)
+        if self.unsubscribe_url:
+            # RFC 8058: mailbox providers POST this body to the URL for one-click.
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+
+    @staticmethod
+    def _fill(template: str, task: DeliveryTask) -> str:
+        for key in ("user_id", "category", "notification_id"):
+            template = template.replace("{" + key + "}", urllib.parse.quote(getattr(task, key), safe=""))
+        return template
+
+    # -- pool -------------------------------------------------------------
+
+    async def _checkout(self) -> _Conn:
+        """An idle live connection, or a new one. Called holding a slot."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.smtp.is_connected:
+                self._drop(conn)
+                continue
+            if time.monotonic() - conn.last_used > self.idle_check_s:
+                # Servers drop idle clients; find out now rather than mid-message.
+                try:
+                    await conn.smtp.noop()
+                except Exception:
+                    self._drop(conn)
+                    continue
+            return conn
+        return await self._connect()
+
+    async def _connect(self) -> _Conn:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            local_hostname=self.helo_name,
+            timeout=self.timeout_s,
+            use_tls=self.use_tls,
+            start_tls=self.start_tls,
+            validate_certs=self.validate_certs,
+        )
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPNotSupported as exc:
+            # STARTTLS or AUTH asked for but not offered: our settings are wrong.
+            smtp.close()
+            raise ConfigurationError(f"smtp provider {self.name!r}: {exc}") from exc
+        except Exception as exc:
+            smtp.close()
+            raise map_smtp_error(exc) from exc
+        except BaseException:
+            smtp.close()
+            raise
+        conn = _Conn(smtp)
+        self._all.add(conn)
+        return conn
+
+    def _checkin(self, conn: _Conn) -> None:
+        if conn in self._all:  # not closed by close() while in use
+            conn.last_used = time.monotonic()
+            self._idle.append(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        conn.smtp.close()
+
+    async def _quit(self, conn: _Conn) -> None:
+        try:
+            if conn.smtp.is_connected:
+                await conn.smtp.quit(timeout=min(self.timeout_s, 2.0))
+        except Exception:
+            pass  # best effort: closing below is what matters
+        finally:
+            conn.smtp.close()
+
+
+__all__ = ["SmtpProvider", "map_smtp_error"]

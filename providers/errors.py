@@ -1,0 +1,60 @@
+"""One error tree for delivery, after the seeds' taxonomy (provider, network,
+authentication, rate limit, validation, configuration, system).
+
+Each error says whether retrying can help; a ChannelShard retries only those that
+say yes, and ``RateLimited`` carries how long the provider asked us to wait.
+"""
+
+from __future__ import annotations
+
+
+class DeliveryError(Exception):
+    """Root of every error a provider raises."""
+
+    kind = "system"
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ProviderError(DeliveryError):
+    """The provider failed on its side (5xx, SMTP 4xx transient)."""
+
+    kind = "provider"
+    retryable = True
+
+
+class NetworkError(DeliveryError):
+    """Could not reach the provider, or it did not answer in time."""
+
+    kind = "network"
+    retryable = True
+
+
+class RateLimited(DeliveryError):
+    """The provider said slow down (HTTP 429, SMTP 421/451 with a limit)."""
+
+    kind = "rate_limit"
+    retryable = True
+
+
+class AuthenticationError(DeliveryError):
+    """Our credentials were refused; retrying the same provider will not help."""
+
+    kind = "authentication"
+
+
+class InvalidMessage(DeliveryError):
+    """The message or address is unacceptable (HTTP 4xx, SMTP 5xx): not retryable
+    anywhere, the next provider would refuse it too."""
+
+    kind = "validation"
+
+
+class ConfigurationError(DeliveryError):
+    """The provider is set up wrongly (missing setting, unknown type)."""
+
+    kind = "configuration"

@@ -1,0 +1,54 @@
+"""Provider types by name, so configuration can say ``type: smtp``.
+
+Modules are imported only when a provider of that type is created, so an engine
+that sends no email never imports aiosmtplib.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from providers.base import Provider
+from providers.errors import ConfigurationError
+
+PROVIDER_TYPES: dict[str, str] = {
+    "smtp": "providers.email.smtp:SmtpProvider",
+    "webhook": "providers.webhook.http:WebhookProvider",
+}
+
+
+def register(type_name: str, target: str) -> None:
+    """Make ``type_name`` create instances of ``target`` ("package.module:Class").
+    Replaces an existing registration of the same name. Raises ValueError when
+    ``target`` is not of that form (nothing is imported yet)."""
+    module, sep, cls = target.partition(":")
+    if not type_name or not sep or not module or not cls:
+        raise ValueError(f"provider target must look like 'package.module:Class', got {target!r}")
+    PROVIDER_TYPES[type_name] = target
+
+
+def resolve(type_name: str) -> Any:
+    """The class registered for ``type_name``; ConfigurationError if the name is
+    unknown or its module/class cannot be imported."""
+    target = PROVIDER_TYPES.get(type_name)
+    if target is None:
+        known = ", ".join(sorted(PROVIDER_TYPES))
+        raise ConfigurationError(f"unknown provider type {type_name!r}; known types: {known}")
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"provider type {type_name!r}: cannot load {target}: {exc}") from exc
+
+
+def create(type_name: str, name: str, settings: dict) -> Provider:
+    """A new, not yet started provider: ``cls(name, settings)`` for the class
+    registered as ``type_name``. Raises ConfigurationError for an unknown type
+    (naming the known ones) and whatever the constructor raises for bad settings
+    (ConfigurationError by convention)."""
+    return resolve(type_name)(name, settings)
+
+
+__all__ = ["PROVIDER_TYPES", "create", "register", "resolve"]

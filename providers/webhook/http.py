@@ -1,0 +1,174 @@
+"""Signed JSON webhooks over HTTP with aiohttp.
+
+Settings:
+
+- ``secret`` (required): HMAC key for ``providers.webhook.signing``.
+- ``url``: default target; a task address starting with ``http://`` or
+  ``https://`` overrides it per user.
+- ``timeout_s`` (10, whole request), ``max_connections`` (100, pool size).
+- ``tolerate_statuses`` ([]): non-2xx statuses that count as accepted, e.g. 409
+  from a receiver that reports a duplicate delivery id as a conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import msgspec
+
+from policy.types import DeliveryTask
+from providers.base import Receipt
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DeliveryError,
+    InvalidMessage,
+    NetworkError,
+    ProviderError,
+    RateLimited,
+)
+from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, delivery_id, sign
+
+USER_AGENT = "tidings/0.1"
+_encoder = msgspec.json.Encoder()
+
+
+def _is_url(value: str | None) -> bool:
+    return bool(value) and value.startswith(("http://", "https://"))  # type: ignore[union-attr]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date);
+    None when absent or unparsable, never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def map_status(status: int, headers: Mapping[str, str], snippet: str = "") -> DeliveryError:
+    """The error for a non-accepted HTTP status."""
+    text = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
+    if status == 429:
+        return RateLimited(text, status=status, retry_after=parse_retry_after(headers.get("Retry-After")))
+    if status in (401, 403):
+        return AuthenticationError(text, status=status)
+    if status == 408:
+        return NetworkError(text, status=status)
+    if 500 <= status < 600:
+        return ProviderError(text, status=status)
+    # Other 4xx, and 3xx: redirects are not followed on purpose (the signature
+    # would be replayed to wherever the receiver points), so both mean the
+    # endpoint or the payload needs fixing, not a retry.
+    return InvalidMessage(text, status=status)
+
+
+class WebhookProvider:
+    """Provider for ``channel = "webhook"``; see the module docstring for settings.
+
+    ``send`` POSTs one signed JSON document and returns
+    ``Receipt(message_id=<X-Message-Id response header or None>)`` on 2xx (or a
+    tolerated status); otherwise raises a ``providers.errors.DeliveryError``. It
+    never retries. ``start`` opens the HTTP session, ``close`` releases it.
+    """
+
+    channel = "webhook"
+
+    def __init__(self, name: str, settings: dict):
+        self.name = name
+        self.settings = dict(settings)
+        secret = settings.get("secret")
+        if not secret:
+            raise ConfigurationError(f"webhook provider {name!r}: 'secret' is required")
+        self.secret: bytes = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self.url: str | None = settings.get("url")
+        if self.url is not None and not _is_url(self.url):
+            raise ConfigurationError(f"webhook provider {name!r}: url must start with http:// or https://")
+        self.timeout_s = float(settings.get("timeout_s", 10))
+        self.max_connections = int(settings.get("max_connections", 100))
+        self.tolerate = frozenset(int(s) for s in settings.get("tolerate_statuses", ()))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the shared HTTP session (idempotent)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers={"User-Agent": USER_AGENT},
+            )
+
+    async def close(self) -> None:
+        """Close the session and its pooled connections."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def target(self, task: DeliveryTask) -> str:
+        """Where ``task`` goes: its address if that is a URL, else the ``url``
+        setting; InvalidMessage when there is neither."""
+        if _is_url(task.address):
+            return task.address
+        if self.url:
+            return self.url
+        raise InvalidMessage(f"webhook task address {task.address!r} is not a URL and no default url is set")
+
+    def body(self, task: DeliveryTask) -> bytes:
+        """The JSON document POSTed for ``task``."""
+        c = task.content
+        doc = {
+            "id": task.notification_id,
+            "user_id": task.user_id,
+            "category": task.category,
+            "channel": task.channel,
+            "priority": task.priority,
+            "content": {"subject": c.subject, "text": c.text, "html": c.html, "data": c.data},
+            "metadata": task.metadata,
+            "accepted_at": task.accepted_at,
+        }
+        try:
+            return _encoder.encode(doc)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidMessage(f"webhook content is not JSON-encodable: {exc}") from exc
+
+    async def send(self, task: DeliveryTask) -> Receipt:
+        """Deliver ``task``; see the class docstring."""
+        url = self.target(task)
+        body = self.body(task)
+        if self._session is None or self._session.closed:
+            await self.start()
+        assert self._session is not None
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+            ID_HEADER: delivery_id(task.notification_id, task.channel),
+        }
+        try:
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                # Reading the body to the end returns the connection to the pool
+                # for keep-alive; the context manager releases it either way.
+                payload = await resp.read()
+                status = resp.status
+                if 200 <= status < 300 or status in self.tolerate:
+                    return Receipt(message_id=resp.headers.get("X-Message-Id"))
+                snippet = payload[:200].decode("utf-8", "replace").strip()
+                raise map_status(status, resp.headers, snippet)
+        except aiohttp.InvalidURL as exc:
+            raise InvalidMessage(f"invalid webhook url {url!r}: {exc}") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise NetworkError(f"webhook {url}: {type(exc).__name__}: {exc}") from exc
+
+
+__all__ = ["USER_AGENT", "WebhookProvider", "map_status", "parse_retry_after"]
