@@ -1,0 +1,57 @@
+"""Building test engines and waiting on their results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+
+from engine import config
+from engine.config import Config
+from engine.tuning import with_provider_settings
+
+
+def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int | None = None,
+                webhook_url: str | None = None, secret: str = "test-secret", channels=("email", "webhook"),
+                overrides: dict | None = None) -> Config:
+    """The development profile, isolated: its own stream, subjects, consumer and schema."""
+    s = uuid.uuid4().hex[:10]
+    base = {
+        "engine": {"home": home, "user_shards": 2, "fetch_timeout_s": 0.02},
+        "nats": {"url": nats_url, "prefix": f"t{s}", "stream": f"T{s}", "consumer": f"c{s}"},
+        "database": {"url": database_url, "schema": f"t_{s}"},
+        "ray": {"address": "", "dashboard": False},
+        "http": {"port": 0},
+        "recorder": {"linger_ms": 5},
+    }
+    cfg = config.load(profile="development", env={}, overrides=config.merge(base, overrides or {}))
+    if "email" in channels and smtp_port is not None:
+        cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=smtp_port)
+    if "webhook" in channels and webhook_url is not None:
+        cfg = with_provider_settings(cfg, "webhook", url=webhook_url, secret=secret)
+    keep = {name: ch for name, ch in cfg.channels.items() if name in channels}
+    import msgspec
+    return msgspec.structs.replace(cfg, channels=keep)
+
+
+async def wait_rows(pool: asyncpg.Pool, ids: list[str], expected: int, timeout_s: float = 120) -> int:
+    """Poll until ``expected`` tracking rows exist for ``ids``; returns the count seen."""
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    while time.monotonic() < deadline:
+        n = await pool.fetchval(
+            "SELECT count(*) FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])", ids)
+        if n >= expected:
+            return n
+        await asyncio.sleep(0.2)
+    return n
+
+
+async def drop_schema(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
