@@ -31,13 +31,15 @@ def suppressed(inb: wire.Inbound, channel: str, status: str, reason: str, now: f
                    r.accepted_at or now, now, priority=r.priority)
 
 
-def task_for(inb: wire.Inbound, channel: str, state: UserState) -> DeliveryTask | None:
+def task_for(inb: wire.Inbound, channel: str, state: UserState | None) -> DeliveryTask | None:
     r: NotificationRequest = inb.request
     content = r.content_for(channel)
     if content is None:
         return None
-    return DeliveryTask(inb.id, r.user_id, channel, r.category, state.addresses.get(channel, ""),
-                        content, r.priority, r.accepted_at or 0.0, r.metadata, state.locale)
+    address = state.addresses.get(channel, "") if state is not None else ""
+    locale = state.locale if state is not None else "en"
+    return DeliveryTask(inb.id, r.user_id, channel, r.category, address,
+                        content, r.priority, r.accepted_at or 0.0, r.metadata, locale)
 
 
 class UserShard:

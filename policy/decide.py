@@ -33,6 +33,10 @@ def decide_channel(request: NotificationRequest, state: UserState | None, channe
     if channel not in available:
         return Decision(channel, "suppress", "channel.unavailable")
     if state is None:
+        # An unregistered user has every default and no address: channels whose
+        # address comes from the provider's configuration still deliver.
+        if channel in ADDRESS_OPTIONAL:
+            return Decision(channel, "send", "ok")
         return Decision(channel, "suppress", "user.unknown")
     reason = opted_out(state, channel, request.category)
     if reason is not None:

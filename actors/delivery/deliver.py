@@ -111,18 +111,22 @@ async def _try_slot(run: _Run, slot: ProviderSlot) -> tuple[str, Receipt | None]
 async def _admitted_call(
     run: _Run, slot: ProviderSlot
 ) -> tuple[str | None, Receipt | None, DeliveryError | None]:
-    """Pass the slot's gates and make one call: (refusal reason, receipt, error)."""
-    if not slot.breaker.allow():
-        return "circuit_open", None, None
-    try:
-        refused = await _limits(run, slot)
-        if refused is None:
-            return (None, *await _call(run, slot))
-    except BaseException:
-        slot.breaker.release()  # a cancelled admission or call must not strand a probe
-        raise
-    slot.breaker.release()
-    return refused, None, None
+    """Pass the slot's gates and make one call: (refusal reason, receipt, error).
+
+    The gates are checked once a bulkhead place is held, right before the call:
+    calls queued behind the bulkhead must see a breaker that opened meanwhile."""
+    async with slot.bulkhead:
+        if not slot.breaker.allow():
+            return "circuit_open", None, None
+        try:
+            refused = await _limits(run, slot)
+            if refused is None:
+                return (None, *await _call(run, slot))
+        except BaseException:
+            slot.breaker.release()  # a cancelled admission or call must not strand a probe
+            raise
+        slot.breaker.release()
+        return refused, None, None
 
 
 async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
@@ -136,15 +140,14 @@ async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
 
 
 async def _call(run: _Run, slot: ProviderSlot) -> tuple[Receipt | None, DeliveryError | None]:
-    """One provider call inside the bulkhead; appends its Attempt."""
+    """One provider call (the caller holds the bulkhead); appends its Attempt."""
     name = slot.provider.name
-    async with slot.bulkhead:
-        at, start = run.wall(), run.clock()
-        try:
-            receipt = await _send(run, slot)
-        except DeliveryError as err:
-            run.attempts.append(_attempt(run, name, at, start, err))
-            return None, err
+    at, start = run.wall(), run.clock()
+    try:
+        receipt = await _send(run, slot)
+    except DeliveryError as err:
+        run.attempts.append(_attempt(run, name, at, start, err))
+        return None, err
     run.attempts.append(_attempt(run, name, at, start, None))
     return receipt, None
 
