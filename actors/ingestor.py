@@ -169,5 +169,7 @@ class Ingestor:
         if self.inflight:
             await asyncio.gather(*self.inflight, return_exceptions=True)
         if self.nc is not None:
-            await self.nc.drain()
+            # close, not drain: the batches in flight are done, and draining a pull
+            # subscription waits for a fetch that will never come
+            await self.nc.close()
             self.nc = None

@@ -1,0 +1,133 @@
+"""Stage ceilings: each stage of the pipeline alone, with the same payloads the
+end-to-end benchmark uses, so end to end can be read as a ratio of the slowest.
+
+    python -m bench.ceilings --n 20000
+
+* ``http_sink``: a bare aiohttp client posting signed webhook bodies to the loopback
+  sink (in its own process), ``--concurrency`` requests in flight.
+* ``jetstream``: publish_async N messages, then pull-consume and ack them, from Python.
+* ``copy``: asyncpg COPY of N tracking rows through the Recorder's staging path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import aiohttp
+import asyncpg
+import msgspec
+import nats
+import uvloop
+
+from bench.e2e import SECRET, start_sink, stop_sink
+from engine import db
+from engine.embedded import free_port
+from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, sign
+
+BODY = {"user_id": "b1", "category": "job_alerts", "channel": "webhook", "priority": "normal",
+        "content": {"subject": "Job 1", "text": "A new job matches your search.", "html": None, "data": {}},
+        "metadata": {}, "accepted_at": 0.0}
+
+
+async def http_sink(n: int, concurrency: int) -> float:
+    port = free_port()
+    proc = start_sink("webhook", port)
+    url = f"http://127.0.0.1:{port}/hook"
+    enc = msgspec.json.Encoder()
+    gate = asyncio.Semaphore(concurrency)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+            async def one(i: int) -> None:
+                nid = str(uuid.uuid4())
+                body = enc.encode({"id": nid, **BODY})
+                headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(SECRET, body, int(time.time())),
+                           ID_HEADER: f"{nid}:webhook"}
+                async with gate, s.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200
+            started = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            return n / (time.perf_counter() - started)
+    finally:
+        stop_sink(proc)
+
+
+async def jetstream(url: str, n: int, batch: int) -> dict:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    name = f"CEIL{uuid.uuid4().hex[:8]}"
+    await js.add_stream(name=name, subjects=[f"{name}.>"])
+    body = msgspec.json.encode({"id": str(uuid.uuid4()), **BODY})
+    try:
+        started = time.perf_counter()
+        futures = [await js.publish_async(f"{name}.x", body) for _ in range(n)]
+        await asyncio.gather(*futures)
+        pub = n / (time.perf_counter() - started)
+        sub = await js.pull_subscribe(f"{name}.>", durable="c", stream=name)
+        got = 0
+        started = time.perf_counter()
+        while got < n:
+            msgs = await sub.fetch(batch, timeout=5)
+            for m in msgs:
+                _ = m.metadata
+                await m.ack()
+            got += len(msgs)
+        consume = n / (time.perf_counter() - started)
+        return {"publish_per_s": round(pub), "consume_ack_per_s": round(consume)}
+    finally:
+        await js.delete_stream(name)
+        await nc.drain()
+
+
+async def copy(url: str, n: int) -> float:
+    from actors.recorder import MOVE_STAGE, STAGE_COLUMNS, _init_connection
+
+    schema = f"ceil_{uuid.uuid4().hex[:8]}"
+    await db.migrate_url(url, schema)
+    pool = await db.create_pool(url, schema, min_size=1, max_size=2, init=_init_connection)
+    now = time.time()
+    rows = [(str(uuid.uuid4()), f"b{i}", "webhook", "job_alerts", "normal", "sent", "ok", "http-sink", None, 1,
+             '[{"provider":"http-sink","ok":true,"at":%f,"duration_ms":1.2,"error":null,"error_kind":null}]' % now,
+             None, now, now) for i in range(n)]
+    try:
+        started = time.perf_counter()
+        for i in range(0, n, 5000):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table("_tracking_stage", records=rows[i:i + 5000], columns=STAGE_COLUMNS)
+                await conn.execute(MOVE_STAGE)
+        return n / (time.perf_counter() - started)
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(url)
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+async def run(args) -> dict:
+    out = {"n": args.n}
+    out["http_sink_per_s"] = round(await http_sink(args.n, args.concurrency))
+    out.update(await jetstream(args.nats_url, args.n, args.batch))
+    out["copy_rows_per_s"] = round(await copy(args.database_url, args.n))
+    return out
+
+
+def main(argv=None) -> int:
+    import os
+    p = argparse.ArgumentParser(prog="python -m bench.ceilings")
+    p.add_argument("--n", type=int, default=20_000)
+    p.add_argument("--concurrency", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--nats-url", default=os.environ.get("TIDINGS_NATS_URL", "nats://127.0.0.1:4222"))
+    p.add_argument("--database-url", default=os.environ.get("TIDINGS_DATABASE_URL", ""))
+    args = p.parse_args(argv)
+    print(json.dumps(uvloop.run(run(args)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

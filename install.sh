@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates .venv and installs Tidings with the given extras. Used by run.sh and test.sh.
+# Needs only Python >= 3.11; on Debian/Ubuntu without the venv module it installs
+# python3-venv with apt-get (as root).
+set -euo pipefail
+cd "$(dirname "$0")"
+extras="${1:-}"
+py="${PYTHON:-python3}"
+if ! "$py" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    echo "Tidings needs Python 3.11 or newer ($py is $("$py" --version 2>&1))" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    if ! "$py" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+            "$py" -m venv .venv
+        else
+            echo "python venv module missing: install python3-venv" >&2
+            exit 1
+        fi
+    fi
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
