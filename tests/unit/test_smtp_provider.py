@@ -246,3 +246,22 @@ async def test_registry_creates_smtp_provider(sink):
     finally:
         await p.close()
     assert sink.count == 1
+
+
+def test_non_ascii_subject_and_sender_are_encoded():
+    from email import message_from_bytes
+    from email.header import decode_header, make_header
+
+    p = SmtpProvider("enc", {"sender": "Jöbs Bot <noreply@jobs.test>"})
+    msg = p.build_message(task(3, subject="Neue Stelle für Sie ✓", text="Hallo"))
+    raw = msg.as_bytes()
+    assert raw.isascii()
+    parsed = message_from_bytes(raw)
+    assert str(make_header(decode_header(parsed["Subject"]))) == "Neue Stelle für Sie ✓"
+    assert str(make_header(decode_header(parsed["From"]))) == "Jöbs Bot <noreply@jobs.test>"
+
+
+def test_line_break_in_subject_is_invalid():
+    p = SmtpProvider("enc", {"sender": "noreply@jobs.test"})
+    with pytest.raises(InvalidMessage):
+        p.build_message(task(4, subject="hi\r\nBcc: victim@example.test", text="x"))
