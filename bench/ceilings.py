@@ -24,9 +24,9 @@ import msgspec
 import nats
 import uvloop
 
-from bench.e2e import SECRET, start_sink, stop_sink
+from bench.e2e import SECRET
 from engine import db
-from engine.embedded import free_port
+from engine.sinks import SinkProcess
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, sign
 
 BODY = {"user_id": "b1", "category": "job_alerts", "channel": "webhook", "priority": "normal",
@@ -35,9 +35,8 @@ BODY = {"user_id": "b1", "category": "job_alerts", "channel": "webhook", "priori
 
 
 async def http_sink(n: int, concurrency: int) -> float:
-    port = free_port()
-    proc = start_sink("webhook", port)
-    url = f"http://127.0.0.1:{port}/hook"
+    sink = SinkProcess("webhook", secret=SECRET).start()
+    url = sink.url
     enc = msgspec.json.Encoder()
     gate = asyncio.Semaphore(concurrency)
     try:
@@ -54,7 +53,7 @@ async def http_sink(n: int, concurrency: int) -> float:
             await asyncio.gather(*(one(i) for i in range(n)))
             return n / (time.perf_counter() - started)
     finally:
-        stop_sink(proc)
+        sink.stop()
 
 
 async def jetstream(url: str, n: int, batch: int) -> dict:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import uuid
@@ -30,8 +29,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine import config, streams
-from engine.embedded import free_port, port_open
+from engine.embedded import free_port
 from engine.runtime import Engine
+from engine.sinks import SinkProcess
 from engine.tuning import with_provider_settings, with_section
 
 console = Console()
@@ -46,30 +46,6 @@ SELECT count(*) AS rows,
   max(extract(epoch FROM created_at - accepted_at)) AS durable_max
 FROM delivery_tracking
 """
-
-
-def start_sink(kind: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "engine.sinks", kind, "--port", str(port)]
-    if kind == "webhook":
-        cmd += ["--secret", SECRET]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 15
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{kind} sink did not start")
-        time.sleep(0.05)
-    return proc
-
-
-def stop_sink(proc: subprocess.Popen) -> dict:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return {}
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else {}
 
 
 def bench_config(args, hook_port: int, smtp_port: int) -> config.Config:
@@ -127,11 +103,11 @@ async def seed_users(engine: Engine, users: int) -> None:
 
 
 async def run(args) -> dict:
-    hook_port, smtp_port = free_port(), free_port()
-    sinks = {"webhook": start_sink("webhook", hook_port)}
+    sinks = {"webhook": SinkProcess("webhook", secret=SECRET).start()}
     if "email" in args.channels:
-        sinks["smtp"] = start_sink("smtp", smtp_port)
-    cfg = bench_config(args, hook_port, smtp_port)
+        sinks["smtp"] = SinkProcess("smtp").start()
+    smtp_port = sinks["smtp"].port if "smtp" in sinks else free_port()
+    cfg = bench_config(args, sinks["webhook"].port, smtp_port)
     engine = await Engine(cfg).start()
     try:
         if "email" in args.channels:
@@ -143,7 +119,7 @@ async def run(args) -> dict:
         s = await engine.pool.fetchrow(STATS_SQL)
     finally:
         await engine.stop()
-        received = {name: stop_sink(p) for name, p in sinks.items()}
+        received = {name: p.stop() for name, p in sinks.items()}
         await drop(cfg)
     wall = float(s["wall_durable_s"] or 0)
     return {

@@ -16,7 +16,7 @@ from rich.table import Table
 from engine.config import Config
 from engine.http import save_profiles
 from engine.runtime import Engine
-from engine.sinks import SmtpSink, WebhookSink
+from engine.sinks import SinkProcess
 from engine.tuning import with_provider_settings
 from policy.types import UserProfile
 
@@ -24,37 +24,41 @@ CATEGORIES = (("job_alerts", 0.5), ("application_updates", 0.3), ("marketing", 0
 
 
 class Sinks:
-    """The loopback SMTP server and webhook receiver the demo config points at."""
+    """The loopback SMTP server and webhook receiver the demo points the engine at,
+    each in its own process (started and stopped with the engine)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.smtp = SmtpSink(port=0, keep_messages=False) if "email" in cfg.enabled_channels() else None
+        self.smtp = SinkProcess("smtp") if "email" in cfg.enabled_channels() else None
         secret = self._webhook_secret(cfg)
-        self.webhook = WebhookSink(secret, port=0) if secret else None
+        self.webhook = SinkProcess("webhook", secret=secret) if secret else None
 
     @staticmethod
     def _webhook_secret(cfg: Config) -> str | None:
         ch = cfg.channels.get("webhook")
-        if ch is None or not ch.providers:
+        if ch is None or not ch.providers or "webhook" not in cfg.enabled_channels():
             return None
         return ch.providers[0].settings.get("secret")
 
     async def start(self) -> Config:
-        """Start both and return the config pointed at their real ports."""
+        """Start both and return the config pointed at their ports."""
         cfg = self.cfg
         if self.smtp is not None:
-            self.smtp.start()
+            await asyncio.to_thread(self.smtp.start)
             cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=self.smtp.port)
         if self.webhook is not None:
-            await self.webhook.start()
+            await asyncio.to_thread(self.webhook.start)
             cfg = with_provider_settings(cfg, "webhook", url=self.webhook.url)
         return cfg
 
+    def stats(self) -> dict:
+        return {"smtp": self.smtp.stats() if self.smtp else {},
+                "webhook": self.webhook.stats() if self.webhook else {}}
+
     async def stop(self) -> None:
-        if self.smtp is not None:
-            self.smtp.stop()
-        if self.webhook is not None:
-            await self.webhook.stop()
+        for sink in (self.smtp, self.webhook):
+            if sink is not None:
+                await asyncio.to_thread(sink.stop)
 
 
 def population(users: int, seed: int = 7) -> list[UserProfile]:
@@ -146,8 +150,10 @@ async def run(engine: Engine, http_url: str, sinks: Sinks, *, count: int, users:
     done = await wait_done(engine, ids, len(ids) * 2, timeout_s, console)
     summary = await summarize(engine, ids)
     summary["rows"], summary["expected_rows"] = done, len(ids) * 2
-    summary["smtp_received"] = sinks.smtp.count if sinks.smtp else 0
-    summary["webhooks"] = sinks.webhook.stats() if sinks.webhook else {}
+    await asyncio.sleep(0.5)  # the sinks write their counts every quarter second
+    received = sinks.stats()
+    summary["smtp_received"] = received["smtp"].get("count", 0)
+    summary["webhooks"] = received["webhook"]
     print_summary(console, summary, engine)
     return summary
 
@@ -177,7 +183,10 @@ def print_summary(console: Console, s: dict, engine: Engine) -> None:
         f"{s['notifications']:,} notifications ({s['rows']:,}/{s['expected_rows']:,} channel outcomes recorded) "
         f"in {s['wall_s']:.1f}s: [bold]{s['per_s']:,.0f} notifications/s[/bold], "
         f"accept→recorded p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms")
-    console.print(f"SMTP sink received {s['smtp_received']:,} emails; webhook receiver: {s['webhooks']}")
+    w = s["webhooks"]
+    console.print(f"SMTP server received {s['smtp_received']:,} emails; webhook receiver accepted "
+                  f"{w.get('received', 0):,} (signature failures {w.get('bad_signatures', 0)}, "
+                  f"repeated delivery ids {w.get('duplicates', 0)})")
     dash = engine.ray_info.get("dashboard")
     if dash:
         console.print(f"Ray dashboard: [link]{dash}[/link]  (actors: Ingestor, UserShard, ChannelShard, Recorder)")

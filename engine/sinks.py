@@ -17,9 +17,12 @@ import asyncio
 import email
 import email.policy
 import json
+import os
 import signal
+import subprocess
 import socket
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,14 +31,8 @@ import msgspec
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
+from engine.embedded import free_port, port_open
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, SignatureError, verify
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,13 +277,86 @@ async def _serve(args: argparse.Namespace) -> dict:
     # stderr, so stdout carries exactly one JSON line.
     print(f"{args.kind} sink listening on {where}", file=sys.stderr, flush=True)
     try:
-        await stop.wait()
+        if args.stats_file:
+            await _write_stats_until(stop, sink, args.stats_file)
+        else:
+            await stop.wait()
     finally:
         if isinstance(sink, WebhookSink):
             await sink.stop()
         else:
             sink.stop()
     return sink.stats()
+
+
+async def _write_stats_until(stop: asyncio.Event, sink, path: str, every_s: float = 0.25) -> None:
+    """Keep ``path`` holding the sink's counts (replaced atomically) until stopped."""
+    tmp = f"{path}.tmp"
+    while True:
+        with open(tmp, "w") as f:
+            json.dump(sink.stats(), f)
+        os.replace(tmp, path)
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+            return
+        except TimeoutError:
+            pass
+
+
+class SinkProcess:
+    """A sink in its own process (``python -m engine.sinks``), so it does not share
+    a GIL or a core's time slice with the engine it is measuring."""
+
+    def __init__(self, kind: str, *, secret: str | None = None, port: int = 0, stats_dir: str | None = None):
+        self.kind, self.secret = kind, secret
+        self.port = port or free_port()
+        self.stats_file = os.path.join(stats_dir or tempfile.gettempdir(), f"tidings-{kind}-sink-{self.port}.json")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self, timeout_s: float = 15.0) -> "SinkProcess":
+        cmd = [sys.executable, "-m", "engine.sinks", self.kind, "--port", str(self.port),
+               "--stats-file", self.stats_file]
+        if self.kind == "webhook":
+            cmd += ["--secret", self.secret or ""]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + timeout_s
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"{self.kind} sink did not start on port {self.port}")
+            time.sleep(0.05)
+        return self
+
+    def stats(self) -> dict:
+        """The counts as of the last quarter second."""
+        try:
+            with open(self.stats_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> dict:
+        """Stop the process; returns its final counts."""
+        if self.proc is None:
+            return {}
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out = ""
+        self.proc = None
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        final = json.loads(lines[-1]) if lines else self.stats()
+        try:
+            os.unlink(self.stats_file)
+        except OSError:
+            pass
+        return final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     smtp = sub.add_parser("smtp", help="SMTP server")
     smtp.add_argument("--host", default="127.0.0.1")
     smtp.add_argument("--port", type=int, default=0)
+    for p in (hook, smtp):
+        p.add_argument("--stats-file", help="keep this file holding the counts, as JSON")
     args = parser.parse_args(argv)
     try:
         import uvloop
