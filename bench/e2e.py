@@ -25,11 +25,11 @@ import uuid
 import msgspec
 import uvloop
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from engine import config, streams
 from engine.embedded import free_port
+from engine.demo import watch_rows
 from engine.runtime import Engine
 from engine.sinks import SinkProcess
 from engine.tuning import with_provider_settings, with_section
@@ -80,19 +80,6 @@ async def publish(engine: Engine, n: int, rate: float, channels: list[str], user
     return time.perf_counter() - started
 
 
-async def wait_all(engine: Engine, expected: int, timeout_s: float) -> int:
-    done = 0
-    with Progress(TextColumn("[bold]e2e"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
-        task = bar.add_task("rows", total=expected)
-        deadline = time.monotonic() + timeout_s
-        while done < expected and time.monotonic() < deadline:
-            done = await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking")
-            bar.update(task, completed=done)
-            await asyncio.sleep(0.25)
-    return done
-
-
 async def seed_users(engine: Engine, users: int) -> None:
     from engine.http import save_profiles
     from policy.types import UserProfile
@@ -115,7 +102,7 @@ async def run(args) -> dict:
         await asyncio.sleep(1.0)  # let every actor finish starting before the clock runs
         pub_s = await publish(engine, args.n, args.rate, args.channels, args.users)
         expected = args.n * len(args.channels)
-        done = await wait_all(engine, expected, args.timeout)
+        done = await watch_rows(engine.pool, expected, args.timeout, console, label="e2e")
         s = await engine.pool.fetchrow(STATS_SQL)
     finally:
         await engine.stop()

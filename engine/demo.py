@@ -120,17 +120,23 @@ FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])
 """
 
 
-async def wait_done(engine: Engine, ids: list[str], expected_rows: int, timeout_s: float, console: Console) -> int:
+async def watch_rows(pool, expected: int, timeout_s: float, console: Console, label: str = "delivering",
+                     ids: list[str] | None = None) -> int:
+    """A progress bar over tracking rows (all of them, or those of ``ids``) until
+    ``expected`` are recorded or ``timeout_s`` passes; returns the count seen."""
+    query, args = "SELECT count(*) FROM delivery_tracking", ()
+    if ids is not None:
+        query, args = query + " WHERE notification_id = ANY($1::uuid[])", (ids,)
     done = 0
-    with Progress(TextColumn("[bold]delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
-        task = bar.add_task("rows", total=expected_rows)
+        task = bar.add_task("rows", total=expected)
         deadline = time.monotonic() + timeout_s
-        while done < expected_rows and time.monotonic() < deadline:
-            done = await engine.pool.fetchval(
-                "SELECT count(*) FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])", ids)
+        while done < expected and time.monotonic() < deadline:
+            done = await pool.fetchval(query, *args)
             bar.update(task, completed=done)
-            await asyncio.sleep(0.5)
+            if done < expected:
+                await asyncio.sleep(0.25)
     return done
 
 
@@ -147,7 +153,7 @@ async def run(engine: Engine, http_url: str, sinks: Sinks, *, count: int, users:
     started = time.monotonic()
     ids = await submit_all(http_url, reqs)
     console.print(f"accepted {len(ids):,} in {time.monotonic() - started:.1f}s (202 after the JetStream ack)")
-    done = await wait_done(engine, ids, len(ids) * 2, timeout_s, console)
+    done = await watch_rows(engine.pool, len(ids) * 2, timeout_s, console, ids=ids)
     summary = await summarize(engine, ids)
     summary["rows"], summary["expected_rows"] = done, len(ids) * 2
     await asyncio.sleep(0.5)  # the sinks write their counts every quarter second

@@ -4,18 +4,9 @@ sleep, scripted providers, and builders for tasks and slots."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
-
-# tests/unit has no __init__.py, so pytest puts only this directory on sys.path;
-# make the project root importable too (the package is not installed).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket  # noqa: E402
-from policy.types import Content, DeliveryTask  # noqa: E402
-from providers.base import Receipt  # noqa: E402
+from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket
+from policy.types import Content, DeliveryTask
+from providers.base import Receipt
 
 WALL_START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fakes import FakeClock  # noqa: F401,I001  (puts the project root on sys.path)
+from fakes import FakeClock
 from actors.delivery import Backoff
 
 

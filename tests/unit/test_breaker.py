@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fakes import FakeClock  # noqa: I001  (puts the project root on sys.path)
+from fakes import FakeClock
 from actors.delivery import CircuitBreaker
 
 

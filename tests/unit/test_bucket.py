@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakes import FakeClock  # noqa: I001  (puts the project root on sys.path)
+from fakes import FakeClock
 from actors.delivery import DailyLimit, TokenBucket
 
 

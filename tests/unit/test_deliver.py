@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from fakes import FakeClock, FakeProvider, make_slot, make_task  # noqa: I001  (project root on sys.path)
+from fakes import FakeClock, FakeProvider, make_slot, make_task
 from actors.delivery import Backoff, ProviderSlot, deliver
 from policy.types import Outcome
 from providers.errors import (

@@ -1,21 +1,13 @@
 """SmtpProvider against a real aiosmtpd server on loopback (engine.sinks.SmtpSink)."""
 
-import sys
-from pathlib import Path
+import asyncio
 
-# The project is not installed into the venv; make its packages importable.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import pytest
 
-import asyncio  # noqa: E402
-
-import pytest  # noqa: E402
-
-from engine.sinks import SmtpSink, free_port  # noqa: E402
-from policy.types import Content, DeliveryTask  # noqa: E402
-from providers.email.smtp import SmtpProvider  # noqa: E402
-from providers.errors import (  # noqa: E402
+from engine.sinks import SmtpSink, free_port
+from policy.types import Content, DeliveryTask
+from providers.email.smtp import SmtpProvider
+from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidMessage,
@@ -23,7 +15,7 @@ from providers.errors import (  # noqa: E402
     ProviderError,
     RateLimited,
 )
-from providers.registry import create  # noqa: E402
+from providers.registry import create
 
 
 def task(n: int = 1, *, category: str = "security", address: str = "user@example.com", **content) -> DeliveryTask:

@@ -1,20 +1,12 @@
 """WebhookProvider against a real aiohttp receiver on loopback (engine.sinks.WebhookSink)."""
 
-import sys
-from pathlib import Path
+import time
 
-# The project is not installed into the venv; make its packages importable.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import pytest
 
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-
-from engine.sinks import WebhookSink, free_port  # noqa: E402
-from policy.types import Content, DeliveryTask  # noqa: E402
-from providers.errors import (  # noqa: E402
+from engine.sinks import WebhookSink, free_port
+from policy.types import Content, DeliveryTask
+from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidMessage,
@@ -22,8 +14,8 @@ from providers.errors import (  # noqa: E402
     ProviderError,
     RateLimited,
 )
-from providers.registry import create  # noqa: E402
-from providers.webhook.http import WebhookProvider, map_status, parse_retry_after  # noqa: E402
+from providers.registry import create
+from providers.webhook.http import WebhookProvider, map_status, parse_retry_after
 
 SECRET = "whsec_unit"
 

@@ -1,20 +1,12 @@
 """providers.webhook.signing: round trips, every rejection path, and properties."""
 
-import sys
-from pathlib import Path
+import hmac
+import hashlib
 
-# The project is not installed into the venv; make its packages importable.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import pytest
+from hypothesis import given, settings, strategies as st
 
-import hmac  # noqa: E402
-import hashlib  # noqa: E402
-
-import pytest  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from providers.webhook.signing import SignatureError, sign, verify  # noqa: E402
+from providers.webhook.signing import SignatureError, sign, verify
 
 SECRET = "whsec_test"
 BODY = b'{"id":"n1","channel":"webhook"}'
