@@ -168,4 +168,6 @@ class UserShard:
             self.users.update(await user_store.load_states(conn, missing))
 
     async def info(self) -> dict:
-        return {"index": self.index, "users": len(self.users), "recent_ids": len(self.recent), **self.stats}
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        return {"index": self.index, "users": len(self.users), "recent_ids": len(self.recent), "loop": loop,
+                **self.stats}

@@ -14,12 +14,15 @@ import ray  # noqa: E402  (after the environment above)
 
 log = logging.getLogger(__name__)
 
+# Applies to every worker of the job (local or on a cluster).
+RUNTIME_ENV = {"worker_process_setup_hook": "actors.worker.setup"}
+
 
 def init(cfg: RayConfig) -> dict:
     """Start or join Ray once per process; returns where the dashboard is."""
     if not ray.is_initialized():
         common = dict(namespace=cfg.namespace, logging_level=logging.WARNING, log_to_driver=True,
-                      configure_logging=True)
+                      configure_logging=True, runtime_env=RUNTIME_ENV)
         if cfg.address:
             ray.init(address=cfg.address, **common)
         else:

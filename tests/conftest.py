@@ -44,7 +44,9 @@ def ray_address():
     """One local Ray for the session; yields its GCS address (other processes join it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="tidings-test",
+    from engine.raybox import RUNTIME_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="tidings-test", runtime_env=RUNTIME_ENV,
              logging_level=logging.WARNING, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

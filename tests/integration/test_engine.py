@@ -253,3 +253,36 @@ async def test_health_ready_metrics(engine, client):
         text = await r.text()
     assert "tidings_notifications_accepted_total" in text
     assert "tidings_http_requests_total" in text
+
+
+async def test_actors_run_on_uvloop(engine):
+    infos = await asyncio.gather(*(s.info.remote() for s in engine.actors.user_shards))
+    assert {i["loop"] for i in infos} == {"uvloop"}
+
+
+async def test_cli_send_and_status(engine):
+    """What a user types: `tidings send …` then `tidings status <id>`."""
+    import sys
+
+    async def tidings(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.cli", *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env={**__import__("os").environ, "COLUMNS": "200"})
+        out, _ = await proc.communicate()
+        return proc.returncode, out.decode()
+
+    code, out = await tidings("send", "--url", engine.base_url, "--user", "u11", "--category", "job_alerts",
+                              "--channel", "email", "--channel", "webhook", "--subject", "From the CLI",
+                              "--text", "hello")
+    assert code == 0, out
+    nid = out.split()[0]
+    assert str(uuid.UUID(nid)) == nid
+    assert await wait_rows(engine.pool, [nid], 2) == 2
+    code, out = await tidings("status", nid, "--url", engine.base_url, "--json")
+    assert code == 0, out
+    import json
+    body = json.loads(out)
+    assert {(c["channel"], c["status"]) for c in body["channels"]} == {("email", "sent"), ("webhook", "sent")}
+    code, out = await tidings("send", "--url", engine.base_url, "--user", "u11", "--category", "job_alerts",
+                              "--channel", "fax", "--text", "x")
+    assert code == 1 and "$[0].channels[0]" in out
