@@ -35,6 +35,22 @@ def header_safe(text: str, limit: int = 400) -> str:
     return text.replace("\r", " ").replace("\n", " ")[:limit]
 
 
+class _UserOnly(msgspec.Struct):
+    user_id: str = ""
+
+
+_user_only = msgspec.json.Decoder(_UserOnly)
+
+
+def salvage_user(data: bytes) -> str:
+    """The user id of a rejected payload, when it has a readable one (so the
+    rejection shows up under the user), else ""."""
+    try:
+        return _user_only.decode(data).user_id[:128]
+    except msgspec.DecodeError:
+        return ""
+
+
 class Rejected(msgspec.Struct):
     msg: Msg
     reason: str
@@ -144,8 +160,8 @@ class Ingestor:
                 "Tidings-Stream-Seq": str(seq),
             })
             category = r.msg.subject.rsplit(".", 1)[-1]
-            outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), "", "*", category, "rejected",
-                                    r.reason, now, now, detail=r.detail))
+            outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), salvage_user(r.msg.data), "*", category,
+                                    "rejected", r.reason, now, now, detail=r.detail))
         try:
             await self.recorder.record.remote(wire.encode(outcomes))
         except Exception as e:

@@ -7,6 +7,8 @@ end-to-end benchmark uses, so end to end can be read as a ratio of the slowest.
   sink (in its own process), ``--concurrency`` requests in flight.
 * ``jetstream``: publish_async N messages, then pull-consume and ack them, from Python.
 * ``copy``: asyncpg COPY of N tracking rows through the Recorder's staging path.
+* ``ray``: batches of DeliveryTasks (MessagePack, as the engine sends them) to an
+  async actor that decodes and answers one Outcome per task.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import msgspec
 import nats
 import uvloop
 
-from bench.e2e import SECRET
 from engine import db
 from engine.sinks import SinkProcess
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, sign
 
+SECRET = "bench-secret"
 BODY = {"user_id": "b1", "category": "job_alerts", "channel": "webhook", "priority": "normal",
         "content": {"subject": "Job 1", "text": "A new job matches your search.", "html": None, "data": {}},
         "metadata": {}, "accepted_at": 0.0}
@@ -52,6 +54,33 @@ async def http_sink(n: int, concurrency: int) -> float:
             started = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(n)))
             return n / (time.perf_counter() - started)
+    finally:
+        sink.stop()
+
+
+async def smtp_sink(n: int, connections: int) -> float:
+    """A bare aiosmtplib client (``connections`` persistent connections) sending the
+    same ready-made message to the loopback SMTP sink."""
+    import aiosmtplib
+
+    sink = SinkProcess("smtp").start()
+    raw = (b"From: bench@tidings.local\r\nTo: b1@bench.test\r\nSubject: Job 1\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\n\r\nA new job matches your search.\r\n")
+    try:
+        clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=sink.port, local_hostname="bench.test")
+                   for _ in range(connections)]
+        await asyncio.gather(*(c.connect() for c in clients))
+        per = n // connections
+
+        async def pump(c) -> None:
+            for _ in range(per):
+                await c.sendmail("bench@tidings.local", ["b1@bench.test"], raw)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(pump(c) for c in clients))
+        elapsed = time.perf_counter() - started
+        await asyncio.gather(*(c.quit() for c in clients), return_exceptions=True)
+        return per * connections / elapsed
     finally:
         sink.stop()
 
@@ -107,11 +136,49 @@ async def copy(url: str, n: int) -> float:
         await conn.close()
 
 
+class Echo:
+    """An async actor that does what a ChannelShard does minus the provider call."""
+
+    async def deliver(self, payload: bytes) -> bytes:
+        from policy import wire
+        from policy.types import DeliveryTask, Outcome
+
+        tasks = wire.decode(payload, list[DeliveryTask])
+        return wire.encode([Outcome(t.notification_id, t.user_id, t.channel, t.category, "sent", "ok",
+                                    t.accepted_at, t.accepted_at) for t in tasks])
+
+
+async def ray_batches(n: int, batch: int) -> float:
+    import ray
+
+    from policy import wire
+    from policy.types import Content, DeliveryTask
+
+    if not ray.is_initialized():
+        from engine.raybox import RUNTIME_ENV
+        ray.init(include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level="WARNING")
+    actor = ray.remote(Echo).options(num_cpus=0).remote()
+    content = Content(subject="Job 1", text="A new job matches your search.")
+    tasks = [DeliveryTask(str(uuid.uuid4()), f"b{i}", "webhook", "job_alerts", "", content, "normal", 0.0, {})
+             for i in range(batch)]
+    payload = wire.encode(tasks)
+    await actor.deliver.remote(payload)  # warm: the worker process is up
+    started = time.perf_counter()
+    calls = max(1, n // batch)
+    for i in range(0, calls, 4):  # four batches in flight, as the UserShards keep them
+        await asyncio.gather(*(actor.deliver.remote(payload) for _ in range(min(4, calls - i))))
+    elapsed = time.perf_counter() - started
+    ray.kill(actor)
+    return calls * batch / elapsed
+
+
 async def run(args) -> dict:
     out = {"n": args.n}
     out["http_sink_per_s"] = round(await http_sink(args.n, args.concurrency))
+    out["smtp_sink_per_s"] = round(await smtp_sink(min(args.n, 5000), 16))
     out.update(await jetstream(args.nats_url, args.n, args.batch))
     out["copy_rows_per_s"] = round(await copy(args.database_url, args.n))
+    out["ray_batch_items_per_s"] = round(await ray_batches(args.n * 5, args.batch))
     return out
 
 

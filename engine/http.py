@@ -10,6 +10,7 @@ import uuid
 import zoneinfo
 
 import msgspec
+import nats.errors
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -26,6 +27,8 @@ ENGINE = web.AppKey("engine", Engine)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 ACCEPTED = Counter("tidings_notifications_accepted_total", "Notifications accepted (published)", ["category"])
 PUBLISH_SECONDS = Histogram("tidings_publish_seconds", "Time to publish a submission to JetStream")
+
+PUBLISH_TIMEOUT_S = 10.0  # no ack by then: 503; a retry with the same id or idempotency key is deduplicated
 
 _one = msgspec.json.Decoder(NotificationRequest)
 _many = msgspec.json.Decoder(list[NotificationRequest])
@@ -102,11 +105,15 @@ async def submit(request: web.Request) -> web.Response:
         r.id = uuid.UUID(notification_id(r, str(uuid.uuid4())))
         r.accepted_at = now
     started = time.perf_counter()
-    acks = await asyncio.gather(*(
-        engine.js.publish(streams.notify_subject(cfg.nats, r.category), _json.encode(r),
-                          headers={"Nats-Msg-Id": str(r.id)})
-        for r in reqs
-    ))
+    # publish_async: every publish goes out at once over one reply subscription;
+    # the answer waits for all of JetStream's acks.
+    pending = [await engine.js.publish_async(streams.notify_subject(cfg.nats, r.category), _json.encode(r),
+                                             headers={"Nats-Msg-Id": str(r.id)})
+               for r in reqs]
+    try:
+        acks = await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_TIMEOUT_S)
+    except (TimeoutError, nats.errors.Error) as e:
+        raise Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     for r in reqs:
         ACCEPTED.labels(r.category).inc()

@@ -1,0 +1,117 @@
+"""Locust load profile for the Tidings HTTP front door (engine/http.py).
+
+A mix of the calls a product makes: submit one notification (weight 6), submit
+a batch of 50 (weight 2), read a user (weight 3), rewrite a user's profile
+toggling an opt-out (weight 1). User ids come from the fixed population
+``lt-000000`` … that ``bench.locust_run`` seeds before the run (reads of an
+unseeded user answer 404 and count as failures).
+
+By hand, against an engine started with ``tidings up --sinks``:
+
+    python -m bench.locust_run --host http://127.0.0.1:8080 --users 20 --run-time 30s   # seeds, runs, prints
+
+    # or plain locust, after seeding (web UI on :8089 without --headless):
+    TIDINGS_LOCUST_CHANNELS=email,webhook locust -f bench/locustfile.py \\
+        --host http://127.0.0.1:8080 --headless -u 20 -r 20 -t 30s
+
+Environment:
+    TIDINGS_LOCUST_USERS         population size (default 10000)
+    TIDINGS_LOCUST_CHANNELS      comma-separated channels per notification (default "webhook";
+                                 "email,webhook" when the target engine has email)
+    TIDINGS_LOCUST_RPS_PER_USER  when set, each simulated user is paced to this many
+                                 requests/s (constant_throughput); otherwise closed loop, no wait
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+
+from locust import constant, constant_throughput, task
+from locust.contrib.fasthttp import FastHttpUser
+
+POPULATION = int(os.environ.get("TIDINGS_LOCUST_USERS", "10000"))
+CHANNELS = [c.strip() for c in os.environ.get("TIDINGS_LOCUST_CHANNELS", "webhook").split(",") if c.strip()]
+RPS_PER_USER = os.environ.get("TIDINGS_LOCUST_RPS_PER_USER")
+BATCH = 50
+OPT_OUT = "email:marketing"
+_serial = itertools.count()
+
+
+def user_id(n: int) -> str:
+    return "lt-%06d" % n
+
+
+def email_of(n: int) -> str:
+    return f"lt-{n}@bench.test"
+
+
+def notification(n: int) -> dict:
+    i = next(_serial)
+    return {"user_id": user_id(n), "category": "job_alerts", "channels": CHANNELS,
+            "content": {"subject": f"{i % 50 + 1} new jobs", "text": f"load test notification {i}"}}
+
+
+def payload(resp) -> dict:
+    try:
+        data = resp.json()
+    except Exception:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def fail(resp, expected: int) -> None:
+    body = (resp.text or "")[:200]
+    resp.failure(f"expected {expected}, got {resp.status_code}: {body}")
+
+
+class TidingsUser(FastHttpUser):
+    wait_time = constant_throughput(float(RPS_PER_USER)) if RPS_PER_USER else constant(0)
+
+    def on_start(self) -> None:
+        self.opted_out: dict[int, bool] = {}
+
+    def someone(self) -> int:
+        return random.randrange(POPULATION)
+
+    @task(6)
+    def submit_one(self) -> None:
+        with self.client.post("/v1/notifications", json=notification(self.someone()),
+                              catch_response=True) as resp:
+            if resp.status_code != 202:
+                fail(resp, 202)
+            elif "id" not in payload(resp):
+                resp.failure(f"no id in answer: {(resp.text or '')[:200]}")
+
+    @task(2)
+    def submit_batch(self) -> None:
+        batch = [notification(self.someone()) for _ in range(BATCH)]
+        with self.client.post("/v1/notifications", json=batch, name=f"/v1/notifications [batch {BATCH}]",
+                              catch_response=True) as resp:
+            if resp.status_code != 202:
+                fail(resp, 202)
+            elif len(payload(resp).get("notifications", [])) != BATCH:
+                resp.failure(f"expected {BATCH} ids: {(resp.text or '')[:200]}")
+
+    @task(3)
+    def get_user(self) -> None:
+        n = self.someone()
+        with self.client.get(f"/v1/users/{user_id(n)}", name="/v1/users/[id]", catch_response=True) as resp:
+            if resp.status_code != 200:
+                fail(resp, 200)
+            elif payload(resp).get("user_id") != user_id(n):
+                resp.failure(f"wrong user: {(resp.text or '')[:200]}")
+
+    @task(1)
+    def put_user(self) -> None:
+        n = self.someone()
+        out = not self.opted_out.get(n, False)
+        self.opted_out[n] = out
+        profile = {"addresses": {"email": email_of(n)}, "opt_outs": [OPT_OUT] if out else []}
+        with self.client.put(f"/v1/users/{user_id(n)}", json=profile, name="/v1/users/[id] PUT",
+                             catch_response=True) as resp:
+            if resp.status_code != 200:
+                fail(resp, 200)
+            elif (payload(resp).get("opt_outs") or []) != profile["opt_outs"]:
+                resp.failure(f"opt-out not applied: {(resp.text or '')[:200]}")

@@ -1,0 +1,68 @@
+"""Printing a harness result, and the versions it ran with."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+
+from rich.console import Console
+from rich.table import Table
+
+PACKAGES = ("ray", "msgspec", "nats-py", "asyncpg", "aiohttp", "aiosmtplib", "uvloop")
+
+
+async def versions() -> dict:
+    from engine.embedded import nats_binary
+
+    out = {"python": platform.python_version(), "machine": platform.machine(),
+           "cpu": _cpu_model()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        out["nats-server"] = subprocess.run([nats_binary(), "--version"], capture_output=True, text=True,
+                                            timeout=5).stdout.strip()
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def print_result(console: Console, r: dict) -> None:
+    t = Table(title=f"end to end: {r['n']:,} notifications × {', '.join(r['channels'])}")
+    for col in ("shards", "mode", "e2e/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "sent p99 ms", "busiest (cores)"):
+        t.add_column(col, justify="right")
+    runs = r["backlog_runs"] + ([r["paced_run"]] if r.get("paced_run") else [])
+    for run in runs:
+        busiest = ", ".join(f"{k} {v}" for k, v in list(run["cpu_cores"].items())[:3])
+        mode = f"paced {run['rate']:,.0f}/s" if run["rate"] else "backlog"
+        t.add_row(str(run["shards"]), mode, f"{run['e2e_per_s']:,}", str(run["p50_ms"]), str(run["p95_ms"]),
+                  str(run["p99_ms"]), str(run["max_ms"]), str(run["sent_p99_ms"]), busiest)
+    console.print(t)
+    if r.get("ceilings"):
+        c = Table(title="each stage alone (same payloads, same run)")
+        c.add_column("stage")
+        c.add_column("per second", justify="right")
+        for k, v in r["ceilings"].items():
+            c.add_row(k, f"{v:,}")
+        console.print(c)
+        console.print(f"end to end {r['e2e_per_s']:,}/s = [bold]{r['ratio']}×[/bold] the slowest stage "
+                      f"({r['slowest_stage']}, {r['slowest_stage_per_s']:,}/s)")
+    console.print(f"latency (publish → committed tracking row) at "
+                  f"{'%s/s' % format(r['latency_at_rate'], ',.0f') if r['latency_at_rate'] else 'full backlog'}: "
+                  f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
+    if r.get("busiest"):
+        console.print(f"busiest process group: {r['busiest'][0]} ({r['busiest'][1]} cores)")

@@ -1,0 +1,39 @@
+"""The load harness at a tiny size, so it cannot rot: ceilings, backlog and paced
+runs, the JSON keys the capacity report relies on, and the plan made from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import capacity, e2e
+
+pytestmark = pytest.mark.integration
+
+
+async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_address, monkeypatch, tmp_path):
+    monkeypatch.setenv("TIDINGS_NATS_URL", nats_url)
+    monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
+    monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
+    args = e2e.parse(["--n", "300", "--users", "100", "--channels", "webhook,email", "--shards", "1",
+                      "--timeout", "120"])
+    result = await e2e.harness(args)
+    assert result["complete"], result
+    for key in ("e2e_per_s", "p50_ms", "p99_ms", "slowest_stage", "slowest_stage_per_s", "ratio", "n", "cores",
+                "versions"):
+        assert result[key] is not None, key
+    assert result["n"] == 300 and result["e2e_per_s"] > 0 and result["ratio"] > 0
+    run = result["backlog_runs"][0]
+    assert run["rows"] == 600
+    assert run["sinks"]["webhook"]["bad_signatures"] == 0
+    assert run["sinks"]["smtp"]["count"] == run["sent_rows"] - run["sinks"]["webhook"]["received"]
+    assert result["paced_run"]["rate"] > 0
+    assert {"ChannelShard", "UserShard"} <= set(run["cpu_cores"])
+    plan = capacity.plan(result, capacity.parse_rate("5M/h"), 100)
+    assert plan["rate_per_s"] == pytest.approx(5e6 / 3600)
+    assert plan["saturates_first"] in {g["group"] for g in plan["groups"]}
+    assert all(g["instances"] >= 1 for g in plan["groups"])
+
+
+@pytest.mark.parametrize("text, per_s", [("5000", 5000), ("5M/h", 5e6 / 3600), ("300k/min", 5000), ("12/s", 12)])
+def test_rates(text, per_s):
+    assert capacity.parse_rate(text) == pytest.approx(per_s)
