@@ -14,7 +14,7 @@ import msgspec
 import ray
 
 from actors.delivery import (Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket,
-                             deliver)
+                             deliver, deliver_batch)
 from engine.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.types import DeliveryTask, Outcome
@@ -41,6 +41,16 @@ def build_slot(p: ProviderConfig) -> ProviderSlot:
     )
 
 
+def batches(tasks: list[DeliveryTask], size: int) -> list[list[DeliveryTask]]:
+    """Tasks with the same content, in groups of at most ``size`` (a batch call
+    sends one content to many recipients)."""
+    by_content: dict[tuple, list[DeliveryTask]] = {}
+    for t in tasks:
+        c = t.content
+        by_content.setdefault((c.subject, c.text, c.html, t.category), []).append(t)
+    return [group[i:i + size] for group in by_content.values() for i in range(0, len(group), size)]
+
+
 class ChannelShard:
     def __init__(self, channel: str, cfg: bytes, index: int = 0):
         self.channel, self.index = channel, index
@@ -49,6 +59,7 @@ class ChannelShard:
         self.rng = random.Random()
         self._start_lock = asyncio.Lock()
         self.delivered = 0
+        self.batch_size = 0
 
     async def _ready(self) -> list[ProviderSlot]:
         if self.slots is not None:
@@ -58,6 +69,11 @@ class ChannelShard:
                 enabled = sorted((p for p in self.cfg.providers if p.enabled), key=lambda p: p.priority)
                 slots = [build_slot(p) for p in enabled]
                 await asyncio.gather(*(s.provider.start() for s in slots))
+                # Batch mode only when every provider can take a batch, so failover
+                # never meets a provider that cannot.
+                sizes = [getattr(s.provider, "max_batch", 0) if hasattr(s.provider, "send_batch") else 0
+                         for s in slots]
+                self.batch_size = min(sizes) if sizes else 0
                 self.slots = slots
         return self.slots
 
@@ -65,10 +81,13 @@ class ChannelShard:
         """Deliver a batch (MessagePack list[DeliveryTask]); returns list[Outcome]."""
         slots = await self._ready()
         tasks = wire.decode(payload, list[DeliveryTask])
-        outcomes: list[Outcome] = await asyncio.gather(*(
-            deliver(t, slots, clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng)
-            for t in tasks
-        ))
+        env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng)
+        if self.batch_size > 1 and len(tasks) > 1:
+            groups = batches(tasks, self.batch_size)
+            results = await asyncio.gather(*(deliver_batch(g, slots, **env) for g in groups))
+            outcomes: list[Outcome] = [o for r in results for o in r]
+        else:
+            outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in tasks))
         self.delivered += len(outcomes)
         return wire.encode(outcomes)
 

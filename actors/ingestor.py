@@ -23,11 +23,12 @@ from engine import streams
 from engine.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
-from policy.types import NotificationRequest, Outcome, derive_id, notification_id
+from policy.types import BroadcastRequest, NotificationRequest, Outcome, derive_id, notification_id
 
 log = logging.getLogger(__name__)
 
-_decoder = msgspec.json.Decoder(NotificationRequest)
+DECODERS = {NotificationRequest: msgspec.json.Decoder(NotificationRequest),
+            BroadcastRequest: msgspec.json.Decoder(BroadcastRequest)}
 NAK_DELAY_S = 2.0  # a failed batch comes back after this, not in a hot loop
 
 
@@ -66,7 +67,8 @@ class Ingestor:
         self.running = False
         self.loop_task: asyncio.Task | None = None
         self.inflight: set[asyncio.Task] = set()
-        self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0}
+        self.broadcasts: set[asyncio.Task] = set()
+        self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0}
 
     async def start(self) -> None:
         if self.running:
@@ -111,6 +113,9 @@ class Ingestor:
         rejected: list[Rejected] = []
         n = len(self.user_shards)
         for msg in msgs:
+            if streams.is_broadcast(self.cfg.nats, msg.subject):
+                self._start_broadcast(msg, rejected)
+                continue
             inb = self._decode(msg, rejected)
             if inb is not None:
                 groups[shard_of(inb.request.user_id, n)].append((msg, inb))
@@ -119,9 +124,10 @@ class Ingestor:
             calls.append(self._reject(rejected))
         await asyncio.gather(*calls)
 
-    def _decode(self, msg: Msg, rejected: list[Rejected]) -> wire.Inbound | None:
+    def _decode(self, msg: Msg, rejected: list[Rejected], kind: type = NotificationRequest):
+        """(id, request) for a payload that decodes, else None (and it is rejected)."""
         try:
-            req = _decoder.decode(msg.data)
+            req = DECODERS[kind].decode(msg.data)
         except msgspec.ValidationError as e:
             rejected.append(Rejected(msg, "payload.invalid", str(e)))
             return None
@@ -132,6 +138,37 @@ class Ingestor:
         if req.accepted_at is None:
             req.accepted_at = meta.timestamp.timestamp() if meta.timestamp else time.time()
         return wire.Inbound(notification_id(req, f"{self.cfg.nats.stream}:{meta.sequence.stream}"), req)
+
+    def _start_broadcast(self, msg: Msg, rejected: list[Rejected]) -> None:
+        """A broadcast runs on its own (it may take a minute), outside the batch."""
+        inb = self._decode(msg, rejected, BroadcastRequest)
+        if inb is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._broadcast(msg, wire.Broadcast(inb.id, inb.request)))
+        self.broadcasts.add(task)
+        task.add_done_callback(self.broadcasts.discard)
+
+    async def _broadcast(self, msg: Msg, job: wire.Broadcast) -> None:
+        """Every UserShard takes its share of the audience; ack when all have
+        recorded every recipient. Tells JetStream it is still in progress meanwhile."""
+        alive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
+        payload = wire.encode(job)
+        try:
+            counts = await asyncio.gather(*(s.broadcast.remote(payload) for s in self.user_shards))
+        except Exception as e:
+            log.warning("broadcast %s failed (%r); nak for redelivery", job.id, e)
+            await msg.nak(delay=NAK_DELAY_S)
+            return
+        finally:
+            alive.cancel()
+        await msg.ack()
+        self.stats["broadcasts"] += 1
+        log.info("broadcast %s done: %s", job.id, counts)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(max(self.cfg.nats.ack_wait_s / 3, 1.0))
+            await msg.in_progress()
 
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
         try:
@@ -184,6 +221,9 @@ class Ingestor:
             await asyncio.gather(self.loop_task, return_exceptions=True)
         if self.inflight:
             await asyncio.gather(*self.inflight, return_exceptions=True)
+        for task in self.broadcasts:  # unacked: redelivered to the next engine, which skips what is recorded
+            task.cancel()
+        await asyncio.gather(*self.broadcasts, return_exceptions=True)
         if self.nc is not None:
             # close, not drain: the batches in flight are done, and draining a pull
             # subscription waits for a fetch that will never come

@@ -28,20 +28,21 @@ log = logging.getLogger(__name__)
 STAGE_COLUMNS = (
     "notification_id", "user_id", "channel", "category", "priority", "status", "reason",
     "provider", "provider_message_id", "attempts", "timeline", "errors", "accepted_at", "completed_at",
+    "parent_id",
 )
 CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS _tracking_stage (
     notification_id uuid, user_id text, channel text, category text, priority text,
     status text, reason text, provider text, provider_message_id text, attempts integer,
-    timeline text, errors text, accepted_at float8, completed_at float8
+    timeline text, errors text, accepted_at float8, completed_at float8, parent_id uuid
 ) ON COMMIT DELETE ROWS
 """
 MOVE_STAGE = """
 INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
-    provider, provider_message_id, attempts, timeline, errors, accepted_at, completed_at)
+    provider, provider_message_id, attempts, timeline, errors, accepted_at, completed_at, parent_id)
 SELECT notification_id, user_id, channel, category, priority, status, reason,
     provider, provider_message_id, attempts, timeline::jsonb, errors::jsonb,
-    to_timestamp(accepted_at), to_timestamp(completed_at)
+    to_timestamp(accepted_at), to_timestamp(completed_at), parent_id
 FROM _tracking_stage
 ON CONFLICT (notification_id, channel) DO NOTHING
 """
@@ -53,7 +54,7 @@ def row(o: Outcome) -> tuple:
     errors = orjson.dumps({"detail": o.detail}).decode() if o.detail else None
     return (o.notification_id, o.user_id, o.channel, o.category, o.priority, o.status, o.reason,
             o.provider, o.provider_message_id, len(o.attempts), timeline, errors,
-            o.accepted_at or None, o.completed_at)
+            o.accepted_at or None, o.completed_at, o.parent_id)
 
 
 async def _init_connection(conn) -> None:

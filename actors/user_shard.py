@@ -20,25 +20,28 @@ from engine import db
 from engine.config import Config, decode as decode_config
 from policy import wire
 from policy.decide import decide
-from policy.types import DeliveryTask, NotificationRequest, Outcome, UserProfile, UserState
+from policy.types import BroadcastRequest, DeliveryTask, Message, Outcome, UserProfile, UserState, recipient_id
 
 log = logging.getLogger(__name__)
 
-
-def suppressed(inb: wire.Inbound, channel: str, status: str, reason: str, now: float) -> Outcome:
-    r = inb.request
-    return Outcome(inb.id, r.user_id, channel, r.category, status, reason,
-                   r.accepted_at or now, now, priority=r.priority)
+BROADCAST_CHUNK = 5000  # users decided, sent and recorded together
+BROADCAST_INFLIGHT = 4  # chunks between decide and record at once
+SEND_BATCH = 1000  # tasks per ChannelShard call
 
 
-def task_for(inb: wire.Inbound, channel: str, state: UserState | None) -> DeliveryTask | None:
-    r: NotificationRequest = inb.request
+def suppressed(nid: str, user_id: str, r: Message, channel: str, status: str, reason: str, now: float,
+               parent_id: str | None = None) -> Outcome:
+    return Outcome(nid, user_id, channel, r.category, status, reason, r.accepted_at or now, now,
+                   priority=r.priority, parent_id=parent_id)
+
+
+def task_for(nid: str, user_id: str, r: Message, channel: str, state: UserState | None) -> DeliveryTask | None:
     content = r.content_for(channel)
     if content is None:
         return None
     address = state.addresses.get(channel, "") if state is not None else ""
     locale = state.locale if state is not None else "en"
-    return DeliveryTask(inb.id, r.user_id, channel, r.category, address,
+    return DeliveryTask(nid, user_id, channel, r.category, address,
                         content, r.priority, r.accepted_at or 0.0, r.metadata, locale)
 
 
@@ -101,23 +104,34 @@ class UserShard:
             missing = {i.request.user_id for i in items} - self.users.keys()
             if missing:
                 self.users.update(await user_store.load_states(conn, missing))
+        return await self._decide_and_send(
+            [(inb.id, inb.request.user_id, inb.request) for inb in items], done)
+
+    async def _decide_and_send(self, items: list[tuple[str, str, Message]], done: set[tuple[str, str]],
+                               parent_id: str | None = None) -> list[Outcome]:
+        """Decide each (notification id, user, request), deliver the sends in one
+        batch per channel, and return every outcome."""
         now = time.time()
         outcomes: list[Outcome] = []
         sends: dict[str, list[DeliveryTask]] = defaultdict(list)
-        for inb in items:
-            state = self.users.get(inb.request.user_id)
-            for d in decide(inb.request, state, self.available):
-                if (inb.id, d.channel) in done:
+        for nid, user_id, req in items:
+            state = self.users.get(user_id)
+            for d in decide(req, state, self.available):
+                if (nid, d.channel) in done:
                     continue
                 if d.action != "send":
-                    outcomes.append(suppressed(inb, d.channel, "suppressed", d.reason, now))
+                    outcomes.append(suppressed(nid, user_id, req, d.channel, "suppressed", d.reason, now, parent_id))
                     continue
-                task = task_for(inb, d.channel, state)
+                task = task_for(nid, user_id, req, d.channel, state)
                 if task is None:
-                    outcomes.append(suppressed(inb, d.channel, "rejected", "content.missing", now))
+                    outcomes.append(suppressed(nid, user_id, req, d.channel, "rejected", "content.missing", now,
+                                               parent_id))
                 else:
                     sends[d.channel].append(task)
         for delivered in await asyncio.gather(*(self._send(ch, t) for ch, t in sends.items())):
+            if parent_id is not None:
+                for o in delivered:
+                    o.parent_id = parent_id
             outcomes.extend(delivered)
         return outcomes
 
@@ -126,11 +140,43 @@ class UserShard:
         shards = self.channel_shards[channel]
         k = len(shards)
         self.rr += 1
-        parts = [tasks[i::k] for i in range(k)]
+        parts = [tasks[i:i + SEND_BATCH] for i in range(0, len(tasks), SEND_BATCH)] if len(tasks) > SEND_BATCH \
+            else [tasks[i::k] for i in range(k)]
         replies = await asyncio.gather(*(
             shards[(self.rr + i) % k].deliver.remote(wire.encode(part)) for i, part in enumerate(parts) if part
         ))
         return [o for reply in replies for o in wire.decode(reply, list[Outcome])]
+
+    # -- broadcasts ------------------------------------------------------------
+
+    async def broadcast(self, payload: bytes) -> dict:
+        """This shard's share of a broadcast: every user it owns, decided as a
+        single notification would be, in chunks; returns when all are recorded.
+        Recipients already recorded (a redelivered broadcast) are skipped."""
+        await self._ready()
+        job = wire.decode(payload, wire.Broadcast)
+        async with self.pool.acquire() as conn:
+            user_ids = await user_store.shard_users(conn, self.index, self.cfg.engine.user_shards)
+        gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
+        counts = {"users": len(user_ids), "outcomes": 0}
+
+        async def chunk(ids: list[str]) -> None:
+            async with gate:
+                outcomes = await self._broadcast_chunk(job, ids)
+                await self.recorder.record.remote(wire.encode(outcomes))
+                counts["outcomes"] += len(outcomes)
+
+        await asyncio.gather(*(chunk(user_ids[i:i + BROADCAST_CHUNK])
+                               for i in range(0, len(user_ids), BROADCAST_CHUNK)))
+        return counts
+
+    async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str]) -> list[Outcome]:
+        req: BroadcastRequest = job.request
+        items = [(recipient_id(job.id, uid), uid, req) for uid in user_ids]
+        async with self.pool.acquire() as conn:
+            await self._load_missing(conn, user_ids)
+            done = await user_store.recorded(conn, [nid for nid, _, _ in items])
+        return await self._decide_and_send(items, done, parent_id=job.id)
 
     # -- users -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
+from policy.sharding import shard_of, stable_hash
 from policy.types import UserProfile, UserState
 
 LOAD_USERS = "SELECT user_id, timezone, locale FROM users WHERE user_id = ANY($1::text[])"
@@ -45,6 +46,14 @@ async def load_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict
     return states
 
 
+SHARD_USERS = "SELECT user_id FROM users WHERE shard_key IS NULL OR shard_key % $1 = $2"
+
+
+async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list[str]:
+    """Every user this shard owns (an audience of "all")."""
+    return [r[0] for r in await conn.fetch(SHARD_USERS, shards, index) if shard_of(r[0], shards) == index]
+
+
 async def recorded(conn: asyncpg.Connection, ids: Sequence[str]) -> set[tuple[str, str]]:
     """(notification id, channel) pairs that already have a tracking row."""
     if not ids:
@@ -70,10 +79,10 @@ async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile
     ids = [p.user_id for p in profiles]
     async with conn.transaction():
         await conn.executemany(
-            "INSERT INTO users (user_id, timezone, locale) VALUES ($1, $2, $3) "
+            "INSERT INTO users (user_id, timezone, locale, shard_key) VALUES ($1, $2, $3, $4) "
             "ON CONFLICT (user_id) DO UPDATE SET timezone = EXCLUDED.timezone, "
-            "locale = EXCLUDED.locale, updated_at = now()",
-            [(p.user_id, p.timezone, p.locale) for p in profiles])
+            "locale = EXCLUDED.locale, shard_key = EXCLUDED.shard_key, updated_at = now()",
+            [(p.user_id, p.timezone, p.locale, stable_hash(p.user_id)) for p in profiles])
         await conn.execute("DELETE FROM user_addresses WHERE user_id = ANY($1::text[])", ids)
         await conn.copy_records_to_table(
             "user_addresses", columns=("user_id", "channel", "address"),

@@ -20,7 +20,7 @@ from engine.errors import field_error
 from engine.runtime import Engine
 from policy import wire
 from policy.sharding import shard_of
-from policy.types import NotificationRequest, UserProfile, UserState, notification_id
+from policy.types import BroadcastRequest, NotificationRequest, UserProfile, UserState, notification_id
 
 ENGINE = web.AppKey("engine", Engine)
 
@@ -31,6 +31,7 @@ PUBLISH_SECONDS = Histogram("tidings_publish_seconds", "Time to publish a submis
 PUBLISH_TIMEOUT_S = 10.0  # no ack by then: 503; a retry with the same id or idempotency key is deduplicated
 
 _one = msgspec.json.Decoder(NotificationRequest)
+_broadcast = msgspec.json.Decoder(BroadcastRequest)
 _many = msgspec.json.Decoder(list[NotificationRequest])
 _json = msgspec.json.Encoder()
 
@@ -71,7 +72,7 @@ def decode_submission(body: bytes) -> tuple[list[NotificationRequest], bool]:
     return reqs, many
 
 
-def check(reqs: list[NotificationRequest], available: frozenset[str], many: bool, max_batch: int) -> None:
+def check(reqs: list, available: frozenset[str], many: bool, max_batch: int) -> None:
     """Rules the schema cannot say: configured channels, content present. All
     violations are reported at once."""
     if many and not reqs:
@@ -119,6 +120,49 @@ async def submit(request: web.Request) -> web.Response:
         ACCEPTED.labels(r.category).inc()
     items = [{"id": str(r.id), "duplicate": bool(a.duplicate)} for r, a in zip(reqs, acks)]
     return reply({"notifications": items} if many else items[0], status=202)
+
+
+async def submit_broadcast(request: web.Request) -> web.Response:
+    """One message to an audience; 202 with its id once JetStream has it."""
+    engine = request.app[ENGINE]
+    cfg = engine.cfg
+    body = await read_body(request)
+    try:
+        b = _broadcast.decode(body)
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid broadcast", [field_error(e)])
+    except msgspec.DecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+    check([b], cfg.enabled_channels(), False, 1)
+    b.id = uuid.UUID(notification_id(b, str(uuid.uuid4())))
+    b.accepted_at = time.time()
+    ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
+                                  headers={"Nats-Msg-Id": str(b.id)})
+    return reply({"id": str(b.id), "duplicate": bool(ack.duplicate)}, status=202)
+
+
+BROADCAST_SQL = """
+SELECT channel, status, reason, count(*) AS n,
+       extract(epoch FROM min(accepted_at)) AS accepted_at, extract(epoch FROM max(created_at)) AS last_at
+FROM delivery_tracking WHERE parent_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+async def broadcast_status(request: web.Request) -> web.Response:
+    """Recipient outcomes of a broadcast so far, counted by channel, status and reason."""
+    raw = request.match_info["id"]
+    try:
+        bid = uuid.UUID(raw)
+    except ValueError:
+        raise Problem(400, "bad id", [{"field": "id", "reason": f"{raw!r} is not a UUID"}])
+    rows = await request.app[ENGINE].pool.fetch(BROADCAST_SQL, bid)
+    if not rows:
+        raise Problem(404, "not found", [{"field": "id", "reason": "no recipient recorded (unknown, or starting)"}])
+    counts = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "count": r["n"]} for r in rows]
+    first = min(float(r["accepted_at"]) for r in rows if r["accepted_at"] is not None)
+    last = max(float(r["last_at"]) for r in rows)
+    return reply({"id": str(bid), "recorded": sum(r["n"] for r in rows), "outcomes": counts,
+                  "seconds_since_accepted": round(last - first, 3)})
 
 
 STATUS_SQL = """
@@ -283,6 +327,8 @@ def make_app(engine: Engine) -> web.Application:
     app[ENGINE] = engine
     app.router.add_post("/v1/notifications", submit)
     app.router.add_get("/v1/notifications/{id}", status)
+    app.router.add_post("/v1/broadcasts", submit_broadcast)
+    app.router.add_get("/v1/broadcasts/{id}", broadcast_status)
     app.router.add_put("/v1/users/{user_id}", put_user)
     app.router.add_get("/v1/users/{user_id}", get_user)
     app.router.add_post("/v1/users", put_users)

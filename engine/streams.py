@@ -6,7 +6,7 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType,
                          StreamConfig)
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from engine.config import NatsConfig
 
@@ -17,6 +17,18 @@ def notify_subject(cfg: NatsConfig, category: str) -> str:
 
 def notify_wildcard(cfg: NatsConfig) -> str:
     return f"{cfg.prefix}.notify.>"
+
+
+def broadcast_subject(cfg: NatsConfig, category: str) -> str:
+    return f"{cfg.prefix}.broadcast.{category}"
+
+
+def broadcast_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.broadcast.>"
+
+
+def is_broadcast(cfg: NatsConfig, subject: str) -> bool:
+    return subject.startswith(f"{cfg.prefix}.broadcast.")
 
 
 def dlq_subject(cfg: NatsConfig) -> str:
@@ -40,7 +52,7 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
     """Create or update the work stream, the DLQ stream and the durable consumer."""
     await _ensure(js, StreamConfig(
         name=cfg.stream,
-        subjects=[notify_wildcard(cfg)],
+        subjects=[notify_wildcard(cfg), broadcast_wildcard(cfg)],
         # Work queue: a message leaves the stream once the engine acks it, which it
         # does only after the outcome is committed in PostgreSQL.
         retention=RetentionPolicy.WORK_QUEUE,
@@ -52,7 +64,14 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
         name=dlq_stream(cfg), subjects=[dlq_subject(cfg)], storage=StorageType.FILE,
         duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
     ))
-    await js.add_consumer(cfg.stream, consumer_config(cfg))
+    try:
+        await js.add_consumer(cfg.stream, consumer_config(cfg))
+    except BadRequestError:
+        # An older engine made the consumer with other settings. In a work-queue
+        # stream acked messages are gone and unacked ones are redelivered to the
+        # new consumer, so replacing it loses nothing.
+        await js.delete_consumer(cfg.stream, cfg.consumer)
+        await js.add_consumer(cfg.stream, consumer_config(cfg))
 
 
 def consumer_config(cfg: NatsConfig) -> ConsumerConfig:
@@ -62,5 +81,4 @@ def consumer_config(cfg: NatsConfig) -> ConsumerConfig:
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=cfg.ack_wait_s,
         max_ack_pending=cfg.max_ack_pending,
-        filter_subject=notify_wildcard(cfg),
     )

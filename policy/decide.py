@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from policy.types import Decision, NotificationRequest, UserState
+from policy.types import Decision, Message, UserState
 
 # Channels whose address may come from the provider's configuration instead of
 # the user (a product's webhook endpoint serves every user).
@@ -28,7 +28,7 @@ def opted_out(state: UserState, channel: str, category: str) -> str | None:
     return None
 
 
-def decide_channel(request: NotificationRequest, state: UserState | None, channel: str,
+def decide_channel(request: Message, state: UserState | None, channel: str,
                    available: frozenset[str]) -> Decision:
     if channel not in available:
         return Decision(channel, "suppress", "channel.unavailable")
@@ -49,7 +49,7 @@ def decide_channel(request: NotificationRequest, state: UserState | None, channe
     return Decision(channel, "send", "ok")
 
 
-def decide(request: NotificationRequest, state: UserState | None,
+def decide(request: Message, state: UserState | None,
            available: frozenset[str]) -> list[Decision]:
     """One Decision per distinct channel the request asks for, in its order."""
     return [decide_channel(request, state, ch, available) for ch in unique(request.channels)]

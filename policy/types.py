@@ -47,10 +47,9 @@ class Content(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     data: dict[str, Any] = {}
 
 
-class NotificationRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    """What a producer submits, over NATS ``<prefix>.notify.<category>`` or HTTP."""
+class Message(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a notification and a broadcast have in common."""
 
-    user_id: UserId
     category: Category
     channels: Annotated[list[Channel], Meta(min_length=1, max_length=7)]
     content: Content | None = None
@@ -65,6 +64,20 @@ class NotificationRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def content_for(self, channel: str) -> Content | None:
         return self.channel_content.get(channel, self.content)  # type: ignore[call-overload]
+
+
+class NotificationRequest(Message, kw_only=True, forbid_unknown_fields=True):
+    """One user's notification, over NATS ``<prefix>.notify.<category>`` or HTTP."""
+
+    user_id: UserId
+
+
+class BroadcastRequest(Message, kw_only=True, forbid_unknown_fields=True):
+    """One message for a whole audience, over ``<prefix>.broadcast.<category>`` or
+    HTTP. Every recipient is decided by the UserShard that owns them, exactly as a
+    single notification would be; recipient ids are ``uuid5(<broadcast id>:<user>)``."""
+
+    audience: Literal["all"] = "all"
 
 
 class UserState(Struct, kw_only=True):
@@ -161,6 +174,7 @@ class Outcome(Struct, array_like=True):
     attempts: list[Attempt] = []
     priority: str = "normal"
     detail: str | None = None  # e.g. the validation message of a rejected payload
+    parent_id: str | None = None  # the broadcast this notification belongs to
 
 
 def derive_id(key: str) -> str:
@@ -168,7 +182,12 @@ def derive_id(key: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, key))
 
 
-def notification_id(request: NotificationRequest, fallback_key: str) -> str:
+def recipient_id(broadcast_id: str, user_id: str) -> str:
+    """The id of one recipient's notification within a broadcast."""
+    return derive_id(f"{broadcast_id}:{user_id}")
+
+
+def notification_id(request: Message, fallback_key: str) -> str:
     """Resolve a request's id: explicit id, else from its idempotency key, else
     from ``fallback_key`` (e.g. the JetStream stream sequence), so redelivery of
     the same message always yields the same id."""
@@ -182,6 +201,8 @@ def notification_id(request: NotificationRequest, fallback_key: str) -> str:
 __all__ = [
     "Action",
     "Attempt",
+    "BroadcastRequest",
+    "Message",
     "CHANNELS",
     "Channel",
     "Content",
@@ -196,5 +217,6 @@ __all__ = [
     "UserProfile",
     "UserState",
     "derive_id",
+    "recipient_id",
     "notification_id",
 ]

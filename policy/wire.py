@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from policy.types import NotificationRequest
+from policy.types import BroadcastRequest, NotificationRequest
 
 T = TypeVar("T")
 
@@ -30,3 +30,10 @@ class Inbound(msgspec.Struct, array_like=True):
 
     id: str
     request: NotificationRequest
+
+
+class Broadcast(msgspec.Struct, array_like=True):
+    """A decoded broadcast with its resolved id, Ingestor → every UserShard."""
+
+    id: str
+    request: BroadcastRequest

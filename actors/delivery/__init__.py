@@ -8,7 +8,7 @@ injected so all of it runs under test without sleeping.
 from actors.delivery.backoff import Backoff, Jitter
 from actors.delivery.breaker import BreakerState, CircuitBreaker
 from actors.delivery.bucket import Clock, DailyLimit, Sleep, TokenBucket
-from actors.delivery.deliver import UnexpectedProviderError, deliver, reason_for
+from actors.delivery.deliver import UnexpectedProviderError, deliver, deliver_batch, reason_for
 from actors.delivery.slot import ProviderSlot
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "TokenBucket",
     "UnexpectedProviderError",
     "deliver",
+    "deliver_batch",
     "reason_for",
 ]

@@ -67,6 +67,7 @@ class _Run:
     rng: random.Random
     attempts: list[Attempt] = field(default_factory=list)
     logged: bool = False  # an unexpected exception was already logged
+    batch: Sequence[DeliveryTask] | None = None  # set: one provider call carries all of these
 
 
 async def deliver(
@@ -90,6 +91,36 @@ async def deliver(
         if reason == "invalid_message":
             break  # another provider would refuse it too
     return _outcome(run, "failed", reason)
+
+
+async def deliver_batch(
+    tasks: Sequence[DeliveryTask],
+    slots: Sequence[ProviderSlot],
+    *,
+    clock: Callable[[], float],
+    wall: Callable[[], float],
+    sleep: Sleep,
+    rng: random.Random,
+) -> list[Outcome]:
+    """Like ``deliver`` for tasks that share their content, through providers
+    with ``send_batch``: one call (and one token) carries them all, and every
+    task gets the same status, reason and attempts."""
+    run = _Run(tasks[0], clock, wall, sleep, rng, batch=tasks)
+    reason, receipt, name = "no_provider", None, None
+    for slot in slots:
+        reason, receipt = await _try_slot(run, slot)
+        if reason == "ok":
+            name = slot.provider.name
+            break
+        if reason == "invalid_message":
+            break
+    status: Status = "sent" if reason == "ok" else "failed"
+    message_id = receipt.message_id if receipt is not None else None
+    outcomes = []
+    for t in tasks:
+        run.task = t
+        outcomes.append(_outcome(run, status, reason, name, message_id))
+    return outcomes
 
 
 async def _try_slot(run: _Run, slot: ProviderSlot) -> tuple[str, Receipt | None]:
@@ -157,6 +188,8 @@ async def _send(run: _Run, slot: ProviderSlot) -> Receipt:
     deadline = asyncio.timeout(slot.timeout_s)
     try:
         async with deadline:
+            if run.batch is not None:
+                return await slot.provider.send_batch(run.batch)
             return await slot.provider.send(run.task)
     except DeliveryError:
         raise
@@ -204,4 +237,4 @@ def _outcome(
     )
 
 
-__all__ = ["UnexpectedProviderError", "deliver", "reason_for"]
+__all__ = ["UnexpectedProviderError", "deliver", "deliver_batch", "reason_for"]

@@ -286,3 +286,58 @@ async def test_cli_send_and_status(engine):
     code, out = await tidings("send", "--url", engine.base_url, "--user", "u11", "--category", "job_alerts",
                               "--channel", "fax", "--text", "x")
     assert code == 1 and "$[0].channels[0]" in out
+
+
+async def test_broadcast_reaches_every_user_once_with_their_preferences(engine, sinks, client):
+    smtp, hook = sinks
+    n_users = await engine.pool.fetchval("SELECT count(*) FROM users")
+    body = {"category": "marketing", "channels": ["email", "webhook"], "idempotency_key": f"bc-{uuid.uuid4()}",
+            "content": {"subject": "Job fair next week", "text": "Come along."}}
+    hooks_before = hook.received
+    async with client.post(f"{engine.base_url}/v1/broadcasts", json=body) as r:
+        assert r.status == 202, await r.text()
+        bid = (await r.json())["id"]
+    expected = n_users * 2
+
+    async def recorded() -> int:
+        return await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking WHERE parent_id = $1",
+                                          uuid.UUID(bid))
+    for _ in range(300):
+        if await recorded() >= expected:
+            break
+        await asyncio.sleep(0.2)
+    assert await recorded() == expected
+    rows = await engine.pool.fetch("SELECT user_id, channel, status, reason FROM delivery_tracking "
+                                   "WHERE parent_id = $1", uuid.UUID(bid))
+    for r in rows:
+        if r["channel"] == "email" and r["user_id"].startswith("u") and r["user_id"][1:].isdigit():
+            n = int(r["user_id"][1:])
+            if n % 10 == 0:  # opt-outs are checked before addresses
+                assert (r["status"], r["reason"]) == ("suppressed", "pref.category_off")
+            elif n % 25 == 0:
+                assert r["reason"] == "address.missing_email"
+            else:
+                assert r["status"] == "sent"
+    assert hook.received - hooks_before == n_users
+    async with client.get(f"{engine.base_url}/v1/broadcasts/{bid}") as r:
+        summary = await r.json()
+    assert summary["recorded"] == expected
+
+    # The same broadcast again past the dedupe window: every recipient is already recorded.
+    await engine.js.publish(streams.broadcast_subject(engine.cfg.nats, "marketing"),
+                            msgspec.json.encode({**body, "id": bid}), headers={"Nats-Msg-Id": str(uuid.uuid4())})
+    for _ in range(50):
+        info = await asyncio.gather(*(i.info.remote() for i in engine.actors.ingestors))
+        if sum(i["broadcasts"] for i in info) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert sum(i["broadcasts"] for i in info) >= 2
+    assert await recorded() == expected
+    assert hook.received - hooks_before == n_users
+
+
+async def test_bad_broadcast_is_422(engine, client):
+    async with client.post(f"{engine.base_url}/v1/broadcasts",
+                           json={"category": "marketing", "channels": ["email"], "user_id": "x"}) as r:
+        assert r.status == 422
+        assert (await r.json())["errors"][0]["field"] == "$.user_id"
