@@ -113,15 +113,17 @@ async def jetstream(url: str, n: int, batch: int) -> dict:
 
 
 async def copy(url: str, n: int) -> float:
-    from actors.recorder import MOVE_STAGE, STAGE_COLUMNS, _init_connection
+    from actors.recorder import MOVE_STAGE, STAGE_COLUMNS, _init_connection, row
+    from policy.types import Attempt, Outcome
 
     schema = f"ceil_{uuid.uuid4().hex[:8]}"
     await db.migrate_url(url, schema)
     pool = await db.create_pool(url, schema, min_size=1, max_size=2, init=_init_connection)
     now = time.time()
-    rows = [(str(uuid.uuid4()), f"b{i}", "webhook", "job_alerts", "normal", "sent", "ok", "http-sink", None, 1,
-             '[{"provider":"http-sink","ok":true,"at":%f,"duration_ms":1.2,"error":null,"error_kind":null}]' % now,
-             None, now, now) for i in range(n)]
+    # the rows the Recorder writes for sent webhooks, made by its own row()
+    rows = [row(Outcome(str(uuid.uuid4()), f"b{i}", "webhook", "job_alerts", "sent", "ok", now, now,
+                        provider="http-sink", attempts=[Attempt("http-sink", True, now, 1.2)]))
+            for i in range(n)]
     try:
         started = time.perf_counter()
         for i in range(0, n, 5000):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SEED_BATCH = 1000
@@ -119,11 +120,12 @@ def _ms(v: float | None) -> str:
 
 def show(summary: dict, console: Console) -> None:
     table = Table(title=f"locust: {summary['users']} users, {summary['run_time']}")
-    for col in ("name", "requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms", "max ms"):
-        table.add_column(col, justify="left" if col == "name" else "right")
     rows = [*sorted(summary["by_name"].items()), ("Aggregated", summary["aggregated"])]
+    table.add_column("name", no_wrap=True, min_width=max(len(name) for name, _ in rows))
+    for col in ("requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, s in rows:
-        table.add_row(name, f"{s['requests']:,}", f"{s['failures']:,}", f"{s['rps'] or 0:,.1f}",
+        table.add_row(Text(name), f"{s['requests']:,}", f"{s['failures']:,}", f"{s['rps'] or 0:,.1f}",
                       _ms(s["p50_ms"]), _ms(s["p95_ms"]), _ms(s["p99_ms"]), _ms(s.get("max_ms")),
                       style="bold" if name == "Aggregated" else None)
     console.print(table)
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", help="comma-separated (default: $TIDINGS_LOCUST_CHANNELS or webhook)")
     p.add_argument("--rps-per-user", type=float, help="pace each user (default: closed loop)")
     args = p.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
                   seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user)
     show(summary, console)

@@ -13,6 +13,7 @@ from providers.base import Provider
 from providers.errors import ConfigurationError
 
 PROVIDER_TYPES: dict[str, str] = {
+    "sendgrid": "providers.email.sendgrid:SendGridProvider",
     "smtp": "providers.email.smtp:SmtpProvider",
     "webhook": "providers.webhook.http:WebhookProvider",
 }
