@@ -43,12 +43,25 @@ def build_slot(p: ProviderConfig) -> ProviderSlot:
 
 def batches(tasks: list[DeliveryTask], size: int) -> list[list[DeliveryTask]]:
     """Tasks with the same content, in groups of at most ``size`` (a batch call
-    sends one content to many recipients)."""
+    sends one content to many recipients), no address twice in a group (SendGrid
+    refuses a whole request that names an address twice)."""
     by_content: dict[tuple, list[DeliveryTask]] = {}
     for t in tasks:
         c = t.content
         by_content.setdefault((c.subject, c.text, c.html, t.category), []).append(t)
-    return [group[i:i + size] for group in by_content.values() for i in range(0, len(group), size)]
+    out = []
+    for pending in by_content.values():
+        while pending:
+            batch, seen, rest = [], set(), []
+            for t in pending:
+                if len(batch) < size and t.address not in seen:
+                    batch.append(t)
+                    seen.add(t.address)
+                else:
+                    rest.append(t)
+            out.append(batch)
+            pending = rest
+    return out
 
 
 class ChannelShard:
