@@ -6,10 +6,11 @@ target rate. The model, stated so it can be checked:
 * Each process group's cost is the CPU it used per notification in the best backlog
   run: ``cores_used / notifications_per_s`` (core-seconds per notification), sampled
   with psutil during the run.
-* To hold a p99 the paced run showed, run every group at no more than the
-  utilisation of that paced run (default 60% of the measured best). Cores needed
-  for a group = ``rate × cost / utilisation``; actors = cores rounded up (an actor
-  is one process and uses at most one core).
+* The paced runs are the latency curve: p99 at 20%, 40%, 60%… of the best
+  throughput. The plan runs every group at the highest utilisation whose measured
+  p99 meets the target (the lowest measured one when none does, and says so).
+  Cores needed for a group = ``rate × cost / utilisation``; actors = cores rounded
+  up (an actor is one process and uses at most one core).
 * The group with the largest cost saturates first. The scaling curve measured
   (1, 2, 4… shards) is printed beside it; on a machine with few cores it flattens
   where the cores run out, so sizing here is per core, not per curve.
@@ -26,7 +27,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 ENGINE_GROUPS = ("Ingestor", "UserShard", "ChannelShard", "Recorder")
 SERVICE_GROUPS = ("nats-server", "postgres")
@@ -43,7 +44,10 @@ def parse_rate(text: str) -> float:
 
 def plan(result: dict, rate: float, p99_ms: float) -> dict:
     best = max(result["backlog_runs"], key=lambda r: r["e2e_per_s"])
-    paced = result.get("paced_run")
+    curve = sorted(result.get("paced_runs") or ([result["paced_run"]] if result.get("paced_run") else []),
+                   key=lambda r: r["rate"])
+    meeting = [r for r in curve if r["p99_ms"] is not None and r["p99_ms"] <= p99_ms]
+    paced = meeting[-1] if meeting else (curve[0] if curve else None)
     utilisation = (paced["rate"] / best["e2e_per_s"]) if paced else 0.6
     rows = []
     for group in ENGINE_GROUPS + SERVICE_GROUPS:
@@ -61,6 +65,7 @@ def plan(result: dict, rate: float, p99_ms: float) -> dict:
         "total_cores": round(sum(r["cores"] for r in rows), 2),
         "saturates_first": first["group"],
         "measured_p99_ms": measured_p99, "p99_met": measured_p99 is not None and measured_p99 <= p99_ms,
+        "latency_curve": [(round(r["rate"] / best["e2e_per_s"], 2), r["p99_ms"]) for r in curve],
         "measured_best_per_s": best["e2e_per_s"], "measured_on_cores": result["cores"],
         "scaling": [(r["shards"], r["e2e_per_s"]) for r in result["backlog_runs"]],
         "slowest_stage": result.get("slowest_stage"), "slowest_stage_per_s": result.get("slowest_stage_per_s"),
@@ -83,9 +88,11 @@ def show(p: dict) -> None:
         console.print(f"slowest stage alone: {p['slowest_stage']} at {p['slowest_stage_per_s']:,}/s per instance; "
                       f"providers/sinks must take {p['rate_per_s']:,.0f}/s in total.")
     verdict = "[green]met[/green]" if p["p99_met"] else "[red]not met[/red]"
+    console.print(f"latency curve (utilisation → p99 ms): {p['latency_curve']}")
     console.print(f"p99 target {p['target_p99_ms']} ms: {verdict} — measured p99 {p['measured_p99_ms']} ms at "
-                  f"{p['utilisation']:.0%} utilisation (more cores do not lower it: batching and linger set it; "
-                  f"see recorder.linger_ms, engine.fetch_timeout_s, engine.ingest_batch).")
+                  f"{p['utilisation']:.0%} utilisation, the utilisation the sizing above uses."
+                  + ("" if p["p99_met"] else " Below that, more cores do not lower it: batching and linger set the "
+                     "floor (recorder.linger_ms, engine.fetch_timeout_s, engine.ingest_batch)."))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def print_result(console: Console, r: dict) -> None:
     t = Table(title=f"end to end: {r['n']:,} notifications × {', '.join(r['channels'])}")
     for col in ("shards", "mode", "e2e/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "sent p99 ms", "busiest (cores)"):
         t.add_column(col, justify="right")
-    runs = r["backlog_runs"] + ([r["paced_run"]] if r.get("paced_run") else [])
+    runs = r["backlog_runs"] + r.get("paced_runs", [])
     for run in runs:
         busiest = ", ".join(f"{k} {v}" for k, v in list(run["cpu_cores"].items())[:3])
         mode = f"paced {run['rate']:,.0f}/s" if run["rate"] else "backlog"

@@ -14,7 +14,7 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     monkeypatch.setenv("TIDINGS_NATS_URL", nats_url)
     monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
     monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
-    args = e2e.parse(["--n", "300", "--users", "100", "--channels", "webhook,email", "--shards", "1",
+    args = e2e.parse(["--n", "300", "--users", "100", "--channels", "webhook,email", "--shards", "1", "--paced", "0.5",
                       "--timeout", "120"])
     result = await e2e.harness(args)
     assert result["complete"], result
@@ -26,7 +26,7 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     assert run["rows"] == 600
     assert run["sinks"]["webhook"]["bad_signatures"] == 0
     assert run["sinks"]["smtp"]["count"] == run["sent_rows"] - run["sinks"]["webhook"]["received"]
-    assert result["paced_run"]["rate"] > 0
+    assert result["paced_run"]["rate"] > 0 and len(result["paced_runs"]) == 1
     assert {"ChannelShard", "UserShard"} <= set(run["cpu_cores"])
     plan = capacity.plan(result, capacity.parse_rate("5M/h"), 100)
     assert plan["rate_per_s"] == pytest.approx(5e6 / 3600)
@@ -37,3 +37,16 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
 @pytest.mark.parametrize("text, per_s", [("5000", 5000), ("5M/h", 5e6 / 3600), ("300k/min", 5000), ("12/s", 12)])
 def test_rates(text, per_s):
     assert capacity.parse_rate(text) == pytest.approx(per_s)
+
+
+def test_plan_uses_the_highest_utilisation_that_meets_the_target():
+    run = {"shards": 2, "e2e_per_s": 1000, "cpu_cores": {"ChannelShard": 0.8, "UserShard": 0.2}}
+    curve = [{"rate": 200, "p99_ms": 40.0}, {"rate": 400, "p99_ms": 90.0}, {"rate": 600, "p99_ms": 300.0}]
+    result = {"backlog_runs": [run], "paced_runs": curve, "paced_run": curve[-1], "cores": 2}
+    p = capacity.plan(result, 2000, 100)
+    assert p["utilisation"] == 0.4 and p["p99_met"]
+    # ChannelShard: 0.8 cores per 1,000/s -> 2,000/s at 40% needs 4 cores
+    assert {g["group"]: g["cores"] for g in p["groups"]}["ChannelShard"] == 4.0
+    assert p["saturates_first"] == "ChannelShard"
+    strict = capacity.plan(result, 2000, 10)
+    assert not strict["p99_met"] and strict["utilisation"] == 0.2
