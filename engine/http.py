@@ -148,13 +148,18 @@ FROM delivery_tracking WHERE parent_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
 
-async def broadcast_status(request: web.Request) -> web.Response:
-    """Recipient outcomes of a broadcast so far, counted by channel, status and reason."""
+def path_uuid(request: web.Request) -> uuid.UUID:
+    """The ``{id}`` of the path as a UUID, or a 400 naming it."""
     raw = request.match_info["id"]
     try:
-        bid = uuid.UUID(raw)
+        return uuid.UUID(raw)
     except ValueError:
         raise Problem(400, "bad id", [{"field": "id", "reason": f"{raw!r} is not a UUID"}])
+
+
+async def broadcast_status(request: web.Request) -> web.Response:
+    """Recipient outcomes of a broadcast so far, counted by channel, status and reason."""
+    bid = path_uuid(request)
     rows = await request.app[ENGINE].pool.fetch(BROADCAST_SQL, bid)
     if not rows:
         raise Problem(404, "not found", [{"field": "id", "reason": "no recipient recorded (unknown, or starting)"}])
@@ -173,11 +178,7 @@ FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel
 
 
 async def status(request: web.Request) -> web.Response:
-    raw = request.match_info["id"]
-    try:
-        nid = uuid.UUID(raw)
-    except ValueError:
-        raise Problem(400, "bad id", [{"field": "id", "reason": f"{raw!r} is not a UUID"}])
+    nid = path_uuid(request)
     rows = await request.app[ENGINE].pool.fetch(STATUS_SQL, nid)
     if not rows:
         raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
