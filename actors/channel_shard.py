@@ -11,7 +11,6 @@ import random
 import time
 
 import msgspec
-import ray
 
 from actors.delivery import (Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket,
                              deliver, deliver_batch)

@@ -16,7 +16,6 @@ from collections import defaultdict
 
 import msgspec
 import nats
-import ray
 from nats.aio.msg import Msg
 
 from engine import streams

@@ -13,8 +13,6 @@ import logging
 import time
 from collections import defaultdict
 
-import ray
-
 from actors import user_store
 from engine import db
 from engine.config import Config, decode as decode_config

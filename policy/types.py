@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import Meta, Struct
 
 Channel = Literal["email", "sms", "push", "in_app", "web", "voice", "webhook"]

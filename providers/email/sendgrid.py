@@ -31,7 +31,8 @@ import msgspec
 from policy.types import Content, DeliveryTask
 from providers.base import Receipt
 from providers.errors import ConfigurationError, DeliveryError, InvalidMessage, NetworkError, RateLimited
-from providers.webhook.http import USER_AGENT, map_status
+from providers.http_session import HttpSession
+from providers.webhook.http import map_status
 
 MAX_PERSONALIZATIONS = 1000
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
@@ -77,7 +78,7 @@ def rate_limit_reset(value: str | None, now: float | None = None) -> float | Non
     return max(0.0, reset - (time.time() if now is None else now))
 
 
-class SendGridProvider:
+class SendGridProvider(HttpSession):
     """Provider for ``channel = "email"``; see the module docstring for settings.
 
     ``send`` and ``send_batch`` POST one ``mail/send`` request and return
@@ -115,21 +116,6 @@ class SendGridProvider:
         self.unsubscribe_url: str | None = settings.get("unsubscribe_url")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        """Open the shared HTTP session (idempotent)."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
-                headers={"User-Agent": USER_AGENT},
-            )
-
-    async def close(self) -> None:
-        """Close the session and its pooled connections."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one email for ``task``; see the class docstring."""

@@ -33,9 +33,9 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.http_session import USER_AGENT, HttpSession
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, delivery_id, sign
 
-USER_AGENT = "tidings/0.1"
 _encoder = msgspec.json.Encoder()
 
 
@@ -77,7 +77,7 @@ def map_status(status: int, headers: Mapping[str, str], snippet: str = "") -> De
     return InvalidMessage(text, status=status)
 
 
-class WebhookProvider:
+class WebhookProvider(HttpSession):
     """Provider for ``channel = "webhook"``; see the module docstring for settings.
 
     ``send`` POSTs one signed JSON document and returns
@@ -102,21 +102,6 @@ class WebhookProvider:
         self.max_connections = int(settings.get("max_connections", 100))
         self.tolerate = frozenset(int(s) for s in settings.get("tolerate_statuses", ()))
         self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        """Open the shared HTTP session (idempotent)."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
-                headers={"User-Agent": USER_AGENT},
-            )
-
-    async def close(self) -> None:
-        """Close the session and its pooled connections."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     def target(self, task: DeliveryTask) -> str:
         """Where ``task`` goes: its address if that is a URL, else the ``url``

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fakes import FakeClock
 from actors.delivery import Backoff
 
 

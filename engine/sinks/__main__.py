@@ -1,0 +1,5 @@
+import sys
+
+from engine.sinks.process import main
+
+sys.exit(main())
