@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 
@@ -28,6 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+OWN_RESULTS = "bench/out/latest.json"
+COMMITTED_RESULTS = os.path.join(os.path.dirname(__file__), "results", "e2e-2core-2026-11-21.json")
 
 ENGINE_GROUPS = ("Ingestor", "UserShard", "ChannelShard", "Recorder")
 SERVICE_GROUPS = ("nats-server", "postgres")
@@ -99,9 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tidings bench capacity", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=parse_rate, required=True, help="target, e.g. 1400, 5M/h, 300k/min")
     ap.add_argument("--p99", type=float, default=100.0, help="target p99 latency in ms")
-    ap.add_argument("--results", default="bench/out/latest.json", help="a `tidings bench e2e --json` file")
+    ap.add_argument("--results", help="a `tidings bench e2e --json` file (default: bench/out/latest.json, "
+                                      "else the committed measurement in bench/results)")
     ap.add_argument("--json", help="write the plan here")
     args = ap.parse_args(argv)
+    if args.results is None:
+        args.results = OWN_RESULTS if os.path.exists(OWN_RESULTS) else COMMITTED_RESULTS
+        if args.results == COMMITTED_RESULTS:
+            console.print(f"no run of your own at {OWN_RESULTS}: using the committed 2-core measurement "
+                          f"({COMMITTED_RESULTS}); run `tidings bench e2e --json {OWN_RESULTS}` on your machine")
     try:
         with open(args.results) as f:
             result = json.load(f)
