@@ -341,3 +341,31 @@ async def test_bad_broadcast_is_422(engine, client):
                            json={"category": "marketing", "channels": ["email"], "user_id": "x"}) as r:
         assert r.status == 422
         assert (await r.json())["errors"][0]["field"] == "$.user_id"
+
+
+async def test_cli_send_via_nats_and_migrate(engine, database_url, tmp_path):
+    """`tidings send --via nats` publishes straight to JetStream; `tidings migrate`
+    brings a new schema up to date and is a no-op the second time."""
+    import os
+    import sys
+
+    env = {**os.environ, "COLUMNS": "200", "TIDINGS_NATS_URL": engine.nats_url,
+           "TIDINGS_NATS_PREFIX": engine.cfg.nats.prefix, "TIDINGS_DATABASE_URL": database_url,
+           "TIDINGS_DATABASE_SCHEMA": f"m_{uuid.uuid4().hex[:8]}", "TIDINGS_ENGINE_HOME": str(tmp_path)}
+
+    async def tidings(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.cli", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return proc.returncode, out.decode()
+
+    code, out = await tidings("send", "--via", "nats", "--user", "u12", "--category", "job_alerts",
+                              "--channel", "webhook", "--text", "over NATS")
+    assert code == 0, out
+    nid = out.split()[0]
+    assert await wait_rows(engine.pool, [nid], 1) == 1
+    code, out = await tidings("migrate")
+    assert code == 0 and "001_core" in out and "002_broadcasts" in out, out
+    code, out = await tidings("migrate")
+    assert code == 0 and "up to date" in out, out
+    await drop_schema(database_url, env["TIDINGS_DATABASE_SCHEMA"])
