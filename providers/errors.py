@@ -7,6 +7,12 @@ say yes, and ``RateLimited`` carries how long the provider asked us to wait.
 
 from __future__ import annotations
 
+import math
+
+# The longest Retry-After we take at its word: beyond this a provider is paused
+# for this long, and a value that is not a finite number is ignored.
+MAX_RETRY_AFTER_S = 3600.0
+
 
 class DeliveryError(Exception):
     """Root of every error a provider raises."""
@@ -17,7 +23,9 @@ class DeliveryError(Exception):
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.status = status
-        self.retry_after = retry_after
+        if retry_after is not None and not math.isfinite(retry_after):
+            retry_after = None
+        self.retry_after = None if retry_after is None else min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
 
 
 class ProviderError(DeliveryError):

@@ -135,6 +135,8 @@ async def _try_slot(run: _Run, slot: ProviderSlot) -> tuple[str, Receipt | None]
             return reason, receipt
         if not err.retryable or n >= slot.max_attempts:
             break
+        if (err.retry_after or 0.0) > slot.max_wait_s:
+            break  # the provider asks for a longer wait than we hold a delivery for: fail over
         await run.sleep(max(slot.backoff.delay(n, run.rng), err.retry_after or 0.0))
     return reason, None
 

@@ -116,7 +116,7 @@ async def test_auth_and_config_errors_fail_over_immediately(error, reason):
 async def test_rate_limited_waits_retry_after_and_pauses_the_bucket():
     clock = FakeClock()
     provider = FakeProvider("ses", [RateLimited("429", status=429, retry_after=3.0)])
-    slot = make_slot(provider, clock, rate_per_s=10.0, burst=5.0)
+    slot = make_slot(provider, clock, rate_per_s=10.0, burst=5.0, max_wait_s=5.0)
     start = clock()
     out = await run(clock, [slot])
     assert out.status == "sent" and len(out.attempts) == 2
@@ -286,3 +286,21 @@ async def test_bulkhead_bounds_concurrent_calls():
     outs = await asyncio.gather(*(run(clock, [slot], notification_id=f"n-{i}") for i in range(8)))
     assert all(o.status == "sent" for o in outs)
     assert provider.calls == 8 and provider.max_active == 2
+
+
+async def test_retry_after_longer_than_max_wait_fails_over_without_sleeping():
+    clock = FakeClock()
+    limited = FakeProvider("sendgrid", [RateLimited("429", retry_after=3600.0)])
+    backup = FakeProvider("smtp")
+    slots = [make_slot(limited, clock, max_wait_s=2.0), make_slot(backup, clock)]
+    out = await run(clock, slots)
+    assert (out.status, out.provider) == ("sent", "smtp")
+    assert clock.sleeps == [] and limited.calls == 1
+
+
+def test_retry_after_that_is_not_a_finite_number_is_ignored_and_long_ones_capped():
+    from providers.errors import MAX_RETRY_AFTER_S
+    assert RateLimited("x", retry_after=float("inf")).retry_after is None
+    assert RateLimited("x", retry_after=float("nan")).retry_after is None
+    assert RateLimited("x", retry_after=1e12).retry_after == MAX_RETRY_AFTER_S
+    assert RateLimited("x", retry_after=-5).retry_after == 0.0
