@@ -42,11 +42,16 @@ class _UserOnly(msgspec.Struct):
 _user_only = msgspec.json.Decoder(_UserOnly)
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters (PostgreSQL refuses NUL in text and jsonb)."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
 def salvage_user(data: bytes) -> str:
     """The user id of a rejected payload, when it has a readable one (so the
     rejection shows up under the user), else ""."""
     try:
-        return _user_only.decode(data).user_id[:128]
+        return printable(_user_only.decode(data).user_id[:128])
     except msgspec.DecodeError:
         return ""
 
@@ -195,9 +200,9 @@ class Ingestor:
                 "Tidings-Subject": r.msg.subject,
                 "Tidings-Stream-Seq": str(seq),
             })
-            category = r.msg.subject.rsplit(".", 1)[-1]
+            category = printable(r.msg.subject.split(".notify.", 1)[-1].split(".broadcast.", 1)[-1])[:64]
             outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), salvage_user(r.msg.data), "*", category,
-                                    "rejected", r.reason, now, now, detail=r.detail))
+                                    "rejected", r.reason, now, now, detail=printable(r.detail)))
         try:
             await self.recorder.record.remote(wire.encode(outcomes))
         except Exception as e:

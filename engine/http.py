@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 import zoneinfo
+from typing import Annotated
 
 import msgspec
 import nats.errors
@@ -20,7 +21,8 @@ from engine.errors import field_error
 from engine.runtime import Engine
 from policy import wire
 from policy.sharding import shard_of
-from policy.types import BroadcastRequest, NotificationRequest, UserProfile, UserState, notification_id
+from policy.types import (Address, BroadcastRequest, Channel, NotificationRequest, UserProfile, UserState,
+                          notification_id)
 
 ENGINE = web.AppKey("engine", Engine)
 
@@ -136,8 +138,11 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     check([b], cfg.enabled_channels(), False, 1)
     b.id = uuid.UUID(notification_id(b, str(uuid.uuid4())))
     b.accepted_at = time.time()
-    ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
-                                  headers={"Nats-Msg-Id": str(b.id)})
+    try:
+        ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
+                                      headers={"Nats-Msg-Id": str(b.id)}, timeout=PUBLISH_TIMEOUT_S)
+    except (TimeoutError, nats.errors.Error) as e:
+        raise Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
     return reply({"id": str(b.id), "duplicate": bool(ack.duplicate)}, status=202)
 
 
@@ -261,9 +266,9 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 class Suppression(msgspec.Struct, forbid_unknown_fields=True):
-    channel: str
-    address: str
-    reason: str = "manual"
+    channel: Channel
+    address: Address
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")] = "manual"
 
 
 async def add_suppression(request: web.Request) -> web.Response:

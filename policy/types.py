@@ -26,8 +26,12 @@ TERMINAL: frozenset[str] = frozenset(
     {"sent", "delivered", "bounced", "failed", "suppressed", "rejected", "deferred", "digested"}
 )
 
-UserId = Annotated[str, Meta(min_length=1, max_length=128)]
-Category = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+# No control characters: PostgreSQL refuses NUL in text, and a user id or address
+# that cannot be stored must be refused at the door, not fail a whole batch later.
+UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Dot-separated tokens: a category becomes the last tokens of a NATS subject, where
+# an empty token ("a..b", "a.") cannot be routed.
+Category = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$")]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200)]
 
 # Notification ids derived from an idempotency key (or from a JetStream sequence
@@ -59,7 +63,7 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: dict[str, str] = {}
     # Seconds since the epoch when the front door accepted it; set by the engine
     # when absent. End-to-end latency is measured from here.
-    accepted_at: float | None = None
+    accepted_at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
 
     def content_for(self, channel: str) -> Content | None:
         return self.channel_content.get(channel, self.content)  # type: ignore[call-overload]
@@ -97,8 +101,8 @@ class UserState(Struct, kw_only=True):
     locale: str = "en"
 
 
-OptOut = Annotated[str, Meta(pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_.-]{0,63})$")]
-Address = Annotated[str, Meta(min_length=1, max_length=512)]
+OptOut = Annotated[str, Meta(max_length=80, pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*)$")]
+Address = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -176,6 +176,10 @@ async def test_idempotency_key_yields_one_delivery(engine, sinks, client):
     (b'{"user_id": "u1", "category": "job_alerts", "channels": ["webhook"], "content": {"text": "x"}, "colour": 1}',
      422, "$.colour"),
     (b'[]', 422, "$"),
+    (b'{"user_id": "a\\u0000b", "category": "job_alerts", "channels": ["webhook"], "content": {"text": "x"}}',
+     422, "$.user_id"),
+    (b'{"user_id": "u1", "category": "jobs..daily", "channels": ["webhook"], "content": {"text": "x"}}', 422,
+     "$.category"),
     (b'[{"user_id": "u1", "category": "job_alerts", "channels": ["webhook"], "content": {"text": "x"}}, {"user_id": 5}]',
      422, "$[1].user_id"),
 ])
@@ -186,6 +190,17 @@ async def test_bad_http_input_is_answered_with_field_and_reason(engine, client, 
         body = await r.json()
     assert body["errors"][0]["field"] == field
     assert body["errors"][0]["reason"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"channel": "email", "address": "a@b.test", "reason": "hard-bounce"}, "$.reason"),
+    ({"channel": "fax", "address": "a@b.test"}, "$.channel"),
+    ({"channel": "email", "address": ""}, "$.address"),
+])
+async def test_bad_suppression_is_422(engine, client, body, field):
+    async with client.post(f"{engine.base_url}/v1/suppressions", json=body) as r:
+        assert r.status == 422, await r.text()
+        assert (await r.json())["errors"][0]["field"] == field
 
 
 async def test_oversize_body_is_413(engine, client):
