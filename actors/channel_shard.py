@@ -96,12 +96,20 @@ class ChannelShard:
         env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng)
         if self.batch_size > 1 and len(tasks) > 1:
             groups = batches(tasks, self.batch_size)
-            results = await asyncio.gather(*(deliver_batch(g, slots, **env) for g in groups))
+            results = await asyncio.gather(*(self._batch(g, slots, env) for g in groups))
             outcomes: list[Outcome] = [o for r in results for o in r]
         else:
             outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in tasks))
         self.delivered += len(outcomes)
         return wire.encode(outcomes)
+
+    async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:
+        outcomes = await deliver_batch(group, slots, **env)
+        if len(group) > 1 and outcomes[0].reason == "invalid_message":
+            # One bad recipient refuses the whole request: send each alone, so only
+            # that one fails.
+            return list(await asyncio.gather(*(deliver(t, slots, **env) for t in group)))
+        return outcomes
 
     async def health(self) -> dict:
         slots = await self._ready()

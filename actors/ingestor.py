@@ -72,7 +72,8 @@ class Ingestor:
         self.loop_task: asyncio.Task | None = None
         self.inflight: set[asyncio.Task] = set()
         self.broadcasts: set[asyncio.Task] = set()
-        self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0}
+        self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0,
+                      "dead_lettered": 0}
 
     async def start(self) -> None:
         if self.running:
@@ -155,13 +156,13 @@ class Ingestor:
     async def _broadcast(self, msg: Msg, job: wire.Broadcast) -> None:
         """Every UserShard takes its share of the audience; ack when all have
         recorded every recipient. Tells JetStream it is still in progress meanwhile."""
-        alive = asyncio.get_running_loop().create_task(self._keep_alive(msg))
+        alive = asyncio.get_running_loop().create_task(self._keep_alive([msg]))
         payload = wire.encode(job)
         try:
             counts = await asyncio.gather(*(s.broadcast.remote(payload) for s in self.user_shards))
         except Exception as e:
             log.warning("broadcast %s failed (%r); nak for redelivery", job.id, e)
-            await msg.nak(delay=NAK_DELAY_S)
+            await self._failed([msg], e)
             return
         finally:
             alive.cancel()
@@ -169,37 +170,76 @@ class Ingestor:
         self.stats["broadcasts"] += 1
         log.info("broadcast %s done: %s", job.id, counts)
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(max(self.cfg.nats.ack_wait_s / 3, 1.0))
-            await msg.in_progress()
+
 
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
+        msgs = [m for m, _ in pairs]
+        alive = asyncio.get_running_loop().create_task(self._keep_alive(msgs))
         try:
             await self.user_shards[shard].handle.remote(wire.encode([inb for _, inb in pairs]))
         except Exception as e:
             log.warning("shard %d failed a batch of %d (%r); nak for redelivery", shard, len(pairs), e)
-            self.stats["nacked"] += len(pairs)
-            await asyncio.gather(*(m.nak(delay=NAK_DELAY_S) for m, _ in pairs), return_exceptions=True)
+            await self._failed(msgs, e)
             return
-        for m, _ in pairs:
+        finally:
+            alive.cancel()
+        await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+        self.stats["acked"] += len(msgs)
+
+    async def _failed(self, msgs: list[Msg], error: BaseException) -> None:
+        """Nak for redelivery; a message that has failed ``dead_letter_after``
+        deliveries goes to the dead-letter subject instead (then is acked), so a
+        message that can never succeed does not loop forever and is not lost."""
+        limit = self.cfg.nats.dead_letter_after
+        spent = [m for m in msgs if m.metadata.num_delivered >= limit]
+        again = [m for m in msgs if m.metadata.num_delivered < limit]
+        self.stats["nacked"] += len(again)
+        await asyncio.gather(*(m.nak(delay=NAK_DELAY_S) for m in again), return_exceptions=True)
+        for m in spent:
+            try:
+                await self._dead_letter(m, "processing.failed", f"failed {limit} deliveries; last: {error!r}")
+            except Exception:
+                await m.nak(delay=NAK_DELAY_S)
+                continue
             await m.ack()
-        self.stats["acked"] += len(pairs)
+            self.stats["dead_lettered"] += 1
+
+    async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
+        seq = msg.metadata.sequence.stream
+        n = self.cfg.nats
+        await self.js.publish(streams.dlq_subject(n), msg.data, headers={
+            "Nats-Msg-Id": f"dlq:{n.stream}:{seq}",
+            "Tidings-Reason": reason,
+            "Tidings-Error": header_safe(detail),
+            "Tidings-Subject": msg.subject,
+            "Tidings-Stream-Seq": str(seq),
+        })
+
+    async def _keep_alive(self, msgs: list[Msg]) -> None:
+        """Tell JetStream these are still being worked on, so a slow batch is not
+        redelivered while it runs."""
+        while True:
+            await asyncio.sleep(max(self.cfg.nats.ack_wait_s / 3, 1.0))
+            results = await asyncio.gather(*(m.in_progress() for m in msgs), return_exceptions=True)
+            for r in results:
+                if isinstance(r, Exception):
+                    log.warning("in_progress failed: %r", r)
+                    break
 
     async def _reject(self, rejected: list[Rejected]) -> None:
         """Dead-letter first (durable in its own stream), then the tracking row, then ack."""
         n = self.cfg.nats
         now = time.time()
         outcomes = []
+        try:
+            for r in rejected:
+                await self._dead_letter(r.msg, r.reason, r.detail)
+        except Exception as e:
+            log.warning("dead-lettering %d messages failed (%r); nak", len(rejected), e)
+            await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
+            return
         for r in rejected:
             seq = r.msg.metadata.sequence.stream
-            await self.js.publish(streams.dlq_subject(n), r.msg.data, headers={
-                "Nats-Msg-Id": f"dlq:{n.stream}:{seq}",
-                "Tidings-Reason": r.reason,
-                "Tidings-Error": header_safe(r.detail),
-                "Tidings-Subject": r.msg.subject,
-                "Tidings-Stream-Seq": str(seq),
-            })
             category = printable(r.msg.subject.split(".notify.", 1)[-1].split(".broadcast.", 1)[-1])[:64]
             outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), salvage_user(r.msg.data), "*", category,
                                     "rejected", r.reason, now, now, detail=printable(r.detail)))
@@ -209,8 +249,7 @@ class Ingestor:
             log.warning("recording %d rejected messages failed (%r); nak", len(rejected), e)
             await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
             return
-        for r in rejected:
-            await r.msg.ack()
+        await asyncio.gather(*(r.msg.ack() for r in rejected), return_exceptions=True)
         self.stats["rejected"] += len(rejected)
         self.stats["acked"] += len(rejected)
 

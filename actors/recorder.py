@@ -61,6 +61,16 @@ async def _init_connection(conn) -> None:
     await conn.execute(CREATE_STAGE)
 
 
+def _settle(p: "_Pending", error: BaseException | None) -> None:
+    """Answer one caller: committed, or the error (then nothing of it is acked)."""
+    if p.future.done():
+        return
+    if error is None:
+        p.future.set_result(None)
+    else:
+        p.future.set_exception(error)
+
+
 class _Pending:
     __slots__ = ("rows", "future")
 
@@ -117,42 +127,60 @@ class Recorder:
         return len(outcomes)
 
     async def _flusher(self) -> None:
-        linger = self.cfg.linger_ms / 1000
         while True:
-            await self.wake.wait()
-            if self.pending_rows < self.cfg.flush_rows and linger > 0:
-                try:
-                    await asyncio.wait_for(self.full.wait(), linger)
-                except TimeoutError:
-                    pass
-            batch, self.pending, self.pending_rows = self.pending, [], 0
-            self.wake.clear()
-            self.full.clear()
-            await self.slots.acquire()
-            asyncio.get_running_loop().create_task(self._flush(batch))
+            try:
+                await self._flush_next()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any one mistake, or every caller would hang
+                log.exception("recorder flusher")
+                await asyncio.sleep(0.1)
+
+    async def _flush_next(self) -> None:
+        linger = self.cfg.linger_ms / 1000
+        await self.wake.wait()
+        if self.pending_rows < self.cfg.flush_rows and linger > 0:
+            try:
+                await asyncio.wait_for(self.full.wait(), linger)
+            except TimeoutError:
+                pass
+        batch, self.pending, self.pending_rows = self.pending, [], 0
+        self.wake.clear()
+        self.full.clear()
+        await self.slots.acquire()
+        asyncio.get_running_loop().create_task(self._flush(batch))
 
     async def _flush(self, batch: list[_Pending]) -> None:
-        rows = [r for p in batch for r in p.rows]
-        started = time.perf_counter()
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table("_tracking_stage", records=rows, columns=STAGE_COLUMNS)
-                await conn.execute(MOVE_STAGE)
-        except Exception as e:  # every waiting caller hears about it; nothing is acked
-            log.exception("tracking flush of %d rows failed", len(rows))
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(e)
-            return
+            await self._write_all(batch)
         finally:
             self.slots.release()
+        self._report()
+
+    async def _write_all(self, batch: list[_Pending]) -> None:
+        """All callers in one transaction; if that fails, each caller on its own,
+        so rows one caller got wrong do not fail (and re-send) everybody else's."""
+        try:
+            await self._write([r for p in batch for r in p.rows])
+        except Exception as e:
+            if len(batch) == 1:
+                log.exception("tracking flush of %d rows failed", len(batch[0].rows))
+                _settle(batch[0], e)
+                return
+            for p in batch:
+                await self._write_all([p])
+            return
+        for p in batch:
+            _settle(p, None)
+
+    async def _write(self, rows: list[tuple]) -> None:
+        started = time.perf_counter()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.copy_records_to_table("_tracking_stage", records=rows, columns=STAGE_COLUMNS)
+            await conn.execute(MOVE_STAGE)
         self.rows_written += len(rows)
         self.flushes += 1
         log.debug("flushed %d rows in %.1f ms", len(rows), (time.perf_counter() - started) * 1000)
-        for p in batch:
-            if not p.future.done():
-                p.future.set_result(None)
-        self._report()
 
     def _report(self) -> None:
         for (channel, status), n in self.counts.items():

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 
 from actors import user_store
 from engine import db
@@ -52,7 +53,9 @@ class UserShard:
         self.recorder = recorder
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.users: dict[str, UserState] = {}
-        self.recent: dict[str, None] = {}  # insertion-ordered: oldest first
+        self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
+        self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
+        self.running: dict[str, asyncio.Task] = {}  # broadcasts being handled now
         self.pool = None
         self.rr = 0
         self.stats = {"decided": 0, "duplicates": 0, "outcomes": 0}
@@ -69,51 +72,78 @@ class UserShard:
     # -- notifications ---------------------------------------------------------
 
     async def handle(self, payload: bytes) -> dict:
-        """Decide, deliver and record a batch (MessagePack list[Inbound])."""
+        """Decide, deliver and record a batch (MessagePack list[Inbound]); returns
+        once every item is committed — including copies of items another batch is
+        handling right now (it waits for that batch, and fails if that one fails)."""
         await self._ready()
         items = wire.decode(payload, list[wire.Inbound])
-        fresh = self._claim(items)
+        fresh, waits = self._claim(items)
+        done = asyncio.get_running_loop().create_future()
+        for inb in fresh:
+            self.inflight[inb.id] = done
         try:
-            outcomes = await self._process(fresh)
+            outcomes, error = await self._process(fresh)
             await self.recorder.record.remote(wire.encode(outcomes))
-        except BaseException:
-            for inb in fresh:  # not done: a redelivery must be able to claim them again
-                self.recent.pop(inb.id, None)
+            if error is not None:
+                raise error
+        except BaseException as e:
+            done.set_exception(e)
+            done.exception()  # retrieved here: copies that wait on it re-raise it themselves
             raise
+        else:
+            done.set_result(None)
+            self._remember(fresh)
+        finally:
+            for inb in fresh:
+                self.inflight.pop(inb.id, None)
+        if waits:
+            await asyncio.gather(*waits)
+        dups = len(items) - len(fresh)
         self.stats["decided"] += len(fresh)
-        self.stats["duplicates"] += len(items) - len(fresh)
+        self.stats["duplicates"] += dups
         self.stats["outcomes"] += len(outcomes)
-        return {"decided": len(fresh), "duplicates": len(items) - len(fresh), "outcomes": len(outcomes)}
+        return {"decided": len(fresh), "duplicates": dups, "outcomes": len(outcomes)}
 
-    def _claim(self, items: list[wire.Inbound]) -> list[wire.Inbound]:
-        """Items not seen recently (nor twice in this batch), now marked as seen."""
-        fresh = []
+    def _claim(self, items: list[wire.Inbound]) -> tuple[list[wire.Inbound], list[asyncio.Future]]:
+        """Items to handle now, and the futures of copies already in flight.
+        Committed ids and repeats within the batch are dropped."""
+        fresh, waits, seen = [], [], set()
         for inb in items:
-            if inb.id not in self.recent:
-                self.recent[inb.id] = None
-                fresh.append(inb)
+            if inb.id in self.recent or inb.id in seen:
+                continue
+            pending = self.inflight.get(inb.id)
+            if pending is not None:
+                waits.append(pending)
+                continue
+            seen.add(inb.id)
+            fresh.append(inb)
+        return fresh, waits
+
+    def _remember(self, committed: list[wire.Inbound]) -> None:
+        for inb in committed:
+            self.recent[inb.id] = None
         while len(self.recent) > self.cfg.engine.recent_ids:
             del self.recent[next(iter(self.recent))]
-        return fresh
 
-    async def _process(self, items: list[wire.Inbound]) -> list[Outcome]:
+    async def _process(self, items: list[wire.Inbound]) -> tuple[list[Outcome], BaseException | None]:
         async with self.pool.acquire() as conn:
             done = await user_store.recorded(conn, [i.id for i in items])
-            missing = {i.request.user_id for i in items} - self.users.keys()
-            if missing:
-                self.users.update(await user_store.load_states(conn, missing))
+            await self._load_missing(conn, [i.request.user_id for i in items])
         return await self._decide_and_send(
-            [(inb.id, inb.request.user_id, inb.request) for inb in items], done)
+            [(inb.id, inb.request.user_id, inb.request) for inb in items], done, self.users)
 
     async def _decide_and_send(self, items: list[tuple[str, str, Message]], done: set[tuple[str, str]],
-                               parent_id: str | None = None) -> list[Outcome]:
+                               states: Mapping[str, UserState], parent_id: str | None = None,
+                               ) -> tuple[list[Outcome], BaseException | None]:
         """Decide each (notification id, user, request), deliver the sends in one
-        batch per channel, and return every outcome."""
+        batch per channel. Returns every outcome there is, and the first error of
+        a channel that failed: the caller records what there is, then raises, so a
+        redelivery does not send the channels that succeeded again."""
         now = time.time()
         outcomes: list[Outcome] = []
         sends: dict[str, list[DeliveryTask]] = defaultdict(list)
         for nid, user_id, req in items:
-            state = self.users.get(user_id)
+            state = states.get(user_id)
             for d in decide(req, state, self.available):
                 if (nid, d.channel) in done:
                     continue
@@ -126,12 +156,17 @@ class UserShard:
                                                parent_id))
                 else:
                     sends[d.channel].append(task)
-        for delivered in await asyncio.gather(*(self._send(ch, t) for ch, t in sends.items())):
+        error = None
+        results = await asyncio.gather(*(self._send(ch, t) for ch, t in sends.items()), return_exceptions=True)
+        for delivered in results:
+            if isinstance(delivered, BaseException):
+                error = error or delivered
+                continue
             if parent_id is not None:
                 for o in delivered:
                     o.parent_id = parent_id
             outcomes.extend(delivered)
-        return outcomes
+        return outcomes, error
 
     async def _send(self, channel: str, tasks: list[DeliveryTask]) -> list[Outcome]:
         """One call per ChannelShard of this channel, the tasks dealt round robin."""
@@ -150,9 +185,18 @@ class UserShard:
     async def broadcast(self, payload: bytes) -> dict:
         """This shard's share of a broadcast: every user it owns, decided as a
         single notification would be, in chunks; returns when all are recorded.
-        Recipients already recorded (a redelivered broadcast) are skipped."""
+        Recipients already recorded (a redelivered broadcast) are skipped, and a
+        repeat of a broadcast still running here joins it instead of racing it."""
         await self._ready()
         job = wire.decode(payload, wire.Broadcast)
+        task = self.running.get(job.id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._broadcast(job))
+            self.running[job.id] = task
+            task.add_done_callback(lambda _: self.running.pop(job.id, None))
+        return await asyncio.shield(task)
+
+    async def _broadcast(self, job: wire.Broadcast) -> dict:
         async with self.pool.acquire() as conn:
             user_ids = await user_store.shard_users(conn, self.index, self.cfg.engine.user_shards)
         gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
@@ -160,21 +204,29 @@ class UserShard:
 
         async def chunk(ids: list[str]) -> None:
             async with gate:
-                outcomes = await self._broadcast_chunk(job, ids)
+                outcomes, error = await self._broadcast_chunk(job, ids)
                 await self.recorder.record.remote(wire.encode(outcomes))
                 counts["outcomes"] += len(outcomes)
+                if error is not None:
+                    raise error
 
         await asyncio.gather(*(chunk(user_ids[i:i + BROADCAST_CHUNK])
                                for i in range(0, len(user_ids), BROADCAST_CHUNK)))
         return counts
 
-    async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str]) -> list[Outcome]:
+    async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str]):
+        """One chunk of a broadcast. Users are looked up in the cache but those
+        loaded here are not kept: a broadcast would otherwise pull the whole
+        audience into memory for good."""
         req: BroadcastRequest = job.request
         items = [(recipient_id(job.id, uid), uid, req) for uid in user_ids]
+        states = {uid: self.users[uid] for uid in user_ids if uid in self.users}
         async with self.pool.acquire() as conn:
-            await self._load_missing(conn, user_ids)
+            missing = [uid for uid in user_ids if uid not in states]
+            if missing:
+                states.update(await user_store.load_states(conn, missing))
             done = await user_store.recorded(conn, [nid for nid, _, _ in items])
-        return await self._decide_and_send(items, done, parent_id=job.id)
+        return await self._decide_and_send(items, done, states, parent_id=job.id)
 
     # -- users -----------------------------------------------------------------
 
@@ -198,18 +250,24 @@ class UserShard:
         return None if state is None else wire.encode(state)
 
     async def reload(self, user_ids: list[str]) -> int:
-        """Drop and reload users whose rows changed elsewhere (e.g. a suppression)."""
+        """Re-read users whose rows changed elsewhere (e.g. a suppression)."""
         await self._ready()
+        async with self._write_lock, self.pool.acquire() as conn:
+            fresh = await user_store.load_states(conn, user_ids)
         for uid in user_ids:
-            self.users.pop(uid, None)
-        async with self.pool.acquire() as conn:
-            await self._load_missing(conn, user_ids)
+            if uid in fresh:
+                self.users[uid] = fresh[uid]
+            else:
+                self.users.pop(uid, None)
         return len(user_ids)
 
-    async def _load_missing(self, conn, user_ids: list[str]) -> None:
+    async def _load_missing(self, conn, user_ids) -> None:
+        """Cache users not cached yet. Never overwrites: a write that committed
+        while this read ran has already put the newer state in place."""
         missing = set(user_ids) - self.users.keys()
         if missing:
-            self.users.update(await user_store.load_states(conn, missing))
+            for uid, state in (await user_store.load_states(conn, missing)).items():
+                self.users.setdefault(uid, state)
 
     async def info(self) -> dict:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -54,6 +54,7 @@ class NatsConfig(_Section):
     ack_wait_s: NonNegative = 60.0
     max_ack_pending: Positive = 20_000
     max_age_s: NonNegative = 7 * 24 * 3600.0
+    dead_letter_after: Positive = 20  # a message that failed this many deliveries goes to the DLQ
 
 
 class DatabaseConfig(_Section):

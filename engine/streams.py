@@ -65,13 +65,15 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
         duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
     ))
     try:
+        # The server updates what can change in place (ack_wait, max_ack_pending, …).
         await js.add_consumer(cfg.stream, consumer_config(cfg))
-    except BadRequestError:
-        # An older engine made the consumer with other settings. In a work-queue
-        # stream acked messages are gone and unacked ones are redelivered to the
-        # new consumer, so replacing it loses nothing.
-        await js.delete_consumer(cfg.stream, cfg.consumer)
-        await js.add_consumer(cfg.stream, consumer_config(cfg))
+    except BadRequestError as e:
+        # Not deleted here: another engine may be consuming from it right now.
+        raise RuntimeError(
+            f"JetStream consumer {cfg.consumer!r} on stream {cfg.stream!r} exists with settings that cannot "
+            f"change in place ({e.description}). Stop every engine, then remove it (`nats consumer rm "
+            f"{cfg.stream} {cfg.consumer}`): acked messages are gone already and unacked ones are delivered "
+            f"again to the new consumer.") from e
 
 
 def consumer_config(cfg: NatsConfig) -> ConsumerConfig:
