@@ -384,3 +384,41 @@ async def test_cli_send_via_nats_and_migrate(engine, database_url, tmp_path):
     code, out = await tidings("migrate")
     assert code == 0 and "up to date" in out, out
     await drop_schema(database_url, env["TIDINGS_DATABASE_SCHEMA"])
+
+
+async def test_recorder_keeps_one_bad_caller_from_failing_the_others(engine):
+    """Rows PostgreSQL refuses (NUL in text) fail only the caller that sent them."""
+    from policy import wire
+    from policy.types import Outcome
+
+    def outcome(user: str) -> Outcome:
+        return Outcome(str(uuid.uuid4()), user, "webhook", "job_alerts", "sent", "ok", 1.0, 2.0)
+
+    good, bad = outcome("fine"), outcome("bad\x00user")
+    rec = engine.actors.recorder
+    results = await asyncio.gather(rec.record.remote(wire.encode([good])), rec.record.remote(wire.encode([bad])),
+                                   return_exceptions=True)
+    assert results[0] == 1
+    assert isinstance(results[1], Exception)
+    assert await wait_rows(engine.pool, [good.notification_id], 1) == 1
+
+
+async def test_copies_of_one_notification_in_flight_deliver_once(engine, sinks):
+    """The same id published several times at once (different Nats-Msg-Ids, so
+    JetStream keeps them all): one delivery, one row, every copy acked."""
+    _, hook = sinks
+    before = hook.received
+    nid = str(uuid.uuid4())
+    body = msgspec.json.encode({"id": nid, "user_id": "u21", "category": "job_alerts", "channels": ["webhook"],
+                                "content": {"text": "once"}})
+    subject = streams.notify_subject(engine.cfg.nats, "job_alerts")
+    await asyncio.gather(*(engine.js.publish(subject, body, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+                           for _ in range(5)))
+    assert await wait_rows(engine.pool, [nid], 1) == 1
+    for _ in range(100):
+        info = await engine.js.consumer_info(engine.cfg.nats.stream, engine.cfg.nats.consumer)
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert hook.received - before == 1
