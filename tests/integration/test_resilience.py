@@ -187,3 +187,32 @@ async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, ray_address
         await nc.drain()
         await hook.stop()
         await drop_schema(database_url, cfg.database.schema)
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_not_looped(nats_url, database_url, ray_address,
+                                                                        tmp_path):
+    """A provider that cannot even be built fails every delivery; after
+    dead_letter_after deliveries the message goes to the DLQ and is acked."""
+    cfg = engine_config(nats_url, database_url, str(tmp_path), webhook_url="http://127.0.0.1:9/hook",
+                        channels=("webhook",), overrides={"nats": {"dead_letter_after": 2}})
+    import msgspec as m
+    broken = m.structs.replace(cfg.channels["webhook"].providers[0], settings={"url": "http://127.0.0.1:9/hook"})
+    cfg = m.structs.replace(cfg, channels={"webhook": m.structs.replace(cfg.channels["webhook"], providers=[broken])})
+    engine = await Engine(cfg).start()
+    try:
+        dlq = await engine.js.pull_subscribe(streams.dlq_subject(cfg.nats), stream=streams.dlq_stream(cfg.nats))
+        note = hook_note(1)
+        ack = await engine.js.publish(streams.notify_subject(cfg.nats, "job_alerts"), msgspec.json.encode(note))
+        msgs = await dlq.fetch(1, timeout=30)
+        assert msgs[0].headers["Tidings-Reason"] == "processing.failed"
+        assert msgs[0].headers["Tidings-Stream-Seq"] == str(ack.seq)
+        assert msgspec.json.decode(msgs[0].data)["id"] == note["id"]
+        for _ in range(50):
+            info = await engine.js.consumer_info(cfg.nats.stream, cfg.nats.consumer)
+            if info.num_ack_pending == 0 and info.num_pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+    finally:
+        await engine.stop()
+        await drop_schema(database_url, cfg.database.schema)
