@@ -182,11 +182,13 @@ async def _send_nats(cfg, items: list[dict]) -> int:
     from engine import streams
     from engine.embedded import EmbeddedNats
 
-    url = cfg.nats.url or EmbeddedNats(Path(cfg.engine.home).resolve(), cfg.nats.embedded_port).url
-    if not cfg.nats.url:
-        state = Path(cfg.engine.home).resolve() / "nats.json"
-        if state.exists():
-            url = f"nats://127.0.0.1:{json.loads(state.read_text())['port']}"
+    url = cfg.nats.url
+    if not url:
+        embedded = EmbeddedNats(Path(cfg.engine.home).resolve(), cfg.nats.embedded_port)
+        if not embedded.find_running():
+            console.print("[red]no NATS to publish to[/red]: start the engine (`tidings up`) or set TIDINGS_NATS_URL")
+            return 1
+        url = embedded.url
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()

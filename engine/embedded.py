@@ -74,7 +74,7 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 10.0) -> str:
         self.home.mkdir(parents=True, exist_ok=True)
-        if self._reuse():
+        if self.find_running():
             return self.url
         if self.port == 0 or port_open("127.0.0.1", self.port):
             self.port = free_port()
@@ -96,7 +96,8 @@ class EmbeddedNats:
         log.info("embedded nats-server pid %d on %s", self.process.pid, self.url)
         return self.url
 
-    def _reuse(self) -> bool:
+    def find_running(self) -> bool:
+        """Whether a server an earlier start left running answers; if so, use it."""
         try:
             state = json.loads(self._state.read_text())
         except (OSError, ValueError):

@@ -22,9 +22,6 @@ Priority = Literal["low", "normal", "high", "critical"]
 # Terminal statuses of a tracking row. ``sent`` means the provider accepted the
 # message; ``delivered``/``bounced`` arrive later from provider callbacks.
 Status = Literal["sent", "delivered", "bounced", "failed", "suppressed", "rejected", "deferred", "digested"]
-TERMINAL: frozenset[str] = frozenset(
-    {"sent", "delivered", "bounced", "failed", "suppressed", "rejected", "deferred", "digested"}
-)
 
 # No control characters: PostgreSQL refuses NUL in text, and a user id or address
 # that cannot be stored must be refused at the door, not fail a whole batch later.
@@ -113,10 +110,6 @@ class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):
     opt_outs: list[OptOut] = []
     timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
     locale: Annotated[str, Meta(min_length=2, max_length=35)] = "en"
-
-    def state(self) -> "UserState":
-        return UserState(user_id=self.user_id, addresses=dict(self.addresses),
-                         opt_outs=frozenset(self.opt_outs), timezone=self.timezone, locale=self.locale)
 
 
 Action = Literal["send", "defer", "digest", "suppress"]
@@ -216,7 +209,6 @@ __all__ = [
     "Outcome",
     "Priority",
     "Status",
-    "TERMINAL",
     "UserProfile",
     "UserState",
     "derive_id",

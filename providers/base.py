@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -33,5 +33,3 @@ class Provider(Protocol):
 
     async def close(self) -> None: ...
 
-
-ProviderFactory = Any  # Callable[[str, dict[str, Any]], Provider]; see providers.registry
