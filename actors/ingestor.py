@@ -154,36 +154,41 @@ class Ingestor:
         task.add_done_callback(self.broadcasts.discard)
 
     async def _broadcast(self, msg: Msg, job: wire.Broadcast) -> None:
-        """Every UserShard takes its share of the audience; ack when all have
-        recorded every recipient. Tells JetStream it is still in progress meanwhile."""
-        alive = asyncio.get_running_loop().create_task(self._keep_alive([msg]))
+        """Every UserShard takes its share of the audience; acked when all have
+        recorded every recipient."""
         payload = wire.encode(job)
-        try:
-            counts = await asyncio.gather(*(s.broadcast.remote(payload) for s in self.user_shards))
-        except Exception as e:
-            log.warning("broadcast %s failed (%r); nak for redelivery", job.id, e)
-            await self._failed([msg], e)
-            return
-        finally:
-            alive.cancel()
-        await msg.ack()
-        self.stats["broadcasts"] += 1
-        log.info("broadcast %s done: %s", job.id, counts)
-
-
+        if await self._acked([msg], asyncio.gather(*(s.broadcast.remote(payload) for s in self.user_shards)),
+                             f"broadcast {job.id}"):
+            self.stats["broadcasts"] += 1
 
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
-        msgs = [m for m, _ in pairs]
+        call = self.user_shards[shard].handle.remote(wire.encode([inb for _, inb in pairs]))
+        await self._acked([m for m, _ in pairs], call, f"shard {shard} batch of {len(pairs)}")
+
+    async def _acked(self, msgs: list[Msg], call, what: str) -> bool:
+        """Await ``call`` (which returns once the outcomes are committed), telling
+        JetStream meanwhile that ``msgs`` are in progress; then ack them, or on
+        failure nak or dead-letter them. Says whether it succeeded."""
         alive = asyncio.get_running_loop().create_task(self._keep_alive(msgs))
         try:
-            await self.user_shards[shard].handle.remote(wire.encode([inb for _, inb in pairs]))
+            await call
         except Exception as e:
-            log.warning("shard %d failed a batch of %d (%r); nak for redelivery", shard, len(pairs), e)
+            log.warning("%s failed (%r); nak for redelivery", what, e)
             await self._failed(msgs, e)
-            return
+            return False
         finally:
             alive.cancel()
-        await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+        await self._ack(msgs)
+        return True
+
+    async def _ack(self, msgs: list[Msg]) -> None:
+        """Ack each (one buffered publish apiece, no task per message); one that
+        fails does not stop the rest, and is redelivered after ack_wait."""
+        for m in msgs:
+            try:
+                await m.ack()
+            except Exception as e:
+                log.warning("ack failed: %r", e)
         self.stats["acked"] += len(msgs)
 
     async def _failed(self, msgs: list[Msg], error: BaseException) -> None:
@@ -201,7 +206,7 @@ class Ingestor:
             except Exception:
                 await m.nak(delay=NAK_DELAY_S)
                 continue
-            await m.ack()
+            await self._ack([m])
             self.stats["dead_lettered"] += 1
 
     async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
@@ -240,7 +245,7 @@ class Ingestor:
             return
         for r in rejected:
             seq = r.msg.metadata.sequence.stream
-            category = printable(r.msg.subject.split(".notify.", 1)[-1].split(".broadcast.", 1)[-1])[:64]
+            category = printable(streams.category_of(n, r.msg.subject))[:64]
             outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), salvage_user(r.msg.data), "*", category,
                                     "rejected", r.reason, now, now, detail=printable(r.detail)))
         try:
@@ -249,9 +254,8 @@ class Ingestor:
             log.warning("recording %d rejected messages failed (%r); nak", len(rejected), e)
             await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
             return
-        await asyncio.gather(*(r.msg.ack() for r in rejected), return_exceptions=True)
+        await self._ack([r.msg for r in rejected])
         self.stats["rejected"] += len(rejected)
-        self.stats["acked"] += len(rejected)
 
     async def info(self) -> dict:
         return {"index": self.index, "inflight_batches": len(self.inflight), **self.stats}

@@ -31,6 +31,15 @@ def is_broadcast(cfg: NatsConfig, subject: str) -> bool:
     return subject.startswith(f"{cfg.prefix}.broadcast.")
 
 
+def category_of(cfg: NatsConfig, subject: str) -> str:
+    """The category a notify or broadcast subject carries ("" for another subject)."""
+    for kind in ("notify", "broadcast"):
+        head = f"{cfg.prefix}.{kind}."
+        if subject.startswith(head):
+            return subject[len(head):]
+    return ""
+
+
 def dlq_subject(cfg: NatsConfig) -> str:
     return f"{cfg.prefix}.dlq"
 
