@@ -59,18 +59,29 @@ async def read_body(request: web.Request) -> bytes:
         raise Problem(413, "body too large", [{"field": "$", "reason": f"body exceeds {limit} bytes"}])
 
 
+def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
+    """``body`` decoded, or the answer: 422 naming the field when it breaks the
+    schema, 400 when it is not JSON at all."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise Problem(422, f"invalid {what}", [field_error(e)])
+    except msgspec.DecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+
+
+def not_accepted(e: BaseException) -> Problem:
+    """JetStream did not ack a publish in time: 503, the client retries."""
+    return Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
+
+
 def decode_submission(body: bytes) -> tuple[list[NotificationRequest], bool]:
     """The requests in a body holding one object or an array; bool says which."""
     stripped = body.lstrip()
     if not stripped:
         raise Problem(400, "empty body", [{"field": "$", "reason": "expected a JSON object or array"}])
     many = stripped[:1] == b"["
-    try:
-        reqs = _many.decode(body) if many else [_one.decode(body)]
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid notification", [field_error(e)])
-    except msgspec.DecodeError as e:
-        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+    reqs = decode(_many, body, "notification") if many else [decode(_one, body, "notification")]
     return reqs, many
 
 
@@ -116,7 +127,7 @@ async def submit(request: web.Request) -> web.Response:
     try:
         acks = await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_TIMEOUT_S)
     except (TimeoutError, nats.errors.Error) as e:
-        raise Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
+        raise not_accepted(e)
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     for r in reqs:
         ACCEPTED.labels(r.category).inc()
@@ -128,13 +139,7 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     """One message to an audience; 202 with its id once JetStream has it."""
     engine = request.app[ENGINE]
     cfg = engine.cfg
-    body = await read_body(request)
-    try:
-        b = _broadcast.decode(body)
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid broadcast", [field_error(e)])
-    except msgspec.DecodeError as e:
-        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+    b = decode(_broadcast, await read_body(request), "broadcast")
     check([b], cfg.enabled_channels(), False, 1)
     b.id = uuid.UUID(notification_id(b, str(uuid.uuid4())))
     b.accepted_at = time.time()
@@ -142,7 +147,7 @@ async def submit_broadcast(request: web.Request) -> web.Response:
         ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
                                       headers={"Nats-Msg-Id": str(b.id)}, timeout=PUBLISH_TIMEOUT_S)
     except (TimeoutError, nats.errors.Error) as e:
-        raise Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
+        raise not_accepted(e)
     return reply({"id": str(b.id), "duplicate": bool(ack.duplicate)}, status=202)
 
 
@@ -271,14 +276,12 @@ class Suppression(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")] = "manual"
 
 
+_suppression = msgspec.json.Decoder(Suppression)
+
+
 async def add_suppression(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    try:
-        s = msgspec.json.decode(await read_body(request), type=Suppression)
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid suppression", [field_error(e)])
-    except msgspec.DecodeError as e:
-        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}])
+    s = decode(_suppression, await read_body(request), "suppression")
     async with engine.pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO suppressions (channel, address, reason, source) VALUES ($1, $2, $3, 'api') "
