@@ -14,12 +14,17 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
-from actors import user_store
+from actors import prefs_store, user_store
+from actors.prefs_store import Change
+from actors.user_prefs import PrefsMixin
+from actors.user_release import ReleaseMixin, held
 from engine import db
 from engine.config import Config, decode as decode_config
 from policy import wire
 from policy.decide import decide
+from policy.rules import Policy
 from policy.types import BroadcastRequest, DeliveryTask, Message, Outcome, UserProfile, UserState, recipient_id
+from policy.validate import rule_errors
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ def task_for(nid: str, user_id: str, r: Message, channel: str, state: UserState 
                         content, r.priority, r.accepted_at or 0.0, r.metadata, locale)
 
 
-class UserShard:
+class UserShard(PrefsMixin, ReleaseMixin):
     def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder):
         self.index = index
         self.cfg: Config = decode_config(cfg)
@@ -53,6 +58,8 @@ class UserShard:
         self.recorder = recorder
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.users: dict[str, UserState] = {}
+        self.policy = Policy(self.cfg.preferences)
+        self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
         self.running: dict[str, asyncio.Task] = {}  # broadcasts being handled now
@@ -134,18 +141,25 @@ class UserShard:
 
     async def _decide_and_send(self, items: list[tuple[str, str, Message]], done: set[tuple[str, str]],
                                states: Mapping[str, UserState], parent_id: str | None = None,
+                               digest: bool = True,
                                ) -> tuple[list[Outcome], BaseException | None]:
         """Decide each (notification id, user, request), deliver the sends in one
-        batch per channel. Returns every outcome there is, and the first error of
-        a channel that failed: the caller records what there is, then raises, so a
-        redelivery does not send the channels that succeeded again."""
+        batch per channel, hold the deferred and digest ones (committed here).
+        Returns every outcome there is, and the first error of a channel that
+        failed: the caller records what there is, then raises, so a redelivery
+        does not send the channels that succeeded again. ``digest=False``: nothing
+        is collected into a digest (a released or digest notification)."""
         now = time.time()
         outcomes: list[Outcome] = []
         sends: dict[str, list[DeliveryTask]] = defaultdict(list)
+        holds = []
         for nid, user_id, req in items:
             state = states.get(user_id)
-            for d in decide(req, state, self.available):
+            for d in decide(req, state, self.available, self.policy, now, digest):
                 if (nid, d.channel) in done:
+                    continue
+                if d.action == "defer" or d.action == "digest":
+                    holds.append(held(nid, user_id, req, d, parent_id))
                     continue
                 if d.action != "send":
                     outcomes.append(suppressed(nid, user_id, req, d.channel, "suppressed", d.reason, now, parent_id))
@@ -157,8 +171,11 @@ class UserShard:
                 else:
                     sends[d.channel].append(task)
         error = None
-        results = await asyncio.gather(*(self._send(ch, t) for ch, t in sends.items()), return_exceptions=True)
-        for delivered in results:
+        results = await asyncio.gather(self._hold(holds), *(self._send(ch, t) for ch, t in sends.items()),
+                                       return_exceptions=True)
+        if isinstance(results[0], BaseException):
+            error = results[0]
+        for delivered in results[1:]:
             if isinstance(delivered, BaseException):
                 error = error or delivered
                 continue
@@ -224,22 +241,50 @@ class UserShard:
         async with self.pool.acquire() as conn:
             missing = [uid for uid in user_ids if uid not in states]
             if missing:
-                states.update(await user_store.load_states(conn, missing))
+                loaded = await user_store.load_states(conn, missing)
+                await self._attach_templates(conn, loaded.values())
+                states.update(loaded)
             done = await user_store.recorded(conn, [nid for nid, _, _ in items])
         return await self._decide_and_send(items, done, states, parent_id=job.id)
 
     # -- users -----------------------------------------------------------------
 
-    async def upsert_users(self, payload: bytes, actor: str | None = None) -> int:
-        """Write profiles to PostgreSQL (committed first), then to memory."""
+    async def upsert_users(self, payload: bytes, actor: str | None = None) -> list[tuple[str, str, str]]:
+        """Write profiles to PostgreSQL (committed first), then to memory. A
+        profile's ``opt_outs`` replace the user's preference rows (a change of
+        type ``profile``). Returns every rule violation as (user, field, reason);
+        if there is one, nothing is written."""
         await self._ready()
         profiles = wire.decode(payload, list[UserProfile])
+        ids = [p.user_id for p in profiles]
         async with self._write_lock, self.pool.acquire() as conn:
-            await self._load_missing(conn, [p.user_id for p in profiles])
-            await user_store.save_profiles(conn, profiles, self.users, actor)
-            fresh = await user_store.load_states(conn, [p.user_id for p in profiles])
+            await self._load_missing(conn, ids)
+            errors = []
+            for p in profiles:
+                if p.opt_outs is not None:
+                    state = self.users.get(p.user_id)
+                    chain = state.templates if state else ()
+                    errors += [(p.user_id, "opt_outs", why) for _, why in rule_errors(
+                        user_store.opt_out_rows(p.opt_outs), chain, self.policy, time.time())]
+            if errors:
+                return errors
+            async with conn.transaction():
+                await user_store.save_profiles(conn, profiles, self.users, actor)
+                versions = {r[0]: r[1] for r in await conn.fetch(
+                    "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) FOR UPDATE", ids)}
+                for p in profiles:
+                    if p.opt_outs is None:
+                        continue
+                    state = self.users.get(p.user_id)
+                    change = Change(user_id=p.user_id, version=0, type="profile", source="profile",
+                                    preferences=user_store.opt_out_rows(p.opt_outs),
+                                    consent={c: "granted" for c in (state.consent if state else ())},
+                                    timezone=p.timezone, template=state.template if state else None, actor=actor)
+                    await prefs_store.write_change(conn, change, versions[p.user_id], None, {})
+            fresh = await user_store.load_states(conn, ids)
+            await self._attach_templates(conn, fresh.values())
         self.users.update(fresh)
-        return len(profiles)
+        return []
 
     async def get_user(self, user_id: str) -> bytes | None:
         await self._ready()
@@ -252,8 +297,9 @@ class UserShard:
     async def reload(self, user_ids: list[str]) -> int:
         """Re-read users whose rows changed elsewhere (e.g. a suppression)."""
         await self._ready()
-        async with self._write_lock, self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn:
             fresh = await user_store.load_states(conn, user_ids)
+            await self._attach_templates(conn, fresh.values())
         for uid in user_ids:
             if uid in fresh:
                 self.users[uid] = fresh[uid]
@@ -266,7 +312,9 @@ class UserShard:
         while this read ran has already put the newer state in place."""
         missing = set(user_ids) - self.users.keys()
         if missing:
-            for uid, state in (await user_store.load_states(conn, missing)).items():
+            loaded = await user_store.load_states(conn, missing)
+            await self._attach_templates(conn, loaded.values())
+            for uid, state in loaded.items():
                 self.users.setdefault(uid, state)
 
     async def info(self) -> dict:

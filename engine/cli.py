@@ -1,4 +1,5 @@
-"""``tidings``: run the engine, send notifications, look one up, migrate, demo."""
+"""``tidings``: run the engine, send notifications, look one up, migrate, demo,
+bulk preferences."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from engine import config as configuration
+from engine import cli_prefs, config as configuration
 
 console = Console()
 
@@ -58,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
 
     sub.add_parser("migrate", help="apply the SQL migrations")
+    cli_prefs.add_parser(sub)
 
     bench = sub.add_parser("bench", help="load harness: `bench e2e …`, `bench capacity --rate R --p99 MS`")
     bench.add_argument("what", choices=("e2e", "capacity"))
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as e:
         console.print(f"[red]configuration error:[/red] {e}")
         return 2
-    commands = {"up": cmd_up, "demo": cmd_up, "send": cmd_send, "status": cmd_status, "migrate": cmd_migrate}
+    commands = {"up": cmd_up, "demo": cmd_up, "send": cmd_send, "status": cmd_status, "migrate": cmd_migrate,
+                "prefs": cli_prefs.cmd_prefs}
     try:
         return uvloop.run(commands[args.command](cfg, args)) or 0
     except KeyboardInterrupt:

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from policy.rules import PolicyConfig
+
 CONFIG_DIR = Path(os.environ.get("TIDINGS_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 # Environment variables that start with TIDINGS_ but are not settings.
@@ -85,6 +87,12 @@ class RecorderConfig(_Section):
     linger_ms: NonNegative = 10.0  # or when the oldest row waited this long
 
 
+class SchedulerConfig(_Section):
+    interval_s: NonNegative = 1.0  # how often due deferred rows and digest buckets are claimed
+    batch: Positive = 1000  # rows and buckets claimed per round
+    lease_s: NonNegative = 120.0  # a claim not finished by then is claimed again
+
+
 class ProviderConfig(_Section):
     name: str
     type: str
@@ -118,6 +126,8 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     recorder: RecorderConfig = RecorderConfig()
     channels: dict[str, ChannelConfig] = {}
+    preferences: PolicyConfig = PolicyConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""
@@ -127,7 +137,8 @@ class Config(_Section):
         )
 
 
-SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config) if f.name != "channels"}
+# Settings that env variables may override: not the tables of lists (channels, preferences).
+SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config) if f.name not in ("channels", "preferences")}
 
 
 def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

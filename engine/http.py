@@ -230,13 +230,18 @@ def json_body(body: bytes):
 
 
 async def save_profiles(engine: Engine, profiles: list[UserProfile], actor: str | None) -> None:
-    """Group by owning shard; one call per shard; each commits before it answers."""
+    """Group by owning shard; one call per shard; each commits before it answers.
+    A rule violation (opt-outs that switch off a mandatory category) is a 422
+    and that shard writes nothing."""
     n = len(engine.actors.user_shards)
     groups: dict[int, list[UserProfile]] = {}
     for p in profiles:
         groups.setdefault(shard_of(p.user_id, n), []).append(p)
-    await asyncio.gather(*(engine.actors.user_shards[s].upsert_users.remote(wire.encode(g), actor)
-                           for s, g in groups.items()))
+    replies = await asyncio.gather(*(engine.actors.user_shards[s].upsert_users.remote(wire.encode(g), actor)
+                                     for s, g in groups.items()))
+    errors = [{"field": f"{uid}.{field}", "reason": why} for reply_ in replies for uid, field, why in reply_]
+    if errors:
+        raise Problem(422, "invalid user", errors)
 
 
 async def put_user(request: web.Request) -> web.Response:
@@ -266,7 +271,10 @@ async def get_user(request: web.Request) -> web.Response:
     if found is None:
         raise Problem(404, "not found", [{"field": "user_id", "reason": f"no user {user_id!r}"}])
     state = wire.decode(found, UserState)
-    return reply({"user_id": state.user_id, "addresses": state.addresses, "opt_outs": sorted(state.opt_outs),
+    opt_outs = sorted(f"{p.channel}:{p.category}" for p in state.prefs
+                      if p.enabled is False and p.content_type == "*" and not p.context)
+    return reply({"user_id": state.user_id, "addresses": state.addresses, "opt_outs": opt_outs,
+                  "preferences_version": state.version, "template": state.template,
                   "suppressed": state.suppressed, "timezone": state.timezone, "locale": state.locale})
 
 
@@ -345,6 +353,9 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    from engine import http_prefs, http_bulk  # they build on this module's helpers
+    http_prefs.add_routes(app)
+    http_bulk.add_routes(app)
     return app
 
 

@@ -12,9 +12,10 @@ import nats
 import ray
 from nats.js import JetStreamContext
 
-from engine import db, raybox, streams
+from engine import db, prefs_bus, raybox, streams
 from engine.config import Config, encode as encode_config
 from engine.embedded import Services
+from policy.rules import Policy
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,11 @@ class Actors:
     channel_shards: dict[str, list[ray.actor.ActorHandle]]
     user_shards: list[ray.actor.ActorHandle]
     ingestors: list[ray.actor.ActorHandle] = field(default_factory=list)
+    scheduler: ray.actor.ActorHandle | None = None
 
     def all(self) -> list[ray.actor.ActorHandle]:
         return [self.recorder, *(a for shards in self.channel_shards.values() for a in shards),
-                *self.user_shards, *self.ingestors]
+                *self.user_shards, *self.ingestors, *([self.scheduler] if self.scheduler else [])]
 
 
 def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
@@ -39,10 +41,11 @@ def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
     from actors.channel_shard import ChannelShard as _ChannelShard
     from actors.ingestor import Ingestor as _Ingestor
     from actors.recorder import Recorder as _Recorder
+    from actors.scheduler import Scheduler as _Scheduler
     from actors.user_shard import UserShard as _UserShard
 
     ChannelShard, Ingestor = ray.remote(_ChannelShard), ray.remote(_Ingestor)
-    Recorder, UserShard = ray.remote(_Recorder), ray.remote(_UserShard)
+    Recorder, UserShard, Scheduler = ray.remote(_Recorder), ray.remote(_UserShard), ray.remote(_Scheduler)
 
     blob = encode_config(cfg)
     opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=3)
@@ -56,7 +59,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
                    for i in range(cfg.engine.user_shards)]
     ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, i)
                  for i in range(cfg.engine.ingestors)]
-    return Actors(recorder, channel_shards, user_shards, ingestors)
+    scheduler = Scheduler.options(**opts).remote(blob, database_url, user_shards)
+    return Actors(recorder, channel_shards, user_shards, ingestors, scheduler)
 
 
 def _encode(struct) -> bytes:
@@ -75,6 +79,8 @@ class Engine:
         self.pool: asyncpg.Pool | None = None
         self.actors: Actors | None = None
         self.ray_info: dict = {}
+        self.policy = Policy(cfg.preferences)
+        self.prefs_listener = None
 
     @property
     def nats_url(self) -> str:
@@ -97,12 +103,19 @@ class Engine:
         self.ray_info = raybox.init(self.cfg.ray)
         self.actors = spawn(self.cfg, self.nats_url, self.database_url)
         if ingest:
-            await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors))
+            await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),
+                                 self.actors.scheduler.start.remote())
+            self.prefs_listener = prefs_bus.Listener(self)
+            await self.prefs_listener.start()
         return self
 
     async def stop(self) -> None:
+        if self.prefs_listener is not None:
+            await self.prefs_listener.stop()
+            self.prefs_listener = None
         if self.actors is not None:
-            await asyncio.gather(*(i.stop.remote() for i in self.actors.ingestors), return_exceptions=True)
+            await asyncio.gather(*(i.stop.remote() for i in self.actors.ingestors),
+                                 self.actors.scheduler.stop.remote(), return_exceptions=True)
             closers = [a.close.remote() for shards in self.actors.channel_shards.values() for a in shards]
             closers.append(self.actors.recorder.close.remote())
             await asyncio.gather(*closers, return_exceptions=True)

@@ -1,35 +1,57 @@
 """``decide()``: for one request and one user's state, what happens on each channel.
 
-Pure and fast: no I/O, no clock reads (the caller passes ``now``). The full
-preference model (levels, quiet hours, digests) plugs in here later; the order of
-checks below is the order reasons are reported in.
+Pure and fast: no I/O, no clock reads (the caller passes ``now``). The order of
+the checks is the order reasons are reported in:
+
+ 1. ``channel.unavailable``   the deployment has no provider for the channel
+ 2. ``user.unknown``          no such user (webhook and in-app still deliver)
+ 3. ``rule.<name>``           a channel_priority rule (e.g. voice only for critical)
+ 4. ``consent.missing_<ch>``  a consent_required channel without granted consent
+ 5. ``pref.<level>_off``      the resolved preference is off (``pref.frequency_never``)
+ 6. ``address.missing_<ch>`` / ``suppression.<why>``
+ 7. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
+ 8. DEFER ``quiet_hours`` / ``time_window``  deferred to the window's end / next start
+ 9. SEND ``ok``
+
+Critical requests pass quiet hours (and digests) only where a rule says so;
+nothing passes consent.
 """
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Iterable
+from functools import lru_cache
 
+from policy.prefs import DIGEST_FREQUENCIES
+from policy.rules import Policy
 from policy.types import Decision, Message, UserState
+from policy.windows import next_allowed, period_bounds, quiet_until
 
 # Channels whose address may come from the provider's configuration instead of
 # the user (a product's webhook endpoint serves every user).
 ADDRESS_OPTIONAL = frozenset({"webhook", "in_app"})
 
-
-def opted_out(state: UserState, channel: str, category: str) -> str | None:
-    """The reason code if the user switched this (channel, category) off."""
-    outs = state.opt_outs
-    if not outs:
-        return None
-    if f"{channel}:*" in outs:
-        return "pref.channel_off"
-    if f"{channel}:{category}" in outs or f"*:{category}" in outs:
-        return "pref.category_off"
-    return None
+DEFAULT_POLICY = Policy()
 
 
-def decide_channel(request: Message, state: UserState | None, channel: str,
-                   available: frozenset[str]) -> Decision:
+@lru_cache(maxsize=1024)
+def zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")  # names are validated on write; this is a stored bad one
+
+
+def digest_key(user_id: str, channel: str, category: str, frequency: str, period_end: float) -> str:
+    """The bucket a digest item collects in: one per (user, channel, category,
+    frequency, period)."""
+    return f"{user_id}|{channel}|{category}|{frequency}|{int(period_end)}"
+
+
+def decide_channel(request: Message, state: UserState | None, channel: str, available: frozenset[str],
+                   policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True) -> Decision:
+    """``digest=False`` for a message that is itself a digest (never collected again)."""
     if channel not in available:
         return Decision(channel, "suppress", "channel.unavailable")
     if state is None:
@@ -38,21 +60,50 @@ def decide_channel(request: Message, state: UserState | None, channel: str,
         if channel in ADDRESS_OPTIONAL:
             return Decision(channel, "send", "ok")
         return Decision(channel, "suppress", "user.unknown")
-    reason = opted_out(state, channel, request.category)
-    if reason is not None:
-        return Decision(channel, "suppress", reason)
+    category, priority = request.category, request.priority
+    if policy.channel_rules:
+        blocked = policy.channel_blocked(channel, priority, category)
+        if blocked is not None:
+            return Decision(channel, "suppress", blocked)
+    if policy.consent_channels and policy.needs_consent(channel, category) and channel not in state.consent:
+        return Decision(channel, "suppress", f"consent.missing_{channel}")
+    context = {**request.context, "urgency": priority}
+    pref = policy.resolve(state.prefs, state.templates, channel, category, request.content_type, context, now)
+    if not pref.enabled:
+        return Decision(channel, "suppress", f"pref.{_origin(pref.source['enabled'])}_off")
+    if pref.frequency == "never":
+        return Decision(channel, "suppress", "pref.frequency_never")
     if channel not in state.addresses and channel not in ADDRESS_OPTIONAL:
         return Decision(channel, "suppress", f"address.missing_{channel}")
     why = state.suppressed.get(channel)
     if why is not None:
         return Decision(channel, "suppress", f"suppression.{why}")
+    if not pref.quiet_hours and not pref.time_windows and pref.frequency == "immediate":
+        return Decision(channel, "send", "ok")
+    tz = zone(state.timezone)
+    if digest and pref.frequency in DIGEST_FREQUENCIES and not policy.bypasses("bypass_digest", priority, category):
+        _, end = period_bounds(pref.frequency, tz, now)
+        return Decision(channel, "digest", f"digest.{pref.frequency}", end,
+                        digest_key(state.user_id, channel, category, pref.frequency, end))
+    if (pref.quiet_hours or pref.time_windows) and not policy.bypasses("bypass_quiet_hours", priority, category):
+        until = quiet_until(pref.quiet_hours, tz, now) if pref.quiet_hours else None
+        if until is not None:
+            return Decision(channel, "defer", "quiet_hours", until)
+        until = next_allowed(pref.time_windows, tz, now) if pref.time_windows else None
+        if until is not None:
+            return Decision(channel, "defer", "time_window", until)
     return Decision(channel, "send", "ok")
 
 
-def decide(request: Message, state: UserState | None,
-           available: frozenset[str]) -> list[Decision]:
+def _origin(source: str) -> str:
+    """``template:<id>`` → ``template``: reason codes name the level, not the template."""
+    return source.split(":", 1)[0]
+
+
+def decide(request: Message, state: UserState | None, available: frozenset[str],
+           policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True) -> list[Decision]:
     """One Decision per distinct channel the request asks for, in its order."""
-    return [decide_channel(request, state, ch, available) for ch in unique(request.channels)]
+    return [decide_channel(request, state, ch, available, policy, now, digest) for ch in unique(request.channels)]
 
 
 def unique(items: Iterable[str]) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
+from policy.prefs import Preference
+
 Channel = Literal["email", "sms", "push", "in_app", "web", "voice", "webhook"]
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "in_app", "web", "voice", "webhook")
 
@@ -57,6 +59,9 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
     priority: Priority = "normal"
+    content_type: Annotated[str, Meta(min_length=1, max_length=100)] = "*"
+    # device / location / activity the request is sent in; contextual preferences match on it
+    context: dict[Annotated[str, Meta(pattern="^(device|location|activity)$")], Annotated[str, Meta(max_length=100)]] = {}
     metadata: dict[str, str] = {}
     # Seconds since the epoch when the front door accepted it; set by the engine
     # when absent. End-to-end latency is measured from here.
@@ -80,22 +85,30 @@ class BroadcastRequest(Message, kw_only=True, forbid_unknown_fields=True):
     audience: Literal["all"] = "all"
 
 
-class UserState(Struct, kw_only=True):
-    """The minimal per-user state ``decide()`` reads. Kept compact: most users
-    have no opt-outs and no suppressed address.
+class UserState(Struct, kw_only=True, omit_defaults=True):
+    """The per-user state ``decide()`` reads. Kept compact: most users have no
+    preference rows, no template and no suppressed address, and store nothing
+    for them.
 
-    ``opt_outs`` holds ``"channel:category"`` strings; ``"*"`` on either side is a
-    wildcard (``"*:marketing"`` = marketing off everywhere, ``"sms:*"`` = no SMS).
-    ``suppressed`` maps a channel to why its address may not be used
-    (``bounce``, ``complaint``, ``manual``).
+    ``prefs`` are the user's own preference rows, most specific first
+    (``policy.prefs.ordered``). ``templates`` is the chain of the template the
+    user follows, child first, as (template id, ordered rows); the shard fills it
+    in from its template cache (it is not stored per user). ``consent`` holds the
+    channels the user granted consent for. ``suppressed`` maps a channel to why
+    its address may not be used (``bounce``, ``complaint``, ``manual``).
+    ``version`` counts committed preference changes (the ETag).
     """
 
     user_id: str
     addresses: dict[str, str] = {}
-    opt_outs: frozenset[str] = frozenset()
+    prefs: tuple[Preference, ...] = ()
+    templates: tuple[tuple[str, tuple[Preference, ...]], ...] = ()
+    template: str | None = None
+    consent: frozenset[str] = frozenset()
     suppressed: dict[str, str] = {}
     timezone: str = "UTC"
     locale: str = "en"
+    version: int = 0
 
 
 OptOut = Annotated[str, Meta(max_length=80, pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*)$")]
@@ -107,7 +120,9 @@ class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):
 
     user_id: UserId
     addresses: dict[Channel, Address] = {}
-    opt_outs: list[OptOut] = []
+    # Shorthand for preference rows with enabled=false; when given, it replaces
+    # the user's preference rows (``/preferences`` is the full model).
+    opt_outs: list[OptOut] | None = None
     timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
     locale: Annotated[str, Meta(min_length=2, max_length=35)] = "en"
 

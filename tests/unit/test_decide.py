@@ -1,8 +1,14 @@
 from hypothesis import given, strategies as st
 
 from policy.decide import decide
+from policy.prefs import Preference, ordered
 from policy.sharding import shard_of, stable_hash
 from policy.types import CHANNELS, Content, NotificationRequest, UserState
+
+
+def offs(*keys):
+    """Opt-out rows ("channel:category"), ordered as the shard keeps them."""
+    return ordered(Preference(channel=k.split(":")[0], category=k.split(":")[1], enabled=False) for k in keys)
 
 AVAILABLE = frozenset({"email", "webhook", "sms"})
 
@@ -18,7 +24,7 @@ def test_sends_when_nothing_stands_in_the_way():
 
 
 def test_reasons_in_order_of_precedence():
-    state = UserState(user_id="u1", addresses={"email": "a@b.c"}, opt_outs=frozenset({"email:marketing"}),
+    state = UserState(user_id="u1", addresses={"email": "a@b.c"}, prefs=offs("email:marketing"),
                       suppressed={"email": "bounce"})
     assert decide(req(["email"], "marketing"), state, AVAILABLE)[0].reason == "pref.category_off"
     assert decide(req(["email"], "job_alerts"), state, AVAILABLE)[0].reason == "suppression.bounce"
@@ -27,9 +33,9 @@ def test_reasons_in_order_of_precedence():
 
 
 def test_wildcards():
-    everything_off = UserState(user_id="u1", addresses={"email": "a@b.c"}, opt_outs=frozenset({"*:marketing"}))
+    everything_off = UserState(user_id="u1", addresses={"email": "a@b.c"}, prefs=offs("*:marketing"))
     assert decide(req(["email", "webhook"], "marketing"), everything_off, AVAILABLE)[1].reason == "pref.category_off"
-    no_email = UserState(user_id="u1", addresses={"email": "a@b.c"}, opt_outs=frozenset({"email:*"}))
+    no_email = UserState(user_id="u1", addresses={"email": "a@b.c"}, prefs=offs("email:*"))
     assert decide(req(["email"]), no_email, AVAILABLE)[0].reason == "pref.channel_off"
 
 

@@ -1,0 +1,182 @@
+"""Deferred and digest notifications in PostgreSQL.
+
+Holding: a notification deferred (quiet hours, time windows) or collected for a
+digest gets a ``scheduled_notifications`` row and its tracking row (``deferred``
+or ``digested``) in one transaction, so the NATS message may be acked.
+
+Digest exactly-once rests on three things:
+- an item joins a bucket only while the bucket is ``open``, under ``FOR SHARE``;
+  sealing updates the row, so it waits for those inserts and later ones see
+  ``sealed`` and go to the next period's bucket — no item is left behind a seal;
+- the bucket's items are fixed once it is sealed, and the digest's id is the
+  bucket's ``digest_id``: a retry sends the same id, which the tracking row's
+  unique (notification, channel) lets through once;
+- items are marked done, never deleted, and ``(notification, channel)`` is
+  unique: a redelivered item cannot join a second bucket.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+
+import asyncpg
+import msgspec
+
+from policy.types import Outcome, derive_id
+
+
+class Held(msgspec.Struct, array_like=True):
+    """One (notification, channel) to hold."""
+
+    kind: str  # deferred | digest
+    notification_id: str
+    channel: str
+    user_id: str
+    category: str
+    priority: str
+    reason: str
+    due_at: float
+    request: bytes
+    accepted_at: float
+    digest_key: str | None = None
+    frequency: str | None = None
+    parent_id: str | None = None
+
+
+class Due(msgspec.Struct, array_like=True):
+    """A claimed deferred row, or a claimed digest bucket, for its UserShard."""
+
+    kind: str
+    user_id: str
+    key: str  # notification id (deferred) or bucket key (digest)
+    channel: str
+    request: bytes = b""
+
+
+def digest_id(key: str) -> str:
+    return derive_id(f"digest:{key}")
+
+
+TRACK = """
+INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
+                               accepted_at, completed_at, parent_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), now(), $9)
+ON CONFLICT (notification_id, channel) DO NOTHING
+"""
+SCHEDULE = """
+INSERT INTO scheduled_notifications (kind, notification_id, channel, user_id, category, digest_key, due_at, request)
+VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8)
+ON CONFLICT (notification_id, channel) DO UPDATE SET due_at = EXCLUDED.due_at, claimed_until = NULL,
+    status = 'pending', request = EXCLUDED.request
+WHERE scheduled_notifications.kind = 'deferred' AND EXCLUDED.kind = 'deferred'
+"""
+
+
+async def hold(conn: asyncpg.Connection, items: Sequence[Held],
+               next_period: Callable[[Held], tuple[str, float]]) -> list[Held]:
+    """Write held items and their tracking rows in one transaction. A digest item
+    whose bucket is sealed moves to the next period (``next_period`` gives the
+    following bucket's key and due time). Returns the items as written."""
+    async with conn.transaction():
+        for it in items:
+            if it.kind == "digest":
+                await _join_bucket(conn, it, next_period)
+        await conn.executemany(SCHEDULE, [
+            (it.kind, it.notification_id, it.channel, it.user_id, it.category, it.digest_key, it.due_at, it.request)
+            for it in items])
+        await conn.executemany(TRACK, [
+            (it.notification_id, it.user_id, it.channel, it.category, it.priority,
+             "deferred" if it.kind == "deferred" else "digested", it.reason, it.accepted_at or None,
+             uuid.UUID(it.parent_id) if it.parent_id else None)
+            for it in items])
+    return list(items)
+
+
+async def _join_bucket(conn: asyncpg.Connection, it: Held, next_period) -> None:
+    for _ in range(64):  # a bucket per period; sealed ones are skipped
+        await conn.execute(
+            "INSERT INTO digest_buckets (key, user_id, channel, category, frequency, due_at, digest_id) "
+            "VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7) ON CONFLICT (key) DO NOTHING",
+            it.digest_key, it.user_id, it.channel, it.category, it.frequency, it.due_at,
+            uuid.UUID(digest_id(it.digest_key)))
+        status = await conn.fetchval("SELECT status FROM digest_buckets WHERE key = $1 FOR SHARE", it.digest_key)
+        if status == "open":
+            it.parent_id = digest_id(it.digest_key)
+            return
+        it.digest_key, it.due_at = next_period(it)
+    raise RuntimeError(f"no open digest bucket after 64 periods for {it.digest_key}")
+
+
+CLAIM_DEFERRED = """
+UPDATE scheduled_notifications SET claimed_until = now() + make_interval(secs => $2)
+WHERE id IN (SELECT id FROM scheduled_notifications
+             WHERE status = 'pending' AND kind = 'deferred' AND due_at <= now()
+               AND (claimed_until IS NULL OR claimed_until < now())
+             ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING user_id, notification_id::text, channel, request
+"""
+CLAIM_BUCKETS = """
+UPDATE digest_buckets SET claimed_until = now() + make_interval(secs => $2)
+WHERE key IN (SELECT key FROM digest_buckets
+              WHERE status <> 'sent' AND due_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING user_id, key, channel
+"""
+
+
+async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[Due]:
+    """Due deferred rows and due digest buckets, leased for ``lease_s`` (a
+    Scheduler that dies leaves them to be claimed again when the lease ends)."""
+    out = [Due("deferred", r[0], r[1], r[2], bytes(r[3])) for r in await conn.fetch(CLAIM_DEFERRED, limit, lease_s)]
+    out += [Due("digest", r[0], r[1], r[2]) for r in await conn.fetch(CLAIM_BUCKETS, limit, lease_s)]
+    return out
+
+
+async def seal(conn: asyncpg.Connection, key: str) -> list[tuple[str, bytes]]:
+    """Seal a bucket (no item joins it after this) and return its pending items
+    as (notification id, request), oldest first."""
+    await conn.execute("UPDATE digest_buckets SET status = 'sealed' WHERE key = $1 AND status = 'open'", key)
+    return [(r[0], bytes(r[1])) for r in await conn.fetch(
+        "SELECT notification_id::text, request FROM scheduled_notifications "
+        "WHERE digest_key = $1 AND status = 'pending' ORDER BY id", key)]
+
+
+FINAL = """
+INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason, provider,
+                               provider_message_id, attempts, timeline, accepted_at, completed_at, parent_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, to_timestamp($12), to_timestamp($13), $14)
+ON CONFLICT (notification_id, channel) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+    provider = EXCLUDED.provider, provider_message_id = EXCLUDED.provider_message_id,
+    attempts = EXCLUDED.attempts, timeline = EXCLUDED.timeline, completed_at = EXCLUDED.completed_at,
+    updated_at = now()
+WHERE delivery_tracking.status = 'deferred'
+"""
+
+
+async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred_done: Sequence[tuple[str, str]],
+                 buckets_sent: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """In one transaction: the final tracking rows of released notifications
+    (replacing their ``deferred`` rows), the deferred rows done, and each sent
+    bucket with the items it carried done."""
+    async with conn.transaction():
+        if outcomes:
+            await conn.executemany(FINAL, [_final_row(o) for o in outcomes])
+        if deferred_done:
+            await conn.execute(
+                "UPDATE scheduled_notifications SET status = 'done' WHERE kind = 'deferred' AND "
+                "(notification_id, channel) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
+                [uuid.UUID(n) for n, _ in deferred_done], [c for _, c in deferred_done])
+        for key, ids in buckets_sent:
+            await conn.execute(
+                "UPDATE scheduled_notifications SET status = 'done' WHERE digest_key = $1 "
+                "AND notification_id = ANY($2::uuid[])", key, [uuid.UUID(i) for i in ids])
+            await conn.execute(
+                "UPDATE digest_buckets SET status = 'sent', sent_at = now() WHERE key = $1", key)
+
+
+def _final_row(o: Outcome) -> tuple:
+    timeline = msgspec.json.encode([msgspec.structs.asdict(a) for a in o.attempts]).decode()
+    return (uuid.UUID(o.notification_id), o.user_id, o.channel, o.category, o.priority, o.status, o.reason,
+            o.provider, o.provider_message_id, len(o.attempts), timeline, o.accepted_at or None, o.completed_at,
+            uuid.UUID(o.parent_id) if o.parent_id else None)

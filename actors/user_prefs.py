@@ -1,0 +1,172 @@
+"""The UserShard's preference operations: read, change (PUT, PATCH, profile
+opt-outs, over HTTP or NATS), resolve ("effective"), and keep template chains.
+
+A change is validated against the whole resulting set (rules included), then
+committed in PostgreSQL with its version check, audit row and change-feed row,
+and only then applied to memory and answered.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from actors import prefs_store, user_store
+from actors.prefs_store import Change
+from policy import wire
+from policy.prefs import USER_CHANNELS, ordered
+from policy.types import UserState
+from policy.validate import PreferencesDoc, PreferencesPatch, apply_patch, doc_errors, patch_errors, rule_errors
+
+
+class PrefCommand(msgspec.Struct, kw_only=True):
+    """One preference change for the owning shard."""
+
+    user_id: str
+    put: PreferencesDoc | None = None
+    patch: PreferencesPatch | None = None
+    if_match: int | None = None
+    source: str = "http"
+    actor: str | None = None
+
+
+class PrefResult(msgspec.Struct, kw_only=True):
+    """``status``: ok | conflict (``version`` is the current one) | invalid (``errors``)."""
+
+    user_id: str
+    status: str
+    version: int = 0
+    errors: list[tuple[str, str]] = []
+    change: Change | None = None
+
+
+def doc_of(state: UserState | None, user_id: str) -> dict:
+    """A user's preference document as the API shows it."""
+    if state is None:
+        return {"user_id": user_id, "version": 0, "preferences": [], "consent": {}, "timezone": "UTC",
+                "template": None}
+    return {"user_id": user_id, "version": state.version, "preferences": msgspec.to_builtins(list(state.prefs)),
+            "consent": {ch: "granted" for ch in sorted(state.consent)}, "timezone": state.timezone,
+            "template": state.template}
+
+
+class PrefsMixin:
+    """Mixed into UserShard (needs ``pool``, ``users``, ``policy``, ``_write_lock``,
+    ``_ready``, ``_load_missing``)."""
+
+    async def get_prefs(self, user_id: str) -> bytes:
+        await self._ready()
+        async with self.pool.acquire() as conn:
+            await self._load_missing(conn, [user_id])
+        return wire.encode(doc_of(self.users.get(user_id), user_id))
+
+    async def effective(self, user_id: str, context: dict | None = None) -> bytes:
+        """Every (channel, category) resolved, with the level each value came from."""
+        await self._ready()
+        async with self.pool.acquire() as conn:
+            await self._load_missing(conn, [user_id])
+        state = self.users.get(user_id)
+        rows = state.prefs if state else ()
+        chain = state.templates if state else ()
+        cats = set(self.policy.categories) or {"*"}
+        cats |= {p.category for p in rows} | {p.category for _, t in chain for p in t}
+        now = time.time()
+        out = []
+        for ch in USER_CHANNELS:
+            for cat in sorted(cats):
+                r = self.policy.resolve(rows, chain, ch, cat, "*", context or {}, now)
+                out.append({"channel": ch, "category": cat, "enabled": r.enabled, "frequency": r.frequency,
+                            "quiet_hours": msgspec.to_builtins(r.quiet_hours),
+                            "time_windows": msgspec.to_builtins(r.time_windows), "custom": r.custom,
+                            "why": r.source})
+        return wire.encode({"user_id": user_id, "version": state.version if state else 0,
+                            "timezone": state.timezone if state else "UTC", "effective": out})
+
+    async def set_prefs(self, payload: bytes) -> bytes:
+        """Apply a batch of PrefCommands, each on its own (one user's conflict or
+        violation does not stop another's change). Returns list[PrefResult]."""
+        await self._ready()
+        commands = wire.decode(payload, list[PrefCommand])
+        results = []
+        async with self._write_lock, self.pool.acquire() as conn:
+            await self._load_missing(conn, [c.user_id for c in commands])
+            for cmd in commands:
+                results.append(await self._apply(conn, cmd))
+        return wire.encode(results)
+
+    async def _apply(self, conn, cmd: PrefCommand) -> PrefResult:
+        uid = cmd.user_id
+        state = self.users.get(uid)
+        current = state.version if state else 0
+        if cmd.if_match is not None and cmd.if_match != current:
+            return PrefResult(user_id=uid, status="conflict", version=current)
+        rows = list(state.prefs) if state else []
+        consent = {ch: "granted" for ch in state.consent} if state else {}
+        tz = state.timezone if state else "UTC"
+        template = state.template if state else None
+        if cmd.put is not None:
+            doc, kind, errors = cmd.put, "put", doc_errors(cmd.put, self.policy)
+            new_rows, changed_consent = list(doc.preferences), _consent_delta(consent, doc.consent, replace=True)
+        else:
+            doc, kind, errors = cmd.patch, "patch", patch_errors(cmd.patch, self.policy)
+            new_rows, changed_consent = apply_patch(rows, doc), _consent_delta(consent, doc.consent, replace=False)
+        if doc.template is not None:
+            template = doc.template or None
+        chain = await self._chain(conn, template)
+        if template and not chain:
+            errors.append(("template", f"no template {template!r}"))
+        if not errors:
+            errors = rule_errors(new_rows, chain, self.policy, time.time(),
+                                 "preferences" if kind == "put" else "set")
+        if errors:
+            return PrefResult(user_id=uid, status="invalid", version=current, errors=errors)
+        change = Change(user_id=uid, version=current, type=kind, source=cmd.source, preferences=new_rows,
+                        consent={**{c: s for c, s in consent.items() if s == "granted"}, **changed_consent},
+                        timezone=doc.timezone or tz, template=template, actor=cmd.actor)
+        old = doc_of(state, uid) if state else None
+        async with conn.transaction():
+            ok = await prefs_store.write_change(conn, change, current, old, changed_consent)
+        if not ok:  # another writer (a bulk import) got there first: take its state, answer a conflict
+            await self.reload([uid])
+            fresh = self.users.get(uid)
+            return PrefResult(user_id=uid, status="conflict", version=fresh.version if fresh else 0)
+        fresh = (await user_store.load_states(conn, [uid]))[uid]
+        fresh.templates = chain
+        self.users[uid] = fresh
+        return PrefResult(user_id=uid, status="ok", version=change.version, change=change)
+
+    async def _chain(self, conn, template_id: str | None) -> tuple:
+        if not template_id:
+            return ()
+        chain = self.template_cache.get(template_id)
+        if chain is None:
+            chain = await prefs_store.template_chain(conn, template_id)
+            self.template_cache[template_id] = chain
+        return chain
+
+    async def _attach_templates(self, conn, states) -> None:
+        for s in states:
+            if s.template:
+                s.templates = await self._chain(conn, s.template)
+
+    async def templates_changed(self) -> int:
+        """A template was saved or applied: drop the cache and re-read the chain of
+        every cached user who follows one."""
+        await self._ready()
+        self.template_cache.clear()
+        async with self.pool.acquire() as conn:
+            await self._attach_templates(conn, [s for s in self.users.values() if s.template])
+        return len(self.template_cache)
+
+
+def _consent_delta(current: dict[str, str], given: dict[str, str], replace: bool) -> dict[str, str]:
+    """Consent rows to write: what ``given`` changes, and for a PUT, withdrawal of
+    every granted channel it leaves out."""
+    delta = {ch: s for ch, s in given.items() if current.get(ch) != s}
+    if replace:
+        delta.update({ch: "withdrawn" for ch, s in current.items() if s == "granted" and ch not in given})
+    return delta
+
+
+__all__ = ["PrefCommand", "PrefResult", "PrefsMixin", "doc_of", "ordered"]

@@ -1,0 +1,236 @@
+"""Preferences over NATS.
+
+In: ``<prefix>.prefs.set.<user>`` on the JetStream stream ``<stream>_PREFS``,
+a JSON body ``{"put": {...}}`` or ``{"patch": {...}}`` with an optional
+``"if_match": <version>``. The engine process pulls them in batches, sends one
+call per owning UserShard, and acks once the shard answered (committed, or
+refused). A body that does not decode, a violation or a version conflict goes
+to ``<prefix>.dlq`` with the reason (header ``Tidings-Reason``) and is acked.
+
+Out: every committed change is published on ``<prefix>.prefs.changed.<user>``
+(JSON: user, version, type, source, the new document). The change feed
+(``preference_sync_log``) is the durable record; a row stays ``pending`` until
+its publish went out, and ``relay`` publishes what a crash left pending.
+
+``<user>`` is the user id when it is a plain token (letters, digits, ``_``,
+``-``), else ``~`` and its unpadded base64url form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+
+import msgspec
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from actors import prefs_store
+from actors.prefs_store import Change
+from actors.user_prefs import PrefCommand, PrefResult
+from engine import streams
+from policy import wire
+from policy.sharding import shard_of
+from policy.validate import PreferencesDoc, PreferencesPatch
+
+log = logging.getLogger(__name__)
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+FETCH = 200
+RELAY_EVERY_S = 5.0
+
+
+def user_token(user_id: str) -> str:
+    if _PLAIN.match(user_id):
+        return user_id
+    return "~" + base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=")
+
+
+def token_user(token: str) -> str:
+    if not token.startswith("~"):
+        return token
+    raw = token[1:]
+    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+
+
+def set_subject(prefix: str, user_id: str) -> str:
+    return f"{prefix}.prefs.set.{user_token(user_id)}"
+
+
+def changed_subject(prefix: str, user_id: str) -> str:
+    return f"{prefix}.prefs.changed.{user_token(user_id)}"
+
+
+class SetMessage(msgspec.Struct, forbid_unknown_fields=True):
+    put: PreferencesDoc | None = None
+    patch: PreferencesPatch | None = None
+    if_match: int | None = None
+
+
+_set = msgspec.json.Decoder(SetMessage)
+
+
+def event(c: Change) -> bytes:
+    return msgspec.json.encode({"user_id": c.user_id, "version": c.version, "type": c.type, "source": c.source,
+                                **prefs_store.doc_json(c)})
+
+
+async def run_commands(engine, commands: list[PrefCommand]) -> list[PrefResult]:
+    """Group by owning shard, one call each; publish the committed changes.
+    Answers come grouped by shard (see ``results_in_order``)."""
+    n = len(engine.actors.user_shards)
+    groups: dict[int, list[PrefCommand]] = {}
+    for c in commands:
+        groups.setdefault(shard_of(c.user_id, n), []).append(c)
+    replies = await asyncio.gather(*(engine.actors.user_shards[s].set_prefs.remote(wire.encode(g))
+                                     for s, g in groups.items()))
+    results = [r for reply in replies for r in wire.decode(reply, list[PrefResult])]
+    await publish(engine, [r.change for r in results if r.change is not None])
+    return results
+
+
+async def publish(engine, changes: list[Change]) -> None:
+    """Publish committed changes and mark them published in the change feed. A
+    failure is logged, not raised: the change is committed, ``relay`` retries."""
+    if not changes:
+        return
+    prefix = engine.cfg.nats.prefix
+    try:
+        for c in changes:
+            await engine.nc.publish(changed_subject(prefix, c.user_id), event(c))
+        await engine.nc.flush(timeout=5)
+        async with engine.pool.acquire() as conn:
+            await prefs_store.mark_published(conn, [(c.user_id, c.version) for c in changes])
+    except Exception as e:  # noqa: BLE001 - the change is durable; the relay publishes it later
+        log.warning("publishing %d preference changes failed (relay retries): %r", len(changes), e)
+
+
+async def relay_once(engine, older_than_s: float = RELAY_EVERY_S) -> int:
+    """Publish change-feed rows left pending (a crash between commit and publish)."""
+    async with engine.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT user_id, version, sync_type, source, changes FROM preference_sync_log "
+            "WHERE sync_status = 'pending' AND created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 1000",
+            older_than_s)
+    prefix = engine.cfg.nats.prefix
+    for r in rows:
+        body = b'{"user_id":' + msgspec.json.encode(r[0]) + b',"version":' + str(r[1]).encode() + \
+            b',"type":' + msgspec.json.encode(r[2]) + b',"source":' + msgspec.json.encode(r[3]) + b"," + \
+            r[4].encode()[1:]
+        await engine.nc.publish(changed_subject(prefix, r[0]), body)
+    if rows:
+        await engine.nc.flush(timeout=5)
+        async with engine.pool.acquire() as conn:
+            await prefs_store.mark_published(conn, [(r[0], r[1]) for r in rows])
+    return len(rows)
+
+
+def stream_name(cfg) -> str:
+    return f"{cfg.stream}_PREFS"
+
+
+async def ensure_stream(js, cfg) -> None:
+    config = StreamConfig(name=stream_name(cfg), subjects=[f"{cfg.prefix}.prefs.set.>"],
+                          retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                          duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s)
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    await js.add_consumer(config.name, ConsumerConfig(durable_name=f"{cfg.consumer}-prefs",
+                                                      ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_s))
+
+
+class Listener:
+    """Pulls preference changes from JetStream and applies them (see the module doc)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        cfg = self.engine.cfg.nats
+        await ensure_stream(self.engine.js, cfg)
+        self.sub = await self.engine.js.pull_subscribe_bind(f"{cfg.consumer}-prefs", stream_name(cfg))
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+    async def _loop(self) -> None:
+        idle = 0.0
+        while True:
+            try:
+                msgs = await self.sub.fetch(FETCH, timeout=1)
+            except nats.errors.TimeoutError:
+                idle += 1
+                if idle >= RELAY_EVERY_S:
+                    idle = 0
+                    await self._relay()
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - reconnects are NATS's; keep pulling
+                log.warning("prefs fetch failed: %r", e)
+                await asyncio.sleep(1)
+                continue
+            try:
+                await self.handle(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - unacked messages come back after ack_wait
+                log.warning("applying %d preference messages failed: %r", len(msgs), e)
+
+    async def _relay(self) -> None:
+        try:
+            await relay_once(self.engine)
+        except Exception as e:  # noqa: BLE001
+            log.warning("prefs relay failed: %r", e)
+
+    async def handle(self, msgs) -> None:
+        engine = self.engine
+        prefix = f"{engine.cfg.nats.prefix}.prefs.set."
+        commands, sources = [], []
+        for m in msgs:
+            try:
+                user_id = token_user(m.subject[len(prefix):])
+                body = _set.decode(m.data)
+                if (body.put is None) == (body.patch is None):
+                    raise ValueError("give exactly one of put and patch")
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError, UnicodeDecodeError) as e:
+                await self._dead(m, f"invalid: {e}")
+                continue
+            commands.append(PrefCommand(user_id=user_id, put=body.put, patch=body.patch, if_match=body.if_match,
+                                        source="nats", actor=m.headers.get("X-Actor") if m.headers else None))
+            sources.append(m)
+        if not commands:
+            return
+        results = await run_commands(engine, commands)
+        for r, m in zip(results_in_order(results, commands), sources):
+            if r.status == "ok":
+                await m.ack()
+            elif r.status == "conflict":
+                await self._dead(m, f"conflict: preferences are at version {r.version}")
+            else:
+                await self._dead(m, "invalid: " + "; ".join(f"{f}: {why}" for f, why in r.errors))
+
+    async def _dead(self, m, reason: str) -> None:
+        headers = {"Tidings-Reason": " ".join(reason.split())[:400], "Tidings-Subject": m.subject}
+        await self.engine.js.publish(streams.dlq_subject(self.engine.cfg.nats), m.data, headers=headers)
+        await m.ack()
+
+
+def results_in_order(results: list[PrefResult], commands: list[PrefCommand]) -> list[PrefResult]:
+    """run_commands answers grouped by shard; put the answers back in command order.
+    Commands for one user keep their relative order within a shard."""
+    queues: dict[str, list[PrefResult]] = {}
+    for r in results:
+        queues.setdefault(r.user_id, []).append(r)
+    return [queues[c.user_id].pop(0) for c in commands]
+

@@ -1,0 +1,121 @@
+"""Business rules as data, and the deployment's preference policy.
+
+A rule is a row of configuration (``[[preferences.rules]]`` in TOML), not code:
+
+- ``mandatory``: the category may not be switched off on every channel
+  (``channels`` narrows which count; default: every user channel but webhook).
+- ``bypass_quiet_hours``: requests of these ``priorities`` pass quiet hours and
+  time windows (never consent).
+- ``bypass_digest``: requests of these ``priorities`` are never held for a digest.
+- ``channel_priority``: ``channel`` is used only for these ``priorities``
+  (e.g. voice only for critical).
+- ``consent_required``: ``channel`` needs the user's granted consent.
+
+``category`` narrows any rule to one category (``"*"``: all).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from msgspec import Struct
+
+from policy.prefs import Preference, Resolved, ordered, resolve
+
+RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required"]
+
+
+class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    name: str
+    kind: RuleKind
+    category: str = "*"
+    channel: str = "*"
+    channels: tuple[str, ...] = ()
+    priorities: tuple[str, ...] = ()
+
+    def applies(self, category: str) -> bool:
+        return self.category == "*" or self.category == category
+
+
+class Template(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A named, versioned set of preference rows; ``extends`` names a parent
+    template whose rows apply where this one sets nothing."""
+
+    id: str
+    version: int = 1
+    name: str = ""
+    description: str = ""
+    extends: str | None = None
+    preferences: list[Preference] = []
+
+
+class PolicyConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What a deployment configures (``[preferences]``). Empty ``categories`` or
+    ``content_types`` accept any value."""
+
+    categories: tuple[str, ...] = ()
+    content_types: tuple[str, ...] = ()
+    defaults: tuple[Preference, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    default_template: str = ""
+    max_rows: int = 200
+
+
+NOT_MANDATORY_CHANNELS = frozenset({"webhook"})
+
+
+class Policy:
+    """A PolicyConfig compiled for fast lookups. Resolution that involves no
+    user rows and no template (most users) is cached per target."""
+
+    def __init__(self, cfg: PolicyConfig | None = None):
+        self.cfg = cfg or PolicyConfig()
+        self.defaults = ordered(self.cfg.defaults)
+        self.categories = frozenset(self.cfg.categories)
+        self.content_types = frozenset(self.cfg.content_types)
+        self._cache: dict[tuple, Resolved] = {}
+        by_kind: dict[str, list[Rule]] = {}
+        for r in self.cfg.rules:
+            by_kind.setdefault(r.kind, []).append(r)
+        self.rules = by_kind
+        self.consent_channels = {r.channel: r for r in by_kind.get("consent_required", ())}
+        self.channel_rules = {r.channel: r for r in by_kind.get("channel_priority", ())}
+
+    def resolve(self, rows: tuple[Preference, ...], templates: tuple[tuple[str, tuple[Preference, ...]], ...],
+                channel: str, category: str, content_type: str = "*", context: dict[str, str] | None = None,
+                now: float = 0.0) -> Resolved:
+        """The effective value for one user and target. ``rows`` are the user's
+        own (``ordered``), ``templates`` their template chain, child first."""
+        if not rows and not templates:
+            key = (channel, category, content_type, tuple(sorted(context.items())) if context else ())
+            hit = self._cache.get(key)
+            if hit is None or (now and _expiring(self.defaults)):
+                hit = resolve([("default", self.defaults)], channel, category, content_type, context, now)
+                if len(self._cache) < 100_000:
+                    self._cache[key] = hit
+            return hit
+        layers: list = [(None, rows)]
+        layers.extend((f"template:{tid}", trows) for tid, trows in templates)
+        layers.append(("default", self.defaults))
+        return resolve(layers, channel, category, content_type, context, now)
+
+    def bypasses(self, kind: str, priority: str, category: str) -> bool:
+        return any(priority in r.priorities and r.applies(category) for r in self.rules.get(kind, ()))
+
+    def channel_blocked(self, channel: str, priority: str, category: str) -> str | None:
+        """The reason code if a ``channel_priority`` rule keeps this request off the channel."""
+        r = self.channel_rules.get(channel)
+        if r is not None and r.applies(category) and priority not in r.priorities:
+            return f"rule.{r.name}"
+        return None
+
+    def needs_consent(self, channel: str, category: str) -> bool:
+        r = self.consent_channels.get(channel)
+        return r is not None and r.applies(category)
+
+    def mandatory(self) -> list[Rule]:
+        return self.rules.get("mandatory", [])
+
+
+def _expiring(rows: tuple[Preference, ...]) -> bool:
+    return any(p.expires_at is not None for p in rows)

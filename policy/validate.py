@@ -1,0 +1,125 @@
+"""Preference documents as users send them, and their validation: every
+violation is reported as (field path, reason), none is fixed up silently, and a
+document with any violation changes nothing.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, PrefKey, Preference, ordered
+from policy.rules import NOT_MANDATORY_CHANNELS, Policy
+from policy.windows import window_errors
+
+Consent = Literal["granted", "withdrawn"]
+TimeZone = Annotated[str, Meta(min_length=1, max_length=64)]
+TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class PreferencesDoc(Struct, kw_only=True, forbid_unknown_fields=True):
+    """PUT /v1/users/{id}/preferences: the user's whole preference set.
+    ``template`` is the template the user follows (``""`` for none); left out,
+    it stays as it is, as does ``timezone``."""
+
+    preferences: list[Preference] = []
+    consent: dict[str, Consent] = {}
+    timezone: TimeZone | None = None
+    template: Annotated[str, Meta(max_length=100)] | None = None
+
+
+class PreferencesPatch(Struct, kw_only=True, forbid_unknown_fields=True):
+    """PATCH: rows to add or replace (by key), rows to remove, consent to change."""
+
+    set: list[Preference] = []
+    remove: list[PrefKey] = []
+    consent: dict[str, Consent] = {}
+    timezone: TimeZone | None = None
+    template: Annotated[str, Meta(max_length=100)] | None = None
+
+
+Errors = list[tuple[str, str]]
+
+
+def timezone_error(name: str | None, path: str = "timezone") -> Errors:
+    if name is None:
+        return []
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return [(path, f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)")]
+    return []
+
+
+def row_errors(rows: list[Preference], policy: Policy, path: str = "preferences") -> Errors:
+    """What is wrong with each row on its own, and duplicate keys."""
+    errors: Errors = []
+    if len(rows) > policy.cfg.max_rows:
+        errors.append((path, f"at most {policy.cfg.max_rows} rows per user"))
+    seen: dict[tuple, int] = {}
+    for i, p in enumerate(rows):
+        at = f"{path}[{i}]"
+        errors.extend(key_errors(p, policy, at))
+        if p.quiet_hours is not None:
+            errors.extend(window_errors(p.quiet_hours, "quiet", f"{at}.quiet_hours"))
+        if p.time_windows is not None:
+            errors.extend(window_errors(p.time_windows, "allowed", f"{at}.time_windows"))
+        if not p.value():
+            errors.append((at, "sets no value (enabled, frequency, quiet_hours, time_windows or custom)"))
+        first = seen.setdefault(p.key(), i)
+        if first != i:
+            errors.append((at, f"same channel, category, content_type and context as {path}[{first}]"))
+    return errors
+
+
+def key_errors(p: Preference | PrefKey, policy: Policy, at: str) -> Errors:
+    errors: Errors = []
+    if p.channel != "*" and p.channel not in USER_CHANNELS:
+        errors.append((f"{at}.channel", f"unknown channel {p.channel!r} (one of *, {', '.join(USER_CHANNELS)})"))
+    if p.category != "*" and policy.categories and p.category not in policy.categories:
+        errors.append((f"{at}.category", f"unknown category {p.category!r}"))
+    if p.content_type != "*" and policy.content_types and p.content_type not in policy.content_types:
+        errors.append((f"{at}.content_type", f"unknown content type {p.content_type!r}"))
+    for k in p.context:
+        if k not in CONTEXT_KEYS:
+            errors.append((f"{at}.context.{k}", f"unknown context key (one of {', '.join(CONTEXT_KEYS)})"))
+    return errors
+
+
+def consent_errors(consent: dict[str, str], path: str = "consent") -> Errors:
+    return [(f"{path}.{ch}", "unknown channel") for ch in consent if ch not in USER_CHANNELS]
+
+
+def rule_errors(rows: list[Preference], templates: tuple, policy: Policy, now: float,
+                path: str = "preferences") -> Errors:
+    """Business rules over the resulting set: a mandatory category must stay
+    enabled on at least one channel."""
+    errors: Errors = []
+    mine = ordered(rows)
+    for rule in policy.mandatory():
+        if rule.category == "*":
+            continue
+        channels = rule.channels or tuple(c for c in USER_CHANNELS if c not in NOT_MANDATORY_CHANNELS)
+        if not any(policy.resolve(mine, templates, ch, rule.category, now=now).enabled for ch in channels):
+            errors.append((path, f"rule {rule.name}: category {rule.category!r} must stay enabled on at least "
+                                 f"one of {', '.join(channels)}"))
+    return errors
+
+
+def apply_patch(rows: list[Preference], patch: PreferencesPatch) -> list[Preference]:
+    """The rows after a patch: removals first, then ``set`` replaces by key."""
+    gone = {k.key() for k in patch.remove} | {p.key() for p in patch.set}
+    return [p for p in rows if p.key() not in gone] + list(patch.set)
+
+
+def patch_errors(patch: PreferencesPatch, policy: Policy) -> Errors:
+    errors = row_errors(patch.set, policy, "set")
+    for i, k in enumerate(patch.remove):
+        errors.extend(key_errors(k, policy, f"remove[{i}]"))
+    return errors + consent_errors(patch.consent) + timezone_error(patch.timezone)
+
+
+def doc_errors(doc: PreferencesDoc, policy: Policy) -> Errors:
+    return row_errors(doc.preferences, policy) + consent_errors(doc.consent) + timezone_error(doc.timezone)
