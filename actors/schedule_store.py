@@ -108,28 +108,32 @@ async def _join_bucket(conn: asyncpg.Connection, it: Held, next_period) -> None:
     raise RuntimeError(f"no open digest bucket after 64 periods for {it.digest_key}")
 
 
+# $3: the time it is (the database's clock unless a test passes its own)
 CLAIM_DEFERRED = """
-UPDATE scheduled_notifications SET claimed_until = now() + make_interval(secs => $2)
+UPDATE scheduled_notifications SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2)
 WHERE id IN (SELECT id FROM scheduled_notifications
-             WHERE status = 'pending' AND kind = 'deferred' AND due_at <= now()
-               AND (claimed_until IS NULL OR claimed_until < now())
+             WHERE status = 'pending' AND kind = 'deferred' AND due_at <= COALESCE(to_timestamp($3), now())
+               AND (claimed_until IS NULL OR claimed_until < COALESCE(to_timestamp($3), now()))
              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING user_id, notification_id::text, channel, request
 """
 CLAIM_BUCKETS = """
-UPDATE digest_buckets SET claimed_until = now() + make_interval(secs => $2)
+UPDATE digest_buckets SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2)
 WHERE key IN (SELECT key FROM digest_buckets
-              WHERE status <> 'sent' AND due_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+              WHERE status <> 'sent' AND due_at <= COALESCE(to_timestamp($3), now())
+                AND (claimed_until IS NULL OR claimed_until < COALESCE(to_timestamp($3), now()))
               ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING user_id, key, channel
 """
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[Due]:
+async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: float, at: float | None = None) -> list[Due]:
     """Due deferred rows and due digest buckets, leased for ``lease_s`` (a
-    Scheduler that dies leaves them to be claimed again when the lease ends)."""
-    out = [Due("deferred", r[0], r[1], r[2], bytes(r[3])) for r in await conn.fetch(CLAIM_DEFERRED, limit, lease_s)]
-    out += [Due("digest", r[0], r[1], r[2]) for r in await conn.fetch(CLAIM_BUCKETS, limit, lease_s)]
+    Scheduler that dies leaves them to be claimed again when the lease ends).
+    ``at``: the time it is, for tests; the database's clock by default."""
+    out = [Due("deferred", r[0], r[1], r[2], bytes(r[3]))
+           for r in await conn.fetch(CLAIM_DEFERRED, limit, lease_s, at)]
+    out += [Due("digest", r[0], r[1], r[2]) for r in await conn.fetch(CLAIM_BUCKETS, limit, lease_s, at)]
     return out
 
 

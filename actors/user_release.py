@@ -102,7 +102,7 @@ class ReleaseMixin:
             digest = NotificationRequest(user_id=due.user_id, category=category, channels=[channel],
                                          id=None, priority="normal", metadata={"digest": key},
                                          content=compose(items, category, frequency),
-                                         content_type=first.content_type, accepted_at=time.time())
+                                         content_type=first.content_type, accepted_at=self.clock())
             async with self.pool.acquire() as conn:
                 done = await user_store.recorded(conn, [nid], final_only=True)
             outcomes, error = await self._decide_and_send([(nid, due.user_id, digest)], done, self.users,

@@ -59,6 +59,7 @@ class UserShard(PrefsMixin, ReleaseMixin):
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.users: dict[str, UserState] = {}
         self.policy = Policy(self.cfg.preferences)
+        self.clock = time.time  # what decide() is told the time is; tests set their own
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
@@ -149,7 +150,7 @@ class UserShard(PrefsMixin, ReleaseMixin):
         failed: the caller records what there is, then raises, so a redelivery
         does not send the channels that succeeded again. ``digest=False``: nothing
         is collected into a digest (a released or digest notification)."""
-        now = time.time()
+        now = self.clock()
         outcomes: list[Outcome] = []
         sends: dict[str, list[DeliveryTask]] = defaultdict(list)
         holds = []
