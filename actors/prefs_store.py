@@ -14,11 +14,16 @@ from actors.audit import append_audit
 from policy.prefs import Preference, context_key, ordered
 from policy.rules import Template
 
+# Each row as one JSON object in the shape of a Preference, so it decodes in one call.
 LOAD_PREFS = """
-SELECT user_id, channel, category, content_type, context, value, priority,
-       extract(epoch FROM expires_at)::float8
+SELECT user_id, (value || jsonb_build_object('channel', channel, 'category', category,
+                                             'content_type', content_type, 'priority', priority)
+        || CASE WHEN context IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('context', context) END
+        || CASE WHEN expires_at IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('expires_at', extract(epoch FROM expires_at)) END)::text
 FROM user_preferences WHERE user_id = ANY($1::text[]) AND is_active
 """
+_pref = msgspec.json.Decoder(Preference)
 LOAD_CONSENT = "SELECT user_id, channel FROM preference_consent WHERE user_id = ANY($1::text[]) AND status = 'granted'"
 
 
@@ -35,8 +40,8 @@ def row_to_pref(channel: str, category: str, content_type: str, context, value, 
 
 async def load_prefs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[Preference, ...]]:
     rows: dict[str, list[Preference]] = {}
-    for uid, *rest in await conn.fetch(LOAD_PREFS, ids):
-        rows.setdefault(uid, []).append(row_to_pref(*rest))
+    for uid, text in await conn.fetch(LOAD_PREFS, ids):
+        rows.setdefault(uid, []).append(_pref.decode(text))
     return {uid: ordered(found) for uid, found in rows.items()}
 
 

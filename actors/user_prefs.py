@@ -151,13 +151,15 @@ class PrefsMixin:
                 s.templates = await self._chain(conn, s.template)
 
     async def templates_changed(self) -> int:
-        """A template was saved or applied: drop the cache and re-read the chain of
-        every cached user who follows one."""
+        """A template was saved: re-read the chain of every template a cached user
+        follows (states take their chain from this cache when read)."""
         await self._ready()
-        self.template_cache.clear()
+        followed = set(self.template_cache) | self.users.template_ids()
         async with self.pool.acquire() as conn:
-            await self._attach_templates(conn, [s for s in self.users.values() if s.template])
-        return len(self.template_cache)
+            fresh = {tid: await prefs_store.template_chain(conn, tid) for tid in followed}
+        self.template_cache.clear()
+        self.template_cache.update(fresh)
+        return len(fresh)
 
 
 def _consent_delta(current: dict[str, str], given: dict[str, str], replace: bool) -> dict[str, str]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from actors import prefs_store, user_store
 from actors.prefs_store import Change
+from actors.user_cache import UserCache
 from actors.user_prefs import PrefsMixin
 from actors.user_release import ReleaseMixin, held
 from engine import db
@@ -57,10 +58,10 @@ class UserShard(PrefsMixin, ReleaseMixin):
         self.channel_shards = channel_shards
         self.recorder = recorder
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
-        self.users: dict[str, UserState] = {}
+        self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
+        self.users = UserCache(self.template_cache)
         self.policy = Policy(self.cfg.preferences)
         self.clock = time.time  # what decide() is told the time is; tests set their own
-        self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
         self.running: dict[str, asyncio.Task] = {}  # broadcasts being handled now
@@ -308,10 +309,19 @@ class UserShard(PrefsMixin, ReleaseMixin):
                 self.users.pop(uid, None)
         return len(user_ids)
 
+    async def preload(self) -> int:
+        """Load every user this shard owns (a warm start); returns how many."""
+        await self._ready()
+        async with self.pool.acquire() as conn:
+            states = await user_store.scan_shard(conn, self.index, self.cfg.engine.user_shards)
+            await self._attach_templates(conn, [s for s in states.values() if s.template])
+        self.users.update(states)
+        return len(states)
+
     async def _load_missing(self, conn, user_ids) -> None:
         """Cache users not cached yet. Never overwrites: a write that committed
         while this read ran has already put the newer state in place."""
-        missing = set(user_ids) - self.users.keys()
+        missing = {uid for uid in user_ids if uid not in self.users}
         if missing:
             loaded = await user_store.load_states(conn, missing)
             await self._attach_templates(conn, loaded.values())

@@ -52,6 +52,42 @@ async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list
     return [r[0] for r in await conn.fetch(SHARD_USERS, shards, index) if shard_of(r[0], shards) == index]
 
 
+SCAN_USERS = """
+SELECT u.user_id, u.timezone, u.locale, u.prefs_version, u.template_id, a.channel, a.address
+FROM users u LEFT JOIN user_addresses a ON a.user_id = u.user_id
+WHERE u.shard_key IS NULL OR u.shard_key % $1 = $2
+"""
+SCAN_PREFS_OWNERS = """
+SELECT DISTINCT user_id FROM (
+    SELECT user_id FROM user_preferences WHERE is_active
+    UNION ALL SELECT user_id FROM preference_consent WHERE status = 'granted'
+    UNION ALL SELECT a.user_id FROM user_addresses a JOIN suppressions s USING (channel, address)) x
+"""
+
+
+async def scan_shard(conn: asyncpg.Connection, index: int, shards: int) -> dict[str, UserState]:
+    """Every user this shard owns, for a warm start: one pass over users and
+    addresses, then the usual per-id queries only for the few users with
+    preference rows, consent or a suppressed address."""
+    states: dict[str, UserState] = {}
+    async with conn.transaction(readonly=True):
+        cursor = await conn.cursor(SCAN_USERS, shards, index)
+        while rows := await cursor.fetch(20_000):  # a batch per round trip, not a call per row
+            for uid, tz, locale, version, template, channel, address in rows:
+                state = states.get(uid)
+                if state is None:
+                    if shard_of(uid, shards) != index:
+                        continue
+                    state = states[uid] = UserState(user_id=uid, timezone=tz, locale=locale, version=version,
+                                                    template=template)
+                if channel is not None:
+                    state.addresses[channel] = address
+    special = [r[0] for r in await conn.fetch(SCAN_PREFS_OWNERS) if r[0] in states]
+    for i in range(0, len(special), 20_000):
+        states.update(await load_states(conn, special[i:i + 20_000]))
+    return states
+
+
 async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: bool = False) -> set[tuple[str, str]]:
     """(notification id, channel) pairs that already have a tracking row
     (``final_only``: leave out rows still ``deferred``, which the Scheduler will

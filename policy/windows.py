@@ -148,6 +148,9 @@ def window_errors(windows: Sequence[Window], kind: Literal["quiet", "allowed"], 
         for j, b in checked[n + 1:]:
             if any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b):
                 errors.append((f"{path}[{j}]", f"overlaps {path}[{i}]"))
+    if kind == "quiet" and not errors and windows and _spans(tuple(windows)) == ((0,), (_WEEK_S,)):
+        # quiet_until would have no end to defer to: that is "off", and should say so
+        errors.append((path, "quiet hours cover the whole week: switch the channel off (enabled: false) instead"))
     return errors
 
 

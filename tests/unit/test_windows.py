@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import cache
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.windows import (DAYS, Window, in_windows, next_allowed, period_bounds, quiet_until, wall_to_instant,
-                            window_errors)
+from policy.windows import DAYS, Window, in_windows, next_allowed, period_bounds, quiet_until, wall_to_instant
+from policy.windows import window_errors
 
 NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -22,16 +22,13 @@ KOLKATA = ZoneInfo("Asia/Kolkata")
 CHATHAM = ZoneInfo("Pacific/Chatham")
 ZONES = ["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "America/Sao_Paulo",
          "Pacific/Chatham", "Asia/Kolkata"]
-LO, HI = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()), int(datetime(2030, 12, 31, tzinfo=timezone.utc).timestamp())
+LO = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
+HI = int(datetime(2030, 12, 31, tzinfo=timezone.utc).timestamp())
 PROPS = settings(max_examples=200, deadline=None)
 
 
 def utc(*args: int) -> float:
     return datetime(*args, tzinfo=timezone.utc).timestamp()
-
-
-def local(t: float, tz: ZoneInfo) -> str:
-    return datetime.fromtimestamp(t, tz).isoformat()
 
 
 def w(start: str, end: str, *days: str) -> Window:
@@ -44,17 +41,21 @@ def offset(t: int, tz: ZoneInfo) -> timedelta:
     return datetime.fromtimestamp(t, tz).utcoffset()
 
 
-@lru_cache(maxsize=None)
+@cache
 def transitions(name: str) -> tuple[int, ...]:
     """Every instant in 2020-2030 (and a week around) where the zone's offset changes."""
     tz, out = ZoneInfo(name), []
-    for day in range(LO - 7 * 86400, HI + 7 * 86400, 86400):
-        if offset(day, tz) != offset(day + 86400, tz):
+    day = LO - 7 * 86400
+    before = offset(day, tz)
+    while day < HI + 7 * 86400:
+        after = offset(day + 86400, tz)
+        if after != before:
             lo, hi = day, day + 86400
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if offset(mid, tz) == offset(day, tz) else (lo, mid)
+                lo, hi = (mid, hi) if offset(mid, tz) == before else (lo, mid)
             out.append(hi)
+        day, before = day + 86400, after
     return tuple(out)
 
 
@@ -94,17 +95,22 @@ def coverage(win: Window) -> set[int]:
 
 # ---- strategies ----
 
-# Times near the usual shift hours come up often, so windows meet DST edges.
-MINUTE = st.one_of(st.sampled_from([0, 30, 60, 90, 120, 135, 150, 165, 180, 225, 240, 1320, 1380]),
-                   st.integers(0, 1439))
+# Quarter hours (every DST shift of the test zones falls on one, so windows meet DST
+# edges often) and a few odd minutes; one draw each keeps example generation cheap.
+MINUTE = st.sampled_from([*range(0, 1440, 15), 1, 59, 61, 179, 1439])
+END = st.sampled_from([*range(0, 1441, 15), 1, 59, 61, 179, 1439])  # 1440 is "24:00"
+
+
+def days_of(mask: int) -> tuple[str, ...]:
+    return tuple(day for i, day in enumerate(DAYS) if mask >> i & 1)
+
+
+# Every day (the default) half the time, else a bit mask of days.
+DAY_LISTS = st.one_of(st.just(DAYS), st.integers(1, 127).map(days_of))
 
 
 def hhmm(m: int) -> str:
     return f"{m // 60:02d}:{m % 60:02d}"
-
-
-END = st.one_of(MINUTE, st.just(1440))
-DAY_LISTS = st.one_of(st.just(DAYS), st.lists(st.sampled_from(DAYS), min_size=1, max_size=7, unique=True).map(tuple))
 
 
 def make_window(start: int, end: int, days: tuple[str, ...]) -> Window:
@@ -116,7 +122,8 @@ def make_allowed(start: int, end: int, days: tuple[str, ...]) -> Window:
 
 
 # Any windows at all, valid or not (a start of 24:00, an empty day list, a day twice).
-RAW_WINDOW = st.builds(make_window, END, END, st.one_of(DAY_LISTS, st.lists(st.sampled_from(DAYS), max_size=3).map(tuple)))
+RAW_WINDOW = st.builds(make_window, END, END,
+                       st.one_of(DAY_LISTS, st.lists(st.sampled_from(DAYS), max_size=3).map(tuple)))
 QUIET_WINDOWS = st.lists(st.builds(make_window, MINUTE, END, DAY_LISTS), min_size=1, max_size=4)
 ALLOWED_WINDOWS = st.lists(st.builds(make_allowed, MINUTE, END, DAY_LISTS), min_size=1, max_size=4)
 
@@ -168,18 +175,21 @@ def test_window_decodes_24_00_end_and_refuses_bad_input() -> None:
 def test_window_errors_name_each_problem() -> None:
     p = "preferences[2].quiet_hours"
     assert window_errors([w("07:00", "07:00")], "quiet", p) == [(f"{p}[0].end", "empty window: end equals start")]
-    assert window_errors([w("22:00", "07:00")], "allowed", p) == [(f"{p}[0].end", "inverted window: end is before start")]
+    assert window_errors([w("22:00", "07:00")], "allowed", p) == [
+        (f"{p}[0].end", "inverted window: end is before start")]
     assert window_errors([w("22:00", "07:00"), w("09:00", "22:00")], "quiet", p) == []
     assert window_errors([w("09:00", "24:00")], "allowed", p) == []
     assert window_errors([w("24:00", "07:00")], "quiet", p) == [(f"{p}[0].start", "start must be before 24:00")]
     assert window_errors([w("01:00", "02:00", "mon", "tue", "mon", "mon")], "quiet", p) == [
         (f"{p}[0].days", "day listed twice: mon")]
-    assert window_errors([Window(start="01:00", end="02:00", days=())], "quiet", p) == [(f"{p}[0].days", "at least one day")]
+    assert window_errors([Window(start="01:00", end="02:00", days=())], "quiet", p) == [
+        (f"{p}[0].days", "at least one day")]
 
 
 def test_window_errors_overlaps_across_midnight_and_week_wrap_but_not_adjacent() -> None:
     p = "q"
-    assert window_errors([w("22:00", "07:00", "sun"), w("06:00", "08:00", "mon")], "quiet", p) == [("q[1]", "overlaps q[0]")]
+    assert window_errors([w("22:00", "07:00", "sun"), w("06:00", "08:00", "mon")], "quiet", p) == [
+        ("q[1]", "overlaps q[0]")]
     assert window_errors([w("22:00", "07:00", "sun"), w("07:00", "08:00", "mon")], "quiet", p) == []
     assert window_errors([w("22:00", "24:00"), w("00:00", "07:00")], "quiet", p) == []
     assert window_errors([w("22:00", "07:00", "sat"), w("01:00", "02:00", "mon"), w("03:00", "04:00", "sun")],
@@ -314,7 +324,7 @@ def test_quiet_until_is_the_first_instant_out_of_quiet_hours(windows: list[Windo
         return
     assert u > now and u == int(u) and not in_windows(windows, tz, u)
     inside = {now, u - 1, u - 0.5, *(now + (u - now) * k / 7 for k in range(1, 7))}
-    inside |= {s for s in shifts_between(name, now, u)} | {s - 1 for s in shifts_between(name, now + 1, u)}
+    inside |= set(shifts_between(name, now, u)) | {s - 1 for s in shifts_between(name, now + 1, u)}
     assert all(in_windows(windows, tz, s) for s in inside if now <= s < u)
 
 
@@ -344,11 +354,17 @@ def test_period_bounds_examples() -> None:
     assert period_bounds("monthly", BERLIN, utc(2024, 3, 15)) == (utc(2024, 2, 29, 23), utc(2024, 3, 31, 22))
     assert period_bounds("monthly", BERLIN, utc(2024, 12, 31, 23, 30)) == (utc(2024, 12, 31, 23), utc(2025, 1, 31, 23))
     # Lord Howe 2024-10-06 02:00 +10:30 -> 02:30 +11: the 02:00 hour lasts 30 minutes.
-    assert period_bounds("hourly", LORD_HOWE, utc(2024, 10, 5, 15, 45)) == (utc(2024, 10, 5, 15, 30), utc(2024, 10, 5, 16))
+    assert period_bounds("hourly", LORD_HOWE, utc(2024, 10, 5, 15, 45)) == (
+        utc(2024, 10, 5, 15, 30), utc(2024, 10, 5, 16))
     # Lord Howe 2024-04-07 02:00 +11 -> 01:30 +10:30: the 01:00 hour lasts 90 minutes.
     assert period_bounds("hourly", LORD_HOWE, utc(2024, 4, 6, 14, 45)) == (utc(2024, 4, 6, 14), utc(2024, 4, 6, 15, 30))
     # Chatham 2024-09-29 02:45 +12:45 -> 03:45 +13:45: the 03:00 hour lasts 15 minutes.
     assert period_bounds("hourly", CHATHAM, utc(2024, 9, 28, 14, 5)) == (utc(2024, 9, 28, 14), utc(2024, 9, 28, 14, 15))
+    # Chatham 2024-04-07 03:45 +13:45 -> 02:45 +12:45: the clock turns back into the 02:00 hour.
+    assert period_bounds("hourly", CHATHAM, utc(2024, 4, 6, 13, 25)) == (utc(2024, 4, 6, 13, 15), utc(2024, 4, 6, 14))
+    assert period_bounds("hourly", CHATHAM, utc(2024, 4, 6, 14, 5)) == (utc(2024, 4, 6, 14), utc(2024, 4, 6, 14, 15))
+    assert period_bounds("hourly", CHATHAM, utc(2024, 4, 6, 14, 25)) == (
+        utc(2024, 4, 6, 14, 15), utc(2024, 4, 6, 15, 15))
     with pytest.raises(ValueError):
         period_bounds("immediate", NY, 0.0)
 
@@ -363,6 +379,7 @@ def test_period_bounds_contain_tile_and_start_on_the_wall_clock(frequency: str, 
     name, tz, at = case
     start, end = period_bounds(frequency, tz, at)
     assert start <= at < end
+    assert period_bounds(frequency, tz, (start + end) // 2) == (start, end)
     assert period_bounds(frequency, tz, end)[0] == end
     assert period_bounds(frequency, tz, start - 1)[1] == start
     low, high = LENGTHS[frequency]

@@ -1,0 +1,292 @@
+"""Preference benchmarks: ``tidings bench prefs [decide|memory|load|import|all]``.
+
+- decide: ``policy.decide`` per (request, user), median and p99 of single calls,
+  on a realistic mix (90% of users on the defaults; the rest with 1-4 rows:
+  opt-outs, digests, quiet hours, contextual rows, a template).
+- memory: resident memory of 1M users' state held as a UserShard holds it (a
+  ``UserCache``), in a fresh process (RSS after minus before), and the figure
+  for 10M.
+- load: ``UserShard.preload`` (a shard's warm start: one pass over users and
+  addresses) in two processes at once, as two shards run; users/s.
+- import: a bulk NDJSON import (parse + validate, then the one-transaction write).
+
+Targets from the issue: decide <= 10 us median, 10M users <= 2 GiB, load >= 500k
+users/s. PostgreSQL: TIDINGS_DATABASE_URL, else the embedded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import orjson
+
+from policy.decide import decide
+from policy.prefs import Preference, ordered
+from policy.rules import Policy, PolicyConfig, Rule
+from policy.types import Content, NotificationRequest, UserState
+from policy.windows import Window
+
+CATEGORIES = ("job_alerts", "application_updates", "messages", "marketing", "security", "account")
+AVAILABLE = frozenset({"email", "sms", "push", "in_app", "webhook"})
+POLICY = Policy(PolicyConfig(categories=CATEGORIES, rules=(
+    Rule(name="security_mandatory", kind="mandatory", category="security"),
+    Rule(name="sms_consent", kind="consent_required", channel="sms"),
+    Rule(name="critical_passes_quiet", kind="bypass_quiet_hours", priorities=("critical",)),
+    Rule(name="voice_critical_only", kind="channel_priority", channel="voice", priorities=("critical",)),
+), defaults=(Preference(category="marketing", frequency="weekly"),)))
+ZONES = ("Europe/Berlin", "America/New_York", "Asia/Kolkata", "UTC", "America/Sao_Paulo")
+TEMPLATE = (("jobseeker", ordered([Preference(category="job_alerts", frequency="daily"),
+                                   Preference(channel="sms", enabled=False)])),)
+
+
+def rows_for(rng: random.Random) -> list[Preference]:
+    """1-4 override rows, the kinds users set."""
+    pool = [
+        Preference(channel="email", category="marketing", enabled=False),
+        Preference(category="job_alerts", frequency="daily"),
+        Preference(quiet_hours=[Window(start="22:00", end="07:00")]),
+        Preference(channel="push", context={"device": "watch"}, enabled=False),
+        Preference(channel="sms", enabled=False),
+        Preference(category="messages", content_type="chat", frequency="hourly"),
+    ]
+    return rng.sample(pool, rng.randint(1, 4))
+
+
+def population(n: int, seed: int = 7, start: int = 0) -> dict[str, UserState]:
+    rng = random.Random(seed + start)
+    users = {}
+    for i in range(start, start + n):
+        uid = f"user-{i:08d}"
+        addresses = {"email": f"{uid}@example.com"}
+        if rng.random() < 0.3:
+            addresses["sms"] = f"+1555{i:07d}"
+        state = UserState(user_id=uid, addresses=addresses, timezone=rng.choice(ZONES))
+        if rng.random() < 0.1:
+            state.prefs = ordered(rows_for(rng))
+            if rng.random() < 0.3:
+                state.template, state.templates = "jobseeker", TEMPLATE
+        users[uid] = state
+    return users
+
+
+def requests(n: int, seed: int = 11) -> list[NotificationRequest]:
+    rng = random.Random(seed)
+    content = Content(subject="New jobs for you", text="…")
+    return [NotificationRequest(user_id="x", category=rng.choice(CATEGORIES),
+                                channels=rng.choice([["email"], ["email", "push"], ["push", "in_app"], ["sms"]]),
+                                priority=rng.choice(["normal"] * 8 + ["high", "critical"]), content=content)
+            for _ in range(n)]
+
+
+def bench_decide(calls: int = 200_000) -> dict:
+    users = list(population(20_000).values())
+    reqs = requests(1000)
+    now = time.time()
+    samples = []
+    clock = time.perf_counter_ns
+    for i in range(calls):
+        r, u = reqs[i % 1000], users[(i * 7919) % len(users)]
+        t0 = clock()
+        decide(r, u, AVAILABLE, POLICY, now)
+        samples.append(clock() - t0)
+    samples.sort()
+    overhead = min(_empty_call() for _ in range(5))
+    return {"calls": calls, "median_us": round(statistics.median(samples) / 1e3, 2),
+            "p99_us": round(samples[int(len(samples) * 0.99)] / 1e3, 2),
+            "timer_overhead_us": round(overhead / 1e3, 3),
+            "mix": "90% defaults; 10% with 1-4 rows (30% of those on a template); 1-2 channels per request"}
+
+
+def _empty_call() -> int:
+    clock = time.perf_counter_ns
+    best = 10**9
+    for _ in range(1000):
+        t0 = clock()
+        best = min(best, clock() - t0)
+    return best
+
+
+def bench_memory(n: int = 1_000_000) -> dict:
+    """In a child process, so the RSS delta is the state's and nothing else's."""
+    out = subprocess.run([sys.executable, "-c", f"import bench.prefs as b; b._memory_child({n})"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(n: int) -> None:
+    import psutil
+    proc = psutil.Process()
+    from actors.user_cache import UserCache
+    templates = {"jobseeker": TEMPLATE}
+    gc.collect()
+    before = proc.memory_info().rss
+    users = UserCache(templates)
+    for start in range(0, n, 10_000):  # as a shard fills it: a batch at a time
+        users.update(population(min(10_000, n - start), start=start))
+    gc.collect()
+    after = proc.memory_info().rss
+    per_user = (after - before) / n
+    print(json.dumps({"users": n, "rss_mib": round((after - before) / 2**20, 1), "bytes_per_user": round(per_user),
+                      "projected_10m_gib": round(per_user * 10_000_000 / 2**30, 2), "held": len(users)}))
+
+
+async def _seed(conn, n: int) -> None:
+    users = population(n)
+    from policy.sharding import stable_hash
+    await conn.copy_records_to_table("users", columns=("user_id", "timezone", "locale", "shard_key"),
+                                     records=[(u.user_id, u.timezone, u.locale, stable_hash(u.user_id))
+                                              for u in users.values()])
+    await conn.copy_records_to_table("user_addresses", columns=("user_id", "channel", "address"),
+                                     records=[(u.user_id, ch, a) for u in users.values() for ch, a in u.addresses.items()])
+    from actors.prefs_store import pref_record
+    await conn.executemany(
+        "INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, "
+        "context_key, value, priority, expires_at) VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8::jsonb,$9,to_timestamp($10))",
+        [pref_record(u.user_id, p) for u in users.values() for p in u.prefs])
+
+
+async def bench_load(url: str, n: int, shards: int = 2) -> dict:
+    """Seed n users, then ``UserShard.preload`` in ``shards`` processes at once
+    (as Ray runs shards: one process each); time from a common start."""
+    import multiprocessing as mp
+
+    import asyncpg
+
+    from engine import db
+    schema = f"bench_load_{uuid.uuid4().hex[:6]}"
+    await db.migrate_url(url, schema)
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        t0 = time.perf_counter()
+        await _seed(conn, n)
+        seeded_s = time.perf_counter() - t0
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(shards + 1), ctx.Queue()
+    procs = [ctx.Process(target=_preload_child, args=(url, schema, i, shards, barrier, results))
+             for i in range(shards)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    got = [results.get() for _ in procs]
+    took = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    await _drop(url, schema)
+    loaded = sum(g["users"] for g in got)
+    return {"users": n, "shards": shards, "loaded": loaded, "seconds": round(took, 2),
+            "users_per_s": round(loaded / took), "per_shard": got, "seed_seconds": round(seeded_s, 1)}
+
+
+def _preload_child(url, schema, index, shards, barrier, results) -> None:
+    from actors.user_shard import UserShard
+    from engine import config
+    cfg = config.encode(config.load("development", env={}, overrides={
+        "database": {"url": url, "schema": schema}, "engine": {"user_shards": shards}}))
+    shard = UserShard(index, cfg, url, {}, None)
+
+    async def run() -> dict:
+        await shard._ready()
+        barrier.wait()
+        t0 = time.perf_counter()
+        n = await shard.preload()
+        return {"index": index, "users": n, "seconds": round(time.perf_counter() - t0, 2)}
+
+    results.put(asyncio.run(run()))
+
+
+async def bench_import(url: str, n: int) -> dict:
+    import asyncpg
+
+    from engine import bulk, db
+    schema = f"bench_import_{uuid.uuid4().hex[:6]}"
+    await db.migrate_url(url, schema)
+    rng = random.Random(3)
+    lines = []
+    for i in range(n):
+        row = {"user_id": f"imp-{i:08d}", "channel": rng.choice(["email", "push", "sms", "*"]),
+               "category": rng.choice(CATEGORIES[:4]), "frequency": rng.choice(["immediate", "daily", "weekly"])}
+        lines.append(orjson.dumps(row))
+    data = b"\n".join(lines) + b"\n"
+    t0 = time.perf_counter()
+    rows = bulk.validate_rows(bulk.parse_ndjson(data), POLICY)
+    parsed_s = time.perf_counter() - t0
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        t1 = time.perf_counter()
+        users = await bulk.apply_rows(conn, rows, POLICY, "bench")
+        applied_s = time.perf_counter() - t1
+    finally:
+        await conn.close()
+    await _drop(url, schema)
+    total = parsed_s + applied_s
+    return {"rows": n, "users": len(users), "bytes": len(data), "parse_validate_s": round(parsed_s, 2),
+            "write_s": round(applied_s, 2), "rows_per_s": round(n / total)}
+
+
+async def _drop(url: str, schema: str) -> None:
+    import asyncpg
+    c = await asyncpg.connect(url)
+    try:
+        await c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await c.close()
+
+
+def database_url() -> tuple[str, object]:
+    url = os.environ.get("TIDINGS_DATABASE_URL")
+    if url:
+        return url, None
+    from engine.embedded import EmbeddedPostgres
+    server = EmbeddedPostgres(".tidings/bench-pg")
+    return server.start(), server
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tidings bench prefs", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", nargs="?", default="all", choices=("decide", "memory", "load", "import", "all"))
+    p.add_argument("--users", type=int, default=1_000_000, help="memory and load: users")
+    p.add_argument("--rows", type=int, default=100_000, help="import: rows")
+    p.add_argument("--calls", type=int, default=200_000, help="decide: calls timed")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    out: dict = {}
+    if args.what in ("decide", "all"):
+        out["decide"] = bench_decide(args.calls)
+        print("decide", out["decide"], flush=True)
+    if args.what in ("memory", "all"):
+        out["memory"] = bench_memory(args.users)
+        print("memory", out["memory"], flush=True)
+    if args.what in ("load", "import", "all"):  # PostgreSQL from here on
+        url, server = database_url()
+        try:
+            if args.what in ("load", "all"):
+                out["load"] = asyncio.run(bench_load(url, args.users))
+                print("load", out["load"], flush=True)
+            if args.what in ("import", "all"):
+                out["import"] = asyncio.run(bench_import(url, args.rows))
+                print("import", out["import"], flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
