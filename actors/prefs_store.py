@@ -115,6 +115,8 @@ async def write_change(conn: asyncpg.Connection, change: Change, expected: int, 
             "withdrawn_at = COALESCE(EXCLUDED.withdrawn_at, preference_consent.withdrawn_at), updated_at = now()",
             uid, channel, status, change.source)
     new = doc_json(change)
+    from actors.user_store import refresh_states  # the two stores write the same users
+    await refresh_states(conn, [uid])
     await append_audit(conn, [(uid, f"preferences.{change.type}", old, new, change.actor)])
     await conn.execute(
         "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes) VALUES ($1, $2, $3, $4, $5)",

@@ -33,8 +33,34 @@ class Packed(msgspec.Struct, array_like=True, omit_defaults=True):
     suppressed: dict[str, str] = {}
 
 
+class Stored(msgspec.Struct, array_like=True, omit_defaults=True):
+    """What ``users.state`` holds: a user's state as of their last committed
+    write, less what is not the user's own (template chains, suppressed
+    addresses). NULL there means "not computed": read the tables instead."""
+
+    addresses: dict[str, str] = {}
+    timezone: str = "UTC"
+    locale: str = "en"
+    version: int = 0
+    prefs: tuple[Preference, ...] = ()
+    template: str | None = None
+    consent: tuple[str, ...] = ()
+
+
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Packed).decode
+_decode_stored = msgspec.msgpack.Decoder(Stored).decode
+
+
+def to_stored(s: UserState) -> bytes:
+    return _encode(Stored(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
+                          tuple(sorted(s.consent))))
+
+
+def from_stored(user_id: str, blob: bytes) -> UserState:
+    p = _decode_stored(blob)
+    return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs, template=p.template,
+                     consent=frozenset(p.consent), timezone=p.timezone, locale=p.locale, version=p.version)
 
 
 class UserCache(Mapping[str, UserState]):
@@ -46,8 +72,11 @@ class UserCache(Mapping[str, UserState]):
         self.templates = templates if templates is not None else {}
         self._zones: list[str] = ["UTC"]  # a few hundred names at most, each stored once
         self._zone_ix: dict[str, int] = {"UTC": 0}
+        self._template_ids: set[str] = set()  # every template a held user followed
 
     def _pack(self, s: UserState) -> bytes:
+        if s.template:
+            self._template_ids.add(s.template)
         zone = self._zone_ix.get(s.timezone)
         if zone is None:
             zone = self._zone_ix[s.timezone] = len(self._zones)
@@ -81,6 +110,18 @@ class UserCache(Mapping[str, UserState]):
     def __setitem__(self, user_id: str, state: UserState) -> None:
         self._blobs[user_id] = self._pack(state)
 
+    def put_stored(self, user_id: str, blob: bytes) -> None:
+        """Hold a ``users.state`` value (a warm start: no UserState built)."""
+        p = _decode_stored(blob)
+        if p.template:
+            self._template_ids.add(p.template)
+        zone = self._zone_ix.get(p.timezone)
+        if zone is None:
+            zone = self._zone_ix[p.timezone] = len(self._zones)
+            self._zones.append(p.timezone)
+        self._blobs[user_id] = _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template,
+                                              p.consent))
+
     def setdefault(self, user_id: str, state: UserState) -> None:
         if user_id not in self._blobs:
             self._blobs[user_id] = self._pack(state)
@@ -94,4 +135,5 @@ class UserCache(Mapping[str, UserState]):
         return default if blob is None else self._unpack(user_id, blob)
 
     def template_ids(self) -> set[str]:
-        return {s.template for s in self.values() if s.template}
+        """Templates held users follow (or followed: a superset, never missing one)."""
+        return set(self._template_ids)

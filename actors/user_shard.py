@@ -313,10 +313,10 @@ class UserShard(PrefsMixin, ReleaseMixin):
         """Load every user this shard owns (a warm start); returns how many."""
         await self._ready()
         async with self.pool.acquire() as conn:
-            states = await user_store.scan_shard(conn, self.index, self.cfg.engine.user_shards)
-            await self._attach_templates(conn, [s for s in states.values() if s.template])
-        self.users.update(states)
-        return len(states)
+            n = await user_store.scan_shard(conn, self.index, self.cfg.engine.user_shards, self.users)
+            for tid in self.users.template_ids() - set(self.template_cache):
+                await self._chain(conn, tid)
+        return n
 
     async def _load_missing(self, conn, user_ids) -> None:
         """Cache users not cached yet. Never overwrites: a write that committed

@@ -9,6 +9,7 @@ import asyncpg
 
 from actors import prefs_store
 from actors.audit import append_audit
+from actors.user_cache import UserCache, from_stored, to_stored
 from policy.prefs import Preference
 from policy.sharding import shard_of, stable_hash
 from policy.types import UserProfile, UserState
@@ -25,9 +26,50 @@ RECORDED = "SELECT notification_id::text, channel FROM delivery_tracking WHERE n
 RECORDED_FINAL = RECORDED + " AND status <> 'deferred'"
 
 
+LOAD_STATES = "SELECT user_id, state FROM users WHERE user_id = ANY($1::text[])"
+
+
 async def load_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
-    """States of the given users that exist; five set-based queries, whatever the
-    count. ``templates`` is left for the shard to fill in from its cache."""
+    """States of the given users that exist: from ``users.state`` plus their
+    suppressed addresses (two queries), or assembled from the tables for users
+    whose state is not computed. ``templates`` is left to the shard."""
+    ids = list(user_ids)
+    states: dict[str, UserState] = {}
+    stale = []
+    for uid, blob in await conn.fetch(LOAD_STATES, ids):
+        if blob is None:
+            stale.append(uid)
+        else:
+            states[uid] = from_stored(uid, blob)
+    if states:
+        for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, list(states)):
+            states[uid].suppressed[channel] = reason
+    if stale:
+        assembled = await assemble_states(conn, stale)
+        await write_back(conn, assembled)
+        states.update(assembled)
+    return states
+
+
+async def write_back(conn: asyncpg.Connection, states: dict[str, UserState]) -> None:
+    """Store states assembled for users whose ``users.state`` was NULL, unless a
+    writer changed them since (their version moved, or a writer already stored
+    one): a reader never overwrites newer data with what it read."""
+    await conn.executemany(
+        "UPDATE users SET state = $2 WHERE user_id = $1 AND state IS NULL AND prefs_version = $3",
+        [(uid, to_stored(s), s.version) for uid, s in states.items()])
+
+
+async def refresh_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+    """Recompute ``users.state`` from the tables; writers call it inside the
+    transaction of their change."""
+    states = await assemble_states(conn, user_ids)
+    await conn.executemany("UPDATE users SET state = $2 WHERE user_id = $1",
+                           [(uid, to_stored(s)) for uid, s in states.items()])
+
+
+async def assemble_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
+    """States read from every table (five set-based queries, whatever the count)."""
     ids = list(user_ids)
     states = {r[0]: UserState(user_id=r[0], timezone=r[1], locale=r[2], version=r[3], template=r[4])
               for r in await conn.fetch(LOAD_USERS, ids)}
@@ -52,40 +94,40 @@ async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list
     return [r[0] for r in await conn.fetch(SHARD_USERS, shards, index) if shard_of(r[0], shards) == index]
 
 
-SCAN_USERS = """
-SELECT u.user_id, u.timezone, u.locale, u.prefs_version, u.template_id, a.channel, a.address
-FROM users u LEFT JOIN user_addresses a ON a.user_id = u.user_id
-WHERE u.shard_key IS NULL OR u.shard_key % $1 = $2
-"""
-SCAN_PREFS_OWNERS = """
-SELECT DISTINCT user_id FROM (
-    SELECT user_id FROM user_preferences WHERE is_active
-    UNION ALL SELECT user_id FROM preference_consent WHERE status = 'granted'
-    UNION ALL SELECT a.user_id FROM user_addresses a JOIN suppressions s USING (channel, address)) x
+SCAN_STATES = ("SELECT user_id, state, shard_key IS NULL FROM users "
+               "WHERE shard_key IS NULL OR shard_key % $1 = $2")
+SCAN_SUPPRESSED = """
+SELECT a.user_id, a.channel, s.reason FROM suppressions s JOIN user_addresses a USING (channel, address)
 """
 
 
-async def scan_shard(conn: asyncpg.Connection, index: int, shards: int) -> dict[str, UserState]:
-    """Every user this shard owns, for a warm start: one pass over users and
-    addresses, then the usual per-id queries only for the few users with
-    preference rows, consent or a suppressed address."""
-    states: dict[str, UserState] = {}
+async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: UserCache) -> int:
+    """Put every user this shard owns into ``into`` (a warm start): one pass over
+    ``users.state``; users whose state is not computed are assembled from the
+    tables and their state written back; suppressed addresses added last."""
+    stale: list[str] = []
+    n = 0
     async with conn.transaction(readonly=True):
-        cursor = await conn.cursor(SCAN_USERS, shards, index)
+        cursor = await conn.cursor(SCAN_STATES, shards, index)
         while rows := await cursor.fetch(20_000):  # a batch per round trip, not a call per row
-            for uid, tz, locale, version, template, channel, address in rows:
-                state = states.get(uid)
-                if state is None:
-                    if shard_of(uid, shards) != index:
-                        continue
-                    state = states[uid] = UserState(user_id=uid, timezone=tz, locale=locale, version=version,
-                                                    template=template)
-                if channel is not None:
-                    state.addresses[channel] = address
-    special = [r[0] for r in await conn.fetch(SCAN_PREFS_OWNERS) if r[0] in states]
-    for i in range(0, len(special), 20_000):
-        states.update(await load_states(conn, special[i:i + 20_000]))
-    return states
+            for uid, blob, unkeyed in rows:
+                if unkeyed and shard_of(uid, shards) != index:  # keyed rows: the WHERE decided
+                    continue
+                if blob is None:
+                    stale.append(uid)
+                else:
+                    into.put_stored(uid, blob)
+                    n += 1
+    for i in range(0, len(stale), 20_000):
+        assembled = await assemble_states(conn, stale[i:i + 20_000])
+        await write_back(conn, assembled)
+        into.update(assembled)
+    for uid, channel, reason in await conn.fetch(SCAN_SUPPRESSED):
+        state = into.get(uid) if uid in into and shard_of(uid, shards) == index else None
+        if state is not None:
+            state.suppressed[channel] = reason
+            into[uid] = state
+    return n + len(stale)
 
 
 async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: bool = False) -> set[tuple[str, str]]:
@@ -119,6 +161,7 @@ async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile
         new = {"addresses": dict(p.addresses), "timezone": p.timezone, "locale": p.locale}
         entries.append((p.user_id, "profile.upsert", old_json, new, actor))
     await append_audit(conn, entries)
+    await refresh_states(conn, ids)
 
 
 def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:

@@ -157,7 +157,7 @@ async def apply_rows(conn: asyncpg.Connection, rows: list[BulkRow], policy: Poli
         progress(2 * len(rows) // 3)
         await _check_rules(conn, rows, policy)
         versions = await conn.fetch(
-            "UPDATE users u SET prefs_version = u.prefs_version + 1, updated_at = now() "
+            "UPDATE users u SET prefs_version = u.prefs_version + 1, state = NULL, updated_at = now() "
             "FROM (SELECT DISTINCT user_id FROM _import) i WHERE u.user_id = i.user_id "
             "RETURNING u.user_id, u.prefs_version")
         await _feed_and_audit(conn, rows, dict(versions), actor)

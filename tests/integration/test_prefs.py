@@ -308,3 +308,24 @@ async def run_job(engine, client, body: bytes, fmt: str) -> dict:
         await asyncio.sleep(0.1)
     raise AssertionError("job did not finish")
 
+
+
+async def test_stored_state_matches_the_tables_and_preload_reads_it(engine, client):
+    """users.state is kept by every writer (NULL after an import until read), and a
+    warm start (preload) holds the same users as lazy loading does."""
+    from actors.user_cache import from_stored
+    from actors import user_store
+    async with client.put(f"{engine.base_url}/v1/users/p40/preferences",
+                          json={"preferences": [{"channel": "email", "frequency": "weekly"}],
+                                "consent": {"sms": "granted"}}) as r:
+        assert r.status == 200
+    async with engine.pool.acquire() as conn:
+        blob = await conn.fetchval("SELECT state FROM users WHERE user_id = 'p40'")
+        assembled = (await user_store.assemble_states(conn, ["p40"]))["p40"]
+        assert from_stored("p40", blob) == assembled
+        imported_null = await conn.fetchval("SELECT count(*) FROM users WHERE user_id LIKE 'bulk%' "
+                                            "AND state IS NULL")
+    assert imported_null == 0  # the import set them NULL; reading them back stored them again
+    shard = engine.actors.user_shards[0]
+    held = await shard.preload.remote()
+    assert held >= 25
