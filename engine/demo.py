@@ -14,11 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine.config import Config
+from actors.user_prefs import PrefCommand
 from engine.http import save_profiles
+from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from engine.sinks import SinkProcess
 from engine.tuning import with_provider_settings
+from policy.prefs import Preference
 from policy.types import UserProfile
+from policy.validate import PreferencesPatch
+from policy.windows import Window
 
 CATEGORIES = (("job_alerts", 0.5), ("application_updates", 0.3), ("marketing", 0.2))
 
@@ -76,6 +81,24 @@ def population(users: int, seed: int = 7, prefix: str = "demo-") -> list[UserPro
             outs.append("*:job_alerts")
         out.append(UserProfile(user_id=uid, addresses=addresses, opt_outs=outs,
                                timezone=rng.choice(["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"])))
+    return out
+
+
+def preference_mix(users: int, seed: int = 5, prefix: str = "demo-") -> list[PrefCommand]:
+    """Preferences beyond opt-outs for ~10% of the population: a daily job-alert
+    digest on email (~5%) and quiet hours from 22:00 to 07:00 in their zone (~5%)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(users):
+        roll = rng.random()
+        if roll < 0.05:
+            rows = [Preference(channel="email", category="job_alerts", frequency="daily")]
+        elif roll < 0.10:
+            rows = [Preference(quiet_hours=[Window(start="22:00", end="07:00")])]
+        else:
+            continue
+        out.append(PrefCommand(user_id=f"{prefix}{i:06d}", patch=PreferencesPatch(set=rows), source="demo",
+                               actor="demo"))
     return out
 
 
@@ -146,10 +169,14 @@ async def watch_rows(pool, expected: int, timeout_s: float, console: Console, la
 async def run(engine: Engine, http_url: str, sinks: Sinks, *, count: int, users: int,
               console: Console | None = None, timeout_s: float = 600) -> dict:
     console = console or Console()
-    console.print(f"[bold]Seeding {users:,} users[/bold] through their UserShards …")
+    console.print(f"[bold]Seeding {users:,} users[/bold] through their UserShards (~10% with a daily digest "
+                  "or quiet hours) …")
     people = population(users)
     for i in range(0, len(people), 1000):
         await save_profiles(engine, people[i:i + 1000], "demo")
+    mix = preference_mix(users)
+    for i in range(0, len(mix), 1000):
+        await run_commands(engine, mix[i:i + 1000])
     run_id = f"demo-{int(time.time())}"
     reqs = requests(count, users, run_id)
     console.print(f"[bold]Submitting {count:,} notifications[/bold] over HTTP ({http_url}) …")
@@ -198,4 +225,4 @@ def print_summary(console: Console, s: dict, engine: Engine) -> None:
                   f"repeated delivery ids {w.get('duplicates', 0)})")
     dash = engine.ray_info.get("dashboard")
     if dash:
-        console.print(f"Ray dashboard: [link]{dash}[/link]  (actors: Ingestor, UserShard, ChannelShard, Recorder)")
+        console.print(f"Ray dashboard: [link]{dash}[/link]  (actors: Ingestor, UserShard, ChannelShard, Recorder, Scheduler)")

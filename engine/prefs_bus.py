@@ -162,13 +162,17 @@ class Listener:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
+            try:
+                await self.sub.unsubscribe()  # else the connection's drain waits on it
+            except Exception as e:  # noqa: BLE001 - stopping anyway
+                log.debug("prefs unsubscribe: %r", e)
 
     async def _loop(self) -> None:
         idle = 0.0
         while True:
             try:
                 msgs = await self.sub.fetch(FETCH, timeout=1)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 idle += 1
                 if idle >= RELAY_EVERY_S:
                     idle = 0
