@@ -50,8 +50,10 @@ def digest_key(user_id: str, channel: str, category: str, frequency: str, period
 
 
 def decide_channel(request: Message, state: UserState | None, channel: str, available: frozenset[str],
-                   policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True) -> Decision:
-    """``digest=False`` for a message that is itself a digest (never collected again)."""
+                   policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True,
+                   context: dict[str, str] | None = None) -> Decision:
+    """``digest=False`` for a message that is itself a digest (never collected again).
+    ``context``: the request's context with its urgency (``decide`` builds it once)."""
     if channel not in available:
         return Decision(channel, "suppress", "channel.unavailable")
     if state is None:
@@ -67,7 +69,8 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
             return Decision(channel, "suppress", blocked)
     if policy.consent_channels and policy.needs_consent(channel, category) and channel not in state.consent:
         return Decision(channel, "suppress", f"consent.missing_{channel}")
-    context = {**request.context, "urgency": priority}
+    if context is None:
+        context = request_context(request)
     pref = policy.resolve(state.prefs, state.templates, channel, category, request.content_type, context, now)
     if not pref.enabled:
         return Decision(channel, "suppress", f"pref.{_origin(pref.source['enabled'])}_off")
@@ -100,10 +103,20 @@ def _origin(source: str) -> str:
     return source.split(":", 1)[0]
 
 
+def request_context(request: Message) -> dict[str, str]:
+    """What contextual preferences match on: the request's context and its
+    priority as ``urgency``."""
+    return {**request.context, "urgency": request.priority} if request.context else {"urgency": request.priority}
+
+
 def decide(request: Message, state: UserState | None, available: frozenset[str],
            policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True) -> list[Decision]:
     """One Decision per distinct channel the request asks for, in its order."""
-    return [decide_channel(request, state, ch, available, policy, now, digest) for ch in unique(request.channels)]
+    context = request_context(request)
+    channels = request.channels
+    if len(channels) > 1:
+        channels = unique(channels)
+    return [decide_channel(request, state, ch, available, policy, now, digest, context) for ch in channels]
 
 
 def unique(items: Iterable[str]) -> list[str]:

@@ -74,6 +74,7 @@ class Policy:
         self.categories = frozenset(self.cfg.categories)
         self.content_types = frozenset(self.cfg.content_types)
         self._cache: dict[tuple, Resolved] = {}
+        self._defaults_expire = any(p.expires_at is not None for p in self.defaults)
         by_kind: dict[str, list[Rule]] = {}
         for r in self.cfg.rules:
             by_kind.setdefault(r.kind, []).append(r)
@@ -87,9 +88,14 @@ class Policy:
         """The effective value for one user and target. ``rows`` are the user's
         own (``ordered``), ``templates`` their template chain, child first."""
         if not rows and not templates:
-            key = (channel, category, content_type, tuple(sorted(context.items())) if context else ())
+            if not context:
+                key: tuple = (channel, category, content_type)
+            elif len(context) == 1 and "urgency" in context:  # the common case: no request context
+                key = (channel, category, content_type, context["urgency"])
+            else:
+                key = (channel, category, content_type, tuple(sorted(context.items())))
             hit = self._cache.get(key)
-            if hit is None or (now and _expiring(self.defaults)):
+            if hit is None or self._defaults_expire:
                 hit = resolve([("default", self.defaults)], channel, category, content_type, context, now)
                 if len(self._cache) < 100_000:
                     self._cache[key] = hit
@@ -116,6 +122,3 @@ class Policy:
     def mandatory(self) -> list[Rule]:
         return self.rules.get("mandatory", [])
 
-
-def _expiring(rows: tuple[Preference, ...]) -> bool:
-    return any(p.expires_at is not None for p in rows)
