@@ -85,7 +85,7 @@ def doc_json(c: Change) -> dict:
 
 
 async def write_change(conn: asyncpg.Connection, change: Change, expected: int, old: dict | None,
-                       consent_changed: dict[str, str]) -> bool:
+                       consent_changed: dict[str, str], source_id: str | None = None) -> bool:
     """Commit one user's new preference set if its version is still ``expected``
     (False if not: another writer won). The caller holds the transaction."""
     uid = change.user_id
@@ -119,8 +119,9 @@ async def write_change(conn: asyncpg.Connection, change: Change, expected: int, 
     await refresh_states(conn, [uid])
     await append_audit(conn, [(uid, f"preferences.{change.type}", old, new, change.actor)])
     await conn.execute(
-        "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes) VALUES ($1, $2, $3, $4, $5)",
-        uid, bumped, change.type, change.source, orjson.dumps(new).decode())
+        "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6)", uid, bumped, change.type, change.source, orjson.dumps(new).decode(),
+        source_id)
     return True
 
 

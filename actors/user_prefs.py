@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 import msgspec
 
 from actors import prefs_store, user_store
@@ -29,6 +30,7 @@ class PrefCommand(msgspec.Struct, kw_only=True):
     if_match: int | None = None
     source: str = "http"
     actor: str | None = None
+    source_id: str | None = None  # e.g. the JetStream message: a redelivered change is applied once
 
 
 class PrefResult(msgspec.Struct, kw_only=True):
@@ -95,8 +97,12 @@ class PrefsMixin:
                 results.append(await self._apply(conn, cmd))
         return wire.encode(results)
 
-    async def _apply(self, conn, cmd: PrefCommand) -> PrefResult:
+    async def _apply(self, conn, cmd: PrefCommand, retried: bool = False) -> PrefResult:
         uid = cmd.user_id
+        if cmd.source_id is not None:
+            seen = await conn.fetchval("SELECT version FROM preference_sync_log WHERE source_id = $1", cmd.source_id)
+            if seen is not None:
+                return PrefResult(user_id=uid, status="ok", version=seen)
         state = self.users.get(uid)
         current = state.version if state else 0
         if cmd.if_match is not None and cmd.if_match != current:
@@ -117,18 +123,24 @@ class PrefsMixin:
         if template and not chain:
             errors.append(("template", f"no template {template!r}"))
         if not errors:
+            granted = frozenset(c for c, v in {**consent, **changed_consent}.items() if v == "granted")
             errors = rule_errors(new_rows, chain, self.policy, time.time(),
-                                 "preferences" if kind == "put" else "set")
+                                 "preferences" if kind == "put" else "set", granted)
         if errors:
             return PrefResult(user_id=uid, status="invalid", version=current, errors=errors)
         change = Change(user_id=uid, version=current, type=kind, source=cmd.source, preferences=new_rows,
                         consent={**{c: s for c, s in consent.items() if s == "granted"}, **changed_consent},
                         timezone=doc.timezone or tz, template=template, actor=cmd.actor)
         old = doc_of(state, uid) if state else None
-        async with conn.transaction():
-            ok = await prefs_store.write_change(conn, change, current, old, changed_consent)
-        if not ok:  # another writer (a bulk import) got there first: take its state, answer a conflict
-            await self.reload([uid])
+        try:
+            async with conn.transaction():
+                ok = await prefs_store.write_change(conn, change, current, old, changed_consent, cmd.source_id)
+        except asyncpg.DataError as e:  # a value PostgreSQL cannot store: the writer's error, not ours
+            return PrefResult(user_id=uid, status="invalid", version=current, errors=[("$", f"not storable: {e}")])
+        if not ok:  # another writer (a bulk import) got there first: take its state
+            await self._reload(conn, [uid])
+            if cmd.if_match is None and not retried:  # no version asked for: apply on top of it
+                return await self._apply(conn, cmd, retried=True)
             fresh = self.users.get(uid)
             return PrefResult(user_id=uid, status="conflict", version=fresh.version if fresh else 0)
         fresh = (await user_store.load_states(conn, [uid]))[uid]
@@ -141,8 +153,10 @@ class PrefsMixin:
             return ()
         chain = self.template_cache.get(template_id)
         if chain is None:
+            generation = self.template_generation
             chain = await prefs_store.template_chain(conn, template_id)
-            self.template_cache[template_id] = chain
+            if generation == self.template_generation:  # no save happened while it was read
+                self.template_cache[template_id] = chain
         return chain
 
     async def _attach_templates(self, conn, states) -> None:
@@ -154,10 +168,10 @@ class PrefsMixin:
         """A template was saved: re-read the chain of every template a cached user
         follows (states take their chain from this cache when read)."""
         await self._ready()
+        self.template_generation += 1  # a chain read before this must not be cached after it
         followed = set(self.template_cache) | self.users.template_ids()
         async with self.pool.acquire() as conn:
             fresh = {tid: await prefs_store.template_chain(conn, tid) for tid in followed}
-        self.template_cache.clear()
         self.template_cache.update(fresh)
         return len(fresh)
 

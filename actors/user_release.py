@@ -70,15 +70,34 @@ class ReleaseMixin:
         deferred = [d for d in dues if d.kind == "deferred"]
         buckets = [d for d in dues if d.kind == "digest"]
         counts = {"deferred": len(deferred), "digests": 0, "items": 0}
+        errors: list[BaseException] = []
         if deferred:
-            await self._release_deferred(deferred)
-        for b in buckets:
-            counts["items"] += await self._send_digest(b)
-            counts["digests"] += 1
+            try:
+                await self._release_deferred(deferred)
+            except Exception as e:  # noqa: BLE001 - the buckets still go; the claim comes back
+                errors.append(e)
+        for b in buckets:  # each on its own: one that fails does not hold back the others
+            try:
+                counts["items"] += await self._send_digest(b)
+                counts["digests"] += 1
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors:
+            raise errors[0]
         return counts
 
     async def _release_deferred(self, dues: list[Due]) -> None:
-        items = [(d.key, d.user_id, wire.decode(d.request, NotificationRequest)) for d in dues]
+        # One item per notification, deciding only the channels that were claimed:
+        # its other channels were settled already or are held on their own.
+        claimed: dict[str, list[str]] = {}
+        first: dict[str, Due] = {}
+        for d in dues:
+            if d.channel not in claimed.setdefault(d.key, []):
+                claimed[d.key].append(d.channel)
+            first.setdefault(d.key, d)
+        items = [(nid, d.user_id, msgspec.structs.replace(wire.decode(d.request, NotificationRequest),
+                                                           channels=claimed[nid]))
+                 for nid, d in first.items()]
         async with self.pool.acquire() as conn:
             done = await user_store.recorded(conn, [nid for nid, _, _ in items], final_only=True)
         outcomes, error = await self._decide_and_send(items, done, self.users, digest=False)

@@ -59,6 +59,7 @@ class UserShard(PrefsMixin, ReleaseMixin):
         self.recorder = recorder
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
+        self.template_generation = 0  # counts template saves
         self.users = UserCache(self.template_cache)
         self.policy = Policy(self.cfg.preferences)
         self.clock = time.time  # what decide() is told the time is; tests set their own
@@ -266,8 +267,9 @@ class UserShard(PrefsMixin, ReleaseMixin):
                 if p.opt_outs is not None:
                     state = self.users.get(p.user_id)
                     chain = state.templates if state else ()
+                    consent = state.consent if state else frozenset()
                     errors += [(p.user_id, "opt_outs", why) for _, why in rule_errors(
-                        user_store.opt_out_rows(p.opt_outs), chain, self.policy, time.time())]
+                        user_store.opt_out_rows(p.opt_outs), chain, self.policy, time.time(), "opt_outs", consent)]
             if errors:
                 return errors
             async with conn.transaction():
@@ -297,11 +299,16 @@ class UserShard(PrefsMixin, ReleaseMixin):
         return None if state is None else wire.encode(state)
 
     async def reload(self, user_ids: list[str]) -> int:
-        """Re-read users whose rows changed elsewhere (e.g. a suppression)."""
+        """Re-read users whose rows changed elsewhere (a suppression, a bulk
+        import). Under the write lock: a write in between would otherwise be
+        overwritten by what this read before it."""
         await self._ready()
-        async with self.pool.acquire() as conn:
-            fresh = await user_store.load_states(conn, user_ids)
-            await self._attach_templates(conn, fresh.values())
+        async with self._write_lock, self.pool.acquire() as conn:
+            return await self._reload(conn, user_ids)
+
+    async def _reload(self, conn, user_ids: list[str]) -> int:
+        fresh = await user_store.load_states(conn, user_ids)
+        await self._attach_templates(conn, fresh.values())
         for uid in user_ids:
             if uid in fresh:
                 self.users[uid] = fresh[uid]

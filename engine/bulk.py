@@ -96,6 +96,7 @@ def validate_rows(parsed: Iterator[tuple[int, BulkRow | str]], policy: Policy,
     rows: list[BulkRow] = []
     errors: list[tuple[str, str]] = []
     seen: dict[tuple, int] = {}
+    per_user: dict[str, int] = {}
     for n, row in parsed:
         at = f"line {n}"
         if isinstance(row, str):
@@ -112,6 +113,9 @@ def validate_rows(parsed: Iterator[tuple[int, BulkRow | str]], policy: Policy,
         if first != n:
             errors.append((at, f"same user and key as line {first}"))
         rows.append(row)
+        per_user[row.user_id] = per_user.get(row.user_id, 0) + 1
+        if per_user[row.user_id] == policy.cfg.max_rows + 1:
+            errors.append((at, f"more than {policy.cfg.max_rows} rows for user {row.user_id!r}"))
         if len(rows) % 10_000 == 0:
             progress(len(rows))
     if errors:
@@ -147,6 +151,9 @@ async def apply_rows(conn: asyncpg.Connection, rows: list[BulkRow], policy: Poli
         progress(len(rows) // 3)
         await conn.execute("INSERT INTO users (user_id, shard_key) SELECT DISTINCT user_id, shard_key FROM _import "
                            "ON CONFLICT (user_id) DO NOTHING")
+        # users first, in one order, as a UserShard's write does: no deadlock with one
+        await conn.execute("SELECT 1 FROM users WHERE user_id IN (SELECT user_id FROM _import) "
+                           "ORDER BY user_id FOR UPDATE")
         await conn.execute(
             "DELETE FROM user_preferences p USING _import i WHERE p.user_id = i.user_id AND p.channel = i.channel "
             "AND p.category = i.category AND p.content_type = i.content_type AND p.context_key = i.context_key")
@@ -168,11 +175,12 @@ async def _check_rules(conn: asyncpg.Connection, rows: list[BulkRow], policy: Po
     """Mandatory categories, for the users whose import switches something off."""
     if not policy.mandatory():
         return
-    users = sorted({r.user_id for r in rows if r.enabled is False})
+    users = sorted({r.user_id for r in rows if r.enabled is False or r.frequency == "never" or r.context})
     errors: list[tuple[str, str]] = []
     for i in range(0, len(users), 5000):
         chunk = users[i:i + 5000]
         prefs = await prefs_store.load_prefs(conn, chunk)
+        consent = await prefs_store.load_consent(conn, chunk)
         templates = {r[0]: r[1] for r in await conn.fetch(
             "SELECT user_id, template_id FROM users WHERE user_id = ANY($1::text[]) AND template_id IS NOT NULL",
             chunk)}
@@ -182,7 +190,7 @@ async def _check_rules(conn: asyncpg.Connection, rows: list[BulkRow], policy: Po
             if tid and tid not in chains:
                 chains[tid] = await prefs_store.template_chain(conn, tid)
             for _, why in rule_errors(list(prefs.get(uid, ())), chains.get(tid, ()) if tid else (), policy,
-                                      time.time()):
+                                      time.time(), consent=consent.get(uid, frozenset())):
                 errors.append((f"user {uid}", why))
         if len(errors) >= MAX_ERRORS:
             break

@@ -69,12 +69,12 @@ async def run_import(engine: Engine, job_id: uuid.UUID, data: bytes, fmt: str, a
         parsed = bulk.parse_csv(data) if fmt == "csv" else bulk.parse_ndjson(data)
         # CPU-bound for large files: off the event loop, which keeps serving
         rows = await asyncio.to_thread(bulk.validate_rows, parsed, engine.policy, progress.note_validated)
+        progress.total = len(rows)
         async with engine.pool.acquire() as conn:
             users = await bulk.apply_rows(conn, rows, engine.policy, actor, progress.note_applied)
-        await reload_users(engine, users)
-        while await prefs_bus.relay_once(engine, older_than_s=0):
-            pass
+        # committed: the job succeeded whatever happens below, which is retried, not undone
         await finish(engine, job_id, "succeeded", len(rows), [], {"rows": len(rows), "users": len(users)})
+        await after_import(engine, users)
     except bulk.ImportFailed as e:
         await finish(engine, job_id, "failed", 0, [{"field": w, "reason": r} for w, r in e.errors], None)
     except Exception as e:  # noqa: BLE001 - the job reports it; nothing was committed
@@ -82,6 +82,21 @@ async def run_import(engine: Engine, job_id: uuid.UUID, data: bytes, fmt: str, a
         await finish(engine, job_id, "failed", 0, [{"field": "$", "reason": repr(e)}], None)
     finally:
         await progress.close()
+
+
+async def after_import(engine: Engine, users: list[str], attempts: int = 5) -> None:
+    """The owning shards reload the imported users; the change feed is published.
+    A failure is retried; the relay publishes what is left anyway."""
+    for attempt in range(attempts):
+        try:
+            await reload_users(engine, users)
+            while await prefs_bus.relay_once(engine, older_than_s=0):
+                pass
+            return
+        except Exception as e:  # noqa: BLE001 - the import is committed; keep trying
+            log.warning("after import (attempt %d): %r", attempt + 1, e)
+            await asyncio.sleep(2 ** attempt)
+    log.error("imported users were not reloaded; shards pick them up on their next write or restart")
 
 
 class Progress:
@@ -92,6 +107,7 @@ class Progress:
     def __init__(self, engine: Engine, job_id: uuid.UUID):
         self.engine, self.job_id = engine, job_id
         self.done = 0
+        self.total = 0
         self.task = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
@@ -107,7 +123,7 @@ class Progress:
         self.done = n // 2
 
     def note_applied(self, n: int) -> None:
-        self.done = n // 2 + n // 2
+        self.done = self.total // 2 + n // 2
 
     async def close(self) -> None:
         self.task.cancel()

@@ -17,7 +17,9 @@ from engine.prefs_bus import run_commands
 from engine.http import ENGINE, Problem, decode, read_body, reply
 from engine.runtime import Engine
 from policy import wire
+from policy.prefs import ordered
 from policy.rules import Template
+from policy.types import UserId
 from policy.validate import (PreferencesDoc, PreferencesPatch, TemplateId, doc_errors, row_errors, rule_errors)
 
 _doc = msgspec.json.Decoder(PreferencesDoc)
@@ -50,6 +52,15 @@ def if_match(request: web.Request) -> int | None:
     return int(tag)
 
 
+def path_user(request: web.Request) -> str:
+    """The ``{user_id}`` of the path, or a 422 naming it."""
+    user_id = request.match_info["user_id"]
+    try:
+        return msgspec.convert(user_id, UserId)
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid user id", [{"field": "user_id", "reason": str(e)}])
+
+
 def with_etag(doc: dict, status: int = 200) -> web.Response:
     resp = reply(doc, status)
     resp.headers["ETag"] = f'"{doc["version"]}"'
@@ -61,12 +72,12 @@ async def get_doc(engine: Engine, user_id: str) -> dict:
 
 
 async def get_prefs(request: web.Request) -> web.Response:
-    return with_etag(await get_doc(request.app[ENGINE], request.match_info["user_id"]))
+    return with_etag(await get_doc(request.app[ENGINE], path_user(request)))
 
 
 async def change_prefs(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    user_id = request.match_info["user_id"]
+    user_id = path_user(request)
     body = await read_body(request)
     cmd = PrefCommand(user_id=user_id, if_match=if_match(request), actor=request.headers.get("X-Actor"))
     if request.method == "PUT":
@@ -92,7 +103,7 @@ def _conflict(doc: dict) -> web.Response:
 
 async def effective(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    user_id = request.match_info["user_id"]
+    user_id = path_user(request)
     context = {k: v for k, v in request.query.items() if k in ("device", "location", "activity", "urgency")}
     return reply(wire.decode(await engine.shard_for(user_id).effective.remote(user_id, context), dict))
 
@@ -137,12 +148,15 @@ async def save_template(request: web.Request) -> web.Response:
     errors = [("id", "letters, digits, '.', '_' and '-' only")] if not _valid_id(t.id) else []
     errors += row_errors(t.preferences, engine.policy)
     async with engine.pool.acquire() as conn:
+        chain: tuple = ()
         if t.extends is not None:
             chain = await prefs_store.template_chain(conn, t.extends)
             if not chain:
                 errors.append(("extends", f"no template {t.extends!r}"))
             elif t.id in {tid for tid, _ in chain}:
                 errors.append(("extends", f"{t.extends!r} extends {t.id!r}: a cycle"))
+        if not errors:  # a template on its own may not break a rule (its followers' rows are theirs)
+            errors += rule_errors([], ((t.id, ordered(t.preferences)), *chain), engine.policy, time.time())
         if errors:
             raise Problem(422, "invalid template", problems(errors))
         version = await prefs_store.save_template(conn, t, request.headers.get("X-Actor"))

@@ -34,6 +34,7 @@ from actors.user_prefs import PrefCommand, PrefResult
 from engine import streams
 from policy import wire
 from policy.sharding import shard_of
+from policy.types import UserId
 from policy.validate import PreferencesDoc, PreferencesPatch
 
 log = logging.getLogger(__name__)
@@ -201,17 +202,22 @@ class Listener:
         engine = self.engine
         prefix = f"{engine.cfg.nats.prefix}.prefs.set."
         commands, sources = [], []
+        limit = engine.cfg.nats.dead_letter_after
         for m in msgs:
+            if m.metadata.num_delivered > limit:
+                await self._dead(m, f"processing.failed: not applied after {limit} deliveries")
+                continue
             try:
-                user_id = token_user(m.subject[len(prefix):])
+                user_id = msgspec.convert(token_user(m.subject[len(prefix):]), UserId)
                 body = _set.decode(m.data)
                 if (body.put is None) == (body.patch is None):
                     raise ValueError("give exactly one of put and patch")
-            except (msgspec.ValidationError, msgspec.DecodeError, ValueError, UnicodeDecodeError) as e:
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError, UnicodeDecodeError) as e:  # binascii.Error is a ValueError
                 await self._dead(m, f"invalid: {e}")
                 continue
             commands.append(PrefCommand(user_id=user_id, put=body.put, patch=body.patch, if_match=body.if_match,
-                                        source="nats", actor=m.headers.get("X-Actor") if m.headers else None))
+                                        source="nats", actor=m.headers.get("X-Actor") if m.headers else None,
+                                        source_id=f"{m.metadata.stream}:{m.metadata.sequence.stream}"))
             sources.append(m)
         if not commands:
             return

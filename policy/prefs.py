@@ -33,7 +33,10 @@ USER_CHANNELS: tuple[str, ...] = ("email", "sms", "push", "in_app", "web", "voic
 LEVELS = {"contextual": 5, "content": 4, "category": 3, "channel": 2, "global": 1}
 FIELDS: tuple[str, ...] = ("enabled", "frequency", "quiet_hours", "time_windows", "custom")
 
-Token = Annotated[str, Meta(min_length=1, max_length=100)]
+# No control characters anywhere: PostgreSQL refuses NUL in text and jsonb, and a
+# value that cannot be stored must be refused when it arrives.
+Token = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ContextValue = Annotated[str, Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class Preference(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -43,14 +46,14 @@ class Preference(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults
     channel: Token = "*"
     category: Token = "*"
     content_type: Token = "*"
-    context: dict[str, str] = {}
+    context: dict[Token, ContextValue] = {}
     enabled: bool | None = None
     frequency: Frequency | None = None
     quiet_hours: list[Window] | None = None
     time_windows: list[Window] | None = None
     custom: dict[str, Any] | None = None
-    priority: int = 0  # breaks ties between rows at the same level: higher wins
-    expires_at: Annotated[float, Meta(ge=0)] | None = None  # epoch seconds; ignored from then on
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0  # breaks ties at the same level: higher wins
+    expires_at: Annotated[float, Meta(ge=0, le=4e9)] | None = None  # epoch seconds; ignored from then on
 
     @property
     def level(self) -> str:
@@ -76,7 +79,7 @@ class PrefKey(Struct, kw_only=True, forbid_unknown_fields=True):
     channel: Token = "*"
     category: Token = "*"
     content_type: Token = "*"
-    context: dict[str, str] = {}
+    context: dict[Token, ContextValue] = {}
 
     def key(self) -> tuple[str, str, str, str]:
         return (self.channel, self.category, self.content_type, context_key(self.context))
@@ -87,8 +90,12 @@ def context_key(context: dict[str, str]) -> str:
     return "&".join(f"{k}={context[k]}" for k in sorted(context))
 
 
-def specificity(p: Preference) -> tuple[int, int, int, int]:
-    return (LEVELS[p.level], p.channel != "*", len(p.context), p.priority)
+def specificity(p: Preference) -> tuple:
+    """Sort key, larger = more specific: the level, then within it how many of
+    channel, category, content type and context keys are named, then ``priority``,
+    then the row's key, so the order never depends on the order rows came in."""
+    return (LEVELS[p.level], p.channel != "*", p.category != "*", p.content_type != "*", len(p.context),
+            p.priority, p.key())
 
 
 def ordered(rows: Iterable[Preference]) -> tuple[Preference, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import zoneinfo
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, PrefKey, Preference, ordered
@@ -68,6 +69,8 @@ def row_errors(rows: list[Preference], policy: Policy, path: str = "preferences"
             errors.extend(window_errors(p.time_windows, "allowed", f"{at}.time_windows"))
         if not p.value():
             errors.append((at, "sets no value (enabled, frequency, quiet_hours, time_windows or custom)"))
+        if p.custom is not None and b"\\u0000" in msgspec.json.encode(p.custom):
+            errors.append((f"{at}.custom", "contains a NUL character"))
         first = seen.setdefault(p.key(), i)
         if first != i:
             errors.append((at, f"same channel, category, content_type and context as {path}[{first}]"))
@@ -92,20 +95,40 @@ def consent_errors(consent: dict[str, str], path: str = "consent") -> Errors:
     return [(f"{path}.{ch}", "unknown channel") for ch in consent if ch not in USER_CHANNELS]
 
 
+URGENCIES = ("low", "normal", "high", "critical")
+FOREVER = 4.1e9  # after every row's expires_at (capped at 4e9)
+
+
 def rule_errors(rows: list[Preference], templates: tuple, policy: Policy, now: float,
-                path: str = "preferences") -> Errors:
-    """Business rules over the resulting set: a mandatory category must stay
-    enabled on at least one channel."""
+                path: str = "preferences", consent: frozenset[str] = frozenset()) -> Errors:
+    """Business rules over the resulting set. A mandatory category must stay
+    deliverable on at least one channel the way ``decide`` would see it: enabled,
+    not ``never``, at every urgency, now and after every row with an expiry has
+    expired, on a channel that needs no consent the user has not given and that no
+    channel rule keeps normal notifications off."""
     errors: Errors = []
     mine = ordered(rows)
     for rule in policy.mandatory():
         if rule.category == "*":
             continue
-        channels = rule.channels or tuple(c for c in USER_CHANNELS if c not in NOT_MANDATORY_CHANNELS)
-        if not any(policy.resolve(mine, templates, ch, rule.category, now=now).enabled for ch in channels):
-            errors.append((path, f"rule {rule.name}: category {rule.category!r} must stay enabled on at least "
-                                 f"one of {', '.join(channels)}"))
+        cat = rule.category
+        channels = [c for c in (rule.channels or USER_CHANNELS)
+                    if c not in NOT_MANDATORY_CHANNELS
+                    and not (policy.needs_consent(c, cat) and c not in consent)
+                    and policy.channel_blocked(c, "normal", cat) is None]
+        if not any(_always_on(policy, mine, templates, c, cat, now) for c in channels):
+            errors.append((path, f"rule {rule.name}: category {cat!r} must stay enabled on at least one of "
+                                 f"{', '.join(channels) or 'the channels the user can receive'}"))
     return errors
+
+
+def _always_on(policy: Policy, rows, templates, channel: str, category: str, now: float) -> bool:
+    for when in (now, FOREVER):
+        for urgency in URGENCIES:
+            r = policy.resolve(rows, templates, channel, category, context={"urgency": urgency}, now=when)
+            if not r.enabled or r.frequency == "never":
+                return False
+    return True
 
 
 def apply_patch(rows: list[Preference], patch: PreferencesPatch) -> list[Preference]:

@@ -57,6 +57,7 @@ class World:
         self.url, self.schema = url, schema
         self.clock = START
         self.sent: list[tuple[str, str, tuple[str, ...]]] = []  # (digest id, user, item ids)
+        self.plain: list[tuple[str, str]] = []  # (notification id, channel) of other sends
         self.decided: dict[str, tuple[str, float]] = {}  # item id -> (user, decision time)
         self.crashed_after_send: set[str] = set()
         self.fail_send = False
@@ -68,7 +69,7 @@ class World:
         self.shard = self.new_shard()
 
     def new_shard(self) -> UserShard:
-        shard = UserShard(0, self.cfg, self.url, {"email": [self.channel]}, self.recorder)
+        shard = UserShard(0, self.cfg, self.url, {"email": [self.channel], "webhook": [self.channel]}, self.recorder)
         shard.clock = lambda: self.clock
         return shard
 
@@ -77,6 +78,11 @@ class World:
             raise RuntimeError("provider unavailable")
         out = []
         for t in wire.decode(payload, list[DeliveryTask]):
+            if "digest" not in t.content.data:
+                self.plain.append((t.notification_id, t.channel))
+                out.append(Outcome(t.notification_id, t.user_id, t.channel, t.category, "sent", "ok", 0.0,
+                                   self.clock, provider="fake"))
+                continue
             items = tuple(i["id"] for i in t.content.data["digest"]["items"])
             self.sent.append((t.notification_id, t.user_id, items))
             if self.crash_after_send:
@@ -244,3 +250,49 @@ async def check_buckets(url: str, schema: str, w: World) -> None:
             decided = w.decided[i][1]
             assert decided < due  # decided within (or before) the digest's period
             assert period_bounds("hourly", TZ, decided)[1] <= due  # never moved to an earlier period
+
+
+def test_a_deferred_notification_is_sent_once_per_channel(database_url, schema):
+    """Both channels of one notification deferred by the same quiet hours, released
+    in one Scheduler round: each channel is sent once."""
+    async def run() -> World:
+        await reset(database_url, schema)
+        w = World(database_url, schema)
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+        try:
+            await conn.execute("DELETE FROM user_preferences WHERE user_id = 'da'")
+            await conn.execute("INSERT INTO user_preferences (user_id, preference_type, channel, category, value) "
+                               "VALUES ('da', 'global', '*', '*', '{\"quiet_hours\": [{\"start\": \"22:00\", "
+                               "\"end\": \"07:00\"}]}')")
+            await conn.execute("UPDATE users SET state = NULL WHERE user_id = 'da'")
+        finally:
+            await conn.close()
+        w.clock = datetime(2026, 11, 20, 23, 0, tzinfo=TZ).timestamp()
+        nid = str(uuid.uuid4())
+        req = NotificationRequest(id=uuid.UUID(nid), user_id="da", category="jobs", channels=["email", "webhook"],
+                                  content=Content(subject="s", text="t"))
+        await w.shard.handle(wire.encode([wire.Inbound(nid, req)]))
+        assert w.plain == []
+        w.clock = datetime(2026, 11, 21, 7, 0, tzinfo=TZ).timestamp()
+        await w.flush("ok")
+        await w.flush("ok")
+        await w.shard.pool.close()
+        return w
+
+    try:
+        w = asyncio.run(run())
+    finally:
+        asyncio.run(setup_prefs(database_url, schema))
+    assert sorted(w.plain) == sorted([(w.plain[0][0], "email"), (w.plain[0][0], "webhook")])
+
+
+async def setup_prefs(url: str, schema: str) -> None:
+    """Back to hourly digests for 'da' (the property test's setup)."""
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        await conn.execute("DELETE FROM user_preferences WHERE user_id = 'da'")
+        await conn.execute("INSERT INTO user_preferences (user_id, preference_type, channel, category, value) "
+                           "VALUES ('da', 'global', '*', '*', '{\"frequency\": \"hourly\"}')")
+        await conn.execute("UPDATE users SET state = NULL WHERE user_id = 'da'")
+    finally:
+        await conn.close()

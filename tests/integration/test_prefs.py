@@ -329,3 +329,21 @@ async def test_stored_state_matches_the_tables_and_preload_reads_it(engine, clie
     shard = engine.actors.user_shards[0]
     held = await shard.preload.remote()
     assert held >= 25
+
+
+async def test_a_redelivered_nats_change_is_applied_once_and_unstorable_values_are_422(engine, client):
+    from actors.user_prefs import PrefCommand
+    from engine.prefs_bus import run_commands
+    from policy.prefs import Preference
+    from policy.validate import PreferencesPatch
+    cmd = PrefCommand(user_id="p45", patch=PreferencesPatch(set=[Preference(channel="email", enabled=False)]),
+                      source="nats", source_id="TEST:1")
+    first, again = (await run_commands(engine, [cmd]))[0], (await run_commands(engine, [cmd]))[0]
+    assert (first.status, first.version) == ("ok", 1) and (again.status, again.version) == ("ok", 1)
+    url = f"{engine.base_url}/v1/users/p46/preferences"
+    async with client.put(url, json={"preferences": [{"custom": {"note": "a\u0000b"}}]}) as r:
+        assert r.status == 422 and (await r.json())["errors"][0]["field"] == "preferences[0].custom"
+    async with client.put(url, json={"preferences": [{"enabled": True, "priority": 2 ** 40}]}) as r:
+        assert r.status == 422
+    async with client.get(f"{engine.base_url}/v1/users/{'x' * 200}/preferences") as r:
+        assert r.status == 422 and (await r.json())["errors"][0]["field"] == "user_id"

@@ -85,6 +85,13 @@ ROWS = st.builds(
 )
 
 
+def test_order_of_rows_does_not_matter():
+    a = Preference(content_type="newsletter", enabled=False)
+    b = Preference(category="marketing", content_type="newsletter", enabled=True)
+    for rows in ([a, b], [b, a]):
+        assert Policy().resolve(ordered(rows), (), "email", "marketing", "newsletter").enabled is True
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ROWS, max_size=12, unique_by=lambda p: p.key()), st.sampled_from(["email", "sms", "push"]),
        st.sampled_from(["jobs", "news"]), st.sampled_from(["*", "digest"]),
@@ -97,8 +104,7 @@ def test_resolution_matches_a_brute_force_oracle(rows, channel, category, conten
         if not candidates:
             assert got.source[field] == "builtin"
             continue
-        best = max(specificity(p) for p in candidates)
-        winner = next(p for p in candidates if specificity(p) == best)
+        winner = max(candidates, key=specificity)  # a total order: no ties
         assert getattr(got, field) == getattr(winner, field)
         assert got.source[field] == winner.level
         # and no more specific level could have set it
@@ -195,3 +201,18 @@ def test_patch_sets_by_key_and_removes():
 def test_fields_are_what_rows_can_set():
     assert set(FIELDS) == set(Preference(enabled=True).value()) | {"frequency", "quiet_hours", "time_windows",
                                                                       "custom"}
+
+
+def test_mandatory_rule_sees_what_decide_would_do():
+    security_on_email = Preference(channel="email", category="security", enabled=True)
+    ways_round = [
+        [Preference(category="security", frequency="never")],
+        [Preference(context={"urgency": u}, enabled=False) for u in ("low", "normal", "high", "critical")],
+        [Preference(enabled=False), Preference(channel="email", category="security", enabled=True, expires_at=5e8)],
+        [Preference(channel=c, enabled=False) for c in ("email", "push", "in_app", "web")],  # sms: no consent
+    ]
+    for rows in ways_round:
+        assert rule_errors(rows, (), STRICT, 1e8), rows
+    assert rule_errors([Preference(enabled=False), security_on_email], (), STRICT, 1e8) == []
+    sms_only = [Preference(channel=c, enabled=False) for c in ("email", "push", "in_app", "web")]
+    assert rule_errors(sms_only, (), STRICT, 1e8, consent=frozenset({"sms"})) == []
