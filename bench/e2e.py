@@ -33,8 +33,9 @@ from bench import ceilings
 from bench.cpu import CpuSampler
 from bench.report import print_result, versions
 from engine import config, streams
-from engine.demo import population, requests, watch_rows
+from engine.demo import population, preference_mix, requests, watch_rows
 from engine.http import save_profiles
+from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from engine.sinks import SinkProcess
 from engine.tuning import with_provider_settings, with_section
@@ -100,6 +101,9 @@ async def run_once(args, shards: int, rate: float, n: int | None = None) -> dict
         people = population(args.users, prefix=PREFIX)
         for i in range(0, len(people), 2000):
             await save_profiles(engine, people[i:i + 2000], "bench")
+        mix = preference_mix(args.users, prefix=PREFIX)  # ~10%: a daily digest or quiet hours
+        for i in range(0, len(mix), 1000):
+            await run_commands(engine, mix[i:i + 1000])
         notes = requests(n, args.users, uuid.uuid4().hex, prefix=PREFIX, channels=tuple(args.channels))
         await asyncio.sleep(1.0)  # every actor has finished starting before the clock runs
         cpu.start()
