@@ -254,8 +254,9 @@ class UserShard(PrefsMixin, ReleaseMixin):
 
     async def upsert_users(self, payload: bytes, actor: str | None = None) -> list[tuple[str, str, str]]:
         """Write profiles to PostgreSQL (committed first), then to memory. A
-        profile's ``opt_outs`` replace the user's preference rows (a change of
-        type ``profile``). Returns every rule violation as (user, field, reason);
+        profile's ``opt_outs`` replace the user's preference rows, and a new time
+        zone moves their quiet hours: either is a preference change of type
+        ``profile`` (version, audit row, change feed). Returns every rule violation as (user, field, reason);
         if there is one, nothing is written."""
         await self._ready()
         profiles = wire.decode(payload, list[UserProfile])
@@ -277,11 +278,13 @@ class UserShard(PrefsMixin, ReleaseMixin):
                 versions = {r[0]: r[1] for r in await conn.fetch(
                     "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) FOR UPDATE", ids)}
                 for p in profiles:
-                    if p.opt_outs is None:
-                        continue
                     state = self.users.get(p.user_id)
+                    moved = state is not None and state.timezone != p.timezone  # quiet hours move with it
+                    if p.opt_outs is None and not moved:
+                        continue
+                    rows = user_store.opt_out_rows(p.opt_outs) if p.opt_outs is not None else list(state.prefs)
                     change = Change(user_id=p.user_id, version=0, type="profile", source="profile",
-                                    preferences=user_store.opt_out_rows(p.opt_outs),
+                                    preferences=rows,
                                     consent={c: "granted" for c in (state.consent if state else ())},
                                     timezone=p.timezone, template=state.template if state else None, actor=actor)
                     await prefs_store.write_change(conn, change, versions[p.user_id], None, {})

@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:8080")
     status.add_argument("--json", action="store_true")
 
-    sub.add_parser("migrate", help="apply the SQL migrations")
+    migrate = sub.add_parser("migrate", help="apply the SQL migrations (or reverse them with --down-to N)")
+    migrate.add_argument("--down-to", type=int, metavar="N", help="reverse every migration above N (0: all)")
     cli_prefs.add_parser(sub)
 
     bench = sub.add_parser("bench", help="load harness: `bench e2e …`, `bench capacity --rate R --p99 MS`, `bench prefs`")
@@ -224,13 +225,23 @@ async def cmd_migrate(cfg, args) -> int:
     from engine import db
     from engine.embedded import Services
 
+    import asyncpg
+
     services = Services(cfg.engine.home, cfg.nats.url or "unused", cfg.database.url).start()
     try:
-        applied = await db.migrate_url(services.database_url, cfg.database.schema)
+        if args.down_to is None:
+            applied = await db.migrate_url(services.database_url, cfg.database.schema)
+            console.print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+            return 0
+        conn = await asyncpg.connect(services.database_url)
+        try:
+            done = await db.rollback(conn, args.down_to, cfg.database.schema)
+        finally:
+            await conn.close()
+        console.print("reversed: " + (", ".join(done) if done else "nothing"))
+        return 0
     finally:
         services.stop()
-    console.print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
-    return 0
 
 
 if __name__ == "__main__":

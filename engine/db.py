@@ -1,4 +1,5 @@
-"""PostgreSQL: connection pools and the plain-SQL migrations in ``engine/migrations``."""
+"""PostgreSQL: connection pools and the plain-SQL migrations in ``engine/migrations``
+(forward ``NNN_name.sql``, reversed by ``NNN_name.down.sql``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_DOWN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.down\.sql$")
 _LOCK_ID = 0x7469646E  # "tidn": one migrator at a time, across processes
 
 
@@ -25,13 +27,20 @@ async def create_pool(url: str, schema: str = "public", *, min_size: int = 1, ma
 
 
 def migration_files() -> list[tuple[int, str, Path]]:
+    """The forward migrations, in order. ``NNN_name.down.sql`` beside one reverses it."""
     found = []
     for path in sorted(MIGRATIONS.glob("*.sql")):
+        if _DOWN.match(path.name):
+            continue
         m = _NAME.match(path.name)
         if m is None:
-            raise RuntimeError(f"migration file {path.name} is not named NNN_name.sql")
+            raise RuntimeError(f"migration file {path.name} is not named NNN_name.sql or NNN_name.down.sql")
         found.append((int(m.group(1)), m.group(2), path))
     return found
+
+
+def down_file(version: int, name: str) -> Path:
+    return MIGRATIONS / f"{version:03d}_{name}.down.sql"
 
 
 async def migrate(conn: asyncpg.Connection, schema: str = "public") -> list[str]:
@@ -59,6 +68,30 @@ async def migrate(conn: asyncpg.Connection, schema: str = "public") -> list[str]
             log.info("applied migration %03d_%s", version, name)
             applied.append(f"{version:03d}_{name}")
         return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+
+
+async def rollback(conn: asyncpg.Connection, to_version: int, schema: str = "public") -> list[str]:
+    """Reverse the applied migrations above ``to_version``, newest first, each with
+    its ``.down.sql`` in its own transaction. Returns the names reversed. Data in
+    what a migration added is gone afterwards."""
+    await conn.execute(f'SET search_path TO "{schema}"')
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    try:
+        applied = [(r[0], r[1]) for r in await conn.fetch(
+            "SELECT version, name FROM schema_migrations WHERE version > $1 ORDER BY version DESC", to_version)]
+        missing = [f"{v:03d}_{n}" for v, n in applied if not down_file(v, n).exists()]
+        if missing:
+            raise RuntimeError(f"no down migration for {', '.join(missing)}; nothing reversed")
+        reversed_ = []
+        for version, name in applied:
+            async with conn.transaction():
+                await conn.execute(down_file(version, name).read_text())
+                await conn.execute("DELETE FROM schema_migrations WHERE version = $1", version)
+            log.info("reversed migration %03d_%s", version, name)
+            reversed_.append(f"{version:03d}_{name}")
+        return reversed_
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
 
