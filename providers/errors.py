@@ -62,6 +62,14 @@ class InvalidMessage(DeliveryError):
     kind = "validation"
 
 
+class AddressGone(InvalidMessage):
+    """The address is gone for good (an unregistered device token, an expired web
+    push subscription, a number that no longer exists): not retryable, and the
+    engine removes it from the user."""
+
+    kind = "address_gone"
+
+
 class ConfigurationError(DeliveryError):
     """The provider is set up wrongly (missing setting, unknown type)."""
 

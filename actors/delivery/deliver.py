@@ -17,6 +17,7 @@ from actors.delivery.slot import ProviderSlot
 from policy.types import Attempt, DeliveryTask, Outcome, Status
 from providers.base import Receipt
 from providers.errors import (
+    AddressGone,
     AuthenticationError,
     ConfigurationError,
     DeliveryError,
@@ -38,6 +39,7 @@ class UnexpectedProviderError(ProviderError):
 
 # First match wins, so subclasses come before their bases.
 _REASONS: tuple[tuple[type[DeliveryError], str], ...] = (
+    (AddressGone, "address_gone"),
     (InvalidMessage, "invalid_message"),
     (AuthenticationError, "auth_error"),
     (ConfigurationError, "config_error"),
