@@ -19,12 +19,14 @@ from actors.prefs_store import Change
 from actors.user_cache import UserCache
 from actors.user_prefs import PrefsMixin
 from actors.user_release import ReleaseMixin, held
+from actors.user_templates import TemplatesMixin
 from engine import db
 from engine.config import Config, decode as decode_config
 from policy import wire
 from policy.decide import decide
 from policy.rules import Policy
-from policy.types import BroadcastRequest, DeliveryTask, Message, Outcome, UserProfile, UserState, recipient_id
+from policy.types import (BroadcastRequest, Content, DeliveryTask, Message, Outcome, UserProfile, UserState,
+                          recipient_id)
 from policy.validate import rule_errors
 
 log = logging.getLogger(__name__)
@@ -40,17 +42,15 @@ def suppressed(nid: str, user_id: str, r: Message, channel: str, status: str, re
                    priority=r.priority, parent_id=parent_id)
 
 
-def task_for(nid: str, user_id: str, r: Message, channel: str, state: UserState | None) -> DeliveryTask | None:
-    content = r.content_for(channel)
-    if content is None:
-        return None
+def task_for(nid: str, user_id: str, r: Message, channel: str, state: UserState | None,
+             content: Content) -> DeliveryTask:
     address = state.addresses.get(channel, "") if state is not None else ""
     locale = state.locale if state is not None else "en"
     return DeliveryTask(nid, user_id, channel, r.category, address,
                         content, r.priority, r.accepted_at or 0.0, r.metadata, locale)
 
 
-class UserShard(PrefsMixin, ReleaseMixin):
+class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
     def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder):
         self.index = index
         self.cfg: Config = decode_config(cfg)
@@ -61,6 +61,7 @@ class UserShard(PrefsMixin, ReleaseMixin):
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.template_generation = 0  # counts template saves
         self.users = UserCache(self.template_cache)
+        self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
         self.clock = time.time  # what decide() is told the time is; tests set their own
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
@@ -155,6 +156,9 @@ class UserShard(PrefsMixin, ReleaseMixin):
         now = self.clock()
         outcomes: list[Outcome] = []
         sends: dict[str, list[DeliveryTask]] = defaultdict(list)
+        refs = {(r.template.id, r.template.version) for _, _, r in items if r.template is not None}
+        if refs:
+            await self._load_templates(refs)
         holds = []
         for nid, user_id, req in items:
             state = states.get(user_id)
@@ -167,12 +171,13 @@ class UserShard(PrefsMixin, ReleaseMixin):
                 if d.action != "send":
                     outcomes.append(suppressed(nid, user_id, req, d.channel, "suppressed", d.reason, now, parent_id))
                     continue
-                task = task_for(nid, user_id, req, d.channel, state)
-                if task is None:
-                    outcomes.append(suppressed(nid, user_id, req, d.channel, "rejected", "content.missing", now,
-                                               parent_id))
+                content, why, detail = self._content(req, d.channel, state)
+                if content is None:
+                    o = suppressed(nid, user_id, req, d.channel, "rejected", why, now, parent_id)
+                    o.detail = detail
+                    outcomes.append(o)
                 else:
-                    sends[d.channel].append(task)
+                    sends[d.channel].append(task_for(nid, user_id, req, d.channel, state, content))
         error = None
         results = await asyncio.gather(self._hold(holds), *(self._send(ch, t) for ch, t in sends.items()),
                                        return_exceptions=True)
@@ -187,6 +192,16 @@ class UserShard(PrefsMixin, ReleaseMixin):
                     o.parent_id = parent_id
             outcomes.extend(delivered)
         return outcomes, error
+
+    def _content(self, req: Message, channel: str, state: UserState | None) -> tuple[Content | None, str, str | None]:
+        """The channel's content: given in the request, else rendered from its
+        template in the user's locale; else None with the reason and detail."""
+        content = req.content_for(channel)
+        if content is not None:
+            return content, "ok", None
+        if req.template is None:
+            return None, "content.missing", None
+        return self._render(req.template, channel, state.locale if state is not None else "en")
 
     async def _send(self, channel: str, tasks: list[DeliveryTask]) -> list[Outcome]:
         """One call per ChannelShard of this channel, the tasks dealt round robin."""

@@ -101,10 +101,34 @@ def check(reqs: list, available: frozenset[str], many: bool, max_batch: int) -> 
                                "reason": f"channel {ch!r} is not configured (available: {', '.join(sorted(available))})"})
                 continue
             content = r.content_for(ch)
+            if content is None and r.template is not None:
+                continue  # checked against the stored templates by check_templates
             if content is None:
-                errors.append({"field": f"{at}.content", "reason": f"no content for channel {ch!r}"})
+                errors.append({"field": f"{at}.content", "reason": f"no content or template for channel {ch!r}"})
             elif ch == "email" and (not content.subject or not (content.text or content.html)):
                 errors.append({"field": f"{at}.content", "reason": "email needs a subject and text or html"})
+    if errors:
+        raise Problem(422, "invalid notification", errors)
+
+
+async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
+    """A request that takes its content from a template: the template has a part
+    for each channel that has no content of its own (any locale: the default
+    locale is the recipient's last fallback). One query per batch."""
+    wanted = {r.template.id for r in reqs if r.template is not None}
+    if not wanted:
+        return
+    rows = await engine.pool.fetch("SELECT DISTINCT id, channel FROM message_templates WHERE id = ANY($1::text[])",
+                                   list(wanted))
+    have = {(r[0], r[1]) for r in rows}
+    errors = []
+    for i, r in enumerate(reqs):
+        if r.template is None:
+            continue
+        for ch in r.channels:
+            if r.content_for(ch) is None and (r.template.id, ch) not in have:
+                errors.append({"field": f"{'$[%d]' % i if many else '$'}.template.id",
+                               "reason": f"no template {r.template.id!r} for channel {ch!r}"})
     if errors:
         raise Problem(422, "invalid notification", errors)
 
@@ -114,6 +138,7 @@ async def submit(request: web.Request) -> web.Response:
     cfg = engine.cfg
     reqs, many = decode_submission(await read_body(request))
     check(reqs, cfg.enabled_channels(), many, cfg.http.max_batch)
+    await check_templates(engine, reqs, many)
     now = time.time()
     for r in reqs:
         r.id = uuid.UUID(notification_id(r, str(uuid.uuid4())))
@@ -141,6 +166,7 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     cfg = engine.cfg
     b = decode(_broadcast, await read_body(request), "broadcast")
     check([b], cfg.enabled_channels(), False, 1)
+    await check_templates(engine, [b], False)
     b.id = uuid.UUID(notification_id(b, str(uuid.uuid4())))
     b.accepted_at = time.time()
     try:
@@ -353,9 +379,10 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    from engine import http_prefs, http_bulk  # they build on this module's helpers
+    from engine import http_bulk, http_prefs, http_templates  # they build on this module's helpers
     http_prefs.add_routes(app)
     http_bulk.add_routes(app)
+    http_templates.add_routes(app)
     return app
 
 

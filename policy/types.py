@@ -49,13 +49,25 @@ class Content(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     data: dict[str, Any] = {}
 
 
+class TemplateRef(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Content from a stored template: its id, the data it renders with, and a
+    version to pin (the newest when left out)."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    data: dict[str, Any] = {}
+    version: Annotated[int, Meta(ge=1)] | None = None
+
+
 class Message(Struct, kw_only=True, forbid_unknown_fields=True):
-    """What a notification and a broadcast have in common."""
+    """What a notification and a broadcast have in common. Content per channel:
+    ``channel_content[channel]``, else ``content``, else ``template`` rendered for
+    the channel in the user's locale."""
 
     category: Category
     channels: Annotated[list[Channel], Meta(min_length=1, max_length=7)]
     content: Content | None = None
     channel_content: dict[Channel, Content] = {}
+    template: TemplateRef | None = None
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
     priority: Priority = "normal"
