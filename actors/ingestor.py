@@ -63,13 +63,14 @@ class Rejected(msgspec.Struct):
 
 
 class Ingestor:
-    def __init__(self, cfg: bytes, nats_url: str, user_shards: list, recorder, index: int = 0):
+    def __init__(self, cfg: bytes, nats_url: str, user_shards: list, recorder, index: int = 0,
+                 lanes: tuple[str, ...] = ("bulk", "broadcast")):
         self.cfg: Config = decode_config(cfg)
-        self.url, self.index = nats_url, index
+        self.url, self.index, self.lanes = nats_url, index, lanes
         self.user_shards, self.recorder = user_shards, recorder
-        self.nc = self.js = self.sub = None
+        self.nc = self.js = None
         self.running = False
-        self.loop_task: asyncio.Task | None = None
+        self.loop_tasks: list[asyncio.Task] = []
         self.inflight: set[asyncio.Task] = set()
         self.broadcasts: set[asyncio.Task] = set()
         self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0,
@@ -79,19 +80,21 @@ class Ingestor:
         if self.running:
             return
         n = self.cfg.nats
-        self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{self.index}", max_reconnect_attempts=-1)
+        self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{'-'.join(self.lanes)}-{self.index}",
+                                     max_reconnect_attempts=-1)
         self.js = self.nc.jetstream()
-        self.sub = await self.js.pull_subscribe_bind(n.consumer, n.stream)
+        subs = [await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream) for lane in self.lanes]
         self.running = True
-        self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)
-        self.loop_task = asyncio.get_running_loop().create_task(self._fetch_loop())
+        self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)  # shared by this actor's lanes
+        loop = asyncio.get_running_loop()
+        self.loop_tasks = [loop.create_task(self._fetch_loop(sub)) for sub in subs]
 
-    async def _fetch_loop(self) -> None:
+    async def _fetch_loop(self, sub) -> None:
         e = self.cfg.engine
         while self.running:
             await self.slots.acquire()
             try:
-                msgs = await self.sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
+                msgs = await sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 self.slots.release()
                 continue
@@ -258,14 +261,14 @@ class Ingestor:
         self.stats["rejected"] += len(rejected)
 
     async def info(self) -> dict:
-        return {"index": self.index, "inflight_batches": len(self.inflight), **self.stats}
+        return {"index": self.index, "lanes": list(self.lanes), "inflight_batches": len(self.inflight), **self.stats}
 
     async def stop(self) -> None:
         """Stop fetching and let the batches in flight finish (they ack or nak)."""
         self.running = False
-        if self.loop_task is not None:
-            self.loop_task.cancel()
-            await asyncio.gather(self.loop_task, return_exceptions=True)
+        for task in self.loop_tasks:
+            task.cancel()
+        await asyncio.gather(*self.loop_tasks, return_exceptions=True)
         if self.inflight:
             await asyncio.gather(*self.inflight, return_exceptions=True)
         for task in self.broadcasts:  # unacked: redelivered to the next engine, which skips what is recorded

@@ -146,7 +146,7 @@ async def submit(request: web.Request) -> web.Response:
     started = time.perf_counter()
     # publish_async: every publish goes out at once over one reply subscription;
     # the answer waits for all of JetStream's acks.
-    pending = [await engine.js.publish_async(streams.notify_subject(cfg.nats, r.category), _json.encode(r),
+    pending = [await engine.js.publish_async(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r),
                                              headers={"Nats-Msg-Id": str(r.id)})
                for r in reqs]
     try:

@@ -59,6 +59,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
                    for i in range(cfg.engine.user_shards)]
     ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, i)
                  for i in range(cfg.engine.ingestors)]
+    # the priority lane: its own consumer and Ingestor, never behind a bulk backlog
+    ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, 0, ("priority",)))
     scheduler = Scheduler.options(**opts).remote(blob, database_url, user_shards)
     return Actors(recorder, channel_shards, user_shards, ingestors, scheduler)
 

@@ -19,6 +19,20 @@ def notify_wildcard(cfg: NatsConfig) -> str:
     return f"{cfg.prefix}.notify.>"
 
 
+def priority_subject(cfg: NatsConfig, category: str) -> str:
+    """The priority lane: high and critical notifications, consumed by their own
+    Ingestor, so they never queue behind a bulk backlog in the stream."""
+    return f"{cfg.prefix}.priority.{category}"
+
+
+def priority_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.priority.>"
+
+
+def subject_for(cfg: NatsConfig, category: str, priority: str) -> str:
+    return priority_subject(cfg, category) if priority in ("high", "critical") else notify_subject(cfg, category)
+
+
 def broadcast_subject(cfg: NatsConfig, category: str) -> str:
     return f"{cfg.prefix}.broadcast.{category}"
 
@@ -33,7 +47,7 @@ def is_broadcast(cfg: NatsConfig, subject: str) -> bool:
 
 def category_of(cfg: NatsConfig, subject: str) -> str:
     """The category a notify or broadcast subject carries ("" for another subject)."""
-    for kind in ("notify", "broadcast"):
+    for kind in ("notify", "priority", "broadcast"):
         head = f"{cfg.prefix}.{kind}."
         if subject.startswith(head):
             return subject[len(head):]
@@ -61,7 +75,7 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
     """Create or update the work stream, the DLQ stream and the durable consumer."""
     await _ensure(js, StreamConfig(
         name=cfg.stream,
-        subjects=[notify_wildcard(cfg), broadcast_wildcard(cfg)],
+        subjects=[notify_wildcard(cfg), priority_wildcard(cfg), broadcast_wildcard(cfg)],
         # Work queue: a message leaves the stream once the engine acks it, which it
         # does only after the outcome is committed in PostgreSQL.
         retention=RetentionPolicy.WORK_QUEUE,
@@ -75,7 +89,8 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
     ))
     try:
         # The server updates what can change in place (ack_wait, max_ack_pending, …).
-        await js.add_consumer(cfg.stream, consumer_config(cfg))
+        for lane in LANES:
+            await js.add_consumer(cfg.stream, consumer_config(cfg, lane))
     except BadRequestError as e:
         # Not deleted here: another engine may be consuming from it right now.
         raise RuntimeError(
@@ -85,11 +100,23 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
             f"again to the new consumer.") from e
 
 
-def consumer_config(cfg: NatsConfig) -> ConsumerConfig:
+# One durable consumer per lane, each with one filter subject (a work-queue stream
+# needs consumers whose filters do not overlap; one filter each works on
+# nats-server 2.9 as well as later ones).
+LANES = ("bulk", "broadcast", "priority")
+_LANE_FILTER = {"bulk": notify_wildcard, "broadcast": broadcast_wildcard, "priority": priority_wildcard}
+
+
+def consumer_name(cfg: NatsConfig, lane: str = "bulk") -> str:
+    return cfg.consumer if lane == "bulk" else f"{cfg.consumer}-{lane}"
+
+
+def consumer_config(cfg: NatsConfig, lane: str = "bulk") -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=cfg.consumer,
+        durable_name=consumer_name(cfg, lane),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=cfg.ack_wait_s,
         max_ack_pending=cfg.max_ack_pending,
+        filter_subject=_LANE_FILTER[lane](cfg),
     )

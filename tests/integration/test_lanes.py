@@ -1,0 +1,67 @@
+"""Priority lanes: a critical notification submitted while a bulk backlog drains
+is consumed by its own Ingestor and delivered before the backlog is through."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+import msgspec
+import pytest
+
+from engine import http, streams
+from engine.runtime import Engine
+from engine.sinks import WebhookSink
+from tests.integration.helpers import drop_schema, engine_config, wait_rows
+
+pytestmark = pytest.mark.integration
+
+BULK = 15_000
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, database_url, ray_address, tmp_path_factory):
+    hook = WebhookSink("lane-secret", port=0)
+    await hook.start()
+    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=hook.url,
+                        secret="lane-secret", channels=("webhook",))
+    eng = await Engine(cfg).start()
+    runner = await http.serve(eng, port=0)
+    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
+    yield eng
+    await runner.cleanup()
+    await eng.stop()
+    await hook.stop()
+    await drop_schema(database_url, cfg.database.schema)
+
+
+async def recorded(pool, ids: list[str]) -> int:
+    return await pool.fetchval("SELECT count(*) FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])", ids)
+
+
+async def test_critical_overtakes_a_bulk_backlog(engine):
+    cfg = engine.cfg.nats
+    bulk_ids = [str(uuid.uuid4()) for _ in range(BULK)]
+    pending = []
+    for nid in bulk_ids:
+        body = {"id": nid, "user_id": f"b{nid[:4]}", "category": "marketing", "channels": ["webhook"],
+                "content": {"text": "bulk"}}
+        pending.append(await engine.js.publish_async(streams.notify_subject(cfg, "marketing"),
+                                                     msgspec.json.encode(body)))
+    await asyncio.gather(*pending)
+    while await recorded(engine.pool, bulk_ids) < 500:  # the backlog is draining
+        await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as s:
+        started = time.monotonic()
+        async with s.post(f"{engine.base_url}/v1/notifications", json={
+                "user_id": "vip", "category": "security", "channels": ["webhook"], "priority": "critical",
+                "content": {"text": "new sign-in"}}) as r:
+            critical = (await r.json())["id"]
+    await wait_rows(engine.pool, [critical], 1, timeout_s=60)
+    took = time.monotonic() - started
+    bulk_done = await recorded(engine.pool, bulk_ids)
+    assert bulk_done < BULK, "the backlog drained first: the critical notification waited behind it"
+    print(f"critical recorded {took * 1000:.0f} ms after submit; bulk at {bulk_done}/{BULK}")
+    await wait_rows(engine.pool, bulk_ids, BULK, timeout_s=180)
