@@ -16,6 +16,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "sendgrid": "providers.email.sendgrid:SendGridProvider",
     "smtp": "providers.email.smtp:SmtpProvider",
     "webhook": "providers.webhook.http:WebhookProvider",
+    "webpush": "providers.webpush.provider:WebPushProvider",
 }
 
 
