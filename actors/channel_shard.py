@@ -14,6 +14,8 @@ import msgspec
 
 from actors.delivery import (Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket,
                              deliver, deliver_batch)
+from actors.delivery.bucket import Clock
+from actors.delivery.routing import Router, make_router
 from engine.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.types import DeliveryTask, Outcome
@@ -38,6 +40,14 @@ def build_slot(p: ProviderConfig) -> ProviderSlot:
         timeout_s=p.timeout_s,
         max_wait_s=p.max_wait_s,
     )
+
+
+def build_router(cfg: ChannelConfig, providers: list[ProviderConfig], slots: list[ProviderSlot],
+                 rng: random.Random, clock: Clock = time.monotonic) -> Router:
+    """The channel's router over ``slots``, built one for one from ``providers``."""
+    return make_router(cfg.routing, slots, rng, clock,
+                       weights={s: p.weight for s, p in zip(slots, providers, strict=True)},
+                       window_s=cfg.health_window_s, max_error_rate=cfg.health_max_error_rate)
 
 
 def batches(tasks: list[DeliveryTask], size: int) -> list[list[DeliveryTask]]:
@@ -69,6 +79,7 @@ class ChannelShard:
         self.cfg = msgspec.msgpack.decode(cfg, type=ChannelConfig)
         self.slots: list[ProviderSlot] | None = None
         self.rng = random.Random()
+        self.router: Router | None = None  # built with the slots
         self._start_lock = asyncio.Lock()
         self.delivered = 0
         self.batch_size = 0
@@ -80,12 +91,14 @@ class ChannelShard:
             if self.slots is None:
                 enabled = sorted((p for p in self.cfg.providers if p.enabled), key=lambda p: p.priority)
                 slots = [build_slot(p) for p in enabled]
+                router = build_router(self.cfg, enabled, slots, self.rng)  # before start: may refuse a weight
                 await asyncio.gather(*(s.provider.start() for s in slots))
                 # Batch mode only when every provider can take a batch, so failover
                 # never meets a provider that cannot.
                 sizes = [getattr(s.provider, "max_batch", 0) if hasattr(s.provider, "send_batch") else 0
                          for s in slots]
                 self.batch_size = min(sizes) if sizes else 0
+                self.router = router
                 self.slots = slots
         return self.slots
 
@@ -93,7 +106,7 @@ class ChannelShard:
         """Deliver a batch (MessagePack list[DeliveryTask]); returns list[Outcome]."""
         slots = await self._ready()
         tasks = wire.decode(payload, list[DeliveryTask])
-        env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng)
+        env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng, router=self.router)
         if self.batch_size > 1 and len(tasks) > 1:
             groups = batches(tasks, self.batch_size)
             results = await asyncio.gather(*(self._batch(g, slots, env) for g in groups))
@@ -117,6 +130,7 @@ class ChannelShard:
             "channel": self.channel,
             "shard": self.index,
             "delivered": self.delivered,
+            "routing": self.cfg.routing,
             "providers": {s.provider.name: s.breaker.metrics() for s in slots},
         }
 

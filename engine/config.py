@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -109,6 +109,7 @@ class ProviderConfig(_Section):
     max_wait_s: NonNegative = 2.0  # longest wait for a rate-limit token before failing over
     breaker_failures: Positive = 5
     breaker_recovery_s: NonNegative = 30.0
+    weight: Annotated[float, Meta(ge=0)] = 1.0  # routing = "weighted": share of first tries; 0: failover only
     settings: dict[str, Any] = {}
 
 
@@ -116,6 +117,10 @@ class ChannelConfig(_Section):
     enabled: bool = True
     shards: Positive = 1
     providers: list[ProviderConfig] = []
+    # The order a delivery tries the providers in (actors/delivery/routing/).
+    routing: Literal["priority", "round_robin", "weighted", "health"] = "priority"
+    health_window_s: NonNegative = 60.0  # routing = "health": how far back calls count
+    health_max_error_rate: Annotated[float, Meta(ge=0, le=1)] = 0.5  # above it, a provider is tried last
 
 
 class Config(_Section):

@@ -1,7 +1,8 @@
-"""Deliver one task: priority failover over provider slots, each with a breaker,
-a daily limit, a token bucket, a bulkhead, a per-call timeout and retries with
-backoff. Pure mechanics: the only I/O is ``provider.send``; time comes from the
-injected ``clock``/``wall``/``sleep`` and jitter from ``rng``.
+"""Deliver one task: failover over provider slots, in the order a ``Router`` gives
+(priority by default), each slot with a breaker, a daily limit, a token bucket, a
+bulkhead, a per-call timeout and retries with backoff. Pure mechanics: the only I/O
+is ``provider.send``; time comes from the injected ``clock``/``wall``/``sleep`` and
+jitter from ``rng``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from actors.delivery.bucket import Clock, Sleep
+from actors.delivery.routing import Router
 from actors.delivery.slot import ProviderSlot
 from policy.types import Attempt, DeliveryTask, Outcome, Status
 from providers.base import Receipt
@@ -70,6 +72,18 @@ class _Run:
     attempts: list[Attempt] = field(default_factory=list)
     logged: bool = False  # an unexpected exception was already logged
     batch: Sequence[DeliveryTask] | None = None  # set: one provider call carries all of these
+    router: Router | None = None  # orders the slots and hears of every call
+
+
+def _ordered(run: _Run, slots: Sequence[ProviderSlot]) -> Sequence[ProviderSlot]:
+    """The router's order, or ``slots`` as given (without a router, or if it fails)."""
+    if run.router is None:
+        return slots
+    try:
+        return run.router.order(slots, run.task)
+    except Exception:  # a routing bug must not fail deliveries the slots can make
+        log.exception("router %s failed; trying slots as given", type(run.router).__name__)
+        return slots
 
 
 async def deliver(
@@ -80,12 +94,14 @@ async def deliver(
     wall: Callable[[], float],
     sleep: Sleep,
     rng: random.Random,
+    router: Router | None = None,
 ) -> Outcome:
-    """Try ``slots`` in order until one accepts ``task``; never raises for a
-    provider failure (``asyncio.CancelledError`` does propagate)."""
-    run = _Run(task, clock, wall, sleep, rng)
+    """Try ``slots`` until one accepts ``task``: in the order ``router`` gives, or as
+    given without one; never raises for a provider failure (``asyncio.CancelledError``
+    does propagate). Each provider call is reported to ``router.record``."""
+    run = _Run(task, clock, wall, sleep, rng, router=router)
     reason = "no_provider"
-    for slot in slots:
+    for slot in _ordered(run, slots):
         reason, receipt = await _try_slot(run, slot)
         if reason == "ok":
             message_id = receipt.message_id if receipt is not None else None
@@ -103,13 +119,15 @@ async def deliver_batch(
     wall: Callable[[], float],
     sleep: Sleep,
     rng: random.Random,
+    router: Router | None = None,
 ) -> list[Outcome]:
     """Like ``deliver`` for tasks that share their content, through providers
     with ``send_batch``: one call (and one token) carries them all, and every
-    task gets the same status, reason and attempts."""
-    run = _Run(tasks[0], clock, wall, sleep, rng, batch=tasks)
+    task gets the same status, reason and attempts. The router orders the slots
+    once for the batch (for its first task) and hears of each call once."""
+    run = _Run(tasks[0], clock, wall, sleep, rng, batch=tasks, router=router)
     reason, receipt, name = "no_provider", None, None
-    for slot in slots:
+    for slot in _ordered(run, slots):
         reason, receipt = await _try_slot(run, slot)
         if reason == "ok":
             name = slot.provider.name
@@ -175,16 +193,26 @@ async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
 
 
 async def _call(run: _Run, slot: ProviderSlot) -> tuple[Receipt | None, DeliveryError | None]:
-    """One provider call (the caller holds the bulkhead); appends its Attempt."""
-    name = slot.provider.name
+    """One provider call (the caller holds the bulkhead); appends its Attempt and
+    reports it to the router."""
     at, start = run.wall(), run.clock()
     try:
         receipt = await _send(run, slot)
     except DeliveryError as err:
-        run.attempts.append(_attempt(run, name, at, start, err))
+        _record(run, slot, at, start, err)
         return None, err
-    run.attempts.append(_attempt(run, name, at, start, None))
+    _record(run, slot, at, start, None)
     return receipt, None
+
+
+def _record(run: _Run, slot: ProviderSlot, at: float, start: float, err: DeliveryError | None) -> None:
+    attempt = _attempt(run, slot.provider.name, at, start, err)
+    run.attempts.append(attempt)
+    if run.router is not None:
+        try:
+            run.router.record(slot, err, attempt.duration_ms / 1000.0)
+        except Exception:  # bookkeeping must not turn a made call into a failed delivery
+            log.exception("router %s failed to record a call on %s", type(run.router).__name__, slot.name)
 
 
 async def _send(run: _Run, slot: ProviderSlot) -> Receipt:
