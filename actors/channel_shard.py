@@ -15,6 +15,7 @@ import msgspec
 from actors.delivery import (Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket,
                              deliver, deliver_batch)
 from actors.delivery.bucket import Clock
+from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
 from engine.config import ChannelConfig, ProviderConfig
 from policy import wire
@@ -34,7 +35,7 @@ def build_slot(p: ProviderConfig) -> ProviderSlot:
         daily=DailyLimit(p.daily_limit, time.time),
         breaker=CircuitBreaker(failure_threshold=p.breaker_failures, recovery_s=p.breaker_recovery_s,
                                clock=clock),
-        bulkhead=asyncio.Semaphore(p.concurrency),
+        bulkhead=Bulkhead(p.concurrency),
         max_attempts=p.max_attempts,
         backoff=Backoff(base_s=p.backoff_base_s, max_s=p.backoff_max_s),
         timeout_s=p.timeout_s,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from actors.delivery.bucket import Clock, Sleep
+from actors.delivery.bulkhead import place
 from actors.delivery.routing import Router
 from actors.delivery.slot import ProviderSlot
 from policy.types import Attempt, DeliveryTask, Outcome, Status
@@ -168,7 +169,7 @@ async def _admitted_call(
 
     The gates are checked once a bulkhead place is held, right before the call:
     calls queued behind the bulkhead must see a breaker that opened meanwhile."""
-    async with slot.bulkhead:
+    async with place(slot.bulkhead, run.task.priority):
         if not slot.breaker.allow():
             return "circuit_open", None, None
         try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from actors.delivery.backoff import Backoff
 from actors.delivery.breaker import CircuitBreaker
+from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.bucket import DailyLimit, TokenBucket
 from providers.base import Provider
 
@@ -18,7 +19,7 @@ class ProviderSlot:
     bucket: TokenBucket
     daily: DailyLimit
     breaker: CircuitBreaker
-    bulkhead: asyncio.Semaphore  # bounds concurrent calls to this provider
+    bulkhead: asyncio.Semaphore | Bulkhead  # bounds concurrent calls to this provider (urgent ones first)
     max_attempts: int = 3  # calls on this slot before failing over
     backoff: Backoff = field(default_factory=Backoff)
     timeout_s: float = 10.0  # per call
