@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
+import msgspec
+
 from actors import prefs_store, user_store
 from actors.prefs_store import Change
 from actors.user_cache import UserCache
@@ -149,16 +151,40 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
                                ) -> tuple[list[Outcome], BaseException | None]:
         """Decide each (notification id, user, request), deliver the sends in one
         batch per channel, hold the deferred and digest ones (committed here).
-        Returns every outcome there is, and the first error of a channel that
-        failed: the caller records what there is, then raises, so a redelivery
-        does not send the channels that succeeded again. ``digest=False``: nothing
-        is collected into a digest (a released or digest notification)."""
-        now = self.clock()
-        outcomes: list[Outcome] = []
-        sends: dict[str, list[DeliveryTask]] = defaultdict(list)
+        A request none of whose channels was sent or held tries its ``fallback``
+        channels, one at a time, in order. Returns every outcome there is, and the
+        first error of a channel that failed: the caller records what there is,
+        then raises, so a redelivery does not send the channels that succeeded
+        again. ``digest=False``: nothing is collected into a digest (a released or
+        digest notification)."""
         refs = {(r.template.id, r.template.version) for _, _, r in items if r.template is not None}
         if refs:
             await self._load_templates(refs)
+        outcomes, kept, error = await self._round(items, done, states, parent_id, digest)
+        # recorded channels mean the notification was handled before, fallbacks included
+        handled = kept | {nid for nid, _ in done}
+        pending = [(nid, uid, req, 0) for nid, uid, req in items if req.fallback and nid not in handled]
+        while pending and error is None:
+            attempt, nxt = [], []
+            for nid, uid, req, at in pending:
+                while at < len(req.fallback) and req.fallback[at] in req.channels:
+                    at += 1
+                if at < len(req.fallback):
+                    attempt.append((nid, uid, msgspec.structs.replace(req, channels=[req.fallback[at]])))
+                    nxt.append((nid, uid, req, at + 1))
+            if not attempt:
+                break
+            more, kept, error = await self._round(attempt, done, states, parent_id, digest)
+            outcomes += more
+            pending = [p for p in nxt if p[0] not in kept]
+        return outcomes, error
+
+    async def _round(self, items, done, states, parent_id, digest) -> tuple[list[Outcome], set[str], BaseException | None]:
+        """One decide-and-deliver pass over ``items``' channels: the outcomes, the
+        ids with a channel sent or held, and the first error."""
+        now = self.clock()
+        outcomes: list[Outcome] = []
+        sends: dict[str, list[DeliveryTask]] = defaultdict(list)
         holds = []
         for nid, user_id, req in items:
             state = states.get(user_id)
@@ -191,7 +217,12 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
                 for o in delivered:
                     o.parent_id = parent_id
             outcomes.extend(delivered)
-        return outcomes, error
+        kept = {h.notification_id for h in holds} | {o.notification_id for o in outcomes if o.status == "sent"}
+        gone_keys = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone"}
+        if gone_keys:
+            await self._forget_addresses([(t.user_id, t.channel, t.address) for ts in sends.values() for t in ts
+                                          if (t.notification_id, t.channel) in gone_keys])
+        return outcomes, kept, error
 
     def _content(self, req: Message, channel: str, state: UserState | None) -> tuple[Content | None, str, str | None]:
         """The channel's content: given in the request, else rendered from its
@@ -333,6 +364,18 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
             else:
                 self.users.pop(uid, None)
         return len(user_ids)
+
+    async def _forget_addresses(self, gone: list[tuple[str, str, str]]) -> None:
+        """A provider said these addresses are gone for good (an unregistered
+        device token, an expired subscription): remove them from their users,
+        committed first, then in memory."""
+        async with self._write_lock, self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.executemany(
+                    "DELETE FROM user_addresses WHERE user_id = $1 AND channel = $2 AND address = $3", gone)
+                await user_store.refresh_states(conn, list({u for u, _, _ in gone}))
+            await self._reload(conn, list({u for u, _, _ in gone}))
+        self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
 
     async def preload(self) -> int:
         """Load every user this shard owns (a warm start); returns how many."""

@@ -95,9 +95,11 @@ def check(reqs: list, available: frozenset[str], many: bool, max_batch: int) -> 
     errors = []
     for i, r in enumerate(reqs):
         at = f"$[{i}]" if many else "$"
-        for j, ch in enumerate(r.channels):
+        fields = [(f"{at}.channels[{j}]", ch) for j, ch in enumerate(r.channels)]
+        fields += [(f"{at}.fallback[{j}]", ch) for j, ch in enumerate(r.fallback)]
+        for field, ch in fields:
             if ch not in available:
-                errors.append({"field": f"{at}.channels[{j}]",
+                errors.append({"field": field,
                                "reason": f"channel {ch!r} is not configured (available: {', '.join(sorted(available))})"})
                 continue
             content = r.content_for(ch)
@@ -125,7 +127,7 @@ async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
     for i, r in enumerate(reqs):
         if r.template is None:
             continue
-        for ch in r.channels:
+        for ch in dict.fromkeys([*r.channels, *r.fallback]):
             if r.content_for(ch) is None and (r.template.id, ch) not in have:
                 errors.append({"field": f"{'$[%d]' % i if many else '$'}.template.id",
                                "reason": f"no template {r.template.id!r} for channel {ch!r}"})

@@ -68,6 +68,8 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     content: Content | None = None
     channel_content: dict[Channel, Content] = {}
     template: TemplateRef | None = None
+    # channels to try in order when none of ``channels`` was sent or held
+    fallback: Annotated[list[Channel], Meta(max_length=6)] = []
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
     priority: Priority = "normal"

@@ -1,0 +1,113 @@
+"""Channel fallback and gone addresses through a running engine: a webhook that
+fails falls back to email; a web push subscription the push service says is gone
+is removed from the user."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import msgspec
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from py_vapid.utils import b64urlencode
+
+from engine import http
+from engine.config import ChannelConfig, ProviderConfig
+from engine.runtime import Engine
+from engine.sinks import SmtpSink, WebhookSink
+from engine.sinks.webpush import WebPushSink
+from policy.types import UserProfile
+from tests.integration.helpers import drop_schema, engine_config, wait_rows
+
+pytestmark = pytest.mark.integration
+
+
+def vapid_key() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return b64urlencode(key.private_numbers().private_value.to_bytes(32, "big"))
+
+
+@pytest.fixture(scope="module")
+async def sinks():
+    smtp = SmtpSink(port=0, keep_messages=True)
+    smtp.start()
+    hook = WebhookSink("fb-secret", port=0)
+    await hook.start()
+    push = WebPushSink()
+    await push.start()
+    yield smtp, hook, push
+    smtp.stop()
+    await hook.stop()
+    await push.stop()
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
+    smtp, hook, push = sinks
+    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
+                        webhook_url=hook.url, secret="fb-secret", channels=("email", "webhook"))
+    web = ChannelConfig(providers=[ProviderConfig(name="webpush-local", type="webpush", max_attempts=1, settings={
+        "vapid_private_key": vapid_key(), "vapid_subject": "mailto:ops@tidings.test", "allow_http": True})])
+    cfg = msgspec.structs.replace(cfg, channels={**cfg.channels, "web": web})
+    eng = await Engine(cfg).start()
+    runner = await http.serve(eng, port=0)
+    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
+    live, gone = push.subscribe(), push.subscribe(expired=True)
+    await http.save_profiles(eng, [
+        UserProfile(user_id="f1", addresses={"email": "f1@example.test"}),
+        UserProfile(user_id="w1", addresses={"web": orjson.dumps(live).decode()}),
+        UserProfile(user_id="w2", addresses={"web": orjson.dumps(gone).decode()}),
+    ], "test")
+    yield eng
+    await runner.cleanup()
+    await eng.stop()
+    await drop_schema(database_url, cfg.database.schema)
+
+
+async def statuses(engine, nid: str) -> dict:
+    rows = await engine.pool.fetch("SELECT channel, status, reason FROM delivery_tracking WHERE notification_id = $1",
+                                   uuid.UUID(nid))
+    return {r["channel"]: (r["status"], r["reason"]) for r in rows}
+
+
+async def test_a_failed_channel_falls_back_to_the_next(engine, sinks):
+    smtp, hook, _ = sinks
+    hook.fail_status, hook.fail_next = 400, 1_000  # the webhook receiver refuses everything
+    before = smtp.count
+    nid = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": "f1", "category": "job_alerts", "channels": ["webhook"], "fallback": ["email"],
+            "content": {"subject": "s", "text": "t"}}) as r:
+        assert r.status == 202, await r.text()
+    await wait_rows(engine.pool, [nid], 2)
+    hook.fail_status, hook.fail_next = None, 0
+    assert await statuses(engine, nid) == {"webhook": ("failed", "invalid_message"), "email": ("sent", "ok")}
+    assert smtp.count == before + 1
+    ok = str(uuid.uuid4())  # a channel that works: no fallback
+    async with aiohttp.ClientSession() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": ok, "user_id": "f1", "category": "job_alerts", "channels": ["webhook"], "fallback": ["email"],
+            "content": {"subject": "s", "text": "t"}}) as r:
+        assert r.status == 202
+    await wait_rows(engine.pool, [ok], 1)
+    assert await statuses(engine, ok) == {"webhook": ("sent", "ok")}
+
+
+async def test_a_gone_subscription_is_removed_from_the_user(engine, sinks):
+    _, _, push = sinks
+    ids = {u: str(uuid.uuid4()) for u in ("w1", "w2")}
+    async with aiohttp.ClientSession() as s:
+        for uid, nid in ids.items():
+            async with s.post(f"{engine.base_url}/v1/notifications", json={
+                    "id": nid, "user_id": uid, "category": "messages", "channels": ["web"],
+                    "content": {"subject": "New message", "text": "hi"}}) as r:
+                assert r.status == 202, await r.text()
+        await wait_rows(engine.pool, list(ids.values()), 2)
+        assert await statuses(engine, ids["w1"]) == {"web": ("sent", "ok")}
+        assert await statuses(engine, ids["w2"]) == {"web": ("failed", "address_gone")}
+        async with s.get(f"{engine.base_url}/v1/users/w2") as r:
+            assert "web" not in (await r.json())["addresses"]
+        async with s.get(f"{engine.base_url}/v1/users/w1") as r:
+            assert "web" in (await r.json())["addresses"]
+    assert [orjson.loads(p.payload)["id"] for p in push.received] == [ids["w1"]]
