@@ -17,6 +17,10 @@ PROVIDER_TYPES: dict[str, str] = {
     "smtp": "providers.email.smtp:SmtpProvider",
     "webhook": "providers.webhook.http:WebhookProvider",
     "webpush": "providers.webpush.provider:WebPushProvider",
+    "twilio_sms": "providers.sms.twilio:TwilioSmsProvider",
+    "messagebird": "providers.sms.messagebird:MessageBirdProvider",
+    "vonage": "providers.sms.vonage:VonageSmsProvider",
+    "twilio_voice": "providers.voice.twilio:TwilioVoiceProvider",
 }
 
 

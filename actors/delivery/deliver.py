@@ -32,6 +32,9 @@ from providers.errors import (
 
 log = logging.getLogger(__name__)
 
+# Refusals about the message or its address: no other provider would take it.
+FINAL_REASONS = frozenset({"invalid_message", "address_gone"})
+
 
 class UnexpectedProviderError(ProviderError):
     """A provider raised something outside the DeliveryError tree (a bug in it):
@@ -107,7 +110,7 @@ async def deliver(
         if reason == "ok":
             message_id = receipt.message_id if receipt is not None else None
             return _outcome(run, "sent", reason, slot.provider.name, message_id)
-        if reason == "invalid_message":
+        if reason in FINAL_REASONS:
             break  # another provider would refuse it too
     return _outcome(run, "failed", reason)
 
@@ -133,7 +136,7 @@ async def deliver_batch(
         if reason == "ok":
             name = slot.provider.name
             break
-        if reason == "invalid_message":
+        if reason in FINAL_REASONS:
             break
     status: Status = "sent" if reason == "ok" else "failed"
     message_id = receipt.message_id if receipt is not None else None
