@@ -27,9 +27,10 @@ from policy.types import Outcome, derive_id
 
 
 class Held(msgspec.Struct, array_like=True):
-    """One (notification, channel) to hold."""
+    """One (notification, channel) to hold; a ``fallback`` check is held under the
+    channel name ``"fallback"``."""
 
-    kind: str  # deferred | digest
+    kind: str  # deferred | digest | fallback
     notification_id: str
     channel: str
     user_id: str
@@ -89,7 +90,7 @@ async def hold(conn: asyncpg.Connection, items: Sequence[Held],
             (it.notification_id, it.user_id, it.channel, it.category, it.priority,
              "deferred" if it.kind == "deferred" else "digested", it.reason, it.accepted_at or None,
              uuid.UUID(it.parent_id) if it.parent_id else None)
-            for it in items])
+            for it in items if it.kind != "fallback"])  # a fallback check has no channel of its own yet
     return list(items)
 
 
@@ -112,10 +113,11 @@ async def _join_bucket(conn: asyncpg.Connection, it: Held, next_period) -> None:
 CLAIM_DEFERRED = """
 UPDATE scheduled_notifications SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2)
 WHERE id IN (SELECT id FROM scheduled_notifications
-             WHERE status = 'pending' AND kind = 'deferred' AND due_at <= COALESCE(to_timestamp($3), now())
+             WHERE status = 'pending' AND kind IN ('deferred', 'fallback')
+               AND due_at <= COALESCE(to_timestamp($3), now())
                AND (claimed_until IS NULL OR claimed_until < COALESCE(to_timestamp($3), now()))
              ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING user_id, notification_id::text, channel, request
+RETURNING user_id, notification_id::text, channel, request, kind
 """
 CLAIM_BUCKETS = """
 UPDATE digest_buckets SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2)
@@ -131,7 +133,7 @@ async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: float, at: fl
     """Due deferred rows and due digest buckets, leased for ``lease_s`` (a
     Scheduler that dies leaves them to be claimed again when the lease ends).
     ``at``: the time it is, for tests; the database's clock by default."""
-    out = [Due("deferred", r[0], r[1], r[2], bytes(r[3]))
+    out = [Due(r[4], r[0], r[1], r[2], bytes(r[3]))
            for r in await conn.fetch(CLAIM_DEFERRED, limit, lease_s, at)]
     out += [Due("digest", r[0], r[1], r[2]) for r in await conn.fetch(CLAIM_BUCKETS, limit, lease_s, at)]
     return out
@@ -168,7 +170,7 @@ async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred
             await conn.executemany(FINAL, [_final_row(o) for o in outcomes])
         if deferred_done:
             await conn.execute(
-                "UPDATE scheduled_notifications SET status = 'done' WHERE kind = 'deferred' AND "
+                "UPDATE scheduled_notifications SET status = 'done' WHERE kind IN ('deferred', 'fallback') AND "
                 "(notification_id, channel) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
                 [uuid.UUID(n) for n, _ in deferred_done], [c for _, c in deferred_done])
         for key, ids in buckets_sent:

@@ -37,6 +37,15 @@ def held(nid: str, user_id: str, req: Message, d: Decision, parent_id: str | Non
                 d.digest_key, frequency, parent_id)
 
 
+def fallback_check(nid: str, user_id: str, req: Message, now: float) -> Held:
+    """Held under the channel name "fallback": at ``now + fallback_after_s`` the
+    Scheduler brings it back, and the fallback channels go out unless one of the
+    request's channels was delivered by then."""
+    return Held("fallback", nid, "fallback", user_id, req.category, req.priority, "fallback.check",
+                now + (req.fallback_after_s or 0.0), wire.encode(as_notification(req, user_id, nid)),
+                req.accepted_at or now)
+
+
 def next_period(tz_of):
     """For ``schedule_store.hold``: the bucket after a sealed one."""
     def step(it: Held) -> tuple[str, float]:
@@ -69,8 +78,14 @@ class ReleaseMixin:
             await self._load_missing(conn, list({d.user_id for d in dues}))
         deferred = [d for d in dues if d.kind == "deferred"]
         buckets = [d for d in dues if d.kind == "digest"]
-        counts = {"deferred": len(deferred), "digests": 0, "items": 0}
+        checks = [d for d in dues if d.kind == "fallback"]
+        counts = {"deferred": len(deferred), "digests": 0, "items": 0, "fallback_checks": len(checks)}
         errors: list[BaseException] = []
+        if checks:
+            try:
+                await self._release_fallback(checks)
+            except Exception as e:  # noqa: BLE001 - the others still go; the claim comes back
+                errors.append(e)
         if deferred:
             try:
                 await self._release_deferred(deferred)
@@ -107,6 +122,34 @@ class ReleaseMixin:
             await schedule_store.finish(conn, outcomes, settled, [])
         if error is not None:
             raise error
+
+    async def _release_fallback(self, dues: list[Due]) -> None:
+        """Fallback checks that are due: a notification none of whose channels
+        reached "delivered" goes out on its fallback channels, in order."""
+        reqs = {d.key: (d.user_id, wire.decode(d.request, NotificationRequest)) for d in dues}
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT notification_id::text, channel, status FROM delivery_tracking "
+                "WHERE notification_id = ANY($1::uuid[])", list(reqs))
+        delivered = {r[0] for r in rows if r[2] == "delivered"}
+        recorded = {(r[0], r[1]) for r in rows if r[2] != "deferred"}
+        items, done = [], set()
+        for nid, (uid, req) in reqs.items():
+            if nid in delivered:
+                continue
+            ahead = [ch for ch in req.fallback if ch not in req.channels]
+            if not ahead:
+                continue
+            done |= {(n, c) for n, c in recorded if n == nid and c in ahead}
+            items.append((nid, uid, msgspec.structs.replace(req, channels=ahead[:1], fallback=ahead[1:],
+                                                            fallback_after_s=None)))
+        outcomes: list[Outcome] = []
+        if items:
+            outcomes, error = await self._decide_and_send(items, done, self.users)
+            if error is not None:
+                raise error
+        async with self.pool.acquire() as conn:
+            await schedule_store.finish(conn, outcomes, [(d.key, "fallback") for d in dues], [])
 
     async def _send_digest(self, due: Due) -> int:
         key = due.key

@@ -20,7 +20,7 @@ from actors import prefs_store, user_store
 from actors.prefs_store import Change
 from actors.user_cache import UserCache
 from actors.user_prefs import PrefsMixin
-from actors.user_release import ReleaseMixin, held
+from actors.user_release import ReleaseMixin, fallback_check, held
 from actors.user_templates import TemplatesMixin
 from engine import db
 from engine.config import Config, decode as decode_config
@@ -163,6 +163,14 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         outcomes, kept, error = await self._round(items, done, states, parent_id, digest)
         # recorded channels mean the notification was handled before, fallbacks included
         handled = kept | {nid for nid, _ in done}
+        sent = {o.notification_id for o in outcomes if o.status == "sent"}
+        checks = [fallback_check(nid, uid, req, self.clock()) for nid, uid, req in items
+                  if req.fallback and req.fallback_after_s and nid in sent and nid not in {n for n, _ in done}]
+        if checks and error is None:
+            try:
+                await self._hold(checks)
+            except Exception as e:  # noqa: BLE001 - recorded with the rest, then raised: redelivered
+                error = e
         pending = [(nid, uid, req, 0) for nid, uid, req in items if req.fallback and nid not in handled]
         while pending and error is None:
             attempt, nxt = [], []

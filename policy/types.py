@@ -68,8 +68,10 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     content: Content | None = None
     channel_content: dict[Channel, Content] = {}
     template: TemplateRef | None = None
-    # channels to try in order when none of ``channels`` was sent or held
+    # channels to try in order when none of ``channels`` was sent or held; with
+    # ``fallback_after_s``, also when one was sent but none reached "delivered" by then
     fallback: Annotated[list[Channel], Meta(max_length=6)] = []
+    fallback_after_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
     priority: Priority = "normal"

@@ -47,7 +47,8 @@ async def sinks():
 async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
     smtp, hook, push = sinks
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
-                        webhook_url=hook.url, secret="fb-secret", channels=("email", "webhook"))
+                        webhook_url=hook.url, secret="fb-secret", channels=("email", "webhook"),
+                        overrides={"scheduler": {"interval_s": 0.2}})
     web = ChannelConfig(providers=[ProviderConfig(name="webpush-local", type="webpush", max_attempts=1, settings={
         "vapid_private_key": vapid_key(), "vapid_subject": "mailto:ops@tidings.test", "allow_http": True})])
     cfg = msgspec.structs.replace(cfg, channels={**cfg.channels, "web": web})
@@ -111,3 +112,27 @@ async def test_a_gone_subscription_is_removed_from_the_user(engine, sinks):
         async with s.get(f"{engine.base_url}/v1/users/w1") as r:
             assert "web" in (await r.json())["addresses"]
     assert [orjson.loads(p.payload)["id"] for p in push.received] == [ids["w1"]]
+
+
+async def test_fallback_over_time_unless_delivered(engine, sinks):
+    """Webhook now; if it is not delivered within a second, email."""
+    smtp, _, _ = sinks
+    before = smtp.count
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    async with aiohttp.ClientSession() as s:
+        for nid in ids:
+            async with s.post(f"{engine.base_url}/v1/notifications", json={
+                    "id": nid, "user_id": "f1", "category": "job_alerts", "channels": ["webhook"],
+                    "fallback": ["email"], "fallback_after_s": 1.0,
+                    "content": {"subject": "s", "text": "t"}}) as r:
+                assert r.status == 202, await r.text()
+    await wait_rows(engine.pool, ids, 2)
+    # the first one is confirmed delivered, as a provider's tracking webhook would say
+    await engine.pool.execute("UPDATE delivery_tracking SET status = 'delivered' WHERE notification_id = $1",
+                              uuid.UUID(ids[0]))
+    await wait_rows(engine.pool, ids, 3, timeout_s=30)
+    assert await statuses(engine, ids[0]) == {"webhook": ("delivered", "ok")}
+    assert await statuses(engine, ids[1]) == {"webhook": ("sent", "ok"), "email": ("sent", "ok")}
+    assert smtp.count == before + 1
+    assert await engine.pool.fetchval("SELECT count(*) FROM scheduled_notifications WHERE kind = 'fallback' "
+                                      "AND status = 'done' AND notification_id = ANY($1::uuid[])", ids) == 2

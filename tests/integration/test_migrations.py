@@ -32,8 +32,8 @@ async def test_every_migration_reverses_and_applies_again(database_url):
         await conn.execute("INSERT INTO user_preferences (user_id, preference_type, channel, category, value, "
                            "context_key) VALUES ('m1', 'contextual', 'push', '*', '{\"enabled\": false}', 'device=a'),"
                            " ('m1', 'contextual', 'push', '*', '{\"enabled\": false}', 'device=b')")
-        assert await db.rollback(conn, 2, schema) == ["006_message_templates", "005_prefs_source_id", "004_user_state",
-                                                      "003_preferences"]
+        reversed_ = await db.rollback(conn, 2, schema)
+        assert reversed_ == [f"{v:03d}_{n}" for v, n, _ in reversed(db.migration_files()) if v > 2]
         assert await conn.fetchval("SELECT count(*) FROM user_preferences") == 1  # the old key holds one
         assert await db.rollback(conn, 0, schema) == ["002_broadcasts", "001_core"]
         assert await tables(conn, schema) == {"schema_migrations"}
