@@ -23,7 +23,8 @@ Priority = Literal["low", "normal", "high", "critical"]
 
 # Terminal statuses of a tracking row. ``sent`` means the provider accepted the
 # message; ``delivered``/``bounced`` arrive later from provider callbacks.
-Status = Literal["sent", "delivered", "bounced", "failed", "suppressed", "rejected", "deferred", "digested"]
+Status = Literal["sent", "delivered", "bounced", "complained", "failed", "suppressed", "rejected", "deferred",
+                 "digested"]
 
 # No control characters: PostgreSQL refuses NUL in text, and a user id or address
 # that cannot be stored must be refused at the door, not fail a whole batch later.

@@ -21,6 +21,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "messagebird": "providers.sms.messagebird:MessageBirdProvider",
     "vonage": "providers.sms.vonage:VonageSmsProvider",
     "twilio_voice": "providers.voice.twilio:TwilioVoiceProvider",
+    "mailgun": "providers.email.mailgun:MailgunProvider",
     "fcm": "providers.push.fcm:FcmProvider",
     "apns": "providers.push.apns:ApnsProvider",
 }
