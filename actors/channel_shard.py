@@ -54,7 +54,8 @@ def build_router(cfg: ChannelConfig, providers: list[ProviderConfig], slots: lis
 def batches(tasks: list[DeliveryTask], size: int) -> list[list[DeliveryTask]]:
     """Tasks with the same content, in groups of at most ``size`` (a batch call
     sends one content to many recipients), no address twice in a group (SendGrid
-    refuses a whole request that names an address twice)."""
+    refuses a whole request that names an address twice). Channels without
+    addresses (in-app) are grouped freely."""
     by_content: dict[tuple, list[DeliveryTask]] = {}
     for t in tasks:
         c = t.content
@@ -64,7 +65,7 @@ def batches(tasks: list[DeliveryTask], size: int) -> list[list[DeliveryTask]]:
         while pending:
             batch, seen, rest = [], set(), []
             for t in pending:
-                if len(batch) < size and t.address not in seen:
+                if len(batch) < size and (not t.address or t.address not in seen):
                     batch.append(t)
                     seen.add(t.address)
                 else:

@@ -19,9 +19,7 @@ its publish went out, and ``relay`` publishes what a crash left pending.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import re
 
 import msgspec
 import nats.errors
@@ -34,27 +32,14 @@ from actors.user_prefs import PrefCommand, PrefResult
 from engine import streams
 from policy import wire
 from policy.sharding import shard_of
+from policy.subjects import token_user, user_token
 from policy.types import UserId
 from policy.validate import PreferencesDoc, PreferencesPatch
 
 log = logging.getLogger(__name__)
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 FETCH = 200
 RELAY_EVERY_S = 5.0
-
-
-def user_token(user_id: str) -> str:
-    if _PLAIN.match(user_id):
-        return user_id
-    return "~" + base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=")
-
-
-def token_user(token: str) -> str:
-    if not token.startswith("~"):
-        return token
-    raw = token[1:]
-    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
 
 
 def set_subject(prefix: str, user_id: str) -> str:

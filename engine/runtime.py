@@ -47,6 +47,7 @@ def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
     ChannelShard, Ingestor = ray.remote(_ChannelShard), ray.remote(_Ingestor)
     Recorder, UserShard, Scheduler = ray.remote(_Recorder), ray.remote(_UserShard), ray.remote(_Scheduler)
 
+    cfg = with_service_urls(cfg, nats_url, database_url)
     blob = encode_config(cfg)
     opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=3)
     recorder = Recorder.options(**opts).remote(
@@ -63,6 +64,23 @@ def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
     ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, 0, ("priority",)))
     scheduler = Scheduler.options(**opts).remote(blob, database_url, user_shards)
     return Actors(recorder, channel_shards, user_shards, ingestors, scheduler)
+
+
+def with_service_urls(cfg: Config, nats_url: str, database_url: str) -> Config:
+    """In-app providers write to this engine's PostgreSQL and NATS: fill in what
+    their settings leave out (the URLs are known only once the services run)."""
+    import msgspec
+    channels = {}
+    for name, ch in cfg.channels.items():
+        providers = []
+        for p in ch.providers:
+            if p.type == "inapp":
+                p = msgspec.structs.replace(p, settings={
+                    "database_url": database_url, "nats_url": nats_url, "schema": cfg.database.schema,
+                    "prefix": cfg.nats.prefix, **p.settings})
+            providers.append(p)
+        channels[name] = msgspec.structs.replace(ch, providers=providers)
+    return msgspec.structs.replace(cfg, channels=channels)
 
 
 def _encode(struct) -> bytes:

@@ -22,6 +22,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "vonage": "providers.sms.vonage:VonageSmsProvider",
     "twilio_voice": "providers.voice.twilio:TwilioVoiceProvider",
     "mailgun": "providers.email.mailgun:MailgunProvider",
+    "inapp": "providers.inapp.provider:InAppProvider",
     "fcm": "providers.push.fcm:FcmProvider",
     "apns": "providers.push.apns:ApnsProvider",
 }

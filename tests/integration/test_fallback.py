@@ -47,7 +47,7 @@ async def sinks():
 async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
     smtp, hook, push = sinks
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
-                        webhook_url=hook.url, secret="fb-secret", channels=("email", "webhook"),
+                        webhook_url=hook.url, secret="fb-secret", channels=("email", "webhook", "in_app"),
                         overrides={"scheduler": {"interval_s": 0.2}})
     web = ChannelConfig(providers=[ProviderConfig(name="webpush-local", type="webpush", max_attempts=1, settings={
         "vapid_private_key": vapid_key(), "vapid_subject": "mailto:ops@tidings.test", "allow_http": True})])
@@ -136,3 +136,18 @@ async def test_fallback_over_time_unless_delivered(engine, sinks):
     assert smtp.count == before + 1
     assert await engine.pool.fetchval("SELECT count(*) FROM scheduled_notifications WHERE kind = 'fallback' "
                                       "AND status = 'done' AND notification_id = ANY($1::uuid[])", ids) == 2
+
+
+async def test_in_app_lands_in_the_inbox(engine):
+    """The in-app provider the engine configured with its own database and NATS."""
+    nid = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{engine.base_url}/v1/notifications", json={
+                "id": nid, "user_id": "f1", "category": "messages", "channels": ["in_app"],
+                "content": {"subject": "New message", "text": "from a recruiter"}}) as r:
+            assert r.status == 202, await r.text()
+        await wait_rows(engine.pool, [nid], 1)
+        assert await statuses(engine, nid) == {"in_app": ("sent", "ok")}
+        async with s.get(f"{engine.base_url}/v1/users/f1/inbox") as r:
+            inbox = await r.json()
+    assert [m["notification_id"] for m in inbox["messages"]] == [nid] and inbox["unread"] == 1

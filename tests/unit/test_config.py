@@ -6,7 +6,7 @@ from engine.config import ConfigError
 
 def test_profiles_load_and_name_their_channels():
     dev = config.load(profile="development", env={})
-    assert dev.enabled_channels() == {"email", "webhook"}
+    assert dev.enabled_channels() == {"email", "webhook", "in_app"}
     prod = config.load(profile="production", env={})
     assert prod.ray.address == "auto" and prod.engine.user_shards == 8
 

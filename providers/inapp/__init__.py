@@ -1,0 +1,6 @@
+"""In-app: an inbox in PostgreSQL, realtime over NATS to the WebSocket of
+``engine.http_inbox``: ``providers.inapp.provider.InAppProvider``."""
+
+from providers.inapp.provider import InAppProvider
+
+__all__ = ["InAppProvider"]
