@@ -7,6 +7,7 @@ that sends no email never imports aiosmtplib.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from providers.base import Provider
@@ -53,12 +54,29 @@ def resolve(type_name: str) -> Any:
         raise ConfigurationError(f"provider type {type_name!r}: cannot load {target}: {exc}") from exc
 
 
+def from_env(settings: dict, environ=None) -> dict:
+    """``settings`` with every value ``"env:NAME"`` replaced by the environment
+    variable NAME, so credentials stay out of config files. ConfigurationError
+    names a variable that is not set (never its value)."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and value.startswith("env:"):
+            var = value[4:]
+            if var not in environ:
+                raise ConfigurationError(f"setting {key!r}: environment variable {var} is not set")
+            value = environ[var]
+        out[key] = value
+    return out
+
+
 def create(type_name: str, name: str, settings: dict) -> Provider:
     """A new, not yet started provider: ``cls(name, settings)`` for the class
-    registered as ``type_name``. Raises ConfigurationError for an unknown type
-    (naming the known ones) and whatever the constructor raises for bad settings
-    (ConfigurationError by convention)."""
-    return resolve(type_name)(name, settings)
+    registered as ``type_name``, ``env:NAME`` values read from the environment.
+    Raises ConfigurationError for an unknown type (naming the known ones) and
+    whatever the constructor raises for bad settings (ConfigurationError by
+    convention)."""
+    return resolve(type_name)(name, from_env(settings))
 
 
-__all__ = ["PROVIDER_TYPES", "create", "register", "resolve"]
+__all__ = ["PROVIDER_TYPES", "create", "from_env", "register", "resolve"]

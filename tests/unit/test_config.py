@@ -55,3 +55,13 @@ def test_test_and_meta_variables_are_not_settings():
 def test_round_trips_to_actors():
     cfg = config.load(env={})
     assert config.decode(config.encode(cfg)) == cfg
+
+
+def test_provider_settings_read_credentials_from_the_environment():
+    from providers.errors import ConfigurationError as ProviderConfigError
+    from providers.registry import from_env
+    assert from_env({"auth_token": "env:TW_TOKEN", "from": "+14155552671"}, {"TW_TOKEN": "s3cret"}) == {
+        "auth_token": "s3cret", "from": "+14155552671"}
+    with pytest.raises(ProviderConfigError, match="TW_TOKEN is not set") as e:
+        from_env({"auth_token": "env:TW_TOKEN"}, {})
+    assert "s3cret" not in str(e.value)
