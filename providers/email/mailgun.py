@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import base64
 import re
-import urllib.parse
 from collections.abc import Mapping
 from email.utils import formataddr
 
 import aiohttp
 import msgspec
 
-from policy.types import Content, DeliveryTask
+from policy.types import DeliveryTask
 from providers.base import Receipt
+from providers.email.common import check_content, fill
 from providers.email.sendgrid import DEFAULT_TRANSACTIONAL, parse_sender
 from providers.errors import (
     ConfigurationError,
@@ -144,20 +144,8 @@ class MailgunProvider(HttpSession):
                    ("v:user_id", task.user_id)]
         return fields
 
-    @staticmethod
-    def _check_content(content: Content) -> None:
-        if not content.subject:
-            raise InvalidMessage("email needs a subject")
-        if "\r" in content.subject or "\n" in content.subject:
-            raise InvalidMessage("email subject contains a line break")
-        if not content.text and not content.html:
-            raise InvalidMessage("email needs text or html content")
-
-    @staticmethod
-    def _fill(template: str, task: DeliveryTask) -> str:
-        for key in ("user_id", "category", "notification_id"):
-            template = template.replace("{" + key + "}", urllib.parse.quote(getattr(task, key), safe=""))
-        return template
+    _check_content = staticmethod(check_content)
+    _fill = staticmethod(fill)
 
     async def _post(self, fields: list[tuple[str, str]]) -> Receipt:
         form = aiohttp.FormData()

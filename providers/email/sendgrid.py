@@ -22,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import urllib.parse
 from collections.abc import Mapping
 
 import aiohttp
 import msgspec
 
-from policy.types import Content, DeliveryTask
+from policy.types import DeliveryTask
 from providers.base import Receipt
+from providers.email.common import check_content, fill
 from providers.errors import ConfigurationError, DeliveryError, InvalidMessage, NetworkError, RateLimited
 from providers.http_session import HttpSession
 from providers.webhook.http import map_status
@@ -160,20 +160,8 @@ class SendGridProvider(HttpSession):
         return {"personalizations": personalizations, "from": self.from_, "subject": content.subject,
                 "content": parts}
 
-    @staticmethod
-    def _check_content(content: Content) -> None:
-        if not content.subject:
-            raise InvalidMessage("email needs a subject")
-        if "\r" in content.subject or "\n" in content.subject:
-            raise InvalidMessage("email subject contains a line break")
-        if not content.text and not content.html:
-            raise InvalidMessage("email needs text or html content")
-
-    @staticmethod
-    def _fill(template: str, task: DeliveryTask) -> str:
-        for key in ("user_id", "category", "notification_id"):
-            template = template.replace("{" + key + "}", urllib.parse.quote(getattr(task, key), safe=""))
-        return template
+    _check_content = staticmethod(check_content)
+    _fill = staticmethod(fill)
 
     async def _post(self, doc: dict) -> Receipt:
         try:
