@@ -1,0 +1,99 @@
+"""SMS (Twilio) and push (FCM) through a running engine, each to its loopback
+server: consent gates SMS, the text arrives as Twilio's form body, the push
+arrives as an FCM v1 message, an unregistered token is removed from the user."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import msgspec
+import pytest
+
+from engine import http
+from engine.config import ChannelConfig, ProviderConfig
+from engine.runtime import Engine
+from engine.sinks.fcm import FcmSink, make_service_account
+from engine.sinks.twilio import TwilioSink
+from policy.types import UserProfile
+from tests.integration.helpers import drop_schema, engine_config, wait_rows
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "AC" + "b2" * 16
+TOKEN = "twilio-engine-test-token"
+
+
+@pytest.fixture(scope="module")
+async def sinks():
+    twilio = TwilioSink(ACCOUNT, TOKEN, keep_bodies=True)
+    await twilio.start()
+    fcm = FcmSink(make_service_account("tidings-engine-test"), keep_bodies=True)
+    await fcm.start()
+    yield twilio, fcm
+    await twilio.stop()
+    await fcm.stop()
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
+    twilio, fcm = sinks
+    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), channels=())
+    sms = ChannelConfig(providers=[ProviderConfig(name="twilio", type="twilio_sms", settings={
+        "account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": twilio.url})])
+    push = ChannelConfig(providers=[ProviderConfig(name="fcm", type="fcm", max_attempts=1, settings={
+        "service_account": fcm.service_account(), "base_url": fcm.url})])
+    cfg = msgspec.structs.replace(cfg, channels={"sms": sms, "push": push})
+    eng = await Engine(cfg).start()
+    runner = await http.serve(eng, port=0)
+    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
+    fcm.unregistered.add("gone-token")
+    await http.save_profiles(eng, [
+        UserProfile(user_id="s1", addresses={"sms": "+14155552671", "push": "live-token"}),
+        UserProfile(user_id="s2", addresses={"sms": "+14155552672", "push": "gone-token"}),
+    ], "test")
+    yield eng
+    await runner.cleanup()
+    await eng.stop()
+    await drop_schema(database_url, cfg.database.schema)
+
+
+async def send(s, engine, user: str, channels: list[str]) -> str:
+    nid = str(uuid.uuid4())
+    async with s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": user, "category": "messages", "channels": channels,
+            "content": {"subject": "New message", "text": "A recruiter wrote to you"}}) as r:
+        assert r.status == 202, await r.text()
+    return nid
+
+
+async def rows(engine, nid: str) -> dict:
+    return {r["channel"]: (r["status"], r["reason"]) for r in await engine.pool.fetch(
+        "SELECT channel, status, reason FROM delivery_tracking WHERE notification_id = $1", uuid.UUID(nid))}
+
+
+async def test_sms_needs_consent_then_goes_out_through_twilio(engine, sinks):
+    twilio, _ = sinks
+    async with aiohttp.ClientSession() as s:
+        before = await send(s, engine, "s1", ["sms"])
+        await wait_rows(engine.pool, [before], 1)
+        assert await rows(engine, before) == {"sms": ("suppressed", "consent.missing_sms")}
+        async with s.patch(f"{engine.base_url}/v1/users/s1/preferences", json={"consent": {"sms": "granted"}}) as r:
+            assert r.status == 200
+        after = await send(s, engine, "s1", ["sms"])
+        await wait_rows(engine.pool, [after], 1)
+    assert await rows(engine, after) == {"sms": ("sent", "ok")}
+    assert twilio.bodies[-1]["To"] == "+14155552671" and twilio.bodies[-1]["Body"] == "A recruiter wrote to you"
+
+
+async def test_push_through_fcm_and_a_gone_token_is_removed(engine, sinks):
+    _, fcm = sinks
+    async with aiohttp.ClientSession() as s:
+        ok, gone = await send(s, engine, "s1", ["push"]), await send(s, engine, "s2", ["push"])
+        await wait_rows(engine.pool, [ok, gone], 2)
+        assert await rows(engine, ok) == {"push": ("sent", "ok")}
+        assert await rows(engine, gone) == {"push": ("failed", "address_gone")}
+        async with s.get(f"{engine.base_url}/v1/users/s2") as r:
+            assert "push" not in (await r.json())["addresses"]
+    message = fcm.bodies[-1]["message"]
+    assert message["token"] == "live-token" and message["notification"]["title"] == "New message"
