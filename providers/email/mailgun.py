@@ -44,6 +44,7 @@ from providers.errors import (
     NetworkError,
 )
 from providers.http_session import HttpSession
+from providers.secrets import redacted, required_secret, scrub
 from providers.webhook.http import map_status
 
 DEFAULT_BASE_URL = "https://api.mailgun.net"
@@ -92,11 +93,8 @@ class MailgunProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        api_key = settings.get("api_key")
-        if not api_key or not isinstance(api_key, str):
-            raise ConfigurationError(f"mailgun provider {name!r}: 'api_key' is required")
-        self._api_key = api_key
-        self.settings = {**settings, "api_key": "[redacted]"}
+        self._api_key = required_secret(settings, "api_key", "mailgun", name)
+        self.settings = redacted(settings, "api_key")
         domain = settings.get("domain")
         if not domain or not isinstance(domain, str) or not _DOMAIN.fullmatch(domain):
             raise ConfigurationError(f"mailgun provider {name!r}: 'domain' (the sending domain) is required")
@@ -118,7 +116,7 @@ class MailgunProvider(HttpSession):
         self.max_connections = int(settings.get("max_connections", 32))
         self.transactional = frozenset(settings.get("transactional_categories", DEFAULT_TRANSACTIONAL))
         self.unsubscribe_url: str | None = settings.get("unsubscribe_url")
-        credentials = base64.b64encode(f"api:{api_key}".encode()).decode("ascii")
+        credentials = base64.b64encode(f"api:{self._api_key}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {credentials}"}
         self._session: aiohttp.ClientSession | None = None
 
@@ -179,7 +177,7 @@ class MailgunProvider(HttpSession):
         return err
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]")
+        return scrub(text, self._api_key)
 
 
 __all__ = ["DEFAULT_BASE_URL", "EU_BASE_URL", "MailgunProvider", "error_message", "message_id"]

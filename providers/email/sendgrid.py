@@ -32,6 +32,7 @@ from providers.base import Receipt
 from providers.email.common import check_content, fill
 from providers.errors import ConfigurationError, DeliveryError, InvalidMessage, NetworkError, RateLimited
 from providers.http_session import HttpSession
+from providers.secrets import redacted, required_secret, scrub
 from providers.webhook.http import map_status
 
 MAX_PERSONALIZATIONS = 1000
@@ -91,11 +92,8 @@ class SendGridProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        api_key = settings.get("api_key")
-        if not api_key or not isinstance(api_key, str):
-            raise ConfigurationError(f"sendgrid provider {name!r}: 'api_key' is required")
-        self._api_key = api_key
-        self.settings = {**settings, "api_key": "[redacted]"}
+        self._api_key = required_secret(settings, "api_key", "sendgrid", name)
+        self.settings = redacted(settings, "api_key")
         sender = settings.get("sender")
         if not sender or not isinstance(sender, str):
             raise ConfigurationError(f"sendgrid provider {name!r}: 'sender' (From address) is required")
@@ -114,7 +112,7 @@ class SendGridProvider(HttpSession):
             raise ConfigurationError(f"sendgrid provider {name!r}: max_batch must be >= 1")
         self.transactional = frozenset(settings.get("transactional_categories", DEFAULT_TRANSACTIONAL))
         self.unsubscribe_url: str | None = settings.get("unsubscribe_url")
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, task: DeliveryTask) -> Receipt:
@@ -198,7 +196,7 @@ class SendGridProvider(HttpSession):
         return err
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]")
+        return scrub(text, self._api_key)
 
 
 __all__ = ["MAX_PERSONALIZATIONS", "SendGridProvider", "first_error", "parse_sender", "rate_limit_reset"]

@@ -38,6 +38,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.http_session import HttpSession
+from providers.secrets import redacted, required_secret, scrub
 from providers.sms import (
     check_segments,
     max_segments_setting,
@@ -127,11 +128,8 @@ class MessageBirdProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        key = settings.get("access_key")
-        if not key or not isinstance(key, str):
-            raise ConfigurationError(f"messagebird provider {name!r}: 'access_key' is required")
-        self._access_key = key
-        self.settings = {**settings, "access_key": "[redacted]"}
+        self._access_key = required_secret(settings, "access_key", "messagebird", name)
+        self.settings = redacted(settings, "access_key")
         try:
             self.originator = sender(settings.get("originator")).lstrip("+")
         except ValueError as exc:
@@ -143,7 +141,7 @@ class MessageBirdProvider(HttpSession):
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
         self.max_segments = max_segments_setting("messagebird", name, settings)
-        self._headers = {"Authorization": f"AccessKey {key}", "Content-Type": "application/json",
+        self._headers = {"Authorization": f"AccessKey {self._access_key}", "Content-Type": "application/json",
                          "Accept": "application/json"}
         self._session: aiohttp.ClientSession | None = None
 
@@ -176,7 +174,7 @@ class MessageBirdProvider(HttpSession):
         raise err
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._access_key, "[redacted]")
+        return scrub(text, self._access_key)
 
 
 def _id_of(payload: bytes) -> str | None:

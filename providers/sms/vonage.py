@@ -41,6 +41,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.http_session import HttpSession
+from providers.secrets import redacted, scrub
 from providers.sms import (
     check_segments,
     max_segments_setting,
@@ -113,7 +114,7 @@ class VonageSmsProvider(HttpSession):
         if not key or not isinstance(key, str) or not secret or not isinstance(secret, str):
             raise ConfigurationError(f"vonage provider {name!r}: 'api_key' and 'api_secret' are required")
         self._api_key, self._api_secret = key, secret
-        self.settings = {**settings, "api_secret": "[redacted]"}
+        self.settings = redacted(settings, "api_secret")
         try:
             self.from_ = sender(settings.get("from")).lstrip("+")
         except ValueError as exc:
@@ -192,7 +193,7 @@ class VonageSmsProvider(HttpSession):
         return Receipt(message_id=str(first) if first is not None else None)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_secret, "[redacted]")
+        return scrub(text, self._api_secret)
 
 
 __all__ = ["STATUS_ERRORS", "VonageSmsProvider", "vonage_error"]
