@@ -55,6 +55,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from importlib.metadata import version
+from typing import NamedTuple
 
 import aiohttp
 import uvloop
@@ -84,16 +85,8 @@ from engine.sinks.twilio import TwilioSink
 from engine.sinks.vonage import VonageSink
 from engine.sinks.webpush import WebPushSink
 from policy.types import Content, DeliveryTask
-from providers.email.mailgun import MailgunProvider
-from providers.email.sendgrid import SendGridProvider
+from providers import registry
 from providers.push.apns import ApnsProvider
-from providers.push.fcm import FcmProvider
-from providers.sms.messagebird import MessageBirdProvider
-from providers.sms.twilio import TwilioSmsProvider
-from providers.sms.vonage import VonageSmsProvider
-from providers.voice.twilio import TwilioVoiceProvider
-from providers.webhook.http import WebhookProvider
-from providers.webpush.provider import WebPushProvider
 
 SECRET = "bench-s3cret"
 TWILIO_ACCOUNT = "AC" + "a1" * 16
@@ -104,76 +97,87 @@ REFUSED = ("rejected", "unauthorized", "gone", "bad_vapid", "bad_signatures", "f
 SKIP_HEADERS = {"host", "content-length"}  # the bare client sets both, to the same values
 
 
-def tasks_for(channel: str, address: str) -> Callable[[int], DeliveryTask]:
-    return lambda i: DeliveryTask(f"bench-{i}", "u1", channel, "orders", address, CONTENT)
+class Case(NamedTuple):
+    """One provider type and its loopback server. ``make_sink`` runs in the child
+    process; ``settings(info)`` and ``address(info)`` in the parent, with what
+    the child sent back (``info``: port, url, ca_file, subscription)."""
+
+    make_sink: Callable
+    type: str
+    channel: str
+    settings: Callable[[dict], dict]
+    address: Callable[[dict], str]
+
+    def provider(self, name: str, info: dict, pool: dict):
+        """The provider as the engine builds it (the registry), plus ``pool``."""
+        return registry.create(self.type, name, {**self.settings(info), **pool})
+
+    def task_maker(self, info: dict) -> Callable[[int], DeliveryTask]:
+        address = self.address(info)
+        return lambda i: DeliveryTask(f"bench-{i}", "u1", self.channel, "orders", address, CONTENT)
 
 
-# -- the cases: each returns (the sink, built in the child; setup(info, pool) ->
-# (provider, task maker), run in the parent with what the child sent back) ------
-
-def sendgrid():
-    return partial(SendGridSink, SECRET), lambda info, pool: (SendGridProvider("sendgrid", {
-        "api_key": SECRET, "sender": "Tidings <noreply@tidings.test>", "base_url": info["url"], **pool}),
-        tasks_for("email", "user@example.com"))
+def sendgrid() -> Case:
+    return Case(partial(SendGridSink, SECRET), "sendgrid", "email", lambda info: {
+        "api_key": SECRET, "sender": "Tidings <noreply@tidings.test>", "base_url": info["url"]},
+        lambda info: "user@example.com")
 
 
-def mailgun():
-    return partial(MailgunSink, SECRET, "mg.tidings.test"), lambda info, pool: (MailgunProvider("mailgun", {
+def mailgun() -> Case:
+    return Case(partial(MailgunSink, SECRET, "mg.tidings.test"), "mailgun", "email", lambda info: {
         "api_key": SECRET, "domain": "mg.tidings.test", "sender": "Tidings <noreply@tidings.test>",
-        "base_url": info["url"], **pool}), tasks_for("email", "user@example.com"))
+        "base_url": info["url"]}, lambda info: "user@example.com")
 
 
-def twilio_sms():
-    return partial(TwilioSink, TWILIO_ACCOUNT, SECRET), lambda info, pool: (TwilioSmsProvider("twilio_sms", {
-        "account_sid": TWILIO_ACCOUNT, "auth_token": SECRET, "from": SENDER, "base_url": info["url"], **pool}),
-        tasks_for("sms", PHONE))
+def twilio_sms() -> Case:
+    return Case(partial(TwilioSink, TWILIO_ACCOUNT, SECRET), "twilio_sms", "sms", lambda info: {
+        "account_sid": TWILIO_ACCOUNT, "auth_token": SECRET, "from": SENDER, "base_url": info["url"]},
+        lambda info: PHONE)
 
 
-def messagebird():
-    return partial(MessageBirdSink, SECRET), lambda info, pool: (MessageBirdProvider("messagebird", {
-        "access_key": SECRET, "originator": "Tidings", "base_url": info["url"], **pool}), tasks_for("sms", PHONE))
+def messagebird() -> Case:
+    return Case(partial(MessageBirdSink, SECRET), "messagebird", "sms", lambda info: {
+        "access_key": SECRET, "originator": "Tidings", "base_url": info["url"]}, lambda info: PHONE)
 
 
-def vonage():
-    return partial(VonageSink, "benchkey", SECRET), lambda info, pool: (VonageSmsProvider("vonage", {
-        "api_key": "benchkey", "api_secret": SECRET, "from": "Tidings", "base_url": info["url"], **pool}),
-        tasks_for("sms", PHONE))
+def vonage() -> Case:
+    return Case(partial(VonageSink, "benchkey", SECRET), "vonage", "sms", lambda info: {
+        "api_key": "benchkey", "api_secret": SECRET, "from": "Tidings", "base_url": info["url"]},
+        lambda info: PHONE)
 
 
-def twilio_voice():
-    return partial(TwilioSink, TWILIO_ACCOUNT, SECRET), lambda info, pool: (TwilioVoiceProvider("twilio_voice", {
-        "account_sid": TWILIO_ACCOUNT, "auth_token": SECRET, "from": SENDER, "base_url": info["url"], **pool}),
-        tasks_for("voice", PHONE))
+def twilio_voice() -> Case:
+    return Case(partial(TwilioSink, TWILIO_ACCOUNT, SECRET), "twilio_voice", "voice", lambda info: {
+        "account_sid": TWILIO_ACCOUNT, "auth_token": SECRET, "from": SENDER, "base_url": info["url"]},
+        lambda info: PHONE)
 
 
-def fcm():
+def fcm() -> Case:
     account = make_service_account("tidings-bench")  # the RSA key is made here, the sink gets a copy
-    return partial(FcmSink, account), lambda info, pool: (FcmProvider("fcm", {
-        "service_account": {**account, "token_uri": f"{info['url']}/token"}, "base_url": info["url"], **pool}),
-        tasks_for("push", "fcm-registration-token-1"))
+    return Case(partial(FcmSink, account), "fcm", "push", lambda info: {
+        "service_account": {**account, "token_uri": f"{info['url']}/token"}, "base_url": info["url"]},
+        lambda info: "fcm-registration-token-1")
 
 
-def apns():
+def apns() -> Case:
     key = make_signing_key()
     ids = ("ABC123DEFG", "TEAM123456", "com.example.tidings")
-    return partial(ApnsSink, key, *ids), lambda info, pool: (ApnsProvider("apns", {
+    return Case(partial(ApnsSink, key, *ids), "apns", "push", lambda info: {
         "key": key, "key_id": ids[0], "team_id": ids[1], "topic": ids[2], "host": "127.0.0.1",
-        "port": info["port"], "ca_file": info["ca_file"], **pool}), tasks_for("push", f"{1:064x}"))
+        "port": info["port"], "ca_file": info["ca_file"]}, lambda info: f"{1:064x}")
 
 
-def webpush():
+def webpush() -> Case:
     vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    return partial(WebPushSink, keep_payloads=False), lambda info, pool: (WebPushProvider("webpush", {
-        "vapid_private_key": vapid, "vapid_subject": "mailto:ops@tidings.test", "allow_http": True, **pool}),
-        tasks_for("web", json.dumps(info["subscription"])))
+    return Case(partial(WebPushSink, keep_payloads=False), "webpush", "web", lambda info: {
+        "vapid_private_key": vapid, "vapid_subject": "mailto:ops@tidings.test", "allow_http": True},
+        lambda info: json.dumps(info["subscription"]))
 
 
-def webhook():
-    return partial(WebhookSink, SECRET), lambda info, pool: (WebhookProvider("webhook", {
-        "secret": SECRET, "url": info["url"], **pool}), tasks_for("webhook", "u1"))
-
-
+def webhook() -> Case:
+    return Case(partial(WebhookSink, SECRET), "webhook", "webhook", lambda info: {
+        "secret": SECRET, "url": info["url"]}, lambda info: "u1")
 CASES: dict[str, Callable] = {f.__name__: f for f in (sendgrid, mailgun, twilio_sms, messagebird, vonage,
                                                      twilio_voice, fcm, apns, webpush, webhook)}
 
@@ -371,7 +375,8 @@ def refused(stats: dict) -> int:
 
 
 async def run_case(name: str, args) -> dict:
-    make_sink, setup = CASES[name]()
+    case = CASES[name]()
+    make_sink = case.make_sink
     ctx = mp.get_context("spawn")
     conn, child_conn = ctx.Pipe()
     proc = ctx.Process(target=child, args=(make_sink, child_conn), name=f"bench-sink-{name}", daemon=True)
@@ -380,7 +385,8 @@ async def run_case(name: str, args) -> dict:
     provider = None
     try:
         info = await ask(conn, None)
-        provider, make_task = setup(info, {"max_connections": args.concurrency, "timeout_s": 5})
+        provider = case.provider(name, info, {"max_connections": args.concurrency, "timeout_s": 5})
+        make_task = case.task_maker(info)
         await provider.start()
         n, rounds = args.n, args.rounds
         tasks = [make_task(i) for i in range(rounds * n + args.warmup + 1)]  # built before any clock starts
