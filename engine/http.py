@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from engine import streams
+from engine import engagement, streams
 from engine.errors import field_error
 from engine.runtime import Engine
 from policy import wire
@@ -217,13 +217,16 @@ FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel
 
 async def status(request: web.Request) -> web.Response:
     nid = path_uuid(request)
-    rows = await request.app[ENGINE].pool.fetch(STATUS_SQL, nid)
+    pool = request.app[ENGINE].pool
+    rows = await pool.fetch(STATUS_SQL, nid)
     if not rows:
         raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+    engaged = await engagement.timelines(pool, nid)  # opens and clicks, after the channel's own timeline
     channels = [{
         "channel": r["channel"], "status": r["status"], "reason": r["reason"], "provider": r["provider"],
         "provider_message_id": r["provider_message_id"], "attempts": r["attempts"],
-        "timeline": orjson.loads(r["timeline"]), "errors": orjson.loads(r["errors"]) if r["errors"] else None,
+        "timeline": orjson.loads(r["timeline"]) + engaged.get(r["channel"], []),
+        "errors": orjson.loads(r["errors"]) if r["errors"] else None,
         "accepted_at": float(r["accepted_at"]) if r["accepted_at"] is not None else None,
         "completed_at": float(r["completed_at"]) if r["completed_at"] is not None else None,
     } for r in rows]
@@ -381,12 +384,13 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    from engine import http_bulk, http_inbox, http_prefs, http_templates, http_tracking  # built on these helpers
+    from engine import http_bulk, http_events, http_inbox, http_prefs, http_templates, http_tracking  # built on these helpers
     http_prefs.add_routes(app)
     http_bulk.add_routes(app)
     http_templates.add_routes(app)
     http_tracking.add_routes(app)
     http_inbox.add_routes(app)
+    http_events.add_routes(app)
     return app
 
 

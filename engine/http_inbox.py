@@ -4,7 +4,8 @@
   ``{"messages": [...], "next": <last seq of the page, or after>, "unread": n, "unseen": n}``,
   oldest first; page on with ``after=<next>``.
 - ``POST /v1/users/{user_id}/inbox/read`` ``{"seqs": [...]}`` or ``{"all": true}``:
-  ``{"read": <newly marked>, "unread": n, "unseen": n}``; read implies seen.
+  ``{"read": <newly marked>, "unread": n, "unseen": n}``; read implies seen, and
+  records the notification "opened" on ``in_app`` (``engine.engagement``).
 - ``POST /v1/users/{user_id}/inbox/seen``, likewise: ``{"seen": ..., "unread": ..., "unseen": ...}``.
   Only that user's messages are marked.
 - ``GET  /v1/users/{user_id}/inbox/ws?after=<seq>``: a WebSocket (see ``InboxStream``).
@@ -28,6 +29,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 from msgspec import Meta
 
+from engine import engagement
 from engine.http import ENGINE, Problem, decode, read_body, reply
 from engine.http_prefs import path_user
 from providers.inapp.messages import COLUMNS, Event, from_row, inbox_subject
@@ -53,9 +55,10 @@ UNREAD_PAGE_SQL = (f"SELECT {COLUMNS} FROM inbox_messages WHERE user_id = $1 AND
 COUNTS_SQL = ("SELECT count(*) AS unread, count(*) FILTER (WHERE seen_at IS NULL) AS unseen "
               "FROM inbox_messages WHERE user_id = $1 AND read_at IS NULL")
 READ_SQL = ("UPDATE inbox_messages SET read_at = now(), seen_at = coalesce(seen_at, now()) "
-            "WHERE user_id = $1 AND read_at IS NULL AND ($2::bigint[] IS NULL OR seq = ANY($2::bigint[]))")
+            "WHERE user_id = $1 AND read_at IS NULL AND ($2::bigint[] IS NULL OR seq = ANY($2::bigint[])) "
+            "RETURNING notification_id, extract(epoch FROM read_at) AS read_at")
 SEEN_SQL = ("UPDATE inbox_messages SET seen_at = now() WHERE user_id = $1 AND read_at IS NULL "
-            "AND seen_at IS NULL AND ($2::bigint[] IS NULL OR seq = ANY($2::bigint[]))")
+            "AND seen_at IS NULL AND ($2::bigint[] IS NULL OR seq = ANY($2::bigint[])) RETURNING seq")
 ACK_SQL = ("UPDATE inbox_messages SET seen_at = now() WHERE user_id = $1 AND read_at IS NULL "
            "AND seen_at IS NULL AND seq <= $2")
 
@@ -126,10 +129,13 @@ async def mark(request: web.Request, sql: str, what: str) -> web.Response:
     if (marks.seqs is None) == (not marks.all):
         raise Problem(422, f"invalid {what} marks",
                       [{"field": "$", "reason": 'give either "seqs": [...] or "all": true'}])
-    async with engine.pool.acquire() as conn:
-        status = await conn.execute(sql, user_id, None if marks.all else marks.seqs)
+    async with engine.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(sql, user_id, None if marks.all else marks.seqs)
+        if what == "read":  # reading an in-app message is opening it
+            await engagement.record(conn, [engagement.Engagement(r["notification_id"], user_id, "in_app", "opened",
+                                                                 float(r["read_at"]), "inbox") for r in rows])
         totals = await counts(conn, user_id)
-    return reply({what: int(status.split()[-1]), **totals})
+    return reply({what: len(rows), **totals})
 
 
 async def mark_read(request: web.Request) -> web.Response:
