@@ -39,11 +39,19 @@ def held(nid: str, user_id: str, req: Message, d: Decision, parent_id: str | Non
 
 def fallback_check(nid: str, user_id: str, req: Message, now: float) -> Held:
     """Held under the channel name "fallback": at ``now + fallback_after_s`` the
-    Scheduler brings it back, and the fallback channels go out unless one of the
-    request's channels was delivered by then."""
+    Scheduler brings it back, and the fallback channels go out unless the
+    notification was answered by then (``answered``)."""
     return Held("fallback", nid, "fallback", user_id, req.category, req.priority, "fallback.check",
                 now + (req.fallback_after_s or 0.0), wire.encode(as_notification(req, user_id, nid)),
                 req.accepted_at or now)
+
+
+def answered(unless: str | None, statuses: set[str], engaged: bool) -> bool:
+    """Whether a due fallback check finds its notification answered: opened or
+    clicked on a channel (``engaged``: an engagement event), or, unless
+    ``fallback_unless`` is "opened", a channel delivered (``statuses``: its
+    channels' tracking statuses). An open implies delivery, so it always counts."""
+    return engaged or (unless != "opened" and "delivered" in statuses)
 
 
 def next_period(tz_of):
@@ -124,25 +132,30 @@ class ReleaseMixin:
             raise error
 
     async def _release_fallback(self, dues: list[Due]) -> None:
-        """Fallback checks that are due: a notification none of whose channels
-        reached "delivered" goes out on its fallback channels, in order."""
+        """Fallback checks that are due: a notification not ``answered`` goes out
+        on its fallback channels, in order."""
         reqs = {d.key: (d.user_id, wire.decode(d.request, NotificationRequest)) for d in dues}
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT notification_id::text, channel, status FROM delivery_tracking "
                 "WHERE notification_id = ANY($1::uuid[])", list(reqs))
-        delivered = {r[0] for r in rows if r[2] == "delivered"}
+            engaged = {r[0] for r in await conn.fetch(
+                "SELECT DISTINCT notification_id::text FROM engagement_events "
+                "WHERE notification_id = ANY($1::uuid[])", list(reqs))}
+        statuses: dict[str, set[str]] = {}
+        for r in rows:
+            statuses.setdefault(r[0], set()).add(r[2])
         recorded = {(r[0], r[1]) for r in rows if r[2] != "deferred"}
         items, done = [], set()
         for nid, (uid, req) in reqs.items():
-            if nid in delivered:
+            if answered(req.fallback_unless, statuses.get(nid, set()), nid in engaged):
                 continue
             ahead = [ch for ch in req.fallback if ch not in req.channels]
             if not ahead:
                 continue
             done |= {(n, c) for n, c in recorded if n == nid and c in ahead}
             items.append((nid, uid, msgspec.structs.replace(req, channels=ahead[:1], fallback=ahead[1:],
-                                                            fallback_after_s=None)))
+                                                            fallback_after_s=None, fallback_unless=None)))
         outcomes: list[Outcome] = []
         if items:
             outcomes, error = await self._decide_and_send(items, done, self.users)

@@ -95,6 +95,8 @@ def check(reqs: list, available: frozenset[str], many: bool, max_batch: int) -> 
     errors = []
     for i, r in enumerate(reqs):
         at = f"$[{i}]" if many else "$"
+        if r.fallback_unless is not None and r.fallback_after_s is None:
+            errors.append({"field": f"{at}.fallback_unless", "reason": "needs fallback_after_s (the time to wait)"})
         fields = [(f"{at}.channels[{j}]", ch) for j, ch in enumerate(r.channels)]
         fields += [(f"{at}.fallback[{j}]", ch) for j, ch in enumerate(r.fallback)]
         for field, ch in fields:

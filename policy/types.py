@@ -73,6 +73,10 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     # ``fallback_after_s``, also when one was sent but none reached "delivered" by then
     fallback: Annotated[list[Channel], Meta(max_length=6)] = []
     fallback_after_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
+    # what spares the fallback at ``fallback_after_s``: a channel "delivered" (the
+    # default; an open counts, it implies delivery) or only "opened" (an opened or
+    # clicked engagement event, engine/engagement.py); needs ``fallback_after_s``
+    fallback_unless: Literal["delivered", "opened"] | None = None
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
     priority: Priority = "normal"

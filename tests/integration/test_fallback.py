@@ -4,6 +4,7 @@ is removed from the user."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import aiohttp
@@ -151,3 +152,51 @@ async def test_in_app_lands_in_the_inbox(engine):
         async with s.get(f"{engine.base_url}/v1/users/f1/inbox") as r:
             inbox = await r.json()
     assert [m["notification_id"] for m in inbox["messages"]] == [nid] and inbox["unread"] == 1
+
+
+async def test_fallback_over_time_unless_opened(engine, sinks):
+    """In-app now; unless it is opened (read in the inbox, or an event from the
+    client) by the time the check is due, email. Delivered is not enough."""
+    smtp, _, _ = sinks
+    before = smtp.count
+    await http.save_profiles(engine, [UserProfile(user_id="o1", addresses={"email": "o1@example.test"})], "test")
+    base = {"user_id": "o1", "category": "job_alerts", "channels": ["in_app"], "fallback": ["email"],
+            "fallback_unless": "opened", "content": {"subject": "s", "text": "t"}}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{engine.base_url}/v1/notifications", json=base) as r:  # no fallback_after_s
+            assert r.status == 422
+            assert [e["field"] for e in (await r.json())["errors"]] == ["$.fallback_unless"]
+        unread, read, clicked = ids = [str(uuid.uuid4()) for _ in range(3)]
+        for nid in ids:
+            # due in a minute; the test brings the time forward once the opens are in
+            async with s.post(f"{engine.base_url}/v1/notifications",
+                              json={**base, "id": nid, "fallback_after_s": 60}) as r:
+                assert r.status == 202, await r.text()
+        await wait_rows(engine.pool, ids, 3)
+        # the unread one is confirmed delivered, as a provider would say: not enough
+        await engine.pool.execute("UPDATE delivery_tracking SET status = 'delivered' WHERE notification_id = $1",
+                                  uuid.UUID(unread))
+        async with s.get(f"{engine.base_url}/v1/users/o1/inbox") as r:
+            seq = {m["notification_id"]: m["seq"] for m in (await r.json())["messages"]}
+        async with s.post(f"{engine.base_url}/v1/users/o1/inbox/read", json={"seqs": [seq[read]]}) as r:
+            assert (await r.json())["read"] == 1
+        async with s.post(f"{engine.base_url}/v1/notifications/{clicked}/events",
+                          json={"channel": "in_app", "type": "clicked"}) as r:
+            assert r.status == 201, await r.text()
+        checks = "kind = 'fallback' AND notification_id = ANY($1::uuid[])"
+        assert await engine.pool.fetchval(
+            f"SELECT count(*) FROM scheduled_notifications WHERE {checks} AND status = 'pending'", ids) == 3
+        await engine.pool.execute(f"UPDATE scheduled_notifications SET due_at = now() WHERE {checks}", ids)
+        await wait_rows(engine.pool, ids, 4, timeout_s=30)
+        deadline = asyncio.get_running_loop().time() + 30
+        while await engine.pool.fetchval(
+                f"SELECT count(*) FROM scheduled_notifications WHERE {checks} AND status = 'done'", ids) < 3:
+            assert asyncio.get_running_loop().time() < deadline, "fallback checks not done"
+            await asyncio.sleep(0.2)
+        assert await statuses(engine, unread) == {"in_app": ("delivered", "ok"), "email": ("sent", "ok")}
+        assert await statuses(engine, read) == {"in_app": ("delivered", "opened")}
+        assert await statuses(engine, clicked) == {"in_app": ("delivered", "clicked")}
+        assert smtp.count == before + 1
+        async with s.get(f"{engine.base_url}/v1/notifications/{read}") as r:
+            (in_app,) = (await r.json())["channels"]
+    assert [(e["event"], e["source"]) for e in in_app["timeline"] if "event" in e] == [("opened", "inbox")]
