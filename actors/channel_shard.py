@@ -51,15 +51,17 @@ def build_router(cfg: ChannelConfig, providers: list[ProviderConfig], slots: lis
                        window_s=cfg.health_window_s, max_error_rate=cfg.health_max_error_rate)
 
 
-def batches(tasks: list[DeliveryTask], size: int) -> list[list[DeliveryTask]]:
+def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> list[list[DeliveryTask]]:
     """Tasks with the same content, in groups of at most ``size`` (a batch call
     sends one content to many recipients), no address twice in a group (SendGrid
-    refuses a whole request that names an address twice). Channels without
-    addresses (in-app) are grouped freely."""
+    refuses a whole request that names an address twice). With ``mixed`` (the
+    providers store each task's own content, as in-app does) any tasks share a
+    group. Channels without addresses (in-app) never split on the address."""
     by_content: dict[tuple, list[DeliveryTask]] = {}
     for t in tasks:
         c = t.content
-        by_content.setdefault((c.subject, c.text, c.html, t.category), []).append(t)
+        key = () if mixed else (c.subject, c.text, c.html, t.category)
+        by_content.setdefault(key, []).append(t)
     out = []
     for pending in by_content.values():
         while pending:
@@ -85,6 +87,7 @@ class ChannelShard:
         self._start_lock = asyncio.Lock()
         self.delivered = 0
         self.batch_size = 0
+        self.mixed = False  # every provider's batch may mix contents
 
     async def _ready(self) -> list[ProviderSlot]:
         if self.slots is not None:
@@ -100,6 +103,7 @@ class ChannelShard:
                 sizes = [getattr(s.provider, "max_batch", 0) if hasattr(s.provider, "send_batch") else 0
                          for s in slots]
                 self.batch_size = min(sizes) if sizes else 0
+                self.mixed = bool(slots) and all(getattr(s.provider, "mixed_content", False) for s in slots)
                 self.router = router
                 self.slots = slots
         return self.slots
@@ -110,7 +114,7 @@ class ChannelShard:
         tasks = wire.decode(payload, list[DeliveryTask])
         env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng, router=self.router)
         if self.batch_size > 1 and len(tasks) > 1:
-            groups = batches(tasks, self.batch_size)
+            groups = batches(tasks, self.batch_size, mixed=self.mixed)
             results = await asyncio.gather(*(self._batch(g, slots, env) for g in groups))
             outcomes: list[Outcome] = [o for r in results for o in r]
         else:

@@ -61,7 +61,7 @@ from engine.http import save_profiles
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from engine.sinks.smtp import SmtpSink
-from policy.types import DeliveryTask, UserProfile
+from policy.types import Content, DeliveryTask, UserProfile
 from policy.validate import PreferencesPatch
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -152,14 +152,17 @@ def smtp_pool(args) -> int:
 
 async def inapp_ceiling(engine: Engine, args) -> dict:
     """The in-app provider alone (``send_batch``) against the engine's PostgreSQL and NATS."""
+    from engine.runtime import with_service_urls
     from providers.inapp.provider import InAppProvider
-    settings = engine.cfg.channels["in_app"].providers[0].settings
+    cfg = with_service_urls(engine.cfg, engine.nats_url, engine.database_url)
+    settings = cfg.channels["in_app"].providers[0].settings
     provider = InAppProvider("inapp-bare", settings)
     await provider.start()
     batch = provider.max_batch
-    contents = bp.CONTENT
-    batches = [[DeliveryTask(str(uuid.uuid4()), f"{PREFIX}{(b * batch + i) % args.users:06d}", "in_app", "messages",
-                             "", contents) for i in range(batch)] for b in range(args.n // batch)]
+    notes = notifications("in_app", args.n, args.users)  # the engine run's contents, one per notification
+    tasks = [DeliveryTask(str(uuid.uuid4()), n["user_id"], "in_app", n["category"], "", Content(**n["content"]))
+             for n in notes]
+    batches = [tasks[i:i + batch] for i in range(0, len(tasks) - batch + 1, batch)]
 
     async def send(i: int) -> bool:
         await provider.send_batch(batches[i])
@@ -214,7 +217,8 @@ async def through_engine(cfg: config.Config, channel: str, address: str, args, c
     engine = await Engine(cfg).start()
     out: dict = {}
     try:
-        people = [UserProfile(user_id=f"{PREFIX}{i:06d}", addresses={channel: address}) for i in range(args.users)]
+        where = {channel: address} if address else {}  # in-app needs no address
+        people = [UserProfile(user_id=f"{PREFIX}{i:06d}", addresses=where) for i in range(args.users)]
         for i in range(0, len(people), 2000):
             await save_profiles(engine, people[i:i + 2000], "bench")
         if channel in CONSENT:

@@ -116,6 +116,7 @@ class InAppProvider:
     """
 
     channel = "in_app"
+    mixed_content = True  # a batch stores each task's own content: ChannelShards batch any tasks together
 
     def __init__(self, name: str, settings: dict):
         self.name = name

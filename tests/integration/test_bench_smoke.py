@@ -50,3 +50,23 @@ def test_plan_uses_the_highest_utilisation_that_meets_the_target():
     assert p["saturates_first"] == "ChannelShard"
     strict = capacity.plan(result, 2000, 10)
     assert not strict["p99_met"] and strict["utilisation"] == 0.2
+
+
+async def test_every_channel_goes_through_the_engine_to_its_server(nats_url, database_url, ray_address,
+                                                                   monkeypatch, tmp_path):
+    """`bench channels` at a tiny size: every provider type, through a running
+    engine, to the server that speaks its API; the server counts exactly what
+    the engine recorded as sent, and the ceiling's bare client saw no errors."""
+    from bench import channels
+    monkeypatch.setenv("TIDINGS_NATS_URL", nats_url)
+    monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
+    monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
+    args = channels.parser().parse_args(["--n", "100", "--users", "40", "--warmup", "10", "--concurrency", "8",
+                                         "--timeout", "60", "--deadline", "900"])
+    out = await channels.run(args)
+    assert not out["dropped"], out["dropped"]
+    assert set(out["results"]) == set(channels.CASES)
+    for name, r in out["results"].items():
+        assert channels.complete(r, 100), (name, r)
+        assert r["engine"]["statuses"] == {"sent/ok": 100}, (name, r["engine"]["statuses"])
+        assert r["ratio"] > 0, name

@@ -33,3 +33,11 @@ def test_every_task_once_and_every_batch_valid(spec, size):
         assert 0 < len(b) <= size
         assert len({t.address for t in b}) == len(b)
         assert len({t.content.subject for t in b}) == 1
+
+
+def test_mixed_contents_share_a_batch_when_the_providers_store_each_tasks_own():
+    tasks = [DeliveryTask(f"n{i}", f"u{i}", "in_app", "messages", "", Content(subject=f"s{i}")) for i in range(250)]
+    out = batches(tasks, 100, mixed=True)
+    assert [len(b) for b in out] == [100, 100, 50]
+    assert [t.notification_id for b in out for t in b] == [t.notification_id for t in tasks]
+    assert len(batches(tasks, 100)) == 250  # one content per batch otherwise
