@@ -22,7 +22,8 @@ from policy.rules import PolicyConfig
 CONFIG_DIR = Path(os.environ.get("TIDINGS_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 # Environment variables that start with TIDINGS_ but are not settings.
-NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_")
+# TIDINGS_CREDENTIALS_KEY: the keys of stored provider credentials (engine/credentials.py).
+NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_", "TIDINGS_CREDENTIALS_KEY")
 
 Positive = Annotated[int, Meta(ge=1)]
 NonNegative = Annotated[float, Meta(ge=0)]

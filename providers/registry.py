@@ -57,7 +57,8 @@ def resolve(type_name: str) -> Any:
 def from_env(settings: dict, environ=None) -> dict:
     """``settings`` with every value ``"env:NAME"`` replaced by the environment
     variable NAME, so credentials stay out of config files. ConfigurationError
-    names a variable that is not set (never its value)."""
+    names a variable that is not set (never its value), and a ``"secret:NAME"``
+    value still there (the engine fills those in before providers are made)."""
     environ = os.environ if environ is None else environ
     out = {}
     for key, value in settings.items():
@@ -66,6 +67,10 @@ def from_env(settings: dict, environ=None) -> dict:
             if var not in environ:
                 raise ConfigurationError(f"setting {key!r}: environment variable {var} is not set")
             value = environ[var]
+        elif isinstance(value, str) and value.startswith("secret:"):
+            # Filled from PostgreSQL when the engine starts (engine/credentials.py);
+            # never hand the reference itself to a provider as if it were the secret.
+            raise ConfigurationError(f"setting {key!r}: {value} was not filled from the stored credentials")
         out[key] = value
     return out
 
