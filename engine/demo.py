@@ -9,12 +9,19 @@ import random
 import time
 
 import aiohttp
+import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from engine.config import Config
 from actors.user_prefs import PrefCommand
+from engine.config import ChannelConfig, Config, ProviderConfig
 from engine.http import save_profiles
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
@@ -28,15 +35,28 @@ from policy.windows import Window
 CATEGORIES = (("job_alerts", 0.5), ("application_updates", 0.3), ("marketing", 0.2))
 
 
+DEMO_TWILIO_ACCOUNT = "AC" + "de" * 16  # the demo's own: only its loopback server accepts it
+DEMO_TWILIO_TOKEN = "demo-twilio-token"
+
+
 class Sinks:
-    """The loopback SMTP server and webhook receiver the demo points the engine at,
-    each in its own process (started and stopped with the engine)."""
+    """The loopback servers the demo points the engine at, each in its own process
+    (started and stopped with the engine): an SMTP server and a webhook receiver
+    for the channels the profile configures, and -- for SMS, voice and push when
+    the profile has none of its own -- Twilio's and FCM's APIs (the channels are
+    added to the config pointed at them)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.smtp = SinkProcess("smtp") if "email" in cfg.enabled_channels() else None
         secret = self._webhook_secret(cfg)
         self.webhook = SinkProcess("webhook", secret=secret) if secret else None
+        self.twilio = (SinkProcess("twilio", secret=DEMO_TWILIO_TOKEN, account=DEMO_TWILIO_ACCOUNT)
+                       if not {"sms", "voice"} & set(cfg.channels) else None)
+        self.fcm = None
+        if "push" not in cfg.channels:
+            from engine.sinks.fcm import make_service_account
+            self.fcm = SinkProcess("fcm", account=make_service_account("tidings-demo"))
 
     @staticmethod
     def _webhook_secret(cfg: Config) -> str | None:
@@ -45,25 +65,37 @@ class Sinks:
             return None
         return ch.providers[0].settings.get("secret")
 
+    def _all(self) -> list[SinkProcess]:
+        return [s for s in (self.smtp, self.webhook, self.twilio, self.fcm) if s is not None]
+
     async def start(self) -> Config:
-        """Start both and return the config pointed at their ports."""
+        """Start them and return the config pointed at their ports."""
+        await asyncio.gather(*(asyncio.to_thread(s.start) for s in self._all()))
         cfg = self.cfg
         if self.smtp is not None:
-            await asyncio.to_thread(self.smtp.start)
             cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=self.smtp.port)
         if self.webhook is not None:
-            await asyncio.to_thread(self.webhook.start)
             cfg = with_provider_settings(cfg, "webhook", url=self.webhook.url)
-        return cfg
+        added = {}
+        if self.twilio is not None:
+            twilio = {"account_sid": DEMO_TWILIO_ACCOUNT, "auth_token": DEMO_TWILIO_TOKEN, "from": "+15005550006",
+                      "base_url": self.twilio.base_url}
+            added["sms"] = ChannelConfig(providers=[ProviderConfig(name="twilio-local", type="twilio_sms",
+                                                                   settings=twilio)])
+            added["voice"] = ChannelConfig(providers=[ProviderConfig(name="twilio-voice-local", type="twilio_voice",
+                                                                     settings=twilio)])
+        if self.fcm is not None:
+            account = {**self.fcm.account, "token_uri": f"{self.fcm.base_url}/token"}
+            added["push"] = ChannelConfig(providers=[ProviderConfig(name="fcm-local", type="fcm", settings={
+                "service_account": account, "base_url": self.fcm.base_url})])
+        return msgspec.structs.replace(cfg, channels={**cfg.channels, **added})
 
     def stats(self) -> dict:
-        return {"smtp": self.smtp.stats() if self.smtp else {},
-                "webhook": self.webhook.stats() if self.webhook else {}}
+        return {name: (sink.stats() if sink else {}) for name, sink in
+                (("smtp", self.smtp), ("webhook", self.webhook), ("twilio", self.twilio), ("fcm", self.fcm))}
 
     async def stop(self) -> None:
-        for sink in (self.smtp, self.webhook):
-            if sink is not None:
-                await asyncio.to_thread(sink.stop)
+        await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self._all()))
 
 
 def population(users: int, seed: int = 7, prefix: str = "demo-") -> list[UserProfile]:
@@ -119,6 +151,46 @@ def requests(count: int, users: int, run: str, seed: int = 11, prefix: str = "de
     return out
 
 
+def devices(people: list[UserProfile], seed: int = 13) -> tuple[list[UserProfile], list[PrefCommand]]:
+    """~60% of ``people`` have the app (an FCM token), ~40% a phone number, and
+    half of those agreed to SMS and voice: the profiles with those addresses,
+    and the consents as preference commands."""
+    rng = random.Random(seed)
+    out, consents = [], []
+    for i, p in enumerate(people):
+        addresses = dict(p.addresses)
+        if rng.random() < 0.6:
+            addresses["push"] = f"fcm-{p.user_id}"
+        if rng.random() < 0.4:
+            addresses["sms"] = addresses["voice"] = f"+1{2_000_000_000 + i}"
+            if rng.random() < 0.5:
+                consents.append(PrefCommand(user_id=p.user_id, source="demo", actor="demo", patch=PreferencesPatch(
+                    consent={"sms": "granted", "voice": "granted"})))
+        out.append(msgspec.structs.replace(p, addresses=addresses))
+    return out, consents
+
+
+def demo_requests(count: int, users: int, run: str, seed: int = 17) -> list[dict]:
+    """The demo's load: ``requests`` on email and webhook, except ~12% recruiter
+    messages to the app (push and the in-app inbox), ~5% interview invitations
+    by push or, for users without the app, by SMS (``fallback``), and ~1%
+    critical security alerts by email and phone call."""
+    rng = random.Random(seed)
+    out = requests(count, users, run)
+    for r in out:
+        roll = rng.random()
+        if roll < 0.12:
+            r.update(category="messages", channels=["push", "in_app"],
+                     content={"subject": "New message", "text": "A recruiter wrote to you about a role."})
+        elif roll < 0.17:
+            r.update(category="application_updates", channels=["push"], fallback=["sms"],
+                     content={"subject": "Interview invitation", "text": "Acme would like to interview you."})
+        elif roll < 0.18:
+            r.update(category="security", channels=["email", "voice"], priority="critical",
+                     content={"subject": "New sign-in", "text": "Someone signed in to your account from a new device."})
+    return out
+
+
 async def submit_all(url: str, reqs: list[dict], batch: int = 500, concurrency: int = 4) -> list[str]:
     ids: list[str] = []
     gate = asyncio.Semaphore(concurrency)
@@ -171,27 +243,39 @@ async def run(engine: Engine, http_url: str, sinks: Sinks, *, count: int, users:
     console = console or Console()
     console.print(f"[bold]Seeding {users:,} users[/bold] through their UserShards (~10% with a daily digest "
                   "or quiet hours) …")
-    people = population(users)
+    people, consents = devices(population(users))
     for i in range(0, len(people), 1000):
         await save_profiles(engine, people[i:i + 1000], "demo")
-    mix = preference_mix(users)
+    mix = preference_mix(users) + consents
     for i in range(0, len(mix), 1000):
         await run_commands(engine, mix[i:i + 1000])
     run_id = f"demo-{int(time.time())}"
-    reqs = requests(count, users, run_id)
+    reqs = demo_requests(count, users, run_id)
+    expected = sum(len(r["channels"]) for r in reqs)  # fallback channels add rows of their own
     console.print(f"[bold]Submitting {count:,} notifications[/bold] over HTTP ({http_url}) …")
     started = time.monotonic()
     ids = await submit_all(http_url, reqs)
     console.print(f"accepted {len(ids):,} in {time.monotonic() - started:.1f}s (202 after the JetStream ack)")
-    done = await watch_rows(engine.pool, len(ids) * 2, timeout_s, console, ids=ids)
+    done = await watch_rows(engine.pool, expected, timeout_s, console, ids=ids)
+    done = await settled(engine.pool, ids, done)
     summary = await summarize(engine, ids)
-    summary["rows"], summary["expected_rows"] = done, len(ids) * 2
+    summary["rows"], summary["expected_rows"] = done, expected
     await asyncio.sleep(0.5)  # the sinks write their counts every quarter second
-    received = sinks.stats()
-    summary["smtp_received"] = received["smtp"].get("count", 0)
-    summary["webhooks"] = received["webhook"]
+    summary["sinks"] = sinks.stats()
     print_summary(console, summary, engine)
     return summary
+
+
+async def settled(pool, ids: list[str], seen: int, quiet_s: float = 1.0) -> int:
+    """The row count once it has not changed for ``quiet_s`` (fallback rows may
+    still be arriving when the expected count is reached)."""
+    while True:
+        await asyncio.sleep(quiet_s)
+        now = await pool.fetchval("SELECT count(*) FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])",
+                                  ids)
+        if now == seen:
+            return now
+        seen = now
 
 
 async def summarize(engine: Engine, ids: list[str]) -> dict:
@@ -219,10 +303,14 @@ def print_summary(console: Console, s: dict, engine: Engine) -> None:
         f"{s['notifications']:,} notifications ({s['rows']:,}/{s['expected_rows']:,} channel outcomes recorded) "
         f"in {s['wall_s']:.1f}s: [bold]{s['per_s']:,.0f} notifications/s[/bold], "
         f"accept→recorded p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms")
-    w = s["webhooks"]
-    console.print(f"SMTP server received {s['smtp_received']:,} emails; webhook receiver accepted "
+    got = s["sinks"]
+    w, tw, fcm = got["webhook"], got["twilio"], got["fcm"]
+    console.print(f"SMTP server received {got['smtp'].get('count', 0):,} emails; webhook receiver accepted "
                   f"{w.get('received', 0):,} (signature failures {w.get('bad_signatures', 0)}, "
                   f"repeated delivery ids {w.get('duplicates', 0)})")
+    if tw or fcm:
+        console.print(f"Twilio API received {tw.get('messages', 0):,} SMS and {tw.get('calls', 0):,} calls; "
+                      f"FCM API {fcm.get('requests', 0):,} push messages")
     dash = engine.ray_info.get("dashboard")
     if dash:
         console.print(f"Ray dashboard: [link]{dash}[/link]  (actors: Ingestor, UserShard, ChannelShard, Recorder, Scheduler)")

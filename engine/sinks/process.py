@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,9 +14,11 @@ import tempfile
 import time
 
 from engine.embedded import free_port, port_open
+from engine.sinks.fcm import FcmSink
 from engine.sinks.http import WebhookSink
 from engine.sinks.sendgrid import SendGridSink
 from engine.sinks.smtp import SmtpSink
+from engine.sinks.twilio import TwilioSink
 
 
 async def _serve(args: argparse.Namespace) -> dict:
@@ -24,11 +27,15 @@ async def _serve(args: argparse.Namespace) -> dict:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if args.kind == "webhook":
-        sink: WebhookSink | SendGridSink | SmtpSink = WebhookSink(args.secret, args.host, args.port)
-        await sink.start()
-        where = sink.url
+        sink = WebhookSink(args.secret, args.host, args.port)
     elif args.kind == "sendgrid":
         sink = SendGridSink(args.api_key, args.host, args.port)
+    elif args.kind == "twilio":
+        sink = TwilioSink(args.account_sid, args.auth_token, args.host, args.port)
+    elif args.kind == "fcm":
+        with open(args.service_account) as f:
+            sink = FcmSink(json.load(f), args.host, args.port)
+    if args.kind != "smtp":
         await sink.start()
         where = sink.url
     else:
@@ -43,10 +50,10 @@ async def _serve(args: argparse.Namespace) -> dict:
         else:
             await stop.wait()
     finally:
-        if isinstance(sink, (WebhookSink, SendGridSink)):
-            await sink.stop()
-        else:
+        if isinstance(sink, SmtpSink):
             sink.stop()
+        else:
+            await sink.stop()
     return sink.stats()
 
 
@@ -66,11 +73,14 @@ async def _write_stats_until(stop: asyncio.Event, sink, path: str, every_s: floa
 
 class SinkProcess:
     """A sink in its own process (``python -m engine.sinks``), so it does not share
-    a GIL or a core's time slice with the engine it is measuring. For kind
-    "sendgrid", ``secret`` is the API key it accepts."""
+    a GIL or a core's time slice with the engine it is measuring. ``secret``:
+    the webhook signing secret, SendGrid's API key, or Twilio's auth token (with
+    ``account``, the account SID); for FCM, ``account`` is the service account
+    (a dict, handed over in a file only the child reads)."""
 
-    def __init__(self, kind: str, *, secret: str | None = None, port: int = 0, stats_dir: str | None = None):
-        self.kind, self.secret = kind, secret
+    def __init__(self, kind: str, *, secret: str | None = None, account: str | dict | None = None, port: int = 0,
+                 stats_dir: str | None = None):
+        self.kind, self.secret, self.account = kind, secret, account
         self.port = port or free_port()
         self.stats_file = os.path.join(stats_dir or tempfile.gettempdir(), f"tidings-{kind}-sink-{self.port}.json")
         self.proc: subprocess.Popen | None = None
@@ -90,6 +100,14 @@ class SinkProcess:
             cmd += ["--secret", self.secret or ""]
         elif self.kind == "sendgrid":
             cmd += ["--api-key", self.secret or ""]
+        elif self.kind == "twilio":
+            cmd += ["--account-sid", str(self.account), "--auth-token", self.secret or ""]
+        elif self.kind == "fcm":
+            self.account_file = f"{self.stats_file}.account.json"
+            fd = os.open(self.account_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.account, f)
+            cmd += ["--service-account", self.account_file]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         deadline = time.monotonic() + timeout_s
         while not port_open("127.0.0.1", self.port):
@@ -120,10 +138,10 @@ class SinkProcess:
         self.proc = None
         lines = [line for line in out.splitlines() if line.startswith("{")]
         final = json.loads(lines[-1]) if lines else self.stats()
-        try:
-            os.unlink(self.stats_file)
-        except OSError:
-            pass
+        for path in (self.stats_file, getattr(self, "account_file", None)):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         return final
 
 
@@ -142,7 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     sendgrid.add_argument("--host", default="127.0.0.1")
     sendgrid.add_argument("--port", type=int, default=0)
     sendgrid.add_argument("--api-key", required=True)
-    for p in (hook, smtp, sendgrid):
+    twilio = sub.add_parser("twilio", help="Twilio Messages and Calls look-alike")
+    twilio.add_argument("--host", default="127.0.0.1")
+    twilio.add_argument("--port", type=int, default=0)
+    twilio.add_argument("--account-sid", required=True)
+    twilio.add_argument("--auth-token", required=True)
+    fcm = sub.add_parser("fcm", help="FCM HTTP v1 and Google's OAuth token endpoint look-alike")
+    fcm.add_argument("--host", default="127.0.0.1")
+    fcm.add_argument("--port", type=int, default=0)
+    fcm.add_argument("--service-account", required=True, help="the service account JSON file (its public key checks "
+                                                               "the token requests)")
+    for p in (hook, smtp, sendgrid, twilio, fcm):
         p.add_argument("--stats-file", help="keep this file holding the counts, as JSON")
     args = parser.parse_args(argv)
     try:
