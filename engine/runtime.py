@@ -12,7 +12,7 @@ import nats
 import ray
 from nats.js import JetStreamContext
 
-from engine import db, prefs_bus, raybox, streams
+from engine import credentials, db, prefs_bus, raybox, streams
 from engine.config import Config, encode as encode_config
 from engine.embedded import Services
 from policy.rules import Policy
@@ -33,9 +33,11 @@ class Actors:
                 *self.user_shards, *self.ingestors, *([self.scheduler] if self.scheduler else [])]
 
 
-def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
+def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str] | None = None) -> Actors:
     """Create the actor graph (not yet started). Actors are owned by this process:
-    if it dies, they die, and JetStream redelivers whatever was not acked."""
+    if it dies, they die, and JetStream redelivers whatever was not acked.
+    ``secrets`` fill the ``secret:NAME`` provider settings, in the ChannelShards'
+    copies of their channel only (engine/credentials.py)."""
     # Plain classes wrapped here, not decorated where defined, so Ray pickles them
     # by reference (workers import the module) instead of by value.
     from actors.channel_shard import ChannelShard as _ChannelShard
@@ -53,7 +55,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str) -> Actors:
     recorder = Recorder.options(**opts).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2))
     channel_shards = {
-        name: [ChannelShard.options(**opts).remote(name, _encode(ch), i) for i in range(ch.shards)]
+        name: [ChannelShard.options(**opts).remote(name, _encode(credentials.fill(ch, secrets or {})), i)
+               for i in range(ch.shards)]
         for name, ch in cfg.channels.items() if name in cfg.enabled_channels()
     }
     user_shards = [UserShard.options(**opts).remote(i, blob, database_url, channel_shards, recorder)
@@ -115,13 +118,18 @@ class Engine:
         await db.migrate_url(self.database_url, self.cfg.database.schema)
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max)
+        try:
+            secrets = await credentials.for_config(self.pool, self.cfg)  # a missing one fails the start here
+        except credentials.CredentialError:
+            await self.stop()
+            raise
         self.nc = await nats.connect(self.nats_url, name="tidings-engine", max_reconnect_attempts=-1)
         self.js = self.nc.jetstream()
         await streams.ensure_streams(self.js, self.cfg.nats)
         # On this thread, not a worker thread: Ray ties the life of the processes it
         # starts to the thread that started them.
         self.ray_info = raybox.init(self.cfg.ray)
-        self.actors = spawn(self.cfg, self.nats_url, self.database_url)
+        self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets)
         if ingest:
             await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),
                                  self.actors.scheduler.start.remote())
