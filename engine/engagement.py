@@ -1,9 +1,11 @@
 """Engagement events: a notification opened or clicked on one of its channels.
 
-Two sources write them: a client reporting through ``POST
-/v1/notifications/{id}/events`` (``engine.http_events``), and the in-app inbox
-when a message is marked read (``engine.http_inbox``), which counts as
-"opened" on ``in_app``.
+Three sources write them: a client reporting through ``POST
+/v1/notifications/{id}/events`` (``engine.http_events``, source ``api``), the
+in-app inbox when a message is marked read (``engine.http_inbox``, source
+``inbox``), which counts as "opened" on ``in_app``, and an email provider's
+open or click tracking webhook (``engine.http_tracking``, source the provider
+type: ``sendgrid``, ``mailgun``).
 
 What is stored (``engagement_events``, migration 011): the first "opened" and
 the first "clicked" per (notification, channel); a repeated report inserts
@@ -54,7 +56,7 @@ class Engagement(msgspec.Struct, frozen=True):
     channel: str
     type: str
     at: float
-    source: str  # api | inbox
+    source: str  # api | inbox | sendgrid | mailgun (migration 012)
 
 
 INSERT = """

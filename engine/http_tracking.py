@@ -12,6 +12,11 @@ them in one transaction:
   "provider", "detail"}`` and its ``status`` moves forward: sent (or any
   non-final status) -> delivered/failed -> bounced/complained, never back, and
   the first of bounced/complained is kept;
+- an open or a click (SendGrid ``open``/``click``, Mailgun ``opened``/
+  ``clicked``) is also stored as an engagement event with the provider type
+  as its source (``engine.engagement``: the first of each kept, a ``sent``
+  row moves to ``delivered``), as a client's report would be; not on a row
+  whose status says nothing was sent (the client would get 409);
 - a hard bounce or a complaint suppresses the address (``suppressions``, reason
   ``bounce``/``complaint``, source = the provider type), and the users with that
   address are reloaded by their UserShards after the commit.
@@ -38,12 +43,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from collections import defaultdict
 
 import msgspec
 from aiohttp import web
 
+from engine import engagement
 from engine.http import ENGINE, Problem, read_body, reply
 from engine.tracking import (
     SENDGRID_SIGNATURE_HEADER,
@@ -79,13 +86,13 @@ MAX_TIMELINE = 200
 _json = msgspec.json.Encoder()
 
 FIND_BY_NOTIFICATION = """
-SELECT id, user_id, channel, status FROM delivery_tracking
+SELECT id, notification_id, user_id, channel, status FROM delivery_tracking
 WHERE notification_id = $1 AND channel = ANY($2::text[])
 ORDER BY (provider_message_id IS NOT DISTINCT FROM $3) DESC, channel
 LIMIT 1 FOR UPDATE
 """
 FIND_BY_MESSAGE_ID = """
-SELECT id, user_id, channel, status FROM delivery_tracking
+SELECT id, notification_id, user_id, channel, status FROM delivery_tracking
 WHERE provider_message_id = $1 AND channel = ANY($2::text[])
 LIMIT 2 FOR UPDATE
 """
@@ -270,6 +277,15 @@ def _uuid(text: str | None) -> uuid.UUID | None:
         return None
 
 
+def engaged(ev: TrackingEvent, row) -> engagement.Engagement:
+    """The engagement event of a provider's open or click on ``row``. A time
+    further ahead than a client may report is taken as now."""
+    now = time.time()
+    at = ev.at if 0 <= ev.at <= now + engagement.MAX_CLOCK_AHEAD_S else now
+    return engagement.Engagement(row["notification_id"], row["user_id"], row["channel"], ev.engagement, at,
+                                 ev.provider)
+
+
 def _same_address(a: str, b: str) -> bool:
     return a.casefold() == b.casefold() if "@" in a else a == b
 
@@ -298,6 +314,8 @@ async def apply(request: web.Request, events: list[TrackingEvent], channels: lis
                 reason = reason_of(ev) if changed else None
                 await conn.execute(UPDATE_ROW, row["id"], entry, status, reason, changed, MAX_TIMELINE)
                 updated += 1
+                if ev.engagement is not None and row["status"] in engagement.OPENABLE:
+                    await engagement.record(conn, [engaged(ev, row)])
             if ev.hard and ev.status in ("bounced", "complained") and ev.address:
                 channel = row["channel"] if row is not None else chans[0]
                 address = ev.address

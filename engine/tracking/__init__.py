@@ -15,8 +15,9 @@ the routes and writes the results).
   is base64 HMAC-SHA1(auth token, full URL + each POST parameter's name and
   value, sorted by name).
 
-Every event becomes a ``TrackingEvent``; ``status`` is None for events that only
-go on the timeline (opens, clicks, deferrals, in-flight states).
+Every event becomes a ``TrackingEvent``; ``status`` is None for events that
+change no status (opens, clicks, deferrals, in-flight states); ``engagement``
+names an open or a click, which is also stored as an engagement event.
 """
 
 from engine.tracking.common import (MAILGUN_TOLERANCE_S, PayloadError, SENDGRID_SIGNATURE_HEADER,

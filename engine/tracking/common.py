@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 
 TrackingStatus = Literal["delivered", "bounced", "complained", "failed"]
+Engaged = Literal["opened", "clicked"]
 
 SENDGRID_SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -34,6 +35,8 @@ class TrackingEvent(msgspec.Struct, frozen=True):
     address must not be used again (hard bounce, complaint). ``at``: when the
     provider says it happened (epoch seconds). ``event``: the provider's own
     name of the event ("bounce", "failed", "undelivered", ...).
+    ``engagement``: the recipient opened or clicked the message (the
+    provider's open or click tracking), stored by ``engine.engagement``.
     """
 
     provider: str
@@ -46,6 +49,7 @@ class TrackingEvent(msgspec.Struct, frozen=True):
     at: float
     detail: str
     event: str = ""
+    engagement: Engaged | None = None
 
 
 def _detail(*parts) -> str:

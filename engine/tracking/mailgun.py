@@ -146,7 +146,8 @@ def mailgun_event(data: dict, now: float | None = None) -> TrackingEvent:
         provider="mailgun", notification_id=nid if isinstance(nid, str) and nid else None,
         provider_message_id=mid.strip().removeprefix("<").removesuffix(">") if mid else None, channel="email",
         address=_str(data.get("recipient")), status=status, hard=hard,
-        at=_float(data.get("timestamp"), time.time() if now is None else now), detail=detail, event=event)
+        at=_float(data.get("timestamp"), time.time() if now is None else now), detail=detail, event=event,
+        engagement=event if event in ("opened", "clicked") else None)
 
 
 def parse_mailgun(body: bytes, signing_key: str | Sequence[str], *, now: float | None = None,

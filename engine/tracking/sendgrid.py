@@ -11,7 +11,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from engine.tracking.common import PayloadError, SENDGRID_SIGNATURE_HEADER, SENDGRID_TIMESTAMP_HEADER, SignatureError, TrackingEvent, TrackingStatus, _check_age, _detail, _float, _str
+from engine.tracking.common import Engaged, PayloadError, SENDGRID_SIGNATURE_HEADER, SENDGRID_TIMESTAMP_HEADER, SignatureError, TrackingEvent, TrackingStatus, _check_age, _detail, _float, _str
 
 
 def load_sendgrid_key(key: str) -> ec.EllipticCurvePublicKey:
@@ -72,6 +72,7 @@ def _sg_message_id(value) -> str | None:
 
 _SG_DROPPED_BOUNCE = ("bounced address", "invalid")
 _SG_DROPPED_COMPLAINT = ("spam reporting address",)
+_SG_ENGAGEMENT: dict[str, Engaged] = {"open": "opened", "click": "clicked"}
 
 
 def sendgrid_event(item: dict, now: float | None = None) -> TrackingEvent:
@@ -115,7 +116,8 @@ def sendgrid_event(item: dict, now: float | None = None) -> TrackingEvent:
         provider="sendgrid", notification_id=nid if isinstance(nid, str) and nid else None,
         provider_message_id=_sg_message_id(item.get("sg_message_id")), channel="email",
         address=_str(item.get("email")), status=status, hard=hard,
-        at=_float(item.get("timestamp"), time.time() if now is None else now), detail=detail, event=event)
+        at=_float(item.get("timestamp"), time.time() if now is None else now), detail=detail, event=event,
+        engagement=_SG_ENGAGEMENT.get(event))
 
 
 def parse_sendgrid(body: bytes, now: float | None = None) -> list[TrackingEvent]:

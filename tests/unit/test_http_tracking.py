@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from engine import db
+from engine import db, http
 from engine.config import ChannelConfig, Config, ProviderConfig
 from engine.http import ENGINE
 from engine.http_tracking import MAILGUN_TOKENS, add_routes, next_status
@@ -85,6 +85,7 @@ class Harness:
         app = web.Application()
         app[ENGINE] = self.engine
         add_routes(app)
+        app.router.add_get("/v1/notifications/{id}", http.status)
         self.app = app
         self.client = TestClient(TestServer(app))
 
@@ -165,6 +166,19 @@ async def suppression(pool, channel: str, address: str):
     return None if r is None else (r["reason"], r["source"])
 
 
+async def engaged(pool, nid: str) -> list[tuple]:
+    rows = await pool.fetch("SELECT channel, type, extract(epoch FROM at)::float8 AS at, source "
+                            "FROM engagement_events WHERE notification_id = $1 ORDER BY id", uuid.UUID(nid))
+    return [tuple(r) for r in rows]
+
+
+async def shown(h, nid: str, channel: str) -> dict:
+    """The channel as ``GET /v1/notifications/{id}`` shows it."""
+    resp = await h.client.get(f"/v1/notifications/{nid}")
+    assert resp.status == 200, await resp.text()
+    return {c["channel"]: c for c in (await resp.json())["channels"]}[channel]
+
+
 def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -201,6 +215,49 @@ async def test_sendgrid_delivered_and_opened_go_on_the_timeline(h, pool):
         {"event": "open", "at": float(now + 2), "provider": "sendgrid", "detail": ""},
     ]
     assert h.calls == []
+
+
+async def test_sendgrid_opens_and_clicks_are_engagement_events(h, pool):
+    user = uid("sgo")
+    nid = await add_row(pool, user, "email", provider="sg", message_id="sgopen1")
+    now = int(time.time())
+    events = [
+        {"email": f"{user}@example.com", "event": "open", "timestamp": now - 60, "sg_message_id": "sgopen1.f.1",
+         "notification_id": nid, "useragent": "Mozilla"},
+        {"email": f"{user}@example.com", "event": "click", "timestamp": now - 50, "url": "https://t.test/a",
+         "sg_message_id": "sgopen1.f.1", "notification_id": nid},
+        {"email": f"{user}@example.com", "event": "open", "timestamp": now - 40, "sg_message_id": "sgopen1.f.1",
+         "notification_id": nid},  # opened again: the first is kept
+    ]
+    status, body = await h.sendgrid(events)
+    assert status == 200 and body == {"events": 3, "updated": 3, "suppressed": 0, "users": []}
+    expected = [("email", "opened", float(now - 60), "sendgrid"), ("email", "clicked", float(now - 50), "sendgrid")]
+    assert await engaged(pool, nid) == expected
+    email = await shown(h, nid, "email")
+    assert (email["status"], email["reason"]) == ("delivered", "opened")  # opening implies delivered
+    assert [e["event"] for e in email["timeline"][1:4]] == ["open", "click", "open"]  # the provider's own
+    assert email["timeline"][4:] == [{"event": "opened", "at": float(now - 60), "source": "sendgrid"},
+                                     {"event": "clicked", "at": float(now - 50), "source": "sendgrid"}]
+    # SendGrid delivers the batch again: nothing more is stored
+    assert (await h.sendgrid(events))[0] == 200
+    assert await engaged(pool, nid) == expected
+    assert (await row(pool, nid, "email"))["reason"] == "opened"
+
+
+async def test_an_open_on_a_delivery_that_failed_is_timeline_only(h, pool):
+    user = uid("sgf")
+    failed = await add_row(pool, user, "email", provider="sg", message_id=None, status="failed")
+    sent = await add_row(pool, user, "email", provider="sg", message_id=None)
+    far = time.time() + 86_400 * 365
+    status, body = await h.sendgrid([
+        {"email": "f@example.com", "event": "open", "timestamp": 1, "notification_id": failed},
+        {"email": "f@example.com", "event": "click", "timestamp": far, "notification_id": sent}])
+    assert status == 200 and body["updated"] == 2
+    assert await engaged(pool, failed) == []  # a client's report would be refused (409)
+    r = await row(pool, failed, "email")
+    assert r["status"] == "failed" and r["timeline"][-1]["event"] == "open"
+    [(_, kind, at, _)] = await engaged(pool, sent)
+    assert kind == "clicked" and at == pytest.approx(time.time(), abs=60)  # a time in the future is taken as now
 
 
 async def test_sendgrid_hard_bounce_suppresses_and_reloads_every_owner(h, pool):
@@ -353,6 +410,28 @@ async def test_mailgun_delivered_then_permanent_bounce(h, pool):
     assert r["timeline"][-1]["detail"] == "permanent bounce (550 no mailbox)"
     assert await suppression(pool, "email", address) == ("bounce", "mailgun")
     assert h.calls == expected_reloads(user)
+
+
+async def test_mailgun_click_is_an_engagement_event(h, pool):
+    user = uid("mgk")
+    address = f"{user}@example.com"
+    mid = f"{uuid.uuid4().hex}@mg.tidings.test"
+    nid = await add_row(pool, user, "email", provider="mg", message_id=mid)
+    # no notification id: found by the message id
+    click = mg_event("clicked", recipient=address, message_id=f"<{mid}>", url="https://t.test/b")
+    status, body = await h.mailgun(click)
+    assert status == 200 and body["updated"] == 1
+    [(channel, kind, at, source)] = await engaged(pool, nid)
+    assert (channel, kind, source) == ("email", "clicked", "mailgun") and at == pytest.approx(click["timestamp"])
+    email = await shown(h, nid, "email")
+    assert (email["status"], email["reason"]) == ("delivered", "clicked")
+    assert email["timeline"][-2]["detail"] == "https://t.test/b"
+    assert email["timeline"][-1] == {"event": "clicked", "at": pytest.approx(click["timestamp"]), "source": "mailgun"}
+    # Mailgun delivers it again (a new token), then the open it saw before the click
+    assert (await h.mailgun(click))[0] == 200
+    assert (await h.mailgun({**click, "event": "opened", "timestamp": click["timestamp"] - 5}))[0] == 200
+    assert [(k, s) for _, k, _, s in await engaged(pool, nid)] == [("clicked", "mailgun"), ("opened", "mailgun")]
+    assert (await row(pool, nid, "email"))["reason"] == "clicked"
 
 
 async def test_mailgun_temporary_failure_is_timeline_only(h, pool):

@@ -143,6 +143,7 @@ def test_sendgrid_events_are_normalized():
     assert [e.status for e in events[7:]] == [None, None, None, None]
     assert events[7].detail == "attempt 2: 421 try later" and events[9].detail == "https://t.test/x"
     assert [reason_of(e) for e in events[:3]] == ["delivered", "bounce", "bounce"]
+    assert [e.engagement for e in events] == [None] * 8 + ["opened", "clicked", None]
 
 
 @pytest.mark.parametrize("body, match", [
@@ -274,6 +275,14 @@ def test_mailgun_events_are_normalized(data, status, hard):
     assert (ev.status, ev.hard, ev.channel, ev.address, ev.at) == (status, hard, "email", "r@example.com",
                                                                    1750000000.5)
     assert ev.provider_message_id == "m1@mg.test" and ev.notification_id is None and ev.event == data["event"]
+
+
+def test_mailgun_opens_and_clicks_are_engagement():
+    def engagement(event: str) -> str | None:
+        return mailgun_event({"event": event, "recipient": "r@example.com", "timestamp": 1}).engagement
+
+    assert [engagement(e) for e in ("opened", "clicked", "delivered", "complained", "unsubscribed")] == [
+        "opened", "clicked", None, None, None]
 
 
 def test_mailgun_failure_detail():
