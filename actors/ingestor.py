@@ -4,7 +4,9 @@ It fetches batches, decodes each payload once, sends one call per UserShard per
 batch, and acks a message only when its shard answered (the shard answers after
 the Recorder committed). A payload that does not decode goes to the dead-letter
 subject with its reason and gets a ``rejected`` tracking row, then is acked: bad
-input is answered, never retried forever, never a crash.
+input is answered, never retried forever, never a crash. So does one that
+decodes but breaks a rule its schema cannot say (``message_errors``: the same
+rules the HTTP API answers with 422), as ``payload.invalid``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from engine.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
 from policy.types import BroadcastRequest, NotificationRequest, Outcome, derive_id, notification_id
+from policy.validate import message_errors
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,10 @@ class Ingestor:
             return None
         except msgspec.DecodeError as e:
             rejected.append(Rejected(msg, "payload.malformed", str(e)))
+            return None
+        errors = message_errors(req)
+        if errors:  # worded as msgspec words a schema error
+            rejected.append(Rejected(msg, "payload.invalid", "; ".join(f"{why} - at `{at}`" for at, why in errors)))
             return None
         meta = msg.metadata
         if req.accepted_at is None:

@@ -23,6 +23,7 @@ from policy import wire
 from policy.sharding import shard_of
 from policy.types import (Address, BroadcastRequest, Channel, NotificationRequest, UserProfile, UserState,
                           notification_id)
+from policy.validate import message_errors
 
 ENGINE = web.AppKey("engine", Engine)
 
@@ -95,8 +96,7 @@ def check(reqs: list, available: frozenset[str], many: bool, max_batch: int) -> 
     errors = []
     for i, r in enumerate(reqs):
         at = f"$[{i}]" if many else "$"
-        if r.fallback_unless is not None and r.fallback_after_s is None:
-            errors.append({"field": f"{at}.fallback_unless", "reason": "needs fallback_after_s (the time to wait)"})
+        errors += [{"field": field, "reason": reason} for field, reason in message_errors(r, at)]
         fields = [(f"{at}.channels[{j}]", ch) for j, ch in enumerate(r.channels)]
         fields += [(f"{at}.fallback[{j}]", ch) for j, ch in enumerate(r.fallback)]
         for field, ch in fields:

@@ -1,6 +1,8 @@
 """Preference documents as users send them, and their validation: every
 violation is reported as (field path, reason), none is fixed up silently, and a
-document with any violation changes nothing.
+document with any violation changes nothing. Also the rules of a notification
+or broadcast request that its schema cannot say (``message_errors``), shared by
+the HTTP API and the Ingestor.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from msgspec import Meta, Struct
 
 from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, PrefKey, Preference, ordered
 from policy.rules import NOT_MANDATORY_CHANNELS, Policy
+from policy.types import Message
 from policy.windows import window_errors
 
 Consent = Literal["granted", "withdrawn"]
@@ -42,6 +45,14 @@ class PreferencesPatch(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 Errors = list[tuple[str, str]]
+
+
+def message_errors(message: Message, at: str = "$") -> Errors:
+    """What is wrong with a request (``at``: its path) beyond its schema, that
+    needs no configuration to see."""
+    if message.fallback_unless is not None and message.fallback_after_s is None:
+        return [(f"{at}.fallback_unless", "needs fallback_after_s (the time to wait)")]
+    return []
 
 
 def timezone_error(name: str | None, path: str = "timezone") -> Errors:
