@@ -63,8 +63,9 @@ def parser() -> argparse.ArgumentParser:
     cli_prefs.add_parser(sub)
     cli_credentials.add_parser(sub)
 
-    bench = sub.add_parser("bench", help="load harness: `bench e2e …`, `bench capacity --rate R --p99 MS`, `bench prefs`")
-    bench.add_argument("what", choices=("e2e", "capacity", "prefs"))
+    bench = sub.add_parser("bench", help="load harness: `bench e2e …`, `bench capacity --rate R --p99 MS`, "
+                                         "`bench prefs`, `bench channels`")
+    bench.add_argument("what", choices=("e2e", "capacity", "prefs", "channels"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that harness (see `tidings bench e2e -h`)")
     return p
 
@@ -77,8 +78,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "bench":  # the harnesses parse their own options and run their own loop
-        from bench import capacity, e2e, prefs
-        return {"e2e": e2e.main, "capacity": capacity.main, "prefs": prefs.main}[args.what](args.rest)
+        from bench import capacity, channels, e2e, prefs
+        return {"e2e": e2e.main, "capacity": capacity.main, "prefs": prefs.main,
+                "channels": channels.main}[args.what](args.rest)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
