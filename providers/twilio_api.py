@@ -38,6 +38,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.http_session import HttpSession
+from providers.secrets import redacted, required_secret, scrub
 from providers.webhook.http import map_status, parse_retry_after
 
 API_VERSION = "2010-04-01"
@@ -140,15 +141,13 @@ class TwilioApi(HttpSession):
             user, secret = self.account_sid, token
         elif key_sid or key_secret:
             user = _sid(key_sid, API_KEY_SID, "api_key_sid", kind, name)
-            if not key_secret or not isinstance(key_secret, str):
-                raise ConfigurationError(f"{kind} provider {name!r}: api_key_secret is required with api_key_sid")
-            secret = key_secret
+            secret = required_secret(settings, "api_key_secret", kind, name)
         else:
             raise ConfigurationError(f"{kind} provider {name!r}: auth_token (or api_key_sid and api_key_secret) "
                                      "is required")
         basic = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
         self._secrets = tuple(s for s in (secret, basic) if s)
-        self.settings = {k: ("[redacted]" if k in ("auth_token", "api_key_secret") else v) for k, v in settings.items()}
+        self.settings = redacted(settings, "auth_token", "api_key_secret")
         self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"{kind} provider {name!r}: base_url must start with http:// or https://")
@@ -196,9 +195,7 @@ class TwilioApi(HttpSession):
         return sid if isinstance(sid, str) else None
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return scrub(text, *self._secrets)
 
 
 __all__ = ["API_VERSION", "AUTH_CODES", "CONFIG_CODES", "RATE_CODES", "TwilioApi", "parse_error", "twilio_error"]

@@ -110,6 +110,7 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.secrets import redacted
 from providers.webhook.http import parse_retry_after
 
 DEFAULT_MAX_PAYLOAD = 4096
@@ -317,7 +318,7 @@ class ApnsProvider:
             raise ConfigurationError(f"apns provider {name!r}: max_connections must be >= 1")
         self.max_payload_bytes = int(settings.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD))
         self.sound: str | None = settings.get("sound")
-        self.settings = {k: ("[redacted]" if k == "key" else v) for k, v in settings.items()}
+        self.settings = redacted(settings, "key")
         self.auth = ProviderToken(self._key, self.key_id, self.team_id)
         self._pool: _Pool | None = None
 

@@ -83,6 +83,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.http_session import HttpSession
+from providers.secrets import REDACTED, redacted, scrub
 from providers.webhook.http import parse_retry_after
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -180,9 +181,9 @@ class FcmProvider(HttpSession):
         self.max_connections = int(settings.get("max_connections", 100))
         self.refresh_margin_s = float(settings.get("refresh_margin_s", 300))
         self.validate_only = bool(settings.get("validate_only", False))
-        self.settings = {k: v for k, v in settings.items() if k != "service_account"}
-        if "service_account" in settings:
-            self.settings["service_account"] = {"client_email": self.client_email, "private_key": "[redacted]"}
+        self.settings = redacted(settings, "service_account")
+        if "service_account" in settings:  # which account, without its key
+            self.settings["service_account"] = {"client_email": self.client_email, "private_key": REDACTED}
         self.clock = time.monotonic  # token expiry; tests replace it
         self.token_requests = 0
         self._token: str | None = None
@@ -348,7 +349,7 @@ class FcmProvider(HttpSession):
             return token
         snippet = " ".join(str(doc[k]) for k in ("error", "error_description") if doc.get(k)) \
             or payload[:200].decode("utf-8", "replace").strip()
-        text = self._scrub(f"fcm token endpoint HTTP {status}: {snippet}".replace(form["assertion"], "[redacted]"))
+        text = scrub(f"fcm token endpoint HTTP {status}: {snippet}", form["assertion"], self._token or "")
         if status == 429:
             raise RateLimited(text, status=status, retry_after=parse_retry_after(headers.get("Retry-After")))
         if status >= 500:
@@ -360,9 +361,7 @@ class FcmProvider(HttpSession):
         raise AuthenticationError(text, status=status)
 
     def _scrub(self, text: str) -> str:
-        if self._token:
-            text = text.replace(self._token, "[redacted]")
-        return text
+        return scrub(text, self._token or "")
 
 
 __all__ = ["GRANT_TYPE", "SCOPE", "FcmProvider", "load_service_account", "parse_error"]

@@ -71,6 +71,7 @@ from providers.errors import (
     NetworkError,
 )
 from providers.http_session import HttpSession
+from providers.secrets import redacted, required_secret
 from providers.webhook.http import map_status
 
 # Every push service accepts an encrypted body of 4096 bytes (RFC 8030 7.2); the
@@ -214,10 +215,8 @@ class WebPushProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        key = settings.get("vapid_private_key")
-        if not key or not isinstance(key, str):
-            raise ConfigurationError(f"webpush provider {name!r}: 'vapid_private_key' is required")
-        self.settings = {**settings, "vapid_private_key": "[redacted]"}
+        key = required_secret(settings, "vapid_private_key", "webpush", name)
+        self.settings = redacted(settings, "vapid_private_key")
         try:
             self._vapid = load_vapid_key(key)
         except ValueError as exc:

@@ -10,6 +10,7 @@ import jwt
 import msgspec
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from engine.embedded import free_port
 from engine.sinks.fcm import FcmSink, make_service_account
@@ -354,6 +355,34 @@ def test_configuration(tmp_path, account):
     assert p.token_uri == "https://oauth2.googleapis.com/token" and p.channel == "push"
     p = FcmProvider("f", {"service_account": account, "project_id": "other"})
     assert "/projects/other/" in p.endpoint and "BEGIN" not in repr(p.settings)
+
+
+async def test_credentials_an_answer_echoes_are_scrubbed(sink, provider, account):
+    """Neither the signed assertion (quoted back by a token endpoint), the
+    access token (quoted back by FCM) nor the private key reach an error or
+    ``settings``."""
+    async def echo(request):
+        form = await request.post()
+        return web.json_response({"error": "invalid_grant", "error_description": f"bad {form['assertion']}"},
+                                 status=400)
+
+    app = web.Application()
+    app.router.add_post("/token", echo)
+    async with TestServer(app) as server:
+        p = make(sink, token_uri=str(server.make_url("/token")))
+        try:
+            with pytest.raises(AuthenticationError) as info:
+                await p.send(task())
+        finally:
+            await p.close()
+    assert str(info.value) == "fcm token endpoint HTTP 400: invalid_grant bad [redacted]"
+    await provider.send(task())  # holds an access token now
+    token = provider._token
+    err = provider.error(401, {}, msgspec.json.encode({"error": {"status": "UNAUTHENTICATED",
+                                                                 "message": f"token {token} expired"}}))
+    assert token and token not in str(err) and "token [redacted] expired" in str(err)
+    assert provider.settings["service_account"] == {"client_email": account["client_email"], "private_key": "[redacted]"}
+    assert account["private_key"] not in repr(provider.settings)
 
 
 def test_parse_error():

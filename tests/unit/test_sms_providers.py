@@ -2,9 +2,13 @@
 TwilioSmsProvider / engine.sinks.twilio, MessageBirdProvider /
 engine.sinks.messagebird, VonageSmsProvider / engine.sinks.vonage."""
 
+import base64
+
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from engine.embedded import free_port
 from engine.sinks.messagebird import MessageBirdSink
@@ -245,6 +249,29 @@ def test_twilio_configuration_errors():
     p = TwilioSmsProvider("t", base)
     assert p.channel == "sms" and p.account_url == f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT}"
     assert p.settings["auth_token"] == "[redacted]"
+
+
+async def test_twilio_credentials_an_answer_echoes_are_scrubbed():
+    """A server that quotes the request's Authorization header, and the
+    credentials in it, back in its error: neither reaches the error message."""
+    async def echo(request):
+        auth = request.headers["Authorization"]
+        decoded = base64.b64decode(auth.removeprefix("Basic ")).decode()
+        return web.json_response({"code": 21211, "message": f"refused {auth} ({decoded})"}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", echo)
+    async with TestServer(app) as server:
+        p = twilio(base_url=str(server.make_url("")).rstrip("/"), auth_token=None, api_key_sid=KEY_SID,
+                   api_key_secret=KEY_SECRET)
+        try:
+            err = await refused(p, task(), InvalidMessage)
+        finally:
+            await p.close()
+    basic = base64.b64encode(f"{KEY_SID}:{KEY_SECRET}".encode()).decode()
+    assert str(err).endswith(f"refused Basic [redacted] ({KEY_SID}:[redacted])")
+    assert KEY_SECRET not in str(err) and basic not in str(err)
+    assert p.settings["api_key_secret"] == "[redacted]" and KEY_SECRET not in repr(p.settings)
 
 
 async def test_sink_speaks_twilio_to_any_client(twilio_sink):
