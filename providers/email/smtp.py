@@ -42,6 +42,7 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.secrets import redacted
 
 DEFAULT_TRANSACTIONAL = ("security", "account", "transactional")
 AUTH_CODES = frozenset({530, 534, 535})
@@ -121,7 +122,7 @@ class SmtpProvider:
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        self.settings = dict(settings)
+        self.settings = redacted(settings, "password")
         sender = settings.get("sender")
         if not sender or not isinstance(sender, str):
             raise ConfigurationError(f"smtp provider {name!r}: 'sender' (From address) is required")

@@ -34,6 +34,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.http_session import USER_AGENT, HttpSession
+from providers.secrets import redacted
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, delivery_id, sign
 
 _encoder = msgspec.json.Encoder()
@@ -90,7 +91,7 @@ class WebhookProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        self.settings = dict(settings)
+        self.settings = redacted(settings, "secret")
         secret = settings.get("secret")
         if not secret:
             raise ConfigurationError(f"webhook provider {name!r}: 'secret' is required")

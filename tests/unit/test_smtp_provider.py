@@ -257,3 +257,9 @@ def test_line_break_in_subject_is_invalid():
     p = SmtpProvider("enc", {"sender": "noreply@jobs.test"})
     with pytest.raises(InvalidMessage):
         p.build_message(task(4, subject="hi\r\nBcc: victim@example.test", text="x"))
+
+
+def test_the_password_is_not_kept_in_settings():
+    from providers.email.smtp import SmtpProvider
+    p = SmtpProvider("smtp", {"sender": "a@b.test", "username": "u", "password": "very-secret-value"})
+    assert "very-secret-value" not in repr(p.settings) and p.password == "very-secret-value"

@@ -206,3 +206,9 @@ async def test_stale_signature_is_rejected_by_sink(sink):
             assert resp.status == 401
             assert "too old" in (await resp.json())["error"]
     assert sink.bad_signatures == 1 and sink.received == 0
+
+
+def test_the_secret_is_not_kept_in_settings():
+    from providers.webhook.http import WebhookProvider
+    p = WebhookProvider("hook", {"url": "http://127.0.0.1:9/hook", "secret": "very-secret-value"})
+    assert "very-secret-value" not in repr(p.settings) and p.secret == b"very-secret-value"
