@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -123,10 +124,27 @@ class Hook(msgspec.Struct):
     settings: list[dict]  # settings of those providers that have the verification setting
 
 
+def resolved(settings: dict, secrets: dict[str, str], environ=None) -> dict:
+    """``settings`` with ``env:NAME`` and ``secret:NAME`` filled from the
+    environment and the engine's stored credentials; a reference that cannot be
+    filled is left out, so its text is never taken for a verification key."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and value.startswith(("env:", "secret:")):
+            kind, _, ref = value.partition(":")
+            value = (environ if kind == "env" else secrets).get(ref)
+            if value is None:
+                continue
+        out[key] = value
+    return out
+
+
 def configured(request: web.Request, name: str, *settings_keys: str) -> Hook:
-    """The channels and settings of the ``name`` providers; 404 when none is
-    configured, or none has any of ``settings_keys``."""
-    cfg = request.app[ENGINE].cfg
+    """The channels and settings (references filled) of the ``name`` providers;
+    404 when none is configured, or none has any of ``settings_keys``."""
+    engine = request.app[ENGINE]
+    cfg = engine.cfg
     channels: list[str] = []
     found: list[dict] = []
     any_provider = False
@@ -137,8 +155,9 @@ def configured(request: web.Request, name: str, *settings_keys: str) -> Hook:
             any_provider = True
             if channel not in channels:
                 channels.append(channel)
-            if any(p.settings.get(k) for k in settings_keys):
-                found.append(p.settings)
+            settings = resolved(p.settings, engine.secrets)
+            if any(settings.get(k) for k in settings_keys):
+                found.append(settings)
     if not any_provider:
         raise Problem(404, "not found", [{"field": "provider", "reason": f"no {name} provider is configured"}])
     if not found:

@@ -104,6 +104,7 @@ class Engine:
         self.ray_info: dict = {}
         self.policy = Policy(cfg.preferences)
         self.prefs_listener = None
+        self.secrets: dict[str, str] = {}
 
     @property
     def nats_url(self) -> str:
@@ -129,6 +130,7 @@ class Engine:
         # On this thread, not a worker thread: Ray ties the life of the processes it
         # starts to the thread that started them.
         self.ray_info = raybox.init(self.cfg.ray)
+        self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http_tracking)
         self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets)
         if ingest:
             await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),

@@ -78,9 +78,9 @@ async def pool(database_url):
 
 
 class Harness:
-    def __init__(self, pool, cfg: Config):
+    def __init__(self, pool, cfg: Config, secrets: dict | None = None):
         self.calls: list = []
-        self.engine = SimpleNamespace(cfg=cfg, pool=pool, actors=SimpleNamespace(
+        self.engine = SimpleNamespace(cfg=cfg, pool=pool, secrets=secrets or {}, actors=SimpleNamespace(
             user_shards=[FakeShard(i, self.calls) for i in range(SHARDS)]))
         app = web.Application()
         app[ENGINE] = self.engine
@@ -469,6 +469,27 @@ async def test_mailgun_bad_signature_stale_timestamp_and_replay_are_401(h, pool)
     # unsigned, and not JSON at all
     assert (await h.post("/v1/tracking/mailgun", b'{"event-data": {}}'))[0] == 401
     assert (await h.post("/v1/tracking/mailgun", b"event=delivered"))[0] == 400
+
+
+async def test_verification_keys_given_as_references_are_filled_never_used_as_text(pool, monkeypatch):
+    """``secret:NAME`` comes from the engine's stored credentials and ``env:NAME``
+    from the environment; a reference that cannot be filled is no key at all."""
+    cfg = config(sendgrid=False, twilio=False)
+    cfg.channels["email"].providers[0].settings["webhook_signing_key"] = "secret:mg-signing"
+    nid = await add_row(pool, uid("mgref"), "email", provider="mg", message_id=None)
+    event = mg_event("delivered", recipient="a@example.com", nid=nid)
+    async with Harness(pool, cfg, secrets={"mg-signing": "stored-signing-key"}) as h:
+        assert (await h.mailgun(event, key="secret:mg-signing"))[0] == 401
+        assert (await h.mailgun(event, key="stored-signing-key"))[0] == 200
+    cfg.channels["email"].providers[0].settings["webhook_signing_key"] = "env:TIDINGS_TEST_MG_KEY"
+    monkeypatch.delenv("TIDINGS_TEST_MG_KEY", raising=False)
+    async with Harness(pool, cfg) as h:
+        status, body = await h.mailgun(event, key="env:TIDINGS_TEST_MG_KEY")
+        assert status == 404 and "webhook_signing_key" in body["errors"][0]["reason"]
+    monkeypatch.setenv("TIDINGS_TEST_MG_KEY", "env-signing-key")
+    async with Harness(pool, cfg) as h:
+        assert (await h.mailgun(event, key="env:TIDINGS_TEST_MG_KEY"))[0] == 401
+        assert (await h.mailgun(event, key="env-signing-key"))[0] == 200
 
 
 async def test_mailgun_signed_event_without_event_is_400_and_its_token_reusable(h):
