@@ -106,20 +106,21 @@ async def cmd_up(cfg, args) -> int:
 
     demo = args.command == "demo" or args.demo
     sinks = Sinks(cfg) if demo or getattr(args, "sinks", False) else None
-    if sinks is not None:
-        cfg = await sinks.start()
-    engine = Engine(cfg)
-    console.print("Starting: NATS, PostgreSQL (migrations), Ray, actors …")
-    await engine.start()
-    runner = await http.serve(engine, port=args.port)
-    url = f"http://{cfg.http.host}:{http.bound_port(runner)}"
-    console.print(f"[green]Tidings is up[/green]: HTTP {url}  NATS {engine.nats_url}  "
-                  f"Ray dashboard {engine.ray_info.get('dashboard') or '(off)'}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    engine = runner = None
     try:
+        if sinks is not None:
+            cfg = await sinks.start()
+        engine = Engine(cfg)
+        console.print("Starting: NATS, PostgreSQL (migrations), Ray, actors …")
+        await engine.start()
+        runner = await http.serve(engine, port=args.port)
+        url = f"http://{cfg.http.host}:{http.bound_port(runner)}"
+        console.print(f"[green]Tidings is up[/green]: HTTP {url}  NATS {engine.nats_url}  "
+                      f"Ray dashboard {engine.ray_info.get('dashboard') or '(off)'}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         if demo:
             summary = await until_stopped(
                 run(engine, url, sinks, count=args.count, users=args.users, console=console), stop)
@@ -134,8 +135,10 @@ async def cmd_up(cfg, args) -> int:
         return 0
     finally:
         console.print("Stopping …")
-        await runner.cleanup()
-        await engine.stop()
+        if runner is not None:
+            await runner.cleanup()
+        if engine is not None:
+            await engine.stop()  # after a failed start too: it stops what it started
         if sinks is not None:
             await sinks.stop()
 

@@ -70,7 +70,11 @@ class Sinks:
 
     async def start(self) -> Config:
         """Start them and return the config pointed at their ports."""
-        await asyncio.gather(*(asyncio.to_thread(s.start) for s in self._all()))
+        started = await asyncio.gather(*(asyncio.to_thread(s.start) for s in self._all()), return_exceptions=True)
+        failed = next((e for e in started if isinstance(e, BaseException)), None)
+        if failed is not None:
+            await self.stop()  # those that did start
+            raise failed
         cfg = self.cfg
         if self.smtp is not None:
             cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=self.smtp.port)
@@ -170,24 +174,33 @@ def devices(people: list[UserProfile], seed: int = 13) -> tuple[list[UserProfile
     return out, consents
 
 
-def demo_requests(count: int, users: int, run: str, seed: int = 17) -> list[dict]:
+def demo_requests(count: int, users: int, run: str, seed: int = 17,
+                  enabled: frozenset[str] | None = None) -> list[dict]:
     """The demo's load: ``requests`` on email and webhook, except ~12% recruiter
     messages to the app (push and the in-app inbox), ~5% interview invitations
     by push or, for users without the app, by SMS (``fallback``), and ~1%
-    critical security alerts by email and phone call."""
+    critical security alerts by email and phone call. A kind whose channels are
+    not all ``enabled`` stays a job alert; a fallback channel that is not is
+    left out."""
+    kinds = (
+        (0.12, {"category": "messages", "channels": ["push", "in_app"],
+                "content": {"subject": "New message", "text": "A recruiter wrote to you about a role."}}),
+        (0.17, {"category": "application_updates", "channels": ["push"], "fallback": ["sms"],
+                "content": {"subject": "Interview invitation", "text": "Acme would like to interview you."}}),
+        (0.18, {"category": "security", "channels": ["email", "voice"], "priority": "critical",
+                "content": {"subject": "New sign-in",
+                            "text": "Someone signed in to your account from a new device."}}),
+    )
     rng = random.Random(seed)
     out = requests(count, users, run)
     for r in out:
         roll = rng.random()
-        if roll < 0.12:
-            r.update(category="messages", channels=["push", "in_app"],
-                     content={"subject": "New message", "text": "A recruiter wrote to you about a role."})
-        elif roll < 0.17:
-            r.update(category="application_updates", channels=["push"], fallback=["sms"],
-                     content={"subject": "Interview invitation", "text": "Acme would like to interview you."})
-        elif roll < 0.18:
-            r.update(category="security", channels=["email", "voice"], priority="critical",
-                     content={"subject": "New sign-in", "text": "Someone signed in to your account from a new device."})
+        kind = next((k for below, k in kinds if roll < below), None)
+        if kind is None or (enabled is not None and not set(kind["channels"]) <= enabled):
+            continue
+        r.update(kind)
+        if enabled is not None and "fallback" in kind:
+            r["fallback"] = [c for c in kind["fallback"] if c in enabled]
     return out
 
 
@@ -250,7 +263,7 @@ async def run(engine: Engine, http_url: str, sinks: Sinks, *, count: int, users:
     for i in range(0, len(mix), 1000):
         await run_commands(engine, mix[i:i + 1000])
     run_id = f"demo-{int(time.time())}"
-    reqs = demo_requests(count, users, run_id)
+    reqs = demo_requests(count, users, run_id, enabled=engine.cfg.enabled_channels())
     expected = sum(len(r["channels"]) for r in reqs)  # fallback channels add rows of their own
     console.print(f"[bold]Submitting {count:,} notifications[/bold] over HTTP ({http_url}) …")
     started = time.monotonic()

@@ -34,7 +34,9 @@ async def _serve(args: argparse.Namespace) -> dict:
         sink = TwilioSink(args.account_sid, args.auth_token, args.host, args.port)
     elif args.kind == "fcm":
         with open(args.service_account) as f:
-            sink = FcmSink(json.load(f), args.host, args.port)
+            account = json.load(f)
+        os.unlink(args.service_account)  # a private key: gone from disk once read
+        sink = FcmSink(account, args.host, args.port)
     if args.kind != "smtp":
         await sink.start()
         where = sink.url
@@ -103,8 +105,7 @@ class SinkProcess:
         elif self.kind == "twilio":
             cmd += ["--account-sid", str(self.account), "--auth-token", self.secret or ""]
         elif self.kind == "fcm":
-            self.account_file = f"{self.stats_file}.account.json"
-            fd = os.open(self.account_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, self.account_file = tempfile.mkstemp(prefix="tidings-fcm-account-", suffix=".json")  # 0600, new
             with os.fdopen(fd, "w") as f:
                 json.dump(self.account, f)
             cmd += ["--service-account", self.account_file]
@@ -113,6 +114,9 @@ class SinkProcess:
         while not port_open("127.0.0.1", self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+                self._remove_files()
                 raise RuntimeError(f"{self.kind} sink did not start on port {self.port}")
             time.sleep(0.05)
         return self
@@ -138,11 +142,14 @@ class SinkProcess:
         self.proc = None
         lines = [line for line in out.splitlines() if line.startswith("{")]
         final = json.loads(lines[-1]) if lines else self.stats()
+        self._remove_files()
+        return final
+
+    def _remove_files(self) -> None:
         for path in (self.stats_file, getattr(self, "account_file", None)):
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        return final
 
 
 def main(argv: list[str] | None = None) -> int:
