@@ -15,7 +15,7 @@ import msgspec
 from actors.delivery import (Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket,
                              deliver, deliver_batch)
 from actors.delivery.bucket import Clock
-from actors.delivery.bulkhead import Bulkhead
+from actors.delivery.bulkhead import URGENT, Bulkhead
 from actors.delivery.routing import Router, make_router
 from engine.config import ChannelConfig, ProviderConfig
 from policy import wire
@@ -55,12 +55,13 @@ def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> lis
     """Tasks with the same content, in groups of at most ``size`` (a batch call
     sends one content to many recipients), no address twice in a group (SendGrid
     refuses a whole request that names an address twice). With ``mixed`` (the
-    providers store each task's own content, as in-app does) any tasks share a
-    group. Channels without addresses (in-app) never split on the address."""
+    providers store each task's own content, as in-app does) any tasks of the same
+    urgency share a group. Channels without addresses (in-app) never split on the address."""
     by_content: dict[tuple, list[DeliveryTask]] = {}
     for t in tasks:
         c = t.content
-        key = () if mixed else (c.subject, c.text, c.html, t.category)
+        # a batch takes its bulkhead place by its first task's priority: urgent ones apart
+        key = (t.priority in URGENT,) if mixed else (c.subject, c.text, c.html, t.category)
         by_content.setdefault(key, []).append(t)
     out = []
     for pending in by_content.values():

@@ -41,3 +41,11 @@ def test_mixed_contents_share_a_batch_when_the_providers_store_each_tasks_own():
     assert [len(b) for b in out] == [100, 100, 50]
     assert [t.notification_id for b in out for t in b] == [t.notification_id for t in tasks]
     assert len(batches(tasks, 100)) == 250  # one content per batch otherwise
+
+
+def test_mixed_batches_keep_urgent_tasks_apart():
+    tasks = [DeliveryTask(f"n{i}", f"u{i}", "in_app", "messages", "", Content(subject=f"s{i}"),
+                          "critical" if i % 3 == 0 else "normal") for i in range(30)]
+    out = batches(tasks, 100, mixed=True)
+    assert sorted(len(b) for b in out) == [10, 20]
+    assert all(len({t.priority for t in b}) == 1 for b in out)
