@@ -61,7 +61,10 @@ class Engagement(msgspec.Struct, frozen=True):
 
 INSERT = """
 INSERT INTO engagement_events (notification_id, user_id, channel, type, at, source)
-SELECT n, u, c, t, to_timestamp(a), s
+SELECT n, u, c, t,
+       -- never before the notification was accepted (a client clock behind, or 0)
+       greatest(to_timestamp(a), (SELECT d.accepted_at FROM delivery_tracking d
+                                  WHERE d.notification_id = e.n AND d.channel = e.c)), s
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[]) AS e(n, u, c, t, a, s)
 ON CONFLICT (notification_id, channel, type) DO NOTHING
 RETURNING notification_id, channel, type

@@ -93,6 +93,17 @@ async def test_an_open_is_stored_once_and_shown(env):
     assert push["timeline"][0]["at"] == pytest.approx(first["at"])
 
 
+async def test_an_open_is_never_dated_before_the_notification_was_accepted(env):
+    nid = await sent(env)
+    accepted = time.time() - 60
+    await env.pool.execute("UPDATE delivery_tracking SET accepted_at = to_timestamp($2) WHERE notification_id = $1",
+                           uuid.UUID(nid), accepted)
+    status, body = await post(env, nid, {"channel": "push", "type": "opened", "at": 0})
+    assert status == 201 and body["at"] == pytest.approx(accepted, abs=1e-3)
+    push = (await channel_status(env, nid))["push"]
+    assert push["timeline"][0]["at"] == pytest.approx(accepted, abs=1e-3)
+
+
 async def test_an_open_never_moves_a_status_back(env):
     delivered = await sent(env, "email", "delivered", "delivered")
     complained = await sent(env, "email", "complained", "spamreport")
