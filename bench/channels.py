@@ -13,8 +13,9 @@ Per case (a provider type and the server that speaks its API, as in
    APNs; aiosmtplib for SMTP), ``--concurrency`` in flight -- as many as the
    engine is allowed (channel shards x provider concurrency). For ``in_app``
    there is no server of its own: the ceiling is the provider's ``send_batch``
-   driven directly against the same PostgreSQL and NATS, 100 per batch,
-   ``--concurrency`` / 100 batches in flight (at least 1).
+   driven directly against the same PostgreSQL and NATS, 100 per batch, as
+   many batches in flight as the engine's ChannelShards can run (shards x the
+   provider's ``pool_size``).
 3. ``engine/s``: an engine with only that channel, one provider of that type
    pointed at the same server, ``--users`` users who have an address (and SMS or
    voice consent); N notifications published to JetStream first (a backlog, as
@@ -158,7 +159,7 @@ async def inapp_ceiling(engine: Engine, args) -> dict:
     settings = cfg.channels["in_app"].providers[0].settings
     provider = InAppProvider("inapp-bare", settings)
     await provider.start()
-    batch = provider.max_batch
+    batch = min(provider.max_batch, args.n)
     notes = notifications("in_app", args.n, args.users)  # the engine run's contents, one per notification
     tasks = [DeliveryTask(str(uuid.uuid4()), n["user_id"], "in_app", n["category"], "", Content(**n["content"]))
              for n in notes]
@@ -168,11 +169,14 @@ async def inapp_ceiling(engine: Engine, args) -> dict:
         await provider.send_batch(batches[i])
         return True
     try:
-        in_flight = max(1, args.concurrency // batch)
+        # as many transactions at once as the engine's ChannelShards can run: each
+        # holds one provider whose pool_size bounds its transactions
+        in_flight = args.shards * min(provider.pool_size, max(1, args.concurrency // args.shards))
         rate, errors, first = await bp.drive(len(batches), in_flight, send)
     finally:
         await provider.close()
-    return {"per_s": round(rate * batch), "errors": errors, "first_error": first, "in_flight": in_flight * batch}
+    return {"per_s": round(rate * batch), "errors": errors, "first_error": first, "in_flight": in_flight,
+            "batch": batch}
 
 
 # -- the engine --------------------------------------------------------------------
@@ -263,7 +267,8 @@ async def run_case(name: str, args) -> dict:
         cfg = engine_config("inbox", "in_app", "inapp", {}, args)
         eng = await through_engine(cfg, "in_app", "", args)
         ceil = eng.pop("ceiling")
-        return {"channel": "in_app", "ceiling": ceil, "engine": eng, "ratio": round(eng["per_s"] / ceil["per_s"], 3)}
+        return {"channel": "in_app", "ceiling": ceil, "engine": eng,
+                "ratio": round(eng["per_s"] / ceil["per_s"], 3) if ceil["per_s"] else None}
     case = CASES[name]()
     ctx = mp.get_context("spawn")
     conn, child_conn = ctx.Pipe()
