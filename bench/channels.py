@@ -37,13 +37,11 @@ import argparse
 import asyncio
 import datetime
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
-import time
 import uuid
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 
 import aiosmtplib
@@ -270,53 +268,19 @@ async def run_case(name: str, args) -> dict:
         return {"channel": "in_app", "ceiling": ceil, "engine": eng,
                 "ratio": round(eng["per_s"] / ceil["per_s"], 3) if ceil["per_s"] else None}
     case = CASES[name]()
-    ctx = mp.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=bp.child, args=(case.make_sink, child_conn), name=f"bench-sink-{name}", daemon=True)
-    proc.start()
-    child_conn.close()
-    try:
+    async with bp.sink_child(case.make_sink, name) as conn:
         info = await bp.ask(conn, None)
         ceil = await ceiling(name, case, conn, info, args)
         cfg = engine_config(name, case.channel, case.type, case.settings(info), args)
         eng = await through_engine(cfg, case.channel, case.address(info), args, conn)
         return {"channel": case.channel, "ceiling": ceil, "engine": eng,
                 "ratio": round(eng["per_s"] / ceil["per_s"], 3) if ceil["per_s"] else None}
-    finally:
-        if proc.is_alive():
-            with suppress(OSError):
-                conn.send("stop")
-        proc.join(5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        conn.close()
 
 
 async def run(args) -> dict:
-    names = args.only.split(",") if args.only else list(CASES)
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    results, dropped, deadline = {}, {}, time.monotonic() + args.deadline
-    for name in names:
-        budget = min(args.timeout + 120, deadline - time.monotonic())
-        if budget <= 0:
-            dropped[name] = f"run deadline of {args.deadline:.0f} s reached"
-            continue
-        try:
-            results[name] = await asyncio.wait_for(run_case(name, args), budget)
-        except TimeoutError as exc:
-            dropped[name] = str(exc) or f"did not finish in {budget:.0f} s"
-        except Exception as exc:  # noqa: BLE001 -- any failure drops the case, with its reason
-            dropped[name] = f"{type(exc).__name__}: {exc}"[:300]
-        r = results.get(name)
-        print(f"{name}: " + (f"engine {r['engine']['per_s']:,}/s vs ceiling {r['ceiling']['per_s']:,}/s"
-                             if r else dropped[name]), file=sys.stderr)
-    return {"results": results, "dropped": dropped}
+    return await bp.run_cases([n for n in args.only.split(",") if n], CASES, lambda name: run_case(name, args),
+                              args.timeout + 120, args.deadline,
+                              lambda r: f"engine {r['engine']['per_s']:,}/s vs ceiling {r['ceiling']['per_s']:,}/s")
 
 
 def complete(r: dict, n: int) -> bool:

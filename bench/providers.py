@@ -374,14 +374,63 @@ def refused(stats: dict) -> int:
     return sum(v for k, v in stats.items() if k in REFUSED)
 
 
-async def run_case(name: str, args) -> dict:
-    case = CASES[name]()
-    make_sink = case.make_sink
+@asynccontextmanager
+async def sink_child(make_sink: Callable, name: str):
+    """The sink ``make_sink`` builds, in a child process (spawn); yields the pipe
+    to it. The child is always stopped: asked, then terminated, then killed."""
     ctx = mp.get_context("spawn")
     conn, child_conn = ctx.Pipe()
     proc = ctx.Process(target=child, args=(make_sink, child_conn), name=f"bench-sink-{name}", daemon=True)
     proc.start()
     child_conn.close()
+    try:
+        yield conn
+    finally:
+        if proc.is_alive():
+            with suppress(OSError):
+                conn.send("stop")  # a no-op if it was sent already
+        proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        conn.close()
+
+
+async def run_cases(names: list[str], known, one: Callable, timeout_s: float, deadline_s: float,
+                    line: Callable[[dict], str]) -> dict:
+    """``one(name)`` for each of ``names`` (all of ``known`` when empty), each
+    within ``timeout_s`` and all within ``deadline_s``; a case that fails or runs
+    out of time is dropped with its reason. Prints ``line(result)`` per case."""
+    names = names or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(known)}")
+    results, dropped, deadline = {}, {}, time.monotonic() + deadline_s
+    for name in names:
+        budget = min(timeout_s, deadline - time.monotonic())
+        if budget <= 0:
+            dropped[name] = f"run deadline of {deadline_s:.0f} s reached"
+            continue
+        try:
+            results[name] = await asyncio.wait_for(one(name), budget)
+        except TimeoutError as exc:  # asyncio.wait_for's has no message; ask()'s has
+            dropped[name] = str(exc) or f"did not finish in {budget:.0f} s"
+        except Exception as exc:  # noqa: BLE001 -- any failure drops the case, with its reason
+            dropped[name] = f"{type(exc).__name__}: {exc}"[:300]
+        print(f"{name}: " + (line(results[name]) if name in results else dropped[name]), file=sys.stderr)
+    return {"results": results, "dropped": dropped}
+
+
+async def run_case(name: str, args) -> dict:
+    case = CASES[name]()
+    async with sink_child(case.make_sink, name) as conn:
+        return await _measure(name, case, conn, args)
+
+
+async def _measure(name: str, case: Case, conn, args) -> dict:
     provider = None
     try:
         info = await ask(conn, None)
@@ -427,40 +476,12 @@ async def run_case(name: str, args) -> dict:
     finally:
         if provider is not None:
             await provider.close()
-        if proc.is_alive():
-            with suppress(OSError):
-                conn.send("stop")  # a no-op if it was sent already
-        proc.join(5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        conn.close()
 
 
 async def run(args) -> dict:
-    names = args.only.split(",") if args.only else list(CASES)
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    results, dropped, deadline = {}, {}, time.monotonic() + args.deadline
-    for name in names:
-        budget = min(args.timeout, deadline - time.monotonic())
-        if budget <= 0:
-            dropped[name] = f"run deadline of {args.deadline:.0f} s reached"
-            continue
-        try:
-            results[name] = await asyncio.wait_for(run_case(name, args), budget)
-        except TimeoutError as exc:  # asyncio.wait_for's has no message; ask()'s has
-            dropped[name] = str(exc) or f"did not finish in {budget:.0f} s"
-        except Exception as exc:  # noqa: BLE001 -- any failure drops the case, with its reason
-            dropped[name] = f"{type(exc).__name__}: {exc}"[:300]
-        r = results.get(name)
-        print(f"{name}: " + (f"{r['provider']['per_s']:,.0f} vs {r['bare']['per_s']:,.0f}/s" if r else dropped[name]),
-              file=sys.stderr)
-    return {"results": results, "dropped": dropped}
+    return await run_cases([n for n in args.only.split(",") if n], CASES, lambda name: run_case(name, args),
+                           args.timeout, args.deadline,
+                           lambda r: f"{r['provider']['per_s']:,.0f} vs {r['bare']['per_s']:,.0f}/s")
 
 
 def main(argv: list[str] | None = None) -> int:
