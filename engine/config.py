@@ -27,6 +27,7 @@ NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_
 
 Positive = Annotated[int, Meta(ge=1)]
 NonNegative = Annotated[float, Meta(ge=0)]
+Days = Annotated[int, Meta(ge=0)]  # retention: 0 keeps rows forever
 
 
 class ConfigError(ValueError):
@@ -94,6 +95,19 @@ class SchedulerConfig(_Section):
     lease_s: NonNegative = 120.0  # a claim not finished by then is claimed again
 
 
+class RetentionConfig(_Section):
+    """How long rows are kept (engine/retention.py); each ``*_days`` 0 keeps them forever."""
+
+    interval_s: NonNegative = 3600.0  # how often the Scheduler runs it; 0: never (run `tidings retention`)
+    batch: Positive = 5000  # rows per DELETE statement, so none holds its locks for long
+    tracking_days: Days = 30  # tracking rows and engagement events, from creation: the idempotency window
+    scheduled_done_days: Days = 7  # done scheduled rows (from their due time) and sent digest buckets
+    change_feed_days: Days = 30  # published preference changes; unpublished ones are never deleted
+    inbox_read_days: Days = 90  # in-app messages, from when they were read
+    inbox_unread_days: Days = 0  # unread in-app messages, from when they arrived; 0: kept until read
+    jobs_days: Days = 30  # finished bulk jobs
+
+
 class ProviderConfig(_Section):
     name: str
     type: str
@@ -134,6 +148,7 @@ class Config(_Section):
     channels: dict[str, ChannelConfig] = {}
     preferences: PolicyConfig = PolicyConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""
@@ -212,9 +227,24 @@ def load(profile: str | None = None, path: str | Path | None = None,
 
 def convert(data: Mapping[str, Any]) -> Config:
     try:
-        return msgspec.convert(data, Config, strict=False)
+        cfg = msgspec.convert(data, Config, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(f"config: {e}") from None
+    check_retention(cfg)
+    return cfg
+
+
+def check_retention(cfg: Config) -> None:
+    """Tracking rows and the change feed are what make a redelivered message
+    idempotent (notifications; NATS preference changes by their stream sequence),
+    and JetStream may redeliver a message until it is ``nats.max_age_s`` old: they
+    must be kept at least that long."""
+    age = cfg.nats.max_age_s
+    for name in ("tracking_days", "change_feed_days"):
+        days = getattr(cfg.retention, name)
+        if days and age and days * 86400 < age:
+            raise ConfigError(f"config: retention.{name} = {days} is shorter than nats.max_age_s "
+                              f"({age:g} s, {age / 86400:g} days), how long a message may still be redelivered")
 
 
 def encode(cfg: Config) -> bytes:
