@@ -6,15 +6,23 @@ restarted, never hand out the same row twice while a lease runs) and sends them
 to their owning UserShard in one call per shard. The shard decides, delivers,
 and marks them done in the same transaction as their final tracking rows; a
 claim whose shard failed comes back when its lease ends.
+
+Every ``retention.interval_s`` (the first time one interval after start) it also
+deletes rows past their keep time (engine/retention.py) on a connection of its
+own, whose advisory lock lets one engine's Scheduler do it at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+
+import asyncpg
+from ray.util import metrics
 
 from actors import schedule_store
-from engine import db
+from engine import db, retention
 from engine.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
@@ -29,19 +37,26 @@ class Scheduler:
         self.user_shards = user_shards
         self.pool = None
         self.task: asyncio.Task | None = None
-        self.stats = {"rounds": 0, "deferred": 0, "digests": 0, "items": 0, "failed_calls": 0}
+        self.retention_task: asyncio.Task | None = None
+        self.stats = {"rounds": 0, "deferred": 0, "digests": 0, "items": 0, "failed_calls": 0,
+                      "retention_runs": 0, "retention_skipped": 0}
+        self.deleted: Counter[str] = Counter()  # rows retention deleted, per kind
+        self._deleted_metric = None
 
     async def start(self) -> None:
         if self.pool is None:
             self.pool = await db.create_pool(self.url, self.cfg.database.schema, min_size=1, max_size=2)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._loop())
+        if self.retention_task is None and self.cfg.retention.interval_s > 0:
+            self.retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            self.task = None
+        for task in (self.task, self.retention_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self.task = self.retention_task = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -82,5 +97,40 @@ class Scheduler:
                 self.stats[k] += r.get(k, 0)
         return len(dues) >= sc.batch
 
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.retention.interval_s)
+            try:
+                await self.retain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention run failed; trying again next interval")
+
+    async def retain(self) -> dict[str, int] | None:
+        """One retention run; the rows deleted per kind, None if another run held the lock."""
+        conn = await asyncpg.connect(self.url, server_settings={"search_path": self.cfg.database.schema,
+                                                                "application_name": "tidings-retention"})
+        try:
+            counts = await retention.run(conn, self.cfg.retention)
+        except BaseException:
+            conn.terminate()  # the advisory lock ends with the session
+            raise
+        await conn.close()
+        if counts is None:
+            self.stats["retention_skipped"] += 1
+            return None
+        self.stats["retention_runs"] += 1
+        if self._deleted_metric is None:
+            self._deleted_metric = metrics.Counter(
+                "tidings_retention_deleted", description="Rows deleted by retention", tag_keys=("kind",))
+        for kind, n in counts.items():
+            if n:
+                self.deleted[kind] += n
+                self._deleted_metric.inc(n, tags={"kind": kind})
+        if any(counts.values()):
+            log.info("retention deleted %s", ", ".join(f"{k}: {n}" for k, n in counts.items() if n))
+        return counts
+
     async def info(self) -> dict:
-        return dict(self.stats)
+        return {**self.stats, "retention_deleted": dict(self.deleted)}
