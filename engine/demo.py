@@ -305,6 +305,11 @@ async def summarize(engine: Engine, ids: list[str]) -> dict:
     }
 
 
+def fallback_note(s: dict) -> str:
+    extra = s["rows"] - s["expected_rows"]
+    return f", and {extra:,} on fallback channels" if extra > 0 else ""
+
+
 def print_summary(console: Console, s: dict, engine: Engine) -> None:
     table = Table(title="Outcomes per channel")
     for col in ("channel", "status", "reason", "count"):
@@ -313,7 +318,8 @@ def print_summary(console: Console, s: dict, engine: Engine) -> None:
         table.add_row(r["channel"], r["status"], r["reason"], f"{r['n']:,}")
     console.print(table)
     console.print(
-        f"{s['notifications']:,} notifications ({s['rows']:,}/{s['expected_rows']:,} channel outcomes recorded) "
+        f"{s['notifications']:,} notifications ({min(s['rows'], s['expected_rows']):,}/{s['expected_rows']:,} "
+        f"channel outcomes recorded{fallback_note(s)}) "
         f"in {s['wall_s']:.1f}s: [bold]{s['per_s']:,.0f} notifications/s[/bold], "
         f"accept→recorded p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms")
     got = s["sinks"]
