@@ -386,13 +386,15 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    from engine import http_bulk, http_events, http_inbox, http_prefs, http_templates, http_tracking  # built on these helpers
+    from engine import (  # built on these helpers
+        http_analytics, http_bulk, http_events, http_inbox, http_prefs, http_templates, http_tracking)
     http_prefs.add_routes(app)
     http_bulk.add_routes(app)
     http_templates.add_routes(app)
     http_tracking.add_routes(app)
     http_inbox.add_routes(app)
     http_events.add_routes(app)
+    http_analytics.add_routes(app)
     return app
 
 
