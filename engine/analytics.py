@@ -29,8 +29,16 @@ BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_BUCKETS = 10_000  # per channel and provider: a window of that many buckets at most
 
 QUERY = """
-SELECT CASE WHEN $3::text IS NULL THEN NULL ELSE date_trunc($3::text, d.created_at) END AS bucket,
-       d.channel, d.provider, count(*) AS total,
+WITH d AS (
+    SELECT notification_id, channel, provider, status, attempts, accepted_at, completed_at,
+           CASE WHEN $3::text IS NULL THEN NULL ELSE date_trunc($3::text, created_at) END AS bucket
+    FROM delivery_tracking
+    WHERE created_at >= $1 AND created_at < $2 AND channel <> '*' AND ($4::text IS NULL OR channel = $4)
+), e AS (  -- only the window's notifications: the (notification_id, channel, type) index serves it
+    SELECT notification_id, channel, bool_or(type = 'opened') AS opened, bool_or(type = 'clicked') AS clicked
+    FROM engagement_events WHERE notification_id IN (SELECT notification_id FROM d) GROUP BY 1, 2
+)
+SELECT d.bucket, d.channel, d.provider, count(*) AS total,
        {statuses},
        count(*) FILTER (WHERE e.opened) AS opened,
        count(*) FILTER (WHERE e.clicked) AS clicked,
@@ -38,12 +46,7 @@ SELECT CASE WHEN $3::text IS NULL THEN NULL ELSE date_trunc($3::text, d.created_
            ORDER BY extract(epoch FROM d.completed_at - d.accepted_at))
            FILTER (WHERE d.status IN ('sent', 'delivered', 'bounced', 'complained')) AS latency,
        avg(d.attempts) FILTER (WHERE d.attempts > 0) AS attempts
-FROM delivery_tracking d
-LEFT JOIN (SELECT notification_id, channel, bool_or(type = 'opened') AS opened, bool_or(type = 'clicked') AS clicked
-           FROM engagement_events GROUP BY 1, 2) e
-       ON e.notification_id = d.notification_id AND e.channel = d.channel
-WHERE d.created_at >= $1 AND d.created_at < $2 AND d.channel <> '*'
-  AND ($4::text IS NULL OR d.channel = $4)
+FROM d LEFT JOIN e ON e.notification_id = d.notification_id AND e.channel = d.channel
 GROUP BY 1, 2, 3
 ORDER BY 1 NULLS FIRST, 2, 3 NULLS FIRST
 """.format(statuses=",\n       ".join(f"count(*) FILTER (WHERE d.status = '{s}') AS {s}" for s in STATUSES))
