@@ -19,6 +19,7 @@ import msgspec
 from actors import prefs_store, user_store
 from actors.prefs_store import Change
 from actors.user_cache import UserCache
+from actors.user_links import tracker
 from actors.user_prefs import PrefsMixin
 from actors.user_release import ReleaseMixin, fallback_check, held
 from actors.user_templates import TemplatesMixin
@@ -65,6 +66,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         self.users = UserCache(self.template_cache)
         self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
+        self.links = tracker(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.clock = time.time  # what decide() is told the time is; tests set their own
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
@@ -211,7 +213,10 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
                     o.detail = detail
                     outcomes.append(o)
                 else:
-                    sends[d.channel].append(task_for(nid, user_id, req, d.channel, state, content))
+                    task = task_for(nid, user_id, req, d.channel, state, content)
+                    if self.links is not None and content.html and d.channel in self.links.channels:
+                        task = self.links.apply(task)
+                    sends[d.channel].append(task)
         error = None
         results = await asyncio.gather(self._hold(holds), *(self._send(ch, t) for ch, t in sends.items()),
                                        return_exceptions=True)

@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from policy.rules import PolicyConfig
+from policy.types import Channel
 
 CONFIG_DIR = Path(os.environ.get("TIDINGS_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
@@ -108,6 +109,21 @@ class RetentionConfig(_Section):
     jobs_days: Days = 30  # finished bulk jobs
 
 
+class EngagementConfig(_Section):
+    """Our own open pixel and click redirect in HTML content (policy/links.py,
+    engine/http_links.py). Off while ``base_url`` is empty."""
+
+    base_url: str = ""  # public URL of the HTTP API, e.g. "https://notify.example.com"; empty: off
+    secret: str = ""  # HMAC key of the tokens, required with base_url: set TIDINGS_ENGAGEMENT_SECRET
+    opens: bool = True  # add the 1x1 pixel
+    clicks: bool = True  # point http(s) links at the redirect
+    channels: list[Channel] = msgspec.field(default_factory=lambda: ["email"])  # HTML of these is rewritten
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url) and (self.opens or self.clicks) and bool(self.channels)
+
+
 class ProviderConfig(_Section):
     name: str
     type: str
@@ -149,6 +165,7 @@ class Config(_Section):
     preferences: PolicyConfig = PolicyConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     retention: RetentionConfig = RetentionConfig()
+    engagement: EngagementConfig = EngagementConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""
@@ -195,6 +212,8 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         field = rest[len(section) + 1:]
         if field not in _field_names(section):
             raise ConfigError(f"{key}: unknown setting {section}.{field}")
+        if _is_list(section, field):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "email,sms" -> ["email", "sms"]
         out.setdefault(section, {})[field] = value
     if env.get("RAY_ADDRESS"):
         out.setdefault("ray", {})["address"] = env["RAY_ADDRESS"]
@@ -203,6 +222,11 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _field_names(section: str) -> set[str]:
     return {f.name for f in msgspec.structs.fields(SECTIONS[section])}
+
+
+def _is_list(section: str, name: str) -> bool:
+    field = next(f for f in msgspec.structs.fields(SECTIONS[section]) if f.name == name)
+    return getattr(field.type, "__origin__", None) is list
 
 
 def load(profile: str | None = None, path: str | Path | None = None,
@@ -231,7 +255,7 @@ def convert(data: Mapping[str, Any]) -> Config:
     except msgspec.ValidationError as e:
         raise ConfigError(f"config: {e}") from None
     check_retention(cfg)
-    return cfg
+    return check_engagement(cfg)
 
 
 def check_retention(cfg: Config) -> None:
@@ -245,6 +269,27 @@ def check_retention(cfg: Config) -> None:
         if days and age and days * 86400 < age:
             raise ConfigError(f"config: retention.{name} = {days} is shorter than nats.max_age_s "
                               f"({age:g} s, {age / 86400:g} days), how long a message may still be redelivered")
+
+
+MIN_SECRET_CHARS = 16
+
+
+def check_engagement(cfg: Config) -> Config:
+    """With a ``base_url``, tokens are signed: a secret is required (a short or
+    missing one would let anyone mint redirects and opens). Returns ``cfg`` with
+    the base URL's trailing slash removed."""
+    e = cfg.engagement
+    if not e.base_url:
+        return cfg
+    if not e.base_url.startswith(("http://", "https://")) or any(c.isspace() for c in e.base_url):
+        raise ConfigError(f"config: engagement.base_url = {e.base_url!r} is not an http(s) URL")
+    if len(e.secret) < MIN_SECRET_CHARS:
+        what = "is not set" if not e.secret else f"is shorter than {MIN_SECRET_CHARS} characters"
+        raise ConfigError(f"config: engagement.secret {what}; it is required with engagement.base_url "
+                          f"(set TIDINGS_ENGAGEMENT_SECRET)")
+    if e.base_url.endswith("/"):
+        cfg = msgspec.structs.replace(cfg, engagement=msgspec.structs.replace(e, base_url=e.base_url.rstrip("/")))
+    return cfg
 
 
 def encode(cfg: Config) -> bytes:
