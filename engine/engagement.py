@@ -1,11 +1,12 @@
 """Engagement events: a notification opened or clicked on one of its channels.
 
-Three sources write them: a client reporting through ``POST
+Four sources write them: a client reporting through ``POST
 /v1/notifications/{id}/events`` (``engine.http_events``, source ``api``), the
 in-app inbox when a message is marked read (``engine.http_inbox``, source
-``inbox``), which counts as "opened" on ``in_app``, and an email provider's
+``inbox``), which counts as "opened" on ``in_app``, an email provider's
 open or click tracking webhook (``engine.http_tracking``, source the provider
-type: ``sendgrid``, ``mailgun``).
+type: ``sendgrid``, ``mailgun``), and our own open pixel and click redirect
+(``engine.http_links``, source ``pixel``, ``link``).
 
 What is stored (``engagement_events``, migration 011): the first "opened" and
 the first "clicked" per (notification, channel); a repeated report inserts
@@ -56,7 +57,7 @@ class Engagement(msgspec.Struct, frozen=True):
     channel: str
     type: str
     at: float
-    source: str  # api | inbox | sendgrid | mailgun (migration 012)
+    source: str  # api | inbox | sendgrid | mailgun (migration 012) | pixel | link (migration 014)
 
 
 INSERT = """

@@ -387,13 +387,14 @@ def make_app(engine: Engine) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     from engine import (  # built on these helpers
-        http_analytics, http_bulk, http_events, http_inbox, http_prefs, http_templates, http_tracking)
+        http_analytics, http_bulk, http_events, http_inbox, http_links, http_prefs, http_templates, http_tracking)
     http_prefs.add_routes(app)
     http_bulk.add_routes(app)
     http_templates.add_routes(app)
     http_tracking.add_routes(app)
     http_inbox.add_routes(app)
     http_events.add_routes(app)
+    http_links.add_routes(app)
     http_analytics.add_routes(app)
     return app
 

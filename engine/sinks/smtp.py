@@ -23,6 +23,7 @@ class ReceivedMail:
     has_html: bool
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
+    html: str | None = None  # the text/html part, decoded
 
 
 class SmtpSink:
@@ -100,6 +101,7 @@ class SmtpSink:
     def _parse(envelope) -> ReceivedMail:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         types = {part.get_content_type() for part in msg.walk()}
+        html = msg.get_body(("html",))
         return ReceivedMail(
             mail_from=envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -109,4 +111,5 @@ class SmtpSink:
             has_html="text/html" in types,
             content_type=msg.get_content_type(),
             headers={k.lower(): str(v) for k, v in msg.items()},
+            html=html.get_content() if html is not None else None,
         )
