@@ -18,7 +18,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from engine import cli_credentials, cli_prefs, cli_retention, config as configuration
+from engine import cli_analytics, cli_credentials, cli_prefs, cli_retention, config as configuration
 
 console = Console()
 
@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     cli_prefs.add_parser(sub)
     cli_credentials.add_parser(sub)
     cli_retention.add_parser(sub)
+    cli_analytics.add_parser(sub)
 
     bench = sub.add_parser("bench", help="load harness: `bench e2e …`, `bench capacity --rate R --p99 MS`, "
                                          "`bench prefs`, `bench channels`")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     commands = {"up": cmd_up, "demo": cmd_up, "send": cmd_send, "status": cmd_status, "migrate": cmd_migrate,
                 "prefs": cli_prefs.cmd_prefs, "credentials": cli_credentials.cmd_credentials,
-                "retention": cli_retention.cmd_retention}
+                "retention": cli_retention.cmd_retention, "analytics": cli_analytics.cmd_analytics}
     try:
         return uvloop.run(commands[args.command](cfg, args)) or 0
     except configuration.ConfigError as e:  # found at start, e.g. a stored credential missing

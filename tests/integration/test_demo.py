@@ -4,10 +4,13 @@ exactly what the engine recorded as sent on its channel."""
 
 from __future__ import annotations
 
+import argparse
+
+import aiohttp
 import pytest
 from rich.console import Console
 
-from engine import http
+from engine import cli_analytics, http
 from engine.demo import Sinks, run
 from engine.runtime import Engine
 from tests.integration.helpers import drop_schema, engine_config
@@ -22,9 +25,14 @@ async def test_demo_delivers_on_every_channel_and_the_servers_agree(nats_url, da
     assert {"sms", "voice", "push"} <= set(cfg.channels)
     engine = await Engine(cfg).start()
     runner = await http.serve(engine, port=0)
+    url = f"http://127.0.0.1:{http.bound_port(runner)}"
     try:
-        summary = await run(engine, f"http://127.0.0.1:{http.bound_port(runner)}", sinks, count=800, users=200,
-                            console=Console(quiet=True), timeout_s=120)
+        summary = await run(engine, url, sinks, count=800, users=200, console=Console(quiet=True), timeout_s=120)
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/analytics/channels") as r:
+            assert r.status == 200
+            analytics = await r.json()
+        args = argparse.Namespace(url=url, hours=1.0, bucket="minute", channel="email", json=False)
+        assert await cli_analytics.cmd_analytics(None, args) == 0  # the CLI's table renders
     finally:
         await runner.cleanup()
         await engine.stop()
@@ -42,3 +50,7 @@ async def test_demo_delivers_on_every_channel_and_the_servers_agree(nats_url, da
     assert got["webhook"]["received"] == sent["webhook"] and got["webhook"]["bad_signatures"] == 0
     assert got["twilio"]["messages"] == sent["sms"] and got["twilio"]["calls"] == sent["voice"]
     assert got["fcm"]["requests"] == sent["push"]
+    by_channel: dict[str, int] = {}
+    for row in analytics["rows"]:
+        by_channel[row["channel"]] = by_channel.get(row["channel"], 0) + row["counts"]["sent"]
+    assert by_channel == sent  # the analytics count what the summary counted
