@@ -15,7 +15,6 @@ from engine import http
 from engine.embedded import free_port
 from engine.http_links import GIF
 from engine.runtime import Engine
-from engine.sinks import SmtpSink
 from engine.tuning import with_provider_settings
 from policy import links
 from policy.types import UserProfile
@@ -29,14 +28,6 @@ HTML = ('<html><body><p>New jobs for you</p>'
         '<a href="https://jobs.example.test/list?id=7&amp;ref=mail">see them</a> '
         '<a href="mailto:help@example.test">help</a> '
         '<a href="https://unsub.test/e1/{nid}">unsubscribe</a></body></html>')
-
-
-@pytest.fixture(scope="module")
-async def smtp():
-    sink = SmtpSink(port=0, keep_messages=True)
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

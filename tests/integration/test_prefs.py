@@ -16,7 +16,6 @@ import pytest
 
 from engine import http, prefs_bus, streams
 from engine.runtime import Engine
-from engine.sinks import SmtpSink
 from policy.types import UserProfile
 from tests.integration.helpers import drop_schema, engine_config, wait_rows
 
@@ -33,14 +32,6 @@ def quiet_now() -> list[dict]:
     """A quiet window in Berlin from an hour ago to two hours from now."""
     now = datetime.now(ZoneInfo("Europe/Berlin"))
     return [{"start": (now - timedelta(hours=1)).strftime("%H:%M"), "end": (now + timedelta(hours=2)).strftime("%H:%M")}]
-
-
-@pytest.fixture(scope="module")
-async def smtp():
-    sink = SmtpSink(port=0, keep_messages=True)
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,10 @@ import pytest
 
 from engine import http
 from engine.runtime import Engine
-from engine.sinks import SmtpSink
 from policy.types import UserProfile
 from tests.integration.helpers import drop_schema, engine_config, wait_rows
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-async def smtp():
-    sink = SmtpSink(port=0, keep_messages=True)
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

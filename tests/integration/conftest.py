@@ -1,0 +1,17 @@
+"""Fixtures shared by the integration tests (the session-wide NATS, PostgreSQL and
+Ray are in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.sinks import SmtpSink
+
+
+@pytest.fixture(scope="module")
+def smtp():
+    """A loopback SMTP server that keeps what it receives, one per test module."""
+    sink = SmtpSink(port=0, keep_messages=True)
+    sink.start()
+    yield sink
+    sink.stop()
