@@ -42,7 +42,8 @@ class Held(msgspec.Struct, array_like=True):
     accepted_at: float
     digest_key: str | None = None
     frequency: str | None = None
-    parent_id: str | None = None
+    parent_id: str | None = None  # the broadcast it belongs to
+    digest_id: str | None = None  # set when it joins a digest bucket
 
 
 class Due(msgspec.Struct, array_like=True):
@@ -61,8 +62,8 @@ def digest_id(key: str) -> str:
 
 TRACK = """
 INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
-                               accepted_at, completed_at, parent_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), now(), $9)
+                               accepted_at, completed_at, parent_id, digest_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), now(), $9, $10)
 ON CONFLICT (notification_id, channel) DO NOTHING
 """
 SCHEDULE = """
@@ -89,7 +90,7 @@ async def hold(conn: asyncpg.Connection, items: Sequence[Held],
         await conn.executemany(TRACK, [
             (it.notification_id, it.user_id, it.channel, it.category, it.priority,
              "deferred" if it.kind == "deferred" else "digested", it.reason, it.accepted_at or None,
-             uuid.UUID(it.parent_id) if it.parent_id else None)
+             uuid.UUID(it.parent_id) if it.parent_id else None, uuid.UUID(it.digest_id) if it.digest_id else None)
             for it in items if it.kind != "fallback"])  # a fallback check has no channel of its own yet
     return list(items)
 
@@ -103,7 +104,7 @@ async def _join_bucket(conn: asyncpg.Connection, it: Held, next_period) -> None:
             uuid.UUID(digest_id(it.digest_key)))
         status = await conn.fetchval("SELECT status FROM digest_buckets WHERE key = $1 FOR SHARE", it.digest_key)
         if status == "open":
-            it.parent_id = digest_id(it.digest_key)
+            it.digest_id = digest_id(it.digest_key)
             return
         it.digest_key, it.due_at = next_period(it)
     raise RuntimeError(f"no open digest bucket after 64 periods for {it.digest_key}")

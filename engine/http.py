@@ -212,7 +212,8 @@ async def broadcast_status(request: web.Request) -> web.Response:
 
 STATUS_SQL = """
 SELECT channel, status, reason, provider, provider_message_id, attempts, timeline, errors,
-       extract(epoch FROM accepted_at) AS accepted_at, extract(epoch FROM completed_at) AS completed_at
+       extract(epoch FROM accepted_at) AS accepted_at, extract(epoch FROM completed_at) AS completed_at,
+       parent_id::text AS parent_id, digest_id::text AS digest_id
 FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel
 """
 
@@ -231,6 +232,7 @@ async def status(request: web.Request) -> web.Response:
         "errors": orjson.loads(r["errors"]) if r["errors"] else None,
         "accepted_at": float(r["accepted_at"]) if r["accepted_at"] is not None else None,
         "completed_at": float(r["completed_at"]) if r["completed_at"] is not None else None,
+        "broadcast_id": r["parent_id"], "digest_id": r["digest_id"],
     } for r in rows]
     return reply({"id": str(nid), "channels": channels})
 

@@ -230,6 +230,31 @@ async def wait_status(engine, ids, status, timeout_s=30):
     raise AssertionError(f"not all {status}")
 
 
+async def test_a_digested_broadcast_recipient_names_both_its_broadcast_and_its_digest(engine, client):
+    async with client.put(f"{engine.base_url}/v1/users/p31/preferences",
+                          json={"preferences": [{"category": "messages", "frequency": "weekly"}]}) as r:
+        assert r.status == 200
+    async with client.post(f"{engine.base_url}/v1/broadcasts", json={
+            "category": "messages", "channels": ["email"],
+            "content": {"subject": "Your applications this week", "text": "t"}}) as r:
+        assert r.status == 202, await r.text()
+        bid = (await r.json())["id"]
+    row = None
+    for _ in range(150):
+        row = await engine.pool.fetchrow("SELECT notification_id::text, status, digest_id::text FROM delivery_tracking "
+                                         "WHERE parent_id = $1 AND user_id = 'p31'", uuid.UUID(bid))
+        if row is not None:
+            break
+        await asyncio.sleep(0.2)
+    assert row is not None and row["status"] == "digested" and row["digest_id"] is not None
+    async with client.get(f"{engine.base_url}/v1/notifications/{row['notification_id']}") as r:
+        (email,) = (await r.json())["channels"]
+    assert (email["broadcast_id"], email["digest_id"]) == (bid, row["digest_id"])
+    async with client.get(f"{engine.base_url}/v1/broadcasts/{bid}") as r:
+        counts = {(c["channel"], c["status"], c["reason"]): c["count"] for c in (await r.json())["outcomes"]}
+    assert counts[("email", "digested", "digest.weekly")] >= 1
+
+
 async def test_digest_goes_out_once_with_every_item(engine, client, smtp):
     async with client.put(f"{engine.base_url}/v1/users/p30/preferences",
                           json={"preferences": [{"category": "job_alerts", "frequency": "daily"}]}) as r:
@@ -242,10 +267,10 @@ async def test_digest_goes_out_once_with_every_item(engine, client, smtp):
              "content": {"subject": "again", "text": "t"}} for i in ids]) as r:
         assert r.status == 202
     await asyncio.sleep(1)
-    rows = await engine.pool.fetch("SELECT status, reason, parent_id::text FROM delivery_tracking "
+    rows = await engine.pool.fetch("SELECT status, reason, digest_id::text, parent_id FROM delivery_tracking "
                                    "WHERE notification_id = ANY($1::uuid[])", ids)
-    assert {(r["status"], r["reason"]) for r in rows} == {("digested", "digest.daily")}
-    (digest_id,) = {r["parent_id"] for r in rows}
+    assert {(r["status"], r["reason"], r["parent_id"]) for r in rows} == {("digested", "digest.daily", None)}
+    (digest_id,) = {r["digest_id"] for r in rows}
     assert await engine.pool.fetchval("SELECT count(*) FROM scheduled_notifications WHERE digest_key IS NOT NULL "
                                       "AND user_id = 'p30'") == 5
     before = smtp.count
