@@ -5,6 +5,7 @@ import base64
 import aiohttp
 import pytest
 from aiohttp import web
+from provider_helpers import pointed_at, serving, started
 
 from engine.embedded import free_port
 from engine.sinks.mailgun import MailgunSink
@@ -43,25 +44,19 @@ def task(n: int = 1, *, category: str = "digest", content: Content = CONTENT, ad
 
 @pytest.fixture
 async def sink():
-    s = MailgunSink(API_KEY, DOMAIN, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(MailgunSink(API_KEY, DOMAIN, keep_bodies=True)) as s:
+        yield s
 
 
 def make(sink: MailgunSink | None = None, **settings) -> MailgunProvider:
     base = {"api_key": API_KEY, "domain": DOMAIN, "sender": "Tidings <noreply@tidings.test>", "timeout_s": 2}
-    if sink is not None:
-        base["base_url"] = sink.url
-    return MailgunProvider("mg-test", {**base, **settings})
+    return MailgunProvider("mg-test", pointed_at(sink, base, settings))
 
 
 @pytest.fixture
 async def provider(sink):
-    p = make(sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(make(sink)) as p:
+        yield p
 
 
 async def test_send_posts_the_documented_form_and_returns_the_id(sink, provider):

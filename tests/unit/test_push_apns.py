@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from provider_helpers import serving, started
 
 from engine.embedded import free_port
 from engine.sinks.apns import ApnsSink, make_signing_key
@@ -45,10 +46,8 @@ def task(n: int = 1, *, address: str | None = None, content: Content = CONTENT, 
 
 @pytest.fixture
 async def sink(key):
-    s = ApnsSink(key, KEY_ID, TEAM_ID, TOPIC, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(ApnsSink(key, KEY_ID, TEAM_ID, TOPIC, keep_bodies=True)) as s:
+        yield s
 
 
 def make(sink: ApnsSink, key: str, **settings) -> ApnsProvider:
@@ -59,10 +58,8 @@ def make(sink: ApnsSink, key: str, **settings) -> ApnsProvider:
 
 @pytest.fixture
 async def provider(sink, key):
-    p = make(sink, key)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(make(sink, key)) as p:
+        yield p
 
 
 async def test_send_over_http2_tls_with_a_verified_provider_token(sink, provider):

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from provider_helpers import serving, started
 
 from engine.embedded import free_port
 from engine.sinks.fcm import FcmSink, make_service_account
@@ -49,10 +50,8 @@ def task(n: int = 1, *, address: str | None = None, content: Content = CONTENT, 
 
 @pytest.fixture
 async def sink(account):
-    s = FcmSink(account, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(FcmSink(account, keep_bodies=True)) as s:
+        yield s
 
 
 def make(sink: FcmSink, **settings) -> FcmProvider:
@@ -62,10 +61,8 @@ def make(sink: FcmSink, **settings) -> FcmProvider:
 
 @pytest.fixture
 async def provider(sink):
-    p = make(sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(make(sink)) as p:
+        yield p
 
 
 async def test_send_fetches_a_token_once_and_sends_the_documented_message(sink, provider):

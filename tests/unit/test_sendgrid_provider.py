@@ -3,6 +3,7 @@
 import aiohttp
 import msgspec
 import pytest
+from provider_helpers import pointed_at, serving, started
 
 from engine.sinks import SendGridSink, SinkProcess, free_port
 from policy.types import Content, DeliveryTask
@@ -35,25 +36,19 @@ def task(n: int = 1, *, category: str = "digest", content: Content = CONTENT, ad
 
 @pytest.fixture
 async def sink():
-    s = SendGridSink(API_KEY, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(SendGridSink(API_KEY, keep_bodies=True)) as s:
+        yield s
 
 
 def make(sink: SendGridSink | None = None, **settings) -> SendGridProvider:
     base = {"api_key": API_KEY, "sender": "Tidings <noreply@tidings.test>", "timeout_s": 2}
-    if sink is not None:
-        base["base_url"] = sink.url
-    return SendGridProvider("sg-test", {**base, **settings})
+    return SendGridProvider("sg-test", pointed_at(sink, base, settings))
 
 
 @pytest.fixture
 async def provider(sink):
-    p = make(sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(make(sink)) as p:
+        yield p
 
 
 async def test_single_send_is_counted_and_has_the_documented_body(sink, provider):

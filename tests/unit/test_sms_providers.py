@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from provider_helpers import pointed_at, serving, started
 
 from engine.embedded import free_port
 from engine.sinks.messagebird import MessageBirdSink
@@ -56,25 +57,20 @@ async def refused(provider, t: DeliveryTask, error: type):
 
 @pytest.fixture
 async def twilio_sink():
-    s = TwilioSink(ACCOUNT, TOKEN, api_keys={KEY_SID: KEY_SECRET}, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(TwilioSink(ACCOUNT, TOKEN, api_keys={KEY_SID: KEY_SECRET}, keep_bodies=True)) as s:
+        yield s
 
 
 def twilio(sink: TwilioSink | None = None, **settings) -> TwilioSmsProvider:
     base = {"account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+15005550006", "timeout_s": 2}
-    if sink is not None:
-        base["base_url"] = sink.url
-    return TwilioSmsProvider("twilio-test", {k: v for k, v in {**base, **settings}.items() if v is not None})
+    return TwilioSmsProvider("twilio-test",
+                             {k: v for k, v in pointed_at(sink, base, settings).items() if v is not None})
 
 
 @pytest.fixture
 async def tw(twilio_sink):
-    p = twilio(twilio_sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(twilio(twilio_sink)) as p:
+        yield p
 
 
 async def test_twilio_sends_the_documented_form(twilio_sink, tw):
@@ -301,25 +297,19 @@ async def test_sink_speaks_twilio_to_any_client(twilio_sink):
 
 @pytest.fixture
 async def mb_sink():
-    s = MessageBirdSink(MB_KEY, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(MessageBirdSink(MB_KEY, keep_bodies=True)) as s:
+        yield s
 
 
 def messagebird(sink: MessageBirdSink | None = None, **settings) -> MessageBirdProvider:
     base = {"access_key": MB_KEY, "originator": "Tidings", "timeout_s": 2}
-    if sink is not None:
-        base["base_url"] = sink.url
-    return MessageBirdProvider("mb-test", {**base, **settings})
+    return MessageBirdProvider("mb-test", pointed_at(sink, base, settings))
 
 
 @pytest.fixture
 async def mb(mb_sink):
-    p = messagebird(mb_sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(messagebird(mb_sink)) as p:
+        yield p
 
 
 async def test_messagebird_sends_the_documented_body(mb_sink, mb):
@@ -418,25 +408,19 @@ def test_messagebird_configuration_errors():
 
 @pytest.fixture
 async def vonage_sink():
-    s = VonageSink(VONAGE_KEY, VONAGE_SECRET, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(VonageSink(VONAGE_KEY, VONAGE_SECRET, keep_bodies=True)) as s:
+        yield s
 
 
 def vonage(sink: VonageSink | None = None, **settings) -> VonageSmsProvider:
     base = {"api_key": VONAGE_KEY, "api_secret": VONAGE_SECRET, "from": "Tidings", "timeout_s": 2}
-    if sink is not None:
-        base["base_url"] = sink.url
-    return VonageSmsProvider("vonage-test", {**base, **settings})
+    return VonageSmsProvider("vonage-test", pointed_at(sink, base, settings))
 
 
 @pytest.fixture
 async def vo(vonage_sink):
-    p = vonage(vonage_sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(vonage(vonage_sink)) as p:
+        yield p
 
 
 async def test_vonage_sends_the_documented_form(vonage_sink, vo):

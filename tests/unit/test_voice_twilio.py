@@ -7,6 +7,7 @@ import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from provider_helpers import pointed_at, serving, started
 
 from engine.embedded import free_port
 from engine.sinks.twilio import TwilioSink
@@ -40,25 +41,19 @@ def task(text: str | None = "Your package has arrived.", *, address: str = "+141
 
 @pytest.fixture
 async def sink():
-    s = TwilioSink(ACCOUNT, TOKEN, keep_bodies=True)
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(TwilioSink(ACCOUNT, TOKEN, keep_bodies=True)) as s:
+        yield s
 
 
 def make(sink: TwilioSink | None = None, **settings) -> TwilioVoiceProvider:
     base = {"account_sid": ACCOUNT, "auth_token": TOKEN, "from": CALLER, "timeout_s": 2}
-    if sink is not None:
-        base["base_url"] = sink.url
-    return TwilioVoiceProvider("voice-test", {**base, **settings})
+    return TwilioVoiceProvider("voice-test", pointed_at(sink, base, settings))
 
 
 @pytest.fixture
 async def provider(sink):
-    p = make(sink)
-    await p.start()
-    yield p
-    await p.close()
+    async with started(make(sink)) as p:
+        yield p
 
 
 async def refused(provider, t: DeliveryTask, error: type):

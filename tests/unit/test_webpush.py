@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from provider_helpers import serving, started
 from py_vapid import jwt as vapid_jwt
 
 from engine.embedded import free_port
@@ -51,18 +52,14 @@ def make(**settings) -> WebPushProvider:
 
 @pytest.fixture
 async def sink():
-    s = WebPushSink()
-    await s.start()
-    yield s
-    await s.stop()
+    async with serving(WebPushSink()) as s:
+        yield s
 
 
 @pytest.fixture
 async def provider():
-    p = make()
-    await p.start()
-    yield p
-    await p.close()
+    async with started(make()) as p:
+        yield p
 
 
 def requests_seen(sink: WebPushSink) -> int:
