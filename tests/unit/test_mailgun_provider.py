@@ -5,11 +5,13 @@ import base64
 import aiohttp
 import pytest
 from aiohttp import web
+from provider_helpers import EMAIL_CONTENT as CONTENT
+from provider_helpers import email_task as task
 from provider_helpers import pointed_at, serving, started
 
 from engine.embedded import free_port
 from engine.sinks.mailgun import MailgunSink
-from policy.types import Content, DeliveryTask
+from policy.types import Content
 from providers.email.mailgun import (
     DEFAULT_BASE_URL,
     EU_BASE_URL,
@@ -27,19 +29,6 @@ from providers.errors import (
 
 API_KEY = "key-unit-test-mailgun-sup3rs3cret"
 DOMAIN = "mg.tidings.test"
-CONTENT = Content(subject="Your weekly digest", text="plain body", html="<p>html body</p>")
-
-
-def task(n: int = 1, *, category: str = "digest", content: Content = CONTENT, address: str | None = None,
-         user_id: str = "u1") -> DeliveryTask:
-    return DeliveryTask(
-        notification_id=f"nid-{n}",
-        user_id=user_id,
-        channel="email",
-        category=category,
-        address=address if address is not None else f"user{n}@example.com",
-        content=content,
-    )
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 import aiohttp
 import msgspec
 import pytest
+from provider_helpers import EMAIL_CONTENT as CONTENT
+from provider_helpers import email_task as task
 from provider_helpers import pointed_at, serving, started
 
 from engine.sinks import SendGridSink, SinkProcess, free_port
-from policy.types import Content, DeliveryTask
+from policy.types import Content
 from providers.email.sendgrid import SendGridProvider, rate_limit_reset
 from providers.errors import (
     AuthenticationError,
@@ -19,19 +21,6 @@ from providers.errors import (
 from providers.registry import create
 
 API_KEY = "SG.unit-test-key.sup3rs3cret"
-CONTENT = Content(subject="Your weekly digest", text="plain body", html="<p>html body</p>")
-
-
-def task(n: int = 1, *, category: str = "digest", content: Content = CONTENT, address: str | None = None,
-         user_id: str = "u1") -> DeliveryTask:
-    return DeliveryTask(
-        notification_id=f"nid-{n}",
-        user_id=user_id,
-        channel="email",
-        category=category,
-        address=address if address is not None else f"user{n}@example.com",
-        content=content,
-    )
 
 
 @pytest.fixture

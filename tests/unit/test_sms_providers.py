@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from provider_helpers import pointed_at, serving, started
+from provider_helpers import pointed_at, refused, serving, started
 
 from engine.embedded import free_port
 from engine.sinks.messagebird import MessageBirdSink
@@ -43,14 +43,6 @@ def task(address: str = "+14155552671", text: str | None = "Your code is 123456"
          n: int = 1) -> DeliveryTask:
     return DeliveryTask(notification_id=f"nid-{n}", user_id="u1", channel="sms", category="security",
                         address=address, content=Content(subject=subject, text=text))
-
-
-async def refused(provider, t: DeliveryTask, error: type):
-    """The error ``provider.send(t)`` raises, checked to be exactly ``error``."""
-    with pytest.raises(error) as info:
-        await provider.send(t)
-    assert type(info.value) is error, repr(info.value)
-    return info.value
 
 
 # -- Twilio ---------------------------------------------------------------------

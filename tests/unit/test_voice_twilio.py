@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from provider_helpers import pointed_at, serving, started
+from provider_helpers import pointed_at, refused, serving, started
 
 from engine.embedded import free_port
 from engine.sinks.twilio import TwilioSink
@@ -54,13 +54,6 @@ def make(sink: TwilioSink | None = None, **settings) -> TwilioVoiceProvider:
 async def provider(sink):
     async with started(make(sink)) as p:
         yield p
-
-
-async def refused(provider, t: DeliveryTask, error: type):
-    with pytest.raises(error) as info:
-        await provider.send(t)
-    assert type(info.value) is error, repr(info.value)
-    return info.value
 
 
 async def test_call_is_placed_with_inline_twiml(sink, provider):
