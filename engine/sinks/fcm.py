@@ -203,11 +203,6 @@ class FcmSink(_HttpSink):
         self._runner: web.AppRunner | None = None
 
     @property
-    def url(self) -> str:
-        """The base URL, as a provider's ``base_url``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
 

@@ -23,6 +23,11 @@ class _HttpSink:
     fail_next = 0
     failed = 0
 
+    @property
+    def url(self) -> str:
+        """The base URL, as a provider's ``base_url`` (a subclass may add a path)."""
+        return f"http://{self.host}:{self.port}"
+
     def app(self) -> web.Application:
         raise NotImplementedError
 

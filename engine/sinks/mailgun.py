@@ -91,11 +91,6 @@ class MailgunSink(_HttpSink):
         self.retry_after = "1"
         self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        """The base URL, as a provider's ``base_url``."""
-        return f"http://{self.host}:{self.port}"
-
     def app(self) -> web.Application:
         # Mailgun takes messages up to 25 MB; aiohttp's default limit is 1 MiB.
         app = web.Application(client_max_size=32 * 1024 * 1024)

@@ -76,11 +76,6 @@ class MessageBirdSink(_HttpSink):
         self._auth = f"AccessKey {access_key}"
         self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        """The base URL, as a provider's ``base_url``."""
-        return f"http://{self.host}:{self.port}"
-
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/messages", self._handle)

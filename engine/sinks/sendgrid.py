@@ -110,11 +110,6 @@ class SendGridSink(_HttpSink):
         self._auth = f"Bearer {api_key}"
         self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        """The base URL, as a provider's ``base_url``."""
-        return f"http://{self.host}:{self.port}"
-
     def app(self) -> web.Application:
         # SendGrid takes up to 30 MB; aiohttp's default limit is 1 MiB.
         app = web.Application(client_max_size=32 * 1024 * 1024)

@@ -111,11 +111,6 @@ class TwilioSink(_HttpSink):
         self._credentials = {account_sid: auth_token, **(api_keys or {})}
         self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        """The base URL, as a provider's ``base_url``."""
-        return f"http://{self.host}:{self.port}"
-
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)

@@ -71,11 +71,6 @@ class VonageSink(_HttpSink):
         self.retry_after = "1"
         self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        """The base URL, as a provider's ``base_url``."""
-        return f"http://{self.host}:{self.port}"
-
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/sms/json", self._handle)

@@ -159,10 +159,6 @@ class WebPushSink(_HttpSink):
         self._runner: web.AppRunner | None = None
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def origin(self) -> str:
         """The VAPID ``aud`` this service expects."""
         return self.url
