@@ -178,6 +178,9 @@ class FcmSink(_HttpSink):
     ``revoke_tokens()`` makes every access token issued so far invalid.
     """
 
+    _stats_name = "fcm"
+    _stats_counts = ("requests", "rejected", "unauthorized", "failed", "token_requests", "tokens_issued")
+
     def __init__(self, service_account: dict, host: str = "127.0.0.1", port: int = 0, *,
                  project_id: str | None = None, keep_bodies: bool = False, token_ttl_s: int = 3599):
         self.client_email: str = service_account["client_email"]
@@ -219,11 +222,6 @@ class FcmSink(_HttpSink):
         app.router.add_post("/token", self._token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "fcm", "requests": self.requests, "rejected": self.rejected,
-                "unauthorized": self.unauthorized, "failed": self.failed, "token_requests": self.token_requests,
-                "tokens_issued": self.tokens_issued}
 
     # -- the OAuth 2.0 token endpoint ------------------------------------------
 

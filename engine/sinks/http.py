@@ -23,6 +23,9 @@ class _HttpSink:
     fail_next = 0
     failed = 0
 
+    _stats_name: str  # "sink" in stats()
+    _stats_counts: tuple[str, ...] = ()  # the counters stats() reports, in order
+
     @property
     def url(self) -> str:
         """The base URL, as a provider's ``base_url`` (a subclass may add a path)."""
@@ -30,6 +33,10 @@ class _HttpSink:
 
     def app(self) -> web.Application:
         raise NotImplementedError
+
+    def stats(self) -> dict:
+        """The sink's name and counts, as ``python -m engine.sinks`` prints them."""
+        return {"sink": self._stats_name, **{name: getattr(self, name) for name in self._stats_counts}}
 
     def _take_failure(self) -> int:
         """The status to fail this request with; counts it, and clears
@@ -81,6 +88,9 @@ class WebhookSink(_HttpSink):
     next N requests fail, after which ``fail_status`` is cleared.
     """
 
+    _stats_name = "webhook"
+    _stats_counts = ("received", "duplicates", "bad_signatures", "failed")
+
     def __init__(
         self,
         secret: bytes | str,
@@ -116,15 +126,6 @@ class WebhookSink(_HttpSink):
         app.router.add_post("/hook", self._handle)
         app.router.add_post("/hook/{tail:.*}", self._handle)
         return app
-
-    def stats(self) -> dict:
-        return {
-            "sink": "webhook",
-            "received": self.received,
-            "duplicates": self.duplicates,
-            "bad_signatures": self.bad_signatures,
-            "failed": self.failed,
-        }
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

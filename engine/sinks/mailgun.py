@@ -75,6 +75,9 @@ class MailgunSink(_HttpSink):
     ``Retry-After: <retry_after>``.
     """
 
+    _stats_name = "mailgun"
+    _stats_counts = ("requests", "recipients", "duplicates", "rejected", "failed")
+
     def __init__(self, api_key: str, domain: str = "mg.tidings.test", host: str = "127.0.0.1", port: int = 0, *,
                  keep_bodies: bool = False):
         self.api_key = api_key
@@ -96,10 +99,6 @@ class MailgunSink(_HttpSink):
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/v3/{domain}/messages", self._handle)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "mailgun", "requests": self.requests, "recipients": self.recipients,
-                "duplicates": self.duplicates, "rejected": self.rejected, "failed": self.failed}
 
     def _authorized(self, header: str) -> bool:
         if not header.startswith("Basic "):

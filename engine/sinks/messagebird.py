@@ -60,6 +60,9 @@ class MessageBirdSink(_HttpSink):
     (code 99 "Internal error" for 5xx, no code otherwise).
     """
 
+    _stats_name = "messagebird"
+    _stats_counts = ("messages", "recipients", "rejected", "failed")
+
     def __init__(self, access_key: str, host: str = "127.0.0.1", port: int = 0, *, keep_bodies: bool = False,
                  balance: int | None = None):
         self.access_key = access_key
@@ -80,10 +83,6 @@ class MessageBirdSink(_HttpSink):
         app = web.Application()
         app.router.add_post("/messages", self._handle)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "messagebird", "messages": self.messages, "recipients": self.recipients,
-                "rejected": self.rejected, "failed": self.failed}
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()

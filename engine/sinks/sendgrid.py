@@ -96,6 +96,9 @@ class SendGridSink(_HttpSink):
     ``X-RateLimit-Reset`` (epoch seconds, 1-2 s from now).
     """
 
+    _stats_name = "sendgrid"
+    _stats_counts = ("requests", "recipients", "duplicates", "rejected", "failed")
+
     def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0, *, keep_bodies: bool = False):
         self.api_key = api_key
         self.host = host
@@ -115,10 +118,6 @@ class SendGridSink(_HttpSink):
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/v3/mail/send", self._handle)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "sendgrid", "requests": self.requests, "recipients": self.recipients,
-                "duplicates": self.duplicates, "rejected": self.rejected, "failed": self.failed}
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -94,6 +94,9 @@ class TwilioSink(_HttpSink):
     5xx -> 20500/20503).
     """
 
+    _stats_name = "twilio"
+    _stats_counts = ("messages", "calls", "segments", "rejected", "failed")
+
     def __init__(self, account_sid: str, auth_token: str, host: str = "127.0.0.1", port: int = 0, *,
                  api_keys: dict[str, str] | None = None, keep_bodies: bool = False):
         self.account_sid = account_sid
@@ -116,10 +119,6 @@ class TwilioSink(_HttpSink):
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", self._calls)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "twilio", "messages": self.messages, "calls": self.calls, "segments": self.segments,
-                "rejected": self.rejected, "failed": self.failed}
 
     # -- requests ---------------------------------------------------------------
 

@@ -52,6 +52,9 @@ class VonageSink(_HttpSink):
     adds ``Retry-After: <retry_after>``.
     """
 
+    _stats_name = "vonage"
+    _stats_counts = ("messages", "segments", "rejected", "garbled", "failed")
+
     def __init__(self, api_key: str, api_secret: str, host: str = "127.0.0.1", port: int = 0, *,
                  keep_bodies: bool = False):
         self.api_key, self.api_secret = api_key, api_secret
@@ -75,10 +78,6 @@ class VonageSink(_HttpSink):
         app = web.Application()
         app.router.add_post("/sms/json", self._handle)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "vonage", "messages": self.messages, "segments": self.segments, "rejected": self.rejected,
-                "garbled": self.garbled, "failed": self.failed}
 
     async def _params(self, request: web.Request) -> dict[str, str]:
         params = {k: v for k, v in request.query.items()}

@@ -144,6 +144,9 @@ class WebPushSink(_HttpSink):
     adds ``Retry-After: <retry_after>``.
     """
 
+    _stats_name = "webpush"
+    _stats_counts = ("accepted", "rejected", "gone", "bad_vapid", "failed", "duplicates")
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, keep_payloads: bool = True):
         self.host = host
         self.port = port
@@ -167,10 +170,6 @@ class WebPushSink(_HttpSink):
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/push/{id}", self._handle)
         return app
-
-    def stats(self) -> dict:
-        return {"sink": "webpush", "accepted": self.accepted, "rejected": self.rejected, "gone": self.gone,
-                "bad_vapid": self.bad_vapid, "failed": self.failed, "duplicates": self.duplicates}
 
     def subscribe(self, *, application_server_key: str | None = None, expired: bool = False) -> dict:
         """A new PushSubscription (as ``PushSubscription.toJSON()``) on this sink."""
