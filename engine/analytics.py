@@ -5,12 +5,14 @@ those give, the provider-call latency and the attempts per delivery.
 
 Rows count in the window their outcome was recorded in (``created_at``). A
 notification's engagement counts with its row, whenever it was reported.
+Buckets are cut in UTC.
 
 Rates (``None`` when their denominator is 0):
 
 - ``accepted`` = sent + delivered + bounced + complained: the provider took it;
-- ``delivery_rate`` = delivered / accepted (needs the provider's tracking
-  webhooks or engagement; without them every accepted row stays ``sent``);
+- ``delivery_rate`` = (delivered + complained) / accepted -- a complaint comes
+  from a recipient who had it (needs the provider's tracking webhooks or
+  engagement; without them every accepted row stays ``sent``);
 - ``open_rate``, ``click_rate`` = opened, clicked / accepted;
 - ``failure_rate`` = failed / (accepted + failed): the provider calls that ended
   in failure, after retries and failover.
@@ -31,7 +33,7 @@ MAX_BUCKETS = 10_000  # per channel and provider: a window of that many buckets 
 QUERY = """
 WITH d AS (
     SELECT notification_id, channel, provider, status, attempts, accepted_at, completed_at,
-           CASE WHEN $3::text IS NULL THEN NULL ELSE date_trunc($3::text, created_at) END AS bucket
+           CASE WHEN $3::text IS NULL THEN NULL ELSE date_trunc($3::text, created_at, 'UTC') END AS bucket
     FROM delivery_tracking
     WHERE created_at >= $1 AND created_at < $2 AND channel <> '*' AND ($4::text IS NULL OR channel = $4)
 ), e AS (  -- only the window's notifications: the (notification_id, channel, type) index serves it
@@ -64,7 +66,7 @@ def shape(row: Any) -> dict:
     out = {
         "channel": row["channel"], "provider": row["provider"], "total": row["total"],
         "counts": {**counts, "accepted": accepted, "opened": row["opened"], "clicked": row["clicked"]},
-        "rates": {"delivery_rate": ratio(counts["delivered"], accepted), "open_rate": ratio(row["opened"], accepted),
+        "rates": {"delivery_rate": ratio(counts["delivered"] + counts["complained"], accepted), "open_rate": ratio(row["opened"], accepted),
                   "click_rate": ratio(row["clicked"], accepted),
                   "failure_rate": ratio(counts["failed"], accepted + counts["failed"])},
         "latency_ms": ({k: round(v * 1000, 1) if v is not None else None

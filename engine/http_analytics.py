@@ -10,6 +10,7 @@ UTC; default the last 24 hours up to now), ``bucket`` (``minute``, ``hour``,
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 
 from aiohttp import web
@@ -18,14 +19,19 @@ from engine import analytics
 from engine.http import ENGINE, Problem, reply
 
 DAY_S = 86400.0
+MAX_EPOCH_S = 253402300800.0  # 10000-01-01: beyond it datetime cannot hold the time
 
 
 def instant(text: str, name: str) -> float:
     """Epoch seconds from ``text`` (a number, or ISO 8601; no zone means UTC)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not (math.isfinite(value) and 0 <= value < MAX_EPOCH_S):
+            raise Problem(400, "bad query", [{"field": name, "reason": "epoch seconds between 0 and year 9999"}])
+        return value
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:

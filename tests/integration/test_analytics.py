@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import db, http_analytics
+from engine import analytics, db, http_analytics
 from engine.http import ENGINE
 from tests.integration.helpers import drop_schema
 
@@ -101,11 +101,26 @@ async def test_buckets_and_iso_times(env):
     assert [r["total"] for r in day_body["rows"]] == [3]
 
 
+async def test_buckets_are_cut_in_utc_whatever_the_server_time_zone(env):
+    day = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc).timestamp()
+    await row(env, "voice", "sent", "twilio", day + 3 * 3600)  # 03:00 UTC: 23:00 the day before in New York
+    async with env.pool.acquire() as conn:
+        await conn.execute("SET TIME ZONE 'America/New_York'")
+        try:
+            (r,) = await analytics.channels(conn, day, day + 86400, "day", "voice")
+        finally:
+            await conn.execute("RESET TIME ZONE")
+    assert r["bucket"] == day and r["total"] == 1
+
+
 @pytest.mark.parametrize("query, field", [
     ({"from": "yesterday"}, "from"),
     ({"from": 100, "to": 50}, "to"),
     ({"bucket": "week"}, "bucket"),
     ({"from": 0, "to": 86400 * 30, "bucket": "minute"}, "bucket"),
+    ({"from": "nan"}, "from"),
+    ({"to": "inf"}, "to"),
+    ({"from": "-1e300"}, "from"),
 ])
 async def test_bad_queries_are_400_naming_the_parameter(env, query, field):
     status, body = await get(env, **query)
