@@ -11,8 +11,10 @@ Digest exactly-once rests on three things:
 - the bucket's items are fixed once it is sealed, and the digest's id is the
   bucket's ``digest_id``: a retry sends the same id, which the tracking row's
   unique (notification, channel) lets through once;
-- items are marked done, never deleted, and ``(notification, channel)`` is
-  unique: a redelivered item cannot join a second bucket.
+- items are marked done (retention deletes done rows only after
+  ``scheduled_done_days``; the item's tracking row, kept at least as long as
+  JetStream may redeliver, is what stops a redelivery), and ``(notification,
+  channel)`` is unique: a redelivered item cannot join a second bucket.
 """
 
 from __future__ import annotations

@@ -266,6 +266,9 @@ def check_retention(cfg: Config) -> None:
     age = cfg.nats.max_age_s
     for name in ("tracking_days", "change_feed_days"):
         days = getattr(cfg.retention, name)
+        if days and not age:
+            raise ConfigError(f"config: retention.{name} = {days}, but nats.max_age_s = 0 keeps messages (and their "
+                              "redeliveries) forever; keep these rows forever too (0) or set nats.max_age_s")
         if days and age and days * 86400 < age:
             raise ConfigError(f"config: retention.{name} = {days} is shorter than nats.max_age_s "
                               f"({age:g} s, {age / 86400:g} days), how long a message may still be redelivered")

@@ -50,6 +50,12 @@ def test_idempotency_records_must_outlive_redelivery(name):
     assert getattr(config.load(env={key: "0"}).retention, name) == 0  # kept forever
     shorter = config.load(env={key: "1", "TIDINGS_NATS_MAX_AGE_S": "86400"})
     assert getattr(shorter.retention, name) == 1
+    with pytest.raises(ConfigError, match=f"retention.{name} = 7, but nats.max_age_s = 0"):
+        others = {"TIDINGS_RETENTION_TRACKING_DAYS": "0", "TIDINGS_RETENTION_CHANGE_FEED_DAYS": "0"}
+        config.load(env={**others, key: "7", "TIDINGS_NATS_MAX_AGE_S": "0"})  # messages never expire
+    forever = config.load(env={key: "0", "TIDINGS_NATS_MAX_AGE_S": "0", "TIDINGS_RETENTION_TRACKING_DAYS": "0",
+                               "TIDINGS_RETENTION_CHANGE_FEED_DAYS": "0"})
+    assert getattr(forever.retention, name) == 0
     # kinds that are no idempotency record are not bound by it
     assert config.load(env={"TIDINGS_RETENTION_JOBS_DAYS": "1"}).retention.jobs_days == 1
 
