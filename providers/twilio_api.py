@@ -37,7 +37,7 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
-from providers.http_session import HttpSession
+from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
 from providers.webhook.http import map_status, parse_retry_after
 
@@ -148,9 +148,7 @@ class TwilioApi(HttpSession):
         basic = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
         self._secrets = tuple(s for s in (secret, basic) if s)
         self.settings = redacted(settings, "auth_token", "api_key_secret")
-        self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"{kind} provider {name!r}: base_url must start with http:// or https://")
+        self.base_url = base_url_setting(settings, DEFAULT_BASE_URL, kind, name)
         self.account_url = f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}"
         callback = settings.get("status_callback")
         if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
@@ -168,11 +166,9 @@ class TwilioApi(HttpSession):
         sid on 2xx, else the mapped error. Never retries."""
         url = f"{self.account_url}/{resource}.json"
         body = urllib.parse.urlencode(form).encode("ascii")
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         try:
-            async with self._session.post(url, data=body, headers=self._headers, allow_redirects=False) as resp:
+            async with session.post(url, data=body, headers=self._headers, allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=self._sid_of(payload))

@@ -43,7 +43,7 @@ from providers.errors import (
     InvalidMessage,
     NetworkError,
 )
-from providers.http_session import HttpSession
+from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
 from providers.webhook.http import map_status
 
@@ -108,9 +108,7 @@ class MailgunProvider(HttpSession):
             raise ConfigurationError(f"mailgun provider {name!r}: bad sender: {exc}") from exc
         # quoted as RFC 5322 needs ("Tidings, Inc" <a@b>); a bare address stays bare
         self.from_ = formataddr((parsed.get("name", ""), parsed["email"]))
-        self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"mailgun provider {name!r}: base_url must start with http:// or https://")
+        self.base_url = base_url_setting(settings, DEFAULT_BASE_URL, "mailgun", name)
         self.endpoint = f"{self.base_url}/v3/{domain}/messages"
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
@@ -150,12 +148,10 @@ class MailgunProvider(HttpSession):
         for key, value in fields:
             # a content type per field makes the form multipart/form-data (any aiohttp version)
             form.add_field(key, value, content_type="text/plain; charset=utf-8")
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         try:
-            async with self._session.post(self.endpoint, data=form, headers=self._headers,
-                                          allow_redirects=False) as resp:
+            async with session.post(self.endpoint, data=form, headers=self._headers,
+                                    allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=message_id(payload))

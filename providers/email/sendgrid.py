@@ -31,7 +31,7 @@ from policy.types import DeliveryTask
 from providers.base import Receipt
 from providers.email.common import check_content, fill
 from providers.errors import ConfigurationError, DeliveryError, InvalidMessage, NetworkError, RateLimited
-from providers.http_session import HttpSession
+from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
 from providers.webhook.http import map_status
 
@@ -101,9 +101,7 @@ class SendGridProvider(HttpSession):
             self.from_ = parse_sender(sender)
         except ValueError as exc:
             raise ConfigurationError(f"sendgrid provider {name!r}: bad sender: {exc}") from exc
-        self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"sendgrid provider {name!r}: base_url must start with http:// or https://")
+        self.base_url = base_url_setting(settings, DEFAULT_BASE_URL, "sendgrid", name)
         self.endpoint = f"{self.base_url}/v3/mail/send"
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
@@ -166,12 +164,10 @@ class SendGridProvider(HttpSession):
             body = _encoder.encode(doc)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidMessage(f"sendgrid payload is not JSON-encodable: {exc}") from exc
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         try:
-            async with self._session.post(self.endpoint, data=body, headers=self._headers,
-                                          allow_redirects=False) as resp:
+            async with session.post(self.endpoint, data=body, headers=self._headers,
+                                    allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=resp.headers.get("X-Message-Id"))

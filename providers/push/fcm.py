@@ -243,8 +243,6 @@ class FcmProvider(HttpSession):
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one push for ``task``; see the class docstring."""
         body = _encoder.encode(self.message(task))
-        if self._session is None or self._session.closed:
-            await self.start()
         token = await self.access_token()
         status, headers, payload = await self._post(body, token)
         if status == 401 and parse_error(payload)[2] != "THIRD_PARTY_AUTH_ERROR":
@@ -260,10 +258,10 @@ class FcmProvider(HttpSession):
         raise self.error(status, headers, payload)
 
     async def _post(self, body: bytes, token: str) -> tuple[int, Mapping[str, str], bytes]:
-        assert self._session is not None
+        session = await self.session()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"}
         try:
-            async with self._session.post(self.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
+            async with session.post(self.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 return resp.status, resp.headers, payload
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -323,13 +321,11 @@ class FcmProvider(HttpSession):
             self._token = None
 
     async def _fetch_token(self) -> str:
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         form = {"grant_type": GRANT_TYPE, "assertion": self.assertion()}
         self.token_requests += 1
         try:
-            async with self._session.post(self.token_uri, data=form, allow_redirects=False) as resp:
+            async with session.post(self.token_uri, data=form, allow_redirects=False) as resp:
                 payload = await resp.read()
                 status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

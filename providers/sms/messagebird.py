@@ -37,7 +37,7 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
-from providers.http_session import HttpSession
+from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
 from providers.sms import (
     check_segments,
@@ -134,9 +134,7 @@ class MessageBirdProvider(HttpSession):
             self.originator = sender(settings.get("originator")).lstrip("+")
         except ValueError as exc:
             raise ConfigurationError(f"messagebird provider {name!r}: bad 'originator': {exc}") from exc
-        self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"messagebird provider {name!r}: base_url must start with http:// or https://")
+        self.base_url = base_url_setting(settings, DEFAULT_BASE_URL, "messagebird", name)
         self.endpoint = f"{self.base_url}/messages"
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
@@ -158,12 +156,10 @@ class MessageBirdProvider(HttpSession):
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one SMS for ``task``; see the class docstring."""
         body = _encoder.encode(self.payload(task))
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         try:
-            async with self._session.post(self.endpoint, data=body, headers=self._headers,
-                                          allow_redirects=False) as resp:
+            async with session.post(self.endpoint, data=body, headers=self._headers,
+                                    allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=_id_of(payload))

@@ -40,7 +40,7 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
-from providers.http_session import HttpSession
+from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, scrub
 from providers.sms import (
     check_segments,
@@ -119,9 +119,7 @@ class VonageSmsProvider(HttpSession):
             self.from_ = sender(settings.get("from")).lstrip("+")
         except ValueError as exc:
             raise ConfigurationError(f"vonage provider {name!r}: bad 'from': {exc}") from exc
-        self.base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"vonage provider {name!r}: base_url must start with http:// or https://")
+        self.base_url = base_url_setting(settings, DEFAULT_BASE_URL, "vonage", name)
         self.endpoint = f"{self.base_url}/sms/json"
         callback = settings.get("status_callback")
         if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
@@ -151,12 +149,10 @@ class VonageSmsProvider(HttpSession):
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one SMS for ``task``; see the class docstring."""
         body = urllib.parse.urlencode(self.form(task)).encode("ascii")
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         try:
-            async with self._session.post(self.endpoint, data=body, headers=self._headers,
-                                          allow_redirects=False) as resp:
+            async with session.post(self.endpoint, data=body, headers=self._headers,
+                                    allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 status = resp.status
                 headers = resp.headers

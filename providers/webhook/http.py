@@ -135,16 +135,14 @@ class WebhookProvider(HttpSession):
         """Deliver ``task``; see the class docstring."""
         url = self.target(task)
         body = self.body(task)
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
             ID_HEADER: delivery_id(task.notification_id, task.channel),
         }
         try:
-            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 # Reading the body to the end returns the connection to the pool
                 # for keep-alive; the context manager releases it either way.
                 payload = await resp.read()

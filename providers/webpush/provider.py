@@ -319,11 +319,9 @@ class WebPushProvider(HttpSession):
         body = self.encrypt(self.plaintext(task), sub)
         if len(body) > MAX_BODY:  # cannot happen with MAX_PLAINTEXT checked; kept as the real limit
             raise InvalidMessage(f"web push encrypted body is {len(body)} bytes, over {MAX_BODY}")
-        if self._session is None or self._session.closed:
-            await self.start()
-        assert self._session is not None
+        session = await self.session()
         try:
-            async with self._session.post(sub.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
+            async with session.post(sub.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
                 payload = await resp.read()  # to the end: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=resp.headers.get("Location"))
