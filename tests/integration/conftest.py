@@ -3,6 +3,7 @@ Ray are in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from engine.sinks import SmtpSink
@@ -15,3 +16,10 @@ def smtp():
     sink.start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture
+async def client():
+    """An HTTP client session for one test."""
+    async with aiohttp.ClientSession() as s:
+        yield s

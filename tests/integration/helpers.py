@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
 
 import asyncpg
 
-from engine import config
+from engine import config, http
 from engine.config import Config
+from engine.runtime import Engine
+from policy.types import UserProfile
 from engine.tuning import with_provider_settings
 
 
@@ -55,3 +59,21 @@ async def drop_schema(database_url: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def serving(cfg: Config, database_url: str, people: Iterable[UserProfile] = (), port: int = 0):
+    """An engine for ``cfg`` serving its HTTP API (``engine.base_url``), with
+    ``people`` saved; afterwards it is stopped and its schema dropped."""
+    eng = await Engine(cfg).start()
+    runner = await http.serve(eng, port=port)
+    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
+    try:
+        people = list(people)
+        if people:
+            await http.save_profiles(eng, people, "test")
+        yield eng
+    finally:
+        await runner.cleanup()
+        await eng.stop()
+        await drop_schema(database_url, cfg.database.schema)

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aiohttp
 import msgspec
 import pytest
 
-from engine import http, streams
-from engine.runtime import Engine
+from engine import streams
 from engine.sinks import SmtpSink, WebhookSink
 from policy.types import UserProfile, derive_id
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import drop_schema, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -37,24 +35,12 @@ async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
     smtp, hook = sinks
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")),
                       smtp_port=smtp.port, webhook_url=hook.url)
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
     # Every 10th user has marketing off on email; every 25th has no email address.
     people = [UserProfile(user_id=f"u{i}", addresses={} if i % 25 == 0 else {"email": f"u{i}@example.test"},
                           opt_outs=["email:marketing"] if i % 10 == 0 else [])
               for i in range(USERS)]
-    await http.save_profiles(eng, people, "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
-    await drop_schema(database_url, cfg.database.schema)
-
-
-@pytest.fixture
-async def client():
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with serving(cfg, database_url, people) as eng:
+        yield eng
 
 
 def note(i: int, category: str = "job_alerts", **extra) -> dict:

@@ -10,13 +10,11 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine import http
 from engine.config import ProviderConfig
 from engine.embedded import free_port
-from engine.runtime import Engine
 from engine.sinks import SendGridSink
 from policy.types import UserProfile
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +33,10 @@ async def engine(nats_url, database_url, ray_address, tmp_path_factory):
                           settings={"api_key": API_KEY, "sender": "t@tidings.test", "base_url": sink.url})
     email = msgspec.structs.replace(cfg.channels["email"], shards=1, providers=[dead, live])
     cfg = msgspec.structs.replace(cfg, channels={"email": email})
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
-    eng.sink = sink
-    await http.save_profiles(eng, [UserProfile(user_id="fo", addresses={"email": "fo@example.test"})], "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
+    async with serving(cfg, database_url, [UserProfile(user_id="fo", addresses={"email": "fo@example.test"})]) as eng:
+        eng.sink = sink
+        yield eng
     await sink.stop()
-    await drop_schema(database_url, cfg.database.schema)
 
 
 async def test_failover_then_the_breaker_keeps_the_dead_provider_out(engine):

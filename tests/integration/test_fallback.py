@@ -16,11 +16,10 @@ from py_vapid.utils import b64urlencode
 
 from engine import http
 from engine.config import ChannelConfig, ProviderConfig
-from engine.runtime import Engine
 from engine.sinks import SmtpSink, WebhookSink
 from engine.sinks.webpush import WebPushSink
 from policy.types import UserProfile
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +52,13 @@ async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
     web = ChannelConfig(providers=[ProviderConfig(name="webpush-local", type="webpush", max_attempts=1, settings={
         "vapid_private_key": vapid_key(), "vapid_subject": "mailto:ops@tidings.test", "allow_http": True})])
     cfg = msgspec.structs.replace(cfg, channels={**cfg.channels, "web": web})
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
     live, gone = push.subscribe(), push.subscribe(expired=True)
-    await http.save_profiles(eng, [
+    async with serving(cfg, database_url, [
         UserProfile(user_id="f1", addresses={"email": "f1@example.test"}),
         UserProfile(user_id="w1", addresses={"web": orjson.dumps(live).decode()}),
         UserProfile(user_id="w2", addresses={"web": orjson.dumps(gone).decode()}),
-    ], "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
-    await drop_schema(database_url, cfg.database.schema)
+    ]) as eng:
+        yield eng
 
 
 async def statuses(engine, nid: str) -> dict:

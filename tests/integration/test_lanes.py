@@ -11,10 +11,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine import http, streams
-from engine.runtime import Engine
+from engine import streams
 from engine.sinks import WebhookSink
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +26,9 @@ async def engine(nats_url, database_url, ray_address, tmp_path_factory):
     await hook.start()
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=hook.url,
                         secret="lane-secret", channels=("webhook",))
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
+    async with serving(cfg, database_url) as eng:
+        yield eng
     await hook.stop()
-    await drop_schema(database_url, cfg.database.schema)
 
 
 async def recorded(pool, ids: list[str]) -> int:

@@ -11,14 +11,12 @@ import uuid
 import aiohttp
 import pytest
 
-from engine import http
 from engine.embedded import free_port
 from engine.http_links import GIF
-from engine.runtime import Engine
 from engine.tuning import with_provider_settings
 from policy import links
 from policy.types import UserProfile
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +35,9 @@ async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
                         channels=("email",), overrides={"engagement": {"base_url": base + "/", "secret": SECRET}})
     cfg = with_provider_settings(cfg, "email", unsubscribe_url=UNSUBSCRIBE)
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=port)
-    eng.base_url = base
-    await http.save_profiles(eng, [UserProfile(user_id="e1", addresses={"email": "e1@example.test"})], "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
-    await drop_schema(database_url, cfg.database.schema)
+    people = [UserProfile(user_id="e1", addresses={"email": "e1@example.test"})]
+    async with serving(cfg, database_url, people, port=port) as eng:
+        yield eng
 
 
 async def send(engine, session: aiohttp.ClientSession) -> str:

@@ -10,14 +10,12 @@ import uuid
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import aiohttp
 import orjson
 import pytest
 
-from engine import http, prefs_bus, streams
-from engine.runtime import Engine
+from engine import prefs_bus, streams
 from policy.types import UserProfile
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -38,22 +36,10 @@ def quiet_now() -> list[dict]:
 async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
                         channels=("email",), overrides={"preferences": POLICY, "scheduler": {"interval_s": 0.2}})
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
     people = [UserProfile(user_id=f"p{i}", addresses={"email": f"p{i}@example.test"}, timezone="Europe/Berlin")
               for i in range(50)]
-    await http.save_profiles(eng, people, "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
-    await drop_schema(database_url, cfg.database.schema)
-
-
-@pytest.fixture
-async def client():
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with serving(cfg, database_url, people) as eng:
+        yield eng
 
 
 async def test_versioned_document_etag_conflict_and_change_feed(engine, client):

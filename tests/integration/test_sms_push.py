@@ -10,13 +10,11 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine import http
 from engine.config import ChannelConfig, ProviderConfig
-from engine.runtime import Engine
 from engine.sinks.fcm import FcmSink, make_service_account
 from engine.sinks.twilio import TwilioSink
 from policy.types import UserProfile
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -44,18 +42,12 @@ async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
     push = ChannelConfig(providers=[ProviderConfig(name="fcm", type="fcm", max_attempts=1, settings={
         "service_account": fcm.service_account(), "base_url": fcm.url})])
     cfg = msgspec.structs.replace(cfg, channels={"sms": sms, "push": push})
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
     fcm.unregistered.add("gone-token")
-    await http.save_profiles(eng, [
+    async with serving(cfg, database_url, [
         UserProfile(user_id="s1", addresses={"sms": "+14155552671", "push": "live-token"}),
         UserProfile(user_id="s2", addresses={"sms": "+14155552672", "push": "gone-token"}),
-    ], "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
-    await drop_schema(database_url, cfg.database.schema)
+    ]) as eng:
+        yield eng
 
 
 async def send(s, engine, user: str, channels: list[str]) -> str:

@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aiohttp
 import pytest
 
-from engine import http
-from engine.runtime import Engine
 from policy.types import UserProfile
-from tests.integration.helpers import drop_schema, engine_config, wait_rows
+from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -21,22 +18,10 @@ pytestmark = pytest.mark.integration
 async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
                         channels=("email",))
-    eng = await Engine(cfg).start()
-    runner = await http.serve(eng, port=0)
-    eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
     people = [UserProfile(user_id=f"t{i}", addresses={"email": f"t{i}@example.test"}, locale=loc)
               for i, loc in enumerate(["de-AT", "fr", "en"])]
-    await http.save_profiles(eng, people, "test")
-    yield eng
-    await runner.cleanup()
-    await eng.stop()
-    await drop_schema(database_url, cfg.database.schema)
-
-
-@pytest.fixture
-async def client():
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with serving(cfg, database_url, people) as eng:
+        yield eng
 
 
 async def save(client, engine, **part):
