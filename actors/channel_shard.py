@@ -12,15 +12,15 @@ import time
 
 import msgspec
 
-from actors.delivery import (Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket,
-                             deliver, deliver_batch)
+from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket, deliver, deliver_batch
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import URGENT, Bulkhead
 from actors.delivery.routing import Router, make_router
-from engine.config import ChannelConfig, ProviderConfig
+from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.types import DeliveryTask, Outcome
 from providers import registry
+from providers.base import BatchProvider
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class ChannelShard:
                 await asyncio.gather(*(s.provider.start() for s in slots))
                 # Batch mode only when every provider can take a batch, so failover
                 # never meets a provider that cannot.
-                sizes = [getattr(s.provider, "max_batch", 0) if hasattr(s.provider, "send_batch") else 0
-                         for s in slots]
+                sizes = [s.provider.max_batch if isinstance(s.provider, BatchProvider) else 0 for s in slots]
                 self.batch_size = min(sizes) if sizes else 0
                 self.mixed = bool(slots) and all(getattr(s.provider, "mixed_content", False) for s in slots)
                 self.router = router

@@ -20,8 +20,8 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from engine import streams
-from engine.config import Config, decode as decode_config
+from infra import streams
+from infra.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
 from policy.types import BroadcastRequest, NotificationRequest, Outcome, derive_id, notification_id
@@ -98,7 +98,7 @@ class Ingestor:
             await self.slots.acquire()
             try:
                 msgs = await sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 self.slots.release()
                 continue
             except Exception:
@@ -182,7 +182,7 @@ class Ingestor:
         alive = asyncio.get_running_loop().create_task(self._keep_alive(msgs))
         try:
             await call
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the batch is nak'd and comes back
             log.warning("%s failed (%r); nak for redelivery", what, e)
             await self._failed(msgs, e)
             return False
@@ -197,7 +197,7 @@ class Ingestor:
         for m in msgs:
             try:
                 await m.ack()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - an ack lost is a redelivery, which is idempotent
                 log.warning("ack failed: %r", e)
         self.stats["acked"] += len(msgs)
 
@@ -213,7 +213,7 @@ class Ingestor:
         for m in spent:
             try:
                 await self._dead_letter(m, "processing.failed", f"failed {limit} deliveries; last: {error!r}")
-            except Exception:
+            except Exception:  # noqa: BLE001 - not dead-lettered: nak'd, tried again later
                 await m.nak(delay=NAK_DELAY_S)
                 continue
             await self._ack([m])
@@ -249,7 +249,7 @@ class Ingestor:
         try:
             for r in rejected:
                 await self._dead_letter(r.msg, r.reason, r.detail)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - not dead-lettered: nak'd, tried again later
             log.warning("dead-lettering %d messages failed (%r); nak", len(rejected), e)
             await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
             return
@@ -260,7 +260,7 @@ class Ingestor:
                                     "rejected", r.reason, now, now, detail=printable(r.detail)))
         try:
             await self.recorder.record.remote(wire.encode(outcomes))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - not recorded: nak'd, tried again later
             log.warning("recording %d rejected messages failed (%r); nak", len(rejected), e)
             await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
             return

@@ -18,8 +18,8 @@ import msgspec
 import orjson
 from ray.util import metrics
 
-from engine import db
-from engine.config import RecorderConfig
+from infra import db
+from infra.config import RecorderConfig
 from policy import wire
 from policy.types import Outcome
 
@@ -61,7 +61,7 @@ async def _init_connection(conn) -> None:
     await conn.execute(CREATE_STAGE)
 
 
-def _settle(p: "_Pending", error: BaseException | None) -> None:
+def _settle(p: _Pending, error: BaseException | None) -> None:
     """Answer one caller: committed, or the error (then nothing of it is acked)."""
     if p.future.done():
         return

@@ -8,7 +8,7 @@ and marks them done in the same transaction as their final tracking rows; a
 claim whose shard failed comes back when its lease ends.
 
 Every ``retention.interval_s`` (the first time one interval after start) it also
-deletes rows past their keep time (engine/retention.py) on a connection of its
+deletes rows past their keep time (stores/retention.py) on a connection of its
 own, whose advisory lock lets one engine's Scheduler do it at a time.
 """
 
@@ -21,11 +21,11 @@ from collections import Counter
 import asyncpg
 from ray.util import metrics
 
-from actors import schedule_store
-from engine import db, retention
-from engine.config import Config, decode as decode_config
+from infra import db
+from infra.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
+from stores import retention, schedules as schedule_store
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import msgspec
 
 from policy.prefs import Preference
 from policy.types import UserState
+from stores.state import decode_stored
 
 
 class Packed(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -33,34 +34,8 @@ class Packed(msgspec.Struct, array_like=True, omit_defaults=True):
     suppressed: dict[str, str] = {}
 
 
-class Stored(msgspec.Struct, array_like=True, omit_defaults=True):
-    """What ``users.state`` holds: a user's state as of their last committed
-    write, less what is not the user's own (template chains, suppressed
-    addresses). NULL there means "not computed": read the tables instead."""
-
-    addresses: dict[str, str] = {}
-    timezone: str = "UTC"
-    locale: str = "en"
-    version: int = 0
-    prefs: tuple[Preference, ...] = ()
-    template: str | None = None
-    consent: tuple[str, ...] = ()
-
-
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Packed).decode
-_decode_stored = msgspec.msgpack.Decoder(Stored).decode
-
-
-def to_stored(s: UserState) -> bytes:
-    return _encode(Stored(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
-                          tuple(sorted(s.consent))))
-
-
-def from_stored(user_id: str, blob: bytes) -> UserState:
-    p = _decode_stored(blob)
-    return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs, template=p.template,
-                     consent=frozenset(p.consent), timezone=p.timezone, locale=p.locale, version=p.version)
 
 
 class UserCache(Mapping[str, UserState]):
@@ -112,7 +87,7 @@ class UserCache(Mapping[str, UserState]):
 
     def put_stored(self, user_id: str, blob: bytes) -> None:
         """Hold a ``users.state`` value (a warm start: no UserState built)."""
-        p = _decode_stored(blob)
+        p = decode_stored(blob)
         if p.template:
             self._template_ids.add(p.template)
         zone = self._zone_ix.get(p.timezone)

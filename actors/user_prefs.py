@@ -8,17 +8,15 @@ and only then applied to memory and answered.
 
 from __future__ import annotations
 
-import time
-
 import asyncpg
 import msgspec
 
-from actors import prefs_store, user_store
-from actors.prefs_store import Change
 from policy import wire
 from policy.prefs import USER_CHANNELS, ordered
 from policy.types import UserState
 from policy.validate import PreferencesDoc, PreferencesPatch, apply_patch, doc_errors, patch_errors, rule_errors
+from stores import prefs as prefs_store, state as state_store
+from stores.prefs import Change
 
 
 class PrefCommand(msgspec.Struct, kw_only=True):
@@ -73,7 +71,7 @@ class PrefsMixin:
         chain = state.templates if state else ()
         cats = set(self.policy.categories) or {"*"}
         cats |= {p.category for p in rows} | {p.category for _, t in chain for p in t}
-        now = time.time()
+        now = self.clock()
         out = []
         for ch in USER_CHANNELS:
             for cat in sorted(cats):
@@ -124,7 +122,7 @@ class PrefsMixin:
             errors.append(("template", f"no template {template!r}"))
         if not errors:
             granted = frozenset(c for c, v in {**consent, **changed_consent}.items() if v == "granted")
-            errors = rule_errors(new_rows, chain, self.policy, time.time(),
+            errors = rule_errors(new_rows, chain, self.policy, self.clock(),
                                  "preferences" if kind == "put" else "set", granted)
         if errors:
             return PrefResult(user_id=uid, status="invalid", version=current, errors=errors)
@@ -143,7 +141,7 @@ class PrefsMixin:
                 return await self._apply(conn, cmd, retried=True)
             fresh = self.users.get(uid)
             return PrefResult(user_id=uid, status="conflict", version=fresh.version if fresh else 0)
-        fresh = (await user_store.load_states(conn, [uid]))[uid]
+        fresh = (await state_store.load_states(conn, [uid]))[uid]
         fresh.templates = chain
         self.users[uid] = fresh
         return PrefResult(user_id=uid, status="ok", version=change.version, change=change)

@@ -11,26 +11,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 
-import msgspec
-
-from actors import prefs_store, user_store
-from actors.prefs_store import Change
 from actors.user_cache import UserCache
-from actors.user_links import tracker
+from actors.user_links import link_rules
 from actors.user_prefs import PrefsMixin
-from actors.user_release import ReleaseMixin, fallback_check, held
 from actors.user_templates import TemplatesMixin
-from engine import db
-from engine.config import Config, decode as decode_config
-from policy import wire
-from policy.decide import decide
+from infra import db
+from infra.config import Config, decode as decode_config
+from policy import plan as planner, release as releasing, wire
+from policy.decide import zone
+from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
+from policy.plan import Context, Item, Plan
 from policy.rules import Policy
-from policy.types import (BroadcastRequest, Content, DeliveryTask, Message, Outcome, UserProfile, UserState,
-                          recipient_id)
+from policy.types import BroadcastRequest, DeliveryTask, Outcome, UserProfile, UserState, recipient_id
 from policy.validate import rule_errors
+from stores import (
+    prefs as prefs_store,
+    schedules as schedule_store,
+    state as state_store,
+    tracking,
+    users as user_store,
+)
+from stores.prefs import Change
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +42,7 @@ BROADCAST_INFLIGHT = 4  # chunks between decide and record at once
 SEND_BATCH = 1000  # tasks per ChannelShard call
 
 
-def suppressed(nid: str, user_id: str, r: Message, channel: str, status: str, reason: str, now: float,
-               parent_id: str | None = None) -> Outcome:
-    return Outcome(nid, user_id, channel, r.category, status, reason, r.accepted_at or now, now,
-                   priority=r.priority, parent_id=parent_id)
-
-
-def task_for(nid: str, user_id: str, r: Message, channel: str, state: UserState | None,
-             content: Content) -> DeliveryTask:
-    address = state.addresses.get(channel, "") if state is not None else ""
-    locale = state.locale if state is not None else "en"
-    return DeliveryTask(nid, user_id, channel, r.category, address,
-                        content, r.priority, r.accepted_at or 0.0, r.metadata, locale)
-
-
-class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
+class UserShard(PrefsMixin, TemplatesMixin):
     def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder):
         self.index = index
         self.cfg: Config = decode_config(cfg)
@@ -66,7 +55,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         self.users = UserCache(self.template_cache)
         self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
-        self.links = tracker(self.cfg)  # None: no pixel or click redirect, nothing done per task
+        self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.clock = time.time  # what decide() is told the time is; tests set their own
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
@@ -140,112 +129,83 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         while len(self.recent) > self.cfg.engine.recent_ids:
             del self.recent[next(iter(self.recent))]
 
-    async def _process(self, items: list[wire.Inbound]) -> tuple[list[Outcome], BaseException | None]:
+    async def _process(self, inbound: list[wire.Inbound]) -> tuple[list[Outcome], BaseException | None]:
         async with self.pool.acquire() as conn:
-            done = await user_store.recorded(conn, [i.id for i in items])
-            await self._load_missing(conn, [i.request.user_id for i in items])
-        return await self._decide_and_send(
-            [(inb.id, inb.request.user_id, inb.request) for inb in items], done, self.users)
+            done = await tracking.recorded(conn, [i.id for i in inbound])
+            await self._load_missing(conn, [i.request.user_id for i in inbound])
+        items = [Item(inb.id, inb.request.user_id, inb.request) for inb in inbound]
+        return await self._decide_and_send(items, done, self.users)
 
-    async def _decide_and_send(self, items: list[tuple[str, str, Message]], done: set[tuple[str, str]],
+    def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
+        return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id)
+
+    async def _decide_and_send(self, items: list[Item], done: set[tuple[str, str]],
                                states: Mapping[str, UserState], parent_id: str | None = None,
-                               digest: bool = True,
-                               ) -> tuple[list[Outcome], BaseException | None]:
-        """Decide each (notification id, user, request), deliver the sends in one
-        batch per channel, hold the deferred and digest ones (committed here).
-        A request none of whose channels was sent or held tries its ``fallback``
-        channels, one at a time, in order. Returns every outcome there is, and the
-        first error of a channel that failed: the caller records what there is,
-        then raises, so a redelivery does not send the channels that succeeded
-        again. ``digest=False``: nothing is collected into a digest (a released or
-        digest notification)."""
-        refs = {(r.template.id, r.template.version) for _, _, r in items if r.template is not None}
+                               digest: bool = True) -> tuple[list[Outcome], BaseException | None]:
+        """Plan and carry out a round for ``items`` (``policy.plan``), then hold
+        fallback checks for what was sent and try fallback channels, one round per
+        channel, for what was neither sent nor held. Returns every outcome there
+        is, and the first error of a channel that failed: the caller records what
+        there is, then raises, so a redelivery does not send the channels that
+        succeeded again."""
+        refs = {(it.request.template.id, it.request.template.version) for it in items
+                if it.request.template is not None}
         if refs:
             await self._load_templates(refs)
-        outcomes, kept, error = await self._round(items, done, states, parent_id, digest)
-        # recorded channels mean the notification was handled before, fallbacks included
-        handled = kept | {nid for nid, _ in done}
+        ctx = self._context(digest, parent_id)
+        outcomes, kept, error = await self._execute(planner.plan_round(items, states, done, ctx, now=self.clock()))
         sent = {o.notification_id for o in outcomes if o.status == "sent"}
-        checks = [fallback_check(nid, uid, req, self.clock()) for nid, uid, req in items
-                  if req.fallback and req.fallback_after_s and nid in sent and nid not in {n for n, _ in done}]
+        checks = planner.fallback_checks(items, sent, done, now=self.clock())
         if checks and error is None:
             try:
                 await self._hold(checks)
             except Exception as e:  # noqa: BLE001 - recorded with the rest, then raised: redelivered
                 error = e
-        pending = [(nid, uid, req, 0) for nid, uid, req in items if req.fallback and nid not in handled]
+        # recorded channels mean the notification was handled before, fallbacks included
+        pending = planner.start_fallbacks(items, kept | {nid for nid, _ in done})
         while pending and error is None:
-            attempt, nxt = [], []
-            for nid, uid, req, at in pending:
-                while at < len(req.fallback) and req.fallback[at] in req.channels:
-                    at += 1
-                if at < len(req.fallback):
-                    attempt.append((nid, uid, msgspec.structs.replace(req, channels=[req.fallback[at]])))
-                    nxt.append((nid, uid, req, at + 1))
+            attempt, pending = planner.next_fallbacks(pending)
             if not attempt:
                 break
-            more, kept, error = await self._round(attempt, done, states, parent_id, digest)
+            more, kept, error = await self._execute(planner.plan_round(attempt, states, done, ctx, now=self.clock()))
             outcomes += more
-            pending = [p for p in nxt if p[0] not in kept]
+            pending = [p for p in pending if p.item.notification_id not in kept]
         return outcomes, error
 
-    async def _round(self, items, done, states, parent_id, digest) -> tuple[list[Outcome], set[str], BaseException | None]:
-        """One decide-and-deliver pass over ``items``' channels: the outcomes, the
-        ids with a channel sent or held, and the first error."""
-        now = self.clock()
-        outcomes: list[Outcome] = []
-        sends: dict[str, list[DeliveryTask]] = defaultdict(list)
-        holds = []
-        for nid, user_id, req in items:
-            state = states.get(user_id)
-            for d in decide(req, state, self.available, self.policy, now, digest):
-                if (nid, d.channel) in done:
-                    continue
-                if d.action == "defer" or d.action == "digest":
-                    holds.append(held(nid, user_id, req, d, parent_id))
-                    continue
-                if d.action != "send":
-                    outcomes.append(suppressed(nid, user_id, req, d.channel, "suppressed", d.reason, now, parent_id))
-                    continue
-                content, why, detail = self._content(req, d.channel, state)
-                if content is None:
-                    o = suppressed(nid, user_id, req, d.channel, "rejected", why, now, parent_id)
-                    o.detail = detail
-                    outcomes.append(o)
-                else:
-                    task = task_for(nid, user_id, req, d.channel, state, content)
-                    if self.links is not None and content.html and d.channel in self.links.channels:
-                        task = self.links.apply(task)
-                    sends[d.channel].append(task)
-        error = None
-        results = await asyncio.gather(self._hold(holds), *(self._send(ch, t) for ch, t in sends.items()),
+    async def _execute(self, plan: Plan) -> tuple[list[Outcome], set[str], BaseException | None]:
+        """Hold and send what ``plan`` says, at once: the outcomes (the plan's own
+        and the deliveries'), the notifications with a channel sent or held, and
+        the first error."""
+        outcomes = list(plan.outcomes)
+        results = await asyncio.gather(self._hold(plan.holds), *(self._send(ch, t) for ch, t in plan.sends.items()),
                                        return_exceptions=True)
-        if isinstance(results[0], BaseException):
-            error = results[0]
+        error = results[0] if isinstance(results[0], BaseException) else None
         for delivered in results[1:]:
             if isinstance(delivered, BaseException):
                 error = error or delivered
                 continue
-            if parent_id is not None:
+            if plan.parent_id is not None:  # providers do not know the broadcast a task belongs to
                 for o in delivered:
-                    o.parent_id = parent_id
+                    o.parent_id = plan.parent_id
             outcomes.extend(delivered)
-        kept = {h.notification_id for h in holds} | {o.notification_id for o in outcomes if o.status == "sent"}
-        gone_keys = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone"}
-        if gone_keys:
-            await self._forget_addresses([(t.user_id, t.channel, t.address) for ts in sends.values() for t in ts
-                                          if (t.notification_id, t.channel) in gone_keys])
+        kept = plan.kept() | {o.notification_id for o in outcomes if o.status == "sent"}
+        gone = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone"}
+        if gone:
+            await self._forget_addresses([(t.user_id, t.channel, t.address) for ts in plan.sends.values()
+                                          for t in ts if (t.notification_id, t.channel) in gone])
         return outcomes, kept, error
 
-    def _content(self, req: Message, channel: str, state: UserState | None) -> tuple[Content | None, str, str | None]:
-        """The channel's content: given in the request, else rendered from its
-        template in the user's locale; else None with the reason and detail."""
-        content = req.content_for(channel)
-        if content is not None:
-            return content, "ok", None
-        if req.template is None:
-            return None, "content.missing", None
-        return self._render(req.template, channel, state.locale if state is not None else "en")
+    async def _hold(self, items: list[Held]) -> None:
+        if items:
+            # one lock order across shards: digest buckets first, by key
+            items.sort(key=lambda it: (it.key.text() if isinstance(it, HeldDigest) else "",
+                                       it.notification_id, getattr(it, "channel", "")))
+            async with self.pool.acquire() as conn:
+                await schedule_store.hold(conn, items, self._next_bucket)
+
+    def _next_bucket(self, item: HeldDigest):
+        state = self.users.get(item.user_id)
+        return releasing.next_bucket(item, zone(state.timezone if state else "UTC"))
 
     async def _send(self, channel: str, tasks: list[DeliveryTask]) -> list[Outcome]:
         """One call per ChannelShard of this channel, the tasks dealt round robin."""
@@ -298,16 +258,89 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         loaded here are not kept: a broadcast would otherwise pull the whole
         audience into memory for good."""
         req: BroadcastRequest = job.request
-        items = [(recipient_id(job.id, uid), uid, req) for uid in user_ids]
+        items = [Item(recipient_id(job.id, uid), uid, req) for uid in user_ids]
         states = {uid: self.users[uid] for uid in user_ids if uid in self.users}
         async with self.pool.acquire() as conn:
             missing = [uid for uid in user_ids if uid not in states]
             if missing:
-                loaded = await user_store.load_states(conn, missing)
+                loaded = await state_store.load_states(conn, missing)
                 await self._attach_templates(conn, loaded.values())
                 states.update(loaded)
-            done = await user_store.recorded(conn, [nid for nid, _, _ in items])
+            done = await tracking.recorded(conn, [it.notification_id for it in items])
         return await self._decide_and_send(items, done, states, parent_id=job.id)
+
+    # -- held notifications, back when due ---------------------------------------
+
+    async def release(self, payload: bytes) -> dict:
+        """Due items from the Scheduler (list[Due]): deferred notifications are
+        decided again (never collected into a digest), fallback checks send the
+        fallback channels of what was not answered, digest buckets are sealed and
+        sent as one notification each. Returns when all is committed; a part that
+        fails does not hold back the others, and its claim comes back."""
+        await self._ready()
+        dues = wire.decode(payload, list[Due])
+        async with self.pool.acquire() as conn:
+            await self._load_missing(conn, list({d.user_id for d in dues}))
+        deferred = [d for d in dues if isinstance(d, DueDeferred)]
+        checks = [d for d in dues if isinstance(d, DueFallback)]
+        buckets = [d for d in dues if isinstance(d, DueDigest)]
+        counts = {"deferred": len(deferred), "digests": 0, "items": 0, "fallback_checks": len(checks)}
+        errors: list[BaseException] = []
+        for part, dues_ in ((self._release_fallback, checks), (self._release_deferred, deferred)):
+            if dues_:
+                try:
+                    await part(dues_)
+                except Exception as e:  # noqa: BLE001 - the others still go; the claim comes back
+                    errors.append(e)
+        for b in buckets:  # each on its own
+            try:
+                counts["items"] += await self._send_digest(b)
+                counts["digests"] += 1
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return counts
+
+    async def _release_deferred(self, dues: list[DueDeferred]) -> None:
+        items = releasing.deferred_items(dues)
+        async with self.pool.acquire() as conn:
+            done = await tracking.recorded(conn, [it.notification_id for it in items], final_only=True)
+        outcomes, error = await self._decide_and_send(items, done, self.users, digest=False)
+        finished = {(o.notification_id, o.channel) for o in outcomes} | done
+        settled = [(d.notification_id, d.channel) for d in dues if (d.notification_id, d.channel) in finished]
+        async with self.pool.acquire() as conn:
+            await schedule_store.finish(conn, outcomes, settled, [])
+        if error is not None:
+            raise error
+
+    async def _release_fallback(self, dues: list[DueFallback]) -> None:
+        async with self.pool.acquire() as conn:
+            statuses, engaged, recorded = await tracking.answers(conn, [d.notification_id for d in dues])
+        items, done = releasing.fallback_items(dues, statuses, engaged, recorded)
+        outcomes: list[Outcome] = []
+        if items:
+            outcomes, error = await self._decide_and_send(items, done, self.users)
+            if error is not None:
+                raise error
+        async with self.pool.acquire() as conn:
+            await schedule_store.finish(conn, outcomes, [(d.notification_id, schedule_store.FALLBACK_CHANNEL)
+                                                         for d in dues], [])
+
+    async def _send_digest(self, due: DueDigest) -> int:
+        async with self.pool.acquire() as conn:
+            found = await schedule_store.seal(conn, due.key)
+        outcomes: list[Outcome] = []
+        if found:
+            item = releasing.digest_item(due, found, now=self.clock())
+            async with self.pool.acquire() as conn:
+                done = await tracking.recorded(conn, [item.notification_id], final_only=True)
+            outcomes, error = await self._decide_and_send([item], done, self.users, digest=False)
+            if error is not None:
+                raise error
+        async with self.pool.acquire() as conn:
+            await schedule_store.finish(conn, outcomes, [], [(due.key, [nid for nid, _ in found])])
+        return len(found)
 
     # -- users -----------------------------------------------------------------
 
@@ -329,13 +362,12 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
                     chain = state.templates if state else ()
                     consent = state.consent if state else frozenset()
                     errors += [(p.user_id, "opt_outs", why) for _, why in rule_errors(
-                        user_store.opt_out_rows(p.opt_outs), chain, self.policy, time.time(), "opt_outs", consent)]
+                        user_store.opt_out_rows(p.opt_outs), chain, self.policy, self.clock(), "opt_outs", consent)]
             if errors:
                 return errors
             async with conn.transaction():
                 await user_store.save_profiles(conn, profiles, self.users, actor)
-                versions = {r[0]: r[1] for r in await conn.fetch(
-                    "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) FOR UPDATE", ids)}
+                versions = await user_store.lock_versions(conn, ids)
                 for p in profiles:
                     state = self.users.get(p.user_id)
                     moved = state is not None and state.timezone != p.timezone  # quiet hours move with it
@@ -347,7 +379,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
                                     consent={c: "granted" for c in (state.consent if state else ())},
                                     timezone=p.timezone, template=state.template if state else None, actor=actor)
                     await prefs_store.write_change(conn, change, versions[p.user_id], None, {})
-            fresh = await user_store.load_states(conn, ids)
+            fresh = await state_store.load_states(conn, ids)
             await self._attach_templates(conn, fresh.values())
         self.users.update(fresh)
         return []
@@ -369,7 +401,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
             return await self._reload(conn, user_ids)
 
     async def _reload(self, conn, user_ids: list[str]) -> int:
-        fresh = await user_store.load_states(conn, user_ids)
+        fresh = await state_store.load_states(conn, user_ids)
         await self._attach_templates(conn, fresh.values())
         for uid in user_ids:
             if uid in fresh:
@@ -383,10 +415,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         device token, an expired subscription): remove them from their users,
         committed first, then in memory."""
         async with self._write_lock, self.pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.executemany(
-                    "DELETE FROM user_addresses WHERE user_id = $1 AND channel = $2 AND address = $3", gone)
-                await user_store.refresh_states(conn, list({u for u, _, _ in gone}))
+            await user_store.forget_addresses(conn, gone)
             await self._reload(conn, list({u for u, _, _ in gone}))
         self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
 
@@ -394,7 +423,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         """Load every user this shard owns (a warm start); returns how many."""
         await self._ready()
         async with self.pool.acquire() as conn:
-            n = await user_store.scan_shard(conn, self.index, self.cfg.engine.user_shards, self.users)
+            n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards, self.users)
             for tid in self.users.template_ids() - set(self.template_cache):
                 await self._chain(conn, tid)
         return n
@@ -404,7 +433,7 @@ class UserShard(PrefsMixin, ReleaseMixin, TemplatesMixin):
         while this read ran has already put the newer state in place."""
         missing = {uid for uid in user_ids if uid not in self.users}
         if missing:
-            loaded = await user_store.load_states(conn, missing)
+            loaded = await state_store.load_states(conn, missing)
             await self._attach_templates(conn, loaded.values())
             for uid, state in loaded.items():
                 self.users.setdefault(uid, state)

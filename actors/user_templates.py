@@ -1,12 +1,11 @@
-"""The UserShard's message templates: compiled once per (template, version),
-loaded for a batch in one query per template it uses, rendered per recipient in
-the recipient's locale."""
+"""The UserShard's message templates: compiled once per (template, version)
+and loaded for a batch in one query per template it uses (``policy.plan``
+renders them per recipient, in the recipient's locale)."""
 
 from __future__ import annotations
 
-from actors import template_store
-from policy.templating import Compiled, pick, render_error
-from policy.types import Content, TemplateRef
+from policy.templating import Compiled
+from stores import templates as template_store
 
 MAX_CACHED = 1000  # (template, version) pairs compiled and kept
 
@@ -28,17 +27,6 @@ class TemplatesMixin:
                 self.message_templates[(tid, version)] = {
                     ch: {loc: Compiled(t) for loc, t in locales.items()}
                     for ch, locales in template_store.by_channel(parts).items()}
-
-    def _render(self, ref: TemplateRef, channel: str, locale: str) -> tuple[Content | None, str, str | None]:
-        """(content, reason, detail): content, or None with ``template.missing`` /
-        ``template.error`` and what went wrong."""
-        compiled = pick(self.message_templates.get((ref.id, ref.version), {}).get(channel, {}), locale)
-        if compiled is None:
-            return None, "template.missing", f"no template {ref.id!r} for {channel} in {locale} or a fallback"
-        try:
-            return compiled.render(ref.data), "ok", None
-        except Exception as e:  # noqa: BLE001 - a template's error is the request's, reported on its row
-            return None, "template.error", render_error(e)
 
     async def message_templates_changed(self, template_id: str) -> int:
         """A template was saved: forget what was compiled of it."""

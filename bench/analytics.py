@@ -5,7 +5,7 @@
 Fills a throwaway schema with ``--rows`` tracking rows spread evenly over the last
 ``--days`` days (4 channels, 2 providers, statuses mixed as sent 3 : delivered 1 :
 failed 1 : suppressed 1, an "opened" event for every delivered row), ANALYZEs it,
-then times ``engine.analytics.channels`` for a 24-hour window (totals, by hour)
+then times ``stores.analytics.channels`` for a 24-hour window (totals, by hour)
 and the whole span by day. PostgreSQL: ``--database-url`` or
 TIDINGS_DATABASE_URL. The schema is dropped at the end.
 """
@@ -22,7 +22,9 @@ import uuid
 
 import asyncpg
 
-from engine import analytics, db
+from engine import migrations
+from infra import db
+from stores import analytics
 
 FILL = """
 INSERT INTO delivery_tracking (notification_id, user_id, channel, category, status, reason, provider, attempts,
@@ -41,7 +43,7 @@ SELECT notification_id, user_id, channel, 'opened', created_at, 'api' FROM deliv
 
 async def run(url: str, rows: int, days: float) -> dict:
     schema = f"bench_analytics_{uuid.uuid4().hex[:8]}"
-    await db.migrate_url(url, schema)
+    await migrations.migrate_url(url, schema)
     pool = await db.create_pool(url, schema)
     out: dict = {"rows": rows, "days": days}
     try:

@@ -26,9 +26,10 @@ import msgspec
 import nats
 import uvloop
 
-from engine import db
-from engine.sinks import SinkProcess
+from engine import migrations
+from infra import db
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, sign
+from sandbox import SinkProcess
 
 SECRET = "bench-secret"
 BODY = {"user_id": "b1", "category": "job_alerts", "channel": "webhook", "priority": "normal",
@@ -117,7 +118,7 @@ async def copy(url: str, n: int) -> float:
     from policy.types import Attempt, Outcome
 
     schema = f"ceil_{uuid.uuid4().hex[:8]}"
-    await db.migrate_url(url, schema)
+    await migrations.migrate_url(url, schema)
     pool = await db.create_pool(url, schema, min_size=1, max_size=2, init=_init_connection)
     now = time.time()
     # the rows the Recorder writes for sent webhooks, made by its own row()

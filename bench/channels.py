@@ -52,16 +52,16 @@ from rich.table import Table
 
 from actors.user_prefs import PrefCommand
 from bench import providers as bp
+from bench.demo import watch_rows
 from bench.e2e import STATS_SQL, drop
-from engine import config, streams
-from engine.config import ChannelConfig, ProviderConfig
-from engine.demo import watch_rows
-from engine.http import save_profiles
+from engine import settings as engine_settings
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
-from engine.sinks.smtp import SmtpSink
+from infra import config, streams
+from infra.config import ChannelConfig, ProviderConfig
 from policy.types import Content, DeliveryTask, UserProfile
 from policy.validate import PreferencesPatch
+from sandbox.smtp import SmtpSink
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 PREFIX = "ch-"
@@ -181,7 +181,7 @@ async def inapp_ceiling(engine: Engine, args) -> dict:
 
 def engine_config(name: str, channel: str, ptype: str, settings: dict, args) -> config.Config:
     run = uuid.uuid4().hex[:8]
-    cfg = config.load(profile="bench", overrides={
+    cfg = engine_settings.load(profile="bench", overrides={
         "nats": {"prefix": f"chan{run}", "stream": f"CHAN{run}", "consumer": f"chan{run}"},
         "database": {"schema": f"chan_{run}"},
         "engine": {"user_shards": args.shards},
@@ -222,7 +222,7 @@ async def through_engine(cfg: config.Config, channel: str, address: str, args, c
         where = {channel: address} if address else {}  # in-app needs no address
         people = [UserProfile(user_id=f"{PREFIX}{i:06d}", addresses=where) for i in range(args.users)]
         for i in range(0, len(people), 2000):
-            await save_profiles(engine, people[i:i + 2000], "bench")
+            await engine.save_profiles(people[i:i + 2000], "bench")
         if channel in CONSENT:
             grants = [PrefCommand(user_id=p.user_id, patch=PreferencesPatch(consent={channel: "granted"}),
                                   source="bench", actor="bench") for p in people]

@@ -15,8 +15,8 @@ GROUPS = (
     ("ray::UserShard", "UserShard"),
     ("ray::ChannelShard", "ChannelShard"),
     ("ray::Recorder", "Recorder"),
-    ("engine.sinks webhook", "webhook sink"),
-    ("engine.sinks smtp", "smtp sink"),
+    ("sandbox webhook", "webhook sink"),
+    ("sandbox smtp", "smtp sink"),
     ("nats-server", "nats-server"),
     ("postgres", "postgres"),
 )

@@ -31,14 +31,14 @@ from rich.console import Console
 
 from bench import ceilings
 from bench.cpu import CpuSampler
+from bench.demo import population, preference_mix, requests, watch_rows
 from bench.report import print_result, versions
-from engine import config, streams
-from engine.demo import population, preference_mix, requests, watch_rows
-from engine.http import save_profiles
+from engine import settings
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
-from engine.sinks import SinkProcess
-from engine.tuning import with_provider_settings, with_section
+from infra import config, streams
+from infra.tuning import with_provider_settings, with_section
+from sandbox import SinkProcess
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 SECRET = ceilings.SECRET
@@ -58,7 +58,7 @@ FROM delivery_tracking
 
 def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess]) -> config.Config:
     run = uuid.uuid4().hex[:8]
-    cfg = config.load(profile="bench", overrides={
+    cfg = settings.load(profile="bench", overrides={
         "nats": {"prefix": f"bench{run}", "stream": f"BENCH{run}", "consumer": f"bench{run}"},
         "database": {"schema": f"bench_{run}"},
     })
@@ -100,7 +100,7 @@ async def run_once(args, shards: int, rate: float, n: int | None = None) -> dict
     try:
         people = population(args.users, prefix=PREFIX)
         for i in range(0, len(people), 2000):
-            await save_profiles(engine, people[i:i + 2000], "bench")
+            await engine.save_profiles(people[i:i + 2000], "bench")
         mix = preference_mix(args.users, prefix=PREFIX)  # ~10%: a daily digest or quiet hours
         for i in range(0, len(mix), 1000):
             await run_commands(engine, mix[i:i + 1000])
@@ -146,7 +146,7 @@ async def drop(cfg: config.Config) -> None:
     for name in (cfg.nats.stream, streams.dlq_stream(cfg.nats)):
         try:
             await js.delete_stream(name)
-        except Exception:
+        except Exception:  # noqa: BLE001 - clean-up of a stream that may not exist
             pass
     await nc.drain()
 
@@ -154,7 +154,7 @@ async def drop(cfg: config.Config) -> None:
 async def measure_ceilings(args) -> dict:
     """The stages alone, same payloads, before the engine runs (no competition)."""
     from engine.embedded import Services
-    cfg = config.load(profile="bench")
+    cfg = settings.load(profile="bench")
     services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port).start()
     n = max(2000, min(args.n, 20_000))
     out = {"http_sink_per_s": round(await ceilings.http_sink(n, 256))}

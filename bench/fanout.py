@@ -28,13 +28,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cpu import CpuSampler
+from bench.demo import watch_rows
 from bench.e2e import drop
-from engine import config, streams
-from engine.demo import watch_rows
+from engine import settings
 from engine.runtime import Engine
-from engine.sinks import SinkProcess
-from engine.tuning import with_section
+from infra import config, streams
+from infra.tuning import with_section
 from policy.sharding import stable_hash
+from sandbox import SinkProcess
 
 console = Console()
 API_KEY = "SG.bench-key"
@@ -42,7 +43,7 @@ API_KEY = "SG.bench-key"
 
 def fanout_config(sink: SinkProcess, shards: int) -> config.Config:
     run = uuid.uuid4().hex[:8]
-    cfg = config.load(profile="bench", overrides={
+    cfg = settings.load(profile="bench", overrides={
         "nats": {"prefix": f"fan{run}", "stream": f"FAN{run}", "consumer": f"fan{run}"},
         "database": {"schema": f"fan_{run}"},
         "channels": {"email": {"shards": shards, "providers": [{

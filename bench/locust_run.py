@@ -46,7 +46,7 @@ def seconds(run_time: str) -> int:
 def seed(host: str, population: int, timeout_s: float = 120) -> None:
     """Register ``lt-000000`` … ``lt-<population-1>`` with an email address."""
     for start in range(0, population, SEED_BATCH):
-        users = [{"user_id": "lt-%06d" % n, "addresses": {"email": f"lt-{n}@bench.test"}}
+        users = [{"user_id": f"lt-{n:06d}", "addresses": {"email": f"lt-{n}@bench.test"}}
                  for n in range(start, min(start + SEED_BATCH, population))]
         req = urllib.request.Request(f"{host.rstrip('/')}/v1/users", data=json.dumps(users).encode(),
                                      headers={"Content-Type": "application/json", "X-Actor": "bench.locust"},
@@ -101,7 +101,7 @@ def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise RuntimeError(f"locust ran over {budget}s and was killed; see {log_path}")
+            raise RuntimeError(f"locust ran over {budget}s and was killed; see {log_path}") from None
     if not Path(f"{csv_prefix}_stats.csv").exists():
         tail = log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"locust wrote no stats (exit {code}):\n{tail}")

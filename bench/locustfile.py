@@ -6,7 +6,7 @@ toggling an opt-out (weight 1). User ids come from the fixed population
 ``lt-000000`` … that ``bench.locust_run`` seeds before the run (reads of an
 unseeded user answer 404 and count as failures).
 
-By hand, against an engine started with ``tidings up --sinks``:
+By hand, against an engine started with ``tidings demo --count 0 --serve``:
 
     python -m bench.locust_run --host http://127.0.0.1:8080 --users 20 --run-time 30s   # seeds, runs, prints
 
@@ -40,7 +40,7 @@ _serial = itertools.count()
 
 
 def user_id(n: int) -> str:
-    return "lt-%06d" % n
+    return f"lt-{n:06d}"
 
 
 def email_of(n: int) -> str:
@@ -56,7 +56,7 @@ def notification(n: int) -> dict:
 def payload(resp) -> dict:
     try:
         data = resp.json()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a body that is not JSON counts as no body
         return {}
     return data if isinstance(data, dict) else {}
 

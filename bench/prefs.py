@@ -31,6 +31,7 @@ import uuid
 
 import orjson
 
+from engine import migrations
 from policy.decide import decide
 from policy.prefs import Preference, ordered
 from policy.rules import Policy, PolicyConfig, Rule
@@ -98,7 +99,7 @@ def bench_decide(calls: int = 200_000) -> dict:
     for i in range(calls):
         r, u = reqs[i % 1000], users[(i * 7919) % len(users)]
         t0 = clock()
-        decide(r, u, AVAILABLE, POLICY, now)
+        decide(r, u, AVAILABLE, POLICY, now=now)
         samples.append(clock() - t0)
     samples.sort()
     overhead = min(_empty_call() for _ in range(5))
@@ -111,7 +112,7 @@ def bench_decide(calls: int = 200_000) -> dict:
     for i in range(calls):
         r, uid = reqs[i % 1000], ids[(i * 7919) % len(ids)]
         t0 = clock()
-        decide(r, cache.get(uid), AVAILABLE, POLICY, now)
+        decide(r, cache.get(uid), AVAILABLE, POLICY, now=now)
         with_read.append(clock() - t0)
     with_read.sort()
     return {"calls": calls, "median_us": round(statistics.median(samples) / 1e3, 2),
@@ -163,7 +164,7 @@ async def _seed(conn, n: int) -> None:
                                               for u in users.values()])
     await conn.copy_records_to_table("user_addresses", columns=("user_id", "channel", "address"),
                                      records=[(u.user_id, ch, a) for u in users.values() for ch, a in u.addresses.items()])
-    from actors.prefs_store import pref_record
+    from stores.prefs import pref_record
     await conn.executemany(
         "INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, "
         "context_key, value, priority, expires_at) VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8::jsonb,$9,to_timestamp($10))",
@@ -175,9 +176,8 @@ async def bench_load(url: str, n: int, shards: int = 2) -> dict:
     (as Ray runs shards: one process each); time from a common start."""
     import asyncpg
 
-    from engine import db
     schema = f"bench_load_{uuid.uuid4().hex[:6]}"
-    await db.migrate_url(url, schema)
+    await migrations.migrate_url(url, schema)
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
         t0 = time.perf_counter()
@@ -215,8 +215,9 @@ def _preload_all(url: str, schema: str, shards: int) -> dict:
 
 def _preload_child(url, schema, index, shards, barrier, results) -> None:
     from actors.user_shard import UserShard
-    from engine import config
-    cfg = config.encode(config.load("development", env={}, overrides={
+    from engine import settings
+    from infra import config
+    cfg = config.encode(settings.load("development", env={}, overrides={
         "database": {"url": url, "schema": schema}, "engine": {"user_shards": shards}}))
     shard = UserShard(index, cfg, url, {}, None)
 
@@ -233,9 +234,9 @@ def _preload_child(url, schema, index, shards, barrier, results) -> None:
 async def bench_import(url: str, n: int) -> dict:
     import asyncpg
 
-    from engine import bulk, db
+    from stores import bulk
     schema = f"bench_import_{uuid.uuid4().hex[:6]}"
-    await db.migrate_url(url, schema)
+    await migrations.migrate_url(url, schema)
     rng = random.Random(3)
     lines = []
     for i in range(n):

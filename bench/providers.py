@@ -2,9 +2,9 @@
 
     python -m bench.providers [--n 3000] [--concurrency 64] [--rounds 3] [--only sendgrid,fcm] [--json PATH]
 
-For every provider type, the sink that speaks its API (``engine.sinks.*``) runs in
+For every provider type, the sink that speaks its API (``sandbox.*``) runs in
 a child process (multiprocessing, spawn), so client and server do not share a GIL;
-both processes run uvloop, as the engine and ``python -m engine.sinks`` do. Per
+both processes run uvloop, as the engine and ``python -m sandbox`` do. Per
 case, after ``--warmup`` sends by each client, ``--rounds`` alternating pairs of
 timed phases (provider, then bare: a busy moment on the machine hits both alike);
 the table shows the median of the rounds, the JSON every round.
@@ -63,30 +63,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
+from h2.events import ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded, StreamReset, WindowUpdated
 from rich.console import Console
 from rich.table import Table
 from yarl import URL
 
-from engine.sinks.apns import ApnsSink, make_signing_key
-from engine.sinks.fcm import FcmSink, make_service_account
-from engine.sinks.http import WebhookSink
-from engine.sinks.mailgun import MailgunSink
-from engine.sinks.messagebird import MessageBirdSink
-from engine.sinks.sendgrid import SendGridSink
-from engine.sinks.twilio import TwilioSink
-from engine.sinks.vonage import VonageSink
-from engine.sinks.webpush import WebPushSink
 from policy.types import Content, DeliveryTask
 from providers import registry
 from providers.push.apns import ApnsProvider
+from sandbox.apns import ApnsSink, make_signing_key
+from sandbox.fcm import FcmSink, make_service_account
+from sandbox.http import WebhookSink
+from sandbox.mailgun import MailgunSink
+from sandbox.messagebird import MessageBirdSink
+from sandbox.sendgrid import SendGridSink
+from sandbox.twilio import TwilioSink
+from sandbox.vonage import VonageSink
+from sandbox.webpush import WebPushSink
 
 SECRET = "bench-s3cret"
 TWILIO_ACCOUNT = "AC" + "a1" * 16

@@ -62,7 +62,7 @@ def print_result(console: Console, r: dict) -> None:
         console.print(f"end to end {r['e2e_per_s']:,}/s = [bold]{r['ratio']}×[/bold] the slowest stage "
                       f"({r['slowest_stage']}, {r['slowest_stage_per_s']:,}/s)")
     console.print(f"latency (publish → committed tracking row) at "
-                  f"{'%s/s' % format(r['latency_at_rate'], ',.0f') if r['latency_at_rate'] else 'full backlog'}: "
+                  f"{format(r['latency_at_rate'], ',.0f') + '/s' if r['latency_at_rate'] else 'full backlog'}: "
                   f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
     if r.get("busiest"):
         console.print(f"busiest process group: {r['busiest'][0]} ({r['busiest'][1]} cores)")

@@ -29,7 +29,7 @@ import asyncpg
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from engine.config import ChannelConfig, Config, ConfigError
+from infra.config import ChannelConfig, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Keyring:
         self.key_ids = [key_id(k) for k in keys]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Keyring":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Keyring:
         raw = (os.environ if environ is None else environ).get(KEY_ENV, "")
         return cls([k.strip() for k in raw.split(",") if k.strip()])
 

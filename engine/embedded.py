@@ -151,7 +151,7 @@ class Services:
         self.nats_url = nats_url
         self.database_url = database_url
 
-    def start(self) -> "Services":
+    def start(self) -> Services:
         if self.nats is not None:
             self.nats_url = self.nats.start()
         if self.postgres is not None:

@@ -26,15 +26,15 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from actors import prefs_store
-from actors.prefs_store import Change
 from actors.user_prefs import PrefCommand, PrefResult
-from engine import streams
+from infra import streams
 from policy import wire
 from policy.sharding import shard_of
 from policy.subjects import token_user, user_token
 from policy.types import UserId
 from policy.validate import PreferencesDoc, PreferencesPatch
+from stores import prefs as prefs_store
+from stores.prefs import Change
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Listener:
         while True:
             try:
                 msgs = await self.sub.fetch(FETCH, timeout=1)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 idle += 1
                 if idle >= RELAY_EVERY_S:
                     idle = 0
@@ -207,7 +207,7 @@ class Listener:
         if not commands:
             return
         results = await run_commands(engine, commands)
-        for r, m in zip(results_in_order(results, commands), sources):
+        for r, m in zip(results_in_order(results, commands), sources, strict=True):
             if r.status == "ok":
                 await m.ack()
             elif r.status == "conflict":

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-from engine.config import RayConfig
+from infra.config import RayConfig
 
 # No internet on our machines: Ray must not try to report usage.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402  (after the environment above)
+import ray
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def dashboard_url() -> str | None:
     try:
         info = ray.get_runtime_context()
         url = getattr(info, "dashboard_url", None) or ray.worker.get_dashboard_url()
-    except Exception:
+    except Exception:  # noqa: BLE001 - the dashboard URL is informative only
         return None
     if url and not url.startswith("http"):
         url = f"http://{url}"

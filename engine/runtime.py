@@ -12,12 +12,24 @@ import nats
 import ray
 from nats.js import JetStreamContext
 
-from engine import credentials, db, prefs_bus, raybox, streams
-from engine.config import Config, encode as encode_config
+from engine import credentials, migrations, prefs_bus, raybox
 from engine.embedded import Services
+from infra import db, streams
+from infra.config import Config, encode as encode_config
+from policy import wire
 from policy.rules import Policy
+from policy.sharding import shard_of
+from policy.types import UserProfile
 
 log = logging.getLogger(__name__)
+
+
+class Refused(ValueError):
+    """A write broke a rule; ``violations`` are (user, field, reason)."""
+
+    def __init__(self, violations: list[tuple[str, str, str]]):
+        super().__init__(f"{len(violations)} rule violation(s), first: {violations[0]}")
+        self.violations = violations
 
 
 @dataclass
@@ -114,9 +126,9 @@ class Engine:
     def database_url(self) -> str:
         return self.services.database_url
 
-    async def start(self, *, ingest: bool = True) -> "Engine":
+    async def start(self, *, ingest: bool = True) -> Engine:
         self.services.start()  # blocking for a moment, once, at start-up
-        await db.migrate_url(self.database_url, self.cfg.database.schema)
+        await migrations.migrate_url(self.database_url, self.cfg.database.schema)
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max)
         try:
@@ -130,7 +142,7 @@ class Engine:
         # On this thread, not a worker thread: Ray ties the life of the processes it
         # starts to the thread that started them.
         self.ray_info = raybox.init(self.cfg.ray)
-        self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http_tracking)
+        self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http.tracking)
         self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets)
         if ingest:
             await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),
@@ -161,5 +173,19 @@ class Engine:
         self.services.stop()
 
     def shard_for(self, user_id: str):
-        from policy.sharding import shard_of
         return self.actors.user_shards[shard_of(user_id, len(self.actors.user_shards))]
+
+    async def save_profiles(self, profiles: list[UserProfile], actor: str | None) -> None:
+        """Write users through their owning UserShards: one call per shard, each
+        commits before it answers. A rule violation (opt-outs that switch off a
+        mandatory category) raises ``Refused`` with every (user, field, reason);
+        a shard with one writes nothing."""
+        n = len(self.actors.user_shards)
+        groups: dict[int, list[UserProfile]] = {}
+        for p in profiles:
+            groups.setdefault(shard_of(p.user_id, n), []).append(p)
+        replies = await asyncio.gather(*(self.actors.user_shards[s].upsert_users.remote(wire.encode(g), actor)
+                                         for s, g in groups.items()))
+        violations = [(uid, field, why) for reply in replies for uid, field, why in reply]
+        if violations:
+            raise Refused(violations)

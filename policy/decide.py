@@ -20,12 +20,12 @@ nothing passes consent.
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from policy.prefs import DIGEST_FREQUENCIES
 from policy.rules import Policy
-from policy.types import Decision, Message, UserState
+from policy.types import Decision, Defer, Digest, DigestKey, Message, Send, Suppress, UserState
 from policy.windows import next_allowed, period_bounds, quiet_until
 
 # Channels whose address may come from the provider's configuration instead of
@@ -43,59 +43,54 @@ def zone(name: str) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo("UTC")  # names are validated on write; this is a stored bad one
 
 
-def digest_key(user_id: str, channel: str, category: str, frequency: str, period_end: float) -> str:
-    """The bucket a digest item collects in: one per (user, channel, category,
-    frequency, period)."""
-    return f"{user_id}|{channel}|{category}|{frequency}|{int(period_end)}"
-
-
 def decide_channel(request: Message, state: UserState | None, channel: str, available: frozenset[str],
-                   policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True,
+                   policy: Policy = DEFAULT_POLICY, *, now: float, digest: bool = True,
                    context: dict[str, str] | None = None) -> Decision:
-    """``digest=False`` for a message that is itself a digest (never collected again).
-    ``context``: the request's context with its urgency (``decide`` builds it once)."""
+    """``now``: seconds since the epoch (quiet hours, windows and digest periods
+    are evaluated at it). ``digest=False`` for a message that is itself a digest
+    (never collected again). ``context``: the request's context with its urgency
+    (``decide`` builds it once)."""
     if channel not in available:
-        return Decision(channel, "suppress", "channel.unavailable")
+        return Suppress(channel, "channel.unavailable")
     if state is None:
         # An unregistered user has every default and no address: channels whose
         # address comes from the provider's configuration still deliver.
         if channel in ADDRESS_OPTIONAL:
-            return Decision(channel, "send", "ok")
-        return Decision(channel, "suppress", "user.unknown")
+            return Send(channel)
+        return Suppress(channel, "user.unknown")
     category, priority = request.category, request.priority
     if policy.channel_rules:
         blocked = policy.channel_blocked(channel, priority, category)
         if blocked is not None:
-            return Decision(channel, "suppress", blocked)
+            return Suppress(channel, blocked)
     if policy.consent_channels and policy.needs_consent(channel, category) and channel not in state.consent:
-        return Decision(channel, "suppress", f"consent.missing_{channel}")
+        return Suppress(channel, f"consent.missing_{channel}")
     if context is None:
         context = request_context(request)
     pref = policy.resolve(state.prefs, state.templates, channel, category, request.content_type, context, now)
     if not pref.enabled:
-        return Decision(channel, "suppress", f"pref.{_origin(pref.source['enabled'])}_off")
+        return Suppress(channel, f"pref.{_origin(pref.source['enabled'])}_off")
     if pref.frequency == "never":
-        return Decision(channel, "suppress", "pref.frequency_never")
+        return Suppress(channel, "pref.frequency_never")
     if channel not in state.addresses and channel not in ADDRESS_OPTIONAL:
-        return Decision(channel, "suppress", f"address.missing_{channel}")
+        return Suppress(channel, f"address.missing_{channel}")
     why = state.suppressed.get(channel)
     if why is not None:
-        return Decision(channel, "suppress", f"suppression.{why}")
+        return Suppress(channel, f"suppression.{why}")
     if not pref.quiet_hours and not pref.time_windows and pref.frequency == "immediate":
-        return Decision(channel, "send", "ok")
+        return Send(channel)
     tz = zone(state.timezone)
     if digest and pref.frequency in DIGEST_FREQUENCIES and not policy.bypasses("bypass_digest", priority, category):
         _, end = period_bounds(pref.frequency, tz, now)
-        return Decision(channel, "digest", f"digest.{pref.frequency}", end,
-                        digest_key(state.user_id, channel, category, pref.frequency, end))
+        return Digest(channel, DigestKey(state.user_id, channel, category, pref.frequency, int(end)))
     if (pref.quiet_hours or pref.time_windows) and not policy.bypasses("bypass_quiet_hours", priority, category):
         until = quiet_until(pref.quiet_hours, tz, now) if pref.quiet_hours else None
         if until is not None:
-            return Decision(channel, "defer", "quiet_hours", until)
+            return Defer(channel, "quiet_hours", until)
         until = next_allowed(pref.time_windows, tz, now) if pref.time_windows else None
         if until is not None:
-            return Decision(channel, "defer", "time_window", until)
-    return Decision(channel, "send", "ok")
+            return Defer(channel, "time_window", until)
+    return Send(channel)
 
 
 def _origin(source: str) -> str:
@@ -110,13 +105,15 @@ def request_context(request: Message) -> dict[str, str]:
 
 
 def decide(request: Message, state: UserState | None, available: frozenset[str],
-           policy: Policy = DEFAULT_POLICY, now: float = 0.0, digest: bool = True) -> list[Decision]:
-    """One Decision per distinct channel the request asks for, in its order."""
+           policy: Policy = DEFAULT_POLICY, *, now: float, digest: bool = True) -> list[Decision]:
+    """One Decision per distinct channel the request asks for, in its order.
+    ``now`` is required: a forgotten clock must not evaluate quiet hours in 1970."""
     context = request_context(request)
-    channels = request.channels
+    channels: Sequence[str] = request.channels
     if len(channels) > 1:
         channels = unique(channels)
-    return [decide_channel(request, state, ch, available, policy, now, digest, context) for ch in channels]
+    return [decide_channel(request, state, ch, available, policy, now=now, digest=digest, context=context)
+            for ch in channels]
 
 
 def unique(items: Iterable[str]) -> list[str]:

@@ -4,6 +4,7 @@ period), in arrival order, as one message."""
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
 from policy.types import Content, Message
 
@@ -18,7 +19,7 @@ def headline(m: Message) -> str:
     return (c.text or "").strip().splitlines()[0] if (c.text or "").strip() else m.category
 
 
-def compose(items: list[tuple[str, Message]], category: str, frequency: str) -> Content:
+def compose(items: Sequence[tuple[str, Message]], category: str, frequency: str) -> Content:
     """One Content for ``items`` ((notification id, request) pairs): a subject
     with the count, a text and an HTML list, and the item ids and lines in data."""
     lines = [headline(m) for _, m in items]
@@ -29,4 +30,4 @@ def compose(items: list[tuple[str, Message]], category: str, frequency: str) -> 
     return Content(subject=subject, text=f"{subject}\n\n{text}\n",
                    html=f"<h1>{html.escape(subject)}</h1><ul>{body}</ul>",
                    data={"digest": {"frequency": frequency, "category": category,
-                                    "items": [{"id": nid, "line": line} for (nid, _), line in zip(items, lines)]}})
+                                    "items": [{"id": nid, "line": line} for (nid, _), line in zip(items, lines, strict=True)]}})

@@ -29,6 +29,9 @@ from typing import Literal
 
 import msgspec
 
+from policy.email import fill
+from policy.types import DeliveryTask
+
 Kind = Literal["o", "c"]  # opened (pixel), clicked (redirect)
 MAC_BYTES = 16  # 128 bits of HMAC-SHA256: forging one is 2^128 guesses, each a request
 MAC_CHARS = 22  # base64url of MAC_BYTES, unpadded
@@ -184,3 +187,24 @@ def rewrite(text: str, secret: bytes, base_url: str, notification_id: str, chann
 
 
 __all__ = ["Kind", "Link", "pixel", "rewrite", "sign", "trackable", "verify"]
+
+
+class LinkRules(msgspec.Struct, frozen=True):
+    """Which tasks ``track`` rewrites and how: built once from ``[engagement]``.
+    ``unsubscribe``: per tracked channel, every provider's List-Unsubscribe URL
+    template (any of them may be the one that sends), left as it is."""
+
+    secret: bytes
+    base_url: str
+    opens: bool
+    clicks: bool
+    channels: frozenset[str]
+    unsubscribe: dict[str, tuple[str, ...]] = {}
+
+
+def track(rules: LinkRules, task: DeliveryTask) -> DeliveryTask:
+    """``task`` with its HTML rewritten (the caller checked it has HTML and a tracked channel)."""
+    keep = {fill(t, task) for t in rules.unsubscribe.get(task.channel, ())}
+    html_ = rewrite(task.content.html or "", rules.secret, rules.base_url, task.notification_id, task.channel,
+                    opens=rules.opens, clicks=rules.clicks, keep=keep)
+    return msgspec.structs.replace(task, content=msgspec.structs.replace(task.content, html=html_))

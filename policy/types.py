@@ -10,7 +10,7 @@ MessagePack) and ``frozen`` where nobody should mutate them after creation.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from msgspec import Meta, Struct
 
@@ -75,7 +75,7 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     fallback_after_s: Annotated[float, Meta(gt=0, le=7 * 86400)] | None = None
     # what spares the fallback at ``fallback_after_s``: a channel "delivered" (the
     # default; an open counts, it implies delivery) or only "opened" (an opened or
-    # clicked engagement event, engine/engagement.py); needs ``fallback_after_s``
+    # clicked engagement event, stores/engagement.py); needs ``fallback_after_s``
     fallback_unless: Literal["delivered", "opened"] | None = None
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
@@ -148,17 +148,72 @@ class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):
     locale: Annotated[str, Meta(min_length=2, max_length=35)] = "en"
 
 
-Action = Literal["send", "defer", "digest", "suppress"]
+class DigestKey(Struct, frozen=True, array_like=True):
+    """The bucket a digest item collects in: one per (user, channel, category,
+    frequency, period). Stored as ``text()`` (``digest_buckets.key``)."""
 
-
-class Decision(Struct, frozen=True, array_like=True):
-    """What to do with one (request, channel), and why."""
-
+    user_id: str
     channel: str
-    action: Action
+    category: str
+    frequency: str
+    period_end: int  # seconds since the epoch; the bucket is due then
+
+    def text(self) -> str:
+        return f"{self.user_id}|{self.channel}|{self.category}|{self.frequency}|{self.period_end}"
+
+    @classmethod
+    def parse(cls, text: str) -> DigestKey:
+        """The key ``text()`` wrote. From the right: only the user id may hold a ``|``."""
+        user_id, channel, category, frequency, end = text.rsplit("|", 4)
+        return cls(user_id, channel, category, frequency, int(end))
+
+
+class Send(Struct, tag="send", frozen=True, array_like=True):
+    """Deliver on ``channel`` now."""
+
+    action: ClassVar[str] = "send"
+    channel: str
+
+    @property
+    def reason(self) -> str:
+        return "ok"
+
+
+class Suppress(Struct, tag="suppress", frozen=True, array_like=True):
+    """Do not deliver on ``channel``; ``reason`` says why (``pref.category_off``, …)."""
+
+    action: ClassVar[str] = "suppress"
+    channel: str
     reason: str
-    until: float | None = None
-    digest_key: str | None = None
+
+
+class Defer(Struct, tag="defer", frozen=True, array_like=True):
+    """Hold until ``until`` (quiet hours, a time window), then decide again."""
+
+    action: ClassVar[str] = "defer"
+    channel: str
+    reason: Literal["quiet_hours", "time_window"]
+    until: float
+
+
+class Digest(Struct, tag="digest", frozen=True, array_like=True):
+    """Collect into the digest bucket ``key``, sent when its period ends."""
+
+    action: ClassVar[str] = "digest"
+    channel: str
+    key: DigestKey
+
+    @property
+    def reason(self) -> str:
+        return f"digest.{self.key.frequency}"
+
+    @property
+    def until(self) -> float:
+        return float(self.key.period_end)
+
+
+# What to do with one (request, channel), and why.
+Decision = Send | Suppress | Defer | Digest
 
 
 class DeliveryTask(Struct, array_like=True):
@@ -231,7 +286,6 @@ def notification_id(request: Message, fallback_key: str) -> str:
 
 
 __all__ = [
-    "Action",
     "Attempt",
     "BroadcastRequest",
     "Message",
@@ -239,12 +293,17 @@ __all__ = [
     "Channel",
     "Content",
     "Decision",
+    "Defer",
+    "Digest",
+    "DigestKey",
     "DeliveryTask",
     "ID_NAMESPACE",
     "NotificationRequest",
     "Outcome",
     "Priority",
+    "Send",
     "Status",
+    "Suppress",
     "UserProfile",
     "UserState",
     "derive_id",

@@ -8,12 +8,13 @@ the HTTP API and the Ingestor.
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, PrefKey, Preference, ordered
+from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, Preference, PrefKey, ordered
 from policy.rules import NOT_MANDATORY_CHANNELS, Policy
 from policy.types import Message
 from policy.windows import window_errors
@@ -102,7 +103,7 @@ def key_errors(p: Preference | PrefKey, policy: Policy, at: str) -> Errors:
     return errors
 
 
-def consent_errors(consent: dict[str, str], path: str = "consent") -> Errors:
+def consent_errors(consent: Mapping[str, str], path: str = "consent") -> Errors:
     return [(f"{path}.{ch}", "unknown channel") for ch in consent if ch not in USER_CHANNELS]
 
 

@@ -83,7 +83,9 @@ def _spans(windows: tuple[Window, ...]) -> Spans:
 
 def _sow(t: int, tz: ZoneInfo) -> int:
     """Local seconds-of-week of instant t."""
-    return (t + int(datetime.fromtimestamp(t, tz).utcoffset().total_seconds()) + _EPOCH_SOW) % _WEEK_S
+    offset = datetime.fromtimestamp(t, tz).utcoffset()
+    assert offset is not None  # an aware datetime always has one
+    return (t + int(offset.total_seconds()) + _EPOCH_SOW) % _WEEK_S
 
 
 def _index(spans: Spans, sow: int) -> int:

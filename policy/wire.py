@@ -3,8 +3,8 @@ Decoder per type (building a Decoder is the slow part)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, TypeVar
+from functools import cache
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -16,13 +16,13 @@ _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 
 
-@lru_cache(maxsize=None)
+@cache
 def decoder(typ: Any) -> msgspec.msgpack.Decoder:
     return msgspec.msgpack.Decoder(typ)
 
 
 def decode(data: bytes, typ: type[T]) -> T:
-    return decoder(typ).decode(data)
+    return decoder(cast(Any, typ)).decode(data)  # cast: a type is hashable, lru_cache's stub does not know it
 
 
 class Inbound(msgspec.Struct, array_like=True):

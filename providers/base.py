@@ -1,7 +1,9 @@
-"""The one protocol every provider implements, and what it returns."""
+"""The protocol every provider implements, the one a provider that batches adds,
+and what they return."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -33,3 +35,19 @@ class Provider(Protocol):
 
     async def close(self) -> None: ...
 
+
+@runtime_checkable
+class BatchProvider(Provider, Protocol):
+    """A Provider that can also take many tasks in one call.
+
+    ``send_batch`` sends every task (at most ``max_batch``) in one request and
+    returns one Receipt, or raises one DeliveryError for them all: a batch is
+    accepted or refused as a whole. A ChannelShard batches only when every
+    provider of the channel is one, so failover never meets a provider that
+    cannot take what it is given. Tasks share their content unless the provider
+    also says ``mixed_content = True`` (optional, so not part of the protocol).
+    """
+
+    max_batch: int
+
+    async def send_batch(self, tasks: Sequence[DeliveryTask]) -> Receipt: ...

@@ -37,9 +37,9 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.http_errors import map_status, parse_retry_after
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
-from providers.webhook.http import map_status, parse_retry_after
 
 API_VERSION = "2010-04-01"
 DEFAULT_BASE_URL = "https://api.twilio.com"
@@ -97,7 +97,7 @@ def parse_error(payload: bytes) -> tuple[int | None, str | None]:
 def twilio_error(status: int, headers: Mapping[str, str], payload: bytes, prefix: str = "twilio") -> DeliveryError:
     """The error for a non-2xx Twilio answer: the code in the body first
     (CONFIG_CODES, AUTH_CODES, RATE_CODES), then the HTTP status as for any HTTP
-    provider (``providers.webhook.http.map_status``) except that 404 is a
+    provider (``providers.http_errors.map_status``) except that 404 is a
     ConfigurationError (the account or base_url is wrong, not the message).
     Retry-After is honoured on every RateLimited. The text names the status,
     the Twilio code and Twilio's message; callers scrub secrets from it."""

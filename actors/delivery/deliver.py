@@ -12,13 +12,14 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from actors.delivery.bucket import Clock, Sleep
 from actors.delivery.bulkhead import place
-from actors.delivery.routing import Router
+from actors.delivery.routing.base import Router
 from actors.delivery.slot import ProviderSlot
 from policy.types import Attempt, DeliveryTask, Outcome, Status
-from providers.base import Receipt
+from providers.base import BatchProvider, Receipt
 from providers.errors import (
     AddressGone,
     AuthenticationError,
@@ -126,9 +127,10 @@ async def deliver_batch(
     router: Router | None = None,
 ) -> list[Outcome]:
     """Like ``deliver`` for tasks that share their content, through providers
-    with ``send_batch``: one call (and one token) carries them all, and every
-    task gets the same status, reason and attempts. The router orders the slots
-    once for the batch (for its first task) and hears of each call once."""
+    that are all ``providers.base.BatchProvider``: one call (and one token)
+    carries them all, and every task gets the same status, reason and attempts.
+    The router orders the slots once for the batch (for its first task) and
+    hears of each call once."""
     run = _Run(tasks[0], clock, wall, sleep, rng, batch=tasks, router=router)
     reason, receipt, name = "no_provider", None, None
     for slot in _ordered(run, slots):
@@ -225,7 +227,8 @@ async def _send(run: _Run, slot: ProviderSlot) -> Receipt:
     try:
         async with deadline:
             if run.batch is not None:
-                return await slot.provider.send_batch(run.batch)
+                # batches are made only when every slot is a BatchProvider (ChannelShard)
+                return await cast(BatchProvider, slot.provider).send_batch(run.batch)
             return await slot.provider.send(run.task)
     except DeliveryError:
         raise

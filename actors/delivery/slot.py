@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from actors.delivery.backoff import Backoff
 from actors.delivery.breaker import CircuitBreaker
-from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.bucket import DailyLimit, TokenBucket
+from actors.delivery.bulkhead import Bulkhead
 from providers.base import Provider
 
 

@@ -1,26 +1,19 @@
-"""What every email provider checks and fills the same way."""
+"""The email rules of ``policy.email`` as the providers need them: a refusal is
+an ``InvalidMessage`` carrying the rule's own words."""
 
 from __future__ import annotations
 
-import urllib.parse
-
-from policy.types import Content, DeliveryTask
+from policy.email import content_problem
+from policy.types import Content
 from providers.errors import InvalidMessage
 
 
 def check_content(content: Content) -> None:
-    """An email needs a one-line subject and text or html; InvalidMessage otherwise."""
-    if not content.subject:
-        raise InvalidMessage("email needs a subject")
-    if "\r" in content.subject or "\n" in content.subject:
-        raise InvalidMessage("email subject contains a line break")
-    if not content.text and not content.html:
-        raise InvalidMessage("email needs text or html content")
+    """Returns when ``content`` can be an email (``policy.email.content_problem``);
+    InvalidMessage saying why not otherwise."""
+    problem = content_problem(content)
+    if problem is not None:
+        raise InvalidMessage(problem)
 
 
-def fill(template: str, task: DeliveryTask) -> str:
-    """``{user_id}``, ``{category}`` and ``{notification_id}`` in an unsubscribe
-    URL replaced by the task's values, URL-quoted."""
-    for key in ("user_id", "category", "notification_id"):
-        template = template.replace("{" + key + "}", urllib.parse.quote(getattr(task, key), safe=""))
-    return template
+__all__ = ["check_content"]

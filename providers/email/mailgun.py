@@ -33,24 +33,18 @@ from email.utils import formataddr
 import aiohttp
 import msgspec
 
+from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.email.common import check_content, fill
-from providers.email.sendgrid import DEFAULT_TRANSACTIONAL, parse_sender
-from providers.errors import (
-    ConfigurationError,
-    DeliveryError,
-    InvalidMessage,
-    NetworkError,
-)
+from providers.email.common import check_content
+from providers.email.sendgrid import parse_sender
+from providers.errors import ConfigurationError, DeliveryError, InvalidMessage, NetworkError
+from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
-from providers.webhook.http import map_status
 
 DEFAULT_BASE_URL = "https://api.mailgun.net"
 EU_BASE_URL = "https://api.eu.mailgun.net"
-# Same address rule as providers.email.sendgrid (and smtp).
-_ADDRESS = re.compile(r"[^\s<>(),;:@\"]+@[^\s<>(),;:@\"]+")
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
@@ -125,8 +119,8 @@ class MailgunProvider(HttpSession):
     def fields(self, task: DeliveryTask) -> list[tuple[str, str]]:
         """The form fields of the message for ``task`` (validated), in order."""
         content = task.content
-        self._check_content(content)
-        if not task.address or not _ADDRESS.fullmatch(task.address):
+        check_content(content)
+        if not is_address(task.address):
             raise InvalidMessage(f"mailgun: not a bare email address: {task.address!r}")
         fields = [("from", self.from_), ("to", task.address), ("subject", content.subject)]
         if content.text:
@@ -134,14 +128,11 @@ class MailgunProvider(HttpSession):
         if content.html:
             fields.append(("html", content.html))
         if self.unsubscribe_url and task.category not in self.transactional:
-            fields += [("h:List-Unsubscribe", f"<{self._fill(self.unsubscribe_url, task)}>"),
+            fields += [("h:List-Unsubscribe", f"<{fill(self.unsubscribe_url, task)}>"),
                        ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
         fields += [("o:tag", task.category), ("v:notification_id", task.notification_id),
                    ("v:user_id", task.user_id)]
         return fields
-
-    _check_content = staticmethod(check_content)
-    _fill = staticmethod(fill)
 
     async def _post(self, fields: list[tuple[str, str]]) -> Receipt:
         form = aiohttp.FormData()
@@ -160,7 +151,7 @@ class MailgunProvider(HttpSession):
             raise NetworkError(self._scrub(f"mailgun {self.endpoint}: {type(exc).__name__}: {exc}")) from exc
 
     def error(self, status: int, headers: Mapping[str, str], payload: bytes) -> DeliveryError:
-        """The error for a non-2xx answer (webhook's ``map_status``, Mailgun's
+        """The error for a non-2xx answer (``providers.http_errors.map_status``, Mailgun's
         ``{"message"}`` body, and 404 = unknown domain); the API key is scrubbed."""
         message = error_message(payload)
         snippet = message if message is not None else payload[:200].decode("utf-8", "replace").strip()

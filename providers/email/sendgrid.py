@@ -19,28 +19,24 @@ Settings:
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 import msgspec
 
+from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address
 from policy.types import DeliveryTask
-from providers.base import Receipt
-from providers.email.common import check_content, fill
+from providers.base import BatchProvider, Receipt
+from providers.email.common import check_content
 from providers.errors import ConfigurationError, DeliveryError, InvalidMessage, NetworkError, RateLimited
+from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
-from providers.webhook.http import map_status
 
 MAX_PERSONALIZATIONS = 1000
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
-# Same defaults and address rule as providers.email.smtp, repeated rather than
-# imported so that using SendGrid does not import aiosmtplib.
-DEFAULT_TRANSACTIONAL = ("security", "account", "transactional")
-_ADDRESS = re.compile(r"[^\s<>(),;:@\"]+@[^\s<>(),;:@\"]+")
 _NAMED = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*")
 _encoder = msgspec.json.Encoder()
 
@@ -50,7 +46,7 @@ def parse_sender(sender: str) -> dict[str, str]:
     unless that is exactly one bare address (with an optional display name)."""
     m = _NAMED.fullmatch(sender)
     name, addr = (m.group(1).strip('"').strip(), m.group(2).strip()) if m else ("", sender.strip())
-    if not _ADDRESS.fullmatch(addr):
+    if not is_address(addr):
         raise ValueError(f"not one email address: {sender!r}")
     return {"email": addr, "name": name} if name else {"email": addr}
 
@@ -79,7 +75,7 @@ def rate_limit_reset(value: str | None, now: float | None = None) -> float | Non
     return max(0.0, reset - (time.time() if now is None else now))
 
 
-class SendGridProvider(HttpSession):
+class SendGridProvider(HttpSession, BatchProvider):
     """Provider for ``channel = "email"``; see the module docstring for settings.
 
     ``send`` and ``send_batch`` POST one ``mail/send`` request and return
@@ -117,7 +113,7 @@ class SendGridProvider(HttpSession):
         """Send one email for ``task``; see the class docstring."""
         return await self._post(self.payload([task]))
 
-    async def send_batch(self, tasks: list[DeliveryTask]) -> Receipt:
+    async def send_batch(self, tasks: Sequence[DeliveryTask]) -> Receipt:
         """Send one email with the same content to every task's address, in one
         request; InvalidMessage for an empty batch, one over ``max_batch`` or
         tasks whose content (subject/text/html) differs."""
@@ -125,19 +121,19 @@ class SendGridProvider(HttpSession):
             raise InvalidMessage(f"sendgrid batch of {len(tasks)} exceeds max_batch {self.max_batch}")
         return await self._post(self.payload(tasks))
 
-    def payload(self, tasks: list[DeliveryTask]) -> dict:
+    def payload(self, tasks: Sequence[DeliveryTask]) -> dict:
         """The ``mail/send`` document for ``tasks`` (validated)."""
         if not tasks:
             raise InvalidMessage("sendgrid batch is empty")
         content = tasks[0].content
-        self._check_content(content)
+        check_content(content)
         key = (content.subject, content.text, content.html)
         personalizations = []
         for i, task in enumerate(tasks):
             c = task.content
             if c is not content and (c.subject, c.text, c.html) != key:
                 raise InvalidMessage(f"sendgrid batch: task {i} has different content than task 0")
-            if not task.address or not _ADDRESS.fullmatch(task.address):
+            if not is_address(task.address):
                 raise InvalidMessage(f"sendgrid batch: task {i}: not a bare email address: {task.address!r}")
             p: dict = {
                 "to": [{"email": task.address}],
@@ -145,7 +141,7 @@ class SendGridProvider(HttpSession):
                                 "category": task.category},
             }
             if self.unsubscribe_url and task.category not in self.transactional:
-                p["headers"] = {"List-Unsubscribe": f"<{self._fill(self.unsubscribe_url, task)}>",
+                p["headers"] = {"List-Unsubscribe": f"<{fill(self.unsubscribe_url, task)}>",
                                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
             personalizations.append(p)
         parts = []
@@ -155,9 +151,6 @@ class SendGridProvider(HttpSession):
             parts.append({"type": "text/html", "value": content.html})
         return {"personalizations": personalizations, "from": self.from_, "subject": content.subject,
                 "content": parts}
-
-    _check_content = staticmethod(check_content)
-    _fill = staticmethod(fill)
 
     async def _post(self, doc: dict) -> Receipt:
         try:
@@ -172,11 +165,11 @@ class SendGridProvider(HttpSession):
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=resp.headers.get("X-Message-Id"))
                 raise self.error(resp.status, resp.headers, payload)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise NetworkError(self._scrub(f"sendgrid {self.endpoint}: {type(exc).__name__}: {exc}")) from exc
 
     def error(self, status: int, headers: Mapping[str, str], payload: bytes) -> DeliveryError:
-        """The error for a non-2xx answer (webhook's ``map_status`` plus SendGrid's
+        """The error for a non-2xx answer (``providers.http_errors.map_status`` plus SendGrid's
         error body, ``X-RateLimit-Reset`` and 413); the API key is scrubbed."""
         message, field = first_error(payload)
         if message is not None:

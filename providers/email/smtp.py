@@ -20,9 +20,7 @@ Settings (a dict, usually from the providers config):
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.parse
 from email.header import Header
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
@@ -31,8 +29,10 @@ from email.utils import formataddr, formatdate, make_msgid
 
 import aiosmtplib
 
+from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address
 from policy.types import DeliveryTask
 from providers.base import Receipt
+from providers.email.common import check_content
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -44,14 +44,8 @@ from providers.errors import (
 )
 from providers.secrets import redacted
 
-DEFAULT_TRANSACTIONAL = ("security", "account", "transactional")
 AUTH_CODES = frozenset({530, 534, 535})
 TRANSIENT_CODES = frozenset({421, 450, 451, 452})
-# A bare local@domain: no display name, brackets, spaces or separators. Both the
-# email package and aiosmtplib parse leniently ("a@b> X" becomes "a@b"), and a
-# task address that needs that leniency is a bug upstream, not something to fix
-# up silently.
-_ADDRESS = re.compile(r"[^\s<>(),;:@\"]+@[^\s<>(),;:@\"]+")
 
 
 def map_smtp_error(exc: BaseException) -> DeliveryError:
@@ -205,8 +199,8 @@ class SmtpProvider:
 
     def build_message(self, task: DeliveryTask) -> MIMEMultipart | MIMEText:
         """The message ``send`` would transmit; raises InvalidMessage when the
-        address is missing or not a bare ``local@domain``, or the content lacks a
-        subject or both text and html.
+        address is missing or not a bare ``local@domain``, or the content is not
+        an email (``policy.email.content_problem``).
 
         Built with the email package's compat32 classes: the modern
         EmailMessage policy re-parses every header through its registry, which
@@ -214,14 +208,10 @@ class SmtpProvider:
         content = task.content
         if not task.address or not task.address.strip():
             raise InvalidMessage("email task has no address")
-        if not _ADDRESS.fullmatch(task.address):
+        if not is_address(task.address):
+            # both the email package and aiosmtplib would parse "a@b> X" as "a@b"
             raise InvalidMessage(f"not a bare email address: {task.address!r}")
-        if not content.subject:
-            raise InvalidMessage("email needs a subject")
-        if not content.text and not content.html:
-            raise InvalidMessage("email needs text or html content")
-        if "\r" in content.subject or "\n" in content.subject:
-            raise InvalidMessage("cannot build email: the subject contains a line break")
+        check_content(content)
         if content.text and content.html:
             msg: MIMEMultipart | MIMEText = MIMEMultipart("alternative")
             msg.attach(MIMEText(content.text, "plain", "utf-8"))
@@ -243,22 +233,16 @@ class SmtpProvider:
     def _add_unsubscribe(self, msg: MIMEMultipart | MIMEText, task: DeliveryTask) -> None:
         targets = []
         if self.unsubscribe_mailto:
-            mailto = self._fill(self.unsubscribe_mailto, task)
+            mailto = fill(self.unsubscribe_mailto, task)
             targets.append(f"<{mailto if mailto.startswith('mailto:') else 'mailto:' + mailto}>")
         if self.unsubscribe_url:
-            targets.append(f"<{self._fill(self.unsubscribe_url, task)}>")
+            targets.append(f"<{fill(self.unsubscribe_url, task)}>")
         if not targets:
             return
         msg["List-Unsubscribe"] = ", ".join(targets)
         if self.unsubscribe_url:
             # RFC 8058: mailbox providers POST this body to the URL for one-click.
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-
-    @staticmethod
-    def _fill(template: str, task: DeliveryTask) -> str:
-        for key in ("user_id", "category", "notification_id"):
-            template = template.replace("{" + key + "}", urllib.parse.quote(getattr(task, key), safe=""))
-        return template
 
     # -- pool -------------------------------------------------------------
 
@@ -273,7 +257,7 @@ class SmtpProvider:
                 # Servers drop idle clients; find out now rather than mid-message.
                 try:
                     await conn.smtp.noop()
-                except Exception:
+                except Exception:  # noqa: BLE001 - a connection that fails NOOP is dropped, whatever the error
                     self._drop(conn)
                     continue
             return conn
@@ -320,8 +304,8 @@ class SmtpProvider:
         try:
             if conn.smtp.is_connected:
                 await conn.smtp.quit(timeout=min(self.timeout_s, 2.0))
-        except Exception:
-            pass  # best effort: closing below is what matters
+        except Exception:  # noqa: BLE001 - best effort: closing below is what matters
+            pass
         finally:
             conn.smtp.close()
 

@@ -1,5 +1,5 @@
 """In-app: an inbox in PostgreSQL, realtime over NATS to the WebSocket of
-``engine.http_inbox``: ``providers.inapp.provider.InAppProvider``."""
+``engine.http.inbox``: ``providers.inapp.provider.InAppProvider``."""
 
 from providers.inapp.provider import InAppProvider
 

@@ -1,6 +1,6 @@
 """What the in-app channel stores, serves and publishes: the inbox row as JSON,
 the NATS subject of a user's inbox and the event published on it. Shared by the
-provider (writer) and ``engine.http_inbox`` (readers)."""
+provider (writer) and ``engine.http.inbox`` (readers)."""
 
 from __future__ import annotations
 

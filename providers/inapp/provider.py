@@ -1,7 +1,7 @@
 """In-app delivery: the message goes into the user's inbox in PostgreSQL
 (``inbox_messages``), then an event is published on NATS
 ``<prefix>.inbox.<user token>`` so whichever HTTP process holds the user's
-WebSocket forwards it (``engine.http_inbox``). The task address is ignored.
+WebSocket forwards it (``engine.http.inbox``). The task address is ignored.
 
 Ordering: each write takes a transaction-level advisory lock per recipient
 (``pg_advisory_xact_lock(LOCK_SPACE, hashtext(user_id))``, in key order) before
@@ -42,6 +42,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 import msgspec
@@ -49,7 +50,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from policy.types import DeliveryTask
-from providers.base import Receipt
+from providers.base import BatchProvider, Receipt
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -107,7 +108,7 @@ def db_error(exc: BaseException, what: str) -> DeliveryError:
     return NetworkError(text)
 
 
-class InAppProvider:
+class InAppProvider(BatchProvider):
     """Provider for ``channel = "in_app"``; see the module docstring.
 
     ``send`` returns ``Receipt(message_id=str(seq))``; ``send_batch`` writes all
@@ -171,7 +172,7 @@ class InAppProvider:
         """Store ``task`` in its user's inbox and publish it; see the module doc."""
         return await self.send_batch([task])
 
-    async def send_batch(self, tasks: list[DeliveryTask]) -> Receipt:
+    async def send_batch(self, tasks: Sequence[DeliveryTask]) -> Receipt:
         """Store every task (one transaction, one multi-row INSERT), then publish
         one event per message. InvalidMessage for an empty batch or one over
         ``max_batch``; any refused value refuses the whole batch."""
@@ -194,7 +195,7 @@ class InAppProvider:
         return Receipt()
 
     @staticmethod
-    def columns(tasks: list[DeliveryTask]) -> tuple[list, ...]:
+    def columns(tasks: Sequence[DeliveryTask]) -> tuple[list, ...]:
         """The INSERT's column arrays; InvalidMessage for a task that cannot be
         stored (no content at all, a notification id that is not a UUID, data
         that is not JSON)."""

@@ -71,13 +71,7 @@ from typing import Any
 
 import h2.exceptions
 import jwt
-from aioapns.common import (
-    PRIORITY_HIGH,
-    PRIORITY_NORMAL,
-    NotificationRequest,
-    NotificationResult,
-    PushType,
-)
+from aioapns.common import PRIORITY_HIGH, PRIORITY_NORMAL, NotificationRequest, NotificationResult, PushType
 from aioapns.connection import (
     APNsBaseConnectionPool,
     APNsDevelopmentClientProtocol,
@@ -85,8 +79,7 @@ from aioapns.connection import (
     APNsTLSClientProtocol,
     AuthorizationHeaderProvider,
 )
-from aioapns.exceptions import ConnectionClosed
-from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from aioapns.exceptions import ConnectionClosed, ConnectionError as ApnsConnectionError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from h2.events import (
@@ -110,8 +103,8 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.http_errors import parse_retry_after
 from providers.secrets import redacted
-from providers.webhook.http import parse_retry_after
 
 DEFAULT_MAX_PAYLOAD = 4096
 TOKEN_TTL_S = 30 * 60  # Apple: refresh no more often than every 20 min, no less than every 60 min

@@ -82,9 +82,9 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.http_errors import parse_retry_after
 from providers.http_session import HttpSession
 from providers.secrets import REDACTED, redacted, scrub
-from providers.webhook.http import parse_retry_after
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -37,16 +37,10 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.http_errors import map_status, parse_retry_after
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, required_secret, scrub
-from providers.sms import (
-    check_segments,
-    max_segments_setting,
-    message_text,
-    recipient,
-    sender,
-)
-from providers.webhook.http import map_status, parse_retry_after
+from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
 
 DEFAULT_BASE_URL = "https://rest.messagebird.com"
 # MessageBird's error codes (the body's ``code``, not the HTTP status).

@@ -19,13 +19,7 @@ import re
 from policy.types import DeliveryTask
 from providers.base import Receipt
 from providers.errors import ConfigurationError
-from providers.sms import (
-    check_segments,
-    max_segments_setting,
-    message_text,
-    recipient,
-    sender,
-)
+from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
 from providers.twilio_api import TwilioApi
 
 MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")

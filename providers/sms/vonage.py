@@ -40,16 +40,10 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, scrub
-from providers.sms import (
-    check_segments,
-    max_segments_setting,
-    message_text,
-    recipient,
-    sender,
-)
-from providers.webhook.http import map_status
+from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 

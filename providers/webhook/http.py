@@ -14,25 +14,15 @@ Settings:
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 import msgspec
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.errors import (
-    AuthenticationError,
-    ConfigurationError,
-    DeliveryError,
-    InvalidMessage,
-    NetworkError,
-    ProviderError,
-    RateLimited,
-)
+from providers.errors import ConfigurationError, InvalidMessage, NetworkError
+from providers.http_errors import map_status
 from providers.http_session import USER_AGENT, HttpSession
 from providers.secrets import redacted
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, delivery_id, sign
@@ -42,40 +32,6 @@ _encoder = msgspec.json.Encoder()
 
 def _is_url(value: str | None) -> bool:
     return bool(value) and value.startswith(("http://", "https://"))  # type: ignore[union-attr]
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date);
-    None when absent or unparsable, never negative."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
-def map_status(status: int, headers: Mapping[str, str], snippet: str = "") -> DeliveryError:
-    """The error for a non-accepted HTTP status."""
-    text = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
-    if status == 429:
-        return RateLimited(text, status=status, retry_after=parse_retry_after(headers.get("Retry-After")))
-    if status in (401, 403):
-        return AuthenticationError(text, status=status)
-    if status == 408:
-        return NetworkError(text, status=status)
-    if 500 <= status < 600:
-        return ProviderError(text, status=status)
-    # Other 4xx, and 3xx: redirects are not followed on purpose (the signature
-    # would be replayed to wherever the receiver points), so both mean the
-    # endpoint or the payload needs fixing, not a retry.
-    return InvalidMessage(text, status=status)
 
 
 class WebhookProvider(HttpSession):
@@ -153,8 +109,8 @@ class WebhookProvider(HttpSession):
                 raise map_status(status, resp.headers, snippet)
         except aiohttp.InvalidURL as exc:
             raise InvalidMessage(f"invalid webhook url {url!r}: {exc}") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise NetworkError(f"webhook {url}: {type(exc).__name__}: {exc}") from exc
 
 
-__all__ = ["USER_AGENT", "WebhookProvider", "map_status", "parse_retry_after"]
+__all__ = ["USER_AGENT", "WebhookProvider"]

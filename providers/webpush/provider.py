@@ -41,7 +41,6 @@ same topic replaces an undelivered older one at the push service.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
@@ -57,22 +56,15 @@ import http_ece
 import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from py_vapid import Vapid02
-from py_vapid import jwt as vapid_jwt
+from py_vapid import Vapid02, jwt as vapid_jwt
 from py_vapid.utils import b64urlencode
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.errors import (
-    AddressGone,
-    ConfigurationError,
-    DeliveryError,
-    InvalidMessage,
-    NetworkError,
-)
+from providers.errors import AddressGone, ConfigurationError, DeliveryError, InvalidMessage, NetworkError
+from providers.http_errors import map_status
 from providers.http_session import HttpSession
 from providers.secrets import redacted, required_secret
-from providers.webhook.http import map_status
 
 # Every push service accepts an encrypted body of 4096 bytes (RFC 8030 7.2); the
 # aes128gcm header (16 salt + 4 rs + 1 idlen + 65 key id) and one record's
@@ -191,7 +183,7 @@ def load_vapid_key(value: str) -> Vapid02:
             vapid = Vapid02(private_key=key)
         else:
             vapid = Vapid02.from_string(text)
-    except Exception as exc:  # the libraries raise many types; none may carry the key out
+    except Exception as exc:  # noqa: BLE001 - the libraries raise many types; none may carry the key out
         raise ValueError(f"cannot load it as a P-256 private key ({type(exc).__name__})") from None
     key = vapid.private_key
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
@@ -328,7 +320,7 @@ class WebPushProvider(HttpSession):
                 raise self.error(resp.status, resp.headers, payload, sub.origin)
         except aiohttp.InvalidURL as exc:
             raise InvalidMessage(f"webpush {sub.origin}: invalid endpoint URL") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             text = f"{type(exc).__name__}: {exc}".replace(sub.endpoint, sub.origin)
             raise NetworkError(f"webpush {sub.origin}: {text}") from exc
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from engine.sinks import SmtpSink
+from sandbox import SmtpSink
 
 
 @pytest.fixture(scope="module")

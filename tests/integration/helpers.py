@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from engine import config, http
-from engine.config import Config
+from engine import http, settings
 from engine.runtime import Engine
+from infra import config
+from infra.config import Config
+from infra.tuning import with_provider_settings
 from policy.types import UserProfile
-from engine.tuning import with_provider_settings
 
 
 def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int | None = None,
@@ -30,7 +31,7 @@ def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int
         "http": {"port": 0},
         "recorder": {"linger_ms": 5},
     }
-    cfg = config.load(profile="development", env={}, overrides=config.merge(base, overrides or {}))
+    cfg = settings.load(profile="development", env={}, overrides=config.merge(base, overrides or {}))
     if "email" in channels and smtp_port is not None:
         cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=smtp_port)
     if "webhook" in channels and webhook_url is not None:
@@ -71,7 +72,7 @@ async def serving(cfg: Config, database_url: str, people: Iterable[UserProfile] 
     try:
         people = list(people)
         if people:
-            await http.save_profiles(eng, people, "test")
+            await eng.save_profiles(people, "test")
         yield eng
     finally:
         await runner.cleanup()

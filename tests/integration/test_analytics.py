@@ -13,8 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import analytics, db, http_analytics
-from engine.http import ENGINE
+from engine import migrations
+from engine.http import analytics as http_analytics
+from engine.http.common import ENGINE
+from infra import db
+from stores import analytics
 from tests.integration.helpers import drop_schema
 
 pytestmark = pytest.mark.integration
@@ -29,7 +32,7 @@ VALUES ($1, 'u1', $2, 'messages', $3, 'x', $4, $5, to_timestamp($6), to_timestam
 @pytest.fixture(scope="module")
 async def env(database_url):
     schema = "test_analytics_" + uuid.uuid4().hex[:12]
-    await db.migrate_url(database_url, schema)
+    await migrations.migrate_url(database_url, schema)
     pool = await db.create_pool(database_url, schema)
     app = web.Application()
     app[ENGINE] = types.SimpleNamespace(pool=pool)
@@ -90,7 +93,7 @@ async def test_counts_rates_latency_and_attempts_per_channel_and_provider(env):
 
 
 async def test_buckets_and_iso_times(env):
-    day = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp()
+    day = dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp()
     await row(env, "sms", "sent", "twilio", day + 600)
     await row(env, "sms", "sent", "twilio", day + 3600 + 5)
     await row(env, "sms", "sent", "twilio", day + 3600 + 9)
@@ -102,7 +105,7 @@ async def test_buckets_and_iso_times(env):
 
 
 async def test_buckets_are_cut_in_utc_whatever_the_server_time_zone(env):
-    day = dt.datetime(2026, 4, 1, tzinfo=dt.timezone.utc).timestamp()
+    day = dt.datetime(2026, 4, 1, tzinfo=dt.UTC).timestamp()
     await row(env, "voice", "sent", "twilio", day + 3 * 3600)  # 03:00 UTC: 23:00 the day before in New York
     async with env.pool.acquire() as conn:
         await conn.execute("SET TIME ZONE 'America/New_York'")

@@ -17,12 +17,13 @@ import msgspec
 import pytest
 from cryptography.fernet import Fernet
 
-from engine import credentials, db, http, streams
+from engine import credentials, migrations
 from engine.credentials import KEY_ENV, CredentialError, Keyring
 from engine.runtime import Engine
-from engine.sinks import WebhookSink
-from engine.tuning import with_provider_settings
+from infra import streams
+from infra.tuning import with_provider_settings
 from policy.types import UserProfile
+from sandbox import WebhookSink
 from tests.integration.helpers import drop_schema, engine_config, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -90,7 +91,7 @@ async def test_a_stored_credential_reaches_the_provider_and_never_the_table(cfg,
     monkeypatch.setenv(KEY_ENV, new)
     eng = await Engine(cfg).start()
     try:
-        await http.save_profiles(eng, [UserProfile(user_id="c1")], "test")
+        await eng.save_profiles([UserProfile(user_id="c1")], "test")
         nid = str(uuid.uuid4())
         body = {"id": nid, "user_id": "c1", "category": "job_alerts", "channels": ["webhook"],
                 "content": {"subject": "s", "text": "t"}}
@@ -122,7 +123,7 @@ async def test_a_missing_credential_fails_the_start_naming_provider_and_credenti
 
 async def test_rotate_changes_nothing_when_a_row_does_not_decrypt(cfg, database_url):
     old, new, lost = (Fernet.generate_key() for _ in range(3))
-    await db.migrate_url(database_url, cfg.database.schema)
+    await migrations.migrate_url(database_url, cfg.database.schema)
     conn = await asyncpg.connect(database_url, server_settings={"search_path": cfg.database.schema})
     try:
         await credentials.put(conn, Keyring([old]), "a", "value-a")

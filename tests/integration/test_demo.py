@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from engine import cli_analytics, http
-from engine.demo import Sinks, run
+from bench.demo import Sinks, run
+from engine import http
+from engine.cli import analytics as cli_analytics
 from engine.runtime import Engine
 from tests.integration.helpers import drop_schema, engine_config
 

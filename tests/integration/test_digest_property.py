@@ -5,7 +5,7 @@ and around period boundaries), redeliveries of the same notification, shard
 restarts (memory lost), Scheduler rounds that succeed, fail at the provider, or
 crash after the provider accepted but before the commit, arrivals racing a seal,
 and arrivals decided before a boundary but written after their bucket went out. The code under test is the real one: UserShard.handle / release and the
-SQL in actors/schedule_store.py; only the provider and the Recorder are fakes.
+SQL in stores/schedules.py; only the provider and the Recorder are fakes.
 
 After every run, with the clock moved on and all due work drained:
 - every item is in exactly one digest (no loss, no item in two digests);
@@ -28,12 +28,13 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from actors import schedule_store, user_release
 from actors.user_shard import UserShard
-from engine import config, db
+from engine import migrations, settings as engine_settings
+from infra import config
 from policy import wire
 from policy.types import Content, DeliveryTask, NotificationRequest, Outcome
 from policy.windows import period_bounds
+from stores import schedules as schedule_store
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ class World:
         self.crash_after_send = False
         self.channel = type("Channel", (), {"deliver": Remote(self._deliver)})()
         self.recorder = type("Recorder", (), {"record": Remote(self._record)})()
-        self.cfg = config.encode(config.load("development", env={}, overrides={
+        self.cfg = config.encode(engine_settings.load("development", env={}, overrides={
             "database": {"url": url, "schema": schema}, "engine": {"user_shards": 1}}))
         self.shard = self.new_shard()
 
@@ -122,14 +123,14 @@ class World:
             raise RuntimeError("crashed before the commit")
 
         if mode == "crash_after_send":
-            user_release.schedule_store.finish = crash
+            schedule_store.finish = crash
         try:
             await self.shard.release(wire.encode(dues))
         except Exception:
             if mode == "ok":
                 raise
         finally:
-            user_release.schedule_store.finish = real_finish
+            schedule_store.finish = real_finish
             self.fail_send = self.crash_after_send = False
         if mode != "ok":
             self.clock += 1  # the lease (0 s here) has run out by the next round
@@ -146,7 +147,7 @@ OPS = st.one_of(
 
 
 async def setup_schema(url: str, schema: str) -> None:
-    await db.migrate_url(url, schema)
+    await migrations.migrate_url(url, schema)
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
         for u in USERS:
@@ -217,7 +218,7 @@ def test_every_item_in_exactly_one_digest(database_url, schema, ops):
     w = asyncio.run(scenario(database_url, schema, ops))
     by_digest: dict[str, set[tuple[str, ...]]] = {}
     sends: dict[str, int] = {}
-    for did, user, items in w.sent:
+    for did, _user, items in w.sent:
         by_digest.setdefault(did, set()).add(items)
         sends[did] = sends.get(did, 0) + 1
     # a digest id always carries the same items
@@ -230,7 +231,7 @@ def test_every_item_in_exactly_one_digest(database_url, schema, ops):
         for item in items:
             assert holder.setdefault(item, did) == did, f"{item} in two digests"
     assert set(holder) == set(w.decided), "items lost"
-    for did, user, items in w.sent:
+    for _did, user, items in w.sent:
         assert {w.decided[i][0] for i in items} == {user}
     asyncio.run(check_buckets(database_url, schema, w))
 

@@ -17,8 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import db, http, http_events, http_inbox
-from engine.http import ENGINE
+from engine import migrations
+from engine.http import events as http_events, inbox as http_inbox, notifications as http_notifications
+from engine.http.common import ENGINE
+from infra import db
 from policy.types import Content, DeliveryTask
 from providers.inapp import InAppProvider
 from tests.integration.helpers import drop_schema
@@ -33,7 +35,7 @@ TRACK = ("INSERT INTO delivery_tracking (notification_id, user_id, channel, cate
 async def env(database_url, nats_url):
     schema = "test_engage_" + uuid.uuid4().hex[:12]
     prefix = "tengage" + uuid.uuid4().hex[:10]
-    await db.migrate_url(database_url, schema)
+    await migrations.migrate_url(database_url, schema)
     nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
     pool = await db.create_pool(database_url, schema)
     inapp = InAppProvider("inapp", {"database_url": database_url, "schema": schema, "nats_url": nats_url,
@@ -43,7 +45,7 @@ async def env(database_url, nats_url):
         nats=types.SimpleNamespace(prefix=prefix), http=types.SimpleNamespace(max_body_bytes=1 << 20)))
     app = web.Application()
     app[ENGINE] = engine
-    app.router.add_get("/v1/notifications/{id}", http.status)
+    app.router.add_get("/v1/notifications/{id}", http_notifications.status)
     http_events.add_routes(app)
     http_inbox.add_routes(app)
     client = TestClient(TestServer(app))

@@ -9,9 +9,9 @@ import uuid
 import msgspec
 import pytest
 
-from engine import streams
-from engine.sinks import SmtpSink, WebhookSink
+from infra import streams
 from policy.types import UserProfile, derive_id
+from sandbox import SmtpSink, WebhookSink
 from tests.integration.helpers import drop_schema, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine.config import ProviderConfig
 from engine.embedded import free_port
-from engine.sinks import SendGridSink
+from infra.config import ProviderConfig
 from policy.types import UserProfile
+from sandbox import SendGridSink
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid.utils import b64urlencode
 
-from engine import http
-from engine.config import ChannelConfig, ProviderConfig
-from engine.sinks import SmtpSink, WebhookSink
-from engine.sinks.webpush import WebPushSink
+from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
+from sandbox import SmtpSink, WebhookSink
+from sandbox.webpush import WebPushSink
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -152,7 +151,7 @@ async def test_fallback_over_time_unless_opened(engine, sinks):
     client) by the time the check is due, email. Delivered is not enough."""
     smtp, _, _ = sinks
     before = smtp.count
-    await http.save_profiles(engine, [UserProfile(user_id="o1", addresses={"email": "o1@example.test"})], "test")
+    await engine.save_profiles([UserProfile(user_id="o1", addresses={"email": "o1@example.test"})], "test")
     base = {"user_id": "o1", "category": "job_alerts", "channels": ["in_app"], "fallback": ["email"],
             "fallback_unless": "opened", "content": {"subject": "s", "text": "t"}}
     async with aiohttp.ClientSession() as s:

@@ -20,8 +20,10 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import db, http_inbox
-from engine.http import ENGINE
+from engine import migrations
+from engine.http import inbox as http_inbox
+from engine.http.common import ENGINE
+from infra import db
 from policy.types import Content, DeliveryTask
 from providers.errors import ConfigurationError, InvalidMessage, NetworkError
 from providers.inapp import InAppProvider
@@ -35,7 +37,7 @@ async def env(database_url, nats_url):
     DATABASE_URL, NATS_URL = database_url, nats_url  # the session's servers (embedded unless TIDINGS_TEST_*)
     schema = "test_inapp_" + uuid.uuid4().hex[:12]
     prefix = "tinbox" + uuid.uuid4().hex[:10]
-    await db.migrate_url(DATABASE_URL, schema)
+    await migrations.migrate_url(DATABASE_URL, schema)
     nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=1)
     pool = await db.create_pool(DATABASE_URL, schema)
     settings = {"database_url": DATABASE_URL, "schema": schema, "nats_url": NATS_URL, "prefix": prefix}

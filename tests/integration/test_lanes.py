@@ -11,8 +11,8 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine import streams
-from engine.sinks import WebhookSink
+from infra import streams
+from sandbox import WebhookSink
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration

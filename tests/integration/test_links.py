@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from engine.embedded import free_port
-from engine.http_links import GIF
-from engine.tuning import with_provider_settings
+from engine.http.links import GIF
+from infra.tuning import with_provider_settings
 from policy import links
 from policy.types import UserProfile
 from tests.integration.helpers import engine_config, serving, wait_rows

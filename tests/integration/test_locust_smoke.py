@@ -13,7 +13,7 @@ import pytest
 from bench import locust_run
 from engine import http
 from engine.runtime import Engine
-from engine.sinks import WebhookSink
+from sandbox import WebhookSink
 from tests.integration.helpers import drop_schema, engine_config
 
 pytestmark = pytest.mark.integration

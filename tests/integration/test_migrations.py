@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from engine import db
+from engine import migrations
 from tests.integration.helpers import drop_schema
 
 pytestmark = pytest.mark.integration
@@ -23,8 +23,8 @@ async def test_every_migration_reverses_and_applies_again(database_url):
     schema = f"mig_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(database_url)
     try:
-        applied = await db.migrate(conn, schema)
-        assert applied == [f"{v:03d}_{n}" for v, n, _ in db.migration_files()]
+        applied = await migrations.migrate(conn, schema)
+        assert applied == [f"{v:03d}_{n}" for v, n, _ in migrations.files()]
         full = await tables(conn, schema)
         assert {"users", "user_preferences", "scheduled_notifications", "digest_buckets"} <= full
         await conn.execute(f'SET search_path TO "{schema}"')
@@ -32,12 +32,12 @@ async def test_every_migration_reverses_and_applies_again(database_url):
         await conn.execute("INSERT INTO user_preferences (user_id, preference_type, channel, category, value, "
                            "context_key) VALUES ('m1', 'contextual', 'push', '*', '{\"enabled\": false}', 'device=a'),"
                            " ('m1', 'contextual', 'push', '*', '{\"enabled\": false}', 'device=b')")
-        reversed_ = await db.rollback(conn, 2, schema)
-        assert reversed_ == [f"{v:03d}_{n}" for v, n, _ in reversed(db.migration_files()) if v > 2]
+        reversed_ = await migrations.rollback(conn, 2, schema)
+        assert reversed_ == [f"{v:03d}_{n}" for v, n, _ in reversed(migrations.files()) if v > 2]
         assert await conn.fetchval("SELECT count(*) FROM user_preferences") == 1  # the old key holds one
-        assert await db.rollback(conn, 0, schema) == ["002_broadcasts", "001_core"]
+        assert await migrations.rollback(conn, 0, schema) == ["002_broadcasts", "001_core"]
         assert await tables(conn, schema) == {"schema_migrations"}
-        assert await db.migrate(conn, schema) == applied
+        assert await migrations.migrate(conn, schema) == applied
         assert await tables(conn, schema) == full
     finally:
         await conn.close()

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from engine import prefs_bus, streams
+from engine import prefs_bus
+from infra import streams
 from policy.types import UserProfile
 from tests.integration.helpers import engine_config, serving, wait_rows
 
@@ -315,15 +316,14 @@ async def run_job(engine, client, body: bytes, fmt: str) -> dict:
 async def test_stored_state_matches_the_tables_and_preload_reads_it(engine, client):
     """users.state is kept by every writer (NULL after an import until read), and a
     warm start (preload) holds the same users as lazy loading does."""
-    from actors.user_cache import from_stored
-    from actors import user_store
+    from stores.state import assemble_states, from_stored
     async with client.put(f"{engine.base_url}/v1/users/p40/preferences",
                           json={"preferences": [{"channel": "email", "frequency": "weekly"}],
                                 "consent": {"sms": "granted"}}) as r:
         assert r.status == 200
     async with engine.pool.acquire() as conn:
         blob = await conn.fetchval("SELECT state FROM users WHERE user_id = 'p40'")
-        assembled = (await user_store.assemble_states(conn, ["p40"]))["p40"]
+        assembled = (await assemble_states(conn, ["p40"]))["p40"]
         assert from_stored("p40", blob) == assembled
         imported_null = await conn.fetchval("SELECT count(*) FROM users WHERE user_id LIKE 'bulk%' "
                                             "AND state IS NULL")
@@ -354,7 +354,7 @@ async def test_a_redelivered_nats_change_is_applied_once_and_unstorable_values_a
 async def test_cli_import_and_export(engine, client, tmp_path):
     import argparse
 
-    from engine import cli_prefs
+    from engine.cli import prefs as cli_prefs
     source = tmp_path / "prefs.csv"
     source.write_text("user_id,channel,category,enabled\ncli1,email,marketing,false\ncli2,*,job_alerts,false\n")
     args = argparse.Namespace(action="import", file=str(source), format=None, url=engine.base_url)

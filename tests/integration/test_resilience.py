@@ -14,9 +14,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine import streams
 from engine.runtime import Engine
-from engine.sinks import WebhookSink
+from infra import streams
+from sandbox import WebhookSink
 from tests.integration.helpers import drop_schema, engine_config, wait_rows
 
 pytestmark = pytest.mark.integration

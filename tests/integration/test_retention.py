@@ -20,10 +20,11 @@ import msgspec
 import pytest
 import ray
 
-from actors import user_store
 from actors.scheduler import Scheduler
-from engine import config, db, retention
-from engine.config import RetentionConfig
+from engine import migrations, settings
+from infra import config
+from infra.config import RetentionConfig
+from stores import retention, tracking as tracking_store
 from tests.integration.helpers import drop_schema
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ CFG = RetentionConfig(tracking_days=30, scheduled_done_days=7, change_feed_days=
 @pytest.fixture
 async def schema(database_url):
     name = "t_ret_" + uuid.uuid4().hex[:10]
-    await db.migrate_url(database_url, name)
+    await migrations.migrate_url(database_url, name)
     yield name
     await drop_schema(database_url, name)
 
@@ -187,7 +188,7 @@ async def test_exactly_the_rows_past_their_keep_time_go(conn):
     assert {k: await ids(conn, *TABLES[k]) for k in TABLES} == before  # a dry run deletes nothing
 
     assert await retention.run(conn, CFG) == want
-    for kind, (gone, kept) in expect.items():
+    for kind, (_gone, kept) in expect.items():
         assert await ids(conn, *TABLES[kind]) == kept, kind
     assert await conn.fetchval("SELECT count(*) FROM preference_audit_log") == 1
     assert await retention.run(conn, CFG) == dict.fromkeys(want, 0)
@@ -195,7 +196,7 @@ async def test_exactly_the_rows_past_their_keep_time_go(conn):
     # The idempotency window: a notification whose rows went is no longer "recorded".
     old, = expect["engagement"][0]
     kept = expect["tracking"][1]
-    assert await user_store.recorded(conn, [old, *kept]) == {(n, "email") for n in kept}
+    assert await tracking_store.recorded(conn, [old, *kept]) == {(n, "email") for n in kept}
 
 
 async def test_unread_inbox_messages_go_only_when_configured(conn):
@@ -298,7 +299,7 @@ async def test_the_cli_counts_then_deletes(conn, database_url, schema):
 
 
 async def test_the_scheduler_runs_it_every_interval(conn, database_url, schema, ray_address):
-    cfg = config.load(profile="development", env={}, overrides={
+    cfg = settings.load(profile="development", env={}, overrides={
         "database": {"url": database_url, "schema": schema}, "retention": {"interval_s": 0.2}})
     old, new = await tracking(conn, 40), await tracking(conn, 1)
     scheduler = ray.remote(Scheduler).remote(config.encode(cfg), database_url, [])

@@ -10,10 +10,10 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine.config import ChannelConfig, ProviderConfig
-from engine.sinks.fcm import FcmSink, make_service_account
-from engine.sinks.twilio import TwilioSink
+from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
+from sandbox.fcm import FcmSink, make_service_account
+from sandbox.twilio import TwilioSink
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration

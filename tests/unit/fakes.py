@@ -4,6 +4,7 @@ sleep, scripted providers, and builders for tasks and slots."""
 from __future__ import annotations
 
 import asyncio
+
 from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket
 from policy.types import Content, DeliveryTask
 from providers.base import Receipt

@@ -1,4 +1,4 @@
-"""What the provider unit tests share: a loopback sink (engine.sinks) served for
+"""What the provider unit tests share: a loopback sink (sandbox) served for
 the length of a fixture, a provider started and closed around it, the
 provider settings that point it at the sink, an email task factory, and
 ``refused`` for the exact error a send raises."""

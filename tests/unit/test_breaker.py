@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fakes import FakeClock
+
 from actors.delivery import CircuitBreaker
 
 

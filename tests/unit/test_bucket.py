@@ -6,10 +6,9 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fakes import FakeClock
+from hypothesis import given, settings, strategies as st
+
 from actors.delivery import DailyLimit, TokenBucket
 
 

@@ -4,10 +4,10 @@ the loopback SendGrid server: batches, and one bad recipient inside a batch."""
 import msgspec
 
 from actors.channel_shard import ChannelShard
-from engine.config import ChannelConfig, ProviderConfig
-from engine.sinks import SendGridSink
+from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.types import Content, DeliveryTask, Outcome
+from sandbox import SendGridSink
 
 KEY = "SG.unit"
 

@@ -1,25 +1,26 @@
 import pytest
 
-from engine import config
-from engine.config import ConfigError
+from engine import settings
+from infra import config
+from infra.config import ConfigError
 
 
 def test_profiles_load_and_name_their_channels():
-    dev = config.load(profile="development", env={})
+    dev = settings.load(profile="development", env={})
     assert dev.enabled_channels() == {"email", "webhook", "in_app"}
-    prod = config.load(profile="production", env={})
+    prod = settings.load(profile="production", env={})
     assert prod.ray.address == "auto" and prod.engine.user_shards == 8
 
 
 def test_env_overrides_profile_and_converts_types():
-    cfg = config.load(profile="development", env={"TIDINGS_ENGINE_USER_SHARDS": "5",
+    cfg = settings.load(profile="development", env={"TIDINGS_ENGINE_USER_SHARDS": "5",
                                                   "TIDINGS_NATS_URL": "nats://x:4222",
                                                   "TIDINGS_RAY_DASHBOARD": "false"})
     assert cfg.engine.user_shards == 5 and cfg.nats.url == "nats://x:4222" and cfg.ray.dashboard is False
 
 
 def test_ray_address_is_honoured():
-    assert config.load(env={"RAY_ADDRESS": "ray://head:10001"}).ray.address == "ray://head:10001"
+    assert settings.load(env={"RAY_ADDRESS": "ray://head:10001"}).ray.address == "ray://head:10001"
 
 
 @pytest.mark.parametrize("env, named", [
@@ -31,29 +32,29 @@ def test_ray_address_is_honoured():
 ])
 def test_bad_settings_are_errors_that_name_the_key(env, named):
     with pytest.raises(ConfigError, match=named.replace("$", r"\$")):
-        config.load(env=env)
+        settings.load(env=env)
 
 
 def test_unknown_key_in_a_file_is_named(tmp_path):
     f = tmp_path / "x.toml"
     f.write_text("[engine]\nuser_shard = 3\n")
     with pytest.raises(ConfigError, match=r"unknown field `user_shard`.*\$\.engine"):
-        config.load(path=f, env={})
+        settings.load(path=f, env={})
 
 
 def test_unknown_provider_field_is_named(tmp_path):
     f = tmp_path / "x.toml"
     f.write_text('[[channels.sms.providers]]\nname = "t"\ntype = "twilio"\nrate = 3\n')
     with pytest.raises(ConfigError, match=r"unknown field `rate`.*providers\[0\]"):
-        config.load(path=f, env={})
+        settings.load(path=f, env={})
 
 
 def test_test_and_meta_variables_are_not_settings():
-    config.load(env={"TIDINGS_TEST_NATS_URL": "x", "TIDINGS_ENV": "development", "TIDINGS_CONFIG_DIR": "."})
+    settings.load(env={"TIDINGS_TEST_NATS_URL": "x", "TIDINGS_ENV": "development", "TIDINGS_CONFIG_DIR": "."})
 
 
 def test_round_trips_to_actors():
-    cfg = config.load(env={})
+    cfg = settings.load(env={})
     assert config.decode(config.encode(cfg)) == cfg
 
 

@@ -10,10 +10,11 @@ import io
 import pytest
 from cryptography.fernet import Fernet
 
-from engine import config, credentials
-from engine.cli_credentials import read_value
-from engine.config import ChannelConfig, ProviderConfig
+from engine import credentials, settings
+from engine.cli.credentials import read_value
 from engine.credentials import KEY_ENV, CredentialError, Keyring
+from infra import config
+from infra.config import ChannelConfig, ProviderConfig
 from providers import registry
 from providers.errors import ConfigurationError
 
@@ -85,7 +86,7 @@ def test_keys_from_the_environment(key):
 
 
 def test_the_key_variable_is_not_a_setting(key):
-    cfg = config.load(profile="default", env={KEY_ENV: key.decode()})
+    cfg = settings.load(profile="default", env={KEY_ENV: key.decode()})
     assert cfg.engine.user_shards >= 1
 
 

@@ -11,6 +11,7 @@ def offs(*keys):
     return ordered(Preference(channel=k.split(":")[0], category=k.split(":")[1], enabled=False) for k in keys)
 
 AVAILABLE = frozenset({"email", "webhook", "sms"})
+NOW = 1_795_000_000.0  # any time: nothing here depends on the clock
 
 
 def req(channels, category="job_alerts"):
@@ -19,35 +20,35 @@ def req(channels, category="job_alerts"):
 
 def test_sends_when_nothing_stands_in_the_way():
     state = UserState(user_id="u1", addresses={"email": "a@b.c"})
-    assert [(d.channel, d.action, d.reason) for d in decide(req(["email", "webhook"]), state, AVAILABLE)] == [
+    assert [(d.channel, d.action, d.reason) for d in decide(req(["email", "webhook"]), state, AVAILABLE, now=NOW)] == [
         ("email", "send", "ok"), ("webhook", "send", "ok")]
 
 
 def test_reasons_in_order_of_precedence():
     state = UserState(user_id="u1", addresses={"email": "a@b.c"}, prefs=offs("email:marketing"),
                       suppressed={"email": "bounce"})
-    assert decide(req(["email"], "marketing"), state, AVAILABLE)[0].reason == "pref.category_off"
-    assert decide(req(["email"], "job_alerts"), state, AVAILABLE)[0].reason == "suppression.bounce"
-    assert decide(req(["sms"]), state, AVAILABLE)[0].reason == "address.missing_sms"
-    assert decide(req(["push"]), state, AVAILABLE)[0].reason == "channel.unavailable"
+    assert decide(req(["email"], "marketing"), state, AVAILABLE, now=NOW)[0].reason == "pref.category_off"
+    assert decide(req(["email"], "job_alerts"), state, AVAILABLE, now=NOW)[0].reason == "suppression.bounce"
+    assert decide(req(["sms"]), state, AVAILABLE, now=NOW)[0].reason == "address.missing_sms"
+    assert decide(req(["push"]), state, AVAILABLE, now=NOW)[0].reason == "channel.unavailable"
 
 
 def test_wildcards():
     everything_off = UserState(user_id="u1", addresses={"email": "a@b.c"}, prefs=offs("*:marketing"))
-    assert decide(req(["email", "webhook"], "marketing"), everything_off, AVAILABLE)[1].reason == "pref.category_off"
+    assert decide(req(["email", "webhook"], "marketing"), everything_off, AVAILABLE, now=NOW)[1].reason == "pref.category_off"
     no_email = UserState(user_id="u1", addresses={"email": "a@b.c"}, prefs=offs("email:*"))
-    assert decide(req(["email"]), no_email, AVAILABLE)[0].reason == "pref.channel_off"
+    assert decide(req(["email"]), no_email, AVAILABLE, now=NOW)[0].reason == "pref.channel_off"
 
 
 def test_unknown_user():
-    out = decide(req(["email", "webhook"]), None, AVAILABLE)
+    out = decide(req(["email", "webhook"]), None, AVAILABLE, now=NOW)
     assert [(d.action, d.reason) for d in out] == [("suppress", "user.unknown"), ("send", "ok")]
 
 
 @given(st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=7))
 def test_one_decision_per_distinct_channel_in_request_order(channels):
     state = UserState(user_id="u1", addresses={c: "x" for c in CHANNELS})
-    out = decide(req(channels), state, AVAILABLE)
+    out = decide(req(channels), state, AVAILABLE, now=NOW)
     assert [d.channel for d in out] == list(dict.fromkeys(channels))
 
 

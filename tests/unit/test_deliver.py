@@ -8,8 +8,8 @@ import logging
 import random
 
 import pytest
-
 from fakes import FakeClock, FakeProvider, make_slot, make_task
+
 from actors.delivery import Backoff, ProviderSlot, deliver
 from policy.types import Outcome
 from providers.errors import (

@@ -8,9 +8,10 @@ import msgspec
 import orjson
 import pytest
 
-from actors.user_release import answered
-from engine.engagement import MAX_CLOCK_AHEAD_S, Report, as_entries, clock_error
-from engine.http import Problem, check, decode_submission
+from engine.http.common import Problem
+from engine.http.notifications import check, decode_submission
+from policy.release import answered
+from stores.engagement import MAX_CLOCK_AHEAD_S, Report, as_entries, clock_error
 
 AVAILABLE = frozenset({"email", "in_app"})
 _report = msgspec.json.Decoder(Report)

@@ -1,4 +1,4 @@
-"""engine.http_tracking: signed webhooks from SendGrid, Mailgun and Twilio against
+"""engine.http.tracking: signed webhooks from SendGrid, Mailgun and Twilio against
 a real PostgreSQL schema (migrated, dropped at the end), with a minimal engine
 (config, pool, UserShards that record their reload calls)."""
 
@@ -20,10 +20,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from engine import db, http
-from engine.config import ChannelConfig, Config, ProviderConfig
-from engine.http import ENGINE
-from engine.http_tracking import MAILGUN_TOKENS, add_routes, next_status
+from engine import migrations
+from engine.http import notifications as http_notifications
+from engine.http.common import ENGINE
+from engine.http.tracking import MAILGUN_TOKENS, add_routes, next_status
+from infra import db
+from infra.config import ChannelConfig, Config, ProviderConfig
 from policy.sharding import shard_of
 
 SG_PRIVATE = ec.generate_private_key(ec.SECP256R1())
@@ -65,7 +67,7 @@ class FakeShard:
 @pytest.fixture(scope="module")
 async def pool(database_url):
     schema = f"t_tracking_{uuid.uuid4().hex[:10]}"
-    await db.migrate_url(database_url, schema)
+    await migrations.migrate_url(database_url, schema)
     p = await db.create_pool(database_url, schema)
     yield p
     await p.close()
@@ -85,7 +87,7 @@ class Harness:
         app = web.Application()
         app[ENGINE] = self.engine
         add_routes(app)
-        app.router.add_get("/v1/notifications/{id}", http.status)
+        app.router.add_get("/v1/notifications/{id}", http_notifications.status)
         self.app = app
         self.client = TestClient(TestServer(app))
 

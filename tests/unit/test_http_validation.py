@@ -1,7 +1,9 @@
 import pytest
 
-from engine.errors import field_error
-from engine.http import Problem, check, decode_submission
+from engine.http.common import Problem
+from engine.http.errors import field_error
+from engine.http.notifications import check, decode_submission
+from engine.http.users import profile_from
 
 AVAILABLE = frozenset({"email", "webhook"})
 
@@ -43,3 +45,31 @@ def test_batch_limit():
 ])
 def test_field_error_paths(message, field):
     assert field_error(message)["field"] == field
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b'{"text": "x"}', "email needs a subject"),
+    (b'{"subject": "s"}', "email needs text or html content"),
+    (b'{"subject": "a\\r\\nBcc: x@y.z", "text": "x"}', "email subject contains a line break"),
+])
+def test_email_content_is_checked_by_the_providers_rule(content, reason):
+    reqs, many = decode_submission(b'{"user_id": "u", "category": "c", "channels": ["email"], "content": ' + content + b'}')
+    status, body = problem(check, reqs, AVAILABLE, many, 10)
+    assert status == 422 and body["errors"] == [{"field": "$.content", "reason": reason}]
+
+
+def test_good_email_content_passes():
+    reqs, many = decode_submission(
+        b'{"user_id": "u", "category": "c", "channels": ["email"], "content": {"subject": "s", "html": "<p>x</p>"}}')
+    check(reqs, AVAILABLE, many, 10)
+
+
+@pytest.mark.parametrize("address", ["bob", "@x.test", "bob@", "Bob <bob@x.test>", "a@x.test, b@x.test", "a b@x.test"])
+def test_a_malformed_email_address_is_422_naming_it(address):
+    status, body = problem(profile_from, {"addresses": {"email": address}}, "u1", "$")
+    assert status == 422 and body["errors"] == [{"field": "$.addresses.email", "reason": "not an email address"}]
+
+
+def test_a_bare_email_address_is_taken():
+    profile = profile_from({"addresses": {"email": "bob@x.test"}}, "u1", "$")
+    assert profile.user_id == "u1" and profile.addresses == {"email": "bob@x.test"}

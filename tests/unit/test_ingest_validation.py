@@ -11,8 +11,8 @@ import msgspec
 from nats.aio.msg import Msg
 
 from actors.ingestor import Ingestor
-from engine import streams
-from engine.config import Config, encode
+from infra import streams
+from infra.config import Config, encode
 from policy import wire
 from policy.types import NotificationRequest, Outcome
 from policy.validate import message_errors

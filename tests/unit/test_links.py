@@ -178,7 +178,7 @@ def test_every_rewritten_link_verifies_back_to_its_url(parts):
     assert without_pixel(out).count("<a ") == text.count("<a ")
     got = parsed(out).hrefs
     assert len(got) == len(original)
-    for before, after in zip(original, got):
+    for before, after in zip(original, got, strict=True):
         if before is not None and links.trackable(before.strip()):
             link = links.verify(SECRET, after.removeprefix(f"{BASE}/v1/t/c/"), "c")
             assert link is not None and link.url == before.strip() and link.channel == "email"

@@ -1,5 +1,5 @@
 """``[engagement]``: the open pixel and click redirect's settings, and the
-UserShard's tracker built from them."""
+UserShard's link rules built from them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import uuid
 import msgspec
 import pytest
 
-from actors.user_links import tracker
-from engine import config
-from engine.config import ConfigError
+from actors.user_links import link_rules
+from engine import settings
+from infra import config
+from infra.config import ConfigError
 from policy import links
 from policy.types import Content, DeliveryTask
 
@@ -18,12 +19,12 @@ SECRET = "s" * 16
 
 
 def load(**env) -> config.Config:
-    return config.load(profile="default", env={f"TIDINGS_ENGAGEMENT_{k.upper()}": v for k, v in env.items()})
+    return settings.load(profile="default", env={f"TIDINGS_ENGAGEMENT_{k.upper()}": v for k, v in env.items()})
 
 
 def test_off_by_default():
     cfg = load()
-    assert cfg.engagement.base_url == "" and not cfg.engagement.enabled and tracker(cfg) is None
+    assert cfg.engagement.base_url == "" and not cfg.engagement.enabled and link_rules(cfg) is None
 
 
 def test_env_sets_every_field():
@@ -56,7 +57,7 @@ def test_the_tracker_leaves_the_filled_unsubscribe_url_alone():
         "unsubscribe_url": "https://x.test/unsub/{user_id}/{category}"})
     cfg = msgspec.structs.replace(cfg, channels={"email": msgspec.structs.replace(email, providers=[provider])})
     t = task('<a href="https://x.test/unsub/u%201/marketing">u</a><a href="https://x.test/go">go</a>')
-    out = tracker(cfg).apply(t)
+    out = links.track(link_rules(cfg), t)
     assert (out.content.text, out.content.subject, out.address) == ("t", "s", "a@x.test")
     html = out.content.html
     assert html.startswith('<a href="https://x.test/unsub/u%201/marketing">u</a><a href="https://t.test/v1/t/c/')

@@ -1,23 +1,15 @@
-"""MailgunProvider against a Mailgun messages-API look-alike on loopback (engine.sinks.mailgun.MailgunSink)."""
+"""MailgunProvider against a Mailgun messages-API look-alike on loopback (sandbox.mailgun.MailgunSink)."""
 
 import base64
 
 import aiohttp
 import pytest
 from aiohttp import web
-from provider_helpers import EMAIL_CONTENT as CONTENT
-from provider_helpers import email_task as task
-from provider_helpers import pointed_at, serving, started
+from provider_helpers import EMAIL_CONTENT as CONTENT, email_task as task, pointed_at, serving, started
 
 from engine.embedded import free_port
-from engine.sinks.mailgun import MailgunSink
 from policy.types import Content
-from providers.email.mailgun import (
-    DEFAULT_BASE_URL,
-    EU_BASE_URL,
-    MailgunProvider,
-    message_id,
-)
+from providers.email.mailgun import DEFAULT_BASE_URL, EU_BASE_URL, MailgunProvider, message_id
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -26,6 +18,7 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
+from sandbox.mailgun import MailgunSink
 
 API_KEY = "key-unit-test-mailgun-sup3rs3cret"
 DOMAIN = "mg.tidings.test"

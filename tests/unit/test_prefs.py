@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from policy.decide import decide
 from policy.prefs import FIELDS, LEVELS, Preference, PrefKey, matches, ordered, specificity
 from policy.rules import Policy, PolicyConfig, Rule
-from policy.types import Content, NotificationRequest, UserState
+from policy.types import Content, DigestKey, NotificationRequest, UserState
 from policy.validate import PreferencesDoc, PreferencesPatch, apply_patch, doc_errors, patch_errors, rule_errors
 from policy.windows import Window
 
@@ -31,8 +31,8 @@ def user(*rows, **kw):
     return UserState(user_id="u1", prefs=ordered(rows), timezone="Europe/Berlin", **kw)
 
 
-def reasons(request, state, policy=Policy(), now=0.0):
-    return [(d.action, d.reason) for d in decide(request, state, ALL, policy, now)]
+def reasons(request, state, policy=Policy(), now=1_795_000_000.0):  # 2026-11-18 11:06 UTC
+    return [(d.action, d.reason) for d in decide(request, state, ALL, policy, now=now)]
 
 
 # -- resolution order --------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_channel_rule_and_consent_never_bypassed():
 def test_quiet_hours_defer_to_the_window_end_unless_critical():
     state = user(Preference(quiet_hours=QUIET))
     night = at("2026-11-18T23:30")
-    (d,) = decide(req(), state, ALL, RULES, night)
+    (d,) = decide(req(), state, ALL, RULES, now=night)
     assert (d.action, d.reason, d.until) == ("defer", "quiet_hours", at("2026-11-19T07:00"))
     assert reasons(req(priority="critical"), state, RULES, night) == [("send", "ok")]
     assert reasons(req(), state, RULES, at("2026-11-19T07:00")) == [("send", "ok")]
@@ -144,18 +144,19 @@ def test_time_windows_defer_to_the_next_start():
     state = user(Preference(channel="sms", time_windows=[Window(start="09:00", end="17:00",
                                                                 days=("mon", "tue", "wed", "thu", "fri"))]),
                  consent=frozenset({"sms"}))
-    (d,) = decide(req(["sms"]), state, ALL, RULES, at("2026-11-21T10:00"))  # a Saturday
+    (d,) = decide(req(["sms"]), state, ALL, RULES, now=at("2026-11-21T10:00"))  # a Saturday
     assert (d.action, d.reason, d.until) == ("defer", "time_window", at("2026-11-23T09:00"))
 
 
 def test_digest_key_names_the_period_in_the_users_zone():
     state = user(Preference(category="job_alerts", frequency="daily"))
-    (d,) = decide(req(), state, ALL, RULES, at("2026-11-18T23:59"))
+    (d,) = decide(req(), state, ALL, RULES, now=at("2026-11-18T23:59"))
     assert d.action == "digest" and d.until == at("2026-11-19T00:00")
-    assert d.digest_key == f"u1|email|job_alerts|daily|{int(at('2026-11-19T00:00'))}"
+    assert d.key == DigestKey("u1", "email", "job_alerts", "daily", int(at("2026-11-19T00:00")))
+    assert d.key.text() == f"u1|email|job_alerts|daily|{int(at('2026-11-19T00:00'))}"  # as stored
     security = user(Preference(frequency="daily"))
     assert reasons(req(category="security"), security, RULES, at("2026-11-18T12:00")) == [("send", "ok")]
-    assert decide(req(), state, ALL, RULES, at("2026-11-18T12:00"), digest=False)[0].action == "send"
+    assert decide(req(), state, ALL, RULES, now=at("2026-11-18T12:00"), digest=False)[0].action == "send"
 
 
 def test_frequency_never_suppresses():

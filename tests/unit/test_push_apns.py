@@ -1,5 +1,5 @@
 """ApnsProvider (aioapns) against an APNs look-alike on loopback: HTTP/2 over TLS
-with a self-signed certificate (engine.sinks.apns.ApnsSink)."""
+with a self-signed certificate (sandbox.apns.ApnsSink)."""
 
 import asyncio
 import logging
@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from provider_helpers import serving, started
 
 from engine.embedded import free_port
-from engine.sinks.apns import ApnsSink, make_signing_key
 from policy.types import Content, DeliveryTask
 from providers.errors import (
     AddressGone,
@@ -24,6 +23,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.push.apns import TOKEN_TTL_S, ApnsProvider
+from sandbox.apns import ApnsSink, make_signing_key
 
 KEY_ID, TEAM_ID, TOPIC = "ABC123DEFG", "TEAM123456", "com.example.tidings"
 CONTENT = Content(subject="Your order shipped", text="It arrives Tuesday", html="<p>ignored</p>",

@@ -1,5 +1,5 @@
 """FcmProvider against an FCM HTTP v1 + OAuth token endpoint look-alike on loopback
-(engine.sinks.fcm.FcmSink)."""
+(sandbox.fcm.FcmSink)."""
 
 import asyncio
 import json
@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestServer
 from provider_helpers import serving, started
 
 from engine.embedded import free_port
-from engine.sinks.fcm import FcmSink, make_service_account
 from policy.types import Content, DeliveryTask
 from providers.errors import (
     AddressGone,
@@ -26,6 +25,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.push.fcm import GRANT_TYPE, SCOPE, FcmProvider, parse_error
+from sandbox.fcm import FcmSink, make_service_account
 
 PROJECT = "tidings-test"
 CONTENT = Content(subject="Your order shipped", text="It arrives Tuesday", html="<p>ignored</p>",

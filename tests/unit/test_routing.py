@@ -10,14 +10,7 @@ from collections import Counter
 import msgspec
 import pytest
 from fakes import FakeClock, FakeProvider, make_slot, make_task
-from routing_fakes import (
-    BatchProvider,
-    ConfigProvider,
-    RecordingRouter,
-    TimedProvider,
-    channel,
-    routed,
-)
+from routing_fakes import BatchProvider, ConfigProvider, RecordingRouter, TimedProvider, channel, routed
 
 from actors.channel_shard import ChannelShard, build_router
 from actors.delivery import deliver_batch
@@ -31,7 +24,7 @@ from actors.delivery.routing import (
     make_router,
 )
 from actors.delivery.routing.health import BUCKETS, Window
-from engine.config import ChannelConfig, ConfigError, ProviderConfig, convert
+from infra.config import ChannelConfig, ConfigError, ProviderConfig, convert
 from policy import wire
 from policy.types import DeliveryTask, Outcome
 from providers import registry
@@ -45,7 +38,7 @@ def names(slots) -> list[str]:
 
 
 def three(clock: FakeClock, priorities=(0, 1, 2)):
-    return [make_slot(FakeProvider(n), clock, priority=p) for n, p in zip("abc", priorities)]
+    return [make_slot(FakeProvider(n), clock, priority=p) for n, p in zip("abc", priorities, strict=True)]
 
 
 # -- priority ---------------------------------------------------------------------
@@ -219,7 +212,7 @@ def test_health_similar_latencies_keep_priority():
     clock = FakeClock()
     slots = three(clock)
     router = HealthRouter(slots, rng=random.Random(0), clock=clock)
-    for slot, seconds in zip(slots, (0.19, 0.1, 0.12)):
+    for slot, seconds in zip(slots, (0.19, 0.1, 0.12), strict=True):
         feed(router, slot, 10, seconds=seconds)
     assert names(router.order(slots, TASK)) == ["a", "b", "c"]
 

@@ -1,13 +1,10 @@
-"""SendGridProvider against a real SendGrid look-alike on loopback (engine.sinks.SendGridSink)."""
+"""SendGridProvider against a real SendGrid look-alike on loopback (sandbox.SendGridSink)."""
 
 import aiohttp
 import msgspec
 import pytest
-from provider_helpers import EMAIL_CONTENT as CONTENT
-from provider_helpers import email_task as task
-from provider_helpers import pointed_at, serving, started
+from provider_helpers import EMAIL_CONTENT as CONTENT, email_task as task, pointed_at, serving, started
 
-from engine.sinks import SendGridSink, SinkProcess, free_port
 from policy.types import Content
 from providers.email.sendgrid import SendGridProvider, rate_limit_reset
 from providers.errors import (
@@ -19,6 +16,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.registry import create
+from sandbox import SendGridSink, SinkProcess, free_port
 
 API_KEY = "SG.unit-test-key.sup3rs3cret"
 

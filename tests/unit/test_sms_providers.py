@@ -1,6 +1,6 @@
 """The SMS providers against loopback servers that speak their APIs:
-TwilioSmsProvider / engine.sinks.twilio, MessageBirdProvider /
-engine.sinks.messagebird, VonageSmsProvider / engine.sinks.vonage."""
+TwilioSmsProvider / sandbox.twilio, MessageBirdProvider /
+sandbox.messagebird, VonageSmsProvider / sandbox.vonage."""
 
 import base64
 
@@ -12,9 +12,6 @@ from aiohttp.test_utils import TestServer
 from provider_helpers import pointed_at, refused, serving, started
 
 from engine.embedded import free_port
-from engine.sinks.messagebird import MessageBirdSink
-from engine.sinks.twilio import TwilioSink
-from engine.sinks.vonage import VonageSink
 from policy.types import Content, DeliveryTask
 from providers.errors import (
     AddressGone,
@@ -30,6 +27,9 @@ from providers.sms.messagebird import MessageBirdProvider, messagebird_error
 from providers.sms.twilio import TwilioSmsProvider
 from providers.sms.vonage import STATUS_ERRORS, VonageSmsProvider, vonage_error
 from providers.twilio_api import twilio_error
+from sandbox.messagebird import MessageBirdSink
+from sandbox.twilio import TwilioSink
+from sandbox.vonage import VonageSink
 
 ACCOUNT = "AC" + "a1" * 16
 TOKEN = "twilio-auth-t0ken-s3cret"

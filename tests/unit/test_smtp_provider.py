@@ -1,10 +1,9 @@
-"""SmtpProvider against a real aiosmtpd server on loopback (engine.sinks.SmtpSink)."""
+"""SmtpProvider against a real aiosmtpd server on loopback (sandbox.SmtpSink)."""
 
 import asyncio
 
 import pytest
 
-from engine.sinks import SmtpSink, free_port
 from policy.types import Content, DeliveryTask
 from providers.email.smtp import SmtpProvider
 from providers.errors import (
@@ -16,6 +15,7 @@ from providers.errors import (
     RateLimited,
 )
 from providers.registry import create
+from sandbox import SmtpSink, free_port
 
 
 def task(n: int = 1, *, category: str = "security", address: str = "user@example.com", **content) -> DeliveryTask:

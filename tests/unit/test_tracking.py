@@ -1,4 +1,4 @@
-"""engine.tracking: each provider's signature verification with real keys, and
+"""providers.tracking: each provider's signature verification with real keys, and
 the parsing of their events to TrackingEvent."""
 
 import base64
@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from engine.tracking import (
+from providers.tracking import (
     PayloadError,
     SignatureError,
     TokenMemory,
@@ -305,7 +305,7 @@ def test_twilio_published_test_vectors():
 
 
 def tw_sign(token: str, url: str, params: list[tuple[str, str]]) -> str:
-    """Twilio's algorithm written out independently of engine.tracking."""
+    """Twilio's algorithm written out independently of providers.tracking."""
     data = url + "".join(k + v for k, v in sorted(params))
     return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
 

@@ -1,16 +1,14 @@
 """TwilioVoiceProvider against the Twilio look-alike on loopback
-(engine.sinks.twilio), its TwiML and its locale -> language mapping."""
+(sandbox.twilio), its TwiML and its locale -> language mapping."""
 
 import xml.etree.ElementTree as ET
 
 import aiohttp
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from provider_helpers import pointed_at, refused, serving, started
 
 from engine.embedded import free_port
-from engine.sinks.twilio import TwilioSink
 from policy.types import Content, DeliveryTask
 from providers.errors import (
     AuthenticationError,
@@ -20,13 +18,8 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
-from providers.voice.twilio import (
-    ALICE_LANGUAGES,
-    MAX_TWIML_CHARS,
-    TwilioVoiceProvider,
-    twilio_language,
-    twiml,
-)
+from providers.voice.twilio import ALICE_LANGUAGES, MAX_TWIML_CHARS, TwilioVoiceProvider, twilio_language, twiml
+from sandbox.twilio import TwilioSink
 
 ACCOUNT = "AC" + "e5" * 16
 TOKEN = "voice-auth-t0ken-s3cret"

@@ -1,7 +1,7 @@
 """providers.webhook.signing: round trips, every rejection path, and properties."""
 
-import hmac
 import hashlib
+import hmac
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -1,4 +1,4 @@
-"""WebPushProvider against a loopback push service (engine.sinks.webpush.WebPushSink)
+"""WebPushProvider against a loopback push service (sandbox.webpush.WebPushSink)
 that verifies VAPID and decrypts the aes128gcm body with the subscription's key."""
 
 import base64
@@ -13,7 +13,6 @@ from provider_helpers import serving, started
 from py_vapid import jwt as vapid_jwt
 
 from engine.embedded import free_port
-from engine.sinks.webpush import WebPushSink, _Refused, verify_vapid
 from policy.types import Content, DeliveryTask
 from providers.errors import (
     AddressGone,
@@ -24,12 +23,8 @@ from providers.errors import (
     ProviderError,
     RateLimited,
 )
-from providers.webpush import (
-    MAX_BODY,
-    MAX_PLAINTEXT,
-    WebPushProvider,
-    parse_subscription,
-)
+from providers.webpush import MAX_BODY, MAX_PLAINTEXT, WebPushProvider, parse_subscription
+from sandbox.webpush import WebPushSink, _Refused, verify_vapid
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
 VAPID_PEM = _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import bisect
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from policy.windows import DAYS, Window, in_windows, next_allowed, period_bounds, quiet_until, wall_to_instant
-from policy.windows import window_errors
+from policy.windows import (
+    DAYS,
+    Window,
+    in_windows,
+    next_allowed,
+    period_bounds,
+    quiet_until,
+    wall_to_instant,
+    window_errors,
+)
 
 NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -22,13 +29,13 @@ KOLKATA = ZoneInfo("Asia/Kolkata")
 CHATHAM = ZoneInfo("Pacific/Chatham")
 ZONES = ["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "America/Sao_Paulo",
          "Pacific/Chatham", "Asia/Kolkata"]
-LO = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
-HI = int(datetime(2030, 12, 31, tzinfo=timezone.utc).timestamp())
+LO = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp())
+HI = int(datetime(2030, 12, 31, tzinfo=UTC).timestamp())
 PROPS = settings(max_examples=200, deadline=None)
 
 
 def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=timezone.utc).timestamp()
+    return datetime(*args, tzinfo=UTC).timestamp()
 
 
 def w(start: str, end: str, *days: str) -> Window:

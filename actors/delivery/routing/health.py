@@ -20,7 +20,7 @@ import random
 from collections.abc import Sequence
 
 from actors.delivery.bucket import Clock
-from actors.delivery.routing import Router, by_priority
+from actors.delivery.routing.base import Router, by_priority
 from actors.delivery.slot import ProviderSlot
 from policy.types import DeliveryTask
 from providers.errors import DeliveryError, InvalidMessage
@@ -99,7 +99,8 @@ class HealthRouter(Router):
 
     def scores(self, slots: Sequence[ProviderSlot]) -> dict[ProviderSlot, tuple[float, float] | None]:
         """Per slot (error rate, seconds per accepted message), None when it has too few calls."""
-        now, out = self.clock(), {}
+        now = self.clock()
+        out: dict[ProviderSlot, tuple[float, float] | None] = {}
         for s in slots:
             window = self.windows.get(s)
             calls, errors, seconds = window.totals(now) if window else (0, 0, 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.delivery.routing import Router, by_priority
+from actors.delivery.routing.base import Router, by_priority
 from actors.delivery.slot import ProviderSlot
 from policy.types import DeliveryTask
 

@@ -10,7 +10,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from actors.delivery.bucket import Clock
-from actors.delivery.routing import Router, by_priority
+from actors.delivery.routing.base import Router, by_priority
 from actors.delivery.slot import ProviderSlot
 from policy.types import DeliveryTask
 

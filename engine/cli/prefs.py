@@ -1,0 +1,81 @@
+"""``tidings prefs import FILE`` / ``tidings prefs export``: bulk preferences
+through a running engine's HTTP API, with a progress bar for imports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+
+
+def add_parser(sub) -> None:
+    prefs = sub.add_parser("prefs", help="bulk preferences: `prefs import FILE`, `prefs export`")
+    prefs.add_argument("action", choices=("import", "export"))
+    prefs.add_argument("file", nargs="?", help="import: the file (.csv or .ndjson); export: output (default stdout)")
+    prefs.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file name, else ndjson")
+    prefs.add_argument("--url", default="http://127.0.0.1:8080", help="engine HTTP address")
+    prefs.set_defaults(run=cmd_prefs)
+
+
+def file_format(args) -> str:
+    if args.format:
+        return args.format
+    return "csv" if (args.file or "").endswith(".csv") else "ndjson"
+
+
+async def cmd_prefs(cfg, args) -> int:
+    return await (do_import(args) if args.action == "import" else do_export(args))
+
+
+async def do_import(args) -> int:
+    if not args.file:
+        console.print("[red]give the file to import[/red]")
+        return 2
+    data = Path(args.file).read_bytes()
+    fmt = file_format(args)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        async with s.post(f"{args.url}/v1/preferences/import?format={fmt}", data=data) as r:
+            body = await r.json()
+        if r.status != 202:
+            console.print(json.dumps(body, indent=2))
+            return 1
+        job = body
+        columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("import", total=job["total"] or 1)
+            while job["status"] == "running":
+                await asyncio.sleep(0.25)
+                async with s.get(f"{args.url}/v1/jobs/{body['job_id']}") as r:
+                    job = await r.json()
+                bar.update(task, completed=job["done"])
+    if job["status"] != "succeeded":
+        console.print(f"[red]import failed, nothing applied[/red] ({len(job['errors'])} errors shown)")
+        for e in job["errors"][:20]:
+            console.print(f"  {e['field']}: {e['reason']}")
+        return 1
+    console.print(f"imported {job['result']['rows']} rows for {job['result']['users']} users")
+    return 0
+
+
+async def do_export(args) -> int:
+    fmt = file_format(args)
+    out = open(args.file, "wb") if args.file else sys.stdout.buffer
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{args.url}/v1/preferences/export?format={fmt}") as r:
+            if r.status != 200:
+                console.print(await r.text())
+                return 1
+            async for chunk in r.content.iter_chunked(1 << 16):
+                out.write(chunk)
+    finally:
+        if args.file:
+            out.close()
+    return 0

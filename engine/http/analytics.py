@@ -1,0 +1,60 @@
+"""``GET /v1/analytics/channels``: channel performance over a window (see
+``stores.analytics``).
+
+Query: ``from`` and ``to`` (epoch seconds or ISO 8601; a time without a zone is
+UTC; default the last 24 hours up to now), ``bucket`` (``minute``, ``hour``,
+``day``; default none: one row per channel and provider for the whole window),
+``channel`` (only that one). A bad value is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+
+from aiohttp import web
+
+from engine.http.common import ENGINE, Problem, reply
+from stores import analytics
+
+DAY_S = 86400.0
+MAX_EPOCH_S = 253402300800.0  # 10000-01-01: beyond it datetime cannot hold the time
+
+
+def instant(text: str, name: str) -> float:
+    """Epoch seconds from ``text`` (a number, or ISO 8601; no zone means UTC)."""
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not (math.isfinite(value) and 0 <= value < MAX_EPOCH_S):
+            raise Problem(400, "bad query", [{"field": name, "reason": "epoch seconds between 0 and year 9999"}])
+        return value
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise Problem(400, "bad query", [{"field": name, "reason": "expected epoch seconds or ISO 8601"}]) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+async def get_channels(request: web.Request) -> web.Response:
+    q = request.query
+    end = instant(q["to"], "to") if "to" in q else time.time()
+    start = instant(q["from"], "from") if "from" in q else end - DAY_S
+    bucket = q.get("bucket") or None
+    problem = analytics.window_error(start, end, bucket)
+    if problem is not None:
+        raise Problem(400, "bad query", [{"field": problem[0], "reason": problem[1]}])
+    rows = await analytics.channels(request.app[ENGINE].pool, start, end, bucket, q.get("channel") or None)
+    return reply({"from": start, "to": end, "bucket": bucket, "rows": rows})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/analytics/channels", get_channels)
+
+
+__all__ = ["add_routes", "get_channels", "instant"]

@@ -1,0 +1,181 @@
+"""HTTP routes for bulk preferences: ``POST /v1/preferences/import`` starts a
+job (202 with its id) that runs in this process; ``GET /v1/jobs/{id}`` shows its
+progress and result; ``GET /v1/preferences/export`` streams every row."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import orjson
+from aiohttp import web
+
+from engine import prefs_bus
+from engine.http.common import ENGINE, Problem, path_uuid, reply
+from engine.runtime import Engine
+from policy.sharding import shard_of
+from stores import bulk
+
+log = logging.getLogger(__name__)
+
+MAX_IMPORT_BYTES = 512 * 1024 * 1024
+JOBS = web.AppKey("jobs", set)
+
+
+def import_format(request: web.Request) -> str:
+    fmt = request.query.get("format")
+    if fmt is None:
+        ctype = request.content_type
+        fmt = "csv" if ctype == "text/csv" else "ndjson"
+    if fmt not in ("csv", "ndjson"):
+        raise Problem(422, "bad format", [{"field": "format", "reason": "csv or ndjson"}])
+    return fmt
+
+
+async def read_upload(request: web.Request) -> bytes:
+    """The whole body (imports are larger than the API's usual body limit)."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > MAX_IMPORT_BYTES:
+            raise Problem(413, "body too large", [{"field": "$", "reason": f"imports up to {MAX_IMPORT_BYTES} bytes"}])
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def start_import(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    fmt = import_format(request)
+    data = await read_upload(request)
+    if not data.strip():
+        raise Problem(422, "empty import", [{"field": "$", "reason": "no rows"}])
+    job_id = uuid.uuid4()
+    total = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - (1 if fmt == "csv" else 0)
+    async with engine.pool.acquire() as conn:
+        await conn.execute("INSERT INTO jobs (id, kind, status, total) VALUES ($1, 'preferences.import', "
+                           "'running', $2)", job_id, max(total, 0))
+    task = asyncio.get_running_loop().create_task(
+        run_import(engine, job_id, data, fmt, request.headers.get("X-Actor")))
+    request.app[JOBS].add(task)
+    task.add_done_callback(request.app[JOBS].discard)
+    return reply({"job_id": str(job_id), "status": "running", "total": max(total, 0)}, 202)
+
+
+async def run_import(engine: Engine, job_id: uuid.UUID, data: bytes, fmt: str, actor: str | None) -> None:
+    """Validate, apply in one transaction, reload the owning shards, publish the
+    change feed. The job row says how far it got and how it ended."""
+    progress = Progress(engine, job_id)
+    try:
+        parsed = bulk.parse_csv(data) if fmt == "csv" else bulk.parse_ndjson(data)
+        # CPU-bound for large files: off the event loop, which keeps serving
+        rows = await asyncio.to_thread(bulk.validate_rows, parsed, engine.policy, progress.note_validated)
+        progress.total = len(rows)
+        async with engine.pool.acquire() as conn:
+            users = await bulk.apply_rows(conn, rows, engine.policy, actor, progress.note_applied)
+        # committed: the job succeeded whatever happens below, which is retried, not undone
+        await finish(engine, job_id, "succeeded", len(rows), [], {"rows": len(rows), "users": len(users)})
+        await after_import(engine, users)
+    except bulk.ImportFailed as e:
+        await finish(engine, job_id, "failed", 0, [{"field": w, "reason": r} for w, r in e.errors], None)
+    except Exception as e:
+        log.exception("import %s failed", job_id)
+        await finish(engine, job_id, "failed", 0, [{"field": "$", "reason": repr(e)}], None)
+    finally:
+        await progress.close()
+
+
+async def after_import(engine: Engine, users: list[str], attempts: int = 5) -> None:
+    """The owning shards reload the imported users; the change feed is published.
+    A failure is retried; the relay publishes what is left anyway."""
+    for attempt in range(attempts):
+        try:
+            await reload_users(engine, users)
+            while await prefs_bus.relay_once(engine, older_than_s=0):
+                pass
+            return
+        except Exception as e:  # noqa: BLE001 - the import is committed; keep trying
+            log.warning("after import (attempt %d): %r", attempt + 1, e)
+            await asyncio.sleep(2 ** attempt)
+    log.error("imported users were not reloaded; shards pick them up on their next write or restart")
+
+
+class Progress:
+    """Job progress, written to the job row every half second while it runs:
+    validating counts for the first half of the rows, applying for the second.
+    ``note`` may be called from a worker thread."""
+
+    def __init__(self, engine: Engine, job_id: uuid.UUID):
+        self.engine, self.job_id = engine, job_id
+        self.done = 0
+        self.total = 0
+        self.task = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        written = -1
+        while True:
+            await asyncio.sleep(0.5)
+            if self.done != written:
+                written = self.done
+                await self.engine.pool.execute(
+                    "UPDATE jobs SET done = $2 WHERE id = $1 AND status = 'running'", self.job_id, written)
+
+    def note_validated(self, n: int) -> None:
+        self.done = n // 2
+
+    def note_applied(self, n: int) -> None:
+        self.done = self.total // 2 + n // 2
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def finish(engine: Engine, job_id: uuid.UUID, status: str, done: int, errors: list, result) -> None:
+    await engine.pool.execute(
+        "UPDATE jobs SET status = $2, done = CASE WHEN $2 = 'succeeded' THEN total ELSE done END, errors = $3, "
+        "result = $4, finished_at = now() WHERE id = $1", job_id, status, orjson.dumps(errors).decode(),
+        orjson.dumps(result).decode() if result is not None else None)
+
+
+async def reload_users(engine: Engine, users: list[str], chunk: int = 20_000) -> None:
+    n = len(engine.actors.user_shards)
+    groups: dict[int, list[str]] = {}
+    for u in users:
+        groups.setdefault(shard_of(u, n), []).append(u)
+    for s, ids in groups.items():
+        for i in range(0, len(ids), chunk):
+            await engine.actors.user_shards[s].reload.remote(ids[i:i + chunk])
+
+
+async def get_job(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    job_id = path_uuid(request)
+    r = await engine.pool.fetchrow(
+        "SELECT id::text, kind, status, total, done, errors, result, extract(epoch FROM created_at)::float8 AS "
+        "created_at, extract(epoch FROM finished_at)::float8 AS finished_at FROM jobs WHERE id = $1", job_id)
+    if r is None:
+        raise Problem(404, "not found", [{"field": "id", "reason": "no such job"}])
+    return reply({**dict(r), "errors": orjson.loads(r["errors"]),
+                  "result": orjson.loads(r["result"]) if r["result"] else None})
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    fmt = request.query.get("format", "ndjson")
+    if fmt not in ("csv", "ndjson"):
+        raise Problem(422, "bad format", [{"field": "format", "reason": "csv or ndjson"}])
+    resp = web.StreamResponse(headers={"Content-Type": "text/csv" if fmt == "csv" else "application/x-ndjson"})
+    await resp.prepare(request)
+    async with engine.pool.acquire() as conn, conn.transaction(readonly=True):
+        async for chunk in bulk.export_rows(conn, fmt):
+            await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    app[JOBS] = set()
+    app.router.add_post("/v1/preferences/import", start_import)
+    app.router.add_get("/v1/preferences/export", export)
+    app.router.add_get("/v1/jobs/{id}", get_job)

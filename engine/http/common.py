@@ -1,0 +1,81 @@
+"""What every route module shares: the engine key, the JSON error answer, body
+reading and decoding, path parameters. Route modules import this one; nothing
+here imports a route module."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from engine.http.errors import field_error
+from engine.runtime import Engine
+from policy.types import UserId
+
+ENGINE = web.AppKey("engine", Engine)
+
+_json = msgspec.json.Encoder()
+
+
+class Problem(web.HTTPException):
+    """An error answer with a JSON body: ``{"error": …, "errors": [{"field", "reason"}]}``."""
+
+    def __init__(self, status: int, error: str, errors: list[dict] | None = None):
+        self.status_code = status
+        super().__init__(body=orjson.dumps({"error": error, "errors": errors or []}),
+                         content_type="application/json")
+
+
+def reply(data, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(data), status=status, content_type="application/json")
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[ENGINE].cfg.http.max_body_bytes
+        raise Problem(413, "body too large", [{"field": "$", "reason": f"body exceeds {limit} bytes"}]) from None
+
+
+def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
+    """``body`` decoded, or the answer: 422 naming the field when it breaks the
+    schema, 400 when it is not JSON at all."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise Problem(422, f"invalid {what}", [field_error(e)]) from None
+    except msgspec.DecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}]) from None
+
+
+def not_accepted(e: BaseException) -> Problem:
+    """JetStream did not ack a publish in time: 503, the client retries."""
+    return Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
+
+
+def path_uuid(request: web.Request) -> uuid.UUID:
+    """The ``{id}`` of the path as a UUID, or a 400 naming it."""
+    raw = request.match_info["id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Problem(400, "bad id", [{"field": "id", "reason": f"{raw!r} is not a UUID"}]) from None
+
+
+def json_body(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}]) from None
+
+
+def path_user(request: web.Request) -> str:
+    """The ``{user_id}`` of the path, or a 422 naming it."""
+    user_id = request.match_info["user_id"]
+    try:
+        return msgspec.convert(user_id, UserId)
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid user id", [{"field": "user_id", "reason": str(e)}]) from None

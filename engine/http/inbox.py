@@ -1,0 +1,327 @@
+"""HTTP routes of the in-app inbox (written by ``providers.inapp``):
+
+- ``GET  /v1/users/{user_id}/inbox?after=<seq>&limit=50&unread=true``:
+  ``{"messages": [...], "next": <last seq of the page, or after>, "unread": n, "unseen": n}``,
+  oldest first; page on with ``after=<next>``.
+- ``POST /v1/users/{user_id}/inbox/read`` ``{"seqs": [...]}`` or ``{"all": true}``:
+  ``{"read": <newly marked>, "unread": n, "unseen": n}``; read implies seen, and
+  records the notification "opened" on ``in_app`` (``stores.engagement``).
+- ``POST /v1/users/{user_id}/inbox/seen``, likewise: ``{"seen": ..., "unread": ..., "unseen": ...}``.
+  Only that user's messages are marked.
+- ``GET  /v1/users/{user_id}/inbox/ws?after=<seq>``: a WebSocket (see ``InboxStream``).
+
+Frames the server sends (JSON text): ``{"type": "message", "message": {...}}``
+(the same object as in ``messages`` above), once ``{"type": "synced", "next":
+<seq>}`` after the backlog, ``{"type": "ack", "seq": s, "seen": n}`` answering
+a client's ``{"ack": s}`` (marks that user's messages up to ``s`` seen), and
+``{"type": "error", "error": ...}`` for a client frame it cannot use. A client
+that reconnects sends ``?after=<the last seq it got>`` and gets exactly what
+it missed. A bad user id is a 422, a bad query or body a 400, before any upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import msgspec
+from aiohttp import WSMsgType, web
+from msgspec import Meta
+
+from engine.http.common import ENGINE, Problem, decode, path_user, read_body, reply
+from providers.inapp.messages import COLUMNS, Event, from_row, inbox_subject
+from stores import engagement
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 25.0  # WebSocket ping interval; no pong within half of it closes the socket
+RESYNC_S = 30.0  # an idle socket reads PostgreSQL this often (a lost NATS event shows up by then)
+PAGE = 500  # rows per backlog read
+MAX_QUEUED = 1000  # live events waiting for one socket; beyond, they are dropped and PostgreSQL read instead
+MAX_LIMIT = 500
+MAX_SEQ = 2**63 - 1
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+_json = msgspec.json.Encoder()
+_event = msgspec.json.Decoder(Event)
+
+PAGE_SQL = f"SELECT {COLUMNS} FROM inbox_messages WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+UNREAD_PAGE_SQL = (f"SELECT {COLUMNS} FROM inbox_messages WHERE user_id = $1 AND seq > $2 AND read_at IS NULL "
+                   "ORDER BY seq LIMIT $3")
+# Read implies seen (marking read sets seen_at too), so every unseen row is unread
+# and both counts come from the partial index of unread rows.
+COUNTS_SQL = ("SELECT count(*) AS unread, count(*) FILTER (WHERE seen_at IS NULL) AS unseen "
+              "FROM inbox_messages WHERE user_id = $1 AND read_at IS NULL")
+READ_SQL = ("UPDATE inbox_messages SET read_at = now(), seen_at = coalesce(seen_at, now()) "
+            "WHERE user_id = $1 AND read_at IS NULL AND ($2::bigint[] IS NULL OR seq = ANY($2::bigint[])) "
+            "RETURNING notification_id, extract(epoch FROM read_at) AS read_at")
+SEEN_SQL = ("UPDATE inbox_messages SET seen_at = now() WHERE user_id = $1 AND read_at IS NULL "
+            "AND seen_at IS NULL AND ($2::bigint[] IS NULL OR seq = ANY($2::bigint[])) RETURNING seq")
+ACK_SQL = ("UPDATE inbox_messages SET seen_at = now() WHERE user_id = $1 AND read_at IS NULL "
+           "AND seen_at IS NULL AND seq <= $2")
+
+Seq = Annotated[int, Meta(ge=1, le=MAX_SEQ)]
+
+
+class Marks(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``/read`` and ``/seen``: the seqs to mark, or ``all``."""
+
+    seqs: Annotated[list[Seq], Meta(max_length=1000)] | None = None
+    all: bool = False
+
+
+class Ack(msgspec.Struct, forbid_unknown_fields=True):
+    """A client's WebSocket frame: everything up to ``ack`` is seen."""
+
+    ack: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+
+
+_marks = msgspec.json.Decoder(Marks)
+_ack = msgspec.json.Decoder(Ack)
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise Problem(400, "bad query", [{"field": name, "reason": f"expected an integer from {low} to {high}"}])
+    return value
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise Problem(400, "bad query", [{"field": name, "reason": "expected true or false"}])
+
+
+async def counts(conn, user_id: str) -> dict:
+    row = await conn.fetchrow(COUNTS_SQL, user_id)
+    return {"unread": row["unread"], "unseen": row["unseen"]}
+
+
+async def get_inbox(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    user_id = path_user(request)
+    after = query_int(request, "after", 0, 0, MAX_SEQ)
+    limit = query_int(request, "limit", 50, 1, MAX_LIMIT)
+    sql = UNREAD_PAGE_SQL if query_bool(request, "unread") else PAGE_SQL
+    async with engine.pool.acquire() as conn:
+        rows = await conn.fetch(sql, user_id, after, limit)
+        totals = await counts(conn, user_id)
+    messages = [from_row(r) for r in rows]
+    return reply({"messages": messages, "next": messages[-1].seq if messages else after, **totals})
+
+
+async def mark(request: web.Request, sql: str, what: str) -> web.Response:
+    engine = request.app[ENGINE]
+    user_id = path_user(request)
+    marks = decode(_marks, await read_body(request), f"{what} marks")
+    if (marks.seqs is None) == (not marks.all):
+        raise Problem(422, f"invalid {what} marks",
+                      [{"field": "$", "reason": 'give either "seqs": [...] or "all": true'}])
+    async with engine.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(sql, user_id, None if marks.all else marks.seqs)
+        if what == "read":  # reading an in-app message is opening it
+            await engagement.record(conn, [engagement.Engagement(r["notification_id"], user_id, "in_app", "opened",
+                                                                 float(r["read_at"]), "inbox") for r in rows])
+        totals = await counts(conn, user_id)
+    return reply({what: len(rows), **totals})
+
+
+async def mark_read(request: web.Request) -> web.Response:
+    return await mark(request, READ_SQL, "read")
+
+
+async def mark_seen(request: web.Request) -> web.Response:
+    return await mark(request, SEEN_SQL, "seen")
+
+
+class InboxStream:
+    """One WebSocket's feed of one user's inbox: PostgreSQL is the record, NATS
+    only says "something new" (and usually carries it).
+
+    Why nothing is lost or sent twice:
+
+    1. The NATS subscription exists (and the server has confirmed it: a flush)
+       before the backlog is read. Every event published from then on is queued.
+    2. The backlog is every row of the user with ``seq > after``, read in pages
+       in seq order. The provider publishes a row only after it committed, so a
+       row is either committed before the read (it is in the backlog) or
+       published after the subscription (its event is queued), or both.
+    3. The writer locks the user until commit while its rows get their seqs, so
+       one user's rows commit in seq order: a read of "seq > last" returns a
+       complete prefix, and no row below a seq already sent can appear later.
+       ``last`` (the highest seq sent) is therefore a true cursor: everything
+       of the user up to it was sent, and ``?after=<last>`` resumes exactly.
+    4. Queued events are handled in order after the backlog: an event with
+       ``seq <= last`` was sent already (backlog or a read) and is skipped. An
+       event whose ``prev`` (the user's previous seq when it was written) is at
+       most ``last`` is the next message: it is sent as it came. Any other
+       event means something came in between that this socket has not seen
+       (events from several writers can arrive out of order, and NATS may drop
+       one): the socket reads ``seq > last`` from PostgreSQL instead, which by
+       (3) includes the event's row and everything before it.
+    5. An event lost with nothing after it is found by the read every
+       ``RESYNC_S`` of quiet; a socket whose queue overflows drops its queued
+       events and reads PostgreSQL instead.
+
+    So each seq is sent at most once (only seqs above ``last`` are sent, and
+    ``last`` only grows), in increasing order, and every committed row is sent.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, pool, user_id: str, after: int):
+        self.ws, self.pool, self.user_id = ws, pool, user_id
+        self.last = after
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.overflowed = False
+        self._send_lock = asyncio.Lock()
+
+    async def on_event(self, msg) -> None:
+        """NATS callback: queue the event (never blocks)."""
+        if self.queue.qsize() >= MAX_QUEUED:
+            self.overflowed = True
+            return
+        self.queue.put_nowait(msg.data)
+
+    async def run(self) -> None:
+        """Backlog, ``synced``, then live events until cancelled. A failure of
+        PostgreSQL closes the socket (1011) so the client reconnects."""
+        try:
+            await self.catch_up()
+            await self._send(_json.encode({"type": "synced", "next": self.last}))
+            while True:
+                try:
+                    async with asyncio.timeout(RESYNC_S):
+                        data = await self.queue.get()
+                except TimeoutError:
+                    await self.catch_up()
+                    continue
+                if self.overflowed:
+                    self.overflowed = False
+                    while not self.queue.empty():
+                        self.queue.get_nowait()
+                    await self.catch_up()
+                    continue
+                await self.deliver(data)
+        except ConnectionResetError:
+            return  # the client left; the handler cleans up
+        except Exception as exc:  # noqa: BLE001 - the client reconnects with its cursor
+            log.warning("inbox socket of %r stopped: %r", self.user_id, exc)
+            await self.ws.close(code=1011, message=b"inbox unavailable; reconnect with after=<last seq>")
+
+    async def deliver(self, data: bytes) -> None:
+        """One queued NATS event (see the class doc, step 4)."""
+        try:
+            ev = _event.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("inbox event for %r not understood (%s); reading PostgreSQL", self.user_id, exc)
+            await self.catch_up()
+            return
+        if ev.seq <= self.last:
+            return
+        if bytes(ev.message) != b"null" and (ev.prev is None or ev.prev <= self.last):
+            await self._send(b'{"type":"message","message":' + bytes(ev.message) + b"}")
+            self.last = ev.seq
+            return
+        await self.catch_up()
+
+    async def catch_up(self) -> None:
+        """Send every row of the user with ``seq > last``, in seq order."""
+        while True:
+            rows = await self.pool.fetch(PAGE_SQL, self.user_id, self.last, PAGE)
+            for r in rows:
+                await self._send(_json.encode({"type": "message", "message": from_row(r)}))
+                self.last = r["seq"]
+            if len(rows) < PAGE:
+                return
+
+    async def client_frame(self, data: str) -> None:
+        """A frame from the client: ``{"ack": seq}``."""
+        try:
+            ack = _ack.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._send(_json.encode({"type": "error", "error": 'expected {"ack": <seq>}', "reason": str(exc)}))
+            return
+        try:
+            status = await self.pool.execute(ACK_SQL, self.user_id, ack.ack)
+        except Exception as exc:  # noqa: BLE001 - the client may ack again
+            log.warning("inbox ack of %r failed: %r", self.user_id, exc)
+            await self._send(_json.encode({"type": "error", "error": "ack not stored; send it again"}))
+            return
+        await self._send(_json.encode({"type": "ack", "seq": ack.ack, "seen": int(status.split()[-1])}))
+
+    async def _send(self, frame: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_frame(frame, WSMsgType.TEXT)
+
+
+async def inbox_ws(request: web.Request) -> web.WebSocketResponse:
+    """The user's inbox over a WebSocket; see ``InboxStream`` for the protocol's
+    guarantees. Subscribes to ``<prefix>.inbox.<user token>`` before anything is
+    read, and unsubscribes when the socket closes."""
+    engine = request.app[ENGINE]
+    user_id = path_user(request)
+    after = query_int(request, "after", 0, 0, MAX_SEQ)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    stream = InboxStream(ws, engine.pool, user_id, after)
+    try:
+        sub = await engine.nc.subscribe(inbox_subject(engine.cfg.nats.prefix, user_id), cb=stream.on_event)
+        await engine.nc.flush(timeout=SUBSCRIBE_TIMEOUT_S)  # the server has the subscription before the backlog read
+    except Exception as exc:  # noqa: BLE001 - NATS unavailable: tell the client to come back
+        log.warning("inbox socket of %r: cannot subscribe: %r", user_id, exc)
+        await ws.close(code=1011, message=b"live updates unavailable; reconnect")
+        return ws
+    forwarder = asyncio.get_running_loop().create_task(stream.run())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await stream.client_frame(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await stream._send(_json.encode({"type": "error", "error": "binary frames are not understood"}))
+            elif msg.type == WSMsgType.ERROR:
+                break
+    except ConnectionResetError:
+        pass
+    finally:
+        # aiohttp may cancel this handler once the client is gone: the clean-up
+        # runs as its own task, which finishes even then.
+        forwarder.cancel()
+        cleanup = asyncio.get_running_loop().create_task(_stop_feed(sub, forwarder))
+        _cleanups.add(cleanup)
+        cleanup.add_done_callback(_cleanups.discard)
+        await asyncio.shield(cleanup)
+    if not ws.closed:
+        await ws.close()
+    return ws
+
+
+_cleanups: set[asyncio.Task] = set()  # running clean-ups (the loop keeps only weak references)
+
+
+async def _stop_feed(sub, forwarder: asyncio.Task) -> None:
+    """Unsubscribe (the NATS server stops sending) and wait for the forwarder."""
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # noqa: BLE001 - the connection may be gone already
+        log.debug("inbox unsubscribe: %r", exc)
+    await asyncio.gather(forwarder, return_exceptions=True)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/users/{user_id}/inbox", get_inbox)
+    app.router.add_post("/v1/users/{user_id}/inbox/read", mark_read)
+    app.router.add_post("/v1/users/{user_id}/inbox/seen", mark_seen)
+    app.router.add_get("/v1/users/{user_id}/inbox/ws", inbox_ws)
+
+
+__all__ = ["InboxStream", "add_routes"]

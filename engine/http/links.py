@@ -1,0 +1,87 @@
+"""Our own open pixel and click redirect (``[engagement]``, ``policy.links``):
+
+- ``GET /v1/t/o/{token}.gif``: records "opened" (source ``pixel``) and always
+  answers a 1x1 transparent GIF, never cached; a token that does not verify
+  records nothing and gets the same GIF (a mail client shows no broken image);
+- ``GET /v1/t/c/{token}``: records "clicked" (source ``link``) and answers 302
+  to the URL the token signed; a token that does not verify is 404, so the
+  route never redirects anywhere it did not sign.
+
+An event is recorded as ``stores.engagement`` records a client's report: only
+on a tracking row whose status says the channel was sent (``OPENABLE``), the
+first of each type per notification and channel kept, a ``sent`` row moved to
+``delivered``. A row not written yet (the Recorder writes in batches) or not
+sent stores nothing; a click is redirected all the same. Off (404 for both)
+while ``engagement.base_url`` is empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+from aiohttp import web
+
+from engine.http.common import ENGINE
+from policy import links
+from stores import engagement
+from stores.engagement import Engagement
+
+log = logging.getLogger(__name__)
+
+GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")  # 1x1, transparent
+NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache",
+            "Expires": "0"}
+ROW_SQL = "SELECT user_id, status FROM delivery_tracking WHERE notification_id = $1 AND channel = $2"
+
+
+def _secret(request: web.Request) -> bytes | None:
+    e = request.app[ENGINE].cfg.engagement
+    return e.secret.encode() if e.base_url else None
+
+
+async def _record(request: web.Request, link: links.Link, type_: str, source: str) -> bool:
+    """Store the event if its row was sent; True when it was new."""
+    pool = request.app[ENGINE].pool
+    nid = link.notification_id
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(ROW_SQL, nid, link.channel)
+        if row is None or row["status"] not in engagement.OPENABLE:
+            return False
+        new = await engagement.record(conn, [Engagement(nid, row["user_id"], link.channel, type_, time.time(),
+                                                        source)])
+    return bool(new)
+
+
+async def opened(request: web.Request) -> web.Response:
+    secret = _secret(request)
+    if secret is None:
+        raise web.HTTPNotFound()
+    link = links.verify(secret, request.match_info["token"], "o")
+    if link is not None:
+        try:
+            await _record(request, link, "opened", "pixel")
+        except Exception:
+            log.exception("open of %s on %s not recorded", link.notification_id, link.channel)
+    return web.Response(body=GIF, content_type="image/gif", headers=NO_CACHE)
+
+
+async def clicked(request: web.Request) -> web.Response:
+    secret = _secret(request)
+    link = None if secret is None else links.verify(secret, request.match_info["token"], "c")
+    if link is None or not links.trackable(link.url):
+        raise web.HTTPNotFound()
+    try:
+        await _record(request, link, "clicked", "link")
+    except Exception:
+        log.exception("click on %s on %s not recorded", link.notification_id, link.channel)
+    raise web.HTTPFound(link.url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/t/o/{token}.gif", opened)
+    app.router.add_get("/v1/t/c/{token}", clicked)
+
+
+__all__ = ["GIF", "add_routes", "clicked", "opened"]

@@ -1,0 +1,193 @@
+"""Notifications and broadcasts: submitted (validated, given ids, published to
+JetStream; 202 only after JetStream acked, so "accepted" means durable) and
+looked up (per-channel outcomes, a broadcast's counts)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import msgspec
+import nats.errors
+import orjson
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from engine.http.common import ENGINE, Problem, decode, not_accepted, path_uuid, read_body, reply
+from engine.runtime import Engine
+from infra import streams
+from policy.email import content_problem
+from policy.types import BroadcastRequest, NotificationRequest, notification_id
+from policy.validate import message_errors
+from stores import engagement
+
+ACCEPTED = Counter("tidings_notifications_accepted_total", "Notifications accepted (published)", ["category"])
+PUBLISH_SECONDS = Histogram("tidings_publish_seconds", "Time to publish a submission to JetStream")
+
+PUBLISH_TIMEOUT_S = 10.0  # no ack by then: 503; a retry with the same id or idempotency key is deduplicated
+
+_one = msgspec.json.Decoder(NotificationRequest)
+_broadcast = msgspec.json.Decoder(BroadcastRequest)
+_many = msgspec.json.Decoder(list[NotificationRequest])
+_json = msgspec.json.Encoder()
+
+
+def decode_submission(body: bytes) -> tuple[list[NotificationRequest], bool]:
+    """The requests in a body holding one object or an array; bool says which."""
+    stripped = body.lstrip()
+    if not stripped:
+        raise Problem(400, "empty body", [{"field": "$", "reason": "expected a JSON object or array"}])
+    many = stripped[:1] == b"["
+    reqs = decode(_many, body, "notification") if many else [decode(_one, body, "notification")]
+    return reqs, many
+
+
+def check(reqs: list, available: frozenset[str], many: bool, max_batch: int) -> None:
+    """Rules the schema cannot say: configured channels, content present. All
+    violations are reported at once."""
+    if many and not reqs:
+        raise Problem(422, "invalid notification", [{"field": "$", "reason": "empty batch"}])
+    if len(reqs) > max_batch:
+        raise Problem(422, "batch too large", [{"field": "$", "reason": f"at most {max_batch} per request"}])
+    errors = []
+    for i, r in enumerate(reqs):
+        at = f"$[{i}]" if many else "$"
+        errors += [{"field": field, "reason": reason} for field, reason in message_errors(r, at)]
+        fields = [(f"{at}.channels[{j}]", ch) for j, ch in enumerate(r.channels)]
+        fields += [(f"{at}.fallback[{j}]", ch) for j, ch in enumerate(r.fallback)]
+        for field, ch in fields:
+            if ch not in available:
+                errors.append({"field": field,
+                               "reason": f"channel {ch!r} is not configured (available: {', '.join(sorted(available))})"})
+                continue
+            content = r.content_for(ch)
+            if content is None and r.template is not None:
+                continue  # checked against the stored templates by check_templates
+            if content is None:
+                errors.append({"field": f"{at}.content", "reason": f"no content or template for channel {ch!r}"})
+            elif ch == "email" and (problem := content_problem(content)) is not None:
+                errors.append({"field": f"{at}.content", "reason": problem})
+    if errors:
+        raise Problem(422, "invalid notification", errors)
+
+
+async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
+    """A request that takes its content from a template: the template has a part
+    for each channel that has no content of its own (any locale: the default
+    locale is the recipient's last fallback). One query per batch."""
+    wanted = {r.template.id for r in reqs if r.template is not None}
+    if not wanted:
+        return
+    rows = await engine.pool.fetch("SELECT DISTINCT id, channel FROM message_templates WHERE id = ANY($1::text[])",
+                                   list(wanted))
+    have = {(r[0], r[1]) for r in rows}
+    errors = []
+    for i, r in enumerate(reqs):
+        if r.template is None:
+            continue
+        for ch in dict.fromkeys([*r.channels, *r.fallback]):
+            if r.content_for(ch) is None and (r.template.id, ch) not in have:
+                errors.append({"field": (f"$[{i}]" if many else "$") + ".template.id",
+                               "reason": f"no template {r.template.id!r} for channel {ch!r}"})
+    if errors:
+        raise Problem(422, "invalid notification", errors)
+
+
+async def submit(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    cfg = engine.cfg
+    reqs, many = decode_submission(await read_body(request))
+    check(reqs, cfg.enabled_channels(), many, cfg.http.max_batch)
+    await check_templates(engine, reqs, many)
+    now = time.time()
+    for r in reqs:
+        r.id = uuid.UUID(notification_id(r, str(uuid.uuid4())))
+        r.accepted_at = now
+    started = time.perf_counter()
+    # publish_async: every publish goes out at once over one reply subscription;
+    # the answer waits for all of JetStream's acks.
+    pending = [await engine.js.publish_async(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r),
+                                             headers={"Nats-Msg-Id": str(r.id)})
+               for r in reqs]
+    try:
+        acks = await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_TIMEOUT_S)
+    except (TimeoutError, nats.errors.Error) as e:
+        raise not_accepted(e) from None
+    PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    for r in reqs:
+        ACCEPTED.labels(r.category).inc()
+    items = [{"id": str(r.id), "duplicate": bool(a.duplicate)} for r, a in zip(reqs, acks, strict=True)]
+    return reply({"notifications": items} if many else items[0], status=202)
+
+
+async def submit_broadcast(request: web.Request) -> web.Response:
+    """One message to an audience; 202 with its id once JetStream has it."""
+    engine = request.app[ENGINE]
+    cfg = engine.cfg
+    b = decode(_broadcast, await read_body(request), "broadcast")
+    check([b], cfg.enabled_channels(), False, 1)
+    await check_templates(engine, [b], False)
+    b.id = uuid.UUID(notification_id(b, str(uuid.uuid4())))
+    b.accepted_at = time.time()
+    try:
+        ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
+                                      headers={"Nats-Msg-Id": str(b.id)}, timeout=PUBLISH_TIMEOUT_S)
+    except (TimeoutError, nats.errors.Error) as e:
+        raise not_accepted(e) from None
+    return reply({"id": str(b.id), "duplicate": bool(ack.duplicate)}, status=202)
+
+
+BROADCAST_SQL = """
+SELECT channel, status, reason, count(*) AS n,
+       extract(epoch FROM min(accepted_at)) AS accepted_at, extract(epoch FROM max(created_at)) AS last_at
+FROM delivery_tracking WHERE parent_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+async def broadcast_status(request: web.Request) -> web.Response:
+    """Recipient outcomes of a broadcast so far, counted by channel, status and reason."""
+    bid = path_uuid(request)
+    rows = await request.app[ENGINE].pool.fetch(BROADCAST_SQL, bid)
+    if not rows:
+        raise Problem(404, "not found", [{"field": "id", "reason": "no recipient recorded (unknown, or starting)"}])
+    counts = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "count": r["n"]} for r in rows]
+    first = min(float(r["accepted_at"]) for r in rows if r["accepted_at"] is not None)
+    last = max(float(r["last_at"]) for r in rows)
+    return reply({"id": str(bid), "recorded": sum(r["n"] for r in rows), "outcomes": counts,
+                  "seconds_since_accepted": round(last - first, 3)})
+
+
+STATUS_SQL = """
+SELECT channel, status, reason, provider, provider_message_id, attempts, timeline, errors,
+       extract(epoch FROM accepted_at) AS accepted_at, extract(epoch FROM completed_at) AS completed_at,
+       parent_id::text AS parent_id, digest_id::text AS digest_id
+FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel
+"""
+
+
+async def status(request: web.Request) -> web.Response:
+    nid = path_uuid(request)
+    pool = request.app[ENGINE].pool
+    rows = await pool.fetch(STATUS_SQL, nid)
+    if not rows:
+        raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+    engaged = await engagement.timelines(pool, nid)  # opens and clicks, after the channel's own timeline
+    channels = [{
+        "channel": r["channel"], "status": r["status"], "reason": r["reason"], "provider": r["provider"],
+        "provider_message_id": r["provider_message_id"], "attempts": r["attempts"],
+        "timeline": orjson.loads(r["timeline"]) + engaged.get(r["channel"], []),
+        "errors": orjson.loads(r["errors"]) if r["errors"] else None,
+        "accepted_at": float(r["accepted_at"]) if r["accepted_at"] is not None else None,
+        "completed_at": float(r["completed_at"]) if r["completed_at"] is not None else None,
+        "broadcast_id": r["parent_id"], "digest_id": r["digest_id"],
+    } for r in rows]
+    return reply({"id": str(nid), "channels": channels})
+
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/notifications", submit)
+    app.router.add_get("/v1/notifications/{id}", status)
+    app.router.add_post("/v1/broadcasts", submit_broadcast)
+    app.router.add_get("/v1/broadcasts/{id}", broadcast_status)

@@ -1,0 +1,78 @@
+"""HTTP routes for message templates: save a version of one (channel, locale)
+part, read a template's parts and versions, preview a rendering."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from aiohttp import web
+
+from engine.http.common import ENGINE, Problem, decode, read_body, reply
+from policy.templating import Compiled, MessageTemplate, pick, render_error, syntax_errors
+from policy.types import CHANNELS
+from stores import templates as template_store
+
+_template = msgspec.json.Decoder(MessageTemplate)
+
+
+class Preview(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    locale: str = "en"
+    data: dict = {}
+    version: int | None = None
+
+
+_preview = msgspec.json.Decoder(Preview)
+
+
+async def save(request: web.Request) -> web.Response:
+    """A new version of one part; 201 ``{"id", "version"}``. Every shard forgets
+    what it compiled of the template."""
+    engine = request.app[ENGINE]
+    t = decode(_template, await read_body(request), "template")
+    errors = syntax_errors(t)
+    if t.channel not in CHANNELS:
+        errors.append(("channel", f"unknown channel {t.channel!r}"))
+    if errors:
+        raise Problem(422, "invalid template", [{"field": f, "reason": r} for f, r in errors])
+    async with engine.pool.acquire() as conn:
+        version = await template_store.save(conn, t, request.headers.get("X-Actor"))
+    await asyncio.gather(*(s.message_templates_changed.remote(t.id) for s in engine.actors.user_shards))
+    return reply({"id": t.id, "channel": t.channel, "locale": t.locale, "version": version}, 201)
+
+
+async def get(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    tid = request.match_info["id"]
+    async with engine.pool.acquire() as conn:
+        parts = await template_store.load(conn, tid)
+        history = await template_store.versions(conn, tid)
+    if not parts:
+        raise Problem(404, "not found", [{"field": "id", "reason": f"no template {tid!r}"}])
+    return reply({"id": tid, "parts": msgspec.to_builtins(parts), "versions": history})
+
+
+async def preview(request: web.Request) -> web.Response:
+    """Render without sending: 200 with the content, 422 with what went wrong."""
+    engine = request.app[ENGINE]
+    tid = request.match_info["id"]
+    p = decode(_preview, await read_body(request), "preview")
+    async with engine.pool.acquire() as conn:
+        parts = await template_store.load(conn, tid, p.version)
+    locales = {loc: Compiled(t) for loc, t in template_store.by_channel(parts).get(p.channel, {}).items()}
+    compiled = pick(locales, p.locale)
+    if compiled is None:
+        raise Problem(404, "not found", [{"field": "channel", "reason": f"no template {tid!r} for {p.channel}"}])
+    try:
+        content = compiled.render(p.data)
+    except Exception as e:  # noqa: BLE001 - the template's error, answered
+        raise Problem(422, "template error", [{"field": "data", "reason": render_error(e)}]) from None
+    return reply({"locale": compiled.template.locale, "version": compiled.template.version,
+                  "content": msgspec.to_builtins(content)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/templates", save)
+    app.router.add_get("/v1/templates/{id}", get)
+    app.router.add_post("/v1/templates/{id}/preview", preview)

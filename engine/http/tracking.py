@@ -1,0 +1,376 @@
+"""HTTP routes for provider tracking webhooks: ``POST /v1/tracking/sendgrid``,
+``/v1/tracking/mailgun`` and ``/v1/tracking/twilio``.
+
+Each route verifies the provider's signature with the settings of the providers
+of that type configured in ``engine.cfg.channels`` (enabled or not: events of
+past sends still arrive), parses the events (``providers.tracking``), and applies
+them in one transaction:
+
+- the tracking row is found by notification id (among the channels the
+  provider serves), else by ``provider_message_id`` (when exactly one row has
+  it); the event is appended to its ``timeline`` as ``{"event", "at",
+  "provider", "detail"}`` and its ``status`` moves forward: sent (or any
+  non-final status) -> delivered/failed -> bounced/complained, never back, and
+  the first of bounced/complained is kept;
+- an open or a click (SendGrid ``open``/``click``, Mailgun ``opened``/
+  ``clicked``) is also stored as an engagement event with the provider type
+  as its source (``stores.engagement``: the first of each kept, a ``sent``
+  row moves to ``delivered``), as a client's report would be; not on a row
+  whose status says nothing was sent (the client would get 409);
+- a hard bounce or a complaint suppresses the address (``suppressions``, reason
+  ``bounce``/``complaint``, source = the provider type), and the users with that
+  address are reloaded by their UserShards after the commit.
+
+Answers: 200 ``{"events", "updated", "suppressed", "users"}``; 401 for a missing
+or bad signature (and, Mailgun, a stale timestamp or a replayed token); 400 for
+a body that does not parse; 404 when no provider of that type (with its
+verification setting) is configured; 503 when the configured key is unusable.
+
+Settings read (in the provider's ``settings``):
+
+- sendgrid: ``event_public_key`` (base64 DER or PEM), ``event_max_age_s`` (0:
+  no timestamp age check; SendGrid does not document re-signing its retries).
+- mailgun: ``webhook_signing_key``.
+- twilio (any type named ``twilio`` or ``twilio_*``): ``webhook_auth_token`` or
+  else ``auth_token`` (Twilio signs callbacks with the account's auth token,
+  also when sending with an API key); ``status_callback``, the URL Twilio was
+  given, is tried besides the URL the request arrived at (behind a proxy the
+  two differ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+
+import msgspec
+from aiohttp import web
+
+from engine.http.common import ENGINE, Problem, read_body, reply
+from policy.sharding import shard_of
+from providers.tracking import (
+    SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER,
+    TWILIO_SIGNATURE_HEADER,
+    PayloadError,
+    SignatureError,
+    TokenMemory,
+    TrackingEvent,
+    load_sendgrid_key,
+    mailgun_event,
+    parse_form,
+    parse_sendgrid,
+    read_mailgun,
+    reason_of,
+    twilio_event,
+    verify_mailgun,
+    verify_sendgrid,
+    verify_twilio,
+)
+from stores import engagement
+
+log = logging.getLogger(__name__)
+
+MAILGUN_TOKENS = web.AppKey("mailgun_tokens", TokenMemory)
+FAMILIES = ("sendgrid", "mailgun", "twilio")
+# Status order: a tracking event moves a row only to a higher rank.
+RANK = {"delivered": 1, "failed": 1, "bounced": 2, "complained": 2}
+# Events that change nothing (opens, clicks, deferrals) stop being appended
+# once a timeline is this long; status changes always are.
+MAX_TIMELINE = 200
+
+_json = msgspec.json.Encoder()
+
+FIND_BY_NOTIFICATION = """
+SELECT id, notification_id, user_id, channel, status FROM delivery_tracking
+WHERE notification_id = $1 AND channel = ANY($2::text[])
+ORDER BY (provider_message_id IS NOT DISTINCT FROM $3) DESC, channel
+LIMIT 1 FOR UPDATE
+"""
+FIND_BY_MESSAGE_ID = """
+SELECT id, notification_id, user_id, channel, status FROM delivery_tracking
+WHERE provider_message_id = $1 AND channel = ANY($2::text[])
+LIMIT 2 FOR UPDATE
+"""
+UPDATE_ROW = """
+UPDATE delivery_tracking SET
+    timeline = CASE WHEN $5 OR jsonb_array_length(timeline) < $6 THEN timeline || $2::jsonb ELSE timeline END,
+    status = $3, reason = COALESCE($4, reason), updated_at = now()
+WHERE id = $1
+"""
+SUPPRESS = """
+INSERT INTO suppressions (channel, address, reason, source) VALUES ($1, $2, $3, $4)
+ON CONFLICT (channel, address) DO NOTHING RETURNING 1
+"""
+
+
+def family(type_name: str) -> str | None:
+    """``sendgrid``, ``mailgun`` or ``twilio`` for a provider type of that
+    provider (``twilio_sms``, ``twilio-voice`` count as twilio); else None."""
+    t = type_name.lower()
+    for name in FAMILIES:
+        if t == name or t.startswith((name + "_", name + "-")):
+            return name
+    return None
+
+
+class Hook(msgspec.Struct):
+    channels: list[str]  # config channels with a provider of the family
+    settings: list[dict]  # settings of those providers that have the verification setting
+
+
+def resolved(settings: dict, secrets: dict[str, str], environ=None) -> dict:
+    """``settings`` with ``env:NAME`` and ``secret:NAME`` filled from the
+    environment and the engine's stored credentials; a reference that cannot be
+    filled is left out, so its text is never taken for a verification key."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and value.startswith(("env:", "secret:")):
+            kind, _, ref = value.partition(":")
+            value = (environ if kind == "env" else secrets).get(ref)
+            if value is None:
+                continue
+        out[key] = value
+    return out
+
+
+def configured(request: web.Request, name: str, *settings_keys: str) -> Hook:
+    """The channels and settings (references filled) of the ``name`` providers;
+    404 when none is configured, or none has any of ``settings_keys``."""
+    engine = request.app[ENGINE]
+    cfg = engine.cfg
+    channels: list[str] = []
+    found: list[dict] = []
+    any_provider = False
+    for channel, ch in cfg.channels.items():
+        for p in ch.providers:
+            if family(p.type) != name:
+                continue
+            any_provider = True
+            if channel not in channels:
+                channels.append(channel)
+            settings = resolved(p.settings, engine.secrets)
+            if any(settings.get(k) for k in settings_keys):
+                found.append(settings)
+    if not any_provider:
+        raise Problem(404, "not found", [{"field": "provider", "reason": f"no {name} provider is configured"}])
+    if not found:
+        raise Problem(404, "not found", [{"field": "provider", "reason": f"no {name} provider has "
+                                          f"{' or '.join(settings_keys)} set"}])
+    return Hook(channels, found)
+
+
+def bad_signature(exc: SignatureError, field: str) -> Problem:
+    return Problem(401, "bad signature", [{"field": field, "reason": str(exc)}])
+
+
+def bad_payload(exc: PayloadError) -> Problem:
+    return Problem(400, "malformed payload", [{"field": "$", "reason": str(exc)}])
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(text: str):
+    return load_sendgrid_key(text)
+
+
+async def sendgrid(request: web.Request) -> web.Response:
+    hook = configured(request, "sendgrid", "event_public_key")
+    body = await read_body(request)
+    keys = []
+    for s in hook.settings:
+        try:
+            keys.append(_public_key(str(s["event_public_key"])))
+        except ValueError as exc:
+            log.warning("sendgrid event_public_key is unusable: %s", exc)
+    if not keys:
+        raise Problem(503, "tracking misconfigured", [{"field": "event_public_key", "reason": "no usable key"}])
+    try:
+        max_age = max(float(s.get("event_max_age_s") or 0) for s in hook.settings)
+    except (TypeError, ValueError):
+        raise Problem(503, "tracking misconfigured", [{"field": "event_max_age_s", "reason": "not a number"}]) from None
+    try:
+        verify_sendgrid(keys, request.headers.get(SENDGRID_SIGNATURE_HEADER),
+                        request.headers.get(SENDGRID_TIMESTAMP_HEADER), body, tolerance_s=max_age)
+    except SignatureError as exc:
+        raise bad_signature(exc, SENDGRID_SIGNATURE_HEADER) from None
+    try:
+        events = parse_sendgrid(body)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    return await apply(request, events, hook.channels)
+
+
+async def mailgun(request: web.Request) -> web.Response:
+    hook = configured(request, "mailgun", "webhook_signing_key")
+    body = await read_body(request)
+    try:
+        data = read_mailgun(body)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    except SignatureError as exc:
+        raise bad_signature(exc, "signature") from None
+    tokens = request.app[MAILGUN_TOKENS]
+    try:
+        verify_mailgun([str(s["webhook_signing_key"]) for s in hook.settings], data.timestamp, data.token,
+                       data.signature, tokens=tokens)
+    except SignatureError as exc:
+        raise bad_signature(exc, "signature") from None
+    try:
+        event = mailgun_event(data.event_data)
+        return await apply(request, [event], hook.channels)
+    except BaseException as exc:
+        tokens.forget(data.token)  # not processed: Mailgun's retry (same token) must get in
+        if isinstance(exc, PayloadError):
+            raise bad_payload(exc) from None
+        raise
+
+
+def _urls(request: web.Request, settings: list[dict]) -> list[str]:
+    """The URLs Twilio may have signed: the one the request arrived at, the same
+    as a proxy's ``X-Forwarded-Proto``/``X-Forwarded-Host`` say it was called,
+    and each configured ``status_callback``. Trying several is safe: each is
+    checked against an HMAC only Twilio (with the auth token) can make."""
+    seen = [str(request.url)]
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    if proto in ("http", "https") or host:
+        try:
+            url = request.url.with_scheme(proto) if proto in ("http", "https") else request.url
+            if host:
+                name, colon, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+                url = url.with_host(name if colon else host).with_port(int(port) if port.isdigit() else None)
+            seen.append(str(url))
+        except ValueError:
+            pass
+    for s in settings:
+        callback = s.get("status_callback")
+        if isinstance(callback, str) and callback:
+            seen.append(callback)
+    return list(dict.fromkeys(seen))
+
+
+async def twilio(request: web.Request) -> web.Response:
+    hook = configured(request, "twilio", "webhook_auth_token", "auth_token")
+    body = await read_body(request)
+    try:
+        params = parse_form(body)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    urls = _urls(request, hook.settings)
+    signature = request.headers.get(TWILIO_SIGNATURE_HEADER)
+    last: SignatureError | None = None
+    for s in hook.settings:
+        try:
+            verify_twilio(str(s.get("webhook_auth_token") or s.get("auth_token")), signature, urls, params)
+            break
+        except SignatureError as exc:
+            last = exc
+    else:
+        raise bad_signature(last or SignatureError("no auth token"), TWILIO_SIGNATURE_HEADER)
+    try:
+        event = twilio_event(params)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    return await apply(request, [event], hook.channels)
+
+
+def next_status(current: str, new: str | None) -> str:
+    """The row's status after an event: only ever forward (see the module doc)."""
+    if new is not None and RANK.get(new, 0) > RANK.get(current, 0):
+        return new
+    return current
+
+
+def _uuid(text: str | None) -> uuid.UUID | None:
+    if not text:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def engaged(ev: TrackingEvent, row) -> engagement.Engagement:
+    """The engagement event of a provider's open or click on ``row``. A time
+    further ahead than a client may report is taken as now."""
+    now = time.time()
+    at = ev.at if 0 <= ev.at <= now + engagement.MAX_CLOCK_AHEAD_S else now
+    return engagement.Engagement(row["notification_id"], row["user_id"], row["channel"], ev.engagement, at,
+                                 ev.provider)
+
+
+def _same_address(a: str, b: str) -> bool:
+    return a.casefold() == b.casefold() if "@" in a else a == b
+
+
+async def apply(request: web.Request, events: list[TrackingEvent], channels: list[str]) -> web.Response:
+    """Apply ``events`` in one transaction, then reload the users whose address
+    was suppressed; the answer of every route."""
+    engine = request.app[ENGINE]
+    updated = suppressed = 0
+    users: set[str] = set()
+    async with engine.pool.acquire() as conn, conn.transaction():
+        for ev in events:
+            chans = [ev.channel] if ev.channel in channels else channels
+            row = None
+            nid = _uuid(ev.notification_id)
+            if nid is not None:
+                row = await conn.fetchrow(FIND_BY_NOTIFICATION, nid, chans, ev.provider_message_id)
+            if row is None and ev.provider_message_id:
+                rows = await conn.fetch(FIND_BY_MESSAGE_ID, ev.provider_message_id, chans)
+                row = rows[0] if len(rows) == 1 else None  # a batch shares one id: ambiguous
+            if row is not None:
+                status = next_status(row["status"], ev.status)
+                changed = status != row["status"]
+                entry = _json.encode([{"event": ev.event, "at": ev.at, "provider": ev.provider,
+                                       "detail": ev.detail}]).decode()
+                reason = reason_of(ev) if changed else None
+                await conn.execute(UPDATE_ROW, row["id"], entry, status, reason, changed, MAX_TIMELINE)
+                updated += 1
+                if ev.engagement is not None and row["status"] in engagement.OPENABLE:
+                    await engagement.record(conn, [engaged(ev, row)])
+            if ev.hard and ev.status in ("bounced", "complained") and ev.address:
+                channel = row["channel"] if row is not None else chans[0]
+                address = ev.address
+                if row is not None:
+                    stored = await conn.fetchval("SELECT address FROM user_addresses WHERE user_id = $1 "
+                                                 "AND channel = $2", row["user_id"], channel)
+                    if stored and _same_address(stored, address):
+                        address = stored  # the form the engine matches suppressions against
+                why = "bounce" if ev.status == "bounced" else "complaint"
+                if await conn.fetchval(SUPPRESS, channel, address, why, ev.provider):
+                    suppressed += 1
+                users.update(r[0] for r in await conn.fetch(
+                    "SELECT user_id FROM user_addresses WHERE channel = $1 AND address = $2", channel, address))
+    await reload(engine, sorted(users))
+    return reply({"events": len(events), "updated": updated, "suppressed": suppressed, "users": sorted(users)})
+
+
+async def reload(engine, users: list[str]) -> None:
+    """Ask the owning UserShards to re-read ``users`` (one call per shard). A
+    failure is logged, not answered: the rows are committed, and a retry of the
+    webhook would only append its events again."""
+    shards = engine.actors.user_shards
+    if not users or not shards:
+        return
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for u in users:
+        by_shard[shard_of(u, len(shards))].append(u)
+    results = await asyncio.gather(*(shards[i].reload.remote(us) for i, us in by_shard.items()),
+                                   return_exceptions=True)
+    for (i, us), result in zip(by_shard.items(), results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("tracking: UserShard %d did not reload %s: %r", i, us, result)
+
+
+def add_routes(app: web.Application) -> None:
+    app[MAILGUN_TOKENS] = TokenMemory()
+    app.router.add_post("/v1/tracking/sendgrid", sendgrid)
+    app.router.add_post("/v1/tracking/mailgun", mailgun)
+    app.router.add_post("/v1/tracking/twilio", twilio)

@@ -1,5 +1,0 @@
-import sys
-
-from engine.sinks.process import main
-
-sys.exit(main())

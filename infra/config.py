@@ -1,0 +1,268 @@
+"""Configuration as msgspec Structs: every section, its defaults and bounds,
+how layers merge, what ``TIDINGS_<SECTION>_<KEY>`` variables mean, and the
+checks across sections. An unknown key or a bad value is a ``ConfigError``
+naming it. Reading the files and the process environment is the engine's
+(``engine.settings``); actors get the Config as MessagePack (``encode``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from policy.rules import PolicyConfig
+from policy.types import Channel
+
+# Environment variables that start with TIDINGS_ but are not settings.
+# TIDINGS_CREDENTIALS_KEY: the keys of stored provider credentials (engine/credentials.py).
+NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_", "TIDINGS_CREDENTIALS_KEY")
+
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[float, Meta(ge=0)]
+Days = Annotated[int, Meta(ge=0)]  # retention: 0 keeps rows forever
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names it."""
+
+
+class _Section(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class EngineConfig(_Section):
+    home: str = ".tidings"  # embedded services' data, pid files and logs
+    user_shards: Positive = 2
+    ingestors: Positive = 1
+    ingest_batch: Positive = 500  # messages per JetStream fetch
+    fetch_timeout_s: NonNegative = 0.05  # how long a fetch lingers for a fuller batch
+    inflight_batches: Positive = 4  # batches between fetch and ack at once, per ingestor
+    recent_ids: Positive = 200_000  # idempotency ids a UserShard remembers in memory
+
+
+class NatsConfig(_Section):
+    url: str = ""  # empty: start the embedded nats-server
+    embedded_port: Annotated[int, Meta(ge=0, le=65535)] = 4250  # 0: any free port
+    prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "tidings"
+    stream: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "TIDINGS"
+    consumer: str = "tidings-engine"
+    duplicate_window_s: NonNegative = 120.0
+    ack_wait_s: NonNegative = 60.0
+    max_ack_pending: Positive = 20_000
+    max_age_s: NonNegative = 7 * 24 * 3600.0
+    dead_letter_after: Positive = 20  # a message that failed this many deliveries goes to the DLQ
+
+
+class DatabaseConfig(_Section):
+    url: str = ""  # empty: start the embedded PostgreSQL (pgserver)
+    schema: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
+    pool_min: Positive = 1
+    pool_max: Positive = 8
+
+
+class RayConfig(_Section):
+    address: str = ""  # empty: local Ray; "auto" or "ray://…" joins a cluster
+    namespace: str = "tidings"
+    dashboard: bool = True
+    dashboard_port: int = 8265
+    num_cpus: int | None = None
+    actor_cpus: NonNegative = 0.0  # CPUs each actor reserves; >0 spreads them on a cluster
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: Positive = 1_048_576
+    max_batch: Positive = 1000
+
+
+class RecorderConfig(_Section):
+    flush_rows: Positive = 2000  # flush when this many rows wait
+    linger_ms: NonNegative = 10.0  # or when the oldest row waited this long
+
+
+class SchedulerConfig(_Section):
+    interval_s: NonNegative = 1.0  # how often due deferred rows and digest buckets are claimed
+    batch: Positive = 1000  # rows and buckets claimed per round
+    lease_s: NonNegative = 120.0  # a claim not finished by then is claimed again
+
+
+class RetentionConfig(_Section):
+    """How long rows are kept (stores/retention.py); each ``*_days`` 0 keeps them forever."""
+
+    interval_s: NonNegative = 3600.0  # how often the Scheduler runs it; 0: never (run `tidings retention`)
+    batch: Positive = 5000  # rows per DELETE statement, so none holds its locks for long
+    tracking_days: Days = 30  # tracking rows and engagement events, from creation: the idempotency window
+    scheduled_done_days: Days = 7  # done scheduled rows (from their due time) and sent digest buckets
+    change_feed_days: Days = 30  # published preference changes; unpublished ones are never deleted
+    inbox_read_days: Days = 90  # in-app messages, from when they were read
+    inbox_unread_days: Days = 0  # unread in-app messages, from when they arrived; 0: kept until read
+    jobs_days: Days = 30  # finished bulk jobs
+
+
+class EngagementConfig(_Section):
+    """Our own open pixel and click redirect in HTML content (policy/links.py,
+    engine/http/links.py). Off while ``base_url`` is empty."""
+
+    base_url: str = ""  # public URL of the HTTP API, e.g. "https://notify.example.com"; empty: off
+    secret: str = ""  # HMAC key of the tokens, required with base_url: set TIDINGS_ENGAGEMENT_SECRET
+    opens: bool = True  # add the 1x1 pixel
+    clicks: bool = True  # point http(s) links at the redirect
+    channels: list[Channel] = msgspec.field(default_factory=lambda: ["email"])  # HTML of these is rewritten
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url) and (self.opens or self.clicks) and bool(self.channels)
+
+
+class ProviderConfig(_Section):
+    name: str
+    type: str
+    priority: int = 1
+    enabled: bool = True
+    rate_per_s: NonNegative = 0.0  # 0: unlimited
+    burst: NonNegative = 0.0  # 0: one second's worth of rate
+    daily_limit: Annotated[int, Meta(ge=0)] = 0
+    concurrency: Positive = 100  # calls in flight at once (bulkhead)
+    timeout_s: NonNegative = 10.0
+    max_attempts: Positive = 3
+    backoff_base_s: NonNegative = 0.1
+    backoff_max_s: NonNegative = 5.0
+    max_wait_s: NonNegative = 2.0  # longest wait for a rate-limit token before failing over
+    breaker_failures: Positive = 5
+    breaker_recovery_s: NonNegative = 30.0
+    weight: Annotated[float, Meta(ge=0)] = 1.0  # routing = "weighted": share of first tries; 0: failover only
+    settings: dict[str, Any] = {}
+
+
+class ChannelConfig(_Section):
+    enabled: bool = True
+    shards: Positive = 1
+    providers: list[ProviderConfig] = []
+    # The order a delivery tries the providers in (actors/delivery/routing/).
+    routing: Literal["priority", "round_robin", "weighted", "health"] = "priority"
+    health_window_s: NonNegative = 60.0  # routing = "health": how far back calls count
+    health_max_error_rate: Annotated[float, Meta(ge=0, le=1)] = 0.5  # above it, a provider is tried last
+
+
+class Config(_Section):
+    engine: EngineConfig = EngineConfig()
+    nats: NatsConfig = NatsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    ray: RayConfig = RayConfig()
+    http: HttpConfig = HttpConfig()
+    recorder: RecorderConfig = RecorderConfig()
+    channels: dict[str, ChannelConfig] = {}
+    preferences: PolicyConfig = PolicyConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    retention: RetentionConfig = RetentionConfig()
+    engagement: EngagementConfig = EngagementConfig()
+
+    def enabled_channels(self) -> frozenset[str]:
+        """Channels that are on and have at least one enabled provider."""
+        return frozenset(
+            name for name, ch in self.channels.items()
+            if ch.enabled and any(p.enabled for p in ch.providers)
+        )
+
+
+# Settings that env variables may override: not the tables of lists (channels, preferences).
+SECTIONS = {f.name: f.type for f in msgspec.structs.fields(Config) if f.name not in ("channels", "preferences")}
+
+
+def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``; tables merge, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``TIDINGS_NATS_URL=…`` → ``{"nats": {"url": "…"}}``; unknown names are errors."""
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("TIDINGS_") or key.startswith(NOT_SETTINGS):
+            continue
+        rest = key[len("TIDINGS_"):].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{key}: unknown setting (sections: {', '.join(SECTIONS)})")
+        field = rest[len(section) + 1:]
+        if field not in _field_names(section):
+            raise ConfigError(f"{key}: unknown setting {section}.{field}")
+        if _is_list(section, field):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "email,sms" -> ["email", "sms"]
+        out.setdefault(section, {})[field] = value
+    if env.get("RAY_ADDRESS"):
+        out.setdefault("ray", {})["address"] = env["RAY_ADDRESS"]
+    return out
+
+
+def _field_names(section: str) -> set[str]:
+    return {f.name for f in msgspec.structs.fields(SECTIONS[section])}
+
+
+def _is_list(section: str, name: str) -> bool:
+    field = next(f for f in msgspec.structs.fields(SECTIONS[section]) if f.name == name)
+    return getattr(field.type, "__origin__", None) is list
+
+
+def convert(data: Mapping[str, Any]) -> Config:
+    try:
+        cfg = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"config: {e}") from None
+    check_retention(cfg)
+    return check_engagement(cfg)
+
+
+def check_retention(cfg: Config) -> None:
+    """Tracking rows and the change feed are what make a redelivered message
+    idempotent (notifications; NATS preference changes by their stream sequence),
+    and JetStream may redeliver a message until it is ``nats.max_age_s`` old: they
+    must be kept at least that long."""
+    age = cfg.nats.max_age_s
+    for name in ("tracking_days", "change_feed_days"):
+        days = getattr(cfg.retention, name)
+        if days and not age:
+            raise ConfigError(f"config: retention.{name} = {days}, but nats.max_age_s = 0 keeps messages (and their "
+                              "redeliveries) forever; keep these rows forever too (0) or set nats.max_age_s")
+        if days and age and days * 86400 < age:
+            raise ConfigError(f"config: retention.{name} = {days} is shorter than nats.max_age_s "
+                              f"({age:g} s, {age / 86400:g} days), how long a message may still be redelivered")
+
+
+MIN_SECRET_CHARS = 16
+
+
+def check_engagement(cfg: Config) -> Config:
+    """With a ``base_url``, tokens are signed: a secret is required (a short or
+    missing one would let anyone mint redirects and opens). Returns ``cfg`` with
+    the base URL's trailing slash removed."""
+    e = cfg.engagement
+    if not e.base_url:
+        return cfg
+    if not e.base_url.startswith(("http://", "https://")) or any(c.isspace() for c in e.base_url):
+        raise ConfigError(f"config: engagement.base_url = {e.base_url!r} is not an http(s) URL")
+    if len(e.secret) < MIN_SECRET_CHARS:
+        what = "is not set" if not e.secret else f"is shorter than {MIN_SECRET_CHARS} characters"
+        raise ConfigError(f"config: engagement.secret {what}; it is required with engagement.base_url "
+                          f"(set TIDINGS_ENGAGEMENT_SECRET)")
+    if e.base_url.endswith("/"):
+        cfg = msgspec.structs.replace(cfg, engagement=msgspec.structs.replace(e, base_url=e.base_url.rstrip("/")))
+    return cfg
+
+
+def encode(cfg: Config) -> bytes:
+    """MessagePack form, how a Config crosses to actors."""
+    return msgspec.msgpack.encode(cfg)
+
+
+def decode(data: bytes) -> Config:
+    return msgspec.msgpack.decode(data, type=Config)

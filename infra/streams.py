@@ -1,0 +1,121 @@
+"""JetStream layout: subjects, the work stream, the dead-letter stream and the
+engine's durable pull consumer."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from infra.config import NatsConfig
+
+
+def notify_subject(cfg: NatsConfig, category: str) -> str:
+    return f"{cfg.prefix}.notify.{category}"
+
+
+def notify_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.notify.>"
+
+
+def priority_subject(cfg: NatsConfig, category: str) -> str:
+    """The priority lane: high and critical notifications, consumed by their own
+    Ingestor, so they never queue behind a bulk backlog in the stream."""
+    return f"{cfg.prefix}.priority.{category}"
+
+
+def priority_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.priority.>"
+
+
+def subject_for(cfg: NatsConfig, category: str, priority: str) -> str:
+    return priority_subject(cfg, category) if priority in ("high", "critical") else notify_subject(cfg, category)
+
+
+def broadcast_subject(cfg: NatsConfig, category: str) -> str:
+    return f"{cfg.prefix}.broadcast.{category}"
+
+
+def broadcast_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.broadcast.>"
+
+
+def is_broadcast(cfg: NatsConfig, subject: str) -> bool:
+    return subject.startswith(f"{cfg.prefix}.broadcast.")
+
+
+def category_of(cfg: NatsConfig, subject: str) -> str:
+    """The category a notify or broadcast subject carries ("" for another subject)."""
+    for kind in ("notify", "priority", "broadcast"):
+        head = f"{cfg.prefix}.{kind}."
+        if subject.startswith(head):
+            return subject[len(head):]
+    return ""
+
+
+def dlq_subject(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.dlq"
+
+
+def dlq_stream(cfg: NatsConfig) -> str:
+    return f"{cfg.stream}_DLQ"
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
+    """Create or update the work stream, the DLQ stream and the durable consumer."""
+    await _ensure(js, StreamConfig(
+        name=cfg.stream,
+        subjects=[notify_wildcard(cfg), priority_wildcard(cfg), broadcast_wildcard(cfg)],
+        # Work queue: a message leaves the stream once the engine acks it, which it
+        # does only after the outcome is committed in PostgreSQL.
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=cfg.duplicate_window_s,
+        max_age=cfg.max_age_s,
+    ))
+    await _ensure(js, StreamConfig(
+        name=dlq_stream(cfg), subjects=[dlq_subject(cfg)], storage=StorageType.FILE,
+        duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
+    ))
+    try:
+        # The server updates what can change in place (ack_wait, max_ack_pending, …).
+        for lane in LANES:
+            await js.add_consumer(cfg.stream, consumer_config(cfg, lane))
+    except BadRequestError as e:
+        # Not deleted here: another engine may be consuming from it right now.
+        raise RuntimeError(
+            f"JetStream consumer {cfg.consumer!r} on stream {cfg.stream!r} exists with settings that cannot "
+            f"change in place ({e.description}). Stop every engine, then remove it (`nats consumer rm "
+            f"{cfg.stream} {cfg.consumer}`): acked messages are gone already and unacked ones are delivered "
+            f"again to the new consumer.") from e
+
+
+# One durable consumer per lane, each with one filter subject (a work-queue stream
+# needs consumers whose filters do not overlap; one filter each works on
+# nats-server 2.9 as well as later ones).
+LANES = ("bulk", "broadcast", "priority")
+_LANE_FILTER = {"bulk": notify_wildcard, "broadcast": broadcast_wildcard, "priority": priority_wildcard}
+
+
+def consumer_name(cfg: NatsConfig, lane: str = "bulk") -> str:
+    return cfg.consumer if lane == "bulk" else f"{cfg.consumer}-{lane}"
+
+
+def consumer_config(cfg: NatsConfig, lane: str = "bulk") -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=consumer_name(cfg, lane),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=cfg.ack_wait_s,
+        max_ack_pending=cfg.max_ack_pending,
+        filter_subject=_LANE_FILTER[lane](cfg),
+    )

@@ -1,0 +1,51 @@
+"""Email's rules, in one place: what counts as an address, what content an email
+needs, which categories are transactional by default, and how an unsubscribe URL
+is filled. The email providers and the HTTP API's validation both use these, so
+a request the API accepts is one every provider can send.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+from policy.types import Content, DeliveryTask
+
+# A bare local@domain: no display name, brackets, spaces or separators. Both the
+# email package and aiosmtplib parse leniently ("a@b> X" becomes "a@b"), and an
+# address that needs that leniency is a bug upstream, not something to fix up
+# silently.
+ADDRESS = re.compile(r"[^\s<>(),;:@\"]+@[^\s<>(),;:@\"]+")
+
+# Categories that get no List-Unsubscribe header unless a provider's
+# ``transactional_categories`` setting says otherwise.
+DEFAULT_TRANSACTIONAL = ("security", "account", "transactional")
+
+
+def is_address(text: str | None) -> bool:
+    """True when ``text`` is exactly one bare ``local@domain`` address."""
+    return text is not None and ADDRESS.fullmatch(text) is not None
+
+
+def content_problem(content: Content) -> str | None:
+    """What keeps ``content`` from being an email (a one-line subject and text or
+    html), or None when nothing does."""
+    if not content.subject:
+        return "email needs a subject"
+    if "\r" in content.subject or "\n" in content.subject:
+        # a line break would let the subject add headers (Bcc: ...) to the message
+        return "email subject contains a line break"
+    if not content.text and not content.html:
+        return "email needs text or html content"
+    return None
+
+
+def fill(template: str, task: DeliveryTask) -> str:
+    """``{user_id}``, ``{category}`` and ``{notification_id}`` in an unsubscribe
+    URL replaced by the task's values, URL-quoted."""
+    for key in ("user_id", "category", "notification_id"):
+        template = template.replace("{" + key + "}", urllib.parse.quote(getattr(task, key), safe=""))
+    return template
+
+
+__all__ = ["ADDRESS", "DEFAULT_TRANSACTIONAL", "content_problem", "fill", "is_address"]

@@ -1,0 +1,224 @@
+"""What a UserShard does with a batch, planned without doing it.
+
+``plan_round`` takes a batch of (notification id, user, request), the users'
+states, what is recorded already and ``now``, and returns a ``Plan``: the
+delivery tasks per channel, the items to hold (deferred or digested), and the
+outcomes settled here (suppressed, rejected). The shard carries the plan out —
+sends through the ChannelShards, holds through ``stores.schedules``, records
+through the Recorder — and comes back for what depends on the result:
+
+- ``fallback_checks``: a request with ``fallback_after_s`` whose channel was
+  sent gets a check held for later;
+- ``start_fallbacks`` / ``next_fallbacks``: a request none of whose channels was
+  sent or held tries its ``fallback`` channels, one at a time, in order.
+
+Pure: no I/O, no clock (``now`` is an argument), no randomness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Set
+from dataclasses import dataclass, field
+
+import msgspec
+
+from policy import wire
+from policy.decide import decide
+from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
+from policy.links import LinkRules, track
+from policy.rules import Policy
+from policy.templating import Compiled, pick, render_error
+from policy.types import (
+    Content,
+    Defer,
+    DeliveryTask,
+    Digest,
+    Message,
+    NotificationRequest,
+    Outcome,
+    Send,
+    Status,
+    Suppress,
+    TemplateRef,
+    UserState,
+)
+
+# Compiled message templates by (template id, version) → channel → locale.
+Templates = Mapping[tuple[str, int | None], Mapping[str, Mapping[str, Compiled]]]
+
+
+class Item(msgspec.Struct, frozen=True, array_like=True):
+    """One notification for one user: a request, or a broadcast's recipient."""
+
+    notification_id: str
+    user_id: str
+    request: Message
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every round of one shard plans with. ``digest=False``: nothing is
+    collected into a digest (a released or a digest notification)."""
+
+    available: frozenset[str]
+    policy: Policy
+    templates: Templates = field(default_factory=dict)
+    links: LinkRules | None = None
+    digest: bool = True
+    parent_id: str | None = None  # the broadcast the batch belongs to
+
+
+@dataclass
+class Plan:
+    sends: dict[str, list[DeliveryTask]] = field(default_factory=dict)  # channel → tasks
+    holds: list[Held] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)  # settled without a provider
+    parent_id: str | None = None  # the broadcast: the delivered outcomes name it too
+
+    def kept(self) -> set[str]:
+        """Notifications with a channel held: they need no fallback now."""
+        return {h.notification_id for h in self.holds}
+
+
+def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: Set[tuple[str, str]],
+               ctx: Context, *, now: float) -> Plan:
+    """Decide every (item, channel) not in ``done`` (recorded already) and say
+    what to do with it."""
+    plan = Plan(parent_id=ctx.parent_id)
+    for it in items:
+        state = states.get(it.user_id)
+        for d in decide(it.request, state, ctx.available, ctx.policy, now=now, digest=ctx.digest):
+            if (it.notification_id, d.channel) in done:
+                continue
+            match d:
+                case Send(channel=channel):
+                    _send(plan, it, channel, state, ctx, now)
+                case Defer() | Digest():
+                    plan.holds.append(held(it, d, now, ctx.parent_id))
+                case Suppress(channel=channel, reason=reason):
+                    plan.outcomes.append(settled(it, channel, "suppressed", reason, now, ctx.parent_id))
+    return plan
+
+
+def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, now: float) -> None:
+    content, why, detail = content_for(it.request, channel, state, ctx.templates)
+    if content is None:
+        plan.outcomes.append(settled(it, channel, "rejected", why, now, ctx.parent_id, detail))
+        return
+    task = task_for(it, channel, state, content)
+    if ctx.links is not None and content.html and channel in ctx.links.channels:
+        task = track(ctx.links, task)
+    plan.sends.setdefault(channel, []).append(task)
+
+
+def content_for(req: Message, channel: str, state: UserState | None,
+                templates: Templates) -> tuple[Content | None, str, str | None]:
+    """The channel's content: given in the request, else rendered from its
+    template in the user's locale; else None with the reason and detail
+    (``content.missing``, ``template.missing``, ``template.error``)."""
+    content = req.content_for(channel)
+    if content is not None:
+        return content, "ok", None
+    if req.template is None:
+        return None, "content.missing", None
+    return render(req.template, channel, state.locale if state is not None else "en", templates)
+
+
+def render(ref: TemplateRef, channel: str, locale: str,
+           templates: Templates) -> tuple[Content | None, str, str | None]:
+    compiled = pick(templates.get((ref.id, ref.version), {}).get(channel, {}), locale)
+    if compiled is None:
+        return None, "template.missing", f"no template {ref.id!r} for {channel} in {locale} or a fallback"
+    try:
+        return compiled.render(ref.data), "ok", None
+    except Exception as e:  # noqa: BLE001 - a template's error is the request's, reported on its row
+        return None, "template.error", render_error(e)
+
+
+def task_for(it: Item, channel: str, state: UserState | None, content: Content) -> DeliveryTask:
+    r = it.request
+    address = state.addresses.get(channel, "") if state is not None else ""
+    locale = state.locale if state is not None else "en"
+    return DeliveryTask(it.notification_id, it.user_id, channel, r.category, address, content, r.priority,
+                        r.accepted_at or 0.0, r.metadata, locale)
+
+
+def settled(it: Item, channel: str, status: Status, reason: str, now: float, parent_id: str | None = None,
+            detail: str | None = None) -> Outcome:
+    r = it.request
+    return Outcome(it.notification_id, it.user_id, channel, r.category, status, reason, r.accepted_at or now, now,
+                   priority=r.priority, parent_id=parent_id, detail=detail)
+
+
+_REQUEST_FIELDS = [f.name for f in msgspec.structs.fields(NotificationRequest) if f.name != "user_id"]
+
+
+def as_notification(req: Message, user_id: str) -> NotificationRequest:
+    """The single-user form of a request (a broadcast recipient's, too), as held rows store it."""
+    if isinstance(req, NotificationRequest):
+        return req
+    return NotificationRequest(user_id=user_id, **{name: getattr(req, name) for name in _REQUEST_FIELDS
+                                                   if hasattr(req, name)})
+
+
+def held(it: Item, d: Defer | Digest, now: float, parent_id: str | None = None) -> Held:
+    r = it.request
+    request, accepted = wire.encode(as_notification(r, it.user_id)), r.accepted_at or now
+    match d:
+        case Digest(channel=channel, key=key):
+            return HeldDigest(notification_id=it.notification_id, user_id=it.user_id, category=r.category,
+                              priority=r.priority, request=request, accepted_at=accepted, parent_id=parent_id,
+                              channel=channel, key=key, due_at=d.until)
+        case Defer(channel=channel, reason=reason, until=until):
+            return HeldDeferred(notification_id=it.notification_id, user_id=it.user_id, category=r.category,
+                                priority=r.priority, request=request, accepted_at=accepted, parent_id=parent_id,
+                                channel=channel, reason=reason, due_at=until)
+
+
+def fallback_checks(items: Collection[Item], sent: Set[str], done: Set[tuple[str, str]], *,
+                    now: float) -> list[HeldFallback]:
+    """For each request with ``fallback_after_s`` that was ``sent`` on a channel
+    in this call (not on a redelivery of an earlier one: ``done``), a check due at
+    ``now + fallback_after_s``."""
+    recorded = {nid for nid, _ in done}
+    return [HeldFallback(notification_id=it.notification_id, user_id=it.user_id, category=it.request.category,
+                         priority=it.request.priority, due_at=now + (it.request.fallback_after_s or 0.0),
+                         request=wire.encode(as_notification(it.request, it.user_id)),
+                         accepted_at=it.request.accepted_at or now)
+            for it in items
+            if it.request.fallback and it.request.fallback_after_s and it.notification_id in sent
+            and it.notification_id not in recorded]
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """A request still trying its fallback channels; ``at`` is the next to try."""
+
+    item: Item
+    at: int = 0
+
+
+def start_fallbacks(items: Collection[Item], handled: Set[str]) -> list[Pending]:
+    """Requests with fallback channels none of whose channels was sent or held
+    (``handled``: sent, held, or recorded before)."""
+    return [Pending(it) for it in items if it.request.fallback and it.notification_id not in handled]
+
+
+def next_fallbacks(pending: Collection[Pending]) -> tuple[list[Item], list[Pending]]:
+    """The next fallback channel of each pending request, as an item to plan
+    (its request narrowed to that channel), and where each goes on if that one
+    is not sent either. Fallback channels the request asked for already are
+    skipped."""
+    attempt, rest = [], []
+    for p in pending:
+        req, at = p.item.request, p.at
+        while at < len(req.fallback) and req.fallback[at] in req.channels:
+            at += 1
+        if at < len(req.fallback):
+            attempt.append(Item(p.item.notification_id, p.item.user_id,
+                                msgspec.structs.replace(req, channels=[req.fallback[at]])))
+            rest.append(Pending(p.item, at + 1))
+    return attempt, rest
+
+
+__all__ = ["Context", "Item", "Pending", "Plan", "Templates", "as_notification", "content_for", "fallback_checks",
+           "held", "next_fallbacks", "plan_round", "render", "settled", "start_fallbacks", "task_for"]

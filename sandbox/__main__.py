@@ -1,0 +1,5 @@
+import sys
+
+from sandbox.process import main
+
+sys.exit(main())

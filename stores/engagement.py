@@ -1,0 +1,131 @@
+"""Engagement events: a notification opened or clicked on one of its channels.
+
+Four sources write them: a client reporting through ``POST
+/v1/notifications/{id}/events`` (``engine.http.events``, source ``api``), the
+in-app inbox when a message is marked read (``engine.http.inbox``, source
+``inbox``), which counts as "opened" on ``in_app``, an email provider's
+open or click tracking webhook (``engine.http.tracking``, source the provider
+type: ``sendgrid``, ``mailgun``), and our own open pixel and click redirect
+(``engine.http.links``, source ``pixel``, ``link``).
+
+What is stored (``engagement_events``, migration 011): the first "opened" and
+the first "clicked" per (notification, channel); a repeated report inserts
+nothing and is answered as a duplicate. Opening implies delivered, so in the
+same transaction a tracking row still at ``sent`` moves to ``delivered`` with
+the event type as its reason; the status itself never becomes "opened" (it
+says what the provider did with the message; engagement is a separate fact).
+The events are shown in the channel's timeline of ``GET
+/v1/notifications/{id}``, merged in when read, and a due fallback check with
+``fallback_unless: "opened"`` looks for them (``actors.user_release``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+import asyncpg
+import msgspec
+from msgspec import Meta
+
+from policy.types import Channel
+
+EventType = Literal["opened", "clicked"]
+# A reported time further ahead of the server's clock than this is refused:
+# client clocks drift, but a time in the future would be a wrong timeline.
+MAX_CLOCK_AHEAD_S = 300.0
+# Tracking statuses a channel can be opened in: the provider took the message
+# (a complaint comes from a recipient who had it). Any other status (suppressed,
+# rejected, deferred, digested, failed, bounced) means there was nothing to open.
+OPENABLE = frozenset({"sent", "delivered", "complained"})
+
+
+class Report(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """The body of ``POST /v1/notifications/{id}/events``; ``at`` (seconds since
+    the epoch) defaults to when the server got it."""
+
+    channel: Channel
+    type: EventType
+    at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
+
+
+class Engagement(msgspec.Struct, frozen=True):
+    """One event to store."""
+
+    notification_id: uuid.UUID
+    user_id: str
+    channel: str
+    type: str
+    at: float
+    source: str  # api | inbox | sendgrid | mailgun (migration 012) | pixel | link (migration 014)
+
+
+INSERT = """
+INSERT INTO engagement_events (notification_id, user_id, channel, type, at, source)
+SELECT n, u, c, t,
+       -- never before the notification was accepted (a client clock behind, or 0)
+       greatest(to_timestamp(a), (SELECT d.accepted_at FROM delivery_tracking d
+                                  WHERE d.notification_id = e.n AND d.channel = e.c)), s
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[]) AS e(n, u, c, t, a, s)
+ON CONFLICT (notification_id, channel, type) DO NOTHING
+RETURNING notification_id, channel, type
+"""
+DELIVERED = """
+UPDATE delivery_tracking d SET status = 'delivered', reason = e.t, updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS e(n, c, t)
+WHERE d.notification_id = e.n AND d.channel = e.c AND d.status = 'sent'
+"""
+STORED_AT = """
+SELECT extract(epoch FROM at) FROM engagement_events WHERE notification_id = $1 AND channel = $2 AND type = $3
+"""
+TIMELINE = """
+SELECT channel, type, extract(epoch FROM at) AS at, source FROM engagement_events
+WHERE notification_id = $1 ORDER BY at, id
+"""
+
+
+async def record(conn: asyncpg.Connection, events: list[Engagement]) -> set[tuple[uuid.UUID, str, str]]:
+    """Store ``events`` and move their ``sent`` tracking rows to ``delivered``,
+    in one transaction. Returns the (notification, channel, type) keys that
+    were new; the others were stored before and are left as they were."""
+    if not events:
+        return set()
+    async with conn.transaction():
+        rows = await conn.fetch(INSERT, [e.notification_id for e in events], [e.user_id for e in events],
+                                [e.channel for e in events], [e.type for e in events],
+                                [e.at for e in events], [e.source for e in events])
+        await conn.execute(DELIVERED, [e.notification_id for e in events], [e.channel for e in events],
+                           [e.type for e in events])
+    return {(r[0], r[1], r[2]) for r in rows}
+
+
+async def stored_at(conn: asyncpg.Connection, nid: uuid.UUID, channel: str, type_: str) -> float | None:
+    """When the stored event of that key happened (the first report's ``at``)."""
+    at = await conn.fetchval(STORED_AT, nid, channel, type_)
+    return float(at) if at is not None else None
+
+
+def as_entries(rows) -> dict[str, list[dict]]:
+    """Timeline entries per channel, ``{"event", "at", "source"}``, oldest first."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["channel"], []).append({"event": r["type"], "at": float(r["at"]), "source": r["source"]})
+    return out
+
+
+async def timelines(conn, nid: uuid.UUID) -> dict[str, list[dict]]:
+    """A notification's engagement as timeline entries per channel (``conn``
+    may be a pool)."""
+    return as_entries(await conn.fetch(TIMELINE, nid))
+
+
+def clock_error(report: Report, now: float) -> dict | None:
+    """The field error of an ``at`` ahead of ``now`` by more than the drift allowed."""
+    if report.at is not None and report.at > now + MAX_CLOCK_AHEAD_S:
+        return {"field": "$.at", "reason": f"{report.at - now:.0f} s in the future "
+                                           f"(at most {MAX_CLOCK_AHEAD_S:.0f} s ahead of the server's clock)"}
+    return None
+
+
+__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "as_entries", "clock_error",
+           "record", "stored_at", "timelines"]

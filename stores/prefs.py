@@ -1,0 +1,170 @@
+"""The preference side of PostgreSQL: rows, consent and templates loaded in
+bulk; one user's change written with its version check, audit row and change-feed
+row in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+import orjson
+
+from policy.prefs import Preference, context_key, ordered
+from policy.rules import Template
+from policy.sharding import stable_hash
+from stores import state
+from stores.audit import append_audit
+
+
+def row_to_pref(channel: str, category: str, content_type: str, context, value, priority: int,
+                expires_at: float | None) -> Preference:
+    data = orjson.loads(value) if isinstance(value, str) else dict(value)
+    data.update(channel=channel, category=category, content_type=content_type, priority=priority)
+    if context:
+        data["context"] = orjson.loads(context) if isinstance(context, str) else context
+    if expires_at is not None:
+        data["expires_at"] = expires_at
+    return msgspec.convert(data, Preference)
+
+
+def pref_record(user_id: str, p: Preference) -> tuple:
+    return (user_id, p.level, p.channel, p.category, p.content_type,
+            orjson.dumps(p.context).decode() if p.context else None, context_key(p.context),
+            msgspec.json.encode(p.value()).decode(), p.priority, p.expires_at)
+
+
+INSERT_PREFS = """
+INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, context_key,
+                              value, priority, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9, to_timestamp($10))
+"""
+
+
+class Change(msgspec.Struct, kw_only=True):
+    """One user's committed preference change, as the change feed and NATS carry it."""
+
+    user_id: str
+    version: int
+    type: str  # put | patch | profile | import
+    source: str  # http | nats | import | profile
+    preferences: list[Preference]
+    consent: dict[str, str]
+    timezone: str
+    template: str | None
+    actor: str | None = None
+
+
+def doc_json(c: Change) -> dict:
+    return {"preferences": msgspec.to_builtins(c.preferences), "consent": c.consent,
+            "timezone": c.timezone, "template": c.template}
+
+
+async def write_change(conn: asyncpg.Connection, change: Change, expected: int, old: dict | None,
+                       consent_changed: dict[str, str], source_id: str | None = None) -> bool:
+    """Commit one user's new preference set if its version is still ``expected``
+    (False if not: another writer won). The caller holds the transaction."""
+    uid = change.user_id
+    bumped = await conn.fetchval(
+        "UPDATE users SET prefs_version = prefs_version + 1, timezone = $3, template_id = $4, updated_at = now() "
+        "WHERE user_id = $1 AND prefs_version = $2 RETURNING prefs_version",
+        uid, expected, change.timezone, change.template)
+    if bumped is None:
+        inserted = await conn.fetchval(
+            "INSERT INTO users (user_id, timezone, template_id, prefs_version, shard_key) "
+            "VALUES ($1, $2, $3, 1, $4) ON CONFLICT (user_id) DO NOTHING RETURNING prefs_version",
+            uid, change.timezone, change.template, _shard_key(uid)) if expected == 0 else None
+        if inserted is None:
+            return False
+        bumped = inserted
+    change.version = bumped
+    await conn.execute("DELETE FROM user_preferences WHERE user_id = $1", uid)
+    if change.preferences:
+        await conn.executemany(INSERT_PREFS, [pref_record(uid, p) for p in change.preferences])
+    for channel, status in consent_changed.items():
+        await conn.execute(
+            "INSERT INTO preference_consent (user_id, channel, status, source, granted_at, withdrawn_at) "
+            "VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'granted' THEN now() END, "
+            "CASE WHEN $3 = 'withdrawn' THEN now() END) "
+            "ON CONFLICT (user_id, channel) DO UPDATE SET status = EXCLUDED.status, source = EXCLUDED.source, "
+            "granted_at = COALESCE(EXCLUDED.granted_at, preference_consent.granted_at), "
+            "withdrawn_at = COALESCE(EXCLUDED.withdrawn_at, preference_consent.withdrawn_at), updated_at = now()",
+            uid, channel, status, change.source)
+    new = doc_json(change)
+    await state.refresh_states(conn, [uid])
+    await append_audit(conn, [(uid, f"preferences.{change.type}", old, new, change.actor)])
+    await conn.execute(
+        "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6)", uid, bumped, change.type, change.source, orjson.dumps(new).decode(),
+        source_id)
+    return True
+
+
+def _shard_key(user_id: str) -> int:
+    return stable_hash(user_id)
+
+
+async def changes_since(conn: asyncpg.Connection, user_id: str, since: int, limit: int = 500) -> list[dict]:
+    rows = await conn.fetch(
+        "SELECT version, sync_type, source, changes, extract(epoch FROM created_at)::float8 AS at "
+        "FROM preference_sync_log WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+        user_id, since, limit)
+    return [{"version": r["version"], "type": r["sync_type"], "source": r["source"], "at": r["at"],
+             **orjson.loads(r["changes"])} for r in rows]
+
+
+async def mark_published(conn: asyncpg.Connection, keys: Sequence[tuple[str, int]]) -> None:
+    if keys:
+        await conn.execute(
+            "UPDATE preference_sync_log SET sync_status = 'completed', completed_at = now() "
+            "WHERE (user_id, version) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))",
+            [k[0] for k in keys], [k[1] for k in keys])
+
+
+# -- templates -----------------------------------------------------------------
+
+async def load_template(conn: asyncpg.Connection, template_id: str) -> Template | None:
+    """The newest version of a template."""
+    r = await conn.fetchrow(
+        "SELECT id, version, name, description, extends, preferences FROM preference_templates "
+        "WHERE id = $1 AND is_active ORDER BY version DESC LIMIT 1", template_id)
+    if r is None:
+        return None
+    return Template(id=r["id"], version=r["version"], name=r["name"], description=r["description"],
+                    extends=r["extends"], preferences=msgspec.json.decode(r["preferences"], type=list[Preference]))
+
+
+async def template_chain(conn: asyncpg.Connection, template_id: str | None,
+                         depth: int = 8) -> tuple[tuple[str, tuple[Preference, ...]], ...]:
+    """The template and the ones it extends, child first (cycles and depth cut)."""
+    chain, seen = [], set()
+    while template_id and template_id not in seen and len(chain) < depth:
+        seen.add(template_id)
+        t = await load_template(conn, template_id)
+        if t is None:
+            break
+        chain.append((t.id, ordered(t.preferences)))
+        template_id = t.extends
+    return tuple(chain)
+
+
+async def save_template(conn: asyncpg.Connection, t: Template, actor: str | None) -> int:
+    """A new version of the template (1 for a new one); returns the version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", t.id)
+        version = await conn.fetchval(
+            "SELECT COALESCE(max(version), 0) + 1 FROM preference_templates WHERE id = $1", t.id)
+        await conn.execute(
+            "INSERT INTO preference_templates (id, version, name, description, extends, preferences, created_by) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)",
+            t.id, version, t.name, t.description, t.extends, msgspec.json.encode(t.preferences).decode(), actor)
+    return version
+
+
+async def template_versions(conn: asyncpg.Connection, template_id: str) -> list[Template]:
+    rows = await conn.fetch(
+        "SELECT id, version, name, description, extends, preferences FROM preference_templates "
+        "WHERE id = $1 ORDER BY version", template_id)
+    return [Template(id=r["id"], version=r["version"], name=r["name"], description=r["description"],
+                     extends=r["extends"], preferences=msgspec.json.decode(r["preferences"], type=list[Preference]))
+            for r in rows]

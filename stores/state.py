@@ -1,0 +1,189 @@
+"""A user's state as the UserShards hold it, in PostgreSQL: ``users.state``
+holds it as of the user's last committed write (a warm start reads one row per
+user); NULL there means "not computed", and the state is assembled from the
+tables (users, addresses, preference rows, consent, suppressions). Writers
+call ``refresh_states`` inside the transaction of their change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+import msgspec
+
+from policy.prefs import Preference, ordered
+from policy.sharding import shard_of
+from policy.types import UserState
+
+
+class Stored(msgspec.Struct, array_like=True, omit_defaults=True):
+    """What ``users.state`` holds: a user's state as of their last committed
+    write, less what is not the user's own (template chains, suppressed
+    addresses). NULL there means "not computed": read the tables instead."""
+
+    addresses: dict[str, str] = {}
+    timezone: str = "UTC"
+    locale: str = "en"
+    version: int = 0
+    prefs: tuple[Preference, ...] = ()
+    template: str | None = None
+    consent: tuple[str, ...] = ()
+
+
+_encode = msgspec.msgpack.Encoder().encode
+decode_stored = msgspec.msgpack.Decoder(Stored).decode
+
+
+def to_stored(s: UserState) -> bytes:
+    return _encode(Stored(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
+                          tuple(sorted(s.consent))))
+
+
+def from_stored(user_id: str, blob: bytes) -> UserState:
+    p = decode_stored(blob)
+    return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs, template=p.template,
+                     consent=frozenset(p.consent), timezone=p.timezone, locale=p.locale, version=p.version)
+
+
+# Each row as one JSON object in the shape of a Preference, so it decodes in one call.
+LOAD_PREFS = """
+SELECT user_id, (value || jsonb_build_object('channel', channel, 'category', category,
+                                             'content_type', content_type, 'priority', priority)
+        || CASE WHEN context IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('context', context) END
+        || CASE WHEN expires_at IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('expires_at', extract(epoch FROM expires_at)) END)::text
+FROM user_preferences WHERE user_id = ANY($1::text[]) AND is_active
+"""
+_pref = msgspec.json.Decoder(Preference)
+LOAD_CONSENT = "SELECT user_id, channel FROM preference_consent WHERE user_id = ANY($1::text[]) AND status = 'granted'"
+
+
+async def load_prefs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[Preference, ...]]:
+    rows: dict[str, list[Preference]] = {}
+    for uid, text in await conn.fetch(LOAD_PREFS, ids):
+        rows.setdefault(uid, []).append(_pref.decode(text))
+    return {uid: ordered(found) for uid, found in rows.items()}
+
+
+async def load_consent(conn: asyncpg.Connection, ids: list[str]) -> dict[str, frozenset[str]]:
+    found: dict[str, set[str]] = {}
+    for uid, channel in await conn.fetch(LOAD_CONSENT, ids):
+        found.setdefault(uid, set()).add(channel)
+    return {uid: frozenset(chs) for uid, chs in found.items()}
+
+
+LOAD_USERS = ("SELECT user_id, timezone, locale, prefs_version, template_id FROM users "
+              "WHERE user_id = ANY($1::text[])")
+LOAD_ADDRESSES = "SELECT user_id, channel, address FROM user_addresses WHERE user_id = ANY($1::text[])"
+LOAD_SUPPRESSED = """
+SELECT a.user_id, a.channel, s.reason FROM user_addresses a
+JOIN suppressions s ON s.channel = a.channel AND s.address = a.address
+WHERE a.user_id = ANY($1::text[])
+"""
+LOAD_STATES = "SELECT user_id, state FROM users WHERE user_id = ANY($1::text[])"
+
+
+async def load_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
+    """States of the given users that exist: from ``users.state`` plus their
+    suppressed addresses (two queries), or assembled from the tables for users
+    whose state is not computed. ``templates`` is left to the shard."""
+    ids = list(user_ids)
+    states: dict[str, UserState] = {}
+    stale = []
+    for uid, blob in await conn.fetch(LOAD_STATES, ids):
+        if blob is None:
+            stale.append(uid)
+        else:
+            states[uid] = from_stored(uid, blob)
+    if states:
+        for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, list(states)):
+            states[uid].suppressed[channel] = reason
+    if stale:
+        assembled = await assemble_states(conn, stale)
+        await write_back(conn, assembled)
+        states.update(assembled)
+    return states
+
+
+async def write_back(conn: asyncpg.Connection, states: dict[str, UserState]) -> None:
+    """Store states assembled for users whose ``users.state`` was NULL, unless a
+    writer changed them since (their version moved, or a writer already stored
+    one): a reader never overwrites newer data with what it read."""
+    await conn.executemany(
+        "UPDATE users SET state = $2 WHERE user_id = $1 AND state IS NULL AND prefs_version = $3",
+        [(uid, to_stored(s), s.version) for uid, s in states.items()])
+
+
+async def refresh_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+    """Recompute ``users.state`` from the tables; writers call it inside the
+    transaction of their change."""
+    states = await assemble_states(conn, user_ids)
+    await conn.executemany("UPDATE users SET state = $2 WHERE user_id = $1",
+                           [(uid, to_stored(s)) for uid, s in states.items()])
+
+
+async def assemble_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
+    """States read from every table (five set-based queries, whatever the count)."""
+    ids = list(user_ids)
+    states = {r[0]: UserState(user_id=r[0], timezone=r[1], locale=r[2], version=r[3], template=r[4])
+              for r in await conn.fetch(LOAD_USERS, ids)}
+    if not states:
+        return states
+    for uid, channel, address in await conn.fetch(LOAD_ADDRESSES, ids):
+        states[uid].addresses[channel] = address
+    for uid, rows in (await load_prefs(conn, ids)).items():
+        states[uid].prefs = rows
+    for uid, consent in (await load_consent(conn, ids)).items():
+        states[uid].consent = consent
+    for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, ids):
+        states[uid].suppressed[channel] = reason
+    return states
+
+
+class StateSink(Protocol):
+    """Where ``scan_shard`` puts what it reads (the UserShard's cache)."""
+
+    def put_stored(self, user_id: str, blob: bytes) -> None: ...
+    def update(self, states: dict[str, UserState]) -> None: ...
+    def get(self, user_id: str, default=None) -> UserState | None: ...
+    def __contains__(self, user_id: object) -> bool: ...
+    def __setitem__(self, user_id: str, state: UserState) -> None: ...
+
+
+SCAN_STATES = ("SELECT user_id, state, shard_key IS NULL FROM users "
+               "WHERE shard_key IS NULL OR shard_key % $1 = $2")
+SCAN_SUPPRESSED = """
+SELECT a.user_id, a.channel, s.reason FROM suppressions s JOIN user_addresses a USING (channel, address)
+"""
+
+
+async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: StateSink) -> int:
+    """Put every user this shard owns into ``into`` (a warm start): one pass over
+    ``users.state``; users whose state is not computed are assembled from the
+    tables and their state written back; suppressed addresses added last."""
+    stale: list[str] = []
+    n = 0
+    async with conn.transaction(readonly=True):
+        cursor = await conn.cursor(SCAN_STATES, shards, index)
+        while rows := await cursor.fetch(20_000):  # a batch per round trip, not a call per row
+            for uid, blob, unkeyed in rows:
+                if unkeyed and shard_of(uid, shards) != index:  # keyed rows: the WHERE decided
+                    continue
+                if blob is None:
+                    stale.append(uid)
+                else:
+                    into.put_stored(uid, blob)
+                    n += 1
+    for i in range(0, len(stale), 20_000):
+        assembled = await assemble_states(conn, stale[i:i + 20_000])
+        await write_back(conn, assembled)
+        into.update(assembled)
+    for uid, channel, reason in await conn.fetch(SCAN_SUPPRESSED):
+        state = into.get(uid) if uid in into and shard_of(uid, shards) == index else None
+        if state is not None:
+            state.suppressed[channel] = reason
+            into[uid] = state
+    return n + len(stale)
+
+

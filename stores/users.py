@@ -1,0 +1,71 @@
+"""Users in PostgreSQL: write profiles (with the hash-chained audit row), list
+a shard's users, find already-recorded notifications. Their state as the shards
+hold it is ``stores.state``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from policy.prefs import Preference
+from policy.sharding import shard_of, stable_hash
+from policy.types import UserProfile, UserState
+from stores import state
+from stores.audit import append_audit
+
+SHARD_USERS = "SELECT user_id FROM users WHERE shard_key IS NULL OR shard_key % $1 = $2"
+
+
+async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list[str]:
+    """Every user this shard owns (an audience of "all")."""
+    return [r[0] for r in await conn.fetch(SHARD_USERS, shards, index) if shard_of(r[0], shards) == index]
+
+
+async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile],
+                        old: dict[str, UserState], actor: str | None) -> None:
+    """Upsert users and replace their addresses, with audit rows. The caller
+    holds the transaction (opt-outs are written in it as a preference change)."""
+    ids = [p.user_id for p in profiles]
+    await conn.executemany(
+        "INSERT INTO users (user_id, timezone, locale, shard_key) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (user_id) DO UPDATE SET timezone = EXCLUDED.timezone, "
+        "locale = EXCLUDED.locale, shard_key = EXCLUDED.shard_key, updated_at = now()",
+        [(p.user_id, p.timezone, p.locale, stable_hash(p.user_id)) for p in profiles])
+    await conn.execute("DELETE FROM user_addresses WHERE user_id = ANY($1::text[])", ids)
+    await conn.copy_records_to_table(
+        "user_addresses", columns=("user_id", "channel", "address"),
+        records=[(p.user_id, ch, addr) for p in profiles for ch, addr in p.addresses.items()])
+    entries = []
+    for p in profiles:
+        before = old.get(p.user_id)
+        old_json = None if before is None else {"addresses": before.addresses, "timezone": before.timezone,
+                                                "locale": before.locale}
+        new = {"addresses": dict(p.addresses), "timezone": p.timezone, "locale": p.locale}
+        entries.append((p.user_id, "profile.upsert", old_json, new, actor))
+    await append_audit(conn, entries)
+    await state.refresh_states(conn, ids)
+
+
+def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:
+    """``"channel:category"`` shorthands as preference rows (enabled=false)."""
+    rows = []
+    for o in sorted(set(opt_outs)):
+        channel, category = o.split(":", 1)
+        rows.append(Preference(channel=channel, category=category, enabled=False))
+    return rows
+
+
+async def lock_versions(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, int]:
+    """The users' preference versions, their rows locked for this transaction."""
+    return {r[0]: r[1] for r in await conn.fetch(
+        "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) FOR UPDATE", list(user_ids))}
+
+
+async def forget_addresses(conn: asyncpg.Connection, gone: Sequence[tuple[str, str, str]]) -> None:
+    """Remove (user, channel, address) a provider said are gone for good, and
+    refresh those users' stored state, in one transaction."""
+    async with conn.transaction():
+        await conn.executemany(
+            "DELETE FROM user_addresses WHERE user_id = $1 AND channel = $2 AND address = $3", gone)
+        await state.refresh_states(conn, list({u for u, _, _ in gone}))

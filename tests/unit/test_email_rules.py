@@ -1,0 +1,64 @@
+"""policy.email: what an address is, what content an email needs, and the
+unsubscribe URL filler; one set of rules for the providers and the HTTP API."""
+
+from __future__ import annotations
+
+import pytest
+
+from policy import email
+from policy.types import Content, DeliveryTask
+
+
+@pytest.mark.parametrize("text", [
+    "a@example.com",
+    "first.last+tag@sub.example.co.uk",
+    "ü@例え.jp",
+])
+def test_bare_addresses_are_addresses(text):
+    assert email.is_address(text)
+
+
+@pytest.mark.parametrize("text", [
+    None,
+    "",
+    "no-at-sign",
+    "@example.com",
+    "a@",
+    "a@@example.com",
+    "a@b@example.com",
+    "Bob <bob@example.com>",   # a display name is a sender's business, not an address
+    "bob@example.com>",
+    "a@example.com, b@example.com",
+    "a@example.com;b@example.com",
+    "a b@example.com",
+    "a@example.com\n",
+    "a@example.com\r\nBcc: x@y.z",
+    '"a"@example.com',
+])
+def test_anything_else_is_not(text):
+    assert not email.is_address(text)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (Content(subject="Hi", text="t"), None),
+    (Content(subject="Hi", html="<p>h</p>"), None),
+    (Content(subject="Hi", text="t", html="<p>h</p>"), None),
+    (Content(text="no subject"), "email needs a subject"),
+    (Content(subject="", text="empty subject"), "email needs a subject"),
+    (Content(subject="a\r\nBcc: x@y.z", text="t"), "email subject contains a line break"),
+    (Content(subject="a\nb", text="t"), "email subject contains a line break"),
+    (Content(subject="no body"), "email needs text or html content"),
+    (Content(subject="empty body", text="", html=""), "email needs text or html content"),
+])
+def test_content_problem_says_what_is_missing(content, problem):
+    assert email.content_problem(content) == problem
+
+
+def test_fill_quotes_each_value():
+    task = DeliveryTask("n/1", "u 1&x", "email", "news.weekly", "a@x.test", Content(subject="s", text="t"))
+    url = "https://x.test/unsub?u={user_id}&c={category}&n={notification_id}&keep={other}"
+    assert email.fill(url, task) == "https://x.test/unsub?u=u%201%26x&c=news.weekly&n=n%2F1&keep={other}"
+
+
+def test_transactional_categories_by_default():
+    assert email.DEFAULT_TRANSACTIONAL == ("security", "account", "transactional")
