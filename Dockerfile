@@ -7,6 +7,9 @@ COPY engine ./engine
 COPY actors ./actors
 COPY providers ./providers
 COPY policy ./policy
+COPY infra ./infra
+COPY stores ./stores
+COPY sandbox ./sandbox
 COPY bench ./bench
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -197,7 +197,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
 
     async def _hold(self, items: list[Held]) -> None:
         if items:
-            # one lock order across shards: digest buckets first, by key
+            # one lock order across shards: by digest bucket key (none first), then notification and channel
             items.sort(key=lambda it: (it.key.text() if isinstance(it, HeldDigest) else "",
                                        it.notification_id, getattr(it, "channel", "")))
             async with self.pool.acquire() as conn:

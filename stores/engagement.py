@@ -16,7 +16,7 @@ the event type as its reason; the status itself never becomes "opened" (it
 says what the provider did with the message; engagement is a separate fact).
 The events are shown in the channel's timeline of ``GET
 /v1/notifications/{id}``, merged in when read, and a due fallback check with
-``fallback_unless: "opened"`` looks for them (``actors.user_release``).
+``fallback_unless: "opened"`` looks for them (``policy.release``).
 """
 
 from __future__ import annotations

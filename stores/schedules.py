@@ -19,6 +19,7 @@ Digest exactly-once rests on three things:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,8 @@ import msgspec
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.release import digest_id
 from policy.types import DigestKey, Outcome
+
+log = logging.getLogger(__name__)
 
 TRACK = """
 INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
@@ -124,7 +127,11 @@ async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: float, at: fl
     ``lease_s`` (a Scheduler that dies leaves them to be claimed again when the
     lease ends). ``at``: the time it is, for tests; the database's clock by default."""
     out = [_due(r[4], r[0], r[1], r[2], bytes(r[3])) for r in await conn.fetch(CLAIM_DEFERRED, limit, lease_s, at)]
-    out += [DueDigest(r[0], DigestKey.parse(r[1])) for r in await conn.fetch(CLAIM_BUCKETS, limit, lease_s, at)]
+    for user_id, key, _ in await conn.fetch(CLAIM_BUCKETS, limit, lease_s, at):
+        try:
+            out.append(DueDigest(user_id, DigestKey.parse(key)))
+        except ValueError:  # not a key the engine wrote: it alone stays claimed, the rest go on
+            log.warning("digest bucket %r: not a bucket key; skipped", key)
     return out
 
 
