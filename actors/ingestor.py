@@ -24,6 +24,7 @@ from infra import streams
 from infra.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
+from policy.text import printable
 from policy.types import BroadcastRequest, NotificationRequest, Outcome, derive_id, notification_id
 from policy.validate import message_errors
 
@@ -45,16 +46,11 @@ class _UserOnly(msgspec.Struct):
 _user_only = msgspec.json.Decoder(_UserOnly)
 
 
-def printable(text: str) -> str:
-    """``text`` without control characters (PostgreSQL refuses NUL in text and jsonb)."""
-    return "".join(c if c.isprintable() else " " for c in text)
-
-
 def salvage_user(data: bytes) -> str:
     """The user id of a rejected payload, when it has a readable one (so the
     rejection shows up under the user), else ""."""
     try:
-        return printable(_user_only.decode(data).user_id[:128])
+        return printable(_user_only.decode(data).user_id, 127)
     except msgspec.DecodeError:
         return ""
 
@@ -255,9 +251,9 @@ class Ingestor:
             return
         for r in rejected:
             seq = r.msg.metadata.sequence.stream
-            category = printable(streams.category_of(n, r.msg.subject))[:64]
+            category = printable(streams.category_of(n, r.msg.subject), 63)
             outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), salvage_user(r.msg.data), "*", category,
-                                    "rejected", r.reason, now, now, detail=printable(r.detail)))
+                                    "rejected", r.reason, now, now, detail=printable(r.detail, 1000)))
         try:
             await self.recorder.record.remote(wire.encode(outcomes))
         except Exception as e:  # noqa: BLE001 - not recorded: nak'd, tried again later

@@ -21,7 +21,8 @@ from ray.util import metrics
 from infra import db
 from infra.config import RecorderConfig
 from policy import wire
-from policy.types import Outcome
+from policy.text import printable
+from policy.types import Attempt, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,25 @@ ON CONFLICT (notification_id, channel) DO NOTHING
 
 
 def row(o: Outcome) -> tuple:
-    """One staging row. Attempts become JSON objects (readable in the API)."""
-    timeline = orjson.dumps([msgspec.structs.asdict(a) for a in o.attempts]).decode() if o.attempts else "[]"
-    errors = orjson.dumps({"detail": o.detail}).decode() if o.detail else None
-    return (o.notification_id, o.user_id, o.channel, o.category, o.priority, o.status, o.reason,
-            o.provider, o.provider_message_id, len(o.attempts), timeline, errors,
+    """One staging row. Attempts become JSON objects (readable in the API).
+
+    The texts a provider or a payload wrote (errors, detail, message id) are made
+    ``printable`` here once more, whoever built the Outcome: one NUL (or a lone
+    surrogate, which orjson refuses) would fail the COPY of the whole batch, and
+    then every caller in it would be answered with an error and redeliver."""
+    timeline = orjson.dumps([_attempt(a) for a in o.attempts]).decode() if o.attempts else "[]"
+    errors = orjson.dumps({"detail": printable(o.detail, 1000)}).decode() if o.detail else None
+    return (o.notification_id, o.user_id, o.channel, o.category, o.priority, o.status, printable(o.reason, 200),
+            printable(o.provider, 200), printable(o.provider_message_id, 200), len(o.attempts), timeline, errors,
             o.accepted_at or None, o.completed_at, o.parent_id)
+
+
+def _attempt(a: Attempt) -> dict:
+    d = msgspec.structs.asdict(a)
+    d["provider"] = printable(a.provider, 200)
+    d["error"] = printable(a.error)
+    d["error_kind"] = printable(a.error_kind, 100)
+    return d
 
 
 async def _init_connection(conn) -> None:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from actors.user_prefs import PrefCommand
+from engine import auth
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from infra.config import ChannelConfig, Config, ProviderConfig
@@ -197,10 +198,11 @@ def demo_requests(count: int, users: int, run: str, seed: int = 17,
     return out
 
 
-async def submit_all(url: str, reqs: list[dict], batch: int = 500, concurrency: int = 4) -> list[str]:
+async def submit_all(url: str, reqs: list[dict], batch: int = 500, concurrency: int = 4,
+                     headers: dict[str, str] | None = None) -> list[str]:
     ids: list[str] = []
     gate = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=headers) as http:
         async def one(chunk):
             async with gate, http.post(f"{url}/v1/notifications", json=chunk) as r:
                 body = await r.json()
@@ -260,7 +262,8 @@ async def run(engine: Engine, http_url: str, sinks: Sinks, *, count: int, users:
     expected = sum(len(r["channels"]) for r in reqs)  # fallback channels add rows of their own
     console.print(f"[bold]Submitting {count:,} notifications[/bold] over HTTP ({http_url}) …")
     started = time.monotonic()
-    ids = await submit_all(http_url, reqs)
+    key = auth.read_admin_key(engine.cfg.engine.home)
+    ids = await submit_all(http_url, reqs, headers={"Authorization": f"Bearer {key}"} if key else None)
     console.print(f"accepted {len(ids):,} in {time.monotonic() - started:.1f}s (202 after the JetStream ack)")
     done = await watch_rows(engine.pool, expected, timeout_s, console, ids=ids)
     done = await settled(engine.pool, ids, done)

@@ -43,13 +43,14 @@ def seconds(run_time: str) -> int:
     return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
-def seed(host: str, population: int, timeout_s: float = 120) -> None:
+def seed(host: str, population: int, timeout_s: float = 120, api_key: str | None = None) -> None:
     """Register ``lt-000000`` … ``lt-<population-1>`` with an email address."""
     for start in range(0, population, SEED_BATCH):
         users = [{"user_id": f"lt-{n:06d}", "addresses": {"email": f"lt-{n}@bench.test"}}
                  for n in range(start, min(start + SEED_BATCH, population))]
         req = urllib.request.Request(f"{host.rstrip('/')}/v1/users", data=json.dumps(users).encode(),
-                                     headers={"Content-Type": "application/json", "X-Actor": "bench.locust"},
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {api_key}"} if api_key else {})},
                                      method="POST")
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
@@ -80,13 +81,17 @@ def read_stats(csv_prefix: str | Path) -> dict[str, dict]:
 
 def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str | Path, *,
         population: int = 10000, seed_users: bool = True, channels: str | None = None,
-        rps_per_user: float | None = None) -> dict:
-    """Seed, run locust headless, return the summary (see the module docstring)."""
+        rps_per_user: float | None = None, api_key: str | None = None) -> dict:
+    """Seed, run locust headless, return the summary (see the module docstring).
+    ``api_key``: the engine's (default ``TIDINGS_API_KEY``)."""
+    api_key = api_key or os.environ.get("TIDINGS_API_KEY")
     budget = seconds(run_time) + GRACE_S
     Path(csv_prefix).parent.mkdir(parents=True, exist_ok=True)
     if seed_users:
-        seed(host, population)
+        seed(host, population, api_key=api_key)
     env = dict(os.environ, TIDINGS_LOCUST_USERS=str(population))
+    if api_key:
+        env["TIDINGS_API_KEY"] = api_key
     if channels:
         env["TIDINGS_LOCUST_CHANNELS"] = channels
     if rps_per_user:

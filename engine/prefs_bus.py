@@ -64,6 +64,14 @@ def event(c: Change) -> bytes:
                                 **prefs_store.doc_json(c)})
 
 
+def nats_actor(headers: dict | None) -> str:
+    """The audit log's actor for a change over NATS: the producer may name
+    itself (``X-Actor``), labelled as a NATS claim: publishing there is trusted
+    infrastructure, not an authenticated principal."""
+    claimed = (headers or {}).get("X-Actor", "")
+    return "nats:" + "".join(c for c in claimed[:64] if c.isprintable()) if claimed else "nats"
+
+
 async def run_commands(engine, commands: list[PrefCommand]) -> list[PrefResult]:
     """Group by owning shard, one call each; publish the committed changes.
     Answers come grouped by shard (see ``results_in_order``)."""
@@ -201,7 +209,7 @@ class Listener:
                 await self._dead(m, f"invalid: {e}")
                 continue
             commands.append(PrefCommand(user_id=user_id, put=body.put, patch=body.patch, if_match=body.if_match,
-                                        source="nats", actor=m.headers.get("X-Actor") if m.headers else None,
+                                        source="nats", actor=nats_actor(m.headers),
                                         source_id=f"{m.metadata.stream}:{m.metadata.sequence.stream}"))
             sources.append(m)
         if not commands:

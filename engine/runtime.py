@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import asyncpg
 import nats
 import ray
+import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 
-from engine import credentials, migrations, prefs_bus, raybox
+from engine import auth, credentials, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams
 from infra.config import Config, encode as encode_config
@@ -108,7 +109,12 @@ class Engine:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port)
+        # Redis holds only the HTTP API's rate limits: none (not even embedded) while they are off.
+        self.services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port,
+                                 redis_url=cfg.redis.url if cfg.ratelimit.enabled else None,
+                                 redis_port=cfg.redis.embedded_port)
+        self.redis: aioredis.Redis | None = None
+        self.limiter: ratelimit.Limiter | None = None
         self.nc: nats.NATS | None = None
         self.js: JetStreamContext | None = None
         self.pool: asyncpg.Pool | None = None
@@ -117,6 +123,8 @@ class Engine:
         self.policy = Policy(cfg.preferences)
         self.prefs_listener = None
         self.secrets: dict[str, str] = {}
+        self.auth: auth.Authenticator | None = None
+        self.admin_key_file = None  # set when this start created the first admin key
 
     @property
     def nats_url(self) -> str:
@@ -126,8 +134,20 @@ class Engine:
     def database_url(self) -> str:
         return self.services.database_url
 
+    @property
+    def redis_url(self) -> str:
+        """Empty while rate limits are off (no Redis then)."""
+        return self.services.redis_url
+
     async def start(self, *, ingest: bool = True) -> Engine:
         self.services.start()  # blocking for a moment, once, at start-up
+        if self.redis_url:
+            # Connects on first use: a Redis that is down now is the rate limiter's
+            # ``redis_down`` case, not a failed start.
+            self.redis = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0,
+                                                 health_check_interval=30)
+        # API rate limits per key and per end-user token, shared by every HTTP process
+        self.limiter = ratelimit.Limiter(self.redis, self.cfg.ratelimit) if self.cfg.ratelimit.enabled else None
         await migrations.migrate_url(self.database_url, self.cfg.database.schema)
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max)
@@ -136,6 +156,12 @@ class Engine:
         except credentials.CredentialError:
             await self.stop()
             raise
+        self.auth = auth.Authenticator(self.pool, self.cfg.http.auth_cache_s, self.cfg.http.token_ttl_max_s)
+        await auth.ensure_signing_key(self.pool)
+        # a first start: an admin key, written where the CLI, the demo and the benchmarks read it
+        self.admin_key_file = await auth.ensure_admin_key(self.pool, self.cfg.engine.home)
+        if self.admin_key_file is not None:
+            log.warning("created the first admin API key: %s (mode 0600; keep it secret)", self.admin_key_file)
         self.nc = await nats.connect(self.nats_url, name="tidings-engine", max_reconnect_attempts=-1)
         self.js = self.nc.jetstream()
         await streams.ensure_streams(self.js, self.cfg.nats)
@@ -170,6 +196,9 @@ class Engine:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
         self.services.stop()
 
     def shard_for(self, user_id: str):

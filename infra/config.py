@@ -17,7 +17,8 @@ from policy.types import Channel
 
 # Environment variables that start with TIDINGS_ but are not settings.
 # TIDINGS_CREDENTIALS_KEY: the keys of stored provider credentials (engine/credentials.py).
-NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_", "TIDINGS_CREDENTIALS_KEY")
+NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_", "TIDINGS_CREDENTIALS_KEY",
+                "TIDINGS_API_KEY", "TIDINGS_LOCUST_")
 
 Positive = Annotated[int, Meta(ge=1)]
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -62,6 +63,32 @@ class DatabaseConfig(_Section):
     pool_max: Positive = 8
 
 
+class RedisConfig(_Section):
+    """The Redis that holds the HTTP API's rate limits, shared by every HTTP process."""
+
+    url: str = ""  # empty: start the embedded redis-server (Debian's, see install.sh) under engine.home
+    embedded_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
+
+
+Rate = Annotated[float, Meta(gt=0)]
+Burst = Annotated[float, Meta(ge=1)]
+
+
+class RateLimitConfig(_Section):
+    """The HTTP API's rate limits (engine/ratelimit.py): GCRA in Redis, per API key
+    and per end-user token."""
+
+    enabled: bool = True
+    key_per_s: Rate = 200.0  # per API key: sustained requests per second
+    key_burst: Burst = 400.0  # per API key: requests allowed at once
+    user_per_s: Rate = 5.0  # per end-user token
+    user_burst: Burst = 20.0
+    # when Redis cannot be reached: "local" = a per-process in-memory limiter with
+    # the same rates, "open" = allow, "closed" = answer 503
+    redis_down: Literal["local", "open", "closed"] = "local"
+    timeout_s: Annotated[float, Meta(gt=0)] = 0.05  # a Redis call slower than this counts as down
+
+
 class RayConfig(_Section):
     address: str = ""  # empty: local Ray; "auto" or "ray://…" joins a cluster
     namespace: str = "tidings"
@@ -76,6 +103,15 @@ class HttpConfig(_Section):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     max_body_bytes: Positive = 1_048_576
     max_batch: Positive = 1000
+    # Authentication (engine/auth.py, docs/security.md). Off is refused unless
+    # the API listens on a loopback address only.
+    auth: bool = True
+    auth_cache_s: NonNegative = 2.0  # a key's row is re-read after this long: how late a revocation may bite
+    token_ttl_max_s: Annotated[float, Meta(gt=0, le=86400)] = 3600.0  # longest end-user token a key may mint
+    # /readyz and /metrics: "loopback" answers only loopback clients; "scope" needs a key with ops:read
+    ops_access: Literal["loopback", "scope"] = "loopback"
+    # Origins a browser may open the inbox WebSocket from with an end-user token; empty: none
+    allowed_origins: list[str] = []
 
 
 class RecorderConfig(_Section):
@@ -151,6 +187,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     nats: NatsConfig = NatsConfig()
     database: DatabaseConfig = DatabaseConfig()
+    redis: RedisConfig = RedisConfig()
     ray: RayConfig = RayConfig()
     http: HttpConfig = HttpConfig()
     recorder: RecorderConfig = RecorderConfig()
@@ -159,6 +196,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     retention: RetentionConfig = RetentionConfig()
     engagement: EngagementConfig = EngagementConfig()
+    ratelimit: RateLimitConfig = RateLimitConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""

@@ -9,13 +9,19 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from policy.types import Content, DeliveryTask
+from policy.types import CONTROL_CHARS, Content, DeliveryTask
 
 # A bare local@domain: no display name, brackets, spaces or separators. Both the
 # email package and aiosmtplib parse leniently ("a@b> X" becomes "a@b"), and an
 # address that needs that leniency is a bug upstream, not something to fix up
 # silently.
 ADDRESS = re.compile(r"[^\s<>(),;:@\"]+@[^\s<>(),;:@\"]+")
+
+# Any control character in a subject: a line break (\r, \n, and whatever else
+# str.splitlines() splits on) would let the subject add headers (Bcc: ...) or make
+# the email package refuse or fold the header; NUL and the rest have no business
+# in a one-line header either.
+SUBJECT_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
 
 # Categories that get no List-Unsubscribe header unless a provider's
 # ``transactional_categories`` setting says otherwise.
@@ -35,6 +41,8 @@ def content_problem(content: Content) -> str | None:
     if "\r" in content.subject or "\n" in content.subject:
         # a line break would let the subject add headers (Bcc: ...) to the message
         return "email subject contains a line break"
+    if SUBJECT_CONTROL.search(content.subject):
+        return "email subject contains a control character"
     if not content.text and not content.html:
         return "email needs text or html content"
     return None

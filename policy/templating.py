@@ -8,24 +8,29 @@ passes the compiled template and the data. Locale fallback: the user's locale
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from msgspec import Meta, Struct
 
-from policy.types import Content
+from policy.template_limits import (
+    BUDGET,
+    CONTROL,
+    HTML,
+    MAX_RENDER_SECONDS,
+    PLAIN,
+    Budget,
+    TemplateLimit,
+    TemplateOutput,
+    generate,
+)
+from policy.types import SUBJECT_MAX_LENGTH, Content
 
 TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Locale = Annotated[str, Meta(min_length=2, max_length=35, pattern=r"^(default|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")]
 DEFAULT_LOCALE = "default"
-
-# StrictUndefined: a variable the data lacks is an error, not an empty string in a
-# message a user reads. The sandbox keeps templates from reaching Python internals.
-_plain = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-_html = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
-
 
 class MessageTemplate(Struct, kw_only=True, forbid_unknown_fields=True):
     """One version of a template for one channel and locale (what the API stores)."""
@@ -46,17 +51,32 @@ class Compiled:
 
     def __init__(self, t: MessageTemplate):
         self.template = t
-        self.subject = _plain.from_string(t.subject) if t.subject is not None else None
-        self.text = _plain.from_string(t.text) if t.text is not None else None
-        self.html = _html.from_string(t.html) if t.html is not None else None
+        self.subject = PLAIN.from_string(t.subject) if t.subject is not None else None
+        self.text = PLAIN.from_string(t.text) if t.text is not None else None
+        self.html = HTML.from_string(t.html) if t.html is not None else None
 
     def render(self, data: Mapping[str, Any]) -> Content:
         """The Content for ``data``; jinja2 errors (a missing variable, a sandbox
-        violation) propagate for the caller to report."""
-        return Content(subject=self.subject.render(data).strip() if self.subject else None,
-                       text=self.text.render(data) if self.text else None,
-                       html=self.html.render(data) if self.html else None,
-                       data=dict(data))
+        violation) and ``TemplateLimit`` propagate for the caller to report. All
+        three parts share one time budget (``MAX_RENDER_SECONDS``)."""
+        budget = Budget(time.thread_time() + MAX_RENDER_SECONDS)
+        token = BUDGET.set(budget)
+        try:
+            subject = generate(self.subject, data, budget).strip() if self.subject else None
+            text = generate(self.text, data, budget) if self.text else None
+            html = generate(self.html, data, budget) if self.html else None
+        finally:
+            BUDGET.reset(token)
+        # What a request's Content may not hold may not come out of a template either:
+        # the rendered Content travels to the ChannelShard decoded as the same type.
+        if subject is not None and len(subject) > SUBJECT_MAX_LENGTH:
+            raise TemplateOutput(f"the subject is longer than {SUBJECT_MAX_LENGTH} characters")
+        if subject is not None and CONTROL.search(subject):
+            raise TemplateOutput("the subject contains a line break or control character")
+        for name, part in (("text", text), ("html", html)):
+            if part is not None and "\x00" in part:
+                raise TemplateOutput(f"the {name} contains a NUL character")
+        return Content(subject=subject, text=text, html=html, data=dict(data))
 
 
 def syntax_errors(t: MessageTemplate) -> list[tuple[str, str]]:
@@ -67,7 +87,7 @@ def syntax_errors(t: MessageTemplate) -> list[tuple[str, str]]:
         if source is None:
             continue
         try:
-            (_html if part == "html" else _plain).parse(source)
+            (HTML if part == "html" else PLAIN).parse(source)
         except jinja2.TemplateSyntaxError as e:
             errors.append((part, f"line {e.lineno}: {e.message}"))
     if t.subject is None and t.text is None and t.html is None:
@@ -96,11 +116,19 @@ def pick(available: Mapping[str, Compiled], locale: str) -> Compiled | None:
 
 
 def render_error(e: Exception) -> str:
+    if isinstance(e, TemplateLimit):
+        return f"template limit: {e}"
+    if isinstance(e, TemplateOutput):
+        return str(e)
+    if isinstance(e, RecursionError):
+        return "template limit: nested too deeply"
+    if isinstance(e, MemoryError):
+        return "template limit: out of memory"
     if isinstance(e, jinja2.UndefinedError):
         return f"missing data: {e.message}"
     if isinstance(e, jinja2.exceptions.SecurityError):
         return f"not allowed in a template: {e}"
-    return f"{type(e).__name__}: {e}"
+    return " ".join(f"{type(e).__name__}: {e}".split())[:500]  # one line
 
 
 def ids_of(requests: Iterable) -> set[str]:

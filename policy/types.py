@@ -26,13 +26,26 @@ Priority = Literal["low", "normal", "high", "critical"]
 Status = Literal["sent", "delivered", "bounced", "complained", "failed", "suppressed", "rejected", "deferred",
                  "digested"]
 
+# Characters no one-line field may hold (a regex class): the C0 controls (NUL to
+# US: tab, line feed, \x0b, \x0c, \x1c-\x1e among them), DEL, the C1 controls
+# (NEL \x85 among them) and the Unicode line and paragraph separators. That is
+# everything ``str.splitlines()`` splits on, and NUL, which PostgreSQL cannot store
+# in text or jsonb: a field that holds one is refused at the door (HTTP 422 naming
+# the field, a dead letter with the reason over NATS), not a failed batch later.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+ONE_LINE = rf"^[^{CONTROL_CHARS}]*$"
+# Free text (a body): any character but NUL.
+NO_NUL = r"^[^\x00]*$"
+OneLine = Annotated[str, Meta(pattern=ONE_LINE)]
+SUBJECT_MAX_LENGTH = 998  # an email header line (RFC 5322)
+
 # No control characters: PostgreSQL refuses NUL in text, and a user id or address
 # that cannot be stored must be refused at the door, not fail a whole batch later.
 UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 # Dot-separated tokens: a category becomes the last tokens of a NATS subject, where
 # an empty token ("a..b", "a.") cannot be routed.
 Category = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$")]
-IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200)]
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
 
 # Notification ids derived from an idempotency key (or from a JetStream sequence
 # when a producer sent neither id nor key) are uuid5 in this namespace, so the
@@ -44,10 +57,10 @@ class Content(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Ready content for one channel. Which fields a channel needs is checked by
     its provider (email wants a subject and text or html)."""
 
-    subject: Annotated[str, Meta(max_length=998)] | None = None
-    text: str | None = None
-    html: str | None = None
-    data: dict[str, Any] = {}
+    subject: Annotated[str, Meta(max_length=SUBJECT_MAX_LENGTH, pattern=ONE_LINE)] | None = None
+    text: Annotated[str, Meta(pattern=NO_NUL)] | None = None
+    html: Annotated[str, Meta(pattern=NO_NUL)] | None = None
+    data: dict[str, Any] = {}  # strings with NUL: policy.validate.message_errors
 
 
 class TemplateRef(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -80,10 +93,10 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     id: uuid.UUID | None = None
     idempotency_key: IdempotencyKey | None = None
     priority: Priority = "normal"
-    content_type: Annotated[str, Meta(min_length=1, max_length=100)] = "*"
+    content_type: Annotated[str, Meta(min_length=1, max_length=100, pattern=ONE_LINE)] = "*"
     # device / location / activity the request is sent in; contextual preferences match on it
-    context: dict[Annotated[str, Meta(pattern="^(device|location|activity)$")], Annotated[str, Meta(max_length=100)]] = {}
-    metadata: dict[str, str] = {}
+    context: dict[Annotated[str, Meta(pattern="^(device|location|activity)$")], Annotated[str, Meta(max_length=100, pattern=ONE_LINE)]] = {}
+    metadata: dict[OneLine, OneLine] = {}
     # Seconds since the epoch when the front door accepted it; set by the engine
     # when absent. End-to-end latency is measured from here.
     accepted_at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
@@ -144,8 +157,8 @@ class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):
     # Shorthand for preference rows with enabled=false; when given, it replaces
     # the user's preference rows (``/preferences`` is the full model).
     opt_outs: list[OptOut] | None = None
-    timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
-    locale: Annotated[str, Meta(min_length=2, max_length=35)] = "en"
+    timezone: Annotated[str, Meta(min_length=1, max_length=64, pattern=ONE_LINE)] = "UTC"
+    locale: Annotated[str, Meta(min_length=2, max_length=35, pattern=ONE_LINE)] = "en"
 
 
 class DigestKey(Struct, frozen=True, array_like=True):
@@ -290,6 +303,11 @@ __all__ = [
     "BroadcastRequest",
     "Message",
     "CHANNELS",
+    "CONTROL_CHARS",
+    "NO_NUL",
+    "ONE_LINE",
+    "OneLine",
+    "SUBJECT_MAX_LENGTH",
     "Channel",
     "Content",
     "Decision",

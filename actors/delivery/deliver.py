@@ -18,6 +18,7 @@ from actors.delivery.bucket import Clock, Sleep
 from actors.delivery.bulkhead import place
 from actors.delivery.routing.base import Router
 from actors.delivery.slot import ProviderSlot
+from policy.text import printable
 from policy.types import Attempt, DeliveryTask, Outcome, Status
 from providers.base import BatchProvider, Receipt
 from providers.errors import (
@@ -25,6 +26,9 @@ from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     DeliveryError,
+    DestinationCircuitOpen,
+    DestinationError,
+    DestinationRefused,
     InvalidMessage,
     NetworkError,
     ProviderError,
@@ -47,7 +51,10 @@ class UnexpectedProviderError(ProviderError):
 # First match wins, so subclasses come before their bases.
 _REASONS: tuple[tuple[type[DeliveryError], str], ...] = (
     (AddressGone, "address_gone"),
+    (DestinationRefused, "destination_refused"),
     (InvalidMessage, "invalid_message"),
+    (DestinationCircuitOpen, "destination_circuit_open"),
+    (DestinationError, "destination_error"),
     (AuthenticationError, "auth_error"),
     (ConfigurationError, "config_error"),
     (RateLimited, "rate_limited"),
@@ -251,8 +258,8 @@ def _settle(run: _Run, slot: ProviderSlot, err: DeliveryError | None) -> str:
         slot.breaker.release()  # slow down, not broken
         if err.retry_after is not None:
             slot.bucket.pause_until(run.clock() + err.retry_after)
-    elif isinstance(err, InvalidMessage):
-        slot.breaker.release()  # the message is bad, not the provider
+    elif isinstance(err, (InvalidMessage, DestinationError)):
+        slot.breaker.release()  # the message or the user's own destination is bad, not the provider
     else:
         slot.breaker.record_failure()
     return reason_for(err)
@@ -262,7 +269,8 @@ def _attempt(run: _Run, name: str, at: float, start: float, err: DeliveryError |
     ms = (run.clock() - start) * 1000.0
     if err is None:
         return Attempt(provider=name, ok=True, at=at, duration_ms=ms)
-    return Attempt(provider=name, ok=False, at=at, duration_ms=ms, error=str(err), error_kind=err.kind)
+    # a provider's answer may carry NUL and arbitrary bytes: one NUL fails the tracking write
+    return Attempt(provider=name, ok=False, at=at, duration_ms=ms, error=printable(str(err)), error_kind=err.kind)
 
 
 def _outcome(
@@ -272,7 +280,7 @@ def _outcome(
     return Outcome(
         notification_id=t.notification_id, user_id=t.user_id, channel=t.channel, category=t.category,
         status=status, reason=reason, accepted_at=t.accepted_at, completed_at=run.wall(),
-        provider=provider, provider_message_id=message_id, attempts=run.attempts, priority=t.priority,
+        provider=provider, provider_message_id=printable(message_id, 200), attempts=run.attempts, priority=t.priority,
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from engine import http
+from engine import auth, http
 from engine.runtime import Engine
 from infra.config import Config
 
@@ -49,6 +49,14 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
         if runner is not None:
             await runner.cleanup()
         await engine.stop()
+
+
+def api_headers(cfg: Config) -> dict[str, str]:
+    """``Authorization`` for the engine's HTTP API: ``TIDINGS_API_KEY``, else the
+    admin key a first start wrote under ``engine.home``; none when neither is there
+    (the engine then answers 401, and the CLI says so)."""
+    key = auth.read_admin_key(cfg.engine.home)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 async def until_stopped(coro, stop: asyncio.Event):

@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import settings
-from engine.cli import analytics, credentials, prefs, retention
-from engine.cli.common import console, serving
+from engine.cli import analytics, credentials, keys, prefs, retention
+from engine.cli.common import api_headers, console, serving
 from infra.config import ConfigError
 
 COMMAND_GROUP = "tidings.commands"
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the SQL migrations (or reverse them with --down-to N)")
     migrate.add_argument("--down-to", type=int, metavar="N", help="reverse every migration above N (0: all)")
     migrate.set_defaults(run=cmd_migrate)
-    for module in (prefs, credentials, retention, analytics):
+    for module in (keys, prefs, credentials, retention, analytics):
         module.add_parser(sub)
     for ep in entry_points(group=COMMAND_GROUP):
         ep.load()(sub)
@@ -121,7 +121,7 @@ def notifications_from(args) -> list[dict]:
 async def cmd_send(cfg, args) -> int:
     items = notifications_from(args)
     if args.via == "http":
-        async with aiohttp.ClientSession() as s:
+        async with aiohttp.ClientSession(headers=api_headers(cfg)) as s:
             async with s.post(f"{args.url}/v1/notifications", json=items) as r:
                 body = await r.json()
                 if r.status != 202:
@@ -161,7 +161,7 @@ async def _send_nats(cfg, items: list[dict]) -> int:
 
 
 async def cmd_status(cfg, args) -> int:
-    async with aiohttp.ClientSession() as s, s.get(f"{args.url}/v1/notifications/{args.id}") as r:
+    async with aiohttp.ClientSession(headers=api_headers(cfg)) as s, s.get(f"{args.url}/v1/notifications/{args.id}") as r:
         body = await r.json()
     if args.json or r.status != 200:
         print(json.dumps(body, indent=2))

@@ -12,6 +12,8 @@ import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.cli.common import api_headers
+
 console = Console(stderr=True)
 
 
@@ -31,17 +33,17 @@ def file_format(args) -> str:
 
 
 async def cmd_prefs(cfg, args) -> int:
-    return await (do_import(args) if args.action == "import" else do_export(args))
+    return await (do_import(cfg, args) if args.action == "import" else do_export(cfg, args))
 
 
-async def do_import(args) -> int:
+async def do_import(cfg, args) -> int:
     if not args.file:
         console.print("[red]give the file to import[/red]")
         return 2
     data = Path(args.file).read_bytes()
     fmt = file_format(args)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(timeout=timeout) as s:
+    async with aiohttp.ClientSession(timeout=timeout, headers=api_headers(cfg)) as s:
         async with s.post(f"{args.url}/v1/preferences/import?format={fmt}", data=data) as r:
             body = await r.json()
         if r.status != 202:
@@ -65,11 +67,11 @@ async def do_import(args) -> int:
     return 0
 
 
-async def do_export(args) -> int:
+async def do_export(cfg, args) -> int:
     fmt = file_format(args)
     out = open(args.file, "wb") if args.file else sys.stdout.buffer
     try:
-        async with aiohttp.ClientSession() as s, s.get(f"{args.url}/v1/preferences/export?format={fmt}") as r:
+        async with aiohttp.ClientSession(headers=api_headers(cfg)) as s, s.get(f"{args.url}/v1/preferences/export?format={fmt}") as r:
             if r.status != 200:
                 console.print(await r.text())
                 return 1

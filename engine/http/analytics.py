@@ -15,6 +15,7 @@ import time
 
 from aiohttp import web
 
+from engine.http.access import Route, Scoped, register
 from engine.http.common import ENGINE, Problem, reply
 from stores import analytics
 
@@ -53,8 +54,13 @@ async def get_channels(request: web.Request) -> web.Response:
     return reply({"from": start, "to": end, "bucket": bucket, "rows": rows})
 
 
+ROUTES = [
+    Route("GET", "/v1/analytics/channels", get_channels, Scoped("analytics:read")),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/analytics/channels", get_channels)
+    register(app, ROUTES)
 
 
-__all__ = ["add_routes", "get_channels", "instant"]
+__all__ = ["ROUTES", "add_routes", "get_channels", "instant"]

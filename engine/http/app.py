@@ -1,41 +1,111 @@
-"""The HTTP front door (aiohttp): the application built from the route modules,
-a middleware that counts every answer, and serving it."""
+"""The HTTP front door (aiohttp): the application built from the route modules
+(each route with its access policy, engine/http/access.py), the middlewares
+(errors as JSON and counted, path parameters checked, authorization, rate
+limits), and serving it."""
 
 from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from engine.http import analytics, bulk, events, health, inbox, links, notifications, prefs, templates, tracking, users
-from engine.http.common import ENGINE
+from engine.http import (
+    analytics,
+    bulk,
+    events,
+    health,
+    inbox,
+    links,
+    notifications,
+    prefs,
+    templates,
+    tokens,
+    tracking,
+    users,
+)
+from engine.http.access import authorize
+from engine.http.common import ENGINE, Problem
+from engine.ratelimit import rate_limit_middleware
 from engine.runtime import Engine
+from infra.config import ConfigError, HttpConfig
+
+log = logging.getLogger(__name__)
 
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
-ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics)
+ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
+                 tokens)
 
 
 @web.middleware
-async def count_requests(request: web.Request, handler):
+async def answer_errors(request: web.Request, handler):
+    """Every answer counted (route, status); every error in the JSON error shape:
+    aiohttp's own 404/405/413 too, and an unexpected exception as a 500 whose
+    body says nothing of it (it is logged here)."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         response = await handler(request)
-    except web.HTTPException as e:
+    except Problem as e:
         HTTP_REQUESTS.labels(route, str(e.status)).inc()
         raise
+    except web.HTTPException as e:
+        HTTP_REQUESTS.labels(route, str(e.status)).inc()
+        if e.status < 400:
+            raise
+        problem = Problem(e.status, e.reason.lower(), [{"field": "$", "reason": e.reason}])
+        for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if name in e.headers:
+                problem.headers[name] = e.headers[name]
+        raise problem from None
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        HTTP_REQUESTS.labels(route, "500").inc()
+        log.exception("%s %s failed", request.method, route)
+        raise Problem(500, "internal error", [{"field": "$", "reason": "the engine failed; it is logged"}]) from None
     HTTP_REQUESTS.labels(route, str(response.status)).inc()
     return response
 
 
+@web.middleware
+async def check_path(request: web.Request, handler):
+    """Path parameters: no control characters, at most 256 characters (a NUL
+    would otherwise reach PostgreSQL and fail there)."""
+    for name, value in request.match_info.items():
+        if len(value) > 256 or any(c < " " or c == "\x7f" for c in value):
+            raise Problem(400, "bad path parameter", [{"field": name, "reason": "control characters or too long"}])
+    return await handler(request)
+
+
 def make_app(engine: Engine) -> web.Application:
-    app = web.Application(client_max_size=engine.cfg.http.max_body_bytes, middlewares=[count_requests])
+    middlewares = [answer_errors, check_path, authorize]
+    if engine.limiter is not None:
+        middlewares.append(rate_limit_middleware(engine.limiter))
+    app = web.Application(client_max_size=engine.cfg.http.max_body_bytes, middlewares=middlewares)
     app[ENGINE] = engine
     for module in ROUTE_MODULES:
         module.add_routes(app)
     return app
 
 
+def check_exposure(cfg: HttpConfig, host: str) -> None:
+    """Authentication off is refused unless the listener is loopback only."""
+    if cfg.auth:
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(f"http.auth = false with http.host = {host!r}: refused; authentication may be off only "
+                          "on a loopback address")
+
+
 async def serve(engine: Engine, host: str | None = None, port: int | None = None) -> web.AppRunner:
+    check_exposure(engine.cfg.http, host or engine.cfg.http.host)
     runner = web.AppRunner(make_app(engine), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or engine.cfg.http.host, engine.cfg.http.port if port is None else port)

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from engine import prefs_bus
+from engine.http.access import Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, path_uuid, reply
 from engine.runtime import Engine
 from policy.sharding import shard_of
@@ -56,7 +57,7 @@ async def start_import(request: web.Request) -> web.Response:
         await conn.execute("INSERT INTO jobs (id, kind, status, total) VALUES ($1, 'preferences.import', "
                            "'running', $2)", job_id, max(total, 0))
     task = asyncio.get_running_loop().create_task(
-        run_import(engine, job_id, data, fmt, request.headers.get("X-Actor")))
+        run_import(engine, job_id, data, fmt, actor(request)))
     request.app[JOBS].add(task)
     task.add_done_callback(request.app[JOBS].discard)
     return reply({"job_id": str(job_id), "status": "running", "total": max(total, 0)}, 202)
@@ -174,8 +175,13 @@ async def export(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+ROUTES = [
+    Route("POST", "/v1/preferences/import", start_import, Scoped("preferences:write")),
+    Route("GET", "/v1/preferences/export", export, Scoped("preferences:read")),
+    Route("GET", "/v1/jobs/{id}", get_job, Scoped("preferences:read")),
+]
+
+
 def add_routes(app: web.Application) -> None:
     app[JOBS] = set()
-    app.router.add_post("/v1/preferences/import", start_import)
-    app.router.add_get("/v1/preferences/export", export)
-    app.router.add_get("/v1/jobs/{id}", get_job)
+    register(app, ROUTES)

@@ -10,7 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from engine.http.errors import field_error
+from engine.http.errors import all_violations
 from engine.runtime import Engine
 from policy.types import UserId
 
@@ -40,13 +40,25 @@ async def read_body(request: web.Request) -> bytes:
         raise Problem(413, "body too large", [{"field": "$", "reason": f"body exceeds {limit} bytes"}]) from None
 
 
+async def read_json(request: web.Request) -> bytes:
+    """The body of a JSON route: ``Content-Type: application/json`` (or
+    ``+json``) is required, so a cross-site form (``text/plain``, which a browser
+    sends without asking) can never reach one (415 otherwise)."""
+    body = await read_body(request)  # bounded: a body too large is a 413 first
+    ctype = request.content_type
+    if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        raise Problem(415, "unsupported media type", [{"field": "Content-Type",
+                                                       "reason": "expected application/json"}])
+    return body
+
+
 def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
     """``body`` decoded, or the answer: 422 naming the field when it breaks the
     schema, 400 when it is not JSON at all."""
     try:
         return decoder.decode(body)
-    except msgspec.ValidationError as e:
-        raise Problem(422, f"invalid {what}", [field_error(e)]) from None
+    except msgspec.ValidationError as e:  # every violation, as the API promises
+        raise Problem(422, f"invalid {what}", all_violations(body, decoder.type, e)) from None
     except msgspec.DecodeError as e:
         raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}]) from None
 
@@ -79,3 +91,27 @@ def path_user(request: web.Request) -> str:
         return msgspec.convert(user_id, UserId)
     except msgspec.ValidationError as e:
         raise Problem(422, "invalid user id", [{"field": "user_id", "reason": str(e)}]) from None
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A query parameter as an integer in [low, high]; 400 naming it otherwise
+    (a negative or 64-bit-overflowing number never reaches PostgreSQL)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise Problem(400, "bad query", [{"field": name, "reason": f"expected an integer from {low} to {high}"}])
+    return value
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise Problem(400, "bad query", [{"field": name, "reason": "expected true or false"}])

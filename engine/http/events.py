@@ -24,7 +24,8 @@ import time
 import msgspec
 from aiohttp import web
 
-from engine.http.common import ENGINE, Problem, decode, path_uuid, read_body, reply
+from engine.http.access import Route, UserOwned, owner_check, register
+from engine.http.common import ENGINE, Problem, decode, path_uuid, read_json, reply
 from stores import engagement
 from stores.engagement import Engagement, Report
 
@@ -36,7 +37,7 @@ CHANNELS_SQL = "SELECT channel, status, user_id FROM delivery_tracking WHERE not
 async def post_event(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     nid = path_uuid(request)
-    report = decode(_report, await read_body(request), "event")
+    report = decode(_report, await read_json(request), "event")
     now = time.time()
     error = engagement.clock_error(report, now)
     if error is not None:
@@ -46,6 +47,7 @@ async def post_event(request: web.Request) -> web.Response:
         if not rows:
             raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still "
                                                                        "in flight: report again later)"}])
+        owner_check(request, next(iter(rows.values()))["user_id"])  # an end-user token: its own only
         row = rows.get(report.channel)
         if row is None:
             raise Problem(404, "not found", [{"field": "$.channel", "reason": f"notification has no {report.channel!r} "
@@ -61,8 +63,13 @@ async def post_event(request: web.Request) -> web.Response:
                   "duplicate": not new}, status=201 if new else 200)
 
 
+ROUTES = [
+    Route("POST", "/v1/notifications/{id}/events", post_event, UserOwned("events:write")),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/notifications/{id}/events", post_event)
+    register(app, ROUTES)
 
 
-__all__ = ["add_routes", "post_event"]
+__all__ = ["ROUTES", "add_routes", "post_event"]

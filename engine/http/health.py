@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from engine.http.access import Ops, Public, Route, register
 from engine.http.common import ENGINE, reply
 
 
@@ -36,8 +37,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+ROUTES = [
+    Route("GET", "/healthz", healthz, Public("liveness only; says nothing")),
+    Route("GET", "/readyz", readyz, Ops()),
+    Route("GET", "/metrics", metrics, Ops()),
+]
+
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    register(app, ROUTES)

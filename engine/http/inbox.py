@@ -29,7 +29,9 @@ import msgspec
 from aiohttp import WSMsgType, web
 from msgspec import Meta
 
-from engine.http.common import ENGINE, Problem, decode, path_user, read_body, reply
+from engine.auth import PRINCIPAL
+from engine.http.access import Route, Scoped, register
+from engine.http.common import ENGINE, Problem, decode, path_user, query_bool, query_int, read_json, reply
 from providers.inapp.messages import COLUMNS, Event, from_row, inbox_subject
 from stores import engagement
 
@@ -81,28 +83,6 @@ _marks = msgspec.json.Decoder(Marks)
 _ack = msgspec.json.Decoder(Ack)
 
 
-def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise Problem(400, "bad query", [{"field": name, "reason": f"expected an integer from {low} to {high}"}])
-    return value
-
-
-def query_bool(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "").lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise Problem(400, "bad query", [{"field": name, "reason": "expected true or false"}])
-
-
 async def counts(conn, user_id: str) -> dict:
     row = await conn.fetchrow(COUNTS_SQL, user_id)
     return {"unread": row["unread"], "unseen": row["unseen"]}
@@ -124,7 +104,7 @@ async def get_inbox(request: web.Request) -> web.Response:
 async def mark(request: web.Request, sql: str, what: str) -> web.Response:
     engine = request.app[ENGINE]
     user_id = path_user(request)
-    marks = decode(_marks, await read_body(request), f"{what} marks")
+    marks = decode(_marks, await read_json(request), f"{what} marks")
     if (marks.seqs is None) == (not marks.all):
         raise Problem(422, f"invalid {what} marks",
                       [{"field": "$", "reason": 'give either "seqs": [...] or "all": true'}])
@@ -264,6 +244,18 @@ class InboxStream:
             await self.ws.send_frame(frame, WSMsgType.TEXT)
 
 
+def check_origin(request: web.Request, allowed: list[str]) -> None:
+    """A browser opening the socket with an end-user token must come from an
+    allowed origin: another site could otherwise open it with a token it holds
+    in the user's browser (cross-site WebSocket hijacking). Keys come in a
+    header no browser page can set, so they need no Origin."""
+    p = request.get(PRINCIPAL)
+    origin = request.headers.get("Origin")
+    if p is not None and p.kind == "user" and origin is not None and origin not in allowed:
+        raise Problem(403, "forbidden", [{"field": "Origin", "reason": f"origin {origin!r} is not allowed "
+                                          "(http.allowed_origins)"}])
+
+
 async def inbox_ws(request: web.Request) -> web.WebSocketResponse:
     """The user's inbox over a WebSocket; see ``InboxStream`` for the protocol's
     guarantees. Subscribes to ``<prefix>.inbox.<user token>`` before anything is
@@ -271,6 +263,7 @@ async def inbox_ws(request: web.Request) -> web.WebSocketResponse:
     engine = request.app[ENGINE]
     user_id = path_user(request)
     after = query_int(request, "after", 0, 0, MAX_SEQ)
+    check_origin(request, engine.cfg.http.allowed_origins)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
     stream = InboxStream(ws, engine.pool, user_id, after)
@@ -317,11 +310,16 @@ async def _stop_feed(sub, forwarder: asyncio.Task) -> None:
     await asyncio.gather(forwarder, return_exceptions=True)
 
 
+ROUTES = [
+    Route("GET", "/v1/users/{user_id}/inbox", get_inbox, Scoped("inbox:read", user=True)),
+    Route("POST", "/v1/users/{user_id}/inbox/read", mark_read, Scoped("inbox:write", user=True)),
+    Route("POST", "/v1/users/{user_id}/inbox/seen", mark_seen, Scoped("inbox:write", user=True)),
+    Route("GET", "/v1/users/{user_id}/inbox/ws", inbox_ws, Scoped("inbox:read", user=True)),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/users/{user_id}/inbox", get_inbox)
-    app.router.add_post("/v1/users/{user_id}/inbox/read", mark_read)
-    app.router.add_post("/v1/users/{user_id}/inbox/seen", mark_seen)
-    app.router.add_get("/v1/users/{user_id}/inbox/ws", inbox_ws)
+    register(app, ROUTES)
 
 
 __all__ = ["InboxStream", "add_routes"]

@@ -23,6 +23,7 @@ import time
 
 from aiohttp import web
 
+from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE
 from policy import links
 from stores import engagement
@@ -79,9 +80,14 @@ async def clicked(request: web.Request) -> web.Response:
     raise web.HTTPFound(link.url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
+ROUTES = [
+    Route("GET", "/v1/t/o/{token}.gif", opened, Public("the signed link token is verified")),
+    Route("GET", "/v1/t/c/{token}", clicked, Public("the signed link token is verified")),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/t/o/{token}.gif", opened)
-    app.router.add_get("/v1/t/c/{token}", clicked)
+    register(app, ROUTES)
 
 
 __all__ = ["GIF", "add_routes", "clicked", "opened"]

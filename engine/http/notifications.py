@@ -14,11 +14,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from engine.http.common import ENGINE, Problem, decode, not_accepted, path_uuid, read_body, reply
+from engine.auth import PRINCIPAL
+from engine.http.access import Route, Scoped, register
+from engine.http.common import ENGINE, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
 from infra import streams
 from policy.email import content_problem
-from policy.types import BroadcastRequest, NotificationRequest, notification_id
+from policy.types import BroadcastRequest, NotificationRequest, derive_id, notification_id
 from policy.validate import message_errors
 from stores import engagement
 
@@ -94,15 +96,26 @@ async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
         raise Problem(422, "invalid notification", errors)
 
 
+def scoped_id(request: web.Request, r: NotificationRequest | BroadcastRequest) -> uuid.UUID:
+    """The notification id: the one given, else from the idempotency key *of
+    this caller* (so one caller cannot pre-claim another's keys), else new."""
+    if r.id is not None:
+        return r.id
+    p = request.get(PRINCIPAL)
+    if r.idempotency_key is not None and p is not None:
+        return uuid.UUID(derive_id(f"{p.kind}:{p.id}:{r.idempotency_key}"))
+    return uuid.UUID(notification_id(r, str(uuid.uuid4())))
+
+
 async def submit(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     cfg = engine.cfg
-    reqs, many = decode_submission(await read_body(request))
+    reqs, many = decode_submission(await read_json(request))
     check(reqs, cfg.enabled_channels(), many, cfg.http.max_batch)
     await check_templates(engine, reqs, many)
     now = time.time()
     for r in reqs:
-        r.id = uuid.UUID(notification_id(r, str(uuid.uuid4())))
+        r.id = scoped_id(request, r)
         r.accepted_at = now
     started = time.perf_counter()
     # publish_async: every publish goes out at once over one reply subscription;
@@ -125,10 +138,10 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     """One message to an audience; 202 with its id once JetStream has it."""
     engine = request.app[ENGINE]
     cfg = engine.cfg
-    b = decode(_broadcast, await read_body(request), "broadcast")
+    b = decode(_broadcast, await read_json(request), "broadcast")
     check([b], cfg.enabled_channels(), False, 1)
     await check_templates(engine, [b], False)
-    b.id = uuid.UUID(notification_id(b, str(uuid.uuid4())))
+    b.id = scoped_id(request, b)
     b.accepted_at = time.time()
     try:
         ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
@@ -185,9 +198,13 @@ async def status(request: web.Request) -> web.Response:
     return reply({"id": str(nid), "channels": channels})
 
 
+ROUTES = [
+    Route("POST", "/v1/notifications", submit, Scoped("notifications:send")),
+    Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read")),
+    Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send")),
+    Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read")),
+]
+
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/notifications", submit)
-    app.router.add_get("/v1/notifications/{id}", status)
-    app.router.add_post("/v1/broadcasts", submit_broadcast)
-    app.router.add_get("/v1/broadcasts/{id}", broadcast_status)
+    register(app, ROUTES)

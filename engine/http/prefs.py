@@ -12,7 +12,8 @@ import msgspec
 from aiohttp import web
 
 from actors.user_prefs import PrefCommand
-from engine.http.common import ENGINE, Problem, decode, path_user, read_body, reply
+from engine.http.access import Route, Scoped, actor, register
+from engine.http.common import ENGINE, Problem, decode, path_user, query_int, read_json, reply
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from policy import wire
@@ -68,8 +69,8 @@ async def get_prefs(request: web.Request) -> web.Response:
 async def change_prefs(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     user_id = path_user(request)
-    body = await read_body(request)
-    cmd = PrefCommand(user_id=user_id, if_match=if_match(request), actor=request.headers.get("X-Actor"))
+    body = await read_json(request)
+    cmd = PrefCommand(user_id=user_id, if_match=if_match(request), actor=actor(request))
     if request.method == "PUT":
         cmd.put = decode(_doc, body, "preferences")
     else:
@@ -100,12 +101,9 @@ async def effective(request: web.Request) -> web.Response:
 
 async def changes(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    user_id = request.match_info["user_id"]
-    try:
-        since = int(request.query.get("since", "0"))
-        limit = min(int(request.query.get("limit", "500")), 5000)
-    except ValueError:
-        raise Problem(400, "bad query", [{"field": "since", "reason": "expected an integer version"}]) from None
+    user_id = path_user(request)
+    since = query_int(request, "since", 0, 0, 2**62)
+    limit = query_int(request, "limit", 500, 1, 5000)
     async with engine.pool.acquire() as conn:
         rows = await prefs_store.changes_since(conn, user_id, since, limit)
     return reply({"user_id": user_id, "since": since, "changes": rows,
@@ -116,7 +114,7 @@ async def validate(request: web.Request) -> web.Response:
     """Every violation of a preference document, checked as a whole set (rules
     included); 200 with ``valid`` and ``errors``. Nothing is stored."""
     engine = request.app[ENGINE]
-    doc = decode(_doc, await read_body(request), "preferences")
+    doc = decode(_doc, await read_json(request), "preferences")
     policy = engine.policy
     errors = doc_errors(doc, policy)
     chain = ()
@@ -134,7 +132,7 @@ async def validate(request: web.Request) -> web.Response:
 
 async def save_template(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    t = decode(_template, await read_body(request), "template")
+    t = decode(_template, await read_json(request), "template")
     errors = [("id", "letters, digits, '.', '_' and '-' only")] if not _valid_id(t.id) else []
     errors += row_errors(t.preferences, engine.policy)
     async with engine.pool.acquire() as conn:
@@ -149,7 +147,7 @@ async def save_template(request: web.Request) -> web.Response:
             errors += rule_errors([], ((t.id, ordered(t.preferences)), *chain), engine.policy, time.time())
         if errors:
             raise Problem(422, "invalid template", problems(errors))
-        version = await prefs_store.save_template(conn, t, request.headers.get("X-Actor"))
+        version = await prefs_store.save_template(conn, t, actor(request))
     await asyncio.gather(*(s.templates_changed.remote() for s in engine.actors.user_shards))
     return reply({"id": t.id, "version": version}, 201)
 
@@ -177,7 +175,7 @@ async def apply_template(request: web.Request) -> web.Response:
     its version bump, audit row and change-feed entry)."""
     engine = request.app[ENGINE]
     tid = request.match_info["id"]
-    target = decode(_apply, await read_body(request), "template target")
+    target = decode(_apply, await read_json(request), "template target")
     bad = [k for k in target.where if k not in ("locale", "timezone")]
     if bad or (not target.user_ids and not target.where):
         raise Problem(422, "invalid template target", [{"field": f"where.{bad[0]}" if bad else "$",
@@ -191,24 +189,29 @@ async def apply_template(request: web.Request) -> web.Response:
             clauses = " AND ".join(f"{k} = ${i + 1}" for i, k in enumerate(target.where))
             users += [r[0] for r in await conn.fetch(f"SELECT user_id FROM users WHERE {clauses}",
                                                      *target.where.values())]
-    actor = request.headers.get("X-Actor")
+    who = actor(request)
     applied, failed = 0, []
     for i in range(0, len(users), 1000):
         results = await run_commands(engine, [
-            PrefCommand(user_id=u, patch=PreferencesPatch(template=tid), source="template", actor=actor)
+            PrefCommand(user_id=u, patch=PreferencesPatch(template=tid), source="template", actor=who)
             for u in users[i:i + 1000]])
         applied += sum(r.status == "ok" for r in results)
         failed += [{"user_id": r.user_id, "errors": problems(r.errors)} for r in results if r.status != "ok"]
     return reply({"template": tid, "applied": applied, "failed": failed[:100]})
 
 
+ROUTES = [
+    Route("GET", "/v1/users/{user_id}/preferences", get_prefs, Scoped("preferences:read", user=True)),
+    Route("PUT", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True)),
+    Route("PATCH", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True)),
+    Route("GET", "/v1/users/{user_id}/preferences/effective", effective, Scoped("preferences:read", user=True)),
+    Route("GET", "/v1/users/{user_id}/preferences/changes", changes, Scoped("preferences:read")),
+    Route("POST", "/v1/preferences/validate", validate, Scoped("preferences:read")),
+    Route("POST", "/v1/preference-templates", save_template, Scoped("templates:write")),
+    Route("GET", "/v1/preference-templates/{id}", get_template, Scoped("templates:read")),
+    Route("POST", "/v1/preference-templates/{id}/apply", apply_template, Scoped("preferences:write")),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/users/{user_id}/preferences", get_prefs)
-    app.router.add_put("/v1/users/{user_id}/preferences", change_prefs)
-    app.router.add_patch("/v1/users/{user_id}/preferences", change_prefs)
-    app.router.add_get("/v1/users/{user_id}/preferences/effective", effective)
-    app.router.add_get("/v1/users/{user_id}/preferences/changes", changes)
-    app.router.add_post("/v1/preferences/validate", validate)
-    app.router.add_post("/v1/preference-templates", save_template)
-    app.router.add_get("/v1/preference-templates/{id}", get_template)
-    app.router.add_post("/v1/preference-templates/{id}/apply", apply_template)
+    register(app, ROUTES)

@@ -8,7 +8,8 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from engine.http.common import ENGINE, Problem, decode, read_body, reply
+from engine.http.access import Route, Scoped, actor, register
+from engine.http.common import ENGINE, Problem, decode, read_json, reply
 from policy.templating import Compiled, MessageTemplate, pick, render_error, syntax_errors
 from policy.types import CHANNELS
 from stores import templates as template_store
@@ -30,14 +31,14 @@ async def save(request: web.Request) -> web.Response:
     """A new version of one part; 201 ``{"id", "version"}``. Every shard forgets
     what it compiled of the template."""
     engine = request.app[ENGINE]
-    t = decode(_template, await read_body(request), "template")
+    t = decode(_template, await read_json(request), "template")
     errors = syntax_errors(t)
     if t.channel not in CHANNELS:
         errors.append(("channel", f"unknown channel {t.channel!r}"))
     if errors:
         raise Problem(422, "invalid template", [{"field": f, "reason": r} for f, r in errors])
     async with engine.pool.acquire() as conn:
-        version = await template_store.save(conn, t, request.headers.get("X-Actor"))
+        version = await template_store.save(conn, t, actor(request))
     await asyncio.gather(*(s.message_templates_changed.remote(t.id) for s in engine.actors.user_shards))
     return reply({"id": t.id, "channel": t.channel, "locale": t.locale, "version": version}, 201)
 
@@ -57,7 +58,7 @@ async def preview(request: web.Request) -> web.Response:
     """Render without sending: 200 with the content, 422 with what went wrong."""
     engine = request.app[ENGINE]
     tid = request.match_info["id"]
-    p = decode(_preview, await read_body(request), "preview")
+    p = decode(_preview, await read_json(request), "preview")
     async with engine.pool.acquire() as conn:
         parts = await template_store.load(conn, tid, p.version)
     locales = {loc: Compiled(t) for loc, t in template_store.by_channel(parts).get(p.channel, {}).items()}
@@ -72,7 +73,12 @@ async def preview(request: web.Request) -> web.Response:
                   "content": msgspec.to_builtins(content)})
 
 
+ROUTES = [
+    Route("POST", "/v1/templates", save, Scoped("templates:write")),
+    Route("GET", "/v1/templates/{id}", get, Scoped("templates:read")),
+    Route("POST", "/v1/templates/{id}/preview", preview, Scoped("templates:read")),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/templates", save)
-    app.router.add_get("/v1/templates/{id}", get)
-    app.router.add_post("/v1/templates/{id}/preview", preview)
+    register(app, ROUTES)

@@ -51,6 +51,7 @@ from collections import defaultdict
 import msgspec
 from aiohttp import web
 
+from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
 from policy.sharding import shard_of
 from providers.tracking import (
@@ -369,8 +370,13 @@ async def reload(engine, users: list[str]) -> None:
             log.warning("tracking: UserShard %d did not reload %s: %r", i, us, result)
 
 
+ROUTES = [
+    Route("POST", "/v1/tracking/sendgrid", sendgrid, Public("SendGrid's ECDSA signature is verified")),
+    Route("POST", "/v1/tracking/mailgun", mailgun, Public("Mailgun's HMAC signature is verified")),
+    Route("POST", "/v1/tracking/twilio", twilio, Public("Twilio's signature is verified")),
+]
+
+
 def add_routes(app: web.Application) -> None:
     app[MAILGUN_TOKENS] = TokenMemory()
-    app.router.add_post("/v1/tracking/sendgrid", sendgrid)
-    app.router.add_post("/v1/tracking/mailgun", mailgun)
-    app.router.add_post("/v1/tracking/twilio", twilio)
+    register(app, ROUTES)

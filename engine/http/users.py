@@ -10,7 +10,8 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from engine.http.common import ENGINE, Problem, decode, json_body, read_body, reply
+from engine.http.access import Route, Scoped, actor, register
+from engine.http.common import ENGINE, Problem, decode, json_body, read_json, reply
 from engine.http.errors import field_error
 from engine.runtime import Engine, Refused
 from policy import wire
@@ -51,20 +52,20 @@ async def save_profiles(engine: Engine, profiles: list[UserProfile], actor: str 
 async def put_user(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     user_id = request.match_info["user_id"]
-    profile = profile_from(json_body(await read_body(request)), user_id, "$")
-    await save_profiles(engine, [profile], request.headers.get("X-Actor"))
+    profile = profile_from(json_body(await read_json(request)), user_id, "$")
+    await save_profiles(engine, [profile], actor(request))
     return await get_user(request)
 
 
 async def put_users(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    data = json_body(await read_body(request))
+    data = json_body(await read_json(request))
     if not isinstance(data, list) or not data:
         raise Problem(422, "invalid users", [{"field": "$", "reason": "expected a non-empty array"}])
     if len(data) > engine.cfg.http.max_batch:
         raise Problem(422, "batch too large", [{"field": "$", "reason": f"at most {engine.cfg.http.max_batch}"}])
     profiles = [profile_from(d, None, f"$[{i}]") for i, d in enumerate(data)]
-    await save_profiles(engine, profiles, request.headers.get("X-Actor"))
+    await save_profiles(engine, profiles, actor(request))
     return reply({"saved": len(profiles)})
 
 
@@ -93,7 +94,7 @@ _suppression = msgspec.json.Decoder(Suppression)
 
 async def add_suppression(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    s = decode(_suppression, await read_body(request), "suppression")
+    s = decode(_suppression, await read_json(request), "suppression")
     async with engine.pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO suppressions (channel, address, reason, source) VALUES ($1, $2, $3, 'api') "
@@ -105,9 +106,13 @@ async def add_suppression(request: web.Request) -> web.Response:
     return reply({"channel": s.channel, "address": s.address, "reason": s.reason, "users": users}, status=201)
 
 
+ROUTES = [
+    Route("PUT", "/v1/users/{user_id}", put_user, Scoped("users:write")),
+    Route("GET", "/v1/users/{user_id}", get_user, Scoped("users:read")),
+    Route("POST", "/v1/users", put_users, Scoped("users:write")),
+    Route("POST", "/v1/suppressions", add_suppression, Scoped("suppressions:write")),
+]
+
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_put("/v1/users/{user_id}", put_user)
-    app.router.add_get("/v1/users/{user_id}", get_user)
-    app.router.add_post("/v1/users", put_users)
-    app.router.add_post("/v1/suppressions", add_suppression)
+    register(app, ROUTES)

@@ -20,6 +20,7 @@ Settings (a dict, usually from the providers config):
 from __future__ import annotations
 
 import asyncio
+import email.errors
 import time
 from email.header import Header
 from email.message import EmailMessage
@@ -169,9 +170,17 @@ class SmtpProvider:
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one email for ``task``; see the class docstring."""
-        message = self.build_message(task)
-        message_id = message["Message-ID"]
-        raw = message.as_bytes()
+        try:
+            message = self.build_message(task)
+            message_id = message["Message-ID"]
+            raw = message.as_bytes()
+        except DeliveryError:
+            raise
+        except (email.errors.MessageError, ValueError, TypeError) as exc:
+            # HeaderParseError, a surrogate the codec cannot encode (UnicodeError is a
+            # ValueError), ...: the message is bad, not the provider, so this must not
+            # count as a provider failure or open the shared breaker
+            raise InvalidMessage(f"cannot build the message: {exc}") from exc
         async with self._slots:
             conn = await self._checkout()
             try:

@@ -10,6 +10,30 @@ Settings:
   no second per-request timer is armed here: on the hot path it cost ~10% of the CPU.
 - ``tolerate_statuses`` ([]): non-2xx statuses that count as accepted, e.g. 409
   from a receiver that reports a duplicate delivery id as a conflict.
+
+A URL in the task address is user input and goes through the SSRF guard
+(``providers.egress``); the ``url`` setting is the operator's own config and is
+trusted: it is requested exactly as before, may point at a private address, and
+its failures count against the provider's shared breaker. For user URLs:
+
+- ``egress_allow`` ([]): CIDRs a user URL may resolve to although they are
+  internal, e.g. ``["127.0.0.0/8", "::1/128"]`` for loopback receivers in
+  development and tests; production leaves it empty. Any other private,
+  loopback, link-local, multicast, reserved... address is refused
+  (``DestinationRefused``, reason ``destination_refused``), as are schemes
+  other than http(s) and URLs with user info. Redirects are not followed, at
+  most ``providers.egress.MAX_READ`` bytes of an answer are read, and error
+  texts carry the status, never the answer's body.
+- ``destination_timeout_s`` (5): the whole request to a user URL; keep it below
+  the provider's ``timeout_s`` so a slow user URL ends as that destination's
+  failure, not as a timeout of the provider.
+- ``destination_breaker_failures`` (5), ``destination_breaker_cooloff_s`` (30):
+  timeouts, connection errors, 408, 429 and 5xx from a user URL raise
+  ``DestinationError`` (reason ``destination_error``, retried, never opening the
+  shared breaker) and count against that destination (``scheme://host:port``);
+  after that many in a row it is refused with ``DestinationCircuitOpen`` for
+  the cool-off, then one probe goes through. At most
+  ``destination_breakers_max`` (10000) failing destinations are remembered.
 """
 
 from __future__ import annotations
@@ -21,8 +45,17 @@ import msgspec
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.errors import ConfigurationError, InvalidMessage, NetworkError
-from providers.http_errors import map_status
+from providers.egress import (
+    Destination,
+    DestinationBreakers,
+    EgressPolicy,
+    check_url,
+    guarded_session,
+    parse_allow,
+    read_capped,
+)
+from providers.errors import ConfigurationError, DeliveryError, DestinationError, InvalidMessage, NetworkError
+from providers.http_errors import map_status, parse_retry_after
 from providers.http_session import USER_AGENT, HttpSession
 from providers.secrets import redacted
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, delivery_id, sign
@@ -58,7 +91,21 @@ class WebhookProvider(HttpSession):
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 100))
         self.tolerate = frozenset(int(s) for s in settings.get("tolerate_statuses", ()))
+        self.egress = EgressPolicy(parse_allow(settings.get("egress_allow"), f"webhook provider {name!r}"))
+        try:
+            self.destination_timeout_s = float(settings.get("destination_timeout_s", 5))
+            failures = int(settings.get("destination_breaker_failures", 5))
+            cooloff = float(settings.get("destination_breaker_cooloff_s", 30))
+            capacity = int(settings.get("destination_breakers_max", 10_000))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"webhook provider {name!r}: bad destination setting: {exc}") from None
+        if not self.destination_timeout_s > 0 or failures < 1 or cooloff < 0 or capacity < 1:
+            raise ConfigurationError(f"webhook provider {name!r}: destination_timeout_s must be > 0, "
+                                     f"destination_breaker_failures and destination_breakers_max >= 1, "
+                                     f"destination_breaker_cooloff_s >= 0")
+        self.destinations = DestinationBreakers(failures, cooloff, capacity)
         self._session: aiohttp.ClientSession | None = None
+        self._guarded: aiohttp.ClientSession | None = None
 
     def target(self, task: DeliveryTask) -> str:
         """Where ``task`` goes: its address if that is a URL, else the ``url``
@@ -89,19 +136,17 @@ class WebhookProvider(HttpSession):
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Deliver ``task``; see the class docstring."""
+        if _is_url(task.address):
+            return await self._send_to_user_url(task, task.address)
         url = self.target(task)
         body = self.body(task)
         session = await self.session()
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
-            ID_HEADER: delivery_id(task.notification_id, task.channel),
-        }
         try:
-            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                # Reading the body to the end returns the connection to the pool
-                # for keep-alive; the context manager releases it either way.
-                payload = await resp.read()
+            async with session.post(url, data=body, headers=self._headers(task, body), allow_redirects=False) as resp:
+                # Up to the cap, which a normal answer is under: then the
+                # connection goes back to the pool for keep-alive; the context
+                # manager releases it either way.
+                payload = await read_capped(resp)
                 status = resp.status
                 if 200 <= status < 300 or status in self.tolerate:
                     return Receipt(message_id=resp.headers.get("X-Message-Id"))
@@ -111,6 +156,68 @@ class WebhookProvider(HttpSession):
             raise InvalidMessage(f"invalid webhook url {url!r}: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise NetworkError(f"webhook {url}: {type(exc).__name__}: {exc}") from exc
+
+    def _headers(self, task: DeliveryTask, body: bytes) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+            ID_HEADER: delivery_id(task.notification_id, task.channel),
+        }
+
+    async def _guarded_session(self) -> aiohttp.ClientSession:
+        if self._guarded is None or self._guarded.closed:
+            self._guarded = guarded_session(
+                self.egress, max_connections=self.max_connections, connect_timeout_s=self.timeout_s,
+                total_timeout_s=self.destination_timeout_s, headers={"User-Agent": USER_AGENT})
+        return self._guarded
+
+    async def _send_to_user_url(self, task: DeliveryTask, raw: str) -> Receipt:
+        """POST to a URL from the user's addresses, through the SSRF guard and
+        that destination's breaker."""
+        dest = check_url(raw, self.egress, "webhook")
+        body = self.body(task)
+        self.destinations.admit(dest.key, "webhook")
+        session = await self._guarded_session()
+        try:
+            result = await self._post_user(session, dest, task, body)
+        except DestinationError:
+            self.destinations.failure(dest.key)
+            raise
+        self.destinations.success(dest.key)  # it answered (a 4xx too: reachable, the message is the problem)
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
+
+    async def _post_user(self, session: aiohttp.ClientSession, dest: Destination, task: DeliveryTask,
+                         body: bytes) -> Receipt | DeliveryError:
+        """One POST to ``dest``: its receipt, or the error for an answer that is not
+        the destination failing; DestinationError (raised) when it failed."""
+        try:
+            async with session.post(dest.url, data=body, headers=self._headers(task, body),
+                                    allow_redirects=False) as resp:
+                await read_capped(resp)  # never into an error text: the body is the user's server talking
+                status = resp.status
+                if 200 <= status < 300 or status in self.tolerate:
+                    return Receipt(message_id=resp.headers.get("X-Message-Id"))
+                text = f"webhook {dest.key}: HTTP {status}"
+                if status in (408, 429) or 500 <= status < 600:
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status == 429 else None
+                    raise DestinationError(text, status=status, retry_after=retry_after)
+                # 3xx (redirects are not followed), 401/403 (the receiver refused
+                # the signature) and other 4xx: this destination, not the provider.
+                return InvalidMessage(text, status=status)
+        except aiohttp.InvalidURL as exc:
+            raise InvalidMessage(f"invalid webhook url for {dest.key}") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise DestinationError(f"webhook {dest.key}: {what}") from exc
+
+    async def close(self) -> None:
+        """Close both sessions (the configured url's and the user URLs')."""
+        guarded, self._guarded = self._guarded, None
+        if guarded is not None:
+            await guarded.close()
+        await super().close()
 
 
 __all__ = ["USER_AGENT", "WebhookProvider"]

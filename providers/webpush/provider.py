@@ -33,6 +33,16 @@ Settings:
   8292's limit); a signed token is reused per push service origin for half of it.
 - ``allow_http`` (false): accept ``http://`` endpoints (loopback tests and the
   demo sink only; browsers hand out ``https://`` endpoints).
+- ``egress_allow`` ([]): CIDRs an endpoint may resolve to although they are
+  internal, e.g. ``["127.0.0.0/8", "::1/128"]`` for a loopback push service in
+  tests and benchmarks; production leaves it empty.
+
+The endpoint comes from the user's browser, so every request goes through the
+SSRF guard (``providers.egress``): an endpoint whose host is (or resolves only
+to) a private, loopback, link-local, ... address outside ``egress_allow`` is
+refused with ``DestinationRefused`` before anything is sent; redirects are not
+followed; at most ``providers.egress.MAX_READ`` bytes of an answer are read and
+error texts carry its status, never its body.
 
 A task whose ``metadata`` has ``webpush_topic`` sends it as the RFC 8030
 ``Topic`` header (at most 32 base64url characters): a newer message with the
@@ -61,9 +71,10 @@ from py_vapid.utils import b64urlencode
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
+from providers.egress import EgressPolicy, check_url, guarded_session, parse_allow, read_capped
 from providers.errors import AddressGone, ConfigurationError, DeliveryError, InvalidMessage, NetworkError
 from providers.http_errors import map_status
-from providers.http_session import HttpSession
+from providers.http_session import USER_AGENT, HttpSession
 from providers.secrets import redacted, required_secret
 
 # Every push service accepts an encrypted body of 4096 bytes (RFC 8030 7.2); the
@@ -236,6 +247,7 @@ class WebPushProvider(HttpSession):
         if not self.timeout_s > 0 or self.max_connections < 1:
             raise ConfigurationError(f"webpush provider {name!r}: timeout_s must be > 0 and max_connections >= 1")
         self.allow_http = bool(settings.get("allow_http", False))
+        self.egress = EgressPolicy(parse_allow(settings.get("egress_allow"), f"webpush provider {name!r}"))
         # The applicationServerKey browsers subscribe with (base64url, uncompressed point).
         self.public_key = b64urlencode(self._vapid.public_key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
@@ -304,17 +316,25 @@ class WebPushProvider(HttpSession):
         return http_ece.encrypt(plaintext, private_key=sender, dh=sub.p256dh, auth_secret=sub.auth, salt=salt,
                                 version="aes128gcm", rs=RECORD_SIZE)
 
+    async def start(self) -> None:
+        """Open the HTTP session (idempotent): one that only connects where the
+        SSRF guard allows."""
+        if self._session is None or self._session.closed:
+            self._session = guarded_session(self.egress, max_connections=self.max_connections,
+                                            connect_timeout_s=self.timeout_s, headers={"User-Agent": USER_AGENT})
+
     async def send(self, task: DeliveryTask) -> Receipt:
         """Deliver ``task``; see the class docstring."""
         sub = parse_subscription(task.address, allow_http=self.allow_http)
+        dest = check_url(sub.endpoint, self.egress, "web push endpoint")
         headers = self.headers(task, sub)
         body = self.encrypt(self.plaintext(task), sub)
         if len(body) > MAX_BODY:  # cannot happen with MAX_PLAINTEXT checked; kept as the real limit
             raise InvalidMessage(f"web push encrypted body is {len(body)} bytes, over {MAX_BODY}")
         session = await self.session()
         try:
-            async with session.post(sub.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
-                payload = await resp.read()  # to the end: the connection goes back to the pool
+            async with session.post(dest.url, data=body, headers=headers, allow_redirects=False) as resp:
+                payload = await read_capped(resp)  # a short answer whole: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=resp.headers.get("Location"))
                 raise self.error(resp.status, resp.headers, payload, sub.origin)
@@ -326,15 +346,16 @@ class WebPushProvider(HttpSession):
 
     @staticmethod
     def error(status: int, headers: Mapping[str, str], payload: bytes, origin: str = "") -> DeliveryError:
-        """The error for a non-2xx answer from a push service."""
-        snippet = payload[:200].decode("utf-8", "replace").strip()
-        text = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
+        """The error for a non-2xx answer from a push service. The endpoint is the
+        user's, so the answer's body (``payload``) never goes into the text."""
+        del payload
+        text = f"HTTP {status}"
         prefix = f"webpush {origin}: " if origin else "webpush "
         if status in (404, 410):
             return AddressGone(f"{prefix}subscription expired or unsubscribed ({text})", status=status)
         if status == 413:
             return InvalidMessage(f"{prefix}payload too large ({text})", status=status)
-        err = map_status(status, headers, snippet)
+        err = map_status(status, headers)
         err.args = (f"{prefix}{err.args[0]}",)
         return err
 

@@ -3,10 +3,10 @@ Ray are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from sandbox import SmtpSink
+from tests.integration.helpers import api_session
 
 
 @pytest.fixture(scope="module")
@@ -21,5 +21,5 @@ def smtp():
 @pytest.fixture
 async def client():
     """An HTTP client session for one test."""
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         yield s

@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 
+import aiohttp
 import asyncpg
 
-from engine import http, settings
+from engine import auth, http, settings
 from engine.runtime import Engine
 from infra import config
 from infra.config import Config
@@ -20,13 +21,16 @@ from policy.types import UserProfile
 
 def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int | None = None,
                 webhook_url: str | None = None, secret: str = "test-secret", channels=("email", "webhook"),
-                overrides: dict | None = None) -> Config:
-    """The development profile, isolated: its own stream, subjects, consumer and schema."""
+                overrides: dict | None = None, redis_url: str = "") -> Config:
+    """The development profile, isolated: its own stream, subjects, consumer and schema.
+    Without ``redis_url`` (the ``redis_url`` fixture) the engine starts an embedded
+    Redis under ``home``, stopped with it."""
     s = uuid.uuid4().hex[:10]
     base = {
         "engine": {"home": home, "user_shards": 2, "fetch_timeout_s": 0.02},
         "nats": {"url": nats_url, "prefix": f"t{s}", "stream": f"T{s}", "consumer": f"c{s}"},
         "database": {"url": database_url, "schema": f"t_{s}"},
+        "redis": {"url": redis_url, "embedded_port": 0},
         "ray": {"address": "", "dashboard": False},
         "http": {"port": 0},
         "recorder": {"linger_ms": 5},
@@ -62,6 +66,26 @@ async def drop_schema(database_url: str, schema: str) -> None:
         await conn.close()
 
 
+# base URL -> the Authorization header of the admin key its engine created (serving())
+API_KEYS: dict[str, dict[str, str]] = {}
+
+
+async def _with_key(request: aiohttp.ClientRequest, handler):
+    base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+    for name, value in API_KEYS.get(base, {}).items():
+        request.headers.setdefault(name, value)
+    return await handler(request)
+
+
+def api_session(**kw) -> aiohttp.ClientSession:
+    """A client session that sends the admin key of whichever test engine it calls."""
+    return aiohttp.ClientSession(middlewares=(_with_key,), **kw)
+
+
+def admin_headers(cfg: Config) -> dict[str, str]:
+    return {"Authorization": f"Bearer {auth.read_admin_key(cfg.engine.home, environ={})}"}
+
+
 @asynccontextmanager
 async def serving(cfg: Config, database_url: str, people: Iterable[UserProfile] = (), port: int = 0):
     """An engine for ``cfg`` serving its HTTP API (``engine.base_url``), with
@@ -69,6 +93,7 @@ async def serving(cfg: Config, database_url: str, people: Iterable[UserProfile] 
     eng = await Engine(cfg).start()
     runner = await http.serve(eng, port=port)
     eng.base_url = f"http://127.0.0.1:{http.bound_port(runner)}"
+    API_KEYS[eng.base_url] = eng.headers = admin_headers(cfg)
     try:
         people = list(people)
         if people:

@@ -14,7 +14,7 @@ from bench.demo import Sinks, run
 from engine import http
 from engine.cli import analytics as cli_analytics
 from engine.runtime import Engine
-from tests.integration.helpers import drop_schema, engine_config
+from tests.integration.helpers import admin_headers, drop_schema, engine_config
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,12 @@ async def test_demo_delivers_on_every_channel_and_the_servers_agree(nats_url, da
     url = f"http://127.0.0.1:{http.bound_port(runner)}"
     try:
         summary = await run(engine, url, sinks, count=800, users=200, console=Console(quiet=True), timeout_s=120)
-        async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/analytics/channels") as r:
+        async with aiohttp.ClientSession(headers=admin_headers(cfg)) as s, \
+                s.get(f"{url}/v1/analytics/channels") as r:
             assert r.status == 200
             analytics = await r.json()
         args = argparse.Namespace(url=url, hours=1.0, bucket="minute", channel="email", json=False)
-        assert await cli_analytics.cmd_analytics(None, args) == 0  # the CLI's table renders
+        assert await cli_analytics.cmd_analytics(cfg, args) == 0  # the CLI's table renders
     finally:
         await runner.cleanup()
         await engine.stop()

@@ -67,7 +67,8 @@ async def sent(env, channel: str = "push", status: str = "sent", reason: str = "
 
 
 async def post(env, nid: str, body) -> tuple[int, dict]:
-    kwargs = {"data": body} if isinstance(body, (bytes, str)) else {"json": body}
+    kwargs = ({"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, (bytes, str))
+              else {"json": body})
     resp = await env.client.post(f"/v1/notifications/{nid}/events", **kwargs)
     return resp.status, await resp.json()
 

@@ -127,13 +127,15 @@ async def test_idempotency_key_yields_one_delivery(engine, sinks, client):
         async with client.post(f"{engine.base_url}/v1/notifications", json=body) as r:
             assert r.status == 202
             answers.append(await r.json())
-    assert answers[0]["id"] == answers[1]["id"] == derive_id(key)
+    key_id = engine.headers["Authorization"].split("_")[1]  # tdk_<id>_<secret>: the caller's key
+    assert answers[0]["id"] == answers[1]["id"] == derive_id(f"key:{key_id}:{key}")  # scoped to the caller
     assert [a["duplicate"] for a in answers] == [False, True]
-    # Past JetStream's dedupe window (a different Nats-Msg-Id), the same key still
-    # maps to the same notification, which the engine has already recorded.
+    # Past JetStream's dedupe window (a different Nats-Msg-Id), the same notification
+    # (its id, as the front door resolved it) is recorded once.
     await wait_rows(engine.pool, [answers[0]["id"]], 1)
     received_before = hook.received
-    await engine.js.publish(streams.notify_subject(engine.cfg.nats, "job_alerts"), msgspec.json.encode(body),
+    await engine.js.publish(streams.notify_subject(engine.cfg.nats, "job_alerts"),
+                            msgspec.json.encode({**body, "id": answers[0]["id"]}),
                             headers={"Nats-Msg-Id": str(uuid.uuid4())})
     marker = note(8)
     marker["channels"] = ["webhook"]
@@ -268,7 +270,8 @@ async def test_cli_send_and_status(engine):
     async def tidings(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine.cli", *args, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env={**__import__("os").environ, "COLUMNS": "200"})
+            stderr=asyncio.subprocess.STDOUT,
+            env={**__import__("os").environ, "COLUMNS": "200", "TIDINGS_API_KEY": engine.headers["Authorization"][7:]})
         out, _ = await proc.communicate()
         return proc.returncode, out.decode()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-import aiohttp
 import msgspec
 import pytest
 
@@ -14,7 +13,7 @@ from engine.embedded import free_port
 from infra.config import ProviderConfig
 from policy.types import UserProfile
 from sandbox import SendGridSink
-from tests.integration.helpers import engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +40,7 @@ async def engine(nats_url, database_url, ray_address, tmp_path_factory):
 
 async def test_failover_then_the_breaker_keeps_the_dead_provider_out(engine):
     ids = []
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         for i in range(8):  # one at a time: the breaker sees the failures in order
             nid = str(uuid.uuid4())
             ids.append(nid)

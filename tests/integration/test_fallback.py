@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aiohttp
 import msgspec
 import orjson
 import pytest
@@ -18,7 +17,7 @@ from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from sandbox import SmtpSink, WebhookSink
 from sandbox.webpush import WebPushSink
-from tests.integration.helpers import engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,8 @@ async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
                         webhook_url=hook.url, secret="fb-secret", channels=("email", "webhook", "in_app"),
                         overrides={"scheduler": {"interval_s": 0.2}})
     web = ChannelConfig(providers=[ProviderConfig(name="webpush-local", type="webpush", max_attempts=1, settings={
-        "vapid_private_key": vapid_key(), "vapid_subject": "mailto:ops@tidings.test", "allow_http": True})])
+        "vapid_private_key": vapid_key(), "vapid_subject": "mailto:ops@tidings.test", "allow_http": True,
+        "egress_allow": ["127.0.0.0/8", "::1/128"]})])
     cfg = msgspec.structs.replace(cfg, channels={**cfg.channels, "web": web})
     live, gone = push.subscribe(), push.subscribe(expired=True)
     async with serving(cfg, database_url, [
@@ -71,7 +71,7 @@ async def test_a_failed_channel_falls_back_to_the_next(engine, sinks):
     hook.fail_status, hook.fail_next = 400, 1_000  # the webhook receiver refuses everything
     before = smtp.count
     nid = str(uuid.uuid4())
-    async with aiohttp.ClientSession() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
             "id": nid, "user_id": "f1", "category": "job_alerts", "channels": ["webhook"], "fallback": ["email"],
             "content": {"subject": "s", "text": "t"}}) as r:
         assert r.status == 202, await r.text()
@@ -80,7 +80,7 @@ async def test_a_failed_channel_falls_back_to_the_next(engine, sinks):
     assert await statuses(engine, nid) == {"webhook": ("failed", "invalid_message"), "email": ("sent", "ok")}
     assert smtp.count == before + 1
     ok = str(uuid.uuid4())  # a channel that works: no fallback
-    async with aiohttp.ClientSession() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
             "id": ok, "user_id": "f1", "category": "job_alerts", "channels": ["webhook"], "fallback": ["email"],
             "content": {"subject": "s", "text": "t"}}) as r:
         assert r.status == 202
@@ -91,7 +91,7 @@ async def test_a_failed_channel_falls_back_to_the_next(engine, sinks):
 async def test_a_gone_subscription_is_removed_from_the_user(engine, sinks):
     _, _, push = sinks
     ids = {u: str(uuid.uuid4()) for u in ("w1", "w2")}
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         for uid, nid in ids.items():
             async with s.post(f"{engine.base_url}/v1/notifications", json={
                     "id": nid, "user_id": uid, "category": "messages", "channels": ["web"],
@@ -112,7 +112,7 @@ async def test_fallback_over_time_unless_delivered(engine, sinks):
     smtp, _, _ = sinks
     before = smtp.count
     ids = [str(uuid.uuid4()) for _ in range(2)]
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         for nid in ids:
             async with s.post(f"{engine.base_url}/v1/notifications", json={
                     "id": nid, "user_id": "f1", "category": "job_alerts", "channels": ["webhook"],
@@ -134,7 +134,7 @@ async def test_fallback_over_time_unless_delivered(engine, sinks):
 async def test_in_app_lands_in_the_inbox(engine):
     """The in-app provider the engine configured with its own database and NATS."""
     nid = str(uuid.uuid4())
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         async with s.post(f"{engine.base_url}/v1/notifications", json={
                 "id": nid, "user_id": "f1", "category": "messages", "channels": ["in_app"],
                 "content": {"subject": "New message", "text": "from a recruiter"}}) as r:
@@ -154,7 +154,7 @@ async def test_fallback_over_time_unless_opened(engine, sinks):
     await engine.save_profiles([UserProfile(user_id="o1", addresses={"email": "o1@example.test"})], "test")
     base = {"user_id": "o1", "category": "job_alerts", "channels": ["in_app"], "fallback": ["email"],
             "fallback_unless": "opened", "content": {"subject": "s", "text": "t"}}
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         async with s.post(f"{engine.base_url}/v1/notifications", json=base) as r:  # no fallback_after_s
             assert r.status == 422
             assert [e["field"] for e in (await r.json())["errors"]] == ["$.fallback_unless"]

@@ -49,7 +49,7 @@ async def env(database_url, nats_url):
         pool=pool, nc=nc,
         cfg=types.SimpleNamespace(nats=types.SimpleNamespace(prefix=prefix),
                                   database=types.SimpleNamespace(schema=schema),
-                                  http=types.SimpleNamespace(max_body_bytes=1 << 20)))
+                                  http=types.SimpleNamespace(max_body_bytes=1 << 20, allowed_origins=[])))
     app = web.Application()
     app[ENGINE] = engine
     http_inbox.add_routes(app)
@@ -161,9 +161,11 @@ async def test_bad_input(env):
     user = new_user()
     for body, status in [(b"{", 400), (b"", 400), (b"{}", 422), (b'{"seqs": [1], "all": true}', 422),
                          (b'{"seqs": "x"}', 422), (b'{"seqs": [0]}', 422), (b'{"all": true, "x": 1}', 422)]:
-        resp = await c.post(f"/v1/users/{user}/inbox/read", data=body)
+        resp = await c.post(f"/v1/users/{user}/inbox/read", data=body, headers={"Content-Type": "application/json"})
         assert resp.status == status, (body, await resp.text())
         assert "error" in await resp.json()
+    resp = await c.post(f"/v1/users/{user}/inbox/read", data=b'{"all": true}')  # no JSON content type
+    assert resp.status == 415
     resp = await c.get("/v1/users/a%01b/inbox")
     assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "user_id"
     resp = await c.get(f"/v1/users/{'x' * 129}/inbox/ws")

@@ -7,13 +7,12 @@ import asyncio
 import time
 import uuid
 
-import aiohttp
 import msgspec
 import pytest
 
 from infra import streams
 from sandbox import WebhookSink
-from tests.integration.helpers import engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +46,7 @@ async def test_critical_overtakes_a_bulk_backlog(engine):
     await asyncio.gather(*pending)
     while await recorded(engine.pool, bulk_ids) < 500:  # the backlog is draining
         await asyncio.sleep(0.05)
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         started = time.monotonic()
         async with s.post(f"{engine.base_url}/v1/notifications", json={
                 "user_id": "vip", "category": "security", "channels": ["webhook"], "priority": "critical",

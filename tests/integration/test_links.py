@@ -16,7 +16,7 @@ from engine.http.links import GIF
 from infra.tuning import with_provider_settings
 from policy import links
 from policy.types import UserProfile
-from tests.integration.helpers import engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ async def status(engine, nid: str) -> tuple[str, str]:
 
 
 async def test_opens_and_clicks_of_an_smtp_email_are_recorded(engine, smtp):
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         nid = await send(engine, s)
         assert await status(engine, nid) == ("sent", "ok")
         mail = next(m for m in smtp.messages if m.notification_id == nid)
@@ -108,7 +108,7 @@ async def test_a_click_without_a_sent_row_still_redirects(engine):
     secret = SECRET.encode()
     nid = str(uuid.uuid4())  # never sent: no tracking row
     token = links.sign(secret, "c", nid, "email", "https://example.test/x")
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         async with s.get(f"{engine.base_url}/v1/t/c/{token}", allow_redirects=False) as r:
             assert r.status == 302 and r.headers["Location"] == "https://example.test/x"
         async with s.get(f"{engine.base_url}/v1/t/o/{links.sign(secret, 'o', nid, 'email')}.gif") as r:

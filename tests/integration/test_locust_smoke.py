@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bench import locust_run
-from engine import http
+from engine import auth, http
 from engine.runtime import Engine
 from sandbox import WebhookSink
 from tests.integration.helpers import drop_schema, engine_config
@@ -45,7 +45,7 @@ async def test_locust_harness_smoke(nats_url, database_url, ray_address, tmp_pat
         host = f"http://127.0.0.1:{http.bound_port(runner)}"
         summary = await asyncio.to_thread(
             locust_run.run, host, users=2, spawn_rate=2, run_time="4s", csv_prefix=tmp_path / "locust",
-            population=200, channels="webhook")
+            population=200, channels="webhook", api_key=auth.read_admin_key(cfg.engine.home, environ={}))
         failures_csv = tmp_path / "locust_failures.csv"
         detail = failures_csv.read_text() if failures_csv.exists() else summary["log"]
         assert summary["requests"] > 0, summary

@@ -358,14 +358,14 @@ async def test_cli_import_and_export(engine, client, tmp_path):
     source = tmp_path / "prefs.csv"
     source.write_text("user_id,channel,category,enabled\ncli1,email,marketing,false\ncli2,*,job_alerts,false\n")
     args = argparse.Namespace(action="import", file=str(source), format=None, url=engine.base_url)
-    assert await cli_prefs.cmd_prefs(None, args) == 0
+    assert await cli_prefs.cmd_prefs(engine.cfg, args) == 0
     async with client.get(f"{engine.base_url}/v1/users/cli2/preferences") as r:
         assert (await r.json())["preferences"] == [{"category": "job_alerts", "enabled": False}]
     bad = tmp_path / "bad.ndjson"
     bad.write_text('{"user_id": "cli3", "channel": "fax", "enabled": false}\n')
     args = argparse.Namespace(action="import", file=str(bad), format=None, url=engine.base_url)
-    assert await cli_prefs.cmd_prefs(None, args) == 1
+    assert await cli_prefs.cmd_prefs(engine.cfg, args) == 1
     out = tmp_path / "out.ndjson"
     args = argparse.Namespace(action="export", file=str(out), format=None, url=engine.base_url)
-    assert await cli_prefs.cmd_prefs(None, args) == 0
+    assert await cli_prefs.cmd_prefs(engine.cfg, args) == 0
     assert '"user_id":"cli1"' in out.read_text() and "cli3" not in out.read_text()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-import aiohttp
 import msgspec
 import pytest
 
@@ -14,7 +13,7 @@ from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from sandbox.fcm import FcmSink, make_service_account
 from sandbox.twilio import TwilioSink
-from tests.integration.helpers import engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +65,7 @@ async def rows(engine, nid: str) -> dict:
 
 async def test_sms_needs_consent_then_goes_out_through_twilio(engine, sinks):
     twilio, _ = sinks
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         before = await send(s, engine, "s1", ["sms"])
         await wait_rows(engine.pool, [before], 1)
         assert await rows(engine, before) == {"sms": ("suppressed", "consent.missing_sms")}
@@ -80,7 +79,7 @@ async def test_sms_needs_consent_then_goes_out_through_twilio(engine, sinks):
 
 async def test_push_through_fcm_and_a_gone_token_is_removed(engine, sinks):
     _, fcm = sinks
-    async with aiohttp.ClientSession() as s:
+    async with api_session() as s:
         ok, gone = await send(s, engine, "s1", ["push"]), await send(s, engine, "s2", ["push"])
         await wait_rows(engine.pool, [ok, gone], 2)
         assert await rows(engine, ok) == {"push": ("sent", "ok")}

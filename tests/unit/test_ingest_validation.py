@@ -101,3 +101,31 @@ def test_message_errors_name_the_field_at_its_path():
         ("$[3].fallback_unless", "needs fallback_after_s (the time to wait)")]
     assert message_errors(req(fallback_unless="delivered", fallback_after_s=5)) == []
     assert message_errors(req()) == []
+
+
+async def test_control_characters_and_nul_are_dead_lettered_naming_the_field():
+    h = Harness()
+    subject = notify({**BASE, "content": {"subject": "a\x0bb", "text": "t"}}, 6)
+    nul_text = notify({**BASE, "content": {"subject": "s", "text": "a\x00b"}}, 7)
+    nul_data = notify({**BASE, "content": {"subject": "s", "text": "t", "data": {"x": ["ok", "b\x00d"]}}}, 8)
+    key = notify({**BASE, "idempotency_key": "k\u2028"}, 9)
+    good = notify({**BASE, "content": {"subject": "s", "text": "tab\there\nnewline"}}, 10)
+    await h.ingestor._process([subject, nul_text, nul_data, key, good])
+    errors = {p[2]["Tidings-Stream-Seq"]: (p[2]["Tidings-Reason"], p[2]["Tidings-Error"]) for p in h.published}
+    assert set(errors) == {"6", "7", "8", "9"}
+    assert all(reason == "payload.invalid" for reason, _ in errors.values())
+    assert "$.content.subject" in errors["6"][1] and "$.content.text" in errors["7"][1]
+    assert errors["8"][1] == "contains a NUL character - at `$.content.data.x[1]`"
+    assert "$.idempotency_key" in errors["9"][1]
+    assert all("\x00" not in (row.detail or "") for row in h.recorded) and len(h.recorded) == 4
+    [inbound] = h.handled
+    assert inbound.request.content.text == "tab\there\nnewline"
+    assert all(m.acked for m in (subject, nul_text, nul_data, key, good))
+
+
+def test_message_errors_find_nul_in_template_and_channel_data():
+    r = msgspec.convert({**BASE, "template": {"id": "t", "data": {"a": {"b\x00": "x"}}},
+                         "channel_content": {"email": {"subject": "s", "text": "t", "data": {"l": [["\x00"]]}}}},
+                        NotificationRequest)
+    assert message_errors(r) == [("$.template.data.a.b\\u0000", "contains a NUL character"),
+                                 ("$.channel_content.email.data.l[0][0]", "contains a NUL character")]

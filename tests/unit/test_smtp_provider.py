@@ -259,6 +259,35 @@ def test_line_break_in_subject_is_invalid():
         p.build_message(task(4, subject="hi\r\nBcc: victim@example.test", text="x"))
 
 
+def test_a_subject_with_a_vertical_tab_is_invalid():
+    p = SmtpProvider("enc", {"sender": "noreply@jobs.test"})
+    with pytest.raises(InvalidMessage, match="control character"):
+        p.build_message(task(4, subject="hi\x0bthere", text="x"))
+
+
+async def test_a_message_that_cannot_be_built_is_invalid_not_a_provider_failure(sink, provider):
+    # a lone surrogate cannot be encoded as UTF-8: the email package raises while building
+    with pytest.raises(InvalidMessage, match="cannot build the message"):
+        await provider.send(task(5, subject="s", text="bad \ud800 text"))
+    assert sink.count == 0
+
+
+async def test_a_serialization_error_is_invalid_message(sink, provider, monkeypatch):
+    from email.errors import HeaderParseError
+
+    class Unserializable:
+        def __getitem__(self, name):
+            return "<id@tidings.test>"
+
+        def as_bytes(self):
+            raise HeaderParseError("header folding failed")
+
+    monkeypatch.setattr(provider, "build_message", lambda t: Unserializable())
+    with pytest.raises(InvalidMessage, match="header folding failed"):
+        await provider.send(task(6))
+    assert sink.count == 0
+
+
 def test_the_password_is_not_kept_in_settings():
     from providers.email.smtp import SmtpProvider
     p = SmtpProvider("smtp", {"sender": "a@b.test", "username": "u", "password": "very-secret-value"})

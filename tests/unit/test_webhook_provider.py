@@ -44,7 +44,8 @@ async def sink():
 
 @pytest.fixture
 async def provider(sink):
-    p = WebhookProvider("hook-test", {"url": sink.url, "secret": SECRET, "timeout_s": 2})
+    p = WebhookProvider("hook-test", {"url": sink.url, "secret": SECRET, "timeout_s": 2,
+                                      "egress_allow": ["127.0.0.0/8", "::1/128"]})
     await p.start()
     yield p
     await p.close()

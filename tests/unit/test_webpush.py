@@ -41,7 +41,8 @@ def task(sub, n: int = 1, *, content: Content = CONTENT, priority: str = "normal
 
 
 def make(**settings) -> WebPushProvider:
-    base = {"vapid_private_key": VAPID_PEM, "vapid_subject": SUBJECT, "allow_http": True, "timeout_s": 2}
+    base = {"vapid_private_key": VAPID_PEM, "vapid_subject": SUBJECT, "allow_http": True, "timeout_s": 2,
+            "egress_allow": ["127.0.0.0/8", "::1/128"]}
     return WebPushProvider("wp-test", {**base, **settings})
 
 

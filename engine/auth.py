@@ -1,0 +1,263 @@
+"""Who is calling: API keys with scopes, and short-lived end-user tokens.
+
+An API key is ``tdk_<id>_<secret>``: ``id`` is public (it names the key in
+lists, logs and the audit log), ``secret`` is 256 random bits of which only a
+SHA-256 is stored (a fast hash is enough for a secret of that size: there is
+nothing to brute-force). A key carries scopes; ``admin`` holds them all.
+
+An end-user token is a JWT (HS256, PyJWT) for one user: ``sub`` the user id,
+``aud`` ``tidings:user``, ``exp`` at most ``http.token_ttl_max_s`` ahead, signed
+with the newest signing key (``kid`` in the header). Every signing key not
+retired verifies, so rotating (``tidings keys rotate-signing``) invalidates no
+token in flight; retire old keys once the longest token has expired.
+
+The first start with no key at all creates an ``admin`` key and writes it to
+``<engine.home>/admin.key`` (mode 0600); the CLI, the demo and the benchmarks
+read it from there (or ``TIDINGS_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import jwt
+import msgspec
+from aiohttp import web
+
+from stores import keys as key_store
+
+PREFIX = "tdk_"
+AUDIENCE = "tidings:user"
+ISSUER = "tidings"
+ADMIN_FILE = "admin.key"
+KEY_ENV = "TIDINGS_API_KEY"
+
+SCOPES: dict[str, str] = {
+    "notifications:send": "submit notifications",
+    "notifications:read": "read notifications' and broadcasts' outcomes",
+    "broadcasts:send": "send one message to every user",
+    "events:write": "report opens and clicks of any user's notifications",
+    "users:read": "read users' profiles",
+    "users:write": "create and change users' profiles (addresses, time zone, opt-outs)",
+    "suppressions:write": "suppress an address",
+    "preferences:read": "read any user's preferences, their history and exports",
+    "preferences:write": "change any user's preferences and consent, import, apply templates",
+    "templates:read": "read and preview message and preference templates",
+    "templates:write": "create message and preference templates",
+    "inbox:read": "read any user's in-app inbox",
+    "inbox:write": "mark any user's in-app messages read or seen",
+    "analytics:read": "channel analytics",
+    "tokens:issue": "mint end-user tokens",
+    "ops:read": "/readyz and /metrics (when http.ops_access = \"scope\")",
+    "admin": "everything",
+}
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """An authenticated caller: an API key (``kind`` "key", ``id`` the key id) or
+    an end-user token (``kind`` "user", ``id`` the user id)."""
+
+    kind: str
+    id: str
+    name: str = ""
+    scopes: frozenset[str] = frozenset()
+
+    def allows(self, scope: str) -> bool:
+        return self.kind == "key" and ("admin" in self.scopes or scope in self.scopes)
+
+    @property
+    def label(self) -> str:
+        """How the audit log names it."""
+        return f"key:{self.id}({self.name})" if self.kind == "key" else f"user:{self.id}"
+
+
+# where the authorization middleware puts the caller on the request
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_key() -> tuple[str, str]:
+    """(key id, the whole key)."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def split(key: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed key, else None."""
+    if not key.startswith(PREFIX) or len(key) > 128:
+        return None
+    key_id, sep, secret = key[len(PREFIX):].partition("_")
+    if not sep or len(key_id) != 12 or not secret:
+        return None
+    return key_id, secret
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    if not scopes:
+        raise ValueError("a key needs at least one scope")
+    return sorted(set(scopes))
+
+
+async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> tuple[str, str]:
+    """Store a new key; returns (id, key). The key is not kept: show it once."""
+    scopes = check_scopes(scopes)
+    key_id, key = new_key()
+    _, secret = split(key)  # type: ignore[misc]  # a key new_key made always splits
+    await key_store.insert(conn, key_id, name, digest(secret), scopes)
+    return key_id, key
+
+
+async def rotate_key(conn: asyncpg.Connection, key_id: str) -> tuple[str, str] | None:
+    """A new key with the old one's name and scopes; the old one revoked, in one
+    transaction. None if there is no such active key."""
+    async with conn.transaction():
+        old = await key_store.get(conn, key_id)
+        if old is None or old.revoked_at is not None:
+            return None
+        new_id, key = await create_key(conn, old.name, list(old.scopes))
+        await key_store.revoke(conn, key_id, rotated_to=new_id)
+    return new_id, key
+
+
+async def ensure_admin_key(pool: asyncpg.Pool, home: str | Path) -> Path | None:
+    """On a first start (no key at all): create an admin key and write it to
+    ``<home>/admin.key`` with mode 0600. Returns the path when it did."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tidings:bootstrap-key'))")
+        if await conn.fetchval("SELECT count(*) FROM api_keys") > 0:
+            return None
+        _, key = await create_key(conn, "bootstrap-admin", ["admin"])
+        path = Path(home).resolve() / ADMIN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that existed
+    return path
+
+
+def read_admin_key(home: str | Path, environ: dict | None = None) -> str | None:
+    """``TIDINGS_API_KEY``, else the key a first start wrote under ``home``."""
+    env = os.environ if environ is None else environ
+    if env.get(KEY_ENV):
+        return env[KEY_ENV].strip()
+    try:
+        return (Path(home) / ADMIN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+async def ensure_signing_key(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tidings:signing-key'))")
+        if not await key_store.signing_keys(conn):
+            await key_store.add_signing_key(conn, secrets.token_hex(8), secrets.token_bytes(32))
+
+
+async def rotate_signing_key(conn: asyncpg.Connection) -> str:
+    kid = secrets.token_hex(8)
+    await key_store.add_signing_key(conn, kid, secrets.token_bytes(32))
+    return kid
+
+
+class Authenticator:
+    """Checks bearer credentials for the HTTP process. Key rows are cached for
+    ``cache_s`` (a revocation bites within that); signing keys are re-read every
+    ``SIGNING_REFRESH_S`` and when a token names a kid not seen yet (at most once
+    a second)."""
+
+    SIGNING_REFRESH_S = 30.0
+
+    def __init__(self, pool: asyncpg.Pool, cache_s: float, ttl_max_s: float,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        self.pool, self.cache_s, self.ttl_max_s = pool, cache_s, ttl_max_s
+        self.clock, self.wall = clock, wall
+        self._keys: dict[str, tuple[float, key_store.KeyRow | None]] = {}
+        self._signing: list[tuple[str, bytes, float]] = []
+        self._signing_at = -1e18
+        self._unknown_kid_at = -1e18
+
+    async def key(self, bearer: str) -> Principal | None:
+        parts = split(bearer)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        now = self.clock()
+        cached = self._keys.get(key_id)
+        if cached is None or now - cached[0] > self.cache_s:
+            if len(self._keys) > 10_000:  # unknown ids must not grow it without bound
+                self._keys.clear()
+            cached = (now, await key_store.get(self.pool, key_id))
+            self._keys[key_id] = cached
+        row = cached[1]
+        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.hash, digest(secret)):
+            return None
+        return Principal("key", row.id, row.name, frozenset(row.scopes))
+
+    async def _signing_keys(self, want: str | None = None) -> list[tuple[str, bytes, float]]:
+        now = self.clock()
+        stale = now - self._signing_at > self.SIGNING_REFRESH_S
+        unknown = want is not None and all(kid != want for kid, _, _ in self._signing) \
+            and now - self._unknown_kid_at > 1.0
+        if stale or unknown:
+            if unknown:
+                self._unknown_kid_at = now
+            self._signing = await key_store.signing_keys(self.pool)
+            self._signing_at = now
+        return self._signing
+
+    async def mint(self, user_id: str, ttl_s: float) -> tuple[str, float]:
+        """A token for ``user_id`` valid ``ttl_s`` (capped at ``ttl_max_s``); (token, expiry)."""
+        signing = await self._signing_keys()
+        if not signing:
+            raise RuntimeError("no token signing key: the engine creates one at start")
+        kid, secret, _ = signing[0]
+        now = self.wall()
+        exp = now + min(ttl_s, self.ttl_max_s)
+        token = jwt.encode({"sub": user_id, "aud": AUDIENCE, "iss": ISSUER, "iat": int(now), "exp": int(exp),
+                            "jti": secrets.token_hex(8)}, secret, algorithm="HS256", headers={"kid": kid})
+        return token, float(int(exp))
+
+    async def token(self, token: str) -> Principal | None:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return None
+        if not isinstance(kid, str):
+            return None
+        secret = next((s for k, s, _ in await self._signing_keys(kid) if k == kid), None)
+        if secret is None:
+            return None
+        try:
+            claims = jwt.decode(token, secret, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER,
+                                options={"require": ["exp", "sub", "aud", "iss"]})
+        except jwt.PyJWTError:
+            return None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or float(claims["exp"]) - float(claims.get("iat", 0)) > \
+                self.ttl_max_s + 1:
+            return None
+        return Principal("user", sub)
+
+    async def authenticate(self, bearer: str) -> Principal | None:
+        """A key or a token, whichever ``bearer`` is; None when it is neither valid."""
+        if bearer.startswith(PREFIX):
+            return await self.key(bearer)
+        return await self.token(bearer)
+
+
+__all__ = ["AUDIENCE", "Authenticator", "KEY_ENV", "Principal", "SCOPES", "check_scopes", "create_key",
+           "ensure_admin_key", "ensure_signing_key", "read_admin_key", "rotate_key", "rotate_signing_key"]

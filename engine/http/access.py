@@ -1,0 +1,171 @@
+"""Who may call each route, declared where the route is declared.
+
+Every route module lists its routes as ``Route(method, path, handler, policy)``;
+``register`` adds them to the application and records each one's policy, and
+the ``authorize`` middleware refuses a request whose route has none (so a route
+added without a policy fails closed, and tests/integration/test_access.py,
+which walks the router, fails). Policies:
+
+- ``Scoped(scope)``: an API key holding ``scope`` (or ``admin``). With
+  ``user=True``, also an end-user token for the ``{user_id}`` in the path.
+- ``UserOwned(scope)``: a key with ``scope``, or an end-user token; the handler
+  checks that the resource belongs to the token's user (``owner_check``).
+- ``Public(why)``: no credentials; the handler verifies what it needs (a
+  provider's signature, a signed link token) or there is nothing to protect.
+- ``Ops()``: /readyz and /metrics: loopback clients only, or a key with
+  ``ops:read``, as ``http.ops_access`` says.
+
+Answers: 401 (no or bad credentials, with ``WWW-Authenticate: Bearer``), 403
+(valid, but not allowed here). The principal is ``request[PRINCIPAL]``; the
+rate limiter's key is ``request[RATE_KEY]``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from engine.auth import PRINCIPAL, Principal
+from engine.http.common import ENGINE, Problem
+from engine.ratelimit import RATE_KEY
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Scoped:
+    scope: str
+    user: bool = False  # an end-user token for the path's {user_id} passes too
+
+
+@dataclass(frozen=True)
+class UserOwned:
+    scope: str  # a key with it passes; an end-user token passes to the handler's owner check
+
+
+@dataclass(frozen=True)
+class Public:
+    why: str
+
+
+@dataclass(frozen=True)
+class Ops:
+    pass
+
+
+Policy = Scoped | UserOwned | Public | Ops
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    policy: Policy
+
+
+POLICIES = web.AppKey("policies", dict)  # (method, path) -> Policy
+
+
+def register(app: web.Application, routes: list[Route]) -> None:
+    """Add ``routes`` with their policies (a GET also answers HEAD)."""
+    table = app.get(POLICIES)
+    if table is None:
+        table = app[POLICIES] = {}
+    for r in routes:
+        if r.method == "GET":
+            app.router.add_get(r.path, r.handler)  # and HEAD
+            table[("HEAD", r.path)] = r.policy
+        else:
+            app.router.add_route(r.method, r.path, r.handler)
+        table[(r.method, r.path)] = r.policy
+
+
+def bearer(request: web.Request) -> str | None:
+    """The credentials: ``Authorization: Bearer …``; for the inbox WebSocket
+    only, also ``?access_token=`` (a browser cannot set headers on one)."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return request.query.get("access_token") or None
+    return None
+
+
+def unauthorized(reason: str) -> Problem:
+    p = Problem(401, "unauthorized", [{"field": "Authorization", "reason": reason}])
+    p.headers["WWW-Authenticate"] = 'Bearer realm="tidings"'
+    return p
+
+
+def forbidden(reason: str) -> Problem:
+    return Problem(403, "forbidden", [{"field": "Authorization", "reason": reason}])
+
+
+def is_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def owner_check(request: web.Request, user_id: str) -> None:
+    """For ``UserOwned`` routes: an end-user token may reach only its own user's
+    resources (the handler calls this once it knows the owner)."""
+    p: Principal | None = request.get(PRINCIPAL)
+    if p is not None and p.kind == "user" and p.id != user_id:
+        raise forbidden("this token is for another user")
+
+
+def actor(request: web.Request) -> str:
+    """Who the audit log names: the authenticated principal, never a header."""
+    p: Principal | None = request.get(PRINCIPAL)
+    return p.label if p is not None else "anonymous(auth off)"
+
+
+@web.middleware
+async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route
+    if route.resource is None:  # 404 / 405: nothing to authorize
+        return await handler(request)
+    policy = request.app[POLICIES].get((request.method, route.resource.canonical))
+    if policy is None:
+        raise forbidden("no access policy is declared for this route")
+    engine = request.app[ENGINE]
+    if isinstance(policy, Public):
+        return await handler(request)
+    if isinstance(policy, Ops):
+        if engine.cfg.http.ops_access == "loopback":
+            if not is_loopback(request):
+                raise forbidden("only loopback clients (http.ops_access = \"loopback\")")
+            return await handler(request)
+        policy = Scoped("ops:read")
+    if not engine.cfg.http.auth:  # only ever on a loopback-only listener (checked at start)
+        return await handler(request)
+    credentials = bearer(request)
+    if credentials is None:
+        raise unauthorized("missing bearer credentials")
+    principal = await engine.auth.authenticate(credentials)
+    if principal is None:
+        raise unauthorized("invalid, expired or revoked credentials")
+    request[PRINCIPAL] = principal
+    request[RATE_KEY] = (principal.kind, principal.id)
+    if principal.kind == "key":
+        if not principal.allows(policy.scope):
+            raise forbidden(f"this key lacks the scope {policy.scope!r}")
+        return await handler(request)
+    # an end-user token
+    if isinstance(policy, UserOwned):
+        return await handler(request)
+    if isinstance(policy, Scoped) and policy.user:
+        if request.match_info.get("user_id") != principal.id:
+            raise forbidden("this token is for another user")
+        return await handler(request)
+    raise forbidden("an end-user token cannot call this route")
+
+
+__all__ = ["POLICIES", "Ops", "Public", "Route", "Scoped", "UserOwned", "actor", "authorize", "is_loopback",
+           "owner_check", "register"]

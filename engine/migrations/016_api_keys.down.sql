@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS token_keys;
+DROP TABLE IF EXISTS api_keys;

@@ -1,0 +1,209 @@
+"""The HTTP API's rate limits: GCRA (the generic cell rate algorithm) per API key
+and per end-user token, evaluated atomically in Redis by one Lua script so every
+HTTP process shares one limit, with a per-process in-memory fallback.
+
+GCRA keeps one number per client, the theoretical arrival time (TAT): a request
+at ``now`` is allowed when ``max(TAT, now) + T - burst*T <= now`` (``T = 1/rate``),
+and then moves the TAT on by ``T``. So at most ``burst + rate*t`` requests pass in
+any window of ``t`` seconds, and a client idle for ``burst/rate`` seconds is back to
+its full burst; the Redis key expires then. ``gcra`` is the pure step; ``LUA`` is
+the same arithmetic, in the same order, against Redis's clock.
+
+Redis keys: ``tidings:rl:<class>:<sha256(ident)[:32]>``, never a raw identifier."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from infra.config import RateLimitConfig
+
+FALLBACKS = Counter("tidings_ratelimit_fallback", "Rate-limit checks Redis could not answer, by the mode applied",
+                    ["mode"])
+
+CLASSES = ("key", "user")
+KEY_PREFIX = "tidings:rl:"
+EPSILON = 1e-9  # floor() of a remaining count that float rounding left just below an integer
+SLACK_S = 1e-6  # a request this early still counts as on time: float sums of intervals, TATs stored to the µs
+
+# KEYS[1]: the client's key. ARGV: rate per second, burst, and (tests only) the time
+# in seconds; without it Redis's own clock, so the HTTP processes' clocks never matter.
+# Returns {allowed 0/1, remaining, reset_s, retry_after_s} (floats as strings: Redis
+# would truncate Lua numbers to integers).
+LUA = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now
+if ARGV[3] then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local interval = 1 / rate
+local tau = interval * burst
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local new_tat = tat + interval
+local allow_at = new_tat - tau
+if now < allow_at - 1e-6 then
+  return {0, 0, string.format('%.6f', tat - now), string.format('%.6f', allow_at - now)}
+end
+local remaining = math.floor((now + tau - new_tat) / interval + 1e-9)
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000))
+return {1, remaining, string.format('%.6f', new_tat - now), '0'}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    limit: int  # the burst
+    remaining: int  # requests allowed right now after this one
+    reset_s: float  # until the full burst is available again
+    retry_after_s: float  # 0 when allowed
+
+
+class LimiterUnavailable(Exception):
+    """Redis could not be reached and ``redis_down = "closed"``: answer 503."""
+
+
+def gcra(tat: float | None, now: float, rate: float, burst: float) -> tuple[Verdict, float | None]:
+    """One request at ``now`` against a client whose theoretical arrival time is
+    ``tat`` (None: unknown, a full burst). Returns the verdict and the TAT to keep
+    (unchanged when denied)."""
+    interval = 1 / rate
+    tau = interval * burst
+    start = now if tat is None or tat < now else tat
+    new_tat = start + interval
+    allow_at = new_tat - tau
+    limit = int(burst)
+    if now < allow_at - SLACK_S:
+        return Verdict(False, limit, 0, start - now, allow_at - now), tat
+    remaining = math.floor((now + tau - new_tat) / interval + EPSILON)
+    return Verdict(True, limit, max(0, remaining), new_tat - now, 0.0), new_tat
+
+
+def redis_key(cls: str, ident: str) -> str:
+    return f"{KEY_PREFIX}{cls}:{hashlib.sha256(ident.encode()).hexdigest()[:32]}"
+
+
+class Limiter:
+    """``check(cls, ident)`` for ``cls`` "key" (per API key) or "user" (per
+    end-user token). ``redis`` None: the in-memory limiter only (one process).
+    ``clock`` is the in-memory limiter's (monotonic seconds)."""
+
+    SWEEP_EVERY = 1000  # in-memory checks between sweeps of clients back at full burst
+
+    def __init__(self, redis: Redis | None, cfg: RateLimitConfig, clock: Callable[[], float] = time.monotonic):
+        self.redis = redis
+        self.cfg = cfg
+        self.clock = clock
+        self.rates = {"key": (cfg.key_per_s, cfg.key_burst), "user": (cfg.user_per_s, cfg.user_burst)}
+        self.script = redis.register_script(LUA) if redis is not None else None
+        self.local: dict[str, float] = {}  # key -> TAT, the fallback's state
+        self._checks = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.enabled
+
+    async def check(self, cls: str, ident: str) -> Verdict:
+        """Counts one request; raises ``LimiterUnavailable`` when Redis is down and
+        ``redis_down = "closed"``, ``ValueError`` for an unknown class."""
+        if cls not in self.rates:
+            raise ValueError(f"rate-limit class {cls!r}: expected one of {CLASSES}")
+        rate, burst = self.rates[cls]
+        key = redis_key(cls, ident)
+        if self.script is None:
+            return self._local(key, rate, burst)
+        try:
+            allowed, remaining, reset_s, retry_s = await asyncio.wait_for(
+                self.script(keys=[key], args=[repr(rate), repr(burst)]), self.cfg.timeout_s)
+        except (RedisError, OSError, TimeoutError):
+            return self._redis_down(key, rate, burst)
+        return Verdict(bool(allowed), int(burst), int(remaining), float(reset_s), float(retry_s))
+
+    def _redis_down(self, key: str, rate: float, burst: float) -> Verdict:
+        mode = self.cfg.redis_down
+        FALLBACKS.labels(mode).inc()
+        if mode == "closed":
+            raise LimiterUnavailable("rate limits unavailable: Redis cannot be reached")
+        if mode == "open":
+            return Verdict(True, int(burst), int(burst), 0.0, 0.0)
+        return self._local(key, rate, burst)
+
+    def _local(self, key: str, rate: float, burst: float) -> Verdict:
+        now = self.clock()
+        self._checks += 1
+        if self._checks % self.SWEEP_EVERY == 0:
+            self.local = {k: t for k, t in self.local.items() if t > now}
+        verdict, tat = gcra(self.local.get(key), now, rate, burst)
+        if tat is not None:
+            self.local[key] = tat
+        return verdict
+
+
+def headers(v: Verdict) -> dict[str, str]:
+    """RateLimit-Limit / -Remaining / -Reset (delta seconds, draft-ietf-httpapi-ratelimit-headers)
+    and, on a denial, Retry-After (whole seconds, at least 1)."""
+    out = {"RateLimit-Limit": str(v.limit), "RateLimit-Remaining": str(v.remaining),
+           "RateLimit-Reset": str(math.ceil(v.reset_s - EPSILON) if v.reset_s > 0 else 0)}
+    if not v.allowed:
+        out["Retry-After"] = str(max(1, math.ceil(v.retry_after_s - EPSILON)))
+    return out
+
+
+WHO = {"key": "this API key", "user": "this user token"}
+
+
+def _error(status: int, error: str, reason: str, extra: dict[str, str]) -> web.Response:
+    return web.json_response({"error": error, "errors": [{"field": "$", "reason": reason}]}, status=status,
+                             headers=extra)
+
+
+# (class, identity) of the caller to limit, set by the authorization middleware
+RATE_KEY = web.RequestKey("rate_key", tuple)
+
+
+def rate_limit_middleware(limiter: Limiter):
+    """An aiohttp middleware limiting requests by ``request[RATE_KEY]``, a
+    (class, ident) tuple the authentication middleware (before this one) sets;
+    a request without one is not limited. Denied: 429 with the headers; allowed:
+    the answer (an ``HTTPException`` too) gets the RateLimit-* headers."""
+
+    @web.middleware
+    async def rate_limit(request: web.Request, handler):
+        rate_key = request.get(RATE_KEY)
+        if rate_key is None or not limiter.enabled:
+            return await handler(request)
+        cls, ident = rate_key
+        try:
+            verdict = await limiter.check(cls, ident)
+        except LimiterUnavailable as e:
+            return _error(503, "rate limits unavailable", str(e), {"Retry-After": "1"})
+        extra = headers(verdict)
+        if not verdict.allowed:
+            return _error(429, "rate limited", f"too many requests for {WHO.get(cls, cls)}; "
+                                               f"retry after {extra['Retry-After']} s", extra)
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            e.headers.update(extra)
+            raise
+        if not response.prepared:  # a stream or WebSocket already sent its headers
+            response.headers.update(extra)
+        return response
+
+    return rate_limit
