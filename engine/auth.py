@@ -68,6 +68,12 @@ class Principal(msgspec.Struct, frozen=True):
     id: str
     name: str = ""
     scopes: frozenset[str] = frozenset()
+    owner: str = ""  # a key's rotation chain; a user's own id
+
+    @property
+    def scope_id(self) -> str:
+        """What a caller's idempotency keys belong to: it survives key rotation."""
+        return f"{self.kind}:{self.owner or self.id}"
 
     def allows(self, scope: str) -> bool:
         return self.kind == "key" and ("admin" in self.scopes or scope in self.scopes)
@@ -92,12 +98,16 @@ def new_key() -> tuple[str, str]:
     return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def split(key: str) -> tuple[str, str] | None:
-    """(id, secret) of a well-formed key, else None."""
-    if not key.startswith(PREFIX) or len(key) > 128:
+    """(id, secret) of a well-formed key, else None (no database is asked about
+    anything that could not be a key)."""
+    if not key.startswith(PREFIX) or len(key) > 128 or not key.isascii():
         return None
     key_id, sep, secret = key[len(PREFIX):].partition("_")
-    if not sep or len(key_id) != 12 or not secret:
+    if not sep or len(key_id) != 12 or not set(key_id) <= _HEX or not secret:
         return None
     return key_id, secret
 
@@ -111,12 +121,14 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
-async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> tuple[str, str]:
-    """Store a new key; returns (id, key). The key is not kept: show it once."""
+async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str],
+                     owner: str | None = None) -> tuple[str, str]:
+    """Store a new key; returns (id, key). The key is not kept: show it once.
+    ``owner``: the rotation chain it continues (a new key starts its own)."""
     scopes = check_scopes(scopes)
     key_id, key = new_key()
     _, secret = split(key)  # type: ignore[misc]  # a key new_key made always splits
-    await key_store.insert(conn, key_id, name, digest(secret), scopes)
+    await key_store.insert(conn, key_id, name, digest(secret), scopes, owner)
     return key_id, key
 
 
@@ -127,7 +139,7 @@ async def rotate_key(conn: asyncpg.Connection, key_id: str) -> tuple[str, str] |
         old = await key_store.get(conn, key_id)
         if old is None or old.revoked_at is not None:
             return None
-        new_id, key = await create_key(conn, old.name, list(old.scopes))
+        new_id, key = await create_key(conn, old.name, list(old.scopes), owner=old.owner)
         await key_store.revoke(conn, key_id, rotated_to=new_id)
     return new_id, key
 
@@ -142,10 +154,12 @@ async def ensure_admin_key(pool: asyncpg.Pool, home: str | Path) -> Path | None:
         _, key = await create_key(conn, "bootstrap-admin", ["admin"])
         path = Path(home).resolve() / ADMIN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # a file left from an older database (or a planted link) is replaced, never
+        # followed: the key is written only into a file created here, 0600 from the start
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
-        os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that existed
     return path
 
 
@@ -186,6 +200,7 @@ class Authenticator:
         self.pool, self.cache_s, self.ttl_max_s = pool, cache_s, ttl_max_s
         self.clock, self.wall = clock, wall
         self._keys: dict[str, tuple[float, key_store.KeyRow | None]] = {}
+        self._unknown: dict[str, tuple[float, key_store.KeyRow | None]] = {}
         self._signing: list[tuple[str, bytes, float]] = []
         self._signing_at = -1e18
         self._unknown_kid_at = -1e18
@@ -196,16 +211,19 @@ class Authenticator:
             return None
         key_id, secret = parts
         now = self.clock()
-        cached = self._keys.get(key_id)
+        cached = self._keys.get(key_id) or self._unknown.get(key_id)
         if cached is None or now - cached[0] > self.cache_s:
-            if len(self._keys) > 10_000:  # unknown ids must not grow it without bound
-                self._keys.clear()
             cached = (now, await key_store.get(self.pool, key_id))
-            self._keys[key_id] = cached
+            # unknown ids go to their own bounded map: a flood of made-up ids
+            # neither grows memory nor evicts the keys in use
+            table = self._keys if cached[1] is not None else self._unknown
+            if len(table) >= 10_000:
+                table.pop(next(iter(table)))
+            table[key_id] = cached
         row = cached[1]
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.hash, digest(secret)):
             return None
-        return Principal("key", row.id, row.name, frozenset(row.scopes))
+        return Principal("key", row.id, row.name, frozenset(row.scopes), row.owner)
 
     async def _signing_keys(self, want: str | None = None) -> list[tuple[str, bytes, float]]:
         now = self.clock()
@@ -234,7 +252,7 @@ class Authenticator:
     async def token(self, token: str) -> Principal | None:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError):
             return None
         if not isinstance(kid, str):
             return None
@@ -244,7 +262,7 @@ class Authenticator:
         try:
             claims = jwt.decode(token, secret, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER,
                                 options={"require": ["exp", "sub", "aud", "iss"]})
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError):
             return None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or float(claims["exp"]) - float(claims.get("iat", 0)) > \
@@ -253,7 +271,10 @@ class Authenticator:
         return Principal("user", sub)
 
     async def authenticate(self, bearer: str) -> Principal | None:
-        """A key or a token, whichever ``bearer`` is; None when it is neither valid."""
+        """A key or a token, whichever ``bearer`` is; None when it is neither valid
+        (both are ASCII: anything else is refused before it is parsed)."""
+        if not bearer.isascii() or len(bearer) > 4096:
+            return None
         if bearer.startswith(PREFIX):
             return await self.key(bearer)
         return await self.token(bearer)

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +58,37 @@ def nats_binary() -> str:
 
 
 @dataclass
-class EmbeddedNats:
-    """A JetStream-enabled nats-server on loopback."""
+class ChildServer:
+    """A server we run as a child process on loopback, its files under ``home``:
+    started unless one an earlier start left running still answers (its pid and
+    port are kept in ``<home>/<state>``), stopped by ``stop`` only if we started
+    it. Subclasses say how to run it, how to tell it answers, and its URL."""
 
     home: Path
-    port: int = 4250
+    port: int = 0
     process: subprocess.Popen | None = None
     reused: bool = False
 
+    NAME: ClassVar[str] = ""
+    STATE: ClassVar[str] = ""
+
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self, port: int) -> bool:
+        return port_open("127.0.0.1", port)
 
     @property
     def _state(self) -> Path:
-        return self.home / "nats.json"
+        return self.home / self.STATE
+
+    @property
+    def _log(self) -> Path:
+        return self.home / f"{self.NAME}.log"
 
     def start(self, timeout: float = 10.0) -> str:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -79,22 +96,18 @@ class EmbeddedNats:
             return self.url
         if self.port == 0 or port_open("127.0.0.1", self.port):
             self.port = free_port()
-        store = self.home / "nats"
-        logfile = self.home / "nats-server.log"
-        cmd = [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(store),
-               "-l", str(logfile)]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.port):
+        while not self.answers(self.port):
             if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {logfile}")
+                raise RuntimeError(f"{self.NAME} exited with {self.process.returncode}; see {self._log}")
             if time.monotonic() > deadline:
                 self.process.kill()
-                raise RuntimeError(f"nats-server did not listen on {self.port} within {timeout}s")
-            time.sleep(0.05)
+                raise RuntimeError(f"{self.NAME} did not answer on {self.port} within {timeout}s")
+            time.sleep(0.02)
         self._state.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
-        log.info("embedded nats-server pid %d on %s", self.process.pid, self.url)
+        log.info("embedded %s pid %d on %s", self.NAME, self.process.pid, self.url)
         return self.url
 
     def find_running(self) -> bool:
@@ -103,9 +116,9 @@ class EmbeddedNats:
             state = json.loads(self._state.read_text())
         except (OSError, ValueError):
             return False
-        if pid_alive(state["pid"]) and port_open("127.0.0.1", state["port"]):
+        if pid_alive(state["pid"]) and self.answers(state["port"]):
             self.port, self.reused = state["port"], True
-            log.info("reusing embedded nats-server pid %d on %s", state["pid"], self.url)
+            log.info("reusing embedded %s pid %d on %s", self.NAME, state["pid"], self.url)
             return True
         return False
 
@@ -117,8 +130,26 @@ class EmbeddedNats:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
         self._state.unlink(missing_ok=True)
         self.process = None
+
+
+@dataclass
+class EmbeddedNats(ChildServer):
+    """A JetStream-enabled nats-server on loopback."""
+
+    port: int = 4250
+    NAME: ClassVar[str] = "nats-server"
+    STATE: ClassVar[str] = "nats.json"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.home / "nats"),
+                "-l", str(self._log)]
 
 
 def redis_binary() -> str:
@@ -140,72 +171,26 @@ def redis_pings(port: int, timeout: float = 0.2) -> bool:
 
 
 @dataclass
-class EmbeddedRedis:
+class EmbeddedRedis(ChildServer):
     """A redis-server on loopback without persistence (rate-limit state only),
     its working folder under ``home``; port 0 picks a free one."""
 
-    home: Path
-    port: int = 0
-    process: subprocess.Popen | None = None
-    reused: bool = False
+    NAME: ClassVar[str] = "redis-server"
+    STATE: ClassVar[str] = "redis.json"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def _state(self) -> Path:
-        return self.home / "redis.json"
+    def answers(self, port: int) -> bool:
+        return redis_pings(port)  # accepting is not enough: it must answer
 
-    def start(self, timeout: float = 10.0) -> str:
-        self.home.mkdir(parents=True, exist_ok=True)
-        if self.find_running():
-            return self.url
-        if self.port == 0 or port_open("127.0.0.1", self.port):
-            self.port = free_port()
+    def command(self) -> list[str]:
         workdir = self.home / "redis"
         workdir.mkdir(exist_ok=True)
-        logfile = self.home / "redis-server.log"
-        cmd = [redis_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-               "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes",
-               "--logfile", str(logfile)]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not redis_pings(self.port):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {logfile}")
-            if time.monotonic() > deadline:
-                self.process.kill()
-                raise RuntimeError(f"redis-server did not answer on {self.port} within {timeout}s")
-            time.sleep(0.02)
-        self._state.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
-        log.info("embedded redis-server pid %d on %s", self.process.pid, self.url)
-        return self.url
-
-    def find_running(self) -> bool:
-        """Whether a server an earlier start left running answers; if so, use it."""
-        try:
-            state = json.loads(self._state.read_text())
-        except (OSError, ValueError):
-            return False
-        if pid_alive(state["pid"]) and redis_pings(state["port"]):
-            self.port, self.reused = state["port"], True
-            log.info("reusing embedded redis-server pid %d on %s", state["pid"], self.url)
-            return True
-        return False
-
-    def stop(self) -> None:
-        if self.process is None or self.reused:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._state.unlink(missing_ok=True)
-        self.process = None
+        return [redis_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes",
+                "--logfile", str(self._log)]
 
 
 class EmbeddedPostgres:

@@ -58,6 +58,15 @@ MAX_EMITTED_CHARS = 1024 * 1024
 # repetitions of the lorem ipsum generator.
 MAX_INDENT = 16
 MAX_LIPSUM_PARAGRAPHS = 10
+# What one built-in filter may walk, compare or stringify in one uninterruptible
+# call (sort, unique, string, ...), and what it may collect from a lazy sequence
+# (``xs|map("center", 9999)|list``): its size as ``_size`` counts it. About the
+# largest data a request can carry (its body is bounded), so real data fits.
+MAX_FILTER_INPUT = 1024 * 1024
+# Lines ``wordwrap`` may break a text into (each costs a few microseconds).
+MAX_WRAPPED_LINES = 32 * 1024
+# Digits of ``round``'s precision (``ceil``/``floor`` compute 10 ** precision).
+MAX_ROUND_PRECISION = 400
 # Time of one render, all parts together, checked between output chunks and at
 # loop iterations, operators, calls and filters (every ``_CHECK_EVERY``-th: each
 # step between two checks is bounded by the size limits). CPU time of the rendering
@@ -131,11 +140,16 @@ def _tick() -> None:
         b.check_time()
 
 
-def _size(obj: Any, limit: int = MAX_SEQUENCE_SIZE) -> int:
-    """About how many characters ``obj`` prints as: a string's length, one per item
-    of a container plus its items' sizes. Stops counting once past ``limit``."""
-    if isinstance(obj, str | bytes):
+def _size(obj: Any, limit: int = MAX_SEQUENCE_SIZE, indent: int = 0, depth: int = 0) -> int:
+    """About how many characters ``obj`` prints as (at least): a string's length, a
+    number's digits, one per item of a container plus its items' sizes, plus
+    ``indent`` per level of nesting for each item (an indented dump puts every item
+    on its own line). Stops counting once past ``limit``: the walk is bounded by it,
+    however many times a value built by the template refers to the same list."""
+    if isinstance(obj, str | bytes | bytearray):
         return len(obj)
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return obj.bit_length() * 1233 // 4096 + 1  # log10(2) ~ 1233/4096
     items: Iterable[Any]
     if isinstance(obj, dict):
         items = (x for kv in obj.items() for x in kv)
@@ -145,10 +159,45 @@ def _size(obj: Any, limit: int = MAX_SEQUENCE_SIZE) -> int:
         return 1
     total = 0
     for x in items:
-        total += 1 + _size(x, limit - total)
+        total += 1 + indent * (depth + 1) + _size(x, limit - total, indent, depth + 1)
         if total > limit:
             break
     return total
+
+
+def _depth(obj: Any) -> int:
+    """How deeply ``obj``'s containers nest. Walks all of it: call it only on a value
+    whose ``_size`` is known to be bounded."""
+    if isinstance(obj, dict):
+        items: Iterable[Any] = obj.values()
+    elif isinstance(obj, list | tuple | set | frozenset):
+        items = obj
+    else:
+        return 0
+    return 1 + max((_depth(x) for x in items), default=0)
+
+
+def _collect(value: Any) -> Any:
+    """``value``; a lazy sequence (``map``, ``select``, a generator) materialized into
+    a list, refused as soon as its items add up to more than ``MAX_FILTER_INPUT``
+    (each item may be small, their number is what multiplies)."""
+    if not isinstance(value, Iterator):
+        return value
+    items: list[Any] = []
+    total = 0
+    for x in value:
+        total += 1 + _size(x, MAX_FILTER_INPUT - total)
+        if total > MAX_FILTER_INPUT:
+            raise TemplateLimit(f"a sequence of more than {MAX_FILTER_INPUT} characters")
+        items.append(x)
+    return items
+
+
+def _check_input(name: str, value: Any, limit: int = MAX_FILTER_INPUT) -> None:
+    """Refuse a (non-string) value over ``limit`` as ``_size`` counts it, before a
+    filter walks, compares or stringifies all of it in one call."""
+    if not isinstance(value, str) and _size(value, limit) > limit:
+        raise TemplateLimit(f"{name} of a value of more than {limit} characters")
 
 
 def _too_long() -> TemplateLimit:
@@ -172,7 +221,10 @@ def _check_result(value: Any) -> Any:
 
 def _check_binop(op: str, left: Any, right: Any) -> None:
     """Refuse ``left <op> right`` when its result would be over a limit, before
-    computing it."""
+    computing it. Bytes are refused outright: a template has no use for them (they
+    cannot be made in one; this is the safety net)."""
+    if isinstance(left, _BYTES) or isinstance(right, _BYTES):
+        raise TemplateLimit("bytes in a template")
     if op == "*":
         if isinstance(left, int) and isinstance(right, int):
             if left.bit_length() + right.bit_length() > MAX_INT_BITS:
@@ -255,6 +307,21 @@ def _check_replace(s: str, old: Any, new: Any, count: Any = -1) -> None:
         raise _too_long()
 
 
+_BYTES = (bytes, bytearray, memoryview)
+
+# The str methods a template may call: all bounded by their string's size, or
+# estimated below (center, expandtabs, format, join, replace, ...). Not: ``encode``
+# (bytes, whose methods are unchecked), ``translate`` (a table can map every
+# character to a long string), ``maketrans``. Markup adds ``striptags``/``unescape``.
+_STR_METHODS = frozenset({
+    "capitalize", "casefold", "center", "count", "endswith", "expandtabs", "find", "format", "format_map",
+    "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric",
+    "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip", "partition",
+    "removeprefix", "removesuffix", "replace", "rfind", "rindex", "rjust", "rpartition", "rsplit", "rstrip",
+    "split", "splitlines", "startswith", "strip", "striptags", "swapcase", "title", "unescape", "upper", "zfill",
+})
+
+
 def _check_join(sep: str, items: list[Any]) -> None:
     if len(sep) * len(items) + _size(items) > MAX_STRING_CHARS:
         raise _too_long()
@@ -265,13 +332,27 @@ def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, de
 
 
 def _check_call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Refuse a str method call whose result would be over the limit; the (maybe
-    materialized) arguments to call it with."""
-    target = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
-    owner = getattr(target, "__self__", None)
+    """Refuse a method call a template may not make (on bytes, on a type, a str
+    method not in ``_STR_METHODS``, ``int.to_bytes``) or whose result would be over
+    the limit; the (maybe materialized) arguments to call it with."""
+    owner = getattr(obj, "__self__", None)  # a bound method's object
+    target = obj
+    if owner is None:
+        target = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
+        owner = getattr(target, "__self__", None)
+    name = getattr(target, "__name__", "")
+    if isinstance(owner, _BYTES):
+        raise TemplateLimit(f"bytes.{name}() in a template")
+    if isinstance(owner, type):  # bytes.fromhex, dict.fromkeys, int.from_bytes, ...
+        raise TemplateLimit(f"{owner.__name__}.{name}() in a template")
+    if owner is None and name == "maketrans":  # a static method: no __self__
+        raise TemplateLimit(f"{getattr(target, '__qualname__', name)}() in a template")
+    if isinstance(owner, int) and name == "to_bytes":
+        raise TemplateLimit("int.to_bytes() in a template")
     if not isinstance(owner, str):
         return args
-    name = getattr(target, "__name__", "")
+    if name not in _STR_METHODS:
+        raise TemplateLimit(f"str.{name}() in a template")
     if name in ("center", "ljust", "rjust", "zfill"):
         width = _arg(args, kwargs, 0, "width", 0)
         if isinstance(width, int) and width > MAX_STRING_CHARS:
@@ -283,19 +364,39 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> t
     elif name == "replace" and len(args) >= 2:
         _check_replace(owner, *args[:3])
     elif name == "join" and len(args) == 1:
-        items = list(args[0])
+        items = list(_collect(args[0]))
         _check_join(owner, items)
         return (items,)
     elif name == "format":
         _check_format(owner, args, kwargs)
-    elif name == "format_map" and len(args) == 1 and isinstance(args[0], Mapping):
-        _check_format(owner, (), args[0])
+    elif name == "format_map":
+        # any argument: a list serves ``{0}`` fields too
+        _check_format(owner, args, kwargs)
     return args
 
 
+# Filters that build all of a lazy input (``_collect`` bounds what they build) ...
+_COLLECTING = frozenset({"join", "list", "sort", "unique", "reverse", "slice", "groupby"})
+# ... that compare its items with each other (bounded by its size) ...
+_COMPARING = frozenset({"sort", "unique", "dictsort", "groupby", "min", "max"})
+# ... and that make a string of a value that is not one yet.
+_STRINGIFYING = frozenset({
+    "capitalize", "center", "e", "escape", "forceescape", "format", "indent", "lower", "replace", "safe",
+    "string", "striptags", "title", "trim", "truncate", "upper", "urlencode", "urlize", "wordcount",
+    "wordwrap", "xmlattr",
+})
+
+
 def _check_filter(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...]]:
-    """Refuse a built-in filter call whose result would be over the limit; the
-    (maybe materialized) value and arguments to call it with."""
+    """Refuse a built-in filter call whose result would be over the limit, or that
+    would run long in one call; the (maybe materialized) value and arguments to
+    call it with. Input sizes are bounded (the data by the request's body, values
+    the template builds by the limits above); whatever multiplies a size is
+    estimated here, before the filter runs."""
+    if name in _COLLECTING:
+        value = _collect(value)
+    if name in _COMPARING or name in _STRINGIFYING:
+        _check_input(name, value)
     if name == "center":
         width = _arg(args, kwargs, 0, "width", 80)
         if isinstance(width, int) and width > MAX_STRING_CHARS:
@@ -311,8 +412,26 @@ def _check_filter(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[
         width = _arg(args, kwargs, 0, "width", 79)
         wrap = _arg(args, kwargs, 2, "wrapstring", None) or "\n"
         if isinstance(width, int) and width > 0 and isinstance(wrap, str):
-            if len(s) + (len(s) // width + s.count("\n") + 1) * len(wrap) > MAX_STRING_CHARS:
+            lines = len(s) // width + s.count("\n") + 1
+            if lines > MAX_WRAPPED_LINES:
+                raise TemplateLimit(f"wordwrap into more than {MAX_WRAPPED_LINES} lines")
+            if len(s) + lines * len(wrap) > MAX_STRING_CHARS:
                 raise _too_long()
+    elif name == "urlize":
+        _check_urlize(str(value), args, kwargs)
+    elif name == "sum":
+        start = _arg(args, kwargs, 1, "start", 0)
+        if not isinstance(start, int | float):  # sum(start=[]) adds lists: quadratic
+            raise TemplateLimit("sum() with a start that is not a number")
+    elif name == "round":
+        precision = _arg(args, kwargs, 0, "precision", 0)
+        if isinstance(precision, int) and abs(precision) > MAX_ROUND_PRECISION:
+            raise TemplateLimit(f"round() to more than {MAX_ROUND_PRECISION} digits")
+    elif name == "pprint":
+        # pformat reprs every level again for each level it nests in
+        size = _size(value, MAX_OUTPUT_CHARS)
+        if size > MAX_OUTPUT_CHARS or size * (1 + _depth(value)) > MAX_OUTPUT_CHARS:
+            raise TemplateLimit(f"pprint of more than {MAX_OUTPUT_CHARS} characters")
     elif name == "join":
         items = list(value)
         sep = _arg(args, kwargs, 0, "d", "")
@@ -329,10 +448,28 @@ def _check_filter(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[
             raise TemplateLimit(f"{name} into more than {MAX_ITEMS} parts")
     elif name == "tojson":
         indent = _arg(args, kwargs, 0, "indent", None)
-        if isinstance(indent, int | str) and not isinstance(indent, bool) and (
-                (indent if isinstance(indent, int) else len(indent)) > MAX_INDENT):
-            raise TemplateLimit(f"an indent over {MAX_INDENT}")
+        width = 0
+        if isinstance(indent, int | str) and not isinstance(indent, bool):
+            width = max(0, indent if isinstance(indent, int) else len(indent))
+            if width > MAX_INDENT:
+                raise TemplateLimit(f"an indent over {MAX_INDENT}")
+        # an indented dump puts every item on its own line, indented by its depth
+        if _size(value, MAX_OUTPUT_CHARS, width) > MAX_OUTPUT_CHARS:
+            raise TemplateLimit(f"tojson of more than {MAX_OUTPUT_CHARS} characters")
     return value, args
+
+
+def _check_urlize(s: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """``urlize`` adds its ``rel`` and ``target`` (escaped) to every link it makes;
+    a link is a word with a ``.``, ``@`` or ``:`` in it."""
+    target = _arg(args, kwargs, 2, "target", None)
+    rel = _arg(args, kwargs, 3, "rel", None)
+    extra = sum(len(x) for x in (rel, target) if isinstance(x, str)) * 6  # escaped: up to 6 each
+    if not extra:
+        return
+    links = sum(1 for w in s.split() if "." in w or "@" in w or ":" in w)
+    if len(s) + links * extra > MAX_STRING_CHARS:
+        raise _too_long()
 
 
 def _guard_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
@@ -387,6 +524,9 @@ def _concat(context: Context, items: list[Any]) -> Any:
 
 @jinja2.pass_context
 def _emit(context: Context, value: Any) -> Any:
+    if not isinstance(value, str) and _size(value, MAX_OUTPUT_CHARS) > MAX_OUTPUT_CHARS:
+        # a list that refers many times to one long string prints as gigabytes
+        raise TemplateLimit(f"more than {MAX_OUTPUT_CHARS} characters of output")
     s = escape(value) if context.eval_ctx.autoescape else str(value)
     b = BUDGET.get()
     if b is not None:

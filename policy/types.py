@@ -69,7 +69,7 @@ class TemplateRef(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True)
 
     id: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
     data: dict[str, Any] = {}
-    version: Annotated[int, Meta(ge=1)] | None = None
+    version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None  # the column is int4
 
 
 class Message(Struct, kw_only=True, forbid_unknown_fields=True):

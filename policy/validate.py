@@ -32,7 +32,8 @@ class PreferencesDoc(Struct, kw_only=True, forbid_unknown_fields=True):
     preferences: list[Preference] = []
     consent: dict[str, Consent] = {}
     timezone: TimeZone | None = None
-    template: Annotated[str, Meta(max_length=100)] | None = None
+    # a template id, or "" for none (no control characters: it is looked up in PostgreSQL)
+    template: Annotated[str, Meta(max_length=100, pattern=r"^([A-Za-z0-9_.-]+)?$")] | None = None
 
 
 class PreferencesPatch(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,7 +43,8 @@ class PreferencesPatch(Struct, kw_only=True, forbid_unknown_fields=True):
     remove: list[PrefKey] = []
     consent: dict[str, Consent] = {}
     timezone: TimeZone | None = None
-    template: Annotated[str, Meta(max_length=100)] | None = None
+    # a template id, or "" for none (no control characters: it is looked up in PostgreSQL)
+    template: Annotated[str, Meta(max_length=100, pattern=r"^([A-Za-z0-9_.-]+)?$")] | None = None
 
 
 Errors = list[tuple[str, str]]

@@ -18,19 +18,21 @@ class KeyRow(msgspec.Struct, frozen=True):
     created_at: float
     revoked_at: float | None = None
     rotated_to: str | None = None
+    owner: str = ""  # the first key of its rotation chain
 
 
 def _row(r) -> KeyRow:
     return KeyRow(r["id"], r["name"], bytes(r["hash"]), tuple(r["scopes"]), r["created_at"].timestamp(),
-                  r["revoked_at"].timestamp() if r["revoked_at"] else None, r["rotated_to"])
+                  r["revoked_at"].timestamp() if r["revoked_at"] else None, r["rotated_to"], r["owner"])
 
 
-COLUMNS = "id, name, hash, scopes, created_at, revoked_at, rotated_to"
+COLUMNS = "id, name, hash, scopes, created_at, revoked_at, rotated_to, owner"
 
 
-async def insert(conn: asyncpg.Connection, key_id: str, name: str, digest: bytes, scopes: Sequence[str]) -> None:
-    await conn.execute("INSERT INTO api_keys (id, name, hash, scopes) VALUES ($1, $2, $3, $4)",
-                       key_id, name, digest, list(scopes))
+async def insert(conn: asyncpg.Connection, key_id: str, name: str, digest: bytes, scopes: Sequence[str],
+                 owner: str | None = None) -> None:
+    await conn.execute("INSERT INTO api_keys (id, name, hash, scopes, owner) VALUES ($1, $2, $3, $4, $5)",
+                       key_id, name, digest, list(scopes), owner or key_id)
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> KeyRow | None:

@@ -38,7 +38,13 @@ from providers.errors import (
 log = logging.getLogger(__name__)
 
 # Refusals about the message or its address: no other provider would take it.
-FINAL_REASONS = frozenset({"invalid_message", "address_gone"})
+# ``destination_refused``: the SSRF guard refused a user-supplied URL; failing
+# over could reach a provider with a broader ``egress_allow`` and send it anyway.
+# ``destination_circuit_open``: the user's own endpoint failed too often in a
+# row; every other provider would POST to that same endpoint, so failing over
+# only adds load (and copies) on a destination known to be down. A single
+# ``destination_error`` still fails over (the next provider may get through).
+FINAL_REASONS = frozenset({"invalid_message", "address_gone", "destination_refused", "destination_circuit_open"})
 
 
 class UnexpectedProviderError(ProviderError):

@@ -58,7 +58,7 @@ async def cmd_analytics(cfg, args) -> int:
         params["bucket"] = args.bucket
     if args.channel:
         params["channel"] = args.channel
-    async with aiohttp.ClientSession(headers=api_headers(cfg)) as s, s.get(f"{args.url}/v1/analytics/channels", params=params) as r:
+    async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s, s.get(f"{args.url}/v1/analytics/channels", params=params) as r:
         body = await r.json()
     if args.json or r.status != 200:
         print(json.dumps(body, indent=2))

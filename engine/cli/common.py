@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 
 from engine import auth, http
 from engine.runtime import Engine
@@ -51,12 +54,23 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
         await engine.stop()
 
 
-def api_headers(cfg: Config) -> dict[str, str]:
-    """``Authorization`` for the engine's HTTP API: ``TIDINGS_API_KEY``, else the
-    admin key a first start wrote under ``engine.home``; none when neither is there
-    (the engine then answers 401, and the CLI says so)."""
+def api_headers(cfg: Config, url: str) -> dict[str, str]:
+    """``Authorization`` for the engine's HTTP API at ``url``: ``TIDINGS_API_KEY``,
+    else the admin key a first start wrote under ``engine.home``; none when neither
+    is there (the engine then answers 401, and the CLI says so). A key goes only
+    over https or to a loopback address, never in clear text across a network."""
     key = auth.read_admin_key(cfg.engine.home)
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    if not key:
+        return {}
+    parts = urllib.parse.urlsplit(url)
+    try:
+        loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "https" and not loopback:
+        console.print(f"[yellow]not sending the API key to {escape(url)}[/yellow]: use https or a loopback address")
+        return {}
+    return {"Authorization": f"Bearer {key}"}
 
 
 async def until_stopped(coro, stop: asyncio.Event):

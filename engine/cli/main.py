@@ -121,7 +121,7 @@ def notifications_from(args) -> list[dict]:
 async def cmd_send(cfg, args) -> int:
     items = notifications_from(args)
     if args.via == "http":
-        async with aiohttp.ClientSession(headers=api_headers(cfg)) as s:
+        async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s:
             async with s.post(f"{args.url}/v1/notifications", json=items) as r:
                 body = await r.json()
                 if r.status != 202:
@@ -161,7 +161,7 @@ async def _send_nats(cfg, items: list[dict]) -> int:
 
 
 async def cmd_status(cfg, args) -> int:
-    async with aiohttp.ClientSession(headers=api_headers(cfg)) as s, s.get(f"{args.url}/v1/notifications/{args.id}") as r:
+    async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s, s.get(f"{args.url}/v1/notifications/{args.id}") as r:
         body = await r.json()
     if args.json or r.status != 200:
         print(json.dumps(body, indent=2))

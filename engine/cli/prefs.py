@@ -43,7 +43,7 @@ async def do_import(cfg, args) -> int:
     data = Path(args.file).read_bytes()
     fmt = file_format(args)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(timeout=timeout, headers=api_headers(cfg)) as s:
+    async with aiohttp.ClientSession(timeout=timeout, headers=api_headers(cfg, args.url)) as s:
         async with s.post(f"{args.url}/v1/preferences/import?format={fmt}", data=data) as r:
             body = await r.json()
         if r.status != 202:
@@ -71,7 +71,7 @@ async def do_export(cfg, args) -> int:
     fmt = file_format(args)
     out = open(args.file, "wb") if args.file else sys.stdout.buffer
     try:
-        async with aiohttp.ClientSession(headers=api_headers(cfg)) as s, s.get(f"{args.url}/v1/preferences/export?format={fmt}") as r:
+        async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s, s.get(f"{args.url}/v1/preferences/export?format={fmt}") as r:
             if r.status != 200:
                 console.print(await r.text())
                 return 1

@@ -39,6 +39,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Scoped:
     scope: str
     user: bool = False  # an end-user token for the path's {user_id} passes too
+    # an end-user token may come in ``?access_token=`` (the inbox WebSocket: a
+    # browser cannot set headers there); never a key, and nowhere else
+    query_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,15 +87,16 @@ def register(app: web.Application, routes: list[Route]) -> None:
         table[(r.method, r.path)] = r.policy
 
 
-def bearer(request: web.Request) -> str | None:
-    """The credentials: ``Authorization: Bearer …``; for the inbox WebSocket
-    only, also ``?access_token=`` (a browser cannot set headers on one)."""
+def bearer(request: web.Request, policy: Policy) -> tuple[str | None, bool]:
+    """The credentials, and whether they came in the query: ``Authorization:
+    Bearer …``; on a route whose policy says ``query_token``, also
+    ``?access_token=`` (a browser cannot set headers on a WebSocket)."""
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return request.query.get("access_token") or None
-    return None
+        return auth[7:].strip() or None, False
+    if isinstance(policy, Scoped) and policy.query_token:
+        return request.query.get("access_token") or None, True
+    return None, False
 
 
 def unauthorized(reason: str) -> Problem:
@@ -145,11 +149,11 @@ async def authorize(request: web.Request, handler: Handler) -> web.StreamRespons
         policy = Scoped("ops:read")
     if not engine.cfg.http.auth:  # only ever on a loopback-only listener (checked at start)
         return await handler(request)
-    credentials = bearer(request)
+    credentials, in_query = bearer(request, policy)
     if credentials is None:
         raise unauthorized("missing bearer credentials")
     principal = await engine.auth.authenticate(credentials)
-    if principal is None:
+    if principal is None or (in_query and principal.kind != "user"):  # keys never travel in URLs
         raise unauthorized("invalid, expired or revoked credentials")
     request[PRINCIPAL] = principal
     request[RATE_KEY] = (principal.kind, principal.id)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from engine.http.access import Route, Scoped, register
 from engine.http.common import ENGINE, Problem, reply
+from policy.types import CHANNELS
 from stores import analytics
 
 DAY_S = 86400.0
@@ -39,7 +40,10 @@ def instant(text: str, name: str) -> float:
         raise Problem(400, "bad query", [{"field": name, "reason": "expected epoch seconds or ISO 8601"}]) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+    value = when.timestamp()
+    if not 0 <= value < MAX_EPOCH_S:  # an offset can push year 1 or 9999 out of range
+        raise Problem(400, "bad query", [{"field": name, "reason": "a time between 1970 and year 9999"}])
+    return value
 
 
 async def get_channels(request: web.Request) -> web.Response:
@@ -50,7 +54,10 @@ async def get_channels(request: web.Request) -> web.Response:
     problem = analytics.window_error(start, end, bucket)
     if problem is not None:
         raise Problem(400, "bad query", [{"field": problem[0], "reason": problem[1]}])
-    rows = await analytics.channels(request.app[ENGINE].pool, start, end, bucket, q.get("channel") or None)
+    channel = q.get("channel") or None
+    if channel is not None and channel not in CHANNELS:
+        raise Problem(400, "bad query", [{"field": "channel", "reason": f"one of {', '.join(CHANNELS)}"}])
+    rows = await analytics.channels(request.app[ENGINE].pool, start, end, bucket, channel)
     return reply({"from": start, "to": end, "bucket": bucket, "rows": rows})
 
 

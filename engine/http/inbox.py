@@ -314,7 +314,7 @@ ROUTES = [
     Route("GET", "/v1/users/{user_id}/inbox", get_inbox, Scoped("inbox:read", user=True)),
     Route("POST", "/v1/users/{user_id}/inbox/read", mark_read, Scoped("inbox:write", user=True)),
     Route("POST", "/v1/users/{user_id}/inbox/seen", mark_seen, Scoped("inbox:write", user=True)),
-    Route("GET", "/v1/users/{user_id}/inbox/ws", inbox_ws, Scoped("inbox:read", user=True)),
+    Route("GET", "/v1/users/{user_id}/inbox/ws", inbox_ws, Scoped("inbox:read", user=True, query_token=True)),
 ]
 
 

@@ -103,7 +103,7 @@ def scoped_id(request: web.Request, r: NotificationRequest | BroadcastRequest) -
         return r.id
     p = request.get(PRINCIPAL)
     if r.idempotency_key is not None and p is not None:
-        return uuid.UUID(derive_id(f"{p.kind}:{p.id}:{r.idempotency_key}"))
+        return uuid.UUID(derive_id(f"{p.scope_id}:{r.idempotency_key}"))
     return uuid.UUID(notification_id(r, str(uuid.uuid4())))
 
 

@@ -19,6 +19,7 @@ from engine.runtime import Engine
 from policy import wire
 from policy.prefs import ordered
 from policy.rules import Template
+from policy.types import UserId
 from policy.validate import PreferencesDoc, PreferencesPatch, TemplateId, doc_errors, row_errors, rule_errors
 from stores import prefs as prefs_store
 
@@ -30,7 +31,7 @@ _template = msgspec.json.Decoder(Template)
 class ApplyTemplate(msgspec.Struct, forbid_unknown_fields=True):
     """Whom a template applies to: listed users, or every user matching ``where``."""
 
-    user_ids: list[str] = []
+    user_ids: list[UserId] = []
     where: dict[str, str] = {}  # locale / timezone equal to
 
 

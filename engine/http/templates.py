@@ -4,6 +4,8 @@ part, read a template's parts and versions, preview a rendering."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
@@ -11,7 +13,7 @@ from aiohttp import web
 from engine.http.access import Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, read_json, reply
 from policy.templating import Compiled, MessageTemplate, pick, render_error, syntax_errors
-from policy.types import CHANNELS
+from policy.types import CHANNELS, Content
 from stores import templates as template_store
 
 _template = msgspec.json.Decoder(MessageTemplate)
@@ -21,10 +23,16 @@ class Preview(msgspec.Struct, forbid_unknown_fields=True):
     channel: str
     locale: str = "en"
     data: dict = {}
-    version: int | None = None
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None  # the column is int4
 
 
 _preview = msgspec.json.Decoder(Preview)
+
+# Previews compile and render in worker threads (a render may take its whole CPU
+# budget, ``MAX_RENDER_SECONDS``, which the event loop must not wait through), at
+# most this many at once: concurrent previews queue here, the API keeps answering.
+# The budget is CPU time of the rendering thread, so it holds in a worker as well.
+_RENDERING = asyncio.Semaphore(2)
 
 
 async def save(request: web.Request) -> web.Response:
@@ -61,16 +69,29 @@ async def preview(request: web.Request) -> web.Response:
     p = decode(_preview, await read_json(request), "preview")
     async with engine.pool.acquire() as conn:
         parts = await template_store.load(conn, tid, p.version)
-    locales = {loc: Compiled(t) for loc, t in template_store.by_channel(parts).get(p.channel, {}).items()}
-    compiled = pick(locales, p.locale)
-    if compiled is None:
+    templates = template_store.by_channel(parts).get(p.channel, {})
+    async with _RENDERING:
+        rendered = await asyncio.to_thread(_render, templates, p.locale, p.data)
+    if rendered is None:
         raise Problem(404, "not found", [{"field": "channel", "reason": f"no template {tid!r} for {p.channel}"}])
+    template, content = rendered
+    if isinstance(content, str):
+        raise Problem(422, "template error", [{"field": "data", "reason": content}])
+    return reply({"locale": template.locale, "version": template.version, "content": msgspec.to_builtins(content)})
+
+
+def _render(templates: Mapping[str, MessageTemplate], locale: str,
+            data: dict) -> tuple[MessageTemplate, Content | str] | None:
+    """In a worker thread: the template picked for ``locale`` among ``templates``
+    (locale → template) and its rendering of ``data``, or why it failed; None when
+    no template fits."""
+    compiled = pick({loc: Compiled(t) for loc, t in templates.items()}, locale)
+    if compiled is None:
+        return None
     try:
-        content = compiled.render(p.data)
+        return compiled.template, compiled.render(data)
     except Exception as e:  # noqa: BLE001 - the template's error, answered
-        raise Problem(422, "template error", [{"field": "data", "reason": render_error(e)}]) from None
-    return reply({"locale": compiled.template.locale, "version": compiled.template.version,
-                  "content": msgspec.to_builtins(content)})
+        return compiled.template, render_error(e)
 
 
 ROUTES = [

@@ -54,6 +54,7 @@ from aiohttp import web
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
 from policy.sharding import shard_of
+from policy.text import printable
 from providers.tracking import (
     SENDGRID_SIGNATURE_HEADER,
     SENDGRID_TIMESTAMP_HEADER,
@@ -314,6 +315,11 @@ async def apply(request: web.Request, events: list[TrackingEvent], channels: lis
     """Apply ``events`` in one transaction, then reload the users whose address
     was suppressed; the answer of every route."""
     engine = request.app[ENGINE]
+    # what a provider relays (remote MTA answers, user agents) is stored as text:
+    # one NUL or lone surrogate would fail the whole transaction, and the batch
+    events = [msgspec.structs.replace(ev, detail=printable(ev.detail), address=printable(ev.address, 512),
+                                      provider_message_id=printable(ev.provider_message_id, 200))
+              for ev in events]
     updated = suppressed = 0
     users: set[str] = set()
     async with engine.pool.acquire() as conn, conn.transaction():

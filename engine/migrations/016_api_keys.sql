@@ -6,7 +6,10 @@ CREATE TABLE api_keys (
     scopes      text[] NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     revoked_at  timestamptz,
-    rotated_to  text                            -- the key that replaced it (rotate)
+    rotated_to  text,                           -- the key that replaced it (rotate)
+    owner       text NOT NULL                   -- the first key of its rotation chain: what
+                                                -- idempotency keys are scoped to, so a retry
+                                                -- across a rotation is still the same notification
 );
 CREATE INDEX api_keys_active ON api_keys (id) WHERE revoked_at IS NULL;
 

@@ -24,9 +24,14 @@ its failures count against the provider's shared breaker. For user URLs:
   other than http(s) and URLs with user info. Redirects are not followed, at
   most ``providers.egress.MAX_READ`` bytes of an answer are read, and error
   texts carry the status, never the answer's body.
-- ``destination_timeout_s`` (5): the whole request to a user URL; keep it below
-  the provider's ``timeout_s`` so a slow user URL ends as that destination's
-  failure, not as a timeout of the provider.
+- ``destination_timeout_s`` (0.8 × this ``timeout_s`` setting, else 8): the whole
+  request to a user URL. Set the ChannelShard's per-call ``timeout_s`` (the
+  provider's own, outside ``settings``) above it, so a slow user URL ends as that
+  destination's failure, not as a timeout of the provider (which counts against
+  the shared breaker). A timed-out POST may well have been received, and it is
+  retried (``DestinationError`` is retryable): a slow receiver can get the same
+  delivery more than once and must dedupe on the ``Tidings-Delivery-Id`` header
+  (the same value on every copy).
 - ``destination_breaker_failures`` (5), ``destination_breaker_cooloff_s`` (30):
   timeouts, connection errors, 408, 429 and 5xx from a user URL raise
   ``DestinationError`` (reason ``destination_error``, retried, never opening the
@@ -93,7 +98,9 @@ class WebhookProvider(HttpSession):
         self.tolerate = frozenset(int(s) for s in settings.get("tolerate_statuses", ()))
         self.egress = EgressPolicy(parse_allow(settings.get("egress_allow"), f"webhook provider {name!r}"))
         try:
-            self.destination_timeout_s = float(settings.get("destination_timeout_s", 5))
+            # below the call deadline (the provider's timeout_s, 10 s by default), so a slow user
+            # endpoint ends as its own DestinationError, not a NetworkError on the shared breaker
+            self.destination_timeout_s = float(settings.get("destination_timeout_s", 0.8 * self.timeout_s))
             failures = int(settings.get("destination_breaker_failures", 5))
             cooloff = float(settings.get("destination_breaker_cooloff_s", 30))
             capacity = int(settings.get("destination_breakers_max", 10_000))

@@ -29,6 +29,16 @@ Settings:
   a priority not in it gets ``normal``.
 - ``timeout_s`` (10, connecting), ``max_connections`` (100, pool size); the whole
   call is bounded by the ChannelShard, as for the other HTTP providers.
+- ``destination_timeout_s`` (0.8 × this ``timeout_s`` setting, else 8): the whole
+  request to an endpoint. Set the ChannelShard's per-call ``timeout_s`` (the
+  provider's own, outside ``settings``) above it, so a hanging endpoint ends as
+  that destination's failure rather than as a timeout of the provider (which
+  counts against the shared breaker). A timed-out request may have been received
+  and is retried: the push service may then get (and the browser show) the same
+  message twice; a ``webpush_topic`` (below) collapses such copies.
+- ``destination_breaker_failures`` (5), ``destination_breaker_cooloff_s`` (30),
+  ``destination_breakers_max`` (10000): the per-endpoint breakers, as for user
+  webhook URLs (``providers.webhook.http``).
 - ``vapid_expiry_s`` (43200): lifetime of the VAPID JWT (at most 86400, RFC
   8292's limit); a signed token is reused per push service origin for half of it.
 - ``allow_http`` (false): accept ``http://`` endpoints (loopback tests and the
@@ -43,6 +53,16 @@ to) a private, loopback, link-local, ... address outside ``egress_allow`` is
 refused with ``DestinationRefused`` before anything is sent; redirects are not
 followed; at most ``providers.egress.MAX_READ`` bytes of an answer are read and
 error texts carry its status, never its body.
+
+For the same reason an endpoint's failures are its own, not the provider's: a
+timeout, a connection error, 408, 429 and 5xx raise ``DestinationError`` (reason
+``destination_error``, retried, released from the provider's shared breaker) and
+count against that endpoint's breaker (``scheme://host:port``); after
+``destination_breaker_failures`` in a row it is refused with
+``DestinationCircuitOpen`` for the cool-off, then one probe goes through. A
+server a user controls that hangs or answers 5xx therefore never opens the
+shared breaker for every other user. 404/410 stay ``AddressGone`` and 401/403
+``AuthenticationError`` (VAPID refused).
 
 A task whose ``metadata`` has ``webpush_topic`` sends it as the RFC 8030
 ``Topic`` header (at most 32 base64url characters): a newer message with the
@@ -71,9 +91,17 @@ from py_vapid.utils import b64urlencode
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.egress import EgressPolicy, check_url, guarded_session, parse_allow, read_capped
-from providers.errors import AddressGone, ConfigurationError, DeliveryError, InvalidMessage, NetworkError
-from providers.http_errors import map_status
+from providers.egress import (
+    Destination,
+    DestinationBreakers,
+    EgressPolicy,
+    check_url,
+    guarded_session,
+    parse_allow,
+    read_capped,
+)
+from providers.errors import AddressGone, ConfigurationError, DeliveryError, DestinationError, InvalidMessage
+from providers.http_errors import map_status, parse_retry_after
 from providers.http_session import USER_AGENT, HttpSession
 from providers.secrets import redacted, required_secret
 
@@ -209,8 +237,9 @@ class WebPushProvider(HttpSession):
     returns ``Receipt(message_id=<Location header>)`` on 2xx (push services
     answer 201), else raises a ``providers.errors.DeliveryError``: 404/410
     AddressGone (subscription expired or unsubscribed), 400/413 and other 4xx
-    InvalidMessage, 401/403 AuthenticationError (VAPID refused), 429 RateLimited
-    with Retry-After, 5xx ProviderError, network failures NetworkError. It never
+    InvalidMessage, 401/403 AuthenticationError (VAPID refused); 408, 429 (with
+    Retry-After), 5xx and network failures DestinationError, counted against the
+    endpoint's breaker (DestinationCircuitOpen while it is open). It never
     retries; redirects are not followed.
     """
 
@@ -248,6 +277,20 @@ class WebPushProvider(HttpSession):
             raise ConfigurationError(f"webpush provider {name!r}: timeout_s must be > 0 and max_connections >= 1")
         self.allow_http = bool(settings.get("allow_http", False))
         self.egress = EgressPolicy(parse_allow(settings.get("egress_allow"), f"webpush provider {name!r}"))
+        try:
+            # below the call deadline (the provider's timeout_s, 10 s by default), so a slow user
+            # endpoint ends as its own DestinationError, not a NetworkError on the shared breaker
+            self.destination_timeout_s = float(settings.get("destination_timeout_s", 0.8 * self.timeout_s))
+            failures = int(settings.get("destination_breaker_failures", 5))
+            cooloff = float(settings.get("destination_breaker_cooloff_s", 30))
+            capacity = int(settings.get("destination_breakers_max", 10_000))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"webpush provider {name!r}: bad destination setting: {exc}") from None
+        if not self.destination_timeout_s > 0 or failures < 1 or cooloff < 0 or capacity < 1:
+            raise ConfigurationError(f"webpush provider {name!r}: destination_timeout_s must be > 0, "
+                                     f"destination_breaker_failures and destination_breakers_max >= 1, "
+                                     f"destination_breaker_cooloff_s >= 0")
+        self.destinations = DestinationBreakers(failures, cooloff, capacity)
         # The applicationServerKey browsers subscribe with (base64url, uncompressed point).
         self.public_key = b64urlencode(self._vapid.public_key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
@@ -321,7 +364,9 @@ class WebPushProvider(HttpSession):
         SSRF guard allows."""
         if self._session is None or self._session.closed:
             self._session = guarded_session(self.egress, max_connections=self.max_connections,
-                                            connect_timeout_s=self.timeout_s, headers={"User-Agent": USER_AGENT})
+                                            connect_timeout_s=self.timeout_s,
+                                            total_timeout_s=self.destination_timeout_s,
+                                            headers={"User-Agent": USER_AGENT})
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Deliver ``task``; see the class docstring."""
@@ -331,18 +376,36 @@ class WebPushProvider(HttpSession):
         body = self.encrypt(self.plaintext(task), sub)
         if len(body) > MAX_BODY:  # cannot happen with MAX_PLAINTEXT checked; kept as the real limit
             raise InvalidMessage(f"web push encrypted body is {len(body)} bytes, over {MAX_BODY}")
+        self.destinations.admit(dest.key, "web push endpoint")
         session = await self.session()
+        try:
+            result = await self._post(session, dest, sub, headers, body)
+        except DestinationError:
+            self.destinations.failure(dest.key)
+            raise
+        self.destinations.success(dest.key)  # it answered (a 4xx too: reachable, the message is the problem)
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
+
+    async def _post(self, session: aiohttp.ClientSession, dest: Destination, sub: Subscription,
+                    headers: dict[str, str], body: bytes) -> Receipt | DeliveryError:
+        """One POST to ``dest``: its receipt, or the error for an answer that is not
+        the endpoint failing; DestinationError (raised) when it failed."""
         try:
             async with session.post(dest.url, data=body, headers=headers, allow_redirects=False) as resp:
                 payload = await read_capped(resp)  # a short answer whole: the connection goes back to the pool
                 if 200 <= resp.status < 300:
                     return Receipt(message_id=resp.headers.get("Location"))
-                raise self.error(resp.status, resp.headers, payload, sub.origin)
+                err = self.error(resp.status, resp.headers, payload, sub.origin)
+                if isinstance(err, DestinationError):
+                    raise err
+                return err
         except aiohttp.InvalidURL as exc:
             raise InvalidMessage(f"webpush {sub.origin}: invalid endpoint URL") from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            text = f"{type(exc).__name__}: {exc}".replace(sub.endpoint, sub.origin)
-            raise NetworkError(f"webpush {sub.origin}: {text}") from exc
+            what = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise DestinationError(f"webpush {sub.origin}: {what}") from exc
 
     @staticmethod
     def error(status: int, headers: Mapping[str, str], payload: bytes, origin: str = "") -> DeliveryError:
@@ -355,6 +418,11 @@ class WebPushProvider(HttpSession):
             return AddressGone(f"{prefix}subscription expired or unsubscribed ({text})", status=status)
         if status == 413:
             return InvalidMessage(f"{prefix}payload too large ({text})", status=status)
+        if status in (408, 429) or 500 <= status < 600:
+            # the endpoint failing (the user's server, or a push service's bad
+            # minute): its own breaker, never the provider's shared one
+            retry_after = parse_retry_after(headers.get("Retry-After")) if status == 429 else None
+            return DestinationError(f"{prefix}{text}", status=status, retry_after=retry_after)
         err = map_status(status, headers)
         err.args = (f"{prefix}{err.args[0]}",)
         return err

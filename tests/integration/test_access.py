@@ -195,3 +195,50 @@ def test_user_owned_and_scoped_policies_name_known_scopes(engine):
     for _, path, policy in routes(engine):
         if isinstance(policy, (Scoped, UserOwned)):
             assert policy.scope in auth.SCOPES, (path, policy)
+
+
+async def test_odd_credentials_are_401_never_500(engine):
+    async with aiohttp.ClientSession() as s:
+        for raw in (b"Bearer tdk_aaaaaaaaaaaa_\xff", b"Bearer eyJ\xff.a.b", b"Bearer tdk_ZZZZZZZZZZZZ_x",
+                    b"Bearer " + b"x" * 5000):
+            async with s.get(f"{engine.base_url}/v1/users/alice", headers={"Authorization": raw.decode("latin-1")}) as r:
+                assert r.status == 401, (raw[:30], r.status)
+        # a token or key in the query counts only on the inbox WebSocket, and never a key
+        admin = engine.headers["Authorization"][7:]
+        async with s.get(f"{engine.base_url}/v1/users/alice?access_token={admin}",
+                         headers={"Upgrade": "websocket", "Connection": "Upgrade"}) as r:
+            assert r.status == 401
+        async with s.get(f"{engine.base_url}/v1/users/alice/inbox/ws?access_token={admin}",
+                         headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as r:
+            assert r.status == 401
+        ws = await s.ws_connect(f"{engine.base_url}/v1/users/alice/inbox/ws?access_token={engine.alice[0]}")
+        await ws.close()
+        try:
+            await s.ws_connect(f"{engine.base_url}/v1/users/alice/inbox/ws?access_token={engine.alice[0]}",
+                               origin="https://evil.example")
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 403
+        else:
+            raise AssertionError("a foreign origin opened the inbox")
+
+
+async def test_idempotency_survives_a_key_rotation(engine):
+    async with engine.pool.acquire() as conn:
+        key_id, key = await auth.create_key(conn, "rotating", ["notifications:send"])
+    note = {"user_id": "alice", "category": "job_alerts", "channels": ["webhook"], "idempotency_key": "rot-1",
+            "content": {"text": "hi"}}
+    async with aiohttp.ClientSession(headers=bearer(key)) as s, \
+            s.post(f"{engine.base_url}/v1/notifications", json=note) as r:
+        first = (await r.json())["id"]
+    async with engine.pool.acquire() as conn:
+        _, newer = await auth.rotate_key(conn, key_id)
+    async with aiohttp.ClientSession(headers=bearer(newer)) as s, \
+            s.post(f"{engine.base_url}/v1/notifications", json=note) as r:
+        assert await r.json() == {"id": first, "duplicate": True}
+
+
+async def test_a_control_character_in_a_template_name_is_a_422(engine):
+    async with aiohttp.ClientSession(headers=bearer(engine.alice[0])) as s, \
+            s.put(f"{engine.base_url}/v1/users/alice/preferences", json={"preferences": [], "template": "\u0000"}) as r:
+        assert r.status == 422, await r.text()

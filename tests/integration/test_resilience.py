@@ -32,10 +32,12 @@ async def publish(engine_cfg, js, notes: list[dict]) -> None:
         await js.publish(streams.notify_subject(engine_cfg.nats, n["category"]), msgspec.json.encode(n))
 
 
-async def test_breaker_opens_on_failing_provider_and_recovers(nats_url, database_url, ray_address, tmp_path):
+async def test_breaker_opens_on_failing_provider_and_recovers(nats_url, database_url, redis_url, ray_address,
+                                                               tmp_path):
     hook = WebhookSink("test-secret", port=0)
     await hook.start()
-    cfg = engine_config(nats_url, database_url, str(tmp_path), webhook_url=hook.url, channels=("webhook",))
+    cfg = engine_config(nats_url, database_url, str(tmp_path), webhook_url=hook.url, channels=("webhook",),
+                        redis_url=redis_url)
     import msgspec as m
     provider = m.structs.replace(cfg.channels["webhook"].providers[0], max_attempts=1, breaker_failures=3,
                                  breaker_recovery_s=1.0, concurrency=1)
@@ -125,14 +127,16 @@ async def count_rows(url: str, schema: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, ray_address, tmp_path):
+async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, redis_url, ray_address, tmp_path):
     """5,000 messages; the engine is SIGKILLed part-way, started again; every
     message ends with exactly one terminal row."""
     import nats
 
     hook = WebhookSink("test-secret", port=0)
     await hook.start()
-    cfg = engine_config(nats_url, database_url, str(tmp_path), webhook_url=hook.url, channels=("webhook",))
+    # the session's Redis: an engine killed with SIGKILL cannot stop an embedded one
+    cfg = engine_config(nats_url, database_url, str(tmp_path), webhook_url=hook.url, channels=("webhook",),
+                        redis_url=redis_url)
     config_path = tmp_path / "engine.toml"
     write_config(config_path, cfg, hook.url)
     nc = await nats.connect(nats_url)

@@ -451,3 +451,121 @@ async def test_web_push_endpoints_are_guarded():
         await push.stop()
     err = WebPushProvider.error(500, {}, b"INTERNAL-SECRET", "http://x.test")
     assert "INTERNAL-SECRET" not in str(err) and err.status == 500
+
+
+def push_task(sub: dict, n: int = 1) -> DeliveryTask:
+    return DeliveryTask(notification_id=f"wp-{n}", user_id=f"u{n}", channel="web", category="c",
+                        address=json.dumps(sub), content=Content(text="hi"))
+
+
+def webpush(**settings) -> WebPushProvider:
+    return WebPushProvider("wp-egress", {"vapid_private_key": vapid_pem(), "vapid_subject": "mailto:ops@tidings.test",
+                                         "allow_http": True, "egress_allow": LOOPBACK, **settings})
+
+
+@pytest.mark.parametrize("failing", ["5xx", "hang"])
+async def test_one_failing_push_endpoint_opens_its_own_breaker_not_the_shared_one(server, failing):
+    clock = FakeClock()
+    provider = webpush(destination_breaker_failures=3, destination_timeout_s=0.2)
+    slot = make_slot(provider, clock, failure_threshold=2)  # the shared breaker would open after 2
+    good, bad = WebPushSink(), WebPushSink()
+    await good.start()
+    await bad.start()
+    try:
+        if failing == "5xx":
+            bad.fail_status = 503
+            bad_sub = bad.subscribe()
+            bad_key = f"http://127.0.0.1:{bad.port}"
+        else:  # a server the user controls that never answers in time (the slot's timeout_s is 10 s)
+            bad_sub = {**good.subscribe(), "endpoint": server.url("/slow")}
+            bad_key = f"http://127.0.0.1:{server.port}"
+
+        async def run(sub: dict, n: int):
+            return await asyncio.wait_for(deliver(push_task(sub, n), [slot], clock=clock, wall=clock.wall,
+                                                  sleep=clock.sleep, rng=random.Random(0)), 5)
+
+        first = await run(bad_sub, 1)
+        assert (first.status, first.reason) == ("failed", "destination_error")
+        assert [a.error_kind for a in first.attempts] == ["destination"] * 3
+        assert "/push/" not in first.attempts[0].error and "/slow" not in first.attempts[0].error
+        assert provider.destinations.is_open(bad_key)
+        second = await run(bad_sub, 2)
+        assert (second.status, second.reason) == ("failed", "destination_circuit_open")
+        assert len(second.attempts) == 1 and "not tried again" in second.attempts[0].error
+        assert slot.breaker.state == "closed" and slot.breaker.metrics()["failures"] == 0
+        ok = await run(good.subscribe(), 3)  # another user's endpoint on the same provider
+        assert (ok.status, ok.reason) == ("sent", "ok") and good.accepted == 1
+        assert slot.breaker.state == "closed" and not provider.destinations.is_open(f"http://127.0.0.1:{good.port}")
+        if failing == "5xx":
+            assert bad.failed == 3  # the open breaker kept the fourth request from being made
+        else:
+            assert server.hits == {"/slow": 3}
+    finally:
+        await provider.close()
+        await good.stop()
+        await bad.stop()
+
+
+async def test_push_gone_and_vapid_errors_keep_their_kinds_and_count_as_answers():
+    provider = webpush(destination_breaker_failures=1)
+    push = WebPushSink()
+    await push.start()
+    try:
+        sub = push.subscribe()
+        push.expire(sub)
+        for _ in range(2):  # an answer, not the endpoint failing: its breaker never opens
+            with pytest.raises(InvalidMessage) as exc:
+                await provider.send(push_task(sub))
+            assert reason_for(exc.value) == "address_gone"
+        assert len(provider.destinations) == 0
+        push.fail_status = 500
+        with pytest.raises(DestinationError):
+            await provider.send(push_task(push.subscribe()))
+        with pytest.raises(DestinationCircuitOpen):
+            await provider.send(push_task(push.subscribe()))
+        assert push.failed == 1
+    finally:
+        await provider.close()
+        await push.stop()
+
+
+# -- refused and breaker-open destinations do not fail over --------------------------
+
+async def test_a_refused_destination_is_not_tried_on_a_second_provider(sink):
+    clock = FakeClock()
+    strict = WebhookProvider("hook-strict", {"secret": SECRET, "timeout_s": 2})
+    broad = WebhookProvider("hook-broad", {"secret": SECRET, "timeout_s": 2, "egress_allow": LOOPBACK})
+    slots = [make_slot(strict, clock, priority=1), make_slot(broad, clock, priority=2)]
+    try:
+        out = await deliver(make_task(channel="webhook", address=sink.url), slots, clock=clock, wall=clock.wall,
+                            sleep=clock.sleep, rng=random.Random(0))
+        assert (out.status, out.reason) == ("failed", "destination_refused")
+        assert [a.provider for a in out.attempts] == ["hook-strict"]
+        assert sink.received == 0  # the broader allow-list never got to send it
+        assert all(s.breaker.state == "closed" for s in slots)
+    finally:
+        await strict.close()
+        await broad.close()
+
+
+async def test_a_breaker_open_destination_is_not_tried_on_a_second_provider():
+    clock = FakeClock()
+    first = WebhookProvider("hook-a", {"secret": SECRET, "egress_allow": LOOPBACK, "destination_breaker_failures": 1})
+    second = WebhookProvider("hook-b", {"secret": SECRET, "egress_allow": LOOPBACK})
+    slots = [make_slot(first, clock, priority=1, max_attempts=1), make_slot(second, clock, priority=2, max_attempts=1)]
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+
+    async def run(n: int):
+        return await deliver(make_task(channel="webhook", address=dead, notification_id=f"n-{n}"), slots,
+                             clock=clock, wall=clock.wall, sleep=clock.sleep, rng=random.Random(0))
+
+    try:
+        one = await run(1)  # a single destination_error still fails over
+        assert one.reason == "destination_error"
+        assert [a.provider for a in one.attempts] == ["hook-a", "hook-b"]
+        two = await run(2)  # the first provider's breaker for it is open: not handed to the second
+        assert two.reason == "destination_circuit_open"
+        assert [a.provider for a in two.attempts] == ["hook-a"]
+    finally:
+        await first.close()
+        await second.close()

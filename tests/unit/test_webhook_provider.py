@@ -203,3 +203,12 @@ def test_the_secret_is_not_kept_in_settings():
     from providers.webhook.http import WebhookProvider
     p = WebhookProvider("hook", {"url": "http://127.0.0.1:9/hook", "secret": "very-secret-value"})
     assert "very-secret-value" not in repr(p.settings) and p.secret == b"very-secret-value"
+
+
+def test_the_user_url_timeout_defaults_to_the_timeout_setting():
+    # 10 s unless set: a receiver taking 5-10 s is not timed out (and sent again) early
+    assert WebhookProvider("h", {"secret": SECRET}).destination_timeout_s == 8  # below the default 10 s call deadline
+    assert WebhookProvider("h", {"secret": SECRET, "timeout_s": 4}).destination_timeout_s == 0.8 * 4
+    assert WebhookProvider("h", {"secret": SECRET, "timeout_s": 4, "destination_timeout_s": 2}).destination_timeout_s == 2
+    with pytest.raises(ConfigurationError, match="destination_timeout_s"):
+        WebhookProvider("h", {"secret": SECRET, "destination_timeout_s": 0})

@@ -14,15 +14,7 @@ from py_vapid import jwt as vapid_jwt
 
 from engine.embedded import free_port
 from policy.types import Content, DeliveryTask
-from providers.errors import (
-    AddressGone,
-    AuthenticationError,
-    ConfigurationError,
-    InvalidMessage,
-    NetworkError,
-    ProviderError,
-    RateLimited,
-)
+from providers.errors import AddressGone, AuthenticationError, ConfigurationError, DestinationError, InvalidMessage
 from providers.webpush import MAX_BODY, MAX_PLAINTEXT, WebPushProvider, parse_subscription
 from sandbox.webpush import WebPushSink, _Refused, verify_vapid
 
@@ -225,26 +217,27 @@ async def test_topic_and_content_are_checked(sink, provider):
 
 @pytest.mark.parametrize("status, error", [
     (400, InvalidMessage), (401, AuthenticationError), (403, AuthenticationError), (413, InvalidMessage),
-    (500, ProviderError), (502, ProviderError), (503, ProviderError),
+    (408, DestinationError), (500, DestinationError), (502, DestinationError), (503, DestinationError),
 ])
 async def test_status_mapping(sink, provider, status, error):
     sink.fail_status, sink.fail_next = status, 1
     with pytest.raises(error) as exc:
         await provider.send(task(sink.subscribe()))
     assert type(exc.value) is error and exc.value.status == status
-    assert exc.value.retryable is (status >= 500)
+    assert exc.value.retryable is (status >= 500 or status == 408)
     assert "/push/" not in str(exc.value)  # the endpoint's capability path is not echoed
     await provider.send(task(sink.subscribe(), 2))  # fail_next used up
     assert (sink.failed, sink.accepted) == (1, 1)
 
 
-async def test_429_is_rate_limited_with_retry_after(sink, provider):
+async def test_429_is_a_destination_error_with_retry_after(sink, provider):
+    # the endpoint's own slow-down: it must not pause the provider's shared bucket
     sink.fail_status, sink.fail_next, sink.retry_after = 429, 2, "7"
     sub = sink.subscribe()
     for _ in range(2):
-        with pytest.raises(RateLimited) as exc:
+        with pytest.raises(DestinationError) as exc:
             await provider.send(task(sub))
-        assert exc.value.retry_after == 7.0 and exc.value.retryable
+        assert exc.value.retry_after == 7.0 and exc.value.retryable and exc.value.status == 429
     await provider.send(task(sub))
     assert (sink.failed, sink.accepted) == (2, 1)
 
@@ -253,11 +246,26 @@ async def test_network_error():
     p = make()
     sub = {**json.loads(_sub()), "endpoint": f"http://127.0.0.1:{free_port()}/push/x"}
     try:
-        with pytest.raises(NetworkError) as exc:
+        with pytest.raises(DestinationError) as exc:
             await p.send(task(sub))
     finally:
         await p.close()
     assert exc.value.retryable and "/push/x" not in str(exc.value)
+    assert len(p.destinations) == 1  # counted against that endpoint
+
+
+def test_destination_settings():
+    p = make()
+    assert p.destination_timeout_s == 0.8 * 2  # below the timeout_s setting
+    base = {"vapid_private_key": VAPID_PEM, "vapid_subject": SUBJECT}
+    assert WebPushProvider("w", base).destination_timeout_s == 8
+    assert WebPushProvider("w", {**base, "destination_timeout_s": 3}).destination_timeout_s == 3
+    p = make(destination_breaker_failures=2, destination_breaker_cooloff_s=5, destination_breakers_max=7)
+    assert (p.destinations.threshold, p.destinations.cooloff_s, p.destinations.capacity) == (2, 5.0, 7)
+    for bad in ({"destination_timeout_s": 0}, {"destination_timeout_s": "x"}, {"destination_breaker_failures": 0},
+                {"destination_breakers_max": 0}, {"destination_breaker_cooloff_s": -1}):
+        with pytest.raises(ConfigurationError, match="destination"):
+            make(**bad)
 
 
 async def test_vapid_token_is_reused_per_origin(sink, provider):
