@@ -97,6 +97,8 @@ ack_wait_s = 5
 [database]
 url = "{d.url}"
 schema = "{d.schema}"
+[redis]
+url = "{cfg.redis.url}"
 [http]
 port = 0
 [channels.email]
