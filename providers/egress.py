@@ -318,3 +318,34 @@ class DestinationBreakers:
 
 __all__ = ["MAX_READ", "Destination", "DestinationBreakers", "EgressPolicy", "GuardedResolver", "check_url",
            "guarded_session", "parse_allow", "read_capped"]
+
+
+@dataclass
+class UserDestinations:
+    """What a provider that sends to user-supplied URLs needs: the egress
+    policy, the whole-request timeout of such a call, and the per-destination
+    breakers; read from its settings by ``user_destinations``."""
+
+    egress: EgressPolicy
+    timeout_s: float
+    breakers: DestinationBreakers
+
+
+def user_destinations(settings: dict, timeout_s: float, what: str) -> UserDestinations:
+    """From a provider's settings: ``egress_allow``, ``destination_timeout_s``
+    (default 0.8 × ``timeout_s``: below the call deadline, so a slow user endpoint
+    ends as its own DestinationError, not a NetworkError on the shared breaker),
+    ``destination_breaker_failures`` (5), ``destination_breaker_cooloff_s`` (30),
+    ``destination_breakers_max`` (10,000). ConfigurationError naming ``what``."""
+    egress = EgressPolicy(parse_allow(settings.get("egress_allow"), what))
+    try:
+        timeout = float(settings.get("destination_timeout_s", 0.8 * timeout_s))
+        failures = int(settings.get("destination_breaker_failures", 5))
+        cooloff = float(settings.get("destination_breaker_cooloff_s", 30))
+        capacity = int(settings.get("destination_breakers_max", 10_000))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{what}: bad destination setting: {exc}") from None
+    if not timeout > 0 or failures < 1 or cooloff < 0 or capacity < 1:
+        raise ConfigurationError(f"{what}: destination_timeout_s must be > 0, destination_breaker_failures and "
+                                 "destination_breakers_max >= 1, destination_breaker_cooloff_s >= 0")
+    return UserDestinations(egress, timeout, DestinationBreakers(failures, cooloff, capacity))

@@ -50,15 +50,7 @@ import msgspec
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.egress import (
-    Destination,
-    DestinationBreakers,
-    EgressPolicy,
-    check_url,
-    guarded_session,
-    parse_allow,
-    read_capped,
-)
+from providers.egress import Destination, check_url, guarded_session, read_capped, user_destinations
 from providers.errors import ConfigurationError, DeliveryError, DestinationError, InvalidMessage, NetworkError
 from providers.http_errors import map_status, parse_retry_after
 from providers.http_session import USER_AGENT, HttpSession
@@ -96,21 +88,8 @@ class WebhookProvider(HttpSession):
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 100))
         self.tolerate = frozenset(int(s) for s in settings.get("tolerate_statuses", ()))
-        self.egress = EgressPolicy(parse_allow(settings.get("egress_allow"), f"webhook provider {name!r}"))
-        try:
-            # below the call deadline (the provider's timeout_s, 10 s by default), so a slow user
-            # endpoint ends as its own DestinationError, not a NetworkError on the shared breaker
-            self.destination_timeout_s = float(settings.get("destination_timeout_s", 0.8 * self.timeout_s))
-            failures = int(settings.get("destination_breaker_failures", 5))
-            cooloff = float(settings.get("destination_breaker_cooloff_s", 30))
-            capacity = int(settings.get("destination_breakers_max", 10_000))
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"webhook provider {name!r}: bad destination setting: {exc}") from None
-        if not self.destination_timeout_s > 0 or failures < 1 or cooloff < 0 or capacity < 1:
-            raise ConfigurationError(f"webhook provider {name!r}: destination_timeout_s must be > 0, "
-                                     f"destination_breaker_failures and destination_breakers_max >= 1, "
-                                     f"destination_breaker_cooloff_s >= 0")
-        self.destinations = DestinationBreakers(failures, cooloff, capacity)
+        users = user_destinations(settings, self.timeout_s, f"webhook provider {name!r}")
+        self.egress, self.destination_timeout_s, self.destinations = users.egress, users.timeout_s, users.breakers
         self._session: aiohttp.ClientSession | None = None
         self._guarded: aiohttp.ClientSession | None = None
 

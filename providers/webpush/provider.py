@@ -91,15 +91,7 @@ from py_vapid.utils import b64urlencode
 
 from policy.types import DeliveryTask
 from providers.base import Receipt
-from providers.egress import (
-    Destination,
-    DestinationBreakers,
-    EgressPolicy,
-    check_url,
-    guarded_session,
-    parse_allow,
-    read_capped,
-)
+from providers.egress import Destination, check_url, guarded_session, read_capped, user_destinations
 from providers.errors import AddressGone, ConfigurationError, DeliveryError, DestinationError, InvalidMessage
 from providers.http_errors import map_status, parse_retry_after
 from providers.http_session import USER_AGENT, HttpSession
@@ -276,21 +268,8 @@ class WebPushProvider(HttpSession):
         if not self.timeout_s > 0 or self.max_connections < 1:
             raise ConfigurationError(f"webpush provider {name!r}: timeout_s must be > 0 and max_connections >= 1")
         self.allow_http = bool(settings.get("allow_http", False))
-        self.egress = EgressPolicy(parse_allow(settings.get("egress_allow"), f"webpush provider {name!r}"))
-        try:
-            # below the call deadline (the provider's timeout_s, 10 s by default), so a slow user
-            # endpoint ends as its own DestinationError, not a NetworkError on the shared breaker
-            self.destination_timeout_s = float(settings.get("destination_timeout_s", 0.8 * self.timeout_s))
-            failures = int(settings.get("destination_breaker_failures", 5))
-            cooloff = float(settings.get("destination_breaker_cooloff_s", 30))
-            capacity = int(settings.get("destination_breakers_max", 10_000))
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"webpush provider {name!r}: bad destination setting: {exc}") from None
-        if not self.destination_timeout_s > 0 or failures < 1 or cooloff < 0 or capacity < 1:
-            raise ConfigurationError(f"webpush provider {name!r}: destination_timeout_s must be > 0, "
-                                     f"destination_breaker_failures and destination_breakers_max >= 1, "
-                                     f"destination_breaker_cooloff_s >= 0")
-        self.destinations = DestinationBreakers(failures, cooloff, capacity)
+        users = user_destinations(settings, self.timeout_s, f"webpush provider {name!r}")
+        self.egress, self.destination_timeout_s, self.destinations = users.egress, users.timeout_s, users.breakers
         # The applicationServerKey browsers subscribe with (base64url, uncompressed point).
         self.public_key = b64urlencode(self._vapid.public_key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
