@@ -26,7 +26,9 @@ ENV TIDINGS_CONFIG_DIR=/app/configs \
 USER tidings
 WORKDIR /home/tidings
 EXPOSE 8080
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"
+# Readiness, not liveness: NATS, PostgreSQL, the actors, and the ingest and release loops
+# (/readyz answers loopback clients by default, as this check is)
+HEALTHCHECK --interval=15s --timeout=8s --start-period=90s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=7)"
 ENTRYPOINT ["tidings"]
 CMD ["up"]

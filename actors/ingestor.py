@@ -264,7 +264,8 @@ class Ingestor:
         self.stats["rejected"] += len(rejected)
 
     async def info(self) -> dict:
-        return {"index": self.index, "lanes": list(self.lanes), "inflight_batches": len(self.inflight), **self.stats}
+        return {"index": self.index, "lanes": list(self.lanes), "running": self.running,
+                "inflight_batches": len(self.inflight), **self.stats}
 
     async def stop(self) -> None:
         """Stop fetching and let the batches in flight finish (they ack or nak)."""

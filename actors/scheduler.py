@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 import asyncpg
@@ -42,6 +43,7 @@ class Scheduler:
                       "retention_runs": 0, "retention_skipped": 0}
         self.deleted: Counter[str] = Counter()  # rows retention deleted, per kind
         self._deleted_metric = None
+        self.last_round_at = 0.0
 
     async def start(self) -> None:
         if self.pool is None:
@@ -63,6 +65,7 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while True:
+            self.last_round_at = time.time()  # /readyz: a loop that stopped turning is not ready
             try:
                 busy = await self.tick()
             except asyncio.CancelledError:
@@ -133,4 +136,6 @@ class Scheduler:
         return counts
 
     async def info(self) -> dict:
-        return {**self.stats, "retention_deleted": dict(self.deleted)}
+        running = self.task is not None and not self.task.done()
+        return {**self.stats, "running": running, "last_round_at": self.last_round_at,
+                "retention_deleted": dict(self.deleted)}

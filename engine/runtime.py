@@ -16,13 +16,15 @@ from nats.js import JetStreamContext
 from engine import auth, credentials, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams
-from infra.config import Config, encode as encode_config
+from infra.config import Config, ConfigError, encode as encode_config
 from policy import wire
 from policy.rules import Policy
 from policy.sharding import shard_of
 from policy.types import UserProfile
 
 log = logging.getLogger(__name__)
+
+SUPERVISE_S = 5.0  # how often the Ingestors' and the Scheduler's loops are started again if a restart idled them
 
 
 class Refused(ValueError):
@@ -125,6 +127,8 @@ class Engine:
         self.secrets: dict[str, str] = {}
         self.auth: auth.Authenticator | None = None
         self.admin_key_file = None  # set when this start created the first admin key
+        self.supervisor: asyncio.Task | None = None
+        self.instance_lock: asyncpg.Connection | None = None  # held while this engine runs
 
     @property
     def nats_url(self) -> str:
@@ -149,6 +153,7 @@ class Engine:
         # API rate limits per key and per end-user token, shared by every HTTP process
         self.limiter = ratelimit.Limiter(self.redis, self.cfg.ratelimit) if self.cfg.ratelimit.enabled else None
         await migrations.migrate_url(self.database_url, self.cfg.database.schema)
+        await self._claim_deployment()
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max)
         try:
@@ -171,13 +176,53 @@ class Engine:
         self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http.tracking)
         self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets)
         if ingest:
-            await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),
-                                 self.actors.scheduler.start.remote())
+            await self._start_loops()
             self.prefs_listener = prefs_bus.Listener(self)
             await self.prefs_listener.start()
+            self.supervisor = asyncio.get_running_loop().create_task(self._supervise())
         return self
 
+    async def _claim_deployment(self) -> None:
+        """One engine per schema and stream until several are safe (each would
+        own every user in memory, and a preference change made through one would
+        be missed by the other): a PostgreSQL advisory lock held on a connection
+        of its own for the engine's life; a second start is refused, saying why."""
+        conn = await asyncpg.connect(self.database_url, server_settings={"application_name": "tidings-instance"})
+        key = f"tidings:engine:{self.cfg.database.schema}:{self.cfg.nats.stream}"
+        if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+            await conn.close()
+            await self.stop()
+            raise ConfigError(f"another engine is running on database schema {self.cfg.database.schema!r} and "
+                              f"stream {self.cfg.nats.stream!r}: one instance per deployment until scale-out "
+                              "(two would each hold every user's state and miss each other's changes)")
+        self.instance_lock = conn
+
+    async def _start_loops(self) -> list:
+        """``start`` every Ingestor and the Scheduler (idempotent: a running one
+        returns at once); the exceptions of those that could not."""
+        results = await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),
+                                       self.actors.scheduler.start.remote(), return_exceptions=True)
+        return [r for r in results if isinstance(r, BaseException)]
+
+    async def _supervise(self) -> None:
+        """Ray restarts an actor that died (``max_restarts``) with its constructor
+        arguments only: an Ingestor or Scheduler comes back idle. Every
+        ``SUPERVISE_S`` their loops are started again where they are not running,
+        so a restart costs at most that long of ingestion or releases."""
+        while True:
+            await asyncio.sleep(SUPERVISE_S)
+            try:
+                failed = await asyncio.wait_for(self._start_loops(), SUPERVISE_S * 4)
+            except TimeoutError:
+                failed = ["timeout"]
+            if failed:
+                log.warning("supervision: %d loop(s) could not be started: %r", len(failed), failed[:3])
+
     async def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+            await asyncio.gather(self.supervisor, return_exceptions=True)
+            self.supervisor = None
         if self.prefs_listener is not None:
             await self.prefs_listener.stop()
             self.prefs_listener = None
@@ -199,6 +244,9 @@ class Engine:
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None
+        if self.instance_lock is not None:
+            await self.instance_lock.close()  # the advisory lock ends with the session
+            self.instance_lock = None
         self.services.stop()
 
     def shard_for(self, user_id: str):
