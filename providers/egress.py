@@ -45,15 +45,25 @@ import ipaddress
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from providers.errors import ConfigurationError, DestinationCircuitOpen, DestinationRefused, InvalidMessage
+from providers.errors import (
+    ConfigurationError,
+    DeliveryError,
+    DestinationCircuitOpen,
+    DestinationError,
+    DestinationRefused,
+    InvalidMessage,
+)
+
+T = TypeVar("T")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -314,6 +324,22 @@ class DestinationBreakers:
         st.failures += 1
         if st.failures >= self.threshold:
             st.open_until = max(st.open_until, self.clock() + self.cooloff_s)
+
+    async def call(self, key: str, what: str, attempt: Callable[[], Awaitable[T | DeliveryError]]) -> T:
+        """``attempt()`` through ``key``'s breaker: refused while it is open; a
+        DestinationError counts against it, any answer clears it (a 4xx too: the
+        destination was reachable, the message is the problem), and an error the
+        attempt returns for such an answer is raised."""
+        self.admit(key, what)
+        try:
+            result = await attempt()
+        except DestinationError:
+            self.failure(key)
+            raise
+        self.success(key)
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
 
 
 __all__ = ["MAX_READ", "Destination", "DestinationBreakers", "EgressPolicy", "GuardedResolver", "check_url",

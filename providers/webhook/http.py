@@ -162,17 +162,8 @@ class WebhookProvider(HttpSession):
         that destination's breaker."""
         dest = check_url(raw, self.egress, "webhook")
         body = self.body(task)
-        self.destinations.admit(dest.key, "webhook")
         session = await self._guarded_session()
-        try:
-            result = await self._post_user(session, dest, task, body)
-        except DestinationError:
-            self.destinations.failure(dest.key)
-            raise
-        self.destinations.success(dest.key)  # it answered (a 4xx too: reachable, the message is the problem)
-        if isinstance(result, DeliveryError):
-            raise result
-        return result
+        return await self.destinations.call(dest.key, "webhook", lambda: self._post_user(session, dest, task, body))
 
     async def _post_user(self, session: aiohttp.ClientSession, dest: Destination, task: DeliveryTask,
                          body: bytes) -> Receipt | DeliveryError:

@@ -355,17 +355,9 @@ class WebPushProvider(HttpSession):
         body = self.encrypt(self.plaintext(task), sub)
         if len(body) > MAX_BODY:  # cannot happen with MAX_PLAINTEXT checked; kept as the real limit
             raise InvalidMessage(f"web push encrypted body is {len(body)} bytes, over {MAX_BODY}")
-        self.destinations.admit(dest.key, "web push endpoint")
         session = await self.session()
-        try:
-            result = await self._post(session, dest, sub, headers, body)
-        except DestinationError:
-            self.destinations.failure(dest.key)
-            raise
-        self.destinations.success(dest.key)  # it answered (a 4xx too: reachable, the message is the problem)
-        if isinstance(result, DeliveryError):
-            raise result
-        return result
+        return await self.destinations.call(dest.key, "web push endpoint",
+                                            lambda: self._post(session, dest, sub, headers, body))
 
     async def _post(self, session: aiohttp.ClientSession, dest: Destination, sub: Subscription,
                     headers: dict[str, str], body: bytes) -> Receipt | DeliveryError:
