@@ -15,11 +15,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from actors import faults
 from infra import streams
 from infra.config import Config, decode as decode_config
 from policy import wire
@@ -73,7 +75,8 @@ class Ingestor:
         self.inflight: set[asyncio.Task] = set()
         self.broadcasts: set[asyncio.Task] = set()
         self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0,
-                      "dead_lettered": 0}
+                      "dead_lettered": 0, "retried": 0}
+        self.stopping = asyncio.Event()
 
     async def start(self) -> None:
         if self.running:
@@ -84,6 +87,7 @@ class Ingestor:
         self.js = self.nc.jetstream()
         subs = [await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream) for lane in self.lanes]
         self.running = True
+        self.stopping.clear()
         self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)  # shared by this actor's lanes
         loop = asyncio.get_running_loop()
         self.loop_tasks = [loop.create_task(self._fetch_loop(sub)) for sub in subs]
@@ -163,29 +167,53 @@ class Ingestor:
         """Every UserShard takes its share of the audience; acked when all have
         recorded every recipient."""
         payload = wire.encode(job)
-        if await self._acked([msg], asyncio.gather(*(s.broadcast.remote(payload) for s in self.user_shards)),
+        if await self._acked([msg], lambda: asyncio.gather(*(s.broadcast.remote(payload) for s in self.user_shards)),
                              f"broadcast {job.id}"):
             self.stats["broadcasts"] += 1
 
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
-        call = self.user_shards[shard].handle.remote(wire.encode([inb for _, inb in pairs]))
-        await self._acked([m for m, _ in pairs], call, f"shard {shard} batch of {len(pairs)}")
+        payload = wire.encode([inb for _, inb in pairs])
+        await self._acked([m for m, _ in pairs], lambda: self.user_shards[shard].handle.remote(payload),
+                          f"shard {shard} batch of {len(pairs)}")
 
-    async def _acked(self, msgs: list[Msg], call, what: str) -> bool:
-        """Await ``call`` (which returns once the outcomes are committed), telling
+    async def _acked(self, msgs: list[Msg], call: Callable[[], Awaitable], what: str) -> bool:
+        """Await ``call()`` (which returns once the outcomes are committed), telling
         JetStream meanwhile that ``msgs`` are in progress; then ack them, or on
-        failure nak or dead-letter them. Says whether it succeeded."""
+        failure nak or dead-letter them. Says whether it succeeded.
+
+        An infrastructure failure (``faults.transient``) is not the messages'
+        fault: the call is made again after a backoff, as long as the engine
+        runs, and the messages are neither nak'd nor counted toward
+        dead-lettering. Calling again is safe: the UserShard skips what is
+        recorded and only records what it sent but could not record."""
         alive = asyncio.get_running_loop().create_task(self._keep_alive(msgs))
+        delay = faults.FIRST_S
         try:
-            await call
-        except Exception as e:  # noqa: BLE001 - whatever failed, the batch is nak'd and comes back
-            log.warning("%s failed (%r); nak for redelivery", what, e)
-            await self._failed(msgs, e)
-            return False
+            while True:
+                try:
+                    await call()
+                    break
+                except Exception as e:  # noqa: BLE001 - whatever failed, the batch is retried or nak'd
+                    if not (faults.transient(e) and self.running):
+                        log.warning("%s failed (%r); nak for redelivery", what, e)
+                        await self._failed(msgs, e)
+                        return False
+                    self.stats["retried"] += 1
+                    log.warning("%s: infrastructure failure (%s); trying again in %.1f s", what,
+                                type(e).__name__, delay)
+                    await self._pause(delay)
+                    delay = faults.backoff(delay)
         finally:
             alive.cancel()
         await self._ack(msgs)
         return True
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short when the engine stops."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def _ack(self, msgs: list[Msg]) -> None:
         """Ack each (one buffered publish apiece, no task per message); one that
@@ -242,26 +270,20 @@ class Ingestor:
         n = self.cfg.nats
         now = time.time()
         outcomes = []
-        try:
-            for r in rejected:
-                await self._dead_letter(r.msg, r.reason, r.detail)
-        except Exception as e:  # noqa: BLE001 - not dead-lettered: nak'd, tried again later
-            log.warning("dead-lettering %d messages failed (%r); nak", len(rejected), e)
-            await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
-            return
         for r in rejected:
             seq = r.msg.metadata.sequence.stream
             category = printable(streams.category_of(n, r.msg.subject), 63)
             outcomes.append(Outcome(derive_id(f"{n.stream}:{seq}"), salvage_user(r.msg.data), "*", category,
                                     "rejected", r.reason, now, now, detail=printable(r.detail, 1000)))
-        try:
-            await self.recorder.record.remote(wire.encode(outcomes))
-        except Exception as e:  # noqa: BLE001 - not recorded: nak'd, tried again later
-            log.warning("recording %d rejected messages failed (%r); nak", len(rejected), e)
-            await asyncio.gather(*(r.msg.nak(delay=NAK_DELAY_S) for r in rejected), return_exceptions=True)
-            return
-        await self._ack([r.msg for r in rejected])
-        self.stats["rejected"] += len(rejected)
+        payload = wire.encode(outcomes)
+
+        async def answer() -> None:
+            for r in rejected:  # the same Nats-Msg-Id each time: a second try is not a second copy
+                await self._dead_letter(r.msg, r.reason, r.detail)
+            await self.recorder.record.remote(payload)
+
+        if await self._acked([r.msg for r in rejected], answer, f"{len(rejected)} rejected messages"):
+            self.stats["rejected"] += len(rejected)
 
     async def info(self) -> dict:
         return {"index": self.index, "lanes": list(self.lanes), "running": self.running,
@@ -270,6 +292,7 @@ class Ingestor:
     async def stop(self) -> None:
         """Stop fetching and let the batches in flight finish (they ack or nak)."""
         self.running = False
+        self.stopping.set()
         for task in self.loop_tasks:
             task.cancel()
         await asyncio.gather(*self.loop_tasks, return_exceptions=True)

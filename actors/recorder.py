@@ -15,14 +15,14 @@ import time
 from collections import Counter
 
 import msgspec
-import orjson
 from ray.util import metrics
 
+from actors import faults
 from infra import db
-from infra.config import RecorderConfig
+from infra.config import DatabaseConfig, RecorderConfig
 from policy import wire
-from policy.text import printable
-from policy.types import Attempt, Outcome
+from policy.types import Outcome
+from stores import tracking
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +50,11 @@ ON CONFLICT (notification_id, channel) DO NOTHING
 
 
 def row(o: Outcome) -> tuple:
-    """One staging row. Attempts become JSON objects (readable in the API).
-
-    The texts a provider or a payload wrote (errors, detail, message id) are made
-    ``printable`` here once more, whoever built the Outcome: one NUL (or a lone
-    surrogate, which orjson refuses) would fail the COPY of the whole batch, and
-    then every caller in it would be answered with an error and redeliver."""
-    timeline = orjson.dumps([_attempt(a) for a in o.attempts]).decode() if o.attempts else "[]"
-    errors = orjson.dumps({"detail": printable(o.detail, 1000)}).decode() if o.detail else None
-    return (o.notification_id, o.user_id, o.channel, o.category, o.priority, o.status, printable(o.reason, 200),
-            printable(o.provider, 200), printable(o.provider_message_id, 200), len(o.attempts), timeline, errors,
-            o.accepted_at or None, o.completed_at, o.parent_id)
-
-
-def _attempt(a: Attempt) -> dict:
-    d = msgspec.structs.asdict(a)
-    d["provider"] = printable(a.provider, 200)
-    d["error"] = printable(a.error)
-    d["error_kind"] = printable(a.error_kind, 100)
-    return d
+    """One staging row (texts made printable by ``tracking.columns``)."""
+    reason, provider, message_id, timeline, errors = tracking.columns(o)
+    return (o.notification_id, o.user_id, o.channel, o.category, o.priority, o.status, reason,
+            provider, message_id, len(o.attempts), timeline, errors, o.accepted_at or None, o.completed_at,
+            o.parent_id)
 
 
 async def _init_connection(conn) -> None:
@@ -93,9 +79,10 @@ class _Pending:
 
 
 class Recorder:
-    def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4):
+    def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None):
         self.url, self.schema = database_url, schema
         self.cfg = msgspec.msgpack.decode(cfg, type=RecorderConfig)
+        self.limits = msgspec.msgpack.decode(limits, type=DatabaseConfig) if limits else None  # None: the defaults
         self.pool_max = pool_max
         self.pool = None
         self.pending: list[_Pending] = []
@@ -119,7 +106,7 @@ class Recorder:
             self._metric = metrics.Counter(
                 "tidings_outcomes", description="Terminal outcomes recorded", tag_keys=("channel", "status"))
             pool = await db.create_pool(self.url, self.schema, min_size=1, max_size=self.pool_max,
-                                        init=_init_connection)
+                                        init=_init_connection, limits=self.limits)
             asyncio.get_running_loop().create_task(self._flusher())
             self.pool = pool  # last: it is what marks the actor ready
 
@@ -173,16 +160,23 @@ class Recorder:
 
     async def _write_all(self, batch: list[_Pending]) -> None:
         """All callers in one transaction; if that fails, each caller on its own,
-        so rows one caller got wrong do not fail (and re-send) everybody else's."""
+        so rows one caller got wrong do not fail (and re-send) everybody else's.
+        When the database itself failed (``faults.transient``), all are answered
+        with the error at once: each tries again after its backoff."""
         try:
             await self._write([r for p in batch for r in p.rows])
         except Exception as e:
-            if len(batch) == 1:
-                log.exception("tracking flush of %d rows failed", len(batch[0].rows))
-                _settle(batch[0], e)
+            if faults.transient(e):  # a traceback per flush would flood the log while the database is away
+                log.warning("tracking flush of %d rows failed: %s", sum(len(p.rows) for p in batch),
+                            type(e).__name__)
+            elif len(batch) > 1:
+                for p in batch:
+                    await self._write_all([p])
                 return
+            else:
+                log.exception("tracking flush of %d rows failed", len(batch[0].rows))
             for p in batch:
-                await self._write_all([p])
+                _settle(p, e)
             return
         for p in batch:
             _settle(p, None)

@@ -19,9 +19,9 @@ import logging
 import time
 from collections import Counter
 
-import asyncpg
 from ray.util import metrics
 
+from actors import faults
 from infra import db
 from infra.config import Config, decode as decode_config
 from policy import wire
@@ -47,7 +47,8 @@ class Scheduler:
 
     async def start(self) -> None:
         if self.pool is None:
-            self.pool = await db.create_pool(self.url, self.cfg.database.schema, min_size=1, max_size=2)
+            self.pool = await db.create_pool(self.url, self.cfg.database.schema, min_size=1, max_size=2,
+                                             limits=self.cfg.database)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._loop())
         if self.retention_task is None and self.cfg.retention.interval_s > 0:
@@ -70,8 +71,11 @@ class Scheduler:
                 busy = await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("scheduler round failed; trying again")
+            except Exception as e:
+                if faults.transient(e):  # the database is away: one line per round, not a traceback
+                    log.warning("scheduler round failed (%s); trying again", type(e).__name__)
+                else:
+                    log.exception("scheduler round failed; trying again")
                 busy = False
             if not busy:
                 await asyncio.sleep(self.cfg.scheduler.interval_s)
@@ -112,8 +116,7 @@ class Scheduler:
 
     async def retain(self) -> dict[str, int] | None:
         """One retention run; the rows deleted per kind, None if another run held the lock."""
-        conn = await asyncpg.connect(self.url, server_settings={"search_path": self.cfg.database.schema,
-                                                                "application_name": "tidings-retention"})
+        conn = await db.connect(self.url, self.cfg.database, self.cfg.database.schema, app="tidings-retention")
         try:
             counts = await retention.run(conn, self.cfg.retention)
         except BaseException:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 BROADCAST_CHUNK = 5000  # users decided, sent and recorded together
 BROADCAST_INFLIGHT = 4  # chunks between decide and record at once
 SEND_BATCH = 1000  # tasks per ChannelShard call
+JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journal keeps
 
 
 class UserShard(PrefsMixin, TemplatesMixin):
@@ -60,6 +61,10 @@ class UserShard(PrefsMixin, TemplatesMixin):
         self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
         self.running: dict[str, asyncio.Task] = {}  # broadcasts being handled now
+        # what the ChannelShards answered and is not committed yet: notification id ->
+        # channel -> Outcome. A retry of the same notification (a redelivery after a
+        # failed record, a claim that came back) records these instead of sending again.
+        self.journal: dict[str, dict[str, Outcome]] = {}
         self.pool = None
         self.rr = 0
         self.stats = {"decided": 0, "duplicates": 0, "outcomes": 0}
@@ -87,7 +92,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
             self.inflight[inb.id] = done
         try:
             outcomes, error = await self._process(fresh)
-            await self.recorder.record.remote(wire.encode(outcomes))
+            await self._record(outcomes)
             if error is not None:
                 raise error
         except BaseException as e:
@@ -123,6 +128,30 @@ class UserShard(PrefsMixin, TemplatesMixin):
             fresh.append(inb)
         return fresh, waits
 
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Commit outcomes through the Recorder; they leave the journal once committed."""
+        await self.recorder.record.remote(wire.encode(outcomes))
+        self._committed(outcomes)
+
+    def _journal(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            self.journal.setdefault(o.notification_id, {})[o.channel] = o
+        while len(self.journal) > JOURNAL_MOST:  # only a long run of failed records gets here
+            log.warning("sent-but-unrecorded journal full: forgetting the oldest notification")
+            del self.journal[next(iter(self.journal))]
+
+    def _committed(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            kept = self.journal.get(o.notification_id)
+            if kept is not None:
+                kept.pop(o.channel, None)
+                if not kept:
+                    del self.journal[o.notification_id]
+
+    def _journaled(self, items: list[Item]) -> list[Outcome]:
+        """The outcomes of ``items`` that were sent but not recorded."""
+        return [o for it in items for o in self.journal.get(it.notification_id, {}).values()]
+
     def _remember(self, committed: list[wire.Inbound]) -> None:
         for inb in committed:
             self.recent[inb.id] = None
@@ -147,15 +176,21 @@ class UserShard(PrefsMixin, TemplatesMixin):
         channel, for what was neither sent nor held. Returns every outcome there
         is, and the first error of a channel that failed: the caller records what
         there is, then raises, so a redelivery does not send the channels that
-        succeeded again."""
+        succeeded again. Channels sent before whose record failed (the journal)
+        are not sent again: their outcomes are returned to be recorded again."""
+        again = self._journaled(items)
+        recorded = done
+        done = done | {(o.notification_id, o.channel) for o in again}
         refs = {(it.request.template.id, it.request.template.version) for it in items
                 if it.request.template is not None}
         if refs:
             await self._load_templates(refs)
         ctx = self._context(digest, parent_id)
         outcomes, kept, error = await self._execute(planner.plan_round(items, states, done, ctx, now=self.clock()))
+        outcomes = again + outcomes
         sent = {o.notification_id for o in outcomes if o.status == "sent"}
-        checks = planner.fallback_checks(items, sent, done, now=self.clock())
+        # a check held before is held again harmlessly; one lost with a failed record is not lost
+        checks = planner.fallback_checks(items, sent, recorded, now=self.clock())
         if checks and error is None:
             try:
                 await self._hold(checks)
@@ -187,6 +222,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
             if plan.parent_id is not None:  # providers do not know the broadcast a task belongs to
                 for o in delivered:
                     o.parent_id = plan.parent_id
+            self._journal(delivered)
             outcomes.extend(delivered)
         kept = plan.kept() | {o.notification_id for o in outcomes if o.status == "sent"}
         gone = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone"}
@@ -244,7 +280,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
         async def chunk(ids: list[str]) -> None:
             async with gate:
                 outcomes, error = await self._broadcast_chunk(job, ids)
-                await self.recorder.record.remote(wire.encode(outcomes))
+                await self._record(outcomes)
                 counts["outcomes"] += len(outcomes)
                 if error is not None:
                     raise error
@@ -311,6 +347,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
         settled = [(d.notification_id, d.channel) for d in dues if (d.notification_id, d.channel) in finished]
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, settled, [])
+        self._committed(outcomes)
         if error is not None:
             raise error
 
@@ -326,6 +363,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, [(d.notification_id, schedule_store.FALLBACK_CHANNEL)
                                                          for d in dues], [])
+        self._committed(outcomes)
 
     async def _send_digest(self, due: DueDigest) -> int:
         async with self.pool.acquire() as conn:
@@ -340,6 +378,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 raise error
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, [], [(due.key, [nid for nid, _ in found])])
+        self._committed(outcomes)
         return len(found)
 
     # -- users -----------------------------------------------------------------
@@ -441,4 +480,4 @@ class UserShard(PrefsMixin, TemplatesMixin):
     async def info(self) -> dict:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         return {"index": self.index, "users": len(self.users), "recent_ids": len(self.recent), "loop": loop,
-                **self.stats}
+                "unrecorded": sum(len(v) for v in self.journal.values()), **self.stats}

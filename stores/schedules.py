@@ -24,11 +24,11 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import asyncpg
-import msgspec
 
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.release import digest_id
 from policy.types import DigestKey, Outcome
+from stores import tracking
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,12 @@ async def seal(conn: asyncpg.Connection, key: DigestKey) -> list[tuple[str, byte
 
 FINAL = """
 INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason, provider,
-                               provider_message_id, attempts, timeline, accepted_at, completed_at, parent_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, to_timestamp($12), to_timestamp($13), $14)
+                               provider_message_id, attempts, timeline, errors, accepted_at, completed_at, parent_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, to_timestamp($13), to_timestamp($14), $15)
 ON CONFLICT (notification_id, channel) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
     provider = EXCLUDED.provider, provider_message_id = EXCLUDED.provider_message_id,
-    attempts = EXCLUDED.attempts, timeline = EXCLUDED.timeline, completed_at = EXCLUDED.completed_at,
+    attempts = EXCLUDED.attempts, timeline = EXCLUDED.timeline, errors = EXCLUDED.errors,
+    completed_at = EXCLUDED.completed_at,
     updated_at = now()
 WHERE delivery_tracking.status = 'deferred'
 """
@@ -180,7 +181,7 @@ async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred
 
 
 def _final_row(o: Outcome) -> tuple:
-    timeline = msgspec.json.encode([msgspec.structs.asdict(a) for a in o.attempts]).decode()
-    return (uuid.UUID(o.notification_id), o.user_id, o.channel, o.category, o.priority, o.status, o.reason,
-            o.provider, o.provider_message_id, len(o.attempts), timeline, o.accepted_at or None, o.completed_at,
+    reason, provider, message_id, timeline, errors = tracking.columns(o)
+    return (uuid.UUID(o.notification_id), o.user_id, o.channel, o.category, o.priority, o.status, reason,
+            provider, message_id, len(o.attempts), timeline, errors, o.accepted_at or None, o.completed_at,
             uuid.UUID(o.parent_id) if o.parent_id else None)

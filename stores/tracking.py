@@ -7,6 +7,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
+import orjson
+
+from policy.text import printable
+from policy.types import Attempt, Outcome
+
+
+def columns(o: Outcome) -> tuple:
+    """What every writer of a tracking row stores from ``o``'s free texts:
+    reason, provider, provider message id, the timeline (attempts as JSON
+    objects, readable in the API) and errors (JSON or None).
+
+    Texts a provider or a payload wrote are made ``printable`` here, whoever
+    built the Outcome: one NUL byte (which PostgreSQL refuses in jsonb and text)
+    or a lone surrogate (which orjson refuses) would fail the whole write, and
+    a failed write after the provider accepted is a notification retried."""
+    timeline = orjson.dumps([_attempt(a) for a in o.attempts]).decode() if o.attempts else "[]"
+    errors = orjson.dumps({"detail": printable(o.detail, 1000)}).decode() if o.detail else None
+    return (printable(o.reason, 200), printable(o.provider, 200), printable(o.provider_message_id, 200),
+            timeline, errors)
+
+
+def _attempt(a: Attempt) -> dict:
+    d = msgspec.structs.asdict(a)
+    d["provider"] = printable(a.provider, 200)
+    d["error"] = printable(a.error)
+    d["error_kind"] = printable(a.error_kind, 100)
+    return d
+
 
 RECORDED = "SELECT notification_id::text, channel FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])"
 RECORDED_FINAL = RECORDED + " AND status <> 'deferred'"
