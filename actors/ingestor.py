@@ -22,7 +22,7 @@ import nats
 from nats.aio.msg import Msg
 
 from actors import faults
-from infra import streams
+from infra import dead_letters, streams
 from infra.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
@@ -152,7 +152,8 @@ class Ingestor:
         meta = msg.metadata
         if req.accepted_at is None:
             req.accepted_at = meta.timestamp.timestamp() if meta.timestamp else time.time()
-        return wire.Inbound(notification_id(req, f"{self.cfg.nats.stream}:{meta.sequence.stream}"), req)
+        seq = dead_letters.origin_seq(msg.headers, meta.sequence.stream)  # a replay keeps its first id
+        return wire.Inbound(notification_id(req, f"{self.cfg.nats.stream}:{seq}"), req)
 
     def _start_broadcast(self, msg: Msg, rejected: list[Rejected]) -> None:
         """A broadcast runs on its own (it may take a minute), outside the batch."""
@@ -245,14 +246,8 @@ class Ingestor:
 
     async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
         seq = msg.metadata.sequence.stream
-        n = self.cfg.nats
-        await self.js.publish(streams.dlq_subject(n), msg.data, headers={
-            "Nats-Msg-Id": f"dlq:{n.stream}:{seq}",
-            "Tidings-Reason": reason,
-            "Tidings-Error": header_safe(detail),
-            "Tidings-Subject": msg.subject,
-            "Tidings-Stream-Seq": str(seq),
-        })
+        await self.js.publish(streams.dlq_subject(self.cfg.nats), msg.data, headers=dead_letters.headers(
+            self.cfg.nats, msg.subject, seq, dead_letters.origin_seq(msg.headers, seq), reason, header_safe(detail)))
 
     async def _keep_alive(self, msgs: list[Msg]) -> None:
         """Tell JetStream these are still being worked on, so a slow batch is not
