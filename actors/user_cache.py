@@ -7,11 +7,18 @@ an index into a table of names, and trailing defaults left out, so a user on
 the defaults with an email address is ~35 bytes of payload. A state is decoded when it is read (well under a
 microsecond); template chains are not stored per user but attached on read
 from the shard's template cache.
+
+Bounded: at most ``max_users`` are held; the least recently used is dropped
+(PostgreSQL is the truth, so a dropped user is simply read again when next
+needed). Callers therefore never assume an owned user is held: a call reads
+what it needs with ``begin_load`` / ``add_loaded`` and decides on the
+``Pinned`` view of those states, which an eviction meanwhile cannot empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -39,11 +46,20 @@ _decode = msgspec.msgpack.Decoder(Packed).decode
 
 
 class UserCache(Mapping[str, UserState]):
-    """``user id -> UserState``, stored packed. ``templates`` maps a template id
-    to its chain; a state read here gets its chain from it."""
+    """``user id -> UserState``, stored packed, at most ``max_users`` (None: no
+    bound), least recently used first out. ``templates`` maps a template id to
+    its chain; a state read here gets its chain from it."""
 
-    def __init__(self, templates: dict[str, tuple] | None = None):
-        self._blobs: dict[str, bytes] = {}
+    def __init__(self, templates: dict[str, tuple] | None = None, max_users: int | None = None):
+        # An OrderedDict, oldest first: a plain dict whose first key is deleted
+        # again and again is scanned past the deleted slots (measured: ~100 µs per
+        # eviction at 200k users), OrderedDict.popitem(last=False) is O(1).
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self.max_users = max_users
+        self.evicted = 0
+        self._writes = 0  # counts writes: a load's token is the count when it began
+        self._loads: dict[int, int] = {}  # token -> loads in flight that began then
+        self._written: OrderedDict[str, int] = OrderedDict()  # user -> its last write, while loads are in flight
         self.templates = templates if templates is not None else {}
         self._zones: list[str] = ["UTC"]  # a few hundred names at most, each stored once
         self._zone_ix: dict[str, int] = {"UTC": 0}
@@ -66,12 +82,33 @@ class UserCache(Mapping[str, UserState]):
                          template=p.template, consent=frozenset(p.consent), suppressed=p.suppressed,
                          timezone=self._zones[p.zone], locale=p.locale, version=p.version)
 
+    def _hold(self, user_id: str, blob: bytes) -> None:
+        self._blobs[user_id] = blob
+        self._blobs.move_to_end(user_id)
+        if self.max_users is not None:
+            while len(self._blobs) > self.max_users:
+                self._blobs.popitem(last=False)
+                self.evicted += 1
+
+    def _wrote(self, user_id: str) -> None:
+        """A write-through: remembered while a load is in flight, so the load
+        does not put back the older state it read (see ``add_loaded``)."""
+        self._writes += 1
+        if self._loads:
+            self._written[user_id] = self._writes
+            self._written.move_to_end(user_id)
+
     def __getitem__(self, user_id: str) -> UserState:
-        return self._unpack(user_id, self._blobs[user_id])
+        blob = self._blobs[user_id]
+        self._blobs.move_to_end(user_id)  # used: the last to go
+        return self._unpack(user_id, blob)
 
     def get(self, user_id: str, default=None):
         blob = self._blobs.get(user_id)
-        return default if blob is None else self._unpack(user_id, blob)
+        if blob is None:
+            return default
+        self._blobs.move_to_end(user_id)
+        return self._unpack(user_id, blob)
 
     def __contains__(self, user_id: object) -> bool:
         return user_id in self._blobs
@@ -83,7 +120,8 @@ class UserCache(Mapping[str, UserState]):
         return len(self._blobs)
 
     def __setitem__(self, user_id: str, state: UserState) -> None:
-        self._blobs[user_id] = self._pack(state)
+        self._wrote(user_id)
+        self._hold(user_id, self._pack(state))
 
     def put_stored(self, user_id: str, blob: bytes) -> None:
         """Hold a ``users.state`` value (a warm start: no UserState built)."""
@@ -94,21 +132,86 @@ class UserCache(Mapping[str, UserState]):
         if zone is None:
             zone = self._zone_ix[p.timezone] = len(self._zones)
             self._zones.append(p.timezone)
-        self._blobs[user_id] = _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template,
-                                              p.consent))
-
-    def setdefault(self, user_id: str, state: UserState) -> None:
-        if user_id not in self._blobs:
-            self._blobs[user_id] = self._pack(state)
+        self._wrote(user_id)
+        self._hold(user_id, _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template,
+                                           p.consent)))
 
     def update(self, states: Mapping[str, UserState]) -> None:
         for uid, state in states.items():
-            self._blobs[uid] = self._pack(state)
+            self[uid] = state
 
     def pop(self, user_id: str, default=None):
+        self._wrote(user_id)
         blob = self._blobs.pop(user_id, None)
         return default if blob is None else self._unpack(user_id, blob)
+
+    def held(self, user_ids: Iterable[str]) -> dict[str, bytes]:
+        """The packed states of those of ``user_ids`` held now (references: no
+        copy, nothing decoded), for a ``Pinned`` view to fall back on."""
+        blobs = self._blobs
+        return {uid: blob for uid in user_ids if (blob := blobs.get(uid)) is not None}
+
+    def begin_load(self) -> int:
+        """Before reading users from PostgreSQL: the token to give ``add_loaded``."""
+        token = self._writes
+        self._loads[token] = self._loads.get(token, 0) + 1
+        return token
+
+    def add_loaded(self, token: int, states: Mapping[str, UserState]) -> None:
+        """Hold what a read begun at ``token`` found, except users held already
+        or written since it began (a write that committed while the read ran is
+        newer, even if it was evicted since), and end that load."""
+        try:
+            for uid, state in states.items():
+                if uid not in self._blobs and self._written.get(uid, 0) <= token:
+                    self._hold(uid, self._pack(state))
+        finally:
+            self.end_load(token)
+
+    def end_load(self, token: int) -> None:
+        """A load ended (``add_loaded`` calls it; call it alone for one that failed)."""
+        left = self._loads[token] - 1
+        if left:
+            self._loads[token] = left
+        else:
+            del self._loads[token]
+        oldest = min(self._loads, default=self._writes)
+        while self._written and next(iter(self._written.values())) <= oldest:  # no load in flight cares
+            self._written.popitem(last=False)
 
     def template_ids(self) -> set[str]:
         """Templates held users follow (or followed: a superset, never missing one)."""
         return set(self._template_ids)
+
+
+class Pinned(Mapping[str, UserState]):
+    """The states one call decides on: each user's state in the cache (the
+    newest; reading it keeps the user there), else the one the call had when it
+    began (``held``: the user was evicted since, by this call's own loads or
+    another's) or read itself (``loaded``). ``user_ids``: the users it asked for."""
+
+    def __init__(self, cache: UserCache, held: dict[str, bytes], loaded: Mapping[str, UserState],
+                 user_ids: Iterable[str]):
+        self.cache, self.held, self.loaded = cache, held, loaded
+        self.user_ids = list(dict.fromkeys(user_ids))
+
+    def get(self, user_id: str, default=None):
+        state = self.cache.get(user_id)
+        if state is not None:
+            return state
+        blob = self.held.get(user_id)
+        if blob is not None:
+            return self.cache._unpack(user_id, blob)
+        return self.loaded.get(user_id, default)
+
+    def __getitem__(self, user_id: str) -> UserState:
+        state = self.get(user_id)
+        if state is None:
+            raise KeyError(user_id)
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        return (uid for uid in self.user_ids if uid in self.cache or uid in self.held or uid in self.loaded)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

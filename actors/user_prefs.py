@@ -53,20 +53,20 @@ def doc_of(state: UserState | None, user_id: str) -> dict:
 
 class PrefsMixin:
     """Mixed into UserShard (needs ``pool``, ``users``, ``policy``, ``_write_lock``,
-    ``_ready``, ``_load_missing``)."""
+    ``_ready``, ``_load_missing``). The shard's cache is bounded: each operation
+    uses the states ``_load_missing`` returns, never the cache alone."""
 
     async def get_prefs(self, user_id: str) -> bytes:
         await self._ready()
         async with self.pool.acquire() as conn:
-            await self._load_missing(conn, [user_id])
-        return wire.encode(doc_of(self.users.get(user_id), user_id))
+            state = (await self._load_missing(conn, [user_id])).get(user_id)
+        return wire.encode(doc_of(state, user_id))
 
     async def effective(self, user_id: str, context: dict | None = None) -> bytes:
         """Every (channel, category) resolved, with the level each value came from."""
         await self._ready()
         async with self.pool.acquire() as conn:
-            await self._load_missing(conn, [user_id])
-        state = self.users.get(user_id)
+            state = (await self._load_missing(conn, [user_id])).get(user_id)
         rows = state.prefs if state else ()
         chain = state.templates if state else ()
         cats = set(self.policy.categories) or {"*"}
@@ -90,18 +90,20 @@ class PrefsMixin:
         commands = wire.decode(payload, list[PrefCommand])
         results = []
         async with self._write_lock, self.pool.acquire() as conn:
-            await self._load_missing(conn, [c.user_id for c in commands])
+            known = await self._load_missing(conn, [c.user_id for c in commands])
             for cmd in commands:
-                results.append(await self._apply(conn, cmd))
+                results.append(await self._apply(conn, cmd, known))
         return wire.encode(results)
 
-    async def _apply(self, conn, cmd: PrefCommand, retried: bool = False) -> PrefResult:
+    async def _apply(self, conn, cmd: PrefCommand, known, retried: bool = False) -> PrefResult:
+        """``known``: the states loaded for the batch (the cache is bounded: a user
+        may have been evicted since; under the write lock none was written)."""
         uid = cmd.user_id
         if cmd.source_id is not None:
             seen = await conn.fetchval("SELECT version FROM preference_sync_log WHERE source_id = $1", cmd.source_id)
             if seen is not None:
                 return PrefResult(user_id=uid, status="ok", version=seen)
-        state = self.users.get(uid)
+        state = known.get(uid)
         current = state.version if state else 0
         if cmd.if_match is not None and cmd.if_match != current:
             return PrefResult(user_id=uid, status="conflict", version=current)
@@ -137,9 +139,9 @@ class PrefsMixin:
             return PrefResult(user_id=uid, status="invalid", version=current, errors=[("$", f"not storable: {e}")])
         if not ok:  # another writer (a bulk import) got there first: take its state
             await self._reload(conn, [uid])
+            fresh = self.users.get(uid)  # taken now: the cache may evict it during the next await
             if cmd.if_match is None and not retried:  # no version asked for: apply on top of it
-                return await self._apply(conn, cmd, retried=True)
-            fresh = self.users.get(uid)
+                return await self._apply(conn, cmd, {uid: fresh} if fresh else {}, retried=True)
             return PrefResult(user_id=uid, status="conflict", version=fresh.version if fresh else 0)
         fresh = (await state_store.load_states(conn, [uid]))[uid]
         fresh.templates = chain

@@ -68,7 +68,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     blob = encode_config(cfg)
     opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=3)
     recorder = Recorder.options(**opts).remote(
-        database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2))
+        database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
+        limits=_encode(cfg.database))
     channel_shards = {
         name: [ChannelShard.options(**opts).remote(name, _encode(credentials.fill(ch, secrets or {})), i)
                for i in range(ch.shards)]
@@ -95,6 +96,9 @@ def with_service_urls(cfg: Config, nats_url: str, database_url: str) -> Config:
             if p.type == "inapp":
                 p = msgspec.structs.replace(p, settings={
                     "database_url": database_url, "nats_url": nats_url, "schema": cfg.database.schema,
+                    "statement_timeout_s": cfg.database.statement_timeout_s,
+                    "lock_timeout_s": cfg.database.lock_timeout_s,
+                    "idle_in_transaction_timeout_s": cfg.database.idle_in_transaction_timeout_s,
                     "prefix": cfg.nats.prefix, **p.settings})
             providers.append(p)
         channels[name] = msgspec.structs.replace(ch, providers=providers)
@@ -144,6 +148,16 @@ class Engine:
         return self.services.redis_url
 
     async def start(self, *, ingest: bool = True) -> Engine:
+        """Start everything, in dependency order. If a step fails or the start is
+        cancelled (Ctrl-C, SIGTERM), what was started is stopped before the error
+        goes on: nothing a failed start began outlives it."""
+        try:
+            return await self._start(ingest)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, ingest: bool) -> Engine:
         self.services.start()  # blocking for a moment, once, at start-up
         if self.redis_url:
             # Connects on first use: a Redis that is down now is the rate limiter's
@@ -152,10 +166,11 @@ class Engine:
                                                  health_check_interval=30)
         # API rate limits per key and per end-user token, shared by every HTTP process
         self.limiter = ratelimit.Limiter(self.redis, self.cfg.ratelimit) if self.cfg.ratelimit.enabled else None
-        await migrations.migrate_url(self.database_url, self.cfg.database.schema)
+        await migrations.migrate_url(self.database_url, self.cfg.database.schema, self.cfg.database)
         await self._claim_deployment()
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
-                                         min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max)
+                                         min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max,
+                                         limits=self.cfg.database)
         try:
             secrets = await credentials.for_config(self.pool, self.cfg)  # a missing one fails the start here
         except credentials.CredentialError:
@@ -168,7 +183,7 @@ class Engine:
         if self.admin_key_file is not None:
             log.warning("created the first admin API key: %s (mode 0600; keep it secret)", self.admin_key_file)
         self.nc = await nats.connect(self.nats_url, name="tidings-engine", max_reconnect_attempts=-1)
-        self.js = self.nc.jetstream()
+        self.js = streams.jetstream(self.nc)  # publish_async errors surface (a full stream: 503)
         await streams.ensure_streams(self.js, self.cfg.nats)
         # On this thread, not a worker thread: Ray ties the life of the processes it
         # starts to the thread that started them.
@@ -187,7 +202,7 @@ class Engine:
         own every user in memory, and a preference change made through one would
         be missed by the other): a PostgreSQL advisory lock held on a connection
         of its own for the engine's life; a second start is refused, saying why."""
-        conn = await asyncpg.connect(self.database_url, server_settings={"application_name": "tidings-instance"})
+        conn = await db.connect(self.database_url, self.cfg.database, app="tidings-instance")
         key = f"tidings:engine:{self.cfg.database.schema}:{self.cfg.nats.stream}"
         if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
             await conn.close()

@@ -41,6 +41,15 @@ class EngineConfig(_Section):
     fetch_timeout_s: NonNegative = 0.05  # how long a fetch lingers for a fuller batch
     inflight_batches: Positive = 4  # batches between fetch and ack at once, per ingestor
     recent_ids: Positive = 200_000  # idempotency ids a UserShard remembers in memory
+    # users a UserShard holds in memory (~270 bytes each: 2M is ~540 MiB); the least
+    # recently used is dropped and read again from PostgreSQL when next needed
+    max_cached_users: Positive = 2_000_000
+    # A delivery that failed for a reason that passes (every provider down or its
+    # breaker open, rate limited, a network error) is held and tried again, with
+    # growing waits (5 s up to 5 min), until this long after the notification was
+    # accepted; then it fails. 0: fail at once. Requests with fallback channels
+    # use those instead.
+    retry_failed_for_s: NonNegative = 3600.0
 
 
 class NatsConfig(_Section):
@@ -54,6 +63,15 @@ class NatsConfig(_Section):
     max_ack_pending: Positive = 20_000
     max_age_s: NonNegative = 7 * 24 * 3600.0
     dead_letter_after: Positive = 20  # a message that failed this many deliveries goes to the DLQ
+    # The work stream's size: once full, JetStream refuses new publishes (discard
+    # "new"): the HTTP API answers 503 with Retry-After, NATS producers get the error.
+    max_msgs: Positive = 5_000_000
+    # 0: none. JetStream reserves a stream's max_bytes of the server's storage when
+    # the stream is made (a server with less free refuses it): set it where the
+    # NATS server's storage is sized for it; messages are bounded by max_msgs anyway
+    max_bytes: Annotated[int, Meta(ge=0)] = 0
+    dlq_max_msgs: Positive = 1_000_000  # the dead-letter stream; full: a message stays in the work stream
+    dlq_max_bytes: Annotated[int, Meta(ge=0)] = 0
 
 
 class DatabaseConfig(_Section):
@@ -61,6 +79,14 @@ class DatabaseConfig(_Section):
     schema: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
     pool_min: Positive = 1
     pool_max: Positive = 8
+    # Every connection's bounds (infra/db.py); 0: none. A statement or lock wait
+    # past them fails with an error instead of holding a connection for ever.
+    statement_timeout_s: NonNegative = 30.0
+    lock_timeout_s: NonNegative = 5.0
+    idle_in_transaction_timeout_s: NonNegative = 60.0  # a transaction left idle this long is ended by PostgreSQL
+    # Statements that are long by nature: migrations (an index build on a big
+    # table), a bulk import's set-based writes, the export's cursor
+    long_statement_timeout_s: NonNegative = 3600.0
 
 
 class RedisConfig(_Section):
@@ -112,6 +138,12 @@ class HttpConfig(_Section):
     ops_access: Literal["loopback", "scope"] = "loopback"
     # Origins a browser may open the inbox WebSocket from with an end-user token; empty: none
     allowed_origins: list[str] = []
+    # Inbox WebSockets open at once in this process: per user (over: 429) and in all (over: 503)
+    ws_per_user: Positive = 5
+    ws_total: Positive = 10_000
+    # A reader of /v1/preferences/export that takes nothing for this long is cut off
+    # (its transaction and connection released)
+    export_stall_s: Annotated[float, Meta(gt=0)] = 30.0
 
 
 class RecorderConfig(_Section):
@@ -183,6 +215,13 @@ class ChannelConfig(_Section):
     health_max_error_rate: Annotated[float, Meta(ge=0, le=1)] = 0.5  # above it, a provider is tried last
 
 
+class AnalyticsConfig(_Section):
+    """Bounds of ``GET /v1/analytics/channels`` (stores/analytics.py): past them, a 422."""
+
+    max_window_days: Positive = 93  # the longest window from ``from`` to ``to``
+    max_buckets: Positive = 5000  # time buckets in one answer (per channel and provider)
+
+
 class Config(_Section):
     engine: EngineConfig = EngineConfig()
     nats: NatsConfig = NatsConfig()
@@ -197,6 +236,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     engagement: EngagementConfig = EngagementConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""

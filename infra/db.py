@@ -1,6 +1,7 @@
-"""PostgreSQL: connection pools, and applying plain-SQL migrations from a
-directory (forward ``NNN_name.sql``, reversed by ``NNN_name.down.sql``; the
-engine's own are in ``engine/migrations``)."""
+"""PostgreSQL: connection pools and connections, every one bounded by the
+``[database]`` timeouts (statement, lock wait, idle in a transaction), and
+applying plain-SQL migrations from a directory (forward ``NNN_name.sql``,
+reversed by ``NNN_name.down.sql``; the engine's own are in ``engine/migrations``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import asyncpg
 
+from infra.config import DatabaseConfig
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -17,13 +20,54 @@ _DOWN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.down\.sql$")
 _LOCK_ID = 0x7469646E  # "tidn": one migrator at a time, across processes
 
 
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))  # PostgreSQL reads a bare number as milliseconds; 0 is "none"
+
+
+def server_settings(limits: DatabaseConfig | None = None, schema: str | None = None, *, app: str = "tidings",
+                    long: bool = False) -> dict[str, str]:
+    """A connection's settings: ``search_path``, its name in ``pg_stat_activity``,
+    and the bounds of ``limits`` (the defaults when None). ``long``: the
+    statement timeout is ``long_statement_timeout_s`` (migrations)."""
+    limits = limits or DatabaseConfig()
+    out = {
+        "application_name": app,
+        "statement_timeout": _ms(limits.long_statement_timeout_s if long else limits.statement_timeout_s),
+        "lock_timeout": _ms(limits.lock_timeout_s),
+        "idle_in_transaction_session_timeout": _ms(limits.idle_in_transaction_timeout_s),
+    }
+    if schema is not None:
+        out["search_path"] = schema
+    return out
+
+
 async def create_pool(url: str, schema: str = "public", *, min_size: int = 1, max_size: int = 8,
-                      init=None) -> asyncpg.Pool:
-    """A pool whose connections use ``schema`` (tests give each run its own)."""
+                      init=None, limits: DatabaseConfig | None = None) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` (tests give each run its own),
+    bounded by ``limits`` (the configured ``[database]``; defaults when None)."""
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init,
-        server_settings={"search_path": schema, "application_name": "tidings"},
+        url, min_size=min_size, max_size=max_size, init=init, server_settings=server_settings(limits, schema),
     )
+
+
+async def connect(url: str, limits: DatabaseConfig | None = None, schema: str | None = None, *,
+                  app: str = "tidings", long: bool = False) -> asyncpg.Connection:
+    """One connection, bounded as the pools' are (see ``server_settings``)."""
+    return await asyncpg.connect(url, server_settings=server_settings(limits, schema, app=app, long=long))
+
+
+async def set_local_timeout(conn: asyncpg.Connection, seconds: float) -> None:
+    """This transaction's statements may run up to ``seconds`` (0: no limit):
+    a bulk import's or an export's, longer than the connection's usual bound."""
+    await conn.execute(f"SET LOCAL statement_timeout = {_ms(seconds)}")
+
+
+async def _advisory_lock(conn: asyncpg.Connection) -> None:
+    """Wait for another migrator, however long its migrations take (the lock
+    outlives this transaction: it is the session's)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = 0")
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
 
 
 def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
@@ -46,10 +90,14 @@ def down_file(directory: Path, version: int, name: str) -> Path:
 
 async def migrate(conn: asyncpg.Connection, directory: Path, schema: str = "public") -> list[str]:
     """Apply the migrations not yet recorded in ``schema_migrations``, each in its
-    own transaction, in order. Returns the names applied."""
+    own transaction, in order. Returns the names applied. On a connection from
+    ``connect(..., long=True)`` a migration's statements may run for
+    ``long_statement_timeout_s``, but one that waits ``lock_timeout_s`` for a
+    table lock fails (and is rolled back) instead of queueing every query of
+    a running engine behind it."""
     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     await conn.execute(f'SET search_path TO "{schema}"')
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    await _advisory_lock(conn)
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -78,7 +126,7 @@ async def rollback(conn: asyncpg.Connection, directory: Path, to_version: int, s
     its ``.down.sql`` in its own transaction. Returns the names reversed. Data in
     what a migration added is gone afterwards."""
     await conn.execute(f'SET search_path TO "{schema}"')
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    await _advisory_lock(conn)
     try:
         applied = [(r[0], r[1]) for r in await conn.fetch(
             "SELECT version, name FROM schema_migrations WHERE version > $1 ORDER BY version DESC", to_version)]

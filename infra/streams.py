@@ -3,9 +3,18 @@ engine's durable pull consumer."""
 
 from __future__ import annotations
 
+import nats
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from infra.config import NatsConfig
 
@@ -70,8 +79,49 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
+# JetStream's error codes for a publish a full stream refused (discard "new")
+STREAM_FULL_CODES = frozenset({10077, 10047})  # "maximum messages/bytes exceeded"; server out of storage
+
+
+def jetstream(nc: nats.NATS) -> JetStreamContext:
+    """``nc.jetstream()``, whose ``publish_async`` futures fail with JetStream's
+    error (a full stream, say) instead of never finishing: nats-py 2.16 raises
+    the error inside its reply callback instead of setting it on the future
+    (nats-io/nats.py#985, fix pending in #994), so a refused publish would look
+    like a timeout. The reply callback is bound when the first ``publish_async``
+    subscribes, so wrapping it on this context is enough."""
+    js = nc.jetstream()
+    original = getattr(js, "_handle_async_reply", None)
+    if original is None or not hasattr(js, "_publish_async_futures"):
+        return js  # another nats-py: nothing to work around here
+
+    async def handle_async_reply(msg) -> None:
+        try:
+            await original(msg)
+        except APIError as e:
+            token = msg.subject[len(nc._inbox_prefix) + 22 + 2:]  # as nats-py cuts it
+            future = js._publish_async_futures.get(token)
+            if future is not None and not future.done():
+                future.set_exception(e)
+
+    js._handle_async_reply = handle_async_reply
+    return js
+
+
+def is_stream_full(e: BaseException) -> bool:
+    """Whether a JetStream publish failed because the stream is at its limits:
+    back-pressure, to answer with "retry later", never to drop."""
+    if not isinstance(e, APIError):
+        return False
+    text = (e.description or "").lower()
+    return e.err_code in STREAM_FULL_CODES or "maximum messages" in text or "maximum bytes" in text
+
+
 async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
-    """Create or update the work stream, the DLQ stream and the durable consumer."""
+    """Create or update the work stream, the DLQ stream and the durable consumer.
+    Both streams are bounded (``max_msgs``, ``max_bytes``) and refuse a publish
+    once full (discard "new"): a full stream pushes back on its producers and
+    never drops what it already accepted."""
     await _ensure(js, StreamConfig(
         name=cfg.stream,
         subjects=[notify_wildcard(cfg), priority_wildcard(cfg), broadcast_wildcard(cfg)],
@@ -81,10 +131,15 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
         storage=StorageType.FILE,
         duplicate_window=cfg.duplicate_window_s,
         max_age=cfg.max_age_s,
+        max_msgs=cfg.max_msgs,
+        max_bytes=cfg.max_bytes or -1,  # -1: none (a limit reserves that much of the server's storage)
+        discard=DiscardPolicy.NEW,
     ))
     await _ensure(js, StreamConfig(
         name=dlq_stream(cfg), subjects=[dlq_subject(cfg)], storage=StorageType.FILE,
         duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
+        # full: the dead-letter publish fails and the message stays in the work stream
+        max_msgs=cfg.dlq_max_msgs, max_bytes=cfg.dlq_max_bytes or -1, discard=DiscardPolicy.NEW,
     ))
     try:
         # The server updates what can change in place (ack_wait, max_ack_pending, …).

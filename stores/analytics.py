@@ -25,10 +25,11 @@ from typing import Any
 
 import asyncpg
 
+from infra.config import AnalyticsConfig
+
 STATUSES = ("sent", "delivered", "bounced", "complained", "failed", "suppressed", "deferred", "digested",
             "rejected")
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
-MAX_BUCKETS = 10_000  # per channel and provider: a window of that many buckets at most
 
 QUERY = """
 WITH d AS (
@@ -78,15 +79,20 @@ def shape(row: Any) -> dict:
     return out
 
 
-def window_error(start: float, end: float, bucket: str | None) -> tuple[str, str] | None:
-    """(field, reason) when the window cannot be answered, else None."""
+def window_error(start: float, end: float, bucket: str | None, limits: AnalyticsConfig) -> tuple[int, str, str] | None:
+    """(status, field, reason) when the window cannot be answered, else None: 400
+    for a window that is not one, 422 for one past ``limits`` (the query over it
+    would hold a connection and read rows for too long)."""
     if end <= start:
-        return "to", "must be after from"
-    if bucket is not None:
-        if bucket not in BUCKETS:
-            return "bucket", f"one of {', '.join(BUCKETS)}"
-        if (end - start) / BUCKETS[bucket] > MAX_BUCKETS:
-            return "bucket", f"more than {MAX_BUCKETS:,} {bucket}s in the window; use a larger bucket"
+        return 400, "to", "must be after from"
+    if bucket is not None and bucket not in BUCKETS:
+        return 400, "bucket", f"one of {', '.join(BUCKETS)}"
+    days = limits.max_window_days
+    if end - start > days * 86400:
+        return 422, "from", f"the window is longer than {days} days (analytics.max_window_days); ask for a shorter one"
+    if bucket is not None and (end - start) / BUCKETS[bucket] > limits.max_buckets:
+        return 422, "bucket", (f"more than {limits.max_buckets:,} {bucket}s in the window (analytics.max_buckets); "
+                               "use a larger bucket")
     return None
 
 
@@ -99,4 +105,4 @@ async def channels(conn: asyncpg.Connection | asyncpg.Pool, start: float, end: f
     return [shape(r) for r in rows]
 
 
-__all__ = ["BUCKETS", "MAX_BUCKETS", "channels", "shape", "window_error"]
+__all__ = ["BUCKETS", "channels", "shape", "window_error"]

@@ -158,18 +158,22 @@ SELECT a.user_id, a.channel, s.reason FROM suppressions s JOIN user_addresses a 
 """
 
 
-async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: StateSink) -> int:
-    """Put every user this shard owns into ``into`` (a warm start): one pass over
+async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: StateSink,
+                     limit: int | None = None) -> int:
+    """Put every user this shard owns into ``into`` (a warm start), or the first
+    ``limit`` found (what the cache holds at most): one pass over
     ``users.state``; users whose state is not computed are assembled from the
     tables and their state written back; suppressed addresses added last."""
     stale: list[str] = []
     n = 0
     async with conn.transaction(readonly=True):
         cursor = await conn.cursor(SCAN_STATES, shards, index)
-        while rows := await cursor.fetch(20_000):  # a batch per round trip, not a call per row
+        while (limit is None or n + len(stale) < limit) and (rows := await cursor.fetch(20_000)):
             for uid, blob, unkeyed in rows:
                 if unkeyed and shard_of(uid, shards) != index:  # keyed rows: the WHERE decided
                     continue
+                if limit is not None and n + len(stale) >= limit:
+                    break
                 if blob is None:
                     stale.append(uid)
                 else:

@@ -4,7 +4,7 @@ hold it is ``stores.state``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
@@ -23,7 +23,7 @@ async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list
 
 
 async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile],
-                        old: dict[str, UserState], actor: str | None) -> None:
+                        old: Mapping[str, UserState], actor: str | None) -> None:
     """Upsert users and replace their addresses, with audit rows. The caller
     holds the transaction (opt-outs are written in it as a preference change)."""
     ids = [p.user_id for p in profiles]

@@ -8,9 +8,11 @@ import time
 
 import aiohttp
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.cli.common import api_headers
+from stores import analytics
 
 console = Console()
 
@@ -51,8 +53,18 @@ def table(body: dict) -> Table:
     return t
 
 
+OPTION = {"from": "--hours", "to": "--hours", "bucket": "--bucket"}  # a query parameter's option here
+
+
 async def cmd_analytics(cfg, args) -> int:
+    """The window is checked against ``[analytics]`` first (the engine refuses
+    the same with a 422): a refusal names the option."""
     now = time.time()
+    problem = analytics.window_error(now - args.hours * 3600, now, args.bucket, cfg.analytics)
+    if problem is not None:
+        _, field, reason = problem
+        console.print(f"[red]{OPTION[field]}[/red]: {escape(reason)}")
+        return 2
     params = {"from": str(now - args.hours * 3600), "to": str(now)}
     if args.bucket:
         params["bucket"] = args.bucket
@@ -60,8 +72,15 @@ async def cmd_analytics(cfg, args) -> int:
         params["channel"] = args.channel
     async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s, s.get(f"{args.url}/v1/analytics/channels", params=params) as r:
         body = await r.json()
-    if args.json or r.status != 200:
+    if args.json:
         print(json.dumps(body, indent=2))
         return 0 if r.status == 200 else 1
+    if r.status != 200:
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if not errors:
+            print(json.dumps(body, indent=2))
+        for e in errors or ():
+            console.print(f"[red]{escape(str(e.get('field')))}[/red]: {escape(str(e.get('reason')))}")
+        return 1
     console.print(table(body))
     return 0

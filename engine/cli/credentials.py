@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from engine import credentials, migrations
 from engine.credentials import CredentialError, Keyring
+from infra import db
 
 console = Console(stderr=True)
 
@@ -63,8 +64,8 @@ async def _with_database(cfg, args, keyring: Keyring | None, value: str | None) 
 
     services = Services(cfg.engine.home, cfg.nats.url or "unused", cfg.database.url).start()
     try:
-        await migrations.migrate_url(services.database_url, cfg.database.schema)
-        conn = await asyncpg.connect(services.database_url, server_settings={"search_path": cfg.database.schema})
+        await migrations.migrate_url(services.database_url, cfg.database.schema, cfg.database)
+        conn = await db.connect(services.database_url, cfg.database, cfg.database.schema, app="tidings-cli")
         try:
             return await _act(conn, args, keyring, value)
         finally:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from engine import auth, migrations
 from engine.cli.common import console
+from infra import db
 from stores import keys as key_store
 
 
@@ -46,8 +47,8 @@ async def cmd_keys(cfg, args) -> int:
     from engine.embedded import Services
     services = Services(cfg.engine.home, cfg.nats.url or "unused", cfg.database.url).start()
     try:
-        await migrations.migrate_url(services.database_url, cfg.database.schema)
-        conn = await asyncpg.connect(services.database_url, server_settings={"search_path": cfg.database.schema})
+        await migrations.migrate_url(services.database_url, cfg.database.schema, cfg.database)
+        conn = await db.connect(services.database_url, cfg.database, cfg.database.schema, app="tidings-cli")
         try:
             return await _act(conn, args)
         finally:

@@ -1,20 +1,25 @@
 """``tidings prefs import FILE`` / ``tidings prefs export``: bulk preferences
-through a running engine's HTTP API, with a progress bar for imports."""
+through a running engine's HTTP API, with a progress bar for imports. The file
+is sent as it is read, ``CHUNK`` bytes at a time (never whole in memory); the
+export is written as it arrives."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.cli.common import api_headers
 
 console = Console(stderr=True)
+CHUNK = 1 << 20  # bytes of the file read and sent at a time
 
 
 def add_parser(sub) -> None:
@@ -36,15 +41,26 @@ async def cmd_prefs(cfg, args) -> int:
     return await (do_import(cfg, args) if args.action == "import" else do_export(cfg, args))
 
 
+async def file_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
+    """The file, ``size`` bytes at a time, read off the event loop."""
+    with open(path, "rb") as f:
+        while chunk := await asyncio.to_thread(f.read, size):
+            yield chunk
+
+
 async def do_import(cfg, args) -> int:
     if not args.file:
         console.print("[red]give the file to import[/red]")
         return 2
-    data = Path(args.file).read_bytes()
+    path = Path(args.file)
+    if not path.is_file():
+        console.print(f"[red]no file {escape(args.file)}[/red]")
+        return 2
     fmt = file_format(args)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     async with aiohttp.ClientSession(timeout=timeout, headers=api_headers(cfg, args.url)) as s:
-        async with s.post(f"{args.url}/v1/preferences/import?format={fmt}", data=data) as r:
+        # an async generator: aiohttp sends it chunked, as it is read
+        async with s.post(f"{args.url}/v1/preferences/import?format={fmt}", data=file_chunks(path)) as r:
             body = await r.json()
         if r.status != 202:
             console.print(json.dumps(body, indent=2))

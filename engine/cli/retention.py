@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-import asyncpg
 from rich.console import Console
 from rich.table import Table
 
 from engine import migrations
+from infra import db
 from stores import retention
 
 console = Console()
@@ -28,8 +28,10 @@ async def cmd_retention(cfg, args) -> int:
 
     services = Services(cfg.engine.home, cfg.nats.url or "unused", cfg.database.url).start()
     try:
-        await migrations.migrate_url(services.database_url, cfg.database.schema)
-        conn = await asyncpg.connect(services.database_url, server_settings={"search_path": cfg.database.schema})
+        await migrations.migrate_url(services.database_url, cfg.database.schema, cfg.database)
+        # a dry run counts each kind in one statement: on a big table, a long one
+        conn = await db.connect(services.database_url, cfg.database, cfg.database.schema, app="tidings-cli",
+                                long=args.dry_run)
         try:
             counts = await retention.run(conn, cfg.retention, dry_run=args.dry_run)
         finally:

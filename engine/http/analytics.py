@@ -4,7 +4,9 @@
 Query: ``from`` and ``to`` (epoch seconds or ISO 8601; a time without a zone is
 UTC; default the last 24 hours up to now), ``bucket`` (``minute``, ``hour``,
 ``day``; default none: one row per channel and provider for the whole window),
-``channel`` (only that one). A bad value is a 400 naming the parameter.
+``channel`` (only that one). A bad value is a 400 naming the parameter; a
+window longer than ``analytics.max_window_days`` (``from``) or with more than
+``analytics.max_buckets`` buckets (``bucket``) is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ async def get_channels(request: web.Request) -> web.Response:
     end = instant(q["to"], "to") if "to" in q else time.time()
     start = instant(q["from"], "from") if "from" in q else end - DAY_S
     bucket = q.get("bucket") or None
-    problem = analytics.window_error(start, end, bucket)
+    problem = analytics.window_error(start, end, bucket, request.app[ENGINE].cfg.analytics)
     if problem is not None:
-        raise Problem(400, "bad query", [{"field": problem[0], "reason": problem[1]}])
+        status, field, reason = problem
+        raise Problem(status, "bad query" if status == 400 else "window too large", [{"field": field, "reason": reason}])
     channel = q.get("channel") or None
     if channel is not None and channel not in CHANNELS:
         raise Problem(400, "bad query", [{"field": "channel", "reason": f"one of {', '.join(CHANNELS)}"}])

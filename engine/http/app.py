@@ -27,7 +27,7 @@ from engine.http import (
     users,
 )
 from engine.http.access import authorize
-from engine.http.common import ENGINE, Problem
+from engine.http.common import ENGINE, Problem, busy, db_busy
 from engine.ratelimit import rate_limit_middleware
 from engine.runtime import Engine
 from infra.config import ConfigError, HttpConfig
@@ -62,7 +62,11 @@ async def answer_errors(request: web.Request, handler):
         raise problem from None
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except Exception:
+    except Exception as e:
+        if db_busy(e):  # a statement or lock timeout ([database]): busy, not broken
+            HTTP_REQUESTS.labels(route, "503").inc()
+            log.warning("%s %s: %s", request.method, route, type(getattr(e, "cause", None) or e).__name__)
+            raise busy() from None
         HTTP_REQUESTS.labels(route, "500").inc()
         log.exception("%s %s failed", request.method, route)
         raise Problem(500, "internal error", [{"field": "$", "reason": "the engine failed; it is logged"}]) from None

@@ -1,12 +1,19 @@
 """HTTP routes for bulk preferences: ``POST /v1/preferences/import`` starts a
 job (202 with its id) that runs in this process; ``GET /v1/jobs/{id}`` shows its
-progress and result; ``GET /v1/preferences/export`` streams every row."""
+progress and result; ``GET /v1/preferences/export`` streams every row.
+
+Bounded: an upload is written to a file under ``engine.home/imports`` as it
+arrives (``UPLOAD_CHUNK`` at a time, never whole in memory), and the import
+reads it back a line at a time (``stores.bulk``); the file goes when the job
+ends. An export whose reader takes nothing for ``http.export_stall_s`` is cut
+off, which ends its transaction and frees its connection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 
 import orjson
 from aiohttp import web
@@ -15,12 +22,14 @@ from engine import prefs_bus
 from engine.http.access import Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, path_uuid, reply
 from engine.runtime import Engine
+from infra import db
 from policy.sharding import shard_of
 from stores import bulk
 
 log = logging.getLogger(__name__)
 
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
+UPLOAD_CHUNK = 1 << 20  # bytes read from the request and written to the file at a time
 JOBS = web.AppKey("jobs", set)
 
 
@@ -34,48 +43,85 @@ def import_format(request: web.Request) -> str:
     return fmt
 
 
-async def read_upload(request: web.Request) -> bytes:
-    """The whole body (imports are larger than the API's usual body limit)."""
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        size += len(chunk)
-        if size > MAX_IMPORT_BYTES:
-            raise Problem(413, "body too large", [{"field": "$", "reason": f"imports up to {MAX_IMPORT_BYTES} bytes"}])
-        chunks.append(chunk)
-    return b"".join(chunks)
+class Upload:
+    """What ``spool`` wrote: the file, its lines (for the job's total), and
+    whether any byte was not white space."""
+
+    def __init__(self, path: Path):
+        self.path, self.size, self.newlines, self.last, self.blank = path, 0, 0, b"", True
+
+    def lines(self, fmt: str) -> int:
+        n = self.newlines + (0 if self.last == b"\n" or not self.size else 1)
+        return max(n - (1 if fmt == "csv" else 0), 0)
+
+
+async def spool(request: web.Request, directory: Path) -> Upload:
+    """The body into a new file in ``directory``, ``UPLOAD_CHUNK`` at a time
+    (imports are larger than the API's usual body limit; 413 past
+    ``MAX_IMPORT_BYTES``). The caller removes the file."""
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    up = Upload(directory / f"{uuid.uuid4()}.part")
+    out = await asyncio.to_thread(open, up.path, "xb")
+    try:
+        async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
+            up.size += len(chunk)
+            if up.size > MAX_IMPORT_BYTES:
+                raise Problem(413, "body too large",
+                              [{"field": "$", "reason": f"imports up to {MAX_IMPORT_BYTES} bytes"}])
+            up.newlines += chunk.count(b"\n")
+            up.last = chunk[-1:]
+            up.blank = up.blank and not chunk.strip()
+            await asyncio.to_thread(out.write, chunk)
+    except BaseException:
+        out.close()
+        up.path.unlink(missing_ok=True)
+        raise
+    await asyncio.to_thread(out.close)
+    return up
+
+
+def import_dir(engine: Engine) -> Path:
+    return Path(engine.cfg.engine.home) / "imports"
 
 
 async def start_import(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     fmt = import_format(request)
-    data = await read_upload(request)
-    if not data.strip():
-        raise Problem(422, "empty import", [{"field": "$", "reason": "no rows"}])
-    job_id = uuid.uuid4()
-    total = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - (1 if fmt == "csv" else 0)
-    async with engine.pool.acquire() as conn:
-        await conn.execute("INSERT INTO jobs (id, kind, status, total) VALUES ($1, 'preferences.import', "
-                           "'running', $2)", job_id, max(total, 0))
-    task = asyncio.get_running_loop().create_task(
-        run_import(engine, job_id, data, fmt, actor(request)))
+    up = await spool(request, import_dir(engine))
+    try:
+        if up.blank:
+            raise Problem(422, "empty import", [{"field": "$", "reason": "no rows"}])
+        job_id = uuid.uuid4()
+        total = up.lines(fmt)
+        async with engine.pool.acquire() as conn:
+            await conn.execute("INSERT INTO jobs (id, kind, status, total) VALUES ($1, 'preferences.import', "
+                               "'running', $2)", job_id, total)
+    except BaseException:
+        up.path.unlink(missing_ok=True)
+        raise
+    task = asyncio.get_running_loop().create_task(run_import(engine, job_id, up.path, fmt, actor(request)))
     request.app[JOBS].add(task)
     task.add_done_callback(request.app[JOBS].discard)
-    return reply({"job_id": str(job_id), "status": "running", "total": max(total, 0)}, 202)
+    return reply({"job_id": str(job_id), "status": "running", "total": total}, 202)
 
 
-async def run_import(engine: Engine, job_id: uuid.UUID, data: bytes, fmt: str, actor: str | None) -> None:
-    """Validate, apply in one transaction, reload the owning shards, publish the
-    change feed. The job row says how far it got and how it ended."""
+async def run_import(engine: Engine, job_id: uuid.UUID, path: Path, fmt: str, actor: str | None) -> None:
+    """Check and apply the file in one transaction, reload the owning shards,
+    publish the change feed; the file is removed. The job row says how far it
+    got and how it ended."""
     progress = Progress(engine, job_id)
     try:
-        parsed = bulk.parse_csv(data) if fmt == "csv" else bulk.parse_ndjson(data)
-        # CPU-bound for large files: off the event loop, which keeps serving
-        rows = await asyncio.to_thread(bulk.validate_rows, parsed, engine.policy, progress.note_validated)
-        progress.total = len(rows)
-        async with engine.pool.acquire() as conn:
-            users = await bulk.apply_rows(conn, rows, engine.policy, actor, progress.note_applied)
+        try:
+            with open(path, "rb") as stream:
+                parsed = bulk.parse_csv(stream) if fmt == "csv" else bulk.parse_ndjson(stream)
+                async with engine.pool.acquire() as conn:
+                    rows, users = await bulk.import_rows(
+                        conn, parsed, engine.policy, actor, progress=progress.note,
+                        statement_timeout_s=engine.cfg.database.long_statement_timeout_s)
+        finally:
+            path.unlink(missing_ok=True)  # read: no longer needed, whatever comes next
         # committed: the job succeeded whatever happens below, which is retried, not undone
-        await finish(engine, job_id, "succeeded", len(rows), [], {"rows": len(rows), "users": len(users)})
+        await finish(engine, job_id, "succeeded", rows, [], {"rows": rows, "users": len(users)})
         await after_import(engine, users)
     except bulk.ImportFailed as e:
         await finish(engine, job_id, "failed", 0, [{"field": w, "reason": r} for w, r in e.errors], None)
@@ -103,8 +149,7 @@ async def after_import(engine: Engine, users: list[str], attempts: int = 5) -> N
 
 class Progress:
     """Job progress, written to the job row every half second while it runs:
-    validating counts for the first half of the rows, applying for the second.
-    ``note`` may be called from a worker thread."""
+    staging counts for the first half of the rows, writing for the second."""
 
     def __init__(self, engine: Engine, job_id: uuid.UUID):
         self.engine, self.job_id = engine, job_id
@@ -121,11 +166,12 @@ class Progress:
                 await self.engine.pool.execute(
                     "UPDATE jobs SET done = $2 WHERE id = $1 AND status = 'running'", self.job_id, written)
 
-    def note_validated(self, n: int) -> None:
-        self.done = n // 2
-
-    def note_applied(self, n: int) -> None:
-        self.done = self.total // 2 + n // 2
+    def note(self, phase: str, n: int) -> None:
+        if phase == "staged":
+            self.total = n
+            self.done = n // 2
+        else:
+            self.done = self.total // 2 + n // 2
 
     async def close(self) -> None:
         self.task.cancel()
@@ -168,9 +214,18 @@ async def export(request: web.Request) -> web.StreamResponse:
         raise Problem(422, "bad format", [{"field": "format", "reason": "csv or ndjson"}])
     resp = web.StreamResponse(headers={"Content-Type": "text/csv" if fmt == "csv" else "application/x-ndjson"})
     await resp.prepare(request)
+    stall = engine.cfg.http.export_stall_s
     async with engine.pool.acquire() as conn, conn.transaction(readonly=True):
+        await db.set_local_timeout(conn, engine.cfg.database.long_statement_timeout_s)  # the cursor's first sort
+        await conn.execute("SET LOCAL application_name = 'tidings-export'")  # what it is, in pg_stat_activity
         async for chunk in bulk.export_rows(conn, fmt):
-            await resp.write(chunk)
+            try:  # a write waits while the client's buffers are full: a reader that stopped reading
+                await asyncio.wait_for(resp.write(chunk), stall)
+            except TimeoutError:
+                log.warning("export cut off: the reader took nothing for %g s", stall)
+                if request.transport is not None:
+                    request.transport.abort()  # the body is incomplete: the client must not take it as whole
+                raise ConnectionResetError("export reader stalled") from None
     await resp.write_eof()
     return resp
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import msgspec
 import orjson
 from aiohttp import web
 
 from engine.http.errors import all_violations
 from engine.runtime import Engine
+from infra import streams
 from policy.types import UserId
 
 ENGINE = web.AppKey("engine", Engine)
@@ -61,11 +63,42 @@ def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
         raise Problem(422, f"invalid {what}", all_violations(body, decoder.type, e)) from None
     except msgspec.DecodeError as e:
         raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}]) from None
+    except RecursionError:  # msgspec's own depth limit, inside a free-form (Any) field
+        raise Problem(400, "malformed JSON", [{"field": "$", "reason": "nested too deeply"}]) from None
+
+
+RETRY_AFTER_S = 5  # how long a 503 for a publish JetStream refused or did not ack asks a client to wait
 
 
 def not_accepted(e: BaseException) -> Problem:
-    """JetStream did not ack a publish in time: 503, the client retries."""
-    return Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
+    """JetStream refused a publish or did not ack it in time: 503 with
+    ``Retry-After``; the client retries (part of a batch may have been taken: a
+    retry is deduplicated when it carries ids or idempotency keys). A full work
+    stream is back-pressure, named as such."""
+    if streams.is_stream_full(e):
+        problem = Problem(503, "stream full", [{"field": "$", "reason": "the work stream is at its limit "
+                                                "(nats.max_msgs / max_bytes) or NATS is out of storage: the engine is "
+                                                "behind; retry later"}])
+    else:
+        problem = Problem(503, "not accepted", [{"field": "$", "reason": f"JetStream did not ack: {e!r}; retry"}])
+    problem.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return problem
+
+
+# A statement or lock wait that ran past [database]'s bounds: PostgreSQL is busy, not broken
+DB_BUSY = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.QueryCanceledError)
+
+
+def db_busy(e: BaseException) -> bool:
+    """``e`` is such a timeout, here or in an actor (Ray's error wraps it as ``cause``)."""
+    return isinstance(e, DB_BUSY) or isinstance(getattr(e, "cause", None), DB_BUSY)
+
+
+def busy() -> Problem:
+    problem = Problem(503, "database busy", [{"field": "$", "reason": "a database statement or lock wait timed "
+                                              "out; retry"}])
+    problem.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return problem
 
 
 def path_uuid(request: web.Request) -> uuid.UUID:

@@ -16,7 +16,9 @@ Frames the server sends (JSON text): ``{"type": "message", "message": {...}}``
 a client's ``{"ack": s}`` (marks that user's messages up to ``s`` seen), and
 ``{"type": "error", "error": ...}`` for a client frame it cannot use. A client
 that reconnects sends ``?after=<the last seq it got>`` and gets exactly what
-it missed. A bad user id is a 422, a bad query or body a 400, before any upgrade.
+it missed. A bad user id is a 422, a bad query or body a 400, before any upgrade;
+so is a socket past ``http.ws_per_user`` (429) or ``http.ws_total`` (503), with
+``Retry-After`` (``engine.http.sockets``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from msgspec import Meta
 from engine.auth import PRINCIPAL
 from engine.http.access import Route, Scoped, register
 from engine.http.common import ENGINE, Problem, decode, path_user, query_bool, query_int, read_json, reply
+from engine.http.sockets import SOCKETS, Sockets
 from providers.inapp.messages import COLUMNS, Event, from_row, inbox_subject
 from stores import engagement
 
@@ -264,6 +267,12 @@ async def inbox_ws(request: web.Request) -> web.WebSocketResponse:
     user_id = path_user(request)
     after = query_int(request, "after", 0, 0, MAX_SEQ)
     check_origin(request, engine.cfg.http.allowed_origins)
+    with request.app[SOCKETS].held(user_id, engine.cfg.http):
+        return await serve_socket(request, engine, user_id, after)
+
+
+async def serve_socket(request: web.Request, engine, user_id: str, after: int) -> web.WebSocketResponse:
+    """The socket, once admitted: upgrade, subscribe, feed until it closes."""
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
     stream = InboxStream(ws, engine.pool, user_id, after)
@@ -319,6 +328,7 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
+    app[SOCKETS] = Sockets()
     register(app, ROUTES)
 
 

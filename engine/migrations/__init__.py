@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncpg
 
 from infra import db
+from infra.config import DatabaseConfig
 
 DIRECTORY = Path(__file__).resolve().parent
 
@@ -21,13 +22,20 @@ async def migrate(conn: asyncpg.Connection, schema: str = "public") -> list[str]
     return await db.migrate(conn, DIRECTORY, schema)
 
 
+async def connect(url: str, limits: DatabaseConfig | None = None) -> asyncpg.Connection:
+    """A connection for migrating or rolling back."""
+    return await db.connect(url, limits, app="tidings-migrate", long=True)
+
+
 async def rollback(conn: asyncpg.Connection, to_version: int, schema: str = "public") -> list[str]:
     """Reverse the migrations above ``to_version``, newest first; returns their names."""
     return await db.rollback(conn, DIRECTORY, to_version, schema)
 
 
-async def migrate_url(url: str, schema: str = "public") -> list[str]:
-    conn = await asyncpg.connect(url)
+async def migrate_url(url: str, schema: str = "public", limits: DatabaseConfig | None = None) -> list[str]:
+    """Apply them over a connection of their own, bounded by ``limits`` with the
+    long statement timeout (``infra.db.migrate``)."""
+    conn = await connect(url, limits)
     try:
         return await migrate(conn, schema)
     finally:

@@ -21,6 +21,9 @@ Settings:
   ("tidings", the engine's ``nats.prefix``).
 - ``connect_timeout_s`` (5): connecting to either; the whole call is bounded by
   the ChannelShard, as for the other providers.
+- ``statement_timeout_s`` (30), ``lock_timeout_s`` (5),
+  ``idle_in_transaction_timeout_s`` (60): the connections' bounds (0: none); the
+  engine fills in its ``[database]`` ones.
 - ``max_batch`` (100, at most 1000): tasks per ``send_batch``; a batch takes
   one advisory lock per distinct user, and PostgreSQL's shared lock table is
   sized ``max_locks_per_transaction`` (64) per connection.
@@ -136,9 +139,13 @@ class InAppProvider(BatchProvider):
         self.pool_size = int(settings.get("pool_size", 4))
         self.connect_timeout_s = float(settings.get("connect_timeout_s", 5))
         self.max_batch = min(int(settings.get("max_batch", 100)), MAX_BATCH)
-        if self.pool_size < 1 or self.max_batch < 1 or self.connect_timeout_s <= 0:
+        self.bounds = {name: str(round(float(settings.get(key, default)) * 1000)) for name, key, default in (
+            ("statement_timeout", "statement_timeout_s", 30), ("lock_timeout", "lock_timeout_s", 5),
+            ("idle_in_transaction_session_timeout", "idle_in_transaction_timeout_s", 60))}
+        if self.pool_size < 1 or self.max_batch < 1 or self.connect_timeout_s <= 0 or \
+                min(int(v) for v in self.bounds.values()) < 0:
             raise ConfigurationError(f"inapp provider {name!r}: pool_size and max_batch must be >= 1, "
-                                     "connect_timeout_s > 0")
+                                     "connect_timeout_s > 0, the other timeouts >= 0")
         self._pool: asyncpg.Pool | None = None
         self._nc: NATS | None = None
         self._lock = asyncio.Lock()
@@ -242,7 +249,8 @@ class InAppProvider(BatchProvider):
                 try:
                     self._pool = await asyncpg.create_pool(
                         self.database_url, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout_s,
-                        server_settings={"search_path": self.schema, "application_name": f"tidings-inapp-{self.name}"})
+                        server_settings={"search_path": self.schema, "application_name": f"tidings-inapp-{self.name}",
+                                         **self.bounds})
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                     raise db_error(exc, "connect to PostgreSQL") from exc
             if self._nc is None or self._nc.is_closed:

@@ -17,6 +17,7 @@ from engine import migrations
 from engine.http import analytics as http_analytics
 from engine.http.common import ENGINE
 from infra import db
+from infra.config import AnalyticsConfig
 from stores import analytics
 from tests.integration.helpers import drop_schema
 
@@ -35,7 +36,8 @@ async def env(database_url):
     await migrations.migrate_url(database_url, schema)
     pool = await db.create_pool(database_url, schema)
     app = web.Application()
-    app[ENGINE] = types.SimpleNamespace(pool=pool)
+    limits = AnalyticsConfig(max_window_days=40, max_buckets=500)
+    app[ENGINE] = types.SimpleNamespace(pool=pool, cfg=types.SimpleNamespace(analytics=limits))
     http_analytics.add_routes(app)
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -120,7 +122,6 @@ async def test_buckets_are_cut_in_utc_whatever_the_server_time_zone(env):
     ({"from": "yesterday"}, "from"),
     ({"from": 100, "to": 50}, "to"),
     ({"bucket": "week"}, "bucket"),
-    ({"from": 0, "to": 86400 * 30, "bucket": "minute"}, "bucket"),
     ({"from": "nan"}, "from"),
     ({"to": "inf"}, "to"),
     ({"from": "-1e300"}, "from"),
@@ -128,3 +129,31 @@ async def test_buckets_are_cut_in_utc_whatever_the_server_time_zone(env):
 async def test_bad_queries_are_400_naming_the_parameter(env, query, field):
     status, body = await get(env, **query)
     assert status == 400 and body["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("query, field", [
+    ({"from": 0, "to": 86400 * 41}, "from"),  # longer than max_window_days, with or without buckets
+    ({"from": 0, "to": 86400 * 41, "bucket": "day"}, "from"),
+    ({"from": 0, "to": 86400 * 30, "bucket": "minute"}, "bucket"),  # 43,200 buckets > max_buckets
+    ({"from": 0, "to": 3600 * 501, "bucket": "hour"}, "bucket"),
+])
+async def test_windows_past_the_configured_caps_are_422_naming_the_field(env, query, field):
+    status, body = await get(env, **query)
+    assert status == 422 and body["errors"][0]["field"] == field
+    assert "analytics.max_" in body["errors"][0]["reason"]
+
+
+async def test_windows_at_the_caps_are_answered(env):
+    assert (await get(env, **{"from": 0, "to": 86400 * 40}))[0] == 200
+    assert (await get(env, **{"from": 0, "to": 3600 * 500, "bucket": "hour"}))[0] == 200
+
+
+async def test_the_cli_refuses_a_window_past_the_caps_before_asking(capsys):
+    import argparse
+
+    from engine.cli import analytics as cli_analytics
+    from infra.config import Config
+    cfg = Config(analytics=AnalyticsConfig(max_window_days=2))
+    args = argparse.Namespace(url="http://127.0.0.1:9", hours=72.0, bucket=None, channel=None, json=False)
+    assert await cli_analytics.cmd_analytics(cfg, args) == 2  # port 9: had it asked, it would have failed otherwise
+    assert "--hours" in capsys.readouterr().out

@@ -49,7 +49,8 @@ async def env(database_url, nats_url):
         pool=pool, nc=nc,
         cfg=types.SimpleNamespace(nats=types.SimpleNamespace(prefix=prefix),
                                   database=types.SimpleNamespace(schema=schema),
-                                  http=types.SimpleNamespace(max_body_bytes=1 << 20, allowed_origins=[])))
+                                  http=types.SimpleNamespace(max_body_bytes=1 << 20, allowed_origins=[],
+                                                            ws_per_user=5, ws_total=100)))
     app = web.Application()
     app[ENGINE] = engine
     http_inbox.add_routes(app)

@@ -1,0 +1,99 @@
+"""The UserShard's bounded user cache: a population larger than the bound, the
+least recently used out, and a load that raced a write never puts back the
+older state."""
+
+from __future__ import annotations
+
+from actors.user_cache import Pinned, UserCache
+from policy.prefs import Preference
+from policy.types import UserState
+
+
+def state(uid: str, version: int = 0) -> UserState:
+    return UserState(user_id=uid, addresses={"email": f"{uid}@example.test"}, version=version,
+                     timezone="Europe/Berlin" if version % 2 else "UTC",
+                     prefs=(Preference(channel="email", category="marketing", enabled=False),) if version else ())
+
+
+def test_a_population_larger_than_the_bound_keeps_the_bound_and_the_latest_users():
+    cache = UserCache(max_users=100)
+    for i in range(1000):
+        cache[f"u{i}"] = state(f"u{i}", i)
+    assert len(cache) == 100 and cache.evicted == 900
+    assert set(cache) == {f"u{i}" for i in range(900, 1000)}
+    assert cache["u950"] == state("u950", 950)  # packed and unpacked intact, time zone included
+
+
+def test_the_least_recently_used_goes_first():
+    cache = UserCache(max_users=3)
+    for uid in ("a", "b", "c"):
+        cache[uid] = state(uid)
+    assert cache.get("a") is not None  # used: now the newest
+    cache["d"] = state("d")
+    assert "b" not in cache and set(cache) == {"a", "c", "d"}
+    cache["c"] = state("c", 1)  # a write is a use too
+    cache["e"] = state("e")
+    assert "a" not in cache and set(cache) == {"c", "d", "e"}
+
+
+def test_warm_start_records_count_against_the_bound():
+    from stores.state import to_stored
+    cache = UserCache(max_users=10)
+    for i in range(25):
+        cache.put_stored(f"w{i}", to_stored(state(f"w{i}", 1)))
+    assert len(cache) == 10 and cache.get("w24").prefs == state("w24", 1).prefs
+
+
+def test_a_load_that_raced_a_write_does_not_put_back_the_older_state():
+    cache = UserCache(max_users=2)
+    token = cache.begin_load()  # a read of u1 starts...
+    cache["u1"] = state("u1", 7)  # ...a write of u1 commits meanwhile...
+    cache["x"], cache["y"] = state("x"), state("y")  # ...and is evicted before the read ends
+    assert "u1" not in cache
+    cache.add_loaded(token, {"u1": state("u1", 6), "u2": state("u2", 1)})
+    assert "u1" not in cache  # its next use reads it again, never the stale version 6
+    assert cache["u2"].version == 1
+    assert not cache._written and not cache._loads  # nothing left behind once no load is in flight
+
+
+def test_a_load_after_the_write_is_held():
+    cache = UserCache(max_users=5)
+    cache["u1"] = state("u1", 7)
+    cache.pop("u1")
+    token = cache.begin_load()
+    cache.add_loaded(token, {"u1": state("u1", 8)})
+    assert cache["u1"].version == 8
+
+
+def test_pinned_states_survive_eviction_and_prefer_the_cache():
+    cache = UserCache(max_users=2)
+    loaded = {f"p{i}": state(f"p{i}", 1) for i in range(5)}
+    token = cache.begin_load()
+    cache.add_loaded(token, loaded)
+    assert len(cache) == 2  # the bound holds while the call still needs all five
+    pinned = Pinned(cache, {}, loaded, [*loaded, "nobody"])
+    assert all(pinned.get(uid) == loaded[uid] for uid in loaded) and pinned.get("nobody") is None
+    assert len(pinned) == 5 and "nobody" not in pinned
+    cache["p0"] = state("p0", 3)  # a write-through is newer than what the call read
+    assert pinned["p0"].version == 3
+
+
+def test_unbounded_without_a_limit():
+    cache = UserCache()
+    for i in range(500):
+        cache[f"u{i}"] = state(f"u{i}")
+    assert len(cache) == 500 and cache.evicted == 0
+
+
+def test_pinned_keeps_the_users_held_when_the_call_began_through_its_own_loads():
+    cache = UserCache(max_users=3)
+    for uid in ("h0", "h1", "h2"):
+        cache[uid] = state(uid, 2)
+    ids = ["h0", "h1", "h2", "n0", "n1", "n2"]
+    held = cache.held(ids)  # as the shard does: first, then it loads the others...
+    token = cache.begin_load()
+    loaded = {uid: state(uid, 1) for uid in ids if uid not in held}
+    cache.add_loaded(token, loaded)  # ...which evicts the three it had
+    assert not {"h0", "h1", "h2"} & set(cache)
+    pinned = Pinned(cache, held, loaded, ids)
+    assert [pinned[uid].version for uid in ids] == [2, 2, 2, 1, 1, 1] and len(pinned) == 6
