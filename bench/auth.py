@@ -56,8 +56,9 @@ async def one_round(sink: SinkProcess, secured: bool, args, out: Path) -> dict:
     with tempfile.TemporaryDirectory() as home:
         cfg = bench_config(sink, secured, home)
         engine = await Engine(cfg).start()
-        runner = await http.serve(engine, port=0)
+        runner = None
         try:
+            runner = await http.serve(engine, port=0)
             host = f"http://127.0.0.1:{http.bound_port(runner)}"
             key = auth.read_admin_key(home, environ={}) if secured else None
             summary = await asyncio.to_thread(
@@ -68,7 +69,8 @@ async def one_round(sink: SinkProcess, secured: bool, args, out: Path) -> dict:
                     "submit_p50_ms": stats.get("p50_ms"), "submit_p99_ms": stats.get("p99_ms"),
                     "requests": summary["requests"], "failures": summary["failures"]}
         finally:
-            await runner.cleanup()
+            if runner is not None:
+                await runner.cleanup()
             await engine.stop()
             await drop(cfg)
 

@@ -158,8 +158,9 @@ async def ray_batches(n: int, batch: int) -> float:
     from policy.types import Content, DeliveryTask
 
     if not ray.is_initialized():
-        from engine.raybox import RUNTIME_ENV
-        ray.init(include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level="WARNING")
+        from engine.raybox import RUNTIME_ENV, keeping_sigterm
+        with keeping_sigterm():
+            ray.init(include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level="WARNING")
     actor = ray.remote(Echo).options(num_cpus=0).remote()
     content = Content(subject="Job 1", text="A new job matches your search.")
     tasks = [DeliveryTask(str(uuid.uuid4()), f"b{i}", "webhook", "job_alerts", "", content, "normal", 0.0, {})

@@ -34,6 +34,7 @@ from bench.cpu import CpuSampler
 from bench.demo import population, preference_mix, requests, watch_rows
 from bench.report import print_result, versions
 from engine import settings
+from engine.embedded import Services
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from infra import config, streams
@@ -56,11 +57,12 @@ FROM delivery_tracking
 """
 
 
-def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess]) -> config.Config:
+def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess], services: Services) -> config.Config:
     run = uuid.uuid4().hex[:8]
     cfg = settings.load(profile="bench", overrides={
-        "nats": {"prefix": f"bench{run}", "stream": f"BENCH{run}", "consumer": f"bench{run}"},
-        "database": {"schema": f"bench_{run}"},
+        "nats": {"url": services.nats_url, "prefix": f"bench{run}", "stream": f"BENCH{run}",
+                 "consumer": f"bench{run}"},
+        "database": {"url": services.database_url, "schema": f"bench_{run}"},
     })
     cfg = with_section(cfg, "engine", user_shards=shards)
     cfg = with_provider_settings(cfg, "webhook", url=sinks["webhook"].url, secret=SECRET)
@@ -88,13 +90,40 @@ async def publish(engine: Engine, notes: list[dict], rate: float) -> float:
     return time.perf_counter() - started
 
 
-async def run_once(args, shards: int, rate: float, n: int | None = None) -> dict:
-    """One engine, one load of ``n`` (default ``--n``) notifications, one set of figures."""
+async def run_once(args, services: Services, shards: int, rate: float, n: int | None = None) -> dict:
+    """One engine, one load of ``n`` (default ``--n``) notifications, one set of
+    figures. The engine runs on the harness's NATS and PostgreSQL (``services``);
+    its sinks, the engine and the run's schema and streams go when it ends."""
     n = n or args.n
-    sinks = {"webhook": SinkProcess("webhook", secret=SECRET).start()}
-    if "email" in args.channels:
-        sinks["smtp"] = SinkProcess("smtp").start()
-    cfg = bench_config(args.channels, shards, sinks)
+    sinks: dict[str, SinkProcess] = {}
+    try:
+        sinks["webhook"] = SinkProcess("webhook", secret=SECRET).start()
+        if "email" in args.channels:
+            sinks["smtp"] = SinkProcess("smtp").start()
+        cfg = bench_config(args.channels, shards, sinks, services)
+        try:
+            s, done, expected, pub_s, busy = await load(args, cfg, n, rate, shards)
+        finally:
+            await drop(cfg)
+    finally:
+        received = {name: p.stop() for name, p in sinks.items()}
+    wall = float(s["wall_s"] or 0)
+    ms = lambda v: round(float(v) * 1000, 1) if v is not None else None  # noqa: E731
+    return {
+        "shards": shards, "rate": rate, "n": n, "rows": done, "expected_rows": expected,
+        "publish_per_s": round(n / pub_s), "wall_s": round(wall, 2),
+        "e2e_per_s": round(n / wall) if wall else 0,
+        "p50_ms": ms(s["durable"][0]), "p95_ms": ms(s["durable"][1]), "p99_ms": ms(s["durable"][2]),
+        "max_ms": ms(s["durable_max"]),
+        "sent_p50_ms": ms(s["sent"][0]) if s["sent"] else None,
+        "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
+        "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received,
+    }
+
+
+async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tuple:
+    """Start the engine, seed, publish, wait for the rows; the engine is stopped
+    however this ends. Returns (stats row, rows, expected rows, publish s, cpu)."""
     engine = await Engine(cfg).start()
     cpu = CpuSampler()
     try:
@@ -112,50 +141,41 @@ async def run_once(args, shards: int, rate: float, n: int | None = None) -> dict
         label = f"k={shards}" + (f" paced {rate:,.0f}/s" if rate else " backlog")
         done = await watch_rows(engine.pool, expected, args.timeout, console, label=label)
         busy = await cpu.stop()
-        s = await engine.pool.fetchrow(STATS_SQL)
+        return await engine.pool.fetchrow(STATS_SQL), done, expected, pub_s, busy
     finally:
         await engine.stop()
-        received = {name: p.stop() for name, p in sinks.items()}
-        await drop(cfg)
-    wall = float(s["wall_s"] or 0)
-    ms = lambda v: round(float(v) * 1000, 1) if v is not None else None  # noqa: E731
-    return {
-        "shards": shards, "rate": rate, "n": n, "rows": done, "expected_rows": expected,
-        "publish_per_s": round(n / pub_s), "wall_s": round(wall, 2),
-        "e2e_per_s": round(n / wall) if wall else 0,
-        "p50_ms": ms(s["durable"][0]), "p95_ms": ms(s["durable"][1]), "p99_ms": ms(s["durable"][2]),
-        "max_ms": ms(s["durable_max"]),
-        "sent_p50_ms": ms(s["sent"][0]) if s["sent"] else None,
-        "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
-        "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received,
-    }
 
 
 async def drop(cfg: config.Config) -> None:
-    """Remove the run's schema and streams (the engine's services are still up)."""
+    """Remove the run's schema and streams, after its engine stopped. Embedded
+    services the engine stopped with it are started again for this and stopped
+    after (the harness here runs every engine on services it holds: nothing to start)."""
     import asyncpg
     import nats
 
-    from engine.embedded import Services
     services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port).start()
-    conn = await asyncpg.connect(services.database_url)
-    await conn.execute(f'DROP SCHEMA IF EXISTS "{cfg.database.schema}" CASCADE')
-    await conn.close()
-    nc = await nats.connect(services.nats_url)
-    js = nc.jetstream()
-    for name in (cfg.nats.stream, streams.dlq_stream(cfg.nats)):
+    try:
+        conn = await asyncpg.connect(services.database_url)
         try:
-            await js.delete_stream(name)
-        except Exception:  # noqa: BLE001 - clean-up of a stream that may not exist
-            pass
-    await nc.drain()
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{cfg.database.schema}" CASCADE')
+        finally:
+            await conn.close()
+        nc = await nats.connect(services.nats_url)
+        try:
+            js = nc.jetstream()
+            for name in (cfg.nats.stream, streams.dlq_stream(cfg.nats)):
+                try:
+                    await js.delete_stream(name)
+                except Exception:  # noqa: BLE001 - clean-up of a stream that may not exist
+                    pass
+        finally:
+            await nc.drain()
+    finally:
+        services.stop()
 
 
-async def measure_ceilings(args) -> dict:
+async def measure_ceilings(args, services: Services) -> dict:
     """The stages alone, same payloads, before the engine runs (no competition)."""
-    from engine.embedded import Services
-    cfg = settings.load(profile="bench")
-    services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port).start()
     n = max(2000, min(args.n, 20_000))
     out = {"http_sink_per_s": round(await ceilings.http_sink(n, 256))}
     if "email" in args.channels:
@@ -181,13 +201,26 @@ def slowest(ceil: dict, channels: list[str]) -> tuple[str, int]:
 
 
 async def harness(args) -> dict:
-    ceil = await measure_ceilings(args) if not args.no_ceilings else {}
-    runs = [await run_once(args, k, 0.0) for k in args.shards]
+    """Every run on one NATS and one PostgreSQL (``TIDINGS_NATS_URL`` /
+    ``TIDINGS_DATABASE_URL``, else embedded ones started here and stopped at the
+    end, however it ends)."""
+    cfg = settings.load(profile="bench")
+    services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port).start()
+    try:
+        return await run_all(args, services)
+    finally:
+        services.stop()
+
+
+async def run_all(args, services: Services) -> dict:
+    ceil = await measure_ceilings(args, services) if not args.no_ceilings else {}
+    runs = [await run_once(args, services, k, 0.0) for k in args.shards]
     best = max(runs, key=lambda r: r["e2e_per_s"])
     paced_runs = []
     if best["e2e_per_s"]:
         for fraction in args.paced:
-            run = await run_once(args, best["shards"], round(best["e2e_per_s"] * fraction), n=args.paced_n)
+            run = await run_once(args, services, best["shards"], round(best["e2e_per_s"] * fraction),
+                                 n=args.paced_n)
             run["utilisation"] = fraction
             paced_runs.append(run)
     paced = paced_runs[-1] if paced_runs else None  # the busiest of them

@@ -77,7 +77,11 @@ async def seed(pool: asyncpg.Pool, users: int, seed: int = 3) -> dict:
 async def run(args) -> dict:
     sink = SinkProcess("sendgrid", secret=API_KEY).start()
     cfg = fanout_config(sink, args.shards)
-    engine = await Engine(cfg).start()
+    try:
+        engine = await Engine(cfg).start()
+    except BaseException:
+        sink.stop()
+        raise
     cpu = CpuSampler()
     try:
         started = time.perf_counter()

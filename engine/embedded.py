@@ -2,7 +2,8 @@
 wheel), PostgreSQL (from the ``pgserver`` wheel) and Redis (Debian's
 ``redis-server``, which install.sh installs), with data under ``engine.home``. A
 server a previous run left running is reused; one we started is stopped when we
-stop."""
+stop, and nats-server and redis-server get SIGTERM if we die first
+(``children.die_with_parent``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+
+from engine import children
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +99,29 @@ class ChildServer:
             return self.url
         if self.port == 0 or port_open("127.0.0.1", self.port):
             self.port = free_port()
+        # Its own session: a Ctrl-C at the terminal reaches only us, and we stop
+        # it after what depends on it. It dies with us if we are killed outright.
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=children.die_with_parent())
+        try:
+            self._wait_answers(timeout)
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            raise
+        self._state.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
+        log.info("embedded %s pid %d on %s", self.NAME, self.process.pid, self.url)
+        return self.url
+
+    def _wait_answers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not self.answers(self.port):
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.NAME} exited with {self.process.returncode}; see {self._log}")
             if time.monotonic() > deadline:
-                self.process.kill()
                 raise RuntimeError(f"{self.NAME} did not answer on {self.port} within {timeout}s")
             time.sleep(0.02)
-        self._state.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
-        log.info("embedded %s pid %d on %s", self.NAME, self.process.pid, self.url)
-        return self.url
 
     def find_running(self) -> bool:
         """Whether a server an earlier start left running answers; if so, use it."""
@@ -205,8 +218,26 @@ class EmbeddedPostgres:
         import pgserver  # imported here: only a machine without a database needs it
 
         self.home.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_users(self.home / "pg")
         self.server = pgserver.get_server(self.home / "pg", cleanup_mode="stop")
         return self.server.get_uri()
+
+    @staticmethod
+    def _forget_dead_users(pgdata: Path) -> None:
+        """pgserver stops the server when the last process on its list of users
+        lets go, but never drops from the list one that died without letting go
+        (killed): its server would then run forever. Drop those first."""
+        from pgserver.postgres_server import PostgresServer
+        from pgserver.utils import DiskList
+
+        if not pgdata.exists():
+            return
+        with PostgresServer._lock:  # pgserver's own lock over that list
+            users = DiskList(pgdata / ".handle_pids.json")
+            pids = users.get()
+            alive = [pid for pid in pids if pid_alive(pid)]
+            if alive != pids:
+                users.put(alive)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -235,18 +266,30 @@ class Services:
         return self._redis_url
 
     def start(self) -> Services:
-        if self.nats is not None:
-            self.nats_url = self.nats.start()
-        if self.postgres is not None:
-            self.database_url = self.postgres.start()
-        if self.redis is not None:
-            self._redis_url = self.redis.start()
+        """Start those wanted; if one fails (or we are interrupted), those
+        already started are stopped before the error goes on."""
+        try:
+            if self.nats is not None:
+                self.nats_url = self.nats.start()
+            if self.postgres is not None:
+                self.database_url = self.postgres.start()
+            if self.redis is not None:
+                self._redis_url = self.redis.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
-        if self.nats is not None:
-            self.nats.stop()
-        if self.postgres is not None:
-            self.postgres.stop()
-        if self.redis is not None:
-            self.redis.stop()
+        """Stop those we started, in reverse order; one that fails to stop does
+        not keep the others running."""
+        errors = []
+        for server in (self.redis, self.postgres, self.nats):
+            if server is None:
+                continue
+            try:
+                server.stop()
+            except Exception as e:  # noqa: BLE001 - the others still have to stop; re-raised below
+                errors.append(e)
+        if errors:
+            raise errors[0]

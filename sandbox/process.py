@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -73,6 +74,26 @@ async def _write_stats_until(stop: asyncio.Event, sink, path: str, every_s: floa
             pass
 
 
+# Resolved before any fork: between fork and exec the child only calls it.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent():
+    """A ``preexec_fn``: the sink gets SIGTERM when the thread that started it
+    ends, so a killed harness leaves no sink behind (as ``engine.children``
+    does for the embedded servers; the loopback servers may not import it)."""
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that: no signal will come
+            os._exit(1)
+
+    return preexec
+
+
 class SinkProcess:
     """A sink in its own process (``python -m sandbox``), so it does not share
     a GIL or a core's time slice with the engine it is measuring. ``secret``:
@@ -109,7 +130,8 @@ class SinkProcess:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.account, f)
             cmd += ["--service-account", self.account_file]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     preexec_fn=_die_with_parent())
         deadline = time.monotonic() + timeout_s
         while not port_open("127.0.0.1", self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:

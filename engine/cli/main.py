@@ -21,7 +21,7 @@ import uvloop
 from rich.markup import escape
 from rich.table import Table
 
-from engine import settings
+from engine import children, settings
 from engine.cli import analytics, credentials, dlq, keys, prefs, retention
 from engine.cli.common import api_headers, console, serving
 from infra.config import ConfigError
@@ -78,20 +78,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if getattr(args, "main", None) is not None:
-            return args.main(args) or 0
-        cfg = settings.load(args.profile, args.config)
-        return uvloop.run(args.run(cfg, args)) or 0
+        with children.command_scope():  # nothing the command starts outlives it, SIGTERM included
+            return _run(args)
     except ConfigError as e:  # a bad setting, or found at start: a stored credential missing
-        console.print(f"[red]configuration error:[/red] {escape(str(e))}", highlight=False)
+        console.print(f"[red]configuration error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as e:
         if args.verbose:
             raise
-        console.print(f"[red]error:[/red] {type(e).__name__}: {escape(str(e))}", highlight=False)
+        # one line however long (soft_wrap): the terminal wraps it, a log keeps it whole
+        console.print(f"[red]error:[/red] {type(e).__name__}: {escape(str(e))}", highlight=False, soft_wrap=True)
         return 1
+
+
+def _run(args) -> int:
+    if getattr(args, "main", None) is not None:
+        return args.main(args) or 0
+    cfg = settings.load(args.profile, args.config)
+    return uvloop.run(args.run(cfg, args)) or 0
 
 
 async def cmd_up(cfg, args) -> int:
@@ -152,8 +158,15 @@ async def _send_nats(cfg, items: list[dict]) -> int:
         js = nc.jetstream()
         for n in items:
             n.setdefault("id", str(uuid.uuid4()))
-            ack = await js.publish(streams.notify_subject(cfg.nats, n.get("category", "unknown")),
-                                   msgspec.json.encode(n), headers={"Nats-Msg-Id": n["id"]})
+            try:
+                ack = await js.publish(streams.notify_subject(cfg.nats, n.get("category", "unknown")),
+                                       msgspec.json.encode(n), headers={"Nats-Msg-Id": n["id"]})
+            except Exception as e:
+                if not streams.is_stream_full(e):
+                    raise
+                console.print(f"[red]{n['id']}: not accepted, the work stream is full[/red] (nats.max_msgs / "
+                              "max_bytes): the engine is behind; send it again later")
+                return 1
             console.print(f"{n['id']}  stream seq {ack.seq}" + ("  (duplicate)" if ack.duplicate else ""))
     finally:
         await nc.drain()
@@ -176,18 +189,16 @@ async def cmd_status(cfg, args) -> int:
 
 
 async def cmd_migrate(cfg, args) -> int:
-    import asyncpg
-
     from engine import migrations
     from engine.embedded import Services
 
     services = Services(cfg.engine.home, cfg.nats.url or "unused", cfg.database.url).start()
     try:
         if args.down_to is None:
-            applied = await migrations.migrate_url(services.database_url, cfg.database.schema)
+            applied = await migrations.migrate_url(services.database_url, cfg.database.schema, cfg.database)
             console.print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
             return 0
-        conn = await asyncpg.connect(services.database_url)
+        conn = await migrations.connect(services.database_url, cfg.database)
         try:
             done = await migrations.rollback(conn, args.down_to, cfg.database.schema)
         finally:
