@@ -16,12 +16,13 @@ A rule is a row of configuration (``[[preferences.rules]]`` in TOML), not code:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from policy.prefs import Preference, Resolved, ordered, resolve
 
+_NO_NUL = r"^[^\x00]*$"
 RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required"]
 
 
@@ -41,11 +42,13 @@ class Template(Struct, kw_only=True, forbid_unknown_fields=True):
     """A named, versioned set of preference rows; ``extends`` names a parent
     template whose rows apply where this one sets nothing."""
 
-    id: str
+    id: str  # its form is checked with the other rows' errors (engine/http/prefs.py)
     version: int = 1
-    name: str = ""
-    description: str = ""
-    extends: str | None = None
+    # no NUL (PostgreSQL cannot store one in text); ``extends`` in the id's form,
+    # since it is looked up before the template's other errors are reported
+    name: Annotated[str, Meta(max_length=200, pattern=_NO_NUL)] = ""
+    description: Annotated[str, Meta(max_length=2000, pattern=_NO_NUL)] = ""
+    extends: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     preferences: list[Preference] = []
 
 

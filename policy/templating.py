@@ -26,7 +26,7 @@ from policy.template_limits import (
     TemplateOutput,
     generate,
 )
-from policy.types import SUBJECT_MAX_LENGTH, Content
+from policy.types import NO_NUL, SUBJECT_MAX_LENGTH, Content
 
 TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Locale = Annotated[str, Meta(min_length=2, max_length=35, pattern=r"^(default|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")]
@@ -38,9 +38,10 @@ class MessageTemplate(Struct, kw_only=True, forbid_unknown_fields=True):
     id: TemplateId
     channel: str
     locale: Locale = DEFAULT_LOCALE
-    subject: str | None = None
-    text: str | None = None
-    html: str | None = None
+    # no NUL: PostgreSQL cannot store one in text (a 422 naming the part, not a failed write)
+    subject: Annotated[str, Meta(pattern=NO_NUL)] | None = None
+    text: Annotated[str, Meta(pattern=NO_NUL)] | None = None
+    html: Annotated[str, Meta(pattern=NO_NUL)] | None = None
     version: int = 0  # assigned when stored
 
 

@@ -60,40 +60,54 @@ def message_errors(message: Message, at: str = "$") -> Errors:
              (f"{at}.template.data", message.template.data if message.template else None)]
     datas += [(f"{at}.channel_content.{ch}.data", c.data) for ch, c in message.channel_content.items()]
     for path, data in datas:
-        errors.extend((p, "contains a NUL character") for p in nul_paths(data, path))
+        errors.extend(data_errors(data, path))
     return errors
 
 
-MAX_NUL_PATHS = 10
+MAX_DATA_ERRORS = 10
+MAX_DATA_DEPTH = 64  # nesting of free-form data; far past any real use, far below the decoders' recursion limits
+INT_RANGE = (-(2**63), 2**64 - 1)  # what MessagePack (Ray calls) and our JSON encoders carry
 
 
-def nul_paths(data: object, at: str) -> list[str]:
-    """The paths of the strings (values or keys) in JSON-like ``data`` that hold a
-    NUL, which PostgreSQL cannot store in jsonb; at most ``MAX_NUL_PATHS``. Cheap
-    for the usual case: one C-speed encode, a walk only when it shows a NUL."""
+def data_errors(data: object, at: str) -> Errors:
+    """What free-form JSON ``data`` (``content.data``, a preference's ``custom``)
+    may not hold, as (path, reason), at most ``MAX_DATA_ERRORS``: a string or key
+    with a NUL (PostgreSQL cannot store it in jsonb), an integer beyond 64 bits
+    (no encoder between our processes can carry it), nesting deeper than
+    ``MAX_DATA_DEPTH``. Cheap for the usual case: two C-speed encodes (MessagePack
+    refuses the integers, JSON shows a NUL and bounds the depth), a walk only when
+    they show a problem."""
     if not data:
         return []
     try:
-        if b"\\u0000" not in msgspec.json.encode(data):
-            return []
-    except (TypeError, ValueError):  # not JSON-able (msgspec's EncodeError is a ValueError): walk it
+        msgspec.msgpack.encode(data)
+        encoded = msgspec.json.encode(data)
+    except (TypeError, ValueError, OverflowError, RecursionError):  # EncodeError is a ValueError
         pass
-    found: list[str] = []
-    stack: list[tuple[object, str]] = [(data, at)]
-    while stack and len(found) < MAX_NUL_PATHS:
-        value, path = stack.pop()
+    else:
+        if b"\\u0000" not in encoded and encoded.count(b"[") + encoded.count(b"{") <= MAX_DATA_DEPTH:
+            return []
+    found: Errors = []
+    stack: list[tuple[object, str, int]] = [(data, at, 0)]
+    while stack and len(found) < MAX_DATA_ERRORS:
+        value, path, depth = stack.pop()
         if isinstance(value, str):
             if "\x00" in value:
-                found.append(path)
+                found.append((path, "contains a NUL character"))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+                found.append((path, "an integer beyond 64 bits"))
+        elif isinstance(value, dict | list | tuple) and depth >= MAX_DATA_DEPTH:
+            found.append((path, f"nested deeper than {MAX_DATA_DEPTH} levels"))
         elif isinstance(value, dict):
             for k, v in reversed(value.items()):
                 key = str(k).replace("\x00", "\\u0000")
                 if "\x00" in str(k):
-                    found.append(f"{path}.{key}")
-                stack.append((v, f"{path}.{key}"))
+                    found.append((f"{path}.{key}", "contains a NUL character"))
+                stack.append((v, f"{path}.{key}", depth + 1))
         elif isinstance(value, list | tuple):
-            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
-    return found[:MAX_NUL_PATHS]
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in reversed(list(enumerate(value))))
+    return found[:MAX_DATA_ERRORS]
 
 
 def timezone_error(name: str | None, path: str = "timezone") -> Errors:
@@ -121,8 +135,8 @@ def row_errors(rows: list[Preference], policy: Policy, path: str = "preferences"
             errors.extend(window_errors(p.time_windows, "allowed", f"{at}.time_windows"))
         if not p.value():
             errors.append((at, "sets no value (enabled, frequency, quiet_hours, time_windows or custom)"))
-        if p.custom is not None and b"\\u0000" in msgspec.json.encode(p.custom):
-            errors.append((f"{at}.custom", "contains a NUL character"))
+        if p.custom is not None:
+            errors.extend(data_errors(p.custom, f"{at}.custom"))
         first = seen.setdefault(p.key(), i)
         if first != i:
             errors.append((at, f"same channel, category, content_type and context as {path}[{first}]"))

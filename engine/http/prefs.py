@@ -20,7 +20,15 @@ from policy import wire
 from policy.prefs import ordered
 from policy.rules import Template
 from policy.types import UserId
-from policy.validate import PreferencesDoc, PreferencesPatch, TemplateId, doc_errors, row_errors, rule_errors
+from policy.validate import (
+    PreferencesDoc,
+    PreferencesPatch,
+    TemplateId,
+    data_errors,
+    doc_errors,
+    row_errors,
+    rule_errors,
+)
 from stores import prefs as prefs_store
 
 _doc = msgspec.json.Decoder(PreferencesDoc)
@@ -48,7 +56,9 @@ def if_match(request: web.Request) -> int | None:
     if raw is None or raw.strip() == "*":
         return None
     tag = raw.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    # ASCII digits only ("²".isdigit() is true, and int() refuses it), and few
+    # enough for a bigint version (int() also refuses past 4300 digits)
+    if not (tag.isascii() and tag.isdigit() and len(tag) <= 18):
         raise Problem(400, "bad If-Match", [{"field": "If-Match", "reason": "expected a version such as \"3\""}])
     return int(tag)
 
@@ -74,8 +84,14 @@ async def change_prefs(request: web.Request) -> web.Response:
     cmd = PrefCommand(user_id=user_id, if_match=if_match(request), actor=actor(request))
     if request.method == "PUT":
         cmd.put = decode(_doc, body, "preferences")
+        rows, path = cmd.put.preferences, "preferences"
     else:
         cmd.patch = decode(_patch, body, "preferences patch")
+        rows, path = cmd.patch.set, "set"
+    # checked here, not only by the shard: data that cannot be encoded never reaches the Ray call
+    custom = [e for i, p in enumerate(rows) if p.custom for e in data_errors(p.custom, f"{path}[{i}].custom")]
+    if custom:
+        raise Problem(422, "invalid preferences", problems(custom))
     (result,) = await run_commands(engine, [cmd])
     if result.status == "invalid":
         raise Problem(422, "invalid preferences", problems(result.errors))

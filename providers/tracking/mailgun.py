@@ -76,6 +76,8 @@ def read_mailgun(body: bytes) -> MailgunWebhook:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise PayloadError("a Mailgun webhook body is a JSON object")
     sig = doc.get("signature")

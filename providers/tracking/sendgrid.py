@@ -139,6 +139,8 @@ def parse_sendgrid(body: bytes, now: float | None = None) -> list[TrackingEvent]
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("not JSON: nested too deeply") from None
     if not isinstance(doc, list):
         raise PayloadError("a SendGrid Event Webhook body is a JSON array of events")
     events = []

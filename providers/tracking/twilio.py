@@ -106,7 +106,8 @@ def twilio_event(params: Iterable[tuple[str, str]], now: float | None = None) ->
     if not event:
         raise PayloadError(f"a Twilio status callback needs {'CallStatus' if channel == 'voice' else 'MessageStatus'}")
     raw_code = form.get("ErrorCode") or ""
-    code = int(raw_code) if raw_code.isdigit() else None
+    # ASCII digits only: "²".isdigit() is true and int() refuses it
+    code = int(raw_code) if raw_code.isascii() and raw_code.isdigit() and len(raw_code) <= 9 else None
     status: TrackingStatus | None = None
     hard = False
     if (channel == "sms" and event == "delivered") or (channel == "voice" and event == "completed"):

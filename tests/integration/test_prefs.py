@@ -344,7 +344,7 @@ async def test_a_redelivered_nats_change_is_applied_once_and_unstorable_values_a
     assert (first.status, first.version) == ("ok", 1) and (again.status, again.version) == ("ok", 1)
     url = f"{engine.base_url}/v1/users/p46/preferences"
     async with client.put(url, json={"preferences": [{"custom": {"note": "a\u0000b"}}]}) as r:
-        assert r.status == 422 and (await r.json())["errors"][0]["field"] == "preferences[0].custom"
+        assert r.status == 422 and (await r.json())["errors"][0]["field"] == "preferences[0].custom.note"
     async with client.put(url, json={"preferences": [{"enabled": True, "priority": 2 ** 40}]}) as r:
         assert r.status == 422
     async with client.get(f"{engine.base_url}/v1/users/{'x' * 200}/preferences") as r:
