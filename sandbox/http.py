@@ -3,6 +3,8 @@ base the HTTP sinks share."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections import Counter
 
@@ -10,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, SignatureError, verify
+from sandbox.faults import Faults, garbage_body, verdict
 
 
 class _HttpSink:
@@ -85,7 +88,13 @@ class WebhookSink(_HttpSink):
 
     Failure injection: with ``fail_status`` set every request gets that status
     (429 adds ``Retry-After: <retry_after>``). With ``fail_next`` = N > 0 only the
-    next N requests fail, after which ``fail_status`` is cleared.
+    next N requests fail, after which ``fail_status`` is cleared. ``faults``
+    (sandbox/faults.py: 5xx, hangs, garbage bodies, a delay) apply to requests
+    with a valid signature; ``PUT /_sink/faults`` replaces them while it runs.
+
+    Per notification id (the ``Tidings-Delivery-Id`` header's first part):
+    ``attempts`` counts every signed request, ``accepted`` those answered 2xx;
+    ``GET /_sink/ids`` answers both.
     """
 
     _stats_name = "webhook"
@@ -114,6 +123,10 @@ class WebhookSink(_HttpSink):
         self.fail_status: int | None = None
         self.fail_next = 0
         self.retry_after = "1"
+        self.faults = Faults()
+        self.rng = random.Random(self.faults.seed)
+        self.accepted: Counter[str] = Counter()  # notification id -> requests answered 2xx
+        self.attempts: Counter[str] = Counter()  # notification id -> signed requests
         self._seen: set[str] = set()
         self._runner: web.AppRunner | None = None
 
@@ -125,7 +138,20 @@ class WebhookSink(_HttpSink):
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         app.router.add_post("/hook/{tail:.*}", self._handle)
+        app.router.add_get("/_sink/ids", self._ids)
+        app.router.add_put("/_sink/faults", self._set_faults)
         return app
+
+    async def _ids(self, request: web.Request) -> web.Response:
+        return web.json_response({"accepted": dict(self.accepted), "attempts": dict(self.attempts)})
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        try:
+            faults = msgspec.json.decode(await request.read(), type=Faults)
+        except msgspec.DecodeError as exc:  # a ValidationError names the field
+            return web.json_response({"error": str(exc)}, status=400)
+        self.faults, self.rng = faults, random.Random(faults.seed)
+        return web.json_response(msgspec.to_builtins(faults))
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -145,6 +171,14 @@ class WebhookSink(_HttpSink):
         delivery = request.headers.get(ID_HEADER)
         if not delivery:
             return web.json_response({"error": f"missing {ID_HEADER} header"}, status=400)
+        nid = delivery.rsplit(":", 1)[0]
+        self.attempts[nid] += 1
+        if self.faults.delay_s:
+            await asyncio.sleep(self.faults.delay_s)
+        # decided and counted with no await in between: a PUT of faults applies to every request after it
+        what = verdict(self.faults, self.rng)
+        if what != "accept":
+            return await self._refuse(what == "hang")
         if self.keep_bodies:
             try:
                 self.bodies.append(msgspec.json.decode(body))
@@ -156,7 +190,21 @@ class WebhookSink(_HttpSink):
         else:
             self._seen.add(delivery)
         self.paths[request.path] += 1
-        return web.json_response({"ok": True}, headers={"X-Message-Id": f"hook-{self.received}"})
+        self.accepted[nid] += 1
+        headers = {"X-Message-Id": f"hook-{self.received}"}
+        if self.faults.garbage:
+            return web.Response(body=garbage_body(self.rng), status=200, headers=headers,
+                                content_type="application/json")
+        return web.json_response({"ok": True}, headers=headers)
+
+    async def _refuse(self, hang: bool) -> web.Response:
+        """A 5xx (garbage body with ``faults.garbage``); held ``hang_s`` first when ``hang``."""
+        if hang:
+            await asyncio.sleep(self.faults.hang_s)
+        if self.faults.garbage:
+            return web.Response(body=garbage_body(self.rng), status=self.rng.choice((500, 502, 503)),
+                                content_type="application/json")
+        return web.json_response({"error": "injected failure"}, status=503)
 
     def _failure(self) -> web.Response:
         status = self._take_failure()
