@@ -53,7 +53,7 @@ def salvage_user(data: bytes) -> str:
     rejection shows up under the user), else ""."""
     try:
         return printable(_user_only.decode(data).user_id, 127)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return ""
 
 
@@ -136,7 +136,17 @@ class Ingestor:
         await asyncio.gather(*calls)
 
     def _decode(self, msg: Msg, rejected: list[Rejected], kind: type = NotificationRequest):
-        """(id, request) for a payload that decodes, else None (and it is rejected)."""
+        """(id, request) for a payload that decodes, else None (and it is rejected).
+        Whatever one payload raises rejects that payload, never its whole batch
+        (which would otherwise come back, and fail, again and again)."""
+        try:
+            return self._inbound(msg, rejected, kind)
+        except Exception as e:  # a payload we did not foresee: logged, to be understood next time
+            log.exception("a payload on %s not understood", msg.subject)
+            rejected.append(Rejected(msg, "payload.malformed", f"not understood: {e!r}"))
+            return None
+
+    def _inbound(self, msg: Msg, rejected: list[Rejected], kind: type):
         try:
             req = DECODERS[kind].decode(msg.data)
         except msgspec.ValidationError as e:
@@ -144,6 +154,9 @@ class Ingestor:
             return None
         except msgspec.DecodeError as e:
             rejected.append(Rejected(msg, "payload.malformed", str(e)))
+            return None
+        except RecursionError:  # msgspec's depth limit, inside a free-form (Any) field
+            rejected.append(Rejected(msg, "payload.malformed", "nested too deeply"))
             return None
         errors = message_errors(req)
         if errors:  # worded as msgspec words a schema error
@@ -173,8 +186,10 @@ class Ingestor:
             self.stats["broadcasts"] += 1
 
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
-        payload = wire.encode([inb for _, inb in pairs])
-        await self._acked([m for m, _ in pairs], lambda: self.user_shards[shard].handle.remote(payload),
+        inbound = [inb for _, inb in pairs]
+        # encoded inside the call: a batch that cannot be encoded is nak'd (in the end
+        # dead-lettered), not left to come back after ack_wait without end
+        await self._acked([m for m, _ in pairs], lambda: self.user_shards[shard].handle.remote(wire.encode(inbound)),
                           f"shard {shard} batch of {len(pairs)}")
 
     async def _acked(self, msgs: list[Msg], call: Callable[[], Awaitable], what: str) -> bool:
@@ -182,26 +197,30 @@ class Ingestor:
         JetStream meanwhile that ``msgs`` are in progress; then ack them, or on
         failure nak or dead-letter them. Says whether it succeeded.
 
-        An infrastructure failure (``faults.transient``) is not the messages'
-        fault: the call is made again after a backoff, as long as the engine
-        runs, and the messages are neither nak'd nor counted toward
-        dead-lettering. Calling again is safe: the UserShard skips what is
-        recorded and only records what it sent but could not record."""
+        An infrastructure failure is not the messages' fault: the call is made
+        again after a backoff, and the messages are neither nak'd nor counted
+        toward dead-lettering: an outage for as long as the engine runs,
+        contention ``faults.CONTENTION_TRIES`` times (``actors/faults.py``).
+        Calling again is safe: the UserShard skips what is recorded and only
+        records what it sent but could not record."""
         alive = asyncio.get_running_loop().create_task(self._keep_alive(msgs))
-        delay = faults.FIRST_S
+        delay, contended = faults.FIRST_S, 0
         try:
             while True:
                 try:
                     await call()
                     break
                 except Exception as e:  # noqa: BLE001 - whatever failed, the batch is retried or nak'd
-                    if not (faults.transient(e) and self.running):
+                    kind = faults.kind(e)
+                    contended += kind == "contention"
+                    if kind is None or not self.running or contended > faults.CONTENTION_TRIES:
                         log.warning("%s failed (%r); nak for redelivery", what, e)
-                        await self._failed(msgs, e)
+                        # stopping in an outage: nak'd for the next engine, never dead-lettered
+                        await self._failed(msgs, e, spendable=kind is None or self.running)
                         return False
                     self.stats["retried"] += 1
-                    log.warning("%s: infrastructure failure (%s); trying again in %.1f s", what,
-                                type(e).__name__, delay)
+                    log.warning("%s: infrastructure failure (%s, %s); trying again in %.1f s", what,
+                                type(e).__name__, kind, delay)
                     await self._pause(delay)
                     delay = faults.backoff(delay)
         finally:
@@ -226,13 +245,14 @@ class Ingestor:
                 log.warning("ack failed: %r", e)
         self.stats["acked"] += len(msgs)
 
-    async def _failed(self, msgs: list[Msg], error: BaseException) -> None:
+    async def _failed(self, msgs: list[Msg], error: BaseException, spendable: bool = True) -> None:
         """Nak for redelivery; a message that has failed ``dead_letter_after``
         deliveries goes to the dead-letter subject instead (then is acked), so a
-        message that can never succeed does not loop forever and is not lost."""
+        message that can never succeed does not loop forever and is not lost.
+        Not ``spendable``: the failure was not the message's, only nak'd."""
         limit = self.cfg.nats.dead_letter_after
-        spent = [m for m in msgs if m.metadata.num_delivered >= limit]
-        again = [m for m in msgs if m.metadata.num_delivered < limit]
+        spent = [m for m in msgs if spendable and m.metadata.num_delivered >= limit]
+        again = [m for m in msgs if not (spendable and m.metadata.num_delivered >= limit)]
         self.stats["nacked"] += len(again)
         await asyncio.gather(*(m.nak(delay=NAK_DELAY_S) for m in again), return_exceptions=True)
         for m in spent:

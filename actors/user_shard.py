@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 
-from actors.user_cache import UserCache
+from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules
 from actors.user_prefs import PrefsMixin
 from actors.user_templates import TemplatesMixin
@@ -53,12 +54,12 @@ class UserShard(PrefsMixin, TemplatesMixin):
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.template_generation = 0  # counts template saves
-        self.users = UserCache(self.template_cache)
+        self.users = UserCache(self.template_cache, self.cfg.engine.max_cached_users)  # least recently used out
         self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.clock = time.time  # what decide() is told the time is; tests set their own
-        self.recent: dict[str, None] = {}  # committed ids, insertion-ordered: oldest first
+        self.recent: OrderedDict[str, None] = OrderedDict()  # committed ids, oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
         self.running: dict[str, asyncio.Task] = {}  # broadcasts being handled now
         # what the ChannelShards answered and is not committed yet: notification id ->
@@ -141,12 +142,15 @@ class UserShard(PrefsMixin, TemplatesMixin):
             del self.journal[next(iter(self.journal))]
 
     def _committed(self, outcomes: list[Outcome]) -> None:
-        for o in outcomes:
-            kept = self.journal.get(o.notification_id)
+        self._forget((o.notification_id, o.channel) for o in outcomes)
+
+    def _forget(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for nid, channel in pairs:
+            kept = self.journal.get(nid)
             if kept is not None:
-                kept.pop(o.channel, None)
+                kept.pop(channel, None)
                 if not kept:
-                    del self.journal[o.notification_id]
+                    del self.journal[nid]
 
     def _journaled(self, items: list[Item]) -> list[Outcome]:
         """The outcomes of ``items`` that were sent but not recorded."""
@@ -156,31 +160,39 @@ class UserShard(PrefsMixin, TemplatesMixin):
         for inb in committed:
             self.recent[inb.id] = None
         while len(self.recent) > self.cfg.engine.recent_ids:
-            del self.recent[next(iter(self.recent))]
+            self.recent.popitem(last=False)  # O(1); a dict's first key deleted again and again is not
 
     async def _process(self, inbound: list[wire.Inbound]) -> tuple[list[Outcome], BaseException | None]:
         async with self.pool.acquire() as conn:
             done = await tracking.recorded(conn, [i.id for i in inbound])
-            await self._load_missing(conn, [i.request.user_id for i in inbound])
+            states = await self._load_missing(conn, [i.request.user_id for i in inbound])
         items = [Item(inb.id, inb.request.user_id, inb.request) for inb in inbound]
-        return await self._decide_and_send(items, done, self.users)
+        return await self._decide_and_send(items, done, states)
 
     def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
         return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id)
 
-    async def _decide_and_send(self, items: list[Item], done: set[tuple[str, str]],
+    async def _decide_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
                                states: Mapping[str, UserState], parent_id: str | None = None,
                                digest: bool = True) -> tuple[list[Outcome], BaseException | None]:
         """Plan and carry out a round for ``items`` (``policy.plan``), then hold
         fallback checks for what was sent and try fallback channels, one round per
-        channel, for what was neither sent nor held. Returns every outcome there
+        channel, for what was neither sent nor held. ``rows``: the tracking rows
+        there are, (notification, channel) → status. Returns every outcome there
         is, and the first error of a channel that failed: the caller records what
         there is, then raises, so a redelivery does not send the channels that
         succeeded again. Channels sent before whose record failed (the journal)
         are not sent again: their outcomes are returned to be recorded again."""
-        again = self._journaled(items)
-        recorded = done
-        done = done | {(o.notification_id, o.channel) for o in again}
+        journaled = self._journaled(items)
+        # a journaled one with a final row was committed (only the answer was lost):
+        # forgotten; one with a deferred row is not recorded again (the Recorder would
+        # keep the row and the journal forget the send): it waits for the release that
+        # moves the row (schedules.finish), and is never sent meanwhile
+        self._forget((o.notification_id, o.channel) for o in journaled
+                     if rows.get((o.notification_id, o.channel), "deferred") != "deferred")
+        again = [o for o in journaled if (o.notification_id, o.channel) not in rows]
+        recorded = set(rows)
+        done = recorded | {(o.notification_id, o.channel) for o in journaled}
         refs = {(it.request.template.id, it.request.template.version) for it in items
                 if it.request.template is not None}
         if refs:
@@ -189,15 +201,20 @@ class UserShard(PrefsMixin, TemplatesMixin):
         outcomes, kept, error = await self._execute(planner.plan_round(items, states, done, ctx, now=self.clock()))
         outcomes = again + outcomes
         sent = {o.notification_id for o in outcomes if o.status == "sent"}
-        # a check held before is held again harmlessly; one lost with a failed record is not lost
+        # a check held before is held again harmlessly; one lost with a failed record is
+        # not lost. Held even when a call failed: the redelivery sees the sent channel
+        # recorded and would not hold it then
         checks = planner.fallback_checks(items, sent, recorded, now=self.clock())
-        if checks and error is None:
+        if checks:
             try:
                 await self._hold(checks)
             except Exception as e:  # noqa: BLE001 - recorded with the rest, then raised: redelivered
-                error = e
-        # recorded channels mean the notification was handled before, fallbacks included
-        pending = planner.start_fallbacks(items, kept | {nid for nid, _ in done})
+                error = error or e
+        # a notification sent or held before needs no fallback; one whose recorded
+        # channels all failed does (it was recorded by a round that failed before its
+        # fallbacks ran), and channels recorded are not tried again
+        handled = tracking.handled({**rows, **{(o.notification_id, o.channel): o.status for o in again}})
+        pending = planner.start_fallbacks(items, kept | handled)
         while pending and error is None:
             attempt, pending = planner.next_fallbacks(pending)
             if not attempt:
@@ -205,6 +222,23 @@ class UserShard(PrefsMixin, TemplatesMixin):
             more, kept, error = await self._execute(planner.plan_round(attempt, states, done, ctx, now=self.clock()))
             outcomes += more
             pending = [p for p in pending if p.item.notification_id not in kept]
+        return await self._retry_later(items, outcomes, error)
+
+    async def _retry_later(self, items: list[Item], outcomes: list[Outcome],
+                           error: BaseException | None) -> tuple[list[Outcome], BaseException | None]:
+        """Hold the deliveries that failed for a passing reason (``planner.retry_later``)
+        instead of recording them failed. Whether or not the hold commits, they
+        leave the journal: failed, nothing was sent, so a redelivery may try them
+        again."""
+        retries, outcomes = planner.retry_later(items, outcomes, self.cfg.engine.retry_failed_for_s,
+                                                now=self.clock())
+        if retries:
+            self._forget((h.notification_id, h.channel) for h in retries)
+            try:
+                await self._hold(retries)
+                self.stats["retries_held"] = self.stats.get("retries_held", 0) + len(retries)
+            except Exception as e:  # noqa: BLE001 - recorded with the rest, then raised: redelivered
+                error = error or e
         return outcomes, error
 
     async def _execute(self, plan: Plan) -> tuple[list[Outcome], set[str], BaseException | None]:
@@ -215,10 +249,9 @@ class UserShard(PrefsMixin, TemplatesMixin):
         results = await asyncio.gather(self._hold(plan.holds), *(self._send(ch, t) for ch, t in plan.sends.items()),
                                        return_exceptions=True)
         error = results[0] if isinstance(results[0], BaseException) else None
-        for delivered in results[1:]:
-            if isinstance(delivered, BaseException):
-                error = error or delivered
-                continue
+        for result in results[1:]:
+            delivered, failed = ([], result) if isinstance(result, BaseException) else result
+            error = error or failed
             if plan.parent_id is not None:  # providers do not know the broadcast a task belongs to
                 for o in delivered:
                     o.parent_id = plan.parent_id
@@ -237,14 +270,19 @@ class UserShard(PrefsMixin, TemplatesMixin):
             items.sort(key=lambda it: (it.key.text() if isinstance(it, HeldDigest) else "",
                                        it.notification_id, getattr(it, "channel", "")))
             async with self.pool.acquire() as conn:
-                await schedule_store.hold(conn, items, self._next_bucket)
+                digests = [it.user_id for it in items if isinstance(it, HeldDigest)]
+                states = await self._load_missing(conn, digests) if digests else {}  # their time zones
+                await schedule_store.hold(conn, items, lambda it: self._next_bucket(it, states))
 
-    def _next_bucket(self, item: HeldDigest):
-        state = self.users.get(item.user_id)
+    def _next_bucket(self, item: HeldDigest, states: Mapping[str, UserState]):
+        state = states.get(item.user_id)
         return releasing.next_bucket(item, zone(state.timezone if state else "UTC"))
 
-    async def _send(self, channel: str, tasks: list[DeliveryTask]) -> list[Outcome]:
-        """One call per ChannelShard of this channel, the tasks dealt round robin."""
+    async def _send(self, channel: str, tasks: list[DeliveryTask]) -> tuple[list[Outcome], BaseException | None]:
+        """One call per ChannelShard of this channel, the tasks dealt round robin.
+        Returns what the shards that answered delivered, and the first error of
+        one that did not: the answers are journaled and recorded whatever
+        another shard did, or a retry would send them again."""
         shards = self.channel_shards[channel]
         k = len(shards)
         self.rr += 1
@@ -252,8 +290,9 @@ class UserShard(PrefsMixin, TemplatesMixin):
             else [tasks[i::k] for i in range(k)]
         replies = await asyncio.gather(*(
             shards[(self.rr + i) % k].deliver.remote(wire.encode(part)) for i, part in enumerate(parts) if part
-        ))
-        return [o for reply in replies for o in wire.decode(reply, list[Outcome])]
+        ), return_exceptions=True)
+        error = next((r for r in replies if isinstance(r, BaseException)), None)
+        return [o for r in replies if not isinstance(r, BaseException) for o in wire.decode(r, list[Outcome])], error
 
     # -- broadcasts ------------------------------------------------------------
 
@@ -276,17 +315,29 @@ class UserShard(PrefsMixin, TemplatesMixin):
             user_ids = await user_store.shard_users(conn, self.index, self.cfg.engine.user_shards)
         gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
         counts = {"users": len(user_ids), "outcomes": 0}
+        failed = asyncio.Event()
 
         async def chunk(ids: list[str]) -> None:
             async with gate:
-                outcomes, error = await self._broadcast_chunk(job, ids)
-                await self._record(outcomes)
-                counts["outcomes"] += len(outcomes)
-                if error is not None:
-                    raise error
+                if failed.is_set():  # no new chunk after a failure: the retry does this one
+                    return
+                try:
+                    outcomes, error = await self._broadcast_chunk(job, ids)
+                    await self._record(outcomes)
+                    counts["outcomes"] += len(outcomes)
+                    if error is not None:
+                        raise error
+                except BaseException:
+                    failed.set()
+                    raise
 
-        await asyncio.gather(*(chunk(user_ids[i:i + BROADCAST_CHUNK])
-                               for i in range(0, len(user_ids), BROADCAST_CHUNK)))
+        # every chunk settles before this answers: one that failed must not leave the
+        # others running into the retry, which would send what they are sending again
+        results = await asyncio.gather(*(chunk(user_ids[i:i + BROADCAST_CHUNK])
+                                         for i in range(0, len(user_ids), BROADCAST_CHUNK)), return_exceptions=True)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        if error is not None:
+            raise error
         return counts
 
     async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str]):
@@ -316,7 +367,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
         await self._ready()
         dues = wire.decode(payload, list[Due])
         async with self.pool.acquire() as conn:
-            await self._load_missing(conn, list({d.user_id for d in dues}))
+            states = await self._load_missing(conn, list({d.user_id for d in dues}))
         deferred = [d for d in dues if isinstance(d, DueDeferred)]
         checks = [d for d in dues if isinstance(d, DueFallback)]
         buckets = [d for d in dues if isinstance(d, DueDigest)]
@@ -325,12 +376,12 @@ class UserShard(PrefsMixin, TemplatesMixin):
         for part, dues_ in ((self._release_fallback, checks), (self._release_deferred, deferred)):
             if dues_:
                 try:
-                    await part(dues_)
+                    await part(dues_, states)
                 except Exception as e:  # noqa: BLE001 - the others still go; the claim comes back
                     errors.append(e)
         for b in buckets:  # each on its own
             try:
-                counts["items"] += await self._send_digest(b)
+                counts["items"] += await self._send_digest(b, states)
                 counts["digests"] += 1
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
@@ -338,12 +389,12 @@ class UserShard(PrefsMixin, TemplatesMixin):
             raise errors[0]
         return counts
 
-    async def _release_deferred(self, dues: list[DueDeferred]) -> None:
+    async def _release_deferred(self, dues: list[DueDeferred], states: Mapping[str, UserState]) -> None:
         items = releasing.deferred_items(dues)
         async with self.pool.acquire() as conn:
             done = await tracking.recorded(conn, [it.notification_id for it in items], final_only=True)
-        outcomes, error = await self._decide_and_send(items, done, self.users, digest=False)
-        finished = {(o.notification_id, o.channel) for o in outcomes} | done
+        outcomes, error = await self._decide_and_send(items, done, states, digest=False)
+        finished = {(o.notification_id, o.channel) for o in outcomes} | set(done)
         settled = [(d.notification_id, d.channel) for d in dues if (d.notification_id, d.channel) in finished]
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, settled, [])
@@ -351,13 +402,15 @@ class UserShard(PrefsMixin, TemplatesMixin):
         if error is not None:
             raise error
 
-    async def _release_fallback(self, dues: list[DueFallback]) -> None:
+    async def _release_fallback(self, dues: list[DueFallback], states: Mapping[str, UserState]) -> None:
         async with self.pool.acquire() as conn:
             statuses, engaged, recorded = await tracking.answers(conn, [d.notification_id for d in dues])
         items, done = releasing.fallback_items(dues, statuses, engaged, recorded)
         outcomes: list[Outcome] = []
         if items:
-            outcomes, error = await self._decide_and_send(items, done, self.users)
+            # a fallback channel recorded already, whatever its status, ends the walk as
+            # before: a check is one step of the fallbacks, not a new start
+            outcomes, error = await self._decide_and_send(items, dict.fromkeys(done, "sent"), states)
             if error is not None:
                 raise error
         async with self.pool.acquire() as conn:
@@ -365,7 +418,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
                                                          for d in dues], [])
         self._committed(outcomes)
 
-    async def _send_digest(self, due: DueDigest) -> int:
+    async def _send_digest(self, due: DueDigest, states: Mapping[str, UserState]) -> int:
         async with self.pool.acquire() as conn:
             found = await schedule_store.seal(conn, due.key)
         outcomes: list[Outcome] = []
@@ -373,7 +426,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
             item = releasing.digest_item(due, found, now=self.clock())
             async with self.pool.acquire() as conn:
                 done = await tracking.recorded(conn, [item.notification_id], final_only=True)
-            outcomes, error = await self._decide_and_send([item], done, self.users, digest=False)
+            outcomes, error = await self._decide_and_send([item], done, states, digest=False)
             if error is not None:
                 raise error
         async with self.pool.acquire() as conn:
@@ -393,11 +446,11 @@ class UserShard(PrefsMixin, TemplatesMixin):
         profiles = wire.decode(payload, list[UserProfile])
         ids = [p.user_id for p in profiles]
         async with self._write_lock, self.pool.acquire() as conn:
-            await self._load_missing(conn, ids)
+            known = await self._load_missing(conn, ids)  # under the write lock: no write since
             errors = []
             for p in profiles:
                 if p.opt_outs is not None:
-                    state = self.users.get(p.user_id)
+                    state = known.get(p.user_id)
                     chain = state.templates if state else ()
                     consent = state.consent if state else frozenset()
                     errors += [(p.user_id, "opt_outs", why) for _, why in rule_errors(
@@ -405,10 +458,10 @@ class UserShard(PrefsMixin, TemplatesMixin):
             if errors:
                 return errors
             async with conn.transaction():
-                await user_store.save_profiles(conn, profiles, self.users, actor)
+                await user_store.save_profiles(conn, profiles, known, actor)
                 versions = await user_store.lock_versions(conn, ids)
                 for p in profiles:
-                    state = self.users.get(p.user_id)
+                    state = known.get(p.user_id)
                     moved = state is not None and state.timezone != p.timezone  # quiet hours move with it
                     if p.opt_outs is None and not moved:
                         continue
@@ -425,10 +478,8 @@ class UserShard(PrefsMixin, TemplatesMixin):
 
     async def get_user(self, user_id: str) -> bytes | None:
         await self._ready()
-        if user_id not in self.users:
-            async with self.pool.acquire() as conn:
-                await self._load_missing(conn, [user_id])
-        state = self.users.get(user_id)
+        async with self.pool.acquire() as conn:
+            state = (await self._load_missing(conn, [user_id])).get(user_id)
         return None if state is None else wire.encode(state)
 
     async def reload(self, user_ids: list[str]) -> int:
@@ -459,25 +510,39 @@ class UserShard(PrefsMixin, TemplatesMixin):
         self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
 
     async def preload(self) -> int:
-        """Load every user this shard owns (a warm start); returns how many."""
+        """Load the users this shard owns, as many as the cache holds (a warm
+        start); returns how many."""
         await self._ready()
         async with self.pool.acquire() as conn:
-            n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards, self.users)
+            n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards, self.users,
+                                             limit=self.users.max_users)
             for tid in self.users.template_ids() - set(self.template_cache):
                 await self._chain(conn, tid)
         return n
 
-    async def _load_missing(self, conn, user_ids) -> None:
-        """Cache users not cached yet. Never overwrites: a write that committed
-        while this read ran has already put the newer state in place."""
-        missing = {uid for uid in user_ids if uid not in self.users}
+    async def _load_missing(self, conn, user_ids) -> Pinned:
+        """The states of ``user_ids`` (those that exist) for this call to decide
+        on: the cached ones, the others read and cached. The cache is bounded, so
+        any of them may be evicted before the call is done (by its own loads or
+        another call's): the call uses what this returns, never the cache alone.
+        Never overwrites: a write that committed while this read ran is newer
+        (``UserCache.add_loaded``)."""
+        held = self.users.held(user_ids)  # taken first: this call's own loads may evict them
+        missing = {uid for uid in user_ids if uid not in held}
+        loaded: dict[str, UserState] = {}
         if missing:
-            loaded = await state_store.load_states(conn, missing)
-            await self._attach_templates(conn, loaded.values())
-            for uid, state in loaded.items():
-                self.users.setdefault(uid, state)
+            token = self.users.begin_load()
+            try:
+                loaded = await state_store.load_states(conn, missing)
+                await self._attach_templates(conn, loaded.values())
+            except BaseException:
+                self.users.end_load(token)
+                raise
+            self.users.add_loaded(token, loaded)
+        return Pinned(self.users, held, loaded, user_ids)
 
     async def info(self) -> dict:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-        return {"index": self.index, "users": len(self.users), "recent_ids": len(self.recent), "loop": loop,
+        return {"index": self.index, "users": len(self.users), "evicted": self.users.evicted,
+                "recent_ids": len(self.recent), "loop": loop,
                 "unrecorded": sum(len(v) for v in self.journal.values()), **self.stats}

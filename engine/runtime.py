@@ -66,7 +66,10 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
 
     cfg = with_service_urls(cfg, nats_url, database_url)
     blob = encode_config(cfg)
-    opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=3)
+    # restarted however often they die: an actor gone for good would fail every message
+    # bound for it until it was dead-lettered. A payload that kills its actor is bounded
+    # by the Ingestor instead (faults.CONTENTION_TRIES, then nats.dead_letter_after)
+    opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1)
     recorder = Recorder.options(**opts).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
         limits=_encode(cfg.database))

@@ -26,6 +26,7 @@ ERROR = "Tidings-Error"
 SUBJECT = "Tidings-Subject"
 STREAM_SEQ = "Tidings-Stream-Seq"
 REPLAY_OF = "Tidings-Replay-Of"  # on a replayed message: the work-stream sequence its id derives from
+STREAM_NOT_FOUND = 10059  # JetStream's error code; 10037 is "no message found"
 
 
 class DeadLetter(msgspec.Struct):
@@ -51,25 +52,49 @@ def origin_seq(msg_headers: dict | None, seq: int) -> int:
     """The work-stream sequence a message's derived id comes from: its own, or
     for a replay, the one it replays (a well-formed ``Tidings-Replay-Of``)."""
     given = (msg_headers or {}).get(REPLAY_OF, "")
-    return int(given) if given.isdigit() and 0 < len(given) <= 19 else seq
+    # ASCII digits: "²".isdigit() is true and int() refuses it (a producer may send any header)
+    if not (given.isascii() and given.isdigit() and 0 < len(given) <= 19):
+        return seq
+    # a replay comes after what it replays: a later sequence named by a producer would
+    # claim the id of a message not yet published
+    return int(given) if 0 < int(given) < seq else seq
 
 
 def _letter(raw) -> DeadLetter:
     h = raw.headers or {}
     seq_text = h.get(STREAM_SEQ, "")
+    origin = int(seq_text) if seq_text.isascii() and seq_text.isdigit() else 0
     return DeadLetter(seq=raw.seq, at=raw.time, reason=h.get(REASON, ""), error=h.get(ERROR, ""),
-                      subject=h.get(SUBJECT, ""), origin_seq=int(seq_text) if seq_text.isdigit() else 0,
-                      data=raw.data or b"")
+                      subject=h.get(SUBJECT, ""), origin_seq=origin, data=raw.data or b"")
+
+
+class NoDeadLetterStream(LookupError):
+    """The dead-letter stream does not exist (the engine never started with this configuration)."""
+
+
+def _missing_stream(e: NotFoundError) -> bool:
+    return getattr(e, "err_code", None) == STREAM_NOT_FOUND
 
 
 async def scan(js: JetStreamContext, cfg: NatsConfig, reason: str | None = None,
                after: int = 0) -> AsyncIterator[DeadLetter]:
-    """The dead letters after sequence ``after``, oldest first (``reason``: only those)."""
+    """The dead letters after sequence ``after``, oldest first (``reason``: only
+    those), up to the last one there was when the scan began: letters that
+    arrive meanwhile (a replay dead-lettered again) wait for the next scan."""
+    name = streams.dlq_stream(cfg)
+    try:
+        last = (await js.stream_info(name)).state.last_seq
+    except NotFoundError as e:
+        raise NoDeadLetterStream(f"no dead-letter stream {name}") from e
     seq = after + 1
-    while True:
-        try:
-            raw = await js.get_msg(streams.dlq_stream(cfg), seq, next=True)
-        except NotFoundError:
+    while seq <= last:
+        try:  # by subject: next=True without one stops at the first gap (a deleted letter)
+            raw = await js.get_msg(name, seq, next=True, subject=streams.dlq_subject(cfg))
+        except NotFoundError as e:
+            if _missing_stream(e):
+                raise NoDeadLetterStream(f"no dead-letter stream {name}") from e
+            return
+        if raw.seq > last:
             return
         seq = raw.seq + 1
         letter = _letter(raw)
@@ -80,7 +105,9 @@ async def scan(js: JetStreamContext, cfg: NatsConfig, reason: str | None = None,
 async def get(js: JetStreamContext, cfg: NatsConfig, seq: int) -> DeadLetter | None:
     try:
         return _letter(await js.get_msg(streams.dlq_stream(cfg), seq))
-    except NotFoundError:
+    except NotFoundError as e:
+        if _missing_stream(e):
+            raise NoDeadLetterStream(f"no dead-letter stream {streams.dlq_stream(cfg)}") from e
         return None
 
 
@@ -97,6 +124,8 @@ def replayable(cfg: NatsConfig, letter: DeadLetter) -> str | None:
 async def republish(js: JetStreamContext, cfg: NatsConfig, letter: DeadLetter) -> int:
     """Publish ``letter`` again on its subject; returns its new sequence.
     Republishing the same dead letter within the duplicate window is one message."""
+    # the letter's time too: a dead-letter stream made again reuses sequences
+    at = int(letter.at.timestamp() * 1e6) if letter.at else 0
     ack = await js.publish(letter.subject, letter.data, headers={
-        "Nats-Msg-Id": f"replay:{streams.dlq_stream(cfg)}:{letter.seq}", REPLAY_OF: str(letter.origin_seq)})
+        "Nats-Msg-Id": f"replay:{streams.dlq_stream(cfg)}:{letter.seq}:{at}", REPLAY_OF: str(letter.origin_seq)})
     return ack.seq

@@ -10,13 +10,16 @@ through the Recorder — and comes back for what depends on the result:
 - ``fallback_checks``: a request with ``fallback_after_s`` whose channel was
   sent gets a check held for later;
 - ``start_fallbacks`` / ``next_fallbacks``: a request none of whose channels was
-  sent or held tries its ``fallback`` channels, one at a time, in order.
+  sent or held tries its ``fallback`` channels, one at a time, in order;
+- ``retry_later``: a delivery that failed for a reason that passes (a provider
+  down) is held and decided again later, until ``engine.retry_failed_for_s``.
 
 Pure: no I/O, no clock (``now`` is an argument), no randomness.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass, field
 
@@ -190,6 +193,53 @@ def fallback_checks(items: Collection[Item], sent: Set[str], done: Set[tuple[str
             and it.notification_id not in recorded]
 
 
+# Failures that pass: every provider down, refusing for now or with its breaker
+# open, a rate or daily limit, the user's own endpoint failing for now. The others
+# (a refused message or address, a configuration or authentication error, a bug)
+# would fail the same way later.
+# (A daily limit is not among them: it passes at midnight, past any sensible retry.)
+RETRY_REASONS = frozenset({"circuit_open", "rate_limited", "network_error", "provider_error",
+                           "destination_error", "destination_circuit_open"})
+RETRY_FIRST_S = 5.0
+RETRY_MOST_S = 300.0
+
+
+def retry_later(items: Collection[Item], outcomes: list[Outcome], retry_for_s: float, *,
+                now: float) -> tuple[list[HeldDeferred], list[Outcome]]:
+    """The failed deliveries to try again later, held (reason ``retry.<reason>``),
+    and the outcomes left to record. A delivery is tried again while it is
+    younger than ``retry_for_s`` since its notification was accepted, after a
+    wait as long as its age (so the waits double: 5 s, 10 s, 20 s, ... up to 5
+    min), spread by ±20 % by its id so a provider coming back is not met by
+    every retry at once. Requests with fallback channels are not held: their
+    fallbacks take over now."""
+    if retry_for_s <= 0:
+        return [], outcomes
+    by_id = {it.notification_id: it for it in items}
+    held_, kept = [], []
+    for o in outcomes:
+        it = by_id.get(o.notification_id)
+        if o.status != "failed" or o.reason not in RETRY_REASONS or it is None or it.request.fallback:
+            kept.append(o)
+            continue
+        r = it.request
+        # the clock starts at acceptance; a producer's missing or future accepted_at
+        # starts it now, and the held request carries that start, or it would never end
+        accepted = r.accepted_at if r.accepted_at and r.accepted_at <= now else now
+        left = accepted + retry_for_s - now
+        if left < RETRY_FIRST_S:  # no time for another try
+            kept.append(o)
+            continue
+        spread = 0.8 + 0.4 * zlib.crc32(o.notification_id.encode()) / 0xFFFFFFFF
+        wait = min(max(now - accepted, RETRY_FIRST_S), RETRY_MOST_S) * spread
+        request = as_notification(msgspec.structs.replace(r, accepted_at=accepted), it.user_id)
+        held_.append(HeldDeferred(notification_id=o.notification_id, user_id=o.user_id, category=r.category,
+                                  priority=r.priority, request=wire.encode(request),
+                                  accepted_at=accepted, parent_id=o.parent_id, channel=o.channel,
+                                  reason=f"retry.{o.reason}", due_at=now + min(wait, left)))
+    return held_, kept
+
+
 class Pending(msgspec.Struct, frozen=True):
     """A request still trying its fallback channels; ``at`` is the next to try."""
 
@@ -220,5 +270,6 @@ def next_fallbacks(pending: Collection[Pending]) -> tuple[list[Item], list[Pendi
     return attempt, rest
 
 
-__all__ = ["Context", "Item", "Pending", "Plan", "Templates", "as_notification", "content_for", "fallback_checks",
-           "held", "next_fallbacks", "plan_round", "render", "settled", "start_fallbacks", "task_for"]
+__all__ = ["RETRY_REASONS", "Context", "Item", "Pending", "Plan", "Templates", "as_notification", "content_for",
+           "fallback_checks", "held", "next_fallbacks", "plan_round", "render", "retry_later", "settled",
+           "start_fallbacks", "task_for"]

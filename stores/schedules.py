@@ -36,7 +36,8 @@ TRACK = """
 INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
                                accepted_at, completed_at, parent_id, digest_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), now(), $9, $10)
-ON CONFLICT (notification_id, channel) DO NOTHING
+ON CONFLICT (notification_id, channel) DO UPDATE SET reason = EXCLUDED.reason, updated_at = now()
+WHERE delivery_tracking.status = 'deferred' AND EXCLUDED.status = 'deferred'
 """
 SCHEDULE = """
 INSERT INTO scheduled_notifications (kind, notification_id, channel, user_id, category, digest_key, due_at, request)
@@ -165,8 +166,9 @@ async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred
     done ((notification, channel) pairs; a check's channel is
     ``FALLBACK_CHANNEL``), and each sent bucket with the items it carried done."""
     async with conn.transaction():
-        if outcomes:
-            await conn.executemany(FINAL, [_final_row(o) for o in outcomes])
+        if outcomes:  # in one order everywhere (as hold() does): two releases cannot deadlock
+            await conn.executemany(FINAL, [_final_row(o) for o in sorted(
+                outcomes, key=lambda o: (o.notification_id, o.channel))])
         if deferred_done:
             await conn.execute(
                 "UPDATE scheduled_notifications SET status = 'done' WHERE kind IN ('deferred', 'fallback') AND "

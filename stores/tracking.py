@@ -4,7 +4,7 @@ fallback check needs to know (statuses, engagement)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 import msgspec
@@ -37,17 +37,29 @@ def _attempt(a: Attempt) -> dict:
     return d
 
 
-RECORDED = "SELECT notification_id::text, channel FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])"
+# channel '*' is the Ingestor's rejection of a payload, not a channel's record: a
+# replay of that payload (tidings dlq replay, same id) is decided afresh, fallbacks included
+RECORDED = ("SELECT notification_id::text, channel, status FROM delivery_tracking "
+            "WHERE notification_id = ANY($1::uuid[]) AND channel <> '*'")
 RECORDED_FINAL = RECORDED + " AND status <> 'deferred'"
+# statuses that say a channel was not sent nor held: its request's fallbacks are still due
+NOT_HANDLED = frozenset({"failed", "suppressed", "rejected"})
 
 
-async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: bool = False) -> set[tuple[str, str]]:
-    """(notification id, channel) pairs that already have a tracking row
+async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: bool = False
+                   ) -> dict[tuple[str, str], str]:
+    """(notification id, channel) → status of the tracking rows there are
     (``final_only``: leave out rows still ``deferred``, which the Scheduler will
     bring back)."""
     if not ids:
-        return set()
-    return {(r[0], r[1]) for r in await conn.fetch(RECORDED_FINAL if final_only else RECORDED, list(ids))}
+        return {}
+    return {(r[0], r[1]): r[2] for r in await conn.fetch(RECORDED_FINAL if final_only else RECORDED, list(ids))}
+
+
+def handled(rows: Mapping[tuple[str, str], str]) -> set[str]:
+    """Notifications with a channel sent or held among ``rows``: their fallbacks
+    are not due (a failed, suppressed or rejected channel does not count)."""
+    return {nid for (nid, _), status in rows.items() if status not in NOT_HANDLED}
 
 
 async def answers(conn: asyncpg.Connection, ids: Sequence[str]

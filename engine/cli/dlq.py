@@ -10,9 +10,11 @@ is replayed waits in the work stream.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import getpass
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -39,17 +41,28 @@ def add_parser(sub) -> None:
     ls.add_argument("--json", action="store_true", help="JSON lines, one per dead letter")
     ls.set_defaults(run=cmd_list)
     show = verbs.add_parser("show", help="one dead letter with its payload")
-    show.add_argument("seq", type=int, help="its sequence in the dead-letter stream (from `dlq list`)")
+    show.add_argument("seq", type=_seq, help="its sequence in the dead-letter stream (from `dlq list`)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=cmd_show)
     replay = verbs.add_parser("replay", help="publish dead letters again on their subjects, each once")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("seqs", nargs="*", type=int, default=[], metavar="SEQ", help="these dead letters")
+    which.add_argument("seqs", nargs="*", type=_seq, default=[], metavar="SEQ", help="these dead letters")
     which.add_argument("--reason", help="every dead letter with this reason")
     which.add_argument("--all", action="store_true", help="every dead letter")
     replay.add_argument("--dry-run", action="store_true", help="say what would be replayed; replay nothing")
     replay.add_argument("--json", action="store_true", help="print the counts as JSON")
     replay.set_defaults(run=cmd_replay)
+
+
+def _seq(text: str) -> int:
+    """A dead letter's sequence: stream sequences start at 1."""
+    try:
+        seq = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a sequence number: {text!r}") from None
+    if seq < 1:
+        raise argparse.ArgumentTypeError(f"sequences start at 1, not {seq}")
+    return seq
 
 
 @contextlib.asynccontextmanager
@@ -88,7 +101,7 @@ async def cmd_list(cfg: Config, args) -> int:
             letters.append(letter)
             if len(letters) >= args.limit:
                 break
-        done = await replays.replayed(conn, streams.dlq_stream(cfg.nats), [x.seq for x in letters])
+        done = await replays.replayed(conn, streams.dlq_stream(cfg.nats), [(x.seq, x.at) for x in letters])
     rows = [_row(x, done.get(x.seq)) for x in letters]
     if args.json:
         for r in rows:
@@ -114,7 +127,7 @@ async def cmd_show(cfg: Config, args) -> int:
         letter = await dead_letters.get(js, cfg.nats, args.seq)
         if letter is None:
             raise SystemExit(f"tidings dlq show: no dead letter {args.seq}")
-        done = await replays.replayed(conn, streams.dlq_stream(cfg.nats), [letter.seq])
+        done = await replays.replayed(conn, streams.dlq_stream(cfg.nats), [(letter.seq, letter.at)])
     row = _row(letter, done.get(letter.seq))
     payload = letter.data.decode("utf-8", "replace")
     if args.json:
@@ -128,27 +141,36 @@ async def cmd_show(cfg: Config, args) -> int:
     return 0
 
 
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no USER
+        return f"cli:uid-{os.getuid()}"
+
+
 async def cmd_replay(cfg: Config, args) -> int:
-    actor = f"cli:{getpass.getuser()}"
+    actor = _actor()
     counts = {"replayed": 0, "already_replayed": 0, "refused": 0, "missing": 0}
     async with connected(cfg) as (js, conn):
         stream = streams.dlq_stream(cfg.nats)
-        for letter in await _selected(js, cfg, args, counts):
+        async for letter in _selected(js, cfg, args, counts):
             why = dead_letters.replayable(cfg.nats, letter)
             if why is not None:
                 counts["refused"] += 1
                 console.print(f"dead letter {letter.seq} not replayed: {escape(why)}", highlight=False)
                 continue
             if args.dry_run:
-                done = await replays.replayed(conn, stream, [letter.seq])
+                done = await replays.replayed(conn, stream, [(letter.seq, letter.at)])
                 counts["already_replayed" if done else "replayed"] += 1
                 continue
-            async with conn.transaction():  # the claim commits only if the publish succeeded
-                if not await replays.claim(conn, stream, letter.seq, letter.reason, letter.subject,
-                                           letter.origin_seq, actor):
-                    counts["already_replayed"] += 1
-                    continue
-                await dead_letters.republish(js, cfg.nats, letter)
+            # claimed (committed) first, so the audit record cannot be lost to a failure
+            # after the publish; a claim left unpublished is published by the next replay
+            if not await replays.claim(conn, stream, letter.seq, letter.at, letter.reason, letter.subject,
+                                       letter.origin_seq, actor):
+                counts["already_replayed"] += 1
+                continue
+            new_seq = await dead_letters.republish(js, cfg.nats, letter)
+            await replays.published(conn, stream, letter.seq, letter.at, new_seq)
             counts["replayed"] += 1
     if args.json:
         print(json.dumps(counts))
@@ -159,14 +181,15 @@ async def cmd_replay(cfg: Config, args) -> int:
     return 0
 
 
-async def _selected(js, cfg: Config, args, counts: dict[str, int]) -> list[DeadLetter]:
+async def _selected(js, cfg: Config, args, counts: dict[str, int]) -> AsyncIterator[DeadLetter]:
+    """The letters asked for, one at a time (``--all`` need not fit in memory)."""
     if args.seqs:
-        found = []
         for seq in args.seqs:
             letter = await dead_letters.get(js, cfg.nats, seq)
             if letter is None:
                 counts["missing"] += 1
             else:
-                found.append(letter)
-        return found
-    return [x async for x in dead_letters.scan(js, cfg.nats, None if args.all else args.reason)]
+                yield letter
+        return
+    async for letter in dead_letters.scan(js, cfg.nats, None if args.all else args.reason):
+        yield letter

@@ -91,7 +91,7 @@ def test_twilio_error_codes_in_unicode_digits_are_no_code():
 
 
 @pytest.mark.parametrize("given, seq", [("\u00b2", 17), ("\u0661", 17), ("12", 12), ("", 17),
-                                        ("17", 17), ("18", 17), ("0", 17)])
+                                        ("17", 17), ("18", 17), ("0", 17), ("9" * 5000, 17)])
 def test_a_replay_header_is_a_replay_only_of_an_earlier_message(given, seq):
     """Unicode digits, its own or a later sequence, zero: not a replay (a later one
     would claim the id of a message not yet published)."""

@@ -12,12 +12,21 @@ from hypothesis import given, settings, strategies as st
 from policy import wire
 from policy.held import DueDeferred, DueDigest, DueFallback, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, verify
-from policy.plan import Context, Item, fallback_checks, next_fallbacks, plan_round, start_fallbacks
+from policy.plan import (
+    RETRY_REASONS,
+    Context,
+    Item,
+    fallback_checks,
+    next_fallbacks,
+    plan_round,
+    retry_later,
+    start_fallbacks,
+)
 from policy.prefs import Preference, ordered
 from policy.release import answered, deferred_items, digest_id, digest_item, fallback_items, next_bucket
 from policy.rules import Policy, PolicyConfig, Rule
 from policy.templating import Compiled, MessageTemplate
-from policy.types import CHANNELS, Content, DigestKey, NotificationRequest, TemplateRef, UserState
+from policy.types import CHANNELS, Content, DigestKey, NotificationRequest, Outcome, TemplateRef, UserState
 from policy.windows import Window
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -210,3 +219,61 @@ def test_every_channel_not_recorded_gets_exactly_one_disposition(reqs, rows, con
     assert all(ch == t.channel for ch, ts in plan.sends.items() for t in ts)
     assert all(h.due_at > now for h in plan.holds)
     assert digest or not any(isinstance(h, HeldDigest) for h in plan.holds)
+
+
+def failed(nid: str, reason: str, channel="email") -> Outcome:
+    return Outcome(nid, "u1", channel, "job_alerts", "failed", reason, 0.0, 0.0)
+
+
+def test_deliveries_that_failed_for_a_passing_reason_are_held_with_doubling_waits():
+    now = 10_000.0
+    items = [Item(f"00000000-0000-0000-0000-00000000000{i}", "u1", req(accepted_at=now - age))
+             for i, age in enumerate((0, 40, 1000, 3590, 3596))]
+    outcomes = [failed(items[0].notification_id, "circuit_open"), failed(items[1].notification_id, "network_error"),
+                failed(items[2].notification_id, "provider_error"), failed(items[3].notification_id, "destination_error"),
+                failed(items[4].notification_id, "provider_error")]
+    held, kept = retry_later(items, outcomes, 3600, now=now)
+    assert [h.notification_id for h in held] == [it.notification_id for it in items[:4]]
+    assert [o.notification_id for o in kept] == [items[4].notification_id]  # no time left for a try: it fails now
+    waits = [h.due_at - now for h in held]
+    assert 4.0 <= waits[0] <= 6.0 and 32.0 <= waits[1] <= 48.0 and 240.0 <= waits[2] <= 360.0
+    assert held[3].due_at == now + 10  # never past the horizon
+    assert all(h.reason.startswith("retry.") and h.channel == "email" for h in held)
+    assert msgspec.msgpack.decode(held[0].request, type=NotificationRequest).user_id == "u1"
+
+
+def test_final_failures_and_requests_with_fallbacks_are_not_held():
+    now = 100.0
+    it = Item("00000000-0000-0000-0000-000000000001", "u1", req(accepted_at=now))
+    with_fallback = Item("00000000-0000-0000-0000-000000000002", "u1",
+                         req(accepted_at=now, fallback=["sms"]))
+    outcomes = [failed(it.notification_id, "invalid_message"), failed(it.notification_id, "auth_error", "sms"),
+                failed(with_fallback.notification_id, "circuit_open"),
+                Outcome(it.notification_id, "u1", "push", "job_alerts", "sent", "ok", 0.0, 0.0)]
+    held, kept = retry_later([it, with_fallback], outcomes, 3600, now=now)
+    assert held == [] and kept == outcomes
+    assert retry_later([it], [failed(it.notification_id, "circuit_open")], 0, now=now)[0] == []  # off
+
+
+@given(st.lists(st.sampled_from(sorted(RETRY_REASONS) + ["invalid_message", "address_gone", "ok"]), max_size=20),
+       st.floats(0, 10_000))
+def test_every_outcome_is_either_held_or_kept(reasons, age):
+    now = 1e6
+    items = [Item(f"00000000-0000-0000-0000-{i:012d}", "u1", req(accepted_at=now - age)) for i in range(len(reasons))]
+    outcomes = [failed(it.notification_id, r) for it, r in zip(items, reasons, strict=True)]
+    held, kept = retry_later(items, outcomes, 3600, now=now)
+    assert len(held) + len(kept) == len(outcomes)
+    assert all(now < h.due_at <= now - age + 3600 for h in held)
+
+
+def test_a_missing_or_future_acceptance_time_starts_the_retry_clock_now_and_is_kept():
+    """Or the age would be 0 at every release, and the retries would never end."""
+    now = 50_000.0
+    for accepted in (None, 0.0, now + 10_000):
+        it = Item("00000000-0000-0000-0000-000000000001", "u1", req(accepted_at=accepted))
+        (held,), _ = retry_later([it], [failed(it.notification_id, "circuit_open")], 3600, now=now)
+        assert held.accepted_at == now and 4.0 <= held.due_at - now <= 6.0
+        again = msgspec.msgpack.decode(held.request, type=NotificationRequest)
+        assert again.accepted_at == now
+        later = Item(it.notification_id, "u1", again)  # released an hour on: it fails then
+        assert retry_later([later], [failed(it.notification_id, "circuit_open")], 3600, now=now + 3600)[0] == []
