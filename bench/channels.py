@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import platform
 import sys
@@ -54,6 +53,7 @@ from actors.user_prefs import PrefCommand
 from bench import providers as bp
 from bench.demo import watch_rows
 from bench.e2e import STATS_SQL, drop
+from bench.report import write_json
 from engine import settings as engine_settings
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
@@ -333,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                "date": datetime.date.today().isoformat(), "n": args.n, "users": args.users,
                "concurrency": args.concurrency, "shards": args.shards,
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, **out}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        write_json(args.json, doc)
     ok = not out["dropped"] and all(complete(r, args.n) for r in out["results"].values())
     return 0 if ok else 1
 

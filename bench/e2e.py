@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from rich.console import Console
 from bench import ceilings
 from bench.cpu import CpuSampler
 from bench.demo import population, preference_mix, requests, watch_rows
-from bench.report import print_result, versions
+from bench.report import print_result, versions, write_json
 from engine import settings
 from engine.embedded import Services
 from engine.prefs_bus import run_commands
@@ -270,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     result = uvloop.run(harness(args))
     print_result(console, result)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return 0 if result["complete"] else 1
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import sys
@@ -51,7 +50,7 @@ from rich.table import Table
 
 from bench.fault_scenarios import FAULTS, release_while_killed, run, seed_digests
 from bench.fault_stage import Options, Servers, Stage
-from bench.report import versions
+from bench.report import versions, write_json
 
 SCENARIOS = (*FAULTS, "release-while-killed")
 KILLS = frozenset({*(s for s in SCENARIOS if s.startswith("kill-")), "release-while-killed"})
@@ -156,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     console.print(table(result["results"]))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return 0 if result["ok"] else 1
 
 

@@ -68,6 +68,7 @@ from rich.console import Console
 from rich.table import Table
 from yarl import URL
 
+from bench.report import write_json
 from policy.types import Content, DeliveryTask
 from providers import registry
 from providers.push.apns import ApnsProvider
@@ -515,9 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            **{pkg: version(pkg) for pkg in ("aiohttp", "uvloop", "h2", "aioapns")}},
                **out}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        write_json(args.json, doc)
     return 0 if not out["dropped"] else 1
 
 

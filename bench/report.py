@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
 import subprocess
 
@@ -28,6 +30,13 @@ async def versions() -> dict:
     except (OSError, RuntimeError, subprocess.TimeoutExpired):
         pass
     return out
+
+
+def write_json(path: str, result: dict) -> None:
+    """A harness's result as indented JSON at ``path``, its folder made if need be."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
 
 
 def _cpu_model() -> str:
