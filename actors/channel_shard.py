@@ -110,8 +110,10 @@ class ChannelShard:
 
     async def deliver(self, payload: bytes) -> bytes:
         """Deliver a batch (MessagePack list[DeliveryTask]); returns list[Outcome]."""
+        arrived = time.time()
         slots = await self._ready()
         tasks = wire.decode(payload, list[DeliveryTask])
+        traced = {t.notification_id: t.stages for t in tasks if t.stages is not None}
         env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng, router=self.router)
         if self.batch_size > 1 and len(tasks) > 1:
             groups = batches(tasks, self.batch_size, mixed=self.mixed)
@@ -120,6 +122,12 @@ class ChannelShard:
         else:
             outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in tasks))
         self.delivered += len(outcomes)
+        if traced:  # one task per notification here: a shard serves one channel
+            answered = time.time()
+            for o in outcomes:
+                stamps = traced.get(o.notification_id)
+                if stamps is not None:
+                    o.stages = {**stamps, "channel_in": arrived, "channel_out": answered}
         return wire.encode(outcomes)
 
     async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -22,9 +22,10 @@ import nats
 from nats.aio.msg import Msg
 
 from actors import faults
+from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import dead_letters, streams
 from infra.config import Config, decode as decode_config
-from policy import wire
+from policy import trace, wire
 from policy.sharding import shard_of
 from policy.text import printable
 from policy.types import BroadcastRequest, NotificationRequest, Outcome, derive_id, notification_id
@@ -77,6 +78,8 @@ class Ingestor:
         self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0,
                       "dead_lettered": 0, "retried": 0}
         self.stopping = asyncio.Event()
+        self.acks_traced: deque[float] = deque(maxlen=TRACED_KEPT)
+        self._stage_metric = None
 
     async def start(self) -> None:
         if self.running:
@@ -120,15 +123,19 @@ class Ingestor:
 
     async def _process(self, msgs: list[Msg]) -> None:
         self.stats["batches"] += 1
+        fetched = time.time()
         groups: dict[int, list[tuple[Msg, wire.Inbound]]] = defaultdict(list)
         rejected: list[Rejected] = []
         n = len(self.user_shards)
+        rate = self.cfg.engine.trace_sample
         for msg in msgs:
             if streams.is_broadcast(self.cfg.nats, msg.subject):
                 self._start_broadcast(msg, rejected)
                 continue
             inb = self._decode(msg, rejected)
             if inb is not None:
+                if trace.sampled(inb.id, rate):
+                    inb.stages = {"fetched": fetched}
                 groups[shard_of(inb.request.user_id, n)].append((msg, inb))
         calls = [self._to_shard(shard, pairs) for shard, pairs in groups.items()]
         if rejected:
@@ -187,10 +194,27 @@ class Ingestor:
 
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
         inbound = [inb for _, inb in pairs]
-        # encoded inside the call: a batch that cannot be encoded is nak'd (in the end
-        # dead-lettered), not left to come back after ack_wait without end
-        await self._acked([m for m, _ in pairs], lambda: self.user_shards[shard].handle.remote(wire.encode(inbound)),
-                          f"shard {shard} batch of {len(pairs)}")
+        answers: list[dict] = []
+
+        async def call() -> None:
+            # encoded inside the call: a batch that cannot be encoded is nak'd (in the end
+            # dead-lettered), not left to come back after ack_wait without end
+            answers.append(await self.user_shards[shard].handle.remote(wire.encode(inbound)))
+
+        if await self._acked([m for m, _ in pairs], call, f"shard {shard} batch of {len(pairs)}"):
+            committed = answers[-1].get("committed_at") if answers and isinstance(answers[-1], dict) else None
+            if committed and any(inb.stages for inb in inbound):  # the last segment: committed to acked
+                self._traced(time.time() - committed)
+
+    def _traced(self, seconds: float) -> None:
+        self.acks_traced.append(seconds)
+        if self._stage_metric is None:
+            self._stage_metric = stage_histogram()
+        self._stage_metric.observe(seconds, tags={"stage": "ack"})
+
+    async def stage_samples(self) -> list[float]:
+        """Seconds from commit to ack of the traced batches (``policy.trace``), latest last."""
+        return list(self.acks_traced)
 
     async def _acked(self, msgs: list[Msg], call: Callable[[], Awaitable], what: str) -> bool:
         """Await ``call()`` (which returns once the outcomes are committed), telling

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import msgspec
 from ray.util import metrics
 
 from actors import faults
+from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import db
 from infra.config import DatabaseConfig, RecorderConfig
-from policy import wire
+from policy import trace, wire
 from policy.types import Outcome
 from stores import tracking
 
@@ -72,10 +73,10 @@ def _settle(p: _Pending, error: BaseException | None) -> None:
 
 
 class _Pending:
-    __slots__ = ("rows", "future")
+    __slots__ = ("rows", "future", "traced")
 
-    def __init__(self, rows: list[tuple], future: asyncio.Future):
-        self.rows, self.future = rows, future
+    def __init__(self, rows: list[tuple], future: asyncio.Future, traced: list[Outcome]):
+        self.rows, self.future, self.traced = rows, future, traced
 
 
 class Recorder:
@@ -94,6 +95,8 @@ class Recorder:
         self.flushes = 0
         self._start_lock = asyncio.Lock()
         self._metric = None
+        self._stage_metric = None
+        self.traced: deque[dict[str, float]] = deque(maxlen=TRACED_KEPT)
 
     async def _ready(self) -> None:
         if self.pool is not None:
@@ -117,7 +120,12 @@ class Recorder:
         if not outcomes:
             return 0
         fut = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending([row(o) for o in outcomes], fut))
+        traced = [o for o in outcomes if o.stages is not None]
+        if traced:
+            arrived = time.time()
+            for o in traced:
+                o.stages["record_in"] = arrived
+        self.pending.append(_Pending([row(o) for o in outcomes], fut, traced))
         self.pending_rows += len(outcomes)
         for o in outcomes:
             self.counts[(o.channel, o.status)] += 1
@@ -178,8 +186,24 @@ class Recorder:
             for p in batch:
                 _settle(p, e)
             return
+        committed = time.time()
         for p in batch:
             _settle(p, None)
+            if p.traced:
+                self._traced(p.traced, committed)
+
+    def _traced(self, outcomes: list[Outcome], committed: float) -> None:
+        if self._stage_metric is None:
+            self._stage_metric = stage_histogram()
+        for o in outcomes:
+            seconds = trace.segments(o.stages or {}, o.accepted_at, o.attempts, committed)
+            for stage, s in seconds.items():
+                self._stage_metric.observe(s, tags={"stage": stage})
+            self.traced.append(seconds)
+
+    async def stage_samples(self) -> list[dict[str, float]]:
+        """The segments of the traced outcomes committed (``policy.trace``), latest last."""
+        return list(self.traced)
 
     async def _write(self, rows: list[tuple]) -> None:
         started = time.perf_counter()

@@ -66,6 +66,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
         # channel -> Outcome. A retry of the same notification (a redelivery after a
         # failed record, a claim that came back) records these instead of sending again.
         self.journal: dict[str, dict[str, Outcome]] = {}
+        self.traced: dict[str, dict[str, float]] = {}  # notifications being handled that are traced: their stamps
         self.pool = None
         self.rr = 0
         self.stats = {"decided": 0, "duplicates": 0, "outcomes": 0}
@@ -86,14 +87,19 @@ class UserShard(PrefsMixin, TemplatesMixin):
         once every item is committed — including copies of items another batch is
         handling right now (it waits for that batch, and fails if that one fails)."""
         await self._ready()
+        arrived = time.time()
         items = wire.decode(payload, list[wire.Inbound])
         fresh, waits = self._claim(items)
         done = asyncio.get_running_loop().create_future()
         for inb in fresh:
             self.inflight[inb.id] = done
+            if inb.stages is not None:
+                inb.stages["shard_in"] = arrived
+                self.traced[inb.id] = inb.stages
         try:
             outcomes, error = await self._process(fresh)
             await self._record(outcomes)
+            committed = time.time()
             if error is not None:
                 raise error
         except BaseException as e:
@@ -106,13 +112,14 @@ class UserShard(PrefsMixin, TemplatesMixin):
         finally:
             for inb in fresh:
                 self.inflight.pop(inb.id, None)
+                self.traced.pop(inb.id, None)
         if waits:
             await asyncio.gather(*waits)
         dups = len(items) - len(fresh)
         self.stats["decided"] += len(fresh)
         self.stats["duplicates"] += dups
         self.stats["outcomes"] += len(outcomes)
-        return {"decided": len(fresh), "duplicates": dups, "outcomes": len(outcomes)}
+        return {"decided": len(fresh), "duplicates": dups, "outcomes": len(outcomes), "committed_at": committed}
 
     def _claim(self, items: list[wire.Inbound]) -> tuple[list[wire.Inbound], list[asyncio.Future]]:
         """Items to handle now, and the futures of copies already in flight.
@@ -286,13 +293,25 @@ class UserShard(PrefsMixin, TemplatesMixin):
         shards = self.channel_shards[channel]
         k = len(shards)
         self.rr += 1
+        if self.traced:
+            handed = time.time()
+            for t in tasks:
+                stamps = self.traced.get(t.notification_id)
+                if stamps is not None:
+                    t.stages = {**stamps, "decided": handed}
         parts = [tasks[i:i + SEND_BATCH] for i in range(0, len(tasks), SEND_BATCH)] if len(tasks) > SEND_BATCH \
             else [tasks[i::k] for i in range(k)]
         replies = await asyncio.gather(*(
             shards[(self.rr + i) % k].deliver.remote(wire.encode(part)) for i, part in enumerate(parts) if part
         ), return_exceptions=True)
         error = next((r for r in replies if isinstance(r, BaseException)), None)
-        return [o for r in replies if not isinstance(r, BaseException) for o in wire.decode(r, list[Outcome])], error
+        outcomes = [o for r in replies if not isinstance(r, BaseException) for o in wire.decode(r, list[Outcome])]
+        if self.traced:
+            back = time.time()
+            for o in outcomes:
+                if o.stages is not None:
+                    o.stages["shard_back"] = back
+        return outcomes, error
 
     # -- broadcasts ------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import msgspec
 import uvloop
 from rich.console import Console
 
-from bench import ceilings
+from bench import ceilings, stages
 from bench.cpu import CpuSampler
 from bench.demo import population, preference_mix, requests, watch_rows
 from bench.report import print_result, versions, write_json
@@ -56,14 +56,15 @@ FROM delivery_tracking
 """
 
 
-def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess], services: Services) -> config.Config:
+def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess], services: Services,
+                 trace_sample: float = 0.01) -> config.Config:
     run = uuid.uuid4().hex[:8]
     cfg = settings.load(profile="bench", overrides={
         "nats": {"url": services.nats_url, "prefix": f"bench{run}", "stream": f"BENCH{run}",
                  "consumer": f"bench{run}"},
         "database": {"url": services.database_url, "schema": f"bench_{run}"},
     })
-    cfg = with_section(cfg, "engine", user_shards=shards)
+    cfg = with_section(cfg, "engine", user_shards=shards, trace_sample=trace_sample)
     cfg = with_provider_settings(cfg, "webhook", url=sinks["webhook"].url, secret=SECRET)
     if "smtp" in sinks:
         cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=sinks["smtp"].port)
@@ -99,9 +100,9 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         sinks["webhook"] = SinkProcess("webhook", secret=SECRET).start()
         if "email" in args.channels:
             sinks["smtp"] = SinkProcess("smtp").start()
-        cfg = bench_config(args.channels, shards, sinks, services)
+        cfg = bench_config(args.channels, shards, sinks, services, args.trace)
         try:
-            s, done, expected, pub_s, busy = await load(args, cfg, n, rate, shards)
+            s, done, expected, pub_s, busy, traced = await load(args, cfg, n, rate, shards)
         finally:
             await drop(cfg)
     finally:
@@ -116,7 +117,7 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         "max_ms": ms(s["durable_max"]),
         "sent_p50_ms": ms(s["sent"][0]) if s["sent"] else None,
         "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
-        "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received,
+        "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
     }
 
 
@@ -140,7 +141,8 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
         label = f"k={shards}" + (f" paced {rate:,.0f}/s" if rate else " backlog")
         done = await watch_rows(engine.pool, expected, args.timeout, console, label=label)
         busy = await cpu.stop()
-        return await engine.pool.fetchrow(STATS_SQL), done, expected, pub_s, busy
+        traced = stages.summary(await stages.collect(engine.actors))
+        return await engine.pool.fetchrow(STATS_SQL), done, expected, pub_s, busy, traced
     finally:
         await engine.stop()
 
@@ -250,7 +252,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--paced-n", type=int, default=0, help="notifications per paced run (default: --n / 4)")
     p.add_argument("--no-ceilings", action="store_true")
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take to drain")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--trace", type=float, default=0.2,
+                   help="share of notifications timed per pipeline stage (engine.trace_sample; default 0.2)")
+    p.add_argument("--json", help="write the results here, and the charts beside it (<json>-latency.png, "
+                                  "<json>-stages.png)")
     return p
 
 
@@ -270,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     print_result(console, result)
     if args.json:
         write_json(args.json, result)
+        for path in stages.charts(result, args.json):
+            console.print(f"chart: {path}")
     return 0 if result["complete"] else 1
 
 

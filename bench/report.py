@@ -11,6 +11,8 @@ import subprocess
 from rich.console import Console
 from rich.table import Table
 
+from bench.stages import ORDER
+
 PACKAGES = ("ray", "msgspec", "nats-py", "asyncpg", "aiohttp", "aiosmtplib", "uvloop")
 
 
@@ -61,6 +63,22 @@ def print_result(console: Console, r: dict) -> None:
         t.add_row(str(run["shards"]), mode, f"{run['e2e_per_s']:,}", str(run["p50_ms"]), str(run["p95_ms"]),
                   str(run["p99_ms"]), str(run["max_ms"]), str(run["sent_p99_ms"]), busiest)
     console.print(t)
+    staged = [run for run in runs if run.get("stages")]
+    if staged:
+        st = Table(title="time per stage, ms (traced notifications, policy/trace.py)")
+        st.add_column("stage")
+        for run in staged:
+            mode = f"{run['rate']:,.0f}/s" if run["rate"] else "backlog"
+            st.add_column(f"{mode} p50", justify="right")
+            st.add_column(f"{mode} p99", justify="right")
+        names = [n for n in ORDER if any(n in run["stages"] for run in staged)]
+        for n in names:
+            cells = []
+            for run in staged:
+                seg = run["stages"].get(n)
+                cells += [str(seg["p50_ms"]), str(seg["p99_ms"])] if seg else ["-", "-"]
+            st.add_row(n, *cells)
+        console.print(st)
     if r.get("ceilings"):
         c = Table(title="each stage alone (same payloads, same run)")
         c.add_column("stage")

@@ -50,6 +50,9 @@ class EngineConfig(_Section):
     # accepted; then it fails. 0: fail at once. Requests with fallback channels
     # use those instead.
     retry_failed_for_s: NonNegative = 3600.0
+    # The share of notifications whose time per pipeline stage is measured (by id,
+    # policy/trace.py): tidings_stage_seconds on /metrics, and tidings bench e2e's breakdown
+    trace_sample: Annotated[float, Meta(ge=0, le=1)] = 0.01
 
 
 class NatsConfig(_Section):

@@ -242,6 +242,7 @@ class DeliveryTask(Struct, array_like=True):
     accepted_at: float = 0.0
     metadata: dict[str, str] = {}
     locale: str = "en"
+    stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace)
 
 
 class Attempt(Struct, array_like=True):
@@ -275,6 +276,7 @@ class Outcome(Struct, array_like=True):
     priority: str = "normal"
     detail: str | None = None  # e.g. the validation message of a rejected payload
     parent_id: str | None = None  # the broadcast this notification belongs to
+    stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace); never stored
 
 
 def derive_id(key: str) -> str:

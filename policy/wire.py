@@ -30,6 +30,7 @@ class Inbound(msgspec.Struct, array_like=True):
 
     id: str
     request: NotificationRequest
+    stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace)
 
 
 class Broadcast(msgspec.Struct, array_like=True):

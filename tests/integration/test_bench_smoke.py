@@ -3,9 +3,11 @@ runs, the JSON keys the capacity report relies on, and the plan made from it."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from bench import capacity, e2e
+from bench import capacity, e2e, stages
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +30,12 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     assert run["sinks"]["smtp"]["count"] == run["sent_rows"] - run["sinks"]["webhook"]["received"]
     assert result["paced_run"]["rate"] > 0 and len(result["paced_runs"]) == 1
     assert {"ChannelShard", "UserShard"} <= set(run["cpu_cores"])
+    # where the time went: every segment of a traced notification (a fifth are), and the charts
+    for segment in ("fetch", "ingest", "decide", "to_channel", "provider", "commit", "ack"):
+        assert run["stages"][segment]["n"] > 0 and run["stages"][segment]["p99_ms"] >= 0, (segment, run["stages"])
+    charts = stages.charts(result, str(tmp_path / "e2e.json"))
+    assert [os.path.basename(c) for c in charts] == ["e2e-latency.png", "e2e-stages.png"]
+    assert all(open(c, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for c in charts)
     plan = capacity.plan(result, capacity.parse_rate("5M/h"), 100)
     assert plan["rate_per_s"] == pytest.approx(5e6 / 3600)
     assert plan["saturates_first"] in {g["group"] for g in plan["groups"]}
