@@ -195,8 +195,13 @@ class Ingestor:
     async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
         inbound = [inb for _, inb in pairs]
         answers: list[dict] = []
+        tried: list[int] = []
 
         async def call() -> None:
+            if tried:  # a retry: its stamps would measure the failure and the backoff
+                for inb in inbound:
+                    inb.stages = None
+            tried.append(1)
             # encoded inside the call: a batch that cannot be encoded is nak'd (in the end
             # dead-lettered), not left to come back after ack_wait without end
             answers.append(await self.user_shards[shard].handle.remote(wire.encode(inbound)))
@@ -204,13 +209,16 @@ class Ingestor:
         if await self._acked([m for m, _ in pairs], call, f"shard {shard} batch of {len(pairs)}"):
             committed = answers[-1].get("committed_at") if answers and isinstance(answers[-1], dict) else None
             if committed and any(inb.stages for inb in inbound):  # the last segment: committed to acked
-                self._traced(time.time() - committed)
+                self._traced(max(0.0, time.time() - committed))
 
     def _traced(self, seconds: float) -> None:
-        self.acks_traced.append(seconds)
-        if self._stage_metric is None:
-            self._stage_metric = stage_histogram()
-        self._stage_metric.observe(seconds, tags={"stage": "ack"})
+        try:
+            self.acks_traced.append(seconds)
+            if self._stage_metric is None:
+                self._stage_metric = stage_histogram()
+            self._stage_metric.observe(seconds, tags={"stage": "ack"})
+        except Exception:  # a measurement must never fail a batch
+            log.exception("stage tracing failed")
 
     async def stage_samples(self) -> list[float]:
         """Seconds from commit to ack of the traced batches (``policy.trace``), latest last."""

@@ -62,12 +62,12 @@ async def _init_connection(conn) -> None:
     await conn.execute(CREATE_STAGE)
 
 
-def _settle(p: _Pending, error: BaseException | None) -> None:
-    """Answer one caller: committed, or the error (then nothing of it is acked)."""
+def _settle(p: _Pending, error: BaseException | None, committed: float = 0.0) -> None:
+    """Answer one caller: committed (when), or the error (then nothing of it is acked)."""
     if p.future.done():
         return
     if error is None:
-        p.future.set_result(None)
+        p.future.set_result(committed)
     else:
         p.future.set_exception(error)
 
@@ -113,12 +113,13 @@ class Recorder:
             asyncio.get_running_loop().create_task(self._flusher())
             self.pool = pool  # last: it is what marks the actor ready
 
-    async def record(self, payload: bytes) -> int:
-        """Record a batch of Outcomes; returns once they are committed."""
+    async def record(self, payload: bytes) -> float:
+        """Record a batch of Outcomes; returns once they are committed, with the
+        time of the commit (the start of the ``ack`` segment, ``policy.trace``)."""
         await self._ready()
         outcomes = wire.decode(payload, list[Outcome])
         if not outcomes:
-            return 0
+            return time.time()
         fut = asyncio.get_running_loop().create_future()
         traced = [o for o in outcomes if o.stages is not None]
         if traced:
@@ -132,8 +133,7 @@ class Recorder:
         self.wake.set()
         if self.pending_rows >= self.cfg.flush_rows:
             self.full.set()
-        await fut
-        return len(outcomes)
+        return await fut
 
     async def _flusher(self) -> None:
         while True:
@@ -188,18 +188,27 @@ class Recorder:
             return
         committed = time.time()
         for p in batch:
-            _settle(p, None)
-            if p.traced:
-                self._traced(p.traced, committed)
+            _settle(p, None, committed)
+        traced = [o for p in batch for o in p.traced]
+        if traced:  # after every caller is answered: measuring never holds one back
+            asyncio.get_running_loop().call_soon(self._traced, traced, committed)
 
     def _traced(self, outcomes: list[Outcome], committed: float) -> None:
-        if self._stage_metric is None:
-            self._stage_metric = stage_histogram()
-        for o in outcomes:
-            seconds = trace.segments(o.stages or {}, o.accepted_at, o.attempts, committed)
-            for stage, s in seconds.items():
-                self._stage_metric.observe(s, tags={"stage": stage})
-            self.traced.append(seconds)
+        try:
+            if self._stage_metric is None:
+                self._stage_metric = stage_histogram()
+            seen: set[str] = set()
+            for o in outcomes:
+                seconds = trace.segments(o.stages or {}, o.accepted_at, o.attempts, committed)
+                if o.notification_id in seen:  # a notification's second channel: its common part counted once
+                    for name in trace.BEFORE_FANOUT:
+                        seconds.pop(name, None)
+                seen.add(o.notification_id)
+                for stage, s in seconds.items():
+                    self._stage_metric.observe(s, tags={"stage": stage})
+                self.traced.append(seconds)
+        except Exception:  # a measurement must never fail a record
+            log.exception("stage tracing failed")
 
     async def stage_samples(self) -> list[dict[str, float]]:
         """The segments of the traced outcomes committed (``policy.trace``), latest last."""

@@ -98,8 +98,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 self.traced[inb.id] = inb.stages
         try:
             outcomes, error = await self._process(fresh)
-            await self._record(outcomes)
-            committed = time.time()
+            committed = await self._record(outcomes)
             if error is not None:
                 raise error
         except BaseException as e:
@@ -136,10 +135,12 @@ class UserShard(PrefsMixin, TemplatesMixin):
             fresh.append(inb)
         return fresh, waits
 
-    async def _record(self, outcomes: list[Outcome]) -> None:
-        """Commit outcomes through the Recorder; they leave the journal once committed."""
-        await self.recorder.record.remote(wire.encode(outcomes))
+    async def _record(self, outcomes: list[Outcome]) -> float:
+        """Commit outcomes through the Recorder; they leave the journal once
+        committed. Returns when the commit was (the Recorder's clock)."""
+        committed = await self.recorder.record.remote(wire.encode(outcomes))
         self._committed(outcomes)
+        return committed
 
     def _journal(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:
@@ -198,6 +199,8 @@ class UserShard(PrefsMixin, TemplatesMixin):
         self._forget((o.notification_id, o.channel) for o in journaled
                      if rows.get((o.notification_id, o.channel), "deferred") != "deferred")
         again = [o for o in journaled if (o.notification_id, o.channel) not in rows]
+        for o in again:  # their stamps are the first try's: they would measure the retry
+            o.stages = None
         recorded = set(rows)
         done = recorded | {(o.notification_id, o.channel) for o in journaled}
         refs = {(it.request.template.id, it.request.template.version) for it in items
@@ -298,7 +301,8 @@ class UserShard(PrefsMixin, TemplatesMixin):
             for t in tasks:
                 stamps = self.traced.get(t.notification_id)
                 if stamps is not None:
-                    t.stages = {**stamps, "decided": handed}
+                    stamps.setdefault("decided", handed)  # a fallback round's wait is not "decide"
+                    t.stages = dict(stamps)
         parts = [tasks[i:i + SEND_BATCH] for i in range(0, len(tasks), SEND_BATCH)] if len(tasks) > SEND_BATCH \
             else [tasks[i::k] for i in range(k)]
         replies = await asyncio.gather(*(

@@ -123,7 +123,8 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
 
 async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tuple:
     """Start the engine, seed, publish, wait for the rows; the engine is stopped
-    however this ends. Returns (stats row, rows, expected rows, publish s, cpu)."""
+    however this ends. Returns (stats row, rows, expected rows, publish s, cpu,
+    time per stage)."""
     engine = await Engine(cfg).start()
     cpu = CpuSampler()
     try:
@@ -275,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     print_result(console, result)
     if args.json:
         write_json(args.json, result)
-        for path in stages.charts(result, args.json):
-            console.print(f"chart: {path}")
+        try:
+            for path in stages.charts(result, args.json):
+                console.print(f"chart: {path}")
+        except ImportError:
+            console.print("no charts: matplotlib is not installed (pip install 'tidings[bench]')")
     return 0 if result["complete"] else 1
 
 

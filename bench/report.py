@@ -68,7 +68,7 @@ def print_result(console: Console, r: dict) -> None:
         st = Table(title="time per stage, ms (traced notifications, policy/trace.py)")
         st.add_column("stage")
         for run in staged:
-            mode = f"{run['rate']:,.0f}/s" if run["rate"] else "backlog"
+            mode = f"{run['rate']:,.0f}/s" if run["rate"] else f"backlog k={run['shards']}"
             st.add_column(f"{mode} p50", justify="right")
             st.add_column(f"{mode} p99", justify="right")
         names = [n for n in ORDER if any(n in run["stages"] for run in staged)]

@@ -6,15 +6,25 @@ latency against load, and the segments at each load."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import time
 
 from policy.trace import SEGMENTS
 
 ORDER = tuple(SEGMENTS)  # pipeline order, "ack" last
 
 
-async def collect(actors) -> dict[str, list[float]]:
-    """Seconds per segment of every traced notification the run's actors kept."""
+async def collect(actors, settle_s: float = 10.0) -> dict[str, list[float]]:
+    """Seconds per segment of every traced notification the run's actors kept,
+    once the Ingestors have acked what is in flight (the rows are committed
+    before their batches are acked: the last acks come after)."""
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        infos = await asyncio.gather(*(i.info.remote() for i in actors.ingestors))
+        if not any(info["inflight_batches"] for info in infos):
+            break
+        await asyncio.sleep(0.05)
     recorded, *acks = await asyncio.gather(actors.recorder.stage_samples.remote(),
                                            *(i.stage_samples.remote() for i in actors.ingestors))
     per: dict[str, list[float]] = {name: [] for name in ORDER}
@@ -26,7 +36,8 @@ async def collect(actors) -> dict[str, list[float]]:
 
 
 def _quantile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))]
+    """The nearest-rank quantile of sorted ``values``."""
+    return values[max(0, math.ceil(q * len(values)) - 1)]
 
 
 def summary(per: dict[str, list[float]]) -> dict[str, dict]:

@@ -16,14 +16,11 @@ from collections.abc import Mapping, Sequence
 
 from policy.types import Attempt
 
-# the order a notification passes them; a segment ends at each
-STAMPS = ("fetched", "shard_in", "decided", "channel_in", "channel_out", "shard_back", "record_in")
-
 # segment -> what it is; in pipeline order (bench/RESULTS.md and docs/design.md use these names)
 SEGMENTS = {
     "fetch": "published to fetched: JetStream, the batch forming, a free Ingestor slot",
     "ingest": "fetched to in the UserShard: decode, group, the Ray call and the shard's queue",
-    "decide": "in the UserShard to handed on: recorded ids, user states, templates, the plan",
+    "decide": "in the UserShard to handed on: decode, recorded ids, user states, templates, the plan",
     "to_channel": "handed on to in the ChannelShard: the Ray call and the shard's queue",
     "channel_wait": "in the ChannelShard to the provider call: bulkhead, rate limit, breaker",
     "provider": "the provider calls, first start to last end (retries included)",
@@ -31,15 +28,20 @@ SEGMENTS = {
     "back": "the ChannelShard's answer to the UserShard: the Ray reply, the other shards' calls",
     "to_recorder": "back in the UserShard to in the Recorder: other channels, fallbacks, holds, the Ray call",
     "commit": "in the Recorder to committed: linger, COPY and commit",
-    "ack": "committed to acked: the replies to the Ingestor and the ack",
+    "ack": "committed to acked: the replies to the UserShard and the Ingestor, and the ack (one per shard batch)",
 }
 
 
+# the segments a notification passes once, before it fans out to its channels
+BEFORE_FANOUT = ("fetch", "ingest", "decide")
+
+
 def sampled(notification_id: str, rate: float) -> bool:
-    """Whether ``notification_id`` is traced at ``rate`` (0..1); the same answer in every actor."""
+    """Whether ``notification_id`` is traced at ``rate`` (0..1); the same answer in
+    every actor. Salted: other hashes of the id (a retry's spread) are not correlated."""
     if rate <= 0:
         return False
-    return rate >= 1 or zlib.crc32(notification_id.encode()) < rate * 0xFFFFFFFF
+    return rate >= 1 or zlib.crc32(b"trace:" + notification_id.encode()) < rate * 0xFFFFFFFF
 
 
 def segments(stamps: Mapping[str, float], accepted_at: float, attempts: Sequence[Attempt],

@@ -387,7 +387,7 @@ async def test_recorder_keeps_one_bad_caller_from_failing_the_others(engine):
     rec = engine.actors.recorder
     results = await asyncio.gather(rec.record.remote(wire.encode([good])), rec.record.remote(wire.encode([bad])),
                                    return_exceptions=True)
-    assert results[0] == 1
+    assert isinstance(results[0], float)  # committed, and when
     assert isinstance(results[1], Exception)
     assert await wait_rows(engine.pool, [good.notification_id], 1) == 1
 
