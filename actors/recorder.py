@@ -93,6 +93,7 @@ class Recorder:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.rows_written = 0
         self.flushes = 0
+        self.flushing = 0  # flushes running now
         self._start_lock = asyncio.Lock()
         self._metric = None
         self._stage_metric = None
@@ -146,9 +147,14 @@ class Recorder:
                 await asyncio.sleep(0.1)
 
     async def _flush_next(self) -> None:
+        """Batches that follow the load: with no flush running, rows go at once
+        (an idle engine makes no one wait); while another flush runs, they wait up
+        to ``linger_ms`` for company (or ``flush_rows``), so under a backlog the
+        flushes stay large; and while every connection is busy they gather anyway."""
         linger = self.cfg.linger_ms / 1000
         await self.wake.wait()
-        if self.pending_rows < self.cfg.flush_rows and linger > 0:
+        await self.slots.acquire()
+        if self.flushing and self.pending_rows < self.cfg.flush_rows and linger > 0:
             try:
                 await asyncio.wait_for(self.full.wait(), linger)
             except TimeoutError:
@@ -156,13 +162,14 @@ class Recorder:
         batch, self.pending, self.pending_rows = self.pending, [], 0
         self.wake.clear()
         self.full.clear()
-        await self.slots.acquire()
         asyncio.get_running_loop().create_task(self._flush(batch))
 
     async def _flush(self, batch: list[_Pending]) -> None:
+        self.flushing += 1
         try:
             await self._write_all(batch)
         finally:
+            self.flushing -= 1
             self.slots.release()
         self._report()
 

@@ -151,7 +151,7 @@ class HttpConfig(_Section):
 
 class RecorderConfig(_Section):
     flush_rows: Positive = 2000  # flush when this many rows wait
-    linger_ms: NonNegative = 10.0  # or when the oldest row waited this long
+    linger_ms: NonNegative = 10.0  # or, while another flush runs, when the oldest row waited this long
 
 
 class SchedulerConfig(_Section):
