@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 
 from engine.runtime import Engine
@@ -52,6 +53,9 @@ async def test_a_refused_record_is_recorded_later_and_never_sent_again(
     await hook.start()
     cfg = engine_config(nats_url, database_url, str(tmp_path), webhook_url=hook.url, channels=("webhook",),
                         redis_url=redis_url)
+    # a slot per message at most: a batch retried in place keeps its slot, and with the
+    # default 4 a slow publish (more, smaller batches) would leave some never fetched
+    cfg = msgspec.structs.replace(cfg, engine=msgspec.structs.replace(cfg.engine, inflight_batches=N))
     engine = await Engine(cfg).start()
     try:
         await engine.pool.execute(REFUSE.format(state=state))
