@@ -16,6 +16,7 @@ from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, T
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import URGENT, Bulkhead
 from actors.delivery.routing import Router, make_router
+from actors.stalls import StallWatch
 from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.types import DeliveryTask, Outcome
@@ -79,7 +80,7 @@ def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> lis
 
 
 class ChannelShard:
-    def __init__(self, channel: str, cfg: bytes, index: int = 0):
+    def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0):
         self.channel, self.index = channel, index
         self.cfg = msgspec.msgpack.decode(cfg, type=ChannelConfig)
         self.slots: list[ProviderSlot] | None = None
@@ -89,6 +90,7 @@ class ChannelShard:
         self.delivered = 0
         self.batch_size = 0
         self.mixed = False  # every provider's batch may mix contents
+        self.watch = StallWatch(gc_young)
 
     async def _ready(self) -> list[ProviderSlot]:
         if self.slots is not None:
@@ -106,6 +108,7 @@ class ChannelShard:
                 self.mixed = bool(slots) and all(getattr(s.provider, "mixed_content", False) for s in slots)
                 self.router = router
                 self.slots = slots
+                self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
         return self.slots
 
     async def deliver(self, payload: bytes) -> bytes:
@@ -137,6 +140,10 @@ class ChannelShard:
             # that one fails.
             return list(await asyncio.gather(*(deliver(t, slots, **env) for t in group)))
         return outcomes
+
+    async def stalls(self) -> dict:
+        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
+        return self.watch.samples()
 
     async def health(self) -> dict:
         slots = await self._ready()

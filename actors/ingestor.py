@@ -22,6 +22,7 @@ import nats
 from nats.aio.msg import Msg
 
 from actors import faults
+from actors.stalls import StallWatch
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import dead_letters, streams
 from infra.config import Config, decode as decode_config
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 DECODERS = {NotificationRequest: msgspec.json.Decoder(NotificationRequest),
             BroadcastRequest: msgspec.json.Decoder(BroadcastRequest)}
 NAK_DELAY_S = 2.0  # a failed batch comes back after this, not in a hot loop
+WARM_S = 5.0  # the longest a start waits to have called each UserShard once
 
 
 def header_safe(text: str, limit: int = 400) -> str:
@@ -80,6 +82,7 @@ class Ingestor:
         self.stopping = asyncio.Event()
         self.acks_traced: deque[float] = deque(maxlen=TRACED_KEPT)
         self._stage_metric = None
+        self.watch = StallWatch(self.cfg.engine.gc_young)
 
     async def start(self) -> None:
         if self.running:
@@ -88,12 +91,26 @@ class Ingestor:
         self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{'-'.join(self.lanes)}-{self.index}",
                                      max_reconnect_attempts=-1)
         self.js = self.nc.jetstream()
+        await self._warm()
         subs = [await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream) for lane in self.lanes]
         self.running = True
         self.stopping.clear()
         self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)  # shared by this actor's lanes
         loop = asyncio.get_running_loop()
         self.loop_tasks = [loop.create_task(self._fetch_loop(sub)) for sub in subs]
+        self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
+
+    async def _warm(self) -> None:
+        """Call each UserShard once, so Ray has connected this Ingestor to it before
+        a message waits for that. Bounded: a shard being restarted must not hold a
+        (restarted) Ingestor's start; what did not answer is connected on first use."""
+        calls = [asyncio.ensure_future(s.info.remote()) for s in self.user_shards]
+        done, pending = await asyncio.wait(calls, timeout=WARM_S)
+        for call in pending:
+            call.cancel()
+        for call in done:
+            if call.exception() is not None:
+                log.warning("warm-up call to a UserShard failed: %r", call.exception())
 
     async def _fetch_loop(self, sub) -> None:
         e = self.cfg.engine
@@ -331,6 +348,10 @@ class Ingestor:
 
         if await self._acked([r.msg for r in rejected], answer, f"{len(rejected)} rejected messages"):
             self.stats["rejected"] += len(rejected)
+
+    async def stalls(self) -> dict:
+        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
+        return self.watch.samples()
 
     async def info(self) -> dict:
         return {"index": self.index, "lanes": list(self.lanes), "running": self.running,

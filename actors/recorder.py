@@ -18,6 +18,8 @@ import msgspec
 from ray.util import metrics
 
 from actors import faults
+from actors.delivery.bulkhead import URGENT
+from actors.stalls import StallWatch
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import db
 from infra.config import DatabaseConfig, RecorderConfig
@@ -80,7 +82,8 @@ class _Pending:
 
 
 class Recorder:
-    def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None):
+    def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None,
+                 gc_young: int = 0):
         self.url, self.schema = database_url, schema
         self.cfg = msgspec.msgpack.decode(cfg, type=RecorderConfig)
         self.limits = msgspec.msgpack.decode(limits, type=DatabaseConfig) if limits else None  # None: the defaults
@@ -98,6 +101,8 @@ class Recorder:
         self._metric = None
         self._stage_metric = None
         self.traced: deque[dict[str, float]] = deque(maxlen=TRACED_KEPT)
+        self.traced_urgent: deque[dict[str, float]] = deque(maxlen=TRACED_KEPT)  # high and critical, also apart
+        self.watch = StallWatch(gc_young)
 
     async def _ready(self) -> None:
         if self.pool is not None:
@@ -113,6 +118,7 @@ class Recorder:
                                         init=_init_connection, limits=self.limits)
             asyncio.get_running_loop().create_task(self._flusher())
             self.pool = pool  # last: it is what marks the actor ready
+            self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
 
     async def record(self, payload: bytes) -> float:
         """Record a batch of Outcomes; returns once they are committed, with the
@@ -214,12 +220,15 @@ class Recorder:
                 for stage, s in seconds.items():
                     self._stage_metric.observe(s, tags={"stage": stage})
                 self.traced.append(seconds)
+                if o.priority in URGENT:
+                    self.traced_urgent.append(seconds)
         except Exception:  # a measurement must never fail a record
             log.exception("stage tracing failed")
 
-    async def stage_samples(self) -> list[dict[str, float]]:
-        """The segments of the traced outcomes committed (``policy.trace``), latest last."""
-        return list(self.traced)
+    async def stage_samples(self, urgent: bool = False) -> list[dict[str, float]]:
+        """The segments of the traced outcomes committed (``policy.trace``), latest
+        last; ``urgent``: of the high and critical ones only."""
+        return list(self.traced_urgent if urgent else self.traced)
 
     async def _write(self, rows: list[tuple]) -> None:
         started = time.perf_counter()
@@ -234,6 +243,14 @@ class Recorder:
         for (channel, status), n in self.counts.items():
             self._metric.inc(n, tags={"channel": channel, "status": status})
         self.counts.clear()
+
+    async def stalls(self) -> dict:
+        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
+        return self.watch.samples()
+
+    async def warm(self) -> None:
+        """Set up now (the pool, the flusher) rather than on the first record."""
+        await self._ready()
 
     async def stats(self) -> dict:
         return {"rows_written": self.rows_written, "flushes": self.flushes, "pending": self.pending_rows}

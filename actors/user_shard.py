@@ -14,6 +14,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from actors.delivery.bulkhead import URGENT
+from actors.stalls import StallWatch
 from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules
 from actors.user_prefs import PrefsMixin
@@ -45,11 +47,13 @@ JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journ
 
 
 class UserShard(PrefsMixin, TemplatesMixin):
-    def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder):
+    def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder,
+                 urgent_shards: dict | None = None):
         self.index = index
         self.cfg: Config = decode_config(cfg)
         self.url = database_url
         self.channel_shards = channel_shards
+        self.urgent_shards = urgent_shards or {}  # channel -> shards for high and critical tasks only
         self.recorder = recorder
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
@@ -72,6 +76,7 @@ class UserShard(PrefsMixin, TemplatesMixin):
         self.stats = {"decided": 0, "duplicates": 0, "outcomes": 0}
         self._start_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
+        self.watch = StallWatch(self.cfg.engine.gc_young)
 
     async def _ready(self) -> None:
         if self.pool is None:
@@ -79,6 +84,20 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 if self.pool is None:
                     self.pool = await db.create_pool(self.url, self.cfg.database.schema,
                                                      min_size=1, max_size=4)
+                    self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
+
+    async def warm(self) -> dict:
+        """Set up before the first message: this shard's pool, every ChannelShard
+        (provider clients) and the Recorder, each called once so Ray has connected
+        this shard to it. Otherwise the first batches pay for all of it, hundreds
+        of ms on a busy machine, and a p99 over a few thousand notifications is
+        those batches. Says what could not be warmed (it is set up on first use)."""
+        await self._ready()
+        shards = [s for group in (self.channel_shards, self.urgent_shards) for ss in group.values() for s in ss]
+        results = await asyncio.gather(*(s.health.remote() for s in shards), self.recorder.warm.remote(),
+                                       return_exceptions=True)
+        failed = [repr(r) for r in results if isinstance(r, BaseException)]
+        return {"warmed": len(results) - len(failed), "failed": failed}
 
     # -- notifications ---------------------------------------------------------
 
@@ -256,7 +275,10 @@ class UserShard(PrefsMixin, TemplatesMixin):
         and the deliveries'), the notifications with a channel sent or held, and
         the first error."""
         outcomes = list(plan.outcomes)
-        results = await asyncio.gather(self._hold(plan.holds), *(self._send(ch, t) for ch, t in plan.sends.items()),
+        # a broadcast is bulk whatever its priority: its audience must not fill the urgent shards
+        urgent_ok = plan.parent_id is None
+        results = await asyncio.gather(self._hold(plan.holds),
+                                       *(self._send(ch, t, urgent_ok) for ch, t in plan.sends.items()),
                                        return_exceptions=True)
         error = results[0] if isinstance(results[0], BaseException) else None
         for result in results[1:]:
@@ -288,13 +310,13 @@ class UserShard(PrefsMixin, TemplatesMixin):
         state = states.get(item.user_id)
         return releasing.next_bucket(item, zone(state.timezone if state else "UTC"))
 
-    async def _send(self, channel: str, tasks: list[DeliveryTask]) -> tuple[list[Outcome], BaseException | None]:
-        """One call per ChannelShard of this channel, the tasks dealt round robin.
-        Returns what the shards that answered delivered, and the first error of
-        one that did not: the answers are journaled and recorded whatever
-        another shard did, or a retry would send them again."""
-        shards = self.channel_shards[channel]
-        k = len(shards)
+    async def _send(self, channel: str, tasks: list[DeliveryTask],
+                    urgent_ok: bool = True) -> tuple[list[Outcome], BaseException | None]:
+        """One call per ChannelShard of this channel, the tasks dealt round robin;
+        high and critical tasks to the channel's urgent shards when it has some
+        (``urgent_shards``) and ``urgent_ok`` (not a broadcast's). Returns what the shards that answered delivered, and
+        the first error of one that did not: the answers are journaled and
+        recorded whatever another shard did, or a retry would send them again."""
         self.rr += 1
         if self.traced:
             handed = time.time()
@@ -303,11 +325,16 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 if stamps is not None:
                     stamps.setdefault("decided", handed)  # a fallback round's wait is not "decide"
                     t.stages = dict(stamps)
-        parts = [tasks[i:i + SEND_BATCH] for i in range(0, len(tasks), SEND_BATCH)] if len(tasks) > SEND_BATCH \
-            else [tasks[i::k] for i in range(k)]
-        replies = await asyncio.gather(*(
-            shards[(self.rr + i) % k].deliver.remote(wire.encode(part)) for i, part in enumerate(parts) if part
-        ), return_exceptions=True)
+        calls = []
+        urgent_shards = self.urgent_shards.get(channel) if urgent_ok else None
+        if urgent_shards:
+            urgent = [t for t in tasks if t.priority in URGENT]
+            if urgent:
+                tasks = [t for t in tasks if t.priority not in URGENT]
+                calls += self._deal(urgent_shards, urgent)
+        calls += self._deal(self.channel_shards[channel], tasks)
+        replies = await asyncio.gather(*(shard.deliver.remote(wire.encode(part)) for shard, part in calls),
+                                       return_exceptions=True)
         error = next((r for r in replies if isinstance(r, BaseException)), None)
         outcomes = [o for r in replies if not isinstance(r, BaseException) for o in wire.decode(r, list[Outcome])]
         if self.traced:
@@ -316,6 +343,14 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 if o.stages is not None:
                     o.stages["shard_back"] = back
         return outcomes, error
+
+    def _deal(self, shards: list, tasks: list[DeliveryTask]) -> list[tuple]:
+        """(shard, tasks) per call: batches of ``SEND_BATCH``, or the tasks dealt
+        over every shard, starting at the round-robin turn."""
+        k = len(shards)
+        parts = [tasks[i:i + SEND_BATCH] for i in range(0, len(tasks), SEND_BATCH)] if len(tasks) > SEND_BATCH \
+            else [tasks[i::k] for i in range(k)]
+        return [(shards[(self.rr + i) % k], part) for i, part in enumerate(parts) if part]
 
     # -- broadcasts ------------------------------------------------------------
 
@@ -563,6 +598,10 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 raise
             self.users.add_loaded(token, loaded)
         return Pinned(self.users, held, loaded, user_ids)
+
+    async def stalls(self) -> dict:
+        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
+        return self.watch.samples()
 
     async def info(self) -> dict:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -72,7 +72,16 @@ def plan(result: dict, rate: float, p99_ms: float) -> dict:
         "measured_best_per_s": best["e2e_per_s"], "measured_on_cores": result["cores"],
         "scaling": [(r["shards"], r["e2e_per_s"]) for r in result["backlog_runs"]],
         "slowest_stage": result.get("slowest_stage"), "slowest_stage_per_s": result.get("slowest_stage_per_s"),
+        "floor": floor(curve[0]) if curve else [],
     }
+
+
+def floor(run: dict) -> list[tuple[str, float]]:
+    """What holds the p99 where it is: the segments the slowest 1% of the
+    lightest paced run spent most time in (``bench.stages.tail``), largest first."""
+    stages = run.get("stages") or {}
+    spent = [(name, seg["tail_ms"]) for name, seg in stages.items() if seg.get("tail_ms")]
+    return sorted(spent, key=lambda pair: -pair[1])[:3]
 
 
 def show(p: dict) -> None:
@@ -94,8 +103,10 @@ def show(p: dict) -> None:
     console.print(f"latency curve (utilisation → p99 ms): {p['latency_curve']}")
     console.print(f"p99 target {p['target_p99_ms']} ms: {verdict} — measured p99 {p['measured_p99_ms']} ms at "
                   f"{p['utilisation']:.0%} utilisation, the utilisation the sizing above uses."
-                  + ("" if p["p99_met"] else " Below that, more cores do not lower it: batching and linger set the "
-                     "floor (recorder.linger_ms, engine.fetch_timeout_s, engine.ingest_batch)."))
+                  + ("" if p["p99_met"] else " Below that, more cores do not lower it."))
+    if not p["p99_met"] and p.get("floor"):
+        console.print("what holds it (the slowest 1% at the lightest load, mean ms per segment; policy/trace.py): "
+                      + ", ".join(f"{name} {ms:,.0f}" for name, ms in p["floor"]))
 
 
 def main(argv: list[str] | None = None) -> int:

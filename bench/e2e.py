@@ -54,6 +54,17 @@ SELECT count(*) AS rows,
   count(*) FILTER (WHERE status = 'sent') AS sent_rows
 FROM delivery_tracking
 """
+BULK_ONLY = "WHERE priority IS DISTINCT FROM 'critical'"  # the backlog's figures without the urgent stream
+URGENT_SQL = """
+SELECT count(*) AS rows, count(*) FILTER (WHERE status = 'sent') AS sent_rows,
+  percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - accepted_at))
+    FILTER (WHERE status = 'sent') AS sent,
+  percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM created_at - accepted_at)) AS durable,
+  count(*) FILTER (WHERE created_at < (SELECT max(created_at) FROM delivery_tracking WHERE priority IS DISTINCT FROM 'critical'))
+    AS during_backlog
+FROM delivery_tracking WHERE priority = 'critical'
+"""
+URGENT_CATEGORY = "application_updates"
 
 
 def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess], services: Services,
@@ -80,8 +91,8 @@ async def publish(engine: Engine, notes: list[dict], rate: float) -> float:
     futures = []
     for i, body in enumerate(notes):
         body["id"] = str(uuid.uuid4())
-        futures.append(await engine.js.publish_async(streams.notify_subject(engine.cfg.nats, body["category"]),
-                                                     enc.encode(body)))
+        subject = streams.subject_for(engine.cfg.nats, body["category"], body.get("priority", "normal"))
+        futures.append(await engine.js.publish_async(subject, enc.encode(body)))
         if rate > 0 and i % 50 == 49:
             ahead = (i + 1) / rate - (time.perf_counter() - started)
             if ahead > 0:
@@ -102,7 +113,7 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
             sinks["smtp"] = SinkProcess("smtp").start()
         cfg = bench_config(args.channels, shards, sinks, services, args.trace)
         try:
-            s, done, expected, pub_s, busy, traced = await load(args, cfg, n, rate, shards)
+            s, done, expected, pub_s, busy, traced, stalls, urgent = await load(args, cfg, n, rate, shards)
         finally:
             await drop(cfg)
     finally:
@@ -118,13 +129,16 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         "sent_p50_ms": ms(s["sent"][0]) if s["sent"] else None,
         "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
         "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
+        "stalls": stalls, "urgent": urgent,
     }
 
 
 async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tuple:
     """Start the engine, seed, publish, wait for the rows; the engine is stopped
     however this ends. Returns (stats row, rows, expected rows, publish s, cpu,
-    time per stage)."""
+    time per stage, loop stalls per actor kind, the urgent stream's figures).
+    A backlog run with ``--urgent`` publishes a paced stream of critical
+    notifications (the priority lane) once the backlog is in the stream."""
     engine = await Engine(cfg).start()
     cpu = CpuSampler()
     try:
@@ -136,16 +150,43 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
             await run_commands(engine, mix[i:i + 1000])
         notes = requests(n, args.users, uuid.uuid4().hex, prefix=PREFIX, channels=tuple(args.channels))
         await asyncio.sleep(1.0)  # every actor has finished starting before the clock runs
+        urgent_notes = []
+        if not rate and args.urgent > 0:
+            urgent_notes = requests(args.urgent_n, args.users, uuid.uuid4().hex, seed=12, prefix=PREFIX,
+                                    channels=tuple(args.channels))  # not the backlog's users one for one
+            for body in urgent_notes:
+                body["category"], body["priority"] = URGENT_CATEGORY, "critical"
         cpu.start()
         pub_s = await publish(engine, notes, rate)
-        expected = n * len(args.channels)
+        urgent_pub = asyncio.ensure_future(publish(engine, urgent_notes, args.urgent)) if urgent_notes else None
+        expected = (n + len(urgent_notes)) * len(args.channels)
         label = f"k={shards}" + (f" paced {rate:,.0f}/s" if rate else " backlog")
         done = await watch_rows(engine.pool, expected, args.timeout, console, label=label)
         busy = await cpu.stop()
-        traced = stages.summary(await stages.collect(engine.actors))
-        return await engine.pool.fetchrow(STATS_SQL), done, expected, pub_s, busy, traced
+        if urgent_pub is not None:
+            await urgent_pub
+        traced = stages.summary(*await stages.collect(engine.actors))
+        stalls = await stages.collect_stalls(engine.actors)
+        urgent = None
+        if urgent_notes:
+            urgent = await urgent_figures(engine.pool)
+            urgent["stages"] = await stages.collect_urgent(engine.actors)
+        return await engine.pool.fetchrow(STATS_SQL + (BULK_ONLY if urgent_notes else "")), done, expected, pub_s, busy, traced, stalls, urgent
     finally:
         await engine.stop()
+
+
+async def urgent_figures(pool) -> dict:
+    """The urgent stream's latency (publish → provider call, → committed) and how
+    many of its rows were committed before the backlog's last one (only those
+    met a backlog)."""
+    u = await pool.fetchrow(URGENT_SQL)
+    ms = lambda v: round(float(v) * 1000, 1)  # noqa: E731
+    return {"rows": u["rows"], "sent_rows": u["sent_rows"], "during_backlog": u["during_backlog"],
+            "sent_p50_ms": ms(u["sent"][0]) if u["sent"] else None,
+            "sent_p99_ms": ms(u["sent"][1]) if u["sent"] else None,
+            "p50_ms": ms(u["durable"][0]) if u["durable"] else None,
+            "p99_ms": ms(u["durable"][1]) if u["durable"] else None}
 
 
 async def drop(cfg: config.Config) -> None:
@@ -220,9 +261,9 @@ async def run_all(args, services: Services) -> dict:
     best = max(runs, key=lambda r: r["e2e_per_s"])
     paced_runs = []
     if best["e2e_per_s"]:
+        base = args.rate_base or best["e2e_per_s"]
         for fraction in args.paced:
-            run = await run_once(args, services, best["shards"], round(best["e2e_per_s"] * fraction),
-                                 n=args.paced_n)
+            run = await run_once(args, services, best["shards"], round(base * fraction), n=args.paced_n)
             run["utilisation"] = fraction
             paced_runs.append(run)
     paced = paced_runs[-1] if paced_runs else None  # the busiest of them
@@ -251,6 +292,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--paced", default="0.2,0.4,0.6",
                    help="paced runs at these fractions of the best throughput (the latency curve); empty: none")
     p.add_argument("--paced-n", type=int, default=0, help="notifications per paced run (default: --n / 4)")
+    p.add_argument("--rate-base", type=float, default=0,
+                   help="the rate --paced fractions apply to (default: the best backlog run's); fixed, runs of "
+                        "two versions are paced alike")
+    p.add_argument("--urgent", type=float, default=0,
+                   help="per second: a paced stream of critical notifications (the priority lane) published "
+                        "while each backlog drains, its latency reported apart")
+    p.add_argument("--urgent-n", type=int, default=500, help="notifications in the urgent stream")
     p.add_argument("--no-ceilings", action="store_true")
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take to drain")
     p.add_argument("--trace", type=float, default=0.2,

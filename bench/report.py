@@ -65,20 +65,45 @@ def print_result(console: Console, r: dict) -> None:
     console.print(t)
     staged = [run for run in runs if run.get("stages")]
     if staged:
-        st = Table(title="time per stage, ms (traced notifications, policy/trace.py)")
+        st = Table(title="time per stage, ms (traced notifications, policy/trace.py; slowest 1%: the mean among the notifications slowest end to end)")
         st.add_column("stage")
         for run in staged:
             mode = f"{run['rate']:,.0f}/s" if run["rate"] else f"backlog k={run['shards']}"
             st.add_column(f"{mode} p50", justify="right")
             st.add_column(f"{mode} p99", justify="right")
+            st.add_column(f"{mode} slowest 1%", justify="right")
         names = [n for n in ORDER if any(n in run["stages"] for run in staged)]
         for n in names:
             cells = []
             for run in staged:
                 seg = run["stages"].get(n)
-                cells += [str(seg["p50_ms"]), str(seg["p99_ms"])] if seg else ["-", "-"]
+                cells += [str(seg["p50_ms"]), str(seg["p99_ms"]), str(seg.get("tail_ms", "-"))] if seg \
+                    else ["-", "-", "-"]
             st.add_row(n, *cells)
         console.print(st)
+    for run in runs:
+        u = run.get("urgent")
+        if u:
+            console.print(f"urgent stream (critical, priority lane) during the k={run['shards']} backlog: "
+                          f"{u['rows']:,} rows, {u['during_backlog']:,} committed before the backlog's last; "
+                          f"publish → provider call p50 {u['sent_p50_ms']} / p99 {u['sent_p99_ms']} ms, "
+                          f"→ committed p50 {u['p50_ms']} / p99 {u['p99_ms']} ms")
+            if u.get("stages"):
+                console.print("  its time per stage, p50 / p99 / slowest 1% ms: " + ", ".join(
+                    f"{name} {seg['p50_ms']:.0f}/{seg['p99_ms']:.0f}/{seg.get('tail_ms', 0):.0f}"
+                    for name, seg in u["stages"].items()))
+    stalled = [run for run in runs if run.get("stalls")]
+    if stalled:
+        sl = Table(title="event-loop stalls per actor kind, ms (actors/stalls.py): timer lag p99 / max, gc pauses")
+        for col in ("run", "actor", "lag p99", "lag max", "gc2 n", "gc2 max", "gc1 max", "gc total"):
+            sl.add_column(col, justify="right")
+        for run in stalled:
+            mode = f"{run['rate']:,.0f}/s" if run["rate"] else f"backlog k={run['shards']}"
+            for kind, row in run["stalls"].items():
+                total = sum(row.get(f"gc{g}_total_ms", 0) for g in "012")
+                sl.add_row(mode, kind, str(row.get("lag_p99_ms", "-")), str(row.get("lag_max_ms", "-")),
+                           str(row["gc2_n"]), str(row["gc2_max_ms"]), str(row["gc1_max_ms"]), f"{total:,.0f}")
+        console.print(sl)
     if r.get("ceilings"):
         c = Table(title="each stage alone (same payloads, same run)")
         c.add_column("stage")

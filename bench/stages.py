@@ -15,10 +15,11 @@ from policy.trace import SEGMENTS
 ORDER = tuple(SEGMENTS)  # pipeline order, "ack" last
 
 
-async def collect(actors, settle_s: float = 10.0) -> dict[str, list[float]]:
+async def collect(actors, settle_s: float = 10.0) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
     """Seconds per segment of every traced notification the run's actors kept,
     once the Ingestors have acked what is in flight (the rows are committed
-    before their batches are acked: the last acks come after)."""
+    before their batches are acked: the last acks come after); and the
+    Recorder's samples whole (segment -> seconds, one per outcome), for ``tail``."""
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline:
         infos = await asyncio.gather(*(i.info.remote() for i in actors.ingestors))
@@ -32,7 +33,56 @@ async def collect(actors, settle_s: float = 10.0) -> dict[str, list[float]]:
         for name, seconds in sample.items():
             per[name].append(seconds)
     per["ack"] = [s for a in acks for s in a]
-    return per
+    return per, recorded
+
+
+async def collect_urgent(actors) -> dict[str, dict]:
+    """The segments of the traced high and critical outcomes alone (the
+    priority lane), summarised as ``summary`` does; no ``ack`` (acks are per batch)."""
+    samples = await actors.recorder.stage_samples.remote(True)
+    per: dict[str, list[float]] = {name: [] for name in ORDER}
+    for sample in samples:
+        for name, seconds in sample.items():
+            per[name].append(seconds)
+    return summary(per, samples)
+
+
+def tail(samples: list[dict[str, float]], q: float = 0.99) -> dict[str, float]:
+    """Where the slowest outcomes spent their time: of the slowest ``1 - q`` of
+    the samples (their segments added up: published to committed; at least
+    one), the mean ms per segment. The p99 of each segment alone may come from
+    different notifications; this says what made the slow ones slow."""
+    if not samples:
+        return {}
+    slow = sorted(samples, key=lambda one: sum(one.values()), reverse=True)[:max(1, round(len(samples) * (1 - q)))]
+    return {name: round(sum(one.get(name, 0.0) for one in slow) / len(slow) * 1000, 2)
+            for name in ORDER if any(name in one for one in slow)}
+
+
+async def collect_stalls(actors) -> dict[str, dict]:
+    """Loop lags and gc pauses per actor kind (``actors.stalls``): the kinds' samples pooled."""
+    kinds = {"Ingestor": actors.ingestors, "UserShard": actors.user_shards,
+             "ChannelShard": [a for shards in actors.channel_shards.values() for a in shards],
+             "urgent ChannelShard": [a for shards in actors.urgent_shards.values() for a in shards],
+             "Recorder": [actors.recorder]}
+    out = {}
+    for kind, handles in kinds.items():
+        if not handles:
+            continue
+        samples = await asyncio.gather(*(h.stalls.remote() for h in handles))
+        lags = sorted(s for one in samples for s in one["lag"])
+        row: dict = {}
+        if lags:
+            row["lag_p50_ms"] = round(_quantile(lags, 0.5) * 1000, 2)
+            row["lag_p99_ms"] = round(_quantile(lags, 0.99) * 1000, 2)
+            row["lag_max_ms"] = round(lags[-1] * 1000, 2)
+        for gen in ("0", "1", "2"):
+            pauses = sorted(s for one in samples for s in one["gc"][gen])
+            row[f"gc{gen}_n"] = len(pauses)
+            row[f"gc{gen}_max_ms"] = round(pauses[-1] * 1000, 2) if pauses else 0.0
+            row[f"gc{gen}_total_ms"] = round(sum(pauses) * 1000, 1)
+        out[kind] = row
+    return out
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -40,14 +90,18 @@ def _quantile(values: list[float], q: float) -> float:
     return values[max(0, math.ceil(q * len(values)) - 1)]
 
 
-def summary(per: dict[str, list[float]]) -> dict[str, dict]:
-    """segment -> {n, p50_ms, p99_ms}, in pipeline order (empty segments left out)."""
+def summary(per: dict[str, list[float]], samples: list[dict[str, float]] | None = None) -> dict[str, dict]:
+    """segment -> {n, p50_ms, p99_ms, and with ``samples`` tail_ms: that segment's
+    mean among the slowest 1% (``tail``)}, in pipeline order (empty segments left out)."""
+    slow = tail(samples or [])
     out = {}
     for name in ORDER:
         values = sorted(per.get(name, []))
         if values:
             out[name] = {"n": len(values), "p50_ms": round(_quantile(values, 0.5) * 1000, 2),
                          "p99_ms": round(_quantile(values, 0.99) * 1000, 2)}
+            if name in slow:
+                out[name]["tail_ms"] = slow[name]
     return out
 
 

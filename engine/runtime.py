@@ -23,6 +23,7 @@ from policy.sharding import shard_of
 from policy.types import UserProfile
 
 log = logging.getLogger(__name__)
+WARM_S = 60.0  # the longest a start waits for its actors to be set up in advance
 
 SUPERVISE_S = 5.0  # how often the Ingestors' and the Scheduler's loops are started again if a restart idled them
 
@@ -42,9 +43,13 @@ class Actors:
     user_shards: list[ray.actor.ActorHandle]
     ingestors: list[ray.actor.ActorHandle] = field(default_factory=list)
     scheduler: ray.actor.ActorHandle | None = None
+    urgent_shards: dict[str, list[ray.actor.ActorHandle]] = field(default_factory=dict)  # high/critical only
+
+    def every_channel_shard(self) -> list[ray.actor.ActorHandle]:
+        return [a for group in (self.channel_shards, self.urgent_shards) for shards in group.values() for a in shards]
 
     def all(self) -> list[ray.actor.ActorHandle]:
-        return [self.recorder, *(a for shards in self.channel_shards.values() for a in shards),
+        return [self.recorder, *self.every_channel_shard(),
                 *self.user_shards, *self.ingestors, *([self.scheduler] if self.scheduler else [])]
 
 
@@ -72,20 +77,27 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1)
     recorder = Recorder.options(**opts).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
-        limits=_encode(cfg.database))
-    channel_shards = {
-        name: [ChannelShard.options(**opts).remote(name, _encode(credentials.fill(ch, secrets or {})), i)
-               for i in range(ch.shards)]
-        for name, ch in cfg.channels.items() if name in cfg.enabled_channels()
-    }
-    user_shards = [UserShard.options(**opts).remote(i, blob, database_url, channel_shards, recorder)
+        limits=_encode(cfg.database), gc_young=cfg.engine.gc_young)
+    enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
+
+    def channel_shard(name: str, ch, index: int, cpus: float = cfg.ray.actor_cpus):
+        return ChannelShard.options(**{**opts, "num_cpus": cpus}).remote(
+            name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young)
+
+    channel_shards = {name: [channel_shard(name, ch, i) for i in range(ch.shards)] for name, ch in enabled.items()}
+    # numbered after the others: a shard's index names it in logs and health
+    # an urgent shard is mostly idle: a quarter of what an actor reserves (ray.actor_cpus)
+    urgent_shards = {name: [channel_shard(name, ch, ch.shards + i, cfg.ray.actor_cpus / 4)
+                            for i in range(ch.urgent_shards)]
+                     for name, ch in enabled.items() if ch.urgent_shards}
+    user_shards = [UserShard.options(**opts).remote(i, blob, database_url, channel_shards, recorder, urgent_shards)
                    for i in range(cfg.engine.user_shards)]
     ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, i)
                  for i in range(cfg.engine.ingestors)]
     # the priority lane: its own consumer and Ingestor, never behind a bulk backlog
     ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, 0, ("priority",)))
     scheduler = Scheduler.options(**opts).remote(blob, database_url, user_shards)
-    return Actors(recorder, channel_shards, user_shards, ingestors, scheduler)
+    return Actors(recorder, channel_shards, user_shards, ingestors, scheduler, urgent_shards)
 
 
 def with_service_urls(cfg: Config, nats_url: str, database_url: str) -> Config:
@@ -194,6 +206,7 @@ class Engine:
         self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http.tracking)
         self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets)
         if ingest:
+            await self._warm()
             await self._start_loops()
             self.prefs_listener = prefs_bus.Listener(self)
             await self.prefs_listener.start()
@@ -214,6 +227,21 @@ class Engine:
                               f"stream {self.cfg.nats.stream!r}: one instance per deployment until scale-out "
                               "(two would each hold every user's state and miss each other's changes)")
         self.instance_lock = conn
+
+    async def _warm(self) -> None:
+        """Every UserShard sets up and calls each actor it sends to once, before
+        the Ingestors start (``UserShard.warm``). What fails is logged and set up
+        on first use, as before."""
+        calls = asyncio.gather(*(s.warm.remote() for s in self.actors.user_shards), return_exceptions=True)
+        try:
+            results = await asyncio.wait_for(calls, WARM_S)
+        except TimeoutError:
+            log.warning("warm-up took over %.0f s: the rest is set up on first use", WARM_S)
+            return
+        for r in results:
+            failed = [repr(r)] if isinstance(r, BaseException) else r["failed"]
+            if failed:
+                log.warning("warm-up: %d actor(s) not set up in advance: %s", len(failed), "; ".join(failed)[:500])
 
     async def _start_loops(self) -> list:
         """``start`` every Ingestor and the Scheduler (idempotent: a running one
@@ -247,7 +275,7 @@ class Engine:
         if self.actors is not None:
             await asyncio.gather(*(i.stop.remote() for i in self.actors.ingestors),
                                  self.actors.scheduler.stop.remote(), return_exceptions=True)
-            closers = [a.close.remote() for shards in self.actors.channel_shards.values() for a in shards]
+            closers = [a.close.remote() for a in self.actors.every_channel_shard()]
             closers.append(self.actors.recorder.close.remote())
             await asyncio.gather(*closers, return_exceptions=True)
             for actor in self.actors.all():

@@ -53,6 +53,11 @@ class EngineConfig(_Section):
     # The share of notifications whose time per pipeline stage is measured (by id,
     # policy/trace.py): tidings_stage_seconds on /metrics, and tidings bench e2e's breakdown
     trace_sample: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    # Each actor's garbage collector (actors/stalls.py): young collections every this
+    # many new objects, and what an actor holds once set up frozen out of later
+    # collections, so a batch's objects die young instead of filling full collections
+    # that stop the actor for up to 420 ms. 0: Python's defaults (700, nothing frozen)
+    gc_young: Annotated[int, Meta(ge=0)] = 50_000
 
 
 class NatsConfig(_Section):
@@ -211,6 +216,13 @@ class ProviderConfig(_Section):
 class ChannelConfig(_Section):
     enabled: bool = True
     shards: Positive = 1
+    # ChannelShards that take only high and critical notifications, so these never
+    # wait in the event loop of a shard busy with a bulk backlog (docs/design.md,
+    # "Priority lanes"); never a broadcast's. Each has its own provider clients, limits
+    # and breakers, like any shard: a provider's rate_per_s and daily_limit apply per
+    # shard, so one more shard allows one more shard's worth. 0: they share the
+    # shards above (the bulkhead still lets them pass)
+    urgent_shards: Annotated[int, Meta(ge=0)] = 0
     providers: list[ProviderConfig] = []
     # The order a delivery tries the providers in (actors/delivery/routing/).
     routing: Literal["priority", "round_robin", "weighted", "health"] = "priority"

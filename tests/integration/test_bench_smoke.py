@@ -17,7 +17,7 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
     monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
     args = e2e.parse(["--n", "300", "--users", "100", "--channels", "webhook,email", "--shards", "1", "--paced", "0.5",
-                      "--timeout", "120"])
+                      "--timeout", "120", "--urgent", "40", "--urgent-n", "20"])
     result = await e2e.harness(args)
     assert result["complete"], result
     for key in ("e2e_per_s", "p50_ms", "p99_ms", "slowest_stage", "slowest_stage_per_s", "ratio", "n", "cores",
@@ -25,9 +25,17 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
         assert result[key] is not None, key
     assert result["n"] == 300 and result["e2e_per_s"] > 0 and result["ratio"] > 0
     run = result["backlog_runs"][0]
-    assert run["rows"] == 600
+    assert run["rows"] == 640  # 300 and the 20 urgent ones, on two channels each
+    assert run["urgent"]["rows"] == 40 and run["urgent"]["sent_p99_ms"] is not None
+    assert result["paced_runs"][0]["urgent"] is None  # only backlog runs carry the urgent stream
+    # every actor kind timed its loop; with the collector tuned (engine.gc_young) no full collection
+    assert {"Ingestor", "UserShard", "ChannelShard", "Recorder"} <= set(run["stalls"])
+    assert all(row["lag_p99_ms"] >= 0 for row in run["stalls"].values())
+    assert all(row["gc2_n"] == 0 for row in run["stalls"].values()), run["stalls"]
     assert run["sinks"]["webhook"]["bad_signatures"] == 0
-    assert run["sinks"]["smtp"]["count"] == run["sent_rows"] - run["sinks"]["webhook"]["received"]
+    # the sinks got what was recorded sent, the backlog's (sent_rows) and the urgent stream's
+    assert run["sinks"]["smtp"]["count"] + run["sinks"]["webhook"]["received"] == \
+        run["sent_rows"] + run["urgent"]["sent_rows"]
     assert result["paced_run"]["rate"] > 0 and len(result["paced_runs"]) == 1
     assert {"ChannelShard", "UserShard"} <= set(run["cpu_cores"])
     # where the time went: every segment of a traced notification (a fifth are), and the charts
@@ -49,7 +57,9 @@ def test_rates(text, per_s):
 
 def test_plan_uses_the_highest_utilisation_that_meets_the_target():
     run = {"shards": 2, "e2e_per_s": 1000, "cpu_cores": {"ChannelShard": 0.8, "UserShard": 0.2}}
-    curve = [{"rate": 200, "p99_ms": 40.0}, {"rate": 400, "p99_ms": 90.0}, {"rate": 600, "p99_ms": 300.0}]
+    curve = [{"rate": 200, "p99_ms": 40.0, "stages": {"fetch": {"tail_ms": 3.0}, "to_channel": {"tail_ms": 30.0},
+                                                       "ack": {"p99_ms": 5.0}}},
+             {"rate": 400, "p99_ms": 90.0}, {"rate": 600, "p99_ms": 300.0}]
     result = {"backlog_runs": [run], "paced_runs": curve, "paced_run": curve[-1], "cores": 2}
     p = capacity.plan(result, 2000, 100)
     assert p["utilisation"] == 0.4 and p["p99_met"]
@@ -58,6 +68,7 @@ def test_plan_uses_the_highest_utilisation_that_meets_the_target():
     assert p["saturates_first"] == "ChannelShard"
     strict = capacity.plan(result, 2000, 10)
     assert not strict["p99_met"] and strict["utilisation"] == 0.2
+    assert strict["floor"] == [("to_channel", 30.0), ("fetch", 3.0)]  # what the slowest 1% waited on
 
 
 async def test_every_channel_goes_through_the_engine_to_its_server(nats_url, database_url, ray_address,
@@ -78,3 +89,12 @@ async def test_every_channel_goes_through_the_engine_to_its_server(nats_url, dat
         assert channels.complete(r, 100), (name, r)
         assert r["engine"]["statuses"] == {"sent/ok": 100}, (name, r["engine"]["statuses"])
         assert r["ratio"] > 0, name
+
+
+def test_hop_times_an_actor_call(ray_address):
+    """`bench hop`: the floor under every hop, measured on the Ray that runs."""
+    from bench import hop
+    [row] = hop.measure(5, [100], gap_s=0)
+    assert row["size"] == 100 and row["calls"] == 5
+    assert 0 < row["one_way_p50_ms"] <= row["one_way_max_ms"]
+    assert row["round_trip_p50_ms"] <= row["round_trip_max_ms"]

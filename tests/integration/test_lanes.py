@@ -1,5 +1,6 @@
 """Priority lanes: a critical notification submitted while a bulk backlog drains
-is consumed by its own Ingestor and delivered before the backlog is through."""
+is consumed by its own Ingestor, delivered by the channel's urgent ChannelShard
+(``urgent_shards``), and delivered before the backlog is through."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ async def engine(nats_url, database_url, ray_address, tmp_path_factory):
     hook = WebhookSink("lane-secret", port=0)
     await hook.start()
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=hook.url,
-                        secret="lane-secret", channels=("webhook",))
+                        secret="lane-secret", channels=("webhook",),
+                        overrides={"channels": {"webhook": {"urgent_shards": 1}}})
     async with serving(cfg, database_url) as eng:
         yield eng
     await hook.stop()
@@ -58,3 +60,8 @@ async def test_critical_overtakes_a_bulk_backlog(engine):
     assert bulk_done < BULK, "the backlog drained first: the critical notification waited behind it"
     print(f"critical recorded {took * 1000:.0f} ms after submit; bulk at {bulk_done}/{BULK}")
     await wait_rows(engine.pool, bulk_ids, BULK, timeout_s=180)
+    urgent = await engine.actors.urgent_shards["webhook"][0].health.remote()
+    bulk = await asyncio.gather(*(s.health.remote() for s in engine.actors.channel_shards["webhook"]))
+    assert urgent["delivered"] == 1, "the critical one, and only it, went to the urgent shard"
+    assert sum(h["delivered"] for h in bulk) >= BULK  # a delivery held and retried counts again
+    assert urgent["shard"] == len(bulk)  # numbered after the others

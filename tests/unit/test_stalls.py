@@ -1,0 +1,58 @@
+"""The stall watch (actors/stalls.py) and the tail breakdown of the bench (bench/stages.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from actors.stalls import StallWatch, in_actor, tune_gc
+from bench.stages import tail
+
+
+async def test_a_blocked_loop_and_a_collection_are_both_seen():
+    watch = StallWatch(anywhere=True)
+    watch.start()
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.12)  # holds the loop: the next tick is late by about this much
+        gc.collect(1)
+        await asyncio.sleep(0.05)
+        samples = watch.samples()
+        assert max(samples["lag"]) >= 0.09
+        assert samples["gc"]["1"], "the collection of generation 1 was timed"
+    finally:
+        watch.stop()
+    assert watch._on_gc not in gc.callbacks
+
+
+async def test_outside_a_ray_actor_nothing_is_started_or_changed():
+    """A test (or a driver) that builds an actor class in its own process keeps its collector."""
+    assert not in_actor()
+    before = gc.get_threshold(), gc.get_freeze_count(), len(gc.callbacks)
+    watch = StallWatch(50_000)
+    watch.start()
+    assert watch._task is None
+    assert (gc.get_threshold(), gc.get_freeze_count(), len(gc.callbacks)) == before
+
+
+def test_tune_gc_freezes_and_raises_the_young_threshold_and_zero_leaves_the_defaults():
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+        kept = [[] for _ in range(10)]  # tracked objects alive at the freeze
+        tune_gc(50_000)
+        assert gc.get_threshold() == (50_000, before[1], before[2])
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_tail_is_what_the_slowest_spent_their_time_on():
+    fast = [{"fetch": 0.002, "to_channel": 0.003, "commit": 0.005}] * 99
+    slow = [{"fetch": 0.002, "to_channel": 0.200, "commit": 0.005}]
+    shares = tail(fast + slow)
+    assert shares == {"fetch": 2.0, "to_channel": 200.0, "commit": 5.0}
+    assert tail([]) == {}
