@@ -14,12 +14,12 @@ import msgspec
 
 from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket, deliver, deliver_batch
 from actors.delivery.bucket import Clock
-from actors.delivery.bulkhead import URGENT, Bulkhead
+from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
 from actors.stalls import StallWatch
 from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
-from policy.types import DeliveryTask, Outcome
+from policy.types import URGENT, DeliveryTask, Outcome
 from providers import registry
 from providers.base import BatchProvider
 

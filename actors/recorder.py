@@ -18,13 +18,12 @@ import msgspec
 from ray.util import metrics
 
 from actors import faults
-from actors.delivery.bulkhead import URGENT
 from actors.stalls import StallWatch
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import db
 from infra.config import DatabaseConfig, RecorderConfig
 from policy import trace, wire
-from policy.types import Outcome
+from policy.types import URGENT, Outcome
 from stores import tracking
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from actors.delivery.bulkhead import URGENT
 from actors.stalls import StallWatch
 from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules
@@ -27,7 +26,7 @@ from policy.decide import zone
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
-from policy.types import BroadcastRequest, DeliveryTask, Outcome, UserProfile, UserState, recipient_id
+from policy.types import URGENT, BroadcastRequest, DeliveryTask, Outcome, UserProfile, UserState, recipient_id
 from policy.validate import rule_errors
 from stores import (
     prefs as prefs_store,

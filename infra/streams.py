@@ -17,6 +17,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from infra.config import NatsConfig
+from policy.types import URGENT
 
 
 def notify_subject(cfg: NatsConfig, category: str) -> str:
@@ -38,7 +39,7 @@ def priority_wildcard(cfg: NatsConfig) -> str:
 
 
 def subject_for(cfg: NatsConfig, category: str, priority: str) -> str:
-    return priority_subject(cfg, category) if priority in ("high", "critical") else notify_subject(cfg, category)
+    return priority_subject(cfg, category) if priority in URGENT else notify_subject(cfg, category)
 
 
 def broadcast_subject(cfg: NatsConfig, category: str) -> str:

@@ -20,6 +20,9 @@ Channel = Literal["email", "sms", "push", "in_app", "web", "voice", "webhook"]
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "in_app", "web", "voice", "webhook")
 
 Priority = Literal["low", "normal", "high", "critical"]
+# The priorities that go first: the priority lane (infra.streams), the urgent
+# ChannelShards, a bulkhead's freed places, the push providers' high priority
+URGENT: frozenset[str] = frozenset({"high", "critical"})
 
 # Terminal statuses of a tracking row. ``sent`` means the provider accepted the
 # message; ``delivered``/``bounced`` arrive later from provider callbacks.

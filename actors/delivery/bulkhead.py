@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from contextlib import asynccontextmanager
 
-URGENT = frozenset({"high", "critical"})
+from policy.types import URGENT
 
 
 class Bulkhead:

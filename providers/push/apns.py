@@ -91,7 +91,7 @@ from h2.events import (
     StreamReset,
 )
 
-from policy.types import DeliveryTask
+from policy.types import URGENT, DeliveryTask
 from providers.base import Receipt
 from providers.errors import (
     AddressGone,
@@ -110,7 +110,6 @@ DEFAULT_MAX_PAYLOAD = 4096
 TOKEN_TTL_S = 30 * 60  # Apple: refresh no more often than every 20 min, no less than every 60 min
 REFRESH_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
 GONE_REASONS = frozenset({"BadDeviceToken"})
-_HIGH = frozenset({"high", "critical"})
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -358,7 +357,7 @@ class ApnsProvider:
             if self.sound:
                 aps["sound"] = self.sound
             push_type = PushType.ALERT
-            priority = PRIORITY_HIGH if task.priority in _HIGH else PRIORITY_NORMAL
+            priority = PRIORITY_HIGH if task.priority in URGENT else PRIORITY_NORMAL
         elif c.data:
             aps, push_type, priority = {"content-available": 1}, PushType.BACKGROUND, PRIORITY_NORMAL
         else:

@@ -70,7 +70,7 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from policy.types import DeliveryTask
+from policy.types import URGENT, DeliveryTask
 from providers.base import Receipt
 from providers.errors import (
     AddressGone,
@@ -95,7 +95,6 @@ JWT_LIFETIME_S = 3600
 # Keys FCM keeps for itself in ``data`` (it refuses them with INVALID_ARGUMENT).
 RESERVED_DATA_KEYS = frozenset({"from", "notification", "message_type"})
 RESERVED_DATA_PREFIXES = ("google", "gcm")
-_HIGH = frozenset({"high", "critical"})
 _encoder = msgspec.json.Encoder()
 
 
@@ -209,7 +208,7 @@ class FcmProvider(HttpSession):
             msg["notification"] = notification
         if data:
             msg["data"] = data
-        high = task.priority in _HIGH
+        high = task.priority in URGENT
         msg["android"] = {"priority": "high" if high else "normal"}
         if notification:
             msg["apns"] = {"headers": {"apns-priority": "10" if high else "5"}}
