@@ -16,7 +16,7 @@ from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, T
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
-from actors.stalls import StallWatch
+from actors.stalls import StallWatch, Watched
 from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.types import URGENT, DeliveryTask, Outcome
@@ -79,7 +79,7 @@ def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> lis
     return out
 
 
-class ChannelShard:
+class ChannelShard(Watched):
     def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0):
         self.channel, self.index = channel, index
         self.cfg = msgspec.msgpack.decode(cfg, type=ChannelConfig)
@@ -140,10 +140,6 @@ class ChannelShard:
             # that one fails.
             return list(await asyncio.gather(*(deliver(t, slots, **env) for t in group)))
         return outcomes
-
-    async def stalls(self) -> dict:
-        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
-        return self.watch.samples()
 
     async def health(self) -> dict:
         slots = await self._ready()

@@ -22,7 +22,7 @@ import nats
 from nats.aio.msg import Msg
 
 from actors import faults
-from actors.stalls import StallWatch
+from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import dead_letters, streams
 from infra.config import Config, decode as decode_config
@@ -66,7 +66,7 @@ class Rejected(msgspec.Struct):
     detail: str
 
 
-class Ingestor:
+class Ingestor(Watched):
     def __init__(self, cfg: bytes, nats_url: str, user_shards: list, recorder, index: int = 0,
                  lanes: tuple[str, ...] = ("bulk", "broadcast")):
         self.cfg: Config = decode_config(cfg)
@@ -348,10 +348,6 @@ class Ingestor:
 
         if await self._acked([r.msg for r in rejected], answer, f"{len(rejected)} rejected messages"):
             self.stats["rejected"] += len(rejected)
-
-    async def stalls(self) -> dict:
-        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
-        return self.watch.samples()
 
     async def info(self) -> dict:
         return {"index": self.index, "lanes": list(self.lanes), "running": self.running,

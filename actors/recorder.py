@@ -18,7 +18,7 @@ import msgspec
 from ray.util import metrics
 
 from actors import faults
-from actors.stalls import StallWatch
+from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import db
 from infra.config import DatabaseConfig, RecorderConfig
@@ -80,7 +80,7 @@ class _Pending:
         self.rows, self.future, self.traced = rows, future, traced
 
 
-class Recorder:
+class Recorder(Watched):
     def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None,
                  gc_young: int = 0):
         self.url, self.schema = database_url, schema
@@ -242,10 +242,6 @@ class Recorder:
         for (channel, status), n in self.counts.items():
             self._metric.inc(n, tags={"channel": channel, "status": status})
         self.counts.clear()
-
-    async def stalls(self) -> dict:
-        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
-        return self.watch.samples()
 
     async def warm(self) -> None:
         """Set up now (the pool, the flusher) rather than on the first record."""

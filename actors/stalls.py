@@ -51,6 +51,16 @@ def in_actor() -> bool:
         return False
 
 
+class Watched:
+    """An actor with a ``watch`` (a ``StallWatch``): ``stalls`` answers the bench."""
+
+    watch: StallWatch
+
+    async def stalls(self) -> dict:
+        """Loop lags and gc pauses kept, for the bench."""
+        return self.watch.samples()
+
+
 class StallWatch:
     """Started once per actor, inside its event loop, once the actor is set up
     (``start``); a no-op outside a Ray actor unless ``anywhere``."""

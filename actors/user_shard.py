@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from actors.stalls import StallWatch
+from actors.stalls import StallWatch, Watched
 from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules
 from actors.user_prefs import PrefsMixin
@@ -45,7 +45,7 @@ SEND_BATCH = 1000  # tasks per ChannelShard call
 JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journal keeps
 
 
-class UserShard(PrefsMixin, TemplatesMixin):
+class UserShard(PrefsMixin, TemplatesMixin, Watched):
     def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder,
                  urgent_shards: dict | None = None):
         self.index = index
@@ -597,10 +597,6 @@ class UserShard(PrefsMixin, TemplatesMixin):
                 raise
             self.users.add_loaded(token, loaded)
         return Pinned(self.users, held, loaded, user_ids)
-
-    async def stalls(self) -> dict:
-        """Loop lags and gc pauses kept (``actors.stalls``), for the bench."""
-        return self.watch.samples()
 
     async def info(self) -> dict:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]

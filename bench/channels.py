@@ -52,7 +52,7 @@ from rich.table import Table
 from actors.user_prefs import PrefCommand
 from bench import providers as bp
 from bench.demo import watch_rows
-from bench.e2e import STATS_SQL, drop
+from bench.e2e import STATS_SQL, drop, ms
 from bench.report import write_json
 from engine import settings as engine_settings
 from engine.prefs_bus import run_commands
@@ -243,7 +243,6 @@ async def through_engine(cfg: config.Config, channel: str, address: str, args, c
         await engine.stop()
         await drop(cfg)
     wall = float(s["wall_s"] or 0)
-    ms = lambda v: round(float(v) * 1000, 1) if v is not None else None  # noqa: E731
     out.update({"per_s": round(args.n / wall) if wall else 0, "rows": done, "wall_s": round(wall, 2),
                 "sent_rows": s["sent_rows"], "statuses": statuses,
                 "p50_ms": ms(s["durable"][0]), "p99_ms": ms(s["durable"][2])})

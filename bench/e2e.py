@@ -55,13 +55,12 @@ SELECT count(*) AS rows,
 FROM delivery_tracking
 """
 BULK_ONLY = "WHERE priority IS DISTINCT FROM 'critical'"  # the backlog's figures without the urgent stream
-URGENT_SQL = """
+URGENT_SQL = f"""
 SELECT count(*) AS rows, count(*) FILTER (WHERE status = 'sent') AS sent_rows,
   percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - accepted_at))
     FILTER (WHERE status = 'sent') AS sent,
   percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM created_at - accepted_at)) AS durable,
-  count(*) FILTER (WHERE created_at < (SELECT max(created_at) FROM delivery_tracking WHERE priority IS DISTINCT FROM 'critical'))
-    AS during_backlog
+  count(*) FILTER (WHERE created_at < (SELECT max(created_at) FROM delivery_tracking {BULK_ONLY})) AS during_backlog
 FROM delivery_tracking WHERE priority = 'critical'
 """
 URGENT_CATEGORY = "application_updates"
@@ -119,7 +118,6 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
     finally:
         received = {name: p.stop() for name, p in sinks.items()}
     wall = float(s["wall_s"] or 0)
-    ms = lambda v: round(float(v) * 1000, 1) if v is not None else None  # noqa: E731
     return {
         "shards": shards, "rate": rate, "n": n, "rows": done, "expected_rows": expected,
         "publish_per_s": round(n / pub_s), "wall_s": round(wall, 2),
@@ -181,12 +179,14 @@ async def urgent_figures(pool) -> dict:
     many of its rows were committed before the backlog's last one (only those
     met a backlog)."""
     u = await pool.fetchrow(URGENT_SQL)
-    ms = lambda v: round(float(v) * 1000, 1)  # noqa: E731
+    sent, durable = u["sent"] or [None, None], u["durable"] or [None, None]
     return {"rows": u["rows"], "sent_rows": u["sent_rows"], "during_backlog": u["during_backlog"],
-            "sent_p50_ms": ms(u["sent"][0]) if u["sent"] else None,
-            "sent_p99_ms": ms(u["sent"][1]) if u["sent"] else None,
-            "p50_ms": ms(u["durable"][0]) if u["durable"] else None,
-            "p99_ms": ms(u["durable"][1]) if u["durable"] else None}
+            "sent_p50_ms": ms(sent[0]), "sent_p99_ms": ms(sent[1]), "p50_ms": ms(durable[0]), "p99_ms": ms(durable[1])}
+
+
+def ms(seconds) -> float | None:
+    """Seconds from PostgreSQL (None when there were no rows) as ms, to 0.1."""
+    return round(float(seconds) * 1000, 1) if seconds is not None else None
 
 
 async def drop(cfg: config.Config) -> None:

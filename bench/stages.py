@@ -28,23 +28,25 @@ async def collect(actors, settle_s: float = 10.0) -> tuple[dict[str, list[float]
         await asyncio.sleep(0.05)
     recorded, *acks = await asyncio.gather(actors.recorder.stage_samples.remote(),
                                            *(i.stage_samples.remote() for i in actors.ingestors))
-    per: dict[str, list[float]] = {name: [] for name in ORDER}
-    for sample in recorded:
-        for name, seconds in sample.items():
-            per[name].append(seconds)
+    per = by_segment(recorded)
     per["ack"] = [s for a in acks for s in a]
     return per, recorded
+
+
+def by_segment(samples: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Per-outcome samples (segment -> seconds) turned into seconds per segment."""
+    per: dict[str, list[float]] = {name: [] for name in ORDER}
+    for sample in samples:
+        for name, seconds in sample.items():
+            per[name].append(seconds)
+    return per
 
 
 async def collect_urgent(actors) -> dict[str, dict]:
     """The segments of the traced high and critical outcomes alone (the
     priority lane), summarised as ``summary`` does; no ``ack`` (acks are per batch)."""
     samples = await actors.recorder.stage_samples.remote(True)
-    per: dict[str, list[float]] = {name: [] for name in ORDER}
-    for sample in samples:
-        for name, seconds in sample.items():
-            per[name].append(seconds)
-    return summary(per, samples)
+    return summary(by_segment(samples), samples)
 
 
 def tail(samples: list[dict[str, float]], q: float = 0.99) -> dict[str, float]:
