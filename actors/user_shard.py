@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 BROADCAST_CHUNK = 5000  # users decided, sent and recorded together
 BROADCAST_INFLIGHT = 4  # chunks between decide and record at once
 SEND_BATCH = 1000  # tasks per ChannelShard call
+CLOSE_S = 10.0  # the longest close() waits for the pool's connections to be released
 JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journal keeps
 
 
@@ -597,6 +598,18 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 raise
             self.users.add_loaded(token, loaded)
         return Pinned(self.users, held, loaded, user_ids)
+
+    async def close(self) -> None:
+        """Close the pool before the engine stops PostgreSQL and kills this actor
+        (the kill is not immediate: a pool left open would reconnect to a server
+        shutting down, and log its failure). Bounded: a connection still held is
+        closed by force."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_S)
+            except TimeoutError:
+                pool.terminate()
 
     async def info(self) -> dict:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]

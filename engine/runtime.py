@@ -275,7 +275,8 @@ class Engine:
         if self.actors is not None:
             await asyncio.gather(*(i.stop.remote() for i in self.actors.ingestors),
                                  self.actors.scheduler.stop.remote(), return_exceptions=True)
-            closers = [a.close.remote() for a in self.actors.every_channel_shard()]
+            # every actor holding a pool closes it before PostgreSQL stops (the Scheduler did in stop)
+            closers = [a.close.remote() for a in (*self.actors.every_channel_shard(), *self.actors.user_shards)]
             closers.append(self.actors.recorder.close.remote())
             await asyncio.gather(*closers, return_exceptions=True)
             for actor in self.actors.all():
