@@ -125,6 +125,10 @@ class UserCache(Mapping[str, UserState]):
 
     def put_stored(self, user_id: str, blob: bytes) -> None:
         """Hold a ``users.state`` value (a warm start: no UserState built)."""
+        self._wrote(user_id)
+        self._hold(user_id, self._pack_stored(blob))
+
+    def _pack_stored(self, blob: bytes) -> bytes:
         p = decode_stored(blob)
         if p.template:
             self._template_ids.add(p.template)
@@ -132,9 +136,16 @@ class UserCache(Mapping[str, UserState]):
         if zone is None:
             zone = self._zone_ix[p.timezone] = len(self._zones)
             self._zones.append(p.timezone)
-        self._wrote(user_id)
-        self._hold(user_id, _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template,
-                                           p.consent)))
+        return _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template, p.consent))
+
+    def loading(self, token: int) -> WarmSink:
+        """Where a warm start begun at ``token`` (``begin_load``) puts what it
+        reads, beside the writes and loads of a running shard."""
+        return WarmSink(self, token)
+
+    def _stale_since(self, user_id: str, token: int) -> bool:
+        """Written after a load began at ``token``: what that load read is older."""
+        return self._written.get(user_id, 0) > token
 
     def update(self, states: Mapping[str, UserState]) -> None:
         for uid, state in states.items():
@@ -182,6 +193,36 @@ class UserCache(Mapping[str, UserState]):
     def template_ids(self) -> set[str]:
         """Templates held users follow (or followed: a superset, never missing one)."""
         return set(self._template_ids)
+
+
+class WarmSink:
+    """``stores.state.scan_shard``'s sink for a warm start that runs while the
+    shard works: like ``add_loaded``, it never puts back a user already held or
+    written since the scan began (what it read is older), and being a load, not
+    a write, it leaves other loads' tokens alone."""
+
+    def __init__(self, cache: UserCache, token: int):
+        self.cache, self.token = cache, token
+
+    def put_stored(self, user_id: str, blob: bytes) -> None:
+        if user_id not in self.cache._blobs and not self.cache._stale_since(user_id, self.token):
+            self.cache._hold(user_id, self.cache._pack_stored(blob))
+
+    def update(self, states: Mapping[str, UserState]) -> None:
+        for uid, state in states.items():
+            if uid not in self.cache._blobs and not self.cache._stale_since(uid, self.token):
+                self.cache._hold(uid, self.cache._pack(state))
+
+    def get(self, user_id: str, default=None):
+        return self.cache.get(user_id, default)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self.cache
+
+    def __setitem__(self, user_id: str, state: UserState) -> None:
+        """The scan's last pass (suppressed addresses, read after the states)."""
+        if not self.cache._stale_since(user_id, self.token):
+            self.cache._hold(user_id, self.cache._pack(state))
 
 
 class Pinned(Mapping[str, UserState]):

@@ -15,7 +15,7 @@ from policy import wire
 from policy.prefs import USER_CHANNELS, ordered
 from policy.types import UserState
 from policy.validate import PreferencesDoc, PreferencesPatch, apply_patch, doc_errors, patch_errors, rule_errors
-from stores import prefs as prefs_store, state as state_store
+from stores import prefs as prefs_store
 from stores.prefs import Change
 
 
@@ -52,7 +52,7 @@ def doc_of(state: UserState | None, user_id: str) -> dict:
 
 
 class PrefsMixin:
-    """Mixed into UserShard (needs ``pool``, ``users``, ``policy``, ``_write_lock``,
+    """Mixed into UserShard (needs ``pool``, ``users``, ``policy``, ``_writing``,
     ``_ready``, ``_load_missing``). The shard's cache is bounded: each operation
     uses the states ``_load_missing`` returns, never the cache alone."""
 
@@ -89,15 +89,16 @@ class PrefsMixin:
         await self._ready()
         commands = wire.decode(payload, list[PrefCommand])
         results = []
-        async with self._write_lock, self.pool.acquire() as conn:
-            known = await self._load_missing(conn, [c.user_id for c in commands])
+        users = [c.user_id for c in commands]
+        async with self._writing.hold(users), self.pool.acquire() as conn:
+            known = await self._load_missing(conn, users)
             for cmd in commands:
                 results.append(await self._apply(conn, cmd, known))
         return wire.encode(results)
 
     async def _apply(self, conn, cmd: PrefCommand, known, retried: bool = False) -> PrefResult:
         """``known``: the states loaded for the batch (the cache is bounded: a user
-        may have been evicted since; under the write lock none was written)."""
+        may have been evicted since; under their write locks none was written)."""
         uid = cmd.user_id
         if cmd.source_id is not None:
             seen = await conn.fetchval("SELECT version FROM preference_sync_log WHERE source_id = $1", cmd.source_id)
@@ -134,16 +135,15 @@ class PrefsMixin:
         old = doc_of(state, uid) if state else None
         try:
             async with conn.transaction():
-                ok = await prefs_store.write_change(conn, change, current, old, changed_consent, cmd.source_id)
+                fresh = await prefs_store.write_change(conn, change, current, old, changed_consent, cmd.source_id)
         except asyncpg.DataError as e:  # a value PostgreSQL cannot store: the writer's error, not ours
             return PrefResult(user_id=uid, status="invalid", version=current, errors=[("$", f"not storable: {e}")])
-        if not ok:  # another writer (a bulk import) got there first: take its state
+        if fresh is None:  # another writer (a bulk import) got there first: take its state
             await self._reload(conn, [uid])
-            fresh = self.users.get(uid)  # taken now: the cache may evict it during the next await
+            theirs = self.users.get(uid)  # taken now: the cache may evict it during the next await
             if cmd.if_match is None and not retried:  # no version asked for: apply on top of it
-                return await self._apply(conn, cmd, {uid: fresh} if fresh else {}, retried=True)
-            return PrefResult(user_id=uid, status="conflict", version=fresh.version if fresh else 0)
-        fresh = (await state_store.load_states(conn, [uid]))[uid]
+                return await self._apply(conn, cmd, {uid: theirs} if theirs else {}, retried=True)
+            return PrefResult(user_id=uid, status="conflict", version=theirs.version if theirs else 0)
         fresh.templates = chain
         self.users[uid] = fresh
         return PrefResult(user_id=uid, status="ok", version=change.version, change=change)

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
 from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules
@@ -75,7 +76,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self.rr = 0
         self.stats = {"decided": 0, "duplicates": 0, "outcomes": 0}
         self._start_lock = asyncio.Lock()
-        self._write_lock = asyncio.Lock()
+        self._writing = KeyedLock()  # by user: writes of one user in turn, of others at once
+        self._preloading: asyncio.Task | None = None
         self.watch = StallWatch(self.cfg.engine.gc_young)
 
     async def _ready(self) -> None:
@@ -85,6 +87,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                     self.pool = await db.create_pool(self.url, self.cfg.database.schema,
                                                      min_size=1, max_size=4)
                     self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
+                    if self.cfg.engine.preload_users:
+                        self._preloading = asyncio.get_running_loop().create_task(self._warm_start())
 
     async def warm(self) -> dict:
         """Set up before the first message: this shard's pool, every ChannelShard
@@ -503,8 +507,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         await self._ready()
         profiles = wire.decode(payload, list[UserProfile])
         ids = [p.user_id for p in profiles]
-        async with self._write_lock, self.pool.acquire() as conn:
-            known = await self._load_missing(conn, ids)  # under the write lock: no write since
+        async with self._writing.hold(ids), self.pool.acquire() as conn:
+            known = await self._load_missing(conn, ids)  # under their write locks: no write since
             errors = []
             for p in profiles:
                 if p.opt_outs is not None:
@@ -515,6 +519,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                         user_store.opt_out_rows(p.opt_outs), chain, self.policy, self.clock(), "opt_outs", consent)]
             if errors:
                 return errors
+            fresh: dict[str, UserState] = {}
             async with conn.transaction():
                 await user_store.save_profiles(conn, profiles, known, actor)
                 versions = await user_store.lock_versions(conn, ids)
@@ -528,24 +533,29 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                                     preferences=rows,
                                     consent={c: "granted" for c in (state.consent if state else ())},
                                     timezone=p.timezone, template=state.template if state else None, actor=actor)
-                    await prefs_store.write_change(conn, change, versions[p.user_id], None, {})
-            fresh = await state_store.load_states(conn, ids)
+                    stored = await prefs_store.write_change(conn, change, versions[p.user_id], None, {})
+                    if stored is not None:  # its state stored after the whole profile: no second refresh
+                        fresh[p.user_id] = stored
+                fresh |= await state_store.refresh_states(conn, [i for i in ids if i not in fresh])
             await self._attach_templates(conn, fresh.values())
         self.users.update(fresh)
         return []
 
     async def get_user(self, user_id: str) -> bytes | None:
         await self._ready()
+        held = self.users.get(user_id)
+        if held is not None:  # no connection taken (its release is a round trip too)
+            return wire.encode(held)
         async with self.pool.acquire() as conn:
             state = (await self._load_missing(conn, [user_id])).get(user_id)
         return None if state is None else wire.encode(state)
 
     async def reload(self, user_ids: list[str]) -> int:
         """Re-read users whose rows changed elsewhere (a suppression, a bulk
-        import). Under the write lock: a write in between would otherwise be
+        import). Under their write locks: a write in between would otherwise be
         overwritten by what this read before it."""
         await self._ready()
-        async with self._write_lock, self.pool.acquire() as conn:
+        async with self._writing.hold(user_ids), self.pool.acquire() as conn:
             return await self._reload(conn, user_ids)
 
     async def _reload(self, conn, user_ids: list[str]) -> int:
@@ -562,21 +572,42 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         """A provider said these addresses are gone for good (an unregistered
         device token, an expired subscription): remove them from their users,
         committed first, then in memory."""
-        async with self._write_lock, self.pool.acquire() as conn:
+        users = list({u for u, _, _ in gone})
+        async with self._writing.hold(users), self.pool.acquire() as conn:
             await user_store.forget_addresses(conn, gone)
-            await self._reload(conn, list({u for u, _, _ in gone}))
+            await self._reload(conn, users)
         self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
 
     async def preload(self) -> int:
         """Load the users this shard owns, as many as the cache holds (a warm
-        start); returns how many."""
+        start), beside whatever the shard is doing: a user held already or
+        written meanwhile keeps its newer state. Returns how many were read."""
         await self._ready()
-        async with self.pool.acquire() as conn:
-            n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards, self.users,
-                                             limit=self.users.max_users)
-            for tid in self.users.template_ids() - set(self.template_cache):
-                await self._chain(conn, tid)
+        token = self.users.begin_load()
+        try:
+            async with self.pool.acquire() as conn:
+                n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards,
+                                                 self.users.loading(token), limit=self.users.max_users)
+                for tid in self.users.template_ids() - set(self.template_cache):
+                    await self._chain(conn, tid)
+        finally:
+            self.users.end_load(token)
         return n
+
+    async def _warm_start(self) -> None:
+        """``preload`` once the shard is up (engine.preload_users). Requests do
+        not wait for it: until it is done, a user not yet read is read when
+        needed, as always."""
+        began = time.monotonic()
+        try:
+            n = await self.preload()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a warm start is an optimisation; users load on demand
+            log.warning("UserShard %d: warm start failed (%s); users are read when needed", self.index,
+                        type(e).__name__)
+            return
+        log.info("UserShard %d: %d users read in %.2f s", self.index, n, time.monotonic() - began)
 
     async def _load_missing(self, conn, user_ids) -> Pinned:
         """The states of ``user_ids`` (those that exist) for this call to decide
@@ -604,6 +635,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         (the kill is not immediate: a pool left open would reconnect to a server
         shutting down, and log its failure). Bounded: a connection still held is
         closed by force."""
+        if self._preloading is not None:
+            self._preloading.cancel()
         pool, self.pool = self.pool, None
         if pool is not None:
             try:

@@ -2,7 +2,9 @@
 
 A mix of the calls a product makes: submit one notification (weight 6), submit
 a batch of 50 (weight 2), read a user (weight 3), rewrite a user's profile
-toggling an opt-out (weight 1). User ids come from the fixed population
+toggling an opt-out (weight 1); each task is tagged (submit, batch, read,
+write) so a run can take a part of the mix (``locust --tags submit``,
+``bench.locust_run --tags submit``). User ids come from the fixed population
 ``lt-000000`` … that ``bench.locust_run`` seeds before the run (reads of an
 unseeded user answer 404 and count as failures).
 
@@ -28,7 +30,7 @@ import itertools
 import os
 import random
 
-from locust import constant, constant_throughput, task
+from locust import constant, constant_throughput, tag, task
 from locust.contrib.fasthttp import FastHttpUser
 
 POPULATION = int(os.environ.get("TIDINGS_LOCUST_USERS", "10000"))
@@ -78,6 +80,7 @@ class TidingsUser(FastHttpUser):
         return random.randrange(POPULATION)
 
     @task(6)
+    @tag("submit")
     def submit_one(self) -> None:
         with self.client.post("/v1/notifications", json=notification(self.someone()),
                               headers=HEADERS, catch_response=True) as resp:
@@ -87,6 +90,7 @@ class TidingsUser(FastHttpUser):
                 resp.failure(f"no id in answer: {(resp.text or '')[:200]}")
 
     @task(2)
+    @tag("batch")
     def submit_batch(self) -> None:
         batch = [notification(self.someone()) for _ in range(BATCH)]
         with self.client.post("/v1/notifications", json=batch, name=f"/v1/notifications [batch {BATCH}]",
@@ -97,6 +101,7 @@ class TidingsUser(FastHttpUser):
                 resp.failure(f"expected {BATCH} ids: {(resp.text or '')[:200]}")
 
     @task(3)
+    @tag("read")
     def get_user(self) -> None:
         n = self.someone()
         with self.client.get(f"/v1/users/{user_id(n)}", name="/v1/users/[id]", headers=HEADERS, catch_response=True) as resp:
@@ -106,6 +111,7 @@ class TidingsUser(FastHttpUser):
                 resp.failure(f"wrong user: {(resp.text or '')[:200]}")
 
     @task(1)
+    @tag("write")
     def put_user(self) -> None:
         n = self.someone()
         out = not self.opted_out.get(n, False)

@@ -219,8 +219,8 @@ def _preload_child(url, schema, index, shards, barrier, results) -> None:
     from engine import settings
     from infra import config
     cfg = config.encode(settings.load("development", env={}, overrides={
-        "database": {"url": url, "schema": schema}, "engine": {"user_shards": shards}}))
-    shard = UserShard(index, cfg, url, {}, None)
+        "database": {"url": url, "schema": schema}, "engine": {"user_shards": shards, "preload_users": False}}))
+    shard = UserShard(index, cfg, url, {}, None)  # preload timed below, not started by _ready
 
     async def run() -> dict:
         await shard._ready()

@@ -44,6 +44,10 @@ class EngineConfig(_Section):
     # users a UserShard holds in memory (~270 bytes each: 2M is ~540 MiB); the least
     # recently used is dropped and read again from PostgreSQL when next needed
     max_cached_users: Positive = 2_000_000
+    # A UserShard reads the users it owns (up to max_cached_users) in the background
+    # once it starts, so the first request for each is not a PostgreSQL read; until
+    # then, and for any user past the bound, users are read when first needed
+    preload_users: bool = True
     # A delivery that failed for a reason that passes (every provider down or its
     # breaker open, rate limited, a network error) is held and tried again, with
     # growing waits (5 s up to 5 min), until this long after the notification was

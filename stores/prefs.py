@@ -13,6 +13,7 @@ import orjson
 from policy.prefs import Preference, context_key, ordered
 from policy.rules import Template
 from policy.sharding import stable_hash
+from policy.types import UserState
 from stores import state
 from stores.audit import append_audit
 
@@ -61,9 +62,10 @@ def doc_json(c: Change) -> dict:
 
 
 async def write_change(conn: asyncpg.Connection, change: Change, expected: int, old: dict | None,
-                       consent_changed: dict[str, str], source_id: str | None = None) -> bool:
+                       consent_changed: dict[str, str], source_id: str | None = None) -> UserState | None:
     """Commit one user's new preference set if its version is still ``expected``
-    (False if not: another writer won). The caller holds the transaction."""
+    (None if not: another writer won). The caller holds the transaction. Returns
+    the user's state as now stored (``users.state``, templates not attached)."""
     uid = change.user_id
     bumped = await conn.fetchval(
         "UPDATE users SET prefs_version = prefs_version + 1, timezone = $3, template_id = $4, updated_at = now() "
@@ -75,7 +77,7 @@ async def write_change(conn: asyncpg.Connection, change: Change, expected: int, 
             "VALUES ($1, $2, $3, 1, $4) ON CONFLICT (user_id) DO NOTHING RETURNING prefs_version",
             uid, change.timezone, change.template, _shard_key(uid)) if expected == 0 else None
         if inserted is None:
-            return False
+            return None
         bumped = inserted
     change.version = bumped
     await conn.execute("DELETE FROM user_preferences WHERE user_id = $1", uid)
@@ -91,13 +93,13 @@ async def write_change(conn: asyncpg.Connection, change: Change, expected: int, 
             "withdrawn_at = COALESCE(EXCLUDED.withdrawn_at, preference_consent.withdrawn_at), updated_at = now()",
             uid, channel, status, change.source)
     new = doc_json(change)
-    await state.refresh_states(conn, [uid])
+    fresh = (await state.refresh_states(conn, [uid]))[uid]
     await append_audit(conn, [(uid, f"preferences.{change.type}", old, new, change.actor)])
     await conn.execute(
         "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id) "
         "VALUES ($1, $2, $3, $4, $5, $6)", uid, bumped, change.type, change.source, orjson.dumps(new).decode(),
         source_id)
-    return True
+    return fresh
 
 
 def _shard_key(user_id: str) -> int:

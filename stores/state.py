@@ -115,12 +115,16 @@ async def write_back(conn: asyncpg.Connection, states: dict[str, UserState]) -> 
         [(uid, to_stored(s), s.version) for uid, s in states.items()])
 
 
-async def refresh_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+async def refresh_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
     """Recompute ``users.state`` from the tables; writers call it inside the
-    transaction of their change."""
+    transaction of their change, once, after all of it. Returns the states (with
+    suppressed addresses, without templates): what the writer holds once it commits."""
+    if not user_ids:
+        return {}
     states = await assemble_states(conn, user_ids)
     await conn.executemany("UPDATE users SET state = $2 WHERE user_id = $1",
                            [(uid, to_stored(s)) for uid, s in states.items()])
+    return states
 
 
 async def assemble_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:

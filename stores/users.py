@@ -25,7 +25,8 @@ async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list
 async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile],
                         old: Mapping[str, UserState], actor: str | None) -> None:
     """Upsert users and replace their addresses, with audit rows. The caller
-    holds the transaction (opt-outs are written in it as a preference change)."""
+    holds the transaction (opt-outs are written in it as a preference change)
+    and refreshes the users' ``users.state`` once its whole change is written."""
     ids = [p.user_id for p in profiles]
     await conn.executemany(
         "INSERT INTO users (user_id, timezone, locale, shard_key) VALUES ($1, $2, $3, $4) "
@@ -44,7 +45,6 @@ async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile
         new = {"addresses": dict(p.addresses), "timezone": p.timezone, "locale": p.locale}
         entries.append((p.user_id, "profile.upsert", old_json, new, actor))
     await append_audit(conn, entries)
-    await state.refresh_states(conn, ids)
 
 
 def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:

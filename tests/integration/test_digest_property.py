@@ -66,7 +66,7 @@ class World:
         self.channel = type("Channel", (), {"deliver": Remote(self._deliver)})()
         self.recorder = type("Recorder", (), {"record": Remote(self._record)})()
         self.cfg = config.encode(engine_settings.load("development", env={}, overrides={
-            "database": {"url": url, "schema": schema}, "engine": {"user_shards": 1}}))
+            "database": {"url": url, "schema": schema}, "engine": {"user_shards": 1, "preload_users": False}}))
         self.shard = self.new_shard()
 
     def new_shard(self) -> UserShard:

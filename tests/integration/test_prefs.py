@@ -333,6 +333,29 @@ async def test_stored_state_matches_the_tables_and_preload_reads_it(engine, clie
     assert held >= 25
 
 
+async def test_a_starting_shard_reads_its_users_in_the_background_and_writes_meanwhile_win(engine):
+    """engine.preload_users: a UserShard that starts (or that Ray restarts) holds
+    the users it owns before anyone asks for them; a profile written while the
+    warm start runs keeps what was written."""
+    from actors.user_shard import UserShard
+    from infra import config
+    from policy import wire
+    from policy.sharding import shard_of
+    n = engine.cfg.engine.user_shards
+    uid = next(f"warm{i}" for i in range(100) if shard_of(f"warm{i}", n) == 0)  # a user no other test has
+    shard = UserShard(0, config.encode(engine.cfg), engine.database_url, {}, None)
+    try:
+        await shard._ready()  # what every call does first: the warm start begins here
+        written = UserProfile(user_id=uid, addresses={"email": "written@example.test"})
+        await shard.upsert_users(wire.encode([written]), "test")
+        await asyncio.wait_for(shard._preloading, 30)
+        owned = {f"p{i}" for i in range(50) if shard_of(f"p{i}", n) == 0}
+        assert owned and owned <= set(shard.users)
+        assert shard.users[uid].addresses == {"email": "written@example.test"}
+    finally:
+        await shard.close()
+
+
 async def test_a_redelivered_nats_change_is_applied_once_and_unstorable_values_are_422(engine, client):
     from actors.user_prefs import PrefCommand
     from engine.prefs_bus import run_commands

@@ -97,3 +97,38 @@ def test_pinned_keeps_the_users_held_when_the_call_began_through_its_own_loads()
     assert not {"h0", "h1", "h2"} & set(cache)
     pinned = Pinned(cache, held, loaded, ids)
     assert [pinned[uid].version for uid in ids] == [2, 2, 2, 1, 1, 1] and len(pinned) == 6
+
+
+def test_a_warm_start_beside_writes_keeps_what_was_written_or_held():
+    from stores.state import to_stored
+    cache = UserCache(max_users=10)
+    cache["held"] = state("held", 9)  # read before the warm start began
+    token = cache.begin_load()
+    sink = cache.loading(token)
+    cache["written"] = state("written", 5)  # committed while the scan ran...
+    cache.pop("written")  # ...and evicted again before the scan reached it
+    sink.put_stored("held", to_stored(state("held", 3)))
+    sink.put_stored("written", to_stored(state("written", 4)))
+    sink.put_stored("fresh", to_stored(state("fresh", 2)))
+    sink.update({"assembled": state("assembled", 1), "held": state("held", 1)})
+    marked = sink.get("fresh")
+    marked.suppressed["email"] = "bounce"
+    sink["fresh"] = marked  # the scan's last pass: suppressed addresses
+    cache.end_load(token)
+    assert cache["held"].version == 9 and "written" not in cache
+    assert cache["fresh"].version == 2 and cache["fresh"].suppressed == {"email": "bounce"}
+    assert cache["assembled"].version == 1
+    assert not cache._written and not cache._loads
+
+
+def test_a_warm_start_puts_back_nothing_for_a_user_written_after_it_began():
+    cache = UserCache(max_users=10)
+    token = cache.begin_load()
+    sink = cache.loading(token)
+    sink.update({"u": state("u", 1)})
+    cache["u"] = state("u", 2)  # a write after the scan read u
+    stale = state("u", 1)
+    stale.suppressed["sms"] = "stop"
+    sink["u"] = stale  # the suppressed pass holds what the scan read: not put back
+    cache.end_load(token)
+    assert cache["u"].version == 2 and cache["u"].suppressed == {}
