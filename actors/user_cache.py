@@ -123,12 +123,13 @@ class UserCache(Mapping[str, UserState]):
         self._wrote(user_id)
         self._hold(user_id, self._pack(state))
 
-    def put_stored(self, user_id: str, blob: bytes) -> None:
-        """Hold a ``users.state`` value (a warm start: no UserState built)."""
+    def put_stored(self, user_id: str, blob: bytes, suppressed: dict[str, str] | None = None) -> None:
+        """Hold a ``users.state`` value and the user's suppressed addresses (which
+        it does not carry): a warm start, no UserState built."""
         self._wrote(user_id)
-        self._hold(user_id, self._pack_stored(blob))
+        self._hold(user_id, self._pack_stored(blob, suppressed))
 
-    def _pack_stored(self, blob: bytes) -> bytes:
+    def _pack_stored(self, blob: bytes, suppressed: dict[str, str] | None) -> bytes:
         p = decode_stored(blob)
         if p.template:
             self._template_ids.add(p.template)
@@ -136,7 +137,8 @@ class UserCache(Mapping[str, UserState]):
         if zone is None:
             zone = self._zone_ix[p.timezone] = len(self._zones)
             self._zones.append(p.timezone)
-        return _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template, p.consent))
+        return _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template, p.consent,
+                              suppressed or {}))
 
     def loading(self, token: int) -> WarmSink:
         """Where a warm start begun at ``token`` (``begin_load``) puts what it
@@ -204,25 +206,14 @@ class WarmSink:
     def __init__(self, cache: UserCache, token: int):
         self.cache, self.token = cache, token
 
-    def put_stored(self, user_id: str, blob: bytes) -> None:
+    def put_stored(self, user_id: str, blob: bytes, suppressed: dict[str, str] | None = None) -> None:
         if user_id not in self.cache._blobs and not self.cache._stale_since(user_id, self.token):
-            self.cache._hold(user_id, self.cache._pack_stored(blob))
+            self.cache._hold(user_id, self.cache._pack_stored(blob, suppressed))
 
     def update(self, states: Mapping[str, UserState]) -> None:
         for uid, state in states.items():
             if uid not in self.cache._blobs and not self.cache._stale_since(uid, self.token):
                 self.cache._hold(uid, self.cache._pack(state))
-
-    def get(self, user_id: str, default=None):
-        return self.cache.get(user_id, default)
-
-    def __contains__(self, user_id: object) -> bool:
-        return user_id in self.cache
-
-    def __setitem__(self, user_id: str, state: UserState) -> None:
-        """The scan's last pass (suppressed addresses, read after the states)."""
-        if not self.cache._stale_since(user_id, self.token):
-            self.cache._hold(user_id, self.cache._pack(state))
 
 
 class Pinned(Mapping[str, UserState]):

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 5000  # users decided, sent and recorded together
 BROADCAST_INFLIGHT = 4  # chunks between decide and record at once
+PRELOAD_BATCH = 5000  # users put per step of the warm start (the loop is not held for long)
 SEND_BATCH = 1000  # tasks per ChannelShard call
 CLOSE_S = 10.0  # the longest close() waits for the pool's connections to be released
 JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journal keeps
@@ -586,9 +587,13 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         token = self.users.begin_load()
         try:
             async with self.pool.acquire() as conn:
+                # chains first: a user is decided on as soon as it is held, with its template's rules
+                for tid in await prefs_store.template_ids(conn):
+                    await self._chain(conn, tid)
                 n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards,
-                                                 self.users.loading(token), limit=self.users.max_users)
-                for tid in self.users.template_ids() - set(self.template_cache):
+                                                 self.users.loading(token), limit=self.users.max_users,
+                                                 batch=PRELOAD_BATCH)
+                for tid in self.users.template_ids() - set(self.template_cache):  # saved meanwhile
                     await self._chain(conn, tid)
         finally:
             self.users.end_load(token)

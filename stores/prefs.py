@@ -125,6 +125,11 @@ async def mark_published(conn: asyncpg.Connection, keys: Sequence[tuple[str, int
 
 # -- templates -----------------------------------------------------------------
 
+async def template_ids(conn: asyncpg.Connection) -> list[str]:
+    """Every template that has an active version (a few, not one per user)."""
+    return [r[0] for r in await conn.fetch("SELECT DISTINCT id FROM preference_templates WHERE is_active")]
+
+
 async def load_template(conn: asyncpg.Connection, template_id: str) -> Template | None:
     """The newest version of a template."""
     r = await conn.fetchrow(

@@ -6,6 +6,7 @@ call ``refresh_states`` inside the transaction of their change."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -15,6 +16,8 @@ import msgspec
 from policy.prefs import Preference, ordered
 from policy.sharding import shard_of
 from policy.types import UserState
+
+log = logging.getLogger(__name__)
 
 
 class Stored(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -148,11 +151,8 @@ async def assemble_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> 
 class StateSink(Protocol):
     """Where ``scan_shard`` puts what it reads (the UserShard's cache)."""
 
-    def put_stored(self, user_id: str, blob: bytes) -> None: ...
+    def put_stored(self, user_id: str, blob: bytes, suppressed: dict[str, str] | None = None) -> None: ...
     def update(self, states: dict[str, UserState]) -> None: ...
-    def get(self, user_id: str, default=None) -> UserState | None: ...
-    def __contains__(self, user_id: object) -> bool: ...
-    def __setitem__(self, user_id: str, state: UserState) -> None: ...
 
 
 SCAN_STATES = ("SELECT user_id, state, shard_key IS NULL FROM users "
@@ -163,16 +163,23 @@ SELECT a.user_id, a.channel, s.reason FROM suppressions s JOIN user_addresses a 
 
 
 async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: StateSink,
-                     limit: int | None = None) -> int:
+                     limit: int | None = None, batch: int = 20_000) -> int:
     """Put every user this shard owns into ``into`` (a warm start), or the first
     ``limit`` found (what the cache holds at most): one pass over
-    ``users.state``; users whose state is not computed are assembled from the
-    tables and their state written back; suppressed addresses added last."""
+    ``users.state``, ``batch`` rows at a time; users whose state is not computed
+    are assembled from the tables and their state written back. Each state is put
+    whole, suppressed addresses included (read first): the shard may be deciding
+    on what it holds while this runs, and a suppression added since is a reload,
+    which the sink keeps."""
+    suppressed: dict[str, dict[str, str]] = {}
+    for uid, channel, reason in await conn.fetch(SCAN_SUPPRESSED):
+        if shard_of(uid, shards) == index:
+            suppressed.setdefault(uid, {})[channel] = reason
     stale: list[str] = []
     n = 0
     async with conn.transaction(readonly=True):
         cursor = await conn.cursor(SCAN_STATES, shards, index)
-        while (limit is None or n + len(stale) < limit) and (rows := await cursor.fetch(20_000)):
+        while (limit is None or n + len(stale) < limit) and (rows := await cursor.fetch(batch)):
             for uid, blob, unkeyed in rows:
                 if unkeyed and shard_of(uid, shards) != index:  # keyed rows: the WHERE decided
                     continue
@@ -181,17 +188,15 @@ async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: St
                 if blob is None:
                     stale.append(uid)
                 else:
-                    into.put_stored(uid, blob)
+                    into.put_stored(uid, blob, suppressed.get(uid))
                     n += 1
-    for i in range(0, len(stale), 20_000):
-        assembled = await assemble_states(conn, stale[i:i + 20_000])
-        await write_back(conn, assembled)
+    for i in range(0, len(stale), batch):
+        assembled = await assemble_states(conn, stale[i:i + batch])  # suppressed addresses included
         into.update(assembled)
-    for uid, channel, reason in await conn.fetch(SCAN_SUPPRESSED):
-        state = into.get(uid) if uid in into and shard_of(uid, shards) == index else None
-        if state is not None:
-            state.suppressed[channel] = reason
-            into[uid] = state
+        try:
+            await write_back(conn, assembled)
+        except asyncpg.PostgresError as e:  # an optimisation: another writer holds the rows, it stores its own
+            log.warning("warm start: %d states not written back (%s)", len(assembled), type(e).__name__)
     return n + len(stale)
 
 

@@ -340,9 +340,22 @@ async def test_a_starting_shard_reads_its_users_in_the_background_and_writes_mea
     from actors.user_shard import UserShard
     from infra import config
     from policy import wire
-    from policy.sharding import shard_of
+    from policy.sharding import shard_of, stable_hash
+    from stores.state import refresh_states
     n = engine.cfg.engine.user_shards
-    uid = next(f"warm{i}" for i in range(100) if shard_of(f"warm{i}", n) == 0)  # a user no other test has
+    ours = [f"warm{i}" for i in range(200) if shard_of(f"warm{i}", n) == 0][:3]  # users no other test has
+    uid, bounced, templated = ours
+    async with engine.pool.acquire() as conn:
+        await conn.execute("INSERT INTO preference_templates (id, version, name, preferences) "
+                           "VALUES ('warm-t', 1, 'warm', '[]') ON CONFLICT DO NOTHING")
+        await conn.execute("INSERT INTO users (user_id, shard_key, template_id) VALUES ($1, $2, 'warm-t'), "
+                           "($3, $4, NULL) ON CONFLICT DO NOTHING", templated, stable_hash(templated),
+                           bounced, stable_hash(bounced))
+        await conn.execute("INSERT INTO user_addresses (user_id, channel, address) VALUES ($1, 'email', $2) "
+                           "ON CONFLICT DO NOTHING", bounced, f"{bounced}@example.test")
+        await conn.execute("INSERT INTO suppressions (channel, address, reason) VALUES ('email', $1, 'bounce') "
+                           "ON CONFLICT DO NOTHING", f"{bounced}@example.test")
+        await refresh_states(conn, [bounced, templated])  # stored: the scan puts their users.state
     shard = UserShard(0, config.encode(engine.cfg), engine.database_url, {}, None)
     try:
         await shard._ready()  # what every call does first: the warm start begins here
@@ -352,6 +365,9 @@ async def test_a_starting_shard_reads_its_users_in_the_background_and_writes_mea
         owned = {f"p{i}" for i in range(50) if shard_of(f"p{i}", n) == 0}
         assert owned and owned <= set(shard.users)
         assert shard.users[uid].addresses == {"email": "written@example.test"}
+        assert shard.users[bounced].suppressed == {"email": "bounce"}
+        chain = shard.users[templated].templates
+        assert chain and chain == shard.template_cache["warm-t"]  # its template's rules from the first read
     finally:
         await shard.close()
 
