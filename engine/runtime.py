@@ -147,6 +147,7 @@ class Engine:
         self.auth: auth.Authenticator | None = None
         self.admin_key_file = None  # set when this start created the first admin key
         self.supervisor: asyncio.Task | None = None
+        self.checkpointer: asyncio.Task | None = None
         self.instance_lock: asyncpg.Connection | None = None  # held while this engine runs
 
     @property
@@ -211,7 +212,29 @@ class Engine:
             self.prefs_listener = prefs_bus.Listener(self)
             await self.prefs_listener.start()
             self.supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            if self.cfg.audit.checkpoint_every_s > 0:
+                self.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
         return self
+
+    async def _checkpoints(self) -> None:
+        """Sign the audit log's chain heads every ``audit.checkpoint_every_s``
+        when rows were added since the newest checkpoint (engine/audit.py)."""
+        from engine import audit as signed
+
+        while True:
+            await asyncio.sleep(self.cfg.audit.checkpoint_every_s)
+            try:
+                async with self.pool.acquire() as conn:
+                    if await conn.fetchval(
+                            "SELECT COALESCE(max(id), 0) > (SELECT COALESCE(max(max_id), 0) FROM audit_checkpoints) "
+                            "FROM preference_audit_log"):
+                        done = await signed.checkpoint(conn, signed.signing_key(self.cfg.engine.home))
+                        log.info("audit checkpoint %d: %d chains up to row %d", done["id"], done["chains"],
+                                 done["max_id"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the next turn tries again; the log says why
+                log.warning("audit checkpoint failed: %s: %s", type(e).__name__, e)
 
     async def _claim_deployment(self) -> None:
         """One engine per schema and stream until several are safe (each would
@@ -265,10 +288,11 @@ class Engine:
                 log.warning("supervision: %d loop(s) could not be started: %r", len(failed), failed[:3])
 
     async def stop(self) -> None:
-        if self.supervisor is not None:
-            self.supervisor.cancel()
-            await asyncio.gather(self.supervisor, return_exceptions=True)
-            self.supervisor = None
+        for task in (self.supervisor, self.checkpointer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self.supervisor = self.checkpointer = None
         if self.prefs_listener is not None:
             await self.prefs_listener.stop()
             self.prefs_listener = None

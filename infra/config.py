@@ -182,6 +182,15 @@ class RetentionConfig(_Section):
     jobs_days: Days = 30  # finished bulk jobs
 
 
+class AuditConfig(_Section):
+    """The audit log's signed checkpoints (engine/audit.py)."""
+
+    # how often the engine signs every chain's last row (when rows were added since);
+    # rows after the newest checkpoint are covered by their chains alone. 0: never
+    # (run `tidings audit checkpoint`, e.g. from cron)
+    checkpoint_every_s: NonNegative = 3600.0
+
+
 class EngagementConfig(_Section):
     """Our own open pixel and click redirect in HTML content (policy/links.py,
     engine/http/links.py). Off while ``base_url`` is empty."""
@@ -253,6 +262,7 @@ class Config(_Section):
     preferences: PolicyConfig = PolicyConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     retention: RetentionConfig = RetentionConfig()
+    audit: AuditConfig = AuditConfig()
     engagement: EngagementConfig = EngagementConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()

@@ -38,8 +38,7 @@ from policy.sharding import stable_hash
 from policy.types import UserId
 from policy.validate import key_errors, rule_errors
 from policy.windows import window_errors
-from stores import prefs as prefs_store, state as state_store
-from stores.audit import chain_hash
+from stores import audit, prefs as prefs_store, state as state_store
 
 CSV_COLUMNS = ("user_id", "channel", "category", "content_type", "context", "enabled", "frequency",
                "quiet_hours", "time_windows", "custom", "priority", "expires_at")
@@ -328,20 +327,15 @@ async def _feed_and_audit(conn: asyncpg.Connection, per_user: dict[str, list[byt
     versions = {r[0]: r[1] for r in await conn.fetch(
         "UPDATE users SET prefs_version = prefs_version + 1, state = NULL, updated_at = now() "
         "WHERE user_id = ANY($1::text[]) RETURNING user_id, prefs_version", ids)}
-    prev = {r[0]: r[1] for r in await conn.fetch(
-        "SELECT DISTINCT ON (user_id) user_id, hash FROM preference_audit_log "
-        "WHERE user_id = ANY($1::text[]) ORDER BY user_id, id DESC", ids)}
-    feed, audit = [], []
+    feed, entries = [], []
     for uid, docs in per_user.items():
         change = {"set": [orjson.loads(d) for d in docs]}
-        text = orjson.dumps(change).decode()
-        feed.append((uid, versions[uid], "import", "import", text))
-        audit.append((uid, "preferences.import", None, text, actor, prev.get(uid),
-                      chain_hash(prev.get(uid), uid, "preferences.import", change)))
+        feed.append((uid, versions[uid], "import", "import", orjson.dumps(change).decode()))
+        entries.append(audit.Entry(uid, "preferences.import", None, change, actor))
     await conn.copy_records_to_table("preference_sync_log", columns=(
         "user_id", "version", "sync_type", "source", "changes"), records=feed)
-    await conn.copy_records_to_table("preference_audit_log", columns=(
-        "user_id", "action", "old_value", "new_value", "performed_by", "prev_hash", "hash"), records=audit)
+    await conn.copy_records_to_table("preference_audit_log", columns=audit.COLUMNS,
+                                     records=await audit.prepare(conn, entries))
     return ids
 
 

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import children, settings
-from engine.cli import analytics, credentials, dlq, keys, prefs, retention
+from engine.cli import analytics, audit, credentials, dlq, keys, prefs, retention
 from engine.cli.common import api_headers, console, serving
 from infra.config import ConfigError
 
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the SQL migrations (or reverse them with --down-to N)")
     migrate.add_argument("--down-to", type=int, metavar="N", help="reverse every migration above N (0: all)")
     migrate.set_defaults(run=cmd_migrate)
-    for module in (keys, prefs, credentials, retention, analytics, dlq):
+    for module in (keys, prefs, credentials, retention, analytics, dlq, audit):
         module.add_parser(sub)
     for ep in entry_points(group=COMMAND_GROUP):
         ep.load()(sub)

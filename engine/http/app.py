@@ -14,6 +14,7 @@ from prometheus_client import Counter
 
 from engine.http import (
     analytics,
+    audit,
     bulk,
     events,
     health,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens)
+                 tokens, audit)
 
 
 @web.middleware
