@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from infra.config import Config
 from policy.links import LinkRules
+from policy.unsubscribe import UnsubscribeRules
 
 
 def link_rules(cfg: Config) -> LinkRules | None:
@@ -21,4 +22,14 @@ def link_rules(cfg: Config) -> LinkRules | None:
                      channels=channels, unsubscribe=unsubscribe)
 
 
-__all__ = ["link_rules"]
+def unsubscribe_rules(cfg: Config) -> UnsubscribeRules | None:
+    """One-click unsubscribe URLs in email (``policy.unsubscribe``): on whenever the
+    HTTP API's public URL and the link secret are set (``[engagement]`` base_url
+    and secret), with or without the pixel and click tracking."""
+    e = cfg.engagement
+    if not (e.base_url and e.secret):
+        return None
+    return UnsubscribeRules(secret=e.secret.encode(), base_url=e.base_url)
+
+
+__all__ = ["link_rules", "unsubscribe_rules"]

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
 from actors.user_cache import Pinned, UserCache
-from actors.user_links import link_rules
+from actors.user_links import link_rules, unsubscribe_rules
 from actors.user_prefs import PrefsMixin
 from actors.user_templates import TemplatesMixin
 from infra import db
@@ -64,6 +64,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
+        self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
         self.clock = time.time  # what decide() is told the time is; tests set their own
         self.recent: OrderedDict[str, None] = OrderedDict()  # committed ids, oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
@@ -202,7 +203,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         return await self._decide_and_send(items, done, states)
 
     def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
-        return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id)
+        return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id,
+                       self.unsubscribe)
 
     async def _decide_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
                                states: Mapping[str, UserState], parent_id: str | None = None,

@@ -193,10 +193,12 @@ class AuditConfig(_Section):
 
 class EngagementConfig(_Section):
     """Our own open pixel and click redirect in HTML content (policy/links.py,
-    engine/http/links.py). Off while ``base_url`` is empty."""
+    engine/http/links.py), and the one-click unsubscribe links in email
+    (policy/unsubscribe.py, engine/http/unsubscribe.py). Off while ``base_url`` is empty."""
 
     base_url: str = ""  # public URL of the HTTP API, e.g. "https://notify.example.com"; empty: off
-    secret: str = ""  # HMAC key of the tokens, required with base_url: set TIDINGS_ENGAGEMENT_SECRET
+    # the key of the link and unsubscribe tokens, required with base_url: set TIDINGS_ENGAGEMENT_SECRET
+    secret: str = ""
     opens: bool = True  # add the 1x1 pixel
     clicks: bool = True  # point http(s) links at the redirect
     channels: list[Channel] = msgspec.field(default_factory=lambda: ["email"])  # HTML of these is rewritten

@@ -56,4 +56,13 @@ def fill(template: str, task: DeliveryTask) -> str:
     return template
 
 
-__all__ = ["ADDRESS", "DEFAULT_TRANSACTIONAL", "content_problem", "fill", "is_address"]
+def unsubscribe_url(task: DeliveryTask, template: str | None) -> str | None:
+    """The List-Unsubscribe URL of an email: the engine's own one-click link when
+    it made one (``task.unsubscribe_url``: no user id in it), else the provider's
+    configured ``unsubscribe_url`` filled in, else None."""
+    if task.unsubscribe_url:
+        return task.unsubscribe_url
+    return fill(template, task) if template else None
+
+
+__all__ = ["ADDRESS", "DEFAULT_TRANSACTIONAL", "content_problem", "fill", "is_address", "unsubscribe_url"]

@@ -205,6 +205,8 @@ class LinkRules(msgspec.Struct, frozen=True):
 def track(rules: LinkRules, task: DeliveryTask) -> DeliveryTask:
     """``task`` with its HTML rewritten (the caller checked it has HTML and a tracked channel)."""
     keep = {fill(t, task) for t in rules.unsubscribe.get(task.channel, ())}
+    if task.unsubscribe_url:
+        keep.add(task.unsubscribe_url)
     html_ = rewrite(task.content.html or "", rules.secret, rules.base_url, task.notification_id, task.channel,
                     opens=rules.opens, clicks=rules.clicks, keep=keep)
     return msgspec.structs.replace(task, content=msgspec.structs.replace(task.content, html=html_))

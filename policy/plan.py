@@ -45,6 +45,7 @@ from policy.types import (
     TemplateRef,
     UserState,
 )
+from policy.unsubscribe import UnsubscribeRules
 
 # Compiled message templates by (template id, version) → channel → locale.
 Templates = Mapping[tuple[str, int | None], Mapping[str, Mapping[str, Compiled]]]
@@ -69,6 +70,7 @@ class Context:
     links: LinkRules | None = None
     digest: bool = True
     parent_id: str | None = None  # the broadcast the batch belongs to
+    unsubscribe: UnsubscribeRules | None = None  # None: no one-click unsubscribe URL in email
 
 
 @dataclass
@@ -109,6 +111,8 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
         plan.outcomes.append(settled(it, channel, "rejected", why, now, ctx.parent_id, detail))
         return
     task = task_for(it, channel, state, content)
+    if ctx.unsubscribe is not None and channel == "email":
+        task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, it.request.category, channel)
     if ctx.links is not None and content.html and channel in ctx.links.channels:
         task = track(ctx.links, task)
     plan.sends.setdefault(channel, []).append(task)

@@ -246,6 +246,9 @@ class DeliveryTask(Struct, array_like=True):
     metadata: dict[str, str] = {}
     locale: str = "en"
     stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace)
+    # email: the one-click unsubscribe URL for this person and category (policy.unsubscribe);
+    # a provider puts it in List-Unsubscribe unless the category is transactional
+    unsubscribe_url: str | None = None
 
 
 class Attempt(Struct, array_like=True):

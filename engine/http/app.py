@@ -25,6 +25,7 @@ from engine.http import (
     templates,
     tokens,
     tracking,
+    unsubscribe,
     users,
 )
 from engine.http.access import authorize
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit)
+                 tokens, audit, unsubscribe)
 
 
 @web.middleware

@@ -33,7 +33,7 @@ from email.utils import formataddr
 import aiohttp
 import msgspec
 
-from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address
+from policy.email import DEFAULT_TRANSACTIONAL, is_address, unsubscribe_url
 from policy.types import DeliveryTask
 from providers.base import Receipt
 from providers.email.common import check_content
@@ -127,9 +127,9 @@ class MailgunProvider(HttpSession):
             fields.append(("text", content.text))
         if content.html:
             fields.append(("html", content.html))
-        if self.unsubscribe_url and task.category not in self.transactional:
-            fields += [("h:List-Unsubscribe", f"<{fill(self.unsubscribe_url, task)}>"),
-                       ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+        url = unsubscribe_url(task, self.unsubscribe_url)
+        if url and task.category not in self.transactional:
+            fields += [("h:List-Unsubscribe", f"<{url}>"), ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
         fields += [("o:tag", task.category), ("v:notification_id", task.notification_id),
                    ("v:user_id", task.user_id)]
         return fields

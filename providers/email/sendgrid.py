@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import aiohttp
 import msgspec
 
-from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address
+from policy.email import DEFAULT_TRANSACTIONAL, is_address, unsubscribe_url
 from policy.types import DeliveryTask
 from providers.base import BatchProvider, Receipt
 from providers.email.common import check_content
@@ -140,9 +140,9 @@ class SendGridProvider(HttpSession, BatchProvider):
                 "custom_args": {"notification_id": task.notification_id, "user_id": task.user_id,
                                 "category": task.category},
             }
-            if self.unsubscribe_url and task.category not in self.transactional:
-                p["headers"] = {"List-Unsubscribe": f"<{fill(self.unsubscribe_url, task)}>",
-                                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+            url = unsubscribe_url(task, self.unsubscribe_url)
+            if url and task.category not in self.transactional:
+                p["headers"] = {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
             personalizations.append(p)
         parts = []
         if content.text:  # SendGrid requires text/plain before text/html

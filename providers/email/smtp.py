@@ -12,6 +12,8 @@ Settings (a dict, usually from the providers config):
 - ``unsubscribe_mailto`` / ``unsubscribe_url``: List-Unsubscribe targets; the URL
   also gets RFC 8058 one-click ``List-Unsubscribe-Post``. ``{user_id}``,
   ``{category}`` and ``{notification_id}`` in them are replaced (URL-quoted).
+  The engine's own one-click URL (``task.unsubscribe_url``, when ``[engagement]``
+  has a base URL and secret) is used instead of ``unsubscribe_url``.
 - ``message_id_domain`` / ``helo_name``: default to the sender's domain.
 - ``idle_check_s`` (30): a pooled connection idle longer than this is probed
   with NOOP before use and replaced if the probe fails.
@@ -30,7 +32,7 @@ from email.utils import formataddr, formatdate, make_msgid
 
 import aiosmtplib
 
-from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address
+from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address, unsubscribe_url
 from policy.types import DeliveryTask
 from providers.base import Receipt
 from providers.email.common import check_content
@@ -244,12 +246,13 @@ class SmtpProvider:
         if self.unsubscribe_mailto:
             mailto = fill(self.unsubscribe_mailto, task)
             targets.append(f"<{mailto if mailto.startswith('mailto:') else 'mailto:' + mailto}>")
-        if self.unsubscribe_url:
-            targets.append(f"<{fill(self.unsubscribe_url, task)}>")
+        url = unsubscribe_url(task, self.unsubscribe_url)
+        if url:
+            targets.append(f"<{url}>")
         if not targets:
             return
         msg["List-Unsubscribe"] = ", ".join(targets)
-        if self.unsubscribe_url:
+        if url:
             # RFC 8058: mailbox providers POST this body to the URL for one-click.
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
 
