@@ -65,6 +65,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self.policy = Policy(self.cfg.preferences)
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
+        c = self.cfg.compliance  # CAN-SPAM footer on marketing email, when an address is configured
+        self.footer = (c.postal_address, frozenset(c.marketing_categories)) if c.postal_address else None
         self.clock = time.time  # what decide() is told the time is; tests set their own
         self.recent: OrderedDict[str, None] = OrderedDict()  # committed ids, oldest first
         self.inflight: dict[str, asyncio.Future] = {}  # ids being handled now -> done when committed
@@ -204,7 +206,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
 
     def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
         return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id,
-                       self.unsubscribe)
+                       self.unsubscribe, self.footer)
 
     async def _decide_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
                                states: Mapping[str, UserState], parent_id: str | None = None,

@@ -191,6 +191,17 @@ class AuditConfig(_Section):
     checkpoint_every_s: NonNegative = 3600.0
 
 
+class ComplianceConfig(_Section):
+    """CAN-SPAM: marketing email carries the sender's postal address and a way to
+    opt out (policy/email.py ``with_footer``)."""
+
+    # the sender's valid physical postal address, added to every email of the
+    # marketing categories with its unsubscribe link; empty: no footer (CAN-SPAM
+    # requires one for commercial email sent to the US)
+    postal_address: Annotated[str, Meta(max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")] = ""
+    marketing_categories: list[str] = msgspec.field(default_factory=lambda: ["marketing"])
+
+
 class EngagementConfig(_Section):
     """Our own open pixel and click redirect in HTML content (policy/links.py,
     engine/http/links.py), and the one-click unsubscribe links in email
@@ -265,6 +276,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     retention: RetentionConfig = RetentionConfig()
     audit: AuditConfig = AuditConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
     engagement: EngagementConfig = EngagementConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()

@@ -9,9 +9,10 @@ the checks is the order reasons are reported in:
  4. ``consent.missing_<ch>``  a consent_required channel without granted consent
  5. ``pref.<level>_off``      the resolved preference is off (``pref.frequency_never``)
  6. ``address.missing_<ch>`` / ``suppression.<why>``
- 7. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
- 8. DEFER ``quiet_hours`` / ``time_window``  deferred to the window's end / next start
- 9. SEND ``ok``
+ 7. DEFER ``tcpa.window`` (a ``send_window`` rule's reason)  held until its window opens
+ 8. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
+ 9. DEFER ``quiet_hours`` / ``time_window``  deferred to the window's end / next start
+10. SEND ``ok``
 
 Critical requests pass quiet hours (and digests) only where a rule says so;
 nothing passes consent.
@@ -77,6 +78,10 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
     why = state.suppressed.get(channel)
     if why is not None:
         return Suppress(channel, f"suppression.{why}")
+    if policy.send_windows:
+        held = _outside_send_window(policy, channel, category, state, now)
+        if held is not None:
+            return held
     if not pref.quiet_hours and not pref.time_windows and pref.frequency == "immediate":
         return Send(channel)
     tz = zone(state.timezone)
@@ -91,6 +96,18 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
         if until is not None:
             return Defer(channel, "time_window", until)
     return Send(channel)
+
+
+def _outside_send_window(policy: Policy, channel: str, category: str, state: UserState,
+                         now: float) -> Defer | None:
+    """A ``send_window`` rule (the TCPA's hours) that holds this send, until its
+    next window opens in the recipient's zone. Before digests and quiet hours: a
+    digest or a deferral released later is decided again, and meets it then."""
+    for rule in policy.send_windows_for(channel, category):
+        until = next_allowed(rule.windows, zone(state.timezone), now)
+        if until is not None:
+            return Defer(channel, rule.reason or f"rule.{rule.name}", until)
+    return None
 
 
 def _origin(source: str) -> str:

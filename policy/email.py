@@ -6,8 +6,11 @@ a request the API accepts is one every provider can send.
 
 from __future__ import annotations
 
+import html
 import re
 import urllib.parse
+
+import msgspec
 
 from policy.types import CONTROL_CHARS, Content, DeliveryTask
 
@@ -56,6 +59,23 @@ def fill(template: str, task: DeliveryTask) -> str:
     return template
 
 
+def with_footer(content: Content, postal_address: str, unsubscribe: str | None) -> Content:
+    """``content`` with the CAN-SPAM footer: the sender's postal address and, when
+    there is one, the unsubscribe link, at the end of the text and before the
+    HTML's last ``</body>`` (else at its end). Escaped for HTML; the link is the
+    List-Unsubscribe one, so it is never rewritten for click tracking."""
+    lines = [postal_address] + ([f"Unsubscribe: {unsubscribe}"] if unsubscribe else [])
+    text = (content.text or "").rstrip("\n") + "\n\n-- \n" + "\n".join(lines) + "\n" if content.text else None
+    html_ = content.html
+    if html_:
+        link = f'<br><a href="{html.escape(unsubscribe)}">Unsubscribe</a>' if unsubscribe else ""
+        footer = (f'<p style="font-size:12px;color:#666">{html.escape(postal_address).replace(chr(10), "<br>")}'
+                  f"{link}</p>")
+        end = html_.lower().rfind("</body>")
+        html_ = html_[:end] + footer + html_[end:] if end >= 0 else html_ + footer
+    return msgspec.structs.replace(content, text=text, html=html_)
+
+
 def unsubscribe_url(task: DeliveryTask, template: str | None) -> str | None:
     """The List-Unsubscribe URL of an email: the engine's own one-click link when
     it made one (``task.unsubscribe_url``: no user id in it), else the provider's
@@ -65,4 +85,5 @@ def unsubscribe_url(task: DeliveryTask, template: str | None) -> str | None:
     return fill(template, task) if template else None
 
 
-__all__ = ["ADDRESS", "DEFAULT_TRANSACTIONAL", "content_problem", "fill", "is_address", "unsubscribe_url"]
+__all__ = ["ADDRESS", "DEFAULT_TRANSACTIONAL", "content_problem", "fill", "is_address", "unsubscribe_url",
+           "with_footer"]

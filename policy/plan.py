@@ -27,6 +27,7 @@ import msgspec
 
 from policy import wire
 from policy.decide import decide
+from policy.email import with_footer
 from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
 from policy.rules import Policy
@@ -71,6 +72,8 @@ class Context:
     digest: bool = True
     parent_id: str | None = None  # the broadcast the batch belongs to
     unsubscribe: UnsubscribeRules | None = None  # None: no one-click unsubscribe URL in email
+    # CAN-SPAM: (postal address, marketing categories); their email gets the footer
+    footer: tuple[str, frozenset[str]] | None = None
 
 
 @dataclass
@@ -113,6 +116,8 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
     task = task_for(it, channel, state, content)
     if ctx.unsubscribe is not None and channel == "email":
         task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, it.request.category, channel)
+    if ctx.footer is not None and channel == "email" and it.request.category in ctx.footer[1]:
+        task.content = with_footer(task.content, ctx.footer[0], task.unsubscribe_url)
     if ctx.links is not None and content.html and channel in ctx.links.channels:
         task = track(ctx.links, task)
     plan.sends.setdefault(channel, []).append(task)

@@ -10,6 +10,11 @@ A rule is a row of configuration (``[[preferences.rules]]`` in TOML), not code:
 - ``channel_priority``: ``channel`` is used only for these ``priorities``
   (e.g. voice only for critical).
 - ``consent_required``: ``channel`` needs the user's granted consent.
+- ``send_window``: on ``channels`` (every channel when empty), requests are sent
+  only inside ``windows``, wall-clock time in the recipient's zone, and held until
+  the next one opens otherwise, with ``reason`` (default ``rule.<name>``). The TCPA
+  rule is one: marketing SMS and voice only 08:00–21:00, reason ``tcpa.window``.
+  No priority passes it.
 
 ``category`` narrows any rule to one category (``"*"``: all).
 """
@@ -21,9 +26,11 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from policy.prefs import Preference, Resolved, ordered, resolve
+from policy.windows import Window
 
 _NO_NUL = r"^[^\x00]*$"
-RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required"]
+RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required",
+                   "send_window"]
 
 
 class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -33,6 +40,12 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     channel: str = "*"
     channels: tuple[str, ...] = ()
     priorities: tuple[str, ...] = ()
+    windows: tuple[Window, ...] = ()  # send_window: when sending is allowed
+    reason: Annotated[str, Meta(pattern=r"^([a-z_]+\.)*[a-z_]+$")] | None = None  # send_window's hold reason
+
+    def __post_init__(self) -> None:
+        if self.kind == "send_window" and not self.windows:
+            raise ValueError(f"rule {self.name!r}: a send_window needs windows")
 
     def applies(self, category: str) -> bool:
         return self.category == "*" or self.category == category
@@ -84,6 +97,7 @@ class Policy:
         self.rules = by_kind
         self.consent_channels = {r.channel: r for r in by_kind.get("consent_required", ())}
         self.channel_rules = {r.channel: r for r in by_kind.get("channel_priority", ())}
+        self.send_windows = by_kind.get("send_window", [])
 
     def resolve(self, rows: tuple[Preference, ...], templates: tuple[tuple[str, tuple[Preference, ...]], ...],
                 channel: str, category: str, content_type: str = "*", context: dict[str, str] | None = None,
@@ -117,6 +131,9 @@ class Policy:
         if r is not None and r.applies(category) and priority not in r.priorities:
             return f"rule.{r.name}"
         return None
+
+    def send_windows_for(self, channel: str, category: str) -> list[Rule]:
+        return [r for r in self.send_windows if r.applies(category) and (not r.channels or channel in r.channels)]
 
     def needs_consent(self, channel: str, category: str) -> bool:
         r = self.consent_channels.get(channel)

@@ -24,6 +24,7 @@ class ReceivedMail:
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
     html: str | None = None  # the text/html part, decoded
+    text: str | None = None  # the text/plain part, decoded
 
 
 class SmtpSink:
@@ -102,6 +103,7 @@ class SmtpSink:
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         types = {part.get_content_type() for part in msg.walk()}
         html = msg.get_body(("html",))
+        plain = msg.get_body(("plain",))
         return ReceivedMail(
             mail_from=envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -112,4 +114,5 @@ class SmtpSink:
             content_type=msg.get_content_type(),
             headers={k.lower(): str(v) for k, v in msg.items()},
             html=html.get_content() if html is not None else None,
+            text=plain.get_content() if plain is not None else None,
         )

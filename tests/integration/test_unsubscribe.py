@@ -21,13 +21,15 @@ pytestmark = pytest.mark.integration
 
 SECRET = "unsubscribe-test-secret-0123456789"
 PUBLIC = "https://notify.example.test"  # what the links say; the test calls the engine where it listens
+POSTAL = "Tidings Inc., 1 Main Street, Springfield <IL>"
 
 
 @pytest.fixture(scope="module")
 async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
                         channels=("email",), overrides={"engagement": {"opens": False, "clicks": False,
-                                                                       "base_url": PUBLIC, "secret": SECRET}})
+                                                                       "base_url": PUBLIC, "secret": SECRET},
+                                                        "compliance": {"postal_address": POSTAL}})
     people = [UserProfile(user_id="unsub-1", addresses={"email": "unsub-1@example.test"}),
               UserProfile(user_id="unsub-2", addresses={"email": "unsub-2@example.test"})]
     async with serving(cfg, database_url, people, port=free_port()) as eng:
@@ -58,6 +60,9 @@ async def test_one_click_opts_out_of_that_category_by_email_and_the_next_one_is_
     assert found is not None, header
     assert "unsub-1" not in header and mail.headers["list-unsubscribe-post"].strip() == "List-Unsubscribe=One-Click"
     url = f"{engine.base_url}/u/{found.group(2)}"
+    # CAN-SPAM: the postal address and the same link at the end of both parts
+    assert mail.text.rstrip().endswith(f"{POSTAL}\nUnsubscribe: {found.group(1)}"), mail.text
+    assert "Tidings Inc., 1 Main Street, Springfield &lt;IL&gt;" in mail.html and found.group(1) in mail.html
 
     async with aiohttp.ClientSession() as anyone:  # no credentials at all
         async with anyone.get(url) as r:
@@ -95,3 +100,4 @@ async def test_a_transactional_email_carries_no_unsubscribe_link(engine, smtp):
     nid = await send(engine, "unsub-2", "security")
     mail = next(m for m in smtp.messages if m.notification_id == nid)
     assert "list-unsubscribe" not in mail.headers and "list-unsubscribe-post" not in mail.headers
+    assert POSTAL not in mail.text  # the footer is for the marketing categories

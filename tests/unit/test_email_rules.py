@@ -70,3 +70,18 @@ def test_fill_quotes_each_value():
 
 def test_transactional_categories_by_default():
     assert email.DEFAULT_TRANSACTIONAL == ("security", "account", "transactional")
+
+
+def test_the_can_spam_footer_ends_both_parts_escaped_and_keeps_the_rest():
+    from policy.email import with_footer
+    from policy.types import Content
+
+    c = Content(subject="Hi", text="Hello\n\n", html="<html><body><p>Hello</p></BODY></html>")
+    out = with_footer(c, "Jobs & Co <HQ>\n1 Main St", "https://n.test/u/abc?x=1&y=2")
+    assert out.text == "Hello\n\n-- \nJobs & Co <HQ>\n1 Main St\nUnsubscribe: https://n.test/u/abc?x=1&y=2\n"
+    assert out.html.startswith("<html><body><p>Hello</p><p ") and out.html.endswith("</p></BODY></html>")
+    assert "Jobs &amp; Co &lt;HQ&gt;<br>1 Main St" in out.html
+    assert 'href="https://n.test/u/abc?x=1&amp;y=2"' in out.html
+    assert with_footer(Content(subject="s", html="<p>x</p>"), "A", None).html == \
+        '<p>x</p><p style="font-size:12px;color:#666">A</p>'
+    assert with_footer(Content(subject="s", html="<p>x</p>"), "A", None).text is None
