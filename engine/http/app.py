@@ -17,6 +17,7 @@ from engine.http import (
     audit,
     bulk,
     events,
+    export,
     health,
     inbox,
     links,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe)
+                 tokens, audit, unsubscribe, export)
 
 
 @web.middleware

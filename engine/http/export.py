@@ -1,0 +1,56 @@
+"""``GET /v1/users/{user_id}/export``: everything held about one person
+(``stores/export.py``), for GDPR Art. 15 and 20 and CCPA:
+
+- ``?format=jsonld`` (the default): one JSON-LD document, ``application/ld+json``,
+  its context inline and described in ``docs/export.md``;
+- ``?format=zip``: one CSV per kind of data and a README, ``application/zip``.
+
+A key with ``users:read`` may export anyone; the person's own end-user token
+exports themselves (self-service). Every export is written to the person's
+audit chain (action ``gdpr.export``, who, which format) before it is answered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+from aiohttp import web
+
+from engine.http.access import Route, Scoped, actor, register
+from engine.http.common import ENGINE, Problem
+from stores import audit, export
+
+FORMATS = ("jsonld", "zip")
+
+
+async def export_user(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    user_id = request.match_info["user_id"]
+    fmt = request.query.get("format", "jsonld")
+    if fmt not in FORMATS:
+        raise Problem(400, "bad query", [{"field": "format", "reason": f"one of {', '.join(FORMATS)}"}])
+    now = dt.datetime.now(dt.UTC)
+    async with engine.pool.acquire() as conn:
+        sections = await export.collect(conn, user_id)
+        if sections is None:
+            raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
+        async with conn.transaction():
+            # the user's row first: a chain's appends must not interleave (stores/audit.py)
+            await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+            await audit.append(conn, [audit.Entry(user_id, "gdpr.export", None, {"format": fmt},
+                                                  actor=actor(request))])
+    headers = {"Cache-Control": "no-store"}
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    if fmt == "zip":
+        headers["Content-Disposition"] = f'attachment; filename="export-{stamp}.zip"'
+        return web.Response(body=export.as_zip(sections, now), content_type="application/zip", headers=headers)
+    body = orjson.dumps(export.as_jsonld(user_id, sections, now))
+    return web.Response(body=body, content_type="application/ld+json", headers=headers)
+
+
+ROUTES = [Route("GET", "/v1/users/{user_id}/export", export_user, Scoped("users:read", user=True))]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, ROUTES)

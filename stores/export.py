@@ -1,0 +1,163 @@
+"""Everything held about one person, for GDPR Art. 15 (access) and 20
+(portability) and CCPA's right to know: their profile and addresses, current
+preferences and every change to them, consent, deliveries and engagement,
+in-app messages, audit entries and the suppressions of their addresses.
+
+``collect`` reads each section with one query (``SECTIONS``: the name, the
+columns and where they come from); ``as_jsonld`` and ``as_zip`` shape the same
+rows. The JSON-LD context is ``CONTEXT``, documented term by term in
+``docs/export.md``. What retention already deleted (tracking rows past
+``tracking_days``, read inbox messages past ``inbox_read_days``) is not held, so
+it is not exported.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import uuid
+import zipfile
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+
+VOCAB = "https://tidings.dev/ns/export/v1#"
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    columns: tuple[str, ...]
+    sql: str  # $1 is the user id; columns in this order, JSON as text
+    json_columns: frozenset[str] = frozenset()
+
+
+SECTIONS = (
+    Section("profile", ("user_id", "timezone", "locale", "template_id", "preferences_version", "created_at",
+                        "updated_at"),
+            "SELECT user_id, timezone, locale, template_id, prefs_version, created_at, updated_at "
+            "FROM users WHERE user_id = $1"),
+    Section("addresses", ("channel", "address", "verified", "updated_at"),
+            "SELECT channel, address, verified, updated_at FROM user_addresses WHERE user_id = $1 ORDER BY channel"),
+    Section("preferences", ("channel", "category", "content_type", "context", "value", "priority", "expires_at",
+                            "created_at", "updated_at"),
+            "SELECT channel, category, content_type, context::text, value::text, priority, expires_at, created_at, "
+            "updated_at FROM user_preferences WHERE user_id = $1 AND is_active "
+            "ORDER BY channel, category, content_type, context_key", frozenset({"context", "value"})),
+    Section("preference_history", ("version", "type", "source", "changes", "at"),
+            "SELECT version, sync_type, source, changes::text, created_at FROM preference_sync_log "
+            "WHERE user_id = $1 ORDER BY version", frozenset({"changes"})),
+    Section("consent", ("channel", "status", "source", "granted_at", "withdrawn_at", "updated_at"),
+            "SELECT channel, status, source, granted_at, withdrawn_at, updated_at FROM preference_consent "
+            "WHERE user_id = $1 ORDER BY channel"),
+    Section("deliveries", ("notification_id", "channel", "category", "priority", "status", "reason", "provider",
+                           "attempts", "timeline", "accepted_at", "completed_at", "broadcast_id", "digest_id"),
+            "SELECT notification_id, channel, category, priority, status, reason, provider, attempts, "
+            "timeline::text, accepted_at, completed_at, parent_id, digest_id FROM delivery_tracking "
+            "WHERE user_id = $1 ORDER BY created_at, channel", frozenset({"timeline"})),
+    Section("engagement", ("notification_id", "channel", "type", "at", "source"),
+            "SELECT notification_id, channel, type, at, source FROM engagement_events WHERE user_id = $1 ORDER BY id"),
+    Section("inbox", ("seq", "notification_id", "category", "title", "body", "data", "priority", "created_at",
+                      "seen_at", "read_at"),
+            "SELECT seq, notification_id, category, title, body, data::text, priority, created_at, seen_at, read_at "
+            "FROM inbox_messages WHERE user_id = $1 ORDER BY seq", frozenset({"data"})),
+    Section("audit", ("id", "action", "old_value", "new_value", "reason", "performed_by", "at"),
+            "SELECT id, action, old_value::text, new_value::text, reason, performed_by, created_at "
+            "FROM preference_audit_log WHERE user_id = $1 ORDER BY id", frozenset({"old_value", "new_value"})),
+    Section("suppressions", ("channel", "address", "reason", "source", "created_at"),
+            "SELECT s.channel, s.address, s.reason, s.source, s.created_at FROM suppressions s "
+            "JOIN user_addresses a ON a.channel = s.channel AND a.address = s.address WHERE a.user_id = $1 "
+            "ORDER BY s.channel"),
+)
+
+CONTEXT = {
+    "@vocab": VOCAB,
+    "schema": "https://schema.org/",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+    "user_id": "schema:identifier",
+    "address": "schema:contactPoint",
+    "timezone": "schema:timezone",
+    "locale": "schema:inLanguage",
+    "generated_at": {"@id": "schema:dateCreated", "@type": "xsd:dateTime"},
+    **{k: {"@type": "xsd:dateTime"} for k in ("created_at", "updated_at", "expires_at", "granted_at",
+                                              "withdrawn_at", "accepted_at", "completed_at", "at", "seen_at",
+                                              "read_at")},
+    **{k: {"@type": "@json"} for k in ("context", "value", "changes", "timeline", "data", "old_value",
+                                       "new_value")},
+}
+
+
+def _plain(value):
+    """A column value as JSON and CSV carry it: instants in ISO 8601 UTC, ids as text."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+async def collect(conn: asyncpg.Connection, user_id: str) -> dict[str, list[dict]] | None:
+    """Every section's rows (JSON columns parsed), or None if there is no such user.
+    One repeatable-read snapshot: the sections agree with each other."""
+    out: dict[str, list[dict]] = {}
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for s in SECTIONS:
+            rows = []
+            for r in await conn.fetch(s.sql, user_id):
+                row = {}
+                for col, value in zip(s.columns, r, strict=True):
+                    if col in s.json_columns and value is not None:
+                        value = orjson.loads(value)
+                    row[col] = _plain(value)
+                rows.append(row)
+            out[s.name] = rows
+    return out if out["profile"] else None
+
+
+def as_jsonld(user_id: str, sections: dict[str, list[dict]], generated_at: dt.datetime) -> dict:
+    profile = sections["profile"][0] if sections["profile"] else {}
+    return {
+        "@context": CONTEXT,
+        "@type": "PersonalDataExport",
+        "@id": f"urn:tidings:export:{uuid.uuid5(uuid.NAMESPACE_URL, user_id + generated_at.isoformat())}",
+        "generated_at": _plain(generated_at),
+        "subject": {"@id": f"urn:tidings:user:{uuid.uuid5(uuid.NAMESPACE_URL, 'tidings:' + user_id)}",
+                    "@type": "schema:Person", **profile},
+        **{name: rows for name, rows in sections.items() if name != "profile"},
+    }
+
+
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    if isinstance(value, str) and value.startswith(FORMULA):
+        # a spreadsheet would run it as a formula (CSV injection): quoted as text
+        return "'" + value
+    return str(value)
+
+
+def as_zip(sections: dict[str, list[dict]], generated_at: dt.datetime) -> bytes:
+    """One CSV per section (a header row, JSON values as JSON text), and README.txt."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("README.txt", f"Personal data export, generated {_plain(generated_at)}.\n"
+                                 "One CSV file per kind of data; the terms are described in docs/export.md.\n"
+                                 f"Files: {', '.join(s.name + '.csv' for s in SECTIONS)}\n")
+        for s in SECTIONS:
+            text = io.StringIO()
+            w = csv.writer(text, lineterminator="\r\n")
+            w.writerow(s.columns)
+            for row in sections[s.name]:
+                w.writerow([_cell(row[c]) for c in s.columns])
+            z.writestr(f"{s.name}.csv", text.getvalue())
+    return buf.getvalue()
+
+
+__all__ = ["CONTEXT", "SECTIONS", "as_jsonld", "as_zip", "collect"]
