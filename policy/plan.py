@@ -114,7 +114,8 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
         plan.outcomes.append(settled(it, channel, "rejected", why, now, ctx.parent_id, detail))
         return
     task = task_for(it, channel, state, content)
-    if ctx.unsubscribe is not None and channel == "email":
+    if ctx.unsubscribe is not None and channel == "email" and ctx.policy.can_opt_out(it.request.category):
+        # no link that could only ever answer "cannot": a category outside the policy, or mandatory
         task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, it.request.category, channel)
     if ctx.footer is not None and channel == "email" and it.request.category in ctx.footer[1]:
         task.content = with_footer(task.content, ctx.footer[0], task.unsubscribe_url)

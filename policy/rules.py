@@ -142,3 +142,10 @@ class Policy:
     def mandatory(self) -> list[Rule]:
         return self.rules.get("mandatory", [])
 
+    def can_opt_out(self, category: str) -> bool:
+        """Whether a person may switch ``category`` off on a channel by themselves
+        (a one-click unsubscribe): a category preference rows may name, with no
+        mandatory rule on it."""
+        return (not self.categories or category in self.categories) and not any(
+            r.applies(category) for r in self.mandatory())
+

@@ -25,7 +25,7 @@ from engine import prefs_bus
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE
 from policy import wire
-from policy.prefs import Preference
+from policy.prefs import Preference, PrefKey
 from policy.types import UserState
 from policy.unsubscribe import Target, open_token
 from policy.validate import PreferencesPatch
@@ -71,16 +71,34 @@ async def confirm(request: web.Request) -> web.Response:
                                      f"{target.channel}?", form=True)
 
 
-def _already_out(state: UserState, target: Target) -> bool:
-    return any(p.channel == target.channel and p.category == target.category and p.enabled is False
-               and p.content_type == "*" and not p.context for p in state.prefs)
+def _plain(p: Preference) -> bool:
+    return p.content_type == "*" and not p.context
+
+
+def _patch(state: UserState, target: Target) -> PreferencesPatch | None:
+    """The change that opts the person out for good, or None if they already are:
+    a permanent ``enabled: false`` row for the channel and category, and none of
+    their more specific rows for it left (a row for one content type or context
+    would override the category's). A temporary opt-out (``expires_at``) is made
+    permanent."""
+    mine = [p for p in state.prefs if p.channel == target.channel and p.category == target.category]
+    specific = [p for p in mine if not _plain(p)]
+    if not specific and any(_plain(p) and p.enabled is False and p.expires_at is None for p in mine):
+        return None
+    return PreferencesPatch(
+        set=[Preference(channel=target.channel, category=target.category, enabled=False)],
+        remove=[PrefKey(channel=p.channel, category=p.category, content_type=p.content_type, context=p.context)
+                for p in specific])
 
 
 async def one_click(request: web.Request) -> web.Response:
     target = _target(request)
     if target is None:
         return page(404, *NOT_FOUND)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError):  # a multipart body without its boundary, an unknown charset
+        return page(400, "Not understood", f"An unsubscribe request carries {FIELD}={VALUE}.")
     if form.get(FIELD) != VALUE:
         return page(400, "Not understood", f"An unsubscribe request carries {FIELD}={VALUE}.")
     engine = request.app[ENGINE]
@@ -89,10 +107,10 @@ async def one_click(request: web.Request) -> web.Response:
         return page(404, *NOT_FOUND)
     done = page(200, "Unsubscribed", f"You will no longer get {target.category.replace('_', ' ')} messages by "
                                      f"{target.channel}.")
-    if _already_out(wire.decode(found, UserState), target):
+    patch = _patch(wire.decode(found, UserState), target)
+    if patch is None:
         return done
-    cmd = PrefCommand(user_id=target.user_id, source="unsubscribe", actor=ACTOR, patch=PreferencesPatch(
-        set=[Preference(channel=target.channel, category=target.category, enabled=False)]))
+    cmd = PrefCommand(user_id=target.user_id, source="unsubscribe", actor=ACTOR, patch=patch)
     result = (await prefs_bus.run_commands(engine, [cmd]))[0]
     if result.status == "ok":
         return done

@@ -101,3 +101,29 @@ async def test_a_transactional_email_carries_no_unsubscribe_link(engine, smtp):
     mail = next(m for m in smtp.messages if m.notification_id == nid)
     assert "list-unsubscribe" not in mail.headers and "list-unsubscribe-post" not in mail.headers
     assert POSTAL not in mail.text  # the footer is for the marketing categories
+
+
+async def test_one_click_makes_a_temporary_or_narrower_opt_out_permanent_and_whole(engine, smtp):
+    """A temporary opt-out is made permanent, a row for one content type that
+    would override the category's goes; a category the policy does not know, or a
+    body that is not a form, gets no link or a 400, never a 500."""
+    nid = await send(engine, "unsub-2", "marketing")  # the link comes from an earlier message
+    mail = next(m for m in smtp.messages if m.notification_id == nid)
+    async with api_session() as admin:
+        async with admin.patch(f"{engine.base_url}/v1/users/unsub-2/preferences", json={"set": [
+                {"channel": "email", "category": "marketing", "enabled": False, "expires_at": 3900000000},
+                {"channel": "email", "category": "marketing", "content_type": "promo", "enabled": True}]}) as r:
+            assert r.status == 200, await r.text()
+    url = engine.base_url + "/u/" + mail.headers["list-unsubscribe"].strip()[1:-1].rsplit("/u/", 1)[1]
+    async with aiohttp.ClientSession() as anyone:
+        async with anyone.post(url, data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}) as r:
+            assert r.status == 400
+        async with anyone.post(url, data={"List-Unsubscribe": "One-Click"}) as r:
+            assert r.status == 200
+    async with api_session() as admin, admin.get(f"{engine.base_url}/v1/users/unsub-2/preferences") as r:
+        rows = [p for p in (await r.json())["preferences"] if p.get("category") == "marketing"]
+    assert [(p.get("content_type", "*"), p["enabled"], p.get("expires_at")) for p in rows] == [("*", False, None)]
+
+    other = await send(engine, "unsub-2", "newsletters")  # not among [preferences] categories: cannot be opted out
+    mail = next(m for m in smtp.messages if m.notification_id == other)
+    assert "notify.example.test/u/" not in mail.headers.get("list-unsubscribe", "")  # (the provider's own may be)
