@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 import asyncpg
@@ -49,15 +50,20 @@ def load_public(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
+class KeyMismatch(ValueError):
+    """The checkpoints so far were signed by another key."""
+
+
 def signing_key(home: str | Path, environ: dict | None = None, create: bool = True) -> Ed25519PrivateKey | None:
     """The checkpoint signing key: the environment's, else the one in ``home``,
-    made there (0600, never through a link) if ``create`` and there is none."""
+    made there (0600, written whole before it appears, never through a link) if
+    ``create`` and there is none."""
     env = os.environ if environ is None else environ
     if env.get(KEY_ENV):
         return _private(env[KEY_ENV].encode())
     path = Path(home).resolve() / KEY_FILE
     try:
-        return _private(path.read_bytes())
+        return _private(_read(path))
     except FileNotFoundError:
         if not create:
             return None
@@ -65,13 +71,24 @@ def signing_key(home: str | Path, environ: dict | None = None, create: bool = Tr
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return _private(path.read_bytes())
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        try:
+            os.link(tmp, path)  # appears whole, or not at all if another process made one first
+        except FileExistsError:
+            return _private(_read(path))
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
+
+
+def _read(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def _private(pem: bytes) -> Ed25519PrivateKey:
@@ -81,47 +98,106 @@ def _private(pem: bytes) -> Ed25519PrivateKey:
     return key
 
 
-async def checkpoint(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> dict:
-    """Sign and store the heads of every chain now. Returns what was stored."""
+LOCK = "tidings:audit-checkpoint"
+
+
+def max_age(cfg) -> float:
+    """How old rows outside every checkpoint may be before verify says so: two
+    checkpoint intervals and five minutes (0: checkpoints are not taken on a timer)."""
+    every = cfg.audit.checkpoint_every_s
+    return 2 * every + 300 if every > 0 else 0.0
+CHECKPOINTS = ("SELECT id, created_at, max_id, chains, digest, prev_id, prev_digest, key_id, signature "
+               "FROM audit_checkpoints ORDER BY id")
+
+
+async def checkpoint(conn: asyncpg.Connection, key: Ed25519PrivateKey, rotate: bool = False) -> dict:
+    """Sign and store the heads of every chain now, chained to the checkpoint
+    before it; the older checkpoints' heads are dropped (verify reads the
+    newest's). Refuses (``KeyMismatch``) a key other than the last checkpoint's
+    unless ``rotate``: a forgotten ``TIDINGS_AUDIT_SIGNING_KEY`` would otherwise
+    start a chain no verifier holds the key to."""
+    kid = key_id(key.public_key())
     async with conn.transaction(isolation="repeatable_read"):  # the heads and max_id of one moment
+        await conn.execute("SET LOCAL statement_timeout = '15min'")  # the heads of a big log take a while
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", LOCK)  # one at a time
+        prev = await conn.fetchrow("SELECT id, digest, key_id FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+        if prev is not None and prev["key_id"] != kid and not rotate:
+            raise KeyMismatch(f"the checkpoints so far are signed by key {prev['key_id']}, this key is {kid} "
+                              f"(set {KEY_ENV}, or rotate on purpose: tidings audit checkpoint --rotate-key)")
         max_id, heads = await audit.current_heads(conn)
         digest = audit.heads_digest(max_id, heads)
         cid = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('audit_checkpoints', 'id'))")
-        signature = key.sign(audit.signed_payload(cid, max_id, len(heads), digest))
+        prev_id, prev_digest = (prev["id"], prev["digest"]) if prev is not None else (None, None)
+        signature = key.sign(audit.signed_payload(cid, max_id, len(heads), digest, prev_id, prev_digest))
         await conn.execute(
-            "INSERT INTO audit_checkpoints (id, max_id, chains, digest, key_id, signature) "
-            "VALUES ($1, $2, $3, $4, $5, $6)", cid, max_id, len(heads), digest, key_id(key.public_key()), signature)
+            "INSERT INTO audit_checkpoints (id, max_id, chains, digest, prev_id, prev_digest, key_id, signature) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", cid, max_id, len(heads), digest, prev_id, prev_digest, kid,
+            signature)
         await conn.copy_records_to_table("audit_checkpoint_heads", columns=(
             "checkpoint_id", "user_id", "head_id", "head_hash"), records=[(cid, u, i, h) for u, i, h in heads])
-    return {"id": cid, "max_id": max_id, "chains": len(heads), "key_id": key_id(key.public_key())}
+        await conn.execute("DELETE FROM audit_checkpoint_heads WHERE checkpoint_id < $1", cid)
+    return {"id": cid, "max_id": max_id, "chains": len(heads), "key_id": kid}
 
 
-async def verify(conn: asyncpg.Connection, public: Ed25519PublicKey | None,
-                 user_id: str | None = None) -> audit.Report:
-    """Every chain (or one user's), against the newest checkpoint when there is a
-    key to check it with. A checkpoint that does not verify is itself reported."""
-    heads, problem, row = None, None, None
-    if public is not None:
-        row = await conn.fetchrow("SELECT id, max_id, chains, digest, key_id, signature, created_at "
-                                  "FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
-    if row is not None:
-        stored = [(r[0], r[1], r[2]) for r in await conn.fetch(
-            "SELECT user_id, head_id, head_hash FROM audit_checkpoint_heads WHERE checkpoint_id = $1", row["id"])]
-        digest = audit.heads_digest(row["max_id"], stored)
+def _sequence_problems(checkpoints: list, publics: dict[str, Ed25519PublicKey]) -> tuple[list[str], int]:
+    """Each checkpoint following the one before it, and signed by the key it
+    names. A checkpoint signed by a key not given (one from before a rotation) is
+    not checked, except the newest; the signature of the first later checkpoint
+    whose key is given covers its digest all the same. Returns (problems, unchecked)."""
+    problems, unchecked = [], 0
+    for i, cp in enumerate(checkpoints):
+        before = checkpoints[i - 1] if i else None
+        if before is None and cp["prev_id"] is not None:
+            problems.append(f"checkpoint {cp['id']}: the checkpoints before it are gone")
+        elif before is not None and (cp["prev_id"], cp["prev_digest"]) != (before["id"], before["digest"]):
+            problems.append(f"checkpoint {cp['id']}: does not follow checkpoint {before['id']} "
+                            "(checkpoints removed or inserted between them)")
+        public = publics.get(cp["key_id"])
+        if public is None:
+            if i == len(checkpoints) - 1:
+                problems.append(f"checkpoint {cp['id']} (the newest): signed by key {cp['key_id']}, "
+                                f"not one given ({', '.join(publics)})")
+            unchecked += 1
+            continue
         try:
-            public.verify(row["signature"], audit.signed_payload(row["id"], row["max_id"], row["chains"],
-                                                                  row["digest"]))
+            public.verify(cp["signature"], audit.signed_payload(cp["id"], cp["max_id"], cp["chains"], cp["digest"],
+                                                                cp["prev_id"], cp["prev_digest"]))
         except InvalidSignature:
-            problem = "its signature does not verify with this key (the checkpoint was altered or made by another key)"
-        else:
-            if digest != row["digest"] or len(stored) != row["chains"]:
-                problem = "its heads are not the ones signed (the heads table was altered)"
+            problems.append(f"checkpoint {cp['id']}: its signature does not verify (the checkpoint was altered)")
+    return problems, unchecked
+
+
+async def verify(conn: asyncpg.Connection, publics: list[Ed25519PublicKey], user_id: str | None = None,
+                 max_age_s: float = 0.0) -> audit.Report:
+    """Every chain (or one user's), against the checkpoints when there are
+    ``publics`` (public keys) to check them with: every checkpoint in sequence and signed, the newest's
+    heads the ones signed and each still its chain's row. ``max_age_s`` (twice the
+    checkpoint interval): rows older than that not covered by any checkpoint are
+    reported, since the newest checkpoints may have been removed."""
+    heads, problems, newest, unchecked = None, [], None, 0
+    if publics:
+        checkpoints = list(await conn.fetch(CHECKPOINTS))
+        problems, unchecked = _sequence_problems(checkpoints, {key_id(k): k for k in publics})
+        newest = checkpoints[-1] if checkpoints else None
+        if newest is not None and not problems:
+            stored = [(r[0], r[1], r[2]) for r in await conn.fetch(
+                "SELECT user_id, head_id, head_hash FROM audit_checkpoint_heads WHERE checkpoint_id = $1",
+                newest["id"])]
+            if audit.heads_digest(newest["max_id"], stored) != newest["digest"] or len(stored) != newest["chains"]:
+                problems.append(f"checkpoint {newest['id']}: its heads are not the ones signed "
+                                "(the heads table was altered)")
             else:
                 heads = {u: (i, h) for u, i, h in stored}
+        if max_age_s > 0:
+            uncovered = await conn.fetchval(
+                "SELECT min(created_at) FROM preference_audit_log WHERE id > $1", newest["max_id"] if newest else 0)
+            if uncovered is not None and (await conn.fetchval("SELECT now()") - uncovered).total_seconds() > max_age_s:
+                problems.append(f"rows since {uncovered.isoformat()} are in no checkpoint, older than "
+                                f"{max_age_s:.0f} s: newer checkpoints were removed, or none are being taken")
     report = await audit.verify(conn, user_id, heads)
-    if row is not None:
-        report.checkpoint = {"id": row["id"], "max_id": row["max_id"], "chains": row["chains"],
-                             "key_id": row["key_id"], "at": row["created_at"].timestamp(), "valid": problem is None}
-    if problem is not None:
-        report.broken.insert(0, audit.Break("*", None, f"checkpoint {row['id']}: {problem}"))
+    if newest is not None:
+        report.checkpoint = {"id": newest["id"], "max_id": newest["max_id"], "chains": newest["chains"],
+                             "key_id": newest["key_id"], "at": newest["created_at"].timestamp(),
+                             "valid": not problems, "unchecked_older": unchecked}
+    report.broken[:0] = [audit.Break("*", None, p) for p in problems]
     return report

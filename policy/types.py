@@ -204,11 +204,12 @@ class Suppress(Struct, tag="suppress", frozen=True, array_like=True):
 
 
 class Defer(Struct, tag="defer", frozen=True, array_like=True):
-    """Hold until ``until`` (quiet hours, a time window), then decide again."""
+    """Hold until ``until`` (quiet hours, a time window, a ``send_window`` rule
+    such as the TCPA's), then decide again."""
 
     action: ClassVar[str] = "defer"
     channel: str
-    reason: Literal["quiet_hours", "time_window"]
+    reason: str  # quiet_hours | time_window | a send_window rule's reason (tcpa.window)
     until: float
 
 

@@ -63,12 +63,17 @@ class Entry:
     user_agent: str | None = None
 
 
-async def _as_stored(conn: asyncpg.Connection, values: list) -> list[str | None]:
-    """The JSON values as PostgreSQL will print them back once stored as jsonb."""
+async def _as_stored(conn: asyncpg.Connection, values: list, ips: list[str | None]) -> tuple[list, list]:
+    """The JSON values and the IP addresses as PostgreSQL will print them back
+    once stored (``jsonb::text``, ``host(inet)``): what is hashed is what verify reads."""
     texts = [None if v is None else orjson.dumps(v).decode() for v in values]
     rows = await conn.fetch("SELECT t::jsonb::text FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
                             texts)
-    return [r[0] for r in rows]
+    if not any(ips):
+        return [r[0] for r in rows], ips
+    hosts = await conn.fetch("SELECT host(t::inet) FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+                             ips)
+    return [r[0] for r in rows], [r[0] for r in hosts]
 
 
 async def prepare(conn: asyncpg.Connection, entries: Sequence[Entry]) -> list[tuple]:
@@ -83,16 +88,16 @@ async def prepare(conn: asyncpg.Connection, entries: Sequence[Entry]) -> list[tu
     prev = {r[0]: r[1] for r in await conn.fetch(
         "SELECT DISTINCT ON (user_id) user_id, hash FROM preference_audit_log "
         "WHERE user_id = ANY($1::text[]) ORDER BY user_id, id DESC", ids)}
-    stored = await _as_stored(conn, [v for e in entries for v in (e.old, e.new)])
+    stored, ips = await _as_stored(conn, [v for e in entries for v in (e.old, e.new)], [e.ip for e in entries])
     at = dt.datetime.now(dt.UTC)
     at_us = micros(at)
     rows = []
     for i, e in enumerate(entries):
-        old_text, new_text = stored[2 * i], stored[2 * i + 1]
+        old_text, new_text, ip = stored[2 * i], stored[2 * i + 1], ips[i]
         before = prev.get(e.user_id)
-        digest = row_hash(before, e.user_id, e.action, old_text, new_text, e.reason, e.actor, e.ip,
+        digest = row_hash(before, e.user_id, e.action, old_text, new_text, e.reason, e.actor, ip,
                           e.user_agent, at_us)
-        rows.append((e.user_id, e.action, old_text, new_text, e.reason, e.actor, e.ip, e.user_agent, at,
+        rows.append((e.user_id, e.action, old_text, new_text, e.reason, e.actor, ip, e.user_agent, at,
                      before, digest, HASH_VERSION))
         prev[e.user_id] = digest
     return rows
@@ -156,18 +161,23 @@ class Report:
                 "broken": [b.as_dict() for b in self.broken]}
 
 
-def _check(row, prev_hash: bytes | None) -> str | None:
-    """What is wrong with one row given the hash of the row before it in its chain."""
+def _check(row, prev_hash: bytes | None, prev_version: int | None) -> str | None:
+    """What is wrong with one row given the hash and version of the row before it in its chain."""
     (_id, uid, action, old_text, new_text, reason, actor, ip, ua, at_us, row_prev, digest, version) = row
     if row_prev != prev_hash:
         return "does not link to the row before it (a row changed, removed or inserted before it)"
+    if version == 1 and prev_version == HASH_VERSION:
+        return "a version-1 row after a version-2 row (rows are never written under the older rule again)"
     if version == 1:
         new = orjson.loads(new_text) if new_text is not None else None
         expected = chain_hash(prev_hash, uid, action, new)
-    elif version == HASH_VERSION:
-        expected = row_hash(prev_hash, uid, action, old_text, new_text, reason, actor, ip, ua, at_us)
-    else:
+        if expected != digest:
+            return ("its hash does not match its contents (the row was changed; or, for a row written before "
+                    "every column was hashed, a number PostgreSQL prints differently, such as 1e16)")
+        return None
+    if version != HASH_VERSION:
         return f"unknown hash version {version}"
+    expected = row_hash(prev_hash, uid, action, old_text, new_text, reason, actor, ip, ua, at_us)
     return None if expected == digest else "its hash does not match its contents (the row was changed)"
 
 
@@ -176,7 +186,7 @@ async def walk(conn: asyncpg.Connection, user_id: str | None = None,
     """Each chain as (user, rows, hash of its last row, first break or None).
     Streams: inside a transaction (a cursor), one chain at a time in memory."""
     where, args = ("WHERE user_id = $1", (user_id,)) if user_id is not None else ("", ())
-    current, rows, last, broken = None, 0, None, None
+    current, rows, last, version, broken = None, 0, None, None, None
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         cursor = await conn.cursor(WALK.format(where=where), *args)
         while chunk := await cursor.fetch(batch):
@@ -185,13 +195,13 @@ async def walk(conn: asyncpg.Connection, user_id: str | None = None,
                 if uid != current:
                     if current is not None:
                         yield current, rows, last, broken
-                    current, rows, last, broken = uid, 0, None, None
+                    current, rows, last, version, broken = uid, 0, None, None, None
                 rows += 1
                 if broken is None:
-                    problem = _check(row, last)
+                    problem = _check(row, last, version)
                     if problem is not None:
                         broken = Break(uid, row[0], problem)
-                last = row[11]
+                last, version = row[11], row[12]
     if current is not None:
         yield current, rows, last, broken
 
@@ -243,8 +253,12 @@ def heads_digest(max_id: int, heads: Sequence[tuple[str, int, bytes]]) -> bytes:
     return h.digest()
 
 
-def signed_payload(checkpoint_id: int, max_id: int, chains: int, digest: bytes) -> bytes:
-    return orjson.dumps(["tidings-audit-checkpoint", 1, checkpoint_id, max_id, chains, digest.hex()])
+def signed_payload(checkpoint_id: int, max_id: int, chains: int, digest: bytes, prev_id: int | None,
+                   prev_digest: bytes | None) -> bytes:
+    """What a checkpoint's signature covers: itself and the checkpoint before it,
+    so none can be taken out of the sequence unseen."""
+    return orjson.dumps(["tidings-audit-checkpoint", 2, checkpoint_id, max_id, chains, digest.hex(), prev_id,
+                         prev_digest.hex() if prev_digest is not None else None])
 
 
 async def current_heads(conn: asyncpg.Connection) -> tuple[int, list[tuple[str, int, bytes]]]:

@@ -22,12 +22,15 @@ def add_parser(sub) -> None:
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     v = verbs.add_parser("verify", help="walk every chain, check the newest checkpoint; exit 1 if anything is broken")
     v.add_argument("--user", help="only this user's chain")
-    v.add_argument("--public-key", type=Path, help="PEM public key to check checkpoints with "
-                                                   "(default: the engine's own signing key)")
+    v.add_argument("--public-key", type=Path, action="append", default=[],
+                   help="PEM public key to check checkpoints with, again for each key used before a rotation "
+                        "(default: the engine's own signing key)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(run=cmd_verify)
     c = verbs.add_parser("checkpoint", help="sign and store every chain's last row now")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--rotate-key", action="store_true",
+                   help="sign with this key although the last checkpoint was signed by another")
     c.set_defaults(run=cmd_checkpoint)
     k = verbs.add_parser("public-key", help="print the checkpoint signing key's public half (PEM)")
     k.set_defaults(run=cmd_public_key)
@@ -48,17 +51,18 @@ async def _connect(cfg):
 
 
 async def cmd_verify(cfg, args) -> int:
-    if args.public_key is not None:
+    publics = []
+    for path in args.public_key:
         try:
-            public = signed.load_public(args.public_key.read_bytes())
+            publics.append(signed.load_public(path.read_bytes()))
         except (OSError, ValueError) as e:
-            raise SystemExit(f"tidings audit verify: {args.public_key}: {e}") from None
-    else:
+            raise SystemExit(f"tidings audit verify: {path}: {e}") from None
+    if not publics:
         key = signed.signing_key(cfg.engine.home, create=False)
-        public = key.public_key() if key is not None else None
+        publics = [key.public_key()] if key is not None else []
     services, conn = await _connect(cfg)
     try:
-        report = await signed.verify(conn, public, args.user)
+        report = await signed.verify(conn, publics, args.user, signed.max_age(cfg))
     finally:
         await conn.close()
         services.stop()
@@ -68,7 +72,7 @@ async def cmd_verify(cfg, args) -> int:
     cp = report.checkpoint
     console.print(f"{report.chains:,} chains, {report.rows:,} rows; " + (
         f"checkpoint {cp['id']} (up to row {cp['max_id']:,}, {cp['chains']:,} chains, key {cp['key_id']})"
-        if cp else "no checkpoint checked" + ("" if public else " (no signing key here: --public-key)")))
+        if cp else "no checkpoint checked" + ("" if publics else " (no signing key here: --public-key)")))
     if report.ok:
         console.print("[green]every chain verifies[/green]")
         return 0
@@ -85,7 +89,9 @@ async def cmd_checkpoint(cfg, args) -> int:
     key = signed.signing_key(cfg.engine.home)
     services, conn = await _connect(cfg)
     try:
-        done = await signed.checkpoint(conn, key)
+        done = await signed.checkpoint(conn, key, rotate=args.rotate_key)
+    except signed.KeyMismatch as e:
+        raise SystemExit(f"tidings audit checkpoint: {e}") from None
     finally:
         await conn.close()
         services.stop()

@@ -24,7 +24,8 @@ async def verify(request: web.Request) -> web.Response:
         raise Problem(400, "bad query", [{"field": "user_id", "reason": "1 to 256 printable characters"}])
     key = signed.signing_key(engine.cfg.engine.home, create=False)
     async with engine.pool.acquire() as conn:
-        report = await signed.verify(conn, key.public_key() if key is not None else None, user_id)
+        report = await signed.verify(conn, [key.public_key()] if key is not None else [], user_id,
+                                     signed.max_age(engine.cfg))
     return reply(report.as_dict())
 
 
@@ -32,7 +33,10 @@ async def checkpoint(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     key = signed.signing_key(engine.cfg.engine.home)
     async with engine.pool.acquire() as conn:
-        done = await signed.checkpoint(conn, key)
+        try:
+            done = await signed.checkpoint(conn, key)
+        except signed.KeyMismatch as e:
+            raise Problem(409, "another signing key", [{"field": "$", "reason": str(e)}]) from None
     return reply(done, status=201)
 
 

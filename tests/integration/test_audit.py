@@ -40,10 +40,10 @@ async def history(conn) -> None:
             ])
 
 
-async def tamper(conn, sql: str, *args) -> None:
-    await conn.execute("ALTER TABLE preference_audit_log DISABLE TRIGGER USER")
+async def tamper(conn, sql: str, *args, table: str = "preference_audit_log") -> None:
+    await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
     await conn.execute(sql, *args)
-    await conn.execute("ALTER TABLE preference_audit_log ENABLE TRIGGER USER")
+    await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
 
 
 async def test_an_untouched_log_verifies_and_the_application_cannot_change_it(conn):
@@ -84,13 +84,13 @@ async def test_checkpoints_catch_a_cut_tail_and_a_dropped_chain_and_rows_after_t
     done = await signed.checkpoint(conn, key)
     assert done["chains"] == 3
     await audit.append(conn, [Entry("alice", "preferences.patch", None, {"after": True})])  # after the checkpoint
-    assert (await signed.verify(conn, key.public_key())).ok
+    assert (await signed.verify(conn, [key.public_key()])).ok
 
     bob_last = await conn.fetchval("SELECT max(id) FROM preference_audit_log WHERE user_id = 'bob'")
     await tamper(conn, "DELETE FROM preference_audit_log WHERE id = $1", bob_last)
     await tamper(conn, "DELETE FROM preference_audit_log WHERE user_id = 'carol'")
     assert (await audit.verify(conn)).ok  # what the chains alone cannot see
-    report = await signed.verify(conn, key.public_key())
+    report = await signed.verify(conn, [key.public_key()])
     found = {b.user_id: b for b in report.broken}
     assert set(found) == {"bob", "carol"}, report.as_dict()
     assert found["bob"].row_id == bob_last and "gone" in found["bob"].problem
@@ -102,17 +102,63 @@ async def test_a_checkpoint_altered_or_signed_by_another_key_is_reported(conn):
     key = Ed25519PrivateKey.generate()
     await history(conn)
     done = await signed.checkpoint(conn, key)
-    other = Ed25519PrivateKey.generate().public_key()
-    report = await signed.verify(conn, other)
-    assert not report.ok and report.broken[0].user_id == "*" and "signature" in report.broken[0].problem
+    report = await signed.verify(conn, [Ed25519PrivateKey.generate().public_key()])
+    assert not report.ok and report.broken[0].user_id == "*" and "not one given" in report.broken[0].problem
 
     # an intruder moves a head back to hide a cut tail: the heads no longer match what was signed
     first = await conn.fetchval("SELECT min(id) FROM preference_audit_log WHERE user_id = 'bob'")
     first_hash = await conn.fetchval("SELECT hash FROM preference_audit_log WHERE id = $1", first)
-    await conn.execute("UPDATE audit_checkpoint_heads SET head_id = $1, head_hash = $2 "
-                       "WHERE checkpoint_id = $3 AND user_id = 'bob'", first, first_hash, done["id"])
-    report = await signed.verify(conn, key.public_key())
+    with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):  # the application cannot
+        await conn.execute("UPDATE audit_checkpoint_heads SET head_id = $1", first)
+    await tamper(conn, "UPDATE audit_checkpoint_heads SET head_id = $1, head_hash = $2 "
+                       "WHERE checkpoint_id = $3 AND user_id = 'bob'", first, first_hash, done["id"],
+                 table="audit_checkpoint_heads")
+    report = await signed.verify(conn, [key.public_key()])
     assert not report.ok and "not the ones signed" in report.broken[0].problem
+
+
+async def test_checkpoints_chain_so_none_can_be_removed_unseen_and_old_heads_go(conn):
+    key = Ed25519PrivateKey.generate()
+    ids = []
+    for step in range(3):
+        await audit.append(conn, [Entry(f"u{step}", "preferences.put", None, {"step": step})])
+        ids.append((await signed.checkpoint(conn, key))["id"])
+    assert await conn.fetchval("SELECT array_agg(DISTINCT checkpoint_id) FROM audit_checkpoint_heads") == [ids[-1]]
+    for sql in ("DELETE FROM audit_checkpoints", "UPDATE audit_checkpoints SET chains = 0",
+                "TRUNCATE audit_checkpoints CASCADE", f"DELETE FROM audit_checkpoint_heads WHERE checkpoint_id = {ids[-1]}"):
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+            await conn.execute(sql)
+    assert (await signed.verify(conn, [key.public_key()], max_age_s=3600)).ok
+
+    await tamper(conn, "DELETE FROM audit_checkpoints WHERE id = $1", ids[1], table="audit_checkpoints")
+    report = await signed.verify(conn, [key.public_key()])
+    assert [b.problem for b in report.broken] == [f"checkpoint {ids[2]}: does not follow checkpoint {ids[0]} "
+                                                  "(checkpoints removed or inserted between them)"]
+    # the newest removed (its heads first): what it covered is now uncovered, and old
+    await tamper(conn, "DELETE FROM audit_checkpoint_heads", table="audit_checkpoint_heads")
+    await tamper(conn, "DELETE FROM audit_checkpoints WHERE id = $1", ids[2], table="audit_checkpoints")
+    await conn.execute("SELECT pg_sleep(0.05)")
+    report = await signed.verify(conn, [key.public_key()], max_age_s=0.01)
+    assert any("in no checkpoint" in b.problem for b in report.broken), report.as_dict()
+
+
+async def test_a_forgotten_key_is_refused_and_a_rotation_verifies_with_both_keys(conn):
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    await history(conn)
+    await signed.checkpoint(conn, old)
+    with pytest.raises(signed.KeyMismatch):
+        await signed.checkpoint(conn, new)
+    await signed.checkpoint(conn, new, rotate=True)
+    both = await signed.verify(conn, [old.public_key(), new.public_key()])
+    assert both.ok and both.checkpoint["unchecked_older"] == 0
+    only_new = await signed.verify(conn, [new.public_key()])
+    assert only_new.ok and only_new.checkpoint["unchecked_older"] == 1
+
+
+async def test_ip_addresses_are_hashed_as_stored(conn):
+    await audit.append(conn, [Entry("ip", "preferences.put", None, {"v": 1}, ip="2001:DB8:0:0::1"),
+                              Entry("ip", "preferences.put", None, {"v": 2}, ip="10.0.0.1/32")])
+    assert (await audit.verify(conn, "ip")).ok
 
 
 async def test_rows_written_under_the_first_hash_rule_still_verify(conn):

@@ -74,3 +74,17 @@ def test_a_send_window_needs_windows():
     with pytest.raises(ValueError):
         Rule(name="x", kind="send_window")
     assert Rule(name="x", kind="send_window", windows=(Window(start="09:00", end="17:00"),)).reason is None
+
+
+def test_the_planner_holds_it_for_the_scheduler_with_the_reason():
+    from policy.held import HeldDeferred
+    from policy.plan import Context, Item, plan_round
+
+    request = NotificationRequest(user_id="u1", category="marketing", channels=["sms"], content=Content(text="x"))
+    night = at("2026-12-03T23:30", "Europe/Berlin")
+    plan = plan_round([Item("n1", "u1", request)], {"u1": person("Europe/Berlin")}, set(),
+                      Context(AVAILABLE, POLICY), now=night)
+    (held,) = plan.holds
+    assert isinstance(held, HeldDeferred) and (held.reason, held.due_at) == (
+        "tcpa.window", at("2026-12-04T08:00", "Europe/Berlin"))
+    assert not plan.sends and not plan.outcomes
