@@ -59,18 +59,23 @@ def fill(template: str, task: DeliveryTask) -> str:
     return template
 
 
-def with_footer(content: Content, postal_address: str, unsubscribe: str | None) -> Content:
-    """``content`` with the CAN-SPAM footer: the sender's postal address and, when
-    there is one, the unsubscribe link, at the end of the text and before the
-    HTML's last ``</body>`` (else at its end). Escaped for HTML; the link is the
-    List-Unsubscribe one, so it is never rewritten for click tracking."""
-    lines = [postal_address] + ([f"Unsubscribe: {unsubscribe}"] if unsubscribe else [])
+def with_footer(content: Content, postal_address: str | None, unsubscribe: str | None,
+                center: str | None = None) -> Content:
+    """``content`` with its footer: the sender's postal address (CAN-SPAM, for the
+    marketing categories), the unsubscribe link and the preference center link,
+    those that are given, at the end of the text and before the HTML's last
+    ``</body>`` (else at its end). Escaped for HTML; the links are never rewritten
+    for click tracking (they are the List-Unsubscribe and center URLs)."""
+    links = [(label, url) for label, url in (("Unsubscribe", unsubscribe), ("Manage your preferences", center)) if url]
+    if not postal_address and not links:
+        return content
+    lines = ([postal_address] if postal_address else []) + [f"{label}: {url}" for label, url in links]
     text = (content.text or "").rstrip("\n") + "\n\n-- \n" + "\n".join(lines) + "\n" if content.text else None
     html_ = content.html
     if html_:
-        link = f'<br><a href="{html.escape(unsubscribe)}">Unsubscribe</a>' if unsubscribe else ""
-        footer = (f'<p style="font-size:12px;color:#666">{html.escape(postal_address).replace(chr(10), "<br>")}'
-                  f"{link}</p>")
+        parts = [html.escape(postal_address).replace("\n", "<br>")] if postal_address else []
+        parts += [f'<a href="{html.escape(url)}">{label}</a>' for label, url in links]
+        footer = f'<p style="font-size:12px;color:#666">{"<br>".join(parts)}</p>'
         end = html_.lower().rfind("</body>")
         html_ = html_[:end] + footer + html_[end:] if end >= 0 else html_ + footer
     return msgspec.structs.replace(content, text=text, html=html_)

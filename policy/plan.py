@@ -114,14 +114,26 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
         plan.outcomes.append(settled(it, channel, "rejected", why, now, ctx.parent_id, detail))
         return
     task = task_for(it, channel, state, content)
-    if ctx.unsubscribe is not None and channel == "email" and ctx.policy.can_opt_out(it.request.category):
-        # no link that could only ever answer "cannot": a category outside the policy, or mandatory
-        task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, it.request.category, channel)
-    if ctx.footer is not None and channel == "email" and it.request.category in ctx.footer[1]:
-        task.content = with_footer(task.content, ctx.footer[0], task.unsubscribe_url)
     if ctx.links is not None and content.html and channel in ctx.links.channels:
         task = track(ctx.links, task)
+    if channel == "email":  # after the rewrite for click tracking: the footer's links stay as they are
+        _email_links(task, it, ctx, now)
     plan.sends.setdefault(channel, []).append(task)
+
+
+def _email_links(task: DeliveryTask, it: Item, ctx: Context, now: float) -> None:
+    """A non-transactional email's one-click unsubscribe URL (List-Unsubscribe)
+    and its footer: the postal address for the marketing categories (CAN-SPAM),
+    the unsubscribe link, the person's preference center link. No link that could
+    only ever answer "cannot": a category outside the policy, or a mandatory one."""
+    category = it.request.category
+    if ctx.unsubscribe is None or not ctx.policy.can_opt_out(category):
+        if ctx.footer is not None and category in ctx.footer[1]:
+            task.content = with_footer(task.content, ctx.footer[0], None)
+        return
+    task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, category, "email")
+    postal = ctx.footer[0] if ctx.footer is not None and category in ctx.footer[1] else None
+    task.content = with_footer(task.content, postal, task.unsubscribe_url, ctx.unsubscribe.center_url(it.user_id, now))
 
 
 def content_for(req: Message, channel: str, state: UserState | None,

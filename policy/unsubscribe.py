@@ -64,6 +64,36 @@ def open_token(secret: bytes, token: str) -> Target | None:
         return None
 
 
+CENTER = b"tidings.center.v1"  # the preference center's links: a token of one kind never opens as the other
+
+
+class CenterLink(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Whose preference center a link opens, and until when (epoch seconds)."""
+
+    user_id: str
+    expires_at: int
+
+
+_decode_center = msgspec.msgpack.Decoder(CenterLink).decode
+
+
+def seal_center(secret: bytes, user_id: str, expires_at: int) -> str:
+    sealed = _cipher(secret).encrypt(_encode(CenterLink(user_id, expires_at)), [CENTER])
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+
+def open_center(secret: bytes, token: str, now: float) -> CenterLink | None:
+    """The link's person while it has not expired at ``now``, else None."""
+    if not token or len(token) > MAX_TOKEN:
+        return None
+    try:
+        link = _decode_center(_cipher(secret).decrypt(
+            base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), [CENTER]))
+    except (InvalidTag, ValueError, binascii.Error, msgspec.DecodeError):
+        return None
+    return link if now < link.expires_at else None
+
+
 class UnsubscribeRules(msgspec.Struct, frozen=True):
     """How the planner makes an email's one-click unsubscribe URL
     (``policy.plan``): the public base of the HTTP API and the secret."""
@@ -71,8 +101,16 @@ class UnsubscribeRules(msgspec.Struct, frozen=True):
     secret: bytes
     base_url: str
 
+    center_days: int = 30  # how long a preference center link opens
+
     def url(self, user_id: str, category: str, channel: str) -> str:
         return f"{self.base_url.rstrip('/')}/u/{seal(self.secret, user_id, category, channel)}"
 
+    def center_url(self, user_id: str, now: float) -> str:
+        """The person's preference center until ``center_days`` after ``now``
+        (rounded up to the day: one link per person per day)."""
+        expires = (int(now) // 86400 + 1 + self.center_days) * 86400
+        return f"{self.base_url.rstrip('/')}/p/{seal_center(self.secret, user_id, expires)}"
 
-__all__ = ["Target", "UnsubscribeRules", "open_token", "seal"]
+
+__all__ = ["CenterLink", "Target", "UnsubscribeRules", "open_center", "open_token", "seal", "seal_center"]

@@ -16,6 +16,7 @@ from engine.http import (
     analytics,
     audit,
     bulk,
+    center,
     events,
     export,
     health,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export)
+                 tokens, audit, unsubscribe, export, center)
 
 
 @web.middleware

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Annotated
 
 import msgspec
 from aiohttp import WSMsgType, web
 from msgspec import Meta
 
+from actors.user_links import unsubscribe_rules
 from engine.auth import PRINCIPAL
 from engine.http.access import Route, Scoped, register
 from engine.http.common import ENGINE, Problem, decode, path_user, query_bool, query_int, read_json, reply
@@ -101,7 +103,15 @@ async def get_inbox(request: web.Request) -> web.Response:
         rows = await conn.fetch(sql, user_id, after, limit)
         totals = await counts(conn, user_id)
     messages = [from_row(r) for r in rows]
-    return reply({"messages": messages, "next": messages[-1].seq if messages else after, **totals})
+    return reply({"messages": messages, "next": messages[-1].seq if messages else after, **totals,
+                  "preference_center": center_link(engine.cfg, user_id)})
+
+
+def center_link(cfg, user_id: str) -> str | None:
+    """The person's preference center (engine/http/center.py), for the inbox to
+    show; None while ``[engagement]`` has no base URL and secret."""
+    rules = unsubscribe_rules(cfg)
+    return rules.center_url(user_id, time.time()) if rules is not None else None
 
 
 async def mark(request: web.Request, sql: str, what: str) -> web.Response:

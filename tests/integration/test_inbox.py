@@ -50,7 +50,8 @@ async def env(database_url, nats_url):
         cfg=types.SimpleNamespace(nats=types.SimpleNamespace(prefix=prefix),
                                   database=types.SimpleNamespace(schema=schema),
                                   http=types.SimpleNamespace(max_body_bytes=1 << 20, allowed_origins=[],
-                                                            ws_per_user=5, ws_total=100)))
+                                                            ws_per_user=5, ws_total=100),
+                                  engagement=types.SimpleNamespace(base_url="", secret="")))
     app = web.Application()
     app[ENGINE] = engine
     http_inbox.add_routes(app)
@@ -112,7 +113,7 @@ async def test_send_then_get_inbox(env):
     page = await inbox(env, user, after=seqs[0], limit=1)
     assert [m["seq"] for m in page["messages"]] == [seqs[1]] and page["next"] == seqs[1]
     empty = await inbox(env, new_user(), after=5)
-    assert empty == {"messages": [], "next": 5, "unread": 0, "unseen": 0}
+    assert empty == {"messages": [], "next": 5, "unread": 0, "unseen": 0, "preference_center": None}
 
 
 async def test_html_only_and_data_only(env):

@@ -1,0 +1,265 @@
+"""The hosted preference center: ``GET``/``POST /p/{token}``.
+
+A person reaches it through the sealed, expiring link at the foot of every
+non-transactional email (``policy.unsubscribe.UnsubscribeRules.center_url``) or
+the inbox's ``preference_center``. Server-rendered (Jinja2, autoescaped), no
+JavaScript, labels on every control, usable at phone width.
+
+What it edits: each category on each channel (mandatory ones shown, not
+switchable), each category's frequency, quiet hours, time zone, consent for the
+channels that need it, and "stop all marketing". Saving sends only what the
+person changed against what the page showed, as one preference patch through
+their UserShard with the version the page was made from (``If-Match``): the
+same versioned, audited path as the API (actor ``user:<id>(center)``). If
+something changed it meanwhile, the answer is 409 with the person's input kept
+and the new version, so saving again applies it on top.
+"""
+
+from __future__ import annotations
+
+import time
+import zoneinfo
+from dataclasses import dataclass, field
+
+import jinja2
+from aiohttp import web
+
+from actors.user_prefs import PrefCommand
+from engine import prefs_bus
+from engine.http.access import Public, Route, register
+from engine.http.common import ENGINE
+from engine.http.unsubscribe import page
+from policy import wire
+from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference
+from policy.types import UserState
+from policy.unsubscribe import open_center
+from policy.validate import PreferencesPatch
+from policy.windows import Window
+
+MARKETING = "marketing"
+HHMM_CHARS = 5
+
+_pages = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+CENTER = _pages.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Your notification preferences</title>
+<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:1rem auto;padding:0 1rem;line-height:1.5}
+fieldset{margin:0 0 1rem;border:1px solid #ccc;border-radius:6px}label{margin-right:1rem;white-space:nowrap}
+.note{padding:.5rem 1rem;border-radius:6px;background:#eef}.error{background:#fee}
+button{font-size:1rem;padding:.6rem 1.2rem}input,select{font-size:1rem}</style></head>
+<body><main>
+<h1>Your notification preferences</h1>
+{% if note %}<p class="note{% if error %} error{% endif %}" role="status">{{ note }}</p>{% endif %}
+<form method="post">
+<input type="hidden" name="version" value="{{ version }}">
+{% for c in categories %}
+<fieldset><legend>{{ c.label }}</legend>
+{% for ch in channels %}
+<label><input type="checkbox" name="on.{{ c.name }}.{{ ch }}" id="on.{{ c.name }}.{{ ch }}"
+ {% if v.on[c.name][ch] %}checked{% endif %} {% if c.mandatory %}disabled{% endif %}> {{ ch }}</label>
+{% endfor %}
+{% if c.mandatory %}<p>Always sent: these cannot be turned off.</p>{% else %}
+<p><label for="freq.{{ c.name }}">How often</label>
+<select name="freq.{{ c.name }}" id="freq.{{ c.name }}">
+{% for f in frequencies %}<option value="{{ f }}" {% if v.freq[c.name] == f %}selected{% endif %}>{{ f }}</option>{% endfor %}
+</select></p>{% endif %}
+</fieldset>
+{% endfor %}
+<fieldset><legend>Quiet hours</legend>
+<label for="quiet_start">From</label><input type="time" name="quiet_start" id="quiet_start" value="{{ v.quiet_start }}">
+<label for="quiet_end">to</label><input type="time" name="quiet_end" id="quiet_end" value="{{ v.quiet_end }}">
+<p><label for="timezone">Time zone</label>
+<input type="text" name="timezone" id="timezone" value="{{ v.timezone }}" maxlength="64" autocomplete="off"></p>
+</fieldset>
+{% if consent_channels %}<fieldset><legend>Consent</legend>
+{% for ch in consent_channels %}
+<label><input type="checkbox" name="consent.{{ ch }}" id="consent.{{ ch }}" {% if v.consent[ch] %}checked{% endif %}>
+ I agree to messages by {{ ch }}</label>
+{% endfor %}</fieldset>{% endif %}
+{% if has_marketing %}<p><label><input type="checkbox" name="stop_marketing" id="stop_marketing"
+ {% if v.stop_marketing %}checked{% endif %}> Stop all marketing</label></p>{% endif %}
+<button type="submit">Save</button>
+</form></main></body></html>
+""")
+
+
+@dataclass
+class Values:
+    """What the page shows, or what the person submitted."""
+
+    on: dict[str, dict[str, bool]] = field(default_factory=dict)
+    freq: dict[str, str] = field(default_factory=dict)
+    quiet_start: str = ""
+    quiet_end: str = ""
+    timezone: str = "UTC"
+    consent: dict[str, bool] = field(default_factory=dict)
+    stop_marketing: bool = False
+
+
+@dataclass
+class Layout:
+    categories: list[dict]
+    channels: list[str]
+    consent_channels: list[str]
+
+
+def _layout(engine, effective: dict) -> Layout:
+    policy = engine.policy
+    enabled = engine.cfg.enabled_channels()
+    channels = [ch for ch in USER_CHANNELS if ch in enabled and ch != "webhook"]
+    names = list(policy.categories) or sorted({e["category"] for e in effective["effective"]} - {"*"})
+    cats = [{"name": c, "label": c.replace("_", " ").capitalize(), "mandatory": not policy.can_opt_out(c)}
+            for c in names]
+    consent = [ch for ch in channels if any(r.channel == ch for r in policy.rules.get("consent_required", ()))]
+    return Layout(cats, channels, consent)
+
+
+def _global_quiet(state: UserState) -> list | None:
+    for p in state.prefs:
+        if p.key() == ("*", "*", "*", "") and p.quiet_hours is not None:
+            return p.quiet_hours
+    return None
+
+
+def _shown(layout: Layout, effective: dict, state: UserState) -> Values:
+    resolved = {(e["channel"], e["category"]): e for e in effective["effective"]}
+    v = Values(timezone=effective["timezone"])
+    for c in layout.categories:
+        name = c["name"]
+        v.on[name] = {ch: bool(resolved.get((ch, name), {}).get("enabled", True)) for ch in layout.channels}
+        first = resolved.get((layout.channels[0], name), {}) if layout.channels else {}
+        v.freq[name] = first.get("frequency") or "immediate"
+    quiet = _global_quiet(state)
+    if quiet:
+        v.quiet_start, v.quiet_end = quiet[0].start, quiet[0].end
+    v.consent = {ch: ch in state.consent for ch in layout.consent_channels}
+    return v
+
+
+def _submitted(layout: Layout, form) -> Values:
+    v = Values(quiet_start=str(form.get("quiet_start", "")).strip()[:HHMM_CHARS],
+               quiet_end=str(form.get("quiet_end", "")).strip()[:HHMM_CHARS],
+               timezone=str(form.get("timezone", "")).strip()[:64], stop_marketing="stop_marketing" in form)
+    for c in layout.categories:
+        v.on[c["name"]] = {ch: f"on.{c['name']}.{ch}" in form for ch in layout.channels}
+        f = str(form.get(f"freq.{c['name']}", "immediate"))
+        v.freq[c["name"]] = f if f in FREQUENCIES else "immediate"
+    v.consent = {ch: f"consent.{ch}" in form for ch in layout.consent_channels}
+    return v
+
+
+def _patch(layout: Layout, shown: Values, want: Values) -> tuple[PreferencesPatch | None, str | None]:
+    """What changed between the page and the submission, as one patch; or an error."""
+    rows: list[Preference] = []
+    for c in layout.categories:
+        name = c["name"]
+        if c["mandatory"]:
+            continue
+        for ch in layout.channels:
+            on = want.on[name][ch] and not (want.stop_marketing and name == MARKETING)
+            if on != shown.on[name][ch]:
+                rows.append(Preference(channel=ch, category=name, enabled=on))
+        if want.freq[name] != shown.freq[name]:
+            rows.append(Preference(category=name, frequency=want.freq[name]))  # type: ignore[arg-type]
+    quiet = (want.quiet_start, want.quiet_end)
+    if quiet != (shown.quiet_start, shown.quiet_end):
+        if all(quiet):
+            try:
+                rows.append(Preference(quiet_hours=[Window(start=quiet[0], end=quiet[1])]))
+            except Exception:  # noqa: BLE001 - a malformed time: said in the page
+                return None, "Quiet hours need two times, like 22:00 and 07:00."
+        elif any(quiet):
+            return None, "Quiet hours need both a start and an end."
+        else:
+            rows.append(Preference(quiet_hours=[]))
+    patch = PreferencesPatch(set=rows)
+    if want.timezone != shown.timezone:
+        try:
+            zoneinfo.ZoneInfo(want.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return None, f"{want.timezone!r} is not a time zone we know, like Europe/Berlin."
+        patch.timezone = want.timezone
+    patch.consent = {ch: "granted" if want.consent[ch] else "withdrawn" for ch in layout.consent_channels
+                     if want.consent[ch] != shown.consent[ch]}
+    return patch, None
+
+
+def _render(layout: Layout, v: Values, version: int, note: str = "", error: bool = False,
+            status: int = 200) -> web.Response:
+    body = CENTER.render(categories=layout.categories, channels=layout.channels,
+                         consent_channels=layout.consent_channels, frequencies=FREQUENCIES, v=v, version=version,
+                         note=note, error=error, has_marketing=any(c["name"] == MARKETING for c in layout.categories))
+    return web.Response(status=status, text=body, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                                 "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'none'; "
+                                 "style-src 'unsafe-inline'; form-action 'self'"})
+
+
+GONE = ("Link not valid", "This link has expired or is not valid. Use the link in your most recent message.")
+
+
+async def _person(request: web.Request):
+    engine = request.app[ENGINE]
+    e = engine.cfg.engagement
+    link = open_center(e.secret.encode(), request.match_info["token"], time.time()) if e.base_url and e.secret \
+        else None
+    if link is None:
+        return None
+    found = await engine.shard_for(link.user_id).get_user.remote(link.user_id)
+    if found is None:
+        return None
+    effective = wire.decode(await engine.shard_for(link.user_id).effective.remote(link.user_id), dict)
+    return engine, link.user_id, wire.decode(found, UserState), effective
+
+
+async def show(request: web.Request) -> web.Response:
+    person = await _person(request)
+    if person is None:
+        return page(404, *GONE)
+    engine, _uid, state, effective = person
+    layout = _layout(engine, effective)
+    return _render(layout, _shown(layout, effective, state), effective["version"])
+
+
+async def save(request: web.Request) -> web.Response:
+    person = await _person(request)
+    if person is None:
+        return page(404, *GONE)
+    engine, uid, state, effective = person
+    try:
+        form = await request.post()
+        version = int(str(form.get("version", "")))
+    except (ValueError, LookupError):
+        return page(400, "Not understood", "Reload the page and try again.")
+    layout = _layout(engine, effective)
+    want = _submitted(layout, form)
+    if version != effective["version"]:  # changed elsewhere since the page was made: keep what they chose
+        return _render(layout, want, effective["version"], "Your preferences changed somewhere else since this "
+                       "page was opened. Check your choices below and save again.", error=True, status=409)
+    patch, problem = _patch(layout, _shown(layout, effective, state), want)
+    if problem is not None:
+        return _render(layout, want, version, problem, error=True, status=422)
+    if not (patch.set or patch.consent or patch.timezone):
+        return _render(layout, want, version, "Nothing to change.")
+    cmd = PrefCommand(user_id=uid, patch=patch, if_match=version, source="center", actor=f"user:{uid}(center)")
+    result = (await prefs_bus.run_commands(engine, [cmd]))[0]
+    if result.status == "conflict":
+        return _render(layout, want, result.version, "Your preferences changed somewhere else since this page "
+                       "was opened. Check your choices below and save again.", error=True, status=409)
+    if result.status != "ok":
+        reason = result.errors[0][1] if result.errors else "refused"
+        return _render(layout, want, version, f"Not saved: {reason}", error=True, status=422)
+    effective = wire.decode(await engine.shard_for(uid).effective.remote(uid), dict)
+    fresh = await engine.shard_for(uid).get_user.remote(uid)
+    return _render(layout, _shown(layout, effective, wire.decode(fresh, UserState)), effective["version"], "Saved.")
+
+
+ROUTES = [
+    Route("GET", "/p/{token}", show, Public("the sealed, expiring preference center link is the credential")),
+    Route("POST", "/p/{token}", save, Public("the sealed, expiring preference center link is the credential")),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, ROUTES)
