@@ -9,8 +9,8 @@ the checks is the order reasons are reported in:
  4. ``consent.missing_<ch>``  a consent_required channel without granted consent
  5. ``pref.<level>_off``      the resolved preference is off (``pref.frequency_never``)
  6. ``address.missing_<ch>`` / ``suppression.<why>``
- 7. DEFER ``tcpa.window`` (a ``send_window`` rule's reason)  held until its window opens
- 8. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
+ 7. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
+ 8. DEFER ``tcpa.window`` (a ``send_window`` rule's reason)  held until its window opens
  9. DEFER ``quiet_hours`` / ``time_window``  deferred to the window's end / next start
 10. SEND ``ok``
 
@@ -78,16 +78,15 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
     why = state.suppressed.get(channel)
     if why is not None:
         return Suppress(channel, f"suppression.{why}")
-    if policy.send_windows:
-        held = _outside_send_window(policy, channel, category, state, now)
-        if held is not None:
-            return held
-    if not pref.quiet_hours and not pref.time_windows and pref.frequency == "immediate":
+    held = _outside_send_window(policy, channel, category, state, now) if policy.send_windows else None
+    if held is None and not pref.quiet_hours and not pref.time_windows and pref.frequency == "immediate":
         return Send(channel)
     tz = zone(state.timezone)
     if digest and pref.frequency in DIGEST_FREQUENCIES and not policy.bypasses("bypass_digest", priority, category):
         _, end = period_bounds(pref.frequency, tz, now)
         return Digest(channel, DigestKey(state.user_id, channel, category, pref.frequency, int(end)))
+    if held is not None:  # after the digest: a digest sent later meets the window then, as one message
+        return held
     if (pref.quiet_hours or pref.time_windows) and not policy.bypasses("bypass_quiet_hours", priority, category):
         until = quiet_until(pref.quiet_hours, tz, now) if pref.quiet_hours else None
         if until is not None:
@@ -101,8 +100,9 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
 def _outside_send_window(policy: Policy, channel: str, category: str, state: UserState,
                          now: float) -> Defer | None:
     """A ``send_window`` rule (the TCPA's hours) that holds this send, until its
-    next window opens in the recipient's zone. Before digests and quiet hours: a
-    digest or a deferral released later is decided again, and meets it then."""
+    next window opens in the recipient's zone. A digest collects first (the digest
+    is decided again when it goes, and meets the window then); quiet hours after:
+    a deferral released later is decided again too."""
     for rule in policy.send_windows_for(channel, category):
         until = next_allowed(rule.windows, zone(state.timezone), now)
         if until is not None:

@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from policy.prefs import Preference, Resolved, ordered, resolve
-from policy.windows import Window
+from policy.windows import Window, window_errors
 
 _NO_NUL = r"^[^\x00]*$"
 RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required",
@@ -44,8 +44,12 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     reason: Annotated[str, Meta(pattern=r"^([a-z_]+\.)*[a-z_]+$")] | None = None  # send_window's hold reason
 
     def __post_init__(self) -> None:
-        if self.kind == "send_window" and not self.windows:
-            raise ValueError(f"rule {self.name!r}: a send_window needs windows")
+        if self.kind == "send_window":
+            if not self.windows:
+                raise ValueError(f"rule {self.name!r}: a send_window needs windows")
+            problems = window_errors(list(self.windows), "allowed", "windows")
+            if problems:
+                raise ValueError(f"rule {self.name!r}: " + "; ".join(f"{f}: {why}" for f, why in problems))
 
     def applies(self, category: str) -> bool:
         return self.category == "*" or self.category == category

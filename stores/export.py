@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 import orjson
 
 VOCAB = "https://tidings.dev/ns/export/v1#"
@@ -42,10 +43,10 @@ SECTIONS = (
     Section("addresses", ("channel", "address", "verified", "updated_at"),
             "SELECT channel, address, verified, updated_at FROM user_addresses WHERE user_id = $1 ORDER BY channel"),
     Section("preferences", ("channel", "category", "content_type", "context", "value", "priority", "expires_at",
-                            "created_at", "updated_at"),
-            "SELECT channel, category, content_type, context::text, value::text, priority, expires_at, created_at, "
-            "updated_at FROM user_preferences WHERE user_id = $1 AND is_active "
-            "ORDER BY channel, category, content_type, context_key", frozenset({"context", "value"})),
+                            "active", "metadata", "created_at", "updated_at"),
+            "SELECT channel, category, content_type, context::text, value::text, priority, expires_at, is_active, "
+            "metadata::text, created_at, updated_at FROM user_preferences WHERE user_id = $1 "
+            "ORDER BY channel, category, content_type, context_key", frozenset({"context", "value", "metadata"})),
     Section("preference_history", ("version", "type", "source", "changes", "at"),
             "SELECT version, sync_type, source, changes::text, created_at FROM preference_sync_log "
             "WHERE user_id = $1 ORDER BY version", frozenset({"changes"})),
@@ -53,19 +54,26 @@ SECTIONS = (
             "SELECT channel, status, source, granted_at, withdrawn_at, updated_at FROM preference_consent "
             "WHERE user_id = $1 ORDER BY channel"),
     Section("deliveries", ("notification_id", "channel", "category", "priority", "status", "reason", "provider",
-                           "attempts", "timeline", "accepted_at", "completed_at", "broadcast_id", "digest_id"),
-            "SELECT notification_id, channel, category, priority, status, reason, provider, attempts, "
-            "timeline::text, accepted_at, completed_at, parent_id, digest_id FROM delivery_tracking "
-            "WHERE user_id = $1 ORDER BY created_at, channel", frozenset({"timeline"})),
+                           "provider_message_id", "attempts", "timeline", "errors", "accepted_at", "completed_at",
+                           "broadcast_id", "digest_id"),
+            "SELECT notification_id, channel, category, priority, status, reason, provider, provider_message_id, "
+            "attempts, timeline::text, errors::text, accepted_at, completed_at, parent_id, digest_id "
+            "FROM delivery_tracking WHERE user_id = $1 ORDER BY created_at, channel",
+            frozenset({"timeline", "errors"})),
+    Section("held", ("kind", "notification_id", "channel", "category", "due_at", "status", "request", "created_at"),
+            "SELECT kind, notification_id, channel, category, due_at, status, request, created_at "
+            "FROM scheduled_notifications WHERE user_id = $1 ORDER BY id", frozenset({"request"})),
     Section("engagement", ("notification_id", "channel", "type", "at", "source"),
             "SELECT notification_id, channel, type, at, source FROM engagement_events WHERE user_id = $1 ORDER BY id"),
     Section("inbox", ("seq", "notification_id", "category", "title", "body", "data", "priority", "created_at",
                       "seen_at", "read_at"),
             "SELECT seq, notification_id, category, title, body, data::text, priority, created_at, seen_at, read_at "
             "FROM inbox_messages WHERE user_id = $1 ORDER BY seq", frozenset({"data"})),
-    Section("audit", ("id", "action", "old_value", "new_value", "reason", "performed_by", "at"),
-            "SELECT id, action, old_value::text, new_value::text, reason, performed_by, created_at "
-            "FROM preference_audit_log WHERE user_id = $1 ORDER BY id", frozenset({"old_value", "new_value"})),
+    Section("audit", ("id", "action", "old_value", "new_value", "reason", "performed_by", "ip_address",
+                      "user_agent", "at"),
+            "SELECT id, action, old_value::text, new_value::text, reason, performed_by, host(ip_address), user_agent, "
+            "created_at FROM preference_audit_log WHERE user_id = $1 ORDER BY id",
+            frozenset({"old_value", "new_value"})),
     Section("suppressions", ("channel", "address", "reason", "source", "created_at"),
             "SELECT s.channel, s.address, s.reason, s.source, s.created_at FROM suppressions s "
             "JOIN user_addresses a ON a.channel = s.channel AND a.address = s.address WHERE a.user_id = $1 "
@@ -83,9 +91,9 @@ CONTEXT = {
     "generated_at": {"@id": "schema:dateCreated", "@type": "xsd:dateTime"},
     **{k: {"@type": "xsd:dateTime"} for k in ("created_at", "updated_at", "expires_at", "granted_at",
                                               "withdrawn_at", "accepted_at", "completed_at", "at", "seen_at",
-                                              "read_at")},
+                                              "read_at", "due_at")},
     **{k: {"@type": "@json"} for k in ("context", "value", "changes", "timeline", "data", "old_value",
-                                       "new_value")},
+                                       "new_value", "metadata", "errors", "request")},
 }
 
 
@@ -109,7 +117,8 @@ async def collect(conn: asyncpg.Connection, user_id: str) -> dict[str, list[dict
                 row = {}
                 for col, value in zip(s.columns, r, strict=True):
                     if col in s.json_columns and value is not None:
-                        value = orjson.loads(value)
+                        # jsonb as text; a held request as the MessagePack it is stored as
+                        value = msgspec.msgpack.decode(value) if isinstance(value, bytes) else orjson.loads(value)
                     row[col] = _plain(value)
                 rows.append(row)
             out[s.name] = rows

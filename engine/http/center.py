@@ -22,6 +22,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 
 import jinja2
+import msgspec
 from aiohttp import web
 
 from actors.user_prefs import PrefCommand
@@ -30,13 +31,12 @@ from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE
 from engine.http.unsubscribe import page
 from policy import wire
-from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference
+from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference, PrefKey
 from policy.types import UserState
 from policy.unsubscribe import open_center
 from policy.validate import PreferencesPatch
 from policy.windows import Window
 
-MARKETING = "marketing"
 HHMM_CHARS = 5
 
 _pages = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -75,7 +75,7 @@ button{font-size:1rem;padding:.6rem 1.2rem}input,select{font-size:1rem}</style><
 {% if consent_channels %}<fieldset><legend>Consent</legend>
 {% for ch in consent_channels %}
 <label><input type="checkbox" name="consent.{{ ch }}" id="consent.{{ ch }}" {% if v.consent[ch] %}checked{% endif %}>
- I agree to messages by {{ ch }}</label>
+ I agree to messages by {{ ch }} (untick to withdraw)</label>
 {% endfor %}</fieldset>{% endif %}
 {% if has_marketing %}<p><label><input type="checkbox" name="stop_marketing" id="stop_marketing"
  {% if v.stop_marketing %}checked{% endif %}> Stop all marketing</label></p>{% endif %}
@@ -102,6 +102,7 @@ class Layout:
     categories: list[dict]
     channels: list[str]
     consent_channels: list[str]
+    marketing: frozenset[str] = frozenset()
 
 
 def _layout(engine, effective: dict) -> Layout:
@@ -112,7 +113,7 @@ def _layout(engine, effective: dict) -> Layout:
     cats = [{"name": c, "label": c.replace("_", " ").capitalize(), "mandatory": not policy.can_opt_out(c)}
             for c in names]
     consent = [ch for ch in channels if any(r.channel == ch for r in policy.rules.get("consent_required", ()))]
-    return Layout(cats, channels, consent)
+    return Layout(cats, channels, consent, frozenset(engine.cfg.compliance.marketing_categories))
 
 
 def _global_quiet(state: UserState) -> list | None:
@@ -134,6 +135,8 @@ def _shown(layout: Layout, effective: dict, state: UserState) -> Values:
     if quiet:
         v.quiet_start, v.quiet_end = quiet[0].start, quiet[0].end
     v.consent = {ch: ch in state.consent for ch in layout.consent_channels}
+    marketing = [c["name"] for c in layout.categories if c["name"] in layout.marketing]
+    v.stop_marketing = bool(marketing) and not any(v.on[c][ch] for c in marketing for ch in layout.channels)
     return v
 
 
@@ -149,39 +152,74 @@ def _submitted(layout: Layout, form) -> Values:
     return v
 
 
-def _patch(layout: Layout, shown: Values, want: Values) -> tuple[PreferencesPatch | None, str | None]:
-    """What changed between the page and the submission, as one patch; or an error."""
-    rows: list[Preference] = []
+class _Rows:
+    """The patch's rows, each merged into the person's own row of the same key:
+    a PATCH's ``set`` replaces a whole row, and a frequency or quiet hours saved
+    here must not drop what else that row holds (``enabled``, windows, expiry)."""
+
+    def __init__(self, state: UserState):
+        self.mine = {p.key(): p for p in state.prefs}
+        self.rows: dict[tuple, Preference] = {}
+
+    def change(self, **fields) -> None:
+        key = Preference(**{k: v for k, v in fields.items() if k in KEY_FIELDS})
+        current = self.rows.get(key.key()) or self.mine.get(key.key())
+        values = {k: v for k, v in fields.items() if k not in KEY_FIELDS}
+        self.rows[key.key()] = msgspec.structs.replace(current, **values) if current is not None else \
+            msgspec.structs.replace(key, **values)
+
+
+KEY_FIELDS = ("channel", "category", "content_type", "context")
+
+
+def _stop(state: UserState, category: str, removals: list[PrefKey], rows: _Rows) -> None:
+    """Off for the category on every channel, and the person's narrower rows for it
+    (one content type or context, which would override the category's) removed."""
+    for ch in USER_CHANNELS:
+        rows.change(channel=ch, category=category, enabled=False)
+    removals += [PrefKey(channel=p.channel, category=p.category, content_type=p.content_type, context=p.context)
+                 for p in state.prefs if p.category == category and (p.content_type != "*" or p.context)]
+
+
+def _patch(layout: Layout, shown: Values, want: Values, state: UserState,
+           marketing: frozenset[str]) -> tuple[PreferencesPatch | None, str | None]:
+    """What changed between the page and the submission, as one patch; or what is wrong with it."""
+    rows, removals = _Rows(state), []
     for c in layout.categories:
         name = c["name"]
         if c["mandatory"]:
             continue
+        if want.stop_marketing and name in marketing:
+            if not shown.stop_marketing:
+                _stop(state, name, removals, rows)
+            continue
         for ch in layout.channels:
-            on = want.on[name][ch] and not (want.stop_marketing and name == MARKETING)
-            if on != shown.on[name][ch]:
-                rows.append(Preference(channel=ch, category=name, enabled=on))
+            if want.on[name][ch] != shown.on[name][ch]:
+                rows.change(channel=ch, category=name, enabled=want.on[name][ch])
         if want.freq[name] != shown.freq[name]:
-            rows.append(Preference(category=name, frequency=want.freq[name]))  # type: ignore[arg-type]
+            for ch in layout.channels:  # per channel: a channel's own frequency row would win over (*, category)
+                rows.change(channel=ch, category=name, frequency=want.freq[name])
     quiet = (want.quiet_start, want.quiet_end)
     if quiet != (shown.quiet_start, shown.quiet_end):
         if all(quiet):
             try:
-                rows.append(Preference(quiet_hours=[Window(start=quiet[0], end=quiet[1])]))
-            except Exception:  # noqa: BLE001 - a malformed time: said in the page
+                window = msgspec.convert({"start": quiet[0], "end": quiet[1]}, Window)
+            except msgspec.ValidationError:
                 return None, "Quiet hours need two times, like 22:00 and 07:00."
+            rows.change(quiet_hours=[window])
         elif any(quiet):
             return None, "Quiet hours need both a start and an end."
         else:
-            rows.append(Preference(quiet_hours=[]))
-    patch = PreferencesPatch(set=rows)
+            rows.change(quiet_hours=[])
+    patch = PreferencesPatch(set=list(rows.rows.values()), remove=removals)
     if want.timezone != shown.timezone:
         try:
             zoneinfo.ZoneInfo(want.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             return None, f"{want.timezone!r} is not a time zone we know, like Europe/Berlin."
         patch.timezone = want.timezone
-    patch.consent = {ch: "granted" if want.consent[ch] else "withdrawn" for ch in layout.consent_channels
-                     if want.consent[ch] != shown.consent[ch]}
+    # consent is only withdrawn here: a forwarded link must not sign anyone up for texts or calls
+    patch.consent = {ch: "withdrawn" for ch in layout.consent_channels if shown.consent[ch] and not want.consent[ch]}
     return patch, None
 
 
@@ -189,7 +227,7 @@ def _render(layout: Layout, v: Values, version: int, note: str = "", error: bool
             status: int = 200) -> web.Response:
     body = CENTER.render(categories=layout.categories, channels=layout.channels,
                          consent_channels=layout.consent_channels, frequencies=FREQUENCIES, v=v, version=version,
-                         note=note, error=error, has_marketing=any(c["name"] == MARKETING for c in layout.categories))
+                         note=note, error=error, has_marketing=any(c["name"] in layout.marketing for c in layout.categories))
     return web.Response(status=status, text=body, content_type="text/html", charset="utf-8",
                         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                                  "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'none'; "
@@ -237,10 +275,10 @@ async def save(request: web.Request) -> web.Response:
     if version != effective["version"]:  # changed elsewhere since the page was made: keep what they chose
         return _render(layout, want, effective["version"], "Your preferences changed somewhere else since this "
                        "page was opened. Check your choices below and save again.", error=True, status=409)
-    patch, problem = _patch(layout, _shown(layout, effective, state), want)
+    patch, problem = _patch(layout, _shown(layout, effective, state), want, state, layout.marketing)
     if problem is not None:
         return _render(layout, want, version, problem, error=True, status=422)
-    if not (patch.set or patch.consent or patch.timezone):
+    if not (patch.set or patch.remove or patch.consent or patch.timezone):
         return _render(layout, want, version, "Nothing to change.")
     cmd = PrefCommand(user_id=uid, patch=patch, if_match=version, source="center", actor=f"user:{uid}(center)")
     result = (await prefs_bus.run_commands(engine, [cmd]))[0]

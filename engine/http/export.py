@@ -31,6 +31,8 @@ async def export_user(request: web.Request) -> web.Response:
     if fmt not in FORMATS:
         raise Problem(400, "bad query", [{"field": "format", "reason": f"one of {', '.join(FORMATS)}"}])
     now = dt.datetime.now(dt.UTC)
+    if request.method == "HEAD":  # no export made, none audited
+        return web.Response(content_type="application/zip" if fmt == "zip" else "application/ld+json")
     async with engine.pool.acquire() as conn:
         sections = await export.collect(conn, user_id)
         if sections is None:

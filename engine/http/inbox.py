@@ -103,8 +103,11 @@ async def get_inbox(request: web.Request) -> web.Response:
         rows = await conn.fetch(sql, user_id, after, limit)
         totals = await counts(conn, user_id)
     messages = [from_row(r) for r in rows]
+    # the center link can change preferences and consent for 30 days: only for the person themselves
+    principal = request.get(PRINCIPAL)
+    own = principal is not None and principal.kind == "user"
     return reply({"messages": messages, "next": messages[-1].seq if messages else after, **totals,
-                  "preference_center": center_link(engine.cfg, user_id)})
+                  "preference_center": center_link(engine.cfg, user_id) if own else None})
 
 
 def center_link(cfg, user_id: str) -> str | None:

@@ -88,3 +88,22 @@ def test_the_planner_holds_it_for_the_scheduler_with_the_reason():
     assert isinstance(held, HeldDeferred) and (held.reason, held.due_at) == (
         "tcpa.window", at("2026-12-04T08:00", "Europe/Berlin"))
     assert not plan.sends and not plan.outcomes
+
+
+def test_an_empty_or_reversed_window_is_refused_at_start():
+    for start, end in (("08:00", "08:00"), ("21:00", "08:00")):
+        with pytest.raises(ValueError):
+            Rule(name="x", kind="send_window", windows=(Window(start=start, end=end),))
+
+
+def test_a_digest_collects_first_and_the_window_applies_when_it_goes():
+    from policy.prefs import Preference
+    from policy.types import Digest
+
+    state = person("America/Chicago")
+    state.prefs = (Preference(category="marketing", frequency="daily"),)
+    request = NotificationRequest(user_id="u1", category="marketing", channels=["sms"], content=Content(text="x"))
+    night = at("2026-12-03T22:30", "America/Chicago")
+    assert isinstance(decide(request, state, AVAILABLE, POLICY, now=night)[0], Digest)
+    released = decide(request, state, AVAILABLE, POLICY, now=night, digest=False)[0]
+    assert released.reason == "tcpa.window"

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS idx_engagement_events_user;
