@@ -48,20 +48,29 @@ def _cipher(secret: bytes) -> AESSIV:
     return AESSIV(key)  # AES-256-SIV
 
 
-def seal(secret: bytes, user_id: str, category: str, channel: str) -> str:
-    sealed = _cipher(secret).encrypt(_encode(Target(user_id, category, channel)), [DOMAIN])
+def _seal(secret: bytes, value: msgspec.Struct, domain: bytes) -> str:
+    sealed = _cipher(secret).encrypt(_encode(value), [domain])
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
 
-def open_token(secret: bytes, token: str) -> Target | None:
-    """The target of a token sealed under ``secret``, else None (whatever is wrong with it)."""
+def _open(secret: bytes, token: str, domain: bytes, decode):
+    """What a token sealed under ``secret`` for ``domain`` holds, else None
+    (whatever is wrong with it)."""
     if not token or len(token) > MAX_TOKEN:
         return None
     try:
-        sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        return _decode(_cipher(secret).decrypt(sealed, [DOMAIN]))
+        return decode(_cipher(secret).decrypt(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), [domain]))
     except (InvalidTag, ValueError, binascii.Error, msgspec.DecodeError):
         return None
+
+
+def seal(secret: bytes, user_id: str, category: str, channel: str) -> str:
+    return _seal(secret, Target(user_id, category, channel), DOMAIN)
+
+
+def open_token(secret: bytes, token: str) -> Target | None:
+    """The target of a token sealed under ``secret``, else None."""
+    return _open(secret, token, DOMAIN, _decode)
 
 
 CENTER = b"tidings.center.v1"  # the preference center's links: a token of one kind never opens as the other
@@ -78,20 +87,13 @@ _decode_center = msgspec.msgpack.Decoder(CenterLink).decode
 
 
 def seal_center(secret: bytes, user_id: str, expires_at: int) -> str:
-    sealed = _cipher(secret).encrypt(_encode(CenterLink(user_id, expires_at)), [CENTER])
-    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+    return _seal(secret, CenterLink(user_id, expires_at), CENTER)
 
 
 def open_center(secret: bytes, token: str, now: float) -> CenterLink | None:
     """The link's person while it has not expired at ``now``, else None."""
-    if not token or len(token) > MAX_TOKEN:
-        return None
-    try:
-        link = _decode_center(_cipher(secret).decrypt(
-            base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), [CENTER]))
-    except (InvalidTag, ValueError, binascii.Error, msgspec.DecodeError):
-        return None
-    return link if now < link.expires_at else None
+    link = _open(secret, token, CENTER, _decode_center)
+    return link if link is not None and now < link.expires_at else None
 
 
 class UnsubscribeRules(msgspec.Struct, frozen=True):

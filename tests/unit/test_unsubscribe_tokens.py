@@ -46,3 +46,12 @@ def test_rules_make_a_url_under_the_public_base():
     url = UnsubscribeRules(secret=SECRET, base_url="https://notify.example.test/").url("u1", "marketing", "email")
     assert url.startswith("https://notify.example.test/u/")
     assert open_token(SECRET, url.rsplit("/", 1)[1]) == Target("u1", "marketing", "email")
+
+
+def test_center_links_expire_and_never_open_as_unsubscribe_tokens():
+    from policy.unsubscribe import CenterLink, open_center, seal_center
+
+    link = seal_center(SECRET, "u1", 2_000)
+    assert open_center(SECRET, link, 1_999.0) == CenterLink("u1", 2_000)
+    assert open_center(SECRET, link, 2_000.0) is None  # expired
+    assert open_token(SECRET, link) is None and open_center(SECRET, seal(SECRET, "u1", "m", "email"), 0) is None
