@@ -197,6 +197,14 @@ def import_body(draw):
     return text.encode("utf-8", "surrogatepass"), {"Content-Type": "text/csv"}
 
 
+def form(value) -> tuple[bytes, dict[str, str]]:
+    """A mutated form as a browser or a mailbox provider posts it."""
+    pairs = [(str(k), _form_value(v)) for k, v in value.items()] if isinstance(value, dict) else [("x", _form_value(value))]
+    pairs = [(k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+              v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")) for k, v in pairs]
+    return urllib.parse.urlencode(pairs).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+
+
 def json_sample(sample) -> st.SearchStrategy:
     return shaped(sample).map(lambda v: (dumps(v), {}))
 
@@ -227,6 +235,10 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("POST", "/v1/tracking/sendgrid"): shaped([SG_EVENT]).map(signed_sendgrid),
     ("POST", "/v1/tracking/mailgun"): signed_mailgun(),
     ("POST", "/v1/tracking/twilio"): signed_twilio(),
+    ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
+    ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),
+    ("POST", "/p/{token}"): shaped({"version": "1", "on.marketing.email": "on", "freq.marketing": "weekly",
+                                    "quiet_start": "22:00", "quiet_end": "07:00", "timezone": "Asia/Tokyo"}).map(form),
 }
 
 ANY_BODY = st.one_of(
@@ -327,6 +339,8 @@ def weighted(routes: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [r for r in routes for _ in range(3 if r in BODIES else 1)]
 
 
+PAGES = ("/u/", "/p/")  # the one-click unsubscribe and the preference center answer HTML
+
 # aiohttp's HTTP parser refuses a longer request line with its own 400 in plain
 # text, before any route or middleware runs (as a proxy in front would).
 MAX_REQUEST_LINE = 8190
@@ -340,6 +354,8 @@ def check_answer(req: Request, status: int, ctype: str, raw: bytes) -> None:
         return
     if status < 400 or req.method == "HEAD":
         return
+    if yarl.URL(req.url, encoded=True).path.startswith(PAGES) and ctype == "text/html":
+        return  # pages for people: their errors are pages too (aiohttp's own 405 and 413 stay JSON)
     assert ctype == "application/json", (status, ctype, raw[:300])
     doc = json.loads(raw)
     assert isinstance(doc.get("error"), str) and isinstance(doc.get("errors"), list), doc
