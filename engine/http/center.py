@@ -28,6 +28,7 @@ from aiohttp import web
 from actors.user_prefs import PrefCommand
 from engine import prefs_bus
 from engine.http.access import Public, Route, register
+from engine.http.center_text import language, words
 from engine.http.common import ENGINE
 from engine.http.unsubscribe import page
 from policy import wire
@@ -41,15 +42,15 @@ HHMM_CHARS = 5
 
 _pages = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 CENTER = _pages.from_string("""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="{{ lang }}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Your notification preferences</title>
+<title>{{ t.title }}</title>
 <style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:1rem auto;padding:0 1rem;line-height:1.5}
 fieldset{margin:0 0 1rem;border:1px solid #ccc;border-radius:6px}label{margin-right:1rem;white-space:nowrap}
 .note{padding:.5rem 1rem;border-radius:6px;background:#eef}.error{background:#fee}
 button{font-size:1rem;padding:.6rem 1.2rem}input,select{font-size:1rem}</style></head>
 <body><main>
-<h1>Your notification preferences</h1>
+<h1>{{ t.title }}</h1>
 {% if note %}<p class="note{% if error %} error{% endif %}" role="status">{{ note }}</p>{% endif %}
 <form method="post">
 <input type="hidden" name="version" value="{{ version }}">
@@ -59,27 +60,27 @@ button{font-size:1rem;padding:.6rem 1.2rem}input,select{font-size:1rem}</style><
 <label><input type="checkbox" name="on.{{ c.name }}.{{ ch }}" id="on.{{ c.name }}.{{ ch }}"
  {% if v.on[c.name][ch] %}checked{% endif %} {% if c.mandatory %}disabled{% endif %}> {{ ch }}</label>
 {% endfor %}
-{% if c.mandatory %}<p>Always sent: these cannot be turned off.</p>{% else %}
-<p><label for="freq.{{ c.name }}">How often</label>
+{% if c.mandatory %}<p>{{ t.always }}</p>{% else %}
+<p><label for="freq.{{ c.name }}">{{ t.how_often }}</label>
 <select name="freq.{{ c.name }}" id="freq.{{ c.name }}">
-{% for f in frequencies %}<option value="{{ f }}" {% if v.freq[c.name] == f %}selected{% endif %}>{{ f }}</option>{% endfor %}
+{% for f in frequencies %}<option value="{{ f }}" {% if v.freq[c.name] == f %}selected{% endif %}>{{ t[f] }}</option>{% endfor %}
 </select></p>{% endif %}
 </fieldset>
 {% endfor %}
-<fieldset><legend>Quiet hours</legend>
-<label for="quiet_start">From</label><input type="time" name="quiet_start" id="quiet_start" value="{{ v.quiet_start }}">
-<label for="quiet_end">to</label><input type="time" name="quiet_end" id="quiet_end" value="{{ v.quiet_end }}">
-<p><label for="timezone">Time zone</label>
+<fieldset><legend>{{ t.quiet_hours }}</legend>
+<label for="quiet_start">{{ t["from"] }}</label><input type="time" name="quiet_start" id="quiet_start" value="{{ v.quiet_start }}">
+<label for="quiet_end">{{ t.to }}</label><input type="time" name="quiet_end" id="quiet_end" value="{{ v.quiet_end }}">
+<p><label for="timezone">{{ t.timezone }}</label>
 <input type="text" name="timezone" id="timezone" value="{{ v.timezone }}" maxlength="64" autocomplete="off"></p>
 </fieldset>
-{% if consent_channels %}<fieldset><legend>Consent</legend>
+{% if consent_channels %}<fieldset><legend>{{ t.consent }}</legend>
 {% for ch in consent_channels %}
 <label><input type="checkbox" name="consent.{{ ch }}" id="consent.{{ ch }}" {% if v.consent[ch] %}checked{% endif %}>
- I agree to messages by {{ ch }} (untick to withdraw)</label>
+ {{ t.agree.format(channel=ch) }}</label>
 {% endfor %}</fieldset>{% endif %}
 {% if has_marketing %}<p><label><input type="checkbox" name="stop_marketing" id="stop_marketing"
- {% if v.stop_marketing %}checked{% endif %}> Stop all marketing</label></p>{% endif %}
-<button type="submit">Save</button>
+ {% if v.stop_marketing %}checked{% endif %}> {{ t.stop_marketing }}</label></p>{% endif %}
+<button type="submit">{{ t.save }}</button>
 </form></main></body></html>
 """)
 
@@ -103,9 +104,11 @@ class Layout:
     channels: list[str]
     consent_channels: list[str]
     marketing: frozenset[str] = frozenset()
+    t: dict[str, str] = field(default_factory=lambda: words("en"))  # the page's words, in the person's language
+    lang: str = "en"
 
 
-def _layout(engine, effective: dict) -> Layout:
+def _layout(engine, effective: dict, state: UserState) -> Layout:
     policy = engine.policy
     enabled = engine.cfg.enabled_channels()
     channels = [ch for ch in USER_CHANNELS if ch in enabled and ch != "webhook"]
@@ -113,7 +116,8 @@ def _layout(engine, effective: dict) -> Layout:
     cats = [{"name": c, "label": c.replace("_", " ").capitalize(), "mandatory": not policy.can_opt_out(c)}
             for c in names]
     consent = [ch for ch in channels if any(r.channel == ch for r in policy.rules.get("consent_required", ()))]
-    return Layout(cats, channels, consent, frozenset(engine.cfg.compliance.marketing_categories))
+    return Layout(cats, channels, consent, frozenset(engine.cfg.compliance.marketing_categories),
+                  words(state.locale), language(state.locale))
 
 
 def _global_quiet(state: UserState) -> list | None:
@@ -205,10 +209,10 @@ def _patch(layout: Layout, shown: Values, want: Values, state: UserState,
             try:
                 window = msgspec.convert({"start": quiet[0], "end": quiet[1]}, Window)
             except msgspec.ValidationError:
-                return None, "Quiet hours need two times, like 22:00 and 07:00."
+                return None, layout.t["quiet_format"]
             rows.change(quiet_hours=[window])
         elif any(quiet):
-            return None, "Quiet hours need both a start and an end."
+            return None, layout.t["quiet_both"]
         else:
             rows.change(quiet_hours=[])
     patch = PreferencesPatch(set=list(rows.rows.values()), remove=removals)
@@ -216,7 +220,7 @@ def _patch(layout: Layout, shown: Values, want: Values, state: UserState,
         try:
             zoneinfo.ZoneInfo(want.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            return None, f"{want.timezone!r} is not a time zone we know, like Europe/Berlin."
+            return None, layout.t["bad_zone"].format(zone=want.timezone)
         patch.timezone = want.timezone
     # consent is only withdrawn here: a forwarded link must not sign anyone up for texts or calls
     patch.consent = {ch: "withdrawn" for ch in layout.consent_channels if shown.consent[ch] and not want.consent[ch]}
@@ -227,7 +231,8 @@ def _render(layout: Layout, v: Values, version: int, note: str = "", error: bool
             status: int = 200) -> web.Response:
     body = CENTER.render(categories=layout.categories, channels=layout.channels,
                          consent_channels=layout.consent_channels, frequencies=FREQUENCIES, v=v, version=version,
-                         note=note, error=error, has_marketing=any(c["name"] in layout.marketing for c in layout.categories))
+                         note=note, error=error, t=layout.t, lang=layout.lang,
+                         has_marketing=any(c["name"] in layout.marketing for c in layout.categories))
     return web.Response(status=status, text=body, content_type="text/html", charset="utf-8",
                         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                                  "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'none'; "
@@ -256,7 +261,7 @@ async def show(request: web.Request) -> web.Response:
     if person is None:
         return page(404, *GONE)
     engine, _uid, state, effective = person
-    layout = _layout(engine, effective)
+    layout = _layout(engine, effective, state)
     return _render(layout, _shown(layout, effective, state), effective["version"])
 
 
@@ -270,27 +275,26 @@ async def save(request: web.Request) -> web.Response:
         version = int(str(form.get("version", "")))
     except (ValueError, LookupError):
         return page(400, "Not understood", "Reload the page and try again.")
-    layout = _layout(engine, effective)
+    layout = _layout(engine, effective, state)
     want = _submitted(layout, form)
     if version != effective["version"]:  # changed elsewhere since the page was made: keep what they chose
-        return _render(layout, want, effective["version"], "Your preferences changed somewhere else since this "
-                       "page was opened. Check your choices below and save again.", error=True, status=409)
+        return _render(layout, want, effective["version"], layout.t["stale"], error=True, status=409)
     patch, problem = _patch(layout, _shown(layout, effective, state), want, state, layout.marketing)
     if problem is not None:
         return _render(layout, want, version, problem, error=True, status=422)
     if not (patch.set or patch.remove or patch.consent or patch.timezone):
-        return _render(layout, want, version, "Nothing to change.")
+        return _render(layout, want, version, layout.t["nothing"])
     cmd = PrefCommand(user_id=uid, patch=patch, if_match=version, source="center", actor=f"user:{uid}(center)")
     result = (await prefs_bus.run_commands(engine, [cmd]))[0]
     if result.status == "conflict":
-        return _render(layout, want, result.version, "Your preferences changed somewhere else since this page "
-                       "was opened. Check your choices below and save again.", error=True, status=409)
+        return _render(layout, want, result.version, layout.t["stale"], error=True, status=409)
     if result.status != "ok":
         reason = result.errors[0][1] if result.errors else "refused"
-        return _render(layout, want, version, f"Not saved: {reason}", error=True, status=422)
+        return _render(layout, want, version, layout.t["not_saved"].format(reason=reason), error=True, status=422)
     effective = wire.decode(await engine.shard_for(uid).effective.remote(uid), dict)
     fresh = await engine.shard_for(uid).get_user.remote(uid)
-    return _render(layout, _shown(layout, effective, wire.decode(fresh, UserState)), effective["version"], "Saved.")
+    return _render(layout, _shown(layout, effective, wire.decode(fresh, UserState)), effective["version"],
+                   layout.t["saved"])
 
 
 ROUTES = [

@@ -29,8 +29,9 @@ async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
                         channels=("email",), overrides={"engagement": {"opens": False, "clicks": False,
                                                                        "base_url": PUBLIC, "secret": SECRET}})
-    async with serving(cfg, database_url, [UserProfile(user_id="pc-1", addresses={"email": "pc-1@example.test"})]) \
-            as eng:
+    people = [UserProfile(user_id="pc-1", addresses={"email": "pc-1@example.test"}),
+              UserProfile(user_id="pc-de", addresses={"email": "pc-de@example.test"}, locale="de-AT")]
+    async with serving(cfg, database_url, people) as eng:
         yield eng
 
 
@@ -118,3 +119,15 @@ async def test_the_link_in_an_email_opens_the_page_and_saving_changes_what_is_se
             f"{engine.base_url}/v1/users/pc-1/inbox", headers={"Authorization": f"Bearer {token}"}) as r:
         inbox_link = (await r.json())["preference_center"]  # the person's own inbox shows it
     assert inbox_link.startswith(f"{PUBLIC}/p/") and "pc-1" not in inbox_link
+
+
+async def test_the_page_speaks_the_persons_language(engine):
+    token = seal_center(SECRET.encode(), "pc-de", int(time.time()) + 3600)
+    async with aiohttp.ClientSession() as person:
+        async with person.get(f"{engine.base_url}/p/{token}") as r:
+            page = await r.text()
+        assert r.status == 200 and '<html lang="de">' in page and "Deine Benachrichtigungen" in page
+        assert ">Speichern</button>" in page and ">wöchentlich gesammelt</option>" in page
+        form = form_of(page)
+        async with person.post(f"{engine.base_url}/p/{token}", data={**form, "quiet_start": "22:00"}) as r:
+            assert r.status == 422 and "Ruhezeiten brauchen Beginn und Ende." in await r.text()
