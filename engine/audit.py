@@ -106,6 +106,8 @@ def max_age(cfg) -> float:
     checkpoint intervals and five minutes (0: checkpoints are not taken on a timer)."""
     every = cfg.audit.checkpoint_every_s
     return 2 * every + 300 if every > 0 else 0.0
+
+
 CHECKPOINTS = ("SELECT id, created_at, max_id, chains, digest, prev_id, prev_digest, key_id, signature "
                "FROM audit_checkpoints ORDER BY id")
 
@@ -137,6 +139,12 @@ async def checkpoint(conn: asyncpg.Connection, key: Ed25519PrivateKey, rotate: b
             "checkpoint_id", "user_id", "head_id", "head_hash"), records=[(cid, u, i, h) for u, i, h in heads])
         await conn.execute("DELETE FROM audit_checkpoint_heads WHERE checkpoint_id < $1", cid)
     return {"id": cid, "max_id": max_id, "chains": len(heads), "key_id": kid}
+
+
+async def rows_since_checkpoint(conn: asyncpg.Connection) -> bool:
+    """Whether the log has rows the newest checkpoint does not cover (none yet: any row)."""
+    return await conn.fetchval("SELECT COALESCE(max(id), 0) > (SELECT COALESCE(max(max_id), 0) FROM "
+                               "audit_checkpoints) FROM preference_audit_log")
 
 
 def _sequence_problems(checkpoints: list, publics: dict[str, Ed25519PublicKey]) -> tuple[list[str], int]:

@@ -225,9 +225,7 @@ class Engine:
             await asyncio.sleep(self.cfg.audit.checkpoint_every_s)
             try:
                 async with self.pool.acquire() as conn:
-                    if await conn.fetchval(
-                            "SELECT COALESCE(max(id), 0) > (SELECT COALESCE(max(max_id), 0) FROM audit_checkpoints) "
-                            "FROM preference_audit_log"):
+                    if await signed.rows_since_checkpoint(conn):
                         done = await signed.checkpoint(conn, signed.signing_key(self.cfg.engine.home))
                         log.info("audit checkpoint %d: %d chains up to row %d", done["id"], done["chains"],
                                  done["max_id"])

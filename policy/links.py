@@ -60,11 +60,12 @@ _encode = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder(Link)
 
 
-def _b64(data: bytes) -> str:
+def b64url(data: bytes) -> str:
+    """Base64url without padding (what a URL path segment carries)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
+def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -76,7 +77,7 @@ def sign(secret: bytes, kind: Kind, notification_id: str | uuid.UUID, channel: s
     """The token of an open (``"o"``) or of a click (``"c"``) on ``url``."""
     nid = notification_id if isinstance(notification_id, uuid.UUID) else uuid.UUID(notification_id)
     payload = _encode.encode(Link(kind, nid.bytes, channel, url))
-    return _b64(payload) + _b64(_mac(secret, payload))
+    return b64url(payload) + b64url(_mac(secret, payload))
 
 
 def verify(secret: bytes, token: str, kind: Kind) -> Link | None:
@@ -86,12 +87,12 @@ def verify(secret: bytes, token: str, kind: Kind) -> Link | None:
         return None
     body, mac = token[:-MAC_CHARS], token[-MAC_CHARS:]
     try:
-        payload = _unb64(body)
+        payload = unb64url(body)
     except ValueError:
         return None
     # Compared as text, both parts canonical: base64 decoding ignores a last
     # character's unused bits, so one token must not have several spellings.
-    if not hmac.compare_digest(mac, _b64(_mac(secret, payload))) or _b64(payload) != body:
+    if not hmac.compare_digest(mac, b64url(_mac(secret, payload))) or b64url(payload) != body:
         return None
     try:
         link = _decode.decode(payload)

@@ -127,13 +127,12 @@ def _email_links(task: DeliveryTask, it: Item, ctx: Context, now: float) -> None
     the unsubscribe link, the person's preference center link. No link that could
     only ever answer "cannot": a category outside the policy, or a mandatory one."""
     category = it.request.category
-    if ctx.unsubscribe is None or not ctx.policy.can_opt_out(category):
-        if ctx.footer is not None and category in ctx.footer[1]:
-            task.content = with_footer(task.content, ctx.footer[0], None)
-        return
-    task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, category, "email")
     postal = ctx.footer[0] if ctx.footer is not None and category in ctx.footer[1] else None
-    task.content = with_footer(task.content, postal, task.unsubscribe_url, ctx.unsubscribe.center_url(it.user_id, now))
+    center = None
+    if ctx.unsubscribe is not None and ctx.policy.can_opt_out(category):
+        task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, category, "email")
+        center = ctx.unsubscribe.center_url(it.user_id, now)
+    task.content = with_footer(task.content, postal, task.unsubscribe_url, center)  # as it was when none is given
 
 
 def content_for(req: Message, channel: str, state: UserState | None,

@@ -85,6 +85,15 @@ class PrefKey(Struct, kw_only=True, forbid_unknown_fields=True):
         return (self.channel, self.category, self.content_type, context_key(self.context))
 
 
+def narrower(rows: Iterable[Preference], category: str, channel: str | None = None) -> list[PrefKey]:
+    """The keys of a person's rows for ``category`` (on ``channel``, or any) that
+    are narrower than the category's own row: one content type or context. Such a
+    row would override an opt-out of the category, so an opt-out removes them."""
+    return [PrefKey(channel=p.channel, category=p.category, content_type=p.content_type, context=p.context)
+            for p in rows if p.category == category and (channel is None or p.channel == channel)
+            and (p.content_type != "*" or p.context)]
+
+
 def context_key(context: dict[str, str]) -> str:
     """The canonical text of a context (stored, and part of a row's identity)."""
     return "&".join(f"{k}={context[k]}" for k in sorted(context))

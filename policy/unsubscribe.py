@@ -16,7 +16,6 @@ to work for as long.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 
@@ -25,6 +24,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from policy.links import b64url, unb64url
 
 DOMAIN = b"tidings.unsubscribe.v1"  # bound into every token: no other use of the key opens one
 MAX_TOKEN = 1024  # characters; longer is not ours (ids and categories are bounded)
@@ -49,8 +50,7 @@ def _cipher(secret: bytes) -> AESSIV:
 
 
 def _seal(secret: bytes, value: msgspec.Struct, domain: bytes) -> str:
-    sealed = _cipher(secret).encrypt(_encode(value), [domain])
-    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+    return b64url(_cipher(secret).encrypt(_encode(value), [domain]))
 
 
 def _open(secret: bytes, token: str, domain: bytes, decode):
@@ -59,7 +59,7 @@ def _open(secret: bytes, token: str, domain: bytes, decode):
     if not token or len(token) > MAX_TOKEN:
         return None
     try:
-        return decode(_cipher(secret).decrypt(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), [domain]))
+        return decode(_cipher(secret).decrypt(unb64url(token), [domain]))
     except (InvalidTag, ValueError, binascii.Error, msgspec.DecodeError):
         return None
 

@@ -182,8 +182,8 @@ def _check(row, prev_hash: bytes | None, prev_version: int | None) -> str | None
 
 
 async def walk(conn: asyncpg.Connection, user_id: str | None = None,
-               batch: int = 5000) -> AsyncIterator[tuple[str, int, bytes | None, Break | None]]:
-    """Each chain as (user, rows, hash of its last row, first break or None).
+               batch: int = 5000) -> AsyncIterator[tuple[str, int, Break | None]]:
+    """Each chain as (user, rows, first break or None).
     Streams: inside a transaction (a cursor), one chain at a time in memory."""
     where, args = ("WHERE user_id = $1", (user_id,)) if user_id is not None else ("", ())
     current, rows, last, version, broken = None, 0, None, None, None
@@ -194,7 +194,7 @@ async def walk(conn: asyncpg.Connection, user_id: str | None = None,
                 uid = row[1]
                 if uid != current:
                     if current is not None:
-                        yield current, rows, last, broken
+                        yield current, rows, broken
                     current, rows, last, version, broken = uid, 0, None, None, None
                 rows += 1
                 if broken is None:
@@ -203,7 +203,7 @@ async def walk(conn: asyncpg.Connection, user_id: str | None = None,
                         broken = Break(uid, row[0], problem)
                 last, version = row[11], row[12]
     if current is not None:
-        yield current, rows, last, broken
+        yield current, rows, broken
 
 
 async def verify(conn: asyncpg.Connection, user_id: str | None = None,
@@ -213,7 +213,7 @@ async def verify(conn: asyncpg.Connection, user_id: str | None = None,
     gone since: each head must still be a row of its chain, with its hash."""
     report = Report()
     seen: set[str] = set()
-    async for uid, rows, _last, broken in walk(conn, user_id):
+    async for uid, rows, broken in walk(conn, user_id):
         report.chains += 1
         report.rows += rows
         seen.add(uid)

@@ -31,7 +31,7 @@ from engine.http import (
     users,
 )
 from engine.http.access import authorize
-from engine.http.common import ENGINE, Problem, busy, db_busy
+from engine.http.common import ENGINE, Problem, busy, db_busy, unprintable
 from engine.ratelimit import rate_limit_middleware
 from engine.runtime import Engine
 from infra.config import ConfigError, HttpConfig
@@ -83,7 +83,7 @@ async def check_path(request: web.Request, handler):
     """Path parameters: no control characters, at most 256 characters (a NUL
     would otherwise reach PostgreSQL and fail there)."""
     for name, value in request.match_info.items():
-        if len(value) > 256 or any(c < " " or c == "\x7f" for c in value):
+        if unprintable(value):
             raise Problem(400, "bad path parameter", [{"field": name, "reason": "control characters or too long"}])
     return await handler(request)
 

@@ -14,13 +14,13 @@ from aiohttp import web
 
 from engine import audit as signed
 from engine.http.access import Route, Scoped, register
-from engine.http.common import ENGINE, Problem, reply
+from engine.http.common import ENGINE, Problem, reply, unprintable
 
 
 async def verify(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     user_id = request.query.get("user_id")
-    if user_id is not None and (not 0 < len(user_id) <= 256 or any(c < " " or c == "\x7f" for c in user_id)):
+    if user_id is not None and (not user_id or unprintable(user_id)):
         raise Problem(400, "bad query", [{"field": "user_id", "reason": "1 to 256 printable characters"}])
     key = signed.signing_key(engine.cfg.engine.home, create=False)
     async with engine.pool.acquire() as conn:

@@ -25,6 +25,7 @@ import jinja2
 import msgspec
 from aiohttp import web
 
+from actors.user_links import unsubscribe_rules
 from actors.user_prefs import PrefCommand
 from engine import prefs_bus
 from engine.http.access import Public, Route, register
@@ -32,7 +33,7 @@ from engine.http.center_text import language, words
 from engine.http.common import ENGINE
 from engine.http.unsubscribe import page
 from policy import wire
-from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference, PrefKey
+from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference, narrower
 from policy.types import UserState
 from policy.unsubscribe import open_center
 from policy.validate import PreferencesPatch
@@ -176,26 +177,18 @@ class _Rows:
 KEY_FIELDS = ("channel", "category", "content_type", "context")
 
 
-def _stop(state: UserState, category: str, removals: list[PrefKey], rows: _Rows) -> None:
-    """Off for the category on every channel, and the person's narrower rows for it
-    (one content type or context, which would override the category's) removed."""
-    for ch in USER_CHANNELS:
-        rows.change(channel=ch, category=category, enabled=False)
-    removals += [PrefKey(channel=p.channel, category=p.category, content_type=p.content_type, context=p.context)
-                 for p in state.prefs if p.category == category and (p.content_type != "*" or p.context)]
-
-
-def _patch(layout: Layout, shown: Values, want: Values, state: UserState,
-           marketing: frozenset[str]) -> tuple[PreferencesPatch | None, str | None]:
+def _patch(layout: Layout, shown: Values, want: Values, state: UserState) -> tuple[PreferencesPatch | None, str | None]:
     """What changed between the page and the submission, as one patch; or what is wrong with it."""
     rows, removals = _Rows(state), []
     for c in layout.categories:
         name = c["name"]
         if c["mandatory"]:
             continue
-        if want.stop_marketing and name in marketing:
-            if not shown.stop_marketing:
-                _stop(state, name, removals, rows)
+        if want.stop_marketing and name in layout.marketing:
+            if not shown.stop_marketing:  # off on every channel, and the narrower rows that would override it
+                for ch in USER_CHANNELS:
+                    rows.change(channel=ch, category=name, enabled=False)
+                removals += narrower(state.prefs, name)
             continue
         for ch in layout.channels:
             if want.on[name][ch] != shown.on[name][ch]:
@@ -244,9 +237,8 @@ GONE = ("Link not valid", "This link has expired or is not valid. Use the link i
 
 async def _person(request: web.Request):
     engine = request.app[ENGINE]
-    e = engine.cfg.engagement
-    link = open_center(e.secret.encode(), request.match_info["token"], time.time()) if e.base_url and e.secret \
-        else None
+    rules = unsubscribe_rules(engine.cfg)  # None: no links are made, none open
+    link = open_center(rules.secret, request.match_info["token"], time.time()) if rules is not None else None
     if link is None:
         return None
     found = await engine.shard_for(link.user_id).get_user.remote(link.user_id)
@@ -279,7 +271,7 @@ async def save(request: web.Request) -> web.Response:
     want = _submitted(layout, form)
     if version != effective["version"]:  # changed elsewhere since the page was made: keep what they chose
         return _render(layout, want, effective["version"], layout.t["stale"], error=True, status=409)
-    patch, problem = _patch(layout, _shown(layout, effective, state), want, state, layout.marketing)
+    patch, problem = _patch(layout, _shown(layout, effective, state), want, state)
     if problem is not None:
         return _render(layout, want, version, problem, error=True, status=422)
     if not (patch.set or patch.remove or patch.consent or patch.timezone):

@@ -126,6 +126,15 @@ def path_user(request: web.Request) -> str:
         raise Problem(422, "invalid user id", [{"field": "user_id", "reason": str(e)}]) from None
 
 
+MAX_TEXT = 256  # a path parameter or an id in a query
+
+
+def unprintable(value: str, max_len: int = MAX_TEXT) -> bool:
+    """Too long, or holding a control character (a NUL would otherwise reach
+    PostgreSQL and fail there)."""
+    return len(value) > max_len or any(c < " " or c == "\x7f" for c in value)
+
+
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     """A query parameter as an integer in [low, high]; 400 naming it otherwise
     (a negative or 64-bit-overflowing number never reaches PostgreSQL)."""

@@ -20,12 +20,13 @@ from __future__ import annotations
 import jinja2
 from aiohttp import web
 
+from actors.user_links import unsubscribe_rules
 from actors.user_prefs import PrefCommand
 from engine import prefs_bus
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE
 from policy import wire
-from policy.prefs import Preference, PrefKey
+from policy.prefs import Preference, narrower
 from policy.types import UserState
 from policy.unsubscribe import Target, open_token
 from policy.validate import PreferencesPatch
@@ -54,10 +55,8 @@ def page(status: int, title: str, text: str, form: bool = False) -> web.Response
 
 
 def _target(request: web.Request) -> Target | None:
-    e = request.app[ENGINE].cfg.engagement
-    if not (e.base_url and e.secret):
-        return None
-    return open_token(e.secret.encode(), request.match_info["token"])
+    rules = unsubscribe_rules(request.app[ENGINE].cfg)  # None: no links are made, none open
+    return open_token(rules.secret, request.match_info["token"]) if rules is not None else None
 
 
 NOT_FOUND = ("Link not valid", "This unsubscribe link is not valid. Use the link in the most recent message.")
@@ -71,24 +70,17 @@ async def confirm(request: web.Request) -> web.Response:
                                      f"{target.channel}?", form=True)
 
 
-def _plain(p: Preference) -> bool:
-    return p.content_type == "*" and not p.context
-
-
 def _patch(state: UserState, target: Target) -> PreferencesPatch | None:
     """The change that opts the person out for good, or None if they already are:
     a permanent ``enabled: false`` row for the channel and category, and none of
-    their more specific rows for it left (a row for one content type or context
-    would override the category's). A temporary opt-out (``expires_at``) is made
-    permanent."""
-    mine = [p for p in state.prefs if p.channel == target.channel and p.category == target.category]
-    specific = [p for p in mine if not _plain(p)]
-    if not specific and any(_plain(p) and p.enabled is False and p.expires_at is None for p in mine):
+    their narrower rows for it left (``policy.prefs.narrower``). A temporary
+    opt-out (``expires_at``) is made permanent."""
+    specific = narrower(state.prefs, target.category, target.channel)
+    own = Preference(channel=target.channel, category=target.category).key()
+    if not specific and any(p.key() == own and p.enabled is False and p.expires_at is None for p in state.prefs):
         return None
-    return PreferencesPatch(
-        set=[Preference(channel=target.channel, category=target.category, enabled=False)],
-        remove=[PrefKey(channel=p.channel, category=p.category, content_type=p.content_type, context=p.context)
-                for p in specific])
+    return PreferencesPatch(set=[Preference(channel=target.channel, category=target.category, enabled=False)],
+                            remove=specific)
 
 
 async def one_click(request: web.Request) -> web.Response:
