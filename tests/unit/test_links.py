@@ -139,7 +139,9 @@ PIECES = st.one_of(
     st.sampled_from(["<p>", "</p>", "<br/>", "<div class='a'>", "</div>", "&amp;", "&lt;a href=x&gt;", "</body>",
                      "<body>", "</html>", "<a name=top>", "</a>", "<a href='mailto:x@y.z'>", "<a href=#x>",
                      "<a href=\"tel:1\">", "<!-- <a href='https://x.test/'> -->",
-                     "<script>var s = '<a href=\"https://x.test\">';</script>", "< a", "<", "\r\n", "\n"]),
+                     # the '>' first: a '<?', '<!' or '</' just before would open a bogus comment that
+                     # swallows '<script>', and the '<a' in it would be a real link, to a browser too
+                     "><script>var s = '<a href=\"https://x.test\">';</script>", "< a", "<", "\r\n", "\n"]),
     ATTR_VALUE.map(lambda v: f'<img src="{v}" alt="">'),
     ATTR_VALUE.map(lambda v: f'<a href="/{v}">'),
 )
