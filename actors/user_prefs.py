@@ -135,7 +135,7 @@ class PrefsMixin:
         old = doc_of(state, uid) if state else None
         try:
             async with conn.transaction():
-                fresh = await prefs_store.write_change(conn, change, current, old, changed_consent, cmd.source_id)
+                fresh = await prefs_store.write_change(conn, self.ring, change, current, old, changed_consent, cmd.source_id)
         except asyncpg.DataError as e:  # a value PostgreSQL cannot store: the writer's error, not ours
             return PrefResult(user_id=uid, status="invalid", version=current, errors=[("$", f"not storable: {e}")])
         if fresh is None:  # another writer (a bulk import) got there first: take its state

@@ -22,6 +22,7 @@ from actors.user_prefs import PrefsMixin
 from actors.user_templates import TemplatesMixin
 from infra import db
 from infra.config import Config, decode as decode_config
+from infra.pii import Keyring
 from policy import plan as planner, release as releasing, wire
 from policy.decide import zone
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
@@ -30,6 +31,8 @@ from policy.rules import Policy
 from policy.types import URGENT, BroadcastRequest, DeliveryTask, Outcome, UserProfile, UserState, recipient_id
 from policy.validate import rule_errors
 from stores import (
+    erasure,
+    pii as pii_store,
     prefs as prefs_store,
     schedules as schedule_store,
     state as state_store,
@@ -77,6 +80,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self.journal: dict[str, dict[str, Outcome]] = {}
         self.traced: dict[str, dict[str, float]] = {}  # notifications being handled that are traced: their stamps
         self.pool = None
+        self.ring: Keyring | None = None  # the master keys and the index key, once set up (_ready)
         self.rr = 0
         self.stats = {"decided": 0, "duplicates": 0, "outcomes": 0}
         self._start_lock = asyncio.Lock()
@@ -88,8 +92,14 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         if self.pool is None:
             async with self._start_lock:
                 if self.pool is None:
-                    self.pool = await db.create_pool(self.url, self.cfg.database.schema,
-                                                     min_size=1, max_size=4)
+                    pool = await db.create_pool(self.url, self.cfg.database.schema, min_size=1, max_size=4)
+                    try:
+                        async with pool.acquire() as conn:
+                            self.ring = await pii_store.keyring(conn, Keyring.parse(self.cfg.privacy.master_keys))
+                    except BaseException:
+                        await pool.close()
+                        raise
+                    self.pool = pool
                     self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
                     if self.cfg.engine.preload_users:
                         self._preloading = asyncio.get_running_loop().create_task(self._warm_start())
@@ -417,7 +427,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         async with self.pool.acquire() as conn:
             missing = [uid for uid in user_ids if uid not in states]
             if missing:
-                loaded = await state_store.load_states(conn, missing)
+                loaded = await state_store.load_states(conn, self.ring, missing)
                 await self._attach_templates(conn, loaded.values())
                 states.update(loaded)
             done = await tracking.recorded(conn, [it.notification_id for it in items])
@@ -526,7 +536,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 return errors
             fresh: dict[str, UserState] = {}
             async with conn.transaction():
-                await user_store.save_profiles(conn, profiles, known, actor)
+                await user_store.save_profiles(conn, self.ring, profiles, known, actor)
                 versions = await user_store.lock_versions(conn, ids)
                 for p in profiles:
                     state = known.get(p.user_id)
@@ -538,10 +548,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                                     preferences=rows,
                                     consent={c: "granted" for c in (state.consent if state else ())},
                                     timezone=p.timezone, template=state.template if state else None, actor=actor)
-                    stored = await prefs_store.write_change(conn, change, versions[p.user_id], None, {})
+                    stored = await prefs_store.write_change(conn, self.ring, change, versions[p.user_id], None, {})
                     if stored is not None:  # its state stored after the whole profile: no second refresh
                         fresh[p.user_id] = stored
-                fresh |= await state_store.refresh_states(conn, [i for i in ids if i not in fresh])
+                fresh |= await state_store.refresh_states(conn, self.ring, [i for i in ids if i not in fresh])
             await self._attach_templates(conn, fresh.values())
         self.users.update(fresh)
         return []
@@ -564,7 +574,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             return await self._reload(conn, user_ids)
 
     async def _reload(self, conn, user_ids: list[str]) -> int:
-        fresh = await state_store.load_states(conn, user_ids)
+        fresh = await state_store.load_states(conn, self.ring, user_ids)
         await self._attach_templates(conn, fresh.values())
         for uid in user_ids:
             if uid in fresh:
@@ -579,9 +589,25 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         committed first, then in memory."""
         users = list({u for u, _, _ in gone})
         async with self._writing.hold(users), self.pool.acquire() as conn:
-            await user_store.forget_addresses(conn, gone)
+            await user_store.forget_addresses(conn, self.ring, gone)
             await self._reload(conn, users)
         self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
+
+    async def erase(self, user_id: str, actor: str | None) -> dict:
+        """Erase a user this shard owns (stores/erasure.py: their key destroyed,
+        their rows deleted, a receipt), committed first, then gone from memory,
+        under the user's write lock so no write of theirs lands in between.
+        {"receipt": …}; {"held": reason} under a legal hold; {} if there is no
+        such user and never was."""
+        await self._ready()
+        async with self._writing.hold([user_id]), self.pool.acquire() as conn:
+            try:
+                receipt = await erasure.erase(conn, self.ring, user_id, actor)
+            except erasure.Held as e:
+                return {"held": e.reason}
+            self.users.pop(user_id, None)
+        self.stats["erased"] = self.stats.get("erased", 0) + 1
+        return {} if receipt is None else {"receipt": receipt.as_dict()}
 
     async def preload(self) -> int:
         """Load the users this shard owns, as many as the cache holds (a warm
@@ -594,7 +620,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 # chains first: a user is decided on as soon as it is held, with its template's rules
                 for tid in await prefs_store.template_ids(conn):
                     await self._chain(conn, tid)
-                n = await state_store.scan_shard(conn, self.index, self.cfg.engine.user_shards,
+                n = await state_store.scan_shard(conn, self.ring, self.index, self.cfg.engine.user_shards,
                                                  self.users.loading(token), limit=self.users.max_users,
                                                  batch=PRELOAD_BATCH)
                 for tid in self.users.template_ids() - set(self.template_cache):  # saved meanwhile
@@ -631,7 +657,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         if missing:
             token = self.users.begin_load()
             try:
-                loaded = await state_store.load_states(conn, missing)
+                loaded = await state_store.load_states(conn, self.ring, missing)
                 await self._attach_templates(conn, loaded.values())
             except BaseException:
                 self.users.end_load(token)

@@ -36,6 +36,7 @@ from infra import config, streams
 from infra.tuning import with_section
 from policy.sharding import stable_hash
 from sandbox import SinkProcess
+from stores import pii
 
 console = Console()
 API_KEY = "SG.bench-key"
@@ -56,8 +57,9 @@ def fanout_config(sink: SinkProcess, shards: int) -> config.Config:
     return msgspec.structs.replace(cfg, channels={"email": cfg.channels["email"]})
 
 
-async def seed(pool: asyncpg.Pool, users: int, seed: int = 3) -> dict:
-    """COPY the population in (users, addresses, opt-outs); returns what was made."""
+async def seed(pool: asyncpg.Pool, ring, users: int, seed: int = 3) -> dict:
+    """COPY the population in (users, their keys, sealed addresses, opt-outs);
+    returns what was made."""
     rng = random.Random(seed)
     ids = [f"f{i:07d}" for i in range(users)]
     no_email = {u for u in ids if rng.random() < 0.02}
@@ -65,8 +67,10 @@ async def seed(pool: asyncpg.Pool, users: int, seed: int = 3) -> dict:
     async with pool.acquire() as conn:
         await conn.copy_records_to_table("users", columns=("user_id", "shard_key"),
                                          records=((u, stable_hash(u)) for u in ids))
-        await conn.copy_records_to_table("user_addresses", columns=("user_id", "channel", "address"),
-                                         records=((u, "email", f"{u}@bench.test") for u in ids if u not in no_email))
+        keys = await pii.copy_new_keys(conn, ring, ids)
+        await conn.copy_records_to_table(
+            "user_addresses", columns=pii.ADDRESS_COLUMNS,
+            records=pii.address_records(ring, keys, ((u, "email", f"{u}@bench.test") for u in ids if u not in no_email)))
         await conn.copy_records_to_table(
             "user_preferences", columns=("user_id", "preference_type", "channel", "category", "value"),
             records=((u, "category", "email", "marketing", '{"enabled": false}') for u in opted_out))
@@ -85,7 +89,7 @@ async def run(args) -> dict:
     cpu = CpuSampler()
     try:
         started = time.perf_counter()
-        made = await seed(engine.pool, args.users)
+        made = await seed(engine.pool, engine.ring, args.users)
         seed_s = time.perf_counter() - started
         console.print(f"seeded {args.users:,} users with COPY in {seed_s:.1f}s")
         await asyncio.sleep(1.0)

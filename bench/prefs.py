@@ -157,14 +157,18 @@ def _memory_child(n: int) -> None:
                       "projected_10m_gib": round(per_user * 10_000_000 / 2**30, 2), "held": len(users)}))
 
 
-async def _seed(conn, n: int) -> None:
+async def _seed(conn, n: int, master_keys: str) -> None:
     users = population(n)
+    from infra.pii import Keyring
     from policy.sharding import stable_hash
+    from stores import pii
     await conn.copy_records_to_table("users", columns=("user_id", "timezone", "locale", "shard_key"),
                                      records=[(u.user_id, u.timezone, u.locale, stable_hash(u.user_id))
                                               for u in users.values()])
-    await conn.copy_records_to_table("user_addresses", columns=("user_id", "channel", "address"),
-                                     records=[(u.user_id, ch, a) for u in users.values() for ch, a in u.addresses.items()])
+    ring = await pii.keyring(conn, Keyring.parse(master_keys))
+    keys = await pii.copy_new_keys(conn, ring, list(users))
+    await conn.copy_records_to_table("user_addresses", columns=pii.ADDRESS_COLUMNS, records=pii.address_records(
+        ring, keys, [(u.user_id, ch, a) for u in users.values() for ch, a in u.addresses.items()]))
     from stores.prefs import pref_record
     await conn.executemany(
         "INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, "
@@ -177,30 +181,32 @@ async def bench_load(url: str, n: int, shards: int = 2) -> dict:
     (as Ray runs shards: one process each); time from a common start."""
     import asyncpg
 
+    from engine import master_keys
     schema = f"bench_load_{uuid.uuid4().hex[:6]}"
+    keys = master_keys.generate("bench")
     await migrations.migrate_url(url, schema)
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
         t0 = time.perf_counter()
-        await _seed(conn, n)
+        await _seed(conn, n, keys)
         seeded_s = time.perf_counter() - t0
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
     # cold: seeded by COPY, no users.state yet (as after a bulk import): the first
     # preload assembles and writes it back; warm: every later start
-    cold = _preload_all(url, schema, shards)
-    warm = _preload_all(url, schema, shards)
+    cold = _preload_all(url, schema, shards, keys)
+    warm = _preload_all(url, schema, shards, keys)
     await _drop(url, schema)
     return {"users": n, "shards": shards, "seed_seconds": round(seeded_s, 1), "cold": cold, "warm": warm,
             "users_per_s": warm["users_per_s"]}
 
 
-def _preload_all(url: str, schema: str, shards: int) -> dict:
+def _preload_all(url: str, schema: str, shards: int, keys: str) -> dict:
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(shards + 1), ctx.Queue()
-    procs = [ctx.Process(target=_preload_child, args=(url, schema, i, shards, barrier, results))
+    procs = [ctx.Process(target=_preload_child, args=(url, schema, i, shards, keys, barrier, results))
              for i in range(shards)]
     for p in procs:
         p.start()
@@ -214,12 +220,13 @@ def _preload_all(url: str, schema: str, shards: int) -> dict:
     return {"loaded": loaded, "seconds": round(took, 2), "users_per_s": round(loaded / took), "per_shard": got}
 
 
-def _preload_child(url, schema, index, shards, barrier, results) -> None:
+def _preload_child(url, schema, index, shards, keys, barrier, results) -> None:
     from actors.user_shard import UserShard
     from engine import settings
     from infra import config
     cfg = config.encode(settings.load("development", env={}, overrides={
-        "database": {"url": url, "schema": schema}, "engine": {"user_shards": shards, "preload_users": False}}))
+        "database": {"url": url, "schema": schema}, "engine": {"user_shards": shards, "preload_users": False},
+        "privacy": {"master_keys": keys}}))
     shard = UserShard(index, cfg, url, {}, None)  # preload timed below, not started by _ready
 
     async def run() -> dict:
@@ -235,7 +242,9 @@ def _preload_child(url, schema, index, shards, barrier, results) -> None:
 async def bench_import(url: str, n: int) -> dict:
     import asyncpg
 
-    from stores import bulk
+    from engine import master_keys
+    from infra.pii import Keyring
+    from stores import bulk, pii
     schema = f"bench_import_{uuid.uuid4().hex[:6]}"
     await migrations.migrate_url(url, schema)
     rng = random.Random(3)
@@ -250,7 +259,8 @@ async def bench_import(url: str, n: int) -> dict:
     try:
         t0 = time.perf_counter()
         # streamed as the HTTP import is: parsed, checked and staged a chunk at a time
-        rows, users = await bulk.import_rows(conn, bulk.parse_ndjson(io.BytesIO(data)), POLICY, "bench",
+        ring = await pii.keyring(conn, Keyring.parse(master_keys.generate("bench")))
+        rows, users = await bulk.import_rows(conn, ring, bulk.parse_ndjson(io.BytesIO(data)), POLICY, "bench",
                                              progress=lambda phase, k: marks.__setitem__(phase, time.perf_counter()),
                                              statement_timeout_s=0)
         total = time.perf_counter() - t0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from pathlib import Path
 
 import asyncpg
@@ -28,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from engine import secret_files
 from stores import audit
 
 KEY_FILE = "audit-signing.key"
@@ -56,39 +56,19 @@ class KeyMismatch(ValueError):
 
 def signing_key(home: str | Path, environ: dict | None = None, create: bool = True) -> Ed25519PrivateKey | None:
     """The checkpoint signing key: the environment's, else the one in ``home``,
-    made there (0600, written whole before it appears, never through a link) if
-    ``create`` and there is none."""
+    made there (``engine.secret_files``) if ``create`` and there is none."""
     env = os.environ if environ is None else environ
     if env.get(KEY_ENV):
         return _private(env[KEY_ENV].encode())
     path = Path(home).resolve() / KEY_FILE
-    try:
-        return _private(_read(path))
-    except FileNotFoundError:
-        if not create:
-            return None
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+    if not create:
         try:
-            os.link(tmp, path)  # appears whole, or not at all if another process made one first
-        except FileExistsError:
-            return _private(_read(path))
-    finally:
-        tmp.unlink(missing_ok=True)
-    return key
-
-
-def _read(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+            return _private(secret_files.read(path))
+        except FileNotFoundError:
+            return None
+    pem, _ = secret_files.read_or_create(path, lambda: Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return _private(pem)
 
 
 def _private(pem: bytes) -> Ed25519PrivateKey:

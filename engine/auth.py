@@ -46,6 +46,8 @@ SCOPES: dict[str, str] = {
     "events:write": "report opens and clicks of any user's notifications",
     "users:read": "read users' profiles",
     "users:write": "create and change users' profiles (addresses, time zone, opt-outs)",
+    "users:erase": "erase a user for good (GDPR Art. 17): their key destroyed, their data deleted",
+    "users:hold": "place and lift legal holds, which refuse erasure",
     "suppressions:write": "suppress an address",
     "preferences:read": "read any user's preferences, their history and exports",
     "preferences:write": "change any user's preferences and consent, import, apply templates",

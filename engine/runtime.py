@@ -13,14 +13,16 @@ import ray
 import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 
-from engine import auth, credentials, migrations, prefs_bus, ratelimit, raybox
+from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams
 from infra.config import Config, ConfigError, encode as encode_config
+from infra.pii import Keyring
 from policy import wire
 from policy.rules import Policy
 from policy.sharding import shard_of
 from policy.types import UserProfile
+from stores import pii as pii_store
 
 log = logging.getLogger(__name__)
 WARM_S = 60.0  # the longest a start waits for its actors to be set up in advance
@@ -144,6 +146,7 @@ class Engine:
         self.policy = Policy(cfg.preferences)
         self.prefs_listener = None
         self.secrets: dict[str, str] = {}
+        self.ring: Keyring | None = None  # personal data's keys (engine/master_keys.py), once started
         self.auth: auth.Authenticator | None = None
         self.admin_key_file = None  # set when this start created the first admin key
         self.supervisor: asyncio.Task | None = None
@@ -182,11 +185,15 @@ class Engine:
                                                  health_check_interval=30)
         # API rate limits per key and per end-user token, shared by every HTTP process
         self.limiter = ratelimit.Limiter(self.redis, self.cfg.ratelimit) if self.cfg.ratelimit.enabled else None
+        self.cfg = master_keys.with_master_keys(self.cfg)  # before the actors: they read them there
         await migrations.migrate_url(self.database_url, self.cfg.database.schema, self.cfg.database)
         await self._claim_deployment()
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max,
                                          limits=self.cfg.database)
+        async with self.pool.acquire() as conn:
+            self.ring = await pii_store.keyring(conn, master_keys.keyring(self.cfg))
+            await pii_store.seal_legacy(conn, self.ring)  # rows from before encryption at rest, once
         try:
             secrets = await credentials.for_config(self.pool, self.cfg)  # a missing one fails the start here
         except credentials.CredentialError:

@@ -202,6 +202,18 @@ class ComplianceConfig(_Section):
     marketing_categories: list[str] = msgspec.field(default_factory=lambda: ["marketing"])
 
 
+class PrivacyConfig(_Section):
+    """Personal data sealed at rest (infra/pii.py, docs/privacy.md)."""
+
+    # The master keys that wrap every user's data key: "id:base64,…" (32 random
+    # bytes each; `tidings keys gen-master`). The first wraps new keys, every one
+    # unwraps: to rotate, put a new one first, run `tidings keys rotate-master`,
+    # then drop the old one. Give them in TIDINGS_PRIVACY_MASTER_KEYS, never in a
+    # file under version control. Empty: the engine uses (and the first time
+    # makes) master.keys in engine.home, fine for a demo, not for production.
+    master_keys: str = ""
+
+
 class EngagementConfig(_Section):
     """Our own open pixel and click redirect in HTML content (policy/links.py,
     engine/http/links.py), and the one-click unsubscribe links in email
@@ -277,6 +289,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     audit: AuditConfig = AuditConfig()
     compliance: ComplianceConfig = ComplianceConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     engagement: EngagementConfig = EngagementConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()

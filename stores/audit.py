@@ -8,8 +8,14 @@ row breaks the next row's link. The JSON values are hashed as PostgreSQL prints
 them back (``jsonb::text``), normalised before the insert, so verifying never
 depends on how Python would print a number.
 
-Rows written before this scheme (``hash_version`` 1) covered the user, the
-action and the new value only; they are checked under that rule.
+From ``hash_version`` 3 (migration 021) what is personal (old value, new
+value, IP address, user agent) is written sealed under the user's data key
+(``sealed``; stores/pii.py) and those four columns are NULL; the hash covers the
+ciphertext too, so a chain still verifies after its user's key is destroyed
+(erasure), while nothing of it can be read. A row with nothing personal (the
+erasure's own record, written after the key is gone) keeps its new value in
+the clear. Rows written before keep the rule they were written under: version
+1 covered the user, the action and the new value only; version 2 every column.
 
 What a chain walk cannot see is a chain's tail removed, or a whole chain: that
 is what the signed checkpoints (``checkpoint_heads`` + ``engine.audit``) are for.
@@ -25,7 +31,10 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
-HASH_VERSION = 2
+from infra.pii import Keyring, PiiError
+from stores import pii
+
+HASH_VERSION = 3
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -42,10 +51,15 @@ def micros(at: dt.datetime) -> int:
 
 
 def row_hash(prev: bytes | None, user_id: str, action: str, old_text: str | None, new_text: str | None,
-             reason: str | None, actor: str | None, ip: str | None, user_agent: str | None, at_us: int) -> bytes:
-    """Version 2: every column, the JSON values as ``jsonb::text``."""
+             reason: str | None, actor: str | None, ip: str | None, user_agent: str | None, at_us: int,
+             sealed: bytes | None = None, version: int = HASH_VERSION) -> bytes:
+    """Versions 2 and 3: every column, the JSON values as ``jsonb::text``; 3
+    adds the sealed values (their bytes, as hex)."""
     h = hashlib.sha256(prev or b"")
-    h.update(orjson.dumps([HASH_VERSION, user_id, action, old_text, new_text, reason, actor, ip, user_agent, at_us]))
+    fields = [version, user_id, action, old_text, new_text, reason, actor, ip, user_agent, at_us]
+    if version >= 3:
+        fields.append(None if sealed is None else sealed.hex())
+    h.update(orjson.dumps(fields))
     return h.digest()
 
 
@@ -61,74 +75,95 @@ class Entry:
     reason: str | None = None
     ip: str | None = None
     user_agent: str | None = None
+    personal: bool = True  # sealed under the user's key (False: nothing personal, kept readable)
 
 
-async def _as_stored(conn: asyncpg.Connection, values: list, ips: list[str | None]) -> tuple[list, list]:
-    """The JSON values and the IP addresses as PostgreSQL will print them back
-    once stored (``jsonb::text``, ``host(inet)``): what is hashed is what verify reads."""
+SEALED_KIND = "audit"
+
+
+def open_row(key: bytes, user_id: str, sealed: bytes) -> dict:
+    """A version-3 row's personal values: {"old", "new", "ip", "user_agent"}."""
+    return pii.open_json(key, SEALED_KIND, user_id, sealed)
+
+
+async def _as_stored(conn: asyncpg.Connection, values: list) -> list[str | None]:
+    """The JSON values as PostgreSQL will print them back once stored
+    (``jsonb::text``): what is hashed is what verify reads."""
+    if all(v is None for v in values):
+        return [None] * len(values)
     texts = [None if v is None else orjson.dumps(v).decode() for v in values]
     rows = await conn.fetch("SELECT t::jsonb::text FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
                             texts)
-    if not any(ips):
-        return [r[0] for r in rows], ips
-    hosts = await conn.fetch("SELECT host(t::inet) FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
-                             ips)
-    return [r[0] for r in rows], [r[0] for r in hosts]
+    return [r[0] for r in rows]
 
 
-async def prepare(conn: asyncpg.Connection, entries: Sequence[Entry]) -> list[tuple]:
+async def prepare(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entry]) -> list[tuple]:
     """The rows to insert for ``entries`` (in order, chained per user onto each
     user's last row): (user_id, action, old_value, new_value, reason,
-    performed_by, ip_address, user_agent, created_at, prev_hash, hash, hash_version).
-    Run inside the transaction of the change it records, after the user's row
-    is locked (two writers of one user must not both read the same last hash)."""
+    performed_by, ip_address, user_agent, created_at, prev_hash, hash,
+    hash_version, sealed), personal values sealed under each user's key (made
+    if the user has none yet). Run inside the transaction of the change it
+    records, after the user's row is locked (two writers of one user must not
+    both read the same last hash)."""
     if not entries:
         return []
     ids = list({e.user_id for e in entries})
     prev = {r[0]: r[1] for r in await conn.fetch(
         "SELECT DISTINCT ON (user_id) user_id, hash FROM preference_audit_log "
         "WHERE user_id = ANY($1::text[]) ORDER BY user_id, id DESC", ids)}
-    stored, ips = await _as_stored(conn, [v for e in entries for v in (e.old, e.new)], [e.ip for e in entries])
+    keys = await pii.data_keys(conn, ring, [e.user_id for e in entries if e.personal], create=True)
+    for e in entries:
+        if e.personal and e.user_id not in keys:
+            raise PiiError("an audit entry for a user not in users: no key to seal it under")
+    plain = [e for e in entries if not e.personal]
+    stored = await _as_stored(conn, [v for e in plain for v in (e.old, e.new)])
+    texts = {id(e): (stored[2 * i], stored[2 * i + 1]) for i, e in enumerate(plain)}
     at = dt.datetime.now(dt.UTC)
     at_us = micros(at)
     rows = []
-    for i, e in enumerate(entries):
-        old_text, new_text, ip = stored[2 * i], stored[2 * i + 1], ips[i]
+    for e in entries:
+        key = keys.get(e.user_id) if e.personal else None
+        if key is not None:
+            old_text = new_text = ip = ua = None
+            sealed = pii.seal_json(key, SEALED_KIND, e.user_id,
+                                   {"old": e.old, "new": e.new, "ip": e.ip, "user_agent": e.user_agent})
+        else:  # nothing personal: readable, and no IP address or user agent kept
+            (old_text, new_text), ip, ua, sealed = texts[id(e)], None, None, None
         before = prev.get(e.user_id)
-        digest = row_hash(before, e.user_id, e.action, old_text, new_text, e.reason, e.actor, ip,
-                          e.user_agent, at_us)
-        rows.append((e.user_id, e.action, old_text, new_text, e.reason, e.actor, ip, e.user_agent, at,
-                     before, digest, HASH_VERSION))
+        digest = row_hash(before, e.user_id, e.action, old_text, new_text, e.reason, e.actor, ip, ua, at_us,
+                          sealed)
+        rows.append((e.user_id, e.action, old_text, new_text, e.reason, e.actor, ip, ua, at,
+                     before, digest, HASH_VERSION, sealed))
         prev[e.user_id] = digest
     return rows
 
 
 COLUMNS = ("user_id", "action", "old_value", "new_value", "reason", "performed_by", "ip_address", "user_agent",
-           "created_at", "prev_hash", "hash", "hash_version")
+           "created_at", "prev_hash", "hash", "hash_version", "sealed")
 
 
-async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
+async def append(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entry]) -> None:
     """Append ``entries`` (see ``prepare``)."""
-    rows = await prepare(conn, entries)
+    rows = await prepare(conn, ring, entries)
     if rows:
         await conn.executemany(
             "INSERT INTO preference_audit_log (user_id, action, old_value, new_value, reason, performed_by, "
-            "ip_address, user_agent, created_at, prev_hash, hash, hash_version) "
-            "VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6, $7::inet, $8, $9, $10, $11, $12)", rows)
+            "ip_address, user_agent, created_at, prev_hash, hash, hash_version, sealed) "
+            "VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6, $7::inet, $8, $9, $10, $11, $12, $13)", rows)
 
 
-async def append_audit(conn: asyncpg.Connection,
+async def append_audit(conn: asyncpg.Connection, ring: Keyring,
                        entries: Sequence[tuple[str, str, dict | None, dict | None, str | None]]) -> None:
     """Append (user, action, old value, new value, who) rows, chained per user.
     Run inside the transaction of the change it records."""
-    await append(conn, [Entry(uid, action, old, new, actor) for uid, action, old, new, actor in entries])
+    await append(conn, ring, [Entry(uid, action, old, new, actor) for uid, action, old, new, actor in entries])
 
 
 # -- verification ------------------------------------------------------------
 
 WALK = """
 SELECT id, user_id, action, old_value::text, new_value::text, reason, performed_by, host(ip_address),
-       user_agent, (extract(epoch FROM created_at) * 1000000)::bigint, prev_hash, hash, hash_version
+       user_agent, (extract(epoch FROM created_at) * 1000000)::bigint, prev_hash, hash, hash_version, sealed
 FROM preference_audit_log {where} ORDER BY user_id, id
 """
 
@@ -163,11 +198,12 @@ class Report:
 
 def _check(row, prev_hash: bytes | None, prev_version: int | None) -> str | None:
     """What is wrong with one row given the hash and version of the row before it in its chain."""
-    (_id, uid, action, old_text, new_text, reason, actor, ip, ua, at_us, row_prev, digest, version) = row
+    (_id, uid, action, old_text, new_text, reason, actor, ip, ua, at_us, row_prev, digest, version, sealed) = row
     if row_prev != prev_hash:
         return "does not link to the row before it (a row changed, removed or inserted before it)"
-    if version == 1 and prev_version == HASH_VERSION:
-        return "a version-1 row after a version-2 row (rows are never written under the older rule again)"
+    if prev_version is not None and version < prev_version:
+        return (f"a version-{version} row after a version-{prev_version} row (rows are never written under an "
+                "older rule again)")
     if version == 1:
         new = orjson.loads(new_text) if new_text is not None else None
         expected = chain_hash(prev_hash, uid, action, new)
@@ -175,9 +211,11 @@ def _check(row, prev_hash: bytes | None, prev_version: int | None) -> str | None
             return ("its hash does not match its contents (the row was changed; or, for a row written before "
                     "every column was hashed, a number PostgreSQL prints differently, such as 1e16)")
         return None
-    if version != HASH_VERSION:
+    if version not in (2, HASH_VERSION):
         return f"unknown hash version {version}"
-    expected = row_hash(prev_hash, uid, action, old_text, new_text, reason, actor, ip, ua, at_us)
+    if version == 2 and sealed is not None:
+        return "its hash does not match its contents (a version-2 row with sealed values added)"
+    expected = row_hash(prev_hash, uid, action, old_text, new_text, reason, actor, ip, ua, at_us, sealed, version)
     return None if expected == digest else "its hash does not match its contents (the row was changed)"
 
 
@@ -267,5 +305,5 @@ async def current_heads(conn: asyncpg.Connection) -> tuple[int, list[tuple[str, 
     return max_id, [(r[0], r[1], r[2]) for r in await conn.fetch(HEADS, max_id)]
 
 
-__all__ = ["COLUMNS", "Break", "Entry", "HASH_VERSION", "Report", "append", "append_audit", "chain_hash",
+__all__ = ["COLUMNS", "Break", "Entry", "HASH_VERSION", "Report", "append", "append_audit", "chain_hash", "open_row",
            "current_heads", "heads_digest", "micros", "prepare", "row_hash", "signed_payload", "verify", "walk"]

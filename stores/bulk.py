@@ -32,6 +32,7 @@ import msgspec
 import orjson
 
 from infra import db
+from infra.pii import Keyring
 from policy.prefs import Preference, context_key
 from policy.rules import Policy
 from policy.sharding import stable_hash
@@ -190,7 +191,7 @@ def _ts(epoch: float) -> dt.datetime:
 Progress = Callable[[str, int], None]  # ("staged" | "applied", rows so far)
 
 
-async def import_rows(conn: asyncpg.Connection, parsed: Parsed, policy: Policy, actor: str | None, *,
+async def import_rows(conn: asyncpg.Connection, ring: Keyring, parsed: Parsed, policy: Policy, actor: str | None, *,
                       progress: Progress = lambda phase, n: None, chunk_rows: int = CHUNK_ROWS,
                       statement_timeout_s: float | None = None) -> tuple[int, list[str]]:
     """Check and write every row of ``parsed`` in one transaction; returns the
@@ -223,7 +224,7 @@ async def import_rows(conn: asyncpg.Connection, parsed: Parsed, policy: Policy, 
             "context_key, value, priority, expires_at) SELECT user_id, preference_type, channel, category, "
             "content_type, context, context_key, value, priority, expires_at FROM _import")
         await _check_rules(conn, policy)
-        users = await _write_users(conn, actor, progress)
+        users = await _write_users(conn, ring, actor, progress)
     return staged, users
 
 
@@ -302,7 +303,7 @@ async def _check_rules(conn: asyncpg.Connection, policy: Policy) -> None:
         raise ImportFailed(errors[:MAX_ERRORS])
 
 
-async def _write_users(conn: asyncpg.Connection, actor: str | None, progress: Progress) -> list[str]:
+async def _write_users(conn: asyncpg.Connection, ring: Keyring, actor: str | None, progress: Progress) -> list[str]:
     """Each imported user's version bumped once, with one change-feed and one
     audit row (the rows it set, in file order), ``USERS_PER_WRITE`` users at a time."""
     users: list[str] = []
@@ -312,17 +313,18 @@ async def _write_users(conn: asyncpg.Connection, actor: str | None, progress: Pr
     while rows := await cursor.fetch(CHUNK_ROWS):
         for uid, doc in rows:  # a user's rows are together: a group never splits one
             if uid not in group and len(group) >= USERS_PER_WRITE:
-                users += await _feed_and_audit(conn, group, actor)
+                users += await _feed_and_audit(conn, ring, group, actor)
                 group = {}
             group.setdefault(uid, []).append(doc.encode())
         done += len(rows)
         progress("applied", done)
     if group:
-        users += await _feed_and_audit(conn, group, actor)
+        users += await _feed_and_audit(conn, ring, group, actor)
     return users
 
 
-async def _feed_and_audit(conn: asyncpg.Connection, per_user: dict[str, list[bytes]], actor: str | None) -> list[str]:
+async def _feed_and_audit(conn: asyncpg.Connection, ring: Keyring, per_user: dict[str, list[bytes]],
+                          actor: str | None) -> list[str]:
     ids = list(per_user)
     versions = {r[0]: r[1] for r in await conn.fetch(
         "UPDATE users SET prefs_version = prefs_version + 1, state = NULL, updated_at = now() "
@@ -335,7 +337,7 @@ async def _feed_and_audit(conn: asyncpg.Connection, per_user: dict[str, list[byt
     await conn.copy_records_to_table("preference_sync_log", columns=(
         "user_id", "version", "sync_type", "source", "changes"), records=feed)
     await conn.copy_records_to_table("preference_audit_log", columns=audit.COLUMNS,
-                                     records=await audit.prepare(conn, entries))
+                                     records=await audit.prepare(conn, ring, entries))
     return ids
 
 

@@ -24,6 +24,9 @@ import asyncpg
 import msgspec
 import orjson
 
+from infra.pii import Keyring, PiiError
+from stores import audit, pii
+
 VOCAB = "https://tidings.dev/ns/export/v1#"
 
 
@@ -31,8 +34,25 @@ VOCAB = "https://tidings.dev/ns/export/v1#"
 class Section:
     name: str
     columns: tuple[str, ...]
-    sql: str  # $1 is the user id; columns in this order, JSON as text
+    sql: str  # $1 is the user id; columns in this order, JSON as text (then ``sealed``'s, if any)
     json_columns: frozenset[str] = frozenset()
+    sealed: str | None = None  # "address" or "audit": the query's last column is sealed under the user's key
+
+
+def _open(section: Section, row: dict, blob: bytes | None, key: bytes | None, user_id: str) -> None:
+    """Fill the columns a sealed value holds; left empty when there is nothing
+    to open, or no key (the person was erased while the export ran)."""
+    if blob is None or key is None:
+        return
+    try:
+        if section.sealed == "address":
+            row["address"] = pii.open_address(key, user_id, row["channel"], blob)
+        else:
+            values = audit.open_row(key, user_id, blob)
+            row.update(old_value=values.get("old"), new_value=values.get("new"), ip_address=values.get("ip"),
+                       user_agent=values.get("user_agent"))
+    except PiiError:
+        row["unreadable"] = True
 
 
 SECTIONS = (
@@ -41,7 +61,8 @@ SECTIONS = (
             "SELECT user_id, timezone, locale, template_id, prefs_version, created_at, updated_at "
             "FROM users WHERE user_id = $1"),
     Section("addresses", ("channel", "address", "verified", "updated_at"),
-            "SELECT channel, address, verified, updated_at FROM user_addresses WHERE user_id = $1 ORDER BY channel"),
+            "SELECT channel, NULL, verified, updated_at, sealed FROM user_addresses WHERE user_id = $1 "
+            "ORDER BY channel", sealed="address"),
     Section("preferences", ("channel", "category", "content_type", "context", "value", "priority", "expires_at",
                             "active", "metadata", "created_at", "updated_at"),
             "SELECT channel, category, content_type, context::text, value::text, priority, expires_at, is_active, "
@@ -72,12 +93,12 @@ SECTIONS = (
     Section("audit", ("id", "action", "old_value", "new_value", "reason", "performed_by", "ip_address",
                       "user_agent", "at"),
             "SELECT id, action, old_value::text, new_value::text, reason, performed_by, host(ip_address), user_agent, "
-            "created_at FROM preference_audit_log WHERE user_id = $1 ORDER BY id",
-            frozenset({"old_value", "new_value"})),
+            "created_at, sealed FROM preference_audit_log WHERE user_id = $1 ORDER BY id",
+            frozenset({"old_value", "new_value"}), sealed="audit"),
     Section("suppressions", ("channel", "address", "reason", "source", "created_at"),
-            "SELECT s.channel, s.address, s.reason, s.source, s.created_at FROM suppressions s "
-            "JOIN user_addresses a ON a.channel = s.channel AND a.address = s.address WHERE a.user_id = $1 "
-            "ORDER BY s.channel"),
+            "SELECT s.channel, NULL, s.reason, s.source, s.created_at, a.sealed FROM suppressions s "
+            "JOIN user_addresses a ON a.channel = s.channel AND a.blind = s.blind WHERE a.user_id = $1 "
+            "ORDER BY s.channel", sealed="address"),
 )
 
 CONTEXT = {
@@ -106,20 +127,24 @@ def _plain(value):
     return value
 
 
-async def collect(conn: asyncpg.Connection, user_id: str) -> dict[str, list[dict]] | None:
-    """Every section's rows (JSON columns parsed), or None if there is no such user.
-    One repeatable-read snapshot: the sections agree with each other."""
+async def collect(conn: asyncpg.Connection, ring: Keyring, user_id: str) -> dict[str, list[dict]] | None:
+    """Every section's rows (JSON columns parsed, sealed values opened), or None
+    if there is no such user. One repeatable-read snapshot: the sections agree
+    with each other."""
     out: dict[str, list[dict]] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        key = (await pii.data_keys(conn, ring, [user_id])).get(user_id)
         for s in SECTIONS:
             rows = []
             for r in await conn.fetch(s.sql, user_id):
                 row = {}
-                for col, value in zip(s.columns, r, strict=True):
+                for col, value in zip(s.columns, r[:len(s.columns)], strict=True):
                     if col in s.json_columns and value is not None:
                         # jsonb as text; a held request as the MessagePack it is stored as
                         value = msgspec.msgpack.decode(value) if isinstance(value, bytes) else orjson.loads(value)
                     row[col] = _plain(value)
+                if s.sealed is not None:
+                    _open(s, row, r[len(s.columns)], key, user_id)
                 rows.append(row)
             out[s.name] = rows
     return out if out["profile"] else None

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 import orjson
 
+from infra.pii import Keyring
 from policy.prefs import Preference, context_key, ordered
 from policy.rules import Template
 from policy.sharding import stable_hash
@@ -61,7 +62,7 @@ def doc_json(c: Change) -> dict:
             "timezone": c.timezone, "template": c.template}
 
 
-async def write_change(conn: asyncpg.Connection, change: Change, expected: int, old: dict | None,
+async def write_change(conn: asyncpg.Connection, ring: Keyring, change: Change, expected: int, old: dict | None,
                        consent_changed: dict[str, str], source_id: str | None = None) -> UserState | None:
     """Commit one user's new preference set if its version is still ``expected``
     (None if not: another writer won). The caller holds the transaction. Returns
@@ -93,8 +94,8 @@ async def write_change(conn: asyncpg.Connection, change: Change, expected: int, 
             "withdrawn_at = COALESCE(EXCLUDED.withdrawn_at, preference_consent.withdrawn_at), updated_at = now()",
             uid, channel, status, change.source)
     new = doc_json(change)
-    fresh = (await state.refresh_states(conn, [uid]))[uid]
-    await append_audit(conn, [(uid, f"preferences.{change.type}", old, new, change.actor)])
+    fresh = (await state.refresh_states(conn, ring, [uid]))[uid]
+    await append_audit(conn, ring, [(uid, f"preferences.{change.type}", old, new, change.actor)])
     await conn.execute(
         "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id) "
         "VALUES ($1, $2, $3, $4, $5, $6)", uid, bumped, change.type, change.source, orjson.dumps(new).decode(),

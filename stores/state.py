@@ -1,8 +1,10 @@
 """A user's state as the UserShards hold it, in PostgreSQL: ``users.state``
 holds it as of the user's last committed write (a warm start reads one row per
-user); NULL there means "not computed", and the state is assembled from the
-tables (users, addresses, preference rows, consent, suppressions). Writers
-call ``refresh_states`` inside the transaction of their change."""
+user), sealed under the user's data key (stores/pii.py); NULL there means "not
+computed", and the state is assembled from the tables (users, addresses,
+preference rows, consent, suppressions). Writers call ``refresh_states`` inside
+the transaction of their change. Every function takes the engine's ``Keyring``
+(with its index key): states and addresses open only with it."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from typing import Protocol
 import asyncpg
 import msgspec
 
+from infra.pii import Keyring, PiiError, aad, open_sealed, seal
 from policy.prefs import Preference, ordered
 from policy.sharding import shard_of
 from policy.types import UserState
+from stores import pii
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,24 @@ decode_stored = msgspec.msgpack.Decoder(Stored).decode
 def to_stored(s: UserState) -> bytes:
     return _encode(Stored(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
                           tuple(sorted(s.consent))))
+
+
+def seal_state(key: bytes, s: UserState) -> bytes:
+    """``users.state`` as written: the MessagePack sealed under the user's key."""
+    return seal(key, to_stored(s), aad("users.state", s.user_id))
+
+
+def open_state(ring: Keyring, user_id: str, blob: bytes, master_id: str | None, wrapped: bytes | None) -> bytes | None:
+    """The MessagePack of a stored state, or None if it does not open (no key:
+    the user was erased meanwhile; a wrong one: the row is not theirs): the
+    caller assembles it from the tables instead."""
+    if master_id is None:
+        return None
+    try:
+        return open_sealed(pii.unwrap_user(ring, user_id, master_id, wrapped), blob, aad("users.state", user_id))
+    except PiiError:
+        log.warning("a stored user state does not open under its user's key: assembled from the tables")
+        return None
 
 
 def from_stored(user_id: str, blob: bytes) -> UserState:
@@ -78,67 +100,77 @@ async def load_consent(conn: asyncpg.Connection, ids: list[str]) -> dict[str, fr
 
 LOAD_USERS = ("SELECT user_id, timezone, locale, prefs_version, template_id FROM users "
               "WHERE user_id = ANY($1::text[])")
-LOAD_ADDRESSES = "SELECT user_id, channel, address FROM user_addresses WHERE user_id = ANY($1::text[])"
+LOAD_ADDRESSES = "SELECT user_id, channel, sealed FROM user_addresses WHERE user_id = ANY($1::text[])"
 LOAD_SUPPRESSED = """
 SELECT a.user_id, a.channel, s.reason FROM user_addresses a
-JOIN suppressions s ON s.channel = a.channel AND s.address = a.address
+JOIN suppressions s ON s.channel = a.channel AND s.blind = a.blind
 WHERE a.user_id = ANY($1::text[])
 """
-LOAD_STATES = "SELECT user_id, state FROM users WHERE user_id = ANY($1::text[])"
+LOAD_STATES = ("SELECT u.user_id, u.state, k.master_id, k.wrapped FROM users u LEFT JOIN user_keys k USING (user_id) "
+               "WHERE u.user_id = ANY($1::text[])")
 
 
-async def load_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
+async def load_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, UserState]:
     """States of the given users that exist: from ``users.state`` plus their
     suppressed addresses (two queries), or assembled from the tables for users
     whose state is not computed. ``templates`` is left to the shard."""
     ids = list(user_ids)
     states: dict[str, UserState] = {}
     stale = []
-    for uid, blob in await conn.fetch(LOAD_STATES, ids):
-        if blob is None:
+    for uid, blob, master_id, wrapped in await conn.fetch(LOAD_STATES, ids):
+        plain = None if blob is None else open_state(ring, uid, blob, master_id, wrapped)
+        if plain is None:
             stale.append(uid)
         else:
-            states[uid] = from_stored(uid, blob)
+            states[uid] = from_stored(uid, plain)
     if states:
         for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, list(states)):
             states[uid].suppressed[channel] = reason
     if stale:
-        assembled = await assemble_states(conn, stale)
-        await write_back(conn, assembled)
+        assembled = await assemble_states(conn, ring, stale)
+        await write_back(conn, ring, assembled)
         states.update(assembled)
     return states
 
 
-async def write_back(conn: asyncpg.Connection, states: dict[str, UserState]) -> None:
+async def write_back(conn: asyncpg.Connection, ring: Keyring, states: dict[str, UserState]) -> None:
     """Store states assembled for users whose ``users.state`` was NULL, unless a
     writer changed them since (their version moved, or a writer already stored
-    one): a reader never overwrites newer data with what it read."""
+    one): a reader never overwrites newer data with what it read. Users without a
+    key (none of their data is sealed yet) get one."""
+    if not states:
+        return
+    keys = await pii.data_keys(conn, ring, states, create=True)
     await conn.executemany(
         "UPDATE users SET state = $2 WHERE user_id = $1 AND state IS NULL AND prefs_version = $3",
-        [(uid, to_stored(s), s.version) for uid, s in states.items()])
+        [(uid, seal_state(keys[uid], s), s.version) for uid, s in states.items() if uid in keys])
 
 
-async def refresh_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
+async def refresh_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, UserState]:
     """Recompute ``users.state`` from the tables; writers call it inside the
     transaction of their change, once, after all of it. Returns the states (with
     suppressed addresses, without templates): what the writer holds once it commits."""
     if not user_ids:
         return {}
-    states = await assemble_states(conn, user_ids)
+    states = await assemble_states(conn, ring, user_ids)
+    keys = await pii.data_keys(conn, ring, states, create=True)
     await conn.executemany("UPDATE users SET state = $2 WHERE user_id = $1",
-                           [(uid, to_stored(s)) for uid, s in states.items()])
+                           [(uid, seal_state(keys[uid], s)) for uid, s in states.items() if uid in keys])
     return states
 
 
-async def assemble_states(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, UserState]:
-    """States read from every table (five set-based queries, whatever the count)."""
+async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, UserState]:
+    """States read from every table (six set-based queries, whatever the count)."""
     ids = list(user_ids)
     states = {r[0]: UserState(user_id=r[0], timezone=r[1], locale=r[2], version=r[3], template=r[4])
               for r in await conn.fetch(LOAD_USERS, ids)}
     if not states:
         return states
-    for uid, channel, address in await conn.fetch(LOAD_ADDRESSES, ids):
-        states[uid].addresses[channel] = address
+    rows = await conn.fetch(LOAD_ADDRESSES, ids)
+    if rows:
+        keys = await pii.data_keys(conn, ring, {r[0] for r in rows})
+        for uid, addresses in pii.open_addresses(ring, keys, rows).items():
+            states[uid].addresses.update(addresses)
     for uid, rows in (await load_prefs(conn, ids)).items():
         states[uid].prefs = rows
     for uid, consent in (await load_consent(conn, ids)).items():
@@ -155,14 +187,15 @@ class StateSink(Protocol):
     def update(self, states: dict[str, UserState]) -> None: ...
 
 
-SCAN_STATES = ("SELECT user_id, state, shard_key IS NULL FROM users "
-               "WHERE shard_key IS NULL OR shard_key % $1 = $2")
+SCAN_STATES = ("SELECT u.user_id, u.state, u.shard_key IS NULL, k.master_id, k.wrapped "
+               "FROM users u LEFT JOIN user_keys k USING (user_id) "
+               "WHERE u.shard_key IS NULL OR u.shard_key % $1 = $2")
 SCAN_SUPPRESSED = """
-SELECT a.user_id, a.channel, s.reason FROM suppressions s JOIN user_addresses a USING (channel, address)
+SELECT a.user_id, a.channel, s.reason FROM suppressions s JOIN user_addresses a USING (channel, blind)
 """
 
 
-async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: StateSink,
+async def scan_shard(conn: asyncpg.Connection, ring: Keyring, index: int, shards: int, into: StateSink,
                      limit: int | None = None, batch: int = 20_000) -> int:
     """Put every user this shard owns into ``into`` (a warm start), or the first
     ``limit`` found (what the cache holds at most): one pass over
@@ -180,21 +213,22 @@ async def scan_shard(conn: asyncpg.Connection, index: int, shards: int, into: St
     async with conn.transaction(readonly=True):
         cursor = await conn.cursor(SCAN_STATES, shards, index)
         while (limit is None or n + len(stale) < limit) and (rows := await cursor.fetch(batch)):
-            for uid, blob, unkeyed in rows:
+            for uid, blob, unkeyed, master_id, wrapped in rows:
                 if unkeyed and shard_of(uid, shards) != index:  # keyed rows: the WHERE decided
                     continue
                 if limit is not None and n + len(stale) >= limit:
                     break
-                if blob is None:
+                plain = None if blob is None else open_state(ring, uid, blob, master_id, wrapped)
+                if plain is None:
                     stale.append(uid)
                 else:
-                    into.put_stored(uid, blob, suppressed.get(uid))
+                    into.put_stored(uid, plain, suppressed.get(uid))
                     n += 1
     for i in range(0, len(stale), batch):
-        assembled = await assemble_states(conn, stale[i:i + batch])  # suppressed addresses included
+        assembled = await assemble_states(conn, ring, stale[i:i + batch])  # suppressed addresses included
         into.update(assembled)
         try:
-            await write_back(conn, assembled)
+            await write_back(conn, ring, assembled)
         except asyncpg.PostgresError as e:  # an optimisation: another writer holds the rows, it stores its own
             log.warning("warm start: %d states not written back (%s)", len(assembled), type(e).__name__)
     return n + len(stale)

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 
 import asyncpg
 
+from infra.pii import Keyring
 from policy.prefs import Preference
 from policy.sharding import shard_of, stable_hash
 from policy.types import UserProfile, UserState
-from stores import state
+from stores import pii, state
 from stores.audit import append_audit
 
 SHARD_USERS = "SELECT user_id FROM users WHERE shard_key IS NULL OR shard_key % $1 = $2"
@@ -22,11 +23,12 @@ async def shard_users(conn: asyncpg.Connection, index: int, shards: int) -> list
     return [r[0] for r in await conn.fetch(SHARD_USERS, shards, index) if shard_of(r[0], shards) == index]
 
 
-async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile],
+async def save_profiles(conn: asyncpg.Connection, ring: Keyring, profiles: Sequence[UserProfile],
                         old: Mapping[str, UserState], actor: str | None) -> None:
-    """Upsert users and replace their addresses, with audit rows. The caller
-    holds the transaction (opt-outs are written in it as a preference change)
-    and refreshes the users' ``users.state`` once its whole change is written."""
+    """Upsert users and replace their addresses (sealed under each user's key,
+    found by their blind index), with audit rows. The caller holds the
+    transaction (opt-outs are written in it as a preference change) and
+    refreshes the users' ``users.state`` once its whole change is written."""
     ids = [p.user_id for p in profiles]
     await conn.executemany(
         "INSERT INTO users (user_id, timezone, locale, shard_key) VALUES ($1, $2, $3, $4) "
@@ -34,9 +36,11 @@ async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile
         "locale = EXCLUDED.locale, shard_key = EXCLUDED.shard_key, updated_at = now()",
         [(p.user_id, p.timezone, p.locale, stable_hash(p.user_id)) for p in profiles])
     await conn.execute("DELETE FROM user_addresses WHERE user_id = ANY($1::text[])", ids)
+    keys = await pii.data_keys(conn, ring, ids, create=True)
     await conn.copy_records_to_table(
-        "user_addresses", columns=("user_id", "channel", "address"),
-        records=[(p.user_id, ch, addr) for p in profiles for ch, addr in p.addresses.items()])
+        "user_addresses", columns=pii.ADDRESS_COLUMNS,
+        records=pii.address_records(ring, keys, [(p.user_id, ch, addr) for p in profiles
+                                                 for ch, addr in p.addresses.items()]))
     entries = []
     for p in profiles:
         before = old.get(p.user_id)
@@ -44,7 +48,7 @@ async def save_profiles(conn: asyncpg.Connection, profiles: Sequence[UserProfile
                                                 "locale": before.locale}
         new = {"addresses": dict(p.addresses), "timezone": p.timezone, "locale": p.locale}
         entries.append((p.user_id, "profile.upsert", old_json, new, actor))
-    await append_audit(conn, entries)
+    await append_audit(conn, ring, entries)
 
 
 def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:
@@ -62,10 +66,26 @@ async def lock_versions(conn: asyncpg.Connection, user_ids: Sequence[str]) -> di
         "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) FOR UPDATE", list(user_ids))}
 
 
-async def forget_addresses(conn: asyncpg.Connection, gone: Sequence[tuple[str, str, str]]) -> None:
+async def forget_addresses(conn: asyncpg.Connection, ring: Keyring, gone: Sequence[tuple[str, str, str]]) -> None:
     """Remove (user, channel, address) a provider said are gone for good, and
     refresh those users' stored state, in one transaction."""
     async with conn.transaction():
         await conn.executemany(
-            "DELETE FROM user_addresses WHERE user_id = $1 AND channel = $2 AND address = $3", gone)
-        await state.refresh_states(conn, list({u for u, _, _ in gone}))
+            "DELETE FROM user_addresses WHERE user_id = $1 AND channel = $2 AND blind = $3",
+            [(u, ch, ring.blind(ch, addr)) for u, ch, addr in gone])
+        await state.refresh_states(conn, ring, list({u for u, _, _ in gone}))
+
+
+async def suppress(conn: asyncpg.Connection, ring: Keyring, channel: str, address: str, reason: str,
+                   source: str | None, replace: bool = False) -> tuple[bool, list[str]]:
+    """Suppress an address on a channel (kept as its blind index only, so it
+    outlives its owner's erasure); ``replace``: a suppression already there takes
+    the new reason. Returns (whether it is new, the users with that address)."""
+    blind = ring.blind(channel, address)
+    on_conflict = "DO UPDATE SET reason = EXCLUDED.reason, source = EXCLUDED.source" if replace else "DO NOTHING"
+    new = await conn.fetchval(
+        "INSERT INTO suppressions (channel, blind, reason, source) VALUES ($1, $2, $3, $4) "
+        f"ON CONFLICT (channel, blind) {on_conflict} RETURNING xmax = 0", channel, blind, reason, source)
+    users = [r[0] for r in await conn.fetch(
+        "SELECT user_id FROM user_addresses WHERE channel = $1 AND blind = $2", channel, blind)]
+    return bool(new), users

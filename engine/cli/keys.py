@@ -1,6 +1,10 @@
 """``tidings keys create --name N --scopes a,b | list | revoke ID | rotate ID |
-rotate-signing``: API keys (only a hash is stored; a key is printed once, on
-stdout, and never again) and the signing keys of end-user tokens."""
+rotate-signing | gen-master | rotate-master``: API keys (only a hash is stored;
+a key is printed once, on stdout, and never again), the signing keys of
+end-user tokens, and the master keys that wrap personal data's keys
+(docs/privacy.md: a new one is printed once, never stored by Tidings; a
+rotation re-wraps every user's key under the first configured one while the
+engine runs)."""
 
 from __future__ import annotations
 
@@ -8,20 +12,24 @@ import datetime as dt
 import sys
 
 import asyncpg
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine import auth, migrations
+from engine import auth, master_keys, migrations
 from engine.cli.common import console
 from infra import db
-from stores import keys as key_store
+from infra.config import ConfigError
+from infra.pii import PiiError
+from stores import keys as key_store, pii as pii_store
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("keys", help="API keys: `keys create --name N --scopes S,…`, `list`, `revoke ID`, "
-                                    "`rotate ID`, `rotate-signing`")
-    p.add_argument("action", choices=("create", "list", "revoke", "rotate", "rotate-signing", "scopes"))
-    p.add_argument("id", nargs="?", help="revoke, rotate: the key's id (tdk_<id>_…)")
+                                    "`rotate ID`, `rotate-signing`; master keys: `gen-master`, `rotate-master`")
+    p.add_argument("action", choices=("create", "list", "revoke", "rotate", "rotate-signing", "scopes",
+                                      "gen-master", "rotate-master"))
+    p.add_argument("id", nargs="?", help="revoke, rotate: the key's id (tdk_<id>_…); gen-master: the new key's id")
     p.add_argument("--name", help="create: what the key is for")
     p.add_argument("--scopes", help="create: comma-separated (see `tidings keys scopes`)")
     p.set_defaults(run=cmd_keys)
@@ -31,6 +39,16 @@ async def cmd_keys(cfg, args) -> int:
     if args.action == "scopes":
         for scope, what in auth.SCOPES.items():
             print(f"{scope:22} {what}")
+        return 0
+    if args.action == "gen-master":
+        try:
+            key = master_keys.generate(args.id)
+        except PiiError as e:
+            console.print(f"[red]{escape(str(e))}[/red]")
+            return 2
+        Console(stderr=True).print("a new master key (put it first in TIDINGS_PRIVACY_MASTER_KEYS, keep the old ones after it, "
+                      "then run `tidings keys rotate-master`); it is shown once:", highlight=False)
+        sys.stdout.write(key + "\n")
         return 0
     if args.action == "create":
         if not args.name or not args.scopes:
@@ -45,19 +63,32 @@ async def cmd_keys(cfg, args) -> int:
         console.print(f"[red]give the key's id[/red]: tidings keys {args.action} ID")
         return 2
     from engine.embedded import Services
+    try:
+        cfg = master_keys.with_master_keys(cfg)
+    except ConfigError as e:
+        console.print(f"[red]{escape(str(e))}[/red]")
+        return 2
     services = Services(cfg.engine.home, cfg.nats.url or "unused", cfg.database.url).start()
     try:
         await migrations.migrate_url(services.database_url, cfg.database.schema, cfg.database)
         conn = await db.connect(services.database_url, cfg.database, cfg.database.schema, app="tidings-cli")
         try:
-            return await _act(conn, args)
+            return await _act(conn, args, cfg)
         finally:
             await conn.close()
     finally:
         services.stop()
 
 
-async def _act(conn: asyncpg.Connection, args) -> int:
+async def _act(conn: asyncpg.Connection, args, cfg) -> int:
+    if args.action == "rotate-master":
+        ring = await pii_store.keyring(conn, master_keys.keyring(cfg))
+        done = await pii_store.rotate_master(conn, ring)
+        left = {k: n for k, n in (await pii_store.master_ids_in_use(conn)).items() if k != ring.current}
+        console.print(f"re-wrapped {done} key(s) under master key {escape(ring.current)}"
+                      + (f"; still under others: {left} (written meanwhile: run it again)" if left else
+                         "; the older master keys may now be removed"), highlight=False)
+        return 0
     if args.action == "create":
         key_id, key = await auth.create_key(conn, args.name, [s.strip() for s in args.scopes.split(",") if s.strip()])
         console.print(f"created key {key_id} ({escape(args.name)}); it is shown once:", highlight=False)

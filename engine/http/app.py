@@ -17,6 +17,7 @@ from engine.http import (
     audit,
     bulk,
     center,
+    erasure,
     events,
     export,
     health,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center)
+                 tokens, audit, unsubscribe, export, center, erasure)
 
 
 @web.middleware

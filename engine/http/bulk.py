@@ -116,7 +116,7 @@ async def run_import(engine: Engine, job_id: uuid.UUID, path: Path, fmt: str, ac
                 parsed = bulk.parse_csv(stream) if fmt == "csv" else bulk.parse_ndjson(stream)
                 async with engine.pool.acquire() as conn:
                     rows, users = await bulk.import_rows(
-                        conn, parsed, engine.policy, actor, progress=progress.note,
+                        conn, engine.ring, parsed, engine.policy, actor, progress=progress.note,
                         statement_timeout_s=engine.cfg.database.long_statement_timeout_s)
         finally:
             path.unlink(missing_ok=True)  # read: no longer needed, whatever comes next

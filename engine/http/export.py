@@ -34,13 +34,13 @@ async def export_user(request: web.Request) -> web.Response:
     if request.method == "HEAD":  # no export made, none audited
         return web.Response(content_type="application/zip" if fmt == "zip" else "application/ld+json")
     async with engine.pool.acquire() as conn:
-        sections = await export.collect(conn, user_id)
+        sections = await export.collect(conn, engine.ring, user_id)
         if sections is None:
             raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
         async with conn.transaction():
             # the user's row first: a chain's appends must not interleave (stores/audit.py)
             await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
-            await audit.append(conn, [audit.Entry(user_id, "gdpr.export", None, {"format": fmt},
+            await audit.append(conn, engine.ring, [audit.Entry(user_id, "gdpr.export", None, {"format": fmt},
                                                   actor=actor(request))])
     headers = {"Cache-Control": "no-store"}
     stamp = now.strftime("%Y%m%dT%H%M%SZ")

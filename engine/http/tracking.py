@@ -74,7 +74,7 @@ from providers.tracking import (
     verify_sendgrid,
     verify_twilio,
 )
-from stores import engagement
+from stores import engagement, users as user_store
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,6 @@ UPDATE delivery_tracking SET
     timeline = CASE WHEN $5 OR jsonb_array_length(timeline) < $6 THEN timeline || $2::jsonb ELSE timeline END,
     status = $3, reason = COALESCE($4, reason), updated_at = now()
 WHERE id = $1
-"""
-SUPPRESS = """
-INSERT INTO suppressions (channel, address, reason, source) VALUES ($1, $2, $3, $4)
-ON CONFLICT (channel, address) DO NOTHING RETURNING 1
 """
 
 
@@ -307,10 +303,6 @@ def engaged(ev: TrackingEvent, row) -> engagement.Engagement:
                                  ev.provider)
 
 
-def _same_address(a: str, b: str) -> bool:
-    return a.casefold() == b.casefold() if "@" in a else a == b
-
-
 async def apply(request: web.Request, events: list[TrackingEvent], channels: list[str]) -> web.Response:
     """Apply ``events`` in one transaction, then reload the users whose address
     was suppressed; the answer of every route."""
@@ -344,17 +336,11 @@ async def apply(request: web.Request, events: list[TrackingEvent], channels: lis
                     await engagement.record(conn, [engaged(ev, row)])
             if ev.hard and ev.status in ("bounced", "complained") and ev.address:
                 channel = row["channel"] if row is not None else chans[0]
-                address = ev.address
-                if row is not None:
-                    stored = await conn.fetchval("SELECT address FROM user_addresses WHERE user_id = $1 "
-                                                 "AND channel = $2", row["user_id"], channel)
-                    if stored and _same_address(stored, address):
-                        address = stored  # the form the engine matches suppressions against
                 why = "bounce" if ev.status == "bounced" else "complaint"
-                if await conn.fetchval(SUPPRESS, channel, address, why, ev.provider):
-                    suppressed += 1
-                users.update(r[0] for r in await conn.fetch(
-                    "SELECT user_id FROM user_addresses WHERE channel = $1 AND address = $2", channel, address))
+                # found by the blind index, which matches email case-insensitively (infra/pii.normalized)
+                new, owners = await user_store.suppress(conn, engine.ring, channel, ev.address, why, ev.provider)
+                suppressed += new
+                users.update(owners)
     await reload(engine, sorted(users))
     return reply({"events": len(events), "updated": updated, "suppressed": suppressed, "users": sorted(users)})
 

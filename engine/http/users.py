@@ -18,6 +18,7 @@ from policy import wire
 from policy.email import is_address
 from policy.sharding import shard_of
 from policy.types import Address, Channel, UserProfile, UserState
+from stores import users as user_store
 
 
 def profile_from(data, user_id: str | None, at: str) -> UserProfile:
@@ -96,11 +97,7 @@ async def add_suppression(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     s = decode(_suppression, await read_json(request), "suppression")
     async with engine.pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO suppressions (channel, address, reason, source) VALUES ($1, $2, $3, 'api') "
-            "ON CONFLICT (channel, address) DO UPDATE SET reason = EXCLUDED.reason", s.channel, s.address, s.reason)
-        users = [r[0] for r in await conn.fetch(
-            "SELECT user_id FROM user_addresses WHERE channel = $1 AND address = $2", s.channel, s.address)]
+        _, users = await user_store.suppress(conn, engine.ring, s.channel, s.address, s.reason, "api", replace=True)
     n = len(engine.actors.user_shards)
     await asyncio.gather(*(engine.actors.user_shards[shard_of(u, n)].reload.remote([u]) for u in users))
     return reply({"channel": s.channel, "address": s.address, "reason": s.reason, "users": users}, status=201)

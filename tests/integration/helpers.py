@@ -17,6 +17,7 @@ from infra import config
 from infra.config import Config
 from infra.tuning import with_provider_settings
 from policy.types import UserProfile
+from tests import sealing
 
 
 def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int | None = None,
@@ -34,6 +35,7 @@ def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int
         "ray": {"address": "", "dashboard": False},
         "http": {"port": 0},
         "recorder": {"linger_ms": 5},
+        "privacy": {"master_keys": sealing.MASTER_KEYS},  # rows tests write themselves open under it too
     }
     cfg = settings.load(profile="development", env={}, overrides=config.merge(base, overrides or {}))
     if "email" in channels and smtp_port is not None:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from engine import audit as signed, migrations
 from stores import audit
 from stores.audit import Entry, chain_hash
+from tests import sealing
 from tests.integration.helpers import drop_schema
 
 
@@ -28,11 +29,18 @@ async def conn(database_url):
     await drop_schema(database_url, name)
 
 
+async def add(conn, entries: list[Entry]) -> None:
+    """Append as the engine does: the users exist, their values sealed under their keys."""
+    await conn.executemany("INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                           [(e.user_id,) for e in entries])
+    await audit.append(conn, await sealing.ring(conn), entries)
+
+
 async def history(conn) -> None:
     """Three users' chains, with values that print differently in Python and PostgreSQL."""
     for step in range(3):
         async with conn.transaction():
-            await audit.append(conn, [
+            await add(conn, [
                 Entry("alice", "preferences.patch", {"n": step}, {"n": step + 1, "x": 1e16, "t": "é\u2028"},
                       actor="key:ops", reason="test", user_agent="pytest"),
                 Entry("bob", "profile.upsert", None, {"addresses": {"email": f"b{step}@example.test"}}, actor="user:bob"),
@@ -59,7 +67,8 @@ async def test_an_untouched_log_verifies_and_the_application_cannot_change_it(co
 
 @pytest.mark.parametrize("column, value", [("performed_by", "key:someone-else"), ("old_value", '{"n": 7}'),
                                            ("new_value", '{"n": 1}'), ("reason", None), ("user_agent", "curl"),
-                                           ("created_at", "2020-01-01T00:00:00Z"), ("action", "preferences.put")])
+                                           ("created_at", "2020-01-01T00:00:00Z"), ("action", "preferences.put"),
+                                           ("sealed", None)])
 async def test_changing_any_column_of_a_row_is_found_at_that_row(conn, column, value):
     await history(conn)
     target = await conn.fetchval("SELECT id FROM preference_audit_log WHERE user_id = 'alice' ORDER BY id OFFSET 1 LIMIT 1")
@@ -83,7 +92,7 @@ async def test_checkpoints_catch_a_cut_tail_and_a_dropped_chain_and_rows_after_t
     await history(conn)
     done = await signed.checkpoint(conn, key)
     assert done["chains"] == 3
-    await audit.append(conn, [Entry("alice", "preferences.patch", None, {"after": True})])  # after the checkpoint
+    await add(conn, [Entry("alice", "preferences.patch", None, {"after": True})])  # after the checkpoint
     assert (await signed.verify(conn, [key.public_key()])).ok
 
     bob_last = await conn.fetchval("SELECT max(id) FROM preference_audit_log WHERE user_id = 'bob'")
@@ -121,7 +130,7 @@ async def test_checkpoints_chain_so_none_can_be_removed_unseen_and_old_heads_go(
     key = Ed25519PrivateKey.generate()
     ids = []
     for step in range(3):
-        await audit.append(conn, [Entry(f"u{step}", "preferences.put", None, {"step": step})])
+        await add(conn, [Entry(f"u{step}", "preferences.put", None, {"step": step})])
         ids.append((await signed.checkpoint(conn, key))["id"])
     assert await conn.fetchval("SELECT array_agg(DISTINCT checkpoint_id) FROM audit_checkpoint_heads") == [ids[-1]]
     for sql in ("DELETE FROM audit_checkpoints", "UPDATE audit_checkpoints SET chains = 0",
@@ -156,7 +165,7 @@ async def test_a_forgotten_key_is_refused_and_a_rotation_verifies_with_both_keys
 
 
 async def test_ip_addresses_are_hashed_as_stored(conn):
-    await audit.append(conn, [Entry("ip", "preferences.put", None, {"v": 1}, ip="2001:DB8:0:0::1"),
+    await add(conn, [Entry("ip", "preferences.put", None, {"v": 1}, ip="2001:DB8:0:0::1"),
                               Entry("ip", "preferences.put", None, {"v": 2}, ip="10.0.0.1/32")])
     assert (await audit.verify(conn, "ip")).ok
 
@@ -167,7 +176,7 @@ async def test_rows_written_under_the_first_hash_rule_still_verify(conn):
     digest = chain_hash(None, "dave", "preferences.put", {"v": 1})
     await conn.execute("INSERT INTO preference_audit_log (user_id, action, new_value, hash, hash_version) "
                        "VALUES ('dave', 'preferences.put', '{\"v\": 1}', $1, 1)", digest)
-    await audit.append(conn, [Entry("dave", "preferences.patch", {"v": 1}, {"v": 2})])
+    await add(conn, [Entry("dave", "preferences.patch", {"v": 1}, {"v": 2})])
     assert (await audit.verify(conn, "dave")).ok
     await tamper(conn, "UPDATE preference_audit_log SET new_value = '{\"v\": 9}' WHERE hash_version = 1")
     assert [b.user_id for b in (await audit.verify(conn)).broken] == ["dave"]
@@ -213,7 +222,10 @@ async def test_verify_and_checkpoint_over_http_and_the_cli(nats_url, database_ur
         async with client.post(f"{engine.base_url}/v1/audit/checkpoints") as r:
             assert r.status == 201 and (await r.json())["chains"] == 3
         versions = {r[0] for r in await engine.pool.fetch("SELECT DISTINCT hash_version FROM preference_audit_log")}
-        assert versions == {2}
+        assert versions == {audit.HASH_VERSION}
+        # what is personal is sealed: no address, IP address or user agent in the clear
+        assert await engine.pool.fetchval("SELECT count(*) FROM preference_audit_log WHERE sealed IS NULL "
+                                          "OR old_value IS NOT NULL OR new_value IS NOT NULL") == 0
         async with client.get(f"{engine.base_url}/v1/audit/verify?user_id=au1") as r:
             body = await r.json()
             assert body["ok"] and body["chains"] == 1 and body["checkpoint"]["valid"], body

@@ -35,6 +35,7 @@ from policy import wire
 from policy.types import Content, DeliveryTask, NotificationRequest, Outcome
 from policy.windows import period_bounds
 from stores import schedules as schedule_store
+from tests import sealing
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,8 @@ class World:
         self.channel = type("Channel", (), {"deliver": Remote(self._deliver)})()
         self.recorder = type("Recorder", (), {"record": Remote(self._record)})()
         self.cfg = config.encode(engine_settings.load("development", env={}, overrides={
-            "database": {"url": url, "schema": schema}, "engine": {"user_shards": 1, "preload_users": False}}))
+            "database": {"url": url, "schema": schema}, "engine": {"user_shards": 1, "preload_users": False},
+            "privacy": {"master_keys": sealing.MASTER_KEYS}}))
         self.shard = self.new_shard()
 
     def new_shard(self) -> UserShard:
@@ -150,10 +152,10 @@ async def setup_schema(url: str, schema: str) -> None:
     await migrations.migrate_url(url, schema)
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
+        ring = await sealing.ring(conn)
         for u in USERS:
             await conn.execute("INSERT INTO users (user_id, timezone) VALUES ($1, 'Europe/Berlin')", u)
-            await conn.execute("INSERT INTO user_addresses (user_id, channel, address) VALUES ($1, 'email', $2)",
-                               u, f"{u}@example.test")
+            await sealing.add_address(conn, ring, u, "email", f"{u}@example.test")
             await conn.execute("INSERT INTO user_preferences (user_id, preference_type, channel, category, value) "
                                "VALUES ($1, 'global', '*', '*', '{\"frequency\": \"hourly\"}')", u)
     finally:

@@ -316,15 +316,18 @@ async def run_job(engine, client, body: bytes, fmt: str) -> dict:
 async def test_stored_state_matches_the_tables_and_preload_reads_it(engine, client):
     """users.state is kept by every writer (NULL after an import until read), and a
     warm start (preload) holds the same users as lazy loading does."""
-    from stores.state import assemble_states, from_stored
+    from stores.state import assemble_states, from_stored, open_state
     async with client.put(f"{engine.base_url}/v1/users/p40/preferences",
                           json={"preferences": [{"channel": "email", "frequency": "weekly"}],
                                 "consent": {"sms": "granted"}}) as r:
         assert r.status == 200
     async with engine.pool.acquire() as conn:
-        blob = await conn.fetchval("SELECT state FROM users WHERE user_id = 'p40'")
-        assembled = (await assemble_states(conn, ["p40"]))["p40"]
-        assert from_stored("p40", blob) == assembled
+        row = await conn.fetchrow("SELECT state, master_id, wrapped FROM users JOIN user_keys USING (user_id) "
+                                  "WHERE user_id = 'p40'")
+        assert b"example" not in row["state"]  # sealed: p40's address is not in it as text
+        ring = engine.ring
+        assembled = (await assemble_states(conn, ring, ["p40"]))["p40"]
+        assert from_stored("p40", open_state(ring, "p40", row["state"], row["master_id"], row["wrapped"])) == assembled
         imported_null = await conn.fetchval("SELECT count(*) FROM users WHERE user_id LIKE 'bulk%' "
                                             "AND state IS NULL")
     assert imported_null == 0  # the import set them NULL; reading them back stored them again
@@ -342,6 +345,8 @@ async def test_a_starting_shard_reads_its_users_in_the_background_and_writes_mea
     from policy import wire
     from policy.sharding import shard_of, stable_hash
     from stores.state import refresh_states
+    from stores.users import suppress
+    from tests import sealing
     n = engine.cfg.engine.user_shards
     ours = [f"warm{i}" for i in range(200) if shard_of(f"warm{i}", n) == 0][:3]  # users no other test has
     uid, bounced, templated = ours
@@ -351,11 +356,10 @@ async def test_a_starting_shard_reads_its_users_in_the_background_and_writes_mea
         await conn.execute("INSERT INTO users (user_id, shard_key, template_id) VALUES ($1, $2, 'warm-t'), "
                            "($3, $4, NULL) ON CONFLICT DO NOTHING", templated, stable_hash(templated),
                            bounced, stable_hash(bounced))
-        await conn.execute("INSERT INTO user_addresses (user_id, channel, address) VALUES ($1, 'email', $2) "
-                           "ON CONFLICT DO NOTHING", bounced, f"{bounced}@example.test")
-        await conn.execute("INSERT INTO suppressions (channel, address, reason) VALUES ('email', $1, 'bounce') "
-                           "ON CONFLICT DO NOTHING", f"{bounced}@example.test")
-        await refresh_states(conn, [bounced, templated])  # stored: the scan puts their users.state
+        ring = await sealing.ring(conn)
+        await sealing.add_address(conn, ring, bounced, "email", f"{bounced}@example.test")
+        await suppress(conn, ring, "email", f"{bounced}@example.test", "bounce", None)
+        await refresh_states(conn, ring, [bounced, templated])  # stored: the scan puts their users.state
     shard = UserShard(0, config.encode(engine.cfg), engine.database_url, {}, None)
     try:
         await shard._ready()  # what every call does first: the warm start begins here

@@ -27,6 +27,7 @@ from engine.http.tracking import MAILGUN_TOKENS, add_routes, next_status
 from infra import db
 from infra.config import ChannelConfig, Config, ProviderConfig
 from policy.sharding import shard_of
+from tests import sealing
 
 SG_PRIVATE = ec.generate_private_key(ec.SECP256R1())
 SG_PUBLIC = base64.b64encode(SG_PRIVATE.public_key().public_bytes(
@@ -92,6 +93,7 @@ class Harness:
         self.client = TestClient(TestServer(app))
 
     async def __aenter__(self):
+        self.engine.ring = await sealing.ring(self.engine.pool)
         await self.client.start_server()
         return self
 
@@ -139,9 +141,7 @@ async def h(pool):
 
 async def add_user(pool, user_id: str, channel: str, address: str) -> None:
     async with pool.acquire() as conn:
-        await conn.execute("INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id)
-        await conn.execute("INSERT INTO user_addresses (user_id, channel, address) VALUES ($1, $2, $3)",
-                           user_id, channel, address)
+        await sealing.add_address(conn, await sealing.ring(conn), user_id, channel, address)
 
 
 async def add_row(pool, user_id: str, channel: str, *, provider: str, message_id: str | None,
@@ -163,9 +163,7 @@ async def row(pool, nid: str, channel: str) -> dict:
 
 
 async def suppression(pool, channel: str, address: str):
-    r = await pool.fetchrow("SELECT reason, source FROM suppressions WHERE channel = $1 AND address = $2",
-                            channel, address)
-    return None if r is None else (r["reason"], r["source"])
+    return await sealing.suppression(pool, await sealing.ring(pool), channel, address)
 
 
 async def engaged(pool, nid: str) -> list[tuple]:

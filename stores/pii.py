@@ -1,0 +1,194 @@
+"""Per-user data keys and the index key in PostgreSQL (``user_keys``,
+``pii_keys``), and sealing what a user's rows hold (infra/pii.py has the
+cryptography; docs/privacy.md the design).
+
+``keyring`` loads (or, the first time, makes) the index key; ``data_keys`` reads
+users' keys and makes those missing; ``rotate_master`` re-wraps every key under
+the current master key; ``seal_legacy`` seals rows written before migration 021.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import asyncpg
+import msgspec
+
+from infra.pii import INDEX_KEY_AAD, Keyring, PiiError, aad, new_key, open_sealed, seal, user_key_aad
+
+log = logging.getLogger(__name__)
+
+INDEX = "index"
+
+
+async def keyring(conn: asyncpg.Connection, ring: Keyring) -> Keyring:
+    """``ring`` with the index key, made and stored (wrapped) if there is none yet."""
+    row = await conn.fetchrow("SELECT master_id, wrapped FROM pii_keys WHERE name = $1", INDEX)
+    if row is None:
+        master_id, wrapped = ring.wrap(new_key(), INDEX_KEY_AAD)
+        await conn.execute("INSERT INTO pii_keys (name, master_id, wrapped) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (name) DO NOTHING", INDEX, master_id, wrapped)
+        row = await conn.fetchrow("SELECT master_id, wrapped FROM pii_keys WHERE name = $1", INDEX)
+    return ring.with_index(ring.unwrap(row[0], row[1], INDEX_KEY_AAD))
+
+
+def unwrap_user(ring: Keyring, user_id: str, master_id: str, wrapped: bytes) -> bytes:
+    return ring.unwrap(master_id, wrapped, user_key_aad(user_id))
+
+
+async def data_keys(conn: asyncpg.Connection, ring: Keyring, user_ids: Iterable[str],
+                    create: bool = False) -> dict[str, bytes]:
+    """The users' data keys; with ``create``, those without one get one if they
+    exist in ``users`` (an erased user does not get a new key from a late
+    reader); a concurrent maker's key wins: the insert does nothing and the
+    key is read back."""
+    ids = list(dict.fromkeys(user_ids))
+    keys = {r[0]: unwrap_user(ring, r[0], r[1], r[2]) for r in await conn.fetch(
+        "SELECT user_id, master_id, wrapped FROM user_keys WHERE user_id = ANY($1::text[])", ids)}
+    missing = [u for u in ids if u not in keys]
+    if create and missing:
+        made = [(u, *ring.wrap(new_key(), user_key_aad(u))) for u in missing]
+        await conn.executemany("INSERT INTO user_keys (user_id, master_id, wrapped) SELECT $1, $2, $3 "
+                               "WHERE EXISTS (SELECT 1 FROM users WHERE user_id = $1) "
+                               "ON CONFLICT (user_id) DO NOTHING", made)
+        for r in await conn.fetch("SELECT user_id, master_id, wrapped FROM user_keys "
+                                  "WHERE user_id = ANY($1::text[])", missing):
+            keys[r[0]] = unwrap_user(ring, r[0], r[1], r[2])
+    return keys
+
+
+async def copy_new_keys(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, bytes]:
+    """Keys for users that have none, written with COPY (a population loaded in
+    bulk: seeders, benchmarks); returns them."""
+    keys = {u: new_key() for u in user_ids}
+    await conn.copy_records_to_table("user_keys", columns=("user_id", "master_id", "wrapped"),
+                                     records=[(u, *ring.wrap(k, user_key_aad(u))) for u, k in keys.items()])
+    return keys
+
+
+# -- what is sealed, and how it is bound ---------------------------------------
+
+def address_aad(user_id: str, channel: str) -> bytes:
+    return aad("address", user_id, channel)
+
+
+def seal_address(key: bytes, user_id: str, channel: str, address: str) -> bytes:
+    return seal(key, address.encode(), address_aad(user_id, channel))
+
+
+def open_address(key: bytes, user_id: str, channel: str, sealed: bytes) -> str:
+    return open_sealed(key, sealed, address_aad(user_id, channel)).decode()
+
+
+def address_records(ring: Keyring, keys: Mapping[str, bytes],
+                    rows: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, bytes, bytes]]:
+    """(user, channel, address) → the ``user_addresses`` record (user_id,
+    channel, sealed, blind)."""
+    return [(uid, ch, seal_address(keys[uid], uid, ch, addr), ring.blind(ch, addr)) for uid, ch, addr in rows]
+
+
+ADDRESS_COLUMNS = ("user_id", "channel", "sealed", "blind")
+
+
+def seal_json(key: bytes, kind: str, user_id: str, value: object) -> bytes:
+    return seal(key, msgspec.json.encode(value), aad(kind, user_id))
+
+
+def open_json(key: bytes, kind: str, user_id: str, sealed: bytes):
+    return msgspec.json.decode(open_sealed(key, sealed, aad(kind, user_id)))
+
+
+# -- rotation and the rows from before -----------------------------------------
+
+async def rotate_master(conn: asyncpg.Connection, ring: Keyring, batch: int = 2000) -> int:
+    """Re-wrap every key not under the current master key (``ring.current``),
+    ``batch`` rows per transaction: the engine keeps running, and a key is
+    readable under either master key meanwhile (both are configured). Returns
+    the keys re-wrapped; afterwards the old master key may be removed."""
+    done = 0
+    row = await conn.fetchrow("SELECT master_id, wrapped FROM pii_keys WHERE name = $1", INDEX)
+    if row is not None and row[0] != ring.current:
+        index = ring.unwrap(row[0], row[1], INDEX_KEY_AAD)
+        master_id, wrapped = ring.wrap(index, INDEX_KEY_AAD)
+        await conn.execute("UPDATE pii_keys SET master_id = $2, wrapped = $3, rewrapped_at = now() "
+                           "WHERE name = $1 AND master_id = $4", INDEX, master_id, wrapped, row[0])
+        done += 1
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch("SELECT user_id, master_id, wrapped FROM user_keys WHERE master_id <> $1 "
+                                    "LIMIT $2 FOR UPDATE SKIP LOCKED", ring.current, batch)
+            if not rows:
+                return done
+            updates = []
+            for uid, master_id, wrapped in rows:
+                bound = user_key_aad(uid)
+                updates.append((uid, *ring.wrap(ring.unwrap(master_id, wrapped, bound), bound)))
+            await conn.executemany("UPDATE user_keys SET master_id = $2, wrapped = $3 WHERE user_id = $1", updates)
+            done += len(updates)
+
+
+async def master_ids_in_use(conn: asyncpg.Connection) -> dict[str, int]:
+    """Keys wrapped under each master key id (what a rotation leaves to do)."""
+    rows = await conn.fetch("SELECT master_id, count(*) FROM (SELECT master_id FROM user_keys "
+                            "UNION ALL SELECT master_id FROM pii_keys) k GROUP BY master_id")
+    return {r[0]: r[1] for r in rows}
+
+
+async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000) -> dict[str, int]:
+    """Seal what was written in plaintext before migration 021: addresses (sealed
+    and indexed, the text emptied) and suppressions (indexed, the text emptied).
+    Idempotent; each batch is its own transaction. Audit rows written before stay
+    as they were: the log is append-only (docs/privacy.md says what that means)."""
+    counts = {"addresses": 0, "suppressions": 0}
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch("SELECT user_id, channel, address FROM user_addresses WHERE address IS NOT NULL "
+                                    "LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
+            if not rows:
+                break
+            keys = await data_keys(conn, ring, [r[0] for r in rows], create=True)
+            await conn.executemany(
+                "UPDATE user_addresses SET sealed = $3, blind = $4, address = NULL WHERE user_id = $1 AND channel = $2",
+                address_records(ring, keys, [tuple(r) for r in rows]))
+            await conn.execute("UPDATE users SET state = NULL WHERE user_id = ANY($1::text[])",
+                               list({r[0] for r in rows}))
+            counts["addresses"] += len(rows)
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch("SELECT ctid, channel, address FROM suppressions WHERE address IS NOT NULL "
+                                    "LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
+            if not rows:
+                break
+            for ctid, channel, address in rows:
+                blind = ring.blind(channel, address)
+                if await conn.fetchval("SELECT 1 FROM suppressions WHERE channel = $1 AND blind = $2", channel, blind):
+                    await conn.execute("DELETE FROM suppressions WHERE ctid = $1", ctid)  # the same address, twice
+                else:
+                    await conn.execute("UPDATE suppressions SET blind = $2, address = NULL WHERE ctid = $1",
+                                       ctid, blind)
+            counts["suppressions"] += len(rows)
+    if any(counts.values()):
+        log.info("sealed rows written before encryption at rest: %s", counts)
+    return counts
+
+
+def open_addresses(ring: Keyring, keys: Mapping[str, bytes], rows: Sequence) -> dict[str, dict[str, str]]:
+    """``user_addresses`` rows (user_id, channel, sealed) → {user: {channel:
+    address}}; an address whose user has no key (erased, or a row that is not
+    theirs) is left out rather than failing the read."""
+    out: dict[str, dict[str, str]] = {}
+    for uid, channel, sealed in rows:
+        key = keys.get(uid)
+        if key is None or sealed is None:
+            continue
+        try:
+            out.setdefault(uid, {})[channel] = open_address(key, uid, channel, sealed)
+        except PiiError:
+            log.warning("an address of a user does not open under their key (channel %s)", channel)
+    return out
+
+
+__all__ = ["ADDRESS_COLUMNS", "address_records", "copy_new_keys", "data_keys", "keyring", "master_ids_in_use", "open_address",
+           "open_addresses", "open_json", "rotate_master", "seal_address", "seal_json", "seal_legacy",
+           "unwrap_user"]
