@@ -8,6 +8,7 @@ destroyed, and never after."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from infra.config import Config, ConfigError
 from infra.pii import Keyring, PiiError, format_master_key, new_key, parse_master_keys
 
 KEY_FILE = "master.keys"
+
+log = logging.getLogger(__name__)
 
 
 def generate(kid: str | None = None) -> str:
@@ -31,8 +34,11 @@ def spec(cfg: Config) -> str:
     """The configured master keys, else the home file's (made if missing)."""
     if cfg.privacy.master_keys:
         return cfg.privacy.master_keys
-    data, _ = secret_files.read_or_create(Path(cfg.engine.home).resolve() / KEY_FILE,
-                                          lambda: (generate() + "\n").encode())
+    path = Path(cfg.engine.home).resolve() / KEY_FILE
+    data, made = secret_files.read_or_create(path, lambda: (generate() + "\n").encode())
+    if made:
+        log.warning("made a master key for personal data in %s (mode 0600): fine for a demo; in production set "
+                    "TIDINGS_PRIVACY_MASTER_KEYS, and losing this file makes every address unreadable", path)
     return data.decode().strip()
 
 

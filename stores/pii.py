@@ -111,9 +111,9 @@ async def rotate_master(conn: asyncpg.Connection, ring: Keyring, batch: int = 20
     if row is not None and row[0] != ring.current:
         index = ring.unwrap(row[0], row[1], INDEX_KEY_AAD)
         master_id, wrapped = ring.wrap(index, INDEX_KEY_AAD)
-        await conn.execute("UPDATE pii_keys SET master_id = $2, wrapped = $3, rewrapped_at = now() "
-                           "WHERE name = $1 AND master_id = $4", INDEX, master_id, wrapped, row[0])
-        done += 1
+        status = await conn.execute("UPDATE pii_keys SET master_id = $2, wrapped = $3, rewrapped_at = now() "
+                                    "WHERE name = $1 AND master_id = $4", INDEX, master_id, wrapped, row[0])
+        done += status.endswith(" 1")
     while True:
         async with conn.transaction():
             rows = await conn.fetch("SELECT user_id, master_id, wrapped FROM user_keys WHERE master_id <> $1 "
@@ -162,8 +162,13 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
                 break
             for ctid, channel, address in rows:
                 blind = ring.blind(channel, address)
+                # the same address twice (it differed in case only): one row stays; a
+                # complaint or bounce outranks a manual suppression
+                await conn.execute(
+                    "UPDATE suppressions SET reason = $3 WHERE channel = $1 AND blind = $2 AND reason = 'manual'",
+                    channel, blind, await conn.fetchval("SELECT reason FROM suppressions WHERE ctid = $1", ctid))
                 if await conn.fetchval("SELECT 1 FROM suppressions WHERE channel = $1 AND blind = $2", channel, blind):
-                    await conn.execute("DELETE FROM suppressions WHERE ctid = $1", ctid)  # the same address, twice
+                    await conn.execute("DELETE FROM suppressions WHERE ctid = $1", ctid)
                 else:
                     await conn.execute("UPDATE suppressions SET blind = $2, address = NULL WHERE ctid = $1",
                                        ctid, blind)

@@ -39,7 +39,8 @@ async def export_user(request: web.Request) -> web.Response:
             raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
         async with conn.transaction():
             # the user's row first: a chain's appends must not interleave (stores/audit.py)
-            await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+            if await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id) is None:
+                raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])  # erased meanwhile
             await audit.append(conn, engine.ring, [audit.Entry(user_id, "gdpr.export", None, {"format": fmt},
                                                   actor=actor(request))])
     headers = {"Cache-Control": "no-store"}

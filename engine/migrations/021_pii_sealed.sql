@@ -13,8 +13,10 @@ CREATE TABLE pii_keys (
     rewrapped_at timestamptz
 );
 
+-- Deleted with its user (erasure deletes it first, explicitly); the reference
+-- also keeps a key from being made for a user an erasure is deleting.
 CREATE TABLE user_keys (
-    user_id     text PRIMARY KEY,
+    user_id     text PRIMARY KEY REFERENCES users (user_id) ON DELETE CASCADE,
     master_id   text NOT NULL,               -- which master key wraps it (rotation re-wraps)
     wrapped     bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
@@ -51,12 +53,17 @@ CREATE TABLE erasure_receipts (
     requested_by  text,
     erased_at     timestamptz NOT NULL DEFAULT now(),
     deleted       jsonb NOT NULL,            -- rows deleted per table
-    audit_row     bigint NOT NULL,           -- the chain's 'user.erased' row (its hash is in the checkpoints)
+    audit_row     bigint NOT NULL,           -- the chain's 'gdpr.erase' row (its hash is in the checkpoints)
     audit_hash    bytea NOT NULL
 );
 CREATE INDEX idx_erasure_receipts_user ON erasure_receipts (user_id);
 CREATE TRIGGER erasure_receipts_append_only BEFORE UPDATE OR DELETE ON erasure_receipts
     FOR EACH ROW EXECUTE FUNCTION audit_refuse();
+CREATE TRIGGER erasure_receipts_no_truncate BEFORE TRUNCATE ON erasure_receipts
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse();
+-- what seal_legacy looks for at every start: empty once done, so found at once
+CREATE INDEX idx_user_addresses_plaintext ON user_addresses (user_id) WHERE address IS NOT NULL;
+CREATE INDEX idx_suppressions_plaintext ON suppressions (channel) WHERE address IS NOT NULL;
 -- what an erasure deletes by user, found without a scan of the table
 CREATE INDEX idx_scheduled_user ON scheduled_notifications (user_id);
 CREATE INDEX idx_digest_buckets_user ON digest_buckets (user_id);

@@ -208,3 +208,24 @@ async def test_master_keys_rotate_while_the_engine_runs_and_the_new_key_alone_re
             assert ring.blind("email", "person0@privacy.test") == blind_before
             report = await audit.verify(conn)
             assert report.ok
+
+
+async def test_the_migration_is_not_reversed_over_sealed_data(database_url):
+    """Reversing 021 would lose every sealed address and suppression and break
+    the version-3 audit chains: with anything sealed, it refuses."""
+    import asyncpg
+
+    from engine import migrations
+    from tests.integration.helpers import drop_schema
+    schema = f"t_seal_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrations.migrate(conn, schema)
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await sealing.add_address(conn, await sealing.ring(conn), "s1", "email", "s1@privacy.test")
+        with pytest.raises(asyncpg.RaiseError, match="cannot be reversed"):
+            await migrations.rollback(conn, 20, schema)
+        assert await conn.fetchval("SELECT count(*) FROM user_addresses WHERE sealed IS NOT NULL") == 1
+    finally:
+        await conn.close()
+        await drop_schema(database_url, schema)
