@@ -42,3 +42,15 @@ if ! command -v redis-server >/dev/null; then
         echo "$redis_hint" >&2
     fi
 fi
+# Debian's Chromium and ChromeDriver for the browser test (tests/browser): only with
+# the test extras, only where apt-get runs as root; elsewhere that test is skipped
+# (and fails under CI=true, where it must run).
+if [[ ",$extras," == *",test,"* ]] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+            echo "chromium not installed (apt-get install chromium chromium-driver): the browser test will be skipped" >&2
+        fi
+    else
+        echo "chromium not found (apt-get install chromium chromium-driver): the browser test will be skipped" >&2
+    fi
+fi

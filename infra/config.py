@@ -18,6 +18,7 @@ from policy.types import Channel
 # Environment variables that start with TIDINGS_ but are not settings.
 # TIDINGS_CREDENTIALS_KEY: the keys of stored provider credentials (engine/credentials.py).
 NOT_SETTINGS = ("TIDINGS_ENV", "TIDINGS_CONFIG", "TIDINGS_CONFIG_DIR", "TIDINGS_TEST_", "TIDINGS_CREDENTIALS_KEY",
+                "TIDINGS_AUDIT_SIGNING_KEY",
                 "TIDINGS_API_KEY", "TIDINGS_LOCUST_")
 
 Positive = Annotated[int, Meta(ge=1)]

@@ -116,31 +116,37 @@ async def load_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequenc
     whose state is not computed. ``templates`` is left to the shard."""
     ids = list(user_ids)
     states: dict[str, UserState] = {}
-    stale = []
+    stale: dict[str, tuple[str | None, bytes | None]] = {}  # user -> their wrapped key, read with the row
     for uid, blob, master_id, wrapped in await conn.fetch(LOAD_STATES, ids):
         plain = None if blob is None else open_state(ring, uid, blob, master_id, wrapped)
         if plain is None:
-            stale.append(uid)
+            stale[uid] = (master_id, wrapped)
         else:
             states[uid] = from_stored(uid, plain)
     if states:
         for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, list(states)):
             states[uid].suppressed[channel] = reason
     if stale:
-        assembled = await assemble_states(conn, ring, stale)
-        await write_back(conn, ring, assembled)
+        # the keys came with the rows: unwrapped once, for reading and for writing back
+        keys = {uid: pii.unwrap_user(ring, uid, m, w) for uid, (m, w) in stale.items() if m is not None}
+        if len(keys) < len(stale):
+            keys |= await pii.data_keys(conn, ring, [u for u in stale if u not in keys], create=True)
+        assembled = await assemble_states(conn, ring, list(stale), keys)
+        await write_back(conn, ring, assembled, keys)
         states.update(assembled)
     return states
 
 
-async def write_back(conn: asyncpg.Connection, ring: Keyring, states: dict[str, UserState]) -> None:
+async def write_back(conn: asyncpg.Connection, ring: Keyring, states: dict[str, UserState],
+                     keys: dict[str, bytes] | None = None) -> None:
     """Store states assembled for users whose ``users.state`` was NULL, unless a
     writer changed them since (their version moved, or a writer already stored
     one): a reader never overwrites newer data with what it read. Users without a
     key (none of their data is sealed yet) get one."""
     if not states:
         return
-    keys = await pii.data_keys(conn, ring, states, create=True)
+    if keys is None or not all(uid in keys for uid in states):
+        keys = await pii.data_keys(conn, ring, states, create=True)
     await conn.executemany(
         "UPDATE users SET state = $2 WHERE user_id = $1 AND state IS NULL AND prefs_version = $3",
         [(uid, seal_state(keys[uid], s), s.version) for uid, s in states.items() if uid in keys])
@@ -152,15 +158,17 @@ async def refresh_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequ
     suppressed addresses, without templates): what the writer holds once it commits."""
     if not user_ids:
         return {}
-    states = await assemble_states(conn, ring, user_ids)
-    keys = await pii.data_keys(conn, ring, states, create=True)
+    keys = await pii.data_keys(conn, ring, user_ids, create=True)
+    states = await assemble_states(conn, ring, user_ids, keys)
     await conn.executemany("UPDATE users SET state = $2 WHERE user_id = $1",
                            [(uid, seal_state(keys[uid], s)) for uid, s in states.items() if uid in keys])
     return states
 
 
-async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, UserState]:
-    """States read from every table (six set-based queries, whatever the count)."""
+async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str],
+                          keys: dict[str, bytes] | None = None) -> dict[str, UserState]:
+    """States read from every table (six set-based queries, whatever the count);
+    ``keys``: the users' data keys if the caller has them already."""
     ids = list(user_ids)
     states = {r[0]: UserState(user_id=r[0], timezone=r[1], locale=r[2], version=r[3], template=r[4])
               for r in await conn.fetch(LOAD_USERS, ids)}
@@ -168,7 +176,8 @@ async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Seq
         return states
     rows = await conn.fetch(LOAD_ADDRESSES, ids)
     if rows:
-        keys = await pii.data_keys(conn, ring, {r[0] for r in rows})
+        if keys is None:
+            keys = await pii.data_keys(conn, ring, {r[0] for r in rows})
         for uid, addresses in pii.open_addresses(ring, keys, rows).items():
             states[uid].addresses.update(addresses)
     for uid, rows in (await load_prefs(conn, ids)).items():
@@ -225,10 +234,11 @@ async def scan_shard(conn: asyncpg.Connection, ring: Keyring, index: int, shards
                     into.put_stored(uid, plain, suppressed.get(uid))
                     n += 1
     for i in range(0, len(stale), batch):
-        assembled = await assemble_states(conn, ring, stale[i:i + batch])  # suppressed addresses included
+        keys = await pii.data_keys(conn, ring, stale[i:i + batch], create=True)
+        assembled = await assemble_states(conn, ring, stale[i:i + batch], keys)  # suppressed addresses included
         into.update(assembled)
         try:
-            await write_back(conn, ring, assembled)
+            await write_back(conn, ring, assembled, keys)
         except asyncpg.PostgresError as e:  # an optimisation: another writer holds the rows, it stores its own
             log.warning("warm start: %d states not written back (%s)", len(assembled), type(e).__name__)
     return n + len(stale)
