@@ -66,3 +66,9 @@ def test_provider_settings_read_credentials_from_the_environment():
     with pytest.raises(ProviderConfigError, match="TW_TOKEN is not set") as e:
         from_env({"auth_token": "env:TW_TOKEN"}, {})
     assert "s3cret" not in str(e.value)
+
+
+def test_secrets_given_in_the_environment_are_not_taken_for_settings():
+    env = {"TIDINGS_AUDIT_SIGNING_KEY": "pem", "TIDINGS_CREDENTIALS_KEY": "k", "TIDINGS_API_KEY": "tdk_x",
+           "TIDINGS_PRIVACY_MASTER_KEYS": "m1:" + "A" * 44}
+    assert settings.load(env=env).privacy.master_keys == "m1:" + "A" * 44
