@@ -39,6 +39,8 @@ class Packed(msgspec.Struct, array_like=True, omit_defaults=True):
     template: str | None = None
     consent: tuple[str, ...] = ()
     suppressed: dict[str, str] = {}
+    consent_until: dict[str, float] = {}
+    consent_state: dict[str, str] = {}
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -73,14 +75,15 @@ class UserCache(Mapping[str, UserState]):
             zone = self._zone_ix[s.timezone] = len(self._zones)
             self._zones.append(s.timezone)
         return _encode(Packed(s.addresses, zone, s.locale, s.version, s.prefs, s.template,
-                              tuple(sorted(s.consent)), s.suppressed))
+                              tuple(sorted(s.consent)), s.suppressed, s.consent_until, s.consent_state))
 
     def _unpack(self, user_id: str, blob: bytes) -> UserState:
         p = _decode(blob)
         return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs,
                          templates=self.templates.get(p.template, ()) if p.template else (),
                          template=p.template, consent=frozenset(p.consent), suppressed=p.suppressed,
-                         timezone=self._zones[p.zone], locale=p.locale, version=p.version)
+                         timezone=self._zones[p.zone], locale=p.locale, version=p.version,
+                         consent_until=p.consent_until, consent_state=p.consent_state)
 
     def _hold(self, user_id: str, blob: bytes) -> None:
         self._blobs[user_id] = blob
@@ -138,7 +141,7 @@ class UserCache(Mapping[str, UserState]):
             zone = self._zone_ix[p.timezone] = len(self._zones)
             self._zones.append(p.timezone)
         return _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template, p.consent,
-                              suppressed or {}))
+                              suppressed or {}, p.consent_until, p.consent_state))
 
     def loading(self, token: int) -> WarmSink:
         """Where a warm start begun at ``token`` (``begin_load``) puts what it

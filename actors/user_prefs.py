@@ -14,9 +14,19 @@ import msgspec
 from policy import wire
 from policy.prefs import USER_CHANNELS, ordered
 from policy.types import UserState
-from policy.validate import PreferencesDoc, PreferencesPatch, apply_patch, doc_errors, patch_errors, rule_errors
+from policy.validate import (
+    Consent,
+    ConsentRecord,
+    PreferencesDoc,
+    PreferencesPatch,
+    apply_patch,
+    consent_status_of,
+    doc_errors,
+    patch_errors,
+    rule_errors,
+)
 from stores import prefs as prefs_store
-from stores.prefs import Change
+from stores.prefs import Change, split_consent_key
 
 
 class PrefCommand(msgspec.Struct, kw_only=True):
@@ -109,7 +119,7 @@ class PrefsMixin:
         if cmd.if_match is not None and cmd.if_match != current:
             return PrefResult(user_id=uid, status="conflict", version=current)
         rows = list(state.prefs) if state else []
-        consent = {ch: "granted" for ch in state.consent} if state else {}
+        consent = ({**state.consent_state, **{k: "granted" for k in state.consent}} if state else {})
         tz = state.timezone if state else "UTC"
         template = state.template if state else None
         if cmd.put is not None:
@@ -118,19 +128,22 @@ class PrefsMixin:
         else:
             doc, kind, errors = cmd.patch, "patch", patch_errors(cmd.patch, self.policy)
             new_rows, changed_consent = apply_patch(rows, doc), _consent_delta(consent, doc.consent, replace=False)
+        pending = self._awaiting_confirmation(consent, changed_consent, cmd.source)
         if doc.template is not None:
             template = doc.template or None
         chain = await self._chain(conn, template)
         if template and not chain:
             errors.append(("template", f"no template {template!r}"))
         if not errors:
-            granted = frozenset(c for c, v in {**consent, **changed_consent}.items() if v == "granted")
+            granted = frozenset(c for c, v in {**consent, **changed_consent}.items()
+                                if consent_status_of(v) == "granted")
             errors = rule_errors(new_rows, chain, self.policy, self.clock(),
                                  "preferences" if kind == "put" else "set", granted)
         if errors:
             return PrefResult(user_id=uid, status="invalid", version=current, errors=errors)
         change = Change(user_id=uid, version=current, type=kind, source=cmd.source, preferences=new_rows,
-                        consent={**{c: s for c, s in consent.items() if s == "granted"}, **changed_consent},
+                        consent={**{c: s for c, s in consent.items() if s == "granted"},
+                                 **{c: consent_status_of(v) for c, v in changed_consent.items()}},
                         timezone=doc.timezone or tz, template=template, actor=cmd.actor)
         old = doc_of(state, uid) if state else None
         try:
@@ -146,7 +159,22 @@ class PrefsMixin:
             return PrefResult(user_id=uid, status="conflict", version=theirs.version if theirs else 0)
         fresh.templates = chain
         self.users[uid] = fresh
+        if pending:
+            await self._ask_confirmation(fresh, pending, change.version)
         return PrefResult(user_id=uid, status="ok", version=change.version, change=change)
+
+    def _awaiting_confirmation(self, current: dict[str, str], changed: dict, source: str) -> list[str]:
+        """Grants that a double opt-in rule holds back: written ``pending`` (in
+        ``changed``) until the person confirms (``source`` ``sms_reply``: this is
+        the confirmation). Returns their keys."""
+        held = []
+        for key, value in list(changed.items()):
+            channel, purpose = split_consent_key(key)
+            if (consent_status_of(value) == "granted" and source != "sms_reply" and current.get(key) != "granted"
+                    and self.policy.double_opt_in(channel, purpose)):
+                changed[key] = "pending" if isinstance(value, str) else msgspec.structs.replace(value, status="pending")
+                held.append(key)
+        return held
 
     async def _chain(self, conn, template_id: str | None) -> tuple:
         if not template_id:
@@ -176,12 +204,13 @@ class PrefsMixin:
         return len(fresh)
 
 
-def _consent_delta(current: dict[str, str], given: dict[str, str], replace: bool) -> dict[str, str]:
-    """Consent rows to write: what ``given`` changes, and for a PUT, withdrawal of
-    every granted channel it leaves out."""
-    delta = {ch: s for ch, s in given.items() if current.get(ch) != s}
+def _consent_delta(current: dict[str, str], given: dict[str, Consent], replace: bool) -> dict[str, Consent]:
+    """Consent records to write: what ``given`` changes (a whole record always:
+    its details are new evidence), and for a PUT, withdrawal of every granted or
+    pending key it leaves out."""
+    delta = {k: v for k, v in given.items() if isinstance(v, ConsentRecord) or current.get(k) != v}
     if replace:
-        delta.update({ch: "withdrawn" for ch, s in current.items() if s == "granted" and ch not in given})
+        delta.update({k: "withdrawn" for k, s in current.items() if s in ("granted", "pending") and k not in given})
     return delta
 
 

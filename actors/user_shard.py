@@ -18,7 +18,7 @@ from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
 from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules, unsubscribe_rules
-from actors.user_prefs import PrefsMixin
+from actors.user_prefs import PrefCommand, PrefResult, PrefsMixin
 from actors.user_templates import TemplatesMixin
 from infra import db
 from infra.config import Config, decode as decode_config
@@ -28,8 +28,18 @@ from policy.decide import zone
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
-from policy.types import URGENT, BroadcastRequest, DeliveryTask, Outcome, UserProfile, UserState, recipient_id
-from policy.validate import rule_errors
+from policy.types import (
+    URGENT,
+    BroadcastRequest,
+    Content,
+    DeliveryTask,
+    Outcome,
+    UserProfile,
+    UserState,
+    derive_id,
+    recipient_id,
+)
+from policy.validate import ConsentRecord, Evidence, PreferencesPatch, rule_errors
 from stores import (
     erasure,
     pii as pii_store,
@@ -39,7 +49,7 @@ from stores import (
     tracking,
     users as user_store,
 )
-from stores.prefs import Change
+from stores.prefs import Change, split_consent_key
 
 log = logging.getLogger(__name__)
 
@@ -592,6 +602,63 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             await user_store.forget_addresses(conn, self.ring, gone)
             await self._reload(conn, users)
         self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
+
+    async def _ask_confirmation(self, state: UserState, keys: list[str], version: int) -> None:
+        """Double opt-in: text the person once per grant that waits for them
+        (``keys``, SMS), outside ``decide`` (their consent is what is being
+        asked for), and record it like any send (category
+        ``consent_confirmation``; the id is derived from the user and the
+        version, so the record is written once). A failure is recorded and logged:
+        the grant stays pending and can be asked for again."""
+        address = state.addresses.get("sms")
+        if address is None or "sms" not in self.channel_shards:
+            return
+        purposes = sorted({split_consent_key(k)[1] for k in keys if k.startswith("sms")} - {"*"}) or ["our"]
+        text = self.cfg.compliance.sms_confirm_text.format(purpose=" and ".join(purposes))
+        nid = derive_id(f"consent-confirm:{state.user_id}:{version}")
+        now = time.time()
+        task = DeliveryTask(notification_id=nid, user_id=state.user_id, channel="sms",
+                            category="consent_confirmation", address=address, content=Content(text=text),
+                            priority="high", accepted_at=now, locale=state.locale)
+        outcomes, error = await self._send("sms", [task])
+        if error is not None or not outcomes:
+            log.warning("consent confirmation not sent (%s)", type(error).__name__ if error else "no answer")
+            return
+        try:
+            await self._record(outcomes)
+        except Exception as e:  # noqa: BLE001 - sent; the grant is pending either way
+            log.warning("consent confirmation sent, not recorded (%s)", type(e).__name__)
+
+    async def consent_reply(self, user_id: str, keyword: str) -> str:
+        """An SMS reply from the person's number (``POST /v1/tracking/twilio/inbound``):
+        ``yes`` grants what was pending on SMS, ``stop`` withdraws every SMS
+        consent. Through the same versioned, audited path as any preference
+        change (source ``sms_reply``). Returns what changed: ``confirmed``,
+        ``stopped`` or ``nothing``."""
+        await self._ready()
+        async with self.pool.acquire() as conn:
+            state = (await self._load_missing(conn, [user_id])).get(user_id)
+        if state is None:
+            return "nothing"
+        sms = {k: s for k, s in {**state.consent_state, **{k: "granted" for k in state.consent}}.items()
+               if split_consent_key(k)[0] == "sms"}
+        if keyword == "yes":
+            change = {k: ConsentRecord(status="granted", source="sms_reply",
+                                       evidence=Evidence(method="sms_reply", at=time.time()))
+                      for k, s in sms.items() if s == "pending"}
+        else:
+            change = {k: ConsentRecord(status="withdrawn", source="sms_reply",
+                                       evidence=Evidence(method="sms_reply", at=time.time()))
+                      for k, s in sms.items() if s in ("granted", "pending")} or {"sms": "withdrawn"}
+        if not change:
+            return "nothing"
+        cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(consent=change), source="sms_reply",
+                          actor=f"user:{user_id}(sms)")
+        result = wire.decode(await self.set_prefs(wire.encode([cmd])), list[PrefResult])[0]
+        if result.status != "ok":
+            log.warning("an SMS reply could not be applied: %s", result.status)
+            return "nothing"
+        return "confirmed" if keyword == "yes" else "stopped"
 
     async def erase(self, user_id: str, actor: str | None) -> dict:
         """Erase a user this shard owns (stores/erasure.py: their key destroyed,

@@ -201,6 +201,17 @@ class ComplianceConfig(_Section):
     # requires one for commercial email sent to the US)
     postal_address: Annotated[str, Meta(max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")] = ""
     marketing_categories: list[str] = msgspec.field(default_factory=lambda: ["marketing"])
+    # Double opt-in for SMS (a consent_required rule with double_opt_in): the text
+    # that asks the person to confirm ({purpose}: what the grant is for), and the
+    # answers to their replies through POST /v1/tracking/twilio/inbound
+    sms_confirm_text: Annotated[str, Meta(min_length=1, max_length=320, pattern=r"^[^\x00]*$")] = (
+        "Reply YES to get {purpose} texts from us. Msg&data rates may apply. Reply STOP to opt out, HELP for help.")
+    sms_confirmed_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*$")] = (
+        "Thanks, you are subscribed. Reply STOP to opt out.")
+    sms_stopped_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*$")] = (
+        "You are unsubscribed and will get no more texts from us.")
+    sms_help_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*$")] = (
+        "Reply STOP to opt out of all texts. Manage your notifications in your account settings.")
 
 
 class PrivacyConfig(_Section):

@@ -6,7 +6,9 @@ the checks is the order reasons are reported in:
  1. ``channel.unavailable``   the deployment has no provider for the channel
  2. ``user.unknown``          no such user (webhook and in-app still deliver)
  3. ``rule.<name>``           a channel_priority rule (e.g. voice only for critical)
- 4. ``consent.missing_<ch>``  a consent_required channel without granted consent
+ 4. ``consent.<status>_<ch>``  a consent_required channel without a grant for the
+    rule's purpose that holds now: ``missing``, ``pending`` (not confirmed yet),
+    ``withdrawn``, ``expired``
  5. ``pref.<level>_off``      the resolved preference is off (``pref.frequency_never``)
  6. ``address.missing_<ch>`` / ``suppression.<why>``
  7. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
@@ -44,6 +46,26 @@ def zone(name: str) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo("UTC")  # names are validated on write; this is a stored bad one
 
 
+def consent_key(channel: str, purpose: str) -> str:
+    return channel if purpose == "*" else f"{channel}:{purpose}"
+
+
+def consent_status(state: UserState, channel: str, purpose: str, now: float) -> str:
+    """``granted`` if the consent for ``purpose`` on ``channel`` holds at ``now``,
+    else why not (``missing``, ``pending``, ``withdrawn``, ``expired``). A record
+    of the purpose itself decides; without one, the whole channel's does (a
+    channel-wide grant covers the purposes nobody recorded apart, while a
+    purpose's own withdrawal, or a grant still waiting for confirmation, is not
+    overridden by it)."""
+    key = consent_key(channel, purpose)
+    if purpose != "*" and key not in state.consent and key not in state.consent_state:
+        key = channel
+    if key in state.consent:
+        until = state.consent_until.get(key)
+        return "granted" if until is None or until > now else "expired"
+    return state.consent_state.get(key, "missing")
+
+
 def decide_channel(request: Message, state: UserState | None, channel: str, available: frozenset[str],
                    policy: Policy = DEFAULT_POLICY, *, now: float, digest: bool = True,
                    context: dict[str, str] | None = None) -> Decision:
@@ -64,8 +86,12 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
         blocked = policy.channel_blocked(channel, priority, category)
         if blocked is not None:
             return Suppress(channel, blocked)
-    if policy.consent_channels and policy.needs_consent(channel, category) and channel not in state.consent:
-        return Suppress(channel, f"consent.missing_{channel}")
+    if policy.consent_channels:
+        rule = policy.consent_rule(channel, category)
+        if rule is not None:
+            status = consent_status(state, channel, rule.purpose, now)
+            if status != "granted":
+                return Suppress(channel, f"consent.{status}_{channel}")
     if context is None:
         context = request_context(request)
     pref = policy.resolve(state.prefs, state.templates, channel, category, request.content_type, context, now)

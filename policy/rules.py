@@ -9,7 +9,10 @@ A rule is a row of configuration (``[[preferences.rules]]`` in TOML), not code:
 - ``bypass_digest``: requests of these ``priorities`` are never held for a digest.
 - ``channel_priority``: ``channel`` is used only for these ``priorities``
   (e.g. voice only for critical).
-- ``consent_required``: ``channel`` needs the user's granted consent.
+- ``consent_required``: ``channel`` needs the user's granted consent, for
+  ``purpose`` (``"*"``: the channel's). A record of the purpose decides; without
+  one, the channel's does. With ``double_opt_in`` a grant is pending until the
+  person confirms it (SMS: replies YES).
 - ``send_window``: on ``channels`` (every channel when empty), requests are sent
   only inside ``windows``, wall-clock time in the recipient's zone, and held until
   the next one opens otherwise, with ``reason`` (default ``rule.<name>``). The TCPA
@@ -42,6 +45,8 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     priorities: tuple[str, ...] = ()
     windows: tuple[Window, ...] = ()  # send_window: when sending is allowed
     reason: Annotated[str, Meta(pattern=r"^([a-z_]+\.)*[a-z_]+$")] | None = None  # send_window's hold reason
+    purpose: Annotated[str, Meta(pattern=r"^(\*|[a-z][a-z0-9_]{0,31})$")] = "*"  # consent_required
+    double_opt_in: bool = False  # consent_required: a grant waits for the person's confirmation
 
     def __post_init__(self) -> None:
         if self.kind == "send_window":
@@ -99,7 +104,9 @@ class Policy:
         for r in self.cfg.rules:
             by_kind.setdefault(r.kind, []).append(r)
         self.rules = by_kind
-        self.consent_channels = {r.channel: r for r in by_kind.get("consent_required", ())}
+        self.consent_channels: dict[str, list[Rule]] = {}  # channel -> its rules, one category before "*"
+        for r in sorted(by_kind.get("consent_required", ()), key=lambda r: r.category == "*"):
+            self.consent_channels.setdefault(r.channel, []).append(r)
         self.channel_rules = {r.channel: r for r in by_kind.get("channel_priority", ())}
         self.send_windows = by_kind.get("send_window", [])
 
@@ -139,9 +146,16 @@ class Policy:
     def send_windows_for(self, channel: str, category: str) -> list[Rule]:
         return [r for r in self.send_windows if r.applies(category) and (not r.channels or channel in r.channels)]
 
+    def consent_rule(self, channel: str, category: str) -> Rule | None:
+        """The consent rule a send of ``category`` on ``channel`` must pass, if any."""
+        return next((r for r in self.consent_channels.get(channel, ()) if r.applies(category)), None)
+
     def needs_consent(self, channel: str, category: str) -> bool:
-        r = self.consent_channels.get(channel)
-        return r is not None and r.applies(category)
+        return self.consent_rule(channel, category) is not None
+
+    def double_opt_in(self, channel: str, purpose: str) -> bool:
+        """Whether a grant of ``purpose`` on ``channel`` waits for confirmation."""
+        return any(r.double_opt_in and r.purpose in (purpose, "*") for r in self.consent_channels.get(channel, ()))
 
     def mandatory(self) -> list[Rule]:
         return self.rules.get("mandatory", [])

@@ -131,7 +131,10 @@ class UserState(Struct, kw_only=True, omit_defaults=True):
     (``policy.prefs.ordered``). ``templates`` is the chain of the template the
     user follows, child first, as (template id, ordered rows); the shard fills it
     in from its template cache (it is not stored per user). ``consent`` holds the
-    channels the user granted consent for. ``suppressed`` maps a channel to why
+    consent keys granted (``"sms"``: every purpose on the channel,
+    ``"sms:marketing"``: one purpose); ``consent_until`` the expiry of those that
+    expire; ``consent_state`` the keys recorded with another status (pending,
+    withdrawn, expired). ``suppressed`` maps a channel to why
     its address may not be used (``bounce``, ``complaint``, ``manual``).
     ``version`` counts committed preference changes (the ETag).
     """
@@ -146,6 +149,8 @@ class UserState(Struct, kw_only=True, omit_defaults=True):
     timezone: str = "UTC"
     locale: str = "en"
     version: int = 0
+    consent_until: dict[str, float] = {}
+    consent_state: dict[str, str] = {}
 
 
 OptOut = Annotated[str, Meta(max_length=80, pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*)$")]

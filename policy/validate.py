@@ -7,6 +7,8 @@ the HTTP API and the Ingestor.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import zoneinfo
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -19,7 +21,38 @@ from policy.rules import NOT_MANDATORY_CHANNELS, Policy
 from policy.types import Message
 from policy.windows import window_errors
 
-Consent = Literal["granted", "withdrawn"]
+Basis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
+class Evidence(Struct, kw_only=True, forbid_unknown_fields=True):
+    """How a consent was given: the method, the wording shown, when, and from
+    where (an IP address; stored sealed under the person's key)."""
+
+    method: Annotated[str, Meta(max_length=64, pattern=r"^[a-z][a-z0-9_]*$")] | None = None  # web_form, sms_reply…
+    text: Annotated[str, Meta(max_length=2000, pattern=r"^[^\x00]*$")] | None = None
+    at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
+    ip: Annotated[str, Meta(max_length=64, pattern=_TEXT)] | None = None
+
+
+class ConsentRecord(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A consent change with what the law asks to keep about it."""
+
+    status: Literal["granted", "withdrawn"]
+    basis: Basis = "consent"
+    source: Annotated[str, Meta(max_length=100, pattern=_TEXT)] | None = None
+    text_version: Annotated[str, Meta(max_length=64, pattern=_TEXT)] | None = None
+    expires_at: Annotated[float, Meta(gt=0, le=4e9)] | None = None
+    evidence: Evidence | None = None
+
+
+# "granted" / "withdrawn", or the whole record; keyed "channel" (every purpose) or "channel:purpose"
+Consent = Literal["granted", "withdrawn"] | ConsentRecord
+CONSENT_KEY = re.compile(r"^([a-z_]+)(?::([a-z][a-z0-9_]{0,31}))?$")
+
+
+def consent_status_of(value: Consent) -> str:
+    return value if isinstance(value, str) else value.status
 TimeZone = Annotated[str, Meta(min_length=1, max_length=64)]
 TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
@@ -157,8 +190,18 @@ def key_errors(p: Preference | PrefKey, policy: Policy, at: str) -> Errors:
     return errors
 
 
-def consent_errors(consent: Mapping[str, str], path: str = "consent") -> Errors:
-    return [(f"{path}.{ch}", "unknown channel") for ch in consent if ch not in USER_CHANNELS]
+def consent_errors(consent: Mapping[str, Consent], path: str = "consent") -> Errors:
+    errors: Errors = []
+    for key, value in consent.items():
+        m = CONSENT_KEY.match(key)
+        if m is None or m.group(1) not in USER_CHANNELS:
+            errors.append((f"{path}.{key}", "unknown channel (a channel, or channel:purpose)"))
+        elif isinstance(value, ConsentRecord) and value.evidence is not None and value.evidence.ip is not None:
+            try:
+                ipaddress.ip_address(value.evidence.ip)
+            except ValueError:
+                errors.append((f"{path}.{key}.evidence.ip", "not an IP address"))
+    return errors
 
 
 URGENCIES = ("low", "normal", "high", "critical")

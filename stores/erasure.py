@@ -30,6 +30,7 @@ DELETES = (
     ("user_addresses", "DELETE FROM user_addresses WHERE user_id = $1"),
     ("user_preferences", "DELETE FROM user_preferences WHERE user_id = $1"),
     ("preference_consent", "DELETE FROM preference_consent WHERE user_id = $1"),
+    ("preference_consent_history", "DELETE FROM preference_consent_history WHERE user_id = $1"),
     ("preference_sync_log", "DELETE FROM preference_sync_log WHERE user_id = $1"),
     ("scheduled_notifications", "DELETE FROM scheduled_notifications WHERE user_id = $1"),
     ("digest_buckets", "DELETE FROM digest_buckets WHERE user_id = $1"),

@@ -36,7 +36,7 @@ class Section:
     columns: tuple[str, ...]
     sql: str  # $1 is the user id; columns in this order, JSON as text (then ``sealed``'s, if any)
     json_columns: frozenset[str] = frozenset()
-    sealed: str | None = None  # "address" or "audit": the query's last column is sealed under the user's key
+    sealed: str | None = None  # "address", "evidence" or "audit": the query's last column is sealed under the user's key
 
 
 def _open(section: Section, row: dict, blob: bytes | None, key: bytes | None, user_id: str) -> None:
@@ -47,6 +47,8 @@ def _open(section: Section, row: dict, blob: bytes | None, key: bytes | None, us
     try:
         if section.sealed == "address":
             row["address"] = pii.open_address(key, user_id, row["channel"], blob)
+        elif section.sealed == "evidence":
+            row["evidence"] = pii.open_json(key, "consent.evidence", user_id, blob)
         else:
             values = audit.open_row(key, user_id, blob)
             row.update(old_value=values.get("old"), new_value=values.get("new"), ip_address=values.get("ip"),
@@ -71,9 +73,15 @@ SECTIONS = (
     Section("preference_history", ("version", "type", "source", "changes", "at"),
             "SELECT version, sync_type, source, changes::text, created_at FROM preference_sync_log "
             "WHERE user_id = $1 ORDER BY version", frozenset({"changes"})),
-    Section("consent", ("channel", "status", "source", "granted_at", "withdrawn_at", "updated_at"),
-            "SELECT channel, status, source, granted_at, withdrawn_at, updated_at FROM preference_consent "
-            "WHERE user_id = $1 ORDER BY channel"),
+    Section("consent", ("channel", "purpose", "status", "basis", "source", "text_version", "expires_at",
+                        "granted_at", "withdrawn_at", "updated_at", "evidence"),
+            "SELECT channel, purpose, status, basis, source, text_version, expires_at, granted_at, withdrawn_at, "
+            "updated_at, NULL, evidence FROM preference_consent WHERE user_id = $1 ORDER BY channel, purpose",
+            sealed="evidence"),
+    Section("consent_history", ("channel", "purpose", "status", "basis", "source", "text_version", "expires_at",
+                                "actor", "at", "evidence"),
+            "SELECT channel, purpose, status, basis, source, text_version, expires_at, actor, at, NULL, evidence "
+            "FROM preference_consent_history WHERE user_id = $1 ORDER BY id", sealed="evidence"),
     Section("deliveries", ("notification_id", "channel", "category", "priority", "status", "reason", "provider",
                            "provider_message_id", "attempts", "timeline", "errors", "accepted_at", "completed_at",
                            "broadcast_id", "digest_id"),
@@ -114,7 +122,7 @@ CONTEXT = {
                                               "withdrawn_at", "accepted_at", "completed_at", "at", "seen_at",
                                               "read_at", "due_at")},
     **{k: {"@type": "@json"} for k in ("context", "value", "changes", "timeline", "data", "old_value",
-                                       "new_value", "metadata", "errors", "request")},
+                                       "new_value", "metadata", "errors", "request", "evidence")},
 }
 
 

@@ -15,7 +15,8 @@ from policy.prefs import Preference, context_key, ordered
 from policy.rules import Template
 from policy.sharding import stable_hash
 from policy.types import UserState
-from stores import state
+from policy.validate import ConsentRecord
+from stores import pii, state
 from stores.audit import append_audit
 
 
@@ -84,15 +85,7 @@ async def write_change(conn: asyncpg.Connection, ring: Keyring, change: Change, 
     await conn.execute("DELETE FROM user_preferences WHERE user_id = $1", uid)
     if change.preferences:
         await conn.executemany(INSERT_PREFS, [pref_record(uid, p) for p in change.preferences])
-    for channel, status in consent_changed.items():
-        await conn.execute(
-            "INSERT INTO preference_consent (user_id, channel, status, source, granted_at, withdrawn_at) "
-            "VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'granted' THEN now() END, "
-            "CASE WHEN $3 = 'withdrawn' THEN now() END) "
-            "ON CONFLICT (user_id, channel) DO UPDATE SET status = EXCLUDED.status, source = EXCLUDED.source, "
-            "granted_at = COALESCE(EXCLUDED.granted_at, preference_consent.granted_at), "
-            "withdrawn_at = COALESCE(EXCLUDED.withdrawn_at, preference_consent.withdrawn_at), updated_at = now()",
-            uid, channel, status, change.source)
+    await write_consent(conn, ring, uid, consent_changed, change.source, change.actor)
     new = doc_json(change)
     fresh = (await state.refresh_states(conn, ring, [uid]))[uid]
     await append_audit(conn, ring, [(uid, f"preferences.{change.type}", old, new, change.actor)])
@@ -101,6 +94,51 @@ async def write_change(conn: asyncpg.Connection, ring: Keyring, change: Change, 
         "VALUES ($1, $2, $3, $4, $5, $6)", uid, bumped, change.type, change.source, orjson.dumps(new).decode(),
         source_id)
     return fresh
+
+
+UPSERT_CONSENT = """
+INSERT INTO preference_consent (user_id, channel, purpose, status, source, basis, text_version, evidence, expires_at,
+                                granted_at, withdrawn_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9),
+        CASE WHEN $4 = 'granted' THEN now() END, CASE WHEN $4 = 'withdrawn' THEN now() END)
+ON CONFLICT (user_id, channel, purpose) DO UPDATE SET status = EXCLUDED.status, source = EXCLUDED.source,
+    basis = EXCLUDED.basis, text_version = COALESCE(EXCLUDED.text_version, preference_consent.text_version),
+    evidence = COALESCE(EXCLUDED.evidence, preference_consent.evidence), expires_at = EXCLUDED.expires_at,
+    granted_at = COALESCE(EXCLUDED.granted_at, preference_consent.granted_at),
+    withdrawn_at = COALESCE(EXCLUDED.withdrawn_at, preference_consent.withdrawn_at), updated_at = now()
+"""
+HISTORY = """
+INSERT INTO preference_consent_history (user_id, channel, purpose, status, basis, source, text_version, evidence,
+                                        expires_at, actor)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9), $10)
+"""
+
+
+def split_consent_key(key: str) -> tuple[str, str]:
+    """``"sms"`` → ("sms", "*"); ``"sms:marketing"`` → ("sms", "marketing")."""
+    channel, _, purpose = key.partition(":")
+    return channel, purpose or "*"
+
+
+async def write_consent(conn: asyncpg.Connection, ring: Keyring, uid: str, changed: dict[str, str | ConsentRecord],
+                        source: str, actor: str | None) -> None:
+    """Upsert each changed consent record and append it to the history, its
+    evidence sealed under the user's key. ``changed`` values: a status
+    (``pending`` from a double opt-in among them), or the whole record."""
+    if not changed:
+        return
+    key = (await pii.data_keys(conn, ring, [uid], create=True))[uid]
+    rows = []
+    for k, value in changed.items():
+        channel, purpose = split_consent_key(k)
+        rec = value if isinstance(value, ConsentRecord) else ConsentRecord(status="granted")
+        status = value if isinstance(value, str) else value.status
+        evidence = None if rec.evidence is None else pii.seal_json(key, "consent.evidence", uid,
+                                                                   msgspec.to_builtins(rec.evidence))
+        rows.append((uid, channel, purpose, status, rec.source or source, rec.basis, rec.text_version, evidence,
+                     rec.expires_at))
+    await conn.executemany(UPSERT_CONSENT, rows)
+    await conn.executemany(HISTORY, [(r[0], r[1], r[2], r[3], r[5], r[4], r[6], r[7], r[8], actor) for r in rows])
 
 
 def _shard_key(user_id: str) -> int:

@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 
 from infra.pii import Keyring, PiiError, aad, open_sealed, seal
+from policy.decide import consent_key
 from policy.prefs import Preference, ordered
 from policy.sharding import shard_of
 from policy.types import UserState
@@ -36,6 +37,8 @@ class Stored(msgspec.Struct, array_like=True, omit_defaults=True):
     prefs: tuple[Preference, ...] = ()
     template: str | None = None
     consent: tuple[str, ...] = ()
+    consent_until: dict[str, float] = {}
+    consent_state: dict[str, str] = {}
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -44,7 +47,7 @@ decode_stored = msgspec.msgpack.Decoder(Stored).decode
 
 def to_stored(s: UserState) -> bytes:
     return _encode(Stored(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
-                          tuple(sorted(s.consent))))
+                          tuple(sorted(s.consent)), s.consent_until, s.consent_state))
 
 
 def seal_state(key: bytes, s: UserState) -> bytes:
@@ -68,7 +71,8 @@ def open_state(ring: Keyring, user_id: str, blob: bytes, master_id: str | None, 
 def from_stored(user_id: str, blob: bytes) -> UserState:
     p = decode_stored(blob)
     return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs, template=p.template,
-                     consent=frozenset(p.consent), timezone=p.timezone, locale=p.locale, version=p.version)
+                     consent=frozenset(p.consent), timezone=p.timezone, locale=p.locale, version=p.version,
+                     consent_until=p.consent_until, consent_state=p.consent_state)
 
 
 # Each row as one JSON object in the shape of a Preference, so it decodes in one call.
@@ -81,7 +85,8 @@ SELECT user_id, (value || jsonb_build_object('channel', channel, 'category', cat
 FROM user_preferences WHERE user_id = ANY($1::text[]) AND is_active
 """
 _pref = msgspec.json.Decoder(Preference)
-LOAD_CONSENT = "SELECT user_id, channel FROM preference_consent WHERE user_id = ANY($1::text[]) AND status = 'granted'"
+LOAD_CONSENT = ("SELECT user_id, channel, purpose, status, extract(epoch FROM expires_at)::float8 "
+                "FROM preference_consent WHERE user_id = ANY($1::text[])")
 
 
 async def load_prefs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[Preference, ...]]:
@@ -91,11 +96,21 @@ async def load_prefs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tupl
     return {uid: ordered(found) for uid, found in rows.items()}
 
 
-async def load_consent(conn: asyncpg.Connection, ids: list[str]) -> dict[str, frozenset[str]]:
-    found: dict[str, set[str]] = {}
-    for uid, channel in await conn.fetch(LOAD_CONSENT, ids):
-        found.setdefault(uid, set()).add(channel)
-    return {uid: frozenset(chs) for uid, chs in found.items()}
+async def load_consent(conn: asyncpg.Connection,
+                       ids: list[str]) -> dict[str, tuple[frozenset[str], dict[str, float], dict[str, str]]]:
+    """Per user: the consent keys granted, the expiry of those that expire, and
+    the keys recorded with another status (``policy.decide.consent_status``)."""
+    found: dict[str, tuple[set[str], dict[str, float], dict[str, str]]] = {}
+    for uid, channel, purpose, status, until in await conn.fetch(LOAD_CONSENT, ids):
+        granted, expiry, other = found.setdefault(uid, (set(), {}, {}))
+        key = consent_key(channel, purpose)
+        if status == "granted":
+            granted.add(key)
+            if until is not None:
+                expiry[key] = until
+        else:  # pending, withdrawn, expired: the reason a send is refused
+            other[key] = status
+    return {uid: (frozenset(g), e, o) for uid, (g, e, o) in found.items()}
 
 
 LOAD_USERS = ("SELECT user_id, timezone, locale, prefs_version, template_id FROM users "
@@ -182,8 +197,8 @@ async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Seq
             states[uid].addresses.update(addresses)
     for uid, rows in (await load_prefs(conn, ids)).items():
         states[uid].prefs = rows
-    for uid, consent in (await load_consent(conn, ids)).items():
-        states[uid].consent = consent
+    for uid, (granted, until, other) in (await load_consent(conn, ids)).items():
+        states[uid].consent, states[uid].consent_until, states[uid].consent_state = granted, until, other
     for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, ids):
         states[uid].suppressed[channel] = reason
     return states

@@ -86,6 +86,10 @@ async def suppress(conn: asyncpg.Connection, ring: Keyring, channel: str, addres
     new = await conn.fetchval(
         "INSERT INTO suppressions (channel, blind, reason, source) VALUES ($1, $2, $3, $4) "
         f"ON CONFLICT (channel, blind) {on_conflict} RETURNING xmax = 0", channel, blind, reason, source)
-    users = [r[0] for r in await conn.fetch(
-        "SELECT user_id FROM user_addresses WHERE channel = $1 AND blind = $2", channel, blind)]
-    return bool(new), users
+    return bool(new), await users_with(conn, ring, channel, address)
+
+
+async def users_with(conn: asyncpg.Connection, ring: Keyring, channel: str, address: str) -> list[str]:
+    """The users whose address on ``channel`` is ``address`` (by its blind index)."""
+    return [r[0] for r in await conn.fetch("SELECT user_id FROM user_addresses WHERE channel = $1 AND blind = $2",
+                                           channel, ring.blind(channel, address))]

@@ -35,13 +35,15 @@ Settings read (in the provider's ``settings``):
   else ``auth_token`` (Twilio signs callbacks with the account's auth token,
   also when sending with an API key); ``status_callback``, the URL Twilio was
   given, is tried besides the URL the request arrived at (behind a proxy the
-  two differ).
+  two differ); ``inbound_url`` likewise for the messages people send to our
+  numbers (``/v1/tracking/twilio/inbound``: YES, STOP, HELP; docs/privacy.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import logging
 import os
 import time
@@ -229,10 +231,11 @@ async def mailgun(request: web.Request) -> web.Response:
         raise
 
 
-def _urls(request: web.Request, settings: list[dict]) -> list[str]:
+def _urls(request: web.Request, settings: list[dict], setting: str = "status_callback") -> list[str]:
     """The URLs Twilio may have signed: the one the request arrived at, the same
     as a proxy's ``X-Forwarded-Proto``/``X-Forwarded-Host`` say it was called,
-    and each configured ``status_callback``. Trying several is safe: each is
+    and each configured ``status_callback`` (``inbound_url`` for the inbound
+    route: a status callback's signature does not pass there). Trying several is safe: each is
     checked against an HMAC only Twilio (with the auth token) can make."""
     seen = [str(request.url)]
     proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
@@ -247,20 +250,21 @@ def _urls(request: web.Request, settings: list[dict]) -> list[str]:
         except ValueError:
             pass
     for s in settings:
-        callback = s.get("status_callback")
+        callback = s.get(setting)
         if isinstance(callback, str) and callback:
             seen.append(callback)
     return list(dict.fromkeys(seen))
 
 
-async def twilio(request: web.Request) -> web.Response:
+async def _twilio_params(request: web.Request, url_setting: str = "status_callback"):
+    """(the hook, the form) of a Twilio webhook whose signature verifies, else 400/401."""
     hook = configured(request, "twilio", "webhook_auth_token", "auth_token")
     body = await read_body(request)
     try:
         params = parse_form(body)
     except PayloadError as exc:
         raise bad_payload(exc) from None
-    urls = _urls(request, hook.settings)
+    urls = _urls(request, hook.settings, url_setting)
     signature = request.headers.get(TWILIO_SIGNATURE_HEADER)
     last: SignatureError | None = None
     for s in hook.settings:
@@ -271,11 +275,57 @@ async def twilio(request: web.Request) -> web.Response:
             last = exc
     else:
         raise bad_signature(last or SignatureError("no auth token"), TWILIO_SIGNATURE_HEADER)
+    return hook, params
+
+
+async def twilio(request: web.Request) -> web.Response:
+    hook, params = await _twilio_params(request)
     try:
         event = twilio_event(params)
     except PayloadError as exc:
         raise bad_payload(exc) from None
     return await apply(request, [event], hook.channels)
+
+
+# CTIA's keywords (and Twilio's): a reply that is one of them, in any case, alone
+STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"})
+YES_WORDS = frozenset({"yes", "y", "start", "unstop"})
+HELP_WORDS = frozenset({"help", "info"})
+
+
+def keyword(body: str) -> str | None:
+    word = body.strip().strip(".!").lower()
+    return "stop" if word in STOP_WORDS else "yes" if word in YES_WORDS else "help" if word in HELP_WORDS else None
+
+
+def twiml(text: str) -> web.Response:
+    """Twilio's answer to an inbound message: the reply it sends back (none if empty)."""
+    inner = f"<Message>{html.escape(text)}</Message>" if text else ""
+    return web.Response(text=f'<?xml version="1.0" encoding="UTF-8"?><Response>{inner}</Response>',
+                        content_type="application/xml")
+
+
+async def twilio_inbound(request: web.Request) -> web.Response:
+    """An SMS a person sent to one of our numbers (Twilio's inbound webhook):
+    YES confirms a double opt-in, STOP withdraws every SMS consent of everyone
+    with that number, HELP is answered; anything else is left alone. Users are
+    found by the number's blind index; each change goes through their shard."""
+    engine = request.app[ENGINE]
+    _, params = await _twilio_params(request, "inbound_url")
+    form = dict(params)
+    number, body = form.get("From", ""), form.get("Body", "")
+    word = keyword(body) if len(body) <= 40 else None
+    c = engine.cfg.compliance
+    if word is None or not number:
+        return twiml("")
+    if word == "help":
+        return twiml(c.sms_help_text)
+    async with engine.pool.acquire() as conn:
+        users = await user_store.users_with(conn, engine.ring, "sms", printable(number, 64))
+    done = await asyncio.gather(*(engine.shard_for(u).consent_reply.remote(u, word) for u in users))
+    if word == "stop":
+        return twiml(c.sms_stopped_text)
+    return twiml(c.sms_confirmed_text if "confirmed" in done else "")
 
 
 def next_status(current: str, new: str | None) -> str:
@@ -366,6 +416,7 @@ ROUTES = [
     Route("POST", "/v1/tracking/sendgrid", sendgrid, Public("SendGrid's ECDSA signature is verified")),
     Route("POST", "/v1/tracking/mailgun", mailgun, Public("Mailgun's HMAC signature is verified")),
     Route("POST", "/v1/tracking/twilio", twilio, Public("Twilio's signature is verified")),
+    Route("POST", "/v1/tracking/twilio/inbound", twilio_inbound, Public("Twilio's signature is verified")),
 ]
 
 

@@ -69,6 +69,7 @@ SG_PUBLIC = base64.b64encode(SG_KEY.public_key().public_bytes(
 MG_KEY = "mailgun-signing-key-for-the-fuzz-test"
 TW_TOKEN = "twilio-auth-token-for-the-fuzz-test"
 TW_CALLBACK = "https://hooks.fuzz.test/v1/tracking/twilio"
+TW_INBOUND = "https://hooks.fuzz.test/v1/tracking/twilio/inbound"
 LINK_SECRET = "fuzz-link-secret-0123456789abcdef"
 TEMPLATE = "welcome"
 PREF_TEMPLATE = "base"
@@ -120,7 +121,8 @@ def with_tracking_providers(cfg):
             "api_key": "key-x", "domain": "mg.example.test", "sender": "a@example.test",
             "webhook_signing_key": MG_KEY})])
     sms = ChannelConfig(enabled=False, providers=[ProviderConfig(name="tw", type="twilio", settings={
-        "account_sid": "AC" + "0" * 32, "auth_token": TW_TOKEN, "status_callback": TW_CALLBACK})])
+        "account_sid": "AC" + "0" * 32, "auth_token": TW_TOKEN, "status_callback": TW_CALLBACK,
+        "inbound_url": TW_INBOUND})])
     return msgspec.structs.replace(cfg, channels={**cfg.channels, "email": email, "sms": sms})
 
 
@@ -175,13 +177,13 @@ def _form_value(v) -> str:
 
 
 @st.composite
-def signed_twilio(draw):
-    form = draw(shaped(TW_FORM))
+def signed_twilio(draw, url: str = TW_CALLBACK, sample: dict | None = None):
+    form = draw(shaped(sample or TW_FORM))
     pairs = [(str(k), _form_value(v)) for k, v in form.items()] if isinstance(form, dict) else [("x", _form_value(form))]
     pairs = [(k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
               v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")) for k, v in pairs]
     body = urllib.parse.urlencode(pairs).encode()
-    return body, {TWILIO_SIGNATURE_HEADER: twilio_signature(TW_TOKEN, TW_CALLBACK, pairs),
+    return body, {TWILIO_SIGNATURE_HEADER: twilio_signature(TW_TOKEN, url, pairs),
                   "Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -235,6 +237,8 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("POST", "/v1/tracking/sendgrid"): shaped([SG_EVENT]).map(signed_sendgrid),
     ("POST", "/v1/tracking/mailgun"): signed_mailgun(),
     ("POST", "/v1/tracking/twilio"): signed_twilio(),
+    ("POST", "/v1/tracking/twilio/inbound"): signed_twilio(TW_INBOUND, {"From": "+15550001", "Body": "STOP",
+                                                                        "To": "+15550002"}),
     ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),

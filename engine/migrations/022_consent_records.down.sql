@@ -1,0 +1,11 @@
+DROP TABLE preference_consent_history;
+DELETE FROM preference_consent WHERE purpose <> '*' OR status NOT IN ('granted', 'withdrawn');
+ALTER TABLE preference_consent DROP COLUMN expires_at;
+ALTER TABLE preference_consent DROP COLUMN evidence;
+ALTER TABLE preference_consent DROP COLUMN text_version;
+ALTER TABLE preference_consent DROP COLUMN basis;
+ALTER TABLE preference_consent DROP CONSTRAINT preference_consent_status_check;
+ALTER TABLE preference_consent ADD CONSTRAINT preference_consent_status_check CHECK (status IN ('granted', 'withdrawn'));
+ALTER TABLE preference_consent DROP CONSTRAINT preference_consent_pkey;
+ALTER TABLE preference_consent ADD PRIMARY KEY (user_id, channel);
+ALTER TABLE preference_consent DROP COLUMN purpose;

@@ -1,0 +1,125 @@
+"""Consent records through a running engine, SMS to the loopback Twilio
+(issue 13, item 3): a marketing grant with its basis, source and evidence waits
+for the person's confirmation (a text asks, their YES through Twilio's signed
+inbound webhook confirms); sends are held back with the status as the reason
+(pending, expired, withdrawn); STOP withdraws every SMS consent; HELP is
+answered; the evidence is sealed at rest and opened in the export with the
+record's history."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+import urllib.parse
+import uuid
+
+import aiohttp
+import msgspec
+import pytest
+
+from infra.config import ChannelConfig, ProviderConfig
+from policy.types import UserProfile
+from sandbox.twilio import TwilioSink
+from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "AC" + "c3" * 16
+TOKEN = "twilio-consent-test-token"
+NUMBER = "+14155553301"
+
+
+@pytest.fixture(scope="module")
+async def twilio():
+    sink = TwilioSink(ACCOUNT, TOKEN, keep_bodies=True)
+    await sink.start()
+    yield sink
+    await sink.stop()
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, database_url, ray_address, twilio, tmp_path_factory):
+    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), channels=())
+    sms = ChannelConfig(providers=[ProviderConfig(name="twilio", type="twilio_sms", settings={
+        "account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": twilio.url})])
+    cfg = msgspec.structs.replace(cfg, channels={"sms": sms})
+    async with serving(cfg, database_url, [UserProfile(user_id="c1", addresses={"sms": NUMBER}),
+                                           UserProfile(user_id="c2", addresses={"sms": "+14155553302"})]) as eng:
+        yield eng
+
+
+async def send(engine, user: str, category: str) -> tuple[str, str]:
+    nid = str(uuid.uuid4())
+    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": user, "category": category, "channels": ["sms"],
+            "content": {"text": f"A {category} text"}}) as r:
+        assert r.status == 202, await r.text()
+    await wait_rows(engine.pool, [nid], 1)
+    row = await engine.pool.fetchrow("SELECT status, reason FROM delivery_tracking WHERE notification_id = $1",
+                                     uuid.UUID(nid))
+    return row["status"], row["reason"]
+
+
+async def reply(engine, body: str, number: str = NUMBER, token: str = TOKEN) -> tuple[int, str]:
+    """The person's text, as Twilio posts it to the inbound webhook (signed)."""
+    url = f"{engine.base_url}/v1/tracking/twilio/inbound"
+    params = [("AccountSid", ACCOUNT), ("Body", body), ("From", number), ("MessageSid", "SM" + "d4" * 16),
+              ("To", "+14155550100")]
+    signed = url + "".join(k + v for k, v in sorted(params))
+    sig = base64.b64encode(hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()).decode()
+    async with aiohttp.ClientSession() as twilio_side, twilio_side.post(
+            url, data=urllib.parse.urlencode(params), headers={
+                "X-Twilio-Signature": sig, "Content-Type": "application/x-www-form-urlencoded"}) as r:
+        return r.status, await r.text()
+
+
+async def test_double_opt_in_then_stop(engine, twilio):
+    grant = {"status": "granted", "basis": "consent", "source": "signup_form", "text_version": "offers-v3",
+             "evidence": {"method": "web_form", "ip": "203.0.113.7", "text": "Text me offers", "at": time.time()}}
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c1/preferences",
+                                           json={"consent": {"sms:marketing": grant, "sms": "granted"}}) as r:
+        assert r.status == 200, await r.text()
+    asked = [b for b in twilio.bodies if b["To"] == NUMBER]
+    assert len(asked) == 1 and "Reply YES" in asked[0]["Body"] and "marketing" in asked[0]["Body"]
+    assert await send(engine, "c1", "marketing") == ("suppressed", "consent.pending_sms")
+    assert await send(engine, "c1", "messages") == ("sent", "ok")  # the channel's own grant is not held back
+
+    assert await reply(engine, "hello") == (200, '<?xml version="1.0" encoding="UTF-8"?><Response></Response>')
+    status, text = await reply(engine, "HELP")
+    assert status == 200 and "Reply STOP" in text
+    assert (await reply(engine, "YES", token="wrong"))[0] in (401, 403)
+    status, text = await reply(engine, " Yes ")
+    assert status == 200 and "subscribed" in text
+    assert await send(engine, "c1", "marketing") == ("sent", "ok")
+
+    status, text = await reply(engine, "STOP")
+    assert status == 200 and "unsubscribed" in text
+    assert await send(engine, "c1", "marketing") == ("suppressed", "consent.withdrawn_sms")
+    assert await send(engine, "c1", "messages") == ("suppressed", "consent.withdrawn_sms")
+
+    raw = await engine.pool.fetch("SELECT evidence FROM preference_consent WHERE user_id = 'c1'")
+    assert raw and all(b"203.0.113.7" not in (r[0] or b"") for r in raw)  # the IP address is sealed
+    async with api_session() as s, s.get(f"{engine.base_url}/v1/users/c1/export") as r:
+        doc = await r.json(content_type=None)
+    marketing = next(c for c in doc["consent"] if c["purpose"] == "marketing")
+    assert (marketing["status"], marketing["basis"]) == ("withdrawn", "consent")
+    history = [(h["purpose"], h["status"], h["source"]) for h in doc["consent_history"] if h["purpose"] == "marketing"]
+    assert history == [("marketing", "pending", "signup_form"), ("marketing", "granted", "sms_reply"),
+                       ("marketing", "withdrawn", "sms_reply")]
+    first = next(h for h in doc["consent_history"] if h["status"] == "pending")
+    assert first["evidence"]["ip"] == "203.0.113.7" and first["text_version"] == "offers-v3"
+
+
+async def test_an_expired_grant_holds_sends_back(engine):
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c2/preferences", json={
+            "consent": {"sms": {"status": "granted", "basis": "contract", "expires_at": time.time() + 2}}}) as r:
+        assert r.status == 200, await r.text()
+    assert await send(engine, "c2", "messages") == ("sent", "ok")
+    await asyncio.sleep(2.2)
+    assert await send(engine, "c2", "messages") == ("suppressed", "consent.expired_sms")
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c2/preferences", json={
+            "consent": {"sms": {"status": "granted", "evidence": {"ip": "not-an-ip"}}}}) as r:
+        assert r.status == 422 and (await r.json())["errors"][0]["field"] == "consent.sms.evidence.ip"
