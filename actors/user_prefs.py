@@ -8,10 +8,13 @@ and only then applied to memory and answered.
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
 import msgspec
 
 from policy import wire
+from policy.decide import current_consent
 from policy.prefs import USER_CHANNELS, ordered
 from policy.types import UserState
 from policy.validate import (
@@ -57,7 +60,8 @@ def doc_of(state: UserState | None, user_id: str) -> dict:
         return {"user_id": user_id, "version": 0, "preferences": [], "consent": {}, "timezone": "UTC",
                 "template": None}
     return {"user_id": user_id, "version": state.version, "preferences": msgspec.to_builtins(list(state.prefs)),
-            "consent": {ch: "granted" for ch in sorted(state.consent)}, "timezone": state.timezone,
+            "consent": {k: "granted" for k, s in sorted(current_consent(state, time.time()).items()) if s == "granted"},
+            "timezone": state.timezone,
             "template": state.template}
 
 
@@ -119,7 +123,7 @@ class PrefsMixin:
         if cmd.if_match is not None and cmd.if_match != current:
             return PrefResult(user_id=uid, status="conflict", version=current)
         rows = list(state.prefs) if state else []
-        consent = ({**state.consent_state, **{k: "granted" for k in state.consent}} if state else {})
+        consent = current_consent(state, self.clock()) if state else {}
         tz = state.timezone if state else "UTC"
         template = state.template if state else None
         if cmd.put is not None:
@@ -134,7 +138,7 @@ class PrefsMixin:
         chain = await self._chain(conn, template)
         if template and not chain:
             errors.append(("template", f"no template {template!r}"))
-        if not errors:
+        if not errors and cmd.source != "sms_reply":  # a STOP is never refused for what it leaves switched on
             granted = frozenset(c for c, v in {**consent, **changed_consent}.items()
                                 if consent_status_of(v) == "granted")
             errors = rule_errors(new_rows, chain, self.policy, self.clock(),
@@ -173,7 +177,8 @@ class PrefsMixin:
             if (consent_status_of(value) == "granted" and source != "sms_reply" and current.get(key) != "granted"
                     and self.policy.double_opt_in(channel, purpose)):
                 changed[key] = "pending" if isinstance(value, str) else msgspec.structs.replace(value, status="pending")
-                held.append(key)
+                if current.get(key) != "pending":  # asked already: a repeated grant does not text again
+                    held.append(key)
         return held
 
     async def _chain(self, conn, template_id: str | None) -> tuple:
@@ -206,12 +211,14 @@ class PrefsMixin:
 
 def _consent_delta(current: dict[str, str], given: dict[str, Consent], replace: bool) -> dict[str, Consent]:
     """Consent records to write: what ``given`` changes (a whole record always:
-    its details are new evidence), and for a PUT, withdrawal of every granted or
-    pending key it leaves out."""
+    its details are new evidence), and for a PUT, withdrawal of every granted
+    key it leaves out (a pending one is not shown by GET, so a document read and
+    put back must not withdraw it)."""
     delta = {k: v for k, v in given.items() if isinstance(v, ConsentRecord) or current.get(k) != v}
     if replace:
-        delta.update({k: "withdrawn" for k, s in current.items() if s in ("granted", "pending") and k not in given})
+        delta.update({k: "withdrawn" for k, s in current.items() if s == "granted" and k not in given})
     return delta
+
 
 
 __all__ = ["PrefCommand", "PrefResult", "PrefsMixin", "doc_of", "ordered"]

@@ -611,10 +611,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         version, so the record is written once). A failure is recorded and logged:
         the grant stays pending and can be asked for again."""
         address = state.addresses.get("sms")
-        if address is None or "sms" not in self.channel_shards:
-            return
-        purposes = sorted({split_consent_key(k)[1] for k in keys if k.startswith("sms")} - {"*"}) or ["our"]
-        text = self.cfg.compliance.sms_confirm_text.format(purpose=" and ".join(purposes))
+        purposes = sorted({p for c, p in map(split_consent_key, keys) if c == "sms"} - {"*"})
+        if address is None or "sms" not in self.channel_shards or "sms" in state.suppressed or not purposes:
+            return  # no number, no SMS provider, a number that must not be texted, or nothing asked on SMS
+        # replace, not format: a brace in the configured text must not fail a committed write
+        text = self.cfg.compliance.sms_confirm_text.replace("{purpose}", " and ".join(purposes))
         nid = derive_id(f"consent-confirm:{state.user_id}:{version}")
         now = time.time()
         task = DeliveryTask(notification_id=nid, user_id=state.user_id, channel="sms",

@@ -34,6 +34,7 @@ NONCE_BYTES = 12
 FORMAT = b"\x01"
 BLIND_BYTES = 16  # 128 bits: collisions are not a concern at any population
 KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+PHONE_SEPARATORS = re.compile(r"[\s().-]")
 
 
 class PiiError(ValueError):
@@ -95,9 +96,15 @@ def format_master_key(kid: str, key: bytes) -> str:
 
 def normalized(channel: str, address: str) -> str:
     """The form the blind index hashes: email case-insensitively (what mailbox
-    providers do in practice), everything else as given, outer spaces dropped."""
+    providers do in practice), a phone number without its separators (spaces,
+    dashes, dots, brackets: Twilio writes ``+14155552671`` whatever the person
+    typed), everything else as given, outer spaces dropped."""
     address = address.strip()
-    return address.lower() if channel == "email" else address
+    if channel == "email":
+        return address.lower()
+    if channel in ("sms", "voice"):
+        return PHONE_SEPARATORS.sub("", address)
+    return address
 
 
 class Keyring:

@@ -50,20 +50,30 @@ def consent_key(channel: str, purpose: str) -> str:
     return channel if purpose == "*" else f"{channel}:{purpose}"
 
 
-def consent_status(state: UserState, channel: str, purpose: str, now: float) -> str:
+def consent_status(state: UserState, channel: str, purpose: str, now: float, fallback: bool = True) -> str:
     """``granted`` if the consent for ``purpose`` on ``channel`` holds at ``now``,
     else why not (``missing``, ``pending``, ``withdrawn``, ``expired``). A record
     of the purpose itself decides; without one, the whole channel's does (a
     channel-wide grant covers the purposes nobody recorded apart, while a
     purpose's own withdrawal, or a grant still waiting for confirmation, is not
-    overridden by it)."""
+    overridden by it). ``fallback=False`` (a double opt-in purpose): only the
+    purpose's own, confirmed grant will do."""
     key = consent_key(channel, purpose)
-    if purpose != "*" and key not in state.consent and key not in state.consent_state:
+    if fallback and purpose != "*" and key not in state.consent and key not in state.consent_state:
         key = channel
     if key in state.consent:
         until = state.consent_until.get(key)
         return "granted" if until is None or until > now else "expired"
     return state.consent_state.get(key, "missing")
+
+
+def current_consent(state: UserState, now: float) -> dict[str, str]:
+    """Each recorded consent key's status at ``now`` (an expired grant is expired)."""
+    out = dict(state.consent_state)
+    for key in state.consent:
+        until = state.consent_until.get(key)
+        out[key] = "expired" if until is not None and until <= now else "granted"
+    return out
 
 
 def decide_channel(request: Message, state: UserState | None, channel: str, available: frozenset[str],
@@ -89,7 +99,7 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
     if policy.consent_channels:
         rule = policy.consent_rule(channel, category)
         if rule is not None:
-            status = consent_status(state, channel, rule.purpose, now)
+            status = consent_status(state, channel, rule.purpose, now, fallback=not rule.double_opt_in)
             if status != "granted":
                 return Suppress(channel, f"consent.{status}_{channel}")
     if context is None:

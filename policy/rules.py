@@ -49,6 +49,9 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     double_opt_in: bool = False  # consent_required: a grant waits for the person's confirmation
 
     def __post_init__(self) -> None:
+        if self.double_opt_in and (self.kind != "consent_required" or self.channel != "sms" or self.purpose == "*"):
+            raise ValueError(f"rule {self.name!r}: double_opt_in is for a consent_required rule of one purpose on sms "
+                             "(the person confirms by replying YES to a text)")
         if self.kind == "send_window":
             if not self.windows:
                 raise ValueError(f"rule {self.name!r}: a send_window needs windows")

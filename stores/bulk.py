@@ -297,7 +297,7 @@ async def _check_rules(conn: asyncpg.Connection, policy: Policy) -> None:
             if tid and tid not in chains:
                 chains[tid] = await prefs_store.template_chain(conn, tid)
             for _, why in rule_errors(list(prefs.get(uid, ())), chains.get(tid, ()) if tid else (), policy,
-                                      time.time(), consent=consent.get(uid, frozenset())):
+                                      time.time(), consent=consent.get(uid, (frozenset(),))[0]):
                 errors.append((f"user {uid}", why))
     if errors:
         raise ImportFailed(errors[:MAX_ERRORS])

@@ -128,11 +128,20 @@ async def write_consent(conn: asyncpg.Connection, ring: Keyring, uid: str, chang
     if not changed:
         return
     key = (await pii.data_keys(conn, ring, [uid], create=True))[uid]
+    before = {}
+    if source == "sms_reply":  # a confirmation keeps what the grant it confirms said (basis, text, expiry)
+        before = {(r[0], r[1]): r for r in await conn.fetch(
+            "SELECT channel, purpose, basis, text_version, extract(epoch FROM expires_at)::float8 "
+            "FROM preference_consent WHERE user_id = $1", uid)}
     rows = []
     for k, value in changed.items():
         channel, purpose = split_consent_key(k)
         rec = value if isinstance(value, ConsentRecord) else ConsentRecord(status="granted")
         status = value if isinstance(value, str) else value.status
+        old = before.get((channel, purpose))
+        if old is not None:
+            rec = msgspec.structs.replace(rec, basis=old[2], text_version=rec.text_version or old[3],
+                                          expires_at=rec.expires_at or old[4])
         evidence = None if rec.evidence is None else pii.seal_json(key, "consent.evidence", uid,
                                                                    msgspec.to_builtins(rec.evidence))
         rows.append((uid, channel, purpose, status, rec.source or source, rec.basis, rec.text_version, evidence,

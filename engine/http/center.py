@@ -33,6 +33,7 @@ from engine.http.center_text import language, words
 from engine.http.common import ENGINE
 from engine.http.unsubscribe import page
 from policy import wire
+from policy.decide import current_consent
 from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference, narrower
 from policy.types import UserState
 from policy.unsubscribe import open_center
@@ -96,6 +97,7 @@ class Values:
     quiet_end: str = ""
     timezone: str = "UTC"
     consent: dict[str, bool] = field(default_factory=dict)
+    consent_keys: dict[str, list[str]] = field(default_factory=dict)  # shown: the keys each box stands for
     stop_marketing: bool = False
 
 
@@ -139,7 +141,10 @@ def _shown(layout: Layout, effective: dict, state: UserState) -> Values:
     quiet = _global_quiet(state)
     if quiet:
         v.quiet_start, v.quiet_end = quiet[0].start, quiet[0].end
-    v.consent = {ch: ch in state.consent for ch in layout.consent_channels}
+    held = current_consent(state, time.time())  # each channel's keys that a withdrawal there must reach
+    v.consent_keys = {ch: sorted(k for k, s in held.items() if s in ("granted", "pending")
+                                 and k.partition(":")[0] == ch) for ch in layout.consent_channels}
+    v.consent = {ch: bool(keys) for ch, keys in v.consent_keys.items()}
     marketing = [c["name"] for c in layout.categories if c["name"] in layout.marketing]
     v.stop_marketing = bool(marketing) and not any(v.on[c][ch] for c in marketing for ch in layout.channels)
     return v
@@ -216,7 +221,9 @@ def _patch(layout: Layout, shown: Values, want: Values, state: UserState) -> tup
             return None, layout.t["bad_zone"].format(zone=want.timezone)
         patch.timezone = want.timezone
     # consent is only withdrawn here: a forwarded link must not sign anyone up for texts or calls
-    patch.consent = {ch: "withdrawn" for ch in layout.consent_channels if shown.consent[ch] and not want.consent[ch]}
+    # (every purpose's grant on that channel: the box stands for all of them)
+    patch.consent = {k: "withdrawn" for ch in layout.consent_channels if shown.consent[ch] and not want.consent[ch]
+                     for k in shown.consent_keys.get(ch) or [ch]}
     return patch, None
 
 

@@ -322,8 +322,12 @@ async def twilio_inbound(request: web.Request) -> web.Response:
         return twiml(c.sms_help_text)
     async with engine.pool.acquire() as conn:
         users = await user_store.users_with(conn, engine.ring, "sms", printable(number, 64))
-    done = await asyncio.gather(*(engine.shard_for(u).consent_reply.remote(u, word) for u in users))
-    if word == "stop":
+    done = await asyncio.gather(*(engine.shard_for(u).consent_reply.remote(u, word) for u in users),
+                                return_exceptions=True)
+    for r in done:
+        if isinstance(r, BaseException):  # the others' changes stand; this person's is logged, not lost silently
+            log.warning("an SMS reply could not be applied to one user: %s", type(r).__name__)
+    if "stopped" in done:
         return twiml(c.sms_stopped_text)
     return twiml(c.sms_confirmed_text if "confirmed" in done else "")
 

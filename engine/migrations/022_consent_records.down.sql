@@ -9,3 +9,4 @@ ALTER TABLE preference_consent ADD CONSTRAINT preference_consent_status_check CH
 ALTER TABLE preference_consent DROP CONSTRAINT preference_consent_pkey;
 ALTER TABLE preference_consent ADD PRIMARY KEY (user_id, channel);
 ALTER TABLE preference_consent DROP COLUMN purpose;
+UPDATE users SET state = NULL WHERE state IS NOT NULL;

@@ -34,3 +34,8 @@ CREATE TABLE preference_consent_history (
 CREATE INDEX idx_consent_history_user ON preference_consent_history (user_id, id);
 CREATE TRIGGER preference_consent_history_append_only BEFORE UPDATE ON preference_consent_history
     FOR EACH ROW EXECUTE FUNCTION audit_refuse();
+CREATE TRIGGER preference_consent_history_no_truncate BEFORE TRUNCATE ON preference_consent_history
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse();
+
+-- Stored states carry consent by key and status now: recomputed when next read.
+UPDATE users SET state = NULL WHERE state IS NOT NULL;

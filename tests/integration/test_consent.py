@@ -86,8 +86,14 @@ async def test_double_opt_in_then_stop(engine, twilio):
     assert len(asked) == 1 and "Reply YES" in asked[0]["Body"] and "marketing" in asked[0]["Body"]
     assert await send(engine, "c1", "marketing") == ("suppressed", "consent.pending_sms")
     assert await send(engine, "c1", "messages") == ("sent", "ok")  # the channel's own grant is not held back
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c1/preferences",
+                                           json={"consent": {"sms:marketing": "granted"}}) as r:
+        assert r.status == 200  # granted again while pending: still pending, and not texted twice
+    assert len([b for b in twilio.bodies if b["To"] == NUMBER]) == 2  # the confirmation and the messages text
 
     assert await reply(engine, "hello") == (200, '<?xml version="1.0" encoding="UTF-8"?><Response></Response>')
+    # a STOP from a number nobody has: nothing to stop, and no claim that anything was
+    assert (await reply(engine, "STOP", number="+14155550000"))[1].endswith("<Response></Response>")
     status, text = await reply(engine, "HELP")
     assert status == 200 and "Reply STOP" in text
     assert (await reply(engine, "YES", token="wrong"))[0] in (401, 403)
@@ -106,11 +112,15 @@ async def test_double_opt_in_then_stop(engine, twilio):
         doc = await r.json(content_type=None)
     marketing = next(c for c in doc["consent"] if c["purpose"] == "marketing")
     assert (marketing["status"], marketing["basis"]) == ("withdrawn", "consent")
-    history = [(h["purpose"], h["status"], h["source"]) for h in doc["consent_history"] if h["purpose"] == "marketing"]
-    assert history == [("marketing", "pending", "signup_form"), ("marketing", "granted", "sms_reply"),
-                       ("marketing", "withdrawn", "sms_reply")]
+    history = [(h["purpose"], h["status"], h["source"], h["basis"]) for h in doc["consent_history"]
+               if h["purpose"] == "marketing"]
+    assert history == [("marketing", "pending", "signup_form", "consent"), ("marketing", "pending", "http", "consent"),
+                       ("marketing", "granted", "sms_reply", "consent"), ("marketing", "withdrawn", "sms_reply",
+                                                                          "consent")]
     first = next(h for h in doc["consent_history"] if h["status"] == "pending")
     assert first["evidence"]["ip"] == "203.0.113.7" and first["text_version"] == "offers-v3"
+    confirmed = next(h for h in doc["consent_history"] if h["status"] == "granted" and h["purpose"] == "marketing")
+    assert confirmed["text_version"] == "offers-v3"  # the confirmation keeps what the grant it confirms said
 
 
 async def test_an_expired_grant_holds_sends_back(engine):

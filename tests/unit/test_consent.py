@@ -49,6 +49,9 @@ def test_each_refusal_names_its_status_and_the_rule_for_the_category_applies():
     assert reason(state(consent=frozenset({"sms:marketing"})), "messages") == "consent.missing_sms"
     assert reason(state(consent=frozenset({"sms:marketing"}), consent_until={"sms:marketing": NOW}),
                   "marketing") == "consent.expired_sms"
+    # a double opt-in purpose takes only its own confirmed grant: the whole channel's does not stand in
+    assert reason(state(consent=frozenset({"sms"})), "marketing") == "consent.missing_sms"
+    assert reason(state(consent=frozenset({"sms"})), "messages") == "ok"
     assert POLICY.double_opt_in("sms", "marketing") and not POLICY.double_opt_in("sms", "*")
 
 
@@ -62,3 +65,15 @@ def test_consent_keys_and_records_are_checked_at_the_edge():
     assert consent_errors(bad_ip.consent) == [("consent.sms.evidence.ip", "not an IP address")]
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"consent": {"sms": {"status": "pending"}}}', type=PreferencesPatch)
+
+
+def test_double_opt_in_is_for_one_purpose_on_sms():
+    for bad in ({"channel": "email", "purpose": "marketing"}, {"channel": "sms"}):
+        with pytest.raises(ValueError, match="double_opt_in"):
+            Rule(name="x", kind="consent_required", double_opt_in=True, **bad)
+
+
+def test_the_blind_index_reads_a_phone_number_as_twilio_writes_it():
+    from infra.pii import Keyring
+    ring = Keyring({"m": b"k" * 32}).with_index(b"i" * 32)
+    assert ring.blind("sms", "+1 (415) 555-2671") == ring.blind("sms", "+14155552671")
