@@ -27,7 +27,7 @@ def at(local: str, zone: str) -> float:
 
 def person(zone: str) -> UserState:
     return UserState(user_id="u1", addresses={"email": "a@b.c", "sms": "+15555550100"}, timezone=zone,
-                     consent=frozenset({"sms", "voice"}))
+                     consent=frozenset({"sms", "sms:marketing", "voice"}))  # marketing texts: confirmed apart
 
 
 def one(category: str, channel: str, zone: str, now: float, priority: str = "normal"):
