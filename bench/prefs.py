@@ -169,11 +169,9 @@ async def _seed(conn, n: int, master_keys: str) -> None:
     keys = await pii.copy_new_keys(conn, ring, list(users))
     await conn.copy_records_to_table("user_addresses", columns=pii.ADDRESS_COLUMNS, records=pii.address_records(
         ring, keys, [(u.user_id, ch, a) for u in users.values() for ch, a in u.addresses.items()]))
-    from stores.prefs import pref_record
-    await conn.executemany(
-        "INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, "
-        "context_key, value, priority, expires_at) VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8::jsonb,$9,to_timestamp($10))",
-        [pref_record(u.user_id, p) for u in users.values() for p in u.prefs])
+    from stores.prefs import INSERT_PREFS, pref_record
+    await conn.executemany(INSERT_PREFS, [pref_record(u.user_id, p, keys[u.user_id])
+                                          for u in users.values() for p in u.prefs])
 
 
 async def bench_load(url: str, n: int, shards: int = 2) -> dict:

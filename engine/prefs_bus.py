@@ -33,7 +33,7 @@ from policy.sharding import shard_of
 from policy.subjects import token_user, user_token
 from policy.types import UserId
 from policy.validate import PreferencesDoc, PreferencesPatch
-from stores import prefs as prefs_store
+from stores import pii, prefs as prefs_store
 from stores.prefs import Change
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,16 @@ async def relay_once(engine, older_than_s: float = RELAY_EVERY_S) -> int:
     """Publish change-feed rows left pending (a crash between commit and publish)."""
     async with engine.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT user_id, version, sync_type, source, changes FROM preference_sync_log "
+            "SELECT user_id, version, sync_type, source, changes, sealed FROM preference_sync_log "
             "WHERE sync_status = 'pending' AND created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 1000",
             older_than_s)
+        keys = await pii.data_keys(conn, engine.ring, {r[0] for r in rows if r[5] is not None}) if rows else {}
     prefix = engine.cfg.nats.prefix
     for r in rows:
+        doc = prefs_store.open_feed(keys.get(r[0]), r[0], r[5], r[4])
         body = b'{"user_id":' + msgspec.json.encode(r[0]) + b',"version":' + str(r[1]).encode() + \
             b',"type":' + msgspec.json.encode(r[2]) + b',"source":' + msgspec.json.encode(r[3]) + b"," + \
-            r[4].encode()[1:]
+            (msgspec.json.encode(doc)[1:] if doc else b"}")
         await engine.nc.publish(changed_subject(prefix, r[0]), body)
     if rows:
         await engine.nc.flush(timeout=5)

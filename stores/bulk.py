@@ -39,7 +39,7 @@ from policy.sharding import stable_hash
 from policy.types import UserId
 from policy.validate import key_errors, rule_errors
 from policy.windows import window_errors
-from stores import audit, prefs as prefs_store, state as state_store
+from stores import audit, pii, prefs as prefs_store, state as state_store
 
 CSV_COLUMNS = ("user_id", "channel", "category", "content_type", "context", "enabled", "frequency",
                "quiet_hours", "time_windows", "custom", "priority", "expires_at")
@@ -223,7 +223,8 @@ async def import_rows(conn: asyncpg.Connection, ring: Keyring, parsed: Parsed, p
             "INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, "
             "context_key, value, priority, expires_at) SELECT user_id, preference_type, channel, category, "
             "content_type, context, context_key, value, priority, expires_at FROM _import")
-        await _check_rules(conn, policy)
+        await _seal_custom(conn, ring)
+        await _check_rules(conn, ring, policy)
         users = await _write_users(conn, ring, actor, progress)
     return staged, users
 
@@ -279,14 +280,26 @@ ORDER BY user_id
 """
 
 
-async def _check_rules(conn: asyncpg.Connection, policy: Policy) -> None:
+async def _seal_custom(conn: asyncpg.Connection, ring: Keyring) -> None:
+    """Move the imported rows' custom values out of their value, sealed under each
+    user's key (rows were inserted set-based from the staging table)."""
+    cursor = await conn.cursor("SELECT id, user_id, value->'custom' FROM user_preferences "
+                               "WHERE user_id IN (SELECT user_id FROM _import) AND value ? 'custom'")
+    while rows := await cursor.fetch(5000):
+        keys = await pii.data_keys(conn, ring, {r[1] for r in rows}, create=True)
+        await conn.executemany("UPDATE user_preferences SET custom = $2, value = value - 'custom' WHERE id = $1",
+                               [(r[0], pii.seal_json(keys[r[1]], pii.CUSTOM, r[1], orjson.loads(r[2])))
+                                for r in rows])
+
+
+async def _check_rules(conn: asyncpg.Connection, ring: Keyring, policy: Policy) -> None:
     """Mandatory categories, for the users whose import switches something off."""
     if not policy.mandatory():
         return
     errors: list[tuple[str, str]] = []
     cursor = await conn.cursor(SWITCHED_OFF)
     while len(errors) < MAX_ERRORS and (chunk := [r[0] for r in await cursor.fetch(5000)]):
-        prefs = await state_store.load_prefs(conn, chunk)
+        prefs = await state_store.load_prefs(conn, ring, chunk)
         consent = await state_store.load_consent(conn, chunk)
         templates = {r[0]: r[1] for r in await conn.fetch(
             "SELECT user_id, template_id FROM users WHERE user_id = ANY($1::text[]) AND template_id IS NOT NULL",
@@ -330,12 +343,13 @@ async def _feed_and_audit(conn: asyncpg.Connection, ring: Keyring, per_user: dic
         "UPDATE users SET prefs_version = prefs_version + 1, state = NULL, updated_at = now() "
         "WHERE user_id = ANY($1::text[]) RETURNING user_id, prefs_version", ids)}
     feed, entries = [], []
+    keys = await pii.data_keys(conn, ring, ids, create=True)
     for uid, docs in per_user.items():
         change = {"set": [orjson.loads(d) for d in docs]}
-        feed.append((uid, versions[uid], "import", "import", orjson.dumps(change).decode()))
+        feed.append((uid, versions[uid], "import", "import", "{}", pii.seal_json(keys[uid], pii.FEED, uid, change)))
         entries.append(audit.Entry(uid, "preferences.import", None, change, actor))
     await conn.copy_records_to_table("preference_sync_log", columns=(
-        "user_id", "version", "sync_type", "source", "changes"), records=feed)
+        "user_id", "version", "sync_type", "source", "changes", "sealed"), records=feed)
     await conn.copy_records_to_table("preference_audit_log", columns=audit.COLUMNS,
                                      records=await audit.prepare(conn, ring, entries))
     return ids
@@ -344,23 +358,27 @@ async def _feed_and_audit(conn: asyncpg.Connection, ring: Keyring, per_user: dic
 # -- export --------------------------------------------------------------------
 
 EXPORT = """
-SELECT user_id, channel, category, content_type, context, value, priority, extract(epoch FROM expires_at)::float8
+SELECT user_id, channel, category, content_type, context, value, priority, extract(epoch FROM expires_at)::float8,
+       custom
 FROM user_preferences WHERE is_active ORDER BY user_id, channel, category, content_type, context_key
 """
 
 
-async def export_rows(conn: asyncpg.Connection, fmt: str, batch: int = 5000) -> AsyncIterator[bytes]:
-    """The stored rows as NDJSON or CSV chunks (inside a transaction: a cursor)."""
+async def export_rows(conn: asyncpg.Connection, ring: Keyring, fmt: str, batch: int = 5000) -> AsyncIterator[bytes]:
+    """The stored rows as NDJSON or CSV chunks (inside a transaction: a cursor),
+    custom values opened (each user's key read once per chunk of rows)."""
     if fmt == "csv":
         yield (",".join(CSV_COLUMNS) + "\r\n").encode()
-    chunk: list[bytes] = []
-    async for rec in conn.cursor(EXPORT, prefetch=batch):
-        p = prefs_store.row_to_pref(*list(rec)[1:])
-        chunk.append(_ndjson(rec[0], p) if fmt == "ndjson" else _csv(rec[0], p))
-        if len(chunk) >= batch:
-            yield b"".join(chunk)
-            chunk = []
-    if chunk:
+    cursor = await conn.cursor(EXPORT)
+    while recs := await cursor.fetch(batch):
+        sealed = {r[0] for r in recs if r[8] is not None}
+        keys = await pii.data_keys(conn, ring, sealed) if sealed else {}
+        chunk: list[bytes] = []
+        for rec in recs:
+            p = prefs_store.row_to_pref(*list(rec)[1:8])
+            if rec[8] is not None:
+                p = msgspec.structs.replace(p, custom=pii.open_custom(keys.get(rec[0]), rec[0], rec[8]))
+            chunk.append(_ndjson(rec[0], p) if fmt == "ndjson" else _csv(rec[0], p))
         yield b"".join(chunk)
 
 

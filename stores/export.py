@@ -36,7 +36,8 @@ class Section:
     columns: tuple[str, ...]
     sql: str  # $1 is the user id; columns in this order, JSON as text (then ``sealed``'s, if any)
     json_columns: frozenset[str] = frozenset()
-    sealed: str | None = None  # "address", "evidence" or "audit": the query's last column is sealed under the user's key
+    # "address", "custom", "feed", "evidence" or "audit": the query's last column is sealed under the user's key
+    sealed: str | None = None
 
 
 def _open(section: Section, row: dict, blob: bytes | None, key: bytes | None, user_id: str) -> None:
@@ -47,6 +48,10 @@ def _open(section: Section, row: dict, blob: bytes | None, key: bytes | None, us
     try:
         if section.sealed == "address":
             row["address"] = pii.open_address(key, user_id, row["channel"], blob)
+        elif section.sealed == "custom":
+            row["value"] = {**(row["value"] or {}), "custom": pii.open_json(key, pii.CUSTOM, user_id, blob)}
+        elif section.sealed == "feed":
+            row["changes"] = pii.open_json(key, pii.FEED, user_id, blob)
         elif section.sealed == "evidence":
             row["evidence"] = pii.open_json(key, "consent.evidence", user_id, blob)
         else:
@@ -68,11 +73,12 @@ SECTIONS = (
     Section("preferences", ("channel", "category", "content_type", "context", "value", "priority", "expires_at",
                             "active", "metadata", "created_at", "updated_at"),
             "SELECT channel, category, content_type, context::text, value::text, priority, expires_at, is_active, "
-            "metadata::text, created_at, updated_at FROM user_preferences WHERE user_id = $1 "
-            "ORDER BY channel, category, content_type, context_key", frozenset({"context", "value", "metadata"})),
+            "metadata::text, created_at, updated_at, custom FROM user_preferences WHERE user_id = $1 "
+            "ORDER BY channel, category, content_type, context_key", frozenset({"context", "value", "metadata"}),
+            sealed="custom"),
     Section("preference_history", ("version", "type", "source", "changes", "at"),
-            "SELECT version, sync_type, source, changes::text, created_at FROM preference_sync_log "
-            "WHERE user_id = $1 ORDER BY version", frozenset({"changes"})),
+            "SELECT version, sync_type, source, changes::text, created_at, sealed FROM preference_sync_log "
+            "WHERE user_id = $1 ORDER BY version", frozenset({"changes"}), sealed="feed"),
     Section("consent", ("channel", "purpose", "status", "basis", "source", "text_version", "expires_at",
                         "granted_at", "withdrawn_at", "updated_at", "evidence"),
             "SELECT channel, purpose, status, basis, source, text_version, expires_at, granted_at, withdrawn_at, "

@@ -91,6 +91,21 @@ def address_records(ring: Keyring, keys: Mapping[str, bytes],
 ADDRESS_COLUMNS = ("user_id", "channel", "sealed", "blind")
 
 
+CUSTOM = "preference.custom"  # what a preference row's sealed custom values are bound to
+FEED = "preference_sync_log"  # and a change-feed document
+
+
+def open_custom(key: bytes | None, user_id: str, sealed: bytes | None):
+    """A preference row's custom values (None: none, or no key left to open them)."""
+    if sealed is None or key is None:
+        return None
+    try:
+        return open_json(key, CUSTOM, user_id, sealed)
+    except PiiError:
+        log.warning("a preference row's custom values do not open under their user's key")
+        return None
+
+
 def seal_json(key: bytes, kind: str, user_id: str, value: object) -> bytes:
     return seal(key, msgspec.json.encode(value), aad(kind, user_id))
 
@@ -173,9 +188,35 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
                     await conn.execute("UPDATE suppressions SET blind = $2, address = NULL WHERE ctid = $1",
                                        ctid, blind)
             counts["suppressions"] += len(rows)
+    counts["custom"] = await _seal_rows(
+        conn, ring, batch, "SELECT id, user_id, value->'custom' FROM user_preferences WHERE value ? 'custom' "
+                           "LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "UPDATE user_preferences SET custom = $2, value = value - 'custom' WHERE id = $1", CUSTOM)
+    counts["change_feed"] = await _seal_rows(
+        conn, ring, batch, "SELECT id, user_id, changes FROM preference_sync_log WHERE sealed IS NULL "
+                           "LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "UPDATE preference_sync_log SET sealed = $2, changes = '{}' WHERE id = $1", FEED)
     if any(counts.values()):
         log.info("sealed rows written before encryption at rest: %s", counts)
     return counts
+
+
+async def _seal_rows(conn: asyncpg.Connection, ring: Keyring, batch: int, select: str, update: str,
+                     kind: str) -> int:
+    """Seal a JSON column's values, ``batch`` rows per transaction; (id, user,
+    JSON) rows in, (id, sealed) out. Rows of users no longer in ``users`` (no key
+    can be made) are sealed under nothing: their values are emptied."""
+    done = 0
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(select, batch)
+            if not rows:
+                return done
+            keys = await data_keys(conn, ring, {r[1] for r in rows}, create=True)
+            await conn.executemany(update, [
+                (r[0], seal_json(keys[r[1]], kind, r[1], msgspec.json.decode(r[2])) if r[1] in keys
+                 else seal(new_key(), b"{}", aad(kind, r[1]))) for r in rows])
+            done += len(rows)
 
 
 def open_addresses(ring: Keyring, keys: Mapping[str, bytes], rows: Sequence) -> dict[str, dict[str, str]]:

@@ -31,17 +31,31 @@ def row_to_pref(channel: str, category: str, content_type: str, context, value, 
     return msgspec.convert(data, Preference)
 
 
-def pref_record(user_id: str, p: Preference) -> tuple:
+def pref_record(user_id: str, p: Preference, key: bytes | None = None) -> tuple:
+    """The ``INSERT_PREFS`` parameters of a row: its custom values out of the
+    value, sealed under the user's ``key`` (which a row with any must have)."""
+    value = p.value()
+    custom = value.pop("custom", None)
+    if custom is not None and key is None:
+        raise ValueError("a preference row with custom values needs its user's key")
     return (user_id, p.level, p.channel, p.category, p.content_type,
             orjson.dumps(p.context).decode() if p.context else None, context_key(p.context),
-            msgspec.json.encode(p.value()).decode(), p.priority, p.expires_at)
+            msgspec.json.encode(value).decode(), p.priority, p.expires_at,
+            None if custom is None else pii.seal_json(key, pii.CUSTOM, user_id, custom))
 
 
 INSERT_PREFS = """
 INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, context_key,
-                              value, priority, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9, to_timestamp($10))
+                              value, priority, expires_at, custom)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9, to_timestamp($10), $11)
 """
+
+
+def open_feed(key: bytes | None, user_id: str, sealed: bytes | None, changes) -> dict:
+    """A change-feed document: sealed (from migration 023 on), else as written before."""
+    if sealed is not None:
+        return pii.open_json(key, pii.FEED, user_id, sealed) if key is not None else {}
+    return orjson.loads(changes) if isinstance(changes, str) else dict(changes or {})
 
 
 class Change(msgspec.Struct, kw_only=True):
@@ -83,16 +97,17 @@ async def write_change(conn: asyncpg.Connection, ring: Keyring, change: Change, 
         bumped = inserted
     change.version = bumped
     await conn.execute("DELETE FROM user_preferences WHERE user_id = $1", uid)
+    key = (await pii.data_keys(conn, ring, [uid], create=True))[uid]
     if change.preferences:
-        await conn.executemany(INSERT_PREFS, [pref_record(uid, p) for p in change.preferences])
+        await conn.executemany(INSERT_PREFS, [pref_record(uid, p, key) for p in change.preferences])
     await write_consent(conn, ring, uid, consent_changed, change.source, change.actor)
     new = doc_json(change)
     fresh = (await state.refresh_states(conn, ring, [uid]))[uid]
     await append_audit(conn, ring, [(uid, f"preferences.{change.type}", old, new, change.actor)])
     await conn.execute(
-        "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6)", uid, bumped, change.type, change.source, orjson.dumps(new).decode(),
-        source_id)
+        "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id, sealed) "
+        "VALUES ($1, $2, $3, $4, '{}', $5, $6)", uid, bumped, change.type, change.source, source_id,
+        pii.seal_json(key, pii.FEED, uid, new))
     return fresh
 
 
@@ -154,13 +169,15 @@ def _shard_key(user_id: str) -> int:
     return stable_hash(user_id)
 
 
-async def changes_since(conn: asyncpg.Connection, user_id: str, since: int, limit: int = 500) -> list[dict]:
+async def changes_since(conn: asyncpg.Connection, ring: Keyring, user_id: str, since: int,
+                        limit: int = 500) -> list[dict]:
     rows = await conn.fetch(
-        "SELECT version, sync_type, source, changes, extract(epoch FROM created_at)::float8 AS at "
+        "SELECT version, sync_type, source, changes, extract(epoch FROM created_at)::float8 AS at, sealed "
         "FROM preference_sync_log WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $3",
         user_id, since, limit)
+    key = (await pii.data_keys(conn, ring, [user_id])).get(user_id) if rows else None
     return [{"version": r["version"], "type": r["sync_type"], "source": r["source"], "at": r["at"],
-             **orjson.loads(r["changes"])} for r in rows]
+             **open_feed(key, user_id, r["sealed"], r["changes"])} for r in rows]
 
 
 async def mark_published(conn: asyncpg.Connection, keys: Sequence[tuple[str, int]]) -> None:

@@ -81,7 +81,7 @@ SELECT user_id, (value || jsonb_build_object('channel', channel, 'category', cat
                                              'content_type', content_type, 'priority', priority)
         || CASE WHEN context IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('context', context) END
         || CASE WHEN expires_at IS NULL THEN '{}'::jsonb
-                ELSE jsonb_build_object('expires_at', extract(epoch FROM expires_at)) END)::text
+                ELSE jsonb_build_object('expires_at', extract(epoch FROM expires_at)) END)::text, custom
 FROM user_preferences WHERE user_id = ANY($1::text[]) AND is_active
 """
 _pref = msgspec.json.Decoder(Preference)
@@ -89,11 +89,21 @@ LOAD_CONSENT = ("SELECT user_id, channel, purpose, status, extract(epoch FROM ex
                 "FROM preference_consent WHERE user_id = ANY($1::text[])")
 
 
-async def load_prefs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, tuple[Preference, ...]]:
+async def load_prefs(conn: asyncpg.Connection, ring: Keyring, ids: list[str],
+                     keys: dict[str, bytes] | None = None) -> dict[str, tuple[Preference, ...]]:
+    """Each user's active rows, their sealed custom values opened."""
     rows: dict[str, list[Preference]] = {}
-    for uid, text in await conn.fetch(LOAD_PREFS, ids):
-        rows.setdefault(uid, []).append(_pref.decode(text))
+    found = await conn.fetch(LOAD_PREFS, ids)
+    sealed_of = {r[0] for r in found if r[2] is not None}
+    if sealed_of and (keys is None or not sealed_of <= keys.keys()):
+        keys = {**(keys or {}), **await pii.data_keys(conn, ring, sealed_of)}
+    for uid, text, sealed in found:
+        pref = _pref.decode(text)
+        if sealed is not None:
+            pref = msgspec.structs.replace(pref, custom=pii.open_custom(keys.get(uid), uid, sealed))
+        rows.setdefault(uid, []).append(pref)
     return {uid: ordered(found) for uid, found in rows.items()}
+
 
 
 async def load_consent(conn: asyncpg.Connection,
@@ -195,7 +205,7 @@ async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Seq
             keys = await pii.data_keys(conn, ring, {r[0] for r in rows})
         for uid, addresses in pii.open_addresses(ring, keys, rows).items():
             states[uid].addresses.update(addresses)
-    for uid, rows in (await load_prefs(conn, ids)).items():
+    for uid, rows in (await load_prefs(conn, ring, ids, keys)).items():
         states[uid].prefs = rows
     for uid, (granted, until, other) in (await load_consent(conn, ids)).items():
         states[uid].consent, states[uid].consent_until, states[uid].consent_state = granted, until, other

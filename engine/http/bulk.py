@@ -218,7 +218,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     async with engine.pool.acquire() as conn, conn.transaction(readonly=True):
         await db.set_local_timeout(conn, engine.cfg.database.long_statement_timeout_s)  # the cursor's first sort
         await conn.execute("SET LOCAL application_name = 'tidings-export'")  # what it is, in pg_stat_activity
-        async for chunk in bulk.export_rows(conn, fmt):
+        async for chunk in bulk.export_rows(conn, engine.ring, fmt):
             try:  # a write waits while the client's buffers are full: a reader that stopped reading
                 await asyncio.wait_for(resp.write(chunk), stall)
             except TimeoutError:

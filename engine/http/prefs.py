@@ -122,7 +122,7 @@ async def changes(request: web.Request) -> web.Response:
     since = query_int(request, "since", 0, 0, 2**62)
     limit = query_int(request, "limit", 500, 1, 5000)
     async with engine.pool.acquire() as conn:
-        rows = await prefs_store.changes_since(conn, user_id, since, limit)
+        rows = await prefs_store.changes_since(conn, engine.ring, user_id, since, limit)
     return reply({"user_id": user_id, "since": since, "changes": rows,
                   "next": rows[-1]["version"] if rows else since})
 

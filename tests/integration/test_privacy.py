@@ -61,8 +61,14 @@ async def test_a_dump_of_a_working_database_holds_no_address(engine, database_ur
                 "addresses": {"email": "Person1.New@privacy.test", "sms": "+15550009999"}}) as r:
             assert r.status == 200, await r.text()
         async with client.patch(f"{engine.base_url}/v1/users/pv0/preferences", json={
-                "set": [{"channel": "email", "category": "marketing", "enabled": False}]}) as r:
+                "set": [{"channel": "email", "category": "marketing", "enabled": False,
+                         "custom": {"note": "or write to person0.private@privacy.test, +15550007777"}}]}) as r:
             assert r.status == 200, await r.text()
+        async with client.get(f"{engine.base_url}/v1/users/pv0/preferences") as r:  # opened where it is read
+            rows = (await r.json())["preferences"]
+            assert rows[0]["custom"] == {"note": "or write to person0.private@privacy.test, +15550007777"}
+        async with client.get(f"{engine.base_url}/v1/users/pv0/preferences/changes?since=0") as r:
+            assert "person0.private@privacy.test" in await r.text()
         nid = str(uuid.uuid4())
         async with client.post(f"{engine.base_url}/v1/notifications", json={
                 "id": nid, "user_id": "pv0", "category": "security", "channels": ["email"],
