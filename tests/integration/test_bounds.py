@@ -157,7 +157,7 @@ async def test_a_cache_smaller_than_the_population_delivers_to_all_and_keeps_evi
 
 async def test_an_import_larger_than_a_chunk_streams_through_the_cli(bounded, tmp_path):
     from engine.cli import prefs as cli_prefs
-    from stores import bulk
+    from stores import bulk, prefs as prefs_store
     n = 3 * bulk.CHUNK_ROWS + 1234  # four staging chunks; the file is more than one upload chunk too
     source = tmp_path / "big.ndjson"
     with open(source, "wb") as f:
@@ -171,9 +171,9 @@ async def test_an_import_larger_than_a_chunk_streams_through_the_cli(bounded, tm
     assert await bounded.pool.fetchval("SELECT count(*) FROM user_preferences WHERE user_id LIKE 'imp-%'") == n
     assert await bounded.pool.fetchval("SELECT count(*) FROM users WHERE user_id LIKE 'imp-%' "
                                        "AND prefs_version = 1") == users
-    feed = await bounded.pool.fetch("SELECT changes FROM preference_sync_log WHERE sync_type = 'import' "
-                                    "AND user_id = $1", f"imp-{1:06d}-{'x' * 40}")
-    assert [orjson.loads(f["changes"]) for f in feed] == [{"set": [
+    async with bounded.pool.acquire() as conn:  # the change feed's documents are sealed (stores/pii.py)
+        feed = await prefs_store.changes_since(conn, bounded.ring, f"imp-{1:06d}-{'x' * 40}", 0)
+    assert [{"set": f["set"]} for f in feed if f["type"] == "import"] == [{"set": [
         {"channel": "email", "category": "messages", "frequency": "daily"},
         {"channel": "email", "category": "job_alerts", "frequency": "daily"}]}]
     spooled = http_bulk.import_dir(bounded)
