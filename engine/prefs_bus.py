@@ -113,9 +113,9 @@ async def relay_once(engine, older_than_s: float = RELAY_EVERY_S) -> int:
     prefix = engine.cfg.nats.prefix
     for r in rows:
         doc = prefs_store.open_feed(keys.get(r[0]), r[0], r[5], r[4])
-        body = b'{"user_id":' + msgspec.json.encode(r[0]) + b',"version":' + str(r[1]).encode() + \
-            b',"type":' + msgspec.json.encode(r[2]) + b',"source":' + msgspec.json.encode(r[3]) + b"," + \
-            (msgspec.json.encode(doc)[1:] if doc else b"}")
+        if not doc:  # the user was erased meanwhile (their key is gone): nothing left to tell
+            continue
+        body = msgspec.json.encode({"user_id": r[0], "version": r[1], "type": r[2], "source": r[3], **doc})
         await engine.nc.publish(changed_subject(prefix, r[0]), body)
     if rows:
         await engine.nc.flush(timeout=5)

@@ -171,9 +171,13 @@ def take(parsed: Parsed, policy: Policy, size: int) -> tuple[list[tuple[int, Bul
 STAGE = """
 CREATE TEMP TABLE _import (user_id text, preference_type text, channel text, category text, content_type text,
     context jsonb, context_key text, value jsonb, priority integer, expires_at timestamptz, shard_key bigint,
-    line integer, doc text)
+    line integer, doc text, custom bytea)
 ON COMMIT DROP
 """
+
+
+STAGE_COLUMNS = ("user_id", "preference_type", "channel", "category", "content_type", "context", "context_key",
+                 "value", "priority", "expires_at", "shard_key", "line", "doc")  # custom: sealed later (_seal_custom)
 
 
 def _stage_record(n: int, r: BulkRow) -> tuple:
@@ -219,11 +223,11 @@ async def import_rows(conn: asyncpg.Connection, ring: Keyring, parsed: Parsed, p
         await conn.execute(
             "DELETE FROM user_preferences p USING _import i WHERE p.user_id = i.user_id AND p.channel = i.channel "
             "AND p.category = i.category AND p.content_type = i.content_type AND p.context_key = i.context_key")
+        await _seal_custom(conn, ring)  # in the staging table (temporary: never in the WAL), before the real one
         await conn.execute(
             "INSERT INTO user_preferences (user_id, preference_type, channel, category, content_type, context, "
-            "context_key, value, priority, expires_at) SELECT user_id, preference_type, channel, category, "
-            "content_type, context, context_key, value, priority, expires_at FROM _import")
-        await _seal_custom(conn, ring)
+            "context_key, value, priority, expires_at, custom) SELECT user_id, preference_type, channel, category, "
+            "content_type, context, context_key, value, priority, expires_at, custom FROM _import")
         await _check_rules(conn, ring, policy)
         users = await _write_users(conn, ring, actor, progress)
     return staged, users
@@ -238,7 +242,7 @@ async def _stage(conn: asyncpg.Connection, parsed: Parsed, policy: Policy, chunk
         records, errs, ended = await asyncio.to_thread(_take_records, parsed, policy, chunk_rows)  # CPU: off the loop
         errors = (errors + errs)[:MAX_ERRORS]
         if records:
-            await conn.copy_records_to_table("_import", records=records)
+            await conn.copy_records_to_table("_import", records=records, columns=STAGE_COLUMNS)
             staged += len(records)
             progress("staged", staged)
     return staged, errors
@@ -281,13 +285,12 @@ ORDER BY user_id
 
 
 async def _seal_custom(conn: asyncpg.Connection, ring: Keyring) -> None:
-    """Move the imported rows' custom values out of their value, sealed under each
-    user's key (rows were inserted set-based from the staging table)."""
-    cursor = await conn.cursor("SELECT id, user_id, value->'custom' FROM user_preferences "
-                               "WHERE user_id IN (SELECT user_id FROM _import) AND value ? 'custom'")
+    """Move the staged rows' custom values out of their value, sealed under each
+    user's key, so the set-based insert never writes them in the clear."""
+    cursor = await conn.cursor("SELECT line, user_id, value->'custom' FROM _import WHERE value ? 'custom'")
     while rows := await cursor.fetch(5000):
         keys = await pii.data_keys(conn, ring, {r[1] for r in rows}, create=True)
-        await conn.executemany("UPDATE user_preferences SET custom = $2, value = value - 'custom' WHERE id = $1",
+        await conn.executemany("UPDATE _import SET custom = $2, value = value - 'custom' WHERE line = $1",
                                [(r[0], pii.seal_json(keys[r[1]], pii.CUSTOM, r[1], orjson.loads(r[2])))
                                 for r in rows])
 

@@ -189,11 +189,11 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
                                        ctid, blind)
             counts["suppressions"] += len(rows)
     counts["custom"] = await _seal_rows(
-        conn, ring, batch, "SELECT id, user_id, value->'custom' FROM user_preferences WHERE value ? 'custom' "
+        conn, ring, batch, "user_preferences", "SELECT id, user_id, value->'custom' FROM user_preferences WHERE value ? 'custom' "
                            "LIMIT $1 FOR UPDATE SKIP LOCKED",
         "UPDATE user_preferences SET custom = $2, value = value - 'custom' WHERE id = $1", CUSTOM)
     counts["change_feed"] = await _seal_rows(
-        conn, ring, batch, "SELECT id, user_id, changes FROM preference_sync_log WHERE sealed IS NULL "
+        conn, ring, batch, "preference_sync_log", "SELECT id, user_id, changes FROM preference_sync_log WHERE sealed IS NULL "
                            "LIMIT $1 FOR UPDATE SKIP LOCKED",
         "UPDATE preference_sync_log SET sealed = $2, changes = '{}' WHERE id = $1", FEED)
     if any(counts.values()):
@@ -201,11 +201,11 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
     return counts
 
 
-async def _seal_rows(conn: asyncpg.Connection, ring: Keyring, batch: int, select: str, update: str,
+async def _seal_rows(conn: asyncpg.Connection, ring: Keyring, batch: int, table: str, select: str, update: str,
                      kind: str) -> int:
     """Seal a JSON column's values, ``batch`` rows per transaction; (id, user,
-    JSON) rows in, (id, sealed) out. Rows of users no longer in ``users`` (no key
-    can be made) are sealed under nothing: their values are emptied."""
+    JSON) rows in, (id, sealed) out. A row of a user no longer in ``users`` (no
+    key can be made: only a change-feed row can outlive its user) is deleted."""
     done = 0
     while True:
         async with conn.transaction():
@@ -213,9 +213,11 @@ async def _seal_rows(conn: asyncpg.Connection, ring: Keyring, batch: int, select
             if not rows:
                 return done
             keys = await data_keys(conn, ring, {r[1] for r in rows}, create=True)
-            await conn.executemany(update, [
-                (r[0], seal_json(keys[r[1]], kind, r[1], msgspec.json.decode(r[2])) if r[1] in keys
-                 else seal(new_key(), b"{}", aad(kind, r[1]))) for r in rows])
+            await conn.executemany(update, [(r[0], seal_json(keys[r[1]], kind, r[1], msgspec.json.decode(r[2])))
+                                            for r in rows if r[1] in keys])
+            orphans = [r[0] for r in rows if r[1] not in keys]
+            if orphans:
+                await conn.execute(f"DELETE FROM {table} WHERE id = ANY($1)", orphans)
             done += len(rows)
 
 

@@ -4,13 +4,14 @@ row in one transaction."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import asyncpg
 import msgspec
 import orjson
 
-from infra.pii import Keyring
+from infra.pii import Keyring, PiiError
 from policy.prefs import Preference, context_key, ordered
 from policy.rules import Template
 from policy.sharding import stable_hash
@@ -18,6 +19,8 @@ from policy.types import UserState
 from policy.validate import ConsentRecord
 from stores import pii, state
 from stores.audit import append_audit
+
+log = logging.getLogger(__name__)
 
 
 def row_to_pref(channel: str, category: str, content_type: str, context, value, priority: int,
@@ -52,9 +55,16 @@ VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9, to_timestamp($10), $11
 
 
 def open_feed(key: bytes | None, user_id: str, sealed: bytes | None, changes) -> dict:
-    """A change-feed document: sealed (from migration 023 on), else as written before."""
+    """A change-feed document: sealed (from migration 023 on), else as written
+    before; ``{}`` when it cannot be opened (no key: the user was erased)."""
     if sealed is not None:
-        return pii.open_json(key, pii.FEED, user_id, sealed) if key is not None else {}
+        if key is None:
+            return {}
+        try:
+            return pii.open_json(key, pii.FEED, user_id, sealed)
+        except PiiError:
+            log.warning("a change-feed document does not open under its user's key")
+            return {}
     return orjson.loads(changes) if isinstance(changes, str) else dict(changes or {})
 
 

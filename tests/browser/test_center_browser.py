@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from policy.types import UserProfile
-from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+from tests.integration.helpers import engine_config, send_email, serving
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +56,7 @@ async def engine(nats_url, database_url, ray_address, smtp, tmp_path):
 
 
 async def send(engine, category: str) -> str:
-    nid = str(uuid.uuid4())
-    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
-            "id": nid, "user_id": "web-1", "category": category, "channels": ["email"],
-            "content": {"subject": "New jobs", "text": "Three new jobs", "html": "<p>Three new jobs</p>"}}) as r:
-        assert r.status == 202, await r.text()
-    assert await wait_rows(engine.pool, [nid], 1) == 1
-    return nid
+    return await send_email(engine, "web-1", category, "New jobs", "Three new jobs")
 
 
 def use_the_page(url: str, shot: Path) -> str:

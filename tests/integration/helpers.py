@@ -47,6 +47,17 @@ def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int
     return msgspec.structs.replace(cfg, channels=keep)
 
 
+async def send_email(engine, user_id: str, category: str, subject: str = "News", text: str = "Hello") -> str:
+    """Submit one email notification through the API and wait for its tracking row; its id."""
+    nid = str(uuid.uuid4())
+    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": user_id, "category": category, "channels": ["email"],
+            "content": {"subject": subject, "text": text, "html": f"<p>{text}</p>"}}) as r:
+        assert r.status == 202, await r.text()
+    assert await wait_rows(engine.pool, [nid], 1) == 1
+    return nid
+
+
 async def wait_rows(pool: asyncpg.Pool, ids: list[str], expected: int, timeout_s: float = 120) -> int:
     """Poll until ``expected`` tracking rows exist for ``ids``; returns the count seen."""
     deadline = time.monotonic() + timeout_s

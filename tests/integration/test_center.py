@@ -16,7 +16,7 @@ import pytest
 
 from policy.types import UserProfile
 from policy.unsubscribe import seal_center
-from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, send_email, serving
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,7 @@ async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
 
 
 async def send(engine, category: str) -> str:
-    nid = str(uuid.uuid4())
-    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
-            "id": nid, "user_id": "pc-1", "category": category, "channels": ["email"],
-            "content": {"subject": "News", "text": "Hello", "html": "<p>Hello</p>"}}) as r:
-        assert r.status == 202, await r.text()
-    assert await wait_rows(engine.pool, [nid], 1) == 1
-    return nid
+    return await send_email(engine, "pc-1", category)
 
 
 def form_of(page: str) -> dict[str, str]:

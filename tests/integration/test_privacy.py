@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from infra.pii import Keyring
@@ -23,7 +24,7 @@ from policy.types import UserProfile
 from stores import audit, pii
 from stores.state import load_states
 from tests import sealing
-from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, send_email, serving
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +70,13 @@ async def test_a_dump_of_a_working_database_holds_no_address(engine, database_ur
             assert rows[0]["custom"] == {"note": "or write to person0.private@privacy.test, +15550007777"}
         async with client.get(f"{engine.base_url}/v1/users/pv0/preferences/changes?since=0") as r:
             assert "person0.private@privacy.test" in await r.text()
-        nid = str(uuid.uuid4())
-        async with client.post(f"{engine.base_url}/v1/notifications", json={
-                "id": nid, "user_id": "pv0", "category": "security", "channels": ["email"],
-                "content": {"subject": "Sign-in code", "text": "123456"}}) as r:
-            assert r.status == 202
-        assert await wait_rows(engine.pool, [nid], 1) == 1
+        # a bulk import's custom values are sealed before they reach the table (and its WAL)
+        from tests.integration.test_prefs import run_job
+        row = {"user_id": "pv3", "channel": "email", "category": "job_alerts", "custom": {"cc": "boss3@privacy.test"}}
+        assert (await run_job(engine, client, orjson.dumps(row) + b"\n", "ndjson"))["status"] == "succeeded"
+        async with client.get(f"{engine.base_url}/v1/preferences/export?format=ndjson") as r:
+            assert "boss3@privacy.test" in await r.text()  # opened where it is read
+        await send_email(engine, "pv0", "security", "Sign-in code", "123456")
         async with client.post(f"{engine.base_url}/v1/suppressions", json={
                 "channel": "email", "address": "PERSON2@privacy.test", "reason": "manual"}) as r:
             assert r.status == 201 and (await r.json())["users"] == ["pv2"]  # found by the blind index, any case
@@ -99,12 +101,7 @@ async def test_a_dump_of_a_working_database_holds_no_address(engine, database_ur
 async def test_erasure_shreds_the_key_honours_a_hold_and_leaves_the_chain_verifiable(engine):
     uid = "pv5"
     async with api_session() as client:
-        nid = str(uuid.uuid4())
-        async with client.post(f"{engine.base_url}/v1/notifications", json={
-                "id": nid, "user_id": uid, "category": "security", "channels": ["email"],
-                "content": {"subject": "Code", "text": "1"}}) as r:
-            assert r.status == 202
-        assert await wait_rows(engine.pool, [nid], 1) == 1
+        await send_email(engine, uid, "security", "Code", "1")
         async with client.get(f"{engine.base_url}/v1/users/{uid}") as r:
             assert r.status == 200  # held in the shard's memory from here on
         sealed_before = await engine.pool.fetch("SELECT sealed FROM preference_audit_log WHERE user_id = $1 "
