@@ -104,13 +104,16 @@ class PrefsMixin:
         commands = wire.decode(payload, list[PrefCommand])
         results = []
         users = [c.user_id for c in commands]
+        asks: list = []  # double opt-in texts, sent once the writes are committed and unlocked
         async with self._writing.hold(users), self.pool.acquire() as conn:
             known = await self._load_missing(conn, users)
             for cmd in commands:
-                results.append(await self._apply(conn, cmd, known))
+                results.append(await self._apply(conn, cmd, known, asks))
+        for state, keys, version in asks:  # outside the locks: a slow SMS provider holds up no write
+            await self._ask_confirmation(state, keys, version)
         return wire.encode(results)
 
-    async def _apply(self, conn, cmd: PrefCommand, known, retried: bool = False) -> PrefResult:
+    async def _apply(self, conn, cmd: PrefCommand, known, asks: list, retried: bool = False) -> PrefResult:
         """``known``: the states loaded for the batch (the cache is bounded: a user
         may have been evicted since; under their write locks none was written)."""
         uid = cmd.user_id
@@ -159,12 +162,12 @@ class PrefsMixin:
             await self._reload(conn, [uid])
             theirs = self.users.get(uid)  # taken now: the cache may evict it during the next await
             if cmd.if_match is None and not retried:  # no version asked for: apply on top of it
-                return await self._apply(conn, cmd, {uid: theirs} if theirs else {}, retried=True)
+                return await self._apply(conn, cmd, {uid: theirs} if theirs else {}, asks, retried=True)
             return PrefResult(user_id=uid, status="conflict", version=theirs.version if theirs else 0)
         fresh.templates = chain
         self.users[uid] = fresh
         if pending:
-            await self._ask_confirmation(fresh, pending, change.version)
+            asks.append((fresh, pending, change.version))
         return PrefResult(user_id=uid, status="ok", version=change.version, change=change)
 
     def _awaiting_confirmation(self, current: dict[str, str], changed: dict, source: str) -> list[str]:
