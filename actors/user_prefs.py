@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 
 from policy import wire
-from policy.decide import current_consent
+from policy.decide import current_consent, split_consent_key
 from policy.prefs import USER_CHANNELS, ordered
 from policy.types import UserState
 from policy.validate import (
@@ -29,7 +29,7 @@ from policy.validate import (
     rule_errors,
 )
 from stores import prefs as prefs_store
-from stores.prefs import Change, split_consent_key
+from stores.prefs import Change
 
 
 class PrefCommand(msgspec.Struct, kw_only=True):

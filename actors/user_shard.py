@@ -24,7 +24,7 @@ from infra import db
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
 from policy import plan as planner, release as releasing, wire
-from policy.decide import zone
+from policy.decide import current_consent, split_consent_key, zone
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
@@ -49,7 +49,7 @@ from stores import (
     tracking,
     users as user_store,
 )
-from stores.prefs import Change, split_consent_key
+from stores.prefs import Change
 
 log = logging.getLogger(__name__)
 
@@ -608,8 +608,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         (``keys``, SMS), outside ``decide`` (their consent is what is being
         asked for), and record it like any send (category
         ``consent_confirmation``; the id is derived from the user and the
-        version, so the record is written once). A failure is recorded and logged:
-        the grant stays pending and can be asked for again."""
+        version, so the record is written once). A failure is logged, not
+        retried: the grant stays pending, and granting again asks again."""
         address = state.addresses.get("sms")
         purposes = sorted({p for c, p in map(split_consent_key, keys) if c == "sms"} - {"*"})
         if address is None or "sms" not in self.channel_shards or "sms" in state.suppressed or not purposes:
@@ -641,16 +641,14 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             state = (await self._load_missing(conn, [user_id])).get(user_id)
         if state is None:
             return "nothing"
-        sms = {k: s for k, s in {**state.consent_state, **{k: "granted" for k in state.consent}}.items()
-               if split_consent_key(k)[0] == "sms"}
-        if keyword == "yes":
-            change = {k: ConsentRecord(status="granted", source="sms_reply",
-                                       evidence=Evidence(method="sms_reply", at=time.time()))
-                      for k, s in sms.items() if s == "pending"}
-        else:
-            change = {k: ConsentRecord(status="withdrawn", source="sms_reply",
-                                       evidence=Evidence(method="sms_reply", at=time.time()))
-                      for k, s in sms.items() if s in ("granted", "pending")} or {"sms": "withdrawn"}
+        now = time.time()
+        sms = {k: s for k, s in current_consent(state, now).items() if split_consent_key(k)[0] == "sms"}
+        status, touched = ("granted", ("pending",)) if keyword == "yes" else \
+            ("withdrawn", ("granted", "pending", "expired"))
+        reply = ConsentRecord(status=status, source="sms_reply", evidence=Evidence(method="sms_reply", at=now))
+        change: dict = {k: reply for k, s in sms.items() if s in touched}
+        if keyword != "yes" and not change:
+            change = {"sms": "withdrawn"}  # a STOP is recorded even with nothing to withdraw
         if not change:
             return "nothing"
         cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(consent=change), source="sms_reply",

@@ -47,7 +47,14 @@ def zone(name: str) -> zoneinfo.ZoneInfo:
 
 
 def consent_key(channel: str, purpose: str) -> str:
+    """(channel, purpose) → ``"sms"`` (purpose ``*``) or ``"sms:marketing"``."""
     return channel if purpose == "*" else f"{channel}:{purpose}"
+
+
+def split_consent_key(key: str) -> tuple[str, str]:
+    """``consent_key`` reversed: ``"sms"`` → ("sms", "*"); ``"sms:marketing"`` → ("sms", "marketing")."""
+    channel, _, purpose = key.partition(":")
+    return channel, purpose or "*"
 
 
 def consent_status(state: UserState, channel: str, purpose: str, now: float, fallback: bool = True) -> str:

@@ -97,7 +97,8 @@ async def _as_stored(conn: asyncpg.Connection, values: list) -> list[str | None]
     return [r[0] for r in rows]
 
 
-async def prepare(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entry]) -> list[tuple]:
+async def prepare(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entry],
+                  keys: dict[str, bytes] | None = None) -> list[tuple]:
     """The rows to insert for ``entries`` (in order, chained per user onto each
     user's last row): (user_id, action, old_value, new_value, reason,
     performed_by, ip_address, user_agent, created_at, prev_hash, hash,
@@ -111,7 +112,7 @@ async def prepare(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Ent
     prev = {r[0]: r[1] for r in await conn.fetch(
         "SELECT DISTINCT ON (user_id) user_id, hash FROM preference_audit_log "
         "WHERE user_id = ANY($1::text[]) ORDER BY user_id, id DESC", ids)}
-    keys = await pii.data_keys(conn, ring, [e.user_id for e in entries if e.personal], create=True)
+    keys = await pii.data_keys(conn, ring, [e.user_id for e in entries if e.personal], create=True, known=keys)
     for e in entries:
         if e.personal and e.user_id not in keys:
             raise PiiError("an audit entry for a user not in users: no key to seal it under")
@@ -142,9 +143,10 @@ COLUMNS = ("user_id", "action", "old_value", "new_value", "reason", "performed_b
            "created_at", "prev_hash", "hash", "hash_version", "sealed")
 
 
-async def append(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entry]) -> None:
+async def append(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entry],
+                 keys: dict[str, bytes] | None = None) -> None:
     """Append ``entries`` (see ``prepare``)."""
-    rows = await prepare(conn, ring, entries)
+    rows = await prepare(conn, ring, entries, keys)
     if rows:
         await conn.executemany(
             "INSERT INTO preference_audit_log (user_id, action, old_value, new_value, reason, performed_by, "
@@ -153,10 +155,12 @@ async def append(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Entr
 
 
 async def append_audit(conn: asyncpg.Connection, ring: Keyring,
-                       entries: Sequence[tuple[str, str, dict | None, dict | None, str | None]]) -> None:
+                       entries: Sequence[tuple[str, str, dict | None, dict | None, str | None]],
+                       keys: dict[str, bytes] | None = None) -> None:
     """Append (user, action, old value, new value, who) rows, chained per user.
-    Run inside the transaction of the change it records."""
-    await append(conn, ring, [Entry(uid, action, old, new, actor) for uid, action, old, new, actor in entries])
+    Run inside the transaction of the change it records (``keys``: the users'
+    keys if the writer has them)."""
+    await append(conn, ring, [Entry(uid, action, old, new, actor) for uid, action, old, new, actor in entries], keys)
 
 
 # -- verification ------------------------------------------------------------

@@ -53,7 +53,7 @@ def _open(section: Section, row: dict, blob: bytes | None, key: bytes | None, us
         elif section.sealed == "feed":
             row["changes"] = pii.open_json(key, pii.FEED, user_id, blob)
         elif section.sealed == "evidence":
-            row["evidence"] = pii.open_json(key, "consent.evidence", user_id, blob)
+            row["evidence"] = pii.open_json(key, pii.EVIDENCE, user_id, blob)
         else:
             values = audit.open_row(key, user_id, blob)
             row.update(old_value=values.get("old"), new_value=values.get("new"), ip_address=values.get("ip"),

@@ -37,24 +37,28 @@ def unwrap_user(ring: Keyring, user_id: str, master_id: str, wrapped: bytes) -> 
     return ring.unwrap(master_id, wrapped, user_key_aad(user_id))
 
 
-async def data_keys(conn: asyncpg.Connection, ring: Keyring, user_ids: Iterable[str],
-                    create: bool = False) -> dict[str, bytes]:
-    """The users' data keys; with ``create``, those without one get one if they
-    exist in ``users`` (an erased user does not get a new key from a late
+READ_KEYS = "SELECT user_id, master_id, wrapped FROM user_keys WHERE user_id = ANY($1::text[])"
+
+
+async def data_keys(conn: asyncpg.Connection, ring: Keyring, user_ids: Iterable[str], create: bool = False,
+                    known: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
+    """The users' data keys, with ``known`` (keys the caller read already: only
+    the others are looked up). With ``create``, users without one get one if
+    they exist in ``users`` (an erased user does not get a new key from a late
     reader); a concurrent maker's key wins: the insert does nothing and the
     key is read back."""
-    ids = list(dict.fromkeys(user_ids))
-    keys = {r[0]: unwrap_user(ring, r[0], r[1], r[2]) for r in await conn.fetch(
-        "SELECT user_id, master_id, wrapped FROM user_keys WHERE user_id = ANY($1::text[])", ids)}
+    keys = dict(known or {})
+    ids = [u for u in dict.fromkeys(user_ids) if u not in keys]
+    if not ids:
+        return keys
+    keys.update((r[0], unwrap_user(ring, r[0], r[1], r[2])) for r in await conn.fetch(READ_KEYS, ids))
     missing = [u for u in ids if u not in keys]
     if create and missing:
         made = [(u, *ring.wrap(new_key(), user_key_aad(u))) for u in missing]
         await conn.executemany("INSERT INTO user_keys (user_id, master_id, wrapped) SELECT $1, $2, $3 "
                                "WHERE EXISTS (SELECT 1 FROM users WHERE user_id = $1) "
                                "ON CONFLICT (user_id) DO NOTHING", made)
-        for r in await conn.fetch("SELECT user_id, master_id, wrapped FROM user_keys "
-                                  "WHERE user_id = ANY($1::text[])", missing):
-            keys[r[0]] = unwrap_user(ring, r[0], r[1], r[2])
+        keys.update((r[0], unwrap_user(ring, r[0], r[1], r[2])) for r in await conn.fetch(READ_KEYS, missing))
     return keys
 
 
@@ -91,8 +95,10 @@ def address_records(ring: Keyring, keys: Mapping[str, bytes],
 ADDRESS_COLUMNS = ("user_id", "channel", "sealed", "blind")
 
 
-CUSTOM = "preference.custom"  # what a preference row's sealed custom values are bound to
-FEED = "preference_sync_log"  # and a change-feed document
+# What each kind of sealed JSON value is bound to (with its user)
+CUSTOM = "preference.custom"  # a preference row's custom values
+FEED = "preference_sync_log"  # a change-feed document
+EVIDENCE = "consent.evidence"  # how a consent was given
 
 
 def open_custom(key: bytes | None, user_id: str, sealed: bytes | None):
@@ -151,8 +157,9 @@ async def master_ids_in_use(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000) -> dict[str, int]:
-    """Seal what was written in plaintext before migration 021: addresses (sealed
-    and indexed, the text emptied) and suppressions (indexed, the text emptied).
+    """Seal what was written in plaintext before migrations 021 and 023:
+    addresses (sealed and indexed, the text emptied), suppressions (indexed, the
+    text emptied), preference custom values and change-feed documents (sealed).
     Idempotent; each batch is its own transaction. Audit rows written before stay
     as they were: the log is append-only (docs/privacy.md says what that means)."""
     counts = {"addresses": 0, "suppressions": 0}
@@ -171,17 +178,17 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
             counts["addresses"] += len(rows)
     while True:
         async with conn.transaction():
-            rows = await conn.fetch("SELECT ctid, channel, address FROM suppressions WHERE address IS NOT NULL "
-                                    "LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
+            rows = await conn.fetch("SELECT ctid, channel, address, reason FROM suppressions "
+                                    "WHERE address IS NOT NULL LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
             if not rows:
                 break
-            for ctid, channel, address in rows:
+            for ctid, channel, address, reason in rows:
                 blind = ring.blind(channel, address)
                 # the same address twice (it differed in case only): one row stays; a
                 # complaint or bounce outranks a manual suppression
                 await conn.execute(
                     "UPDATE suppressions SET reason = $3 WHERE channel = $1 AND blind = $2 AND reason = 'manual'",
-                    channel, blind, await conn.fetchval("SELECT reason FROM suppressions WHERE ctid = $1", ctid))
+                    channel, blind, reason)
                 if await conn.fetchval("SELECT 1 FROM suppressions WHERE channel = $1 AND blind = $2", channel, blind):
                     await conn.execute("DELETE FROM suppressions WHERE ctid = $1", ctid)
                 else:
@@ -189,12 +196,13 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
                                        ctid, blind)
             counts["suppressions"] += len(rows)
     counts["custom"] = await _seal_rows(
-        conn, ring, batch, "user_preferences", "SELECT id, user_id, value->'custom' FROM user_preferences WHERE value ? 'custom' "
-                           "LIMIT $1 FOR UPDATE SKIP LOCKED",
+        conn, ring, batch, "user_preferences",
+        "SELECT id, user_id, value->'custom' FROM user_preferences WHERE value ? 'custom' "
+        "LIMIT $1 FOR UPDATE SKIP LOCKED",
         "UPDATE user_preferences SET custom = $2, value = value - 'custom' WHERE id = $1", CUSTOM)
     counts["change_feed"] = await _seal_rows(
-        conn, ring, batch, "preference_sync_log", "SELECT id, user_id, changes FROM preference_sync_log WHERE sealed IS NULL "
-                           "LIMIT $1 FOR UPDATE SKIP LOCKED",
+        conn, ring, batch, "preference_sync_log",
+        "SELECT id, user_id, changes FROM preference_sync_log WHERE sealed IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED",
         "UPDATE preference_sync_log SET sealed = $2, changes = '{}' WHERE id = $1", FEED)
     if any(counts.values()):
         log.info("sealed rows written before encryption at rest: %s", counts)
@@ -237,6 +245,6 @@ def open_addresses(ring: Keyring, keys: Mapping[str, bytes], rows: Sequence) -> 
     return out
 
 
-__all__ = ["ADDRESS_COLUMNS", "address_records", "copy_new_keys", "data_keys", "keyring", "master_ids_in_use", "open_address",
-           "open_addresses", "open_json", "rotate_master", "seal_address", "seal_json", "seal_legacy",
-           "unwrap_user"]
+__all__ = ["ADDRESS_COLUMNS", "CUSTOM", "EVIDENCE", "FEED", "address_records", "copy_new_keys", "data_keys",
+           "keyring", "master_ids_in_use", "open_address", "open_addresses", "open_custom", "open_json",
+           "rotate_master", "seal_address", "seal_json", "seal_legacy", "unwrap_user"]

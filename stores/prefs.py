@@ -12,6 +12,7 @@ import msgspec
 import orjson
 
 from infra.pii import Keyring, PiiError
+from policy.decide import split_consent_key
 from policy.prefs import Preference, context_key, ordered
 from policy.rules import Template
 from policy.sharding import stable_hash
@@ -107,13 +108,14 @@ async def write_change(conn: asyncpg.Connection, ring: Keyring, change: Change, 
         bumped = inserted
     change.version = bumped
     await conn.execute("DELETE FROM user_preferences WHERE user_id = $1", uid)
-    key = (await pii.data_keys(conn, ring, [uid], create=True))[uid]
+    keys = await pii.data_keys(conn, ring, [uid], create=True)  # read once for the whole write
+    key = keys[uid]
     if change.preferences:
         await conn.executemany(INSERT_PREFS, [pref_record(uid, p, key) for p in change.preferences])
-    await write_consent(conn, ring, uid, consent_changed, change.source, change.actor)
+    await write_consent(conn, key, uid, consent_changed, change.source, change.actor)
     new = doc_json(change)
-    fresh = (await state.refresh_states(conn, ring, [uid]))[uid]
-    await append_audit(conn, ring, [(uid, f"preferences.{change.type}", old, new, change.actor)])
+    fresh = (await state.refresh_states(conn, ring, [uid], keys))[uid]
+    await append_audit(conn, ring, [(uid, f"preferences.{change.type}", old, new, change.actor)], keys)
     await conn.execute(
         "INSERT INTO preference_sync_log (user_id, version, sync_type, source, changes, source_id, sealed) "
         "VALUES ($1, $2, $3, $4, '{}', $5, $6)", uid, bumped, change.type, change.source, source_id,
@@ -139,20 +141,13 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9), $10)
 """
 
 
-def split_consent_key(key: str) -> tuple[str, str]:
-    """``"sms"`` → ("sms", "*"); ``"sms:marketing"`` → ("sms", "marketing")."""
-    channel, _, purpose = key.partition(":")
-    return channel, purpose or "*"
-
-
-async def write_consent(conn: asyncpg.Connection, ring: Keyring, uid: str, changed: dict[str, str | ConsentRecord],
+async def write_consent(conn: asyncpg.Connection, key: bytes, uid: str, changed: dict[str, str | ConsentRecord],
                         source: str, actor: str | None) -> None:
     """Upsert each changed consent record and append it to the history, its
-    evidence sealed under the user's key. ``changed`` values: a status
+    evidence sealed under the user's ``key``. ``changed`` values: a status
     (``pending`` from a double opt-in among them), or the whole record."""
     if not changed:
         return
-    key = (await pii.data_keys(conn, ring, [uid], create=True))[uid]
     before = {}
     if source == "sms_reply":  # a confirmation keeps what the grant it confirms said (basis, text, expiry)
         before = {(r[0], r[1]): r for r in await conn.fetch(
@@ -167,7 +162,7 @@ async def write_consent(conn: asyncpg.Connection, ring: Keyring, uid: str, chang
         if old is not None:
             rec = msgspec.structs.replace(rec, basis=old[2], text_version=rec.text_version or old[3],
                                           expires_at=rec.expires_at or old[4])
-        evidence = None if rec.evidence is None else pii.seal_json(key, "consent.evidence", uid,
+        evidence = None if rec.evidence is None else pii.seal_json(key, pii.EVIDENCE, uid,
                                                                    msgspec.to_builtins(rec.evidence))
         rows.append((uid, channel, purpose, status, rec.source or source, rec.basis, rec.text_version, evidence,
                      rec.expires_at))

@@ -50,9 +50,12 @@ def to_stored(s: UserState) -> bytes:
                           tuple(sorted(s.consent)), s.consent_until, s.consent_state))
 
 
+STATE = "users.state"  # what a sealed state is bound to (with its user)
+
+
 def seal_state(key: bytes, s: UserState) -> bytes:
     """``users.state`` as written: the MessagePack sealed under the user's key."""
-    return seal(key, to_stored(s), aad("users.state", s.user_id))
+    return seal(key, to_stored(s), aad(STATE, s.user_id))
 
 
 def open_state(ring: Keyring, user_id: str, blob: bytes, master_id: str | None, wrapped: bytes | None) -> bytes | None:
@@ -62,7 +65,7 @@ def open_state(ring: Keyring, user_id: str, blob: bytes, master_id: str | None, 
     if master_id is None:
         return None
     try:
-        return open_sealed(pii.unwrap_user(ring, user_id, master_id, wrapped), blob, aad("users.state", user_id))
+        return open_sealed(pii.unwrap_user(ring, user_id, master_id, wrapped), blob, aad(STATE, user_id))
     except PiiError:
         log.warning("a stored user state does not open under its user's key: assembled from the tables")
         return None
@@ -94,16 +97,13 @@ async def load_prefs(conn: asyncpg.Connection, ring: Keyring, ids: list[str],
     """Each user's active rows, their sealed custom values opened."""
     rows: dict[str, list[Preference]] = {}
     found = await conn.fetch(LOAD_PREFS, ids)
-    sealed_of = {r[0] for r in found if r[2] is not None}
-    if sealed_of and (keys is None or not sealed_of <= keys.keys()):
-        keys = {**(keys or {}), **await pii.data_keys(conn, ring, sealed_of)}
+    keys = await pii.data_keys(conn, ring, {r[0] for r in found if r[2] is not None}, known=keys)
     for uid, text, sealed in found:
         pref = _pref.decode(text)
         if sealed is not None:
             pref = msgspec.structs.replace(pref, custom=pii.open_custom(keys.get(uid), uid, sealed))
         rows.setdefault(uid, []).append(pref)
-    return {uid: ordered(found) for uid, found in rows.items()}
-
+    return {uid: ordered(prefs) for uid, prefs in rows.items()}
 
 
 async def load_consent(conn: asyncpg.Connection,
@@ -153,9 +153,8 @@ async def load_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequenc
             states[uid].suppressed[channel] = reason
     if stale:
         # the keys came with the rows: unwrapped once, for reading and for writing back
-        keys = {uid: pii.unwrap_user(ring, uid, m, w) for uid, (m, w) in stale.items() if m is not None}
-        if len(keys) < len(stale):
-            keys |= await pii.data_keys(conn, ring, [u for u in stale if u not in keys], create=True)
+        keys = await pii.data_keys(conn, ring, stale, create=True, known={
+            uid: pii.unwrap_user(ring, uid, m, w) for uid, (m, w) in stale.items() if m is not None})
         assembled = await assemble_states(conn, ring, list(stale), keys)
         await write_back(conn, ring, assembled, keys)
         states.update(assembled)
@@ -170,20 +169,21 @@ async def write_back(conn: asyncpg.Connection, ring: Keyring, states: dict[str, 
     key (none of their data is sealed yet) get one."""
     if not states:
         return
-    if keys is None or not all(uid in keys for uid in states):
-        keys = await pii.data_keys(conn, ring, states, create=True)
+    keys = await pii.data_keys(conn, ring, states, create=True, known=keys)
     await conn.executemany(
         "UPDATE users SET state = $2 WHERE user_id = $1 AND state IS NULL AND prefs_version = $3",
         [(uid, seal_state(keys[uid], s), s.version) for uid, s in states.items() if uid in keys])
 
 
-async def refresh_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, UserState]:
+async def refresh_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str],
+                         keys: dict[str, bytes] | None = None) -> dict[str, UserState]:
     """Recompute ``users.state`` from the tables; writers call it inside the
-    transaction of their change, once, after all of it. Returns the states (with
-    suppressed addresses, without templates): what the writer holds once it commits."""
+    transaction of their change, once, after all of it (``keys``: the users'
+    keys if the writer has them). Returns the states (with suppressed addresses,
+    without templates): what the writer holds once it commits."""
     if not user_ids:
         return {}
-    keys = await pii.data_keys(conn, ring, user_ids, create=True)
+    keys = await pii.data_keys(conn, ring, user_ids, create=True, known=keys)
     states = await assemble_states(conn, ring, user_ids, keys)
     await conn.executemany("UPDATE users SET state = $2 WHERE user_id = $1",
                            [(uid, seal_state(keys[uid], s)) for uid, s in states.items() if uid in keys])
@@ -201,8 +201,7 @@ async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Seq
         return states
     rows = await conn.fetch(LOAD_ADDRESSES, ids)
     if rows:
-        if keys is None:
-            keys = await pii.data_keys(conn, ring, {r[0] for r in rows})
+        keys = await pii.data_keys(conn, ring, {r[0] for r in rows}, known=keys)
         for uid, addresses in pii.open_addresses(ring, keys, rows).items():
             states[uid].addresses.update(addresses)
     for uid, rows in (await load_prefs(conn, ring, ids, keys)).items():

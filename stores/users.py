@@ -48,7 +48,7 @@ async def save_profiles(conn: asyncpg.Connection, ring: Keyring, profiles: Seque
                                                 "locale": before.locale}
         new = {"addresses": dict(p.addresses), "timezone": p.timezone, "locale": p.locale}
         entries.append((p.user_id, "profile.upsert", old_json, new, actor))
-    await append_audit(conn, ring, entries)
+    await append_audit(conn, ring, entries, keys)
 
 
 def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:

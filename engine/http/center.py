@@ -33,7 +33,7 @@ from engine.http.center_text import language, words
 from engine.http.common import ENGINE
 from engine.http.unsubscribe import page
 from policy import wire
-from policy.decide import current_consent
+from policy.decide import current_consent, split_consent_key
 from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference, narrower
 from policy.types import UserState
 from policy.unsubscribe import open_center
@@ -143,7 +143,7 @@ def _shown(layout: Layout, effective: dict, state: UserState) -> Values:
         v.quiet_start, v.quiet_end = quiet[0].start, quiet[0].end
     held = current_consent(state, time.time())  # each channel's keys that a withdrawal there must reach
     v.consent_keys = {ch: sorted(k for k, s in held.items() if s in ("granted", "pending")
-                                 and k.partition(":")[0] == ch) for ch in layout.consent_channels}
+                                 and split_consent_key(k)[0] == ch) for ch in layout.consent_channels}
     v.consent = {ch: bool(keys) for ch, keys in v.consent_keys.items()}
     marketing = [c["name"] for c in layout.categories if c["name"] in layout.marketing]
     v.stop_marketing = bool(marketing) and not any(v.on[c][ch] for c in marketing for ch in layout.channels)
