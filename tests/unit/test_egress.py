@@ -466,7 +466,9 @@ def webpush(**settings) -> WebPushProvider:
 @pytest.mark.parametrize("failing", ["5xx", "hang"])
 async def test_one_failing_push_endpoint_opens_its_own_breaker_not_the_shared_one(server, failing):
     clock = FakeClock()
-    provider = webpush(destination_breaker_failures=3, destination_timeout_s=0.2)
+    # The short timeout is what the hanging endpoint needs; the failing one gets a long one so
+    # that a slow machine cannot turn its 503 into a client timeout before the sink counts it.
+    provider = webpush(destination_breaker_failures=3, destination_timeout_s=0.2 if failing == "hang" else 1.5)
     slot = make_slot(provider, clock, failure_threshold=2)  # the shared breaker would open after 2
     good, bad = WebPushSink(), WebPushSink()
     await good.start()
