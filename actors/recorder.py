@@ -92,6 +92,7 @@ class Recorder(Watched):
         self.pending_rows = 0
         self.wake: asyncio.Event | None = None
         self.full: asyncio.Event | None = None
+        self.flushed: asyncio.Event | None = None  # a flush ended (set by each; cleared by whoever waits on it)
         self.counts: Counter[tuple[str, str]] = Counter()
         self.rows_written = 0
         self.flushes = 0
@@ -109,7 +110,7 @@ class Recorder(Watched):
         async with self._start_lock:
             if self.pool is not None:
                 return
-            self.wake, self.full = asyncio.Event(), asyncio.Event()
+            self.wake, self.full, self.flushed = asyncio.Event(), asyncio.Event(), asyncio.Event()
             self.slots = asyncio.Semaphore(self.pool_max)
             self._metric = metrics.Counter(
                 "tidings_outcomes", description="Terminal outcomes recorded", tag_keys=("channel", "status"))
@@ -153,17 +154,23 @@ class Recorder(Watched):
 
     async def _flush_next(self) -> None:
         """Batches that follow the load: with no flush running, rows go at once
-        (an idle engine makes no one wait); while another flush runs, they wait up
-        to ``linger_ms`` for company (or ``flush_rows``), so under a backlog the
-        flushes stay large; and while every connection is busy they gather anyway."""
+        (an idle engine makes no one wait); while another flush runs, they wait for
+        company until a running flush ends, ``flush_rows`` wait or the oldest waited
+        ``linger_ms``, whichever is first, so under a backlog the flushes stay
+        large; and while every connection is busy they gather anyway. Waiting for
+        the linger alone made a row that came during a 2 ms flush wait the whole
+        20 ms at low load: the commit segment's p99 (bench/RESULTS.md)."""
         linger = self.cfg.linger_ms / 1000
         await self.wake.wait()
         await self.slots.acquire()
         if self.flushing and self.pending_rows < self.cfg.flush_rows and linger > 0:
+            self.flushed.clear()
+            waits = [asyncio.ensure_future(self.full.wait()), asyncio.ensure_future(self.flushed.wait())]
             try:
-                await asyncio.wait_for(self.full.wait(), linger)
-            except TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=linger, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
         batch, self.pending, self.pending_rows = self.pending, [], 0
         self.wake.clear()
         self.full.clear()
@@ -176,6 +183,7 @@ class Recorder(Watched):
         finally:
             self.flushing -= 1
             self.slots.release()
+            self.flushed.set()
         self._report()
 
     async def _write_all(self, batch: list[_Pending]) -> None:
