@@ -109,11 +109,19 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
 
 
 def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, now: float) -> None:
+    ttl_s, collapse_key = expiry(it.request, channel, ctx.policy)
+    accepted = it.request.accepted_at
+    # the life starts at acceptance; a producer's future accepted_at does not lengthen it
+    expires_at = (min(accepted, now) if accepted else now) + ttl_s if ttl_s is not None else None
+    if expires_at is not None and now >= expires_at:  # e.g. held past its life by quiet hours
+        plan.outcomes.append(settled(it, channel, "suppressed", "ttl.expired", now, ctx.parent_id))
+        return
     content, why, detail = content_for(it.request, channel, state, ctx.templates)
     if content is None:
         plan.outcomes.append(settled(it, channel, "rejected", why, now, ctx.parent_id, detail))
         return
     task = task_for(it, channel, state, content)
+    task.expires_at, task.collapse_key = expires_at, collapse_key
     if ctx.links is not None and content.html and channel in ctx.links.channels:
         task = track(ctx.links, task)
     if channel == "email":  # after the rewrite for click tracking: the footer's links stay as they are
@@ -133,6 +141,18 @@ def _email_links(task: DeliveryTask, it: Item, ctx: Context, now: float) -> None
         task.unsubscribe_url = ctx.unsubscribe.url(it.user_id, category, "email")
         center = ctx.unsubscribe.center_url(it.user_id, now)
     task.content = with_footer(task.content, postal, task.unsubscribe_url, center)  # as it was when none is given
+
+
+def expiry(req: Message, channel: str, policy: Policy) -> tuple[int | None, str | None]:
+    """``(ttl_s, collapse_key)`` for ``req`` on ``channel``: the request's own,
+    else its ``expiry`` rule's (``policy.rules``), each on its own."""
+    ttl_s, collapse_key = req.ttl_s, req.collapse_key
+    if ttl_s is None or collapse_key is None:
+        rule = policy.expiry(channel, req.category)
+        if rule is not None:
+            ttl_s = ttl_s if ttl_s is not None else rule.ttl_s
+            collapse_key = collapse_key if collapse_key is not None else rule.collapse_key
+    return ttl_s, collapse_key
 
 
 def content_for(req: Message, channel: str, state: UserState | None,
@@ -291,6 +311,6 @@ def next_fallbacks(pending: Collection[Pending]) -> tuple[list[Item], list[Pendi
     return attempt, rest
 
 
-__all__ = ["RETRY_REASONS", "Context", "Item", "Pending", "Plan", "Templates", "as_notification", "content_for",
+__all__ = ["RETRY_REASONS", "Context", "Item", "Pending", "Plan", "Templates", "as_notification", "content_for", "expiry",
            "fallback_checks", "held", "next_fallbacks", "plan_round", "render", "retry_later", "settled",
            "start_fallbacks", "task_for"]

@@ -18,6 +18,11 @@ A rule is a row of configuration (``[[preferences.rules]]`` in TOML), not code:
   the next one opens otherwise, with ``reason`` (default ``rule.<name>``). The TCPA
   rule is one: marketing SMS and voice only 08:00–21:00, reason ``tcpa.window``.
   No priority passes it.
+- ``expiry``: notifications of ``category`` on ``channels`` (every channel when
+  empty) are worth sending for ``ttl_s`` seconds after they were accepted, and
+  push services are told to drop them then; ``collapse_key`` makes a newer push
+  replace an older one not yet delivered. A request's own ``ttl_s`` and
+  ``collapse_key`` come first; a rule of the category before a rule of ``"*"``.
 
 ``category`` narrows any rule to one category (``"*"``: all).
 """
@@ -29,11 +34,12 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from policy.prefs import Preference, Resolved, ordered, resolve
+from policy.types import Channel, CollapseKey, TtlSeconds
 from policy.windows import Window, window_errors
 
 _NO_NUL = r"^[^\x00]*$"
 RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required",
-                   "send_window"]
+                   "send_window", "expiry"]
 
 
 class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -41,17 +47,23 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     kind: RuleKind
     category: str = "*"
     channel: str = "*"
-    channels: tuple[str, ...] = ()
+    channels: tuple[Channel, ...] = ()  # a misspelt one would silently narrow nothing
     priorities: tuple[str, ...] = ()
     windows: tuple[Window, ...] = ()  # send_window: when sending is allowed
     reason: Annotated[str, Meta(pattern=r"^([a-z_]+\.)*[a-z_]+$")] | None = None  # send_window's hold reason
     purpose: Annotated[str, Meta(pattern=r"^(\*|[a-z][a-z0-9_]{0,31})$")] = "*"  # consent_required
     double_opt_in: bool = False  # consent_required: a grant waits for the person's confirmation
+    ttl_s: TtlSeconds | None = None  # expiry: seconds a notification is worth sending
+    collapse_key: CollapseKey | None = None  # expiry: a newer push replaces an undelivered older one
 
     def __post_init__(self) -> None:
         if self.double_opt_in and (self.kind != "consent_required" or self.channel != "sms" or self.purpose == "*"):
             raise ValueError(f"rule {self.name!r}: double_opt_in is for a consent_required rule of one purpose on sms "
                              "(the person confirms by replying YES to a text)")
+        if (self.kind == "expiry") != (self.ttl_s is not None):
+            raise ValueError(f"rule {self.name!r}: ttl_s is what an expiry rule sets, and only an expiry rule")
+        if self.collapse_key is not None and self.kind != "expiry":
+            raise ValueError(f"rule {self.name!r}: collapse_key belongs to an expiry rule")
         if self.kind == "send_window":
             if not self.windows:
                 raise ValueError(f"rule {self.name!r}: a send_window needs windows")
@@ -112,6 +124,8 @@ class Policy:
             self.consent_channels.setdefault(r.channel, []).append(r)
         self.channel_rules = {r.channel: r for r in by_kind.get("channel_priority", ())}
         self.send_windows = by_kind.get("send_window", [])
+        # a rule of the category before one of "*"
+        self.expiry_rules = sorted(by_kind.get("expiry", ()), key=lambda r: r.category == "*")
 
     def resolve(self, rows: tuple[Preference, ...], templates: tuple[tuple[str, tuple[Preference, ...]], ...],
                 channel: str, category: str, content_type: str = "*", context: dict[str, str] | None = None,
@@ -148,6 +162,11 @@ class Policy:
 
     def send_windows_for(self, channel: str, category: str) -> list[Rule]:
         return [r for r in self.send_windows if r.applies(category) and (not r.channels or channel in r.channels)]
+
+    def expiry(self, channel: str, category: str) -> Rule | None:
+        """The ``expiry`` rule for a send of ``category`` on ``channel``, if any."""
+        return next((r for r in self.expiry_rules if r.applies(category) and (not r.channels or channel in r.channels)),
+                    None)
 
     def consent_rule(self, channel: str, category: str) -> Rule | None:
         """The consent rule a send of ``category`` on ``channel`` must pass, if any."""

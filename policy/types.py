@@ -49,6 +49,11 @@ UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1
 # an empty token ("a..b", "a.") cannot be routed.
 Category = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$")]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
+# A notification's life: FCM keeps a message at most 28 days, so no longer is accepted
+TTL_MAX_S = 28 * 86400
+TtlSeconds = Annotated[int, Meta(ge=1, le=TTL_MAX_S)]
+# apns-collapse-id is at most 64 bytes and travels in a header: ASCII only, so bytes are characters
+CollapseKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:~-]+$")]
 
 # Notification ids derived from an idempotency key (or from a JetStream sequence
 # when a producer sent neither id nor key) are uuid5 in this namespace, so the
@@ -103,6 +108,12 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     # Seconds since the epoch when the front door accepted it; set by the engine
     # when absent. End-to-end latency is measured from here.
     accepted_at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
+    # worthless this many seconds after ``accepted_at``: not sent after it (``ttl.expired``),
+    # and push services told to drop it then; else an ``expiry`` rule's (policy.rules)
+    ttl_s: TtlSeconds | None = None
+    # a newer push with the same key replaces an undelivered older one (apns-collapse-id,
+    # FCM collapse_key, the web push Topic); else an ``expiry`` rule's
+    collapse_key: CollapseKey | None = None
 
     def content_for(self, channel: str) -> Content | None:
         return self.channel_content.get(channel, self.content)  # type: ignore[call-overload]
@@ -255,6 +266,10 @@ class DeliveryTask(Struct, array_like=True):
     # email: the one-click unsubscribe URL for this person and category (policy.unsubscribe);
     # a provider puts it in List-Unsubscribe unless the category is transactional
     unsubscribe_url: str | None = None
+    # when it stops being worth sending (epoch seconds; push providers pass what is left
+    # of it to the push service) and its collapse key: policy.plan.task_for
+    expires_at: float | None = None
+    collapse_key: str | None = None
 
 
 class Attempt(Struct, array_like=True):

@@ -3,12 +3,22 @@ and what they return."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from policy.types import DeliveryTask
+
+
+def seconds_left(task: DeliveryTask, now: float | None = None) -> int | None:
+    """Whole seconds left of ``task``'s life (``expires_at``), at least 1, for a
+    push service's TTL; None when it has no end. (A task already past it is not
+    sent: ``actors.delivery.deliver`` checks right before the call.)"""
+    if task.expires_at is None:
+        return None
+    return max(1, int(task.expires_at - (time.time() if now is None else now)))
 
 
 class Receipt(msgspec.Struct, frozen=True):

@@ -8,6 +8,7 @@ JWT signed with any other key is refused like Google refuses it.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -42,6 +43,10 @@ _INJECTED = {
     500: ("INTERNAL", "INTERNAL", "Internal error encountered."),
     503: ("UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable."),
 }
+
+
+_DURATION = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?s")
+MAX_TTL_S = 28 * 86400
 
 
 def make_service_account(project_id: str = "tidings-test", token_uri: str = "https://oauth2.googleapis.com/token",
@@ -136,11 +141,23 @@ def _check_message(doc: Any) -> tuple[str, dict]:
         raise _Refused(400, "INVALID_ARGUMENT", f"Invalid value at 'message.android.priority' "
                        f"(type.googleapis.com/google.firebase.fcm.v1.AndroidMessagePriority), \"{priority}\"",
                        None, "message.android.priority")
+    ttl = android.get("ttl")
+    # a google.protobuf.Duration in JSON ("3.5s"); FCM keeps a message at most 4 weeks
+    if ttl is not None and (not isinstance(ttl, str) or not _DURATION.fullmatch(ttl)
+                            or float(ttl[:-1]) > MAX_TTL_S):
+        raise _Refused(400, "INVALID_ARGUMENT", f"Invalid value at 'message.android.ttl' (type.googleapis.com/"
+                       f"google.protobuf.Duration), {msgspec.json.encode(ttl).decode()}", None, "message.android.ttl")
+    if "collapse_key" in android and not isinstance(android["collapse_key"], str):
+        raise _Refused(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.collapse_key' (TYPE_STRING)",
+                       None, "message.android.collapse_key")
     apns = msg.get("apns", {})
     if not isinstance(apns, dict) or not isinstance(apns.get("headers", {}), dict) \
             or any(not isinstance(v, str) for v in apns.get("headers", {}).values()):
         raise _Refused(400, "INVALID_ARGUMENT", "Invalid value at 'message.apns.headers'", None,
                        "message.apns.headers")
+    expiration = apns.get("headers", {}).get("apns-expiration")
+    if expiration is not None and not expiration.isdigit():  # APNs answers BadExpirationDate; FCM passes it on
+        raise _Refused(400, "INVALID_ARGUMENT", "Invalid apns-expiration", "INVALID_ARGUMENT", None)
     return token, msg
 
 

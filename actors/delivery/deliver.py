@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 # row; every other provider would POST to that same endpoint, so failing over
 # only adds load (and copies) on a destination known to be down. A single
 # ``destination_error`` still fails over (the next provider may get through).
-FINAL_REASONS = frozenset({"invalid_message", "address_gone", "destination_refused", "destination_circuit_open"})
+# ``ttl.expired``: the notification's life (``DeliveryTask.expires_at``) ended while it
+# waited here (a bulkhead, a rate limit, a backoff); no provider may send it now.
+EXPIRED = "ttl.expired"
+FINAL_REASONS = frozenset({"invalid_message", "address_gone", "destination_refused", "destination_circuit_open",
+                           EXPIRED})
 
 
 class UnexpectedProviderError(ProviderError):
@@ -126,7 +130,7 @@ async def deliver(
             return _outcome(run, "sent", reason, slot.provider.name, message_id)
         if reason in FINAL_REASONS:
             break  # another provider would refuse it too
-    return _outcome(run, "failed", reason)
+    return _outcome(run, "suppressed" if reason == EXPIRED else "failed", reason)
 
 
 async def deliver_batch(
@@ -153,7 +157,7 @@ async def deliver_batch(
             break
         if reason in FINAL_REASONS:
             break
-    status: Status = "sent" if reason == "ok" else "failed"
+    status: Status = "sent" if reason == "ok" else "suppressed" if reason == EXPIRED else "failed"
     message_id = receipt.message_id if receipt is not None else None
     outcomes = []
     for t in tasks:
@@ -202,13 +206,23 @@ async def _admitted_call(
 
 
 async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
+    if _expired(run):
+        return EXPIRED
     if slot.daily.exhausted():
         return "daily_limit"
     if not await slot.bucket.acquire(run.sleep, slot.max_wait_s):
         return "rate_limited"
+    if _expired(run):  # it waited for a token
+        return EXPIRED
     if not slot.daily.take():  # spent by a concurrent delivery while we waited
         return "daily_limit"
     return None
+
+
+def _expired(run: _Run) -> bool:
+    """Whether every task of the call is past its life (a batch's tasks share one call)."""
+    now = run.wall()
+    return all(t.expires_at is not None and now >= t.expires_at for t in (run.batch or (run.task,)))
 
 
 async def _call(run: _Run, slot: ProviderSlot) -> tuple[Receipt | None, DeliveryError | None]:

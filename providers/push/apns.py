@@ -24,7 +24,10 @@ become ``aps.alert.title``/``body`` (an ``alert`` push; ``html`` is not used) an
 ``content.data`` keys go next to ``aps`` in the payload. With data only it is a
 ``background`` push (``content-available``, priority 5, as Apple requires);
 otherwise ``priority`` high/critical sends ``apns-priority`` 10, others 5.
-``send`` returns ``Receipt(message_id=<apns-id>)``.
+``send`` returns ``Receipt(message_id=<apns-id>)``. A task with an end of life
+(``expires_at``: the request's ``ttl_s`` or an ``expiry`` rule) sends
+``apns-expiration`` (APNs drops it then instead of storing it for up to 30
+days), and its ``collapse_key`` is ``apns-collapse-id``.
 
 Errors (``:status`` and the JSON ``reason``):
 
@@ -92,7 +95,7 @@ from h2.events import (
 )
 
 from policy.types import URGENT, DeliveryTask
-from providers.base import Receipt
+from providers.base import Receipt, seconds_left
 from providers.errors import (
     AddressGone,
     AuthenticationError,
@@ -379,20 +382,23 @@ class ApnsProvider:
         if self._pool is None:
             await self.start()
         used = self.auth.get_header()
-        result = await self._send_once(task.address, payload, push_type, priority)
+        result = await self._send_once(task, payload, push_type, priority)
         if result.status == "403" and result.description in REFRESH_REASONS:
             self.auth.refresh(used)
-            result = await self._send_once(task.address, payload, push_type, priority)
+            result = await self._send_once(task, payload, push_type, priority)
         if result.status == "200":
             return Receipt(message_id=result.notification_id)
         raise self.error(result)
 
-    async def _send_once(self, token: str, payload: dict, push_type: PushType, priority: int) -> NotificationResult:
+    async def _send_once(self, task: DeliveryTask, payload: dict, push_type: PushType,
+                         priority: int) -> NotificationResult:
         pool = self._pool
         assert pool is not None
-        # A fresh apns-id per request: aioapns matches answers to requests by it.
-        request = NotificationRequest(device_token=token, message=payload, notification_id=str(uuid.uuid4()),
-                                      priority=priority, push_type=push_type)
+        # A fresh apns-id per request: aioapns matches answers to requests by it. It sends
+        # apns-expiration as its clock now + time_to_live.
+        request = NotificationRequest(device_token=task.address, message=payload, notification_id=str(uuid.uuid4()),
+                                      priority=priority, push_type=push_type, time_to_live=seconds_left(task),
+                                      collapse_key=task.collapse_key)
         where = f"apns {self.host}:{self.port}"
         try:
             connection = await pool.acquire()

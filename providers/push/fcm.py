@@ -33,7 +33,10 @@ becomes ``data`` (values that are not strings are sent as their JSON text; FCM's
 reserved keys are refused). ``priority`` high/critical sends
 ``android.priority`` "high" and ``apns-priority`` 10, others "normal" and 5. A
 message with data only is sent to iOS as a background push
-(``content-available``, priority 5), as FCM documents.
+(``content-available``, priority 5), as FCM documents. A task with an end of
+life (``expires_at``) sends what is left of it as ``android.ttl`` and as the iOS
+``apns-expiration``; its ``collapse_key`` as ``android.collapse_key`` and
+``apns-collapse-id``.
 
 Errors (FCM's ``error.details[].errorCode`` of type FcmError, else the status):
 
@@ -71,7 +74,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from policy.types import URGENT, DeliveryTask
-from providers.base import Receipt
+from providers.base import Receipt, seconds_left
 from providers.errors import (
     AddressGone,
     AuthenticationError,
@@ -215,6 +218,13 @@ class FcmProvider(HttpSession):
         else:  # data only: an iOS background push must be priority 5
             msg["apns"] = {"headers": {"apns-priority": "5", "apns-push-type": "background"},
                            "payload": {"aps": {"content-available": 1}}}
+        left = seconds_left(task)
+        if left is not None:  # what is left of its life: Android's ttl, the iOS expiration (epoch seconds)
+            msg["android"]["ttl"] = f"{left}s"
+            msg["apns"]["headers"]["apns-expiration"] = str(int(time.time()) + left)
+        if task.collapse_key is not None:
+            msg["android"]["collapse_key"] = task.collapse_key
+            msg["apns"]["headers"]["apns-collapse-id"] = task.collapse_key
         doc: dict[str, Any] = {"message": msg}
         if self.validate_only:
             doc["validate_only"] = True

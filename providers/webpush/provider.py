@@ -66,7 +66,10 @@ shared breaker for every other user. 404/410 stay ``AddressGone`` and 401/403
 
 A task whose ``metadata`` has ``webpush_topic`` sends it as the RFC 8030
 ``Topic`` header (at most 32 base64url characters): a newer message with the
-same topic replaces an undelivered older one at the push service.
+same topic replaces an undelivered older one at the push service; without it, a
+task's ``collapse_key`` is the topic (``topic_for``). A task with an end of life
+(``expires_at``) sends what is left of it as the ``TTL`` when that is shorter
+than ``ttl_s``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import math
 import re
 import time
@@ -90,7 +94,7 @@ from py_vapid import Vapid02, jwt as vapid_jwt
 from py_vapid.utils import b64urlencode
 
 from policy.types import DeliveryTask
-from providers.base import Receipt
+from providers.base import Receipt, seconds_left
 from providers.egress import Destination, check_url, guarded_session, read_capped, user_destinations
 from providers.errors import AddressGone, ConfigurationError, DeliveryError, DestinationError, InvalidMessage
 from providers.http_errors import map_status, parse_retry_after
@@ -107,6 +111,15 @@ URGENCIES = ("very-low", "low", "normal", "high")
 DEFAULT_URGENCY = {"low": "low", "normal": "normal", "high": "high", "critical": "high"}
 MAX_JWT_LIFETIME_S = 86400
 TOPIC_KEY = "webpush_topic"
+
+
+def topic_for(collapse_key: str) -> str:
+    """The RFC 8030 ``Topic`` for a collapse key: the key itself when it is one
+    (1-32 base64url characters), else 32 characters of its SHA-256 in base64url,
+    so the same key always collapses the same pushes."""
+    if _TOPIC.fullmatch(collapse_key):
+        return collapse_key
+    return base64.urlsafe_b64encode(hashlib.sha256(collapse_key.encode()).digest()).decode()[:32]
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _SUBJECT = re.compile(r"(mailto:[^@\s]+@[^@\s]+|https://[^\s/]+(/\S*)?)", re.IGNORECASE)
@@ -314,9 +327,10 @@ class WebPushProvider(HttpSession):
 
     def headers(self, task: DeliveryTask, sub: Subscription) -> dict[str, str]:
         """The request headers for ``task`` (without Content-Length)."""
+        left = seconds_left(task)
         headers = {
             "Authorization": self.authorization(sub.origin),
-            "TTL": str(self.ttl_s),
+            "TTL": str(self.ttl_s if left is None else min(self.ttl_s, left)),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
             "Urgency": self.urgency.get(task.priority, "normal"),
@@ -326,6 +340,8 @@ class WebPushProvider(HttpSession):
             if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
                 raise InvalidMessage(f"web push topic (metadata {TOPIC_KEY!r}) must be 1-32 base64url characters")
             headers["Topic"] = topic
+        elif task.collapse_key is not None:
+            headers["Topic"] = topic_for(task.collapse_key)
         return headers
 
     @staticmethod

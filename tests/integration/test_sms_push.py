@@ -4,11 +4,13 @@ arrives as an FCM v1 message, an unregistered token is removed from the user."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import msgspec
 import pytest
 
+from infra import streams
 from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from sandbox.fcm import FcmSink, make_service_account
@@ -49,11 +51,11 @@ async def engine(nats_url, database_url, ray_address, sinks, tmp_path_factory):
         yield eng
 
 
-async def send(s, engine, user: str, channels: list[str]) -> str:
+async def send(s, engine, user: str, channels: list[str], **extra) -> str:
     nid = str(uuid.uuid4())
     async with s.post(f"{engine.base_url}/v1/notifications", json={
             "id": nid, "user_id": user, "category": "messages", "channels": channels,
-            "content": {"subject": "New message", "text": "A recruiter wrote to you"}}) as r:
+            "content": {"subject": "New message", "text": "A recruiter wrote to you"}, **extra}) as r:
         assert r.status == 202, await r.text()
     return nid
 
@@ -88,3 +90,31 @@ async def test_push_through_fcm_and_a_gone_token_is_removed(engine, sinks):
             assert "push" not in (await r.json())["addresses"]
     message = fcm.bodies[-1]["message"]
     assert message["token"] == "live-token" and message["notification"]["title"] == "New message"
+
+
+async def test_a_push_carries_its_life_and_collapse_key_and_a_stale_one_is_not_sent(engine, sinks):
+    _, fcm = sinks
+    async with api_session() as s:
+        fresh = await send(s, engine, "s1", ["push"], ttl_s=300, collapse_key="thread-7")
+        # a producer's request, accepted 10 minutes ago with a 5-minute life (as after an outage)
+        stale = str(uuid.uuid4())
+        await engine.js.publish(streams.notify_subject(engine.cfg.nats, "messages"), msgspec.json.encode({
+            "id": stale, "user_id": "s1", "category": "messages", "channels": ["push"], "ttl_s": 300,
+            "accepted_at": time.time() - 600, "content": {"text": "Your code is 123456"}}))
+        plain = await send(s, engine, "s1", ["push"])  # the shipped rule: a day
+        await wait_rows(engine.pool, [fresh, stale, plain], 3)
+        assert await rows(engine, fresh) == {"push": ("sent", "ok")}
+        assert await rows(engine, stale) == {"push": ("suppressed", "ttl.expired")}
+        assert await rows(engine, plain) == {"push": ("sent", "ok")}
+        for field, value in (("ttl_s", 0), ("ttl_s", 29 * 86400), ("collapse_key", "has space"),
+                             ("collapse_key", "k" * 65)):
+            async with s.post(f"{engine.base_url}/v1/notifications", json={
+                    "user_id": "s1", "category": "messages", "channels": ["push"],
+                    "content": {"text": "x"}, field: value}) as r:
+                assert r.status == 422 and field in await r.text(), (field, r.status)
+    sent = [b["message"] for b in fcm.bodies[-2:]]  # the stale one never reached FCM
+    (first,) = [m for m in sent if "collapse_key" in m["android"]]
+    (second,) = [m for m in sent if m is not first]
+    assert first["android"]["collapse_key"] == "thread-7" and first["apns"]["headers"]["apns-collapse-id"] == "thread-7"
+    assert 290 <= int(first["android"]["ttl"][:-1]) <= 300
+    assert 86000 <= int(second["android"]["ttl"][:-1]) <= 86400

@@ -304,3 +304,24 @@ def test_retry_after_that_is_not_a_finite_number_is_ignored_and_long_ones_capped
     assert RateLimited("x", retry_after=float("nan")).retry_after is None
     assert RateLimited("x", retry_after=1e12).retry_after == MAX_RETRY_AFTER_S
     assert RateLimited("x", retry_after=-5).retry_after == 0.0
+
+
+async def test_a_task_past_its_life_is_suppressed_without_a_call():
+    clock = FakeClock()
+    provider = FakeProvider("ses")
+    out = await run(clock, [make_slot(provider, clock), make_slot(FakeProvider("sendgrid"), clock)],
+                    expires_at=clock.wall() - 1)
+    assert (out.status, out.reason, out.attempts, out.provider) == ("suppressed", "ttl.expired", [], None)
+    assert provider.calls == 0  # and no failover to the second provider either
+
+
+async def test_a_task_whose_life_ends_while_it_waits_for_a_token_is_not_sent():
+    clock = FakeClock()
+    provider = FakeProvider("ses")
+    slot = make_slot(provider, clock, rate_per_s=1.0, burst=1.0, max_wait_s=2.0)
+    await run(clock, [slot])  # takes the only token
+    out = await run(clock, [slot], notification_id="n-2", expires_at=clock.wall() + 0.5)  # the next is 1 s away
+    assert (out.status, out.reason) == ("suppressed", "ttl.expired")
+    assert clock.sleeps == pytest.approx([1.0]) and provider.calls == 1
+    out = await run(clock, [slot], notification_id="n-3", expires_at=clock.wall() + 60)
+    assert (out.status, out.reason) == ("sent", "ok")

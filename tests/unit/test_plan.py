@@ -277,3 +277,50 @@ def test_a_missing_or_future_acceptance_time_starts_the_retry_clock_now_and_is_k
         assert again.accepted_at == now
         later = Item(it.notification_id, "u1", again)  # released an hour on: it fails then
         assert retry_later([later], [failed(it.notification_id, "circuit_open")], 3600, now=now + 3600)[0] == []
+
+
+# -- expiry: a notification's life and its collapse key ------------------------------------
+
+EXPIRY = Policy(PolicyConfig(rules=(
+    Rule(name="push_a_day", kind="expiry", channels=("push", "web"), ttl_s=86400),
+    Rule(name="codes", kind="expiry", category="security", ttl_s=600, collapse_key="sign-in"),
+)))
+
+
+def test_the_request_s_life_and_collapse_key_come_first_then_the_category_rule_then_the_general_one():
+    items = [Item("n1", "u1", req(["push", "email"], "security", accepted_at=NOON - 60)),
+             Item("n2", "u1", req(["push", "email"], "job_alerts", accepted_at=NOON - 60)),
+             Item("n3", "u1", req(["push"], "security", accepted_at=NOON - 60, ttl_s=3600, collapse_key="mine"))]
+    plan = plan_round(items, {"u1": user()}, set(), ctx(policy=EXPIRY), now=NOON)
+    got = {(t.notification_id, t.channel): (t.expires_at, t.collapse_key) for ts in plan.sends.values() for t in ts}
+    assert got == {("n1", "push"): (NOON + 540, "sign-in"), ("n1", "email"): (NOON + 540, "sign-in"),
+                   ("n2", "push"): (NOON - 60 + 86400, None), ("n2", "email"): (None, None),
+                   ("n3", "push"): (NOON + 3540, "mine")}
+
+
+def test_a_send_past_its_life_is_suppressed_as_expired_and_never_becomes_a_task():
+    late = Item("n1", "u1", req(["push", "email"], "security", accepted_at=NOON - 601))
+    plan = plan_round([late], {"u1": user()}, set(), ctx(policy=EXPIRY), now=NOON)
+    assert not plan.sends
+    assert sorted((o.channel, o.status, o.reason) for o in plan.outcomes) == [
+        ("email", "suppressed", "ttl.expired"), ("push", "suppressed", "ttl.expired")]
+
+
+def test_a_future_accepted_at_does_not_lengthen_the_life():
+    item = Item("n1", "u1", req(["push"], "job_alerts", accepted_at=NOON + 3600, ttl_s=60))
+    (task,) = plan_round([item], {"u1": user()}, set(), ctx(policy=EXPIRY), now=NOON).sends["push"]
+    assert task.expires_at == NOON + 60
+
+
+def test_expiry_rules_are_checked_when_configured():
+    import pytest
+    with pytest.raises(ValueError, match="ttl_s"):
+        Rule(name="x", kind="expiry")
+    with pytest.raises(ValueError, match="ttl_s"):
+        Rule(name="x", kind="mandatory", ttl_s=60)
+    with pytest.raises(ValueError, match="collapse_key"):
+        Rule(name="x", kind="mandatory", collapse_key="k")
+    with pytest.raises(msgspec.ValidationError, match="channels"):
+        msgspec.convert({"name": "x", "kind": "expiry", "ttl_s": 60, "channels": ["pushh"]}, Rule)
+    with pytest.raises(msgspec.ValidationError, match="ttl_s"):
+        msgspec.convert({"name": "x", "kind": "expiry", "ttl_s": 0}, Rule)

@@ -320,3 +320,16 @@ async def test_ca_file_that_cannot_be_loaded(key, tmp_path):
                            "ca_file": str(tmp_path / "missing.pem")})
     with pytest.raises(ConfigurationError, match="ca_file"):
         await p.start()
+
+
+async def test_an_end_of_life_is_apns_expiration_and_the_collapse_key_apns_collapse_id(sink, provider):
+    t = task(1)
+    t.expires_at, t.collapse_key = time.time() + 600, "sign-in"
+    before = int(time.time())
+    await provider.send(t)
+    await provider.send(task(2))  # no end of life: no header, as before
+    first, second = sink.bodies
+    assert before + 598 <= int(first["headers"]["apns-expiration"]) <= int(time.time()) + 601
+    assert first["headers"]["apns-collapse-id"] == "sign-in"
+    assert "apns-expiration" not in second["headers"] and "apns-collapse-id" not in second["headers"]
+    assert sink.rejected == 0  # the look-alike checks both headers as APNs does

@@ -435,3 +435,24 @@ async def test_sink_token_endpoint_refuses_what_google_refuses(sink, account):
         async with session.post(send, json={"message": {"token": "t"}}, headers=auth) as resp:
             assert resp.status == 200 and (await resp.json())["name"].startswith(f"projects/{PROJECT}/messages/")
     assert (sink.tokens_issued, sink.requests, sink.unauthorized) == (1, 1, 1)
+
+
+async def test_an_end_of_life_is_android_ttl_and_apns_expiration_and_the_collapse_key_both(sink, provider):
+    t = task(1)
+    t.expires_at, t.collapse_key = time.time() + 3600, "inbox"
+    before = int(time.time())
+    await provider.send(t)
+    msg = sink.bodies[0]["message"]
+    assert msg["android"]["collapse_key"] == "inbox" and msg["apns"]["headers"]["apns-collapse-id"] == "inbox"
+    ttl = msg["android"]["ttl"]
+    assert ttl.endswith("s") and 3595 <= int(ttl[:-1]) <= 3600
+    assert before + 3595 <= int(msg["apns"]["headers"]["apns-expiration"]) <= int(time.time()) + 3601
+    assert sink.rejected == 0
+
+
+async def test_the_look_alike_refuses_a_ttl_fcm_would_refuse(sink, provider):
+    t = task(1)
+    t.expires_at = time.time() + 10 * 7 * 86400  # over FCM's four weeks (the request's own ttl_s cannot be)
+    with pytest.raises(InvalidMessage):
+        await provider.send(t)
+    assert sink.rejected == 1

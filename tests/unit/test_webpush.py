@@ -15,7 +15,7 @@ from py_vapid import jwt as vapid_jwt
 from engine.embedded import free_port
 from policy.types import Content, DeliveryTask
 from providers.errors import AddressGone, AuthenticationError, ConfigurationError, DestinationError, InvalidMessage
-from providers.webpush import MAX_BODY, MAX_PLAINTEXT, WebPushProvider, parse_subscription
+from providers.webpush.provider import MAX_BODY, MAX_PLAINTEXT, WebPushProvider, parse_subscription, topic_for
 from sandbox.webpush import WebPushSink, _Refused, verify_vapid
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -343,3 +343,23 @@ def test_other_key_types_are_refused():
     sec1 = _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                               serialization.NoEncryption()).decode()
     assert make(vapid_private_key="\n" + sec1).public_key == make().public_key
+
+
+async def test_an_end_of_life_shortens_the_ttl_and_the_collapse_key_is_the_topic(sink):
+    p = make(ttl_s=600)
+    sub = sink.subscribe()
+    soon, later, named, hashed = task(sub, 1), task(sub, 2), task(sub, 3), task(sub, 4)
+    soon.expires_at = time.time() + 120
+    later.expires_at = time.time() + 86400  # longer than ttl_s: ttl_s stays the bound
+    named.collapse_key = "build-42"
+    hashed.collapse_key = "builds:main:42"  # not base64url: its hash is the topic
+    try:
+        for t in (soon, later, named, hashed):
+            await p.send(t)
+    finally:
+        await p.close()
+    got = sink.received
+    assert 115 <= got[0].ttl <= 120 and got[1].ttl == 600
+    assert got[2].topic == "build-42"
+    assert got[3].topic == topic_for("builds:main:42") and len(got[3].topic) == 32 and got[3].topic != got[2].topic
+    assert sink.accepted == 4  # the push service checks the Topic's form
