@@ -633,9 +633,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
     async def consent_reply(self, user_id: str, keyword: str) -> str:
         """An SMS reply from the person's number (``POST /v1/tracking/twilio/inbound``):
         ``yes`` grants what was pending on SMS, ``stop`` withdraws every SMS
-        consent. Through the same versioned, audited path as any preference
-        change (source ``sms_reply``). Returns what changed: ``confirmed``,
-        ``stopped`` or ``nothing``."""
+        consent, ``start`` grants again what was withdrawn (the carriers' START
+        after a STOP; the text from their number is the confirmation). Through
+        the same versioned, audited path as any preference change (source
+        ``sms_reply``). Returns what changed: ``confirmed``, ``stopped``,
+        ``started`` or ``nothing``."""
         await self._ready()
         async with self.pool.acquire() as conn:
             state = (await self._load_missing(conn, [user_id])).get(user_id)
@@ -643,11 +645,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             return "nothing"
         now = time.time()
         sms = {k: s for k, s in current_consent(state, now).items() if split_consent_key(k)[0] == "sms"}
-        status, touched = ("granted", ("pending",)) if keyword == "yes" else \
-            ("withdrawn", ("granted", "pending", "expired"))
+        status, touched = {"yes": ("granted", ("pending",)), "start": ("granted", ("withdrawn",)),
+                           "stop": ("withdrawn", ("granted", "pending", "expired"))}[keyword]
         reply = ConsentRecord(status=status, source="sms_reply", evidence=Evidence(method="sms_reply", at=now))
         change: dict = {k: reply for k, s in sms.items() if s in touched}
-        if keyword != "yes" and not change:
+        if keyword == "stop" and not change:
             change = {"sms": "withdrawn"}  # a STOP is recorded even with nothing to withdraw
         if not change:
             return "nothing"
@@ -657,7 +659,40 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         if result.status != "ok":
             log.warning("an SMS reply could not be applied: %s", result.status)
             return "nothing"
-        return "confirmed" if keyword == "yes" else "stopped"
+        return {"yes": "confirmed", "start": "started", "stop": "stopped"}[keyword]
+
+    async def text_back(self, user_id: str, text: str, ref: str) -> str:
+        """Text ``text`` to the user's SMS number: the answer to a text they sent
+        us (``ref``: the provider's id of it), for providers that cannot answer in
+        the webhook's response. Once per ``ref``: it is recorded (category
+        ``sms_reply``) under an id derived from it, and a webhook delivered again
+        finds it recorded. After a STOP too: the one answer that confirms it is
+        what carriers require. Returns the outcome's status, ``duplicate`` or
+        ``nothing`` (no such user, no number, no SMS provider, a suppressed number)."""
+        await self._ready()
+        nid = derive_id(f"sms-reply:{ref}")
+        async with self._writing.hold([user_id]):  # two copies of one webhook at once: one sends
+            async with self.pool.acquire() as conn:
+                if await tracking.recorded(conn, [nid]):
+                    return "duplicate"
+                state = (await self._load_missing(conn, [user_id])).get(user_id)
+            address = state.addresses.get("sms") if state is not None else None
+            if address is None or "sms" not in self.channel_shards or "sms" in state.suppressed:
+                return "nothing"
+            task = DeliveryTask(notification_id=nid, user_id=user_id, channel="sms", category="sms_reply",
+                                address=address, content=Content(text=text), priority="high",
+                                accepted_at=time.time(), locale=state.locale)
+            kept = self.journal.get(nid)
+            if kept:  # sent before, its record failed: recorded now, not sent again
+                outcomes, error = list(kept.values()), None
+            else:
+                outcomes, error = await self._send("sms", [task])
+                self._journal(outcomes)
+            if outcomes:
+                await self._record(outcomes)
+            if error is not None:
+                raise error
+            return outcomes[0].status if outcomes else "nothing"
 
     async def erase(self, user_id: str, actor: str | None) -> dict:
         """Erase a user this shard owns (stores/erasure.py: their key destroyed,

@@ -3,13 +3,18 @@ Vonage documents it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+import time
+import urllib.parse
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
 from providers.sms import segments
+from providers.tracking.vonage import vonage_signature
 from sandbox.http import _HttpSink
 
 _TO = re.compile(r"[1-9][0-9]{6,14}")
@@ -46,6 +51,15 @@ class VonageSink(_HttpSink):
     ``failed`` (injected). ``bodies`` holds each accepted request's parameters
     (api_secret redacted) when ``keep_bodies``; ``last_id`` the last message-id.
 
+    Delivery receipts: with a ``signature_secret``, each accepted message whose
+    request names a ``callback`` gets a receipt POSTed there (a form, as Vonage
+    does when the account asks for POST), signed as Vonage signs webhooks
+    (``signature_method``), with ``timestamp`` and ``nonce``: ``receipt_status``
+    ("delivered") and ``receipt_err_code`` ("0"), ``client-ref`` as sent.
+    ``receipts_sent`` counts them; ``receipt_answers`` keeps the callback's
+    HTTP statuses. ``send_inbound`` posts a text as if a person sent it to one
+    of our numbers, signed the same way.
+
     Failure injection as the other sinks: ``fail_status``/``fail_next``, where
     ``fail_status = 200`` answers 200 with ``fail_code`` (a Vonage status, "1"
     Throttled by default), which is how Vonage reports most failures; 429
@@ -56,8 +70,13 @@ class VonageSink(_HttpSink):
     _stats_counts = ("messages", "segments", "rejected", "garbled", "failed")
 
     def __init__(self, api_key: str, api_secret: str, host: str = "127.0.0.1", port: int = 0, *,
-                 keep_bodies: bool = False):
+                 keep_bodies: bool = False, signature_secret: str | None = None, signature_method: str = "md5hash"):
         self.api_key, self.api_secret = api_key, api_secret
+        self.signature_secret, self.signature_method = signature_secret, signature_method
+        self.receipt_status, self.receipt_err_code = "delivered", "0"
+        self.receipts_sent = 0
+        self.receipt_answers: list[int] = []
+        self._tasks: set[asyncio.Task] = set()
         self.host = host
         self.port = port
         self.keep_bodies = keep_bodies
@@ -133,7 +152,51 @@ class VonageSink(_HttpSink):
             parts.append({"to": to, "message-id": self.last_id, "status": "0",
                           "remaining-balance": f"{self.balance:.8f}", "message-price": MESSAGE_PRICE,
                           "network": "23410"})
+        callback = p.get("callback")
+        if callback and self.signature_secret is not None:
+            receipt = {"msisdn": to, "to": p["from"], "network-code": "23410", "messageId": parts[0]["message-id"],
+                       "price": MESSAGE_PRICE, "status": self.receipt_status, "scts": time.strftime("%y%m%d%H%M"),
+                       "err-code": self.receipt_err_code, "api-key": self.api_key,
+                       "message-timestamp": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+            if p.get("client-ref"):
+                receipt["client-ref"] = p["client-ref"]
+            task = asyncio.get_running_loop().create_task(self._post_receipt(callback, receipt))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return web.json_response({"message-count": str(n), "messages": parts})
+
+    def signed(self, params: dict[str, str]) -> dict[str, str]:
+        """``params`` with ``timestamp``, ``nonce`` and ``sig``, as Vonage signs a webhook."""
+        assert self.signature_secret is not None
+        out = {**params, "timestamp": str(int(time.time())), "nonce": secrets.token_hex(16)}
+        out["sig"] = vonage_signature(self.signature_secret, out, self.signature_method)
+        return out
+
+    async def _post_receipt(self, url: str, receipt: dict[str, str]) -> None:
+        await asyncio.sleep(0.05)  # after the send's answer, as a carrier's receipt comes
+        self.receipts_sent += 1
+        self.receipt_answers.append(await self._post(url, self.signed(receipt)))
+
+    async def send_inbound(self, url: str, msisdn: str, to: str, text: str) -> tuple[int, dict]:
+        """Post a text a person sent (``msisdn``, E.164 without the ``+``) to our
+        number ``to``, as Vonage's inbound webhook does: (status, JSON answer)."""
+        params = self.signed({"msisdn": msisdn, "to": to, "messageId": secrets.token_hex(8).upper(),
+                              "text": text, "type": "text", "keyword": text.split(" ")[0].upper() if text else "",
+                              "api-key": self.api_key,
+                              "message-timestamp": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())})
+        async with aiohttp.ClientSession() as s, s.post(url, data=urllib.parse.urlencode(params), headers={
+                "Content-Type": "application/x-www-form-urlencoded"}) as r:
+            return r.status, await r.json(content_type=None)
+
+    @staticmethod
+    async def _post(url: str, params: dict[str, str]) -> int:
+        try:
+            async with aiohttp.ClientSession() as s, s.post(url, data=urllib.parse.urlencode(params), headers={
+                    "Content-Type": "application/x-www-form-urlencoded"}) as r:
+                await r.read()
+                return r.status
+        except aiohttp.ClientError:
+            return 0
 
     def _refuse(self, status: str, text: str) -> web.Response:
         self.rejected += 1

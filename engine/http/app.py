@@ -30,6 +30,7 @@ from engine.http import (
     tracking,
     unsubscribe,
     users,
+    vonage,
 )
 from engine.http.access import authorize
 from engine.http.common import ENGINE, Problem, busy, db_busy, unprintable
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center, erasure)
+                 tokens, audit, unsubscribe, export, center, erasure, vonage)
 
 
 @web.middleware

@@ -1,5 +1,5 @@
 """HTTP routes for provider tracking webhooks: ``POST /v1/tracking/sendgrid``,
-``/v1/tracking/mailgun`` and ``/v1/tracking/twilio``.
+``/v1/tracking/mailgun`` and ``/v1/tracking/twilio`` (Vonage's are in ``engine/http/vonage.py``).
 
 Each route verifies the provider's signature with the settings of the providers
 of that type configured in ``engine.cfg.channels`` (enabled or not: events of
@@ -36,7 +36,7 @@ Settings read (in the provider's ``settings``):
   also when sending with an API key); ``status_callback``, the URL Twilio was
   given, is tried besides the URL the request arrived at (behind a proxy the
   two differ); ``inbound_url`` likewise for the messages people send to our
-  numbers (``/v1/tracking/twilio/inbound``: YES, STOP, HELP; docs/privacy.md).
+  numbers (``/v1/tracking/twilio/inbound``: YES, STOP, START, HELP; docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ from stores import engagement, users as user_store
 log = logging.getLogger(__name__)
 
 MAILGUN_TOKENS = web.AppKey("mailgun_tokens", TokenMemory)
-FAMILIES = ("sendgrid", "mailgun", "twilio")
+FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage")
 # Status order: a tracking event moves a row only to a higher rank.
 RANK = {"delivered": 1, "failed": 1, "bounced": 2, "complained": 2}
 # Events that change nothing (opens, clicks, deferrals) stop being appended
@@ -110,7 +110,7 @@ WHERE id = $1
 
 
 def family(type_name: str) -> str | None:
-    """``sendgrid``, ``mailgun`` or ``twilio`` for a provider type of that
+    """``sendgrid``, ``mailgun``, ``twilio`` or ``vonage`` for a provider type of that
     provider (``twilio_sms``, ``twilio-voice`` count as twilio); else None."""
     t = type_name.lower()
     for name in FAMILIES:
@@ -289,13 +289,17 @@ async def twilio(request: web.Request) -> web.Response:
 
 # CTIA's keywords (and Twilio's): a reply that is one of them, in any case, alone
 STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout"})
-YES_WORDS = frozenset({"yes", "y", "start", "unstop"})
+YES_WORDS = frozenset({"yes", "y"})
+START_WORDS = frozenset({"start", "unstop"})  # after a STOP: every SMS consent it withdrew, back
 HELP_WORDS = frozenset({"help", "info"})
 
 
 def keyword(body: str) -> str | None:
     word = body.strip().strip(".!").lower()
-    return "stop" if word in STOP_WORDS else "yes" if word in YES_WORDS else "help" if word in HELP_WORDS else None
+    for name, words in (("stop", STOP_WORDS), ("yes", YES_WORDS), ("start", START_WORDS), ("help", HELP_WORDS)):
+        if word in words:
+            return name
+    return None
 
 
 def twiml(text: str) -> web.Response:
@@ -306,30 +310,37 @@ def twiml(text: str) -> web.Response:
 
 
 async def twilio_inbound(request: web.Request) -> web.Response:
-    """An SMS a person sent to one of our numbers (Twilio's inbound webhook):
-    YES confirms a double opt-in, STOP withdraws every SMS consent of everyone
-    with that number, HELP is answered; anything else is left alone. Users are
-    found by the number's blind index; each change goes through their shard."""
-    engine = request.app[ENGINE]
+    """An SMS a person sent to one of our numbers (Twilio's inbound webhook),
+    answered in TwiML (``inbound_keyword``)."""
     _, params = await _twilio_params(request, "inbound_url")
     form = dict(params)
-    number, body = form.get("From", ""), form.get("Body", "")
+    answer, _ = await inbound_keyword(request.app[ENGINE], form.get("From", ""), form.get("Body", ""))
+    return twiml(answer)
+
+
+async def inbound_keyword(engine, number: str, body: str) -> tuple[str, list[str]]:
+    """What an SMS a person sent to one of our numbers asks, done: YES confirms
+    a double opt-in, STOP withdraws every SMS consent of everyone with that
+    number, START (UNSTOP) grants again what was withdrawn, HELP is answered;
+    anything else is left alone. Users are found by the number's blind index;
+    each change goes through their shard, audited. Returns the text to answer
+    with ('' for none) and the users with that number."""
     word = keyword(body) if len(body) <= 40 else None
     c = engine.cfg.compliance
     if word is None or not number:
-        return twiml("")
-    if word == "help":
-        return twiml(c.sms_help_text)
+        return "", []
     async with engine.pool.acquire() as conn:
         users = await user_store.users_with(conn, engine.ring, "sms", printable(number, 64))
+    if word == "help":
+        return c.sms_help_text, users
     done = await asyncio.gather(*(engine.shard_for(u).consent_reply.remote(u, word) for u in users),
                                 return_exceptions=True)
     for r in done:
         if isinstance(r, BaseException):  # the others' changes stand; this person's is logged, not lost silently
             log.warning("an SMS reply could not be applied to one user: %s", type(r).__name__)
     if "stopped" in done:
-        return twiml(c.sms_stopped_text)
-    return twiml(c.sms_confirmed_text if "confirmed" in done else "")
+        return c.sms_stopped_text, users
+    return (c.sms_confirmed_text if "confirmed" in done or "started" in done else ""), users
 
 
 def next_status(current: str, new: str | None) -> str:

@@ -12,7 +12,11 @@ Settings:
 - ``base_url`` ("https://rest.nexmo.com"): tests point it at a loopback sink.
 - ``timeout_s`` (10, connecting), ``max_connections`` (32, pool size).
 - ``max_segments`` (10): a longer body is InvalidMessage before any request.
-- ``status_callback`` (optional URL): Vonage's ``callback`` for delivery receipts.
+- ``status_callback`` (optional URL): Vonage's ``callback`` for delivery receipts
+  (``/v1/tracking/vonage``); each message carries its notification id as
+  ``client-ref``, which the receipt names.
+- ``signature_secret``, ``signature_method`` (``md5hash``): what the account's
+  signed webhooks are verified with (``engine/http/vonage.py``); not used to send.
 - ``throttle_retry_after_s`` (1.0): how long to pause after status 1
   ("Throttled"), which carries no Retry-After; Vonage's limits are per second.
 
@@ -108,7 +112,7 @@ class VonageSmsProvider(HttpSession):
         if not key or not isinstance(key, str) or not secret or not isinstance(secret, str):
             raise ConfigurationError(f"vonage provider {name!r}: 'api_key' and 'api_secret' are required")
         self._api_key, self._api_secret = key, secret
-        self.settings = redacted(settings, "api_secret")
+        self.settings = redacted(settings, "api_secret", "signature_secret")
         try:
             self.from_ = sender(settings.get("from")).lstrip("+")
         except ValueError as exc:
@@ -132,8 +136,9 @@ class VonageSmsProvider(HttpSession):
         to = recipient(task)
         text = message_text(task)
         enc, _ = check_segments(text, self.max_segments)
+        # client-ref comes back in the delivery receipt: it finds the row by notification id
         form = {"api_key": self._api_key, "api_secret": self._api_secret, "from": self.from_, "to": to[1:],
-                "text": text}
+                "text": text, "client-ref": task.notification_id[:100]}
         if enc == "UCS-2":
             form["type"] = "unicode"
         if self.status_callback:

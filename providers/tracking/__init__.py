@@ -14,6 +14,9 @@ the routes and writes the results).
 - Twilio status callbacks (SMS and voice): form-encoded; ``X-Twilio-Signature``
   is base64 HMAC-SHA1(auth token, full URL + each POST parameter's name and
   value, sorted by name).
+- Vonage SMS API receipts and inbound messages (``providers.tracking.vonage``):
+  query or form parameters, ``sig`` a digest of the others with the account's
+  signature secret, ``timestamp`` and ``nonce`` against replays.
 
 Every event becomes a ``TrackingEvent``; ``status`` is None for events that
 change no status (opens, clicks, deferrals, in-flight states); ``engagement``

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 ACCOUNT = "AC" + "c3" * 16
 TOKEN = "twilio-consent-test-token"
 NUMBER = "+14155553301"
+THIRD = "+14155553303"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ async def engine(nats_url, database_url, ray_address, twilio, tmp_path_factory):
         "account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": twilio.url})])
     cfg = msgspec.structs.replace(cfg, channels={"sms": sms})
     async with serving(cfg, database_url, [UserProfile(user_id="c1", addresses={"sms": NUMBER}),
-                                           UserProfile(user_id="c2", addresses={"sms": "+14155553302"})]) as eng:
+                                           UserProfile(user_id="c2", addresses={"sms": "+14155553302"}),
+                                           UserProfile(user_id="c3", addresses={"sms": THIRD})]) as eng:
         yield eng
 
 
@@ -133,3 +135,23 @@ async def test_an_expired_grant_holds_sends_back(engine):
     async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c2/preferences", json={
             "consent": {"sms": {"status": "granted", "evidence": {"ip": "not-an-ip"}}}}) as r:
         assert r.status == 422 and (await r.json())["errors"][0]["field"] == "consent.sms.evidence.ip"
+
+
+async def test_start_after_stop_grants_again_what_the_stop_withdrew(engine):
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c3/preferences",
+                                           json={"consent": {"sms": "granted"}}) as r:
+        assert r.status == 200, await r.text()
+    assert await send(engine, "c3", "messages") == ("sent", "ok")
+    assert "unsubscribed" in (await reply(engine, "quit", number=THIRD))[1]  # one of the carriers' STOP words
+    assert await send(engine, "c3", "messages") == ("suppressed", "consent.withdrawn_sms")
+    status, text = await reply(engine, "UNSTOP", number=THIRD)
+    assert status == 200 and "subscribed" in text
+    assert await send(engine, "c3", "messages") == ("sent", "ok")
+    # nothing withdrawn now: a second START changes nothing and claims nothing
+    assert (await reply(engine, "start", number=THIRD))[1].endswith("<Response></Response>")
+    async with api_session() as s, s.get(f"{engine.base_url}/v1/users/c3/export") as r:
+        doc = await r.json(content_type=None)
+    assert [(h["status"], h["source"]) for h in doc["consent_history"]] == [
+        ("granted", "http"), ("withdrawn", "sms_reply"), ("granted", "sms_reply")]
+    audit = await engine.pool.fetch("SELECT performed_by FROM preference_audit_log WHERE user_id = 'c3' ORDER BY id")
+    assert [a["performed_by"] for a in audit][-2:] == ["user:c3(sms)", "user:c3(sms)"]  # the STOP and the START

@@ -47,6 +47,7 @@ from providers.tracking import (
     mailgun_signature,
     twilio_signature,
 )
+from providers.tracking.vonage import vonage_signature
 from sandbox import WebhookSink
 from tests.integration.fuzzing import (
     HUGE_NUMBERS,
@@ -70,6 +71,7 @@ MG_KEY = "mailgun-signing-key-for-the-fuzz-test"
 TW_TOKEN = "twilio-auth-token-for-the-fuzz-test"
 TW_CALLBACK = "https://hooks.fuzz.test/v1/tracking/twilio"
 TW_INBOUND = "https://hooks.fuzz.test/v1/tracking/twilio/inbound"
+VG_SIGNING = "vonage-signature-secret-for-the-fuzz-test"
 LINK_SECRET = "fuzz-link-secret-0123456789abcdef"
 TEMPLATE = "welcome"
 PREF_TEMPLATE = "base"
@@ -122,7 +124,8 @@ def with_tracking_providers(cfg):
             "webhook_signing_key": MG_KEY})])
     sms = ChannelConfig(enabled=False, providers=[ProviderConfig(name="tw", type="twilio", settings={
         "account_sid": "AC" + "0" * 32, "auth_token": TW_TOKEN, "status_callback": TW_CALLBACK,
-        "inbound_url": TW_INBOUND})])
+        "inbound_url": TW_INBOUND}), ProviderConfig(name="vg", type="vonage", settings={
+            "api_key": "k", "api_secret": "s", "from": "+14155550100", "signature_secret": VG_SIGNING})])
     return msgspec.structs.replace(cfg, channels={**cfg.channels, "email": email, "sms": sms})
 
 
@@ -188,6 +191,19 @@ def signed_twilio(draw, url: str = TW_CALLBACK, sample: dict | None = None):
 
 
 @st.composite
+def signed_vonage(draw, sample: dict):
+    """A form signed as Vonage signs webhooks, fresh (timestamp now, a new nonce),
+    whatever the fuzzer made of the fields."""
+    form = draw(shaped(sample))
+    pairs = {str(k): _form_value(v) for k, v in form.items()} if isinstance(form, dict) else {"x": _form_value(form)}
+    pairs = {k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"):
+             v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for k, v in pairs.items()}
+    pairs.update(timestamp=str(int(time.time())), nonce=uuid.uuid4().hex)
+    pairs["sig"] = vonage_signature(VG_SIGNING, pairs)
+    return urllib.parse.urlencode(pairs).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@st.composite
 def import_body(draw):
     rows = draw(st.lists(shaped({**ROW, "user_id": "alice"}), min_size=1, max_size=4))
     if draw(st.booleans()):
@@ -239,6 +255,10 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("POST", "/v1/tracking/twilio"): signed_twilio(),
     ("POST", "/v1/tracking/twilio/inbound"): signed_twilio(TW_INBOUND, {"From": "+15550001", "Body": "STOP",
                                                                         "To": "+15550002"}),
+    ("POST", "/v1/tracking/vonage"): signed_vonage({"messageId": "0A00000012345678", "status": "failed",
+                                                    "err-code": "3", "msisdn": "15550001", "client-ref": UNKNOWN_ID}),
+    ("POST", "/v1/tracking/vonage/inbound"): signed_vonage({"msisdn": "15550001", "to": "15550002",
+                                                            "messageId": "0B00000012345678", "text": "STOP"}),
     ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),

@@ -1,0 +1,119 @@
+"""Vonage's SMS webhooks (``providers.tracking.vonage``):
+
+- ``GET``/``POST /v1/tracking/vonage``: delivery receipts, applied like every
+  provider's tracking events (``tracking.apply``: the row moves forward, a
+  permanent failure suppresses the number);
+- ``GET``/``POST /v1/tracking/vonage/inbound``: the texts people send to our
+  numbers: STOP, START, YES and HELP are done as for Twilio
+  (``tracking.inbound_keyword``), and the answer is texted back through the
+  owning UserShard, once per inbound message (Vonage cannot answer in the
+  response, as Twilio's TwiML does).
+
+Both are signed with the account's signature secret (the provider's
+``signature_secret`` setting; ``signature_method``: ``md5hash``, Vonage's
+default, or ``md5``/``sha1``/``sha256``/``sha512`` for its HMAC methods). An
+unsigned request, a bad signature, a timestamp more than
+``signature_max_age_s`` (300) from now or a nonce seen before is a 401.
+Parameters come as a query (GET), a form or JSON (POST), as the account's
+webhook setting says.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from aiohttp import web
+
+from engine.http.access import Public, Route, register
+from engine.http.common import ENGINE, read_body, reply
+from engine.http.tracking import apply, bad_payload, bad_signature, configured, inbound_keyword
+from providers.tracking import PayloadError, SignatureError, TokenMemory, parse_form
+from providers.tracking.vonage import (
+    VONAGE_TOLERANCE_S,
+    first_values,
+    verify_vonage,
+    vonage_event,
+    vonage_inbound,
+)
+
+log = logging.getLogger(__name__)
+
+NONCES = web.AppKey("vonage_nonces", TokenMemory)
+
+
+async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
+    """(the channels, the parameters) of a Vonage webhook whose signature
+    verifies with one configured provider's secret; else 400/401."""
+    hook = configured(request, "vonage", "signature_secret")
+    params = first_values(request.query.items())
+    if request.method == "POST":
+        body = await read_body(request)
+        if request.content_type == "application/json":
+            try:
+                doc = msgspec.json.decode(body)
+            except msgspec.DecodeError as exc:
+                raise bad_payload(PayloadError(f"not JSON: {exc}")) from None
+            if not isinstance(doc, dict):
+                raise bad_payload(PayloadError("not a JSON object"))
+            params.update({str(k): v if isinstance(v, str) else msgspec.json.encode(v).decode()
+                           for k, v in doc.items() if v is not None})
+        else:
+            try:
+                params.update(first_values(parse_form(body)))
+            except PayloadError as exc:
+                raise bad_payload(exc) from None
+    last: SignatureError | None = None
+    for s in hook.settings:
+        try:
+            verify_vonage(str(s["signature_secret"]), params, str(s.get("signature_method", "md5hash")),
+                          tolerance_s=float(s.get("signature_max_age_s", VONAGE_TOLERANCE_S)))
+            break
+        except (SignatureError, ValueError) as exc:  # ValueError: a signature_method Vonage does not have
+            last = SignatureError(str(exc))
+    else:
+        raise bad_signature(last or SignatureError("no signature secret"), "sig")
+    nonce = params.get("nonce", "")
+    if not nonce or not request.app[NONCES].remember(nonce):
+        raise bad_signature(SignatureError("missing nonce" if not nonce else "nonce seen before"), "nonce")
+    return hook.channels, params
+
+
+async def receipt(request: web.Request) -> web.Response:
+    channels, params = await _params(request)
+    try:
+        event = vonage_event(params)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    return await apply(request, [event], channels)
+
+
+async def inbound(request: web.Request) -> web.Response:
+    _, params = await _params(request)
+    try:
+        number, text = vonage_inbound(params)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    engine = request.app[ENGINE]
+    answer, users = await inbound_keyword(engine, number, text)
+    sent = "nothing"
+    if answer and users:  # a number nobody has is not texted back: no user to record it under
+        ref = f"vonage:{params.get('messageId') or params['nonce']}"
+        try:
+            sent = await engine.shard_for(users[0]).text_back.remote(users[0], answer, ref)
+        except Exception as exc:  # noqa: BLE001 - the consent change stands; Vonage's retry answers again
+            log.warning("the answer to an inbound SMS was not sent: %s", type(exc).__name__)
+            sent = "failed"
+    return reply({"users": len(users), "answer": sent})
+
+
+ROUTES = [
+    Route(method, path, handler, Public("Vonage's signature (signature_secret) is verified"))
+    for path, handler in (("/v1/tracking/vonage", receipt), ("/v1/tracking/vonage/inbound", inbound))
+    for method in ("GET", "POST")
+]
+
+
+def add_routes(app: web.Application) -> None:
+    app[NONCES] = TokenMemory(window_s=VONAGE_TOLERANCE_S)
+    register(app, ROUTES)
