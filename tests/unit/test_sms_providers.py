@@ -419,7 +419,7 @@ async def test_vonage_sends_the_documented_form(vonage_sink, vo):
     receipt = await vo.send(task("+44 7700 900000"))
     assert receipt.message_id == vonage_sink.last_id
     assert vonage_sink.bodies == [{"api_key": VONAGE_KEY, "api_secret": "[redacted]", "from": "Tidings",
-                                   "to": "447700900000", "text": "Your code is 123456"}]
+                                   "to": "447700900000", "text": "Your code is 123456", "client-ref": "nid-1"}]
     assert (vonage_sink.messages, vonage_sink.segments, vonage_sink.garbled) == (1, 1, 0)
 
 
