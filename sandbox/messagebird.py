@@ -3,13 +3,18 @@ MessageBird documents it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+import urllib.parse
 from datetime import UTC, datetime
 
+import aiohttp
 import msgspec
+import yarl
 from aiohttp import web
 
+from providers.tracking.messagebird import SIGNATURE_HEADER, messagebird_jwt
 from sandbox.http import _HttpSink
 
 _MSISDN = re.compile(r"[1-9][0-9]{6,14}")
@@ -55,6 +60,15 @@ class MessageBirdSink(_HttpSink):
     ``rejected`` (401/422), ``failed`` (injected). ``bodies`` holds decoded
     bodies when ``keep_bodies``; ``last_id`` the last id given.
 
+    Status reports: with a ``signing_key``, each accepted message with a
+    ``reportUrl`` gets a report per recipient, a GET to that URL with ``id``,
+    ``reference`` (as sent), ``recipient``, ``status`` (``report_status``,
+    "delivered"), ``statusReason`` (``report_reason``), ``statusErrorCode`` and
+    ``statusDatetime``, signed as MessageBird signs webhooks
+    (``MessageBird-Signature-JWT``). ``reports_sent`` counts them,
+    ``report_answers`` keeps the HTTP statuses. ``send_inbound`` posts a text
+    as if a person sent it to one of our numbers, signed the same way.
+
     Failure injection as the other sinks: ``fail_status``/``fail_next``; 429 adds
     ``Retry-After: <retry_after>``; the body is MessageBird's errors list
     (code 99 "Internal error" for 5xx, no code otherwise).
@@ -64,8 +78,13 @@ class MessageBirdSink(_HttpSink):
     _stats_counts = ("messages", "recipients", "rejected", "failed")
 
     def __init__(self, access_key: str, host: str = "127.0.0.1", port: int = 0, *, keep_bodies: bool = False,
-                 balance: int | None = None):
+                 balance: int | None = None, signing_key: str | None = None):
         self.access_key = access_key
+        self.signing_key = signing_key
+        self.report_status, self.report_reason, self.report_error = "delivered", "successfully delivered", "0"
+        self.reports_sent = 0
+        self.report_answers: list[int] = []
+        self._tasks: set[asyncio.Task] = set()
         self.host = host
         self.port = port
         self.keep_bodies = keep_bodies
@@ -107,6 +126,14 @@ class MessageBirdSink(_HttpSink):
         self.recipients += len(recipients)
         self.last_id = secrets.token_hex(16)
         now = _now()
+        if self.signing_key is not None and isinstance(doc.get("reportUrl"), str):
+            for r in recipients:
+                report = {"id": self.last_id, "reference": doc.get("reference") or "", "recipient": str(r),
+                          "status": self.report_status, "statusReason": self.report_reason,
+                          "statusErrorCode": self.report_error, "statusDatetime": now}
+                task = asyncio.get_running_loop().create_task(self._report(doc["reportUrl"], report))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         return web.json_response({
             "id": self.last_id, "href": f"{self.url}/messages/{self.last_id}", "direction": "mt", "type": "sms",
             "originator": doc["originator"], "body": doc["body"], "reference": doc.get("reference"),
@@ -117,6 +144,34 @@ class MessageBirdSink(_HttpSink):
                            "items": [{"recipient": r, "status": "sent", "statusDatetime": now}
                                      for r in recipients]},
         }, status=201)
+
+    async def _report(self, url: str, params: dict[str, str]) -> None:
+        await asyncio.sleep(0.05)  # after the send's answer, as a carrier's report comes
+        self.reports_sent += 1
+        full = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
+        self.report_answers.append((await self.signed_request("GET", full))[0])
+
+    async def signed_request(self, method: str, url: str, body: bytes = b"",
+                             content_type: str | None = None) -> tuple[int, bytes]:
+        """``method`` ``url`` with ``body``, signed with ``signing_key``: (status, body)."""
+        assert self.signing_key is not None
+        headers = {SIGNATURE_HEADER: messagebird_jwt(self.signing_key, url, body)}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:  # sent as signed: yarl would otherwise normalise the quoting (%3A to ":") after the signing
+            async with aiohttp.ClientSession() as s, s.request(method, yarl.URL(url, encoded=True), data=body or None,
+                                                               headers=headers) as r:
+                return r.status, await r.read()
+        except aiohttp.ClientError:
+            return 0, b""
+
+    async def send_inbound(self, url: str, originator: str, recipient: str, text: str) -> tuple[int, dict]:
+        """Post a text a person sent (``originator``, E.164 without the ``+``) to
+        our number ``recipient``, as MessageBird forwards one: (status, JSON answer)."""
+        body = urllib.parse.urlencode({"id": secrets.token_hex(16), "originator": originator,
+                                       "recipient": recipient, "body": text, "createdDatetime": _now()}).encode()
+        status, raw = await self.signed_request("POST", url, body, "application/x-www-form-urlencoded")
+        return status, msgspec.json.decode(raw) if raw else {}
 
     def _check(self, doc) -> list[int]:
         if not isinstance(doc, dict):

@@ -23,6 +23,7 @@ from engine.http import (
     health,
     inbox,
     links,
+    messagebird,
     notifications,
     prefs,
     templates,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center, erasure, vonage)
+                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird)
 
 
 @web.middleware

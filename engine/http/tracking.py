@@ -1,5 +1,6 @@
 """HTTP routes for provider tracking webhooks: ``POST /v1/tracking/sendgrid``,
-``/v1/tracking/mailgun`` and ``/v1/tracking/twilio`` (Vonage's are in ``engine/http/vonage.py``).
+``/v1/tracking/mailgun`` and ``/v1/tracking/twilio`` (Vonage's and MessageBird's are in
+``engine/http/vonage.py`` and ``engine/http/messagebird.py``).
 
 Each route verifies the provider's signature with the settings of the providers
 of that type configured in ``engine.cfg.channels`` (enabled or not: events of
@@ -81,7 +82,7 @@ from stores import engagement, users as user_store
 log = logging.getLogger(__name__)
 
 MAILGUN_TOKENS = web.AppKey("mailgun_tokens", TokenMemory)
-FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage")
+FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage", "messagebird")
 # Status order: a tracking event moves a row only to a higher rank.
 RANK = {"delivered": 1, "failed": 1, "bounced": 2, "complained": 2}
 # Events that change nothing (opens, clicks, deferrals) stop being appended
@@ -110,7 +111,7 @@ WHERE id = $1
 
 
 def family(type_name: str) -> str | None:
-    """``sendgrid``, ``mailgun``, ``twilio`` or ``vonage`` for a provider type of that
+    """``sendgrid``, ``mailgun``, ``twilio``, ``vonage`` or ``messagebird`` for a provider type of that
     provider (``twilio_sms``, ``twilio-voice`` count as twilio); else None."""
     t = type_name.lower()
     for name in FAMILIES:
@@ -341,6 +342,22 @@ async def inbound_keyword(engine, number: str, body: str) -> tuple[str, list[str
     if "stopped" in done:
         return c.sms_stopped_text, users
     return (c.sms_confirmed_text if "confirmed" in done or "started" in done else ""), users
+
+
+async def answer_by_text(engine, number: str, text: str, ref: str) -> dict:
+    """``inbound_keyword`` for a provider that cannot answer in the webhook's
+    response (Vonage, MessageBird): the answer is texted back by the owning
+    UserShard, once per ``ref`` (the provider's id of the inbound message).
+    A number nobody has gets no answer: there is no user to record it under."""
+    answer, users = await inbound_keyword(engine, number, text)
+    sent = "nothing"
+    if answer and users:
+        try:
+            sent = await engine.shard_for(users[0]).text_back.remote(users[0], answer, ref)
+        except Exception as exc:  # noqa: BLE001 - the consent change stands; the provider's retry answers again
+            log.warning("the answer to an inbound SMS was not sent: %s", type(exc).__name__)
+            sent = "failed"
+    return {"users": len(users), "answer": sent}
 
 
 def next_status(current: str, new: str | None) -> str:

@@ -20,14 +20,12 @@ webhook setting says.
 
 from __future__ import annotations
 
-import logging
-
 import msgspec
 from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, read_body, reply
-from engine.http.tracking import apply, bad_payload, bad_signature, configured, inbound_keyword
+from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured
 from providers.tracking import PayloadError, SignatureError, TokenMemory, parse_form
 from providers.tracking.vonage import (
     VONAGE_TOLERANCE_S,
@@ -36,8 +34,6 @@ from providers.tracking.vonage import (
     vonage_event,
     vonage_inbound,
 )
-
-log = logging.getLogger(__name__)
 
 NONCES = web.AppKey("vonage_nonces", TokenMemory)
 
@@ -94,17 +90,8 @@ async def inbound(request: web.Request) -> web.Response:
         number, text = vonage_inbound(params)
     except PayloadError as exc:
         raise bad_payload(exc) from None
-    engine = request.app[ENGINE]
-    answer, users = await inbound_keyword(engine, number, text)
-    sent = "nothing"
-    if answer and users:  # a number nobody has is not texted back: no user to record it under
-        ref = f"vonage:{params.get('messageId') or params['nonce']}"
-        try:
-            sent = await engine.shard_for(users[0]).text_back.remote(users[0], answer, ref)
-        except Exception as exc:  # noqa: BLE001 - the consent change stands; Vonage's retry answers again
-            log.warning("the answer to an inbound SMS was not sent: %s", type(exc).__name__)
-            sent = "failed"
-    return reply({"users": len(users), "answer": sent})
+    ref = f"vonage:{params.get('messageId') or params['nonce']}"
+    return reply(await answer_by_text(request.app[ENGINE], number, text, ref))
 
 
 ROUTES = [

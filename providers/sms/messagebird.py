@@ -10,6 +10,11 @@ Settings:
 - ``base_url`` ("https://rest.messagebird.com"): tests point it at a loopback sink.
 - ``timeout_s`` (10, connecting), ``max_connections`` (32, pool size).
 - ``max_segments`` (10): a longer body is InvalidMessage before any request.
+- ``status_callback`` (optional URL): the ``reportUrl`` for status reports
+  (``/v1/tracking/messagebird``); each message carries its notification id as
+  ``reference``, which the report names.
+- ``signing_key``: what MessageBird signs its webhooks with
+  (``engine/http/messagebird.py``); not used to send.
 
 ``datacoding`` is set from the text ("plain" for GSM-7, "unicode" otherwise):
 MessageBird's default, "plain", would replace what GSM-7 cannot carry.
@@ -123,7 +128,7 @@ class MessageBirdProvider(HttpSession):
     def __init__(self, name: str, settings: dict):
         self.name = name
         self._access_key = required_secret(settings, "access_key", "messagebird", name)
-        self.settings = redacted(settings, "access_key")
+        self.settings = redacted(settings, "access_key", "signing_key")
         try:
             self.originator = sender(settings.get("originator")).lstrip("+")
         except ValueError as exc:
@@ -133,6 +138,10 @@ class MessageBirdProvider(HttpSession):
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
         self.max_segments = max_segments_setting("messagebird", name, settings)
+        callback = settings.get("status_callback")
+        if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
+            raise ConfigurationError(f"messagebird provider {name!r}: status_callback must be an http(s) URL")
+        self.status_callback: str | None = callback
         self._headers = {"Authorization": f"AccessKey {self._access_key}", "Content-Type": "application/json",
                          "Accept": "application/json"}
         self._session: aiohttp.ClientSession | None = None
@@ -144,8 +153,12 @@ class MessageBirdProvider(HttpSession):
         enc, _ = check_segments(body, self.max_segments)
         # An msisdn is the E.164 number without "+": a JSON number, as in
         # MessageBird's reference (15 digits are exact in any JSON parser).
-        return {"originator": self.originator, "recipients": [int(to[1:])], "body": body,
-                "datacoding": "plain" if enc == "GSM-7" else "unicode"}
+        doc = {"originator": self.originator, "recipients": [int(to[1:])], "body": body,
+               "datacoding": "plain" if enc == "GSM-7" else "unicode",
+               "reference": task.notification_id}  # a status report names it: it finds the row
+        if self.status_callback:
+            doc["reportUrl"] = self.status_callback
+        return doc
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one SMS for ``task``; see the class docstring."""

@@ -17,6 +17,9 @@ the routes and writes the results).
 - Vonage SMS API receipts and inbound messages (``providers.tracking.vonage``):
   query or form parameters, ``sig`` a digest of the others with the account's
   signature secret, ``timestamp`` and ``nonce`` against replays.
+- MessageBird status reports and inbound messages
+  (``providers.tracking.messagebird``): a JWT in ``MessageBird-Signature-JWT``
+  keyed by the signing key, naming the URL called and the body.
 
 Every event becomes a ``TrackingEvent``; ``status`` is None for events that
 change no status (opens, clicks, deferrals, in-flight states); ``engagement``

@@ -47,6 +47,7 @@ from providers.tracking import (
     mailgun_signature,
     twilio_signature,
 )
+from providers.tracking.messagebird import SIGNATURE_HEADER, messagebird_jwt
 from providers.tracking.vonage import vonage_signature
 from sandbox import WebhookSink
 from tests.integration.fuzzing import (
@@ -72,6 +73,9 @@ TW_TOKEN = "twilio-auth-token-for-the-fuzz-test"
 TW_CALLBACK = "https://hooks.fuzz.test/v1/tracking/twilio"
 TW_INBOUND = "https://hooks.fuzz.test/v1/tracking/twilio/inbound"
 VG_SIGNING = "vonage-signature-secret-for-the-fuzz-test"
+MB_SIGNING = "messagebird-signing-key-for-the-fuzz-test"
+MB_REPORTS = "https://hooks.fuzz.test/v1/tracking/messagebird"
+MB_INBOUND = "https://hooks.fuzz.test/v1/tracking/messagebird/inbound"
 LINK_SECRET = "fuzz-link-secret-0123456789abcdef"
 TEMPLATE = "welcome"
 PREF_TEMPLATE = "base"
@@ -125,7 +129,10 @@ def with_tracking_providers(cfg):
     sms = ChannelConfig(enabled=False, providers=[ProviderConfig(name="tw", type="twilio", settings={
         "account_sid": "AC" + "0" * 32, "auth_token": TW_TOKEN, "status_callback": TW_CALLBACK,
         "inbound_url": TW_INBOUND}), ProviderConfig(name="vg", type="vonage", settings={
-            "api_key": "k", "api_secret": "s", "from": "+14155550100", "signature_secret": VG_SIGNING})])
+            "api_key": "k", "api_secret": "s", "from": "+14155550100", "signature_secret": VG_SIGNING}),
+        ProviderConfig(name="mb", type="messagebird", settings={
+            "access_key": "k", "originator": "Tidings", "signing_key": MB_SIGNING, "status_callback": MB_REPORTS,
+            "inbound_url": MB_INBOUND})])
     return msgspec.structs.replace(cfg, channels={**cfg.channels, "email": email, "sms": sms})
 
 
@@ -204,6 +211,19 @@ def signed_vonage(draw, sample: dict):
 
 
 @st.composite
+def signed_messagebird(draw, url: str, sample: dict):
+    """A form body signed as MessageBird signs webhooks (for the configured URL),
+    whatever the fuzzer made of the fields."""
+    form = draw(shaped(sample))
+    pairs = [(str(k), _form_value(v)) for k, v in form.items()] if isinstance(form, dict) else [("x", _form_value(form))]
+    body = urllib.parse.urlencode([(k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+                                    v.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+                                   for k, v in pairs]).encode()
+    return body, {SIGNATURE_HEADER: messagebird_jwt(MB_SIGNING, url, body),
+                  "Content-Type": "application/x-www-form-urlencoded"}
+
+
+@st.composite
 def import_body(draw):
     rows = draw(st.lists(shaped({**ROW, "user_id": "alice"}), min_size=1, max_size=4))
     if draw(st.booleans()):
@@ -259,6 +279,11 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
                                                     "err-code": "3", "msisdn": "15550001", "client-ref": UNKNOWN_ID}),
     ("POST", "/v1/tracking/vonage/inbound"): signed_vonage({"msisdn": "15550001", "to": "15550002",
                                                             "messageId": "0B00000012345678", "text": "STOP"}),
+    ("POST", "/v1/tracking/messagebird"): signed_messagebird(MB_REPORTS, {
+        "id": "m1", "reference": UNKNOWN_ID, "recipient": "15550001", "status": "delivery_failed",
+        "statusReason": "opted out", "statusDatetime": "2026-01-01T00:00:00+00:00"}),
+    ("POST", "/v1/tracking/messagebird/inbound"): signed_messagebird(MB_INBOUND, {
+        "id": "i1", "originator": "15550001", "recipient": "15550002", "body": "STOP"}),
     ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),

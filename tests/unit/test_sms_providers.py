@@ -309,8 +309,10 @@ async def test_messagebird_sends_the_documented_body(mb_sink, mb):
     await mb.send(task("+31612345678", text="Код: 123 ✅"))
     assert receipt.message_id is not None and len(receipt.message_id) == 32
     assert mb_sink.bodies == [
-        {"originator": "Tidings", "recipients": [31612345678], "body": "Your code is 123456", "datacoding": "plain"},
-        {"originator": "Tidings", "recipients": [31612345678], "body": "Код: 123 ✅", "datacoding": "unicode"},
+        {"originator": "Tidings", "recipients": [31612345678], "body": "Your code is 123456", "datacoding": "plain",
+         "reference": "nid-1"},
+        {"originator": "Tidings", "recipients": [31612345678], "body": "Код: 123 ✅", "datacoding": "unicode",
+         "reference": "nid-1"},
     ]
     assert (mb_sink.messages, mb_sink.recipients, mb_sink.rejected) == (2, 2, 0)
 

@@ -1,0 +1,110 @@
+"""MessageBird's SMS webhooks (``providers.tracking.messagebird``):
+
+- ``GET``/``POST /v1/tracking/messagebird``: status reports, applied like every
+  provider's tracking events (``tracking.apply``); the row is found by
+  ``reference``, the notification id every MessageBird text carries;
+- ``GET``/``POST /v1/tracking/messagebird/inbound``: texts people send to our
+  numbers, done and answered as Vonage's are (``tracking.answer_by_text``).
+
+Both are verified with the provider's ``signing_key`` (MessageBird's signing
+key, not its access key): the ``MessageBird-Signature-JWT`` must be valid now,
+name the URL that was called (as it arrived, as a proxy's ``X-Forwarded-*`` say
+it was called, or the configured ``status_callback``/``inbound_url`` with the
+request's query string) and the body, and its ``jti`` must not have been seen.
+Parameters come as a query, a form or JSON.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from engine.http.access import Public, Route, register
+from engine.http.common import ENGINE, read_body, reply
+from engine.http.tracking import _urls, answer_by_text, apply, bad_payload, bad_signature, configured
+from providers.tracking import PayloadError, SignatureError, TokenMemory, parse_form
+from providers.tracking.messagebird import (
+    SIGNATURE_HEADER,
+    TOKEN_LIFE_S,
+    messagebird_event,
+    messagebird_inbound,
+    verify_messagebird,
+)
+from providers.tracking.vonage import first_values
+
+JTIS = web.AppKey("messagebird_jtis", TokenMemory)
+
+
+def _candidates(request: web.Request, settings: list[dict], setting: str) -> list[str]:
+    """The URLs MessageBird may have signed: ``tracking._urls`` and the raw form
+    of the URL as it arrived, each configured one with this request's query."""
+    raw_query = request.rel_url.raw_query_string
+    out = [f"{request.url.scheme}://{request.host}{request.raw_path}"]
+    for url in _urls(request, settings, setting):
+        out.append(url)
+        if raw_query and "?" not in url:
+            out.append(f"{url}?{raw_query}")
+    return list(dict.fromkeys(out))
+
+
+async def _params(request: web.Request, setting: str) -> tuple[list[str], dict[str, str]]:
+    hook = configured(request, "messagebird", "signing_key")
+    body = await read_body(request) if request.method == "POST" else b""
+    urls = _candidates(request, hook.settings, setting)
+    token = request.headers.get(SIGNATURE_HEADER)
+    last: SignatureError | None = None
+    for s in hook.settings:
+        try:
+            claims = verify_messagebird(str(s["signing_key"]), token, urls, body)
+            break
+        except SignatureError as exc:
+            last = exc
+    else:
+        raise bad_signature(last or SignatureError("no signing key"), SIGNATURE_HEADER)
+    if not request.app[JTIS].remember(str(claims["jti"])):
+        raise bad_signature(SignatureError("token seen before"), SIGNATURE_HEADER)
+    params = first_values(request.query.items())
+    if body:
+        try:
+            if request.content_type == "application/json":
+                doc = msgspec.json.decode(body)
+                if not isinstance(doc, dict):
+                    raise PayloadError("not a JSON object")
+                params.update({str(k): v if isinstance(v, str) else msgspec.json.encode(v).decode()
+                               for k, v in doc.items() if v is not None})
+            else:
+                params.update(first_values(parse_form(body)))
+        except (msgspec.DecodeError, PayloadError) as exc:
+            raise bad_payload(exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}")) from None
+    return hook.channels, params
+
+
+async def report(request: web.Request) -> web.Response:
+    channels, params = await _params(request, "status_callback")
+    try:
+        event = messagebird_event(params)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    return await apply(request, [event], channels)
+
+
+async def inbound(request: web.Request) -> web.Response:
+    _, params = await _params(request, "inbound_url")
+    try:
+        number, text = messagebird_inbound(params)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    ref = f"messagebird:{params.get('id') or request.headers.get(SIGNATURE_HEADER, '')[-43:]}"
+    return reply(await answer_by_text(request.app[ENGINE], number, text, ref))
+
+
+ROUTES = [
+    Route(method, path, handler, Public("MessageBird's signature (signing_key) is verified"))
+    for path, handler in (("/v1/tracking/messagebird", report), ("/v1/tracking/messagebird/inbound", inbound))
+    for method in ("GET", "POST")
+]
+
+
+def add_routes(app: web.Application) -> None:
+    app[JTIS] = TokenMemory(window_s=TOKEN_LIFE_S)
+    register(app, ROUTES)
