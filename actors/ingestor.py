@@ -187,8 +187,10 @@ class Ingestor(Watched):
             rejected.append(Rejected(msg, "payload.invalid", "; ".join(f"{why} - at `{at}`" for at, why in errors)))
             return None
         meta = msg.metadata
-        if req.accepted_at is None:
-            req.accepted_at = meta.timestamp.timestamp() if meta.timestamp else time.time()
+        stored = meta.timestamp.timestamp() if meta.timestamp else time.time()
+        # a producer's accepted_at, but never after JetStream stored the message: a
+        # future one would lengthen the notification's life (ttl_s) at every release
+        req.accepted_at = stored if req.accepted_at is None else min(req.accepted_at, stored)
         seq = dead_letters.origin_seq(msg.headers, meta.sequence.stream)  # a replay keeps its first id
         return wire.Inbound(notification_id(req, f"{self.cfg.nats.stream}:{seq}"), req)
 

@@ -24,7 +24,7 @@ from infra import db
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
 from policy import plan as planner, release as releasing, wire
-from policy.decide import current_consent, split_consent_key, zone
+from policy.decide import consent_key, current_consent, split_consent_key, zone
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
@@ -631,26 +631,36 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             log.warning("consent confirmation sent, not recorded (%s)", type(e).__name__)
 
     async def consent_reply(self, user_id: str, keyword: str) -> str:
-        """An SMS reply from the person's number (``POST /v1/tracking/twilio/inbound``):
+        """An SMS reply from the person's number (the providers' inbound webhooks):
         ``yes`` grants what was pending on SMS, ``stop`` withdraws every SMS
-        consent, ``start`` grants again what was withdrawn (the carriers' START
-        after a STOP; the text from their number is the confirmation). Through
-        the same versioned, audited path as any preference change (source
-        ``sms_reply``). Returns what changed: ``confirmed``, ``stopped``,
-        ``started`` or ``nothing``."""
+        consent, ``start`` grants again what the last STOP withdrew, as it was
+        granted before it (the carriers' START; ``prefs.withdrawn_by_reply``
+        says what that is). Through the same versioned, audited path as any
+        preference change (source ``sms_reply``). Returns what changed:
+        ``confirmed``, ``stopped``, ``started``, ``nothing``, or ``failed``
+        when the write was refused (the webhook then answers 503)."""
         await self._ready()
+        now = time.time()
         async with self.pool.acquire() as conn:
             state = (await self._load_missing(conn, [user_id])).get(user_id)
+            restorable = await prefs_store.withdrawn_by_reply(conn, user_id, "sms", now) \
+                if state is not None and keyword == "start" else {}
         if state is None:
             return "nothing"
-        now = time.time()
-        sms = {k: s for k, s in current_consent(state, now).items() if split_consent_key(k)[0] == "sms"}
-        status, touched = {"yes": ("granted", ("pending",)), "start": ("granted", ("withdrawn",)),
-                           "stop": ("withdrawn", ("granted", "pending", "expired"))}[keyword]
-        reply = ConsentRecord(status=status, source="sms_reply", evidence=Evidence(method="sms_reply", at=now))
-        change: dict = {k: reply for k, s in sms.items() if s in touched}
-        if keyword == "stop" and not change:
-            change = {"sms": "withdrawn"}  # a STOP is recorded even with nothing to withdraw
+        evidence = Evidence(method="sms_reply", at=now)
+        change: dict = {}
+        if keyword == "start":
+            change = {consent_key("sms", purpose): ConsentRecord(
+                status="granted", basis=basis, source="sms_reply", text_version=text_version, expires_at=expires_at,
+                evidence=evidence) for purpose, (basis, text_version, expires_at) in restorable.items()}
+        else:
+            status, touched = ("granted", ("pending",)) if keyword == "yes" else \
+                ("withdrawn", ("granted", "pending", "expired"))
+            reply = ConsentRecord(status=status, source="sms_reply", evidence=evidence)
+            sms = {k: s for k, s in current_consent(state, now).items() if split_consent_key(k)[0] == "sms"}
+            change = {k: reply for k, s in sms.items() if s in touched}
+            if keyword == "stop" and not change:
+                change = {"sms": "withdrawn"}  # a STOP is recorded even with nothing to withdraw
         if not change:
             return "nothing"
         cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(consent=change), source="sms_reply",
@@ -658,7 +668,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         result = wire.decode(await self.set_prefs(wire.encode([cmd])), list[PrefResult])[0]
         if result.status != "ok":
             log.warning("an SMS reply could not be applied: %s", result.status)
-            return "nothing"
+            return "failed"
         return {"yes": "confirmed", "start": "started", "stop": "stopped"}[keyword]
 
     async def text_back(self, user_id: str, text: str, ref: str) -> str:

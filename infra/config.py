@@ -68,8 +68,8 @@ class EngineConfig(_Section):
 class NatsConfig(_Section):
     url: str = ""  # empty: start the embedded nats-server
     embedded_port: Annotated[int, Meta(ge=0, le=65535)] = 4250  # 0: any free port
-    prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "tidings"
-    stream: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "TIDINGS"
+    prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")] = "tidings"
+    stream: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+\Z")] = "TIDINGS"
     consumer: str = "tidings-engine"
     duplicate_window_s: NonNegative = 120.0
     ack_wait_s: NonNegative = 60.0
@@ -89,7 +89,7 @@ class NatsConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = ""  # empty: start the embedded PostgreSQL (pgserver)
-    schema: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*$")] = "public"
+    schema: Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*\Z")] = "public"
     pool_min: Positive = 1
     pool_max: Positive = 8
     # Every connection's bounds (infra/db.py); 0: none. A statement or lock wait
@@ -199,18 +199,18 @@ class ComplianceConfig(_Section):
     # the sender's valid physical postal address, added to every email of the
     # marketing categories with its unsubscribe link; empty: no footer (CAN-SPAM
     # requires one for commercial email sent to the US)
-    postal_address: Annotated[str, Meta(max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")] = ""
+    postal_address: Annotated[str, Meta(max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*\Z")] = ""
     marketing_categories: list[str] = msgspec.field(default_factory=lambda: ["marketing"])
     # Double opt-in for SMS (a consent_required rule with double_opt_in): the text
     # that asks the person to confirm ({purpose}: what the grant is for), and the
     # answers to their replies through POST /v1/tracking/twilio/inbound
-    sms_confirm_text: Annotated[str, Meta(min_length=1, max_length=320, pattern=r"^[^\x00]*$")] = (
+    sms_confirm_text: Annotated[str, Meta(min_length=1, max_length=320, pattern=r"^[^\x00]*\Z")] = (
         "Reply YES to get {purpose} texts from us. Msg&data rates may apply. Reply STOP to opt out, HELP for help.")
-    sms_confirmed_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*$")] = (
+    sms_confirmed_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*\Z")] = (
         "Thanks, you are subscribed. Reply STOP to opt out.")
-    sms_stopped_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*$")] = (
+    sms_stopped_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*\Z")] = (
         "You are unsubscribed and will get no more texts from us.")
-    sms_help_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*$")] = (
+    sms_help_text: Annotated[str, Meta(max_length=320, pattern=r"^[^\x00]*\Z")] = (
         "Reply STOP to opt out of all texts. Manage your notifications in your account settings.")
 
 

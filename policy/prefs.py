@@ -35,8 +35,8 @@ FIELDS: tuple[str, ...] = ("enabled", "frequency", "quiet_hours", "time_windows"
 
 # No control characters anywhere: PostgreSQL refuses NUL in text and jsonb, and a
 # value that cannot be stored must be refused when it arrives.
-Token = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ContextValue = Annotated[str, Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Token = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
+ContextValue = Annotated[str, Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*\Z")]
 
 
 class Preference(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):

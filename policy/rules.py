@@ -37,7 +37,7 @@ from policy.prefs import Preference, Resolved, ordered, resolve
 from policy.types import Channel, CollapseKey, TtlSeconds
 from policy.windows import Window, window_errors
 
-_NO_NUL = r"^[^\x00]*$"
+_NO_NUL = r"^[^\x00]*\Z"
 RuleKind = Literal["mandatory", "bypass_quiet_hours", "bypass_digest", "channel_priority", "consent_required",
                    "send_window", "expiry"]
 
@@ -46,12 +46,12 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     name: str
     kind: RuleKind
     category: str = "*"
-    channel: str = "*"
+    channel: Channel | Literal["*"] = "*"
     channels: tuple[Channel, ...] = ()  # a misspelt one would silently narrow nothing
     priorities: tuple[str, ...] = ()
     windows: tuple[Window, ...] = ()  # send_window: when sending is allowed
-    reason: Annotated[str, Meta(pattern=r"^([a-z_]+\.)*[a-z_]+$")] | None = None  # send_window's hold reason
-    purpose: Annotated[str, Meta(pattern=r"^(\*|[a-z][a-z0-9_]{0,31})$")] = "*"  # consent_required
+    reason: Annotated[str, Meta(pattern=r"^([a-z_]+\.)*[a-z_]+\Z")] | None = None  # send_window's hold reason
+    purpose: Annotated[str, Meta(pattern=r"^(\*|[a-z][a-z0-9_]{0,31})\Z")] = "*"  # consent_required
     double_opt_in: bool = False  # consent_required: a grant waits for the person's confirmation
     ttl_s: TtlSeconds | None = None  # expiry: seconds a notification is worth sending
     collapse_key: CollapseKey | None = None  # expiry: a newer push replaces an undelivered older one
@@ -64,6 +64,8 @@ class Rule(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"rule {self.name!r}: ttl_s is what an expiry rule sets, and only an expiry rule")
         if self.collapse_key is not None and self.kind != "expiry":
             raise ValueError(f"rule {self.name!r}: collapse_key belongs to an expiry rule")
+        if self.kind == "expiry" and self.channel != "*":
+            raise ValueError(f"rule {self.name!r}: an expiry rule names its channels in channels, not channel")
         if self.kind == "send_window":
             if not self.windows:
                 raise ValueError(f"rule {self.name!r}: a send_window needs windows")
@@ -85,7 +87,7 @@ class Template(Struct, kw_only=True, forbid_unknown_fields=True):
     # since it is looked up before the template's other errors are reported
     name: Annotated[str, Meta(max_length=200, pattern=_NO_NUL)] = ""
     description: Annotated[str, Meta(max_length=2000, pattern=_NO_NUL)] = ""
-    extends: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    extends: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+\Z")] | None = None
     preferences: list[Preference] = []
 
 

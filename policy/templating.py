@@ -28,8 +28,8 @@ from policy.template_limits import (
 )
 from policy.types import NO_NUL, SUBJECT_MAX_LENGTH, Content
 
-TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
-Locale = Annotated[str, Meta(min_length=2, max_length=35, pattern=r"^(default|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")]
+TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+\Z")]
+Locale = Annotated[str, Meta(min_length=2, max_length=35, pattern=r"^(default|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)\Z")]
 DEFAULT_LOCALE = "default"
 
 class MessageTemplate(Struct, kw_only=True, forbid_unknown_fields=True):

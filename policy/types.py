@@ -36,24 +36,24 @@ Status = Literal["sent", "delivered", "bounced", "complained", "failed", "suppre
 # in text or jsonb: a field that holds one is refused at the door (HTTP 422 naming
 # the field, a dead letter with the reason over NATS), not a failed batch later.
 CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
-ONE_LINE = rf"^[^{CONTROL_CHARS}]*$"
+ONE_LINE = rf"^[^{CONTROL_CHARS}]*\Z"
 # Free text (a body): any character but NUL.
-NO_NUL = r"^[^\x00]*$"
+NO_NUL = r"^[^\x00]*\Z"
 OneLine = Annotated[str, Meta(pattern=ONE_LINE)]
 SUBJECT_MAX_LENGTH = 998  # an email header line (RFC 5322)
 
 # No control characters: PostgreSQL refuses NUL in text, and a user id or address
 # that cannot be stored must be refused at the door, not fail a whole batch later.
-UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
 # Dot-separated tokens: a category becomes the last tokens of a NATS subject, where
 # an empty token ("a..b", "a.") cannot be routed.
-Category = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$")]
+Category = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*\Z")]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
 # A notification's life: FCM keeps a message at most 28 days, so no longer is accepted
 TTL_MAX_S = 28 * 86400
 TtlSeconds = Annotated[int, Meta(ge=1, le=TTL_MAX_S)]
 # apns-collapse-id is at most 64 bytes and travels in a header: ASCII only, so bytes are characters
-CollapseKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:~-]+$")]
+CollapseKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:~-]+\Z")]
 
 # Notification ids derived from an idempotency key (or from a JetStream sequence
 # when a producer sent neither id nor key) are uuid5 in this namespace, so the
@@ -75,7 +75,7 @@ class TemplateRef(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True)
     """Content from a stored template: its id, the data it renders with, and a
     version to pin (the newest when left out)."""
 
-    id: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    id: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+\Z")]
     data: dict[str, Any] = {}
     version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None  # the column is int4
 
@@ -103,7 +103,7 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     priority: Priority = "normal"
     content_type: Annotated[str, Meta(min_length=1, max_length=100, pattern=ONE_LINE)] = "*"
     # device / location / activity the request is sent in; contextual preferences match on it
-    context: dict[Annotated[str, Meta(pattern="^(device|location|activity)$")], Annotated[str, Meta(max_length=100, pattern=ONE_LINE)]] = {}
+    context: dict[Annotated[str, Meta(pattern=r"^(device|location|activity)\Z")], Annotated[str, Meta(max_length=100, pattern=ONE_LINE)]] = {}
     metadata: dict[OneLine, OneLine] = {}
     # Seconds since the epoch when the front door accepted it; set by the engine
     # when absent. End-to-end latency is measured from here.
@@ -164,8 +164,8 @@ class UserState(Struct, kw_only=True, omit_defaults=True):
     consent_state: dict[str, str] = {}
 
 
-OptOut = Annotated[str, Meta(max_length=80, pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*)$")]
-Address = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")]
+OptOut = Annotated[str, Meta(max_length=80, pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*)\Z")]
+Address = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
 
 
 class UserProfile(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -22,15 +22,15 @@ from policy.types import Message
 from policy.windows import window_errors
 
 Basis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
-_TEXT = r"^[^\x00-\x1f\x7f]*$"
+_TEXT = r"^[^\x00-\x1f\x7f]*\Z"
 
 
 class Evidence(Struct, kw_only=True, forbid_unknown_fields=True):
     """How a consent was given: the method, the wording shown, when, and from
     where (an IP address; stored sealed under the person's key)."""
 
-    method: Annotated[str, Meta(max_length=64, pattern=r"^[a-z][a-z0-9_]*$")] | None = None  # web_form, sms_reply…
-    text: Annotated[str, Meta(max_length=2000, pattern=r"^[^\x00]*$")] | None = None
+    method: Annotated[str, Meta(max_length=64, pattern=r"^[a-z][a-z0-9_]*\Z")] | None = None  # web_form, sms_reply…
+    text: Annotated[str, Meta(max_length=2000, pattern=r"^[^\x00]*\Z")] | None = None
     at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
     ip: Annotated[str, Meta(max_length=64, pattern=_TEXT)] | None = None
 
@@ -48,13 +48,13 @@ class ConsentRecord(Struct, kw_only=True, forbid_unknown_fields=True):
 
 # "granted" / "withdrawn", or the whole record; keyed "channel" (every purpose) or "channel:purpose"
 Consent = Literal["granted", "withdrawn"] | ConsentRecord
-CONSENT_KEY = re.compile(r"^([a-z_]+)(?::([a-z][a-z0-9_]{0,31}))?$")
+CONSENT_KEY = re.compile(r"^([a-z_]+)(?::([a-z][a-z0-9_]{0,31}))?\Z")
 
 
 def consent_status_of(value: Consent) -> str:
     return value if isinstance(value, str) else value.status
 TimeZone = Annotated[str, Meta(min_length=1, max_length=64)]
-TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+TemplateId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+\Z")]
 
 
 class PreferencesDoc(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -66,7 +66,7 @@ class PreferencesDoc(Struct, kw_only=True, forbid_unknown_fields=True):
     consent: dict[str, Consent] = {}
     timezone: TimeZone | None = None
     # a template id, or "" for none (no control characters: it is looked up in PostgreSQL)
-    template: Annotated[str, Meta(max_length=100, pattern=r"^([A-Za-z0-9_.-]+)?$")] | None = None
+    template: Annotated[str, Meta(max_length=100, pattern=r"^([A-Za-z0-9_.-]+)?\Z")] | None = None
 
 
 class PreferencesPatch(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -77,7 +77,7 @@ class PreferencesPatch(Struct, kw_only=True, forbid_unknown_fields=True):
     consent: dict[str, Consent] = {}
     timezone: TimeZone | None = None
     # a template id, or "" for none (no control characters: it is looked up in PostgreSQL)
-    template: Annotated[str, Meta(max_length=100, pattern=r"^([A-Za-z0-9_.-]+)?$")] | None = None
+    template: Annotated[str, Meta(max_length=100, pattern=r"^([A-Za-z0-9_.-]+)?\Z")] | None = None
 
 
 Errors = list[tuple[str, str]]

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from policy.types import DeliveryTask
+from policy.types import TTL_MAX_S, DeliveryTask
 
 
 def seconds_left(task: DeliveryTask, now: float | None = None) -> int | None:
@@ -18,7 +18,8 @@ def seconds_left(task: DeliveryTask, now: float | None = None) -> int | None:
     sent: ``actors.delivery.deliver`` checks right before the call.)"""
     if task.expires_at is None:
         return None
-    return max(1, int(task.expires_at - (time.time() if now is None else now)))
+    # at most TTL_MAX_S: the shard that planned it may have a clock a little ahead of this one
+    return min(TTL_MAX_S, max(1, int(task.expires_at - (time.time() if now is None else now))))
 
 
 class Receipt(msgspec.Struct, frozen=True):

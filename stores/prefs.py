@@ -170,6 +170,31 @@ async def write_consent(conn: asyncpg.Connection, key: bytes, uid: str, changed:
     await conn.executemany(HISTORY, [(r[0], r[1], r[2], r[3], r[5], r[4], r[6], r[7], r[8], actor) for r in rows])
 
 
+RESTORABLE = """
+WITH h AS (
+    SELECT purpose, status, source, basis, text_version, extract(epoch FROM expires_at)::float8 AS expires_at,
+           row_number() OVER (PARTITION BY purpose ORDER BY id DESC) AS n
+    FROM preference_consent_history WHERE user_id = $1 AND channel = $2
+)
+SELECT b.purpose, b.basis, b.text_version, b.expires_at
+FROM h a JOIN h b ON b.purpose = a.purpose AND b.n = 2
+WHERE a.n = 1 AND a.status = 'withdrawn' AND a.source = 'sms_reply'
+  AND b.status = 'granted' AND (b.expires_at IS NULL OR b.expires_at > $3)
+"""
+
+
+async def withdrawn_by_reply(conn: asyncpg.Connection, uid: str, channel: str,
+                             now: float) -> dict[str, tuple[str, str | None, float | None]]:
+    """The consents on ``channel`` that a reply (a STOP) withdrew last and that
+    were granted, and still in force, just before it: purpose → (basis, text
+    version, expiry) of that grant. What a START may give back: not what was
+    withdrawn elsewhere (the preference center, the API), not a grant that was
+    only pending or has lapsed since, not the withdrawal a STOP records when
+    there was nothing to withdraw."""
+    return {r["purpose"]: (r["basis"], r["text_version"], r["expires_at"])
+            for r in await conn.fetch(RESTORABLE, uid, channel, now)}
+
+
 def _shard_key(user_id: str) -> int:
     return stable_hash(user_id)
 

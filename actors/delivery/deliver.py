@@ -148,6 +148,18 @@ async def deliver_batch(
     carries them all, and every task gets the same status, reason and attempts.
     The router orders the slots once for the batch (for its first task) and
     hears of each call once."""
+    now = wall()
+    dead = [t for t in tasks if t.expires_at is not None and now >= t.expires_at]
+    if dead:  # past their life already: not in the call (a batch mixes tasks of many notifications)
+        tasks = [t for t in tasks if not (t.expires_at is not None and now >= t.expires_at)]
+        settled = []
+        for t in dead:
+            gone = _Run(t, clock, wall, sleep, rng)
+            settled.append(_outcome(gone, "suppressed", EXPIRED))
+        if not tasks:
+            return settled
+        return settled + await deliver_batch(tasks, slots, clock=clock, wall=wall, sleep=sleep, rng=rng,
+                                             router=router)
     run = _Run(tasks[0], clock, wall, sleep, rng, batch=tasks, router=router)
     reason, receipt, name = "no_provider", None, None
     for slot in _ordered(run, slots):
@@ -220,7 +232,9 @@ async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
 
 
 def _expired(run: _Run) -> bool:
-    """Whether every task of the call is past its life (a batch's tasks share one call)."""
+    """Whether every task of the call is past its life. A batch's tasks share one
+    call: those already past it when the batch came were settled apart
+    (``deliver_batch``); one that ends while the call waits goes with the others."""
     now = run.wall()
     return all(t.expires_at is not None and now >= t.expires_at for t in (run.batch or (run.task,)))
 

@@ -37,7 +37,7 @@ async def erase_user(request: web.Request) -> web.Response:
 
 class Hold(msgspec.Struct, forbid_unknown_fields=True):
     # a case or ticket reference: no personal data belongs here (it stays readable in the audit log)
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
 
 
 _hold = msgspec.json.Decoder(Hold)

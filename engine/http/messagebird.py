@@ -10,18 +10,18 @@ Both are verified with the provider's ``signing_key`` (MessageBird's signing
 key, not its access key): the ``MessageBird-Signature-JWT`` must be valid now,
 name the URL that was called (as it arrived, as a proxy's ``X-Forwarded-*`` say
 it was called, or the configured ``status_callback``/``inbound_url`` with the
-request's query string) and the body, and its ``jti`` must not have been seen.
+request's query string) and the body, and its ``jti`` must not have been seen;
+a request that could not be done is a 503 and its ``jti`` forgotten.
 Parameters come as a query, a form or JSON.
 """
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, read_body, reply
-from engine.http.tracking import _urls, answer_by_text, apply, bad_payload, bad_signature, configured
+from engine.http.tracking import _urls, answer_by_text, apply, bad_payload, bad_signature, configured, flat_params
 from providers.tracking import PayloadError, SignatureError, TokenMemory, parse_form
 from providers.tracking.messagebird import (
     SIGNATURE_HEADER,
@@ -33,6 +33,7 @@ from providers.tracking.messagebird import (
 from providers.tracking.vonage import first_values
 
 JTIS = web.AppKey("messagebird_jtis", TokenMemory)
+JTI = web.RequestKey("messagebird_jti", str)
 
 
 def _candidates(request: web.Request, settings: list[dict], setting: str) -> list[str]:
@@ -63,20 +64,27 @@ async def _params(request: web.Request, setting: str) -> tuple[list[str], dict[s
         raise bad_signature(last or SignatureError("no signing key"), SIGNATURE_HEADER)
     if not request.app[JTIS].remember(str(claims["jti"])):
         raise bad_signature(SignatureError("token seen before"), SIGNATURE_HEADER)
+    request[JTI] = str(claims["jti"])
     params = first_values(request.query.items())
     if body:
-        try:
-            if request.content_type == "application/json":
-                doc = msgspec.json.decode(body)
-                if not isinstance(doc, dict):
-                    raise PayloadError("not a JSON object")
-                params.update({str(k): v if isinstance(v, str) else msgspec.json.encode(v).decode()
-                               for k, v in doc.items() if v is not None})
-            else:
+        if request.content_type == "application/json":
+            params.update(flat_params(body))
+        else:
+            try:
                 params.update(first_values(parse_form(body)))
-        except (msgspec.DecodeError, PayloadError) as exc:
-            raise bad_payload(exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}")) from None
+            except PayloadError as exc:
+                raise bad_payload(exc) from None
     return hook.channels, params
+
+
+async def _once(request: web.Request, work):
+    """``work``'s answer; if it fails, the token is forgotten, so that
+    MessageBird's next delivery of the same request gets in."""
+    try:
+        return await work
+    except BaseException:
+        request.app[JTIS].forget(request[JTI])
+        raise
 
 
 async def report(request: web.Request) -> web.Response:
@@ -85,7 +93,7 @@ async def report(request: web.Request) -> web.Response:
         event = messagebird_event(params)
     except PayloadError as exc:
         raise bad_payload(exc) from None
-    return await apply(request, [event], channels)
+    return await _once(request, apply(request, [event], channels))
 
 
 async def inbound(request: web.Request) -> web.Response:
@@ -95,7 +103,7 @@ async def inbound(request: web.Request) -> web.Response:
     except PayloadError as exc:
         raise bad_payload(exc) from None
     ref = f"messagebird:{params.get('id') or request.headers.get(SIGNATURE_HEADER, '')[-43:]}"
-    return reply(await answer_by_text(request.app[ENGINE], number, text, ref))
+    return reply(await _once(request, answer_by_text(request.app[ENGINE], number, text, ref)))
 
 
 ROUTES = [

@@ -55,7 +55,7 @@ import msgspec
 from aiohttp import web
 
 from engine.http.access import Public, Route, register
-from engine.http.common import ENGINE, Problem, read_body, reply
+from engine.http.common import ENGINE, Problem, decode, read_body, reply
 from policy.sharding import shard_of
 from policy.text import printable
 from providers.tracking import (
@@ -108,6 +108,16 @@ UPDATE delivery_tracking SET
     status = $3, reason = COALESCE($4, reason), updated_at = now()
 WHERE id = $1
 """
+
+
+_FLAT = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
+
+
+def flat_params(body: bytes) -> dict[str, str]:
+    """A JSON webhook body of flat fields (Vonage's, MessageBird's) as the text
+    parameters its signature covers: 400/422 for anything else (nested values too)."""
+    return {k: v if isinstance(v, str) else msgspec.json.encode(v).decode()
+            for k, v in decode(_FLAT, body, "webhook").items() if v is not None}
 
 
 def family(type_name: str) -> str | None:
@@ -336,9 +346,13 @@ async def inbound_keyword(engine, number: str, body: str) -> tuple[str, list[str
         return c.sms_help_text, users
     done = await asyncio.gather(*(engine.shard_for(u).consent_reply.remote(u, word) for u in users),
                                 return_exceptions=True)
-    for r in done:
-        if isinstance(r, BaseException):  # the others' changes stand; this person's is logged, not lost silently
-            log.warning("an SMS reply could not be applied to one user: %s", type(r).__name__)
+    failed = [r for r in done if isinstance(r, BaseException) or r == "failed"]
+    if failed:
+        # the others' changes stand; a 503 has the provider deliver the text again, which
+        # does the rest (each change is idempotent, and the answer is sent once per message)
+        log.warning("an SMS reply could not be applied to %d of %d users: %s", len(failed), len(done),
+                    ", ".join(sorted({type(r).__name__ if isinstance(r, BaseException) else r for r in failed})))
+        raise Problem(503, "unavailable", [{"field": "$", "reason": "the reply could not be applied; send it again"}])
     if "stopped" in done:
         return c.sms_stopped_text, users
     return (c.sms_confirmed_text if "confirmed" in done or "started" in done else ""), users
@@ -352,11 +366,13 @@ async def answer_by_text(engine, number: str, text: str, ref: str) -> dict:
     answer, users = await inbound_keyword(engine, number, text)
     sent = "nothing"
     if answer and users:
+        owner = min(users)  # the same user, so the same shard, for every copy of one message: one answer
         try:
-            sent = await engine.shard_for(users[0]).text_back.remote(users[0], answer, ref)
-        except Exception as exc:  # noqa: BLE001 - the consent change stands; the provider's retry answers again
+            sent = await engine.shard_for(owner).text_back.remote(owner, answer, ref)
+        except Exception as exc:  # noqa: BLE001 - the consent change stands; a 503 has it sent again
             log.warning("the answer to an inbound SMS was not sent: %s", type(exc).__name__)
-            sent = "failed"
+            raise Problem(503, "unavailable", [{"field": "$", "reason": "the answer could not be sent; "
+                                                                     "send the message again"}]) from None
     return {"users": len(users), "answer": sent}
 
 

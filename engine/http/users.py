@@ -87,7 +87,7 @@ async def get_user(request: web.Request) -> web.Response:
 class Suppression(msgspec.Struct, forbid_unknown_fields=True):
     channel: Channel
     address: Address
-    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")] = "manual"
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}\Z")] = "manual"
 
 
 _suppression = msgspec.json.Decoder(Suppression)

@@ -222,6 +222,7 @@ class FcmProvider(HttpSession):
         if left is not None:  # what is left of its life: Android's ttl, the iOS expiration (epoch seconds)
             msg["android"]["ttl"] = f"{left}s"
             msg["apns"]["headers"]["apns-expiration"] = str(int(time.time()) + left)
+            msg["webpush"] = {"headers": {"TTL": str(left)}}  # a token of a web app
         if task.collapse_key is not None:
             msg["android"]["collapse_key"] = task.collapse_key
             msg["apns"]["headers"]["apns-collapse-id"] = task.collapse_key

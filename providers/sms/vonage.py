@@ -48,6 +48,7 @@ from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted, scrub
 from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
+from providers.tracking.vonage import signature_method
 
 DEFAULT_BASE_URL = "https://rest.nexmo.com"
 
@@ -113,6 +114,10 @@ class VonageSmsProvider(HttpSession):
             raise ConfigurationError(f"vonage provider {name!r}: 'api_key' and 'api_secret' are required")
         self._api_key, self._api_secret = key, secret
         self.settings = redacted(settings, "api_secret", "signature_secret")
+        try:  # checked here so that a typo fails the start, not every webhook
+            signature_method(str(settings.get("signature_method", "md5hash")))
+        except ValueError as exc:
+            raise ConfigurationError(f"vonage provider {name!r}: {exc}") from None
         try:
             self.from_ = sender(settings.get("from")).lstrip("+")
         except ValueError as exc:

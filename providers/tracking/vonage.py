@@ -15,6 +15,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable, Mapping
 
@@ -22,6 +23,19 @@ from providers.tracking.common import PayloadError, SignatureError, TrackingEven
 
 SIGNATURE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")
 VONAGE_TOLERANCE_S = 300.0
+# Vonage's own parameter names (err-code, client-ref, message-timestamp...). The
+# signed text cannot tell "a=1&b" from the name "a=1&b", so other names are refused.
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def signature_method(name: str) -> str:
+    """A ``signature_method`` setting as Vonage's dashboard or SDKs spell it
+    ("MD5 hash", "SHA-256 HMAC", "sha256") → one of SIGNATURE_METHODS; else ValueError."""
+    text = name.lower().replace("-", "").replace(" ", "").replace("_", "")
+    method = "md5hash" if text == "md5hash" else text.removesuffix("hmac")
+    if method not in SIGNATURE_METHODS:
+        raise ValueError(f"signature_method {name!r} is not one of Vonage's: MD5 hash, MD5/SHA1/SHA-256/SHA-512 HMAC")
+    return method
 
 # err-code values of a receipt that say the number is not there to be reached:
 # the address is suppressed. Others may pass next time.
@@ -34,8 +48,7 @@ _FAILED = frozenset({"failed", "rejected", "expired"})
 
 def vonage_signature(secret: str, params: Mapping[str, str], method: str = "md5hash") -> str:
     """The hex ``sig`` Vonage computes over ``params`` (``sig`` itself left out)."""
-    if method not in SIGNATURE_METHODS:
-        raise ValueError(f"signature_method must be one of {', '.join(SIGNATURE_METHODS)}")
+    method = signature_method(method)
     text = "".join(f"&{name}={params[name].replace('&', '_').replace('=', '_')}"
                    for name in sorted(params) if name != "sig")
     if method == "md5hash":
@@ -51,6 +64,8 @@ def verify_vonage(secret: str, params: Mapping[str, str], method: str = "md5hash
     given = params.get("sig", "")
     if not given:
         raise SignatureError("missing sig parameter")
+    if not all(_NAME.fullmatch(name) for name in params):
+        raise SignatureError("a parameter name Vonage does not use")
     expected = vonage_signature(secret, params, method)
     if not hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8", "replace")):
         raise SignatureError("signature does not match")

@@ -31,6 +31,7 @@ ACCOUNT = "AC" + "c3" * 16
 TOKEN = "twilio-consent-test-token"
 NUMBER = "+14155553301"
 THIRD = "+14155553303"
+FOURTH = "+14155553304"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,8 @@ async def engine(nats_url, database_url, ray_address, twilio, tmp_path_factory):
     cfg = msgspec.structs.replace(cfg, channels={"sms": sms})
     async with serving(cfg, database_url, [UserProfile(user_id="c1", addresses={"sms": NUMBER}),
                                            UserProfile(user_id="c2", addresses={"sms": "+14155553302"}),
-                                           UserProfile(user_id="c3", addresses={"sms": THIRD})]) as eng:
+                                           UserProfile(user_id="c3", addresses={"sms": THIRD}),
+                                           UserProfile(user_id="c4", addresses={"sms": FOURTH})]) as eng:
         yield eng
 
 
@@ -156,3 +158,28 @@ async def test_start_after_stop_grants_again_what_the_stop_withdrew(engine):
     audit = await engine.pool.fetch("SELECT performed_by FROM preference_audit_log WHERE user_id = 'c3' "
                                     "AND performed_by = 'user:c3(sms)'")
     assert len(audit) == 2  # the STOP and the START, audited as the person by text
+
+
+async def test_start_gives_back_only_what_a_stop_withdrew_from_a_grant(engine):
+    # marketing withdrawn on purpose (the API, as the preference center does), the channel granted
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c4/preferences", json={
+            "consent": {"sms": {"status": "granted", "basis": "contract", "text_version": "terms-v2"},
+                        "sms:marketing": "withdrawn"}}) as r:
+        assert r.status == 200, await r.text()
+    assert "unsubscribed" in (await reply(engine, "STOP", number=FOURTH))[1]
+    assert "subscribed" in (await reply(engine, "START", number=FOURTH))[1]
+    assert await send(engine, "c4", "messages") == ("sent", "ok")  # the channel's grant is back
+    assert await send(engine, "c4", "marketing") == ("suppressed", "consent.withdrawn_sms")  # not this one
+    async with api_session() as s, s.get(f"{engine.base_url}/v1/users/c4/export") as r:
+        doc = await r.json(content_type=None)
+    channel = next(c for c in doc["consent"] if c["purpose"] == "*")
+    assert (channel["status"], channel["basis"], channel["text_version"]) == ("granted", "contract", "terms-v2")
+
+
+async def test_a_start_after_a_stop_that_withdrew_nothing_grants_nothing(engine):
+    async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c2/preferences",
+                                           json={"consent": {"sms": "withdrawn"}}) as r:
+        assert r.status == 200
+    assert "unsubscribed" in (await reply(engine, "STOP", number="+14155553302"))[1]  # recorded all the same
+    assert (await reply(engine, "START", number="+14155553302"))[1].endswith("<Response></Response>")
+    assert await send(engine, "c2", "messages") == ("suppressed", "consent.withdrawn_sms")

@@ -106,6 +106,13 @@ async def test_unsigned_badly_signed_stale_and_replayed_webhooks_are_refused(eng
     assert await post(engine, "/v1/tracking/vonage", stale) == 401
     assert await post(engine, "/v1/tracking/vonage", signed) == 200  # no such message: nothing moves
     assert await post(engine, "/v1/tracking/vonage", signed) == 401  # the same nonce again
+    async with aiohttp.ClientSession() as s:  # as a query (Vonage's GET) and as JSON, signed the same way
+        async with s.get(f"{engine.base_url}/v1/tracking/vonage", params=sink.signed(params)) as r:
+            assert r.status == 200
+        async with s.post(f"{engine.base_url}/v1/tracking/vonage", json=sink.signed(params)) as r:
+            assert r.status == 200
+        async with s.post(f"{engine.base_url}/v1/tracking/vonage", json={**sink.signed(params), "x": {"y": 1}}) as r:
+            assert r.status == 422  # webhook fields are flat
 
 
 async def test_stop_start_and_help_from_the_phone_are_done_and_answered_once(engine, sink):

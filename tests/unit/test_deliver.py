@@ -325,3 +325,23 @@ async def test_a_task_whose_life_ends_while_it_waits_for_a_token_is_not_sent():
     assert clock.sleeps == pytest.approx([1.0]) and provider.calls == 1
     out = await run(clock, [slot], notification_id="n-3", expires_at=clock.wall() + 60)
     assert (out.status, out.reason) == ("sent", "ok")
+
+
+
+async def test_a_batch_settles_its_tasks_past_their_life_apart_and_sends_the_rest():
+    from routing_fakes import BatchProvider
+
+    from actors.delivery import deliver_batch
+
+    clock = FakeClock()
+    provider = BatchProvider("inbox")
+    live, dead = make_task(notification_id="n-live"), make_task(notification_id="n-dead",
+                                                                  expires_at=clock.wall() - 1)
+    outs = await deliver_batch([dead, live], [make_slot(provider, clock)], clock=clock, wall=clock.wall,
+                               sleep=clock.sleep, rng=random.Random(0))
+    assert {(o.notification_id, o.status, o.reason) for o in outs} == {
+        ("n-dead", "suppressed", "ttl.expired"), ("n-live", "sent", "ok")}
+    assert provider.calls == 1
+    only_dead = await deliver_batch([dead], [make_slot(provider, clock)], clock=clock, wall=clock.wall,
+                                    sleep=clock.sleep, rng=random.Random(0))
+    assert [(o.status, o.reason) for o in only_dead] == [("suppressed", "ttl.expired")] and provider.calls == 1

@@ -3,12 +3,7 @@
 import pytest
 
 from providers.tracking import PayloadError, SignatureError
-from providers.tracking.messagebird import (
-    messagebird_event,
-    messagebird_inbound,
-    messagebird_jwt,
-    verify_messagebird,
-)
+from providers.tracking.messagebird import messagebird_event, messagebird_inbound, messagebird_jwt, verify_messagebird
 
 # a vector of MessageBird's Python SDK tests (tests/test_request_validator/webhook_signature_test_data.json)
 VECTOR_KEY = "36efdd1aace2e26cd490f0d951138253bef2f7c6d34d18981da781555cc4cebb"

@@ -7,6 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import msgspec
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from policy import wire
@@ -313,7 +314,7 @@ def test_a_future_accepted_at_does_not_lengthen_the_life():
 
 
 def test_expiry_rules_are_checked_when_configured():
-    import pytest
+
     with pytest.raises(ValueError, match="ttl_s"):
         Rule(name="x", kind="expiry")
     with pytest.raises(ValueError, match="ttl_s"):
@@ -324,3 +325,14 @@ def test_expiry_rules_are_checked_when_configured():
         msgspec.convert({"name": "x", "kind": "expiry", "ttl_s": 60, "channels": ["pushh"]}, Rule)
     with pytest.raises(msgspec.ValidationError, match="ttl_s"):
         msgspec.convert({"name": "x", "kind": "expiry", "ttl_s": 0}, Rule)
+    with pytest.raises(ValueError, match="channels, not channel"):  # it would apply to every channel
+        Rule(name="x", kind="expiry", ttl_s=60, channel="push")
+    with pytest.raises(msgspec.ValidationError, match="channel"):
+        msgspec.convert({"name": "x", "kind": "consent_required", "channel": "smss"}, Rule)
+
+
+def test_a_collapse_key_or_a_category_with_a_trailing_newline_is_refused():
+    # msgspec searches with re.search, where "$" matches before a final newline: the patterns end in \Z
+    for doc in ({"collapse_key": "sign-in\n"}, {"category": "orders\n"}, {"content": {"subject": "Hi\n"}}):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({"user_id": "u1", "category": "orders", "channels": ["push"], **doc}, NotificationRequest)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from providers.tracking import PayloadError, SignatureError
-from providers.tracking.vonage import vonage_event, vonage_inbound, vonage_signature, verify_vonage
+from providers.tracking.vonage import signature_method, verify_vonage, vonage_event, vonage_inbound, vonage_signature
 
 NOW = 1_700_000_000
 
@@ -26,6 +26,11 @@ def test_hmac_methods_sort_replace_and_leave_sig_out():
     assert vonage_signature("k", params) == hashlib.md5((text + "k").encode()).hexdigest()
     with pytest.raises(ValueError):
         vonage_signature("k", params, "sha3")
+    from providers.errors import ConfigurationError
+    from providers.sms.vonage import VonageSmsProvider
+    with pytest.raises(ConfigurationError, match="signature_method"):  # a typo fails the start, not every webhook
+        VonageSmsProvider("v", {"api_key": "k", "api_secret": "s", "from": "+14155550100",
+                                "signature_method": "sha-2"})
 
 
 def signed(params: dict, secret: str = "s", method: str = "sha256", at: int = NOW) -> dict:
@@ -50,14 +55,35 @@ def test_verify_refuses_what_vonage_did_not_sign_now():
         verify_vonage("s", no_stamp, "sha256", now=NOW)
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=20), max_size=6), st.text(max_size=10))
-def test_any_parameters_signed_verify_and_any_change_does_not(params, extra):
+NAMES = st.from_regex(r"\A[A-Za-z0-9_.-]{1,12}\Z")
+
+
+@given(st.dictionaries(NAMES, st.text(max_size=20), max_size=6), st.text(max_size=10))
+def test_any_parameters_signed_verify_and_an_added_or_changed_one_does_not(params, extra):
     params.pop("sig", None)
     good = signed(params)
     verify_vonage("s", good, "sha256", now=NOW)
-    changed = {**good, "zz-added": extra + "!"}
     with pytest.raises(SignatureError):
-        verify_vonage("s", changed, "sha256", now=NOW)
+        verify_vonage("s", {**good, "zz-added": extra + "!"}, "sha256", now=NOW)
+    with pytest.raises(SignatureError):
+        verify_vonage("s", {**good, "timestamp": str(NOW + 1)}, "sha256", now=NOW)
+
+
+def test_a_request_reshaped_through_its_names_is_refused():
+    # "&a=1&b=2" is also the text of one parameter named "a=1&b" with the value "2"
+    good = signed({"a": "1", "b": "2"})
+    reshaped = {k: v for k, v in good.items() if k not in ("a", "b")} | {"a=1&b": "2"}
+    assert vonage_signature("s", reshaped, "sha256") == good["sig"]
+    with pytest.raises(SignatureError, match="name"):
+        verify_vonage("s", reshaped, "sha256", now=NOW)
+
+
+def test_signature_methods_as_vonage_spells_them():
+    for name, method in (("MD5 hash", "md5hash"), ("md5hash", "md5hash"), ("MD5 HMAC", "md5"), ("sha1", "sha1"),
+                         ("SHA-256 HMAC", "sha256"), ("SHA256", "sha256"), ("sha-512", "sha512")):
+        assert signature_method(name) == method
+    with pytest.raises(ValueError):
+        signature_method("sha3")
 
 
 def test_receipts_become_events():
