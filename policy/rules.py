@@ -124,7 +124,7 @@ class Policy:
         self.consent_channels: dict[str, list[Rule]] = {}  # channel -> its rules, one category before "*"
         for r in sorted(by_kind.get("consent_required", ()), key=lambda r: r.category == "*"):
             self.consent_channels.setdefault(r.channel, []).append(r)
-        self.channel_rules = {r.channel: r for r in by_kind.get("channel_priority", ())}
+        self.channel_rules: dict[str, Rule] = {r.channel: r for r in by_kind.get("channel_priority", ())}
         self.send_windows = by_kind.get("send_window", [])
         # a rule of the category before one of "*"
         self.expiry_rules = sorted(by_kind.get("expiry", ()), key=lambda r: r.category == "*")
