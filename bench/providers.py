@@ -79,6 +79,7 @@ from sandbox.mailgun import MailgunSink
 from sandbox.messagebird import MessageBirdSink
 from sandbox.sendgrid import SendGridSink
 from sandbox.twilio import TwilioSink
+from sandbox.sns import SnsSink
 from sandbox.vonage import VonageSink
 from sandbox.webpush import WebPushSink
 
@@ -140,6 +141,12 @@ def vonage() -> Case:
         lambda info: PHONE)
 
 
+def sns() -> Case:
+    return Case(partial(SnsSink, "AKIDTIDINGSBENCH0001", SECRET, "us-east-1"), "sns", "sms", lambda info: {
+        "access_key_id": "AKIDTIDINGSBENCH0001", "secret_access_key": SECRET, "region": "us-east-1",
+        "base_url": info["url"]}, lambda info: PHONE)
+
+
 def twilio_voice() -> Case:
     return Case(partial(TwilioSink, TWILIO_ACCOUNT, SECRET), "twilio_voice", "voice", lambda info: {
         "account_sid": TWILIO_ACCOUNT, "auth_token": SECRET, "from": SENDER, "base_url": info["url"]},
@@ -173,7 +180,7 @@ def webpush() -> Case:
 def webhook() -> Case:
     return Case(partial(WebhookSink, SECRET), "webhook", "webhook", lambda info: {
         "secret": SECRET, "url": info["url"]}, lambda info: "u1")
-CASES: dict[str, Callable] = {f.__name__: f for f in (sendgrid, mailgun, twilio_sms, messagebird, vonage,
+CASES: dict[str, Callable] = {f.__name__: f for f in (sendgrid, mailgun, twilio_sms, messagebird, vonage, sns,
                                                      twilio_voice, fcm, apns, webpush, webhook)}
 
 

@@ -21,6 +21,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "twilio_sms": "providers.sms.twilio:TwilioSmsProvider",
     "messagebird": "providers.sms.messagebird:MessageBirdProvider",
     "vonage": "providers.sms.vonage:VonageSmsProvider",
+    "sns": "providers.sms.sns:SnsSmsProvider",
     "twilio_voice": "providers.voice.twilio:TwilioVoiceProvider",
     "mailgun": "providers.email.mailgun:MailgunProvider",
     "inapp": "providers.inapp.provider:InAppProvider",

@@ -21,8 +21,17 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, read_body, reply
-from engine.http.tracking import _urls, answer_by_text, apply, bad_payload, bad_signature, configured, flat_params
-from providers.tracking import PayloadError, SignatureError, TokenMemory, parse_form
+from engine.http.tracking import (
+    _urls,
+    answer_by_text,
+    apply,
+    bad_payload,
+    bad_signature,
+    configured,
+    forgetting,
+    webhook_params,
+)
+from providers.tracking import PayloadError, SignatureError, TokenMemory
 from providers.tracking.messagebird import (
     SIGNATURE_HEADER,
     TOKEN_LIFE_S,
@@ -30,7 +39,6 @@ from providers.tracking.messagebird import (
     messagebird_inbound,
     verify_messagebird,
 )
-from providers.tracking.vonage import first_values
 
 JTIS = web.AppKey("messagebird_jtis", TokenMemory)
 JTI = web.RequestKey("messagebird_jti", str)
@@ -65,26 +73,7 @@ async def _params(request: web.Request, setting: str) -> tuple[list[str], dict[s
     if not request.app[JTIS].remember(str(claims["jti"])):
         raise bad_signature(SignatureError("token seen before"), SIGNATURE_HEADER)
     request[JTI] = str(claims["jti"])
-    params = first_values(request.query.items())
-    if body:
-        if request.content_type == "application/json":
-            params.update(flat_params(body))
-        else:
-            try:
-                params.update(first_values(parse_form(body)))
-            except PayloadError as exc:
-                raise bad_payload(exc) from None
-    return hook.channels, params
-
-
-async def _once(request: web.Request, work):
-    """``work``'s answer; if it fails, the token is forgotten, so that
-    MessageBird's next delivery of the same request gets in."""
-    try:
-        return await work
-    except BaseException:
-        request.app[JTIS].forget(request[JTI])
-        raise
+    return hook.channels, webhook_params(request, body)
 
 
 async def report(request: web.Request) -> web.Response:
@@ -93,7 +82,7 @@ async def report(request: web.Request) -> web.Response:
         event = messagebird_event(params)
     except PayloadError as exc:
         raise bad_payload(exc) from None
-    return await _once(request, apply(request, [event], channels))
+    return await forgetting(request.app[JTIS], request[JTI], apply(request, [event], channels))
 
 
 async def inbound(request: web.Request) -> web.Response:
@@ -103,7 +92,8 @@ async def inbound(request: web.Request) -> web.Response:
     except PayloadError as exc:
         raise bad_payload(exc) from None
     ref = f"messagebird:{params.get('id') or request.headers.get(SIGNATURE_HEADER, '')[-43:]}"
-    return reply(await _once(request, answer_by_text(request.app[ENGINE], number, text, ref)))
+    return reply(await forgetting(request.app[JTIS], request[JTI],
+                                  answer_by_text(request.app[ENGINE], number, text, ref)))
 
 
 ROUTES = [

@@ -77,6 +77,7 @@ from providers.tracking import (
     verify_sendgrid,
     verify_twilio,
 )
+from providers.tracking.vonage import first_values
 from stores import engagement, users as user_store
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,31 @@ def flat_params(body: bytes) -> dict[str, str]:
     parameters its signature covers: 400/422 for anything else (nested values too)."""
     return {k: v if isinstance(v, str) else msgspec.json.encode(v).decode()
             for k, v in decode(_FLAT, body, "webhook").items() if v is not None}
+
+
+def webhook_params(request: web.Request, body: bytes) -> dict[str, str]:
+    """The parameters of a webhook that sends them as a query, a form or flat
+    JSON (Vonage, MessageBird): the query's, then the body's over them."""
+    params = first_values(request.query.items())
+    if body:
+        if request.content_type == "application/json":
+            params.update(flat_params(body))
+        else:
+            try:
+                params.update(first_values(parse_form(body)))
+            except PayloadError as exc:
+                raise bad_payload(exc) from None
+    return params
+
+
+async def forgetting(memory: TokenMemory, token: str, work):
+    """``work``'s answer; if it fails, ``token`` (a webhook's nonce) is forgotten,
+    so that the provider's next delivery of the same request gets in."""
+    try:
+        return await work
+    except BaseException:
+        memory.forget(token)
+        raise
 
 
 def family(type_name: str) -> str | None:

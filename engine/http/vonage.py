@@ -28,16 +28,17 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
-from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured, flat_params
-from providers.tracking import PayloadError, SignatureError, TokenMemory, parse_form
-from providers.tracking.vonage import (
-    VONAGE_TOLERANCE_S,
-    first_values,
-    signature_method,
-    verify_vonage,
-    vonage_event,
-    vonage_inbound,
+from engine.http.tracking import (
+    answer_by_text,
+    apply,
+    bad_payload,
+    bad_signature,
+    configured,
+    forgetting,
+    webhook_params,
 )
+from providers.tracking import PayloadError, SignatureError, TokenMemory
+from providers.tracking.vonage import VONAGE_TOLERANCE_S, signature_method, verify_vonage, vonage_event, vonage_inbound
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,7 @@ async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
     """(the channels, the parameters) of a Vonage webhook whose signature
     verifies with one configured provider's secret; else 400/401."""
     hook = configured(request, "vonage", "signature_secret")
-    params = first_values(request.query.items())
-    if request.method == "POST":
-        body = await read_body(request)
-        if request.content_type == "application/json":
-            params.update(flat_params(body))
-        else:
-            try:
-                params.update(first_values(parse_form(body)))
-            except PayloadError as exc:
-                raise bad_payload(exc) from None
+    params = webhook_params(request, await read_body(request) if request.method == "POST" else b"")
     last: SignatureError | None = None
     for s in hook.settings:
         try:
@@ -78,23 +70,13 @@ async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
     return hook.channels, params
 
 
-async def _once(request: web.Request, params: dict[str, str], work):
-    """``work``'s answer; if it fails, the nonce is forgotten, so that Vonage's
-    next delivery of the same request gets in."""
-    try:
-        return await work
-    except BaseException:
-        request.app[NONCES].forget(params["nonce"])
-        raise
-
-
 async def receipt(request: web.Request) -> web.Response:
     channels, params = await _params(request)
     try:
         event = vonage_event(params)
     except PayloadError as exc:
         raise bad_payload(exc) from None
-    return await _once(request, params, apply(request, [event], channels))
+    return await forgetting(request.app[NONCES], params["nonce"], apply(request, [event], channels))
 
 
 async def inbound(request: web.Request) -> web.Response:
@@ -104,7 +86,8 @@ async def inbound(request: web.Request) -> web.Response:
     except PayloadError as exc:
         raise bad_payload(exc) from None
     ref = f"vonage:{params.get('messageId') or params['nonce']}"
-    return reply(await _once(request, params, answer_by_text(request.app[ENGINE], number, text, ref)))
+    return reply(await forgetting(request.app[NONCES], params["nonce"],
+                                  answer_by_text(request.app[ENGINE], number, text, ref)))
 
 
 ROUTES = [

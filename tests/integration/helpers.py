@@ -116,3 +116,25 @@ async def serving(cfg: Config, database_url: str, people: Iterable[UserProfile] 
         await runner.cleanup()
         await eng.stop()
         await drop_schema(database_url, cfg.database.schema)
+
+
+async def send_text(engine, user: str, category: str = "messages", text: str = "A recruiter wrote to you") -> str:
+    """Submit one SMS notification over HTTP and wait for its row; its id."""
+    nid = str(uuid.uuid4())
+    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": user, "category": category, "channels": ["sms"], "content": {"text": text}}) as r:
+        assert r.status == 202, await r.text()
+    await wait_rows(engine.pool, [nid], 1)
+    return nid
+
+
+async def row_status(engine, nid: str, until: str | None = None, timeout_s: float = 15) -> tuple[str, str]:
+    """A notification's (status, reason), once it reached ``until`` (a provider's
+    receipt comes after the send) or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = await engine.pool.fetchrow("SELECT status, reason FROM delivery_tracking WHERE notification_id = $1",
+                                       uuid.UUID(nid))
+        if until is None or r["status"] == until or time.monotonic() > deadline:
+            return r["status"], r["reason"]
+        await asyncio.sleep(0.1)

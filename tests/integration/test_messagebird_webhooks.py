@@ -6,9 +6,7 @@ refused."""
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
-import uuid
 
 import aiohttp
 import msgspec
@@ -19,7 +17,7 @@ from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from providers.tracking.messagebird import SIGNATURE_HEADER, messagebird_jwt
 from sandbox.messagebird import MessageBirdSink
-from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, row_status, send_text, serving
 
 pytestmark = pytest.mark.integration
 
@@ -53,38 +51,18 @@ async def engine(nats_url, database_url, ray_address, sink, tmp_path_factory):
         yield eng
 
 
-async def send(engine, user: str) -> str:
-    nid = str(uuid.uuid4())
-    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
-            "id": nid, "user_id": user, "category": "messages", "channels": ["sms"],
-            "content": {"text": "A recruiter wrote to you"}}) as r:
-        assert r.status == 202, await r.text()
-    await wait_rows(engine.pool, [nid], 1)
-    return nid
-
-
-async def row(engine, nid: str, until: str | None = None) -> tuple[str, str]:
-    for _ in range(150):
-        r = await engine.pool.fetchrow("SELECT status, reason FROM delivery_tracking WHERE notification_id = $1",
-                                       uuid.UUID(nid))
-        if until is None or r["status"] == until:
-            break
-        await asyncio.sleep(0.1)
-    return r["status"], r["reason"]
-
-
 async def test_reports_move_rows_and_an_opt_out_suppresses_the_number(engine, sink):
-    delivered = await send(engine, "m1")
-    assert await row(engine, delivered, "delivered") == ("delivered", "delivered")
+    delivered = await send_text(engine, "m1")
+    assert await row_status(engine, delivered, "delivered") == ("delivered", "delivered")
     assert sink.bodies[-1]["reference"] == delivered
     sink.report_status, sink.report_reason = "delivery_failed", "opted out"
     try:
-        stopped = await send(engine, "m2")
-        assert (await row(engine, stopped, "complained"))[0] == "complained"
+        stopped = await send_text(engine, "m2")
+        assert (await row_status(engine, stopped, "complained"))[0] == "complained"
     finally:
         sink.report_status, sink.report_reason = "delivered", "successfully delivered"
-    later = await send(engine, "m2")
-    assert await row(engine, later) == ("suppressed", "suppression.complaint")
+    later = await send_text(engine, "m2")
+    assert await row_status(engine, later) == ("suppressed", "suppression.complaint")
     assert set(sink.report_answers) == {200}
 
 
@@ -111,9 +89,9 @@ async def test_stop_start_and_help_from_the_phone_are_done_and_answered(engine, 
     texts = lambda: [b["body"] for b in sink.bodies if b["recipients"] == [int(FIRST[1:])]]  # noqa: E731
     status, doc = await sink.send_inbound(inbound, FIRST[1:], "3197010200000", "stop")
     assert (status, doc) == (200, {"users": 1, "answer": "sent"}) and texts()[-1] == c.sms_stopped_text
-    assert await row(engine, await send(engine, "m1")) == ("suppressed", "consent.withdrawn_sms")
+    assert await row_status(engine, await send_text(engine, "m1")) == ("suppressed", "consent.withdrawn_sms")
     status, doc = await sink.send_inbound(inbound, FIRST[1:], "3197010200000", "START")
     assert doc["answer"] == "sent" and texts()[-1] == c.sms_confirmed_text
-    assert (await row(engine, await send(engine, "m1"), "delivered"))[0] == "delivered"
+    assert (await row_status(engine, await send_text(engine, "m1"), "delivered"))[0] == "delivered"
     status, doc = await sink.send_inbound(inbound, FIRST[1:], "3197010200000", "HELP")
     assert doc["answer"] == "sent" and texts()[-1] == c.sms_help_text

@@ -6,9 +6,7 @@ refused."""
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
-import uuid
 
 import aiohttp
 import msgspec
@@ -19,7 +17,7 @@ from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from providers.tracking.vonage import vonage_signature
 from sandbox.vonage import VonageSink
-from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, engine_config, row_status, send_text, serving
 
 pytestmark = pytest.mark.integration
 
@@ -54,39 +52,18 @@ async def engine(nats_url, database_url, ray_address, sink, tmp_path_factory):
         yield eng
 
 
-async def send(engine, user: str) -> str:
-    nid = str(uuid.uuid4())
-    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
-            "id": nid, "user_id": user, "category": "messages", "channels": ["sms"],
-            "content": {"text": "A recruiter wrote to you"}}) as r:
-        assert r.status == 202, await r.text()
-    await wait_rows(engine.pool, [nid], 1)
-    return nid
-
-
-async def row(engine, nid: str, until: str | None = None) -> tuple[str, str]:
-    """The row's (status, reason), once it reached ``until`` (a receipt comes after the send)."""
-    for _ in range(150):
-        r = await engine.pool.fetchrow("SELECT status, reason FROM delivery_tracking WHERE notification_id = $1",
-                                       uuid.UUID(nid))
-        if until is None or r["status"] == until:
-            break
-        await asyncio.sleep(0.1)
-    return r["status"], r["reason"]
-
-
 async def test_receipts_move_rows_and_a_permanent_failure_suppresses_the_number(engine, sink):
-    delivered = await send(engine, "v1")
-    assert await row(engine, delivered, "delivered") == ("delivered", "delivered")
+    delivered = await send_text(engine, "v1")
+    assert await row_status(engine, delivered, "delivered") == ("delivered", "delivered")
     assert sink.bodies[-1]["client-ref"] == delivered  # how the receipt finds its row
     sink.receipt_status, sink.receipt_err_code = "failed", "3"  # absent subscriber, permanent
     try:
-        gone = await send(engine, "v2")
-        assert (await row(engine, gone, "bounced"))[0] == "bounced"
+        gone = await send_text(engine, "v2")
+        assert (await row_status(engine, gone, "bounced"))[0] == "bounced"
     finally:
         sink.receipt_status, sink.receipt_err_code = "delivered", "0"
-    later = await send(engine, "v2")
-    assert await row(engine, later) == ("suppressed", "suppression.bounce")
+    later = await send_text(engine, "v2")
+    assert await row_status(engine, later) == ("suppressed", "suppression.bounce")
     assert set(sink.receipt_answers) == {200}
 
 
@@ -123,16 +100,11 @@ async def test_stop_start_and_help_from_the_phone_are_done_and_answered_once(eng
     status, doc = await sink.send_inbound(inbound, FIRST[1:], "14155550100", "Stop")
     assert (status, doc) == (200, {"users": 1, "answer": "sent"})
     assert texts()[before:] == [c.sms_stopped_text]
-    nid = str(uuid.uuid4())
-    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
-            "id": nid, "user_id": "v1", "category": "messages", "channels": ["sms"], "content": {"text": "x"}}) as r:
-        assert r.status == 202
-    await wait_rows(engine.pool, [nid], 1)
-    assert await row(engine, nid) == ("suppressed", "consent.withdrawn_sms")
+    assert await row_status(engine, await send_text(engine, "v1")) == ("suppressed", "consent.withdrawn_sms")
 
     status, doc = await sink.send_inbound(inbound, FIRST[1:], "14155550100", "START")
     assert (status, doc["answer"]) == (200, "sent") and texts()[-1] == c.sms_confirmed_text
-    assert (await row(engine, await send(engine, "v1"), "delivered"))[0] == "delivered"
+    assert (await row_status(engine, await send_text(engine, "v1"), "delivered"))[0] == "delivered"
     status, doc = await sink.send_inbound(inbound, FIRST[1:], "14155550100", "help")
     assert doc["answer"] == "sent" and texts()[-1] == c.sms_help_text
 

@@ -1,0 +1,198 @@
+"""SMS through Amazon SNS: ``Publish`` to a phone number (the Query API, form
+POST to ``https://sns.<region>.amazonaws.com/``), signed with AWS Signature
+Version 4 by botocore's signer.
+
+Settings:
+
+- ``access_key_id``, ``secret_access_key`` (required; ``session_token`` for
+  temporary credentials): never put in an error message or ``settings``.
+- ``region`` (required), ``base_url`` (``https://sns.<region>.amazonaws.com``):
+  tests point it at a loopback SNS.
+- ``sms_type``: ``Transactional`` (default) or ``Promotional``, SNS's
+  ``AWS.SNS.SMS.SMSType``; ``promotional_categories`` (``["marketing"]``) are
+  sent Promotional whatever ``sms_type`` says, as carriers expect.
+- ``sender_id`` (``AWS.SNS.SMS.SenderID``, 1-11 letters and digits, where the
+  country allows one) and ``origination_number`` (``AWS.MM.SMS.OriginationNumber``,
+  E.164), both optional.
+- ``timeout_s`` (10, connecting), ``max_connections`` (32, pool size).
+- ``max_segments`` (10): a longer body is InvalidMessage before any request.
+
+SNS answers ``PublishResponse/PublishResult/MessageId`` (the Receipt's
+message_id) and errors as ``ErrorResponse/Error/{Type, Code, Message}``; see
+``sns_error`` for the mapping.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+import xml.etree.ElementTree as ET
+
+import aiohttp
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from policy.types import DeliveryTask
+from providers.base import Receipt
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DeliveryError,
+    InvalidMessage,
+    NetworkError,
+    ProviderError,
+    RateLimited,
+)
+from providers.http_errors import map_status
+from providers.http_session import HttpSession, base_url_setting
+from providers.secrets import redacted, scrub
+from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
+
+API_VERSION = "2010-03-31"
+SMS_TYPES = ("Transactional", "Promotional")
+_SENDER_ID = re.compile(r"[A-Za-z0-9]{1,11}")
+_NS = re.compile(r"\{[^}]*\}")
+MAX_ANSWER = 64 * 1024  # an SNS answer is a few hundred bytes
+
+# SNS error codes -> what they mean for us (a refusal of one message never counts
+# against the provider's breaker; our account's problems do and fail over).
+ERROR_CODES: dict[str, type[DeliveryError]] = {
+    "InvalidParameter": InvalidMessage,
+    "InvalidParameterValue": InvalidMessage,
+    "ParameterValueInvalid": InvalidMessage,
+    "ValidationError": InvalidMessage,
+    "AuthorizationError": AuthenticationError,
+    "InvalidClientTokenId": AuthenticationError,
+    "SignatureDoesNotMatch": AuthenticationError,
+    "ExpiredToken": AuthenticationError,
+    "AccessDenied": AuthenticationError,
+    "OptInRequired": AuthenticationError,
+    "Throttled": RateLimited,
+    "Throttling": RateLimited,
+    "ThrottlingException": RateLimited,
+    "InternalError": ProviderError,
+    "InternalFailure": ProviderError,
+    "ServiceUnavailable": ProviderError,
+    "KMSThrottling": RateLimited,
+}
+
+
+def _text(root: ET.Element, name: str) -> str | None:
+    for el in root.iter():
+        if _NS.sub("", el.tag) == name:
+            return (el.text or "").strip()
+    return None
+
+
+def sns_error(status: int, headers, payload: bytes) -> DeliveryError:
+    """The error for a non-2xx SNS answer: its ``Error/Code`` when it has one, else the status."""
+    code = message = None
+    try:
+        root = ET.fromstring(payload[:MAX_ANSWER])
+        code, message = _text(root, "Code"), _text(root, "Message")
+    except ET.ParseError:
+        pass
+    text = f"sns HTTP {status}" + (f" {code}" if code else "") + (f": {message[:200]}" if message else "")
+    cls = ERROR_CODES.get(code or "")
+    if cls is None:
+        err = map_status(status, headers, text)
+        err.args = (text,)
+        return err
+    return cls(text, status=status)
+
+
+class SnsSmsProvider(HttpSession):
+    """Provider for ``channel = "sms"``; see the module docstring. ``send``
+    validates the recipient (E.164) and the body (at most ``max_segments``
+    segments) without a request, then publishes one message and returns
+    ``Receipt(message_id=<MessageId>)``; it never retries."""
+
+    channel = "sms"
+
+    def __init__(self, name: str, settings: dict):
+        self.name = name
+        key, secret = settings.get("access_key_id"), settings.get("secret_access_key")
+        if not key or not isinstance(key, str) or not secret or not isinstance(secret, str):
+            raise ConfigurationError(f"sns provider {name!r}: 'access_key_id' and 'secret_access_key' are required")
+        token = settings.get("session_token")
+        self._credentials = Credentials(key, secret, token if isinstance(token, str) and token else None)
+        self._secrets = tuple(s for s in (secret, token) if isinstance(s, str) and s)
+        self.settings = redacted(settings, "secret_access_key", "session_token")
+        region = settings.get("region")
+        if not isinstance(region, str) or not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]", region):
+            raise ConfigurationError(f"sns provider {name!r}: 'region' is required, e.g. us-east-1")
+        self.region = region
+        self.base_url = base_url_setting(settings, f"https://sns.{region}.amazonaws.com", "sns", name)
+        self.endpoint = self.base_url + "/"
+        self.sms_type = str(settings.get("sms_type", "Transactional"))
+        if self.sms_type not in SMS_TYPES:
+            raise ConfigurationError(f"sns provider {name!r}: sms_type must be Transactional or Promotional")
+        self.promotional = frozenset(settings.get("promotional_categories", ["marketing"]))
+        sender_id = settings.get("sender_id")
+        if sender_id is not None and (not isinstance(sender_id, str) or not _SENDER_ID.fullmatch(sender_id)):
+            raise ConfigurationError(f"sns provider {name!r}: sender_id must be 1-11 letters and digits")
+        self.sender_id: str | None = sender_id
+        self.origination_number: str | None = None
+        if settings.get("origination_number"):
+            try:
+                self.origination_number = sender(settings["origination_number"])
+            except ValueError as exc:
+                raise ConfigurationError(f"sns provider {name!r}: bad 'origination_number': {exc}") from exc
+        self.timeout_s = float(settings.get("timeout_s", 10))
+        self.max_connections = int(settings.get("max_connections", 32))
+        self.max_segments = max_segments_setting("sns", name, settings)
+        self._signer = SigV4Auth(self._credentials, "sns", region)
+        self._session: aiohttp.ClientSession | None = None
+
+    def form(self, task: DeliveryTask) -> list[tuple[str, str]]:
+        """The Publish parameters for ``task`` (validated; InvalidMessage)."""
+        to = recipient(task)
+        text = message_text(task)
+        check_segments(text, self.max_segments)
+        sms_type = "Promotional" if task.category in self.promotional else self.sms_type
+        attributes = [("AWS.SNS.SMS.SMSType", sms_type)]
+        if self.sender_id:
+            attributes.append(("AWS.SNS.SMS.SenderID", self.sender_id))
+        if self.origination_number:
+            attributes.append(("AWS.MM.SMS.OriginationNumber", self.origination_number))
+        form = [("Action", "Publish"), ("Version", API_VERSION), ("PhoneNumber", to), ("Message", text)]
+        for n, (attr, value) in enumerate(attributes, 1):
+            form += [(f"MessageAttributes.entry.{n}.Name", attr),
+                     (f"MessageAttributes.entry.{n}.Value.DataType", "String"),
+                     (f"MessageAttributes.entry.{n}.Value.StringValue", value)]
+        return form
+
+    def signed(self, body: bytes) -> dict[str, str]:
+        """The headers of a POST of ``body``, signed (SigV4, botocore's signer)."""
+        request = AWSRequest(method="POST", url=self.endpoint, data=body,
+                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+        self._signer.add_auth(request)
+        return {k: v for k, v in request.headers.items()}
+
+    async def send(self, task: DeliveryTask) -> Receipt:
+        """Publish one SMS for ``task``; see the class docstring."""
+        body = urllib.parse.urlencode(self.form(task)).encode()
+        session = await self.session()
+        try:
+            async with session.post(self.endpoint, data=body, headers=self.signed(body),
+                                    allow_redirects=False) as resp:
+                payload = await resp.content.read(MAX_ANSWER)
+                status, headers = resp.status, resp.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise NetworkError(self._scrub(f"sns {self.endpoint}: {type(exc).__name__}: {exc}")) from exc
+        if not 200 <= status < 300:
+            err = sns_error(status, headers, payload)
+            err.args = (self._scrub(str(err.args[0])),)
+            raise err
+        try:
+            message_id = _text(ET.fromstring(payload), "MessageId")
+        except ET.ParseError:
+            message_id = None  # accepted is accepted: an unreadable answer costs only the id
+        return Receipt(message_id=message_id or None)
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, *self._secrets)
+
+
+__all__ = ["ERROR_CODES", "SnsSmsProvider", "sns_error"]
