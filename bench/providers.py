@@ -78,8 +78,8 @@ from sandbox.http import WebhookSink
 from sandbox.mailgun import MailgunSink
 from sandbox.messagebird import MessageBirdSink
 from sandbox.sendgrid import SendGridSink
-from sandbox.twilio import TwilioSink
 from sandbox.sns import SnsSink
+from sandbox.twilio import TwilioSink
 from sandbox.vonage import VonageSink
 from sandbox.webpush import WebPushSink
 
