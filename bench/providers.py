@@ -78,6 +78,7 @@ from sandbox.http import WebhookSink
 from sandbox.mailgun import MailgunSink
 from sandbox.messagebird import MessageBirdSink
 from sandbox.sendgrid import SendGridSink
+from sandbox.ses import SesSink
 from sandbox.sns import SnsSink
 from sandbox.twilio import TwilioSink
 from sandbox.vonage import VonageSink
@@ -141,6 +142,12 @@ def vonage() -> Case:
         lambda info: PHONE)
 
 
+def ses() -> Case:
+    return Case(partial(SesSink, "AKIDTIDINGSBENCH0002", SECRET, "us-east-1"), "ses", "email", lambda info: {
+        "access_key_id": "AKIDTIDINGSBENCH0002", "secret_access_key": SECRET, "region": "us-east-1",
+        "sender": "Tidings <noreply@tidings.test>", "base_url": info["url"]}, lambda info: "user@example.com")
+
+
 def sns() -> Case:
     return Case(partial(SnsSink, "AKIDTIDINGSBENCH0001", SECRET, "us-east-1"), "sns", "sms", lambda info: {
         "access_key_id": "AKIDTIDINGSBENCH0001", "secret_access_key": SECRET, "region": "us-east-1",
@@ -180,7 +187,7 @@ def webpush() -> Case:
 def webhook() -> Case:
     return Case(partial(WebhookSink, SECRET), "webhook", "webhook", lambda info: {
         "secret": SECRET, "url": info["url"]}, lambda info: "u1")
-CASES: dict[str, Callable] = {f.__name__: f for f in (sendgrid, mailgun, twilio_sms, messagebird, vonage, sns,
+CASES: dict[str, Callable] = {f.__name__: f for f in (sendgrid, mailgun, ses, twilio_sms, messagebird, vonage, sns,
                                                      twilio_voice, fcm, apns, webpush, webhook)}
 
 

@@ -22,6 +22,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "messagebird": "providers.sms.messagebird:MessageBirdProvider",
     "vonage": "providers.sms.vonage:VonageSmsProvider",
     "sns": "providers.sms.sns:SnsSmsProvider",
+    "ses": "providers.email.ses:SesEmailProvider",
     "twilio_voice": "providers.voice.twilio:TwilioVoiceProvider",
     "mailgun": "providers.email.mailgun:MailgunProvider",
     "inapp": "providers.inapp.provider:InAppProvider",

@@ -4,25 +4,19 @@ number, checking AWS Signature Version 4 as SNS does."""
 from __future__ import annotations
 
 import re
-import time
 import urllib.parse
 import uuid
-from calendar import timegm
 
 from aiohttp import web
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from providers.sms import segments
+from sandbox.aws import refusal
 from sandbox.http import _HttpSink
 
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/([0-9]{8})/([a-z0-9-]+)/sns/aws4_request, "
-                   r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})")
 # Numbers under this prefix are not valid, like the other sinks' invalid prefixes.
 INVALID_PREFIX = "+1555000"
-MAX_SKEW_S = 300  # SNS refuses a request signed further from its clock ("Signature expired")
 _NS = "http://sns.amazonaws.com/doc/2010-03-31/"
 
 
@@ -76,33 +70,8 @@ class SnsSink(_HttpSink):
         return app
 
     def _verify(self, request: web.Request, body: bytes) -> web.Response | None:
-        m = _AUTH.fullmatch(request.headers.get("Authorization", ""))
-        if m is None:
-            return _error(403, "IncompleteSignature", "Authorization header requires a SigV4 signature")
-        key, day, region, signed_names, given = m.groups()
-        if key != self.credentials.access_key:
-            return _error(403, "InvalidClientTokenId", "The security token included in the request is invalid")
-        stamp = request.headers.get("X-Amz-Date", "")
-        try:
-            at = timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
-        except ValueError:
-            return _error(403, "IncompleteSignature", "X-Amz-Date is missing or malformed")
-        if abs(time.time() - at) > MAX_SKEW_S:
-            return _error(400, "SignatureDoesNotMatch", "Signature expired")
-        if region != self.region or day != stamp[:8]:
-            return _error(403, "SignatureDoesNotMatch", "Credential should be scoped to a valid region")
-        names = signed_names.split(";")
-        if "host" not in names or "x-amz-date" not in names:
-            return _error(403, "SignatureDoesNotMatch", "host and x-amz-date must be signed")
-        headers = {n: request.headers.get(n, "") for n in names}
-        url = f"http://{request.headers.get('Host', '')}{request.raw_path}"
-        signed = AWSRequest(method=request.method, url=url, data=body, headers=headers)
-        signed.context["timestamp"] = stamp
-        signer = SigV4Auth(self.credentials, "sns", self.region)
-        expected = signer.signature(signer.string_to_sign(signed, signer.canonical_request(signed)), signed)
-        if expected != given:
-            return _error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match")
-        return None
+        refused = refusal(request, body, self.credentials, "sns", self.region)
+        return None if refused is None else _error(*refused)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -29,11 +29,9 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 
 import aiohttp
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from policy.types import DeliveryTask
+from providers.aws import SECRET_SETTINGS, AwsSigner
 from providers.base import Receipt
 from providers.errors import (
     AuthenticationError,
@@ -46,7 +44,7 @@ from providers.errors import (
 )
 from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
-from providers.secrets import redacted, scrub
+from providers.secrets import redacted
 from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
 
 API_VERSION = "2010-03-31"
@@ -112,18 +110,10 @@ class SnsSmsProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        key, secret = settings.get("access_key_id"), settings.get("secret_access_key")
-        if not key or not isinstance(key, str) or not secret or not isinstance(secret, str):
-            raise ConfigurationError(f"sns provider {name!r}: 'access_key_id' and 'secret_access_key' are required")
-        token = settings.get("session_token")
-        self._credentials = Credentials(key, secret, token if isinstance(token, str) and token else None)
-        self._secrets = tuple(s for s in (secret, token) if isinstance(s, str) and s)
-        self.settings = redacted(settings, "secret_access_key", "session_token")
-        region = settings.get("region")
-        if not isinstance(region, str) or not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]", region):
-            raise ConfigurationError(f"sns provider {name!r}: 'region' is required, e.g. us-east-1")
-        self.region = region
-        self.base_url = base_url_setting(settings, f"https://sns.{region}.amazonaws.com", "sns", name)
+        self._aws = AwsSigner(settings, "sns", "sns", name)
+        self.settings = redacted(settings, *SECRET_SETTINGS)
+        self.region = self._aws.region
+        self.base_url = base_url_setting(settings, f"https://sns.{self.region}.amazonaws.com", "sns", name)
         self.endpoint = self.base_url + "/"
         self.sms_type = str(settings.get("sms_type", "Transactional"))
         if self.sms_type not in SMS_TYPES:
@@ -142,7 +132,6 @@ class SnsSmsProvider(HttpSession):
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
         self.max_segments = max_segments_setting("sns", name, settings)
-        self._signer = SigV4Auth(self._credentials, "sns", region)
         self._session: aiohttp.ClientSession | None = None
 
     def form(self, task: DeliveryTask) -> list[tuple[str, str]]:
@@ -164,11 +153,8 @@ class SnsSmsProvider(HttpSession):
         return form
 
     def signed(self, body: bytes) -> dict[str, str]:
-        """The headers of a POST of ``body``, signed (SigV4, botocore's signer)."""
-        request = AWSRequest(method="POST", url=self.endpoint, data=body,
-                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
-        self._signer.add_auth(request)
-        return {k: v for k, v in request.headers.items()}
+        """The headers of a POST of ``body``, signed (SigV4)."""
+        return self._aws.headers("POST", self.endpoint, body, "application/x-www-form-urlencoded; charset=utf-8")
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Publish one SMS for ``task``; see the class docstring."""
@@ -192,7 +178,7 @@ class SnsSmsProvider(HttpSession):
         return Receipt(message_id=message_id or None)
 
     def _scrub(self, text: str) -> str:
-        return scrub(text, *self._secrets)
+        return self._aws.scrub(text)
 
 
 __all__ = ["ERROR_CODES", "SnsSmsProvider", "sns_error"]

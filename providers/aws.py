@@ -1,0 +1,51 @@
+"""AWS request signing (Signature Version 4) for the providers that call AWS
+(SNS, SES), with botocore's own signer rather than a hand-rolled canonical
+request. Settings every AWS provider takes: ``access_key_id``,
+``secret_access_key`` (required), ``session_token`` (temporary credentials),
+``region`` (required)."""
+
+from __future__ import annotations
+
+import re
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from providers.errors import ConfigurationError
+from providers.secrets import scrub
+
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
+
+
+class AwsSigner:
+    """The credentials and region of one provider, and its requests signed."""
+
+    def __init__(self, settings: dict, service: str, kind: str, name: str):
+        key, secret = settings.get("access_key_id"), settings.get("secret_access_key")
+        if not key or not isinstance(key, str) or not secret or not isinstance(secret, str):
+            raise ConfigurationError(f"{kind} provider {name!r}: 'access_key_id' and 'secret_access_key' are required")
+        token = settings.get("session_token")
+        token = token if isinstance(token, str) and token else None
+        region = settings.get("region")
+        if not isinstance(region, str) or not _REGION.fullmatch(region):
+            raise ConfigurationError(f"{kind} provider {name!r}: 'region' is required, e.g. us-east-1")
+        self.region, self.service = region, service
+        self._secrets = tuple(s for s in (secret, token) if s)
+        self._signer = SigV4Auth(Credentials(key, secret, token), service, region)
+
+    def headers(self, method: str, url: str, body: bytes, content_type: str) -> dict[str, str]:
+        """The headers of a request of ``body`` to ``url``, signed (``Authorization``,
+        ``X-Amz-Date``, ``X-Amz-Security-Token`` with temporary credentials)."""
+        request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": content_type})
+        self._signer.add_auth(request)
+        return dict(request.headers.items())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the secret key and session token hidden."""
+        return scrub(text, *self._secrets)
+
+
+SECRET_SETTINGS = ("secret_access_key", "session_token")
+
+__all__ = ["SECRET_SETTINGS", "AwsSigner"]
