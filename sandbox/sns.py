@@ -1,12 +1,18 @@
 """A loopback server speaking Amazon SNS's Query API ``Publish`` to a phone
-number, checking AWS Signature Version 4 as SNS does."""
+number, checking AWS Signature Version 4 as SNS does; and an SNS topic that
+delivers signed messages to an HTTP subscription (``SnsTopic``)."""
 
 from __future__ import annotations
 
+import base64
+import datetime
 import re
+import secrets
 import urllib.parse
 import uuid
 
+import aiohttp
+import msgspec
 from aiohttp import web
 from botocore.credentials import Credentials
 
@@ -120,4 +126,85 @@ class SnsSink(_HttpSink):
                       "Receiver")
 
 
-__all__ = ["INVALID_PREFIX", "SnsSink"]
+
+
+class SnsTopic(_HttpSink):
+    """An SNS topic delivering to an HTTP subscription, as SNS does: each message
+    signed with the key of a self-signed certificate this server serves at
+    ``/cert.pem`` (``SignatureVersion`` 2, SHA256; 1, SHA1, on request), and a
+    ``SubscribeURL`` (``/confirm?Token=...``) whose GETs it counts in
+    ``confirmations``. ``publish`` posts a Notification (an SES event, say);
+    ``subscribe`` posts the SubscriptionConfirmation."""
+
+    _stats_name = "sns-topic"
+    _stats_counts = ("published", "confirmations", "cert_fetches")
+
+    def __init__(self, topic_arn: str = "arn:aws:sns:us-east-1:123456789012:tidings-ses", host: str = "127.0.0.1",
+                 port: int = 0):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.topic_arn = topic_arn
+        self.host, self.port = host, port
+        self.published = self.confirmations = self.cert_fetches = 0
+        self.fail_status: int | None = None
+        self.fail_next = 0
+        self.failed = 0
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.us-east-1.amazonaws.com")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self._key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30)).sign(self._key, hashes.SHA256()))
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/cert.pem", self._cert)
+        app.router.add_get("/confirm", self._confirm)
+        return app
+
+    async def _cert(self, request: web.Request) -> web.Response:
+        self.cert_fetches += 1
+        return web.Response(body=self.cert_pem, content_type="application/x-pem-file")
+
+    async def _confirm(self, request: web.Request) -> web.Response:
+        self.confirmations += 1
+        return web.Response(text="<ConfirmSubscriptionResponse/>", content_type="text/xml")
+
+    def message(self, kind: str, message: str, *, version: str = "2", **extra: str) -> dict[str, str]:
+        """A signed SNS message of ``kind`` (``Notification``, ``SubscriptionConfirmation``)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        from providers.tracking.sns import SnsMessage, canonical
+
+        doc = {"Type": kind, "MessageId": str(uuid.uuid4()), "TopicArn": self.topic_arn, "Message": message,
+               "Timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+               "SignatureVersion": version, "SigningCertURL": f"{self.url}/cert.pem", **extra}
+        if kind == "SubscriptionConfirmation":
+            token = secrets.token_hex(16)
+            doc.update(Token=token, SubscribeURL=f"{self.url}/confirm?Token={token}")
+        unsigned = msgspec.convert({**doc, "Signature": ""}, SnsMessage)
+        digest = hashes.SHA1() if version == "1" else hashes.SHA256()
+        doc["Signature"] = base64.b64encode(self._key.sign(canonical(unsigned), padding.PKCS1v15(), digest)).decode()
+        return doc
+
+    async def post(self, url: str, doc: dict[str, str]) -> tuple[int, bytes]:
+        """POST ``doc`` to a subscriber as SNS does (text/plain JSON and the message type header)."""
+        self.published += 1
+        async with aiohttp.ClientSession() as s, s.post(url, data=msgspec.json.encode(doc), headers={
+                "Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": doc["Type"]}) as r:
+            return r.status, await r.read()
+
+    async def publish(self, url: str, message: str, **extra: str) -> tuple[int, bytes]:
+        return await self.post(url, self.message("Notification", message, **extra))
+
+    async def subscribe(self, url: str) -> tuple[int, bytes]:
+        return await self.post(url, self.message("SubscriptionConfirmation", "You have chosen to subscribe..."))
+
+
+__all__ = ["INVALID_PREFIX", "SnsSink", "SnsTopic"]

@@ -26,6 +26,7 @@ from engine.http import (
     messagebird,
     notifications,
     prefs,
+    ses,
     templates,
     tokens,
     tracking,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird)
+                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses)
 
 
 @web.middleware

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 PUBLIC = {"/healthz", "/v1/t/o/{token}.gif", "/v1/t/c/{token}", "/v1/tracking/sendgrid", "/v1/tracking/mailgun",
           "/v1/tracking/twilio", "/v1/tracking/twilio/inbound",  # texts people send us (STOP, YES, HELP)
           "/v1/tracking/vonage", "/v1/tracking/vonage/inbound",
-          "/v1/tracking/messagebird", "/v1/tracking/messagebird/inbound",
+          "/v1/tracking/messagebird", "/v1/tracking/messagebird/inbound", "/v1/tracking/ses",
           "/u/{token}", "/p/{token}"}  # the last two: one-click unsubscribe, preference center
 
 

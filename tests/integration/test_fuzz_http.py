@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from engine.embedded import free_port
 from engine.http import make_app
 from infra.config import ChannelConfig, ProviderConfig
 from policy import links
@@ -50,6 +51,7 @@ from providers.tracking import (
 from providers.tracking.messagebird import SIGNATURE_HEADER, messagebird_jwt
 from providers.tracking.vonage import vonage_signature
 from sandbox import WebhookSink
+from sandbox.sns import SnsTopic
 from tests.integration.fuzzing import (
     HUGE_NUMBERS,
     HUGE_TEXT,
@@ -76,6 +78,7 @@ VG_SIGNING = "vonage-signature-secret-for-the-fuzz-test"
 MB_SIGNING = "messagebird-signing-key-for-the-fuzz-test"
 MB_REPORTS = "https://hooks.fuzz.test/v1/tracking/messagebird"
 MB_INBOUND = "https://hooks.fuzz.test/v1/tracking/messagebird/inbound"
+SNS_TOPIC = SnsTopic(port=free_port())  # serves its certificate while the fuzzed engine runs
 LINK_SECRET = "fuzz-link-secret-0123456789abcdef"
 TEMPLATE = "welcome"
 PREF_TEMPLATE = "base"
@@ -90,6 +93,7 @@ async def fuzzed(nats_url, database_url, redis_url, ray_address, smtp, tmp_path_
     template, a preference template and one delivered notification."""
     hook = WebhookSink("test-secret", port=0)
     await hook.start()
+    await SNS_TOPIC.start()
     overrides = {"ratelimit": {"key_per_s": 1e6, "key_burst": 1e6, "user_per_s": 1e6, "user_burst": 1e6},
                  "engagement": {"base_url": "http://127.0.0.1:9", "secret": LINK_SECRET}}
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), smtp_port=smtp.port,
@@ -116,6 +120,7 @@ async def fuzzed(nats_url, database_url, redis_url, ray_address, smtp, tmp_path_
             yield engine
     finally:
         await hook.stop()
+        await SNS_TOPIC.stop()
 
 
 def with_tracking_providers(cfg):
@@ -125,7 +130,11 @@ def with_tracking_providers(cfg):
             "api_key": "SG.x", "sender": "a@example.test", "event_public_key": SG_PUBLIC}),
         ProviderConfig(name="mg", type="mailgun", enabled=False, settings={
             "api_key": "key-x", "domain": "mg.example.test", "sender": "a@example.test",
-            "webhook_signing_key": MG_KEY})])
+            "webhook_signing_key": MG_KEY}),
+        ProviderConfig(name="ses", type="ses", enabled=False, settings={
+            "access_key_id": "AKIDFUZZ", "secret_access_key": "s", "region": "us-east-1",
+            "sender": "a@example.test", "events_topic_arn": SNS_TOPIC.topic_arn,
+            "events_url_prefix": SNS_TOPIC.url + "/"})])
     sms = ChannelConfig(enabled=False, providers=[ProviderConfig(name="tw", type="twilio", settings={
         "account_sid": "AC" + "0" * 32, "auth_token": TW_TOKEN, "status_callback": TW_CALLBACK,
         "inbound_url": TW_INBOUND}), ProviderConfig(name="vg", type="vonage", settings={
@@ -224,6 +233,15 @@ def signed_messagebird(draw, url: str, sample: dict):
 
 
 @st.composite
+def signed_sns(draw):
+    """An SNS message signed by the loopback topic, its SES event fuzzed."""
+    event = draw(shaped({"eventType": "Bounce", "mail": {"messageId": "m1", "tags": {"notification_id": [UNKNOWN_ID]}},
+                         "bounce": {"bounceType": "Permanent", "bouncedRecipients": [{"emailAddress": "a@b.test"}]}}))
+    doc = SNS_TOPIC.message("Notification", dumps(event).decode("utf-8", "replace"))
+    return dumps(doc), {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "Notification"}
+
+
+@st.composite
 def import_body(draw):
     rows = draw(st.lists(shaped({**ROW, "user_id": "alice"}), min_size=1, max_size=4))
     if draw(st.booleans()):
@@ -284,6 +302,7 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
         "statusReason": "opted out", "statusDatetime": "2026-01-01T00:00:00+00:00"}),
     ("POST", "/v1/tracking/messagebird/inbound"): signed_messagebird(MB_INBOUND, {
         "id": "i1", "originator": "15550001", "recipient": "15550002", "body": "STOP"}),
+    ("POST", "/v1/tracking/ses"): signed_sns(),
     ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),

@@ -1,0 +1,118 @@
+"""``POST /v1/tracking/ses``: Amazon SES's sending events, as SNS delivers
+them to an HTTP(S) subscription (``providers.tracking.sns``).
+
+The SES provider's settings say which topics to take: ``events_topic_arn`` (a
+topic ARN, or a list). A message from another topic, one whose signature does
+not verify with the certificate at its ``SigningCertURL`` (fetched only from an
+SNS host over HTTPS, then kept), one older than an hour, or a ``MessageId`` seen
+before is a 401. A ``SubscriptionConfirmation`` of a listed topic is confirmed
+by a GET of its ``SubscribeURL`` (an SNS host too); a ``Notification`` is
+applied like every provider's events (``tracking.apply``): ``Bounce``
+(``Permanent``: bounced, the address suppressed; ``Transient``: on the timeline),
+``Complaint`` (complained, suppressed), ``Delivery``. The row is found by the
+message's ``notification_id`` tag, else by SES's message id. A request that
+could not be done is a 503 and its ``MessageId`` forgotten, so SNS's retry gets in.
+
+``events_url_prefix`` replaces the SNS-host rule for the certificate and the
+SubscribeURL (a loopback SNS in tests); never set it in production.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from engine.http.access import Public, Route, register
+from engine.http.common import Problem, read_body, reply
+from engine.http.tracking import apply, bad_payload, bad_signature, configured, forgetting
+from providers.tracking import PayloadError, SignatureError, TokenMemory
+from providers.tracking.sns import MESSAGE_TYPE_HEADER, TOLERANCE_S, parse_sns, ses_events, sns_url_ok, verify_sns
+
+log = logging.getLogger(__name__)
+
+MESSAGE_IDS = web.AppKey("ses_message_ids", TokenMemory)
+CERTS = web.AppKey("sns_certs", dict)
+MAX_CERT = 16 * 1024
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+def _topics(settings: list[dict]) -> frozenset[str]:
+    out: set[str] = set()
+    for s in settings:
+        value = s.get("events_topic_arn")
+        out.update([value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)])
+    return frozenset(out)
+
+
+async def _fetch(url: str) -> bytes:
+    async with aiohttp.ClientSession(timeout=FETCH_TIMEOUT) as s, s.get(url, allow_redirects=False) as r:
+        if r.status != 200:
+            raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
+        return await r.content.read(MAX_CERT)
+
+
+async def _certificate(request: web.Request, url: str) -> bytes:
+    certs = request.app[CERTS]
+    pem = certs.get(url)
+    if pem is None:
+        try:
+            pem = await _fetch(url)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("ses events: the SNS signing certificate could not be fetched: %s", type(exc).__name__)
+            raise Problem(503, "unavailable", [{"field": "SigningCertURL", "reason": "not reachable now"}]) from None
+        if len(certs) >= 64:  # SNS rotates a handful of certificates
+            certs.clear()
+        certs[url] = pem
+    return pem
+
+
+async def events(request: web.Request) -> web.Response:
+    hook = configured(request, "ses", "events_topic_arn")
+    prefix = next((s["events_url_prefix"] for s in hook.settings if s.get("events_url_prefix")), None)
+    try:
+        m = parse_sns(await read_body(request))
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    if request.headers.get(MESSAGE_TYPE_HEADER, m.type) != m.type:
+        raise bad_payload(PayloadError(f"{MESSAGE_TYPE_HEADER} and Type disagree"))
+    if not sns_url_ok(m.signing_cert_url, prefix):
+        raise bad_signature(SignatureError("SigningCertURL is not an SNS host"), "SigningCertURL")
+    try:
+        verify_sns(m, await _certificate(request, m.signing_cert_url), _topics(hook.settings))
+    except SignatureError as exc:
+        raise bad_signature(exc, "Signature") from None
+    if not request.app[MESSAGE_IDS].remember(m.message_id):
+        raise bad_signature(SignatureError("MessageId seen before"), "MessageId")
+    return await forgetting(request.app[MESSAGE_IDS], m.message_id, _handle(request, m, hook.channels, prefix))
+
+
+async def _handle(request: web.Request, m, channels: list[str], prefix: str | None) -> web.Response:
+    if m.type == "SubscriptionConfirmation":
+        if not m.subscribe_url or not sns_url_ok(m.subscribe_url, prefix):
+            raise bad_payload(PayloadError("SubscribeURL is not an SNS host"))
+        try:
+            await _fetch(m.subscribe_url)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("ses events: the subscription could not be confirmed: %s", type(exc).__name__)
+            raise Problem(503, "unavailable", [{"field": "SubscribeURL", "reason": "not reachable now"}]) from None
+        log.info("ses events: subscribed to %s", m.topic_arn)
+        return reply({"confirmed": m.topic_arn})
+    if m.type == "UnsubscribeConfirmation":  # not subscribed again: that is an operator's choice
+        log.warning("ses events: %s unsubscribed this endpoint", m.topic_arn)
+        return reply({"unsubscribed": m.topic_arn})
+    try:
+        found = ses_events(m.message)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    return await apply(request, found, channels)
+
+
+ROUTES = [Route("POST", "/v1/tracking/ses", events, Public("SNS's signature (its signing certificate) is verified"))]
+
+
+def add_routes(app: web.Application) -> None:
+    app[MESSAGE_IDS] = TokenMemory(window_s=TOLERANCE_S)
+    app[CERTS] = {}
+    register(app, ROUTES)

@@ -1,0 +1,73 @@
+"""SNS message signatures and SES events (providers.tracking.sns), pure: the
+loopback topic (sandbox.sns.SnsTopic) signs, nothing is served."""
+
+import msgspec
+import pytest
+
+from providers.tracking import PayloadError, SignatureError
+from providers.tracking.sns import canonical, parse_sns, ses_events, sns_url_ok, verify_sns
+from sandbox.sns import SnsTopic
+
+TOPIC = SnsTopic()
+TOPIC.port = 1  # its URLs name a port; nothing listens
+
+
+def parsed(doc: dict):
+    return parse_sns(msgspec.json.encode(doc))
+
+
+def test_the_canonical_text_follows_snss_field_order_and_skips_what_is_absent():
+    m = parsed({"Type": "Notification", "MessageId": "id", "TopicArn": "arn", "Message": "hi", "Timestamp": "t",
+                "SignatureVersion": "1", "Signature": "", "SigningCertURL": "u"})
+    assert canonical(m) == b"Message\nhi\nMessageId\nid\nTimestamp\nt\nTopicArn\narn\nType\nNotification\n"
+    with_subject = parsed({**msgspec.to_builtins(m), "Type": "Notification", "Subject": "s", "MessageId": "id",
+                           "TopicArn": "arn", "Message": "hi", "Timestamp": "t", "SignatureVersion": "1",
+                           "Signature": "", "SigningCertURL": "u"})
+    assert b"Subject\ns\nTimestamp" in canonical(with_subject)
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_signed_message_verifies_and_a_changed_one_does_not(version):
+    topics = frozenset([TOPIC.topic_arn])
+    for kind in ("Notification", "SubscriptionConfirmation"):
+        doc = TOPIC.message(kind, "hello", version=version)
+        verify_sns(parsed(doc), TOPIC.cert_pem, topics)
+        for change in ({"Message": "hellO"}, {"Timestamp": "2020-01-01T00:00:00.000Z"}, {"Signature": "AAAA"},
+                       {"SignatureVersion": "3"}):
+            with pytest.raises(SignatureError):
+                verify_sns(parsed({**doc, **change}), TOPIC.cert_pem, topics)
+    with pytest.raises(SignatureError, match="topic"):
+        verify_sns(parsed(TOPIC.message("Notification", "x")), TOPIC.cert_pem, frozenset(["arn:other"]))
+    with pytest.raises(SignatureError, match="too far"):
+        verify_sns(parsed(TOPIC.message("Notification", "x")), TOPIC.cert_pem, topics, now=0)
+
+
+def test_certificates_and_subscribe_urls_come_only_from_sns_hosts():
+    assert sns_url_ok("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem")
+    assert sns_url_ok("https://sns.cn-north-1.amazonaws.com.cn/x.pem")
+    for url in ("http://sns.us-east-1.amazonaws.com/x.pem", "https://sns.us-east-1.amazonaws.com.evil.test/x.pem",
+                "https://evil.test/sns.us-east-1.amazonaws.com/x.pem", "https://sns.us-east-1.amazonaws.com:8443/x",
+                "https://user@evil.test/x"):
+        assert not sns_url_ok(url), url
+    assert sns_url_ok("http://127.0.0.1:9/cert.pem", prefix="http://127.0.0.1:9/")
+    assert not sns_url_ok("http://127.0.0.1:10/cert.pem", prefix="http://127.0.0.1:9/")
+
+
+def test_ses_events_become_tracking_events():
+    mail = {"messageId": "m1", "tags": {"notification_id": ["n1"], "category": ["orders"]}}
+    bounce = {"eventType": "Bounce", "mail": mail, "bounce": {
+        "bounceType": "Permanent", "bounceSubType": "General", "timestamp": "2023-11-14T22:13:20.000Z",
+        "bouncedRecipients": [{"emailAddress": "a@x.test", "diagnosticCode": "550 5.1.1"}, {"emailAddress": "b@x.test"}]}}
+    evs = ses_events(msgspec.json.encode(bounce).decode())
+    assert [(e.address, e.status, e.hard, e.notification_id, e.provider_message_id) for e in evs] == [
+        ("a@x.test", "bounced", True, "n1", "m1"), ("b@x.test", "bounced", True, "n1", "m1")]
+    assert evs[0].at == 1_700_000_000.0 and "550 5.1.1" in evs[0].detail
+    soft = {**bounce, "bounce": {**bounce["bounce"], "bounceType": "Transient"}}
+    assert {(e.status, e.hard) for e in ses_events(msgspec.json.encode(soft).decode())} == {(None, False)}
+    complaint = {"notificationType": "Complaint", "mail": mail,  # an identity's notification, not an event
+                 "complaint": {"complainedRecipients": [{"emailAddress": "a@x.test"}]}}
+    assert [(e.status, e.hard) for e in ses_events(msgspec.json.encode(complaint).decode())] == [("complained", True)]
+    assert ses_events(msgspec.json.encode({"eventType": "Open", "mail": mail}).decode()) == []
+    for bad in ("not json", "[]", '{"eventType": "Bounce"}'):
+        with pytest.raises(PayloadError):
+            ses_events(bad)
