@@ -135,10 +135,13 @@ class ChannelShard(Watched):
 
     async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:
         outcomes = await deliver_batch(group, slots, **env)
-        if len(group) > 1 and outcomes[0].reason == "invalid_message":
+        refused = [i for i, o in enumerate(outcomes) if o.reason == "invalid_message"]
+        if len(refused) > 1:
             # One bad recipient refuses the whole request: send each alone, so only
-            # that one fails.
-            return list(await asyncio.gather(*(deliver(t, slots, **env) for t in group)))
+            # that one fails (those past their life are settled already)
+            again = await asyncio.gather(*(deliver(group[i], slots, **env) for i in refused))
+            for i, o in zip(refused, again, strict=True):
+                outcomes[i] = o
         return outcomes
 
     async def health(self) -> dict:

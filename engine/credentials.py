@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 KEY_ENV = "TIDINGS_CREDENTIALS_KEY"
 PREFIX = "secret:"
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # the same check as the table's
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}\Z")  # the same check as the table's
 
 
 class CredentialError(ConfigError):

@@ -33,7 +33,7 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 FORMAT = b"\x01"
 BLIND_BYTES = 16  # 128 bits: collisions are not a concern at any population
-KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}\Z")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import re
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 
 
 def user_token(user_id: str) -> str:

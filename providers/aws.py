@@ -41,6 +41,11 @@ class AwsSigner:
         self._signer.add_auth(request)
         return dict(request.headers.items())
 
+    def endpoint(self, prefix: str) -> str:
+        """The service's regional endpoint, ``https://<prefix>.<region>.amazonaws.com``
+        (``.com.cn`` in the China regions)."""
+        return f"https://{prefix}.{self.region}.amazonaws.com" + (".cn" if self.region.startswith("cn-") else "")
+
     def scrub(self, text: str) -> str:
         """``text`` with the secret key and session token hidden."""
         return scrub(text, *self._secrets)

@@ -39,6 +39,8 @@ def refusal(request: web.Request, body: bytes, credentials: Credentials, service
     names = signed_names.split(";")
     if "host" not in names or "x-amz-date" not in names:
         return 403, "SignatureDoesNotMatch", "host and x-amz-date must be signed"
+    if "x-amz-security-token" in request.headers and "x-amz-security-token" not in names:
+        return 403, "SignatureDoesNotMatch", "the security token must be signed"
     signed = AWSRequest(method=request.method, url=f"http://{request.headers.get('Host', '')}{request.raw_path}",
                         data=body, headers={n: request.headers.get(n, "") for n in names})
     signed.context["timestamp"] = stamp

@@ -43,8 +43,9 @@ class SnsSink(_HttpSink):
       expired") when ``X-Amz-Date`` is more than 5 minutes from now;
     - 400 ``InvalidParameter`` for a PhoneNumber that is not E.164 (or starts
       with ``+1555000``), an empty Message, an SMSType other than Transactional
-      or Promotional, a SenderID that is not 1-11 letters and digits; a number in
-      ``opted_out`` gets 400 ``InvalidParameter`` "Phone number is opted out";
+      or Promotional, a SenderID that is not 1-11 letters and digits with a
+      letter; a number in ``opted_out`` is answered 200 and dropped, as SNS does
+      (counted in ``dropped_opted_out``);
     - 200 ``PublishResponse/PublishResult/MessageId``.
 
     Counts: ``messages``, ``segments``, ``rejected``, ``failed`` (injected);
@@ -65,6 +66,8 @@ class SnsSink(_HttpSink):
         self.messages = self.segments = self.rejected = self.failed = 0
         self.bodies: list[dict[str, str]] = []
         self.opted_out: set[str] = set()
+        self.dropped_opted_out = 0
+        self.last_token: str | None = None
         self.last_id: str | None = None
         self.fail_status: int | None = None
         self.fail_next = 0
@@ -92,6 +95,7 @@ class SnsSink(_HttpSink):
             return refused
         if self.keep_bodies:
             self.bodies.append(p)
+        self.last_token = request.headers.get("X-Amz-Security-Token")
         self.messages += 1
         self.segments += len(segments.split(p["Message"]))
         self.last_id = str(uuid.uuid4())
@@ -105,8 +109,8 @@ class SnsSink(_HttpSink):
         number = p.get("PhoneNumber", "")
         if not _E164.fullmatch(number) or number.startswith(INVALID_PREFIX):
             return _error(400, "InvalidParameter", "Invalid parameter: PhoneNumber Reason: not a valid number")
-        if number in self.opted_out:
-            return _error(400, "InvalidParameter", "Invalid parameter: PhoneNumber Reason: Phone number is opted out")
+        if number in self.opted_out:  # SNS answers 200 and drops it (its delivery logs say "opted out")
+            self.dropped_opted_out += 1
         if not p.get("Message"):
             return _error(400, "InvalidParameter", "Invalid parameter: Message Reason: empty")
         attributes = {p[k]: p.get(k.replace(".Name", ".Value.StringValue"), "")
@@ -114,7 +118,7 @@ class SnsSink(_HttpSink):
         if attributes.get("AWS.SNS.SMS.SMSType", "Transactional") not in ("Transactional", "Promotional"):
             return _error(400, "InvalidParameter", "Invalid parameter: SMSType")
         sender_id = attributes.get("AWS.SNS.SMS.SenderID")
-        if sender_id is not None and not re.fullmatch(r"[A-Za-z0-9]{1,11}", sender_id):
+        if sender_id is not None and not re.fullmatch(r"(?=.*[A-Za-z])[A-Za-z0-9]{1,11}", sender_id):
             return _error(400, "InvalidParameter", "Invalid parameter: SenderID")
         return None
 

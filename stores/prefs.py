@@ -172,27 +172,31 @@ async def write_consent(conn: asyncpg.Connection, key: bytes, uid: str, changed:
 
 RESTORABLE = """
 WITH h AS (
-    SELECT purpose, status, source, basis, text_version, extract(epoch FROM expires_at)::float8 AS expires_at,
+    SELECT id, purpose, status, basis, text_version, extract(epoch FROM expires_at)::float8 AS expires_at,
+           status = 'withdrawn' AND actor = $4 AS stop,
            row_number() OVER (PARTITION BY purpose ORDER BY id DESC) AS n
     FROM preference_consent_history WHERE user_id = $1 AND channel = $2
+), before AS (
+    SELECT DISTINCT ON (purpose) purpose, status, basis, text_version, expires_at
+    FROM h WHERE NOT stop AND purpose IN (SELECT purpose FROM h WHERE n = 1 AND stop)
+    ORDER BY purpose, id DESC
 )
-SELECT b.purpose, b.basis, b.text_version, b.expires_at
-FROM h a JOIN h b ON b.purpose = a.purpose AND b.n = 2
-WHERE a.n = 1 AND a.status = 'withdrawn' AND a.source = 'sms_reply'
-  AND b.status = 'granted' AND (b.expires_at IS NULL OR b.expires_at > $3)
+SELECT purpose, basis, text_version, expires_at FROM before
+WHERE status = 'granted' AND (expires_at IS NULL OR expires_at > $3)
 """
 
 
 async def withdrawn_by_reply(conn: asyncpg.Connection, uid: str, channel: str,
                              now: float) -> dict[str, tuple[str, str | None, float | None]]:
-    """The consents on ``channel`` that a reply (a STOP) withdrew last and that
-    were granted, and still in force, just before it: purpose → (basis, text
-    version, expiry) of that grant. What a START may give back: not what was
-    withdrawn elsewhere (the preference center, the API), not a grant that was
-    only pending or has lapsed since, not the withdrawal a STOP records when
-    there was nothing to withdraw."""
+    """The consents on ``channel`` that the person's texts (STOP, once or more:
+    withdrawals whose actor is ``user:<id>(sms)``, which no API caller can set)
+    withdrew last, and that were granted, and still in force, before them:
+    purpose → (basis, text version, expiry) of that grant. What a START may give
+    back: not what was withdrawn elsewhere (the preference center, the API), not
+    a grant that was only pending or has lapsed since, not the withdrawal a STOP
+    records when there was nothing to withdraw."""
     return {r["purpose"]: (r["basis"], r["text_version"], r["expires_at"])
-            for r in await conn.fetch(RESTORABLE, uid, channel, now)}
+            for r in await conn.fetch(RESTORABLE, uid, channel, now, f"user:{uid}(sms)")}
 
 
 def _shard_key(user_id: str) -> int:

@@ -149,17 +149,14 @@ async def deliver_batch(
     The router orders the slots once for the batch (for its first task) and
     hears of each call once."""
     now = wall()
-    dead = [t for t in tasks if t.expires_at is not None and now >= t.expires_at]
-    if dead:  # past their life already: not in the call (a batch mixes tasks of many notifications)
-        tasks = [t for t in tasks if not (t.expires_at is not None and now >= t.expires_at)]
-        settled = []
-        for t in dead:
-            gone = _Run(t, clock, wall, sleep, rng)
-            settled.append(_outcome(gone, "suppressed", EXPIRED))
-        if not tasks:
-            return settled
-        return settled + await deliver_batch(tasks, slots, clock=clock, wall=wall, sleep=sleep, rng=rng,
-                                             router=router)
+    dead = [t.expires_at is not None and now >= t.expires_at for t in tasks]
+    if any(dead):  # past their life already: not in the call (a batch mixes tasks of many notifications)
+        live = [t for t, d in zip(tasks, dead, strict=True) if not d]
+        sent = iter(await deliver_batch(live, slots, clock=clock, wall=wall, sleep=sleep, rng=rng, router=router)
+                    if live else [])
+        # in the tasks' order: the caller reads the call's outcome from the first one
+        return [_outcome(_Run(t, clock, wall, sleep, rng), "suppressed", EXPIRED) if d else next(sent)
+                for t, d in zip(tasks, dead, strict=True)]
     run = _Run(tasks[0], clock, wall, sleep, rng, batch=tasks, router=router)
     reason, receipt, name = "no_provider", None, None
     for slot in _ordered(run, slots):

@@ -36,6 +36,7 @@ from policy.email import DEFAULT_TRANSACTIONAL, is_address, unsubscribe_url
 from policy.types import DeliveryTask
 from providers.aws import SECRET_SETTINGS, AwsSigner
 from providers.base import Receipt
+from providers.egress import read_capped
 from providers.email.common import check_content
 from providers.email.sendgrid import parse_sender
 from providers.errors import (
@@ -114,7 +115,7 @@ class SesEmailProvider(HttpSession):
         except ValueError as exc:
             raise ConfigurationError(f"ses provider {name!r}: bad or missing 'sender': {exc}") from exc
         self.from_ = formataddr((sender.get("name", ""), sender["email"]))  # a non-ASCII name MIME-encoded
-        self.base_url = base_url_setting(settings, f"https://email.{self.region}.amazonaws.com", "ses", name)
+        self.base_url = base_url_setting(settings, self._aws.endpoint("email"), "ses", name)
         self.endpoint = f"{self.base_url}/v2/email/outbound-emails"
         cs = settings.get("configuration_set")
         if cs is not None and (not isinstance(cs, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cs)):
@@ -157,7 +158,7 @@ class SesEmailProvider(HttpSession):
         headers = self._aws.headers("POST", self.endpoint, body, "application/json")
         try:
             async with session.post(self.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
-                payload = await resp.content.read(MAX_ANSWER)
+                payload = await read_capped(resp, MAX_ANSWER)
                 status, answer_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise NetworkError(self._aws.scrub(f"ses {self.endpoint}: {type(exc).__name__}: {exc}")) from exc

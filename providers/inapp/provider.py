@@ -68,8 +68,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 LOCK_SPACE = 0x696E6278  # "inbx": the first key of the per-user advisory locks
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]*$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]*\Z")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 _encoder = msgspec.json.Encoder()
 
 # Locks in key order, so two batches for overlapping users cannot deadlock.

@@ -33,6 +33,7 @@ import aiohttp
 from policy.types import DeliveryTask
 from providers.aws import SECRET_SETTINGS, AwsSigner
 from providers.base import Receipt
+from providers.egress import read_capped
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -45,11 +46,11 @@ from providers.errors import (
 from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted
-from providers.sms import check_segments, max_segments_setting, message_text, recipient, sender
+from providers.sms import check_segments, e164, max_segments_setting, message_text, recipient
 
 API_VERSION = "2010-03-31"
 SMS_TYPES = ("Transactional", "Promotional")
-_SENDER_ID = re.compile(r"[A-Za-z0-9]{1,11}")
+_SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]{1,11}")  # SNS wants a letter in it
 _NS = re.compile(r"\{[^}]*\}")
 MAX_ANSWER = 64 * 1024  # an SNS answer is a few hundred bytes
 
@@ -59,8 +60,13 @@ ERROR_CODES: dict[str, type[DeliveryError]] = {
     "InvalidParameter": InvalidMessage,
     "InvalidParameterValue": InvalidMessage,
     "ParameterValueInvalid": InvalidMessage,
-    "ValidationError": InvalidMessage,
+    "ValidationException": InvalidMessage,
     "AuthorizationError": AuthenticationError,
+    "RequestExpired": AuthenticationError,  # this host's clock is off: every request fails alike
+    "IncompleteSignature": AuthenticationError,
+    "InvalidAction": ConfigurationError,  # base_url is not SNS
+    "MalformedQueryString": ConfigurationError,
+    "MissingParameter": ConfigurationError,
     "InvalidClientTokenId": AuthenticationError,
     "SignatureDoesNotMatch": AuthenticationError,
     "ExpiredToken": AuthenticationError,
@@ -93,6 +99,8 @@ def sns_error(status: int, headers, payload: bytes) -> DeliveryError:
         pass
     text = f"sns HTTP {status}" + (f" {code}" if code else "") + (f": {message[:200]}" if message else "")
     cls = ERROR_CODES.get(code or "")
+    if cls is InvalidMessage and message and re.search(r"SenderID|OriginationNumber|not valid to publish", message):
+        cls = ConfigurationError  # our sender settings or region, not this message
     if cls is None:
         err = map_status(status, headers, text)
         err.args = (text,)
@@ -113,22 +121,26 @@ class SnsSmsProvider(HttpSession):
         self._aws = AwsSigner(settings, "sns", "sns", name)
         self.settings = redacted(settings, *SECRET_SETTINGS)
         self.region = self._aws.region
-        self.base_url = base_url_setting(settings, f"https://sns.{self.region}.amazonaws.com", "sns", name)
+        self.base_url = base_url_setting(settings, self._aws.endpoint("sns"), "sns", name)
         self.endpoint = self.base_url + "/"
         self.sms_type = str(settings.get("sms_type", "Transactional"))
         if self.sms_type not in SMS_TYPES:
             raise ConfigurationError(f"sns provider {name!r}: sms_type must be Transactional or Promotional")
-        self.promotional = frozenset(settings.get("promotional_categories", ["marketing"]))
+        promotional = settings.get("promotional_categories", ["marketing"])
+        if not isinstance(promotional, list) or not all(isinstance(c, str) for c in promotional):
+            raise ConfigurationError(f"sns provider {name!r}: promotional_categories must be a list of categories")
+        self.promotional = frozenset(promotional)
         sender_id = settings.get("sender_id")
         if sender_id is not None and (not isinstance(sender_id, str) or not _SENDER_ID.fullmatch(sender_id)):
-            raise ConfigurationError(f"sns provider {name!r}: sender_id must be 1-11 letters and digits")
+            raise ConfigurationError(f"sns provider {name!r}: sender_id must be 1-11 letters and digits, "
+                                     "at least one a letter")
         self.sender_id: str | None = sender_id
         self.origination_number: str | None = None
         if settings.get("origination_number"):
             try:
-                self.origination_number = sender(settings["origination_number"])
+                self.origination_number = e164.normalize(str(settings["origination_number"]))
             except ValueError as exc:
-                raise ConfigurationError(f"sns provider {name!r}: bad 'origination_number': {exc}") from exc
+                raise ConfigurationError(f"sns provider {name!r}: 'origination_number' must be E.164: {exc}") from exc
         self.timeout_s = float(settings.get("timeout_s", 10))
         self.max_connections = int(settings.get("max_connections", 32))
         self.max_segments = max_segments_setting("sns", name, settings)
@@ -163,7 +175,7 @@ class SnsSmsProvider(HttpSession):
         try:
             async with session.post(self.endpoint, data=body, headers=self.signed(body),
                                     allow_redirects=False) as resp:
-                payload = await resp.content.read(MAX_ANSWER)
+                payload = await read_capped(resp, MAX_ANSWER)
                 status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise NetworkError(self._scrub(f"sns {self.endpoint}: {type(exc).__name__}: {exc}")) from exc

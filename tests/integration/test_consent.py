@@ -161,12 +161,13 @@ async def test_start_after_stop_grants_again_what_the_stop_withdrew(engine):
 
 
 async def test_start_gives_back_only_what_a_stop_withdrew_from_a_grant(engine):
-    # marketing withdrawn on purpose (the API, as the preference center does), the channel granted
+    # marketing withdrawn on purpose through the API, claiming to come from a text; the channel granted
     async with api_session() as s, s.patch(f"{engine.base_url}/v1/users/c4/preferences", json={
             "consent": {"sms": {"status": "granted", "basis": "contract", "text_version": "terms-v2"},
-                        "sms:marketing": "withdrawn"}}) as r:
+                        "sms:marketing": {"status": "withdrawn", "source": "sms_reply"}}}) as r:
         assert r.status == 200, await r.text()
     assert "unsubscribed" in (await reply(engine, "STOP", number=FOURTH))[1]
+    assert "unsubscribed" in (await reply(engine, "stop", number=FOURTH))[1]  # people text it twice
     assert "subscribed" in (await reply(engine, "START", number=FOURTH))[1]
     assert await send(engine, "c4", "messages") == ("sent", "ok")  # the channel's grant is back
     assert await send(engine, "c4", "marketing") == ("suppressed", "consent.withdrawn_sms")  # not this one

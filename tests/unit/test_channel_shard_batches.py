@@ -39,6 +39,13 @@ async def test_a_batch_is_one_request_and_a_bad_recipient_fails_alone():
         by_address = {o.notification_id: (o.status, o.reason) for o in mixed}
         assert by_address == {"n0": ("sent", "ok"), "n1": ("failed", "invalid_message"), "n2": ("sent", "ok")}
         assert sink.recipients == 32
+        # the same with a task past its life first in the batch: it is settled, the bad one fails alone
+        late = tasks(["c0@x.test", "c1@x.test", "not an address", "c3@x.test"])
+        late[0].expires_at = 1.0
+        by_address = {o.notification_id: (o.status, o.reason) for o in await deliver(shard, late)}
+        assert by_address == {"n0": ("suppressed", "ttl.expired"), "n1": ("sent", "ok"),
+                              "n2": ("failed", "invalid_message"), "n3": ("sent", "ok")}
+        assert sink.recipients == 34
     finally:
         await shard.close()
         await sink.stop()
