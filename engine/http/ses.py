@@ -2,10 +2,12 @@
 them to an HTTP(S) subscription (``providers.tracking.sns``).
 
 The SES provider's settings say which topics to take: ``events_topic_arn`` (a
-topic ARN, or a list). A message from another topic, one whose signature does
-not verify with the certificate at its ``SigningCertURL`` (fetched only from an
-SNS host over HTTPS, then kept), one older than an hour, or a ``MessageId`` seen
-before is a 401. A ``SubscriptionConfirmation`` of a listed topic is confirmed
+topic ARN, or a list). A message from another topic, or one whose signature does
+not verify with the certificate at its ``SigningCertURL`` (fetched only from the
+SNS host of the topic's region, over HTTPS, at SNS's certificate path; kept once
+it parses), or one older than an hour is a 401. A ``MessageId`` done before is
+answered 200 and not applied again; one still being processed (SNS gave up
+waiting) is a 503, so SNS tries it again later. A ``SubscriptionConfirmation`` of a listed topic is confirmed
 by a GET of its ``SubscribeURL`` (an SNS host too); a ``Notification`` is
 applied like every provider's events (``tracking.apply``): ``Bounce``
 (``Permanent``: bounced, the address suppressed; ``Transient``: on the timeline),
@@ -13,8 +15,9 @@ applied like every provider's events (``tracking.apply``): ``Bounce``
 message's ``notification_id`` tag, else by SES's message id. A request that
 could not be done is a 503 and its ``MessageId`` forgotten, so SNS's retry gets in.
 
-``events_url_prefix`` replaces the SNS-host rule for the certificate and the
-SubscribeURL (a loopback SNS in tests); never set it in production.
+``events_url_prefix`` (an ``http://127.0.0.1:<port>/`` of a loopback SNS in
+tests; nothing but a loopback host is taken) replaces the SNS-host rule for the
+certificate and the SubscribeURL; never set it in production.
 """
 
 from __future__ import annotations
@@ -23,16 +26,27 @@ import logging
 
 import aiohttp
 from aiohttp import web
+from cryptography import x509
 
 from engine.http.access import Public, Route, register
 from engine.http.common import Problem, read_body, reply
 from engine.http.tracking import apply, bad_payload, bad_signature, configured, forgetting
+from providers.egress import read_capped
 from providers.tracking import PayloadError, SignatureError, TokenMemory
-from providers.tracking.sns import MESSAGE_TYPE_HEADER, TOLERANCE_S, parse_sns, ses_events, sns_url_ok, verify_sns
+from providers.tracking.sns import (
+    MESSAGE_TYPE_HEADER,
+    TOLERANCE_S,
+    parse_sns,
+    precheck,
+    ses_events,
+    sns_url_ok,
+    verify_sns,
+)
 
 log = logging.getLogger(__name__)
 
 MESSAGE_IDS = web.AppKey("ses_message_ids", TokenMemory)
+IN_FLIGHT = web.AppKey("ses_in_flight", set)
 CERTS = web.AppKey("sns_certs", dict)
 MAX_CERT = 16 * 1024
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -50,20 +64,23 @@ async def _fetch(url: str) -> bytes:
     async with aiohttp.ClientSession(timeout=FETCH_TIMEOUT) as s, s.get(url, allow_redirects=False) as r:
         if r.status != 200:
             raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
-        return await r.content.read(MAX_CERT)
+        return await read_capped(r, MAX_CERT)
 
 
 async def _certificate(request: web.Request, url: str) -> bytes:
+    """The PEM at ``url``, fetched once: kept only when it parses as a certificate,
+    so a short read or a bad answer is fetched again next time."""
     certs = request.app[CERTS]
     pem = certs.get(url)
     if pem is None:
         try:
             pem = await _fetch(url)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            x509.load_pem_x509_certificate(pem)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             log.warning("ses events: the SNS signing certificate could not be fetched: %s", type(exc).__name__)
-            raise Problem(503, "unavailable", [{"field": "SigningCertURL", "reason": "not reachable now"}]) from None
-        if len(certs) >= 64:  # SNS rotates a handful of certificates
-            certs.clear()
+            raise Problem(503, "unavailable", [{"field": "SigningCertURL", "reason": "not usable now"}]) from None
+        while len(certs) >= 16:  # SNS rotates a handful of certificates: the oldest goes
+            del certs[next(iter(certs))]
         certs[url] = pem
     return pem
 
@@ -77,21 +94,33 @@ async def events(request: web.Request) -> web.Response:
         raise bad_payload(exc) from None
     if request.headers.get(MESSAGE_TYPE_HEADER, m.type) != m.type:
         raise bad_payload(PayloadError(f"{MESSAGE_TYPE_HEADER} and Type disagree"))
-    if not sns_url_ok(m.signing_cert_url, prefix):
-        raise bad_signature(SignatureError("SigningCertURL is not an SNS host"), "SigningCertURL")
+    topics = _topics(hook.settings)
     try:
-        verify_sns(m, await _certificate(request, m.signing_cert_url), _topics(hook.settings))
+        precheck(m, topics)  # before anything is fetched for a stranger
+    except SignatureError as exc:
+        raise bad_signature(exc, "TopicArn") from None
+    if not sns_url_ok(m.signing_cert_url, m.topic_arn, "cert", prefix):
+        raise bad_signature(SignatureError("SigningCertURL is not SNS's"), "SigningCertURL")
+    try:
+        verify_sns(m, await _certificate(request, m.signing_cert_url), topics)
     except SignatureError as exc:
         raise bad_signature(exc, "Signature") from None
-    if not request.app[MESSAGE_IDS].remember(m.message_id):
-        raise bad_signature(SignatureError("MessageId seen before"), "MessageId")
-    return await forgetting(request.app[MESSAGE_IDS], m.message_id, _handle(request, m, hook.channels, prefix))
+    seen, busy = request.app[MESSAGE_IDS], request.app[IN_FLIGHT]
+    if m.message_id in busy:  # SNS gave up waiting and sent it again: answer when the first is done
+        raise Problem(503, "unavailable", [{"field": "MessageId", "reason": "being processed"}])
+    if not seen.remember(m.message_id):
+        return reply({"duplicate": m.message_id})  # done before: SNS's copy needs no second go
+    busy.add(m.message_id)
+    try:
+        return await forgetting(seen, m.message_id, _handle(request, m, hook.channels, prefix))
+    finally:
+        busy.discard(m.message_id)
 
 
 async def _handle(request: web.Request, m, channels: list[str], prefix: str | None) -> web.Response:
     if m.type == "SubscriptionConfirmation":
-        if not m.subscribe_url or not sns_url_ok(m.subscribe_url, prefix):
-            raise bad_payload(PayloadError("SubscribeURL is not an SNS host"))
+        if not m.subscribe_url or not sns_url_ok(m.subscribe_url, m.topic_arn, "subscribe", prefix):
+            raise bad_payload(PayloadError("SubscribeURL is not SNS's"))
         try:
             await _fetch(m.subscribe_url)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -114,5 +143,6 @@ ROUTES = [Route("POST", "/v1/tracking/ses", events, Public("SNS's signature (its
 
 def add_routes(app: web.Application) -> None:
     app[MESSAGE_IDS] = TokenMemory(window_s=TOLERANCE_S)
+    app[IN_FLIGHT] = set()
     app[CERTS] = {}
     register(app, ROUTES)

@@ -91,6 +91,8 @@ def ses_error(status: int, headers: Mapping[str, str], payload: bytes) -> Delive
         pass
     text = f"ses HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
     cls = ERROR_TYPES.get(kind)
+    if kind == "MessageRejected" and "not verified" in message.lower():
+        cls = ConfigurationError  # SES refuses our sender identity, not this message: the next provider may send
     if cls is None:
         err = map_status(status, headers, text)
         err.args = (text,)
@@ -114,7 +116,11 @@ class SesEmailProvider(HttpSession):
             sender = parse_sender(str(settings.get("sender") or ""))
         except ValueError as exc:
             raise ConfigurationError(f"ses provider {name!r}: bad or missing 'sender': {exc}") from exc
-        self.from_ = formataddr((sender.get("name", ""), sender["email"]))  # a non-ASCII name MIME-encoded
+        try:  # a non-ASCII name MIME-encoded; the address must be ASCII (punycode the domain)
+            self.from_ = formataddr((sender.get("name", ""), sender["email"]))
+        except UnicodeError:
+            raise ConfigurationError(f"ses provider {name!r}: the sender address must be ASCII "
+                                     "(an international domain in its punycode form)") from None
         self.base_url = base_url_setting(settings, self._aws.endpoint("email"), "ses", name)
         self.endpoint = f"{self.base_url}/v2/email/outbound-emails"
         cs = settings.get("configuration_set")

@@ -4,9 +4,10 @@ SNS signs each message with the key of an X.509 certificate it serves at
 ``SigningCertURL``: ``Signature`` is base64 RSA over the message's
 canonical text, the listed fields as ``name\\nvalue\\n`` in a fixed order, with
 SHA1 (``SignatureVersion`` 1) or SHA256 (2). The certificate is fetched only
-from an SNS host over HTTPS (``cert_url_ok``), so a message cannot bring its own
-key. A ``SubscriptionConfirmation`` is confirmed by a GET of its
-``SubscribeURL`` (an SNS host too).
+from the SNS host of the topic's own region, over HTTPS, at SNS's certificate
+path (``sns_url_ok``), so a message cannot bring its own key. A
+``SubscriptionConfirmation`` is confirmed by a GET of its ``SubscribeURL`` (the
+same host).
 
 SES publishes its sending events to a topic (a configuration set's event
 destination, or an identity's notifications): ``Bounce`` (``Permanent``: the
@@ -33,7 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from providers.tracking.common import PayloadError, SignatureError, TrackingEvent, TrackingStatus, _detail
 
 MESSAGE_TYPE_HEADER = "x-amz-sns-message-type"
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+TOPIC_ARN = re.compile(r"arn:(aws|aws-cn|aws-us-gov):sns:([a-z0-9-]+):[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
+CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOLERANCE_S = 3600.0  # SNS retries a delivery for up to an hour with the first Timestamp
 # the canonical fields of each message type, in SNS's order (absent optional ones skipped)
 FIELDS = {
@@ -61,9 +64,12 @@ class SnsMessage(msgspec.Struct, rename="pascal", forbid_unknown_fields=False):
 
 def parse_sns(body: bytes) -> SnsMessage:
     try:
-        return msgspec.json.decode(body, type=SnsMessage)
+        m = msgspec.json.decode(body, type=SnsMessage)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PayloadError(f"not an SNS message: {exc}") from None
+    if m.type not in FIELDS:
+        raise PayloadError(f"unknown SNS message type {m.type!r}")
+    return m
 
 
 def canonical(m: SnsMessage) -> bytes:
@@ -76,24 +82,55 @@ def canonical(m: SnsMessage) -> bytes:
     return "".join(f"{name}\n{values[name]}\n" for name in fields if values[name] is not None).encode()
 
 
-def sns_url_ok(url: str, prefix: str | None = None) -> bool:
-    """Whether SNS may send us to ``url`` (its certificate, a SubscribeURL):
-    HTTPS on an SNS host, or under ``prefix`` when one is configured (a
-    loopback SNS in tests)."""
+def sns_host(topic_arn: str) -> str | None:
+    """The SNS endpoint host of the topic's region and partition, or None for
+    what is not a topic ARN."""
+    m = TOPIC_ARN.fullmatch(topic_arn)
+    if m is None:
+        return None
+    return f"sns.{m.group(2)}.amazonaws.com" + (".cn" if m.group(1) == "aws-cn" else "")
+
+
+def sns_url_ok(url: str, topic_arn: str, kind: str, prefix: str | None = None) -> bool:
+    """Whether SNS may send us to ``url`` for a message of ``topic_arn``: its
+    signing certificate (``kind`` "cert": ``/SimpleNotificationService-<hex>.pem``,
+    no query) or a SubscribeURL ("subscribe"), over HTTPS on the SNS host of the
+    topic's own region (``sns_host``), no user info, the default port. A loopback
+    ``prefix`` (a test's SNS) replaces the host rule, never the path rule's spirit:
+    the URL must then be on that very scheme, host and port, under its path."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return False
     if prefix:
-        return url.startswith(prefix)
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme == "https" and parts.port in (None, 443) and bool(SNS_HOST.fullmatch(parts.hostname or ""))
+        base = urllib.parse.urlsplit(prefix)
+        return (base.hostname in LOOPBACK and base.path.endswith("/") and parts.scheme == base.scheme
+                and parts.hostname == base.hostname and port == base.port and parts.path.startswith(base.path))
+    host = sns_host(topic_arn)
+    if host is None or parts.scheme != "https" or port not in (None, 443) or parts.hostname != host:
+        return False
+    if kind == "cert":
+        return not parts.query and bool(CERT_PATH.fullmatch(parts.path))
+    return parts.path in ("", "/") and "Action=ConfirmSubscription" in parts.query
+
+
+def precheck(m: SnsMessage, topics: frozenset[str]) -> None:
+    """What can be refused before the certificate is fetched: SignatureError for
+    a topic this engine does not listen to or a SignatureVersion SNS does not use."""
+    if m.topic_arn not in topics:
+        raise SignatureError("a topic this engine does not listen to")
+    if m.signature_version not in ("1", "2"):
+        raise SignatureError(f"unknown SignatureVersion {m.signature_version!r}")
 
 
 def verify_sns(m: SnsMessage, cert_pem: bytes, topics: frozenset[str], now: float | None = None) -> None:
     """SignatureError unless ``m`` comes from one of ``topics``, is signed by the
     key of ``cert_pem`` (the certificate from its SigningCertURL) and is recent."""
-    if m.topic_arn not in topics:
-        raise SignatureError("a topic this engine does not listen to")
-    algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(m.signature_version)
-    if algorithm is None:
-        raise SignatureError(f"unknown SignatureVersion {m.signature_version!r}")
+    precheck(m, topics)
+    algorithm = hashes.SHA1() if m.signature_version == "1" else hashes.SHA256()
     try:
         key = x509.load_pem_x509_certificate(cert_pem).public_key()
         signature = base64.b64decode(m.signature, validate=True)
@@ -153,9 +190,10 @@ def ses_events(message: str, now: float | None = None) -> list[TrackingEvent]:
                     b.get("bounceType"), b.get("bounceSubType"), r.get("diagnosticCode"))
     elif kind == "Complaint" and isinstance(doc.get("complaint"), dict):
         c = doc["complaint"]
+        spam = c.get("complaintFeedbackType") != "not-spam"  # ARF: the reporter says it is not spam
         for r in c.get("complainedRecipients") or []:
             if isinstance(r, dict):
-                add(r.get("emailAddress"), "complained", True, c.get("timestamp"),
+                add(r.get("emailAddress"), "complained" if spam else None, spam, c.get("timestamp"),
                     c.get("complaintFeedbackType"))
     elif kind == "Delivery" and isinstance(doc.get("delivery"), dict):
         d = doc["delivery"]
@@ -164,4 +202,5 @@ def ses_events(message: str, now: float | None = None) -> list[TrackingEvent]:
     return events
 
 
-__all__ = ["MESSAGE_TYPE_HEADER", "SnsMessage", "canonical", "parse_sns", "ses_events", "sns_url_ok", "verify_sns"]
+__all__ = ["MESSAGE_TYPE_HEADER", "SnsMessage", "canonical", "parse_sns", "precheck", "ses_events", "sns_host",
+           "sns_url_ok", "verify_sns"]

@@ -61,7 +61,7 @@ async def test_a_signature_ses_would_refuse_is_an_authentication_error(sink):
 
 async def test_refusals_and_failures_map_onto_the_error_tree(sink):
     async with started(ses(sink, sender="someone@unverified.test")) as p:
-        with pytest.raises(InvalidMessage, match="MessageRejected"):
+        with pytest.raises(ConfigurationError, match="MessageRejected"):  # our sender: the next provider may send
             await p.send(task())
     async with started(ses(sink, configuration_set="missing")) as p:
         with pytest.raises(ConfigurationError, match="NotFoundException"):
@@ -90,7 +90,7 @@ def test_configuration_is_checked_and_secrets_are_never_shown():
     assert isinstance(p, SesEmailProvider)
     assert p.endpoint == "https://email.eu-central-1.amazonaws.com/v2/email/outbound-emails"
     assert SECRET not in repr(p.settings)
-    for bad in ({"sender": "two@a.test, b@b.test"}, {"sender": ""}, {"region": "x"}, {"configuration_set": "a b"},
+    for bad in ({"sender": "two@a.test, b@b.test"}, {"sender": ""}, {"sender": "noreply@bücher.test"}, {"region": "x"}, {"configuration_set": "a b"},
                 {"secret_access_key": None}):
         with pytest.raises(ConfigurationError):
             SesEmailProvider("ses-x", {**base, **bad})

@@ -42,15 +42,41 @@ def test_a_signed_message_verifies_and_a_changed_one_does_not(version):
         verify_sns(parsed(TOPIC.message("Notification", "x")), TOPIC.cert_pem, topics, now=0)
 
 
-def test_certificates_and_subscribe_urls_come_only_from_sns_hosts():
-    assert sns_url_ok("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem")
-    assert sns_url_ok("https://sns.cn-north-1.amazonaws.com.cn/x.pem")
-    for url in ("http://sns.us-east-1.amazonaws.com/x.pem", "https://sns.us-east-1.amazonaws.com.evil.test/x.pem",
-                "https://evil.test/sns.us-east-1.amazonaws.com/x.pem", "https://sns.us-east-1.amazonaws.com:8443/x",
-                "https://user@evil.test/x"):
-        assert not sns_url_ok(url), url
-    assert sns_url_ok("http://127.0.0.1:9/cert.pem", prefix="http://127.0.0.1:9/")
-    assert not sns_url_ok("http://127.0.0.1:10/cert.pem", prefix="http://127.0.0.1:9/")
+def test_certificates_and_subscribe_urls_come_only_from_the_topics_own_sns_host():
+    arn = "arn:aws:sns:us-east-1:123456789012:events"
+    cert = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123abcd.pem"
+    assert sns_url_ok(cert, arn, "cert")
+    assert sns_url_ok("https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-ab.pem",
+                      "arn:aws-cn:sns:cn-north-1:123456789012:events", "cert")
+    for url in ("http://sns.us-east-1.amazonaws.com/SimpleNotificationService-ab.pem",  # not HTTPS
+                "https://sns.s3.amazonaws.com/SimpleNotificationService-ab.pem",  # an S3 bucket named sns
+                "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-ab.pem",  # another region's
+                "https://sns.us-east-1.amazonaws.com.evil.test/SimpleNotificationService-ab.pem",
+                "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-ab.pem",
+                "https://sns.us-east-1.amazonaws.com:x/SimpleNotificationService-ab.pem",  # no port at all
+                "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-ab.pem",
+                "https://sns.us-east-1.amazonaws.com/other.pem",
+                cert + "?a=1"):
+        assert not sns_url_ok(url, arn, "cert"), url
+    assert not sns_url_ok(cert, "not-an-arn", "cert")
+    subscribe = "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=x&Token=t"
+    assert sns_url_ok(subscribe, arn, "subscribe") and not sns_url_ok(cert, arn, "subscribe")
+    loopback = "http://127.0.0.1:9/"
+    assert sns_url_ok("http://127.0.0.1:9/cert.pem", arn, "cert", prefix=loopback)
+    for url in ("http://127.0.0.1:10/cert.pem", "http://127.0.0.1:9@evil.test/cert.pem", "https://127.0.0.1:9/c"):
+        assert not sns_url_ok(url, arn, "cert", prefix=loopback), url
+    assert not sns_url_ok("http://evil.test/cert.pem", arn, "cert", prefix="http://evil.test/")  # loopback only
+
+
+def test_a_subscription_confirmations_canonical_text_names_its_url_and_token_and_unknown_types_are_refused():
+    m = parsed({"Type": "SubscriptionConfirmation", "MessageId": "id", "TopicArn": "arn", "Message": "hi",
+                "Timestamp": "t", "SignatureVersion": "1", "Signature": "", "SigningCertURL": "u",
+                "SubscribeURL": "https://s/?Action=ConfirmSubscription", "Token": "tok"})
+    assert canonical(m) == (b"Message\nhi\nMessageId\nid\nSubscribeURL\nhttps://s/?Action=ConfirmSubscription\n"
+                            b"Timestamp\nt\nToken\ntok\nTopicArn\narn\nType\nSubscriptionConfirmation\n")
+    with pytest.raises(PayloadError, match="type"):
+        parsed({**msgspec.to_builtins(m), "Type": "Foo", "MessageId": "id", "TopicArn": "arn", "Message": "hi",
+                "Timestamp": "t", "SignatureVersion": "1", "Signature": "", "SigningCertURL": "u"})
 
 
 def test_ses_events_become_tracking_events():
@@ -67,6 +93,8 @@ def test_ses_events_become_tracking_events():
     complaint = {"notificationType": "Complaint", "mail": mail,  # an identity's notification, not an event
                  "complaint": {"complainedRecipients": [{"emailAddress": "a@x.test"}]}}
     assert [(e.status, e.hard) for e in ses_events(msgspec.json.encode(complaint).decode())] == [("complained", True)]
+    not_spam = {**complaint, "complaint": {**complaint["complaint"], "complaintFeedbackType": "not-spam"}}
+    assert [(e.status, e.hard) for e in ses_events(msgspec.json.encode(not_spam).decode())] == [(None, False)]
     assert ses_events(msgspec.json.encode({"eventType": "Open", "mail": mail}).decode()) == []
     for bad in ("not json", "[]", '{"eventType": "Bounce"}'):
         with pytest.raises(PayloadError):
