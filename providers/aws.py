@@ -7,13 +7,19 @@ request. Settings every AWS provider takes: ``access_key_id``,
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
+import aiohttp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from providers.errors import ConfigurationError
+from providers.egress import read_capped
+from providers.errors import ConfigurationError, DeliveryError, NetworkError
+from providers.http_errors import map_status
 from providers.secrets import scrub
+
+MAX_ANSWER = 64 * 1024  # an AWS answer is a few hundred bytes
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 
@@ -46,11 +52,31 @@ class AwsSigner:
         (``.com.cn`` in the China regions)."""
         return f"https://{prefix}.{self.region}.amazonaws.com" + (".cn" if self.region.startswith("cn-") else "")
 
+    async def post(self, session: aiohttp.ClientSession, url: str, body: bytes,
+                   content_type: str) -> tuple[int, Mapping[str, str], bytes]:
+        """POST ``body`` signed: (status, headers, the answer up to MAX_ANSWER,
+        read whole). NetworkError, the secrets scrubbed, when there is no answer."""
+        headers = self.headers("POST", url, body, content_type)
+        try:
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                return resp.status, resp.headers, await read_capped(resp, MAX_ANSWER)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise NetworkError(self.scrub(f"{self.service} {url}: {type(exc).__name__}: {exc}")) from exc
+
     def scrub(self, text: str) -> str:
         """``text`` with the secret key and session token hidden."""
         return scrub(text, *self._secrets)
 
 
+def aws_error(cls: type[DeliveryError] | None, status: int, headers: Mapping[str, str], text: str) -> DeliveryError:
+    """``cls`` for an error AWS named, else what the status says (``map_status``), worded ``text``."""
+    if cls is None:
+        err = map_status(status, headers, text)
+        err.args = (text,)
+        return err
+    return cls(text, status=status)
+
+
 SECRET_SETTINGS = ("secret_access_key", "session_token")
 
-__all__ = ["SECRET_SETTINGS", "AwsSigner"]
+__all__ = ["MAX_ANSWER", "SECRET_SETTINGS", "AwsSigner", "aws_error"]

@@ -34,9 +34,8 @@ import msgspec
 
 from policy.email import DEFAULT_TRANSACTIONAL, is_address, unsubscribe_url
 from policy.types import DeliveryTask
-from providers.aws import SECRET_SETTINGS, AwsSigner
+from providers.aws import MAX_ANSWER, SECRET_SETTINGS, AwsSigner, aws_error
 from providers.base import Receipt
-from providers.egress import read_capped
 from providers.email.common import check_content
 from providers.email.sendgrid import parse_sender
 from providers.errors import (
@@ -44,15 +43,12 @@ from providers.errors import (
     ConfigurationError,
     DeliveryError,
     InvalidMessage,
-    NetworkError,
     ProviderError,
     RateLimited,
 )
-from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted
 
-MAX_ANSWER = 64 * 1024
 _TAG = re.compile(r"[^A-Za-z0-9_-]")  # what an EmailTags value may hold
 _encoder = msgspec.json.Encoder()
 
@@ -93,11 +89,7 @@ def ses_error(status: int, headers: Mapping[str, str], payload: bytes) -> Delive
     cls = ERROR_TYPES.get(kind)
     if kind == "MessageRejected" and "not verified" in message.lower():
         cls = ConfigurationError  # SES refuses our sender identity, not this message: the next provider may send
-    if cls is None:
-        err = map_status(status, headers, text)
-        err.args = (text,)
-        return err
-    return cls(text, status=status)
+    return aws_error(cls, status, headers, text)
 
 
 class SesEmailProvider(HttpSession):
@@ -160,14 +152,8 @@ class SesEmailProvider(HttpSession):
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one email for ``task``; see the class docstring."""
         body = _encoder.encode(self.document(task))
-        session = await self.session()
-        headers = self._aws.headers("POST", self.endpoint, body, "application/json")
-        try:
-            async with session.post(self.endpoint, data=body, headers=headers, allow_redirects=False) as resp:
-                payload = await read_capped(resp, MAX_ANSWER)
-                status, answer_headers = resp.status, resp.headers
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise NetworkError(self._aws.scrub(f"ses {self.endpoint}: {type(exc).__name__}: {exc}")) from exc
+        status, answer_headers, payload = await self._aws.post(await self.session(), self.endpoint, body,
+                                                               "application/json")
         if not 200 <= status < 300:
             err = ses_error(status, answer_headers, payload)
             err.args = (self._aws.scrub(str(err.args[0])),)

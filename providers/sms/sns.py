@@ -31,19 +31,16 @@ import xml.etree.ElementTree as ET
 import aiohttp
 
 from policy.types import DeliveryTask
-from providers.aws import SECRET_SETTINGS, AwsSigner
+from providers.aws import MAX_ANSWER, SECRET_SETTINGS, AwsSigner, aws_error
 from providers.base import Receipt
-from providers.egress import read_capped
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
     DeliveryError,
     InvalidMessage,
-    NetworkError,
     ProviderError,
     RateLimited,
 )
-from providers.http_errors import map_status
 from providers.http_session import HttpSession, base_url_setting
 from providers.secrets import redacted
 from providers.sms import check_segments, e164, max_segments_setting, message_text, recipient
@@ -52,7 +49,7 @@ API_VERSION = "2010-03-31"
 SMS_TYPES = ("Transactional", "Promotional")
 _SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]{1,11}")  # SNS wants a letter in it
 _NS = re.compile(r"\{[^}]*\}")
-MAX_ANSWER = 64 * 1024  # an SNS answer is a few hundred bytes
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
 # SNS error codes -> what they mean for us (a refusal of one message never counts
 # against the provider's breaker; our account's problems do and fail over).
@@ -101,11 +98,7 @@ def sns_error(status: int, headers, payload: bytes) -> DeliveryError:
     cls = ERROR_CODES.get(code or "")
     if cls is InvalidMessage and message and re.search(r"SenderID|OriginationNumber|not valid to publish", message):
         cls = ConfigurationError  # our sender settings or region, not this message
-    if cls is None:
-        err = map_status(status, headers, text)
-        err.args = (text,)
-        return err
-    return cls(text, status=status)
+    return aws_error(cls, status, headers, text)
 
 
 class SnsSmsProvider(HttpSession):
@@ -166,19 +159,12 @@ class SnsSmsProvider(HttpSession):
 
     def signed(self, body: bytes) -> dict[str, str]:
         """The headers of a POST of ``body``, signed (SigV4)."""
-        return self._aws.headers("POST", self.endpoint, body, "application/x-www-form-urlencoded; charset=utf-8")
+        return self._aws.headers("POST", self.endpoint, body, FORM)
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Publish one SMS for ``task``; see the class docstring."""
         body = urllib.parse.urlencode(self.form(task)).encode()
-        session = await self.session()
-        try:
-            async with session.post(self.endpoint, data=body, headers=self.signed(body),
-                                    allow_redirects=False) as resp:
-                payload = await read_capped(resp, MAX_ANSWER)
-                status, headers = resp.status, resp.headers
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise NetworkError(self._scrub(f"sns {self.endpoint}: {type(exc).__name__}: {exc}")) from exc
+        status, headers, payload = await self._aws.post(await self.session(), self.endpoint, body, FORM)
         if not 200 <= status < 300:
             err = sns_error(status, headers, payload)
             err.args = (self._scrub(str(err.args[0])),)
