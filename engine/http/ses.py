@@ -15,6 +15,12 @@ applied like every provider's events (``tracking.apply``): ``Bounce``
 message's ``notification_id`` tag, else by SES's message id. A request that
 could not be done is a 503 and its ``MessageId`` forgotten, so SNS's retry gets in.
 
+``POST /v1/tracking/sns/inbound`` takes, the same way, the texts people send to
+our numbers as AWS two-way SMS publishes them to the topics in the SNS SMS
+provider's ``inbound_topic_arn``: STOP, START, YES and HELP are done as for the
+other providers (``tracking.answer_by_text``), the answer texted back once per
+``inboundMessageId``.
+
 ``events_url_prefix`` (an ``http://127.0.0.1:<port>/`` of a loopback SNS in
 tests; nothing but a loopback host is taken) replaces the SNS-host rule for the
 certificate and the SubscribeURL; never set it in production.
@@ -29,10 +35,10 @@ from aiohttp import web
 from cryptography import x509
 
 from engine.http.access import Public, Route, register
-from engine.http.common import Problem, read_body, reply
-from engine.http.tracking import apply, bad_payload, bad_signature, configured, forgetting
+from engine.http.common import ENGINE, Problem, read_body, reply
+from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured, forgetting
 from providers.egress import read_capped
-from providers.tracking import PayloadError, SignatureError, TokenMemory
+from providers.tracking import PayloadError, SignatureError, TokenMemory, sns as sns_messages
 from providers.tracking.sns import (
     MESSAGE_TYPE_HEADER,
     TOLERANCE_S,
@@ -52,10 +58,10 @@ MAX_CERT = 16 * 1024
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
-def _topics(settings: list[dict]) -> frozenset[str]:
+def _topics(settings: list[dict], setting: str) -> frozenset[str]:
     out: set[str] = set()
     for s in settings:
-        value = s.get("events_topic_arn")
+        value = s.get(setting)
         out.update([value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)])
     return frozenset(out)
 
@@ -86,7 +92,17 @@ async def _certificate(request: web.Request, url: str) -> bytes:
 
 
 async def events(request: web.Request) -> web.Response:
-    hook = configured(request, "ses", "events_topic_arn")
+    return await _sns(request, "ses", "events_topic_arn", _ses_events)
+
+
+async def sms_inbound(request: web.Request) -> web.Response:
+    return await _sns(request, "sns", "inbound_topic_arn", _sms_inbound)
+
+
+async def _sns(request: web.Request, family: str, setting: str, notified) -> web.Response:
+    """A message SNS delivers for the ``family`` providers' topics (``setting``),
+    checked as the module says; a Notification goes to ``notified``."""
+    hook = configured(request, family, setting)
     prefix = next((s["events_url_prefix"] for s in hook.settings if s.get("events_url_prefix")), None)
     try:
         m = parse_sns(await read_body(request))
@@ -94,7 +110,7 @@ async def events(request: web.Request) -> web.Response:
         raise bad_payload(exc) from None
     if request.headers.get(MESSAGE_TYPE_HEADER, m.type) != m.type:
         raise bad_payload(PayloadError(f"{MESSAGE_TYPE_HEADER} and Type disagree"))
-    topics = _topics(hook.settings)
+    topics = _topics(hook.settings, setting)
     try:
         precheck(m, topics)  # before anything is fetched for a stranger
     except SignatureError as exc:
@@ -112,12 +128,12 @@ async def events(request: web.Request) -> web.Response:
         return reply({"duplicate": m.message_id})  # done before: SNS's copy needs no second go
     busy.add(m.message_id)
     try:
-        return await forgetting(seen, m.message_id, _handle(request, m, hook.channels, prefix))
+        return await forgetting(seen, m.message_id, _handle(request, m, hook.channels, prefix, notified))
     finally:
         busy.discard(m.message_id)
 
 
-async def _handle(request: web.Request, m, channels: list[str], prefix: str | None) -> web.Response:
+async def _handle(request: web.Request, m, channels: list[str], prefix: str | None, notified) -> web.Response:
     if m.type == "SubscriptionConfirmation":
         if not m.subscribe_url or not sns_url_ok(m.subscribe_url, m.topic_arn, "subscribe", prefix):
             raise bad_payload(PayloadError("SubscribeURL is not SNS's"))
@@ -131,6 +147,10 @@ async def _handle(request: web.Request, m, channels: list[str], prefix: str | No
     if m.type == "UnsubscribeConfirmation":  # not subscribed again: that is an operator's choice
         log.warning("ses events: %s unsubscribed this endpoint", m.topic_arn)
         return reply({"unsubscribed": m.topic_arn})
+    return await notified(request, m, channels)
+
+
+async def _ses_events(request: web.Request, m, channels: list[str]) -> web.Response:
     try:
         found = ses_events(m.message)
     except PayloadError as exc:
@@ -138,7 +158,16 @@ async def _handle(request: web.Request, m, channels: list[str], prefix: str | No
     return await apply(request, found, channels)
 
 
-ROUTES = [Route("POST", "/v1/tracking/ses", events, Public("SNS's signature (its signing certificate) is verified"))]
+async def _sms_inbound(request: web.Request, m, channels: list[str]) -> web.Response:
+    try:
+        number, text, mid = sns_messages.sms_inbound(m.message)
+    except PayloadError as exc:
+        raise bad_payload(exc) from None
+    return reply(await answer_by_text(request.app[ENGINE], number, text, f"sns:{mid}"))
+
+
+ROUTES = [Route("POST", path, handler, Public("SNS's signature (its signing certificate) is verified"))
+          for path, handler in (("/v1/tracking/ses", events), ("/v1/tracking/sns/inbound", sms_inbound))]
 
 
 def add_routes(app: web.Application) -> None:

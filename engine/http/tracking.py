@@ -83,7 +83,7 @@ from stores import engagement, users as user_store
 log = logging.getLogger(__name__)
 
 MAILGUN_TOKENS = web.AppKey("mailgun_tokens", TokenMemory)
-FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage", "messagebird", "ses")
+FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage", "messagebird", "ses", "sns")
 # Status order: a tracking event moves a row only to a higher rank.
 RANK = {"delivered": 1, "failed": 1, "bounced": 2, "complained": 2}
 # Events that change nothing (opens, clicks, deferrals) stop being appended

@@ -9,6 +9,9 @@ path (``sns_url_ok``), so a message cannot bring its own key. A
 ``SubscriptionConfirmation`` is confirmed by a GET of its ``SubscribeURL`` (the
 same host).
 
+AWS two-way SMS publishes the texts people send to our numbers to a topic too
+(``sms_inbound``).
+
 SES publishes its sending events to a topic (a configuration set's event
 destination, or an identity's notifications): ``Bounce`` (``Permanent``: the
 address is gone), ``Complaint`` and ``Delivery``, each naming the message
@@ -202,5 +205,21 @@ def ses_events(message: str, now: float | None = None) -> list[TrackingEvent]:
     return events
 
 
+def sms_inbound(message: str) -> tuple[str, str, str]:
+    """(the sender's number, the text, the message's id) of a text a person sent
+    to one of our numbers, as AWS two-way SMS publishes it to a topic
+    (``originationNumber``, ``messageBody``, ``inboundMessageId``)."""
+    try:
+        doc = msgspec.json.decode(message)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"the SNS Message is not an inbound SMS: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("an inbound SMS is an object")
+    number, body, mid = doc.get("originationNumber"), doc.get("messageBody"), doc.get("inboundMessageId")
+    if not isinstance(number, str) or not number or not isinstance(body, str) or not isinstance(mid, str) or not mid:
+        raise PayloadError("an inbound SMS needs originationNumber, messageBody and inboundMessageId")
+    return number, body, mid
+
+
 __all__ = ["MESSAGE_TYPE_HEADER", "SnsMessage", "canonical", "parse_sns", "precheck", "ses_events", "sns_host",
-           "sns_url_ok", "verify_sns"]
+           "sms_inbound", "sns_url_ok", "verify_sns"]

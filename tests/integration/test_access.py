@@ -29,6 +29,7 @@ PUBLIC = {"/healthz", "/v1/t/o/{token}.gif", "/v1/t/c/{token}", "/v1/tracking/se
           "/v1/tracking/twilio", "/v1/tracking/twilio/inbound",  # texts people send us (STOP, YES, HELP)
           "/v1/tracking/vonage", "/v1/tracking/vonage/inbound",
           "/v1/tracking/messagebird", "/v1/tracking/messagebird/inbound", "/v1/tracking/ses",
+          "/v1/tracking/sns/inbound",
           "/u/{token}", "/p/{token}"}  # the last two: one-click unsubscribe, preference center
 
 

@@ -139,6 +139,9 @@ def with_tracking_providers(cfg):
         "account_sid": "AC" + "0" * 32, "auth_token": TW_TOKEN, "status_callback": TW_CALLBACK,
         "inbound_url": TW_INBOUND}), ProviderConfig(name="vg", type="vonage", settings={
             "api_key": "k", "api_secret": "s", "from": "+14155550100", "signature_secret": VG_SIGNING}),
+        ProviderConfig(name="sns", type="sns", settings={
+            "access_key_id": "AKIDFUZZ", "secret_access_key": "s", "region": "us-east-1",
+            "inbound_topic_arn": SNS_TOPIC.topic_arn, "events_url_prefix": SNS_TOPIC.url + "/"}),
         ProviderConfig(name="mb", type="messagebird", settings={
             "access_key": "k", "originator": "Tidings", "signing_key": MB_SIGNING, "status_callback": MB_REPORTS,
             "inbound_url": MB_INBOUND})])
@@ -232,12 +235,16 @@ def signed_messagebird(draw, url: str, sample: dict):
                   "Content-Type": "application/x-www-form-urlencoded"}
 
 
+SES_EVENT = {"eventType": "Bounce", "mail": {"messageId": "m1", "tags": {"notification_id": [UNKNOWN_ID]}},
+             "bounce": {"bounceType": "Permanent", "bouncedRecipients": [{"emailAddress": "a@b.test"}]}}
+INBOUND_SMS = {"originationNumber": "+15550001", "destinationNumber": "+15550002", "messageBody": "STOP",
+               "inboundMessageId": "c0ffee00-0000-4000-8000-000000000001"}
+
+
 @st.composite
-def signed_sns(draw):
-    """An SNS message signed by the loopback topic, its SES event fuzzed."""
-    event = draw(shaped({"eventType": "Bounce", "mail": {"messageId": "m1", "tags": {"notification_id": [UNKNOWN_ID]}},
-                         "bounce": {"bounceType": "Permanent", "bouncedRecipients": [{"emailAddress": "a@b.test"}]}}))
-    doc = SNS_TOPIC.message("Notification", dumps(event).decode("utf-8", "replace"))
+def signed_sns(draw, sample: dict):
+    """An SNS message signed by the loopback topic, what it carries fuzzed."""
+    doc = SNS_TOPIC.message("Notification", dumps(draw(shaped(sample))).decode("utf-8", "replace"))
     return dumps(doc), {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "Notification"}
 
 
@@ -302,7 +309,8 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
         "statusReason": "opted out", "statusDatetime": "2026-01-01T00:00:00+00:00"}),
     ("POST", "/v1/tracking/messagebird/inbound"): signed_messagebird(MB_INBOUND, {
         "id": "i1", "originator": "15550001", "recipient": "15550002", "body": "STOP"}),
-    ("POST", "/v1/tracking/ses"): signed_sns(),
+    ("POST", "/v1/tracking/ses"): signed_sns(SES_EVENT),
+    ("POST", "/v1/tracking/sns/inbound"): signed_sns(INBOUND_SMS),
     ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),

@@ -5,7 +5,7 @@ import msgspec
 import pytest
 
 from providers.tracking import PayloadError, SignatureError
-from providers.tracking.sns import canonical, parse_sns, ses_events, sns_url_ok, verify_sns
+from providers.tracking.sns import canonical, parse_sns, ses_events, sms_inbound, sns_url_ok, verify_sns
 from sandbox.sns import SnsTopic
 
 TOPIC = SnsTopic()
@@ -99,3 +99,13 @@ def test_ses_events_become_tracking_events():
     for bad in ("not json", "[]", '{"eventType": "Bounce"}'):
         with pytest.raises(PayloadError):
             ses_events(bad)
+
+
+def test_inbound_texts_give_the_number_the_text_and_the_id():
+    doc = {"originationNumber": "+14155550101", "destinationNumber": "+14155550100", "messageKeyword": "STOP",
+           "messageBody": "Stop", "inboundMessageId": "cae173d2"}
+    assert sms_inbound(msgspec.json.encode(doc).decode()) == ("+14155550101", "Stop", "cae173d2")
+    for bad in ("not json", "[]", msgspec.json.encode({**doc, "inboundMessageId": ""}).decode(),
+                msgspec.json.encode({k: v for k, v in doc.items() if k != "messageBody"}).decode()):
+        with pytest.raises(PayloadError):
+            sms_inbound(bad)
