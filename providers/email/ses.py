@@ -83,7 +83,7 @@ def ses_error(status: int, headers: Mapping[str, str], payload: bytes) -> Delive
         if isinstance(doc, dict):
             message = str(doc.get("message") or doc.get("Message") or "")[:200]
             kind = kind or str(doc.get("__type") or "").rsplit("#", 1)[-1]
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass
     text = f"ses HTTP {status}" + (f" {kind}" if kind else "") + (f": {message}" if message else "")
     cls = ERROR_TYPES.get(kind)
@@ -161,7 +161,7 @@ class SesEmailProvider(HttpSession):
         try:
             doc = msgspec.json.decode(payload)
             message_id = doc.get("MessageId") if isinstance(doc, dict) else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             message_id = None  # accepted is accepted: an unreadable answer costs only the id
         return Receipt(message_id=str(message_id) if message_id else None)
 

@@ -68,7 +68,7 @@ class SnsMessage(msgspec.Struct, rename="pascal", forbid_unknown_fields=False):
 def parse_sns(body: bytes) -> SnsMessage:
     try:
         m = msgspec.json.decode(body, type=SnsMessage)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # deep: msgspec's limit
         raise PayloadError(f"not an SNS message: {exc}") from None
     if m.type not in FIELDS:
         raise PayloadError(f"unknown SNS message type {m.type!r}")
@@ -163,7 +163,7 @@ def ses_events(message: str, now: float | None = None) -> list[TrackingEvent]:
     per recipient it names. Other event types (Send, Open, Click...) give none."""
     try:
         doc = msgspec.json.decode(message)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise PayloadError(f"the SNS Message is not an SES event: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("mail"), dict):
         raise PayloadError("an SES event needs mail")
@@ -211,7 +211,7 @@ def sms_inbound(message: str) -> tuple[str, str, str]:
     (``originationNumber``, ``messageBody``, ``inboundMessageId``)."""
     try:
         doc = msgspec.json.decode(message)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise PayloadError(f"the SNS Message is not an inbound SMS: {exc}") from None
     if not isinstance(doc, dict):
         raise PayloadError("an inbound SMS is an object")

@@ -109,3 +109,11 @@ def test_inbound_texts_give_the_number_the_text_and_the_id():
                 msgspec.json.encode({k: v for k, v in doc.items() if k != "messageBody"}).decode()):
         with pytest.raises(PayloadError):
             sms_inbound(bad)
+
+
+def test_deeply_nested_bodies_are_payload_errors_not_crashes():
+    deep = "[" * 100_000 + "]" * 100_000
+    for parse in (lambda: parse_sns(('{"a":' * 5000 + "1" + "}" * 5000).encode()), lambda: ses_events(deep),
+                  lambda: sms_inbound(deep)):
+        with pytest.raises(PayloadError):
+            parse()
