@@ -27,15 +27,15 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 class AwsSigner:
     """The credentials and region of one provider, and its requests signed."""
 
-    def __init__(self, settings: dict, service: str, kind: str, name: str):
+    def __init__(self, settings: dict, service: str, name: str):
         key, secret = settings.get("access_key_id"), settings.get("secret_access_key")
         if not key or not isinstance(key, str) or not secret or not isinstance(secret, str):
-            raise ConfigurationError(f"{kind} provider {name!r}: 'access_key_id' and 'secret_access_key' are required")
+            raise ConfigurationError(f"{service} provider {name!r}: 'access_key_id' and 'secret_access_key' are required")
         token = settings.get("session_token")
         token = token if isinstance(token, str) and token else None
         region = settings.get("region")
         if not isinstance(region, str) or not _REGION.fullmatch(region):
-            raise ConfigurationError(f"{kind} provider {name!r}: 'region' is required, e.g. us-east-1")
+            raise ConfigurationError(f"{service} provider {name!r}: 'region' is required, e.g. us-east-1")
         self.region, self.service = region, service
         self._secrets = tuple(s for s in (secret, token) if s)
         self._signer = SigV4Auth(Credentials(key, secret, token), service, region)

@@ -83,7 +83,7 @@ async def _certificate(request: web.Request, url: str) -> bytes:
             pem = await _fetch(url)
             x509.load_pem_x509_certificate(pem)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            log.warning("ses events: the SNS signing certificate could not be fetched: %s", type(exc).__name__)
+            log.warning("sns: the signing certificate could not be fetched: %s", type(exc).__name__)
             raise Problem(503, "unavailable", [{"field": "SigningCertURL", "reason": "not usable now"}]) from None
         while len(certs) >= 16:  # SNS rotates a handful of certificates: the oldest goes
             del certs[next(iter(certs))]
@@ -140,12 +140,12 @@ async def _handle(request: web.Request, m, channels: list[str], prefix: str | No
         try:
             await _fetch(m.subscribe_url)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("ses events: the subscription could not be confirmed: %s", type(exc).__name__)
+            log.warning("sns: the subscription could not be confirmed: %s", type(exc).__name__)
             raise Problem(503, "unavailable", [{"field": "SubscribeURL", "reason": "not reachable now"}]) from None
-        log.info("ses events: subscribed to %s", m.topic_arn)
+        log.info("sns: subscribed to %s", m.topic_arn)
         return reply({"confirmed": m.topic_arn})
     if m.type == "UnsubscribeConfirmation":  # not subscribed again: that is an operator's choice
-        log.warning("ses events: %s unsubscribed this endpoint", m.topic_arn)
+        log.warning("sns: %s unsubscribed this endpoint", m.topic_arn)
         return reply({"unsubscribed": m.topic_arn})
     return await notified(request, m, channels)
 

@@ -77,7 +77,7 @@ from providers.tracking import (
     verify_sendgrid,
     verify_twilio,
 )
-from providers.tracking.vonage import first_values
+from providers.tracking.common import first_values
 from stores import engagement, users as user_store
 
 log = logging.getLogger(__name__)

@@ -101,7 +101,7 @@ class SesEmailProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        self._aws = AwsSigner(settings, "ses", "ses", name)
+        self._aws = AwsSigner(settings, "ses", name)
         self.settings = redacted(settings, *SECRET_SETTINGS)
         self.region = self._aws.region
         try:

@@ -111,7 +111,7 @@ class SnsSmsProvider(HttpSession):
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        self._aws = AwsSigner(settings, "sns", "sns", name)
+        self._aws = AwsSigner(settings, "sns", name)
         self.settings = redacted(settings, *SECRET_SETTINGS)
         self.region = self._aws.region
         self.base_url = base_url_setting(settings, self._aws.endpoint("sns"), "sns", name)
@@ -156,10 +156,6 @@ class SnsSmsProvider(HttpSession):
                      (f"MessageAttributes.entry.{n}.Value.DataType", "String"),
                      (f"MessageAttributes.entry.{n}.Value.StringValue", value)]
         return form
-
-    def signed(self, body: bytes) -> dict[str, str]:
-        """The headers of a POST of ``body``, signed (SigV4)."""
-        return self._aws.headers("POST", self.endpoint, body, FORM)
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Publish one SMS for ``task``; see the class docstring."""

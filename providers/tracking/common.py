@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -50,6 +51,14 @@ class TrackingEvent(msgspec.Struct, frozen=True):
     detail: str
     event: str = ""
     engagement: Engaged | None = None
+
+
+def first_values(params: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A form's or query's fields, the first value of a repeated one."""
+    out: dict[str, str] = {}
+    for name, value in params:
+        out.setdefault(name, value)
+    return out
 
 
 def _detail(*parts) -> str:

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from providers.tracking.common import PayloadError, SignatureError, TrackingEvent, TrackingStatus, _detail
 
@@ -75,14 +75,6 @@ def verify_vonage(secret: str, params: Mapping[str, str], method: str = "md5hash
     now = time.time() if now is None else now
     if abs(now - int(stamp)) > tolerance_s:
         raise SignatureError("timestamp too far from now")
-
-
-def first_values(params: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """A form's or query's fields, the first value of a repeated one."""
-    out: dict[str, str] = {}
-    for name, value in params:
-        out.setdefault(name, value)
-    return out
 
 
 def _when(text: str | None, default: float) -> float:
