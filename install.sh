@@ -54,3 +54,14 @@ if [[ ",$extras," == *",test,"* ]] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/
         echo "chromium not found (apt-get install chromium chromium-driver): the browser test will be skipped" >&2
     fi
 fi
+# Debian's Mail::DKIM, the independent verifier of the DKIM test (tests/tools/dkim_verify.pl):
+# likewise only with the test extras and apt-get as root; skipped elsewhere, failing under CI=true.
+if [[ ",$extras," == *",test,"* ]] && ! perl -MMail::DKIM::Verifier -e 1 2>/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmail-dkim-perl >/dev/null; }; then
+            echo "libmail-dkim-perl not installed: the DKIM verification test will be skipped" >&2
+        fi
+    else
+        echo "Mail::DKIM not found (apt-get install libmail-dkim-perl): the DKIM verification test will be skipped" >&2
+    fi
+fi

@@ -25,6 +25,7 @@ class ReceivedMail:
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
     html: str | None = None  # the text/html part, decoded
     text: str | None = None  # the text/plain part, decoded
+    raw: bytes = b""  # the message as transmitted (dot-stuffing undone)
 
 
 class SmtpSink:
@@ -115,4 +116,5 @@ class SmtpSink:
             headers={k.lower(): str(v) for k, v in msg.items()},
             html=html.get_content() if html is not None else None,
             text=plain.get_content() if plain is not None else None,
+            raw=envelope.original_content or b"",
         )

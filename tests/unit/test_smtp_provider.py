@@ -279,7 +279,7 @@ async def test_a_serialization_error_is_invalid_message(sink, provider, monkeypa
         def __getitem__(self, name):
             return "<id@tidings.test>"
 
-        def as_bytes(self):
+        def as_bytes(self, policy=None):
             raise HeaderParseError("header folding failed")
 
     monkeypatch.setattr(provider, "build_message", lambda t: Unserializable())
