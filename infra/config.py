@@ -226,6 +226,14 @@ class PrivacyConfig(_Section):
     master_keys: str = ""
 
 
+class BouncesConfig(_Section):
+    """The listener for delivery reports and complaints about SMTP mail (engine/bounces.py)."""
+
+    listen: str = ""  # "host:port" for SMTP; empty: off. The bounce_domain's MX points here
+    max_bytes: Annotated[int, Meta(ge=1024, le=50 * 1048576)] = 1_048_576  # larger reports: 552
+    timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # an idle SMTP client is cut off after this
+
+
 class EngagementConfig(_Section):
     """Our own open pixel and click redirect in HTML content (policy/links.py,
     engine/http/links.py), and the one-click unsubscribe links in email
@@ -303,6 +311,7 @@ class Config(_Section):
     compliance: ComplianceConfig = ComplianceConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     engagement: EngagementConfig = EngagementConfig()
+    bounces: BouncesConfig = BouncesConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
 

@@ -118,3 +118,54 @@ class SmtpSink:
             text=plain.get_content() if plain is not None else None,
             raw=envelope.original_content or b"",
         )
+
+
+# -- what a receiving mail system sends back --------------------------------
+
+
+def _report(report_type: str, human: str, fields: bytes, quoted_headers: bytes, sender: str, to: str) -> bytes:
+    """A ``multipart/report`` as MTAs and feedback loops write it: the words for
+    people, the machine-readable part, the original's headers."""
+    from email.utils import formatdate, make_msgid
+
+    boundary = make_msgid(domain="mx.example.org").strip("<>").replace("@", "/")
+    parts = [b"Content-Type: text/plain; charset=us-ascii\r\n\r\n" + human.replace("\n", "\r\n").encode(),
+             f"Content-Type: message/{report_type}\r\n\r\n".encode() + fields,
+             b"Content-Type: text/rfc822-headers\r\n\r\n" + quoted_headers]
+    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: {human.splitlines()[0]}\r\n"
+            f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {make_msgid(domain='mx.example.org')}\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type={report_type};\r\n"
+            f"\tboundary=\"{boundary}\"\r\n\r\n").encode()
+    sep = f"--{boundary}\r\n".encode()
+    return head + b"".join(sep + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+
+
+def _headers_of(mail: ReceivedMail) -> bytes:
+    head, _, _ = mail.raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+    return head.replace(b"\n", b"\r\n") + b"\r\n"
+
+
+def delivery_report(mail: ReceivedMail, action: str = "failed", status: str = "5.1.1",
+                    diagnostic: str = "smtp; 550 5.1.1 user unknown", recipient: str | None = None) -> bytes:
+    """The DSN (RFC 3464) a receiving MTA sends to ``mail``'s envelope sender."""
+    rcpt = recipient or mail.rcpt_tos[0]
+    fields = (f"Reporting-MTA: dns; mx.example.org\r\nArrival-Date: Thu, 3 Dec 2026 10:00:00 +0000\r\n\r\n"
+              f"Final-Recipient: rfc822; {rcpt}\r\nOriginal-Recipient: rfc822;{rcpt}\r\nAction: {action}\r\n"
+              f"Status: {status}\r\nDiagnostic-Code: {diagnostic}\r\n").encode()
+    return _report("delivery-status", "Undelivered Mail Returned to Sender\n\nThe mail system could not deliver it.\n",
+                   fields, _headers_of(mail), "MAILER-DAEMON@mx.example.org", mail.mail_from)
+
+
+def feedback_report(mail: ReceivedMail, feedback_type: str = "abuse", recipient: str | None = None,
+                    redacted: bool = False) -> bytes:
+    """The ARF complaint (RFC 5965) a mailbox provider's feedback loop sends; with
+    ``redacted`` the recipient is left out, as many loops do."""
+    rcpt = "" if redacted else f"Original-Rcpt-To: {recipient or mail.rcpt_tos[0]}\r\n"
+    fields = (f"Feedback-Type: {feedback_type}\r\nUser-Agent: ExampleFBL/1.0\r\nVersion: 1\r\n"
+              f"Original-Mail-From: <{mail.mail_from}>\r\n{rcpt}"
+              f"Arrival-Date: Thu, 3 Dec 2026 10:00:00 +0000\r\n").encode()
+    quoted = _headers_of(mail)
+    if redacted:
+        quoted = b"".join(line for line in quoted.splitlines(keepends=True) if not line.lower().startswith(b"to:"))
+    return _report("feedback-report", "This is an email abuse report.\n", fields, quoted,
+                   "fbl@mail.example.org", "fbl@bounces.tidings.test")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.markup import escape
 
-from engine import auth, http
+from engine import auth, bounces, http
 from engine.runtime import Engine
 from infra.config import Config
 
@@ -34,11 +34,12 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
     """The engine started and its HTTP API served; both stopped on the way out,
     after a failed start too (``Engine.stop`` stops what it started)."""
     engine = Engine(cfg)
-    runner = None
+    runner = bounce_server = None
     try:
         console.print("Starting: NATS, PostgreSQL (migrations), Ray, actors …")
         await engine.start()
         runner = await http.serve(engine, port=port)
+        bounce_server = await bounces.serve(engine)
         url = f"http://{cfg.http.host}:{http.bound_port(runner)}"
         console.print(f"[green]Tidings is up[/green]: HTTP {url}  NATS {engine.nats_url}  "
                       f"Ray dashboard {engine.ray_info.get('dashboard') or '(off)'}")
@@ -49,6 +50,8 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
         yield Serving(engine, url, stop)
     finally:
         console.print("Stopping …")
+        if bounce_server is not None:
+            bounce_server.close()
         if runner is not None:
             await runner.cleanup()
         await engine.stop()

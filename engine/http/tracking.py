@@ -428,9 +428,13 @@ def engaged(ev: TrackingEvent, row) -> engagement.Engagement:
 
 
 async def apply(request: web.Request, events: list[TrackingEvent], channels: list[str]) -> web.Response:
+    """``apply_events``, answered: the answer of every route."""
+    return reply(await apply_events(request.app[ENGINE], events, channels))
+
+
+async def apply_events(engine, events: list[TrackingEvent], channels: list[str]) -> dict:
     """Apply ``events`` in one transaction, then reload the users whose address
-    was suppressed; the answer of every route."""
-    engine = request.app[ENGINE]
+    was suppressed; what was done (``events``, ``updated``, ``suppressed``, ``users``)."""
     # what a provider relays (remote MTA answers, user agents) is stored as text:
     # one NUL or lone surrogate would fail the whole transaction, and the batch
     events = [msgspec.structs.replace(ev, detail=printable(ev.detail), address=printable(ev.address, 512),
@@ -466,7 +470,7 @@ async def apply(request: web.Request, events: list[TrackingEvent], channels: lis
                 suppressed += new
                 users.update(owners)
     await reload(engine, sorted(users))
-    return reply({"events": len(events), "updated": updated, "suppressed": suppressed, "users": sorted(users)})
+    return {"events": len(events), "updated": updated, "suppressed": suppressed, "users": sorted(users)}
 
 
 async def reload(engine, users: list[str]) -> None:

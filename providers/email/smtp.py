@@ -21,6 +21,12 @@ Settings (a dict, usually from the providers config):
   store), ``dkim_selector`` and ``dkim_domain`` (default: the sender's domain):
   every message is DKIM-signed (``providers.email.dkim``), List-Unsubscribe and
   List-Unsubscribe-Post among the signed headers.
+- ``bounce_domain`` and ``bounce_secret`` (a secret): the envelope sender becomes
+  ``bounce+<token>@<bounce_domain>`` and the Message-ID ``<<token>@...>``, the
+  token naming the notification under a MAC (``providers.email.verp``), so the
+  delivery reports and complaints that come back to the engine's bounce listener
+  (``engine/bounces.py``) find their notification. The domain's MX must point at
+  that listener.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import aiosmtplib
 from policy.email import DEFAULT_TRANSACTIONAL, fill, is_address, unsubscribe_url
 from policy.types import DeliveryTask
 from providers.base import Receipt
+from providers.email import verp
 from providers.email.common import check_content
 from providers.email.dkim import DkimSigner
 from providers.errors import (
@@ -127,7 +134,7 @@ class SmtpProvider:
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        self.settings = redacted(settings, "password", "dkim_private_key")
+        self.settings = redacted(settings, "password", "dkim_private_key", "bounce_secret")
         sender = settings.get("sender")
         if not sender or not isinstance(sender, str):
             raise ConfigurationError(f"smtp provider {name!r}: 'sender' (From address) is required")
@@ -160,6 +167,14 @@ class SmtpProvider:
         self.transactional = frozenset(settings.get("transactional_categories", DEFAULT_TRANSACTIONAL))
         self.unsubscribe_mailto = settings.get("unsubscribe_mailto")
         self.unsubscribe_url = settings.get("unsubscribe_url")
+        self.bounce_domain = settings.get("bounce_domain") or None
+        secret = settings.get("bounce_secret")
+        if bool(self.bounce_domain) != bool(secret):
+            raise ConfigurationError(f"smtp provider {name!r}: bounce_domain and bounce_secret go together")
+        if self.bounce_domain is not None and not (isinstance(self.bounce_domain, str) and isinstance(secret, str)
+                                                   and is_address(f"x@{self.bounce_domain}")):
+            raise ConfigurationError(f"smtp provider {name!r}: bounce_domain must be a domain and bounce_secret text")
+        self._bounce_secret = secret.encode() if isinstance(secret, str) else None
         self.dkim = None
         if settings.get("dkim_private_key"):
             self.dkim = DkimSigner(settings.get("dkim_domain") or domain, settings.get("dkim_selector") or "",
@@ -184,6 +199,8 @@ class SmtpProvider:
 
     async def send(self, task: DeliveryTask) -> Receipt:
         """Send one email for ``task``; see the class docstring."""
+        tok = verp.token(self._bounce_secret, task.notification_id) if self._bounce_secret else None
+        mail_from = verp.return_path(tok, self.bounce_domain) if tok and self.bounce_domain else self.envelope_from
         try:
             message = self.build_message(task)
             message_id = message["Message-ID"]
@@ -200,7 +217,7 @@ class SmtpProvider:
         async with self._slots:
             conn = await self._checkout()
             try:
-                await conn.smtp.sendmail(self.envelope_from, [task.address], raw)
+                await conn.smtp.sendmail(mail_from, [task.address], raw)
             except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused, ValueError) as exc:
                 # The server answered (or aiosmtplib refused the address before
                 # sending anything): the connection is still in step, keep it
@@ -249,7 +266,8 @@ class SmtpProvider:
         msg["To"] = task.address
         msg["Subject"] = content.subject if content.subject.isascii() else Header(content.subject, "utf-8")
         msg["Date"] = formatdate(usegmt=True)
-        msg["Message-ID"] = make_msgid(domain=self.msgid_domain)
+        tok = verp.token(self._bounce_secret, task.notification_id) if self._bounce_secret else None
+        msg["Message-ID"] = verp.message_id(tok, self.msgid_domain) if tok else make_msgid(domain=self.msgid_domain)
         msg["Tidings-Notification-Id"] = task.notification_id
         if task.category not in self.transactional:
             self._add_unsubscribe(msg, task)
