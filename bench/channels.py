@@ -84,7 +84,20 @@ def smtp() -> bp.Case:
         lambda info: "user@example.com")
 
 
-CASES = {"smtp": smtp, **bp.CASES, "in_app": None}
+def smtp_signed() -> bp.Case:
+    """SMTP as production sends it: DKIM-signed (RSA 2048) with a VERP bounce address."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return bp.Case(partial(SmtpServer, "127.0.0.1", 0, keep_messages=False), "smtp", "email", lambda info: {
+        "host": "127.0.0.1", "port": info["port"], "sender": "Tidings <noreply@tidings.test>",
+        "dkim_private_key": key, "dkim_selector": "bench", "bounce_domain": "bounces.tidings.test",
+        "bounce_secret": "bench-bounce-secret"}, lambda info: "user@example.com")
+
+
+CASES = {"smtp": smtp, "smtp_signed": smtp_signed, **bp.CASES, "in_app": None}
 
 
 # -- the ceilings ----------------------------------------------------------------

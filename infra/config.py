@@ -229,9 +229,12 @@ class PrivacyConfig(_Section):
 class BouncesConfig(_Section):
     """The listener for delivery reports and complaints about SMTP mail (engine/bounces.py)."""
 
-    listen: str = ""  # "host:port" for SMTP; empty: off. The bounce_domain's MX points here
-    max_bytes: Annotated[int, Meta(ge=1024, le=50 * 1048576)] = 1_048_576  # larger reports: 552
+    listen: str = ""  # "host:port" for SMTP (":25": every interface); empty: off. The bounce_domain's MX points here
+    # larger reports: 552. Reports are parsed on the HTTP API's process, so this bounds the work one costs
+    max_bytes: Annotated[int, Meta(ge=1024, le=10 * 1048576)] = 262_144
     timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # an idle SMTP client is cut off after this
+    max_connections: Positive = 50  # SMTP sessions at once (421 beyond)
+    session_s: Annotated[float, Meta(gt=0)] = 300.0  # a session is closed after this, busy or not
 
 
 class EngagementConfig(_Section):
@@ -374,6 +377,7 @@ def convert(data: Mapping[str, Any]) -> Config:
     except msgspec.ValidationError as e:
         raise ConfigError(f"config: {e}") from None
     check_retention(cfg)
+    check_bounces(cfg)
     return check_engagement(cfg)
 
 
@@ -394,6 +398,16 @@ def check_retention(cfg: Config) -> None:
 
 
 MIN_SECRET_CHARS = 16
+
+
+def check_bounces(cfg: Config) -> None:
+    """``bounces.listen`` is empty or ``host:port``, said at start, not once the services run."""
+    listen = cfg.bounces.listen
+    if not listen:
+        return
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"config: bounces.listen = {listen!r} is not host:port")
 
 
 def check_engagement(cfg: Config) -> Config:

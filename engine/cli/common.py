@@ -51,7 +51,7 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
     finally:
         console.print("Stopping …")
         if bounce_server is not None:
-            bounce_server.close()
+            await bounce_server.close()
         if runner is not None:
             await runner.cleanup()
         await engine.stop()

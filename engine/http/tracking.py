@@ -438,7 +438,8 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
     # what a provider relays (remote MTA answers, user agents) is stored as text:
     # one NUL or lone surrogate would fail the whole transaction, and the batch
     events = [msgspec.structs.replace(ev, detail=printable(ev.detail), address=printable(ev.address, 512),
-                                      provider_message_id=printable(ev.provider_message_id, 200))
+                                      provider_message_id=printable(ev.provider_message_id, 200),
+                                      event=printable(ev.event, 64) or "")
               for ev in events]
     updated = suppressed = 0
     users: set[str] = set()

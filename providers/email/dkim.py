@@ -22,6 +22,7 @@ import re
 import time
 
 import dkim
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -29,16 +30,17 @@ from dkim.canonicalization import CanonicalizationPolicy
 
 from providers.errors import ConfigurationError
 
-# What is signed when present; RFC 8058 asks that both List-Unsubscribe headers be.
-SIGNED = ("from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
+# What is signed; RFC 8058 asks that both List-Unsubscribe headers be. Each is signed
+# one more time than it occurs ("oversigned"), absent ones once: a copy added in
+# transit fails the signature.
+SIGNED = ("from", "sender", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
           "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post", "reply-to",
           "tidings-notification-id")
-# signed one more time than they occur: an added copy fails the signature
-OVERSIGNED = frozenset({"from", "to", "cc", "subject", "reply-to", "list-unsubscribe", "list-unsubscribe-post"})
 POLICY = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 HEADER = b"DKIM-Signature"
 LABELS = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}))*\Z")
 MIN_RSA_BITS = 1024  # RFC 8301: verifiers ignore smaller keys
+MAX_RSA_BITS = 4096  # and need not take larger ones
 
 
 class DkimSigner:
@@ -55,14 +57,14 @@ class DkimSigner:
             raise ConfigurationError(f"smtp provider {provider!r}: dkim_private_key must be PEM text")
         try:
             key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise ConfigurationError(f"smtp provider {provider!r}: dkim_private_key is not an "
                                      "unencrypted PEM private key") from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ConfigurationError(f"smtp provider {provider!r}: the DKIM key must be RSA")
-        if key.key_size < MIN_RSA_BITS:
-            raise ConfigurationError(f"smtp provider {provider!r}: the DKIM RSA key has {key.key_size} "
-                                     f"bits; receivers ignore keys under {MIN_RSA_BITS}")
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            raise ConfigurationError(f"smtp provider {provider!r}: the DKIM RSA key has {key.key_size} bits; "
+                                     f"receivers take {MIN_RSA_BITS} to {MAX_RSA_BITS}")
         self._key = key
         self.domain = domain.encode("ascii")
         self.selector = selector.encode("ascii")
@@ -83,7 +85,7 @@ class DkimSigner:
         signed = []
         for name in SIGNED:
             count = present.get(name.encode(), 0)
-            signed += [name.encode()] * (count + (1 if name in OVERSIGNED else 0))
+            signed += [name.encode()] * (count + 1)
         body_hash = base64.b64encode(hashlib.sha256(POLICY.canonicalize_body(body)).digest())
         fields = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", POLICY.to_c_value()), (b"d", self.domain),
                   (b"s", self.selector), (b"t", str(int(time.time() if now is None else now)).encode()),

@@ -23,7 +23,9 @@ import uuid
 
 LOCAL_PREFIX = "bounce"
 MAC_BYTES = 10  # 80 bits, 16 base32 characters
-TOKEN = re.compile(r"([0-9a-f]{32})\.([a-z2-7]{16})", re.IGNORECASE)
+TOKEN = re.compile(r"([0-9a-f]{32})\.([a-z2-7]{16})", re.IGNORECASE | re.ASCII)
+MAX_CANDIDATES = 4  # tokens tried per text: a real one has one
+MIN_SECRET = 16
 
 
 def _mac(secret: bytes, hex_id: str) -> str:
@@ -53,7 +55,9 @@ def notification_of(texts: list[str], secrets: list[bytes]) -> str | None:
     """The notification id of the first token in ``texts`` whose MAC one of
     ``secrets`` made; None when no text has one."""
     for text in texts:
-        for m in TOKEN.finditer(text or ""):
+        for n, m in enumerate(TOKEN.finditer(str(text or "")[:998])):
+            if n >= MAX_CANDIDATES:
+                break
             hex_id, mac = m.group(1).lower(), m.group(2).lower()
             if any(hmac.compare_digest(mac, _mac(s, hex_id)) for s in secrets):
                 return str(uuid.UUID(hex_id))

@@ -22,7 +22,7 @@ from tests.integration.helpers import api_session, engine_config, row_status, se
 pytestmark = pytest.mark.integration
 
 DOMAIN = "bounces.tidings.test"
-USERS = ("sb1", "sb2", "sb3", "sb4", "sb5", "sb6", "sb7", "sb8")
+USERS = tuple(f"sb{i}" for i in range(1, 12))
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,12 @@ async def engine(nats_url, database_url, ray_address, sink, tmp_path_factory):
     people = [UserProfile(user_id=u, addresses={"email": f"{u}@example.org"}) for u in USERS]
     async with serving(cfg, database_url, people) as eng:
         server = await bounces.serve(eng)
-        eng.bounce_port = bounces.bound_port(server)
+        eng.bounce_port = server.port
         eng.bounce_handler = server.handler
         try:
             yield eng
         finally:
-            server.close()
+            await server.close()
 
 
 async def send(engine, sink, user: str):
@@ -167,3 +167,51 @@ async def test_forged_foreign_and_stray_mail_changes_nothing(engine, sink):
     assert await row_status(engine, nid) == ("sent", "ok")
     counts = engine.bounce_handler.counts
     assert counts["unmatched"] >= 1 and counts["not_reports"] >= 2
+
+
+async def test_hostile_reports_are_answered_and_change_nothing(engine, sink):
+    nid, mail = await send(engine, sink, "sb9")
+    # thousands of empty MIME parts: refused before any parsing
+    many = b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n" + b"--B\r\n\r\n" * 3000
+    assert (await deliver(engine, many, mail.mail_from))[0] == 554
+    # an 8-bit byte in the quoted Message-ID (compat32 hands back a Header object): answered, not a 500
+    mid = mail.headers["message-id"]
+    eight_bit = feedback_report(mail).replace(f"Message-ID: {mid}".encode(), f"Message-ID: <café.{mid[1:]}".encode())
+    assert "café".encode() in eight_bit
+    code, _ = await deliver(engine, eight_bit, f"fbl@{DOMAIN}")
+    assert code == 250  # the token is still in it: a complaint, applied
+    assert (await row_status(engine, nid, "complained"))[0] == "complained"
+    # a NUL in the feedback type is stored as a fixed word, never reaching PostgreSQL
+    nul = feedback_report(mail, "not\x00spam")
+    assert (await deliver(engine, nul, f"fbl@{DOMAIN}"))[0] == 250
+    assert '"feedback"' in await timeline(engine, nid)
+    # over max_bytes: refused by size
+    big = delivery_report(mail) + (b"x" * 98 + b"\r\n") * 3100
+    assert (await deliver(engine, big, mail.mail_from))[0] == 552
+
+
+async def test_a_policy_block_is_not_a_hard_bounce(engine, sink):
+    nid, mail = await send(engine, sink, "sb10")
+    blocked = delivery_report(mail, "failed", "5.7.1", "smtp; 550 5.7.1 message rejected as spam")
+    assert (await deliver(engine, blocked, mail.mail_from))[0] == 250
+    assert (await row_status(engine, nid, "failed"))[0] == "failed"
+    await asyncio.sleep(0.3)
+    again, _ = await send(engine, sink, "sb10")
+    assert await row_status(engine, again) == ("sent", "ok")
+
+
+async def test_one_recipients_failure_never_stands_for_another(engine, sink):
+    """A DSN whose first block is a permanent failure at some other address
+    (an alias target) and whose second is a delay at the user's own: nothing
+    is suppressed."""
+    nid, mail = await send(engine, sink, "sb11")
+    raw = delivery_report(mail).replace(
+        b"Final-Recipient: rfc822; sb11@example.org\r\nOriginal-Recipient: rfc822;sb11@example.org\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n",
+        b"Final-Recipient: rfc822; alias-target@corp.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"Final-Recipient: rfc822; sb11@example.org\r\nAction: delayed\r\nStatus: 4.4.1\r\n")
+    assert (await deliver(engine, raw, mail.mail_from))[0] == 250
+    assert (await row_status(engine, nid, "bounced"))[0] == "bounced"
+    await asyncio.sleep(0.3)
+    again, _ = await send(engine, sink, "sb11")
+    assert await row_status(engine, again) == ("sent", "ok")

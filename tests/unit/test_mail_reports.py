@@ -44,7 +44,7 @@ def test_not_a_uuid_has_no_token():
 
 def test_a_hard_bounce():
     r = mailreport.parse(delivery_report(mail()), "smtp", 0.0)
-    assert r is not None and r.kind == "dsn" and r.addresses == ["p@example.org"]
+    assert r is not None and r.kind == "dsn" and r.addresses == [["p@example.org"]]
     (ev,) = r.events
     assert (ev.status, ev.hard, ev.event) == ("bounced", True, "bounce") and "5.1.1" in ev.detail
     assert verp.notification_of(r.token_texts, [SECRET]) == NID
@@ -54,6 +54,8 @@ def test_transient_delayed_and_delivered():
     m = mail()
     soft = mailreport.parse(delivery_report(m, "failed", "4.2.2"), "smtp", 0.0).events[0]
     assert (soft.status, soft.hard) == ("failed", False)
+    relayed = mailreport.parse(delivery_report(m, "relayed", "2.0.0"), "smtp", 0.0).events[0]
+    assert relayed.status is None
     delayed = mailreport.parse(delivery_report(m, "delayed", "4.4.1"), "smtp", 0.0).events[0]
     assert (delayed.status, delayed.hard, delayed.event) == (None, False, "delayed")
     done = mailreport.parse(delivery_report(m, "delivered", "2.0.0", "smtp; 250 ok"), "smtp", 0.0).events[0]
@@ -63,9 +65,9 @@ def test_transient_delayed_and_delivered():
 def test_complaints():
     m = mail()
     r = mailreport.parse(feedback_report(m), "smtp", 0.0)
-    assert r.kind == "arf" and r.addresses == ["p@example.org"]
+    assert r.kind == "arf" and r.addresses == [["p@example.org"]]
     assert (r.events[0].status, r.events[0].hard) == ("complained", True)
-    assert mailreport.parse(feedback_report(m, redacted=True), "smtp", 0.0).addresses == []
+    assert mailreport.parse(feedback_report(m, redacted=True), "smtp", 0.0).addresses == [[]]
     not_spam = mailreport.parse(feedback_report(m, "not-spam"), "smtp", 0.0).events[0]
     assert (not_spam.status, not_spam.hard) == (None, False)
 
@@ -89,3 +91,55 @@ def test_any_mutation_of_a_report_reads_or_refuses(data):
     for _ in range(data.draw(st.integers(1, 8))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     mailreport.parse(bytes(raw), "smtp", 0.0)
+
+
+def test_only_a_bad_address_is_a_hard_bounce():
+    """A policy block, DMARC, a full mailbox or a message too big is not the
+    address's fault: failed, never suppressing."""
+    m = mail()
+    for status, hard in (("5.1.1", True), ("5.1.10", True), ("5.2.1", True), ("5.4.4", True), ("5.7.1", False),
+                         ("5.7.26", False), ("5.2.2", False), ("5.3.4", False), ("55.1.1", False), ("5.1.1.1", False)):
+        ev = mailreport.parse(delivery_report(m, "failed", status), "smtp", 0.0).events[0]
+        assert (ev.status, ev.hard) == (("bounced", True) if hard else ("failed", False)), status
+
+
+def test_each_recipient_block_keeps_its_own_addresses():
+    raw = delivery_report(mail()).replace(
+        b"Final-Recipient: rfc822; p@example.org\r\nOriginal-Recipient: rfc822;p@example.org\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n",
+        b"Final-Recipient: rfc822; alias-target@corp.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"Diagnostic-Code: smtp; 550 no such user\r\n\r\n"
+        b"Final-Recipient: rfc822; p@example.org\r\nAction: delayed\r\nStatus: 4.4.1\r\n")
+    r = mailreport.parse(raw, "smtp", 0.0)
+    assert [(e.status, e.hard) for e in r.events] == [("bounced", True), (None, False)]
+    assert r.addresses == [["alias-target@corp.example"], ["p@example.org"]]
+
+
+def test_a_base64_delivery_status_is_read():
+    import base64
+    raw = delivery_report(mail())
+    head, sep, rest = raw.partition(b"Content-Type: message/delivery-status\r\n\r\n")
+    fields, boundary, tail = rest.partition(b"\r\n--")
+    encoded = b"Content-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n" + \
+        base64.encodebytes(fields).replace(b"\n", b"\r\n")
+    r = mailreport.parse(head + encoded + b"\r\n--" + tail, "smtp", 0.0)
+    assert r is not None and r.events[0].status == "bounced" and r.addresses == [["p@example.org"]]
+
+
+def test_feedback_types_are_a_fixed_vocabulary():
+    m = mail()
+    for kind, name in (("not\x00spam", "feedback"), ("x" * 5000, "feedback"), ("Virus", "virus"), ("abuse", "complaint")):
+        raw = feedback_report(m).replace(b"Feedback-Type: abuse", f"Feedback-Type: {kind}".encode())
+        assert mailreport.parse(raw, "smtp", 0.0).events[0].event == name
+    missing = feedback_report(m).replace(b"Feedback-Type: abuse\r\n", b"")
+    assert mailreport.parse(missing, "smtp", 0.0) is None
+
+
+def test_an_eight_bit_quoted_message_id_is_text():
+    m = mail()
+    mid = m.raw.split(b"Message-ID: ")[1].split(b"\r\n")[0]
+    raw = feedback_report(m).replace(b"Message-ID: " + mid, "Message-ID: <café.".encode() + mid[1:])
+    assert "café".encode() in raw
+    r = mailreport.parse(raw, "smtp", 0.0)
+    assert all(isinstance(t, str) for t in r.token_texts)
+    assert verp.notification_of(r.token_texts, [SECRET]) == NID  # the token is still there, and nothing raises
