@@ -21,6 +21,7 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, read_body, reply
+from engine.http.replays import SharedTokens
 from engine.http.tracking import (
     _urls,
     answer_by_text,
@@ -31,7 +32,7 @@ from engine.http.tracking import (
     forgetting,
     webhook_params,
 )
-from providers.tracking import PayloadError, SignatureError, TokenMemory
+from providers.tracking import PayloadError, SignatureError
 from providers.tracking.messagebird import (
     SIGNATURE_HEADER,
     TOKEN_LIFE_S,
@@ -40,7 +41,7 @@ from providers.tracking.messagebird import (
     verify_messagebird,
 )
 
-JTIS = web.AppKey("messagebird_jtis", TokenMemory)
+JTIS = web.AppKey("messagebird_jtis", SharedTokens)
 JTI = web.RequestKey("messagebird_jti", str)
 
 
@@ -70,7 +71,7 @@ async def _params(request: web.Request, setting: str) -> tuple[list[str], dict[s
             last = exc
     else:
         raise bad_signature(last or SignatureError("no signing key"), SIGNATURE_HEADER)
-    if not request.app[JTIS].remember(str(claims["jti"])):
+    if not await request.app[JTIS].remember(str(claims["jti"])):
         raise bad_signature(SignatureError("token seen before"), SIGNATURE_HEADER)
     request[JTI] = str(claims["jti"])
     return hook.channels, webhook_params(request, body)
@@ -104,5 +105,5 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
-    app[JTIS] = TokenMemory(window_s=TOKEN_LIFE_S)
+    app[JTIS] = SharedTokens("messagebird", app[ENGINE].redis, TOKEN_LIFE_S)
     register(app, ROUTES)

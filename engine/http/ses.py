@@ -36,9 +36,10 @@ from cryptography import x509
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
+from engine.http.replays import SharedTokens
 from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured, forgetting
 from providers.egress import read_capped
-from providers.tracking import PayloadError, SignatureError, TokenMemory, sns as sns_messages
+from providers.tracking import PayloadError, SignatureError, sns as sns_messages
 from providers.tracking.sns import (
     MESSAGE_TYPE_HEADER,
     TOLERANCE_S,
@@ -51,7 +52,7 @@ from providers.tracking.sns import (
 
 log = logging.getLogger(__name__)
 
-MESSAGE_IDS = web.AppKey("ses_message_ids", TokenMemory)
+MESSAGE_IDS = web.AppKey("ses_message_ids", SharedTokens)
 IN_FLIGHT = web.AppKey("ses_in_flight", set)
 CERTS = web.AppKey("sns_certs", dict)
 MAX_CERT = 16 * 1024
@@ -124,7 +125,7 @@ async def _sns(request: web.Request, family: str, setting: str, notified) -> web
     seen, busy = request.app[MESSAGE_IDS], request.app[IN_FLIGHT]
     if m.message_id in busy:  # SNS gave up waiting and sent it again: answer when the first is done
         raise Problem(503, "unavailable", [{"field": "MessageId", "reason": "being processed"}])
-    if not seen.remember(m.message_id):
+    if not await seen.remember(m.message_id):
         return reply({"duplicate": m.message_id})  # done before: SNS's copy needs no second go
     busy.add(m.message_id)
     try:
@@ -171,7 +172,7 @@ ROUTES = [Route("POST", path, handler, Public("SNS's signature (its signing cert
 
 
 def add_routes(app: web.Application) -> None:
-    app[MESSAGE_IDS] = TokenMemory(window_s=TOLERANCE_S)
+    app[MESSAGE_IDS] = SharedTokens("sns", app[ENGINE].redis, TOLERANCE_S)
     app[IN_FLIGHT] = set()
     app[CERTS] = {}
     register(app, ROUTES)

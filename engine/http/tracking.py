@@ -56,6 +56,7 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, decode, read_body, reply
+from engine.http.replays import SharedTokens
 from policy.sharding import shard_of
 from policy.text import printable
 from providers.tracking import (
@@ -64,7 +65,6 @@ from providers.tracking import (
     TWILIO_SIGNATURE_HEADER,
     PayloadError,
     SignatureError,
-    TokenMemory,
     TrackingEvent,
     load_sendgrid_key,
     mailgun_event,
@@ -77,12 +77,12 @@ from providers.tracking import (
     verify_sendgrid,
     verify_twilio,
 )
-from providers.tracking.common import first_values
+from providers.tracking.common import MAILGUN_TOLERANCE_S, first_values
 from stores import engagement, users as user_store
 
 log = logging.getLogger(__name__)
 
-MAILGUN_TOKENS = web.AppKey("mailgun_tokens", TokenMemory)
+MAILGUN_TOKENS = web.AppKey("mailgun_tokens", SharedTokens)
 FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage", "messagebird", "ses", "sns")
 # Status order: a tracking event moves a row only to a higher rank.
 RANK = {"delivered": 1, "failed": 1, "bounced": 2, "complained": 2}
@@ -136,13 +136,13 @@ def webhook_params(request: web.Request, body: bytes) -> dict[str, str]:
     return params
 
 
-async def forgetting(memory: TokenMemory, token: str, work):
+async def forgetting(memory: SharedTokens, token: str, work):
     """``work``'s answer; if it fails, ``token`` (a webhook's nonce) is forgotten,
     so that the provider's next delivery of the same request gets in."""
     try:
         return await work
     except BaseException:
-        memory.forget(token)
+        await memory.forget(token)
         raise
 
 
@@ -255,14 +255,16 @@ async def mailgun(request: web.Request) -> web.Response:
     tokens = request.app[MAILGUN_TOKENS]
     try:
         verify_mailgun([str(s["webhook_signing_key"]) for s in hook.settings], data.timestamp, data.token,
-                       data.signature, tokens=tokens)
+                       data.signature)
     except SignatureError as exc:
         raise bad_signature(exc, "signature") from None
+    if not await tokens.remember(data.token):
+        raise bad_signature(SignatureError("token already used (a replayed request)"), "signature")
     try:
         event = mailgun_event(data.event_data)
         return await apply(request, [event], hook.channels)
     except BaseException as exc:
-        tokens.forget(data.token)  # not processed: Mailgun's retry (same token) must get in
+        await tokens.forget(data.token)  # not processed: Mailgun's retry (same token) must get in
         if isinstance(exc, PayloadError):
             raise bad_payload(exc) from None
         raise
@@ -500,5 +502,5 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
-    app[MAILGUN_TOKENS] = TokenMemory()
+    app[MAILGUN_TOKENS] = SharedTokens("mailgun", app[ENGINE].redis, MAILGUN_TOLERANCE_S)
     register(app, ROUTES)

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
+from engine.http.replays import SharedTokens
 from engine.http.tracking import (
     answer_by_text,
     apply,
@@ -37,12 +38,12 @@ from engine.http.tracking import (
     forgetting,
     webhook_params,
 )
-from providers.tracking import PayloadError, SignatureError, TokenMemory
+from providers.tracking import PayloadError, SignatureError
 from providers.tracking.vonage import VONAGE_TOLERANCE_S, signature_method, verify_vonage, vonage_event, vonage_inbound
 
 log = logging.getLogger(__name__)
 
-NONCES = web.AppKey("vonage_nonces", TokenMemory)
+NONCES = web.AppKey("vonage_nonces", SharedTokens)
 
 
 async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
@@ -65,7 +66,7 @@ async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
     else:
         raise bad_signature(last or SignatureError("no signature secret"), "sig")
     nonce = params.get("nonce", "")
-    if not nonce or not request.app[NONCES].remember(nonce):
+    if not nonce or not await request.app[NONCES].remember(nonce):
         raise bad_signature(SignatureError("missing nonce" if not nonce else "nonce seen before"), "nonce")
     return hook.channels, params
 
@@ -98,5 +99,5 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
-    app[NONCES] = TokenMemory(window_s=VONAGE_TOLERANCE_S)
+    app[NONCES] = SharedTokens("vonage", app[ENGINE].redis, VONAGE_TOLERANCE_S)
     register(app, ROUTES)

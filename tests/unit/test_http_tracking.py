@@ -83,7 +83,7 @@ async def pool(database_url):
 class Harness:
     def __init__(self, pool, cfg: Config, secrets: dict | None = None):
         self.calls: list = []
-        self.engine = SimpleNamespace(cfg=cfg, pool=pool, secrets=secrets or {}, actors=SimpleNamespace(
+        self.engine = SimpleNamespace(cfg=cfg, pool=pool, secrets=secrets or {}, redis=None, actors=SimpleNamespace(
             user_shards=[FakeShard(i, self.calls) for i in range(SHARDS)]))
         app = web.Application()
         app[ENGINE] = self.engine
@@ -494,7 +494,7 @@ async def test_verification_keys_given_as_references_are_filled_never_used_as_te
 
 async def test_mailgun_signed_event_without_event_is_400_and_its_token_reusable(h):
     status, body = await h.mailgun({"recipient": "a@example.com"}, token="tok-bad-event")
-    assert status == 400 and body["error"] == "malformed payload" and "tok-bad-event" not in h.app[MAILGUN_TOKENS]
+    assert status == 400 and body["error"] == "malformed payload" and "tok-bad-event" not in h.app[MAILGUN_TOKENS].local
 
 
 async def test_mailgun_token_is_forgotten_when_the_database_fails(h, pool):
@@ -512,7 +512,7 @@ async def test_mailgun_token_is_forgotten_when_the_database_fails(h, pool):
     body = msgspec.json.encode({"signature": {"timestamp": ts, "token": "tok-db", "signature": sig},
                                 "event-data": event})
     resp = await h.client.post("/v1/tracking/mailgun", data=body)
-    assert resp.status == 500 and "tok-db" not in h.app[MAILGUN_TOKENS]
+    assert resp.status == 500 and "tok-db" not in h.app[MAILGUN_TOKENS].local
     h.engine.pool = pool
     resp = await h.client.post("/v1/tracking/mailgun", data=body)  # Mailgun's retry, same token
     assert resp.status == 200
