@@ -14,8 +14,8 @@ import sys
 import uuid
 from importlib.metadata import entry_points
 from pathlib import Path
+from urllib.parse import quote
 
-import aiohttp
 import msgspec
 import uvloop
 from rich.markup import escape
@@ -24,6 +24,7 @@ from rich.table import Table
 from engine import children, settings
 from engine.cli import analytics, audit, credentials, dlq, keys, prefs, retention
 from engine.cli.common import api_headers, console, serving
+from engine.client import Client, TidingsError
 from infra.config import ConfigError
 
 COMMAND_GROUP = "tidings.commands"
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except TidingsError as e:  # the engine's answer, or none: its own words, one line
+        if args.verbose:
+            raise
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 1
     except Exception as e:
         if args.verbose:
             raise
@@ -127,14 +133,10 @@ def notifications_from(args) -> list[dict]:
 async def cmd_send(cfg, args) -> int:
     items = notifications_from(args)
     if args.via == "http":
-        async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s:
-            async with s.post(f"{args.url}/v1/notifications", json=items) as r:
-                body = await r.json()
-                if r.status != 202:
-                    console.print(f"[red]{r.status}[/red] {json.dumps(body, indent=2)}")
-                    return 1
-        for n in body["notifications"]:
-            console.print(n["id"] + ("  (duplicate)" if n["duplicate"] else ""))
+        async with Client(args.url, headers=api_headers(cfg, args.url)) as tidings:
+            accepted = await tidings.send(*items)
+        for n in accepted:
+            console.print(n.id + ("  (duplicate)" if n.duplicate else ""))
         return 0
     return await _send_nats(cfg, items)
 
@@ -174,16 +176,17 @@ async def _send_nats(cfg, items: list[dict]) -> int:
 
 
 async def cmd_status(cfg, args) -> int:
-    async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s, s.get(f"{args.url}/v1/notifications/{args.id}") as r:
-        body = await r.json()
-    if args.json or r.status != 200:
-        print(json.dumps(body, indent=2))
-        return 0 if r.status == 200 else 1
-    table = Table(title=f"notification {body['id']}")
+    async with Client(args.url, headers=api_headers(cfg, args.url)) as tidings:
+        if args.json:  # the engine's document as it is, fields this client does not know included
+            print(json.dumps(await tidings.request("GET", f"/v1/notifications/{quote(args.id, safe='')}"),
+                             indent=2))
+            return 0
+        status = await tidings.notification(args.id)
+    table = Table(title=f"notification {status.id}")
     for col in ("channel", "status", "reason", "provider", "attempts"):
         table.add_column(col)
-    for ch in body["channels"]:
-        table.add_row(ch["channel"], ch["status"], ch["reason"], ch["provider"] or "-", str(ch["attempts"]))
+    for ch in status.channels:
+        table.add_row(ch.channel, ch.status, ch.reason, ch.provider or "-", str(ch.attempts))
     console.print(table)
     return 0
 

@@ -21,17 +21,8 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, read_body, reply
-from engine.http.replays import SharedTokens
-from engine.http.tracking import (
-    _urls,
-    answer_by_text,
-    apply,
-    bad_payload,
-    bad_signature,
-    configured,
-    forgetting,
-    webhook_params,
-)
+from engine.http.replays import SharedTokens, guarded, namespace
+from engine.http.tracking import _urls, answer_by_text, apply, bad_payload, bad_signature, configured, webhook_params
 from providers.tracking import PayloadError, SignatureError
 from providers.tracking.messagebird import (
     SIGNATURE_HEADER,
@@ -42,7 +33,7 @@ from providers.tracking.messagebird import (
 )
 
 JTIS = web.AppKey("messagebird_jtis", SharedTokens)
-JTI = web.RequestKey("messagebird_jti", str)
+CLAIM = web.RequestKey("messagebird_claim", object)
 
 
 def _candidates(request: web.Request, settings: list[dict], setting: str) -> list[str]:
@@ -71,30 +62,37 @@ async def _params(request: web.Request, setting: str) -> tuple[list[str], dict[s
             last = exc
     else:
         raise bad_signature(last or SignatureError("no signing key"), SIGNATURE_HEADER)
-    if not await request.app[JTIS].remember(str(claims["jti"])):
+    params = webhook_params(request, body)
+    state, claim = await request.app[JTIS].claim(str(claims["jti"]))
+    if state != "new":
         raise bad_signature(SignatureError("token seen before"), SIGNATURE_HEADER)
-    request[JTI] = str(claims["jti"])
-    return hook.channels, webhook_params(request, body)
+    request[CLAIM] = claim
+    return hook.channels, params
 
 
 async def report(request: web.Request) -> web.Response:
     channels, params = await _params(request, "status_callback")
-    try:
-        event = messagebird_event(params)
-    except PayloadError as exc:
-        raise bad_payload(exc) from None
-    return await forgetting(request.app[JTIS], request[JTI], apply(request, [event], channels))
+
+    async def work() -> web.Response:
+        try:
+            event = messagebird_event(params)
+        except PayloadError as exc:
+            raise bad_payload(exc) from None
+        return await apply(request, [event], channels)
+    return await guarded(request.app[JTIS], request[CLAIM], work())
 
 
 async def inbound(request: web.Request) -> web.Response:
     _, params = await _params(request, "inbound_url")
-    try:
-        number, text = messagebird_inbound(params)
-    except PayloadError as exc:
-        raise bad_payload(exc) from None
-    ref = f"messagebird:{params.get('id') or request.headers.get(SIGNATURE_HEADER, '')[-43:]}"
-    return reply(await forgetting(request.app[JTIS], request[JTI],
-                                  answer_by_text(request.app[ENGINE], number, text, ref)))
+
+    async def work() -> dict:
+        try:
+            number, text = messagebird_inbound(params)
+        except PayloadError as exc:
+            raise bad_payload(exc) from None
+        ref = f"messagebird:{params.get('id') or request.headers.get(SIGNATURE_HEADER, '')[-43:]}"
+        return await answer_by_text(request.app[ENGINE], number, text, ref)
+    return reply(await guarded(request.app[JTIS], request[CLAIM], work()))
 
 
 ROUTES = [
@@ -105,5 +103,5 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
-    app[JTIS] = SharedTokens("messagebird", app[ENGINE].redis, TOKEN_LIFE_S)
+    app[JTIS] = SharedTokens("messagebird", app[ENGINE].redis, TOKEN_LIFE_S, namespace(app[ENGINE]))
     register(app, ROUTES)

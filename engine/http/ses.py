@@ -36,8 +36,8 @@ from cryptography import x509
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
-from engine.http.replays import SharedTokens
-from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured, forgetting
+from engine.http.replays import SharedTokens, guarded, namespace
+from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured
 from providers.egress import read_capped
 from providers.tracking import PayloadError, SignatureError, sns as sns_messages
 from providers.tracking.sns import (
@@ -53,7 +53,6 @@ from providers.tracking.sns import (
 log = logging.getLogger(__name__)
 
 MESSAGE_IDS = web.AppKey("ses_message_ids", SharedTokens)
-IN_FLIGHT = web.AppKey("ses_in_flight", set)
 CERTS = web.AppKey("sns_certs", dict)
 MAX_CERT = 16 * 1024
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -122,16 +121,13 @@ async def _sns(request: web.Request, family: str, setting: str, notified) -> web
         verify_sns(m, await _certificate(request, m.signing_cert_url), topics)
     except SignatureError as exc:
         raise bad_signature(exc, "Signature") from None
-    seen, busy = request.app[MESSAGE_IDS], request.app[IN_FLIGHT]
-    if m.message_id in busy:  # SNS gave up waiting and sent it again: answer when the first is done
+    seen = request.app[MESSAGE_IDS]
+    state, claim = await seen.claim(m.message_id)
+    if state == "busy":  # SNS gave up waiting and sent it again: answer when the first is done
         raise Problem(503, "unavailable", [{"field": "MessageId", "reason": "being processed"}])
-    if not await seen.remember(m.message_id):
+    if state == "done":
         return reply({"duplicate": m.message_id})  # done before: SNS's copy needs no second go
-    busy.add(m.message_id)
-    try:
-        return await forgetting(seen, m.message_id, _handle(request, m, hook.channels, prefix, notified))
-    finally:
-        busy.discard(m.message_id)
+    return await guarded(seen, claim, _handle(request, m, hook.channels, prefix, notified))
 
 
 async def _handle(request: web.Request, m, channels: list[str], prefix: str | None, notified) -> web.Response:
@@ -172,7 +168,6 @@ ROUTES = [Route("POST", path, handler, Public("SNS's signature (its signing cert
 
 
 def add_routes(app: web.Application) -> None:
-    app[MESSAGE_IDS] = SharedTokens("sns", app[ENGINE].redis, TOLERANCE_S)
-    app[IN_FLIGHT] = set()
+    app[MESSAGE_IDS] = SharedTokens("sns", app[ENGINE].redis, TOLERANCE_S, namespace(app[ENGINE]))
     app[CERTS] = {}
     register(app, ROUTES)

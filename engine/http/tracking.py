@@ -56,7 +56,7 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, decode, read_body, reply
-from engine.http.replays import SharedTokens
+from engine.http.replays import SharedTokens, guarded, namespace
 from policy.sharding import shard_of
 from policy.text import printable
 from providers.tracking import (
@@ -134,16 +134,6 @@ def webhook_params(request: web.Request, body: bytes) -> dict[str, str]:
             except PayloadError as exc:
                 raise bad_payload(exc) from None
     return params
-
-
-async def forgetting(memory: SharedTokens, token: str, work):
-    """``work``'s answer; if it fails, ``token`` (a webhook's nonce) is forgotten,
-    so that the provider's next delivery of the same request gets in."""
-    try:
-        return await work
-    except BaseException:
-        await memory.forget(token)
-        raise
 
 
 def family(type_name: str) -> str | None:
@@ -258,16 +248,17 @@ async def mailgun(request: web.Request) -> web.Response:
                        data.signature)
     except SignatureError as exc:
         raise bad_signature(exc, "signature") from None
-    if not await tokens.remember(data.token):
+    state, claim = await tokens.claim(data.token)
+    if state != "new":
         raise bad_signature(SignatureError("token already used (a replayed request)"), "signature")
-    try:
-        event = mailgun_event(data.event_data)
-        return await apply(request, [event], hook.channels)
-    except BaseException as exc:
-        await tokens.forget(data.token)  # not processed: Mailgun's retry (same token) must get in
-        if isinstance(exc, PayloadError):
+
+    async def work() -> web.Response:
+        try:
+            event = mailgun_event(data.event_data)
+        except PayloadError as exc:
             raise bad_payload(exc) from None
-        raise
+        return await apply(request, [event], hook.channels)
+    return await guarded(tokens, claim, work())  # not processed: Mailgun's retry (same token) gets in
 
 
 def _urls(request: web.Request, settings: list[dict], setting: str = "status_callback") -> list[str]:
@@ -502,5 +493,6 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
-    app[MAILGUN_TOKENS] = SharedTokens("mailgun", app[ENGINE].redis, MAILGUN_TOLERANCE_S)
+    app[MAILGUN_TOKENS] = SharedTokens("mailgun", app[ENGINE].redis, MAILGUN_TOLERANCE_S,
+                                       namespace(app[ENGINE]))
     register(app, ROUTES)

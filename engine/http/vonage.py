@@ -28,22 +28,15 @@ from aiohttp import web
 
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
-from engine.http.replays import SharedTokens
-from engine.http.tracking import (
-    answer_by_text,
-    apply,
-    bad_payload,
-    bad_signature,
-    configured,
-    forgetting,
-    webhook_params,
-)
+from engine.http.replays import SharedTokens, guarded, namespace
+from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured, webhook_params
 from providers.tracking import PayloadError, SignatureError
 from providers.tracking.vonage import VONAGE_TOLERANCE_S, signature_method, verify_vonage, vonage_event, vonage_inbound
 
 log = logging.getLogger(__name__)
 
 NONCES = web.AppKey("vonage_nonces", SharedTokens)
+CLAIM = web.RequestKey("vonage_claim", object)
 
 
 async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
@@ -66,29 +59,38 @@ async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
     else:
         raise bad_signature(last or SignatureError("no signature secret"), "sig")
     nonce = params.get("nonce", "")
-    if not nonce or not await request.app[NONCES].remember(nonce):
-        raise bad_signature(SignatureError("missing nonce" if not nonce else "nonce seen before"), "nonce")
+    if not nonce:
+        raise bad_signature(SignatureError("missing nonce"), "nonce")
+    state, claim = await request.app[NONCES].claim(nonce)
+    if state != "new":
+        raise bad_signature(SignatureError("nonce seen before"), "nonce")
+    request[CLAIM] = claim
     return hook.channels, params
 
 
 async def receipt(request: web.Request) -> web.Response:
     channels, params = await _params(request)
-    try:
-        event = vonage_event(params)
-    except PayloadError as exc:
-        raise bad_payload(exc) from None
-    return await forgetting(request.app[NONCES], params["nonce"], apply(request, [event], channels))
+
+    async def work() -> web.Response:
+        try:
+            event = vonage_event(params)
+        except PayloadError as exc:
+            raise bad_payload(exc) from None
+        return await apply(request, [event], channels)
+    return await guarded(request.app[NONCES], request[CLAIM], work())
 
 
 async def inbound(request: web.Request) -> web.Response:
     _, params = await _params(request)
-    try:
-        number, text = vonage_inbound(params)
-    except PayloadError as exc:
-        raise bad_payload(exc) from None
-    ref = f"vonage:{params.get('messageId') or params['nonce']}"
-    return reply(await forgetting(request.app[NONCES], params["nonce"],
-                                  answer_by_text(request.app[ENGINE], number, text, ref)))
+
+    async def work() -> dict:
+        try:
+            number, text = vonage_inbound(params)
+        except PayloadError as exc:
+            raise bad_payload(exc) from None
+        ref = f"vonage:{params.get('messageId') or params['nonce']}"
+        return await answer_by_text(request.app[ENGINE], number, text, ref)
+    return reply(await guarded(request.app[NONCES], request[CLAIM], work()))
 
 
 ROUTES = [
@@ -99,5 +101,5 @@ ROUTES = [
 
 
 def add_routes(app: web.Application) -> None:
-    app[NONCES] = SharedTokens("vonage", app[ENGINE].redis, VONAGE_TOLERANCE_S)
+    app[NONCES] = SharedTokens("vonage", app[ENGINE].redis, VONAGE_TOLERANCE_S, namespace(app[ENGINE]))
     register(app, ROUTES)
