@@ -8,7 +8,6 @@ import asyncio
 import random
 import time
 
-import aiohttp
 import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +15,7 @@ from rich.table import Table
 
 from actors.user_prefs import PrefCommand
 from engine import auth
+from engine.client import Client
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from infra.config import ChannelConfig, Config, ProviderConfig
@@ -200,15 +200,13 @@ def demo_requests(count: int, users: int, run: str, seed: int = 17,
 
 async def submit_all(url: str, reqs: list[dict], batch: int = 500, concurrency: int = 4,
                      headers: dict[str, str] | None = None) -> list[str]:
+    """Submit ``reqs`` through the Python client, ``batch`` per request; their ids."""
     ids: list[str] = []
     gate = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession(headers=headers) as http:
+    async with Client(url, headers=headers) as tidings:
         async def one(chunk):
-            async with gate, http.post(f"{url}/v1/notifications", json=chunk) as r:
-                body = await r.json()
-                if r.status != 202:
-                    raise RuntimeError(f"submission refused: {r.status} {body}")
-                ids.extend(n["id"] for n in body["notifications"])
+            async with gate:
+                ids.extend(n.id for n in await tidings.send(*chunk))
         await asyncio.gather(*(one(reqs[i:i + batch]) for i in range(0, len(reqs), batch)))
     return ids
 

@@ -58,12 +58,14 @@ async def test_send_status_and_errors_through_the_engine(engine):
         assert err.value.status == 401
 
 
-def test_the_sync_client(engine):
-    with SyncClient(engine.base_url, key_of(engine)) as tidings:
-        assert tidings.user("cl1")["user_id"] == "cl1"
-        [accepted] = tidings.send({"user_id": "cl1", "category": "orders", "channels": ["email"],
-                                   "content": {"subject": "Hi", "text": "Hello"}})
-        assert uuid.UUID(accepted.id)
+async def test_the_sync_client(engine):
+    def use() -> None:  # in a thread: the engine's API is served by this test's event loop
+        with SyncClient(engine.base_url, key_of(engine)) as tidings:
+            assert tidings.user("cl1")["user_id"] == "cl1"
+            [accepted] = tidings.send({"user_id": "cl1", "category": "orders", "channels": ["email"],
+                                       "content": {"subject": "Hi", "text": "Hello"}})
+            assert uuid.UUID(accepted.id)
+    await asyncio.to_thread(use)
 
 
 async def test_retries_honour_retry_after_and_keep_the_idempotency_key():
