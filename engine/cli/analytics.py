@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import time
 
-import aiohttp
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from engine.cli.common import api_headers
+from engine.client import Client
 from stores import analytics
 
 console = Console()
@@ -70,17 +70,10 @@ async def cmd_analytics(cfg, args) -> int:
         params["bucket"] = args.bucket
     if args.channel:
         params["channel"] = args.channel
-    async with aiohttp.ClientSession(headers=api_headers(cfg, args.url)) as s, s.get(f"{args.url}/v1/analytics/channels", params=params) as r:
-        body = await r.json()
+    async with Client(args.url, headers=api_headers(cfg, args.url)) as tidings:
+        body = await tidings.request("GET", "/v1/analytics/channels", params=params)  # errors: one line (main)
     if args.json:
         print(json.dumps(body, indent=2))
-        return 0 if r.status == 200 else 1
-    if r.status != 200:
-        errors = body.get("errors") if isinstance(body, dict) else None
-        if not errors:
-            print(json.dumps(body, indent=2))
-        for e in errors or ():
-            console.print(f"[red]{escape(str(e.get('field')))}[/red]: {escape(str(e.get('reason')))}")
-        return 1
+        return 0
     console.print(table(body))
     return 0

@@ -17,7 +17,7 @@ from engine import bounces
 from infra.config import BouncesConfig, ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from sandbox.smtp import SmtpSink, delivery_report, feedback_report
-from tests.integration.helpers import api_session, engine_config, row_status, serving, wait_rows
+from tests.integration.helpers import engine_config, row_status, send_email, serving
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +53,7 @@ async def engine(nats_url, database_url, ray_address, sink, tmp_path_factory):
 
 async def send(engine, sink, user: str):
     """One email to ``user``; its notification id and the mail as the server got it."""
-    nid = str(uuid.uuid4())
-    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
-            "id": nid, "user_id": user, "category": "orders", "channels": ["email"],
-            "content": {"subject": "Your order", "text": "It shipped"}}) as r:
-        assert r.status == 202, await r.text()
-    await wait_rows(engine.pool, [nid], 1)
+    nid = await send_email(engine, user, "orders", "Your order", "It shipped")
     mail = next((m for m in reversed(sink.messages) if m.notification_id == nid), None)
     return nid, mail
 
