@@ -41,7 +41,7 @@ import msgspec
 from aiosmtpd.smtp import SMTP
 
 from engine.http import tracking
-from infra.config import ConfigError
+from infra.config import bounces_listen
 from providers.email import verp
 from providers.tracking import mailreport
 from stores import users as user_store
@@ -75,18 +75,6 @@ def mailboxes(engine) -> Mailboxes:
                 if channel not in channels:
                     channels.append(channel)
     return Mailboxes(frozenset(domains), secrets, channels)
-
-
-def listen_address(text: str) -> tuple[str | None, int]:
-    """``host:port`` (an empty host: every interface); ConfigError otherwise."""
-    host, sep, port = text.rpartition(":")
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not sep or not 0 <= number <= 65535:
-        raise ConfigError(f"config: bounces.listen = {text!r} is not host:port")
-    return (host.strip("[]") or None), number
 
 
 class BounceHandler:
@@ -231,7 +219,7 @@ async def serve(engine) -> BounceServer | None:
     cfg = engine.cfg.bounces
     if not cfg.listen:
         return None
-    host, port = listen_address(cfg.listen)
+    host, port = bounces_listen(cfg.listen)
     handler = BounceHandler(engine)
     if not handler.boxes.domains:
         log.warning("bounces: listening, but no smtp provider has bounce_domain and bounce_secret")

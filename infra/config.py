@@ -400,14 +400,19 @@ def check_retention(cfg: Config) -> None:
 MIN_SECRET_CHARS = 16
 
 
-def check_bounces(cfg: Config) -> None:
-    """``bounces.listen`` is empty or ``host:port``, said at start, not once the services run."""
-    listen = cfg.bounces.listen
-    if not listen:
-        return
+def bounces_listen(listen: str) -> tuple[str | None, int]:
+    """``bounces.listen`` as (host, port), an empty host meaning every interface;
+    ConfigError unless it is ``host:port``."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"config: bounces.listen = {listen!r} is not host:port")
+    return (host.strip("[]") or None), int(port)
+
+
+def check_bounces(cfg: Config) -> None:
+    """``bounces.listen`` is empty or ``host:port``, said at start, not once the services run."""
+    if cfg.bounces.listen:
+        bounces_listen(cfg.bounces.listen)
 
 
 def check_engagement(cfg: Config) -> Config:
