@@ -47,6 +47,15 @@ def engine_config(nats_url: str, database_url: str, home: str, *, smtp_port: int
     return msgspec.structs.replace(cfg, channels=keep)
 
 
+def daytime_zone(now: float | None = None) -> str:
+    """A time zone where it is about 13:00 now: a test that sends marketing texts
+    must not land outside the TCPA window (08:00-21:00 in the recipient's zone),
+    whatever the hour the suite runs at."""
+    hour = time.gmtime(time.time() if now is None else now).tm_hour
+    offset = (13 - hour + 12) % 24 - 12  # hours east of UTC, -12..11
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"  # the Etc zones' sign is reversed
+
+
 async def send_email(engine, user_id: str, category: str, subject: str = "News", text: str = "Hello") -> str:
     """Submit one email notification through the API and wait for its tracking row; its id."""
     nid = str(uuid.uuid4())

@@ -23,7 +23,7 @@ import pytest
 from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
 from sandbox.twilio import TwilioSink
-from tests.integration.helpers import api_session, engine_config, serving, wait_rows
+from tests.integration.helpers import api_session, daytime_zone, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +48,11 @@ async def engine(nats_url, database_url, ray_address, twilio, tmp_path_factory):
     sms = ChannelConfig(providers=[ProviderConfig(name="twilio", type="twilio_sms", settings={
         "account_sid": ACCOUNT, "auth_token": TOKEN, "from": "+14155550100", "base_url": twilio.url})])
     cfg = msgspec.structs.replace(cfg, channels={"sms": sms})
-    async with serving(cfg, database_url, [UserProfile(user_id="c1", addresses={"sms": NUMBER}),
-                                           UserProfile(user_id="c2", addresses={"sms": "+14155553302"}),
-                                           UserProfile(user_id="c3", addresses={"sms": THIRD}),
-                                           UserProfile(user_id="c4", addresses={"sms": FOURTH})]) as eng:
+    zone = daytime_zone()  # marketing texts go only 08:00-21:00 in the person's zone (the tcpa rule)
+    async with serving(cfg, database_url, [UserProfile(user_id="c1", addresses={"sms": NUMBER}, timezone=zone),
+                                           UserProfile(user_id="c2", addresses={"sms": "+14155553302"}, timezone=zone),
+                                           UserProfile(user_id="c3", addresses={"sms": THIRD}, timezone=zone),
+                                           UserProfile(user_id="c4", addresses={"sms": FOURTH}, timezone=zone)]) as eng:
         yield eng
 
 
