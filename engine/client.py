@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
+from policy.api import Accepted, BroadcastStatus, ChannelOutcome, NotificationStatus
 from policy.types import BroadcastRequest, NotificationRequest
 
 T = TypeVar("T")
@@ -49,33 +50,6 @@ Retry = bool | str  # True: every retry above; "unsent": only what cannot have a
 def _quote(segment: str) -> str:
     """A path segment: a user id may hold ``/``, ``?`` or ``#``."""
     return urllib.parse.quote(str(segment), safe="")
-
-
-class Accepted(msgspec.Struct, frozen=True):
-    """A submission JetStream has (202): its id, and whether that id was there before."""
-
-    id: str
-    duplicate: bool
-
-
-class ChannelOutcome(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    channel: str
-    status: str
-    reason: str
-    provider: str | None = None
-    provider_message_id: str | None = None
-    attempts: int = 0
-    timeline: list[dict] = []
-    errors: Any = None
-    accepted_at: float | None = None
-    completed_at: float | None = None
-    broadcast_id: str | None = None
-    digest_id: str | None = None
-
-
-class NotificationStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    id: str
-    channels: list[ChannelOutcome]
 
 
 class TidingsError(Exception):
@@ -170,8 +144,8 @@ class Client:
         """Each channel's outcome (404 while nothing is recorded yet)."""
         return msgspec.convert(await self.request("GET", f"/v1/notifications/{_quote(notification_id)}"), NotificationStatus)
 
-    async def broadcast_status(self, broadcast_id: str) -> dict:
-        return await self.request("GET", f"/v1/broadcasts/{_quote(broadcast_id)}")
+    async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus:
+        return msgspec.convert(await self.request("GET", f"/v1/broadcasts/{_quote(broadcast_id)}"), BroadcastStatus)
 
     async def user(self, user_id: str) -> dict:
         return await self.request("GET", f"/v1/users/{_quote(user_id)}")
@@ -297,7 +271,7 @@ class SyncClient:
     def notification(self, notification_id: str) -> NotificationStatus:
         return self._run(self._client.notification(notification_id))
 
-    def broadcast_status(self, broadcast_id: str) -> dict:
+    def broadcast_status(self, broadcast_id: str) -> BroadcastStatus:
         return self._run(self._client.broadcast_status(broadcast_id))
 
     def user(self, user_id: str) -> dict:
@@ -324,5 +298,5 @@ class SyncClient:
         return self._run(self._client.request(method, path, **kwargs))
 
 
-__all__ = ["Accepted", "ChannelOutcome", "Client", "NotificationStatus", "SyncClient", "TidingsError",
+__all__ = ["Accepted", "BroadcastStatus", "ChannelOutcome", "Client", "NotificationStatus", "SyncClient", "TidingsError",
            "Unreachable"]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -63,14 +64,67 @@ Policy = Scoped | UserOwned | Public | Ops
 
 
 @dataclass(frozen=True)
+class Media:
+    """A body or answer that is not the JSON of a Struct: its media type and,
+    where it has one, its JSON Schema (a form's fields, a page's text)."""
+
+    type: str
+    schema: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter (or, ``where="header"``, a request header): its name,
+    its type (with msgspec ``Meta`` bounds), what it means."""
+
+    name: str
+    type: Any
+    doc: str
+    required: bool = False
+    where: str = "query"
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from a route's success answer to another operation: the
+    target's method and path, and where each of its parameters comes from
+    (``$response.body#/id``, ``$request.path.user_id``)."""
+
+    name: str
+    method: str
+    path: str
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Route:
+    """A route, who may call it, and what it takes and answers: the OpenAPI
+    document (engine/http/openapi.py) is made from these fields, so the types
+    here are the ones the handler decodes and encodes.
+
+    ``body``: the type the JSON body decodes to, or a ``Media``. ``answers``:
+    each success status and its type (a Struct, ``None`` for no body, or a
+    ``Media``). ``errors``: the error statuses the handler itself answers, beyond
+    those its policy, body and path bring (engine/http/openapi.py, ``errors_of``).
+    ``params``: the type of a path parameter, where it is not a plain string."""
+
     method: str
     path: str
     handler: Handler
     policy: Policy
+    body: Any = None
+    answers: dict[int, Any] = field(default_factory=dict)
+    query: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    example: Any = None  # a valid body, shown in the document (and sent by Schemathesis's examples phase)
+    headers: dict[str, str] = field(default_factory=dict)  # headers of its success answers: name -> meaning
+    links: tuple[Link, ...] = ()  # from its first success answer (Schemathesis's stateful phase follows them)
 
 
 POLICIES = web.AppKey("policies", dict)  # (method, path) -> Policy
+ROUTES = web.AppKey("routes", list)  # every Route registered, in order (the OpenAPI document's operations)
 
 
 def register(app: web.Application, routes: list[Route]) -> None:
@@ -78,6 +132,8 @@ def register(app: web.Application, routes: list[Route]) -> None:
     table = app.get(POLICIES)
     if table is None:
         table = app[POLICIES] = {}
+        app[ROUTES] = []
+    app[ROUTES].extend(routes)
     for r in routes:
         if r.method == "GET":
             app.router.add_get(r.path, r.handler)  # and HEAD
@@ -171,5 +227,5 @@ async def authorize(request: web.Request, handler: Handler) -> web.StreamRespons
     raise forbidden("an end-user token cannot call this route")
 
 
-__all__ = ["POLICIES", "Ops", "Public", "Route", "Scoped", "UserOwned", "actor", "authorize", "is_loopback",
+__all__ = ["POLICIES", "ROUTES", "Link", "Media", "Ops", "Param", "Public", "Route", "Scoped", "UserOwned", "actor", "authorize", "is_loopback",
            "owner_check", "register"]

@@ -17,6 +17,7 @@ from engine.http import (
     audit,
     bulk,
     center,
+    docs,
     erasure,
     events,
     export,
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses)
+                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, docs)
 
 
 @web.middleware

@@ -14,15 +14,18 @@ import asyncio
 import logging
 import uuid
 from pathlib import Path
+from typing import Any, Literal
 
+import msgspec
 import orjson
 from aiohttp import web
 
 from engine import prefs_bus
-from engine.http.access import Route, Scoped, actor, register
+from engine.http.access import Link, Media, Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, path_uuid, reply
 from engine.runtime import Engine
 from infra import db
+from policy.api import FieldError
 from policy.sharding import shard_of
 from stores import bulk
 
@@ -31,6 +34,28 @@ log = logging.getLogger(__name__)
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
 UPLOAD_CHUNK = 1 << 20  # bytes read from the request and written to the file at a time
 JOBS = web.AppKey("jobs", set)
+
+
+class ImportStarted(msgspec.Struct):
+    """An import job started: its id (``GET /v1/jobs/{id}``), ``running``, and the rows the file holds."""
+
+    job_id: str
+    status: str
+    total: int
+
+
+class Job(msgspec.Struct):
+    """A job's progress (``done`` of ``total`` rows), its status, and when it ended how (``errors``, ``result``)."""
+
+    id: str
+    kind: str
+    status: Literal["running", "succeeded", "failed"]
+    total: int
+    done: int
+    errors: list[FieldError]
+    result: dict[str, Any] | None  # an import's: {"rows", "users"}
+    created_at: float
+    finished_at: float | None
 
 
 def import_format(request: web.Request) -> str:
@@ -85,6 +110,11 @@ def import_dir(engine: Engine) -> Path:
 
 
 async def start_import(request: web.Request) -> web.Response:
+    """Import preference rows from a CSV or NDJSON file, as a job.
+
+    The rows are checked and applied in one transaction, all or none, once the
+    answer (202 with the job's id) is given; ``GET /v1/jobs/{id}`` follows it. The
+    format is ``?format=``, else ``text/csv`` for CSV, else NDJSON."""
     engine = request.app[ENGINE]
     fmt = import_format(request)
     up = await spool(request, import_dir(engine))
@@ -102,7 +132,7 @@ async def start_import(request: web.Request) -> web.Response:
     task = asyncio.get_running_loop().create_task(run_import(engine, job_id, up.path, fmt, actor(request)))
     request.app[JOBS].add(task)
     task.add_done_callback(request.app[JOBS].discard)
-    return reply({"job_id": str(job_id), "status": "running", "total": total}, 202)
+    return reply(ImportStarted(job_id=str(job_id), status="running", total=total), 202)
 
 
 async def run_import(engine: Engine, job_id: uuid.UUID, path: Path, fmt: str, actor: str | None) -> None:
@@ -196,6 +226,7 @@ async def reload_users(engine: Engine, users: list[str], chunk: int = 20_000) ->
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """A job's progress and, once it ended, its outcome."""
     engine = request.app[ENGINE]
     job_id = path_uuid(request)
     r = await engine.pool.fetchrow(
@@ -203,11 +234,14 @@ async def get_job(request: web.Request) -> web.Response:
         "created_at, extract(epoch FROM finished_at)::float8 AS finished_at FROM jobs WHERE id = $1", job_id)
     if r is None:
         raise Problem(404, "not found", [{"field": "id", "reason": "no such job"}])
-    return reply({**dict(r), "errors": orjson.loads(r["errors"]),
-                  "result": orjson.loads(r["result"]) if r["result"] else None})
+    return reply(Job(id=r["id"], kind=r["kind"], status=r["status"], total=r["total"], done=r["done"],
+                     errors=msgspec.json.decode(r["errors"], type=list[FieldError]),
+                     result=orjson.loads(r["result"]) if r["result"] else None,
+                     created_at=r["created_at"], finished_at=r["finished_at"]))
 
 
 async def export(request: web.Request) -> web.StreamResponse:
+    """Every user's preference rows, streamed as NDJSON (the default) or CSV."""
     engine = request.app[ENGINE]
     fmt = request.query.get("format", "ndjson")
     if fmt not in ("csv", "ndjson"):
@@ -230,10 +264,17 @@ async def export(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+FORMAT = Param("format", Literal["csv", "ndjson"], "The file's format")
+ROWS = (Media("application/x-ndjson", {"type": "string"}), Media("text/csv", {"type": "string"}))
+UPLOAD = (Media("application/x-ndjson"), Media("text/csv"))  # any bytes: the rows are checked by the job
 ROUTES = [
-    Route("POST", "/v1/preferences/import", start_import, Scoped("preferences:write")),
-    Route("GET", "/v1/preferences/export", export, Scoped("preferences:read")),
-    Route("GET", "/v1/jobs/{id}", get_job, Scoped("preferences:read")),
+    Route("POST", "/v1/preferences/import", start_import, Scoped("preferences:write"), body=UPLOAD,
+          query=(FORMAT,), answers={202: ImportStarted}, errors=(422,),
+          links=(Link("job", "GET", "/v1/jobs/{id}", {"id": "$response.body#/job_id"}),)),
+    Route("GET", "/v1/preferences/export", export, Scoped("preferences:read"), answers={200: ROWS},
+          query=(Param("format", Literal["csv", "ndjson"], "The format (default ndjson)"),), errors=(422,)),
+    Route("GET", "/v1/jobs/{id}", get_job, Scoped("preferences:read"), params={"id": uuid.UUID}, errors=(404,),
+          answers={200: Job}),
 ]
 
 

@@ -28,10 +28,10 @@ from aiohttp import web
 from actors.user_links import unsubscribe_rules
 from actors.user_prefs import PrefCommand
 from engine import prefs_bus
-from engine.http.access import Public, Route, register
+from engine.http.access import Media, Public, Route, register
 from engine.http.center_text import language, words
 from engine.http.common import ENGINE
-from engine.http.unsubscribe import page
+from engine.http.unsubscribe import PAGE_MEDIA, page
 from policy import wire
 from policy.decide import current_consent, split_consent_key
 from policy.prefs import FREQUENCIES, USER_CHANNELS, Preference, narrower
@@ -256,6 +256,10 @@ async def _person(request: web.Request):
 
 
 async def show(request: web.Request) -> web.Response:
+    """The preference center page: a person's categories, channels, frequency, quiet hours, consent.
+
+    A link that expired or does not open, or a person erased since, is a 404
+    page."""
     person = await _person(request)
     if person is None:
         return page(404, *GONE)
@@ -265,6 +269,13 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def save(request: web.Request) -> web.Response:
+    """Save the preference center's form: what the person changed, as one versioned preference patch.
+
+    200 with the page as saved (or saying nothing changed); 409 with the
+    person's input kept and the new version when their preferences changed
+    since the page was made (saving again applies it on top); 422 with their
+    input kept when a value is wrong (quiet hours, time zone) or the patch is
+    refused; 400 page without a valid ``version``; 404 page as for the GET."""
     person = await _person(request)
     if person is None:
         return page(404, *GONE)
@@ -296,9 +307,38 @@ async def save(request: web.Request) -> web.Response:
                    layout.t["saved"])
 
 
+_CHANNEL = "(" + "|".join(USER_CHANNELS) + ")"
+# The fields save() reads of the form (request.post(): urlencoded or multipart), as the page writes them
+FORM = {
+    "type": "object",
+    "properties": {
+        "version": {"type": "integer", "description": "The preferences' version the page was made from "
+                                                      "(the hidden field); another one is a 409"},
+        "quiet_start": {"type": "string", "examples": ["22:00"], "description": "Quiet hours' start, HH:MM (with "
+                        f"quiet_end; both empty: none; only the first {HHMM_CHARS} characters are read)"},
+        "quiet_end": {"type": "string", "examples": ["07:00"], "description": "Quiet hours' end, HH:MM"},
+        "timezone": {"type": "string", "examples": ["Europe/Vienna"],
+                     "description": "An IANA time zone (only the first 64 characters are read)"},
+        "stop_marketing": {"type": "string", "description": "Present (a checked box): stop every marketing "
+                                                            "category on every channel"},
+    },
+    "patternProperties": {
+        rf"^on\..+\.{_CHANNEL}$": {"type": "string", "description": "on.<category>.<channel>: present (a checked "
+                                                                     "box) is on, absent off"},
+        r"^freq\..+$": {"type": "string", "examples": list(FREQUENCIES), "description": "freq.<category>: how often (another value "
+                                                                   "is immediate)"},
+        rf"^consent\.{_CHANNEL}$": {"type": "string", "description": "consent.<channel>: present keeps the "
+                                                                      "consent given; absent withdraws it"},
+    },
+    "required": ["version"],
+}
+WHY = "the sealed, expiring preference center link is the credential"
 ROUTES = [
-    Route("GET", "/p/{token}", show, Public("the sealed, expiring preference center link is the credential")),
-    Route("POST", "/p/{token}", save, Public("the sealed, expiring preference center link is the credential")),
+    Route("GET", "/p/{token}", show, Public(WHY), answers={200: PAGE_MEDIA}, errors=(404,)),
+    Route("POST", "/p/{token}", save, Public(WHY),
+          body=(Media("application/x-www-form-urlencoded", FORM), Media("multipart/form-data", FORM)),
+          answers={200: PAGE_MEDIA}, errors=(404, 409, 422), example={"version": 3, "quiet_start": "22:00",
+                                                                     "quiet_end": "07:00", "timezone": "UTC"}),
 ]
 
 

@@ -136,10 +136,11 @@ def unprintable(value: str, max_len: int = MAX_TEXT) -> bool:
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    """A query parameter as an integer in [low, high]; 400 naming it otherwise
-    (a negative or 64-bit-overflowing number never reaches PostgreSQL)."""
+    """A query parameter as an integer in [low, high]; absent is ``default``;
+    400 naming it otherwise, the empty value too (a negative or
+    64-bit-overflowing number never reaches PostgreSQL)."""
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -151,9 +152,15 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
 
 
 def query_bool(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "").lower()
-    if raw in ("", "0", "false", "no"):
+    """A boolean query parameter: ``true``/``false`` or ``1``/``0`` (any case);
+    absent is false. Anything else, the empty value too, is a 400 (as the
+    OpenAPI document's boolean says)."""
+    raw = request.query.get(name)
+    if raw is None:
         return False
-    if raw in ("1", "true", "yes"):
+    value = raw.strip().lower()
+    if value in ("0", "false"):
+        return False
+    if value in ("1", "true"):
         return True
     raise Problem(400, "bad query", [{"field": name, "reason": "expected true or false"}])

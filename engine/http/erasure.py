@@ -18,10 +18,36 @@ from aiohttp import web
 
 from engine.http.access import Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, path_user, read_json, reply
+from policy.types import UserId
 from stores import erasure
 
 
+class ErasureReceipt(msgspec.Struct):
+    """What an erasure did: when, at whose request, the rows deleted per table, the key destroyed, its audit row."""
+
+    id: str
+    user_id: str
+    erased_at: str  # ISO 8601, UTC
+    requested_by: str | None
+    deleted: dict[str, int]  # rows deleted, by table
+    key_destroyed: bool
+    audit_row: int
+    audit_hash: str  # hex
+
+
+class LegalHold(msgspec.Struct):
+    """A user's legal hold as it now is: its reason, or null when lifted."""
+
+    user_id: str
+    legal_hold: str | None
+
+
 async def erase_user(request: web.Request) -> web.Response:
+    """Erase a user (GDPR Art. 17, CCPA) and answer the receipt.
+
+    Their data key is destroyed and their rows deleted, through the owning
+    UserShard. A user erased already answers the same receipt again; a user who
+    never was, 404; a user under a legal hold, 409 (nothing erased)."""
     engine = request.app[ENGINE]
     user_id = path_user(request)
     done = await engine.shard_for(user_id).erase.remote(user_id, actor(request))
@@ -30,12 +56,14 @@ async def erase_user(request: web.Request) -> web.Response:
                                                                                "nothing was erased"}])
     if "receipt" not in done:
         raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
-    response = reply(done["receipt"])
+    response = reply(msgspec.convert(done["receipt"], ErasureReceipt))
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 class Hold(msgspec.Struct, forbid_unknown_fields=True):
+    """Why a user is held: a case or ticket reference."""
+
     # a case or ticket reference: no personal data belongs here (it stays readable in the audit log)
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+\Z")]
 
@@ -44,10 +72,12 @@ _hold = msgspec.json.Decoder(Hold)
 
 
 async def place_hold(request: web.Request) -> web.Response:
+    """Place a legal hold on a user (audited): they cannot be erased until it is lifted."""
     return await _hold_change(request, decode(_hold, await read_json(request), "legal hold").reason)
 
 
 async def lift_hold(request: web.Request) -> web.Response:
+    """Lift a user's legal hold (audited)."""
     return await _hold_change(request, None)
 
 
@@ -57,13 +87,17 @@ async def _hold_change(request: web.Request, reason: str | None) -> web.Response
     async with engine.pool.acquire() as conn:
         if not await erasure.set_hold(conn, engine.ring, user_id, reason, actor(request)):
             raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
-    return reply({"user_id": user_id, "legal_hold": reason})
+    return reply(LegalHold(user_id=user_id, legal_hold=reason))
 
 
+USER = {"user_id": UserId}
 ROUTES = [
-    Route("DELETE", "/v1/users/{user_id}", erase_user, Scoped("users:erase", user=True)),
-    Route("PUT", "/v1/users/{user_id}/legal-hold", place_hold, Scoped("users:hold")),
-    Route("DELETE", "/v1/users/{user_id}/legal-hold", lift_hold, Scoped("users:hold")),
+    Route("DELETE", "/v1/users/{user_id}", erase_user, Scoped("users:erase", user=True), params=USER,
+          errors=(404, 409), answers={200: ErasureReceipt}, headers={"Cache-Control": "no-store"}),
+    Route("PUT", "/v1/users/{user_id}/legal-hold", place_hold, Scoped("users:hold"), params=USER, body=Hold,
+          errors=(404,), answers={200: LegalHold}, example={"reason": "case 2026-114"}),
+    Route("DELETE", "/v1/users/{user_id}/legal-hold", lift_hold, Scoped("users:hold"), params=USER, errors=(404,),
+          answers={200: LegalHold}),
 ]
 
 

@@ -20,21 +20,41 @@ See ``stores.engagement`` for what is stored and what it changes.
 from __future__ import annotations
 
 import time
+import uuid
 
 import msgspec
 from aiohttp import web
 
 from engine.http.access import Route, UserOwned, owner_check, register
 from engine.http.common import ENGINE, Problem, decode, path_uuid, read_json, reply
+from policy.types import Channel
 from stores import engagement
-from stores.engagement import Engagement, Report
+from stores.engagement import Engagement, EventType, Report
 
 _report = msgspec.json.Decoder(Report)
+
+
+class EventRecorded(msgspec.Struct):
+    """The event as stored: ``at`` is the stored time (epoch seconds); ``duplicate`` when that type was
+    reported on that channel before (only the first is kept: 200 instead of 201)."""
+
+    id: str
+    channel: Channel
+    type: EventType
+    at: float | None
+    duplicate: bool
 
 CHANNELS_SQL = "SELECT channel, status, user_id FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel"
 
 
 async def post_event(request: web.Request) -> web.Response:
+    """Report that the user opened or clicked a notification on one channel.
+
+    201 when stored; 200 with ``duplicate: true`` and the stored ``at`` when that
+    type was reported on that channel before. 404 while no outcome is recorded
+    for the notification (report again later) or it has none on that channel;
+    409 when that channel was not sent (nothing to open); 422 when ``at`` is in
+    the future."""
     engine = request.app[ENGINE]
     nid = path_uuid(request)
     report = decode(_report, await read_json(request), "event")
@@ -59,12 +79,14 @@ async def post_event(request: web.Request) -> web.Response:
         event = Engagement(nid, row["user_id"], report.channel, report.type, at, "api")
         new = await engagement.record(conn, [event])
         at = await engagement.stored_at(conn, nid, report.channel, report.type)  # as stored: never before accepted
-    return reply({"id": str(nid), "channel": report.channel, "type": report.type, "at": at,
-                  "duplicate": not new}, status=201 if new else 200)
+    return reply(EventRecorded(id=str(nid), channel=report.channel, type=report.type, at=at, duplicate=not new),
+                 status=201 if new else 200)
 
 
 ROUTES = [
-    Route("POST", "/v1/notifications/{id}/events", post_event, UserOwned("events:write")),
+    Route("POST", "/v1/notifications/{id}/events", post_event, UserOwned("events:write"), params={"id": uuid.UUID},
+          body=Report, answers={201: EventRecorded, 200: EventRecorded}, errors=(404, 409),
+          example={"channel": "push", "type": "opened"}),
 ]
 
 

@@ -13,18 +13,44 @@ audit chain (action ``gdpr.export``, who, which format) before it is answered.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 import orjson
 from aiohttp import web
 
-from engine.http.access import Route, Scoped, actor, register
+from engine.http.access import Media, Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem
+from policy.types import UserId
 from stores import audit, export
 
 FORMATS = ("jsonld", "zip")
 
+# The JSON-LD document's shape (stores/export.py ``as_jsonld``; its terms in docs/export.md): the
+# profile's columns in ``subject``, each other section a list of rows with that section's columns.
+_ROWS = {s.name: {"type": "array", "items": {"type": "object", "properties": {c: {} for c in s.columns}}}
+         for s in export.SECTIONS if s.name != "profile"}
+_PROFILE = next(s for s in export.SECTIONS if s.name == "profile")
+JSONLD = {
+    "type": "object",
+    "description": "Everything held about the person, as JSON-LD (terms described in docs/export.md)",
+    "required": ["@context", "@type", "@id", "generated_at", "subject", *_ROWS],
+    "properties": {
+        "@context": {"type": "object"},
+        "@type": {"const": "PersonalDataExport"},
+        "@id": {"type": "string"},
+        "generated_at": {"type": "string", "description": "ISO 8601, UTC"},
+        "subject": {"type": "object", "properties": {"@id": {"type": "string"}, "@type": {"type": "string"},
+                                                     **{c: {} for c in _PROFILE.columns}}},
+        **_ROWS,
+    },
+}
+
 
 async def export_user(request: web.Request) -> web.Response:
+    """Everything held about one person (GDPR Art. 15 and 20, CCPA), as JSON-LD or a ZIP of CSVs.
+
+    Each export is written to the person's audit chain (``gdpr.export``) before
+    it is answered."""
     engine = request.app[ENGINE]
     user_id = request.match_info["user_id"]
     fmt = request.query.get("format", "jsonld")
@@ -52,7 +78,13 @@ async def export_user(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/ld+json", headers=headers)
 
 
-ROUTES = [Route("GET", "/v1/users/{user_id}/export", export_user, Scoped("users:read", user=True))]
+ROUTES = [Route("GET", "/v1/users/{user_id}/export", export_user, Scoped("users:read", user=True),
+                params={"user_id": UserId}, errors=(404,),
+                query=(Param("format", Literal["jsonld", "zip"], "JSON-LD (the default) or a ZIP of CSV files"),),
+                answers={200: (Media("application/ld+json", JSONLD),
+                               Media("application/zip", {"type": "string", "format": "binary"}))},
+                headers={"Cache-Control": "no-store: personal data",
+                         "Content-Disposition": "with format=zip: attachment; filename=\"export-<time>.zip\""})]
 
 
 def add_routes(app: web.Application) -> None:

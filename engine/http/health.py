@@ -4,17 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.http.access import Ops, Public, Route, register
+from engine.http.access import Media, Ops, Public, Route, register
 from engine.http.common import ENGINE, reply
 from infra import streams
+from policy.api import ErrorAnswer
+
+
+class Liveness(msgspec.Struct):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
+class ReadyChecks(msgspec.Struct):
+    """Each dependency's check: NATS connected, PostgreSQL answers, the UserShards answer (``ray``), every
+    Ingestor's loop runs, the Scheduler's loop turned recently."""
+
+    nats: bool
+    postgres: bool
+    ray: bool
+    ingestors: bool
+    scheduler: bool
+
+
+class Readiness(msgspec.Struct):
+    """Ready when every check passes (200), else not (503). ``ingest_lag``: messages waiting in each lane's
+    consumer (null where it could not be read; empty while NATS is not connected), shown, not checked."""
+
+    status: Literal["ready", "not ready"]
+    checks: ReadyChecks
+    ingest_lag: dict[str, int | None]
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return reply({"status": "ok"})
+    """Liveness: the process answers (it checks nothing else)."""
+    return reply(Liveness(status="ok"))
 
 
 async def _answers(calls, timeout: float = 5.0) -> list | None:
@@ -25,38 +55,44 @@ async def _answers(calls, timeout: float = 5.0) -> list | None:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: NATS connected, PostgreSQL answers, the UserShards answer, every
+    """Readiness: 200 when every dependency answers, 503 (the same shape) when one does not.
+
+    Ready: NATS connected, PostgreSQL answers, the UserShards answer, every
     Ingestor's loop runs and the Scheduler's loop turned recently. Also shows
     the ingest lag (messages waiting in each lane's consumer), not a check."""
     engine = request.app[ENGINE]
-    checks = {"nats": engine.nc is not None and engine.nc.is_connected}
-    checks["postgres"] = await _answers([engine.pool.fetchval("SELECT 1")], 2) is not None
-    checks["ray"] = await _answers([a.info.remote() for a in engine.actors.user_shards]) is not None
+    nats = engine.nc is not None and engine.nc.is_connected
+    postgres = await _answers([engine.pool.fetchval("SELECT 1")], 2) is not None
+    ray = await _answers([a.info.remote() for a in engine.actors.user_shards]) is not None
     ingestors = await _answers([i.info.remote() for i in engine.actors.ingestors])
-    checks["ingestors"] = ingestors is not None and all(i.get("running") for i in ingestors)
     scheduler = await _answers([engine.actors.scheduler.info.remote()])
     stale_after = max(30.0, 5 * engine.cfg.scheduler.interval_s)
-    checks["scheduler"] = scheduler is not None and scheduler[0].get("running", False) \
-        and time.time() - scheduler[0].get("last_round_at", 0.0) < stale_after
-    lag = {}
-    if checks["nats"]:
+    checks = ReadyChecks(
+        nats=nats, postgres=postgres, ray=ray,
+        ingestors=ingestors is not None and all(bool(i.get("running")) for i in ingestors),
+        scheduler=scheduler is not None and bool(scheduler[0].get("running", False))
+        and time.time() - scheduler[0].get("last_round_at", 0.0) < stale_after)
+    lag: dict[str, int | None] = {}
+    if nats:
         for lane in streams.LANES:
             info = await _answers([engine.js.consumer_info(engine.cfg.nats.stream,
                                                            streams.consumer_name(engine.cfg.nats, lane))], 2)
             lag[lane] = info[0].num_pending if info else None
-    ok = all(checks.values())
-    return reply({"status": "ready" if ok else "not ready", "checks": checks, "ingest_lag": lag},
+    ok = all(msgspec.structs.astuple(checks))
+    return reply(Readiness(status="ready" if ok else "not ready", checks=checks, ingest_lag=lag),
                  status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of this process, in the text exposition format."""
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 ROUTES = [
-    Route("GET", "/healthz", healthz, Public("liveness only; says nothing")),
-    Route("GET", "/readyz", readyz, Ops()),
-    Route("GET", "/metrics", metrics, Ops()),
+    Route("GET", "/healthz", healthz, Public("liveness only; says nothing"), answers={200: Liveness}),
+    Route("GET", "/readyz", readyz, Ops(), answers={200: Readiness, 503: (Readiness, ErrorAnswer)}),
+    Route("GET", "/metrics", metrics, Ops(),
+          answers={200: Media(CONTENT_TYPE_LATEST.split(";")[0].strip(), {"type": "string"})}),
 ]
 
 

@@ -34,10 +34,11 @@ from msgspec import Meta
 
 from actors.user_links import unsubscribe_rules
 from engine.auth import PRINCIPAL
-from engine.http.access import Route, Scoped, register
+from engine.http.access import Param, Route, Scoped, register
 from engine.http.common import ENGINE, Problem, decode, path_user, query_bool, query_int, read_json, reply
 from engine.http.sockets import SOCKETS, Sockets
-from providers.inapp.messages import COLUMNS, Event, from_row, inbox_subject
+from policy.types import UserId
+from providers.inapp.messages import COLUMNS, Event, InboxMessage, from_row, inbox_subject
 from stores import engagement
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,33 @@ class Ack(msgspec.Struct, forbid_unknown_fields=True):
     ack: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 
 
+class InboxPage(msgspec.Struct):
+    """A page of the inbox, oldest first: page on with ``after=<next>``; the user's unread and unseen counts,
+    and (for an end-user token only) the link to their preference center."""
+
+    messages: list[InboxMessage]
+    next: int
+    unread: int
+    unseen: int
+    preference_center: str | None
+
+
+class ReadMarked(msgspec.Struct):
+    """How many messages this call marked read, and the user's unread and unseen counts after it."""
+
+    read: int
+    unread: int
+    unseen: int
+
+
+class SeenMarked(msgspec.Struct):
+    """How many messages this call marked seen, and the user's unread and unseen counts after it."""
+
+    seen: int
+    unread: int
+    unseen: int
+
+
 _marks = msgspec.json.Decoder(Marks)
 _ack = msgspec.json.Decoder(Ack)
 
@@ -94,6 +122,12 @@ async def counts(conn, user_id: str) -> dict:
 
 
 async def get_inbox(request: web.Request) -> web.Response:
+    """A page of a user's inbox, oldest first.
+
+    ``next`` is the last seq of the page (or ``after`` when it is empty): page
+    on with ``after=<next>``. ``preference_center`` is the person's preference
+    center link, given to an end-user token only (null for a key, and while
+    ``[engagement]`` has no base URL and secret)."""
     engine = request.app[ENGINE]
     user_id = path_user(request)
     after = query_int(request, "after", 0, 0, MAX_SEQ)
@@ -106,8 +140,8 @@ async def get_inbox(request: web.Request) -> web.Response:
     # the center link can change preferences and consent for 30 days: only for the person themselves
     principal = request.get(PRINCIPAL)
     own = principal is not None and principal.kind == "user"
-    return reply({"messages": messages, "next": messages[-1].seq if messages else after, **totals,
-                  "preference_center": center_link(engine.cfg, user_id) if own else None})
+    return reply(InboxPage(messages=messages, next=messages[-1].seq if messages else after, **totals,
+                           preference_center=center_link(engine.cfg, user_id) if own else None))
 
 
 def center_link(cfg, user_id: str) -> str | None:
@@ -117,7 +151,7 @@ def center_link(cfg, user_id: str) -> str | None:
     return rules.center_url(user_id, time.time()) if rules is not None else None
 
 
-async def mark(request: web.Request, sql: str, what: str) -> web.Response:
+async def mark(request: web.Request, sql: str, what: str, answer: type[ReadMarked] | type[SeenMarked]) -> web.Response:
     engine = request.app[ENGINE]
     user_id = path_user(request)
     marks = decode(_marks, await read_json(request), f"{what} marks")
@@ -130,15 +164,22 @@ async def mark(request: web.Request, sql: str, what: str) -> web.Response:
             await engagement.record(conn, [engagement.Engagement(r["notification_id"], user_id, "in_app", "opened",
                                                                  float(r["read_at"]), "inbox") for r in rows])
         totals = await counts(conn, user_id)
-    return reply({what: len(rows), **totals})
+    return reply(answer(len(rows), **totals))
 
 
 async def mark_read(request: web.Request) -> web.Response:
-    return await mark(request, READ_SQL, "read")
+    """Mark a user's inbox messages read: the seqs given, or all.
+
+    Read implies seen; each message newly read records its notification
+    "opened" on ``in_app``. Only that user's messages are marked."""
+    return await mark(request, READ_SQL, "read", ReadMarked)
 
 
 async def mark_seen(request: web.Request) -> web.Response:
-    return await mark(request, SEEN_SQL, "seen")
+    """Mark a user's inbox messages seen: the seqs given, or all.
+
+    Only that user's unread messages are marked (a read one is seen already)."""
+    return await mark(request, SEEN_SQL, "seen", SeenMarked)
 
 
 class InboxStream:
@@ -273,9 +314,23 @@ def check_origin(request: web.Request, allowed: list[str]) -> None:
 
 
 async def inbox_ws(request: web.Request) -> web.WebSocketResponse:
-    """The user's inbox over a WebSocket; see ``InboxStream`` for the protocol's
-    guarantees. Subscribes to ``<prefix>.inbox.<user token>`` before anything is
-    read, and unsubscribes when the socket closes."""
+    """A user's inbox, live, over a WebSocket.
+
+    The server sends JSON text frames: ``{"type": "message", "message": {...}}``
+    (an inbox message, as in the inbox page) for the backlog after ``after``,
+    then ``{"type": "synced", "next": <seq>}`` once, then each new message as it
+    comes; ``{"type": "ack", "seq": s, "seen": n}`` answers a client's
+    ``{"ack": s}`` (marks the user's messages up to ``s`` seen), and
+    ``{"type": "error", "error": ...}`` a frame it cannot use. A client that
+    reconnects sends ``?after=<the last seq it got>`` and gets exactly what it
+    missed. A browser passes its end-user token as ``?access_token=`` and must
+    come from an allowed origin (``http.allowed_origins``). A request that is not
+    a WebSocket upgrade is a 400; a socket past ``http.ws_per_user`` is a 429,
+    past ``http.ws_total`` a 503, both with ``Retry-After``.
+
+    See ``InboxStream`` for the protocol's guarantees. Subscribes to
+    ``<prefix>.inbox.<user token>`` before anything is read, and unsubscribes
+    when the socket closes."""
     engine = request.app[ENGINE]
     user_id = path_user(request)
     after = query_int(request, "after", 0, 0, MAX_SEQ)
@@ -332,11 +387,20 @@ async def _stop_feed(sub, forwarder: asyncio.Task) -> None:
     await asyncio.gather(forwarder, return_exceptions=True)
 
 
+USER = {"user_id": UserId}
+AFTER = Param("after", Annotated[int, Meta(ge=0, le=MAX_SEQ)], "Only messages with a seq above this one "
+              "(the `next` of the previous page, or the last seq a socket got); default 0")
 ROUTES = [
-    Route("GET", "/v1/users/{user_id}/inbox", get_inbox, Scoped("inbox:read", user=True)),
-    Route("POST", "/v1/users/{user_id}/inbox/read", mark_read, Scoped("inbox:write", user=True)),
-    Route("POST", "/v1/users/{user_id}/inbox/seen", mark_seen, Scoped("inbox:write", user=True)),
-    Route("GET", "/v1/users/{user_id}/inbox/ws", inbox_ws, Scoped("inbox:read", user=True, query_token=True)),
+    Route("GET", "/v1/users/{user_id}/inbox", get_inbox, Scoped("inbox:read", user=True), params=USER,
+          answers={200: InboxPage},
+          query=(AFTER, Param("limit", Annotated[int, Meta(ge=1, le=MAX_LIMIT)], "At most this many messages; default 50"),
+                 Param("unread", bool, "Only unread messages (also `1`/`0`, any case); default false"))),
+    Route("POST", "/v1/users/{user_id}/inbox/read", mark_read, Scoped("inbox:write", user=True), params=USER,
+          body=Marks, answers={200: ReadMarked}, example={"seqs": [1, 2, 3]}),
+    Route("POST", "/v1/users/{user_id}/inbox/seen", mark_seen, Scoped("inbox:write", user=True), params=USER,
+          body=Marks, answers={200: SeenMarked}, example={"all": True}),
+    Route("GET", "/v1/users/{user_id}/inbox/ws", inbox_ws, Scoped("inbox:read", user=True, query_token=True),
+          params=USER, query=(AFTER,), answers={101: None}),
 ]
 
 

@@ -23,7 +23,7 @@ import time
 
 from aiohttp import web
 
-from engine.http.access import Public, Route, register
+from engine.http.access import Media, Public, Route, register
 from engine.http.common import ENGINE
 from policy import links
 from stores import engagement
@@ -56,6 +56,11 @@ async def _record(request: web.Request, link: links.Link, type_: str, source: st
 
 
 async def opened(request: web.Request) -> web.Response:
+    """The open pixel: records the notification "opened" and answers a 1x1 transparent GIF.
+
+    Always the GIF (never cached), also for a token that does not verify, which
+    records nothing; 404 only while tracking is off (``engagement.base_url``
+    empty)."""
     secret = _secret(request)
     if secret is None:
         raise web.HTTPNotFound()
@@ -69,6 +74,10 @@ async def opened(request: web.Request) -> web.Response:
 
 
 async def clicked(request: web.Request) -> web.Response:
+    """The click redirect: records the notification "clicked" and redirects (302) to the URL the token signed.
+
+    A token that does not verify, or tracking off, is 404: the route never
+    redirects anywhere it did not sign."""
     secret = _secret(request)
     link = None if secret is None else links.verify(secret, request.match_info["token"], "c")
     if link is None or not links.trackable(link.url):
@@ -81,8 +90,10 @@ async def clicked(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/v1/t/o/{token}.gif", opened, Public("the signed link token is verified")),
-    Route("GET", "/v1/t/c/{token}", clicked, Public("the signed link token is verified")),
+    Route("GET", "/v1/t/o/{token}.gif", opened, Public("the signed link token is verified"),
+          answers={200: Media("image/gif", {"type": "string", "contentMediaType": "image/gif"})}, errors=(404,)),
+    Route("GET", "/v1/t/c/{token}", clicked, Public("the signed link token is verified"), answers={302: None},
+          errors=(404,)),
 ]
 
 

@@ -22,7 +22,19 @@ from aiohttp import web
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, read_body, reply
 from engine.http.replays import SharedTokens, guarded, namespace
-from engine.http.tracking import _urls, answer_by_text, apply, bad_payload, bad_signature, configured, webhook_params
+from engine.http.tracking import (
+    InboundText,
+    TrackingApplied,
+    _urls,
+    answer_by_text,
+    apply,
+    bad_payload,
+    bad_signature,
+    configured,
+    webhook_body,
+    webhook_params,
+    webhook_query,
+)
 from providers.tracking import PayloadError, SignatureError
 from providers.tracking.messagebird import (
     SIGNATURE_HEADER,
@@ -71,6 +83,13 @@ async def _params(request: web.Request, setting: str) -> tuple[list[str], dict[s
 
 
 async def report(request: web.Request) -> web.Response:
+    """MessageBird's SMS status report (``id``, ``reference``, ``status``, ``statusReason``).
+
+    Applied like every provider's tracking events; the row is found by
+    ``reference``, the notification id. ``MessageBird-Signature-JWT`` must be
+    MessageBird's token (the provider's ``signing_key``), valid now, for the URL
+    called and the body, its ``jti`` not seen before: 401 otherwise. 503 when the
+    report could not be applied (its ``jti`` is then forgotten)."""
     channels, params = await _params(request, "status_callback")
 
     async def work() -> web.Response:
@@ -83,9 +102,15 @@ async def report(request: web.Request) -> web.Response:
 
 
 async def inbound(request: web.Request) -> web.Response:
+    """A text a person sent to one of our numbers (MessageBird's inbound message: ``originator``, ``body``).
+
+    YES, STOP, START and HELP are done and the answer texted back once per
+    message, as for Vonage. Signed as the status reports are, with the
+    configured ``inbound_url`` (401 otherwise); 503 when the reply could not be
+    applied or answered."""
     _, params = await _params(request, "inbound_url")
 
-    async def work() -> dict:
+    async def work() -> InboundText:
         try:
             number, text = messagebird_inbound(params)
         except PayloadError as exc:
@@ -95,10 +120,27 @@ async def inbound(request: web.Request) -> web.Response:
     return reply(await guarded(request.app[JTIS], request[CLAIM], work()))
 
 
+REPORT = {
+    "id": "MessageBird's id of the message", "reference": "the notification id Tidings sent",
+    "recipient": "the recipient's number", "status": "scheduled, sent, buffered, delivered, expired, "
+    "delivery_failed", "statusReason": "why (unknown subscriber, opted out: the number is suppressed)",
+    "statusErrorCode": "MessageBird's error code", "statusDatetime": "when the status was set (RFC 3339)",
+}
+INBOUND = {
+    "originator": "the sender's number", "body": "the text", "recipient": "our number",
+    "id": "MessageBird's id of it", "createdDatetime": "when MessageBird received it (RFC 3339)",
+}
+
+WHY = "MessageBird's signature (signing_key) is verified"
 ROUTES = [
-    Route(method, path, handler, Public("MessageBird's signature (signing_key) is verified"))
-    for path, handler in (("/v1/tracking/messagebird", report), ("/v1/tracking/messagebird/inbound", inbound))
-    for method in ("GET", "POST")
+    Route("GET", "/v1/tracking/messagebird", report, Public(WHY), query=webhook_query(REPORT),
+          answers={200: TrackingApplied}, errors=(400, 401, 404, 503)),
+    Route("POST", "/v1/tracking/messagebird", report, Public(WHY), query=webhook_query(REPORT),
+          body=webhook_body(REPORT), answers={200: TrackingApplied}, errors=(400, 401, 404, 413, 422, 503)),
+    Route("GET", "/v1/tracking/messagebird/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
+          answers={200: InboundText}, errors=(400, 401, 404, 503)),
+    Route("POST", "/v1/tracking/messagebird/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
+          body=webhook_body(INBOUND), answers={200: InboundText}, errors=(400, 401, 404, 413, 422, 503)),
 ]
 
 

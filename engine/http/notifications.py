@@ -15,10 +15,11 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from engine.auth import PRINCIPAL
-from engine.http.access import Route, Scoped, register
+from engine.http.access import Link, Route, Scoped, register
 from engine.http.common import ENGINE, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
 from infra import streams
+from policy.api import Accepted, AcceptedBatch, BroadcastStatus, ChannelOutcome, NotificationStatus, OutcomeCount
 from policy.email import content_problem
 from policy.types import BroadcastRequest, NotificationRequest, derive_id, notification_id
 from policy.validate import message_errors
@@ -108,6 +109,13 @@ def scoped_id(request: web.Request, r: NotificationRequest | BroadcastRequest) -
 
 
 async def submit(request: web.Request) -> web.Response:
+    """Submit one notification, or a batch (a JSON array).
+
+    Answered 202 once JetStream holds every one (accepted = durable). A
+    notification without ``id`` gets one derived from ``idempotency_key`` (per
+    calling key) or a new one; a resubmission with the same id within
+    JetStream's duplicate window answers ``duplicate: true`` and is not sent
+    again. Every violation in the batch is answered at once (422)."""
     engine = request.app[ENGINE]
     cfg = engine.cfg
     reqs, many = decode_submission(await read_json(request))
@@ -130,12 +138,15 @@ async def submit(request: web.Request) -> web.Response:
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     for r in reqs:
         ACCEPTED.labels(r.category).inc()
-    items = [{"id": str(r.id), "duplicate": bool(a.duplicate)} for r, a in zip(reqs, acks, strict=True)]
-    return reply({"notifications": items} if many else items[0], status=202)
+    items = [Accepted(id=str(r.id), duplicate=bool(a.duplicate)) for r, a in zip(reqs, acks, strict=True)]
+    return reply(AcceptedBatch(notifications=items) if many else items[0], status=202)
 
 
 async def submit_broadcast(request: web.Request) -> web.Response:
-    """One message to an audience; 202 with its id once JetStream has it."""
+    """Submit one message to an audience (a broadcast).
+
+    202 with its id once JetStream has it; each recipient is then decided as a
+    single notification would be."""
     engine = request.app[ENGINE]
     cfg = engine.cfg
     b = decode(_broadcast, await read_json(request), "broadcast")
@@ -148,7 +159,7 @@ async def submit_broadcast(request: web.Request) -> web.Response:
                                       headers={"Nats-Msg-Id": str(b.id)}, timeout=PUBLISH_TIMEOUT_S)
     except (TimeoutError, nats.errors.Error) as e:
         raise not_accepted(e) from None
-    return reply({"id": str(b.id), "duplicate": bool(ack.duplicate)}, status=202)
+    return reply(Accepted(id=str(b.id), duplicate=bool(ack.duplicate)), status=202)
 
 
 BROADCAST_SQL = """
@@ -159,16 +170,16 @@ FROM delivery_tracking WHERE parent_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 
 
 async def broadcast_status(request: web.Request) -> web.Response:
-    """Recipient outcomes of a broadcast so far, counted by channel, status and reason."""
+    """A broadcast's recipient outcomes so far, counted by channel, status and reason."""
     bid = path_uuid(request)
     rows = await request.app[ENGINE].pool.fetch(BROADCAST_SQL, bid)
     if not rows:
         raise Problem(404, "not found", [{"field": "id", "reason": "no recipient recorded (unknown, or starting)"}])
-    counts = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "count": r["n"]} for r in rows]
+    counts = [OutcomeCount(channel=r["channel"], status=r["status"], reason=r["reason"], count=r["n"]) for r in rows]
     first = min(float(r["accepted_at"]) for r in rows if r["accepted_at"] is not None)
     last = max(float(r["last_at"]) for r in rows)
-    return reply({"id": str(bid), "recorded": sum(r["n"] for r in rows), "outcomes": counts,
-                  "seconds_since_accepted": round(last - first, 3)})
+    return reply(BroadcastStatus(id=str(bid), recorded=sum(r["n"] for r in rows), outcomes=counts,
+                                 seconds_since_accepted=round(last - first, 3)))
 
 
 STATUS_SQL = """
@@ -180,29 +191,44 @@ FROM delivery_tracking WHERE notification_id = $1 ORDER BY channel
 
 
 async def status(request: web.Request) -> web.Response:
+    """A notification's outcome on each channel, with its timeline.
+
+    404 until the first outcome is recorded."""
     nid = path_uuid(request)
     pool = request.app[ENGINE].pool
     rows = await pool.fetch(STATUS_SQL, nid)
     if not rows:
         raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
     engaged = await engagement.timelines(pool, nid)  # opens and clicks, after the channel's own timeline
-    channels = [{
-        "channel": r["channel"], "status": r["status"], "reason": r["reason"], "provider": r["provider"],
-        "provider_message_id": r["provider_message_id"], "attempts": r["attempts"],
-        "timeline": orjson.loads(r["timeline"]) + engaged.get(r["channel"], []),
-        "errors": orjson.loads(r["errors"]) if r["errors"] else None,
-        "accepted_at": float(r["accepted_at"]) if r["accepted_at"] is not None else None,
-        "completed_at": float(r["completed_at"]) if r["completed_at"] is not None else None,
-        "broadcast_id": r["parent_id"], "digest_id": r["digest_id"],
-    } for r in rows]
-    return reply({"id": str(nid), "channels": channels})
+    channels = [ChannelOutcome(
+        channel=r["channel"], status=r["status"], reason=r["reason"], provider=r["provider"],
+        provider_message_id=r["provider_message_id"], attempts=r["attempts"],
+        timeline=orjson.loads(r["timeline"]) + engaged.get(r["channel"], []),
+        errors=orjson.loads(r["errors"]) if r["errors"] else None,
+        accepted_at=float(r["accepted_at"]) if r["accepted_at"] is not None else None,
+        completed_at=float(r["completed_at"]) if r["completed_at"] is not None else None,
+        broadcast_id=r["parent_id"], digest_id=r["digest_id"],
+    ) for r in rows]
+    return reply(NotificationStatus(id=str(nid), channels=channels))
 
 
+ID = {"id": uuid.UUID}
 ROUTES = [
-    Route("POST", "/v1/notifications", submit, Scoped("notifications:send")),
-    Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read")),
-    Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send")),
-    Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read")),
+    Route("POST", "/v1/notifications", submit, Scoped("notifications:send"),
+          body=(NotificationRequest, list[NotificationRequest]), answers={202: (Accepted, AcceptedBatch)},
+          example={"user_id": "u-1042", "category": "orders", "channels": ["email"],
+                   "idempotency_key": "order-8812-shipped",
+                   "content": {"subject": "Your order shipped", "text": "It arrives on Friday."}},
+          links=(Link("status", "GET", "/v1/notifications/{id}", {"id": "$response.body#/id"}),
+                 Link("event", "POST", "/v1/notifications/{id}/events", {"id": "$response.body#/id"}))),
+    Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read"), params=ID, errors=(404,),
+          answers={200: NotificationStatus}),
+    Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send"), body=BroadcastRequest,
+          answers={202: Accepted}, example={"category": "product_updates", "channels": ["email"],
+                                            "content": {"subject": "New: dark mode", "text": "Try it in settings."}},
+          links=(Link("status", "GET", "/v1/broadcasts/{id}", {"id": "$response.body#/id"}),)),
+    Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read"), params=ID, errors=(404,),
+          answers={200: BroadcastStatus}),
 ]
 
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from actors.user_prefs import PrefCommand
-from engine.http.access import Route, Scoped, actor, register
+from engine.http.access import Link, Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, path_user, query_int, read_json, reply
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from policy import wire
-from policy.prefs import ordered
+from policy.api import FieldError
+from policy.prefs import Preference, ordered
 from policy.rules import Template
 from policy.types import UserId
 from policy.validate import (
@@ -29,6 +31,7 @@ from policy.validate import (
     row_errors,
     rule_errors,
 )
+from policy.windows import Window
 from stores import prefs as prefs_store
 
 _doc = msgspec.json.Decoder(PreferencesDoc)
@@ -46,8 +49,98 @@ class ApplyTemplate(msgspec.Struct, forbid_unknown_fields=True):
 _apply = msgspec.json.Decoder(ApplyTemplate)
 
 
+class PreferencesAnswer(msgspec.Struct):
+    """A user's preference document: its version (also the ETag), rows, granted consent, zone and template."""
+
+    user_id: str
+    version: int
+    preferences: list[Preference]
+    consent: dict[str, str]  # the consent keys granted now ("sms", "sms:marketing"): "granted"
+    timezone: str
+    template: str | None
+
+
+class PreferencesConflict(msgspec.Struct):
+    """409: the ``If-Match`` version is not the current one; the current document comes with it."""
+
+    error: str
+    errors: list[FieldError]
+    current_version: int
+    current: PreferencesAnswer
+
+
+class EffectiveRow(msgspec.Struct):
+    """One (channel, category) resolved; ``why`` names the level each field came from."""
+
+    channel: str
+    category: str
+    enabled: bool
+    frequency: str
+    quiet_hours: list[Window]
+    time_windows: list[Window]
+    custom: dict[str, Any] | None
+    why: dict[str, str]
+
+
+class EffectivePreferences(msgspec.Struct):
+    """Every (channel, category) of a user resolved, for the context given in the query."""
+
+    user_id: str
+    version: int
+    timezone: str
+    effective: list[EffectiveRow]
+
+
+class ChangeFeed(msgspec.Struct):
+    """Changes after ``since``, oldest first, each its version, type, source, at and the document as changed."""
+
+    user_id: str
+    since: int
+    changes: list[dict[str, Any]]
+    next: int
+
+
+class Validation(msgspec.Struct):
+    """Whether the document is valid, and every violation."""
+
+    valid: bool
+    errors: list[FieldError]
+
+
+class TemplateSaved(msgspec.Struct):
+    """The template's id and the version this save made."""
+
+    id: str
+    version: int
+
+
+class TemplateVersions(Template, kw_only=True):
+    """A template's newest version, and every version it has had."""
+
+    versions: list[int]
+
+
+class ApplyFailed(msgspec.Struct):
+    """A user the template could not be applied to, and why."""
+
+    user_id: str
+    errors: list[FieldError]
+
+
+class Applied(msgspec.Struct):
+    """How many users follow the template now; the first 100 that could not, with why."""
+
+    template: str
+    applied: int
+    failed: list[ApplyFailed]
+
+
 def problems(errors) -> list[dict]:
     return [{"field": f, "reason": r} for f, r in errors]
+
+
+def field_errors(errors) -> list[FieldError]:
+    return [FieldError(field=f, reason=r) for f, r in errors]
 
 
 def if_match(request: web.Request) -> int | None:
@@ -63,21 +156,27 @@ def if_match(request: web.Request) -> int | None:
     return int(tag)
 
 
-def with_etag(doc: dict, status: int = 200) -> web.Response:
+def with_etag(doc: PreferencesAnswer, status: int = 200) -> web.Response:
     resp = reply(doc, status)
-    resp.headers["ETag"] = f'"{doc["version"]}"'
+    resp.headers["ETag"] = f'"{doc.version}"'
     return resp
 
 
-async def get_doc(engine: Engine, user_id: str) -> dict:
-    return wire.decode(await engine.shard_for(user_id).get_prefs.remote(user_id), dict)
+async def get_doc(engine: Engine, user_id: str) -> PreferencesAnswer:
+    return wire.decode(await engine.shard_for(user_id).get_prefs.remote(user_id), PreferencesAnswer)
 
 
 async def get_prefs(request: web.Request) -> web.Response:
+    """A user's preference document, with its version as the ``ETag``."""
     return with_etag(await get_doc(request.app[ENGINE], path_user(request)))
 
 
 async def change_prefs(request: web.Request) -> web.Response:
+    """Replace (PUT) or change (PATCH) a user's preferences.
+
+    With ``If-Match`` (a version, as the ``ETag`` gave it), only if the document is
+    still at that version (409 with the current one otherwise). Answers the new
+    document, with its version as the ``ETag``."""
     engine = request.app[ENGINE]
     user_id = path_user(request)
     body = await read_json(request)
@@ -101,35 +200,45 @@ async def change_prefs(request: web.Request) -> web.Response:
     return with_etag(doc)
 
 
-def _conflict(doc: dict) -> web.Response:
-    resp = reply({"error": "version conflict", "errors": [
-        {"field": "If-Match", "reason": f"the preferences are at version {doc['version']}"}],
-        "current_version": doc["version"], "current": doc}, 409)
-    resp.headers["ETag"] = f'"{doc["version"]}"'
+def _conflict(doc: PreferencesAnswer) -> web.Response:
+    resp = reply(PreferencesConflict(error="version conflict", errors=[
+        FieldError(field="If-Match", reason=f"the preferences are at version {doc.version}")],
+        current_version=doc.version, current=doc), 409)
+    resp.headers["ETag"] = f'"{doc.version}"'
     return resp
 
 
+CONTEXT_QUERY = ("device", "location", "activity", "urgency")
+
+
 async def effective(request: web.Request) -> web.Response:
+    """Every (channel, category) of a user resolved, with the level each value came from.
+
+    The query's ``device``, ``location``, ``activity`` and ``urgency`` are the
+    context that contextual rows match."""
     engine = request.app[ENGINE]
     user_id = path_user(request)
-    context = {k: v for k, v in request.query.items() if k in ("device", "location", "activity", "urgency")}
-    return reply(wire.decode(await engine.shard_for(user_id).effective.remote(user_id, context), dict))
+    context = {k: v for k, v in request.query.items() if k in CONTEXT_QUERY}
+    return reply(wire.decode(await engine.shard_for(user_id).effective.remote(user_id, context),
+                             EffectivePreferences))
 
 
 async def changes(request: web.Request) -> web.Response:
+    """A user's preference change feed: the changes after version ``since``, oldest first."""
     engine = request.app[ENGINE]
     user_id = path_user(request)
     since = query_int(request, "since", 0, 0, 2**62)
     limit = query_int(request, "limit", 500, 1, 5000)
     async with engine.pool.acquire() as conn:
         rows = await prefs_store.changes_since(conn, engine.ring, user_id, since, limit)
-    return reply({"user_id": user_id, "since": since, "changes": rows,
-                  "next": rows[-1]["version"] if rows else since})
+    return reply(ChangeFeed(user_id=user_id, since=since, changes=rows, next=rows[-1]["version"] if rows else since))
 
 
 async def validate(request: web.Request) -> web.Response:
-    """Every violation of a preference document, checked as a whole set (rules
-    included); 200 with ``valid`` and ``errors``. Nothing is stored."""
+    """Check a preference document without storing it.
+
+    Every violation of the document, checked as a whole set (rules included);
+    200 with ``valid`` and ``errors``. Nothing is stored."""
     engine = request.app[ENGINE]
     doc = decode(_doc, await read_json(request), "preferences")
     policy = engine.policy
@@ -142,12 +251,16 @@ async def validate(request: web.Request) -> web.Response:
             errors.append(("template", f"no template {doc.template!r}"))
     if not errors:
         errors = rule_errors(doc.preferences, chain, policy, time.time())
-    return reply({"valid": not errors, "errors": problems(errors)})
+    return reply(Validation(valid=not errors, errors=field_errors(errors)))
 
 
 # -- templates -----------------------------------------------------------------
 
 async def save_template(request: web.Request) -> web.Response:
+    """Save a preference template as its next version.
+
+    Its rows may break no rule on their own; ``extends`` names an existing
+    template (no cycles). The users following it use the new version at once."""
     engine = request.app[ENGINE]
     t = decode(_template, await read_json(request), "template")
     errors = [("id", "letters, digits, '.', '_' and '-' only")] if not _valid_id(t.id) else []
@@ -166,7 +279,7 @@ async def save_template(request: web.Request) -> web.Response:
             raise Problem(422, "invalid template", problems(errors))
         version = await prefs_store.save_template(conn, t, actor(request))
     await asyncio.gather(*(s.templates_changed.remote() for s in engine.actors.user_shards))
-    return reply({"id": t.id, "version": version}, 201)
+    return reply(TemplateSaved(id=t.id, version=version), 201)
 
 
 def _valid_id(text: str) -> bool:
@@ -178,17 +291,20 @@ def _valid_id(text: str) -> bool:
 
 
 async def get_template(request: web.Request) -> web.Response:
+    """A preference template's newest version, and the list of its versions."""
     engine = request.app[ENGINE]
     async with engine.pool.acquire() as conn:
         versions = await prefs_store.template_versions(conn, request.match_info["id"])
     if not versions:
         raise Problem(404, "not found", [{"field": "id", "reason": "no such template"}])
     latest = versions[-1]
-    return reply({**msgspec.to_builtins(latest), "versions": [v.version for v in versions]})
+    return reply(TemplateVersions(**msgspec.structs.asdict(latest), versions=[v.version for v in versions]))
 
 
 async def apply_template(request: web.Request) -> web.Response:
-    """Users follow the template from now on (a ``template`` change of each, with
+    """Make users follow a preference template.
+
+    Users follow the template from now on (a ``template`` change of each, with
     its version bump, audit row and change-feed entry)."""
     engine = request.app[ENGINE]
     tid = request.match_info["id"]
@@ -213,20 +329,48 @@ async def apply_template(request: web.Request) -> web.Response:
             PrefCommand(user_id=u, patch=PreferencesPatch(template=tid), source="template", actor=who)
             for u in users[i:i + 1000]])
         applied += sum(r.status == "ok" for r in results)
-        failed += [{"user_id": r.user_id, "errors": problems(r.errors)} for r in results if r.status != "ok"]
-    return reply({"template": tid, "applied": applied, "failed": failed[:100]})
+        failed += [ApplyFailed(user_id=r.user_id, errors=field_errors(r.errors)) for r in results if r.status != "ok"]
+    return reply(Applied(template=tid, applied=applied, failed=failed[:100]))
 
 
+USER = {"user_id": UserId}
+TEMPLATE = {"id": TemplateId}
+CONTEXT = tuple(Param(k, str, f"The {k} a contextual row may match") for k in CONTEXT_QUERY)
+FEED = (Param("since", Annotated[int, msgspec.Meta(ge=0, le=2**62)], "Changes after this version (default 0)"),
+        Param("limit", Annotated[int, msgspec.Meta(ge=1, le=5000)], "At most this many changes (default 500)"))
+DOC = {"preferences": [{"channel": "email", "category": "marketing", "enabled": False},
+                       {"channel": "sms", "quiet_hours": [{"start": "22:00", "end": "07:00"}]}],
+       "consent": {"sms": "granted"}, "timezone": "Europe/London"}
+PATCH = {"set": [{"channel": "email", "category": "product_updates", "frequency": "weekly"}],
+         "remove": [{"channel": "email", "category": "marketing"}]}
+ETAG = {"ETag": 'The document\'s version, quoted ("3"): send it back as If-Match'}
+IF_MATCH = (Param("If-Match", str, 'Write only if the document is still at this version ("3", W/"3" or 3; * or '
+                  "none: no check); otherwise 409 with the current document", where="header"),)
 ROUTES = [
-    Route("GET", "/v1/users/{user_id}/preferences", get_prefs, Scoped("preferences:read", user=True)),
-    Route("PUT", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True)),
-    Route("PATCH", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True)),
-    Route("GET", "/v1/users/{user_id}/preferences/effective", effective, Scoped("preferences:read", user=True)),
-    Route("GET", "/v1/users/{user_id}/preferences/changes", changes, Scoped("preferences:read")),
-    Route("POST", "/v1/preferences/validate", validate, Scoped("preferences:read")),
-    Route("POST", "/v1/preference-templates", save_template, Scoped("templates:write")),
-    Route("GET", "/v1/preference-templates/{id}", get_template, Scoped("templates:read")),
-    Route("POST", "/v1/preference-templates/{id}/apply", apply_template, Scoped("preferences:write")),
+    Route("GET", "/v1/users/{user_id}/preferences", get_prefs, Scoped("preferences:read", user=True), params=USER,
+          answers={200: PreferencesAnswer}, headers=ETAG),
+    Route("PUT", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True),
+          params=USER, body=PreferencesDoc, answers={200: PreferencesAnswer, 409: PreferencesConflict},
+          query=IF_MATCH, errors=(400,), headers=ETAG, example=DOC),
+    Route("PATCH", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True),
+          params=USER, body=PreferencesPatch, answers={200: PreferencesAnswer, 409: PreferencesConflict},
+          query=IF_MATCH, errors=(400,), headers=ETAG, example=PATCH),
+    Route("GET", "/v1/users/{user_id}/preferences/effective", effective, Scoped("preferences:read", user=True),
+          params=USER, query=CONTEXT, answers={200: EffectivePreferences}),
+    Route("GET", "/v1/users/{user_id}/preferences/changes", changes, Scoped("preferences:read"), params=USER,
+          query=FEED, answers={200: ChangeFeed}),
+    Route("POST", "/v1/preferences/validate", validate, Scoped("preferences:read"), body=PreferencesDoc,
+          answers={200: Validation}, example=DOC),
+    Route("POST", "/v1/preference-templates", save_template, Scoped("templates:write"), body=Template,
+          answers={201: TemplateSaved}, example={"id": "quiet-nights", "name": "Quiet nights", "preferences": [
+              {"channel": "sms", "quiet_hours": [{"start": "21:00", "end": "08:00"}]}]},
+          links=(Link("template", "GET", "/v1/preference-templates/{id}", {"id": "$response.body#/id"}),
+                 Link("apply", "POST", "/v1/preference-templates/{id}/apply", {"id": "$response.body#/id"}))),
+    Route("GET", "/v1/preference-templates/{id}", get_template, Scoped("templates:read"), params=TEMPLATE,
+          errors=(404,), answers={200: TemplateVersions}),
+    Route("POST", "/v1/preference-templates/{id}/apply", apply_template, Scoped("preferences:write"),
+          params=TEMPLATE, body=ApplyTemplate, errors=(404,), answers={200: Applied},
+          example={"user_ids": ["u-1042", "u-1043"]}),
 ]
 
 

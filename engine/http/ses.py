@@ -31,18 +31,29 @@ from __future__ import annotations
 import logging
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from cryptography import x509
 
-from engine.http.access import Public, Route, register
+from engine.http.access import Media, Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
 from engine.http.replays import SharedTokens, guarded, namespace
-from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured
+from engine.http.tracking import (
+    InboundText,
+    TrackingApplied,
+    answer_by_text,
+    apply,
+    bad_payload,
+    bad_signature,
+    configured,
+)
 from providers.egress import read_capped
 from providers.tracking import PayloadError, SignatureError, sns as sns_messages
 from providers.tracking.sns import (
+    FIELDS,
     MESSAGE_TYPE_HEADER,
     TOLERANCE_S,
+    SnsMessage,
     parse_sns,
     precheck,
     ses_events,
@@ -56,6 +67,24 @@ MESSAGE_IDS = web.AppKey("ses_message_ids", SharedTokens)
 CERTS = web.AppKey("sns_certs", dict)
 MAX_CERT = 16 * 1024
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+class SnsDuplicate(msgspec.Struct):
+    """An SNS message done before: its MessageId, not applied again."""
+
+    duplicate: str
+
+
+class SnsSubscribed(msgspec.Struct):
+    """A SubscriptionConfirmation confirmed: the topic's ARN."""
+
+    confirmed: str
+
+
+class SnsUnsubscribed(msgspec.Struct):
+    """An UnsubscribeConfirmation taken note of: the topic's ARN."""
+
+    unsubscribed: str
 
 
 def _topics(settings: list[dict], setting: str) -> frozenset[str]:
@@ -92,10 +121,24 @@ async def _certificate(request: web.Request, url: str) -> bytes:
 
 
 async def events(request: web.Request) -> web.Response:
+    """Amazon SES's sending events (Bounce, Complaint, Delivery), as SNS delivers them.
+
+    The SNS message must come from a topic in an SES provider's ``events_topic_arn``
+    and carry SNS's signature (by the certificate at its ``SigningCertURL``, an SNS
+    host's), at most an hour old: 401 otherwise. A SubscriptionConfirmation is
+    confirmed, an UnsubscribeConfirmation noted, a MessageId done before answered
+    ``duplicate``; one still being processed is a 503 (SNS tries again). SNS sends
+    the JSON as ``text/plain``; the ``x-amz-sns-message-type`` header, when present,
+    must name the message's ``Type`` (400 otherwise)."""
     return await _sns(request, "ses", "events_topic_arn", _ses_events)
 
 
 async def sms_inbound(request: web.Request) -> web.Response:
+    """A text a person sent to one of our numbers, as AWS two-way SMS publishes it to SNS.
+
+    Checked as the SES events are, against an SNS SMS provider's ``inbound_topic_arn``.
+    YES, STOP, START and HELP are done (``tracking.answer_by_text``) and the answer
+    texted back once per ``inboundMessageId``; 503 when that could not be done."""
     return await _sns(request, "sns", "inbound_topic_arn", _sms_inbound)
 
 
@@ -126,7 +169,7 @@ async def _sns(request: web.Request, family: str, setting: str, notified) -> web
     if state == "busy":  # SNS gave up waiting and sent it again: answer when the first is done
         raise Problem(503, "unavailable", [{"field": "MessageId", "reason": "being processed"}])
     if state == "done":
-        return reply({"duplicate": m.message_id})  # done before: SNS's copy needs no second go
+        return reply(SnsDuplicate(m.message_id))  # done before: SNS's copy needs no second go
     return await guarded(seen, claim, _handle(request, m, hook.channels, prefix, notified))
 
 
@@ -140,10 +183,10 @@ async def _handle(request: web.Request, m, channels: list[str], prefix: str | No
             log.warning("sns: the subscription could not be confirmed: %s", type(exc).__name__)
             raise Problem(503, "unavailable", [{"field": "SubscribeURL", "reason": "not reachable now"}]) from None
         log.info("sns: subscribed to %s", m.topic_arn)
-        return reply({"confirmed": m.topic_arn})
+        return reply(SnsSubscribed(m.topic_arn))
     if m.type == "UnsubscribeConfirmation":  # not subscribed again: that is an operator's choice
         log.warning("sns: %s unsubscribed this endpoint", m.topic_arn)
-        return reply({"unsubscribed": m.topic_arn})
+        return reply(SnsUnsubscribed(m.topic_arn))
     return await notified(request, m, channels)
 
 
@@ -163,8 +206,32 @@ async def _sms_inbound(request: web.Request, m, channels: list[str]) -> web.Resp
     return reply(await answer_by_text(request.app[ENGINE], number, text, f"sns:{mid}"))
 
 
-ROUTES = [Route("POST", path, handler, Public("SNS's signature (its signing certificate) is verified"))
-          for path, handler in (("/v1/tracking/ses", events), ("/v1/tracking/sns/inbound", sms_inbound))]
+def sns_body(message: str) -> tuple[Media, Media]:
+    """The body SNS POSTs (``SnsMessage``, as the handlers decode it), whose
+    ``Message`` is ``message``: JSON, sent as ``text/plain`` by SNS."""
+    schema = msgspec.json.schema_components([SnsMessage])[1]["SnsMessage"]
+    props = dict(schema["properties"])
+    props["Type"] = {"enum": list(FIELDS)}
+    props["SignatureVersion"] = {"enum": ["1", "2"], "description": "1: SHA1withRSA, 2: SHA256withRSA"}
+    props["Message"] = {"type": "string", "description": message}
+    props["Timestamp"] = {"type": "string", "description": "ISO 8601; at most an hour from now"}
+    doc = {**schema, "properties": props, "additionalProperties": True}
+    return (Media("application/json", doc),
+            Media("text/plain", {"type": "string", "contentMediaType": "application/json",
+                                 "description": "The same JSON document: SNS sends it as text/plain"}))
+
+
+ALSO = (SnsDuplicate, SnsSubscribed, SnsUnsubscribed)
+SNS_ERRORS = (400, 401, 404, 413, 503)
+ROUTES = [
+    Route("POST", "/v1/tracking/ses", events, Public("SNS's signature (its signing certificate) is verified"),
+          body=sns_body("An SES event (its eventType or notificationType, mail.messageId, mail.tags) as JSON"),
+          answers={200: (TrackingApplied, *ALSO)}, errors=SNS_ERRORS),
+    Route("POST", "/v1/tracking/sns/inbound", sms_inbound,
+          Public("SNS's signature (its signing certificate) is verified"),
+          body=sns_body("The inbound SMS (originationNumber, messageBody, inboundMessageId) as JSON"),
+          answers={200: (InboundText, *ALSO)}, errors=SNS_ERRORS),
+]
 
 
 def add_routes(app: web.Application) -> None:

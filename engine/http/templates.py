@@ -10,7 +10,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from engine.http.access import Route, Scoped, actor, register
+from engine.http.access import Link, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, read_json, reply
 from policy.templating import Compiled, MessageTemplate, pick, render_error, syntax_errors
 from policy.types import CHANNELS, Content
@@ -20,10 +20,49 @@ _template = msgspec.json.Decoder(MessageTemplate)
 
 
 class Preview(msgspec.Struct, forbid_unknown_fields=True):
-    channel: str
-    locale: str = "en"
-    data: dict = {}
+    """What to render: the template's part for ``channel``, picked for ``locale``
+    (then its language, then ``default``), with ``data``, as of ``version`` (the
+    newest when left out)."""
+
+    channel: Annotated[str, msgspec.Meta(examples=["email"])]
+    locale: Annotated[str, msgspec.Meta(examples=["de-AT"])] = "en"
+    data: Annotated[dict, msgspec.Meta(examples=[{"name": "Ada", "order": "8812"}])] = {}
     version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None  # the column is int4
+
+
+class SavedTemplate(msgspec.Struct):
+    """A part stored (201): the template, the part's channel and locale, and the version this save made."""
+
+    id: str
+    channel: str
+    locale: str
+    version: int
+
+
+class TemplateVersion(msgspec.Struct):
+    """One saved part: the version its save made, when (epoch seconds) and by whom (the key or user, if known)."""
+
+    version: int
+    channel: str
+    locale: str
+    created_at: float
+    created_by: str | None
+
+
+class TemplateDetail(msgspec.Struct):
+    """A template: the newest version of each (channel, locale) part, and every save made."""
+
+    id: str
+    parts: list[MessageTemplate]
+    versions: list[TemplateVersion]
+
+
+class Rendered(msgspec.Struct):
+    """A preview: the part that was picked (its locale and version) and the content it rendered."""
+
+    locale: str
+    version: int
+    content: Content
 
 
 _preview = msgspec.json.Decoder(Preview)
@@ -36,8 +75,10 @@ _RENDERING = asyncio.Semaphore(2)
 
 
 async def save(request: web.Request) -> web.Response:
-    """A new version of one part; 201 ``{"id", "version"}``. Every shard forgets
-    what it compiled of the template."""
+    """Save a new version of one (channel, locale) part of a template.
+
+    201 with the template id, the part's channel and locale and its new version.
+    Every shard forgets what it compiled of the template."""
     engine = request.app[ENGINE]
     t = decode(_template, await read_json(request), "template")
     errors = syntax_errors(t)
@@ -48,10 +89,13 @@ async def save(request: web.Request) -> web.Response:
     async with engine.pool.acquire() as conn:
         version = await template_store.save(conn, t, actor(request))
     await asyncio.gather(*(s.message_templates_changed.remote(t.id) for s in engine.actors.user_shards))
-    return reply({"id": t.id, "channel": t.channel, "locale": t.locale, "version": version}, 201)
+    return reply(SavedTemplate(id=t.id, channel=t.channel, locale=t.locale, version=version), 201)
 
 
 async def get(request: web.Request) -> web.Response:
+    """A template's parts (the newest version of each) and its version history.
+
+    404 when no part of the template was ever saved."""
     engine = request.app[ENGINE]
     tid = request.match_info["id"]
     async with engine.pool.acquire() as conn:
@@ -59,11 +103,14 @@ async def get(request: web.Request) -> web.Response:
         history = await template_store.versions(conn, tid)
     if not parts:
         raise Problem(404, "not found", [{"field": "id", "reason": f"no template {tid!r}"}])
-    return reply({"id": tid, "parts": msgspec.to_builtins(parts), "versions": history})
+    return reply(TemplateDetail(id=tid, parts=parts, versions=[TemplateVersion(**v) for v in history]))
 
 
 async def preview(request: web.Request) -> web.Response:
-    """Render without sending: 200 with the content, 422 with what went wrong."""
+    """Render a template without sending it.
+
+    200 with the content; 404 when the template has no part for the channel (at
+    that version); 422 with what went wrong when rendering fails."""
     engine = request.app[ENGINE]
     tid = request.match_info["id"]
     p = decode(_preview, await read_json(request), "preview")
@@ -77,7 +124,7 @@ async def preview(request: web.Request) -> web.Response:
     template, content = rendered
     if isinstance(content, str):
         raise Problem(422, "template error", [{"field": "data", "reason": content}])
-    return reply({"locale": template.locale, "version": template.version, "content": msgspec.to_builtins(content)})
+    return reply(Rendered(locale=template.locale, version=template.version, content=content))
 
 
 def _render(templates: Mapping[str, MessageTemplate], locale: str,
@@ -95,9 +142,15 @@ def _render(templates: Mapping[str, MessageTemplate], locale: str,
 
 
 ROUTES = [
-    Route("POST", "/v1/templates", save, Scoped("templates:write")),
-    Route("GET", "/v1/templates/{id}", get, Scoped("templates:read")),
-    Route("POST", "/v1/templates/{id}/preview", preview, Scoped("templates:read")),
+    Route("POST", "/v1/templates", save, Scoped("templates:write"), body=MessageTemplate, answers={201: SavedTemplate},
+          example={"id": "order-shipped", "channel": "email", "locale": "en", "subject": "Order {{ order }} shipped",
+                   "text": "Hello {{ name }}, your order {{ order }} is on its way."},
+          links=(Link("template", "GET", "/v1/templates/{id}", {"id": "$response.body#/id"}),
+                 Link("preview", "POST", "/v1/templates/{id}/preview", {"id": "$response.body#/id"}))),
+    Route("GET", "/v1/templates/{id}", get, Scoped("templates:read"), answers={200: TemplateDetail}, errors=(404,)),
+    Route("POST", "/v1/templates/{id}/preview", preview, Scoped("templates:read"), body=Preview,
+          answers={200: Rendered}, errors=(404,),
+          example={"channel": "email", "locale": "en", "data": {"name": "Ada", "order": "8812"}}),
 ]
 
 

@@ -54,7 +54,7 @@ from collections import defaultdict
 import msgspec
 from aiohttp import web
 
-from engine.http.access import Public, Route, register
+from engine.http.access import Media, Param, Public, Route, register
 from engine.http.common import ENGINE, Problem, decode, read_body, reply
 from engine.http.replays import SharedTokens, guarded, namespace
 from policy.sharding import shard_of
@@ -136,6 +136,22 @@ def webhook_params(request: web.Request, body: bytes) -> dict[str, str]:
     return params
 
 
+def webhook_query(fields: dict[str, str]) -> tuple[Param, ...]:
+    """The query parameters (name: what it is) of a webhook that ``webhook_params`` reads."""
+    return tuple(Param(name, str, doc) for name, doc in fields.items())
+
+
+def webhook_body(fields: dict[str, str]) -> tuple[Media, Media]:
+    """The body of such a webhook (name: what it is): a form, or a JSON object of
+    flat values (``flat_params``: a nested one is a 422). Others may come too."""
+    flat = ["string", "number", "boolean", "null"]  # flat_params takes any of these and reads it as text
+    form = {name: {"type": "string", "description": doc} for name, doc in fields.items()}
+    json = {name: {"type": flat, "description": doc} for name, doc in fields.items()}
+    return (Media("application/x-www-form-urlencoded", {"type": "object", "properties": form,
+                                                         "additionalProperties": {"type": "string"}}),
+            Media("application/json", {"type": "object", "properties": json, "additionalProperties": {"type": flat}}))
+
+
 def family(type_name: str) -> str | None:
     """``sendgrid``, ``mailgun``, ``twilio``, ``vonage`` or ``messagebird`` for a provider type of that
     provider (``twilio_sms``, ``twilio-voice`` count as twilio); else None."""
@@ -144,6 +160,24 @@ def family(type_name: str) -> str | None:
         if t == name or t.startswith((name + "_", name + "-")):
             return name
     return None
+
+
+class TrackingApplied(msgspec.Struct):
+    """What a tracking webhook's events did: how many came, rows updated, addresses newly suppressed, users reloaded."""
+
+    events: int
+    updated: int
+    suppressed: int
+    users: list[str]
+
+
+class InboundText(msgspec.Struct):
+    """What a text a person sent did: how many users have the sender's number, and the answer texted back."""
+
+    users: int
+    # the outcome's status of the answer texted back (sent, failed, ...), ``duplicate``
+    # (answered before) or ``nothing`` (no answer, or no one to text it to)
+    answer: str
 
 
 class Hook(msgspec.Struct):
@@ -207,6 +241,12 @@ def _public_key(text: str):
 
 
 async def sendgrid(request: web.Request) -> web.Response:
+    """SendGrid's Event Webhook: delivery, bounce, complaint, open and click events.
+
+    The body (a JSON array of events) must carry SendGrid's ECDSA signature
+    (``X-Twilio-Email-Event-Webhook-Signature`` over ``X-Twilio-Email-Event-Webhook-Timestamp``
+    and the body) by a provider's ``event_public_key``: 401 otherwise. 404 when no SendGrid
+    provider has one; 503 when none of the keys is usable."""
     hook = configured(request, "sendgrid", "event_public_key")
     body = await read_body(request)
     keys = []
@@ -234,6 +274,11 @@ async def sendgrid(request: web.Request) -> web.Response:
 
 
 async def mailgun(request: web.Request) -> web.Response:
+    """Mailgun's webhook: one event (delivered, failed, complained, opened, clicked, ...).
+
+    Its ``signature`` (HMAC by a provider's ``webhook_signing_key``) must match, its
+    timestamp be within 5 minutes and its token be new: 401 otherwise (a token
+    whose request failed may be sent again). 404 when no Mailgun provider has a key."""
     hook = configured(request, "mailgun", "webhook_signing_key")
     body = await read_body(request)
     try:
@@ -309,6 +354,12 @@ async def _twilio_params(request: web.Request, url_setting: str = "status_callba
 
 
 async def twilio(request: web.Request) -> web.Response:
+    """Twilio's status callback (SMS: ``MessageSid``/``MessageStatus``; voice: ``CallSid``/``CallStatus``).
+
+    ``X-Twilio-Signature`` must be Twilio's signature (the account's auth token) of
+    the URL called (as it arrived, as a proxy's ``X-Forwarded-*`` say, or the
+    configured ``status_callback``) and the form: 401 otherwise. 404 when no Twilio
+    provider has an auth token."""
     hook, params = await _twilio_params(request)
     try:
         event = twilio_event(params)
@@ -340,8 +391,12 @@ def twiml(text: str) -> web.Response:
 
 
 async def twilio_inbound(request: web.Request) -> web.Response:
-    """An SMS a person sent to one of our numbers (Twilio's inbound webhook),
-    answered in TwiML (``inbound_keyword``)."""
+    """An SMS a person sent to one of our numbers (Twilio's inbound webhook), answered in TwiML.
+
+    YES, STOP, START and HELP are done (``inbound_keyword``) and the answer is the
+    TwiML ``<Message>`` (an empty ``<Response>`` for anything else). Signed as
+    the status callback is, with the configured ``inbound_url``; 503 when a change
+    could not be applied (Twilio's retry does the rest)."""
     _, params = await _twilio_params(request, "inbound_url")
     form = dict(params)
     answer, _ = await inbound_keyword(request.app[ENGINE], form.get("From", ""), form.get("Body", ""))
@@ -377,7 +432,7 @@ async def inbound_keyword(engine, number: str, body: str) -> tuple[str, list[str
     return (c.sms_confirmed_text if "confirmed" in done or "started" in done else ""), users
 
 
-async def answer_by_text(engine, number: str, text: str, ref: str) -> dict:
+async def answer_by_text(engine, number: str, text: str, ref: str) -> InboundText:
     """``inbound_keyword`` for a provider that cannot answer in the webhook's
     response (Vonage, MessageBird): the answer is texted back by the owning
     UserShard, once per ``ref`` (the provider's id of the inbound message).
@@ -392,7 +447,7 @@ async def answer_by_text(engine, number: str, text: str, ref: str) -> dict:
             log.warning("the answer to an inbound SMS was not sent: %s", type(exc).__name__)
             raise Problem(503, "unavailable", [{"field": "$", "reason": "the answer could not be sent; "
                                                                      "send the message again"}]) from None
-    return {"users": len(users), "answer": sent}
+    return InboundText(users=len(users), answer=sent)
 
 
 def next_status(current: str, new: str | None) -> str:
@@ -422,7 +477,7 @@ def engaged(ev: TrackingEvent, row) -> engagement.Engagement:
 
 async def apply(request: web.Request, events: list[TrackingEvent], channels: list[str]) -> web.Response:
     """``apply_events``, answered: the answer of every route."""
-    return reply(await apply_events(request.app[ENGINE], events, channels))
+    return reply(TrackingApplied(**await apply_events(request.app[ENGINE], events, channels)))
 
 
 async def apply_events(engine, events: list[TrackingEvent], channels: list[str]) -> dict:
@@ -484,11 +539,65 @@ async def reload(engine, users: list[str]) -> None:
             log.warning("tracking: UserShard %d did not reload %s: %r", i, us, result)
 
 
+# The providers' own formats: only the fields read here are named; every
+# provider sends more, and may add fields at any time.
+S = {"type": "string"}
+SENDGRID_BODY = Media("application/json", {
+    "type": "array", "description": "SendGrid's Event Webhook: the events of one or more messages",
+    "items": {"type": "object", "required": ["event"], "additionalProperties": True, "properties": {
+        "event": {"type": "string", "minLength": 1, "description": "delivered, bounce, dropped, spamreport, "
+                  "deferred, open, click, processed, unsubscribe, ..."},
+        "email": {**S, "description": "the recipient (suppressed on a hard bounce or a complaint)"},
+        "timestamp": {"type": "number", "description": "epoch seconds"},
+        "sg_message_id": {**S, "description": "<X-Message-Id of the send>.<filter>..."},
+        "notification_id": {**S, "description": "the custom argument Tidings sends with each message"},
+        "type": {**S, "description": "bounce: bounce or blocked"},
+        "status": S, "reason": S, "response": S, "attempt": S, "url": S, "useragent": S}}})
+MAILGUN_BODY = Media("application/json", {
+    "type": "object", "required": ["signature", "event-data"], "additionalProperties": True, "properties": {
+        "signature": {"type": "object", "required": ["timestamp", "token", "signature"], "properties": {
+            "timestamp": {"type": ["string", "integer"], "description": "epoch seconds"},
+            "token": {"type": "string", "minLength": 1}, "signature": {"type": "string", "minLength": 1}}},
+        "event-data": {"type": "object", "required": ["event"], "additionalProperties": True, "properties": {
+            "event": {"type": "string", "minLength": 1, "description": "delivered, failed, complained, "
+                      "rejected, opened, clicked, accepted, ..."},
+            "recipient": S, "timestamp": {"type": "number"}, "severity": S, "reason": S, "url": S,
+            "delivery-status": {"type": "object"}, "reject": {"type": "object"},
+            "user-variables": {"type": "object", "properties": {"notification_id": S}},
+            "message": {"type": "object", "properties": {"headers": {
+                "type": "object", "properties": {"message-id": S}}}}}}}})
+TWILIO_STATUS = Media("application/x-www-form-urlencoded", {
+    "type": "object", "additionalProperties": S, "properties": {
+        "MessageSid": S, "SmsSid": S, "MessageStatus": S, "SmsStatus": S, "CallSid": S, "CallStatus": S,
+        "ErrorCode": S, "ErrorMessage": S, "To": S, "Timestamp": {**S, "description": "RFC 2822 (voice)"},
+        "CallDuration": S},
+    "examples": [{"MessageSid": "SM0123456789abcdef0123456789abcdef", "MessageStatus": "delivered",
+                  "To": "+15550001234"}]})
+TWILIO_INBOUND = Media("application/x-www-form-urlencoded", {
+    "type": "object", "additionalProperties": S, "properties": {
+        "From": {**S, "description": "the sender's number"}, "Body": {**S, "description": "the text"},
+        "To": S, "MessageSid": S},
+    "examples": [{"From": "+15550001234", "To": "+15550009876", "Body": "STOP",
+                  "MessageSid": "SM0123456789abcdef0123456789abcdef"}]})
+TWIML = Media("application/xml", {"type": "string", "description": "TwiML: a <Response>, with the answer "
+                                  "as its <Message> (none when there is nothing to answer)"})
+
 ROUTES = [
-    Route("POST", "/v1/tracking/sendgrid", sendgrid, Public("SendGrid's ECDSA signature is verified")),
-    Route("POST", "/v1/tracking/mailgun", mailgun, Public("Mailgun's HMAC signature is verified")),
-    Route("POST", "/v1/tracking/twilio", twilio, Public("Twilio's signature is verified")),
-    Route("POST", "/v1/tracking/twilio/inbound", twilio_inbound, Public("Twilio's signature is verified")),
+    Route("POST", "/v1/tracking/sendgrid", sendgrid, Public("SendGrid's ECDSA signature is verified"),
+          body=SENDGRID_BODY, answers={200: TrackingApplied}, errors=(400, 401, 404, 413, 503),
+          example=[{"email": "ann@example.com", "event": "delivered", "timestamp": 1700000000,
+                    "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+                    "notification_id": "3f0b2c1e-8d1a-4f7e-9a55-1f2d3c4b5a69", "response": "250 OK"}]),
+    Route("POST", "/v1/tracking/mailgun", mailgun, Public("Mailgun's HMAC signature is verified"),
+          body=MAILGUN_BODY, answers={200: TrackingApplied}, errors=(400, 401, 404, 413),
+          example={"signature": {"timestamp": "1700000000", "token": "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f",
+                                 "signature": "d2271d12299f6592d9d44cd9d250f0704e4674c30d79d07c47a66f95ce71cf55"},
+                   "event-data": {"event": "delivered", "recipient": "ann@example.com", "timestamp": 1700000000.5,
+                                  "user-variables": {"notification_id": "3f0b2c1e-8d1a-4f7e-9a55-1f2d3c4b5a69"}}}),
+    Route("POST", "/v1/tracking/twilio", twilio, Public("Twilio's signature is verified"),
+          body=TWILIO_STATUS, answers={200: TrackingApplied}, errors=(400, 401, 404, 413)),
+    Route("POST", "/v1/tracking/twilio/inbound", twilio_inbound, Public("Twilio's signature is verified"),
+          body=TWILIO_INBOUND, answers={200: TWIML}, errors=(400, 401, 404, 413, 503)),
 ]
 
 

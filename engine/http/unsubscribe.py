@@ -23,7 +23,7 @@ from aiohttp import web
 from actors.user_links import unsubscribe_rules
 from actors.user_prefs import PrefCommand
 from engine import prefs_bus
-from engine.http.access import Public, Route, register
+from engine.http.access import Media, Public, Route, register
 from engine.http.common import ENGINE
 from policy import wire
 from policy.prefs import Preference, narrower
@@ -63,6 +63,10 @@ NOT_FOUND = ("Link not valid", "This unsubscribe link is not valid. Use the link
 
 
 async def confirm(request: web.Request) -> web.Response:
+    """The unsubscribe page: asks, with a button that posts the one-click form.
+
+    A GET never unsubscribes (mail scanners fetch links). A token that does not
+    open is a 404 page, which says nothing about whose it was."""
     target = _target(request)
     if target is None:
         return page(404, *NOT_FOUND)
@@ -84,6 +88,12 @@ def _patch(state: UserState, target: Target) -> PreferencesPatch | None:
 
 
 async def one_click(request: web.Request) -> web.Response:
+    """One-click unsubscribe (RFC 8058): opts the person out of that category on that channel.
+
+    The form carries ``List-Unsubscribe=One-Click`` (400 page otherwise). 200
+    page when done, also when they were out already; 404 page for a token that
+    does not open or a person erased since; 409 page when the category cannot
+    be turned off there (mandatory)."""
     target = _target(request)
     if target is None:
         return page(404, *NOT_FOUND)
@@ -110,9 +120,16 @@ async def one_click(request: web.Request) -> web.Response:
                 + (f": {result.errors[0][1]}" if result.errors else "."))
 
 
+PAGE_MEDIA = Media("text/html", {"type": "string"})
+# What one_click reads of the body (request.post(): a urlencoded or a multipart form): one field
+FORM = {"type": "object", "properties": {FIELD: {"const": VALUE, "description": "RFC 8058's one-click field"}},
+        "required": [FIELD]}
 ROUTES = [
-    Route("GET", "/u/{token}", confirm, Public("the sealed unsubscribe token is the credential")),
-    Route("POST", "/u/{token}", one_click, Public("RFC 8058 one-click: the sealed unsubscribe token is the credential")),
+    Route("GET", "/u/{token}", confirm, Public("the sealed unsubscribe token is the credential"),
+          answers={200: PAGE_MEDIA}, errors=(404,)),
+    Route("POST", "/u/{token}", one_click, Public("RFC 8058 one-click: the sealed unsubscribe token is the credential"),
+          body=(Media("application/x-www-form-urlencoded", FORM), Media("multipart/form-data", FORM)),
+          answers={200: PAGE_MEDIA}, errors=(404, 409), example={FIELD: VALUE}),
 ]
 
 

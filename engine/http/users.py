@@ -10,14 +10,14 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from engine.http.access import Route, Scoped, actor, register
+from engine.http.access import Link, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, json_body, read_json, reply
 from engine.http.errors import field_error
 from engine.runtime import Engine, Refused
 from policy import wire
 from policy.email import is_address
 from policy.sharding import shard_of
-from policy.types import Address, Channel, UserProfile, UserState
+from policy.types import Address, Channel, UserId, UserProfile, UserState
 from stores import users as user_store
 
 
@@ -50,7 +50,36 @@ async def save_profiles(engine: Engine, profiles: list[UserProfile], actor: str 
                                             for uid, field, why in e.violations]) from None
 
 
+class ProfileAtPath(UserProfile, kw_only=True, forbid_unknown_fields=True):
+    """A user as a product registers it; ``user_id`` may be left out (it is the path's), and given must be the path's."""
+
+    user_id: UserId | msgspec.UnsetType = msgspec.UNSET  # type: ignore[assignment]
+
+
+class UserAnswer(msgspec.Struct):
+    """A user as its shard holds it: addresses, opt-outs, preferences version, template, suppressions, zone, locale."""
+
+    user_id: str
+    addresses: dict[str, str]
+    opt_outs: list[str]
+    preferences_version: int
+    template: str | None
+    suppressed: dict[str, str]
+    timezone: str
+    locale: str
+
+
+class Saved(msgspec.Struct):
+    """How many profiles were saved."""
+
+    saved: int
+
+
 async def put_user(request: web.Request) -> web.Response:
+    """Create or replace a user's profile.
+
+    The body's ``user_id`` may be left out (the path's is taken); given, it must
+    be the path's. Answers the user as now held."""
     engine = request.app[ENGINE]
     user_id = request.match_info["user_id"]
     profile = profile_from(json_body(await read_json(request)), user_id, "$")
@@ -59,6 +88,7 @@ async def put_user(request: web.Request) -> web.Response:
 
 
 async def put_users(request: web.Request) -> web.Response:
+    """Create or replace several users' profiles (at most ``http.max_batch``)."""
     engine = request.app[ENGINE]
     data = json_body(await read_json(request))
     if not isinstance(data, list) or not data:
@@ -67,10 +97,11 @@ async def put_users(request: web.Request) -> web.Response:
         raise Problem(422, "batch too large", [{"field": "$", "reason": f"at most {engine.cfg.http.max_batch}"}])
     profiles = [profile_from(d, None, f"$[{i}]") for i, d in enumerate(data)]
     await save_profiles(engine, profiles, actor(request))
-    return reply({"saved": len(profiles)})
+    return reply(Saved(saved=len(profiles)))
 
 
 async def get_user(request: web.Request) -> web.Response:
+    """A user's profile as its shard holds it."""
     engine = request.app[ENGINE]
     user_id = request.match_info["user_id"]
     found = await engine.shard_for(user_id).get_user.remote(user_id)
@@ -79,12 +110,14 @@ async def get_user(request: web.Request) -> web.Response:
     state = wire.decode(found, UserState)
     opt_outs = sorted(f"{p.channel}:{p.category}" for p in state.prefs
                       if p.enabled is False and p.content_type == "*" and not p.context)
-    return reply({"user_id": state.user_id, "addresses": state.addresses, "opt_outs": opt_outs,
-                  "preferences_version": state.version, "template": state.template,
-                  "suppressed": state.suppressed, "timezone": state.timezone, "locale": state.locale})
+    return reply(UserAnswer(user_id=state.user_id, addresses=state.addresses, opt_outs=opt_outs,
+                            preferences_version=state.version, template=state.template,
+                            suppressed=state.suppressed, timezone=state.timezone, locale=state.locale))
 
 
 class Suppression(msgspec.Struct, forbid_unknown_fields=True):
+    """An address that must not be used on a channel, and why (``bounce``, ``complaint``, ``manual``…)."""
+
     channel: Channel
     address: Address
     reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}\Z")] = "manual"
@@ -93,21 +126,47 @@ class Suppression(msgspec.Struct, forbid_unknown_fields=True):
 _suppression = msgspec.json.Decoder(Suppression)
 
 
+class Suppressed(msgspec.Struct):
+    """The suppression as stored, and the users who had that address (their shards reloaded)."""
+
+    channel: str
+    address: str
+    reason: str
+    users: list[str]
+
+
 async def add_suppression(request: web.Request) -> web.Response:
+    """Suppress an address on a channel (a suppression already there takes the new reason)."""
     engine = request.app[ENGINE]
     s = decode(_suppression, await read_json(request), "suppression")
     async with engine.pool.acquire() as conn:
         _, users = await user_store.suppress(conn, engine.ring, s.channel, s.address, s.reason, "api", replace=True)
     n = len(engine.actors.user_shards)
     await asyncio.gather(*(engine.actors.user_shards[shard_of(u, n)].reload.remote([u]) for u in users))
-    return reply({"channel": s.channel, "address": s.address, "reason": s.reason, "users": users}, status=201)
+    return reply(Suppressed(channel=s.channel, address=s.address, reason=s.reason, users=users), status=201)
 
 
+USER = {"user_id": UserId}
+PROFILE = {"addresses": {"email": "ada@example.com", "sms": "+14155550101"}, "opt_outs": ["email:marketing"],
+           "timezone": "Europe/London", "locale": "en-GB"}
 ROUTES = [
-    Route("PUT", "/v1/users/{user_id}", put_user, Scoped("users:write")),
-    Route("GET", "/v1/users/{user_id}", get_user, Scoped("users:read")),
-    Route("POST", "/v1/users", put_users, Scoped("users:write")),
-    Route("POST", "/v1/suppressions", add_suppression, Scoped("suppressions:write")),
+    Route("PUT", "/v1/users/{user_id}", put_user, Scoped("users:write"), params=USER, body=ProfileAtPath,
+          answers={200: UserAnswer}, errors=(404,), example=PROFILE, links=tuple(
+              Link(name, method, path, {"user_id": "$request.path.user_id"}) for name, method, path in (
+                  ("user", "GET", "/v1/users/{user_id}"),
+                  ("preferences", "GET", "/v1/users/{user_id}/preferences"),
+                  ("effective", "GET", "/v1/users/{user_id}/preferences/effective"),
+                  ("changes", "GET", "/v1/users/{user_id}/preferences/changes"),
+                  ("inbox", "GET", "/v1/users/{user_id}/inbox"),
+                  ("export", "GET", "/v1/users/{user_id}/export"),
+                  ("hold", "PUT", "/v1/users/{user_id}/legal-hold"),
+                  ("erase", "DELETE", "/v1/users/{user_id}")))),
+    Route("GET", "/v1/users/{user_id}", get_user, Scoped("users:read"), params=USER, errors=(404,),
+          answers={200: UserAnswer}),
+    Route("POST", "/v1/users", put_users, Scoped("users:write"),
+          body=Annotated[list[UserProfile], msgspec.Meta(min_length=1)], answers={200: Saved}, example=[{"user_id": "u-1042", **PROFILE}]),
+    Route("POST", "/v1/suppressions", add_suppression, Scoped("suppressions:write"), body=Suppression,
+          answers={201: Suppressed}, example={"channel": "email", "address": "old@example.com", "reason": "manual"}),
 ]
 
 

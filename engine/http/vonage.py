@@ -29,7 +29,18 @@ from aiohttp import web
 from engine.http.access import Public, Route, register
 from engine.http.common import ENGINE, Problem, read_body, reply
 from engine.http.replays import SharedTokens, guarded, namespace
-from engine.http.tracking import answer_by_text, apply, bad_payload, bad_signature, configured, webhook_params
+from engine.http.tracking import (
+    InboundText,
+    TrackingApplied,
+    answer_by_text,
+    apply,
+    bad_payload,
+    bad_signature,
+    configured,
+    webhook_body,
+    webhook_params,
+    webhook_query,
+)
 from providers.tracking import PayloadError, SignatureError
 from providers.tracking.vonage import VONAGE_TOLERANCE_S, signature_method, verify_vonage, vonage_event, vonage_inbound
 
@@ -69,6 +80,14 @@ async def _params(request: web.Request) -> tuple[list[str], dict[str, str]]:
 
 
 async def receipt(request: web.Request) -> web.Response:
+    """Vonage's SMS delivery receipt (``messageId``, ``status``, ``err-code``, ``client-ref``).
+
+    Applied like every provider's tracking events: the row moves forward, a
+    permanent failure (err-code 3 or 9) suppresses the number. The parameters
+    (query, form or flat JSON) must carry Vonage's ``sig`` by a provider's
+    ``signature_secret``, a ``timestamp`` within 5 minutes and a new ``nonce``:
+    401 otherwise; 503 when the provider's ``signature_method`` is not one of
+    Vonage's, or the receipt could not be applied (its nonce is then forgotten)."""
     channels, params = await _params(request)
 
     async def work() -> web.Response:
@@ -81,9 +100,15 @@ async def receipt(request: web.Request) -> web.Response:
 
 
 async def inbound(request: web.Request) -> web.Response:
+    """A text a person sent to one of our numbers (Vonage's inbound message: ``msisdn``, ``text``).
+
+    YES, STOP, START and HELP are done as for Twilio, and the answer texted back
+    through the owning UserShard once per message. Signed as the delivery
+    receipts are (401 otherwise); 503 when the reply could not be applied or
+    answered (its nonce is then forgotten, so Vonage's next delivery gets in)."""
     _, params = await _params(request)
 
-    async def work() -> dict:
+    async def work() -> InboundText:
         try:
             number, text = vonage_inbound(params)
         except PayloadError as exc:
@@ -93,10 +118,35 @@ async def inbound(request: web.Request) -> web.Response:
     return reply(await guarded(request.app[NONCES], request[CLAIM], work()))
 
 
+SIGNED = {
+    "sig": "Vonage's signature of the other parameters (the provider's signature_secret and signature_method)",
+    "timestamp": "epoch seconds of the signature: at most 5 minutes from now",
+    "nonce": "unique per request: one seen before is a replay (401)",
+}
+RECEIPT = {
+    "messageId": "Vonage's id of the message", "status": "delivered, expired, failed, rejected, accepted, "
+    "buffered, unknown", "err-code": "Vonage's error code (3, 9: the number is gone)",
+    "msisdn": "the recipient's number", "to": "the sender id", "client-ref": "the notification id Tidings sent",
+    "message-timestamp": "when the status was set (YYYY-MM-DD HH:MM:SS, UTC)", "network-code": "the carrier",
+    "price": "the price", "scts": "the carrier's timestamp", "api-key": "the account's API key", **SIGNED,
+}
+INBOUND = {
+    "msisdn": "the sender's number", "text": "the text", "to": "our number", "messageId": "Vonage's id of it",
+    "type": "text, unicode, binary", "keyword": "the text's first word, upper case",
+    "message-timestamp": "when Vonage received it (YYYY-MM-DD HH:MM:SS, UTC)", "api-key": "the account's API key",
+    **SIGNED,
+}
+
+WHY = "Vonage's signature (signature_secret) is verified"
 ROUTES = [
-    Route(method, path, handler, Public("Vonage's signature (signature_secret) is verified"))
-    for path, handler in (("/v1/tracking/vonage", receipt), ("/v1/tracking/vonage/inbound", inbound))
-    for method in ("GET", "POST")
+    Route("GET", "/v1/tracking/vonage", receipt, Public(WHY), query=webhook_query(RECEIPT),
+          answers={200: TrackingApplied}, errors=(400, 401, 404, 503)),
+    Route("POST", "/v1/tracking/vonage", receipt, Public(WHY), query=webhook_query(RECEIPT),
+          body=webhook_body(RECEIPT), answers={200: TrackingApplied}, errors=(400, 401, 404, 413, 422, 503)),
+    Route("GET", "/v1/tracking/vonage/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
+          answers={200: InboundText}, errors=(400, 401, 404, 503)),
+    Route("POST", "/v1/tracking/vonage/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
+          body=webhook_body(INBOUND), answers={200: InboundText}, errors=(400, 401, 404, 413, 422, 503)),
 ]
 
 

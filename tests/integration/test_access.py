@@ -30,7 +30,8 @@ PUBLIC = {"/healthz", "/v1/t/o/{token}.gif", "/v1/t/c/{token}", "/v1/tracking/se
           "/v1/tracking/vonage", "/v1/tracking/vonage/inbound",
           "/v1/tracking/messagebird", "/v1/tracking/messagebird/inbound", "/v1/tracking/ses",
           "/v1/tracking/sns/inbound",
-          "/u/{token}", "/p/{token}"}  # the last two: one-click unsubscribe, preference center
+          "/u/{token}", "/p/{token}",  # one-click unsubscribe, preference center
+          "/openapi.json", "/docs", "/docs/{name}"}  # the API's description and its page
 
 
 @pytest.fixture(scope="module")
