@@ -22,6 +22,7 @@ import nats
 from nats.aio.msg import Msg
 
 from actors import faults
+from actors.handles import resolve
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import dead_letters, streams
@@ -71,7 +72,7 @@ class Ingestor(Watched):
                  lanes: tuple[str, ...] = ("bulk", "broadcast")):
         self.cfg: Config = decode_config(cfg)
         self.url, self.index, self.lanes = nats_url, index, lanes
-        self.user_shards, self.recorder = user_shards, recorder
+        self.user_shards, self.recorder = resolve(user_shards), resolve(recorder)  # names from engine/runtime.py
         self.nc = self.js = None
         self.running = False
         self.loop_tasks: list[asyncio.Task] = []

@@ -22,6 +22,7 @@ from collections import Counter
 from ray.util import metrics
 
 from actors import faults
+from actors.handles import resolve
 from infra import db
 from infra.config import Config, decode as decode_config
 from policy import wire
@@ -35,7 +36,7 @@ class Scheduler:
     def __init__(self, cfg: bytes, database_url: str, user_shards: list):
         self.cfg: Config = decode_config(cfg)
         self.url = database_url
-        self.user_shards = user_shards
+        self.user_shards = resolve(user_shards)  # names from engine/runtime.py
         self.pool = None
         self.task: asyncio.Task | None = None
         self.retention_task: asyncio.Task | None = None

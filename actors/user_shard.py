@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
 from actors.user_cache import Pinned, UserCache
@@ -67,9 +68,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self.index = index
         self.cfg: Config = decode_config(cfg)
         self.url = database_url
-        self.channel_shards = channel_shards
-        self.urgent_shards = urgent_shards or {}  # channel -> shards for high and critical tasks only
-        self.recorder = recorder
+        self.channel_shards = channel_shards = resolve(channel_shards)  # names from engine/runtime.py
+        self.urgent_shards = resolve(urgent_shards or {})  # channel -> shards for high and critical tasks only
+        self.recorder = resolve(recorder)
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.template_generation = 0  # counts template saves

@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 RUNTIME_ENV = {"worker_process_setup_hook": "actors.worker.setup"}
 
 
+class _ExpectedAuth(logging.Filter):
+    """A local Ray runs with Ray's token authentication: Ray turns it on for a
+    new local cluster and warns at every start that it did. That is the setting
+    we want and the README says how to use it (the token is ``~/.ray/auth_token``,
+    made on the first start; the dashboard asks for it; ``RAY_AUTH_MODE=disabled``
+    turns it off), so the warning goes. Any other warning of Ray's stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_ExpectedAuth())
+
+
 def init(cfg: RayConfig) -> dict:
     """Start or join Ray once per process; returns where the dashboard is."""
     if not ray.is_initialized():
@@ -33,8 +47,21 @@ def init(cfg: RayConfig) -> dict:
             else:
                 ray.init(include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
                          dashboard_port=cfg.dashboard_port, num_cpus=cfg.num_cpus, **common)
+        if not cfg.address:
+            private_token()
     ctx = ray.get_runtime_context()
     return {"dashboard": dashboard_url(), "gcs_address": ctx.gcs_address}
+
+
+def private_token() -> None:
+    """Ray writes its token (``~/.ray/auth_token``) readable by every local user:
+    whoever holds it can run code on the cluster, so only its owner may read it."""
+    path = os.path.expanduser("~/.ray/auth_token")
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # no token (auth off), or not ours to change
+        pass
 
 
 @contextlib.contextmanager
@@ -53,9 +80,10 @@ def keeping_sigterm() -> Iterator[None]:
 
 
 def dashboard_url() -> str | None:
-    try:
-        info = ray.get_runtime_context()
-        url = getattr(info, "dashboard_url", None) or ray.worker.get_dashboard_url()
+    try:  # Ray has no public getter once it runs (ray.init's answer has it; the caller may not have it)
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url()
     except Exception:  # noqa: BLE001 - the dashboard URL is informative only
         return None
     if url and not url.startswith("http"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -13,6 +14,7 @@ import ray
 import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 
+from actors import handles
 from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams
@@ -77,13 +79,17 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     # bound for it until it was dead-lettered. A payload that kills its actor is bounded
     # by the Ingestor instead (faults.CONTENTION_TRIES, then nats.dead_letter_after)
     opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1)
-    recorder = Recorder.options(**opts).remote(
+    # peers are passed by name (actors/handles.py): a handle among constructor arguments
+    # would put them in the object store, where a restart may not find them
+    run = uuid.uuid4().hex[:12]
+    recorder_name = handles.name(run, "recorder", 0)
+    recorder = Recorder.options(**opts, name=recorder_name).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
         limits=_encode(cfg.database), gc_young=cfg.engine.gc_young)
     enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
 
     def channel_shard(name: str, ch, index: int, cpus: float = cfg.ray.actor_cpus):
-        return ChannelShard.options(**{**opts, "num_cpus": cpus}).remote(
+        return ChannelShard.options(**{**opts, "num_cpus": cpus}, name=handles.name(run, name, index)).remote(
             name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young)
 
     channel_shards = {name: [channel_shard(name, ch, i) for i in range(ch.shards)] for name, ch in enabled.items()}
@@ -92,13 +98,18 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     urgent_shards = {name: [channel_shard(name, ch, ch.shards + i, cfg.ray.actor_cpus / 4)
                             for i in range(ch.urgent_shards)]
                      for name, ch in enabled.items() if ch.urgent_shards}
-    user_shards = [UserShard.options(**opts).remote(i, blob, database_url, channel_shards, recorder, urgent_shards)
+    channel_names = {name: [handles.name(run, name, i) for i in range(ch.shards)] for name, ch in enabled.items()}
+    urgent_names = {name: [handles.name(run, name, ch.shards + i) for i in range(ch.urgent_shards)]
+                    for name, ch in enabled.items() if ch.urgent_shards}
+    user_names = [handles.name(run, "user", i) for i in range(cfg.engine.user_shards)]
+    user_shards = [UserShard.options(**opts, name=user_names[i]).remote(i, blob, database_url, channel_names,
+                                                                         recorder_name, urgent_names)
                    for i in range(cfg.engine.user_shards)]
-    ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, i)
+    ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_names, recorder_name, i)
                  for i in range(cfg.engine.ingestors)]
     # the priority lane: its own consumer and Ingestor, never behind a bulk backlog
-    ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_shards, recorder, 0, ("priority",)))
-    scheduler = Scheduler.options(**opts).remote(blob, database_url, user_shards)
+    ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_names, recorder_name, 0, ("priority",)))
+    scheduler = Scheduler.options(**opts).remote(blob, database_url, user_names)
     return Actors(recorder, channel_shards, user_shards, ingestors, scheduler, urgent_shards)
 
 
