@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -45,18 +46,42 @@ def init(cfg: RayConfig) -> dict:
             if cfg.address:
                 ray.init(address=cfg.address, **common)
             else:
+                own_token()
                 ray.init(include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
                          dashboard_port=cfg.dashboard_port, num_cpus=cfg.num_cpus, **common)
-        if not cfg.address:
-            private_token()
+        private_token()
     ctx = ray.get_runtime_context()
     return {"dashboard": dashboard_url(), "gcs_address": ctx.gcs_address}
 
 
+TOKEN_PATH = "~/.ray/auth_token"  # where Ray keeps its token unless RAY_AUTH_TOKEN(_PATH) says otherwise
+
+
+def own_token() -> None:
+    """Before a local Ray starts with token authentication, make its token
+    ourselves, readable by its owner only. Ray would write it readable by every
+    local user (whoever holds it can run code on the cluster), and it would stay
+    so until we could change it."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or \
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = os.path.expanduser(TOKEN_PATH)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:  # an unwritable home: Ray makes its own, or says why it cannot
+        log.warning("could not write the Ray token at %s: %s", path, e)
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what Ray itself makes: 256 random bits in hex
+
+
 def private_token() -> None:
-    """Ray writes its token (``~/.ray/auth_token``) readable by every local user:
-    whoever holds it can run code on the cluster, so only its owner may read it."""
-    path = os.path.expanduser("~/.ray/auth_token")
+    """A token Ray wrote before (an older start, ``ray start``) readable by
+    others: only its owner may read it."""
+    path = os.path.expanduser(TOKEN_PATH)
     try:
         if os.stat(path).st_mode & 0o077:
             os.chmod(path, 0o600)

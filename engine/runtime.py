@@ -42,6 +42,9 @@ class Refused(ValueError):
 
 @dataclass
 class Actors:
+    """The engine process's handles: they keep the actors alive (the peers' own,
+    found by name, do not: actors/handles.py), until ``stop`` kills them."""
+
     recorder: ray.actor.ActorHandle
     channel_shards: dict[str, list[ray.actor.ActorHandle]]
     user_shards: list[ray.actor.ActorHandle]
@@ -88,19 +91,23 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
         limits=_encode(cfg.database), gc_young=cfg.engine.gc_young)
     enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
 
-    def channel_shard(name: str, ch, index: int, cpus: float = cfg.ray.actor_cpus):
-        return ChannelShard.options(**{**opts, "num_cpus": cpus}, name=handles.name(run, name, index)).remote(
+    # a channel's name is free text in the config: its actors' kind is prefixed, never "user" or "recorder"
+    channel_names = {name: [handles.name(run, f"channel.{name}", i) for i in range(ch.shards)]
+                     for name, ch in enabled.items()}
+    # numbered after the others: a shard's index names it in logs and health
+    urgent_names = {name: [handles.name(run, f"channel.{name}", ch.shards + i) for i in range(ch.urgent_shards)]
+                    for name, ch in enabled.items() if ch.urgent_shards}
+
+    def channel_shard(name: str, ch, index: int, actor: str, cpus: float = cfg.ray.actor_cpus):
+        return ChannelShard.options(**{**opts, "num_cpus": cpus}, name=actor).remote(
             name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young)
 
-    channel_shards = {name: [channel_shard(name, ch, i) for i in range(ch.shards)] for name, ch in enabled.items()}
-    # numbered after the others: a shard's index names it in logs and health
+    channel_shards = {name: [channel_shard(name, enabled[name], i, actor) for i, actor in enumerate(actors)]
+                      for name, actors in channel_names.items()}
     # an urgent shard is mostly idle: a quarter of what an actor reserves (ray.actor_cpus)
-    urgent_shards = {name: [channel_shard(name, ch, ch.shards + i, cfg.ray.actor_cpus / 4)
-                            for i in range(ch.urgent_shards)]
-                     for name, ch in enabled.items() if ch.urgent_shards}
-    channel_names = {name: [handles.name(run, name, i) for i in range(ch.shards)] for name, ch in enabled.items()}
-    urgent_names = {name: [handles.name(run, name, ch.shards + i) for i in range(ch.urgent_shards)]
-                    for name, ch in enabled.items() if ch.urgent_shards}
+    urgent_shards = {name: [channel_shard(name, enabled[name], enabled[name].shards + i, actor, cfg.ray.actor_cpus / 4)
+                            for i, actor in enumerate(actors)]
+                     for name, actors in urgent_names.items()}
     user_names = [handles.name(run, "user", i) for i in range(cfg.engine.user_shards)]
     user_shards = [UserShard.options(**opts, name=user_names[i]).remote(i, blob, database_url, channel_names,
                                                                          recorder_name, urgent_names)
