@@ -140,8 +140,7 @@ class BounceHandler:
             log.warning("bounces: a %s report was not applied: %s", report.kind, type(exc).__name__)
             return "451 4.3.0 not applied; try again later"
         self.counts["applied"] += 1
-        log.info("bounces: %s report applied: %d updated, %d suppressed", report.kind, done["updated"],
-                 done["suppressed"])
+        log.info("bounces: %s report applied: %d updated, %d suppressed", report.kind, done.updated, done.suppressed)
         return "250 2.0.0 applied"
 
     async def _own_addresses(self, nid: str, candidates: list[list[str]]) -> list[str | None]:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from engine import prefs_bus
 from engine.http.access import Link, Media, Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, path_uuid, reply
+from engine.http.common import ENGINE, UUID_PATH, Problem, path_uuid, reply
 from engine.runtime import Engine
 from infra import db
 from policy.api import FieldError
@@ -273,7 +273,7 @@ ROUTES = [
           links=(Link("job", "GET", "/v1/jobs/{id}", {"id": "$response.body#/job_id"}),)),
     Route("GET", "/v1/preferences/export", export, Scoped("preferences:read"), answers={200: ROWS},
           query=(Param("format", Literal["csv", "ndjson"], "The format (default ndjson)"),), errors=(422,)),
-    Route("GET", "/v1/jobs/{id}", get_job, Scoped("preferences:read"), params={"id": uuid.UUID}, errors=(404,),
+    Route("GET", "/v1/jobs/{id}", get_job, Scoped("preferences:read"), params=UUID_PATH, errors=(404,),
           answers={200: Job}),
 ]
 

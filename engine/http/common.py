@@ -117,6 +117,11 @@ def json_body(body: bytes):
         raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}]) from None
 
 
+# The documented types of the path parameters ``path_uuid`` and ``path_user`` read (Route.params)
+UUID_PATH = {"id": uuid.UUID}
+USER_PATH = {"user_id": UserId}
+
+
 def path_user(request: web.Request) -> str:
     """The ``{user_id}`` of the path, or a 422 naming it."""
     user_id = request.match_info["user_id"]

@@ -17,8 +17,7 @@ import msgspec
 from aiohttp import web
 
 from engine.http.access import Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, path_user, read_json, reply
-from policy.types import UserId
+from engine.http.common import ENGINE, USER_PATH, Problem, decode, path_user, read_json, reply
 from stores import erasure
 
 
@@ -90,13 +89,12 @@ async def _hold_change(request: web.Request, reason: str | None) -> web.Response
     return reply(LegalHold(user_id=user_id, legal_hold=reason))
 
 
-USER = {"user_id": UserId}
 ROUTES = [
-    Route("DELETE", "/v1/users/{user_id}", erase_user, Scoped("users:erase", user=True), params=USER,
+    Route("DELETE", "/v1/users/{user_id}", erase_user, Scoped("users:erase", user=True), params=USER_PATH,
           errors=(404, 409), answers={200: ErasureReceipt}, headers={"Cache-Control": "no-store"}),
-    Route("PUT", "/v1/users/{user_id}/legal-hold", place_hold, Scoped("users:hold"), params=USER, body=Hold,
+    Route("PUT", "/v1/users/{user_id}/legal-hold", place_hold, Scoped("users:hold"), params=USER_PATH, body=Hold,
           errors=(404,), answers={200: LegalHold}, example={"reason": "case 2026-114"}),
-    Route("DELETE", "/v1/users/{user_id}/legal-hold", lift_hold, Scoped("users:hold"), params=USER, errors=(404,),
+    Route("DELETE", "/v1/users/{user_id}/legal-hold", lift_hold, Scoped("users:hold"), params=USER_PATH, errors=(404,),
           answers={200: LegalHold}),
 ]
 

@@ -20,13 +20,12 @@ See ``stores.engagement`` for what is stored and what it changes.
 from __future__ import annotations
 
 import time
-import uuid
 
 import msgspec
 from aiohttp import web
 
 from engine.http.access import Route, UserOwned, owner_check, register
-from engine.http.common import ENGINE, Problem, decode, path_uuid, read_json, reply
+from engine.http.common import ENGINE, UUID_PATH, Problem, decode, path_uuid, read_json, reply
 from policy.types import Channel
 from stores import engagement
 from stores.engagement import Engagement, EventType, Report
@@ -84,7 +83,7 @@ async def post_event(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("POST", "/v1/notifications/{id}/events", post_event, UserOwned("events:write"), params={"id": uuid.UUID},
+    Route("POST", "/v1/notifications/{id}/events", post_event, UserOwned("events:write"), params=UUID_PATH,
           body=Report, answers={201: EventRecorded, 200: EventRecorded}, errors=(404, 409),
           example={"channel": "push", "type": "opened"}),
 ]

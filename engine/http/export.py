@@ -19,8 +19,7 @@ import orjson
 from aiohttp import web
 
 from engine.http.access import Media, Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem
-from policy.types import UserId
+from engine.http.common import ENGINE, USER_PATH, Problem
 from stores import audit, export
 
 FORMATS = ("jsonld", "zip")
@@ -79,7 +78,7 @@ async def export_user(request: web.Request) -> web.Response:
 
 
 ROUTES = [Route("GET", "/v1/users/{user_id}/export", export_user, Scoped("users:read", user=True),
-                params={"user_id": UserId}, errors=(404,),
+                params=USER_PATH, errors=(404,),
                 query=(Param("format", Literal["jsonld", "zip"], "JSON-LD (the default) or a ZIP of CSV files"),),
                 answers={200: (Media("application/ld+json", JSONLD),
                                Media("application/zip", {"type": "string", "format": "binary"}))},

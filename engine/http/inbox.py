@@ -35,9 +35,8 @@ from msgspec import Meta
 from actors.user_links import unsubscribe_rules
 from engine.auth import PRINCIPAL
 from engine.http.access import Param, Route, Scoped, register
-from engine.http.common import ENGINE, Problem, decode, path_user, query_bool, query_int, read_json, reply
+from engine.http.common import ENGINE, USER_PATH, Problem, decode, path_user, query_bool, query_int, read_json, reply
 from engine.http.sockets import SOCKETS, Sockets
-from policy.types import UserId
 from providers.inapp.messages import COLUMNS, Event, InboxMessage, from_row, inbox_subject
 from stores import engagement
 
@@ -387,20 +386,19 @@ async def _stop_feed(sub, forwarder: asyncio.Task) -> None:
     await asyncio.gather(forwarder, return_exceptions=True)
 
 
-USER = {"user_id": UserId}
 AFTER = Param("after", Annotated[int, Meta(ge=0, le=MAX_SEQ)], "Only messages with a seq above this one "
               "(the `next` of the previous page, or the last seq a socket got); default 0")
 ROUTES = [
-    Route("GET", "/v1/users/{user_id}/inbox", get_inbox, Scoped("inbox:read", user=True), params=USER,
+    Route("GET", "/v1/users/{user_id}/inbox", get_inbox, Scoped("inbox:read", user=True), params=USER_PATH,
           answers={200: InboxPage},
           query=(AFTER, Param("limit", Annotated[int, Meta(ge=1, le=MAX_LIMIT)], "At most this many messages; default 50"),
                  Param("unread", bool, "Only unread messages (also `1`/`0`, any case); default false"))),
-    Route("POST", "/v1/users/{user_id}/inbox/read", mark_read, Scoped("inbox:write", user=True), params=USER,
+    Route("POST", "/v1/users/{user_id}/inbox/read", mark_read, Scoped("inbox:write", user=True), params=USER_PATH,
           body=Marks, answers={200: ReadMarked}, example={"seqs": [1, 2, 3]}),
-    Route("POST", "/v1/users/{user_id}/inbox/seen", mark_seen, Scoped("inbox:write", user=True), params=USER,
+    Route("POST", "/v1/users/{user_id}/inbox/seen", mark_seen, Scoped("inbox:write", user=True), params=USER_PATH,
           body=Marks, answers={200: SeenMarked}, example={"all": True}),
     Route("GET", "/v1/users/{user_id}/inbox/ws", inbox_ws, Scoped("inbox:read", user=True, query_token=True),
-          params=USER, query=(AFTER,), answers={101: None}),
+          params=USER_PATH, query=(AFTER,), answers={101: None}),
 ]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.http.access import Public, Route, register
+from engine.http.access import register
 from engine.http.common import ENGINE, read_body, reply
 from engine.http.replays import SharedTokens, guarded, namespace
 from engine.http.tracking import (
@@ -31,9 +31,8 @@ from engine.http.tracking import (
     bad_payload,
     bad_signature,
     configured,
-    webhook_body,
     webhook_params,
-    webhook_query,
+    webhook_routes,
 )
 from providers.tracking import PayloadError, SignatureError
 from providers.tracking.messagebird import (
@@ -132,16 +131,8 @@ INBOUND = {
 }
 
 WHY = "MessageBird's signature (signing_key) is verified"
-ROUTES = [
-    Route("GET", "/v1/tracking/messagebird", report, Public(WHY), query=webhook_query(REPORT),
-          answers={200: TrackingApplied}, errors=(400, 401, 404, 503)),
-    Route("POST", "/v1/tracking/messagebird", report, Public(WHY), query=webhook_query(REPORT),
-          body=webhook_body(REPORT), answers={200: TrackingApplied}, errors=(400, 401, 404, 413, 422, 503)),
-    Route("GET", "/v1/tracking/messagebird/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
-          answers={200: InboundText}, errors=(400, 401, 404, 503)),
-    Route("POST", "/v1/tracking/messagebird/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
-          body=webhook_body(INBOUND), answers={200: InboundText}, errors=(400, 401, 404, 413, 422, 503)),
-]
+ROUTES = [*webhook_routes("/v1/tracking/messagebird", report, WHY, REPORT, TrackingApplied),
+          *webhook_routes("/v1/tracking/messagebird/inbound", inbound, WHY, INBOUND, InboundText)]
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from engine.auth import PRINCIPAL
 from engine.http.access import Link, Route, Scoped, register
-from engine.http.common import ENGINE, Problem, decode, not_accepted, path_uuid, read_json, reply
+from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
 from infra import streams
 from policy.api import Accepted, AcceptedBatch, BroadcastStatus, ChannelOutcome, NotificationStatus, OutcomeCount
@@ -212,7 +212,6 @@ async def status(request: web.Request) -> web.Response:
     return reply(NotificationStatus(id=str(nid), channels=channels))
 
 
-ID = {"id": uuid.UUID}
 ROUTES = [
     Route("POST", "/v1/notifications", submit, Scoped("notifications:send"),
           body=(NotificationRequest, list[NotificationRequest]), answers={202: (Accepted, AcceptedBatch)},
@@ -221,13 +220,13 @@ ROUTES = [
                    "content": {"subject": "Your order shipped", "text": "It arrives on Friday."}},
           links=(Link("status", "GET", "/v1/notifications/{id}", {"id": "$response.body#/id"}),
                  Link("event", "POST", "/v1/notifications/{id}/events", {"id": "$response.body#/id"}))),
-    Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read"), params=ID, errors=(404,),
+    Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read"), params=UUID_PATH, errors=(404,),
           answers={200: NotificationStatus}),
     Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send"), body=BroadcastRequest,
           answers={202: Accepted}, example={"category": "product_updates", "channels": ["email"],
                                             "content": {"subject": "New: dark mode", "text": "Try it in settings."}},
           links=(Link("status", "GET", "/v1/broadcasts/{id}", {"id": "$response.body#/id"}),)),
-    Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read"), params=ID, errors=(404,),
+    Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read"), params=UUID_PATH, errors=(404,),
           answers={200: BroadcastStatus}),
 ]
 

@@ -4,7 +4,7 @@ msgspec types its handler decodes and encodes, its query parameters and its
 error answers. The JSON Schemas come from msgspec (``schema_components``), so
 the document cannot drift from what the handlers check and write; the suite
 runs Schemathesis against a live engine to hold the handlers to it
-(tests/integration/test_fuzz_http.py)."""
+(tests/integration/test_openapi.py)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,11 @@ def _is_type(t: Any) -> bool:
     return t is not None and not isinstance(t, (Media, tuple))
 
 
+def _members(t: Any) -> tuple:
+    """A body or answer's alternatives: the tuple's members, or ``t`` alone."""
+    return t if isinstance(t, tuple) else (t,)
+
+
 def errors_of(route: Route, ops_access: str = "loopback") -> set[int]:
     """The error statuses ``route`` may answer: its policy's, its body's, its
     parameters', the busy answer, and the handler's own. ``ops_access`` is
@@ -72,7 +77,7 @@ def errors_of(route: Route, ops_access: str = "loopback") -> set[int]:
         statuses.add(400)
     if route.body is not None:
         statuses |= {400, 413}
-        if any(_is_type(t) for t in (route.body if isinstance(route.body, tuple) else (route.body,))):
+        if any(_is_type(t) for t in _members(route.body)):
             statuses |= {415, 422}  # read_json wants application/json; msgspec names the field
     return statuses
 
@@ -110,7 +115,7 @@ def _content(t: Any, refs: dict[Any, dict]) -> dict:
     """The ``content`` of a body or an answer: a type's JSON, a ``Media``, or a
     tuple of them (a JSON answer of one of several types is ``anyOf``: a Struct
     allows properties it does not name, so one value may fit two)."""
-    members = t if isinstance(t, tuple) else (t,)
+    members = _members(t)
     out = {m.type: {"schema": m.schema} if m.schema else {} for m in members if isinstance(m, Media)}
     shapes = [refs[m] for m in members if _is_type(m)]
     if shapes:
@@ -134,7 +139,7 @@ def _types(routes: Iterable[Route]) -> list[Any]:
     out: list[Any] = [ErrorAnswer]
     for r in routes:
         for t in (r.body, *r.answers.values(), *r.params.values(), *(q.type for q in r.query)):
-            out += [m for m in (t if isinstance(t, tuple) else (t,)) if _is_type(m)]
+            out += [m for m in _members(t) if _is_type(m)]
     return list(dict.fromkeys(out))
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from actors.user_prefs import PrefCommand
 from engine.http.access import Link, Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, path_user, query_int, read_json, reply
+from engine.http.common import ENGINE, USER_PATH, Problem, decode, path_user, query_int, read_json, reply
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from policy import wire
@@ -333,7 +333,6 @@ async def apply_template(request: web.Request) -> web.Response:
     return reply(Applied(template=tid, applied=applied, failed=failed[:100]))
 
 
-USER = {"user_id": UserId}
 TEMPLATE = {"id": TemplateId}
 CONTEXT = tuple(Param(k, str, f"The {k} a contextual row may match") for k in CONTEXT_QUERY)
 FEED = (Param("since", Annotated[int, msgspec.Meta(ge=0, le=2**62)], "Changes after this version (default 0)"),
@@ -347,17 +346,17 @@ ETAG = {"ETag": 'The document\'s version, quoted ("3"): send it back as If-Match
 IF_MATCH = (Param("If-Match", str, 'Write only if the document is still at this version ("3", W/"3" or 3; * or '
                   "none: no check); otherwise 409 with the current document", where="header"),)
 ROUTES = [
-    Route("GET", "/v1/users/{user_id}/preferences", get_prefs, Scoped("preferences:read", user=True), params=USER,
+    Route("GET", "/v1/users/{user_id}/preferences", get_prefs, Scoped("preferences:read", user=True), params=USER_PATH,
           answers={200: PreferencesAnswer}, headers=ETAG),
     Route("PUT", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True),
-          params=USER, body=PreferencesDoc, answers={200: PreferencesAnswer, 409: PreferencesConflict},
+          params=USER_PATH, body=PreferencesDoc, answers={200: PreferencesAnswer, 409: PreferencesConflict},
           query=IF_MATCH, errors=(400,), headers=ETAG, example=DOC),
     Route("PATCH", "/v1/users/{user_id}/preferences", change_prefs, Scoped("preferences:write", user=True),
-          params=USER, body=PreferencesPatch, answers={200: PreferencesAnswer, 409: PreferencesConflict},
+          params=USER_PATH, body=PreferencesPatch, answers={200: PreferencesAnswer, 409: PreferencesConflict},
           query=IF_MATCH, errors=(400,), headers=ETAG, example=PATCH),
     Route("GET", "/v1/users/{user_id}/preferences/effective", effective, Scoped("preferences:read", user=True),
-          params=USER, query=CONTEXT, answers={200: EffectivePreferences}),
-    Route("GET", "/v1/users/{user_id}/preferences/changes", changes, Scoped("preferences:read"), params=USER,
+          params=USER_PATH, query=CONTEXT, answers={200: EffectivePreferences}),
+    Route("GET", "/v1/users/{user_id}/preferences/changes", changes, Scoped("preferences:read"), params=USER_PATH,
           query=FEED, answers={200: ChangeFeed}),
     Route("POST", "/v1/preferences/validate", validate, Scoped("preferences:read"), body=PreferencesDoc,
           answers={200: Validation}, example=DOC),

@@ -136,9 +136,15 @@ def webhook_params(request: web.Request, body: bytes) -> dict[str, str]:
     return params
 
 
-def webhook_query(fields: dict[str, str]) -> tuple[Param, ...]:
-    """The query parameters (name: what it is) of a webhook that ``webhook_params`` reads."""
-    return tuple(Param(name, str, doc) for name, doc in fields.items())
+def webhook_routes(path: str, handler, why: str, fields: dict[str, str], answer) -> list[Route]:
+    """A webhook that ``webhook_params`` reads (Vonage, MessageBird): the same
+    handler for GET (its parameters in the query) and POST (in the query, a form
+    or flat JSON), ``fields`` naming the parameters (name: what it is)."""
+    query = tuple(Param(name, str, doc) for name, doc in fields.items())
+    return [Route("GET", path, handler, Public(why), query=query, answers={200: answer},
+                  errors=(400, 401, 404, 503)),
+            Route("POST", path, handler, Public(why), query=query, body=webhook_body(fields), answers={200: answer},
+                  errors=(400, 401, 404, 413, 422, 503))]
 
 
 def webhook_body(fields: dict[str, str]) -> tuple[Media, Media]:
@@ -477,10 +483,10 @@ def engaged(ev: TrackingEvent, row) -> engagement.Engagement:
 
 async def apply(request: web.Request, events: list[TrackingEvent], channels: list[str]) -> web.Response:
     """``apply_events``, answered: the answer of every route."""
-    return reply(TrackingApplied(**await apply_events(request.app[ENGINE], events, channels)))
+    return reply(await apply_events(request.app[ENGINE], events, channels))
 
 
-async def apply_events(engine, events: list[TrackingEvent], channels: list[str]) -> dict:
+async def apply_events(engine, events: list[TrackingEvent], channels: list[str]) -> TrackingApplied:
     """Apply ``events`` in one transaction, then reload the users whose address
     was suppressed; what was done (``events``, ``updated``, ``suppressed``, ``users``)."""
     # what a provider relays (remote MTA answers, user agents) is stored as text:
@@ -519,7 +525,7 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                 suppressed += new
                 users.update(owners)
     await reload(engine, sorted(users))
-    return {"events": len(events), "updated": updated, "suppressed": suppressed, "users": sorted(users)}
+    return TrackingApplied(events=len(events), updated=updated, suppressed=suppressed, users=sorted(users))
 
 
 async def reload(engine, users: list[str]) -> None:

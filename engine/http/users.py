@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 
 from engine.http.access import Link, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, json_body, read_json, reply
+from engine.http.common import ENGINE, USER_PATH, Problem, decode, json_body, read_json, reply
 from engine.http.errors import field_error
 from engine.runtime import Engine, Refused
 from policy import wire
@@ -146,11 +146,10 @@ async def add_suppression(request: web.Request) -> web.Response:
     return reply(Suppressed(channel=s.channel, address=s.address, reason=s.reason, users=users), status=201)
 
 
-USER = {"user_id": UserId}
 PROFILE = {"addresses": {"email": "ada@example.com", "sms": "+14155550101"}, "opt_outs": ["email:marketing"],
            "timezone": "Europe/London", "locale": "en-GB"}
 ROUTES = [
-    Route("PUT", "/v1/users/{user_id}", put_user, Scoped("users:write"), params=USER, body=ProfileAtPath,
+    Route("PUT", "/v1/users/{user_id}", put_user, Scoped("users:write"), params=USER_PATH, body=ProfileAtPath,
           answers={200: UserAnswer}, errors=(404,), example=PROFILE, links=tuple(
               Link(name, method, path, {"user_id": "$request.path.user_id"}) for name, method, path in (
                   ("user", "GET", "/v1/users/{user_id}"),
@@ -161,7 +160,7 @@ ROUTES = [
                   ("export", "GET", "/v1/users/{user_id}/export"),
                   ("hold", "PUT", "/v1/users/{user_id}/legal-hold"),
                   ("erase", "DELETE", "/v1/users/{user_id}")))),
-    Route("GET", "/v1/users/{user_id}", get_user, Scoped("users:read"), params=USER, errors=(404,),
+    Route("GET", "/v1/users/{user_id}", get_user, Scoped("users:read"), params=USER_PATH, errors=(404,),
           answers={200: UserAnswer}),
     Route("POST", "/v1/users", put_users, Scoped("users:write"),
           body=Annotated[list[UserProfile], msgspec.Meta(min_length=1)], answers={200: Saved}, example=[{"user_id": "u-1042", **PROFILE}]),

@@ -26,7 +26,7 @@ import logging
 
 from aiohttp import web
 
-from engine.http.access import Public, Route, register
+from engine.http.access import register
 from engine.http.common import ENGINE, Problem, read_body, reply
 from engine.http.replays import SharedTokens, guarded, namespace
 from engine.http.tracking import (
@@ -37,9 +37,8 @@ from engine.http.tracking import (
     bad_payload,
     bad_signature,
     configured,
-    webhook_body,
     webhook_params,
-    webhook_query,
+    webhook_routes,
 )
 from providers.tracking import PayloadError, SignatureError
 from providers.tracking.vonage import VONAGE_TOLERANCE_S, signature_method, verify_vonage, vonage_event, vonage_inbound
@@ -138,16 +137,8 @@ INBOUND = {
 }
 
 WHY = "Vonage's signature (signature_secret) is verified"
-ROUTES = [
-    Route("GET", "/v1/tracking/vonage", receipt, Public(WHY), query=webhook_query(RECEIPT),
-          answers={200: TrackingApplied}, errors=(400, 401, 404, 503)),
-    Route("POST", "/v1/tracking/vonage", receipt, Public(WHY), query=webhook_query(RECEIPT),
-          body=webhook_body(RECEIPT), answers={200: TrackingApplied}, errors=(400, 401, 404, 413, 422, 503)),
-    Route("GET", "/v1/tracking/vonage/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
-          answers={200: InboundText}, errors=(400, 401, 404, 503)),
-    Route("POST", "/v1/tracking/vonage/inbound", inbound, Public(WHY), query=webhook_query(INBOUND),
-          body=webhook_body(INBOUND), answers={200: InboundText}, errors=(400, 401, 404, 413, 422, 503)),
-]
+ROUTES = [*webhook_routes("/v1/tracking/vonage", receipt, WHY, RECEIPT, TrackingApplied),
+          *webhook_routes("/v1/tracking/vonage/inbound", inbound, WHY, INBOUND, InboundText)]
 
 
 def add_routes(app: web.Application) -> None:

@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.embedded import free_port
 from engine.http import make_app
+from engine.http.openapi import PAGES
 from infra.config import ChannelConfig, ProviderConfig
 from policy import links
 from policy.types import UserProfile
@@ -419,7 +420,7 @@ def weighted(routes: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [r for r in routes for _ in range(3 if r in BODIES else 1)]
 
 
-PAGES = ("/u/", "/p/")  # the one-click unsubscribe and the preference center answer HTML
+# PAGES: the one-click unsubscribe and the preference center answer HTML (their errors too)
 
 # aiohttp's HTTP parser refuses a longer request line with its own 400 in plain
 # text, before any route or middleware runs (as a proxy in front would).
