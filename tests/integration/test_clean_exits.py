@@ -88,10 +88,14 @@ shards = 1
     def _note(self, p: psutil.Process) -> None:
         if p.pid not in self.seen:
             self.seen[p.pid] = p
-            self.names[p.pid] = _name(p)
-            with contextlib.suppress(psutil.Error):
-                if self.names[p.pid].startswith("ray::") or "/ray/" in " ".join(p.cmdline()):
-                    self.ray.add(p.pid)
+        # named again at each sighting while it runs: one first seen between its
+        # fork and its exec still had its parent's name (a raylet went unseen so)
+        name = _name(p)
+        if name != "?" or p.pid not in self.names:
+            self.names[p.pid] = name
+        with contextlib.suppress(psutil.Error):
+            if self.names[p.pid].startswith("ray::") or "/ray/" in " ".join(p.cmdline()):
+                self.ray.add(p.pid)
 
     def wait_until(self, ready, what: str) -> None:
         """Watch until ``ready()`` (a command still running) or fail."""
