@@ -27,7 +27,7 @@ from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import dead_letters, streams
 from infra.config import Config, decode as decode_config
-from policy import trace, wire
+from policy import events, trace, wire
 from policy.sharding import shard_of
 from policy.text import printable
 from policy.types import BroadcastRequest, NotificationRequest, Outcome, derive_id, notification_id
@@ -39,6 +39,7 @@ DECODERS = {NotificationRequest: msgspec.json.Decoder(NotificationRequest),
             BroadcastRequest: msgspec.json.Decoder(BroadcastRequest)}
 NAK_DELAY_S = 2.0  # a failed batch comes back after this, not in a hot loop
 WARM_S = 5.0  # the longest a start waits to have called each UserShard once
+ACCEPTED_WAIT_S = 10.0  # the longest a batch waits for JetStream to store its accepted events
 
 
 def header_safe(text: str, limit: int = 400) -> str:
@@ -91,7 +92,7 @@ class Ingestor(Watched):
         n = self.cfg.nats
         self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{'-'.join(self.lanes)}-{self.index}",
                                      max_reconnect_attempts=-1)
-        self.js = self.nc.jetstream()
+        self.js = streams.jetstream(self.nc)  # publish_async errors surface (the accepted events)
         await self._warm()
         subs = [await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream) for lane in self.lanes]
         self.running = True
@@ -221,6 +222,8 @@ class Ingestor(Watched):
             if tried:  # a retry: its stamps would measure the failure and the backoff
                 for inb in inbound:
                     inb.stages = None
+            else:
+                await self._accepted(inbound)  # before any outcome: a product sees accepted first
             tried.append(1)
             # encoded inside the call: a batch that cannot be encoded is nak'd (in the end
             # dead-lettered), not left to come back after ack_wait without end
@@ -230,6 +233,24 @@ class Ingestor(Watched):
             committed = answers[-1].get("committed_at") if answers and isinstance(answers[-1], dict) else None
             if committed and any(inb.stages for inb in inbound):  # the last segment: committed to acked
                 self._traced(max(0.0, time.time() - committed))
+
+    async def _accepted(self, inbound: list[wire.Inbound]) -> None:
+        """Publish ``accepted`` for each request (``events.accepted``), with an id
+        derived from the notification's: a redelivered one is stored once
+        (the events stream's duplicate window). If the publish fails the batch
+        fails and comes back, so none is handled without its event."""
+        if not (self.cfg.events.enabled and self.cfg.events.accepted):
+            return
+        prefix = self.cfg.nats.prefix
+        acks = []
+        for inb in inbound:
+            req = inb.request
+            ev = events.event(id=derive_id(f"accepted:{inb.id}"), notification_id=inb.id, user_id=req.user_id,
+                              channel=events.ANY_CHANNEL, category=req.category, status="accepted",
+                              at=req.accepted_at or time.time())
+            acks.append(await self.js.publish_async(events.subject(prefix, ev), events.ENCODER.encode(ev),
+                                                    headers={"Nats-Msg-Id": ev.id}))
+        await asyncio.wait_for(asyncio.gather(*acks), ACCEPTED_WAIT_S)
 
     def _traced(self, seconds: float) -> None:
         try:

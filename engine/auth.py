@@ -56,6 +56,8 @@ SCOPES: dict[str, str] = {
     "inbox:read": "read any user's in-app inbox",
     "inbox:write": "mark any user's in-app messages read or seen",
     "analytics:read": "channel analytics",
+    "subscriptions:read": "read webhook subscriptions to status events and their dead letters",
+    "subscriptions:write": "create, change and delete webhook subscriptions to status events, replay dead letters",
     "tokens:issue": "mint end-user tokens",
     "ops:read": "/readyz and /metrics (when http.ops_access = \"scope\")",
     "admin": "everything",

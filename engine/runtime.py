@@ -51,13 +51,19 @@ class Actors:
     ingestors: list[ray.actor.ActorHandle] = field(default_factory=list)
     scheduler: ray.actor.ActorHandle | None = None
     urgent_shards: dict[str, list[ray.actor.ActorHandle]] = field(default_factory=dict)  # high/critical only
+    events: ray.actor.ActorHandle | None = None  # the EventSender (status events out)
 
     def every_channel_shard(self) -> list[ray.actor.ActorHandle]:
         return [a for group in (self.channel_shards, self.urgent_shards) for shards in group.values() for a in shards]
 
     def all(self) -> list[ray.actor.ActorHandle]:
         return [self.recorder, *self.every_channel_shard(),
-                *self.user_shards, *self.ingestors, *([self.scheduler] if self.scheduler else [])]
+                *self.user_shards, *self.ingestors, *([self.scheduler] if self.scheduler else []),
+                *([self.events] if self.events else [])]
+
+    def loops(self) -> list[ray.actor.ActorHandle]:
+        """The actors whose loops ``start`` begins and ``stop`` ends."""
+        return [*self.ingestors, *([self.scheduler] if self.scheduler else []), *([self.events] if self.events else [])]
 
 
 def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str] | None = None) -> Actors:
@@ -68,6 +74,7 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     # Plain classes wrapped here, not decorated where defined, so Ray pickles them
     # by reference (workers import the module) instead of by value.
     from actors.channel_shard import ChannelShard as _ChannelShard
+    from actors.event_sender import EventSender as _EventSender
     from actors.ingestor import Ingestor as _Ingestor
     from actors.recorder import Recorder as _Recorder
     from actors.scheduler import Scheduler as _Scheduler
@@ -117,7 +124,10 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     # the priority lane: its own consumer and Ingestor, never behind a bulk backlog
     ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_names, recorder_name, 0, ("priority",)))
     scheduler = Scheduler.options(**opts).remote(blob, database_url, user_names)
-    return Actors(recorder, channel_shards, user_shards, ingestors, scheduler, urgent_shards)
+    # mostly waiting on NATS, PostgreSQL and subscribers' URLs: a quarter of what an actor reserves
+    events = ray.remote(_EventSender).options(**{**opts, "num_cpus": cfg.ray.actor_cpus / 4}).remote(
+        blob, nats_url, database_url) if cfg.events.enabled else None
+    return Actors(recorder, channel_shards, user_shards, ingestors, scheduler, urgent_shards, events)
 
 
 def with_service_urls(cfg: Config, nats_url: str, database_url: str) -> Config:
@@ -226,6 +236,7 @@ class Engine:
         self.nc = await nats.connect(self.nats_url, name="tidings-engine", max_reconnect_attempts=-1)
         self.js = streams.jetstream(self.nc)  # publish_async errors surface (a full stream: 503)
         await streams.ensure_streams(self.js, self.cfg.nats)
+        await streams.ensure_events_stream(self.js, self.cfg.nats, self.cfg.events.max_age_s, self.cfg.events.max_msgs)
         # On this thread, not a worker thread: Ray ties the life of the processes it
         # starts to the thread that started them.
         self.ray_info = raybox.init(self.cfg.ray)
@@ -290,10 +301,9 @@ class Engine:
                 log.warning("warm-up: %d actor(s) not set up in advance: %s", len(failed), "; ".join(failed)[:500])
 
     async def _start_loops(self) -> list:
-        """``start`` every Ingestor and the Scheduler (idempotent: a running one
+        """``start`` every Ingestor, the Scheduler and the EventSender (idempotent: a running one
         returns at once); the exceptions of those that could not."""
-        results = await asyncio.gather(*(i.start.remote() for i in self.actors.ingestors),
-                                       self.actors.scheduler.start.remote(), return_exceptions=True)
+        results = await asyncio.gather(*(a.start.remote() for a in self.actors.loops()), return_exceptions=True)
         return [r for r in results if isinstance(r, BaseException)]
 
     async def _supervise(self) -> None:
@@ -320,8 +330,7 @@ class Engine:
             await self.prefs_listener.stop()
             self.prefs_listener = None
         if self.actors is not None:
-            await asyncio.gather(*(i.stop.remote() for i in self.actors.ingestors),
-                                 self.actors.scheduler.stop.remote(), return_exceptions=True)
+            await asyncio.gather(*(a.stop.remote() for a in self.actors.loops()), return_exceptions=True)
             # every actor holding a pool closes it before PostgreSQL stops (the Scheduler did in stop)
             closers = [a.close.remote() for a in (*self.actors.every_channel_shard(), *self.actors.user_shards)]
             closers.append(self.actors.recorder.close.remote())

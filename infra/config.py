@@ -254,6 +254,28 @@ class EngagementConfig(_Section):
         return bool(self.base_url) and (self.opens or self.clicks) and bool(self.channels)
 
 
+class EventsConfig(_Section):
+    """Outbound status events (actors/event_sender.py, docs/design.md "Status
+    events"): every status change published on NATS, and delivered to the
+    webhook subscriptions of ``/v1/event-subscriptions``."""
+
+    enabled: bool = True  # off: the outbox is still written (by triggers) but nothing publishes or delivers it
+    accepted: bool = True  # the Ingestor publishes "accepted" for each request it takes (one JetStream ack each)
+    max_age_s: NonNegative = 7 * 24 * 3600.0  # how long the events stream keeps an event
+    max_msgs: Positive = 10_000_000  # the events stream's size; full, it drops its oldest (it is a log)
+    relay_batch: Annotated[int, Meta(ge=1, le=10_000)] = 1000  # outbox rows published per round
+    relay_idle_s: Annotated[float, Meta(gt=0)] = 1.0  # an idle relay looks again this often (NOTIFY wakes it sooner)
+    lanes: Annotated[int, Meta(ge=1, le=64)] = 4  # deliveries in flight per subscription (one per lane, in order)
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0  # one POST to a subscriber
+    # the waits before each retry of a delivery; after the last, the event is the subscription's dead letter
+    retry_backoff_s: list[Annotated[float, Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0, 1800.0])
+    # CIDRs a subscription URL may point into although they are internal (["127.0.0.0/8"] for
+    # loopback receivers in development and tests); production leaves it empty (providers/egress.py)
+    egress_allow: list[str] = msgspec.field(default_factory=list)
+    refresh_s: Annotated[float, Meta(gt=0)] = 5.0  # subscriptions re-read this often (a change made elsewhere)
+
+
 class ProviderConfig(_Section):
     name: str
     type: str
@@ -317,6 +339,7 @@ class Config(_Section):
     bounces: BouncesConfig = BouncesConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
+    events: EventsConfig = EventsConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""

@@ -175,3 +175,30 @@ def consumer_config(cfg: NatsConfig, lane: str = "bulk") -> ConsumerConfig:
         max_ack_pending=cfg.max_ack_pending,
         filter_subject=_LANE_FILTER[lane](cfg),
     )
+
+
+# -- status events (policy/events.py, actors/event_sender.py) ----------------------
+
+EVENTS_DUPLICATE_WINDOW_S = 600.0  # a row the relay published before a crash and publishes again is stored once
+
+
+def events_stream(cfg: NatsConfig) -> str:
+    return f"{cfg.stream}_EVENTS"
+
+
+def events_wildcard(cfg: NatsConfig) -> str:
+    return f"{cfg.prefix}.events.>"
+
+
+async def ensure_events_stream(js: JetStreamContext, cfg: NatsConfig, max_age_s: float, max_msgs: int) -> None:
+    """The events stream: a log, not a queue. Any number of consumers read it
+    (each webhook subscription has its own); full, it drops its oldest."""
+    await _ensure(js, StreamConfig(
+        name=events_stream(cfg), subjects=[events_wildcard(cfg)], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, duplicate_window=EVENTS_DUPLICATE_WINDOW_S, max_age=max_age_s,
+        max_msgs=max_msgs, discard=DiscardPolicy.OLD,
+    ))
+
+
+def hook_consumer(subscription_id: str) -> str:
+    return f"hook-{subscription_id}"

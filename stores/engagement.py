@@ -91,11 +91,12 @@ async def record(conn: asyncpg.Connection, events: list[Engagement]) -> set[tupl
     if not events:
         return set()
     async with conn.transaction():
+        # delivered first: its status event comes before the opened or clicked one (migration 024)
+        await conn.execute(DELIVERED, [e.notification_id for e in events], [e.channel for e in events],
+                           [e.type for e in events])
         rows = await conn.fetch(INSERT, [e.notification_id for e in events], [e.user_id for e in events],
                                 [e.channel for e in events], [e.type for e in events],
                                 [e.at for e in events], [e.source for e in events])
-        await conn.execute(DELIVERED, [e.notification_id for e in events], [e.channel for e in events],
-                           [e.type for e in events])
     return {(r[0], r[1], r[2]) for r in rows}
 
 

@@ -37,6 +37,9 @@ DELETES = (
     ("inbox_messages", "DELETE FROM inbox_messages WHERE user_id = $1"),
     ("engagement_events", "DELETE FROM engagement_events WHERE user_id = $1"),
     ("delivery_tracking", "DELETE FROM delivery_tracking WHERE user_id = $1"),
+    # status events not yet published, and those a subscriber's URL never took (migration 024)
+    ("status_events", "DELETE FROM status_events WHERE user_id = $1"),
+    ("event_dead_letters", "DELETE FROM event_dead_letters WHERE event->>'user_id' = $1"),
     ("users", "DELETE FROM users WHERE user_id = $1"),
 )
 

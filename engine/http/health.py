@@ -24,13 +24,15 @@ class Liveness(msgspec.Struct):
 
 class ReadyChecks(msgspec.Struct):
     """Each dependency's check: NATS connected, PostgreSQL answers, the UserShards answer (``ray``), every
-    Ingestor's loop runs, the Scheduler's loop turned recently."""
+    Ingestor's loop runs, the Scheduler's loop turned recently, the status events' relay turned recently
+    (true when ``events.enabled`` is off)."""
 
     nats: bool
     postgres: bool
     ray: bool
     ingestors: bool
     scheduler: bool
+    events: bool = True
 
 
 class Readiness(msgspec.Struct):
@@ -58,7 +60,8 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: 200 when every dependency answers, 503 (the same shape) when one does not.
 
     Ready: NATS connected, PostgreSQL answers, the UserShards answer, every
-    Ingestor's loop runs and the Scheduler's loop turned recently. Also shows
+    Ingestor's loop runs, the Scheduler's loop and the status events' relay
+    turned recently. Also shows
     the ingest lag (messages waiting in each lane's consumer), not a check."""
     engine = request.app[ENGINE]
     nats = engine.nc is not None and engine.nc.is_connected
@@ -67,11 +70,16 @@ async def readyz(request: web.Request) -> web.Response:
     ingestors = await _answers([i.info.remote() for i in engine.actors.ingestors])
     scheduler = await _answers([engine.actors.scheduler.info.remote()])
     stale_after = max(30.0, 5 * engine.cfg.scheduler.interval_s)
+    sender = engine.actors.events
+    relay = await _answers([sender.info.remote()]) if sender is not None else [{"running": True}]
+    relay_stale_after = max(30.0, 5 * engine.cfg.events.relay_idle_s)
     checks = ReadyChecks(
         nats=nats, postgres=postgres, ray=ray,
         ingestors=ingestors is not None and all(bool(i.get("running")) for i in ingestors),
         scheduler=scheduler is not None and bool(scheduler[0].get("running", False))
-        and time.time() - scheduler[0].get("last_round_at", 0.0) < stale_after)
+        and time.time() - scheduler[0].get("last_round_at", 0.0) < stale_after,
+        events=relay is not None and bool(relay[0].get("running", False))
+        and (sender is None or time.time() - relay[0].get("last_round_at", 0.0) < relay_stale_after))
     lag: dict[str, int | None] = {}
     if nats:
         for lane in streams.LANES:

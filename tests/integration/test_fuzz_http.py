@@ -313,6 +313,11 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("POST", "/v1/tracking/ses"): signed_sns(SES_EVENT),
     ("POST", "/v1/tracking/sns/inbound"): signed_sns(INBOUND_SMS),
     ("POST", "/v1/audit/checkpoints"): json_sample({}),  # no body is read
+    ("POST", "/v1/event-subscriptions"): json_sample({"url": "https://hooks.fuzz.test/events", "statuses": ["sent"],
+                                                      "channels": ["email"], "categories": ["job_alerts"]}),
+    ("PATCH", "/v1/event-subscriptions/{id}"): json_sample({"enabled": False, "statuses": ["bounced"]}),
+    ("POST", "/v1/event-subscriptions/{id}/secret"): json_sample({}),  # no body is read
+    ("POST", "/v1/event-subscriptions/{id}/dead-letters/replay"): json_sample({}),  # no body is read
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),
     ("POST", "/p/{token}"): shaped({"version": "1", "on.marketing.email": "on", "freq.marketing": "weekly",
@@ -330,7 +335,7 @@ CONTENT_TYPES = st.sampled_from((
     "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/csv", "application/x-ndjson",
     "application/json; charset=latin-1", "application/", "*/*", "application/json, text/plain", "a" * 2000))
 QUERY_NAMES = ("after", "limit", "unread", "since", "format", "from", "to", "bucket", "channel", "access_token",
-               "device", "location", "activity", "urgency")
+               "device", "location", "activity", "urgency", "before")
 QUERY_VALUES = st.one_of(
     TEXT, st.sampled_from(HUGE_NUMBERS).map(str), st.integers().map(str),
     st.sampled_from(("true", "false", "csv", "ndjson", "hour", "minute", "day", "email", "1970-01-01T00:00:00",

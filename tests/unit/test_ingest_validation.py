@@ -5,6 +5,7 @@ recorded as ``rejected`` and acked; a good one goes to its UserShard."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import msgspec
@@ -14,7 +15,7 @@ from actors.ingestor import Ingestor
 from infra import streams
 from infra.config import Config, encode
 from policy import wire
-from policy.types import NotificationRequest, Outcome
+from policy.types import NotificationRequest, Outcome, derive_id
 from policy.validate import message_errors
 
 CFG = Config()
@@ -38,9 +39,16 @@ class Harness:
         self.published: list[tuple[str, bytes, dict]] = []
         self.recorded: list[Outcome] = []
         self.handled: list[wire.Inbound] = []
+        self.events: list[tuple[str, bytes, dict]] = []  # the accepted events (policy/events.py)
 
         async def publish(subject, data, headers=None):
             self.published.append((subject, data, headers))
+
+        async def publish_async(subject, data, headers=None):
+            self.events.append((subject, data, headers))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
 
         async def record(payload):
             self.recorded.extend(wire.decode(payload, list[Outcome]))
@@ -51,7 +59,7 @@ class Harness:
         shard = SimpleNamespace(handle=SimpleNamespace(remote=handle))
         self.ingestor = Ingestor(encode(CFG), "nats://unused", [shard], SimpleNamespace(
             record=SimpleNamespace(remote=record)))
-        self.ingestor.js = SimpleNamespace(publish=publish)
+        self.ingestor.js = SimpleNamespace(publish=publish, publish_async=publish_async)
 
 
 def notify(body: dict | bytes, seq: int) -> FakeMsg:
@@ -129,3 +137,15 @@ def test_message_errors_find_nul_in_template_and_channel_data():
                         NotificationRequest)
     assert message_errors(r) == [("$.template.data.a.b\\u0000", "contains a NUL character"),
                                  ("$.channel_content.email.data.l[0][0]", "contains a NUL character")]
+
+
+async def test_each_valid_request_is_announced_accepted_once_before_its_shard_sees_it():
+    h = Harness()
+    good, bad = notify(BASE, 21), notify({**BASE, "channels": []}, 22)
+    await h.ingestor._process([good, bad])
+    [inbound] = h.handled
+    [(subject, data, headers)] = h.events
+    event = msgspec.json.decode(data)
+    assert subject == f"{CFG.nats.prefix}.events.any.accepted"
+    assert event["notification_id"] == inbound.id and event["status"] == "accepted" and event["channel"] == "any"
+    assert headers == {"Nats-Msg-Id": event["id"]} and event["id"] == derive_id(f"accepted:{inbound.id}")

@@ -1,0 +1,162 @@
+"""Status events in PostgreSQL: the outbox the triggers of migration 024 fill,
+the webhook subscriptions (their signing secrets sealed under a master key),
+and each subscription's dead letters."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from infra.pii import Keyring, aad
+from policy import events
+from policy.events import StatusEvent
+
+OUTBOX = """
+SELECT seq, id::text, notification_id::text, user_id, channel, category, status, reason, provider,
+       parent_id::text, extract(epoch FROM at)
+FROM status_events ORDER BY seq LIMIT $1
+"""
+
+
+async def outbox(conn: asyncpg.Connection, limit: int) -> list[tuple[int, StatusEvent]]:
+    """The oldest ``limit`` events waiting to be published, as (seq, event)."""
+    return [(r[0], events.event(id=r[1], notification_id=r[2], user_id=r[3], channel=r[4], category=r[5],
+                                status=r[6], reason=r[7], provider=r[8], parent_id=r[9], at=float(r[10])))
+            for r in await conn.fetch(OUTBOX, limit)]
+
+
+async def published(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
+    await conn.execute("DELETE FROM status_events WHERE seq = ANY($1::bigint[])", list(seqs))
+
+
+async def waiting(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM status_events")
+
+
+# -- subscriptions -----------------------------------------------------------------
+
+
+class Subscription(msgspec.Struct, kw_only=True):
+    id: str
+    url: str
+    description: str
+    filters: events.Filters
+    enabled: bool
+    created_by: str
+    created_at: float
+    updated_at: float
+    master_id: str = ""
+    sealed: bytes = b""
+
+
+def _bound(subscription_id: str) -> bytes:
+    return aad("event_subscription_secret", subscription_id)
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def secret_of(ring: Keyring, sub: Subscription) -> str:
+    return ring.unwrap(sub.master_id, sub.sealed, _bound(sub.id)).decode()
+
+
+COLUMNS = ("id::text, url, description, channels, statuses, categories, enabled, created_by, "
+           "extract(epoch FROM created_at), extract(epoch FROM updated_at), master_id, secret")
+
+
+def _subscription(r) -> Subscription:
+    return Subscription(id=r[0], url=r[1], description=r[2],
+                        filters=events.Filters(channels=tuple(r[3]), statuses=tuple(r[4]), categories=tuple(r[5])),
+                        enabled=r[6], created_by=r[7], created_at=float(r[8]), updated_at=float(r[9]),
+                        master_id=r[10], sealed=bytes(r[11]))
+
+
+async def create(conn: asyncpg.Connection, ring: Keyring, url: str, description: str, filters: events.Filters,
+                 enabled: bool, secret: str, actor: str) -> Subscription:
+    sid = str(uuid.uuid4())
+    master_id, sealed = ring.wrap(secret.encode(), _bound(sid))
+    row = await conn.fetchrow(
+        f"INSERT INTO event_subscriptions (id, url, description, channels, statuses, categories, enabled, "
+        f"master_id, secret, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}",
+        sid, url, description, list(filters.channels), list(filters.statuses), list(filters.categories), enabled,
+        master_id, sealed, actor)
+    return _subscription(row)
+
+
+async def get(conn: asyncpg.Connection, sid: str) -> Subscription | None:
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM event_subscriptions WHERE id = $1", sid)
+    return None if row is None else _subscription(row)
+
+
+async def every(conn: asyncpg.Connection, after: str | None = None, limit: int = 10_000) -> list[Subscription]:
+    """Subscriptions in id order, ``limit`` of them after ``after`` (a page)."""
+    rows = await conn.fetch(f"SELECT {COLUMNS} FROM event_subscriptions WHERE $1::uuid IS NULL OR id > $1::uuid "
+                            "ORDER BY id LIMIT $2", after, limit)
+    return [_subscription(r) for r in rows]
+
+
+async def update(conn: asyncpg.Connection, ring: Keyring, sid: str, *, url: str | None = None,
+                 description: str | None = None, filters: events.Filters | None = None,
+                 enabled: bool | None = None, secret: str | None = None) -> Subscription | None:
+    """Change what is given; None when there is no such subscription."""
+    master_id, sealed = ring.wrap(secret.encode(), _bound(sid)) if secret is not None else (None, None)
+    f = filters
+    row = await conn.fetchrow(
+        "UPDATE event_subscriptions SET url = coalesce($2, url), description = coalesce($3, description), "
+        "channels = coalesce($4, channels), statuses = coalesce($5, statuses), "
+        "categories = coalesce($6, categories), enabled = coalesce($7, enabled), "
+        "master_id = coalesce($8, master_id), secret = coalesce($9, secret), updated_at = now() "
+        f"WHERE id = $1 RETURNING {COLUMNS}",
+        sid, url, description, None if f is None else list(f.channels), None if f is None else list(f.statuses),
+        None if f is None else list(f.categories), enabled, master_id, sealed)
+    return None if row is None else _subscription(row)
+
+
+async def delete(conn: asyncpg.Connection, sid: str) -> bool:
+    return await conn.fetchval("DELETE FROM event_subscriptions WHERE id = $1 RETURNING true", sid) is not None
+
+
+# -- dead letters ------------------------------------------------------------------
+
+
+async def dead_letter(conn: asyncpg.Connection, sid: str, e: StatusEvent, attempts: int, error: str) -> None:
+    """Keep an event its subscription's URL never took (once per event)."""
+    await conn.execute(
+        "INSERT INTO event_dead_letters (subscription_id, event_id, event, attempts, last_error) "
+        "SELECT $1, $2, $3::jsonb, $4, $5 WHERE EXISTS (SELECT 1 FROM event_subscriptions WHERE id = $1) "
+        "ON CONFLICT (subscription_id, event_id) DO UPDATE SET attempts = EXCLUDED.attempts, "
+        "last_error = EXCLUDED.last_error, created_at = now()",
+        sid, e.id, events.ENCODER.encode(e).decode(), attempts, error)
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    event: StatusEvent
+    attempts: int
+    last_error: str
+    dead_lettered_at: float
+
+
+async def dead_letters(conn: asyncpg.Connection, sid: str, limit: int, before: float | None = None
+                       ) -> list[DeadLetter]:
+    """The newest first, ``limit`` of them dead-lettered before ``before``."""
+    rows = await conn.fetch(
+        "SELECT event::text, attempts, last_error, extract(epoch FROM created_at) FROM event_dead_letters "
+        "WHERE subscription_id = $1 AND ($2::float8 IS NULL OR created_at < to_timestamp($2)) "
+        "ORDER BY created_at DESC, event_id LIMIT $3", sid, before, limit)
+    return [DeadLetter(event=events.DECODER.decode(r[0]), attempts=r[1], last_error=r[2],
+                       dead_lettered_at=float(r[3])) for r in rows]
+
+
+async def oldest_dead_letters(conn: asyncpg.Connection, sid: str, limit: int) -> list[StatusEvent]:
+    rows = await conn.fetch("SELECT event::text FROM event_dead_letters WHERE subscription_id = $1 "
+                            "ORDER BY created_at, event_id LIMIT $2", sid, limit)
+    return [events.DECODER.decode(r[0]) for r in rows]
+
+
+async def forget_dead_letter(conn: asyncpg.Connection, sid: str, event_id: str) -> None:
+    await conn.execute("DELETE FROM event_dead_letters WHERE subscription_id = $1 AND event_id = $2", sid, event_id)
