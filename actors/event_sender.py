@@ -48,6 +48,7 @@ ACK_WAIT_S = 60.0  # a lane holding an event longer tells JetStream it is still 
 PENDING_PER_LANE = 50  # events fetched ahead per lane
 EVENT_TYPE_HEADER = "Tidings-Event-Type"
 ATTEMPT_HEADER = "Tidings-Attempt"
+RELAY_ACK_S = 30.0  # the longest a relay round waits for JetStream to store what it published
 
 
 class _Hook:
@@ -157,7 +158,7 @@ class EventSender:
                 return 0
             acks = [await self.js.publish_async(events.subject(prefix, ev), events.ENCODER.encode(ev),
                                                 headers={"Nats-Msg-Id": ev.id}) for _, ev in rows]
-            await asyncio.wait_for(asyncio.gather(*acks), 30)
+            await streams.all_acked(acks, RELAY_ACK_S)
             await store.published(conn, [seq for seq, _ in rows])
         self.stats["published"] += len(rows)
         self.stats["relay_rounds"] += 1

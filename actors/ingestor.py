@@ -250,7 +250,7 @@ class Ingestor(Watched):
                               at=req.accepted_at or time.time())
             acks.append(await self.js.publish_async(events.subject(prefix, ev), events.ENCODER.encode(ev),
                                                     headers={"Nats-Msg-Id": ev.id}))
-        await asyncio.wait_for(asyncio.gather(*acks), ACCEPTED_WAIT_S)
+        await streams.all_acked(acks, ACCEPTED_WAIT_S)
 
     def _traced(self, seconds: float) -> None:
         try:

@@ -24,7 +24,7 @@ from policy import wire
 from policy.rules import Policy
 from policy.sharding import shard_of
 from policy.types import UserProfile
-from stores import pii as pii_store
+from stores import events as event_store, pii as pii_store
 
 log = logging.getLogger(__name__)
 WARM_S = 60.0  # the longest a start waits for its actors to be set up in advance
@@ -220,6 +220,7 @@ class Engine:
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max,
                                          limits=self.cfg.database)
         async with self.pool.acquire() as conn:
+            await event_store.switch(conn, self.cfg.events.enabled)
             self.ring = await pii_store.keyring(conn, master_keys.keyring(self.cfg))
             await pii_store.seal_legacy(conn, self.ring)  # rows from before encryption at rest, once
         try:

@@ -259,7 +259,7 @@ class EventsConfig(_Section):
     events"): every status change published on NATS, and delivered to the
     webhook subscriptions of ``/v1/event-subscriptions``."""
 
-    enabled: bool = True  # off: the outbox is still written (by triggers) but nothing publishes or delivers it
+    enabled: bool = True  # off: no event is written (the outbox's triggers are switched off at start) or sent
     accepted: bool = True  # the Ingestor publishes "accepted" for each request it takes (one JetStream ack each)
     max_age_s: NonNegative = 7 * 24 * 3600.0  # how long the events stream keeps an event
     max_msgs: Positive = 10_000_000  # the events stream's size; full, it drops its oldest (it is a log)

@@ -3,6 +3,8 @@ engine's durable pull consumer."""
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -107,6 +109,23 @@ def jetstream(nc: nats.NATS) -> JetStreamContext:
 
     js._handle_async_reply = handle_async_reply
     return js
+
+
+async def all_acked(acks: list[asyncio.Future], timeout_s: float) -> None:
+    """Wait for ``publish_async`` futures: returns once JetStream stored every
+    one; raises the first one's error, or TimeoutError. ``asyncio.wait``, not
+    ``wait_for(gather(…))``: cancelled (an actor stopping), a gather left
+    behind would log "exception was never retrieved"."""
+    if not acks:
+        return
+    done, pending = await asyncio.wait(acks, timeout=timeout_s)
+    for f in pending:
+        f.cancel()
+    errors = [f.exception() for f in done if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    if pending:
+        raise TimeoutError(f"{len(pending)} of {len(acks)} publishes not acknowledged in {timeout_s:.0f} s")
 
 
 def is_stream_full(e: BaseException) -> bool:

@@ -160,3 +160,20 @@ async def oldest_dead_letters(conn: asyncpg.Connection, sid: str, limit: int) ->
 
 async def forget_dead_letter(conn: asyncpg.Connection, sid: str, event_id: str) -> None:
     await conn.execute("DELETE FROM event_dead_letters WHERE subscription_id = $1 AND event_id = $2", sid, event_id)
+
+
+TRIGGERS = (("delivery_tracking", "status_events_inserted"), ("delivery_tracking", "status_events_updated"),
+            ("engagement_events", "status_events_engaged"))
+
+
+async def switch(conn: asyncpg.Connection, on: bool) -> None:
+    """Turn the outbox's triggers on or off (``events.enabled``): off, no
+    event is written, so none piles up with nothing to publish it. Only what
+    differs is altered (ALTER TABLE locks the table for a moment)."""
+    state = {r[0]: r[1] != "D" for r in await conn.fetch(
+        "SELECT tgname, tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND tgname = ANY($1::text[])",
+        [name for _, name in TRIGGERS])}
+    for table, name in TRIGGERS:
+        if state.get(name, on) != on:
+            await conn.execute(f"ALTER TABLE {table} {'ENABLE' if on else 'DISABLE'} TRIGGER {name}")
