@@ -44,7 +44,7 @@ def add_routes(app: web.Application) -> None:
     register(app, [
         Route("POST", "/graphql", graphql, Authenticated(WHY), body=GraphQLRequest, answers={200: GraphQLAnswer},
               example=EXAMPLE, tags=("graphql",)),
-        Route("GET", "/graphql", graphql_ws, Authenticated(WHY, ws_init=True), answers={101: None},
+        Route("GET", "/graphql", graphql_ws, Authenticated(WHY, ws_init=True), answers={101: None}, errors=(400,),
               tags=("graphql",)),
     ])
 

@@ -119,7 +119,10 @@ def uuid_of(text: str, field: str = "id") -> uuid.UUID:
 def decoded(value: Any, typ: type, what: str, field: str) -> Any:
     """A JSON argument decoded as REST decodes the body (the same Struct, the
     same violations, their paths under the argument's name)."""
-    body = orjson.dumps(value)
+    try:
+        body = orjson.dumps(value)
+    except orjson.JSONEncodeError as e:  # an integer past 64 bits, say
+        raise Problem(422, f"invalid {what}", [{"field": field, "reason": str(e)}]) from None
     try:
         return msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as e:

@@ -26,12 +26,13 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 
 from engine.http.access import is_upgrade
-from engine.http.common import Problem, decode, read_json
+from engine.http.common import ENGINE, Problem, decode, read_json
 from engine.http.graphql import limits
 from engine.http.graphql.auth import Refused, connect, context_of, count
 from engine.http.graphql.errors import Answers
 from engine.http.graphql.schema import Mutation, Query, Subscription
 from engine.http.inbox import HEARTBEAT_S
+from engine.http.sockets import SOCKETS
 
 MAX_OPERATIONS = 10  # operations running at once on one WebSocket
 INIT_WAIT_S = 10  # a WebSocket that sends no connection_init by then is closed (4408)
@@ -94,6 +95,12 @@ class View(GraphQLView):
         elif not is_upgrade(request):
             raise Problem(400, "not a WebSocket", [{"field": "$", "reason": "GET /graphql is the graphql-transport-ws "
                                                     "WebSocket; send queries and mutations by POST"}])
+        else:  # counted in http.ws_total with the inbox sockets (its user is known only after connection_init)
+            with request.app[SOCKETS].held(None, request.app[ENGINE].cfg.http):
+                return await self._run(request)
+        return await self._run(request)
+
+    async def _run(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self.run(request=request)
         except HTTPException as e:
