@@ -247,6 +247,30 @@ async def test_websocket_refusals(engine):
         await ws.close()
 
 
+async def test_a_websocket_counts_its_connection_and_each_operation_against_the_rate_limit(engine):
+    async with engine.pool.acquire() as conn:
+        _, key = await auth.create_key(conn, "ws-limited", ["analytics:read"])
+    saved = dict(engine.limiter.rates)
+    engine.limiter.rates["key"] = (0.001, 2.0)  # two at once, then one per 1000 s (every key, for this test)
+    try:
+        async with aiohttp.ClientSession() as s:
+            ws = await connected(s, engine, {"authorization": f"Bearer {key}"})  # the first
+            assert (await ws.receive_json())["type"] == "connection_ack"
+            query = {"query": "{ channelAnalytics { to } }"}
+            await ws.send_json({"id": "1", "type": "subscribe", "payload": query})  # the second
+            first = await events(ws, "1")
+            assert first[0]["data"]["channelAnalytics"]["to"] > 0 and first[-1]["type"] == "complete"
+            await ws.send_json({"id": "2", "type": "subscribe", "payload": query})  # one too many
+            (refused,) = await events(ws, "2")
+            assert refused["type"] == "error" and refused["payload"][0]["extensions"]["code"] == 429
+            await ws.close()
+            ws = await connected(s, engine, {"authorization": f"Bearer {key}"})
+            msg = await asyncio.wait_for(ws.receive(), WAIT_S)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4429
+    finally:
+        engine.limiter.rates.update(saved)
+
+
 async def test_what_is_not_a_graphql_request_is_answered_as_rest_answers(engine):
     base = f"{engine.base_url}/graphql"
     async with aiohttp.ClientSession(headers=engine.headers) as s:
