@@ -18,9 +18,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from cross_web import HTTPException
 from strawberry import Schema
-from strawberry.aiohttp.views import GraphQLView
+from strawberry.aiohttp.views import GraphQLView, HTTPException  # the view's own (strawberry moves it between versions)
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
@@ -91,16 +90,17 @@ class View(GraphQLView):
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":
-            decode(_request, await read_json(request), "GraphQL request")
-        elif not is_upgrade(request):
+            decode(_request, await read_json(request), "GraphQL request")  # 415, 400, 422 as REST answers them
+            return await self._run(request)
+        if not is_upgrade(request):
             raise Problem(400, "not a WebSocket", [{"field": "$", "reason": "GET /graphql is the graphql-transport-ws "
                                                     "WebSocket; send queries and mutations by POST"}])
-        else:  # counted in http.ws_total with the inbox sockets (its user is known only after connection_init)
-            with request.app[SOCKETS].held(None, request.app[ENGINE].cfg.http):
-                return await self._run(request)
-        return await self._run(request)
+        # counted in http.ws_total with the inbox sockets (its user is known only after connection_init)
+        with request.app[SOCKETS].held(None, request.app[ENGINE].cfg.http):
+            return await self._run(request)
 
     async def _run(self, request: web.Request) -> web.StreamResponse:
+        """strawberry's own refusals (an operation it cannot pick, say) in the API's error shape."""
         try:
             return await self.run(request=request)
         except HTTPException as e:
