@@ -14,6 +14,10 @@ which walks the router, fails). Policies:
   provider's signature, a signed link token) or there is nothing to protect.
 - ``Ops()``: /readyz and /metrics: loopback clients only, or a key with
   ``ops:read``, as ``http.ops_access`` says.
+- ``Authenticated(why)``: any valid key or end-user token; the handler checks
+  each operation against the policy of its REST twin (``refusal``): /graphql.
+  With ``ws_init``, a WebSocket upgrade may come without credentials and
+  authenticates in its first message instead.
 
 Answers: 401 (no or bad credentials, with ``WWW-Authenticate: Bearer``), 403
 (valid, but not allowed here). The principal is ``request[PRINCIPAL]``; the
@@ -60,7 +64,18 @@ class Ops:
     pass
 
 
-Policy = Scoped | UserOwned | Public | Ops
+@dataclass(frozen=True)
+class Authenticated:
+    """Any valid key or end-user token reaches the handler, which decides per
+    operation with ``refusal`` and the policy of the REST route doing the same."""
+
+    why: str
+    # a WebSocket upgrade without credentials passes too: it authenticates in
+    # its first message (a browser cannot set headers on a WebSocket)
+    ws_init: bool = False
+
+
+Policy = Scoped | UserOwned | Public | Ops | Authenticated
 
 
 @dataclass(frozen=True)
@@ -165,6 +180,27 @@ def forbidden(reason: str) -> Problem:
     return Problem(403, "forbidden", [{"field": "Authorization", "reason": reason}])
 
 
+def refusal(principal: Principal, policy: Policy, user_id: str | None = None) -> str | None:
+    """Why ``principal`` may not do what a route with ``policy`` does for
+    ``user_id`` (the path's ``{user_id}``, or the owner a ``UserOwned``
+    handler found; None: not known yet), or None when it may. The
+    authorization middleware and GraphQL's fields (engine/http/graphql) both
+    ask here."""
+    if isinstance(policy, (Authenticated, Public, Ops)):
+        return None if isinstance(policy, Authenticated) else "not a route for keys or tokens"
+    if principal.kind == "key":
+        return None if principal.allows(policy.scope) else f"this key lacks the scope {policy.scope!r}"
+    if isinstance(policy, UserOwned) and user_id is None:
+        return None  # the handler checks the owner once it knows it (owner_check)
+    if isinstance(policy, UserOwned) or policy.user:
+        return None if user_id == principal.id else "this token is for another user"
+    return "an end-user token cannot call this route"
+
+
+def is_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def is_loopback(request: web.Request) -> bool:
     try:
         return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
@@ -207,25 +243,19 @@ async def authorize(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     credentials, in_query = bearer(request, policy)
     if credentials is None:
+        if isinstance(policy, Authenticated) and policy.ws_init and is_upgrade(request):
+            return await handler(request)  # it authenticates in its first message
         raise unauthorized("missing bearer credentials")
     principal = await engine.auth.authenticate(credentials)
     if principal is None or (in_query and principal.kind != "user"):  # keys never travel in URLs
         raise unauthorized("invalid, expired or revoked credentials")
     request[PRINCIPAL] = principal
     request[RATE_KEY] = (principal.kind, principal.id)
-    if principal.kind == "key":
-        if not principal.allows(policy.scope):
-            raise forbidden(f"this key lacks the scope {policy.scope!r}")
-        return await handler(request)
-    # an end-user token
-    if isinstance(policy, UserOwned):
-        return await handler(request)
-    if isinstance(policy, Scoped) and policy.user:
-        if request.match_info.get("user_id") != principal.id:
-            raise forbidden("this token is for another user")
-        return await handler(request)
-    raise forbidden("an end-user token cannot call this route")
+    why = refusal(principal, policy, None if isinstance(policy, UserOwned) else request.match_info.get("user_id"))
+    if why is not None:
+        raise forbidden(why)
+    return await handler(request)
 
 
-__all__ = ["POLICIES", "ROUTES", "Link", "Media", "Ops", "Param", "Public", "Route", "Scoped", "UserOwned", "actor", "authorize", "is_loopback",
-           "owner_check", "register"]
+__all__ = ["POLICIES", "ROUTES", "Authenticated", "Link", "Media", "Ops", "Param", "Public", "Route", "Scoped", "UserOwned",
+           "actor", "authorize", "is_loopback", "is_upgrade", "owner_check", "refusal", "register"]

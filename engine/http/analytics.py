@@ -132,19 +132,26 @@ async def get_channels(request: web.Request) -> web.Response:
     more than ``analytics.max_buckets`` buckets (``bucket``) is a 422 naming
     it; a bad value a 400."""
     q = request.query
-    end = instant(q["to"], "to") if "to" in q else time.time()
-    start = instant(q["from"], "from") if "from" in q else end - DAY_S
-    bucket = q.get("bucket")  # present and empty is not a bucket: 400, as the document's enum says
-    problem = analytics.window_error(start, end, bucket, request.app[ENGINE].cfg.analytics)
+    # present and empty is not a bucket: 400, as the document's enum says
+    return reply(await report(request.app[ENGINE], q.get("from"), q.get("to"), q.get("bucket"), q.get("channel")))
+
+
+async def report(engine, start_text: str | None, end_text: str | None, bucket: str | None,
+                 channel: str | None) -> ChannelReport:
+    """The report for the window as given (texts as ``instant`` reads them;
+    None: the default), or the 400/422 naming what is wrong. The REST route
+    and the GraphQL ``channelAnalytics`` field both read it here."""
+    end = instant(end_text, "to") if end_text is not None else time.time()
+    start = instant(start_text, "from") if start_text is not None else end - DAY_S
+    problem = analytics.window_error(start, end, bucket, engine.cfg.analytics)
     if problem is not None:
         status, field, reason = problem
         raise Problem(status, "bad query" if status == 400 else "window too large", [{"field": field, "reason": reason}])
-    channel = q.get("channel")
     if channel is not None and channel not in CHANNELS:
         raise Problem(400, "bad query", [{"field": "channel", "reason": f"one of {', '.join(CHANNELS)}"}])
-    rows = await analytics.channels(request.app[ENGINE].pool, start, end, bucket, channel)
-    return reply(ChannelReport(from_=start, to=end, bucket=cast(Bucket | None, bucket),
-                               rows=msgspec.convert(rows, list[ChannelRow])))
+    rows = await analytics.channels(engine.pool, start, end, bucket, channel)
+    return ChannelReport(from_=start, to=end, bucket=cast(Bucket | None, bucket),
+                         rows=msgspec.convert(rows, list[ChannelRow]))
 
 
 ROUTES = [
@@ -163,4 +170,4 @@ def add_routes(app: web.Application) -> None:
     register(app, ROUTES)
 
 
-__all__ = ["ROUTES", "add_routes", "get_channels", "instant"]
+__all__ = ["ROUTES", "add_routes", "get_channels", "instant", "report"]

@@ -21,6 +21,7 @@ from engine.http import (
     erasure,
     events,
     export,
+    graphql,
     health,
     inbox,
     links,
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, docs)
+                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, docs,
+                 graphql)
 
 
 @web.middleware

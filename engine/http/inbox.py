@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -214,8 +215,13 @@ class InboxStream:
     ``last`` only grows), in increasing order, and every committed row is sent.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, pool, user_id: str, after: int):
-        self.ws, self.pool, self.user_id = ws, pool, user_id
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], stop: Callable[[], Awaitable[None]], pool,
+                 user_id: str, after: int):
+        """``send`` takes each frame (JSON text); ``stop`` ends the client's feed
+        when PostgreSQL fails (it reconnects with its cursor). The inbox
+        WebSocket sends frames as they are; GraphQL's ``inbox`` subscription
+        (engine/http/graphql) turns them into its events."""
+        self.send, self.stop, self.pool, self.user_id = send, stop, pool, user_id
         self.last = after
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.overflowed = False
@@ -252,7 +258,7 @@ class InboxStream:
             return  # the client left; the handler cleans up
         except Exception as exc:  # noqa: BLE001 - the client reconnects with its cursor
             log.warning("inbox socket of %r stopped: %r", self.user_id, exc)
-            await self.ws.close(code=1011, message=b"inbox unavailable; reconnect with after=<last seq>")
+            await self.stop()
 
     async def deliver(self, data: bytes) -> None:
         """One queued NATS event (see the class doc, step 4)."""
@@ -297,7 +303,7 @@ class InboxStream:
 
     async def _send(self, frame: bytes) -> None:
         async with self._send_lock:
-            await self.ws.send_frame(frame, WSMsgType.TEXT)
+            await self.send(frame)
 
 
 def check_origin(request: web.Request, allowed: list[str]) -> None:
@@ -342,15 +348,20 @@ async def serve_socket(request: web.Request, engine, user_id: str, after: int) -
     """The socket, once admitted: upgrade, subscribe, feed until it closes."""
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    stream = InboxStream(ws, engine.pool, user_id, after)
+
+    async def send(frame: bytes) -> None:
+        await ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def stop() -> None:
+        await ws.close(code=1011, message=b"inbox unavailable; reconnect with after=<last seq>")
+
+    stream = InboxStream(send, stop, engine.pool, user_id, after)
     try:
-        sub = await engine.nc.subscribe(inbox_subject(engine.cfg.nats.prefix, user_id), cb=stream.on_event)
-        await engine.nc.flush(timeout=SUBSCRIBE_TIMEOUT_S)  # the server has the subscription before the backlog read
+        sub, forwarder = await start_feed(engine, stream)
     except Exception as exc:  # noqa: BLE001 - NATS unavailable: tell the client to come back
         log.warning("inbox socket of %r: cannot subscribe: %r", user_id, exc)
         await ws.close(code=1011, message=b"live updates unavailable; reconnect")
         return ws
-    forwarder = asyncio.get_running_loop().create_task(stream.run())
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -362,28 +373,47 @@ async def serve_socket(request: web.Request, engine, user_id: str, after: int) -
     except ConnectionResetError:
         pass
     finally:
-        # aiohttp may cancel this handler once the client is gone: the clean-up
-        # runs as its own task, which finishes even then.
-        forwarder.cancel()
-        cleanup = asyncio.get_running_loop().create_task(_stop_feed(sub, forwarder))
-        _cleanups.add(cleanup)
-        cleanup.add_done_callback(_cleanups.discard)
-        await asyncio.shield(cleanup)
+        await end_feed(sub, forwarder)
     if not ws.closed:
         await ws.close()
     return ws
 
 
+async def start_feed(engine, stream: InboxStream) -> tuple[Any, asyncio.Task]:
+    """Subscribe ``stream`` to its user's inbox events, confirmed by the server
+    before anything is read (``InboxStream``, step 1), and start feeding it:
+    (the subscription, the feeding task). Raises when NATS cannot subscribe."""
+    sub = await engine.nc.subscribe(inbox_subject(engine.cfg.nats.prefix, stream.user_id), cb=stream.on_event)
+    try:
+        await engine.nc.flush(timeout=SUBSCRIBE_TIMEOUT_S)  # the server has the subscription before the backlog read
+    except BaseException:
+        await _stop_feed(sub, None)
+        raise
+    return sub, asyncio.get_running_loop().create_task(stream.run())
+
+
+async def end_feed(sub, forwarder: asyncio.Task) -> None:
+    """Stop what ``start_feed`` started. The caller may be cancelled (aiohttp
+    cancels a handler once its client is gone): the clean-up runs as its own
+    task, which finishes even then."""
+    forwarder.cancel()
+    cleanup = asyncio.get_running_loop().create_task(_stop_feed(sub, forwarder))
+    _cleanups.add(cleanup)
+    cleanup.add_done_callback(_cleanups.discard)
+    await asyncio.shield(cleanup)
+
+
 _cleanups: set[asyncio.Task] = set()  # running clean-ups (the loop keeps only weak references)
 
 
-async def _stop_feed(sub, forwarder: asyncio.Task) -> None:
+async def _stop_feed(sub, forwarder: asyncio.Task | None) -> None:
     """Unsubscribe (the NATS server stops sending) and wait for the forwarder."""
     try:
         await sub.unsubscribe()
     except Exception as exc:  # noqa: BLE001 - the connection may be gone already
         log.debug("inbox unsubscribe: %r", exc)
-    await asyncio.gather(forwarder, return_exceptions=True)
+    if forwarder is not None:
+        await asyncio.gather(forwarder, return_exceptions=True)
 
 
 AFTER = Param("after", Annotated[int, Meta(ge=0, le=MAX_SEQ)], "Only messages with a seq above this one "
@@ -407,4 +437,4 @@ def add_routes(app: web.Application) -> None:
     register(app, ROUTES)
 
 
-__all__ = ["InboxStream", "add_routes"]
+__all__ = ["InboxStream", "add_routes", "end_feed", "start_feed"]

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from engine.auth import PRINCIPAL
+from engine.auth import PRINCIPAL, Principal
 from engine.http.access import Link, Route, Scoped, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
@@ -97,12 +97,11 @@ async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
         raise Problem(422, "invalid notification", errors)
 
 
-def scoped_id(request: web.Request, r: NotificationRequest | BroadcastRequest) -> uuid.UUID:
+def scoped_id(p: Principal | None, r: NotificationRequest | BroadcastRequest) -> uuid.UUID:
     """The notification id: the one given, else from the idempotency key *of
-    this caller* (so one caller cannot pre-claim another's keys), else new."""
+    this caller* ``p`` (so one caller cannot pre-claim another's keys), else new."""
     if r.id is not None:
         return r.id
-    p = request.get(PRINCIPAL)
     if r.idempotency_key is not None and p is not None:
         return uuid.UUID(derive_id(f"{p.scope_id}:{r.idempotency_key}"))
     return uuid.UUID(notification_id(r, str(uuid.uuid4())))
@@ -116,14 +115,23 @@ async def submit(request: web.Request) -> web.Response:
     calling key) or a new one; a resubmission with the same id within
     JetStream's duplicate window answers ``duplicate: true`` and is not sent
     again. Every violation in the batch is answered at once (422)."""
-    engine = request.app[ENGINE]
-    cfg = engine.cfg
     reqs, many = decode_submission(await read_json(request))
+    items = await accept(request.app[ENGINE], request.get(PRINCIPAL), reqs, many)
+    return reply(AcceptedBatch(notifications=items) if many else items[0], status=202)
+
+
+async def accept(engine: Engine, principal: Principal | None, reqs: list[NotificationRequest],
+                 many: bool) -> list[Accepted]:
+    """Check decoded submissions (422 naming each violation), give them ids
+    (``principal``'s idempotency keys) and publish them; answered once
+    JetStream holds every one (503 otherwise). The REST route and the GraphQL
+    ``send`` mutation both submit here."""
+    cfg = engine.cfg
     check(reqs, cfg.enabled_channels(), many, cfg.http.max_batch)
     await check_templates(engine, reqs, many)
     now = time.time()
     for r in reqs:
-        r.id = scoped_id(request, r)
+        r.id = scoped_id(principal, r)
         r.accepted_at = now
     started = time.perf_counter()
     # publish_async: every publish goes out at once over one reply subscription;
@@ -138,8 +146,7 @@ async def submit(request: web.Request) -> web.Response:
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     for r in reqs:
         ACCEPTED.labels(r.category).inc()
-    items = [Accepted(id=str(r.id), duplicate=bool(a.duplicate)) for r, a in zip(reqs, acks, strict=True)]
-    return reply(AcceptedBatch(notifications=items) if many else items[0], status=202)
+    return [Accepted(id=str(r.id), duplicate=bool(a.duplicate)) for r, a in zip(reqs, acks, strict=True)]
 
 
 async def submit_broadcast(request: web.Request) -> web.Response:
@@ -152,7 +159,7 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     b = decode(_broadcast, await read_json(request), "broadcast")
     check([b], cfg.enabled_channels(), False, 1)
     await check_templates(engine, [b], False)
-    b.id = scoped_id(request, b)
+    b.id = scoped_id(request.get(PRINCIPAL), b)
     b.accepted_at = time.time()
     try:
         ack = await engine.js.publish(streams.broadcast_subject(cfg.nats, b.category), _json.encode(b),
@@ -195,10 +202,19 @@ async def status(request: web.Request) -> web.Response:
 
     404 until the first outcome is recorded."""
     nid = path_uuid(request)
-    pool = request.app[ENGINE].pool
+    found = await outcomes(request.app[ENGINE].pool, nid)
+    if found is None:
+        raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+    return reply(found)
+
+
+async def outcomes(pool, nid: uuid.UUID) -> NotificationStatus | None:
+    """A notification's outcome on each channel with its timeline; None until
+    the first is recorded. The REST route, the GraphQL ``notification`` field
+    and its ``notificationStatus`` subscription all read it here."""
     rows = await pool.fetch(STATUS_SQL, nid)
     if not rows:
-        raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+        return None
     engaged = await engagement.timelines(pool, nid)  # opens and clicks, after the channel's own timeline
     channels = [ChannelOutcome(
         channel=r["channel"], status=r["status"], reason=r["reason"], provider=r["provider"],
@@ -209,7 +225,7 @@ async def status(request: web.Request) -> web.Response:
         completed_at=float(r["completed_at"]) if r["completed_at"] is not None else None,
         broadcast_id=r["parent_id"], digest_id=r["digest_id"],
     ) for r in rows]
-    return reply(NotificationStatus(id=str(nid), channels=channels))
+    return NotificationStatus(id=str(nid), channels=channels)
 
 
 ROUTES = [

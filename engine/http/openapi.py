@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from engine.http.access import Media, Ops, Public, Route, Scoped, UserOwned
+from engine.http.access import Authenticated, Media, Ops, Public, Route, Scoped, UserOwned
 from policy.api import ErrorAnswer
 
 REF = "#/components/schemas/{name}"
@@ -87,6 +87,8 @@ def security(policy: Any, ops_access: str = "loopback") -> list[dict[str, list[s
         return []
     if isinstance(policy, Ops):  # loopback clients need nothing, anyone else is refused (http.ops_access)
         return [] if ops_access == "loopback" else [{"apiKey": ["ops:read"]}]
+    if isinstance(policy, Authenticated):  # each operation inside checks its own scope
+        return [{"apiKey": []}, {"userToken": []}]
     need = [{"apiKey": [policy.scope]}]
     if isinstance(policy, UserOwned) or (isinstance(policy, Scoped) and policy.user):
         need.append({"userToken": []})
@@ -103,6 +105,8 @@ def who(policy: Any, ops_access: str = "loopback") -> str:
         if ops_access == "loopback":
             return "Operators: loopback clients only, no credentials (`http.ops_access = \"loopback\"`)."
         return "Operators: a key with `ops:read` (`http.ops_access = \"scope\"`)."
+    if isinstance(policy, Authenticated):
+        return f"Any valid API key or end-user token: {policy.why}."
     text = f"A key with the scope `{policy.scope}` (or `admin`)"
     if isinstance(policy, UserOwned):
         return text + ", or an end-user token for the resource's own user."

@@ -183,10 +183,19 @@ async def change_prefs(request: web.Request) -> web.Response:
     cmd = PrefCommand(user_id=user_id, if_match=if_match(request), actor=actor(request))
     if request.method == "PUT":
         cmd.put = decode(_doc, body, "preferences")
-        rows, path = cmd.put.preferences, "preferences"
     else:
         cmd.patch = decode(_patch, body, "preferences patch")
-        rows, path = cmd.patch.set, "set"
+    doc, conflict = await change(engine, cmd)
+    return _conflict(doc) if conflict else with_etag(doc)
+
+
+async def change(engine: Engine, cmd: PrefCommand) -> tuple[PreferencesAnswer, bool]:
+    """Carry out one change (its ``put`` or its ``patch``) through the owning
+    shard: the document after it, and whether ``if_match`` was stale (nothing
+    changed then). A violation is a 422 naming the field. The REST routes and
+    the GraphQL mutations both change preferences here."""
+    rows, path = (cmd.put.preferences, "preferences") if cmd.put is not None else \
+        (cmd.patch.set if cmd.patch is not None else [], "set")
     # checked here, not only by the shard: data that cannot be encoded never reaches the Ray call
     custom = [e for i, p in enumerate(rows) if p.custom for e in data_errors(p.custom, f"{path}[{i}].custom")]
     if custom:
@@ -194,10 +203,7 @@ async def change_prefs(request: web.Request) -> web.Response:
     (result,) = await run_commands(engine, [cmd])
     if result.status == "invalid":
         raise Problem(422, "invalid preferences", problems(result.errors))
-    doc = await get_doc(engine, user_id)
-    if result.status == "conflict":
-        return _conflict(doc)
-    return with_etag(doc)
+    return await get_doc(engine, cmd.user_id), result.status == "conflict"
 
 
 def _conflict(doc: PreferencesAnswer) -> web.Response:
@@ -216,11 +222,15 @@ async def effective(request: web.Request) -> web.Response:
 
     The query's ``device``, ``location``, ``activity`` and ``urgency`` are the
     context that contextual rows match."""
-    engine = request.app[ENGINE]
     user_id = path_user(request)
     context = {k: v for k, v in request.query.items() if k in CONTEXT_QUERY}
-    return reply(wire.decode(await engine.shard_for(user_id).effective.remote(user_id, context),
-                             EffectivePreferences))
+    return reply(await effective_of(request.app[ENGINE], user_id, context))
+
+
+async def effective_of(engine: Engine, user_id: str, context: dict[str, str]) -> EffectivePreferences:
+    """The owning shard's resolution of every (channel, category) of a user for
+    ``context`` (keys of ``CONTEXT_QUERY``), each value with the level it came from."""
+    return wire.decode(await engine.shard_for(user_id).effective.remote(user_id, context), EffectivePreferences)
 
 
 async def changes(request: web.Request) -> web.Response:

@@ -24,15 +24,25 @@ class Sockets:
         self.per_user: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def held(self, user_id: str, cfg: HttpConfig) -> Iterator[None]:
-        """Admit one socket of ``user_id`` for the ``with`` block, or raise the refusal."""
+    def held(self, user_id: str | None, cfg: HttpConfig) -> Iterator[None]:
+        """Admit one socket of ``user_id`` for the ``with`` block, or raise the
+        refusal. ``None``: a socket whose user is not known at its upgrade (a
+        GraphQL socket authenticates in its first message), counted in the total only."""
+        if user_id is None:
+            if self.total >= cfg.ws_total:
+                raise _full()
+            self.total += 1
+            try:
+                yield
+            finally:
+                self.total -= 1
+            return
         mine = self.per_user.get(user_id, 0)
         if mine >= cfg.ws_per_user:
             raise refused(429, "too many sockets", "user_id",
                           f"this user has {mine} inbox sockets open, the most allowed (http.ws_per_user)")
         if self.total >= cfg.ws_total:
-            raise refused(503, "server busy", "$", "this server holds as many inbox sockets as it may "
-                          "(http.ws_total); try again later")
+            raise _full()
         self.total += 1
         self.per_user[user_id] = mine + 1
         try:
@@ -44,6 +54,11 @@ class Sockets:
                 self.per_user[user_id] = left
             else:
                 del self.per_user[user_id]
+
+
+def _full() -> Problem:
+    return refused(503, "server busy", "$", "this server holds as many sockets as it may (http.ws_total); "
+                   "try again later")
 
 
 def refused(status: int, error: str, field: str, reason: str) -> Problem:

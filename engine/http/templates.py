@@ -96,14 +96,22 @@ async def get(request: web.Request) -> web.Response:
     """A template's parts (the newest version of each) and its version history.
 
     404 when no part of the template was ever saved."""
-    engine = request.app[ENGINE]
     tid = request.match_info["id"]
+    found = await detail(request.app[ENGINE], tid)
+    if found is None:
+        raise Problem(404, "not found", [{"field": "id", "reason": f"no template {tid!r}"}])
+    return reply(found)
+
+
+async def detail(engine, tid: str) -> TemplateDetail | None:
+    """A template's newest parts and its saves; None when none was ever saved
+    (the REST route and the GraphQL ``template`` field read it here)."""
     async with engine.pool.acquire() as conn:
         parts = await template_store.load(conn, tid)
         history = await template_store.versions(conn, tid)
     if not parts:
-        raise Problem(404, "not found", [{"field": "id", "reason": f"no template {tid!r}"}])
-    return reply(TemplateDetail(id=tid, parts=parts, versions=[TemplateVersion(**v) for v in history]))
+        return None
+    return TemplateDetail(id=tid, parts=parts, versions=[TemplateVersion(**v) for v in history])
 
 
 async def preview(request: web.Request) -> web.Response:

@@ -100,19 +100,27 @@ async def put_users(request: web.Request) -> web.Response:
     return reply(Saved(saved=len(profiles)))
 
 
-async def get_user(request: web.Request) -> web.Response:
-    """A user's profile as its shard holds it."""
-    engine = request.app[ENGINE]
-    user_id = request.match_info["user_id"]
+async def user_answer(engine: Engine, user_id: str) -> UserAnswer | None:
+    """A user's profile as its owning shard holds it; None for no such user
+    (the REST route and the GraphQL ``user`` field both read it here)."""
     found = await engine.shard_for(user_id).get_user.remote(user_id)
     if found is None:
-        raise Problem(404, "not found", [{"field": "user_id", "reason": f"no user {user_id!r}"}])
+        return None
     state = wire.decode(found, UserState)
     opt_outs = sorted(f"{p.channel}:{p.category}" for p in state.prefs
                       if p.enabled is False and p.content_type == "*" and not p.context)
-    return reply(UserAnswer(user_id=state.user_id, addresses=state.addresses, opt_outs=opt_outs,
-                            preferences_version=state.version, template=state.template,
-                            suppressed=state.suppressed, timezone=state.timezone, locale=state.locale))
+    return UserAnswer(user_id=state.user_id, addresses=state.addresses, opt_outs=opt_outs,
+                      preferences_version=state.version, template=state.template,
+                      suppressed=state.suppressed, timezone=state.timezone, locale=state.locale)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    """A user's profile as its shard holds it."""
+    user_id = request.match_info["user_id"]
+    answer = await user_answer(request.app[ENGINE], user_id)
+    if answer is None:
+        raise Problem(404, "not found", [{"field": "user_id", "reason": f"no user {user_id!r}"}])
+    return reply(answer)
 
 
 class Suppression(msgspec.Struct, forbid_unknown_fields=True):

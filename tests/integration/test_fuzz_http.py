@@ -273,6 +273,10 @@ def json_sample(sample) -> st.SearchStrategy:
     return shaped(sample).map(lambda v: (dumps(v), {}))
 
 
+GRAPHQL = {"query": "query($u: String!, $n: ID!) { user(id: $u) { userId } effectivePreferences(userId: $u) { "
+                   "effective { channel enabled why { field level } } } notification(id: $n) { channels { status } } "
+                   "channelAnalytics(bucket: \"hour\") { rows { channel } } }",
+           "variables": {"u": "alice", "n": UNKNOWN_ID}, "operationName": None}
 BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("POST", "/v1/notifications"): json_sample(NOTE) | json_sample([NOTE, {**NOTE, "user_id": "bob"}]),
     ("POST", "/v1/broadcasts"): json_sample(BROADCAST),
@@ -318,6 +322,9 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("PATCH", "/v1/event-subscriptions/{id}"): json_sample({"enabled": False, "statuses": ["bounced"]}),
     ("POST", "/v1/event-subscriptions/{id}/secret"): json_sample({}),  # no body is read
     ("POST", "/v1/event-subscriptions/{id}/dead-letters/replay"): json_sample({}),  # no body is read
+    ("POST", "/graphql"): json_sample(GRAPHQL) | json_sample({"query": "mutation($u: String!, $p: JSON!) { "
+                                                             "updatePreferences(userId: $u, patch: $p) { version } }",
+                                                             "variables": {"u": "alice", "p": {"set": [ROW]}}}),
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),
     ("POST", "/p/{token}"): shaped({"version": "1", "on.marketing.email": "on", "freq.marketing": "weekly",
