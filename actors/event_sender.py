@@ -103,11 +103,14 @@ class EventSender:
             await self.listener.close()
             self.listener = None
         if self.session is not None:
-            await self.session.close()
-            self.session = None
+            session, self.session = self.session, None
+            await asyncio.wait_for(session.close(), 5)
         if self.nc is not None:
-            await self.nc.drain()
-            self.nc = self.js = None
+            nc, self.nc, self.js = self.nc, None, None
+            try:
+                await asyncio.wait_for(nc.drain(), 5)
+            except TimeoutError:
+                await nc.close()
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

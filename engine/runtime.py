@@ -29,6 +29,7 @@ from stores import events as event_store, pii as pii_store
 log = logging.getLogger(__name__)
 WARM_S = 60.0  # the longest a start waits for its actors to be set up in advance
 
+STOP_LOOPS_S = 15.0  # the longest a stop waits for the Ingestors', Scheduler's and EventSender's loops
 SUPERVISE_S = 5.0  # how often the Ingestors' and the Scheduler's loops are started again if a restart idled them
 
 
@@ -331,7 +332,12 @@ class Engine:
             await self.prefs_listener.stop()
             self.prefs_listener = None
         if self.actors is not None:
-            await asyncio.gather(*(a.stop.remote() for a in self.actors.loops()), return_exceptions=True)
+            # bounded: a loop that does not stop in time is killed below with the rest
+            try:
+                await asyncio.wait_for(asyncio.gather(*(a.stop.remote() for a in self.actors.loops()),
+                                                      return_exceptions=True), STOP_LOOPS_S)
+            except TimeoutError:
+                log.warning("stop: a loop did not stop within %.0f s; its actor is killed", STOP_LOOPS_S)
             # every actor holding a pool closes it before PostgreSQL stops (the Scheduler did in stop)
             closers = [a.close.remote() for a in (*self.actors.every_channel_shard(), *self.actors.user_shards)]
             closers.append(self.actors.recorder.close.remote())

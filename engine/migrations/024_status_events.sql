@@ -28,7 +28,9 @@ SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO status_events (notification_id, user_id, channel, category, status, reason, provider, parent_id)
     SELECT notification_id, user_id, channel, category, status, reason, provider, parent_id FROM new_rows;
-    PERFORM pg_notify('tidings_status_events', '');
+    IF FOUND THEN  -- NOTIFY takes a cluster-wide lock at commit: only when an event was written
+        PERFORM pg_notify('tidings_status_events', '');
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -39,7 +41,9 @@ BEGIN
     SELECT n.notification_id, n.user_id, n.channel, n.category, n.status, n.reason, n.provider, n.parent_id
     FROM new_rows n JOIN old_rows o ON o.id = n.id
     WHERE n.status IS DISTINCT FROM o.status;
-    PERFORM pg_notify('tidings_status_events', '');
+    IF FOUND THEN  -- NOTIFY takes a cluster-wide lock at commit: only when an event was written
+        PERFORM pg_notify('tidings_status_events', '');
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -51,7 +55,9 @@ BEGIN
            d.parent_id
     FROM new_rows e LEFT JOIN delivery_tracking d
         ON d.notification_id = e.notification_id AND d.channel = e.channel;
-    PERFORM pg_notify('tidings_status_events', '');
+    IF FOUND THEN  -- NOTIFY takes a cluster-wide lock at commit: only when an event was written
+        PERFORM pg_notify('tidings_status_events', '');
+    END IF;
     RETURN NULL;
 END $$;
 
