@@ -185,28 +185,28 @@ class EventSender:
         if self.pool is None:
             return 0
         async with self.pool.acquire() as conn:
-            subs = {s.id: s for s in await store.every(conn) if s.enabled}
+            every = await store.every(conn)
+        subs = {s.id: s for s in every if s.enabled}
         for sid in [sid for sid in self.hooks if sid not in subs or subs[sid].updated_at != self.hooks[sid].sub.updated_at]:
             await _cancel(self.hooks.pop(sid).tasks)
         for sid, sub in subs.items():
             if sid not in self.hooks:
                 self.hooks[sid] = hook = _Hook(sub, store.secret_of(self.ring, sub))
                 hook.tasks.append(asyncio.get_running_loop().create_task(self._hook_loop(hook)))
-        await self._drop_consumers(set(subs))
+        await self._drop_consumers({s.id for s in every})
         return len(self.hooks)
 
-    async def _drop_consumers(self, enabled: set[str]) -> None:
-        """Delete the consumers of subscriptions that are gone (a disabled one
-        keeps its consumer: its events wait for it to be enabled again)."""
+    async def _drop_consumers(self, known: set[str]) -> None:
+        """Delete the consumers of subscriptions that are gone (``known``: every
+        subscription there is; a disabled one keeps its consumer: its events
+        wait for it to be enabled again)."""
         stream = streams.events_stream(self.cfg.nats)
-        async with self.pool.acquire() as conn:
-            known = {s.id for s in await store.every(conn)}
         try:
             names = [c.name for c in await self.js.consumers_info(stream)]
         except NotFoundError:
             return
         for name in names:
-            if name.startswith("hook-") and name[5:] not in known and name[5:] not in enabled:
+            if name.startswith("hook-") and name[5:] not in known:
                 try:
                     await self.js.delete_consumer(stream, name)
                 except NotFoundError:

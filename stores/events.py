@@ -33,10 +33,6 @@ async def published(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
     await conn.execute("DELETE FROM status_events WHERE seq = ANY($1::bigint[])", list(seqs))
 
 
-async def waiting(conn: asyncpg.Connection) -> int:
-    return await conn.fetchval("SELECT count(*) FROM status_events")
-
-
 # -- subscriptions -----------------------------------------------------------------
 
 
