@@ -13,10 +13,19 @@ Two loops (docs/design.md, "Status events"):
   id; a lane POSTs one event at a time, signed like the webhook channel
   (``Tidings-Signature``), and retries it in place with ``events.retry_backoff_s``
   so a notification's events arrive in order. An event still refused after the
-  last wait is the subscription's dead letter and is acked.
+  last wait is the subscription's dead letter and is acked. One engine's
+  EventSender delivers the hooks of a schema at a time (a session advisory
+  lock): two would split a consumer's events and their order.
 
 At least once: an event is acked only after a 2xx or its dead letter is
 committed; receivers drop copies by ``Tidings-Delivery-Id`` (the event's id).
+Every event fetched and not yet acked is "held": a heartbeat tells JetStream
+each one is still being worked on, so none is given out again while its lane
+waits, and the fetch asks only for what the window (``lanes`` ×
+``PENDING_PER_LANE``) has room for. A subscriber that is down makes its
+consumer lag behind (events wait in the stream, in order); one that lags past
+the stream's limits loses events, and the gaps in the stream sequence are
+counted in the subscription's ``lost_events``.
 """
 
 from __future__ import annotations
@@ -44,20 +53,37 @@ from stores import events as store, pii as pii_store
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "tidings_status_events"  # the triggers' pg_notify
-ACK_WAIT_S = 60.0  # a lane holding an event longer tells JetStream it is still at it
 PENDING_PER_LANE = 50  # events fetched ahead per lane
 EVENT_TYPE_HEADER = "Tidings-Event-Type"
 ATTEMPT_HEADER = "Tidings-Attempt"
 RELAY_ACK_S = 30.0  # the longest a relay round waits for JetStream to store what it published
+RESTART_S = (1.0, 30.0)  # a hook's loop that failed starts again after 1 s, doubling up to 30 s
+CHECK_IDLE_S = 5.0  # an idle subscription's consumer is looked up this often (it may have been deleted)
+LANE_ERROR_S = 5.0  # a delivery that failed unexpectedly is tried again after this (its lane waits: order)
+# pg_try_advisory_*lock(class, hashtext(schema)): the two-key space, apart from the one-key locks of ids
+RELAY_LOCK = 0x74657672  # "tevr": one relay round at a time per schema
+HOOKS_LOCK = 0x74657668  # "tevh": one EventSender delivers a schema's hooks
 
 
 class _Hook:
-    """One subscription being delivered: its consumer, lanes and tasks."""
+    """One subscription being delivered: its consumer's loop, the events it
+    holds (fetched, not yet acked, by stream sequence) and its counts."""
 
     def __init__(self, sub: store.Subscription, secret: str):
         self.sub, self.secret = sub, secret
-        self.tasks: list[asyncio.Task] = []
-        self.delivered = self.dead_lettered = self.failed_attempts = 0
+        self.task: asyncio.Task | None = None  # _run: the consumer's loop, started again when it fails
+        self.held: dict[int, object] = {}  # stream sequence -> the latest nats Msg given out for it
+        self.room = asyncio.Event()  # set when an event leaves ``held``
+        self.last_seq = 0  # the stream sequence of the newest event first given out
+        self.ack_wait = 60.0  # its consumer's: the heartbeat comes four times as often
+        self.delivered = self.dead_lettered = self.failed_attempts = self.lost = self.undecodable = 0
+        self.restarts = 0
+        self.error = ""  # why its loop last stopped ("" while it runs)
+        self.failing_since = 0.0  # when the URL began refusing (0: its last answer was a 2xx)
+
+    def release(self, seq: int) -> None:
+        self.held.pop(seq, None)
+        self.room.set()
 
 
 class EventSender:
@@ -68,6 +94,10 @@ class EventSender:
         self.ring: Keyring | None = None
         self.tasks: list[asyncio.Task] = []
         self.hooks: dict[str, _Hook] = {}
+        self.broken: dict[str, str] = {}  # subscriptions not delivered, and why (a secret no master key opens)
+        self.replays: dict[str, asyncio.Task] = {}
+        self.refreshing = asyncio.Lock()
+        self.leader: asyncpg.Connection | None = None  # holds HOOKS_LOCK while this sender delivers hooks
         self.wake = asyncio.Event()
         self.listener: asyncpg.Connection | None = None
         self.egress = EgressPolicy(parse_allow(self.cfg.events.egress_allow, "events.egress_allow"))
@@ -94,14 +124,15 @@ class EventSender:
         self.tasks = [loop.create_task(self._relay_loop()), loop.create_task(self._hooks_loop())]
 
     async def stop(self) -> None:
-        for hook in self.hooks.values():
-            await _cancel(hook.tasks)
-        self.hooks.clear()
+        await self._stop_hooks()
+        await _cancel(list(self.replays.values()))
+        self.replays.clear()
         await _cancel(self.tasks)
         self.tasks = []
-        if self.listener is not None:
-            await self.listener.close()
-            self.listener = None
+        for conn in (self.listener, self.leader):
+            if conn is not None and not conn.is_closed():
+                await conn.close()
+        self.listener = self.leader = None
         if self.session is not None:
             session, self.session = self.session, None
             await asyncio.wait_for(session.close(), 5)
@@ -152,9 +183,9 @@ class EventSender:
     async def relay_once(self) -> int:
         """Publish up to ``relay_batch`` outbox rows, oldest first; the number published."""
         prefix = self.cfg.nats.prefix
-        key = f"tidings:events-relay:{self.cfg.database.schema}"
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", key):
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))", RELAY_LOCK,
+                                       self.cfg.database.schema):
                 return 0  # another engine's relay has this round
             rows = await store.outbox(conn, self.cfg.events.relay_batch)
             if not rows:
@@ -179,32 +210,95 @@ class EventSender:
                 log.warning("status events: subscriptions not refreshed (%s)", type(exc).__name__)
             await asyncio.sleep(self.cfg.events.refresh_s)
 
+    async def _lead(self) -> bool:
+        """Whether this sender delivers the schema's hooks: it holds HOOKS_LOCK
+        on a connection of its own (the lock goes with the connection)."""
+        if self.leader is not None and not self.leader.is_closed():
+            return True
+        self.leader = None
+        conn = await db.connect(self.url, self.cfg.database, app="tidings-event-hooks")
+        try:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", HOOKS_LOCK,
+                                   self.cfg.database.schema):
+                conn.add_termination_listener(lambda _: self._lost_lead())
+                self.leader = conn
+                return True
+        except BaseException:
+            await conn.close()
+            raise
+        await conn.close()
+        return False
+
+    def _lost_lead(self) -> None:
+        """The lock's connection ended: another engine may take the hooks now."""
+        self.leader = None
+        for hook in self.hooks.values():
+            if hook.task is not None:
+                hook.task.cancel()
+        self.hooks.clear()
+
+    async def _stop_hooks(self) -> None:
+        hooks, self.hooks = list(self.hooks.values()), {}
+        await _cancel([h.task for h in hooks if h.task is not None])
+
     async def refresh(self) -> int:
-        """Read the subscriptions again and start, restart or stop their
+        """Read the subscriptions again and start, change or stop their
         deliveries (the HTTP API calls this after a change). How many run."""
         if self.pool is None:
             return 0
-        async with self.pool.acquire() as conn:
-            every = await store.every(conn)
-        subs = {s.id: s for s in every if s.enabled}
-        for sid in [sid for sid in self.hooks if sid not in subs or subs[sid].updated_at != self.hooks[sid].sub.updated_at]:
-            await _cancel(self.hooks.pop(sid).tasks)
-        for sid, sub in subs.items():
-            if sid not in self.hooks:
-                self.hooks[sid] = hook = _Hook(sub, store.secret_of(self.ring, sub))
-                hook.tasks.append(asyncio.get_running_loop().create_task(self._hook_loop(hook)))
-        await self._drop_consumers({s.id for s in every})
-        return len(self.hooks)
+        async with self.refreshing:
+            if not await self._lead():
+                await self._stop_hooks()
+                return 0
+            # the consumers first: a subscription made after they are listed keeps its new one
+            names = await self._consumer_names()
+            async with self.pool.acquire() as conn:
+                every = await store.all_of_them(conn)
+            subs = {s.id: s for s in every if s.enabled}
+            for sid in [sid for sid in self.hooks if sid not in subs]:
+                hook = self.hooks.pop(sid)
+                await _cancel([hook.task] if hook.task is not None else [])
+            self.broken = {sid: why for sid, why in self.broken.items() if sid in subs}
+            for sid, sub in subs.items():
+                hook = self.hooks.get(sid)
+                if hook is not None and sub.updated_at == hook.sub.updated_at:
+                    continue
+                try:
+                    secret = store.secret_of(self.ring, sub)
+                except Exception as exc:  # noqa: BLE001 - the others go on; this one is reported
+                    if self.broken.get(sid) is None:
+                        log.warning("status events: subscription %s has a secret no master key opens (%s); "
+                                    "not delivered", sid, type(exc).__name__)
+                    self.broken[sid] = "its secret cannot be opened (privacy.master_keys)"
+                    if hook is not None:
+                        await _cancel([self.hooks.pop(sid).task])
+                    continue
+                self.broken.pop(sid, None)
+                if hook is not None:  # changed: the URL, filters and secret apply to the next POST, in place
+                    hook.sub, hook.secret = sub, secret
+                    continue
+                self.hooks[sid] = hook = _Hook(sub, secret)
+                hook.task = asyncio.get_running_loop().create_task(self._run(hook))
+            await self._drop_consumers(names, {s.id for s in every})
+            return len(self.hooks)
 
-    async def _drop_consumers(self, known: set[str]) -> None:
-        """Delete the consumers of subscriptions that are gone (``known``: every
-        subscription there is; a disabled one keeps its consumer: its events
-        wait for it to be enabled again)."""
+    async def _consumer_names(self) -> list[str]:
+        stream, names, offset = streams.events_stream(self.cfg.nats), [], 0
+        while True:
+            try:
+                page = await self.js.consumers_info(stream, offset=offset)
+            except NotFoundError:
+                return names
+            names += [c.name for c in page]
+            if not page:
+                return names
+            offset += len(page)
+
+    async def _drop_consumers(self, names: list[str], known: set[str]) -> None:
+        """Delete the consumers (``names``, listed before ``known`` was read) of
+        subscriptions that are gone; a disabled one keeps its consumer: its
+        events wait for it to be enabled again."""
         stream = streams.events_stream(self.cfg.nats)
-        try:
-            names = [c.name for c in await self.js.consumers_info(stream)]
-        except NotFoundError:
-            return
         for name in names:
             if name.startswith("hook-") and name[5:] not in known:
                 try:
@@ -212,49 +306,144 @@ class EventSender:
                 except NotFoundError:
                     pass
 
-    async def _hook_loop(self, hook: _Hook) -> None:
-        """Fetch the subscription's events and hand each to its lane."""
+    async def _run(self, hook: _Hook) -> None:
+        """The subscription's consumer loop, started again (after 1 s, doubling
+        to 30 s) whenever it fails: NATS away, its consumer deleted."""
+        wait = RESTART_S[0]
+        while True:
+            began = time.monotonic()
+            try:
+                await self._hook_loop(hook)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported in info(), tried again
+                hook.error, hook.restarts = type(exc).__name__, hook.restarts + 1
+                if time.monotonic() - began > 2 * RESTART_S[1]:
+                    wait = RESTART_S[0]
+                log.warning("status events: subscription %s: delivery stopped (%s); starting again in %.0f s",
+                            hook.sub.id, hook.error, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RESTART_S[1])
+
+    async def _consumer(self, hook: _Hook):
+        """Bind to the subscription's durable consumer, made (from the time the
+        subscription was made) when there is none."""
         e, sub = self.cfg.events, hook.sub
         stream, durable = streams.events_stream(self.cfg.nats), streams.hook_consumer(sub.id)
-        await self.js.add_consumer(stream, ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=dt.datetime.fromtimestamp(sub.created_at, dt.UTC).isoformat(),
-            ack_wait=ACK_WAIT_S, max_ack_pending=e.lanes * PENDING_PER_LANE,
-            filter_subject=streams.events_wildcard(self.cfg.nats)))
-        psub = await self.js.pull_subscribe_bind(durable, stream)
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            info = await self.js.add_consumer(stream, ConsumerConfig(
+                durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=dt.datetime.fromtimestamp(sub.created_at, dt.UTC).isoformat(),
+                ack_wait=e.ack_wait_s, max_ack_pending=e.lanes * PENDING_PER_LANE,
+                filter_subject=streams.events_wildcard(self.cfg.nats)))
+        hook.last_seq = info.delivered.stream_seq if info.delivered else 0
+        hook.ack_wait = info.config.ack_wait or e.ack_wait_s  # a consumer made before keeps its own
+        return await self.js.pull_subscribe_bind(durable, stream)
+
+    async def _hook_loop(self, hook: _Hook) -> None:
+        """Fetch the subscription's events, as many as the window has room
+        for, and hand each to its lane; returns only by raising."""
+        e = self.cfg.events
+        window = e.lanes * PENDING_PER_LANE
+        psub = await self._consumer(hook)
         lanes: list[asyncio.Queue] = [asyncio.Queue() for _ in range(e.lanes)]
         loop = asyncio.get_running_loop()
-        hook.tasks += [loop.create_task(self._lane(hook, q)) for q in lanes]
+        tasks = [loop.create_task(self._lane(hook, q)) for q in lanes] + [loop.create_task(self._heartbeat(hook))]
+        hook.error = ""
+        checked = time.monotonic()
         try:
             while True:
-                try:
-                    msgs = await psub.fetch(e.lanes * PENDING_PER_LANE, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
+                room = window - len(hook.held)
+                if room <= 0:
+                    hook.room.clear()
+                    await hook.room.wait()
                     continue
+                try:
+                    msgs = await psub.fetch(room, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    # an idle fetch cannot tell a deleted consumer from a quiet stream: ask now and then
+                    if time.monotonic() - checked > CHECK_IDLE_S:
+                        checked = time.monotonic()
+                        await psub.consumer_info()  # NotFoundError: the loop starts again and makes it
+                    continue
+                checked = time.monotonic()
+                lost = 0
                 for msg in msgs:
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    if seq in hook.held:  # given out again while its lane has it: the lane acks the newest
+                        hook.held[seq] = msg
+                        continue
+                    if meta.num_delivered == 1:
+                        if hook.last_seq and seq > hook.last_seq + 1:
+                            lost += seq - hook.last_seq - 1
+                        hook.last_seq = max(hook.last_seq, seq)
                     try:
                         ev = events.DECODER.decode(msg.data)
-                    except Exception:  # noqa: BLE001 - not ours (someone published on our subjects): skipped
+                    except Exception:  # noqa: BLE001 - not ours (someone published on our subjects)
+                        hook.undecodable += 1
+                        if hook.undecodable & (hook.undecodable - 1) == 0:  # 1, 2, 4, 8, …: not one line each
+                            log.warning("status events: subscription %s: %d messages on the events subjects "
+                                        "were not status events; skipped", hook.sub.id, hook.undecodable)
                         await msg.ack()
                         continue
-                    if not sub.filters.wants(ev):
+                    if not hook.sub.filters.wants(ev):
                         await msg.ack()
                         continue
-                    lanes[events.lane(ev.notification_id, e.lanes)].put_nowait((msg, ev))
+                    hook.held[seq] = msg
+                    lanes[events.lane(ev.notification_id, e.lanes)].put_nowait((seq, ev))
+                if lost:
+                    await self._lost(hook, lost)
         finally:
-            await psub.unsubscribe()
+            await _cancel(tasks)
+            held, hook.held = list(hook.held.values()), {}
+            for msg in held:  # given out again now rather than after the ack wait
+                try:
+                    await asyncio.wait_for(msg.nak(), 1)
+                except Exception:  # noqa: BLE001 - they come back after the ack wait anyway
+                    break
+            try:
+                await asyncio.wait_for(psub.unsubscribe(), 5)
+            except Exception:  # noqa: BLE001 - the connection is gone already
+                pass
+
+    async def _lost(self, hook: _Hook, n: int) -> None:
+        hook.lost += n
+        log.warning("status events: subscription %s: %d events were dropped by the events stream "
+                    "(events.max_age_s / max_msgs) before it read them", hook.sub.id, n)
+        try:
+            async with self.pool.acquire() as conn:
+                await store.count_lost(conn, hook.sub.id, n)
+        except Exception as exc:  # noqa: BLE001 - counted in info() all the same
+            log.warning("status events: lost events not counted in PostgreSQL (%s)", type(exc).__name__)
+
+    async def _heartbeat(self, hook: _Hook) -> None:
+        """Tell JetStream every held event is still being worked on, so none is
+        given out again (as a duplicate, out of order) while its lane waits."""
+        while True:
+            await asyncio.sleep(hook.ack_wait / 4)
+            for msg in list(hook.held.values()):
+                try:
+                    await msg.in_progress()
+                except Exception:  # noqa: BLE001 - NATS away: the loop's next fetch fails and starts it again
+                    break
 
     async def _lane(self, hook: _Hook, queue: asyncio.Queue) -> None:
         while True:
-            msg, ev = await queue.get()
-            try:
-                await self._deliver(hook, msg, ev)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("status events: a delivery failed unexpectedly")
+            seq, ev = await queue.get()
+            while True:
+                try:
+                    await self._deliver(hook, seq, ev)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the event stays held and is tried again: its lane keeps order
+                    log.exception("status events: a delivery failed unexpectedly; trying it again")
+                    await asyncio.sleep(LANE_ERROR_S)
 
-    async def _deliver(self, hook: _Hook, msg, ev: StatusEvent) -> None:
+    async def _deliver(self, hook: _Hook, seq: int, ev: StatusEvent) -> None:
         backoff = self.cfg.events.retry_backoff_s
         body = events.ENCODER.encode(ev)
         attempt = 0
@@ -262,29 +451,49 @@ class EventSender:
             attempt += 1
             error = await self._post(hook, body, ev, attempt)
             if error is None:
-                await msg.ack()
+                hook.failing_since = 0.0
+                await self._ack(hook, seq)
                 hook.delivered += 1
                 self.stats["delivered"] += 1
                 return
+            hook.failing_since = hook.failing_since or time.time()
             wait = events.backoff(backoff, attempt)
             if wait is None:
-                async with self.pool.acquire() as conn:
-                    await store.dead_letter(conn, hook.sub.id, ev, attempt, error)
-                await msg.ack()
+                await self._dead_letter(hook, ev, attempt, error)
+                await self._ack(hook, seq)
                 hook.dead_lettered += 1
                 self.stats["dead_lettered"] += 1
                 return
             hook.failed_attempts += 1
             self.stats["retries"] += 1
-            await self._hold(msg, wait)
+            await asyncio.sleep(wait)  # the heartbeat keeps the event ours meanwhile
 
-    async def _hold(self, msg, seconds: float) -> None:
-        """Wait ``seconds`` before the next try, telling JetStream the event is
-        still being worked on (it would be given out again after ack_wait)."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, ACK_WAIT_S / 3))
-            await msg.in_progress()
+    async def _dead_letter(self, hook: _Hook, ev: StatusEvent, attempts: int, error: str) -> None:
+        """Commit the dead letter, trying again until PostgreSQL takes it (not
+        the POSTs: they were all made)."""
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await store.dead_letter(conn, hook.sub.id, ev, attempts, error)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the event stays held meanwhile
+                log.warning("status events: dead letter not stored (%s); trying again", type(exc).__name__)
+                await asyncio.sleep(LANE_ERROR_S)
+
+    @staticmethod
+    async def _ack(hook: _Hook, seq: int) -> None:
+        """Ack and let go of a held event. An ack NATS did not take is given
+        out again after the ack wait: a copy, which receivers drop by its id."""
+        msg = hook.held.get(seq)
+        try:
+            if msg is not None:
+                await msg.ack()
+        except Exception as exc:  # noqa: BLE001 - at least once: the copy is the price
+            log.warning("status events: ack not sent (%s); the event will come again", type(exc).__name__)
+        finally:
+            hook.release(seq)
 
     async def _post(self, hook: _Hook, body: bytes, ev: StatusEvent, attempt: int) -> str | None:
         """POST one event; None when the URL took it (2xx), else why not (the
@@ -301,33 +510,43 @@ class EventSender:
         except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried
             return type(exc).__name__
 
-    async def replay(self, sid: str, limit: int = 1000) -> int:
+    async def replay(self, sid: str, limit: int = 1000) -> int | None:
         """Deliver a subscription's dead letters again, oldest first, in the
-        background; each leaves the dead letters once its URL takes it (one
-        still refused is dead-lettered again). How many were taken."""
-        hook = self.hooks.get(sid)
-        if hook is None or self.pool is None:
+        background, once each; each leaves the dead letters once its URL takes
+        it (one still refused stays, its attempts counted). How many were
+        taken; None while the last replay of the subscription still runs."""
+        running = self.replays.get(sid)
+        if running is not None and not running.done():
+            return None
+        if self.pool is None:
             return 0
         async with self.pool.acquire() as conn:
+            sub = await store.get(conn, sid)
+            if sub is None or not sub.enabled:
+                return 0
             letters = await store.oldest_dead_letters(conn, sid, limit)
+        hook = _Hook(sub, store.secret_of(self.ring, sub))
 
         async def again() -> None:
-            for ev in letters:
-                error = await self._post(hook, events.ENCODER.encode(ev), ev, 1)
+            for ev, attempts in letters:
+                error = await self._post(hook, events.ENCODER.encode(ev), ev, attempts + 1)
                 async with self.pool.acquire() as conn:
                     if error is None:
                         await store.forget_dead_letter(conn, sid, ev.id)
                     else:
                         await store.dead_letter(conn, sid, ev, 1, error)
 
-        hook.tasks.append(asyncio.get_running_loop().create_task(again()))
+        self.replays[sid] = asyncio.get_running_loop().create_task(again())
         return len(letters)
 
     async def info(self) -> dict:
         running = bool(self.tasks) and not any(t.done() for t in self.tasks)
-        return {**self.stats, "running": running, "subscriptions": len(self.hooks), "last_round_at": self.last_round_at,
+        return {**self.stats, "running": running, "delivering_hooks": self.leader is not None,
+                "subscriptions": len(self.hooks), "last_round_at": self.last_round_at, "broken": dict(self.broken),
                 "hooks": {sid: {"delivered": h.delivered, "dead_lettered": h.dead_lettered,
-                                "failed_attempts": h.failed_attempts} for sid, h in self.hooks.items()}}
+                                "failed_attempts": h.failed_attempts, "held": len(h.held), "lost": h.lost,
+                                "undecodable": h.undecodable, "restarts": h.restarts, "error": h.error,
+                                "failing_since": h.failing_since} for sid, h in self.hooks.items()}}
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

@@ -6,6 +6,7 @@ naming it. Reading the files and the process environment is the engine's
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -181,6 +182,7 @@ class RetentionConfig(_Section):
     inbox_read_days: Days = 90  # in-app messages, from when they were read
     inbox_unread_days: Days = 0  # unread in-app messages, from when they arrived; 0: kept until read
     jobs_days: Days = 30  # finished bulk jobs
+    event_dead_letter_days: Days = 30  # status events no subscriber took, from when they were dead-lettered
 
 
 class AuditConfig(_Section):
@@ -274,6 +276,10 @@ class EventsConfig(_Section):
     # loopback receivers in development and tests); production leaves it empty (providers/egress.py)
     egress_allow: list[str] = msgspec.field(default_factory=list)
     refresh_s: Annotated[float, Meta(gt=0)] = 5.0  # subscriptions re-read this often (a change made elsewhere)
+    # JetStream gives an event out again when it is not acked or said to be in progress for this long
+    # (a heartbeat says so every quarter of it for each event a subscription holds); taken when a
+    # subscription's consumer is made
+    ack_wait_s: Annotated[float, Meta(ge=1, le=3600)] = 60.0
 
 
 class ProviderConfig(_Section):
@@ -401,6 +407,7 @@ def convert(data: Mapping[str, Any]) -> Config:
         raise ConfigError(f"config: {e}") from None
     check_retention(cfg)
     check_bounces(cfg)
+    check_events(cfg)
     return check_engagement(cfg)
 
 
@@ -418,6 +425,17 @@ def check_retention(cfg: Config) -> None:
         if days and age and days * 86400 < age:
             raise ConfigError(f"config: retention.{name} = {days} is shorter than nats.max_age_s "
                               f"({age:g} s, {age / 86400:g} days), how long a message may still be redelivered")
+
+
+def check_events(cfg: Config) -> None:
+    """``events.egress_allow`` is a list of CIDRs, said at start rather than by
+    the EventSender's constructor (an actor Ray would restart in vain)."""
+    for item in cfg.events.egress_allow:
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"config: events.egress_allow entry {item!r} is not a CIDR (e.g. \"127.0.0.0/8\")"
+                              ) from None
 
 
 MIN_SECRET_CHARS = 16

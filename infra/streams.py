@@ -214,7 +214,9 @@ async def ensure_events_stream(js: JetStreamContext, cfg: NatsConfig, max_age_s:
     (each webhook subscription has its own); full, it drops its oldest."""
     await _ensure(js, StreamConfig(
         name=events_stream(cfg), subjects=[events_wildcard(cfg)], retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE, duplicate_window=EVENTS_DUPLICATE_WINDOW_S, max_age=max_age_s,
+        storage=StorageType.FILE, max_age=max_age_s,
+        # NATS refuses a duplicate window longer than the stream keeps messages
+        duplicate_window=min(EVENTS_DUPLICATE_WINDOW_S, max_age_s) if max_age_s else EVENTS_DUPLICATE_WINDOW_S,
         max_msgs=max_msgs, discard=DiscardPolicy.OLD,
     ))
 

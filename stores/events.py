@@ -45,6 +45,7 @@ class Subscription(msgspec.Struct, kw_only=True):
     created_by: str
     created_at: float
     updated_at: float
+    lost_events: int = 0  # events the stream dropped before this subscription's consumer read them
     master_id: str = ""
     sealed: bytes = b""
 
@@ -62,14 +63,14 @@ def secret_of(ring: Keyring, sub: Subscription) -> str:
 
 
 COLUMNS = ("id::text, url, description, channels, statuses, categories, enabled, created_by, "
-           "extract(epoch FROM created_at), extract(epoch FROM updated_at), master_id, secret")
+           "extract(epoch FROM created_at), extract(epoch FROM updated_at), master_id, secret, lost_events")
 
 
 def _subscription(r) -> Subscription:
     return Subscription(id=r[0], url=r[1], description=r[2],
                         filters=events.Filters(channels=tuple(r[3]), statuses=tuple(r[4]), categories=tuple(r[5])),
                         enabled=r[6], created_by=r[7], created_at=float(r[8]), updated_at=float(r[9]),
-                        master_id=r[10], sealed=bytes(r[11]))
+                        master_id=r[10], sealed=bytes(r[11]), lost_events=r[12])
 
 
 async def create(conn: asyncpg.Connection, ring: Keyring, url: str, description: str, filters: events.Filters,
@@ -89,11 +90,26 @@ async def get(conn: asyncpg.Connection, sid: str) -> Subscription | None:
     return None if row is None else _subscription(row)
 
 
-async def every(conn: asyncpg.Connection, after: str | None = None, limit: int = 10_000) -> list[Subscription]:
+async def every(conn: asyncpg.Connection, after: str | None = None, limit: int = 1000) -> list[Subscription]:
     """Subscriptions in id order, ``limit`` of them after ``after`` (a page)."""
     rows = await conn.fetch(f"SELECT {COLUMNS} FROM event_subscriptions WHERE $1::uuid IS NULL OR id > $1::uuid "
                             "ORDER BY id LIMIT $2", after, limit)
     return [_subscription(r) for r in rows]
+
+
+async def all_of_them(conn: asyncpg.Connection, page: int = 1000) -> list[Subscription]:
+    """Every subscription, read a page at a time."""
+    out: list[Subscription] = []
+    while batch := await every(conn, out[-1].id if out else None, page):
+        out += batch
+        if len(batch) < page:
+            break
+    return out
+
+
+async def count_lost(conn: asyncpg.Connection, sid: str, n: int) -> None:
+    """``n`` more events the stream dropped before the subscription read them."""
+    await conn.execute("UPDATE event_subscriptions SET lost_events = lost_events + $2 WHERE id = $1", sid, n)
 
 
 async def update(conn: asyncpg.Connection, ring: Keyring, sid: str, *, url: str | None = None,
@@ -121,11 +137,12 @@ async def delete(conn: asyncpg.Connection, sid: str) -> bool:
 
 
 async def dead_letter(conn: asyncpg.Connection, sid: str, e: StatusEvent, attempts: int, error: str) -> None:
-    """Keep an event its subscription's URL never took (once per event)."""
+    """Keep an event its subscription's URL never took (once per event; one
+    dead-lettered again, after a replay, adds its attempts to the count)."""
     await conn.execute(
-        "INSERT INTO event_dead_letters (subscription_id, event_id, event, attempts, last_error) "
+        "INSERT INTO event_dead_letters AS d (subscription_id, event_id, event, attempts, last_error) "
         "SELECT $1, $2, $3::jsonb, $4, $5 WHERE EXISTS (SELECT 1 FROM event_subscriptions WHERE id = $1) "
-        "ON CONFLICT (subscription_id, event_id) DO UPDATE SET attempts = EXCLUDED.attempts, "
+        "ON CONFLICT (subscription_id, event_id) DO UPDATE SET attempts = d.attempts + EXCLUDED.attempts, "
         "last_error = EXCLUDED.last_error, created_at = now()",
         sid, e.id, events.ENCODER.encode(e).decode(), attempts, error)
 
@@ -135,23 +152,33 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     attempts: int
     last_error: str
     dead_lettered_at: float
+    cursor: str  # where the page after this row starts: "<microseconds since the epoch>.<event id>"
 
 
-async def dead_letters(conn: asyncpg.Connection, sid: str, limit: int, before: float | None = None
+CURSOR = r"^[0-9]{1,17}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
+MICROS = "(extract(epoch FROM created_at) * 1000000)::bigint"
+AT_MICROS = "(to_timestamp(0) + $2::bigint * interval '1 microsecond')"  # exact: µs below 2**53
+
+
+async def dead_letters(conn: asyncpg.Connection, sid: str, limit: int, before: str | None = None
                        ) -> list[DeadLetter]:
-    """The newest first, ``limit`` of them dead-lettered before ``before``."""
+    """The newest first, ``limit`` of them after the cursor ``before`` (a row's
+    ``cursor``; rows dead-lettered in the same microsecond are told apart by
+    their event id, so a page never skips one)."""
+    micros, event_id = (int(before.split(".")[0]), before.split(".")[1]) if before else (None, None)
     rows = await conn.fetch(
-        "SELECT event::text, attempts, last_error, extract(epoch FROM created_at) FROM event_dead_letters "
-        "WHERE subscription_id = $1 AND ($2::float8 IS NULL OR created_at < to_timestamp($2)) "
-        "ORDER BY created_at DESC, event_id LIMIT $3", sid, before, limit)
+        f"SELECT event::text, attempts, last_error, {MICROS}, event_id::text FROM event_dead_letters "
+        f"WHERE subscription_id = $1 AND ($2::bigint IS NULL OR (created_at, event_id) < ({AT_MICROS}, $3::uuid)) "
+        "ORDER BY created_at DESC, event_id DESC LIMIT $4", sid, micros, event_id, limit)
     return [DeadLetter(event=events.DECODER.decode(r[0]), attempts=r[1], last_error=r[2],
-                       dead_lettered_at=float(r[3])) for r in rows]
+                       dead_lettered_at=r[3] / 1e6, cursor=f"{r[3]}.{r[4]}") for r in rows]
 
 
-async def oldest_dead_letters(conn: asyncpg.Connection, sid: str, limit: int) -> list[StatusEvent]:
-    rows = await conn.fetch("SELECT event::text FROM event_dead_letters WHERE subscription_id = $1 "
+async def oldest_dead_letters(conn: asyncpg.Connection, sid: str, limit: int) -> list[tuple[StatusEvent, int]]:
+    """The oldest ``limit`` dead letters, as (event, attempts so far)."""
+    rows = await conn.fetch("SELECT event::text, attempts FROM event_dead_letters WHERE subscription_id = $1 "
                             "ORDER BY created_at, event_id LIMIT $2", sid, limit)
-    return [events.DECODER.decode(r[0]) for r in rows]
+    return [(events.DECODER.decode(r[0]), r[1]) for r in rows]
 
 
 async def forget_dead_letter(conn: asyncpg.Connection, sid: str, event_id: str) -> None:

@@ -73,6 +73,9 @@ KINDS = (
          "t.read_at IS NULL AND t.created_at < {cutoff}", "inbox_unread_days"),
     Kind("jobs", "jobs", "id",
          "t.status <> 'running' AND t.finished_at < {cutoff}", "jobs_days"),
+    # keyed by (subscription, event): the row's ctid stands in for a one-column key
+    Kind("event_dead_letters", "event_dead_letters", "ctid",
+         "t.created_at < {cutoff}", "event_dead_letter_days"),
 )
 
 

@@ -16,6 +16,7 @@ info, never an internal address unless ``events.egress_allow`` lets it.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Annotated
 
@@ -83,6 +84,9 @@ class Subscription(msgspec.Struct, kw_only=True):
     created_by: str
     created_at: float
     updated_at: float
+    # events the events stream dropped (events.max_age_s / max_msgs) before this
+    # subscription read them: a subscriber that lagged that far behind
+    lost_events: int = 0
 
 
 class SubscriptionCreated(Subscription, kw_only=True):
@@ -118,7 +122,7 @@ class DeadLetterPage(msgspec.Struct):
     """Dead letters, newest first; ``next_before``: the ``before`` of the next page (null on the last)."""
 
     dead_letters: list[DeadLetter]
-    next_before: float | None
+    next_before: str | None
 
 
 class Replaying(msgspec.Struct):
@@ -148,7 +152,8 @@ def _view(s: store.Subscription) -> Subscription:
     f = s.filters
     return Subscription(id=s.id, url=s.url, description=s.description, channels=list(f.channels),
                         statuses=list(f.statuses), categories=list(f.categories), enabled=s.enabled,
-                        created_by=s.created_by, created_at=s.created_at, updated_at=s.updated_at)
+                        created_by=s.created_by, created_at=s.created_at, updated_at=s.updated_at,
+                        lost_events=s.lost_events)
 
 
 async def _refresh(request: web.Request) -> None:
@@ -266,27 +271,23 @@ async def dead_letters(request: web.Request) -> web.Response:
     """A subscription's dead letters, newest first, a page at a time."""
     sub = await _found(request)
     limit = query_int(request, "limit", 100, 1, 1000)
-    before = None
-    if "before" in request.query:
-        try:
-            before = float(request.query["before"])
-        except ValueError:
-            before = None
-        if before is None or not 0 <= before <= 4e9:
-            raise Problem(400, "bad query", [{"field": "before", "reason": "expected epoch seconds"}])
+    before = request.query.get("before")
+    if before is not None and not re.match(store.CURSOR, before):
+        raise Problem(400, "bad query", [{"field": "before", "reason": "expected the next_before of a page"}])
     async with request.app[ENGINE].pool.acquire() as conn:
         letters = await store.dead_letters(conn, sub.id, limit + 1, before)
     page = letters[:limit]
     return reply(DeadLetterPage([DeadLetter(event=d.event, attempts=d.attempts, last_error=d.last_error,
                                             dead_lettered_at=d.dead_lettered_at) for d in page],
-                                page[-1].dead_lettered_at if len(letters) > limit else None))
+                                page[-1].cursor if len(letters) > limit else None))
 
 
 async def replay(request: web.Request) -> web.Response:
     """Deliver a subscription's dead letters again (up to 1,000, oldest first).
 
-    202 with how many were taken; 409 when the subscription is disabled or
-    status events are off (nothing would deliver them)."""
+    202 with how many were taken; 409 when the subscription is disabled,
+    status events are off (nothing would deliver them) or a replay of its
+    dead letters is still running."""
     engine = request.app[ENGINE]
     sub = await _found(request)
     if not sub.enabled or engine.actors.events is None:
@@ -294,6 +295,9 @@ async def replay(request: web.Request) -> web.Response:
                                                                        "events are off (events.enabled)"}])
     await _refresh(request)
     taken = await engine.actors.events.replay.remote(sub.id)
+    if taken is None:
+        raise Problem(409, "replaying", [{"field": "id", "reason": "a replay of this subscription's dead letters "
+                                                                   "is still running"}])
     return reply(Replaying(taken), 202)
 
 
@@ -320,7 +324,7 @@ ROUTES = [
     Route("GET", ONE + "/dead-letters", dead_letters, Scoped("subscriptions:read"), params=UUID_PATH,
           errors=(404,), tags=TAGS, answers={200: DeadLetterPage},
           query=(Param("limit", Annotated[int, Meta(ge=1, le=1000)], "Dead letters per page (default 100)"),
-                 Param("before", Annotated[float, Meta(ge=0, le=4e9)], "The `next_before` of the page before"))),
+                 Param("before", Annotated[str, Meta(pattern=store.CURSOR)], "The `next_before` of the page before"))),
     Route("POST", ONE + "/dead-letters/replay", replay, Scoped("subscriptions:write"), params=UUID_PATH,
           errors=(404, 409), tags=TAGS, answers={202: Replaying}),
 ]

@@ -165,6 +165,16 @@ async def seed(conn) -> dict[str, tuple[set[str], set[str]]]:
     out["jobs"] = ({await job(conn, "succeeded", 40), await job(conn, "failed", 40)},
                    {await job(conn, "running", None), await job(conn, "succeeded", 1)})
 
+    sub = uuid.uuid4()
+    await conn.execute("INSERT INTO event_subscriptions (id, url, master_id, secret, created_by) "
+                       "VALUES ($1, 'https://example.com/h', 'm', '\\x00', 'test')", sub)
+    letters = {}
+    for age in (40, 1):
+        letters[age] = uuid.uuid4()
+        await conn.execute("INSERT INTO event_dead_letters (subscription_id, event_id, event, attempts, last_error, "
+                           f"created_at) VALUES ($2, $3, '{{}}', 7, 'HTTP 500', {AGO})", age, sub, letters[age])
+    out["event_dead_letters"] = ({str(letters[40])}, {str(letters[1])})
+
     await conn.execute("INSERT INTO preference_audit_log (user_id, action, hash, created_at) "
                        "VALUES ('u1', 'preferences.put', '\\x01', now() - interval '4000 days')")
     return out
@@ -173,7 +183,7 @@ async def seed(conn) -> dict[str, tuple[set[str], set[str]]]:
 TABLES = {"tracking": ("delivery_tracking", "notification_id"), "engagement": ("engagement_events", "notification_id"),
           "scheduled": ("scheduled_notifications", "id"), "digest_buckets": ("digest_buckets", "key"),
           "change_feed": ("preference_sync_log", "id"), "inbox_read": ("inbox_messages", "seq"),
-          "jobs": ("jobs", "id")}
+          "jobs": ("jobs", "id"), "event_dead_letters": ("event_dead_letters", "event_id")}
 
 
 async def test_exactly_the_rows_past_their_keep_time_go(conn):
@@ -203,7 +213,8 @@ async def test_unread_inbox_messages_go_only_when_configured(conn):
     unread_old, unread_new = await inbox(conn, 400, None), await inbox(conn, 100, None)
     read_recent = await inbox(conn, 400, 1)
     assert await retention.run(conn, CFG) == dict.fromkeys(
-        ("tracking", "engagement", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs"), 0)
+        ("tracking", "engagement", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs",
+         "event_dead_letters"), 0)
     cfg = msgspec.structs.replace(CFG, inbox_unread_days=365)
     assert (await retention.run(conn, cfg))["inbox_unread"] == 1
     assert await ids(conn, "inbox_messages", "seq") == {str(unread_new), str(read_recent)}

@@ -24,8 +24,9 @@ from tests.integration.helpers import api_session, engine_config, serving
 
 pytestmark = pytest.mark.integration
 
+# ack_wait_s 2: a lane holding an event for longer (the "slow" test) must keep the events behind it
 EVENTS = {"retry_backoff_s": [0.4, 0.4, 0.4], "egress_allow": ["127.0.0.0/8"], "refresh_s": 0.5,
-          "relay_idle_s": 0.2}
+          "relay_idle_s": 0.2, "ack_wait_s": 2.0}
 ORDER = ["accepted", "sent", "delivered", "opened", "clicked"]
 
 
@@ -39,6 +40,7 @@ class Receiver:
         self.refused: dict[tuple[str, str], int] = defaultdict(int)  # (notification, status) -> refusals
         self.refuse: dict[tuple[str, str], int] = {}  # (notification, status) -> how many times to refuse it
         self.refuse_all: set[str] = set()  # paths that refuse everything
+        self.slow: dict[str, float] = {}  # path -> seconds each answer takes
         self.secrets: dict[str, str] = {}  # path -> the subscription's secret
         self.bad_signatures = 0
         self.runner: web.AppRunner | None = None
@@ -66,6 +68,8 @@ class Receiver:
             return web.Response(status=400)
         event = msgspec.json.decode(body)
         assert request.headers["Tidings-Delivery-Id"] == event["id"]
+        if path in self.slow:
+            await asyncio.sleep(self.slow[path])
         key = (event["notification_id"], event["status"])
         if path in self.refuse_all or (path == "all" and self.refused[key] < self.refuse.get(key, 0)):
             self.refused[key] += 1
@@ -208,6 +212,17 @@ async def test_a_url_that_never_takes_them_gets_dead_letters_then_a_replay(env):
         assert {d["event"]["notification_id"] for d in letters} == set(ids)
         assert all(d["attempts"] == 4 and d["last_error"] == "HTTP 500" for d in letters)
         receiver.refuse_all.discard("down")
+        pages, before = [], None  # a page at a time: none skipped, none twice
+        for _ in range(4):
+            async with s.get(url, params={"limit": "1", **({"before": before} if before else {})}) as r:
+                page = await r.json()
+                assert r.status == 200, page
+            pages += [d["event"]["id"] for d in page["dead_letters"]]
+            if (before := page["next_before"]) is None:
+                break
+        assert sorted(pages) == sorted(d["event"]["id"] for d in letters)
+        async with s.get(url, params={"before": "yesterday"}) as r:
+            assert r.status == 400 and (await r.json())["errors"][0]["field"] == "before"
         async with s.post(url + "/replay") as r:
             assert r.status == 202 and (await r.json())["taken"] == 3
         await until(lambda: len(receiver.took["down"]) == 3, what="the replayed dead letters")
@@ -247,3 +262,72 @@ async def test_subscriptions_are_managed_and_their_input_checked(env):
             assert r.status == 404
         async with s.get(f"{engine.base_url}/v1/event-subscriptions/not-a-uuid") as r:
             assert r.status == 400
+
+
+async def test_a_slow_subscriber_gets_each_event_once_in_order(env):
+    """Each answer takes 0.3 s and the ack wait is 2 s: events wait in their
+    lanes far longer than that, and none may be given out again (a copy, out
+    of order) while they wait."""
+    engine, receiver = env
+    receiver.slow["slow"] = 0.3
+    await subscribe(engine, receiver, "slow", statuses=["accepted", "sent"])
+    await asyncio.sleep(1.0)
+    ids = await submit(engine, 12)
+    await until(lambda: sum(len(receiver.of("slow", nid)) for nid in ids) >= 24, 120, "the slow subscriber's events")
+    await asyncio.sleep(2.5)  # a copy given out after the ack wait would arrive by now
+    for nid in ids:
+        assert receiver.of("slow", nid) == ["accepted", "sent"], (nid, receiver.of("slow", nid))
+
+
+async def test_a_changed_subscription_goes_on_and_a_lost_consumer_is_made_again(env):
+    engine, receiver = env
+    sub = await subscribe(engine, receiver, "before-move", statuses=["accepted"])
+    receiver.secrets["after-move"] = sub["secret"]
+    one = f"{engine.base_url}/v1/event-subscriptions/{sub['id']}"
+    await asyncio.sleep(1.0)
+    first = await submit(engine, 2)
+    await until(lambda: {e["notification_id"] for e in receiver.took["before-move"]} >= set(first), what="before")
+    async with api_session() as s, s.patch(one, json={"url": f"{receiver.base}/after-move"}) as r:
+        assert r.status == 200
+    second = await submit(engine, 2)
+    await until(lambda: {e["notification_id"] for e in receiver.took["after-move"]} >= set(second), what="moved")
+    # the consumer deleted under it: its loop fails, starts again and makes it again
+    js = engine.nc.jetstream()
+    await js.delete_consumer(f"{engine.cfg.nats.stream}_EVENTS", f"hook-{sub['id']}")
+    third = await submit(engine, 2)
+    await until(lambda: {e["notification_id"] for e in receiver.took["after-move"]} >= set(third), 60, "after loss")
+    info = await engine.actors.events.info.remote()
+    assert info["hooks"][sub["id"]]["restarts"] >= 1
+
+
+async def test_events_the_stream_dropped_before_a_subscription_read_them_are_counted(env):
+    engine, receiver = env
+    sub = await subscribe(engine, receiver, "behind", statuses=["accepted"])
+    one = f"{engine.base_url}/v1/event-subscriptions/{sub['id']}"
+    await asyncio.sleep(1.0)
+    first = await submit(engine, 1)
+    await until(lambda: len(receiver.took["behind"]) == 1, what="the first event")
+    async with api_session() as s:
+        async with s.patch(one, json={"enabled": False}) as r:
+            assert r.status == 200
+        await submit(engine, 4)  # while it is disabled: they wait in the stream...
+        js = engine.nc.jetstream()
+        name = f"{engine.cfg.nats.stream}_EVENTS"
+        cfg = (await js.stream_info(name)).config
+        for _ in range(100):  # ...their events published (the relay runs every 0.2 s at most)
+            if await engine.pool.fetchval("SELECT count(*) FROM status_events") == 0:
+                break
+            await asyncio.sleep(0.1)
+        kept = cfg.max_msgs
+        cfg.max_msgs = 1  # ...until the stream drops all but its newest
+        await js.update_stream(cfg)
+        cfg.max_msgs = kept
+        await js.update_stream(cfg)
+        async with s.patch(one, json={"enabled": True}) as r:
+            assert r.status == 200
+        last = await submit(engine, 1)
+        await until(lambda: last[0] in {e["notification_id"] for e in receiver.took["behind"]}, what="the last")
+        async with s.get(one) as r:
+            body = await r.json()
+    assert body["lost_events"] >= 1, body
+    assert first[0] in {e["notification_id"] for e in receiver.took["behind"]}

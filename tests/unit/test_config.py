@@ -72,3 +72,10 @@ def test_secrets_given_in_the_environment_are_not_taken_for_settings():
     env = {"TIDINGS_AUDIT_SIGNING_KEY": "pem", "TIDINGS_CREDENTIALS_KEY": "k", "TIDINGS_API_KEY": "tdk_x",
            "TIDINGS_PRIVACY_MASTER_KEYS": "m1:" + "A" * 44}
     assert settings.load(env=env).privacy.master_keys == "m1:" + "A" * 44
+
+
+def test_event_egress_allow_is_checked_as_cidrs_when_loaded():
+    assert settings.load(env={"TIDINGS_EVENTS_EGRESS_ALLOW": "127.0.0.0/8, ::1"}).events.egress_allow == \
+        ["127.0.0.0/8", "::1"]
+    with pytest.raises(ConfigError, match="events.egress_allow entry 'intranet'"):
+        settings.load(env={"TIDINGS_EVENTS_EGRESS_ALLOW": "127.0.0.1,intranet"})

@@ -15,7 +15,8 @@ def test_defaults_keep_unread_inbox_and_nothing_forever_otherwise():
         (30, 7, 30, 90, 30)
     assert r.inbox_unread_days == 0 and r.interval_s == 3600 and r.batch == 5000
     assert [k.name for k, _ in retention.active(r)] == [
-        "tracking", "engagement", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs"]
+        "tracking", "engagement", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs",
+        "event_dead_letters"]
 
 
 def test_env_overrides_and_zero_keeps_a_kind_forever():

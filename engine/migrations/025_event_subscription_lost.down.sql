@@ -1,0 +1,1 @@
+ALTER TABLE event_subscriptions DROP COLUMN lost_events;
