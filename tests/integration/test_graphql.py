@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from engine import auth
+from engine.http.graphql import schema as graphql_schema
 from policy.types import UserProfile
 from tests.integration.helpers import engine_config, serving
 
@@ -179,18 +180,21 @@ async def events(ws, op: str, until_complete: bool = True, count: int | None = N
             return out
 
 
-async def test_a_send_is_followed_to_its_sent_status_over_a_websocket(engine):
-    sent = await gql(engine, 'mutation($n: JSON!) { send(notification: $n) { id duplicate } }', {"n": {
-        "user_id": "bob", "category": "orders", "channels": ["email"],
-        "content": {"subject": "Shipped", "text": "It arrives Friday."}}})
-    assert "errors" not in sent, sent
-    nid = sent["data"]["send"]["id"]
+async def test_a_send_is_followed_to_its_sent_status_over_a_websocket(engine, monkeypatch):
+    # no poll within the test: only the notification's status events on NATS can move it on
+    monkeypatch.setattr(graphql_schema, "POLL_S", 3600.0)
+    nid = str(uuid.uuid4())
     async with aiohttp.ClientSession() as s:
         ws = await connected(s, engine, {"authorization": f"Bearer {engine.admin}"})
         assert (await ws.receive_json())["type"] == "connection_ack"
         await ws.send_json({"id": "1", "type": "subscribe", "payload": {
             "query": "subscription($id: ID!) { notificationStatus(id: $id) { id channels { channel status reason "
                      "timeline } } }", "variables": {"id": nid}}})
+        await asyncio.sleep(0.5)  # subscribed before the notification exists: it waits for its events
+        sent = await gql(engine, 'mutation($n: JSON!) { send(notification: $n) { id duplicate } }', {"n": {
+            "id": nid, "user_id": "bob", "category": "orders", "channels": ["email"],
+            "content": {"subject": "Shipped", "text": "It arrives Friday."}}})
+        assert "errors" not in sent, sent
         got = await events(ws, "1")
         await ws.close()
     assert got[-1] == {"id": "1", "type": "complete"}, got

@@ -8,16 +8,19 @@ decoded by the same msgspec decoders, so their errors name the same fields.
 Subscriptions:
 
 - ``notificationStatus(id)``: the notification's outcome each time a channel's
-  status, reason or attempts change, read every ``POLL_S`` by the same store
-  read as ``GET /v1/notifications/{id}``, until no channel waits (none is
-  ``deferred`` or ``digested``) or ``WATCH_S`` has passed. A provider's later
-  receipt (delivered, bounced) is read with the ``notification`` query.
+  status, reason or attempts change, read by the same store read as
+  ``GET /v1/notifications/{id}`` whenever a status event of the notification
+  arrives on NATS (engine/http/status_watch.py) and at least every ``POLL_S``
+  (events off, or one missed), until no channel waits (none is ``deferred``
+  or ``digested``) or ``WATCH_S`` has passed. A provider's later receipt
+  (delivered, bounced) is read with the ``notification`` query.
 - ``inbox(userId, after)``: the user's inbox messages after ``after`` then each
   new one, from the same feed as the inbox WebSocket (``InboxStream``: the
   backlog from PostgreSQL, live events from NATS, each seq once, in order),
   with one ``synced`` event when the backlog is through."""
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -36,12 +39,13 @@ from engine.http.errors import all_violations
 from engine.http.graphql.auth import allow, engine_of, principal_of
 from engine.http.graphql.types import JSON, object_type
 from engine.http.inbox import InboxStream, end_feed, start_feed
+from engine.http.status_watch import status_watch
 from policy.api import Accepted, NotificationStatus
 from policy.types import NotificationRequest, UserId
 from policy.validate import PreferencesDoc, PreferencesPatch
 from providers.inapp.messages import InboxMessage
 
-POLL_S = 0.5  # how often notificationStatus reads the outcome (one indexed query per subscription)
+POLL_S = 5.0  # notificationStatus reads the outcome at least this often (status events wake it sooner)
 WATCH_S = 3600.0  # a notificationStatus subscription ends after this long, settled or not
 WAITING = frozenset({"deferred", "digested"})  # statuses that will change again without a provider's word
 INBOX_BUFFER = 100  # inbox frames waiting for one subscription; the feed waits beyond (back-pressure)
@@ -246,19 +250,22 @@ class Subscription:
     async def notification_status(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Notification, None]:
         nid = uuid_of(str(id))
         allow(info, "GET", "/v1/notifications/{id}")
-        pool = engine_of(info).pool
+        engine = engine_of(info)
         last: tuple | None = None
         deadline = time.monotonic() + WATCH_S
-        while True:
-            found = await notifications.outcomes(pool, nid)
-            if found is not None and _seen(found) != last:
-                last = _seen(found)
-                yield found
-            if found is not None and not any(c.status in WAITING for c in found.channels):
-                return
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(POLL_S)
+        async with status_watch(engine).watching(str(nid)) as woke:
+            while True:
+                woke.clear()  # before the read: an event during it wakes the next wait at once
+                found = await notifications.outcomes(engine.pool, nid)
+                if found is not None and _seen(found) != last:
+                    last = _seen(found)
+                    yield found
+                if found is not None and not any(c.status in WAITING for c in found.channels):
+                    return
+                if time.monotonic() > deadline:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woke.wait(), POLL_S)
 
     @strawberry.subscription(description="A user's inbox: the messages after `after`, one synced event, then each new "
                                          "message as it comes (as the inbox WebSocket).")
