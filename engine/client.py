@@ -22,7 +22,10 @@ answers are Structs below where the API's shape is fixed, dicts elsewhere.
 - **Errors** are ``TidingsError`` (the API's ``{"error", "errors": [{"field",
   "reason"}]}``, its ``str`` one line) and ``Unreachable`` for an engine that
   cannot be reached.
-- **Pages**: ``inbox`` yields messages across pages (``after``/``next``).
+- **Pages**: ``inbox``, ``event_subscriptions`` and ``dead_letters`` yield items
+  across pages (the API's cursors).
+- **Status events**: ``subscribe`` a URL (the secret is in its answer, once),
+  change, delete, read its dead letters and replay them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import random
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -176,6 +179,52 @@ class Client:
                 return
             after = page["next"]
 
+    # -- status events: webhook subscriptions ----------------------------------------
+
+    async def subscribe(self, url: str, *, channels: Sequence[str] = (), statuses: Sequence[str] = (),
+                        categories: Sequence[str] = (), description: str = "", enabled: bool = True,
+                        secret: str | None = None) -> dict:
+        """Subscribe ``url`` to status events (empty filters take everything):
+        the subscription with its signing ``secret``, shown this once."""
+        body = {"url": url, "channels": list(channels), "statuses": list(statuses), "categories": list(categories),
+                "description": description, "enabled": enabled, **({"secret": secret} if secret else {})}
+        return await self.request("POST", "/v1/event-subscriptions", json=body, retry="unsent")
+
+    async def event_subscriptions(self, *, page_size: int = 100) -> AsyncIterator[dict]:
+        """Every subscription, in id order, a page at a time."""
+        after: str | None = None
+        while True:
+            page = await self.request("GET", "/v1/event-subscriptions",
+                                      params={"limit": page_size, **({"after": after} if after else {})})
+            for sub in page["subscriptions"]:
+                yield sub
+            if (after := page["next"]) is None:
+                return
+
+    async def change_subscription(self, subscription_id: str, change: Mapping) -> dict:
+        """Change its ``url``, ``description``, filters or ``enabled``."""
+        return await self.request("PATCH", f"/v1/event-subscriptions/{_quote(subscription_id)}", json=change,
+                                  retry="unsent")
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        await self.request("DELETE", f"/v1/event-subscriptions/{_quote(subscription_id)}", retry="unsent")
+
+    async def dead_letters(self, subscription_id: str, *, page_size: int = 100) -> AsyncIterator[dict]:
+        """The events the subscription's URL never took, newest first, a page at a time."""
+        before: str | None = None
+        while True:
+            page = await self.request("GET", f"/v1/event-subscriptions/{_quote(subscription_id)}/dead-letters",
+                                      params={"limit": page_size, **({"before": before} if before else {})})
+            for letter in page["dead_letters"]:
+                yield letter
+            if (before := page["next_before"]) is None:
+                return
+
+    async def replay_dead_letters(self, subscription_id: str) -> int:
+        """Deliver the oldest 1,000 dead letters again (in the background): how many were taken."""
+        answer = await self.request("POST", f"/v1/event-subscriptions/{_quote(subscription_id)}/dead-letters/replay")
+        return int(answer["taken"])
+
     # -- the transport -------------------------------------------------------------
 
     async def request(self, method: str, path: str, *, json: Any = None, params: Mapping | None = None,
@@ -287,7 +336,27 @@ class SyncClient:
         return self._run(self._client.change_preferences(user_id, change, **kwargs))
 
     def inbox(self, user_id: str, **kwargs) -> Iterator[dict]:
-        pages = self._client.inbox(user_id, **kwargs)
+        return self._iterate(self._client.inbox(user_id, **kwargs))
+
+    def subscribe(self, url: str, **kwargs) -> dict:
+        return self._run(self._client.subscribe(url, **kwargs))
+
+    def event_subscriptions(self, **kwargs) -> Iterator[dict]:
+        return self._iterate(self._client.event_subscriptions(**kwargs))
+
+    def change_subscription(self, subscription_id: str, change: Mapping) -> dict:
+        return self._run(self._client.change_subscription(subscription_id, change))
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        self._run(self._client.delete_subscription(subscription_id))
+
+    def dead_letters(self, subscription_id: str, **kwargs) -> Iterator[dict]:
+        return self._iterate(self._client.dead_letters(subscription_id, **kwargs))
+
+    def replay_dead_letters(self, subscription_id: str) -> int:
+        return self._run(self._client.replay_dead_letters(subscription_id))
+
+    def _iterate(self, pages) -> Iterator[dict]:
         while True:
             try:
                 yield self._run(pages.__anext__())

@@ -18,9 +18,10 @@ import nats
 import pytest
 from aiohttp import web
 
+from engine.client import Client, SyncClient, TidingsError
 from providers.webhook.signing import verify
 from sandbox import WebhookSink
-from tests.integration.helpers import api_session, engine_config, serving
+from tests.integration.helpers import admin_headers, api_session, engine_config, serving
 
 pytestmark = pytest.mark.integration
 
@@ -331,3 +332,37 @@ async def test_events_the_stream_dropped_before_a_subscription_read_them_are_cou
             body = await r.json()
     assert body["lost_events"] >= 1, body
     assert first[0] in {e["notification_id"] for e in receiver.took["behind"]}
+
+
+async def test_the_python_client_manages_subscriptions_and_pages_dead_letters(env):
+    engine, receiver = env
+    headers = admin_headers(engine.cfg)
+    async with Client(engine.base_url, headers=headers) as client:
+        made = await client.subscribe(f"{receiver.base}/by-client", statuses=["accepted"], description="client")
+        receiver.secrets["by-client"] = made["secret"]
+        assert made["id"] in [s["id"] async for s in client.event_subscriptions(page_size=1)]
+        changed = await client.change_subscription(made["id"], {"description": "changed"})
+        assert changed["description"] == "changed" and changed["statuses"] == ["accepted"]
+        receiver.refuse_all.add("by-client")
+        await asyncio.sleep(1.0)
+        await submit(engine, 3)
+        letters: list[dict] = []
+        for _ in range(300):
+            letters = [d async for d in client.dead_letters(made["id"], page_size=2)]
+            if len(letters) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len({d["event"]["id"] for d in letters}) == 3
+        receiver.refuse_all.discard("by-client")
+        assert await client.replay_dead_letters(made["id"]) == 3
+        await until(lambda: len(receiver.took["by-client"]) == 3, what="the replay")
+        await client.delete_subscription(made["id"])
+        with pytest.raises(TidingsError) as refused:
+            await client.change_subscription(made["id"], {"enabled": False})
+        assert refused.value.status == 404
+
+    def synchronously() -> list[str]:
+        with SyncClient(engine.base_url, headers=headers) as sync:
+            return [s["id"] for s in sync.event_subscriptions(page_size=2)]
+
+    assert made["id"] not in await asyncio.to_thread(synchronously)
