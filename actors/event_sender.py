@@ -58,6 +58,9 @@ EVENT_TYPE_HEADER = "Tidings-Event-Type"
 ATTEMPT_HEADER = "Tidings-Attempt"
 RELAY_ACK_S = 30.0  # the longest a relay round waits for JetStream to store what it published
 RESTART_S = (1.0, 30.0)  # a hook's loop that failed starts again after 1 s, doubling up to 30 s
+LOCK_PING_S = 5.0  # the lock's connection answers a SELECT 1 within this, or is taken for gone
+# the lock's session: the server ends it (and frees the lock) when its client is gone, within about a minute
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
 CHECK_IDLE_S = 5.0  # an idle subscription's consumer is looked up this often (it may have been deleted)
 LANE_ERROR_S = 5.0  # a delivery that failed unexpectedly is tried again after this (its lane waits: order)
 # pg_try_advisory_*lock(class, hashtext(schema)): the two-key space, apart from the one-key locks of ids
@@ -80,6 +83,7 @@ class _Hook:
         self.restarts = 0
         self.error = ""  # why its loop last stopped ("" while it runs)
         self.failing_since = 0.0  # when the URL began refusing (0: its last answer was a 2xx)
+        self.unsettled = False  # its last loop ended with events it could not give back to JetStream
 
     def release(self, seq: int) -> None:
         self.held.pop(seq, None)
@@ -97,7 +101,10 @@ class EventSender:
         self.broken: dict[str, str] = {}  # subscriptions not delivered, and why (a secret no master key opens)
         self.replays: dict[str, asyncio.Task] = {}
         self.refreshing = asyncio.Lock()
-        self.leader: asyncpg.Connection | None = None  # holds HOOKS_LOCK while this sender delivers hooks
+        self.lock_conn: asyncpg.Connection | None = None  # where HOOKS_LOCK is tried, and held while leading
+        self.leading = False  # this sender holds HOOKS_LOCK and delivers the hooks
+        self.stopping = False
+        self.dropping: asyncio.Task | None = None  # stopping the hooks after the lock's connection ended
         self.wake = asyncio.Event()
         self.listener: asyncpg.Connection | None = None
         self.egress = EgressPolicy(parse_allow(self.cfg.events.egress_allow, "events.egress_allow"))
@@ -121,18 +128,22 @@ class EventSender:
             self.session = guarded_session(self.egress, max_connections=e.lanes * 16, connect_timeout_s=e.timeout_s,
                                            total_timeout_s=e.timeout_s)
         loop = asyncio.get_running_loop()
+        self.stopping = False
         self.tasks = [loop.create_task(self._relay_loop()), loop.create_task(self._hooks_loop())]
 
     async def stop(self) -> None:
-        await self._stop_hooks()
-        await _cancel(list(self.replays.values()))
-        self.replays.clear()
+        self.stopping = True  # a refresh the HTTP API asks for now starts nothing
         await _cancel(self.tasks)
         self.tasks = []
-        for conn in (self.listener, self.leader):
+        async with self.refreshing:
+            await self._stop_hooks()
+        await _cancel(list(self.replays.values()))
+        self.replays.clear()
+        for conn in (self.listener, self.lock_conn):
             if conn is not None and not conn.is_closed():
                 await conn.close()
-        self.listener = self.leader = None
+        self.listener = self.lock_conn = None
+        self.leading = False
         if self.session is not None:
             session, self.session = self.session, None
             await asyncio.wait_for(session.close(), 5)
@@ -212,30 +223,42 @@ class EventSender:
 
     async def _lead(self) -> bool:
         """Whether this sender delivers the schema's hooks: it holds HOOKS_LOCK
-        on a connection of its own (the lock goes with the connection)."""
-        if self.leader is not None and not self.leader.is_closed():
-            return True
-        self.leader = None
-        conn = await db.connect(self.url, self.cfg.database, app="tidings-event-hooks")
-        try:
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", HOOKS_LOCK,
-                                   self.cfg.database.schema):
-                conn.add_termination_listener(lambda _: self._lost_lead())
-                self.leader = conn
-                return True
-        except BaseException:
-            await conn.close()
-            raise
-        await conn.close()
-        return False
+        on a connection of its own (the lock lives as long as the connection).
+        The connection is checked each time: one gone half-open would keep a
+        sender believing it leads; the server's TCP keepalives end such a
+        session, and its lock, within about a minute."""
+        conn = self.lock_conn
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), LOCK_PING_S)
+            except Exception:  # noqa: BLE001 - gone: the lock went with it
+                conn.terminate()
+                conn = None
+        else:
+            conn = None
+        if conn is None:
+            self.leading = False
+            self.lock_conn = conn = await asyncpg.connect(self.url, server_settings={
+                **db.server_settings(self.cfg.database, app="tidings-event-hooks"), **KEEPALIVES})
+            conn.add_termination_listener(self._lost_lead)
+        if not self.leading:
+            self.leading = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", HOOKS_LOCK,
+                                                    self.cfg.database.schema))
+        return self.leading
 
-    def _lost_lead(self) -> None:
-        """The lock's connection ended: another engine may take the hooks now."""
-        self.leader = None
-        for hook in self.hooks.values():
-            if hook.task is not None:
-                hook.task.cancel()
-        self.hooks.clear()
+    def _lost_lead(self, conn: asyncpg.Connection) -> None:
+        """The lock's connection ended: another engine may take the hooks now,
+        so ours stop at once (under the refresh lock, awaited)."""
+        if conn is not self.lock_conn:
+            return
+        self.leading = False
+        if not self.stopping and (self.dropping is None or self.dropping.done()):
+            self.dropping = asyncio.get_running_loop().create_task(self._drop_hooks())
+
+    async def _drop_hooks(self) -> None:
+        async with self.refreshing:
+            if not self.leading:
+                await self._stop_hooks()
 
     async def _stop_hooks(self) -> None:
         hooks, self.hooks = list(self.hooks.values()), {}
@@ -244,7 +267,7 @@ class EventSender:
     async def refresh(self) -> int:
         """Read the subscriptions again and start, change or stop their
         deliveries (the HTTP API calls this after a change). How many run."""
-        if self.pool is None:
+        if self.pool is None or self.stopping:
             return 0
         async with self.refreshing:
             if not await self._lead():
@@ -254,10 +277,13 @@ class EventSender:
             names = await self._consumer_names()
             async with self.pool.acquire() as conn:
                 every = await store.all_of_them(conn)
+            if not self.leading or self.stopping:  # the lock's connection ended meanwhile
+                await self._stop_hooks()
+                return 0
             subs = {s.id: s for s in every if s.enabled}
             for sid in [sid for sid in self.hooks if sid not in subs]:
-                hook = self.hooks.pop(sid)
-                await _cancel([hook.task] if hook.task is not None else [])
+                gone = self.hooks.pop(sid)
+                await _cancel([gone.task] if gone.task is not None else [])
             self.broken = {sid: why for sid, why in self.broken.items() if sid in subs}
             for sid, sub in subs.items():
                 hook = self.hooks.get(sid)
@@ -271,7 +297,8 @@ class EventSender:
                                     "not delivered", sid, type(exc).__name__)
                     self.broken[sid] = "its secret cannot be opened (privacy.master_keys)"
                     if hook is not None:
-                        await _cancel([self.hooks.pop(sid).task])
+                        self.hooks.pop(sid, None)
+                        await _cancel([hook.task] if hook.task is not None else [])
                     continue
                 self.broken.pop(sid, None)
                 if hook is not None:  # changed: the URL, filters and secret apply to the next POST, in place
@@ -320,9 +347,12 @@ class EventSender:
                 hook.error, hook.restarts = type(exc).__name__, hook.restarts + 1
                 if time.monotonic() - began > 2 * RESTART_S[1]:
                     wait = RESTART_S[0]
+                # events not given back (NATS away) come again only after the ack wait: a loop
+                # started sooner would deliver the ones after them first
+                pause = max(wait, hook.ack_wait if hook.unsettled else 0.0)
                 log.warning("status events: subscription %s: delivery stopped (%s); starting again in %.0f s",
-                            hook.sub.id, hook.error, wait)
-                await asyncio.sleep(wait)
+                            hook.sub.id, hook.error, pause)
+                await asyncio.sleep(pause)
                 wait = min(wait * 2, RESTART_S[1])
 
     async def _consumer(self, hook: _Hook):
@@ -351,8 +381,9 @@ class EventSender:
         lanes: list[asyncio.Queue] = [asyncio.Queue() for _ in range(e.lanes)]
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._lane(hook, q)) for q in lanes] + [loop.create_task(self._heartbeat(hook))]
-        hook.error = ""
+        hook.error, hook.unsettled = "", False
         checked = time.monotonic()
+        batch: list = []  # fetched and not yet handled: given back if the loop ends in the middle
         try:
             while True:
                 room = window - len(hook.held)
@@ -361,58 +392,67 @@ class EventSender:
                     await hook.room.wait()
                     continue
                 try:
-                    msgs = await psub.fetch(room, timeout=1.0)
+                    batch = await psub.fetch(room, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
-                    # an idle fetch cannot tell a deleted consumer from a quiet stream: ask now and then
                     if time.monotonic() - checked > CHECK_IDLE_S:
+                        # an idle fetch cannot tell a deleted consumer from a quiet stream
                         checked = time.monotonic()
-                        await psub.consumer_info()  # NotFoundError: the loop starts again and makes it
+                        try:
+                            await psub.consumer_info()  # NotFoundError: the loop starts again and makes it
+                        except (TimeoutError, nats.errors.TimeoutError):
+                            pass  # a slow answer is not a missing consumer
                     continue
                 checked = time.monotonic()
                 lost = 0
-                for msg in msgs:
-                    meta = msg.metadata
-                    seq = meta.sequence.stream
-                    if seq in hook.held:  # given out again while its lane has it: the lane acks the newest
-                        hook.held[seq] = msg
-                        continue
-                    if meta.num_delivered == 1:
-                        if hook.last_seq and seq > hook.last_seq + 1:
-                            lost += seq - hook.last_seq - 1
-                        hook.last_seq = max(hook.last_seq, seq)
-                    try:
-                        ev = events.DECODER.decode(msg.data)
-                    except Exception:  # noqa: BLE001 - not ours (someone published on our subjects)
-                        hook.undecodable += 1
-                        if hook.undecodable & (hook.undecodable - 1) == 0:  # 1, 2, 4, 8, …: not one line each
-                            log.warning("status events: subscription %s: %d messages on the events subjects "
-                                        "were not status events; skipped", hook.sub.id, hook.undecodable)
-                        await msg.ack()
-                        continue
-                    if not hook.sub.filters.wants(ev):
-                        await msg.ack()
-                        continue
-                    hook.held[seq] = msg
-                    lanes[events.lane(ev.notification_id, e.lanes)].put_nowait((seq, ev))
+                while batch:
+                    msg = batch[0]
+                    lost += await self._take(hook, msg, lanes)
+                    batch.pop(0)
                 if lost:
                     await self._lost(hook, lost)
         finally:
             await _cancel(tasks)
             held, hook.held = list(hook.held.values()), {}
-            for msg in held:  # given out again now rather than after the ack wait
-                try:
-                    await asyncio.wait_for(msg.nak(), 1)
-                except Exception:  # noqa: BLE001 - they come back after the ack wait anyway
-                    break
+            hook.unsettled = not await _give_back([*held, *batch])
             try:
                 await asyncio.wait_for(psub.unsubscribe(), 5)
             except Exception:  # noqa: BLE001 - the connection is gone already
                 pass
 
+    async def _take(self, hook: _Hook, msg, lanes: list[asyncio.Queue]) -> int:
+        """Hold ``msg`` and queue it in its lane (or ack it at once: not a status
+        event, or not one the filters want). How many events the stream dropped
+        just before it (a gap in the sequence of first deliveries)."""
+        meta = msg.metadata
+        seq, lost = meta.sequence.stream, 0
+        if seq in hook.held:  # given out again while its lane has it: the lane acks the newest
+            hook.held[seq] = msg
+            return 0
+        if meta.num_delivered == 1:
+            if hook.last_seq and seq > hook.last_seq + 1:
+                lost = seq - hook.last_seq - 1
+            hook.last_seq = max(hook.last_seq, seq)
+        try:
+            ev = events.DECODER.decode(msg.data)
+        except Exception:  # noqa: BLE001 - not ours (someone published on our subjects)
+            hook.undecodable += 1
+            if hook.undecodable & (hook.undecodable - 1) == 0:  # 1, 2, 4, 8, …: not one line each
+                log.warning("status events: subscription %s: %d messages on the events subjects were not "
+                            "status events; skipped", hook.sub.id, hook.undecodable)
+            await msg.ack()
+            return lost
+        if not hook.sub.filters.wants(ev):
+            await msg.ack()
+            return lost
+        hook.held[seq] = msg
+        lanes[events.lane(ev.notification_id, len(lanes))].put_nowait((seq, ev))
+        return lost
+
     async def _lost(self, hook: _Hook, n: int) -> None:
         hook.lost += n
-        log.warning("status events: subscription %s: %d events were dropped by the events stream "
-                    "(events.max_age_s / max_msgs) before it read them", hook.sub.id, n)
+        log.warning("status events: subscription %s: %d messages left the events stream before it read them "
+                    "(its limits, events.max_age_s / max_msgs, or a purge); those its filters take are lost",
+                    hook.sub.id, n)
         try:
             async with self.pool.acquire() as conn:
                 await store.count_lost(conn, hook.sub.id, n)
@@ -449,7 +489,7 @@ class EventSender:
         attempt = 0
         while True:
             attempt += 1
-            error = await self._post(hook, body, ev, attempt)
+            error, for_good = await self._post(hook, body, ev, attempt)
             if error is None:
                 hook.failing_since = 0.0
                 await self._ack(hook, seq)
@@ -457,7 +497,7 @@ class EventSender:
                 self.stats["delivered"] += 1
                 return
             hook.failing_since = hook.failing_since or time.time()
-            wait = events.backoff(backoff, attempt)
+            wait = None if for_good else events.backoff(backoff, attempt)
             if wait is None:
                 await self._dead_letter(hook, ev, attempt, error)
                 await self._ack(hook, seq)
@@ -495,58 +535,85 @@ class EventSender:
         finally:
             hook.release(seq)
 
-    async def _post(self, hook: _Hook, body: bytes, ev: StatusEvent, attempt: int) -> str | None:
-        """POST one event; None when the URL took it (2xx), else why not (the
-        status or the kind of failure, never the answer's body)."""
+    async def _post(self, hook: _Hook, body: bytes, ev: StatusEvent, attempt: int) -> tuple[str | None, bool]:
+        """POST one event: (None when the URL took it (2xx), else why not: the
+        status or the kind of failure, never the answer's body; whether the
+        answer refuses this event for good, ``events.refused_for_good``)."""
         try:
             dest = check_url(hook.sub.url, self.egress, "subscription URL")
             headers = {"Content-Type": "application/json", ID_HEADER: ev.id, EVENT_TYPE_HEADER: ev.type,
                        ATTEMPT_HEADER: str(attempt), SIGNATURE_HEADER: sign(hook.secret, body, int(time.time()))}
             async with self.session.post(dest.url, data=body, headers=headers, allow_redirects=False) as resp:
                 await read_capped(resp)
-                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+                if 200 <= resp.status < 300:
+                    return None, False
+                return f"HTTP {resp.status}", events.refused_for_good(resp.status)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried
-            return type(exc).__name__
+            return type(exc).__name__, False
 
-    async def replay(self, sid: str, limit: int = 1000) -> int | None:
+    async def replay(self, sid: str, limit: int = 1000) -> int | str:
         """Deliver a subscription's dead letters again, oldest first, in the
         background, once each; each leaves the dead letters once its URL takes
-        it (one still refused stays, its attempts counted). How many were
-        taken; None while the last replay of the subscription still runs."""
-        running = self.replays.get(sid)
-        if running is not None and not running.done():
-            return None
+        it (one still refused stays, its attempt counted). How many were
+        taken, or why none can be (a replay still runs, a secret unreadable)."""
+        self.replays = {k: t for k, t in self.replays.items() if not t.done()}
+        if sid in self.replays:
+            return "a replay of this subscription's dead letters is still running"
         if self.pool is None:
-            return 0
+            return "status events are not running"
         async with self.pool.acquire() as conn:
             sub = await store.get(conn, sid)
             if sub is None or not sub.enabled:
-                return 0
+                return "the subscription is disabled"
             letters = await store.oldest_dead_letters(conn, sid, limit)
-        hook = _Hook(sub, store.secret_of(self.ring, sub))
+        try:
+            hook = _Hook(sub, store.secret_of(self.ring, sub))
+        except Exception:  # noqa: BLE001 - told to the caller; nothing is sent unsigned
+            return "its secret cannot be opened (privacy.master_keys)"
+        self.replays[sid] = asyncio.get_running_loop().create_task(self._replay(hook, letters))
+        return len(letters)
 
-        async def again() -> None:
+    async def _replay(self, hook: _Hook, letters: list[tuple[StatusEvent, int]]) -> None:
+        sid = hook.sub.id
+        try:
             for ev, attempts in letters:
-                error = await self._post(hook, events.ENCODER.encode(ev), ev, attempts + 1)
+                error, _ = await self._post(hook, events.ENCODER.encode(ev), ev, attempts + 1)
                 async with self.pool.acquire() as conn:
                     if error is None:
                         await store.forget_dead_letter(conn, sid, ev.id)
                     else:
-                        await store.dead_letter(conn, sid, ev, 1, error)
-
-        self.replays[sid] = asyncio.get_running_loop().create_task(again())
-        return len(letters)
+                        await store.dead_letter(conn, sid, ev, 1, error, add=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - what is left stays a dead letter, for the next replay
+            log.warning("status events: subscription %s: replay stopped (%s)", sid, type(exc).__name__)
 
     async def info(self) -> dict:
         running = bool(self.tasks) and not any(t.done() for t in self.tasks)
-        return {**self.stats, "running": running, "delivering_hooks": self.leader is not None,
+        return {**self.stats, "running": running, "delivering_hooks": self.leading,
                 "subscriptions": len(self.hooks), "last_round_at": self.last_round_at, "broken": dict(self.broken),
                 "hooks": {sid: {"delivered": h.delivered, "dead_lettered": h.dead_lettered,
                                 "failed_attempts": h.failed_attempts, "held": len(h.held), "lost": h.lost,
                                 "undecodable": h.undecodable, "restarts": h.restarts, "error": h.error,
                                 "failing_since": h.failing_since} for sid, h in self.hooks.items()}}
+
+
+async def _give_back(msgs: list, within_s: float = 5.0) -> bool:
+    """Nak ``msgs`` so JetStream gives them out again now rather than after the
+    ack wait; whether every nak was sent (NATS may be gone)."""
+    deadline = time.monotonic() + within_s
+    ok = True
+    for msg in msgs:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(msg.nak(), min(left, 1.0))
+        except Exception:  # noqa: BLE001 - it comes back after the ack wait anyway
+            ok = False
+    return ok
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

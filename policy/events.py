@@ -97,5 +97,16 @@ def backoff(retry_backoff_s: list[float], attempt: int) -> float | None:
     return retry_backoff_s[attempt - 1] if 1 <= attempt <= len(retry_backoff_s) else None
 
 
+# 4xx answers that say "not now" rather than "never": they are retried like 5xx
+RETRYABLE_4XX = frozenset({408, 409, 423, 425, 429})
+
+
+def refused_for_good(status: int) -> bool:
+    """Whether a subscriber's HTTP answer refuses the event itself (a 4xx other
+    than ``RETRYABLE_4XX``): retrying the same body cannot help, and its lane
+    would hold the notifications behind it for every retry wait."""
+    return 400 <= status < 500 and status not in RETRYABLE_4XX
+
+
 ENCODER = msgspec.json.Encoder()
 DECODER = msgspec.json.Decoder(StatusEvent)

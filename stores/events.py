@@ -136,15 +136,18 @@ async def delete(conn: asyncpg.Connection, sid: str) -> bool:
 # -- dead letters ------------------------------------------------------------------
 
 
-async def dead_letter(conn: asyncpg.Connection, sid: str, e: StatusEvent, attempts: int, error: str) -> None:
-    """Keep an event its subscription's URL never took (once per event; one
-    dead-lettered again, after a replay, adds its attempts to the count)."""
+async def dead_letter(conn: asyncpg.Connection, sid: str, e: StatusEvent, attempts: int, error: str, *,
+                      add: bool = False) -> None:
+    """Keep an event its subscription's URL never took (once per event). ``add``
+    (a replay refused again): its attempts add to the count, else they replace
+    it (the same event dead-lettered again after a redelivery)."""
     await conn.execute(
         "INSERT INTO event_dead_letters AS d (subscription_id, event_id, event, attempts, last_error) "
         "SELECT $1, $2, $3::jsonb, $4, $5 WHERE EXISTS (SELECT 1 FROM event_subscriptions WHERE id = $1) "
-        "ON CONFLICT (subscription_id, event_id) DO UPDATE SET attempts = d.attempts + EXCLUDED.attempts, "
+        "ON CONFLICT (subscription_id, event_id) DO UPDATE SET "
+        "attempts = CASE WHEN $6 THEN d.attempts + EXCLUDED.attempts ELSE EXCLUDED.attempts END, "
         "last_error = EXCLUDED.last_error, created_at = now()",
-        sid, e.id, events.ENCODER.encode(e).decode(), attempts, error)
+        sid, e.id, events.ENCODER.encode(e).decode(), attempts, error, add)
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

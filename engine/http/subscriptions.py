@@ -286,8 +286,8 @@ async def replay(request: web.Request) -> web.Response:
     """Deliver a subscription's dead letters again (up to 1,000, oldest first).
 
     202 with how many were taken; 409 when the subscription is disabled,
-    status events are off (nothing would deliver them) or a replay of its
-    dead letters is still running."""
+    status events are off (nothing would deliver them), a replay of its
+    dead letters is still running or its secret cannot be opened."""
     engine = request.app[ENGINE]
     sub = await _found(request)
     if not sub.enabled or engine.actors.events is None:
@@ -295,9 +295,8 @@ async def replay(request: web.Request) -> web.Response:
                                                                        "events are off (events.enabled)"}])
     await _refresh(request)
     taken = await engine.actors.events.replay.remote(sub.id)
-    if taken is None:
-        raise Problem(409, "replaying", [{"field": "id", "reason": "a replay of this subscription's dead letters "
-                                                                   "is still running"}])
+    if isinstance(taken, str):
+        raise Problem(409, "not replayed", [{"field": "id", "reason": taken}])
     return reply(Replaying(taken), 202)
 
 

@@ -42,6 +42,7 @@ class Receiver:
         self.refuse: dict[tuple[str, str], int] = {}  # (notification, status) -> how many times to refuse it
         self.refuse_all: set[str] = set()  # paths that refuse everything
         self.slow: dict[str, float] = {}  # path -> seconds each answer takes
+        self.answer: dict[str, int] = {}  # path -> the status it answers every event with
         self.secrets: dict[str, str] = {}  # path -> the subscription's secret
         self.bad_signatures = 0
         self.runner: web.AppRunner | None = None
@@ -71,6 +72,9 @@ class Receiver:
         assert request.headers["Tidings-Delivery-Id"] == event["id"]
         if path in self.slow:
             await asyncio.sleep(self.slow[path])
+        if path in self.answer:
+            self.refused[(path, event["id"])] += 1
+            return web.Response(status=self.answer[path])
         key = (event["notification_id"], event["status"])
         if path in self.refuse_all or (path == "all" and self.refused[key] < self.refuse.get(key, 0)):
             self.refused[key] += 1
@@ -311,11 +315,13 @@ async def test_events_the_stream_dropped_before_a_subscription_read_them_are_cou
     async with api_session() as s:
         async with s.patch(one, json={"enabled": False}) as r:
             assert r.status == 200
-        await submit(engine, 4)  # while it is disabled: they wait in the stream...
+        waiting = await submit(engine, 4)  # while it is disabled: they wait in the stream...
+        for nid in waiting:  # ...their "accepted" published (by the Ingestor, before the row is written)...
+            await row_sent(engine, nid)
         js = engine.nc.jetstream()
         name = f"{engine.cfg.nats.stream}_EVENTS"
         cfg = (await js.stream_info(name)).config
-        for _ in range(100):  # ...their events published (the relay runs every 0.2 s at most)
+        for _ in range(100):  # ...and the rest (the relay runs every 0.2 s at most)
             if await engine.pool.fetchval("SELECT count(*) FROM status_events") == 0:
                 break
             await asyncio.sleep(0.1)
@@ -366,3 +372,24 @@ async def test_the_python_client_manages_subscriptions_and_pages_dead_letters(en
             return [s["id"] for s in sync.event_subscriptions(page_size=2)]
 
     assert made["id"] not in await asyncio.to_thread(synchronously)
+
+
+async def test_an_event_refused_for_good_is_dead_lettered_at_once(env):
+    """A 4xx other than 408/409/423/425/429 refuses the event itself: retrying
+    it would only hold its lane."""
+    engine, receiver = env
+    receiver.answer["gone"], receiver.answer["busy"] = 422, 429
+    gone = await subscribe(engine, receiver, "gone", statuses=["accepted"])
+    busy = await subscribe(engine, receiver, "busy", statuses=["accepted"])
+    await asyncio.sleep(1.0)
+    await submit(engine, 2)
+    async with Client(engine.base_url, headers=admin_headers(engine.cfg)) as client:
+        for sub, attempts in ((gone, 1), (busy, 4)):
+            letters: list[dict] = []
+            for _ in range(300):
+                letters = [d async for d in client.dead_letters(sub["id"])]
+                if len(letters) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert [d["attempts"] for d in letters] == [attempts, attempts], (sub["url"], letters)
+            assert {d["last_error"] for d in letters} == {"HTTP 422" if attempts == 1 else "HTTP 429"}
