@@ -60,7 +60,9 @@ RELAY_ACK_S = 30.0  # the longest a relay round waits for JetStream to store wha
 RESTART_S = (1.0, 30.0)  # a hook's loop that failed starts again after 1 s, doubling up to 30 s
 LOCK_PING_S = 5.0  # the lock's connection answers a SELECT 1 within this, or is taken for gone
 # the lock's session: the server ends it (and frees the lock) when its client is gone, within about a minute
-KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+# (tcp_user_timeout: also when data the server sent was never acknowledged, where keepalives do not apply)
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3",
+              "tcp_user_timeout": "60000"}
 CHECK_IDLE_S = 5.0  # an idle subscription's consumer is looked up this often (it may have been deleted)
 LANE_ERROR_S = 5.0  # a delivery that failed unexpectedly is tried again after this (its lane waits: order)
 # pg_try_advisory_*lock(class, hashtext(schema)): the two-key space, apart from the one-key locks of ids
@@ -83,7 +85,9 @@ class _Hook:
         self.restarts = 0
         self.error = ""  # why its loop last stopped ("" while it runs)
         self.failing_since = 0.0  # when the URL began refusing (0: its last answer was a 2xx)
-        self.unsettled = False  # its last loop ended with events it could not give back to JetStream
+        # events of its consumer may be out with a loop that could not give them back (NATS away,
+        # or another process: a new hook knows nothing of its consumer's past)
+        self.unsettled = True
 
     def release(self, seq: int) -> None:
         self.held.pop(seq, None)
@@ -231,14 +235,14 @@ class EventSender:
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), LOCK_PING_S)
-            except Exception:  # noqa: BLE001 - gone: the lock went with it
+            except Exception:  # noqa: BLE001 - gone, or as good as: the lock may be another's soon
                 conn.terminate()
-                conn = None
+                self.leading = False
+                await self._stop_hooks()  # now, not after a reconnect that may take its own timeout
+                return False
         else:
-            conn = None
-        if conn is None:
             self.leading = False
-            self.lock_conn = conn = await asyncpg.connect(self.url, server_settings={
+            self.lock_conn = conn = await asyncpg.connect(self.url, timeout=LOCK_PING_S, server_settings={
                 **db.server_settings(self.cfg.database, app="tidings-event-hooks"), **KEEPALIVES})
             conn.add_termination_listener(self._lost_lead)
         if not self.leading:
@@ -347,12 +351,9 @@ class EventSender:
                 hook.error, hook.restarts = type(exc).__name__, hook.restarts + 1
                 if time.monotonic() - began > 2 * RESTART_S[1]:
                     wait = RESTART_S[0]
-                # events not given back (NATS away) come again only after the ack wait: a loop
-                # started sooner would deliver the ones after them first
-                pause = max(wait, hook.ack_wait if hook.unsettled else 0.0)
                 log.warning("status events: subscription %s: delivery stopped (%s); starting again in %.0f s",
-                            hook.sub.id, hook.error, pause)
-                await asyncio.sleep(pause)
+                            hook.sub.id, hook.error, wait)
+                await asyncio.sleep(wait)
                 wait = min(wait * 2, RESTART_S[1])
 
     async def _consumer(self, hook: _Hook):
@@ -370,6 +371,13 @@ class EventSender:
                 filter_subject=streams.events_wildcard(self.cfg.nats)))
         hook.last_seq = info.delivered.stream_seq if info.delivered else 0
         hook.ack_wait = info.config.ack_wait or e.ack_wait_s  # a consumer made before keeps its own
+        if hook.unsettled and info.num_ack_pending:
+            # events given out before and not given back come again only after the ack wait; fetching
+            # sooner would deliver the ones after them first
+            log.info("status events: subscription %s: %d events still out; waiting %.0f s for them",
+                     sub.id, info.num_ack_pending, hook.ack_wait)
+            await asyncio.sleep(hook.ack_wait)
+        hook.unsettled = False
         return await self.js.pull_subscribe_bind(durable, stream)
 
     async def _hook_loop(self, hook: _Hook) -> None:
@@ -381,7 +389,7 @@ class EventSender:
         lanes: list[asyncio.Queue] = [asyncio.Queue() for _ in range(e.lanes)]
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._lane(hook, q)) for q in lanes] + [loop.create_task(self._heartbeat(hook))]
-        hook.error, hook.unsettled = "", False
+        hook.error = ""
         checked = time.monotonic()
         batch: list = []  # fetched and not yet handled: given back if the loop ends in the middle
         try:
@@ -403,35 +411,32 @@ class EventSender:
                             pass  # a slow answer is not a missing consumer
                     continue
                 checked = time.monotonic()
-                lost = 0
                 while batch:
-                    msg = batch[0]
-                    lost += await self._take(hook, msg, lanes)
+                    await self._take(hook, batch[0], lanes)
                     batch.pop(0)
-                if lost:
-                    await self._lost(hook, lost)
         finally:
             await _cancel(tasks)
             held, hook.held = list(hook.held.values()), {}
-            hook.unsettled = not await _give_back([*held, *batch])
+            hook.unsettled = not await _give_back(self.nc, [*held, *batch])
             try:
                 await asyncio.wait_for(psub.unsubscribe(), 5)
             except Exception:  # noqa: BLE001 - the connection is gone already
                 pass
 
-    async def _take(self, hook: _Hook, msg, lanes: list[asyncio.Queue]) -> int:
+    async def _take(self, hook: _Hook, msg, lanes: list[asyncio.Queue]) -> None:
         """Hold ``msg`` and queue it in its lane (or ack it at once: not a status
-        event, or not one the filters want). How many events the stream dropped
-        just before it (a gap in the sequence of first deliveries)."""
+        event, or not one the filters want). A gap in the sequence of first
+        deliveries is events the stream dropped before they were read."""
         meta = msg.metadata
-        seq, lost = meta.sequence.stream, 0
+        seq = meta.sequence.stream
         if seq in hook.held:  # given out again while its lane has it: the lane acks the newest
             hook.held[seq] = msg
-            return 0
+            return
         if meta.num_delivered == 1:
-            if hook.last_seq and seq > hook.last_seq + 1:
-                lost = seq - hook.last_seq - 1
+            lost = seq - hook.last_seq - 1 if hook.last_seq else 0
             hook.last_seq = max(hook.last_seq, seq)
+            if lost > 0:
+                await self._lost(hook, lost)
         try:
             ev = events.DECODER.decode(msg.data)
         except Exception:  # noqa: BLE001 - not ours (someone published on our subjects)
@@ -440,13 +445,12 @@ class EventSender:
                 log.warning("status events: subscription %s: %d messages on the events subjects were not "
                             "status events; skipped", hook.sub.id, hook.undecodable)
             await msg.ack()
-            return lost
+            return
         if not hook.sub.filters.wants(ev):
             await msg.ack()
-            return lost
+            return
         hook.held[seq] = msg
         lanes[events.lane(ev.notification_id, len(lanes))].put_nowait((seq, ev))
-        return lost
 
     async def _lost(self, hook: _Hook, n: int) -> None:
         hook.lost += n
@@ -600,9 +604,9 @@ class EventSender:
                                 "failing_since": h.failing_since} for sid, h in self.hooks.items()}}
 
 
-async def _give_back(msgs: list, within_s: float = 5.0) -> bool:
+async def _give_back(nc, msgs: list, within_s: float = 5.0) -> bool:
     """Nak ``msgs`` so JetStream gives them out again now rather than after the
-    ack wait; whether every nak was sent (NATS may be gone)."""
+    ack wait; whether every nak reached the server (NATS may be gone)."""
     deadline = time.monotonic() + within_s
     ok = True
     for msg in msgs:
@@ -612,6 +616,11 @@ async def _give_back(msgs: list, within_s: float = 5.0) -> bool:
                 raise TimeoutError
             await asyncio.wait_for(msg.nak(), min(left, 1.0))
         except Exception:  # noqa: BLE001 - it comes back after the ack wait anyway
+            ok = False
+    if ok and msgs:
+        try:  # a nak is sent when the client's buffer is: flush, or it may be lost with the connection
+            await asyncio.wait_for(nc.flush(), max(deadline - time.monotonic(), 0.1))
+        except Exception:  # noqa: BLE001
             ok = False
     return ok
 

@@ -275,7 +275,9 @@ class EventsConfig(_Section):
     # CIDRs a subscription URL may point into although they are internal (["127.0.0.0/8"] for
     # loopback receivers in development and tests); production leaves it empty (providers/egress.py)
     egress_allow: list[str] = msgspec.field(default_factory=list)
-    refresh_s: Annotated[float, Meta(gt=0)] = 5.0  # subscriptions re-read this often (a change made elsewhere)
+    # subscriptions re-read this often (a change made elsewhere); also how often the delivering engine
+    # checks its lock's connection, so at most 30 (the server frees a dead session's lock in about 60 s)
+    refresh_s: Annotated[float, Meta(gt=0, le=30)] = 5.0
     # JetStream gives an event out again when it is not acked or said to be in progress for this long
     # (a heartbeat says so every quarter of it for each event a subscription holds); taken when a
     # subscription's consumer is made

@@ -97,8 +97,10 @@ def backoff(retry_backoff_s: list[float], attempt: int) -> float | None:
     return retry_backoff_s[attempt - 1] if 1 <= attempt <= len(retry_backoff_s) else None
 
 
-# 4xx answers that say "not now" rather than "never": they are retried like 5xx
-RETRYABLE_4XX = frozenset({408, 409, 423, 425, 429})
+# 4xx answers that say "not now" rather than "never", retried like 5xx: a timeout, a
+# conflict, a lock, too early, too many; and what a receiver answers while it is being
+# deployed or rotating its secret (401, 403, 404)
+RETRYABLE_4XX = frozenset({401, 403, 404, 408, 409, 423, 425, 429})
 
 
 def refused_for_good(status: int) -> bool:

@@ -59,4 +59,4 @@ def test_a_rejected_request_has_channel_any_and_an_event_round_trips():
 
 def test_only_a_4xx_that_is_not_a_not_now_refuses_an_event_for_good():
     assert [s for s in range(100, 600) if events.refused_for_good(s)] == \
-        [s for s in range(400, 500) if s not in (408, 409, 423, 425, 429)]
+        [s for s in range(400, 500) if s not in (401, 403, 404, 408, 409, 423, 425, 429)]
