@@ -23,7 +23,8 @@ from ray.util import metrics
 
 from actors.tracing import BOUNDARIES
 from infra.config import Config
-from policy.labels import Bounds
+from policy.held import Held, HeldDeferred, HeldDigest
+from policy.labels import NONE, Bounds
 from policy.types import CHANNELS, Outcome
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,20 @@ def committed(meter: Meter, b: Bounds, batches: list[list[Outcome]], at: float) 
         meter.observe("tidings_delivery_latency_seconds", seconds, {"channel": channel, "status": status})
 
 
+def held(meter: Meter, b: Bounds, items: list[Held]) -> None:
+    """Notifications held (their ``deferred`` or ``digested`` tracking rows
+    committed with them, stores/schedules.py ``hold``): counted with the outcomes."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for it in items:
+        if isinstance(it, HeldDeferred):
+            counts[(b.channel(it.channel), "deferred", b.reason(it.reason))] += 1
+        elif isinstance(it, HeldDigest):
+            counts[(b.channel(it.channel), "digested", b.reason(it.reason))] += 1
+    for (channel, status, reason), n in counts.items():
+        meter.inc("tidings_deliveries_total", n, {"channel": channel, "provider": NONE, "status": status,
+                                                  "reason": reason})
+
+
 class Ticker:
     """Calls ``sample`` every ``SAMPLE_S`` inside the actor's loop, from ``start``
     to ``stop``; a failing sample is logged (once in a row) and the next one runs."""
@@ -196,4 +211,4 @@ class Ticker:
             self._task = None
 
 
-__all__ = ["BREAKER_STATES", "SAMPLE_S", "SERIES", "Meter", "Ticker", "bounds", "committed", "decode_bounds", "encode_bounds"]
+__all__ = ["BREAKER_STATES", "SAMPLE_S", "SERIES", "Meter", "Ticker", "bounds", "committed", "held", "decode_bounds", "encode_bounds"]

@@ -358,6 +358,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 digests = [it.user_id for it in items if isinstance(it, HeldDigest)]
                 states = await self._load_missing(conn, digests) if digests else {}  # their time zones
                 await schedule_store.hold(conn, items, lambda it: self._next_bucket(it, states))
+            metrics.held(self.meter, self.bounds, items)
 
     def _next_bucket(self, item: HeldDigest, states: Mapping[str, UserState]):
         state = states.get(item.user_id)
