@@ -67,6 +67,21 @@ SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                           (), None),
 }
 
+# The actors' series made elsewhere, with their kinds (actors/tracing.py, actors/stalls.py, actors/scheduler.py)
+ELSEWHERE: dict[str, str] = {
+    "tidings_stage_seconds": "histogram", "tidings_loop_lag_seconds": "histogram",
+    "tidings_gc_pause_seconds": "histogram", "tidings_retention_deleted": "counter",
+}
+
+
+def exported() -> set[str]:
+    """Every sample name the actors export, as Prometheus scrapes it (``ray_`` first)."""
+    kinds = {**{name: spec[0] for name, spec in SERIES.items()}, **ELSEWHERE}
+    out = set()
+    for name, kind in kinds.items():
+        out |= {f"ray_{name}{end}" for end in (("_bucket", "_sum", "_count") if kind == "histogram" else ("",))}
+    return out
+
 
 def bounds(cfg: Config) -> Bounds:
     """A deployment's label values: its channels, providers, categories and rule reasons."""
@@ -211,4 +226,4 @@ class Ticker:
             self._task = None
 
 
-__all__ = ["BREAKER_STATES", "SAMPLE_S", "SERIES", "Meter", "Ticker", "bounds", "committed", "held", "decode_bounds", "encode_bounds"]
+__all__ = ["BREAKER_STATES", "ELSEWHERE", "exported", "SAMPLE_S", "SERIES", "Meter", "Ticker", "bounds", "committed", "held", "decode_bounds", "encode_bounds"]
