@@ -79,6 +79,8 @@ def exported() -> set[str]:
     kinds = {**{name: spec[0] for name, spec in SERIES.items()}, **ELSEWHERE}
     out = set()
     for name, kind in kinds.items():
+        if kind == "counter" and not name.endswith("_total"):
+            name += "_total"  # Ray's exporter adds it to a counter's name
         out |= {f"ray_{name}{end}" for end in (("_bucket", "_sum", "_count") if kind == "histogram" else ("",))}
     return out
 
