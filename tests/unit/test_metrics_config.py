@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from prometheus_client import REGISTRY
 
 import engine.http.app  # noqa: F401 - registers every series of the HTTP process
-from actors.metrics import SERIES, exported
+from actors.metrics import SERIES, Meter, committed, exported
 from policy.labels import CALL_RESULTS, CODES, FAMILIES, NONE, OTHER, STATUSES, Bounds, family
 from policy.types import Attempt, Outcome
 
@@ -153,3 +153,34 @@ def test_label_values_are_bounded_whatever_the_input(channel, provider, status, 
     assert b.category(category) in {"security", OTHER}
     assert Bounds.call_result(ok, kind) in CALL_RESULTS | {OTHER}
     assert family(reason) in CODES | FAMILIES | {OTHER}
+
+
+class Calls(Meter):
+    """A Meter that keeps its calls instead of making Ray metrics (no Ray worker here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def inc(self, name, value, tags=None):
+        self.calls.append(("inc", name, value, tags))
+
+    def observe(self, name, values, tags=None):
+        self.calls.append(("observe", name, len(values), tags))
+
+
+def test_a_flush_reports_once_per_label_set_not_once_per_outcome():
+    b = Bounds(channels=["email"], providers=["ses"])
+    sent = [Outcome(f"n{i}", "u", "email", "c", "sent", "ok", 100.0, 101.0, provider="ses") for i in range(1000)]
+    off = [Outcome(f"m{i}", "u", "email", "c", "suppressed", f"pref.x{i}_off", 100.0, 101.0) for i in range(500)]
+    meter = Calls()
+    committed(meter, b, [sent, off], at=102.0)
+    assert sorted(c for c in meter.calls if c[0] == "inc") == [
+        ("inc", "tidings_deliveries_total", 500,
+         {"channel": "email", "provider": NONE, "status": "suppressed", "reason": "pref"}),
+        ("inc", "tidings_deliveries_total", 1000,
+         {"channel": "email", "provider": "ses", "status": "sent", "reason": "ok"})]
+    # the latencies go per series: one call each, every outcome in it
+    assert sorted(c for c in meter.calls if c[0] == "observe") == [
+        ("observe", "tidings_delivery_latency_seconds", 500, {"channel": "email", "status": "suppressed"}),
+        ("observe", "tidings_delivery_latency_seconds", 1000, {"channel": "email", "status": "sent"})]
