@@ -12,6 +12,7 @@ import time
 
 import msgspec
 
+from actors import metrics
 from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket, deliver, deliver_batch
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
@@ -19,6 +20,7 @@ from actors.delivery.routing import Router, make_router
 from actors.stalls import StallWatch, Watched
 from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
+from policy.labels import Bounds
 from policy.types import URGENT, DeliveryTask, Outcome
 from providers import registry
 from providers.base import BatchProvider
@@ -91,6 +93,9 @@ class ChannelShard(Watched):
         self.batch_size = 0
         self.mixed = False  # every provider's batch may mix contents
         self.watch = StallWatch(gc_young)
+        self.bounds = Bounds(channels=[channel], providers=[p.name for p in self.cfg.providers])
+        self.meter = metrics.Meter()
+        self.ticker = metrics.Ticker(self._sample)
 
     async def _ready(self) -> list[ProviderSlot]:
         if self.slots is not None:
@@ -108,6 +113,7 @@ class ChannelShard(Watched):
                 self.mixed = bool(slots) and all(getattr(s.provider, "mixed_content", False) for s in slots)
                 self.router = router
                 self.slots = slots
+                self.ticker.start()
                 self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
         return self.slots
 
@@ -125,6 +131,7 @@ class ChannelShard(Watched):
         else:
             outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in tasks))
         self.delivered += len(outcomes)
+        asyncio.get_running_loop().call_soon(self._measure, outcomes, slots)  # after the answer is sent
         if traced:  # one task per notification here: a shard serves one channel
             answered = time.time()
             for o in outcomes:
@@ -132,6 +139,38 @@ class ChannelShard(Watched):
                 if stamps is not None:
                     o.stages = {**stamps, "channel_in": arrived, "channel_out": answered}
         return wire.encode(outcomes)
+
+    def _measure(self, outcomes: list[Outcome], slots: list[ProviderSlot]) -> None:
+        """Provider call times (a batch's call once: its outcomes share their
+        attempts) and the rate-limit waits of this call's deliveries."""
+        calls: dict[tuple[str, str], list[float]] = {}
+        seen: set[int] = set()
+        for o in outcomes:
+            for a in o.attempts:
+                if id(a) not in seen:
+                    seen.add(id(a))
+                    key = (self.bounds.provider(a.provider), self.bounds.call_result(a.ok, a.error_kind))
+                    calls.setdefault(key, []).append(a.duration_ms / 1000.0)
+        channel = self.bounds.channel(self.channel)
+        for (provider, result), seconds in calls.items():
+            self.meter.observe("tidings_provider_call_seconds", seconds,
+                               {"channel": channel, "provider": provider, "result": result})
+        for s in slots:
+            waits, refused = s.bucket.drain_waits()
+            if waits or refused:
+                tags = {"channel": channel, "provider": self.bounds.provider(s.name)}
+                self.meter.observe("tidings_ratelimit_wait_seconds", waits, tags)
+                self.meter.inc("tidings_ratelimit_refused_total", refused, tags)
+
+    async def _sample(self) -> None:
+        """Each provider's breaker state (``tidings_breaker_state``), every tick."""
+        channel, shard = self.bounds.channel(self.channel), str(self.index)
+        for s in self.slots or ():
+            state, opened = s.breaker.state, s.breaker.metrics()["opened_at"]
+            if state == "open" and opened is not None and time.monotonic() - opened >= s.breaker.recovery_s:
+                state = "half_open"  # it lets the next call through as a probe: not open for an idle channel
+            self.meter.set("tidings_breaker_state", metrics.BREAKER_STATES[state],
+                           {"channel": channel, "provider": self.bounds.provider(s.name), "shard": shard})
 
     async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:
         outcomes = await deliver_batch(group, slots, **env)
@@ -155,5 +194,6 @@ class ChannelShard(Watched):
         }
 
     async def close(self) -> None:
+        self.ticker.stop()
         if self.slots:
             await asyncio.gather(*(s.provider.close() for s in self.slots), return_exceptions=True)

@@ -21,7 +21,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from actors import faults
+from actors import faults, metrics
 from actors.handles import resolve
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
@@ -85,6 +85,10 @@ class Ingestor(Watched):
         self.acks_traced: deque[float] = deque(maxlen=TRACED_KEPT)
         self._stage_metric = None
         self.watch = StallWatch(self.cfg.engine.gc_young)
+        self.meter = metrics.Meter()
+        self.subs: dict[str, object] = {}  # lane -> its pull subscription
+        # the consumers' lag is read by one Ingestor per lane (each lane's first), not by all
+        self.ticker = metrics.Ticker(self._sample) if index == 0 else None
 
     async def start(self) -> None:
         if self.running:
@@ -94,12 +98,16 @@ class Ingestor(Watched):
                                      max_reconnect_attempts=-1)
         self.js = streams.jetstream(self.nc)  # publish_async errors surface (the accepted events)
         await self._warm()
-        subs = [await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream) for lane in self.lanes]
+        self.subs = {lane: await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream)
+                     for lane in self.lanes}
+        subs = list(self.subs.values())
         self.running = True
         self.stopping.clear()
         self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)  # shared by this actor's lanes
         loop = asyncio.get_running_loop()
         self.loop_tasks = [loop.create_task(self._fetch_loop(sub)) for sub in subs]
+        if self.ticker is not None:
+            self.ticker.start()
         self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
 
     async def _warm(self) -> None:
@@ -336,6 +344,7 @@ class Ingestor(Watched):
                 continue
             await self._ack([m])
             self.stats["dead_lettered"] += 1
+            self._dead_lettered(["processing.failed"])
 
     async def _dead_letter(self, msg: Msg, reason: str, detail: str) -> None:
         seq = msg.metadata.sequence.stream
@@ -372,6 +381,25 @@ class Ingestor(Watched):
 
         if await self._acked([r.msg for r in rejected], answer, f"{len(rejected)} rejected messages"):
             self.stats["rejected"] += len(rejected)
+            self._dead_lettered([r.reason for r in rejected])
+
+    async def _sample(self) -> None:
+        """Each lane's consumer: messages not yet delivered (the lag), delivered
+        and not acked, redelivered; one request to the server per lane and tick."""
+        for lane, sub in list(self.subs.items()):
+            info = await sub.consumer_info()  # type: ignore[attr-defined]
+            tags = {"lane": lane}
+            self.meter.set("tidings_consumer_pending", info.num_pending or 0, tags)
+            self.meter.set("tidings_consumer_ack_pending", info.num_ack_pending or 0, tags)
+            self.meter.set("tidings_consumer_redelivered", info.num_redelivered or 0, tags)
+
+    def _dead_lettered(self, reasons: list[str]) -> None:
+        counts: dict[str, int] = {}
+        for r in reasons:
+            r = r if r in metrics.DEAD_LETTER_REASONS else "other"
+            counts[r] = counts.get(r, 0) + 1
+        for r, n in counts.items():
+            self.meter.inc("tidings_dead_letters_total", n, {"reason": r})
 
     async def info(self) -> dict:
         return {"index": self.index, "lanes": list(self.lanes), "running": self.running,
@@ -381,6 +409,8 @@ class Ingestor(Watched):
         """Stop fetching and let the batches in flight finish (they ack or nak)."""
         self.running = False
         self.stopping.set()
+        if self.ticker is not None:
+            self.ticker.stop()
         for task in self.loop_tasks:
             task.cancel()
         await asyncio.gather(*self.loop_tasks, return_exceptions=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 
 import msgspec
-from ray.util import metrics
 
 from actors import faults
+from actors.metrics import Meter, committed as measured, decode_bounds
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
 from infra import db
@@ -74,15 +74,15 @@ def _settle(p: _Pending, error: BaseException | None, committed: float = 0.0) ->
 
 
 class _Pending:
-    __slots__ = ("rows", "future", "traced")
+    __slots__ = ("rows", "future", "traced", "outcomes")
 
-    def __init__(self, rows: list[tuple], future: asyncio.Future, traced: list[Outcome]):
-        self.rows, self.future, self.traced = rows, future, traced
+    def __init__(self, rows: list[tuple], future: asyncio.Future, traced: list[Outcome], outcomes: list[Outcome]):
+        self.rows, self.future, self.traced, self.outcomes = rows, future, traced, outcomes
 
 
 class Recorder(Watched):
     def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None,
-                 gc_young: int = 0):
+                 gc_young: int = 0, labels: bytes | None = None):
         self.url, self.schema = database_url, schema
         self.cfg = msgspec.msgpack.decode(cfg, type=RecorderConfig)
         self.limits = msgspec.msgpack.decode(limits, type=DatabaseConfig) if limits else None  # None: the defaults
@@ -93,12 +93,12 @@ class Recorder(Watched):
         self.wake: asyncio.Event | None = None
         self.full: asyncio.Event | None = None
         self.flushed: asyncio.Event | None = None  # a flush ended (set by each; cleared by whoever waits on it)
-        self.counts: Counter[tuple[str, str]] = Counter()
+        self.bounds = decode_bounds(labels)  # label values (actors/metrics.py): engine/runtime.py passes them
+        self.meter = Meter()
         self.rows_written = 0
         self.flushes = 0
         self.flushing = 0  # flushes running now
         self._start_lock = asyncio.Lock()
-        self._metric = None
         self._stage_metric = None
         self.traced: deque[dict[str, float]] = deque(maxlen=TRACED_KEPT)
         self.traced_urgent: deque[dict[str, float]] = deque(maxlen=TRACED_KEPT)  # high and critical, also apart
@@ -112,8 +112,6 @@ class Recorder(Watched):
                 return
             self.wake, self.full, self.flushed = asyncio.Event(), asyncio.Event(), asyncio.Event()
             self.slots = asyncio.Semaphore(self.pool_max)
-            self._metric = metrics.Counter(
-                "tidings_outcomes", description="Terminal outcomes recorded", tag_keys=("channel", "status"))
             pool = await db.create_pool(self.url, self.schema, min_size=1, max_size=self.pool_max,
                                         init=_init_connection, limits=self.limits)
             asyncio.get_running_loop().create_task(self._flusher())
@@ -133,10 +131,8 @@ class Recorder(Watched):
             arrived = time.time()
             for o in traced:
                 o.stages["record_in"] = arrived
-        self.pending.append(_Pending([row(o) for o in outcomes], fut, traced))
+        self.pending.append(_Pending([row(o) for o in outcomes], fut, traced, outcomes))
         self.pending_rows += len(outcomes)
-        for o in outcomes:
-            self.counts[(o.channel, o.status)] += 1
         self.wake.set()
         if self.pending_rows >= self.cfg.flush_rows:
             self.full.set()
@@ -184,7 +180,6 @@ class Recorder(Watched):
             self.flushing -= 1
             self.slots.release()
             self.flushed.set()
-        self._report()
 
     async def _write_all(self, batch: list[_Pending]) -> None:
         """All callers in one transaction; if that fails, each caller on its own,
@@ -209,6 +204,8 @@ class Recorder(Watched):
         committed = time.time()
         for p in batch:
             _settle(p, None, committed)
+        # after every caller is answered: measuring never holds one back
+        asyncio.get_running_loop().call_soon(measured, self.meter, self.bounds, [p.outcomes for p in batch], committed)
         traced = [o for p in batch for o in p.traced]
         if traced:  # after every caller is answered: measuring never holds one back
             asyncio.get_running_loop().call_soon(self._traced, traced, committed)
@@ -245,11 +242,6 @@ class Recorder(Watched):
         self.rows_written += len(rows)
         self.flushes += 1
         log.debug("flushed %d rows in %.1f ms", len(rows), (time.perf_counter() - started) * 1000)
-
-    def _report(self) -> None:
-        for (channel, status), n in self.counts.items():
-            self._metric.inc(n, tags={"channel": channel, "status": status})
-        self.counts.clear()
 
     async def warm(self) -> None:
         """Set up now (the pool, the flusher) rather than on the first record."""

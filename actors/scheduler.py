@@ -23,6 +23,7 @@ from ray.util import metrics
 
 from actors import faults
 from actors.handles import resolve
+from actors.metrics import Meter, Ticker
 from infra import db
 from infra.config import Config, decode as decode_config
 from policy import wire
@@ -45,6 +46,8 @@ class Scheduler:
         self.deleted: Counter[str] = Counter()  # rows retention deleted, per kind
         self._deleted_metric = None
         self.last_round_at = 0.0
+        self.meter = Meter()
+        self.ticker = Ticker(self._sample)
 
     async def start(self) -> None:
         if self.pool is None:
@@ -52,10 +55,12 @@ class Scheduler:
                                              limits=self.cfg.database)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._loop())
+        self.ticker.start()
         if self.retention_task is None and self.cfg.retention.interval_s > 0:
             self.retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
 
     async def stop(self) -> None:
+        self.ticker.stop()
         for task in (self.task, self.retention_task):
             if task is not None:
                 task.cancel()
@@ -104,6 +109,17 @@ class Scheduler:
             for k in ("deferred", "digests", "items"):
                 self.stats[k] += r.get(k, 0)
         return len(dues) >= sc.batch
+
+    async def _sample(self) -> None:
+        """The held rows, due and waiting (``tidings_scheduled_backlog``), and the
+        oldest due one's lateness: one query a tick."""
+        if self.pool is None:
+            return
+        async with self.pool.acquire() as conn:
+            counts, overdue = await schedule_store.backlog(conn)
+        for (kind, state), n in counts.items():
+            self.meter.set("tidings_scheduled_backlog", n, {"kind": kind, "state": state})
+        self.meter.set("tidings_scheduled_overdue_seconds", overdue)
 
     async def _retention_loop(self) -> None:
         while True:

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from actors import metrics
 from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
@@ -98,6 +99,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self._writing = KeyedLock()  # by user: writes of one user in turn, of others at once
         self._preloading: asyncio.Task | None = None
         self.watch = StallWatch(self.cfg.engine.gc_young)
+        self.meter, self.bounds = metrics.Meter(), metrics.bounds(self.cfg)
+        self.ticker = metrics.Ticker(self._sample)
+        self._evicted_seen = 0
 
     async def _ready(self) -> None:
         if self.pool is None:
@@ -111,6 +115,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                         await pool.close()
                         raise
                     self.pool = pool
+                    self.ticker.start()
                     self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
                     if self.cfg.engine.preload_users:
                         self._preloading = asyncio.get_running_loop().create_task(self._warm_start())
@@ -199,6 +204,24 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
 
     def _committed(self, outcomes: list[Outcome]) -> None:
         self._forget((o.notification_id, o.channel) for o in outcomes)
+
+    def _released(self, outcomes: list[Outcome]) -> None:
+        """Outcomes of held notifications, committed here (schedules.finish), not
+        by the Recorder: counted in the same series as the Recorder's."""
+        self._committed(outcomes)
+        if outcomes:
+            metrics.committed(self.meter, self.bounds, [outcomes], time.time())
+
+    async def _sample(self) -> None:
+        """Cache sizes (``tidings_cache_entries{cache}``) and evictions, every tick."""
+        shard = str(self.index)
+        sizes = {"users": len(self.users), "preference_templates": len(self.template_cache),
+                 "message_templates": len(self.message_templates), "recent_ids": len(self.recent),
+                 "unrecorded": sum(len(v) for v in self.journal.values())}
+        for cache, n in sizes.items():
+            self.meter.set("tidings_cache_entries", n, {"cache": cache, "shard": shard})
+        evicted, self._evicted_seen = self.users.evicted - self._evicted_seen, self.users.evicted
+        self.meter.inc("tidings_cache_evictions_total", evicted, {"shard": shard})
 
     def _forget(self, pairs: Iterable[tuple[str, str]]) -> None:
         for nid, channel in pairs:
@@ -335,6 +358,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 digests = [it.user_id for it in items if isinstance(it, HeldDigest)]
                 states = await self._load_missing(conn, digests) if digests else {}  # their time zones
                 await schedule_store.hold(conn, items, lambda it: self._next_bucket(it, states))
+            metrics.held(self.meter, self.bounds, items)
 
     def _next_bucket(self, item: HeldDigest, states: Mapping[str, UserState]):
         state = states.get(item.user_id)
@@ -486,7 +510,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         settled = [(d.notification_id, d.channel) for d in dues if (d.notification_id, d.channel) in finished]
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, settled, [])
-        self._committed(outcomes)
+        self._released(outcomes)
         if error is not None:
             raise error
 
@@ -504,7 +528,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, [(d.notification_id, schedule_store.FALLBACK_CHANNEL)
                                                          for d in dues], [])
-        self._committed(outcomes)
+        self._released(outcomes)
 
     async def _send_digest(self, due: DueDigest, states: Mapping[str, UserState]) -> int:
         async with self.pool.acquire() as conn:
@@ -519,7 +543,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 raise error
         async with self.pool.acquire() as conn:
             await schedule_store.finish(conn, outcomes, [], [(due.key, [nid for nid, _ in found])])
-        self._committed(outcomes)
+        self._released(outcomes)
         return len(found)
 
     # -- users -----------------------------------------------------------------
@@ -784,6 +808,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         closed by force."""
         if self._preloading is not None:
             self._preloading.cancel()
+        self.ticker.stop()
         pool, self.pool = self.pool, None
         if pool is not None:
             try:

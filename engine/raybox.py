@@ -48,10 +48,11 @@ def init(cfg: RayConfig) -> dict:
             else:
                 own_token()
                 ray.init(include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
-                         dashboard_port=cfg.dashboard_port, num_cpus=cfg.num_cpus, **common)
+                         dashboard_port=cfg.dashboard_port, num_cpus=cfg.num_cpus,
+                         _metrics_export_port=cfg.metrics_port or None, **common)
         private_token()
     ctx = ray.get_runtime_context()
-    return {"dashboard": dashboard_url(), "gcs_address": ctx.gcs_address}
+    return {"dashboard": dashboard_url(), "gcs_address": ctx.gcs_address, "metrics_port": metrics_port()}
 
 
 TOKEN_PATH = "~/.ray/auth_token"  # where Ray keeps its token unless RAY_AUTH_TOKEN(_PATH) says otherwise
@@ -102,6 +103,15 @@ def keeping_sigterm() -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def metrics_port() -> int | None:
+    """The port this node's metrics agent serves the actors' series on (Prometheus's text format)."""
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        return next(int(n["MetricsExportPort"]) for n in ray.nodes() if n["NodeID"] == node_id)
+    except Exception:  # noqa: BLE001 - informative only
+        return None
 
 
 def dashboard_url() -> str | None:

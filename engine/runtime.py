@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 
 from actors import handles
+from actors.metrics import encode_bounds
 from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams
@@ -96,7 +97,7 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     recorder_name = handles.name(run, "recorder", 0)
     recorder = Recorder.options(**opts, name=recorder_name).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
-        limits=_encode(cfg.database), gc_young=cfg.engine.gc_young)
+        limits=_encode(cfg.database), gc_young=cfg.engine.gc_young, labels=encode_bounds(cfg))
     enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
 
     # a channel's name is free text in the config: its actors' kind is prefixed, never "user" or "recorder"

@@ -136,6 +136,9 @@ class RayConfig(_Section):
     dashboard_port: int = 8265
     num_cpus: int | None = None
     actor_cpus: NonNegative = 0.0  # CPUs each actor reserves; >0 spreads them on a cluster
+    # where a local Ray's metrics agent serves the actors' series (ray_tidings_*) for
+    # Prometheus; 0: a port Ray picks (printed at start). A cluster keeps its own
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class HttpConfig(_Section):

@@ -187,3 +187,27 @@ def _final_row(o: Outcome) -> tuple:
     return (uuid.UUID(o.notification_id), o.user_id, o.channel, o.category, o.priority, o.status, reason,
             provider, message_id, len(o.attempts), timeline, errors, o.accepted_at or None, o.completed_at,
             uuid.UUID(o.parent_id) if o.parent_id else None)
+
+
+BACKLOG = """
+SELECT kind, count(*) FILTER (WHERE due_at <= now()), count(*) FILTER (WHERE due_at > now()),
+       EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now()))
+FROM scheduled_notifications WHERE status = 'pending' AND kind IN ('deferred', 'fallback') GROUP BY kind
+UNION ALL
+SELECT 'digest', count(*) FILTER (WHERE due_at <= now()), count(*) FILTER (WHERE due_at > now()),
+       EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now()))
+FROM digest_buckets WHERE status <> 'sent'
+"""
+
+
+async def backlog(conn: asyncpg.Connection) -> tuple[dict[tuple[str, str], int], float]:
+    """What is held, for the metrics: {(kind, "due" | "waiting"): rows} for the
+    deferred rows, fallback checks and digest buckets (over their partial
+    indexes), and how long the oldest due one has waited past its time (0: none)."""
+    counts = {(kind, state): 0 for kind in ("deferred", "fallback", "digest") for state in ("due", "waiting")}
+    overdue = 0.0
+    for kind, due, waiting, late in await conn.fetch(BACKLOG):
+        counts[(kind, "due")] += due
+        counts[(kind, "waiting")] += waiting
+        overdue = max(overdue, float(late or 0.0))
+    return counts, overdue

@@ -17,6 +17,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 _EPS = 1e-9  # float slack, so a waiter woken at exactly the computed time succeeds
 _DAY_S = 86_400
+WAITS_KEPT = 100_000  # waits kept until drained: a bound in case no one drains them
 
 
 class TokenBucket:
@@ -33,6 +34,16 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock()  # refill reference time; in the future while paused
         self._paused_until = -math.inf
+        # for the metrics (actors/metrics.py), taken by ``drain_waits``: the seconds
+        # each acquire that had to wait waited, and how many gave up
+        self.waits: list[float] = []
+        self.refused = 0
+
+    def drain_waits(self) -> tuple[list[float], int]:
+        """The waits and refusals since the last call, forgotten here."""
+        waits, refused = self.waits, self.refused
+        self.waits, self.refused = [], 0
+        return waits, refused
 
     @property
     def unlimited(self) -> bool:
@@ -77,13 +88,19 @@ class TokenBucket:
     async def acquire(self, sleep: Sleep, max_wait_s: float) -> bool:
         """Wait (with ``sleep``) for one token and take it; False, without waiting
         further, as soon as getting it would take longer than ``max_wait_s`` in all."""
-        deadline = self._clock() + max(0.0, max_wait_s)
+        started = self._clock()
+        deadline = started + max(0.0, max_wait_s)
+        waited = False
         while True:
             wait = self.try_take()
             if wait <= 0.0:
+                if waited and len(self.waits) < WAITS_KEPT:
+                    self.waits.append(self._clock() - started)
                 return True
             if self._clock() + wait > deadline + _EPS:
+                self.refused += 1
                 return False
+            waited = True
             await sleep(wait)
 
     def pause_until(self, t: float) -> None:

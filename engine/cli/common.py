@@ -42,7 +42,8 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
         bounce_server = await bounces.serve(engine)
         url = f"http://{cfg.http.host}:{http.bound_port(runner)}"
         console.print(f"[green]Tidings is up[/green]: HTTP {url}  NATS {engine.nats_url}  "
-                      f"Ray dashboard {engine.ray_info.get('dashboard') or '(off)'}")
+                      f"Ray dashboard {engine.ray_info.get('dashboard') or '(off)'}  "
+                      f"actor metrics :{engine.ray_info.get('metrics_port') or '?'}/metrics")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

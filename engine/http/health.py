@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Literal
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from engine.http.access import Media, Ops, Public, Route, register
 from engine.http.common import ENGINE, reply
 from infra import streams
 from policy.api import ErrorAnswer
+
+log = logging.getLogger(__name__)
+
+READY = Gauge("tidings_ready", "Each readiness check of /readyz, sampled by this process: 1 passes, 0 fails",
+              ["check"])
+READY_SAMPLE_S = 15.0  # how often the checks are made for tidings_ready (Prometheus scrapes about as often)
 
 
 class Liveness(msgspec.Struct):
@@ -63,7 +70,12 @@ async def readyz(request: web.Request) -> web.Response:
     Ingestor's loop runs, the Scheduler's loop and the status events' relay
     turned recently. Also shows
     the ingest lag (messages waiting in each lane's consumer), not a check."""
-    engine = request.app[ENGINE]
+    ready = await readiness(request.app[ENGINE])
+    return reply(ready, status=200 if ready.status == "ready" else 503)
+
+
+async def readiness(engine) -> Readiness:
+    """The checks of ``readyz``, and the lag it shows."""
     nats = engine.nc is not None and engine.nc.is_connected
     postgres = await _answers([engine.pool.fetchval("SELECT 1")], 2) is not None
     ray = await _answers([a.info.remote() for a in engine.actors.user_shards]) is not None
@@ -87,8 +99,29 @@ async def readyz(request: web.Request) -> web.Response:
                                                            streams.consumer_name(engine.cfg.nats, lane))], 2)
             lag[lane] = info[0].num_pending if info else None
     ok = all(msgspec.structs.astuple(checks))
-    return reply(Readiness(status="ready" if ok else "not ready", checks=checks, ingest_lag=lag),
-                 status=200 if ok else 503)
+    return Readiness(status="ready" if ok else "not ready", checks=checks, ingest_lag=lag)
+
+
+async def sample_readiness(app: web.Application):
+    """``tidings_ready{check}`` every ``READY_SAMPLE_S`` while the app runs (an
+    aiohttp cleanup context), so an alert does not depend on who calls /readyz."""
+
+    async def loop() -> None:
+        names = [f.name for f in msgspec.structs.fields(ReadyChecks)]
+        while True:
+            try:
+                checks = msgspec.structs.asdict((await readiness(app[ENGINE])).checks)
+            except Exception:
+                log.debug("readiness sample failed", exc_info=True)
+                checks = {}
+            for name in names:
+                READY.labels(name).set(1 if checks.get(name) else 0)
+            await asyncio.sleep(READY_SAMPLE_S)
+
+    task = asyncio.get_running_loop().create_task(loop())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -106,3 +139,4 @@ ROUTES = [
 
 def add_routes(app: web.Application) -> None:
     register(app, ROUTES)
+    app.cleanup_ctx.append(sample_readiness)

@@ -21,6 +21,7 @@ from engine.runtime import Engine
 from infra import streams
 from policy.api import Accepted, AcceptedBatch, BroadcastStatus, ChannelOutcome, NotificationStatus, OutcomeCount
 from policy.email import content_problem
+from policy.labels import OTHER
 from policy.types import BroadcastRequest, NotificationRequest, derive_id, notification_id
 from policy.validate import message_errors
 from stores import engagement
@@ -144,8 +145,9 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
     except (TimeoutError, nats.errors.Error) as e:
         raise not_accepted(e) from None
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
+    known = engine.policy.categories  # label values from the config only (policy/labels.py)
     for r in reqs:
-        ACCEPTED.labels(r.category).inc()
+        ACCEPTED.labels(r.category if r.category in known else OTHER).inc()
     return [Accepted(id=str(r.id), duplicate=bool(a.duplicate)) for r, a in zip(reqs, acks, strict=True)]
 
 

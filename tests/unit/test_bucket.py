@@ -77,6 +77,16 @@ async def test_acquire_counts_total_wait_against_max_wait():
     assert sum(clock.sleeps) <= 1.5
 
 
+async def test_waits_and_refusals_are_kept_for_the_metrics_until_drained():
+    clock = FakeClock()
+    bucket = TokenBucket(rate_per_s=2.0, burst=1.0, clock=clock)
+    assert await bucket.acquire(clock.sleep, max_wait_s=1.0)  # the burst: no wait, nothing kept
+    assert await bucket.acquire(clock.sleep, max_wait_s=1.0)  # waits half a second
+    assert not await bucket.acquire(clock.sleep, max_wait_s=0.1)  # would wait half a second: refused
+    assert bucket.drain_waits() == ([pytest.approx(0.5)], 1)
+    assert bucket.drain_waits() == ([], 0)
+
+
 def test_pause_until_blocks_then_resumes_without_burst():
     clock = FakeClock()
     bucket = TokenBucket(rate_per_s=2.0, burst=5.0, clock=clock)

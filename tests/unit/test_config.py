@@ -19,6 +19,11 @@ def test_env_overrides_profile_and_converts_types():
     assert cfg.engine.user_shards == 5 and cfg.nats.url == "nats://x:4222" and cfg.ray.dashboard is False
 
 
+def test_ray_metrics_port_is_a_setting():
+    assert settings.load(env={}).ray.metrics_port == 0  # Ray picks one
+    assert settings.load(env={"TIDINGS_RAY_METRICS_PORT": "9101"}).ray.metrics_port == 9101
+
+
 def test_ray_address_is_honoured():
     assert settings.load(env={"RAY_ADDRESS": "ray://head:10001"}).ray.address == "ray://head:10001"
 
@@ -29,6 +34,7 @@ def test_ray_address_is_honoured():
     ({"TIDINGS_ENGINE_USER_SHARDS": "many"}, "$.engine.user_shards"),
     ({"TIDINGS_ENGINE_USER_SHARDS": "0"}, "$.engine.user_shards"),
     ({"TIDINGS_NATS_PREFIX": "bad prefix"}, "$.nats.prefix"),
+    ({"TIDINGS_RAY_METRICS_PORT": "70000"}, "$.ray.metrics_port"),
 ])
 def test_bad_settings_are_errors_that_name_the_key(env, named):
     with pytest.raises(ConfigError, match=named.replace("$", r"\$")):
