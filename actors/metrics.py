@@ -120,7 +120,7 @@ class Meter:
 
     def __init__(self) -> None:
         self._made: dict[str, Any] = {}
-        self._failed = False
+        self._failed: set[str] = set()
 
     def _series(self, name: str) -> Any:
         m = self._made.get(name)
@@ -135,23 +135,23 @@ class Meter:
             self._made[name] = m
         return m
 
-    def _failure(self) -> None:
-        if not self._failed:  # said once: a broken exporter must not flood the log
-            log.exception("metrics failed (logged once)")
-        self._failed = True
+    def _failure(self, name: str) -> None:
+        if name not in self._failed:  # said once per series: a broken exporter must not flood the log
+            log.exception("metric %s failed (logged once)", name)
+        self._failed.add(name)
 
     def inc(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
         try:
             if value:
                 self._series(name).inc(value, tags=tags)
         except Exception:  # noqa: BLE001 - a measurement never fails the work
-            self._failure()
+            self._failure(name)
 
     def set(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
         try:
             self._series(name).set(value, tags=tags)
         except Exception:  # noqa: BLE001
-            self._failure()
+            self._failure(name)
 
     def observe(self, name: str, values: list[float], tags: dict[str, str] | None = None) -> None:
         """Every value of ``values`` (one series, its tags built once)."""
@@ -160,20 +160,30 @@ class Meter:
             for v in values:
                 h.observe(v, tags=tags)
         except Exception:  # noqa: BLE001
-            self._failure()
+            self._failure(name)
 
 
-def committed(meter: Meter, b: Bounds, batches: list[list[Outcome]], at: float) -> None:
+def committed(meter: Meter, b: Bounds, batches: list[list[Outcome]], at: float, *, released: bool = False) -> None:
     """Outcomes committed at ``at``: ``tidings_deliveries_total`` once per label
     set, and each one's time from accepted to committed
-    (``tidings_delivery_latency_seconds``; one series per channel and status)."""
+    (``tidings_delivery_latency_seconds``; one series per channel and status)
+    unless ``released``: a held notification's time is the hold's (quiet hours,
+    a digest, a retry window), not the engine's, and would make the latency's
+    p99 hours every morning. Never raises: the work is committed already."""
+    try:
+        _committed(meter, b, batches, at, released)
+    except Exception:  # noqa: BLE001 - a measurement never fails committed work
+        meter._failure("tidings_deliveries_total")
+
+
+def _committed(meter: Meter, b: Bounds, batches: list[list[Outcome]], at: float, released: bool) -> None:
     counts: Counter[tuple[str, str, str, str]] = Counter()
     latencies: dict[tuple[str, str], list[float]] = {}
     for outcomes in batches:
         for o in outcomes:
             labels = b.outcome(o)
             counts[labels] += 1
-            if o.accepted_at:
+            if o.accepted_at and not released:
                 latencies.setdefault((labels[0], labels[2]), []).append(max(0.0, at - o.accepted_at))
     for (channel, provider, status, reason), n in counts.items():
         meter.inc("tidings_deliveries_total", n,
@@ -184,7 +194,15 @@ def committed(meter: Meter, b: Bounds, batches: list[list[Outcome]], at: float) 
 
 def held(meter: Meter, b: Bounds, items: list[Held]) -> None:
     """Notifications held (their ``deferred`` or ``digested`` tracking rows
-    committed with them, stores/schedules.py ``hold``): counted with the outcomes."""
+    committed with them, stores/schedules.py ``hold``): counted with the
+    outcomes. Never raises: the hold is committed already."""
+    try:
+        _held(meter, b, items)
+    except Exception:  # noqa: BLE001 - a measurement never fails committed work
+        meter._failure("tidings_deliveries_total")
+
+
+def _held(meter: Meter, b: Bounds, items: list[Held]) -> None:
     counts: Counter[tuple[str, str, str]] = Counter()
     for it in items:
         if isinstance(it, HeldDeferred):

@@ -210,7 +210,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         by the Recorder: counted in the same series as the Recorder's."""
         self._committed(outcomes)
         if outcomes:
-            metrics.committed(self.meter, self.bounds, [outcomes], time.time())
+            metrics.committed(self.meter, self.bounds, [outcomes], time.time(), released=True)
 
     async def _sample(self) -> None:
         """Cache sizes (``tidings_cache_entries{cache}``) and evictions, every tick."""

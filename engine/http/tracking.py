@@ -49,10 +49,11 @@ import logging
 import os
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import msgspec
 from aiohttp import web
+from prometheus_client import Counter as PromCounter
 
 from engine.http.access import Media, Param, Public, Route, register
 from engine.http.common import ENGINE, Problem, decode, read_body, reply
@@ -83,6 +84,11 @@ from stores import engagement, users as user_store
 log = logging.getLogger(__name__)
 
 MAILGUN_TOKENS = web.AppKey("mailgun_tokens", SharedTokens)
+# what providers report after the send (delivered, bounced, complained, opened, …), counted where the
+# tracking row takes it; the actors' tidings_deliveries_total counts up to "sent"
+PROVIDER_EVENTS = PromCounter("tidings_provider_events_total", "Tracking rows whose status a provider's report changed",
+                              ["channel", "status"])
+
 FAMILIES = ("sendgrid", "mailgun", "twilio", "vonage", "messagebird", "ses", "sns")
 # Status order: a tracking event moves a row only to a higher rank.
 RANK = {"delivered": 1, "failed": 1, "bounced": 2, "complained": 2}
@@ -497,6 +503,7 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
               for ev in events]
     updated = suppressed = 0
     users: set[str] = set()
+    changes: Counter[tuple[str, str]] = Counter()
     async with engine.pool.acquire() as conn, conn.transaction():
         for ev in events:
             chans = [ev.channel] if ev.channel in channels else channels
@@ -515,6 +522,8 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                 reason = reason_of(ev) if changed else None
                 await conn.execute(UPDATE_ROW, row["id"], entry, status, reason, changed, MAX_TIMELINE)
                 updated += 1
+                if changed:
+                    changes[(row["channel"], status)] += 1
                 if ev.engagement is not None and row["status"] in engagement.OPENABLE:
                     await engagement.record(conn, [engaged(ev, row)])
             if ev.hard and ev.status in ("bounced", "complained") and ev.address:
@@ -524,6 +533,8 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                 new, owners = await user_store.suppress(conn, engine.ring, channel, ev.address, why, ev.provider)
                 suppressed += new
                 users.update(owners)
+    for (channel, status), n in changes.items():  # committed: counted (channels and statuses are the rows' own)
+        PROVIDER_EVENTS.labels(channel=channel, status=status).inc(n)
     await reload(engine, sorted(users))
     return TrackingApplied(events=len(events), updated=updated, suppressed=suppressed, users=sorted(users))
 

@@ -12,6 +12,7 @@ import uuid
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.config import ChannelConfig, ProviderConfig
 from policy.types import UserProfile
@@ -76,9 +77,14 @@ async def test_the_subscription_is_confirmed(engine, aws):
     assert status == 200 and topic.confirmations == 1
 
 
+def provider_events(status: str) -> float:
+    return REGISTRY.get_sample_value("tidings_provider_events_total", {"channel": "email", "status": status}) or 0.0
+
+
 async def test_delivery_bounce_and_complaint_move_rows_and_suppress(engine, aws):
     _, topic = aws
     delivered, bounced, complained = await send(engine, "e1"), await send(engine, "e2"), await send(engine, "e3")
+    counted = {s: provider_events(s) for s in ("delivered", "bounced", "complained")}
     at = "2026-12-03T10:00:01.000Z"
     for nid, address, doc in (
             (delivered, "e1@example.com", {"delivery": {"timestamp": at, "recipients": ["e1@example.com"],
@@ -96,6 +102,8 @@ async def test_delivery_bounce_and_complaint_move_rows_and_suppress(engine, aws)
     assert await row_status(engine, delivered, "delivered") == ("delivered", "delivery")  # SES names it so
     assert (await row_status(engine, bounced, "bounced"))[0] == "bounced"
     assert (await row_status(engine, complained, "complained"))[0] == "complained"
+    # each change counted once, in the HTTP process's /metrics
+    assert {s: provider_events(s) - n for s, n in counted.items()} == {"delivered": 1, "bounced": 1, "complained": 1}
     await asyncio.sleep(0.5)  # the shards reload the suppressed users after the commit
     assert await row_status(engine, await send(engine, "e2")) == ("suppressed", "suppression.bounce")
     assert await row_status(engine, await send(engine, "e3")) == ("suppressed", "suppression.complaint")
