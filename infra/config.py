@@ -413,6 +413,7 @@ def convert(data: Mapping[str, Any]) -> Config:
     check_retention(cfg)
     check_bounces(cfg)
     check_events(cfg)
+    check_ports(cfg)
     return check_engagement(cfg)
 
 
@@ -430,6 +431,18 @@ def check_retention(cfg: Config) -> None:
         if days and age and days * 86400 < age:
             raise ConfigError(f"config: retention.{name} = {days} is shorter than nats.max_age_s "
                               f"({age:g} s, {age / 86400:g} days), how long a message may still be redelivered")
+
+
+def check_ports(cfg: Config) -> None:
+    """The ports the engine opens on one host differ (a clash would surface as
+    a bind error deep in Ray's start, or as one service answering for another)."""
+    ports = {"http.port": cfg.http.port, "ray.dashboard_port": cfg.ray.dashboard_port,
+             "ray.metrics_port": cfg.ray.metrics_port}
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port and port in seen:
+            raise ConfigError(f"config: {key} = {port} is also {seen[port]}")
+        seen.setdefault(port, key)
 
 
 def check_events(cfg: Config) -> None:

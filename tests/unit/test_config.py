@@ -85,3 +85,9 @@ def test_event_egress_allow_is_checked_as_cidrs_when_loaded():
         ["127.0.0.0/8", "::1"]
     with pytest.raises(ConfigError, match="events.egress_allow entry 'intranet'"):
         settings.load(env={"TIDINGS_EVENTS_EGRESS_ALLOW": "127.0.0.1,intranet"})
+
+
+def test_the_ports_the_engine_opens_differ():
+    with pytest.raises(ConfigError, match="ray.metrics_port = 8080 is also http.port"):
+        settings.load(env={"TIDINGS_RAY_METRICS_PORT": "8080"})
+    assert settings.load(env={"TIDINGS_RAY_METRICS_PORT": "9101"}).ray.metrics_port == 9101
