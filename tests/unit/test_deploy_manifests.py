@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema  # kubernetes-validate's own validator
 import kubernetes_validate
 import pytest
 import yaml
@@ -32,6 +33,8 @@ DEPLOY = ROOT / "configs" / "deploy"
 K8S = DEPLOY / "kubernetes"
 # The oldest Kubernetes the manifests are meant for; its schemas ship with kubernetes-validate.
 K8S_VERSION = "1.33.0"
+# The RayCluster CRD's schema of the KubeRay release the manifest is written for (see its $comment).
+KUBERAY_SCHEMA = Path(__file__).parent / "data" / "kuberay-raycluster-v1.7.0.schema.json"
 # Names whose values are secret wherever they appear (env variables, ConfigMap keys).
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEYS?$|CREDENTIAL|DATABASE_URL|REDIS_URL", re.I)
 SECRET_FLAGS = {"--requirepass"}  # command-line flags whose value is secret
@@ -79,14 +82,37 @@ def as_pod_template(name: str, template: dict) -> dict:
     return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
 
 
+def no_unknown_fields(schema: Any) -> Any:
+    """The schema with unknown fields refused, as ``kubectl apply`` (strict field
+    validation) refuses them, wherever it lists the fields and keeps no others."""
+    if isinstance(schema, list):
+        return [no_unknown_fields(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: no_unknown_fields(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def kuberay_errors(rc: dict) -> list[str]:
+    schema = no_unknown_fields(json.loads(KUBERAY_SCHEMA.read_text()))
+    return [f"RayCluster: {'/'.join(str(p) for p in e.path)}: {e.message}"
+            for e in jsonschema.Draft7Validator(schema).iter_errors(rc)]
+
+
 def raycluster_errors(rc: dict) -> list[str]:
-    """The KubeRay fields our cluster relies on, and its pod templates as core/v1."""
-    errors: list[str] = []
+    """The RayCluster against KubeRay's schema, the fields our cluster relies on,
+    and its pod templates as core/v1."""
+    errors = kuberay_errors(rc)
     if rc.get("apiVersion") != "ray.io/v1" or rc.get("kind") != "RayCluster":
         errors.append("not a ray.io/v1 RayCluster")
     spec = rc.get("spec", {})
     if spec.get("enableInTreeAutoscaling") is not True:
         errors.append("spec.enableInTreeAutoscaling must be true")
+    if spec.get("authOptions", {}).get("mode", "token") != "token" or not spec.get("authOptions", {}).get("secretName"):
+        errors.append("spec.authOptions: token authentication with our own Secret (the engine reads it too)")
     head = spec.get("headGroupSpec", {})
     groups = [("head", head)] + [(f"worker {g.get('groupName')}", g) for g in spec.get("workerGroupSpecs", [])]
     if len(groups) < 2:
@@ -342,9 +368,17 @@ def test_secrets_are_referenced_never_written():
     rc = one("RayCluster")
     pods += [rc["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in rc["spec"]["workerGroupSpecs"]]
     env = [e for p in pods for c in p["spec"]["containers"] for e in c.get("env", [])]
-    env += rc["spec"]["autoscalerOptions"]["env"]
+    env += rc["spec"]["autoscalerOptions"].get("env", [])
     secret_env = [e for e in env if is_secret_name(e["name"])]
     assert secret_env and all("secretKeyRef" in e.get("valueFrom", {}) for e in secret_env)
+
+
+def test_the_engine_presents_the_ray_clusters_token():
+    rc = one("RayCluster")
+    [token] = [e for e in engine_container()["env"] if e["name"] == "RAY_AUTH_TOKEN"]
+    # KubeRay reads the token from the key auth_token of authOptions.secretName
+    assert token["valueFrom"]["secretKeyRef"] == {"name": rc["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+    assert engine_env()["RAY_AUTH_MODE"] == "token"
 
 
 def test_postgresql_cluster_gives_the_secret_the_engine_reads():
@@ -397,6 +431,9 @@ def test_compose_engine_settings_load():
     (lambda rc: rc.update(apiVersion="ray.io/v1alpha1"), "ray.io/v1"),
     (lambda rc: rc["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}), "strings"),
     (lambda rc: rc["spec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
+    (lambda rc: rc["spec"]["workerGroupSpecs"][0].update(minReplica=1), "minReplica"),
+    (lambda rc: rc["spec"]["autoscalerOptions"].update(upscalingMode="Fast"), "upscalingMode"),
+    (lambda rc: rc["spec"].pop("authOptions"), "authOptions"),
     (lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"][0].update(
         containerPort="gcs"), "containerPort"),
     (lambda rc: rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].update(resource={}),
