@@ -381,6 +381,21 @@ def test_the_engine_presents_the_ray_clusters_token():
     assert engine_env()["RAY_AUTH_MODE"] == "token"
 
 
+def test_provider_files_are_where_the_ray_pods_mount_them():
+    # ChannelShards open key files on the Ray nodes: each *_file setting of the
+    # production profile must lie under a Secret volume every Ray container mounts
+    cfg = settings.load(env=engine_env())
+    files = [v for ch in cfg.channels.values() for p in ch.providers for k, v in p.settings.items()
+             if k.endswith("_file") and isinstance(v, str)]
+    assert files
+    rc = one("RayCluster")
+    for template in [rc["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in rc["spec"]["workerGroupSpecs"]]:
+        secret_volumes = {v["name"] for v in template["spec"]["volumes"] if "secret" in v}
+        for c in template["spec"]["containers"]:
+            mounts = [m["mountPath"].rstrip("/") + "/" for m in c["volumeMounts"] if m["name"] in secret_volumes]
+            assert all(any(f.startswith(m) for m in mounts) for f in files), (files, mounts)
+
+
 def test_postgresql_cluster_gives_the_secret_the_engine_reads():
     pg = one("Cluster", manifests()["postgresql.yaml"])
     assert pg["apiVersion"] == "postgresql.cnpg.io/v1" and pg["spec"]["instances"] >= 3
