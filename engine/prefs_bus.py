@@ -131,11 +131,14 @@ def stream_name(cfg) -> str:
 async def ensure_stream(js, cfg) -> None:
     config = StreamConfig(name=stream_name(cfg), subjects=[f"{cfg.prefix}.prefs.set.>"],
                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                          duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s)
+                          duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
+                          num_replicas=cfg.replicas)
     try:
         await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
+    else:
+        await js.update_stream(config)  # a changed nats.replicas
     await js.add_consumer(config.name, ConsumerConfig(durable_name=f"{cfg.consumer}-prefs",
                                                       ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_s))
 

@@ -86,6 +86,9 @@ class NatsConfig(_Section):
     max_bytes: Annotated[int, Meta(ge=0)] = 0
     dlq_max_msgs: Positive = 1_000_000  # the dead-letter stream; full: a message stays in the work stream
     dlq_max_bytes: Annotated[int, Meta(ge=0)] = 0
+    # copies of each stream on a NATS cluster (3 in production: one server down loses nothing and
+    # stops nothing); a single server takes 1 only. Changed on the streams at the next start
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
 
 
 class DatabaseConfig(_Section):

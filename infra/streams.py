@@ -143,7 +143,7 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
     once full (discard "new"): a full stream pushes back on its producers and
     never drops what it already accepted."""
     await _ensure(js, StreamConfig(
-        name=cfg.stream,
+        name=cfg.stream, num_replicas=cfg.replicas,
         subjects=[notify_wildcard(cfg), priority_wildcard(cfg), broadcast_wildcard(cfg)],
         # Work queue: a message leaves the stream once the engine acks it, which it
         # does only after the outcome is committed in PostgreSQL.
@@ -156,7 +156,7 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
         discard=DiscardPolicy.NEW,
     ))
     await _ensure(js, StreamConfig(
-        name=dlq_stream(cfg), subjects=[dlq_subject(cfg)], storage=StorageType.FILE,
+        name=dlq_stream(cfg), subjects=[dlq_subject(cfg)], storage=StorageType.FILE, num_replicas=cfg.replicas,
         duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
         # full: the dead-letter publish fails and the message stays in the work stream
         max_msgs=cfg.dlq_max_msgs, max_bytes=cfg.dlq_max_bytes or -1, discard=DiscardPolicy.NEW,
@@ -214,6 +214,7 @@ async def ensure_events_stream(js: JetStreamContext, cfg: NatsConfig, max_age_s:
     (each webhook subscription has its own); full, it drops its oldest."""
     await _ensure(js, StreamConfig(
         name=events_stream(cfg), subjects=[events_wildcard(cfg)], retention=RetentionPolicy.LIMITS,
+        num_replicas=cfg.replicas,
         storage=StorageType.FILE, max_age=max_age_s,
         # NATS refuses a duplicate window longer than the stream keeps messages
         duplicate_window=min(EVENTS_DUPLICATE_WINDOW_S, max_age_s) if max_age_s else EVENTS_DUPLICATE_WINDOW_S,
