@@ -40,7 +40,9 @@ def about(notification_id: str) -> Iterator[None]:
 
 
 def ids(record: logging.LogRecord) -> dict[str, str]:
-    """The notification, trace and span ids a line carries (those known)."""
+    """The notification, trace and span ids a line carries (those known): the
+    trace from the current span, else from the record's ``traceparent`` (an
+    actor's line about a traced notification it handles outside a span)."""
     out = {}
     nid = getattr(record, "notification_id", None) or NOTIFICATION_ID.get()
     if nid:
@@ -49,6 +51,10 @@ def ids(record: logging.LogRecord) -> dict[str, str]:
     if ctx.is_valid:
         out["trace_id"] = f"{ctx.trace_id:032x}"
         out["span_id"] = f"{ctx.span_id:016x}"
+    else:
+        parent = getattr(record, "traceparent", None)
+        if isinstance(parent, str) and len(parent) == 55:
+            out["trace_id"], out["span_id"] = parent[3:35], parent[36:52]
     return out
 
 
