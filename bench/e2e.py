@@ -276,6 +276,7 @@ async def run_all(args, services: Services) -> dict:
     latency = paced or best
     result = {
         "n": args.n, "channels": args.channels, "cores": os.cpu_count(), "versions": await versions(),
+        "otlp_ratio": args.otlp,  # None: traces off; else on at this ratio (compare two runs' figures)
         "e2e_per_s": best["e2e_per_s"], "shards": best["shards"],
         "p50_ms": latency["p50_ms"], "p95_ms": latency["p95_ms"], "p99_ms": latency["p99_ms"],
         "max_ms": latency["max_ms"], "latency_at_rate": latency["rate"] or None,

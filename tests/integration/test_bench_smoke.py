@@ -24,6 +24,7 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
                 "versions"):
         assert result[key] is not None, key
     assert result["n"] == 300 and result["e2e_per_s"] > 0 and result["ratio"] > 0
+    assert result["otlp_ratio"] == 0.1
     run = result["backlog_runs"][0]
     assert run["rows"] == 640  # 300 and the 20 urgent ones, on two channels each
     assert run["urgent"]["rows"] == 40 and run["urgent"]["sent_p99_ms"] is not None
