@@ -191,8 +191,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             self.spans[inb.id] = span
 
     def _linked(self, outcomes: list[Outcome]) -> None:
-        """Outcomes of traced notifications name this shard's span as their
-        parent in the Recorder (those a ChannelShard made named its own)."""
+        """Every outcome of a traced notification (a ChannelShard's or the plan's
+        own) names this shard's span as its parent in the Recorder."""
         for o in outcomes:
             span = self.spans.get(o.notification_id)
             if span is not None:
