@@ -12,12 +12,13 @@ import time
 
 import msgspec
 
-from actors import metrics
+from actors import metrics, spans
 from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket, deliver, deliver_batch
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
 from actors.stalls import StallWatch, Watched
+from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
 from policy import wire
 from policy.labels import Bounds
@@ -82,7 +83,8 @@ def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> lis
 
 
 class ChannelShard(Watched):
-    def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0):
+    def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0, observe: bytes | None = None):
+        telemetry.setup_actor(observe, f"channel_shard.{channel}")
         self.channel, self.index = channel, index
         self.cfg = msgspec.msgpack.decode(cfg, type=ChannelConfig)
         self.slots: list[ProviderSlot] | None = None
@@ -138,6 +140,8 @@ class ChannelShard(Watched):
                 stamps = traced.get(o.notification_id)
                 if stamps is not None:
                     o.stages = {**stamps, "channel_in": arrived, "channel_out": answered}
+        if telemetry.tracer() is not None:
+            self._spans(tasks, outcomes, arrived)
         return wire.encode(outcomes)
 
     def _measure(self, outcomes: list[Outcome], slots: list[ProviderSlot]) -> None:
@@ -172,6 +176,21 @@ class ChannelShard(Watched):
             self.meter.set("tidings_breaker_state", metrics.BREAKER_STATES[state],
                            {"channel": channel, "provider": self.bounds.provider(s.name), "shard": shard})
 
+    def _spans(self, tasks: list[DeliveryTask], outcomes: list[Outcome], arrived: float) -> None:
+        """A span per traced task, from its arrival to now, with a child per
+        provider call (made from the outcome's attempts: measured anyway, and
+        nothing is done during the calls). One task per notification here."""
+        parents = {t.notification_id: t.traceparent for t in tasks if t.traceparent is not None}
+        if not parents:
+            return
+        for o in outcomes:
+            span = spans.start("channel_shard.deliver", parents.get(o.notification_id), at=arrived, attributes={
+                "tidings.notification_id": o.notification_id, "tidings.channel": self.channel,
+                "tidings.channel_shard": self.index, "tidings.status": o.status, "tidings.reason": o.reason})
+            if span is not None:
+                spans.provider_calls(span, o.attempts)
+                spans.end(span, error=o.reason if o.status == "failed" else None)
+
     async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:
         outcomes = await deliver_batch(group, slots, **env)
         refused = [i for i, o in enumerate(outcomes) if o.reason == "invalid_message"]
@@ -197,3 +216,4 @@ class ChannelShard(Watched):
         self.ticker.stop()
         if self.slots:
             await asyncio.gather(*(s.provider.close() for s in self.slots), return_exceptions=True)
+        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill

@@ -41,7 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from actors import faults
-from infra import db, streams
+from infra import db, streams, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
 from policy import events
@@ -97,6 +97,7 @@ class _Hook:
 class EventSender:
     def __init__(self, cfg: bytes, nats_url: str, database_url: str):
         self.cfg: Config = decode_config(cfg)
+        telemetry.setup_actor(telemetry.observe(self.cfg), "event_sender")  # its log lines' format and level
         self.nats_url, self.url = nats_url, database_url
         self.pool = self.nc = self.js = self.session = None
         self.ring: Keyring | None = None

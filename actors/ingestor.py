@@ -21,11 +21,11 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from actors import faults, metrics
+from actors import faults, metrics, spans
 from actors.handles import resolve
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
-from infra import dead_letters, streams
+from infra import dead_letters, streams, telemetry
 from infra.config import Config, decode as decode_config
 from policy import events, trace, wire
 from policy.sharding import shard_of
@@ -72,6 +72,7 @@ class Ingestor(Watched):
     def __init__(self, cfg: bytes, nats_url: str, user_shards: list, recorder, index: int = 0,
                  lanes: tuple[str, ...] = ("bulk", "broadcast")):
         self.cfg: Config = decode_config(cfg)
+        telemetry.setup_actor(telemetry.observe(self.cfg), "ingestor")
         self.url, self.index, self.lanes = nats_url, index, lanes
         self.user_shards, self.recorder = resolve(user_shards), resolve(recorder)  # names from engine/runtime.py
         self.nc = self.js = None
@@ -155,6 +156,8 @@ class Ingestor(Watched):
         rejected: list[Rejected] = []
         n = len(self.user_shards)
         rate = self.cfg.engine.trace_sample
+        traced = telemetry.tracer() is not None
+        started: dict[str, spans.Span] = {}
         for msg in msgs:
             if streams.is_broadcast(self.cfg.nats, msg.subject):
                 self._start_broadcast(msg, rejected)
@@ -163,11 +166,26 @@ class Ingestor(Watched):
             if inb is not None:
                 if trace.sampled(inb.id, rate):
                     inb.stages = {"fetched": fetched}
+                if traced:
+                    self._span(msg, inb, fetched, started)
                 groups[shard_of(inb.request.user_id, n)].append((msg, inb))
-        calls = [self._to_shard(shard, pairs) for shard, pairs in groups.items()]
+        calls = [self._to_shard(shard, pairs, started) for shard, pairs in groups.items()]
         if rejected:
             calls.append(self._reject(rejected))
         await asyncio.gather(*calls)
+
+    def _span(self, msg: Msg, inb: wire.Inbound, fetched: float, started: dict[str, spans.Span]) -> None:
+        """Start this notification's span here when it is traced: its message's
+        ``traceparent`` header says sampled (HTTP put it there), or, with no
+        header (a producer on NATS), ``policy.trace`` chooses its id. Its
+        children in the other actors hang under it (``Inbound.traceparent``)."""
+        header = msg.headers.get("traceparent") if msg.headers else None
+        attrs = {"tidings.notification_id": inb.id, "messaging.destination.name": msg.subject}
+        span = spans.start("ingest", header, at=fetched, attributes=attrs, kind=spans.SpanKind.CONSUMER) \
+            if header is not None else spans.root("ingest", inb.id, at=fetched, attributes=attrs)
+        if span is not None:
+            inb.traceparent = spans.parent_of(span)
+            started[inb.id] = span
 
     def _decode(self, msg: Msg, rejected: list[Rejected], kind: type = NotificationRequest):
         """(id, request) for a payload that decodes, else None (and it is rejected).
@@ -221,8 +239,23 @@ class Ingestor(Watched):
                              f"broadcast {job.id}"):
             self.stats["broadcasts"] += 1
 
-    async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]]) -> None:
+    async def _to_shard(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]],
+                        started: dict[str, spans.Span] | None = None) -> None:
         inbound = [inb for _, inb in pairs]
+        traced = [s for inb in inbound if started and (s := started.pop(inb.id, None)) is not None]
+        error: BaseException | str | None = "nak"
+        try:
+            if await self._to_shard_acked(shard, pairs, inbound):
+                error = None
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            for span in traced:  # after the ack (or the nak): the whole of this notification's way
+                spans.end(span, error=error)
+
+    async def _to_shard_acked(self, shard: int, pairs: list[tuple[Msg, wire.Inbound]],
+                              inbound: list[wire.Inbound]) -> bool:
         answers: list[dict] = []
         tried: list[int] = []
 
@@ -241,6 +274,8 @@ class Ingestor(Watched):
             committed = answers[-1].get("committed_at") if answers and isinstance(answers[-1], dict) else None
             if committed and any(inb.stages for inb in inbound):  # the last segment: committed to acked
                 self._traced(max(0.0, time.time() - committed))
+            return True
+        return False
 
     async def _accepted(self, inbound: list[wire.Inbound]) -> None:
         """Publish ``accepted`` for each request (``events.accepted``), with an id
@@ -424,3 +459,4 @@ class Ingestor(Watched):
             # subscription waits for a fetch that will never come
             await self.nc.close()
             self.nc = None
+        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill

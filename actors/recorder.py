@@ -16,11 +16,11 @@ from collections import deque
 
 import msgspec
 
-from actors import faults
+from actors import faults, spans
 from actors.metrics import Meter, committed as measured, decode_bounds
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
-from infra import db
+from infra import db, telemetry
 from infra.config import DatabaseConfig, RecorderConfig
 from policy import trace, wire
 from policy.types import URGENT, Outcome
@@ -65,6 +65,8 @@ async def _init_connection(conn) -> None:
 
 def _settle(p: _Pending, error: BaseException | None, committed: float = 0.0) -> None:
     """Answer one caller: committed (when), or the error (then nothing of it is acked)."""
+    if p.spanned:
+        _spans(p, error, committed or time.time())
     if p.future.done():
         return
     if error is None:
@@ -73,16 +75,30 @@ def _settle(p: _Pending, error: BaseException | None, committed: float = 0.0) ->
         p.future.set_exception(error)
 
 
-class _Pending:
-    __slots__ = ("rows", "future", "traced", "outcomes")
+def _spans(p: _Pending, error: BaseException | None, ended: float) -> None:
+    """A span per traced outcome from its arrival to the commit (or the failure),
+    child of the span that sent it (``Outcome.traceparent``)."""
+    for o in p.spanned or ():
+        span = spans.start("recorder.commit", o.traceparent, at=p.arrived, attributes={
+            "tidings.notification_id": o.notification_id, "tidings.channel": o.channel, "tidings.status": o.status})
+        if span is not None:
+            spans.end(span, ended, error)
+    p.spanned = None  # once: a batch that failed together is written again caller by caller
 
-    def __init__(self, rows: list[tuple], future: asyncio.Future, traced: list[Outcome], outcomes: list[Outcome]):
+
+class _Pending:
+    __slots__ = ("rows", "future", "traced", "outcomes", "spanned", "arrived")
+
+    def __init__(self, rows: list[tuple], future: asyncio.Future, traced: list[Outcome], outcomes: list[Outcome],
+                 spanned: list[Outcome] | None = None, arrived: float = 0.0):
         self.rows, self.future, self.traced, self.outcomes = rows, future, traced, outcomes
+        self.spanned, self.arrived = spanned, arrived  # outcomes whose trace is sampled, and when they came
 
 
 class Recorder(Watched):
     def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None,
-                 gc_young: int = 0, labels: bytes | None = None):
+                 gc_young: int = 0, labels: bytes | None = None, observe: bytes | None = None):
+        telemetry.setup_actor(observe, "recorder")
         self.url, self.schema = database_url, schema
         self.cfg = msgspec.msgpack.decode(cfg, type=RecorderConfig)
         self.limits = msgspec.msgpack.decode(limits, type=DatabaseConfig) if limits else None  # None: the defaults
@@ -131,7 +147,8 @@ class Recorder(Watched):
             arrived = time.time()
             for o in traced:
                 o.stages["record_in"] = arrived
-        self.pending.append(_Pending([row(o) for o in outcomes], fut, traced, outcomes))
+        spanned = [o for o in outcomes if o.traceparent is not None] if telemetry.tracer() is not None else None
+        self.pending.append(_Pending([row(o) for o in outcomes], fut, traced, outcomes, spanned or None, time.time()))
         self.pending_rows += len(outcomes)
         self.wake.set()
         if self.pending_rows >= self.cfg.flush_rows:
@@ -254,3 +271,4 @@ class Recorder(Watched):
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill

@@ -24,7 +24,7 @@ from ray.util import metrics
 from actors import faults
 from actors.handles import resolve
 from actors.metrics import Meter, Ticker
-from infra import db
+from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from policy import wire
 from policy.sharding import shard_of
@@ -38,6 +38,7 @@ BACKLOG_EVERY_S = 30.0  # how often the scheduled backlog is counted (a scan of 
 class Scheduler:
     def __init__(self, cfg: bytes, database_url: str, user_shards: list):
         self.cfg: Config = decode_config(cfg)
+        telemetry.setup_actor(telemetry.observe(self.cfg), "scheduler")  # its log lines' format and level
         self.url = database_url
         self.user_shards = resolve(user_shards)  # names from engine/runtime.py
         self.pool = None

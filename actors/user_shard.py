@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from actors import metrics
+from actors import metrics, spans
 from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
@@ -22,7 +22,7 @@ from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules, unsubscribe_rules
 from actors.user_prefs import PrefCommand, PrefResult, PrefsMixin
 from actors.user_templates import TemplatesMixin
-from infra import db
+from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
 from policy import plan as planner, release as releasing, wire
@@ -68,6 +68,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                  urgent_shards: dict | None = None):
         self.index = index
         self.cfg: Config = decode_config(cfg)
+        telemetry.setup_actor(telemetry.observe(self.cfg), "user_shard")
         self.url = database_url
         self.channel_shards = channel_shards = resolve(channel_shards)  # names from engine/runtime.py
         self.urgent_shards = resolve(urgent_shards or {})  # channel -> shards for high and critical tasks only
@@ -91,6 +92,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         # failed record, a claim that came back) records these instead of sending again.
         self.journal: dict[str, dict[str, Outcome]] = {}
         self.traced: dict[str, dict[str, float]] = {}  # notifications being handled that are traced: their stamps
+        self.spans: dict[str, spans.Span] = {}  # notifications being handled whose trace is sampled: their span
         self.pool = None
         self.ring: Keyring | None = None  # the master keys and the index key, once set up (_ready)
         self.rr = 0
@@ -149,12 +151,18 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             if inb.stages is not None:
                 inb.stages["shard_in"] = arrived
                 self.traced[inb.id] = inb.stages
+            if inb.traceparent is not None:
+                self._span(inb, arrived)
+        failed: BaseException | None = None
         try:
             outcomes, error = await self._process(fresh)
+            if self.spans:
+                self._linked(outcomes)
             committed = await self._record(outcomes)
             if error is not None:
                 raise error
         except BaseException as e:
+            failed = e
             done.set_exception(e)
             done.exception()  # retrieved here: copies that wait on it re-raise it themselves
             raise
@@ -165,6 +173,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
             for inb in fresh:
                 self.inflight.pop(inb.id, None)
                 self.traced.pop(inb.id, None)
+                if self.spans and (span := self.spans.pop(inb.id, None)) is not None:
+                    spans.end(span, error=failed)
         if waits:
             await asyncio.gather(*waits)
         dups = len(items) - len(fresh)
@@ -172,6 +182,21 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         self.stats["duplicates"] += dups
         self.stats["outcomes"] += len(outcomes)
         return {"decided": len(fresh), "duplicates": dups, "outcomes": len(outcomes), "committed_at": committed}
+
+    def _span(self, inb: wire.Inbound, arrived: float) -> None:
+        span = spans.start("user_shard.handle", inb.traceparent, at=arrived,
+                           attributes={"tidings.notification_id": inb.id, "tidings.user_shard": self.index,
+                                       "tidings.category": inb.request.category})
+        if span is not None:
+            self.spans[inb.id] = span
+
+    def _linked(self, outcomes: list[Outcome]) -> None:
+        """Every outcome of a traced notification (a ChannelShard's or the plan's
+        own) names this shard's span as its parent in the Recorder."""
+        for o in outcomes:
+            span = self.spans.get(o.notification_id)
+            if span is not None:
+                o.traceparent = spans.parent_of(span)
 
     def _claim(self, items: list[wire.Inbound]) -> tuple[list[wire.Inbound], list[asyncio.Future]]:
         """Items to handle now, and the futures of copies already in flight.
@@ -372,6 +397,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         the first error of one that did not: the answers are journaled and
         recorded whatever another shard did, or a retry would send them again."""
         self.rr += 1
+        if self.spans:
+            for t in tasks:
+                span = self.spans.get(t.notification_id)
+                if span is not None:
+                    t.traceparent = spans.parent_of(span)
         if self.traced:
             handed = time.time()
             for t in tasks:
@@ -809,6 +839,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         if self._preloading is not None:
             self._preloading.cancel()
         self.ticker.stop()
+        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill
         pool, self.pool = self.pool, None
         if pool is not None:
             try:

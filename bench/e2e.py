@@ -37,6 +37,7 @@ from engine.embedded import Services
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
 from infra import config, streams
+from infra.config import TelemetryConfig
 from infra.tuning import with_provider_settings, with_section
 from sandbox import SinkProcess
 
@@ -67,7 +68,7 @@ URGENT_CATEGORY = "application_updates"
 
 
 def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess], services: Services,
-                 trace_sample: float = 0.01) -> config.Config:
+                 trace_sample: float = 0.01, otlp_ratio: float | None = None) -> config.Config:
     run = uuid.uuid4().hex[:8]
     cfg = settings.load(profile="bench", overrides={
         "nats": {"url": services.nats_url, "prefix": f"bench{run}", "stream": f"BENCH{run}",
@@ -75,6 +76,9 @@ def bench_config(channels: list[str], shards: int, sinks: dict[str, SinkProcess]
         "database": {"url": services.database_url, "schema": f"bench_{run}"},
     })
     cfg = with_section(cfg, "engine", user_shards=shards, trace_sample=trace_sample)
+    if otlp_ratio is not None:  # OpenTelemetry on, every span exported to a receiver in its own process
+        cfg = with_section(cfg, "telemetry", enabled=True, otlp_endpoint=sinks["otlp"].base_url,
+                           sample_ratio=otlp_ratio)
     cfg = with_provider_settings(cfg, "webhook", url=sinks["webhook"].url, secret=SECRET)
     if "smtp" in sinks:
         cfg = with_provider_settings(cfg, "email", host="127.0.0.1", port=sinks["smtp"].port)
@@ -110,7 +114,9 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         sinks["webhook"] = SinkProcess("webhook", secret=SECRET).start()
         if "email" in args.channels:
             sinks["smtp"] = SinkProcess("smtp").start()
-        cfg = bench_config(args.channels, shards, sinks, services, args.trace)
+        if args.otlp is not None:
+            sinks["otlp"] = SinkProcess("otlp").start()
+        cfg = bench_config(args.channels, shards, sinks, services, args.trace, args.otlp)
         try:
             s, done, expected, pub_s, busy, traced, stalls, urgent = await load(args, cfg, n, rate, shards)
         finally:
@@ -270,6 +276,7 @@ async def run_all(args, services: Services) -> dict:
     latency = paced or best
     result = {
         "n": args.n, "channels": args.channels, "cores": os.cpu_count(), "versions": await versions(),
+        "otlp_ratio": args.otlp,  # None: traces off; else on at this ratio (compare two runs' figures)
         "e2e_per_s": best["e2e_per_s"], "shards": best["shards"],
         "p50_ms": latency["p50_ms"], "p95_ms": latency["p95_ms"], "p99_ms": latency["p99_ms"],
         "max_ms": latency["max_ms"], "latency_at_rate": latency["rate"] or None,
@@ -303,6 +310,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take to drain")
     p.add_argument("--trace", type=float, default=0.2,
                    help="share of notifications timed per pipeline stage (engine.trace_sample; default 0.2)")
+    p.add_argument("--otlp", type=float, nargs="?", const=TelemetryConfig().sample_ratio, default=None,
+                   metavar="RATIO", help="OpenTelemetry traces on, sampled at RATIO (default: telemetry.sample_ratio's "
+                                         "default), exported to a loopback OTLP receiver: run with and without "
+                                         "it to see what tracing costs; the spans received are in 'sinks'")
     p.add_argument("--json", help="write the results here, and the charts beside it (<json>-latency.png, "
                                   "<json>-stages.png)")
     return p

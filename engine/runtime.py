@@ -18,7 +18,7 @@ from actors import handles
 from actors.metrics import encode_bounds
 from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
-from infra import db, streams
+from infra import db, streams, telemetry
 from infra.config import Config, ConfigError, encode as encode_config
 from infra.pii import Keyring
 from policy import wire
@@ -97,7 +97,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     recorder_name = handles.name(run, "recorder", 0)
     recorder = Recorder.options(**opts, name=recorder_name).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
-        limits=_encode(cfg.database), gc_young=cfg.engine.gc_young, labels=encode_bounds(cfg))
+        limits=_encode(cfg.database), gc_young=cfg.engine.gc_young, labels=encode_bounds(cfg),
+        observe=telemetry.observe(cfg))
     enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
 
     # a channel's name is free text in the config: its actors' kind is prefixed, never "user" or "recorder"
@@ -109,7 +110,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
 
     def channel_shard(name: str, ch, index: int, actor: str, cpus: float = cfg.ray.actor_cpus):
         return ChannelShard.options(**{**opts, "num_cpus": cpus}, name=actor).remote(
-            name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young)
+            name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young,
+            observe=telemetry.observe(cfg))
 
     channel_shards = {name: [channel_shard(name, enabled[name], i, actor) for i, actor in enumerate(actors)]
                       for name, actors in channel_names.items()}

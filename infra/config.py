@@ -290,6 +290,25 @@ class EventsConfig(_Section):
     ack_wait_s: Annotated[float, Meta(ge=1, le=3600)] = 60.0
 
 
+class TelemetryConfig(_Section):
+    """OpenTelemetry traces (infra/telemetry.py, docs/design.md "Traces and logs"):
+    one trace per sampled notification from HTTP accept to its tracking row."""
+
+    enabled: bool = False  # off: no tracer is set up and nothing is done per notification
+    # where spans go: an OTLP/HTTP receiver's base URL (a collector); /v1/traces is added
+    otlp_endpoint: Annotated[str, Meta(pattern=r"^https?://[^\s]+\Z")] = "http://127.0.0.1:4318"
+    # the share of new traces kept (by trace id); a caller's sampled traceparent is always followed
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    service_name: Annotated[str, Meta(min_length=1, max_length=100)] = "tidings"
+
+
+class LoggingConfig(_Section):
+    """The log lines of the engine's process and every actor's (infra/logs.py)."""
+
+    format: Literal["text", "json"] = "text"  # json: one JSON object per line, with notification and trace ids
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+
+
 class ProviderConfig(_Section):
     name: str
     type: str
@@ -354,6 +373,8 @@ class Config(_Section):
     ratelimit: RateLimitConfig = RateLimitConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
     events: EventsConfig = EventsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     def enabled_channels(self) -> frozenset[str]:
         """Channels that are on and have at least one enabled provider."""

@@ -270,6 +270,7 @@ class DeliveryTask(Struct, array_like=True):
     # of it to the push service) and its collapse key: policy.plan.task_for
     expires_at: float | None = None
     collapse_key: str | None = None
+    traceparent: str | None = None  # W3C, when its OpenTelemetry trace is sampled (actors/spans.py)
 
 
 class Attempt(Struct, array_like=True):
@@ -304,6 +305,7 @@ class Outcome(Struct, array_like=True):
     detail: str | None = None  # e.g. the validation message of a rejected payload
     parent_id: str | None = None  # the broadcast this notification belongs to
     stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace); never stored
+    traceparent: str | None = None  # W3C, when its OpenTelemetry trace is sampled (actors/spans.py); never stored
 
 
 def derive_id(key: str) -> str:

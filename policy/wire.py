@@ -31,6 +31,7 @@ class Inbound(msgspec.Struct, array_like=True):
     id: str
     request: NotificationRequest
     stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace)
+    traceparent: str | None = None  # W3C, when its OpenTelemetry trace is sampled (actors/spans.py)
 
 
 class Broadcast(msgspec.Struct, array_like=True):

@@ -10,6 +10,7 @@ Run one in its own process (prints one JSON line of counts on SIGTERM/SIGINT)::
     python -m sandbox webhook --port 8099 --secret s3cret
     python -m sandbox smtp --port 2525
     python -m sandbox sendgrid --port 8098 --api-key SG.test
+    python -m sandbox otlp --port 4318
 """
 
 from sandbox.http import WebhookSink

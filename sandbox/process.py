@@ -16,6 +16,7 @@ import time
 
 from sandbox.fcm import FcmSink
 from sandbox.http import WebhookSink
+from sandbox.otlp import OtlpSink
 from sandbox.ports import free_port, port_open
 from sandbox.sendgrid import SendGridSink
 from sandbox.smtp import SmtpSink
@@ -38,6 +39,8 @@ async def _serve(args: argparse.Namespace) -> dict:
             account = json.load(f)
         os.unlink(args.service_account)  # a private key: gone from disk once read
         sink = FcmSink(account, args.host, args.port)
+    elif args.kind == "otlp":
+        sink = OtlpSink(args.host, args.port, keep=False)  # counts only: a long run would fill the memory
     if args.kind != "smtp":
         await sink.start()
         where = sink.url
@@ -199,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     fcm.add_argument("--port", type=int, default=0)
     fcm.add_argument("--service-account", required=True, help="the service account JSON file (its public key checks "
                                                                "the token requests)")
-    for p in (hook, smtp, sendgrid, twilio, fcm):
+    otlp = sub.add_parser("otlp", help="OTLP/HTTP trace receiver (counts spans)")
+    otlp.add_argument("--host", default="127.0.0.1")
+    otlp.add_argument("--port", type=int, default=0)
+    for p in (hook, smtp, sendgrid, twilio, fcm, otlp):
         p.add_argument("--stats-file", help="keep this file holding the counts, as JSON")
     args = parser.parse_args(argv)
     try:

@@ -276,7 +276,9 @@ async def _send(run: _Run, slot: ProviderSlot) -> Receipt:
     except Exception as exc:  # CancelledError is a BaseException and passes through
         if not run.logged:
             run.logged = True
-            log.exception("provider %s raised unexpectedly for %s", slot.provider.name, run.task.notification_id)
+            log.exception("provider %s raised unexpectedly for %s", slot.provider.name, run.task.notification_id,
+                          extra={"notification_id": run.task.notification_id,  # fields of JSON lines
+                                 "traceparent": run.task.traceparent})
         raise UnexpectedProviderError(f"{type(exc).__name__}: {exc}") from exc
 
 

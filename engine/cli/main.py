@@ -25,6 +25,7 @@ from engine import children, settings
 from engine.cli import analytics, audit, credentials, dlq, keys, prefs, retention
 from engine.cli.common import api_headers, console, serving
 from engine.client import Client, TidingsError
+from infra import logs
 from infra.config import ConfigError
 
 COMMAND_GROUP = "tidings.commands"
@@ -103,6 +104,7 @@ def _run(args) -> int:
     if getattr(args, "main", None) is not None:
         return args.main(args) or 0
     cfg = settings.load(args.profile, args.config)
+    logs.setup(cfg.logging, "engine", level=logging.INFO if args.verbose else None)
     return uvloop.run(args.run(cfg, args)) or 0
 
 

@@ -32,6 +32,7 @@ from engine.http import (
     subscriptions,
     templates,
     tokens,
+    tracing,
     tracking,
     unsubscribe,
     users,
@@ -100,7 +101,12 @@ def make_app(engine: Engine) -> web.Application:
     middlewares = [answer_errors, check_path, authorize]
     if engine.limiter is not None:
         middlewares.append(rate_limit_middleware(engine.limiter))
+    traced = tracing.middleware(engine.cfg.telemetry)  # outermost: the span covers every answer
+    if traced is not None:
+        middlewares.insert(0, traced)
     app = web.Application(client_max_size=engine.cfg.http.max_body_bytes, middlewares=middlewares)
+    if traced is not None:
+        app.on_cleanup.append(tracing.flush)
     app[ENGINE] = engine
     for module in ROUTE_MODULES:
         module.add_routes(app)

@@ -69,7 +69,8 @@ async def opened(request: web.Request) -> web.Response:
         try:
             await _record(request, link, "opened", "pixel")
         except Exception:
-            log.exception("open of %s on %s not recorded", link.notification_id, link.channel)
+            log.exception("open of %s on %s not recorded", link.notification_id, link.channel,
+                          extra={"notification_id": link.notification_id})
     return web.Response(body=GIF, content_type="image/gif", headers=NO_CACHE)
 
 
@@ -85,7 +86,8 @@ async def clicked(request: web.Request) -> web.Response:
     try:
         await _record(request, link, "clicked", "link")
     except Exception:
-        log.exception("click on %s on %s not recorded", link.notification_id, link.channel)
+        log.exception("click on %s on %s not recorded", link.notification_id, link.channel,
+                      extra={"notification_id": link.notification_id})
     raise web.HTTPFound(link.url, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 

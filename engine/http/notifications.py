@@ -18,7 +18,7 @@ from engine.auth import PRINCIPAL, Principal
 from engine.http.access import Link, Route, Scoped, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
-from infra import streams
+from infra import streams, telemetry
 from policy.api import Accepted, AcceptedBatch, BroadcastStatus, ChannelOutcome, NotificationStatus, OutcomeCount
 from policy.email import content_problem
 from policy.labels import OTHER
@@ -135,10 +135,13 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
         r.id = scoped_id(principal, r)
         r.accepted_at = now
     started = time.perf_counter()
+    # the request's trace goes with every message: the Ingestor continues it, or
+    # (not sampled) knows not to start one (infra/telemetry.py)
+    traceparent = telemetry.current_traceparent() if telemetry.tracer() is not None else None
     # publish_async: every publish goes out at once over one reply subscription;
     # the answer waits for all of JetStream's acks.
     pending = [await engine.js.publish_async(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r),
-                                             headers={"Nats-Msg-Id": str(r.id)})
+                                             headers=_headers(str(r.id), traceparent))
                for r in reqs]
     try:
         acks = await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_TIMEOUT_S)
@@ -149,6 +152,13 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
     for r in reqs:
         ACCEPTED.labels(r.category if r.category in known else OTHER).inc()
     return [Accepted(id=str(r.id), duplicate=bool(a.duplicate)) for r, a in zip(reqs, acks, strict=True)]
+
+
+def _headers(nid: str, traceparent: str | None) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": nid}
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
+    return headers
 
 
 async def submit_broadcast(request: web.Request) -> web.Response:

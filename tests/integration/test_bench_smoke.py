@@ -17,13 +17,14 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
     monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
     args = e2e.parse(["--n", "300", "--users", "100", "--channels", "webhook,email", "--shards", "1", "--paced", "0.5",
-                      "--timeout", "120", "--urgent", "40", "--urgent-n", "20"])
+                      "--timeout", "120", "--urgent", "40", "--urgent-n", "20", "--otlp", "0.1"])
     result = await e2e.harness(args)
     assert result["complete"], result
     for key in ("e2e_per_s", "p50_ms", "p99_ms", "slowest_stage", "slowest_stage_per_s", "ratio", "n", "cores",
                 "versions"):
         assert result[key] is not None, key
     assert result["n"] == 300 and result["e2e_per_s"] > 0 and result["ratio"] > 0
+    assert result["otlp_ratio"] == 0.1
     run = result["backlog_runs"][0]
     assert run["rows"] == 640  # 300 and the 20 urgent ones, on two channels each
     assert run["urgent"]["rows"] == 40 and run["urgent"]["sent_p99_ms"] is not None
@@ -33,6 +34,7 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     assert all(row["lag_p99_ms"] >= 0 for row in run["stalls"].values())
     assert all(row["gc2_n"] == 0 for row in run["stalls"].values()), run["stalls"]
     assert run["sinks"]["webhook"]["bad_signatures"] == 0
+    assert run["sinks"]["otlp"]["received"] > 0  # --otlp: the actors' spans reached the receiver
     # the sinks got what was recorded sent, the backlog's (sent_rows) and the urgent stream's
     assert run["sinks"]["smtp"]["count"] + run["sinks"]["webhook"]["received"] == \
         run["sent_rows"] + run["urgent"]["sent_rows"]

@@ -31,7 +31,7 @@ class FakeShard:
 def shard_with(bulk: list[FakeShard], urgent: list[FakeShard]) -> UserShard:
     us = UserShard.__new__(UserShard)  # only what _send uses
     us.channel_shards, us.urgent_shards = {"push": bulk}, ({"push": urgent} if urgent else {})
-    us.rr, us.traced = 0, {}
+    us.rr, us.traced, us.spans = 0, {}, {}
     return us
 
 
