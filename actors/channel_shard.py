@@ -216,4 +216,4 @@ class ChannelShard(Watched):
         self.ticker.stop()
         if self.slots:
             await asyncio.gather(*(s.provider.close() for s in self.slots), return_exceptions=True)
-        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill
+        await telemetry.stop_flush()  # the spans of the last batches, before the kill (bounded)

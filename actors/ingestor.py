@@ -179,6 +179,9 @@ class Ingestor(Watched):
         ``traceparent`` header says sampled (HTTP put it there), or, with no
         header (a producer on NATS), ``policy.trace`` chooses its id. Its
         children in the other actors hang under it (``Inbound.traceparent``)."""
+        if inb.id in started:  # the same id twice in one fetch (a producer without Nats-Msg-Id): one span
+            inb.traceparent = spans.parent_of(started[inb.id])
+            return
         header = msg.headers.get("traceparent") if msg.headers else None
         attrs = {"tidings.notification_id": inb.id, "messaging.destination.name": msg.subject}
         span = spans.start("ingest", header, at=fetched, attributes=attrs, kind=spans.SpanKind.CONSUMER) \
@@ -459,4 +462,4 @@ class Ingestor(Watched):
             # subscription waits for a fetch that will never come
             await self.nc.close()
             self.nc = None
-        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill
+        await telemetry.stop_flush()  # the spans of the last batches, before the kill (bounded)

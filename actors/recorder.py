@@ -64,9 +64,13 @@ async def _init_connection(conn) -> None:
 
 
 def _settle(p: _Pending, error: BaseException | None, committed: float = 0.0) -> None:
-    """Answer one caller: committed (when), or the error (then nothing of it is acked)."""
+    """Answer one caller: committed (when), or the error (then nothing of it is acked).
+    Its spans are made after the answer, on the next turn of the loop: measuring
+    never holds a caller back."""
     if p.spanned:
-        _spans(p, error, committed or time.time())
+        ended = committed or time.time()
+        spanned, p.spanned = p.spanned, None  # once: a batch that failed together is written again caller by caller
+        asyncio.get_running_loop().call_soon(_spans, spanned, p.arrived, error, ended)
     if p.future.done():
         return
     if error is None:
@@ -75,15 +79,14 @@ def _settle(p: _Pending, error: BaseException | None, committed: float = 0.0) ->
         p.future.set_exception(error)
 
 
-def _spans(p: _Pending, error: BaseException | None, ended: float) -> None:
+def _spans(spanned: list[Outcome], arrived: float, error: BaseException | None, ended: float) -> None:
     """A span per traced outcome from its arrival to the commit (or the failure),
     child of the span that sent it (``Outcome.traceparent``)."""
-    for o in p.spanned or ():
-        span = spans.start("recorder.commit", o.traceparent, at=p.arrived, attributes={
+    for o in spanned:
+        span = spans.start("recorder.commit", o.traceparent, at=arrived, attributes={
             "tidings.notification_id": o.notification_id, "tidings.channel": o.channel, "tidings.status": o.status})
         if span is not None:
             spans.end(span, ended, error)
-    p.spanned = None  # once: a batch that failed together is written again caller by caller
 
 
 class _Pending:
@@ -271,4 +274,4 @@ class Recorder(Watched):
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
-        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill
+        await telemetry.stop_flush()  # the spans of the last batches, before the kill (bounded)

@@ -839,7 +839,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         if self._preloading is not None:
             self._preloading.cancel()
         self.ticker.stop()
-        await asyncio.to_thread(telemetry.flush)  # the spans of the last batches, before the kill
+        await telemetry.stop_flush()  # the spans of the last batches, before the kill (bounded)
         pool, self.pool = self.pool, None
         if pool is not None:
             try:

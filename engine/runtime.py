@@ -344,7 +344,10 @@ class Engine:
             # every actor holding a pool closes it before PostgreSQL stops (the Scheduler did in stop)
             closers = [a.close.remote() for a in (*self.actors.every_channel_shard(), *self.actors.user_shards)]
             closers.append(self.actors.recorder.close.remote())
-            await asyncio.gather(*closers, return_exceptions=True)
+            try:  # bounded like the loops: an actor stuck closing is killed with the rest
+                await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), STOP_LOOPS_S)
+            except TimeoutError:
+                log.warning("stop: an actor did not close within %.0f s; it is killed", STOP_LOOPS_S)
             for actor in self.actors.all():
                 ray.kill(actor)
             self.actors = None

@@ -80,7 +80,11 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         # a line is a line: newlines inside the message or traceback stay escaped in the JSON string
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate (undecodable bytes as text): escaped, kept
+            return orjson.dumps({k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v
+                                 for k, v in out.items()}, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):

@@ -21,6 +21,7 @@ A ``traceparent`` crosses processes as its W3C text (``traceparent_of``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPORT_TIMEOUT_S = 10.0  # one OTLP request; a receiver away costs the exporter thread, never a caller
-FLUSH_MS = 5000  # the longest ``flush`` waits at a clean stop
+# the longest a clean stop waits for the spans to go (``stop_flush``): the SDK's own force_flush
+# exports the whole queue, retrying a receiver that is away, whatever timeout it is given
+FLUSH_S = 5.0
 PROPAGATOR = TraceContextTextMapPropagator()
 TRACES_PATH = "/v1/traces"
 
@@ -72,7 +75,8 @@ def sample_ratio() -> float:
 
 def traces_url(endpoint: str) -> str:
     """The OTLP/HTTP traces URL for a receiver's base URL (as OTEL_EXPORTER_OTLP_ENDPOINT is read)."""
-    return endpoint if endpoint.rstrip("/").endswith(TRACES_PATH) else endpoint.rstrip("/") + TRACES_PATH
+    base = endpoint.rstrip("/")
+    return base if base.endswith(TRACES_PATH) else base + TRACES_PATH
 
 
 def setup(cfg: TelemetryConfig, process: str, *, root_ratio: bool = False) -> None:
@@ -113,12 +117,24 @@ def setup_actor(blob: bytes | None, process: str) -> None:
 
 
 def flush() -> None:
-    """Export what is waiting (a clean stop: an actor is killed right after)."""
+    """Export what is waiting, in this thread, however long it takes (see ``stop_flush``)."""
     if _provider is not None:
         try:
-            _provider.force_flush(FLUSH_MS)
+            _provider.force_flush()
         except Exception as e:  # noqa: BLE001 - spans lost at a stop must not fail it
             log.warning("span export at stop failed: %s", type(e).__name__)
+
+
+async def stop_flush() -> None:
+    """At a clean stop (an actor is killed right after): export what is
+    waiting in a thread, for at most ``FLUSH_S``; a receiver that is away
+    loses those spans rather than holding the stop."""
+    if _provider is None:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.to_thread(flush)), FLUSH_S)
+    except TimeoutError:
+        log.warning("spans not exported within %.0f s at stop (the OTLP receiver is away?)", FLUSH_S)
 
 
 def sampled(traceparent: str | None) -> bool:

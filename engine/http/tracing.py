@@ -7,7 +7,7 @@ Ingestor continues the trace. Off, the middleware is not installed at all."""
 
 from __future__ import annotations
 
-import asyncio
+import re
 
 from aiohttp import web
 from opentelemetry import trace
@@ -15,6 +15,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from infra import telemetry
 from infra.config import TelemetryConfig
+
+TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 
 
 def middleware(cfg: TelemetryConfig):
@@ -26,9 +28,16 @@ def middleware(cfg: TelemetryConfig):
 
     @web.middleware
     async def traced(request: web.Request, handler):
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            # a socket lives for hours: one span over it would hold every operation sent on it
+            # under a parent exported only at its end (or never, if the process dies)
+            return await handler(request)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        parent = telemetry.PROPAGATOR.extract(request.headers)  # no traceparent: a new trace
+        # only a well-formed traceparent, and no tracestate: the SDK logs a warning per bad
+        # header, echoing what an unauthenticated caller sent
+        header = request.headers.get("traceparent")
+        parent = telemetry.context_of(header) if header and TRACEPARENT.match(header) else None
         with tracer.start_as_current_span(f"{request.method} {route}", context=parent, kind=SpanKind.SERVER,
                                           record_exception=False, set_status_on_exception=False) as span:
             if span.is_recording():
@@ -56,5 +65,5 @@ def _answered(span: trace.Span, status: int) -> None:
 
 
 async def flush(_app: web.Application) -> None:
-    """At the server's clean-up: what this process's spans hold is exported."""
-    await asyncio.to_thread(telemetry.flush)
+    """At the server's clean-up: what this process's spans hold is exported (bounded)."""
+    await telemetry.stop_flush()

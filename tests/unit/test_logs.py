@@ -109,3 +109,9 @@ def test_bad_logging_and_telemetry_settings_are_named():
         convert({"telemetry": {"otlp_endpoint": "collector:4318"}})
     with pytest.raises(ConfigError, match="telemetry.sample_ratio"):
         convert({"telemetry": {"sample_ratio": 2}})
+
+
+def test_a_json_line_keeps_a_message_with_a_lone_surrogate():
+    record = logging.LogRecord("tidings.x", logging.WARNING, __file__, 1, "bad name %s", ("a\udcff",), None)
+    line = logs.JsonFormatter().format(record)
+    assert json.loads(line)["message"] == "bad name a\\udcff"

@@ -81,3 +81,12 @@ def test_setup_off_leaves_no_tracer():
     assert telemetry.tracer() is None and telemetry.sample_ratio() == 0.0
     assert telemetry.traces_url("http://c:4318") == "http://c:4318/v1/traces"
     assert telemetry.traces_url("http://c:4318/v1/traces") == "http://c:4318/v1/traces"
+
+
+def test_the_http_side_follows_only_a_well_formed_traceparent():
+    from engine.http.tracing import TRACEPARENT
+
+    assert TRACEPARENT.match("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    for bad in ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", "ff-" + "a" * 32 + "-" + "b" * 16 + "-01",
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", "00-xyz", "x" * 4096, ""):
+        assert not TRACEPARENT.match(bad), bad
