@@ -19,6 +19,7 @@ from actors.metrics import encode_bounds
 from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams, telemetry
+from infra.aio import gather_within
 from infra.config import Config, ConfigError, encode as encode_config
 from infra.pii import Keyring
 from policy import wire
@@ -294,9 +295,9 @@ class Engine:
         """Every UserShard sets up and calls each actor it sends to once, before
         the Ingestors start (``UserShard.warm``). What fails is logged and set up
         on first use, as before."""
-        calls = asyncio.gather(*(s.warm.remote() for s in self.actors.user_shards), return_exceptions=True)
         try:
-            results = await asyncio.wait_for(calls, WARM_S)
+            results = await gather_within(WARM_S, *(s.warm.remote() for s in self.actors.user_shards),
+                                          return_exceptions=True)
         except TimeoutError:
             log.warning("warm-up took over %.0f s: the rest is set up on first use", WARM_S)
             return
@@ -337,15 +338,15 @@ class Engine:
         if self.actors is not None:
             # bounded: a loop that does not stop in time is killed below with the rest
             try:
-                await asyncio.wait_for(asyncio.gather(*(a.stop.remote() for a in self.actors.loops()),
-                                                      return_exceptions=True), STOP_LOOPS_S)
+                await gather_within(STOP_LOOPS_S, *(a.stop.remote() for a in self.actors.loops()),
+                                    return_exceptions=True)
             except TimeoutError:
                 log.warning("stop: a loop did not stop within %.0f s; its actor is killed", STOP_LOOPS_S)
             # every actor holding a pool closes it before PostgreSQL stops (the Scheduler did in stop)
             closers = [a.close.remote() for a in (*self.actors.every_channel_shard(), *self.actors.user_shards)]
             closers.append(self.actors.recorder.close.remote())
             try:  # bounded like the loops: an actor stuck closing is killed with the rest
-                await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), STOP_LOOPS_S)
+                await gather_within(STOP_LOOPS_S, *closers, return_exceptions=True)
             except TimeoutError:
                 log.warning("stop: an actor did not close within %.0f s; it is killed", STOP_LOOPS_S)
             for actor in self.actors.all():

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from engine.http.access import Media, Ops, Public, Route, register
 from engine.http.common import ENGINE, reply
 from infra import streams
+from infra.aio import gather_within
 from policy.api import ErrorAnswer
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def _answers(calls, timeout: float = 5.0) -> list | None:
     try:
-        return await asyncio.wait_for(asyncio.gather(*calls), timeout)
+        return await gather_within(timeout, *calls)
     except Exception:  # noqa: BLE001 - any failure means not ready
         return None
 

@@ -4,7 +4,6 @@ looked up (per-channel outcomes, a broadcast's counts)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
@@ -19,6 +18,7 @@ from engine.http.access import Link, Route, Scoped, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
 from infra import streams, telemetry
+from infra.aio import gather_within
 from policy.api import Accepted, AcceptedBatch, BroadcastStatus, ChannelOutcome, NotificationStatus, OutcomeCount
 from policy.email import content_problem
 from policy.labels import OTHER
@@ -144,7 +144,7 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
                                              headers=_headers(str(r.id), traceparent))
                for r in reqs]
     try:
-        acks = await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_TIMEOUT_S)
+        acks = await gather_within(PUBLISH_TIMEOUT_S, *pending)
     except (TimeoutError, nats.errors.Error) as e:
         raise not_accepted(e) from None
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
