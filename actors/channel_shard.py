@@ -11,12 +11,14 @@ import random
 import time
 
 import msgspec
+from redis.asyncio import Redis
 
 from actors import metrics, spans
 from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket, deliver, deliver_batch
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
+from actors.delivery.shared import SharedLimits, SharedSetup, redis_key
 from actors.stalls import StallWatch, Watched
 from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
@@ -29,14 +31,29 @@ from providers.base import BatchProvider
 log = logging.getLogger(__name__)
 
 
-def build_slot(p: ProviderConfig) -> ProviderSlot:
-    """A provider client with its guards, from config."""
+def build_slot(p: ProviderConfig, channel: str = "", setup: SharedSetup | None = None,
+               redis: Redis | None = None) -> ProviderSlot:
+    """A provider client with its guards, from config. Its rate and daily limit are
+    the provider's totals: counted in ``redis`` with every other shard of the
+    channel when there is one, else this shard's share of them (``setup.share``)."""
     clock = time.monotonic
+    setup = setup or SharedSetup()
+    burst = p.burst or p.rate_per_s
+    limited = p.rate_per_s > 0 or p.daily_limit > 0
+    bucket: TokenBucket | SharedLimits
+    daily: DailyLimit | SharedLimits
+    if redis is not None and limited:
+        bucket = daily = SharedLimits(redis, redis_key(setup.scope, channel, p.name), p.rate_per_s, burst,
+                                      p.daily_limit, setup.share, setup.timeout_s, setup.retry_s, clock)
+    else:
+        share = max(1, setup.share)
+        bucket = TokenBucket(p.rate_per_s / share, max(1.0, burst / share) if burst else 0.0, clock)
+        daily = DailyLimit(max(1, p.daily_limit // share) if p.daily_limit else 0, time.time)
     return ProviderSlot(
         provider=registry.create(p.type, p.name, dict(p.settings)),
         priority=p.priority,
-        bucket=TokenBucket(p.rate_per_s, p.burst or p.rate_per_s, clock),
-        daily=DailyLimit(p.daily_limit, time.time),
+        bucket=bucket,
+        daily=daily,
         breaker=CircuitBreaker(failure_threshold=p.breaker_failures, recovery_s=p.breaker_recovery_s,
                                clock=clock),
         bulkhead=Bulkhead(p.concurrency),
@@ -83,10 +100,13 @@ def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> lis
 
 
 class ChannelShard(Watched):
-    def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0, observe: bytes | None = None):
+    def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0, observe: bytes | None = None,
+                 limits: bytes | None = None):
         telemetry.setup_actor(observe, f"channel_shard.{channel}")
         self.channel, self.index = channel, index
         self.cfg = msgspec.msgpack.decode(cfg, type=ChannelConfig)
+        self.limits = msgspec.msgpack.decode(limits, type=SharedSetup) if limits else SharedSetup()
+        self.redis: Redis | None = None  # the providers' shared limits, when the engine shares them
         self.slots: list[ProviderSlot] | None = None
         self.rng = random.Random()
         self.router: Router | None = None  # built with the slots
@@ -105,7 +125,11 @@ class ChannelShard(Watched):
         async with self._start_lock:
             if self.slots is None:
                 enabled = sorted((p for p in self.cfg.providers if p.enabled), key=lambda p: p.priority)
-                slots = [build_slot(p) for p in enabled]
+                if self.limits.redis_url and self.redis is None:
+                    # connects on first use; one that cannot is the limits' fallback, not a failed start
+                    self.redis = Redis.from_url(self.limits.redis_url, socket_connect_timeout=1.0,
+                                                socket_timeout=1.0, health_check_interval=30)
+                slots = [build_slot(p, self.channel, self.limits, self.redis) for p in enabled]
                 router = build_router(self.cfg, enabled, slots, self.rng)  # before start: may refuse a weight
                 await asyncio.gather(*(s.provider.start() for s in slots))
                 # Batch mode only when every provider can take a batch, so failover
@@ -161,10 +185,12 @@ class ChannelShard(Watched):
                                {"channel": channel, "provider": provider, "result": result})
         for s in slots:
             waits, refused = s.bucket.drain_waits()
-            if waits or refused:
+            fallbacks = s.bucket.drain_fallbacks() if isinstance(s.bucket, SharedLimits) else 0
+            if waits or refused or fallbacks:
                 tags = {"channel": channel, "provider": self.bounds.provider(s.name)}
                 self.meter.observe("tidings_ratelimit_wait_seconds", waits, tags)
                 self.meter.inc("tidings_ratelimit_refused_total", refused, tags)
+                self.meter.inc("tidings_provider_limit_fallback_total", fallbacks, tags)
 
     async def _sample(self) -> None:
         """Each provider's breaker state (``tidings_breaker_state``), every tick."""
@@ -210,10 +236,15 @@ class ChannelShard(Watched):
             "delivered": self.delivered,
             "routing": self.cfg.routing,
             "providers": {s.provider.name: s.breaker.metrics() for s in slots},
+            "limits": {s.provider.name: s.bucket.info() if isinstance(s.bucket, SharedLimits) else {"shared": False}
+                       for s in slots},
         }
 
     async def close(self) -> None:
         self.ticker.stop()
         if self.slots:
             await asyncio.gather(*(s.provider.close() for s in self.slots), return_exceptions=True)
+        if self.redis is not None:
+            await asyncio.gather(self.redis.aclose(), return_exceptions=True)
+            self.redis = None
         await telemetry.stop_flush()  # the spans of the last batches, before the kill (bounded)

@@ -48,6 +48,9 @@ SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                        ("channel", "provider"), BOUNDARIES),
     "tidings_ratelimit_refused_total": ("counter", "Token waits given up (longer than max_wait_s)",
                                         ("channel", "provider"), None),
+    "tidings_provider_limit_fallback_total": ("counter", "Provider calls admitted by a shard's local share "
+                                              "of the limits while Redis did not answer", ("channel", "provider"),
+                                              None),
     "tidings_breaker_state": ("gauge", "Circuit breaker per provider and shard: 0 closed, 1 half open, 2 open",
                               ("channel", "provider", "shard"), None),
     "tidings_consumer_pending": ("gauge", "Messages in a lane's JetStream consumer not yet delivered (lag)",

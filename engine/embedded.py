@@ -185,8 +185,9 @@ def redis_pings(port: int, timeout: float = 0.2) -> bool:
 
 @dataclass
 class EmbeddedRedis(ChildServer):
-    """A redis-server on loopback without persistence (rate-limit state only),
-    its working folder under ``home``; port 0 picks a free one."""
+    """A redis-server on loopback, its working folder under ``home``; port 0 picks
+    a free one. An append-only file (fsync every second) keeps the providers'
+    daily counts across a restart (actors/delivery/shared.py)."""
 
     NAME: ClassVar[str] = "redis-server"
     STATE: ClassVar[str] = "redis.json"
@@ -202,7 +203,7 @@ class EmbeddedRedis(ChildServer):
         workdir = self.home / "redis"
         workdir.mkdir(exist_ok=True)
         return [redis_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes",
+                "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes",
                 "--logfile", str(self._log)]
 
 

@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 
 from actors import handles
+from actors.delivery.shared import SharedSetup
 from actors.metrics import encode_bounds
 from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.embedded import Services
 from infra import db, streams, telemetry
 from infra.aio import gather_within
-from infra.config import Config, ConfigError, encode as encode_config
+from infra.config import Config, ConfigError, encode as encode_config, shares_provider_limits, wants_redis
 from infra.pii import Keyring
 from policy import wire
 from policy.rules import Policy
@@ -69,7 +70,8 @@ class Actors:
         return [*self.ingestors, *([self.scheduler] if self.scheduler else []), *([self.events] if self.events else [])]
 
 
-def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str] | None = None) -> Actors:
+def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str] | None = None,
+          redis_url: str = "") -> Actors:
     """Create the actor graph (not yet started). Actors are owned by this process:
     if it dies, they die, and JetStream redelivers whatever was not acked.
     ``secrets`` fill the ``secret:NAME`` provider settings, in the ChannelShards'
@@ -110,9 +112,14 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
                     for name, ch in enabled.items() if ch.urgent_shards}
 
     def channel_shard(name: str, ch, index: int, actor: str, cpus: float = cfg.ray.actor_cpus):
+        # a provider's limits are its totals: counted in Redis by all of the channel's
+        # shards, or divided among them (actors/delivery/shared.py)
+        limits = SharedSetup(redis_url=redis_url if shares_provider_limits(cfg) else "",
+                             scope=f"{cfg.database.schema}\0{cfg.nats.stream}", share=ch.shards + ch.urgent_shards,
+                             timeout_s=cfg.provider_limits.timeout_s, retry_s=cfg.provider_limits.retry_s)
         return ChannelShard.options(**{**opts, "num_cpus": cpus}, name=actor).remote(
             name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young,
-            observe=telemetry.observe(cfg))
+            observe=telemetry.observe(cfg), limits=_encode(limits))
 
     channel_shards = {name: [channel_shard(name, enabled[name], i, actor) for i, actor in enumerate(actors)]
                       for name, actors in channel_names.items()}
@@ -165,9 +172,10 @@ class Engine:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        # Redis holds only the HTTP API's rate limits: none (not even embedded) while they are off.
+        # Redis holds the HTTP API's rate limits and the providers' shared limits: none
+        # (not even embedded) while neither is wanted
         self.services = Services(cfg.engine.home, cfg.nats.url, cfg.database.url, cfg.nats.embedded_port,
-                                 redis_url=cfg.redis.url if cfg.ratelimit.enabled else None,
+                                 redis_url=cfg.redis.url if wants_redis(cfg) else None,
                                  redis_port=cfg.redis.embedded_port)
         self.redis: aioredis.Redis | None = None
         self.limiter: ratelimit.Limiter | None = None
@@ -247,7 +255,7 @@ class Engine:
         # starts to the thread that started them.
         self.ray_info = raybox.init(self.cfg.ray)
         self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http.tracking)
-        self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets)
+        self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets, self.redis_url)
         if ingest:
             await self._warm()
             await self._start_loops()

@@ -107,10 +107,23 @@ class DatabaseConfig(_Section):
 
 
 class RedisConfig(_Section):
-    """The Redis that holds the HTTP API's rate limits, shared by every HTTP process."""
+    """The Redis that holds the HTTP API's rate limits and the providers' rates
+    and daily counts, shared by every HTTP process and ChannelShard."""
 
     url: str = ""  # empty: start the embedded redis-server (Debian's, see install.sh) under engine.home
     embedded_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
+
+
+class ProviderLimitsConfig(_Section):
+    """How providers' ``rate_per_s``, ``burst`` and ``daily_limit`` hold for the
+    whole deployment (actors/delivery/shared.py): counted in Redis by every
+    ChannelShard, so the configured numbers are the provider's totals."""
+
+    # false: no Redis for them; each ChannelShard applies its share (the numbers
+    # divided by the channel's shards): still the total, but a quiet shard's share is unused
+    shared: bool = True
+    timeout_s: Annotated[float, Meta(gt=0)] = 0.05  # a Redis step slower than this counts as down
+    retry_s: Annotated[float, Meta(gt=0)] = 5.0  # after Redis failed: the local share this long, then ask again
 
 
 Rate = Annotated[float, Meta(gt=0)]
@@ -335,9 +348,9 @@ class ChannelConfig(_Section):
     # ChannelShards that take only high and critical notifications, so these never
     # wait in the event loop of a shard busy with a bulk backlog (docs/design.md,
     # "Priority lanes"); never a broadcast's. Each has its own provider clients, limits
-    # and breakers, like any shard: a provider's rate_per_s and daily_limit apply per
-    # shard, so one more shard allows one more shard's worth. 0: they share the
-    # shards above (the bulkhead still lets them pass)
+    # and breakers, like any shard; a provider's rate_per_s and daily_limit are shared
+    # by all of the channel's shards ([provider_limits]). 0: they share the shards
+    # above (the bulkhead still lets them pass)
     urgent_shards: Annotated[int, Meta(ge=0)] = 0
     providers: list[ProviderConfig] = []
     # The order a delivery tries the providers in (actors/delivery/routing/).
@@ -371,6 +384,7 @@ class Config(_Section):
     engagement: EngagementConfig = EngagementConfig()
     bounces: BouncesConfig = BouncesConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
+    provider_limits: ProviderLimitsConfig = ProviderLimitsConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
     events: EventsConfig = EventsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -382,6 +396,20 @@ class Config(_Section):
             name for name, ch in self.channels.items()
             if ch.enabled and any(p.enabled for p in ch.providers)
         )
+
+
+def shares_provider_limits(cfg: Config) -> bool:
+    """Whether the ChannelShards count providers' limits in Redis: shared, and an
+    enabled provider of an enabled channel has a rate or a daily limit."""
+    if not cfg.provider_limits.shared:
+        return False
+    return any(p.enabled and (p.rate_per_s > 0 or p.daily_limit > 0)
+               for name, ch in cfg.channels.items() if name in cfg.enabled_channels() for p in ch.providers)
+
+
+def wants_redis(cfg: Config) -> bool:
+    """Whether the engine needs a Redis: the HTTP API's rate limits or shared provider limits."""
+    return cfg.ratelimit.enabled or shares_provider_limits(cfg)
 
 
 # Settings that env variables may override: not the tables of lists (channels, preferences).

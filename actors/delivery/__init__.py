@@ -1,8 +1,9 @@
 """Delivery mechanics a ChannelShard composes: rate limits, circuit breaker,
 backoff, provider slots and ``deliver()`` (priority failover with retries).
 
-No Ray and no I/O besides ``provider.send``; clocks, sleep and randomness are
-injected so all of it runs under test without sleeping.
+No Ray, and no I/O besides ``provider.send`` and the shared limits' Redis step
+(``shared.py``); clocks, sleep and randomness are injected so all of it runs
+under test without sleeping.
 """
 
 from actors.delivery.backoff import Backoff, Jitter

@@ -220,7 +220,8 @@ async def _limits(run: _Run, slot: ProviderSlot) -> str | None:
     if slot.daily.exhausted():
         return "daily_limit"
     if not await slot.bucket.acquire(run.sleep, slot.max_wait_s):
-        return "rate_limited"
+        # a shared quota is counted with its token: a refusal may be the day's end
+        return "daily_limit" if slot.daily.exhausted() else "rate_limited"
     if _expired(run):  # it waited for a token
         return EXPIRED
     if not slot.daily.take():  # spent by a concurrent delivery while we waited

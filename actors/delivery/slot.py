@@ -9,6 +9,7 @@ from actors.delivery.backoff import Backoff
 from actors.delivery.breaker import CircuitBreaker
 from actors.delivery.bucket import DailyLimit, TokenBucket
 from actors.delivery.bulkhead import Bulkhead
+from actors.delivery.shared import SharedLimits
 from providers.base import Provider
 
 
@@ -16,8 +17,8 @@ from providers.base import Provider
 class ProviderSlot:
     provider: Provider
     priority: int  # lower tries first; deliver() takes slots in the order given
-    bucket: TokenBucket
-    daily: DailyLimit
+    bucket: TokenBucket | SharedLimits  # a SharedLimits is both: counted in Redis for the deployment
+    daily: DailyLimit | SharedLimits
     breaker: CircuitBreaker
     bulkhead: asyncio.Semaphore | Bulkhead  # bounds concurrent calls to this provider (urgent ones first)
     max_attempts: int = 3  # calls on this slot before failing over

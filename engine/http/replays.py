@@ -18,7 +18,7 @@ touched. A copy that finds the name busy elsewhere learns so (SNS answers it
 503 and SNS tries again later); one that finds it done is a replay.
 
 With Redis unreachable each process guards itself (``tidings_replay_guard_local_total``);
-with no Redis configured (``ratelimit.enabled = false`` starts none) likewise.
+with no Redis configured (none is started when ``infra.config.wants_redis`` says so) likewise.
 """
 
 from __future__ import annotations
