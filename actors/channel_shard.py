@@ -18,7 +18,7 @@ from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, T
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
-from actors.delivery.shared import SharedLimits, SharedSetup, redis_key
+from actors.delivery.shared import LUA, SharedLimits, SharedSetup, redis_key
 from actors.stalls import StallWatch, Watched
 from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
@@ -29,6 +29,8 @@ from providers import registry
 from providers.base import BatchProvider
 
 log = logging.getLogger(__name__)
+
+WARM_REDIS_S = 2.0  # the longest a shard's set-up waits to connect to the limits' Redis
 
 
 def build_slot(p: ProviderConfig, channel: str = "", setup: SharedSetup | None = None,
@@ -126,9 +128,9 @@ class ChannelShard(Watched):
             if self.slots is None:
                 enabled = sorted((p for p in self.cfg.providers if p.enabled), key=lambda p: p.priority)
                 if self.limits.redis_url and self.redis is None:
-                    # connects on first use; one that cannot is the limits' fallback, not a failed start
                     self.redis = Redis.from_url(self.limits.redis_url, socket_connect_timeout=1.0,
                                                 socket_timeout=1.0, health_check_interval=30)
+                    await self._warm_redis()
                 slots = [build_slot(p, self.channel, self.limits, self.redis) for p in enabled]
                 router = build_router(self.cfg, enabled, slots, self.rng)  # before start: may refuse a weight
                 await asyncio.gather(*(s.provider.start() for s in slots))
@@ -142,6 +144,17 @@ class ChannelShard(Watched):
                 self.ticker.start()
                 self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
         return self.slots
+
+    async def _warm_redis(self) -> None:
+        """Connect and load the limits' script now, so the first step is not
+        taken for an outage for paying the connection and the load inside its
+        ``timeout_s``. A Redis that is down is the limits' fallback, not a failed start."""
+        assert self.redis is not None
+        try:
+            async with asyncio.timeout(WARM_REDIS_S):
+                await self.redis.script_load(LUA)
+        except Exception as e:  # noqa: BLE001 - the steps will fall back and say so
+            log.warning("provider limits: Redis did not answer at start (%s)", type(e).__name__)
 
     async def deliver(self, payload: bytes) -> bytes:
         """Deliver a batch (MessagePack list[DeliveryTask]); returns list[Outcome]."""

@@ -204,7 +204,7 @@ class Engine:
 
     @property
     def redis_url(self) -> str:
-        """Empty while rate limits are off (no Redis then)."""
+        """Empty while neither the API's rate limits nor shared provider limits want one."""
         return self.services.redis_url
 
     async def start(self, *, ingest: bool = True) -> Engine:

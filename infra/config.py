@@ -122,7 +122,7 @@ class ProviderLimitsConfig(_Section):
     # false: no Redis for them; each ChannelShard applies its share (the numbers
     # divided by the channel's shards): still the total, but a quiet shard's share is unused
     shared: bool = True
-    timeout_s: Annotated[float, Meta(gt=0)] = 0.05  # a Redis step slower than this counts as down
+    timeout_s: Annotated[float, Meta(gt=0)] = 0.2  # a Redis step slower than this counts as down
     retry_s: Annotated[float, Meta(gt=0)] = 5.0  # after Redis failed: the local share this long, then ask again
 
 

@@ -30,9 +30,8 @@ import time
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
-from actors.delivery.bucket import Clock, DailyLimit, Sleep, TokenBucket
+from actors.delivery.bucket import Clock, Sleep, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,8 @@ KEY_PREFIX = "tidings:pl:"
 # wait_s, used today}: wait_s is "-1" when today's quota is spent, else the seconds
 # until the next token when fewer than wanted were granted. Floats as strings
 # (Redis truncates Lua numbers to integers). ``lease`` below is the same arithmetic.
+# Redis's clock counts from 2023-11-14 (1.7e9 s), not 1970: doubles then keep
+# nanoseconds, not a quarter of a microsecond, and 0.3 s of burst stays 3 tokens at 10/s.
 LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -62,7 +63,7 @@ if ARGV[7] and ARGV[7] ~= '' then
   now = tonumber(ARGV[7])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  now = (tonumber(t[1]) - 1700000000) + tonumber(t[2]) / 1000000
 end
 local used = 0
 if limit > 0 then
@@ -90,7 +91,7 @@ if rate > 0 then
   if pause > 0 and tat < now + pause + tau - interval then
     tat = now + pause + tau - interval
   end
-  local avail = math.floor((now + tau - tat) / interval + 1e-9)
+  local avail = math.floor((now + tau - tat) / interval + 1e-6)
   if avail < 0 then
     avail = 0
   end
@@ -128,7 +129,7 @@ def lease(tat: float, used: int, now: float, rate: float, burst: float, want: in
         tat = max(tat, now)
         if pause_s > 0:
             tat = max(tat, now + pause_s + tau - interval)
-        avail = max(0, math.floor((now + tau - tat) / interval + 1e-9))
+        avail = max(0, math.floor((now + tau - tat) / interval + 1e-6))
         granted = min(granted, avail)
         tat += granted * interval
         if granted < want:
@@ -150,7 +151,7 @@ class SharedSetup(msgspec.Struct, frozen=True):
     redis_url: str = ""
     scope: str = ""  # the deployment: database schema and stream (one engine's keys, not another's)
     share: int = 1  # the channel's ChannelShards in this instance: the fallback divides by it
-    timeout_s: float = 0.05
+    timeout_s: float = 0.2
     retry_s: float = 5.0
 
 
@@ -161,28 +162,34 @@ class SharedLimits:
     Redis step, so ``take`` has nothing left to count."""
 
     def __init__(self, redis: Any, key: str, rate: float, burst: float, daily_limit: int, share: int,
-                 timeout_s: float = 0.05, retry_s: float = 5.0, clock: Clock = time.monotonic,
+                 timeout_s: float = 0.2, retry_s: float = 5.0, clock: Clock = time.monotonic,
                  wall: Clock = time.time) -> None:
-        self.key, self.rate, self.burst, self.limit = key, float(rate), float(burst), int(daily_limit)
+        self.key, self.rate, self.limit = key, float(rate), int(daily_limit)
+        # below one token GCRA never gives one (a rate under 1/s with no burst set)
+        self.burst = max(1.0, float(burst))
         self.timeout_s, self.retry_s = timeout_s, retry_s
         self.clock, self.wall = clock, wall
         self.script = redis.register_script(LUA)
-        share = max(1, share)
-        self.local = TokenBucket(self.rate / share, max(1.0, self.burst / share), clock)
-        self.local_daily = DailyLimit(max(1, self.limit // share) if self.limit > 0 else 0, wall)
+        self.share = max(1, share)
+        # the fallback: this shard's share of the rate (its burst at least one token)
+        self.local = TokenBucket(self.rate / self.share, max(1.0, self.burst / self.share), clock)
         self.leased = 0
         self.leased_until = -math.inf
         self.demand = 0  # acquires waiting now: what the next lease asks for
         self._call: asyncio.Future | None = None
         self._pause_at = -math.inf  # a provider's Retry-After (monotonic end) not yet sent to Redis
         self._hold_until = -math.inf  # no token before this (monotonic), whatever was leased
-        self._down_until = -math.inf  # Redis failed: the local share applies until then
-        self._full_day: int | None = None  # the UTC day Redis said the quota was spent
+        self._down_until = -math.inf  # Redis failed: the local share applies until then (-inf: it answers)
+        self._used: tuple[int, int] = (-1, 0)  # (UTC day, sends counted in it) as Redis last said
+        self._local_left: tuple[int, int] = (-1, 0)  # (UTC day, sends the local share may still make)
         self._spent_locally = 0  # admitted by the fallback, not yet added to Redis's day
         self.waits: list[float] = []
         self.refused = 0
         self.fallbacks = 0  # admissions by the local share, taken by ``drain_fallbacks``
         self.fallbacks_total = 0  # the same, since the start (health)
+
+    def _today(self) -> int:
+        return int(self.wall() // DAY_S)
 
     # -- the bucket's side ---------------------------------------------------------
 
@@ -191,8 +198,7 @@ class SharedLimits:
         return self.rate <= 0
 
     def drain_waits(self) -> tuple[list[float], int]:
-        local_waits, local_refused = self.local.drain_waits()
-        waits, refused = self.waits + local_waits, self.refused + local_refused
+        waits, refused = self.waits, self.refused
         self.waits, self.refused = [], 0
         return waits, refused
 
@@ -204,9 +210,14 @@ class SharedLimits:
     def redis_down(self) -> bool:
         return self.clock() < self._down_until
 
+    def info(self) -> dict:
+        return {"shared": True, "redis_down": self.redis_down, "fallbacks": self.fallbacks_total}
+
     async def acquire(self, sleep: Sleep, max_wait_s: float) -> bool:
         """One token, within ``max_wait_s``: False as soon as it would take longer,
-        or when today's quota is spent (``exhausted`` then says so)."""
+        or when today's quota is spent (``exhausted`` then says so). While Redis is
+        away a waiter takes from the local share, one token at a time, and goes back
+        to Redis as soon as the outage's ``retry_s`` is over."""
         started = self.clock()
         deadline = started + max(0.0, max_wait_s)
         waited = False
@@ -215,16 +226,24 @@ class SharedLimits:
             while True:
                 now = self.clock()
                 if now >= self._hold_until and self._take_leased(now):
-                    if waited:
-                        self.waits.append(self.clock() - started)
-                    return True
+                    break
                 if now < self._down_until:
-                    return await self._acquire_locally(sleep, deadline - now)
-                if now < self._hold_until and self._pause_at <= now:
-                    wait = self._hold_until - now  # paused here, and Redis was told
+                    wait = self._take_locally()
+                    if wait == 0.0:
+                        break
+                    if wait < 0:
+                        return False
+                    wait = min(wait, max(self._down_until - now, MIN_WAIT_S))  # then Redis again
+                elif now < self._hold_until and (self._pause_at <= now or self.rate <= 0):
+                    # paused here, and Redis was told (an account without a rate has no
+                    # shared pause: asking would only count tokens it cannot use yet)
+                    wait = self._hold_until - now
                 else:
                     leased = await self._lease()
                     if leased is None:  # tokens came, or Redis went away: look again
+                        if self.clock() > deadline + _EPS:  # others took them all, too long
+                            self.refused += 1
+                            return False
                         continue
                     if leased < 0:
                         return False
@@ -236,6 +255,9 @@ class SharedLimits:
                 await sleep(wait)
         finally:
             self.demand -= 1
+        if waited:
+            self.waits.append(self.clock() - started)
+        return True
 
     def _take_leased(self, now: float) -> bool:
         if now >= self.leased_until:
@@ -245,17 +267,33 @@ class SharedLimits:
             return True
         return False
 
-    async def _acquire_locally(self, sleep: Sleep, max_wait_s: float) -> bool:
-        if self.local_daily.exhausted():
-            return False
-        if not await self.local.acquire(sleep, max_wait_s):
-            return False
-        if not self.local_daily.take():
-            return False
+    def _take_locally(self) -> float:
+        """A token of the local share: 0.0 taken, > 0 the seconds until one, -1 the
+        day's share is spent."""
+        if self.limit > 0 and self._local_left_today() <= 0:
+            return -1.0
+        wait = self.local.try_take()
+        if wait > 0.0:
+            return wait
+        if self.limit > 0:
+            day, left = self._local_left
+            self._local_left = (day, left - 1)
         self._spent_locally += 1
         self.fallbacks += 1
         self.fallbacks_total += 1
-        return True
+        return 0.0
+
+    def _local_left_today(self) -> int:
+        """What the local share may still send today: its share of what Redis last
+        said was left (nothing if Redis said the day was spent); a new day, its
+        share of the whole quota."""
+        today = self._today()
+        day, left = self._local_left
+        if day != today:
+            used_day, used = self._used
+            left = max(0, self.limit - (used if used_day == today else 0)) // self.share
+            self._local_left = (today, left)
+        return self._local_left[1]
 
     async def _lease(self) -> float | None:
         """One Redis step shared by every acquire waiting now (shielded: one
@@ -271,15 +309,17 @@ class SharedLimits:
                 want = min(want, max(1, int(self.burst)))
             pause, self._pause_at = self._pause_at - self.clock(), -math.inf
             spent, self._spent_locally = self._spent_locally, 0
-            day = int(self.wall() // DAY_S)
+            day = self._today()
             keys = [self.key, f"{self.key}:day:{day}"]
             args = [repr(self.rate), repr(self.burst), want, self.limit, repr(max(0.0, pause)), spent]
             try:
                 async with asyncio.timeout(self.timeout_s):
                     answer = await self.script(keys=keys, args=args)
-                granted, wait = int(answer[0]), float(answer[1])
-            except (RedisError, OSError, TimeoutError, ValueError) as e:  # ValueError: an answer not ours
-                self._spent_locally += spent  # not counted there: sent with a later step
+                granted, wait, used = int(answer[0]), float(answer[1]), int(answer[2])
+            except Exception as e:  # noqa: BLE001 - any failure (down, slow, an answer not ours) is "down"
+                # a step that timed out may have run: its ``spent`` is sent again
+                # (counted twice, never lost: the safe side)
+                self._spent_locally += spent
                 if pause > 0:
                     self._pause_at = max(self._pause_at, self.clock() + pause)
                 self._went_down(e)
@@ -287,23 +327,24 @@ class SharedLimits:
             if self._down_until > -math.inf:
                 log.info("provider limits: Redis answers again; %s is shared again", self.key)
                 self._down_until = -math.inf
+            if self.limit > 0:
+                self._used = (day, used)
             if granted > 0:
                 self.leased += granted
                 self.leased_until = self.clock() + LEASE_S
                 return None
             if wait < 0:
-                self._full_day = day
                 return -1.0
             return max(wait, MIN_WAIT_S)
         finally:
             self._call = None
 
     def _went_down(self, e: BaseException) -> None:
-        if self._down_until == -math.inf:  # once per outage, not once per retry
+        if self._down_until == -math.inf:  # the outage's first failure: its share of what is left today
             log.warning("provider limits: Redis did not answer (%s); this shard applies its share locally "
                         "and asks again in %.0f s", type(e).__name__, self.retry_s)
+            self._local_left = (-1, 0)
         self._down_until = self.clock() + self.retry_s
-        self.leased = 0
 
     def pause_until(self, t: float) -> None:
         """A provider's Retry-After: nothing before monotonic ``t`` here at once,
@@ -313,19 +354,19 @@ class SharedLimits:
         if t <= now:
             return
         self.local.pause_until(t)
-        self._pause_at = max(self._pause_at, t)
+        if self.rate > 0:
+            self._pause_at = max(self._pause_at, t)
         self._hold_until = max(self._hold_until, t)
-        self.leased = 0
-
-    def info(self) -> dict:
-        return {"shared": True, "redis_down": self.redis_down, "fallbacks": self.fallbacks_total}
 
     # -- the daily quota's side ---------------------------------------------------
 
     def exhausted(self) -> bool:
+        if self.limit <= 0:
+            return False
         if self.redis_down:
-            return self.local_daily.exhausted()
-        return self._full_day == int(self.wall() // DAY_S)
+            return self._local_left_today() <= 0
+        day, used = self._used
+        return day == self._today() and used >= self.limit
 
     def take(self) -> bool:
         """Counted with the token (``acquire``): nothing left to count."""

@@ -7,6 +7,7 @@ real script, is tests/integration/test_provider_limits.py; here a stand-in runs
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import pytest
@@ -119,13 +120,15 @@ async def test_concurrent_calls_share_one_redis_step():
 
 
 async def test_two_shards_together_keep_the_one_rate():
-    clock = Clock()
-    redis = FakeRedis(clock)
-    a, b = limits(redis, clock, rate=10, burst=1), limits(redis, clock, rate=10, burst=1)
-    start = clock()
-    got = await asyncio.gather(*(s.acquire(clock.sleep, 100) for s in (a, b) for _ in range(25)))
+    """Real time (a lower bound only: a loaded machine is slower, never faster):
+    100 tokens at 200/s with a burst of 1 cannot all come in under 0.495 s,
+    however the two shards share them; each alone would have been twice as fast."""
+    redis = FakeRedis(time.monotonic)
+    a, b = (SharedLimits(redis, "k", 200, 1, 0, 2) for _ in range(2))
+    start = time.monotonic()
+    got = await asyncio.gather(*(s.acquire(asyncio.sleep, 10) for s in (a, b) for _ in range(50)))
     assert all(got)
-    assert clock() - start >= 49 * 0.1 - 1e-6  # 50 tokens at 10/s, burst 1: not twice as fast
+    assert time.monotonic() - start >= 99 / 200 - 1e-3
 
 
 async def test_redis_down_applies_the_local_share_and_counts_it():
@@ -142,6 +145,29 @@ async def test_redis_down_applies_the_local_share_and_counts_it():
     clock.t += shard.retry_s
     assert await shard.acquire(clock.sleep, 10)
     assert sum(redis.days.values()) == 3
+
+
+async def test_a_waiter_on_the_local_share_goes_back_to_redis_when_the_outage_ends():
+    clock = Clock()
+    redis = FakeRedis(clock)
+    redis.down = True
+    shard = limits(redis, clock, rate=10, burst=1, share=10, retry_s=0.5)  # share: 1/s
+    assert await shard.acquire(clock.sleep, 10)  # the local share's one token
+    redis.down = False
+    started = clock()
+    assert await shard.acquire(clock.sleep, 10)
+    assert clock() - started < 0.6  # back on Redis's 10/s after the outage, not the share's 1 s
+    assert shard.drain_fallbacks() == 1
+
+
+async def test_a_blip_after_the_day_is_spent_sends_nothing_more():
+    clock = Clock()
+    redis = FakeRedis(clock)
+    shard = limits(redis, clock, rate=0, burst=0, daily=4, share=2)
+    assert [await shard.acquire(clock.sleep, 1) for _ in range(5)] == [True] * 4 + [False]
+    redis.down = True
+    assert not await shard.acquire(clock.sleep, 1)  # the local share of nothing left
+    assert shard.exhausted() and shard.drain_fallbacks() == 0
 
 
 async def test_the_day_spent_refuses_and_says_so():
@@ -162,17 +188,34 @@ async def test_a_refusal_past_max_wait_is_counted():
     assert shard.drain_waits() == ([], 1)
 
 
+async def test_a_rate_under_one_a_second_still_sends():
+    clock = Clock()
+    shard = limits(FakeRedis(clock), clock, rate=0.5, burst=0.5)  # burst unset: one second's worth
+    assert await shard.acquire(clock.sleep, 0)
+    assert await shard.acquire(clock.sleep, 2.5)
+
+
 async def test_a_pause_holds_every_shard():
     clock = Clock()
     redis = FakeRedis(clock)
     a, b = limits(redis, clock, rate=100, burst=10), limits(redis, clock, rate=100, burst=10)
-    assert await a.acquire(clock.sleep, 1)
     a.pause_until(clock() + 3.0)
+    assert not await a.acquire(clock.sleep, 0)  # carries the pause to Redis; 3 s is too long
+    assert not await b.acquire(clock.sleep, 1.0)  # b was told nothing: Redis holds it
     start = clock()
-    assert await a.acquire(clock.sleep, 10)  # carries the pause to Redis, then waits it out
-    assert clock() - start >= 3.0 - 1e-6
-    clock.t = start  # b asks at the pause's start: Redis holds it too
-    assert not await b.acquire(clock.sleep, 1.0)
+    assert await b.acquire(clock.sleep, 5.0)
+    assert clock() - start >= 3.0 - 0.01
+
+
+async def test_a_daily_only_account_counts_nothing_while_paused():
+    clock = Clock()
+    redis = FakeRedis(clock)
+    shard = limits(redis, clock, rate=0, burst=0, daily=100)
+    assert await shard.acquire(clock.sleep, 1)
+    shard.pause_until(clock() + 2.0)
+    got = await asyncio.gather(*(shard.acquire(clock.sleep, 5) for _ in range(20)))
+    assert all(got)
+    assert sum(redis.days.values()) == 21  # one each, none leased and dropped during the pause
 
 
 def test_without_redis_each_shard_takes_its_share():
