@@ -93,7 +93,9 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     # restarted however often they die: an actor gone for good would fail every message
     # bound for it until it was dead-lettered. A payload that kills its actor is bounded
     # by the Ingestor instead (faults.CONTENTION_TRIES, then nats.dead_letter_after)
-    opts = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1)
+    opts: dict = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1)
+    if cfg.ray.placement == "spread":
+        opts["scheduling_strategy"] = "SPREAD"  # restarts too: a lost node's actors go where there is room
     # peers are passed by name (actors/handles.py): a handle among constructor arguments
     # would put them in the object store, where a restart may not find them
     run = uuid.uuid4().hex[:12]

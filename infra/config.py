@@ -152,6 +152,9 @@ class RayConfig(_Section):
     dashboard_port: int = 8265
     num_cpus: int | None = None
     actor_cpus: NonNegative = 0.0  # CPUs each actor reserves; >0 spreads them on a cluster
+    # "default": Ray's own placement (fills a node before the next); "spread": the
+    # actors dealt over the nodes with room (a worker node lost takes fewer with it)
+    placement: Literal["default", "spread"] = "default"
     # where a local Ray's metrics agent serves the actors' series (ray_tidings_*) for
     # Prometheus; 0: a port Ray picks (printed at start). A cluster keeps its own
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
