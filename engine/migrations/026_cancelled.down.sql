@@ -1,0 +1,8 @@
+-- Back to 007_tracking_status's CHECK. A 'cancelled' row becomes 'suppressed'
+-- (not sent, by a decision: as a notification past its ttl is recorded); its
+-- reason still says 'cancelled'.
+UPDATE delivery_tracking SET status = 'suppressed', updated_at = now() WHERE status = 'cancelled';
+ALTER TABLE delivery_tracking DROP CONSTRAINT delivery_tracking_status_check;
+ALTER TABLE delivery_tracking ADD CONSTRAINT delivery_tracking_status_check CHECK (status IN (
+    'pending', 'processing', 'sent', 'delivered', 'failed', 'bounced', 'complained',
+    'rejected', 'expired', 'suppressed', 'deferred', 'digested'));

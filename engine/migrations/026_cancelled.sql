@@ -1,0 +1,7 @@
+-- DELETE /v1/notifications/{id} cancels the channels still held (deferred,
+-- digested and not yet sent): their tracking rows end 'cancelled' (reason
+-- 'cancelled'). The CHECK from 007_tracking_status is replaced with it added.
+ALTER TABLE delivery_tracking DROP CONSTRAINT delivery_tracking_status_check;
+ALTER TABLE delivery_tracking ADD CONSTRAINT delivery_tracking_status_check CHECK (status IN (
+    'pending', 'processing', 'sent', 'delivered', 'failed', 'bounced', 'complained',
+    'rejected', 'expired', 'suppressed', 'deferred', 'digested', 'cancelled'));
