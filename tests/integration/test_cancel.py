@@ -240,3 +240,25 @@ async def test_unknown_ids_other_callers_keys_and_bad_input(engine, client):
         answer = await r.json()
     assert answer["data"]["cancel"] == {"id": nid, "channels": [
         {"channel": "email", "result": "already_cancelled", "status": "cancelled"}]}
+
+
+async def test_cli_cancels_by_id_and_by_key(engine, client, capsys):
+    import argparse
+    import importlib
+
+    cli = importlib.import_module("engine.cli.main")  # the package's ``main`` is the function
+    assert cli.parser().parse_args(["cancel", "--key", "k"]).key == "k"
+    await prefs(engine, client, "c7", {"preferences": [{"quiet_hours": quiet_now()}]})
+    (nid,) = await send(engine, client, "c7", 1)
+    async with client.post(f"{engine.base_url}/v1/notifications", json={
+            "user_id": "c7", "category": "job_alerts", "channels": ["email"], "idempotency_key": "cli-key",
+            "content": {"subject": "s", "text": "t"}}) as r:
+        keyed = (await r.json())["id"]
+    assert await wait_rows(engine.pool, [keyed], 1) == 1
+    for args in (argparse.Namespace(id=nid, key=None, url=engine.base_url),
+                 argparse.Namespace(id=None, key="cli-key", url=engine.base_url)):
+        assert await cli.cmd_cancel(engine.cfg, args) == 0
+    assert {s for s, _ in (await statuses(engine, [nid, keyed])).values()} == {"cancelled"}
+    assert "cancelled" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        await cli.cmd_cancel(engine.cfg, argparse.Namespace(id=nid, key="cli-key", url=engine.base_url))
