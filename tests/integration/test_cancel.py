@@ -20,6 +20,7 @@ import pytest
 from engine import auth
 from engine.client import Client, TidingsError
 from policy.types import UserProfile
+from sandbox import WebhookSink
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,18 @@ def quiet_now() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-async def engine(nats_url, database_url, ray_address, smtp, tmp_path_factory):
+async def hook():
+    sink = WebhookSink("cancel-secret", port=0)
+    await sink.start()
+    yield sink
+    await sink.stop()
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, database_url, ray_address, smtp, hook, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("cancel")), smtp_port=smtp.port,
-                        channels=("email",), overrides={"preferences": POLICY, "scheduler": {"interval_s": 0.2}})
+                        webhook_url=hook.url, secret="cancel-secret", channels=("email", "webhook"),
+                        overrides={"preferences": POLICY, "scheduler": {"interval_s": 0.2}})
     people = [UserProfile(user_id=f"c{i}", addresses={"email": f"c{i}@example.test"}, timezone=ZONE)
               for i in range(10)]
     async with serving(cfg, database_url, people) as eng:
@@ -152,6 +162,33 @@ async def test_a_digest_item_is_cancelled_and_the_digest_goes_without_it(engine,
     # sent in the digest: final now
     status, body = await delete(client, f"{engine.base_url}/v1/notifications/{ids[1]}")
     assert status == 409 and body["errors"] == [{"field": "channels.email", "reason": "not held: digested"}]
+
+
+async def test_a_waiting_fallback_check_is_cancelled_and_its_fallbacks_never_tried(engine, client, smtp):
+    nid = str(uuid.uuid4())
+    async with client.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": "c8", "category": "job_alerts", "channels": ["webhook"], "fallback": ["email"],
+            "fallback_after_s": 600, "content": {"subject": "s", "text": "t"}}) as r:
+        assert r.status == 202, await r.text()
+    assert await wait_rows(engine.pool, [nid], 1) == 1
+    assert (await settle(engine, [nid]))[nid] == ("sent", "ok")
+    deadline = time.monotonic() + 30
+    while not await engine.pool.fetchval("SELECT count(*) FROM scheduled_notifications WHERE notification_id = $1 "
+                                         "AND kind = 'fallback' AND status = 'pending'", uuid.UUID(nid)):
+        assert time.monotonic() < deadline, "no fallback check held"
+        await asyncio.sleep(0.1)
+    status, body = await delete(client, f"{engine.base_url}/v1/notifications/{nid}")
+    assert status == 200, body
+    assert body["channels"] == [{"channel": "fallback", "result": "cancelled", "status": None},
+                                {"channel": "webhook", "result": "final", "status": "sent"}]
+    # its time comes: nothing is tried
+    await engine.pool.execute("UPDATE scheduled_notifications SET due_at = now() WHERE notification_id = $1",
+                              uuid.UUID(nid))
+    await asyncio.sleep(1.5)
+    assert await statuses(engine, [nid]) == {nid: ("sent", "ok")}  # no email row
+    assert await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking WHERE notification_id = $1",
+                                      uuid.UUID(nid)) == 1
+    assert mailed(smtp, nid) == 0
 
 
 async def test_a_channel_a_release_holds_is_left_to_it_and_ends_sent(engine, client, smtp):
