@@ -21,6 +21,7 @@ from engine import auth
 from engine.client import Client, TidingsError
 from policy.types import UserProfile
 from sandbox import WebhookSink
+from stores import schedules
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -299,3 +300,43 @@ async def test_cli_cancels_by_id_and_by_key(engine, client, capsys):
     assert "cancelled" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         await cli.cmd_cancel(engine.cfg, argparse.Namespace(id=nid, key="cli-key", url=engine.base_url))
+
+
+async def hold_row(engine, user: str) -> uuid.UUID:
+    """A channel held until tomorrow, as a UserShard writes it (no Scheduler claims it today)."""
+    nid = uuid.uuid4()
+    async with engine.pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO scheduled_notifications (kind, notification_id, channel, user_id, category, "
+                           "due_at, request) VALUES ('deferred', $1, 'email', $2, 'job_alerts', "
+                           "now() + interval '1 day', '\\x00')", nid, user)
+        await conn.execute("INSERT INTO delivery_tracking (notification_id, user_id, channel, category, status, reason) "
+                           "VALUES ($1, $2, 'email', 'job_alerts', 'deferred', 'quiet_hours')", nid, user)
+    return nid
+
+
+async def test_a_claim_and_a_cancel_at_once_are_decided_by_the_row_lock(engine):
+    """The two interleavings, held open on purpose: a claim not yet committed makes
+    the cancel wait and then leave the row to the release; a cancel not yet
+    committed makes the claim skip the row, which is done once it commits."""
+    tomorrow = time.time() + 2 * 86400
+    claimed = await hold_row(engine, "c9")
+    async with engine.pool.acquire() as claimer, engine.pool.acquire() as canceller:
+        async with claimer.transaction():
+            dues = await schedules.claim_due(claimer, 1000, 60, at=tomorrow)
+            assert claimed in {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
+            waiting = asyncio.ensure_future(schedules.cancel(canceller, claimed))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # it waits for the claim's row lock
+        found = await waiting
+    assert (found.cancelled, found.releasing, found.statuses) == (set(), {"email"}, {"email": "deferred"})
+
+    cancelled = await hold_row(engine, "c9")
+    async with engine.pool.acquire() as claimer, engine.pool.acquire() as canceller:
+        async with canceller.transaction():  # cancel_once's own transaction is a savepoint in this one
+            found = await schedules.cancel_once(canceller, cancelled)
+            assert found.cancelled == {"email"}
+            dues = await schedules.claim_due(claimer, 1000, 60, at=tomorrow)
+            assert cancelled not in {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
+        dues = await schedules.claim_due(claimer, 1000, 60, at=tomorrow)  # committed: done, never claimed
+        assert cancelled not in {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
+    assert (await statuses(engine, [str(cancelled)]))[str(cancelled)] == ("cancelled", "cancelled")
