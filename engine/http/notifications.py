@@ -32,11 +32,13 @@ from policy.api import (
 )
 from policy.email import content_problem
 from policy.labels import OTHER
-from policy.types import BroadcastRequest, IdempotencyKey, NotificationRequest, derive_id, notification_id
+from policy.types import CHANNELS, BroadcastRequest, IdempotencyKey, NotificationRequest, derive_id, notification_id
 from policy.validate import message_errors
 from stores import engagement, schedules
 
 ACCEPTED = Counter("tidings_notifications_accepted_total", "Notifications accepted (published)", ["category"])
+CANCELLED = Counter("tidings_channels_cancelled_total", "Held channels (and fallback checks) cancelled through the API",
+                    ["channel"])
 PUBLISH_SECONDS = Histogram("tidings_publish_seconds", "Time to publish a submission to JetStream")
 
 PUBLISH_TIMEOUT_S = 10.0  # no ack by then: 503; a retry with the same id or idempotency key is deduplicated
@@ -293,6 +295,8 @@ async def cancellation(engine: Engine, nid: uuid.UUID) -> Cancellation:
         found = await schedules.cancel(conn, nid)
     if not found.known:
         raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+    for channel in found.cancelled:  # label values: the known channels only (policy/labels.py)
+        CANCELLED.labels(channel if channel in CHANNELS or channel == cancelling.FALLBACK_CHANNEL else OTHER).inc()
     channels = cancelling.answers(found.statuses, found.cancelled, found.releasing)
     if not cancelling.anything_cancelled(channels):
         raise Problem(409, "nothing to cancel", [{"field": f"channels.{c.channel}", "reason": cancelling.why_not(c)}

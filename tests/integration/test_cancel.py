@@ -132,6 +132,8 @@ async def test_a_channel_held_for_quiet_hours_is_cancelled_and_never_released(en
     async with client.get(f"{engine.base_url}/v1/notifications/{nid}") as r:
         (email,) = (await r.json())["channels"]
     assert (email["status"], email["reason"]) == ("cancelled", "cancelled")
+    async with client.get(f"{engine.base_url}/metrics") as r:
+        assert 'tidings_channels_cancelled_total{channel="email"}' in await r.text()
 
 
 async def test_a_sent_channel_is_not_cancellable_and_stays_sent(engine, client, smtp):
