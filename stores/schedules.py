@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import msgspec
 
-from policy.cancel import FALLBACK_CHANNEL
+from policy.cancel import FALLBACK_CHANNEL  # a fallback check has no channel of its own: its row's channel
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.release import digest_id
 from policy.types import DigestKey, Outcome
@@ -48,9 +48,6 @@ ON CONFLICT (notification_id, channel) DO UPDATE SET due_at = EXCLUDED.due_at, c
     status = 'pending', request = EXCLUDED.request
 WHERE scheduled_notifications.kind = 'deferred' AND EXCLUDED.kind = 'deferred'
 """
-
-
-# A fallback check has no channel of its own; its row is keyed under FALLBACK_CHANNEL.
 
 
 def _channel(it: Held) -> str:
