@@ -15,18 +15,21 @@ FALLBACK_CHANNEL = "fallback"  # a fallback check has no channel of its own (sto
 CANCELLED = "cancelled"  # the tracking status and reason of a cancelled channel
 
 
-def answers(statuses: Mapping[str, str], cancelled: set[str], releasing: set[str]) -> list[ChannelCancel]:
+def answers(statuses: Mapping[str, str], cancelled: set[str], releasing: set[str],
+            earlier: set[str] = frozenset()) -> list[ChannelCancel]:  # type: ignore[assignment]
     """The answer per channel, in channel order. ``statuses``: each channel's
     tracking status after the cancellation; ``cancelled``: the held channels
-    (or the fallback check) cancelled now; ``releasing``: those a release holds."""
+    (or the fallback check) cancelled now; ``releasing``: those a release holds;
+    ``earlier``: held rows with no tracking row (a fallback check) an earlier
+    cancellation took."""
     out = []
-    for channel in sorted(set(statuses) | cancelled | releasing):
+    for channel in sorted(set(statuses) | cancelled | releasing | earlier):
         status = statuses.get(channel)
         if channel in cancelled:
             result = "cancelled"
         elif channel in releasing:
             result = "releasing"
-        elif status == CANCELLED:
+        elif status == CANCELLED or channel in earlier:
             result = "already_cancelled"
         else:
             result = "final"

@@ -41,11 +41,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), now(), $9, $10)
 ON CONFLICT (notification_id, channel) DO UPDATE SET reason = EXCLUDED.reason, updated_at = now()
 WHERE delivery_tracking.status = 'deferred' AND EXCLUDED.status = 'deferred'
 """
+# A held row upserted again is a release holding it again (a retry, a later
+# window): that settles one claim (``settled``), never more than were made, so
+# a claim older than the one re-holding (its lease ran out while it was still
+# sending) stays unsettled and ``cancel`` leaves the row to it (migration 026).
 SCHEDULE = """
 INSERT INTO scheduled_notifications (kind, notification_id, channel, user_id, category, digest_key, due_at, request)
 VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8)
 ON CONFLICT (notification_id, channel) DO UPDATE SET due_at = EXCLUDED.due_at, claimed_until = NULL,
-    status = 'pending', request = EXCLUDED.request
+    status = 'pending', request = EXCLUDED.request,
+    settled = LEAST(scheduled_notifications.settled + 1, scheduled_notifications.claims)
 WHERE scheduled_notifications.kind = 'deferred' AND EXCLUDED.kind = 'deferred'
 """
 
@@ -97,7 +102,8 @@ async def _join_bucket(conn: asyncpg.Connection, it: HeldDigest, next_bucket) ->
 
 # $3: the time it is (the database's clock unless a test passes its own)
 CLAIM_DEFERRED = """
-UPDATE scheduled_notifications SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2)
+UPDATE scheduled_notifications SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2),
+    claims = claims + 1
 WHERE id IN (SELECT id FROM scheduled_notifications
              WHERE status = 'pending' AND kind IN ('deferred', 'fallback')
                AND due_at <= COALESCE(to_timestamp($3), now())
@@ -154,7 +160,11 @@ ON CONFLICT (notification_id, channel) DO UPDATE SET status = EXCLUDED.status, r
     completed_at = EXCLUDED.completed_at,
     updated_at = now()
 WHERE delivery_tracking.status = 'deferred'
+   OR (delivery_tracking.status = 'cancelled' AND EXCLUDED.status = 'sent')
 """
+# A 'sent' outcome replaces 'cancelled': a release that sent a channel a cancel
+# had already recorded cancelled (the window docs/design.md names) records the
+# truth, and its status event ('sent') follows from the trigger.
 
 
 async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred_done: Sequence[tuple[str, str]],
@@ -188,7 +198,7 @@ def _final_row(o: Outcome) -> tuple:
 
 
 LOCK_HELD = """
-SELECT channel, kind, digest_key, claimed_until IS NOT NULL AS claimed
+SELECT channel, kind, digest_key, claimed_until IS NOT NULL OR claims > settled AS claimed
 FROM scheduled_notifications WHERE notification_id = $1 AND status = 'pending'
 ORDER BY channel FOR UPDATE
 """
@@ -197,7 +207,8 @@ SELECT key, status, claimed_until IS NOT NULL AS claimed FROM digest_buckets
 WHERE key = ANY($1::text[]) ORDER BY key FOR SHARE
 """
 CANCEL_TRACKING = """
-UPDATE delivery_tracking SET status = 'cancelled', reason = 'cancelled', completed_at = now(), updated_at = now()
+UPDATE delivery_tracking SET status = 'cancelled', reason = 'cancelled', digest_id = NULL, completed_at = now(),
+    updated_at = now()
 WHERE notification_id = $1 AND channel = ANY($2::text[]) AND status IN ('deferred', 'digested')
 RETURNING channel
 """
@@ -211,10 +222,12 @@ class Cancelled(msgspec.Struct, frozen=True):
     statuses: dict[str, str]
     cancelled: set[str]
     releasing: set[str]
+    earlier: set[str] = msgspec.field(default_factory=set)  # held rows an earlier cancel took (a fallback check)
+    rejected: str | None = None  # the status of the Ingestor's rejection row (channel '*'), not a channel
 
     @property
     def known(self) -> bool:
-        return bool(self.statuses or self.cancelled or self.releasing)
+        return bool(self.statuses or self.cancelled or self.releasing or self.earlier or self.rejected)
 
 
 async def cancel(conn: asyncpg.Connection, nid: uuid.UUID, tries: int = 3) -> Cancelled:
@@ -234,10 +247,12 @@ async def cancel_once(conn: asyncpg.Connection, nid: uuid.UUID) -> Cancelled:
 
     A held row is decided once, under its row lock: the Scheduler claims only
     ``pending`` rows no one holds (``FOR UPDATE SKIP LOCKED``), so a row locked
-    here is either claimed already (``claimed_until`` set: a release may be
+    here is either claimed already (``claimed_until`` set, or a claim not yet
+    settled: ``claims > settled``, e.g. a claim whose lease ran out while it was
+    still sending and whose row a later claim held again; a release may be
     sending it; it is left to that release, whose ``finish`` marks it done) or
-    never will be, and is marked done with its tracking row ``cancelled`` in the
-    same commit. A digest item is cancelled only while its bucket is ``open``
+    never will be, and is marked done (``cancelled_at`` set) with its tracking
+    row ``cancelled`` in the same commit. A digest item is cancelled only while its bucket is ``open``
     and unclaimed, under a share lock that a seal waits for. Lock order: held
     rows, buckets, tracking rows (``finish`` takes tracking rows first only for
     rows it claimed, which are not touched here)."""
@@ -253,14 +268,20 @@ async def cancel_once(conn: asyncpg.Connection, nid: uuid.UUID) -> Cancelled:
             taken = r["claimed"] or (bucket is not None and (bucket[0] != "open" or bucket[1]))
             (busy if taken else take).add(r["channel"])
         if take:
-            await conn.execute("UPDATE scheduled_notifications SET status = 'done' WHERE notification_id = $1 "
-                               "AND channel = ANY($2::text[]) AND status = 'pending'", nid, sorted(take))
+            await conn.execute("UPDATE scheduled_notifications SET status = 'done', cancelled_at = now() "
+                               "WHERE notification_id = $1 AND channel = ANY($2::text[]) AND status = 'pending'",
+                               nid, sorted(take))
             # a held row whose tracking row is final already had nothing left to send: done, not reported
             take = {r[0] for r in await conn.fetch(CANCEL_TRACKING, nid, sorted(take - {FALLBACK_CHANNEL}))} \
                 | (take & {FALLBACK_CHANNEL})
         statuses = {r[0]: r[1] for r in await conn.fetch(
             "SELECT channel, status FROM delivery_tracking WHERE notification_id = $1", nid)}
-    return Cancelled(statuses=statuses, cancelled=take, releasing=busy)
+        rejected = statuses.pop("*", None)  # the Ingestor's rejection row: not a channel
+        # a fallback check has no tracking row: one an earlier cancel took is found by its mark
+        earlier = {r[0] for r in await conn.fetch(
+            "SELECT channel FROM scheduled_notifications WHERE notification_id = $1 AND channel = $2 "
+            "AND status = 'done' AND cancelled_at IS NOT NULL", nid, FALLBACK_CHANNEL)} - take
+    return Cancelled(statuses=statuses, cancelled=take, releasing=busy, earlier=earlier, rejected=rejected)
 
 
 BACKLOG = """

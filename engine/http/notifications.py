@@ -284,23 +284,25 @@ async def cancel_by_key(request: web.Request) -> web.Response:
         key = msgspec.convert(raw, IdempotencyKey)
     except msgspec.ValidationError as e:
         raise Problem(400, "bad query", [{"field": "idempotency_key", "reason": str(e)}]) from None
-    return reply(await cancellation(request.app[ENGINE], key_id(request.get(PRINCIPAL), key)))
+    return reply(await cancellation(request.app[ENGINE], key_id(request.get(PRINCIPAL), key), "idempotency_key"))
 
 
-async def cancellation(engine: Engine, nid: uuid.UUID) -> Cancellation:
+async def cancellation(engine: Engine, nid: uuid.UUID, field: str = "id") -> Cancellation:
     """Cancel what of ``nid`` is held (``stores.schedules.cancel``): its
     answer, or 404 / 409 as ``cancel`` says. The REST routes and the GraphQL
-    ``cancel`` mutation both cancel here."""
+    ``cancel`` mutation both cancel here. ``field``: what named ``nid`` (a 404 names it)."""
     async with engine.pool.acquire() as conn:
         found = await schedules.cancel(conn, nid)
     if not found.known:
-        raise Problem(404, "not found", [{"field": "id", "reason": "no outcome recorded (unknown, or still in flight)"}])
+        raise Problem(404, "not found", [{"field": field, "reason": "no outcome recorded (unknown, or still in flight)"}])
     for channel in found.cancelled:  # label values: the known channels only (policy/labels.py)
         CANCELLED.labels(channel if channel in CHANNELS or channel == cancelling.FALLBACK_CHANNEL else OTHER).inc()
-    channels = cancelling.answers(found.statuses, found.cancelled, found.releasing)
+    channels = cancelling.answers(found.statuses, found.cancelled, found.releasing, found.earlier)
     if not cancelling.anything_cancelled(channels):
-        raise Problem(409, "nothing to cancel", [{"field": f"channels.{c.channel}", "reason": cancelling.why_not(c)}
-                                                 for c in channels])
+        errors = [{"field": f"channels.{c.channel}", "reason": cancelling.why_not(c)} for c in channels]
+        if found.rejected is not None:  # rejected before it had channels: the notification itself
+            errors.append({"field": field, "reason": f"not held: {found.rejected}"})
+        raise Problem(409, "nothing to cancel", errors)
     return Cancellation(id=str(nid), channels=channels)
 
 

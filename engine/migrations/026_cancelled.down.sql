@@ -1,3 +1,4 @@
+ALTER TABLE scheduled_notifications DROP COLUMN claims, DROP COLUMN settled, DROP COLUMN cancelled_at;
 -- Back to 007_tracking_status's CHECK. A 'cancelled' row becomes 'suppressed'
 -- (not sent, by a decision: as a notification past its ttl is recorded); its
 -- reason still says 'cancelled'. The rewrite is bookkeeping, not a delivery

@@ -9,3 +9,14 @@ ALTER TABLE delivery_tracking ADD CONSTRAINT delivery_tracking_status_check CHEC
     'pending', 'processing', 'sent', 'delivered', 'failed', 'bounced', 'complained',
     'rejected', 'expired', 'suppressed', 'deferred', 'digested', 'cancelled')) NOT VALID;
 ALTER TABLE delivery_tracking VALIDATE CONSTRAINT delivery_tracking_status_check;
+
+-- A held row's claims, so a cancel can tell whether a release may be sending
+-- it (stores/schedules.py): ``claims`` counts the Scheduler's claims,
+-- ``settled`` the releases that held it again (a retry, a later window), at most
+-- ``claims``. claims > settled: a claim is unsettled (say its lease ran out while
+-- it was still sending and a later claim re-held the row, clearing
+-- claimed_until), and the row is left to it. ``cancelled_at``: a row a cancel
+-- marked done (a fallback check has no tracking row to say so). Constant
+-- defaults: no table rewrite.
+ALTER TABLE scheduled_notifications ADD COLUMN claims integer NOT NULL DEFAULT 0,
+    ADD COLUMN settled integer NOT NULL DEFAULT 0, ADD COLUMN cancelled_at timestamptz;

@@ -14,15 +14,16 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 
-from engine import auth
+from engine import auth, migrations
 from engine.client import Client, TidingsError
-from policy.types import UserProfile
+from policy.types import Outcome, UserProfile
 from sandbox import WebhookSink
 from stores import schedules
-from tests.integration.helpers import engine_config, serving, wait_rows
+from tests.integration.helpers import drop_schema, engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +185,11 @@ async def test_a_waiting_fallback_check_is_cancelled_and_its_fallbacks_never_tri
     assert status == 200, body
     assert body["channels"] == [{"channel": "fallback", "result": "cancelled", "status": None},
                                 {"channel": "webhook", "result": "final", "status": "sent"}]
+    # a retried cancel answers as the first did (the check has no tracking row: its held row says so)
+    status, body = await delete(client, f"{engine.base_url}/v1/notifications/{nid}")
+    assert status == 200, body
+    assert body["channels"] == [{"channel": "fallback", "result": "already_cancelled", "status": None},
+                                {"channel": "webhook", "result": "final", "status": "sent"}]
     # its time comes: nothing is tried
     await engine.pool.execute("UPDATE scheduled_notifications SET due_at = now() WHERE notification_id = $1",
                               uuid.UUID(nid))
@@ -198,13 +204,17 @@ async def test_a_channel_a_release_holds_is_left_to_it_and_ends_sent(engine, cli
     await prefs(engine, client, "c4", {"preferences": [{"quiet_hours": quiet_now()}]})
     (nid,) = await send(engine, client, "c4", 1)
     await prefs(engine, client, "c4", {"preferences": []})
-    # as the Scheduler claims it (due, leased for a second): a release may be sending it
+    # as the Scheduler claims it (due, leased for 30 s: the Scheduler, every 0.2 s, cannot
+    # claim it again before the DELETE): a release may be sending it
     await engine.pool.execute("UPDATE scheduled_notifications SET due_at = now(), "
-                              "claimed_until = now() + interval '1 second' WHERE notification_id = $1", uuid.UUID(nid))
+                              "claimed_until = now() + interval '30 seconds' WHERE notification_id = $1",
+                              uuid.UUID(nid))
     status, body = await delete(client, f"{engine.base_url}/v1/notifications/{nid}")
     assert status == 409, body
     assert body["errors"] == [{"field": "channels.email", "reason": "being released by the Scheduler now; read the "
                                                                     "notification for its outcome"}]
+    await engine.pool.execute("UPDATE scheduled_notifications SET claimed_until = now() - interval '1 second' "
+                              "WHERE notification_id = $1", uuid.UUID(nid))  # the lease runs out
     assert (await settle(engine, [nid]))[nid] == ("sent", "ok")  # claimed again once the lease ends
     assert mailed(smtp, nid) == 1
 
@@ -257,7 +267,13 @@ async def test_unknown_ids_other_callers_keys_and_bad_input(engine, client):
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {other}"}) as theirs:
         # their key "order-1" is another notification: not theirs to cancel
         status, body = await delete(theirs, f"{engine.base_url}/v1/notifications?idempotency_key=order-1")
-        assert status == 404, body
+        assert status == 404 and body["errors"][0]["field"] == "idempotency_key", body
+    # a notification the Ingestor rejected (its row's channel '*'): no channel named '*'
+    rejected = uuid.uuid4()
+    await engine.pool.execute("INSERT INTO delivery_tracking (notification_id, user_id, channel, category, status, "
+                              "reason) VALUES ($1, 'c6', '*', 'job_alerts', 'rejected', 'invalid')", rejected)
+    status, body = await delete(client, f"{engine.base_url}/v1/notifications/{rejected}")
+    assert status == 409 and body["errors"] == [{"field": "id", "reason": "not held: rejected"}], body
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as s:
         status, body = await delete(s, f"{engine.base_url}/v1/notifications/{nid}")
         assert status == 403 and "notifications:send" in body["errors"][0]["reason"]
@@ -304,41 +320,118 @@ async def test_cli_cancels_by_id_and_by_key(engine, client, capsys):
         await cli.cmd_cancel(engine.cfg, argparse.Namespace(id=nid, key="cli-key", url=engine.base_url))
 
 
-async def hold_row(engine, user: str) -> uuid.UUID:
+@pytest.fixture
+async def own_schema(database_url):
+    """A schema of its own (migrated), for the tests that claim with ``claim_due``:
+    it claims every due row in its schema, so the engine's rows stay out of it."""
+    schema = f"cancel_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrations.migrate(conn, schema)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4, server_settings={"search_path": schema})
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        await drop_schema(database_url, schema)
+
+
+async def hold_row(pool, user: str) -> uuid.UUID:
     """A channel held until tomorrow, as a UserShard writes it (no Scheduler claims it today)."""
     nid = uuid.uuid4()
-    async with engine.pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO scheduled_notifications (kind, notification_id, channel, user_id, category, "
-                           "due_at, request) VALUES ('deferred', $1, 'email', $2, 'job_alerts', "
-                           "now() + interval '1 day', '\\x00')", nid, user)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(schedules.SCHEDULE, "deferred", nid, "email", user, "job_alerts", None,
+                           time.time() + 86400, b"\x00")
         await conn.execute("INSERT INTO delivery_tracking (notification_id, user_id, channel, category, status, reason) "
                            "VALUES ($1, $2, 'email', 'job_alerts', 'deferred', 'quiet_hours')", nid, user)
     return nid
 
 
-async def test_a_claim_and_a_cancel_at_once_are_decided_by_the_row_lock(engine):
+async def tracked(pool, nid: uuid.UUID) -> tuple[str, str]:
+    r = await pool.fetchrow("SELECT status, reason FROM delivery_tracking WHERE notification_id = $1", nid)
+    return r["status"], r["reason"]
+
+
+def claimed_ids(dues) -> set[uuid.UUID]:
+    return {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
+
+
+async def test_a_claim_and_a_cancel_at_once_are_decided_by_the_row_lock(own_schema):
     """The two interleavings, held open on purpose: a claim not yet committed makes
     the cancel wait and then leave the row to the release; a cancel not yet
     committed makes the claim skip the row, which is done once it commits."""
+    pool = own_schema
     tomorrow = time.time() + 2 * 86400
-    claimed = await hold_row(engine, "c9")
-    async with engine.pool.acquire() as claimer, engine.pool.acquire() as canceller:
+    claimed = await hold_row(pool, "c9")
+    async with pool.acquire() as claimer, pool.acquire() as canceller:
         async with claimer.transaction():
             dues = await schedules.claim_due(claimer, 1000, 60, at=tomorrow)
-            assert claimed in {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
+            assert claimed_ids(dues) == {claimed}
             waiting = asyncio.ensure_future(schedules.cancel(canceller, claimed))
             await asyncio.sleep(0.5)
             assert not waiting.done()  # it waits for the claim's row lock
         found = await waiting
     assert (found.cancelled, found.releasing, found.statuses) == (set(), {"email"}, {"email": "deferred"})
 
-    cancelled = await hold_row(engine, "c9")
-    async with engine.pool.acquire() as claimer, engine.pool.acquire() as canceller:
+    cancelled = await hold_row(pool, "c9")
+    async with pool.acquire() as claimer, pool.acquire() as canceller:
         async with canceller.transaction():  # cancel_once's own transaction is a savepoint in this one
             found = await schedules.cancel_once(canceller, cancelled)
             assert found.cancelled == {"email"}
             dues = await schedules.claim_due(claimer, 1000, 60, at=tomorrow)
-            assert cancelled not in {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
+            assert cancelled not in claimed_ids(dues)
         dues = await schedules.claim_due(claimer, 1000, 60, at=tomorrow)  # committed: done, never claimed
-        assert cancelled not in {uuid.UUID(d.notification_id) for d in dues if hasattr(d, "notification_id")}
-    assert (await statuses(engine, [str(cancelled)]))[str(cancelled)] == ("cancelled", "cancelled")
+        assert cancelled not in claimed_ids(dues)
+    assert await tracked(pool, cancelled) == ("cancelled", "cancelled")
+
+
+def sent(nid: uuid.UUID, user: str) -> Outcome:
+    return Outcome(str(nid), user, "email", "job_alerts", "sent", "ok", accepted_at=time.time(),
+                   completed_at=time.time(), provider="smtp")
+
+
+async def test_a_claim_whose_lease_ran_out_is_not_forgotten_when_a_later_claim_holds_the_row_again(own_schema):
+    """R1 claims and is slow past its lease; R2 claims the row again and holds it
+    again (rate-limited: claimed_until cleared). R1 may still be sending: the
+    cancel leaves the row to it, and R1's sent outcome is what the row records."""
+    pool = own_schema
+    nid = await hold_row(pool, "c9")
+    t = time.time() + 2 * 86400
+    async with pool.acquire() as conn:
+        assert claimed_ids(await schedules.claim_due(conn, 1000, 120, at=t)) == {nid}  # R1
+        assert claimed_ids(await schedules.claim_due(conn, 1000, 120, at=t + 121)) == {nid}  # R2: R1's lease ran out
+        await conn.execute(schedules.SCHEDULE, "deferred", nid, "email", "c9", "job_alerts", None,
+                           t + 300, b"\x00")  # R2 rate-limited: held again
+        found = await schedules.cancel(conn, nid)
+        assert (found.cancelled, found.releasing) == (set(), {"email"})
+        await schedules.finish(conn, [sent(nid, "c9")], [(str(nid), "email")], [])  # R1's send completes
+    assert await tracked(pool, nid) == ("sent", "ok")
+
+    # each claim settled (R1 held it again too): nothing can be sending, the cancel takes it
+    again = await hold_row(pool, "c9")
+    async with pool.acquire() as conn:
+        assert claimed_ids(await schedules.claim_due(conn, 1000, 120, at=t)) == {again}
+        await conn.execute(schedules.SCHEDULE, "deferred", again, "email", "c9", "job_alerts", None,
+                           t + 300, b"\x00")
+        found = await schedules.cancel(conn, again)
+        assert found.cancelled == {"email"}
+    assert await tracked(pool, again) == ("cancelled", "cancelled")
+
+
+async def test_a_sent_outcome_replaces_cancelled(own_schema):
+    """Whatever window is left (docs/design.md): a release's sent outcome after a
+    cancel records the truth, with its status event."""
+    pool = own_schema
+    nid = await hold_row(pool, "c9")
+    async with pool.acquire() as conn:
+        assert (await schedules.cancel(conn, nid)).cancelled == {"email"}
+        await conn.execute("DELETE FROM status_events")
+        await schedules.finish(conn, [sent(nid, "c9")], [(str(nid), "email")], [])
+        assert await tracked(pool, nid) == ("sent", "ok")
+        assert [r[0] for r in await conn.fetch("SELECT status FROM status_events")] == ["sent"]
+        failed = Outcome(str(nid), "c9", "email", "job_alerts", "failed", "smtp_down", accepted_at=time.time(),
+                         completed_at=time.time())
+        await schedules.finish(conn, [failed], [], [])  # only a sent outcome: 'sent' stays
+    assert await tracked(pool, nid) == ("sent", "ok")
