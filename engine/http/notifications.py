@@ -316,9 +316,10 @@ ROUTES = [
                  Link("event", "POST", "/v1/notifications/{id}/events", {"id": "$response.body#/id"}))),
     Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read"), params=UUID_PATH, errors=(404,),
           answers={200: NotificationStatus}),
-    Route("DELETE", "/v1/notifications/{id}", cancel, Scoped("notifications:send"), params=UUID_PATH,
+    # its own scope: submitting does not imply undoing (and no owner is recorded: README, Known gaps)
+    Route("DELETE", "/v1/notifications/{id}", cancel, Scoped("notifications:cancel"), params=UUID_PATH,
           errors=(404, 409), answers={200: Cancellation}),
-    Route("DELETE", "/v1/notifications", cancel_by_key, Scoped("notifications:send"), errors=(404, 409),
+    Route("DELETE", "/v1/notifications", cancel_by_key, Scoped("notifications:cancel"), errors=(404, 409),
           answers={200: Cancellation},
           query=(Param("idempotency_key", IdempotencyKey, "The idempotency key this caller sent the notification "
                        "with", required=True),)),

@@ -262,8 +262,8 @@ async def test_unknown_ids_other_callers_keys_and_bad_input(engine, client):
         nid = (await r.json())["id"]
     assert await wait_rows(engine.pool, [nid], 1) == 1
     async with engine.pool.acquire() as conn:
-        _, other = await auth.create_key(conn, "another product", ["notifications:send"])
-        _, reader = await auth.create_key(conn, "a reader", ["notifications:read"])
+        _, other = await auth.create_key(conn, "another product", ["notifications:send", "notifications:cancel"])
+        _, reader = await auth.create_key(conn, "a sender", ["notifications:send", "notifications:read"])
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {other}"}) as theirs:
         # their key "order-1" is another notification: not theirs to cancel
         status, body = await delete(theirs, f"{engine.base_url}/v1/notifications?idempotency_key=order-1")
@@ -276,7 +276,7 @@ async def test_unknown_ids_other_callers_keys_and_bad_input(engine, client):
     assert status == 409 and body["errors"] == [{"field": "id", "reason": "not held: rejected"}], body
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {reader}"}) as s:
         status, body = await delete(s, f"{engine.base_url}/v1/notifications/{nid}")
-        assert status == 403 and "notifications:send" in body["errors"][0]["reason"]
+        assert status == 403 and "notifications:cancel" in body["errors"][0]["reason"]  # sending is not cancelling
     for query, field in (("", "idempotency_key"), ("?idempotency_key=" + "k" * 201, "idempotency_key")):
         status, body = await delete(client, f"{engine.base_url}/v1/notifications{query}")
         assert status == 400 and body["errors"][0]["field"] == field, body
