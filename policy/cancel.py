@@ -7,7 +7,7 @@ that into the per-channel answer and says whether anything is cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 from policy.api import ChannelCancel
 
@@ -16,7 +16,7 @@ CANCELLED = "cancelled"  # the tracking status and reason of a cancelled channel
 
 
 def answers(statuses: Mapping[str, str], cancelled: set[str], releasing: set[str],
-            earlier: set[str] = frozenset()) -> list[ChannelCancel]:  # type: ignore[assignment]
+            earlier: Set[str] = frozenset()) -> list[ChannelCancel]:
     """The answer per channel, in channel order. ``statuses``: each channel's
     tracking status after the cancellation; ``cancelled``: the held channels
     (or the fallback check) cancelled now; ``releasing``: those a release holds;

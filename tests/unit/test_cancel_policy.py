@@ -33,3 +33,11 @@ def test_nothing_held_is_nothing_cancelled_and_each_says_why():
 def test_no_rows_no_answers():
     assert answers({}, set(), set()) == []
     assert not anything_cancelled([])
+
+
+def test_a_check_an_earlier_cancel_took_answers_already_cancelled():
+    """A fallback check has no tracking row: its held row's mark (``earlier``) says it."""
+    out = answers({"webhook": "sent"}, set(), set(), earlier={"fallback"})
+    assert out == [ChannelCancel(channel="fallback", result="already_cancelled", status=None),
+                   ChannelCancel(channel="webhook", result="final", status="sent")]
+    assert anything_cancelled(out)
