@@ -1,14 +1,15 @@
 -- DELETE /v1/notifications/{id} cancels the channels still held (deferred,
 -- digested and not yet sent): their tracking rows end 'cancelled' (reason
 -- 'cancelled'). The CHECK from 007_tracking_status is replaced with it added.
--- NOT VALID then VALIDATE: adding the CHECK takes only a brief lock; the scan
--- of delivery_tracking runs under VALIDATE's SHARE UPDATE EXCLUSIVE lock,
--- which does not block reads or writes.
+-- NOT VALID: adding the CHECK does not scan delivery_tracking, so the ACCESS
+-- EXCLUSIVE lock this transaction holds is brief; 027_cancelled_validate scans
+-- it in a transaction of its own (each file is one), under VALIDATE's SHARE
+-- UPDATE EXCLUSIVE lock, which blocks neither reads nor writes. Until then the
+-- CHECK holds for every row written.
 ALTER TABLE delivery_tracking DROP CONSTRAINT delivery_tracking_status_check;
 ALTER TABLE delivery_tracking ADD CONSTRAINT delivery_tracking_status_check CHECK (status IN (
     'pending', 'processing', 'sent', 'delivered', 'failed', 'bounced', 'complained',
     'rejected', 'expired', 'suppressed', 'deferred', 'digested', 'cancelled')) NOT VALID;
-ALTER TABLE delivery_tracking VALIDATE CONSTRAINT delivery_tracking_status_check;
 
 -- A held row's claims, so a cancel can tell whether a release may be sending
 -- it (stores/schedules.py): ``claims`` counts the Scheduler's claims,

@@ -52,6 +52,9 @@ async def test_026_down_rewrites_cancelled_without_a_status_event(database_url):
     try:
         await migrations.migrate(conn, schema)
         await conn.execute(f'SET search_path TO "{schema}"')
+        # 026 adds the CHECK NOT VALID (no scan under its ACCESS EXCLUSIVE lock); 027 validates it
+        assert await conn.fetchval("SELECT convalidated FROM pg_constraint WHERE conname = "
+                                   "'delivery_tracking_status_check' AND connamespace = $1::regnamespace", schema)
         await conn.execute(
             "INSERT INTO delivery_tracking (notification_id, user_id, channel, category, status, reason)"
             " VALUES (gen_random_uuid(), 'm1', 'email', 'c', 'cancelled', 'cancelled'),"
