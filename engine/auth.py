@@ -42,6 +42,7 @@ KEY_ENV = "TIDINGS_API_KEY"
 SCOPES: dict[str, str] = {
     "notifications:send": "submit notifications",
     "notifications:read": "read notifications' and broadcasts' outcomes",
+    "notifications:cancel": "cancel notifications' held channels (any notification's, by its id)",
     "broadcasts:send": "send one message to every user",
     "events:write": "report opens and clicks of any user's notifications",
     "users:read": "read users' profiles",

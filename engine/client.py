@@ -12,7 +12,7 @@ answers are Structs below where the API's shape is fixed, dicts elsewhere.
   ``idempotency_key`` gets a fresh idempotency key, so a retry after a lost answer
   is the same notification (the engine derives the id from the calling key and
   the idempotency key) — never a second send.
-- **Retries** on a connection error, a timeout, 429, 502, 503 and 504 for reads and
+- **Retries** on a connection error, a timeout, 429, 502, 503 and 504 for reads, cancellations and
   the idempotent sends; ``Retry-After`` is honoured (up to ``max_wait_s``), otherwise
   the wait doubles from ``backoff_s`` with jitter, for at most ``max_retry_s`` in all
   (inside JetStream's two-minute duplicate window). Writes (users, preferences) are
@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
-from policy.api import Accepted, BroadcastStatus, ChannelOutcome, NotificationStatus
+from policy.api import Accepted, BroadcastStatus, Cancellation, ChannelCancel, ChannelOutcome, NotificationStatus
 from policy.types import BroadcastRequest, NotificationRequest
 
 T = TypeVar("T")
@@ -149,6 +149,21 @@ class Client:
 
     async def broadcast_status(self, broadcast_id: str) -> BroadcastStatus:
         return msgspec.convert(await self.request("GET", f"/v1/broadcasts/{_quote(broadcast_id)}"), BroadcastStatus)
+
+    async def cancel(self, notification_id: str | None = None, *, idempotency_key: str | None = None
+                     ) -> Cancellation:
+        """Cancel the channels of a notification still held, by its id or by the
+        idempotency key this caller sent it with (one of them). ``TidingsError``
+        404: nothing recorded under it; 409: nothing was left to cancel.
+        Retried like a read: a repeated cancellation answers as the first."""
+        if (notification_id is None) == (idempotency_key is None):
+            raise ValueError("give a notification id or an idempotency key")
+        if notification_id is not None:
+            answer = await self.request("DELETE", f"/v1/notifications/{_quote(notification_id)}", retry=True)
+        else:
+            answer = await self.request("DELETE", "/v1/notifications", params={"idempotency_key": idempotency_key},
+                                        retry=True)
+        return msgspec.convert(answer, Cancellation)
 
     async def user(self, user_id: str) -> dict:
         return await self.request("GET", f"/v1/users/{_quote(user_id)}")
@@ -323,6 +338,9 @@ class SyncClient:
     def broadcast_status(self, broadcast_id: str) -> BroadcastStatus:
         return self._run(self._client.broadcast_status(broadcast_id))
 
+    def cancel(self, notification_id: str | None = None, *, idempotency_key: str | None = None) -> Cancellation:
+        return self._run(self._client.cancel(notification_id, idempotency_key=idempotency_key))
+
     def user(self, user_id: str) -> dict:
         return self._run(self._client.user(user_id))
 
@@ -367,5 +385,5 @@ class SyncClient:
         return self._run(self._client.request(method, path, **kwargs))
 
 
-__all__ = ["Accepted", "BroadcastStatus", "ChannelOutcome", "Client", "NotificationStatus", "SyncClient", "TidingsError",
+__all__ = ["Accepted", "BroadcastStatus", "Cancellation", "ChannelCancel", "ChannelOutcome", "Client", "NotificationStatus", "SyncClient", "TidingsError",
            "Unreachable"]

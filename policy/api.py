@@ -5,7 +5,7 @@ describes them). Answers only one route gives are declared beside it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -76,3 +76,24 @@ class BroadcastStatus(msgspec.Struct, frozen=True):
     recorded: int
     outcomes: list[OutcomeCount]
     seconds_since_accepted: float
+
+
+class ChannelCancel(msgspec.Struct, frozen=True):
+    """One channel's answer to a cancellation (``policy.cancel``): ``cancelled``
+    (it was held, and now will not be sent), ``already_cancelled`` (an earlier
+    cancellation did it), ``final`` (it was not held: ``status`` says what became
+    of it, e.g. ``sent``), or ``releasing`` (the Scheduler has taken it, it is
+    due: it ends as that release decides; read the notification for its
+    outcome). Channel ``fallback`` is a fallback check still waiting: cancelled,
+    the request's fallback channels are never tried."""
+
+    channel: str
+    result: Literal["cancelled", "already_cancelled", "final", "releasing"]
+    status: str | None = None  # its tracking status now (none for a fallback check)
+
+
+class Cancellation(msgspec.Struct, frozen=True):
+    """What ``DELETE /v1/notifications/{id}`` did, channel by channel."""
+
+    id: str
+    channels: list[ChannelCancel]

@@ -20,7 +20,7 @@ from policy.sharding import stable_hash
 from policy.types import CHANNELS
 
 EventStatus = Literal["accepted", "sent", "delivered", "bounced", "complained", "opened", "clicked", "failed",
-                      "suppressed", "rejected", "deferred", "digested", "expired"]
+                      "suppressed", "rejected", "deferred", "digested", "expired", "cancelled"]
 STATUSES: tuple[str, ...] = EventStatus.__args__  # type: ignore[attr-defined]
 ANY_CHANNEL = "any"  # the channel of an event about the whole request (accepted; a rejected payload)
 EVENT_CHANNELS: tuple[str, ...] = (*CHANNELS, ANY_CHANNEL)

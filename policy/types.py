@@ -27,7 +27,7 @@ URGENT: frozenset[str] = frozenset({"high", "critical"})
 # Terminal statuses of a tracking row. ``sent`` means the provider accepted the
 # message; ``delivered``/``bounced`` arrive later from provider callbacks.
 Status = Literal["sent", "delivered", "bounced", "complained", "failed", "suppressed", "rejected", "deferred",
-                 "digested"]
+                 "digested", "cancelled"]
 
 # Characters no one-line field may hold (a regex class): the C0 controls (NUL to
 # US: tab, line feed, \x0b, \x0c, \x1c-\x1e among them), DEL, the C1 controls

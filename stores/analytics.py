@@ -28,7 +28,7 @@ import asyncpg
 from infra.config import AnalyticsConfig
 
 STATUSES = ("sent", "delivered", "bounced", "complained", "failed", "suppressed", "deferred", "digested",
-            "rejected")
+            "rejected", "cancelled")
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 
 QUERY = """

@@ -24,7 +24,9 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import asyncpg
+import msgspec
 
+from policy.cancel import FALLBACK_CHANNEL  # a fallback check has no channel of its own: its row's channel
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.release import digest_id
 from policy.types import DigestKey, Outcome
@@ -39,17 +41,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), now(), $9, $10)
 ON CONFLICT (notification_id, channel) DO UPDATE SET reason = EXCLUDED.reason, updated_at = now()
 WHERE delivery_tracking.status = 'deferred' AND EXCLUDED.status = 'deferred'
 """
+# A held row upserted again is a release holding it again (a retry, a later
+# window): that settles one claim (``settled``), never more than were made, so
+# a claim older than the one re-holding (its lease ran out while it was still
+# sending) stays unsettled and ``cancel`` leaves the row to it (migration 026).
 SCHEDULE = """
 INSERT INTO scheduled_notifications (kind, notification_id, channel, user_id, category, digest_key, due_at, request)
 VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8)
 ON CONFLICT (notification_id, channel) DO UPDATE SET due_at = EXCLUDED.due_at, claimed_until = NULL,
-    status = 'pending', request = EXCLUDED.request
+    status = 'pending', request = EXCLUDED.request,
+    settled = LEAST(scheduled_notifications.settled + 1, scheduled_notifications.claims)
 WHERE scheduled_notifications.kind = 'deferred' AND EXCLUDED.kind = 'deferred'
 """
-
-
-# A fallback check has no channel of its own; its row is keyed under this name.
-FALLBACK_CHANNEL = "fallback"
 
 
 def _channel(it: Held) -> str:
@@ -99,7 +102,8 @@ async def _join_bucket(conn: asyncpg.Connection, it: HeldDigest, next_bucket) ->
 
 # $3: the time it is (the database's clock unless a test passes its own)
 CLAIM_DEFERRED = """
-UPDATE scheduled_notifications SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2)
+UPDATE scheduled_notifications SET claimed_until = COALESCE(to_timestamp($3), now()) + make_interval(secs => $2),
+    claims = claims + 1
 WHERE id IN (SELECT id FROM scheduled_notifications
              WHERE status = 'pending' AND kind IN ('deferred', 'fallback')
                AND due_at <= COALESCE(to_timestamp($3), now())
@@ -156,7 +160,11 @@ ON CONFLICT (notification_id, channel) DO UPDATE SET status = EXCLUDED.status, r
     completed_at = EXCLUDED.completed_at,
     updated_at = now()
 WHERE delivery_tracking.status = 'deferred'
+   OR (delivery_tracking.status = 'cancelled' AND EXCLUDED.status = 'sent')
 """
+# A 'sent' outcome replaces 'cancelled': a release that sent a channel a cancel
+# had already recorded cancelled (the window docs/design.md names) records the
+# truth, and its status event ('sent') follows from the trigger.
 
 
 async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred_done: Sequence[tuple[str, str]],
@@ -187,6 +195,93 @@ def _final_row(o: Outcome) -> tuple:
     return (uuid.UUID(o.notification_id), o.user_id, o.channel, o.category, o.priority, o.status, reason,
             provider, message_id, len(o.attempts), timeline, errors, o.accepted_at or None, o.completed_at,
             uuid.UUID(o.parent_id) if o.parent_id else None)
+
+
+LOCK_HELD = """
+SELECT channel, kind, digest_key, claimed_until IS NOT NULL OR claims > settled AS claimed
+FROM scheduled_notifications WHERE notification_id = $1 AND status = 'pending'
+ORDER BY channel FOR UPDATE
+"""
+LOCK_BUCKETS = """
+SELECT key, status, claimed_until IS NOT NULL AS claimed FROM digest_buckets
+WHERE key = ANY($1::text[]) ORDER BY key FOR SHARE
+"""
+CANCEL_TRACKING = """
+UPDATE delivery_tracking SET status = 'cancelled', reason = 'cancelled', digest_id = NULL, completed_at = now(),
+    updated_at = now()
+WHERE notification_id = $1 AND channel = ANY($2::text[]) AND status IN ('deferred', 'digested')
+RETURNING channel
+"""
+
+
+class Cancelled(msgspec.Struct, frozen=True):
+    """What ``cancel`` found and did: each channel's tracking status after it,
+    the held channels (``FALLBACK_CHANNEL``: a fallback check) it cancelled, and
+    those it left to a release that has them."""
+
+    statuses: dict[str, str]
+    cancelled: set[str]
+    releasing: set[str]
+    earlier: set[str] = msgspec.field(default_factory=set)  # held rows an earlier cancel took (a fallback check)
+    rejected: str | None = None  # the status of the Ingestor's rejection row (channel '*'), not a channel
+
+    @property
+    def known(self) -> bool:
+        return bool(self.statuses or self.cancelled or self.releasing or self.earlier or self.rejected)
+
+
+async def cancel(conn: asyncpg.Connection, nid: uuid.UUID, tries: int = 3) -> Cancelled:
+    """``cancel_once``, again after a deadlock PostgreSQL broke (a release
+    holding the same rows in another order: its transaction goes on)."""
+    for attempt in range(tries):
+        try:
+            return await cancel_once(conn, nid)
+        except asyncpg.exceptions.DeadlockDetectedError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def cancel_once(conn: asyncpg.Connection, nid: uuid.UUID) -> Cancelled:
+    """Cancel what of notification ``nid`` is still held, in one transaction.
+
+    A held row is decided once, under its row lock: the Scheduler claims only
+    ``pending`` rows no one holds (``FOR UPDATE SKIP LOCKED``), so a row locked
+    here is either claimed already (``claimed_until`` set, or a claim not yet
+    settled: ``claims > settled``, e.g. a claim whose lease ran out while it was
+    still sending and whose row a later claim held again; a release may be
+    sending it; it is left to that release, whose ``finish`` marks it done) or
+    never will be, and is marked done (``cancelled_at`` set) with its tracking
+    row ``cancelled`` in the same commit. A digest item is cancelled only while its bucket is ``open``
+    and unclaimed, under a share lock that a seal waits for. Lock order: held
+    rows, buckets, tracking rows (``finish`` takes tracking rows first only for
+    rows it claimed, which are not touched here)."""
+    async with conn.transaction():
+        held = await conn.fetch(LOCK_HELD, nid)
+        keys = sorted({r["digest_key"] for r in held if r["kind"] == "digest" and r["digest_key"]})
+        buckets = {r["key"]: (r["status"], r["claimed"]) for r in await conn.fetch(LOCK_BUCKETS, keys)} \
+            if keys else {}
+        take: set[str] = set()
+        busy: set[str] = set()
+        for r in held:
+            bucket = buckets.get(r["digest_key"]) if r["kind"] == "digest" else None
+            taken = r["claimed"] or (bucket is not None and (bucket[0] != "open" or bucket[1]))
+            (busy if taken else take).add(r["channel"])
+        if take:
+            await conn.execute("UPDATE scheduled_notifications SET status = 'done', cancelled_at = now() "
+                               "WHERE notification_id = $1 AND channel = ANY($2::text[]) AND status = 'pending'",
+                               nid, sorted(take))
+            # a held row whose tracking row is final already had nothing left to send: done, not reported
+            take = {r[0] for r in await conn.fetch(CANCEL_TRACKING, nid, sorted(take - {FALLBACK_CHANNEL}))} \
+                | (take & {FALLBACK_CHANNEL})
+        statuses = {r[0]: r[1] for r in await conn.fetch(
+            "SELECT channel, status FROM delivery_tracking WHERE notification_id = $1", nid)}
+        rejected = statuses.pop("*", None)  # the Ingestor's rejection row: not a channel
+        # a fallback check has no tracking row: one an earlier cancel took is found by its mark
+        earlier = {r[0] for r in await conn.fetch(
+            "SELECT channel FROM scheduled_notifications WHERE notification_id = $1 AND channel = $2 "
+            "AND status = 'done' AND cancelled_at IS NOT NULL", nid, FALLBACK_CHANNEL)} - take
+    return Cancelled(statuses=statuses, cancelled=take, releasing=busy, earlier=earlier, rejected=rejected)
 
 
 BACKLOG = """

@@ -1,4 +1,4 @@
-"""``tidings``: run the engine, send notifications, look one up, migrate; bulk
+"""``tidings``: run the engine, send notifications, look one up, cancel one, migrate; bulk
 preferences, credentials, retention and analytics from their own modules.
 
 More commands come from installed packages through the entry-point group
@@ -61,6 +61,13 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:8080")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a notification's channels still held (deferred, digested, "
+                                           "a fallback check); those sent stay sent")
+    cancel.add_argument("id", nargs="?", help="the notification id")
+    cancel.add_argument("--key", help="the idempotency key it was sent with (instead of the id)")
+    cancel.add_argument("--url", default="http://127.0.0.1:8080")
+    cancel.set_defaults(run=cmd_cancel)
 
     migrate = sub.add_parser("migrate", help="apply the SQL migrations (or reverse them with --down-to N)")
     migrate.add_argument("--down-to", type=int, metavar="N", help="reverse every migration above N (0: all)")
@@ -189,6 +196,20 @@ async def cmd_status(cfg, args) -> int:
         table.add_column(col)
     for ch in status.channels:
         table.add_row(ch.channel, ch.status, ch.reason, ch.provider or "-", str(ch.attempts))
+    console.print(table)
+    return 0
+
+
+async def cmd_cancel(cfg, args) -> int:
+    if (args.id is None) == (args.key is None):
+        raise SystemExit("tidings cancel: give a notification id or --key, not both")
+    async with Client(args.url, headers=api_headers(cfg, args.url)) as tidings:
+        done = await tidings.cancel(args.id, idempotency_key=args.key)
+    table = Table(title=f"notification {done.id}")
+    for col in ("channel", "result", "status"):
+        table.add_column(col)
+    for ch in done.channels:
+        table.add_row(ch.channel, ch.result, ch.status or "-")
     console.print(table)
     return 0
 

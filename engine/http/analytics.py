@@ -47,6 +47,7 @@ class ChannelCounts(msgspec.Struct, forbid_unknown_fields=True):
     deferred: int
     digested: int
     rejected: int
+    cancelled: int
     accepted: int
     opened: int
     clicked: int

@@ -1,6 +1,7 @@
 """Notifications and broadcasts: submitted (validated, given ids, published to
-JetStream; 202 only after JetStream acked, so "accepted" means durable) and
-looked up (per-channel outcomes, a broadcast's counts)."""
+JetStream; 202 only after JetStream acked, so "accepted" means durable),
+looked up (per-channel outcomes, a broadcast's counts) and cancelled (the
+channels still held)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,30 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from engine.auth import PRINCIPAL, Principal
-from engine.http.access import Link, Route, Scoped, register
+from engine.http.access import Link, Param, Route, Scoped, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, read_json, reply
 from engine.runtime import Engine
 from infra import streams, telemetry
 from infra.aio import gather_within
-from policy.api import Accepted, AcceptedBatch, BroadcastStatus, ChannelOutcome, NotificationStatus, OutcomeCount
+from policy import cancel as cancelling
+from policy.api import (
+    Accepted,
+    AcceptedBatch,
+    BroadcastStatus,
+    Cancellation,
+    ChannelOutcome,
+    NotificationStatus,
+    OutcomeCount,
+)
 from policy.email import content_problem
 from policy.labels import OTHER
-from policy.types import BroadcastRequest, NotificationRequest, derive_id, notification_id
+from policy.types import CHANNELS, BroadcastRequest, IdempotencyKey, NotificationRequest, derive_id, notification_id
 from policy.validate import message_errors
-from stores import engagement
+from stores import engagement, schedules
 
 ACCEPTED = Counter("tidings_notifications_accepted_total", "Notifications accepted (published)", ["category"])
+CANCELLED = Counter("tidings_channels_cancelled_total", "Held channels (and fallback checks) cancelled through the API",
+                    ["channel"])
 PUBLISH_SECONDS = Histogram("tidings_publish_seconds", "Time to publish a submission to JetStream")
 
 PUBLISH_TIMEOUT_S = 10.0  # no ack by then: 503; a retry with the same id or idempotency key is deduplicated
@@ -96,6 +108,13 @@ async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
                                "reason": f"no template {r.template.id!r} for channel {ch!r}"})
     if errors:
         raise Problem(422, "invalid notification", errors)
+
+
+def key_id(p: Principal | None, key: str) -> uuid.UUID:
+    """The notification id idempotency key ``key`` gives: the caller's own
+    (``p``); without authentication (``http.auth`` off), the id a NATS producer's
+    key gives (a POST without auth gets a new id for each request)."""
+    return uuid.UUID(derive_id(f"{p.scope_id}:{key}" if p is not None else key))
 
 
 def scoped_id(p: Principal | None, r: NotificationRequest | BroadcastRequest) -> uuid.UUID:
@@ -240,6 +259,53 @@ async def outcomes(pool, nid: uuid.UUID) -> NotificationStatus | None:
     return NotificationStatus(id=str(nid), channels=channels)
 
 
+async def cancel(request: web.Request) -> web.Response:
+    """Cancel a notification's channels that are still held: deferred (quiet
+    hours, a time window, a retry), collected into a digest not yet sent, or a
+    fallback check still waiting. Channels already sent (or otherwise final)
+    stay as they are. A channel the Scheduler is releasing at this moment ends
+    as that release decides (``releasing``): never both sent and cancelled.
+
+    200: every channel's result (repeating a cancellation answers 200 again,
+    ``already_cancelled``). 404: nothing recorded under this id (unknown, or
+    still in flight: try again). 409: nothing was or could be cancelled (each
+    channel is named with why)."""
+    return reply(await cancellation(request.app[ENGINE], path_uuid(request)))
+
+
+async def cancel_by_key(request: web.Request) -> web.Response:
+    """Cancel the notification this caller sent with ``idempotency_key``, as
+    ``DELETE /v1/notifications/{id}`` does (the same answers). Keys are the
+    caller's own: another caller's key names another notification (404)."""
+    raw = request.query.get("idempotency_key")
+    if raw is None:
+        raise Problem(400, "bad query", [{"field": "idempotency_key", "reason": "required"}])
+    try:
+        key = msgspec.convert(raw, IdempotencyKey)
+    except msgspec.ValidationError as e:
+        raise Problem(400, "bad query", [{"field": "idempotency_key", "reason": str(e)}]) from None
+    return reply(await cancellation(request.app[ENGINE], key_id(request.get(PRINCIPAL), key), "idempotency_key"))
+
+
+async def cancellation(engine: Engine, nid: uuid.UUID, field: str = "id") -> Cancellation:
+    """Cancel what of ``nid`` is held (``stores.schedules.cancel``): its
+    answer, or 404 / 409 as ``cancel`` says. The REST routes and the GraphQL
+    ``cancel`` mutation both cancel here. ``field``: what named ``nid`` (a 404 names it)."""
+    async with engine.pool.acquire() as conn:
+        found = await schedules.cancel(conn, nid)
+    if not found.known:
+        raise Problem(404, "not found", [{"field": field, "reason": "no outcome recorded (unknown, or still in flight)"}])
+    for channel in found.cancelled:  # label values: the known channels only (policy/labels.py)
+        CANCELLED.labels(channel if channel in CHANNELS or channel == cancelling.FALLBACK_CHANNEL else OTHER).inc()
+    channels = cancelling.answers(found.statuses, found.cancelled, found.releasing, found.earlier)
+    if not cancelling.anything_cancelled(channels):
+        errors = [{"field": f"channels.{c.channel}", "reason": cancelling.why_not(c)} for c in channels]
+        if found.rejected is not None:  # rejected before it had channels: the notification itself
+            errors.append({"field": field, "reason": f"not held: {found.rejected}"})
+        raise Problem(409, "nothing to cancel", errors)
+    return Cancellation(id=str(nid), channels=channels)
+
+
 ROUTES = [
     Route("POST", "/v1/notifications", submit, Scoped("notifications:send"),
           body=(NotificationRequest, list[NotificationRequest]), answers={202: (Accepted, AcceptedBatch)},
@@ -250,6 +316,13 @@ ROUTES = [
                  Link("event", "POST", "/v1/notifications/{id}/events", {"id": "$response.body#/id"}))),
     Route("GET", "/v1/notifications/{id}", status, Scoped("notifications:read"), params=UUID_PATH, errors=(404,),
           answers={200: NotificationStatus}),
+    # its own scope: submitting does not imply undoing (and no owner is recorded: README, Known gaps)
+    Route("DELETE", "/v1/notifications/{id}", cancel, Scoped("notifications:cancel"), params=UUID_PATH,
+          errors=(404, 409), answers={200: Cancellation}),
+    Route("DELETE", "/v1/notifications", cancel_by_key, Scoped("notifications:cancel"), errors=(404, 409),
+          answers={200: Cancellation},
+          query=(Param("idempotency_key", IdempotencyKey, "The idempotency key this caller sent the notification "
+                       "with", required=True),)),
     Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send"), body=BroadcastRequest,
           answers={202: Accepted}, example={"category": "product_updates", "channels": ["email"],
                                             "content": {"subject": "New: dark mode", "text": "Try it in settings."}},

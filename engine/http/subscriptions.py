@@ -40,7 +40,7 @@ Description = Annotated[str, Meta(max_length=500, pattern=ONE_LINE)]
 Category = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+\Z")]
 Secret = Annotated[str, Meta(min_length=24, max_length=200, pattern=r"^[\x21-\x7e]+\Z")]
 Channels = Annotated[list[EventChannel], Meta(max_length=8)]
-Statuses = Annotated[list[EventStatus], Meta(max_length=13)]
+Statuses = Annotated[list[EventStatus], Meta(max_length=len(events.STATUSES))]  # each status once at most
 Categories = Annotated[list[Category], Meta(max_length=100)]
 
 

@@ -167,7 +167,7 @@ async def test_hostile_paths_queries_and_content_types_are_answered_in_json(engi
              ("GET", "/v1/jobs/%00", None, 400),
              ("GET", "/v1/users/alice/preferences/changes?limit=-1", None, 400),
              ("GET", "/v1/users/alice/preferences/changes?since=99999999999999999999999", None, 400),
-             ("GET", "/v1/no-such-route", None, 404), ("DELETE", "/v1/notifications", None, 405)]
+             ("GET", "/v1/no-such-route", None, 404), ("PUT", "/v1/notifications", None, 405)]
     for method, path, body, want in cases:
         async with client.request(method, base + path, data=body) as r:
             assert r.status == want, (path, r.status, await r.text())

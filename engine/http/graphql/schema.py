@@ -40,7 +40,7 @@ from engine.http.graphql.auth import allow, engine_of, principal_of
 from engine.http.graphql.types import JSON, object_type
 from engine.http.inbox import InboxStream, end_feed, start_feed
 from engine.http.status_watch import status_watch
-from policy.api import Accepted, NotificationStatus
+from policy.api import Accepted, Cancellation, NotificationStatus
 from policy.types import NotificationRequest, UserId
 from policy.validate import PreferencesDoc, PreferencesPatch
 from providers.inapp.messages import InboxMessage
@@ -80,6 +80,7 @@ TemplatePart = object_type(templates.MessageTemplate, "TemplatePart")
 Template = object_type(templates.TemplateDetail, "Template")
 ChannelReport = object_type(analytics.ChannelReport)
 AcceptedType = object_type(Accepted)
+CancellationType = object_type(Cancellation)
 InboxMessageType = object_type(InboxItem, "InboxMessage")
 
 
@@ -237,6 +238,13 @@ class Mutation:
         req = decoded(notification, NotificationRequest, "notification", "notification")
         (accepted,) = await notifications.accept(engine_of(info), principal_of(info), [req], False)
         return accepted
+
+    @strawberry.mutation(description="Cancel a notification's channels still held, as DELETE "
+                                     "/v1/notifications/{id} does (its 404 and 409 as errors).")
+    async def cancel(self, info: Info, id: strawberry.ID) -> CancellationType:
+        nid = uuid_of(str(id))
+        allow(info, "DELETE", "/v1/notifications/{id}")
+        return await notifications.cancellation(engine_of(info), nid)
 
 
 def _seen(status: NotificationStatus) -> tuple:
