@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -161,10 +160,7 @@ async def ray_batches(n: int, batch: int) -> float:
     if not ray.is_initialized():
         from engine.raybox import RUNTIME_ENV, keeping_sigterm
         with keeping_sigterm():
-            if os.environ.get("RAY_ADDRESS"):  # a cluster: join it (it has its own dashboard, or none)
-                ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=RUNTIME_ENV, logging_level="WARNING")
-            else:
-                ray.init(include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level="WARNING")
+            ray.init(include_dashboard=False, runtime_env=RUNTIME_ENV, logging_level="WARNING")
     actor = ray.remote(Echo).options(num_cpus=0).remote()
     content = Content(subject="Job 1", text="A new job matches your search.")
     tasks = [DeliveryTask(str(uuid.uuid4()), f"b{i}", "webhook", "job_alerts", "", content, "normal", 0.0, {})
@@ -191,6 +187,7 @@ async def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    import os
     p = argparse.ArgumentParser(prog="python -m bench.ceilings")
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=256)
