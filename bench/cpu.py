@@ -22,6 +22,31 @@ GROUPS = (
 )
 
 
+def ours(proc: psutil.Process, session: str | None) -> bool:
+    """A Ray worker of this run's Ray (its raylet, the parent, names the session),
+    not of another Ray on the machine: others' tests may run engine actors too.
+    Processes other than Ray workers (NATS, PostgreSQL, sinks) are everyone's."""
+    if not session:
+        return True
+    try:
+        if not " ".join(proc.cmdline()).startswith("ray::"):
+            return True
+        parent = proc.parent()
+        return parent is not None and session in " ".join(parent.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def ray_session() -> str | None:
+    """The session name of the Ray this process joined (a local one or a cluster's), if any."""
+    try:
+        from ray._private import worker
+
+        return worker._global_node.session_name if worker._global_node is not None else None
+    except Exception:  # noqa: BLE001 - without it every Ray worker on the machine counts, as before
+        return None
+
+
 def group_of(proc: psutil.Process) -> str | None:
     try:
         if proc.pid == os.getpid():
@@ -36,10 +61,13 @@ def group_of(proc: psutil.Process) -> str | None:
 
 
 class CpuSampler:
-    """Average CPU (in cores) per group over the sampling period."""
+    """Average CPU (in cores) per group over the sampling period; Ray workers only
+    of the Ray session ``session`` when given (``ray_session()``)."""
 
-    def __init__(self, every_s: float = 0.5):
+    def __init__(self, every_s: float = 0.5, session: str | None = None):
         self.every_s = every_s
+        self.session = session
+        self._others: set[int] = set()
         self.totals: dict[str, float] = defaultdict(float)
         self.samples = 0
         self._task: asyncio.Task | None = None
@@ -48,7 +76,10 @@ class CpuSampler:
     async def _loop(self) -> None:
         while True:
             for p in psutil.process_iter():
-                if p.pid not in self._procs and group_of(p):
+                if p.pid not in self._procs and p.pid not in self._others and group_of(p):
+                    if not ours(p, self.session):
+                        self._others.add(p.pid)
+                        continue
                     p.cpu_percent(None)  # first call primes the counter
                     self._procs[p.pid] = p
             await asyncio.sleep(self.every_s)
@@ -71,3 +102,64 @@ class CpuSampler:
             await asyncio.gather(self._task, return_exceptions=True)
         n = max(self.samples, 1)
         return dict(sorted(((k, round(v / n, 2)) for k, v in self.totals.items()), key=lambda kv: -kv[1]))
+
+
+class _HostSampler:
+    """A ``CpuSampler`` on another host of the cluster: a Ray actor pinned to one
+    of its nodes, counting that host's processes."""
+
+    def __init__(self, session: str | None):
+        self.sampler = CpuSampler(session=session)
+
+    async def start(self) -> None:
+        self.sampler.start()
+
+    async def stop(self) -> dict[str, float]:
+        out = await self.sampler.stop()
+        out.pop("driver", None)  # that is this actor, not the harness
+        return out
+
+
+class ClusterCpu:
+    """This host's ``CpuSampler`` and one on each other host of the cluster
+    (``nodes``: a node id per other host), their figures added per group.
+    ``complete`` is False when a host could not be sampled (its figures are
+    then missing, not guessed)."""
+
+    def __init__(self, session: str | None, nodes: list[str] | None = None, every_s: float = 0.5):
+        self.local = CpuSampler(every_s, session)
+        self.session, self.nodes, self.every_s = session, nodes or [], every_s
+        self.remote: list = []
+        self.complete = True
+
+    def start(self) -> None:
+        self.local.start()
+        if not self.nodes:
+            return
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        for node in self.nodes:
+            actor = ray.remote(_HostSampler).options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(self.session)
+            actor.start.remote()
+            self.remote.append(actor)
+
+    async def stop(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for name, cores in (await self.local.stop()).items():
+            totals[name] += cores
+        if self.remote:
+            import ray
+
+            answers = await asyncio.gather(*(asyncio.wait_for(asyncio.wrap_future(a.stop.remote().future()), 30)
+                                             for a in self.remote), return_exceptions=True)
+            for answer in answers:
+                if isinstance(answer, BaseException):
+                    self.complete = False
+                    continue
+                for name, cores in answer.items():
+                    totals[name] += cores
+            for actor in self.remote:
+                ray.kill(actor)
+        return dict(sorted(((k, round(v, 2)) for k, v in totals.items()), key=lambda kv: -kv[1]))

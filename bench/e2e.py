@@ -29,7 +29,7 @@ import uvloop
 from rich.console import Console
 
 from bench import ceilings, stages
-from bench.cpu import CpuSampler
+from bench.cpu import ClusterCpu, ray_session
 from bench.demo import population, preference_mix, requests, watch_rows
 from bench.report import print_result, versions, write_json
 from engine import settings
@@ -118,7 +118,7 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
             sinks["otlp"] = SinkProcess("otlp").start()
         cfg = bench_config(args.channels, shards, sinks, services, args.trace, args.otlp)
         try:
-            s, done, expected, pub_s, busy, traced, stalls, urgent = await load(args, cfg, n, rate, shards)
+            s, done, expected, pub_s, busy, traced, stalls, urgent, where = await load(args, cfg, n, rate, shards)
         finally:
             await drop(cfg)
     finally:
@@ -133,7 +133,7 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         "sent_p50_ms": ms(s["sent"][0]) if s["sent"] else None,
         "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
         "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
-        "stalls": stalls, "urgent": urgent,
+        "stalls": stalls, "urgent": urgent, "ray": where,
     }
 
 
@@ -144,7 +144,6 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
     A backlog run with ``--urgent`` publishes a paced stream of critical
     notifications (the priority lane) once the backlog is in the stream."""
     engine = await Engine(cfg).start()
-    cpu = CpuSampler()
     try:
         people = population(args.users, prefix=PREFIX)
         for i in range(0, len(people), 2000):
@@ -160,6 +159,9 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
                                     channels=tuple(args.channels))  # not the backlog's users one for one
             for body in urgent_notes:
                 body["category"], body["priority"] = URGENT_CATEGORY, "critical"
+        where = cluster_view()
+        # every host's processes: this one's here, each other host's by an actor there
+        cpu = ClusterCpu(ray_session(), where.get("remote_node_ids"))
         cpu.start()
         pub_s = await publish(engine, notes, rate)
         urgent_pub = asyncio.ensure_future(publish(engine, urgent_notes, args.urgent)) if urgent_notes else None
@@ -167,6 +169,7 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
         label = f"k={shards}" + (f" paced {rate:,.0f}/s" if rate else " backlog")
         done = await watch_rows(engine.pool, expected, args.timeout, console, label=label)
         busy = await cpu.stop()
+        where["cpu_sampled"] = "every host" if cpu.complete else "not every host: cpu_cores is partial"
         if urgent_pub is not None:
             await urgent_pub
         traced = stages.summary(*await stages.collect(engine.actors))
@@ -175,7 +178,8 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
         if urgent_notes:
             urgent = await urgent_figures(engine.pool)
             urgent["stages"] = await stages.collect_urgent(engine.actors)
-        return await engine.pool.fetchrow(STATS_SQL + (BULK_ONLY if urgent_notes else "")), done, expected, pub_s, busy, traced, stalls, urgent
+        stats = await engine.pool.fetchrow(STATS_SQL + (BULK_ONLY if urgent_notes else ""))
+        return stats, done, expected, pub_s, busy, traced, stalls, urgent, where
     finally:
         await engine.stop()
 
@@ -188,6 +192,37 @@ async def urgent_figures(pool) -> dict:
     sent, durable = u["sent"] or [None, None], u["durable"] or [None, None]
     return {"rows": u["rows"], "sent_rows": u["sent_rows"], "during_backlog": u["during_backlog"],
             "sent_p50_ms": ms(sent[0]), "sent_p99_ms": ms(sent[1]), "p50_ms": ms(durable[0]), "p99_ms": ms(durable[1])}
+
+
+def cluster_view() -> dict:
+    """The Ray the run is on: its nodes (label, address, CPUs), the live actors
+    per node by class, and the nodes on hosts other than this one (their
+    processes are sampled by an actor on each such host: ``bench.cpu.ClusterCpu``)."""
+    import socket
+
+    import ray
+    from ray._private import state as ray_state  # the GCS's actor table: no dashboard needed
+
+    try:
+        here = {socket.gethostbyname(socket.gethostname()), "127.0.0.1",
+                ray.util.get_node_ip_address()}
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        label = {n["NodeID"]: n.get("Labels", {}).get("tidings-node")
+                 or ("head" if "node:__internal_head__" in n.get("Resources", {}) else n["NodeID"][:8]) for n in nodes}
+        actors: dict[str, dict[str, int]] = {}
+        for a in ray_state.actors(actor_state_name="ALIVE").values():
+            per = actors.setdefault(label.get(a["Address"]["NodeID"], "?"), {})
+            per[a["ActorClassName"]] = per.get(a["ActorClassName"], 0) + 1
+        return {"address": ray.get_runtime_context().gcs_address,
+                "nodes": [{"node": label[n["NodeID"]], "ip": n["NodeManagerAddress"],
+                           "cpus": n.get("Resources", {}).get("CPU", 0)} for n in nodes],
+                "actors": actors,
+                "remote_nodes": [label[n["NodeID"]] for n in nodes if n["NodeManagerAddress"] not in here],
+                # one node per other host: where the CPU sampler runs as an actor (bench.cpu.ClusterCpu)
+                "remote_node_ids": list({n["NodeManagerAddress"]: n["NodeID"] for n in nodes
+                                         if n["NodeManagerAddress"] not in here}.values())}
+    except Exception as e:  # noqa: BLE001 - informative only; the run's figures stand without it
+        return {"error": repr(e)}
 
 
 def ms(seconds) -> float | None:
@@ -283,6 +318,7 @@ async def run_all(args, services: Services) -> dict:
         "backlog_runs": runs, "paced_run": paced, "paced_runs": paced_runs, "ceilings": ceil,
         "busiest": next(iter(best["cpu_cores"].items()), None),
         "complete": all(r["rows"] == r["expected_rows"] for r in runs + paced_runs),
+        "ray": best.get("ray"),
     }
     if ceil:
         result["slowest_stage"], result["slowest_stage_per_s"] = slowest(ceil, args.channels)

@@ -50,6 +50,14 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     assert plan["rate_per_s"] == pytest.approx(5e6 / 3600)
     assert plan["saturates_first"] in {g["group"] for g in plan["groups"]}
     assert all(g["instances"] >= 1 for g in plan["groups"])
+    # where the run's actors were (one local node here), and the projection made from the run
+    assert result["ray"]["nodes"] and result["ray"]["remote_nodes"] == []
+    assert {"Ingestor", "UserShard", "ChannelShard", "Recorder"} <= {k for per in result["ray"]["actors"].values()
+                                                                     for k in per}
+    projection = capacity.project(result, [16, 64])
+    assert [row["cores"] for row in projection["projection"]] == [16, 64]
+    assert projection["caps_per_s"]["PostgreSQL writes"] == pytest.approx(result["ceilings"]["copy_rows_per_s"] / 2, abs=1)  # two channels
+    assert projection["first_cap"] in projection["caps_per_s"] and not projection["cpu_partial"]
 
 
 @pytest.mark.parametrize("text, per_s", [("5000", 5000), ("5M/h", 5e6 / 3600), ("300k/min", 5000), ("12/s", 12)])
@@ -100,3 +108,63 @@ def test_hop_times_an_actor_call(ray_address):
     assert row["size"] == 100 and row["calls"] == 5
     assert 0 < row["one_way_p50_ms"] <= row["one_way_max_ms"]
     assert row["round_trip_p50_ms"] <= row["round_trip_max_ms"]
+
+
+def test_local_cluster_starts_and_stops_clean(tmp_path):
+    """`python -m bench.cluster`: a head and a worker node, the address printed and
+    written, and SIGTERM stops every node and removes the cluster's folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    addr = tmp_path / "addr"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cluster", "--workers", "1", "--cpus", "1",
+                             "--address-file", str(addr)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        deadline = time.monotonic() + 120
+        while not addr.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert addr.exists(), proc.poll()
+        address = addr.read_text().strip()
+        assert address.count(":") == 1
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert f"RAY_ADDRESS={address}" in out and out.rstrip().endswith("stopped")
+    folder = next(line for line in out.splitlines() if "files in" in line).split("files in ")[1].split(";")[0]
+    assert not os.path.exists(folder) and not addr.exists()
+
+
+async def test_cluster_cpu_adds_each_hosts_sampler(ray_address):
+    """`bench.cpu.ClusterCpu`: on a cluster over several hosts an actor samples each
+    other host. Here the one node stands in for "another host": its sampler's
+    figures are added to this host's (so every group seen is counted twice) and
+    the sampler's own process is not counted as the harness's driver."""
+    import asyncio
+
+    import ray
+
+    from bench.cpu import ClusterCpu, ray_session
+
+    session = ray_session()
+    assert session and session.startswith("session_")
+    alone = ClusterCpu(session)
+    alone.start()
+    await asyncio.sleep(1.5)
+    local = await alone.stop()
+    both = ClusterCpu(session, [ray.get_runtime_context().get_node_id()])
+    both.start()
+    await asyncio.sleep(1.5)
+    merged = await both.stop()
+    assert alone.complete and both.complete and not alone.remote
+    assert "driver" in local and {"nats-server", "postgres"} & set(merged)
+    gone = ClusterCpu(session, ["00" * 28])  # a node that is not there: its figures are missing, and it says so
+    gone.start()
+    await asyncio.sleep(0.5)
+    await gone.stop()
+    assert not gone.complete
