@@ -26,9 +26,14 @@ assumption:
   connections) are assumed to add ``--pg-writer-efficiency`` of one writer each
   (default 0.5 on one tracking table, 0.9 when ``delivery_tracking`` is
   partitioned so writers do not share one relation and its indexes): not measured;
-* NATS: one stream, whose leader is assumed to use at most one core of
-  nats-server: ``1 / nats-server's cost`` notifications/s (not measured beyond
-  the cost).
+* NATS: all of nats-server's CPU in the run (both streams, the acks, the
+  accepted events, and other clients of a shared server) is taken as one stream
+  leader's, assumed to use at most one core: ``1 / nats-server's cost``
+  notifications/s, a low bound (not measured beyond the cost).
+
+Not in the model: the EventSender (status events, one relay per deployment: a
+fourth one-process cap, its cost sampled from now on as ``EventSender``) and the
+Scheduler (releases; idle in a harness run).
 
 NATS and PostgreSQL run on hosts of their own; their cores are printed apart.
 """
@@ -154,7 +159,7 @@ def cpu_partial(result: dict) -> bool:
 
 def project(result: dict, cores: list[int], utilisation: float = 1.0,
             table_efficiency: float = TABLE_EFFICIENCY,
-            partitioned_efficiency: float = PARTITIONED_EFFICIENCY) -> dict:
+            partitioned_efficiency: float = PARTITIONED_EFFICIENCY, p99_met: bool | None = None) -> dict:
     """For each count of cores given to the engine's actors: the notifications/s
     they allow with every core busy (``max_per_s``: cores ÷ the actors' CPU per
     notification), how the cores divide among the actor kinds (by their measured
@@ -162,7 +167,9 @@ def project(result: dict, cores: list[int], utilisation: float = 1.0,
     (``caps``) and which binds, what it would take to lift them (Recorders, writers
     with and without a partitioned tracking table, streams), and the cores NATS
     and PostgreSQL need beside. ``planned_per_s`` is ``utilisation`` of what binds:
-    the load at which the measured latency curve says the p99 target holds."""
+    the load at which the measured latency curve says the p99 target holds when
+    ``p99_met``; when no measured load met it, the lightest load measured (and
+    ``p99_met`` False says so)."""
     cost = costs(result)
     engine_cost = sum(cost[g] for g in ENGINE_GROUPS)
     fixed = caps(result, cost)
@@ -195,6 +202,7 @@ def project(result: dict, cores: list[int], utilisation: float = 1.0,
     first_cap, first_value = ordered[0] if ordered else (None, None)
     return {
         "utilisation": round(utilisation, 2),
+        "p99_met": p99_met,
         "core_ms_per_1k": {g: round(cost[g] * 1e6, 1) for g in ENGINE_GROUPS + SERVICE_GROUPS},
         "engine_core_ms_per_1k": round(engine_cost * 1e6, 1),
         "per_core_per_s": round(1 / engine_cost) if engine_cost else 0,
@@ -250,7 +258,7 @@ def show_projection(pr: dict) -> None:
     t = Table(title=f"what N cores for the engine's actors allow (measured {pr['engine_core_ms_per_1k']:,} core-ms per "
                     f"1,000 notifications: {pr['per_core_per_s']:,}/s a core)")
     for col in ("cores", "cores allow /s", *(f"{g} cores (actors)" for g in ENGINE_GROUPS), "bound by", "ceiling /s",
-                f"at {pr['utilisation']:.0%} /s", "Recorders / PG writers (partitioned) / streams to run full",
+                f"at {pr['utilisation']:.0%} /s", "would need: Recorders / PG writers (partitioned) / streams",
                 "NATS cores", "PostgreSQL cores"):
         t.add_column(col, justify="right" if col != "bound by" else "left")
     for row in pr["projection"]:
@@ -266,10 +274,14 @@ def show_projection(pr: dict) -> None:
                   f"about {pr['cores_at_first_cap']} cores; of the actor kinds "
                   f"[bold]{pr['saturates_first_actor']}[/bold] costs most and saturates first.")
     a = pr["assumptions"]
-    console.print(f"assumed, not measured: a Recorder and a NATS stream's leader use one core at most; each PostgreSQL "
+    console.print(f"assumed, not measured: a Recorder and nats-server (all of it, as one stream's leader) use one "
+                  f"core at most; the EventSender is not in the model; each PostgreSQL "
                   f"writer after the first adds {a['pg_writer_efficiency_table']:.0%} of one on one tracking table, "
                   f"{a['pg_writer_efficiency_partitioned']:.0%} with delivery_tracking partitioned (a partition per "
                   f"writer); costs per notification stay as measured on {pr['measured_on_cores']} cores.")
+    if pr.get("p99_met") is False:
+        console.print(f"[red]no measured load met the p99 target: the \"at {pr['utilisation']:.0%}\" column is the "
+                      "lightest load measured, where the p99 was still above it[/red]")
     if pr["cpu_partial"]:
         console.print("[red]a host of the cluster the run spanned could not be sampled: the costs above miss what "
                       "ran there[/red]")
@@ -328,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         out = plan(result, args.rate, args.p99)
         show(out)
     if args.cores:
-        utilisation = round(latency_point(result, args.p99)[0], 2)
-        out["capacity"] = project(result, args.cores, utilisation, args.pg_writer_efficiency,
-                                  args.pg_partitioned_efficiency)
+        utilisation, paced, _ = latency_point(result, args.p99)
+        met = paced is not None and paced.get("p99_ms") is not None and paced["p99_ms"] <= args.p99
+        out["capacity"] = project(result, args.cores, round(utilisation, 2), args.pg_writer_efficiency,
+                                  args.pg_partitioned_efficiency, p99_met=met)
         show_projection(out["capacity"])
     if args.json:
         with open(args.json, "w") as f:

@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         if args.address_file:
-            with open(args.address_file, "w") as f:
+            part = args.address_file + ".part"  # whole or not there: a reader never sees it half written
+            with open(part, "w") as f:
                 f.write(cluster.address + "\n")
+            os.replace(part, args.address_file)
         print(f"RAY_ADDRESS={cluster.address}", flush=True)
         print(f"# a head ({args.head_cpus:g} CPUs) and {args.workers} worker nodes ({args.cpus:g} CPUs each); "
               f"files in {tmp}; Ctrl-C stops it", flush=True)

@@ -15,6 +15,8 @@ GROUPS = (
     ("ray::UserShard", "UserShard"),
     ("ray::ChannelShard", "ChannelShard"),
     ("ray::Recorder", "Recorder"),
+    ("ray::EventSender", "EventSender"),
+    ("ray::Scheduler", "Scheduler"),
     ("sandbox webhook", "webhook sink"),
     ("sandbox smtp", "smtp sink"),
     ("nats-server", "nats-server"),

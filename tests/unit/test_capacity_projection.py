@@ -147,3 +147,14 @@ def test_cli_refuses_bad_options(argv):
     with pytest.raises(SystemExit) as e:
         capacity.main(argv)
     assert e.value.code == 2
+
+
+def test_the_projection_says_when_no_measured_load_met_the_p99(tmp_path, capsys):
+    src, out = tmp_path / "e2e.json", tmp_path / "plan.json"
+    paced = [{"rate": 250, "p99_ms": 400.0}, {"rate": 500, "p99_ms": 900.0}]
+    src.write_text(json.dumps({**RESULT, "paced_runs": paced}))
+    assert capacity.main(["--cores", "16", "--p99", "100", "--results", str(src), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["capacity"]["p99_met"] is False
+    assert "no measured load met the p99 target" in capsys.readouterr().out
+    assert capacity.main(["--cores", "16", "--p99", "500", "--results", str(src), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["capacity"]["p99_met"] is True
