@@ -18,7 +18,7 @@ from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, T
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
-from actors.delivery.shared import LUA, SharedLimits, SharedSetup, redis_key
+from actors.delivery.shared import LUA, SharedLimits, SharedSetup, redis_key, share_of_rate
 from actors.stalls import StallWatch, Watched
 from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
@@ -48,9 +48,8 @@ def build_slot(p: ProviderConfig, channel: str = "", setup: SharedSetup | None =
         bucket = daily = SharedLimits(redis, redis_key(setup.scope, channel, p.name), p.rate_per_s, burst,
                                       p.daily_limit, setup.share, setup.timeout_s, setup.retry_s, clock)
     else:
-        share = max(1, setup.share)
-        bucket = TokenBucket(p.rate_per_s / share, max(1.0, burst / share) if burst else 0.0, clock)
-        daily = DailyLimit(max(1, p.daily_limit // share) if p.daily_limit else 0, time.time)
+        bucket = share_of_rate(p.rate_per_s, burst, setup.share, clock)
+        daily = DailyLimit(max(1, p.daily_limit // max(1, setup.share)) if p.daily_limit else 0, time.time)
     return ProviderSlot(
         provider=registry.create(p.type, p.name, dict(p.settings)),
         priority=p.priority,

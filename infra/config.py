@@ -406,8 +406,9 @@ def shares_provider_limits(cfg: Config) -> bool:
     enabled provider of an enabled channel has a rate or a daily limit."""
     if not cfg.provider_limits.shared:
         return False
+    enabled = cfg.enabled_channels()
     return any(p.enabled and (p.rate_per_s > 0 or p.daily_limit > 0)
-               for name, ch in cfg.channels.items() if name in cfg.enabled_channels() for p in ch.providers)
+               for name, ch in cfg.channels.items() if name in enabled for p in ch.providers)
 
 
 def wants_redis(cfg: Config) -> bool:

@@ -144,6 +144,14 @@ def redis_key(scope: str, channel: str, provider: str) -> str:
     return KEY_PREFIX + hashlib.sha256(f"{scope}\0{channel}\0{provider}".encode()).hexdigest()[:32]
 
 
+def share_of_rate(rate: float, burst: float, share: int, clock: Clock = time.monotonic) -> TokenBucket:
+    """One shard's share of an account's rate: the rate divided among ``share``
+    shards, the burst too but at least one token (below one a bucket never gives
+    one). A shard with no Redis applies it, and one whose Redis is away."""
+    share = max(1, share)
+    return TokenBucket(rate / share, max(1.0, burst / share), clock)
+
+
 class SharedSetup(msgspec.Struct, frozen=True):
     """What a ChannelShard needs to share its providers' limits (engine/runtime.py
     makes it). ``redis_url`` empty: no Redis, each shard applies its share alone."""
@@ -171,8 +179,7 @@ class SharedLimits:
         self.clock, self.wall = clock, wall
         self.script = redis.register_script(LUA)
         self.share = max(1, share)
-        # the fallback: this shard's share of the rate (its burst at least one token)
-        self.local = TokenBucket(self.rate / self.share, max(1.0, self.burst / self.share), clock)
+        self.local = share_of_rate(self.rate, self.burst, self.share, clock)  # the fallback
         self.leased = 0
         self.leased_until = -math.inf
         self.demand = 0  # acquires waiting now: what the next lease asks for
@@ -185,8 +192,8 @@ class SharedLimits:
         self._spent_locally = 0  # admitted by the fallback, not yet added to Redis's day
         self.waits: list[float] = []
         self.refused = 0
-        self.fallbacks = 0  # admissions by the local share, taken by ``drain_fallbacks``
-        self.fallbacks_total = 0  # the same, since the start (health)
+        self.fallbacks = 0  # admissions by the local share since the start (health)
+        self._fallbacks_drained = 0  # of them, those ``drain_fallbacks`` has handed out
 
     def _today(self) -> int:
         return int(self.wall() // DAY_S)
@@ -203,7 +210,8 @@ class SharedLimits:
         return waits, refused
 
     def drain_fallbacks(self) -> int:
-        n, self.fallbacks = self.fallbacks, 0
+        """The admissions by the local share since the last call."""
+        n, self._fallbacks_drained = self.fallbacks - self._fallbacks_drained, self.fallbacks
         return n
 
     @property
@@ -211,7 +219,7 @@ class SharedLimits:
         return self.clock() < self._down_until
 
     def info(self) -> dict:
-        return {"shared": True, "redis_down": self.redis_down, "fallbacks": self.fallbacks_total}
+        return {"shared": True, "redis_down": self.redis_down, "fallbacks": self.fallbacks}
 
     async def acquire(self, sleep: Sleep, max_wait_s: float) -> bool:
         """One token, within ``max_wait_s``: False as soon as it would take longer,
@@ -280,7 +288,6 @@ class SharedLimits:
             self._local_left = (day, left - 1)
         self._spent_locally += 1
         self.fallbacks += 1
-        self.fallbacks_total += 1
         return 0.0
 
     def _local_left_today(self) -> int:
@@ -373,4 +380,4 @@ class SharedLimits:
         return True
 
 
-__all__ = ["LUA", "SharedLimits", "SharedSetup", "lease", "redis_key"]
+__all__ = ["LUA", "SharedLimits", "SharedSetup", "lease", "redis_key", "share_of_rate"]
