@@ -123,7 +123,7 @@ def scoped_id(p: Principal | None, r: NotificationRequest | BroadcastRequest) ->
     if r.id is not None:
         return r.id
     if r.idempotency_key is not None and p is not None:
-        return uuid.UUID(derive_id(f"{p.scope_id}:{r.idempotency_key}"))
+        return key_id(p, r.idempotency_key)
     return uuid.UUID(notification_id(r, str(uuid.uuid4())))
 
 
