@@ -297,13 +297,15 @@ def cores_list(text: str) -> list[int]:
     return out
 
 
-def efficiency(text: str) -> float:
+def fraction(text: str) -> float:
+    """An argument from 0 to 1 (a share, a ratio), refused by argparse otherwise
+    (here and in ``tidings bench e2e --otlp``)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a share: {text!r} (0 to 1)") from None
+        raise argparse.ArgumentTypeError(f"not a number from 0 to 1: {text!r}") from None
     if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a share is from 0 to 1, not {value:g}")
+        raise argparse.ArgumentTypeError(f"from 0 to 1, not {value:g}")
     return value
 
 
@@ -312,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=parse_rate, help="target, e.g. 1400, 5M/h, 300k/min")
     ap.add_argument("--cores", type=cores_list, help="project for these core counts, e.g. 16,64,256: the rate they "
                                                      "allow, actors per kind, what caps it (Recorder, PostgreSQL, NATS)")
-    ap.add_argument("--pg-writer-efficiency", type=efficiency, default=TABLE_EFFICIENCY,
+    ap.add_argument("--pg-writer-efficiency", type=fraction, default=TABLE_EFFICIENCY,
                     help="assumed share of one writer each further PostgreSQL writer adds, one tracking table")
-    ap.add_argument("--pg-partitioned-efficiency", type=efficiency, default=PARTITIONED_EFFICIENCY,
+    ap.add_argument("--pg-partitioned-efficiency", type=fraction, default=PARTITIONED_EFFICIENCY,
                     help="the same with delivery_tracking partitioned, a partition per writer")
     ap.add_argument("--p99", type=float, default=100.0, help="target p99 latency in ms")
     ap.add_argument("--results", help="a `tidings bench e2e --json` file (default: bench/out/latest.json, "

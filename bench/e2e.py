@@ -29,6 +29,7 @@ import uvloop
 from rich.console import Console
 
 from bench import ceilings, stages
+from bench.capacity import fraction
 from bench.cpu import ClusterCpu, ray_session
 from bench.demo import population, preference_mix, requests, watch_rows
 from bench.report import print_result, versions, write_json
@@ -326,17 +327,6 @@ async def run_all(args, services: Services) -> dict:
     return result
 
 
-def ratio(text: str) -> float:
-    """A share from 0 to 1 (``--otlp``), refused here rather than by the engine's start."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a ratio: {text!r} (0 to 1)") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a ratio is from 0 to 1, not {value:g}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tidings bench e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000, help="notifications per run")
@@ -357,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take to drain")
     p.add_argument("--trace", type=float, default=0.2,
                    help="share of notifications timed per pipeline stage (engine.trace_sample; default 0.2)")
-    p.add_argument("--otlp", type=ratio, nargs="?", const=TelemetryConfig().sample_ratio, default=None,
+    p.add_argument("--otlp", type=fraction, nargs="?", const=TelemetryConfig().sample_ratio, default=None,
                    metavar="RATIO", help="OpenTelemetry traces on, sampled at RATIO (default: telemetry.sample_ratio's "
                                          "default), exported to a loopback OTLP receiver: run with and without "
                                          "it to see what tracing costs; the spans received are in 'sinks'")

@@ -25,9 +25,9 @@ os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="tidings-multinode-")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray
-from ray._private import state as ray_state  # the GCS's actor table: no dashboard needed
 from ray.cluster_utils import Cluster
 
+from bench.e2e import cluster_view
 from sandbox import WebhookSink
 from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
@@ -35,13 +35,9 @@ SECRET = "multinode-secret"
 WORKER_CPUS = 3  # each worker alone has room for every actor (0.25 each): the survivor takes them all
 
 
-def placement() -> dict[str, list[str]]:
-    """Node label -> the engine's live actors there (their class names)."""
-    labels = {n["NodeID"]: n.get("Labels", {}).get("tidings-node", "head") for n in ray.nodes()}
-    out: dict[str, list[str]] = {}
-    for a in ray_state.actors(actor_state_name="ALIVE").values():
-        out.setdefault(labels.get(a["Address"]["NodeID"], "?"), []).append(a["ActorClassName"])
-    return {k: sorted(v) for k, v in out.items()}
+def placement() -> dict[str, dict[str, int]]:
+    """Node label -> the engine's live actors there, by class (as the harness records them)."""
+    return cluster_view()["actors"]
 
 
 async def submit(base: str, n: int, tag: str) -> list[str]:
@@ -71,7 +67,7 @@ async def run(cluster: Cluster, workers: dict, nats_url: str, database_url: str,
             out["before"] = placement()
             first = await submit(engine.base_url, n // 2, "a")
             # the worker with more of the engine's actors goes, with the work in flight
-            victim = max(workers, key=lambda k: len(out["before"].get(k, [])))
+            victim = max(workers, key=lambda k: sum(out["before"].get(k, {}).values()))
             await wait_rows(engine.pool, first[: n // 10], n // 10, timeout_s=120)
             cluster.remove_node(workers[victim], allow_graceful=False)
             killed_at = time.monotonic()
