@@ -19,6 +19,7 @@ from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
 from actors.delivery.routing import Router, make_router
 from actors.delivery.shared import LUA, SharedLimits, SharedSetup, redis_key, share_of_rate
+from actors.link import LinkServed
 from actors.stalls import StallWatch, Watched
 from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
@@ -100,7 +101,9 @@ def batches(tasks: list[DeliveryTask], size: int, *, mixed: bool = False) -> lis
     return out
 
 
-class ChannelShard(Watched):
+class ChannelShard(Watched, LinkServed):
+    LINKED = frozenset({"deliver"})  # the UserShards' batches (actors/link.py)
+
     def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0, observe: bytes | None = None,
                  limits: bytes | None = None):
         telemetry.setup_actor(observe, f"channel_shard.{channel}")

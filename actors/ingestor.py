@@ -21,7 +21,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from actors import faults, metrics, spans
+from actors import faults, link, metrics, spans
 from actors.handles import resolve
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
@@ -74,7 +74,9 @@ class Ingestor(Watched):
         self.cfg: Config = decode_config(cfg)
         telemetry.setup_actor(telemetry.observe(self.cfg), "ingestor")
         self.url, self.index, self.lanes = nats_url, index, lanes
-        self.user_shards, self.recorder = resolve(user_shards), resolve(recorder)  # names from engine/runtime.py
+        # names from engine/runtime.py; each batch to a UserShard goes over a link (actors/link.py)
+        self.user_shards = link.linked(resolve(user_shards), self.cfg.engine.actor_links)
+        self.recorder = resolve(recorder)
         self.nc = self.js = None
         self.running = False
         self.loop_tasks: list[asyncio.Task] = []
@@ -115,13 +117,19 @@ class Ingestor(Watched):
         """Call each UserShard once, so Ray has connected this Ingestor to it before
         a message waits for that. Bounded: a shard being restarted must not hold a
         (restarted) Ingestor's start; what did not answer is connected on first use."""
-        calls = [asyncio.ensure_future(s.info.remote()) for s in self.user_shards]
+        calls = [asyncio.ensure_future(self._warm_one(s)) for s in self.user_shards]
         done, pending = await asyncio.wait(calls, timeout=WARM_S)
         for call in pending:
             call.cancel()
         for call in done:
             if call.exception() is not None:
                 log.warning("warm-up call to a UserShard failed: %r", call.exception())
+
+    @staticmethod
+    async def _warm_one(shard) -> None:
+        await shard.info.remote()
+        if isinstance(shard, link.Link):
+            await shard.connect()
 
     async def _fetch_loop(self, sub) -> None:
         e = self.cfg.engine
@@ -271,7 +279,7 @@ class Ingestor(Watched):
             tried.append(1)
             # encoded inside the call: a batch that cannot be encoded is nak'd (in the end
             # dead-lettered), not left to come back after ack_wait without end
-            answers.append(await self.user_shards[shard].handle.remote(wire.encode(inbound)))
+            answers.append(await link.call(self.user_shards[shard], "handle", wire.encode(inbound)))
 
         if await self._acked([m for m, _ in pairs], call, f"shard {shard} batch of {len(pairs)}"):
             committed = answers[-1].get("committed_at") if answers and isinstance(answers[-1], dict) else None
@@ -441,7 +449,7 @@ class Ingestor(Watched):
 
     async def info(self) -> dict:
         return {"index": self.index, "lanes": list(self.lanes), "running": self.running,
-                "inflight_batches": len(self.inflight), **self.stats}
+                "inflight_batches": len(self.inflight), "calls": link.counts(self.user_shards), **self.stats}
 
     async def stop(self) -> None:
         """Stop fetching and let the batches in flight finish (they ack or nak)."""

@@ -17,6 +17,7 @@ from collections import deque
 import msgspec
 
 from actors import faults, spans
+from actors.link import LinkServed
 from actors.metrics import Meter, committed as measured, decode_bounds
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
@@ -98,7 +99,9 @@ class _Pending:
         self.spanned, self.arrived = spanned, arrived  # outcomes whose trace is sampled, and when they came
 
 
-class Recorder(Watched):
+class Recorder(Watched, LinkServed):
+    LINKED = frozenset({"record"})  # the UserShards' outcomes (actors/link.py)
+
     def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None,
                  gc_young: int = 0, labels: bytes | None = None, observe: bytes | None = None):
         telemetry.setup_actor(observe, "recorder")

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from actors import metrics, spans
+from actors import link, metrics, spans
 from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
@@ -63,16 +63,20 @@ CLOSE_S = 10.0  # the longest close() waits for the pool's connections to be rel
 JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journal keeps
 
 
-class UserShard(PrefsMixin, TemplatesMixin, Watched):
+class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
+    LINKED = frozenset({"handle"})  # the Ingestors' batches (actors/link.py)
+
     def __init__(self, index: int, cfg: bytes, database_url: str, channel_shards: dict, recorder,
                  urgent_shards: dict | None = None):
         self.index = index
         self.cfg: Config = decode_config(cfg)
         telemetry.setup_actor(telemetry.observe(self.cfg), "user_shard")
         self.url = database_url
-        self.channel_shards = channel_shards = resolve(channel_shards)  # names from engine/runtime.py
-        self.urgent_shards = resolve(urgent_shards or {})  # channel -> shards for high and critical tasks only
-        self.recorder = resolve(recorder)
+        # names from engine/runtime.py; deliver and record go over links (actors/link.py)
+        links = self.cfg.engine.actor_links
+        self.channel_shards = channel_shards = link.linked(resolve(channel_shards), links)
+        self.urgent_shards = link.linked(resolve(urgent_shards or {}), links)  # channel -> shards for high and critical only
+        self.recorder = link.linked(resolve(recorder), links)
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.template_generation = 0  # counts template saves
@@ -132,6 +136,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         shards = [s for group in (self.channel_shards, self.urgent_shards) for ss in group.values() for s in ss]
         results = await asyncio.gather(*(s.health.remote() for s in shards), self.recorder.warm.remote(),
                                        return_exceptions=True)
+        await asyncio.gather(*(p.connect() for p in [*shards, self.recorder] if isinstance(p, link.Link)),
+                             return_exceptions=True)
         failed = [repr(r) for r in results if isinstance(r, BaseException)]
         return {"warmed": len(results) - len(failed), "failed": failed}
 
@@ -216,7 +222,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
     async def _record(self, outcomes: list[Outcome]) -> float:
         """Commit outcomes through the Recorder; they leave the journal once
         committed. Returns when the commit was (the Recorder's clock)."""
-        committed = await self.recorder.record.remote(wire.encode(outcomes))
+        committed = await link.call(self.recorder, "record", wire.encode(outcomes))
         self._committed(outcomes)
         return committed
 
@@ -417,7 +423,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
                 tasks = [t for t in tasks if t.priority not in URGENT]
                 calls += self._deal(urgent_shards, urgent)
         calls += self._deal(self.channel_shards[channel], tasks)
-        replies = await asyncio.gather(*(shard.deliver.remote(wire.encode(part)) for shard, part in calls),
+        replies = await asyncio.gather(*(link.call(shard, "deliver", wire.encode(part)) for shard, part in calls),
                                        return_exceptions=True)
         error = next((r for r in replies if isinstance(r, BaseException)), None)
         outcomes = [o for r in replies if not isinstance(r, BaseException) for o in wire.decode(r, list[Outcome])]
@@ -851,4 +857,5 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched):
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         return {"index": self.index, "users": len(self.users), "evicted": self.users.evicted,
                 "recent_ids": len(self.recent), "loop": loop,
-                "unrecorded": sum(len(v) for v in self.journal.values()), **self.stats}
+                "unrecorded": sum(len(v) for v in self.journal.values()),
+                "calls": link.counts([self.channel_shards, self.urgent_shards, self.recorder]), **self.stats}

@@ -1,12 +1,15 @@
 """What one actor call costs on this machine: the floor under every hop of the
-pipeline (Ingestor → UserShard → ChannelShard → UserShard → Recorder and back).
+pipeline (Ingestor → UserShard → ChannelShard → UserShard → Recorder and back),
+through Ray and over an actor link (``actors/link.py``, what the engine uses for
+those three calls).
 
     tidings bench hop [--calls 400] [--sizes 1000,50000,200000] [--json PATH]
 
 Two async actors on the Ray the engine would use (local, or ``RAY_ADDRESS``),
 one calling the other ``--calls`` times per payload size, 10 ms apart (a light
 load, as at a quarter of capacity): the time from the caller's ``.remote()`` to
-the method running (one way) and to the answer back (round trip), p50/p99/max.
+the method running (one way) and to the answer back (round trip), p50/p99/max,
+for each way of calling: ``ray`` (``.remote()``) and ``link``.
 A notification crosses three nested round trips, so three of these are its
 latency floor before any work is done (bench/RESULTS.md, "The floor").
 """
@@ -17,20 +20,28 @@ import argparse
 import asyncio
 import math
 import os
+import struct
 import sys
 import time
 
 from rich.console import Console
 from rich.table import Table
 
+from actors.link import Link, LinkServed
 from bench.report import write_json
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-class Callee:
-    async def call(self, payload: bytes, sent: float) -> float:
-        return time.time() - sent
+WAYS = ("ray", "link")
+
+
+class Callee(LinkServed):
+    LINKED = frozenset({"stamp"})
+
+    async def stamp(self, payload: bytes) -> float:
+        """The payload's first 8 bytes are when it was sent (time.time())."""
+        return time.time() - struct.unpack("<d", payload[:8])[0]
 
     async def ready(self) -> bool:
         return True
@@ -38,18 +49,25 @@ class Callee:
 
 class Caller:
     def __init__(self, callee) -> None:
-        self.callee = callee
+        self.callee = Link(callee)
 
-    async def run(self, calls: int, size: int, gap_s: float) -> dict:
-        payload = b"x" * size
+    async def run(self, calls: int, size: int, gap_s: float, way: str) -> dict:
+        payload = bytearray(max(size, 8))
         await self.callee.ready.remote()  # connected before the clock runs
+        if way == "link" and await self.callee.connect() is None:
+            raise RuntimeError("the link did not connect")
         one_way, round_trip = [], []
         for _ in range(calls):
             sent = time.time()
-            one_way.append(await self.callee.call.remote(payload, sent))
+            payload[:8] = struct.pack("<d", sent)
+            if way == "link":
+                one_way.append(await self.callee.call("stamp", bytes(payload)))
+            else:
+                one_way.append(await self.callee.stamp.remote(bytes(payload)))
             round_trip.append(time.time() - sent)
             await asyncio.sleep(gap_s)
-        return {"size": size, "calls": calls, **_quantiles("one_way", one_way), **_quantiles("round_trip", round_trip)}
+        return {"way": way, "size": size, "calls": calls, **_quantiles("one_way", one_way),
+                **_quantiles("round_trip", round_trip)}
 
 
 def _quantiles(name: str, seconds: list[float]) -> dict:
@@ -68,7 +86,7 @@ def measure(calls: int, sizes: list[int], gap_s: float = 0.01) -> list[dict]:
     callee = ray.remote(Callee).remote()
     caller = ray.remote(Caller).remote(callee)
     try:
-        return [ray.get(caller.run.remote(calls, size, gap_s)) for size in sizes]
+        return [ray.get(caller.run.remote(calls, size, gap_s, way)) for size in sizes for way in WAYS]
     finally:
         for actor in (caller, callee):
             ray.kill(actor)
@@ -88,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     rows = measure(args.calls, sizes)
-    t = Table(title=f"one Ray actor call, async actor to async actor, {args.calls} calls 10 ms apart")
-    for col in ("payload bytes", "one way p50", "p99", "max", "round trip p50", "p99", "max"):
+    t = Table(title=f"one actor call, async actor to async actor, {args.calls} calls 10 ms apart")
+    for col in ("payload bytes", "way", "one way p50", "p99", "max", "round trip p50", "p99", "max"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(f"{r['size']:,}", *(str(r[f"{k}_{q}_ms"]) for k in ("one_way", "round_trip")
+        t.add_row(f"{r['size']:,}", r["way"], *(str(r[f"{k}_{q}_ms"]) for k in ("one_way", "round_trip")
                                       for q in ("p50", "p99", "max")))
     console.print(t)
     if args.json:

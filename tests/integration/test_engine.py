@@ -264,6 +264,18 @@ async def test_actors_run_on_uvloop(engine):
     assert {i["loop"] for i in infos} == {"uvloop"}
 
 
+async def test_the_hot_calls_go_over_actor_links(engine):
+    """After the tests above delivered through the engine, every batch to a
+    UserShard, every delivery and every record went over a link (actors/link.py),
+    none through Ray (the peers were linked at warm-up)."""
+    ingestors = await asyncio.gather(*(i.info.remote() for i in engine.actors.ingestors))
+    shards = await asyncio.gather(*(s.info.remote() for s in engine.actors.user_shards))
+    for info in [*ingestors, *shards]:
+        assert info["calls"]["through_ray"] == 0, info
+    assert sum(i["calls"]["linked"] for i in ingestors) > 0
+    assert sum(s["calls"]["linked"] for s in shards) > 0
+
+
 async def test_cli_send_and_status(engine):
     """What a user types: `tidings send …` then `tidings status <id>`."""
     import sys
