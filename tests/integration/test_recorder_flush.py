@@ -14,7 +14,7 @@ import pytest
 from engine import migrations
 from infra.config import RecorderConfig
 from policy import wire
-from policy.types import Outcome
+from policy.types import Attempt, Outcome
 from tests.integration.helpers import drop_schema
 
 pytestmark = pytest.mark.integration
@@ -73,5 +73,54 @@ async def test_a_row_that_comes_during_a_flush_goes_when_that_flush_ends_not_aft
         assert rows == 2
     finally:
         await blocker.close()
+        await rec.close.remote()
+        ray.kill(rec)
+
+
+def rich(nid: str, parent: str | None) -> Outcome:
+    """An outcome with every column filled, and text a provider might have sent (a NUL)."""
+    return Outcome(nid, "u-\u00e9", "webhook", "job_alerts", "failed", "provider.error", 1_700_000_000.25,
+                   1_700_000_001.5, provider="http-sink", provider_message_id="m-1",
+                   attempts=[Attempt("http-sink", False, 1_700_000_000.5, 12.5, "HTTP 500 \x00 oops", "server"),
+                             Attempt("http-sink", False, 1_700_000_001.0, 3.0, None, "timeout")],
+                   priority="high", detail="a detail \x00 here", parent_id=parent)
+
+
+COMPARED = ("user_id", "channel", "category", "priority", "status", "reason", "provider", "provider_message_id",
+            "attempts", "timeline", "errors", "accepted_at", "completed_at", "parent_id")
+
+
+async def test_a_small_flush_in_one_statement_stores_what_a_copied_one_stores(ray_address, database_url, schema):
+    """Flushes of up to SMALL_FLUSH rows are one INSERT … unnest (one round trip);
+    larger ones COPY through the staging table. Both store the same row for the
+    same outcome, and both keep the first row of a (notification, channel)."""
+    import ray
+
+    from actors.recorder import SMALL_FLUSH, Recorder
+
+    cfg = msgspec.msgpack.encode(RecorderConfig(flush_rows=10_000, linger_ms=0))
+    rec = ray.remote(Recorder).options(max_concurrency=100).remote(database_url, schema, cfg)
+    parent = str(uuid.uuid4())
+    small = [rich(str(uuid.uuid4()), parent), rich(str(uuid.uuid4()), None)]
+    large = [rich(str(uuid.uuid4()), parent), rich(str(uuid.uuid4()), None)]
+    filler = [outcome() for _ in range(SMALL_FLUSH + 1)]
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        await rec.record.remote(wire.encode(small))
+        await rec.record.remote(wire.encode(large + filler))
+        again = msgspec.structs.replace(small[0], status="sent", reason="ok")
+        await rec.record.remote(wire.encode([again]))  # a repeat: the first row stays
+        rows = {str(r["notification_id"]): r for r in await conn.fetch(
+            f"SELECT notification_id, {', '.join(COMPARED)} FROM delivery_tracking WHERE notification_id = ANY($1)",
+            [uuid.UUID(o.notification_id) for o in small + large])}
+        assert len(rows) == 4
+        for a, b in zip(small, large, strict=True):
+            assert [rows[a.notification_id][c] for c in COMPARED] == [rows[b.notification_id][c] for c in COMPARED]
+        first = rows[small[0].notification_id]
+        assert (first["status"], first["attempts"], str(first["parent_id"])) == ("failed", 2, parent)
+        assert "\\u0000" not in first["timeline"] and "oops" in first["timeline"] and first["accepted_at"] is not None
+        assert (await rec.stats.remote())["flushes"] == 3
+    finally:
+        await conn.close()
         await rec.close.remote()
         ray.kill(rec)
