@@ -74,18 +74,20 @@ def kind(error: BaseException) -> Kind | None:
     error carries the remote one as ``cause``), is an infrastructure failure;
     an outage anywhere in the chain wins."""
     seen: set[int] = set()
-    todo: list[BaseException | None] = [error]
+    todo: list[BaseException] = [error]
     found: Kind | None = None
     while todo:
         e = todo.pop()
-        if e is None or id(e) in seen:
+        if id(e) in seen:
             continue
         seen.add(id(e))
         k = _one(e)
         if k == "outage":
             return k
         found = found or k
-        todo += [getattr(e, "cause", None), e.__cause__]  # not __context__: an error handled on the way is not this one
+        # not __context__: an error handled on the way is not this one; a ``cause`` that is
+        # not an exception (some library's attribute of that name) is not followed
+        todo += [c for c in (getattr(e, "cause", None), e.__cause__) if isinstance(c, BaseException)]
     return found
 
 

@@ -58,7 +58,8 @@ KEEPALIVE = ((socket.SO_KEEPALIVE, 1, socket.SOL_SOCKET),
              (getattr(socket, "TCP_KEEPIDLE", None), 5, socket.IPPROTO_TCP),
              (getattr(socket, "TCP_KEEPINTVL", None), 2, socket.IPPROTO_TCP),
              (getattr(socket, "TCP_KEEPCNT", None), 3, socket.IPPROTO_TCP),
-             (getattr(socket, "TCP_USER_TIMEOUT", None), 15_000, socket.IPPROTO_TCP))
+             (getattr(socket, "TCP_USER_TIMEOUT", None), 15_000, socket.IPPROTO_TCP),
+             (getattr(socket, "TCP_KEEPALIVE", None), 5, socket.IPPROTO_TCP))  # macOS's name for the idle time
 
 _HEAD = 4  # a frame: its length (4 bytes, big-endian), then a MessagePack array
 _encoder = msgspec.msgpack.Encoder()
@@ -126,7 +127,10 @@ def _stand_in(error: BaseException) -> BaseException:
         words = f"{type(error).__name__}: {error}"[:2000]
     except Exception:  # noqa: BLE001 - an error whose str() fails
         words = type(error).__name__
-    kind = faults.kind(error)
+    try:
+        kind = faults.kind(error)
+    except Exception:  # noqa: BLE001 - an error too odd to judge: the message's
+        kind = None
     if kind == "outage":
         return ConnectionError(words)  # an OSError: an outage
     if kind == "contention":
@@ -139,7 +143,17 @@ def _unpickled(data: bytes) -> BaseException:
         error = cloudpickle.loads(data)  # from the peer the token reached: as far trusted as Ray's own pickles
     except Exception as e:  # noqa: BLE001 - an error class this process cannot import
         return RuntimeError(f"a peer's error that could not be read here: {type(e).__name__}")
-    return error if isinstance(error, BaseException) else RuntimeError(repr(error))
+    if not isinstance(error, Exception) or isinstance(error, StopIteration | StopAsyncIteration):
+        # never raised as such in the caller: they would end its task or its event loop
+        return RuntimeError(f"the peer's call ended with {type(error).__name__}")
+    return error
+
+
+def _error_reply(call_id: int, error: BaseException) -> bytes:
+    try:
+        return _frame((call_id, False, _pickled(error)))
+    except Exception:  # noqa: BLE001 - the last resort: its type's name, so the caller is answered
+        return _frame((call_id, False, cloudpickle.dumps(RuntimeError(type(error).__name__))))
 
 
 class Listener:
@@ -182,17 +196,15 @@ class Listener:
 
     async def _run(self, call_id: int, method: str, payload: bytes, writer: asyncio.StreamWriter,
                    lock: asyncio.Lock) -> None:
-        cancelled = None
+        reraise: BaseException | None = None
         try:
             if method not in self.methods:
                 raise AttributeError(f"{method} is not served over a link")
             reply = _frame((call_id, True, await getattr(self.target, method)(payload)))
         except BaseException as e:  # noqa: BLE001 - whatever it was, the caller hears of it (Ray's way too)
-            if isinstance(e, asyncio.CancelledError):  # the caller must not take it for its own cancellation
-                cancelled = e
-                reply = _frame((call_id, False, _pickled(TaskCancelledError())))
-            else:
-                reply = _frame((call_id, False, _pickled(e)))
+            if not isinstance(e, Exception):  # cancelled, exiting: answered, then let go on
+                reraise = e
+            reply = _error_reply(call_id, TaskCancelledError() if isinstance(e, asyncio.CancelledError) else e)
         finally:
             self.gate.release()
         try:
@@ -201,8 +213,11 @@ class Listener:
                 await writer.drain()
         except (OSError, RuntimeError):
             pass  # the caller is gone; it failed this call with LinkLost
-        if cancelled is not None:
-            raise cancelled
+        except Exception:
+            log.exception("a link reply could not be written: the connection is closed")
+            writer.close()
+        if reraise is not None:
+            raise reraise
 
 
 class LinkServed:
@@ -269,15 +284,18 @@ class Link:
         call_id = next(self.ids)
         frame = _frame((call_id, method, payload))
         reply = asyncio.get_running_loop().create_future()
+        fallback = False
         try:
             async with conn.writing:
-                if conn.lost:
-                    return await self._through_ray(method, payload)
-                conn.calls[call_id] = reply
-                conn.writer.write(frame)  # the whole frame into the buffer: never half of it
-                await conn.writer.drain()
+                fallback = conn.lost  # it ended while this call waited: never written
+                if not fallback:
+                    conn.calls[call_id] = reply
+                    conn.writer.write(frame)  # the whole frame into the buffer: never half of it
+                    await conn.writer.drain()
         except (OSError, RuntimeError) as e:
             self._lost(conn, f"sending {method}: {type(e).__name__}")
+        if fallback:
+            return await self._through_ray(method, payload)
         self.linked_calls += 1
         try:
             return await reply

@@ -134,6 +134,7 @@ class Recorder(Watched, LinkServed):
         self.meter = Meter()
         self.rows_written = 0
         self.flushes = 0
+        self.small_flushes = 0  # of them, one statement (SMALL_FLUSH)
         self.flushing = 0  # flushes running now
         self._start_lock = asyncio.Lock()
         self._stage_metric = None
@@ -277,6 +278,7 @@ class Recorder(Watched, LinkServed):
         if 0 < len(rows) <= SMALL_FLUSH:
             async with self.pool.acquire() as conn:
                 await conn.execute(INSERT_SMALL, *(list(column) for column in zip(*rows, strict=True)))
+            self.small_flushes += 1
         else:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table("_tracking_stage", records=rows, columns=STAGE_COLUMNS)
@@ -290,7 +292,8 @@ class Recorder(Watched, LinkServed):
         await self._ready()
 
     async def stats(self) -> dict:
-        return {"rows_written": self.rows_written, "flushes": self.flushes, "pending": self.pending_rows}
+        return {"rows_written": self.rows_written, "flushes": self.flushes, "small_flushes": self.small_flushes,
+                "pending": self.pending_rows}
 
     async def close(self) -> None:
         if self.pool is not None:

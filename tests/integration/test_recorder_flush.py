@@ -119,7 +119,12 @@ async def test_a_small_flush_in_one_statement_stores_what_a_copied_one_stores(ra
         first = rows[small[0].notification_id]
         assert (first["status"], first["attempts"], str(first["parent_id"])) == ("failed", 2, parent)
         assert "\\u0000" not in first["timeline"] and "oops" in first["timeline"] and first["accepted_at"] is not None
-        assert (await rec.stats.remote())["flushes"] == 3
+        stats = await rec.stats.remote()
+        assert (stats["flushes"], stats["small_flushes"]) == (3, 2)  # the large one copied
+        large_again = [msgspec.structs.replace(o, status="sent", reason="ok") for o in large + filler]
+        await rec.record.remote(wire.encode(large_again))  # repeats through COPY: the first rows stay too
+        assert await conn.fetchval("SELECT count(*) FROM delivery_tracking WHERE notification_id = ANY($1) "
+                                   "AND status = 'failed'", [uuid.UUID(o.notification_id) for o in large]) == 2
     finally:
         await conn.close()
         await rec.close.remote()

@@ -31,8 +31,19 @@ class Unpicklable(Exception):
         raise TypeError("not this one")
 
 
+class Odd(Exception):
+    """Unpicklable, with a ``cause`` that is not an exception."""
+
+    def __init__(self):
+        super().__init__("odd")
+        self.cause = "a string"
+
+    def __reduce__(self):
+        raise TypeError("no")
+
+
 class Served(LinkServed):
-    LINKED = frozenset({"echo", "fail", "slow", "cancelled", "wrapped", "unpicklable"})
+    LINKED = frozenset({"echo", "fail", "slow", "cancelled", "wrapped", "unpicklable", "odd", "refused"})
 
     def __init__(self):
         self.calls = 0
@@ -58,6 +69,12 @@ class Served(LinkServed):
 
     async def unpicklable(self, payload: bytes) -> None:
         raise Unpicklable("holds a socket")
+
+    async def odd(self, payload: bytes) -> None:
+        raise Odd()
+
+    async def refused(self, payload: bytes) -> None:
+        raise ConnectionRefusedError("the database is down")
 
     async def hidden(self, payload: bytes) -> str:  # an actor method not served over links
         return "no"
@@ -259,3 +276,36 @@ def test_a_link_being_unpickled_does_not_recurse():
     bare = Link.__new__(Link)
     with pytest.raises(AttributeError):
         bare.anything  # noqa: B018 - the lookup is the test
+
+
+async def test_an_error_that_cannot_be_pickled_or_judged_is_still_answered():
+    peer, _ = await linked_to()
+    with pytest.raises(RuntimeError, match="Odd: odd"):
+        await asyncio.wait_for(peer.call("odd", b""), 5)
+    assert faults.kind(Odd()) is None  # a cause that is not an exception is not followed
+    await peer.close()
+
+
+async def test_a_call_queued_on_a_connection_that_ends_goes_through_ray_and_its_error_is_raised():
+    """Never a hang: a call waiting to write when the connection ended is made
+    through Ray, and what that raises (an OSError here) reaches the caller."""
+    peer, handle = await linked_to()
+    conn = peer.conn
+    await conn.writing.acquire()
+    queued = [asyncio.ensure_future(peer.call("refused", b"")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    peer._lost(conn, "test")
+    conn.writing.release()
+    for call in queued:
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.wait_for(call, 5)
+    assert handle.via_ray == 3
+    await peer.close()
+
+
+def test_what_would_end_the_callers_task_or_loop_arrives_as_a_runtime_error():
+    from ray import cloudpickle
+
+    for odd in (SystemExit(3), KeyboardInterrupt(), StopIteration(), GeneratorExit()):
+        assert isinstance(link._unpickled(cloudpickle.dumps(odd)), RuntimeError)
+    assert isinstance(link._unpickled(b"not a pickle"), RuntimeError)
