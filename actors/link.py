@@ -4,8 +4,8 @@ Ray places the actors, names them, restarts them and carries every other call.
 The three calls every notification makes — Ingestor → UserShard ``handle``,
 UserShard → ChannelShard ``deliver``, UserShard → Recorder ``record`` — go over a
 plain TCP connection between the two actors' event loops instead: on this machine
-a Ray call between two async actors costs about 1.8 ms round trip at p50 and 4 ms
-at p99, a loopback stream about 0.1 / 0.5 ms (``tidings bench hop``), because a
+a Ray call between two async actors costs 1.7–3.0 ms round trip at p50 and 2.7–4.0 ms
+at p99, a link 0.15–0.30 / 0.5–0.9 ms (``tidings bench hop``), because a
 Ray call crosses the core worker's threads twice on each side and a stream does
 not. What a call carries and answers is the same (MessagePack bytes in, plain
 values out); an error raised by the callee is raised to the caller as itself, so
