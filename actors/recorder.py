@@ -29,42 +29,30 @@ from stores import tracking
 
 log = logging.getLogger(__name__)
 
-STAGE_COLUMNS = (
-    "notification_id", "user_id", "channel", "category", "priority", "status", "reason",
-    "provider", "provider_message_id", "attempts", "timeline", "errors", "accepted_at", "completed_at",
-    "parent_id",
-)
-CREATE_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS _tracking_stage (
-    notification_id uuid, user_id text, channel text, category text, priority text,
-    status text, reason text, provider text, provider_message_id text, attempts integer,
-    timeline text, errors text, accepted_at float8, completed_at float8, parent_id uuid
-) ON COMMIT DELETE ROWS
+# a staging row's columns and their types, in delivery_tracking's order (``row`` makes one)
+STAGED = (("notification_id", "uuid"), ("user_id", "text"), ("channel", "text"), ("category", "text"),
+          ("priority", "text"), ("status", "text"), ("reason", "text"), ("provider", "text"),
+          ("provider_message_id", "text"), ("attempts", "integer"), ("timeline", "text"), ("errors", "text"),
+          ("accepted_at", "float8"), ("completed_at", "float8"), ("parent_id", "uuid"))
+STAGE_COLUMNS = tuple(name for name, _ in STAGED)
+CREATE_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS _tracking_stage ({", ".join(f"{n} {t}" for n, t in STAGED)}) ON COMMIT DELETE ROWS
 """
-MOVE_STAGE = """
-INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
-    provider, provider_message_id, attempts, timeline, errors, accepted_at, completed_at, parent_id)
-SELECT notification_id, user_id, channel, category, priority, status, reason,
-    provider, provider_message_id, attempts, timeline::jsonb, errors::jsonb,
-    to_timestamp(accepted_at), to_timestamp(completed_at), parent_id
-FROM _tracking_stage
+# staged rows into the table: the JSON texts as jsonb, the epoch seconds as timestamps
+_AS_STORED = {"timeline": "timeline::jsonb", "errors": "errors::jsonb", "accepted_at": "to_timestamp(accepted_at)",
+              "completed_at": "to_timestamp(completed_at)"}
+_INSERT = f"""
+INSERT INTO delivery_tracking ({", ".join(STAGE_COLUMNS)})
+SELECT {", ".join(_AS_STORED.get(c, c) for c in STAGE_COLUMNS)}
+FROM {{source}}
 ON CONFLICT (notification_id, channel) DO NOTHING
 """
+MOVE_STAGE = _INSERT.format(source="_tracking_stage")
 # A flush of few rows in one statement (its own transaction, one round trip):
 # BEGIN, COPY, INSERT and COMMIT were four, a third of the commit segment at low load
 SMALL_FLUSH = 64
-INSERT_SMALL = """
-INSERT INTO delivery_tracking (notification_id, user_id, channel, category, priority, status, reason,
-    provider, provider_message_id, attempts, timeline, errors, accepted_at, completed_at, parent_id)
-SELECT notification_id, user_id, channel, category, priority, status, reason,
-    provider, provider_message_id, attempts, timeline::jsonb, errors::jsonb,
-    to_timestamp(accepted_at), to_timestamp(completed_at), parent_id
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::integer[], $11::text[], $12::text[], $13::float8[], $14::float8[], $15::uuid[])
-    AS s(notification_id, user_id, channel, category, priority, status, reason, provider, provider_message_id,
-         attempts, timeline, errors, accepted_at, completed_at, parent_id)
-ON CONFLICT (notification_id, channel) DO NOTHING
-"""
+INSERT_SMALL = _INSERT.format(source="unnest({}) AS s({})".format(
+    ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(STAGED, 1)), ", ".join(STAGE_COLUMNS)))
 
 
 def row(o: Outcome) -> tuple:
