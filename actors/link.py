@@ -17,8 +17,10 @@ random bytes made when the listener starts and handed out only by the callee's
 ``link_endpoint`` Ray method, so only a holder of the actor's Ray handle can call.
 Only the methods the callee lists in ``LINKED`` answer.
 
-Failure: a call that finds no connection (the peer is restarting, the link is
-off, the peer has no listener) goes through Ray as before; a connection that ends
+Failure: a call that finds no connection (the link is off, the peer has no
+listener, or the connection is still being made, in the background, as after the
+peer's restart) goes through Ray as before, as does one not yet written when its
+connection ends; a connection that ends
 with calls in flight fails them with ``LinkLost``, a ``RayActorError`` like the one
 Ray raises when an actor dies mid-call (the peer may or may not have done the
 work; the callers' retries are already safe for that). The next call connects
