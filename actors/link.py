@@ -53,6 +53,12 @@ HELLO_S = 5.0  # the longest a new connection may take to send its token
 CONNECT_S = 5.0  # the longest a connect waits for a peer's endpoint and connection
 RETRY_FIRST_S, RETRY_MOST_S = 1.0, 30.0  # after a failed connect, calls go through Ray this long (doubling)
 SERVED_MOST = 1000  # calls a listener runs at once (Ray's own bound for an async actor)
+# A live link asks its peer through Ray, this often, for its endpoint: a peer Ray
+# cannot reach (its node's raylet gone while its process lives on) or has made
+# again must not keep taking calls over the link. Answered within WATCH_WAIT_S or
+# the link is dropped (calls through Ray): 1 + 8 s, inside the ~15 s Ray takes to
+# declare a node dead and make its actors again, so two incarnations never both serve
+WATCH_S, WATCH_WAIT_S = 1.0, 8.0
 # A peer whose node went away sends no FIN: keepalive probes (after 5 s idle, every
 # 2 s, 3 unanswered) and a 15 s bound on unacknowledged data end the connection, so
 # its calls fail within ~15 s (Ray notices a dead node in ~30 s) instead of hanging
@@ -247,6 +253,7 @@ class _Connection:
         self.calls: dict[int, asyncio.Future] = {}
         self.writing = asyncio.Lock()
         self.reading: asyncio.Task | None = None
+        self.watching: asyncio.Task | None = None
         self.lost = False
 
 
@@ -335,6 +342,7 @@ class Link:
             writer.write(ep.token)
             conn = _Connection(writer)
             conn.reading = asyncio.get_running_loop().create_task(self._read(reader, conn))
+            conn.watching = asyncio.get_running_loop().create_task(self._watch(conn, ep.token))
             self.conn, self.retry_s = conn, RETRY_FIRST_S
         except Exception as e:  # noqa: BLE001 - Ray's calls meanwhile say what is wrong with the peer, if anything
             log.warning("link to a peer not made (%s); its calls go through Ray, tried again in %.0f s",
@@ -361,6 +369,22 @@ class Link:
         finally:
             self._lost(conn, why)
 
+    async def _watch(self, conn: _Connection, token: bytes) -> None:
+        """Drop ``conn`` once Ray no longer reaches its peer, or reaches another
+        incarnation of it (``WATCH_S``)."""
+        while not conn.lost:
+            await asyncio.sleep(WATCH_S)
+            try:
+                async with asyncio.timeout(WATCH_WAIT_S):
+                    ep = msgspec.msgpack.decode(await self.peer.link_endpoint.remote(), type=Endpoint)
+            except Exception as e:  # noqa: BLE001 - whatever it is, Ray does not reach this peer now
+                log.warning("a linked peer did not answer through Ray (%s): the link is dropped", type(e).__name__)
+                self._lost(conn, f"the peer did not answer through Ray ({type(e).__name__})")
+                return
+            if not hmac.compare_digest(ep.token, token):
+                self._lost(conn, "the peer was made again")
+                return
+
     def _lost(self, conn: _Connection, why: str) -> None:
         """Every call in flight on ``conn`` fails; the next call connects again."""
         if self.conn is conn:
@@ -369,6 +393,8 @@ class Link:
             return
         conn.lost = True
         conn.writer.close()
+        if conn.watching is not None and conn.watching is not asyncio.current_task():
+            conn.watching.cancel()
         for reply in conn.calls.values():
             if not reply.done():
                 reply.set_exception(LinkLost(f"link to a peer lost: {why}"))
@@ -378,9 +404,10 @@ class Link:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.writer.close()
-            if conn.reading is not None:
-                conn.reading.cancel()
-                await asyncio.gather(conn.reading, return_exceptions=True)
+            tasks = [t for t in (conn.reading, conn.watching) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def counts(peers: Any) -> dict[str, int]:

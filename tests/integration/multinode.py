@@ -76,7 +76,14 @@ async def run(cluster: Cluster, workers: dict, nats_url: str, database_url: str,
             ids = first + second
             done = await wait_rows(engine.pool, ids, len(ids), timeout_s=240)
             out["settled_s"] = round(time.monotonic() - killed_at, 1)
-            out["after"] = placement()
+            # the rows may all be in before Ray has declared the node dead (its actors'
+            # processes can outlive their raylet for a while, and finish the work in
+            # flight): the actors are counted once Ray has made them again elsewhere
+            deadline = time.monotonic() + 120
+            while victim in (after := placement()) and time.monotonic() < deadline:
+                await asyncio.sleep(1)
+            out["after"] = after
+            out["moved_s"] = round(time.monotonic() - killed_at, 1)
             rows = await engine.pool.fetch(
                 "SELECT status, count(*) AS n FROM delivery_tracking WHERE notification_id = ANY($1::uuid[]) "
                 "GROUP BY status", ids)

@@ -309,3 +309,40 @@ def test_what_would_end_the_callers_task_or_loop_arrives_as_a_runtime_error():
     for odd in (SystemExit(3), KeyboardInterrupt(), StopIteration(), GeneratorExit()):
         assert isinstance(link._unpickled(cloudpickle.dumps(odd)), RuntimeError)
     assert isinstance(link._unpickled(b"not a pickle"), RuntimeError)
+
+
+async def test_a_link_to_a_peer_ray_no_longer_reaches_is_dropped(monkeypatch):
+    """The peer's process lives on and serves the link, but Ray cannot reach it
+    (its node's raylet is gone): the link is dropped, calls go through Ray, so it
+    never serves beside the incarnation Ray makes elsewhere."""
+    monkeypatch.setattr(link, "WATCH_S", 0.05)
+    monkeypatch.setattr(link, "WATCH_WAIT_S", 0.2)
+    peer, handle = await linked_to()
+    conn = peer.conn
+    assert (await peer.call("echo", b"x"))["n"] == 1 and peer.linked_calls == 1
+    waiting = asyncio.ensure_future(peer.call("slow", b"a"))  # in flight when the link is dropped
+
+    async def unreachable() -> bytes:
+        await asyncio.sleep(3600)
+        return b""
+
+    handle.link_endpoint = Remote(unreachable)
+    with pytest.raises(LinkLost, match="did not answer through Ray"):
+        await asyncio.wait_for(waiting, 5)
+    assert conn.lost and peer.conn is None
+
+
+async def test_a_link_to_a_peer_made_again_is_dropped(monkeypatch):
+    monkeypatch.setattr(link, "WATCH_S", 0.05)
+    peer, handle = await linked_to()
+    conn = peer.conn
+    other = Served()  # Ray's new incarnation: another listener, another token
+    handle.link_endpoint = Remote(other.link_endpoint)
+    for _ in range(100):
+        if conn.lost:
+            break
+        await asyncio.sleep(0.02)
+    assert conn.lost
+    assert await peer.connect() is not None and peer.conn is not conn  # to the new one
+    assert (await peer.call("echo", b"y"))["n"] == 1 and other.calls == 1
+    await peer.close()
