@@ -36,6 +36,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -410,17 +411,19 @@ class Link:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def counts(peers: Any) -> dict[str, int]:
-    """Calls made over links, and through Ray instead, by ``peers`` (a Link, or
-    lists and dicts of them, as ``linked`` made them)."""
+def links(peers: Any) -> Iterator[Link]:
+    """Every Link in ``peers`` (a Link, or lists and dicts of them, as ``linked`` made them)."""
     if isinstance(peers, Link):
-        return {"linked": peers.linked_calls, "through_ray": peers.ray_calls}
-    out = {"linked": 0, "through_ray": 0}
-    inner = peers.values() if isinstance(peers, dict) else peers if isinstance(peers, list) else []
-    for p in inner:
-        for k, v in counts(p).items():
-            out[k] += v
-    return out
+        yield peers
+    elif isinstance(peers, dict | list):
+        for p in peers.values() if isinstance(peers, dict) else peers:
+            yield from links(p)
+
+
+def counts(peers: Any) -> dict[str, int]:
+    """Calls made over ``peers``' links, and through Ray instead."""
+    found = list(links(peers))
+    return {"linked": sum(p.linked_calls for p in found), "through_ray": sum(p.ray_calls for p in found)}
 
 
 def linked(peers: Any, enabled: bool = True) -> Any:

@@ -136,8 +136,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         shards = [s for group in (self.channel_shards, self.urgent_shards) for ss in group.values() for s in ss]
         results = await asyncio.gather(*(s.health.remote() for s in shards), self.recorder.warm.remote(),
                                        return_exceptions=True)
-        await asyncio.gather(*(p.connect() for p in [*shards, self.recorder] if isinstance(p, link.Link)),
-                             return_exceptions=True)
+        await asyncio.gather(*(p.connect() for p in link.links([shards, self.recorder])), return_exceptions=True)
         failed = [repr(r) for r in results if isinstance(r, BaseException)]
         return {"warmed": len(results) - len(failed), "failed": failed}
 
