@@ -55,10 +55,9 @@ CONNECT_S = 5.0  # the longest a connect waits for a peer's endpoint and connect
 RETRY_FIRST_S, RETRY_MOST_S = 1.0, 30.0  # after a failed connect, calls go through Ray this long (doubling)
 SERVED_MOST = 1000  # calls a listener runs at once (Ray's own bound for an async actor)
 # A live link asks its peer through Ray, this often, for its endpoint: a peer Ray
-# cannot reach (its node's raylet gone while its process lives on) or has made
-# again must not keep taking calls over the link. Answered within WATCH_WAIT_S or
-# the link is dropped (calls through Ray): 1 + 8 s, inside the ~15 s Ray takes to
-# declare a node dead and make its actors again, so two incarnations never both serve
+# cannot reach (cut off from the caller's Ray) or has made again must not keep
+# taking calls over the link. Answered within WATCH_WAIT_S or the link is dropped
+# (calls through Ray). What it does not cover (a peer whose raylet hangs): docs/design.md
 WATCH_S, WATCH_WAIT_S = 1.0, 8.0
 # A peer whose node went away sends no FIN: keepalive probes (after 5 s idle, every
 # 2 s, 3 unanswered) and a 15 s bound on unacknowledged data end the connection, so
@@ -295,19 +294,19 @@ class Link:
         frame = _frame((call_id, method, payload))
         reply = asyncio.get_running_loop().create_future()
         fallback = False
-        try:
-            async with conn.writing:
-                fallback = conn.lost  # it ended while this call waited: never written
-                if not fallback:
-                    conn.calls[call_id] = reply
-                    conn.writer.write(frame)  # the whole frame into the buffer: never half of it
-                    await conn.writer.drain()
-        except (OSError, RuntimeError) as e:
-            self._lost(conn, f"sending {method}: {type(e).__name__}")
-        if fallback:
-            return await self._through_ray(method, payload)
-        self.linked_calls += 1
-        try:
+        try:  # from before the write: a caller cancelled during drain() leaves no entry behind
+            try:
+                async with conn.writing:
+                    fallback = conn.lost  # it ended while this call waited: never written
+                    if not fallback:
+                        conn.calls[call_id] = reply
+                        conn.writer.write(frame)  # the whole frame into the buffer: never half of it
+                        await conn.writer.drain()
+            except (OSError, RuntimeError) as e:
+                self._lost(conn, f"sending {method}: {type(e).__name__}")
+            if fallback:
+                return await self._through_ray(method, payload)
+            self.linked_calls += 1
             return await reply
         finally:
             conn.calls.pop(call_id, None)
@@ -402,13 +401,16 @@ class Link:
                 reply.exception()  # retrieved: a caller cancelled meanwhile must not leave it unread
 
     async def close(self) -> None:
-        conn, self.conn = self.conn, None
+        """For good: calls in flight fail, later calls go through Ray, nothing reconnects."""
+        self.enabled = False
+        tasks = [self.connecting] if self.connecting is not None else []
+        conn = self.conn
         if conn is not None:
-            conn.writer.close()
-            tasks = [t for t in (conn.reading, conn.watching) if t is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._lost(conn, "the link was closed")  # answers what waits, even if the reader never ran
+            tasks += [t for t in (conn.reading, conn.watching) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def links(peers: Any) -> Iterator[Link]:

@@ -346,3 +346,33 @@ async def test_a_link_to_a_peer_made_again_is_dropped(monkeypatch):
     assert await peer.connect() is not None and peer.conn is not conn  # to the new one
     assert (await peer.call("echo", b"y"))["n"] == 1 and other.calls == 1
     await peer.close()
+
+
+async def test_close_answers_what_waits_and_nothing_reconnects():
+    peer, handle = await linked_to()
+    waiting = asyncio.ensure_future(peer.call("slow", b"a"))
+    await asyncio.sleep(0.05)
+    await peer.close()
+    with pytest.raises(LinkLost, match="closed"):
+        await asyncio.wait_for(waiting, 5)
+    assert (await peer.call("echo", b"x"))["n"] == 1 and handle.via_ray == 1  # through Ray from now on
+    assert await peer.connect() is None and peer.connecting is None
+
+
+async def test_a_caller_cancelled_while_writing_leaves_no_entry():
+    peer, _ = await linked_to()
+    conn = peer.conn
+    stuck = asyncio.Event()
+
+    async def full_buffer() -> None:  # the peer is not reading: drain() waits
+        await stuck.wait()
+
+    conn.writer.drain = full_buffer
+    call = asyncio.ensure_future(peer.call("echo", b"x"))
+    await asyncio.sleep(0.02)
+    assert len(conn.calls) == 1  # registered, written, draining
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert conn.calls == {}
+    await peer.close()
