@@ -9,6 +9,7 @@ MessagePack) and ``frozen`` where nobody should mutate them after creation.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -59,6 +60,7 @@ CollapseKey = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-
 # when a producer sent neither id nor key) are uuid5 in this namespace, so the
 # same key always maps to the same id, in every process.
 ID_NAMESPACE = uuid.UUID("6f1d2c1e-8a53-4d0c-9a55-3f0c3c1f7d11")
+_NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
 
 class Content(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -309,8 +311,14 @@ class Outcome(Struct, array_like=True):
 
 
 def derive_id(key: str) -> str:
-    """The notification id for an idempotency key (or any stable string)."""
-    return str(uuid.uuid5(ID_NAMESPACE, key))
+    """The notification id for an idempotency key (or any stable string):
+    ``str(uuid.uuid5(ID_NAMESPACE, key))``, made without the UUID object (a third
+    of the time; a broadcast makes one per recipient)."""
+    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + key.encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def recipient_id(broadcast_id: str, user_id: str) -> str:

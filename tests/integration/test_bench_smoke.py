@@ -81,6 +81,19 @@ def test_plan_uses_the_highest_utilisation_that_meets_the_target():
     assert strict["floor"] == [("to_channel", 30.0), ("fetch", 3.0)]  # what the slowest 1% waited on
 
 
+async def test_fanout_reaches_everyone_once_per_broadcast(nats_url, database_url, ray_address, monkeypatch, tmp_path):
+    """`bench fanout` at a small size: both broadcasts (states assembled, then
+    stored) record a row per user and send each opted-in address exactly once."""
+    from bench import fanout
+    monkeypatch.setenv("TIDINGS_NATS_URL", nats_url)
+    monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
+    monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
+    r = await fanout.run(fanout.parser().parse_args(["--users", "3000", "--timeout", "120"]))
+    assert fanout.complete(r), r
+    assert [x["rows"] for x in r["rounds"]] == [3000, 3000]
+    assert 0 < r["expected_sent"] < 3000 and r["sink"]["recipients"] == 2 * r["expected_sent"]
+
+
 async def test_every_channel_goes_through_the_engine_to_its_server(nats_url, database_url, ray_address,
                                                                    monkeypatch, tmp_path):
     """`bench channels` at a tiny size: every provider type, through a running
