@@ -9,6 +9,12 @@ any window of ``t`` seconds, and a client idle for ``burst/rate`` seconds is bac
 its full burst; the Redis key expires then. ``gcra`` is the pure step; ``LUA`` is
 the same arithmetic, in the same order, against Redis's clock.
 
+Times are whole microseconds and ``T`` is rounded up to one (``cells``): integer
+arithmetic, exact in Lua's doubles up to 2^53 µs (year 2255). Floats in seconds
+since the epoch lost about 0.2 µs per step, so a burst asked for at one instant
+at a high rate could come out one short. Rounding ``T`` up makes the limit at most
+the configured one (5,000/s stays 5,000/s; 3/s becomes 2.999997/s).
+
 Redis keys: ``tidings:rl:<class>:<sha256(ident)[:32]>``, never a raw identifier."""
 
 from __future__ import annotations
@@ -32,37 +38,34 @@ FALLBACKS = Counter("tidings_ratelimit_fallback", "Rate-limit checks Redis could
 
 CLASSES = ("key", "user")
 KEY_PREFIX = "tidings:rl:"
-EPSILON = 1e-9  # floor() of a remaining count that float rounding left just below an integer
-SLACK_S = 1e-6  # a request this early still counts as on time: float sums of intervals, TATs stored to the µs
+EPSILON = 1e-9  # ceil() of a whole number of seconds that float division left just above it
+US = 1_000_000  # the arithmetic's unit: microseconds
 
-# KEYS[1]: the client's key. ARGV: rate per second, burst, and (tests only) the time
-# in seconds; without it Redis's own clock, so the HTTP processes' clocks never matter.
-# Returns {allowed 0/1, remaining, reset_s, retry_after_s} (floats as strings: Redis
-# would truncate Lua numbers to integers).
+# KEYS[1]: the client's key. ARGV: the interval and the burst's span in µs (``cells``),
+# and (tests only) the time in µs; without it Redis's own clock, so the HTTP processes'
+# clocks never matter. Returns {allowed 0/1, remaining, reset_us, retry_after_us}.
 LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+local interval = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
 local now
 if ARGV[3] then
   now = tonumber(ARGV[3])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local interval = 1 / rate
-local tau = interval * burst
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then
   tat = now
 end
 local new_tat = tat + interval
 local allow_at = new_tat - tau
-if now < allow_at - 1e-6 then
-  return {0, 0, string.format('%.6f', tat - now), string.format('%.6f', allow_at - now)}
+if now < allow_at then
+  return {0, 0, tat - now, allow_at - now}
 end
-local remaining = math.floor((now + tau - new_tat) / interval + 1e-9)
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000))
-return {1, remaining, string.format('%.6f', new_tat - now), '0'}
+local remaining = math.floor((now + tau - new_tat) / interval)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, remaining, new_tat - now, 0}
 """
 
 
@@ -79,20 +82,27 @@ class LimiterUnavailable(Exception):
     """Redis could not be reached and ``redis_down = "closed"``: answer 503."""
 
 
-def gcra(tat: float | None, now: float, rate: float, burst: float) -> tuple[Verdict, float | None]:
-    """One request at ``now`` against a client whose theoretical arrival time is
-    ``tat`` (None: unknown, a full burst). Returns the verdict and the TAT to keep
-    (unchanged when denied)."""
-    interval = 1 / rate
-    tau = interval * burst
-    start = now if tat is None or tat < now else tat
+def cells(rate: float, burst: float) -> tuple[int, int]:
+    """(interval, span of the burst) in whole µs: the interval rounded up, never
+    below 1 µs; the span a whole number of intervals for a whole burst."""
+    interval = max(1, math.ceil(US / rate))
+    return interval, math.floor(interval * burst)
+
+
+def gcra(tat: int | None, now: float, rate: float, burst: float) -> tuple[Verdict, int | None]:
+    """One request at ``now`` (seconds) against a client whose theoretical
+    arrival time is ``tat`` (µs; None: unknown, a full burst). Returns the verdict
+    and the TAT to keep (unchanged when denied)."""
+    interval, tau = cells(rate, burst)
+    now_us = round(now * US)
+    start = now_us if tat is None or tat < now_us else tat
     new_tat = start + interval
     allow_at = new_tat - tau
     limit = int(burst)
-    if now < allow_at - SLACK_S:
-        return Verdict(False, limit, 0, start - now, allow_at - now), tat
-    remaining = math.floor((now + tau - new_tat) / interval + EPSILON)
-    return Verdict(True, limit, max(0, remaining), new_tat - now, 0.0), new_tat
+    if now_us < allow_at:
+        return Verdict(False, limit, 0, (start - now_us) / US, (allow_at - now_us) / US), tat
+    remaining = (now_us + tau - new_tat) // interval
+    return Verdict(True, limit, max(0, remaining), (new_tat - now_us) / US, 0.0), new_tat
 
 
 def redis_key(cls: str, ident: str) -> str:
@@ -112,7 +122,7 @@ class Limiter:
         self.clock = clock
         self.rates = {"key": (cfg.key_per_s, cfg.key_burst), "user": (cfg.user_per_s, cfg.user_burst)}
         self.script = redis.register_script(LUA) if redis is not None else None
-        self.local: dict[str, float] = {}  # key -> TAT, the fallback's state
+        self.local: dict[str, int] = {}  # key -> TAT (µs), the fallback's state
         self._checks = 0
 
     @property
@@ -129,11 +139,11 @@ class Limiter:
         if self.script is None:
             return self._local(key, rate, burst)
         try:
-            allowed, remaining, reset_s, retry_s = await asyncio.wait_for(
-                self.script(keys=[key], args=[repr(rate), repr(burst)]), self.cfg.timeout_s)
+            allowed, remaining, reset_us, retry_us = await asyncio.wait_for(
+                self.script(keys=[key], args=list(cells(rate, burst))), self.cfg.timeout_s)
         except (RedisError, OSError, TimeoutError):
             return self._redis_down(key, rate, burst)
-        return Verdict(bool(allowed), int(burst), int(remaining), float(reset_s), float(retry_s))
+        return Verdict(bool(allowed), int(burst), int(remaining), int(reset_us) / US, int(retry_us) / US)
 
     def _redis_down(self, key: str, rate: float, burst: float) -> Verdict:
         mode = self.cfg.redis_down
@@ -148,7 +158,8 @@ class Limiter:
         now = self.clock()
         self._checks += 1
         if self._checks % self.SWEEP_EVERY == 0:
-            self.local = {k: t for k, t in self.local.items() if t > now}
+            now_us = round(now * US)
+            self.local = {k: t for k, t in self.local.items() if t > now_us}
         verdict, tat = gcra(self.local.get(key), now, rate, burst)
         if tat is not None:
             self.local[key] = tat

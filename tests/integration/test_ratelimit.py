@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.embedded import free_port
-from engine.ratelimit import FALLBACKS, Limiter, LimiterUnavailable, gcra, headers, redis_key
+from engine.ratelimit import FALLBACKS, US, Limiter, LimiterUnavailable, cells, gcra, headers, redis_key
 from engine.runtime import Engine
 from infra.config import RateLimitConfig
 from tests.integration.helpers import engine_config
@@ -82,11 +82,22 @@ async def test_lua_matches_the_pure_gcra(client):
         for _ in range(60):
             now = round(now + rng.choice([0.0, 0.0, 0.01, 0.1, 0.5, 1.0, 3.0]) / rate, 6)
             expected, tat = gcra(tat, now, rate, burst)
-            allowed, remaining, reset_s, retry_s = await lim.script(keys=[key], args=[rate, burst, repr(now)])
+            allowed, remaining, reset_us, retry_us = await lim.script(
+                keys=[key], args=[*cells(rate, burst), round(now * US)])
             assert (bool(allowed), int(remaining)) == (expected.allowed, expected.remaining), (rate, burst, now)
-            assert float(reset_s) == pytest.approx(expected.reset_s, abs=1e-5)
-            assert float(retry_s) == pytest.approx(expected.retry_after_s, abs=1e-5)
+            assert int(reset_us) / US == expected.reset_s and int(retry_us) / US == expected.retry_after_s
         await client.delete(key)
+
+
+async def test_a_burst_at_a_high_rate_is_whole(client):
+    """5,000 requests at once at 5,000/s on Redis's clock: all allowed, the next
+    refused (with floats in seconds since the epoch one could be refused early)."""
+    lim = Limiter(client, cfg(key_per_s=5000.0, key_burst=5000.0))
+    ident = uuid.uuid4().hex
+    vs = await asyncio.gather(*(lim.check("key", ident) for _ in range(5000)))
+    assert all(v.allowed for v in vs)  # Redis's clock moving on meanwhile only gives cells back
+    assert sorted(v.remaining for v in vs)[-1] == 4999
+    await client.delete(redis_key("key", ident))
 
 
 @pytest.mark.parametrize("mode", ["local", "open", "closed"])
