@@ -10,12 +10,13 @@ its full burst; the Redis key expires then. ``gcra`` is the pure step; ``LUA`` i
 the same arithmetic, in the same order, against Redis's clock.
 
 Times are whole microseconds and ``T`` is rounded up to one (``cells``): integer
-arithmetic, exact in Lua's doubles up to 2^53 µs (year 2255). Floats in seconds
+arithmetic, exact in Lua's doubles up to 2^53 µs (year 2255; the configured rate
+and burst are bounded so that the burst's span stays far below that too). Floats in seconds
 since the epoch lost about 0.2 µs per step, so a burst asked for at one instant
 at a high rate could come out one short. Rounding ``T`` up makes the limit at most
 the configured one (5,000/s stays 5,000/s; 3/s becomes 2.999997/s).
 
-Redis keys: ``tidings:rl:<class>:<sha256(ident)[:32]>``, never a raw identifier."""
+Redis keys: ``tidings:rl2:<class>:<sha256(ident)[:32]>``, never a raw identifier."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ FALLBACKS = Counter("tidings_ratelimit_fallback", "Rate-limit checks Redis could
                     ["mode"])
 
 CLASSES = ("key", "user")
-KEY_PREFIX = "tidings:rl:"
+# "rl2": the TAT in µs; "rl" held seconds, and a process of either version reading the
+# other's value would refuse for ~1.8e15 s or grant a fresh burst during a rolling update
+KEY_PREFIX = "tidings:rl2:"
 EPSILON = 1e-9  # ceil() of a whole number of seconds that float division left just above it
 US = 1_000_000  # the arithmetic's unit: microseconds
 

@@ -131,8 +131,9 @@ class ProviderLimitsConfig(_Section):
     retry_s: Annotated[float, Meta(gt=0)] = 5.0  # after Redis failed: the local share this long, then ask again
 
 
-Rate = Annotated[float, Meta(gt=0)]
-Burst = Annotated[float, Meta(ge=1)]
+# bounded so the limiter's whole-µs arithmetic stays exact in Lua's doubles (engine/ratelimit.py)
+Rate = Annotated[float, Meta(ge=0.001, le=1_000_000)]
+Burst = Annotated[float, Meta(ge=1, le=1_000_000)]
 
 
 class RateLimitConfig(_Section):

@@ -91,6 +91,7 @@ async def test_fanout_reaches_everyone_once_per_broadcast(nats_url, database_url
     r = await fanout.run(fanout.parser().parse_args(["--users", "3000", "--timeout", "120"]))
     assert fanout.complete(r), r
     assert [x["rows"] for x in r["rounds"]] == [3000, 3000]
+    assert r["rounds"][0]["states_stored"] == 3000  # the first broadcast wrote back what it assembled
     assert 0 < r["expected_sent"] < 3000 and r["sink"]["recipients"] == 2 * r["expected_sent"]
 
 

@@ -35,6 +35,8 @@ def test_ray_address_is_honoured():
     ({"TIDINGS_ENGINE_USER_SHARDS": "0"}, "$.engine.user_shards"),
     ({"TIDINGS_NATS_PREFIX": "bad prefix"}, "$.nats.prefix"),
     ({"TIDINGS_RAY_METRICS_PORT": "70000"}, "$.ray.metrics_port"),
+    ({"TIDINGS_RATELIMIT_KEY_BURST": "inf"}, "$.ratelimit.key_burst"),  # the limiter's µs must stay exact
+    ({"TIDINGS_RATELIMIT_USER_PER_S": "1e-300"}, "$.ratelimit.user_per_s"),
 ])
 def test_bad_settings_are_errors_that_name_the_key(env, named):
     with pytest.raises(ConfigError, match=named.replace("$", r"\$")):

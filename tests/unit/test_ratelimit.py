@@ -148,7 +148,7 @@ async def test_local_limiter_sweeps_idle_clients():
 
 def test_redis_key_hides_ident():
     k = ratelimit.redis_key("user", "secret:odd chars\n")
-    assert k.startswith("tidings:rl:user:") and "secret" not in k and len(k.rsplit(":", 1)[1]) == 32
+    assert k.startswith("tidings:rl2:user:") and "secret" not in k and len(k.rsplit(":", 1)[1]) == 32
 
 
 class DownRedis:
