@@ -248,7 +248,7 @@ async def drop(cfg: config.Config) -> None:
         nc = await nats.connect(services.nats_url)
         try:
             js = nc.jetstream()
-            for name in (cfg.nats.stream, streams.dlq_stream(cfg.nats), streams.events_stream(cfg.nats)):
+            for name in streams.every_stream(cfg.nats):
                 try:
                     await js.delete_stream(name)
                 except Exception:  # noqa: BLE001 - clean-up of a stream that may not exist

@@ -37,7 +37,7 @@ import psutil
 from engine import raybox, settings
 from engine.children import die_with_parent
 from engine.embedded import EmbeddedNats, EmbeddedPostgres
-from engine.prefs_bus import set_subject, stream_name as prefs_stream
+from engine.prefs_bus import set_subject
 from engine.runtime import Engine
 from infra import config, streams
 from infra.config import ChannelConfig, Config, ProviderConfig
@@ -202,7 +202,7 @@ class Stage:
         finally:
             await conn.close()
         if self.nc is not None:
-            for name in (self.cfg.nats.stream, streams.dlq_stream(self.cfg.nats), prefs_stream(self.cfg.nats)):
+            for name in streams.every_stream(self.cfg.nats):
                 with contextlib.suppress(Exception):  # one not made yet
                     await self.js.delete_stream(name)
             await self.nc.drain()

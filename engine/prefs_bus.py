@@ -125,7 +125,7 @@ async def relay_once(engine, older_than_s: float = RELAY_EVERY_S) -> int:
 
 
 def stream_name(cfg) -> str:
-    return f"{cfg.stream}_PREFS"
+    return streams.prefs_stream(cfg)
 
 
 async def ensure_stream(js, cfg) -> None:

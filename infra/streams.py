@@ -205,6 +205,16 @@ def events_stream(cfg: NatsConfig) -> str:
     return f"{cfg.stream}_EVENTS"
 
 
+def prefs_stream(cfg: NatsConfig) -> str:
+    """The preference writes' stream (engine/prefs_bus.py)."""
+    return f"{cfg.stream}_PREFS"
+
+
+def every_stream(cfg: NatsConfig) -> tuple[str, ...]:
+    """Every stream a deployment makes: what a harness deletes after a run."""
+    return cfg.stream, dlq_stream(cfg), events_stream(cfg), prefs_stream(cfg)
+
+
 def events_wildcard(cfg: NatsConfig) -> str:
     return f"{cfg.prefix}.events.>"
 
