@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     r = uvloop.run(run(args))
-    t = Table(title=f"fan-out: one broadcast to {r['users']:,} users, {r['shards']} shards")
+    t = Table(title=f"fan-out: {len(r['rounds'])} broadcasts in turn to {r['users']:,} users, {r['shards']} shards")
     t.add_column("measure")
     for i, _ in enumerate(r["rounds"]):
         t.add_column("states assembled" if i == 0 else "states stored", justify="right")

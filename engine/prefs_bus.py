@@ -124,12 +124,8 @@ async def relay_once(engine, older_than_s: float = RELAY_EVERY_S) -> int:
     return len(rows)
 
 
-def stream_name(cfg) -> str:
-    return streams.prefs_stream(cfg)
-
-
 async def ensure_stream(js, cfg) -> None:
-    config = StreamConfig(name=stream_name(cfg), subjects=[f"{cfg.prefix}.prefs.set.>"],
+    config = StreamConfig(name=streams.prefs_stream(cfg), subjects=[f"{cfg.prefix}.prefs.set.>"],
                           retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                           duplicate_window=cfg.duplicate_window_s, max_age=cfg.max_age_s,
                           num_replicas=cfg.replicas)
@@ -153,7 +149,7 @@ class Listener:
     async def start(self) -> None:
         cfg = self.engine.cfg.nats
         await ensure_stream(self.engine.js, cfg)
-        self.sub = await self.engine.js.pull_subscribe_bind(f"{cfg.consumer}-prefs", stream_name(cfg))
+        self.sub = await self.engine.js.pull_subscribe_bind(f"{cfg.consumer}-prefs", streams.prefs_stream(cfg))
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:

@@ -44,4 +44,4 @@ def test_every_stream_gets_the_configured_replicas_made_or_updated():
 
         asyncio.run(run())
         assert {name: c.num_replicas for name, c in js.configs.items()} == dict.fromkeys(
-            ("TIDINGS", streams.dlq_stream(cfg), streams.events_stream(cfg), prefs_bus.stream_name(cfg)), 3)
+            ("TIDINGS", streams.dlq_stream(cfg), streams.events_stream(cfg), streams.prefs_stream(cfg)), 3)
