@@ -4,12 +4,10 @@ An actor handle among an actor's constructor arguments makes Ray pass those
 arguments by reference, and a restart may not find them (ray-project/ray#53727;
 Ray logs an error once per process when an actor with ``max_restarts`` is made
 so). Names are plain strings, passed inline, and a restarted actor looks its
-peers up again. The names carry the spawn's own token, so engines sharing a Ray
-namespace (the tests, a restart racing the old actors' exit) never take each
-other's.
-
-Handles found by name do not keep their actors alive: the engine process's own
-handles (engine/runtime.py ``Actors``) do, for the engine's life."""
+peers up again. The names carry their generation's token, so deployments sharing
+a Ray namespace (the tests, a new generation racing the old actors' exit) never
+take each other's; every instance of one deployment finds the same actors by
+these names (engine/deployment.py)."""
 
 from __future__ import annotations
 

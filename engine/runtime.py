@@ -14,10 +14,10 @@ import ray
 import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 
-from actors import handles
 from actors.delivery.shared import SharedSetup
 from actors.metrics import encode_bounds
 from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
+from engine.deployment import Claim, Generation, Layout, fingerprint
 from engine.embedded import Services
 from infra import db, streams, telemetry
 from infra.aio import gather_within
@@ -46,8 +46,9 @@ class Refused(ValueError):
 
 @dataclass
 class Actors:
-    """The engine process's handles: they keep the actors alive (the peers' own,
-    found by name, do not: actors/handles.py), until ``stop`` kills them."""
+    """The engine process's handles on its deployment's actors: made by this
+    instance (``spawn``) or found by name (``attach``). The actors are detached:
+    the last instance's ``stop`` kills them (engine/deployment.py)."""
 
     recorder: ray.actor.ActorHandle
     channel_shards: dict[str, list[ray.actor.ActorHandle]]
@@ -71,11 +72,13 @@ class Actors:
 
 
 def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str] | None = None,
-          redis_url: str = "") -> Actors:
-    """Create the actor graph (not yet started). Actors are owned by this process:
-    if it dies, they die, and JetStream redelivers whatever was not acked.
-    ``secrets`` fill the ``secret:NAME`` provider settings, in the ChannelShards'
-    copies of their channel only (engine/credentials.py)."""
+          redis_url: str = "", layout: Layout | None = None) -> Actors:
+    """Create the actor graph (not yet started), named by ``layout`` (a new
+    generation's when None). The actors are detached: they outlive the instance
+    that made them while other instances use them, and the last instance to
+    leave kills them (engine/deployment.py); a local Ray ends with its process
+    anyway. ``secrets`` fill the ``secret:NAME`` provider settings, in the
+    ChannelShards' copies of their channel only (engine/credentials.py)."""
     # Plain classes wrapped here, not decorated where defined, so Ray pickles them
     # by reference (workers import the module) instead of by value.
     from actors.channel_shard import ChannelShard as _ChannelShard
@@ -90,28 +93,20 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
 
     cfg = with_service_urls(cfg, nats_url, database_url)
     blob = encode_config(cfg)
+    names = layout or Layout.of(cfg, new_generation())
     # restarted however often they die: an actor gone for good would fail every message
     # bound for it until it was dead-lettered. A payload that kills its actor is bounded
     # by the Ingestor instead (faults.CONTENTION_TRIES, then nats.dead_letter_after)
-    opts: dict = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1)
+    opts: dict = dict(num_cpus=cfg.ray.actor_cpus, max_restarts=-1, lifetime="detached")
     if cfg.ray.placement == "spread":
         opts["scheduling_strategy"] = "SPREAD"  # restarts too: a lost node's actors go where there is room
     # peers are passed by name (actors/handles.py): a handle among constructor arguments
     # would put them in the object store, where a restart may not find them
-    run = uuid.uuid4().hex[:12]
-    recorder_name = handles.name(run, "recorder", 0)
-    recorder = Recorder.options(**opts, name=recorder_name).remote(
+    recorder = Recorder.options(**opts, name=names.recorder).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
         limits=_encode(cfg.database), gc_young=cfg.engine.gc_young, labels=encode_bounds(cfg),
         observe=telemetry.observe(cfg))
     enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
-
-    # a channel's name is free text in the config: its actors' kind is prefixed, never "user" or "recorder"
-    channel_names = {name: [handles.name(run, f"channel.{name}", i) for i in range(ch.shards)]
-                     for name, ch in enabled.items()}
-    # numbered after the others: a shard's index names it in logs and health
-    urgent_names = {name: [handles.name(run, f"channel.{name}", ch.shards + i) for i in range(ch.urgent_shards)]
-                    for name, ch in enabled.items() if ch.urgent_shards}
 
     def channel_shard(name: str, ch, index: int, actor: str, cpus: float = cfg.ray.actor_cpus):
         # a provider's limits are its totals: counted in Redis by all of the channel's
@@ -124,24 +119,52 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
             observe=telemetry.observe(cfg), limits=_encode(limits))
 
     channel_shards = {name: [channel_shard(name, enabled[name], i, actor) for i, actor in enumerate(actors)]
-                      for name, actors in channel_names.items()}
+                      for name, actors in names.channels.items()}
     # an urgent shard is mostly idle: a quarter of what an actor reserves (ray.actor_cpus)
     urgent_shards = {name: [channel_shard(name, enabled[name], enabled[name].shards + i, actor, cfg.ray.actor_cpus / 4)
                             for i, actor in enumerate(actors)]
-                     for name, actors in urgent_names.items()}
-    user_names = [handles.name(run, "user", i) for i in range(cfg.engine.user_shards)]
-    user_shards = [UserShard.options(**opts, name=user_names[i]).remote(i, blob, database_url, channel_names,
-                                                                         recorder_name, urgent_names)
-                   for i in range(cfg.engine.user_shards)]
-    ingestors = [Ingestor.options(**opts).remote(blob, nats_url, user_names, recorder_name, i)
-                 for i in range(cfg.engine.ingestors)]
+                     for name, actors in names.urgent.items()}
+    user_shards = [UserShard.options(**opts, name=actor).remote(i, blob, database_url, names.channels,
+                                                                 names.recorder, names.urgent)
+                   for i, actor in enumerate(names.users)]
+    *bulk, priority = names.ingestors
+    ingestors = [Ingestor.options(**opts, name=actor).remote(blob, nats_url, names.users, names.recorder, i)
+                 for i, actor in enumerate(bulk)]
     # the priority lane: its own consumer and Ingestor, never behind a bulk backlog
-    ingestors.append(Ingestor.options(**opts).remote(blob, nats_url, user_names, recorder_name, 0, ("priority",)))
-    scheduler = Scheduler.options(**opts).remote(blob, database_url, user_names)
+    ingestors.append(Ingestor.options(**opts, name=priority).remote(blob, nats_url, names.users, names.recorder, 0,
+                                                                    ("priority",)))
+    scheduler = Scheduler.options(**opts, name=names.scheduler).remote(blob, database_url, names.users)
     # mostly waiting on NATS, PostgreSQL and subscribers' URLs: a quarter of what an actor reserves
-    events = ray.remote(_EventSender).options(**{**opts, "num_cpus": cfg.ray.actor_cpus / 4}).remote(
-        blob, nats_url, database_url) if cfg.events.enabled else None
+    events = ray.remote(_EventSender).options(**{**opts, "num_cpus": cfg.ray.actor_cpus / 4},
+                                              name=names.events).remote(blob, nats_url, database_url) \
+        if names.events else None
     return Actors(recorder, channel_shards, user_shards, ingestors, scheduler, urgent_shards, events)
+
+
+def new_generation() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def attach(layout: Layout) -> Actors:
+    """The running generation's actors, found by name (raises ValueError for one
+    that is not in this Ray cluster)."""
+    get = ray.get_actor
+    return Actors(get(layout.recorder), {k: [get(n) for n in v] for k, v in layout.channels.items()},
+                  [get(n) for n in layout.users], [get(n) for n in layout.ingestors], get(layout.scheduler),
+                  {k: [get(n) for n in v] for k, v in layout.urgent.items()},
+                  get(layout.events) if layout.events else None)
+
+
+def kill_generation(layout: Layout) -> int:
+    """Kill what is left of a generation whose instances all died; how many were found."""
+    found = 0
+    for name in layout.every():
+        try:
+            ray.kill(ray.get_actor(name))
+            found += 1
+        except ValueError:  # not in this cluster (or gone already)
+            pass
+    return found
 
 
 def with_service_urls(cfg: Config, nats_url: str, database_url: str) -> Config:
@@ -194,7 +217,8 @@ class Engine:
         self.admin_key_file = None  # set when this start created the first admin key
         self.supervisor: asyncio.Task | None = None
         self.checkpointer: asyncio.Task | None = None
-        self.instance_lock: asyncpg.Connection | None = None  # held while this engine runs
+        self.claim: Claim | None = None  # this instance's place in the deployment, while it runs
+        self.generation: Generation | None = None  # the actors' generation it made or joined
 
     @property
     def nats_url(self) -> str:
@@ -230,7 +254,13 @@ class Engine:
         self.limiter = ratelimit.Limiter(self.redis, self.cfg.ratelimit) if self.cfg.ratelimit.enabled else None
         self.cfg = master_keys.with_master_keys(self.cfg)  # before the actors: they read them there
         await migrations.migrate_url(self.database_url, self.cfg.database.schema, self.cfg.database)
-        await self._claim_deployment()
+        self.claim = await Claim.join(self.database_url, self.cfg)
+        running = None if self.claim.alone else await self.claim.previous()
+        if not self.claim.alone and (running is None or not running.shared_ray or not self.cfg.ray.address):
+            raise ConfigError(
+                f"another engine is running on database schema {self.cfg.database.schema!r} and stream "
+                f"{self.cfg.nats.stream!r} with a Ray of its own: several instances join one Ray cluster "
+                "(set ray.address, TIDINGS_RAY_ADDRESS, on every instance)")
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max,
                                          limits=self.cfg.database)
@@ -257,16 +287,53 @@ class Engine:
         # starts to the thread that started them.
         self.ray_info = raybox.init(self.cfg.ray)
         self.secrets = secrets  # for the tracking webhooks' verification keys (engine.http.tracking)
-        self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets, self.redis_url)
+        await self._take_actors(running, secrets)
         if ingest:
-            await self._warm()
+            if self.claim.alone:
+                await self._warm()
             await self._start_loops()
             self.prefs_listener = prefs_bus.Listener(self)
             await self.prefs_listener.start()
             self.supervisor = asyncio.get_running_loop().create_task(self._supervise())
             if self.cfg.audit.checkpoint_every_s > 0:
                 self.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
+        await self.claim.joined()
         return self
+
+    async def _take_actors(self, running: Generation | None, secrets: dict[str, str]) -> None:
+        """Alone: a new generation of actors (what a previous one left, when all of
+        its instances died, is killed first). Else: the running generation's, if
+        this instance's layout is the same."""
+        assert self.claim is not None
+        if not self.claim.alone:
+            assert running is not None
+            if Layout.of(self.cfg, running.run) != running.layout:
+                raise ConfigError("this instance's user shards, ingestors, channels or their shards differ from the "
+                                  "running deployment's: every instance runs the same configuration (stop them all "
+                                  "to change it)")
+            if fingerprint(self.cfg) != running.fingerprint:
+                raise ConfigError("this instance's version or configuration differs from the running deployment's "
+                                  "(its actors were made with the first instance's): every instance runs the same "
+                                  "(stop them all to change it; docs/design.md, \"Several instances\")")
+            try:
+                self.actors = attach(running.layout)
+            except ValueError:
+                raise ConfigError(f"the running deployment's actors are not in this instance's Ray cluster "
+                                  f"({self.cfg.ray.address!r}): every instance joins the same one") from None
+            self.generation = running
+            log.info("joined the running deployment (generation %s)", running.run)
+            return
+        left = await self.claim.previous()
+        if left is not None:
+            killed = kill_generation(left.layout)
+            if killed:
+                log.warning("killed %d actor(s) of generation %s, left by instances that all stopped without "
+                            "ending it", killed, left.run)
+        run = new_generation()
+        self.generation = Generation(run, Layout.of(self.cfg, run), bool(self.cfg.ray.address), fingerprint(self.cfg))
+        self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets, self.redis_url,
+                            self.generation.layout)
+        await self.claim.record(self.generation)
 
     async def _checkpoints(self) -> None:
         """Sign the audit log's chain heads every ``audit.checkpoint_every_s``
@@ -285,21 +352,6 @@ class Engine:
                 raise
             except Exception as e:  # noqa: BLE001 - the next turn tries again; the log says why
                 log.warning("audit checkpoint failed: %s: %s", type(e).__name__, e)
-
-    async def _claim_deployment(self) -> None:
-        """One engine per schema and stream until several are safe (each would
-        own every user in memory, and a preference change made through one would
-        be missed by the other): a PostgreSQL advisory lock held on a connection
-        of its own for the engine's life; a second start is refused, saying why."""
-        conn = await db.connect(self.database_url, self.cfg.database, app="tidings-instance")
-        key = f"tidings:engine:{self.cfg.database.schema}:{self.cfg.nats.stream}"
-        if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
-            await conn.close()
-            await self.stop()
-            raise ConfigError(f"another engine is running on database schema {self.cfg.database.schema!r} and "
-                              f"stream {self.cfg.nats.stream!r}: one instance per deployment until scale-out "
-                              "(two would each hold every user's state and miss each other's changes)")
-        self.instance_lock = conn
 
     async def _warm(self) -> None:
         """Every UserShard sets up and calls each actor it sends to once, before
@@ -329,6 +381,7 @@ class Engine:
         so a restart costs at most that long of ingestion or releases."""
         while True:
             await asyncio.sleep(SUPERVISE_S)
+            await self._keep_claim()
             try:
                 failed = await asyncio.wait_for(self._start_loops(), SUPERVISE_S * 4)
             except TimeoutError:
@@ -345,7 +398,8 @@ class Engine:
         if self.prefs_listener is not None:
             await self.prefs_listener.stop()
             self.prefs_listener = None
-        if self.actors is not None:
+        last = await self._leave()
+        if self.actors is not None and last:
             # bounded: a loop that does not stop in time is killed below with the rest
             try:
                 await gather_within(STOP_LOOPS_S, *(a.stop.remote() for a in self.actors.loops()),
@@ -361,7 +415,12 @@ class Engine:
                 log.warning("stop: an actor did not close within %.0f s; it is killed", STOP_LOOPS_S)
             for actor in self.actors.all():
                 ray.kill(actor)
-            self.actors = None
+        self.actors = None  # another instance's, when this one was not the last: left running
+        if self.claim is not None:
+            if last and self.generation is not None:
+                await self._forget(self.generation.run)
+            await self.claim.close()
+            self.claim = None
         if self.nc is not None:
             await self.nc.drain()
             self.nc = None
@@ -371,10 +430,36 @@ class Engine:
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None
-        if self.instance_lock is not None:
-            await self.instance_lock.close()  # the advisory lock ends with the session
-            self.instance_lock = None
         self.services.stop()
+
+    async def _keep_claim(self) -> None:
+        """This instance's membership outlives a PostgreSQL restart (deployment.Claim.keep)."""
+        if self.claim is None:
+            return
+        try:
+            if not await self.claim.keep():
+                log.error("this instance lost its place in the deployment while PostgreSQL was away, and another "
+                          "instance has started new actors since: restart this one to join them")
+        except (OSError, asyncpg.PostgresError) as e:  # still away: the next turn tries again
+            log.warning("the deployment's session is lost and cannot be taken again yet (%s)", type(e).__name__)
+
+    async def _leave(self) -> bool:
+        """Whether this instance is the deployment's last (its stop ends the actors)."""
+        if self.claim is None:
+            return False
+        try:
+            return await self.claim.leave()
+        except (OSError, asyncpg.PostgresError) as e:  # its session is gone: so are its locks
+            log.warning("stop: could not tell whether other instances run (%s): the actors are left running",
+                        type(e).__name__)
+            return False
+
+    async def _forget(self, run: str) -> None:
+        assert self.claim is not None
+        try:
+            await self.claim.forget(run)
+        except (OSError, asyncpg.PostgresError) as e:  # the next instance alone finds it and ends it again
+            log.warning("stop: the ended generation's row stays (%s)", type(e).__name__)
 
     def shard_for(self, user_id: str):
         return self.actors.user_shards[shard_of(user_id, len(self.actors.user_shards))]

@@ -33,7 +33,8 @@ class Liveness(msgspec.Struct):
 class ReadyChecks(msgspec.Struct):
     """Each dependency's check: NATS connected, PostgreSQL answers, the UserShards answer (``ray``), every
     Ingestor's loop runs, the Scheduler's loop turned recently, the status events' relay turned recently
-    (true when ``events.enabled`` is off)."""
+    (true when ``events.enabled`` is off), this instance holds its place in the deployment (``deployment``:
+    its PostgreSQL session with the members lock is open; engine/deployment.py)."""
 
     nats: bool
     postgres: bool
@@ -41,6 +42,7 @@ class ReadyChecks(msgspec.Struct):
     ingestors: bool
     scheduler: bool
     events: bool = True
+    deployment: bool = True
 
 
 class Readiness(msgspec.Struct):
@@ -69,7 +71,7 @@ async def readyz(request: web.Request) -> web.Response:
 
     Ready: NATS connected, PostgreSQL answers, the UserShards answer, every
     Ingestor's loop runs, the Scheduler's loop and the status events' relay
-    turned recently. Also shows
+    turned recently, this instance holds its place in the deployment. Also shows
     the ingest lag (messages waiting in each lane's consumer), not a check."""
     ready = await readiness(request.app[ENGINE])
     return reply(ready, status=200 if ready.status == "ready" else 503)
@@ -92,7 +94,8 @@ async def readiness(engine) -> Readiness:
         scheduler=scheduler is not None and bool(scheduler[0].get("running", False))
         and time.time() - scheduler[0].get("last_round_at", 0.0) < stale_after,
         events=relay is not None and bool(relay[0].get("running", False))
-        and (sender is None or time.time() - relay[0].get("last_round_at", 0.0) < relay_stale_after))
+        and (sender is None or time.time() - relay[0].get("last_round_at", 0.0) < relay_stale_after),
+        deployment=engine.claim is not None and engine.claim.holds())
     lag: dict[str, int | None] = {}
     if nats:
         for lane in streams.LANES:

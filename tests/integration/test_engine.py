@@ -252,7 +252,7 @@ async def test_health_ready_metrics(engine, client):
         body = await r.json()
         assert r.status == 200, body
         assert body["checks"] == {"nats": True, "postgres": True, "ray": True, "ingestors": True, "scheduler": True,
-                                  "events": True}
+                                  "events": True, "deployment": True}
     async with client.get(f"{engine.base_url}/metrics") as r:
         text = await r.text()
     assert "tidings_notifications_accepted_total" in text

@@ -1,0 +1,224 @@
+"""Several engine instances on one deployment (docs/design.md "Several instances").
+
+A deployment is a database schema and a stream. Its actors are one set, shared by
+every ``tidings up`` on the same Ray cluster: one owner per user whichever front door
+a request came through, one Scheduler, one EventSender, one Recorder. The actors are
+detached and named with their generation's token (``Layout``); the generation is a
+row of ``engine_deployment``.
+
+Who starts them and who ends them is settled by two PostgreSQL advisory locks, held
+on a connection of the instance's own for its life:
+
+- *setup*, exclusive and brief: instances join and leave one at a time;
+- *members*: every running instance holds it shared. An instance that gets it
+  exclusively is alone. Joining alone, it starts a new generation (killing the
+  actors a previous one left, when every instance of it died); leaving alone, it
+  ends the generation.
+
+An instance that dies without leaving loses its locks with its session: the others
+carry on with the actors, and the next one to leave alone ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.metadata
+import logging
+import time
+
+import asyncpg
+import msgspec
+
+from actors import handles
+from infra import db
+from infra.config import Config, ConfigError, HttpConfig, encode as encode_config
+
+log = logging.getLogger(__name__)
+
+SETUP_LOCK = 0x74646573  # "tdes": one instance joins or leaves at a time
+MEMBERS_LOCK = 0x7464656D  # "tdem": held shared by every running instance
+JOIN_WAIT_S = 120.0  # the longest a start waits for another instance's start or stop
+LEAVE_WAIT_S = 30.0  # the longest a stop waits for another's; then it leaves the actors to the others
+
+
+class Layout(msgspec.Struct, forbid_unknown_fields=True):
+    """The names of a generation's actors, by role: what an instance joining it looks up."""
+
+    recorder: str
+    users: list[str]
+    channels: dict[str, list[str]]
+    urgent: dict[str, list[str]]  # a channel's high/critical shards, numbered after its others
+    ingestors: list[str]  # the bulk lanes' Ingestors, then the priority lane's
+    scheduler: str
+    events: str | None  # None: status events are off
+
+    @classmethod
+    def of(cls, cfg: Config, run: str) -> Layout:
+        enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
+        # a channel's name is free text in the config: its actors' kind is prefixed, never "user" or "recorder"
+        return cls(
+            recorder=handles.name(run, "recorder", 0),
+            users=[handles.name(run, "user", i) for i in range(cfg.engine.user_shards)],
+            channels={name: [handles.name(run, f"channel.{name}", i) for i in range(ch.shards)]
+                      for name, ch in enabled.items()},
+            urgent={name: [handles.name(run, f"channel.{name}", ch.shards + i) for i in range(ch.urgent_shards)]
+                    for name, ch in enabled.items() if ch.urgent_shards},
+            ingestors=[handles.name(run, "ingestor", i) for i in range(cfg.engine.ingestors)]
+            + [handles.name(run, "ingestor", "priority")],
+            scheduler=handles.name(run, "scheduler", 0),
+            events=handles.name(run, "events", 0) if cfg.events.enabled else None,
+        )
+
+    def every(self) -> list[str]:
+        return [self.recorder, *self.users, *(n for ns in self.channels.values() for n in ns),
+                *(n for ns in self.urgent.values() for n in ns), *self.ingestors, self.scheduler,
+                *([self.events] if self.events else [])]
+
+
+class Generation(msgspec.Struct):
+    run: str
+    layout: Layout
+    shared_ray: bool
+    fingerprint: str
+
+
+def fingerprint(cfg: Config) -> str:
+    """The engine's version and the configuration an instance's actors would be
+    made with, but for what is each instance's own (its HTTP listener, how it
+    reaches Ray and its dashboard): instances whose fingerprints differ would
+    each expect actors the other did not make."""
+    try:
+        version = importlib.metadata.version("tidings")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    ray = msgspec.structs.replace(cfg.ray, address="", dashboard=False, dashboard_port=0, metrics_port=0,
+                                  num_cpus=None)
+    shared = msgspec.structs.replace(cfg, http=HttpConfig(), ray=ray)
+    return hashlib.sha256(version.encode() + b"\0" + encode_config(shared)).hexdigest()[:32]
+
+
+_layout = msgspec.json.Decoder(Layout)
+
+
+class Claim:
+    """This instance's place in the deployment: ``join`` at start, ``leave`` at stop."""
+
+    def __init__(self, conn: asyncpg.Connection, cfg: Config, database_url: str):
+        self.conn = conn
+        self.database_url = database_url
+        self.limits = cfg.database
+        self.stream = cfg.nats.stream
+        self.key = f"{cfg.database.schema}:{cfg.nats.stream}"
+        # "alone" while it holds the members lock exclusively, then "member"; "lost" once
+        # another instance started a new generation while this one's session was away
+        self.mode: str | None = None
+
+    @classmethod
+    async def join(cls, database_url: str, cfg: Config, wait_s: float = JOIN_WAIT_S) -> Claim:
+        """Take the setup lock (waiting for another instance's start or stop) and
+        find out whether this instance is alone. ``joined`` ends the setup."""
+        conn = await db.connect(database_url, cfg.database, cfg.database.schema, app="tidings-instance")
+        claim = cls(conn, cfg, database_url)
+        try:
+            if not await claim._wait_for_setup(wait_s):
+                raise ConfigError(f"another engine instance has been starting or stopping for over {wait_s:.0f} s "
+                                  f"on database schema {cfg.database.schema!r} and stream {cfg.nats.stream!r}")
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, claim.key):
+                claim.mode = "alone"
+        except BaseException:
+            await conn.close()  # the session's locks go with it
+            raise
+        return claim
+
+    @property
+    def alone(self) -> bool:
+        return self.mode == "alone"
+
+    async def previous(self) -> Generation | None:
+        """The generation on record: running (another instance holds the members
+        lock) or left by instances that all died."""
+        row = await self.conn.fetchrow(
+            "SELECT generation, actors::text, shared_ray, fingerprint FROM engine_deployment WHERE stream = $1",
+            self.stream)
+        if row is None:
+            return None
+        return Generation(row[0], _layout.decode(row[1]), row[2], row[3])
+
+    async def record(self, gen: Generation) -> None:
+        """The new generation, written by the instance that started it (alone)."""
+        assert self.alone
+        await self.conn.execute(
+            "INSERT INTO engine_deployment (stream, generation, actors, shared_ray, fingerprint) "
+            "VALUES ($1, $2, $3::jsonb, $4, $5) "
+            "ON CONFLICT (stream) DO UPDATE SET generation = EXCLUDED.generation, actors = EXCLUDED.actors, "
+            "shared_ray = EXCLUDED.shared_ray, fingerprint = EXCLUDED.fingerprint, started_at = now()",
+            self.stream, gen.run, msgspec.json.encode(gen.layout).decode(), gen.shared_ray, gen.fingerprint)
+
+    async def joined(self) -> None:
+        """A member from now on: the members lock held shared, the setup lock let go."""
+        await self.conn.execute("SELECT pg_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key)
+        if self.mode == "alone":
+            await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MEMBERS_LOCK, self.key)
+        self.mode = "member"
+        await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SETUP_LOCK, self.key)
+
+    def holds(self) -> bool:
+        """A member whose session (and so its lock) is open."""
+        return self.mode == "member" and not self.conn.is_closed()
+
+    async def leave(self, wait_s: float = LEAVE_WAIT_S) -> bool:
+        """Whether this instance is the last: then it ends the generation (and
+        ``forget``s it). A start that failed before ``joined`` is last only if it
+        was alone; a member that cannot get the setup lock in time leaves the
+        actors to the others."""
+        if self.mode == "alone":
+            return True
+        if self.mode != "member" or self.conn.is_closed():
+            return False
+        if not await self._wait_for_setup(wait_s):
+            log.warning("another instance's start or stop held the deployment for %.0f s: this one leaves the "
+                        "actors running for the others", wait_s)
+            return False
+        await self.conn.execute("SELECT pg_advisory_unlock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key)
+        self.mode = None
+        if await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, self.key):
+            self.mode = "alone"  # the setup lock stays held until ``close``: no one joins a generation ending
+            return True
+        await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SETUP_LOCK, self.key)
+        return False
+
+    async def keep(self) -> bool:
+        """A member whose session ended (PostgreSQL restarted or the connection
+        dropped) lost its locks with it: a new session takes the members lock
+        shared again. False when it cannot: an instance that found itself alone
+        meanwhile has started a new generation, and this one's actors are gone."""
+        if self.mode == "lost":
+            return False
+        if self.mode != "member" or not self.conn.is_closed():
+            return True
+        conn = await db.connect(self.database_url, self.limits, self.limits.schema, app="tidings-instance")
+        if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key):
+            await conn.close()
+            self.mode = "lost"  # for good: a later lock would be a member of a generation it holds no handles on
+            return False
+        self.conn = conn
+        log.warning("the deployment's session was lost and taken again: this instance is still a member")
+        return True
+
+    async def forget(self, run: str) -> None:
+        """The generation ended: its row goes (unless a newer one replaced it)."""
+        await self.conn.execute("DELETE FROM engine_deployment WHERE stream = $1 AND generation = $2",
+                                self.stream, run)
+
+    async def close(self) -> None:
+        if not self.conn.is_closed():
+            await self.conn.close()  # the session's advisory locks end with it
+
+    async def _wait_for_setup(self, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while not await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", SETUP_LOCK, self.key):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
