@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SETUP_LOCK = 0x74646573  # "tdes": one instance joins or leaves at a time
 MEMBERS_LOCK = 0x7464656D  # "tdem": held shared by every running instance
+LEAD_LOCK = 0x7464656C  # "tdel": held by the one member that does what one must do at a time
+PING_S = 5.0  # the longest the claim's session may take to answer before it counts as lost
 JOIN_WAIT_S = 120.0  # the longest a start waits for another instance's start or stop
 LEAVE_WAIT_S = 30.0  # the longest a stop waits for another's; then it leaves the actors to the others
 
@@ -111,8 +113,11 @@ class Claim:
         self.stream = cfg.nats.stream
         self.key = f"{cfg.database.schema}:{cfg.nats.stream}"
         # "alone" while it holds the members lock exclusively, then "member"; "lost" once
-        # another instance started a new generation while this one's session was away
+        # its session was away and it could not be sure its generation still runs
         self.mode: str | None = None
+        self.setup_held = False
+        self.run: str | None = None  # the generation it started or joined, once it did
+        self.leading = False  # holds the lead lock (``lead``)
 
     @classmethod
     async def join(cls, database_url: str, cfg: Config, wait_s: float = JOIN_WAIT_S) -> Claim:
@@ -124,6 +129,13 @@ class Claim:
             if not await claim._wait_for_setup(wait_s):
                 raise ConfigError(f"another engine instance has been starting or stopping for over {wait_s:.0f} s "
                                   f"on database schema {cfg.database.schema!r} and stream {cfg.nats.stream!r}")
+            claim.setup_held = True
+            # an engine from before several instances holds this lock for its life, and knows no other
+            legacy = f"tidings:engine:{cfg.database.schema}:{cfg.nats.stream}"
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", legacy):
+                raise ConfigError("an engine of an earlier version runs on database schema "
+                                  f"{cfg.database.schema!r} and stream {cfg.nats.stream!r}: stop it first")
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", legacy)
             if await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, claim.key):
                 claim.mode = "alone"
         except BaseException:
@@ -146,7 +158,8 @@ class Claim:
         return Generation(row[0], _layout.decode(row[1]), row[2], row[3])
 
     async def record(self, gen: Generation) -> None:
-        """The new generation, written by the instance that started it (alone)."""
+        """The new generation, written by the instance that starts it (alone),
+        before its actors are made: whatever a failed start leaves is named here."""
         assert self.alone
         await self.conn.execute(
             "INSERT INTO engine_deployment (stream, generation, actors, shared_ray, fingerprint) "
@@ -154,53 +167,86 @@ class Claim:
             "ON CONFLICT (stream) DO UPDATE SET generation = EXCLUDED.generation, actors = EXCLUDED.actors, "
             "shared_ray = EXCLUDED.shared_ray, fingerprint = EXCLUDED.fingerprint, started_at = now()",
             self.stream, gen.run, msgspec.json.encode(gen.layout).decode(), gen.shared_ray, gen.fingerprint)
+        self.run = gen.run
 
-    async def joined(self) -> None:
-        """A member from now on: the members lock held shared, the setup lock let go."""
+    async def joined(self, run: str) -> None:
+        """A member of generation ``run`` from now on: the members lock held
+        shared, the setup lock let go."""
         await self.conn.execute("SELECT pg_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key)
         if self.mode == "alone":
             await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MEMBERS_LOCK, self.key)
-        self.mode = "member"
-        await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SETUP_LOCK, self.key)
+        self.mode, self.run = "member", run
+        await self._let_go_of_setup()
 
     def holds(self) -> bool:
         """A member whose session (and so its lock) is open."""
         return self.mode == "member" and not self.conn.is_closed()
 
     async def leave(self, wait_s: float = LEAVE_WAIT_S) -> bool:
-        """Whether this instance is the last: then it ends the generation (and
-        ``forget``s it). A start that failed before ``joined`` is last only if it
-        was alone; a member that cannot get the setup lock in time leaves the
+        """Whether this instance is the last: then it ends the generation on
+        record (and ``forget``s it); the setup lock stays held until ``close``, so
+        no one joins a generation ending. A start that failed before ``joined`` is
+        the last if no member is left (the others may have stopped while it
+        joined); a member that cannot get the setup lock in time leaves the
         actors to the others."""
         if self.mode == "alone":
             return True
-        if self.mode != "member" or self.conn.is_closed():
+        if self.conn.is_closed():
+            return False
+        if self.mode is None and self.setup_held:
+            return await self._alone_now()
+        if self.mode != "member":
             return False
         if not await self._wait_for_setup(wait_s):
             log.warning("another instance's start or stop held the deployment for %.0f s: this one leaves the "
                         "actors running for the others", wait_s)
             return False
+        self.setup_held = True
         await self.conn.execute("SELECT pg_advisory_unlock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key)
         self.mode = None
-        if await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, self.key):
-            self.mode = "alone"  # the setup lock stays held until ``close``: no one joins a generation ending
+        if await self._alone_now():
             return True
-        await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SETUP_LOCK, self.key)
+        await self._let_go_of_setup()
         return False
 
+    async def lead(self) -> bool:
+        """Whether this instance leads: one of the members does what must be done
+        by one at a time (the preference writes over NATS, in order). Tried again
+        each supervisor turn; another takes it within one when the leader dies."""
+        if not self.leading and self.holds():
+            self.leading = bool(await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))",
+                                                         LEAD_LOCK, self.key))
+        return self.leading and self.holds()
+
     async def keep(self) -> bool:
-        """A member whose session ended (PostgreSQL restarted or the connection
-        dropped) lost its locks with it: a new session takes the members lock
-        shared again. False when it cannot: an instance that found itself alone
-        meanwhile has started a new generation, and this one's actors are gone."""
+        """A member whose session ended (PostgreSQL restarted, failed over, or the
+        connection dropped) lost its locks with it: a new session takes the members
+        lock shared again, if its generation is still the one on record. False when
+        it is not (an instance found itself alone meanwhile: it ended this one's
+        actors or started new ones); then for good."""
         if self.mode == "lost":
             return False
-        if self.mode != "member" or not self.conn.is_closed():
+        if self.mode != "member":
             return True
+        if not self.conn.is_closed():
+            try:  # a half-open connection (a failover) looks open until it is used
+                await asyncio.wait_for(self.conn.fetchval("SELECT 1"), PING_S)
+                return True
+            except Exception:  # noqa: BLE001 - any failure: the session is gone
+                self.conn.terminate()
+        self.leading = False
         conn = await db.connect(self.database_url, self.limits, self.limits.schema, app="tidings-instance")
-        if not await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key):
+        try:
+            ours = (await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK,
+                                        self.key)
+                    and await conn.fetchval("SELECT generation FROM engine_deployment WHERE stream = $1",
+                                            self.stream) == self.run)
+        except BaseException:
             await conn.close()
-            self.mode = "lost"  # for good: a later lock would be a member of a generation it holds no handles on
+            raise
+        if not ours:
+            await conn.close()
+            self.mode = "lost"  # for good: its handles are on a generation that ended
             return False
         self.conn = conn
         log.warning("the deployment's session was lost and taken again: this instance is still a member")
@@ -214,6 +260,16 @@ class Claim:
     async def close(self) -> None:
         if not self.conn.is_closed():
             await self.conn.close()  # the session's advisory locks end with it
+
+    async def _alone_now(self) -> bool:
+        if await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, self.key):
+            self.mode = "alone"
+            return True
+        return False
+
+    async def _let_go_of_setup(self) -> None:
+        await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SETUP_LOCK, self.key)
+        self.setup_held = False
 
     async def _wait_for_setup(self, wait_s: float) -> bool:
         deadline = time.monotonic() + wait_s

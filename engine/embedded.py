@@ -266,6 +266,10 @@ class Services:
         """The Redis to use; empty when none was wanted or the embedded one is not started yet."""
         return self._redis_url
 
+    def all_given(self) -> bool:
+        """None of them embedded: every URL was configured."""
+        return self.nats is None and self.postgres is None and self.redis is None
+
     def start(self) -> Services:
         """Start those wanted; if one fails (or we are interrupted), those
         already started are stopped before the error goes on."""

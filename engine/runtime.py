@@ -155,12 +155,12 @@ def attach(layout: Layout) -> Actors:
                   get(layout.events) if layout.events else None)
 
 
-def kill_generation(layout: Layout) -> int:
+def kill_generation(layout: Layout, namespace: str | None = None) -> int:
     """Kill what is left of a generation whose instances all died; how many were found."""
     found = 0
     for name in layout.every():
         try:
-            ray.kill(ray.get_actor(name))
+            ray.kill(ray.get_actor(name, namespace=namespace))
             found += 1
         except ValueError:  # not in this cluster (or gone already)
             pass
@@ -260,7 +260,11 @@ class Engine:
             raise ConfigError(
                 f"another engine is running on database schema {self.cfg.database.schema!r} and stream "
                 f"{self.cfg.nats.stream!r} with a Ray of its own: several instances join one Ray cluster "
-                "(set ray.address, TIDINGS_RAY_ADDRESS, on every instance)")
+                "(set ray.address or RAY_ADDRESS on every instance)")
+        if not self.claim.alone and not self.services.all_given():
+            # an embedded NATS or Redis of its own would take requests no Ingestor reads
+            raise ConfigError("another engine is running on this deployment: a second instance shares its NATS, "
+                              "PostgreSQL and Redis (set nats.url, database.url and redis.url on every instance)")
         self.pool = await db.create_pool(self.database_url, self.cfg.database.schema,
                                          min_size=self.cfg.database.pool_min, max_size=self.cfg.database.pool_max,
                                          limits=self.cfg.database)
@@ -292,12 +296,13 @@ class Engine:
             if self.claim.alone:
                 await self._warm()
             await self._start_loops()
-            self.prefs_listener = prefs_bus.Listener(self)
-            await self.prefs_listener.start()
             self.supervisor = asyncio.get_running_loop().create_task(self._supervise())
             if self.cfg.audit.checkpoint_every_s > 0:
                 self.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
-        await self.claim.joined()
+        assert self.generation is not None
+        await self.claim.joined(self.generation.run)
+        if ingest:
+            await self._lead()
         return self
 
     async def _take_actors(self, running: Generation | None, secrets: dict[str, str]) -> None:
@@ -331,9 +336,9 @@ class Engine:
                             "ending it", killed, left.run)
         run = new_generation()
         self.generation = Generation(run, Layout.of(self.cfg, run), bool(self.cfg.ray.address), fingerprint(self.cfg))
+        await self.claim.record(self.generation)  # first: a start that fails while spawning leaves them named
         self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets, self.redis_url,
                             self.generation.layout)
-        await self.claim.record(self.generation)
 
     async def _checkpoints(self) -> None:
         """Sign the audit log's chain heads every ``audit.checkpoint_every_s``
@@ -382,6 +387,7 @@ class Engine:
         while True:
             await asyncio.sleep(SUPERVISE_S)
             await self._keep_claim()
+            await self._lead()
             try:
                 failed = await asyncio.wait_for(self._start_loops(), SUPERVISE_S * 4)
             except TimeoutError:
@@ -417,8 +423,8 @@ class Engine:
                 ray.kill(actor)
         self.actors = None  # another instance's, when this one was not the last: left running
         if self.claim is not None:
-            if last and self.generation is not None:
-                await self._forget(self.generation.run)
+            if last:
+                await self._end_generation()
             await self.claim.close()
             self.claim = None
         if self.nc is not None:
@@ -438,9 +444,9 @@ class Engine:
             return
         try:
             if not await self.claim.keep():
-                log.error("this instance lost its place in the deployment while PostgreSQL was away, and another "
-                          "instance has started new actors since: restart this one to join them")
-        except (OSError, asyncpg.PostgresError) as e:  # still away: the next turn tries again
+                log.error("this instance lost its place in the deployment while PostgreSQL was away, and its "
+                          "actors have been ended since: restart it")
+        except Exception as e:  # noqa: BLE001 - still away: the next turn tries again
             log.warning("the deployment's session is lost and cannot be taken again yet (%s)", type(e).__name__)
 
     async def _leave(self) -> bool:
@@ -449,17 +455,39 @@ class Engine:
             return False
         try:
             return await self.claim.leave()
-        except (OSError, asyncpg.PostgresError) as e:  # its session is gone: so are its locks
+        except Exception as e:  # noqa: BLE001 - its session is gone: so are its locks, and it is not the last
             log.warning("stop: could not tell whether other instances run (%s): the actors are left running",
                         type(e).__name__)
             return False
 
-    async def _forget(self, run: str) -> None:
+    async def _end_generation(self) -> None:
+        """The last instance: what the row names is killed (the actors this one did
+        not have handles on: a spawn that failed part-way, a join that failed) and
+        the row goes. A failure leaves the row: the next instance alone ends it."""
         assert self.claim is not None
         try:
-            await self.claim.forget(run)
-        except (OSError, asyncpg.PostgresError) as e:  # the next instance alone finds it and ends it again
-            log.warning("stop: the ended generation's row stays (%s)", type(e).__name__)
+            ended = await self.claim.previous()
+            if ended is not None:
+                kill_generation(ended.layout)
+                await self.claim.forget(ended.run)
+        except Exception as e:  # noqa: BLE001 - the next start alone kills what the row names
+            log.warning("stop: the generation's row stays for the next start to end (%s)", type(e).__name__)
+
+    async def _lead(self) -> None:
+        """One member, the leader, pulls the preference writes over NATS, so two
+        writes for one user are applied in the order they were published; another
+        member takes over within a supervisor turn when the leader is gone."""
+        try:
+            leading = self.claim is not None and await self.claim.lead()
+        except Exception as e:  # noqa: BLE001 - the session is away: keep_claim deals with it
+            log.warning("the lead lock could not be read (%s)", type(e).__name__)
+            leading = False
+        if leading and self.prefs_listener is None:
+            self.prefs_listener = prefs_bus.Listener(self)
+            await self.prefs_listener.start()
+        elif not leading and self.prefs_listener is not None:
+            await self.prefs_listener.stop()
+            self.prefs_listener = None
 
     def shard_for(self, user_id: str):
         return self.actors.user_shards[shard_of(user_id, len(self.actors.user_shards))]

@@ -180,13 +180,17 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
     pool = None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as plain:
+            t0 = time.monotonic()
             first = Instance("first", str(path), work)
             out["first_ready"] = await first.ready(plain)
+            out["first_start_s"] = round(time.monotonic() - t0, 1)  # makes the actors
             if not out["first_ready"]:
                 out["first_output"] = first.output()[-3000:]
                 return out
+            t0 = time.monotonic()
             second = Instance("second", str(path), work)
             out["second_ready"] = await second.ready(plain)
+            out["second_start_s"] = round(time.monotonic() - t0, 1)  # joins them
             if not out["second_ready"]:
                 out["second_output"] = second.output()[-3000:]
                 return out
@@ -211,6 +215,7 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
             ids = [x["id"] for b in parts for x in b]
             doors = [first, second]
             resent = 0
+            t0 = time.monotonic()
             for i, batch in enumerate(parts):
                 if i == len(parts) // 2:
                     first.stop(signal.SIGKILL)  # the instance that started the actors, mid-run
@@ -223,6 +228,7 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
                         out["lost_batch"] = i
                         return out
             out["resent_batches"] = resent
+            out["submit_s"] = round(time.monotonic() - t0, 1)
             deadline = time.monotonic() + 240
             done = 0
             while time.monotonic() < deadline:
@@ -232,6 +238,7 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
                     break
                 await asyncio.sleep(0.5)
             out["settled_s"] = round(time.monotonic() - killed_at, 1)
+            out["all_settled_s"] = round(time.monotonic() - t0, 1)
             out["rows"] = done
             rows = await pool.fetch(
                 "SELECT status, count(*) AS n FROM delivery_tracking WHERE notification_id = ANY($1::uuid[]) "
@@ -241,6 +248,8 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
                 "SELECT coalesce(max(c), 0) FROM (SELECT count(*) AS c FROM delivery_tracking "
                 "WHERE notification_id = ANY($1::uuid[]) GROUP BY notification_id, channel) x", ids)
             out["survivor_ready"] = (await http.get(f"{second.url}/readyz")).status
+            # the preference writes over NATS were the first's to pull (it led): the survivor takes over
+            out["nats_pref_seen_s"] = await nats_preference(http, second.url, nats_url, f"i{tag}")
         out["sink_notifications"] = len([i for i in ids if sink.accepted[i] > 0])
         out["sent_twice"] = sum(1 for i in ids if sink.accepted[i] > 1)
         out["sink_duplicates"] = sink.duplicates
@@ -266,6 +275,23 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
         await clean_up(path, database_url)
         await sink.stop()
     return out
+
+
+async def nats_preference(http: aiohttp.ClientSession, url: str, nats_url: str, prefix: str) -> float | None:
+    """Seconds until a preference write published on NATS reads back through ``url``; None: not in 30 s."""
+    import nats
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().publish(f"{prefix}.prefs.set.in-nats", b'{"put": {"timezone": "Asia/Tokyo"}}')
+    finally:
+        await nc.close()
+    started = time.monotonic()
+    while time.monotonic() - started < 30:
+        async with http.get(f"{url}/v1/users/in-nats/preferences") as r:
+            if r.status == 200 and (await r.json()).get("timezone") == "Asia/Tokyo":
+                return round(time.monotonic() - started, 1)
+        await asyncio.sleep(0.25)
+    return None
 
 
 async def clean_up(config_path: Path, database_url: str) -> None:

@@ -39,6 +39,8 @@ def test_two_instances_share_the_actors_and_survive_one_killed(nats_url, databas
     assert out["rows"] == N and out["statuses"] == {"sent": N} and out["rows_per_notification_max"] == 1, out
     assert out["sink_notifications"] == N and out["sent_twice"] == 0 and out["sink_duplicates"] == 0, out
     assert out["survivor_ready"] == 200, out
+    # the preference writes over NATS go on: the survivor took the lead the killed one held
+    assert out["nats_pref_seen_s"] is not None, out
     # started again, it joins the same actors; stopped, it leaves them to the other
     assert out["again_ready"] and out["generations_with_again"] == {generation: count}, out
     assert out["again_exit"] == 0 and out["generations_after_again"] == {generation: count}, out

@@ -136,6 +136,18 @@ async def count_rows(url: str, schema: str) -> tuple[int, int]:
         await conn.close()
 
 
+async def kill_actors(database_url: str, schema: str, namespace: str) -> None:
+    """Kill the actors the deployment's row names (from this process, joined to the same Ray)."""
+    from engine.deployment import Layout
+    from engine.runtime import kill_generation
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        names = await conn.fetchval("SELECT actors::text FROM engine_deployment")
+    finally:
+        await conn.close()
+    assert kill_generation(msgspec.json.decode(names, type=Layout), namespace=namespace) > 0
+
+
 async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, redis_url, ray_address, tmp_path):
     """5,000 messages; the engine is SIGKILLed part-way, started again; every
     message ends with exactly one terminal row."""
@@ -163,6 +175,9 @@ async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, redis_url, 
             await asyncio.sleep(0.1)
         first.send_signal(signal.SIGKILL)
         first.wait()
+        # its actors too, as a crash of the whole engine (they are detached: on a shared
+        # Ray they would outlive it, and the restarted engine would end them later)
+        await kill_actors(database_url, cfg.database.schema, cfg.ray.namespace)
         killed_at, _ = await count_rows(database_url, cfg.database.schema)
         assert killed_at < 5000, "the kill came too late to test anything"
 

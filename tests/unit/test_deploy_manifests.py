@@ -116,9 +116,13 @@ def test_the_engine_runs_the_dockerfiles_command():
     assert engine["entrypoint"] + engine["command"] == dockerfile_command()
 
 
-def test_one_engine_that_stops_before_the_next_starts():
-    spec = one("Deployment", manifests()["engine.yaml"])["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+def test_several_engines_and_a_rollout_that_ends_the_old_actors_first():
+    docs = manifests()["engine.yaml"]
+    spec = one("Deployment", docs)["spec"]
+    # instances of different images or configurations refuse each other: the old stop first
+    assert spec["replicas"] >= 2 and spec["strategy"]["type"] == "Recreate"
+    budget = one("PodDisruptionBudget", docs)["spec"]
+    assert budget["minAvailable"] == 1 and budget["selector"] == spec["selector"]
 
 
 def test_secrets_are_referenced_never_written():
