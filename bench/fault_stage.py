@@ -38,7 +38,7 @@ from engine import raybox, settings
 from engine.children import die_with_parent
 from engine.embedded import EmbeddedNats, EmbeddedPostgres
 from engine.prefs_bus import set_subject
-from engine.runtime import Engine
+from engine.runtime import Engine, kill_recorded
 from infra import config, streams
 from infra.config import ChannelConfig, Config, ProviderConfig
 from sandbox import SinkProcess
@@ -230,10 +230,12 @@ class Stage:
         self.child_pids = json.loads(ready.read_text())
 
     async def kill_engine(self) -> None:
-        """SIGKILL the engine child, and wait until Ray has ended its actors too."""
+        """SIGKILL the engine child and its actors (detached, they would outlive
+        it), and wait until Ray has ended them."""
         self.proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(self.proc.wait)
         self.proc = None
+        await kill_recorded(self.servers.database_url, self.cfg)
         procs = [p for p in map(_process, self.child_pids) if p is not None]
         await asyncio.to_thread(psutil.wait_procs, procs, 60)
 

@@ -26,13 +26,14 @@ import hashlib
 import importlib.metadata
 import logging
 import time
+import uuid
 
 import asyncpg
 import msgspec
 
 from actors import handles
 from infra import db
-from infra.config import Config, ConfigError, HttpConfig, encode as encode_config
+from infra.config import Config, ConfigError, DatabaseConfig, HttpConfig, encode as encode_config
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ SETUP_LOCK = 0x74646573  # "tdes": one instance joins or leaves at a time
 MEMBERS_LOCK = 0x7464656D  # "tdem": held shared by every running instance
 LEAD_LOCK = 0x7464656C  # "tdel": held by the one member that does what one must do at a time
 PING_S = 5.0  # the longest the claim's session may take to answer before it counts as lost
+CALL_S = 10.0  # the longest any call on the claim's session may take
+# a member seen this recently is still there, lock or not: more than a supervisor turn
+# (5 s) and its ping (PING_S), so a member taking its lock again after PostgreSQL came
+# back is never mistaken for gone
+GRACE_S = 20.0
 JOIN_WAIT_S = 120.0  # the longest a start waits for another instance's start or stop
 LEAVE_WAIT_S = 30.0  # the longest a stop waits for another's; then it leaves the actors to the others
 
@@ -103,8 +109,26 @@ def fingerprint(cfg: Config) -> str:
 _layout = msgspec.json.Decoder(Layout)
 
 
+async def connect(database_url: str, limits: DatabaseConfig) -> asyncpg.Connection:
+    """The claim's own session: every call bounded on this side (a half-open
+    connection never answers), and TCP keepalives on the server's, so a backend
+    cut off from its instance ends within ~25 s and its locks with it."""
+    settings = {**db.server_settings(limits, limits.schema, app="tidings-instance"),
+                "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+    return await asyncio.wait_for(asyncpg.connect(database_url, server_settings=settings, command_timeout=CALL_S),
+                                  CALL_S)
+
+
 class Claim:
-    """This instance's place in the deployment: ``join`` at start, ``leave`` at stop."""
+    """This instance's place in the deployment: ``join`` at start, ``leave`` at stop.
+
+    Besides the locks, each member has a row in ``engine_members`` whose
+    ``seen_at`` its supervisor renews every turn (``keep``). The locks say who
+    holds a session now; the rows say who was there a moment ago. After
+    PostgreSQL restarts (or fails over), every member is without its lock until
+    its next turn: an instance that finds the members lock free while others
+    were seen within ``GRACE_S`` on the server before is not alone, it waits for
+    them (a start) or leaves the actors to them (a stop)."""
 
     def __init__(self, conn: asyncpg.Connection, cfg: Config, database_url: str):
         self.conn = conn
@@ -112,6 +136,8 @@ class Claim:
         self.limits = cfg.database
         self.stream = cfg.nats.stream
         self.key = f"{cfg.database.schema}:{cfg.nats.stream}"
+        self.legacy = f"tidings:engine:{cfg.database.schema}:{cfg.nats.stream}"
+        self.instance = uuid.uuid4()
         # "alone" while it holds the members lock exclusively, then "member"; "lost" once
         # its session was away and it could not be sure its generation still runs
         self.mode: str | None = None
@@ -123,23 +149,31 @@ class Claim:
     async def join(cls, database_url: str, cfg: Config, wait_s: float = JOIN_WAIT_S) -> Claim:
         """Take the setup lock (waiting for another instance's start or stop) and
         find out whether this instance is alone. ``joined`` ends the setup."""
-        conn = await db.connect(database_url, cfg.database, cfg.database.schema, app="tidings-instance")
-        claim = cls(conn, cfg, database_url)
+        claim = cls(await connect(database_url, cfg.database), cfg, database_url)
         try:
             if not await claim._wait_for_setup(wait_s):
                 raise ConfigError(f"another engine instance has been starting or stopping for over {wait_s:.0f} s "
                                   f"on database schema {cfg.database.schema!r} and stream {cfg.nats.stream!r}")
             claim.setup_held = True
-            # an engine from before several instances holds this lock for its life, and knows no other
-            legacy = f"tidings:engine:{cfg.database.schema}:{cfg.nats.stream}"
-            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", legacy):
+            # an engine from before several instances holds this lock exclusively for its
+            # life and knows no other: held shared here, neither starts beside the other
+            if not await claim._hold_legacy():
                 raise ConfigError("an engine of an earlier version runs on database schema "
                                   f"{cfg.database.schema!r} and stream {cfg.nats.stream!r}: stop it first")
-            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", legacy)
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, claim.key):
-                claim.mode = "alone"
+            while True:
+                if not await claim.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK,
+                                                 claim.key):
+                    break  # members hold it: join them
+                if not await claim._others_seen():
+                    claim.mode = "alone"
+                    await claim.conn.execute("DELETE FROM engine_members WHERE stream = $1", claim.stream)  # stale
+                    break
+                # members seen a moment ago, none holding the lock: PostgreSQL came back and
+                # they have not yet taken it again. Wait for them (their rows age out otherwise)
+                await claim.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MEMBERS_LOCK, claim.key)
+                await asyncio.sleep(1.0)
         except BaseException:
-            await conn.close()  # the session's locks go with it
+            await claim.close()  # the session's locks go with it
             raise
         return claim
 
@@ -150,12 +184,7 @@ class Claim:
     async def previous(self) -> Generation | None:
         """The generation on record: running (another instance holds the members
         lock) or left by instances that all died."""
-        row = await self.conn.fetchrow(
-            "SELECT generation, actors::text, shared_ray, fingerprint FROM engine_deployment WHERE stream = $1",
-            self.stream)
-        if row is None:
-            return None
-        return Generation(row[0], _layout.decode(row[1]), row[2], row[3])
+        return await recorded(self.conn, self.stream)
 
     async def record(self, gen: Generation) -> None:
         """The new generation, written by the instance that starts it (alone),
@@ -170,8 +199,9 @@ class Claim:
         self.run = gen.run
 
     async def joined(self, run: str) -> None:
-        """A member of generation ``run`` from now on: the members lock held
-        shared, the setup lock let go."""
+        """A member of generation ``run`` from now on: its row written, the
+        members lock held shared, the setup lock let go."""
+        await self._seen(run)
         await self.conn.execute("SELECT pg_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key)
         if self.mode == "alone":
             await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MEMBERS_LOCK, self.key)
@@ -188,7 +218,8 @@ class Claim:
         no one joins a generation ending. A start that failed before ``joined`` is
         the last if no member is left (the others may have stopped while it
         joined); a member that cannot get the setup lock in time leaves the
-        actors to the others."""
+        actors to the others, as does one that finds others seen a moment ago
+        (they are taking their locks again)."""
         if self.mode == "alone":
             return True
         if self.conn.is_closed():
@@ -202,6 +233,7 @@ class Claim:
                         "actors running for the others", wait_s)
             return False
         self.setup_held = True
+        await self.conn.execute("DELETE FROM engine_members WHERE instance = $1", self.instance)
         await self.conn.execute("SELECT pg_advisory_unlock_shared($1, hashtext($2))", MEMBERS_LOCK, self.key)
         self.mode = None
         if await self._alone_now():
@@ -219,53 +251,90 @@ class Claim:
         return self.leading and self.holds()
 
     async def keep(self) -> bool:
-        """A member whose session ended (PostgreSQL restarted, failed over, or the
-        connection dropped) lost its locks with it: a new session takes the members
-        lock shared again, if its generation is still the one on record. False when
-        it is not (an instance found itself alone meanwhile: it ended this one's
-        actors or started new ones); then for good."""
+        """Each supervisor turn: the member's row renewed. A member whose session
+        ended (PostgreSQL restarted, failed over, or the connection dropped) lost
+        its locks with it: a new session takes the members lock shared again, if
+        its generation is still the one on record. False when it is not (an
+        instance found itself alone meanwhile: it ended this one's actors or
+        started new ones); then for good."""
         if self.mode == "lost":
             return False
         if self.mode != "member":
             return True
         if not self.conn.is_closed():
             try:  # a half-open connection (a failover) looks open until it is used
-                await asyncio.wait_for(self.conn.fetchval("SELECT 1"), PING_S)
+                await asyncio.wait_for(self._seen(self.run), PING_S)
                 return True
             except Exception:  # noqa: BLE001 - any failure: the session is gone
                 self.conn.terminate()
         self.leading = False
-        conn = await db.connect(self.database_url, self.limits, self.limits.schema, app="tidings-instance")
+        conn = await connect(self.database_url, self.limits)
         try:
             ours = (await conn.fetchval("SELECT pg_try_advisory_lock_shared($1, hashtext($2))", MEMBERS_LOCK,
                                         self.key)
+                    and await conn.fetchval("SELECT pg_try_advisory_lock_shared(hashtext($1))", self.legacy)
                     and await conn.fetchval("SELECT generation FROM engine_deployment WHERE stream = $1",
                                             self.stream) == self.run)
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
         if not ours:
-            await conn.close()
+            conn.terminate()
             self.mode = "lost"  # for good: its handles are on a generation that ended
             return False
         self.conn = conn
+        await self._seen(self.run)
         log.warning("the deployment's session was lost and taken again: this instance is still a member")
         return True
 
     async def forget(self, run: str) -> None:
-        """The generation ended: its row goes (unless a newer one replaced it)."""
+        """The generation ended: its row and its members' go (unless a newer one replaced it)."""
         await self.conn.execute("DELETE FROM engine_deployment WHERE stream = $1 AND generation = $2",
                                 self.stream, run)
+        await self.conn.execute("DELETE FROM engine_members WHERE stream = $1 AND generation = $2", self.stream, run)
 
     async def close(self) -> None:
-        if not self.conn.is_closed():
-            await self.conn.close()  # the session's advisory locks end with it
+        """The session ends, and its advisory locks with it (bounded: a half-open
+        connection is dropped on this side; its backend ends by keepalive)."""
+        if self.conn.is_closed():
+            return
+        try:
+            await asyncio.wait_for(self.conn.close(), PING_S)
+        except Exception:  # noqa: BLE001 - any failure: drop it
+            self.conn.terminate()
+
+    async def _seen(self, run: str | None) -> None:
+        await self.conn.execute(
+            "INSERT INTO engine_members (instance, stream, generation, backend_pid, server_started) "
+            "VALUES ($1, $2, $3, pg_backend_pid(), pg_postmaster_start_time()) "
+            "ON CONFLICT (instance) DO UPDATE SET seen_at = now(), backend_pid = EXCLUDED.backend_pid, "
+            "server_started = EXCLUDED.server_started", self.instance, self.stream, run)
+
+    async def _others_seen(self) -> bool:
+        """Another member may still be there without its lock: seen within
+        ``GRACE_S``, and either its session is still open or the server has
+        restarted (failed over) since (it is taking its lock again). One whose
+        session ended on this same server is gone: it died."""
+        return bool(await self.conn.fetchval(
+            "SELECT count(*) FROM engine_members WHERE stream = $1 AND instance <> $2 "
+            "AND seen_at > now() - make_interval(secs => $3) "
+            "AND (server_started <> pg_postmaster_start_time() OR backend_pid IN (SELECT pid FROM pg_stat_activity))",
+            self.stream, self.instance, GRACE_S))
+
+    async def _hold_legacy(self) -> bool:
+        return bool(await self.conn.fetchval("SELECT pg_try_advisory_lock_shared(hashtext($1))", self.legacy))
 
     async def _alone_now(self) -> bool:
-        if await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, self.key):
-            self.mode = "alone"
-            return True
-        return False
+        """The members lock taken exclusively, and no other member seen within ``GRACE_S``."""
+        if not await self.conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", MEMBERS_LOCK, self.key):
+            return False
+        if await self._others_seen():
+            await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MEMBERS_LOCK, self.key)
+            log.warning("other instances were seen %.0f s ago and hold no lock now (PostgreSQL came back?): "
+                        "the actors are left to them", GRACE_S)
+            return False
+        self.mode = "alone"
+        return True
 
     async def _let_go_of_setup(self) -> None:
         await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SETUP_LOCK, self.key)
@@ -278,3 +347,17 @@ class Claim:
                 return False
             await asyncio.sleep(0.2)
         return True
+
+
+async def recorded(conn: asyncpg.Connection, stream: str) -> Generation | None:
+    """The generation on record for ``stream``, if any (a row of a layout this
+    version cannot read counts as none: the instance alone replaces it)."""
+    row = await conn.fetchrow(
+        "SELECT generation, actors::text, shared_ray, fingerprint FROM engine_deployment WHERE stream = $1", stream)
+    if row is None:
+        return None
+    try:
+        return Generation(row[0], _layout.decode(row[1]), row[2], row[3])
+    except msgspec.ValidationError:
+        log.warning("the recorded generation %s has a layout this version cannot read: left as it is", row[0])
+        return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -167,6 +168,19 @@ def kill_generation(layout: Layout, namespace: str | None = None) -> int:
     return found
 
 
+async def kill_recorded(database_url: str, cfg: Config) -> int:
+    """Kill the actors of the generation on record for ``cfg``'s deployment, from a
+    process joined to their Ray: with its engine killed too, a whole engine's crash
+    (the tests and the fault bench make one). How many were found."""
+    from engine.deployment import recorded
+    conn = await db.connect(database_url, cfg.database, cfg.database.schema, app="tidings-kill")
+    try:
+        gen = await recorded(conn, cfg.nats.stream)
+    finally:
+        await conn.close()
+    return kill_generation(gen.layout, namespace=cfg.ray.namespace) if gen is not None else 0
+
+
 def with_service_urls(cfg: Config, nats_url: str, database_url: str) -> Config:
     """In-app providers write to this engine's PostgreSQL and NATS: fill in what
     their settings leave out (the URLs are known only once the services run)."""
@@ -219,6 +233,9 @@ class Engine:
         self.checkpointer: asyncio.Task | None = None
         self.claim: Claim | None = None  # this instance's place in the deployment, while it runs
         self.generation: Generation | None = None  # the actors' generation it made or joined
+        # called once if this instance loses its place for good (the CLI stops serving then)
+        self.on_lost: Callable[[], None] | None = None
+        self.lost = False
 
     @property
     def nats_url(self) -> str:
@@ -272,11 +289,7 @@ class Engine:
             await event_store.switch(conn, self.cfg.events.enabled)
             self.ring = await pii_store.keyring(conn, master_keys.keyring(self.cfg))
             await pii_store.seal_legacy(conn, self.ring)  # rows from before encryption at rest, once
-        try:
-            secrets = await credentials.for_config(self.pool, self.cfg)  # a missing one fails the start here
-        except credentials.CredentialError:
-            await self.stop()
-            raise
+        secrets = await credentials.for_config(self.pool, self.cfg)  # a missing one fails the start here (start stops)
         self.auth = auth.Authenticator(self.pool, self.cfg.http.auth_cache_s, self.cfg.http.token_ttl_max_s)
         await auth.ensure_signing_key(self.pool)
         # a first start: an admin key, written where the CLI, the demo and the benchmarks read it
@@ -296,13 +309,14 @@ class Engine:
             if self.claim.alone:
                 await self._warm()
             await self._start_loops()
-            self.supervisor = asyncio.get_running_loop().create_task(self._supervise())
-            if self.cfg.audit.checkpoint_every_s > 0:
-                self.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
         assert self.generation is not None
         await self.claim.joined(self.generation.run)
         if ingest:
-            await self._lead()
+            await self._lead()  # what fails here is tried again each supervisor turn
+            # after joining: the supervisor renews the membership the join made
+            self.supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            if self.cfg.audit.checkpoint_every_s > 0:
+                self.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
         return self
 
     async def _take_actors(self, running: Generation | None, secrets: dict[str, str]) -> None:
@@ -386,14 +400,19 @@ class Engine:
         so a restart costs at most that long of ingestion or releases."""
         while True:
             await asyncio.sleep(SUPERVISE_S)
-            await self._keep_claim()
-            await self._lead()
             try:
-                failed = await asyncio.wait_for(self._start_loops(), SUPERVISE_S * 4)
-            except TimeoutError:
-                failed = ["timeout"]
-            if failed:
-                log.warning("supervision: %d loop(s) could not be started: %r", len(failed), failed[:3])
+                await self._keep_claim()
+                await self._lead()
+                try:
+                    failed = await asyncio.wait_for(self._start_loops(), SUPERVISE_S * 4)
+                except TimeoutError:
+                    failed = ["timeout"]
+                if failed:
+                    log.warning("supervision: %d loop(s) could not be started: %r", len(failed), failed[:3])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a turn that failed must not end the supervision
+                log.warning("supervision: a turn failed (%s: %s); the next tries again", type(e).__name__, e)
 
     async def stop(self) -> None:
         for task in (self.supervisor, self.checkpointer):
@@ -401,9 +420,17 @@ class Engine:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self.supervisor = self.checkpointer = None
+        try:
+            await self._stop_actors()
+        finally:
+            await self._stop_services()
+
+    async def _stop_actors(self) -> None:
+        """The listener stopped; the actors stopped and killed if this instance is
+        the deployment's last, else left to the others; its place let go."""
         if self.prefs_listener is not None:
-            await self.prefs_listener.stop()
-            self.prefs_listener = None
+            listener, self.prefs_listener = self.prefs_listener, None
+            await listener.stop()
         last = await self._leave()
         if self.actors is not None and last:
             # bounded: a loop that does not stop in time is killed below with the rest
@@ -422,11 +449,15 @@ class Engine:
             for actor in self.actors.all():
                 ray.kill(actor)
         self.actors = None  # another instance's, when this one was not the last: left running
+        if self.claim is not None and last:
+            await self._end_generation()
+
+    async def _stop_services(self) -> None:
+        """What the process holds, whatever happened to the actors: its place in
+        the deployment, NATS, the pool, Redis, the embedded services."""
         if self.claim is not None:
-            if last:
-                await self._end_generation()
-            await self.claim.close()
-            self.claim = None
+            claim, self.claim = self.claim, None
+            await claim.close()
         if self.nc is not None:
             await self.nc.drain()
             self.nc = None
@@ -445,7 +476,11 @@ class Engine:
         try:
             if not await self.claim.keep():
                 log.error("this instance lost its place in the deployment while PostgreSQL was away, and its "
-                          "actors have been ended since: restart it")
+                          "actors have been ended since: it stops (started again, it joins the actors running)")
+                self.lost = True
+                if self.on_lost is not None:
+                    self.on_lost()
+                    self.on_lost = None
         except Exception as e:  # noqa: BLE001 - still away: the next turn tries again
             log.warning("the deployment's session is lost and cannot be taken again yet (%s)", type(e).__name__)
 
@@ -482,12 +517,16 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - the session is away: keep_claim deals with it
             log.warning("the lead lock could not be read (%s)", type(e).__name__)
             leading = False
-        if leading and self.prefs_listener is None:
-            self.prefs_listener = prefs_bus.Listener(self)
-            await self.prefs_listener.start()
-        elif not leading and self.prefs_listener is not None:
-            await self.prefs_listener.stop()
-            self.prefs_listener = None
+        try:
+            if leading and self.prefs_listener is None:
+                listener = prefs_bus.Listener(self)
+                await listener.start()
+                self.prefs_listener = listener  # once started: one that failed is tried again next turn
+            elif not leading and self.prefs_listener is not None:
+                listener, self.prefs_listener = self.prefs_listener, None
+                await listener.stop()
+        except Exception as e:  # noqa: BLE001 - NATS away, say: the next supervisor turn tries again
+            log.warning("the preference listener could not be started or stopped (%s: %s)", type(e).__name__, e)
 
     def shard_for(self, user_id: str):
         return self.actors.user_shards[shard_of(user_id, len(self.actors.user_shards))]

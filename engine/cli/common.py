@@ -45,6 +45,7 @@ async def serving(cfg: Config, port: int | None = None) -> AsyncIterator[Serving
                       f"Ray dashboard {engine.ray_info.get('dashboard') or '(off)'}  "
                       f"actor metrics :{engine.ray_info.get('metrics_port') or '?'}/metrics")
         stop = asyncio.Event()
+        engine.on_lost = stop.set  # its actors ended while PostgreSQL was away: it stops (engine/deployment.py)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

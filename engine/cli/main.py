@@ -119,6 +119,9 @@ async def cmd_up(cfg, args) -> int:
     async with serving(cfg, args.port) as s:
         console.print("Serving; Ctrl-C to stop.")
         await s.stop.wait()
+        if s.engine.lost:
+            console.print("stopped: this instance lost its place in the deployment (see the log); start it again")
+            return 1
     return 0
 
 

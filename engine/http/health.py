@@ -47,11 +47,14 @@ class ReadyChecks(msgspec.Struct):
 
 class Readiness(msgspec.Struct):
     """Ready when every check passes (200), else not (503). ``ingest_lag``: messages waiting in each lane's
-    consumer (null where it could not be read; empty while NATS is not connected), shown, not checked."""
+    consumer (null where it could not be read; empty while NATS is not connected), shown, not checked;
+    ``leader``: this instance pulls the deployment's preference writes over NATS (one instance does)."""
 
     status: Literal["ready", "not ready"]
     checks: ReadyChecks
     ingest_lag: dict[str, int | None]
+    # this instance is the deployment's leader (it pulls the preference writes over NATS); shown, not checked
+    leader: bool = False
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -103,7 +106,8 @@ async def readiness(engine) -> Readiness:
                                                            streams.consumer_name(engine.cfg.nats, lane))], 2)
             lag[lane] = info[0].num_pending if info else None
     ok = all(msgspec.structs.astuple(checks))
-    return Readiness(status="ready" if ok else "not ready", checks=checks, ingest_lag=lag)
+    return Readiness(status="ready" if ok else "not ready", checks=checks, ingest_lag=lag,
+                     leader=engine.prefs_listener is not None)
 
 
 async def sample_readiness(app: web.Application):

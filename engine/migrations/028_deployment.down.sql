@@ -1,1 +1,2 @@
+DROP TABLE engine_members;
 DROP TABLE engine_deployment;

@@ -10,3 +10,15 @@ CREATE TABLE engine_deployment (
     fingerprint text NOT NULL,      -- the engine's version and the configuration the actors were made with
     started_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Every running instance, renewed by its supervisor (engine/deployment.py, Claim):
+-- who was there a moment ago, when PostgreSQL restarted and no one holds a lock yet.
+CREATE TABLE engine_members (
+    instance uuid PRIMARY KEY,
+    stream text NOT NULL,
+    generation text NOT NULL,
+    backend_pid integer NOT NULL,            -- its session's, and the server's start, when last seen:
+    server_started timestamptz NOT NULL,     -- gone with its session, unless the server restarted since
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX engine_members_stream ON engine_members (stream);

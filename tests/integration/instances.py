@@ -36,6 +36,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from engine import auth
+from engine.children import die_with_parent
 from sandbox import WebhookSink
 from tests.sealing import MASTER_KEYS
 
@@ -108,10 +109,15 @@ class Instance:
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", "--profile", "development", "--config", config_path, "up",
-                 "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                 "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=die_with_parent())  # killed with this driver, however it ends
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    async def leads(self, http: aiohttp.ClientSession) -> bool:
+        async with http.get(f"{self.url}/readyz") as r:
+            return bool((await r.json()).get("leader"))
 
     async def ready(self, http: aiohttp.ClientSession) -> bool:
         deadline = time.monotonic() + START_S
@@ -177,6 +183,7 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
     odd.write_text(config(home, tag, *args, user_shards=3))
     out: dict = {"n": n}
     first = second = None
+    extra: list[Instance] = []
     pool = None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as plain:
@@ -195,7 +202,9 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
                 out["second_output"] = second.output()[-3000:]
                 return out
             out["generations_running"] = alive_actors()
+            out["leaders"] = [await first.leads(plain), await second.leads(plain)]
             odd_one = Instance("odd", str(odd), work)
+            extra.append(odd_one)
             out["odd_exit"] = odd_one.proc.wait(START_S)
             out["odd_output"] = odd_one.output()[-600:]
 
@@ -248,6 +257,7 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
                 "SELECT coalesce(max(c), 0) FROM (SELECT count(*) AS c FROM delivery_tracking "
                 "WHERE notification_id = ANY($1::uuid[]) GROUP BY notification_id, channel) x", ids)
             out["survivor_ready"] = (await http.get(f"{second.url}/readyz")).status
+            out["survivor_leads"] = await second.leads(http)
             # the preference writes over NATS were the first's to pull (it led): the survivor takes over
             out["nats_pref_seen_s"] = await nats_preference(http, second.url, nats_url, f"i{tag}")
         out["sink_notifications"] = len([i for i in ids if sink.accepted[i] > 0])
@@ -257,17 +267,21 @@ async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str
         # one started again while the other runs joins the same actors, and leaves them running
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as plain:
             again = Instance("again", str(path), work)
+            extra.append(again)
             out["again_ready"] = await again.ready(plain)
             out["generations_with_again"] = alive_actors()
             out["again_exit"] = again.stop(signal.SIGTERM)
             out["generations_after_again"] = alive_actors()
             out["second_ready_after_again"] = (await plain.get(f"{second.url}/readyz")).status
         out["second_exit"] = second.stop(signal.SIGTERM)
-        out["generations_after"] = alive_actors()
+        deadline = time.monotonic() + 15  # the names go once Ray has the actors dead
+        while (after := alive_actors()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        out["generations_after"] = after
         out["deployment_rows_after"] = await pool.fetchval("SELECT count(*) FROM engine_deployment")
         out["second_output"] = second.output()[-1500:]
     finally:
-        for inst in (first, second):
+        for inst in (first, second, *extra):
             if inst is not None:
                 inst.stop(signal.SIGKILL)
         if pool is not None:

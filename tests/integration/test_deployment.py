@@ -168,3 +168,40 @@ async def test_a_member_whose_generation_ended_while_it_was_away_does_not_come_b
     finally:
         await admin.close()
         await member.close()
+
+
+async def test_members_taking_their_locks_again_after_a_restart_are_not_taken_for_gone(cfg, database_url):
+    member = await first_member(database_url, cfg)
+    leaving = await Claim.join(database_url, cfg)
+    await leaving.joined("g1")
+    admin = await asyncpg.connect(database_url, server_settings={"search_path": cfg.database.schema})
+    try:
+        await lose_session(admin, member)
+        # as if the server had restarted since the member was last seen (a restart ends every session)
+        await admin.execute("UPDATE engine_members SET server_started = server_started - interval '1 hour' "
+                            "WHERE instance = $1", member.instance)
+        assert await leaving.leave() is False  # not the last: the member is taking its lock again
+        await leaving.close()
+        starting = asyncio.ensure_future(Claim.join(database_url, cfg))
+        await asyncio.sleep(1.5)
+        assert not starting.done()  # waits for the member rather than ending its actors
+        assert await member.keep() is True
+        joined = await asyncio.wait_for(starting, 10)
+        assert not joined.alone
+        await joined.close()
+    finally:
+        await admin.close()
+        await member.close()
+
+
+async def test_a_member_that_died_on_a_running_server_is_gone_at_once(cfg, database_url):
+    member = await first_member(database_url, cfg)
+    admin = await asyncpg.connect(database_url)
+    try:
+        await lose_session(admin, member)  # killed: its row stays, its session is gone, the server ran on
+        fresh = await asyncio.wait_for(Claim.join(database_url, cfg), 5)
+        assert fresh.alone
+        await fresh.close()
+    finally:
+        await admin.close()
+        await member.close()

@@ -21,7 +21,7 @@ N = 20_000
 
 def test_two_instances_share_the_actors_and_survive_one_killed(nats_url, database_url, redis_url):
     done = subprocess.run([sys.executable, "-m", "tests.integration.instances", nats_url, database_url, redis_url,
-                           str(N)], capture_output=True, text=True, timeout=600)
+                           str(N)], capture_output=True, text=True, timeout=900)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
     out = json.loads(lines[-1])
@@ -39,8 +39,9 @@ def test_two_instances_share_the_actors_and_survive_one_killed(nats_url, databas
     assert out["rows"] == N and out["statuses"] == {"sent": N} and out["rows_per_notification_max"] == 1, out
     assert out["sink_notifications"] == N and out["sent_twice"] == 0 and out["sink_duplicates"] == 0, out
     assert out["survivor_ready"] == 200, out
-    # the preference writes over NATS go on: the survivor took the lead the killed one held
-    assert out["nats_pref_seen_s"] is not None, out
+    # one instance pulls the preference writes over NATS, the first; killed, the survivor takes the lead
+    assert out["leaders"] == [True, False], out
+    assert out["survivor_leads"] is True and out["nats_pref_seen_s"] is not None, out
     # started again, it joins the same actors; stopped, it leaves them to the other
     assert out["again_ready"] and out["generations_with_again"] == {generation: count}, out
     assert out["again_exit"] == 0 and out["generations_after_again"] == {generation: count}, out

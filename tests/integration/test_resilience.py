@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine.runtime import Engine
+from engine.runtime import Engine, kill_recorded
 from infra import streams
 from sandbox import WebhookSink
 from tests.integration.helpers import drop_schema, engine_config, wait_rows
@@ -136,18 +136,6 @@ async def count_rows(url: str, schema: str) -> tuple[int, int]:
         await conn.close()
 
 
-async def kill_actors(database_url: str, schema: str, namespace: str) -> None:
-    """Kill the actors the deployment's row names (from this process, joined to the same Ray)."""
-    from engine.deployment import Layout
-    from engine.runtime import kill_generation
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
-    try:
-        names = await conn.fetchval("SELECT actors::text FROM engine_deployment")
-    finally:
-        await conn.close()
-    assert kill_generation(msgspec.json.decode(names, type=Layout), namespace=namespace) > 0
-
-
 async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, redis_url, ray_address, tmp_path):
     """5,000 messages; the engine is SIGKILLed part-way, started again; every
     message ends with exactly one terminal row."""
@@ -177,7 +165,7 @@ async def test_sigkill_mid_run_loses_nothing(nats_url, database_url, redis_url, 
         first.wait()
         # its actors too, as a crash of the whole engine (they are detached: on a shared
         # Ray they would outlive it, and the restarted engine would end them later)
-        await kill_actors(database_url, cfg.database.schema, cfg.ray.namespace)
+        assert await kill_recorded(database_url, cfg) > 0
         killed_at, _ = await count_rows(database_url, cfg.database.schema)
         assert killed_at < 5000, "the kill came too late to test anything"
 
