@@ -27,6 +27,7 @@ from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
 from policy import plan as planner, release as releasing, wire
 from policy.decide import consent_key, current_consent, split_consent_key, zone
+from policy.dryrun import Tally
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
@@ -278,6 +279,13 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         items = [Item(inb.id, inb.request.user_id, inb.request) for inb in inbound]
         return await self._decide_and_send(items, done, states)
 
+    async def _templates_of(self, items: list[Item]) -> None:
+        """The message templates ``items`` name, loaded before they are planned."""
+        refs = {(it.request.template.id, it.request.template.version) for it in items
+                if it.request.template is not None}
+        if refs:
+            await self._load_templates(refs)
+
     def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
         return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id,
                        self.unsubscribe, self.footer)
@@ -305,10 +313,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             o.stages = None
         recorded = set(rows)
         done = recorded | {(o.notification_id, o.channel) for o in journaled}
-        refs = {(it.request.template.id, it.request.template.version) for it in items
-                if it.request.template is not None}
-        if refs:
-            await self._load_templates(refs)
+        await self._templates_of(items)
         ctx = self._context(digest, parent_id)
         outcomes, kept, error = await self._execute(planner.plan_round(items, states, done, ctx, now=self.clock()))
         outcomes = again + outcomes
@@ -488,20 +493,64 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         return counts
 
     async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str]):
-        """One chunk of a broadcast. Users are looked up in the cache but those
-        loaded here are not kept: a broadcast would otherwise pull the whole
-        audience into memory for good."""
+        """One chunk of a broadcast."""
         req: BroadcastRequest = job.request
         items = [Item(recipient_id(job.id, uid), uid, req) for uid in user_ids]
-        states = {uid: self.users[uid] for uid in user_ids if uid in self.users}
         async with self.pool.acquire() as conn:
-            missing = [uid for uid in user_ids if uid not in states]
-            if missing:
-                loaded = await state_store.load_states(conn, self.ring, missing)
-                await self._attach_templates(conn, loaded.values())
-                states.update(loaded)
+            states = await self._audience_states(conn, user_ids)
             done = await tracking.recorded(conn, [it.notification_id for it in items])
         return await self._decide_and_send(items, done, states, parent_id=job.id)
+
+    async def _audience_states(self, conn, user_ids: list[str]) -> dict[str, UserState]:
+        """A broadcast chunk's users: looked up in the cache, but those loaded
+        here are not kept: a broadcast would otherwise pull the whole audience
+        into memory for good."""
+        states = {uid: self.users[uid] for uid in user_ids if uid in self.users}
+        missing = [uid for uid in user_ids if uid not in states]
+        if missing:
+            loaded = await state_store.load_states(conn, self.ring, missing)
+            await self._attach_templates(conn, loaded.values())
+            states.update(loaded)
+        return states
+
+    # -- dry runs ----------------------------------------------------------------
+
+    async def dry_run(self, payload: bytes) -> bytes:
+        """A broadcast (``wire.Broadcast``) decided for every user this shard owns
+        as ``broadcast`` would decide it, in the same chunks, with nothing sent,
+        held or recorded: the tally (``policy.dryrun.Tally``, MessagePack)."""
+        await self._ready()
+        job = wire.decode(payload, wire.Broadcast)
+        async with self.pool.acquire() as conn:
+            user_ids = await user_store.shard_users(conn, self.index, self.cfg.engine.user_shards)
+        tally = Tally()
+        gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
+        ctx = self._context(parent_id=job.id)
+
+        async def chunk(ids: list[str]) -> None:
+            async with gate:
+                items = [Item(recipient_id(job.id, uid), uid, job.request) for uid in ids]
+                async with self.pool.acquire() as conn:
+                    states = await self._audience_states(conn, ids)
+                await self._templates_of(items)
+                tally.add_plan(planner.plan_round(items, states, set(), ctx, now=self.clock()), len(ids))
+
+        await asyncio.gather(*(chunk(user_ids[i:i + BROADCAST_CHUNK])
+                               for i in range(0, len(user_ids), BROADCAST_CHUNK)))
+        return wire.encode(tally)
+
+    async def dry_run_items(self, payload: bytes) -> bytes:
+        """Single notifications (``list[wire.Inbound]``) of users this shard owns,
+        decided as ``handle`` would decide them, with nothing sent, held or
+        recorded: the tally (MessagePack)."""
+        await self._ready()
+        items = [Item(inb.id, inb.request.user_id, inb.request) for inb in wire.decode(payload, list[wire.Inbound])]
+        async with self.pool.acquire() as conn:
+            states = await self._load_missing(conn, list({it.user_id for it in items}))
+        await self._templates_of(items)
+        tally = Tally()
+        tally.add_plan(planner.plan_round(items, states, set(), self._context(), now=self.clock()), len(items))
+        return wire.encode(tally)
 
     # -- held notifications, back when due ---------------------------------------
 

@@ -78,6 +78,28 @@ class BroadcastStatus(msgspec.Struct, frozen=True):
     seconds_since_accepted: float
 
 
+class DecisionCount(msgspec.Struct, frozen=True):
+    """How many (recipient, channel) a dry run decided this way, and a few of their users."""
+
+    channel: str
+    action: Literal["send", "defer", "digest", "suppress", "reject"]
+    reason: str
+    count: int
+    sample: list[str]
+
+
+class DryRun(msgspec.Struct, frozen=True):
+    """What sending would do (``?dry_run=true``), decided as a send decides, with nothing
+    sent, held or recorded. ``recipients``: the users (a broadcast) or notifications
+    decided; ``decisions``: counted by channel, action and reason. Fallback channels
+    are not tried: they follow a delivery's answer."""
+
+    dry_run: bool
+    recipients: int
+    decisions: list[DecisionCount]
+    seconds: float
+
+
 class ChannelCancel(msgspec.Struct, frozen=True):
     """One channel's answer to a cancellation (``policy.cancel``): ``cancelled``
     (it was held, and now will not be sent), ``already_cancelled`` (an earlier

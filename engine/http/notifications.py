@@ -14,9 +14,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from engine import dry_runs
 from engine.auth import PRINCIPAL, Principal
 from engine.http.access import Link, Param, Route, Scoped, register
-from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, read_json, reply
+from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, query_bool, read_json, reply
 from engine.runtime import Engine
 from infra import streams, telemetry
 from infra.aio import gather_within
@@ -27,6 +28,7 @@ from policy.api import (
     BroadcastStatus,
     Cancellation,
     ChannelOutcome,
+    DryRun,
     NotificationStatus,
     OutcomeCount,
 )
@@ -134,9 +136,18 @@ async def submit(request: web.Request) -> web.Response:
     notification without ``id`` gets one derived from ``idempotency_key`` (per
     calling key) or a new one; a resubmission with the same id within
     JetStream's duplicate window answers ``duplicate: true`` and is not sent
-    again. Every violation in the batch is answered at once (422)."""
+    again. Every violation in the batch is answered at once (422).
+
+    ``?dry_run=true``: each is decided by its user's shard as a send would
+    decide it, nothing sent, held or recorded; answered 200 with the decisions
+    counted by channel, action and reason."""
     reqs, many = decode_submission(await read_json(request))
-    items = await accept(request.app[ENGINE], request.get(PRINCIPAL), reqs, many)
+    engine = request.app[ENGINE]
+    if query_bool(request, "dry_run"):
+        check(reqs, engine.cfg.enabled_channels(), many, engine.cfg.http.max_batch)
+        await check_templates(engine, reqs, many)
+        return reply(await dry_runs.notifications(engine, reqs))
+    items = await accept(engine, request.get(PRINCIPAL), reqs, many)
     return reply(AcceptedBatch(notifications=items) if many else items[0], status=202)
 
 
@@ -184,12 +195,19 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     """Submit one message to an audience (a broadcast).
 
     202 with its id once JetStream has it; each recipient is then decided as a
-    single notification would be."""
+    single notification would be.
+
+    ``?dry_run=true``: every user is decided as the broadcast would decide
+    them, nothing sent, held or recorded; answered 200 with the decisions
+    counted by channel, action and reason, a few users for each (for a large
+    audience this takes about as long as the broadcast's decisions)."""
     engine = request.app[ENGINE]
     cfg = engine.cfg
     b = decode(_broadcast, await read_json(request), "broadcast")
     check([b], cfg.enabled_channels(), False, 1)
     await check_templates(engine, [b], False)
+    if query_bool(request, "dry_run"):
+        return reply(await dry_runs.broadcast(engine, b))
     b.id = scoped_id(request.get(PRINCIPAL), b)
     b.accepted_at = time.time()
     try:
@@ -306,9 +324,13 @@ async def cancellation(engine: Engine, nid: uuid.UUID, field: str = "id") -> Can
     return Cancellation(id=str(nid), channels=channels)
 
 
+DRY_RUN = Param("dry_run", bool, "Decide every recipient as a send would, and send, hold and record nothing: "
+                "answered 200 with the decisions counted by channel, action and reason")
+
 ROUTES = [
     Route("POST", "/v1/notifications", submit, Scoped("notifications:send"),
-          body=(NotificationRequest, list[NotificationRequest]), answers={202: (Accepted, AcceptedBatch)},
+          body=(NotificationRequest, list[NotificationRequest]), answers={202: (Accepted, AcceptedBatch), 200: DryRun},
+          query=(DRY_RUN,),
           example={"user_id": "u-1042", "category": "orders", "channels": ["email"],
                    "idempotency_key": "order-8812-shipped",
                    "content": {"subject": "Your order shipped", "text": "It arrives on Friday."}},
@@ -324,7 +346,7 @@ ROUTES = [
           query=(Param("idempotency_key", IdempotencyKey, "The idempotency key this caller sent the notification "
                        "with", required=True),)),
     Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send"), body=BroadcastRequest,
-          answers={202: Accepted}, example={"category": "product_updates", "channels": ["email"],
+          answers={202: Accepted, 200: DryRun}, query=(DRY_RUN,), example={"category": "product_updates", "channels": ["email"],
                                             "content": {"subject": "New: dark mode", "text": "Try it in settings."}},
           links=(Link("status", "GET", "/v1/broadcasts/{id}", {"id": "$response.body#/id"}),)),
     Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read"), params=UUID_PATH, errors=(404,),
