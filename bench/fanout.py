@@ -99,13 +99,38 @@ async def run(args) -> dict:
         for i in range(args.broadcasts):
             label = "fan-out (states assembled)" if i == 0 else "fan-out (states stored)"
             rounds.append(await broadcast(engine, cfg, sink, args, label))
+        dry = await dry_run(engine, sink) if args.dry_run else None
     finally:
         await engine.stop()
         received = sink.stop()
         await drop(cfg)
     first = rounds[0] if rounds else {}
     return {"users": args.users, "shards": args.shards, **first, "expected_sent": made["expected_sent"],
-            "seed_s": round(seed_s, 1), "sink": received, "rounds": rounds, "cores": os.cpu_count()}
+            "seed_s": round(seed_s, 1), "sink": received, "rounds": rounds, "dry_run": dry, "cores": os.cpu_count()}
+
+
+async def dry_run(engine: Engine, sink: SinkProcess) -> dict:
+    """The same broadcast as a dry run (``?dry_run=true``'s path, without HTTP):
+    every user decided, nothing sent or recorded; timed from the call to its answer."""
+    from engine import dry_runs
+    from policy.types import BroadcastRequest
+    body = msgspec.convert({"category": "marketing", "channels": ["email"],
+                            "content": {"subject": "Job fair next week", "text": "Come along.",
+                                        "html": "<p>Come along.</p>"}}, BroadcastRequest)
+    rows_before = await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking")
+    before = await received(sink)
+    cpu = CpuSampler()
+    cpu.start()
+    t0 = time.perf_counter()
+    answer = await dry_runs.broadcast(engine, body)
+    wall = time.perf_counter() - t0
+    busy = await cpu.stop()
+    decided = {f"{d.channel} {d.action} {d.reason}": d.count for d in answer.decisions}
+    console.print(f"dry run: {answer.recipients:,} users decided in {wall:.1f}s: {decided}")
+    return {"wall_s": round(wall, 2), "recipients": answer.recipients, "decisions": decided,
+            "would_send": sum(d.count for d in answer.decisions if d.action == "send"),
+            "rows_added": await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking") - rows_before,
+            "sink_added": await received(sink) - before, "cpu_cores": busy}
 
 
 async def broadcast(engine: Engine, cfg: config.Config, sink: SinkProcess, args, label: str) -> dict:
@@ -148,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--broadcasts", type=int, default=2,
                     help="broadcasts in turn: the first assembles and stores the states, the next read them")
+    ap.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=True,
+                    help="after the broadcasts, the same one as a dry run (every user decided, nothing sent)")
     ap.add_argument("--json")
     return ap
 
@@ -166,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     for x in r["rounds"]:
         console.print(f"busiest: {list(x['cpu_cores'].items())[:5]}")
     console.print(f"expected sent per broadcast: {r['expected_sent']:,}  sink: {r['sink']}")
+    if r["dry_run"]:
+        d = r["dry_run"]
+        console.print(f"dry run: {d['recipients']:,} decided in {d['wall_s']} s, {d['would_send']:,} would be sent, "
+                      f"{d['rows_added']} rows and {d['sink_added']} sends added")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
@@ -173,8 +204,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def complete(r: dict) -> bool:
-    """Every broadcast: a row per user, the expected number sent, each one received once."""
-    return bool(r["rounds"]) and not r["sink"].get("duplicates") and all(
+    """Every broadcast: a row per user, the expected number sent, each one received
+    once; the dry run: every user decided, the same number would be sent, nothing was."""
+    d = r.get("dry_run")
+    dry_ok = d is None or (d["recipients"] == r["users"] and d["would_send"] == r["expected_sent"]
+                           and d["rows_added"] == 0 and d["sink_added"] == 0)
+    return bool(r["rounds"]) and not r["sink"].get("duplicates") and dry_ok and all(
         x["rows"] == r["users"] and x["sent"] == r["expected_sent"] == x["sink_recipients"] for x in r["rounds"])
 
 

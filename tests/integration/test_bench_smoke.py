@@ -83,7 +83,8 @@ def test_plan_uses_the_highest_utilisation_that_meets_the_target():
 
 async def test_fanout_reaches_everyone_once_per_broadcast(nats_url, database_url, ray_address, monkeypatch, tmp_path):
     """`bench fanout` at a small size: both broadcasts (states assembled, then
-    stored) record a row per user and send each opted-in address exactly once."""
+    stored) record a row per user and send each opted-in address exactly once;
+    the dry run after them decides everyone and sends nothing."""
     from bench import fanout
     monkeypatch.setenv("TIDINGS_NATS_URL", nats_url)
     monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
@@ -93,6 +94,9 @@ async def test_fanout_reaches_everyone_once_per_broadcast(nats_url, database_url
     assert [x["rows"] for x in r["rounds"]] == [3000, 3000]
     assert r["rounds"][0]["states_stored"] == 3000  # the first broadcast wrote back what it assembled
     assert 0 < r["expected_sent"] < 3000 and r["sink"]["recipients"] == 2 * r["expected_sent"]
+    # then the same broadcast as a dry run: everyone decided alike, nothing sent or recorded
+    assert r["dry_run"]["recipients"] == 3000 and r["dry_run"]["would_send"] == r["expected_sent"]
+    assert r["dry_run"]["rows_added"] == 0 and r["dry_run"]["sink_added"] == 0
 
 
 async def test_every_channel_goes_through_the_engine_to_its_server(nats_url, database_url, ray_address,
