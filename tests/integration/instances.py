@@ -27,17 +27,14 @@ import time
 import uuid
 from pathlib import Path
 
-os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="tidings-instances-")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 import aiohttp
 import asyncpg
 import ray
-from ray.cluster_utils import Cluster
 
 from engine import auth
 from engine.children import die_with_parent
 from sandbox import WebhookSink
+from tests.integration.drivers import Cluster, on_cluster
 from tests.sealing import MASTER_KEYS
 
 SECRET = "instances-secret"
@@ -170,7 +167,7 @@ async def submit(http: aiohttp.ClientSession, url: str, batch: list[dict]) -> bo
         return False
 
 
-async def run(cluster: Cluster, nats_url: str, database_url: str, redis_url: str, n: int) -> dict:
+async def run(cluster: Cluster, _nodes, nats_url: str, database_url: str, redis_url: str, n: int) -> dict:
     sink = WebhookSink(SECRET)
     await sink.start()
     work = tempfile.mkdtemp(prefix="tidings-instances-work-")
@@ -331,23 +328,5 @@ async def clean_up(config_path: Path, database_url: str) -> None:
         await nc.close()
 
 
-def main() -> None:
-    nats_url, database_url, redis_url = sys.argv[1:4]
-    n = int(sys.argv[4]) if len(sys.argv) > 4 else 20_000
-    started = time.monotonic()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=4)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address)  # to list the actors alive
-        out = asyncio.run(run(cluster, nats_url, database_url, redis_url, n))
-        out["wall_s"] = round(time.monotonic() - started, 1)
-        print(json.dumps(out), flush=True)
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-
-
 if __name__ == "__main__":
-    main()
+    on_cluster(20_000, lambda cluster: cluster.add_node(num_cpus=4), run, join=True)  # joined: to list the actors

@@ -13,22 +13,12 @@ node, each with its own resources and labels, as ``ray start`` makes them).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 import tempfile
 import time
 
-# the cluster's files (and its "current cluster" note, which a later ray.init() on
-# this machine would otherwise join) under a folder of its own
-os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="tidings-multinode-")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import ray
-from ray.cluster_utils import Cluster
-
 from bench.e2e import cluster_view
 from sandbox import WebhookSink
+from tests.integration.drivers import Cluster, on_cluster
 from tests.integration.helpers import api_session, engine_config, serving, wait_rows
 
 SECRET = "multinode-secret"
@@ -102,23 +92,9 @@ async def run(cluster: Cluster, workers: dict, nats_url: str, database_url: str,
     return out
 
 
-def main() -> None:
-    nats_url, database_url, redis_url = sys.argv[1:4]
-    n = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
-    started = time.monotonic()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
-        workers = {name: cluster.add_node(num_cpus=WORKER_CPUS, labels={"tidings-node": name})
-                   for name in ("w1", "w2")}
-        cluster.wait_for_nodes()
-        out = asyncio.run(run(cluster, workers, nats_url, database_url, redis_url, n))
-        out["wall_s"] = round(time.monotonic() - started, 1)
-        print(json.dumps(out), flush=True)
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
+def add_workers(cluster: Cluster) -> dict:
+    return {name: cluster.add_node(num_cpus=WORKER_CPUS, labels={"tidings-node": name}) for name in ("w1", "w2")}
 
 
 if __name__ == "__main__":
-    main()
+    on_cluster(2000, add_workers, run)

@@ -36,6 +36,20 @@ async def first_member(database_url: str, cfg, run: str = "g1") -> Claim:
     return claim
 
 
+async def next_member(database_url: str, cfg, run: str = "g1") -> Claim:
+    claim = await Claim.join(database_url, cfg)
+    assert not claim.alone
+    await claim.joined(run)
+    return claim
+
+
+@pytest.fixture
+async def admin(cfg, database_url):
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": cfg.database.schema})
+    yield conn
+    await conn.close()
+
+
 async def lose_session(admin: asyncpg.Connection, claim: Claim) -> None:
     await admin.execute("SELECT pg_terminate_backend($1)", claim.conn.get_server_pid())
     for _ in range(50):
@@ -126,11 +140,9 @@ async def test_an_engine_of_the_version_before_is_not_joined(cfg, database_url):
     await fresh.close()
 
 
-async def test_a_member_takes_its_place_again_after_its_session_is_lost(cfg, database_url):
+async def test_a_member_takes_its_place_again_after_its_session_is_lost(cfg, database_url, admin):
     member = await first_member(database_url, cfg)
-    other = await Claim.join(database_url, cfg)
-    await other.joined("g1")
-    admin = await asyncpg.connect(database_url)
+    other = await next_member(database_url, cfg)
     try:
         await lose_session(admin, member)
         assert not member.holds()
@@ -147,15 +159,12 @@ async def test_a_member_takes_its_place_again_after_its_session_is_lost(cfg, dat
         await alone.close()
         assert await member.keep() is False  # for good: its handles are on the ended generation
     finally:
-        await admin.close()
         await member.close()
 
 
-async def test_a_member_whose_generation_ended_while_it_was_away_does_not_come_back(cfg, database_url):
+async def test_a_member_whose_generation_ended_while_it_was_away_does_not_come_back(cfg, database_url, admin):
     member = await first_member(database_url, cfg)
-    last = await Claim.join(database_url, cfg)
-    await last.joined("g1")
-    admin = await asyncpg.connect(database_url)
+    last = await next_member(database_url, cfg)
     try:
         await lose_session(admin, member)
         assert await last.leave() is True  # alone now: it ends the generation
@@ -166,15 +175,12 @@ async def test_a_member_whose_generation_ended_while_it_was_away_does_not_come_b
         assert fresh.alone  # and it does not hold the next start back
         await fresh.close()
     finally:
-        await admin.close()
         await member.close()
 
 
-async def test_members_taking_their_locks_again_after_a_restart_are_not_taken_for_gone(cfg, database_url):
+async def test_members_taking_their_locks_again_after_a_restart_are_not_taken_for_gone(cfg, database_url, admin):
     member = await first_member(database_url, cfg)
-    leaving = await Claim.join(database_url, cfg)
-    await leaving.joined("g1")
-    admin = await asyncpg.connect(database_url, server_settings={"search_path": cfg.database.schema})
+    leaving = await next_member(database_url, cfg)
     try:
         await lose_session(admin, member)
         # as if the server had restarted since the member was last seen (a restart ends every session)
@@ -190,18 +196,15 @@ async def test_members_taking_their_locks_again_after_a_restart_are_not_taken_fo
         assert not joined.alone
         await joined.close()
     finally:
-        await admin.close()
         await member.close()
 
 
-async def test_a_member_that_died_on_a_running_server_is_gone_at_once(cfg, database_url):
+async def test_a_member_that_died_on_a_running_server_is_gone_at_once(cfg, database_url, admin):
     member = await first_member(database_url, cfg)
-    admin = await asyncpg.connect(database_url)
     try:
         await lose_session(admin, member)  # killed: its row stays, its session is gone, the server ran on
         fresh = await asyncio.wait_for(Claim.join(database_url, cfg), 5)
         assert fresh.alone
         await fresh.close()
     finally:
-        await admin.close()
         await member.close()

@@ -8,11 +8,9 @@ one with another shard count is refused; the last one's stop ends the actors."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from tests.integration.drivers import run_driver
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +18,7 @@ N = 20_000
 
 
 def test_two_instances_share_the_actors_and_survive_one_killed(nats_url, database_url, redis_url):
-    done = subprocess.run([sys.executable, "-m", "tests.integration.instances", nats_url, database_url, redis_url,
-                           str(N)], capture_output=True, text=True, timeout=900)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0 and lines, done.stderr[-4000:]
-    out = json.loads(lines[-1])
+    out = run_driver("tests.integration.instances", nats_url, database_url, redis_url, N, timeout_s=900)
     print({k: v for k, v in out.items() if not k.endswith("_output")})
     assert out["first_ready"] and out["second_ready"], out
     # one generation of actors, whichever front door: one owner per user

@@ -10,12 +10,11 @@ once, and carries the same delivery id."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
+
+from tests.integration.drivers import run_driver
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +22,7 @@ N = 2000
 
 
 def test_a_worker_node_killed_loses_nothing(nats_url, database_url, redis_url):
-    done = subprocess.run([sys.executable, "-m", "tests.integration.multinode", nats_url, database_url, redis_url,
-                           str(N)], capture_output=True, text=True, timeout=480)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0 and lines, done.stderr[-4000:]
-    out = json.loads(lines[-1])
+    out = run_driver("tests.integration.multinode", nats_url, database_url, redis_url, N, timeout_s=480)
     print(out)
     before, after, killed = out["before"], out["after"], out["killed"]
     survivor = ({"w1", "w2"} - {killed}).pop()
