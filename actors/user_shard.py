@@ -25,7 +25,7 @@ from actors.user_templates import TemplatesMixin
 from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
-from policy import plan as planner, release as releasing, wire
+from policy import dryrun, plan as planner, release as releasing, wire
 from policy.decide import consent_key, current_consent, split_consent_key, zone
 from policy.dryrun import Tally
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
@@ -533,10 +533,12 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 async with self.pool.acquire() as conn:
                     states = await self._audience_states(conn, ids)
                 await self._templates_of(items)
-                tally.add_plan(planner.plan_round(items, states, set(), ctx, now=self.clock()), len(ids))
+                dryrun.decide(items, states, ctx, tally, now=self.clock())
 
-        await asyncio.gather(*(chunk(user_ids[i:i + BROADCAST_CHUNK])
-                               for i in range(0, len(user_ids), BROADCAST_CHUNK)))
+        # a chunk that fails cancels the others (and a cancelled call, all of them)
+        async with asyncio.TaskGroup() as group:
+            for i in range(0, len(user_ids), BROADCAST_CHUNK):
+                group.create_task(chunk(user_ids[i:i + BROADCAST_CHUNK]))
         return wire.encode(tally)
 
     async def dry_run_items(self, payload: bytes) -> bytes:
@@ -549,7 +551,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             states = await self._load_missing(conn, list({it.user_id for it in items}))
         await self._templates_of(items)
         tally = Tally()
-        tally.add_plan(planner.plan_round(items, states, set(), self._context(), now=self.clock()), len(items))
+        dryrun.decide(items, states, self._context(), tally, now=self.clock())
         return wire.encode(tally)
 
     # -- held notifications, back when due ---------------------------------------

@@ -44,6 +44,8 @@ SCOPES: dict[str, str] = {
     "notifications:read": "read notifications' and broadcasts' outcomes",
     "notifications:cancel": "cancel notifications' held channels (any notification's, by its id)",
     "broadcasts:send": "send one message to every user",
+    "decisions:read": "dry runs (with the send's own scope): how sends would be decided, which shows users' "
+                      "preferences, consent and suppressions",
     "events:write": "report opens and clicks of any user's notifications",
     "users:read": "read users' profiles",
     "users:write": "create and change users' profiles (addresses, time zone, opt-outs)",

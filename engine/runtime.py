@@ -236,6 +236,7 @@ class Engine:
         # called once if this instance loses its place for good (the CLI stops serving then)
         self.on_lost: Callable[[], None] | None = None
         self.lost = False
+        self.broadcast_dry_run = asyncio.Lock()  # one at a time (engine/dry_runs.py)
 
     @property
     def nats_url(self) -> str:

@@ -1,7 +1,10 @@
 """A dry run's answer: every (recipient, channel) decided as a send would decide
-it (``policy.plan.plan_round``), counted by channel, action and reason, with a
-few users for each. Nothing is sent, held or recorded; fallbacks, which follow
-a delivery's answer, are not tried.
+it (``policy.plan``), counted by channel, action and reason, with a few users
+for each. Nothing is sent, held or recorded.
+
+Each send is taken to succeed: the fallback channels a send tries at once (when
+no channel of a request would be sent or held) are decided too; those tried only
+after a delivery's answer (``fallback_unless``) are not.
 
 The actions are the decision's, not a delivery's status: ``send`` (reason
 ``ok``), ``defer`` (quiet hours, a time window), ``digest``
@@ -10,12 +13,14 @@ could not be made for that channel)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 import msgspec
 
 from policy.held import HeldDeferred, HeldDigest
-from policy.plan import Plan
+from policy.plan import Context, Item, Plan, next_fallbacks, plan_round, start_fallbacks
+from policy.types import UserState
 
 SAMPLE = 5  # users shown per (channel, action, reason)
 
@@ -78,3 +83,27 @@ class Tally(msgspec.Struct):
         """The counts in a stable order: by channel, then action, then most first."""
         order = {a: i for i, a in enumerate(("send", "defer", "digest", "suppress", "reject"))}
         return sorted(self.counts.values(), key=lambda c: (c.channel, order.get(c.action, 9), -c.count, c.reason))
+
+
+def decide(items: Collection[Item], states: Mapping[str, UserState], ctx: Context, tally: Tally, *,
+           now: float) -> None:
+    """The rounds a send plans for ``items`` (``UserShard._decide_and_send``),
+    each send taken to succeed, added to ``tally``: the first round, then the
+    fallback channels of the requests none of whose channels was sent or held,
+    one round per channel, as long as one is left."""
+    plan = plan_round(items, states, set(), ctx, now=now)
+    tally.add_plan(plan, len(items))
+    pending = start_fallbacks(items, _handled(plan))
+    while pending:
+        attempt, pending = next_fallbacks(pending)
+        if not attempt:
+            break
+        more = plan_round(attempt, states, set(), ctx, now=now)
+        tally.add_plan(more, 0)  # the same recipients, on another channel
+        handled = _handled(more)
+        pending = [p for p in pending if p.item.notification_id not in handled]
+
+
+def _handled(plan: Plan) -> set[str]:
+    """Notifications with a channel sent (taken to succeed) or held."""
+    return plan.kept() | {t.notification_id for tasks in plan.sends.values() for t in tasks}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable
 
 import msgspec
 import nats.errors
@@ -16,7 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from engine import dry_runs
 from engine.auth import PRINCIPAL, Principal
-from engine.http.access import Link, Param, Route, Scoped, register
+from engine.http.access import Link, Param, Route, Scoped, forbidden, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, query_bool, read_json, reply
 from engine.runtime import Engine
 from infra import streams, telemetry
@@ -144,9 +145,10 @@ async def submit(request: web.Request) -> web.Response:
     reqs, many = decode_submission(await read_json(request))
     engine = request.app[ENGINE]
     if query_bool(request, "dry_run"):
+        may_dry_run(request)
         check(reqs, engine.cfg.enabled_channels(), many, engine.cfg.http.max_batch)
         await check_templates(engine, reqs, many)
-        return reply(await dry_runs.notifications(engine, reqs))
+        return reply(await dry_run(dry_runs.notifications(engine, reqs)))
     items = await accept(engine, request.get(PRINCIPAL), reqs, many)
     return reply(AcceptedBatch(notifications=items) if many else items[0], status=202)
 
@@ -207,7 +209,12 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     check([b], cfg.enabled_channels(), False, 1)
     await check_templates(engine, [b], False)
     if query_bool(request, "dry_run"):
-        return reply(await dry_runs.broadcast(engine, b))
+        may_dry_run(request)
+        try:
+            return reply(await dry_run(dry_runs.broadcast(engine, b)))
+        except dry_runs.Busy:
+            raise Problem(429, "busy", [{"field": "dry_run", "reason": "a broadcast dry run is running on this "
+                                         "engine: try again when it has answered"}]) from None
     b.id = scoped_id(request.get(PRINCIPAL), b)
     b.accepted_at = time.time()
     try:
@@ -324,13 +331,31 @@ async def cancellation(engine: Engine, nid: uuid.UUID, field: str = "id") -> Can
     return Cancellation(id=str(nid), channels=channels)
 
 
+def may_dry_run(request: web.Request) -> None:
+    """A dry run shows how users' preferences, consent and suppressions decide:
+    it needs ``decisions:read`` besides the send's scope."""
+    p = request.get(PRINCIPAL)
+    if p is not None and not p.allows(dry_runs.SCOPE):
+        raise forbidden(f"a dry run needs the scope {dry_runs.SCOPE!r} too: its reasons show users' preferences, "
+                        "consent and suppressions")
+
+
+async def dry_run(answer: Awaitable[DryRun]) -> DryRun:
+    try:
+        return await answer
+    except TimeoutError:
+        raise Problem(504, "timeout", [{"field": "dry_run", "reason": f"not decided within "
+                                        f"{dry_runs.DRY_RUN_S:.0f} s"}]) from None
+
+
 DRY_RUN = Param("dry_run", bool, "Decide every recipient as a send would, and send, hold and record nothing: "
-                "answered 200 with the decisions counted by channel, action and reason")
+                "answered 200 with the decisions counted by channel, action and reason. Needs the scope "
+                "decisions:read besides the send's")
 
 ROUTES = [
     Route("POST", "/v1/notifications", submit, Scoped("notifications:send"),
           body=(NotificationRequest, list[NotificationRequest]), answers={202: (Accepted, AcceptedBatch), 200: DryRun},
-          query=(DRY_RUN,),
+          query=(DRY_RUN,), errors=(504,),
           example={"user_id": "u-1042", "category": "orders", "channels": ["email"],
                    "idempotency_key": "order-8812-shipped",
                    "content": {"subject": "Your order shipped", "text": "It arrives on Friday."}},
@@ -346,7 +371,7 @@ ROUTES = [
           query=(Param("idempotency_key", IdempotencyKey, "The idempotency key this caller sent the notification "
                        "with", required=True),)),
     Route("POST", "/v1/broadcasts", submit_broadcast, Scoped("broadcasts:send"), body=BroadcastRequest,
-          answers={202: Accepted, 200: DryRun}, query=(DRY_RUN,), example={"category": "product_updates", "channels": ["email"],
+          answers={202: Accepted, 200: DryRun}, query=(DRY_RUN,), errors=(504,), example={"category": "product_updates", "channels": ["email"],
                                             "content": {"subject": "New: dark mode", "text": "Try it in settings."}},
           links=(Link("status", "GET", "/v1/broadcasts/{id}", {"id": "$response.body#/id"}),)),
     Route("GET", "/v1/broadcasts/{id}", broadcast_status, Scoped("notifications:read"), params=UUID_PATH, errors=(404,),

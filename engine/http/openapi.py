@@ -157,7 +157,9 @@ def document(routes: list[Route], version: str, ops_access: str = "loopback") ->
         paths.setdefault(r.path, {})[r.method.lower()] = operation(r, refs, seen, ops_access)
     for r in routes:
         if r.links:
-            first = str(min(s for s in r.answers if 200 <= s < 300))
+            # the answer the links follow from: 202 where there is one (a submission's, with
+            # its id; the dry run's 200 has none), else the first success
+            first = str(202 if 202 in r.answers else min(s for s in r.answers if 200 <= s < 300))
             paths[r.path][r.method.lower()]["responses"][first]["links"] = {
                 link.name: {"operationId": paths[link.path][link.method.lower()]["operationId"],
                             "parameters": link.parameters} for link in r.links}

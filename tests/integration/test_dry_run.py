@@ -106,24 +106,67 @@ async def test_a_broadcast_dry_run_decides_everyone_and_does_nothing(engine, sin
 
 async def test_notifications_dry_run_answers_per_decision_and_records_nothing(engine, sinks, client):
     before = await counts_now(engine, sinks)
-    ids = [str(uuid.uuid4()) for _ in range(3)]
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    content = {"subject": "s", "text": "t"}
     batch = [{"id": ids[0], "user_id": "d10", "category": "marketing", "channels": ["email"],  # opted out
-              "content": {"subject": "s", "text": "t"}},
+              "content": content},
              {"id": ids[1], "user_id": "d11", "category": "marketing", "channels": ["email", "webhook"],
-              "content": {"subject": "s", "text": "t"}},
+              "content": content},
              {"id": ids[2], "user_id": "d5", "category": "job_alerts", "channels": ["email"],  # quiet hours
-              "content": {"subject": "s", "text": "t"}}]
+              "content": content},
+             # opted out of marketing email: its fallback channel goes at once
+             {"id": ids[3], "user_id": "d20", "category": "marketing", "channels": ["email"], "fallback": ["webhook"],
+              "content": content}]
     async with client.post(f"{engine.base_url}/v1/notifications?dry_run=1", json=batch) as r:
         assert r.status == 200, await r.text()
         body = await r.json()
-    assert body["recipients"] == 3
-    assert by_decision(body) == Counter({("email", "suppress", "pref.category_off"): 1, ("email", "send", "ok"): 1,
-                                         ("webhook", "send", "ok"): 1, ("email", "defer", "quiet_hours"): 1})
+    assert body["recipients"] == 4
+    got = by_decision(body)
+    assert got == Counter({("email", "suppress", "pref.category_off"): 2, ("email", "send", "ok"): 1,
+                           ("webhook", "send", "ok"): 2, ("email", "defer", "quiet_hours"): 1})
     await asyncio.sleep(1.0)
     assert await counts_now(engine, sinks) == before
     for nid in ids:
         async with client.get(f"{engine.base_url}/v1/notifications/{nid}") as r:
             assert r.status == 404
+
+    # sent for real, the same decisions
+    async with client.post(f"{engine.base_url}/v1/notifications", json=batch) as r:
+        assert r.status == 202, await r.text()
+    for _ in range(150):
+        if await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])",
+                                      ids) >= 6:
+            break
+        await asyncio.sleep(0.2)
+    rows = await engine.pool.fetch("SELECT channel, status, reason FROM delivery_tracking "
+                                   "WHERE notification_id = ANY($1::uuid[])", ids)
+    real = Counter((r["channel"], r["status"], r["reason"] if r["status"] != "sent" else "ok") for r in rows)
+    assert real == Counter({(ch, STATUS[action], reason): n for (ch, action, reason), n in got.items()})
+
+
+async def test_a_dry_run_needs_its_own_scope_besides_the_sends(engine, client):
+    from engine import auth
+    async with engine.pool.acquire() as conn:
+        _, sender = await auth.create_key(conn, "sender", ["notifications:send", "broadcasts:send"])
+        _, previewer = await auth.create_key(conn, "previewer", ["notifications:send", "broadcasts:send",
+                                                                 "decisions:read"])
+    note = {"user_id": "d11", "category": "marketing", "channels": ["email"], "content": {"subject": "s", "text": "t"}}
+    for path, body in (("/v1/notifications", note), ("/v1/broadcasts", BROADCAST)):
+        async with client.post(f"{engine.base_url}{path}?dry_run=true", json=body,
+                               headers={"Authorization": f"Bearer {sender}"}) as r:
+            assert r.status == 403, await r.text()
+            assert "decisions:read" in (await r.json())["errors"][0]["reason"]
+        async with client.post(f"{engine.base_url}{path}?dry_run=true", json=body,
+                               headers={"Authorization": f"Bearer {previewer}"}) as r:
+            assert r.status == 200, await r.text()
+
+
+async def test_one_broadcast_dry_run_at_a_time(engine, client):
+    async with engine.broadcast_dry_run:  # as if one were running
+        async with client.post(f"{engine.base_url}/v1/broadcasts?dry_run=true", json=BROADCAST) as r:
+            assert r.status == 429 and (await r.json())["errors"][0]["field"] == "dry_run"
+    async with client.post(f"{engine.base_url}/v1/broadcasts?dry_run=true", json=BROADCAST) as r:
+        assert r.status == 200
 
 
 async def test_a_dry_run_is_checked_like_a_send(engine, client):
