@@ -46,7 +46,7 @@ CALL_S = 10.0  # the longest any call on the claim's session may take
 # (5 s) and its ping (PING_S), so a member taking its lock again after PostgreSQL came
 # back is never mistaken for gone
 GRACE_S = 20.0
-JOIN_WAIT_S = 120.0  # the longest a start waits for another instance's start or stop
+JOIN_WAIT_S = 300.0  # the longest a start waits for another instance's start or stop (a first start warms every actor)
 LEAVE_WAIT_S = 30.0  # the longest a stop waits for another's; then it leaves the actors to the others
 
 
