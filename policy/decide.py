@@ -26,6 +26,7 @@ import zoneinfo
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from policy import schedule
 from policy.prefs import DIGEST_FREQUENCIES
 from policy.rules import Policy
 from policy.types import Decision, Defer, Digest, DigestKey, Message, Send, Suppress, UserState
@@ -96,7 +97,7 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
         # An unregistered user has every default and no address: channels whose
         # address comes from the provider's configuration still deliver.
         if channel in ADDRESS_OPTIONAL:
-            return Send(channel)
+            return _scheduled(request, channel, "UTC", now) or Send(channel)
         return Suppress(channel, "user.unknown")
     category, priority = request.category, request.priority
     if policy.channel_rules:
@@ -121,6 +122,11 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
     why = state.suppressed.get(channel)
     if why is not None:
         return Suppress(channel, f"suppression.{why}")
+    if request.send_at is not None or request.send_at_local is not None:
+        # before digests and quiet hours: those apply when it is due (decided again then)
+        later = _scheduled(request, channel, state.timezone, now)
+        if later is not None:
+            return later
     held = _outside_send_window(policy, channel, category, state, now) if policy.send_windows else None
     if held is None and not pref.quiet_hours and not pref.time_windows and pref.frequency == "immediate":
         return Send(channel)
@@ -138,6 +144,15 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
         if until is not None:
             return Defer(channel, "time_window", until)
     return Send(channel)
+
+
+def _scheduled(request: Message, channel: str, timezone: str, now: float) -> Defer | None:
+    """Held until the request's ``send_at`` / ``send_at_local`` (policy/schedule.py),
+    if that is later than ``now``."""
+    if request.send_at is None and request.send_at_local is None:
+        return None
+    due = schedule.due_at(request.send_at, request.send_at_local, zone(timezone), request.accepted_at or now)
+    return Defer(channel, schedule.SCHEDULED, due) if due is not None and due > now else None
 
 
 def _outside_send_window(policy: Policy, channel: str, category: str, state: UserState,

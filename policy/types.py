@@ -113,6 +113,11 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     # worthless this many seconds after ``accepted_at``: not sent after it (``ttl.expired``),
     # and push services told to drop it then; else an ``expiry`` rule's (policy.rules)
     ttl_s: TtlSeconds | None = None
+    # when to send (policy/schedule.py): an instant, seconds since the epoch; or a wall-clock
+    # time in each recipient's zone, "09:00" (the first at or after acceptance) or
+    # "2027-03-28T09:00". Until then held like quiet hours (reason ``scheduled``)
+    send_at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
+    send_at_local: Annotated[str, Meta(max_length=16)] | None = None
     # a newer push with the same key replaces an undelivered older one (apns-collapse-id,
     # FCM collapse_key, the web push Topic); else an ``expiry`` rule's
     collapse_key: CollapseKey | None = None

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from policy import schedule
 from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, Preference, PrefKey, ordered
 from policy.rules import NOT_MANDATORY_CHANNELS, Policy
 from policy.types import Message
@@ -89,6 +90,8 @@ def message_errors(message: Message, at: str = "$") -> Errors:
     errors: Errors = []
     if message.fallback_unless is not None and message.fallback_after_s is None:
         errors.append((f"{at}.fallback_unless", "needs fallback_after_s (the time to wait)"))
+    if message.send_at is not None or message.send_at_local is not None:
+        errors.extend(schedule.errors(message.send_at, message.send_at_local, at))
     datas = [(f"{at}.content.data", message.content.data if message.content else None),
              (f"{at}.template.data", message.template.data if message.template else None)]
     datas += [(f"{at}.channel_content.{ch}.data", c.data) for ch, c in message.channel_content.items()]
