@@ -11,10 +11,11 @@ the checks is the order reasons are reported in:
     ``withdrawn``, ``expired``
  5. ``pref.<level>_off``      the resolved preference is off (``pref.frequency_never``)
  6. ``address.missing_<ch>`` / ``suppression.<why>``
- 7. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
- 8. DEFER ``tcpa.window`` (a ``send_window`` rule's reason)  held until its window opens
- 9. DEFER ``quiet_hours`` / ``time_window``  deferred to the window's end / next start
-10. SEND ``ok``
+ 7. DEFER ``scheduled``      the request's ``send_at`` / ``send_at_local`` is ahead (policy/schedule.py)
+ 8. DIGEST ``digest.<frequency>``  a non-immediate frequency collects into a digest
+ 9. DEFER ``tcpa.window`` (a ``send_window`` rule's reason)  held until its window opens
+10. DEFER ``quiet_hours`` / ``time_window``  deferred to the window's end / next start
+11. SEND ``ok``
 
 Critical requests pass quiet hours (and digests) only where a rule says so;
 nothing passes consent.
@@ -151,7 +152,8 @@ def _scheduled(request: Message, channel: str, timezone: str, now: float) -> Def
     if that is later than ``now``."""
     if request.send_at is None and request.send_at_local is None:
         return None
-    due = schedule.due_at(request.send_at, request.send_at_local, zone(timezone), request.accepted_at or now)
+    accepted = request.accepted_at if request.accepted_at is not None else now
+    due = schedule.due_at(request.send_at, request.send_at_local, zone(timezone), accepted)
     return Defer(channel, schedule.SCHEDULED, due) if due is not None and due > now else None
 
 

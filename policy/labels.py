@@ -28,7 +28,7 @@ STATUSES: frozenset[str] = frozenset(get_args(Status))
 
 # Reason codes without a dot (README "Reason codes", actors/delivery/deliver.py)
 CODES: frozenset[str] = frozenset({
-    "ok", "quiet_hours", "time_window", "provider_error", "network_error", "rate_limited", "circuit_open",
+    "ok", "quiet_hours", "time_window", "scheduled", "provider_error", "network_error", "rate_limited", "circuit_open",
     "daily_limit", "address_gone", "invalid_message", "auth_error", "config_error", "system_error", "no_provider",
     "destination_error", "destination_refused", "destination_circuit_open",
 })

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from policy import wire
-from policy.decide import decide
+from policy import schedule, wire
+from policy.decide import decide, zone
 from policy.email import with_footer
 from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
@@ -110,9 +110,13 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
 
 def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, now: float) -> None:
     ttl_s, collapse_key = expiry(it.request, channel, ctx.policy)
-    accepted = it.request.accepted_at
-    # the life starts at acceptance; a producer's future accepted_at does not lengthen it
-    expires_at = (min(accepted, now) if accepted else now) + ttl_s if ttl_s is not None else None
+    req, accepted = it.request, it.request.accepted_at
+    # the life starts at acceptance (a producer's future accepted_at does not lengthen
+    # it), or when a scheduled send became due
+    born = min(accepted, now) if accepted is not None else now
+    if ttl_s is not None and (req.send_at is not None or req.send_at_local is not None):
+        born = schedule.start_of_life(req.send_at, req.send_at_local, zone(state.timezone if state else "UTC"), born)
+    expires_at = born + ttl_s if ttl_s is not None else None
     if expires_at is not None and now >= expires_at:  # e.g. held past its life by quiet hours
         plan.outcomes.append(settled(it, channel, "suppressed", "ttl.expired", now, ctx.parent_id))
         return
@@ -207,7 +211,10 @@ def as_notification(req: Message, user_id: str) -> NotificationRequest:
 
 def held(it: Item, d: Defer | Digest, now: float, parent_id: str | None = None) -> Held:
     r = it.request
-    request, accepted = wire.encode(as_notification(r, it.user_id)), r.accepted_at or now
+    accepted = r.accepted_at if r.accepted_at is not None else now
+    if r.accepted_at is None:  # stored with it: a release decides from the same moment
+        r = msgspec.structs.replace(r, accepted_at=accepted)
+    request = wire.encode(as_notification(r, it.user_id))
     match d:
         case Digest(channel=channel, key=key):
             return HeldDigest(notification_id=it.notification_id, user_id=it.user_id, category=r.category,

@@ -9,7 +9,10 @@ in the recipient's zone). The moment is computed from the acceptance time, not
 from now, so the release that decides it again finds it due. Across a DST jump:
 a time the clocks skip (02:30 on the spring-forward night) goes at the same
 distance after the jump (03:30); a time that happens twice (the autumn night)
-goes the first time."""
+goes the first time, or the second if the request came between them.
+
+A scheduled send's life (``ttl_s``, an ``expiry`` rule's) starts when it is due,
+not when it was accepted (``start_of_life``)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from datetime import date, datetime, time, timedelta
 
 SCHEDULED = "scheduled"  # the Defer reason
 LAST_YEAR = 2096  # send_at is at most 4e9 seconds since the epoch (early 2096): the same bound here
-LOCAL = re.compile(r"^(?:(\d{4})-(\d{2})-(\d{2})T)?(\d{2}):(\d{2})\Z")
+LOCAL = re.compile(r"^(?:([0-9]{4})-([0-9]{2})-([0-9]{2})T)?([0-9]{2}):([0-9]{2})\Z")  # ASCII digits only
 
 
 def parse_local(value: str) -> tuple[date | None, time]:
@@ -57,8 +60,18 @@ def due_at(send_at: float | None, send_at_local: str | None, tz: zoneinfo.ZoneIn
     if day is not None:
         return local_instant(day, at, tz)
     today = datetime.fromtimestamp(accepted, tz).date()
-    due = local_instant(today, at, tz)
-    return due if due >= accepted else local_instant(today + timedelta(days=1), at, tz)
+    for fold in (0, 1):  # a time the autumn night repeats: its second showing, if the first has passed
+        due = datetime.combine(today, at, tzinfo=tz).replace(fold=fold).timestamp()
+        if due >= accepted:
+            return due
+    return local_instant(today + timedelta(days=1), at, tz)
+
+
+def start_of_life(send_at: float | None, send_at_local: str | None, tz: zoneinfo.ZoneInfo, accepted: float) -> float:
+    """Where a request's time to live starts: when it was accepted, or, scheduled,
+    when it became due (a push scheduled for next week is not stale on arrival)."""
+    due = due_at(send_at, send_at_local, tz, accepted)
+    return max(accepted, due) if due is not None else accepted
 
 
 def errors(send_at: float | None, send_at_local: str | None, at: str = "$") -> list[tuple[str, str]]:

@@ -336,3 +336,26 @@ def test_a_collapse_key_or_a_category_with_a_trailing_newline_is_refused():
     for doc in ({"collapse_key": "sign-in\n"}, {"category": "orders\n"}, {"content": {"subject": "Hi\n"}}):
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert({"user_id": "u1", "category": "orders", "channels": ["push"], **doc}, NotificationRequest)
+
+
+# -- scheduled sends: held, released, decided again from the same moment -------------------
+
+def test_a_scheduled_send_is_held_then_released_and_sent_with_its_life_counted_from_then():
+    accepted = NOON - 3 * 86400  # scheduled three days ahead, for 09:00 on the recipient's (Berlin) clock
+    item = Item("n1", "u1", req(["push"], accepted_at=accepted, send_at_local="2026-11-18T09:00"))
+    first = plan_round([item], {"u1": user()}, set(), ctx(policy=EXPIRY), now=accepted)
+    (hold,) = first.holds
+    assert (hold.reason, hold.due_at) == ("scheduled", at("2026-11-18T09:00"))
+    # the Scheduler hands it back (stored as MessagePack, as held rows are) and it is decided again
+    (again,) = deferred_items([DueDeferred(hold.user_id, hold.notification_id, hold.channel, hold.request)])
+    second = plan_round([again], {"u1": user()}, set(), ctx(policy=EXPIRY), now=hold.due_at + 1)
+    (task,) = second.sends["push"]  # not held again, and not expired: push's day starts when it was due
+    assert task.expires_at == hold.due_at + 86400
+
+
+def test_a_time_of_day_held_without_an_acceptance_time_is_released_not_held_again():
+    item = Item("n1", "u1", req(["email"], send_at_local="09:00"))  # no accepted_at: the hold stores its own
+    (hold,) = plan_round([item], {"u1": user()}, set(), ctx(), now=NOON).holds
+    (again,) = deferred_items([DueDeferred(hold.user_id, hold.notification_id, hold.channel, hold.request)])
+    assert again.request.accepted_at == NOON
+    assert plan_round([again], {"u1": user()}, set(), ctx(), now=hold.due_at).sends  # due: sent, not a day on

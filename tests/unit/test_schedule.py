@@ -83,3 +83,21 @@ def test_decide_holds_a_scheduled_request_until_it_is_due_and_sends_it_then():
     assert later == [Suppress("email", "user.unknown"), Defer("webhook", "scheduled", 1.9e9 + 60)]
     # a moment in the past: at once
     assert decide(request(send_at=1.0e9), STATE, frozenset({"email"}), now=1.9e9)[0] == Send("email")
+
+
+def test_a_repeated_time_goes_the_second_time_when_the_request_came_between_them():
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    utc = zoneinfo.ZoneInfo("UTC")
+    between = datetime(2027, 10, 31, 0, 45, tzinfo=utc).timestamp()  # 02:45 CEST, before the clocks go back
+    assert schedule.due_at(None, "02:30", berlin, between) == datetime(2027, 10, 31, 1, 30, tzinfo=utc).timestamp()
+
+
+def test_only_ascii_digits():
+    assert schedule.errors(None, "\u0660\u0669:\u0663\u0660")[0][0] == "$.send_at_local"
+
+
+def test_a_scheduled_life_starts_when_it_is_due():
+    utc = zoneinfo.ZoneInfo("UTC")
+    assert schedule.start_of_life(2e9, None, utc, 1.9e9) == 2e9
+    assert schedule.start_of_life(1.8e9, None, utc, 1.9e9) == 1.9e9  # due before acceptance: from acceptance
+    assert schedule.start_of_life(None, None, utc, 1.9e9) == 1.9e9
