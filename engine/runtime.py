@@ -73,9 +73,8 @@ class Actors:
 
 
 def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str] | None = None,
-          redis_url: str = "", layout: Layout | None = None) -> Actors:
-    """Create the actor graph (not yet started), named by ``layout`` (a new
-    generation's when None). The actors are detached: they outlive the instance
+          redis_url: str = "", *, layout: Layout) -> Actors:
+    """Create the actor graph (not yet started), named by ``layout``. The actors are detached: they outlive the instance
     that made them while other instances use them, and the last instance to
     leave kills them (engine/deployment.py); a local Ray ends with its process
     anyway. ``secrets`` fill the ``secret:NAME`` provider settings, in the
@@ -94,7 +93,7 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
 
     cfg = with_service_urls(cfg, nats_url, database_url)
     blob = encode_config(cfg)
-    names = layout or Layout.of(cfg, new_generation())
+    names = layout
     # restarted however often they die: an actor gone for good would fail every message
     # bound for it until it was dead-lettered. A payload that kills its actor is bounded
     # by the Ingestor instead (faults.CONTENTION_TRIES, then nats.dead_letter_after)
@@ -353,7 +352,7 @@ class Engine:
         self.generation = Generation(run, Layout.of(self.cfg, run), bool(self.cfg.ray.address), fingerprint(self.cfg))
         await self.claim.record(self.generation)  # first: a start that fails while spawning leaves them named
         self.actors = spawn(self.cfg, self.nats_url, self.database_url, secrets, self.redis_url,
-                            self.generation.layout)
+                            layout=self.generation.layout)
 
     async def _checkpoints(self) -> None:
         """Sign the audit log's chain heads every ``audit.checkpoint_every_s``

@@ -113,6 +113,13 @@ async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
         raise Problem(422, "invalid notification", errors)
 
 
+async def checked(engine: Engine, reqs: list[NotificationRequest], many: bool) -> None:
+    """Every check a submission passes before it is sent or dry-run (422 naming
+    each violation): its schema's rules, the deployment's channels and templates."""
+    check(reqs, engine.cfg.enabled_channels(), many, engine.cfg.http.max_batch)
+    await check_templates(engine, reqs, many)
+
+
 def key_id(p: Principal | None, key: str) -> uuid.UUID:
     """The notification id idempotency key ``key`` gives: the caller's own
     (``p``); without authentication (``http.auth`` off), the id a NATS producer's
@@ -146,8 +153,7 @@ async def submit(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if query_bool(request, "dry_run"):
         may_dry_run(request)
-        check(reqs, engine.cfg.enabled_channels(), many, engine.cfg.http.max_batch)
-        await check_templates(engine, reqs, many)
+        await checked(engine, reqs, many)
         return reply(await dry_run(dry_runs.notifications(engine, reqs)))
     items = await accept(engine, request.get(PRINCIPAL), reqs, many)
     return reply(AcceptedBatch(notifications=items) if many else items[0], status=202)
@@ -160,8 +166,7 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
     JetStream holds every one (503 otherwise). The REST route and the GraphQL
     ``send`` mutation both submit here."""
     cfg = engine.cfg
-    check(reqs, cfg.enabled_channels(), many, cfg.http.max_batch)
-    await check_templates(engine, reqs, many)
+    await checked(engine, reqs, many)
     now = time.time()
     for r in reqs:
         r.id = scoped_id(principal, r)
