@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import SmtpSink
+from sandbox import SmtpSink, WebhookSink
 from tests.integration.helpers import api_session
 
 
@@ -16,6 +16,16 @@ def smtp():
     sink.start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture(scope="module")
+async def webhook_sink():
+    """A loopback webhook receiver checking the signatures ``engine_config``'s
+    secret makes (helpers.py), one per test module."""
+    sink = WebhookSink("test-secret", port=0)
+    await sink.start()
+    yield sink
+    await sink.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 from engine import auth, migrations
 from engine.client import Client, TidingsError
 from policy.types import Outcome, UserProfile
-from sandbox import WebhookSink
 from stores import schedules
 from tests.integration.helpers import drop_schema, engine_config, serving, wait_rows
 
@@ -38,17 +37,14 @@ def quiet_now() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-async def hook():
-    sink = WebhookSink("cancel-secret", port=0)
-    await sink.start()
-    yield sink
-    await sink.stop()
+def hook(webhook_sink):
+    return webhook_sink
 
 
 @pytest.fixture(scope="module")
 async def engine(nats_url, database_url, ray_address, smtp, hook, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("cancel")), smtp_port=smtp.port,
-                        webhook_url=hook.url, secret="cancel-secret", channels=("email", "webhook"),
+                        webhook_url=hook.url, channels=("email", "webhook"),
                         overrides={"preferences": POLICY, "scheduler": {"interval_s": 0.2}})
     people = [UserProfile(user_id=f"c{i}", addresses={"email": f"c{i}@example.test"}, timezone=ZONE)
               for i in range(10)]

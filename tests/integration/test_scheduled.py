@@ -15,7 +15,6 @@ import pytest
 
 from infra import dead_letters, streams
 from policy.types import UserProfile
-from sandbox import WebhookSink
 from tests.integration.helpers import engine_config, row_status, serving, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -24,11 +23,8 @@ ZONES = {"s-tokyo": "Asia/Tokyo", "s-ny": "America/New_York", "s-utc": "UTC"}
 
 
 @pytest.fixture(scope="module")
-async def hook():
-    sink = WebhookSink("test-secret", port=0)
-    await sink.start()
-    yield sink
-    await sink.stop()
+def hook(webhook_sink):
+    return webhook_sink
 
 
 @pytest.fixture(scope="module")
