@@ -113,10 +113,9 @@ async def connect(database_url: str, limits: DatabaseConfig) -> asyncpg.Connecti
     """The claim's own session: every call bounded on this side (a half-open
     connection never answers), and TCP keepalives on the server's, so a backend
     cut off from its instance ends within ~25 s and its locks with it."""
-    settings = {**db.server_settings(limits, limits.schema, app="tidings-instance"),
-                "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
-    return await asyncio.wait_for(asyncpg.connect(database_url, server_settings=settings, command_timeout=CALL_S),
-                                  CALL_S)
+    keepalives = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+    return await asyncio.wait_for(db.connect(database_url, limits, limits.schema, app="tidings-instance",
+                                             settings=keepalives, command_timeout=CALL_S), CALL_S)
 
 
 class Claim:

@@ -51,9 +51,12 @@ async def create_pool(url: str, schema: str = "public", *, min_size: int = 1, ma
 
 
 async def connect(url: str, limits: DatabaseConfig | None = None, schema: str | None = None, *,
-                  app: str = "tidings", long: bool = False) -> asyncpg.Connection:
-    """One connection, bounded as the pools' are (see ``server_settings``)."""
-    return await asyncpg.connect(url, server_settings=server_settings(limits, schema, app=app, long=long))
+                  app: str = "tidings", long: bool = False, settings: dict[str, str] | None = None,
+                  command_timeout: float | None = None) -> asyncpg.Connection:
+    """One connection, bounded as the pools' are (see ``server_settings``), with
+    ``settings`` besides; ``command_timeout``: each call's bound on this side."""
+    return await asyncpg.connect(url, server_settings={**server_settings(limits, schema, app=app, long=long),
+                                                       **(settings or {})}, command_timeout=command_timeout)
 
 
 async def set_local_timeout(conn: asyncpg.Connection, seconds: float) -> None:
