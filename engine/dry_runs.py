@@ -67,5 +67,5 @@ def answer(parts: list[bytes], started: float) -> DryRun:
     for p in parts:
         tally.merge(wire.decode(p, Tally))
     return DryRun(dry_run=True, recipients=tally.recipients, seconds=round(time.monotonic() - started, 3),
-                  decisions=[DecisionCount(c.channel, c.action, c.reason, c.count, c.sample)  # type: ignore[arg-type]
+                  decisions=[DecisionCount(c.channel, c.action, c.reason, c.count, c.sample)
                              for c in tally.rows()])

@@ -78,11 +78,15 @@ class BroadcastStatus(msgspec.Struct, frozen=True):
     seconds_since_accepted: float
 
 
+# a dry run's decision (policy/dryrun.py)
+DecisionAction = Literal["send", "defer", "digest", "suppress", "reject"]
+
+
 class DecisionCount(msgspec.Struct, frozen=True):
     """How many (recipient, channel) a dry run decided this way, and a few of their users."""
 
     channel: str
-    action: Literal["send", "defer", "digest", "suppress", "reject"]
+    action: DecisionAction
     reason: str
     count: int
     sample: list[str]

@@ -14,24 +14,22 @@ could not be made for that channel)."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Literal
 
 import msgspec
 
+from policy.api import DecisionAction
 from policy.held import HeldDeferred, HeldDigest
 from policy.plan import Context, Item, Plan, next_fallbacks, plan_round, start_fallbacks
 from policy.types import UserState
 
 SAMPLE = 5  # users shown per (channel, action, reason)
 
-Action = Literal["send", "defer", "digest", "suppress", "reject"]
-
 
 class Count(msgspec.Struct, array_like=True):
     """One (channel, action, reason): how many, and up to ``SAMPLE`` of their users."""
 
     channel: str
-    action: str
+    action: DecisionAction
     reason: str
     count: int = 0
     sample: list[str] = []
@@ -43,7 +41,7 @@ class Tally(msgspec.Struct):
     recipients: int = 0
     counts: dict[str, Count] = {}  # "channel\0action\0reason" -> its count
 
-    def add(self, channel: str, action: str, reason: str, user_id: str) -> None:
+    def add(self, channel: str, action: DecisionAction, reason: str, user_id: str) -> None:
         key = f"{channel}\0{action}\0{reason}"
         c = self.counts.get(key)
         if c is None:

@@ -42,11 +42,11 @@ def parse_local(value: str) -> tuple[date | None, time]:
     return day, time(int(h), int(mi))
 
 
-def local_instant(day: date, at: time, tz: zoneinfo.ZoneInfo) -> float:
+def local_instant(day: date, at: time, tz: zoneinfo.ZoneInfo, fold: int = 0) -> float:
     """The instant the clocks in ``tz`` show ``day`` ``at`` (fold 0: the first of a
-    repeated time; a skipped time comes out after the jump, by the zone's offset
-    before it)."""
-    return datetime.combine(day, at, tzinfo=tz).timestamp()
+    repeated time, 1 the second; a skipped time comes out after the jump, by the
+    zone's offset before it)."""
+    return datetime.combine(day, at, tzinfo=tz).replace(fold=fold).timestamp()
 
 
 def due_at(send_at: float | None, send_at_local: str | None, tz: zoneinfo.ZoneInfo, accepted: float) -> float | None:
@@ -61,7 +61,7 @@ def due_at(send_at: float | None, send_at_local: str | None, tz: zoneinfo.ZoneIn
         return local_instant(day, at, tz)
     today = datetime.fromtimestamp(accepted, tz).date()
     for fold in (0, 1):  # a time the autumn night repeats: its second showing, if the first has passed
-        due = datetime.combine(today, at, tzinfo=tz).replace(fold=fold).timestamp()
+        due = local_instant(today, at, tz, fold)
         if due >= accepted:
             return due
     return local_instant(today + timedelta(days=1), at, tz)
