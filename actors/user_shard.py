@@ -18,6 +18,7 @@ from actors import link, metrics, spans
 from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
+from actors.user_audience import Selection, select as audience_of
 from actors.user_cache import Pinned, UserCache
 from actors.user_links import link_rules, unsubscribe_rules
 from actors.user_prefs import PrefCommand, PrefResult, PrefsMixin
@@ -26,8 +27,9 @@ from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
 from policy import dryrun, plan as planner, release as releasing, wire
+from policy.audience import Audience
 from policy.decide import consent_key, current_consent, split_consent_key, zone
-from policy.dryrun import Tally
+from policy.dryrun import SAMPLE, Tally
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
@@ -463,8 +465,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         return await asyncio.shield(task)
 
     async def _broadcast(self, job: wire.Broadcast) -> dict:
-        async with self.pool.acquire() as conn:
-            user_ids = await user_store.shard_users(conn, self.index, self.cfg.engine.user_shards)
+        selection = await self._select(job.request.audience)
+        user_ids = selection.users
         gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
         counts = {"users": len(user_ids), "outcomes": 0}
         failed = asyncio.Event()
@@ -474,7 +476,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 if failed.is_set():  # no new chunk after a failure: the retry does this one
                     return
                 try:
-                    outcomes, error = await self._broadcast_chunk(job, ids)
+                    outcomes, error = await self._broadcast_chunk(job, ids, selection)
                     await self._record(outcomes)
                     counts["outcomes"] += len(outcomes)
                     if error is not None:
@@ -492,14 +494,19 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             raise error
         return counts
 
-    async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str]):
-        """One chunk of a broadcast."""
+    async def _broadcast_chunk(self, job: wire.Broadcast, user_ids: list[str], selection: Selection):
+        """One chunk of a broadcast: those of ``user_ids`` the audience takes."""
         req: BroadcastRequest = job.request
-        items = [Item(recipient_id(job.id, uid), uid, req) for uid in user_ids]
         async with self.pool.acquire() as conn:
             states = await self._audience_states(conn, user_ids)
+            user_ids = await selection.members(conn, user_ids, states, self.clock())
+            items = [Item(recipient_id(job.id, uid), uid, req) for uid in user_ids]
             done = await tracking.recorded(conn, [it.notification_id for it in items])
         return await self._decide_and_send(items, done, states, parent_id=job.id)
+
+    async def _select(self, audience) -> Selection:
+        async with self.pool.acquire() as conn:
+            return await audience_of(conn, audience, self.policy, self.index, self.cfg.engine.user_shards)
 
     async def _audience_states(self, conn, user_ids: list[str]) -> dict[str, UserState]:
         """A broadcast chunk's users: looked up in the cache, but those loaded
@@ -521,17 +528,18 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         held or recorded: the tally (``policy.dryrun.Tally``, MessagePack)."""
         await self._ready()
         job = wire.decode(payload, wire.Broadcast)
-        async with self.pool.acquire() as conn:
-            user_ids = await user_store.shard_users(conn, self.index, self.cfg.engine.user_shards)
+        selection = await self._select(job.request.audience)
+        user_ids = selection.users
         tally = Tally()
         gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
         ctx = self._context(parent_id=job.id)
 
         async def chunk(ids: list[str]) -> None:
             async with gate:
-                items = [Item(recipient_id(job.id, uid), uid, job.request) for uid in ids]
                 async with self.pool.acquire() as conn:
                     states = await self._audience_states(conn, ids)
+                    ids = await selection.members(conn, ids, states, self.clock())
+                items = [Item(recipient_id(job.id, uid), uid, job.request) for uid in ids]
                 await self._templates_of(items)
                 dryrun.decide(items, states, ctx, tally, now=self.clock())
 
@@ -540,6 +548,30 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             for i in range(0, len(user_ids), BROADCAST_CHUNK):
                 group.create_task(chunk(user_ids[i:i + BROADCAST_CHUNK]))
         return wire.encode(tally)
+
+    async def count_audience(self, payload: bytes, members: bool = False) -> dict:
+        """How many users this shard owns in an audience (``policy.audience``,
+        MessagePack) and up to ``SAMPLE`` of them (``members``: all of them): a
+        segment is evaluated on each user's state, in the broadcast's chunks,
+        nothing kept."""
+        await self._ready()
+        selection = await self._select(wire.decode(payload, Audience))
+        found: list[str] = []
+        n = 0
+        gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
+
+        async def chunk(ids: list[str]) -> None:
+            nonlocal n
+            async with gate, self.pool.acquire() as conn:
+                if selection.test is not None:
+                    ids = await selection.members(conn, ids, await self._audience_states(conn, ids), self.clock())
+                n += len(ids)
+                found.extend(ids if members else ids[:SAMPLE - len(found)])
+
+        async with asyncio.TaskGroup() as group:
+            for i in range(0, len(selection.users), BROADCAST_CHUNK):
+                group.create_task(chunk(selection.users[i:i + BROADCAST_CHUNK]))
+        return {"users": n, "sample": found[:SAMPLE], **({"members": found} if members else {})}
 
     async def dry_run_items(self, payload: bytes) -> bytes:
         """Single notifications (``list[wire.Inbound]``) of users this shard owns,

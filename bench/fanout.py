@@ -11,6 +11,11 @@ wall time runs from the broadcast's publish to the last tracking row's commit.
 Two broadcasts go out in turn (``--broadcasts``): the first finds no stored
 states (as after a bulk import or a migration) and assembles and stores them;
 the second reads them, as it would for users written through the API.
+
+``--audience topic`` sends to a topic's subscribers instead of everyone (every
+user subscribed, or ``--subscribers N`` of them, chosen at random, COPYed into
+``topic_subscribers``); ``--audience segment`` to a segment filter (those with
+an email address that is not suppressed), evaluated on every user's state.
 """
 
 from __future__ import annotations
@@ -60,13 +65,29 @@ def fanout_config(sink: SinkProcess, shards: int) -> config.Config:
     return msgspec.structs.replace(cfg, channels={"email": cfg.channels["email"]})
 
 
-async def seed(pool: asyncpg.Pool, ring, users: int, seed: int = 3) -> dict:
-    """COPY the population in (users, their keys, sealed addresses, opt-outs);
-    returns what was made."""
+TOPIC = "bench-followers"
+SEGMENT = {"where": {"field": "address", "op": "has", "value": "email"}}
+
+
+def audience_of(args) -> dict | str:
+    """The broadcast's ``audience`` for ``--audience``."""
+    return {"all": "all", "topic": {"topic": TOPIC}, "segment": SEGMENT}[args.audience]
+
+
+async def seed(pool: asyncpg.Pool, ring, users: int, seed: int = 3, audience: str = "all",
+               subscribers: int | None = None) -> dict:
+    """COPY the population in (users, their keys, sealed addresses, opt-outs, and
+    for ``audience`` topic its subscribers); returns what was made and how many
+    of the audience should be recorded (``recipients``) and sent."""
     rng = random.Random(seed)
     ids = [f"f{i:07d}" for i in range(users)]
     no_email = {u for u in ids if rng.random() < 0.02}
     opted_out = {u for u in ids if rng.random() < 0.10}
+    reached = set(ids)
+    if audience == "topic":
+        reached = set(rng.sample(ids, users if subscribers is None else min(subscribers, users)))
+    elif audience == "segment":
+        reached -= no_email
     async with pool.acquire() as conn:
         await conn.copy_records_to_table("users", columns=("user_id", "shard_key"),
                                          records=((u, stable_hash(u)) for u in ids))
@@ -77,8 +98,11 @@ async def seed(pool: asyncpg.Pool, ring, users: int, seed: int = 3) -> dict:
         await conn.copy_records_to_table(
             "user_preferences", columns=("user_id", "preference_type", "channel", "category", "value"),
             records=((u, "category", "email", "marketing", '{"enabled": false}') for u in opted_out))
-    return {"users": users, "opted_out": len(opted_out), "no_email": len(no_email),
-            "expected_sent": len(set(ids) - no_email - opted_out)}
+        if audience == "topic":
+            await conn.copy_records_to_table("topic_subscribers", columns=("topic_id", "user_id", "shard_key"),
+                                             records=((TOPIC, u, stable_hash(u)) for u in sorted(reached)))
+    return {"users": users, "opted_out": len(opted_out), "no_email": len(no_email), "recipients": len(reached),
+            "expected_sent": len(reached - no_email - opted_out)}
 
 
 async def run(args) -> dict:
@@ -92,31 +116,34 @@ async def run(args) -> dict:
     rounds: list[dict] = []
     try:
         started = time.perf_counter()
-        made = await seed(engine.pool, engine.ring, args.users)
+        made = await seed(engine.pool, engine.ring, args.users, audience=args.audience, subscribers=args.subscribers)
         seed_s = time.perf_counter() - started
-        console.print(f"seeded {args.users:,} users with COPY in {seed_s:.1f}s")
+        console.print(f"seeded {args.users:,} users with COPY in {seed_s:.1f}s; audience {args.audience}: "
+                      f"{made['recipients']:,}")
         await asyncio.sleep(1.0)
         for i in range(args.broadcasts):
             label = "fan-out (states assembled)" if i == 0 else "fan-out (states stored)"
-            rounds.append(await broadcast(engine, cfg, sink, args, label))
-        dry = await dry_run(engine, sink) if args.dry_run else None
+            rounds.append(await broadcast(engine, cfg, sink, args, label, made["recipients"]))
+        dry = await dry_run(engine, sink, args) if args.dry_run else None
     finally:
         await engine.stop()
         received = sink.stop()
         await drop(cfg)
     first = rounds[0] if rounds else {}
-    return {"users": args.users, "shards": args.shards, **first, "expected_sent": made["expected_sent"],
+    return {"users": args.users, "shards": args.shards, "audience": audience_of(args),
+            "recipients": made["recipients"], **first, "expected_sent": made["expected_sent"],
             "seed_s": round(seed_s, 1), "sink": received, "rounds": rounds, "dry_run": dry, "cores": os.cpu_count()}
 
 
-async def dry_run(engine: Engine, sink: SinkProcess) -> dict:
+async def dry_run(engine: Engine, sink: SinkProcess, args) -> dict:
     """The same broadcast as a dry run (``?dry_run=true``'s path, without HTTP):
     every user decided, nothing sent or recorded; timed from the call to its answer."""
     from engine import dry_runs
     from policy.types import BroadcastRequest
     body = msgspec.convert({"category": "marketing", "channels": ["email"],
                             "content": {"subject": "Job fair next week", "text": "Come along.",
-                                        "html": "<p>Come along.</p>"}}, BroadcastRequest)
+                                        "html": "<p>Come along.</p>"}, "audience": audience_of(args)},
+                            BroadcastRequest)
     rows_before = await engine.pool.fetchval("SELECT count(*) FROM delivery_tracking")
     before = await received(sink)
     cpu = CpuSampler()
@@ -133,7 +160,8 @@ async def dry_run(engine: Engine, sink: SinkProcess) -> dict:
             "sink_added": await received(sink) - before, "cpu_cores": busy}
 
 
-async def broadcast(engine: Engine, cfg: config.Config, sink: SinkProcess, args, label: str) -> dict:
+async def broadcast(engine: Engine, cfg: config.Config, sink: SinkProcess, args, label: str,
+                    recipients: int) -> dict:
     """One broadcast to everyone, timed from its publish to its last row's commit.
     The first after the COPY finds no stored states (``users.state`` NULL, as after
     a bulk import or a migration): each chunk assembles them from the tables and
@@ -142,12 +170,13 @@ async def broadcast(engine: Engine, cfg: config.Config, sink: SinkProcess, args,
     cpu = CpuSampler()
     bid = str(uuid.uuid4())
     body = {"id": bid, "category": "marketing", "channels": ["email"],
-            "content": {"subject": "Job fair next week", "text": "Come along.", "html": "<p>Come along.</p>"}}
+            "content": {"subject": "Job fair next week", "text": "Come along.", "html": "<p>Come along.</p>"},
+            "audience": audience_of(args)}
     before = await received(sink)
     cpu.start()
     t0 = time.time()
     await engine.js.publish(streams.broadcast_subject(cfg.nats, "marketing"), msgspec.json.encode(body))
-    done = await watch_rows(engine.pool, args.users, args.timeout, console, label=label, parent=bid)
+    done = await watch_rows(engine.pool, recipients, args.timeout, console, label=label, parent=bid)
     busy = await cpu.stop()
     s = await engine.pool.fetchrow(
         "SELECT extract(epoch FROM max(created_at)) AS last, count(*) FILTER (WHERE status = 'sent') AS sent, "
@@ -175,6 +204,9 @@ def parser() -> argparse.ArgumentParser:
                     help="broadcasts in turn: the first assembles and stores the states, the next read them")
     ap.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=True,
                     help="after the broadcasts, the same one as a dry run (every user decided, nothing sent)")
+    ap.add_argument("--audience", choices=("all", "topic", "segment"), default="all",
+                    help="everyone; a topic's subscribers; or a segment (those with an email address)")
+    ap.add_argument("--subscribers", type=int, help="--audience topic: this many subscribers (default: everyone)")
     ap.add_argument("--json")
     return ap
 
@@ -183,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     r = uvloop.run(run(args))
-    t = Table(title=f"fan-out: {len(r['rounds'])} broadcasts in turn to {r['users']:,} users, {r['shards']} shards")
+    t = Table(title=f"fan-out: {len(r['rounds'])} broadcasts in turn to {r['recipients']:,} of {r['users']:,} "
+                    f"users ({args.audience}), {r['shards']} shards")
     t.add_column("measure")
     for i, _ in enumerate(r["rounds"]):
         t.add_column("states assembled" if i == 0 else "states stored", justify="right")
@@ -207,10 +240,10 @@ def complete(r: dict) -> bool:
     """Every broadcast: a row per user, the expected number sent, each one received
     once; the dry run: every user decided, the same number would be sent, nothing was."""
     d = r.get("dry_run")
-    dry_ok = d is None or (d["recipients"] == r["users"] and d["would_send"] == r["expected_sent"]
+    dry_ok = d is None or (d["recipients"] == r["recipients"] and d["would_send"] == r["expected_sent"]
                            and d["rows_added"] == 0 and d["sink_added"] == 0)
     return bool(r["rounds"]) and not r["sink"].get("duplicates") and dry_ok and all(
-        x["rows"] == r["users"] and x["sent"] == r["expected_sent"] == x["sink_recipients"] for x in r["rounds"])
+        x["rows"] == r["recipients"] and x["sent"] == r["expected_sent"] == x["sink_recipients"] for x in r["rounds"])
 
 
 if __name__ == "__main__":

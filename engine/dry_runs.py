@@ -36,7 +36,7 @@ async def broadcast(engine, b: BroadcastRequest) -> DryRun:
         started = time.monotonic()
         b.accepted_at = time.time()
         payload = wire.encode(wire.Broadcast(str(b.id or uuid.uuid4()), b))
-        return answer(await _within([s.dry_run.remote(payload) for s in engine.actors.user_shards]), started)
+        return answer(await within([s.dry_run.remote(payload) for s in engine.actors.user_shards]), started)
 
 
 async def notifications(engine, reqs: list[NotificationRequest]) -> DryRun:
@@ -48,11 +48,11 @@ async def notifications(engine, reqs: list[NotificationRequest]) -> DryRun:
     for r in reqs:
         r.accepted_at = now
         groups.setdefault(shard_of(r.user_id, len(shards)), []).append(wire.Inbound(str(r.id or uuid.uuid4()), r))
-    return answer(await _within([shards[i].dry_run_items.remote(wire.encode(items)) for i, items in groups.items()]),
+    return answer(await within([shards[i].dry_run_items.remote(wire.encode(items)) for i, items in groups.items()]),
                   started)
 
 
-async def _within(refs: list) -> list[bytes]:
+async def within(refs: list) -> list[bytes]:
     """The shards' answers within ``DRY_RUN_S`` (TimeoutError otherwise); a call
     given up on (the time, the client gone) is cancelled in the shards too."""
     try:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from msgspec import Meta, Struct
 
+from policy.audience import Audience
 from policy.prefs import Preference
 
 Channel = Literal["email", "sms", "push", "in_app", "web", "voice", "webhook"]
@@ -137,7 +138,8 @@ class BroadcastRequest(Message, kw_only=True, forbid_unknown_fields=True):
     HTTP. Every recipient is decided by the UserShard that owns them, exactly as a
     single notification would be; recipient ids are ``uuid5(<broadcast id>:<user>)``."""
 
-    audience: Literal["all"] = "all"
+    # "all", or a topic's subscribers and/or a segment (policy.audience)
+    audience: Literal["all"] | Audience = "all"
 
 
 class UserState(Struct, kw_only=True, omit_defaults=True):

@@ -16,7 +16,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from policy import schedule
+from policy import schedule, segments
+from policy.audience import Audience
 from policy.prefs import CONTEXT_KEYS, USER_CHANNELS, Preference, PrefKey, ordered
 from policy.rules import NOT_MANDATORY_CHANNELS, Policy
 from policy.types import Message
@@ -92,6 +93,9 @@ def message_errors(message: Message, at: str = "$") -> Errors:
         errors.append((f"{at}.fallback_unless", "needs fallback_after_s (the time to wait)"))
     if message.send_at is not None or message.send_at_local is not None:
         errors.extend(schedule.errors(message.send_at, message.send_at_local, at))
+    audience = getattr(message, "audience", None)  # a broadcast's
+    if isinstance(audience, Audience):
+        errors.extend(segments.audience_errors(audience, f"{at}.audience"))
     datas = [(f"{at}.content.data", message.content.data if message.content else None),
              (f"{at}.template.data", message.template.data if message.template else None)]
     datas += [(f"{at}.channel_content.{ch}.data", c.data) for ch, c in message.channel_content.items()]

@@ -128,5 +128,15 @@ def clock_error(report: Report, now: float) -> dict | None:
     return None
 
 
+async def last_seen(conn: asyncpg.Connection, user_ids: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    """Each user's last open and last click (seconds since the epoch), for those
+    with either: what a segment on engagement reads (``policy.segments``)."""
+    rows = await conn.fetch(
+        "SELECT user_id, extract(epoch FROM max(at) FILTER (WHERE type = 'opened')), "
+        "extract(epoch FROM max(at) FILTER (WHERE type = 'clicked')) "
+        "FROM engagement_events WHERE user_id = ANY($1::text[]) GROUP BY user_id", user_ids)
+    return {r[0]: (None if r[1] is None else float(r[1]), None if r[2] is None else float(r[2])) for r in rows}
+
+
 __all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "as_entries", "clock_error",
-           "record", "stored_at", "timelines"]
+           "last_seen", "record", "stored_at", "timelines"]

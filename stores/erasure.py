@@ -40,6 +40,7 @@ DELETES = (
     # status events not yet published, and those a subscriber's URL never took (migration 024)
     ("status_events", "DELETE FROM status_events WHERE user_id = $1"),
     ("event_dead_letters", "DELETE FROM event_dead_letters WHERE event->>'user_id' = $1"),
+    ("topic_subscribers", "DELETE FROM topic_subscribers WHERE user_id = $1"),
     ("users", "DELETE FROM users WHERE user_id = $1"),
 )
 

@@ -98,6 +98,8 @@ SECTIONS = (
     Section("held", ("kind", "notification_id", "channel", "category", "due_at", "status", "request", "created_at"),
             "SELECT kind, notification_id, channel, category, due_at, status, request, created_at "
             "FROM scheduled_notifications WHERE user_id = $1 ORDER BY id", frozenset({"request"})),
+    Section("topics", ("topic_id", "subscribed_at", "source"),
+            "SELECT topic_id, subscribed_at, source FROM topic_subscribers WHERE user_id = $1 ORDER BY topic_id"),
     Section("engagement", ("notification_id", "channel", "type", "at", "source"),
             "SELECT notification_id, channel, type, at, source FROM engagement_events WHERE user_id = $1 ORDER BY id"),
     Section("inbox", ("seq", "notification_id", "category", "title", "body", "data", "priority", "created_at",

@@ -28,10 +28,12 @@ from engine.http import (
     messagebird,
     notifications,
     prefs,
+    segments,
     ses,
     subscriptions,
     templates,
     tokens,
+    topics,
     tracing,
     tracking,
     unsubscribe,
@@ -49,8 +51,8 @@ log = logging.getLogger(__name__)
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
 ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
-                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, docs,
-                 graphql)
+                 tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, topics,
+                 segments, docs, graphql)
 
 
 @web.middleware

@@ -15,14 +15,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from engine import dry_runs
+from engine import audiences, dry_runs
 from engine.auth import PRINCIPAL, Principal
 from engine.http.access import Link, Param, Route, Scoped, forbidden, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, query_bool, read_json, reply
 from engine.runtime import Engine
 from infra import streams, telemetry
 from infra.aio import gather_within
-from policy import cancel as cancelling
+from policy import cancel as cancelling, segments
 from policy.api import (
     Accepted,
     AcceptedBatch,
@@ -33,6 +33,7 @@ from policy.api import (
     NotificationStatus,
     OutcomeCount,
 )
+from policy.audience import Audience
 from policy.email import content_problem
 from policy.labels import OTHER
 from policy.types import CHANNELS, BroadcastRequest, IdempotencyKey, NotificationRequest, derive_id, notification_id
@@ -198,6 +199,17 @@ def _headers(nid: str, traceparent: str | None) -> dict[str, str]:
     return headers
 
 
+async def resolved_audience(engine: Engine, audience: Audience) -> Audience:
+    """``audiences.resolved``: a saved segment's filter taken in (it travels with
+    the broadcast), a filter checked; 422 naming the field otherwise."""
+    try:
+        return await audiences.resolved(engine, audience)
+    except segments.Invalid as e:
+        raise Problem(422, "invalid broadcast", [{"field": p, "reason": r} for p, r in e.errors]) from None
+    except audiences.UnknownSegment:
+        raise Problem(422, "invalid broadcast", [{"field": "audience.segment", "reason": "no such segment"}]) from None
+
+
 async def submit_broadcast(request: web.Request) -> web.Response:
     """Submit one message to an audience (a broadcast).
 
@@ -212,6 +224,8 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     cfg = engine.cfg
     b = decode(_broadcast, await read_json(request), "broadcast")
     check([b], cfg.enabled_channels(), False, 1)
+    if isinstance(b.audience, Audience):
+        b.audience = await resolved_audience(engine, b.audience)
     await check_templates(engine, [b], False)
     if query_bool(request, "dry_run"):
         may_dry_run(request)

@@ -13,12 +13,14 @@ import msgspec
 from aiohttp import web
 
 from actors.user_prefs import PrefCommand
+from engine import audiences
 from engine.http.access import Link, Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, USER_PATH, Problem, decode, path_user, query_int, read_json, reply
 from engine.prefs_bus import run_commands
 from engine.runtime import Engine
-from policy import wire
+from policy import segments, wire
 from policy.api import FieldError
+from policy.audience import Audience
 from policy.prefs import Preference, ordered
 from policy.rules import Template
 from policy.types import UserId
@@ -40,10 +42,13 @@ _template = msgspec.json.Decoder(Template)
 
 
 class ApplyTemplate(msgspec.Struct, forbid_unknown_fields=True):
-    """Whom a template applies to: listed users, or every user matching ``where``."""
+    """Whom a template applies to: listed users, every user matching ``where``
+    (locale / timezone equal to), or every user in ``audience`` (a topic, a saved
+    segment or a segment filter: ``policy.segments``); those of each given."""
 
     user_ids: list[UserId] = []
-    where: dict[str, str] = {}  # locale / timezone equal to
+    where: dict[str, str] = {}
+    audience: Audience | None = None
 
 
 _apply = msgspec.json.Decoder(ApplyTemplate)
@@ -320,10 +325,19 @@ async def apply_template(request: web.Request) -> web.Response:
     tid = request.match_info["id"]
     target = decode(_apply, await read_json(request), "template target")
     bad = [k for k in target.where if k not in ("locale", "timezone")]
-    if bad or (not target.user_ids and not target.where):
+    if bad or (not target.user_ids and not target.where and target.audience is None):
         raise Problem(422, "invalid template target", [{"field": f"where.{bad[0]}" if bad else "$",
                                                         "reason": "filter on locale or timezone" if bad else
-                                                        "give user_ids or where"}])
+                                                        "give user_ids, where or audience"}])
+    audience = None
+    if target.audience is not None:
+        try:
+            audience = await audiences.resolved(engine, target.audience)
+        except segments.Invalid as e:
+            raise Problem(422, "invalid template target", [{"field": p, "reason": r} for p, r in e.errors]) from None
+        except audiences.UnknownSegment:
+            raise Problem(422, "invalid template target", [{"field": "audience.segment",
+                                                            "reason": "no such segment"}]) from None
     async with engine.pool.acquire() as conn:
         if not await prefs_store.template_chain(conn, tid):
             raise Problem(404, "not found", [{"field": "id", "reason": "no such template"}])
@@ -332,6 +346,9 @@ async def apply_template(request: web.Request) -> web.Response:
             clauses = " AND ".join(f"{k} = ${i + 1}" for i, k in enumerate(target.where))
             users += [r[0] for r in await conn.fetch(f"SELECT user_id FROM users WHERE {clauses}",
                                                      *target.where.values())]
+    if audience is not None:
+        users += await audiences.members(engine, audience)
+    users = list(dict.fromkeys(users))  # each once, in the order given
     who = actor(request)
     applied, failed = 0, []
     for i in range(0, len(users), 1000):

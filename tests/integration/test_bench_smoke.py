@@ -99,6 +99,21 @@ async def test_fanout_reaches_everyone_once_per_broadcast(nats_url, database_url
     assert r["dry_run"]["rows_added"] == 0 and r["dry_run"]["sink_added"] == 0
 
 
+async def test_fanout_to_a_topic_reaches_its_subscribers_only(nats_url, database_url, ray_address, monkeypatch,
+                                                               tmp_path):
+    """`bench fanout --audience topic`: half the population subscribed, one
+    broadcast: a row for each subscriber and none for anyone else."""
+    from bench import fanout
+    monkeypatch.setenv("TIDINGS_NATS_URL", nats_url)
+    monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
+    monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
+    r = await fanout.run(fanout.parser().parse_args(["--users", "2000", "--audience", "topic", "--subscribers",
+                                                     "1000", "--broadcasts", "1", "--timeout", "120"]))
+    assert fanout.complete(r), r
+    assert r["recipients"] == 1000 and r["rounds"][0]["rows"] == 1000
+    assert r["dry_run"]["recipients"] == 1000
+
+
 async def test_every_channel_goes_through_the_engine_to_its_server(nats_url, database_url, ray_address,
                                                                    monkeypatch, tmp_path):
     """`bench channels` at a tiny size: every provider type, through a running

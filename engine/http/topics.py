@@ -1,0 +1,193 @@
+"""Topics: who follows what. A user subscribes (their own end-user token, or a
+key with ``topics:write``), a product subscribes many at once; a broadcast with
+``"audience": {"topic": …}`` reaches the subscribers (``policy.audience``).
+
+A topic exists while it has subscribers; there is nothing to create first. Each
+subscribe and unsubscribe is in the user's audit chain (``topic.subscribe``,
+``topic.unsubscribe``) and in their export; erasing a user removes theirs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from engine.http.access import Param, Route, Scoped, actor, register
+from engine.http.common import ENGINE, Problem, decode, path_user, read_json, reply
+from policy.audience import Name
+from policy.types import UserId
+from stores import topics as store
+
+BULK = 10_000  # user ids per bulk call (add and remove together)
+UNKNOWN_SHOWN = 100
+TOPIC_PATH = {"topic_id": Name}
+SUBSCRIBER_PATH = {"topic_id": Name, "user_id": UserId}
+
+
+def path_topic(request: web.Request) -> str:
+    """The ``{topic_id}`` of the path, or a 422 naming it."""
+    try:
+        return msgspec.convert(request.match_info["topic_id"], Name)
+    except msgspec.ValidationError as e:
+        raise Problem(422, "invalid topic id", [{"field": "topic_id", "reason": str(e)}]) from None
+
+
+class Subscription(msgspec.Struct):
+    """One user's subscription to one topic, after the call: ``changed`` says whether the call changed it."""
+
+    topic_id: str
+    user_id: str
+    subscribed: bool
+    changed: bool
+
+
+class Changes(msgspec.Struct, forbid_unknown_fields=True):
+    """Users to subscribe (``add``) and unsubscribe (``remove``), at most 10,000 in all."""
+
+    add: list[UserId] = []
+    remove: list[UserId] = []
+
+
+class Changed(msgspec.Struct):
+    """How many were subscribed and unsubscribed (those already so are not
+    counted), and the users ``add`` named that are not registered (the first
+    100, and how many)."""
+
+    topic_id: str
+    added: int
+    removed: int
+    unknown: list[str]
+    unknown_count: int
+
+
+class Topic(msgspec.Struct):
+    topic_id: str
+    subscribers: int
+
+
+class Subscriber(msgspec.Struct):
+    user_id: str
+    subscribed_at: float
+
+
+class Subscribers(msgspec.Struct):
+    """A page of subscribers in user id order; ``next``: the ``after`` of the next page (none: the last)."""
+
+    topic_id: str
+    subscribers: list[Subscriber]
+    next: str | None
+
+
+class FollowedTopic(msgspec.Struct):
+    topic_id: str
+    subscribed_at: float
+
+
+class UserTopics(msgspec.Struct):
+    user_id: str
+    topics: list[FollowedTopic]
+
+
+_changes = msgspec.json.Decoder(Changes)
+
+
+async def subscribe_one(request: web.Request) -> web.Response:
+    """Subscribe a user to a topic (doing it again changes nothing)."""
+    topic, user_id = path_topic(request), path_user(request)
+    engine = request.app[ENGINE]
+    async with engine.pool.acquire() as conn, conn.transaction():
+        added, unknown = await store.subscribe(conn, engine.ring, topic, [user_id], actor(request))
+    if unknown:
+        raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
+    return reply(Subscription(topic_id=topic, user_id=user_id, subscribed=True, changed=bool(added)))
+
+
+async def unsubscribe_one(request: web.Request) -> web.Response:
+    """Unsubscribe a user from a topic (one not subscribed stays so)."""
+    topic, user_id = path_topic(request), path_user(request)
+    engine = request.app[ENGINE]
+    async with engine.pool.acquire() as conn, conn.transaction():
+        removed = await store.unsubscribe(conn, engine.ring, topic, [user_id], actor(request))
+    return reply(Subscription(topic_id=topic, user_id=user_id, subscribed=False, changed=bool(removed)))
+
+
+async def change_many(request: web.Request) -> web.Response:
+    """Subscribe and unsubscribe many users in one transaction (unknown users are
+    listed, not an error: the others are still subscribed)."""
+    topic = path_topic(request)
+    engine = request.app[ENGINE]
+    body = decode(_changes, await read_json(request), "subscriber changes")
+    if not body.add and not body.remove:
+        raise Problem(422, "invalid subscriber changes", [{"field": "$", "reason": "give add or remove"}])
+    if len(body.add) + len(body.remove) > BULK:
+        raise Problem(422, "batch too large", [{"field": "$", "reason": f"at most {BULK} users in add and remove"}])
+    both = sorted(set(body.add) & set(body.remove))
+    if both:
+        raise Problem(422, "invalid subscriber changes", [{"field": "remove", "reason": f"{both[0]!r} is in add too"}])
+    who = actor(request)
+    async with engine.pool.acquire() as conn, conn.transaction():
+        added, unknown = await store.subscribe(conn, engine.ring, topic, body.add, who) if body.add else ([], [])
+        removed = await store.unsubscribe(conn, engine.ring, topic, body.remove, who) if body.remove else []
+    return reply(Changed(topic_id=topic, added=len(added), removed=len(removed), unknown=unknown[:UNKNOWN_SHOWN],
+                         unknown_count=len(unknown)))
+
+
+async def get_topic(request: web.Request) -> web.Response:
+    """A topic's subscriber count (0 for a topic nobody follows)."""
+    topic = path_topic(request)
+    async with request.app[ENGINE].pool.acquire() as conn:
+        return reply(Topic(topic_id=topic, subscribers=await store.count(conn, topic)))
+
+
+Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+async def list_subscribers(request: web.Request) -> web.Response:
+    """A topic's subscribers, a page at a time in user id order."""
+    topic = path_topic(request)
+    after = request.query.get("after", "")
+    if after:
+        try:
+            msgspec.convert(after, UserId)
+        except msgspec.ValidationError as e:
+            raise Problem(400, "bad parameter", [{"field": "after", "reason": str(e)}]) from None
+    raw = request.query.get("limit", "100")
+    try:
+        limit = msgspec.convert(int(raw), Limit)
+    except (ValueError, msgspec.ValidationError):
+        raise Problem(400, "bad parameter", [{"field": "limit", "reason": "expected a whole number 1-1000"}]) from None
+    async with request.app[ENGINE].pool.acquire() as conn:
+        rows = await store.page(conn, topic, after, limit)
+    return reply(Subscribers(topic_id=topic, subscribers=[Subscriber(u, t) for u, t in rows],
+                             next=rows[-1][0] if len(rows) == limit else None))
+
+
+async def user_topics(request: web.Request) -> web.Response:
+    """The topics a user follows."""
+    user_id = path_user(request)
+    async with request.app[ENGINE].pool.acquire() as conn:
+        rows = await store.of_user(conn, user_id)
+    return reply(UserTopics(user_id=user_id, topics=[FollowedTopic(t, at) for t, at in rows]))
+
+
+PAGE = (Param("after", UserId, "Subscribers after this user id (the previous page's next)"),
+        Param("limit", Limit, "At most this many (default 100)"))
+ROUTES = [
+    Route("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}", subscribe_one, Scoped("topics:write", user=True),
+          params=SUBSCRIBER_PATH, answers={200: Subscription}, errors=(404,)),
+    Route("DELETE", "/v1/topics/{topic_id}/subscribers/{user_id}", unsubscribe_one,
+          Scoped("topics:write", user=True), params=SUBSCRIBER_PATH, answers={200: Subscription}),
+    Route("POST", "/v1/topics/{topic_id}/subscribers", change_many, Scoped("topics:write"), params=TOPIC_PATH,
+          body=Changes, answers={200: Changed}, example={"add": ["u-1042", "u-1043"], "remove": ["u-977"]}),
+    Route("GET", "/v1/topics/{topic_id}", get_topic, Scoped("topics:read"), params=TOPIC_PATH,
+          answers={200: Topic}),
+    Route("GET", "/v1/topics/{topic_id}/subscribers", list_subscribers, Scoped("topics:read"), params=TOPIC_PATH,
+          query=PAGE, answers={200: Subscribers}),
+    Route("GET", "/v1/users/{user_id}/topics", user_topics, Scoped("topics:read", user=True), params={
+        "user_id": UserId}, answers={200: UserTopics}),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, ROUTES)
