@@ -156,6 +156,19 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
+def query_after(request: web.Request, typ) -> str:
+    """A page's ``after`` (a key of type ``typ``: its bounds and pattern); absent
+    is "" (the first page); anything else that is not one, the empty value
+    too, is a 400 naming it."""
+    raw = request.query.get("after")
+    if raw is None:
+        return ""
+    try:
+        return msgspec.convert(raw, typ)
+    except msgspec.ValidationError as e:
+        raise Problem(400, "bad query", [{"field": "after", "reason": str(e)}]) from None
+
+
 def query_bool(request: web.Request, name: str) -> bool:
     """A boolean query parameter: ``true``/``false`` or ``1``/``0`` (any case);
     absent is false. Anything else, the empty value too, is a 400 (as the

@@ -13,7 +13,7 @@ from aiohttp import web
 from engine import audiences
 from engine.dry_runs import Busy
 from engine.http.access import Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, read_json, reply
+from engine.http.common import ENGINE, Problem, decode, query_after, query_int, read_json, reply
 from policy import segments
 from policy.audience import Audience, Name, Where
 from policy.types import ONE_LINE
@@ -95,6 +95,7 @@ async def put_segment(request: web.Request) -> web.Response:
 
 
 async def get_segment(request: web.Request) -> web.Response:
+    """A saved segment: its filter and description."""
     sid = path_segment(request)
     async with request.app[ENGINE].pool.acquire() as conn:
         saved = await store.get(conn, sid)
@@ -107,20 +108,16 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 
 
 async def list_segments(request: web.Request) -> web.Response:
-    after = request.query.get("after", "")
-    try:
-        if after:
-            msgspec.convert(after, Name)
-        limit = msgspec.convert(int(request.query.get("limit", "100")), Limit)
-    except (ValueError, msgspec.ValidationError):
-        raise Problem(400, "bad parameter", [{"field": "after" if after else "limit",
-                                              "reason": "a segment id; limit a whole number 1-500"}]) from None
+    """Saved segments, a page at a time in id order."""
+    after = query_after(request, Name)
+    limit = query_int(request, "limit", 100, 1, 500)
     async with request.app[ENGINE].pool.acquire() as conn:
         rows = await store.listed(conn, after, limit)
     return reply(Segments([answer(s) for s in rows], rows[-1].segment_id if len(rows) == limit else None))
 
 
 async def delete_segment(request: web.Request) -> web.Response:
+    """Delete a saved segment (broadcasts already submitted keep its filter)."""
     sid = path_segment(request)
     async with request.app[ENGINE].pool.acquire() as conn:
         if not await store.delete(conn, sid):

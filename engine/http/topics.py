@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from engine.http.access import Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, path_user, read_json, reply
+from engine.http.common import ENGINE, Problem, decode, path_user, query_after, query_int, read_json, reply
 from policy.audience import Name
 from policy.types import UserId
 from stores import topics as store
@@ -146,17 +146,8 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 async def list_subscribers(request: web.Request) -> web.Response:
     """A topic's subscribers, a page at a time in user id order."""
     topic = path_topic(request)
-    after = request.query.get("after", "")
-    if after:
-        try:
-            msgspec.convert(after, UserId)
-        except msgspec.ValidationError as e:
-            raise Problem(400, "bad parameter", [{"field": "after", "reason": str(e)}]) from None
-    raw = request.query.get("limit", "100")
-    try:
-        limit = msgspec.convert(int(raw), Limit)
-    except (ValueError, msgspec.ValidationError):
-        raise Problem(400, "bad parameter", [{"field": "limit", "reason": "expected a whole number 1-1000"}]) from None
+    after = query_after(request, UserId)
+    limit = query_int(request, "limit", 100, 1, 1000)
     async with request.app[ENGINE].pool.acquire() as conn:
         rows = await store.page(conn, topic, after, limit)
     return reply(Subscribers(topic_id=topic, subscribers=[Subscriber(u, t) for u, t in rows],

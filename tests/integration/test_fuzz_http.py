@@ -326,6 +326,13 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
                                                              "updatePreferences(userId: $u, patch: $p) { version } }",
                                                              "variables": {"u": "alice", "p": {"set": [ROW]}}}),
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
+    ("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}"): json_sample({}),  # no body is read
+    ("POST", "/v1/topics/{topic_id}/subscribers"): json_sample({"add": ["alice"], "remove": ["bob"]}),
+    ("PUT", "/v1/segments/{segment_id}"): json_sample({"description": "d", "where": {"all": [
+        {"field": "locale", "op": "in", "value": ["en", "fr"]}, {"not": {"field": "last_opened", "op": "within_days",
+                                                                         "value": 30}}]}}),
+    ("POST", "/v1/audiences/count"): json_sample({"topic": "fuzz", "where": {"field": "address", "op": "has",
+                                                                             "value": "email"}}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),
     ("POST", "/p/{token}"): shaped({"version": "1", "on.marketing.email": "on", "freq.marketing": "weekly",
                                     "quiet_start": "22:00", "quiet_end": "07:00", "timezone": "Asia/Tokyo"}).map(form),
