@@ -16,11 +16,7 @@ from policy.audience import Audience
 from policy.rules import Policy
 from policy.segments import Engagement, Predicate
 from policy.types import UserState
-from stores import engagement as engagement_store, segments as segment_store, topics as topic_store, users as user_store
-
-
-class UnknownSegment(LookupError):
-    """A broadcast names a saved segment that is not there (a message's fault: dead-lettered)."""
+from stores import engagement as engagement_store, topics as topic_store, users as user_store
 
 
 @dataclass(frozen=True)
@@ -54,14 +50,10 @@ async def select(conn: asyncpg.Connection, audience: Audience | str, policy: Pol
     """Shard ``index``'s part of ``audience`` (``"all"`` or an ``Audience``)."""
     if not isinstance(audience, Audience):
         return Selection(await user_store.shard_users(conn, index, shards))
+    # a named segment arrives with its filter (the HTTP API reads it when the broadcast
+    # is submitted; over NATS one without it is refused by the Ingestor): every shard
+    # and every redelivery evaluates the same filter, whatever is saved meanwhile
     where = audience.where
-    if where is None and audience.segment is not None:
-        saved = await segment_store.get(conn, audience.segment)
-        if saved is None:
-            raise UnknownSegment(f"no segment {audience.segment!r}")
-        where = saved.where
-    if where is not None:
-        segments.check(where, "audience.where")  # over NATS nothing checked it before
     users = (await topic_store.shard_subscribers(conn, audience.topic, index, shards) if audience.topic is not None
              else await user_store.shard_users(conn, index, shards))
     if where is None:
@@ -69,4 +61,4 @@ async def select(conn: asyncpg.Connection, audience: Audience | str, policy: Pol
     return Selection(users, segments.predicate(where, policy), segments.needs_engagement(where))
 
 
-__all__ = ["Selection", "UnknownSegment", "select"]
+__all__ = ["Selection", "select"]

@@ -499,8 +499,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         req: BroadcastRequest = job.request
         async with self.pool.acquire() as conn:
             states = await self._audience_states(conn, user_ids)
-            user_ids = await selection.members(conn, user_ids, states, self.clock())
-            items = [Item(recipient_id(job.id, uid), uid, req) for uid in user_ids]
+            members = set(await selection.members(conn, user_ids, states, self.clock()))
+            # one sent and not yet recorded is recorded whatever the filter says now: the
+            # send itself may have changed what it reads (an open, a bounce, an unsubscribe)
+            items = [it for uid in user_ids if (it := Item(recipient_id(job.id, uid), uid, req)).notification_id
+                     in self.journal or uid in members]
             done = await tracking.recorded(conn, [it.notification_id for it in items])
         return await self._decide_and_send(items, done, states, parent_id=job.id)
 
@@ -549,11 +552,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 group.create_task(chunk(user_ids[i:i + BROADCAST_CHUNK]))
         return wire.encode(tally)
 
-    async def count_audience(self, payload: bytes, members: bool = False) -> dict:
+    async def count_audience(self, payload: bytes, members: int = 0) -> dict:
         """How many users this shard owns in an audience (``policy.audience``,
-        MessagePack) and up to ``SAMPLE`` of them (``members``: all of them): a
-        segment is evaluated on each user's state, in the broadcast's chunks,
-        nothing kept."""
+        MessagePack) and up to ``SAMPLE`` of them (``members``: up to that many of
+        them, in ``members``): a segment is evaluated on each user's state, in the
+        broadcast's chunks, nothing kept."""
         await self._ready()
         selection = await self._select(wire.decode(payload, Audience))
         found: list[str] = []
@@ -566,7 +569,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 if selection.test is not None:
                     ids = await selection.members(conn, ids, await self._audience_states(conn, ids), self.clock())
                 n += len(ids)
-                found.extend(ids if members else ids[:SAMPLE - len(found)])
+                found.extend(ids[:max(0, max(members, SAMPLE) - len(found))])
 
         async with asyncio.TaskGroup() as group:
             for i in range(0, len(selection.users), BROADCAST_CHUNK):

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 MAX_DEPTH = 8
 MAX_NODES = 100
 MAX_LIST = 1000
+MAX_ERRORS = 100  # mistakes named in one answer
 DAY_S = 86_400.0
 CHANNELS = frozenset({"email", "sms", "push", "in_app", "web", "voice", "webhook"})
 
@@ -149,7 +150,7 @@ def check(where: Where, at: str = "$") -> None:
     if nodes[0] > MAX_NODES:
         errors.insert(0, (at, f"more than {MAX_NODES} nodes"))
     if errors:
-        raise Invalid(errors)
+        raise Invalid(errors[:MAX_ERRORS])
 
 
 def audience_errors(audience: Audience, at: str) -> list[tuple[str, str]]:
@@ -157,6 +158,9 @@ def audience_errors(audience: Audience, at: str) -> list[tuple[str, str]]:
     if audience.topic is None and audience.segment is None and audience.where is None:
         return [(at, 'give topic, segment or where (or "all")')]
     if audience.where is None:
+        if audience.segment is not None:  # the HTTP API puts the saved filter in where; a producer must too
+            return [(f"{at}.where", "a segment's filter is needed beside its name: the HTTP API reads the saved "
+                                    "one; over NATS, send it")]
         return []
     try:
         check(audience.where, f"{at}.where")

@@ -23,38 +23,30 @@ async def shard_subscribers(conn: asyncpg.Connection, topic: str, index: int, sh
             if shard_of(r[0], shards) == index]
 
 
-async def _lock_users(conn: asyncpg.Connection, ids: list[str]) -> set[str]:
-    """Lock the users' rows, in id order (their audit chains are appended to:
-    ``stores.audit.prepare``); those that exist."""
-    return {r[0] for r in await conn.fetch(
-        "SELECT user_id FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE", ids)}
-
-
-async def subscribe(conn: asyncpg.Connection, ring: Keyring, topic: str, user_ids: Sequence[str],
-                    actor: str | None, source: str = "api") -> tuple[list[str], list[str]]:
-    """Subscribe registered users (in the caller's transaction): (those newly
-    subscribed, those unknown). One already subscribed is neither."""
-    ids = sorted(set(user_ids))
-    known = await _lock_users(conn, ids)
+async def change(conn: asyncpg.Connection, ring: Keyring, topic: str, add: Sequence[str], remove: Sequence[str],
+                 actor: str | None, source: str = "api") -> tuple[list[str], list[str], list[str]]:
+    """Subscribe ``add`` and unsubscribe ``remove`` (in the caller's transaction):
+    (newly subscribed, unsubscribed, ``add`` not registered). One already so is
+    neither. Every user's row is locked first, all in one id order (their audit
+    chains are appended to, ``stores.audit.prepare``; two bulk changes naming the
+    same users wait for each other instead of deadlocking)."""
+    adding, removing = sorted(set(add)), sorted(set(remove))
+    known = {r[0] for r in await conn.fetch(
+        "SELECT user_id FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE",
+        sorted(set(adding) | set(removing)))}
+    subscribing = [u for u in adding if u in known]
     rows = await conn.fetch(
         "INSERT INTO topic_subscribers (topic_id, user_id, shard_key, source) "
         "SELECT $1, u, k, $4 FROM unnest($2::text[], $3::bigint[]) AS t(u, k) "
         "ON CONFLICT (topic_id, user_id) DO NOTHING RETURNING user_id",
-        topic, [u for u in ids if u in known], [stable_hash(u) for u in ids if u in known], source)
+        topic, subscribing, [stable_hash(u) for u in subscribing], source) if subscribing else []
     added = sorted(r[0] for r in rows)
-    await append_audit(conn, ring, [(u, "topic.subscribe", None, {"topic": topic}, actor) for u in added])
-    return added, [u for u in ids if u not in known]
-
-
-async def unsubscribe(conn: asyncpg.Connection, ring: Keyring, topic: str, user_ids: Sequence[str],
-                      actor: str | None) -> list[str]:
-    """Unsubscribe (in the caller's transaction): those that were subscribed."""
-    await _lock_users(conn, sorted(set(user_ids)))
     rows = await conn.fetch("DELETE FROM topic_subscribers WHERE topic_id = $1 AND user_id = ANY($2::text[]) "
-                            "RETURNING user_id", topic, sorted(set(user_ids)))
+                            "RETURNING user_id", topic, removing) if removing else []
     removed = sorted(r[0] for r in rows)
-    await append_audit(conn, ring, [(u, "topic.unsubscribe", {"topic": topic}, None, actor) for u in removed])
-    return removed
+    await append_audit(conn, ring, [(u, "topic.subscribe", None, {"topic": topic}, actor) for u in added]
+                       + [(u, "topic.unsubscribe", {"topic": topic}, None, actor) for u in removed])
+    return added, removed, [u for u in adding if u not in known]
 
 
 async def count(conn: asyncpg.Connection, topic: str) -> int:
@@ -75,4 +67,4 @@ async def of_user(conn: asyncpg.Connection, user_id: str) -> list[tuple[str, flo
     return [(r[0], float(r[1])) for r in rows]
 
 
-__all__ = ["count", "of_user", "page", "shard_subscribers", "subscribe", "unsubscribe"]
+__all__ = ["change", "count", "of_user", "page", "shard_subscribers"]

@@ -63,7 +63,8 @@ def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:
 async def lock_versions(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, int]:
     """The users' preference versions, their rows locked for this transaction."""
     return {r[0]: r[1] for r in await conn.fetch(
-        "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) FOR UPDATE", list(user_ids))}
+        "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE",
+        list(user_ids))}
 
 
 async def forget_addresses(conn: asyncpg.Connection, ring: Keyring, gone: Sequence[tuple[str, str, str]]) -> None:

@@ -11,7 +11,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from engine.http.errors import all_violations
+from engine.http.errors import all_violations, field_error
 from engine.runtime import Engine
 from infra import streams
 from policy.types import UserId
@@ -60,7 +60,11 @@ def decode(decoder: msgspec.json.Decoder, body: bytes, what: str):
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as e:  # every violation, as the API promises
-        raise Problem(422, f"invalid {what}", all_violations(body, decoder.type, e)) from None
+        try:
+            found = all_violations(body, decoder.type, e)
+        except RecursionError:  # a recursive type (a segment filter) nested near the decoder's limit
+            found = [field_error(e)]
+        raise Problem(422, f"invalid {what}", found) from None
     except msgspec.DecodeError as e:
         raise Problem(400, "malformed JSON", [{"field": "$", "reason": str(e)}]) from None
     except RecursionError:  # msgspec's own depth limit, inside a free-form (Any) field

@@ -203,11 +203,11 @@ async def resolved_audience(engine: Engine, audience: Audience) -> Audience:
     """``audiences.resolved``: a saved segment's filter taken in (it travels with
     the broadcast), a filter checked; 422 naming the field otherwise."""
     try:
-        return await audiences.resolved(engine, audience)
+        return await audiences.resolved(engine, audience, "$.audience", checked=False)
     except segments.Invalid as e:
         raise Problem(422, "invalid broadcast", [{"field": p, "reason": r} for p, r in e.errors]) from None
     except audiences.UnknownSegment:
-        raise Problem(422, "invalid broadcast", [{"field": "audience.segment", "reason": "no such segment"}]) from None
+        raise Problem(422, "invalid broadcast", [{"field": "$.audience.segment", "reason": "no such segment"}]) from None
 
 
 async def submit_broadcast(request: web.Request) -> web.Response:
@@ -223,9 +223,9 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     cfg = engine.cfg
     b = decode(_broadcast, await read_json(request), "broadcast")
-    check([b], cfg.enabled_channels(), False, 1)
-    if isinstance(b.audience, Audience):
+    if isinstance(b.audience, Audience):  # first: a saved segment's filter is then checked with the rest
         b.audience = await resolved_audience(engine, b.audience)
+    check([b], cfg.enabled_channels(), False, 1)
     await check_templates(engine, [b], False)
     if query_bool(request, "dry_run"):
         may_dry_run(request)

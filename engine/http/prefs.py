@@ -14,6 +14,7 @@ from aiohttp import web
 
 from actors.user_prefs import PrefCommand
 from engine import audiences
+from engine.dry_runs import Busy
 from engine.http.access import Link, Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, USER_PATH, Problem, decode, path_user, query_int, read_json, reply
 from engine.prefs_bus import run_commands
@@ -332,11 +333,11 @@ async def apply_template(request: web.Request) -> web.Response:
     audience = None
     if target.audience is not None:
         try:
-            audience = await audiences.resolved(engine, target.audience)
+            audience = await audiences.resolved(engine, target.audience, "$.audience")
         except segments.Invalid as e:
             raise Problem(422, "invalid template target", [{"field": p, "reason": r} for p, r in e.errors]) from None
         except audiences.UnknownSegment:
-            raise Problem(422, "invalid template target", [{"field": "audience.segment",
+            raise Problem(422, "invalid template target", [{"field": "$.audience.segment",
                                                             "reason": "no such segment"}]) from None
     async with engine.pool.acquire() as conn:
         if not await prefs_store.template_chain(conn, tid):
@@ -347,7 +348,18 @@ async def apply_template(request: web.Request) -> web.Response:
             users += [r[0] for r in await conn.fetch(f"SELECT user_id FROM users WHERE {clauses}",
                                                      *target.where.values())]
     if audience is not None:
-        users += await audiences.members(engine, audience)
+        try:
+            users += await audiences.members(engine, audience)
+        except audiences.TooMany:
+            raise Problem(422, "invalid template target", [{"field": "$.audience", "reason": (
+                f"more than {audiences.MOST_MEMBERS} users: narrow it, or import the template's users "
+                "(POST /v1/preferences/import)")}]) from None
+        except Busy:
+            raise Problem(429, "busy", [{"field": "$.audience", "reason": "an audience count or dry run is running "
+                                         "on this engine: try again when it has answered"}]) from None
+        except TimeoutError:
+            raise Problem(504, "took too long", [{"field": "$.audience",
+                                                  "reason": "the shards did not answer in time"}]) from None
     users = list(dict.fromkeys(users))  # each once, in the order given
     who = actor(request)
     applied, failed = 0, []

@@ -10,7 +10,8 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from engine import audiences
+from engine import audiences, dry_runs
+from engine.auth import PRINCIPAL
 from engine.dry_runs import Busy
 from engine.http.access import Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, query_after, query_int, read_json, reply
@@ -54,7 +55,8 @@ class Deleted(msgspec.Struct):
 
 
 class Count(msgspec.Struct):
-    """How many users the audience takes now, up to five of them, and how long counting took."""
+    """How many users the audience takes now, up to five of them (for a caller
+    with ``decisions:read`` too, as a dry run's samples), and how long counting took."""
 
     users: int
     sample: list[str]
@@ -133,13 +135,17 @@ async def counted(request: web.Request, audience: Audience, at: str) -> web.Resp
     except segments.Invalid as e:
         raise invalid(e, "audience") from None
     except audiences.UnknownSegment:
+        if at == "segment_id":  # the path's
+            raise Problem(404, "not found", [{"field": "segment_id", "reason": "no such segment"}]) from None
         raise Problem(422, "invalid audience", [{"field": f"{at}.segment", "reason": "no such segment"}]) from None
     except Busy:
         raise Problem(429, "busy", [{"field": "$", "reason": "an audience count or broadcast dry run is running on "
                                      "this engine: try again when it has answered"}]) from None
     except TimeoutError:
         raise Problem(504, "took too long", [{"field": "$", "reason": "the shards did not answer in time"}]) from None
-    return reply(Count(users, sample, seconds))
+    # who is in it shows their consent, preferences and suppressions: as a dry run's samples do
+    p = request.get(PRINCIPAL)
+    return reply(Count(users, sample if p is None or p.allows(dry_runs.SCOPE) else [], seconds))
 
 
 async def count_segment(request: web.Request) -> web.Response:
@@ -164,7 +170,7 @@ ROUTES = [
     Route("DELETE", "/v1/segments/{segment_id}", delete_segment, Scoped("segments:write"), params=SEGMENT_PATH,
           answers={200: Deleted}, errors=(404,)),
     Route("GET", "/v1/segments/{segment_id}/count", count_segment, Scoped("segments:read"), params=SEGMENT_PATH,
-          answers={200: Count}, errors=(422, 429, 504)),
+          answers={200: Count}, errors=(404, 429, 504)),
     Route("POST", "/v1/audiences/count", count_audience, Scoped("segments:read"), body=Audience,
           answers={200: Count}, errors=(429, 504), example={"topic": "company-42", "where": EXAMPLE["where"]}),
 ]

@@ -1,5 +1,6 @@
-"""Topics: who follows what. A user subscribes (their own end-user token, or a
-key with ``topics:write``), a product subscribes many at once; a broadcast with
+"""Topics: who follows what. A product subscribes users (a key with
+``topics:write``, one or many at once); a user may unsubscribe themselves and
+read what they follow with their own end-user token; a broadcast with
 ``"audience": {"topic": …}`` reaches the subscribers (``policy.audience``).
 
 A topic exists while it has subscribers; there is nothing to create first. Each
@@ -10,11 +11,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
 from engine.http.access import Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, path_user, query_after, query_int, read_json, reply
+from engine.http.common import (
+    DB_BUSY,
+    ENGINE,
+    Problem,
+    busy,
+    decode,
+    path_user,
+    query_after,
+    query_int,
+    read_json,
+    reply,
+)
 from policy.audience import Name
 from policy.types import UserId
 from stores import topics as store
@@ -92,12 +105,24 @@ class UserTopics(msgspec.Struct):
 _changes = msgspec.json.Decoder(Changes)
 
 
+async def changed(request: web.Request, topic: str, add: list[str],
+                  remove: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``stores.topics.change`` in a transaction of its own; a lock wait or a
+    deadlock past the database's timeouts is a 503 to retry."""
+    engine = request.app[ENGINE]
+    try:
+        async with engine.pool.acquire() as conn, conn.transaction():
+            return await store.change(conn, engine.ring, topic, add, remove, actor(request))
+    except asyncpg.exceptions.DeadlockDetectedError:
+        raise busy() from None
+    except DB_BUSY:
+        raise busy() from None
+
+
 async def subscribe_one(request: web.Request) -> web.Response:
     """Subscribe a user to a topic (doing it again changes nothing)."""
     topic, user_id = path_topic(request), path_user(request)
-    engine = request.app[ENGINE]
-    async with engine.pool.acquire() as conn, conn.transaction():
-        added, unknown = await store.subscribe(conn, engine.ring, topic, [user_id], actor(request))
+    added, _, unknown = await changed(request, topic, [user_id], [])
     if unknown:
         raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
     return reply(Subscription(topic_id=topic, user_id=user_id, subscribed=True, changed=bool(added)))
@@ -106,9 +131,7 @@ async def subscribe_one(request: web.Request) -> web.Response:
 async def unsubscribe_one(request: web.Request) -> web.Response:
     """Unsubscribe a user from a topic (one not subscribed stays so)."""
     topic, user_id = path_topic(request), path_user(request)
-    engine = request.app[ENGINE]
-    async with engine.pool.acquire() as conn, conn.transaction():
-        removed = await store.unsubscribe(conn, engine.ring, topic, [user_id], actor(request))
+    _, removed, _ = await changed(request, topic, [], [user_id])
     return reply(Subscription(topic_id=topic, user_id=user_id, subscribed=False, changed=bool(removed)))
 
 
@@ -116,7 +139,6 @@ async def change_many(request: web.Request) -> web.Response:
     """Subscribe and unsubscribe many users in one transaction (unknown users are
     listed, not an error: the others are still subscribed)."""
     topic = path_topic(request)
-    engine = request.app[ENGINE]
     body = decode(_changes, await read_json(request), "subscriber changes")
     if not body.add and not body.remove:
         raise Problem(422, "invalid subscriber changes", [{"field": "$", "reason": "give add or remove"}])
@@ -125,10 +147,7 @@ async def change_many(request: web.Request) -> web.Response:
     both = sorted(set(body.add) & set(body.remove))
     if both:
         raise Problem(422, "invalid subscriber changes", [{"field": "remove", "reason": f"{both[0]!r} is in add too"}])
-    who = actor(request)
-    async with engine.pool.acquire() as conn, conn.transaction():
-        added, unknown = await store.subscribe(conn, engine.ring, topic, body.add, who) if body.add else ([], [])
-        removed = await store.unsubscribe(conn, engine.ring, topic, body.remove, who) if body.remove else []
+    added, removed, unknown = await changed(request, topic, body.add, body.remove)
     return reply(Changed(topic_id=topic, added=len(added), removed=len(removed), unknown=unknown[:UNKNOWN_SHOWN],
                          unknown_count=len(unknown)))
 
@@ -165,7 +184,9 @@ async def user_topics(request: web.Request) -> web.Response:
 PAGE = (Param("after", UserId, "Subscribers after this user id (the previous page's next)"),
         Param("limit", Limit, "At most this many (default 100)"))
 ROUTES = [
-    Route("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}", subscribe_one, Scoped("topics:write", user=True),
+    # subscribing puts a user in an audience meant for someone: the product decides (a key);
+    # leaving one is the user's own choice (their token may)
+    Route("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}", subscribe_one, Scoped("topics:write"),
           params=SUBSCRIBER_PATH, answers={200: Subscription}, errors=(404,)),
     Route("DELETE", "/v1/topics/{topic_id}/subscribers/{user_id}", unsubscribe_one,
           Scoped("topics:write", user=True), params=SUBSCRIBER_PATH, answers={200: Subscription}),

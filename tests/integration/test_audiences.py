@@ -10,8 +10,10 @@ import asyncio
 import time
 import uuid
 
+import msgspec
 import pytest
 
+from infra import dead_letters, streams
 from policy.types import UserProfile
 from tests.integration.helpers import engine_config, serving
 
@@ -86,18 +88,20 @@ async def test_subscribing_one_and_many_and_reading_them_back(engine, client):
     assert [a["action"] for a in actions] == ["topic.subscribe", "topic.unsubscribe"]
 
 
-async def test_a_user_token_follows_topics_for_its_own_user_only(engine, client):
+async def test_a_user_token_leaves_topics_and_reads_its_own_but_joins_none(engine, client):
+    async with client.post(f"{engine.base_url}/v1/topics/launches/subscribers", json={"add": ["a11", "a12"]}) as r:
+        assert r.status == 200, await r.text()
     token, _ = await engine.auth.mint("a11", 600)
     me = {"Authorization": f"Bearer {token}"}
-    async with client.put(f"{engine.base_url}/v1/topics/launches/subscribers/a11", headers=me) as r:
-        assert r.status == 200, await r.text()
-    async with client.put(f"{engine.base_url}/v1/topics/launches/subscribers/a12", headers=me) as r:
-        assert r.status == 403
-    async with client.post(f"{engine.base_url}/v1/topics/launches/subscribers", json={"add": ["a12"]},
-                           headers=me) as r:
-        assert r.status == 403  # bulk changes need a key
     async with client.get(f"{engine.base_url}/v1/users/a11/topics", headers=me) as r:
         assert [t["topic_id"] for t in (await r.json())["topics"]] == ["launches"]
+    for method, path in (("PUT", "/v1/topics/other/subscribers/a11"),  # joining an audience is the product's call
+                         ("DELETE", "/v1/topics/launches/subscribers/a12"), ("GET", "/v1/users/a12/topics"),
+                         ("POST", "/v1/topics/launches/subscribers")):
+        async with client.request(method, f"{engine.base_url}{path}", json={"remove": ["a12"]}, headers=me) as r:
+            assert r.status == 403, (method, path, await r.text())
+    async with client.delete(f"{engine.base_url}/v1/topics/launches/subscribers/a11", headers=me) as r:
+        assert r.status == 200 and (await r.json())["changed"] is True
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), [
@@ -111,7 +115,10 @@ async def test_a_user_token_follows_topics_for_its_own_user_only(engine, client)
     ("PUT", "/v1/segments/s1", {"where": {"any": []}}, "$.where.any"),
     ("PUT", "/v1/segments/s1", {"where": {"field": "address", "op": "has", "value": "pigeon"}}, "$.where.value"),
     ("POST", "/v1/broadcasts", {**NEWS, "audience": {}}, "$.audience"),
-    ("POST", "/v1/broadcasts", {**NEWS, "audience": {"segment": "no-such"}}, "audience.segment"),
+    ("POST", "/v1/broadcasts", {**NEWS, "audience": {"segment": "no-such"}}, "$.audience.segment"),
+    ("POST", "/v1/broadcasts", {**NEWS, "audience": {"segment": "french", "where": {"field": "locale", "op": "eq",
+                                                                                     "value": "fr"}}},
+     "$.audience.where"),
     ("POST", "/v1/broadcasts", {**NEWS, "audience": {"where": {"not": {"field": "consent", "op": "has",
                                                                        "value": 7}}}}, "$.audience.where.not.value"),
     ("POST", "/v1/audiences/count", {"segment": "no-such"}, "$.segment"),
@@ -136,7 +143,15 @@ async def test_broadcasts_reach_a_topic_a_segment_and_both(engine, client, webho
     fr = {f"a{i}" for i in range(USERS) if i % 3 == 0}
     async with client.get(f"{engine.base_url}/v1/segments/french/count") as r:
         counted = await r.json()
-    assert counted["users"] == len(fr) and set(counted["sample"]) <= fr
+    assert counted["users"] == len(fr) and set(counted["sample"]) <= fr and counted["sample"]
+    from engine import auth
+    async with engine.pool.acquire() as conn:
+        _, counter = await auth.create_key(conn, "counter", ["segments:read"])
+    async with client.get(f"{engine.base_url}/v1/segments/french/count",
+                          headers={"Authorization": f"Bearer {counter}"}) as r:
+        assert await r.json() == {**counted, "sample": [], "seconds": (await r.json())["seconds"]}  # no decisions:read
+    async with client.get(f"{engine.base_url}/v1/segments/nothing-here/count") as r:
+        assert r.status == 404
 
     before = webhook_sink.received
     assert await broadcast(engine, client, {"topic": "followers"}, 20) == {f"a{i}" for i in range(20)}
@@ -202,5 +217,24 @@ async def test_erasing_a_user_ends_their_subscriptions(engine, client):
         assert r.status == 200
     async with client.delete(f"{engine.base_url}/v1/users/a29") as r:
         assert r.status in (200, 202), await r.text()
+        receipt = await r.json()
+    assert receipt["deleted"]["topic_subscribers"] == 1, receipt
     async with client.get(f"{engine.base_url}/v1/topics/gone") as r:
         assert (await r.json())["subscribers"] == 0
+
+
+@pytest.mark.parametrize(("audience", "error"), [
+    ({"segment": "french"}, "audience.where"),  # over NATS a segment comes with its filter
+    ({"where": {"field": "locale", "op": "like", "value": "fr"}}, "audience.where.op"),
+])
+async def test_a_bad_audience_over_nats_is_dead_lettered_with_its_reason(engine, audience, error):
+    sub = await engine.nc.subscribe(streams.dlq_subject(engine.cfg.nats))
+    try:
+        await engine.js.publish(streams.broadcast_subject(engine.cfg.nats, "news"),
+                                msgspec.json.encode({**NEWS, "audience": audience}))
+        msg = await sub.next_msg(timeout=15)
+    finally:
+        await sub.unsubscribe()
+    headers = msg.headers or {}
+    assert headers.get(dead_letters.REASON) == "payload.invalid" and error in headers.get(dead_letters.ERROR, ""), \
+        headers

@@ -115,6 +115,10 @@ def test_a_broadcast_audience_is_checked_with_the_message():
     assert ("$.audience.where.value", "expected a string of 1 to 200 printable characters") in message_errors(b)
     assert segments.audience_errors(Audience(), "$.audience") == [("$.audience", 'give topic, segment or where '
                                                                                  '(or "all")')]
+    # a producer on NATS names a segment with its filter (the HTTP API fills it in from the saved one)
+    assert [p for p, _ in segments.audience_errors(Audience(segment="europe"), "$.audience")] == ["$.audience.where"]
+    assert segments.audience_errors(Audience(segment="europe", where=where({"field": "locale", "op": "eq",
+                                                                            "value": "fr"})), "$.audience") == []
 
 
 FIELD_NAMES = st.sampled_from([*segments.FIELDS, "nope"])
