@@ -23,7 +23,7 @@ from actors.link import LinkServed
 from actors.stalls import StallWatch, Watched
 from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
-from policy import wire
+from policy import devices, wire
 from policy.labels import Bounds
 from policy.types import URGENT, DeliveryTask, Outcome
 from providers import registry
@@ -64,6 +64,14 @@ def build_slot(p: ProviderConfig, channel: str = "", setup: SharedSetup | None =
         timeout_s=p.timeout_s,
         max_wait_s=p.max_wait_s,
     )
+
+
+def slots_for(service: str, slots: list[ProviderSlot]) -> list[ProviderSlot]:
+    """The slots whose provider takes ``service``'s tokens; all of them when no
+    provider says which it takes (none at all: the device's send fails as
+    ``no_provider``)."""
+    said = [s for s in slots if getattr(s.provider, "service", None) is not None]
+    return [s for s in said if s.provider.service == service] if said else slots  # type: ignore[attr-defined]
 
 
 def build_router(cfg: ChannelConfig, providers: list[ProviderConfig], slots: list[ProviderSlot],
@@ -165,12 +173,17 @@ class ChannelShard(Watched, LinkServed):
         tasks = wire.decode(payload, list[DeliveryTask])
         traced = {t.notification_id: t.stages for t in tasks if t.stages is not None}
         env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng, router=self.router)
+        multi = [t for t in tasks if t.targets]  # a user's several devices: one call each, one outcome
+        if multi:
+            tasks = [t for t in tasks if not t.targets]
         if self.batch_size > 1 and len(tasks) > 1:
             groups = batches(tasks, self.batch_size, mixed=self.mixed)
             results = await asyncio.gather(*(self._batch(g, slots, env) for g in groups))
             outcomes: list[Outcome] = [o for r in results for o in r]
         else:
             outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in tasks))
+        if multi:
+            outcomes += await asyncio.gather(*(self._to_devices(t, slots, env) for t in multi))
         self.delivered += len(outcomes)
         asyncio.get_running_loop().call_soon(self._measure, outcomes, slots)  # after the answer is sent
         if traced:  # one task per notification here: a shard serves one channel
@@ -231,6 +244,17 @@ class ChannelShard(Watched, LinkServed):
             if span is not None:
                 spans.provider_calls(span, o.attempts)
                 spans.end(span, error=o.reason if o.status == "failed" else None)
+
+    async def _to_devices(self, task: DeliveryTask, slots: list[ProviderSlot], env: dict) -> Outcome:
+        """A task for several devices (``targets``): each sent on its own, through
+        the providers that speak its service (APNs tokens to APNs, FCM tokens to
+        FCM; every provider when none says), under the same limits and breakers;
+        merged into the channel's one outcome (``policy.devices.merged``)."""
+        targets = task.targets or []
+        subs = [msgspec.structs.replace(task, address=t.token, targets=None) for t in targets]
+        outs = await asyncio.gather(*(deliver(sub, slots_for(t.service, slots), **env)
+                                      for t, sub in zip(targets, subs, strict=True)))
+        return devices.merged(task, list(zip(targets, outs, strict=True)), time.time())
 
     async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:
         outcomes = await deliver_batch(group, slots, **env)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import msgspec
 
 from policy.prefs import Preference
-from policy.types import UserState
+from policy.types import Device, UserState
 from stores.state import decode_stored
 
 
@@ -41,6 +41,7 @@ class Packed(msgspec.Struct, array_like=True, omit_defaults=True):
     suppressed: dict[str, str] = {}
     consent_until: dict[str, float] = {}
     consent_state: dict[str, str] = {}
+    devices: tuple[Device, ...] = ()
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -75,7 +76,7 @@ class UserCache(Mapping[str, UserState]):
             zone = self._zone_ix[s.timezone] = len(self._zones)
             self._zones.append(s.timezone)
         return _encode(Packed(s.addresses, zone, s.locale, s.version, s.prefs, s.template,
-                              tuple(sorted(s.consent)), s.suppressed, s.consent_until, s.consent_state))
+                              tuple(sorted(s.consent)), s.suppressed, s.consent_until, s.consent_state, s.devices))
 
     def _unpack(self, user_id: str, blob: bytes) -> UserState:
         p = _decode(blob)
@@ -83,7 +84,7 @@ class UserCache(Mapping[str, UserState]):
                          templates=self.templates.get(p.template, ()) if p.template else (),
                          template=p.template, consent=frozenset(p.consent), suppressed=p.suppressed,
                          timezone=self._zones[p.zone], locale=p.locale, version=p.version,
-                         consent_until=p.consent_until, consent_state=p.consent_state)
+                         consent_until=p.consent_until, consent_state=p.consent_state, devices=p.devices)
 
     def _hold(self, user_id: str, blob: bytes) -> None:
         self._blobs[user_id] = blob
@@ -141,7 +142,7 @@ class UserCache(Mapping[str, UserState]):
             zone = self._zone_ix[p.timezone] = len(self._zones)
             self._zones.append(p.timezone)
         return _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template, p.consent,
-                              suppressed or {}, p.consent_until, p.consent_state))
+                              suppressed or {}, p.consent_until, p.consent_state, p.devices))
 
     def loading(self, token: int) -> WarmSink:
         """Where a warm start begun at ``token`` (``begin_load``) puts what it

@@ -26,7 +26,7 @@ from actors.user_templates import TemplatesMixin
 from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
-from policy import dryrun, plan as planner, release as releasing, wire
+from policy import devices, dryrun, plan as planner, release as releasing, wire
 from policy.audience import Audience
 from policy.decide import consent_key, current_consent, split_consent_key, zone
 from policy.dryrun import SAMPLE, Tally
@@ -38,6 +38,7 @@ from policy.types import (
     BroadcastRequest,
     Content,
     DeliveryTask,
+    Device,
     Outcome,
     UserProfile,
     UserState,
@@ -46,6 +47,7 @@ from policy.types import (
 )
 from policy.validate import ConsentRecord, Evidence, PreferencesPatch, rule_errors
 from stores import (
+    devices as device_store,
     erasure,
     pii as pii_store,
     prefs as prefs_store,
@@ -54,6 +56,7 @@ from stores import (
     tracking,
     users as user_store,
 )
+from stores.audit import append_audit
 from stores.prefs import Change
 
 log = logging.getLogger(__name__)
@@ -380,10 +383,14 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             self._journal(delivered)
             outcomes.extend(delivered)
         kept = plan.kept() | {o.notification_id for o in outcomes if o.status == "sent"}
-        gone = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone"}
+        # a device's token gone removes that device (policy/devices.py), not the user's address
+        gone = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone" and not o.gone}
         if gone:
             await self._forget_addresses([(t.user_id, t.channel, t.address) for ts in plan.sends.values()
-                                          for t in ts if (t.notification_id, t.channel) in gone])
+                                          for t in ts if (t.notification_id, t.channel) in gone and not t.targets])
+        devices_gone = sorted({(o.user_id, d) for o in outcomes if o.gone for d in o.gone})
+        if devices_gone:
+            await self._forget_devices(devices_gone)
         return outcomes, kept, error
 
     async def _hold(self, items: list[Held]) -> None:
@@ -748,6 +755,61 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             await user_store.forget_addresses(conn, self.ring, gone)
             await self._reload(conn, users)
         self.stats["addresses_removed"] = self.stats.get("addresses_removed", 0) + len(gone)
+
+    # -- devices (policy/devices.py) -------------------------------------------
+
+    async def put_device(self, user_id: str, payload: bytes, actor: str | None) -> dict | None:
+        """Register or refresh a device (``Device``, MessagePack) of a user this
+        shard owns: committed (with its audit row, the token never in it) and
+        ``users.state`` refreshed, then held. None for no such user; else the
+        users the same token was taken from (their shards must reload them)."""
+        await self._ready()
+        device = wire.decode(payload, Device)
+        async with self._writing.hold([user_id]), self.pool.acquire() as conn:
+            async with conn.transaction():
+                # a token another user's device has moves here: their rows are locked
+                # too, all in id order, and their stored states refreshed (their own
+                # shards then reload them: the caller asks)
+                others = await device_store.holders(conn, self.ring, user_id, device)
+                if user_id not in await user_store.lock_versions(conn, sorted({user_id, *others})):
+                    return None
+                keys = await pii_store.data_keys(conn, self.ring, [user_id], create=True)
+                taken = await device_store.put(conn, self.ring, keys[user_id], user_id, device)
+                await device_store.keep_newest(conn, user_id, devices.MOST_DEVICES)
+                await append_audit(conn, self.ring, [(user_id, "device.register", None, devices.entry(device), actor)]
+                                   + [(u, "device.moved", {"device_service": device.service}, None, actor)
+                                      for u in taken], keys)
+                fresh = await state_store.refresh_states(conn, self.ring, [user_id, *taken])
+            mine = {user_id: fresh[user_id]} if user_id in fresh else {}
+            await self._attach_templates(conn, mine.values())
+        self.users.update(mine)
+        return {"taken_from": taken}
+
+    async def remove_device(self, user_id: str, device_id: str, actor: str | None) -> bool:
+        """Remove a user's device (committed, audited, then in memory): whether it was there."""
+        await self._ready()
+        return bool(await self._remove_devices([(user_id, device_id)], "device.remove", actor))
+
+    async def _forget_devices(self, gone: list[tuple[str, str]]) -> None:
+        """The push service said these devices' tokens are gone for good (an
+        app uninstalled, a subscription expired): those devices go, the user's
+        other devices stay."""
+        removed = await self._remove_devices(gone, "device.gone", "push service")
+        self.stats["devices_removed"] = self.stats.get("devices_removed", 0) + len(removed)
+
+    async def _remove_devices(self, pairs: list[tuple[str, str]], action: str, actor: str | None) -> list:
+        users = sorted({u for u, _ in pairs})
+        async with self._writing.hold(users), self.pool.acquire() as conn:
+            async with conn.transaction():
+                await user_store.lock_versions(conn, users)
+                removed = await device_store.remove(conn, pairs)
+                if not removed:
+                    return []
+                await append_audit(conn, self.ring, [(u, action, {"device_id": d}, None, actor) for u, d in removed])
+                fresh = await state_store.refresh_states(conn, self.ring, sorted({u for u, _ in removed}))
+            await self._attach_templates(conn, fresh.values())
+        self.users.update(fresh)
+        return removed
 
     async def _ask_confirmation(self, state: UserState, keys: list[str], version: int) -> None:
         """Double opt-in: text the person once per grant that waits for them

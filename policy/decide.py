@@ -30,7 +30,7 @@ from functools import lru_cache
 from policy import schedule
 from policy.prefs import DIGEST_FREQUENCIES
 from policy.rules import Policy
-from policy.types import Decision, Defer, Digest, DigestKey, Message, Send, Suppress, UserState
+from policy.types import CHANNEL_OF, Decision, Defer, Digest, DigestKey, Message, Send, Suppress, UserState
 from policy.windows import next_allowed, period_bounds, quiet_until
 
 # Channels whose address may come from the provider's configuration instead of
@@ -118,7 +118,7 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
         return Suppress(channel, f"pref.{_origin(pref.source['enabled'])}_off")
     if pref.frequency == "never":
         return Suppress(channel, "pref.frequency_never")
-    if channel not in state.addresses and channel not in ADDRESS_OPTIONAL:
+    if channel not in state.addresses and channel not in ADDRESS_OPTIONAL and not _has_device(state, channel):
         return Suppress(channel, f"address.missing_{channel}")
     why = state.suppressed.get(channel)
     if why is not None:
@@ -145,6 +145,10 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
         if until is not None:
             return Defer(channel, "time_window", until)
     return Send(channel)
+
+
+def _has_device(state: UserState, channel: str) -> bool:
+    return any(CHANNEL_OF[d.service] == channel for d in state.devices) if state.devices else False
 
 
 def _scheduled(request: Message, channel: str, timezone: str, now: float) -> Defer | None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from policy import schedule, wire
-from policy.decide import decide, zone
+from policy import devices, schedule, wire
+from policy.decide import decide, request_context, zone
 from policy.email import with_footer
 from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
@@ -47,6 +47,8 @@ from policy.types import (
     UserState,
 )
 from policy.unsubscribe import UnsubscribeRules
+
+DEVICE_CHANNELS = frozenset({"push", "web"})  # a user may have several devices there (policy/devices.py)
 
 # Compiled message templates by (template id, version) → channel → locale.
 Templates = Mapping[tuple[str, int | None], Mapping[str, Mapping[str, Compiled]]]
@@ -125,7 +127,16 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
         plan.outcomes.append(settled(it, channel, "rejected", why, now, ctx.parent_id, detail))
         return
     task = task_for(it, channel, state, content)
+    if state is not None and state.devices and channel in DEVICE_CHANNELS:
+        found, owned = devices.targets(state, channel, it.request, ctx.policy, request_context(it.request), now)
+        if owned and not found:  # every device turned off by its context (or not seen for months)
+            plan.outcomes.append(settled(it, channel, "suppressed", "pref.device_off", now, ctx.parent_id))
+            return
+        if found:
+            task.targets, task.address = found, found[0].token
     task.expires_at, task.collapse_key = expires_at, collapse_key
+    if channel in DEVICE_CHANNELS:
+        task.push = it.request.push
     if ctx.links is not None and content.html and channel in ctx.links.channels:
         task = track(ctx.links, task)
     if channel == "email":  # after the rewrite for click tracking: the footer's links stay as they are

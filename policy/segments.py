@@ -14,7 +14,7 @@ field               ops                           value
 ``locale``          eq, ne, in, prefix            a locale (``"en-GB"``), a list, a prefix
 ``timezone``        eq, ne, in, prefix            a zone (``"Europe/Paris"``), a list, ``"Europe/"``
 ``template``        eq, ne, in, exists            a preference template id (``exists``: true/false)
-``address``         has                           a channel: an address there that is not suppressed
+``address``         has                           a channel: an address (or device) there, not suppressed
 ``consent``         has                           a consent key (``"sms"``, ``"sms:marketing"``) granted now
 ``preference``      enabled                       ``"channel:category"``: the user's effective preference
                                                   sends it (enabled, frequency not ``never``)
@@ -37,6 +37,7 @@ from msgspec import Struct
 
 from policy.audience import Audience, Where
 from policy.decide import consent_status, split_consent_key
+from policy.devices import reachable
 from policy.types import UserState
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def _condition(fname: str, op: str, v: Any, policy: Policy) -> Predicate:
     if fname == "template":
         return _text_test(op, v, lambda s: s.template)
     if fname == "address":
-        return lambda s, e, now: v in s.addresses and v not in s.suppressed
+        return lambda s, e, now: reachable(s, v) and v not in s.suppressed
     if fname == "consent":
         channel, purpose = split_consent_key(v)
         return lambda s, e, now: consent_status(s, channel, purpose, now) == "granted"

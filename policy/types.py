@@ -83,6 +83,27 @@ class TemplateRef(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True)
     version: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None  # the column is int4
 
 
+class PushAction(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A button on a push: its id (sent back when tapped) and title."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+\Z")]
+    title: Annotated[str, Meta(min_length=1, max_length=64, pattern=ONE_LINE)]
+
+
+class PushOptions(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Rich push fields: an image (https URL), the app icon's badge count, a
+    sound, a thread (grouping), actions (up to 3 buttons; APNs takes their
+    category, the app defines the buttons). Each provider maps what its platform
+    has (providers/push, providers/webpush)."""
+
+    image: Annotated[str, Meta(max_length=2000, pattern=r"^https://[^\s\x00-\x1f\x7f]+\Z")] | None = None
+    badge: Annotated[int, Meta(ge=0, le=99_999)] | None = None
+    sound: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+\Z")] | None = None
+    thread: Annotated[str, Meta(min_length=1, max_length=64, pattern=ONE_LINE)] | None = None
+    category: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+\Z")] | None = None
+    actions: Annotated[list[PushAction], Meta(max_length=3)] = []
+
+
 class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     """What a notification and a broadcast have in common. Content per channel:
     ``channel_content[channel]``, else ``content``, else ``template`` rendered for
@@ -122,6 +143,8 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     # a newer push with the same key replaces an undelivered older one (apns-collapse-id,
     # FCM collapse_key, the web push Topic); else an ``expiry`` rule's
     collapse_key: CollapseKey | None = None
+    # rich push fields, mapped per platform by the push and web push providers
+    push: PushOptions | None = None
 
     def content_for(self, channel: str) -> Content | None:
         return self.channel_content.get(channel, self.content)  # type: ignore[call-overload]
@@ -140,6 +163,40 @@ class BroadcastRequest(Message, kw_only=True, forbid_unknown_fields=True):
 
     # "all", or a topic's subscribers and/or a segment (policy.audience)
     audience: Literal["all"] | Audience = "all"
+
+
+Service = Literal["apns", "fcm", "webpush"]
+Platform = Literal["ios", "android", "web", "macos", "other"]
+DeviceId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")]
+CHANNEL_OF: dict[str, str] = {"apns": "push", "fcm": "push", "webpush": "web"}
+
+
+class Device(Struct, kw_only=True, omit_defaults=True):
+    """A registered device (policy/devices.py): its id (the app's own, stable
+    per install), service and token (APNs hex token, FCM registration token, or
+    the browser's PushSubscription JSON), the app it belongs to, its kind (the
+    ``device`` context its preferences match: ``mobile``, ``tablet``,
+    ``desktop``, …) and when it was last seen (registered or refreshed)."""
+
+    device_id: str
+    service: Service
+    token: str
+    platform: Platform = "other"
+    app: str = ""
+    kind: str = "mobile"
+    last_seen: float = 0.0
+
+    @property
+    def channel(self) -> str:
+        return CHANNEL_OF[self.service]
+
+
+class Target(Struct, array_like=True):
+    """One device a push goes to (``DeliveryTask.targets``)."""
+
+    device_id: str
+    service: str
+    token: str
 
 
 class UserState(Struct, kw_only=True, omit_defaults=True):
@@ -171,6 +228,7 @@ class UserState(Struct, kw_only=True, omit_defaults=True):
     version: int = 0
     consent_until: dict[str, float] = {}
     consent_state: dict[str, str] = {}
+    devices: tuple[Device, ...] = ()  # several per channel (push, web): policy/devices.py
 
 
 OptOut = Annotated[str, Meta(max_length=80, pattern=r"^(\*|email|sms|push|in_app|web|voice|webhook):(\*|[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*)\Z")]
@@ -280,6 +338,10 @@ class DeliveryTask(Struct, array_like=True):
     expires_at: float | None = None
     collapse_key: str | None = None
     traceparent: str | None = None  # W3C, when its OpenTelemetry trace is sampled (actors/spans.py)
+    # the user's devices on this channel (policy/devices.py): the ChannelShard sends to each
+    # (``address`` is then the first's token); none: the one ``address``
+    targets: list[Target] | None = None
+    push: PushOptions | None = None  # the request's rich push fields, for push and web
 
 
 class Attempt(Struct, array_like=True):
@@ -315,6 +377,7 @@ class Outcome(Struct, array_like=True):
     parent_id: str | None = None  # the broadcast this notification belongs to
     stages: dict[str, float] | None = None  # a traced one's stamps (policy.trace); never stored
     traceparent: str | None = None  # W3C, when its OpenTelemetry trace is sampled (actors/spans.py); never stored
+    gone: list[str] | None = None  # devices whose token the push service says is gone (policy/devices.py)
 
 
 def derive_id(key: str) -> str:

@@ -41,6 +41,7 @@ DELETES = (
     ("status_events", "DELETE FROM status_events WHERE user_id = $1"),
     ("event_dead_letters", "DELETE FROM event_dead_letters WHERE event->>'user_id' = $1"),
     ("topic_subscribers", "DELETE FROM topic_subscribers WHERE user_id = $1"),
+    ("user_devices", "DELETE FROM user_devices WHERE user_id = $1"),
     ("users", "DELETE FROM users WHERE user_id = $1"),
 )
 

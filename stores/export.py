@@ -98,6 +98,9 @@ SECTIONS = (
     Section("held", ("kind", "notification_id", "channel", "category", "due_at", "status", "request", "created_at"),
             "SELECT kind, notification_id, channel, category, due_at, status, request, created_at "
             "FROM scheduled_notifications WHERE user_id = $1 ORDER BY id", frozenset({"request"})),
+    Section("devices", ("device_id", "service", "platform", "app", "kind", "last_seen_at", "created_at"),
+            "SELECT device_id, service, platform, app, kind, last_seen_at, created_at FROM user_devices "
+            "WHERE user_id = $1 ORDER BY device_id"),
     Section("topics", ("topic_id", "subscribed_at", "source"),
             "SELECT topic_id, subscribed_at, source FROM topic_subscribers WHERE user_id = $1 ORDER BY topic_id"),
     Section("engagement", ("notification_id", "channel", "type", "at", "source"),

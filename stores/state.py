@@ -19,8 +19,8 @@ from infra.pii import Keyring, PiiError, aad, open_sealed, seal
 from policy.decide import consent_key
 from policy.prefs import Preference, ordered
 from policy.sharding import shard_of
-from policy.types import UserState
-from stores import pii
+from policy.types import Device, UserState
+from stores import devices as device_store, pii
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Stored(msgspec.Struct, array_like=True, omit_defaults=True):
     consent: tuple[str, ...] = ()
     consent_until: dict[str, float] = {}
     consent_state: dict[str, str] = {}
+    devices: tuple[Device, ...] = ()
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -47,7 +48,7 @@ decode_stored = msgspec.msgpack.Decoder(Stored).decode
 
 def to_stored(s: UserState) -> bytes:
     return _encode(Stored(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
-                          tuple(sorted(s.consent)), s.consent_until, s.consent_state))
+                          tuple(sorted(s.consent)), s.consent_until, s.consent_state, s.devices))
 
 
 STATE = "users.state"  # what a sealed state is bound to (with its user)
@@ -75,7 +76,7 @@ def from_stored(user_id: str, blob: bytes) -> UserState:
     p = decode_stored(blob)
     return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs, template=p.template,
                      consent=frozenset(p.consent), timezone=p.timezone, locale=p.locale, version=p.version,
-                     consent_until=p.consent_until, consent_state=p.consent_state)
+                     consent_until=p.consent_until, consent_state=p.consent_state, devices=p.devices)
 
 
 # Each row as one JSON object in the shape of a Preference, so it decodes in one call.
@@ -210,6 +211,10 @@ async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Seq
         states[uid].consent, states[uid].consent_until, states[uid].consent_state = granted, until, other
     for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, ids):
         states[uid].suppressed[channel] = reason
+    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM user_devices WHERE user_id = ANY($1::text[]))", ids):
+        keys = await pii.data_keys(conn, ring, ids, known=keys)
+        for uid, found in (await device_store.load(conn, keys, ids)).items():
+            states[uid].devices = tuple(found)
     return states
 
 

@@ -17,6 +17,7 @@ from engine.http import (
     audit,
     bulk,
     center,
+    devices,
     docs,
     erasure,
     events,
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route", "status"])
 
-ROUTE_MODULES = (notifications, users, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
+ROUTE_MODULES = (notifications, users, devices, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
                  tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, topics,
                  segments, docs, graphql)
 

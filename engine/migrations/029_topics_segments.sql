@@ -22,4 +22,5 @@ CREATE TABLE segments (
 );
 
 -- A segment on engagement reads each user's last open and click.
-CREATE INDEX idx_engagement_events_user_type ON engagement_events (user_id, type, at);
+-- IF NOT EXISTS: on a large table an operator may build it CONCURRENTLY first (docs/design.md)
+CREATE INDEX IF NOT EXISTS idx_engagement_events_user_type ON engagement_events (user_id, type, at);

@@ -286,6 +286,7 @@ class ApnsProvider:
     """Provider for ``channel = "push"``; see the module docstring."""
 
     channel = "push"
+    service = "apns"  # the device tokens it takes (policy/devices.py)
 
     def __init__(self, name: str, settings: dict):
         self.name = name
@@ -355,17 +356,30 @@ class ApnsProvider:
         alert = {k: v for k, v in (("title", c.subject), ("body", c.text)) if v}
         if "aps" in c.data:
             raise InvalidMessage("apns: data key 'aps' is reserved by APNs")
+        rich = task.push
         if alert:
             aps: dict[str, Any] = {"alert": alert}
-            if self.sound:
-                aps["sound"] = self.sound
+            sound = rich.sound if rich is not None and rich.sound else self.sound
+            if sound:
+                aps["sound"] = sound
+            if rich is not None:
+                if rich.thread:
+                    aps["thread-id"] = rich.thread
+                if rich.category or rich.actions:  # the buttons are the app's, registered under a category
+                    aps["category"] = rich.category or "tidings." + ".".join(a.id for a in rich.actions)
+                if rich.image:  # shown by the app's notification service extension
+                    aps["mutable-content"] = 1
             push_type = PushType.ALERT
             priority = PRIORITY_HIGH if task.priority in URGENT else PRIORITY_NORMAL
         elif c.data:
             aps, push_type, priority = {"content-available": 1}, PushType.BACKGROUND, PRIORITY_NORMAL
         else:
             raise InvalidMessage("apns: push needs a title, a body or data")
+        if rich is not None and rich.badge is not None:
+            aps["badge"] = rich.badge
         payload = {"aps": aps, **c.data}
+        if rich is not None and rich.image and alert:
+            payload.setdefault("image", rich.image)
         try:
             size = len(json.dumps(payload, ensure_ascii=False).encode())  # as aioapns encodes it
         except (TypeError, ValueError) as exc:

@@ -10,7 +10,9 @@ The task address is the browser's ``PushSubscription`` as JSON text
      "keys": {"p256dh": "<base64url>", "auth": "<base64url>"}}
 
 The payload is the JSON ``{"title": subject, "body": text, "data": data, "id":
-notification_id}`` (one record of at most 3993 bytes, so that the encrypted body
+notification_id}`` (with a request's rich fields: ``image``, ``badge_count``,
+``tag`` (the thread), ``actions`` ``[{"action", "title"}]``, as the service
+worker's ``showNotification`` takes them) (one record of at most 3993 bytes, so that the encrypted body
 fits the 4096 bytes every push service must accept; checked before any request).
 
 Settings:
@@ -249,6 +251,7 @@ class WebPushProvider(HttpSession):
     """
 
     channel = "web"
+    service = "webpush"  # the device tokens it takes (policy/devices.py)
 
     def __init__(self, name: str, settings: dict):
         self.name = name
@@ -316,8 +319,15 @@ class WebPushProvider(HttpSession):
         """The JSON payload for ``task``; InvalidMessage when it cannot be encoded
         or is over MAX_PLAINTEXT bytes."""
         c = task.content
+        doc: dict = {"title": c.subject, "body": c.text, "data": c.data, "id": task.notification_id}
+        if task.push is not None:  # the service worker passes these to showNotification (its option names)
+            p = task.push
+            doc.update({k: v for k, v in (("image", p.image), ("badge_count", p.badge), ("tag", p.thread))
+                        if v is not None})
+            if p.actions:
+                doc["actions"] = [{"action": a.id, "title": a.title} for a in p.actions]
         try:
-            body = _encoder.encode({"title": c.subject, "body": c.text, "data": c.data, "id": task.notification_id})
+            body = _encoder.encode(doc)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidMessage(f"web push payload is not JSON-encodable: {exc}") from exc
         if len(body) > MAX_PLAINTEXT:

@@ -326,6 +326,8 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
                                                              "updatePreferences(userId: $u, patch: $p) { version } }",
                                                              "variables": {"u": "alice", "p": {"set": [ROW]}}}),
     ("PUT", "/v1/users/{user_id}/legal-hold"): json_sample({"reason": "case 1"}),
+    ("PUT", "/v1/users/{user_id}/devices/{device_id}"): json_sample({"platform": "android", "token": "fcm-fuzz",
+                                                                     "app": "com.example", "kind": "tablet"}),
     ("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}"): json_sample({}),  # no body is read
     ("POST", "/v1/topics/{topic_id}/subscribers"): json_sample({"add": ["alice"], "remove": ["bob"]}),
     ("PUT", "/v1/segments/{segment_id}"): json_sample({"description": "d", "where": {"all": [

@@ -1,0 +1,84 @@
+"""Users' devices in PostgreSQL (``user_devices``, policy/devices.py): tokens
+sealed under each user's key, with a blind index so a token registered by a new
+user leaves the old one (one device, one owner: a phone that changes hands).
+Writers are the owning UserShard (the devices are part of the user's state), in
+the transaction that refreshes ``users.state``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from infra.pii import Keyring, PiiError, aad, open_sealed, seal
+from policy.types import Device
+
+LOAD = ("SELECT user_id, device_id, service, platform, app, kind, sealed, extract(epoch FROM last_seen_at) "
+        "FROM user_devices WHERE user_id = ANY($1::text[]) ORDER BY user_id, device_id")
+
+
+def _aad(user_id: str, device_id: str) -> bytes:
+    return aad("device", user_id, device_id)
+
+
+async def load(conn: asyncpg.Connection, keys: Mapping[str, bytes], user_ids: Sequence[str]) -> dict[str, list[Device]]:
+    """Each user's devices, tokens opened (one that does not open is left out)."""
+    out: dict[str, list[Device]] = {}
+    for uid, did, service, platform, app, kind, sealed, seen in await conn.fetch(LOAD, list(user_ids)):
+        key = keys.get(uid)
+        if key is None:
+            continue
+        try:
+            token = open_sealed(key, sealed, _aad(uid, did)).decode()
+        except PiiError:
+            continue
+        out.setdefault(uid, []).append(Device(device_id=did, service=service, token=token, platform=platform,
+                                              app=app, kind=kind, last_seen=float(seen)))
+    return out
+
+
+async def holders(conn: asyncpg.Connection, ring: Keyring, user_id: str, d: Device) -> list[str]:
+    """The other users with a device of ``d``'s token (``put`` takes it from them)."""
+    rows = await conn.fetch("SELECT DISTINCT user_id FROM user_devices WHERE service = $1 AND blind = $2 "
+                            "AND user_id <> $3", d.service, ring.blind(d.service, d.token), user_id)
+    return sorted(r[0] for r in rows)
+
+
+async def put(conn: asyncpg.Connection, ring: Keyring, key: bytes, user_id: str, d: Device) -> list[str]:
+    """Register or refresh ``d`` (last seen now); the same token on another
+    device (another user's, or another id of this user's) is taken from it.
+    Returns the other users it was taken from. The caller holds every one's
+    user row locked (``holders`` first) and refreshes their states."""
+    blind = ring.blind(d.service, d.token)
+    taken = await conn.fetch("DELETE FROM user_devices WHERE service = $1 AND blind = $2 "
+                             "AND NOT (user_id = $3 AND device_id = $4) RETURNING user_id", d.service, blind, user_id,
+                             d.device_id)
+    await conn.execute(
+        "INSERT INTO user_devices (user_id, device_id, service, platform, app, kind, sealed, blind) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+        "service = EXCLUDED.service, platform = EXCLUDED.platform, app = EXCLUDED.app, kind = EXCLUDED.kind, "
+        "sealed = EXCLUDED.sealed, blind = EXCLUDED.blind, last_seen_at = now()",
+        user_id, d.device_id, d.service, d.platform, d.app, d.kind, seal(key, d.token.encode(), _aad(user_id, d.device_id)),
+        blind)
+    return sorted({r[0] for r in taken if r[0] != user_id})
+
+
+async def keep_newest(conn: asyncpg.Connection, user_id: str, most: int) -> int:
+    """Remove a user's devices beyond the ``most`` seen most recently; how many."""
+    rows = await conn.fetch("DELETE FROM user_devices WHERE user_id = $1 AND device_id IN (SELECT device_id FROM "
+                            "user_devices WHERE user_id = $1 ORDER BY last_seen_at DESC, device_id OFFSET $2) "
+                            "RETURNING device_id", user_id, most)
+    return len(rows)
+
+
+async def remove(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Remove (user, device) pairs; those that were there."""
+    if not pairs:
+        return []
+    rows = await conn.fetch("DELETE FROM user_devices d USING unnest($1::text[], $2::text[]) AS p(u, i) "
+                            "WHERE d.user_id = p.u AND d.device_id = p.i RETURNING d.user_id, d.device_id",
+                            [u for u, _ in pairs], [i for _, i in pairs])
+    return [(r[0], r[1]) for r in rows]
+
+
+__all__ = ["holders", "keep_newest", "load", "put", "remove"]
