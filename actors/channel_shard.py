@@ -25,6 +25,7 @@ from infra import telemetry
 from infra.config import ChannelConfig, ProviderConfig
 from policy import devices, wire
 from policy.labels import Bounds
+from policy.plan import RETRY_REASONS
 from policy.types import URGENT, DeliveryTask, Outcome
 from providers import registry
 from providers.base import BatchProvider
@@ -174,16 +175,15 @@ class ChannelShard(Watched, LinkServed):
         traced = {t.notification_id: t.stages for t in tasks if t.stages is not None}
         env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng, router=self.router)
         multi = [t for t in tasks if t.targets]  # a user's several devices: one call each, one outcome
-        if multi:
-            tasks = [t for t in tasks if not t.targets]
-        if self.batch_size > 1 and len(tasks) > 1:
-            groups = batches(tasks, self.batch_size, mixed=self.mixed)
+        single = [t for t in tasks if not t.targets] if multi else tasks
+        devices_done = asyncio.gather(*(self._to_devices(t, slots, env) for t in multi))  # alongside the rest
+        if self.batch_size > 1 and len(single) > 1:
+            groups = batches(single, self.batch_size, mixed=self.mixed)
             results = await asyncio.gather(*(self._batch(g, slots, env) for g in groups))
             outcomes: list[Outcome] = [o for r in results for o in r]
         else:
-            outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in tasks))
-        if multi:
-            outcomes += await asyncio.gather(*(self._to_devices(t, slots, env) for t in multi))
+            outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in single))
+        outcomes += await devices_done
         self.delivered += len(outcomes)
         asyncio.get_running_loop().call_soon(self._measure, outcomes, slots)  # after the answer is sent
         if traced:  # one task per notification here: a shard serves one channel
@@ -254,7 +254,7 @@ class ChannelShard(Watched, LinkServed):
         subs = [msgspec.structs.replace(task, address=t.token, targets=None) for t in targets]
         outs = await asyncio.gather(*(deliver(sub, slots_for(t.service, slots), **env)
                                       for t, sub in zip(targets, subs, strict=True)))
-        return devices.merged(task, list(zip(targets, outs, strict=True)), time.time())
+        return devices.merged(task, list(zip(targets, outs, strict=True)), time.time(), RETRY_REASONS)
 
     async def _batch(self, group: list[DeliveryTask], slots: list[ProviderSlot], env: dict) -> list[Outcome]:
         outcomes = await deliver_batch(group, slots, **env)

@@ -14,6 +14,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+import msgspec
+
 from actors import link, metrics, spans
 from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
@@ -62,6 +64,7 @@ from stores.prefs import Change
 log = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 5000  # users decided, sent and recorded together
+SEEN_EVERY_S = 86_400.0  # a device seen again moves its last seen at most this often (policy.devices.STALE_S)
 BROADCAST_INFLIGHT = 4  # chunks between decide and record at once
 PRELOAD_BATCH = 5000  # users put per step of the warm start (the loop is not held for long)
 SEND_BATCH = 1000  # tasks per ChannelShard call
@@ -388,7 +391,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         if gone:
             await self._forget_addresses([(t.user_id, t.channel, t.address) for ts in plan.sends.values()
                                           for t in ts if (t.notification_id, t.channel) in gone and not t.targets])
-        devices_gone = sorted({(o.user_id, d) for o in outcomes if o.gone for d in o.gone})
+        devices_gone = sorted({(o.user_id, *devices.split_gone(d)) for o in outcomes if o.gone for d in o.gone})
         if devices_gone:
             await self._forget_devices(devices_gone)
         return outcomes, kept, error
@@ -762,14 +765,30 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         """Register or refresh a device (``Device``, MessagePack) of a user this
         shard owns: committed (with its audit row, the token never in it) and
         ``users.state`` refreshed, then held. None for no such user; else the
-        users the same token was taken from (their shards must reload them)."""
+        users the same token was taken from (their shards must reload them).
+        The same device again with nothing changed (an app's every start) only
+        moves its last seen, at most daily, without an audit row."""
         await self._ready()
         device = wire.decode(payload, Device)
         async with self._writing.hold([user_id]), self.pool.acquire() as conn:
+            held = (await self._load_missing(conn, [user_id])).get(user_id)
+            same = next((d for d in held.devices if d.device_id == device.device_id), None) if held else None
+            if same is not None and msgspec.structs.replace(same, last_seen=device.last_seen) == device:
+                if device.last_seen - same.last_seen < SEEN_EVERY_S:
+                    return {"taken_from": []}
+                async with conn.transaction():
+                    await user_store.lock_versions(conn, [user_id])
+                    await device_store.touch(conn, user_id, device.device_id)
+                    fresh = await state_store.refresh_states(conn, self.ring, [user_id])
+                await self._attach_templates(conn, fresh.values())
+                self.users.update(fresh)
+                return {"taken_from": []}
             async with conn.transaction():
-                # a token another user's device has moves here: their rows are locked
-                # too, all in id order, and their stored states refreshed (their own
-                # shards then reload them: the caller asks)
+                # a token another user's device has moves here: one registration of a
+                # token at a time (an advisory lock), their rows locked too, all in id
+                # order, and their stored states refreshed (their own shards then
+                # reload them: the caller asks)
+                await device_store.lock_token(conn, self.ring, device)
                 others = await device_store.holders(conn, self.ring, user_id, device)
                 if user_id not in await user_store.lock_versions(conn, sorted({user_id, *others})):
                     return None
@@ -790,18 +809,26 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         await self._ready()
         return bool(await self._remove_devices([(user_id, device_id)], "device.remove", actor))
 
-    async def _forget_devices(self, gone: list[tuple[str, str]]) -> None:
+    async def _forget_devices(self, gone: list[tuple[str, str, str]]) -> None:
         """The push service said these devices' tokens are gone for good (an
-        app uninstalled, a subscription expired): those devices go, the user's
-        other devices stay."""
-        removed = await self._remove_devices(gone, "device.gone", "push service")
+        app uninstalled, a subscription expired): (user, device, token
+        fingerprint). Those devices go, if they still have that token (one
+        registered again with a new token stays); the user's others stay."""
+        removed = await self._remove_devices([(u, d) for u, d, _ in gone], "device.gone", "push service",
+                                             {(u, d): fp for u, d, fp in gone})
         self.stats["devices_removed"] = self.stats.get("devices_removed", 0) + len(removed)
 
-    async def _remove_devices(self, pairs: list[tuple[str, str]], action: str, actor: str | None) -> list:
+    async def _remove_devices(self, pairs: list[tuple[str, str]], action: str, actor: str | None,
+                              tokens: dict[tuple[str, str], str] | None = None) -> list:
         users = sorted({u for u, _ in pairs})
         async with self._writing.hold(users), self.pool.acquire() as conn:
             async with conn.transaction():
                 await user_store.lock_versions(conn, users)
+                if tokens is not None:  # only those still holding the token that is gone
+                    keys = await pii_store.data_keys(conn, self.ring, users)
+                    current = await device_store.load(conn, keys, users)
+                    pairs = [(u, d.device_id) for u in users for d in current.get(u, ())
+                             if tokens.get((u, d.device_id)) == devices.fingerprint(d.token)]
                 removed = await device_store.remove(conn, pairs)
                 if not removed:
                     return []

@@ -114,11 +114,13 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
     if context is None:
         context = request_context(request)
     pref = policy.resolve(state.prefs, state.templates, channel, category, request.content_type, context, now)
+    if (not pref.enabled or pref.frequency == "never") and state.devices:
+        pref = _on_some_device(pref, state, policy, channel, category, request.content_type, context, now)
     if not pref.enabled:
         return Suppress(channel, f"pref.{_origin(pref.source['enabled'])}_off")
     if pref.frequency == "never":
         return Suppress(channel, "pref.frequency_never")
-    if channel not in state.addresses and channel not in ADDRESS_OPTIONAL and not _has_device(state, channel):
+    if channel not in state.addresses and channel not in ADDRESS_OPTIONAL and not _has_device(state, channel, now):
         return Suppress(channel, f"address.missing_{channel}")
     why = state.suppressed.get(channel)
     if why is not None:
@@ -147,8 +149,25 @@ def decide_channel(request: Message, state: UserState | None, channel: str, avai
     return Send(channel)
 
 
-def _has_device(state: UserState, channel: str) -> bool:
-    return any(CHANNEL_OF[d.service] == channel for d in state.devices) if state.devices else False
+DEVICE_STALE_S = 270 * 86_400.0  # policy.devices.STALE_S (that module imports this one)
+
+
+def _has_device(state: UserState, channel: str, now: float) -> bool:
+    return any(CHANNEL_OF[d.service] == channel and now - d.last_seen <= DEVICE_STALE_S for d in state.devices)
+
+
+def _on_some_device(pref, state: UserState, policy: Policy, channel: str, category: str, content_type: str,
+                    context: dict[str, str], now: float):
+    """A channel off for the request's context may still be on for a kind of
+    device the user has there (``{"device": "mobile"}`` enabled under a channel
+    that is off): that device's resolution then decides (``policy.devices.targets``
+    picks the devices)."""
+    for kind in sorted({d.kind for d in state.devices if CHANNEL_OF[d.service] == channel}):
+        other = policy.resolve(state.prefs, state.templates, channel, category, content_type,
+                               {**context, "device": kind}, now)
+        if other.enabled and other.frequency != "never":
+            return other
+    return pref
 
 
 def _scheduled(request: Message, channel: str, timezone: str, now: float) -> Defer | None:

@@ -129,11 +129,12 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
     task = task_for(it, channel, state, content)
     if state is not None and state.devices and channel in DEVICE_CHANNELS:
         found, owned = devices.targets(state, channel, it.request, ctx.policy, request_context(it.request), now)
-        if owned and not found:  # every device turned off by its context (or not seen for months)
-            plan.outcomes.append(settled(it, channel, "suppressed", "pref.device_off", now, ctx.parent_id))
-            return
         if found:
             task.targets, task.address = found, found[0].token
+        elif owned and channel not in state.addresses:  # every live device turned off by its context
+            plan.outcomes.append(settled(it, channel, "suppressed", "pref.device_off", now, ctx.parent_id))
+            return
+        # no live device at all: the profile's one address, as before devices (decide found one)
     task.expires_at, task.collapse_key = expires_at, collapse_key
     if channel in DEVICE_CHANNELS:
         task.push = it.request.push

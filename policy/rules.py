@@ -117,6 +117,8 @@ class Policy:
         self.content_types = frozenset(self.cfg.content_types)
         self._cache: dict[tuple, Resolved] = {}
         self._defaults_expire = any(p.expires_at is not None for p in self.defaults)
+        # a default for one context (push off on desktops): each device is decided apart
+        self.contextual_defaults = any(p.context for p in self.defaults)
         by_kind: dict[str, list[Rule]] = {}
         for r in self.cfg.rules:
             by_kind.setdefault(r.kind, []).append(r)

@@ -226,7 +226,7 @@ def _condition(fname: str, op: str, v: Any, policy: Policy) -> Predicate:
     if fname == "template":
         return _text_test(op, v, lambda s: s.template)
     if fname == "address":
-        return lambda s, e, now: reachable(s, v) and v not in s.suppressed
+        return lambda s, e, now: reachable(s, v, now) and v not in s.suppressed
     if fname == "consent":
         channel, purpose = split_consent_key(v)
         return lambda s, e, now: consent_status(s, channel, purpose, now) == "granted"

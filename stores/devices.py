@@ -6,15 +6,32 @@ the transaction that refreshes ``users.state``."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import asyncpg
 
 from infra.pii import Keyring, PiiError, aad, open_sealed, seal
-from policy.types import Device
+from policy.types import CHANNEL_OF, Device
 
+# a suppressed token (POST /v1/suppressions, on the device's channel) is left out
 LOAD = ("SELECT user_id, device_id, service, platform, app, kind, sealed, extract(epoch FROM last_seen_at) "
-        "FROM user_devices WHERE user_id = ANY($1::text[]) ORDER BY user_id, device_id")
+        "FROM user_devices d WHERE user_id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM suppressions s "
+        "WHERE s.channel = CASE d.service WHEN 'webpush' THEN 'web' ELSE 'push' END AND s.blind = d.blind) "
+        "ORDER BY user_id, device_id")
+
+
+def blind_of(ring: Keyring, d: Device) -> bytes:
+    """The token's blind index, in its channel's domain: the same as a suppression
+    of that token on the channel (``stores.users.suppress``)."""
+    return ring.blind(CHANNEL_OF[d.service], d.token)
+
+
+async def lock_token(conn: asyncpg.Connection, ring: Keyring, d: Device) -> None:
+    """Serialize every registration of one token (transaction-scoped): two users
+    registering the same phone at once cannot both keep it."""
+    key = int.from_bytes(hashlib.blake2b(blind_of(ring, d), digest_size=8).digest(), "big", signed=True)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
 
 
 def _aad(user_id: str, device_id: str) -> bytes:
@@ -40,8 +57,14 @@ async def load(conn: asyncpg.Connection, keys: Mapping[str, bytes], user_ids: Se
 async def holders(conn: asyncpg.Connection, ring: Keyring, user_id: str, d: Device) -> list[str]:
     """The other users with a device of ``d``'s token (``put`` takes it from them)."""
     rows = await conn.fetch("SELECT DISTINCT user_id FROM user_devices WHERE service = $1 AND blind = $2 "
-                            "AND user_id <> $3", d.service, ring.blind(d.service, d.token), user_id)
+                            "AND user_id <> $3", d.service, blind_of(ring, d), user_id)
     return sorted(r[0] for r in rows)
+
+
+async def touch(conn: asyncpg.Connection, user_id: str, device_id: str) -> None:
+    """A device seen again, nothing else changed: its last seen now."""
+    await conn.execute("UPDATE user_devices SET last_seen_at = now() WHERE user_id = $1 AND device_id = $2",
+                       user_id, device_id)
 
 
 async def put(conn: asyncpg.Connection, ring: Keyring, key: bytes, user_id: str, d: Device) -> list[str]:
@@ -49,7 +72,7 @@ async def put(conn: asyncpg.Connection, ring: Keyring, key: bytes, user_id: str,
     device (another user's, or another id of this user's) is taken from it.
     Returns the other users it was taken from. The caller holds every one's
     user row locked (``holders`` first) and refreshes their states."""
-    blind = ring.blind(d.service, d.token)
+    blind = blind_of(ring, d)
     taken = await conn.fetch("DELETE FROM user_devices WHERE service = $1 AND blind = $2 "
                              "AND NOT (user_id = $3 AND device_id = $4) RETURNING user_id", d.service, blind, user_id,
                              d.device_id)
@@ -81,4 +104,4 @@ async def remove(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> 
     return [(r[0], r[1]) for r in rows]
 
 
-__all__ = ["holders", "keep_newest", "load", "put", "remove"]
+__all__ = ["blind_of", "holders", "keep_newest", "load", "lock_token", "put", "remove", "touch"]

@@ -11,7 +11,7 @@ import asyncpg
 from infra.pii import Keyring
 from policy.prefs import Preference
 from policy.sharding import shard_of, stable_hash
-from policy.types import UserProfile, UserState
+from policy.types import CHANNEL_OF, UserProfile, UserState
 from stores import pii, state
 from stores.audit import append_audit
 
@@ -84,13 +84,26 @@ async def suppress(conn: asyncpg.Connection, ring: Keyring, channel: str, addres
     the new reason. Returns (whether it is new, the users with that address)."""
     blind = ring.blind(channel, address)
     on_conflict = "DO UPDATE SET reason = EXCLUDED.reason, source = EXCLUDED.source" if replace else "DO NOTHING"
-    new = await conn.fetchval(
-        "INSERT INTO suppressions (channel, blind, reason, source) VALUES ($1, $2, $3, $4) "
-        f"ON CONFLICT (channel, blind) {on_conflict} RETURNING xmax = 0", channel, blind, reason, source)
+    async with conn.transaction():  # a savepoint when the caller holds one
+        new = await conn.fetchval(
+            "INSERT INTO suppressions (channel, blind, reason, source) VALUES ($1, $2, $3, $4) "
+            f"ON CONFLICT (channel, blind) {on_conflict} RETURNING xmax = 0", channel, blind, reason, source)
+        # a device with that token leaves its users' stored states (they hold their devices,
+        # not their suppressions): recomputed here, the rows locked as their shards' writes do
+        holders = [r[0] for r in await conn.fetch(
+            "SELECT DISTINCT user_id FROM user_devices WHERE service = ANY($1::text[]) AND blind = $2 ORDER BY 1",
+            [s for s, c in CHANNEL_OF.items() if c == channel], blind)]
+        if holders:
+            await lock_versions(conn, holders)
+            await state.refresh_states(conn, ring, holders)
     return bool(new), await users_with(conn, ring, channel, address)
 
 
 async def users_with(conn: asyncpg.Connection, ring: Keyring, channel: str, address: str) -> list[str]:
-    """The users whose address on ``channel`` is ``address`` (by its blind index)."""
-    return [r[0] for r in await conn.fetch("SELECT user_id FROM user_addresses WHERE channel = $1 AND blind = $2",
-                                           channel, ring.blind(channel, address))]
+    """The users whose address on ``channel`` is ``address``, or a device's token
+    (by its blind index)."""
+    blind = ring.blind(channel, address)
+    return sorted({r[0] for r in await conn.fetch(
+        "SELECT user_id FROM user_addresses WHERE channel = $1 AND blind = $2 UNION "
+        "SELECT user_id FROM user_devices WHERE service = ANY($3::text[]) AND blind = $2",
+        channel, blind, [s for s, c in CHANNEL_OF.items() if c == channel])})

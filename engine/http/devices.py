@@ -7,20 +7,24 @@ removes that device only."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
 from engine.http.access import Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, path_user, read_json, reply
+from engine.http.common import ENGINE, Problem, busy, db_busy, decode, path_user, read_json, reply
 from policy import wire
 from policy.devices import DEFAULT_KIND, DEFAULT_SERVICE
 from policy.sharding import shard_of
 from policy.types import Device, DeviceId, Platform, Service, UserId, UserState
 from providers.errors import DeliveryError
 from providers.webpush.provider import parse_subscription
+
+log = logging.getLogger(__name__)
 
 HEX = frozenset("0123456789abcdefABCDEF")
 Kind = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*\Z")]
@@ -74,7 +78,7 @@ def path_device(request: web.Request) -> str:
         raise Problem(422, "invalid device id", [{"field": "device_id", "reason": str(e)}]) from None
 
 
-def device_from(body: DeviceBody, device_id: str) -> Device:
+def device_from(body: DeviceBody, device_id: str, allow_http: bool = False) -> Device:
     """The device to store, its token checked for its service (422 naming the field)."""
     service = body.service or DEFAULT_SERVICE[body.platform]
     if service == "webpush":
@@ -83,7 +87,7 @@ def device_from(body: DeviceBody, device_id: str) -> Device:
                                                    "reason": "a browser gives its PushSubscription, not a token"}])
         token = _encode(body.subscription).decode()
         try:
-            parse_subscription(token, allow_http=True, now=time.time())
+            parse_subscription(token, allow_http=allow_http, now=time.time())
         except DeliveryError as e:
             raise Problem(422, "invalid device", [{"field": "$.subscription", "reason": str(e)}]) from None
         if len(token) > 4096:
@@ -93,11 +97,37 @@ def device_from(body: DeviceBody, device_id: str) -> Device:
             raise Problem(422, "invalid device", [{"field": "$.token", "reason": f"{service} needs a token "
                                                    "(and no subscription)"}])
         token = body.token
-        if service == "apns" and not (64 <= len(token) <= 200 and set(token) <= HEX):
-            raise Problem(422, "invalid device", [{"field": "$.token",
-                                                   "reason": "an APNs device token is 64-200 hex digits"}])
+        if service == "apns":
+            if not (64 <= len(token) <= 200 and set(token) <= HEX):
+                raise Problem(422, "invalid device", [{"field": "$.token",
+                                                       "reason": "an APNs device token is 64-200 hex digits"}])
+            token = token.lower()  # one token, one spelling: its blind index finds it again
     return Device(device_id=device_id, service=service, token=token, platform=body.platform, app=body.app,
                   kind=body.kind or DEFAULT_KIND[body.platform], last_seen=time.time())
+
+
+def web_allows_http(engine) -> bool:
+    """Whether the web channel's provider takes ``http://`` endpoints (a loopback
+    push service in a test): a subscription it would refuse on every send is
+    refused here instead."""
+    web_channel = engine.cfg.channels.get("web")
+    return bool(web_channel and any(p.settings.get("allow_http") for p in web_channel.providers))
+
+
+async def reload_elsewhere(engine, users: list[str]) -> None:
+    """The users a moved token was taken from: their shards read them again (a
+    held state would keep sending to the phone's new owner). Tried three times,
+    whatever happens to the request meanwhile; a failure is logged."""
+    n = len(engine.actors.user_shards)
+    for attempt in range(3):
+        try:
+            await asyncio.gather(*(engine.actors.user_shards[shard_of(u, n)].reload.remote([u]) for u in users))
+            return
+        except Exception:  # noqa: BLE001 - Ray's errors are many; retried, then logged
+            if attempt == 2:
+                log.error("a moved device token: %d other user(s) not reloaded by their shards", len(users))
+            else:
+                await asyncio.sleep(0.5 * (attempt + 1))
 
 
 async def put_device(request: web.Request) -> web.Response:
@@ -105,13 +135,18 @@ async def put_device(request: web.Request) -> web.Response:
     it calls this at every start. A token another user's device had moves to
     this one (a phone that changed hands)."""
     user_id, device_id = path_user(request), path_device(request)
-    device = device_from(decode(_body, await read_json(request), "device"), device_id)
     engine = request.app[ENGINE]
-    done = await engine.shard_for(user_id).put_device.remote(user_id, wire.encode(device), actor(request))
+    device = device_from(decode(_body, await read_json(request), "device"), device_id, web_allows_http(engine))
+    try:
+        done = await engine.shard_for(user_id).put_device.remote(user_id, wire.encode(device), actor(request))
+    except Exception as e:
+        if db_busy(e) or isinstance(getattr(e, "cause", e), asyncpg.exceptions.DeadlockDetectedError):
+            raise busy() from None
+        raise
     if done is None:
         raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
-    n = len(engine.actors.user_shards)
-    await asyncio.gather(*(engine.actors.user_shards[shard_of(u, n)].reload.remote([u]) for u in done["taken_from"]))
+    if done["taken_from"]:
+        await asyncio.shield(reload_elsewhere(engine, done["taken_from"]))
     return reply(answer(device))
 
 

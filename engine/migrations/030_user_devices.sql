@@ -14,4 +14,5 @@ CREATE TABLE user_devices (
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, device_id)
 );
-CREATE INDEX idx_user_devices_blind ON user_devices (service, blind);
+-- one device per token: a token registered again moves (stores/devices.py, under an advisory lock)
+CREATE UNIQUE INDEX idx_user_devices_blind ON user_devices (service, blind);

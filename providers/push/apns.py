@@ -375,7 +375,7 @@ class ApnsProvider:
             aps, push_type, priority = {"content-available": 1}, PushType.BACKGROUND, PRIORITY_NORMAL
         else:
             raise InvalidMessage("apns: push needs a title, a body or data")
-        if rich is not None and rich.badge is not None:
+        if rich is not None and rich.badge is not None and alert:  # a background push carries only content-available
             aps["badge"] = rich.badge
         payload = {"aps": aps, **c.data}
         if rich is not None and rich.image and alert:

@@ -163,9 +163,10 @@ def rich(msg: dict[str, Any], push: PushOptions) -> None:
         android["sound"], aps["sound"] = push.sound, push.sound
     if push.thread:
         android["tag"], aps["thread-id"] = push.thread, push.thread
+    if push.category:  # Android opens the activity whose intent filter names it: only the app's own
+        android["click_action"] = push.category
     if push.category or push.actions:
-        category = push.category or "tidings." + ".".join(a.id for a in push.actions)
-        android["click_action"], aps["category"] = category, category
+        aps["category"] = push.category or "tidings." + ".".join(a.id for a in push.actions)
     if push.badge is not None:
         android["notification_count"], aps["badge"] = push.badge, push.badge
     if push.image:

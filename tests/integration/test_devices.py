@@ -103,8 +103,9 @@ async def test_a_push_reaches_every_device_through_its_own_service(engine, sinks
     assert ios["payload"]["image"] == RICH["image"]
     android = fcm.bodies[-1]["message"]
     assert android["token"] == "fcm-tablet" and android["notification"]["image"] == RICH["image"]
-    assert android["android"]["notification"] == {"sound": "chime", "tag": "chat-7", "click_action":
-                                                  "tidings.reply.later", "notification_count": 3}
+    # no click_action: Android opens the activity an app's own category names, and none was given
+    assert android["android"]["notification"] == {"sound": "chime", "tag": "chat-7", "notification_count": 3}
+    assert android["apns"]["payload"]["aps"]["category"] == "tidings.reply.later"
 
 
 async def test_a_gone_token_removes_that_device_only(engine, sinks):
@@ -168,3 +169,33 @@ async def test_a_token_moves_to_its_new_owner_and_bad_devices_are_refused(engine
     async with client.put(f"{engine.base_url}/v1/users/d1/devices/own", json={"platform": "android", "token": "t4"},
                           headers=me) as r:
         assert r.status == 403
+
+
+async def test_registering_again_unchanged_writes_nothing_and_one_token_has_one_owner(engine):
+    async with api_session() as s:
+        body = {"platform": "android", "token": "fcm-same"}
+        await register(s, engine, "d1", "again", body)
+        count = "SELECT count(*) FROM preference_audit_log WHERE user_id = 'd1' AND action = 'device.register'"
+        before = await engine.pool.fetchval(count)
+        await register(s, engine, "d1", "again", body)  # an app's next start
+        assert await engine.pool.fetchval(count) == before
+        # two users register one phone's token at once: one of them has it
+        import asyncio
+        await asyncio.gather(register(s, engine, "d2", "race", {"platform": "android", "token": "fcm-race"}),
+                             register(s, engine, "d3", "race", {"platform": "android", "token": "fcm-race"}))
+        holders = await engine.pool.fetch("SELECT user_id FROM user_devices WHERE device_id = 'race'")
+        assert len(holders) == 1
+
+
+async def test_a_suppressed_token_is_not_pushed_to(engine, sinks):
+    _, apns, fcm = sinks
+    async with api_session() as s:
+        await register(s, engine, "d2", "blocked", {"platform": "android", "token": "fcm-blocked"})
+        await register(s, engine, "d2", "fine", {"platform": "android", "token": "fcm-fine"})
+        async with s.post(f"{engine.base_url}/v1/suppressions", json={"channel": "push", "address": "fcm-blocked",
+                                                                      "reason": "manual"}) as r:
+            assert r.status == 201 and "d2" in (await r.json())["users"]
+        f0 = len(fcm.bodies)
+        nid = await push(s, engine, "d2")
+        assert (await row(engine, nid))[:2] == ("sent", "ok")
+        assert [b["message"]["token"] for b in fcm.bodies[f0:]] == ["fcm-fine"]

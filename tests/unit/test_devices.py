@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from actors.channel_shard import slots_for
 from actors.user_cache import UserCache
 from policy import devices
-from policy.plan import Context, Item, plan_round
+from policy.plan import RETRY_REASONS, Context, Item, plan_round
 from policy.prefs import Preference, ordered
 from policy.rules import Policy, PolicyConfig
 from policy.types import Attempt, Content, DeliveryTask, Device, NotificationRequest, Outcome, Target, UserState
@@ -31,7 +31,7 @@ def state(*devs: Device, prefs: tuple[Preference, ...] = ()) -> UserState:
 def test_a_push_goes_to_each_device_of_its_channel_and_a_stale_one_is_left_out():
     old = Device(device_id="old", service="fcm", token="x", last_seen=NOW - devices.STALE_S - 1)
     found, owned = devices.targets(state(PHONE, TABLET, BROWSER, old), "push", REQ, POLICY, {}, NOW)
-    assert [t.device_id for t in found] == ["phone", "tablet"] and owned == 3
+    assert [t.device_id for t in found] == ["phone", "tablet"] and owned == 2  # live ones
     found, owned = devices.targets(state(PHONE, TABLET, BROWSER), "web", REQ, POLICY, {}, NOW)
     assert [(t.device_id, t.service) for t in found] == [("laptop", "webpush")] and owned == 1
 
@@ -40,6 +40,30 @@ def test_the_device_context_applies_per_device():
     off = Preference(channel="push", context={"device": "tablet"}, enabled=False)
     found, _ = devices.targets(state(PHONE, TABLET, prefs=(off,)), "push", REQ, POLICY, {}, NOW)
     assert [t.device_id for t in found] == ["phone"]
+
+
+def test_stale_devices_do_not_count_and_the_profile_address_is_used():
+    old = Device(device_id="old", service="fcm", token="x", last_seen=NOW - devices.STALE_S - 1)
+    ctx = Context(frozenset({"push"}), POLICY)
+    req = NotificationRequest(user_id="u", category="messages", channels=["push"], content=Content(text="t"),
+                              accepted_at=NOW)
+    plan = plan_round([Item("n1", "u", req)], {"u": state(old)}, set(), ctx, now=NOW)
+    assert [(o.channel, o.reason) for o in plan.outcomes] == [("push", "address.missing_push")]
+    with_address = UserState(user_id="u", devices=(old,), addresses={"push": "profile-token"})
+    plan = plan_round([Item("n1", "u", req)], {"u": with_address}, set(), ctx, now=NOW)
+    (task,) = plan.sends["push"]
+    assert task.targets is None and task.address == "profile-token"
+
+
+def test_a_device_kind_may_be_on_under_a_channel_that_is_off():
+    rows = (Preference(channel="push", enabled=False),
+            Preference(channel="push", context={"device": "mobile"}, enabled=True))
+    ctx = Context(frozenset({"push"}), POLICY)
+    req = NotificationRequest(user_id="u", category="messages", channels=["push"], content=Content(text="t"),
+                              accepted_at=NOW)
+    plan = plan_round([Item("n1", "u", req)], {"u": state(PHONE, TABLET, prefs=rows)}, set(), ctx, now=NOW)
+    (task,) = plan.sends["push"]
+    assert [t.device_id for t in task.targets] == ["phone"]
 
 
 def test_the_planner_sends_one_task_with_every_device_or_suppresses_when_none_may():
@@ -67,14 +91,28 @@ STATUSES = st.sampled_from([("sent", "ok"), ("failed", "address_gone"), ("failed
 @given(st.lists(STATUSES, min_size=1, max_size=5))
 def test_merged_is_sent_when_any_device_took_it_and_lists_the_gone(results):
     pairs = [(Target(f"d{i}", "apns", f"t{i}"), outcome(s, r)) for i, (s, r) in enumerate(results)]
-    m = devices.merged(TASK, pairs, NOW)
+    m = devices.merged(TASK, pairs, NOW, RETRY_REASONS)
     assert (m.notification_id, m.channel) == ("n1", "push")
-    assert m.status == ("sent" if any(s == "sent" for s, _ in results) else pairs[0][1].status
-                        if any(r != "address_gone" for _, r in results) else "failed")
-    assert (m.gone or []) == [t.device_id for t, o in pairs if o.reason == "address_gone"]
+    assert [devices.split_gone(g) for g in m.gone or []] == [
+        (t.device_id, devices.fingerprint(t.token)) for t, o in pairs if o.reason == "address_gone"]
     assert len(m.attempts) == len(results)
-    if all(r == "address_gone" for _, r in results):
-        assert m.reason == "address_gone"
+    reasons = [r for _, r in results]
+    if "ok" in reasons:
+        assert (m.status, m.reason) == ("sent", "ok")
+    elif "provider_error" in reasons:  # one that may pass: the channel is tried again later, nothing was sent
+        assert (m.status, m.reason) == ("failed", "provider_error")
+    elif "ttl.expired" in reasons:
+        assert (m.status, m.reason) == ("suppressed", "ttl.expired")
+    else:
+        assert (m.status, m.reason) == ("failed", "address_gone")
+
+
+def test_a_final_failure_on_one_device_does_not_stop_the_retry_of_another():
+    pairs = [(Target("gone", "apns", "t0"), outcome("failed", "address_gone")),
+             (Target("bad", "apns", "t1"), outcome("failed", "invalid_message")),
+             (Target("busy", "fcm", "t2"), outcome("failed", "network_error", "fcm"))]
+    m = devices.merged(TASK, pairs, NOW, RETRY_REASONS)
+    assert (m.status, m.reason) == ("failed", "network_error") and len(m.gone or []) == 1
 
 
 def test_each_device_goes_to_the_providers_of_its_service():
