@@ -375,6 +375,17 @@ class AnalyticsConfig(_Section):
     max_buckets: Positive = 5000  # time buckets in one answer (per channel and provider)
 
 
+class TopicsConfig(_Section):
+    """Topics a user may join with their own end-user token (engine/http/topics.py):
+    those whose id starts with one of these prefixes ("newsletter.", "company-").
+    Empty (the default): joining is a product's call, with a key; a user may
+    always leave."""
+
+    self_service: Annotated[list[Annotated[str, Meta(min_length=1, max_length=100,
+                                                     pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")]],
+                            Meta(max_length=100)] = []
+
+
 class Config(_Section):
     engine: EngineConfig = EngineConfig()
     nats: NatsConfig = NatsConfig()
@@ -395,6 +406,7 @@ class Config(_Section):
     ratelimit: RateLimitConfig = RateLimitConfig()
     provider_limits: ProviderLimitsConfig = ProviderLimitsConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
+    topics: TopicsConfig = TopicsConfig()
     events: EventsConfig = EventsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     logging: LoggingConfig = LoggingConfig()

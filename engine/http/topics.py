@@ -15,7 +15,8 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from engine.http.access import Param, Route, Scoped, actor, register
+from engine.auth import PRINCIPAL
+from engine.http.access import Param, Route, Scoped, actor, forbidden, register
 from engine.http.common import (
     DB_BUSY,
     ENGINE,
@@ -119,9 +120,22 @@ async def changed(request: web.Request, topic: str, add: list[str],
         raise busy() from None
 
 
+def may_join(request: web.Request, topic: str) -> None:
+    """A user's own token joins only the topics ``topics.self_service`` opens
+    to them: a topic is an audience a product addresses, and joining one brings
+    messages meant for its members (403 naming the topic otherwise)."""
+    p = request.get(PRINCIPAL)
+    if p is not None and p.kind == "user":
+        if not any(topic.startswith(prefix) for prefix in request.app[ENGINE].cfg.topics.self_service):
+            raise forbidden(f"a user joins {topic!r} through the product (a key with topics:write); "
+                            "topics.self_service lists those they may join themselves")
+
+
 async def subscribe_one(request: web.Request) -> web.Response:
-    """Subscribe a user to a topic (doing it again changes nothing)."""
+    """Subscribe a user to a topic (doing it again changes nothing). A user's
+    own token may join the topics ``topics.self_service`` opens to them."""
     topic, user_id = path_topic(request), path_user(request)
+    may_join(request, topic)
     added, _, unknown = await changed(request, topic, [user_id], [])
     if unknown:
         raise Problem(404, "not found", [{"field": "user_id", "reason": "no such user"}])
@@ -184,9 +198,9 @@ async def user_topics(request: web.Request) -> web.Response:
 PAGE = (Param("after", UserId, "Subscribers after this user id (the previous page's next)"),
         Param("limit", Limit, "At most this many (default 100)"))
 ROUTES = [
-    # subscribing puts a user in an audience meant for someone: the product decides (a key);
-    # leaving one is the user's own choice (their token may)
-    Route("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}", subscribe_one, Scoped("topics:write"),
+    # joining puts a user in an audience meant for someone: the product decides (a key), or
+    # the topics.self_service prefixes; leaving one is the user's own choice (their token may)
+    Route("PUT", "/v1/topics/{topic_id}/subscribers/{user_id}", subscribe_one, Scoped("topics:write", user=True),
           params=SUBSCRIBER_PATH, answers={200: Subscription}, errors=(404,)),
     Route("DELETE", "/v1/topics/{topic_id}/subscribers/{user_id}", unsubscribe_one,
           Scoped("topics:write", user=True), params=SUBSCRIBER_PATH, answers={200: Subscription}),

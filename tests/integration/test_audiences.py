@@ -32,7 +32,8 @@ def person(i: int) -> UserProfile:
 @pytest.fixture(scope="module")
 async def engine(nats_url, database_url, ray_address, redis_url, webhook_sink, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")),
-                        webhook_url=webhook_sink.url, redis_url=redis_url, channels=("webhook",))
+                        webhook_url=webhook_sink.url, redis_url=redis_url, channels=("webhook",),
+                        overrides={"topics": {"self_service": ["newsletter."]}})
     async with serving(cfg, database_url, [person(i) for i in range(USERS)]) as eng:
         yield eng
 
@@ -88,7 +89,7 @@ async def test_subscribing_one_and_many_and_reading_them_back(engine, client):
     assert [a["action"] for a in actions] == ["topic.subscribe", "topic.unsubscribe"]
 
 
-async def test_a_user_token_leaves_topics_and_reads_its_own_but_joins_none(engine, client):
+async def test_a_user_token_leaves_topics_and_joins_only_the_open_ones(engine, client):
     async with client.post(f"{engine.base_url}/v1/topics/launches/subscribers", json={"add": ["a11", "a12"]}) as r:
         assert r.status == 200, await r.text()
     token, _ = await engine.auth.mint("a11", 600)
@@ -102,6 +103,11 @@ async def test_a_user_token_leaves_topics_and_reads_its_own_but_joins_none(engin
             assert r.status == 403, (method, path, await r.text())
     async with client.delete(f"{engine.base_url}/v1/topics/launches/subscribers/a11", headers=me) as r:
         assert r.status == 200 and (await r.json())["changed"] is True
+    # a topic the configuration opens to users (topics.self_service: "newsletter.")
+    async with client.put(f"{engine.base_url}/v1/topics/newsletter.weekly/subscribers/a11", headers=me) as r:
+        assert r.status == 200 and (await r.json())["changed"] is True, await r.text()
+    async with client.put(f"{engine.base_url}/v1/topics/newsletter.weekly/subscribers/a12", headers=me) as r:
+        assert r.status == 403  # for themselves only
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), [
