@@ -176,14 +176,13 @@ class ChannelShard(Watched, LinkServed):
         env = dict(clock=time.monotonic, wall=time.time, sleep=asyncio.sleep, rng=self.rng, router=self.router)
         multi = [t for t in tasks if t.targets]  # a user's several devices: one call each, one outcome
         single = [t for t in tasks if not t.targets] if multi else tasks
-        devices_done = asyncio.gather(*(self._to_devices(t, slots, env) for t in multi))  # alongside the rest
         if self.batch_size > 1 and len(single) > 1:
-            groups = batches(single, self.batch_size, mixed=self.mixed)
-            results = await asyncio.gather(*(self._batch(g, slots, env) for g in groups))
-            outcomes: list[Outcome] = [o for r in results for o in r]
+            calls = [self._batch(g, slots, env) for g in batches(single, self.batch_size, mixed=self.mixed)]
         else:
-            outcomes = await asyncio.gather(*(deliver(t, slots, **env) for t in single))
-        outcomes += await devices_done
+            calls = [self._one(t, slots, env) for t in single]
+        # one gather, device tasks alongside: every call settles before this answers
+        results = await asyncio.gather(*calls, *(self._to_devices(t, slots, env) for t in multi))
+        outcomes: list[Outcome] = [o for r in results for o in (r if isinstance(r, list) else [r])]
         self.delivered += len(outcomes)
         asyncio.get_running_loop().call_soon(self._measure, outcomes, slots)  # after the answer is sent
         if traced:  # one task per notification here: a shard serves one channel
@@ -244,6 +243,9 @@ class ChannelShard(Watched, LinkServed):
             if span is not None:
                 spans.provider_calls(span, o.attempts)
                 spans.end(span, error=o.reason if o.status == "failed" else None)
+
+    async def _one(self, task: DeliveryTask, slots: list[ProviderSlot], env: dict) -> Outcome:
+        return await deliver(task, slots, **env)
 
     async def _to_devices(self, task: DeliveryTask, slots: list[ProviderSlot], env: dict) -> Outcome:
         """A task for several devices (``targets``): each sent on its own, through

@@ -14,8 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-import msgspec
-
 from actors import link, metrics, spans
 from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
@@ -771,10 +769,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         await self._ready()
         device = wire.decode(payload, Device)
         async with self._writing.hold([user_id]), self.pool.acquire() as conn:
-            held = (await self._load_missing(conn, [user_id])).get(user_id)
-            same = next((d for d in held.devices if d.device_id == device.device_id), None) if held else None
-            if same is not None and msgspec.structs.replace(same, last_seen=device.last_seen) == device:
-                if device.last_seen - same.last_seen < SEEN_EVERY_S:
+            seen = await device_store.unchanged(conn, self.ring, user_id, device)  # the table's word, not memory's
+            if seen is not None:
+                if device.last_seen - seen < SEEN_EVERY_S:
                     return {"taken_from": []}
                 async with conn.transaction():
                     await user_store.lock_versions(conn, [user_id])

@@ -377,7 +377,7 @@ class AnalyticsConfig(_Section):
 
 class TopicsConfig(_Section):
     """Topics a user may join with their own end-user token (engine/http/topics.py):
-    those whose id starts with one of these prefixes ("newsletter.", "company-").
+    those whose id starts with one of these prefixes ("newsletter.", "public.").
     Empty (the default): joining is a product's call, with a key; a user may
     always leave."""
 

@@ -162,7 +162,8 @@ def _on_some_device(pref, state: UserState, policy: Policy, channel: str, catego
     device the user has there (``{"device": "mobile"}`` enabled under a channel
     that is off): that device's resolution then decides (``policy.devices.targets``
     picks the devices)."""
-    for kind in sorted({d.kind for d in state.devices if CHANNEL_OF[d.service] == channel}):
+    for kind in sorted({d.kind for d in state.devices
+                        if CHANNEL_OF[d.service] == channel and now - d.last_seen <= DEVICE_STALE_S}):
         other = policy.resolve(state.prefs, state.templates, channel, category, content_type,
                                {**context, "device": kind}, now)
         if other.enabled and other.frequency != "never":

@@ -131,7 +131,7 @@ def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Cont
         found, owned = devices.targets(state, channel, it.request, ctx.policy, request_context(it.request), now)
         if found:
             task.targets, task.address = found, found[0].token
-        elif owned and channel not in state.addresses:  # every live device turned off by its context
+        elif owned:  # every live device turned off by its context: not the profile address either
             plan.outcomes.append(settled(it, channel, "suppressed", "pref.device_off", now, ctx.parent_id))
             return
         # no live device at all: the profile's one address, as before devices (decide found one)

@@ -27,11 +27,26 @@ def blind_of(ring: Keyring, d: Device) -> bytes:
     return ring.blind(CHANNEL_OF[d.service], d.token)
 
 
-async def lock_token(conn: asyncpg.Connection, ring: Keyring, d: Device) -> None:
-    """Serialize every registration of one token (transaction-scoped): two users
-    registering the same phone at once cannot both keep it."""
-    key = int.from_bytes(hashlib.blake2b(blind_of(ring, d), digest_size=8).digest(), "big", signed=True)
+async def lock_blind(conn: asyncpg.Connection, blind: bytes) -> None:
+    """Serialize every write about one token (transaction-scoped): a registration,
+    a suppression. Two users registering the same phone at once cannot both keep
+    it, and a suppression sees who holds it."""
+    key = int.from_bytes(hashlib.blake2b(blind, digest_size=8).digest(), "big", signed=True)
     await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+
+async def lock_token(conn: asyncpg.Connection, ring: Keyring, d: Device) -> None:
+    await lock_blind(conn, blind_of(ring, d))
+
+
+async def unchanged(conn: asyncpg.Connection, ring: Keyring, user_id: str, d: Device) -> float | None:
+    """When ``d`` is stored as it is (same token and fields), when it was last
+    seen (seconds since the epoch); else None."""
+    r = await conn.fetchrow("SELECT extract(epoch FROM last_seen_at) FROM user_devices WHERE user_id = $1 "
+                            "AND device_id = $2 AND service = $3 AND platform = $4 AND app = $5 AND kind = $6 "
+                            "AND blind = $7", user_id, d.device_id, d.service, d.platform, d.app, d.kind,
+                            blind_of(ring, d))
+    return None if r is None else float(r[0])
 
 
 def _aad(user_id: str, device_id: str) -> bytes:
@@ -104,4 +119,5 @@ async def remove(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> 
     return [(r[0], r[1]) for r in rows]
 
 
-__all__ = ["blind_of", "holders", "keep_newest", "load", "lock_token", "put", "remove", "touch"]
+__all__ = ["blind_of", "holders", "keep_newest", "load", "lock_blind", "lock_token", "put", "remove", "touch",
+           "unchanged"]

@@ -12,7 +12,7 @@ from infra.pii import Keyring
 from policy.prefs import Preference
 from policy.sharding import shard_of, stable_hash
 from policy.types import CHANNEL_OF, UserProfile, UserState
-from stores import pii, state
+from stores import devices, pii, state
 from stores.audit import append_audit
 
 SHARD_USERS = "SELECT user_id FROM users WHERE shard_key IS NULL OR shard_key % $1 = $2"
@@ -85,6 +85,8 @@ async def suppress(conn: asyncpg.Connection, ring: Keyring, channel: str, addres
     blind = ring.blind(channel, address)
     on_conflict = "DO UPDATE SET reason = EXCLUDED.reason, source = EXCLUDED.source" if replace else "DO NOTHING"
     async with conn.transaction():  # a savepoint when the caller holds one
+        if channel in CHANNEL_OF.values():  # a device token's: after any registration of it (stores/devices.py)
+            await devices.lock_blind(conn, blind)
         new = await conn.fetchval(
             "INSERT INTO suppressions (channel, blind, reason, source) VALUES ($1, $2, $3, $4) "
             f"ON CONFLICT (channel, blind) {on_conflict} RETURNING xmax = 0", channel, blind, reason, source)

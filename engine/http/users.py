@@ -7,11 +7,12 @@ import asyncio
 import zoneinfo
 from typing import Annotated
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
 from engine.http.access import Link, Route, Scoped, actor, register
-from engine.http.common import ENGINE, USER_PATH, Problem, decode, json_body, read_json, reply
+from engine.http.common import DB_BUSY, ENGINE, USER_PATH, Problem, busy, decode, json_body, read_json, reply
 from engine.http.errors import field_error
 from engine.runtime import Engine, Refused
 from policy import wire
@@ -147,8 +148,12 @@ async def add_suppression(request: web.Request) -> web.Response:
     """Suppress an address on a channel (a suppression already there takes the new reason)."""
     engine = request.app[ENGINE]
     s = decode(_suppression, await read_json(request), "suppression")
-    async with engine.pool.acquire() as conn:
-        _, users = await user_store.suppress(conn, engine.ring, s.channel, s.address, s.reason, "api", replace=True)
+    try:
+        async with engine.pool.acquire() as conn:
+            _, users = await user_store.suppress(conn, engine.ring, s.channel, s.address, s.reason, "api",
+                                                 replace=True)
+    except (*DB_BUSY, asyncpg.exceptions.DeadlockDetectedError):  # device holders' rows are locked now
+        raise busy() from None
     n = len(engine.actors.user_shards)
     await asyncio.gather(*(engine.actors.user_shards[shard_of(u, n)].reload.remote([u]) for u in users))
     return reply(Suppressed(channel=s.channel, address=s.address, reason=s.reason, users=users), status=201)

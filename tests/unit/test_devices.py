@@ -55,6 +55,23 @@ def test_stale_devices_do_not_count_and_the_profile_address_is_used():
     assert task.targets is None and task.address == "profile-token"
 
 
+def test_devices_all_off_are_not_bypassed_through_the_profile_address():
+    off = (Preference(channel="push", context={"device": "mobile"}, enabled=False),)
+    ctx = Context(frozenset({"push"}), POLICY)
+    req = NotificationRequest(user_id="u", category="messages", channels=["push"], content=Content(text="t"),
+                              accepted_at=NOW)
+    with_address = UserState(user_id="u", devices=(PHONE,), addresses={"push": "profile-token"}, prefs=off)
+    plan = plan_round([Item("n1", "u", req)], {"u": with_address}, set(), ctx, now=NOW)
+    assert not plan.sends and [(o.channel, o.reason) for o in plan.outcomes] == [("push", "pref.device_off")]
+    # a stale device's kind does not turn on a channel that is off
+    stale_tablet = Device(device_id="t", service="fcm", token="x", kind="tablet", last_seen=NOW - devices.STALE_S - 1)
+    rows = (Preference(channel="push", enabled=False), Preference(channel="push", context={"device": "tablet"},
+                                                                   enabled=True))
+    user = UserState(user_id="u", devices=(stale_tablet,), addresses={"push": "profile-token"}, prefs=ordered(rows))
+    plan = plan_round([Item("n2", "u", req)], {"u": user}, set(), ctx, now=NOW)
+    assert not plan.sends and [o.reason for o in plan.outcomes] == ["pref.channel_off"]
+
+
 def test_a_device_kind_may_be_on_under_a_channel_that_is_off():
     rows = (Preference(channel="push", enabled=False),
             Preference(channel="push", context={"device": "mobile"}, enabled=True))
