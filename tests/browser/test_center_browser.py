@@ -62,6 +62,7 @@ async def send(engine, category: str) -> str:
 def use_the_page(url: str, shot: Path) -> str:
     """What a person does: open the link, untick job alerts by email, save.
     Returns the text of the page the save answered."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -75,7 +76,9 @@ def use_the_page(url: str, shot: Path) -> str:
         label.click()  # what a thumb taps: the label toggles its box
         assert not box.is_selected()
         driver.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
-        WebDriverWait(driver, 20).until(ec.staleness_of(box))  # the answer to the post replaced the page
+        # the answer to the post replaced the page; chromedriver may answer a check made while
+        # the old document goes with an "inspector error" instead of "stale": look again then
+        WebDriverWait(driver, 20, ignored_exceptions=(WebDriverException,)).until(ec.staleness_of(box))
         text = driver.find_element(By.TAG_NAME, "body").text
         assert not driver.find_element(By.ID, "on.job_alerts.email").is_selected()
         driver.save_screenshot(str(shot))
