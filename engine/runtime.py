@@ -37,6 +37,22 @@ STOP_LOOPS_S = 15.0  # the longest a stop waits for the Ingestors', Scheduler's 
 SUPERVISE_S = 5.0  # how often the Ingestors' and the Scheduler's loops are started again if a restart idled them
 
 
+async def cancelled(task: asyncio.Task, tries: int = 20) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it runs:
+    on Python 3.11 ``asyncio.wait_for`` (and ``asyncio.timeout``) can swallow a
+    cancel that lands as what they wait for finishes, and a loop then goes on
+    as if nothing was asked (seen as an engine stop that never returned). After
+    ``tries`` half-seconds it is left to end on its own (the loops also watch
+    ``Engine.stopping``)."""
+    for _ in range(tries):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if task.done() and not task.cancelled():
+        task.exception()  # read: an error it ended with is not reported as never retrieved
+
+
 class Refused(ValueError):
     """A write broke a rule; ``violations`` are (user, field, reason)."""
 
@@ -236,6 +252,7 @@ class Engine:
         self.on_lost: Callable[[], None] | None = None
         self.lost = False
         self.broadcast_dry_run = asyncio.Lock()  # one at a time (engine/dry_runs.py)
+        self.stopping = False
 
     @property
     def nats_url(self) -> str:
@@ -254,6 +271,7 @@ class Engine:
         """Start everything, in dependency order. If a step fails or the start is
         cancelled (Ctrl-C, SIGTERM), what was started is stopped before the error
         goes on: nothing a failed start began outlives it."""
+        self.stopping = False
         try:
             return await self._start(ingest)
         except BaseException:
@@ -359,8 +377,10 @@ class Engine:
         when rows were added since the newest checkpoint (engine/audit.py)."""
         from engine import audit as signed
 
-        while True:
+        while not self.stopping:
             await asyncio.sleep(self.cfg.audit.checkpoint_every_s)
+            if self.stopping:
+                return
             try:
                 async with self.pool.acquire() as conn:
                     if await signed.rows_since_checkpoint(conn):
@@ -398,8 +418,10 @@ class Engine:
         arguments only: an Ingestor or Scheduler comes back idle. Every
         ``SUPERVISE_S`` their loops are started again where they are not running,
         so a restart costs at most that long of ingestion or releases."""
-        while True:
+        while not self.stopping:
             await asyncio.sleep(SUPERVISE_S)
+            if self.stopping:
+                return
             try:
                 await self._keep_claim()
                 await self._lead()
@@ -415,10 +437,10 @@ class Engine:
                 log.warning("supervision: a turn failed (%s: %s); the next tries again", type(e).__name__, e)
 
     async def stop(self) -> None:
+        self.stopping = True  # the loops below end at their next turn even if a cancel is lost
         for task in (self.supervisor, self.checkpointer):
             if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await cancelled(task)
         self.supervisor = self.checkpointer = None
         try:
             await self._stop_actors()
