@@ -126,13 +126,18 @@ UUID_PATH = {"id": uuid.UUID}
 USER_PATH = {"user_id": UserId}
 
 
+def path_param(request: web.Request, name: str, typ, what: str) -> str:
+    """The path's ``{name}`` as ``typ`` (its bounds and pattern), or a 422
+    "invalid <what>" naming it."""
+    try:
+        return msgspec.convert(request.match_info[name], typ)
+    except msgspec.ValidationError as e:
+        raise Problem(422, f"invalid {what}", [{"field": name, "reason": str(e)}]) from None
+
+
 def path_user(request: web.Request) -> str:
     """The ``{user_id}`` of the path, or a 422 naming it."""
-    user_id = request.match_info["user_id"]
-    try:
-        return msgspec.convert(user_id, UserId)
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid user id", [{"field": "user_id", "reason": str(e)}]) from None
+    return path_param(request, "user_id", UserId, "user id")
 
 
 MAX_TEXT = 256  # a path parameter or an id in a query

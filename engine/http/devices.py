@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 
 from engine.http.access import Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, busy, db_busy, decode, path_user, read_json, reply
+from engine.http.common import ENGINE, Problem, busy, db_busy, decode, path_param, path_user, read_json, reply
 from policy import wire
 from policy.devices import DEFAULT_KIND, DEFAULT_SERVICE
 from policy.sharding import shard_of
@@ -72,10 +72,7 @@ _encode = msgspec.json.Encoder(order="sorted").encode  # one subscription, one s
 
 
 def path_device(request: web.Request) -> str:
-    try:
-        return msgspec.convert(request.match_info["device_id"], DeviceId)
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid device id", [{"field": "device_id", "reason": str(e)}]) from None
+    return path_param(request, "device_id", DeviceId, "device id")
 
 
 def device_from(body: DeviceBody, device_id: str, allow_http: bool = False) -> Device:

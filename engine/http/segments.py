@@ -14,7 +14,7 @@ from engine import audiences, dry_runs
 from engine.auth import PRINCIPAL
 from engine.dry_runs import Busy
 from engine.http.access import Param, Route, Scoped, actor, register
-from engine.http.common import ENGINE, Problem, decode, query_after, query_int, read_json, reply
+from engine.http.common import ENGINE, Problem, decode, path_param, query_after, query_int, read_json, reply
 from policy import segments
 from policy.audience import Audience, Name, Where
 from policy.types import ONE_LINE
@@ -68,10 +68,7 @@ _audience = msgspec.json.Decoder(Audience)
 
 
 def path_segment(request: web.Request) -> str:
-    try:
-        return msgspec.convert(request.match_info["segment_id"], Name)
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid segment id", [{"field": "segment_id", "reason": str(e)}]) from None
+    return path_param(request, "segment_id", Name, "segment id")
 
 
 def invalid(e: segments.Invalid, what: str) -> Problem:

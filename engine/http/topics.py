@@ -23,6 +23,7 @@ from engine.http.common import (
     Problem,
     busy,
     decode,
+    path_param,
     path_user,
     query_after,
     query_int,
@@ -40,11 +41,7 @@ SUBSCRIBER_PATH = {"topic_id": Name, "user_id": UserId}
 
 
 def path_topic(request: web.Request) -> str:
-    """The ``{topic_id}`` of the path, or a 422 naming it."""
-    try:
-        return msgspec.convert(request.match_info["topic_id"], Name)
-    except msgspec.ValidationError as e:
-        raise Problem(422, "invalid topic id", [{"field": "topic_id", "reason": str(e)}]) from None
+    return path_param(request, "topic_id", Name, "topic id")
 
 
 class Subscription(msgspec.Struct):
