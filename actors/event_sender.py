@@ -100,6 +100,7 @@ class EventSender:
         telemetry.setup_actor(telemetry.observe(self.cfg), "event_sender")  # its log lines' format and level
         self.nats_url, self.url = nats_url, database_url
         self.pool = self.nc = self.js = self.session = None
+        self.publisher: streams.Publisher | None = None
         self.ring: Keyring | None = None
         self.tasks: list[asyncio.Task] = []
         self.hooks: dict[str, _Hook] = {}
@@ -128,6 +129,7 @@ class EventSender:
         if self.nc is None:
             self.nc = await nats.connect(self.nats_url, name="tidings-events", max_reconnect_attempts=-1)
             self.js = streams.jetstream(self.nc)
+            self.publisher = streams.Publisher(self.nc)
         if self.session is None:
             e = self.cfg.events
             self.session = guarded_session(self.egress, max_connections=e.lanes * 16, connect_timeout_s=e.timeout_s,
@@ -153,7 +155,7 @@ class EventSender:
             session, self.session = self.session, None
             await asyncio.wait_for(session.close(), 5)
         if self.nc is not None:
-            nc, self.nc, self.js = self.nc, None, None
+            nc, self.nc, self.js, self.publisher = self.nc, None, None, None
             try:
                 await asyncio.wait_for(nc.drain(), 5)
             except TimeoutError:
@@ -206,9 +208,9 @@ class EventSender:
             rows = await store.outbox(conn, self.cfg.events.relay_batch)
             if not rows:
                 return 0
-            acks = [await self.js.publish_async(events.subject(prefix, ev), events.ENCODER.encode(ev),
-                                                headers={"Nats-Msg-Id": ev.id}) for _, ev in rows]
-            await streams.all_acked(acks, RELAY_ACK_S)
+            encode = events.ENCODER.encode
+            await self.publisher.publish([(events.subject(prefix, ev), encode(ev), {"Nats-Msg-Id": ev.id})
+                                          for _, ev in rows], RELAY_ACK_S)
             await store.published(conn, [seq for seq, _ in rows])
         self.stats["published"] += len(rows)
         self.stats["relay_rounds"] += 1

@@ -78,6 +78,7 @@ class Ingestor(Watched):
         self.user_shards = link.linked(resolve(user_shards), self.cfg.engine.actor_links)
         self.recorder = resolve(recorder)
         self.nc = self.js = None
+        self.publisher: streams.Publisher | None = None  # the accepted events
         self.running = False
         self.loop_tasks: list[asyncio.Task] = []
         self.inflight: set[asyncio.Task] = set()
@@ -99,7 +100,8 @@ class Ingestor(Watched):
         n = self.cfg.nats
         self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{'-'.join(self.lanes)}-{self.index}",
                                      max_reconnect_attempts=-1)
-        self.js = streams.jetstream(self.nc)  # publish_async errors surface (the accepted events)
+        self.js = streams.jetstream(self.nc)
+        self.publisher = streams.Publisher(self.nc)
         await self._warm()
         self.subs = {lane: await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream)
                      for lane in self.lanes}
@@ -296,15 +298,14 @@ class Ingestor(Watched):
         if not (self.cfg.events.enabled and self.cfg.events.accepted):
             return
         prefix = self.cfg.nats.prefix
-        acks = []
+        messages = []
         for inb in inbound:
             req = inb.request
             ev = events.event(id=derive_id(f"accepted:{inb.id}"), notification_id=inb.id, user_id=req.user_id,
                               channel=events.ANY_CHANNEL, category=req.category, status="accepted",
                               at=req.accepted_at or time.time())
-            acks.append(await self.js.publish_async(events.subject(prefix, ev), events.ENCODER.encode(ev),
-                                                    headers={"Nats-Msg-Id": ev.id}))
-        await streams.all_acked(acks, ACCEPTED_WAIT_S)
+            messages.append((events.subject(prefix, ev), events.ENCODER.encode(ev), {"Nats-Msg-Id": ev.id}))
+        await self.publisher.publish(messages, ACCEPTED_WAIT_S)
 
     def _traced(self, seconds: float) -> None:
         try:

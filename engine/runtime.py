@@ -235,6 +235,7 @@ class Engine:
         self.limiter: ratelimit.Limiter | None = None
         self.nc: nats.NATS | None = None
         self.js: JetStreamContext | None = None
+        self.publisher: streams.Publisher | None = None  # the HTTP API's submissions
         self.pool: asyncpg.Pool | None = None
         self.actors: Actors | None = None
         self.ray_info: dict = {}
@@ -315,7 +316,8 @@ class Engine:
         if self.admin_key_file is not None:
             log.warning("created the first admin API key: %s (mode 0600; keep it secret)", self.admin_key_file)
         self.nc = await nats.connect(self.nats_url, name="tidings-engine", max_reconnect_attempts=-1)
-        self.js = streams.jetstream(self.nc)  # publish_async errors surface (a full stream: 503)
+        self.js = streams.jetstream(self.nc)
+        self.publisher = streams.Publisher(self.nc)
         await streams.ensure_streams(self.js, self.cfg.nats)
         await streams.ensure_events_stream(self.js, self.cfg.nats, self.cfg.events.max_age_s, self.cfg.events.max_msgs)
         # On this thread, not a worker thread: Ray ties the life of the processes it

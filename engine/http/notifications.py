@@ -21,7 +21,6 @@ from engine.http.access import Link, Param, Route, Scoped, forbidden, register
 from engine.http.common import ENGINE, UUID_PATH, Problem, decode, not_accepted, path_uuid, query_bool, read_json, reply
 from engine.runtime import Engine
 from infra import streams, telemetry
-from infra.aio import gather_within
 from policy import cancel as cancelling, segments
 from policy.api import (
     Accepted,
@@ -176,20 +175,18 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
     # the request's trace goes with every message: the Ingestor continues it, or
     # (not sampled) knows not to start one (infra/telemetry.py)
     traceparent = telemetry.current_traceparent() if telemetry.tracer() is not None else None
-    # publish_async: every publish goes out at once over one reply subscription;
-    # the answer waits for all of JetStream's acks.
-    pending = [await engine.js.publish_async(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r),
-                                             headers=_headers(str(r.id), traceparent))
-               for r in reqs]
+    # every publish goes out at once; the answer waits for all of JetStream's acks
     try:
-        acks = await gather_within(PUBLISH_TIMEOUT_S, *pending)
+        duplicates = await engine.publisher.publish(
+            [(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r), _headers(str(r.id), traceparent))
+             for r in reqs], PUBLISH_TIMEOUT_S)
     except (TimeoutError, nats.errors.Error) as e:
         raise not_accepted(e) from None
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
     known = engine.policy.categories  # label values from the config only (policy/labels.py)
     for r in reqs:
         ACCEPTED.labels(r.category if r.category in known else OTHER).inc()
-    return [Accepted(id=str(r.id), duplicate=bool(a.duplicate)) for r, a in zip(reqs, acks, strict=True)]
+    return [Accepted(id=str(r.id), duplicate=d) for r, d in zip(reqs, duplicates, strict=True)]
 
 
 def _headers(nid: str, traceparent: str | None) -> dict[str, str]:

@@ -5,7 +5,6 @@ recorded as ``rejected`` and acked; a good one goes to its UserShard."""
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 
 import msgspec
@@ -44,11 +43,9 @@ class Harness:
         async def publish(subject, data, headers=None):
             self.published.append((subject, data, headers))
 
-        async def publish_async(subject, data, headers=None):
-            self.events.append((subject, data, headers))
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+        async def publish_events(messages, timeout_s):
+            self.events.extend(messages)
+            return [False] * len(messages)
 
         async def record(payload):
             self.recorded.extend(wire.decode(payload, list[Outcome]))
@@ -59,7 +56,8 @@ class Harness:
         shard = SimpleNamespace(handle=SimpleNamespace(remote=handle))
         self.ingestor = Ingestor(encode(CFG), "nats://unused", [shard], SimpleNamespace(
             record=SimpleNamespace(remote=record)))
-        self.ingestor.js = SimpleNamespace(publish=publish, publish_async=publish_async)
+        self.ingestor.js = SimpleNamespace(publish=publish)
+        self.ingestor.publisher = SimpleNamespace(publish=publish_events)
 
 
 def notify(body: dict | bytes, seq: int) -> FakeMsg:
