@@ -1,6 +1,6 @@
 """Retention: delete rows older than ``[retention]`` says, in bounded batches.
 
-Each kind of row is a table, a primary key and a condition on its age; ``run``
+Each kind of row is a table, the columns that identify a row and a condition on its age; ``run``
 deletes ``batch`` rows per statement (each its own short transaction, rows
 another transaction holds are skipped, not waited for) until none is left, and
 returns how many went per kind. The age comes from the database's clock.
@@ -45,6 +45,7 @@ NO_PENDING_SCHEDULE = ("NOT EXISTS (SELECT 1 FROM scheduled_notifications s "
 @dataclass(frozen=True)
 class Kind:
     """Rows of ``table`` (alias ``t``) matching ``where`` are past their keep time;
+    ``key`` is the columns (comma-separated) that identify a row;
     ``where`` compares their age with ``{cutoff}``, the days of the setting named
     ``setting`` before now."""
 
@@ -56,7 +57,7 @@ class Kind:
 
 
 KINDS = (
-    Kind("tracking", "delivery_tracking", "id",
+    Kind("tracking", "delivery_tracking", "notification_id, channel",
          "t.created_at < {cutoff} AND " + NO_PENDING_SCHEDULE, "tracking_days"),
     Kind("engagement", "engagement_events", "id",
          "t.created_at < {cutoff} AND " + NO_PENDING_SCHEDULE, "tracking_days"),
@@ -87,8 +88,9 @@ def where_sql(kind: Kind) -> str:
 def delete_sql(kind: Kind) -> str:
     """$1: days, $2: rows per statement. SKIP LOCKED: a row a writer (or another
     run) holds is left for the next round instead of waited on."""
-    return (f"DELETE FROM {kind.table} WHERE {kind.key} IN (SELECT t.{kind.key} FROM {kind.table} t "
-            f"WHERE {where_sql(kind)} LIMIT $2 FOR UPDATE OF t SKIP LOCKED)")
+    columns = [c.strip() for c in kind.key.split(",")]
+    return (f"DELETE FROM {kind.table} WHERE ({', '.join(columns)}) IN (SELECT {', '.join('t.' + c for c in columns)} "
+            f"FROM {kind.table} t WHERE {where_sql(kind)} LIMIT $2 FOR UPDATE OF t SKIP LOCKED)")
 
 
 def count_sql(kind: Kind) -> str:

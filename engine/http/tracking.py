@@ -99,13 +99,13 @@ MAX_TIMELINE = 200
 _json = msgspec.json.Encoder()
 
 FIND_BY_NOTIFICATION = """
-SELECT id, notification_id, user_id, channel, status FROM delivery_tracking
+SELECT notification_id, user_id, channel, status FROM delivery_tracking
 WHERE notification_id = $1 AND channel = ANY($2::text[])
 ORDER BY (provider_message_id IS NOT DISTINCT FROM $3) DESC, channel
 LIMIT 1 FOR UPDATE
 """
 FIND_BY_MESSAGE_ID = """
-SELECT id, notification_id, user_id, channel, status FROM delivery_tracking
+SELECT notification_id, user_id, channel, status FROM delivery_tracking
 WHERE provider_message_id = $1 AND channel = ANY($2::text[])
 LIMIT 2 FOR UPDATE
 """
@@ -113,7 +113,7 @@ UPDATE_ROW = """
 UPDATE delivery_tracking SET
     timeline = CASE WHEN $5 OR jsonb_array_length(timeline) < $6 THEN timeline || $2::jsonb ELSE timeline END,
     status = $3, reason = COALESCE($4, reason), updated_at = now()
-WHERE id = $1
+WHERE notification_id = $1 AND channel = $7
 """
 
 
@@ -520,7 +520,8 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                 entry = _json.encode([{"event": ev.event, "at": ev.at, "provider": ev.provider,
                                        "detail": ev.detail}]).decode()
                 reason = reason_of(ev) if changed else None
-                await conn.execute(UPDATE_ROW, row["id"], entry, status, reason, changed, MAX_TIMELINE)
+                await conn.execute(UPDATE_ROW, row["notification_id"], entry, status, reason, changed, MAX_TIMELINE,
+                                   row["channel"])
                 updated += 1
                 if changed:
                     changes[(row["channel"], status)] += 1
