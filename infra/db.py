@@ -20,6 +20,18 @@ _DOWN = re.compile(r"^(\d{3})_([a-z0-9_]+)\.down\.sql$")
 _LOCK_ID = 0x7469646E  # "tidn": one migrator at a time, across processes
 
 
+def keys(n: int, sqltype: str) -> str:
+    """``ANY(...)`` over the array parameter ``$n`` (of ``sqltype``) as a batch of
+    keys to look up. The array is passed through a scalar subquery so the planner
+    does not look inside it: a table without statistics (just bulk-loaded, with
+    autovacuum off or not yet round) makes a 5,000-key array look like most of
+    the table, and the plan a sequential scan per lookup (a broadcast chunk read
+    the whole tracking table that way, bench/RESULTS.md "Plans for batches of
+    keys"). Hidden, it is estimated as a few keys and probed by index, which is
+    right for a batch of keys whatever the statistics say."""
+    return f"ANY((SELECT ${n}::{sqltype}[])::{sqltype}[])"
+
+
 def _ms(seconds: float) -> str:
     return str(round(seconds * 1000))  # PostgreSQL reads a bare number as milliseconds; 0 is "none"
 

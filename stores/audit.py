@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from infra import db
 from infra.pii import Keyring, PiiError
 from stores import pii
 
@@ -111,7 +112,7 @@ async def prepare(conn: asyncpg.Connection, ring: Keyring, entries: Sequence[Ent
     ids = list({e.user_id for e in entries})
     prev = {r[0]: r[1] for r in await conn.fetch(
         "SELECT DISTINCT ON (user_id) user_id, hash FROM preference_audit_log "
-        "WHERE user_id = ANY($1::text[]) ORDER BY user_id, id DESC", ids)}
+        f"WHERE user_id = {db.keys(1, 'text')} ORDER BY user_id, id DESC", ids)}
     keys = await pii.data_keys(conn, ring, [e.user_id for e in entries if e.personal], create=True, known=keys)
     for e in entries:
         if e.personal and e.user_id not in keys:
@@ -264,7 +265,7 @@ async def verify(conn: asyncpg.Connection, user_id: str | None = None,
     if heads:
         wanted = {u: h for u, h in heads.items() if user_id is None or u == user_id}
         present = {r[0]: (r[1], r[2]) for r in await conn.fetch(
-            "SELECT id, user_id, hash FROM preference_audit_log WHERE id = ANY($1::bigint[])",
+            f"SELECT id, user_id, hash FROM preference_audit_log WHERE id = {db.keys(1, 'bigint')}",
             [h[0] for h in wanted.values()])}
         already = {b.user_id for b in report.broken}
         for uid, (head_id, head_hash) in sorted(wanted.items()):

@@ -305,7 +305,7 @@ async def _check_rules(conn: asyncpg.Connection, ring: Keyring, policy: Policy) 
         prefs = await state_store.load_prefs(conn, ring, chunk)
         consent = await state_store.load_consent(conn, chunk)
         templates = {r[0]: r[1] for r in await conn.fetch(
-            "SELECT user_id, template_id FROM users WHERE user_id = ANY($1::text[]) AND template_id IS NOT NULL",
+            f"SELECT user_id, template_id FROM users WHERE user_id = {db.keys(1, 'text')} AND template_id IS NOT NULL",
             chunk)}
         chains: dict[str, tuple] = {}
         for uid in chunk:
@@ -344,7 +344,7 @@ async def _feed_and_audit(conn: asyncpg.Connection, ring: Keyring, per_user: dic
     ids = list(per_user)
     versions = {r[0]: r[1] for r in await conn.fetch(
         "UPDATE users SET prefs_version = prefs_version + 1, state = NULL, updated_at = now() "
-        "WHERE user_id = ANY($1::text[]) RETURNING user_id, prefs_version", ids)}
+        f"WHERE user_id = {db.keys(1, 'text')} RETURNING user_id, prefs_version", ids)}
     feed, entries = [], []
     keys = await pii.data_keys(conn, ring, ids, create=True)
     for uid, docs in per_user.items():

@@ -11,12 +11,13 @@ from collections.abc import Mapping, Sequence
 
 import asyncpg
 
+from infra import db
 from infra.pii import Keyring, PiiError, aad, open_sealed, seal
 from policy.types import CHANNEL_OF, Device
 
 # a suppressed token (POST /v1/suppressions, on the device's channel) is left out
 LOAD = ("SELECT user_id, device_id, service, platform, app, kind, sealed, extract(epoch FROM last_seen_at) "
-        "FROM user_devices d WHERE user_id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM suppressions s "
+        f"FROM user_devices d WHERE user_id = {db.keys(1, 'text')} AND NOT EXISTS (SELECT 1 FROM suppressions s "
         "WHERE s.channel = CASE d.service WHEN 'webpush' THEN 'web' ELSE 'push' END AND s.blind = d.blind) "
         "ORDER BY user_id, device_id")
 

@@ -28,6 +28,7 @@ import asyncpg
 import msgspec
 from msgspec import Meta
 
+from infra import db
 from policy.types import Channel
 
 EventType = Literal["opened", "clicked"]
@@ -134,7 +135,7 @@ async def last_seen(conn: asyncpg.Connection, user_ids: list[str]) -> dict[str, 
     rows = await conn.fetch(
         "SELECT user_id, extract(epoch FROM max(at) FILTER (WHERE type = 'opened')), "
         "extract(epoch FROM max(at) FILTER (WHERE type = 'clicked')) "
-        "FROM engagement_events WHERE user_id = ANY($1::text[]) GROUP BY user_id", user_ids)
+        f"FROM engagement_events WHERE user_id = {db.keys(1, 'text')} GROUP BY user_id", user_ids)
     return {r[0]: (None if r[1] is None else float(r[1]), None if r[2] is None else float(r[2])) for r in rows}
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
+from infra import db
 from infra.pii import Keyring, aad
 from policy import events
 from policy.events import StatusEvent
@@ -30,7 +31,7 @@ async def outbox(conn: asyncpg.Connection, limit: int) -> list[tuple[int, Status
 
 
 async def published(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
-    await conn.execute("DELETE FROM status_events WHERE seq = ANY($1::bigint[])", list(seqs))
+    await conn.execute(f"DELETE FROM status_events WHERE seq = {db.keys(1, 'bigint')}", list(seqs))
 
 
 # -- subscriptions -----------------------------------------------------------------

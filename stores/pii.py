@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import asyncpg
 import msgspec
 
+from infra import db
 from infra.pii import INDEX_KEY_AAD, Keyring, PiiError, aad, new_key, open_sealed, seal, user_key_aad
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def unwrap_user(ring: Keyring, user_id: str, master_id: str, wrapped: bytes) -> 
     return ring.unwrap(master_id, wrapped, user_key_aad(user_id))
 
 
-READ_KEYS = "SELECT user_id, master_id, wrapped FROM user_keys WHERE user_id = ANY($1::text[])"
+READ_KEYS = f"SELECT user_id, master_id, wrapped FROM user_keys WHERE user_id = {db.keys(1, 'text')}"
 
 
 async def data_keys(conn: asyncpg.Connection, ring: Keyring, user_ids: Iterable[str], create: bool = False,
@@ -173,7 +174,7 @@ async def seal_legacy(conn: asyncpg.Connection, ring: Keyring, batch: int = 5000
             await conn.executemany(
                 "UPDATE user_addresses SET sealed = $3, blind = $4, address = NULL WHERE user_id = $1 AND channel = $2",
                 address_records(ring, keys, [tuple(r) for r in rows]))
-            await conn.execute("UPDATE users SET state = NULL WHERE user_id = ANY($1::text[])",
+            await conn.execute(f"UPDATE users SET state = NULL WHERE user_id = {db.keys(1, 'text')}",
                                list({r[0] for r in rows}))
             counts["addresses"] += len(rows)
     while True:

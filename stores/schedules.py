@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import msgspec
 
+from infra import db
 from policy.cancel import FALLBACK_CHANNEL  # a fallback check has no channel of its own: its row's channel
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.release import digest_id
@@ -185,7 +186,7 @@ async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred
         for key, ids in buckets_sent:
             await conn.execute(
                 "UPDATE scheduled_notifications SET status = 'done' WHERE digest_key = $1 "
-                "AND notification_id = ANY($2::uuid[])", key.text(), [uuid.UUID(i) for i in ids])
+                f"AND notification_id = {db.keys(2, 'uuid')}", key.text(), [uuid.UUID(i) for i in ids])
             await conn.execute(
                 "UPDATE digest_buckets SET status = 'sent', sent_at = now() WHERE key = $1", key.text())
 
@@ -202,9 +203,9 @@ SELECT channel, kind, digest_key, claimed_until IS NOT NULL OR claims > settled 
 FROM scheduled_notifications WHERE notification_id = $1 AND status = 'pending'
 ORDER BY channel FOR UPDATE
 """
-LOCK_BUCKETS = """
+LOCK_BUCKETS = f"""
 SELECT key, status, claimed_until IS NOT NULL AS claimed FROM digest_buckets
-WHERE key = ANY($1::text[]) ORDER BY key FOR SHARE
+WHERE key = {db.keys(1, 'text')} ORDER BY key FOR SHARE
 """
 CANCEL_TRACKING = """
 UPDATE delivery_tracking SET status = 'cancelled', reason = 'cancelled', digest_id = NULL, completed_at = now(),

@@ -15,6 +15,7 @@ from typing import Protocol
 import asyncpg
 import msgspec
 
+from infra import db
 from infra.pii import Keyring, PiiError, aad, open_sealed, seal
 from policy.decide import consent_key
 from policy.prefs import Preference, ordered
@@ -79,18 +80,20 @@ def from_stored(user_id: str, blob: bytes) -> UserState:
                      consent_until=p.consent_until, consent_state=p.consent_state, devices=p.devices)
 
 
+USERS = db.keys(1, "text")  # a batch of user ids, probed by index (infra/db.py)
+
 # Each row as one JSON object in the shape of a Preference, so it decodes in one call.
-LOAD_PREFS = """
+LOAD_PREFS = f"""
 SELECT user_id, (value || jsonb_build_object('channel', channel, 'category', category,
                                              'content_type', content_type, 'priority', priority)
-        || CASE WHEN context IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('context', context) END
-        || CASE WHEN expires_at IS NULL THEN '{}'::jsonb
+        || CASE WHEN context IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object('context', context) END
+        || CASE WHEN expires_at IS NULL THEN '{{}}'::jsonb
                 ELSE jsonb_build_object('expires_at', extract(epoch FROM expires_at)) END)::text, custom
-FROM user_preferences WHERE user_id = ANY($1::text[]) AND is_active
+FROM user_preferences WHERE user_id = {USERS} AND is_active
 """
 _pref = msgspec.json.Decoder(Preference)
 LOAD_CONSENT = ("SELECT user_id, channel, purpose, status, extract(epoch FROM expires_at)::float8 "
-                "FROM preference_consent WHERE user_id = ANY($1::text[])")
+                f"FROM preference_consent WHERE user_id = {USERS}")
 
 
 async def load_prefs(conn: asyncpg.Connection, ring: Keyring, ids: list[str],
@@ -125,15 +128,15 @@ async def load_consent(conn: asyncpg.Connection,
 
 
 LOAD_USERS = ("SELECT user_id, timezone, locale, prefs_version, template_id FROM users "
-              "WHERE user_id = ANY($1::text[])")
-LOAD_ADDRESSES = "SELECT user_id, channel, sealed FROM user_addresses WHERE user_id = ANY($1::text[])"
-LOAD_SUPPRESSED = """
+              f"WHERE user_id = {USERS}")
+LOAD_ADDRESSES = f"SELECT user_id, channel, sealed FROM user_addresses WHERE user_id = {USERS}"
+LOAD_SUPPRESSED = f"""
 SELECT a.user_id, a.channel, s.reason FROM user_addresses a
 JOIN suppressions s ON s.channel = a.channel AND s.blind = a.blind
-WHERE a.user_id = ANY($1::text[])
+WHERE a.user_id = {USERS}
 """
 LOAD_STATES = ("SELECT u.user_id, u.state, k.master_id, k.wrapped FROM users u LEFT JOIN user_keys k USING (user_id) "
-               "WHERE u.user_id = ANY($1::text[])")
+               f"WHERE u.user_id = {USERS}")
 
 
 async def load_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequence[str]) -> dict[str, UserState]:
@@ -211,7 +214,7 @@ async def assemble_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Seq
         states[uid].consent, states[uid].consent_until, states[uid].consent_state = granted, until, other
     for uid, channel, reason in await conn.fetch(LOAD_SUPPRESSED, ids):
         states[uid].suppressed[channel] = reason
-    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM user_devices WHERE user_id = ANY($1::text[]))", ids):
+    if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM user_devices WHERE user_id = {USERS})", ids):
         keys = await pii.data_keys(conn, ring, ids, known=keys)
         for uid, found in (await device_store.load(conn, keys, ids)).items():
             states[uid].devices = tuple(found)

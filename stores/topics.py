@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from infra import db
 from infra.pii import Keyring
 from policy.sharding import shard_of, stable_hash
 from stores.audit import append_audit
@@ -32,7 +33,7 @@ async def change(conn: asyncpg.Connection, ring: Keyring, topic: str, add: Seque
     same users wait for each other instead of deadlocking)."""
     adding, removing = sorted(set(add)), sorted(set(remove))
     known = {r[0] for r in await conn.fetch(
-        "SELECT user_id FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE",
+        f"SELECT user_id FROM users WHERE user_id = {db.keys(1, 'text')} ORDER BY user_id FOR UPDATE",
         sorted(set(adding) | set(removing)))}
     subscribing = [u for u in adding if u in known]
     rows = await conn.fetch(
@@ -41,7 +42,7 @@ async def change(conn: asyncpg.Connection, ring: Keyring, topic: str, add: Seque
         "ON CONFLICT (topic_id, user_id) DO NOTHING RETURNING user_id",
         topic, subscribing, [stable_hash(u) for u in subscribing], source) if subscribing else []
     added = sorted(r[0] for r in rows)
-    rows = await conn.fetch("DELETE FROM topic_subscribers WHERE topic_id = $1 AND user_id = ANY($2::text[]) "
+    rows = await conn.fetch(f"DELETE FROM topic_subscribers WHERE topic_id = $1 AND user_id = {db.keys(2, 'text')} "
                             "RETURNING user_id", topic, removing) if removing else []
     removed = sorted(r[0] for r in rows)
     await append_audit(conn, ring, [(u, "topic.subscribe", None, {"topic": topic}, actor) for u in added]

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 import orjson
 
+from infra import db
 from policy.text import printable
 from policy.types import Attempt, Outcome
 
@@ -40,7 +41,7 @@ def _attempt(a: Attempt) -> dict:
 # channel '*' is the Ingestor's rejection of a payload, not a channel's record: a
 # replay of that payload (tidings dlq replay, same id) is decided afresh, fallbacks included
 RECORDED = ("SELECT notification_id::text, channel, status FROM delivery_tracking "
-            "WHERE notification_id = ANY($1::uuid[]) AND channel <> '*'")
+            f"WHERE notification_id = {db.keys(1, 'uuid')} AND channel <> '*'")
 RECORDED_FINAL = RECORDED + " AND status <> 'deferred'"
 # statuses that say a channel was not sent nor held: its request's fallbacks are still due
 NOT_HANDLED = frozenset({"failed", "suppressed", "rejected"})
@@ -69,10 +70,10 @@ async def answers(conn: asyncpg.Connection, ids: Sequence[str]
     (notification, channel) rows."""
     rows = await conn.fetch(
         "SELECT notification_id::text, channel, status FROM delivery_tracking "
-        "WHERE notification_id = ANY($1::uuid[])", list(ids))
+        f"WHERE notification_id = {db.keys(1, 'uuid')}", list(ids))
     engaged = {r[0] for r in await conn.fetch(
         "SELECT DISTINCT notification_id::text FROM engagement_events "
-        "WHERE notification_id = ANY($1::uuid[])", list(ids))}
+        f"WHERE notification_id = {db.keys(1, 'uuid')}", list(ids))}
     statuses: dict[str, set[str]] = {}
     for r in rows:
         statuses.setdefault(r[0], set()).add(r[2])

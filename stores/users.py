@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import asyncpg
 
+from infra import db
 from infra.pii import Keyring
 from policy.prefs import Preference
 from policy.sharding import shard_of, stable_hash
@@ -35,7 +36,7 @@ async def save_profiles(conn: asyncpg.Connection, ring: Keyring, profiles: Seque
         "ON CONFLICT (user_id) DO UPDATE SET timezone = EXCLUDED.timezone, "
         "locale = EXCLUDED.locale, shard_key = EXCLUDED.shard_key, updated_at = now()",
         [(p.user_id, p.timezone, p.locale, stable_hash(p.user_id)) for p in profiles])
-    await conn.execute("DELETE FROM user_addresses WHERE user_id = ANY($1::text[])", ids)
+    await conn.execute(f"DELETE FROM user_addresses WHERE user_id = {db.keys(1, 'text')}", ids)
     keys = await pii.data_keys(conn, ring, ids, create=True)
     await conn.copy_records_to_table(
         "user_addresses", columns=pii.ADDRESS_COLUMNS,
@@ -63,7 +64,7 @@ def opt_out_rows(opt_outs: Sequence[str]) -> list[Preference]:
 async def lock_versions(conn: asyncpg.Connection, user_ids: Sequence[str]) -> dict[str, int]:
     """The users' preference versions, their rows locked for this transaction."""
     return {r[0]: r[1] for r in await conn.fetch(
-        "SELECT user_id, prefs_version FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE",
+        f"SELECT user_id, prefs_version FROM users WHERE user_id = {db.keys(1, 'text')} ORDER BY user_id FOR UPDATE",
         list(user_ids))}
 
 
