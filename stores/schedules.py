@@ -181,6 +181,8 @@ async def finish(conn: asyncpg.Connection, outcomes: Sequence[Outcome], deferred
         if deferred_done:
             await conn.execute(
                 "UPDATE scheduled_notifications SET status = 'done' WHERE kind IN ('deferred', 'fallback') AND "
+                # the ids alone, to be probed by index; the pairs pick the rows
+                f"notification_id = {db.keys(1, 'uuid')} AND "
                 "(notification_id, channel) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
                 [uuid.UUID(n) for n, _ in deferred_done], [c for _, c in deferred_done])
         for key, ids in buckets_sent:

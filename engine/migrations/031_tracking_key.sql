@@ -24,6 +24,10 @@ END $$;
 
 ALTER TABLE delivery_tracking DROP COLUMN id;  -- and its primary key
 DROP INDEX IF EXISTS idx_delivery_tracking_status;
+-- The same for user_preferences (is_active) WHERE is_active: it holds nearly every row,
+-- and without statistics the planner ANDed it into a batch's lookup by user id,
+-- reading all of it for a 5,000-user chunk.
+DROP INDEX IF EXISTS idx_user_preferences_active;
 
 DO $$
 DECLARE

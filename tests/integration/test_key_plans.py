@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import asyncpg
 import pytest
 
 from engine import migrations
@@ -23,17 +22,23 @@ BATCH = 5_000
 
 @pytest.fixture
 async def loaded(database_url):
-    """A migrated schema with ROWS users, their keys and tracking rows COPYed in, never analyzed."""
+    """A migrated schema with ROWS users, their keys, addresses, preferences and
+    tracking rows COPYed in, never analyzed."""
     schema = "t_plans_" + uuid.uuid4().hex[:10]
     await migrations.migrate_url(database_url, schema)
     conn = await db.connect(database_url, schema=schema)
     try:
-        for table in ("users", "user_keys", "delivery_tracking"):
+        for table in ("users", "user_keys", "user_addresses", "user_preferences", "delivery_tracking"):
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         users = [f"u{i}" for i in range(ROWS)]
         await conn.copy_records_to_table("users", records=[(u,) for u in users], columns=["user_id"])
         await conn.copy_records_to_table("user_keys", records=[(u, "m1", b"k" * 40) for u in users],
                                          columns=["user_id", "master_id", "wrapped"])
+        await conn.copy_records_to_table("user_addresses", records=[(u, "email", b"s", b"b") for u in users],
+                                         columns=["user_id", "channel", "sealed", "blind"])
+        await conn.copy_records_to_table(
+            "user_preferences", columns=["user_id", "preference_type", "channel", "category", "value"],
+            records=[(u, "channel", "email", "jobs", '{"enabled": false}') for u in users])
         nids = [uuid.uuid4() for _ in range(ROWS)]
         await conn.copy_records_to_table(
             "delivery_tracking", columns=["notification_id", "user_id", "channel", "category", "status", "reason"],
@@ -71,5 +76,14 @@ async def test_a_batch_of_keys_is_probed_by_index_in_a_table_without_statistics(
     loads = scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + state.LOAD_STATES, some_users))
     assert not any(kind == "Seq Scan" and rel in ("users", "user_keys") for kind, rel in loads), loads
 
+    for sql in (state.LOAD_PREFS, state.LOAD_ADDRESSES, state.LOAD_SUPPRESSED):
+        found = scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, some_users))
+        assert not any(kind == "Seq Scan" and rel in ("user_preferences", "user_addresses") for kind, rel in found)
+
     assert len(await tracking.recorded(conn, some_ids)) == BATCH  # and they answer what they did
     assert {r[0] for r in await conn.fetch(state.LOAD_STATES, some_users)} == set(some_users)
+    assert len(await conn.fetch(state.LOAD_PREFS, some_users)) == BATCH
+
+    await conn.execute("ANALYZE")  # with statistics, still by index
+    recorded = scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + tracking.RECORDED, some_ids))
+    assert not any(kind == "Seq Scan" and rel == "delivery_tracking" for kind, rel in recorded), recorded
