@@ -144,7 +144,9 @@ async def submit(request: web.Request) -> web.Response:
     notification without ``id`` gets one derived from ``idempotency_key`` (per
     calling key) or a new one; a resubmission with the same id within
     JetStream's duplicate window answers ``duplicate: true`` and is not sent
-    again. Every violation in the batch is answered at once (422).
+    again. Every violation in the batch is answered at once (422); one that
+    NATS could not carry as a message is 413, and nothing of the batch is
+    published.
 
     ``?dry_run=true``: each is decided by its user's shard as a send would
     decide it, nothing sent, held or recorded; answered 200 with the decisions
@@ -175,11 +177,12 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
     # the request's trace goes with every message: the Ingestor continues it, or
     # (not sampled) knows not to start one (infra/telemetry.py)
     traceparent = telemetry.current_traceparent() if telemetry.tracer() is not None else None
+    messages = [(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r),
+                 _headers(str(r.id), traceparent)) for r in reqs]
+    too_large(messages, engine.nc.max_payload, many)  # before anything is published
     # every publish goes out at once; the answer waits for all of JetStream's acks
     try:
-        duplicates = await engine.publisher.publish(
-            [(streams.subject_for(cfg.nats, r.category, r.priority), _json.encode(r), _headers(str(r.id), traceparent))
-             for r in reqs], PUBLISH_TIMEOUT_S)
+        duplicates = await engine.publisher.publish(messages, PUBLISH_TIMEOUT_S)
     except (TimeoutError, nats.errors.Error) as e:
         raise not_accepted(e) from None
     PUBLISH_SECONDS.observe(time.perf_counter() - started)
@@ -187,6 +190,21 @@ async def accept(engine: Engine, principal: Principal | None, reqs: list[Notific
     for r in reqs:
         ACCEPTED.labels(r.category if r.category in known else OTHER).inc()
     return [Accepted(id=str(r.id), duplicate=d) for r, d in zip(reqs, duplicates, strict=True)]
+
+
+def too_large(messages: list[tuple[str, bytes, dict[str, str]]], max_payload: int, many: bool) -> None:
+    """413 naming each submission whose message (with its headers) NATS would
+    refuse: a retry could never succeed, so it is not a 503. The body limit
+    (``http.max_body_bytes``) does not cover it: an id and the acceptance time
+    are added, and a batch is split into one message per notification."""
+    errors = []
+    for i, (_, payload, headers) in enumerate(messages):
+        size = len(payload) + len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        if size > max_payload:
+            errors.append({"field": f"$[{i}]" if many else "$",
+                           "reason": f"the notification is {size} bytes as a message; NATS takes at most {max_payload}"})
+    if errors:
+        raise Problem(413, "notification too large", errors)
 
 
 def _headers(nid: str, traceparent: str | None) -> dict[str, str]:

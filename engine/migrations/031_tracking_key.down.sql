@@ -1,7 +1,5 @@
--- The id comes back as the last column, with new random values (the old ones are gone).
 CREATE INDEX IF NOT EXISTS idx_delivery_tracking_status ON delivery_tracking (status);
 CREATE INDEX IF NOT EXISTS idx_user_preferences_active ON user_preferences (is_active) WHERE is_active;
 ALTER TABLE delivery_tracking REPLICA IDENTITY DEFAULT;
-ALTER TABLE delivery_tracking ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid();
 ALTER TABLE delivery_tracking ADD PRIMARY KEY (id);
--- 024's trigger function is kept as 031 made it: it works with or without the id.
+-- 024's trigger function is kept as 031 made it: it pairs rows by (notification_id, channel).

@@ -198,6 +198,21 @@ async def test_oversize_body_is_413(engine, client):
         assert (await r.json())["errors"][0]["field"] == "$"
 
 
+async def test_a_notification_nats_cannot_carry_is_413_and_nothing_is_published(engine, client):
+    limit = engine.nc.max_payload
+    assert engine.cfg.http.max_body_bytes >= limit  # the defaults: the body limit alone lets it through
+    text = "x" * (limit - 300)  # the body fits; the message (id, defaults, headers added) does not
+    small = {"user_id": "u1", "category": "job_alerts", "channels": ["email"],
+             "content": {"subject": "s", "text": "fits"}}
+    before = (await engine.js.stream_info(engine.cfg.nats.stream)).state.messages
+    async with client.post(f"{engine.base_url}/v1/notifications", json=[
+            small, {**small, "content": {"subject": "s", "text": text}}]) as r:
+        assert r.status == 413, await r.text()
+        body = await r.json()
+        assert body["error"] == "notification too large" and [e["field"] for e in body["errors"]] == ["$[1]"]
+    assert (await engine.js.stream_info(engine.cfg.nats.stream)).state.messages == before
+
+
 async def test_bad_nats_payload_goes_to_dlq_with_a_rejected_row(engine, sinks, client):
     cfg = engine.cfg.nats
     dlq = await engine.js.pull_subscribe(streams.dlq_subject(cfg), stream=streams.dlq_stream(cfg))
