@@ -102,11 +102,11 @@ async def jetstream(url: str, n: int, batch: int) -> dict:
         for way in ("publish_async", "publisher"):
             started, cpu = time.perf_counter(), time.process_time()
             for i in range(0, n, batch):
-                ids = [{"Nats-Msg-Id": str(uuid.uuid4())} for _ in range(min(batch, n - i))]
+                headers = [{"Nats-Msg-Id": str(uuid.uuid4())} for _ in range(min(batch, n - i))]
                 if way == "publisher":
-                    await publisher.publish([(f"{name}.x", body, h) for h in ids], 30)
+                    await publisher.publish([(f"{name}.x", body, h) for h in headers], 30)
                 else:
-                    await asyncio.gather(*[await js.publish_async(f"{name}.x", body, headers=h) for h in ids])
+                    await asyncio.gather(*[await js.publish_async(f"{name}.x", body, headers=h) for h in headers])
             out[f"{way}_per_s"] = round(n / (time.perf_counter() - started))
             out[f"{way}_cpu_us"] = round((time.process_time() - cpu) / n * 1e6, 1)
         sub = await js.pull_subscribe(f"{name}.>", durable="c", stream=name)

@@ -115,10 +115,9 @@ def jetstream(nc: nats.NATS) -> JetStreamContext:
 
 
 class _Ack(msgspec.Struct):
-    """JetStream's answer to a publish: its ``PubAck``, or an ``error``."""
+    """What the Publisher reads of JetStream's answer to a publish: whether it
+    was a duplicate, or its ``error``."""
 
-    stream: str = ""
-    seq: int = 0
     duplicate: bool = False
     error: dict | None = None
 

@@ -45,37 +45,37 @@ NO_PENDING_SCHEDULE = ("NOT EXISTS (SELECT 1 FROM scheduled_notifications s "
 @dataclass(frozen=True)
 class Kind:
     """Rows of ``table`` (alias ``t``) matching ``where`` are past their keep time;
-    ``key`` is the columns (comma-separated) that identify a row;
+    ``key`` is the columns that identify a row;
     ``where`` compares their age with ``{cutoff}``, the days of the setting named
     ``setting`` before now."""
 
     name: str
     table: str
-    key: str
+    key: tuple[str, ...]
     where: str
     setting: str
 
 
 KINDS = (
-    Kind("tracking", "delivery_tracking", "notification_id, channel",
+    Kind("tracking", "delivery_tracking", ("notification_id", "channel"),
          "t.created_at < {cutoff} AND " + NO_PENDING_SCHEDULE, "tracking_days"),
-    Kind("engagement", "engagement_events", "id",
+    Kind("engagement", "engagement_events", ("id",),
          "t.created_at < {cutoff} AND " + NO_PENDING_SCHEDULE, "tracking_days"),
-    Kind("scheduled", "scheduled_notifications", "id",
+    Kind("scheduled", "scheduled_notifications", ("id",),
          "t.status = 'done' AND t.due_at < {cutoff}", "scheduled_done_days"),
-    Kind("digest_buckets", "digest_buckets", "key",
+    Kind("digest_buckets", "digest_buckets", ("key",),
          "t.status = 'sent' AND t.sent_at < {cutoff} AND NOT EXISTS (SELECT 1 FROM scheduled_notifications s "
          "WHERE s.kind = 'digest' AND s.digest_key = t.key AND s.status = 'pending')", "scheduled_done_days"),
-    Kind("change_feed", "preference_sync_log", "id",
+    Kind("change_feed", "preference_sync_log", ("id",),
          "t.sync_status = 'completed' AND t.created_at < {cutoff}", "change_feed_days"),
-    Kind("inbox_read", "inbox_messages", "seq",
+    Kind("inbox_read", "inbox_messages", ("seq",),
          "t.read_at IS NOT NULL AND t.read_at < {cutoff}", "inbox_read_days"),
-    Kind("inbox_unread", "inbox_messages", "seq",
+    Kind("inbox_unread", "inbox_messages", ("seq",),
          "t.read_at IS NULL AND t.created_at < {cutoff}", "inbox_unread_days"),
-    Kind("jobs", "jobs", "id",
+    Kind("jobs", "jobs", ("id",),
          "t.status <> 'running' AND t.finished_at < {cutoff}", "jobs_days"),
     # keyed by (subscription, event): the row's ctid stands in for a one-column key
-    Kind("event_dead_letters", "event_dead_letters", "ctid",
+    Kind("event_dead_letters", "event_dead_letters", ("ctid",),
          "t.created_at < {cutoff}", "event_dead_letter_days"),
 )
 
@@ -88,8 +88,7 @@ def where_sql(kind: Kind) -> str:
 def delete_sql(kind: Kind) -> str:
     """$1: days, $2: rows per statement. SKIP LOCKED: a row a writer (or another
     run) holds is left for the next round instead of waited on."""
-    columns = [c.strip() for c in kind.key.split(",")]
-    return (f"DELETE FROM {kind.table} WHERE ({', '.join(columns)}) IN (SELECT {', '.join('t.' + c for c in columns)} "
+    return (f"DELETE FROM {kind.table} WHERE ({', '.join(kind.key)}) IN (SELECT {', '.join('t.' + c for c in kind.key)} "
             f"FROM {kind.table} t WHERE {where_sql(kind)} LIMIT $2 FOR UPDATE OF t SKIP LOCKED)")
 
 
