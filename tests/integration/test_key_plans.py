@@ -87,3 +87,24 @@ async def test_a_batch_of_keys_is_probed_by_index_in_a_table_without_statistics(
     await conn.execute("ANALYZE")  # with statistics, still by index
     recorded = scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + tracking.RECORDED, some_ids))
     assert not any(kind == "Seq Scan" and rel == "delivery_tracking" for kind, rel in recorded), recorded
+
+
+async def test_states_written_back_by_one_statement_find_their_rows_by_index(loaded):
+    """A chunk's assembled states are stored by one UPDATE joined to the batch;
+    the bare arrays' custom plan seq-scans ``users``, the engine's does not. Only
+    rows still without a state, at the version read, are written."""
+    conn, users, _ = loaded
+    chosen = users[:BATCH]
+    args = (chosen, [b"s"] * BATCH, [0] * BATCH)
+    bare = state.WRITE_BACK.replace("(SELECT $1::text[]), (SELECT $2::bytea[]), (SELECT $3::bigint[])",
+                                    "$1::text[], $2::bytea[], $3::bigint[]")
+    assert bare != state.WRITE_BACK
+    assert ("Seq Scan", "users") in scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + bare, *args))
+    found = scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + state.WRITE_BACK, *args))
+    assert ("Seq Scan", "users") not in found, found
+
+    await conn.execute("UPDATE users SET prefs_version = 1 WHERE user_id = $1", chosen[0])  # a writer moved on
+    await conn.execute("UPDATE users SET state = 'w' WHERE user_id = $1", chosen[1])  # a writer stored one
+    assert await conn.execute(state.WRITE_BACK, *args) == f"UPDATE {BATCH - 2}"
+    assert await conn.fetchval("SELECT count(*) FROM users WHERE state = 's'") == BATCH - 2
+    assert await conn.fetchval("SELECT state FROM users WHERE user_id = $1", chosen[1]) == b"w"
