@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from rich.console import Console
@@ -225,10 +226,17 @@ FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])
 
 
 async def watch_rows(pool, expected: int, timeout_s: float, console: Console, label: str = "delivering",
-                     ids: list[str] | None = None, parent: str | None = None) -> int:
+                     ids: list[str] | None = None, parent: str | None = None,
+                     written: Callable[[], Awaitable[int]] | None = None) -> int:
     """A progress bar over tracking rows (all of them, those of ``ids``, or the
     recipients of broadcast ``parent``) until ``expected`` are recorded or
-    ``timeout_s`` passes; returns the count seen."""
+    ``timeout_s`` passes; returns the count seen.
+
+    ``written``: the rows the engine has written since the watch began, by its
+    own count (the Recorder's). The bar follows it, and the table is counted
+    only once it reaches ``expected`` (and every 30 s, in case it restarted): counting a broadcast's rows scans them
+    (without a visibility map, every heap page), and in a 1M-user fan-out the
+    polls took a sixth of a PostgreSQL backend from the run they measured."""
     query, args = "SELECT count(*) FROM delivery_tracking", ()
     if ids is not None:
         query, args = query + " WHERE notification_id = ANY($1::uuid[])", (ids,)
@@ -240,8 +248,16 @@ async def watch_rows(pool, expected: int, timeout_s: float, console: Console, la
         task = bar.add_task("rows", total=expected)
         started = time.monotonic()
         deadline = started + timeout_s
+        counted_at = started
         while done < expected and time.monotonic() < deadline:
+            # the table every 30 s all the same: a Recorder restarted mid-run counts from 0
+            if (written is not None and time.monotonic() - counted_at < 30
+                    and (so_far := await written()) < expected):
+                bar.update(task, completed=max(done, so_far))
+                await asyncio.sleep(0.25)
+                continue
             done = await pool.fetchval(query, *args)
+            counted_at = time.monotonic()
             bar.update(task, completed=done)
             if done < expected:
                 await asyncio.sleep(poll_interval(done, expected, time.monotonic() - started))

@@ -173,10 +173,16 @@ async def broadcast(engine: Engine, cfg: config.Config, sink: SinkProcess, args,
             "content": {"subject": "Job fair next week", "text": "Come along.", "html": "<p>Come along.</p>"},
             "audience": audience_of(args)}
     before = await received(sink)
+    recorder = engine.actors.recorder
+    rows_before = (await recorder.stats.remote())["rows_written"]
+
+    async def written() -> int:
+        return (await recorder.stats.remote())["rows_written"] - rows_before
+
     cpu.start()
     t0 = time.time()
     await engine.js.publish(streams.broadcast_subject(cfg.nats, "marketing"), msgspec.json.encode(body))
-    done = await watch_rows(engine.pool, recipients, args.timeout, console, label=label, parent=bid)
+    done = await watch_rows(engine.pool, recipients, args.timeout, console, label=label, parent=bid, written=written)
     busy = await cpu.stop()
     s = await engine.pool.fetchrow(
         "SELECT extract(epoch FROM max(created_at)) AS last, count(*) FILTER (WHERE status = 'sent') AS sent, "
