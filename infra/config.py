@@ -42,6 +42,11 @@ class EngineConfig(_Section):
     ingest_batch: Positive = 500  # messages per JetStream fetch
     fetch_timeout_s: NonNegative = 0.05  # how long a fetch lingers for a fuller batch
     inflight_batches: Positive = 4  # batches between fetch and ack at once, per ingestor
+    # When the last fetch was not full (no backlog) and a batch is still in flight, the
+    # next fetch waits for one to finish, at most this long: what comes meanwhile goes
+    # as one batch instead of one batch per message (docs/design.md, "Batches that
+    # follow the load"). 0: fetch whenever a slot is free.
+    coalesce_s: NonNegative = 0.02
     recent_ids: Positive = 200_000  # idempotency ids a UserShard remembers in memory
     # users a UserShard holds in memory (~270 bytes each: 2M is ~540 MiB); the least
     # recently used is dropped and read again from PostgreSQL when next needed
