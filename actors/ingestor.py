@@ -139,15 +139,17 @@ class Ingestor(Watched):
 
     async def _fetch_loop(self, sub) -> None:
         e = self.cfg.engine
+        # the priority lane never waits for company: its notifications are few and urgent
+        coalesce_s = 0.0 if "priority" in self.lanes else e.coalesce_s
         full = True  # the last fetch came from a backlog: every free slot may fetch at once
         while self.running:
             await self.slots.acquire()
-            if not full and self.inflight and e.coalesce_s > 0:
+            if not full and self.inflight and coalesce_s > 0:
                 # Under a steady stream a free slot would fetch each message alone, and
                 # every batch pays each hop's fixed cost: at 650/s that doubled the CPU
                 # per message. Waiting for a batch in flight lets what comes meanwhile
                 # go together; an idle engine (nothing in flight) fetches at once.
-                await asyncio.wait(set(self.inflight), timeout=e.coalesce_s, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(set(self.inflight), timeout=coalesce_s, return_when=asyncio.FIRST_COMPLETED)
             try:
                 msgs = await sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
