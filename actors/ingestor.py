@@ -109,12 +109,11 @@ class Ingestor(Watched):
         await self._warm()
         self.subs = {lane: await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream)
                      for lane in self.lanes}
-        subs = list(self.subs.values())
         self.running = True
         self.stopping.clear()
         self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)  # shared by this actor's lanes
         loop = asyncio.get_running_loop()
-        self.loop_tasks = [loop.create_task(self._fetch_loop(sub)) for sub in subs]
+        self.loop_tasks = [loop.create_task(self._fetch_loop(lane, sub)) for lane, sub in self.subs.items()]
         if self.ticker is not None:
             self.ticker.start()
         self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
@@ -137,14 +136,16 @@ class Ingestor(Watched):
         if isinstance(shard, link.Link):
             await shard.connect()
 
-    async def _fetch_loop(self, sub) -> None:
+    async def _fetch_loop(self, lane: str, sub) -> None:
         e = self.cfg.engine
-        # the priority lane never waits for company: its notifications are few and urgent
-        coalesce_s = 0.0 if "priority" in self.lanes else e.coalesce_s
+        # only the bulk lane waits for company: the priority lane's notifications are few
+        # and urgent, and a broadcast lane's fetch is a rare big job, not a stream
+        coalesce_s = e.coalesce_s if lane == "bulk" else 0.0
         full = True  # the last fetch came from a backlog: every free slot may fetch at once
         while self.running:
+            waited = self.slots.locked()  # no slot free: the one we get comes from a batch that just ended
             await self.slots.acquire()
-            if not full and self.inflight and coalesce_s > 0:
+            if not full and not waited and self.inflight and coalesce_s > 0:
                 # Under a steady stream a free slot would fetch each message alone, and
                 # every batch pays each hop's fixed cost: at 650/s that doubled the CPU
                 # per message. Waiting for a batch in flight lets what comes meanwhile

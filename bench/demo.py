@@ -261,6 +261,8 @@ async def watch_rows(pool, expected: int, timeout_s: float, console: Console, la
             bar.update(task, completed=done)
             if done < expected:
                 await asyncio.sleep(poll_interval(done, expected, time.monotonic() - started))
+    if written is not None and done < expected:  # timed out following the counter: the table says
+        done = await pool.fetchval(query, *args)
     return done
 
 

@@ -42,8 +42,8 @@ class EngineConfig(_Section):
     ingest_batch: Positive = 500  # messages per JetStream fetch
     fetch_timeout_s: NonNegative = 0.05  # how long a fetch lingers for a fuller batch
     inflight_batches: Positive = 4  # batches between fetch and ack at once, per ingestor
-    # When the last fetch was not full (no backlog) and a batch is still in flight, the
-    # next fetch waits for one to finish, at most this long: what comes meanwhile goes
+    # Bulk lane: when the last fetch was small (no backlog) and a batch is still in flight,
+    # the next fetch waits for one to finish, at most this long: what comes meanwhile goes
     # as one batch instead of one batch per message (docs/design.md, "Batches that
     # follow the load"). 0: fetch whenever a slot is free.
     coalesce_s: NonNegative = 0.02

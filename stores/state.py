@@ -170,7 +170,8 @@ async def load_states(conn: asyncpg.Connection, ring: Keyring, user_ids: Sequenc
 # Each user's row is found by its primary key, statistics or not: the arrays come
 # through scalar subqueries (as in ``db.keys``), so the unnest is estimated at a few
 # rows and the join probes the index (a custom plan of the bare arrays seq-scanned
-# users); the rows are taken in user id order.
+# users). One statement, one transaction: as with executemany before, its row locks
+# are taken in the plan's order.
 WRITE_BACK = """
 UPDATE users u SET state = s.state
 FROM unnest((SELECT $1::text[]), (SELECT $2::bytea[]), (SELECT $3::bigint[])) AS s(user_id, state, version)
@@ -187,7 +188,7 @@ async def write_back(conn: asyncpg.Connection, ring: Keyring, states: dict[str, 
     if not states:
         return
     keys = await pii.data_keys(conn, ring, states, create=True, known=keys)
-    stored = [(uid, seal_state(keys[uid], s), s.version) for uid, s in sorted(states.items()) if uid in keys]
+    stored = [(uid, seal_state(keys[uid], s), s.version) for uid, s in states.items() if uid in keys]
     if stored:
         await conn.execute(WRITE_BACK, *(list(column) for column in zip(*stored, strict=True)))
 
