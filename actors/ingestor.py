@@ -154,9 +154,7 @@ class Ingestor(Watched):
             try:
                 msgs = await sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
-                self.slots.release()
-                full = False
-                continue
+                msgs = []  # nothing came: as an empty answer
             except Exception:
                 self.slots.release()
                 if self.running:
@@ -164,7 +162,7 @@ class Ingestor(Watched):
                     await asyncio.sleep(0.5)
                 continue
             full = len(msgs) * BACKLOG_SHARE >= e.ingest_batch
-            if not msgs:  # nats-py answers a pull that ended on a status with an empty list
+            if not msgs:  # none came in time, or a pull ended on a status (nats-py answers [])
                 self.slots.release()
                 continue
             self.stats["fetched"] += len(msgs)

@@ -13,8 +13,8 @@ import uuid
 import msgspec
 import pytest
 
+from bench.e2e import until_due
 from infra import streams
-from sandbox import WebhookSink
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -24,23 +24,17 @@ RATE = 300.0  # per second, each at its own time
 
 
 @pytest.fixture(scope="module")
-async def engine(nats_url, database_url, ray_address, tmp_path_factory):
-    hook = WebhookSink("coalesce-secret", port=0)
-    await hook.start()
-    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=hook.url,
-                        secret="coalesce-secret", channels=("webhook",),
-                        overrides={"engine": {"coalesce_s": 0.05, "ingestors": 1}})
+async def engine(nats_url, database_url, ray_address, webhook_sink, tmp_path_factory):
+    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=webhook_sink.url,
+                        channels=("webhook",), overrides={"engine": {"coalesce_s": 0.05, "ingestors": 1}})
     async with serving(cfg, database_url) as eng:
         yield eng
-    await hook.stop()
 
 
 async def publish(engine, n: int, rate: float) -> list[str]:
     ids, pending, started = [], [], time.perf_counter()
     for i in range(n):
-        ahead = started + i / rate - time.perf_counter()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
+        await until_due(started + i / rate)
         nid = str(uuid.uuid4())
         ids.append(nid)
         body = {"id": nid, "user_id": f"u{i % 40}", "category": "jobs", "channels": ["webhook"],

@@ -26,7 +26,10 @@ class Sub:
         self.fetches += 1
         if not self.answers:
             await asyncio.Event().wait()
-        return self.answers.popleft()
+        answer = self.answers.popleft()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
 
 def ingestor(coalesce_s: float, batch: int = 100, slots: int = 4) -> tuple[Ingestor, dict[int, asyncio.Event]]:
@@ -36,7 +39,7 @@ def ingestor(coalesce_s: float, batch: int = 100, slots: int = 4) -> tuple[Inges
     cfg = Config()
     ing.cfg = msgspec.structs.replace(cfg, engine=msgspec.structs.replace(
         cfg.engine, coalesce_s=coalesce_s, ingest_batch=batch, inflight_batches=slots))
-    ing.running, ing.inflight, ing.lanes = True, set(), ("bulk", "broadcast")
+    ing.running, ing.inflight = True, set()
     ing.slots = asyncio.Semaphore(slots)
     ing.stats = {"fetched": 0, "batches": 0}
     gates: dict[int, asyncio.Event] = {}
@@ -132,4 +135,18 @@ async def test_a_fetch_that_waited_for_a_slot_does_not_wait_again():
     await settle()
     # the slot came free because batch 1 ended: that was the wait; fetch at once
     assert sub.fetches == 2 and ing.stats["batches"] == 2
+    await stop(task)
+
+
+async def test_a_fetch_that_timed_out_starts_no_batch_and_ends_the_backlog():
+    ing, gates = ingestor(coalesce_s=5.0, batch=100, slots=2)
+    full = [str(i) for i in range(10)]
+    sub = Sub(full, TimeoutError(), ["a"], ["b"])
+    task = await run(ing, sub)
+    # the timeout made no batch, and the backlog is over: the next fetch waits for
+    # batch 1 instead of going at once
+    assert ing.stats["batches"] == 1 and sub.fetches == 2
+    gates[1].set()
+    await settle()
+    assert ing.stats["batches"] == 2 and sub.fetches == 3
     await stop(task)
