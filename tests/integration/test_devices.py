@@ -49,7 +49,7 @@ async def engine(nats_url, database_url, ray_address, redis_url, sinks, tmp_path
         ProviderConfig(name="fcm", type="fcm", max_attempts=1, priority=1, settings={
             "service_account": fcm.service_account(), "base_url": fcm.url})])
     cfg = msgspec.structs.replace(cfg, channels={"push": push})
-    async with serving(cfg, database_url, [UserProfile(user_id=u) for u in ("d1", "d2", "d3")]) as eng:
+    async with serving(cfg, database_url, [UserProfile(user_id=u) for u in ("d1", "d2", "d3", "d4", "d5")]) as eng:
         yield eng
 
 
@@ -179,10 +179,11 @@ async def test_registering_again_unchanged_writes_nothing_and_one_token_has_one_
         before = await engine.pool.fetchval(count)
         await register(s, engine, "d1", "again", body)  # an app's next start
         assert await engine.pool.fetchval(count) == before
-        # two users register one phone's token at once: one of them has it
+        # two users register one phone's token at once: one of them has it (users no other test pushes to,
+        # so the winner's extra device cannot show up in another test's sink)
         import asyncio
-        await asyncio.gather(register(s, engine, "d2", "race", {"platform": "android", "token": "fcm-race"}),
-                             register(s, engine, "d3", "race", {"platform": "android", "token": "fcm-race"}))
+        await asyncio.gather(register(s, engine, "d4", "race", {"platform": "android", "token": "fcm-race"}),
+                             register(s, engine, "d5", "race", {"platform": "android", "token": "fcm-race"}))
         holders = await engine.pool.fetch("SELECT user_id FROM user_devices WHERE device_id = 'race'")
         assert len(holders) == 1
 
