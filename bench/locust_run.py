@@ -2,7 +2,7 @@
 
     python -m bench.locust_run --host http://127.0.0.1:8080 --users 20 --spawn-rate 20 \\
         --run-time 30s --csv bench/out/locust [--json PATH] [--population 10000] [--no-seed] \\
-        [--channels email,webhook] [--tags submit,batch,read,write]
+        [--channels email,webhook] [--tags submit,batch,read,write] [--rps-per-user R [--arrivals fixed]]
 
 Seeds the user population over HTTP (``POST /v1/users``, up to 1000 a request),
 runs locust in a subprocess (killed if it outlives run-time + 60 s), reads
@@ -81,7 +81,8 @@ def read_stats(csv_prefix: str | Path) -> dict[str, dict]:
 
 def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str | Path, *,
         population: int = 10000, seed_users: bool = True, channels: str | None = None,
-        rps_per_user: float | None = None, api_key: str | None = None, tags: str | None = None) -> dict:
+        rps_per_user: float | None = None, api_key: str | None = None, tags: str | None = None,
+        arrivals: str = "poisson") -> dict:
     """Seed, run locust headless, return the summary (see the module docstring).
     ``api_key``: the engine's (default ``TIDINGS_API_KEY``)."""
     api_key = api_key or os.environ.get("TIDINGS_API_KEY")
@@ -96,6 +97,7 @@ def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str
         env["TIDINGS_LOCUST_CHANNELS"] = channels
     if rps_per_user:
         env["TIDINGS_LOCUST_RPS_PER_USER"] = str(rps_per_user)
+        env["TIDINGS_LOCUST_ARRIVALS"] = arrivals
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
            "-r", f"{spawn_rate:g}", "-t", run_time, "--host", host, "--csv", str(csv_prefix), "--only-summary"]
     if tags:
@@ -150,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-seed", action="store_true", help="the population is already registered")
     p.add_argument("--channels", help="comma-separated (default: $TIDINGS_LOCUST_CHANNELS or webhook)")
     p.add_argument("--rps-per-user", type=float, help="pace each user (default: closed loop)")
+    p.add_argument("--arrivals", choices=("poisson", "fixed"), default="poisson",
+                   help="paced users: independent Poisson schedules (default) or Locust's constant_throughput, "
+                        "whose users fall into step and arrive in bursts (see bench/locustfile.py)")
     p.add_argument("--tags", help="only these tasks of the mix, comma-separated: submit,batch,read,write (default: all)")
     args = p.parse_args(argv)
     console = Console(width=max(Console().width, 110))
     summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
-                  seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user, tags=args.tags)
+                  seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user, tags=args.tags,
+                  arrivals=args.arrivals)
     show(summary, console)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

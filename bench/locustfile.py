@@ -21,7 +21,14 @@ Environment:
     TIDINGS_LOCUST_CHANNELS      comma-separated channels per notification (default "webhook";
                                  "email,webhook" when the target engine has email)
     TIDINGS_LOCUST_RPS_PER_USER  when set, each simulated user is paced to this many
-                                 requests/s (constant_throughput); otherwise closed loop, no wait
+                                 requests/s; otherwise closed loop, no wait
+    TIDINGS_LOCUST_ARRIVALS      how paced users space their requests: "poisson" (default) or
+                                 "fixed" (Locust's constant_throughput)
+
+Why Poisson: with ``constant_throughput`` every user keeps a fixed period, and users
+that a stall held up all resume at its end and stay in step, so the server sees
+bursts of up to ``--users`` requests at once; independent clients do not do that
+(``bench/arrivals.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import Callable
 
 from locust import constant, constant_throughput, tag, task
 from locust.contrib.fasthttp import FastHttpUser
 
+from bench.arrivals import poisson_arrivals
+
 POPULATION = int(os.environ.get("TIDINGS_LOCUST_USERS", "10000"))
 CHANNELS = [c.strip() for c in os.environ.get("TIDINGS_LOCUST_CHANNELS", "webhook").split(",") if c.strip()]
 RPS_PER_USER = os.environ.get("TIDINGS_LOCUST_RPS_PER_USER")
+ARRIVALS = os.environ.get("TIDINGS_LOCUST_ARRIVALS", "poisson")
 # the engine's API key (bench.locust_run passes the admin key of the engine it drives)
 HEADERS = {"Authorization": f"Bearer {os.environ['TIDINGS_API_KEY']}"} if os.environ.get("TIDINGS_API_KEY") else {}
 BATCH = 50
@@ -70,8 +81,18 @@ def fail(resp, expected: int) -> None:
     resp.failure(f"expected {expected}, got {resp.status_code}: {body}")
 
 
+def pacing(rps: str | None, arrivals: str) -> Callable[[object], float]:
+    if not rps:
+        return constant(0)
+    if arrivals == "fixed":
+        return constant_throughput(float(rps))
+    if arrivals == "poisson":
+        return poisson_arrivals(float(rps))
+    raise ValueError(f"TIDINGS_LOCUST_ARRIVALS must be poisson or fixed, got {arrivals!r}")
+
+
 class TidingsUser(FastHttpUser):
-    wait_time = constant_throughput(float(RPS_PER_USER)) if RPS_PER_USER else constant(0)
+    wait_time = pacing(RPS_PER_USER, ARRIVALS)
 
     def on_start(self) -> None:
         self.opted_out: dict[int, bool] = {}
