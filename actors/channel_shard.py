@@ -13,7 +13,7 @@ import time
 import msgspec
 from redis.asyncio import Redis
 
-from actors import metrics, spans
+from actors import metrics, spans, worker
 from actors.delivery import Backoff, CircuitBreaker, DailyLimit, ProviderSlot, TokenBucket, deliver, deliver_batch
 from actors.delivery.bucket import Clock
 from actors.delivery.bulkhead import Bulkhead
@@ -114,8 +114,9 @@ class ChannelShard(Watched, LinkServed):
     LINKED = frozenset({"deliver"})  # the UserShards' batches (actors/link.py)
 
     def __init__(self, channel: str, cfg: bytes, index: int = 0, gc_young: int = 0, observe: bytes | None = None,
-                 limits: bytes | None = None):
+                 limits: bytes | None = None, niceness: int = 0):
         telemetry.setup_actor(observe, f"channel_shard.{channel}")
+        worker.yield_cpu(niceness)  # a bulk shard's (ray.bulk_niceness); an urgent shard's is 0
         self.channel, self.index = channel, index
         self.cfg = msgspec.msgpack.decode(cfg, type=ChannelConfig)
         self.limits = msgspec.msgpack.decode(limits, type=SharedSetup) if limits else SharedSetup()

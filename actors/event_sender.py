@@ -40,7 +40,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from actors import faults
+from actors import faults, worker
 from infra import db, streams, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
@@ -97,6 +97,7 @@ class _Hook:
 class EventSender:
     def __init__(self, cfg: bytes, nats_url: str, database_url: str):
         self.cfg: Config = decode_config(cfg)
+        worker.yield_cpu(self.cfg.ray.bulk_niceness)  # after the provider call: the priority lane goes first
         telemetry.setup_actor(telemetry.observe(self.cfg), "event_sender")  # its log lines' format and level
         self.nats_url, self.url = nats_url, database_url
         self.pool = self.nc = self.js = self.session = None

@@ -21,7 +21,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from actors import faults, link, metrics, spans
+from actors import faults, link, metrics, spans, worker
 from actors.handles import resolve
 from actors.stalls import StallWatch, Watched
 from actors.tracing import TRACED_KEPT, stage_histogram
@@ -78,6 +78,8 @@ class Ingestor(Watched):
         self.cfg: Config = decode_config(cfg)
         telemetry.setup_actor(telemetry.observe(self.cfg), "ingestor")
         self.url, self.index, self.lanes = nats_url, index, lanes
+        if "priority" not in lanes:
+            worker.yield_cpu(self.cfg.ray.bulk_niceness)
         # names from engine/runtime.py; each batch to a UserShard goes over a link (actors/link.py)
         self.user_shards = link.linked(resolve(user_shards), self.cfg.engine.actor_links)
         self.recorder = resolve(recorder)

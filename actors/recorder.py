@@ -16,7 +16,7 @@ from collections import deque
 
 import msgspec
 
-from actors import faults, spans
+from actors import faults, spans, worker
 from actors.link import LinkServed
 from actors.metrics import Meter, committed as measured, decode_bounds
 from actors.stalls import StallWatch, Watched
@@ -106,8 +106,9 @@ class Recorder(Watched, LinkServed):
     LINKED = frozenset({"record"})  # the UserShards' outcomes (actors/link.py)
 
     def __init__(self, database_url: str, schema: str, cfg: bytes, pool_max: int = 4, limits: bytes | None = None,
-                 gc_young: int = 0, labels: bytes | None = None, observe: bytes | None = None):
+                 gc_young: int = 0, labels: bytes | None = None, observe: bytes | None = None, niceness: int = 0):
         telemetry.setup_actor(observe, "recorder")
+        worker.yield_cpu(niceness)  # ray.bulk_niceness: it commits after the provider call
         self.url, self.schema = database_url, schema
         self.cfg = msgspec.msgpack.decode(cfg, type=RecorderConfig)
         self.limits = msgspec.msgpack.decode(limits, type=DatabaseConfig) if limits else None  # None: the defaults

@@ -121,10 +121,10 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     recorder = Recorder.options(**opts, name=names.recorder).remote(
         database_url, cfg.database.schema, _encode(cfg.recorder), pool_max=max(2, cfg.database.pool_max // 2),
         limits=_encode(cfg.database), gc_young=cfg.engine.gc_young, labels=encode_bounds(cfg),
-        observe=telemetry.observe(cfg))
+        observe=telemetry.observe(cfg), niceness=cfg.ray.bulk_niceness)
     enabled = {name: ch for name, ch in cfg.channels.items() if name in cfg.enabled_channels()}
 
-    def channel_shard(name: str, ch, index: int, actor: str, cpus: float = cfg.ray.actor_cpus):
+    def channel_shard(name: str, ch, index: int, actor: str, cpus: float = cfg.ray.actor_cpus, niceness: int = 0):
         # a provider's limits are its totals: counted in Redis by all of the channel's
         # shards, or divided among them (actors/delivery/shared.py)
         limits = SharedSetup(redis_url=redis_url if shares_provider_limits(cfg) else "",
@@ -132,9 +132,10 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
                              timeout_s=cfg.provider_limits.timeout_s, retry_s=cfg.provider_limits.retry_s)
         return ChannelShard.options(**{**opts, "num_cpus": cpus}, name=actor).remote(
             name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young,
-            observe=telemetry.observe(cfg), limits=_encode(limits))
+            observe=telemetry.observe(cfg), limits=_encode(limits), niceness=niceness)
 
-    channel_shards = {name: [channel_shard(name, enabled[name], i, actor) for i, actor in enumerate(actors)]
+    channel_shards = {name: [channel_shard(name, enabled[name], i, actor, niceness=cfg.ray.bulk_niceness)
+                             for i, actor in enumerate(actors)]
                       for name, actors in names.channels.items()}
     # an urgent shard is mostly idle: a quarter of what an actor reserves (ray.actor_cpus)
     urgent_shards = {name: [channel_shard(name, enabled[name], enabled[name].shards + i, actor, cfg.ray.actor_cpus / 4)

@@ -169,6 +169,11 @@ class RayConfig(_Section):
     # where a local Ray's metrics agent serves the actors' series (ray_tidings_*) for
     # Prometheus; 0: a port Ray picks (printed at start). A cluster keeps its own
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    # how many steps nicer than the other actors run those a critical notification does not
+    # pass before its provider call (the bulk Ingestors and ChannelShards, the Recorder, the
+    # EventSender): on a machine with no CPU to spare, the priority lane's Ingestor and
+    # ChannelShards and the UserShards get the cores first (0: all equal; bench/RESULTS.md)
+    bulk_niceness: Annotated[int, Meta(ge=0, le=19)] = 4
 
 
 class HttpConfig(_Section):

@@ -65,3 +65,27 @@ async def test_critical_overtakes_a_bulk_backlog(engine):
     assert urgent["delivered"] == 1, "the critical one, and only it, went to the urgent shard"
     assert sum(h["delivered"] for h in bulk) >= BULK  # a delivery held and retried counts again
     assert urgent["shard"] == len(bulk)  # numbered after the others
+
+
+# a lambda: cloudpickle sends it by value (a function of this module would be looked up
+# by its module's name, which the actors' workers cannot import)
+_niceness = lambda _actor: __import__("os").getpriority(0, 0)  # noqa: E731 - PRIO_PROCESS, this process
+
+
+async def test_the_actors_after_the_provider_call_run_nicer_than_the_priority_lane(engine):
+    """ray.bulk_niceness: on a machine out of CPU, the priority lane's Ingestor and
+    ChannelShard and the UserShards get the cores before the bulk ones, the Recorder and
+    the EventSender (measured in bench/RESULTS.md, "Priority lane … niceness")."""
+    a = engine.actors
+    step = engine.cfg.ray.bulk_niceness
+    assert step > 0
+    nice = [await x.__ray_call__.remote(_niceness) for x in a.ingestors]
+    *bulk_ingestors, priority_ingestor = nice
+    urgent = await a.urgent_shards["webhook"][0].__ray_call__.remote(_niceness)
+    users = await a.user_shards[0].__ray_call__.remote(_niceness)
+    bulk = [await s.__ray_call__.remote(_niceness) for s in a.channel_shards["webhook"]]
+    recorder = await a.recorder.__ray_call__.remote(_niceness)
+    assert priority_ingestor == urgent == users
+    assert all(n == min(19, users + step) for n in [*bulk_ingestors, *bulk, recorder]), (users, bulk_ingestors, bulk, recorder)
+    if a.events is not None:
+        assert await a.events.__ray_call__.remote(_niceness) == min(19, users + step)
