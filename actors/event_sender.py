@@ -95,9 +95,9 @@ class _Hook:
 
 
 class EventSender:
-    def __init__(self, cfg: bytes, nats_url: str, database_url: str):
+    def __init__(self, cfg: bytes, nats_url: str, database_url: str, niceness: int = 0):
         self.cfg: Config = decode_config(cfg)
-        worker.yield_cpu(self.cfg.ray.bulk_niceness)  # after the provider call: the priority lane goes first
+        worker.yield_cpu(niceness)  # ray.bulk_niceness: it works after the provider call
         telemetry.setup_actor(telemetry.observe(self.cfg), "event_sender")  # its log lines' format and level
         self.nats_url, self.url = nats_url, database_url
         self.pool = self.nc = self.js = self.session = None

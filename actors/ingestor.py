@@ -74,12 +74,11 @@ class Rejected(msgspec.Struct):
 
 class Ingestor(Watched):
     def __init__(self, cfg: bytes, nats_url: str, user_shards: list, recorder, index: int = 0,
-                 lanes: tuple[str, ...] = ("bulk", "broadcast")):
+                 lanes: tuple[str, ...] = ("bulk", "broadcast"), niceness: int = 0):
         self.cfg: Config = decode_config(cfg)
         telemetry.setup_actor(telemetry.observe(self.cfg), "ingestor")
         self.url, self.index, self.lanes = nats_url, index, lanes
-        if "priority" not in lanes:
-            worker.yield_cpu(self.cfg.ray.bulk_niceness)
+        worker.yield_cpu(niceness)  # a bulk Ingestor's (ray.bulk_niceness); the priority lane's is 0
         # names from engine/runtime.py; each batch to a UserShard goes over a link (actors/link.py)
         self.user_shards = link.linked(resolve(user_shards), self.cfg.engine.actor_links)
         self.recorder = resolve(recorder)

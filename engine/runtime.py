@@ -134,7 +134,7 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
             name, _encode(credentials.fill(ch, secrets or {})), index, gc_young=cfg.engine.gc_young,
             observe=telemetry.observe(cfg), limits=_encode(limits), niceness=niceness)
 
-    channel_shards = {name: [channel_shard(name, enabled[name], i, actor, niceness=cfg.ray.bulk_niceness)
+    channel_shards = {name: [channel_shard(name, enabled[name], i, actor, niceness=bulk_shard_niceness(cfg, name))
                              for i, actor in enumerate(actors)]
                       for name, actors in names.channels.items()}
     # an urgent shard is mostly idle: a quarter of what an actor reserves (ray.actor_cpus)
@@ -145,7 +145,8 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
                                                                  names.recorder, names.urgent)
                    for i, actor in enumerate(names.users)]
     *bulk, priority = names.ingestors
-    ingestors = [Ingestor.options(**opts, name=actor).remote(blob, nats_url, names.users, names.recorder, i)
+    ingestors = [Ingestor.options(**opts, name=actor).remote(blob, nats_url, names.users, names.recorder, i,
+                                                             niceness=cfg.ray.bulk_niceness)
                  for i, actor in enumerate(bulk)]
     # the priority lane: its own consumer and Ingestor, never behind a bulk backlog
     ingestors.append(Ingestor.options(**opts, name=priority).remote(blob, nats_url, names.users, names.recorder, 0,
@@ -153,9 +154,16 @@ def spawn(cfg: Config, nats_url: str, database_url: str, secrets: dict[str, str]
     scheduler = Scheduler.options(**opts, name=names.scheduler).remote(blob, database_url, names.users)
     # mostly waiting on NATS, PostgreSQL and subscribers' URLs: a quarter of what an actor reserves
     events = ray.remote(_EventSender).options(**{**opts, "num_cpus": cfg.ray.actor_cpus / 4},
-                                              name=names.events).remote(blob, nats_url, database_url) \
+                                              name=names.events).remote(blob, nats_url, database_url,
+                                                                        niceness=cfg.ray.bulk_niceness) \
         if names.events else None
     return Actors(recorder, channel_shards, user_shards, ingestors, scheduler, urgent_shards, events)
+
+
+def bulk_shard_niceness(cfg: Config, channel: str) -> int:
+    """How much nicer a channel's bulk ChannelShards run (``ray.bulk_niceness``): not at
+    all for a channel without urgent shards, whose critical notifications go through them."""
+    return cfg.ray.bulk_niceness if cfg.channels[channel].urgent_shards else 0
 
 
 def new_generation() -> str:

@@ -170,9 +170,11 @@ class RayConfig(_Section):
     # Prometheus; 0: a port Ray picks (printed at start). A cluster keeps its own
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     # how many steps nicer than the other actors run those a critical notification does not
-    # pass before its provider call (the bulk Ingestors and ChannelShards, the Recorder, the
-    # EventSender): on a machine with no CPU to spare, the priority lane's Ingestor and
-    # ChannelShards and the UserShards get the cores first (0: all equal; bench/RESULTS.md)
+    # pass before its provider call (the bulk Ingestors, the bulk ChannelShards of channels
+    # with urgent shards, the Recorder, the EventSender): on a machine with no CPU to spare,
+    # the priority lane's Ingestor and ChannelShards and the UserShards get the cores first
+    # (0: all equal; bench/RESULTS.md). Ray starts workers at 15 and niceness stops at 19, so
+    # more than 4 changes nothing unless RAY_worker_niceness is lower
     bulk_niceness: Annotated[int, Meta(ge=0, le=19)] = 4
 
 

@@ -69,7 +69,7 @@ async def test_critical_overtakes_a_bulk_backlog(engine):
 
 # a lambda: cloudpickle sends it by value (a function of this module would be looked up
 # by its module's name, which the actors' workers cannot import)
-_niceness = lambda _actor: __import__("os").getpriority(0, 0)  # noqa: E731 - PRIO_PROCESS, this process
+_niceness = lambda _actor: __import__("os").getpriority(0, 0)  # noqa: E731 - PRIO_PROCESS 0: the calling thread (the actor's loop)
 
 
 async def test_the_actors_after_the_provider_call_run_nicer_than_the_priority_lane(engine):

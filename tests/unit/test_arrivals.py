@@ -29,7 +29,9 @@ def run(rate: float, answer_s: float, n: int, seed: int = 1) -> tuple[list[float
     return sends, clock.now
 
 
-def test_a_user_keeps_its_rate_whatever_its_answers_take():
+def test_a_user_keeps_its_rate_while_answers_are_short_against_its_gaps():
+    # answers up to a quarter of the mean gap (0.04 s): the rate holds. Longer ones cost
+    # rate (at half the gap ~3%), since a user behind owes at most one gap (no catch-up)
     for answer_s in (0.0, 0.01):
         sends, _ = run(25.0, answer_s, 20000)
         rate = (len(sends) - 1) / (sends[-1] - sends[0])
@@ -58,10 +60,16 @@ def test_a_stall_does_not_end_in_a_burst_of_missed_requests():
     assert back_to_back <= 3
 
 
-def test_users_are_independent():
-    a, _ = run(25.0, 0.0, 50, seed=1)
-    b, _ = run(25.0, 0.0, 50, seed=2)
-    assert a[1:] != b[1:]
+def test_each_user_keeps_its_own_schedule_under_one_shared_wait_time():
+    # Locust gives every user the same wait_time function: the schedule lives on the user
+    clock = Clock()
+    wait = poisson_arrivals(10.0, clock=clock, rng=random.Random(3))
+    slow, fast = SimpleNamespace(), SimpleNamespace()
+    wait(slow)
+    slow_due = slow._next_due
+    for _ in range(50):
+        wait(fast)  # the other user's turns do not move this one's schedule
+    assert slow._next_due == slow_due and fast._next_due != slow_due
 
 
 def test_a_rate_must_be_positive():
