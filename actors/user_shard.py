@@ -26,10 +26,11 @@ from actors.user_templates import TemplatesMixin
 from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
-from policy import devices, dryrun, plan as planner, release as releasing, wire
+from policy import devices, dryrun, fatigue, plan as planner, release as releasing, wire
 from policy.audience import Audience
 from policy.decide import consent_key, current_consent, split_consent_key, zone
 from policy.dryrun import SAMPLE, Tally
+from policy.fatigue import Ledger
 from policy.held import Due, DueDeferred, DueDigest, DueFallback, Held, HeldDigest
 from policy.plan import Context, Item, Plan
 from policy.rules import Policy
@@ -90,6 +91,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         self.users = UserCache(self.template_cache, self.cfg.engine.max_cached_users)  # least recently used out
         self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
+        # fatigue counts per person, when the policy caps anything (policy/fatigue.py)
+        self.ledger = Ledger(self.policy.fatigue, self.cfg.engine.max_cached_users) if self.policy.fatigue else None
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
         c = self.cfg.compliance  # CAN-SPAM footer on marketing email, when an address is configured
@@ -294,7 +297,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
 
     def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
         return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id,
-                       self.unsubscribe, self.footer)
+                       self.unsubscribe, self.footer, self.ledger)
 
     async def _decide_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
                                states: Mapping[str, UserState], parent_id: str | None = None,
@@ -320,8 +323,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         recorded = set(rows)
         done = recorded | {(o.notification_id, o.channel) for o in journaled}
         await self._templates_of(items)
+        await self._count_new(items, states)
         ctx = self._context(digest, parent_id)
         outcomes, kept, error = await self._execute(planner.plan_round(items, states, done, ctx, now=self.clock()))
+        self._count_sent(outcomes, states)
         outcomes = again + outcomes
         sent = {o.notification_id for o in outcomes if o.status == "sent"}
         # a check held before is held again harmlessly; one lost with a failed record is
@@ -343,9 +348,34 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if not attempt:
                 break
             more, kept, error = await self._execute(planner.plan_round(attempt, states, done, ctx, now=self.clock()))
+            self._count_sent(more, states)
             outcomes += more
             pending = [p for p in pending if p.item.notification_id not in kept]
         return await self._retry_later(items, outcomes, error)
+
+    async def _count_new(self, items: list[Item], states: Mapping[str, UserState]) -> None:
+        """Start counting the fatigue caps of the people in ``items`` not counted yet,
+        from their sends recorded in the current windows. Sends in flight at that
+        moment (made, not yet committed) are missed: a cap may let one more through."""
+        if self.ledger is None:
+            return
+        new = [u for u in self.ledger.unknown(it.user_id for it in items) if u in states]
+        if new:
+            now = self.clock()
+            async with self.pool.acquire() as conn:
+                sends = await tracking.recent_sends(conn, new, now - fatigue.LOOKBACK_S)
+            self.ledger.seed(sends, {u: zone(states[u].timezone) for u in new}, now)
+
+    def _count_sent(self, outcomes: list[Outcome], states: Mapping[str, UserState]) -> None:
+        """Count the sends a provider took toward their people's fatigue caps."""
+        if self.ledger is None:
+            return
+        now = self.clock()
+        for o in outcomes:
+            state = states.get(o.user_id)
+            if o.status == "sent" and state is not None:
+                self.ledger.sent(o.user_id, o.channel, o.category, o.priority, zone(state.timezone),
+                                 o.completed_at, now)
 
     async def _retry_later(self, items: list[Item], outcomes: list[Outcome],
                            error: BaseException | None) -> tuple[list[Outcome], BaseException | None]:

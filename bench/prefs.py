@@ -2,10 +2,12 @@
 
 - decide: ``policy.decide`` per (request, user), median and p99 of single calls,
   on a realistic mix (90% of users on the defaults; the rest with 1-4 rows:
-  opt-outs, digests, quiet hours, contextual rows, a template).
+  opt-outs, digests, quiet hours, contextual rows, a template); then the same with
+  two fatigue caps checked for each send as ``policy.plan`` does (``FATIGUE``, half
+  the users with a send counted today).
 - memory: resident memory of 1M users' state held as a UserShard holds it (a
   ``UserCache``), in a fresh process (RSS after minus before), and the figure
-  for 10M.
+  for 10M; then the fatigue counts of as many people (a ``Ledger``, two caps).
 - load: ``UserShard.preload`` (one pass over ``users.state``) in two processes
   at once, as two shards run; users/s. Cold (states not computed yet, as after
   a bulk import: assembled from the tables and written back) and warm.
@@ -33,7 +35,8 @@ import uuid
 import orjson
 
 from engine import migrations
-from policy.decide import decide
+from policy.decide import decide, zone
+from policy.fatigue import Cap, Fatigue, FatigueConfig, Ledger
 from policy.prefs import Preference, ordered
 from policy.rules import Policy, PolicyConfig, Rule
 from policy.types import Content, NotificationRequest, UserState
@@ -47,6 +50,9 @@ POLICY = Policy(PolicyConfig(categories=CATEGORIES, rules=(
     Rule(name="critical_passes_quiet", kind="bypass_quiet_hours", priorities=("critical",)),
     Rule(name="voice_critical_only", kind="channel_priority", channel="voice", priorities=("critical",)),
 ), defaults=(Preference(category="marketing", frequency="weekly"),)))
+# a daily cap on everything and an hourly one on push (configs/default.toml shows the form)
+FATIGUE = Fatigue(FatigueConfig(caps=(Cap(name="daily", window="day", limit=5),
+                                      Cap(name="push_hourly", window="hour", limit=2, channels=("push",)))))
 ZONES = ("Europe/Berlin", "America/New_York", "Asia/Kolkata", "UTC", "America/Sao_Paulo")
 TEMPLATE = (("jobseeker", ordered([Preference(category="job_alerts", frequency="daily"),
                                    Preference(channel="sms", enabled=False)])),)
@@ -116,10 +122,29 @@ def bench_decide(calls: int = 200_000) -> dict:
         decide(r, cache.get(uid), AVAILABLE, POLICY, now=now)
         with_read.append(clock() - t0)
     with_read.sort()
+    # with two fatigue caps, each send checked and counted as policy.plan does it
+    ledger = Ledger(FATIGUE, len(users))
+    ledger.seed({u.user_id: [("email", "job_alerts", "normal", now - 60)] for u in users[::2]},
+                {u.user_id: zone(u.timezone) for u in users}, now)
+    with_fatigue = []
+    for i in range(calls):
+        r, u = reqs[i % 1000], users[(i * 7919) % len(users)]
+        t0 = clock()
+        tally: dict = {}
+        for d in decide(r, u, AVAILABLE, POLICY, now=now):
+            if d.action == "send":
+                tz = zone(u.timezone)
+                if FATIGUE.over(ledger.counts.get(u.user_id), tally, u.user_id, d.channel, r.category, r.priority,
+                                tz, now) is None:
+                    FATIGUE.plan(tally, u.user_id, d.channel, r.category, r.priority, tz, now)
+        with_fatigue.append(clock() - t0)
+    with_fatigue.sort()
     return {"calls": calls, "median_us": round(statistics.median(samples) / 1e3, 2),
             "p99_us": round(samples[int(len(samples) * 0.99)] / 1e3, 2),
             "with_cache_read_median_us": round(statistics.median(with_read) / 1e3, 2),
             "with_cache_read_p99_us": round(with_read[int(len(with_read) * 0.99)] / 1e3, 2),
+            "with_fatigue_median_us": round(statistics.median(with_fatigue) / 1e3, 2),
+            "with_fatigue_p99_us": round(with_fatigue[int(len(with_fatigue) * 0.99)] / 1e3, 2),
             "timer_overhead_us": round(overhead / 1e3, 3),
             "mix": "90% defaults; 10% with 1-4 rows (30% of those on a template); 1-2 channels per request"}
 
@@ -137,7 +162,29 @@ def bench_memory(n: int = 1_000_000) -> dict:
     """In a child process, so the RSS delta is the state's and nothing else's."""
     out = subprocess.run([sys.executable, "-c", f"import bench.prefs as b; b._memory_child({n})"],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", f"import bench.prefs as b; b._ledger_child({n})"],
+                         capture_output=True, text=True, check=True)
+    result["fatigue"] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _ledger_child(n: int) -> None:
+    """The fatigue counts of ``n`` people, each with a send counted under both caps."""
+    import psutil
+    proc = psutil.Process()
+    now = time.time()
+    tz = zone("Europe/Berlin")
+    gc.collect()
+    before = proc.memory_info().rss
+    ledger = Ledger(FATIGUE, n)
+    for start in range(0, n, 10_000):
+        ids = [f"user-{i:08d}" for i in range(start, min(start + 10_000, n))]
+        ledger.seed({uid: [("push", "job_alerts", "normal", now - 60)] for uid in ids}, dict.fromkeys(ids, tz), now)
+    gc.collect()
+    per_user = (proc.memory_info().rss - before) / n
+    print(json.dumps({"people": n, "caps": len(FATIGUE.caps), "bytes_per_person": round(per_user),
+                      "projected_10m_gib": round(per_user * 10_000_000 / 2**30, 2)}))
 
 
 def _memory_child(n: int) -> None:

@@ -35,10 +35,11 @@ CODES: frozenset[str] = frozenset({
 # The first part of the dotted codes: ``pref.<level>_off``, ``consent.<state>_<channel>``,
 # ``rule.<name>``, ``retry.<reason>``, ``digest.<frequency>``, ``address.missing_<channel>``,
 # ``suppression.<reason>``, ``user.unknown``, ``channel.unavailable``, ``content.missing``,
-# ``template.missing|error``, ``payload.invalid|malformed``, ``processing.failed``, ``ttl.expired``
+# ``template.missing|error``, ``payload.invalid|malformed``, ``processing.failed``, ``ttl.expired``,
+# ``fatigue.<window>``
 FAMILIES: frozenset[str] = frozenset({
     "pref", "consent", "rule", "retry", "digest", "address", "suppression", "user", "channel", "content",
-    "template", "payload", "processing", "ttl",
+    "template", "payload", "processing", "ttl", "fatigue",
 })
 
 # What a provider call ended as (``ok``, else the error's ``kind``, providers/errors.py)

@@ -28,6 +28,7 @@ import msgspec
 from policy import devices, schedule, wire
 from policy.decide import decide, request_context, zone
 from policy.email import with_footer
+from policy.fatigue import Ledger, Tally
 from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
 from policy.rules import Policy
@@ -76,6 +77,8 @@ class Context:
     unsubscribe: UnsubscribeRules | None = None  # None: no one-click unsubscribe URL in email
     # CAN-SPAM: (postal address, marketing categories); their email gets the footer
     footer: tuple[str, frozenset[str]] | None = None
+    # the shard's fatigue counts (policy/fatigue.py), when the policy has caps; read here, never written
+    ledger: Ledger | None = None
 
 
 @dataclass
@@ -93,8 +96,10 @@ class Plan:
 def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: Set[tuple[str, str]],
                ctx: Context, *, now: float) -> Plan:
     """Decide every (item, channel) not in ``done`` (recorded already) and say
-    what to do with it."""
+    what to do with it. A send over a fatigue cap (``ctx.ledger``) is held until
+    the cap's window ends; the round's own sends count toward the caps too."""
     plan = Plan(parent_id=ctx.parent_id)
+    tally: Tally = {}
     for it in items:
         state = states.get(it.user_id)
         for d in decide(it.request, state, ctx.available, ctx.policy, now=now, digest=ctx.digest):
@@ -102,12 +107,29 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
                 continue
             match d:
                 case Send(channel=channel):
+                    if ctx.ledger is not None and state is not None and _over_cap(plan, it, channel, state, ctx,
+                                                                                   tally, now):
+                        continue
                     _send(plan, it, channel, state, ctx, now)
                 case Defer() | Digest():
                     plan.holds.append(held(it, d, now, ctx.parent_id))
                 case Suppress(channel=channel, reason=reason):
                     plan.outcomes.append(settled(it, channel, "suppressed", reason, now, ctx.parent_id))
     return plan
+
+
+def _over_cap(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context, tally: Tally,
+              now: float) -> bool:
+    """Hold the send if it would exceed a fatigue cap (True), else count it in the round's tally."""
+    assert ctx.ledger is not None
+    fatigue, req, tz = ctx.ledger.fatigue, it.request, zone(state.timezone)
+    over = fatigue.over(ctx.ledger.counts.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
+                        tz, now)
+    if over is not None:
+        plan.holds.append(held(it, Defer(channel, over.reason, over.until), now, ctx.parent_id))
+        return True
+    fatigue.plan(tally, it.user_id, channel, req.category, req.priority, tz, now)
+    return False
 
 
 def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, now: float) -> None:

@@ -33,6 +33,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from policy.fatigue import Fatigue, FatigueConfig
 from policy.prefs import Preference, Resolved, ordered, resolve
 from policy.types import Channel, CollapseKey, TtlSeconds
 from policy.windows import Window, window_errors
@@ -101,6 +102,7 @@ class PolicyConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     rules: tuple[Rule, ...] = ()
     default_template: str = ""
     max_rows: int = 200
+    fatigue: FatigueConfig = FatigueConfig()  # caps per person per window (policy/fatigue.py)
 
 
 NOT_MANDATORY_CHANNELS = frozenset({"webhook"})
@@ -130,6 +132,8 @@ class Policy:
         self.send_windows = by_kind.get("send_window", [])
         # a rule of the category before one of "*"
         self.expiry_rules = sorted(by_kind.get("expiry", ()), key=lambda r: r.category == "*")
+        # None without caps: nothing is counted, and deciding costs nothing more
+        self.fatigue: Fatigue | None = Fatigue(self.cfg.fatigue) if self.cfg.fatigue.caps else None
 
     def resolve(self, rows: tuple[Preference, ...], templates: tuple[tuple[str, tuple[Preference, ...]], ...],
                 channel: str, category: str, content_type: str = "*", context: dict[str, str] | None = None,

@@ -57,6 +57,25 @@ async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: boo
     return {(r[0], r[1]): r[2] for r in await conn.fetch(RECORDED_FINAL if final_only else RECORDED, list(ids))}
 
 
+# what a provider took: the sends a fatigue cap counts (policy/fatigue.py)
+WENT_OUT = ["sent", "delivered", "complained"]
+RECENT_SENDS = ("SELECT user_id, channel, category, priority, extract(epoch FROM completed_at)::float8 "
+                f"FROM delivery_tracking WHERE user_id = {db.keys(1, 'text')} AND status = ANY($2::text[]) "
+                "AND completed_at >= to_timestamp($3) AND channel <> '*'")
+
+
+async def recent_sends(conn: asyncpg.Connection, user_ids: Sequence[str], since: float
+                       ) -> dict[str, list[tuple[str, str, str, float]]]:
+    """Each of ``user_ids``' sends completed since ``since`` (seconds since the
+    epoch), as (channel, category, priority, completed at): what their fatigue caps
+    count when a UserShard starts counting them."""
+    out: dict[str, list[tuple[str, str, str, float]]] = {}
+    if user_ids:
+        for r in await conn.fetch(RECENT_SENDS, list(user_ids), WENT_OUT, since):
+            out.setdefault(r[0], []).append((r[1], r[2], r[3], r[4]))
+    return out
+
+
 def handled(rows: Mapping[tuple[str, str], str]) -> set[str]:
     """Notifications with a channel sent or held among ``rows``: their fallbacks
     are not due (a failed, suppressed or rejected channel does not count)."""

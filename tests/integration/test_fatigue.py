@@ -1,0 +1,67 @@
+"""Fatigue caps through a real engine (policy/fatigue.py): a person's third
+marketing notification of the day is held until their day ends, reason
+``fatigue.day``; critical and transactional ones go; a UserShard that Ray restarts
+(its counts gone) counts the day again from PostgreSQL and keeps holding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import ray
+
+from policy.types import UserProfile
+from tests.integration.helpers import api_session, daytime_zone, engine_config, row_status, serving, wait_rows
+
+pytestmark = pytest.mark.integration
+
+ZONE = daytime_zone()  # about 13:00 there: the test does not cross the person's midnight
+
+
+@pytest.fixture(scope="module")
+async def engine(nats_url, database_url, ray_address, webhook_sink, tmp_path_factory):
+    caps = {"caps": [{"name": "daily", "window": "day", "limit": 2}]}
+    cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=webhook_sink.url,
+                        channels=("webhook",), overrides={"preferences": {"fatigue": caps}})
+    people = [UserProfile(user_id=u, timezone=ZONE) for u in ("tired", "other")]
+    async with serving(cfg, database_url, people) as eng:
+        yield eng
+
+
+async def submit(engine, user_id: str, category: str = "marketing", priority: str = "normal") -> tuple[str, str]:
+    nid = str(uuid.uuid4())
+    async with api_session() as s, s.post(f"{engine.base_url}/v1/notifications", json={
+            "id": nid, "user_id": user_id, "category": category, "priority": priority, "channels": ["webhook"],
+            "content": {"text": "hello"}}) as r:
+        assert r.status == 202, await r.text()
+    assert await wait_rows(engine.pool, [nid], 1, timeout_s=60) == 1
+    return await row_status(engine, nid)
+
+
+async def test_the_third_of_the_day_waits_for_the_next_day_and_exempt_ones_go(engine):
+    assert [await submit(engine, "tired") for _ in range(2)] == [("sent", "ok")] * 2
+    assert await submit(engine, "tired") == ("deferred", "fatigue.day")
+    due = await engine.pool.fetchval("SELECT extract(epoch FROM due_at)::float8 FROM scheduled_notifications "
+                                     "WHERE user_id = 'tired' AND kind = 'deferred' AND status = 'pending'")
+    assert due is not None and time.time() < due <= time.time() + 86_400  # the person's midnight
+    assert await submit(engine, "tired", priority="critical") == ("sent", "ok")
+    assert await submit(engine, "tired", category="security") == ("sent", "ok")
+    assert await submit(engine, "other") == ("sent", "ok")  # caps are per person
+
+
+async def test_a_restarted_shard_counts_the_day_again_from_postgresql(engine):
+    for shard in engine.actors.user_shards:
+        ray.kill(shard, no_restart=False)  # Ray restarts it with no counts
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.gather(*(asyncio.wait_for(s.info.remote(), 10) for s in engine.actors.user_shards))
+            break
+        except (TimeoutError, ray.exceptions.RayError):
+            await asyncio.sleep(0.3)
+    # "tired" had two marketing sends today (the critical and security ones do not count)
+    assert await submit(engine, "tired") == ("deferred", "fatigue.day")
+    assert await submit(engine, "other") == ("sent", "ok")  # one today: the second goes
+    assert await submit(engine, "other") == ("deferred", "fatigue.day")
