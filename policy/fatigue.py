@@ -8,10 +8,14 @@ A cap is a row of configuration (``[[preferences.fatigue.caps]]``)::
     limit = 5             # sends in that window
     channels = ["push"]   # the channels counted together; empty: every channel
     category = "*"        # the category counted; "*": every one
+    over = "hold"         # hold | digest: what happens to a send over the cap
 
 A send that would make a cap's count exceed its limit is held until the window ends
-(``Defer``, reason ``fatigue.<window>``) and decided again then. When several caps
-are full, it waits for the one whose window ends last. Requests of an exempt
+(``Defer``, reason ``fatigue.<window>``) and decided again then, or, with ``over =
+"digest"``, collected into the digest of the window (the bucket of the category's
+hourly, daily or weekly digest that ends with it; its row says ``fatigue.<window>``)
+and sent with the others when the window ends. When several caps are full, the one
+whose window ends last decides. A send that is itself released or a digest is held. Requests of an exempt
 priority (``critical``) or category (``security``, ``account``, ``transactional``)
 are never capped and never counted.
 
@@ -45,6 +49,7 @@ class Cap(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     limit: Annotated[int, Meta(ge=1, le=10_000)]
     channels: tuple[Channel, ...] = ()  # empty: every channel, counted together
     category: Annotated[str, Meta(min_length=1, max_length=100)] = "*"
+    over: Literal["hold", "digest"] = "hold"  # a send over the cap: held to the window's end, or digested
 
     def covers(self, channel: str, category: str) -> bool:
         return (not self.channels or channel in self.channels) and (self.category == "*" or self.category == category)

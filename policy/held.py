@@ -41,10 +41,11 @@ class HeldDigest(_Held, tag="digest", kw_only=True):
     channel: str
     key: DigestKey
     digest_id: str | None = None
+    why: str | None = None  # a reason of its own (fatigue.<window>), else the frequency's
 
     @property
     def reason(self) -> str:
-        return f"digest.{self.key.frequency}"
+        return self.why or f"digest.{self.key.frequency}"
 
 
 class HeldFallback(_Held, tag="fallback", kw_only=True):

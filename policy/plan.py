@@ -28,7 +28,7 @@ import msgspec
 from policy import devices, schedule, wire
 from policy.decide import decide, request_context, zone
 from policy.email import with_footer
-from policy.fatigue import Ledger, Tally
+from policy.fatigue import PERIOD, Ledger, Tally
 from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
 from policy.rules import Policy
@@ -38,6 +38,7 @@ from policy.types import (
     Defer,
     DeliveryTask,
     Digest,
+    DigestKey,
     Message,
     NotificationRequest,
     Outcome,
@@ -125,11 +126,16 @@ def _over_cap(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context
     fatigue, req, tz = ctx.ledger.fatigue, it.request, zone(state.timezone)
     over = fatigue.over(ctx.ledger.counts.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
                         tz, now)
-    if over is not None:
+    if over is None:
+        fatigue.plan(tally, it.user_id, channel, req.category, req.priority, tz, now)
+        return False
+    if over.cap.over == "digest" and ctx.digest:  # a released one or a digest is held instead
+        key = DigestKey(it.user_id, channel, req.category, PERIOD[over.cap.window], int(over.until))
+        plan.holds.append(msgspec.structs.replace(held(it, Digest(channel, key), now, ctx.parent_id),
+                                                  why=over.reason))
+    else:
         plan.holds.append(held(it, Defer(channel, over.reason, over.until), now, ctx.parent_id))
-        return True
-    fatigue.plan(tally, it.user_id, channel, req.category, req.priority, tz, now)
-    return False
+    return True
 
 
 def _send(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, now: float) -> None:

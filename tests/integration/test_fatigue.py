@@ -22,10 +22,11 @@ ZONE = daytime_zone()  # about 13:00 there: the test does not cross the person's
 
 @pytest.fixture(scope="module")
 async def engine(nats_url, database_url, ray_address, webhook_sink, tmp_path_factory):
-    caps = {"caps": [{"name": "daily", "window": "day", "limit": 2}]}
+    caps = {"caps": [{"name": "daily", "window": "day", "limit": 2, "category": "marketing"},
+                     {"name": "news", "window": "day", "limit": 1, "category": "news", "over": "digest"}]}
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=webhook_sink.url,
                         channels=("webhook",), overrides={"preferences": {"fatigue": caps}})
-    people = [UserProfile(user_id=u, timezone=ZONE) for u in ("tired", "other")]
+    people = [UserProfile(user_id=u, timezone=ZONE) for u in ("tired", "other", "reader")]
     async with serving(cfg, database_url, people) as eng:
         yield eng
 
@@ -49,6 +50,16 @@ async def test_the_third_of_the_day_waits_for_the_next_day_and_exempt_ones_go(en
     assert await submit(engine, "tired", priority="critical") == ("sent", "ok")
     assert await submit(engine, "tired", category="security") == ("sent", "ok")
     assert await submit(engine, "other") == ("sent", "ok")  # caps are per person
+
+
+async def test_a_digesting_cap_collects_the_rest_of_the_day_into_its_digest(engine):
+    assert await submit(engine, "reader", category="news") == ("sent", "ok")
+    assert await submit(engine, "reader", category="news") == ("digested", "fatigue.day")
+    assert await submit(engine, "reader", category="news") == ("digested", "fatigue.day")
+    keys = await engine.pool.fetch("SELECT digest_key FROM scheduled_notifications "
+                                   "WHERE user_id = 'reader' AND kind = 'digest'")
+    assert len(keys) == 2 and len({k[0] for k in keys}) == 1 and "|news|daily|" in keys[0][0]  # one bucket
+    assert await submit(engine, "reader", category="marketing") == ("sent", "ok")  # the news cap only
 
 
 async def test_a_restarted_shard_counts_the_day_again_from_postgresql(engine):

@@ -155,3 +155,20 @@ def test_never_more_sends_in_a_window_than_its_limit(limit, n, before, hour, zon
     assert sent == max(0, min(n, limit - before))
     assert len(plan.holds) == n - sent
     assert all(h.reason == "fatigue.day" and h.due_at > now for h in plan.holds)
+
+
+def test_a_cap_that_digests_collects_the_send_into_the_windows_digest():
+    digesting = Cap(name="news_daily", window="day", limit=1, category="news", over="digest")
+    policy = Policy(PolicyConfig(fatigue=FatigueConfig(caps=(digesting,))))
+    now = at("2026-03-10T15:00")
+    ledger = Ledger(policy.fatigue, 100)
+    ledger.seed({}, {"u1": BERLIN}, now)
+    plan = plan_round(items(2, category="news"), {"u1": STATE}, set(), Context(ALL, policy, ledger=ledger), now=now)
+    assert len(plan.sends["email"]) == 1
+    [held] = plan.holds
+    assert held.reason == "fatigue.day" and held.due_at == at("2026-03-11T00:00")
+    assert (held.key.frequency, held.key.category, held.key.period_end) == ("daily", "news", int(at("2026-03-11T00:00")))
+    # a released send (or a digest) is never digested again: held instead
+    plan = plan_round(items(2, category="news"), {"u1": STATE}, set(),
+                      Context(ALL, policy, digest=False, ledger=ledger), now=now)
+    assert [h.reason for h in plan.holds] == ["fatigue.day"] and not hasattr(plan.holds[0], "key")
