@@ -26,7 +26,7 @@ from actors.user_templates import TemplatesMixin
 from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
-from policy import devices, dryrun, fatigue, plan as planner, release as releasing, wire
+from policy import devices, dryrun, fatigue, plan as planner, release as releasing, timing, wire
 from policy.audience import Audience
 from policy.decide import consent_key, current_consent, split_consent_key, zone
 from policy.dryrun import SAMPLE, Tally
@@ -49,6 +49,7 @@ from policy.types import (
 from policy.validate import ConsentRecord, Evidence, PreferencesPatch, rule_errors
 from stores import (
     devices as device_store,
+    engagement as engagement_store,
     erasure,
     pii as pii_store,
     prefs as prefs_store,
@@ -93,6 +94,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         self.policy = Policy(self.cfg.preferences)
         # fatigue counts per person, when the policy caps anything (policy/fatigue.py)
         self.ledger = Ledger(self.policy.fatigue, self.cfg.engine.max_cached_users) if self.policy.fatigue else None
+        # engagement by local hour of the people "deliver": "optimal" requests were for (policy/timing.py):
+        # user → (when read, profile), oldest read first out
+        self.profiles: dict[str, tuple[float, timing.Profile]] = {}
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
         c = self.cfg.compliance  # CAN-SPAM footer on marketing email, when an address is configured
@@ -295,13 +299,32 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         if refs:
             await self._load_templates(refs)
 
-    def _context(self, digest: bool = True, parent_id: str | None = None) -> Context:
+    def _context(self, digest: bool = True, parent_id: str | None = None, live: bool = True) -> Context:
+        """``live=False`` for a dry run: no fatigue counts and no engagement profiles
+        (they are read only for sends that happen), so caps and send-time
+        optimization are not shown."""
         return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id,
-                       self.unsubscribe, self.footer, self.ledger)
+                       self.unsubscribe, self.footer, self.ledger if live else None, self.profiles if live else None)
 
     async def _decide_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
                                states: Mapping[str, UserState], parent_id: str | None = None,
                                digest: bool = True) -> tuple[list[Outcome], BaseException | None]:
+        """``_plan_and_send``, with the fatigue counts of the people it is for kept
+        while it runs (policy/fatigue.py)."""
+        if self.ledger is None:
+            return await self._plan_and_send(items, rows, states, parent_id, digest)
+        capped = [it for it in items if self.ledger.fatigue.capped(it.request.channels + it.request.fallback,
+                                                                   it.request.category, it.request.priority)]
+        users = self.ledger.use(it.user_id for it in capped if it.user_id in states)
+        try:
+            await self._count_new(users, states)
+            return await self._plan_and_send(items, rows, states, parent_id, digest)
+        finally:
+            self.ledger.done(users)
+
+    async def _plan_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
+                             states: Mapping[str, UserState], parent_id: str | None = None,
+                             digest: bool = True) -> tuple[list[Outcome], BaseException | None]:
         """Plan and carry out a round for ``items`` (``policy.plan``), then hold
         fallback checks for what was sent and try fallback channels, one round per
         channel, for what was neither sent nor held. ``rows``: the tracking rows
@@ -323,10 +346,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         recorded = set(rows)
         done = recorded | {(o.notification_id, o.channel) for o in journaled}
         await self._templates_of(items)
-        await self._count_new(items, states)
+        await self._read_profiles(items, states)
         ctx = self._context(digest, parent_id)
-        outcomes, kept, error = await self._execute(planner.plan_round(items, states, done, ctx, now=self.clock()))
-        self._count_sent(outcomes, states)
+        outcomes, kept, error = await self._execute_counted(planner.plan_round(items, states, done, ctx,
+                                                                               now=self.clock()), states)
         outcomes = again + outcomes
         sent = {o.notification_id for o in outcomes if o.status == "sent"}
         # a check held before is held again harmlessly; one lost with a failed record is
@@ -347,35 +370,61 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             attempt, pending = planner.next_fallbacks(pending)
             if not attempt:
                 break
-            more, kept, error = await self._execute(planner.plan_round(attempt, states, done, ctx, now=self.clock()))
-            self._count_sent(more, states)
+            more, kept, error = await self._execute_counted(planner.plan_round(attempt, states, done, ctx,
+                                                                               now=self.clock()), states)
             outcomes += more
             pending = [p for p in pending if p.item.notification_id not in kept]
         return await self._retry_later(items, outcomes, error)
 
-    async def _count_new(self, items: list[Item], states: Mapping[str, UserState]) -> None:
-        """Start counting the fatigue caps of the people in ``items`` not counted yet,
-        from their sends recorded in the current windows. Sends in flight at that
-        moment (made, not yet committed) are missed: a cap may let one more through."""
-        if self.ledger is None:
-            return
-        new = [u for u in self.ledger.unknown(it.user_id for it in items) if u in states]
+    async def _count_new(self, users: list[str], states: Mapping[str, UserState]) -> None:
+        """Start counting the fatigue caps of ``users`` not counted yet, from their
+        sends recorded in the current windows. Sends of theirs made but not committed
+        at that moment (after a restart: those of the batches in flight then) are
+        missed, so a cap may let that many more through once."""
+        assert self.ledger is not None
+        new = self.ledger.unknown(users)
         if new:
             now = self.clock()
             async with self.pool.acquire() as conn:
                 sends = await tracking.recent_sends(conn, new, now - fatigue.LOOKBACK_S)
             self.ledger.seed(sends, {u: zone(states[u].timezone) for u in new}, now)
 
-    def _count_sent(self, outcomes: list[Outcome], states: Mapping[str, UserState]) -> None:
-        """Count the sends a provider took toward their people's fatigue caps."""
-        if self.ledger is None:
-            return
+    async def _read_profiles(self, items: list[Item], states: Mapping[str, UserState]) -> None:
+        """Read the engagement profiles of the people of ``deliver: optimal`` requests
+        not read in the last ``preferences.timing.refresh_s``. Events recorded since a
+        read count from the next one."""
+        cfg = self.policy.cfg.timing
         now = self.clock()
-        for o in outcomes:
-            state = states.get(o.user_id)
-            if o.status == "sent" and state is not None:
-                self.ledger.sent(o.user_id, o.channel, o.category, o.priority, zone(state.timezone),
-                                 o.completed_at, now)
+        wanted = dict.fromkeys(it.user_id for it in items if it.request.deliver == "optimal")
+        stale = [u for u in wanted if u in states and ((hit := self.profiles.get(u)) is None
+                                                        or now - hit[0] > cfg.refresh_s)]
+        if not stale:
+            return
+        async with self.pool.acquire() as conn:
+            times = await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
+        for u in stale:
+            self.profiles.pop(u, None)  # to the end: the oldest read goes first
+            self.profiles[u] = (now, timing.profile_of(times.get(u, ()), zone(states[u].timezone)))
+        while len(self.profiles) > self.cfg.engine.max_cached_users:
+            del self.profiles[next(iter(self.profiles))]
+
+    async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState]
+                               ) -> tuple[list[Outcome], set[str], BaseException | None]:
+        """``_execute``, with the plan's capped sends counted before they go (another
+        batch for the same person planning meanwhile sees them) and given back if
+        they did not go."""
+        if self.ledger is None or not plan.capped:
+            return await self._execute(plan)
+        now, ledger = self.clock(), self.ledger
+        zones = {u: zone(states[u].timezone) for u in {c[1] for c in plan.capped}}
+        for _, user, channel, category, priority in plan.capped:
+            ledger.reserve(user, channel, category, priority, zones[user], now)
+        outcomes, kept, error = await self._execute(plan)
+        went = {(o.notification_id, o.channel) for o in outcomes if o.status == "sent"}
+        for nid, user, channel, category, priority in plan.capped:
+            if (nid, channel) not in went:
+                ledger.give_back(user, channel, category, priority, zones[user], now)
+        return outcomes, kept, error
 
     async def _retry_later(self, items: list[Item], outcomes: list[Outcome],
                            error: BaseException | None) -> tuple[list[Outcome], BaseException | None]:
@@ -573,7 +622,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         user_ids = selection.users
         tally = Tally()
         gate = asyncio.Semaphore(BROADCAST_INFLIGHT)
-        ctx = self._context(parent_id=job.id)
+        ctx = self._context(parent_id=job.id, live=False)
 
         async def chunk(ids: list[str]) -> None:
             async with gate:
@@ -624,7 +673,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             states = await self._load_missing(conn, list({it.user_id for it in items}))
         await self._templates_of(items)
         tally = Tally()
-        dryrun.decide(items, states, self._context(), tally, now=self.clock())
+        dryrun.decide(items, states, self._context(live=False), tally, now=self.clock())
         return wire.encode(tally)
 
     # -- held notifications, back when due ---------------------------------------
@@ -979,6 +1028,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             except erasure.Held as e:
                 return {"held": e.reason}
             self.users.pop(user_id, None)
+            if self.ledger is not None:
+                self.ledger.forget(user_id)
+            self.profiles.pop(user_id, None)
         self.stats["erased"] = self.stats.get("erased", 0) + 1
         return {} if receipt is None else {"receipt": receipt.as_dict()}
 

@@ -34,13 +34,17 @@ from zoneinfo import ZoneInfo
 from msgspec import Meta, Struct
 
 from policy.email import DEFAULT_TRANSACTIONAL
-from policy.types import Channel
+from policy.types import Channel, Priority
 from policy.windows import period_bounds
 
 Window = Literal["hour", "day", "week"]
 PERIOD: dict[str, str] = {"hour": "hourly", "day": "daily", "week": "weekly"}  # policy.windows.period_bounds
 # the longest window, with a day's slack for zones and DST: how far back a count reaches
 LOOKBACK_S = 8 * 86_400.0
+# what the engine itself sends a person in answer to them (a consent confirmation text, the
+# answer to a text they sent): never capped, never counted, whatever the configuration says
+ALWAYS_EXEMPT = frozenset({"consent_confirmation", "sms_reply"})
+MAX_CAPS = 20
 
 
 class Cap(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -56,8 +60,8 @@ class Cap(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
 
 
 class FatigueConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    caps: tuple[Cap, ...] = ()
-    exempt_priorities: tuple[str, ...] = ("critical",)
+    caps: Annotated[tuple[Cap, ...], Meta(max_length=MAX_CAPS)] = ()
+    exempt_priorities: tuple[Priority, ...] = ("critical",)  # a misspelt one would cap what it meant to spare
     exempt_categories: tuple[str, ...] = DEFAULT_TRANSACTIONAL
 
     def __post_init__(self) -> None:
@@ -91,7 +95,8 @@ class Fatigue:
         self.cfg = cfg
         self.caps = cfg.caps
         self.exempt_priorities = frozenset(cfg.exempt_priorities)
-        self.exempt_categories = frozenset(cfg.exempt_categories)
+        self.exempt_categories = frozenset(cfg.exempt_categories) | ALWAYS_EXEMPT
+        self._covers: dict[tuple[str, str], tuple[int, ...]] = {}  # (channel, category) → the caps covering it
         # (zone, window) → (start, end) of the window last asked for: a round asks for the
         # same few again and again, and period_bounds' own cache first reads the wall clock
         self._bounds: dict[tuple[str, str], tuple[float, float]] = {}
@@ -110,8 +115,17 @@ class Fatigue:
     def exempt(self, priority: str, category: str) -> bool:
         return priority in self.exempt_priorities or category in self.exempt_categories
 
-    def _covering(self, channel: str, category: str) -> list[int]:
-        return [i for i, c in enumerate(self.caps) if c.covers(channel, category)]
+    def _covering(self, channel: str, category: str) -> tuple[int, ...]:
+        hit = self._covers.get((channel, category))
+        if hit is None:
+            hit = tuple(i for i, c in enumerate(self.caps) if c.covers(channel, category))
+            if len(self._covers) < 10_000:  # categories are configured, but a request may name any
+                self._covers[(channel, category)] = hit
+        return hit
+
+    def capped(self, channels: Iterable[str], category: str, priority: str) -> bool:
+        """Whether any cap counts a send of this request on one of ``channels``."""
+        return not self.exempt(priority, category) and any(self._covering(ch, category) for ch in channels)
 
     def over(self, counts: Counts | None, tally: Tally, user_id: str, channel: str, category: str, priority: str,
              tz: ZoneInfo, now: float) -> Over | None:
@@ -160,34 +174,86 @@ class Fatigue:
 
 
 class Ledger:
-    """A UserShard's counts, per person it owns: bounded (the oldest person counted
-    first goes; they are counted again from PostgreSQL when next needed)."""
+    """A UserShard's counts, per person it owns. A send is counted when it is planned
+    (``reserve``, so batches running at once for one person see each other's sends)
+    and given back if it did not go (``give_back``). Bounded: people not in a batch
+    now, least recently used first, go when there are more than ``max_users``; they
+    are counted again from PostgreSQL when next needed."""
 
     def __init__(self, fatigue: Fatigue, max_users: int):
         self.fatigue, self.max_users = fatigue, max_users
-        self.counts: dict[str, Counts | None] = {}  # None: counted, nothing in any current window
+        # person → counts; () counted, nothing in any current window. Absent: not counted yet
+        self.counts: dict[str, Counts | tuple[()]] = {}
+        self._busy: dict[str, int] = {}  # person → batches using their counts now (never evicted)
 
     def unknown(self, user_ids: Iterable[str]) -> list[str]:
         return [u for u in dict.fromkeys(user_ids) if u not in self.counts]
 
+    def use(self, user_ids: Iterable[str]) -> list[str]:
+        """Keep these people's counts while a batch plans with them; the people, for ``done``."""
+        users = list(dict.fromkeys(user_ids))
+        for u in users:
+            self._busy[u] = self._busy.get(u, 0) + 1
+        return users
+
+    def done(self, users: list[str]) -> None:
+        for u in users:
+            n = self._busy.get(u, 0) - 1
+            if n > 0:
+                self._busy[u] = n
+            else:
+                self._busy.pop(u, None)
+        self._trim()
+
     def seed(self, sends: Mapping[str, list[tuple[str, str, str, float]]], zones: Mapping[str, ZoneInfo],
              now: float) -> None:
-        """Count the people in ``zones`` from their recorded sends, (channel,
-        category, priority, at) each; a person with none counts 0."""
+        """Count the people in ``zones`` not counted meanwhile from their recorded sends,
+        (channel, category, priority, at) each; a person with none counts 0."""
         for user_id, tz in zones.items():
+            if user_id in self.counts:  # counted by another batch while this one read: theirs is newer
+                continue
             counts: Counts | None = None
             for channel, category, priority, at in sends.get(user_id, ()):
                 counts = self.fatigue.add(counts, channel, category, priority, tz, at, now)
-            self._put(user_id, counts)
+            self.counts[user_id] = counts if counts is not None else ()
+        self._trim()
 
-    def sent(self, user_id: str, channel: str, category: str, priority: str, tz: ZoneInfo, at: float,
-             now: float) -> None:
-        """Count a send a provider took, for a person counted already (one not yet
-        counted is counted from PostgreSQL, where this send will be too)."""
-        if user_id in self.counts:
-            self.counts[user_id] = self.fatigue.add(self.counts[user_id], channel, category, priority, tz, at, now)
+    def get(self, user_id: str) -> Counts | None:
+        """A person's counts (None: nothing counted in a current window, or not counted yet)."""
+        counts = self.counts.get(user_id)
+        return counts if counts else None
 
-    def _put(self, user_id: str, counts: Counts | None) -> None:
-        self.counts[user_id] = counts
-        while len(self.counts) > self.max_users:
-            del self.counts[next(iter(self.counts))]
+    def reserve(self, user_id: str, channel: str, category: str, priority: str, tz: ZoneInfo,
+                now: float) -> None:
+        """Count a send planned now (``give_back`` it if it does not go)."""
+        counts = self.counts.pop(user_id, None)  # and back at the end: recently used
+        if counts is None:
+            return  # not counted yet: counted from PostgreSQL when next needed, this send with it
+        self.counts[user_id] = self.fatigue.add(counts or None, channel, category, priority, tz, now, now) or ()
+
+    def give_back(self, user_id: str, channel: str, category: str, priority: str, tz: ZoneInfo,
+                  planned: float) -> None:
+        """Take back a send counted at ``planned`` that did not go (failed, not tried)."""
+        counts = self.counts.get(user_id)
+        if not counts or self.fatigue.exempt(priority, category):
+            return
+        for i in self.fatigue._covering(channel, category):
+            end = self.fatigue.end_of(self.fatigue.caps[i].window, tz, planned)
+            if counts[2 * i] == end and counts[2 * i + 1] > 0:
+                counts[2 * i + 1] -= 1
+
+    def forget(self, user_id: str) -> None:
+        self.counts.pop(user_id, None)
+
+    def _trim(self) -> None:
+        excess = len(self.counts) - self.max_users
+        if excess <= 0:
+            return
+        victims = []
+        for u in self.counts:  # least recently used first
+            if u not in self._busy:
+                victims.append(u)
+                if len(victims) == excess:
+                    break
+        for u in victims:
+            del self.counts[u]

@@ -33,6 +33,7 @@ from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
 from policy.rules import Policy
 from policy.templating import Compiled, pick, render_error
+from policy.timing import EMPTY, REASON as OPTIMIZED, Profile, best_time
 from policy.types import (
     Content,
     Defer,
@@ -80,6 +81,9 @@ class Context:
     footer: tuple[str, frozenset[str]] | None = None
     # the shard's fatigue counts (policy/fatigue.py), when the policy has caps; read here, never written
     ledger: Ledger | None = None
+    # people's engagement by local hour (policy/timing.py), for requests with deliver "optimal":
+    # user → (when read, profile); someone not in it is decided on the prior alone
+    profiles: Mapping[str, tuple[float, Profile]] | None = None
 
 
 @dataclass
@@ -88,6 +92,9 @@ class Plan:
     holds: list[Held] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)  # settled without a provider
     parent_id: str | None = None  # the broadcast: the delivered outcomes name it too
+    # sends a fatigue cap counts: (notification, user, channel, category, priority); the shard
+    # counts them before it sends and gives back those that did not go (policy/fatigue.py)
+    capped: list[tuple[str, str, str, str, str]] = field(default_factory=list)
 
     def kept(self) -> set[str]:
         """Notifications with a channel held: they need no fallback now."""
@@ -108,10 +115,16 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
                 continue
             match d:
                 case Send(channel=channel):
-                    if ctx.ledger is not None and state is not None and _over_cap(plan, it, channel, state, ctx,
-                                                                                   tally, now):
+                    if it.request.deliver == "optimal" and state is not None and _later(plan, it, channel, state,
+                                                                                      ctx, now):
                         continue
+                    capped = ctx.ledger is not None and state is not None
+                    if capped and state is not None and _over_cap(plan, it, channel, state, ctx, tally, now):
+                        continue
+                    planned = len(plan.sends.get(channel, ()))
                     _send(plan, it, channel, state, ctx, now)
+                    if capped and len(plan.sends.get(channel, ())) > planned:  # a task, not a settled outcome
+                        _count(plan, it, channel, state, ctx, tally, now)
                 case Defer() | Digest():
                     plan.holds.append(held(it, d, now, ctx.parent_id))
                 case Suppress(channel=channel, reason=reason):
@@ -119,15 +132,44 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
     return plan
 
 
+def _count(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally,
+           now: float) -> None:
+    """A send planned: the round's next decisions for the person see it (``tally``), and
+    the shard counts it (``plan.capped``)."""
+    assert ctx.ledger is not None and state is not None
+    req = it.request
+    if ctx.ledger.fatigue.exempt(req.priority, req.category):
+        return
+    ctx.ledger.fatigue.plan(tally, it.user_id, channel, req.category, req.priority, zone(state.timezone), now)
+    plan.capped.append((it.notification_id, it.user_id, channel, req.category, req.priority))
+
+
+def _later(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context, now: float) -> bool:
+    """Hold a ``deliver: optimal`` send until the person's best hour (True), unless this is it."""
+    req = it.request
+    if req.deliver_by is None or req.deliver_by <= now:
+        return False
+    quiet: tuple = ()
+    if not ctx.policy.bypasses("bypass_quiet_hours", req.priority, req.category):
+        quiet = tuple(ctx.policy.resolve(state.prefs, state.templates, channel, req.category, req.content_type,
+                                         request_context(req), now).quiet_hours)
+    known = ctx.profiles.get(it.user_id) if ctx.profiles is not None else None
+    at = best_time(known[1] if known is not None else EMPTY, ctx.policy.cfg.timing, zone(state.timezone), now,
+                   req.deliver_by, quiet)
+    if at <= now:
+        return False
+    plan.holds.append(held(it, Defer(channel, OPTIMIZED, at), now, ctx.parent_id))
+    return True
+
+
 def _over_cap(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context, tally: Tally,
               now: float) -> bool:
-    """Hold the send if it would exceed a fatigue cap (True), else count it in the round's tally."""
+    """Hold the send if it would exceed a fatigue cap (True)."""
     assert ctx.ledger is not None
     fatigue, req, tz = ctx.ledger.fatigue, it.request, zone(state.timezone)
-    over = fatigue.over(ctx.ledger.counts.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
+    over = fatigue.over(ctx.ledger.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
                         tz, now)
     if over is None:
-        fatigue.plan(tally, it.user_id, channel, req.category, req.priority, tz, now)
         return False
     if over.cap.over == "digest" and ctx.digest:  # a released one or a digest is held instead
         key = DigestKey(it.user_id, channel, req.category, PERIOD[over.cap.window], int(over.until))

@@ -35,6 +35,7 @@ from msgspec import Meta, Struct
 
 from policy.fatigue import Fatigue, FatigueConfig
 from policy.prefs import Preference, Resolved, ordered, resolve
+from policy.timing import TimingConfig
 from policy.types import Channel, CollapseKey, TtlSeconds
 from policy.windows import Window, window_errors
 
@@ -103,6 +104,7 @@ class PolicyConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     default_template: str = ""
     max_rows: int = 200
     fatigue: FatigueConfig = FatigueConfig()  # caps per person per window (policy/fatigue.py)
+    timing: TimingConfig = TimingConfig()  # "deliver": "optimal" (policy/timing.py)
 
 
 NOT_MANDATORY_CHANNELS = frozenset({"webhook"})

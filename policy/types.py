@@ -140,6 +140,10 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     # "2027-03-28T09:00". Until then held like quiet hours (reason ``scheduled``)
     send_at: Annotated[float, Meta(ge=0, le=4e9)] | None = None
     send_at_local: Annotated[str, Meta(max_length=16)] | None = None
+    # "optimal": each recipient gets it in their own best hour (policy/timing.py), at the
+    # latest by ``deliver_by`` (seconds since the epoch); held until then, reason timing.optimized
+    deliver: Literal["now", "optimal"] = "now"
+    deliver_by: Annotated[float, Meta(ge=0, le=4e9)] | None = None
     # a newer push with the same key replaces an undelivered older one (apns-collapse-id,
     # FCM collapse_key, the web push Topic); else an ``expiry`` rule's
     collapse_key: CollapseKey | None = None

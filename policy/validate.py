@@ -93,6 +93,12 @@ def message_errors(message: Message, at: str = "$") -> Errors:
         errors.append((f"{at}.fallback_unless", "needs fallback_after_s (the time to wait)"))
     if message.send_at is not None or message.send_at_local is not None:
         errors.extend(schedule.errors(message.send_at, message.send_at_local, at))
+        if message.deliver == "optimal":
+            errors.append((f"{at}.deliver", "give send_at (or send_at_local) or deliver optimal, not both"))
+    if message.deliver == "optimal" and message.deliver_by is None:
+        errors.append((f"{at}.deliver_by", "needed with deliver optimal: the latest time to send"))
+    if message.deliver_by is not None and message.deliver != "optimal":
+        errors.append((f"{at}.deliver_by", "only with deliver optimal"))
     audience = getattr(message, "audience", None)  # a broadcast's
     if isinstance(audience, Audience):
         errors.extend(segments.audience_errors(audience, f"{at}.audience"))

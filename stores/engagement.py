@@ -139,5 +139,15 @@ async def last_seen(conn: asyncpg.Connection, user_ids: list[str]) -> dict[str, 
     return {r[0]: (None if r[1] is None else float(r[1]), None if r[2] is None else float(r[2])) for r in rows}
 
 
+async def times(conn: asyncpg.Connection, user_ids: list[str], since: float) -> dict[str, list[float]]:
+    """Each user's opens and clicks since ``since`` (seconds since the epoch), as
+    instants: what their send-time profile is made of (``policy.timing``)."""
+    out: dict[str, list[float]] = {}
+    for r in await conn.fetch("SELECT user_id, extract(epoch FROM at)::float8 FROM engagement_events "
+                              f"WHERE user_id = {db.keys(1, 'text')} AND at >= to_timestamp($2)", user_ids, since):
+        out.setdefault(r[0], []).append(r[1])
+    return out
+
+
 __all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "as_entries", "clock_error",
-           "last_seen", "record", "stored_at", "timelines"]
+           "last_seen", "record", "stored_at", "timelines", "times"]

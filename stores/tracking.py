@@ -57,8 +57,9 @@ async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: boo
     return {(r[0], r[1]): r[2] for r in await conn.fetch(RECORDED_FINAL if final_only else RECORDED, list(ids))}
 
 
-# what a provider took: the sends a fatigue cap counts (policy/fatigue.py)
-WENT_OUT = ["sent", "delivered", "complained"]
+# what a provider took: the sends a fatigue cap counts (policy/fatigue.py); a bounce came
+# after the provider took it, as the shard counted it then
+WENT_OUT = ["sent", "delivered", "complained", "bounced"]
 RECENT_SENDS = ("SELECT user_id, channel, category, priority, extract(epoch FROM completed_at)::float8 "
                 f"FROM delivery_tracking WHERE user_id = {db.keys(1, 'text')} AND status = ANY($2::text[]) "
                 "AND completed_at >= to_timestamp($3) AND channel <> '*'")

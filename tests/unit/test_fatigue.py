@@ -73,7 +73,7 @@ def test_critical_and_transactional_are_never_capped_nor_counted():
     ledger = Ledger(fatigue(DAILY), 100)
     ledger.seed({"u1": [("email", "security", "normal", now - 60)] * 5 + [("email", "x", "critical", now - 60)] * 5},
                 {"u1": BERLIN}, now)
-    assert ledger.counts["u1"] is None  # none of them counted
+    assert ledger.counts["u1"] == () and ledger.get("u1") is None  # counted: none of them counts
     plan = plan_round(items(4, priority="critical") + items(4, category="security"), {"u1": STATE}, set(),
                       ctx(ledger), now=now)
     assert plan.holds == [] and len(plan.sends["email"]) == 8
@@ -112,20 +112,59 @@ def test_windows_are_the_recipients_calendar():
 def test_a_send_for_someone_not_counted_yet_is_left_to_the_seed():
     ledger = Ledger(fatigue(DAILY), 100)
     now = at("2026-03-10T15:00")
-    ledger.sent("u1", "email", "m", "normal", BERLIN, now, now)
+    ledger.reserve("u1", "email", "m", "normal", BERLIN, now)
     assert "u1" not in ledger.counts  # counted from PostgreSQL when first needed, this send with it
     ledger.seed({}, {"u1": BERLIN}, now)
-    ledger.sent("u1", "email", "m", "normal", BERLIN, now, now)
-    ledger.sent("u1", "email", "m", "normal", BERLIN, now, now)
-    assert ledger.fatigue.over(ledger.counts["u1"], {}, "u1", "email", "m", "normal", BERLIN, now) is not None
+    ledger.reserve("u1", "email", "m", "normal", BERLIN, now)
+    ledger.reserve("u1", "email", "m", "normal", BERLIN, now)
+    assert ledger.fatigue.over(ledger.get("u1"), {}, "u1", "email", "m", "normal", BERLIN, now) is not None
+    ledger.give_back("u1", "email", "m", "normal", BERLIN, now)  # one of them failed
+    assert ledger.fatigue.over(ledger.get("u1"), {}, "u1", "email", "m", "normal", BERLIN, now) is None
 
 
-def test_the_ledger_is_bounded_oldest_first():
+def test_batches_planning_at_once_see_each_others_sends():
+    # the shard counts a round's sends (plan.capped) before it sends them: the next round,
+    # planned while they are in flight, sees them
+    now = at("2026-03-10T15:00")
+    ledger = Ledger(fatigue(DAILY), 100)
+    ledger.seed({}, {"u1": BERLIN}, now)
+    first = plan_round(items(2), {"u1": STATE}, set(), ctx(ledger), now=now)
+    assert len(first.sends["email"]) == 2 and len(first.capped) == 2
+    for _, user, channel, category, priority in first.capped:
+        ledger.reserve(user, channel, category, priority, BERLIN, now)
+    second = plan_round(items(1), {"u1": STATE}, set(), ctx(ledger), now=now)
+    assert second.sends == {} and second.holds[0].reason == "fatigue.day"
+
+
+def test_a_send_that_is_not_made_is_not_counted_in_the_round():
+    now = at("2026-03-10T15:00")
+    ledger = Ledger(fatigue(DAILY), 100)
+    ledger.seed({}, {"u1": BERLIN}, now)
+    expired = [Item("00000000-0000-0000-0000-00000000000a", "u1",
+                    msgspec.structs.replace(request(), ttl_s=60, accepted_at=now - 3600))]
+    plan = plan_round(expired + items(2), {"u1": STATE}, set(), ctx(ledger), now=now)
+    assert [o.reason for o in plan.outcomes] == ["ttl.expired"]
+    assert len(plan.sends["email"]) == 2 and plan.holds == []  # the expired one used no allowance
+
+
+def test_the_ledger_is_bounded_least_recently_used_first_and_keeps_whom_a_batch_uses():
     ledger = Ledger(fatigue(DAILY), 3)
     now = at("2026-03-10T15:00")
+    busy = ledger.use(["u0"])
     ledger.seed({}, {f"u{i}": BERLIN for i in range(5)}, now)
-    assert list(ledger.counts) == ["u2", "u3", "u4"]
-    assert ledger.unknown(["u0", "u3", "u0"]) == ["u0"]
+    assert list(ledger.counts) == ["u0", "u3", "u4"]  # u0 is in use: u1 and u2 went
+    ledger.done(busy)
+    ledger.reserve("u0", "email", "m", "normal", BERLIN, now)  # used again: the most recent
+    ledger.seed({}, {"u5": BERLIN}, now)
+    assert list(ledger.counts) == ["u4", "u0", "u5"]
+    assert ledger.unknown(["u1", "u4", "u1"]) == ["u1"] and ledger.get("u1") is None
+
+
+def test_what_the_engine_answers_a_person_with_is_never_capped():
+    f = Fatigue(FatigueConfig(caps=(DAILY,), exempt_categories=()))
+    assert f.exempt("normal", "consent_confirmation") and f.exempt("high", "sms_reply")
+    assert f.capped(["email"], "security", "normal")  # exempt_categories emptied: capped now
+    assert f.capped(["email"], "marketing", "normal") is True
 
 
 def test_caps_are_validated_as_configuration():
@@ -135,6 +174,10 @@ def test_caps_are_validated_as_configuration():
         msgspec.convert({"caps": [{"name": "d", "window": "month", "limit": 1}]}, FatigueConfig)
     with pytest.raises(msgspec.ValidationError, match="one name"):
         msgspec.convert({"caps": [{"name": "d", "window": "day", "limit": 1}] * 2}, FatigueConfig)
+    with pytest.raises(msgspec.ValidationError, match="exempt_priorities"):
+        msgspec.convert({"exempt_priorities": ["Critical"]}, FatigueConfig)
+    with pytest.raises(msgspec.ValidationError, match="caps"):
+        msgspec.convert({"caps": [{"name": f"c{i}", "window": "day", "limit": 1} for i in range(21)]}, FatigueConfig)
     assert Policy(PolicyConfig()).fatigue is None  # no caps: nothing counted
 
 
