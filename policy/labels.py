@@ -36,10 +36,10 @@ CODES: frozenset[str] = frozenset({
 # ``rule.<name>``, ``retry.<reason>``, ``digest.<frequency>``, ``address.missing_<channel>``,
 # ``suppression.<reason>``, ``user.unknown``, ``channel.unavailable``, ``content.missing``,
 # ``template.missing|error``, ``payload.invalid|malformed``, ``processing.failed``, ``ttl.expired``,
-# ``fatigue.<window>``
+# ``fatigue.<window>``, ``timing.optimized``
 FAMILIES: frozenset[str] = frozenset({
     "pref", "consent", "rule", "retry", "digest", "address", "suppression", "user", "channel", "content",
-    "template", "payload", "processing", "ttl", "fatigue",
+    "template", "payload", "processing", "ttl", "fatigue", "timing",
 })
 
 # What a provider call ended as (``ok``, else the error's ``kind``, providers/errors.py)
