@@ -41,12 +41,13 @@ async def cmd_demo(cfg, args) -> int:
         await sinks.stop()
 
 
-HARNESSES = ("e2e", "capacity", "prefs", "channels", "auth", "faults", "hop")
+HARNESSES = ("e2e", "capacity", "prefs", "channels", "auth", "faults", "hop", "sendtime")
 
 
 def add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="load harness: `bench e2e …`, `bench capacity --rate R --p99 MS`, "
-                                         "`bench prefs`, `bench channels`, `bench auth`, `bench faults`, `bench hop`")
+                                         "`bench prefs`, `bench channels`, `bench auth`, `bench faults`, `bench hop`, "
+                                         "`bench sendtime`")
     bench.add_argument("what", choices=HARNESSES)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that harness (see `tidings bench e2e -h`)")
     bench.set_defaults(main=run_bench)
@@ -54,6 +55,6 @@ def add_bench(sub) -> None:
 
 def run_bench(args) -> int:
     """The harnesses parse their own options and run their own loop."""
-    from bench import auth, capacity, channels, e2e, faults, hop, prefs
-    return {"e2e": e2e.main, "capacity": capacity.main, "prefs": prefs.main,
-            "channels": channels.main, "auth": auth.main, "faults": faults.main, "hop": hop.main}[args.what](args.rest)
+    from bench import auth, capacity, channels, e2e, faults, hop, prefs, sendtime
+    return {"e2e": e2e.main, "capacity": capacity.main, "prefs": prefs.main, "channels": channels.main,
+            "auth": auth.main, "faults": faults.main, "hop": hop.main, "sendtime": sendtime.main}[args.what](args.rest)
