@@ -386,7 +386,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         if new:
             now = self.clock()
             async with self.pool.acquire() as conn:
-                sends = await tracking.recent_sends(conn, new, now - fatigue.LOOKBACK_S)
+                sends = await tracking.recent_sends(conn, new, now - fatigue.LOOKBACK_S, fatigue.ENGINE_ANSWERS)
             self.ledger.seed(sends, {u: zone(states[u].timezone) for u in new}, now)
 
     async def _read_profiles(self, items: list[Item], states: Mapping[str, UserState]) -> None:
@@ -395,7 +395,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         read count from the next one."""
         cfg = self.policy.cfg.timing
         now = self.clock()
-        wanted = dict.fromkeys(it.user_id for it in items if it.request.deliver == "optimal")
+        wanted = dict.fromkeys(it.user_id for it in items if it.request.deliver == "optimal"
+                               and it.request.deliver_by is not None and it.request.deliver_by > now)
         stale = [u for u in wanted if u in states and ((hit := self.profiles.get(u)) is None
                                                         or now - hit[0] > cfg.refresh_s)]
         if not stale:

@@ -42,8 +42,9 @@ PERIOD: dict[str, str] = {"hour": "hourly", "day": "daily", "week": "weekly"}  #
 # the longest window, with a day's slack for zones and DST: how far back a count reaches
 LOOKBACK_S = 8 * 86_400.0
 # what the engine itself sends a person in answer to them (a consent confirmation text, the
-# answer to a text they sent): never capped, never counted, whatever the configuration says
-ALWAYS_EXEMPT = frozenset({"consent_confirmation", "sms_reply"})
+# answer to a text they sent): it is not planned, so never capped nor counted as it goes,
+# and it is left out when a person is counted from PostgreSQL (stores.tracking.recent_sends)
+ENGINE_ANSWERS = ("consent_confirmation", "sms_reply")
 MAX_CAPS = 20
 
 
@@ -95,7 +96,7 @@ class Fatigue:
         self.cfg = cfg
         self.caps = cfg.caps
         self.exempt_priorities = frozenset(cfg.exempt_priorities)
-        self.exempt_categories = frozenset(cfg.exempt_categories) | ALWAYS_EXEMPT
+        self.exempt_categories = frozenset(cfg.exempt_categories)
         self._covers: dict[tuple[str, str], tuple[int, ...]] = {}  # (channel, category) → the caps covering it
         # (zone, window) → (start, end) of the window last asked for: a round asks for the
         # same few again and again, and period_bounds' own cache first reads the wall clock

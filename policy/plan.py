@@ -50,6 +50,7 @@ from policy.types import (
     UserState,
 )
 from policy.unsubscribe import UnsubscribeRules
+from policy.windows import Window
 
 DEVICE_CHANNELS = frozenset({"push", "web"})  # a user may have several devices there (policy/devices.py)
 
@@ -138,27 +139,41 @@ def _count(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Con
     the shard counts it (``plan.capped``)."""
     assert ctx.ledger is not None and state is not None
     req = it.request
-    if ctx.ledger.fatigue.exempt(req.priority, req.category):
+    if not ctx.ledger.fatigue.capped((channel,), req.category, req.priority):
         return
     ctx.ledger.fatigue.plan(tally, it.user_id, channel, req.category, req.priority, zone(state.timezone), now)
     plan.capped.append((it.notification_id, it.user_id, channel, req.category, req.priority))
 
 
+TIMING_MARGIN_S = 600.0  # a send held for its hour goes at least this long before its time to live ends
+
+
 def _later(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context, now: float) -> bool:
-    """Hold a ``deliver: optimal`` send until the person's best hour (True), unless this is it."""
+    """Hold a ``deliver: optimal`` send until the person's best hour (True), unless this
+    is it. Held as a request to send now: released, it is decided again like any other
+    and never optimized again. Not in a dry run (``ctx.profiles`` None: there are none)."""
     req = it.request
-    if req.deliver_by is None or req.deliver_by <= now:
+    if req.deliver_by is None or req.deliver_by <= now or ctx.profiles is None:
         return False
-    quiet: tuple = ()
-    if not ctx.policy.bypasses("bypass_quiet_hours", req.priority, req.category):
-        quiet = tuple(ctx.policy.resolve(state.prefs, state.templates, channel, req.category, req.content_type,
-                                         request_context(req), now).quiet_hours)
-    known = ctx.profiles.get(it.user_id) if ctx.profiles is not None else None
-    at = best_time(known[1] if known is not None else EMPTY, ctx.policy.cfg.timing, zone(state.timezone), now,
-                   req.deliver_by, quiet)
+    latest = req.deliver_by
+    ttl_s, _ = expiry(req, channel, ctx.policy)
+    if ttl_s is not None:
+        latest = min(latest, (req.accepted_at if req.accepted_at is not None else now) + ttl_s - TIMING_MARGIN_S)
+    policy = ctx.policy
+    pref = policy.resolve(state.prefs, state.templates, channel, req.category, req.content_type,
+                          request_context(req), now)
+    quiet: tuple[Window, ...] = ()
+    allowed = [rule.windows for rule in policy.send_windows_for(channel, req.category)]
+    if not policy.bypasses("bypass_quiet_hours", req.priority, req.category):
+        quiet = tuple(pref.quiet_hours)
+        allowed.append(tuple(pref.time_windows))
+    known = ctx.profiles.get(it.user_id)
+    at = best_time(known[1] if known is not None else EMPTY, policy.cfg.timing, zone(state.timezone), now, latest,
+                   quiet, allowed)
     if at <= now:
         return False
-    plan.holds.append(held(it, Defer(channel, OPTIMIZED, at), now, ctx.parent_id))
+    now_it = Item(it.notification_id, it.user_id, msgspec.structs.replace(req, deliver="now", deliver_by=None))
+    plan.holds.append(held(now_it, Defer(channel, OPTIMIZED, at), now, ctx.parent_id))
     return True
 
 

@@ -1,9 +1,12 @@
 """Send-time optimization: ``"deliver": "optimal"`` with a ``deliver_by``.
 
 A request that allows it is sent to each recipient in the hour of the day, in their
-own zone, when they have opened and clicked most, at the latest by ``deliver_by``.
-Until then it is held (``Defer``, reason ``timing.optimized``) and decided again when
-that hour comes, so preferences, quiet hours and caps apply then as always.
+own zone, when they have opened and clicked most, chosen no later than ``deliver_by``
+(and before the request's time to live runs out), outside their quiet hours and inside
+their allowed time windows and the send-window rules. Until then it is held
+(``Defer``, reason ``timing.optimized``) as a request to send now: released, it is
+decided again like any other (preferences, quiet hours, caps), never optimized again,
+so it cannot be held for its timing twice.
 
 The person's engagement is 24 counts, one per local hour, of their opens and clicks
 in the last ``lookback_days`` (``Profile``; the UserShard reads them from
@@ -25,19 +28,20 @@ from zoneinfo import ZoneInfo
 
 from msgspec import Meta, Struct
 
-from policy.windows import Window, period_bounds, quiet_until
+from policy.windows import Window, next_allowed, period_bounds, quiet_until
 
 REASON = "timing.optimized"
 HOURS = 24
 # How often people read, by local hour (relative): low at night, peaks at 8, 12 and 19-21.
 DEFAULT_PRIOR: tuple[float, ...] = (1, 1, 1, 1, 1, 2, 4, 7, 9, 8, 7, 7, 9, 8, 7, 6, 6, 7, 8, 9, 9, 8, 5, 2)
-# A person's profile: opens and clicks per local hour (0-23)
-Profile = tuple[int, ...]
-EMPTY: Profile = (0,) * HOURS
+# A person's profile: opens and clicks per local hour (0-23), one byte each (scaled down
+# together when an hour passes 255: only their proportions matter). 24 bytes a person
+Profile = bytes
+EMPTY: Profile = bytes(HOURS)
 
 
 class TimingConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    prior: Annotated[tuple[Annotated[float, Meta(ge=0)], ...], Meta(min_length=24, max_length=24)] = DEFAULT_PRIOR
+    prior: Annotated[tuple[Annotated[float, Meta(ge=0, le=1e6)], ...], Meta(min_length=24, max_length=24)] = DEFAULT_PRIOR
     # events the prior counts as: with 20, one open at 03:30 does not outweigh the evening
     # (an hour needs about two more events than the prior's best), a habit of a few does
     prior_weight: Annotated[float, Meta(ge=0, le=1e6)] = 20.0
@@ -51,10 +55,15 @@ class TimingConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
 
 def profile_of(event_times: Sequence[float], tz: ZoneInfo) -> Profile:
     """A person's profile from their events' instants (seconds since the epoch)."""
+    if not event_times:
+        return EMPTY
     counts = [0] * HOURS
     for t in event_times:
         counts[datetime.fromtimestamp(t, tz).hour] += 1
-    return tuple(counts)
+    top = max(counts)
+    if top > 255:
+        counts = [round(n * 255 / top) for n in counts]
+    return bytes(counts)
 
 
 def scores(profile: Profile, cfg: TimingConfig) -> list[float]:
@@ -67,23 +76,26 @@ def scores(profile: Profile, cfg: TimingConfig) -> list[float]:
     return [(n + w * p / total_prior) / (total + w) for n, p in zip(profile, cfg.prior, strict=True)]
 
 
-# (profile, zone, this hour's start, horizon in minutes, quiet hours) → the chosen hour's start,
-# or None for this hour: a broadcast's recipients mostly share all of it (no events yet, one zone)
+# (profile, zone, this hour's start, horizon in minutes, quiet hours, allowed windows, prior)
+# → the chosen hour's start, or None for this hour: a broadcast's recipients mostly share
+# all of it (no events yet, one zone)
 _chosen: dict[tuple, float | None] = {}
 
 
 def best_time(profile: Profile, cfg: TimingConfig, tz: ZoneInfo, now: float, latest: float,
-              quiet: Sequence[Window] = ()) -> float:
+              quiet: Sequence[Window] = (), allowed: Sequence[Sequence[Window]] = ()) -> float:
     """When to send: ``now`` if this hour is the person's best before ``latest``, else
-    the start of the first local hour that scores highest, outside ``quiet`` hours.
-    Only the next 24 hours are looked at (a best hour comes back daily). Ties go to the
-    earliest; with every candidate hour quiet, ``now`` (quiet hours then hold it as
-    they would anyway)."""
+    the start of the first local hour that scores highest, outside ``quiet`` hours and
+    inside each of ``allowed`` (the person's time windows, send-window rules). Only the
+    next 24 hours are looked at (a best hour comes back daily). Ties go to the
+    earliest; with no candidate hour open, ``now`` (the windows then hold it as they
+    would anyway)."""
     if latest <= now:
         return now
     this_hour, next_hour = period_bounds("hourly", tz, now)
     horizon = min(latest, now + 86_400.0)
-    key = (profile, tz.key, this_hour, int(horizon // 60), tuple(quiet), cfg.prior, cfg.prior_weight)
+    quiet, allowed = tuple(quiet), tuple(tuple(w) for w in allowed if w)
+    key = (profile, tz.key, this_hour, int(horizon // 60), quiet, allowed, cfg.prior, cfg.prior_weight)
     if key in _chosen:
         chosen = _chosen[key]
         return now if chosen is None or chosen <= now else chosen
@@ -92,12 +104,12 @@ def best_time(profile: Profile, cfg: TimingConfig, tz: ZoneInfo, now: float, lat
     best = -1.0
     t = now
     while t <= horizon:
-        if not quiet or quiet_until(quiet, tz, t) is None:
+        if (not quiet or quiet_until(quiet, tz, t) is None) and all(next_allowed(w, tz, t) is None for w in allowed):
             s = by_hour[datetime.fromtimestamp(t, tz).hour]
             if s > best:
                 best_at, best = (None if t == now else t), s
         t = next_hour if t == now else period_bounds("hourly", tz, t)[1]  # the next local hour's start
-    if len(_chosen) >= 100_000:
+    if len(_chosen) >= 20_000:
         _chosen.clear()
     _chosen[key] = best_at
     return now if best_at is None else best_at

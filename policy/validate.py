@@ -95,6 +95,8 @@ def message_errors(message: Message, at: str = "$") -> Errors:
         errors.extend(schedule.errors(message.send_at, message.send_at_local, at))
         if message.deliver == "optimal":
             errors.append((f"{at}.deliver", "give send_at (or send_at_local) or deliver optimal, not both"))
+    if message.deliver == "optimal" and message.priority == "critical":
+        errors.append((f"{at}.deliver", "a critical notification goes now: not with deliver optimal"))
     if message.deliver == "optimal" and message.deliver_by is None:
         errors.append((f"{at}.deliver_by", "needed with deliver optimal: the latest time to send"))
     if message.deliver_by is not None and message.deliver != "optimal":

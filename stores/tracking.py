@@ -62,17 +62,17 @@ async def recorded(conn: asyncpg.Connection, ids: Sequence[str], final_only: boo
 WENT_OUT = ["sent", "delivered", "complained", "bounced"]
 RECENT_SENDS = ("SELECT user_id, channel, category, priority, extract(epoch FROM completed_at)::float8 "
                 f"FROM delivery_tracking WHERE user_id = {db.keys(1, 'text')} AND status = ANY($2::text[]) "
-                "AND completed_at >= to_timestamp($3) AND channel <> '*'")
+                "AND completed_at >= to_timestamp($3) AND channel <> '*' AND category <> ALL($4::text[])")
 
 
-async def recent_sends(conn: asyncpg.Connection, user_ids: Sequence[str], since: float
-                       ) -> dict[str, list[tuple[str, str, str, float]]]:
+async def recent_sends(conn: asyncpg.Connection, user_ids: Sequence[str], since: float,
+                       leave_out: Sequence[str] = ()) -> dict[str, list[tuple[str, str, str, float]]]:
     """Each of ``user_ids``' sends completed since ``since`` (seconds since the
-    epoch), as (channel, category, priority, completed at): what their fatigue caps
-    count when a UserShard starts counting them."""
+    epoch), but of the categories ``leave_out``, as (channel, category, priority,
+    completed at): what their fatigue caps count when a UserShard starts counting them."""
     out: dict[str, list[tuple[str, str, str, float]]] = {}
     if user_ids:
-        for r in await conn.fetch(RECENT_SENDS, list(user_ids), WENT_OUT, since):
+        for r in await conn.fetch(RECENT_SENDS, list(user_ids), WENT_OUT, since, list(leave_out)):
             out.setdefault(r[0], []).append((r[1], r[2], r[3], r[4]))
     return out
 

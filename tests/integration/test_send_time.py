@@ -88,7 +88,8 @@ async def test_malformed_timing_is_refused_at_the_edge(engine, client):
                          ({"deliver_by": time.time() + 60}, "$.deliver_by"),
                          ({"deliver": "optimal", "deliver_by": time.time() + 60, "send_at": time.time() + 60},
                           "$.deliver"),
-                         ({"deliver": "soon"}, "$.deliver")):
+                         ({"deliver": "soon"}, "$.deliver"),
+                         ({"deliver": "optimal", "deliver_by": time.time() + 60, "priority": "critical"}, "$.deliver")):
         async with client.post(f"{engine.base_url}/v1/notifications", json=note("owl", **extra)) as r:
             body = await r.json()
             assert r.status == 422 and body["errors"][0]["field"] == field, (extra, body)

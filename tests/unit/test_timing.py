@@ -139,3 +139,52 @@ def test_the_time_chosen_is_within_now_and_the_latest(hours, start, window_h, zo
     t = best_time(profile, CFG, tz, now, latest)
     assert now <= t <= latest
     assert t == now or datetime.fromtimestamp(t, tz).minute == 0 or zone_name == "Australia/Lord_Howe"
+
+
+def test_a_held_send_is_released_as_a_send_now_and_never_held_for_its_timing_again():
+    now = at("2026-03-10T15:20")
+    item = Item("00000000-0000-0000-0000-000000000001", "u1", request(deliver="optimal", deliver_by=now + 86_400))
+    plan = plan_round([item], {"u1": STATE}, set(), Context(ALL, Policy(), profiles={"u1": (now, reads_at(9))}),
+                      now=now)
+    stored = msgspec.msgpack.decode(plan.holds[0].request, type=NotificationRequest)
+    assert (stored.deliver, stored.deliver_by) == ("now", None)
+    # released, even with a profile that now prefers another hour: sent
+    released = Item(item.notification_id, "u1", stored)
+    plan = plan_round([released], {"u1": STATE}, set(), Context(ALL, Policy(), profiles={"u1": (now, reads_at(20))}),
+                      now=at("2026-03-11T09:00"), )
+    assert plan.holds == [] and len(plan.sends["email"]) == 1
+
+
+def test_the_time_to_live_and_the_allowed_windows_bound_the_choice():
+    now = at("2026-03-10T10:20")
+    profiles = {"u1": (now, reads_at(19))}
+    # a time to live of two hours: 19:00 would be dropped as expired; the choice stays inside it
+    short = Item("00000000-0000-0000-0000-000000000001", "u1",
+                 request(deliver="optimal", deliver_by=now + 86_400, ttl_s=7200, accepted_at=now))
+    plan = plan_round([short], {"u1": STATE}, set(), Context(ALL, Policy(), profiles=profiles), now=now)
+    assert all(h.due_at <= now + 7200 - 600 for h in plan.holds)
+    # allowed 09:00-17:00 only: never 19:00 (which would bounce between the window and the hour)
+    windowed = msgspec.structs.replace(STATE, prefs=ordered([Preference(time_windows=[Window(start="09:00",
+                                                                                              end="17:00")])]))
+    item = Item("00000000-0000-0000-0000-000000000002", "u1", request(deliver="optimal", deliver_by=now + 86_400))
+    plan = plan_round([item], {"u1": windowed}, set(), Context(ALL, Policy(), profiles=profiles), now=now)
+    assert all(9 <= datetime.fromtimestamp(h.due_at, BERLIN).hour < 17 for h in plan.holds)
+
+
+def test_a_dry_run_does_not_optimize():
+    now = at("2026-03-10T15:20")
+    item = Item("00000000-0000-0000-0000-000000000001", "u1", request(deliver="optimal", deliver_by=now + 86_400))
+    plan = plan_round([item], {"u1": STATE}, set(), Context(ALL, Policy(), profiles=None), now=now)
+    assert plan.holds == [] and len(plan.sends["email"]) == 1
+
+
+def test_critical_notifications_are_not_optimized():
+    fields = {f for f, _ in message_errors(request(deliver="optimal", deliver_by=2e9, priority="critical"))}
+    assert fields == {"$.deliver"}
+
+
+def test_a_profile_is_24_bytes_whatever_the_counts():
+    tz = ZoneInfo("UTC")
+    p = profile_of([3600 * 5 + 86_400 * d for d in range(1000)] + [3600 * 7], tz)
+    assert len(p) == 24 and p[5] == 255 and 0 <= p[7] <= 1
+    assert profile_of([], tz) is EMPTY
