@@ -409,6 +409,22 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         while len(self.profiles) > self.cfg.engine.max_cached_users:
             del self.profiles[next(iter(self.profiles))]
 
+    async def engaged(self, payload: bytes) -> int:
+        """Engagement events of people this shard owns, ``[(user id, at), …]`` from an
+        HTTP process (engine/engaged.py): counted into the send-time profiles held. A
+        person whose profile is not held is read from PostgreSQL when next needed,
+        these events with it. How many were counted."""
+        counted = 0
+        for user_id, at in wire.decode(payload, list[tuple[str, float]]):
+            held = self.profiles.get(user_id)
+            state = self.users.get(user_id) if held is not None else None
+            if held is None or state is None:
+                continue
+            self.profiles[user_id] = (held[0], timing.add_event(held[1], at, zone(state.timezone)))
+            counted += 1
+        self.stats["engaged"] = self.stats.get("engaged", 0) + counted
+        return counted
+
     async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState]
                                ) -> tuple[list[Outcome], set[str], BaseException | None]:
         """``_execute``, with the plan's capped sends counted before they go (another

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from actors.delivery.shared import SharedSetup
 from actors.metrics import encode_bounds
-from engine import auth, credentials, master_keys, migrations, prefs_bus, ratelimit, raybox
+from engine import auth, credentials, engaged, master_keys, migrations, prefs_bus, ratelimit, raybox
 from engine.deployment import Claim, Generation, Layout, fingerprint
 from engine.embedded import Services
 from infra import db, streams, telemetry
@@ -263,6 +263,8 @@ class Engine:
         self.lost = False
         self.broadcast_dry_run = asyncio.Lock()  # one at a time (engine/dry_runs.py)
         self.stopping = False
+        # engagement events recorded here, passed on to the UserShards' send-time profiles
+        self.feed = engaged.Feed(lambda: self.actors.user_shards if self.actors is not None else [])
 
     @property
     def nats_url(self) -> str:
@@ -449,6 +451,7 @@ class Engine:
 
     async def stop(self) -> None:
         self.stopping = True  # the loops below end at their next turn even if a cancel is lost
+        await self.feed.close()
         for task in (self.supervisor, self.checkpointer):
             if task is not None:
                 await cancelled(task)

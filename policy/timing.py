@@ -66,6 +66,17 @@ def profile_of(event_times: Sequence[float], tz: ZoneInfo) -> Profile:
     return bytes(counts)
 
 
+def add_event(profile: Profile, at: float, tz: ZoneInfo) -> Profile:
+    """``profile`` with one more event at ``at``'s local hour (all scaled down by half
+    when that hour is full: only proportions matter)."""
+    counts = bytearray(profile)
+    hour = datetime.fromtimestamp(at, tz).hour
+    if counts[hour] == 255:
+        counts = bytearray(n // 2 for n in counts)
+    counts[hour] += 1
+    return bytes(counts)
+
+
 def scores(profile: Profile, cfg: TimingConfig) -> list[float]:
     """How likely the person is to engage in each local hour, smoothed toward the prior."""
     total_prior = sum(cfg.prior)

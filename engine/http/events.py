@@ -77,6 +77,7 @@ async def post_event(request: web.Request) -> web.Response:
         at = now if report.at is None else report.at
         event = Engagement(nid, row["user_id"], report.channel, report.type, at, "api")
         new = await engagement.record(conn, [event])
+        request.app[ENGINE].feed.add([event], new)
         at = await engagement.stored_at(conn, nid, report.channel, report.type)  # as stored: never before accepted
     return reply(EventRecorded(id=str(nid), channel=report.channel, type=report.type, at=at, duplicate=not new),
                  status=201 if new else 200)

@@ -161,8 +161,9 @@ async def mark(request: web.Request, sql: str, what: str, answer: type[ReadMarke
     async with engine.pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(sql, user_id, None if marks.all else marks.seqs)
         if what == "read":  # reading an in-app message is opening it
-            await engagement.record(conn, [engagement.Engagement(r["notification_id"], user_id, "in_app", "opened",
-                                                                 float(r["read_at"]), "inbox") for r in rows])
+            events = [engagement.Engagement(r["notification_id"], user_id, "in_app", "opened", float(r["read_at"]),
+                                            "inbox") for r in rows]
+            engine.feed.add(events, await engagement.record(conn, events))
         totals = await counts(conn, user_id)
     return reply(answer(len(rows), **totals))
 

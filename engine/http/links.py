@@ -50,8 +50,9 @@ async def _record(request: web.Request, link: links.Link, type_: str, source: st
         row = await conn.fetchrow(ROW_SQL, nid, link.channel)
         if row is None or row["status"] not in engagement.OPENABLE:
             return False
-        new = await engagement.record(conn, [Engagement(nid, row["user_id"], link.channel, type_, time.time(),
-                                                        source)])
+        event = Engagement(nid, row["user_id"], link.channel, type_, time.time(), source)
+        new = await engagement.record(conn, [event])
+    request.app[ENGINE].feed.add([event], new)
     return bool(new)
 
 

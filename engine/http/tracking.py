@@ -526,7 +526,8 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                 if changed:
                     changes[(row["channel"], status)] += 1
                 if ev.engagement is not None and row["status"] in engagement.OPENABLE:
-                    await engagement.record(conn, [engaged(ev, row)])
+                    event = engaged(ev, row)
+                    engine.feed.add([event], await engagement.record(conn, [event]))
             if ev.hard and ev.status in ("bounced", "complained") and ev.address:
                 channel = row["channel"] if row is not None else chans[0]
                 why = "bounce" if ev.status == "bounced" else "complaint"

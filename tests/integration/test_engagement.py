@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import migrations
+from engine import engaged, migrations
 from engine.http import events as http_events, inbox as http_inbox, notifications as http_notifications
 from engine.http.common import ENGINE
 from infra import db
@@ -41,7 +41,7 @@ async def env(database_url, nats_url):
     inapp = InAppProvider("inapp", {"database_url": database_url, "schema": schema, "nats_url": nats_url,
                                     "prefix": prefix})
     await inapp.start()
-    engine = types.SimpleNamespace(pool=pool, nc=nc, cfg=types.SimpleNamespace(
+    engine = types.SimpleNamespace(pool=pool, nc=nc, feed=engaged.Feed(list), cfg=types.SimpleNamespace(
         nats=types.SimpleNamespace(prefix=prefix), http=types.SimpleNamespace(max_body_bytes=1 << 20)))
     app = web.Application()
     app[ENGINE] = engine

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine import migrations
+from engine import engaged, migrations
 from engine.http import inbox as http_inbox
 from engine.http.common import ENGINE
 from infra import db
@@ -46,7 +46,7 @@ async def env(database_url, nats_url):
     for p in providers:
         await p.start()
     engine = types.SimpleNamespace(
-        pool=pool, nc=nc,
+        pool=pool, nc=nc, feed=engaged.Feed(list),  # no UserShards here: events are dropped
         cfg=types.SimpleNamespace(nats=types.SimpleNamespace(prefix=prefix),
                                   database=types.SimpleNamespace(schema=schema),
                                   http=types.SimpleNamespace(max_body_bytes=1 << 20, allowed_origins=[],

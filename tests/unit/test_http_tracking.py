@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from engine import migrations
+from engine import engaged as engagement_feed, migrations
 from engine.http import notifications as http_notifications
 from engine.http.common import ENGINE
 from engine.http.tracking import MAILGUN_TOKENS, add_routes, next_status
@@ -84,7 +84,7 @@ class Harness:
     def __init__(self, pool, cfg: Config, secrets: dict | None = None):
         self.calls: list = []
         self.engine = SimpleNamespace(cfg=cfg, pool=pool, secrets=secrets or {}, redis=None, actors=SimpleNamespace(
-            user_shards=[FakeShard(i, self.calls) for i in range(SHARDS)]))
+            user_shards=[FakeShard(i, self.calls) for i in range(SHARDS)]), feed=engagement_feed.Feed(list))
         app = web.Application()
         app[ENGINE] = self.engine
         add_routes(app)

@@ -1,0 +1,81 @@
+"""engine/engaged.py: engagement events batched to the owning UserShards, and
+policy.timing.add_event, which the shards count them with."""
+
+import asyncio
+import uuid
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from engine import engaged
+from policy.sharding import shard_of
+from policy.timing import EMPTY, add_event
+from stores.engagement import Engagement
+
+
+class Shard:
+    """Stands in for a UserShard's actor handle: records what ``engaged`` got."""
+
+    def __init__(self, fail: bool = False):
+        self.got: list[list] = []
+        self.fail = fail
+        self.engaged = self
+
+    def remote(self, payload: bytes):
+        async def call():
+            if self.fail:
+                raise ConnectionError("restarting")
+            self.got.append(msgspec.msgpack.decode(payload))
+            return len(self.got[-1])
+        return call()
+
+
+def event(user: str, at: float = 1_800_000_000.0) -> Engagement:
+    return Engagement(uuid.uuid4(), user, "email", "opened", at, "api")
+
+
+def test_events_go_in_one_call_per_shard_and_only_new_ones(monkeypatch):
+    monkeypatch.setattr(engaged, "FLUSH_S", 0.01)
+    shards = [Shard(), Shard()]
+    feed = engaged.Feed(lambda: shards)
+
+    async def run():
+        events = [event(f"u{i}") for i in range(20)]
+        old = events[0]
+        feed.add(events, {(e.notification_id, e.channel, e.type) for e in events[1:]})  # the first was a duplicate
+        feed.add([event("u5")])
+        await asyncio.sleep(0.1)
+        return old
+
+    old = asyncio.run(run())
+    assert [len(s.got) for s in shards] == [1, 1]  # one call each for 20 events
+    got = [tuple(x) for s in shards for x in s.got[0]]
+    assert len(got) == 20 and (old.user_id, old.at) not in got
+    assert all(shard_of(u, 2) == i for i, s in enumerate(shards) for u, _ in s.got[0])
+    assert feed.sent == 20 and feed.dropped == 0
+
+
+def test_a_failed_call_is_dropped_and_counted_and_close_drops_the_rest(monkeypatch):
+    monkeypatch.setattr(engaged, "FLUSH_S", 0.01)
+    shards = [Shard(fail=True)]
+    feed = engaged.Feed(lambda: shards)
+
+    async def run():
+        feed.add([event("a"), event("b")])
+        await asyncio.sleep(0.1)
+        monkeypatch.setattr(engaged, "FLUSH_S", 60)
+        feed.add([event("c")])
+        await feed.close()
+
+    asyncio.run(run())
+    assert (feed.sent, feed.dropped) == (0, 3)
+
+
+def test_an_event_counts_in_its_local_hour_and_a_full_hour_halves_them_all():
+    tz = ZoneInfo("Asia/Kolkata")
+    at = 1_800_000_000.0  # 2027-01-15 08:00 UTC: 13:30 in Kolkata
+    p = add_event(EMPTY, at, tz)
+    assert p[13] == 1 and sum(p) == 1
+    full = bytes([255 if h == 13 else 10 for h in range(24)])
+    p = add_event(full, at, tz)
+    assert p[13] == 128 and p[0] == 5
