@@ -95,8 +95,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         # fatigue counts per person, when the policy caps anything (policy/fatigue.py)
         self.ledger = Ledger(self.policy.fatigue, self.cfg.engine.max_cached_users) if self.policy.fatigue else None
         # engagement by local hour of the people "deliver": "optimal" requests were for (policy/timing.py):
-        # user → (when read, profile), oldest read first out
-        self.profiles: dict[str, tuple[float, timing.Profile]] = {}
+        # user → (when read, profile, its zone), oldest read first out
+        self.profiles: dict[str, tuple[float, timing.Profile, str]] = {}
+        # events fed (engaged) while a person's profile is being read: user → [(at, recorded)]
+        self._reading: dict[str, list[tuple[float, float]]] = {}
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
         c = self.cfg.compliance  # CAN-SPAM footer on marketing email, when an address is configured
@@ -399,28 +401,45 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                                and it.request.deliver_by is not None and it.request.deliver_by > now)
         stale = [u for u in wanted if u in states and ((hit := self.profiles.get(u)) is None
                                                         or now - hit[0] > cfg.refresh_s)]
+        stale = [u for u in stale if u not in self._reading]  # another batch is reading them
         if not stale:
             return
-        async with self.pool.acquire() as conn:
-            times = await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
         for u in stale:
-            self.profiles.pop(u, None)  # to the end: the oldest read goes first
-            self.profiles[u] = (now, timing.profile_of(times.get(u, ()), zone(states[u].timezone)))
+            self._reading[u] = []
+        try:
+            async with self.pool.acquire() as conn:
+                times = await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
+            for u in stale:
+                tz = zone(states[u].timezone)
+                profile = timing.profile_of(times.get(u, ()), tz)
+                for at, recorded in self._reading[u]:  # fed while reading: in the read only if recorded before it
+                    if recorded > now:
+                        profile = timing.add_event(profile, at, tz)
+                self.profiles.pop(u, None)  # to the end: the oldest read goes first
+                self.profiles[u] = (now, profile, tz.key)
+        finally:
+            for u in stale:
+                self._reading.pop(u, None)
         while len(self.profiles) > self.cfg.engine.max_cached_users:
             del self.profiles[next(iter(self.profiles))]
 
     async def engaged(self, payload: bytes) -> int:
-        """Engagement events of people this shard owns, ``[(user id, at), …]`` from an
-        HTTP process (engine/engaged.py): counted into the send-time profiles held. A
-        person whose profile is not held is read from PostgreSQL when next needed,
-        these events with it. How many were counted."""
+        """Engagement events of people this shard owns (``engine.engaged.Engaged``, from
+        an HTTP process): counted into the send-time profiles held, unless the profile
+        was read after the event was recorded (the read saw it), or the event is older
+        than the lookback. A person whose profile is not held is read from PostgreSQL
+        when next needed, these events with it. How many were counted."""
         counted = 0
-        for user_id, at in wire.decode(payload, list[tuple[str, float]]):
-            held = self.profiles.get(user_id)
-            state = self.users.get(user_id) if held is not None else None
-            if held is None or state is None:
+        since = self.clock() - self.policy.cfg.timing.lookback_days * 86_400.0
+        for user_id, at, recorded in wire.decode(payload, list[tuple[str, float, float]]):
+            reading = self._reading.get(user_id)
+            if reading is not None:  # applied when the read is done
+                reading.append((at, recorded))
                 continue
-            self.profiles[user_id] = (held[0], timing.add_event(held[1], at, zone(state.timezone)))
+            held = self.profiles.get(user_id)
+            if held is None or recorded <= held[0] or at < since:
+                continue
+            self.profiles[user_id] = (held[0], timing.add_event(held[1], at, zone(held[2])), held[2])
             counted += 1
         self.stats["engaged"] = self.stats.get("engaged", 0) + counted
         return counted

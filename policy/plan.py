@@ -33,7 +33,7 @@ from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
 from policy.rules import Policy
 from policy.templating import Compiled, pick, render_error
-from policy.timing import EMPTY, REASON as OPTIMIZED, Profile, best_time
+from policy.timing import EMPTY, REASON as OPTIMIZED, best_time
 from policy.types import (
     Content,
     Defer,
@@ -84,7 +84,7 @@ class Context:
     ledger: Ledger | None = None
     # people's engagement by local hour (policy/timing.py), for requests with deliver "optimal":
     # user → (when read, profile); someone not in it is decided on the prior alone
-    profiles: Mapping[str, tuple[float, Profile]] | None = None
+    profiles: Mapping[str, tuple] | None = None  # (when read, Profile, zone name)
 
 
 @dataclass

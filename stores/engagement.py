@@ -69,7 +69,7 @@ SELECT n, u, c, t,
                                   WHERE d.notification_id = e.n AND d.channel = e.c)), s
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[]) AS e(n, u, c, t, a, s)
 ON CONFLICT (notification_id, channel, type) DO NOTHING
-RETURNING notification_id, channel, type
+RETURNING notification_id, channel, type, extract(epoch FROM at)::float8
 """
 DELIVERED = """
 UPDATE delivery_tracking d SET status = 'delivered', reason = e.t, updated_at = now()
@@ -85,12 +85,13 @@ WHERE notification_id = $1 ORDER BY at, id
 """
 
 
-async def record(conn: asyncpg.Connection, events: list[Engagement]) -> set[tuple[uuid.UUID, str, str]]:
+async def record(conn: asyncpg.Connection, events: list[Engagement]) -> dict[tuple[uuid.UUID, str, str], float]:
     """Store ``events`` and move their ``sent`` tracking rows to ``delivered``,
     in one transaction. Returns the (notification, channel, type) keys that
-    were new; the others were stored before and are left as they were."""
+    were new, each with its time as stored (never before the notification was
+    accepted); the others were stored before and are left as they were."""
     if not events:
-        return set()
+        return {}
     async with conn.transaction():
         # delivered first: its status event comes before the opened or clicked one (migration 024)
         await conn.execute(DELIVERED, [e.notification_id for e in events], [e.channel for e in events],
@@ -98,7 +99,7 @@ async def record(conn: asyncpg.Connection, events: list[Engagement]) -> set[tupl
         rows = await conn.fetch(INSERT, [e.notification_id for e in events], [e.user_id for e in events],
                                 [e.channel for e in events], [e.type for e in events],
                                 [e.at for e in events], [e.source for e in events])
-    return {(r[0], r[1], r[2]) for r in rows}
+    return {(r[0], r[1], r[2]): r[3] for r in rows}
 
 
 async def stored_at(conn: asyncpg.Connection, nid: uuid.UUID, channel: str, type_: str) -> float | None:

@@ -158,13 +158,16 @@ async def mark(request: web.Request, sql: str, what: str, answer: type[ReadMarke
     if (marks.seqs is None) == (not marks.all):
         raise Problem(422, f"invalid {what} marks",
                       [{"field": "$", "reason": 'give either "seqs": [...] or "all": true'}])
+    events: list[engagement.Engagement] = []
+    new: dict = {}
     async with engine.pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(sql, user_id, None if marks.all else marks.seqs)
         if what == "read":  # reading an in-app message is opening it
             events = [engagement.Engagement(r["notification_id"], user_id, "in_app", "opened", float(r["read_at"]),
                                             "inbox") for r in rows]
-            engine.feed.add(events, await engagement.record(conn, events))
+            new = await engagement.record(conn, events)
         totals = await counts(conn, user_id)
+    engine.feed.add(events, new)  # committed
     return reply(answer(len(rows), **totals))
 
 

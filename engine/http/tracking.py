@@ -504,6 +504,7 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
     updated = suppressed = 0
     users: set[str] = set()
     changes: Counter[tuple[str, str]] = Counter()
+    recorded: list[tuple[list, dict]] = []  # engagement events stored: passed on once committed
     async with engine.pool.acquire() as conn, conn.transaction():
         for ev in events:
             chans = [ev.channel] if ev.channel in channels else channels
@@ -527,7 +528,7 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                     changes[(row["channel"], status)] += 1
                 if ev.engagement is not None and row["status"] in engagement.OPENABLE:
                     event = engaged(ev, row)
-                    engine.feed.add([event], await engagement.record(conn, [event]))
+                    recorded.append(([event], await engagement.record(conn, [event])))
             if ev.hard and ev.status in ("bounced", "complained") and ev.address:
                 channel = row["channel"] if row is not None else chans[0]
                 why = "bounce" if ev.status == "bounced" else "complaint"
@@ -535,6 +536,8 @@ async def apply_events(engine, events: list[TrackingEvent], channels: list[str])
                 new, owners = await user_store.suppress(conn, engine.ring, channel, ev.address, why, ev.provider)
                 suppressed += new
                 users.update(owners)
+    for stored, new in recorded:  # committed: a batch rolled back and sent again is not fed twice
+        engine.feed.add(stored, new)
     for (channel, status), n in changes.items():  # committed: counted (channels and statuses are the rows' own)
         PROVIDER_EVENTS.labels(channel=channel, status=status).inc(n)
     await reload(engine, sorted(users))

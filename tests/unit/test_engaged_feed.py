@@ -34,25 +34,56 @@ def event(user: str, at: float = 1_800_000_000.0) -> Engagement:
     return Engagement(uuid.uuid4(), user, "email", "opened", at, "api")
 
 
-def test_events_go_in_one_call_per_shard_and_only_new_ones(monkeypatch):
+def stored(events, at: float = 1_800_000_100.0) -> dict:
+    """What stores.engagement.record answers: each new event's key and its time as stored."""
+    return {(e.notification_id, e.channel, e.type): at for e in events}
+
+
+def test_events_go_in_one_call_per_shard_only_new_ones_at_their_stored_time(monkeypatch):
     monkeypatch.setattr(engaged, "FLUSH_S", 0.01)
     shards = [Shard(), Shard()]
     feed = engaged.Feed(lambda: shards)
 
     async def run():
         events = [event(f"u{i}") for i in range(20)]
-        old = events[0]
-        feed.add(events, {(e.notification_id, e.channel, e.type) for e in events[1:]})  # the first was a duplicate
-        feed.add([event("u5")])
+        feed.add(events, stored(events[1:]))  # the first was a duplicate
+        one = event("u5")
+        feed.add([one], stored([one]))
         await asyncio.sleep(0.1)
-        return old
 
-    old = asyncio.run(run())
+    asyncio.run(run())
     assert [len(s.got) for s in shards] == [1, 1]  # one call each for 20 events
-    got = [tuple(x) for s in shards for x in s.got[0]]
-    assert len(got) == 20 and (old.user_id, old.at) not in got
-    assert all(shard_of(u, 2) == i for i, s in enumerate(shards) for u, _ in s.got[0])
+    got = [x for s in shards for x in s.got[0]]
+    assert len(got) == 20 and "u0" not in {u for u, _, _ in got}
+    assert all(at == 1_800_000_100.0 and recorded > 0 for _, at, recorded in got)
+    assert all(shard_of(u, 2) == i for i, s in enumerate(shards) for u, _, _ in s.got[0])
     assert feed.sent == 20 and feed.dropped == 0
+
+
+def test_events_added_during_a_flush_go_in_the_next(monkeypatch):
+    monkeypatch.setattr(engaged, "FLUSH_S", 0.01)
+    shard = Shard()
+    feed = engaged.Feed(lambda: [shard])
+    real = shard.remote
+
+    def slow(payload):
+        async def call():
+            await asyncio.sleep(0.05)  # meanwhile another event comes
+            return await real(payload)
+        return call()
+
+    shard.remote = slow
+
+    async def run():
+        first = event("a")
+        feed.add([first], stored([first]))
+        await asyncio.sleep(0.03)  # the first flush is in its call now
+        second = event("b")
+        feed.add([second], stored([second]))
+        await asyncio.sleep(0.3)
+
+    asyncio.run(run())
+    assert [[u for u, _, _ in call] for call in shard.got] == [["a"], ["b"]]
 
 
 def test_a_failed_call_is_dropped_and_counted_and_close_drops_the_rest(monkeypatch):
@@ -61,10 +92,12 @@ def test_a_failed_call_is_dropped_and_counted_and_close_drops_the_rest(monkeypat
     feed = engaged.Feed(lambda: shards)
 
     async def run():
-        feed.add([event("a"), event("b")])
+        two = [event("a"), event("b")]
+        feed.add(two, stored(two))
         await asyncio.sleep(0.1)
         monkeypatch.setattr(engaged, "FLUSH_S", 60)
-        feed.add([event("c")])
+        three = [event("c")]
+        feed.add(three, stored(three))
         await feed.close()
 
     asyncio.run(run())
