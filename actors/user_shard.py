@@ -350,8 +350,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         await self._templates_of(items)
         await self._read_profiles(items, states)
         ctx = self._context(digest, parent_id)
-        outcomes, kept, error = await self._execute_counted(planner.plan_round(items, states, done, ctx,
-                                                                               now=self.clock()), states)
+        now = self.clock()
+        outcomes, kept, error = await self._execute_counted(planner.plan_round(items, states, done, ctx, now=now),
+                                                            states, now)
         outcomes = again + outcomes
         sent = {o.notification_id for o in outcomes if o.status == "sent"}
         # a check held before is held again harmlessly; one lost with a failed record is
@@ -372,8 +373,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             attempt, pending = planner.next_fallbacks(pending)
             if not attempt:
                 break
-            more, kept, error = await self._execute_counted(planner.plan_round(attempt, states, done, ctx,
-                                                                               now=self.clock()), states)
+            now = self.clock()
+            more, kept, error = await self._execute_counted(planner.plan_round(attempt, states, done, ctx, now=now),
+                                                            states, now)
             outcomes += more
             pending = [p for p in pending if p.item.notification_id not in kept]
         return await self._retry_later(items, outcomes, error)
@@ -394,7 +396,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
     async def _read_profiles(self, items: list[Item], states: Mapping[str, UserState]) -> None:
         """Read the engagement profiles of the people of ``deliver: optimal`` requests
         not read in the last ``preferences.timing.refresh_s``. Events recorded since a
-        read count from the next one."""
+        read reach them through ``engaged``."""
         cfg = self.policy.cfg.timing
         now = self.clock()
         wanted = dict.fromkeys(it.user_id for it in items if it.request.deliver == "optimal"
@@ -424,34 +426,35 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             del self.profiles[next(iter(self.profiles))]
 
     async def engaged(self, payload: bytes) -> int:
-        """Engagement events of people this shard owns (``engine.engaged.Engaged``, from
-        an HTTP process): counted into the send-time profiles held, unless the profile
+        """Engagement events of people this shard owns (``wire.Engaged``, from an HTTP
+        process, engine/engaged.py): counted into the send-time profiles held, unless the profile
         was read after the event was recorded (the read saw it), or the event is older
         than the lookback. A person whose profile is not held is read from PostgreSQL
         when next needed, these events with it. How many were counted."""
         counted = 0
         since = self.clock() - self.policy.cfg.timing.lookback_days * 86_400.0
-        for user_id, at, recorded in wire.decode(payload, list[tuple[str, float, float]]):
-            reading = self._reading.get(user_id)
+        for e in wire.decode(payload, list[wire.Engaged]):
+            reading = self._reading.get(e.user_id)
             if reading is not None:  # applied when the read is done
-                reading.append((at, recorded))
+                reading.append((e.at, e.recorded))
                 continue
-            held = self.profiles.get(user_id)
-            if held is None or recorded <= held[0] or at < since:
+            held = self.profiles.get(e.user_id)
+            if held is None or e.recorded <= held[0] or e.at < since:
                 continue
-            self.profiles[user_id] = (held[0], timing.add_event(held[1], at, zone(held[2])), held[2])
+            self.profiles[e.user_id] = (held[0], timing.add_event(held[1], e.at, zone(held[2])), held[2])
             counted += 1
         self.stats["engaged"] = self.stats.get("engaged", 0) + counted
         return counted
 
-    async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState]
+    async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState], now: float
                                ) -> tuple[list[Outcome], set[str], BaseException | None]:
         """``_execute``, with the plan's capped sends counted before they go (another
         batch for the same person planning meanwhile sees them) and given back if
-        they did not go."""
+        they did not go; ``now``: the instant the plan was made for, so a send
+        planned at a window's last moment is counted in that window."""
         if self.ledger is None or not plan.capped:
             return await self._execute(plan)
-        now, ledger = self.clock(), self.ledger
+        ledger = self.ledger
         zones = {u: zone(states[u].timezone) for u in {c[1] for c in plan.capped}}
         for _, user, channel, category, priority in plan.capped:
             ledger.reserve(user, channel, category, priority, zones[user], now)

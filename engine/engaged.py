@@ -19,9 +19,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
-import msgspec
-
+from policy import wire
 from policy.sharding import shard_of
+from policy.wire import Engaged
 from stores.engagement import Engagement
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 FLUSH_S = 0.5  # how long an event waits for company
 CALL_TIMEOUT_S = 5.0  # a shard that does not answer in this long: its part is dropped
 MAX_PENDING = 100_000  # events buffered at most; more are dropped (counted) until a flush
-
-
-class Engaged(msgspec.Struct, array_like=True, frozen=True):
-    """One event for a UserShard: whose, when it happened (as stored), when it was passed on."""
-
-    user_id: str
-    at: float
-    recorded: float
 
 
 class Feed:
@@ -92,7 +84,7 @@ class Feed:
 
     @staticmethod
     async def _call(shard, part: list[Engaged]) -> None:
-        await asyncio.wait_for(shard.engaged.remote(msgspec.msgpack.encode(part)), CALL_TIMEOUT_S)
+        await asyncio.wait_for(shard.engaged.remote(wire.encode(part)), CALL_TIMEOUT_S)
 
     async def close(self) -> None:
         """Stop; what is buffered is dropped (the shards read PostgreSQL again anyway)."""

@@ -116,7 +116,7 @@ class Fatigue:
     def exempt(self, priority: str, category: str) -> bool:
         return priority in self.exempt_priorities or category in self.exempt_categories
 
-    def _covering(self, channel: str, category: str) -> tuple[int, ...]:
+    def covering(self, channel: str, category: str) -> tuple[int, ...]:
         hit = self._covers.get((channel, category))
         if hit is None:
             hit = tuple(i for i, c in enumerate(self.caps) if c.covers(channel, category))
@@ -126,7 +126,7 @@ class Fatigue:
 
     def capped(self, channels: Iterable[str], category: str, priority: str) -> bool:
         """Whether any cap counts a send of this request on one of ``channels``."""
-        return not self.exempt(priority, category) and any(self._covering(ch, category) for ch in channels)
+        return not self.exempt(priority, category) and any(self.covering(ch, category) for ch in channels)
 
     def over(self, counts: Counts | None, tally: Tally, user_id: str, channel: str, category: str, priority: str,
              tz: ZoneInfo, now: float) -> Over | None:
@@ -135,7 +135,7 @@ class Fatigue:
         if self.exempt(priority, category):
             return None
         worst: Over | None = None
-        for i in self._covering(channel, category):
+        for i in self.covering(channel, category):
             cap = self.caps[i]
             end = self.end_of(cap.window, tz, now)
             n = counts[2 * i + 1] if counts is not None and counts[2 * i] == end else 0
@@ -150,7 +150,7 @@ class Fatigue:
         decisions for the same person see it)."""
         if self.exempt(priority, category):
             return
-        for i in self._covering(channel, category):
+        for i in self.covering(channel, category):
             key = (user_id, i, self.end_of(self.caps[i].window, tz, now))
             tally[key] = tally.get(key, 0) + 1
 
@@ -161,7 +161,7 @@ class Fatigue:
         counts: the windows that ended need nothing."""
         if self.exempt(priority, category):
             return counts
-        for i in self._covering(channel, category):
+        for i in self.covering(channel, category):
             window = self.caps[i].window
             end = self.end_of(window, tz, now)
             if self.end_of(window, tz, at) != end:
@@ -238,7 +238,7 @@ class Ledger:
         counts = self.counts.get(user_id)
         if not counts or self.fatigue.exempt(priority, category):
             return
-        for i in self.fatigue._covering(channel, category):
+        for i in self.fatigue.covering(channel, category):
             end = self.fatigue.end_of(self.fatigue.caps[i].window, tz, planned)
             if counts[2 * i] == end and counts[2 * i + 1] > 0:
                 counts[2 * i + 1] -= 1

@@ -39,3 +39,12 @@ class Broadcast(msgspec.Struct, array_like=True):
 
     id: str
     request: BroadcastRequest
+
+
+class Engaged(msgspec.Struct, array_like=True, frozen=True):
+    """An open or click an HTTP process recorded, → the UserShard owning the person
+    (engine/engaged.py): when it happened (as stored) and when it was passed on."""
+
+    user_id: str
+    at: float
+    recorded: float
