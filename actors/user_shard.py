@@ -26,7 +26,7 @@ from actors.user_templates import TemplatesMixin
 from infra import db, telemetry
 from infra.config import Config, decode as decode_config
 from infra.pii import Keyring
-from policy import devices, dryrun, fatigue, plan as planner, release as releasing, timing, wire
+from policy import devices, dryrun, experiments, fatigue, plan as planner, release as releasing, timing, wire
 from policy.audience import Audience
 from policy.decide import consent_key, current_consent, split_consent_key, zone
 from policy.dryrun import SAMPLE, Tally
@@ -51,6 +51,7 @@ from stores import (
     devices as device_store,
     engagement as engagement_store,
     erasure,
+    experiments as experiment_store,
     pii as pii_store,
     prefs as prefs_store,
     schedules as schedule_store,
@@ -70,6 +71,7 @@ PRELOAD_BATCH = 5000  # users put per step of the warm start (the loop is not he
 SEND_BATCH = 1000  # tasks per ChannelShard call
 CLOSE_S = 10.0  # the longest close() waits for the pool's connections to be released
 JOURNAL_MOST = 200_000  # notifications sent and not yet recorded that the journal keeps
+EXPERIMENTS_EVERY_S = 10.0  # live experiments read again at least this often (a change on another instance)
 
 
 class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
@@ -99,6 +101,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         self.profiles: dict[str, tuple[float, timing.Profile, str]] = {}
         # events fed (engaged) while a person's profile is being read: user → [(at, recorded)]
         self._reading: dict[str, list[tuple[float, float]]] = {}
+        # A/B experiments routing their category's notifications (policy/experiments.py): category → experiment
+        self.experiments: dict[str, experiments.Live] = {}
+        self._experiments_at = 0.0  # monotonic, when last read
+        self._experiments_reading: asyncio.Task | None = None
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
         c = self.cfg.compliance  # CAN-SPAM footer on marketing email, when an address is configured
@@ -133,6 +139,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                     try:
                         async with pool.acquire() as conn:
                             self.ring = await pii_store.keyring(conn, Keyring.parse(self.cfg.privacy.master_keys))
+                        await self._read_experiments(pool)
                     except BaseException:
                         await pool.close()
                         raise
@@ -291,8 +298,66 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         async with self.pool.acquire() as conn:
             done = await tracking.recorded(conn, [i.id for i in inbound])
             states = await self._load_missing(conn, [i.request.user_id for i in inbound])
-        items = [Item(inb.id, inb.request.user_id, inb.request) for inb in inbound]
+            items = await self._routed(conn, [Item(inb.id, inb.request.user_id, inb.request) for inb in inbound],
+                                       states)
         return await self._decide_and_send(items, done, states)
+
+    # -- A/B experiments ---------------------------------------------------------
+
+    async def _routed(self, conn, items: list[Item], states: Mapping[str, UserState],
+                      record: bool = True) -> list[Item]:
+        """``items`` with the variants of the live experiments in place
+        (``policy.experiments.route``), and who got which recorded (``record``) before
+        anything is sent: a redelivery gets the same variants and keeps the first rows.
+        Only for what enters the shard new: a held or released request carries its
+        variant already."""
+        self._refresh_experiments()
+        if not self.experiments:
+            return items
+        out, exposures, now = [], [], self.clock()
+        for it in items:
+            routed = experiments.route(it.request.category, it.request.priority, it.user_id, self.experiments)
+            if routed is None:
+                out.append(it)
+                continue
+            live, variant = routed
+            out.append(Item(it.notification_id, it.user_id, experiments.apply(it.request, variant, now)))
+            if live.status == "running" and it.user_id in states:
+                exposures.append(experiments.Exposure(live.experiment_id, it.notification_id, it.user_id,
+                                                      variant.name))
+        if exposures and record:
+            await experiment_store.expose(conn, exposures)
+        return out
+
+    async def _read_experiments(self, pool) -> None:
+        async with pool.acquire() as conn:
+            self.experiments = await experiment_store.live(conn)
+        self._experiments_at = time.monotonic()
+
+    def _refresh_experiments(self) -> None:
+        """Read the live experiments again in the background when the last read is
+        older than ``EXPERIMENTS_EVERY_S`` (a change made through another instance;
+        this instance's own changes come at once, ``experiments_changed``)."""
+        if time.monotonic() - self._experiments_at < EXPERIMENTS_EVERY_S or self._experiments_reading is not None:
+            return
+
+        async def read() -> None:
+            try:
+                await self._read_experiments(self.pool)
+            except Exception as e:  # noqa: BLE001 - the ones read before stay; tried again next time
+                log.warning("reading the live experiments failed: %s", type(e).__name__)
+                self._experiments_at = time.monotonic()
+            finally:
+                self._experiments_reading = None
+
+        self._experiments_reading = asyncio.get_running_loop().create_task(read())
+
+    async def experiments_changed(self) -> int:
+        """An experiment was started, stopped or archived: read them again now. How
+        many are live."""
+        await self._ready()
+        await self._read_experiments(self.pool)
+        return len(self.experiments)
 
     async def _templates_of(self, items: list[Item]) -> None:
         """The message templates ``items`` name, loaded before they are planned."""
@@ -631,6 +696,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             items = [it for uid in user_ids if (it := Item(recipient_id(job.id, uid), uid, req)).notification_id
                      in self.journal or uid in members]
             done = await tracking.recorded(conn, [it.notification_id for it in items])
+            items = await self._routed(conn, items, states)
         return await self._decide_and_send(items, done, states, parent_id=job.id)
 
     async def _select(self, audience) -> Selection:
@@ -668,7 +734,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 async with self.pool.acquire() as conn:
                     states = await self._audience_states(conn, ids)
                     ids = await selection.members(conn, ids, states, self.clock())
-                items = [Item(recipient_id(job.id, uid), uid, job.request) for uid in ids]
+                    items = await self._routed(conn, [Item(recipient_id(job.id, uid), uid, job.request)
+                                                      for uid in ids], states, record=False)
                 await self._templates_of(items)
                 dryrun.decide(items, states, ctx, tally, now=self.clock())
 
@@ -710,6 +777,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         items = [Item(inb.id, inb.request.user_id, inb.request) for inb in wire.decode(payload, list[wire.Inbound])]
         async with self.pool.acquire() as conn:
             states = await self._load_missing(conn, list({it.user_id for it in items}))
+            items = await self._routed(conn, items, states, record=False)
         await self._templates_of(items)
         tally = Tally()
         dryrun.decide(items, states, self._context(live=False), tally, now=self.clock())

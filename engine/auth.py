@@ -63,6 +63,9 @@ SCOPES: dict[str, str] = {
     "inbox:read": "read any user's in-app inbox",
     "inbox:write": "mark any user's in-app messages read or seen",
     "analytics:read": "channel analytics",
+    "experiments:read": "read A/B experiments and their results",
+    "experiments:write": "start, stop and archive A/B experiments (they change what a category's notifications say, "
+                         "when and where they go)",
     "subscriptions:read": "read webhook subscriptions to status events and their dead letters",
     "subscriptions:write": "create, change and delete webhook subscriptions to status events, replay dead letters",
     "tokens:issue": "mint end-user tokens",

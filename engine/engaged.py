@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_S = 0.5  # how long an event waits for company
 CALL_TIMEOUT_S = 5.0  # a shard that does not answer in this long: its part is dropped
+READING = frozenset({"opened", "clicked"})  # what a send-time profile counts (a conversion is not a read)
 MAX_PENDING = 100_000  # events buffered at most; more are dropped (counted) until a flush
 
 
@@ -45,7 +46,7 @@ class Feed:
         now = time.time()
         for e in events:
             at = new.get((e.notification_id, e.channel, e.type))
-            if at is None:
+            if at is None or e.type not in READING:
                 continue
             if len(self._pending) >= MAX_PENDING:
                 self.dropped += 1

@@ -31,7 +31,7 @@ from msgspec import Meta
 from infra import db
 from policy.types import Channel
 
-EventType = Literal["opened", "clicked"]
+EventType = Literal["opened", "clicked", "converted"]  # converted: what an experiment may count
 # A reported time further ahead of the server's clock than this is refused:
 # client clocks drift, but a time in the future would be a wrong timeline.
 MAX_CLOCK_AHEAD_S = 300.0
@@ -145,7 +145,8 @@ async def times(conn: asyncpg.Connection, user_ids: list[str], since: float) -> 
     instants: what their send-time profile is made of (``policy.timing``)."""
     out: dict[str, list[float]] = {}
     for r in await conn.fetch("SELECT user_id, extract(epoch FROM at)::float8 FROM engagement_events "
-                              f"WHERE user_id = {db.keys(1, 'text')} AND at >= to_timestamp($2)", user_ids, since):
+                              f"WHERE user_id = {db.keys(1, 'text')} AND at >= to_timestamp($2) "
+                              "AND type IN ('opened', 'clicked')", user_ids, since):
         out.setdefault(r[0], []).append(r[1])
     return out
 

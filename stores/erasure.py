@@ -36,6 +36,7 @@ DELETES = (
     ("digest_buckets", "DELETE FROM digest_buckets WHERE user_id = $1"),
     ("inbox_messages", "DELETE FROM inbox_messages WHERE user_id = $1"),
     ("engagement_events", "DELETE FROM engagement_events WHERE user_id = $1"),
+    ("user_experiment_participation", "DELETE FROM user_experiment_participation WHERE user_id = $1"),
     ("delivery_tracking", "DELETE FROM delivery_tracking WHERE user_id = $1"),
     # status events not yet published, and those a subscriber's URL never took (migration 024)
     ("status_events", "DELETE FROM status_events WHERE user_id = $1"),

@@ -21,6 +21,7 @@ from engine.http import (
     docs,
     erasure,
     events,
+    experiments,
     export,
     graphql,
     health,
@@ -53,7 +54,7 @@ HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route"
 
 ROUTE_MODULES = (notifications, users, devices, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
                  tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, topics,
-                 segments, docs, graphql)
+                 segments, experiments, docs, graphql)
 
 
 @web.middleware

@@ -1,7 +1,9 @@
 """``POST /v1/notifications/{id}/events``: a client (a mobile app, a web page)
-reports that the user opened or clicked a notification on one channel.
+reports that the user opened or clicked a notification on one channel, or
+converted (did what it asked: what an A/B experiment's "converted" metric counts,
+policy/experiments.py).
 
-Body ``{"channel": "push", "type": "opened" | "clicked", "at"?: <epoch s>}``.
+Body ``{"channel": "push", "type": "opened" | "clicked" | "converted", "at"?: <epoch s>}``.
 Answers (errors as ``{"error", "errors": [{"field", "reason"}]}``):
 
 - 201 ``{"id", "channel", "type", "at", "duplicate": false}``: stored;
@@ -47,7 +49,7 @@ CHANNELS_SQL = "SELECT channel, status, user_id FROM delivery_tracking WHERE not
 
 
 async def post_event(request: web.Request) -> web.Response:
-    """Report that the user opened or clicked a notification on one channel.
+    """Report that the user opened, clicked or converted on a notification on one channel.
 
     201 when stored; 200 with ``duplicate: true`` and the stored ``at`` when that
     type was reported on that channel before. 404 while no outcome is recorded
