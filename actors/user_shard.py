@@ -101,6 +101,12 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         self.profiles: dict[str, tuple[float, timing.Profile, str]] = {}
         # events fed (engaged) while a person's profile is being read: user → [(at, recorded)]
         self._reading: dict[str, list[tuple[float, float]]] = {}
+        # sends and opens per channel of the people "channel_strategy": "best" requests were for
+        # (policy/choice.py): user → (when read, channel → (sent, engaged)), oldest read first out;
+        # the population's: their sum; events fed while a person's counts are being read: user → events
+        self.channel_stats: dict[str, tuple[float, dict[str, tuple[int, int]]]] = {}
+        self.population: dict[str, tuple[int, int]] = {}
+        self._counting: dict[str, list[wire.Engaged]] = {}
         # A/B experiments routing their category's notifications (policy/experiments.py): category → experiment
         self.experiments: dict[str, experiments.Live] = {}
         self._experiments_at = 0.0  # monotonic, when last read
@@ -371,7 +377,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         (they are read only for sends that happen), so caps and send-time
         optimization are not shown."""
         return Context(self.available, self.policy, self.message_templates, self.links, digest, parent_id,
-                       self.unsubscribe, self.footer, self.ledger if live else None, self.profiles if live else None)
+                       self.unsubscribe, self.footer, self.ledger if live else None, self.profiles if live else None,
+                       self.channel_stats if live else None, self.population)
 
     async def _decide_and_send(self, items: list[Item], rows: Mapping[tuple[str, str], str],
                                states: Mapping[str, UserState], parent_id: str | None = None,
@@ -414,6 +421,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         done = recorded | {(o.notification_id, o.channel) for o in journaled}
         await self._templates_of(items)
         await self._read_profiles(items, states)
+        await self._read_channel_stats(items)
         ctx = self._context(digest, parent_id)
         now = self.clock()
         outcomes, kept, error = await self._execute_counted(planner.plan_round(items, states, done, ctx, now=now),
@@ -490,6 +498,55 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         while len(self.profiles) > self.cfg.engine.max_cached_users:
             del self.profiles[next(iter(self.profiles))]
 
+    async def _read_channel_stats(self, items: list[Item]) -> None:
+        """Read the per-channel counts of the people of ``channel_strategy: best``
+        requests not read in the last ``preferences.choice.refresh_s``; sends made
+        since are counted by ``_count_sends``, engagement fed by ``engaged``."""
+        cfg = self.policy.cfg.choice
+        now = self.clock()
+        stale = [u for u in dict.fromkeys(it.user_id for it in items if it.request.channel_strategy == "best"
+                                          and len(it.request.channels) > 1)
+                 if ((hit := self.channel_stats.get(u)) is None or now - hit[0] > cfg.refresh_s)
+                 and u not in self._counting]  # another batch is reading them
+        if not stale:
+            return
+        for u in stale:
+            self._counting[u] = []
+        try:
+            async with self.pool.acquire() as conn:
+                counts = await engagement_store.channel_counts(conn, stale, now - cfg.lookback_days * 86_400.0)
+            for u in stale:
+                stats = dict(counts.get(u, {}))
+                for e in self._counting[u]:  # fed while reading: in the read only if recorded before it
+                    if e.recorded > now and e.channel:
+                        sent, engaged = stats.get(e.channel, (0, 0))
+                        stats[e.channel] = (sent, engaged + 1)
+                self._hold_stats(u, (now, stats))
+        finally:
+            for u in stale:
+                self._counting.pop(u, None)
+        while len(self.channel_stats) > self.cfg.engine.max_cached_users:
+            self._hold_stats(next(iter(self.channel_stats)), None)
+
+    def _hold_stats(self, user: str, held: tuple[float, dict[str, tuple[int, int]]] | None) -> None:
+        """Keep (or with None, forget) a person's channel counts, the population's sums with them."""
+        old = self.channel_stats.pop(user, None)
+        for stats, sign in ((old[1] if old else {}, -1), (held[1] if held else {}, 1)):
+            for ch, (sent, engaged) in stats.items():
+                ps, pe = self.population.get(ch, (0, 0))
+                self.population[ch] = (ps + sign * sent, pe + sign * engaged)
+        if held is not None:
+            self.channel_stats[user] = held  # to the end: the oldest read goes first
+
+    def _count_sends(self, outcomes: list[Outcome]) -> None:
+        """Sends to people whose channel counts are held, counted in."""
+        for o in outcomes:
+            if o.status == "sent" and (held := self.channel_stats.get(o.user_id)) is not None:
+                sent, engaged = held[1].get(o.channel, (0, 0))
+                held[1][o.channel] = (sent + 1, engaged)
+                ps, pe = self.population.get(o.channel, (0, 0))
+                self.population[o.channel] = (ps + 1, pe)
+
     async def engaged(self, payload: bytes) -> int:
         """Engagement events of people this shard owns (``wire.Engaged``, from an HTTP
         process, engine/engaged.py): counted into the send-time profiles held, unless the profile
@@ -498,7 +555,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         when next needed, these events with it. How many were counted."""
         counted = 0
         since = self.clock() - self.policy.cfg.timing.lookback_days * 86_400.0
-        for e in wire.decode(payload, list[wire.Engaged]):
+        events = wire.decode(payload, list[wire.Engaged])
+        if self.channel_stats or self._counting:
+            self._count_engaged(events)
+        for e in events:
             reading = self._reading.get(e.user_id)
             if reading is not None:  # applied when the read is done
                 reading.append((e.at, e.recorded))
@@ -510,6 +570,24 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             counted += 1
         self.stats["engaged"] = self.stats.get("engaged", 0) + counted
         return counted
+
+    def _count_engaged(self, events: list[wire.Engaged]) -> None:
+        """Opens and clicks fed, counted into the channel counts held (policy/choice.py)
+        unless the counts were read after the event was recorded (the read saw it)."""
+        for e in events:
+            if not e.channel:
+                continue
+            counting = self._counting.get(e.user_id)
+            if counting is not None:  # applied when the read is done
+                counting.append(e)
+                continue
+            held = self.channel_stats.get(e.user_id)
+            if held is None or e.recorded <= held[0]:
+                continue
+            sent, engaged = held[1].get(e.channel, (0, 0))
+            held[1][e.channel] = (sent, engaged + 1)
+            ps, pe = self.population.get(e.channel, (0, 0))
+            self.population[e.channel] = (ps, pe + 1)
 
     async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState], now: float
                                ) -> tuple[list[Outcome], set[str], BaseException | None]:
@@ -566,6 +644,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                     o.parent_id = plan.parent_id
             self._journal(delivered)
             outcomes.extend(delivered)
+        if self.channel_stats:
+            self._count_sends(outcomes)
         kept = plan.kept() | {o.notification_id for o in outcomes if o.status == "sent"}
         # a device's token gone removes that device (policy/devices.py), not the user's address
         gone = {(o.notification_id, o.channel) for o in outcomes if o.reason == "address_gone" and not o.gone}

@@ -51,7 +51,7 @@ class Feed:
             if len(self._pending) >= MAX_PENDING:
                 self.dropped += 1
                 continue
-            self._pending.append(Engaged(e.user_id, at, now))
+            self._pending.append(Engaged(e.user_id, at, now, e.channel))
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 

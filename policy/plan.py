@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from policy import devices, schedule, wire
+from policy import choice, devices, schedule, wire
 from policy.decide import decide, request_context, zone
 from policy.email import with_footer
 from policy.fatigue import PERIOD, Ledger, Tally
@@ -85,6 +85,10 @@ class Context:
     # people's engagement by local hour (policy/timing.py), for requests with deliver "optimal":
     # user → (when read, profile); someone not in it is decided on the prior alone
     profiles: Mapping[str, tuple] | None = None  # (when read, Profile, zone name)
+    # people's sends and engagement per channel (policy/choice.py), for "channel_strategy": "best":
+    # user → (when read, Stats); and the population's, summed over the people held
+    channel_stats: Mapping[str, tuple[float, choice.Stats]] | None = None
+    population: choice.Stats | None = None
 
 
 @dataclass
@@ -111,8 +115,14 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
     tally: Tally = {}
     for it in items:
         state = states.get(it.user_id)
-        for d in decide(it.request, state, ctx.available, ctx.policy, now=now, digest=ctx.digest):
+        decisions = decide(it.request, state, ctx.available, ctx.policy, now=now, digest=ctx.digest)
+        others = _not_chosen(it, decisions, ctx, done) if it.request.channel_strategy == "best" else None
+        for d in decisions:
             if (it.notification_id, d.channel) in done:
+                continue
+            if others is not None and d.channel in others:
+                plan.outcomes.append(settled(it, d.channel, "suppressed", choice.REASON, now, ctx.parent_id,
+                                             others[d.channel]))
                 continue
             match d:
                 case Send(channel=channel):
@@ -131,6 +141,31 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
                 case Suppress(channel=channel, reason=reason):
                     plan.outcomes.append(settled(it, channel, "suppressed", reason, now, ctx.parent_id))
     return plan
+
+
+def _not_chosen(it: Item, decisions: list, ctx: Context, done: Set[tuple[str, str]]) -> dict[str, str] | None:
+    """The channels of a ``channel_strategy: best`` request not chosen (policy/choice.py),
+    each with the outcome's detail: of those that may be sent now (else of those that
+    would be held) one is chosen; the rest, and any that would be held when one is
+    sent, are not. A notification one of whose channels was recorded (or sent and
+    not yet recorded) was chosen for before: none of its other channels is chosen now."""
+    if len(decisions) < 2:
+        return None
+    nid = it.notification_id
+    if any((nid, d.channel) in done for d in decisions):
+        return {d.channel: "chosen before" for d in decisions if not isinstance(d, Suppress)}
+    pool = [d.channel for d in decisions if isinstance(d, Send)] or \
+           [d.channel for d in decisions if isinstance(d, (Defer, Digest))]
+    if not pool:
+        return None
+    scores: dict[str, float] = {}
+    chosen = pool[0]
+    if len(pool) > 1:
+        held = ctx.channel_stats.get(it.user_id) if ctx.channel_stats is not None else None
+        chosen, scores = choice.choose(pool, held[1] if held is not None else {}, ctx.population or {},
+                                       ctx.policy.cfg.choice, nid)
+    why = choice.detail(chosen, scores) if scores else f"chose {chosen}, the only one allowed now"
+    return {d.channel: why for d in decisions if d.channel != chosen and not isinstance(d, Suppress)}
 
 
 def _count(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally,

@@ -33,6 +33,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from policy.choice import ChoiceConfig
 from policy.fatigue import Fatigue, FatigueConfig
 from policy.prefs import Preference, Resolved, ordered, resolve
 from policy.timing import TimingConfig
@@ -105,6 +106,7 @@ class PolicyConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
     max_rows: int = 200
     fatigue: FatigueConfig = FatigueConfig()  # caps per person per window (policy/fatigue.py)
     timing: TimingConfig = TimingConfig()  # "deliver": "optimal" (policy/timing.py)
+    choice: ChoiceConfig = ChoiceConfig()  # "channel_strategy": "best" (policy/choice.py)
 
 
 NOT_MANDATORY_CHANNELS = frozenset({"webhook"})

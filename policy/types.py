@@ -144,6 +144,9 @@ class Message(Struct, kw_only=True, forbid_unknown_fields=True):
     # latest by ``deliver_by`` (seconds since the epoch); held until then, reason timing.optimized
     deliver: Literal["now", "optimal"] = "now"
     deliver_by: Annotated[float, Meta(ge=0, le=4e9)] | None = None
+    # "best": one of ``channels`` per recipient, the one they are likeliest to engage with
+    # (policy/choice.py); the others are suppressed, reason channel.not_chosen
+    channel_strategy: Literal["all", "best"] = "all"
     # a newer push with the same key replaces an undelivered older one (apns-collapse-id,
     # FCM collapse_key, the web push Topic); else an ``expiry`` rule's
     collapse_key: CollapseKey | None = None

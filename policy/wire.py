@@ -48,3 +48,4 @@ class Engaged(msgspec.Struct, array_like=True, frozen=True):
     user_id: str
     at: float
     recorded: float
+    channel: str = ""  # where (channel choice counts it, policy/choice.py)

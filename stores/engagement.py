@@ -151,5 +151,26 @@ async def times(conn: asyncpg.Connection, user_ids: list[str], since: float) -> 
     return out
 
 
-__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "as_entries", "clock_error",
+CHANNEL_COUNTS = f"""
+SELECT d.user_id, d.channel, count(*)::int,
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = d.notification_id
+                                      AND e.channel = d.channel AND e.type IN ('opened', 'clicked')))::int
+FROM delivery_tracking d
+WHERE d.user_id = {db.keys(1, 'text')} AND d.status IN ('sent', 'delivered', 'complained', 'bounced')
+  AND d.completed_at >= to_timestamp($2) AND d.channel <> '*'
+GROUP BY d.user_id, d.channel
+"""
+
+
+async def channel_counts(conn: asyncpg.Connection, user_ids: list[str], since: float
+                         ) -> dict[str, dict[str, tuple[int, int]]]:
+    """Each user's sends per channel completed since ``since``, and how many of them
+    were opened or clicked: what channel choice learns from (``policy.choice``)."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for r in await conn.fetch(CHANNEL_COUNTS, user_ids, since):
+        out.setdefault(r[0], {})[r[1]] = (r[2], r[3])
+    return out
+
+
+__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "as_entries", "channel_counts", "clock_error",
            "last_seen", "record", "stored_at", "timelines", "times"]

@@ -54,9 +54,9 @@ def test_events_go_in_one_call_per_shard_only_new_ones_at_their_stored_time(monk
     asyncio.run(run())
     assert [len(s.got) for s in shards] == [1, 1]  # one call each for 20 events
     got = [x for s in shards for x in s.got[0]]
-    assert len(got) == 20 and "u0" not in {u for u, _, _ in got}
-    assert all(at == 1_800_000_100.0 and recorded > 0 for _, at, recorded in got)
-    assert all(shard_of(u, 2) == i for i, s in enumerate(shards) for u, _, _ in s.got[0])
+    assert len(got) == 20 and "u0" not in {u for u, _, _, _ in got}
+    assert all(at == 1_800_000_100.0 and recorded > 0 for _, at, recorded, _ in got)
+    assert all(shard_of(u, 2) == i for i, s in enumerate(shards) for u, _, _, _ in s.got[0])
     assert feed.sent == 20 and feed.dropped == 0
 
 
@@ -83,7 +83,7 @@ def test_events_added_during_a_flush_go_in_the_next(monkeypatch):
         await asyncio.sleep(0.3)
 
     asyncio.run(run())
-    assert [[u for u, _, _ in call] for call in shard.got] == [["a"], ["b"]]
+    assert [[u for u, _, _, _ in call] for call in shard.got] == [["a"], ["b"]]
 
 
 def test_a_failed_call_is_dropped_and_counted_and_close_drops_the_rest(monkeypatch):
