@@ -40,6 +40,7 @@ from policy.types import (
     Content,
     DeliveryTask,
     Device,
+    Message,
     Outcome,
     UserProfile,
     UserState,
@@ -111,6 +112,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         self.experiments: dict[str, experiments.Live] = {}
         self._experiments_at = 0.0  # monotonic, when last read
         self._experiments_reading: asyncio.Task | None = None
+        self._experiments_asked = self._experiments_read = 0  # reads started, and the latest one kept
         self.links = link_rules(self.cfg)  # None: no pixel or click redirect, nothing done per task
         self.unsubscribe = unsubscribe_rules(self.cfg)  # None: no one-click unsubscribe URL in email
         c = self.cfg.compliance  # CAN-SPAM footer on marketing email, when an address is configured
@@ -145,10 +147,13 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                     try:
                         async with pool.acquire() as conn:
                             self.ring = await pii_store.keyring(conn, Keyring.parse(self.cfg.privacy.master_keys))
-                        await self._read_experiments(pool)
                     except BaseException:
                         await pool.close()
                         raise
+                    try:
+                        await self._read_experiments(pool)
+                    except Exception as e:  # noqa: BLE001 - none routed until the next read (EXPERIMENTS_EVERY_S)
+                        log.warning("reading the live experiments failed: %s", type(e).__name__)
                     self.pool = pool
                     self.ticker.start()
                     self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)
@@ -304,41 +309,69 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         async with self.pool.acquire() as conn:
             done = await tracking.recorded(conn, [i.id for i in inbound])
             states = await self._load_missing(conn, [i.request.user_id for i in inbound])
-            items = await self._routed(conn, [Item(inb.id, inb.request.user_id, inb.request) for inb in inbound],
-                                       states)
+        items = await self._routed([Item(inb.id, inb.request.user_id, inb.request) for inb in inbound], states, done)
         return await self._decide_and_send(items, done, states)
 
     # -- A/B experiments ---------------------------------------------------------
 
-    async def _routed(self, conn, items: list[Item], states: Mapping[str, UserState],
-                      record: bool = True) -> list[Item]:
+    async def _routed(self, items: list[Item], states: Mapping[str, UserState],
+                      done: Mapping[tuple[str, str], str], record: bool = True) -> list[Item]:
         """``items`` with the variants of the live experiments in place
-        (``policy.experiments.route``), and who got which recorded (``record``) before
-        anything is sent: a redelivery gets the same variants and keeps the first rows.
+        (``policy.experiments``), who got which recorded (``record``) before anything
+        is sent. A notification routed before (a redelivery) gets the variant it got
+        then, whatever the experiment's state is now, and one decided before without
+        a variant gets none: it must not go out on other channels the second time.
         Only for what enters the shard new: a held or released request carries its
         variant already."""
         self._refresh_experiments()
-        if not self.experiments:
+        seen = {nid for nid, _ in done} | {it.notification_id for it in items if it.notification_id in self.journal}
+        routes = {it.notification_id: experiments.route(it.request.category, it.request.priority, it.user_id,
+                                                        self.experiments) if self.experiments else None
+                  for it in items}
+        asked = [nid for nid, r in routes.items() if r is not None or nid in seen]
+        if not asked:
             return items
-        out, exposures, now = [], [], self.clock()
+        async with self.pool.acquire() as conn:
+            before = await experiment_store.routed_before(conn, asked)
+        now = self.clock()
+        out = {it.notification_id: it for it in items}
+        fresh: list[tuple[Item, experiments.Live, experiments.Variant, Message]] = []
         for it in items:
-            routed = experiments.route(it.request.category, it.request.priority, it.user_id, self.experiments)
-            if routed is None:
-                out.append(it)
+            nid, route = it.notification_id, routes[it.notification_id]
+            if nid in before:
+                again = experiments.apply(it.request, before[nid], now)
+                out[nid] = it if again is None else Item(nid, it.user_id, again)
+            elif route is not None and nid not in seen:
+                routed = experiments.apply(it.request, route[1], now)
+                if routed is not None:
+                    fresh.append((it, route[0], route[1], routed))
+        refs = {(r.template.id, r.template.version) for *_, r in fresh if r.template is not None}
+        if refs:
+            await self._load_templates(refs)
+        exposures = []
+        for it, live, variant, routed in fresh:
+            parts = self.message_templates.get((routed.template.id, routed.template.version)) \
+                if routed.template is not None else None
+            if not experiments.fits(routed, parts):
                 continue
-            live, variant = routed
-            out.append(Item(it.notification_id, it.user_id, experiments.apply(it.request, variant, now)))
-            if live.status == "running" and it.user_id in states:
-                exposures.append(experiments.Exposure(live.experiment_id, it.notification_id, it.user_id,
-                                                      variant.name))
+            out[it.notification_id] = Item(it.notification_id, it.user_id, routed)
+            exposures.append(experiments.Exposure(live.experiment_id, it.notification_id, it.user_id, variant.name,
+                                                  counted=live.status == "running" and it.user_id in states))
         if exposures and record:
-            await experiment_store.expose(conn, exposures)
-        return out
+            async with self.pool.acquire() as conn:
+                await experiment_store.expose(conn, exposures)
+        return list(out.values())
 
     async def _read_experiments(self, pool) -> None:
+        """Read the live experiments; a read started before another one that finished
+        first does not overwrite it (it may predate a change the other saw)."""
+        self._experiments_asked += 1
+        ticket = self._experiments_asked
         async with pool.acquire() as conn:
-            self.experiments = await experiment_store.live(conn)
-        self._experiments_at = time.monotonic()
+            live = await asyncio.wait_for(experiment_store.live(conn), CLOSE_S)
+        if ticket > self._experiments_read:
+            self.experiments, self._experiments_read = live, ticket
+            self._experiments_at = time.monotonic()
 
     def _refresh_experiments(self) -> None:
         """Read the live experiments again in the background when the last read is
@@ -776,7 +809,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             items = [it for uid in user_ids if (it := Item(recipient_id(job.id, uid), uid, req)).notification_id
                      in self.journal or uid in members]
             done = await tracking.recorded(conn, [it.notification_id for it in items])
-            items = await self._routed(conn, items, states)
+        items = await self._routed(items, states, done)
         return await self._decide_and_send(items, done, states, parent_id=job.id)
 
     async def _select(self, audience) -> Selection:
@@ -814,8 +847,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 async with self.pool.acquire() as conn:
                     states = await self._audience_states(conn, ids)
                     ids = await selection.members(conn, ids, states, self.clock())
-                    items = await self._routed(conn, [Item(recipient_id(job.id, uid), uid, job.request)
-                                                      for uid in ids], states, record=False)
+                items = await self._routed([Item(recipient_id(job.id, uid), uid, job.request) for uid in ids], states,
+                                           {}, record=False)
                 await self._templates_of(items)
                 dryrun.decide(items, states, ctx, tally, now=self.clock())
 
@@ -857,7 +890,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         items = [Item(inb.id, inb.request.user_id, inb.request) for inb in wire.decode(payload, list[wire.Inbound])]
         async with self.pool.acquire() as conn:
             states = await self._load_missing(conn, list({it.user_id for it in items}))
-            items = await self._routed(conn, items, states, record=False)
+        items = await self._routed(items, states, {}, record=False)
         await self._templates_of(items)
         tally = Tally()
         dryrun.decide(items, states, self._context(live=False), tally, now=self.clock())
@@ -1284,6 +1317,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         closed by force."""
         if self._preloading is not None:
             self._preloading.cancel()
+        if self._experiments_reading is not None:
+            self._experiments_reading.cancel()
         self.ticker.stop()
         await telemetry.stop_flush()  # the spans of the last batches, before the kill (bounded)
         pool, self.pool = self.pool, None

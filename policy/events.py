@@ -4,7 +4,7 @@ subscriptions want it, and in which lane a subscription delivers it.
 An event is a change of one (notification, channel): ``accepted`` when the
 Ingestor takes the request (channel ``any``: it has no channels yet), then each
 status its tracking row takes (``sent``, ``deferred``, ``delivered``, ...), and
-``opened`` / ``clicked`` from engagement. Published on NATS as
+``opened`` / ``clicked`` / ``converted`` from engagement. Published on NATS as
 ``<prefix>.events.<channel>.<status>`` and delivered to webhook subscriptions
 (actors/event_sender.py; docs/design.md, "Status events").
 """
@@ -19,7 +19,7 @@ from msgspec import Meta, Struct
 from policy.sharding import stable_hash
 from policy.types import CHANNELS
 
-EventStatus = Literal["accepted", "sent", "delivered", "bounced", "complained", "opened", "clicked", "failed",
+EventStatus = Literal["accepted", "sent", "delivered", "bounced", "complained", "opened", "clicked", "converted", "failed",
                       "suppressed", "rejected", "deferred", "digested", "expired", "cancelled"]
 STATUSES: tuple[str, ...] = EventStatus.__args__  # type: ignore[attr-defined]
 ANY_CHANNEL = "any"  # the channel of an event about the whole request (accepted; a rejected payload)

@@ -31,7 +31,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from policy.email import content_problem
 from policy.types import ONE_LINE, Category, Channel, Content, Message, TemplateRef
+from policy.validate import data_errors, message_errors
 
 Kind = Literal["content", "template", "timing", "channel"]
 Metric = Literal["delivered", "opened", "clicked", "converted"]
@@ -99,6 +101,12 @@ def errors(body: ExperimentBody) -> list[tuple[str, str]]:
                 out.append((f"{at}.{f}", f"a {body.kind} experiment's variants set {' or '.join(allowed)} only"))
         if i > 0 and not any(f in allowed for f in v.changes()):
             out.append((at, f"sets none of {', '.join(allowed)}: only the control (the first) may change nothing"))
+        if v.channel_content and v.content is None:
+            out.append((f"{at}.content", "needed with channel_content: the content of the other channels"))
+        datas = [(f"{at}.content.data", v.content.data if v.content else None)]
+        datas += [(f"{at}.channel_content.{ch}.data", c.data) for ch, c in v.channel_content.items()]
+        for path, data in datas:
+            out.extend(data_errors(data, path))
         if v.deliver == "optimal" and v.deliver_within_s is None:
             out.append((f"{at}.deliver_within_s", "needed with deliver optimal: how long after acceptance at most"))
         if v.deliver_within_s is not None and v.deliver != "optimal":
@@ -122,12 +130,14 @@ class Live(Struct, frozen=True, array_like=True):
 
 
 class Exposure(Struct, frozen=True, array_like=True):
-    """A notification an experiment decided: who got which variant."""
+    """A notification an experiment routed: who got which variant; ``counted`` in the
+    results (a running experiment's, for a known user) or not (a stopped one's winner)."""
 
     experiment_id: str
     notification_id: str
     user_id: str
     variant: str
+    counted: bool = True
 
 
 def assign(experiment_id: str, variants: Sequence[Variant], user_id: str) -> Variant:
@@ -143,17 +153,25 @@ def assign(experiment_id: str, variants: Sequence[Variant], user_id: str) -> Var
     raise AssertionError("weights are positive")
 
 
-def apply(req: Message, v: Variant, now: float) -> Message:
-    """``req`` with the variant's fields in place of its own. A timing variant leaves
-    a request with a time of its own (``send_at``) as it is."""
+def apply(req: Message, v: Variant, now: float) -> Message | None:
+    """``req`` with the variant's fields in place of its own, or None when the variant
+    does not fit it (the request goes as submitted, and is not in the experiment): a
+    template variant for a request without a template (it has no data for one), a
+    timing variant for a request with a time of its own (``send_at``), or a result
+    that could not be sent where it goes (a channel without content, email content
+    without a subject)."""
     changes: dict = {}
-    if v.content is not None or v.channel_content:
+    if v.content is not None:
         changes.update(content=v.content, channel_content=dict(v.channel_content), template=None)
     if v.template is not None:
-        data = req.template.data if req.template is not None else {}
-        changes.update(template=TemplateRef(id=v.template.id, version=v.template.version, data=data),
+        if req.template is None:
+            return None
+        # the template's parts are what goes: a request's own content would win over them
+        changes.update(template=TemplateRef(id=v.template.id, version=v.template.version, data=req.template.data),
                        content=None, channel_content={})
-    if v.deliver is not None and req.send_at is None and req.send_at_local is None:
+    if v.deliver is not None:
+        if req.send_at is not None or req.send_at_local is not None:
+            return None
         if v.deliver == "optimal":
             assert v.deliver_within_s is not None
             changes.update(deliver="optimal",
@@ -162,11 +180,28 @@ def apply(req: Message, v: Variant, now: float) -> Message:
             changes.update(deliver="now", deliver_by=None)
     if v.channels is not None:
         changes.update(channels=list(v.channels), fallback=[c for c in req.fallback if c not in v.channels])
-    return msgspec.structs.replace(req, **changes) if changes else req
+    if not changes:
+        return req
+    routed = msgspec.structs.replace(req, **changes)
+    if routed.template is None:
+        for ch in (*routed.channels, *routed.fallback):
+            content = routed.content_for(ch)
+            if content is None or (ch == "email" and content_problem(content) is not None):
+                return None
+    if message_errors(routed):
+        return None
+    return routed
+
+
+def fits(req: Message, parts: Mapping[str, object] | None) -> bool:
+    """Whether a request with a template has a part of it (``parts``: the template's,
+    by channel) for each channel it may go on."""
+    return req.template is None or (parts is not None and all(ch in parts for ch in (*req.channels, *req.fallback)))
 
 
 def route(category: str, priority: str, user_id: str, live: Mapping[str, Live]) -> tuple[Live, Variant] | None:
-    """The experiment and variant a notification gets, if any: none for a critical one."""
+    """The experiment and variant a new notification gets, if any: none for a critical
+    one; the winner's once the experiment is stopped."""
     e = live.get(category)
     if e is None or priority == "critical":
         return None
@@ -192,7 +227,8 @@ class Arm(Struct, kw_only=True):
 
 class Comparison(Struct, kw_only=True):
     """A variant against the control on the metric: the difference of the rates, its
-    interval, and the two-sided p-value of the two-proportion z-test."""
+    interval (at the confidence asked, corrected for the number of comparisons as the
+    test is), and the two-sided p-value of the two-proportion z-test."""
 
     difference: float
     interval: tuple[float, float]
@@ -250,6 +286,7 @@ def analyse(arms: Sequence[Arm], metric: str, confidence: float, min_sample: int
     variant has fewer than ``min_sample`` people."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     alpha = (1 - confidence) / max(1, len(arms) - 1)
+    z_each = NormalDist().inv_cdf(1 - alpha / 2)  # a difference's interval agrees with its test
     control = arms[0]
     out: list[ArmResult] = []
     for i, a in enumerate(arms):
@@ -257,7 +294,8 @@ def analyse(arms: Sequence[Arm], metric: str, confidence: float, min_sample: int
         rates = {m: (c / a.users if a.users else None) for m, c in counts.items()}
         vs = None
         if i > 0:
-            diff, interval, p = two_proportions(getattr(a, metric), a.users, getattr(control, metric), control.users, z)
+            diff, interval, p = two_proportions(getattr(a, metric), a.users, getattr(control, metric), control.users,
+                                                z_each)
             vs = Comparison(difference=diff, interval=interval, p_value=p, significant=p < alpha)
         out.append(ArmResult(name=a.name, control=i == 0, users=a.users, counts=counts, rates=rates,
                              interval=wilson(getattr(a, metric), a.users, z) if a.users else None, vs_control=vs))
@@ -282,4 +320,4 @@ def analyse(arms: Sequence[Arm], metric: str, confidence: float, min_sample: int
 
 __all__ = ["FIELDS", "METRICS", "Analysis", "Arm", "ArmResult", "Comparison", "ExperimentBody", "Exposure", "Kind",
            "Live", "Metric", "Name", "Variant", "VariantTemplate", "analyse", "apply", "assign", "errors", "route",
-           "two_proportions", "wilson"]
+           "two_proportions", "wilson", "fits"]

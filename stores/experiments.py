@@ -2,13 +2,14 @@
 (``user_experiment_participation``, one row per notification), migration 032.
 
 What an experiment's results count, per variant and per person (``results``):
-people with a participating notification; of them, those with one that went out
+people with a counted notification that is settled (not held, not in flight); of them, those with one that went out
 (a tracking row sent, delivered or complained), was opened (an "opened" or a
 "clicked" event: a click implies an open), clicked, or converted (a "converted"
 event, ``POST /v1/notifications/{id}/events``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import asyncpg
@@ -16,6 +17,7 @@ import msgspec
 
 from policy.experiments import Arm, ExperimentBody, Exposure, Live, Variant
 
+log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 _variants = msgspec.json.Decoder(list[Variant])
 
@@ -71,7 +73,9 @@ async def create(conn: asyncpg.Connection, body: ExperimentBody, actor: str | No
                 f"confidence, created_by) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9) RETURNING {COLUMNS}",
                 body.id, body.description, body.category, body.kind, _json.encode(body.variants).decode(),
                 body.metric, body.min_sample, body.confidence, actor)
-        except asyncpg.UniqueViolationError:  # another creation won the race
+        except asyncpg.UniqueViolationError as e:  # another creation won the race
+            if e.constraint_name == "experiments_pkey":
+                raise Taken("$.id", "an experiment with this id exists") from None
             raise Taken("$.category", "another experiment was started for this category meanwhile") from None
     return _saved(r)
 
@@ -106,22 +110,40 @@ async def archive(conn: asyncpg.Connection, experiment_id: str) -> Saved | None:
 
 
 async def live(conn: asyncpg.Connection) -> dict[str, Live]:
-    """The experiments that route notifications, by category."""
-    rows = await conn.fetch("SELECT experiment_id, category, variants::text, status, winner FROM experiments "
-                            "WHERE status IN ('running', 'stopped')")
-    return {r[1]: Live(r[0], r[1], tuple(_variants.decode(r[2])), r[3], r[4]) for r in rows}
+    """The experiments that route notifications, by category (one whose variants do
+    not decode is left out, logged)."""
+    out = {}
+    for r in await conn.fetch("SELECT experiment_id, category, variants::text, status, winner FROM experiments "
+                              "WHERE status IN ('running', 'stopped')"):
+        try:
+            out[r[1]] = Live(r[0], r[1], tuple(_variants.decode(r[2])), r[3], r[4])
+        except msgspec.DecodeError:
+            log.error("experiment %r: its variants do not decode; not routed", r[0])
+    return out
+
+
+async def routed_before(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Variant]:
+    """The variants notifications ``ids`` were routed to before (a redelivery gets the
+    same), whatever their experiment's state is now."""
+    out = {}
+    for r in await conn.fetch(
+            "SELECT p.notification_id::text, p.variant, e.variants::text FROM user_experiment_participation p "
+            "JOIN experiments e USING (experiment_id) WHERE p.notification_id = ANY($1::uuid[])", list(ids)):
+        variant = next((v for v in _variants.decode(r[2]) if v.name == r[1]), None)
+        if variant is not None:
+            out[r[0]] = variant
+    return out
 
 
 async def expose(conn: asyncpg.Connection, exposures: Sequence[Exposure]) -> None:
-    """Record who got which variant; a notification decided again (a redelivery)
-    keeps its first row."""
+    """Record who got which variant; a notification routed again keeps its first row."""
     if exposures:
         await conn.execute(
-            "INSERT INTO user_experiment_participation (experiment_id, notification_id, user_id, variant) "
-            "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) "
-            "ON CONFLICT (experiment_id, notification_id) DO NOTHING",
+            "INSERT INTO user_experiment_participation (experiment_id, notification_id, user_id, variant, counted) "
+            "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bool[]) "
+            "ON CONFLICT (notification_id) DO NOTHING",
             [e.experiment_id for e in exposures], [e.notification_id for e in exposures],
-            [e.user_id for e in exposures], [e.variant for e in exposures])
+            [e.user_id for e in exposures], [e.variant for e in exposures], [e.counted for e in exposures])
 
 
 RESULTS = """
@@ -137,7 +159,11 @@ FROM (SELECT p.variant, p.user_id,
                              AND e.type = 'clicked')) AS clicked,
              bool_or(EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = p.notification_id
                              AND e.type = 'converted')) AS converted
-      FROM user_experiment_participation p WHERE p.experiment_id = $1
+      FROM user_experiment_participation p
+      WHERE p.experiment_id = $1 AND p.counted
+        -- settled: a notification still held (its timing, quiet hours) or in flight is not counted yet
+        AND EXISTS (SELECT 1 FROM delivery_tracking d WHERE d.notification_id = p.notification_id
+                    AND d.status <> 'deferred')
       GROUP BY p.variant, p.user_id) AS people
 GROUP BY variant
 """
@@ -155,4 +181,4 @@ async def results(conn: asyncpg.Connection, saved: Saved) -> list[Arm]:
     return arms
 
 
-__all__ = ["Saved", "Taken", "archive", "create", "expose", "get", "listed", "live", "results", "stop"]
+__all__ = ["Saved", "Taken", "archive", "create", "expose", "get", "listed", "live", "results", "routed_before", "stop"]

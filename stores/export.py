@@ -105,6 +105,9 @@ SECTIONS = (
             "SELECT topic_id, subscribed_at, source FROM topic_subscribers WHERE user_id = $1 ORDER BY topic_id"),
     Section("engagement", ("notification_id", "channel", "type", "at", "source"),
             "SELECT notification_id, channel, type, at, source FROM engagement_events WHERE user_id = $1 ORDER BY id"),
+    Section("experiments", ("experiment_id", "notification_id", "variant", "assigned_at"),
+            "SELECT experiment_id, notification_id, variant, assigned_at FROM user_experiment_participation "
+            "WHERE user_id = $1 ORDER BY assigned_at, notification_id"),
     Section("inbox", ("seq", "notification_id", "category", "title", "body", "data", "priority", "created_at",
                       "seen_at", "read_at"),
             "SELECT seq, notification_id, category, title, body, data::text, priority, created_at, seen_at, read_at "

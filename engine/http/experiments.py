@@ -112,9 +112,14 @@ async def tell_shards(request: web.Request) -> None:
 async def create(request: web.Request) -> web.Response:
     """Start an experiment: from now on the category's notifications (never a
     critical one) get a variant each, the same for a person every time."""
+    engine = request.app[ENGINE]
     body = decode(_body, await read_json(request), "experiment")
     errors = experiments.errors(body)
-    async with request.app[ENGINE].pool.acquire() as conn:
+    enabled = engine.cfg.enabled_channels()
+    for i, v in enumerate(body.variants):
+        errors += [(f"$.variants[{i}].channels[{j}]", f"channel {ch!r} is not enabled here")
+                   for j, ch in enumerate(v.channels or ()) if ch not in enabled]
+    async with engine.pool.acquire() as conn:
         for i, v in enumerate(body.variants):
             if v.template is not None and not await template_store.load(conn, v.template.id, v.template.version):
                 errors.append((f"$.variants[{i}].template", "no such template (or version)"))

@@ -21,19 +21,26 @@ CREATE TABLE experiments (
 );
 CREATE UNIQUE INDEX idx_experiments_live_category ON experiments (category) WHERE status <> 'archived';
 
--- Who got which variant: one row per notification the experiment decided (its
--- outcomes and engagement are found by notification id), written by the
--- UserShard before the notification is sent. The seeds' table had one row per
--- user; per notification is what ties a variant to the outcome it had.
+-- Who got which variant: one row per notification an experiment routed (its
+-- outcomes and engagement are found by notification id), written by the UserShard
+-- before the notification is sent. A notification decided again (a redelivery)
+-- gets the variant its row names, whatever the experiment's state is now: it must
+-- not go out on other channels the second time. ``counted``: a running
+-- experiment's row for a known user (what the results count); routing to a
+-- stopped experiment's winner is recorded too, uncounted. The seeds' table had one
+-- row per user; per notification is what ties a variant to the outcome it had.
 CREATE TABLE user_experiment_participation (
+    notification_id uuid PRIMARY KEY,
     experiment_id   text NOT NULL REFERENCES experiments (experiment_id) ON DELETE CASCADE,
-    notification_id uuid NOT NULL,
     user_id         text NOT NULL,
     variant         text NOT NULL,
-    assigned_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (experiment_id, notification_id)
+    counted         boolean NOT NULL,
+    assigned_at     timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX idx_user_experiment_participation_experiment ON user_experiment_participation (experiment_id)
+    WHERE counted;
 CREATE INDEX idx_user_experiment_participation_user ON user_experiment_participation (user_id);
+CREATE INDEX idx_user_experiment_participation_assigned ON user_experiment_participation (assigned_at);
 
 -- A conversion is reported like an open or a click (POST /v1/notifications/{id}/events,
 -- "type": "converted"): what an experiment's "converted" metric counts.

@@ -54,7 +54,7 @@ async def sink():
 @pytest.fixture(scope="module")
 async def engine(nats_url, database_url, ray_address, sink, tmp_path_factory):
     cfg = engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")), webhook_url=sink.url,
-                        channels=("webhook",))
+                        channels=("webhook", "in_app"))
     async with serving(cfg, database_url, [UserProfile(user_id=u) for u in USERS]) as eng:
         yield eng
 
@@ -96,7 +96,8 @@ async def test_an_experiment_from_start_to_winner(engine, client, sink):
                 for u in USERS}
     assert await texts(sink, {b["id"] for b in bodies}) == expected
     assert (await texts(sink, {critical["id"]}))[USERS[0]] == CONTROL_TEXT
-    rows = await engine.pool.fetch("SELECT user_id, variant FROM user_experiment_participation")
+    rows = await engine.pool.fetch("SELECT user_id, variant FROM user_experiment_participation "
+                                   "WHERE experiment_id = 'welcome-copy'")
     assert {r["user_id"]: r["variant"] for r in rows} == {u: assign(EXPERIMENT["id"], VARIANTS, u).name
                                                          for u in USERS}
 
@@ -127,7 +128,9 @@ async def test_an_experiment_from_start_to_winner(engine, client, sink):
     later = [note(u) for u in USERS[:6]]
     await submit_all(engine, client, later)
     assert set((await texts(sink, {b["id"] for b in later})).values()) == {SHORT_TEXT}  # the winner for all
-    assert await engine.pool.fetchval("SELECT count(*) FROM user_experiment_participation") == len(USERS)
+    counts = dict(await engine.pool.fetch("SELECT counted, count(*) FROM user_experiment_participation "
+                                          "WHERE experiment_id = 'welcome-copy' GROUP BY counted"))
+    assert counts == {True: len(USERS), False: 6}  # the winner's routing is recorded (a redelivery keeps it), uncounted
 
     async with client.delete(f"{base}/welcome-copy") as r:
         assert r.status == 200 and (await r.json())["status"] == "archived"
@@ -138,7 +141,7 @@ async def test_an_experiment_from_start_to_winner(engine, client, sink):
 
 async def test_a_broadcast_routes_each_recipient(engine, client, sink):
     exp = {**EXPERIMENT, "id": "broadcast-copy", "kind": "channel", "category": "news",
-           "variants": [{"name": "control"}, {"name": "nowhere", "channels": ["sms"]}]}
+           "variants": [{"name": "control"}, {"name": "inbox", "channels": ["in_app"]}]}
     async with client.post(f"{engine.base_url}/v1/experiments", json=exp) as r:
         assert r.status == 201, await r.text()
     async with client.post(f"{engine.base_url}/v1/broadcasts", json={
@@ -150,9 +153,9 @@ async def test_a_broadcast_routes_each_recipient(engine, client, sink):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     rows = await engine.pool.fetch("SELECT user_id, channel FROM delivery_tracking WHERE parent_id = $1", bid)
-    variants = [Variant(name="control"), Variant(name="nowhere")]
+    variants = [Variant(name="control"), Variant(name="inbox")]
     assert {r["user_id"]: r["channel"] for r in rows} == {
-        u: "sms" if assign("broadcast-copy", variants, u).name == "nowhere" else "webhook" for u in USERS}
+        u: "in_app" if assign("broadcast-copy", variants, u).name == "inbox" else "webhook" for u in USERS}
     assert await engine.pool.fetchval("SELECT count(*) FROM user_experiment_participation "
                                       "WHERE experiment_id = 'broadcast-copy'") == len(USERS)
 
@@ -165,6 +168,11 @@ async def test_malformed_experiments_are_refused(engine, client):
                           "variants": [{"name": "a"}, {"name": "b", "template": {"id": "no-such-template"}}]},
                          "$.variants[1].template"),
                         ({**EXPERIMENT, "id": "bad 3"}, "$.id"),
+                        ({**EXPERIMENT, "id": "bad5", "kind": "channel",
+                          "variants": [{"name": "a"}, {"name": "b", "channels": ["sms"]}]},  # not enabled here
+                         "$.variants[1].channels[0]"),
+                        ({**EXPERIMENT, "id": "bad6", "variants": [{"name": "a"}, {"name": "b", "content": {
+                            "text": "x", "data": {"big": 2**70}}}]}, "$.variants[1].content.data.big"),
                         ({**EXPERIMENT, "id": "bad4", "confidence": 2}, "$.confidence")):
         async with client.post(base, json=body) as r:
             assert r.status == 422, await r.text()
@@ -183,3 +191,24 @@ async def test_reading_needs_the_read_scope_and_changing_the_write_scope(engine)
             assert r.status == 200, await r.text()
         async with s.post(f"{engine.base_url}/v1/experiments", json={**EXPERIMENT, "id": "nope"}) as r:
             assert r.status == 403
+
+
+async def test_a_timing_variant_holds_its_arm_and_the_results_wait_for_it(engine, client, sink):
+    exp = {**EXPERIMENT, "id": "timing", "kind": "timing", "category": "digest-news",
+           "variants": [{"name": "now"}, {"name": "best", "deliver": "optimal", "deliver_within_s": 86_400}]}
+    async with client.post(f"{engine.base_url}/v1/experiments", json=exp) as r:
+        assert r.status == 201, await r.text()
+    bodies = [note(u, category="digest-news") for u in USERS]
+    await submit_all(engine, client, bodies)
+    variants = [Variant(name="now"), Variant(name="best")]
+    rows = {r["user_id"]: r["status"] for r in await engine.pool.fetch(
+        "SELECT user_id, status FROM delivery_tracking WHERE notification_id = ANY($1::uuid[])",
+        [uuid.UUID(b["id"]) for b in bodies])}
+    best = {u for u in USERS if assign("timing", variants, u).name == "best"}
+    assert {u for u, st in rows.items() if st == "sent"} >= set(USERS) - best
+    held = {u for u, st in rows.items() if st == "deferred"}
+    assert held <= best  # only the optimal arm is ever held
+    async with client.get(f"{engine.base_url}/v1/experiments/timing/results") as r:
+        arms = (await r.json())["analysis"]["variants"]
+    # a held notification is not counted until it is settled: the arm is not shown as undelivered
+    assert arms[1]["users"] == len(best) - len(held) and arms[1]["counts"]["delivered"] == arms[1]["users"]

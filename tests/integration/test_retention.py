@@ -130,6 +130,14 @@ async def seed(conn) -> dict[str, tuple[set[str], set[str]]]:
     await engagement(conn, 40, checked)
     out["engagement"] = ({old}, {new, checked})
 
+    await conn.execute("INSERT INTO experiments (experiment_id, category, kind, variants, metric, min_sample, "
+                       "confidence) VALUES ('e1', 'messages', 'content', '[]', 'opened', 10, 0.95)")
+    for age, routed in ((40, old), (1, new)):
+        await conn.execute("INSERT INTO user_experiment_participation (notification_id, experiment_id, user_id, "
+                           f"variant, counted, assigned_at) VALUES ($2, 'e1', 'u1', 'a', true, {AGO})",
+                           age, uuid.UUID(routed))
+    out["experiments"] = ({old}, {new})
+
     await bucket(conn, "b-sent-old", "sent", 10)
     await bucket(conn, "b-sent-new", "sent", 1)
     await bucket(conn, "b-open", "open", None)
@@ -181,6 +189,7 @@ async def seed(conn) -> dict[str, tuple[set[str], set[str]]]:
 
 
 TABLES = {"tracking": ("delivery_tracking", "notification_id"), "engagement": ("engagement_events", "notification_id"),
+          "experiments": ("user_experiment_participation", "notification_id"),
           "scheduled": ("scheduled_notifications", "id"), "digest_buckets": ("digest_buckets", "key"),
           "change_feed": ("preference_sync_log", "id"), "inbox_read": ("inbox_messages", "seq"),
           "jobs": ("jobs", "id"), "event_dead_letters": ("event_dead_letters", "event_id")}
@@ -213,8 +222,8 @@ async def test_unread_inbox_messages_go_only_when_configured(conn):
     unread_old, unread_new = await inbox(conn, 400, None), await inbox(conn, 100, None)
     read_recent = await inbox(conn, 400, 1)
     assert await retention.run(conn, CFG) == dict.fromkeys(
-        ("tracking", "engagement", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs",
-         "event_dead_letters"), 0)
+        ("tracking", "engagement", "experiments", "scheduled", "digest_buckets", "change_feed", "inbox_read",
+         "jobs", "event_dead_letters"), 0)
     cfg = msgspec.structs.replace(CFG, inbox_unread_days=365)
     assert (await retention.run(conn, cfg))["inbox_unread"] == 1
     assert await ids(conn, "inbox_messages", "seq") == {str(unread_new), str(read_recent)}

@@ -14,12 +14,13 @@ from policy import experiments as ex
 from policy.experiments import Arm, ExperimentBody, Live, Variant, VariantTemplate
 from policy.types import Content, NotificationRequest, TemplateRef
 
+PINNED = ["a", "a", "c", "c", "c"]  # blake2b-64(experiment \0 user) mod 4: 0, 0, 3, 2, 2
 CONTROL = Variant(name="control")
 SHORT = Variant(name="short", content=Content(subject="Hi", text="short"))
 
 
 def request(**extra) -> NotificationRequest:
-    base = {"user_id": "u1", "category": "onboarding", "channels": ["email"], "content": {"text": "long text"}}
+    base = {"user_id": "u1", "category": "onboarding", "channels": ["email"], "content": {"subject": "Welcome", "text": "long text"}}
     return msgspec.convert({**base, **extra}, NotificationRequest)
 
 
@@ -37,6 +38,14 @@ def test_a_person_always_gets_the_same_variant(user, weights):
     first = ex.assign("exp", variants, user)
     assert first in variants
     assert all(ex.assign("exp", variants, user) is first for _ in range(3))
+
+
+def test_assignment_is_pinned():
+    """The hash is part of the stored data's meaning (rows name variants by it): a change
+    of hash would move people between variants mid-experiment. These must never change."""
+    variants = [Variant(name="a", weight=1), Variant(name="b", weight=1), Variant(name="c", weight=2)]
+    assert [ex.assign("welcome-copy", variants, u).name for u in ("alice", "bob", "carol", "dave", "erin")] == \
+        PINNED
 
 
 def test_the_split_follows_the_weights():
@@ -64,27 +73,38 @@ def test_the_control_leaves_the_request_as_it_is():
 def test_a_content_variant_replaces_the_content_and_drops_a_template():
     req = request(template={"id": "t", "data": {"n": 1}}, channel_content={"email": {"text": "x"}})
     got = ex.apply(req, SHORT, 0.0)
-    assert got.content == SHORT.content and got.template is None and got.channel_content == {}
+    assert got is not None and got.content == SHORT.content and got.template is None and got.channel_content == {}
 
 
-def test_a_template_variant_keeps_the_request_data():
+def test_a_template_variant_keeps_the_request_data_and_fits_only_a_request_with_a_template():
     req = request(template={"id": "t", "data": {"n": 1}})
-    got = ex.apply(req, Variant(name="b", template=VariantTemplate(id="t2", version=3)), 0.0)
-    assert got.template == TemplateRef(id="t2", version=3, data={"n": 1}) and got.content is None
+    v = Variant(name="b", template=VariantTemplate(id="t2", version=3))
+    got = ex.apply(req, v, 0.0)
+    assert got is not None and got.template == TemplateRef(id="t2", version=3, data={"n": 1})
+    assert got.content is None and got.channel_content == {}  # the template's parts go, not the request's text
+    assert ex.apply(request(), v, 0.0) is None  # no data for a template: not in the experiment
+    assert ex.fits(got, {"email": {}}) and not ex.fits(got, {"sms": {}}) and not ex.fits(got, None)
+
+
+def test_a_variant_that_could_not_be_sent_where_it_goes_is_not_applied():
+    no_subject = Variant(name="b", content=Content(text="no subject"))
+    assert ex.apply(request(), no_subject, 0.0) is None  # email needs a subject
+    assert ex.apply(request(channels=["push"]), no_subject, 0.0) is not None
+    only_email = request(content=None, channel_content={"email": {"subject": "s", "text": "t"}})
+    assert ex.apply(only_email, Variant(name="b", channels=["push"]), 0.0) is None  # push would have no content
 
 
 def test_a_timing_variant_sets_the_latest_from_acceptance_unless_the_request_has_a_time():
     v = Variant(name="b", deliver="optimal", deliver_within_s=86_400)
     got = ex.apply(request(accepted_at=1000.0), v, 5000.0)
-    assert (got.deliver, got.deliver_by) == ("optimal", 1000.0 + 86_400)
-    assert ex.apply(request(), v, 5000.0).deliver_by == 5000.0 + 86_400
-    scheduled = request(send_at=9e8)
-    assert ex.apply(scheduled, v, 0.0) is scheduled
+    assert got is not None and (got.deliver, got.deliver_by) == ("optimal", 1000.0 + 86_400)
+    assert ex.apply(request(), v, 5000.0).deliver_by == 5000.0 + 86_400  # type: ignore[union-attr]
+    assert ex.apply(request(send_at=9e8), v, 0.0) is None
 
 
 def test_a_channel_variant_replaces_the_channels_and_drops_them_from_the_fallbacks():
     got = ex.apply(request(fallback=["sms", "push"]), Variant(name="b", channels=["push"]), 0.0)
-    assert got.channels == ["push"] and got.fallback == ["sms"]
+    assert got is not None and got.channels == ["push"] and got.fallback == ["sms"]
 
 
 def test_routing():
@@ -112,6 +132,14 @@ def test_what_each_kind_may_set():
                                          {"name": "b", "deliver": "now"}))] == ["$.variants[0].deliver_within_s"]
     assert [f for f, _ in ex.errors(body("channel", {"name": "a"}, {"name": "b", "channels": ["sms", "sms"]}))] == [
         "$.variants[1].channels"]
+
+
+def test_variant_content_is_checked_as_a_requests_is():
+    errors = ex.errors(body("content", {"name": "a"}, {"name": "b", "channel_content": {"push": {"text": "x"}}},
+                            {"name": "c", "content": {"text": "x", "data": {"k": "nul\u0000"}}},
+                            {"name": "d", "content": {"text": "x", "data": {"n": 2**70}}}))
+    assert [f for f, _ in errors] == ["$.variants[1].content", "$.variants[2].content.data.k",
+                                      "$.variants[3].content.data.n"]
 
 
 def test_the_schema_bounds_an_experiment():

@@ -15,7 +15,7 @@ def test_defaults_keep_unread_inbox_and_nothing_forever_otherwise():
         (30, 7, 30, 90, 30)
     assert r.inbox_unread_days == 0 and r.interval_s == 3600 and r.batch == 5000
     assert [k.name for k, _ in retention.active(r)] == [
-        "tracking", "engagement", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs",
+        "tracking", "engagement", "experiments", "scheduled", "digest_buckets", "change_feed", "inbox_read", "jobs",
         "event_dead_letters"]
 
 
