@@ -41,7 +41,7 @@ async def cmd_demo(cfg, args) -> int:
         await sinks.stop()
 
 
-HARNESSES = ("e2e", "capacity", "prefs", "channels", "auth", "faults", "hop", "sendtime")
+HARNESSES = ("e2e", "capacity", "prefs", "channels", "auth", "faults", "hop", "sendtime", "channelchoice")
 
 
 def add_bench(sub) -> None:
@@ -55,6 +55,7 @@ def add_bench(sub) -> None:
 
 def run_bench(args) -> int:
     """The harnesses parse their own options and run their own loop."""
-    from bench import auth, capacity, channels, e2e, faults, hop, prefs, sendtime
+    from bench import auth, capacity, channelchoice, channels, e2e, faults, hop, prefs, sendtime
     return {"e2e": e2e.main, "capacity": capacity.main, "prefs": prefs.main, "channels": channels.main,
-            "auth": auth.main, "faults": faults.main, "hop": hop.main, "sendtime": sendtime.main}[args.what](args.rest)
+            "auth": auth.main, "faults": faults.main, "hop": hop.main, "sendtime": sendtime.main,
+            "channelchoice": channelchoice.main}[args.what](args.rest)

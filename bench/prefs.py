@@ -35,7 +35,9 @@ import uuid
 import orjson
 
 from engine import migrations
+from policy.choice import ChoiceConfig, choose
 from policy.decide import decide, zone
+from policy.experiments import Live, Variant, apply as apply_variant, route
 from policy.fatigue import Cap, Fatigue, FatigueConfig, Ledger
 from policy.prefs import Preference, ordered
 from policy.rules import Policy, PolicyConfig, Rule
@@ -134,17 +136,47 @@ def bench_decide(calls: int = 200_000) -> dict:
         for d in decide(r, u, AVAILABLE, POLICY, now=now):
             if d.action == "send":
                 tz = zone(u.timezone)
-                if FATIGUE.over(ledger.counts.get(u.user_id), tally, u.user_id, d.channel, r.category, r.priority,
+                if FATIGUE.over(ledger.get(u.user_id), tally, u.user_id, d.channel, r.category, r.priority,
                                 tz, now) is None:
                     FATIGUE.plan(tally, u.user_id, d.channel, r.category, r.priority, tz, now)
         with_fatigue.append(clock() - t0)
     with_fatigue.sort()
+    # "channel_strategy": "best" (policy/choice.py) and an A/B experiment (policy/experiments.py), each
+    # what the plan or the shard adds per request: a choice among the request's sendable channels, the
+    # variant's assignment and application
+    stats = {u.user_id: {"email": (12, 3), "push": (20, 9), "sms": (3, 1)} for u in users[::3]}
+    population_counts = {"email": (5000, 700), "push": (6000, 1400), "sms": (900, 250)}
+    cfg = ChoiceConfig()
+    with_choice = []
+    for i in range(calls):
+        r, u = reqs[i % 1000], users[(i * 7919) % len(users)]
+        t0 = clock()
+        sendable = [d.channel for d in decide(r, u, AVAILABLE, POLICY, now=now) if d.action == "send"]
+        if len(sendable) > 1:
+            choose(sendable, stats.get(u.user_id, {}), population_counts, cfg, f"n{i}")
+        with_choice.append(clock() - t0)
+    with_choice.sort()
+    live = {r.category: Live("exp", r.category, (Variant(name="a"), Variant(name="b", content=Content(
+        subject="Hi", text="short"))), "running") for r in reqs}
+    routing = []
+    for i in range(calls // 4):
+        r, u = reqs[i % 1000], users[(i * 7919) % len(users)]
+        t0 = clock()
+        routed = route(r.category, r.priority, u.user_id, live)
+        if routed is not None:
+            apply_variant(r, routed[1], now)
+        routing.append(clock() - t0)
+    routing.sort()
     return {"calls": calls, "median_us": round(statistics.median(samples) / 1e3, 2),
             "p99_us": round(samples[int(len(samples) * 0.99)] / 1e3, 2),
             "with_cache_read_median_us": round(statistics.median(with_read) / 1e3, 2),
             "with_cache_read_p99_us": round(with_read[int(len(with_read) * 0.99)] / 1e3, 2),
             "with_fatigue_median_us": round(statistics.median(with_fatigue) / 1e3, 2),
             "with_fatigue_p99_us": round(with_fatigue[int(len(with_fatigue) * 0.99)] / 1e3, 2),
+            "with_channel_choice_median_us": round(statistics.median(with_choice) / 1e3, 2),
+            "with_channel_choice_p99_us": round(with_choice[int(len(with_choice) * 0.99)] / 1e3, 2),
+            "experiment_routing_median_us": round(statistics.median(routing) / 1e3, 2),
+            "experiment_routing_p99_us": round(routing[int(len(routing) * 0.99)] / 1e3, 2),
             "timer_overhead_us": round(overhead / 1e3, 3),
             "mix": "90% defaults; 10% with 1-4 rows (30% of those on a template); 1-2 channels per request"}
 
@@ -166,7 +198,44 @@ def bench_memory(n: int = 1_000_000) -> dict:
     out = subprocess.run([sys.executable, "-c", f"import bench.prefs as b; b._ledger_child({n})"],
                          capture_output=True, text=True, check=True)
     result["fatigue"] = json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", f"import bench.prefs as b; b._engagement_child({n})"],
+                         capture_output=True, text=True, check=True)
+    result["engagement"] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _engagement_child(n: int) -> None:
+    """What a UserShard holds per person for engagement, as it holds it: a send-time
+    profile (when read, 24 bytes, zone) and channel counts on two channels (when read,
+    channel → (sent, engaged)); and how fast fed events are counted into them."""
+    import psutil
+    proc = psutil.Process()
+    from policy.timing import add_event, profile_of
+    tz = zone("Europe/Berlin")
+    now = time.time()
+    gc.collect()
+    before = proc.memory_info().rss
+    profiles: dict = {}
+    stats: dict = {}
+    for i in range(n):
+        uid = f"user-{i:08d}"
+        profiles[uid] = (now, profile_of([now - 3600 * (i % 24)], tz), tz.key)
+        stats[uid] = (now, {"email": (i % 50, i % 7), "push": (i % 30, i % 5)})
+    gc.collect()
+    per_user = (proc.memory_info().rss - before) / n
+    # the feed: events counted into held profiles and channel counts (UserShard.engaged's work)
+    ids = [f"user-{(i * 7919) % n:08d}" for i in range(200_000)]
+    t0 = time.perf_counter()
+    for uid in ids:
+        held = profiles[uid]
+        profiles[uid] = (held[0], add_event(held[1], now, tz), held[2])
+        counts = stats[uid][1]
+        sent, engaged = counts.get("push", (0, 0))
+        counts["push"] = (sent, engaged + 1)
+    rate = len(ids) / (time.perf_counter() - t0)
+    print(json.dumps({"people": n, "bytes_per_person": round(per_user),
+                      "projected_10m_gib": round(per_user * 10_000_000 / 2**30, 2),
+                      "feed_events_per_s": round(rate)}))
 
 
 def _ledger_child(n: int) -> None:

@@ -48,9 +48,9 @@ Rate = Annotated[float, Meta(ge=0, le=1)]
 class ChoiceConfig(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """``[preferences.choice]``."""
 
-    exploration: Rate = 0.05  # a candidate at random this often
+    exploration: Rate = 0.02  # a candidate at random this often (Thompson sampling explores by itself too)
     prior_rate: Annotated[float, Meta(gt=0, lt=1)] = 0.1  # before anyone's counts are known
-    prior_weight: Annotated[float, Meta(gt=0, le=1e6)] = 10.0  # pseudo-sends of the prior
+    prior_weight: Annotated[float, Meta(gt=0, le=1e6)] = 4.0  # pseudo-sends of the prior (bench/RESULTS.md)
     # subtracted from a channel's sampled rate: what a send there costs, in rate points
     cost: dict[Channel, Annotated[float, Meta(ge=0, le=1)]] = msgspec.field(
         default_factory=lambda: {"sms": 0.02, "voice": 0.05})
