@@ -13,9 +13,10 @@ import time
 import asyncpg
 import msgspec
 
-from policy import wire
+from policy import suggestions, wire
 from policy.decide import current_consent, split_consent_key
 from policy.prefs import USER_CHANNELS, ordered
+from policy.suggestions import ChannelUse
 from policy.types import UserState
 from policy.validate import (
     Consent,
@@ -96,6 +97,21 @@ class PrefsMixin:
                             "why": r.source})
         return wire.encode({"user_id": user_id, "version": state.version if state else 0,
                             "timezone": state.timezone if state else "UTC", "effective": out})
+
+    async def suggest(self, user_id: str, payload: bytes, lookback_days: int) -> bytes:
+        """Preference suggestions for a user from their channel use (``list[ChannelUse]``,
+        MessagePack, read by the caller), resolved against their preferences now
+        (``policy.suggestions``): ``list[Suggestion]``."""
+        await self._ready()
+        async with self.pool.acquire() as conn:
+            state = (await self._load_missing(conn, [user_id])).get(user_id)
+        rows = state.prefs if state else ()
+        chain = state.templates if state else ()
+        now = self.clock()
+        uses = wire.decode(payload, list[ChannelUse])
+        return wire.encode(suggestions.suggest(
+            uses, lambda ch, cat: self.policy.resolve(rows, chain, ch, cat, "*", {}, now), lookback_days,
+            rows, self.policy.categories))
 
     async def set_prefs(self, payload: bytes) -> bytes:
         """Apply a batch of PrefCommands, each on its own (one user's conflict or

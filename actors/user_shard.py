@@ -9,6 +9,7 @@ answers — so when ``handle`` returns, the batch is durable and may be acked.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -335,25 +336,29 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             before = await experiment_store.routed_before(conn, asked)
         now = self.clock()
         out = {it.notification_id: it for it in items}
-        fresh: list[tuple[Item, experiments.Live, experiments.Variant, Message]] = []
+        fresh: list[tuple[Item, experiments.Live, experiments.Variant, list[Message | None]]] = []
         for it in items:
             nid, route = it.notification_id, routes[it.notification_id]
             if nid in before:
                 again = experiments.apply(it.request, before[nid], now)
                 out[nid] = it if again is None else Item(nid, it.user_id, again)
             elif route is not None and nid not in seen:
-                routed = experiments.apply(it.request, route[1], now)
-                if routed is not None:
-                    fresh.append((it, route[0], route[1], routed))
-        refs = {(r.template.id, r.template.version) for *_, r in fresh if r.template is not None}
+                # in the experiment only if every variant fits it, whichever the person gets: otherwise
+                # the arms would count different requests (a timing arm leaving out what has send_at)
+                each = [experiments.apply(it.request, v, now) for v in route[0].variants]
+                if all(r is not None for r in each):
+                    fresh.append((it, route[0], route[1], each))
+        refs = {(r.template.id, r.template.version) for *_, each in fresh for r in each
+                if r is not None and r.template is not None}
         if refs:
             await self._load_templates(refs)
         exposures = []
-        for it, live, variant, routed in fresh:
-            parts = self.message_templates.get((routed.template.id, routed.template.version)) \
-                if routed.template is not None else None
-            if not experiments.fits(routed, parts):
+        for it, live, variant, each in fresh:
+            if not all(r is not None and experiments.fits(r, self.message_templates.get(
+                    (r.template.id, r.template.version)) if r.template is not None else None) for r in each):
                 continue
+            routed = each[live.variants.index(variant)]
+            assert routed is not None
             out[it.notification_id] = Item(it.notification_id, it.user_id, routed)
             exposures.append(experiments.Exposure(live.experiment_id, it.notification_id, it.user_id, variant.name,
                                                   counted=live.status == "running" and it.user_id in states))
@@ -456,6 +461,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         await self._read_profiles(items, states)
         await self._read_channel_stats(items)
         ctx = self._context(digest, parent_id)
+        if any(it.request.channel_strategy == "best" for it in items):
+            # a best-of notification with a channel sent or held (recorded, or sent and not recorded)
+            # was chosen for: it is not chosen again (policy/plan.py)
+            handled = tracking.handled(rows) | {o.notification_id for o in journaled if o.status == "sent"}
+            ctx = dataclasses.replace(ctx, chosen=frozenset(handled))
         now = self.clock()
         outcomes, kept, error = await self._execute_counted(planner.plan_round(items, states, done, ctx, now=now),
                                                             states, now)
@@ -553,7 +563,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 for e in self._counting[u]:  # fed while reading: in the read only if recorded before it
                     if e.recorded > now and e.channel:
                         sent, engaged = stats.get(e.channel, (0, 0))
-                        stats[e.channel] = (sent, engaged + 1)
+                        stats[e.channel] = (sent, min(sent, engaged + 1))
                 self._hold_stats(u, (now, stats))
         finally:
             for u in stale:
@@ -605,10 +615,13 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         return counted
 
     def _count_engaged(self, events: list[wire.Engaged]) -> None:
-        """Opens and clicks fed, counted into the channel counts held (policy/choice.py)
-        unless the counts were read after the event was recorded (the read saw it)."""
+        """Sends read (their first open or click, as fed: ``channel`` set), counted into
+        the channel counts held (policy/choice.py) unless the counts were read after the
+        event was recorded (the read saw it), the event is older than the lookback, or
+        it would count more reads than sends (a send the counts missed)."""
+        since = self.clock() - self.policy.cfg.choice.lookback_days * 86_400.0
         for e in events:
-            if not e.channel:
+            if not e.channel or e.at < since:
                 continue
             counting = self._counting.get(e.user_id)
             if counting is not None:  # applied when the read is done
@@ -618,6 +631,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if held is None or e.recorded <= held[0]:
                 continue
             sent, engaged = held[1].get(e.channel, (0, 0))
+            if engaged >= sent:
+                continue
             held[1][e.channel] = (sent, engaged + 1)
             ps, pe = self.population.get(e.channel, (0, 0))
             self.population[e.channel] = (ps, pe + 1)
@@ -1251,6 +1266,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if self.ledger is not None:
                 self.ledger.forget(user_id)
             self.profiles.pop(user_id, None)
+            self._hold_stats(user_id, None)
+            self._counting.pop(user_id, None)
         self.stats["erased"] = self.stats.get("erased", 0) + 1
         return {} if receipt is None else {"receipt": receipt.as_dict()}
 

@@ -44,14 +44,20 @@ class Feed:
         key → time as stored), once their transaction committed, and make sure a flush
         is coming."""
         now = time.time()
+        first = getattr(new, "first", set())  # stores.engagement.Stored: a send's first read
+        counted: set[tuple] = set()
         for e in events:
-            at = new.get((e.notification_id, e.channel, e.type))
+            key = (e.notification_id, e.channel, e.type)
+            at = new.get(key)
             if at is None or e.type not in READING:
                 continue
             if len(self._pending) >= MAX_PENDING:
                 self.dropped += 1
                 continue
-            self._pending.append(Engaged(e.user_id, at, now, e.channel))
+            # a send is read once for channel choice, however many opens and clicks it gets
+            once = key in first and (e.notification_id, e.channel) not in counted
+            counted.add((e.notification_id, e.channel))
+            self._pending.append(Engaged(e.user_id, at, now, e.channel if once else ""))
         if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
 

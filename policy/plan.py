@@ -89,6 +89,9 @@ class Context:
     # user → (when read, Stats); and the population's, summed over the people held
     channel_stats: Mapping[str, tuple[float, choice.Stats]] | None = None
     population: choice.Stats | None = None
+    # best-of notifications with a channel sent or held already (recorded, or sent and not yet
+    # recorded): the choice was made, none of their other channels is chosen now
+    chosen: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -116,7 +119,8 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
     for it in items:
         state = states.get(it.user_id)
         decisions = decide(it.request, state, ctx.available, ctx.policy, now=now, digest=ctx.digest)
-        others = _not_chosen(it, decisions, ctx, done) if it.request.channel_strategy == "best" else None
+        others = _not_chosen(it, decisions, state, ctx, done, tally, now) \
+            if it.request.channel_strategy == "best" else None
         for d in decisions:
             if (it.notification_id, d.channel) in done:
                 continue
@@ -143,29 +147,49 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
     return plan
 
 
-def _not_chosen(it: Item, decisions: list, ctx: Context, done: Set[tuple[str, str]]) -> dict[str, str] | None:
+def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context, done: Set[tuple[str, str]],
+                tally: Tally, now: float) -> dict[str, str] | None:
     """The channels of a ``channel_strategy: best`` request not chosen (policy/choice.py),
-    each with the outcome's detail: of those that may be sent now (else of those that
-    would be held) one is chosen; the rest, and any that would be held when one is
-    sent, are not. A notification one of whose channels was recorded (or sent and
-    not yet recorded) was chosen for before: none of its other channels is chosen now."""
+    each with the outcome's detail. The candidates are the channels not recorded yet
+    that may go now: decided ``Send``, with content to send (rendered as ``_send``
+    would) and under the fatigue caps; when there are none, those that would be held
+    (quiet hours, a digest, a cap). One is chosen; the others, sendable or holdable,
+    are not. A notification the choice was made for before (``ctx.chosen``: a channel
+    of it sent or held) chooses nothing new: its other channels are not chosen."""
     if len(decisions) < 2:
         return None
     nid = it.notification_id
-    if any((nid, d.channel) in done for d in decisions):
-        return {d.channel: "chosen before" for d in decisions if not isinstance(d, Suppress)}
-    pool = [d.channel for d in decisions if isinstance(d, Send)] or \
-           [d.channel for d in decisions if isinstance(d, (Defer, Digest))]
+    open_ = [d for d in decisions if (nid, d.channel) not in done and not isinstance(d, Suppress)]
+    if nid in ctx.chosen:
+        return {d.channel: "chosen before" for d in open_}
+    now_: list[str] = []
+    later = [d.channel for d in open_ if isinstance(d, (Defer, Digest))]
+    for d in open_:
+        if isinstance(d, Send):
+            scratch = Plan()
+            _send(scratch, it, d.channel, state, ctx, now)
+            if scratch.sends:  # not rejected (no content, a template error, expired, no device on)
+                (later if _capped(it, d.channel, state, ctx, tally, now) else now_).append(d.channel)
+    pool = now_ or later
     if not pool:
-        return None
+        return None  # nothing would go: each channel keeps its own outcome
     scores: dict[str, float] = {}
     chosen = pool[0]
     if len(pool) > 1:
         held = ctx.channel_stats.get(it.user_id) if ctx.channel_stats is not None else None
         chosen, scores = choice.choose(pool, held[1] if held is not None else {}, ctx.population or {},
                                        ctx.policy.cfg.choice, nid)
-    why = choice.detail(chosen, scores) if scores else f"chose {chosen}, the only one allowed now"
-    return {d.channel: why for d in decisions if d.channel != chosen and not isinstance(d, Suppress)}
+    why = choice.detail(chosen, scores) if scores else f"chose {chosen}, the only one that could go"
+    return {d.channel: why for d in open_ if d.channel != chosen}
+
+
+def _capped(it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally, now: float) -> bool:
+    """Whether a send on ``channel`` would be over a fatigue cap now (nothing counted)."""
+    if ctx.ledger is None or state is None:
+        return False
+    req = it.request
+    return ctx.ledger.fatigue.over(ctx.ledger.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
+                                   zone(state.timezone), now) is not None
 
 
 def _count(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally,

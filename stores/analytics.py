@@ -105,4 +105,26 @@ async def channels(conn: asyncpg.Connection | asyncpg.Pool, start: float, end: f
     return [shape(r) for r in rows]
 
 
-__all__ = ["BUCKETS", "channels", "shape", "window_error"]
+
+
+DRIFT = """
+SELECT d.category, d.channel, d.created_at >= to_timestamp($2) AS later, count(*)::int,
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = d.notification_id
+                                      AND e.channel = d.channel AND e.type IN ('opened', 'clicked')))::int
+FROM delivery_tracking d
+WHERE d.created_at >= to_timestamp($1) AND d.created_at < to_timestamp($3)
+  AND d.status IN ('sent', 'delivered', 'complained', 'bounced') AND d.channel <> '*'
+GROUP BY 1, 2, 3
+"""
+
+
+async def windows(conn, start: float, middle: float, end: float) -> tuple[list[tuple], list[tuple]]:
+    """Sends and opens per (category, channel) in [start, middle) and [middle, end):
+    what the engagement drift report compares (``policy.suggestions.drift``)."""
+    before, after = [], []
+    for r in await conn.fetch(DRIFT, start, middle, end):
+        (after if r[2] else before).append((r[0], r[1], r[3], r[4]))
+    return before, after
+
+
+__all__ = ["BUCKETS", "channels", "shape", "window_error", "windows"]

@@ -69,7 +69,10 @@ SELECT n, u, c, t,
                                   WHERE d.notification_id = e.n AND d.channel = e.c)), s
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[]) AS e(n, u, c, t, a, s)
 ON CONFLICT (notification_id, channel, type) DO NOTHING
-RETURNING notification_id, channel, type, extract(epoch FROM at)::float8
+RETURNING notification_id, channel, type, extract(epoch FROM at)::float8,
+          -- the first open or click of its (notification, channel): the statement's own rows are not seen here
+          NOT EXISTS (SELECT 1 FROM engagement_events x WHERE x.notification_id = engagement_events.notification_id
+                      AND x.channel = engagement_events.channel AND x.type IN ('opened', 'clicked'))
 """
 DELIVERED = """
 UPDATE delivery_tracking d SET status = 'delivered', reason = e.t, updated_at = now()
@@ -85,13 +88,25 @@ WHERE notification_id = $1 ORDER BY at, id
 """
 
 
-async def record(conn: asyncpg.Connection, events: list[Engagement]) -> dict[tuple[uuid.UUID, str, str], float]:
+class Stored(dict):
+    """(notification, channel, type) → its time as stored, of the events that were new;
+    ``first``: those of them that were the first open or click of their (notification,
+    channel) (a read counts once per send, policy/choice.py)."""
+
+    first: set[tuple[uuid.UUID, str, str]]
+
+    def __init__(self, items=(), first=()):
+        super().__init__(items)
+        self.first = set(first)
+
+
+async def record(conn: asyncpg.Connection, events: list[Engagement]) -> Stored:
     """Store ``events`` and move their ``sent`` tracking rows to ``delivered``,
     in one transaction. Returns the (notification, channel, type) keys that
     were new, each with its time as stored (never before the notification was
     accepted); the others were stored before and are left as they were."""
     if not events:
-        return {}
+        return Stored()
     async with conn.transaction():
         # delivered first: its status event comes before the opened or clicked one (migration 024)
         await conn.execute(DELIVERED, [e.notification_id for e in events], [e.channel for e in events],
@@ -99,7 +114,8 @@ async def record(conn: asyncpg.Connection, events: list[Engagement]) -> dict[tup
         rows = await conn.fetch(INSERT, [e.notification_id for e in events], [e.user_id for e in events],
                                 [e.channel for e in events], [e.type for e in events],
                                 [e.at for e in events], [e.source for e in events])
-    return {(r[0], r[1], r[2]): r[3] for r in rows}
+    first = [(r[0], r[1], r[2]) for r in rows if r[4] and r[2] in ("opened", "clicked")]
+    return Stored((((r[0], r[1], r[2]), r[3]) for r in rows), first)
 
 
 async def stored_at(conn: asyncpg.Connection, nid: uuid.UUID, channel: str, type_: str) -> float | None:
@@ -172,5 +188,25 @@ async def channel_counts(conn: asyncpg.Connection, user_ids: list[str], since: f
     return out
 
 
-__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "as_entries", "channel_counts", "clock_error",
+CHANNEL_USE = """
+SELECT d.category, d.channel, count(*)::int, count(o.at)::int,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM o.at - d.completed_at)::float8)
+           FILTER (WHERE o.at IS NOT NULL)
+FROM delivery_tracking d
+LEFT JOIN LATERAL (SELECT min(e.at) AS at FROM engagement_events e WHERE e.notification_id = d.notification_id
+                   AND e.channel = d.channel AND e.type IN ('opened', 'clicked')) o ON true
+WHERE d.user_id = $1 AND d.status IN ('sent', 'delivered', 'complained', 'bounced')
+  AND d.completed_at >= to_timestamp($2) AND d.channel <> '*'
+GROUP BY d.category, d.channel
+"""
+
+
+async def channel_use(conn: asyncpg.Connection, user_id: str, since: float) -> list[tuple]:
+    """A user's sends per (category, channel) completed since ``since``, how many were
+    opened or clicked, and the median seconds from send to first open: what preference
+    suggestions read (``policy.suggestions.ChannelUse``)."""
+    return [tuple(r) for r in await conn.fetch(CHANNEL_USE, user_id, since)]
+
+
+__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "Stored", "as_entries", "channel_counts", "channel_use", "clock_error",
            "last_seen", "record", "stored_at", "timelines", "times"]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
+from infra import db
 from policy.experiments import Arm, ExperimentBody, Exposure, Live, Variant
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,18 @@ async def routed_before(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[st
     """The variants notifications ``ids`` were routed to before (a redelivery gets the
     same), whatever their experiment's state is now."""
     out = {}
+    decoded: dict[str, list[Variant]] = {}
     for r in await conn.fetch(
-            "SELECT p.notification_id::text, p.variant, e.variants::text FROM user_experiment_participation p "
-            "JOIN experiments e USING (experiment_id) WHERE p.notification_id = ANY($1::uuid[])", list(ids)):
-        variant = next((v for v in _variants.decode(r[2]) if v.name == r[1]), None)
+            "SELECT p.notification_id::text, p.variant, e.variants::text, e.experiment_id "
+            "FROM user_experiment_participation p JOIN experiments e USING (experiment_id) "
+            f"WHERE p.notification_id = {db.keys(1, 'uuid')}", list(ids)):
+        if r[3] not in decoded:
+            try:
+                decoded[r[3]] = _variants.decode(r[2])
+            except msgspec.DecodeError:
+                log.error("experiment %r: its variants do not decode; its notifications go as submitted", r[3])
+                decoded[r[3]] = []
+        variant = next((v for v in decoded[r[3]] if v.name == r[1]), None)
         if variant is not None:
             out[r[0]] = variant
     return out
@@ -162,8 +171,9 @@ FROM (SELECT p.variant, p.user_id,
       FROM user_experiment_participation p
       WHERE p.experiment_id = $1 AND p.counted
         -- settled: a notification still held (its timing, quiet hours) or in flight is not counted yet
-        AND EXISTS (SELECT 1 FROM delivery_tracking d WHERE d.notification_id = p.notification_id
-                    AND d.status <> 'deferred')
+        AND EXISTS (SELECT 1 FROM delivery_tracking d WHERE d.notification_id = p.notification_id)
+        AND NOT EXISTS (SELECT 1 FROM delivery_tracking d WHERE d.notification_id = p.notification_id
+                        AND d.status = 'deferred')
       GROUP BY p.variant, p.user_id) AS people
 GROUP BY variant
 """

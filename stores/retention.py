@@ -64,7 +64,7 @@ KINDS = (
     # who got which variant goes with the outcomes it is counted by: an experiment's
     # results cover the tracking rows kept (policy/experiments.py)
     Kind("experiments", "user_experiment_participation", ("notification_id",),
-         "t.assigned_at < {cutoff}", "tracking_days"),
+         "t.assigned_at < {cutoff} AND " + NO_PENDING_SCHEDULE, "tracking_days"),
     Kind("scheduled", "scheduled_notifications", ("id",),
          "t.status = 'done' AND t.due_at < {cutoff}", "scheduled_done_days"),
     Kind("digest_buckets", "digest_buckets", ("key",),

@@ -33,6 +33,7 @@ from engine.http import (
     segments,
     ses,
     subscriptions,
+    suggestions,
     templates,
     tokens,
     topics,
@@ -54,7 +55,7 @@ HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests", ["route"
 
 ROUTE_MODULES = (notifications, users, devices, health, prefs, bulk, templates, tracking, inbox, events, links, analytics,
                  tokens, audit, unsubscribe, export, center, erasure, vonage, messagebird, ses, subscriptions, topics,
-                 segments, experiments, docs, graphql)
+                 segments, experiments, suggestions, docs, graphql)
 
 
 @web.middleware

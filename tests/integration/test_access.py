@@ -61,7 +61,7 @@ def bearer(token: str | None) -> dict[str, str]:
 def concrete(path: str) -> str:
     return (path.replace("{user_id}", "alice").replace("{id}", str(uuid.uuid4()))
             .replace("{token}", "x").replace("{topic_id}", "company-42").replace("{segment_id}", "europe").replace("{device_id}", "phone-1")
-            .replace("{experiment_id}", "exp-1"))
+            .replace("{experiment_id}", "exp-1").replace("{suggestion_id}", "0123456789ab"))
 
 
 def routes(engine) -> list[tuple[str, str, object]]:

@@ -336,6 +336,7 @@ BODIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("POST", "/v1/experiments"): json_sample({"id": "fuzz", "category": "news", "kind": "content", "variants": [
         {"name": "control"}, {"name": "b", "weight": 3, "content": {"subject": "s", "text": "t", "data": {"n": 1}}}]}),
     ("POST", "/v1/experiments/{experiment_id}/stop"): json_sample({"winner": "b"}),
+    ("POST", "/v1/users/{user_id}/preferences/suggestions/{suggestion_id}"): json_sample({}),  # no body is read
     ("POST", "/v1/audiences/count"): json_sample({"topic": "fuzz", "where": {"field": "address", "op": "has",
                                                                              "value": "email"}}),
     ("POST", "/u/{token}"): shaped({"List-Unsubscribe": "One-Click"}).map(form),

@@ -41,7 +41,8 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,r
 
 
 NO_BODY = {"POST /v1/audit/checkpoints", "POST /v1/event-subscriptions/{id}/secret",
-           "POST /v1/event-subscriptions/{id}/dead-letters/replay", "PUT /v1/topics/{topic_id}/subscribers/{user_id}"}  # writes that read no body (an action)
+           "POST /v1/event-subscriptions/{id}/dead-letters/replay", "PUT /v1/topics/{topic_id}/subscribers/{user_id}",
+           "POST /v1/users/{user_id}/preferences/suggestions/{suggestion_id}"}  # writes that read no body (an action)
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,20 @@ costs, exploration, and one channel per recipient whatever their preferences say
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from hypothesis import given, settings, strategies as st
 
 from policy import choice
 from policy.choice import ChoiceConfig
+from policy.decide import zone
+from policy.fatigue import Cap, Fatigue, FatigueConfig, Ledger
 from policy.plan import Context, Item, plan_round
 from policy.prefs import Preference, ordered
 from policy.rules import Policy, PolicyConfig
-from policy.types import CHANNELS, Content, NotificationRequest, UserState
+from policy.templating import Compiled, MessageTemplate
+from policy.types import CHANNELS, Content, NotificationRequest, TemplateRef, UserState
 from policy.windows import Window
 
 NOON = 1_763_467_200.0  # 2025-11-18T12:00Z: 13:00 in Berlin
@@ -37,7 +41,7 @@ def test_a_persons_history_wins_over_the_prior():
 
 def test_with_no_history_the_population_decides_and_exploration_remains():
     got = picks({}, population={"email": (10_000, 3000), "sms": (10_000, 500)})
-    # the prior of a new person is the population's (0.3 against 0.05) at strength 10: mostly email
+    # the prior of a new person is the population's (0.3 against 0.05) at strength 4: mostly email
     assert 0.8 * 2000 < got["email"] < 2000
 
 
@@ -99,10 +103,40 @@ def test_a_channel_held_is_not_chosen_when_another_may_go_now():
 
 
 def test_a_notification_decided_again_keeps_its_choice():
-    # sms was sent (recorded, or sent and not recorded yet): email is not chosen now, whatever the counts say
+    # sms was sent (recorded, or sent and not recorded yet: the shard says so in ``chosen``):
+    # email is not chosen now, whatever the counts say
     plan = plan_round([Item("n1", "u1", req(["email", "sms"]))], {"u1": user()}, {("n1", "sms")},
-                      ctx({"email": (50, 50)}), now=NOON)
+                      dataclasses.replace(ctx({"email": (50, 50)}), chosen=frozenset({"n1"})), now=NOON)
     assert not plan.sends and [(o.channel, o.reason) for o in plan.outcomes] == [("email", choice.REASON)]
+
+
+def test_a_redelivery_after_a_failed_send_sends_the_channel_left():
+    # the first try recorded email as not chosen, then the call for sms failed: sms is what is left
+    plan = plan_round([Item("n1", "u1", req(["email", "sms"]))], {"u1": user()}, {("n1", "email")},
+                      ctx({"email": (50, 50)}), now=NOON)
+    assert list(plan.sends) == ["sms"] and not plan.outcomes
+
+
+def test_a_channel_that_could_not_be_sent_is_not_a_candidate():
+    # the template has no sms part: sms would be rejected, so email is the one that goes
+    templated = NotificationRequest(user_id="u1", category="news", channels=["email", "sms"], channel_strategy="best",
+                                    template=TemplateRef(id="t"))
+    parts = {("t", None): {"email": {"en": Compiled(MessageTemplate(id="t", channel="email", locale="en",
+                                                                     subject="s", text="t"))}}}
+    c = dataclasses.replace(ctx({"sms": (50, 50)}), templates=parts)
+    plan = plan_round([Item("n1", "u1", templated)], {"u1": user()}, set(), c, now=NOON)
+    assert list(plan.sends) == ["email"]
+    assert [(o.channel, o.reason) for o in plan.outcomes] == [("sms", choice.REASON)]
+
+
+def test_a_channel_over_a_fatigue_cap_does_not_win_over_one_that_may_go_now():
+    caps = FatigueConfig(caps=(Cap(name="push", window="day", limit=1, channels=("push",)),))
+    ledger = Ledger(Fatigue(caps), 100)
+    ledger.seed({"u1": [("push", "news", "normal", NOON - 60)]}, {"u1": zone("Europe/Berlin")}, NOON)
+    c = dataclasses.replace(ctx({"push": (50, 50)}), ledger=ledger,
+                            policy=Policy(PolicyConfig(choice=CFG, fatigue=caps)))
+    plan = plan_round([Item("n1", "u1", req(["email", "push"]))], {"u1": user()}, set(), c, now=NOON)
+    assert list(plan.sends) == ["email"] and not plan.holds
 
 
 @settings(max_examples=200, deadline=None)

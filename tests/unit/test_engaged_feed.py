@@ -10,7 +10,7 @@ import msgspec
 from engine import engaged
 from policy.sharding import shard_of
 from policy.timing import EMPTY, add_event
-from stores.engagement import Engagement
+from stores.engagement import Engagement, Stored
 
 
 class Shard:
@@ -112,3 +112,23 @@ def test_an_event_counts_in_its_local_hour_and_a_full_hour_halves_them_all():
     full = bytes([255 if h == 13 else 10 for h in range(24)])
     p = add_event(full, at, tz)
     assert p[13] == 128 and p[0] == 5
+
+
+def test_a_send_is_read_once_for_channel_choice(monkeypatch):
+    """An open and a click of one send are two events for the send-time profile, one read
+    for the channel counts: only the send's first open or click carries its channel."""
+    monkeypatch.setattr(engaged, "FLUSH_S", 0.01)
+    shard = Shard()
+    feed = engaged.Feed(lambda: [shard])
+    opened = event("u1")
+    clicked = Engagement(opened.notification_id, "u1", "email", "clicked", opened.at, "api")
+    later = Engagement(uuid.uuid4(), "u1", "email", "clicked", opened.at, "api")  # its send was opened before
+
+    async def run():
+        new = Stored(stored([opened, clicked, later]), first=[(e.notification_id, "email", e.type)
+                                                             for e in (opened, clicked)])
+        feed.add([opened, clicked, later], new)
+        await asyncio.sleep(0.1)
+
+    asyncio.run(run())
+    assert [ch for _, _, _, ch in shard.got[0]] == ["email", "", ""]
