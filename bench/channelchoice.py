@@ -29,15 +29,13 @@ finds channel habits that exist and what that is worth when they do.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from bench.sendtime import _poisson
+from bench.sendtime import _poisson, emit
 from policy.choice import ChoiceConfig, choose
 
 MEANS = {"email": 0.12, "push": 0.22, "sms": 0.30, "in_app": 0.15}
@@ -119,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     out = evaluate(args.people, args.rounds, args.seed, args.events, args.spread,
                    ChoiceConfig(cost={}, exploration=args.exploration))
-    out["seconds"] = round(time.perf_counter() - began, 1)
-    print(json.dumps(out, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    emit(out, began, args.json)
     return 0
 
 

@@ -138,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     began = time.perf_counter()
     out = evaluate(args.people, args.seed, args.events, args.base, args.sigma, args.background, args.fixed_hour)
+    emit(out, began, args.json)
+    return 0
+
+
+def emit(out: dict, began: float, path: str | None) -> None:
+    """An offline evaluation's results, with how long it took: printed, and written to ``path``."""
     out["seconds"] = round(time.perf_counter() - began, 1)
     print(json.dumps(out, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

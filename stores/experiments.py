@@ -23,7 +23,10 @@ _json = msgspec.json.Encoder()
 _variants = msgspec.json.Decoder(list[Variant])
 
 
-class Saved(msgspec.Struct, kw_only=True):
+class Experiment(msgspec.Struct, kw_only=True):
+    """An experiment as stored: its variants (the first is the control), status
+    (running | stopped | archived) and, once stopped, the winner everyone gets."""
+
     experiment_id: str
     description: str
     category: str
@@ -44,8 +47,8 @@ COLUMNS = ("experiment_id, description, category, kind, variants::text AS varian
            "extract(epoch FROM stopped_at)::float8 AS stopped_at, extract(epoch FROM archived_at)::float8 AS archived_at")
 
 
-def _saved(r) -> Saved:
-    return Saved(experiment_id=r["experiment_id"], description=r["description"], category=r["category"],
+def _saved(r) -> Experiment:
+    return Experiment(experiment_id=r["experiment_id"], description=r["description"], category=r["category"],
                  kind=r["kind"], variants=_variants.decode(r["variants"]), metric=r["metric"],
                  min_sample=r["min_sample"], confidence=r["confidence"], status=r["status"], winner=r["winner"],
                  created_at=r["created_at"], stopped_at=r["stopped_at"], archived_at=r["archived_at"])
@@ -59,7 +62,7 @@ class Taken(Exception):
         self.which, self.reason = which, reason
 
 
-async def create(conn: asyncpg.Connection, body: ExperimentBody, actor: str | None) -> Saved:
+async def create(conn: asyncpg.Connection, body: ExperimentBody, actor: str | None) -> Experiment:
     """Start an experiment; ``Taken`` when its id is used or its category has a live one."""
     async with conn.transaction():
         if await conn.fetchval("SELECT true FROM experiments WHERE experiment_id = $1", body.id):
@@ -81,18 +84,18 @@ async def create(conn: asyncpg.Connection, body: ExperimentBody, actor: str | No
     return _saved(r)
 
 
-async def get(conn: asyncpg.Connection, experiment_id: str) -> Saved | None:
+async def get(conn: asyncpg.Connection, experiment_id: str) -> Experiment | None:
     r = await conn.fetchrow(f"SELECT {COLUMNS} FROM experiments WHERE experiment_id = $1", experiment_id)
     return None if r is None else _saved(r)
 
 
-async def listed(conn: asyncpg.Connection, after: str, limit: int) -> list[Saved]:
+async def listed(conn: asyncpg.Connection, after: str, limit: int) -> list[Experiment]:
     rows = await conn.fetch(f"SELECT {COLUMNS} FROM experiments WHERE experiment_id > $1 "
                             "ORDER BY experiment_id LIMIT $2", after, limit)
     return [_saved(r) for r in rows]
 
 
-async def stop(conn: asyncpg.Connection, experiment_id: str, winner: str) -> Saved | None:
+async def stop(conn: asyncpg.Connection, experiment_id: str, winner: str) -> Experiment | None:
     """Stop a running experiment: everyone gets ``winner`` from now on. None when it
     is not running."""
     r = await conn.fetchrow(f"UPDATE experiments SET status = 'stopped', winner = $2, stopped_at = now() "
@@ -101,7 +104,7 @@ async def stop(conn: asyncpg.Connection, experiment_id: str, winner: str) -> Sav
     return None if r is None else _saved(r)
 
 
-async def archive(conn: asyncpg.Connection, experiment_id: str) -> Saved | None:
+async def archive(conn: asyncpg.Connection, experiment_id: str) -> Experiment | None:
     """End an experiment's routing (running or stopped); its results stay. None when
     it was archived already."""
     r = await conn.fetchrow(f"UPDATE experiments SET status = 'archived', archived_at = now(), "
@@ -179,7 +182,7 @@ GROUP BY variant
 """
 
 
-async def results(conn: asyncpg.Connection, saved: Saved) -> list[Arm]:
+async def results(conn: asyncpg.Connection, saved: Experiment) -> list[Arm]:
     """Each variant's people and outcomes, in the experiment's variant order."""
     rows = {r["variant"]: r for r in await conn.fetch(RESULTS, saved.experiment_id)}
     arms = []
@@ -191,4 +194,4 @@ async def results(conn: asyncpg.Connection, saved: Saved) -> list[Arm]:
     return arms
 
 
-__all__ = ["Saved", "Taken", "archive", "create", "expose", "get", "listed", "live", "results", "routed_before", "stop"]
+__all__ = ["Experiment", "Taken", "archive", "create", "expose", "get", "listed", "live", "results", "routed_before", "stop"]

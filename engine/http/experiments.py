@@ -27,7 +27,7 @@ from aiohttp import web
 from engine.http.access import Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, decode, path_param, query_after, query_int, read_json, reply
 from policy import experiments
-from policy.experiments import Analysis, ExperimentBody, Name, Variant
+from policy.experiments import Analysis, ExperimentBody, Name
 from stores import experiments as store, templates as template_store
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,7 @@ EXAMPLE = {"id": "welcome-subject", "category": "onboarding", "kind": "content",
                {"name": "short", "content": {"subject": "Welcome!", "text": "Glad you are here."}}]}
 
 
-class Experiment(msgspec.Struct):
-    experiment_id: str
-    description: str
-    category: str
-    kind: str
-    variants: list[Variant]
-    metric: str
-    min_sample: int
-    confidence: float
-    status: str  # running | stopped | archived
-    winner: str | None  # once stopped: the variant everyone gets
-    created_at: float
-    stopped_at: float | None
-    archived_at: float | None
+Experiment = store.Experiment
 
 
 class Experiments(msgspec.Struct):
@@ -79,11 +66,6 @@ class StopBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _body = msgspec.json.Decoder(ExperimentBody)
 _stop = msgspec.json.Decoder(StopBody)
-
-
-def answer(s: store.Saved) -> Experiment:
-    return Experiment(s.experiment_id, s.description, s.category, s.kind, s.variants, s.metric, s.min_sample,
-                      s.confidence, s.status, s.winner, s.created_at, s.stopped_at, s.archived_at)
 
 
 def path_experiment(request: web.Request) -> str:
@@ -130,7 +112,7 @@ async def create(request: web.Request) -> web.Response:
         except store.Taken as e:
             raise Problem(409, "conflict", [{"field": e.which, "reason": e.reason}]) from None
     await tell_shards(request)
-    return reply(answer(saved), status=201)
+    return reply(saved, status=201)
 
 
 async def get_one(request: web.Request) -> web.Response:
@@ -139,7 +121,7 @@ async def get_one(request: web.Request) -> web.Response:
         saved = await store.get(conn, path_experiment(request))
     if saved is None:
         raise missing()
-    return reply(answer(saved))
+    return reply(saved)
 
 
 async def list_all(request: web.Request) -> web.Response:
@@ -148,10 +130,10 @@ async def list_all(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, 1, 500)
     async with request.app[ENGINE].pool.acquire() as conn:
         rows = await store.listed(conn, after, limit)
-    return reply(Experiments([answer(s) for s in rows], rows[-1].experiment_id if len(rows) == limit else None))
+    return reply(Experiments(rows, rows[-1].experiment_id if len(rows) == limit else None))
 
 
-async def analysed(request: web.Request, experiment_id: str) -> tuple[store.Saved, Analysis]:
+async def analysed(request: web.Request, experiment_id: str) -> tuple[store.Experiment, Analysis]:
     async with request.app[ENGINE].pool.acquire() as conn:
         saved = await store.get(conn, experiment_id)
         if saved is None:
@@ -186,7 +168,7 @@ async def stop(request: web.Request) -> web.Response:
     if stopped is None:  # stopped or archived meanwhile
         raise Problem(409, "not running", [{"field": "experiment_id", "reason": "stopped or archived meanwhile"}])
     await tell_shards(request)
-    return reply(answer(stopped))
+    return reply(stopped)
 
 
 async def archive(request: web.Request) -> web.Response:
@@ -200,7 +182,7 @@ async def archive(request: web.Request) -> web.Response:
                 raise missing()
             raise Problem(409, "archived", [{"field": "experiment_id", "reason": "archived already"}])
     await tell_shards(request)
-    return reply(answer(archived))
+    return reply(archived)
 
 
 PAGE = (Param("after", Name, "Experiments after this id (the previous page's next)"),
