@@ -13,7 +13,7 @@ import time
 import asyncpg
 import msgspec
 
-from policy import suggestions, wire
+from policy import devices, suggestions, wire
 from policy.decide import current_consent, split_consent_key
 from policy.prefs import USER_CHANNELS, ordered
 from policy.suggestions import ChannelUse
@@ -23,6 +23,7 @@ from policy.validate import (
     ConsentRecord,
     PreferencesDoc,
     PreferencesPatch,
+    always_on,
     apply_patch,
     consent_status_of,
     doc_errors,
@@ -105,13 +106,21 @@ class PrefsMixin:
         await self._ready()
         async with self.pool.acquire() as conn:
             state = (await self._load_missing(conn, [user_id])).get(user_id)
-        rows = state.prefs if state else ()
+        rows = list(state.prefs) if state else []
         chain = state.templates if state else ()
         now = self.clock()
         uses = wire.decode(payload, list[ChannelUse])
-        return wire.encode(suggestions.suggest(
-            uses, lambda ch, cat: self.policy.resolve(rows, chain, ch, cat, "*", {}, now), lookback_days,
-            rows, self.policy.categories))
+        policy = self.policy
+        has_push = state is not None and devices.reachable(state, "push", now)
+        found = suggestions.suggest(
+            uses, lambda ch, cat: policy.resolve(rows, chain, ch, cat, "*", {}, now), lookback_days, rows,
+            policy.can_opt_out, lambda cat: has_push and always_on(policy, ordered(rows), chain, "push", cat, now))
+        # only what accepting would not refuse: the same checks as a PATCH of it
+        granted = frozenset(c for c, v in (current_consent(state, now) if state else {}).items()
+                            if consent_status_of(v) == "granted")
+        ok = [s for s in found if not patch_errors(PreferencesPatch(set=s.set), policy)
+              and not rule_errors(apply_patch(rows, PreferencesPatch(set=s.set)), chain, policy, now, "set", granted)]
+        return wire.encode([state.version if state else 0, ok])
 
     async def set_prefs(self, payload: bytes) -> bytes:
         """Apply a batch of PrefCommands, each on its own (one user's conflict or

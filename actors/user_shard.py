@@ -345,7 +345,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             elif route is not None and nid not in seen:
                 # in the experiment only if every variant fits it, whichever the person gets: otherwise
                 # the arms would count different requests (a timing arm leaving out what has send_at)
-                each = [experiments.apply(it.request, v, now) for v in route[0].variants]
+                # (a stopped one's winner only: there are no arms to compare then)
+                candidates = route[0].variants if route[0].status == "running" else (route[1],)
+                each = [experiments.apply(it.request, v, now) for v in candidates]
                 if all(r is not None for r in each):
                     fresh.append((it, route[0], route[1], each))
         refs = {(r.template.id, r.template.version) for *_, each in fresh for r in each
@@ -357,7 +359,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if not all(r is not None and experiments.fits(r, self.message_templates.get(
                     (r.template.id, r.template.version)) if r.template is not None else None) for r in each):
                 continue
-            routed = each[live.variants.index(variant)]
+            routed = each[live.variants.index(variant)] if live.status == "running" else each[0]
             assert routed is not None
             out[it.notification_id] = Item(it.notification_id, it.user_id, routed)
             exposures.append(experiments.Exposure(live.experiment_id, it.notification_id, it.user_id, variant.name,
@@ -528,9 +530,12 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             async with self.pool.acquire() as conn:
                 times = await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
             for u in stale:
+                fed = self._reading.get(u)
+                if fed is None:  # erased while being read: not held again
+                    continue
                 tz = zone(states[u].timezone)
                 profile = timing.profile_of(times.get(u, ()), tz)
-                for at, recorded in self._reading[u]:  # fed while reading: in the read only if recorded before it
+                for at, recorded in fed:  # fed while reading: in the read only if recorded before it
                     if recorded > now:
                         profile = timing.add_event(profile, at, tz)
                 self.profiles.pop(u, None)  # to the end: the oldest read goes first
@@ -559,8 +564,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             async with self.pool.acquire() as conn:
                 counts = await engagement_store.channel_counts(conn, stale, now - cfg.lookback_days * 86_400.0)
             for u in stale:
+                fed = self._counting.get(u)
+                if fed is None:  # erased while being read: not held again
+                    continue
                 stats = dict(counts.get(u, {}))
-                for e in self._counting[u]:  # fed while reading: in the read only if recorded before it
+                for e in fed:  # fed while reading: in the read only if recorded before it
                     if e.recorded > now and e.channel:
                         sent, engaged = stats.get(e.channel, (0, 0))
                         stats[e.channel] = (sent, min(sent, engaged + 1))
@@ -1266,6 +1274,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if self.ledger is not None:
                 self.ledger.forget(user_id)
             self.profiles.pop(user_id, None)
+            self._reading.pop(user_id, None)
             self._hold_stats(user_id, None)
             self._counting.pop(user_id, None)
         self.stats["erased"] = self.stats.get("erased", 0) + 1

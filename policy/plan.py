@@ -153,8 +153,8 @@ def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context
     each with the outcome's detail. The candidates are the channels not recorded yet
     that may go now: decided ``Send``, with content to send (rendered as ``_send``
     would) and under the fatigue caps; when there are none, those that would be held
-    (quiet hours, a digest, a cap). One is chosen; the others, sendable or holdable,
-    are not. A notification the choice was made for before (``ctx.chosen``: a channel
+    (quiet hours, a digest, a cap). One is chosen; the other candidates are not, and
+    a channel that could not have gone keeps its own outcome (rejected, ...). A notification the choice was made for before (``ctx.chosen``: a channel
     of it sent or held) chooses nothing new: its other channels are not chosen."""
     if len(decisions) < 2:
         return None
@@ -180,7 +180,8 @@ def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context
         chosen, scores = choice.choose(pool, held[1] if held is not None else {}, ctx.population or {},
                                        ctx.policy.cfg.choice, nid)
     why = choice.detail(chosen, scores) if scores else f"chose {chosen}, the only one that could go"
-    return {d.channel: why for d in open_ if d.channel != chosen}
+    # the candidates not chosen; a channel that could not have gone keeps its own outcome (rejected, ...)
+    return {ch: why for ch in (*now_, *later) if ch != chosen}
 
 
 def _capped(it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally, now: float) -> bool:

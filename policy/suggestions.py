@@ -8,7 +8,8 @@ preference path like any PATCH):
 
 - ``digest_unread``: a category whose email they never open (at least
   ``MIN_UNREAD`` sent, none opened or clicked) and get at once: a weekly digest.
-- ``sms_to_push``: a category they get by SMS and also by push, where they open push
+- ``sms_to_push``: a category they get by SMS and also by push (opened there at
+  least once, push on whatever the urgency, a live device), where they open push
   within ``FAST_OPEN_S`` (median, at least ``MIN_OPENS`` opens): SMS off for it.
 
 Categories whose messages must arrive (``KEEP``: security, account, transactional)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
+from statistics import NormalDist
 
 import msgspec
 from msgspec import Struct
@@ -34,7 +36,6 @@ MIN_UNREAD = 10  # emails of a category sent, none opened, before a digest is su
 MIN_OPENS = 3  # push opens before their speed counts
 FAST_OPEN_S = 600.0  # a median push open this fast: push reaches them
 KEEP = frozenset({"security", "account", "transactional"})
-Z95 = 1.959964
 
 
 class ChannelUse(Struct, frozen=True, array_like=True):
@@ -71,15 +72,19 @@ def merged(rows: Sequence[Preference], new: Preference) -> Preference:
     for r in rows:
         if (r.channel, r.category, r.content_type, r.context) == (new.channel, new.category, "*", {}):
             changes = {f: getattr(new, f) for f in ("enabled", "frequency") if getattr(new, f) is not None}
-            return msgspec.structs.replace(r, **changes)
+            # an accepted suggestion stays: an expiry of the old row would undo it later (or, passed, void it)
+            return msgspec.structs.replace(r, **changes, expires_at=None)
     return new
 
 
 def suggest(uses: Sequence[ChannelUse], resolve: Callable[[str, str], Resolved], lookback_days: int,
-            rows: Sequence[Preference] = (), categories: frozenset[str] = frozenset()) -> list[Suggestion]:
+            rows: Sequence[Preference] = (), may_change: Callable[[str], bool] = lambda category: True,
+            push_reaches: Callable[[str], bool] = lambda category: True) -> list[Suggestion]:
     """What to propose to a person (``resolve(channel, category)``: their effective
-    preference now; ``rows``: their own rows; ``categories``: those preference rows
-    may name, empty for any), most evidence first."""
+    preference now; ``rows``: their own rows; ``may_change(category)``: whether they
+    may turn it off themselves, ``Policy.can_opt_out``; ``push_reaches(category)``:
+    whether push reaches them for it whatever the urgency, on a live device), most
+    evidence first. The caller drops those its validation would refuse."""
     out: list[Suggestion] = []
     by = {(u.category, u.channel): u for u in uses}
     push_opens = [u for u in uses if u.channel == "push" and u.opened and u.median_open_s is not None]
@@ -94,7 +99,7 @@ def suggest(uses: Sequence[ChannelUse], resolve: Callable[[str, str], Resolved],
                 fast_push = value
                 break
     for u in uses:
-        if u.category in KEEP or (categories and u.category not in categories):
+        if u.category in KEEP or not may_change(u.category):
             continue
         pref = resolve(u.channel, u.category)
         if not pref.enabled:
@@ -107,8 +112,10 @@ def suggest(uses: Sequence[ChannelUse], resolve: Callable[[str, str], Resolved],
                 set=[merged(rows, Preference(channel="email", category=u.category, frequency="weekly"))],
                 evidence={"sent": u.sent, "opened": 0, "lookback_days": lookback_days}))
         push = by.get((u.category, "push"))
+        # push must already reach them for the category: sent there, opened there at least once, on
+        # whatever the urgency and a live device to go to
         if (u.channel == "sms" and u.sent >= MIN_OPENS and fast_push is not None and fast_push <= FAST_OPEN_S
-                and push is not None and push.sent and resolve("push", u.category).enabled):
+                and push is not None and push.opened and push_reaches(u.category)):
             out.append(Suggestion(
                 id=_id("sms_to_push", u.category, "sms"), kind="sms_to_push", category=u.category, channel="sms",
                 summary=f"You open push notifications within {round(fast_push / 60) or 1} min: "
@@ -148,9 +155,10 @@ def drift(before: Sequence[Window], after: Sequence[Window], min_sent: int = 30)
     pairs = [(prior[(w.category, w.channel)], w) for w in after
              if (w.category, w.channel) in prior and w.sent >= min_sent and prior[(w.category, w.channel)].sent >= min_sent]
     alpha = 0.05 / max(1, len(pairs))
+    z = NormalDist().inv_cdf(1 - alpha / 2)  # the interval agrees with the corrected test
     out = []
     for b, a in pairs:
-        diff, interval, p = two_proportions(a.opened, a.sent, b.opened, b.sent, Z95)
+        diff, interval, p = two_proportions(a.opened, a.sent, b.opened, b.sent, z)
         out.append(Drift(category=a.category, channel=a.channel,
                          before={"sent": b.sent, "opened": b.opened, "rate": round(b.opened / b.sent, 4)},
                          after={"sent": a.sent, "opened": a.opened, "rate": round(a.opened / a.sent, 4)},

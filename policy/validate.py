@@ -240,13 +240,15 @@ def rule_errors(rows: list[Preference], templates: tuple, policy: Policy, now: f
                     if c not in NOT_MANDATORY_CHANNELS
                     and not (policy.needs_consent(c, cat) and c not in consent)
                     and policy.channel_blocked(c, "normal", cat) is None]
-        if not any(_always_on(policy, mine, templates, c, cat, now) for c in channels):
+        if not any(always_on(policy, mine, templates, c, cat, now) for c in channels):
             errors.append((path, f"rule {rule.name}: category {cat!r} must stay enabled on at least one of "
                                  f"{', '.join(channels) or 'the channels the user can receive'}"))
     return errors
 
 
-def _always_on(policy: Policy, rows, templates, channel: str, category: str, now: float) -> bool:
+def always_on(policy: Policy, rows, templates, channel: str, category: str, now: float) -> bool:
+    """Whether ``category`` reaches the person on ``channel`` whatever the urgency, now and
+    after every row with an expiry has expired: enabled and not ``never``."""
     for when in (now, FOREVER):
         for urgency in URGENCIES:
             r = policy.resolve(rows, templates, channel, category, context={"urgency": urgency}, now=when)

@@ -108,21 +108,30 @@ async def channels(conn: asyncpg.Connection | asyncpg.Pool, start: float, end: f
 
 
 DRIFT = """
-SELECT d.category, d.channel, d.created_at >= to_timestamp($2) AS later, count(*)::int,
-       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = d.notification_id
-                                      AND e.channel = d.channel AND e.type IN ('opened', 'clicked')))::int
-FROM delivery_tracking d
-WHERE d.created_at >= to_timestamp($1) AND d.created_at < to_timestamp($3)
-  AND d.status IN ('sent', 'delivered', 'complained', 'bounced') AND d.channel <> '*'
+WITH d AS (
+    SELECT notification_id, channel, category, created_at, created_at >= to_timestamp($2) AS later
+    FROM delivery_tracking
+    WHERE created_at >= to_timestamp($1) AND created_at < to_timestamp($3)
+      AND status IN ('sent', 'delivered', 'complained', 'bounced') AND channel <> '*'
+), e AS (  -- only the windows' notifications: the (notification_id, channel, type) index serves it
+    SELECT notification_id, channel, min(at) AS at FROM engagement_events
+    WHERE notification_id IN (SELECT notification_id FROM d) AND type IN ('opened', 'clicked') GROUP BY 1, 2
+)
+SELECT d.category, d.channel, d.later, count(*)::int,
+       -- opened within the horizon: a send late in a window has had as long as one early in it
+       count(*) FILTER (WHERE e.at < d.created_at + make_interval(secs => $4))::int
+FROM d LEFT JOIN e ON e.notification_id = d.notification_id AND e.channel = d.channel
 GROUP BY 1, 2, 3
 """
 
 
-async def windows(conn, start: float, middle: float, end: float) -> tuple[list[tuple], list[tuple]]:
-    """Sends and opens per (category, channel) in [start, middle) and [middle, end):
-    what the engagement drift report compares (``policy.suggestions.drift``)."""
+async def windows(conn, start: float, middle: float, end: float, horizon_s: float
+                  ) -> tuple[list[tuple], list[tuple]]:
+    """Sends per (category, channel) in [start, middle) and [middle, end), and how many
+    of them were opened within ``horizon_s`` of the send: what the engagement drift
+    report compares (``policy.suggestions.drift``)."""
     before, after = [], []
-    for r in await conn.fetch(DRIFT, start, middle, end):
+    for r in await conn.fetch(DRIFT, start, middle, end, horizon_s):
         (after if r[2] else before).append((r[0], r[1], r[3], r[4]))
     return before, after
 

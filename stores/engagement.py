@@ -190,12 +190,12 @@ async def channel_counts(conn: asyncpg.Connection, user_ids: list[str], since: f
 
 CHANNEL_USE = """
 SELECT d.category, d.channel, count(*)::int, count(o.at)::int,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM o.at - d.completed_at)::float8)
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(0, extract(epoch FROM o.at - d.completed_at))::float8)
            FILTER (WHERE o.at IS NOT NULL)
 FROM delivery_tracking d
 LEFT JOIN LATERAL (SELECT min(e.at) AS at FROM engagement_events e WHERE e.notification_id = d.notification_id
                    AND e.channel = d.channel AND e.type IN ('opened', 'clicked')) o ON true
-WHERE d.user_id = $1 AND d.status IN ('sent', 'delivered', 'complained', 'bounced')
+WHERE d.user_id = $1 AND d.status IN ('sent', 'delivered', 'complained')  -- a bounce had nothing to open
   AND d.completed_at >= to_timestamp($2) AND d.channel <> '*'
 GROUP BY d.category, d.channel
 """

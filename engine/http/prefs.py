@@ -192,7 +192,7 @@ async def change_prefs(request: web.Request) -> web.Response:
     else:
         cmd.patch = decode(_patch, body, "preferences patch")
     doc, conflict = await change(engine, cmd)
-    return _conflict(doc) if conflict else with_etag(doc)
+    return conflict(doc) if conflict else with_etag(doc)
 
 
 async def change(engine: Engine, cmd: PrefCommand) -> tuple[PreferencesAnswer, bool]:
@@ -212,7 +212,7 @@ async def change(engine: Engine, cmd: PrefCommand) -> tuple[PreferencesAnswer, b
     return await get_doc(engine, cmd.user_id), result.status == "conflict"
 
 
-def _conflict(doc: PreferencesAnswer) -> web.Response:
+def conflict(doc: PreferencesAnswer) -> web.Response:
     resp = reply(PreferencesConflict(error="version conflict", errors=[
         FieldError(field="If-Match", reason=f"the preferences are at version {doc.version}")],
         current_version=doc.version, current=doc), 409)

@@ -24,18 +24,35 @@ from aiohttp import web
 from actors.user_prefs import PrefCommand
 from engine.http.access import Param, Route, Scoped, actor, register
 from engine.http.common import ENGINE, Problem, path_param, query_int, reply
-from engine.http.prefs import USER_PATH, PreferencesAnswer, change, path_user, with_etag
+from engine.http.prefs import (
+    ETAG,
+    IF_MATCH,
+    USER_PATH,
+    PreferencesAnswer,
+    PreferencesConflict,
+    change,
+    conflict,
+    get_doc,
+    if_match,
+    path_user,
+    with_etag,
+)
 from policy import suggestions, wire
 from policy.suggestions import ChannelUse, Drift, Suggestion
 from policy.validate import PreferencesPatch
 from stores import analytics, engagement
 
 LOOKBACK_DAYS = 90
+HORIZON_S = 2 * 86_400.0  # drift: an open counts within this long of its send, and the windows end this long ago
 SuggestionId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{12}\Z")]
 
 
 class Suggestions(msgspec.Struct):
+    """``version``: the preferences' the suggestions were made from (also the ``ETag``);
+    accepting with it in ``If-Match`` applies only if nothing changed since."""
+
     user_id: str
+    version: int
     lookback_days: int
     suggestions: list[Suggestion]
 
@@ -50,50 +67,68 @@ class DriftReport(msgspec.Struct):
     pairs: list[Drift] = []
 
 
-async def suggested(request: web.Request, user_id: str) -> list[Suggestion]:
+async def suggested(request: web.Request, user_id: str) -> tuple[int, list[Suggestion]]:
+    """(the preferences' version, the suggestions made from it)."""
     engine = request.app[ENGINE]
     async with engine.pool.acquire() as conn:
         uses = [ChannelUse(*r) for r in await engagement.channel_use(conn, user_id,
                                                                        time.time() - LOOKBACK_DAYS * 86_400.0)]
-    if not uses:
-        return []
     raw = await engine.shard_for(user_id).suggest.remote(user_id, wire.encode(uses), LOOKBACK_DAYS)
-    return wire.decode(raw, list[Suggestion])
+    return wire.decode(raw, tuple[int, list[Suggestion]])
 
 
 async def get_suggestions(request: web.Request) -> web.Response:
     """What the person's engagement suggests changing in their preferences: each
-    suggestion with its evidence and the rows accepting it sets."""
+    suggestion with its evidence and the rows accepting it sets; the preferences'
+    version they were made from as the ``ETag``."""
     user_id = path_user(request)
-    return reply(Suggestions(user_id, LOOKBACK_DAYS, await suggested(request, user_id)))
+    version, found = await suggested(request, user_id)
+    resp = reply(Suggestions(user_id, version, LOOKBACK_DAYS, found))
+    resp.headers["ETag"] = f'"{version}"'
+    return resp
 
 
 async def accept(request: web.Request) -> web.Response:
     """Accept a suggestion: its rows are set through the audited preference path
-    (the change feed and audit log name the caller). 404 when it is not suggested
-    now. Answers the preferences as changed, their version as the ``ETag``."""
+    (the change feed and audit log name the caller), only if the preferences are
+    still at the version it was made from (and at ``If-Match``'s, when given: 409
+    with the current ones otherwise). 404 when it is not suggested now. Answers the
+    preferences as changed, their version as the ``ETag``."""
     user_id = path_user(request)
     sid = path_param(request, "suggestion_id", SuggestionId, "suggestion id")
-    found = next((s for s in await suggested(request, user_id) if s.id == sid), None)
-    if found is None:
+    wanted = if_match(request)
+    engine = request.app[ENGINE]
+    version, found = await suggested(request, user_id)
+    chosen = next((s for s in found if s.id == sid), None)
+    if wanted is not None and wanted != version:
+        return conflict(await get_doc(engine, user_id))
+    if chosen is None:
         raise Problem(404, "not found", [{"field": "suggestion_id", "reason": "not suggested now (the evidence "
                                           "changed, or it was accepted)"}])
-    cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(set=found.set), actor=actor(request),
-                      source="suggestion")
-    doc, _ = await change(request.app[ENGINE], cmd)
-    return with_etag(doc)
+    # at the version the rows were merged from: a change made meanwhile is not overwritten
+    cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(set=chosen.set), actor=actor(request),
+                      source="suggestion", if_match=version)
+    doc, stale = await change(engine, cmd)
+    return conflict(doc) if stale else with_etag(doc)
 
 
 async def get_drift(request: web.Request) -> web.Response:
-    """The population's open rate per (category, channel) in the last ``days`` against
-    the ``days`` before, with at least ``min_sent`` sends in each: the difference, its
-    interval and the p-value of a two-proportion z-test; significant changes first."""
+    """The population's open rate per (category, channel) in the ``days`` ending two days
+    ago against the ``days`` before, an open counted within two days of its send (so
+    every send has had as long), with at least ``min_sent`` sends in each: the
+    difference, its interval and the p-value of a two-proportion z-test; significant
+    changes first."""
     days = query_int(request, "days", 7, 1, 30)
     min_sent = query_int(request, "min_sent", 30, 1, 1_000_000)
-    to = time.time()
+    engine = request.app[ENGINE]
+    to = time.time() - HORIZON_S  # every send counted has had the whole horizon to be opened
     middle, start = to - days * 86_400.0, to - 2 * days * 86_400.0
-    async with request.app[ENGINE].pool.acquire() as conn:
-        before, after = await analytics.windows(conn, start, middle, to)
+    error = analytics.window_error(start, to, None, engine.cfg.analytics)
+    if error is not None:
+        status, field, reason = error
+        raise Problem(status, "invalid window", [{"field": "days", "reason": reason}])
+    async with engine.pool.acquire() as conn:
+        before, after = await analytics.windows(conn, start, middle, to, HORIZON_S)
     pairs = suggestions.drift([suggestions.Window(*w) for w in before], [suggestions.Window(*w) for w in after],
                               min_sent)
     return reply(DriftReport(from_=start, middle=middle, to=to, pairs=pairs))
@@ -102,10 +137,10 @@ async def get_drift(request: web.Request) -> web.Response:
 SUGGESTION_PATH = {**USER_PATH, "suggestion_id": SuggestionId}
 ROUTES = [
     Route("GET", "/v1/users/{user_id}/preferences/suggestions", get_suggestions,
-          Scoped("preferences:read", user=True), params=USER_PATH, answers={200: Suggestions}),
+          Scoped("preferences:read", user=True), params=USER_PATH, answers={200: Suggestions}, headers=ETAG),
     Route("POST", "/v1/users/{user_id}/preferences/suggestions/{suggestion_id}", accept,
-          Scoped("preferences:write", user=True), params=SUGGESTION_PATH, answers={200: PreferencesAnswer},
-          errors=(404,)),
+          Scoped("preferences:write", user=True), params=SUGGESTION_PATH, query=IF_MATCH,
+          answers={200: PreferencesAnswer, 409: PreferencesConflict}, errors=(400, 404), headers=ETAG),
     Route("GET", "/v1/analytics/drift", get_drift, Scoped("analytics:read"),
           query=(Param("days", Annotated[int, msgspec.Meta(ge=1, le=30)], "The windows' length (default 7)"),
                  Param("min_sent", Annotated[int, msgspec.Meta(ge=1, le=1_000_000)],

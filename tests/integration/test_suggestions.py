@@ -36,14 +36,22 @@ async def test_an_unread_category_is_suggested_as_a_digest_and_accepting_it_chan
     base = f"{engine.base_url}/v1/users/skimmer/preferences/suggestions"
     async with client.get(base) as r:
         assert r.status == 200, await r.text()
-        got = (await r.json())["suggestions"]
+        body = await r.json()
+        got, seen = body["suggestions"], r.headers["ETag"]
+    assert seen == f'"{body["version"]}"'
     assert [(s["kind"], s["category"], s["evidence"]["sent"]) for s in got] == [("digest_unread", "marketing", 10)]
     assert got[0]["set"] == [{"channel": "email", "category": "marketing", "frequency": "weekly"}]
 
-    async with client.post(f"{base}/{got[0]['id']}") as r:
+    # the preferences change after the suggestion was read: accepting what was read is refused
+    quiet = {"channel": "email", "category": "marketing", "quiet_hours": [{"start": "22:00", "end": "07:00"}]}
+    async with client.patch(f"{engine.base_url}/v1/users/skimmer/preferences", json={"set": [quiet]}) as r:
+        assert r.status == 200, await r.text()
+    async with client.post(f"{base}/{got[0]['id']}", headers={"If-Match": seen}) as r:
+        assert r.status == 409, await r.text()
+    async with client.post(f"{base}/{got[0]['id']}") as r:  # as it stands now: merged over the new row
         assert r.status == 200, await r.text()
         doc = await r.json()
-    assert {"channel": "email", "category": "marketing", "frequency": "weekly"} in doc["preferences"]
+    assert {**quiet, "frequency": "weekly"} in doc["preferences"]  # the quiet hours set meanwhile stay
     async with client.get(f"{engine.base_url}/v1/users/skimmer/preferences/changes") as r:
         last = (await r.json())["changes"][-1]
     assert last["source"] == "suggestion"
@@ -57,7 +65,7 @@ async def test_an_unread_category_is_suggested_as_a_digest_and_accepting_it_chan
 
 async def test_the_drift_report_finds_a_fall_in_opens(engine, client):
     rows, events = [], []
-    for age_days, n, opened in ((10, 200, 100), (2, 200, 20)):  # 50% a week before, 10% this week
+    for age_days, n, opened in ((12, 200, 100), (4, 200, 20)):  # 50% a week before, 10% this week (ending 2 days ago)
         for i in range(n):
             nid = uuid.uuid4()
             rows.append((nid, f"d{i}", "email", "drifty", "sent", "ok", time.time() - age_days * 86_400))

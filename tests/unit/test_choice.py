@@ -126,7 +126,7 @@ def test_a_channel_that_could_not_be_sent_is_not_a_candidate():
     c = dataclasses.replace(ctx({"sms": (50, 50)}), templates=parts)
     plan = plan_round([Item("n1", "u1", templated)], {"u1": user()}, set(), c, now=NOON)
     assert list(plan.sends) == ["email"]
-    assert [(o.channel, o.reason) for o in plan.outcomes] == [("sms", choice.REASON)]
+    assert [(o.channel, o.status, o.reason) for o in plan.outcomes] == [("sms", "rejected", "template.missing")]
 
 
 def test_a_channel_over_a_fatigue_cap_does_not_win_over_one_that_may_go_now():

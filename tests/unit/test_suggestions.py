@@ -23,7 +23,7 @@ def test_too_little_evidence_kept_categories_and_what_is_off_or_digested_already
     assert suggest([ChannelUse("security", "email", 50, 0)], on, 90) == []
     assert suggest([ChannelUse("marketing", "email", 50, 0)], lambda ch, cat: Resolved(frequency="daily"), 90) == []
     assert suggest([ChannelUse("marketing", "email", 50, 0)], lambda ch, cat: Resolved(enabled=False), 90) == []
-    assert suggest([ChannelUse("promo", "email", 50, 0)], on, 90, categories=frozenset({"marketing"})) == []
+    assert suggest([ChannelUse("promo", "email", 50, 0)], on, 90, may_change=lambda c: c == "marketing") == []
 
 
 def test_a_fast_push_reader_is_offered_push_instead_of_texts():
@@ -35,12 +35,17 @@ def test_a_fast_push_reader_is_offered_push_instead_of_texts():
     assert got[0].evidence["push_median_open_s"] == 90.0
     slow = [ChannelUse("messages", "push", 10, 6, 3600.0), ChannelUse("messages", "sms", 8, 0)]
     assert suggest(slow, on, 90) == []
+    assert suggest(uses, on, 90, push_reaches=lambda c: False) == []  # no live device, or push not always on
+    never_opened_here = [ChannelUse("news", "push", 10, 6, 90.0), ChannelUse("messages", "push", 4, 0),
+                         ChannelUse("messages", "sms", 8, 0)]
+    assert suggest(never_opened_here, on, 90) == []  # push reaches them fast, but not in this category
 
 
 def test_a_suggestion_changes_one_field_of_the_persons_own_row():
     quiet = [TimeWindow(start="22:00", end="07:00")]
-    own = Preference(channel="email", category="marketing", quiet_hours=quiet)
+    own = Preference(channel="email", category="marketing", quiet_hours=quiet, expires_at=2e9)
     (s,) = suggest([ChannelUse("marketing", "email", 12, 0)], on, 90, rows=[own])
+    # its other fields stay; its expiry does not (the accepted change would undo itself)
     assert s.set == [Preference(channel="email", category="marketing", frequency="weekly", quiet_hours=quiet)]
 
 
