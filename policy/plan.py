@@ -119,7 +119,8 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
     for it in items:
         state = states.get(it.user_id)
         decisions = decide(it.request, state, ctx.available, ctx.policy, now=now, digest=ctx.digest)
-        others = _not_chosen(it, decisions, state, ctx, done, tally, now) \
+        prepared: dict[str, Plan] = {}  # the candidates planned while choosing: not rendered again
+        others = _not_chosen(it, decisions, state, ctx, done, tally, now, prepared) \
             if it.request.channel_strategy == "best" else None
         for d in decisions:
             if (it.notification_id, d.channel) in done:
@@ -137,7 +138,13 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
                     if capped and state is not None and _over_cap(plan, it, channel, state, ctx, tally, now):
                         continue
                     planned = len(plan.sends.get(channel, ()))
-                    _send(plan, it, channel, state, ctx, now)
+                    scratch = prepared.get(channel)
+                    if scratch is None:
+                        _send(plan, it, channel, state, ctx, now)
+                    else:  # what _send would add, planned already
+                        for ch, tasks in scratch.sends.items():
+                            plan.sends.setdefault(ch, []).extend(tasks)
+                        plan.outcomes.extend(scratch.outcomes)
                     if capped and len(plan.sends.get(channel, ())) > planned:  # a task, not a settled outcome
                         _count(plan, it, channel, state, ctx, tally, now)
                 case Defer() | Digest():
@@ -148,13 +155,14 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
 
 
 def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context, done: Set[tuple[str, str]],
-                tally: Tally, now: float) -> dict[str, str] | None:
+                tally: Tally, now: float, prepared: dict[str, Plan] | None = None) -> dict[str, str] | None:
     """The channels of a ``channel_strategy: best`` request not chosen (policy/choice.py),
     each with the outcome's detail. The candidates are the channels not recorded yet
     that may go now: decided ``Send``, with content to send (rendered as ``_send``
     would) and under the fatigue caps; when there are none, those that would be held
     (quiet hours, a digest, a cap). One is chosen; the other candidates are not, and
-    a channel that could not have gone keeps its own outcome (rejected, ...). A notification the choice was made for before (``ctx.chosen``: a channel
+    a channel that could not have gone keeps its own outcome (rejected, ...).
+    ``prepared``: filled with each candidate's scratch plan, for the caller to use. A notification the choice was made for before (``ctx.chosen``: a channel
     of it sent or held) chooses nothing new: its other channels are not chosen."""
     if len(decisions) < 2:
         return None
@@ -168,6 +176,8 @@ def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context
         if isinstance(d, Send):
             scratch = Plan()
             _send(scratch, it, d.channel, state, ctx, now)
+            if prepared is not None:
+                prepared[d.channel] = scratch
             if scratch.sends:  # not rejected (no content, a template error, expired, no device on)
                 (later if _capped(it, d.channel, state, ctx, tally, now) else now_).append(d.channel)
     pool = now_ or later
