@@ -191,8 +191,8 @@ async def change_prefs(request: web.Request) -> web.Response:
         cmd.put = decode(_doc, body, "preferences")
     else:
         cmd.patch = decode(_patch, body, "preferences patch")
-    doc, conflict = await change(engine, cmd)
-    return conflict(doc) if conflict else with_etag(doc)
+    doc, stale = await change(engine, cmd)
+    return conflict(doc) if stale else with_etag(doc)
 
 
 async def change(engine: Engine, cmd: PrefCommand) -> tuple[PreferencesAnswer, bool]:

@@ -51,7 +51,8 @@ async def test_an_unread_category_is_suggested_as_a_digest_and_accepting_it_chan
     async with client.post(f"{base}/{got[0]['id']}") as r:  # as it stands now: merged over the new row
         assert r.status == 200, await r.text()
         doc = await r.json()
-    assert {**quiet, "frequency": "weekly"} in doc["preferences"]  # the quiet hours set meanwhile stay
+    (row,) = [p for p in doc["preferences"] if p["channel"] == "email" and p["category"] == "marketing"]
+    assert row["frequency"] == "weekly" and row["quiet_hours"][0]["start"] == "22:00"  # set meanwhile: kept
     async with client.get(f"{engine.base_url}/v1/users/skimmer/preferences/changes") as r:
         last = (await r.json())["changes"][-1]
     assert last["source"] == "suggestion"
