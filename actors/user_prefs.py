@@ -102,7 +102,7 @@ class PrefsMixin:
     async def suggest(self, user_id: str, payload: bytes, lookback_days: int) -> bytes:
         """Preference suggestions for a user from their channel use (``list[ChannelUse]``,
         MessagePack, read by the caller), resolved against their preferences now
-        (``policy.suggestions``): ``list[Suggestion]``."""
+        (``policy.suggestions``): ``[the preferences' version, list[Suggestion]]``."""
         await self._ready()
         async with self.pool.acquire() as conn:
             state = (await self._load_missing(conn, [user_id])).get(user_id)
@@ -111,13 +111,19 @@ class PrefsMixin:
         now = self.clock()
         uses = wire.decode(payload, list[ChannelUse])
         policy = self.policy
-        has_push = state is not None and devices.reachable(state, "push", now)
-        found = suggestions.suggest(
-            uses, lambda ch, cat: policy.resolve(rows, chain, ch, cat, "*", {}, now), lookback_days, rows,
-            policy.can_opt_out, lambda cat: has_push and always_on(policy, ordered(rows), chain, "push", cat, now))
-        # only what accepting would not refuse: the same checks as a PATCH of it
         granted = frozenset(c for c, v in (current_consent(state, now) if state else {}).items()
                             if consent_status_of(v) == "granted")
+        has_push = state is not None and devices.reachable(state, "push", now) and "push" not in state.suppressed
+
+        def push_reaches(cat: str) -> bool:  # as decide would let a normal push through
+            return (has_push and policy.channel_blocked("push", "normal", cat) is None
+                    and not (policy.needs_consent("push", cat) and "push" not in granted)
+                    and always_on(policy, ordered(rows), chain, "push", cat, now))
+
+        live = [r for r in rows if r.expires_at is None or r.expires_at > now]  # an expired row is not theirs now
+        found = suggestions.suggest(uses, lambda ch, cat: policy.resolve(rows, chain, ch, cat, "*", {}, now),
+                                    lookback_days, live, policy.can_opt_out, push_reaches)
+        # only what accepting would not refuse: the same checks as a PATCH of it
         ok = [s for s in found if not patch_errors(PreferencesPatch(set=s.set), policy)
               and not rule_errors(apply_patch(rows, PreferencesPatch(set=s.set)), chain, policy, now, "set", granted)]
         return wire.encode([state.version if state else 0, ok])

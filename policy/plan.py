@@ -131,6 +131,10 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
                 continue
             match d:
                 case Send(channel=channel):
+                    scratch = prepared.get(channel)
+                    if scratch is not None and not scratch.sends:  # it could not go (rejected): never held either
+                        plan.outcomes.extend(scratch.outcomes)
+                        continue
                     if it.request.deliver == "optimal" and state is not None and _later(plan, it, channel, state,
                                                                                       ctx, now):
                         continue
@@ -138,7 +142,6 @@ def plan_round(items: Collection[Item], states: Mapping[str, UserState], done: S
                     if capped and state is not None and _over_cap(plan, it, channel, state, ctx, tally, now):
                         continue
                     planned = len(plan.sends.get(channel, ()))
-                    scratch = prepared.get(channel)
                     if scratch is None:
                         _send(plan, it, channel, state, ctx, now)
                     else:  # what _send would add, planned already

@@ -66,14 +66,17 @@ def _id(kind: str, category: str, channel: str) -> str:
     return blake2b(f"{kind}\x00{category}\x00{channel}".encode(), digest_size=6).hexdigest()
 
 
-def merged(rows: Sequence[Preference], new: Preference) -> Preference:
-    """``new`` over the person's row with the same key, if they have one: a PATCH
-    replaces a row by its key, and the suggestion changes one field, not the others."""
+def merged(rows: Sequence[Preference], new: Preference) -> Preference | None:
+    """``new`` over the person's row with the same key, if they have one (``rows``: their
+    live rows, none expired): a PATCH replaces a row by its key, and the suggestion
+    changes one field, not the others. None when that row is temporary (it has an
+    expiry): made permanent, the rest of it would outlast what the person set."""
     for r in rows:
         if (r.channel, r.category, r.content_type, r.context) == (new.channel, new.category, "*", {}):
+            if r.expires_at is not None:
+                return None
             changes = {f: getattr(new, f) for f in ("enabled", "frequency") if getattr(new, f) is not None}
-            # an accepted suggestion stays: an expiry of the old row would undo it later (or, passed, void it)
-            return msgspec.structs.replace(r, **changes, expires_at=None)
+            return msgspec.structs.replace(r, **changes)
     return new
 
 
@@ -104,23 +107,26 @@ def suggest(uses: Sequence[ChannelUse], resolve: Callable[[str, str], Resolved],
         pref = resolve(u.channel, u.category)
         if not pref.enabled:
             continue
-        if u.channel == "email" and u.sent >= MIN_UNREAD and u.opened == 0 and pref.frequency == "immediate":
+        digest = merged(rows, Preference(channel="email", category=u.category, frequency="weekly"))
+        if (u.channel == "email" and u.sent >= MIN_UNREAD and u.opened == 0 and pref.frequency == "immediate"
+                and digest is not None):
             out.append(Suggestion(
                 id=_id("digest_unread", u.category, "email"), kind="digest_unread", category=u.category,
                 channel="email", summary=f"You have not opened any of the last {u.sent} {u.category} emails: "
                                          "get them as one weekly digest instead",
-                set=[merged(rows, Preference(channel="email", category=u.category, frequency="weekly"))],
+                set=[digest],
                 evidence={"sent": u.sent, "opened": 0, "lookback_days": lookback_days}))
         push = by.get((u.category, "push"))
         # push must already reach them for the category: sent there, opened there at least once, on
         # whatever the urgency and a live device to go to
+        texts_off = merged(rows, Preference(channel="sms", category=u.category, enabled=False))
         if (u.channel == "sms" and u.sent >= MIN_OPENS and fast_push is not None and fast_push <= FAST_OPEN_S
-                and push is not None and push.opened and push_reaches(u.category)):
+                and push is not None and push.opened and push_reaches(u.category) and texts_off is not None):
             out.append(Suggestion(
                 id=_id("sms_to_push", u.category, "sms"), kind="sms_to_push", category=u.category, channel="sms",
                 summary=f"You open push notifications within {round(fast_push / 60) or 1} min: "
                         f"stop {u.category} texts and get them by push",
-                set=[merged(rows, Preference(channel="sms", category=u.category, enabled=False))],
+                set=[texts_off],
                 evidence={"sms_sent": u.sent, "sms_opened": u.opened, "push_opens": n_push,
                           "push_median_open_s": round(fast_push, 1), "push_sent_in_category": push.sent,
                           "lookback_days": lookback_days}))

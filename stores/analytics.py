@@ -109,17 +109,20 @@ async def channels(conn: asyncpg.Connection | asyncpg.Pool, start: float, end: f
 
 DRIFT = """
 WITH d AS (
-    SELECT notification_id, channel, category, created_at, created_at >= to_timestamp($2) AS later
+    -- by when the send went (completed_at), not when its row was made (a held send's row is made when it
+    -- is held); created_at bounds the rows read by its index: nothing is held longer than 31 days here
+    SELECT notification_id, channel, category, completed_at, completed_at >= to_timestamp($2) AS later
     FROM delivery_tracking
-    WHERE created_at >= to_timestamp($1) AND created_at < to_timestamp($3)
-      AND status IN ('sent', 'delivered', 'complained', 'bounced') AND channel <> '*'
+    WHERE created_at >= to_timestamp($1) - interval '31 days' AND created_at < to_timestamp($3)
+      AND completed_at >= to_timestamp($1) AND completed_at < to_timestamp($3)
+      AND status IN ('sent', 'delivered', 'complained') AND channel <> '*'  -- a bounce had nothing to open
 ), e AS (  -- only the windows' notifications: the (notification_id, channel, type) index serves it
     SELECT notification_id, channel, min(at) AS at FROM engagement_events
     WHERE notification_id IN (SELECT notification_id FROM d) AND type IN ('opened', 'clicked') GROUP BY 1, 2
 )
 SELECT d.category, d.channel, d.later, count(*)::int,
        -- opened within the horizon: a send late in a window has had as long as one early in it
-       count(*) FILTER (WHERE e.at < d.created_at + make_interval(secs => $4))::int
+       count(*) FILTER (WHERE e.at < d.completed_at + make_interval(secs => $4))::int
 FROM d LEFT JOIN e ON e.notification_id = d.notification_id AND e.channel = d.channel
 GROUP BY 1, 2, 3
 """

@@ -98,18 +98,23 @@ async def accept(request: web.Request) -> web.Response:
     sid = path_param(request, "suggestion_id", SuggestionId, "suggestion id")
     wanted = if_match(request)
     engine = request.app[ENGINE]
-    version, found = await suggested(request, user_id)
-    chosen = next((s for s in found if s.id == sid), None)
-    if wanted is not None and wanted != version:
-        return conflict(await get_doc(engine, user_id))
-    if chosen is None:
-        raise Problem(404, "not found", [{"field": "suggestion_id", "reason": "not suggested now (the evidence "
-                                          "changed, or it was accepted)"}])
-    # at the version the rows were merged from: a change made meanwhile is not overwritten
-    cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(set=chosen.set), actor=actor(request),
-                      source="suggestion", if_match=version)
-    doc, stale = await change(engine, cmd)
-    return conflict(doc) if stale else with_etag(doc)
+    for attempt in range(2):  # without If-Match, a change between the read and the write is read again once
+        version, found = await suggested(request, user_id)
+        chosen = next((s for s in found if s.id == sid), None)
+        if wanted is not None and wanted != version:
+            return conflict(await get_doc(engine, user_id))
+        if chosen is None:
+            raise Problem(404, "not found", [{"field": "suggestion_id", "reason": "not suggested now (the evidence "
+                                              "changed, or it was accepted)"}])
+        # at the version the rows were merged from: a change made meanwhile is not overwritten
+        cmd = PrefCommand(user_id=user_id, patch=PreferencesPatch(set=chosen.set), actor=actor(request),
+                          source="suggestion", if_match=version)
+        doc, stale = await change(engine, cmd)
+        if not stale:
+            return with_etag(doc)
+        if wanted is not None or attempt:
+            return conflict(doc)
+    raise AssertionError("unreachable")
 
 
 async def get_drift(request: web.Request) -> web.Response:

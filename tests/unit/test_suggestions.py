@@ -43,10 +43,12 @@ def test_a_fast_push_reader_is_offered_push_instead_of_texts():
 
 def test_a_suggestion_changes_one_field_of_the_persons_own_row():
     quiet = [TimeWindow(start="22:00", end="07:00")]
-    own = Preference(channel="email", category="marketing", quiet_hours=quiet, expires_at=2e9)
+    own = Preference(channel="email", category="marketing", quiet_hours=quiet)
     (s,) = suggest([ChannelUse("marketing", "email", 12, 0)], on, 90, rows=[own])
-    # its other fields stay; its expiry does not (the accepted change would undo itself)
     assert s.set == [Preference(channel="email", category="marketing", frequency="weekly", quiet_hours=quiet)]
+    # a temporary row: made permanent by the suggestion, the rest of it would outlast what the person set
+    temporary = Preference(channel="email", category="marketing", quiet_hours=quiet, expires_at=2e9)
+    assert suggest([ChannelUse("marketing", "email", 12, 0)], on, 90, rows=[temporary]) == []
 
 
 def test_ids_are_stable_and_differ_by_proposal():
