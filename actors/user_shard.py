@@ -524,25 +524,20 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         stale = [u for u in stale if u not in self._reading]  # another batch is reading them
         if not stale:
             return
-        for u in stale:
-            self._reading[u] = []
-        try:
+
+        async def read() -> dict[str, list[float]]:
             async with self.pool.acquire() as conn:
-                times = await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
-            for u in stale:
-                fed = self._reading.get(u)
-                if fed is None:  # erased while being read: not held again
-                    continue
-                tz = zone(states[u].timezone)
-                profile = timing.profile_of(times.get(u, ()), tz)
-                for at, recorded in fed:  # fed while reading: in the read only if recorded before it
-                    if recorded > now:
-                        profile = timing.add_event(profile, at, tz)
-                self.profiles.pop(u, None)  # to the end: the oldest read goes first
-                self.profiles[u] = (now, profile, tz.key)
-        finally:
-            for u in stale:
-                self._reading.pop(u, None)
+                return await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
+
+        times, fed = await self._read_keeping_fed(self._reading, stale, read)
+        for u, events in fed.items():
+            tz = zone(states[u].timezone)
+            profile = timing.profile_of(times.get(u, ()), tz)
+            for at, recorded in events:  # fed while reading: in the read only if recorded before it
+                if recorded > now:
+                    profile = timing.add_event(profile, at, tz)
+            self.profiles.pop(u, None)  # to the end: the oldest read goes first
+            self.profiles[u] = (now, profile, tz.key)
         while len(self.profiles) > self.cfg.engine.max_cached_users:
             del self.profiles[next(iter(self.profiles))]
 
@@ -558,45 +553,57 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                  and u not in self._counting]  # another batch is reading them
         if not stale:
             return
-        for u in stale:
-            self._counting[u] = []
-        try:
+
+        async def read() -> dict[str, dict[str, tuple[int, int]]]:
             async with self.pool.acquire() as conn:
-                counts = await engagement_store.channel_counts(conn, stale, now - cfg.lookback_days * 86_400.0)
-            for u in stale:
-                fed = self._counting.get(u)
-                if fed is None:  # erased while being read: not held again
-                    continue
-                stats = dict(counts.get(u, {}))
-                for e in fed:  # fed while reading: in the read only if recorded before it
-                    if e.recorded > now and e.channel:
-                        sent, engaged = stats.get(e.channel, (0, 0))
-                        stats[e.channel] = (sent, min(sent, engaged + 1))
-                self._hold_stats(u, (now, stats))
-        finally:
-            for u in stale:
-                self._counting.pop(u, None)
+                return await engagement_store.channel_counts(conn, stale, now - cfg.lookback_days * 86_400.0)
+
+        counts, fed = await self._read_keeping_fed(self._counting, stale, read)
+        for u, events in fed.items():
+            stats = dict(counts.get(u, {}))
+            for e in events:  # fed while reading: in the read only if recorded before it
+                if e.recorded > now and e.channel:
+                    sent, engaged = stats.get(e.channel, (0, 0))
+                    stats[e.channel] = (sent, min(sent, engaged + 1))
+            self._hold_stats(u, (now, stats))
         while len(self.channel_stats) > self.cfg.engine.max_cached_users:
             self._hold_stats(next(iter(self.channel_stats)), None)
+
+    @staticmethod
+    async def _read_keeping_fed(marks: dict[str, list], users: list[str], read):
+        """Run ``read()`` (a query about ``users``) with each of them marked in ``marks``,
+        where ``engaged`` keeps the events fed meanwhile; (what it read, user → the events
+        fed during it) for those still marked by this read: one erased meanwhile, and read
+        again since, is left out (its read is not held)."""
+        mine: dict[str, list] = {u: [] for u in users}
+        marks.update(mine)
+        try:
+            return await read(), {u: fed for u, fed in mine.items() if marks.get(u) is fed}
+        finally:
+            for u, fed in mine.items():
+                if marks.get(u) is fed:
+                    del marks[u]
 
     def _hold_stats(self, user: str, held: tuple[float, dict[str, tuple[int, int]]] | None) -> None:
         """Keep (or with None, forget) a person's channel counts, the population's sums with them."""
         old = self.channel_stats.pop(user, None)
         for stats, sign in ((old[1] if old else {}, -1), (held[1] if held else {}, 1)):
             for ch, (sent, engaged) in stats.items():
-                ps, pe = self.population.get(ch, (0, 0))
-                self.population[ch] = (ps + sign * sent, pe + sign * engaged)
+                self._tally(ch, sign * sent, sign * engaged)
         if held is not None:
             self.channel_stats[user] = held  # to the end: the oldest read goes first
+
+    def _tally(self, channel: str, sent: int, engaged: int, counts: dict[str, tuple[int, int]] | None = None) -> None:
+        """Add (sent, engaged) on ``channel`` to the population's counts, and to a person's (``counts``)."""
+        for c in (self.population,) if counts is None else (self.population, counts):
+            s, e = c.get(channel, (0, 0))
+            c[channel] = (s + sent, e + engaged)
 
     def _count_sends(self, outcomes: list[Outcome]) -> None:
         """Sends to people whose channel counts are held, counted in."""
         for o in outcomes:
             if o.status == "sent" and (held := self.channel_stats.get(o.user_id)) is not None:
-                sent, engaged = held[1].get(o.channel, (0, 0))
-                held[1][o.channel] = (sent + 1, engaged)
-                ps, pe = self.population.get(o.channel, (0, 0))
-                self.population[o.channel] = (ps + 1, pe)
+                self._tally(o.channel, 1, 0, held[1])
 
     async def engaged(self, payload: bytes) -> int:
         """Engagement events of people this shard owns (``wire.Engaged``, from an HTTP
@@ -639,11 +646,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if held is None or e.recorded <= held[0]:
                 continue
             sent, engaged = held[1].get(e.channel, (0, 0))
-            if engaged >= sent:
-                continue
-            held[1][e.channel] = (sent, engaged + 1)
-            ps, pe = self.population.get(e.channel, (0, 0))
-            self.population[e.channel] = (ps, pe + 1)
+            if engaged < sent:
+                self._tally(e.channel, 0, 1, held[1])
 
     async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState], now: float
                                ) -> tuple[list[Outcome], set[str], BaseException | None]:

@@ -165,8 +165,9 @@ def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context
     would) and under the fatigue caps; when there are none, those that would be held
     (quiet hours, a digest, a cap). One is chosen; the other candidates are not, and
     a channel that could not have gone keeps its own outcome (rejected, ...).
-    ``prepared``: filled with each candidate's scratch plan, for the caller to use. A notification the choice was made for before (``ctx.chosen``: a channel
-    of it sent or held) chooses nothing new: its other channels are not chosen."""
+    A notification the choice was made for before (``ctx.chosen``: a channel of it
+    sent or held) chooses nothing new: its other channels are not chosen.
+    ``prepared``: filled with each candidate's scratch plan, for the caller to use."""
     if len(decisions) < 2:
         return None
     nid = it.notification_id

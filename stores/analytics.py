@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from infra.config import AnalyticsConfig
+from stores.engagement import OPENABLE, sql_in
 
 STATUSES = ("sent", "delivered", "bounced", "complained", "failed", "suppressed", "deferred", "digested",
             "rejected", "cancelled")
@@ -107,7 +108,7 @@ async def channels(conn: asyncpg.Connection | asyncpg.Pool, start: float, end: f
 
 
 
-DRIFT = """
+DRIFT = f"""
 WITH d AS (
     -- by when the send went (completed_at), not when its row was made (a held send's row is made when it
     -- is held); created_at bounds the rows read by its index: nothing is held longer than 31 days here
@@ -115,7 +116,7 @@ WITH d AS (
     FROM delivery_tracking
     WHERE created_at >= to_timestamp($1) - interval '31 days' AND created_at < to_timestamp($3)
       AND completed_at >= to_timestamp($1) AND completed_at < to_timestamp($3)
-      AND status IN ('sent', 'delivered', 'complained') AND channel <> '*'  -- a bounce had nothing to open
+      AND status IN ({sql_in(OPENABLE)}) AND channel <> '*'  -- a bounce had nothing to open
 ), e AS (  -- only the windows' notifications: the (notification_id, channel, type) index serves it
     SELECT notification_id, channel, min(at) AS at FROM engagement_events
     WHERE notification_id IN (SELECT notification_id FROM d) AND type IN ('opened', 'clicked') GROUP BY 1, 2

@@ -30,6 +30,7 @@ from msgspec import Meta
 
 from infra import db
 from policy.types import Channel
+from stores.tracking import WENT_OUT
 
 EventType = Literal["opened", "clicked", "converted"]  # converted: what an experiment may count
 # A reported time further ahead of the server's clock than this is refused:
@@ -167,12 +168,18 @@ async def times(conn: asyncpg.Connection, user_ids: list[str], since: float) -> 
     return out
 
 
+def sql_in(values) -> str:
+    """A constant set of statuses as an SQL list (``'a', 'b'``), sorted: from the constants
+    that name them, so a query cannot drift from them."""
+    return ", ".join(f"'{v}'" for v in sorted(values))
+
+
 CHANNEL_COUNTS = f"""
 SELECT d.user_id, d.channel, count(*)::int,
        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = d.notification_id
                                       AND e.channel = d.channel AND e.type IN ('opened', 'clicked')))::int
 FROM delivery_tracking d
-WHERE d.user_id = {db.keys(1, 'text')} AND d.status IN ('sent', 'delivered', 'complained', 'bounced')
+WHERE d.user_id = {db.keys(1, 'text')} AND d.status IN ({sql_in(WENT_OUT)})
   AND d.completed_at >= to_timestamp($2) AND d.channel <> '*'
 GROUP BY d.user_id, d.channel
 """
@@ -188,14 +195,14 @@ async def channel_counts(conn: asyncpg.Connection, user_ids: list[str], since: f
     return out
 
 
-CHANNEL_USE = """
+CHANNEL_USE = f"""
 SELECT d.category, d.channel, count(*)::int, count(o.at)::int,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(0, extract(epoch FROM o.at - d.completed_at))::float8)
            FILTER (WHERE o.at IS NOT NULL)
 FROM delivery_tracking d
 LEFT JOIN LATERAL (SELECT min(e.at) AS at FROM engagement_events e WHERE e.notification_id = d.notification_id
                    AND e.channel = d.channel AND e.type IN ('opened', 'clicked')) o ON true
-WHERE d.user_id = $1 AND d.status IN ('sent', 'delivered', 'complained')  -- a bounce had nothing to open
+WHERE d.user_id = $1 AND d.status IN ({sql_in(OPENABLE)})  -- a bounce had nothing to open
   AND d.completed_at >= to_timestamp($2) AND d.channel <> '*'
 GROUP BY d.category, d.channel
 """
@@ -208,5 +215,6 @@ async def channel_use(conn: asyncpg.Connection, user_id: str, since: float) -> l
     return [tuple(r) for r in await conn.fetch(CHANNEL_USE, user_id, since)]
 
 
-__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "Stored", "as_entries", "channel_counts", "channel_use", "clock_error",
-           "last_seen", "record", "stored_at", "timelines", "times"]
+__all__ = ["Engagement", "EventType", "MAX_CLOCK_AHEAD_S", "OPENABLE", "Report", "Stored", "as_entries",
+           "channel_counts", "channel_use", "clock_error", "last_seen", "record", "sql_in", "stored_at", "timelines",
+           "times"]

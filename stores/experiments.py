@@ -17,6 +17,7 @@ import msgspec
 
 from infra import db
 from policy.experiments import Arm, ExperimentBody, Exposure, Live, Variant
+from stores.engagement import OPENABLE, sql_in
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -158,13 +159,13 @@ async def expose(conn: asyncpg.Connection, exposures: Sequence[Exposure]) -> Non
             [e.user_id for e in exposures], [e.variant for e in exposures], [e.counted for e in exposures])
 
 
-RESULTS = """
+RESULTS = f"""
 SELECT variant, count(*) AS users, count(*) FILTER (WHERE delivered) AS delivered,
        count(*) FILTER (WHERE opened) AS opened, count(*) FILTER (WHERE clicked) AS clicked,
        count(*) FILTER (WHERE converted) AS converted
 FROM (SELECT p.variant, p.user_id,
              bool_or(EXISTS (SELECT 1 FROM delivery_tracking d WHERE d.notification_id = p.notification_id
-                             AND d.status IN ('sent', 'delivered', 'complained'))) AS delivered,
+                             AND d.status IN ({sql_in(OPENABLE)}))) AS delivered,
              bool_or(EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = p.notification_id
                              AND e.type IN ('opened', 'clicked'))) AS opened,
              bool_or(EXISTS (SELECT 1 FROM engagement_events e WHERE e.notification_id = p.notification_id
