@@ -20,7 +20,7 @@ from actors.handles import resolve
 from actors.keyed_lock import KeyedLock
 from actors.stalls import StallWatch, Watched
 from actors.user_audience import Selection, select as audience_of
-from actors.user_cache import Pinned, UserCache
+from actors.user_cache import ChannelCounts, Engagement, Pinned, Profiles, UserCache
 from actors.user_links import link_rules, unsubscribe_rules
 from actors.user_prefs import PrefCommand, PrefResult, PrefsMixin
 from actors.user_templates import TemplatesMixin
@@ -93,20 +93,21 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         self.available = frozenset(channel_shards) & self.cfg.enabled_channels()
         self.template_cache: dict[str, tuple] = {}  # template id -> its chain (child first)
         self.template_generation = 0  # counts template saves
-        self.users = UserCache(self.template_cache, self.cfg.engine.max_cached_users)  # least recently used out
+        self.users = UserCache(self.template_cache, self.cfg.engine.max_cached_users)  # CLOCK out
+        self.users.dropped = self._engagement_dropped
         self.message_templates: dict = {}  # (template id, version) -> channel -> locale -> Compiled
         self.policy = Policy(self.cfg.preferences)
         # fatigue counts per person, when the policy caps anything (policy/fatigue.py)
         self.ledger = Ledger(self.policy.fatigue, self.cfg.engine.max_cached_users) if self.policy.fatigue else None
         # engagement by local hour of the people "deliver": "optimal" requests were for (policy/timing.py):
-        # user → (when read, profile, its zone), oldest read first out
-        self.profiles: dict[str, tuple[float, timing.Profile, str]] = {}
+        # user → (when read, profile, its zone), held with the user (actors/user_cache.py)
+        self.profiles = Profiles(self.users)
         # events fed (engaged) while a person's profile is being read: user → [(at, recorded)]
         self._reading: dict[str, list[tuple[float, float]]] = {}
         # sends and opens per channel of the people "channel_strategy": "best" requests were for
-        # (policy/choice.py): user → (when read, channel → (sent, engaged)), oldest read first out;
+        # (policy/choice.py): user → (when read, channel → (sent, engaged)), held with the user;
         # the population's: their sum; events fed while a person's counts are being read: user → events
-        self.channel_stats: dict[str, tuple[float, dict[str, tuple[int, int]]]] = {}
+        self.channel_stats = ChannelCounts(self.users)
         self.population: dict[str, tuple[int, int]] = {}
         self._counting: dict[str, list[wire.Engaged]] = {}
         # A/B experiments routing their category's notifications (policy/experiments.py): category → experiment
@@ -536,10 +537,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             for at, recorded in events:  # fed while reading: in the read only if recorded before it
                 if recorded > now:
                     profile = timing.add_event(profile, at, tz)
-            self.profiles.pop(u, None)  # to the end: the oldest read goes first
-            self.profiles[u] = (now, profile, tz.key)
-        while len(self.profiles) > self.cfg.engine.max_cached_users:
-            del self.profiles[next(iter(self.profiles))]
+            self.profiles.put(u, now, profile, tz.key)  # not kept if the user was evicted meanwhile
 
     async def _read_channel_stats(self, items: list[Item]) -> None:
         """Read the per-channel counts of the people of ``channel_strategy: best``
@@ -566,8 +564,6 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                     sent, engaged = stats.get(e.channel, (0, 0))
                     stats[e.channel] = (sent, min(sent, engaged + 1))
             self._hold_stats(u, (now, stats))
-        while len(self.channel_stats) > self.cfg.engine.max_cached_users:
-            self._hold_stats(next(iter(self.channel_stats)), None)
 
     @staticmethod
     async def _read_keeping_fed(marks: dict[str, list], users: list[str], read):
@@ -585,25 +581,41 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                     del marks[u]
 
     def _hold_stats(self, user: str, held: tuple[float, dict[str, tuple[int, int]]] | None) -> None:
-        """Keep (or with None, forget) a person's channel counts, the population's sums with them."""
-        old = self.channel_stats.pop(user, None)
-        for stats, sign in ((old[1] if old else {}, -1), (held[1] if held else {}, 1)):
+        """Keep (or with None, forget) a person's channel counts, the population's sums
+        with them. Kept only while the user is held: they leave with the user
+        (``_engagement_dropped``)."""
+        old = self.channel_stats.get(user)
+        if old is None and held is None:
+            return
+        kept = self.channel_stats.put(user, held[0] if held else None, dict(held[1]) if held else {})
+        for stats, sign in ((old[1] if old else {}, -1), (held[1] if held and kept else {}, 1)):
             for ch, (sent, engaged) in stats.items():
                 self._tally(ch, sign * sent, sign * engaged)
-        if held is not None:
-            self.channel_stats[user] = held  # to the end: the oldest read goes first
 
-    def _tally(self, channel: str, sent: int, engaged: int, counts: dict[str, tuple[int, int]] | None = None) -> None:
-        """Add (sent, engaged) on ``channel`` to the population's counts, and to a person's (``counts``)."""
-        for c in (self.population,) if counts is None else (self.population, counts):
-            s, e = c.get(channel, (0, 0))
-            c[channel] = (s + sent, e + engaged)
+    def _engagement_dropped(self, user: str, eng: Engagement) -> None:
+        """A person left the user cache with their channel counts: out of the population's."""
+        for ch, (sent, engaged) in eng.stats.items() if eng.stats_at is not None else ():
+            self._tally(ch, -sent, -engaged)
+
+    def _tally(self, channel: str, sent: int, engaged: int) -> None:
+        """Add (sent, engaged) on ``channel`` to the population's counts."""
+        s, e = self.population.get(channel, (0, 0))
+        self.population[channel] = (s + sent, e + engaged)
+
+    def _add_counts(self, user: str, held: tuple[float, dict[str, tuple[int, int]]], channel: str, sent: int,
+                    engaged: int) -> None:
+        """Add (sent, engaged) on ``channel`` to a person's counts ``held``, and the population's."""
+        counts = held[1]
+        s, e = counts.get(channel, (0, 0))
+        counts[channel] = (s + sent, e + engaged)
+        if self.channel_stats.put(user, held[0], counts):
+            self._tally(channel, sent, engaged)
 
     def _count_sends(self, outcomes: list[Outcome]) -> None:
         """Sends to people whose channel counts are held, counted in."""
         for o in outcomes:
             if o.status == "sent" and (held := self.channel_stats.get(o.user_id)) is not None:
-                self._tally(o.channel, 1, 0, held[1])
+                self._add_counts(o.user_id, held, o.channel, 1, 0)
 
     async def engaged(self, payload: bytes) -> int:
         """Engagement events of people this shard owns (``wire.Engaged``, from an HTTP
@@ -624,7 +636,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             held = self.profiles.get(e.user_id)
             if held is None or e.recorded <= held[0] or e.at < since:
                 continue
-            self.profiles[e.user_id] = (held[0], timing.add_event(held[1], e.at, zone(held[2])), held[2])
+            self.profiles.put(e.user_id, held[0], timing.add_event(held[1], e.at, zone(held[2])), held[2])
             counted += 1
         self.stats["engaged"] = self.stats.get("engaged", 0) + counted
         return counted
@@ -647,7 +659,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 continue
             sent, engaged = held[1].get(e.channel, (0, 0))
             if engaged < sent:
-                self._tally(e.channel, 0, 1, held[1])
+                self._add_counts(e.user_id, held, e.channel, 0, 1)
 
     async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState], now: float
                                ) -> tuple[list[Outcome], set[str], BaseException | None]:
@@ -1274,12 +1286,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 receipt = await erasure.erase(conn, self.ring, user_id, actor)
             except erasure.Held as e:
                 return {"held": e.reason}
-            self.users.pop(user_id, None)
+            self.users.pop(user_id, None)  # the engagement held with them too
             if self.ledger is not None:
                 self.ledger.forget(user_id)
-            self.profiles.pop(user_id, None)
             self._reading.pop(user_id, None)
-            self._hold_stats(user_id, None)
             self._counting.pop(user_id, None)
         self.stats["erased"] = self.stats.get("erased", 0) + 1
         return {} if receipt is None else {"receipt": receipt.as_dict()}

@@ -205,36 +205,43 @@ def bench_memory(n: int = 1_000_000) -> dict:
 
 
 def _engagement_child(n: int) -> None:
-    """What a UserShard holds per person for engagement, as it holds it: a send-time
-    profile (when read, 24 bytes, zone) and channel counts on two channels (when read,
-    channel → (sent, engaged)); and how fast fed events are counted into them."""
+    """What a UserShard holds per person with engagement, as it holds it: the user's
+    state (``population``) in the user cache, and with it a send-time profile (when
+    read, 24 bytes, zone) and channel counts on two channels (when read, channel →
+    (sent, engaged)); the bytes per person all told, and how fast fed events are
+    counted into them (``UserShard.engaged``'s work, one event at a time)."""
     import psutil
     proc = psutil.Process()
+    from actors.user_cache import ChannelCounts, Profiles, UserCache
     from policy.timing import add_event, profile_of
     tz = zone("Europe/Berlin")
     now = time.time()
     gc.collect()
     before = proc.memory_info().rss
-    profiles: dict = {}
-    stats: dict = {}
-    for i in range(n):
-        uid = f"user-{i:08d}"
-        profiles[uid] = (now, profile_of([now - 3600 * (i % 24)], tz), tz.key)
-        stats[uid] = (now, {"email": (i % 50, i % 7), "push": (i % 30, i % 5)})
+    users = UserCache({"jobseeker": TEMPLATE})
+    profiles, stats = Profiles(users), ChannelCounts(users)
+    for start in range(0, n, 10_000):
+        users.update(population(min(10_000, n - start), start=start))
+        for i in range(start, min(start + 10_000, n)):
+            uid = f"user-{i:08d}"
+            profiles.put(uid, now, profile_of([now - 3600 * (i % 24)], tz), tz.key)
+            stats.put(uid, now, {"email": (i % 50, i % 7), "push": (i % 30, i % 5)})
     gc.collect()
     per_user = (proc.memory_info().rss - before) / n
-    # the feed: events counted into held profiles and channel counts (UserShard.engaged's work)
+    # the feed: events counted into held profiles and channel counts
     ids = [f"user-{(i * 7919) % n:08d}" for i in range(200_000)]
     t0 = time.perf_counter()
     for uid in ids:
-        held = profiles[uid]
-        profiles[uid] = (held[0], add_event(held[1], now, tz), held[2])
-        counts = stats[uid][1]
+        held = profiles.get(uid)
+        profiles.put(uid, held[0], add_event(held[1], now, zone(held[2])), held[2])
+        at, counts = stats.get(uid)
         sent, engaged = counts.get("push", (0, 0))
         counts["push"] = (sent, engaged + 1)
+        stats.put(uid, at, counts)
     rate = len(ids) / (time.perf_counter() - t0)
     print(json.dumps({"people": n, "bytes_per_person": round(per_user),
                       "projected_10m_gib": round(per_user * 10_000_000 / 2**30, 2),
+                      "what": "user state and engagement (send-time profile, counts on two channels), one entry",
                       "feed_events_per_s": round(rate)}))
 
 

@@ -24,16 +24,45 @@ def test_a_population_larger_than_the_bound_keeps_the_bound_and_the_latest_users
     assert cache["u950"] == state("u950", 950)  # packed and unpacked intact, time zone included
 
 
-def test_the_least_recently_used_goes_first():
+def test_clock_keeps_the_users_in_use():
     cache = UserCache(max_users=3)
     for uid in ("a", "b", "c"):
         cache[uid] = state(uid)
-    assert cache.get("a") is not None  # used: now the newest
-    cache["d"] = state("d")
-    assert "b" not in cache and set(cache) == {"a", "c", "d"}
-    cache["c"] = state("c", 1)  # a write is a use too
+    cache["d"] = state("d")  # every one used since it came: the pass spares each once, then the oldest goes
+    assert set(cache) == {"b", "c", "d"}
+    assert cache.get("b") is not None  # used since the pass last came by: spared
     cache["e"] = state("e")
-    assert "a" not in cache and set(cache) == {"c", "d", "e"}
+    assert set(cache) == {"b", "d", "e"}
+    cache["d"] = state("d", 1)  # a write is a use too
+    cache["f"] = state("f")
+    assert "b" not in cache and set(cache) == {"d", "e", "f"}
+    assert cache.evicted == 3 and cache["d"].version == 1
+
+
+def test_an_engagement_lives_and_leaves_with_its_user():
+    from actors.user_cache import Engagement
+    dropped = []
+    cache = UserCache(max_users=2)
+    cache.dropped = lambda uid, eng: dropped.append((uid, eng))
+    assert not cache.set_engagement("a", Engagement(stats_at=1.0))  # not held: not kept
+    cache["a"] = state("a", 1)
+    eng = Engagement(profile_at=5.5, profile=bytes(range(24)), zone="Asia/Tokyo", stats_at=6.0,
+                     stats={"email": (12, 3), "push": (2**40, 7)})
+    assert cache.set_engagement("a", eng) and cache.engagement("a") == eng
+    assert (cache.profiles_held, cache.stats_held) == (1, 1)
+    cache["a"] = state("a", 3)  # a write keeps it
+    assert cache.engagement("a") == eng and cache["a"] == state("a", 3)
+    cache.set_engagement("a", Engagement(profile_at=7.0, profile=bytes(24)))
+    assert (cache.profiles_held, cache.stats_held) == (1, 0) and cache.engagement("a").stats == {}
+    cache["b"], cache["c"] = state("b"), state("c")  # a goes, its engagement told of
+    assert "a" not in cache and dropped == [("a", Engagement(profile_at=7.0, profile=bytes(24)))]
+    assert (cache.profiles_held, cache.stats_held) == (0, 0)
+    cache.set_engagement("c", Engagement(stats_at=2.0, stats={"sms": (1, 1)}))
+    cache.pop("c")
+    assert dropped[-1] == ("c", Engagement(stats_at=2.0, stats={"sms": (1, 1)})) and cache.stats_held == 0
+    cache.set_engagement("b", Engagement(stats_at=3.0))
+    cache.set_engagement("b", None)
+    assert cache.engagement("b") is None and cache.stats_held == 0 and cache["b"] == state("b")
 
 
 def test_warm_start_records_count_against_the_bound():
