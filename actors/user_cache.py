@@ -26,8 +26,11 @@ reads what it needs with ``begin_load`` / ``add_loaded`` and decides on the
 
 from __future__ import annotations
 
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 import msgspec
 
@@ -36,12 +39,15 @@ from policy.timing import HOURS
 from policy.types import Device, UserState
 from stores.state import decode_stored
 
+T = TypeVar("T")
+
 
 class Packed(msgspec.Struct, array_like=True, omit_defaults=True):
-    """UserState without user_id and templates; fields most often set first
-    (omit_defaults drops the trailing ones that are default)."""
+    """UserState without user_id and templates, the address channels as indexes
+    into the cache's table; fields most often set first (omit_defaults drops the
+    trailing ones that are default)."""
 
-    addresses: dict[str, str] = {}
+    addresses: dict[int, str] = {}
     zone: int = 0  # index into the cache's table of time zone names (0: UTC)
     locale: str = "en"
     version: int = 0
@@ -68,14 +74,15 @@ class Engagement(msgspec.Struct, kw_only=True):
 
 
 class _Engaged(msgspec.Struct, array_like=True, omit_defaults=True):
-    """``Engagement`` as held: the zone and the channels indexes into the cache's
-    tables; the profile dense (a count per hour) or, when shorter, sparse ((hour,
-    count) pairs: most people read at a few hours)."""
+    """``Engagement`` as held: the read times in milliseconds since the cache
+    began, rounded up (``UserCache._ms``); the zone and the channels indexes into
+    the cache's tables; the profile dense (a count per hour) or, when shorter,
+    sparse ((hour, count) pairs: most people read at a few hours)."""
 
-    profile_at: float | None = None
+    profile_at: int | None = None
     profile: bytes = b""
     zone: int = 0
-    stats_at: float | None = None
+    stats_at: int | None = None
     stats: dict[int, tuple[int, int]] = {}
 
 
@@ -98,20 +105,24 @@ _decode = msgspec.msgpack.Decoder(Packed).decode
 _decode_engaged = msgspec.msgpack.Decoder(_Engaged).decode
 
 # A held value: a byte of flags (MARKED: read or written since the eviction pass last
-# went by; ENGAGED: an engagement follows, after two bytes of its length, big-endian),
-# then the state.
+# went by; ENGAGED: an engagement follows, after a byte of its length), then the state.
 MARKED, ENGAGED = 1, 2
+MAX_ENGAGEMENT = 255  # bytes; ~60 with every channel counted, so never reached in practice
 
 
 def _split(blob: bytes) -> int:
     """Where a held value's state begins."""
-    return 3 + ((blob[1] << 8) | blob[2]) if blob[0] & ENGAGED else 1
+    return 2 + blob[1] if blob[0] & ENGAGED else 1
 
 
 def _key(user_id: str) -> bytes:
     # bytes keys: 16 bytes less a user than str ones (an ASCII id of 13: 48 against 64
-    # allocated); surrogatepass, so that every str comes back as it went in
-    return user_id.encode("utf-8", "surrogatepass")
+    # allocated); surrogatepass (only where needed: it is slower), so that every str
+    # comes back as it went in
+    try:
+        return user_id.encode()
+    except UnicodeEncodeError:
+        return user_id.encode("utf-8", "surrogatepass")
 
 
 def _id(key: bytes) -> str:
@@ -133,6 +144,7 @@ class UserCache(Mapping[str, UserState]):
         # (a passed slot is cleared, so the pass keeps no dropped user's id alive)
         self._pass: list[bytes | None] = []
         self._hand = 0
+        self._base = math.floor(time.time() * 1000)  # read times are held as milliseconds since then
         self.dropped: Callable[[str, Engagement], None] | None = None
         self.profiles_held = self.stats_held = 0  # people with each half of an engagement held
         self._writes = 0  # counts writes: a load's token is the count when it began
@@ -141,7 +153,7 @@ class UserCache(Mapping[str, UserState]):
         self.templates = templates if templates is not None else {}
         self._zones: list[str] = ["UTC"]  # a few hundred names at most, each stored once
         self._zone_ix: dict[str, int] = {"UTC": 0}
-        self._channels: list[str] = []  # the channels counted, each name stored once
+        self._channels: list[str] = []  # the channels of addresses and counts, each name stored once
         self._channel_ix: dict[str, int] = {}
         self._template_ids: set[str] = set()  # every template a held user followed
 
@@ -156,13 +168,19 @@ class UserCache(Mapping[str, UserState]):
     def _pack(self, s: UserState) -> bytes:
         if s.template:
             self._template_ids.add(s.template)
-        zone = self._index(s.timezone, self._zones, self._zone_ix)
-        return _encode(Packed(s.addresses, zone, s.locale, s.version, s.prefs, s.template,
-                              tuple(sorted(s.consent)), s.suppressed, s.consent_until, s.consent_state, s.devices))
+        return _encode(Packed(self._channel_keys(s.addresses), self._index(s.timezone, self._zones, self._zone_ix),
+                              s.locale, s.version, s.prefs, s.template, tuple(sorted(s.consent)), s.suppressed,
+                              s.consent_until, s.consent_state, s.devices))
+
+    def _channel_keys(self, by_name: Mapping[str, T]) -> dict[int, T]:
+        # a channel's index is one byte in MessagePack, its name up to nine: ~6 bytes a user
+        names, ix = self._channels, self._channel_ix
+        return {self._index(ch, names, ix): v for ch, v in by_name.items()}
 
     def _unpack(self, user_id: str, blob: bytes) -> UserState:
-        p = _decode(memoryview(blob)[_split(blob):])
-        return UserState(user_id=user_id, addresses=p.addresses, prefs=p.prefs,
+        p = _decode(blob[_split(blob):])  # a copy of the slice is quicker than a memoryview's
+        names = self._channels
+        return UserState(user_id=user_id, addresses={names[c]: a for c, a in p.addresses.items()}, prefs=p.prefs,
                          templates=self.templates.get(p.template, ()) if p.template else (),
                          template=p.template, consent=frozenset(p.consent), suppressed=p.suppressed,
                          timezone=self._zones[p.zone], locale=p.locale, version=p.version,
@@ -211,11 +229,23 @@ class UserCache(Mapping[str, UserState]):
         self.stats_held += sign * (eng.stats_at is not None)
 
     def _engagement(self, blob: bytes) -> Engagement:
-        e = _decode_engaged(memoryview(blob)[3:_split(blob)])
-        channels = self._channels
-        return Engagement(profile_at=e.profile_at, profile=_dense(e.profile) if e.profile_at is not None else b"",
-                          zone=self._zones[e.zone], stats_at=e.stats_at,
-                          stats={channels[c]: counts for c, counts in e.stats.items()})
+        e = _decode_engaged(memoryview(blob)[2:_split(blob)])
+        names = self._channels
+        return Engagement(profile_at=self._time(e.profile_at),
+                          profile=_dense(e.profile) if e.profile_at is not None else b"",
+                          zone=self._zones[e.zone], stats_at=self._time(e.stats_at),
+                          stats={names[c]: counts for c, counts in e.stats.items()})
+
+    def _ms(self, at: float | None) -> int | None:
+        """A read time as held: milliseconds since the cache began, 5 bytes in MessagePack
+        for 49 days (9 after) against a float's 9. Rounded up, so a fed event recorded
+        before the read is never counted again; one recorded less than a millisecond
+        after it, and missed by it, is not counted at all."""
+        # rounded to a nanosecond first: 4.009 * 1000 is 4009.0000000000005, not a millisecond more
+        return None if at is None else math.ceil(round(at * 1000, 6)) - self._base
+
+    def _time(self, ms: int | None) -> float | None:
+        return None if ms is None else (self._base + ms) / 1000
 
     def engagement(self, user_id: str) -> Engagement | None:
         """The user's engagement held, if they are held and have one (not a use)."""
@@ -235,12 +265,14 @@ class UserCache(Mapping[str, UserState]):
         if eng is None or (eng.profile_at is None and eng.stats_at is None):
             self._blobs[key] = bytes((blob[0] & ~ENGAGED,)) + state
             return True
-        self._count(eng, 1)
         packed = _encode(_Engaged(
-            eng.profile_at, _sparse(eng.profile) if eng.profile_at is not None else b"",
-            self._index(eng.zone, self._zones, self._zone_ix), eng.stats_at,
-            {self._index(ch, self._channels, self._channel_ix): counts for ch, counts in eng.stats.items()}))
-        self._blobs[key] = bytes((blob[0] | ENGAGED,)) + len(packed).to_bytes(2, "big") + packed + state
+            self._ms(eng.profile_at), _sparse(eng.profile) if eng.profile_at is not None else b"",
+            self._index(eng.zone, self._zones, self._zone_ix), self._ms(eng.stats_at), self._channel_keys(eng.stats)))
+        if len(packed) > MAX_ENGAGEMENT:  # not held: read again when next needed
+            self._blobs[key] = bytes((blob[0] & ~ENGAGED,)) + state
+            return False
+        self._count(eng, 1)
+        self._blobs[key] = bytes((blob[0] | ENGAGED, len(packed))) + packed + state
         return True
 
     def _wrote(self, user_id: str) -> None:
@@ -289,9 +321,9 @@ class UserCache(Mapping[str, UserState]):
         p = decode_stored(blob)
         if p.template:
             self._template_ids.add(p.template)
-        zone = self._index(p.timezone, self._zones, self._zone_ix)
-        return _encode(Packed(p.addresses, zone, p.locale, p.version, p.prefs, p.template,
-                              p.consent, suppressed or {}, p.consent_until, p.consent_state, p.devices))
+        return _encode(Packed(self._channel_keys(p.addresses), self._index(p.timezone, self._zones, self._zone_ix),
+                              p.locale, p.version, p.prefs, p.template, p.consent, suppressed or {},
+                              p.consent_until, p.consent_state, p.devices))
 
     def loading(self, token: int) -> WarmSink:
         """Where a warm start begun at ``token`` (``begin_load``) puts what it

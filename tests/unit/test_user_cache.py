@@ -4,6 +4,8 @@ older state."""
 
 from __future__ import annotations
 
+import msgspec
+
 from actors.user_cache import Pinned, UserCache
 from policy.prefs import Preference
 from policy.types import UserState
@@ -52,11 +54,16 @@ def test_an_engagement_lives_and_leaves_with_its_user():
     assert (cache.profiles_held, cache.stats_held) == (1, 1)
     cache["a"] = state("a", 3)  # a write keeps it
     assert cache.engagement("a") == eng and cache["a"] == state("a", 3)
-    cache.set_engagement("a", Engagement(profile_at=7.0, profile=bytes(24)))
-    assert (cache.profiles_held, cache.stats_held) == (1, 0) and cache.engagement("a").stats == {}
+    cache.set_engagement("a", Engagement(profile_at=7.0001, profile=bytes(24)))
+    held = cache.engagement("a")  # read times to the millisecond, rounded up: events before are not counted again
+    assert held.profile_at == 7.001 and held.stats_at is None and held.stats == {}
+    assert (cache.profiles_held, cache.stats_held) == (1, 0)
     cache["b"], cache["c"] = state("b"), state("c")  # a goes, its engagement told of
-    assert "a" not in cache and dropped == [("a", Engagement(profile_at=7.0, profile=bytes(24)))]
+    assert "a" not in cache and dropped == [("a", Engagement(profile_at=7.001, profile=bytes(24)))]
     assert (cache.profiles_held, cache.stats_held) == (0, 0)
+    many = Engagement(stats_at=1.0, stats={f"channel-{i:03d}": (2**50, 2**50) for i in range(20)})
+    assert not cache.set_engagement("c", many) and cache.engagement("c") is None  # too big to hold: read again
+    assert cache["c"] == state("c") and cache.stats_held == 0
     cache.set_engagement("c", Engagement(stats_at=2.0, stats={"sms": (1, 1)}))
     cache.pop("c")
     assert dropped[-1] == ("c", Engagement(stats_at=2.0, stats={"sms": (1, 1)})) and cache.stats_held == 0
@@ -159,3 +166,81 @@ def test_a_warm_start_puts_back_nothing_for_a_user_written_after_it_began():
     sink.update({"u": state("u", 1)})
     cache.end_load(token)
     assert "u" not in cache  # read again when needed, never the scan's older copy
+
+
+def test_keys_come_back_as_they_went_in():
+    from actors.user_cache import _id, _key
+    for uid in ("u1", "ü-ñ", "\udc80x", "日本"):
+        assert _id(_key(uid)) == uid
+
+
+def test_sparse_profiles_come_back_dense():
+    from hypothesis import given, strategies as st
+
+    from actors.user_cache import _dense, _sparse
+
+    @given(st.binary(min_size=24, max_size=24))
+    def check(profile):
+        held = _sparse(profile)
+        assert len(held) <= 24 and _dense(held) == profile
+
+    check()
+
+
+def test_any_mix_of_uses_keeps_the_bound_the_states_and_the_engagement_counts():
+    """A model of what the cache must hold, against it under random operations: every
+    user held has its latest state and engagement, the bound holds, the counts of
+    engagements held are right, and each engagement that left was told of once."""
+    from hypothesis import given, settings, strategies as st
+
+    from actors.user_cache import Engagement
+
+    users = st.sampled_from([f"u{i}" for i in range(4)] + ["ü-ñ"])
+    engagements = st.one_of(st.none(), st.builds(
+        Engagement, profile_at=st.one_of(st.none(), st.integers(0, 10**6).map(lambda n: n / 1000)),
+        profile=st.binary(min_size=24, max_size=24), zone=st.sampled_from(["UTC", "Europe/Berlin"]),
+        stats_at=st.one_of(st.none(), st.integers(0, 10**6).map(lambda n: n / 1000)),
+        stats=st.dictionaries(st.sampled_from(["email", "sms", "push"]), st.tuples(st.integers(0, 2**40),
+                                                                                   st.integers(0, 2**40)))))
+    ops = st.lists(st.one_of(st.tuples(st.just("write"), users, st.integers(0, 5)), st.tuples(st.just("read"), users),
+                             st.tuples(st.just("engage"), users, engagements), st.tuples(st.just("pop"), users)),
+                   min_size=10, max_size=60)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(1, 3), ops)
+    def check(bound, ops):
+        cache = UserCache(max_users=bound)
+        gone: list[tuple[str, Engagement]] = []
+        cache.dropped = lambda uid, eng: gone.append((uid, eng))
+        model: dict[str, tuple[UserState, Engagement | None]] = {}
+        for op in ops:
+            if op[0] == "write":
+                cache[op[1]] = state(op[1], op[2])
+                model[op[1]] = (state(op[1], op[2]), model.get(op[1], (None, None))[1])
+            elif op[0] == "read":
+                assert cache.get(op[1]) == (model[op[1]][0] if op[1] in cache else None)
+            elif op[0] == "engage":
+                eng = op[2]
+                if eng is not None and eng.profile_at is None:
+                    eng = msgspec.structs.replace(eng, profile=b"")
+                if eng is not None and eng.stats_at is None:
+                    eng = msgspec.structs.replace(eng, stats={})
+                if eng is not None and eng.profile_at is None and eng.stats_at is None:
+                    eng = None
+                assert cache.set_engagement(op[1], eng) == (op[1] in cache)
+                if op[1] in cache:
+                    model[op[1]] = (model[op[1]][0], eng)
+            else:
+                cache.pop(op[1])
+            for uid in list(model):  # evicted or popped: its engagement was told of, once
+                if uid not in cache:
+                    left = model.pop(uid)[1]
+                    if left is not None:
+                        gone.remove((uid, left))
+            assert not gone and len(cache) <= bound and set(cache) == set(model)
+            for uid, (_, eng) in model.items():
+                assert cache.engagement(uid) == eng
+            assert cache.profiles_held == sum(1 for _, e in model.values() if e and e.profile_at is not None)
+            assert cache.stats_held == sum(1 for _, e in model.values() if e and e.stats_at is not None)
+
+    check()
