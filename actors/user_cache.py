@@ -30,6 +30,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import compress
 from typing import TypeVar
 
 import msgspec
@@ -87,8 +88,12 @@ class _Engaged(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 def _sparse(profile: bytes) -> bytes:
-    pairs = bytes(b for hour, n in enumerate(profile) if n for b in (hour, n))
-    return pairs if len(pairs) < len(profile) else profile
+    if profile.count(0) <= HOURS // 2:  # pairs would be no shorter
+        return profile
+    pairs: list[int] = []
+    for hour in compress(range(HOURS), profile):  # the hours with a count
+        pairs += (hour, profile[hour])
+    return bytes(pairs)
 
 
 def _dense(held: bytes) -> bytes:
@@ -105,8 +110,10 @@ _decode = msgspec.msgpack.Decoder(Packed).decode
 _decode_engaged = msgspec.msgpack.Decoder(_Engaged).decode
 
 # A held value: a byte of flags (MARKED: read or written since the eviction pass last
-# went by; ENGAGED: an engagement follows, after a byte of its length), then the state.
-MARKED, ENGAGED = 1, 2
+# went by; PROFILE, STATS: which halves of an engagement it holds, the engagement then
+# following after a byte of its length), then the state.
+MARKED, PROFILE, STATS = 1, 2, 4
+ENGAGED = PROFILE | STATS
 MAX_ENGAGEMENT = 255  # bytes; ~60 with every channel counted, so never reached in practice
 
 
@@ -219,14 +226,13 @@ class UserCache(Mapping[str, UserState]):
 
     def _let_go(self, key: bytes, blob: bytes) -> None:
         if blob[0] & ENGAGED:
-            eng = self._engagement(blob)
-            self._count(eng, -1)
+            self._count(blob[0], -1)
             if self.dropped is not None:
-                self.dropped(_id(key), eng)
+                self.dropped(_id(key), self._engagement(blob))
 
-    def _count(self, eng: Engagement, sign: int) -> None:
-        self.profiles_held += sign * (eng.profile_at is not None)
-        self.stats_held += sign * (eng.stats_at is not None)
+    def _count(self, flags: int, sign: int) -> None:
+        self.profiles_held += sign * bool(flags & PROFILE)
+        self.stats_held += sign * bool(flags & STATS)
 
     def _engagement(self, blob: bytes) -> Engagement:
         e = _decode_engaged(memoryview(blob)[2:_split(blob)])
@@ -259,10 +265,10 @@ class UserCache(Mapping[str, UserState]):
         blob = self._blobs.get(key)
         if blob is None:
             return False
-        if blob[0] & ENGAGED:
-            self._count(self._engagement(blob), -1)
+        self._count(blob[0], -1)
         state = blob[_split(blob):]
-        if eng is None or (eng.profile_at is None and eng.stats_at is None):
+        flags = 0 if eng is None else PROFILE * (eng.profile_at is not None) | STATS * (eng.stats_at is not None)
+        if eng is None or not flags:
             self._blobs[key] = bytes((blob[0] & ~ENGAGED,)) + state
             return True
         packed = _encode(_Engaged(
@@ -271,8 +277,8 @@ class UserCache(Mapping[str, UserState]):
         if len(packed) > MAX_ENGAGEMENT:  # not held: read again when next needed
             self._blobs[key] = bytes((blob[0] & ~ENGAGED,)) + state
             return False
-        self._count(eng, 1)
-        self._blobs[key] = bytes((blob[0] | ENGAGED, len(packed))) + packed + state
+        self._count(flags, 1)
+        self._blobs[key] = bytes((blob[0] & MARKED | flags, len(packed))) + packed + state
         return True
 
     def _wrote(self, user_id: str) -> None:

@@ -602,20 +602,19 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         s, e = self.population.get(channel, (0, 0))
         self.population[channel] = (s + sent, e + engaged)
 
-    def _add_counts(self, user: str, held: tuple[float, dict[str, tuple[int, int]]], channel: str, sent: int,
-                    engaged: int) -> None:
-        """Add (sent, engaged) on ``channel`` to a person's counts ``held``, and the population's."""
-        counts = held[1]
-        s, e = counts.get(channel, (0, 0))
-        counts[channel] = (s + sent, e + engaged)
-        if self.channel_stats.put(user, held[0], counts):
+    def _add_counts(self, user: str, eng: Engagement, channel: str, sent: int, engaged: int) -> None:
+        """Add (sent, engaged) on ``channel`` to a person's counts (``eng``, held), and the population's."""
+        s, e = eng.stats.get(channel, (0, 0))
+        eng.stats[channel] = (s + sent, e + engaged)
+        if self.users.set_engagement(user, eng):
             self._tally(channel, sent, engaged)
 
     def _count_sends(self, outcomes: list[Outcome]) -> None:
         """Sends to people whose channel counts are held, counted in."""
         for o in outcomes:
-            if o.status == "sent" and (held := self.channel_stats.get(o.user_id)) is not None:
-                self._add_counts(o.user_id, held, o.channel, 1, 0)
+            if o.status == "sent" and (eng := self.users.engagement(o.user_id)) is not None \
+                    and eng.stats_at is not None:
+                self._add_counts(o.user_id, eng, o.channel, 1, 0)
 
     async def engaged(self, payload: bytes) -> int:
         """Engagement events of people this shard owns (``wire.Engaged``, from an HTTP
@@ -633,10 +632,11 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if reading is not None:  # applied when the read is done
                 reading.append((e.at, e.recorded))
                 continue
-            held = self.profiles.get(e.user_id)
-            if held is None or e.recorded <= held[0] or e.at < since:
+            eng = self.users.engagement(e.user_id)
+            if eng is None or eng.profile_at is None or e.recorded <= eng.profile_at or e.at < since:
                 continue
-            self.profiles.put(e.user_id, held[0], timing.add_event(held[1], e.at, zone(held[2])), held[2])
+            eng.profile = timing.add_event(eng.profile, e.at, zone(eng.zone))
+            self.users.set_engagement(e.user_id, eng)
             counted += 1
         self.stats["engaged"] = self.stats.get("engaged", 0) + counted
         return counted
@@ -654,12 +654,12 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if counting is not None:  # applied when the read is done
                 counting.append(e)
                 continue
-            held = self.channel_stats.get(e.user_id)
-            if held is None or e.recorded <= held[0]:
+            eng = self.users.engagement(e.user_id)
+            if eng is None or eng.stats_at is None or e.recorded <= eng.stats_at:
                 continue
-            sent, engaged = held[1].get(e.channel, (0, 0))
+            sent, engaged = eng.stats.get(e.channel, (0, 0))
             if engaged < sent:
-                self._add_counts(e.user_id, held, e.channel, 0, 1)
+                self._add_counts(e.user_id, eng, e.channel, 0, 1)
 
     async def _execute_counted(self, plan: Plan, states: Mapping[str, UserState], now: float
                                ) -> tuple[list[Outcome], set[str], BaseException | None]:

@@ -231,13 +231,14 @@ def _engagement_child(n: int) -> None:
     # the feed: events counted into held profiles and channel counts
     ids = [f"user-{(i * 7919) % n:08d}" for i in range(200_000)]
     t0 = time.perf_counter()
-    for uid in ids:
-        held = profiles.get(uid)
-        profiles.put(uid, held[0], add_event(held[1], now, zone(held[2])), held[2])
-        at, counts = stats.get(uid)
-        sent, engaged = counts.get("push", (0, 0))
-        counts["push"] = (sent, engaged + 1)
-        stats.put(uid, at, counts)
+    for uid in ids:  # as UserShard.engaged and _count_engaged do it: each half updated
+        eng = users.engagement(uid)
+        eng.profile = add_event(eng.profile, now, zone(eng.zone))
+        users.set_engagement(uid, eng)
+        eng = users.engagement(uid)
+        sent, engaged = eng.stats.get("push", (0, 0))
+        eng.stats["push"] = (sent, engaged + 1)
+        users.set_engagement(uid, eng)
     rate = len(ids) / (time.perf_counter() - t0)
     print(json.dumps({"people": n, "bytes_per_person": round(per_user),
                       "projected_10m_gib": round(per_user * 10_000_000 / 2**30, 2),
