@@ -246,9 +246,10 @@ class UserCache(Mapping[str, UserState]):
         """A read time as held: milliseconds since the cache began, 5 bytes in MessagePack
         for 49 days (9 after) against a float's 9. Rounded up, so a fed event recorded
         before the read is never counted again; one recorded less than a millisecond
-        after it, and missed by it, is not counted at all."""
-        # rounded to a nanosecond first: 4.009 * 1000 is 4009.0000000000005, not a millisecond more
-        return None if at is None else math.ceil(round(at * 1000, 6)) - self._base
+        after it, and missed by it, is not counted at all. Within a microsecond above a
+        whole millisecond counts as on it: a time read back (``_time``) is that far off
+        in the float, and must be held as the same millisecond again."""
+        return None if at is None else math.ceil(at * 1000 - 0.001) - self._base
 
     def _time(self, ms: int | None) -> float | None:
         return None if ms is None else (self._base + ms) / 1000
@@ -274,8 +275,10 @@ class UserCache(Mapping[str, UserState]):
         packed = _encode(_Engaged(
             self._ms(eng.profile_at), _sparse(eng.profile) if eng.profile_at is not None else b"",
             self._index(eng.zone, self._zones, self._zone_ix), self._ms(eng.stats_at), self._channel_keys(eng.stats)))
-        if len(packed) > MAX_ENGAGEMENT:  # not held: read again when next needed
+        if len(packed) > MAX_ENGAGEMENT:  # not held, nor what was: read again when next needed
             self._blobs[key] = bytes((blob[0] & ~ENGAGED,)) + state
+            if blob[0] & ENGAGED and self.dropped is not None:
+                self.dropped(user_id, self._engagement(blob))
             return False
         self._count(flags, 1)
         self._blobs[key] = bytes((blob[0] & MARKED | flags, len(packed))) + packed + state
@@ -356,9 +359,19 @@ class UserCache(Mapping[str, UserState]):
 
     def held(self, user_ids: Iterable[str]) -> dict[str, bytes]:
         """The packed states of those of ``user_ids`` held now (references: no
-        copy, nothing decoded), for a ``Pinned`` view to fall back on."""
+        copy, nothing decoded), for a ``Pinned`` view to fall back on. They are
+        about to be used: marked, so the loads of the same call spare them (and
+        their engagement) if they can."""
         blobs = self._blobs
-        return {uid: blob for uid in user_ids if (blob := blobs.get(_key(uid))) is not None}
+        out = {}
+        for uid in user_ids:
+            key = _key(uid)
+            blob = blobs.get(key)
+            if blob is not None:
+                if not blob[0] & MARKED:
+                    blobs[key] = blob = bytes((blob[0] | MARKED,)) + blob[1:]
+                out[uid] = blob
+        return out
 
     def begin_load(self) -> int:
         """Before reading users from PostgreSQL: the token to give ``add_loaded``."""

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from collections.abc import Iterable, Mapping
 
 from actors import link, metrics, spans
@@ -461,9 +461,14 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         recorded = set(rows)
         done = recorded | {(o.notification_id, o.channel) for o in journaled}
         await self._templates_of(items)
-        await self._read_profiles(items, states)
-        await self._read_channel_stats(items)
+        read_profiles = await self._read_profiles(items, states)
+        read_counts = await self._read_channel_stats(items)
         ctx = self._context(digest, parent_id)
+        if read_profiles or read_counts:
+            # what this round read, for people the cache let go meanwhile (it holds
+            # engagement only with the user): decided on, not kept; the cache's first (newer)
+            ctx = dataclasses.replace(ctx, profiles=ChainMap(self.profiles, read_profiles),
+                                      channel_stats=ChainMap(self.channel_stats, read_counts))
         if any(it.request.channel_strategy == "best" for it in items):
             # a best-of notification with a channel sent or held (recorded, or sent and not recorded)
             # was chosen for: it is not chosen again (policy/plan.py)
@@ -512,10 +517,10 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 sends = await tracking.recent_sends(conn, new, now - fatigue.LOOKBACK_S, fatigue.ENGINE_ANSWERS)
             self.ledger.seed(sends, {u: zone(states[u].timezone) for u in new}, now)
 
-    async def _read_profiles(self, items: list[Item], states: Mapping[str, UserState]) -> None:
+    async def _read_profiles(self, items: list[Item], states: Mapping[str, UserState]) -> dict[str, tuple]:
         """Read the engagement profiles of the people of ``deliver: optimal`` requests
-        not read in the last ``preferences.timing.refresh_s``. Events recorded since a
-        read reach them through ``engaged``."""
+        not read in the last ``preferences.timing.refresh_s``; what was read, user →
+        (when, profile, zone). Events recorded since a read reach them through ``engaged``."""
         cfg = self.policy.cfg.timing
         now = self.clock()
         wanted = dict.fromkeys(it.user_id for it in items if it.request.deliver == "optimal"
@@ -524,13 +529,14 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                                                         or now - hit[0] > cfg.refresh_s)]
         stale = [u for u in stale if u not in self._reading]  # another batch is reading them
         if not stale:
-            return
+            return {}
 
         async def read() -> dict[str, list[float]]:
             async with self.pool.acquire() as conn:
                 return await engagement_store.times(conn, stale, now - cfg.lookback_days * 86_400.0)
 
         times, fed = await self._read_keeping_fed(self._reading, stale, read)
+        read_now: dict[str, tuple] = {}
         for u, events in fed.items():
             tz = zone(states[u].timezone)
             profile = timing.profile_of(times.get(u, ()), tz)
@@ -538,11 +544,15 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                 if recorded > now:
                     profile = timing.add_event(profile, at, tz)
             self.profiles.put(u, now, profile, tz.key)  # not kept if the user was evicted meanwhile
+            read_now[u] = (now, profile, tz.key)
+        return read_now
 
-    async def _read_channel_stats(self, items: list[Item]) -> None:
+    async def _read_channel_stats(self, items: list[Item]) -> dict[str, tuple]:
         """Read the per-channel counts of the people of ``channel_strategy: best``
-        requests not read in the last ``preferences.choice.refresh_s``; sends made
-        since are counted by ``_count_sends``, engagement fed by ``engaged``."""
+        requests not read in the last ``preferences.choice.refresh_s``; what was read,
+        user → (when, channel → (sent, engaged)). Sends made since are counted by
+        ``_count_sends``, engagement fed by ``engaged``. Someone not in the user cache
+        (an unregistered recipient, one evicted meanwhile) is read for this round only."""
         cfg = self.policy.cfg.choice
         now = self.clock()
         stale = [u for u in dict.fromkeys(it.user_id for it in items if it.request.channel_strategy == "best"
@@ -550,13 +560,14 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                  if ((hit := self.channel_stats.get(u)) is None or now - hit[0] > cfg.refresh_s)
                  and u not in self._counting]  # another batch is reading them
         if not stale:
-            return
+            return {}
 
         async def read() -> dict[str, dict[str, tuple[int, int]]]:
             async with self.pool.acquire() as conn:
                 return await engagement_store.channel_counts(conn, stale, now - cfg.lookback_days * 86_400.0)
 
         counts, fed = await self._read_keeping_fed(self._counting, stale, read)
+        read_now: dict[str, tuple] = {}
         for u, events in fed.items():
             stats = dict(counts.get(u, {}))
             for e in events:  # fed while reading: in the read only if recorded before it
@@ -564,6 +575,8 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
                     sent, engaged = stats.get(e.channel, (0, 0))
                     stats[e.channel] = (sent, min(sent, engaged + 1))
             self._hold_stats(u, (now, stats))
+            read_now[u] = (now, stats)
+        return read_now
 
     @staticmethod
     async def _read_keeping_fed(marks: dict[str, list], users: list[str], read):
@@ -587,8 +600,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         old = self.channel_stats.get(user)
         if old is None and held is None:
             return
-        kept = self.channel_stats.put(user, held[0] if held else None, dict(held[1]) if held else {})
-        for stats, sign in ((old[1] if old else {}, -1), (held[1] if held and kept else {}, 1)):
+        if not self.channel_stats.put(user, held[0] if held else None, dict(held[1]) if held else {}):
+            return  # not held (or too big to hold: the cache told ``_engagement_dropped`` of the old)
+        for stats, sign in ((old[1] if old else {}, -1), (held[1] if held else {}, 1)):
             for ch, (sent, engaged) in stats.items():
                 self._tally(ch, sign * sent, sign * engaged)
 
@@ -636,8 +650,7 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
             if eng is None or eng.profile_at is None or e.recorded <= eng.profile_at or e.at < since:
                 continue
             eng.profile = timing.add_event(eng.profile, e.at, zone(eng.zone))
-            self.users.set_engagement(e.user_id, eng)
-            counted += 1
+            counted += self.users.set_engagement(e.user_id, eng)
         self.stats["engaged"] = self.stats.get("engaged", 0) + counted
         return counted
 

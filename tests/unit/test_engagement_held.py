@@ -11,6 +11,7 @@ from actors.user_cache import ChannelCounts, Profiles, UserCache
 from actors.user_shard import UserShard
 from infra.config import Config
 from policy import wire
+from policy.decide import zone
 from policy.rules import Policy
 from policy.timing import profile_of
 from policy.types import Outcome, UserState
@@ -56,7 +57,6 @@ def test_sends_and_fed_opens_count_for_the_person_and_the_population_until_they_
 def test_fed_opens_move_a_held_profile_in_its_own_zone():
     us = shard()
     us.users["a"] = UserState(user_id="a", timezone="Asia/Tokyo")
-    from policy.decide import zone
     tz = zone("Europe/Berlin")  # read while the person was in Berlin
     assert us.profiles.put("a", 999_000.0, profile_of([], tz), tz.key)
     at = 999_000.0 + 3600.0
@@ -64,3 +64,47 @@ def test_fed_opens_move_a_held_profile_in_its_own_zone():
     held = us.profiles["a"]
     assert counted == 1 and held[2] == "Europe/Berlin" and held[1] == profile_of([at], tz)
     assert us.channel_stats.get("a") is None  # the other half is not made up
+
+
+class FakePool:
+    """``pool.acquire()`` for the engagement reads, which the test stands in for."""
+
+    def acquire(self):
+        return self
+
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+def test_what_a_round_read_for_someone_the_cache_let_go_is_decided_on(monkeypatch):
+    from actors import user_shard
+    from policy.plan import Item
+    from policy.types import NotificationRequest
+
+    us = shard(max_users=1)
+    us.pool = FakePool()
+    us.users["kept"] = UserState(user_id="kept")
+    gone = UserState(user_id="gone", timezone="UTC")  # in the round's states (Pinned), not in the cache
+    at = 1_000_000.0 - 7200
+
+    async def times(conn, users, since):
+        return {u: [at] for u in users}
+
+    async def channel_counts(conn, users, since):
+        return {u: {"email": (5, 4)} for u in users}
+
+    monkeypatch.setattr(user_shard.engagement_store, "times", times)
+    monkeypatch.setattr(user_shard.engagement_store, "channel_counts", channel_counts)
+    items = [Item(f"n-{u}", u, NotificationRequest(user_id=u, category="c", channels=["email", "sms"],
+                                                   deliver="optimal", deliver_by=1_000_000.0 + 86_400,
+                                                   channel_strategy="best")) for u in ("kept", "gone")]
+    profiles = asyncio.run(us._read_profiles(items, {"kept": us.users["kept"], "gone": gone}))
+    counts = asyncio.run(us._read_channel_stats(items))
+    assert set(profiles) == set(counts) == {"kept", "gone"}  # both decided on this round
+    assert profiles["gone"] == (1_000_000.0, profile_of([at], zone("UTC")), "UTC")
+    assert counts["gone"] == (1_000_000.0, {"email": (5, 4)})
+    assert "gone" not in us.profiles and "kept" in us.profiles  # only the one held is kept
+    assert us.population == {"email": (5, 4)}  # the population counts only who is held

@@ -62,8 +62,10 @@ def test_an_engagement_lives_and_leaves_with_its_user():
     assert "a" not in cache and dropped == [("a", Engagement(profile_at=7.001, profile=bytes(24)))]
     assert (cache.profiles_held, cache.stats_held) == (0, 0)
     many = Engagement(stats_at=1.0, stats={f"channel-{i:03d}": (2**50, 2**50) for i in range(20)})
+    cache.set_engagement("c", Engagement(stats_at=0.5, stats={"sms": (2, 0)}))
     assert not cache.set_engagement("c", many) and cache.engagement("c") is None  # too big to hold: read again
     assert cache["c"] == state("c") and cache.stats_held == 0
+    assert dropped[-1] == ("c", Engagement(stats_at=0.5, stats={"sms": (2, 0)}))  # what it held was let go
     cache.set_engagement("c", Engagement(stats_at=2.0, stats={"sms": (1, 1)}))
     cache.pop("c")
     assert dropped[-1] == ("c", Engagement(stats_at=2.0, stats={"sms": (1, 1)})) and cache.stats_held == 0
@@ -242,5 +244,19 @@ def test_any_mix_of_uses_keeps_the_bound_the_states_and_the_engagement_counts():
                 assert cache.engagement(uid) == eng
             assert cache.profiles_held == sum(1 for _, e in model.values() if e and e.profile_at is not None)
             assert cache.stats_held == sum(1 for _, e in model.values() if e and e.stats_at is not None)
+
+    check()
+
+
+def test_a_read_time_comes_back_at_most_a_millisecond_later_and_stays_there():
+    from hypothesis import given, strategies as st
+
+    cache = UserCache()
+
+    @given(st.one_of(st.floats(min_value=1.6e9, max_value=2.2e9), st.floats(min_value=0, max_value=1e6),
+                     st.integers(1_600_000_000_000, 2_200_000_000_000).map(lambda ms: ms / 1000)))
+    def check(at):
+        back = cache._time(cache._ms(at))
+        assert at - 1e-6 <= back < at + 0.001 + 1e-6 and cache._ms(back) == cache._ms(at)
 
     check()
