@@ -458,45 +458,19 @@ class Pinned(Mapping[str, UserState]):
         return sum(1 for _ in self)
 
 
-class Profiles(Mapping[str, tuple]):
-    """The send-time profiles held, as ``policy.plan`` reads them: user → (when
-    read, profile, its zone name)."""
+class _Half(Mapping[str, tuple]):
+    """One half of the engagement held, by user, as ``policy.plan`` reads it."""
 
     def __init__(self, cache: UserCache):
         self.cache = cache
 
-    def __getitem__(self, user_id: str) -> tuple:
-        eng = self.cache.engagement(user_id)
-        if eng is None or eng.profile_at is None:
-            raise KeyError(user_id)
-        return eng.profile_at, eng.profile, eng.zone
+    def _of(self, eng: Engagement) -> tuple | None:
+        raise NotImplementedError
 
     def get(self, user_id: str, default=None):
         eng = self.cache.engagement(user_id)
-        return default if eng is None or eng.profile_at is None else (eng.profile_at, eng.profile, eng.zone)
-
-    def put(self, user_id: str, at: float, profile: bytes, zone: str) -> bool:
-        """Hold a profile read at ``at`` (False: the user is not held, nor is it)."""
-        eng = self.cache.engagement(user_id) or Engagement()
-        return self.cache.set_engagement(user_id, msgspec.structs.replace(eng, profile_at=at, profile=profile,
-                                                                          zone=zone))
-
-    def __iter__(self) -> Iterator[str]:
-        return (uid for uid in self.cache if uid in self)
-
-    def __contains__(self, user_id: object) -> bool:
-        return isinstance(user_id, str) and self.get(user_id) is not None
-
-    def __len__(self) -> int:
-        return self.cache.profiles_held
-
-
-class ChannelCounts(Mapping[str, tuple]):
-    """The channel counts held, as ``policy.plan`` reads them: user → (when read,
-    channel → (sent, engaged))."""
-
-    def __init__(self, cache: UserCache):
-        self.cache = cache
+        held = self._of(eng) if eng is not None else None
+        return default if held is None else held
 
     def __getitem__(self, user_id: str) -> tuple:
         held = self.get(user_id)
@@ -504,21 +478,40 @@ class ChannelCounts(Mapping[str, tuple]):
             raise KeyError(user_id)
         return held
 
-    def get(self, user_id: str, default=None):
-        eng = self.cache.engagement(user_id)
-        return default if eng is None or eng.stats_at is None else (eng.stats_at, eng.stats)
+    def __iter__(self) -> Iterator[str]:
+        return (uid for uid in self.cache if uid in self)
+
+    def __contains__(self, user_id: object) -> bool:
+        return isinstance(user_id, str) and self.get(user_id) is not None
+
+
+class Profiles(_Half):
+    """The send-time profiles held: user → (when read, profile, its zone name)."""
+
+    def _of(self, eng: Engagement) -> tuple | None:
+        return None if eng.profile_at is None else (eng.profile_at, eng.profile, eng.zone)
+
+    def put(self, user_id: str, at: float, profile: bytes, zone: str) -> bool:
+        """Hold a profile read at ``at`` (False: the user is not held, nor is it)."""
+        eng = self.cache.engagement(user_id) or Engagement()
+        return self.cache.set_engagement(user_id, msgspec.structs.replace(eng, profile_at=at, profile=profile,
+                                                                          zone=zone))
+
+    def __len__(self) -> int:
+        return self.cache.profiles_held
+
+
+class ChannelCounts(_Half):
+    """The channel counts held: user → (when read, channel → (sent, engaged))."""
+
+    def _of(self, eng: Engagement) -> tuple | None:
+        return None if eng.stats_at is None else (eng.stats_at, eng.stats)
 
     def put(self, user_id: str, at: float | None, stats: dict[str, tuple[int, int]]) -> bool:
         """Hold counts read at ``at`` (None: forget them); False if the user is not held."""
         eng = self.cache.engagement(user_id) or Engagement()
         return self.cache.set_engagement(user_id, msgspec.structs.replace(
             eng, stats_at=at, stats=stats if at is not None else {}))
-
-    def __iter__(self) -> Iterator[str]:
-        return (uid for uid in self.cache if uid in self)
-
-    def __contains__(self, user_id: object) -> bool:
-        return isinstance(user_id, str) and self.get(user_id) is not None
 
     def __len__(self) -> int:
         return self.cache.stats_held
