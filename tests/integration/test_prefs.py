@@ -328,9 +328,13 @@ async def test_stored_state_matches_the_tables_and_preload_reads_it(engine, clie
         ring = engine.ring
         assembled = (await assemble_states(conn, ring, ["p40"]))["p40"]
         assert from_stored("p40", open_state(ring, "p40", row["state"], row["master_id"], row["wrapped"])) == assembled
-        imported_null = await conn.fetchval("SELECT count(*) FROM users WHERE user_id LIKE 'bulk%' "
-                                            "AND state IS NULL")
-    assert imported_null == 0  # the import set them NULL; reading them back stored them again
+        # the import set them NULL; the shards' reload, which runs after the job says
+        # succeeded (engine/http/bulk.py), read them back and stored them again
+        deadline = time.monotonic() + 60
+        while (imported_null := await conn.fetchval("SELECT count(*) FROM users WHERE user_id LIKE 'bulk%' "
+                                                    "AND state IS NULL")) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    assert imported_null == 0
     shard = engine.actors.user_shards[0]
     held = await shard.preload.remote()
     assert held >= 25
