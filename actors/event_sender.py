@@ -189,7 +189,9 @@ class EventSender:
                 try:
                     await asyncio.wait_for(self.wake.wait(), e.relay_idle_s)
                 except TimeoutError:
-                    pass
+                    continue
+                if e.relay_linger_s:  # the commits right after this one go in the same round
+                    await asyncio.sleep(e.relay_linger_s)
 
     async def _listen(self) -> None:
         """LISTEN for the triggers' NOTIFY on a connection of its own; without
