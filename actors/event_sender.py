@@ -171,6 +171,9 @@ class EventSender:
         e = self.cfg.events
         while True:
             self.last_round_at = time.time()
+            # cleared before the round reads, not after: a NOTIFY of a commit the round's read
+            # missed (it came while the round published) wakes the next round, not the idle poll
+            self.wake.clear()
             published = 0
             try:
                 await self._listen()
@@ -185,7 +188,6 @@ class EventSender:
                 await asyncio.sleep(e.relay_idle_s)
                 continue
             if published < e.relay_batch:  # caught up: wait for a NOTIFY or the idle interval
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), e.relay_idle_s)
                 except TimeoutError:

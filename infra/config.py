@@ -308,7 +308,8 @@ class EventsConfig(_Section):
     relay_batch: Annotated[int, Meta(ge=1, le=10_000)] = 1000  # outbox rows published per round
     relay_idle_s: Annotated[float, Meta(gt=0)] = 1.0  # an idle relay looks again this often (NOTIFY wakes it sooner)
     # woken by a NOTIFY, the relay waits this long first, so the rows of the commits that follow go in
-    # the same round: at low load a round per commit cost more CPU than the events (bench/RESULTS.md)
+    # the same round: at low load a round per commit cost more CPU than the events (bench/RESULTS.md).
+    # At most 5: idle + linger must stay well under /readyz's 30 s for a relay that has not gone round
     relay_linger_s: Annotated[float, Meta(ge=0, le=5)] = 0.05
     lanes: Annotated[int, Meta(ge=1, le=64)] = 4  # deliveries in flight per subscription (one per lane, in order)
     timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0  # one POST to a subscriber
