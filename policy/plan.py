@@ -28,7 +28,7 @@ import msgspec
 from policy import choice, devices, schedule, wire
 from policy.decide import decide, request_context, zone
 from policy.email import with_footer
-from policy.fatigue import PERIOD, Ledger, Tally
+from policy.fatigue import PERIOD, Ledger, Over, Tally
 from policy.held import Held, HeldDeferred, HeldDigest, HeldFallback
 from policy.links import LinkRules, track
 from policy.rules import Policy
@@ -183,7 +183,7 @@ def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context
             if prepared is not None:
                 prepared[d.channel] = scratch
             if scratch.sends:  # not rejected (no content, a template error, expired, no device on)
-                (later if _capped(it, d.channel, state, ctx, tally, now) else now_).append(d.channel)
+                (later if _over(it, d.channel, state, ctx, tally, now) is not None else now_).append(d.channel)
     pool = now_ or later
     if not pool:
         return None  # nothing would go: each channel keeps its own outcome
@@ -198,13 +198,13 @@ def _not_chosen(it: Item, decisions: list, state: UserState | None, ctx: Context
     return {ch: why for ch in (*now_, *later) if ch != chosen}
 
 
-def _capped(it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally, now: float) -> bool:
-    """Whether a send on ``channel`` would be over a fatigue cap now (nothing counted)."""
+def _over(it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally, now: float) -> Over | None:
+    """The fatigue cap a send on ``channel`` now would exceed (nothing counted), or None."""
     if ctx.ledger is None or state is None:
-        return False
+        return None
     req = it.request
     return ctx.ledger.fatigue.over(ctx.ledger.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
-                                   zone(state.timezone), now) is not None
+                                   zone(state.timezone), now)
 
 
 def _count(plan: Plan, it: Item, channel: str, state: UserState | None, ctx: Context, tally: Tally,
@@ -254,12 +254,10 @@ def _later(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context, n
 def _over_cap(plan: Plan, it: Item, channel: str, state: UserState, ctx: Context, tally: Tally,
               now: float) -> bool:
     """Hold the send if it would exceed a fatigue cap (True)."""
-    assert ctx.ledger is not None
-    fatigue, req, tz = ctx.ledger.fatigue, it.request, zone(state.timezone)
-    over = fatigue.over(ctx.ledger.get(it.user_id), tally, it.user_id, channel, req.category, req.priority,
-                        tz, now)
+    over = _over(it, channel, state, ctx, tally, now)
     if over is None:
         return False
+    req = it.request
     if over.cap.over == "digest" and ctx.digest:  # a released one or a digest is held instead
         key = DigestKey(it.user_id, channel, req.category, PERIOD[over.cap.window], int(over.until))
         plan.holds.append(msgspec.structs.replace(held(it, Digest(channel, key), now, ctx.parent_id),
