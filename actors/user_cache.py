@@ -114,7 +114,7 @@ _decode_engaged = msgspec.msgpack.Decoder(_Engaged).decode
 # following after a byte of its length), then the state.
 MARKED, PROFILE, STATS = 1, 2, 4
 ENGAGED = PROFILE | STATS
-MAX_ENGAGEMENT = 255  # bytes; ~60 with every channel counted, so never reached in practice
+MAX_ENGAGEMENT = 255  # bytes: ~40 typically, ~190 at most with all seven channels counted near 2**64
 
 
 def _split(blob: bytes) -> int:
@@ -173,11 +173,16 @@ class UserCache(Mapping[str, UserState]):
         return i
 
     def _pack(self, s: UserState) -> bytes:
-        if s.template:
-            self._template_ids.add(s.template)
-        return _encode(Packed(self._channel_keys(s.addresses), self._index(s.timezone, self._zones, self._zone_ix),
-                              s.locale, s.version, s.prefs, s.template, tuple(sorted(s.consent)), s.suppressed,
-                              s.consent_until, s.consent_state, s.devices))
+        return self._packed(s.addresses, s.timezone, s.locale, s.version, s.prefs, s.template,
+                            tuple(sorted(s.consent)), s.suppressed, s.consent_until, s.consent_state, s.devices)
+
+    def _packed(self, addresses: Mapping[str, str], timezone: str, locale: str, version: int, prefs: tuple,
+                template: str | None, *rest) -> bytes:
+        """``Packed`` of a state's fields (in its order), names to the cache's indexes."""
+        if template:
+            self._template_ids.add(template)
+        return _encode(Packed(self._channel_keys(addresses), self._index(timezone, self._zones, self._zone_ix),
+                              locale, version, prefs, template, *rest))
 
     def _channel_keys(self, by_name: Mapping[str, T]) -> dict[int, T]:
         # a channel's index is one byte in MessagePack, its name up to nine: ~6 bytes a user
@@ -292,14 +297,16 @@ class UserCache(Mapping[str, UserState]):
             self._written[user_id] = self._writes
             self._written.move_to_end(user_id)
 
+    def _used(self, key: bytes, blob: bytes) -> bytes:
+        """``blob`` marked used (held so): the next eviction pass spares it."""
+        if not blob[0] & MARKED:
+            self._blobs[key] = blob = bytes((blob[0] | MARKED,)) + blob[1:]
+        return blob
+
     def get(self, user_id: str, default=None):
         key = _key(user_id)
         blob = self._blobs.get(key)
-        if blob is None:
-            return default
-        if not blob[0] & MARKED:  # a use: spared by the next pass
-            self._blobs[key] = bytes((blob[0] | MARKED,)) + blob[1:]
-        return self._unpack(user_id, blob)
+        return default if blob is None else self._unpack(user_id, self._used(key, blob))
 
     def __getitem__(self, user_id: str) -> UserState:
         state = self.get(user_id)
@@ -328,11 +335,8 @@ class UserCache(Mapping[str, UserState]):
 
     def _pack_stored(self, blob: bytes, suppressed: dict[str, str] | None) -> bytes:
         p = decode_stored(blob)
-        if p.template:
-            self._template_ids.add(p.template)
-        return _encode(Packed(self._channel_keys(p.addresses), self._index(p.timezone, self._zones, self._zone_ix),
-                              p.locale, p.version, p.prefs, p.template, p.consent, suppressed or {},
-                              p.consent_until, p.consent_state, p.devices))
+        return self._packed(p.addresses, p.timezone, p.locale, p.version, p.prefs, p.template, p.consent,
+                            suppressed or {}, p.consent_until, p.consent_state, p.devices)
 
     def loading(self, token: int) -> WarmSink:
         """Where a warm start begun at ``token`` (``begin_load``) puts what it
@@ -362,15 +366,12 @@ class UserCache(Mapping[str, UserState]):
         copy, nothing decoded), for a ``Pinned`` view to fall back on. They are
         about to be used: marked, so the loads of the same call spare them (and
         their engagement) if they can."""
-        blobs = self._blobs
         out = {}
         for uid in user_ids:
             key = _key(uid)
-            blob = blobs.get(key)
+            blob = self._blobs.get(key)
             if blob is not None:
-                if not blob[0] & MARKED:
-                    blobs[key] = blob = bytes((blob[0] | MARKED,)) + blob[1:]
-                out[uid] = blob
+                out[uid] = self._used(key, blob)
         return out
 
     def begin_load(self) -> int:
@@ -484,6 +485,11 @@ class _Half(Mapping[str, tuple]):
     def __contains__(self, user_id: object) -> bool:
         return isinstance(user_id, str) and self.get(user_id) is not None
 
+    def _put(self, user_id: str, **half) -> bool:
+        """Hold this half's fields, the other half as it is; False if the user is not held (nor is it)."""
+        eng = self.cache.engagement(user_id) or Engagement()
+        return self.cache.set_engagement(user_id, msgspec.structs.replace(eng, **half))
+
 
 class Profiles(_Half):
     """The send-time profiles held: user → (when read, profile, its zone name)."""
@@ -493,9 +499,7 @@ class Profiles(_Half):
 
     def put(self, user_id: str, at: float, profile: bytes, zone: str) -> bool:
         """Hold a profile read at ``at`` (False: the user is not held, nor is it)."""
-        eng = self.cache.engagement(user_id) or Engagement()
-        return self.cache.set_engagement(user_id, msgspec.structs.replace(eng, profile_at=at, profile=profile,
-                                                                          zone=zone))
+        return self._put(user_id, profile_at=at, profile=profile, zone=zone)
 
     def __len__(self) -> int:
         return self.cache.profiles_held
@@ -509,9 +513,7 @@ class ChannelCounts(_Half):
 
     def put(self, user_id: str, at: float | None, stats: dict[str, tuple[int, int]]) -> bool:
         """Hold counts read at ``at`` (None: forget them); False if the user is not held."""
-        eng = self.cache.engagement(user_id) or Engagement()
-        return self.cache.set_engagement(user_id, msgspec.structs.replace(
-            eng, stats_at=at, stats=stats if at is not None else {}))
+        return self._put(user_id, stats_at=at, stats=stats if at is not None else {})
 
     def __len__(self) -> int:
         return self.cache.stats_held
