@@ -15,6 +15,7 @@ info, never an internal address unless ``events.egress_allow`` lets it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -156,15 +157,33 @@ def _view(s: store.Subscription) -> Subscription:
                         lost_events=s.lost_events)
 
 
+# How long an answer waits for the EventSender to apply a change. Its refresh can take
+# seconds on a busy machine (each removed hook gives its messages back, each consumer
+# is one JetStream call); the change is committed already and the sender's own refresh
+# every ``events.refresh_s`` applies it, so the caller is not held past this.
+REFRESH_WAIT_S = 5.0
+
+
 async def _refresh(request: web.Request) -> None:
     """Tell the EventSender now (else it sees the change within ``events.refresh_s``)."""
     sender = request.app[ENGINE].actors.events
     if sender is None:
         return
+    told = asyncio.ensure_future(sender.refresh.remote())
     try:
-        await sender.refresh.remote()
+        await asyncio.wait_for(asyncio.shield(told), REFRESH_WAIT_S)
+    except TimeoutError:
+        log.info("event subscriptions: the sender is still applying a change; answering now")
+        told.add_done_callback(_settled)
     except Exception as e:  # noqa: BLE001 - committed; the sender's own refresh picks it up
         log.warning("event subscriptions: the sender was not told of a change (%s)", type(e).__name__)
+
+
+def _settled(told: asyncio.Future[int]) -> None:
+    """Collect a refresh nobody waits for any more, so its failure is not reported as lost."""
+    if not told.cancelled() and told.exception() is not None:
+        log.warning("event subscriptions: the sender was not told of a change (%s)",
+                    type(told.exception()).__name__)
 
 
 async def _found(request: web.Request) -> store.Subscription:
