@@ -16,7 +16,13 @@ since the epoch lost about 0.2 µs per step, so a burst asked for at one instant
 at a high rate could come out one short. Rounding ``T`` up makes the limit at most
 the configured one (5,000/s stays 5,000/s; 3/s becomes 2.999997/s).
 
-Redis keys: ``tidings:rl2:<class>:<sha256(ident)[:32]>``, never a raw identifier."""
+Redis keys: ``tidings:rl2:<class>:<sha256(ident)[:32]>``, never a raw identifier.
+
+The checks one HTTP process makes in the same turn of its event loop go to Redis as
+one pipeline (``_Batches``): one connection taken from the pool, one write, one read.
+A call per check spent about a third of the HTTP process's CPU at 1,000 requests/s
+(bench/RESULTS.md, "Rate-limit checks in one pipeline per loop turn"). Each check
+is still its own script call, so the verdicts are those of one call per check."""
 
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from infra.config import RateLimitConfig
 
@@ -125,6 +131,7 @@ class Limiter:
         self.clock = clock
         self.rates = {"key": (cfg.key_per_s, cfg.key_burst), "user": (cfg.user_per_s, cfg.user_burst)}
         self.script = redis.register_script(LUA) if redis is not None else None
+        self.batches = _Batches(redis, self.script, cfg.timeout_s) if redis is not None else None
         self.local: dict[str, int] = {}  # key -> TAT (µs), the fallback's state
         self._checks = 0
 
@@ -139,11 +146,10 @@ class Limiter:
             raise ValueError(f"rate-limit class {cls!r}: expected one of {CLASSES}")
         rate, burst = self.rates[cls]
         key = redis_key(cls, ident)
-        if self.script is None:
+        if self.batches is None:
             return self._local(key, rate, burst)
         try:
-            allowed, remaining, reset_us, retry_us = await asyncio.wait_for(
-                self.script(keys=[key], args=list(cells(rate, burst))), self.cfg.timeout_s)
+            allowed, remaining, reset_us, retry_us = await self.batches.check(key, cells(rate, burst))
         except (RedisError, OSError, TimeoutError):
             return self._redis_down(key, rate, burst)
         return Verdict(bool(allowed), int(burst), int(remaining), int(reset_us) / US, int(retry_us) / US)
@@ -167,6 +173,67 @@ class Limiter:
         if tat is not None:
             self.local[key] = tat
         return verdict
+
+
+class _Batches:
+    """The script calls asked for in one turn of the event loop, sent as one
+    pipeline when the loop next gets to its ready callbacks. Every call of a batch
+    that fails (Redis down, ``timeout_s`` passed) raises that failure; a pipeline
+    that is slow does not hold the next batch, which goes on its own connection."""
+
+    def __init__(self, redis: Redis, script, timeout_s: float) -> None:
+        self.redis, self.script, self.timeout_s = redis, script, timeout_s
+        self.pending: list[tuple[str, tuple[int, int], asyncio.Future]] = []
+        self.sending: set[asyncio.Task] = set()
+        self.rounds = 0  # pipelines sent (tests: the checks of one turn share one)
+
+    def check(self, key: str, args: tuple[int, int]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        answer = loop.create_future()
+        self.pending.append((key, args, answer))
+        return answer
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def _send(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> None:
+        self.rounds += 1
+        try:
+            answers = await asyncio.wait_for(self._run(batch), self.timeout_s)
+        except BaseException as e:
+            error = e if isinstance(e, Exception) else RedisError("rate-limit check cancelled")
+            for *_, answer in batch:
+                if not answer.done():
+                    answer.set_exception(error)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for (*_, answer), got in zip(batch, answers, strict=True):
+            if answer.done():  # its request went away meanwhile
+                continue
+            if isinstance(got, Exception):
+                answer.set_exception(got)
+            else:
+                answer.set_result(got)
+
+    async def _run(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> list:
+        answers = await self._pipeline(batch)
+        if any(isinstance(a, NoScriptError) for a in answers):  # a Redis restarted (or flushed): load it once
+            self.script.sha = await self.redis.script_load(self.script.script)
+            answers = await self._pipeline(batch)
+        return answers
+
+    async def _pipeline(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> list:
+        # evalsha straight on the pipeline: a Script added to it would cost a SCRIPT EXISTS per batch
+        pipe = self.redis.pipeline(transaction=False)
+        for key, (interval, tau), _ in batch:
+            pipe.evalsha(self.script.sha, 1, key, interval, tau)
+        return await pipe.execute(raise_on_error=False)
 
 
 def headers(v: Verdict) -> dict[str, str]:

@@ -62,6 +62,42 @@ async def test_lua_allows_the_burst_then_denies(client):
     await client.delete(key, redis_key("user", ident))
 
 
+async def test_checks_of_one_loop_turn_go_as_one_pipeline(client):
+    """Twenty checks asked for together: one pipeline, and still exactly the burst allowed."""
+    lim = Limiter(client, cfg())
+    ident = uuid.uuid4().hex
+    before = lim.batches.rounds
+    vs = await asyncio.gather(*(lim.check("key", ident) for _ in range(20)))
+    assert lim.batches.rounds == before + 1
+    assert [v.allowed for v in vs] == [True] * 3 + [False] * 17  # in the order they were asked
+    assert [v.remaining for v in vs[:3]] == [2, 1, 0]
+    await client.delete(redis_key("key", ident))
+
+
+async def test_a_script_redis_lost_is_loaded_again(client):
+    """After SCRIPT FLUSH (a Redis restarted without its scripts) the next batch loads it once."""
+    lim = Limiter(client, cfg())
+    ident = uuid.uuid4().hex
+    assert (await lim.check("key", ident)).allowed
+    await client.script_flush()
+    vs = await asyncio.gather(*(lim.check("key", ident) for _ in range(3)))
+    assert [v.allowed for v in vs] == [True, True, False]
+    await client.delete(redis_key("key", ident))
+
+
+async def test_a_check_given_up_does_not_spoil_its_batch(client):
+    """A request that goes away while its check is in flight: the others of its batch get theirs."""
+    lim = Limiter(client, cfg())
+    ident = uuid.uuid4().hex
+    gone = asyncio.ensure_future(lim.check("key", ident))
+    kept = [asyncio.ensure_future(lim.check("key", ident)) for _ in range(3)]
+    await asyncio.sleep(0)
+    gone.cancel()
+    vs = await asyncio.gather(*kept)
+    assert [v.allowed for v in vs] == [True, True, False]  # the one given up was counted by Redis all the same
+    await client.delete(redis_key("key", ident))
+
+
 async def test_idle_key_expires(client):
     lim = Limiter(client, cfg(key_per_s=10.0, key_burst=2.0))
     ident = uuid.uuid4().hex

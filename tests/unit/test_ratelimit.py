@@ -4,6 +4,7 @@ fallback modes against a Redis that fails, the headers and the middleware."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -155,9 +156,18 @@ class DownRedis:
     """A client whose script calls fail like an unreachable Redis."""
 
     def register_script(self, _lua):
-        async def call(keys, args):
-            raise RedisConnectionError("refused")
-        return call
+        return SimpleNamespace(sha="0" * 40, script=_lua)
+
+    def pipeline(self, transaction=True):
+        return _DownPipeline()
+
+
+class _DownPipeline:
+    def evalsha(self, *args):
+        return self
+
+    async def execute(self, raise_on_error=True):
+        raise RedisConnectionError("refused")
 
 
 @pytest.mark.parametrize("mode", ["local", "open", "closed"])
