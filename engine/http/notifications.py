@@ -116,7 +116,7 @@ async def check_templates(engine: Engine, reqs: list, many: bool) -> None:
 async def checked(engine: Engine, reqs: list[NotificationRequest], many: bool) -> None:
     """Every check a submission passes before it is sent or dry-run (422 naming
     each violation): its schema's rules, the deployment's channels and templates."""
-    check(reqs, engine.cfg.enabled_channels(), many, engine.cfg.http.max_batch)
+    check(reqs, engine.enabled_channels, many, engine.cfg.http.max_batch)
     await check_templates(engine, reqs, many)
 
 
