@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from infra.config import RateLimitConfig
+
+log = logging.getLogger(__name__)
 
 FALLBACKS = Counter("tidings_ratelimit_fallback", "Rate-limit checks Redis could not answer, by the mode applied",
                     ["mode"])
@@ -178,17 +181,21 @@ class Limiter:
 class _Batches:
     """The script calls asked for in one turn of the event loop, sent as one
     pipeline when the loop next gets to its ready callbacks. Every call of a batch
-    that fails (Redis down, ``timeout_s`` passed) raises that failure; a pipeline
-    that is slow does not hold the next batch, which goes on its own connection."""
+    that fails (Redis down, ``timeout_s`` passed) raises that failure as a
+    ``RedisError``, so each caller falls back (``redis_down``); a pipeline that is
+    slow does not hold the next batch, which goes on its own connection."""
 
     def __init__(self, redis: Redis, script, timeout_s: float) -> None:
         self.redis, self.script, self.timeout_s = redis, script, timeout_s
         self.pending: list[tuple[str, tuple[int, int], asyncio.Future]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.sending: set[asyncio.Task] = set()
         self.rounds = 0  # pipelines sent (tests: the checks of one turn share one)
 
     def check(self, key: str, args: tuple[int, int]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # a Limiter that outlived its loop (tests): what was pending there is gone
+            self.loop, self.pending = loop, []
         if not self.pending:
             loop.call_soon(self._flush)
         answer = loop.create_future()
@@ -200,18 +207,19 @@ class _Batches:
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self.sending.add(task)
         task.add_done_callback(self.sending.discard)
+        # whatever ends the task (cancelled before it ran, an error of ours), no caller waits forever
+        task.add_done_callback(lambda _, b=batch: _fail(b, RedisError("rate-limit check not answered")))
 
     async def _send(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> None:
         self.rounds += 1
         try:
             answers = await asyncio.wait_for(self._run(batch), self.timeout_s)
-        except BaseException as e:
-            error = e if isinstance(e, Exception) else RedisError("rate-limit check cancelled")
-            for *_, answer in batch:
-                if not answer.done():
-                    answer.set_exception(error)
-            if not isinstance(e, Exception):
-                raise
+        except (RedisError, OSError, TimeoutError) as e:
+            _fail(batch, e)
+            return
+        except Exception as e:
+            log.exception("rate-limit checks failed")
+            _fail(batch, RedisError(f"rate-limit checks failed: {type(e).__name__}"))
             return
         for (*_, answer), got in zip(batch, answers, strict=True):
             if answer.done():  # its request went away meanwhile
@@ -223,9 +231,14 @@ class _Batches:
 
     async def _run(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> list:
         answers = await self._pipeline(batch)
-        if any(isinstance(a, NoScriptError) for a in answers):  # a Redis restarted (or flushed): load it once
+        # a Redis restarted or flushed: the script loaded once, and only the calls that
+        # found it missing made again (the others counted their request already; a
+        # SCRIPT FLUSH can land between two commands of one pipeline)
+        lost = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+        if lost:
             self.script.sha = await self.redis.script_load(self.script.script)
-            answers = await self._pipeline(batch)
+            for i, a in zip(lost, await self._pipeline([batch[i] for i in lost]), strict=True):
+                answers[i] = a
         return answers
 
     async def _pipeline(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> list:
@@ -234,6 +247,12 @@ class _Batches:
         for key, (interval, tau), _ in batch:
             pipe.evalsha(self.script.sha, 1, key, interval, tau)
         return await pipe.execute(raise_on_error=False)
+
+
+def _fail(batch: list[tuple[str, tuple[int, int], asyncio.Future]], error: BaseException) -> None:
+    for *_, answer in batch:
+        if not answer.done():
+            answer.set_exception(error)
 
 
 def headers(v: Verdict) -> dict[str, str]:

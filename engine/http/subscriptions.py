@@ -169,18 +169,27 @@ async def _refresh(request: web.Request) -> None:
     sender = request.app[ENGINE].actors.events
     if sender is None:
         return
-    told = asyncio.ensure_future(sender.refresh.remote())
     try:
-        await asyncio.wait_for(asyncio.shield(told), REFRESH_WAIT_S)
-    except TimeoutError:
-        log.info("event subscriptions: the sender is still applying a change; answering now")
-        told.add_done_callback(_settled)
+        told = asyncio.ensure_future(sender.refresh.remote())
     except Exception as e:  # noqa: BLE001 - committed; the sender's own refresh picks it up
         log.warning("event subscriptions: the sender was not told of a change (%s)", type(e).__name__)
+        return
+    _telling.add(told)
+    told.add_done_callback(_settled)
+    # asyncio.wait neither raises nor cancels: a refresh that failed quickly with a
+    # TimeoutError of its own is reported as failed (by _settled), not as slow
+    await asyncio.wait({told}, timeout=REFRESH_WAIT_S)
+    if not told.done():
+        log.info("event subscriptions: the sender is still applying a change; answering now")
+
+
+# the refreshes nobody waits for any more, held until they end
+_telling: set[asyncio.Future] = set()
 
 
 def _settled(told: asyncio.Future[int]) -> None:
-    """Collect a refresh nobody waits for any more, so its failure is not reported as lost."""
+    """Report a refresh that failed, whether the answer waited for it or not."""
+    _telling.discard(told)
     if not told.cancelled() and told.exception() is not None:
         log.warning("event subscriptions: the sender was not told of a change (%s)",
                     type(told.exception()).__name__)

@@ -3,6 +3,7 @@ fallback modes against a Redis that fails, the headers and the middleware."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings, strategies as st
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError, NoScriptError
 
 from engine import ratelimit
 from engine.ratelimit import (
@@ -249,3 +250,68 @@ async def test_middleware_closed_answers_503():
 def test_reset_is_whole_seconds_until_full():
     v = run([0.0, 0.0], rate=3.0, burst=10)[-1]
     assert math.ceil(v.reset_s) == int(headers(v)["RateLimit-Reset"]) == 1
+
+
+class ScriptedRedis:
+    """A client whose pipelines answer from ``rounds`` in turn and record the keys sent."""
+
+    def __init__(self, rounds):
+        self.rounds, self.sent, self.loaded = list(rounds), [], 0
+
+    def register_script(self, lua):
+        return SimpleNamespace(sha="old", script=lua)
+
+    async def script_load(self, _lua):
+        self.loaded += 1
+        return "new"
+
+    def pipeline(self, transaction=True):
+        return _ScriptedPipeline(self)
+
+
+class _ScriptedPipeline:
+    def __init__(self, redis):
+        self.redis, self.keys = redis, []
+
+    def evalsha(self, sha, _n, key, *_args):
+        self.keys.append((sha, key))
+        return self
+
+    async def execute(self, raise_on_error=True):
+        self.redis.sent.append(self.keys)
+        answer = self.redis.rounds.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_only_the_checks_that_found_no_script_are_made_again():
+    """A SCRIPT FLUSH between two commands of one pipeline: the checks before it counted
+    their request in Redis, so only the one that found no script is sent again."""
+    ok = [1, 2, 3_000_000, 0]
+    redis = ScriptedRedis([[ok, NoScriptError("NOSCRIPT"), ok], [[1, 0, 3_000_000, 0]]])
+    lim = Limiter(redis, cfg())
+    vs = await asyncio.gather(*(lim.check("key", who) for who in ("a", "b", "c")))
+    assert [v.allowed for v in vs] == [True, True, True]
+    assert redis.loaded == 1
+    assert len(redis.sent) == 2 and len(redis.sent[0]) == 3
+    assert redis.sent[1] == [("new", ratelimit.redis_key("key", "b"))]
+
+
+async def test_a_failure_that_is_not_redis_falls_back_for_each_check(caplog):
+    lim = Limiter(ScriptedRedis([ValueError("a bug of ours")]), cfg(redis_down="open"))
+    vs = await asyncio.gather(*(lim.check("key", who) for who in ("a", "b")))
+    assert [v.allowed for v in vs] == [True, True]
+    assert "rate-limit checks failed" in caplog.text
+
+
+async def test_a_batch_cancelled_before_it_ran_answers_its_checks():
+    """Nothing waits forever: a batch whose task never ran falls back."""
+    lim = Limiter(ScriptedRedis([]), cfg(redis_down="open"))
+    waiting = asyncio.ensure_future(lim.check("key", "a"))
+    await asyncio.sleep(0)  # the check is pending; its flush is scheduled
+    await asyncio.sleep(0)  # the flush made the task
+    for task in list(lim.batches.sending):
+        task.cancel()
+    v = await asyncio.wait_for(waiting, 1)
+    assert v.allowed

@@ -79,3 +79,16 @@ async def test_a_failing_refresh_is_logged_not_raised(error, caplog):
     with caplog.at_level(logging.WARNING, logger=subscriptions.__name__):
         await subscriptions._refresh(_request(fails))
     assert any(type(error).__name__ in r.getMessage() for r in caplog.records)
+
+
+async def test_a_refresh_failing_with_a_timeout_of_its_own_is_a_failure(caplog):
+    """A JetStream timeout inside the sender's refresh (Ray re-raises it as a
+    TimeoutError) is reported as a failed refresh, not as one still running."""
+    async def times_out() -> int:
+        raise TimeoutError("jetstream")
+
+    with caplog.at_level(logging.INFO, logger=subscriptions.__name__):
+        await subscriptions._refresh(_request(times_out))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("not told" in m and "TimeoutError" in m for m in messages)
+    assert not any("still applying" in m for m in messages)
