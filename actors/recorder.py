@@ -139,8 +139,9 @@ class Recorder(Watched, LinkServed):
                 return
             self.wake, self.full, self.flushed = asyncio.Event(), asyncio.Event(), asyncio.Event()
             self.slots = asyncio.Semaphore(self.pool_max)
+            # session_free: a flush leaves nothing in the session (the stage empties at commit)
             pool = await db.create_pool(self.url, self.schema, min_size=1, max_size=self.pool_max,
-                                        init=_init_connection, limits=self.limits)
+                                        init=_init_connection, limits=self.limits, session_free=True)
             asyncio.get_running_loop().create_task(self._flusher())
             self.pool = pool  # last: it is what marks the actor ready
             self.watch.start()  # set up: what it holds now is frozen (actors/stalls.py)

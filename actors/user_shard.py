@@ -145,7 +145,9 @@ class UserShard(PrefsMixin, TemplatesMixin, Watched, link.LinkServed):
         if self.pool is None:
             async with self._start_lock:
                 if self.pool is None:
-                    pool = await db.create_pool(self.url, self.cfg.database.schema, min_size=1, max_size=4)
+                    # session_free: its locks are transaction-scoped, it sets nothing outside a transaction
+                    pool = await db.create_pool(self.url, self.cfg.database.schema, min_size=1, max_size=4,
+                                                session_free=True)
                     try:
                         async with pool.acquire() as conn:
                             self.ring = await pii_store.keyring(conn, Keyring.parse(self.cfg.privacy.master_keys))

@@ -54,12 +54,24 @@ def server_settings(limits: DatabaseConfig | None = None, schema: str | None = N
 
 
 async def create_pool(url: str, schema: str = "public", *, min_size: int = 1, max_size: int = 8,
-                      init=None, limits: DatabaseConfig | None = None) -> asyncpg.Pool:
+                      init=None, limits: DatabaseConfig | None = None, session_free: bool = False) -> asyncpg.Pool:
     """A pool whose connections use ``schema`` (tests give each run its own),
-    bounded by ``limits`` (the configured ``[database]``; defaults when None)."""
+    bounded by ``limits`` (the configured ``[database]``; defaults when None).
+
+    ``session_free``: its users leave nothing in a session (no session advisory lock,
+    LISTEN, SET or cursor outside a transaction), so a connection given back is not
+    reset by a query. asyncpg's default sends one (``pg_advisory_unlock_all(); CLOSE
+    ALL; UNLISTEN *; RESET ALL``) at every release: a round trip and a statement in
+    PostgreSQL each time, for a Recorder flush or a UserShard batch that took the
+    connection for one or two statements. An open transaction is still rolled back."""
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=init, server_settings=server_settings(limits, schema),
+        reset=_nothing_to_reset if session_free else None,
     )
+
+
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """asyncpg has rolled back an open transaction and dropped listeners before this."""
 
 
 async def connect(url: str, limits: DatabaseConfig | None = None, schema: str | None = None, *,
