@@ -63,7 +63,10 @@ async def create_pool(url: str, schema: str = "public", *, min_size: int = 1, ma
     reset by a query. asyncpg's default sends one (``pg_advisory_unlock_all(); CLOSE
     ALL; UNLISTEN *; RESET ALL``) at every release: a round trip and a statement in
     PostgreSQL each time, for a Recorder flush or a UserShard batch that took the
-    connection for one or two statements. An open transaction is still rolled back."""
+    connection for one or two statements. An open transaction is still rolled back.
+    Never hand such a pool's connection to code that holds a session: ``migrate`` and
+    ``rollback`` (session advisory lock, ``SET search_path``), ``stores.retention.run``
+    (session advisory lock), ``stores.bulk.import_rows`` (a temp table per session)."""
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=init, server_settings=server_settings(limits, schema),
         reset=_nothing_to_reset if session_free else None,

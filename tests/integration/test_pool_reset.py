@@ -42,7 +42,7 @@ async def test_an_open_transaction_is_still_rolled_back(database_url):
         async with pool.acquire() as conn:
             await conn.execute("CREATE TEMP TABLE kept (n int)")  # a session's table stays (the Recorder's stage)
         async with pool.acquire() as conn:
-            await conn.execute("BEGIN")
+            await conn.execute("BEGIN")  # unmanaged on purpose: asyncpg logs "Resetting connection with an active transaction"
             await conn.execute("INSERT INTO kept VALUES (1)")
         async with pool.acquire() as conn:  # the same connection (max_size=1)
             assert not conn.is_in_transaction()
