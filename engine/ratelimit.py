@@ -178,6 +178,10 @@ class Limiter:
         return verdict
 
 
+# a batch of script calls: (Redis key, (interval, burst span) in µs, the caller's answer)
+_Calls = list[tuple[str, tuple[int, int], asyncio.Future]]
+
+
 class _Batches:
     """The script calls asked for in one turn of the event loop, sent as one
     pipeline when the loop next gets to its ready callbacks. Every call of a batch
@@ -187,7 +191,7 @@ class _Batches:
 
     def __init__(self, redis: Redis, script, timeout_s: float) -> None:
         self.redis, self.script, self.timeout_s = redis, script, timeout_s
-        self.pending: list[tuple[str, tuple[int, int], asyncio.Future]] = []
+        self.pending: _Calls = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sending: set[asyncio.Task] = set()
         self.rounds = 0  # pipelines sent (tests: the checks of one turn share one)
@@ -210,7 +214,7 @@ class _Batches:
         # whatever ends the task (cancelled before it ran, an error of ours), no caller waits forever
         task.add_done_callback(lambda _, b=batch: _fail(b, RedisError("rate-limit check not answered")))
 
-    async def _send(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> None:
+    async def _send(self, batch: _Calls) -> None:
         self.rounds += 1
         try:
             answers = await asyncio.wait_for(self._run(batch), self.timeout_s)
@@ -229,7 +233,7 @@ class _Batches:
             else:
                 answer.set_result(got)
 
-    async def _run(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> list:
+    async def _run(self, batch: _Calls) -> list:
         answers = await self._pipeline(batch)
         # a Redis restarted or flushed: the script loaded once, and only the calls that
         # found it missing made again (the others counted their request already; a
@@ -241,7 +245,7 @@ class _Batches:
                 answers[i] = a
         return answers
 
-    async def _pipeline(self, batch: list[tuple[str, tuple[int, int], asyncio.Future]]) -> list:
+    async def _pipeline(self, batch: _Calls) -> list:
         # evalsha straight on the pipeline: a Script added to it would cost a SCRIPT EXISTS per batch
         pipe = self.redis.pipeline(transaction=False)
         for key, (interval, tau), _ in batch:
@@ -249,7 +253,7 @@ class _Batches:
         return await pipe.execute(raise_on_error=False)
 
 
-def _fail(batch: list[tuple[str, tuple[int, int], asyncio.Future]], error: BaseException) -> None:
+def _fail(batch: _Calls, error: BaseException) -> None:
     for *_, answer in batch:
         if not answer.done():
             answer.set_exception(error)
