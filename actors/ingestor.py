@@ -44,6 +44,8 @@ DECODERS = {NotificationRequest: msgspec.json.Decoder(NotificationRequest),
 NAK_DELAY_S = 2.0  # a failed batch comes back after this, not in a hot loop
 WARM_S = 5.0  # the longest a start waits to have called each UserShard once
 ACCEPTED_WAIT_S = 10.0  # the longest a batch waits for JetStream to store its accepted events
+# the priority lane says it is busy at most this many times per engine.priority_yield_s
+BUSY_SAID_PER_YIELD = 4
 
 
 def header_safe(text: str, limit: int = 400) -> str:
@@ -89,13 +91,15 @@ class Ingestor(Watched):
         self.inflight: set[asyncio.Task] = set()
         self.broadcasts: set[asyncio.Task] = set()
         self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0,
-                      "dead_lettered": 0, "retried": 0}
+                      "dead_lettered": 0, "retried": 0, "yielded": 0, "priority_busy_heard": 0}
         self.stopping = asyncio.Event()
         self.acks_traced: deque[float] = deque(maxlen=TRACED_KEPT)
         self._stage_metric = None
         self.watch = StallWatch(self.cfg.engine.gc_young)
         self.meter = metrics.Meter()
         self.subs: dict[str, object] = {}  # lane -> its pull subscription
+        # the bulk lane yields until then (engine.priority_yield_s); the priority lane last said so then
+        self.yield_until = self.busy_said = 0.0
         # the consumers' lag is read by one Ingestor per lane (each lane's first), not by all
         self.ticker = metrics.Ticker(self._sample) if index == 0 else None
 
@@ -110,6 +114,8 @@ class Ingestor(Watched):
         await self._warm()
         self.subs = {lane: await self.js.pull_subscribe_bind(streams.consumer_name(n, lane), n.stream)
                      for lane in self.lanes}
+        if "bulk" in self.lanes and self.cfg.engine.priority_yield_s > 0:
+            await self.nc.subscribe(streams.priority_busy_subject(n), cb=self._priority_busy)
         self.running = True
         self.stopping.clear()
         self.slots = asyncio.Semaphore(self.cfg.engine.inflight_batches)  # shared by this actor's lanes
@@ -152,8 +158,14 @@ class Ingestor(Watched):
                 # per message. Waiting for a batch in flight lets what comes meanwhile
                 # go together; an idle engine (nothing in flight) fetches at once.
                 await asyncio.wait(set(self.inflight), timeout=coalesce_s, return_when=asyncio.FIRST_COMPLETED)
+            batch = e.ingest_batch
+            if lane == "bulk" and self._yielding():
+                await self._make_room()
+                batch = min(batch, e.priority_yield_batch)
+                self.stats["yielded"] += 1
+                self.meter.inc("tidings_bulk_yields_total", 1)
             try:
-                msgs = await sub.fetch(e.ingest_batch, timeout=max(e.fetch_timeout_s, 0.001))
+                msgs = await sub.fetch(batch, timeout=max(e.fetch_timeout_s, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []  # nothing came: as an empty answer
             except Exception:
@@ -167,9 +179,45 @@ class Ingestor(Watched):
                 self.slots.release()
                 continue
             self.stats["fetched"] += len(msgs)
+            if lane == "priority":
+                await self._say_busy()
             task = asyncio.get_running_loop().create_task(self._process(msgs))
             self.inflight.add(task)
             task.add_done_callback(self._done)
+
+    # -- the bulk lane yields to the priority lane (docs/design.md) --------------------
+
+    async def _say_busy(self) -> None:
+        """Tell the bulk lanes that the priority lane has work: one core NATS message,
+        no reply, at most ``BUSY_SAID_PER_YIELD`` times per ``priority_yield_s``."""
+        hold = self.cfg.engine.priority_yield_s
+        now = time.monotonic()
+        if hold <= 0 or now - self.busy_said < hold / BUSY_SAID_PER_YIELD:
+            return
+        self.busy_said = now
+        try:
+            await self.nc.publish(streams.priority_busy_subject(self.cfg.nats), b"")
+        except Exception as e:  # noqa: BLE001 - only a hint: the bulk lane does not yield this time
+            log.warning("could not tell the bulk lanes to yield: %r", e)
+
+    async def _priority_busy(self, _msg: Msg) -> None:
+        self.stats["priority_busy_heard"] += 1
+        self.yield_until = time.monotonic() + self.cfg.engine.priority_yield_s
+
+    def _yielding(self) -> bool:
+        return time.monotonic() < self.yield_until
+
+    async def _make_room(self) -> None:
+        """Wait until fewer than ``priority_yield_inflight`` batches are in flight, or
+        the priority lane has been quiet for ``priority_yield_s``: what a bulk batch
+        takes of the CPU in each actor and PostgreSQL, a critical one waits for."""
+        most = self.cfg.engine.priority_yield_inflight
+        while self.running:
+            running = {t for t in self.inflight if not t.done()}
+            left = self.yield_until - time.monotonic()
+            if len(running) < most or left <= 0:
+                return
+            await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     def _done(self, task: asyncio.Task) -> None:
         self.inflight.discard(task)

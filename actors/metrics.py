@@ -59,6 +59,8 @@ SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                      ("lane",), None),
     "tidings_consumer_redelivered": ("gauge", "Messages of a lane delivered more than once and not yet acked",
                                      ("lane",), None),
+    "tidings_bulk_yields_total": ("counter", "Bulk-lane fetches kept small and alone because the priority lane "
+                                  "had work (engine.priority_yield_s)", (), None),
     "tidings_dead_letters_total": ("counter", "Messages the Ingestors sent to the dead-letter stream",
                                    ("reason",), None),
     "tidings_cache_entries": ("gauge", "Entries held in a UserShard's caches", ("cache", "shard"), None),

@@ -47,6 +47,15 @@ class EngineConfig(_Section):
     # as one batch instead of one batch per message (docs/design.md, "Batches that
     # follow the load"). 0: fetch whenever a slot is free.
     coalesce_s: NonNegative = 0.02
+    # While the priority lane has work, each bulk Ingestor keeps at most
+    # priority_yield_inflight batches of at most priority_yield_batch messages in flight,
+    # until priority_yield_s after the lane last fetched: on a machine a bulk backlog
+    # saturates, a critical notification otherwise waits behind it for the CPU in every
+    # process it passes (docs/design.md, "The bulk lane yields to the priority lane").
+    # 0: the bulk lane never yields.
+    priority_yield_s: NonNegative = 1.0
+    priority_yield_inflight: Positive = 1
+    priority_yield_batch: Positive = 50
     recent_ids: Positive = 200_000  # idempotency ids a UserShard remembers in memory
     # users a UserShard holds in memory (~270 bytes each: 2M is ~540 MiB); the least
     # recently used is dropped and read again from PostgreSQL when next needed

@@ -43,6 +43,12 @@ def priority_wildcard(cfg: NatsConfig) -> str:
     return f"{cfg.prefix}.priority.>"
 
 
+def priority_busy_subject(cfg: NatsConfig) -> str:
+    """Core NATS, in no stream: the priority lane's Ingestor says here that it has
+    work, and the bulk lanes' Ingestors yield (``engine.priority_yield_s``)."""
+    return f"{cfg.prefix}.lanes.priority_busy"
+
+
 def subject_for(cfg: NatsConfig, category: str, priority: str) -> str:
     return priority_subject(cfg, category) if priority in URGENT else notify_subject(cfg, category)
 

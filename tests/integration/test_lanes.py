@@ -89,3 +89,25 @@ async def test_the_actors_after_the_provider_call_run_nicer_than_the_priority_la
     assert all(n == min(19, users + step) for n in [*bulk_ingestors, *bulk, recorder]), (users, bulk_ingestors, bulk, recorder)
     if a.events is not None:
         assert await a.events.__ray_call__.remote(_niceness) == min(19, users + step)
+
+
+async def test_the_bulk_lane_hears_the_priority_lane_and_yields(engine):
+    """engine.priority_yield_s: the priority lane's Ingestor says over core NATS that
+    it has work; the bulk lane's Ingestor hears it and keeps its batches small and few
+    (the loop's rule: tests/unit/test_ingest_yield.py)."""
+    *bulk, _priority = engine.actors.ingestors
+    before = [(await i.info.remote())["priority_busy_heard"] for i in bulk]
+    async with api_session() as s:
+        async with s.post(f"{engine.base_url}/v1/notifications", json={
+                "user_id": "vip", "category": "security", "channels": ["webhook"], "priority": "high",
+                "content": {"text": "your code"}}) as r:
+            assert r.status == 202
+            nid = (await r.json())["id"]
+    await wait_rows(engine.pool, [nid], 1, timeout_s=60)
+    deadline = time.monotonic() + 10
+    while True:
+        heard = [(await i.info.remote())["priority_busy_heard"] for i in bulk]
+        if all(h > b for h, b in zip(heard, before, strict=True)) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert all(h > b for h, b in zip(heard, before, strict=True)), (before, heard)

@@ -6,7 +6,7 @@ hands out prepared answers; the loop, its slots and its batches are the real one
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 
 import msgspec
 import pytest
@@ -21,9 +21,11 @@ class Sub:
     def __init__(self, *answers: list):
         self.answers = deque(answers)
         self.fetches = 0
+        self.sizes: list[int] = []  # the batch each fetch asked for
 
     async def fetch(self, batch: int, timeout: float) -> list:
         self.fetches += 1
+        self.sizes.append(batch)
         if not self.answers:
             await asyncio.Event().wait()
         answer = self.answers.popleft()
@@ -32,16 +34,29 @@ class Sub:
         return answer
 
 
-def ingestor(coalesce_s: float, batch: int = 100, slots: int = 4) -> tuple[Ingestor, dict[int, asyncio.Event]]:
+class Meter:
+    """Counts what the loop reports (the real one needs a Ray worker)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def inc(self, name: str, value: float, tags: dict | None = None) -> None:
+        self.counts[name] += value
+
+
+def ingestor(coalesce_s: float, batch: int = 100, slots: int = 4,
+             **engine: float) -> tuple[Ingestor, dict[int, asyncio.Event]]:
     """An Ingestor with only what the fetch loop uses; each batch's processing
     waits on its own event (by batch number), so a test decides when it ends."""
     ing = Ingestor.__new__(Ingestor)
     cfg = Config()
     ing.cfg = msgspec.structs.replace(cfg, engine=msgspec.structs.replace(
-        cfg.engine, coalesce_s=coalesce_s, ingest_batch=batch, inflight_batches=slots))
+        cfg.engine, coalesce_s=coalesce_s, ingest_batch=batch, inflight_batches=slots, **engine))
     ing.running, ing.inflight = True, set()
+    ing.yield_until = ing.busy_said = 0.0
+    ing.meter = Meter()
     ing.slots = asyncio.Semaphore(slots)
-    ing.stats = {"fetched": 0, "batches": 0}
+    ing.stats = {"fetched": 0, "batches": 0, "yielded": 0, "priority_busy_heard": 0}
     gates: dict[int, asyncio.Event] = {}
 
     async def process(msgs: list) -> None:
