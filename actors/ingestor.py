@@ -99,7 +99,7 @@ class Ingestor(Watched):
         self.meter = metrics.Meter()
         self.subs: dict[str, object] = {}  # lane -> its pull subscription
         # the bulk lane yields until then (engine.priority_yield_s); the priority lane last said so then
-        self.yield_until = self.busy_said = 0.0
+        self.yield_until, self.busy_said = 0.0, float("-inf")
         # the consumers' lag is read by one Ingestor per lane (each lane's first), not by all
         self.ticker = metrics.Ticker(self._sample) if index == 0 else None
 
@@ -158,12 +158,10 @@ class Ingestor(Watched):
                 # per message. Waiting for a batch in flight lets what comes meanwhile
                 # go together; an idle engine (nothing in flight) fetches at once.
                 await asyncio.wait(set(self.inflight), timeout=coalesce_s, return_when=asyncio.FIRST_COMPLETED)
-            batch = e.ingest_batch
             if lane == "bulk" and self._yielding():
                 await self._make_room()
-                batch = min(batch, e.priority_yield_batch)
-                self.stats["yielded"] += 1
-                self.meter.inc("tidings_bulk_yields_total", 1)
+            small = lane == "bulk" and self._yielding()  # again: the yield may have ended while room was made
+            batch = min(e.ingest_batch, e.priority_yield_batch) if small else e.ingest_batch
             try:
                 msgs = await sub.fetch(batch, timeout=max(e.fetch_timeout_s, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
@@ -174,16 +172,19 @@ class Ingestor(Watched):
                     log.exception("fetch failed; retrying")
                     await asyncio.sleep(0.5)
                 continue
-            full = len(msgs) * BACKLOG_SHARE >= e.ingest_batch
+            full = len(msgs) * BACKLOG_SHARE >= batch
             if not msgs:  # none came in time, or a pull ended on a status (nats-py answers [])
                 self.slots.release()
                 continue
             self.stats["fetched"] += len(msgs)
-            if lane == "priority":
-                await self._say_busy()
+            if small:  # counted when it took something: an idle bulk lane's empty fetches are not yields
+                self.stats["yielded"] += 1
+                self.meter.inc("tidings_bulk_yields_total", 1)
             task = asyncio.get_running_loop().create_task(self._process(msgs))
             self.inflight.add(task)
             task.add_done_callback(self._done)
+            if lane == "priority":  # after the batch is under way: it neither waits for this nor is lost to a stop
+                await self._say_busy()
 
     # -- the bulk lane yields to the priority lane (docs/design.md) --------------------
 

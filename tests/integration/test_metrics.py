@@ -51,8 +51,9 @@ async def engine(nats_url, database_url, ray_address, tmp_path_factory):
     await hook.start()
     cfg = renamed(engine_config(nats_url, database_url, str(tmp_path_factory.mktemp("home")),
                                 smtp_port=smtp.port, webhook_url=hook.url,
-                                # two users per shard's cache, ten users: some are evicted
-                                overrides={"engine": {"max_cached_users": 2}}))
+                                # two users per shard's cache, ten users: some are evicted; the bulk
+                                # lane yields for 30 s after the priority lane's one notification
+                                overrides={"engine": {"max_cached_users": 2, "priority_yield_s": 30.0}}))
     people = [UserProfile(user_id=f"m{i}", addresses={} if i == 0 else {"email": f"m{i}@example.test"})
               for i in range(10)]
     try:
@@ -109,6 +110,17 @@ async def test_both_endpoints_export_their_series_with_bounded_labels(engine, cl
     def grew(fams: dict[str, list], before: dict[str, list], sample: str, **labels: str) -> float:
         return value(fams, sample, **labels) - value(before, sample, **labels)
 
+    # one high notification over NATS (the HTTP counters below stay the batch's): the bulk
+    # lane hears the priority lane and yields while it takes the batch (tidings_bulk_yields_total)
+    *bulk, _priority = engine.actors.ingestors
+    heard = (await bulk[0].info.remote())["priority_busy_heard"]
+    urgent = {"user_id": "m1", "category": "job_alerts", "channels": ["email"], "priority": "high",
+              "content": {"subject": "now", "text": "hello"}}
+    await engine.js.publish(streams.priority_subject(engine.cfg.nats, "job_alerts"), msgspec.json.encode(urgent))
+    deadline = time.monotonic() + SCRAPE_S
+    while (await bulk[0].info.remote())["priority_busy_heard"] == heard:
+        assert time.monotonic() < deadline, "the bulk lane did not hear the priority lane"
+        await asyncio.sleep(0.05)
     # m1..m9 get email and webhook; m0 has no address (suppressed, reason family "address");
     # "weekly_digest_x" is not a configured category (the HTTP counter says "other")
     batch = [{"user_id": f"m{i}", "category": "job_alerts" if i % 2 else "weekly_digest_x",

@@ -65,11 +65,11 @@ async def test_priority_yield_inflight_batches_may_run_at_once():
 
 async def test_the_yield_ends_priority_yield_s_after_the_lane_last_said_busy():
     ing, _ = ingestor(coalesce_s=0.02, batch=100, slots=3, priority_yield_batch=20)
-    yielding(ing, 0.05)  # no batch ends: only the time lets the next fetch go
+    yielding(ing, 0.5)  # no batch ends: only the time lets the next fetch go
     sub = Sub(FULL, FULL, FULL)
     task = await run(ing, sub)
     assert ing.stats["batches"] == 1
-    await ingestor_module.asyncio.sleep(0.2)
+    await ingestor_module.asyncio.sleep(1.0)
     await settle()
     assert ing.stats["batches"] == 3
     assert sub.sizes[0] == 20 and sub.sizes[-1] == 100, "back to whole batches once the yield is over"
@@ -121,3 +121,13 @@ async def test_hearing_the_priority_lane_starts_a_yield_of_priority_yield_s():
     await ing._priority_busy(None)
     assert ing._yielding() and ing.stats["priority_busy_heard"] == 1
     assert 29 < ing.yield_until - time.monotonic() <= 30
+
+
+async def test_an_idle_bulk_lane_is_not_counted_as_yielding():
+    ing, _ = ingestor(coalesce_s=0.02, batch=100, slots=3, priority_yield_batch=20)
+    yielding(ing)
+    sub = Sub([], [], ["a"])
+    task = await run(ing, sub)
+    assert sub.fetches == 3 and sub.sizes == [20, 20, 20]  # the fourth waits: a batch is in flight
+    assert ing.stats["yielded"] == 1, "two empty answers are not yields; the one that took a message is"
+    await stop(task)
