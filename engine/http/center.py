@@ -113,7 +113,7 @@ class Layout:
 
 def _layout(engine, effective: dict, state: UserState) -> Layout:
     policy = engine.policy
-    enabled = engine.cfg.enabled_channels()
+    enabled = engine.enabled_channels
     channels = [ch for ch in USER_CHANNELS if ch in enabled and ch != "webhook"]
     names = list(policy.categories) or sorted({e["category"] for e in effective["effective"]} - {"*"})
     cats = [{"name": c, "label": c.replace("_", " ").capitalize(), "mandatory": not policy.can_opt_out(c)}

@@ -97,7 +97,7 @@ async def create(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = decode(_body, await read_json(request), "experiment")
     errors = experiments.errors(body)
-    enabled = engine.cfg.enabled_channels()
+    enabled = engine.enabled_channels
     for i, v in enumerate(body.variants):
         errors += [(f"$.variants[{i}].channels[{j}]", f"channel {ch!r} is not enabled here")
                    for j, ch in enumerate(v.channels or ()) if ch not in enabled]

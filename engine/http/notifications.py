@@ -240,7 +240,7 @@ async def submit_broadcast(request: web.Request) -> web.Response:
     b = decode(_broadcast, await read_json(request), "broadcast")
     if isinstance(b.audience, Audience):  # first: a saved segment's filter is then checked with the rest
         b.audience = await resolved_audience(engine, b.audience)
-    check([b], cfg.enabled_channels(), False, 1)
+    check([b], engine.enabled_channels, False, 1)
     await check_templates(engine, [b], False)
     if query_bool(request, "dry_run"):
         may_dry_run(request)
