@@ -93,6 +93,7 @@ class Ingestor(Watched):
         self.stats = {"fetched": 0, "acked": 0, "rejected": 0, "nacked": 0, "batches": 0, "broadcasts": 0,
                       "dead_lettered": 0, "retried": 0, "yielded": 0, "priority_busy_heard": 0}
         self.stopping = asyncio.Event()
+        self.starting = asyncio.Lock()
         self.acks_traced: deque[float] = deque(maxlen=TRACED_KEPT)
         self._stage_metric = None
         self.watch = StallWatch(self.cfg.engine.gc_young)
@@ -104,8 +105,14 @@ class Ingestor(Watched):
         self.ticker = metrics.Ticker(self._sample) if index == 0 else None
 
     async def start(self) -> None:
-        if self.running:
-            return
+        # one start at a time: the engine's supervisor calls start every few seconds, and a
+        # start waits up to WARM_S for the UserShards; a second one meanwhile would open a
+        # second connection and a second set of fetch loops
+        async with self.starting:
+            if not self.running:
+                await self._start()
+
+    async def _start(self) -> None:
         n = self.cfg.nats
         self.nc = await nats.connect(self.url, name=f"tidings-ingestor-{'-'.join(self.lanes)}-{self.index}",
                                      max_reconnect_attempts=-1)
