@@ -30,6 +30,10 @@ def placement() -> dict[str, dict[str, int]]:
     return cluster_view()["actors"]
 
 
+def count(where: dict[str, dict[str, int]]) -> int:
+    return sum(n for kinds in where.values() for n in kinds.values())
+
+
 async def submit(base: str, n: int, tag: str) -> list[str]:
     ids = []
     async with api_session() as s:
@@ -68,9 +72,11 @@ async def run(cluster: Cluster, workers: dict, nats_url: str, database_url: str,
             out["settled_s"] = round(time.monotonic() - killed_at, 1)
             # the rows may all be in before Ray has declared the node dead (its actors'
             # processes can outlive their raylet for a while, and finish the work in
-            # flight): the actors are counted once Ray has made them again elsewhere
+            # flight): the actors are counted once Ray has made them again elsewhere,
+            # not when the dead node's are gone (they are restarting then, not yet alive)
             deadline = time.monotonic() + 120
-            while victim in (after := placement()) and time.monotonic() < deadline:
+            everyone = count(out["before"])
+            while (victim in (after := placement()) or count(after) < everyone) and time.monotonic() < deadline:
                 await asyncio.sleep(1)
             out["after"] = after
             out["moved_s"] = round(time.monotonic() - killed_at, 1)

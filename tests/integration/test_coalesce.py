@@ -15,6 +15,7 @@ import pytest
 
 from bench.e2e import until_due
 from infra import streams
+from sandbox.faults import Faults
 from tests.integration.helpers import engine_config, serving, wait_rows
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ async def bulk_stats(engine) -> dict:
     return await engine.actors.ingestors[0].info.remote()
 
 
-async def test_a_steady_stream_goes_in_batches_and_a_lone_notification_at_once(engine):
+async def test_a_steady_stream_goes_in_batches_and_a_lone_notification_at_once(engine, webhook_sink):
     # a lone notification on an idle engine: fetched alone, at once
     before = await bulk_stats(engine)
     started = time.monotonic()
@@ -62,10 +63,18 @@ async def test_a_steady_stream_goes_in_batches_and_a_lone_notification_at_once(e
 
     # a steady stream: while a batch is in flight the next fetch waits for it, so
     # the messages that come meanwhile share a batch (one per message without it)
+    # The receiver takes 5 ms, so a batch is in flight when the next message comes
+    # (3.3 ms apart): on a fast idle machine a whole batch took less than that, and
+    # there was nothing to wait for (without coalescing: a batch per message here)
     before = after
-    ids = await publish(engine, STREAM, RATE)
-    assert await wait_rows(engine.pool, ids, STREAM, timeout_s=60) == STREAM
+    webhook_sink.faults = Faults(delay_s=0.005)
+    try:
+        ids = await publish(engine, STREAM, RATE)
+        assert await wait_rows(engine.pool, ids, STREAM, timeout_s=60) == STREAM
+    finally:
+        webhook_sink.faults = Faults()
     after = await bulk_stats(engine)
     fetched, batches = after["fetched"] - before["fetched"], after["batches"] - before["batches"]
     assert fetched == STREAM
+    print(f"{batches} batches for {fetched} messages at {RATE:.0f}/s")
     assert batches <= STREAM * 0.8, f"{batches} batches for {fetched} messages: the stream was not coalesced"
