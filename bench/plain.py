@@ -39,6 +39,7 @@ import uvloop
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from actors.recorder import MOVE_STAGE, STAGE_COLUMNS, _init_connection, row
+from bench.e2e import STATS_SQL, ms, until_due
 from engine import migrations
 from infra import db
 from policy.types import Attempt, NotificationRequest, Outcome
@@ -140,8 +141,6 @@ class Pipeline:
 def _publish_paced(url: str, subject: str, n: int, rate: float, ready) -> None:
     """A child process: connect, say so (``ready``), then publish ``n`` at ``rate``,
     each at its own time."""
-    from bench.e2e import until_due
-
     async def go() -> None:
         nc = await nats.connect(url)
         js = nc.jetstream()
@@ -158,7 +157,6 @@ def _publish_paced(url: str, subject: str, n: int, rate: float, ready) -> None:
 
 def figures(stats, n: int) -> dict:
     """The e2e harness's figures from its ``STATS_SQL`` row."""
-    ms = lambda v: round(v * 1000, 1) if v is not None else None  # noqa: E731
     sent, durable = stats["sent"] or [None] * 3, stats["durable"] or [None] * 3
     wall = float(stats["wall_s"] or 0)
     return {"rows": stats["rows"], "sent_rows": stats["sent_rows"], "per_s": round(n / wall) if wall else 0,
@@ -167,8 +165,6 @@ def figures(stats, n: int) -> dict:
 
 
 async def _phase_done(pool) -> dict:
-    from bench.e2e import STATS_SQL
-
     stats = await pool.fetchrow(STATS_SQL)
     await pool.execute("TRUNCATE delivery_tracking, status_events")  # the next phase's figures are its own
     return stats
