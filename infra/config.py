@@ -190,6 +190,10 @@ class RayConfig(_Section):
 class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    # Connections the kernel may hold before the API accepts them (listen(2)'s backlog;
+    # the kernel caps it at net.core.somaxconn). aiohttp's 128 overflowed under bursts of
+    # new connections: each one dropped waited a second for its SYN to be sent again.
+    backlog: Annotated[int, Meta(ge=1, le=65535)] = 2048
     max_body_bytes: Positive = 1_048_576
     max_batch: Positive = 1000
     # Authentication (engine/auth.py, docs/security.md). Off is refused unless

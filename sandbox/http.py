@@ -60,7 +60,9 @@ class _HttpSink:
         # No access log: the benchmark sends tens of thousands of requests.
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        # listen(2) backlog: aiohttp's 128 overflowed when a ChannelShard opened hundreds of
+        # connections at once, and each SYN dropped came back a second later (bench p99s)
+        site = web.TCPSite(runner, self.host, self.port, backlog=4096)
         try:
             await site.start()
         except BaseException:

@@ -135,7 +135,8 @@ async def serve(engine: Engine, host: str | None = None, port: int | None = None
     check_exposure(engine.cfg.http, host or engine.cfg.http.host)
     runner = web.AppRunner(make_app(engine), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or engine.cfg.http.host, engine.cfg.http.port if port is None else port)
+    site = web.TCPSite(runner, host or engine.cfg.http.host, engine.cfg.http.port if port is None else port,
+                       backlog=engine.cfg.http.backlog)
     await site.start()
     return runner
 

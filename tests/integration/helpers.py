@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterable
@@ -10,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import asyncpg
+import pytest
 
 from engine import auth, http, settings
 from engine.runtime import Engine
@@ -147,3 +150,19 @@ async def row_status(engine, nid: str, until: str | None = None, timeout_s: floa
         if until is None or r["status"] == until or time.monotonic() > deadline:
             return r["status"], r["reason"]
         await asyncio.sleep(0.1)
+
+
+needs_ss = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a listener's backlog")
+
+
+def listen_backlog(port: int) -> int:
+    """The backlog of the socket listening on ``port``, as the kernel holds it
+    (``ss``: a listener's Send-Q is its backlog)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[2])
+
+
+def somaxconn() -> int:
+    """The kernel's cap on any listen backlog."""
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())

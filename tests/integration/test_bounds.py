@@ -23,7 +23,17 @@ from engine.runtime import Engine
 from infra import db, streams
 from infra.config import DatabaseConfig
 from policy.types import UserProfile
-from tests.integration.helpers import API_KEYS, admin_headers, drop_schema, engine_config, serving, wait_rows
+from tests.integration.helpers import (
+    API_KEYS,
+    admin_headers,
+    drop_schema,
+    engine_config,
+    listen_backlog,
+    needs_ss,
+    serving,
+    somaxconn,
+    wait_rows,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +117,7 @@ async def bounded(nats_url, database_url, redis_url, ray_address, smtp, tmp_path
                         channels=("email",), redis_url=redis_url, overrides={
                             "engine": {"user_shards": 2, "max_cached_users": 3},
                             "database": {"lock_timeout_s": 4},
-                            "http": {"ws_per_user": 2, "ws_total": 3, "export_stall_s": 1},
+                            "http": {"ws_per_user": 2, "ws_total": 3, "export_stall_s": 1, "backlog": 777},
                             "ratelimit": {"enabled": False}})
     people = [UserProfile(user_id=f"b{i}", addresses={"email": f"b{i}@example.test"}) for i in range(USERS)]
     async with serving(cfg, database_url, people) as eng:
@@ -128,6 +138,12 @@ async def submit(client, eng, batch: list[dict]) -> list[str]:
 async def test_the_engine_pools_carry_the_configured_bounds(bounded):
     assert await bounded.pool.fetchval("SHOW lock_timeout") == "4s"
     assert await bounded.pool.fetchval("SHOW statement_timeout") == "30s"
+
+
+@needs_ss
+async def test_the_api_listens_with_the_configured_backlog(bounded):
+    port = int(bounded.base_url.rsplit(":", 1)[1])
+    assert listen_backlog(port) == min(777, somaxconn())  # aiohttp's own default is 128
 
 
 async def test_a_cache_smaller_than_the_population_delivers_to_all_and_keeps_evicted_preferences(bounded, client):
