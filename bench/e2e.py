@@ -56,6 +56,21 @@ SELECT count(*) AS rows,
   count(*) FILTER (WHERE status = 'sent') AS sent_rows
 FROM delivery_tracking
 """
+# A paced run's latency per window of publish time (stages.windows): whether its p99
+# comes from every moment or from a few stalls.
+WINDOW_S = 0.25
+TIMELINE_SQL = f"""
+SELECT floor(extract(epoch FROM accepted_at - (SELECT min(accepted_at) FROM delivery_tracking)) / {WINDOW_S}) AS w,
+  count(*) AS n,
+  percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM created_at - accepted_at)) AS durable,
+  max(extract(epoch FROM created_at - accepted_at)) AS durable_max
+FROM delivery_tracking GROUP BY 1 ORDER BY 1
+"""
+# A paced run's figures again without its first second: each run starts a fresh
+# engine, whose first batches open the connections to the sink (stages.windows: the
+# first window's p99 was 38-118 ms where the median window's was 9-28 ms)
+WARMUP_S = 1.0
+AFTER_WARMUP = "WHERE accepted_at >= (SELECT min(accepted_at) FROM delivery_tracking) + make_interval(secs => $1)"
 SLEEP_GRAIN_S = 0.0002  # a paced message due sooner than this goes now: the loop's timers are no finer
 BULK_ONLY = "WHERE priority IS DISTINCT FROM 'critical'"  # the backlog's figures without the urgent stream
 URGENT_SQL = f"""
@@ -130,7 +145,8 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
             sinks["otlp"] = SinkProcess("otlp").start()
         cfg = bench_config(args.channels, shards, sinks, services, args.trace, args.otlp)
         try:
-            s, done, expected, pub_s, busy, traced, stalls, urgent, where = await load(args, cfg, n, rate, shards)
+            s, done, expected, pub_s, busy, traced, stalls, urgent, where, (timeline, warm) = await load(
+                args, cfg, n, rate, shards)
         finally:
             await drop(cfg)
     finally:
@@ -146,13 +162,19 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
         "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
         "stalls": stalls, "urgent": urgent, "ray": where,
+        "timeline": timeline, "windows": stages.windows(timeline, WINDOW_S),
+        "after_warmup": {"skipped_s": WARMUP_S, "rows": warm["rows"], "p50_ms": ms(warm["durable"][0]),
+                         "p99_ms": ms(warm["durable"][2]), "sent_p99_ms": ms(warm["sent"][2]) if warm["sent"] else None}
+        if warm and warm["rows"] else None,
     }
 
 
 async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tuple:
     """Start the engine, seed, publish, wait for the rows; the engine is stopped
     however this ends. Returns (stats row, rows, expected rows, publish s, cpu,
-    time per stage, loop stalls per actor kind, the urgent stream's figures).
+    time per stage, loop stalls per actor kind, the urgent stream's figures, and a
+    paced run's latency per ``WINDOW_S`` of publish time: [start s, rows, p50 ms,
+    p99 ms, max ms] each, with its figures after the first ``WARMUP_S``).
     A backlog run with ``--urgent`` publishes a paced stream of critical
     notifications (the priority lane) once the backlog is in the stream."""
     engine = await Engine(cfg).start()
@@ -191,7 +213,10 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
             urgent = await urgent_figures(engine.pool)
             urgent["stages"] = await stages.collect_urgent(engine.actors)
         stats = await engine.pool.fetchrow(STATS_SQL + (BULK_ONLY if urgent_notes else ""))
-        return stats, done, expected, pub_s, busy, traced, stalls, urgent, where
+        warm = await engine.pool.fetchrow(STATS_SQL + AFTER_WARMUP, WARMUP_S) if rate else None
+        timeline = [[round(float(r["w"]) * WINDOW_S, 2), r["n"], ms(r["durable"][0]), ms(r["durable"][1]), ms(r["durable_max"])]
+                    for r in await engine.pool.fetch(TIMELINE_SQL)] if rate else []
+        return stats, done, expected, pub_s, busy, traced, stalls, urgent, where, (timeline, warm)
     finally:
         await engine.stop()
 

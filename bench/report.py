@@ -92,6 +92,17 @@ def print_result(console: Console, r: dict) -> None:
                 console.print("  its time per stage, p50 / p99 / slowest 1% ms: " + ", ".join(
                     f"{name} {seg['p50_ms']:.0f}/{seg['p99_ms']:.0f}/{seg.get('tail_ms', 0):.0f}"
                     for name, seg in u["stages"].items()))
+    for run in runs:
+        w = run.get("windows")
+        if w:
+            console.print(f"over time at {run['rate']:,.0f}/s, per {w['window_s'] * 1000:.0f} ms window of publish time: "
+                          f"p99 {w['median_p99_ms']} ms in the median window, {w['worst_p99_ms']} ms in the worst "
+                          f"(at {w['worst_at_s']} s); {w['over_target']} of {w['n']} windows over {w['target_ms']:.0f} ms")
+        a = run.get("after_warmup")
+        if a:
+            console.print(f"  after its first {a['skipped_s']:.0f} s (a fresh engine warming up): p50 {a['p50_ms']} ms, "
+                          f"p99 {a['p99_ms']} ms publish → committed, p99 {a['sent_p99_ms']} ms → provider call "
+                          f"({a['rows']:,} rows)")
     stalled = [run for run in runs if run.get("stalls")]
     if stalled:
         sl = Table(title="event-loop stalls per actor kind, ms (actors/stalls.py): timer lag p99 / max, gc pauses")

@@ -107,10 +107,30 @@ def summary(per: dict[str, list[float]], samples: list[dict[str, float]] | None 
     return out
 
 
+TARGET_MS = 50.0  # issue 18's p99 publish → committed at half load
+
+
+def windows(timeline: list[list], window_s: float, target_ms: float = TARGET_MS) -> dict:
+    """A paced run's latency over time, summed up: across its windows of publish
+    time (``timeline`` rows: [start s, rows, p50 ms, p99 ms, max ms]), the median
+    of the windows' p99 (a typical moment), the worst window and how many windows
+    had a p99 over ``target_ms``. A run whose p99 is far above its median window's
+    was held up by a few stalls, not slow all along. Empty without windows."""
+    rated = [w for w in timeline if w[3] is not None]
+    if not rated:
+        return {}
+    p99s = sorted(w[3] for w in rated)
+    worst = max(rated, key=lambda w: w[3])
+    return {"window_s": window_s, "n": len(rated), "median_p99_ms": p99s[(len(p99s) - 1) // 2],
+            "worst_p99_ms": worst[3], "worst_at_s": worst[0], "target_ms": target_ms,
+            "over_target": sum(1 for p in p99s if p > target_ms)}
+
+
 def charts(result: dict, json_path: str) -> list[str]:
-    """Write ``<json>-latency.png`` (p50/p99 against load) and ``<json>-stages.png``
-    (p50 and p99 per segment at each paced load) beside ``json_path``; returns
-    their paths (none without paced runs)."""
+    """Write ``<json>-latency.png`` (p50/p99 against load), ``<json>-stages.png``
+    (p50 and p99 per segment at each paced load) and ``<json>-timeline.png`` (p50
+    and p99 per window of each paced run) beside ``json_path``; returns their
+    paths (none without paced runs)."""
     runs = result.get("paced_runs") or []
     if not runs:
         return []
@@ -156,6 +176,25 @@ def charts(result: dict, json_path: str) -> list[str]:
         fig.suptitle("time per pipeline stage")
         fig.tight_layout()
         paths.append(f"{base}-stages.png")
-        fig.savefig(paths[1], dpi=110)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    timed = [r for r in runs if r.get("timeline")]
+    if timed:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for r in timed:
+            t = [w[0] for w in r["timeline"]]
+            line, = ax.plot(t, [w[3] for w in r["timeline"]], "-", label=f"p99 at {r['rate']:,.0f}/s")
+            ax.plot(t, [w[2] for w in r["timeline"]], ":", color=line.get_color(), label=f"p50 at {r['rate']:,.0f}/s")
+        ax.axhline(TARGET_MS, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(f"seconds into the run (windows of {timed[0]['windows']['window_s'] * 1000:.0f} ms of publish time)")
+        ax.set_ylabel("ms, publish → committed")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        ax.set_title("latency over time, per paced run")
+        fig.tight_layout()
+        paths.append(f"{base}-timeline.png")
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths

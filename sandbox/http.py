@@ -14,6 +14,10 @@ from aiohttp import web
 from providers.webhook.signing import ID_HEADER, SIGNATURE_HEADER, SignatureError, verify
 from sandbox.faults import Faults, garbage_body, verdict
 
+# listen(2) backlog (Linux's default somaxconn): aiohttp's 128 overflowed when a
+# ChannelShard opened its connections at once, and each SYN dropped was sent again a
+# second later, a second in the benchmarks' p99 (bench/RESULTS.md, "Listen backlogs")
+LISTEN_BACKLOG = 4096
 
 class _HttpSink:
     """An aiohttp sink: subclasses say what ``app()`` serves; this listens and stops."""
@@ -60,9 +64,7 @@ class _HttpSink:
         # No access log: the benchmark sends tens of thousands of requests.
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        # listen(2) backlog: aiohttp's 128 overflowed when a ChannelShard opened hundreds of
-        # connections at once, and each SYN dropped came back a second later (bench p99s)
-        site = web.TCPSite(runner, self.host, self.port, backlog=4096)
+        site = web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except BaseException:

@@ -17,6 +17,7 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     monkeypatch.setenv("TIDINGS_DATABASE_URL", database_url)
     monkeypatch.setenv("TIDINGS_ENGINE_HOME", str(tmp_path))
     args = e2e.parse(["--n", "300", "--users", "100", "--channels", "webhook,email", "--shards", "1", "--paced", "0.5",
+                      "--paced-n", "150", "--rate-base", "200",  # 1.5 s at 100/s: there is a run after its first second
                       "--timeout", "120", "--urgent", "40", "--urgent-n", "20", "--otlp", "0.1"])
     result = await e2e.harness(args)
     assert result["complete"], result
@@ -43,8 +44,17 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     # where the time went: every segment of a traced notification (a fifth are), and the charts
     for segment in ("fetch", "ingest", "decide", "to_channel", "provider", "commit", "ack"):
         assert run["stages"][segment]["n"] > 0 and run["stages"][segment]["p99_ms"] >= 0, (segment, run["stages"])
+    # a paced run's latency per window of publish time: its rows add up, each window's p50 ≤ p99 ≤ max
+    paced = result["paced_runs"][0]
+    assert sum(w[1] for w in paced["timeline"]) == paced["rows"] and run["timeline"] == []
+    assert all(w[2] <= w[3] <= w[4] for w in paced["timeline"])
+    assert paced["windows"]["n"] == len(paced["timeline"]) and paced["windows"]["worst_p99_ms"] <= paced["max_ms"]
+    # and its figures without the first second, from the rows published after it
+    later = paced["after_warmup"]
+    assert 0 < later["rows"] < paced["rows"] and later["p99_ms"] <= paced["max_ms"]
+    assert run["after_warmup"] is None
     charts = stages.charts(result, str(tmp_path / "e2e.json"))
-    assert [os.path.basename(c) for c in charts] == ["e2e-latency.png", "e2e-stages.png"]
+    assert [os.path.basename(c) for c in charts] == ["e2e-latency.png", "e2e-stages.png", "e2e-timeline.png"]
     assert all(open(c, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for c in charts)
     plan = capacity.plan(result, capacity.parse_rate("5M/h"), 100)
     assert plan["rate_per_s"] == pytest.approx(5e6 / 3600)

@@ -7,7 +7,7 @@ import gc
 import time
 
 from actors.stalls import StallWatch, in_actor, tune_gc
-from bench.stages import tail
+from bench.stages import tail, windows
 
 
 async def test_a_blocked_loop_and_a_collection_are_both_seen():
@@ -56,3 +56,14 @@ def test_tail_is_what_the_slowest_spent_their_time_on():
     shares = tail(fast + slow)
     assert shares == {"fetch": 2.0, "to_channel": 200.0, "commit": 5.0}
     assert tail([]) == {}
+
+
+def test_windows_tell_a_few_stalls_from_a_run_slow_all_along():
+    steady = [[i * 0.25, 500, 5.0, 12.0, 14.0] for i in range(40)]
+    stalled = [*steady[:20], [5.0, 500, 300.0, 410.0, 420.0], *steady[21:]]
+    w = windows(stalled, 0.25)
+    assert w["n"] == 40 and w["median_p99_ms"] == 12.0  # a typical moment is fast
+    assert (w["worst_p99_ms"], w["worst_at_s"], w["over_target"]) == (410.0, 5.0, 1)
+    slow = windows([[i * 0.25, 500, 40.0, 90.0, 95.0] for i in range(40)], 0.25)
+    assert slow["median_p99_ms"] == 90.0 and slow["over_target"] == 40
+    assert windows([], 0.25) == {} and windows([[0.0, 0, None, None, None]], 0.25) == {}
