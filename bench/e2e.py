@@ -64,7 +64,7 @@ SELECT floor(extract(epoch FROM accepted_at - (SELECT min(accepted_at) FROM deli
   count(*) AS n,
   percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM created_at - accepted_at)) AS durable,
   max(extract(epoch FROM created_at - accepted_at)) AS durable_max
-FROM delivery_tracking GROUP BY 1 ORDER BY 1
+FROM delivery_tracking WHERE accepted_at IS NOT NULL GROUP BY 1 ORDER BY 1
 """
 # A paced run's figures again without its first second: each run starts a fresh
 # engine, whose first batches open the connections to the sink (stages.windows: the
@@ -388,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
                                          "default), exported to a loopback OTLP receiver: run with and without "
                                          "it to see what tracing costs; the spans received are in 'sinks'")
     p.add_argument("--json", help="write the results here, and the charts beside it (<json>-latency.png, "
-                                  "<json>-stages.png)")
+                                  "<json>-stages.png, <json>-timeline.png)")
     return p
 
 

@@ -100,9 +100,9 @@ def print_result(console: Console, r: dict) -> None:
                           f"(at {w['worst_at_s']} s); {w['over_target']} of {w['n']} windows over {w['target_ms']:.0f} ms")
         a = run.get("after_warmup")
         if a:
-            console.print(f"  after its first {a['skipped_s']:.0f} s (a fresh engine warming up): p50 {a['p50_ms']} ms, "
-                          f"p99 {a['p99_ms']} ms publish → committed, p99 {a['sent_p99_ms']} ms → provider call "
-                          f"({a['rows']:,} rows)")
+            sent = f", p99 {a['sent_p99_ms']} ms → provider call" if a["sent_p99_ms"] is not None else ""
+            console.print(f"  after its first {a['skipped_s']:g} s (a fresh engine warming up): p50 {a['p50_ms']} ms, "
+                          f"p99 {a['p99_ms']} ms publish → committed{sent} ({a['rows']:,} rows)")
     stalled = [run for run in runs if run.get("stalls")]
     if stalled:
         sl = Table(title="event-loop stalls per actor kind, ms (actors/stalls.py): timer lag p99 / max, gc pauses")

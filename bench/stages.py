@@ -1,7 +1,8 @@
 """Where the time goes (issue 18): the per-stage samples of a run's traced
 notifications (``policy.trace``), collected from its Recorder and Ingestors,
 as p50/p99 per segment; and the charts of a harness result (PNG, matplotlib):
-latency against load, and the segments at each load."""
+latency against load, the segments at each load, and each paced run's latency
+over time (``windows``)."""
 
 from __future__ import annotations
 
@@ -112,8 +113,8 @@ TARGET_MS = 50.0  # issue 18's p99 publish → committed at half load
 
 def windows(timeline: list[list], window_s: float, target_ms: float = TARGET_MS) -> dict:
     """A paced run's latency over time, summed up: across its windows of publish
-    time (``timeline`` rows: [start s, rows, p50 ms, p99 ms, max ms]), the median
-    of the windows' p99 (a typical moment), the worst window and how many windows
+    time (``timeline`` rows: [start s, rows, p50 ms, p99 ms, max ms]; a window
+    with no rows has none), the median (the lower one) of the windows' p99 (a typical moment), the worst window and how many windows
     had a p99 over ``target_ms``. A run whose p99 is far above its median window's
     was held up by a few stalls, not slow all along. Empty without windows."""
     rated = [w for w in timeline if w[3] is not None]
@@ -187,7 +188,8 @@ def charts(result: dict, json_path: str) -> list[str]:
             line, = ax.plot(t, [w[3] for w in r["timeline"]], "-", label=f"p99 at {r['rate']:,.0f}/s")
             ax.plot(t, [w[2] for w in r["timeline"]], ":", color=line.get_color(), label=f"p50 at {r['rate']:,.0f}/s")
         ax.axhline(TARGET_MS, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_xlabel(f"seconds into the run (windows of {timed[0]['windows']['window_s'] * 1000:.0f} ms of publish time)")
+        window_s = timed[0].get("windows", {}).get("window_s", 0.25)
+        ax.set_xlabel(f"seconds into the run (windows of {window_s * 1000:.0f} ms of publish time)")
         ax.set_ylabel("ms, publish → committed")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
