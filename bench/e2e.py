@@ -71,7 +71,7 @@ FROM delivery_tracking WHERE accepted_at IS NOT NULL GROUP BY 1 ORDER BY 1
 """
 # A paced run's figures again without its first second: each run starts a fresh
 # engine, whose first batches open the connections to the sink (stages.windows: the
-# first window's p99 was 38-118 ms where the median window's was 9-28 ms)
+# first window's p99 was 27-120 ms where the median window's was 9-43 ms, 16 runs)
 WARMUP_S = 1.0
 AFTER_WARMUP = "WHERE accepted_at >= (SELECT min(accepted_at) FROM delivery_tracking) + make_interval(secs => $1)"
 SLEEP_GRAIN_S = 0.0002  # a paced message due sooner than this goes now: the loop's timers are no finer
@@ -128,7 +128,7 @@ def no_collector_pauses() -> Iterator[None]:
     rows (bounded by --timeout): it holds every request and publish future of the
     run, and a full collection of them took 64-108 ms, in which a paced stream
     fell behind and then went out as a burst the engine was measured on (a
-    250 ms window with p99 80-100 ms, ~10 s into a 1,175/s run). What is there
+    250 ms window with p99 56-100 ms, 8-10.5 s into a 1,175/s run). What is there
     before is frozen, so the collection that comes after is not longer either."""
     gc.freeze()
     enabled = gc.isenabled()
@@ -178,16 +178,10 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         "shards": shards, "rate": rate, "n": n, "rows": done, "expected_rows": expected,
         "publish_per_s": round(n / pub_s), "wall_s": round(wall, 2),
         "e2e_per_s": round(n / wall) if wall else 0,
-        "p50_ms": ms(s["durable"][0]), "p95_ms": ms(s["durable"][1]), "p99_ms": ms(s["durable"][2]),
-        "max_ms": ms(s["durable_max"]),
-        "sent_p50_ms": ms(s["sent"][0]) if s["sent"] else None,
-        "sent_p99_ms": ms(s["sent"][2]) if s["sent"] else None,
-        "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
+        **latency(s), "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
         "stalls": stalls, "urgent": urgent, "ray": where,
         "timeline": timeline, "windows": stages.windows(timeline, WINDOW_S),
-        "after_warmup": {"skipped_s": WARMUP_S, "rows": warm["rows"], "p50_ms": ms(warm["durable"][0]),
-                         "p99_ms": ms(warm["durable"][2]), "sent_p99_ms": ms(warm["sent"][2]) if warm["sent"] else None}
-        if warm and warm["rows"] else None,
+        "after_warmup": {"skipped_s": WARMUP_S, "rows": warm["rows"], **latency(warm)} if warm and warm["rows"] else None,
     }
 
 
@@ -288,6 +282,14 @@ def cluster_view() -> dict:
 def ms(seconds) -> float | None:
     """Seconds from PostgreSQL (None when there were no rows) as ms, to 0.1."""
     return round(float(seconds) * 1000, 1) if seconds is not None else None
+
+
+def latency(stats) -> dict:
+    """A ``STATS_SQL`` row's latencies in ms: p50/p95/p99/max publish → committed
+    row and p50/p99 publish → provider call (None where there were no rows)."""
+    durable, sent = stats["durable"] or [None] * 3, stats["sent"] or [None] * 3
+    return {"p50_ms": ms(durable[0]), "p95_ms": ms(durable[1]), "p99_ms": ms(durable[2]),
+            "max_ms": ms(stats["durable_max"]), "sent_p50_ms": ms(sent[0]), "sent_p99_ms": ms(sent[2])}
 
 
 async def drop(cfg: config.Config) -> None:

@@ -39,7 +39,7 @@ import uvloop
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from actors.recorder import MOVE_STAGE, STAGE_COLUMNS, _init_connection, row
-from bench.e2e import STATS_SQL, ms, until_due
+from bench.e2e import STATS_SQL, latency, until_due
 from engine import migrations
 from infra import db
 from policy.types import Attempt, NotificationRequest, Outcome
@@ -157,11 +157,9 @@ def _publish_paced(url: str, subject: str, n: int, rate: float, ready) -> None:
 
 def figures(stats, n: int) -> dict:
     """The e2e harness's figures from its ``STATS_SQL`` row."""
-    sent, durable = stats["sent"] or [None] * 3, stats["durable"] or [None] * 3
     wall = float(stats["wall_s"] or 0)
     return {"rows": stats["rows"], "sent_rows": stats["sent_rows"], "per_s": round(n / wall) if wall else 0,
-            "p50_ms": ms(durable[0]), "p95_ms": ms(durable[1]), "p99_ms": ms(durable[2]),
-            "sent_p50_ms": ms(sent[0]), "sent_p99_ms": ms(sent[2])}
+            **latency(stats)}
 
 
 async def _phase_done(pool) -> dict:

@@ -16,8 +16,9 @@ from sandbox.faults import Faults, garbage_body, verdict
 
 # listen(2) backlog (Linux's default somaxconn): aiohttp's 128 overflowed when a
 # ChannelShard opened its connections at once, and each SYN dropped was sent again a
-# second later, a second in the benchmarks' p99 (bench/RESULTS.md, "Listen backlogs")
+# second later, a second in the benchmarks' p99 (bench/RESULTS.md, "... listen backlogs")
 LISTEN_BACKLOG = 4096
+
 
 class _HttpSink:
     """An aiohttp sink: subclasses say what ``app()`` serves; this listens and stops."""

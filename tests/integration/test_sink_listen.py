@@ -1,7 +1,7 @@
 """The loopback sinks the benchmarks and tests deliver to take a burst of new
 connections: with aiohttp's listen backlog of 128 a ChannelShard opening its
 connections at once had SYNs dropped, each sent again a second later, and the
-e2e harness's p99 in a backlog had a second in it (bench/RESULTS.md, "Listen
+e2e harness's p99 in a backlog had a second in it (bench/RESULTS.md, "... listen
 backlogs")."""
 
 from __future__ import annotations
