@@ -17,6 +17,15 @@ GROUPS = (
     ("ray::Recorder", "Recorder"),
     ("ray::EventSender", "EventSender"),
     ("ray::Scheduler", "Scheduler"),
+    # Ray's own processes: a node's agents (its dashboard agent ingests every actor's
+    # metrics), the raylet, the GCS, the dashboard, the monitors
+    ("ray::DashboardAgent", "Ray itself"),
+    ("ray::RuntimeEnvAgent", "Ray itself"),
+    ("/ray/raylet/raylet", "Ray itself"),
+    ("/ray/gcs/gcs_server", "Ray itself"),
+    ("ray/dashboard/dashboard.py", "Ray itself"),
+    ("ray/_private/log_monitor.py", "Ray itself"),
+    ("autoscaler/_private/monitor.py", "Ray itself"),
     ("sandbox webhook", "webhook sink"),
     ("sandbox smtp", "smtp sink"),
     ("nats-server", "nats-server"),
@@ -25,14 +34,16 @@ GROUPS = (
 
 
 def ours(proc: psutil.Process, session: str | None) -> bool:
-    """A Ray worker of this run's Ray (its raylet, the parent, names the session),
-    not of another Ray on the machine: others' tests may run engine actors too.
+    """A Ray worker of this run's Ray (its raylet, the parent, names the session)
+    or one of that Ray's own processes, not of another Ray on the machine: others' tests may run engine actors too.
     Processes other than Ray workers (NATS, PostgreSQL, sinks) are everyone's."""
     if not session:
         return True
     try:
-        if not " ".join(proc.cmdline()).startswith("ray::"):
-            return True
+        line = " ".join(proc.cmdline())
+        if not line.startswith("ray::"):
+            # Ray's raylet, GCS and monitors name their session's directory; the rest are everyone's
+            return session in line if "/session_" in line and "/ray/" in line else True
         parent = proc.parent()
         return parent is not None and session in " ".join(parent.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

@@ -14,6 +14,17 @@ from infra.config import RayConfig
 
 # No internet on our machines: Ray must not try to report usage.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's metrics through its OpenCensus path, not its OpenTelemetry one (Ray's default
+# since 2.4x): on the OpenTelemetry path each node's dashboard agent rebuilds every
+# histogram observation of the export interval from its bucket counts and records
+# them one by one in Python (record_histogram_aggregated_batch), so its CPU grows
+# with the notifications delivered: 0.17-0.21 cores at ~4,000/s on the 2-core bench
+# machine, the fourth busiest process there (the delivery latency and the provider
+# call are one observation each per notification). The OpenCensus path passes the
+# buckets through; the series and their names are the same (tests/integration/
+# test_metrics.py). Set by the operator, either way, it is kept; every node of a
+# cluster needs the same value (configs/deploy). docs/design.md, "Ray's metrics path".
+os.environ.setdefault("RAY_enable_open_telemetry", "0")
 
 import ray
 
