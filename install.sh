@@ -54,6 +54,17 @@ if [[ ",$extras," == *",test,"* ]] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/
         echo "chromium not found (apt-get install chromium chromium-driver): the browser test will be skipped" >&2
     fi
 fi
+# iproute2's ss, which reads a listener's backlog as the kernel holds it (tests/integration/
+# test_bounds.py, test_sink_listen.py): likewise with the test extras; skipped without it.
+if [[ ",$extras," == *",test,"* ]] && ! command -v ss >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }; then
+            echo "iproute2 not installed: the listen-backlog tests will be skipped" >&2
+        fi
+    else
+        echo "ss not found (apt-get install iproute2): the listen-backlog tests will be skipped" >&2
+    fi
+fi
 # Debian's Mail::DKIM, the independent verifier of the DKIM test (tests/tools/dkim_verify.pl):
 # likewise only with the test extras and apt-get as root; skipped elsewhere, failing under CI=true.
 if [[ ",$extras," == *",test,"* ]] && ! perl -MMail::DKIM::Verifier -e 1 2>/dev/null; then
