@@ -26,6 +26,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import uvloop
@@ -167,32 +169,45 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
             sinks["otlp"] = SinkProcess("otlp").start()
         cfg = bench_config(args.channels, shards, sinks, services, args.trace, args.otlp)
         try:
-            s, done, expected, pub_s, busy, traced, stalls, urgent, where, (timeline, warm) = await load(
-                args, cfg, n, rate, shards)
+            got = await load(args, cfg, n, rate, shards)
         finally:
             await drop(cfg)
     finally:
         received = {name: p.stop() for name, p in sinks.items()}
+    s, warm = got.stats, got.warm
     wall = float(s["wall_s"] or 0)
     return {
-        "shards": shards, "rate": rate, "n": n, "rows": done, "expected_rows": expected,
-        "publish_per_s": round(n / pub_s), "wall_s": round(wall, 2),
+        "shards": shards, "rate": rate, "n": n, "rows": got.rows, "expected_rows": got.expected,
+        "publish_per_s": round(n / got.publish_s), "wall_s": round(wall, 2),
         "e2e_per_s": round(n / wall) if wall else 0,
-        **latency(s), "sent_rows": s["sent_rows"], "cpu_cores": busy, "sinks": received, "stages": traced,
-        "stalls": stalls, "urgent": urgent, "ray": where,
-        "timeline": timeline, "windows": stages.windows(timeline, WINDOW_S),
+        **latency(s), "sent_rows": s["sent_rows"], "cpu_cores": got.cpu, "sinks": received, "stages": got.stages,
+        "stalls": got.stalls, "urgent": got.urgent, "ray": got.where,
+        "timeline": got.timeline, "windows": stages.windows(got.timeline, WINDOW_S),
         "after_warmup": {"skipped_s": WARMUP_S, "rows": warm["rows"], **latency(warm)} if warm and warm["rows"] else None,
     }
 
 
-async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tuple:
+@dataclass
+class Loaded:
+    """What one load of the engine measured (``load``)."""
+
+    stats: Any  # the STATS_SQL row (the backlog's rows only, with an urgent stream)
+    rows: int  # tracking rows seen before the timeout
+    expected: int
+    publish_s: float
+    cpu: dict[str, float]  # cores per process group while it ran
+    stages: dict  # time per pipeline stage of the traced notifications
+    stalls: dict  # event-loop stalls per actor kind
+    urgent: dict | None  # the urgent stream's figures (a backlog run with --urgent)
+    where: dict  # the Ray cluster it ran on
+    timeline: list[list]  # a paced run's [start s, rows, p50 ms, p99 ms, max ms] per WINDOW_S
+    warm: Any  # a paced run's STATS_SQL row after its first WARMUP_S
+
+
+async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> Loaded:
     """Start the engine, seed, publish, wait for the rows; the engine is stopped
-    however this ends. Returns (stats row, rows, expected rows, publish s, cpu,
-    time per stage, loop stalls per actor kind, the urgent stream's figures, and a
-    paced run's latency per ``WINDOW_S`` of publish time: [start s, rows, p50 ms,
-    p99 ms, max ms] each, with its figures after the first ``WARMUP_S``).
-    A backlog run with ``--urgent`` publishes a paced stream of critical
-    notifications (the priority lane) once the backlog is in the stream."""
+    however this ends. A backlog run with ``--urgent`` publishes a paced stream of
+    critical notifications (the priority lane) once the backlog is in the stream."""
     engine = await Engine(cfg).start()
     try:
         people = population(args.users, prefix=PREFIX)
@@ -233,7 +248,7 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> tu
         warm = await engine.pool.fetchrow(STATS_SQL + AFTER_WARMUP, WARMUP_S) if rate else None
         timeline = [[round(float(r["w"]) * WINDOW_S, 2), r["n"], ms(r["durable"][0]), ms(r["durable"][1]), ms(r["durable_max"])]
                     for r in await engine.pool.fetch(TIMELINE_SQL)] if rate else []
-        return stats, done, expected, pub_s, busy, traced, stalls, urgent, where, (timeline, warm)
+        return Loaded(stats, done, expected, pub_s, busy, traced, stalls, urgent, where, timeline, warm)
     finally:
         await engine.stop()
 
