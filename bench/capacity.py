@@ -56,6 +56,10 @@ COMMITTED_RESULTS = os.path.join(os.path.dirname(__file__), "results", "e2e-2cor
 
 ENGINE_GROUPS = ("Ingestor", "UserShard", "ChannelShard", "Recorder")
 SERVICE_GROUPS = ("nats-server", "postgres")
+# the engine's processes beside the sized actors whose CPU grows with the notifications
+# delivered: the status events' relay, and Ray's own (its metrics agent ingests every
+# actor's series); costed as measured, not sized (an old result without them costs 0)
+BESIDE_GROUPS = ("EventSender", "Ray itself")
 
 
 def parse_rate(text: str) -> float:
@@ -83,18 +87,19 @@ def plan(result: dict, rate: float, p99_ms: float) -> dict:
     best = max(result["backlog_runs"], key=lambda r: r["e2e_per_s"])
     utilisation, paced, curve = latency_point(result, p99_ms)
     rows = []
-    for group in ENGINE_GROUPS + SERVICE_GROUPS:
+    for group in ENGINE_GROUPS + BESIDE_GROUPS + SERVICE_GROUPS:
         used = best["cpu_cores"].get(group, 0.0)
         cost = used / best["e2e_per_s"] if best["e2e_per_s"] else 0.0
         cores = rate * cost / utilisation
         rows.append({"group": group, "core_ms_per_1k": round(cost * 1e6, 1), "cores": round(cores, 2),
                      "instances": max(1, math.ceil(cores))})
     engine_cores = sum(r["cores"] for r in rows if r["group"] in ENGINE_GROUPS)
+    beside_cores = sum(r["cores"] for r in rows if r["group"] in BESIDE_GROUPS)
     first = max(rows, key=lambda r: r["core_ms_per_1k"])
     measured_p99 = (paced or best)["p99_ms"]
     return {
         "rate_per_s": rate, "target_p99_ms": p99_ms, "utilisation": round(utilisation, 2),
-        "groups": rows, "engine_cores": round(engine_cores, 2),
+        "groups": rows, "engine_cores": round(engine_cores, 2), "beside_cores": round(beside_cores, 2),
         "total_cores": round(sum(r["cores"] for r in rows), 2),
         "saturates_first": first["group"],
         "measured_p99_ms": measured_p99, "p99_met": measured_p99 is not None and measured_p99 <= p99_ms,
@@ -116,7 +121,8 @@ def costs(result: dict) -> dict[str, float]:
     """Core-seconds per notification per process group, from the best backlog run."""
     best = max(result["backlog_runs"], key=lambda r: r["e2e_per_s"])
     rate = best["e2e_per_s"]
-    return {g: (best["cpu_cores"].get(g, 0.0) / rate if rate else 0.0) for g in ENGINE_GROUPS + SERVICE_GROUPS}
+    return {g: (best["cpu_cores"].get(g, 0.0) / rate if rate else 0.0)
+            for g in ENGINE_GROUPS + BESIDE_GROUPS + SERVICE_GROUPS}
 
 
 def write_cap(one_writer_per_s: float, writers: int, efficiency: float) -> float:
@@ -196,6 +202,7 @@ def project(result: dict, cores: list[int], utilisation: float = 1.0,
                 writers_for(max_per_s, one_writer, partitioned_efficiency) if one_writer else None,
             "nats_streams_needed": max(1, math.ceil(max_per_s * cost["nats-server"] - 1e-9)),
             "nats_cores": round(max_per_s * cost["nats-server"], 2),
+            "beside_cores": round(max_per_s * sum(cost[g] for g in BESIDE_GROUPS), 2),
             "postgres_cores": round(max_per_s * cost["postgres"], 2),
         })
     ordered = sorted(present.items(), key=lambda kv: kv[1])
@@ -203,7 +210,7 @@ def project(result: dict, cores: list[int], utilisation: float = 1.0,
     return {
         "utilisation": round(utilisation, 2),
         "p99_met": p99_met,
-        "core_ms_per_1k": {g: round(cost[g] * 1e6, 1) for g in ENGINE_GROUPS + SERVICE_GROUPS},
+        "core_ms_per_1k": {g: round(cost[g] * 1e6, 1) for g in ENGINE_GROUPS + BESIDE_GROUPS + SERVICE_GROUPS},
         "engine_core_ms_per_1k": round(engine_cost * 1e6, 1),
         "per_core_per_s": round(1 / engine_cost) if engine_cost else 0,
         "caps_per_s": {name: (round(v) if v else None) for name, v in fixed.items()},
@@ -237,7 +244,8 @@ def show(p: dict) -> None:
     for r in p["groups"]:
         t.add_row(r["group"], f"{r['core_ms_per_1k']:,}", f"{r['cores']:,}", str(r["instances"]))
     console.print(t)
-    console.print(f"engine actors need {p['engine_cores']} cores; with NATS and PostgreSQL {p['total_cores']} cores. "
+    console.print(f"engine actors need {p['engine_cores']} cores, the EventSender and Ray's own processes "
+                  f"{p['beside_cores']}; with NATS and PostgreSQL {p['total_cores']} cores in all. "
                   f"Saturates first: [bold]{p['saturates_first']}[/bold].")
     console.print(f"measured: best {p['measured_best_per_s']:,}/s on {p['measured_on_cores']} cores; "
                   f"scaling (shards → /s): {p['scaling']}")
@@ -259,7 +267,7 @@ def show_projection(pr: dict) -> None:
                     f"1,000 notifications: {pr['per_core_per_s']:,}/s a core)")
     for col in ("cores", "cores allow /s", *(f"{g} cores (actors)" for g in ENGINE_GROUPS), "bound by", "ceiling /s",
                 f"at {pr['utilisation']:.0%} /s", "would need: Recorders / PG writers (partitioned) / streams",
-                "NATS cores", "PostgreSQL cores"):
+                "EventSender + Ray cores", "NATS cores", "PostgreSQL cores"):
         t.add_column(col, justify="right" if col != "bound by" else "left")
     for row in pr["projection"]:
         t.add_row(str(row["cores"]), f"{row['max_per_s']:,}",
@@ -267,7 +275,7 @@ def show_projection(pr: dict) -> None:
                   row["bound_by"], f"{row['ceiling_per_s']:,}", f"{row['planned_per_s']:,}",
                   f"{row['recorders_needed']} / {row['pg_writers_needed'] or '?'} "
                   f"({row['pg_writers_needed_partitioned'] or '?'}) / {row['nats_streams_needed']}",
-                  f"{row['nats_cores']:,}", f"{row['postgres_cores']:,}")
+                  f"{row['beside_cores']:,}", f"{row['nats_cores']:,}", f"{row['postgres_cores']:,}")
     console.print(t)
     caps_text = ", ".join(f"{name} {v:,}/s" if v else f"{name} (no figure)" for name, v in pr["caps_per_s"].items())
     console.print(f"caps that do not grow with cores: {caps_text}. First: [bold]{pr['first_cap']}[/bold], reached at "
@@ -275,7 +283,8 @@ def show_projection(pr: dict) -> None:
                   f"[bold]{pr['saturates_first_actor']}[/bold] costs most and saturates first.")
     a = pr["assumptions"]
     console.print(f"assumed, not measured: a Recorder and nats-server (all of it, as one stream's leader) use one "
-                  f"core at most; the EventSender is not in the model; each PostgreSQL "
+                  f"core at most; the EventSender and Ray's own processes cost per notification what they "
+                  f"did in the run, beside the actors' cores; each PostgreSQL "
                   f"writer after the first adds {a['pg_writer_efficiency_table']:.0%} of one on one tracking table, "
                   f"{a['pg_writer_efficiency_partitioned']:.0%} with delivery_tracking partitioned (a partition per "
                   f"writer); costs per notification stay as measured on {pr['measured_on_cores']} cores.")

@@ -15,13 +15,15 @@ from bench import capacity
 # 1,000 notifications/s used 0.5 + 0.2 + 0.2 + 0.1 = 1 core of the engine's actors:
 # 1 ms a notification, 1,000/s a core. Recorder 0.1 ms: 10,000/s. NATS 0.05 ms: 20,000/s.
 # PostgreSQL: COPY 30,000 rows/s over one channel: 30,000/s with one writer.
+# Beside the actors: the EventSender 0.03 and Ray's own processes 0.02 core, 0.05 ms.
 RESULT = {
     "cores": 2, "channels": ["webhook"],
     "backlog_runs": [
         {"shards": 1, "e2e_per_s": 600, "p99_ms": 9000.0, "cpu_cores": {"ChannelShard": 0.9}},
         {"shards": 2, "e2e_per_s": 1000, "p99_ms": 8000.0,
          "cpu_cores": {"ChannelShard": 0.5, "UserShard": 0.2, "Ingestor": 0.2, "Recorder": 0.1,
-                       "nats-server": 0.05, "postgres": 0.3, "webhook sink": 0.4, "driver": 0.1}},
+                       "nats-server": 0.05, "postgres": 0.3, "webhook sink": 0.4, "driver": 0.1,
+                       "EventSender": 0.03, "Ray itself": 0.02}},
     ],
     "ceilings": {"copy_rows_per_s": 30_000},
 }
@@ -35,6 +37,17 @@ def test_costs_come_from_the_best_backlog_run_and_leave_out_the_harness():
     cost = capacity.costs(RESULT)
     assert cost["ChannelShard"] == pytest.approx(0.5e-3)
     assert "webhook sink" not in cost and "driver" not in cost  # providers and the load generator are not the engine
+    assert cost["EventSender"] == pytest.approx(0.03e-3) and cost["Ray itself"] == pytest.approx(0.02e-3)
+    older = {**RESULT, "backlog_runs": [{**RESULT["backlog_runs"][1], "cpu_cores": {"ChannelShard": 0.5}}]}
+    assert capacity.costs(older)["Ray itself"] == 0.0  # a result from before Ray's processes were sampled
+
+
+def test_the_plan_costs_what_runs_beside_the_actors():
+    p = capacity.plan(RESULT, 2000, 100_000.0)  # no paced runs: planned at 60% utilisation
+    groups = {r["group"]: r for r in p["groups"]}
+    assert groups["EventSender"]["core_ms_per_1k"] == 30.0 and groups["Ray itself"]["cores"] == pytest.approx(0.07, abs=0.01)
+    assert p["beside_cores"] == pytest.approx(0.17, abs=0.01)  # 2,000/s x 0.05 ms / 0.6
+    assert p["total_cores"] == pytest.approx(sum(r["cores"] for r in p["groups"]), abs=0.01)
 
 
 def test_the_cores_bind_until_the_first_fixed_cap():
@@ -52,6 +65,7 @@ def test_the_cores_bind_until_the_first_fixed_cap():
     # what running 64 cores full would take: 6.4 Recorder cores -> 7; NATS 3.2 cores -> 4 streams
     assert rows[64]["recorders_needed"] == 7 and rows[64]["nats_streams_needed"] == 4
     assert rows[64]["nats_cores"] == 3.2 and rows[64]["postgres_cores"] == 19.2
+    assert rows[64]["beside_cores"] == 3.2  # EventSender and Ray: 0.05 ms at 64,000/s, not in the actors' cores
     assert p["saturates_first_actor"] == "ChannelShard"
 
 
