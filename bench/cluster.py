@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="tidings-cluster-")
     os.environ["RAY_TMPDIR"] = tmp  # before Ray is imported: its files and its "current cluster" note go here
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_enable_open_telemetry", "0")  # as engine/raybox.py: every node alike
+    from engine.raybox import ray_environment  # imports Ray: after RAY_TMPDIR
+
+    ray_environment()  # every node as the engine's own Ray (usage stats, the metrics path)
     from ray.cluster_utils import Cluster
 
     stop = threading.Event()

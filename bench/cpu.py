@@ -24,8 +24,10 @@ GROUPS = (
     ("/ray/raylet/raylet", "Ray itself"),
     ("/ray/gcs/gcs_server", "Ray itself"),
     ("ray/dashboard/dashboard.py", "Ray itself"),
+    ("ray-dashboard-", "Ray itself"),  # the dashboard's module processes name themselves so
     ("ray/_private/log_monitor.py", "Ray itself"),
-    ("autoscaler/_private/monitor.py", "Ray itself"),
+    ("/ray/autoscaler/", "Ray itself"),  # its monitor (v1 or v2)
+    ("ray.util.client.server", "Ray itself"),  # what a ray:// driver talks to
     ("sandbox webhook", "webhook sink"),
     ("sandbox smtp", "smtp sink"),
     ("nats-server", "nats-server"),
@@ -35,8 +37,9 @@ GROUPS = (
 
 def ours(proc: psutil.Process, session: str | None) -> bool:
     """A Ray worker of this run's Ray (its raylet, the parent, names the session)
-    or one of that Ray's own processes, not of another Ray on the machine: others' tests may run engine actors too.
-    Processes other than Ray workers (NATS, PostgreSQL, sinks) are everyone's."""
+    or one of that Ray's own processes, not of another Ray on the machine: others'
+    tests may run engine actors too. Other processes (NATS, PostgreSQL, sinks) are
+    everyone's."""
     if not session:
         return True
     try:

@@ -12,21 +12,38 @@ from collections.abc import Iterator
 
 from infra.config import RayConfig
 
-# No internet on our machines: Ray must not try to report usage.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray's metrics through its OpenCensus path, not its OpenTelemetry one (Ray's default
-# since 2.4x): on the OpenTelemetry path each node's dashboard agent rebuilds every
-# histogram observation of the export interval from its bucket counts and records
-# them one by one in Python (record_histogram_aggregated_batch), so its CPU grows
-# with the notifications delivered: 0.17-0.21 cores at ~4,000/s on the 2-core bench
-# machine, the fourth busiest process there (the delivery latency and the provider
-# call are one observation each per notification). The OpenCensus path passes the
-# buckets through; the series and their names are the same (tests/integration/
-# test_metrics.py). Set by the operator, either way, it is kept; every node of a
-# cluster needs the same value (configs/deploy). docs/design.md, "Ray's metrics path".
-os.environ.setdefault("RAY_enable_open_telemetry", "0")
+# What every process of the engine's Ray runs with, unless the operator set it: each
+# reads it at its start, and every node of a cluster needs the same values
+# (configs/deploy sets them; docs/design.md, "Metrics").
+RAY_ENV = {
+    # no internet on our machines: Ray must not try to report usage
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray's OpenCensus metrics path, not its OpenTelemetry one (its default): there each
+    # node's dashboard agent turns every histogram's bucket counts back into one
+    # record() per observation, in Python (record_histogram_aggregated_batch), so its
+    # CPU grows with the notifications delivered: 0.17-0.21 cores while a backlog
+    # drained at ~2,200/s on the 2-core bench machine. The OpenCensus path passes the
+    # buckets through.
+    "RAY_enable_open_telemetry": "0",
+    # ... exporting the series as the OpenTelemetry path does: each worker's own
+    # (WorkerId kept; the OpenCensus path's default sums counters and gauges per node,
+    # so an actor that stops takes its share out of a counter), and no deprecated
+    # gauge beside a counter whose name lacks _total (tests/integration/test_metrics.py)
+    "RAY_metric_cardinality_level": "legacy",
+    "RAY_EXPORT_COUNTER_AS_GAUGE": "0",
+}
 
-import ray
+
+def ray_environment() -> None:
+    """``RAY_ENV`` into this process's environment where unset: for the Ray it starts
+    (its raylet, agents and workers inherit it) and the metrics it makes."""
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+ray_environment()
+
+import ray  # noqa: E402 - after RAY_ENV: Ray reads some of it when imported
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
+from engine.raybox import ray_environment
+
 
 def on_cluster(default_n: int, add_nodes: Callable[[Cluster], Any],
                run: Callable[[Cluster, Any, str, str, str, int], Awaitable[dict]], join: bool = False) -> None:
@@ -31,7 +33,7 @@ def on_cluster(default_n: int, add_nodes: Callable[[Cluster], Any],
     n = int(sys.argv[4]) if len(sys.argv) > 4 else default_n
     started = time.monotonic()
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="tidings-cluster-"))
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray_environment()  # the nodes as the engine's own Ray (usage stats off, the metrics path)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         nodes = add_nodes(cluster)

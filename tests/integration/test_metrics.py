@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics import SERIES
+from actors.metrics import ELSEWHERE, SERIES
 from engine.http.health import ReadyChecks
 from infra import streams
 from infra.config import Config
@@ -185,6 +185,19 @@ async def test_both_endpoints_export_their_series_with_bounded_labels(engine, cl
     assert grew(fams, ray_before, "ray_tidings_deliveries_total", channel="webhook", status="deferred",
                 reason="retry") >= 1, [(x.labels, x.value) for x in fams["ray_tidings_deliveries"]
                                         if x.labels.get("channel") == "webhook"]
+
+    # each worker's own series on Ray's OpenCensus path (engine/raybox.py RAY_ENV), as on its
+    # OpenTelemetry path: an actor that stops does not take its share out of a summed counter
+    ours = [x for name, fam in fams.items() if name.startswith("ray_tidings_") for x in fam]
+    assert ours and all(x.labels.get("WorkerId") for x in ours), \
+        sorted({x.name for x in ours if not x.labels.get("WorkerId")})
+    # and no deprecated gauge beside a counter whose name lacks _total (Ray's OpenCensus path
+    # adds one unless RAY_EXPORT_COUNTER_AS_GAUGE=0): tidings_retention_deleted, when retention
+    # has run in this session's Ray
+    counters = [n for n, spec in SERIES.items() if spec[0] == "counter"] + \
+        [n for n, kind in ELSEWHERE.items() if kind == "counter"]
+    gauges = {f"ray_{n.removesuffix('_total')}" for n in counters}
+    assert not [x.name for x in ours if x.name in gauges]
 
     # every label value is one the configuration or the code knows
     for s in fams["ray_tidings_deliveries"]:

@@ -19,6 +19,7 @@ import yaml
 
 from engine.http.access import Public
 from engine.http.health import ROUTES
+from engine.raybox import RAY_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "configs" / "deploy"
@@ -126,8 +127,9 @@ def raycluster_errors(rc: dict) -> list[str]:
         errors += k8s_errors(as_pod_template(what.replace(" ", "-"), template))
         for c in template.get("spec", {}).get("containers", []):
             env = {e["name"]: e for e in c.get("env", [])}
-            if env.get("RAY_USAGE_STATS_ENABLED", {}).get("value") != "0":
-                errors.append(f"{what}: RAY_USAGE_STATS_ENABLED must be \"0\"")
+            for name, want in RAY_ENV.items():  # every node as the engine's own Ray
+                if env.get(name, {}).get("value") != want:
+                    errors.append(f"{what}: {name} must be \"{want}\"")
     if "ray-client-server-port" not in head.get("rayStartParams", {}):
         errors.append("head: rayStartParams must name ray-client-server-port (the engine joins through it)")
     names = [g.get("groupName") for g in spec.get("workerGroupSpecs", [])]
