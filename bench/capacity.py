@@ -31,9 +31,15 @@ assumption:
   leader's, assumed to use at most one core: ``1 / nats-server's cost``
   notifications/s, a low bound (not measured beyond the cost).
 
-Not in the model: the EventSender (status events, one relay per deployment: a
-fourth one-process cap, its cost sampled from now on as ``EventSender``) and the
-Scheduler (releases; idle in a harness run).
+* the EventSender: the status events' one relay per deployment, one process, so a
+  fourth cap, ``1 / its cost`` notifications/s (assumed one core, like the Recorder).
+
+Beside the sized actors (``BESIDE_GROUPS``, their cores printed apart, no instance
+count): the EventSender and Ray's own processes (raylet, GCS, metrics agent), costed
+per notification as measured. Most of Ray's is a fixed cost per node (0.05 cores on
+the 2-core machine with nothing to do), so costing it per notification overstates it
+at high rates. A result from before they were sampled has neither: "not measured".
+Not in the model: the Scheduler (releases; idle in a harness run).
 
 NATS and PostgreSQL run on hosts of their own; their cores are printed apart.
 """
@@ -92,7 +98,9 @@ def plan(result: dict, rate: float, p99_ms: float) -> dict:
         cost = used / best["e2e_per_s"] if best["e2e_per_s"] else 0.0
         cores = rate * cost / utilisation
         rows.append({"group": group, "core_ms_per_1k": round(cost * 1e6, 1), "cores": round(cores, 2),
-                     "instances": max(1, math.ceil(cores))})
+                     # one EventSender per deployment, Ray's processes per node: not sized by the rate
+                     "instances": None if group in BESIDE_GROUPS else max(1, math.ceil(cores)),
+                     "measured": group in best["cpu_cores"]})
     engine_cores = sum(r["cores"] for r in rows if r["group"] in ENGINE_GROUPS)
     beside_cores = sum(r["cores"] for r in rows if r["group"] in BESIDE_GROUPS)
     first = max(rows, key=lambda r: r["core_ms_per_1k"])
@@ -145,13 +153,15 @@ def caps(result: dict, cost: dict[str, float]) -> dict[str, float | None]:
     """The ceilings that do not grow with the engine's cores, in notifications/s
     (None where the result has no figure for it): one Recorder (one process, one
     core), PostgreSQL with one writer (the measured COPY ceiling ÷ rows per
-    notification) and one NATS stream (its leader at one core, assumed)."""
+    notification), one NATS stream (its leader at one core, assumed) and the
+    EventSender (one process, one core, assumed)."""
     rows = max(1, len(result.get("channels") or ["webhook"]))
     copy = (result.get("ceilings") or {}).get("copy_rows_per_s")
     return {
         "Recorder": 1 / cost["Recorder"] if cost.get("Recorder") else None,
         "PostgreSQL writes": copy / rows if copy else None,
         "NATS stream": 1 / cost["nats-server"] if cost.get("nats-server") else None,
+        "EventSender": 1 / cost["EventSender"] if cost.get("EventSender") else None,
     }
 
 
@@ -242,10 +252,16 @@ def show(p: dict) -> None:
     for col in ("component", "CPU per 1,000 notifications (core-ms)", "cores", "actors / instances"):
         t.add_column(col, justify="right" if col != "component" else "left")
     for r in p["groups"]:
-        t.add_row(r["group"], f"{r['core_ms_per_1k']:,}", f"{r['cores']:,}", str(r["instances"]))
+        if not r.get("measured", True):
+            t.add_row(r["group"], "not measured", "-", "-")
+            continue
+        t.add_row(r["group"], f"{r['core_ms_per_1k']:,}", f"{r['cores']:,}",
+                  "-" if r["instances"] is None else str(r["instances"]))
     console.print(t)
+    beside = p["beside_cores"] if any(r.get("measured", True) for r in p["groups"] if r["group"] in BESIDE_GROUPS) \
+        else "(not measured)"
     console.print(f"engine actors need {p['engine_cores']} cores, the EventSender and Ray's own processes "
-                  f"{p['beside_cores']}; with NATS and PostgreSQL {p['total_cores']} cores in all. "
+                  f"{beside}; with NATS and PostgreSQL {p['total_cores']} cores in all. "
                   f"Saturates first: [bold]{p['saturates_first']}[/bold].")
     console.print(f"measured: best {p['measured_best_per_s']:,}/s on {p['measured_on_cores']} cores; "
                   f"scaling (shards → /s): {p['scaling']}")

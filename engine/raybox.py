@@ -43,7 +43,7 @@ def ray_environment() -> None:
 
 ray_environment()
 
-import ray  # noqa: E402 - after RAY_ENV: Ray reads some of it when imported
+import ray  # noqa: E402 - after RAY_ENV, though Ray reads it only in the processes it starts
 
 log = logging.getLogger(__name__)
 

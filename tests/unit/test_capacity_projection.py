@@ -46,6 +46,9 @@ def test_the_plan_costs_what_runs_beside_the_actors():
     p = capacity.plan(RESULT, 2000, 100_000.0)  # no paced runs: planned at 60% utilisation
     groups = {r["group"]: r for r in p["groups"]}
     assert groups["EventSender"]["core_ms_per_1k"] == 30.0 and groups["Ray itself"]["cores"] == pytest.approx(0.07, abs=0.01)
+    assert groups["EventSender"]["instances"] is None and groups["ChannelShard"]["instances"] == 2  # one relay, not sized
+    older = {**RESULT, "backlog_runs": [{**RESULT["backlog_runs"][1], "cpu_cores": {"ChannelShard": 0.5}}]}
+    assert not {r["group"]: r for r in capacity.plan(older, 2000, 100_000.0)["groups"]}["Ray itself"]["measured"]
     assert p["beside_cores"] == pytest.approx(0.17, abs=0.01)  # 2,000/s x 0.05 ms / 0.6
     assert p["total_cores"] == pytest.approx(sum(r["cores"] for r in p["groups"]), abs=0.01)
 
@@ -54,7 +57,8 @@ def test_the_cores_bind_until_the_first_fixed_cap():
     p = capacity.project(RESULT, [4, 16, 64])
     rows = by_cores(p)
     assert p["per_core_per_s"] == 1000 and p["engine_core_ms_per_1k"] == 1000.0
-    assert p["caps_per_s"] == {"Recorder": 10_000, "PostgreSQL writes": 30_000, "NATS stream": 20_000}
+    assert p["caps_per_s"] == {"Recorder": 10_000, "PostgreSQL writes": 30_000, "NATS stream": 20_000,
+                               "EventSender": 33_333}  # one relay: 0.03 ms a notification
     assert p["first_cap"] == "Recorder" and p["cores_at_first_cap"] == 10.0
     assert rows[4]["bound_by"] == "cores" and rows[4]["ceiling_per_s"] == 4000
     assert rows[16]["bound_by"] == "Recorder" and rows[16]["ceiling_per_s"] == 10_000
@@ -94,7 +98,7 @@ def test_a_result_without_ceilings_or_services_has_no_such_caps():
     bare = {"cores": 2, "channels": ["webhook"],
             "backlog_runs": [{"shards": 2, "e2e_per_s": 1000, "cpu_cores": {"ChannelShard": 1.0}}]}
     p = capacity.project(bare, [8])
-    assert p["caps_per_s"] == {"Recorder": None, "PostgreSQL writes": None, "NATS stream": None}
+    assert p["caps_per_s"] == {"Recorder": None, "PostgreSQL writes": None, "NATS stream": None, "EventSender": None}
     row = by_cores(p)[8]
     assert row["bound_by"] == "cores" and row["pg_writers_needed"] is None and p["first_cap"] is None
 
