@@ -329,7 +329,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     out = uvloop.run(run(args))
     console.print(table(out, args))
     for name, r in out["results"].items():

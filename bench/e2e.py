@@ -443,7 +443,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     result = uvloop.run(harness(args))
     print_result(console, result)
     if args.json:

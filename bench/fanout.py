@@ -223,7 +223,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     r = uvloop.run(run(args))
     t = Table(title=f"fan-out: {len(r['rounds'])} broadcasts in turn to {r['recipients']:,} of {r['users']:,} "
                     f"users ({args.audience}), {r['shards']} shards")

@@ -146,7 +146,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         result = uvloop.run(harness(args))
     finally:

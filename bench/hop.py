@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1 or not sizes or min(sizes) < 0:
         console.print("[red]--calls must be at least 1 and --sizes non-negative numbers[/red]")
         return 2
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     rows = measure(args.calls, sizes)
     t = Table(title=f"one actor call, async actor to async actor, {args.calls} calls 10 ms apart")
     for col in ("payload bytes", "way", "one way p50", "p99", "max", "round trip p50", "p99", "max"):
