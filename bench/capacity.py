@@ -252,13 +252,13 @@ def show(p: dict) -> None:
     for col in ("component", "CPU per 1,000 notifications (core-ms)", "cores", "actors / instances"):
         t.add_column(col, justify="right" if col != "component" else "left")
     for r in p["groups"]:
-        if not r.get("measured", True):
+        if not r["measured"]:
             t.add_row(r["group"], "not measured", "-", "-")
             continue
         t.add_row(r["group"], f"{r['core_ms_per_1k']:,}", f"{r['cores']:,}",
                   "-" if r["instances"] is None else str(r["instances"]))
     console.print(t)
-    beside = p["beside_cores"] if any(r.get("measured", True) for r in p["groups"] if r["group"] in BESIDE_GROUPS) \
+    beside = p["beside_cores"] if any(r["measured"] for r in p["groups"] if r["group"] in BESIDE_GROUPS) \
         else "(not measured)"
     console.print(f"engine actors need {p['engine_cores']} cores, the EventSender and Ray's own processes "
                   f"{beside}; with NATS and PostgreSQL {p['total_cores']} cores in all. "
