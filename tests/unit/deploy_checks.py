@@ -201,6 +201,10 @@ def compose_errors(data: dict) -> list[str]:
             elif is_secret_name(key) and not key.endswith("_URL") and not INTERPOLATION.fullmatch(value):
                 # (a URL's password is checked below, with every string's)
                 errors.append(f"{name}: environment {key} holds a value, not ${{VARIABLE}}")
+        if svc.get("entrypoint") in (["ray"], "ray"):  # a Ray node: its raylet and agents read these
+            for key, want in RAY_ENV.items():
+                if env.get(key) != want:
+                    errors.append(f"{name}: environment {key} must be \"{want}\" (engine/raybox.py RAY_ENV)")
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
             if source and not source.startswith((".", "/", "~")) and source not in volumes:

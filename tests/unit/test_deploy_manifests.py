@@ -270,6 +270,11 @@ def test_a_probe_off_the_engines_routes_is_refused(breaking, expected):
     (lambda d: d["services"]["nats"].update(volumes=["natsdata:/data"]), "natsdata"),
     (lambda d: d["services"]["engine"]["environment"].update(RAY_ADDRESS="${RAY"), "malformed"),
     (lambda d: d["services"]["engine"].update(imagee="x"), "imagee"),
+    # every Ray node runs Ray's metrics as the engine's own Ray does (engine/raybox.py RAY_ENV)
+    (lambda d: d["services"]["ray-worker-2"].update(environment={"RAY_USAGE_STATS_ENABLED": "0"}),
+     "ray-worker-2: environment RAY_enable_open_telemetry"),
+    (lambda d: d["services"]["ray-head"]["environment"].update(RAY_metric_cardinality_level="recommended"),
+     "RAY_metric_cardinality_level must be"),
 ])
 def test_a_broken_compose_file_is_refused(breaking, expected):
     data = copy.deepcopy(documents(DEPLOY / "compose.yaml")[0])
