@@ -33,7 +33,7 @@ import msgspec
 import uvloop
 from rich.console import Console
 
-from bench import ceilings, stages
+from bench import ceilings, plans, stages
 from bench.capacity import fraction
 from bench.cpu import ClusterCpu, ray_session
 from bench.demo import population, preference_mix, requests, watch_rows
@@ -181,10 +181,22 @@ async def run_once(args, services: Services, shards: int, rate: float, n: int | 
         "publish_per_s": round(n / got.publish_s), "wall_s": round(wall, 2),
         "e2e_per_s": round(n / wall) if wall else 0,
         **latency(s), "sent_rows": s["sent_rows"], "cpu_cores": got.cpu, "sinks": received, "stages": got.stages,
-        "stalls": got.stalls, "urgent": got.urgent, "ray": got.where,
+        "stalls": got.stalls, "batching": got.batching, "cpu_us_per_notification": cpu_per_notification(got.cpu, wall, n),
+        "urgent": got.urgent, "ray": got.where,
         "timeline": got.timeline, "windows": stages.windows(got.timeline, WINDOW_S),
         "after_warmup": {"skipped_s": WARMUP_S, "rows": warm["rows"], **latency(warm)} if warm and warm["rows"] else None,
     }
+
+
+def cpu_per_notification(cores: dict[str, float], wall_s: float, n: int) -> int | None:
+    """µs of CPU per notification over the run, every process sampled but the
+    harness's own driver (it publishes and waits; an engine's producers are
+    elsewhere): the engine, NATS, PostgreSQL, Ray's own processes and the loopback
+    sinks (the providers' stand-ins). The cores sampled while it ran × its wall
+    time ÷ the run's notifications (an urgent stream's not counted)."""
+    if not wall_s or not n:
+        return None
+    return round(sum(v for k, v in cores.items() if k != "driver") * wall_s / n * 1e6)
 
 
 @dataclass
@@ -202,6 +214,7 @@ class Loaded:
     where: dict  # the Ray cluster it ran on
     timeline: list[list]  # a paced run's [start s, rows, p50 ms, p99 ms, max ms] per WINDOW_S
     warm: Any  # a paced run's STATS_SQL row after its first WARMUP_S
+    batching: dict  # how full the batches ran (stages.collect_batching)
 
 
 async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> Loaded:
@@ -217,6 +230,8 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> Lo
         for i in range(0, len(mix), 1000):
             await run_commands(engine, mix[i:i + 1000])
         notes = requests(n, args.users, uuid.uuid4().hex, prefix=PREFIX, channels=tuple(args.channels))
+        if not args.stale_plans:
+            await plans.analyze_schema(engine.pool)
         await asyncio.sleep(1.0)  # every actor has finished starting before the clock runs
         urgent_notes = []
         if not rate and args.urgent > 0:
@@ -228,18 +243,20 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> Lo
         # every host's processes: this one's here, each other host's by an actor there
         cpu = ClusterCpu(ray_session(), where.get("remote_node_ids"))
         cpu.start()
-        with no_collector_pauses():
-            pub_s = await publish(engine, notes, rate)
-            urgent_pub = asyncio.ensure_future(publish(engine, urgent_notes, args.urgent)) if urgent_notes else None
-            expected = (n + len(urgent_notes)) * len(args.channels)
-            label = f"k={shards}" + (f" paced {rate:,.0f}/s" if rate else " backlog")
-            done = await watch_rows(engine.pool, expected, args.timeout, console, label=label)
-            busy = await cpu.stop()
-            where["cpu_sampled"] = "every host" if cpu.complete else "not every host: cpu_cores is partial"
-            if urgent_pub is not None:
-                await urgent_pub
+        async with plans.analyzing(engine.pool, engine.actors.recorder, not args.stale_plans):
+            with no_collector_pauses():
+                pub_s = await publish(engine, notes, rate)
+                urgent_pub = asyncio.ensure_future(publish(engine, urgent_notes, args.urgent)) if urgent_notes else None
+                expected = (n + len(urgent_notes)) * len(args.channels)
+                label = f"k={shards}" + (f" paced {rate:,.0f}/s" if rate else " backlog")
+                done = await watch_rows(engine.pool, expected, args.timeout, console, label=label)
+                busy = await cpu.stop()
+                where["cpu_sampled"] = "every host" if cpu.complete else "not every host: cpu_cores is partial"
+                if urgent_pub is not None:
+                    await urgent_pub
         traced = stages.summary(*await stages.collect(engine.actors))
         stalls = await stages.collect_stalls(engine.actors)
+        batching = await stages.collect_batching(engine.actors)
         urgent = None
         if urgent_notes:
             urgent = await urgent_figures(engine.pool)
@@ -248,7 +265,7 @@ async def load(args, cfg: config.Config, n: int, rate: float, shards: int) -> Lo
         warm = await engine.pool.fetchrow(STATS_SQL + AFTER_WARMUP, WARMUP_S) if rate else None
         timeline = [[round(float(r["w"]) * WINDOW_S, 2), r["n"], ms(r["durable"][0]), ms(r["durable"][1]), ms(r["durable_max"])]
                     for r in await engine.pool.fetch(TIMELINE_SQL)] if rate else []
-        return Loaded(stats, done, expected, pub_s, busy, traced, stalls, urgent, where, timeline, warm)
+        return Loaded(stats, done, expected, pub_s, busy, traced, stalls, urgent, where, timeline, warm, batching)
     finally:
         await engine.stop()
 
@@ -389,6 +406,7 @@ async def run_all(args, services: Services) -> dict:
     result = {
         "n": args.n, "channels": args.channels, "cores": os.cpu_count(), "versions": await versions(),
         "otlp_ratio": args.otlp,  # None: traces off; else on at this ratio (compare two runs' figures)
+        "analyzed": not args.stale_plans,  # the run's tables ANALYZEd as they filled (bench/plans.py)
         "e2e_per_s": best["e2e_per_s"], "shards": best["shards"],
         "p50_ms": latency["p50_ms"], "p95_ms": latency["p95_ms"], "p99_ms": latency["p99_ms"],
         "max_ms": latency["max_ms"], "latency_at_rate": latency["rate"] or None,
@@ -420,6 +438,9 @@ def parser() -> argparse.ArgumentParser:
                         "while each backlog drains, its latency reported apart")
     p.add_argument("--urgent-n", type=int, default=500, help="notifications in the urgent stream")
     p.add_argument("--no-ceilings", action="store_true")
+    p.add_argument("--stale-plans", action="store_true",
+                   help="no ANALYZE of the run's fresh tables (bench/plans.py; as before 2026-12-06): "
+                        "plans chosen on empty tables stay")
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take to drain")
     p.add_argument("--trace", type=float, default=0.2,
                    help="share of notifications timed per pipeline stage (engine.trace_sample; default 0.2)")

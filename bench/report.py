@@ -103,6 +103,15 @@ def print_result(console: Console, r: dict) -> None:
             sent = f", p99 {a['sent_p99_ms']} ms → provider call" if a["sent_p99_ms"] is not None else ""
             console.print(f"  after its first {a['skipped_s']:g} s (a fresh engine warming up): p50 {a['p50_ms']} ms, "
                           f"p99 {a['p99_ms']} ms publish → committed{sent} ({a['rows']:,} rows)")
+    for run in runs:
+        b = run.get("batching")
+        if b and b["fetches"]:
+            mode = f"at {run['rate']:,.0f}/s" if run["rate"] else f"in the k={run['shards']} backlog"
+            cpu = run.get("cpu_us_per_notification")
+            console.print(f"batches {mode}: {b['per_fetch']} messages per fetch ({b['fetches']:,}), "
+                          f"{b['per_shard_call']} per UserShard call, {b['rows_per_flush']} rows per Recorder flush "
+                          f"({b['flushes']:,}, {b['one_statement_flushes']:,} in one statement)"
+                          + (f"; CPU {cpu:,} µs per notification (every process but the driver)" if cpu else ""))
     stalled = [run for run in runs if run.get("stalls")]
     if stalled:
         sl = Table(title="event-loop stalls per actor kind, ms (actors/stalls.py): timer lag p99 / max, gc pauses")

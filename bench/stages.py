@@ -88,6 +88,28 @@ async def collect_stalls(actors) -> dict[str, dict]:
     return out
 
 
+async def collect_batching(actors) -> dict[str, float | int | None]:
+    """How full the batches ran: messages per JetStream fetch and per UserShard call
+    (the bulk lane's Ingestors), tracking rows per Recorder flush. Each of a batch's
+    fixed costs (a pull request, a hop, a transaction) is spread over these, so
+    at a steady pace, where batches are small, a notification costs more CPU than
+    in a backlog. Each run has its own engine: the counts are the run's. A fetch is
+    one that brought messages (an empty pull is not a batch); the messages include
+    any redelivered, and the calls any retried."""
+    infos = [i for i in await asyncio.gather(*(i.info.remote() for i in actors.ingestors)) if "bulk" in i["lanes"]]
+    fetched, fetches = sum(i["fetched"] for i in infos), sum(i["batches"] for i in infos)
+    calls = sum(i["calls"]["linked"] + i["calls"]["through_ray"] for i in infos)
+    rec = await actors.recorder.stats.remote()
+    return {"fetched": fetched, "fetches": fetches, "per_fetch": _per(fetched, fetches),
+            "shard_calls": calls, "per_shard_call": _per(fetched, calls),
+            "flushes": rec["flushes"], "rows_per_flush": _per(rec["rows_written"], rec["flushes"]),
+            "one_statement_flushes": rec["small_flushes"]}
+
+
+def _per(items: int, batches: int) -> float | None:
+    return round(items / batches, 1) if batches else None
+
+
 def _quantile(values: list[float], q: float) -> float:
     """The nearest-rank quantile of sorted ``values``."""
     return values[max(0, math.ceil(q * len(values)) - 1)]

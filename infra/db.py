@@ -28,7 +28,11 @@ def keys(n: int, sqltype: str) -> str:
     the table, and the plan a sequential scan per lookup (a broadcast chunk read
     the whole tracking table that way, bench/RESULTS.md "Plans for batches of
     keys"). Hidden, it is estimated as a few keys and probed by index, which is
-    right for a batch of keys whatever the statistics say."""
+    right for a batch of keys whatever the statistics say. Except on an empty
+    table: there a sequential scan is cheapest, and a session keeps the generic
+    plan it chose then (after five runs) until the table is analyzed; an engine
+    that started on empty tables reads them whole until autovacuum comes round
+    (bench/plans.py, which the harness uses for that)."""
     return f"ANY((SELECT ${n}::{sqltype}[])::{sqltype}[])"
 
 

@@ -34,6 +34,11 @@ async def test_harness_runs_end_to_end_and_plans(nats_url, database_url, ray_add
     assert {"Ingestor", "UserShard", "ChannelShard", "Recorder"} <= set(run["stalls"])
     assert all(row["lag_p99_ms"] >= 0 for row in run["stalls"].values())
     assert all(row["gc2_n"] == 0 for row in run["stalls"].values()), run["stalls"]
+    # how full the batches ran: the bulk lane fetched the 300, each batch one UserShard call (k=1)
+    b = run["batching"]
+    assert b["fetched"] >= 300 and b["fetches"] >= 1 and 1 <= b["per_fetch"] <= 500, b
+    assert b["shard_calls"] >= b["fetches"] and b["flushes"] >= 1 and b["rows_per_flush"] >= 1, b
+    assert run["cpu_us_per_notification"] > 0 and result["paced_runs"][0]["cpu_us_per_notification"] > 0
     assert run["sinks"]["webhook"]["bad_signatures"] == 0
     assert run["sinks"]["otlp"]["received"] > 0  # --otlp: the actors' spans reached the receiver
     # the sinks got what was recorded sent, the backlog's (sent_rows) and the urgent stream's
