@@ -201,7 +201,9 @@ def compose_errors(data: dict) -> list[str]:
             elif is_secret_name(key) and not key.endswith("_URL") and not INTERPOLATION.fullmatch(value):
                 # (a URL's password is checked below, with every string's)
                 errors.append(f"{name}: environment {key} holds a value, not ${{VARIABLE}}")
-        if svc.get("entrypoint") in (["ray"], "ray"):  # a Ray node: its raylet and agents read these
+        entry = svc.get("entrypoint") or []
+        program = entry[0] if isinstance(entry, list) and entry else str(entry).split(" ")[0]
+        if program == "ray":  # a Ray node: its raylet and agents read these
             for key, want in RAY_ENV.items():
                 if env.get(key) != want:
                     errors.append(f"{name}: environment {key} must be \"{want}\" (engine/raybox.py RAY_ENV)")
