@@ -8,11 +8,12 @@ change. One chosen while ``delivery_tracking`` was empty is a sequential scan:
 the UserShard's "recorded already?" read (``stores.tracking.RECORDED``, once per
 batch) then reads the whole table, which grows through the run; a statement
 planned afresh on the filled table, statistics or not, probes the index
-(bench/RESULTS.md, 2026-12-06). autovacuum ANALYZEs a table 50 rows and a tenth
-of it after it changed, looking once a minute, and an ANALYZE makes every session
-plan again. This machine's PostgreSQL runs without autovacuum, and a run of a
-minute rarely meets it where it runs, so before this no run had these plans
-right; a deployment has them within a minute or two of its tables filling.
+(bench/RESULTS.md, 2026-12-06). autovacuum ANALYZEs a table once 50 rows and a
+tenth of it have changed, looking once a minute, and an ANALYZE makes every
+session plan again. This machine's PostgreSQL runs without autovacuum, and a run
+of a minute rarely meets it where it runs, so before this no run had these plans
+right; by autovacuum's defaults a deployment has them a minute or two after its
+tables fill.
 """
 
 from __future__ import annotations
@@ -44,15 +45,20 @@ async def analyzed_as_it_grows(pool, recorder, first: int = FIRST) -> None:
     began double (from ``first``), until cancelled. A restarted Recorder counts
     from 0 again: its count is taken as the new start."""
     base = last = (await recorder.stats.remote())["rows_written"]
-    at = first
+    at, failed = first, False
     while True:
-        now = (await recorder.stats.remote())["rows_written"]
-        if now < last:  # the Recorder restarted
-            base -= last
-        last = now
-        if now - base >= at:
-            await pool.execute("ANALYZE delivery_tracking")
-            at = 2 * (now - base)
+        try:
+            now = (await recorder.stats.remote())["rows_written"]
+            if now < last:  # the Recorder restarted
+                base -= last
+            last = now
+            if now - base >= at:
+                await pool.execute("ANALYZE delivery_tracking")
+                at = 2 * (now - base)
+        except Exception as e:  # noqa: BLE001 - a Recorder restarting, a statement timeout: try again
+            if not failed:
+                log.warning("ANALYZE of the run's tracking table: %r; trying again", e)
+            failed = True
         await asyncio.sleep(POLL_S)
 
 

@@ -30,9 +30,10 @@ def keys(n: int, sqltype: str) -> str:
     keys"). Hidden, it is estimated as a few keys and probed by index, which is
     right for a batch of keys whatever the statistics say. Except on an empty
     table: there a sequential scan is cheapest, and a session keeps the generic
-    plan it chose then (after five runs) until the table is analyzed; an engine
-    that started on empty tables reads them whole until autovacuum comes round
-    (bench/plans.py, which the harness uses for that)."""
+    plan it chose then (after five runs) until the table's statistics change (an
+    ANALYZE or VACUUM) or the session ends; an engine that started on empty tables
+    reads them whole until autovacuum comes round (bench/plans.py, which the
+    harness uses for that)."""
     return f"ANY((SELECT ${n}::{sqltype}[])::{sqltype}[])"
 
 
