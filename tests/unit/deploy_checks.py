@@ -126,10 +126,7 @@ def raycluster_errors(rc: dict) -> list[str]:
             continue
         errors += k8s_errors(as_pod_template(what.replace(" ", "-"), template))
         for c in template.get("spec", {}).get("containers", []):
-            env = {e["name"]: e for e in c.get("env", [])}
-            for name, want in RAY_ENV.items():  # every node as the engine's own Ray
-                if env.get(name, {}).get("value") != want:
-                    errors.append(f"{what}: {name} must be \"{want}\"")
+            errors += ray_env_errors(what, {e["name"]: e.get("value") for e in c.get("env", [])})
     if "ray-client-server-port" not in head.get("rayStartParams", {}):
         errors.append("head: rayStartParams must name ray-client-server-port (the engine joins through it)")
     names = [g.get("groupName") for g in spec.get("workerGroupSpecs", [])]
@@ -162,6 +159,13 @@ def strings(node: Any) -> list[str]:
     if isinstance(node, list):
         return [s for v in node for s in strings(v)]
     return []
+
+
+def ray_env_errors(what: str, env: dict) -> list[str]:
+    """A Ray node's environment (name -> value) without engine/raybox.py's RAY_ENV:
+    every node runs Ray as the engine's own Ray does."""
+    return [f"{what}: environment {key} must be \"{want}\" (engine/raybox.py RAY_ENV)"
+            for key, want in RAY_ENV.items() if env.get(key) != want]
 
 
 def compose_errors(data: dict) -> list[str]:
@@ -204,9 +208,7 @@ def compose_errors(data: dict) -> list[str]:
         entry = svc.get("entrypoint") or []
         program = entry[0] if isinstance(entry, list) and entry else str(entry).split(" ")[0]
         if program == "ray":  # a Ray node: its raylet and agents read these
-            for key, want in RAY_ENV.items():
-                if env.get(key) != want:
-                    errors.append(f"{name}: environment {key} must be \"{want}\" (engine/raybox.py RAY_ENV)")
+            errors += ray_env_errors(name, env)
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
             if source and not source.startswith((".", "/", "~")) and source not in volumes:
