@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from engine import auth, http, settings
+from engine import auth, http, migrations, settings
 from engine.runtime import Engine
 from infra import config
 from infra.config import Config
@@ -81,6 +81,18 @@ async def wait_rows(pool: asyncpg.Pool, ids: list[str], expected: int, timeout_s
             return n
         await asyncio.sleep(0.2)
     return n
+
+
+@asynccontextmanager
+async def migrated_schema(database_url: str, prefix: str):
+    """A new schema (``prefix`` and ten random hex digits) with every migration,
+    dropped afterwards."""
+    name = prefix + uuid.uuid4().hex[:10]
+    await migrations.migrate_url(database_url, name)
+    try:
+        yield name
+    finally:
+        await drop_schema(database_url, name)
 
 
 async def drop_schema(database_url: str, schema: str) -> None:

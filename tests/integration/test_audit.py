@@ -6,27 +6,24 @@ intruder with the database's superuser would: the guard triggers switched off.""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from engine import audit as signed, migrations
+from engine import audit as signed
 from stores import audit
 from stores.audit import Entry, chain_hash
 from tests import sealing
-from tests.integration.helpers import drop_schema
+from tests.integration.helpers import migrated_schema
 
 
 @pytest.fixture
 async def conn(database_url):
-    name = "t_audit_" + uuid.uuid4().hex[:10]
-    await migrations.migrate_url(database_url, name)
-    c = await asyncpg.connect(database_url, server_settings={"search_path": name})
-    yield c
-    await c.close()
-    await drop_schema(database_url, name)
+    async with migrated_schema(database_url, "t_audit_") as name:
+        c = await asyncpg.connect(database_url, server_settings={"search_path": name})
+        yield c
+        await c.close()
 
 
 async def add(conn, entries: list[Entry]) -> None:

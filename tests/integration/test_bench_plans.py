@@ -14,9 +14,8 @@ import asyncpg
 import pytest
 
 from bench import plans
-from engine import migrations
 from stores.tracking import RECORDED
-from tests.integration.helpers import drop_schema
+from tests.integration.helpers import migrated_schema
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +24,8 @@ ROWS = 5000
 
 @pytest.fixture
 async def schema(database_url):
-    name = "t_plans_" + uuid.uuid4().hex[:10]
-    await migrations.migrate_url(database_url, name)
-    yield name
-    await drop_schema(database_url, name)
+    async with migrated_schema(database_url, "t_plans_") as name:
+        yield name
 
 
 async def fill(conn: asyncpg.Connection, n: int) -> None:

@@ -9,10 +9,9 @@ import uuid
 
 import pytest
 
-from engine import migrations
 from infra import db
 from stores import state, tracking
-from tests.integration.helpers import drop_schema
+from tests.integration.helpers import migrated_schema
 
 pytestmark = pytest.mark.integration
 
@@ -24,30 +23,28 @@ BATCH = 5_000
 async def loaded(database_url):
     """A migrated schema with ROWS users, their keys, addresses, preferences and
     tracking rows COPYed in, never analyzed."""
-    schema = "t_plans_" + uuid.uuid4().hex[:10]
-    await migrations.migrate_url(database_url, schema)
-    conn = await db.connect(database_url, schema=schema)
-    try:
-        for table in ("users", "user_keys", "user_addresses", "user_preferences", "delivery_tracking"):
-            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-        users = [f"u{i}" for i in range(ROWS)]
-        await conn.copy_records_to_table("users", records=[(u,) for u in users], columns=["user_id"])
-        await conn.copy_records_to_table("user_keys", records=[(u, "m1", b"k" * 40) for u in users],
-                                         columns=["user_id", "master_id", "wrapped"])
-        await conn.copy_records_to_table("user_addresses", records=[(u, "email", b"s", b"b") for u in users],
-                                         columns=["user_id", "channel", "sealed", "blind"])
-        await conn.copy_records_to_table(
-            "user_preferences", columns=["user_id", "preference_type", "channel", "category", "value"],
-            records=[(u, "channel", "email", "jobs", '{"enabled": false}') for u in users])
-        nids = [uuid.uuid4() for _ in range(ROWS)]
-        await conn.copy_records_to_table(
-            "delivery_tracking", columns=["notification_id", "user_id", "channel", "category", "status", "reason"],
-            records=[(n, u, "email", "jobs", "sent", "sent") for n, u in zip(nids, users, strict=True)])
-        assert await conn.fetchval("SELECT count(*) FROM pg_stats WHERE schemaname = $1", schema) == 0
-        yield conn, users, nids
-    finally:
-        await conn.close()
-        await drop_schema(database_url, schema)
+    async with migrated_schema(database_url, "t_plans_") as schema:
+        conn = await db.connect(database_url, schema=schema)
+        try:
+            for table in ("users", "user_keys", "user_addresses", "user_preferences", "delivery_tracking"):
+                await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+            users = [f"u{i}" for i in range(ROWS)]
+            await conn.copy_records_to_table("users", records=[(u,) for u in users], columns=["user_id"])
+            await conn.copy_records_to_table("user_keys", records=[(u, "m1", b"k" * 40) for u in users],
+                                             columns=["user_id", "master_id", "wrapped"])
+            await conn.copy_records_to_table("user_addresses", records=[(u, "email", b"s", b"b") for u in users],
+                                             columns=["user_id", "channel", "sealed", "blind"])
+            await conn.copy_records_to_table(
+                "user_preferences", columns=["user_id", "preference_type", "channel", "category", "value"],
+                records=[(u, "channel", "email", "jobs", '{"enabled": false}') for u in users])
+            nids = [uuid.uuid4() for _ in range(ROWS)]
+            await conn.copy_records_to_table(
+                "delivery_tracking", columns=["notification_id", "user_id", "channel", "category", "status", "reason"],
+                records=[(n, u, "email", "jobs", "sent", "sent") for n, u in zip(nids, users, strict=True)])
+            assert await conn.fetchval("SELECT count(*) FROM pg_stats WHERE schemaname = $1", schema) == 0
+            yield conn, users, nids
+        finally:
+            await conn.close()
 
 
 def scans(plan: str) -> set[tuple[str, str]]:

@@ -21,11 +21,11 @@ import pytest
 import ray
 
 from actors.scheduler import Scheduler
-from engine import migrations, settings
+from engine import settings
 from infra import config
 from infra.config import RetentionConfig
 from stores import retention, tracking as tracking_store
-from tests.integration.helpers import drop_schema
+from tests.integration.helpers import migrated_schema
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +36,8 @@ CFG = RetentionConfig(tracking_days=30, scheduled_done_days=7, change_feed_days=
 
 @pytest.fixture
 async def schema(database_url):
-    name = "t_ret_" + uuid.uuid4().hex[:10]
-    await migrations.migrate_url(database_url, name)
-    yield name
-    await drop_schema(database_url, name)
+    async with migrated_schema(database_url, "t_ret_") as name:
+        yield name
 
 
 @pytest.fixture
