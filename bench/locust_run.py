@@ -7,7 +7,9 @@
 Seeds the user population over HTTP (``POST /v1/users``, up to 1000 a request),
 runs locust in a subprocess (killed if it outlives run-time + 60 s), reads
 ``<prefix>_stats.csv`` and prints requests, failures, RPS and p50/p95/p99/max per
-request name. Exit code 1 when any request failed or none were made.
+request name. Exit code 1 when any request failed or none were made; 2, in one
+line, when the engine could not be reached or refused the seeding (no API key: set
+``TIDINGS_API_KEY``, or run where the engine's first start wrote its admin key).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import urllib.request
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from engine import auth, settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SEED_BATCH = 1000
@@ -84,8 +89,9 @@ def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str
         rps_per_user: float | None = None, api_key: str | None = None, tags: str | None = None,
         arrivals: str = "poisson") -> dict:
     """Seed, run locust headless, return the summary (see the module docstring).
-    ``api_key``: the engine's (default ``TIDINGS_API_KEY``)."""
-    api_key = api_key or os.environ.get("TIDINGS_API_KEY")
+    ``api_key``: the engine's (default ``TIDINGS_API_KEY``, else the admin key a
+    first start wrote under the default profile's ``engine.home``, as the CLI reads it)."""
+    api_key = api_key or auth.read_admin_key(settings.load().engine.home)
     budget = seconds(run_time) + GRACE_S
     Path(csv_prefix).parent.mkdir(parents=True, exist_ok=True)
     if seed_users:
@@ -158,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tags", help="only these tasks of the mix, comma-separated: submit,batch,read,write (default: all)")
     args = p.parse_args(argv)
     console = Console(width=max(Console().width, 110))
-    summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
-                  seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user, tags=args.tags,
-                  arrivals=args.arrivals)
+    try:
+        summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
+                      seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user,
+                      tags=args.tags, arrivals=args.arrivals)
+    except (RuntimeError, ValueError, OSError) as e:  # unreachable, refused, a bad --run-time: one line
+        console.print(f"[red]python -m bench.locust_run:[/red] {escape(str(e))}")
+        return 2
     show(summary, console)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
