@@ -149,6 +149,13 @@ def windows(timeline: list[list], window_s: float, target_ms: float = TARGET_MS)
             "over_target": sum(1 for p in p99s if p > target_ms)}
 
 
+def share(run: dict, result: dict) -> float:
+    """A paced run's rate as a share of the best backlog run's: the load the charts
+    draw. Not the ``--paced`` fraction, which with ``--rate-base`` is a share of
+    that fixed rate instead (files before 2026-12-06 kept only the fraction)."""
+    return run["rate"] / result["e2e_per_s"] if result.get("e2e_per_s") else run.get("utilisation", 0.0)
+
+
 def charts(result: dict, json_path: str) -> list[str]:
     """Write ``<json>-latency.png`` (p50/p99 against load), ``<json>-stages.png``
     (p50 and p99 per segment at each paced load) and ``<json>-timeline.png`` (p50
@@ -163,7 +170,7 @@ def charts(result: dict, json_path: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     base = os.path.splitext(json_path)[0]
-    loads = [r["utilisation"] * 100 for r in runs]
+    loads = [share(r, result) * 100 for r in runs]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label, style in (("p50_ms", "p50 publish → committed", "o-"), ("p99_ms", "p99 publish → committed", "s-"),
                               ("sent_p99_ms", "p99 publish → provider answered", "^--")):
@@ -185,7 +192,7 @@ def charts(result: dict, json_path: str) -> list[str]:
         names = [n for n in ORDER if any(n in r["stages"] for r in staged)]
         height = 0.8 / len(staged)
         for i, r in enumerate(staged):
-            label = f"{r['utilisation'] * 100:.0f}% ({r['rate']:,.0f}/s)"
+            label = f"{share(r, result) * 100:.0f}% ({r['rate']:,.0f}/s)"
             for ax, key in zip(axes, ("p50_ms", "p99_ms"), strict=True):
                 ax.barh([j + i * height for j in range(len(names))],
                         [r["stages"].get(n, {}).get(key, 0) for n in names], height, label=label)
