@@ -8,14 +8,19 @@ Seeds the user population over HTTP (``POST /v1/users``, up to 1000 a request),
 runs locust in a subprocess (killed if it outlives run-time + 60 s), reads
 ``<prefix>_stats.csv`` and prints requests, failures, RPS and p50/p95/p99/max per
 request name. Exit code 1 when any request failed or none were made; 2, in one
-line, when the engine could not be reached or refused the seeding (no API key: set
-``TIDINGS_API_KEY``, or run where the engine's first start wrote its admin key).
+line, when the run could not start or locust failed (the engine not reachable, the
+seeding refused, a bad ``--run-time``).
+
+The API key: ``TIDINGS_API_KEY``, else, as the CLI does, the admin key a first start
+wrote under the default profile's ``engine.home``, sent only to a loopback or https
+``--host``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import http.client
 import json
 import os
 import re
@@ -61,7 +66,7 @@ def seed(host: str, population: int, timeout_s: float = 120, api_key: str | None
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 resp.read()
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"seeding {host} failed: {e.code} {e.read()[:300]!r}") from None
+            raise RuntimeError(f"seeding {host} failed: {e.code} {e.read()[:200]!r}") from None
 
 
 def _num(value: str) -> float | None:
@@ -89,9 +94,8 @@ def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str
         rps_per_user: float | None = None, api_key: str | None = None, tags: str | None = None,
         arrivals: str = "poisson") -> dict:
     """Seed, run locust headless, return the summary (see the module docstring).
-    ``api_key``: the engine's (default ``TIDINGS_API_KEY``, else the admin key a
-    first start wrote under the default profile's ``engine.home``, as the CLI reads it)."""
-    api_key = api_key or auth.read_admin_key(settings.load().engine.home)
+    ``api_key``: the engine's (default ``TIDINGS_API_KEY``; none: no key is sent)."""
+    api_key = api_key or os.environ.get(auth.KEY_ENV)
     budget = seconds(run_time) + GRACE_S
     Path(csv_prefix).parent.mkdir(parents=True, exist_ok=True)
     if seed_users:
@@ -119,7 +123,7 @@ def run(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: str
             raise RuntimeError(f"locust ran over {budget}s and was killed; see {log_path}") from None
     if not Path(f"{csv_prefix}_stats.csv").exists():
         tail = log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"locust wrote no stats (exit {code}):\n{tail}")
+        raise RuntimeError(f"locust wrote no stats (exit {code}); see {log_path}:\n{tail}")
     by_name = read_stats(csv_prefix)
     total = by_name.pop("Aggregated", None) or {"requests": 0, "failures": 0, "rps": 0.0,
                                                 "p50_ms": None, "p95_ms": None, "p99_ms": None}
@@ -146,6 +150,16 @@ def show(summary: dict, console: Console) -> None:
     console.print(table)
 
 
+def default_key(host: str) -> str | None:
+    """``TIDINGS_API_KEY``, else the admin key under the default profile's
+    ``engine.home`` when ``host`` is loopback or https (``auth.key_goes_to``)."""
+    if os.environ.get(auth.KEY_ENV):
+        return os.environ[auth.KEY_ENV].strip()
+    if not auth.key_goes_to(host):
+        return None
+    return auth.read_admin_key(settings.load().engine.home)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.locust_run", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="http://127.0.0.1:8080")
@@ -165,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     console = Console(width=max(Console().width, 110))
     try:
+        seconds(args.run_time)  # a bad one is said before anything is read or sent
         summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
                       seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user,
-                      tags=args.tags, arrivals=args.arrivals)
-    except (RuntimeError, ValueError, OSError) as e:  # unreachable, refused, a bad --run-time: one line
-        console.print(f"[red]python -m bench.locust_run:[/red] {escape(str(e))}")
+                      tags=args.tags, arrivals=args.arrivals, api_key=default_key(args.host))
+    except (RuntimeError, ValueError, OSError, KeyError, http.client.HTTPException) as e:
+        # not reachable, refused, not HTTP, a bad setting or --run-time, locust failed: one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        console.print(f"[red]python -m bench.locust_run:[/red] {escape(first)}", soft_wrap=True)
         return 2
     show(summary, console)
     if args.json:

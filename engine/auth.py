@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -188,6 +190,17 @@ def read_admin_key(home: str | Path, environ: dict | None = None) -> str | None:
         return None
 
 
+def key_goes_to(url: str) -> bool:
+    """Whether a key may be sent to ``url`` unasked: over https, or to a loopback
+    address; never in clear text across a network."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    return parts.scheme == "https" or loopback
+
+
 async def ensure_signing_key(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tidings:signing-key'))")
@@ -295,4 +308,4 @@ class Authenticator:
 
 
 __all__ = ["AUDIENCE", "Authenticator", "KEY_ENV", "Principal", "SCOPES", "check_scopes", "create_key",
-           "ensure_admin_key", "ensure_signing_key", "read_admin_key", "rotate_key", "rotate_signing_key"]
+           "ensure_admin_key", "ensure_signing_key", "key_goes_to", "read_admin_key", "rotate_key", "rotate_signing_key"]

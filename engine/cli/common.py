@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
-import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -67,12 +65,7 @@ def api_headers(cfg: Config, url: str) -> dict[str, str]:
     key = auth.read_admin_key(cfg.engine.home)
     if not key:
         return {}
-    parts = urllib.parse.urlsplit(url)
-    try:
-        loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        loopback = False
-    if parts.scheme != "https" and not loopback:
+    if not auth.key_goes_to(url):
         console.print(f"[yellow]not sending the API key to {escape(url)}[/yellow]: use https or a loopback address")
         return {}
     return {"Authorization": f"Bearer {key}"}
