@@ -400,7 +400,7 @@ async def run_all(args, services: Services) -> dict:
         for fraction in args.paced:
             run = await run_once(args, services, best["shards"], round(base * fraction), n=args.paced_n)
             run["fraction"] = fraction  # of --rate-base when given, else of the best backlog rate
-            run["utilisation"] = run["rate"] / best["e2e_per_s"]  # of the best backlog rate measured
+            run["utilisation"] = round(run["rate"] / best["e2e_per_s"], 4)  # of the best backlog rate measured
             paced_runs.append(run)
     paced = paced_runs[-1] if paced_runs else None  # the busiest of them
     latency = paced or best

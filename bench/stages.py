@@ -152,7 +152,8 @@ def windows(timeline: list[list], window_s: float, target_ms: float = TARGET_MS)
 def share(run: dict, result: dict) -> float:
     """A paced run's rate as a share of the best backlog run's: the load the charts
     draw. Not the ``--paced`` fraction, which with ``--rate-base`` is a share of
-    that fixed rate instead (files before 2026-12-06 kept only the fraction)."""
+    that fixed rate instead (files kept before this was fixed, 2026-12-06's
+    included, hold that fraction as ``utilisation``)."""
     return run["rate"] / result["e2e_per_s"] if result.get("e2e_per_s") else run.get("utilisation", 0.0)
 
 
