@@ -180,19 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(Console().width, 110))
     try:
         seconds(args.run_time)  # a bad one is said before anything is read or sent
+        key = default_key(args.host)
+        if key is None and not os.environ.get(auth.KEY_ENV) and not auth.key_goes_to(args.host):
+            console.print(f"[yellow]not sending the API key to {escape(args.host)}[/yellow]: use https or a "
+                          f"loopback address, or set {auth.KEY_ENV}", soft_wrap=True)
         summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
                       seed_users=not args.no_seed, channels=args.channels, rps_per_user=args.rps_per_user,
-                      tags=args.tags, arrivals=args.arrivals, api_key=default_key(args.host))
-    except (RuntimeError, ValueError, OSError, KeyError, http.client.HTTPException) as e:
-        # not reachable, refused, not HTTP, a bad setting or --run-time, locust failed: one line
+                      tags=args.tags, arrivals=args.arrivals, api_key=key)
+        show(summary, console)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "failures", "requests", "by_name", "users", "run_time")
+            Path(args.json).write_text(json.dumps({k: summary[k] for k in keys}, indent=2) + "\n")
+    except (RuntimeError, ValueError, OSError, http.client.HTTPException) as e:
+        # not reachable, refused, not HTTP, a bad setting or --run-time, locust failed, --json not
+        # writable: one line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         console.print(f"[red]python -m bench.locust_run:[/red] {escape(first)}", soft_wrap=True)
         return 2
-    show(summary, console)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "failures", "requests", "by_name", "users", "run_time")
-        Path(args.json).write_text(json.dumps({k: summary[k] for k in keys}, indent=2) + "\n")
     if summary["requests"] == 0 or summary["failures"] > 0:
         console.print(f"[red]{summary['failures']} failures, {summary['requests']} requests[/red] "
                       f"(see {summary['failures_csv']})")
