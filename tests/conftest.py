@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -35,9 +38,18 @@ def database_url(tmp_path_factory):
         return
     from engine.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
-    yield server.start()
-    server.stop()
+    # Not under pytest's own temporary root: run as root, pgserver serves from a
+    # user of its own that must be able to reach its data directory, and every
+    # pytest that starts (a single test run beside the suite) makes that root
+    # /tmp/pytest-of-<user> mode 0700 again, and the suite's PostgreSQL panics
+    # ("pg_control: Permission denied") with most of the suite still to run.
+    home = Path(tempfile.mkdtemp(prefix="tidings-test-pg-"))
+    server = EmbeddedPostgres(home)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
