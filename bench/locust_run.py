@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seconds(args.run_time)  # a bad one is said before anything is read or sent
         key = default_key(args.host)
-        if key is None and not os.environ.get(auth.KEY_ENV) and not auth.key_goes_to(args.host):
+        if key is None and not auth.key_goes_to(args.host):  # (a key set in the environment is never None)
             console.print(f"[yellow]not sending the API key to {escape(args.host)}[/yellow]: use https or a "
                           f"loopback address, or set {auth.KEY_ENV}", soft_wrap=True)
         summary = run(args.host, args.users, args.spawn_rate, args.run_time, args.csv, population=args.population,
